@@ -1,0 +1,57 @@
+// Elementwise and reduction ops over flat buffers: add, scale, sum of squares, AdamW.
+#include <cmath>
+
+#include "backend/cpu/cpu.h"
+
+namespace frugal {
+
+Backend& cpu_backend() {
+  static CpuBackend b;
+  return b;
+}
+
+void CpuBackend::add(float* out, const float* a, const float* b, int64_t n) {
+#pragma omp parallel for simd schedule(static)
+  for (int64_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+}
+
+void CpuBackend::scale(float* x, int64_t n, float s) {
+#pragma omp parallel for simd schedule(static)
+  for (int64_t i = 0; i < n; i++) x[i] *= s;
+}
+
+double CpuBackend::sum_squares(const float* x, int64_t n) {
+  // fixed chunks summed in order: the same result for any thread count
+  const int64_t chunk = 1 << 14, num_chunks = (n + chunk - 1) / chunk;
+  if (sq_partials_.size() < size_t(num_chunks)) sq_partials_.resize(num_chunks);
+  double* part = sq_partials_.data();
+#pragma omp parallel for schedule(static)
+  for (int64_t k = 0; k < num_chunks; k++) {
+    int64_t i0 = k * chunk, i1 = i0 + chunk < n ? i0 + chunk : n;
+    double s = 0.0;
+#pragma omp simd reduction(+ : s)
+    for (int64_t i = i0; i < i1; i++) s += double(x[i]) * double(x[i]);
+    part[k] = s;
+  }
+  double total = 0.0;
+  for (int64_t k = 0; k < num_chunks; k++) total += part[k];
+  return total;
+}
+
+void CpuBackend::adamw(float* param, const float* grad, float* m, float* v, int64_t n,
+                       const AdamWArgs& a) {
+  const float bc1 = 1.0f - std::pow(a.beta1, float(a.step));
+  const float bc2_sqrt = std::sqrt(1.0f - std::pow(a.beta2, float(a.step)));
+  const float step_size = a.lr / bc1, decay = 1.0f - a.lr * a.weight_decay;
+#pragma omp parallel for simd schedule(static)
+  for (int64_t i = 0; i < n; i++) {
+    float g = grad[i];
+    float mi = a.beta1 * m[i] + (1.0f - a.beta1) * g;
+    float vi = a.beta2 * v[i] + (1.0f - a.beta2) * g * g;
+    m[i] = mi;
+    v[i] = vi;
+    param[i] = param[i] * decay - step_size * mi / (std::sqrt(vi) / bc2_sqrt + a.eps);
+  }
+}
+
+}  // namespace frugal

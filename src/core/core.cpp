@@ -1,0 +1,122 @@
+// core: MemoryPool, RNG, checks, atomic file writes.
+#include "core/core.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+namespace frugal {
+
+void check_failed(const char* file, int line, const char* cond, const std::string& msg) {
+  std::fprintf(stderr, "frugal: internal error at %s:%d: %s %s\n", file, line, cond, msg.c_str());
+  std::abort();
+}
+
+const char* mem_name(Mem m) {
+  static const char* names[] = {"params", "grads", "optimizer", "activations", "comm", "workspace"};
+  return names[static_cast<int>(m)];
+}
+
+MemoryPool& MemoryPool::get() {
+  static MemoryPool pool;
+  return pool;
+}
+
+void* MemoryPool::alloc(size_t bytes, Mem cat) {
+  size_t rounded = (bytes + 63) / 64 * 64;
+  void* p = std::aligned_alloc(64, rounded);
+  FRUGAL_CHECK(p != nullptr, "out of memory allocating {} bytes of {}", bytes, mem_name(cat));
+  std::memset(p, 0, rounded);
+  live_.push_back({p, bytes, cat});
+  int c = static_cast<int>(cat);
+  stats_.current[c] += bytes;
+  stats_.peak[c] = std::max(stats_.peak[c], stats_.current[c]);
+  stats_.total_current += bytes;
+  stats_.total_peak = std::max(stats_.total_peak, stats_.total_current);
+  return p;
+}
+
+void MemoryPool::release(void* p) {
+  auto it = std::find_if(live_.begin(), live_.end(), [p](const Entry& e) { return e.p == p; });
+  FRUGAL_CHECK(it != live_.end(), "release of a pointer the pool does not own");
+  stats_.current[static_cast<int>(it->cat)] -= it->bytes;
+  stats_.total_current -= it->bytes;
+  std::free(p);
+  live_.erase(it);
+}
+
+void MemoryPool::reset_peak() {
+  stats_.peak = stats_.current;
+  stats_.total_peak = stats_.total_current;
+}
+
+static uint64_t splitmix64(uint64_t& x) {
+  uint64_t z = (x += 0x9e3779b97f4a7c15ULL);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+Rng::Rng(uint64_t seed) {
+  for (auto& s : s_) s = splitmix64(seed);
+}
+
+uint64_t Rng::next() {
+  auto rotl = [](uint64_t x, int k) { return (x << k) | (x >> (64 - k)); };
+  uint64_t result = rotl(s_[1] * 5, 7) * 9, t = s_[1] << 17;
+  s_[2] ^= s_[0]; s_[3] ^= s_[1]; s_[1] ^= s_[2]; s_[0] ^= s_[3];
+  s_[2] ^= t; s_[3] = rotl(s_[3], 45);
+  return result;
+}
+
+double Rng::uniform() { return (next() >> 11) * 0x1.0p-53; }
+
+double Rng::normal() {
+  double u1 = uniform(), u2 = uniform();
+  return std::sqrt(-2.0 * std::log1p(-u1)) * std::cos(2.0 * M_PI * u2);
+}
+
+uint64_t Rng::below(uint64_t n) { return n ? next() % n : 0; }
+
+AtomicFile::AtomicFile(std::string path) : path_(std::move(path)), tmp_(path_ + ".tmp") {
+  fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd_ < 0) user_error("{}: cannot write: {}", path_, std::strerror(errno));
+}
+
+AtomicFile::~AtomicFile() {
+  if (fd_ >= 0) {
+    ::close(fd_);
+    ::unlink(tmp_.c_str());
+  }
+}
+
+void AtomicFile::write(const void* data, size_t bytes) {
+  const char* p = static_cast<const char*>(data);
+  while (bytes > 0) {
+    ssize_t w = ::write(fd_, p, bytes);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) user_error("{}: write failed: {}", path_, std::strerror(errno));
+    p += w;
+    bytes -= size_t(w);
+  }
+}
+
+void AtomicFile::commit() {
+  int fd = fd_;
+  fd_ = -1;
+  bool ok = ::fsync(fd) == 0;
+  ok = (::close(fd) == 0) && ok;
+  if (!ok || std::rename(tmp_.c_str(), path_.c_str()) != 0) {
+    int e = errno;
+    ::unlink(tmp_.c_str());
+    user_error("{}: could not be written: {}", path_, std::strerror(e));
+  }
+}
+
+}  // namespace frugal

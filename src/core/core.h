@@ -1,0 +1,120 @@
+// core: errors and checks, the tagged MemoryPool, the deterministic RNG.
+// Everything large in frugal is allocated from the MemoryPool under a category, so that
+// `train` can report (and `plan` can predict) the peak bytes of each category.
+#pragma once
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+
+namespace frugal {
+
+// Bad input (config, flags, data file, run directory): one line naming file, field, expected.
+struct UserError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+template <class... A>
+[[noreturn]] void user_error(fmt::format_string<A...> f, A&&... a) {
+  throw UserError(fmt::format(f, std::forward<A>(a)...));
+}
+
+// A broken invariant is a bug: print file:line and abort.
+[[noreturn]] void check_failed(const char* file, int line, const char* cond, const std::string& msg);
+#define FRUGAL_CHECK(cond, ...)                                                          \
+  do {                                                                                   \
+    if (!(cond)) ::frugal::check_failed(__FILE__, __LINE__, #cond, fmt::format(__VA_ARGS__)); \
+  } while (0)
+
+// ---- MemoryPool ---------------------------------------------------------------------------
+enum class Mem { params, grads, optimizer, activations, comm, workspace };
+inline constexpr int num_mem = 6;
+const char* mem_name(Mem m);
+
+struct MemStats {
+  std::array<size_t, num_mem> current{}, peak{};
+  size_t total_current = 0, total_peak = 0;
+};
+
+// Process-wide pool: 64-byte aligned, zero-filled allocations, accounted per category.
+class MemoryPool {
+ public:
+  static MemoryPool& get();
+  void* alloc(size_t bytes, Mem cat);
+  void release(void* p);
+  const MemStats& stats() const { return stats_; }
+  void reset_peak();  // peak := current, e.g. at the start of a step
+
+ private:
+  struct Entry { void* p; size_t bytes; Mem cat; };
+  std::vector<Entry> live_;
+  MemStats stats_;
+};
+
+// Owning handle to a pooled array of T (moves only).
+template <class T>
+class PoolArray {
+ public:
+  PoolArray() = default;
+  PoolArray(size_t n, Mem cat) : n_(n) {
+    if (n) p_ = static_cast<T*>(MemoryPool::get().alloc(n * sizeof(T), cat));
+  }
+  PoolArray(PoolArray&& o) noexcept : p_(o.p_), n_(o.n_) { o.p_ = nullptr; o.n_ = 0; }
+  PoolArray& operator=(PoolArray&& o) noexcept {
+    if (this != &o) { reset(); p_ = o.p_; n_ = o.n_; o.p_ = nullptr; o.n_ = 0; }
+    return *this;
+  }
+  ~PoolArray() { reset(); }
+  void reset() { if (p_) MemoryPool::get().release(p_); p_ = nullptr; n_ = 0; }
+  T* data() const { return p_; }
+  size_t size() const { return n_; }
+  T& operator[](size_t i) const { return p_[i]; }
+
+ private:
+  T* p_ = nullptr;
+  size_t n_ = 0;
+};
+
+// ---- RNG ------------------------------------------------------------------------------------
+// splitmix64-seeded xoshiro256**: fast, portable and identical on every platform, so a seed
+// fixes init and data order everywhere.
+class Rng {
+ public:
+  explicit Rng(uint64_t seed);
+  uint64_t next();
+  double uniform();                 // [0, 1)
+  double normal();                  // N(0, 1), Box-Muller
+  uint64_t below(uint64_t n);       // [0, n)
+  std::array<uint64_t, 4> state() const { return s_; }
+
+ private:
+  std::array<uint64_t, 4> s_;
+};
+
+// A file written atomically: bytes go to "<path>.tmp"; commit() flushes, fsyncs and renames it
+// into place. Destroyed without commit (an error, an exception), the temporary is removed, so a
+// reader never sees a half-written file. Errors are UserErrors naming the path.
+class AtomicFile {
+ public:
+  explicit AtomicFile(std::string path);
+  AtomicFile(const AtomicFile&) = delete;
+  ~AtomicFile();
+  void write(const void* data, size_t bytes);
+  void commit();
+
+ private:
+  std::string path_, tmp_;
+  int fd_ = -1;
+};
+
+inline void write_file_atomic(const std::string& path, const void* data, size_t bytes) {
+  AtomicFile f(path);
+  f.write(data, bytes);
+  f.commit();
+}
+
+}  // namespace frugal

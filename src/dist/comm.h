@@ -1,0 +1,36 @@
+// dist: the Comm interface every data-parallel strategy is written against, and its
+// single-process implementation. MPI (CPUs) and NCCL (GPUs) implement the same interface.
+#pragma once
+#include <cstdint>
+#include <memory>
+
+namespace frugal {
+
+enum class ReduceOp { sum, avg, max };
+
+// A pending collective; wait() returns when its output is ready.
+class Work {
+ public:
+  virtual ~Work() = default;
+  virtual void wait() = 0;
+};
+
+class Comm {
+ public:
+  virtual ~Comm() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  // In place over buf(n).
+  virtual std::unique_ptr<Work> all_reduce(float* buf, int64_t n, ReduceOp op) = 0;
+  // in(size*n) -> out(n): this rank's slice of the reduction.
+  virtual std::unique_ptr<Work> reduce_scatter(const float* in, float* out, int64_t n, ReduceOp op) = 0;
+  // in(n) -> out(size*n), rank r's part at r*n.
+  virtual std::unique_ptr<Work> all_gather(const float* in, float* out, int64_t n) = 0;
+  virtual std::unique_ptr<Work> broadcast(float* buf, int64_t n, int root) = 0;
+  virtual void barrier() = 0;
+};
+
+// A world of one process: every collective is a copy (or nothing) and completes at once.
+std::unique_ptr<Comm> make_local_comm();
+
+}  // namespace frugal

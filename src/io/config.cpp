@@ -1,0 +1,212 @@
+// The run configuration: TOML file + command-line overrides -> typed RunConfig.
+// Every key is declared once in fields(); parsing, unknown-key errors and the resolved
+// config.toml all iterate that table.
+#include <toml++/toml.h>
+
+#include <functional>
+#include <sstream>
+
+#include "io/io.h"
+
+namespace frugal {
+
+namespace {
+
+struct Field {
+  const char* section;
+  const char* key;
+  std::function<void(const toml::node&, const std::string& where)> set;
+  std::function<std::string()> get;  // TOML literal
+};
+
+std::string qualified(const Field& f) { return std::string(f.section) + "." + f.key; }
+
+const char* type_name(const toml::node& n) {
+  switch (n.type()) {
+    case toml::node_type::string: return "a string";
+    case toml::node_type::integer: return "an integer";
+    case toml::node_type::floating_point: return "a number";
+    case toml::node_type::boolean: return "a boolean";
+    case toml::node_type::table: return "a table";
+    case toml::node_type::array: return "an array";
+    default: return "a date/time";
+  }
+}
+
+template <class I>
+Field int_field(const char* s, const char* k, I* p, int64_t lo) {
+  return {s, k,
+          [=](const toml::node& n, const std::string& where) {
+            auto v = n.value_exact<int64_t>();
+            if (!v) user_error("{}: {}.{}: expected an integer, got {}", where, s, k, type_name(n));
+            if (*v < lo) user_error("{}: {}.{}: expected an integer >= {}, got {}", where, s, k, lo, *v);
+            *p = I(*v);
+          },
+          [=] { return fmt::format("{}", *p); }};
+}
+
+Field float_field(const char* s, const char* k, double* p, double lo) {
+  return {s, k,
+          [=](const toml::node& n, const std::string& where) {
+            auto v = n.value<double>();  // integers are accepted too
+            if (!v || n.is_boolean() || n.is_string())
+              user_error("{}: {}.{}: expected a number, got {}", where, s, k, type_name(n));
+            if (!(*v >= lo)) user_error("{}: {}.{}: expected a number >= {}, got {}", where, s, k, lo, *v);
+            *p = *v;
+          },
+          [=] { return fmt::format("{}", *p); }};
+}
+
+Field string_field(const char* s, const char* k, std::string* p) {
+  return {s, k,
+          [=](const toml::node& n, const std::string& where) {
+            auto v = n.value_exact<std::string>();
+            if (!v) user_error("{}: {}.{}: expected a string, got {}", where, s, k, type_name(n));
+            *p = *v;
+          },
+          [=] {
+            std::ostringstream os;
+            os << toml::value<std::string>(*p);
+            return os.str();
+          }};
+}
+
+std::vector<Field> fields(RunConfig& c) {
+  TrainSettings& t = c.train;
+  return {
+      string_field("model", "preset", &c.model.preset),
+      int_field("model", "n_layer", &c.model.n_layer, 1),
+      int_field("model", "n_head", &c.model.n_head, 1),
+      int_field("model", "n_embd", &c.model.n_embd, 1),
+      int_field("model", "vocab_size", &c.model.vocab_size, 1),
+      int_field("model", "context", &c.model.context, 1),
+      int_field("train", "seed", &t.seed, 0),
+      int_field("train", "steps", &t.steps, 1),
+      int_field("train", "seq_len", &t.seq_len, 1),
+      int_field("train", "micro_batch", &t.micro_batch, 1),
+      int_field("train", "batch_tokens", &t.batch_tokens, 0),
+      float_field("train", "lr", &t.lr, 0.0),
+      float_field("train", "min_lr", &t.min_lr, 0.0),
+      int_field("train", "warmup_steps", &t.warmup_steps, 0),
+      float_field("train", "weight_decay", &t.weight_decay, 0.0),
+      float_field("train", "beta1", &t.beta1, 0.0),
+      float_field("train", "beta2", &t.beta2, 0.0),
+      float_field("train", "eps", &t.eps, 0.0),
+      float_field("train", "grad_clip", &t.grad_clip, 0.0),
+      int_field("train", "eval_every", &t.eval_every, 0),
+      int_field("train", "eval_batches", &t.eval_batches, 0),
+      int_field("train", "threads", &t.threads, 0),
+      string_field("data", "train", &c.data.train),
+      string_field("data", "val", &c.data.val),
+      string_field("run", "dir", &c.run.dir),
+      int_field("run", "log_every", &c.run.log_every, 1),
+      string_field("device", "name", &c.device.name),
+      float_field("device", "peak_flops", &c.device.peak_flops, 1.0),
+  };
+}
+
+// Parses "section.key=value" into the table; value as a TOML literal, else as a string.
+void apply_override(toml::table& tbl, const std::string& ov, std::map<std::string, std::string>& origin) {
+  auto eq = ov.find('=');
+  auto dot = ov.find('.');
+  if (eq == std::string::npos || dot == std::string::npos || dot > eq)
+    user_error("--{}: expected --section.key=value", ov);
+  std::string section = ov.substr(0, dot), key = ov.substr(dot + 1, eq - dot - 1);
+  std::string value = ov.substr(eq + 1);
+  toml::table parsed;
+  try {
+    parsed = toml::parse("v = " + value);
+  } catch (const toml::parse_error&) {
+    parsed.insert("v", value);  // not a TOML literal: a bare string (a path, a preset name)
+  }
+  auto* sec = tbl.get(section);
+  if (!sec) sec = tbl.insert(section, toml::table{}).first->second.as_table();
+  if (!sec->is_table()) user_error("--{}: [{}] is not a table", ov, section);
+  sec->as_table()->insert_or_assign(key, *parsed.get("v"));
+  origin[section + "." + key] = "--" + section + "." + key;
+}
+
+}  // namespace
+
+int RunConfig::accum_steps() const {
+  int64_t micro = int64_t(train.micro_batch) * train.seq_len;
+  return int(train.batch_tokens == 0 ? 1 : train.batch_tokens / micro);
+}
+
+RunConfig load_config(const std::string& path, const std::vector<std::string>& overrides) {
+  RunConfig c;
+  c.source = path.empty() ? "command line" : path;
+  c.model = gpt_preset("mini", "defaults");
+  toml::table tbl;
+  if (!path.empty()) {
+    try {
+      tbl = toml::parse_file(path);
+    } catch (const toml::parse_error& e) {
+      auto& b = e.source().begin;
+      user_error("{}:{}:{}: {}", path, b.line, b.column, e.description());
+    }
+  }
+  std::map<std::string, std::string> origin;  // "section.key" -> where it was set
+  for (auto& [k, v] : tbl)
+    if (v.is_table())
+      for (auto& [k2, v2] : *v.as_table()) origin[std::string(k.str()) + "." + std::string(k2.str())] = path;
+  for (auto& ov : overrides) apply_override(tbl, ov, origin);
+
+  auto fs = fields(c);
+  // Unknown sections and keys first, with the known ones in the message.
+  for (auto& [sk, sv] : tbl) {
+    std::string sec(sk.str());
+    std::vector<std::string> known;
+    for (auto& f : fs)
+      if (sec == f.section) known.push_back(f.key);
+    if (known.empty())
+      user_error("{}: unknown section [{}] (expected model, train, data, run, device)", c.source, sec);
+    if (!sv.is_table()) user_error("{}: [{}] must be a table", c.source, sec);
+    for (auto& [kk, kv] : *sv.as_table()) {
+      std::string key(kk.str());
+      if (std::find(known.begin(), known.end(), key) == known.end())
+        user_error("{}: unknown key {}.{} (expected one of: {})", origin[sec + "." + key], sec, key,
+                   fmt::join(known, ", "));
+    }
+  }
+  // The preset first, so that explicit model keys override it.
+  if (auto* n = tbl.at_path("model.preset").node()) {
+    fs[0].set(*n, origin["model.preset"]);
+    if (c.model.preset != "custom") c.model = gpt_preset(c.model.preset, origin["model.preset"]);
+  }
+  for (auto& f : fs) {
+    if (qualified(f) == "model.preset") continue;
+    if (auto* n = tbl.at_path(qualified(f)).node()) f.set(*n, origin[qualified(f)]);
+  }
+
+  c.model.validate(c.source);
+  const TrainSettings& t = c.train;
+  if (t.seq_len > c.model.context)
+    user_error("{}: train.seq_len = {} is above the model's context of {} positions", c.source,
+               t.seq_len, c.model.context);
+  int64_t micro = int64_t(t.micro_batch) * t.seq_len;
+  if (t.batch_tokens % micro != 0)
+    user_error("{}: train.batch_tokens = {} must be a multiple of micro_batch * seq_len = {}",
+               c.source, t.batch_tokens, micro);
+  if (t.min_lr > t.lr)
+    user_error("{}: train.min_lr = {} is above train.lr = {}", c.source, t.min_lr, t.lr);
+  if (t.beta1 >= 1.0 || t.beta2 >= 1.0)
+    user_error("{}: train.beta1 and train.beta2 must be below 1", c.source);
+  return c;
+}
+
+std::string RunConfig::to_toml() const {
+  RunConfig copy = *this;
+  std::string out = "# resolved frugal configuration\n";
+  const char* section = "";
+  for (auto& f : fields(copy)) {
+    if (std::string(section) != f.section) {
+      section = f.section;
+      out += fmt::format("\n[{}]\n", section);
+    }
+    out += fmt::format("{} = {}\n", f.key, f.get());
+  }
+  return out;
+}
+
+}  // namespace frugal

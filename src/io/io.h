@@ -1,0 +1,93 @@
+// io: the run configuration (TOML + --section.key=value overrides, parsed once into typed
+// structs), safetensors files, and the metrics log.
+#pragma once
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "model/model.h"
+
+namespace frugal {
+
+struct TrainSettings {
+  uint64_t seed = 1337;
+  int steps = 600;
+  int seq_len = 256;          // T
+  int micro_batch = 8;        // B, sequences per micro-batch
+  int64_t batch_tokens = 0;   // global batch in tokens; 0 means one micro-batch (B*T)
+  double lr = 1e-3, min_lr = 1e-4;
+  int warmup_steps = 50;
+  double weight_decay = 0.1, beta1 = 0.9, beta2 = 0.95, eps = 1e-8;
+  double grad_clip = 1.0;     // 0 disables clipping
+  int eval_every = 100;       // steps; 0 only at the end
+  int eval_batches = 16;      // micro-batches of validation per evaluation; 0 = the whole split
+  int threads = 0;            // OpenMP threads; 0 = all cores
+};
+
+struct DataSettings {
+  std::string train = "data/kjv/train_*.bin";
+  std::string val = "data/kjv/val_*.bin";
+};
+
+struct RunSettings {
+  std::string dir = "runs/default";
+  int log_every = 1;
+};
+
+struct DeviceSettings {
+  std::string name = "cpu-avx512";
+  double peak_flops = 231e9;  // fp32 AVX-512 FMA on 2 cores, measured (shared/research/deps.md)
+};
+
+struct RunConfig {
+  GptConfig model;
+  TrainSettings train;
+  DataSettings data;
+  RunSettings run;
+  DeviceSettings device;
+  std::string source = "defaults";  // the file the config came from, for messages
+  int accum_steps() const;          // micro-batches per step
+  std::string to_toml() const;      // the resolved config, readable by load_config
+};
+
+// Loads `path` (empty: defaults only), then applies overrides "section.key=value" in order.
+// Unknown sections/keys, wrong types and invalid values are UserErrors naming the file or flag.
+RunConfig load_config(const std::string& path, const std::vector<std::string>& overrides);
+
+// ---- safetensors --------------------------------------------------------------------------
+struct StTensor {
+  std::string name;
+  std::string dtype;             // "F32" or "I32"
+  std::vector<int64_t> shape;
+  const void* data;
+};
+void save_safetensors(const std::string& path, const std::vector<StTensor>& tensors,
+                      const std::map<std::string, std::string>& metadata);
+
+// A whole safetensors file in memory.
+class SafeTensors {
+ public:
+  explicit SafeTensors(const std::string& path);
+  bool has(const std::string& name) const { return index_.count(name) > 0; }
+  // Copies tensor `name` into out, checking dtype and shape; UserError naming file and tensor.
+  void read(const std::string& name, const std::string& dtype, const std::vector<int64_t>& shape,
+            void* out) const;
+  std::vector<int64_t> shape(const std::string& name) const;
+  const std::map<std::string, std::string>& metadata() const { return metadata_; }
+
+ private:
+  struct Entry { std::string dtype; std::vector<int64_t> shape; size_t begin, end; };
+  std::string path_;
+  std::vector<char> bytes_;
+  size_t data_start_ = 0;
+  std::map<std::string, Entry> index_;
+  std::map<std::string, std::string> metadata_;
+};
+
+// Model weights <-> safetensors (frugal's names; the metadata carries the model shape).
+void save_model(const std::string& path, Gpt& model);
+GptConfig read_model_config(const std::string& path);
+void load_model(const std::string& path, Gpt& model);
+
+}  // namespace frugal

@@ -1,0 +1,231 @@
+// The GPT-2 model: parameter tables, init, and the explicit forward/backward of each stage.
+#include <cmath>
+#include <cstring>
+
+#include "model/model.h"
+
+namespace frugal {
+
+static Unit make_unit(std::string name, std::vector<ParamSpec> specs) {
+  Unit u;
+  u.name = std::move(name);
+  u.specs = std::move(specs);
+  for (auto& s : u.specs) {
+    s.numel = 1;
+    for (int64_t d : s.shape) s.numel *= d;
+    s.offset = u.numel;
+    u.numel += s.numel;
+  }
+  u.params = PoolArray<float>(u.numel, Mem::params);
+  u.grads = PoolArray<float>(u.numel, Mem::grads);
+  for (auto& s : u.specs) {
+    u.p.*s.field = u.params.data() + s.offset;
+    u.g.*s.field = u.grads.data() + s.offset;
+  }
+  return u;
+}
+
+Gpt::Gpt(const GptConfig& cfg, Backend& be) : cfg_(cfg), be_(be) {
+  const int64_t C = cfg.n_embd, Vp = cfg.padded_vocab(), maxT = cfg.context;
+  using T = Tensors;
+  units_.push_back(make_unit("embedding", {
+      {"wte", {Vp, C}, true, Init::normal, &T::wte},
+      {"wpe", {maxT, C}, true, Init::normal, &T::wpe},
+  }));
+  for (int l = 0; l < cfg.n_layer; l++) {
+    auto n = [l](const char* s) { return fmt::format("blocks.{}.{}", l, s); };
+    units_.push_back(make_unit(fmt::format("block{}", l), {
+        {n("ln1.weight"), {C}, false, Init::ones, &T::ln1_w},
+        {n("ln1.bias"), {C}, false, Init::zeros, &T::ln1_b},
+        {n("attn.qkv.weight"), {3 * C, C}, true, Init::normal, &T::qkv_w},
+        {n("attn.qkv.bias"), {3 * C}, false, Init::zeros, &T::qkv_b},
+        {n("attn.proj.weight"), {C, C}, true, Init::normal_residual, &T::proj_w},
+        {n("attn.proj.bias"), {C}, false, Init::zeros, &T::proj_b},
+        {n("ln2.weight"), {C}, false, Init::ones, &T::ln2_w},
+        {n("ln2.bias"), {C}, false, Init::zeros, &T::ln2_b},
+        {n("mlp.fc.weight"), {4 * C, C}, true, Init::normal, &T::fc_w},
+        {n("mlp.fc.bias"), {4 * C}, false, Init::zeros, &T::fc_b},
+        {n("mlp.proj.weight"), {C, 4 * C}, true, Init::normal_residual, &T::fcproj_w},
+        {n("mlp.proj.bias"), {C}, false, Init::zeros, &T::fcproj_b},
+    }));
+  }
+  units_.push_back(make_unit("final", {
+      {"ln_f.weight", {C}, false, Init::ones, &T::lnf_w},
+      {"ln_f.bias", {C}, false, Init::zeros, &T::lnf_b},
+  }));
+}
+
+void Gpt::init(uint64_t seed) {
+  Rng rng(seed);
+  const double std_resid = 0.02 / std::sqrt(2.0 * cfg_.n_layer);
+  for (auto& u : units_) {
+    for (auto& s : u.specs) {
+      float* d = u.params.data() + s.offset;
+      int64_t n = s.numel;
+      if (s.field == &Tensors::wte) n = int64_t(cfg_.vocab_size) * cfg_.n_embd;  // padding rows 0
+      switch (s.init) {
+        case Init::normal: for (int64_t i = 0; i < n; i++) d[i] = float(0.02 * rng.normal()); break;
+        case Init::normal_residual:
+          for (int64_t i = 0; i < n; i++) d[i] = float(std_resid * rng.normal());
+          break;
+        case Init::ones: for (int64_t i = 0; i < n; i++) d[i] = 1.0f; break;
+        case Init::zeros: std::memset(d, 0, n * sizeof(float)); break;
+      }
+      std::memset(d + n, 0, (s.numel - n) * sizeof(float));
+    }
+  }
+}
+
+void Gpt::zero_grads() {
+  for (auto& u : units_) std::memset(u.grads.data(), 0, u.numel * sizeof(float));
+}
+
+std::vector<Gpt::Named> Gpt::named_params() {
+  std::vector<Named> out;
+  for (auto& u : units_)
+    for (auto& s : u.specs) out.push_back({&s, u.params.data() + s.offset, u.grads.data() + s.offset});
+  return out;
+}
+
+void Gpt::allocate(int B, int T) {
+  FRUGAL_CHECK(B > 0 && T > 0 && T <= cfg_.context, "allocate(B={}, T={})", B, T);
+  if (B == B_ && T == T_) return;
+  B_ = B;
+  T_ = T;
+  const int64_t BT = int64_t(B) * T, C = cfg_.n_embd, NH = cfg_.n_head, Vp = cfg_.padded_vocab();
+  const Mem A = Mem::activations, W = Mem::workspace;
+  res_.clear();
+  acts_.clear();
+  for (int l = 0; l <= cfg_.n_layer; l++) res_.emplace_back(BT * C, A);
+  for (int l = 0; l < cfg_.n_layer; l++) {
+    BlockActs a;
+    a.ln1 = {size_t(BT * C), A};
+    a.ln1_mean = {size_t(BT), A};
+    a.ln1_rstd = {size_t(BT), A};
+    a.qkv = {size_t(3 * BT * C), A};
+    a.probs = {size_t(B * NH * T * T), A};
+    a.atty = {size_t(BT * C), A};
+    a.res_mid = {size_t(BT * C), A};
+    a.ln2 = {size_t(BT * C), A};
+    a.ln2_mean = {size_t(BT), A};
+    a.ln2_rstd = {size_t(BT), A};
+    a.fch = {size_t(4 * BT * C), A};
+    a.fch_gelu = {size_t(4 * BT * C), A};
+    acts_.push_back(std::move(a));
+  }
+  lnf_ = {size_t(BT * C), A};
+  lnf_mean_ = {size_t(BT), A};
+  lnf_rstd_ = {size_t(BT), A};
+  losses_ = {size_t(BT), A};
+  // lm-head chunk: at most 8 Mi floats (32 MiB) of logits at a time, never the full (BT, Vp).
+  head_rows_ = std::max<int64_t>(1, std::min<int64_t>(BT, (int64_t(1) << 23) / Vp));
+  logits_ = {size_t(head_rows_ * Vp), W};
+  dres_ = {size_t(BT * C), W};
+  dbig_ = {size_t(4 * BT * C), W};
+  dsmall_ = {size_t(BT * C), W};
+}
+
+void Gpt::embed_forward(const int32_t* tokens, int B, int T) {
+  const Tensors& p = units_[0].p;
+  be_.embedding_forward(res_[0].data(), tokens, p.wte, p.wpe, B, T, cfg_.n_embd);
+}
+
+void Gpt::block_forward(int l, int B, int T) {
+  const Tensors& p = block_unit(l).p;
+  BlockActs& a = acts_[l];
+  const int64_t BT = int64_t(B) * T, C = cfg_.n_embd;
+  const float* x = res_[l].data();
+  be_.layernorm_forward(a.ln1.data(), a.ln1_mean.data(), a.ln1_rstd.data(), x, p.ln1_w, p.ln1_b, BT, C);
+  be_.linear_forward(a.qkv.data(), a.ln1.data(), p.qkv_w, p.qkv_b, BT, C, 3 * C);
+  be_.attention_forward(a.atty.data(), a.probs.data(), a.qkv.data(), B, T, C, cfg_.n_head);
+  float* proj = dsmall_.data();  // attention projection, before the residual add
+  be_.linear_forward(proj, a.atty.data(), p.proj_w, p.proj_b, BT, C, C);
+  be_.add(a.res_mid.data(), x, proj, BT * C);
+  be_.layernorm_forward(a.ln2.data(), a.ln2_mean.data(), a.ln2_rstd.data(), a.res_mid.data(), p.ln2_w, p.ln2_b, BT, C);
+  be_.linear_forward(a.fch.data(), a.ln2.data(), p.fc_w, p.fc_b, BT, C, 4 * C);
+  be_.gelu_forward(a.fch_gelu.data(), a.fch.data(), 4 * BT * C);
+  float* y = res_[l + 1].data();
+  be_.linear_forward(y, a.fch_gelu.data(), p.fcproj_w, p.fcproj_b, BT, 4 * C, C);
+  be_.add(y, y, a.res_mid.data(), BT * C);
+}
+
+void Gpt::final_forward(int B, int T) {
+  const Tensors& p = units_.back().p;
+  be_.layernorm_forward(lnf_.data(), lnf_mean_.data(), lnf_rstd_.data(), res_[cfg_.n_layer].data(),
+                        p.lnf_w, p.lnf_b, int64_t(B) * T, cfg_.n_embd);
+}
+
+float Gpt::head(const int32_t* targets, int B, int T, float grad_scale) {
+  final_forward(B, T);
+  const int64_t BT = int64_t(B) * T, C = cfg_.n_embd, V = cfg_.vocab_size, Vp = cfg_.padded_vocab();
+  const float* wte = units_[0].p.wte;
+  float* dwte = units_[0].g.wte;
+  float* dlnf = dsmall_.data();
+  // lm head (tied to wte) + softmax cross-entropy, chunk by chunk of rows: logits, loss and
+  // dlogits for one chunk, then its contribution to dlnf and dwte, before the next chunk.
+  for (int64_t r0 = 0; r0 < BT; r0 += head_rows_) {
+    int64_t rows = std::min(head_rows_, BT - r0);
+    const float* x = lnf_.data() + r0 * C;
+    be_.matmul(false, true, rows, Vp, C, 1.0f, x, C, wte, C, 0.0f, logits_.data(), Vp);
+    be_.softmax_xent(logits_.data(), losses_.data() + r0, targets + r0, rows, V, Vp, grad_scale);
+    if (grad_scale != 0.0f) {
+      be_.matmul(false, false, rows, C, Vp, 1.0f, logits_.data(), Vp, wte, C, 0.0f, dlnf + r0 * C, C);
+      be_.matmul(true, false, Vp, C, rows, 1.0f, logits_.data(), Vp, x, C, 1.0f, dwte, C);
+    }
+  }
+  if (grad_scale != 0.0f) {
+    const Tensors& p = units_.back().p;
+    const Tensors& g = units_.back().g;
+    std::memset(dres_.data(), 0, BT * C * sizeof(float));
+    be_.layernorm_backward(dres_.data(), g.lnf_w, g.lnf_b, dlnf, res_[cfg_.n_layer].data(), p.lnf_w,
+                           lnf_mean_.data(), lnf_rstd_.data(), BT, C);
+  }
+  double sum = 0.0;
+  for (int64_t i = 0; i < BT; i++) sum += losses_[i];
+  return float(sum / double(BT));
+}
+
+void Gpt::block_backward(int l, int B, int T) {
+  const Tensors& p = block_unit(l).p;
+  const Tensors& g = block_unit(l).g;
+  BlockActs& a = acts_[l];
+  const int64_t BT = int64_t(B) * T, C = cfg_.n_embd;
+  float* dres = dres_.data();  // in: d(block output); out: d(block input)
+  float* dbig = dbig_.data();
+  float* dsmall = dsmall_.data();
+  // MLP: y = res_mid + fcproj(gelu(fc(ln2(res_mid))))
+  be_.linear_backward(dbig, g.fcproj_w, g.fcproj_b, dres, a.fch_gelu.data(), p.fcproj_w, BT, 4 * C, C);
+  be_.gelu_backward(dbig, a.fch.data(), dbig, 4 * BT * C);
+  be_.linear_backward(dsmall, g.fc_w, g.fc_b, dbig, a.ln2.data(), p.fc_w, BT, C, 4 * C);
+  be_.layernorm_backward(dres, g.ln2_w, g.ln2_b, dsmall, a.res_mid.data(), p.ln2_w,
+                         a.ln2_mean.data(), a.ln2_rstd.data(), BT, C);
+  // attention: res_mid = x + proj(attention(qkv(ln1(x))))
+  be_.linear_backward(dsmall, g.proj_w, g.proj_b, dres, a.atty.data(), p.proj_w, BT, C, C);
+  float* dqkv = dbig;
+  be_.attention_backward(dqkv, dsmall, a.qkv.data(), a.probs.data(), B, T, C, cfg_.n_head);
+  be_.linear_backward(dsmall, g.qkv_w, g.qkv_b, dqkv, a.ln1.data(), p.qkv_w, BT, C, 3 * C);
+  be_.layernorm_backward(dres, g.ln1_w, g.ln1_b, dsmall, res_[l].data(), p.ln1_w,
+                         a.ln1_mean.data(), a.ln1_rstd.data(), BT, C);
+}
+
+void Gpt::embed_backward(const int32_t* tokens, int B, int T) {
+  be_.embedding_backward(units_[0].g.wte, units_[0].g.wpe, dres_.data(), tokens, B, T, cfg_.n_embd);
+}
+
+float Gpt::forward_loss(const int32_t* tokens, const int32_t* targets, int B, int T) {
+  embed_forward(tokens, B, T);
+  for (int l = 0; l < cfg_.n_layer; l++) block_forward(l, B, T);
+  return head(targets, B, T, 0.0f);
+}
+
+void Gpt::last_logits(const int32_t* tokens, int T, std::vector<float>& out) {
+  embed_forward(tokens, 1, T);
+  for (int l = 0; l < cfg_.n_layer; l++) block_forward(l, 1, T);
+  final_forward(1, T);
+  const int64_t C = cfg_.n_embd, V = cfg_.vocab_size;
+  out.resize(V);
+  be_.matmul(false, true, 1, V, C, 1.0f, lnf_.data() + (T - 1) * C, C, units_[0].p.wte, C, 0.0f,
+             out.data(), V);
+}
+
+}  // namespace frugal

@@ -1,0 +1,61 @@
+// train: one optimizer step (micro-batches, gradient accumulation weighted by token counts,
+// global-norm clipping, LR schedule, AdamW with fp32 moments) and the Trainer loop around it
+// (data, evaluation, metrics.jsonl, progress, the final model file).
+#pragma once
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "dist/comm.h"
+#include "io/io.h"
+#include "model/model.h"
+
+namespace frugal {
+
+// Linear warmup over warmup_steps, then cosine decay from lr to min_lr at the last step.
+// `step` is 0-based.
+double lr_at(const TrainSettings& t, int step);
+
+// AdamW state for a model: fp32 moments m and v, one flat buffer per unit (category optimizer).
+class AdamW {
+ public:
+  explicit AdamW(Gpt& model);
+  // One update of every parameter, weight decay on the specs that ask for it.
+  void update(Gpt& model, Backend& be, const TrainSettings& t, double lr, int step_1based);
+
+ private:
+  std::vector<PoolArray<float>> m_, v_;
+};
+
+struct StepStats {
+  float loss = 0;        // mean over the global batch's tokens
+  double grad_norm = 0;  // before clipping
+  double lr = 0;
+  int64_t tokens = 0;
+};
+
+// Fills inputs(B,T) and targets(B,T) with the next micro-batch.
+using NextBatch = std::function<void(int32_t* inputs, int32_t* targets)>;
+
+class Stepper {
+ public:
+  Stepper(Gpt& model, Backend& be, Comm& comm, const TrainSettings& t, int accum_steps);
+  StepStats step(int step, const NextBatch& next);  // step is 0-based
+
+ private:
+  Gpt& model_;
+  Backend& be_;
+  Comm& comm_;
+  TrainSettings t_;
+  int accum_;
+  AdamW opt_;
+  std::vector<int32_t> inputs_, targets_;
+};
+
+// Mean loss over `batches` micro-batches of the loader (0: one pass over every window).
+double evaluate(Gpt& model, class DataLoader& loader, int batches);
+
+// Runs a whole training as configured: prepares nothing, writes the run directory.
+void train(const RunConfig& cfg, Comm& comm);
+
+}  // namespace frugal

@@ -1,0 +1,153 @@
+// The Trainer loop: data, steps, evaluation, metrics.jsonl, progress, the final model.
+#include <omp.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "data/data.h"
+#include "train/train.h"
+
+namespace frugal {
+
+double evaluate(Gpt& model, DataLoader& loader, int batches) {
+  const int B = loader.batch(), T = loader.seq_len();
+  int64_t n = batches > 0 ? batches : loader.num_windows() / B;
+  std::vector<int32_t> in(size_t(B) * T), tg(in.size());
+  loader.reset();
+  double sum = 0.0;
+  for (int64_t i = 0; i < n; i++) {
+    loader.next(in.data(), tg.data());
+    sum += model.forward_loss(in.data(), tg.data(), B, T);
+  }
+  return sum / double(n);
+}
+
+static std::string human_bytes(double b) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int u = 0;
+  while (b >= 1024.0 && u < 4) { b /= 1024.0; u++; }
+  return fmt::format("{:.1f} {}", b, units[u]);
+}
+
+static std::string human_time(double s) {
+  int64_t t = int64_t(s + 0.5);
+  if (t >= 3600) return fmt::format("{}h{:02}m", t / 3600, (t / 60) % 60);
+  if (t >= 60) return fmt::format("{}m{:02}s", t / 60, t % 60);
+  return fmt::format("{}s", t);
+}
+
+static nlohmann::json mem_json(const MemStats& m) {
+  nlohmann::json j;
+  for (int c = 0; c < num_mem; c++) j[mem_name(Mem(c))] = m.peak[c];
+  j["total"] = m.total_peak;
+  return j;
+}
+
+void train(const RunConfig& cfg, Comm& comm) {
+  const TrainSettings& t = cfg.train;
+  if (t.threads > 0) omp_set_num_threads(t.threads);
+  const bool rank0 = comm.rank() == 0;
+  const std::string dir = cfg.run.dir;
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) user_error("{}: cannot create the run directory: {}", dir, ec.message());
+  if (rank0) {
+    std::string text = cfg.to_toml();
+    write_file_atomic(dir + "/config.toml", text.data(), text.size());
+  }
+
+  const int B = t.micro_batch, T = t.seq_len;
+  DataLoader train_data(resolve_shards(cfg.data.train, "data.train"), cfg.model.vocab_size, B, T,
+                        t.seed, true, comm.rank(), comm.size());
+  DataLoader val_data(resolve_shards(cfg.data.val, "data.val"), cfg.model.vocab_size, B, T, t.seed,
+                      false);
+
+  Backend& be = cpu_backend();
+  Gpt model(cfg.model, be);
+  model.init(t.seed);
+  Stepper stepper(model, be, comm, t, cfg.accum_steps());
+
+  std::FILE* metrics = nullptr;
+  if (rank0) {
+    metrics = std::fopen((dir + "/metrics.jsonl").c_str(), "w");
+    if (!metrics) user_error("{}/metrics.jsonl: cannot write", dir);
+  }
+  const bool tty = rank0 && ::isatty(STDOUT_FILENO);
+  const double flops_tok = cfg.model.flops_per_token(T);
+  const int64_t tokens_per_step = int64_t(B) * T * cfg.accum_steps() * comm.size();
+  if (rank0)
+    fmt::print("frugal: {} ({} layers, {} heads, {} dims, vocab {}), {:.2f} M parameters\n"
+               "        batch {} tokens = {} x {} x {} micro-batches, {} steps, {} threads, {} ranks\n",
+               cfg.model.preset, cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd,
+               cfg.model.vocab_size, cfg.model.num_params() / 1e6, tokens_per_step, B, T,
+               cfg.accum_steps(), t.steps, omp_get_max_threads(), comm.size());
+
+  using clock = std::chrono::steady_clock;
+  auto t_start = clock::now();
+  double train_seconds = 0.0, val_loss = -1.0;
+  int64_t timed_tokens = 0;
+  double timed_seconds = 0.0;
+  MemStats overall;
+  for (int step = 0; step < t.steps; step++) {
+    MemoryPool::get().reset_peak();
+    auto t0 = clock::now();
+    StepStats st = stepper.step(step, [&](int32_t* in, int32_t* tg) { train_data.next(in, tg); });
+    double dt = std::chrono::duration<double>(clock::now() - t0).count();
+    train_seconds += dt;
+    if (step > 0) { timed_tokens += st.tokens; timed_seconds += dt; }  // step 0 warms up
+    const MemStats& mem = MemoryPool::get().stats();
+    for (int c = 0; c < num_mem; c++) overall.peak[c] = std::max(overall.peak[c], mem.peak[c]);
+    overall.total_peak = std::max(overall.total_peak, mem.total_peak);
+
+    bool last = step == t.steps - 1;
+    bool do_eval = last || (t.eval_every > 0 && (step + 1) % t.eval_every == 0);
+    if (do_eval) val_loss = evaluate(model, val_data, t.eval_batches);
+    if (!rank0) continue;
+
+    double tok_s = double(st.tokens) / dt;
+    double mfu = flops_tok * tok_s / cfg.device.peak_flops;
+    nlohmann::json rec = {{"step", step + 1},         {"loss", st.loss},
+                          {"lr", st.lr},              {"grad_norm", st.grad_norm},
+                          {"tokens_per_s", tok_s},    {"mfu", mfu},
+                          {"step_ms", dt * 1e3},      {"tokens", tokens_per_step * (step + 1)},
+                          {"mem_peak", mem_json(mem)}};
+    if (do_eval) rec["val_loss"] = val_loss;
+    std::fprintf(metrics, "%s\n", rec.dump().c_str());
+    std::fflush(metrics);
+
+    if (tty) std::fputs("\r\033[K", stdout);
+    if (do_eval || last || (step + 1) % cfg.run.log_every == 0 || step == 0) {
+      fmt::print("step {:>5}/{} | loss {:.4f} | lr {:.2e} | norm {:.3f} | {:.0f} tok/s | MFU {:.1f}% | {:.0f} ms{}\n",
+                 step + 1, t.steps, st.loss, st.lr, st.grad_norm, tok_s, 100.0 * mfu, dt * 1e3,
+                 do_eval ? fmt::format(" | val {:.4f}", val_loss) : "");
+    }
+    if (tty && !last) {
+      const int width = 30;
+      int done = int(double(step + 1) / t.steps * width);
+      double eta = train_seconds / (step + 1) * (t.steps - step - 1);
+      fmt::print("[{}{}] {}/{} {:.0f}% ETA {}", std::string(done, '#'), std::string(width - done, '.'),
+                 step + 1, t.steps, 100.0 * (step + 1) / t.steps, human_time(eta));
+    }
+    std::fflush(stdout);
+  }
+  if (!rank0) return;
+  std::fclose(metrics);
+  save_model(dir + "/model.safetensors", model);
+  double total = std::chrono::duration<double>(clock::now() - t_start).count();
+  double tok_s = timed_seconds > 0 ? double(timed_tokens) / timed_seconds : 0.0;
+  fmt::print("done: val loss {:.4f} | {:.0f} tok/s (MFU {:.1f}% of {:.0f} GFLOP/s) | {} total\n", val_loss,
+             tok_s, 100.0 * flops_tok * tok_s / cfg.device.peak_flops, cfg.device.peak_flops / 1e9,
+             human_time(total));
+  std::string mem_line;
+  for (int c = 0; c < num_mem; c++)
+    if (overall.peak[c]) mem_line += fmt::format(" {} {} |", mem_name(Mem(c)), human_bytes(double(overall.peak[c])));
+  fmt::print("peak memory:{} total {}\n", mem_line, human_bytes(double(overall.total_peak)));
+  fmt::print("wrote {}/model.safetensors, {}/metrics.jsonl\n", dir, dir);
+}
+
+}  // namespace frugal

@@ -1,0 +1,62 @@
+// MemoryPool accounting, RNG determinism and statistics, atomic files.
+#include <fstream>
+
+#include "core/core.h"
+#include "support/support.h"
+
+namespace frugal {
+namespace {
+
+TEST(MemoryPool, TracksCurrentAndPeakPerCategory) {
+  auto& pool = MemoryPool::get();
+  pool.reset_peak();
+  size_t base_act = pool.stats().current[int(Mem::activations)];
+  size_t base_opt = pool.stats().current[int(Mem::optimizer)];
+  {
+    PoolArray<float> a(1000, Mem::activations), b(500, Mem::activations);
+    PoolArray<float> o(250, Mem::optimizer);
+    EXPECT_EQ(pool.stats().current[int(Mem::activations)], base_act + 6000);
+    EXPECT_EQ(pool.stats().current[int(Mem::optimizer)], base_opt + 1000);
+    EXPECT_EQ(a[999], 0.0f);  // zero-filled
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(a.data()) % 64, 0u);
+  }
+  EXPECT_EQ(pool.stats().current[int(Mem::activations)], base_act);
+  EXPECT_EQ(pool.stats().peak[int(Mem::activations)], base_act + 6000);
+  pool.reset_peak();
+  EXPECT_EQ(pool.stats().peak[int(Mem::activations)], base_act);
+}
+
+TEST(Rng, SameSeedSameStreamAndNormalMoments) {
+  Rng a(42), b(42), c(43);
+  for (int i = 0; i < 100; i++) EXPECT_EQ(a.next(), b.next());
+  EXPECT_NE(Rng(42).next(), c.next());
+  Rng r(7);
+  double s = 0, s2 = 0;
+  const int n = 200000;
+  for (int i = 0; i < n; i++) {
+    double x = r.normal();
+    s += x;
+    s2 += x * x;
+  }
+  EXPECT_NEAR(s / n, 0.0, 0.01);
+  EXPECT_NEAR(s2 / n, 1.0, 0.01);
+}
+
+TEST(AtomicFile, CommitRenamesAndAbandonLeavesNothing) {
+  test::TempDir d;
+  write_file_atomic(d / "a.txt", "hello", 5);
+  std::ifstream in(d / "a.txt");
+  std::string s;
+  in >> s;
+  EXPECT_EQ(s, "hello");
+  {
+    AtomicFile f(d / "b.txt");
+    f.write("partial", 7);
+  }  // destroyed without commit
+  EXPECT_FALSE(std::filesystem::exists(d / "b.txt"));
+  EXPECT_FALSE(std::filesystem::exists(d / "b.txt.tmp"));
+  EXPECT_THROW(write_file_atomic(d / "no/such/dir/c.txt", "x", 1), UserError);
+}
+
+}  // namespace
+}  // namespace frugal

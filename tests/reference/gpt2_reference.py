@@ -1,0 +1,293 @@
+#!/usr/bin/python3
+"""PyTorch reference ("twin") of frugal's C++ GPT-2 trainer.
+
+Run it with Debian's /usr/bin/python3 (torch + numpy; no safetensors package
+needed: the format is read and written here with struct + json + numpy).
+
+Mode 1, parity (default) -- used by the C++ parity test:
+  python3 gpt2_reference.py --weights W.safetensors --batches X.safetensors
+      --out R.safetensors --lr F --min-lr F --warmup N --total-steps N
+      --weight-decay F --beta1 F --beta2 F --eps F --clip F --threads N
+  W: F32 parameters (names below) + metadata n_layer, n_head, n_embd,
+     vocab_size, context.  X: I32 "tokens" (S, B, T+1), S >= 10.
+  R (F32): "logits" (B,T,V) and "loss" (1,) of batch 0 at the initial weights,
+     "grad.<name>" for every parameter (batch 0, initial weights),
+     "losses" (10,) and "grad_norms" (10,) of 10 AdamW steps on batches 0..9,
+     "param5.<name>" for every parameter after 5 updates.
+  Parameter names (Linear weights stored [out, in]): wte (Vp,C), wpe (maxT,C),
+  blocks.<l>.{ln1,ln2}.{weight,bias}, blocks.<l>.attn.{qkv,proj}.{weight,bias},
+  blocks.<l>.mlp.{fc,proj}.{weight,bias}, ln_f.{weight,bias}.
+
+Mode 2, bench -- used by the benchmark:
+  python3 gpt2_reference.py --bench --n-layer 12 --n-head 12 --n-embd 768
+      --vocab 50257 --context 1024 --batch 4 --seq 256 --steps 6
+      --warmup-steps 2 --threads 2
+  Prints one JSON line: tokens_per_s, step_s_median, peak_rss_mib, threads, loss.
+"""
+import argparse
+import json
+import math
+import os
+import resource
+import statistics
+import struct
+import sys
+import time
+
+import numpy as np
+
+# ---------------------------------------------------------------- safetensors
+
+DTYPES = {"F32": np.float32, "I32": np.int32}
+DTYPE_NAMES = {np.dtype(np.float32): "F32", np.dtype(np.int32): "I32"}
+
+
+def read_safetensors(path):
+    """Returns ({name: np.ndarray}, metadata dict)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n].decode("utf-8"))
+    meta = header.pop("__metadata__", {}) or {}
+    base = 8 + n
+    tensors = {}
+    for name, info in header.items():
+        begin, end = info["data_offsets"]
+        dt = np.dtype(DTYPES[info["dtype"]]).newbyteorder("<")
+        arr = np.frombuffer(data, dtype=dt, count=(end - begin) // dt.itemsize,
+                            offset=base + begin)
+        tensors[name] = arr.reshape(info["shape"]).astype(dt.newbyteorder("="))
+    return tensors, meta
+
+
+def write_safetensors(path, tensors, meta=None):
+    """Writes {name: np.ndarray} atomically (tmp file, fsync, rename)."""
+    header, blobs, offset = {}, [], 0
+    if meta:
+        header["__metadata__"] = {str(k): str(v) for k, v in meta.items()}
+    for name, arr in tensors.items():
+        arr = np.ascontiguousarray(arr)
+        blob = arr.astype(arr.dtype.newbyteorder("<")).tobytes()
+        header[name] = {"dtype": DTYPE_NAMES[arr.dtype], "shape": list(arr.shape),
+                        "data_offsets": [offset, offset + len(blob)]}
+        blobs.append(blob)
+        offset += len(blob)
+    hbytes = json.dumps(header).encode("utf-8")
+    hbytes += b" " * (-len(hbytes) % 8)  # pad so the data is 8-byte aligned
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(hbytes)))
+        f.write(hbytes)
+        for blob in blobs:
+            f.write(blob)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------- model
+
+def build_model(torch, n_layer, n_head, n_embd, vocab_size, context):
+    nn, F = torch.nn, torch.nn.functional
+    C, Vp = n_embd, ((vocab_size + 127) // 128) * 128
+
+    class Attention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv = nn.Linear(C, 3 * C)
+            self.proj = nn.Linear(C, C)
+
+        def forward(self, x):
+            B, T, _ = x.shape
+            hs = C // n_head
+            q, k, v = self.qkv(x).split(C, dim=2)
+            q, k, v = (t.view(B, T, n_head, hs).transpose(1, 2) for t in (q, k, v))
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))
+            mask = torch.ones(T, T, dtype=torch.bool).tril()
+            att = F.softmax(att.masked_fill(~mask, float("-inf")), dim=-1)
+            y = (att @ v).transpose(1, 2).contiguous().view(B, T, C)
+            return self.proj(y)
+
+    class MLP(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(C, 4 * C)
+            self.proj = nn.Linear(4 * C, C)
+
+        def forward(self, x):
+            return self.proj(F.gelu(self.fc(x), approximate="tanh"))
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln1 = nn.LayerNorm(C, eps=1e-5)
+            self.attn = Attention()
+            self.ln2 = nn.LayerNorm(C, eps=1e-5)
+            self.mlp = MLP()
+
+        def forward(self, x):
+            x = x + self.attn(self.ln1(x))
+            return x + self.mlp(self.ln2(x))
+
+    class GPT(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.wte = nn.Parameter(torch.zeros(Vp, C))
+            self.wpe = nn.Parameter(torch.zeros(context, C))
+            self.blocks = nn.ModuleList([Block() for _ in range(n_layer)])
+            self.ln_f = nn.LayerNorm(C, eps=1e-5)
+
+        def forward(self, idx, targets):
+            T = idx.shape[1]
+            x = self.wte[idx] + self.wpe[:T]
+            for block in self.blocks:
+                x = block(x)
+            logits = self.ln_f(x) @ self.wte[:vocab_size].t()
+            loss = F.cross_entropy(logits.reshape(-1, vocab_size), targets.reshape(-1))
+            return logits, loss
+
+    return GPT()
+
+
+def gpt2_init(torch, model, n_layer):
+    """GPT-2 init: N(0, 0.02), residual projections 0.02/sqrt(2L), LN 1/0, biases 0."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                p.fill_(1.0 if name.endswith("ln1.weight") or name.endswith("ln2.weight")
+                        or name == "ln_f.weight" else 0.0)
+            elif name.endswith("attn.proj.weight") or name.endswith("mlp.proj.weight"):
+                p.normal_(0.0, 0.02 / math.sqrt(2 * n_layer))
+            else:
+                p.normal_(0.0, 0.02)
+
+
+def make_optimizer(torch, model, lr, weight_decay, betas, eps):
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
+
+
+def lr_at(i, lr, min_lr, warmup, total_steps):
+    if i < warmup:
+        return lr * (i + 1) / warmup
+    p = (i - warmup) / max(1, total_steps - warmup)
+    return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * p))
+
+
+# ---------------------------------------------------------------- modes
+
+def run_parity(torch, a):
+    weights, meta = read_safetensors(a.weights)
+    cfg = {k: int(meta[k]) for k in ("n_layer", "n_head", "n_embd", "vocab_size", "context")}
+    model = build_model(torch, **cfg)
+    params = dict(model.named_parameters())
+    missing = set(params) - set(weights)
+    if missing:
+        sys.exit("weights file lacks: %s" % sorted(missing))
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(torch.from_numpy(weights[name]).reshape(p.shape))
+
+    tokens = torch.from_numpy(read_safetensors(a.batches)[0]["tokens"]).long()
+    if tokens.shape[0] < 10:
+        sys.exit("need at least 10 batches, got %d" % tokens.shape[0])
+
+    def batch(s):
+        return tokens[s, :, :-1], tokens[s, :, 1:]
+
+    out = {}
+    logits, loss = model(*batch(0))
+    loss.backward()
+    out["logits"] = logits.detach().numpy()
+    out["loss"] = np.array([loss.item()], dtype=np.float32)
+    for name, p in params.items():
+        out["grad." + name] = p.grad.numpy().copy()
+
+    opt = make_optimizer(torch, model, a.lr, a.weight_decay, (a.beta1, a.beta2), a.eps)
+    losses, norms = [], []
+    for i in range(10):
+        opt.zero_grad(set_to_none=False)
+        _, loss = model(*batch(i))
+        loss.backward()
+        losses.append(loss.item())
+        norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), a.clip)))
+        for g in opt.param_groups:
+            g["lr"] = lr_at(i, a.lr, a.min_lr, a.warmup, a.total_steps)
+        opt.step()
+        if i == 4:
+            for name, p in params.items():
+                out["param5." + name] = p.detach().numpy().copy()
+    out["losses"] = np.array(losses, dtype=np.float32)
+    out["grad_norms"] = np.array(norms, dtype=np.float32)
+    write_safetensors(a.out, {k: v.astype(np.float32) for k, v in out.items()})
+
+
+def run_bench(torch, a):
+    torch.manual_seed(0)
+    model = build_model(torch, a.n_layer, a.n_head, a.n_embd, a.vocab, a.context)
+    gpt2_init(torch, model, a.n_layer)
+    opt = make_optimizer(torch, model, 3e-4, 0.1, (0.9, 0.95), 1e-8)
+    times, loss = [], None
+    for i in range(a.warmup_steps + a.steps):
+        tok = torch.randint(0, a.vocab, (a.batch, a.seq + 1))
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        _, loss = model(tok[:, :-1], tok[:, 1:])
+        loss.backward()
+        opt.step()
+        dt = time.perf_counter() - t0
+        if i >= a.warmup_steps:
+            times.append(dt)
+    med = statistics.median(times)
+    print(json.dumps({
+        "tokens_per_s": a.batch * a.seq / med,
+        "step_s_median": med,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "threads": a.threads,
+        "loss": loss.item(),
+    }))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=1)
+    # parity mode
+    ap.add_argument("--weights")
+    ap.add_argument("--batches")
+    ap.add_argument("--out")
+    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--min-lr", type=float, default=0.0)
+    ap.add_argument("--warmup", type=int, default=0)
+    ap.add_argument("--total-steps", type=int, default=10)
+    ap.add_argument("--weight-decay", type=float, default=0.1)
+    ap.add_argument("--beta1", type=float, default=0.9)
+    ap.add_argument("--beta2", type=float, default=0.95)
+    ap.add_argument("--eps", type=float, default=1e-8)
+    ap.add_argument("--clip", type=float, default=1.0)
+    # bench mode
+    ap.add_argument("--bench", action="store_true")
+    ap.add_argument("--n-layer", type=int, default=12)
+    ap.add_argument("--n-head", type=int, default=12)
+    ap.add_argument("--n-embd", type=int, default=768)
+    ap.add_argument("--vocab", type=int, default=50257)
+    ap.add_argument("--context", type=int, default=1024)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--warmup-steps", type=int, default=2)
+    a = ap.parse_args()
+    if not a.bench and not (a.weights and a.batches and a.out):
+        ap.error("parity mode needs --weights, --batches and --out")
+
+    os.environ["OMP_NUM_THREADS"] = str(a.threads)
+    os.environ["OPENBLAS_NUM_THREADS"] = str(a.threads)
+    import torch  # after the env vars, so the thread pools honour them
+    torch.set_num_threads(a.threads)
+    (run_bench if a.bench else run_parity)(torch, a)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+// Test support: random inputs, comparisons, temporary directories.
+#pragma once
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace frugal::test {
+
+// Fresh random inputs each run unless FRUGAL_TEST_SEED is set; the seed is printed on failure.
+inline uint64_t test_seed() {
+  static uint64_t s = [] {
+    const char* e = std::getenv("FRUGAL_TEST_SEED");
+    return e ? std::strtoull(e, nullptr, 10) : std::random_device{}();
+  }();
+  return s;
+}
+
+inline std::vector<float> randn(size_t n, float scale = 1.0f, uint64_t salt = 0) {
+  std::mt19937_64 g(test_seed() * 1000003 + salt);
+  std::normal_distribution<float> d(0.0f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(g);
+  return v;
+}
+
+// max_i |a_i - b_i| / (atol + rtol * |b_i|) <= 1
+template <class A, class B>
+::testing::AssertionResult all_close(const A& a, const B& b, double rtol, double atol) {
+  if (a.size() != b.size())
+    return ::testing::AssertionFailure() << "sizes " << a.size() << " vs " << b.size();
+  double worst = 0;
+  size_t at = 0;
+  for (size_t i = 0; i < a.size(); i++) {
+    double r = std::abs(double(a[i]) - double(b[i])) / (atol + rtol * std::abs(double(b[i])));
+    if (!(r <= worst)) { worst = r; at = i; }
+  }
+  if (worst <= 1.0) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << "element " << at << ": " << a[at] << " vs " << b[at]
+                                       << " (" << worst << "x the tolerance, seed " << test_seed() << ")";
+}
+
+// ||a - b|| / ||b|| (the relative error of a whole tensor)
+template <class A, class B>
+double rel_error(const A& a, const B& b) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); i++) {
+    num += (double(a[i]) - double(b[i])) * (double(a[i]) - double(b[i]));
+    den += double(b[i]) * double(b[i]);
+  }
+  return std::sqrt(num / std::max(den, 1e-300));
+}
+
+struct TempDir {
+  std::filesystem::path path;
+  TempDir() {
+    path = std::filesystem::temp_directory_path() /
+           ("frugal_test_" + std::to_string(::getpid()) + "_" + std::to_string(counter()++));
+    std::filesystem::create_directories(path);
+  }
+  ~TempDir() { std::filesystem::remove_all(path); }
+  std::string operator/(const std::string& f) const { return (path / f).string(); }
+  static int& counter() { static int c = 0; return c; }
+};
+
+}  // namespace frugal::test
