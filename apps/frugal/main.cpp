@@ -81,7 +81,7 @@ static int cmd_sample(const std::string& run, const std::string& prompt, int num
   fmt::print("{}", prompt);
   for (int i = 0; i < num_tokens; i++) {
     int T = std::min<int>(int(tokens.size()), c.context);
-    model.last_logits(tokens.data() + tokens.size() - T, T, logits);
+    model.logits(tokens.data() + tokens.size() - T, 1, T, true, logits);
     int next = 0;
     if (temperature == 0.0) {
       next = int(std::max_element(logits.begin(), logits.end()) - logits.begin());

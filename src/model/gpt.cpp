@@ -87,9 +87,9 @@ std::vector<Gpt::Named> Gpt::named_params() {
   return out;
 }
 
-void Gpt::allocate(int B, int T) {
+void Gpt::allocate(int B, int T, int64_t head_rows) {
   FRUGAL_CHECK(B > 0 && T > 0 && T <= cfg_.context, "allocate(B={}, T={})", B, T);
-  if (B == B_ && T == T_) return;
+  if (B == B_ && T == T_ && (head_rows == 0 || head_rows == head_rows_)) return;
   B_ = B;
   T_ = T;
   const int64_t BT = int64_t(B) * T, C = cfg_.n_embd, NH = cfg_.n_head, Vp = cfg_.padded_vocab();
@@ -118,7 +118,7 @@ void Gpt::allocate(int B, int T) {
   lnf_rstd_ = {size_t(BT), A};
   losses_ = {size_t(BT), A};
   // lm-head chunk: at most 8 Mi floats (32 MiB) of logits at a time, never the full (BT, Vp).
-  head_rows_ = std::max<int64_t>(1, std::min<int64_t>(BT, (int64_t(1) << 23) / Vp));
+  head_rows_ = head_rows > 0 ? head_rows : std::max<int64_t>(1, std::min<int64_t>(BT, (int64_t(1) << 23) / Vp));
   logits_ = {size_t(head_rows_ * Vp), W};
   dres_ = {size_t(BT * C), W};
   dbig_ = {size_t(4 * BT * C), W};
@@ -218,14 +218,19 @@ float Gpt::forward_loss(const int32_t* tokens, const int32_t* targets, int B, in
   return head(targets, B, T, 0.0f);
 }
 
-void Gpt::last_logits(const int32_t* tokens, int T, std::vector<float>& out) {
-  embed_forward(tokens, 1, T);
-  for (int l = 0; l < cfg_.n_layer; l++) block_forward(l, 1, T);
-  final_forward(1, T);
+void Gpt::logits(const int32_t* tokens, int B, int T, bool last_only, std::vector<float>& out) {
+  embed_forward(tokens, B, T);
+  for (int l = 0; l < cfg_.n_layer; l++) block_forward(l, B, T);
+  final_forward(B, T);
   const int64_t C = cfg_.n_embd, V = cfg_.vocab_size;
-  out.resize(V);
-  be_.matmul(false, true, 1, V, C, 1.0f, lnf_.data() + (T - 1) * C, C, units_[0].p.wte, C, 0.0f,
-             out.data(), V);
+  const int64_t rows = last_only ? B : int64_t(B) * T;
+  out.resize(size_t(rows * V));
+  for (int b = 0; b < (last_only ? B : 1); b++) {
+    // all rows at once, or row T-1 of each sequence
+    const float* x = lnf_.data() + (last_only ? (int64_t(b) * T + T - 1) * C : 0);
+    be_.matmul(false, true, last_only ? 1 : rows, V, C, 1.0f, x, C, units_[0].p.wte, C, 0.0f,
+               out.data() + (last_only ? b * V : 0), V);
+  }
 }
 
 }  // namespace frugal

@@ -89,7 +89,8 @@ class Gpt {
   void zero_grads();
 
   // Allocates the activations for micro-batches up to (B, T); allocates nothing afterwards.
-  void allocate(int B, int T);
+  // head_rows: rows of logits per lm-head chunk (0: as many as fit in 32 MiB).
+  void allocate(int B, int T, int64_t head_rows = 0);
   int max_batch() const { return B_; }
 
   // The stages of one micro-batch, in order. tokens/targets are (B,T) with B, T up to the
@@ -103,8 +104,8 @@ class Gpt {
 
   // Whole forward + loss (no gradients); mean loss.
   float forward_loss(const int32_t* tokens, const int32_t* targets, int B, int T);
-  // Logits(V) of the last position of tokens(1,T) (for sampling).
-  void last_logits(const int32_t* tokens, int T, std::vector<float>& out);
+  // Logits (B,T,V) of tokens(B,T); with last_only, only those of position T-1: (B,V).
+  void logits(const int32_t* tokens, int B, int T, bool last_only, std::vector<float>& out);
 
   // All parameter specs with a pointer to their data, in order (for files and tests).
   struct Named { const ParamSpec* spec; float* data; float* grad; };

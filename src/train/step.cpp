@@ -38,14 +38,13 @@ Stepper::Stepper(Gpt& model, Backend& be, Comm& comm, const TrainSettings& t, in
   model_.allocate(t.micro_batch, t.seq_len);
 }
 
-StepStats Stepper::step(int step, const NextBatch& next) {
+float Stepper::forward_backward(const NextBatch& next) {
   const int B = t_.micro_batch, T = t_.seq_len, L = model_.config().n_layer;
   const int64_t micro_tokens = int64_t(B) * T;
   const int64_t global_tokens = micro_tokens * accum_ * comm_.size();
-  // Each token's loss enters the step's gradient with weight 1/global_tokens, so micro-batches
-  // count by their token counts and the gradient is that of the mean over the global batch.
+  // Each token's loss enters the gradient with weight 1/global_tokens, so micro-batches count
+  // by their token counts and the gradient is that of the mean over the global batch.
   const float grad_scale = 1.0f / float(global_tokens);
-  StepStats st;
   model_.zero_grads();
   double loss_sum = 0.0;
   for (int k = 0; k < accum_; k++) {
@@ -59,9 +58,13 @@ StepStats Stepper::step(int step, const NextBatch& next) {
   float loss_buf[1] = {float(loss_sum)};
   comm_.all_reduce(loss_buf, 1, ReduceOp::sum)->wait();
   for (auto& u : model_.units()) comm_.all_reduce(u.grads.data(), u.numel, ReduceOp::sum)->wait();
-  st.loss = float(double(loss_buf[0]) / double(global_tokens));
-  st.tokens = global_tokens;
+  return float(double(loss_buf[0]) / double(global_tokens));
+}
 
+StepStats Stepper::step(int step, const NextBatch& next) {
+  StepStats st;
+  st.loss = forward_backward(next);
+  st.tokens = int64_t(t_.micro_batch) * t_.seq_len * accum_ * comm_.size();
   double sq = 0.0;
   for (auto& u : model_.units()) sq += be_.sum_squares(u.grads.data(), u.numel);
   st.grad_norm = std::sqrt(sq);

@@ -40,7 +40,11 @@ using NextBatch = std::function<void(int32_t* inputs, int32_t* targets)>;
 class Stepper {
  public:
   Stepper(Gpt& model, Backend& be, Comm& comm, const TrainSettings& t, int accum_steps);
-  StepStats step(int step, const NextBatch& next);  // step is 0-based
+  // Zeroes the gradients and accumulates those of the mean loss over the global batch
+  // (accum_steps micro-batches on every rank); returns that mean loss.
+  float forward_backward(const NextBatch& next);
+  // forward_backward, global-norm clipping, LR schedule and AdamW; step is 0-based.
+  StepStats step(int step, const NextBatch& next);
 
  private:
   Gpt& model_;
