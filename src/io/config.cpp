@@ -3,6 +3,7 @@
 // config.toml all iterate that table.
 #include <toml++/toml.h>
 
+#include <fstream>
 #include <functional>
 #include <sstream>
 
@@ -139,6 +140,7 @@ RunConfig load_config(const std::string& path, const std::vector<std::string>& o
   c.model = gpt_preset("mini", "defaults");
   toml::table tbl;
   if (!path.empty()) {
+    if (!std::ifstream(path)) user_error("{}: cannot open the config file", path);
     try {
       tbl = toml::parse_file(path);
     } catch (const toml::parse_error& e) {

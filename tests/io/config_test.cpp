@@ -1,1 +1,71 @@
+// The run configuration: file + overrides, presets, and one clear error per mistake.
+#include <fstream>
+
+#include "core/core.h"
+#include "io/io.h"
 #include "support/support.h"
+
+namespace frugal {
+namespace {
+
+using test::expect_user_error;
+
+std::string write(const test::TempDir& d, const std::string& text) {
+  std::string p = d / "c.toml";
+  std::ofstream(p) << text;
+  return p;
+}
+
+TEST(Config, FileThenOverridesPresetThenExplicitKeys) {
+  test::TempDir d;
+  auto p = write(d, "[model]\npreset = \"gpt2\"\nn_layer = 3\n[train]\nlr = 6e-4\nsteps = 7\nseq_len = 128\n"
+                    "[data]\ntrain = \"x/*.bin\"\n");
+  RunConfig c = load_config(p, {"train.steps=9", "train.batch_tokens=8192", "run.dir=out/r1",
+                                "model.n_head=4", "device.peak_flops=1e12"});
+  EXPECT_EQ(c.model.n_layer, 3);      // explicit key over the preset
+  EXPECT_EQ(c.model.n_embd, 768);     // from the preset
+  EXPECT_EQ(c.model.n_head, 4);       // override
+  EXPECT_EQ(c.model.vocab_size, 50257);
+  EXPECT_DOUBLE_EQ(c.train.lr, 6e-4);
+  EXPECT_EQ(c.train.steps, 9);
+  EXPECT_EQ(c.train.batch_tokens, 8192);
+  EXPECT_EQ(c.accum_steps(), 8);      // 8192 / (8 * 128)
+  EXPECT_EQ(c.data.train, "x/*.bin");
+  EXPECT_EQ(c.run.dir, "out/r1");
+  EXPECT_DOUBLE_EQ(c.device.peak_flops, 1e12);
+}
+
+TEST(Config, ResolvedTomlLoadsBackToTheSameConfig) {
+  test::TempDir d;
+  RunConfig c = load_config("", {"model.preset=tiny", "train.lr=0.002", "data.val=v/*.bin", "train.seq_len=64"});
+  std::string p = d / "resolved.toml";
+  std::ofstream(p) << c.to_toml();
+  RunConfig r = load_config(p, {});
+  EXPECT_EQ(r.to_toml(), c.to_toml());
+  EXPECT_EQ(r.model.n_embd, 64);
+  EXPECT_DOUBLE_EQ(r.train.lr, 0.002);
+  EXPECT_EQ(r.data.val, "v/*.bin");
+}
+
+TEST(Config, EveryMistakeIsOneLineNamingFileAndField) {
+  test::TempDir d;
+  expect_user_error([&] { load_config(write(d, "[train]\nlrr = 1\n"), {}); },
+                    "c.toml: unknown key train.lrr (expected one of: seed, steps");
+  expect_user_error([&] { load_config("", {"train.stepz=3"}); }, "--train.stepz: unknown key train.stepz");
+  expect_user_error([&] { load_config(write(d, "[trian]\nlr = 1\n"), {}); }, "unknown section [trian]");
+  expect_user_error([&] { load_config(write(d, "[train]\nlr = \"fast\"\n"), {}); },
+                    "c.toml: train.lr: expected a number, got a string");
+  expect_user_error([&] { load_config("", {"train.steps=1.5"}); }, "--train.steps: train.steps: expected an integer, got a number");
+  expect_user_error([&] { load_config("", {"train.steps=0"}); }, "train.steps: expected an integer >= 1, got 0");
+  expect_user_error([&] { load_config("", {"model.preset=gpt3"}); }, "--model.preset: unknown model preset 'gpt3' (expected one of:");
+  expect_user_error([&] { load_config("", {"model.preset=gpt2", "train.seq_len=2048"}); },
+                    "train.seq_len = 2048 is above the model's context of 1024 positions");
+  expect_user_error([&] { load_config("", {"train.batch_tokens=1000"}); },
+                    "train.batch_tokens = 1000 must be a multiple of micro_batch * seq_len = 2048");
+  expect_user_error([&] { load_config("", {"model.n_head=3"}); }, "model.n_embd (256) must be divisible by model.n_head (3)");
+  expect_user_error([&] { load_config(write(d, "[train\nlr = 1\n"), {}); }, "c.toml:1:");
+  expect_user_error([&] { load_config("", {"trainlr=1"}); }, "expected --section.key=value");
+}
+
+}  // namespace
+}  // namespace frugal

@@ -55,6 +55,17 @@ double rel_error(const A& a, const B& b) {
   return std::sqrt(num / std::max(den, 1e-300));
 }
 
+// f must throw a UserError whose message contains needle.
+template <class F>
+void expect_user_error(F&& f, const std::string& needle) {
+  try {
+    f();
+    ADD_FAILURE() << "no error; expected one mentioning: " << needle;
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+  }
+}
+
 struct TempDir {
   std::filesystem::path path;
   TempDir() {
