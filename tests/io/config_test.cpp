@@ -47,6 +47,15 @@ TEST(Config, ResolvedTomlLoadsBackToTheSameConfig) {
   EXPECT_EQ(r.data.val, "v/*.bin");
 }
 
+TEST(Config, ShippedConfigsLoad) {
+  RunConfig mini = load_config(std::string(FRUGAL_SOURCE_DIR) + "/configs/mini.toml", {});
+  RunConfig defaults = load_config("", {});
+  EXPECT_EQ(mini.to_toml(), defaults.to_toml());  // mini.toml spells out the defaults
+  RunConfig gpt2 = load_config(std::string(FRUGAL_SOURCE_DIR) + "/configs/gpt2.toml", {});
+  EXPECT_EQ(gpt2.model.num_params(), 124475904);
+  EXPECT_EQ(gpt2.accum_steps(), 128);  // 524288 / (4 * 1024)
+}
+
 TEST(Config, EveryMistakeIsOneLineNamingFileAndField) {
   test::TempDir d;
   expect_user_error([&] { load_config(write(d, "[train]\nlrr = 1\n"), {}); },

@@ -1,0 +1,129 @@
+// Where a training step's time goes: runs steps of a model through a timing decorator of the
+// CPU backend and prints seconds per op family, GEMM against the rest.
+//   usage: step_profile [preset] [B] [T] [steps]      (default: gpt2 4 256 3)
+#include <omp.h>
+
+#include <chrono>
+#include <map>
+
+#include "train/train.h"
+
+using namespace frugal;
+
+namespace {
+
+class TimingBackend final : public Backend {
+ public:
+  explicit TimingBackend(Backend& inner) : b_(inner) {}
+  const char* name() const override { return "timing"; }
+  std::map<std::string, double> seconds;
+  double gemm_flops = 0;
+
+  void matmul(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+              int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) override {
+    gemm_flops += 2.0 * M * N * K;
+    time("gemm", [&] { b_.matmul(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc); });
+  }
+  void linear_forward(float* out, const float* inp, const float* w, const float* bias, int64_t BT,
+                      int64_t IC, int64_t OC) override {
+    gemm_flops += 2.0 * BT * IC * OC;
+    time("gemm", [&] { b_.linear_forward(out, inp, w, bias, BT, IC, OC); });
+  }
+  void linear_backward(float* dinp, float* dw, float* db, const float* dout, const float* inp,
+                       const float* w, int64_t BT, int64_t IC, int64_t OC) override {
+    gemm_flops += 4.0 * BT * IC * OC;
+    time("gemm", [&] { b_.linear_backward(dinp, dw, db, dout, inp, w, BT, IC, OC); });
+  }
+  void layernorm_forward(float* o, float* m, float* r, const float* i, const float* w, const float* b,
+                         int64_t N, int64_t C) override {
+    time("layernorm", [&] { b_.layernorm_forward(o, m, r, i, w, b, N, C); });
+  }
+  void layernorm_backward(float* di, float* dw, float* db, const float* d, const float* i,
+                          const float* w, const float* m, const float* r, int64_t N, int64_t C) override {
+    time("layernorm", [&] { b_.layernorm_backward(di, dw, db, d, i, w, m, r, N, C); });
+  }
+  void gelu_forward(float* o, const float* i, int64_t n) override { time("gelu", [&] { b_.gelu_forward(o, i, n); }); }
+  void gelu_backward(float* di, const float* i, const float* d, int64_t n) override {
+    time("gelu", [&] { b_.gelu_backward(di, i, d, n); });
+  }
+  void attention_forward(float* o, float* p, const float* q, int64_t B, int64_t T, int64_t C, int64_t NH) override {
+    time("attention", [&] { b_.attention_forward(o, p, q, B, T, C, NH); });
+  }
+  void attention_backward(float* dq, const float* d, const float* q, const float* p, int64_t B, int64_t T,
+                          int64_t C, int64_t NH) override {
+    time("attention", [&] { b_.attention_backward(dq, d, q, p, B, T, C, NH); });
+  }
+  void embedding_forward(float* o, const int32_t* t, const float* wte, const float* wpe, int64_t B,
+                         int64_t T, int64_t C) override {
+    time("embedding", [&] { b_.embedding_forward(o, t, wte, wpe, B, T, C); });
+  }
+  void embedding_backward(float* dwte, float* dwpe, const float* d, const int32_t* t, int64_t B,
+                          int64_t T, int64_t C) override {
+    time("embedding", [&] { b_.embedding_backward(dwte, dwpe, d, t, B, T, C); });
+  }
+  void add(float* o, const float* a, const float* b, int64_t n) override { time("residual add", [&] { b_.add(o, a, b, n); }); }
+  void softmax_xent(float* l, float* loss, const int32_t* t, int64_t N, int64_t V, int64_t Vp, float s) override {
+    time("softmax xent", [&] { b_.softmax_xent(l, loss, t, N, V, Vp, s); });
+  }
+  void adamw(float* p, const float* g, float* m, float* v, int64_t n, const AdamWArgs& a) override {
+    time("adamw", [&] { b_.adamw(p, g, m, v, n, a); });
+  }
+  double sum_squares(const float* x, int64_t n) override {
+    double r;
+    time("grad norm + clip", [&] { r = b_.sum_squares(x, n); });
+    return r;
+  }
+  void scale(float* x, int64_t n, float s) override { time("grad norm + clip", [&] { b_.scale(x, n, s); }); }
+
+ private:
+  template <class F>
+  void time(const char* what, F&& f) {
+    auto t0 = std::chrono::steady_clock::now();
+    f();
+    seconds[what] += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+  Backend& b_;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string preset = argc > 1 ? argv[1] : "gpt2";
+  int B = argc > 2 ? std::atoi(argv[2]) : 4, T = argc > 3 ? std::atoi(argv[3]) : 256;
+  int steps = argc > 4 ? std::atoi(argv[4]) : 3;
+  GptConfig cfg = gpt_preset(preset, "step_profile");
+  TimingBackend tb(cpu_backend());
+  Gpt model(cfg, tb);
+  model.init(1);
+  TrainSettings t;
+  t.micro_batch = B;
+  t.seq_len = T;
+  t.steps = steps + 1;
+  auto comm = make_local_comm();
+  Stepper stepper(model, tb, *comm, t, 1);
+  Rng rng(2);
+  auto next = [&](int32_t* in, int32_t* tg) {
+    for (int i = 0; i < B * T; i++) {
+      in[i] = int32_t(rng.below(uint64_t(cfg.vocab_size)));
+      tg[i] = int32_t(rng.below(uint64_t(cfg.vocab_size)));
+    }
+  };
+  stepper.step(0, next);  // warm-up
+  tb.seconds.clear();
+  tb.gemm_flops = 0;
+  auto t0 = std::chrono::steady_clock::now();
+  for (int s = 1; s <= steps; s++) stepper.step(s, next);
+  double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / steps;
+  std::printf("%s B=%d T=%d, %d threads: %.3f s/step, %.1f tokens/s\n", preset.c_str(), B, T,
+              omp_get_max_threads(), total, B * T / total);
+  double accounted = 0;
+  for (auto& [k, v] : tb.seconds) {
+    std::printf("  %-18s %7.3f s  %5.1f%%\n", k.c_str(), v / steps, 100 * v / steps / total);
+    accounted += v / steps;
+  }
+  std::printf("  %-18s %7.3f s  %5.1f%%\n", "other (host)", total - accounted, 100 * (total - accounted) / total);
+  std::printf("GEMM: %.1f GFLOP/s over %.3f s; model: %.1f GFLOP/s\n",
+              tb.gemm_flops / tb.seconds["gemm"] / 1e9, tb.seconds["gemm"] / steps,
+              cfg.flops_per_token(T) * B * T / total / 1e9);
+  return 0;
+}
