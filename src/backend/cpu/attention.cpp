@@ -2,7 +2,6 @@
 // Parallel over (b, h): each task owns its slices of out / dqkv, so no reductions are shared.
 #include <cmath>
 #include <cstring>
-#include <vector>
 
 #include "backend/cpu/cpu.h"
 
@@ -54,9 +53,10 @@ void CpuBackend::attention_backward(float* dqkv, const float* dout, const float*
                                     int64_t NH) {
   const int64_t HS = C / NH, C3 = 3 * C;
   const float scale = 1.0f / std::sqrt(float(HS));
+  float* scratch = partials(T);  // one dP row per thread
 #pragma omp parallel
   {
-    std::vector<float> dp(T);  // dP row, then dS row
+    float* dp = scratch + int64_t(omp_get_thread_num()) * T;
 #pragma omp for collapse(2) schedule(static)
     for (int64_t b = 0; b < B; b++) {
       for (int64_t h = 0; h < NH; h++) {
