@@ -1,6 +1,6 @@
 // Where a training step's time goes: runs steps of a model through a timing decorator of the
 // CPU backend and prints seconds per op family, GEMM against the rest.
-//   usage: step_profile [preset] [B] [T] [steps]      (default: gpt2 4 256 3)
+//   usage: step_profile [preset] [B] [T] [steps] [fp32|bf16|fp16]   (default: gpt2 4 256 3 fp32)
 #include <omp.h>
 
 #include <chrono>
@@ -19,39 +19,45 @@ class TimingBackend final : public Backend {
   std::map<std::string, double> seconds;
   double gemm_flops = 0;
 
-  void matmul(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
-              int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) override {
+  bool native_gemm(DType d) const override { return b_.native_gemm(d); }
+  void matmul(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const void* A, int64_t lda,
+              const void* B, int64_t ldb, void* C, int64_t ldc, DType ab, DType c, const float* bias,
+              bool acc) override {
     gemm_flops += 2.0 * M * N * K;
-    time("gemm", [&] { b_.matmul(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc); });
+    time("gemm", [&] { b_.matmul(ta, tb, M, N, K, A, lda, B, ldb, C, ldc, ab, c, bias, acc); });
   }
-  void linear_forward(float* out, const float* inp, const float* w, const float* bias, int64_t BT,
-                      int64_t IC, int64_t OC) override {
+  void linear_forward(void* out, const void* inp, const void* w, const float* bias, int64_t BT,
+                      int64_t IC, int64_t OC, DType dt) override {
     gemm_flops += 2.0 * BT * IC * OC;
-    time("gemm", [&] { b_.linear_forward(out, inp, w, bias, BT, IC, OC); });
+    time("gemm", [&] { b_.linear_forward(out, inp, w, bias, BT, IC, OC, dt); });
   }
-  void linear_backward(float* dinp, float* dw, float* db, const float* dout, const float* inp,
-                       const float* w, int64_t BT, int64_t IC, int64_t OC) override {
+  void linear_backward(void* dinp, float* dw, float* db, const void* dout, const void* inp,
+                       const void* w, int64_t BT, int64_t IC, int64_t OC, DType dt) override {
     gemm_flops += 4.0 * BT * IC * OC;
-    time("gemm", [&] { b_.linear_backward(dinp, dw, db, dout, inp, w, BT, IC, OC); });
+    time("gemm", [&] { b_.linear_backward(dinp, dw, db, dout, inp, w, BT, IC, OC, dt); });
   }
-  void layernorm_forward(float* o, float* m, float* r, const float* i, const float* w, const float* b,
-                         int64_t N, int64_t C) override {
-    time("layernorm", [&] { b_.layernorm_forward(o, m, r, i, w, b, N, C); });
+  void layernorm_forward(void* o, float* m, float* r, const float* i, const float* w, const float* b,
+                         int64_t N, int64_t C, DType dt) override {
+    time("layernorm", [&] { b_.layernorm_forward(o, m, r, i, w, b, N, C, dt); });
   }
-  void layernorm_backward(float* di, float* dw, float* db, const float* d, const float* i,
-                          const float* w, const float* m, const float* r, int64_t N, int64_t C) override {
-    time("layernorm", [&] { b_.layernorm_backward(di, dw, db, d, i, w, m, r, N, C); });
+  void layernorm_backward(float* di, float* dw, float* db, const void* d, const float* i,
+                          const float* w, const float* m, const float* r, int64_t N, int64_t C,
+                          DType dt) override {
+    time("layernorm", [&] { b_.layernorm_backward(di, dw, db, d, i, w, m, r, N, C, dt); });
   }
-  void gelu_forward(float* o, const float* i, int64_t n) override { time("gelu", [&] { b_.gelu_forward(o, i, n); }); }
-  void gelu_backward(float* di, const float* i, const float* d, int64_t n) override {
-    time("gelu", [&] { b_.gelu_backward(di, i, d, n); });
+  void gelu_forward(void* o, const void* i, int64_t n, DType dt) override {
+    time("gelu", [&] { b_.gelu_forward(o, i, n, dt); });
   }
-  void attention_forward(float* o, float* p, const float* q, int64_t B, int64_t T, int64_t C, int64_t NH) override {
-    time("attention", [&] { b_.attention_forward(o, p, q, B, T, C, NH); });
+  void gelu_backward(void* di, const void* i, const void* d, int64_t n, DType dt) override {
+    time("gelu", [&] { b_.gelu_backward(di, i, d, n, dt); });
   }
-  void attention_backward(float* dq, const float* d, const float* q, const float* p, int64_t B, int64_t T,
-                          int64_t C, int64_t NH) override {
-    time("attention", [&] { b_.attention_backward(dq, d, q, p, B, T, C, NH); });
+  void attention_forward(void* o, void* p, const void* q, int64_t B, int64_t T, int64_t C,
+                         int64_t NH, DType dt) override {
+    time("attention", [&] { b_.attention_forward(o, p, q, B, T, C, NH, dt); });
+  }
+  void attention_backward(void* dq, const void* d, const void* q, const void* p, int64_t B,
+                          int64_t T, int64_t C, int64_t NH, DType dt) override {
+    time("attention", [&] { b_.attention_backward(dq, d, q, p, B, T, C, NH, dt); });
   }
   void embedding_forward(float* o, const int32_t* t, const float* wte, const float* wpe, int64_t B,
                          int64_t T, int64_t C) override {
@@ -61,7 +67,12 @@ class TimingBackend final : public Backend {
                           int64_t T, int64_t C) override {
     time("embedding", [&] { b_.embedding_backward(dwte, dwpe, d, t, B, T, C); });
   }
-  void add(float* o, const float* a, const float* b, int64_t n) override { time("residual add", [&] { b_.add(o, a, b, n); }); }
+  void add(float* o, const float* a, const void* b, int64_t n, DType dt) override {
+    time("residual add", [&] { b_.add(o, a, b, n, dt); });
+  }
+  void cast(void* d, const float* s, int64_t n, DType dt) override {
+    time("casts", [&] { b_.cast(d, s, n, dt); });
+  }
   void softmax_xent(float* l, float* loss, const int32_t* t, int64_t N, int64_t V, int64_t Vp, float s) override {
     time("softmax xent", [&] { b_.softmax_xent(l, loss, t, N, V, Vp, s); });
   }
@@ -91,16 +102,19 @@ int main(int argc, char** argv) {
   std::string preset = argc > 1 ? argv[1] : "gpt2";
   int B = argc > 2 ? std::atoi(argv[2]) : 4, T = argc > 3 ? std::atoi(argv[3]) : 256;
   int steps = argc > 4 ? std::atoi(argv[4]) : 3;
+  PrecisionSettings prec;
+  std::string dtn = argc > 5 ? argv[5] : "fp32";
+  prec.compute = dtn == "bf16" ? DType::bf16 : dtn == "fp16" ? DType::f16 : DType::f32;
   GptConfig cfg = gpt_preset(preset, "step_profile");
   TimingBackend tb(cpu_backend());
-  Gpt model(cfg, tb);
+  Gpt model(cfg, tb, prec.compute);
   model.init(1);
   TrainSettings t;
   t.micro_batch = B;
   t.seq_len = T;
   t.steps = steps + 1;
   auto comm = make_local_comm();
-  Stepper stepper(model, tb, *comm, t, 1);
+  Stepper stepper(model, tb, *comm, t, 1, prec);
   Rng rng(2);
   auto next = [&](int32_t* in, int32_t* tg) {
     for (int i = 0; i < B * T; i++) {
@@ -114,8 +128,8 @@ int main(int argc, char** argv) {
   auto t0 = std::chrono::steady_clock::now();
   for (int s = 1; s <= steps; s++) stepper.step(s, next);
   double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / steps;
-  std::printf("%s B=%d T=%d, %d threads: %.3f s/step, %.1f tokens/s\n", preset.c_str(), B, T,
-              omp_get_max_threads(), total, B * T / total);
+  std::printf("%s %s B=%d T=%d, %d threads: %.3f s/step, %.1f tokens/s\n", preset.c_str(),
+              dtype_name(prec.compute), B, T, omp_get_max_threads(), total, B * T / total);
   double accounted = 0;
   for (auto& [k, v] : tb.seconds) {
     std::printf("  %-18s %7.3f s  %5.1f%%\n", k.c_str(), v / steps, 100 * v / steps / total);

@@ -52,7 +52,7 @@ static int cmd_eval(const std::string& run, const std::string& data, int batches
   std::string pattern = data.empty() ? cfg.data.val : data;
   DataLoader loader(resolve_shards(pattern, data.empty() ? "data.val" : "--data"),
                     cfg.model.vocab_size, cfg.train.micro_batch, cfg.train.seq_len, 0, false);
-  Gpt model(cfg.model, cpu_backend());
+  Gpt model(cfg.model, cpu_backend(), cfg.precision.compute);
   load_model(weights, model);
   model.allocate(cfg.train.micro_batch, cfg.train.seq_len);
   double loss = evaluate(model, loader, batches);

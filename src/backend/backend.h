@@ -10,6 +10,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "core/dtype.h"
+
 namespace frugal {
 
 struct AdamWArgs {
@@ -21,54 +23,61 @@ class Backend {
  public:
   virtual ~Backend() = default;
   virtual const char* name() const = 0;
+  // Whether GEMMs in dtype d run natively (not through fp32 conversions).
+  virtual bool native_gemm(DType d) const = 0;
 
-  // C(M,N) = alpha * op(A) op(B) + beta * C; op(A) is (M,K), op(B) is (K,N); row-major,
-  // lda/ldb/ldc are the row strides of A, B, C as stored.
-  virtual void matmul(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-                      const float* A, int64_t lda, const float* B, int64_t ldb, float beta,
-                      float* C, int64_t ldc) = 0;
+  // C(M,N) = op(A) op(B) [+ bias(N)] [+ C when accumulate]; A and B in dtype ab, C in dtype c,
+  // fp32 accumulation; op(A) is (M,K), op(B) is (K,N); row-major with row strides lda/ldb/ldc.
+  virtual void matmul(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const void* A,
+                      int64_t lda, const void* B, int64_t ldb, void* C, int64_t ldc, DType ab,
+                      DType c, const float* bias, bool accumulate) = 0;
 
-  // out(BT,OC) = inp(BT,IC) weight(OC,IC)^T + bias(OC); bias may be null.
-  virtual void linear_forward(float* out, const float* inp, const float* weight,
-                              const float* bias, int64_t BT, int64_t IC, int64_t OC) = 0;
-  // dinp(BT,IC) = dout weight (overwritten); dweight(OC,IC) += dout^T inp; dbias(OC) += sum dout.
-  virtual void linear_backward(float* dinp, float* dweight, float* dbias, const float* dout,
-                               const float* inp, const float* weight, int64_t BT, int64_t IC,
-                               int64_t OC) = 0;
+  // Activations (void*) are in the compute dtype dt; the residual stream, LayerNorm
+  // statistics, master weights and their gradients are fp32.
+  // out(BT,OC) = inp(BT,IC) weight(OC,IC)^T + bias(OC); weight in dt, bias fp32 or null.
+  virtual void linear_forward(void* out, const void* inp, const void* weight, const float* bias,
+                              int64_t BT, int64_t IC, int64_t OC, DType dt) = 0;
+  // dinp(BT,IC) = dout weight (overwritten; may be null); dweight(OC,IC) += dout^T inp;
+  // dbias(OC) += sum dout (may be null). dweight, dbias fp32.
+  virtual void linear_backward(void* dinp, float* dweight, float* dbias, const void* dout,
+                               const void* inp, const void* weight, int64_t BT, int64_t IC,
+                               int64_t OC, DType dt) = 0;
 
-  // out(N,C), mean(N), rstd(N) = LayerNorm(inp(N,C)) * w(C) + b(C), eps 1e-5.
-  virtual void layernorm_forward(float* out, float* mean, float* rstd, const float* inp,
-                                 const float* w, const float* b, int64_t N, int64_t C) = 0;
-  // dinp(N,C) +=, dw(C) +=, db(C) += from dout(N,C).
-  virtual void layernorm_backward(float* dinp, float* dw, float* db, const float* dout,
+  // out(N,C) (dt), mean(N), rstd(N) = LayerNorm(inp(N,C) fp32) * w(C) + b(C), eps 1e-5.
+  virtual void layernorm_forward(void* out, float* mean, float* rstd, const float* inp,
+                                 const float* w, const float* b, int64_t N, int64_t C, DType dt) = 0;
+  // dinp(N,C) fp32 +=, dw(C) +=, db(C) += from dout(N,C) (dt).
+  virtual void layernorm_backward(float* dinp, float* dw, float* db, const void* dout,
                                   const float* inp, const float* w, const float* mean,
-                                  const float* rstd, int64_t N, int64_t C) = 0;
+                                  const float* rstd, int64_t N, int64_t C, DType dt) = 0;
 
   // GELU, tanh approximation. out(n) = gelu(inp(n)); dinp(n) = dout * gelu'(inp) (overwritten;
-  // dinp may alias dout).
-  virtual void gelu_forward(float* out, const float* inp, int64_t n) = 0;
-  virtual void gelu_backward(float* dinp, const float* inp, const float* dout, int64_t n) = 0;
+  // dinp may alias dout). All dt.
+  virtual void gelu_forward(void* out, const void* inp, int64_t n, DType dt) = 0;
+  virtual void gelu_backward(void* dinp, const void* inp, const void* dout, int64_t n, DType dt) = 0;
 
   // Causal multi-head attention. qkv(B,T,3C) holds q, k, v side by side, heads interleaved
-  // (channel h*HS+d). out(B,T,C); probs(B,NH,T,T) is stashed for backward (rows beyond the
-  // diagonal are zero). dqkv(B,T,3C) is overwritten.
-  virtual void attention_forward(float* out, float* probs, const float* qkv, int64_t B,
-                                 int64_t T, int64_t C, int64_t NH) = 0;
-  virtual void attention_backward(float* dqkv, const float* dout, const float* qkv,
-                                  const float* probs, int64_t B, int64_t T, int64_t C,
-                                  int64_t NH) = 0;
+  // (channel h*HS+d). out(B,T,C); probs(B,NH,T,T) is stashed for backward (entries above the
+  // diagonal are never read). dqkv(B,T,3C) is overwritten. All dt.
+  virtual void attention_forward(void* out, void* probs, const void* qkv, int64_t B, int64_t T,
+                                 int64_t C, int64_t NH, DType dt) = 0;
+  virtual void attention_backward(void* dqkv, const void* dout, const void* qkv,
+                                  const void* probs, int64_t B, int64_t T, int64_t C, int64_t NH,
+                                  DType dt) = 0;
 
-  // out(B,T,C) = wte[tokens] + wpe[t]; backward: dwte(Vp,C) +=, dwpe(maxT,C) +=.
+  // out(B,T,C) = wte[tokens] + wpe[t] (fp32 masters); backward: dwte(Vp,C) +=, dwpe(maxT,C) +=.
   virtual void embedding_forward(float* out, const int32_t* tokens, const float* wte,
                                  const float* wpe, int64_t B, int64_t T, int64_t C) = 0;
   virtual void embedding_backward(float* dwte, float* dwpe, const float* dout,
                                   const int32_t* tokens, int64_t B, int64_t T, int64_t C) = 0;
 
-  // out(n) = a(n) + b(n); out may alias a or b.
-  virtual void add(float* out, const float* a, const float* b, int64_t n) = 0;
+  // Residual add: out(n) = a(n) + b(n), a and out fp32 (may alias), b in dt.
+  virtual void add(float* out, const float* a, const void* b, int64_t n, DType dt) = 0;
+  // dst(n) in dt = src(n) fp32, rounded to nearest even.
+  virtual void cast(void* dst, const float* src, int64_t n, DType dt) = 0;
 
-  // Fused softmax cross-entropy over rows of logits(N,Vp); columns >= V are padding and are
-  // masked out. losses(N) = -log p[target]. When grad_scale != 0, logits are overwritten in
+  // Fused softmax cross-entropy over rows of logits(N,Vp) fp32; columns >= V are padding and
+  // are masked out. losses(N) = -log p[target]. When grad_scale != 0, logits are overwritten in
   // place by dlogits = grad_scale * (p - onehot(target)) (0 in the padding): the probability
   // tensor never exists separately.
   virtual void softmax_xent(float* logits, float* losses, const int32_t* targets, int64_t N,
@@ -77,7 +86,7 @@ class Backend {
   // AdamW (PyTorch semantics) on param(n) with grad(n) and fp32 moments m(n), v(n).
   virtual void adamw(float* param, const float* grad, float* m, float* v, int64_t n,
                      const AdamWArgs& a) = 0;
-  // sum of squares of x(n), accumulated in double (for the global gradient norm).
+  // sum of squares of x(n) in double; inf or NaN when any element is (the overflow check).
   virtual double sum_squares(const float* x, int64_t n) = 0;
   // x(n) *= s
   virtual void scale(float* x, int64_t n, float s) = 0;

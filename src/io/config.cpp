@@ -72,6 +72,21 @@ Field string_field(const char* s, const char* k, std::string* p) {
           }};
 }
 
+Field dtype_field(const char* s, const char* k, DType* p, std::vector<DType> allowed) {
+  return {s, k,
+          [=](const toml::node& n, const std::string& where) {
+            auto v = n.value_exact<std::string>();
+            std::vector<std::string> names;
+            for (DType d : allowed) {
+              names.push_back(dtype_name(d));
+              if (v && *v == dtype_name(d)) { *p = d; return; }
+            }
+            user_error("{}: {}.{}: expected one of {}, got {}", where, s, k, fmt::join(names, ", "),
+                       v ? "'" + *v + "'" : std::string(type_name(n)));
+          },
+          [=] { return fmt::format("\"{}\"", dtype_name(*p)); }};
+}
+
 std::vector<Field> fields(RunConfig& c) {
   TrainSettings& t = c.train;
   return {
@@ -97,6 +112,11 @@ std::vector<Field> fields(RunConfig& c) {
       int_field("train", "eval_every", &t.eval_every, 0),
       int_field("train", "eval_batches", &t.eval_batches, 0),
       int_field("train", "threads", &t.threads, 0),
+      dtype_field("precision", "compute", &c.precision.compute, {DType::f32, DType::bf16, DType::f16}),
+      dtype_field("precision", "reduce", &c.precision.reduce, {DType::f32, DType::bf16}),
+      float_field("precision", "loss_scale", &c.precision.loss_scale, 1.0),
+      int_field("precision", "loss_scale_window", &c.precision.loss_scale_window, 1),
+      float_field("precision", "loss_scale_min", &c.precision.loss_scale_min, 1e-30),
       string_field("data", "train", &c.data.train),
       string_field("data", "val", &c.data.val),
       string_field("run", "dir", &c.run.dir),
@@ -162,7 +182,7 @@ RunConfig load_config(const std::string& path, const std::vector<std::string>& o
     for (auto& f : fs)
       if (sec == f.section) known.push_back(f.key);
     if (known.empty())
-      user_error("{}: unknown section [{}] (expected model, train, data, run, device)", c.source, sec);
+      user_error("{}: unknown section [{}] (expected model, train, precision, data, run, device)", c.source, sec);
     if (!sv.is_table()) user_error("{}: [{}] must be a table", c.source, sec);
     for (auto& [kk, kv] : *sv.as_table()) {
       std::string key(kk.str());
@@ -192,6 +212,9 @@ RunConfig load_config(const std::string& path, const std::vector<std::string>& o
                c.source, t.batch_tokens, micro);
   if (t.min_lr > t.lr)
     user_error("{}: train.min_lr = {} is above train.lr = {}", c.source, t.min_lr, t.lr);
+  if (c.precision.loss_scale_min > c.precision.loss_scale)
+    user_error("{}: precision.loss_scale_min = {} is above precision.loss_scale = {}", c.source,
+               c.precision.loss_scale_min, c.precision.loss_scale);
   if (t.beta1 >= 1.0 || t.beta2 >= 1.0)
     user_error("{}: train.beta1 and train.beta2 must be below 1", c.source);
   return c;

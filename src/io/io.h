@@ -25,6 +25,15 @@ struct TrainSettings {
   int threads = 0;            // OpenMP threads; 0 = all cores
 };
 
+// Precision policy: master weights, gradients and optimizer state are always fp32.
+struct PrecisionSettings {
+  DType compute = DType::f32;        // GEMMs, compute copies of the weights, stored activations
+  DType reduce = DType::f32;         // gradient reductions across ranks (fp32 | bf16)
+  double loss_scale = 65536.0;       // fp16: initial dynamic loss scale
+  int loss_scale_window = 1000;      // fp16: double the scale after this many clean steps
+  double loss_scale_min = 1.0;       // fp16: the floor; overflowing there stops the run
+};
+
 struct DataSettings {
   std::string train = "data/kjv/train_*.bin";
   std::string val = "data/kjv/val_*.bin";
@@ -43,6 +52,7 @@ struct DeviceSettings {
 struct RunConfig {
   GptConfig model;
   TrainSettings train;
+  PrecisionSettings precision;
   DataSettings data;
   RunSettings run;
   DeviceSettings device;

@@ -125,6 +125,7 @@ GptConfig read_model_config(const std::string& path) {
 void load_model(const std::string& path, Gpt& model) {
   SafeTensors st(path);
   for (auto& n : model.named_params()) st.read(n.spec->name, "F32", n.spec->shape, n.data);
+  model.sync_compute_weights();
 }
 
 }  // namespace frugal

@@ -11,6 +11,7 @@
 
 #include "backend/backend.h"
 #include "core/core.h"
+#include "core/dtype.h"
 
 namespace frugal {
 
@@ -56,30 +57,41 @@ struct ParamSpec {
 };
 
 // A unit is the embedding, one transformer block, or the final LayerNorm. Each owns one flat
-// fp32 parameter buffer and one flat gradient buffer; Tensors are views into them.
+// fp32 parameter buffer (the master weights) and one flat fp32 gradient buffer; Tensors are
+// views into them. With a 16-bit compute dtype it also owns a compute copy of its parameters,
+// cast from the masters once per step.
 struct Unit {
   std::string name;
   std::vector<ParamSpec> specs;
   int64_t numel = 0;
   PoolArray<float> params, grads;
+  PoolArray<uint16_t> compute;  // (numel) bf16/fp16 copy; empty in fp32
   Tensors p, g;
 };
 
-// Saved activations of one block for backward (category activations).
+// An activation buffer in the compute dtype (or fp32 where stated).
+using Bytes = PoolArray<std::byte>;
+
+// Saved activations of one block for backward (category activations). dt: compute dtype.
 struct BlockActs {
-  PoolArray<float> ln1, ln1_mean, ln1_rstd;  // (B,T,C), (B,T), (B,T)
-  PoolArray<float> qkv;                      // (B,T,3C)
-  PoolArray<float> probs;                    // (B,NH,T,T)
-  PoolArray<float> atty;                     // (B,T,C)
-  PoolArray<float> res_mid;                  // (B,T,C) = x + attention branch
-  PoolArray<float> ln2, ln2_mean, ln2_rstd;  // (B,T,C), (B,T), (B,T)
-  PoolArray<float> fch, fch_gelu;            // (B,T,4C)
+  Bytes ln1;                          // (B,T,C) dt
+  PoolArray<float> ln1_mean, ln1_rstd;// (B,T)
+  Bytes qkv;                          // (B,T,3C) dt
+  Bytes probs;                        // (B,NH,T,T) dt
+  Bytes atty;                         // (B,T,C) dt
+  PoolArray<float> res_mid;           // (B,T,C) fp32 = x + attention branch
+  Bytes ln2;                          // (B,T,C) dt
+  PoolArray<float> ln2_mean, ln2_rstd;// (B,T)
+  Bytes fch, fch_gelu;                // (B,T,4C) dt
 };
 
 class Gpt {
  public:
-  Gpt(const GptConfig& cfg, Backend& be);
+  // compute: the dtype of GEMMs, compute copies of the weights and stored activations; the
+  // residual stream, LayerNorm statistics, the loss and all gradients stay fp32.
+  Gpt(const GptConfig& cfg, Backend& be, DType compute = DType::f32);
   const GptConfig& config() const { return cfg_; }
+  DType compute_dtype() const { return dt_; }
   std::vector<Unit>& units() { return units_; }  // [embedding, block 0..L-1, final]
   Unit& block_unit(int l) { return units_[1 + l]; }
 
@@ -87,6 +99,9 @@ class Gpt {
   // padding rows of wte 0. Sequential in table order: the same weights for any thread count.
   void init(uint64_t seed);
   void zero_grads();
+  // Casts the master weights of every unit into its compute copy (no-op in fp32). Call after
+  // anything writes the masters: init() and load_model() do, the optimizer step does.
+  void sync_compute_weights();
 
   // Allocates the activations for micro-batches up to (B, T); allocates nothing afterwards.
   // head_rows: rows of logits per lm-head chunk (0: as many as fit in 32 MiB).
@@ -113,17 +128,25 @@ class Gpt {
 
  private:
   void final_forward(int B, int T);
+  // The compute-dtype view of a parameter of unit u (the master itself in fp32).
+  const void* cw(const Unit& u, float* Tensors::*field) const;
+  // dres_ in the compute dtype (a cast in 16-bit, the same buffer in fp32).
+  const void* dres_compute(int64_t n);
 
   GptConfig cfg_;
   Backend& be_;
+  DType dt_;
   std::vector<Unit> units_;
   int B_ = 0, T_ = 0;
   int64_t head_rows_ = 0;                      // rows per lm-head chunk
-  std::vector<PoolArray<float>> res_;          // L+1 x (B,T,C): input of block l is res_[l]
+  std::vector<PoolArray<float>> res_;          // L+1 x (B,T,C) fp32: input of block l is res_[l]
   std::vector<BlockActs> acts_;
-  PoolArray<float> lnf_, lnf_mean_, lnf_rstd_, losses_;  // (B,T,C), (B,T), (B,T), (B,T)
-  PoolArray<float> logits_;                    // workspace (head_rows, Vp)
-  PoolArray<float> dres_, dbig_, dsmall_;      // workspace (B,T,C), (B,T,4C), (B,T,C)
+  Bytes lnf_;                                  // (B,T,C) dt
+  PoolArray<float> lnf_mean_, lnf_rstd_, losses_;  // (B,T)
+  PoolArray<float> logits_;                    // workspace (head_rows, Vp) fp32
+  Bytes dlogits_;                              // workspace (head_rows, Vp) dt, 16-bit only
+  PoolArray<float> dres_;                      // workspace (B,T,C) fp32
+  Bytes dres_c_, dbig_, dsmall_;               // workspace (B,T,C) dt 16-bit only, (B,T,4C) dt, (B,T,C) dt
 };
 
 }  // namespace frugal

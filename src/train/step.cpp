@@ -32,9 +32,36 @@ void AdamW::update(Gpt& model, Backend& be, const TrainSettings& t, double lr, i
   }
 }
 
-Stepper::Stepper(Gpt& model, Backend& be, Comm& comm, const TrainSettings& t, int accum_steps)
-    : model_(model), be_(be), comm_(comm), t_(t), accum_(accum_steps), opt_(model),
+LossScaler::LossScaler(const PrecisionSettings& p)
+    : enabled(p.compute == DType::f16), scale(enabled ? p.loss_scale : 1.0),
+      min_scale(p.loss_scale_min), window(p.loss_scale_window) {}
+
+void LossScaler::update(bool overflow) {
+  if (!overflow) {
+    consecutive_skips = 0;
+    if (enabled && ++clean_steps >= window) {
+      scale *= 2.0;
+      clean_steps = 0;
+    }
+    return;
+  }
+  skipped_total++;
+  consecutive_skips++;
+  clean_steps = 0;
+  if (!enabled || scale / 2.0 < min_scale)
+    user_error("gradients are not finite {}after {} skipped step(s) in a row{}: the run diverged "
+               "(lower train.lr, or use precision.compute = \"bf16\")",
+               enabled ? fmt::format("at the loss-scale floor precision.loss_scale_min = {} ", min_scale) : "",
+               consecutive_skips, enabled ? "" : " in fp32/bf16");
+  scale /= 2.0;
+}
+
+Stepper::Stepper(Gpt& model, Backend& be, Comm& comm, const TrainSettings& t, int accum_steps,
+                 const PrecisionSettings& p)
+    : model_(model), be_(be), comm_(comm), t_(t), accum_(accum_steps), opt_(model), scaler_(p),
       inputs_(size_t(t.micro_batch) * t.seq_len), targets_(inputs_.size()) {
+  FRUGAL_CHECK(p.compute == model.compute_dtype(), "model computes in {}, policy says {}",
+               dtype_name(model.compute_dtype()), dtype_name(p.compute));
   model_.allocate(t.micro_batch, t.seq_len);
 }
 
@@ -44,7 +71,7 @@ float Stepper::forward_backward(const NextBatch& next) {
   const int64_t global_tokens = micro_tokens * accum_ * comm_.size();
   // Each token's loss enters the gradient with weight 1/global_tokens, so micro-batches count
   // by their token counts and the gradient is that of the mean over the global batch.
-  const float grad_scale = 1.0f / float(global_tokens);
+  const float grad_scale = float(scaler_.scale / double(global_tokens));
   model_.zero_grads();
   double loss_sum = 0.0;
   for (int k = 0; k < accum_; k++) {
@@ -63,19 +90,29 @@ float Stepper::forward_backward(const NextBatch& next) {
 
 StepStats Stepper::step(int step, const NextBatch& next) {
   StepStats st;
+  st.loss_scale = scaler_.scale;
   st.loss = forward_backward(next);
   st.tokens = int64_t(t_.micro_batch) * t_.seq_len * accum_ * comm_.size();
+  st.lr = lr_at(t_, step);
+  // One pass gives the norm and the overflow check: a non-finite sum means inf/NaN somewhere.
   double sq = 0.0;
   for (auto& u : model_.units()) sq += be_.sum_squares(u.grads.data(), u.numel);
-  st.grad_norm = std::sqrt(sq);
-  if (t_.grad_clip > 0.0) {
-    // as torch.nn.utils.clip_grad_norm_: scale by clip / (norm + 1e-6) when that is below 1
-    double coef = t_.grad_clip / (st.grad_norm + 1e-6);
-    if (coef < 1.0)
-      for (auto& u : model_.units()) be_.scale(u.grads.data(), u.numel, float(coef));
+  bool overflow = !std::isfinite(sq);
+  scaler_.update(overflow);
+  if (overflow) {
+    st.skipped = true;
+    st.grad_norm = INFINITY;
+    return st;  // weights and optimizer state untouched
   }
-  st.lr = lr_at(t_, step);
-  opt_.update(model_, be_, t_, st.lr, step + 1);
+  st.grad_norm = std::sqrt(sq) / st.loss_scale;
+  // Unscale and clip in one pass (clipping as torch.nn.utils.clip_grad_norm_: by
+  // clip / (norm + 1e-6) when that is below 1).
+  double coef = 1.0 / st.loss_scale;
+  if (t_.grad_clip > 0.0) coef *= std::min(1.0, t_.grad_clip / (st.grad_norm + 1e-6));
+  if (coef != 1.0)
+    for (auto& u : model_.units()) be_.scale(u.grads.data(), u.numel, float(coef));
+  opt_.update(model_, be_, t_, st.lr, ++updates_);
+  model_.sync_compute_weights();
   return st;
 }
 

@@ -29,9 +29,26 @@ class AdamW {
 
 struct StepStats {
   float loss = 0;        // mean over the global batch's tokens
-  double grad_norm = 0;  // before clipping
+  double grad_norm = 0;  // before clipping (unscaled)
   double lr = 0;
   int64_t tokens = 0;
+  double loss_scale = 1; // the scale this step ran with
+  bool skipped = false;  // fp16: gradients overflowed, no update
+};
+
+// Dynamic loss scaling for fp16 (disabled otherwise: scale 1). The loss is multiplied by
+// `scale` before backward; a step whose gradients are not finite is skipped and halves the
+// scale; `window` clean steps in a row double it. Part of the training state.
+struct LossScaler {
+  bool enabled = false;
+  double scale = 1.0, min_scale = 1.0;
+  int window = 1000;
+  int clean_steps = 0;        // since the last change of scale
+  int64_t skipped_total = 0;
+  int consecutive_skips = 0;
+  explicit LossScaler(const PrecisionSettings& p);
+  // Records one step's outcome; throws UserError when the scale would fall below its floor.
+  void update(bool overflow);
 };
 
 // Fills inputs(B,T) and targets(B,T) with the next micro-batch.
@@ -39,9 +56,11 @@ using NextBatch = std::function<void(int32_t* inputs, int32_t* targets)>;
 
 class Stepper {
  public:
-  Stepper(Gpt& model, Backend& be, Comm& comm, const TrainSettings& t, int accum_steps);
+  Stepper(Gpt& model, Backend& be, Comm& comm, const TrainSettings& t, int accum_steps,
+          const PrecisionSettings& p = {});
+  const LossScaler& scaler() const { return scaler_; }
   // Zeroes the gradients and accumulates those of the mean loss over the global batch
-  // (accum_steps micro-batches on every rank); returns that mean loss.
+  // (accum_steps micro-batches on every rank), times the loss scale; returns the mean loss.
   float forward_backward(const NextBatch& next);
   // forward_backward, global-norm clipping, LR schedule and AdamW; step is 0-based.
   StepStats step(int step, const NextBatch& next);
@@ -53,6 +72,8 @@ class Stepper {
   TrainSettings t_;
   int accum_;
   AdamW opt_;
+  LossScaler scaler_;
+  int updates_ = 0;  // optimizer updates taken (skipped steps do not count)
   std::vector<int32_t> inputs_, targets_;
 };
 

@@ -68,9 +68,13 @@ void train(const RunConfig& cfg, Comm& comm) {
                       false);
 
   Backend& be = cpu_backend();
-  Gpt model(cfg.model, be);
+  const DType dt = cfg.precision.compute;
+  if (!be.native_gemm(dt))
+    fmt::print("note: the {} backend has no native {} GEMM; it runs through fp32 conversions "
+               "(correct, not faster)\n", be.name(), dtype_name(dt));
+  Gpt model(cfg.model, be, dt);
   model.init(t.seed);
-  Stepper stepper(model, be, comm, t, cfg.accum_steps());
+  Stepper stepper(model, be, comm, t, cfg.accum_steps(), cfg.precision);
 
   std::FILE* metrics = nullptr;
   if (rank0) {
@@ -82,9 +86,9 @@ void train(const RunConfig& cfg, Comm& comm) {
   const int64_t tokens_per_step = int64_t(B) * T * cfg.accum_steps() * comm.size();
   if (rank0)
     fmt::print("frugal: {} ({} layers, {} heads, {} dims, vocab {}), {:.2f} M parameters\n"
-               "        batch {} tokens = {} x {} x {} micro-batches, {} steps, {} threads, {} ranks\n",
+               "        {} compute, batch {} tokens = {} x {} x {} micro-batches, {} steps, {} threads, {} ranks\n",
                cfg.model.preset, cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd,
-               cfg.model.vocab_size, cfg.model.num_params() / 1e6, tokens_per_step, B, T,
+               cfg.model.vocab_size, cfg.model.num_params() / 1e6, dtype_name(dt), tokens_per_step, B, T,
                cfg.accum_steps(), t.steps, omp_get_max_threads(), comm.size());
 
   using clock = std::chrono::steady_clock;
@@ -97,9 +101,9 @@ void train(const RunConfig& cfg, Comm& comm) {
     MemoryPool::get().reset_peak();
     auto t0 = clock::now();
     StepStats st = stepper.step(step, [&](int32_t* in, int32_t* tg) { train_data.next(in, tg); });
-    double dt = std::chrono::duration<double>(clock::now() - t0).count();
-    train_seconds += dt;
-    if (step > 0) { timed_tokens += st.tokens; timed_seconds += dt; }  // step 0 warms up
+    double dt_s = std::chrono::duration<double>(clock::now() - t0).count();
+    train_seconds += dt_s;
+    if (step > 0) { timed_tokens += st.tokens; timed_seconds += dt_s; }  // step 0 warms up
     const MemStats& mem = MemoryPool::get().stats();
     for (int c = 0; c < num_mem; c++) overall.peak[c] = std::max(overall.peak[c], mem.peak[c]);
     overall.total_peak = std::max(overall.total_peak, mem.total_peak);
@@ -109,12 +113,16 @@ void train(const RunConfig& cfg, Comm& comm) {
     if (do_eval) val_loss = evaluate(model, val_data, t.eval_batches);
     if (!rank0) continue;
 
-    double tok_s = double(st.tokens) / dt;
+    double tok_s = double(st.tokens) / dt_s;
     double mfu = flops_tok * tok_s / cfg.device.peak_flops;
     nlohmann::json rec = {{"step", step + 1},         {"loss", st.loss},
                           {"lr", st.lr},              {"grad_norm", st.grad_norm},
                           {"tokens_per_s", tok_s},    {"mfu", mfu},
-                          {"step_ms", dt * 1e3},      {"tokens", tokens_per_step * (step + 1)},
+                          {"step_ms", dt_s * 1e3},      {"tokens", tokens_per_step * (step + 1)},
+                          {"precision", dtype_name(dt)},
+                          {"loss_scale", st.loss_scale},
+                          {"skipped", st.skipped},
+                          {"skipped_total", stepper.scaler().skipped_total},
                           {"mem_peak", mem_json(mem)}};
     if (do_eval) rec["val_loss"] = val_loss;
     std::fprintf(metrics, "%s\n", rec.dump().c_str());
@@ -122,8 +130,9 @@ void train(const RunConfig& cfg, Comm& comm) {
 
     if (tty) std::fputs("\r\033[K", stdout);
     if (do_eval || last || (step + 1) % cfg.run.log_every == 0 || step == 0) {
-      fmt::print("step {:>5}/{} | loss {:.4f} | lr {:.2e} | norm {:.3f} | {:.0f} tok/s | MFU {:.1f}% | {:.0f} ms{}\n",
-                 step + 1, t.steps, st.loss, st.lr, st.grad_norm, tok_s, 100.0 * mfu, dt * 1e3,
+      fmt::print("step {:>5}/{} | loss {:.4f} | lr {:.2e} | norm {:.3f} | {:.0f} tok/s | MFU {:.1f}% | {:.0f} ms{}{}\n",
+                 step + 1, t.steps, st.loss, st.lr, st.grad_norm, tok_s, 100.0 * mfu, dt_s * 1e3,
+                 stepper.scaler().enabled ? fmt::format(" | scale {:g}{}", st.loss_scale, st.skipped ? " (skipped)" : "") : "",
                  do_eval ? fmt::format(" | val {:.4f}", val_loss) : "");
     }
     if (tty && !last) {

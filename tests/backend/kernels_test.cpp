@@ -1,6 +1,16 @@
-// Every CPU kernel, forward and backward, against float64 references on fresh random inputs;
-// backward also against central finite differences of the float64 forward.
+// Every CPU kernel, forward and backward, in fp32, bf16 and fp16, against float64 references
+// on fresh random inputs; backward against central finite differences of the float64 forward.
+//
+// Inputs are rounded to the dtype under test first, so the reference sees exactly what the
+// kernel sees. What is asserted, per dtype (relative error of a whole tensor, ||x - ref|| /
+// ||ref||, for the 16-bit types; elementwise for fp32):
+//  - fp32: elementwise 1e-5 forward, 1e-4 against finite differences;
+//  - bf16 (8 mantissa bits, one rounding = 2^-9 = 2e-3 relative): 1e-2, the rounding of the
+//    output plus that of the intermediates a kernel stores (attention's probabilities);
+//  - fp16 (11 bits, 2^-12 = 2.4e-4): 2e-3 for the same reasons.
 #include <functional>
+
+#include <fmt/format.h>
 
 #include "backend/backend.h"
 #include "support/support.h"
@@ -13,8 +23,43 @@ using test::randn;
 using Vec = std::vector<double>;
 
 Backend& be() { return cpu_backend(); }
+const DType kAll[] = {DType::f32, DType::bf16, DType::f16};
+
+double tol16(DType d) { return d == DType::bf16 ? 1e-2 : 2e-3; }
+
+// A buffer in dtype d, made from fp32 values (rounded), and read back as float64.
+struct Buf {
+  DType dt;
+  std::vector<uint8_t> bytes;
+  Buf(DType d, const std::vector<float>& v) : dt(d), bytes(v.size() * dtype_size(d)) {
+    dispatch(d, [&](auto t) {
+      using T = decltype(t);
+      for (size_t i = 0; i < v.size(); i++) reinterpret_cast<T*>(bytes.data())[i] = from_f32<T>(v[i]);
+    });
+  }
+  Buf(DType d, size_t n) : Buf(d, std::vector<float>(n, 0.0f)) {}
+  void* data() { return bytes.data(); }
+  Vec values() const {
+    Vec out(bytes.size() / dtype_size(dt));
+    dispatch(dt, [&](auto t) {
+      using T = decltype(t);
+      for (size_t i = 0; i < out.size(); i++) out[i] = to_f32(reinterpret_cast<const T*>(bytes.data())[i]);
+    });
+    return out;
+  }
+};
 
 Vec to_d(const std::vector<float>& v) { return Vec(v.begin(), v.end()); }
+
+// Checks a kernel output against its float64 reference with the tolerance of dtype d.
+template <class A>
+void expect_close(DType d, const A& got, const Vec& ref, double rtol32, double atol32, const std::string& what) {
+  if (d == DType::f32) {
+    EXPECT_TRUE(all_close(got, ref, rtol32, atol32)) << what;
+  } else {
+    EXPECT_LT(test::rel_error(got, ref), tol16(d)) << what << " in " << dtype_name(d);
+  }
+}
 
 // d/dx of f at x by central differences (f is a float64 scalar function).
 Vec fd_grad(const std::function<double(const Vec&)>& f, Vec x, double h = 1e-6) {
@@ -38,6 +83,17 @@ double dot(const Vec& a, const Vec& b) {
 }
 
 // ---- references (float64) ----------------------------------------------------------------
+Vec ref_matmul(bool ta, bool tb, int M, int N, int K, const Vec& A, const Vec& B) {
+  Vec C(size_t(M) * N);
+  for (int i = 0; i < M; i++)
+    for (int j = 0; j < N; j++) {
+      double s = 0;
+      for (int k = 0; k < K; k++) s += (ta ? A[k * M + i] : A[i * K + k]) * (tb ? B[j * K + k] : B[k * N + j]);
+      C[i * N + j] = s;
+    }
+  return C;
+}
+
 Vec ref_layernorm(const Vec& x, const Vec& w, const Vec& b, int N, int C) {
   Vec y(x.size());
   for (int i = 0; i < N; i++) {
@@ -91,92 +147,103 @@ Vec ref_xent(const Vec& logits, const std::vector<int32_t>& tg, int N, int V, in
 }
 
 // ---- tests --------------------------------------------------------------------------------
-TEST(Matmul, AllTransposesMatchFloat64) {
+TEST(Matmul, AllTransposesDtypesBiasAndAccumulationMatchFloat64) {
   const int M = 37, N = 53, K = 29;
-  for (int ta = 0; ta < 2; ta++)
-    for (int tb = 0; tb < 2; tb++) {
-      auto A = randn(M * K, 1, 1), Bm = randn(K * N, 1, 2), Cm = randn(M * N, 1, 3);
-      std::vector<float> out = Cm;
-      be().matmul(ta, tb, M, N, K, 0.5f, A.data(), ta ? M : K, Bm.data(), tb ? K : N, 2.0f,
-                  out.data(), N);
-      Vec ref(M * N);
-      for (int i = 0; i < M; i++)
-        for (int j = 0; j < N; j++) {
-          double s = 0;
-          for (int k = 0; k < K; k++)
-            s += double(ta ? A[k * M + i] : A[i * K + k]) * double(tb ? Bm[j * K + k] : Bm[k * N + j]);
-          ref[i * N + j] = 0.5 * s + 2.0 * Cm[i * N + j];
-        }
-      EXPECT_TRUE(all_close(out, ref, 1e-5, 1e-5)) << "trans_a " << ta << " trans_b " << tb;
-    }
+  for (DType d : kAll)
+    for (int ta = 0; ta < 2; ta++)
+      for (int tb = 0; tb < 2; tb++) {
+        Buf A(d, randn(M * K, 1, 1)), B(d, randn(K * N, 1, 2));
+        auto bias = randn(N, 1, 3);
+        auto C0 = randn(M * N, 1, 4);
+        // fp32 output accumulating onto C0, with bias
+        std::vector<float> out = C0;
+        be().matmul(ta, tb, M, N, K, A.data(), ta ? M : K, B.data(), tb ? K : N, out.data(), N, d,
+                    DType::f32, bias.data(), true);
+        Vec ref = ref_matmul(ta, tb, M, N, K, A.values(), B.values());
+        for (int i = 0; i < M * N; i++) ref[i] += C0[i] + bias[i % N];
+        // fp32 accumulation of products of exactly representable inputs: near-exact in any dtype
+        EXPECT_TRUE(all_close(out, ref, 1e-5, 1e-5)) << dtype_name(d) << " ta " << ta << " tb " << tb;
+        // output in the same dtype (what linear layers write)
+        Buf out16(d, size_t(M) * N);
+        be().matmul(ta, tb, M, N, K, A.data(), ta ? M : K, B.data(), tb ? K : N, out16.data(), N, d, d,
+                    nullptr, false);
+        expect_close(d, out16.values(), ref_matmul(ta, tb, M, N, K, A.values(), B.values()), 1e-5, 1e-5,
+                     "same-dtype output");
+      }
 }
 
 TEST(Linear, ForwardAndBackwardMatchFloat64) {
   const int BT = 19, IC = 24, OC = 70;
-  auto x = randn(BT * IC, 1, 4), w = randn(OC * IC, 0.2f, 5), b = randn(OC, 1, 6), dy = randn(BT * OC, 1, 7);
-  std::vector<float> y(BT * OC), dx(BT * IC), dw(OC * IC, 1.0f), db(OC, 1.0f);  // dw, db accumulate
-  be().linear_forward(y.data(), x.data(), w.data(), b.data(), BT, IC, OC);
-  be().linear_backward(dx.data(), dw.data(), db.data(), dy.data(), x.data(), w.data(), BT, IC, OC);
-  Vec ry(BT * OC), rdx(BT * IC, 0.0), rdw(OC * IC, 1.0), rdb(OC, 1.0);
-  for (int r = 0; r < BT; r++)
-    for (int o = 0; o < OC; o++) {
-      double s = b[o];
-      for (int i = 0; i < IC; i++) {
-        s += double(x[r * IC + i]) * w[o * IC + i];
-        rdx[r * IC + i] += double(dy[r * OC + o]) * w[o * IC + i];
-        rdw[o * IC + i] += double(dy[r * OC + o]) * x[r * IC + i];
-      }
-      ry[r * OC + o] = s;
-      rdb[o] += dy[r * OC + o];
-    }
-  EXPECT_TRUE(all_close(y, ry, 1e-5, 1e-5));
-  EXPECT_TRUE(all_close(dx, rdx, 1e-5, 1e-5));
-  EXPECT_TRUE(all_close(dw, rdw, 1e-5, 1e-5));
-  EXPECT_TRUE(all_close(db, rdb, 1e-5, 1e-5));
+  for (DType d : kAll) {
+    Buf x(d, randn(BT * IC, 1, 5)), w(d, randn(OC * IC, 0.2f, 6)), dy(d, randn(BT * OC, 1, 8));
+    auto b = randn(OC, 1, 7);
+    Buf y(d, size_t(BT) * OC), dx(d, size_t(BT) * IC);
+    std::vector<float> dw(OC * IC, 1.0f), db(OC, 1.0f);  // dw, db accumulate
+    be().linear_forward(y.data(), x.data(), w.data(), b.data(), BT, IC, OC, d);
+    be().linear_backward(dx.data(), dw.data(), db.data(), dy.data(), x.data(), w.data(), BT, IC, OC, d);
+    Vec X = x.values(), W = w.values(), DY = dy.values();
+    Vec ry = ref_matmul(false, true, BT, OC, IC, X, W), rdx = ref_matmul(false, false, BT, IC, OC, DY, W);
+    Vec rdw = ref_matmul(true, false, OC, IC, BT, DY, X), rdb(OC, 1.0);
+    for (int r = 0; r < BT; r++)
+      for (int o = 0; o < OC; o++) { ry[r * OC + o] += b[o]; rdb[o] += DY[r * OC + o]; }
+    for (auto& v : rdw) v += 1.0;
+    expect_close(d, y.values(), ry, 1e-5, 1e-5, "y");
+    expect_close(d, dx.values(), rdx, 1e-5, 1e-5, "dx");
+    EXPECT_TRUE(all_close(dw, rdw, 1e-5, 1e-5)) << dtype_name(d);  // fp32 accumulation
+    EXPECT_TRUE(all_close(db, rdb, 1e-5, 1e-5)) << dtype_name(d);
+  }
 }
 
 TEST(LayerNorm, ForwardMatchesFloat64AndBackwardMatchesFiniteDifferences) {
   const int N = 7, C = 13;
-  auto x = randn(N * C, 2, 8), w = randn(C, 1, 9), b = randn(C, 1, 10), dy = randn(N * C, 1, 11);
-  std::vector<float> y(N * C), mean(N), rstd(N), dx(N * C, 0.0f), dw(C, 0.0f), db(C, 0.0f);
-  be().layernorm_forward(y.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), N, C);
-  EXPECT_TRUE(all_close(y, ref_layernorm(to_d(x), to_d(w), to_d(b), N, C), 1e-5, 1e-5));
-  be().layernorm_backward(dx.data(), dw.data(), db.data(), dy.data(), x.data(), w.data(),
-                          mean.data(), rstd.data(), N, C);
-  Vec X = to_d(x), W = to_d(w), Bv = to_d(b), G = to_d(dy);
-  auto gx = fd_grad([&](const Vec& v) { return dot(G, ref_layernorm(v, W, Bv, N, C)); }, X);
-  auto gw = fd_grad([&](const Vec& v) { return dot(G, ref_layernorm(X, v, Bv, N, C)); }, W);
-  auto gb = fd_grad([&](const Vec& v) { return dot(G, ref_layernorm(X, W, v, N, C)); }, Bv);
-  EXPECT_TRUE(all_close(dx, gx, 1e-4, 1e-5));
-  EXPECT_TRUE(all_close(dw, gw, 1e-4, 1e-5));
-  EXPECT_TRUE(all_close(db, gb, 1e-4, 1e-5));
+  auto x = randn(N * C, 2, 8), w = randn(C, 1, 9), b = randn(C, 1, 10);
+  Vec X = to_d(x), W = to_d(w), Bv = to_d(b);
+  for (DType d : kAll) {
+    Buf dy(d, randn(N * C, 1, 11)), y(d, size_t(N) * C);
+    Vec G = dy.values();
+    std::vector<float> mean(N), rstd(N), dx(N * C, 0.0f), dw(C, 0.0f), db(C, 0.0f);
+    be().layernorm_forward(y.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), N, C, d);
+    expect_close(d, y.values(), ref_layernorm(X, W, Bv, N, C), 1e-5, 1e-5, "y");
+    be().layernorm_backward(dx.data(), dw.data(), db.data(), dy.data(), x.data(), w.data(),
+                            mean.data(), rstd.data(), N, C, d);
+    auto gx = fd_grad([&](const Vec& v) { return dot(G, ref_layernorm(v, W, Bv, N, C)); }, X);
+    auto gw = fd_grad([&](const Vec& v) { return dot(G, ref_layernorm(X, v, Bv, N, C)); }, W);
+    auto gb = fd_grad([&](const Vec& v) { return dot(G, ref_layernorm(X, W, v, N, C)); }, Bv);
+    // the gradient path reads 16-bit dy exactly and computes in fp32: fp32 tolerances hold
+    EXPECT_TRUE(all_close(dx, gx, 1e-4, 1e-5)) << dtype_name(d);
+    EXPECT_TRUE(all_close(dw, gw, 1e-4, 1e-5)) << dtype_name(d);
+    EXPECT_TRUE(all_close(db, gb, 1e-4, 1e-5)) << dtype_name(d);
+  }
 }
 
 TEST(Gelu, ForwardMatchesFloat64AndBackwardMatchesFiniteDifferences) {
   const int n = 1000;  // long enough for the vector path and a tail
-  auto x = randn(n, 3, 12), dy = randn(n, 1, 13);
-  std::vector<float> y(n), dx(n);
-  be().gelu_forward(y.data(), x.data(), n);
-  be().gelu_backward(dx.data(), x.data(), dy.data(), n);
-  Vec ry(n), rdx(n);
-  for (int i = 0; i < n; i++) {
-    ry[i] = ref_gelu(x[i]);
-    rdx[i] = dy[i] * (ref_gelu(x[i] + 1e-6) - ref_gelu(x[i] - 1e-6)) / 2e-6;
+  for (DType d : kAll) {
+    Buf x(d, randn(n, 3, 12)), dy(d, randn(n, 1, 13)), y(d, n), dx(d, n);
+    be().gelu_forward(y.data(), x.data(), n, d);
+    be().gelu_backward(dx.data(), x.data(), dy.data(), n, d);
+    Vec X = x.values(), DY = dy.values(), ry(n), rdx(n);
+    for (int i = 0; i < n; i++) {
+      ry[i] = ref_gelu(X[i]);
+      rdx[i] = DY[i] * (ref_gelu(X[i] + 1e-6) - ref_gelu(X[i] - 1e-6)) / 2e-6;
+    }
+    expect_close(d, y.values(), ry, 1e-5, 1e-6, "y");
+    expect_close(d, dx.values(), rdx, 1e-4, 1e-5, "dx");
   }
-  EXPECT_TRUE(all_close(y, ry, 1e-5, 1e-6));
-  EXPECT_TRUE(all_close(dx, rdx, 1e-4, 1e-5));
 }
 
 TEST(Attention, ForwardMatchesFloat64AndBackwardMatchesFiniteDifferences) {
   for (auto [B, T, C, NH] : {std::array{2, 7, 12, 3}, std::array{1, 16, 16, 2}}) {
-    auto qkv = randn(size_t(B) * T * 3 * C, 1, 14), dy = randn(size_t(B) * T * C, 1, 15);
-    std::vector<float> out(B * T * C), probs(size_t(B) * NH * T * T), dqkv(qkv.size());
-    be().attention_forward(out.data(), probs.data(), qkv.data(), B, T, C, NH);
-    EXPECT_TRUE(all_close(out, ref_attention(to_d(qkv), B, T, C, NH), 1e-5, 1e-5));
-    be().attention_backward(dqkv.data(), dy.data(), qkv.data(), probs.data(), B, T, C, NH);
-    Vec G = to_d(dy);
-    auto g = fd_grad([&](const Vec& v) { return dot(G, ref_attention(v, B, T, C, NH)); }, to_d(qkv));
-    EXPECT_TRUE(all_close(dqkv, g, 1e-4, 1e-5)) << "B T C NH " << B << " " << T << " " << C << " " << NH;
+    for (DType d : kAll) {
+      Buf qkv(d, randn(size_t(B) * T * 3 * C, 1, 14)), dy(d, randn(size_t(B) * T * C, 1, 15));
+      Buf out(d, size_t(B) * T * C), probs(d, size_t(B) * NH * T * T), dqkv(d, size_t(B) * T * 3 * C);
+      be().attention_forward(out.data(), probs.data(), qkv.data(), B, T, C, NH, d);
+      Vec Q = qkv.values(), G = dy.values();
+      expect_close(d, out.values(), ref_attention(Q, B, T, C, NH), 1e-5, 1e-5, "out");
+      be().attention_backward(dqkv.data(), dy.data(), qkv.data(), probs.data(), B, T, C, NH, d);
+      auto g = fd_grad([&](const Vec& v) { return dot(G, ref_attention(v, B, T, C, NH)); }, Q);
+      expect_close(d, dqkv.values(), g, 1e-4, 1e-5, fmt::format("dqkv B{} T{} C{} NH{}", B, T, C, NH));
+    }
   }
 }
 
@@ -245,22 +312,48 @@ TEST(AdamW, MatchesFloat64PyTorchFormula) {
   EXPECT_TRUE(all_close(P, rp, 1e-5, 1e-6));
 }
 
-TEST(Elementwise, AddScaleSumSquaresMatchFloat64) {
+TEST(Elementwise, AddCastScaleSumSquaresMatchFloat64) {
   const int n = 40000;  // several reduction chunks
   auto a = randn(n, 1, 24), b = randn(n, 1, 25);
-  std::vector<float> out(n);
-  be().add(out.data(), a.data(), b.data(), n);
-  Vec ref(n);
-  double sq = 0;
-  for (int i = 0; i < n; i++) {
-    ref[i] = double(a[i]) + b[i];
-    sq += double(a[i]) * a[i];
+  for (DType d : kAll) {
+    Buf bd(d, b);
+    std::vector<float> out(n);
+    be().add(out.data(), a.data(), bd.data(), n, d);
+    Vec B = bd.values(), ref(n);
+    for (int i = 0; i < n; i++) ref[i] = double(a[i]) + B[i];
+    EXPECT_TRUE(all_close(out, ref, 1e-6, 1e-6)) << dtype_name(d);
+    Buf c(d, size_t(n));
+    be().cast(c.data(), a.data(), n, d);
+    Vec C = c.values();
+    // round to nearest: within half a unit in the last place (7 / 10 stored mantissa bits;
+    // fp16's subnormals below 2^-14 have an absolute spacing of 2^-24)
+    double half_ulp = d == DType::f32 ? 0 : d == DType::bf16 ? 0x1p-8 : 0x1p-11;
+    double abs_floor = d == DType::f16 ? 0x1p-25 : 0.0;
+    for (int i = 0; i < n; i++)
+      ASSERT_LE(std::abs(C[i] - a[i]), half_ulp * std::abs(a[i]) + abs_floor) << dtype_name(d) << " " << i;
   }
-  EXPECT_TRUE(all_close(out, ref, 1e-6, 1e-6));
+  double sq = 0;
+  for (int i = 0; i < n; i++) sq += double(a[i]) * a[i];
   EXPECT_NEAR(be().sum_squares(a.data(), n), sq, 1e-9 * sq);
-  be().scale(out.data(), n, 0.5f);
-  for (auto& r : ref) r *= 0.5;
-  EXPECT_TRUE(all_close(out, ref, 1e-6, 1e-6));
+  std::vector<float> x = a;
+  x[777] = INFINITY;
+  EXPECT_FALSE(std::isfinite(be().sum_squares(x.data(), n)));
+  x[777] = NAN;
+  EXPECT_FALSE(std::isfinite(be().sum_squares(x.data(), n)));
+  std::vector<float> half = a;
+  be().scale(half.data(), n, 0.5f);
+  for (int i = 0; i < n; i++) ASSERT_EQ(half[i], a[i] * 0.5f);
+}
+
+TEST(Dtype, RoundToNearestEvenAndSpecialValues) {
+  // bf16: 1 + 2^-8 is halfway between 1 and 1 + 2^-7: ties go to the even mantissa (1.0)
+  EXPECT_EQ(to_f32(from_f32<bf16>(1.0f + 0x1p-8f)), 1.0f);
+  EXPECT_EQ(to_f32(from_f32<bf16>(1.0f + 3 * 0x1p-8f)), 1.0f + 0x1p-6f);
+  EXPECT_TRUE(std::isnan(to_f32(from_f32<bf16>(NAN))));
+  EXPECT_TRUE(std::isinf(to_f32(from_f32<bf16>(INFINITY))));
+  EXPECT_EQ(to_f32(from_f32<f16>(1.0f + 0x1p-11f)), 1.0f);
+  EXPECT_TRUE(std::isinf(to_f32(from_f32<f16>(70000.0f))));  // above fp16's 65504: overflow
+  EXPECT_EQ(to_f32(from_f32<f16>(65504.0f)), 65504.0f);
 }
 
 }  // namespace

@@ -1,10 +1,15 @@
-// The CPU backend: oneDNN's dnnl_sgemm for GEMMs (chosen by measurement, bench/RESULTS.md),
-// OpenMP + AVX-512 loops for the rest. One op family per file; this header only declares the
-// class. Reductions across rows go through per-thread partials summed in thread order, so
-// results are bit-identical for a given thread count.
+// The CPU backend: GEMMs through oneDNN (dnnl_sgemm for fp32, chosen by measurement in
+// bench/RESULTS.md; the matmul primitive for bf16, cached per shape; fp16 through fp32
+// conversions, as oneDNN 2.6 has no fp16 CPU matmul), OpenMP + AVX-512 loops for the rest.
+// One op family per file; kernels are templated on the storage type and compute in fp32.
+// Reductions across rows go through per-thread partials summed in thread order, so results
+// are bit-identical for a given thread count.
 #pragma once
 #include <omp.h>
 
+#include <map>
+#include <memory>
+#include <tuple>
 #include <vector>
 
 #include "backend/backend.h"
@@ -13,31 +18,35 @@ namespace frugal {
 
 class CpuBackend final : public Backend {
  public:
+  CpuBackend();
+  ~CpuBackend() override;
   const char* name() const override { return "cpu"; }
-  void matmul(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-              const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
-              int64_t ldc) override;
-  void linear_forward(float* out, const float* inp, const float* weight, const float* bias,
-                      int64_t BT, int64_t IC, int64_t OC) override;
-  void linear_backward(float* dinp, float* dweight, float* dbias, const float* dout,
-                       const float* inp, const float* weight, int64_t BT, int64_t IC,
-                       int64_t OC) override;
-  void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* w,
-                         const float* b, int64_t N, int64_t C) override;
-  void layernorm_backward(float* dinp, float* dw, float* db, const float* dout, const float* inp,
+  bool native_gemm(DType d) const override { return d != DType::f16; }
+  void matmul(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const void* A,
+              int64_t lda, const void* B, int64_t ldb, void* C, int64_t ldc, DType ab, DType c,
+              const float* bias, bool accumulate) override;
+  void linear_forward(void* out, const void* inp, const void* weight, const float* bias,
+                      int64_t BT, int64_t IC, int64_t OC, DType dt) override;
+  void linear_backward(void* dinp, float* dweight, float* dbias, const void* dout,
+                       const void* inp, const void* weight, int64_t BT, int64_t IC, int64_t OC,
+                       DType dt) override;
+  void layernorm_forward(void* out, float* mean, float* rstd, const float* inp, const float* w,
+                         const float* b, int64_t N, int64_t C, DType dt) override;
+  void layernorm_backward(float* dinp, float* dw, float* db, const void* dout, const float* inp,
                           const float* w, const float* mean, const float* rstd, int64_t N,
-                          int64_t C) override;
-  void gelu_forward(float* out, const float* inp, int64_t n) override;
-  void gelu_backward(float* dinp, const float* inp, const float* dout, int64_t n) override;
-  void attention_forward(float* out, float* probs, const float* qkv, int64_t B, int64_t T,
-                         int64_t C, int64_t NH) override;
-  void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* probs,
-                          int64_t B, int64_t T, int64_t C, int64_t NH) override;
+                          int64_t C, DType dt) override;
+  void gelu_forward(void* out, const void* inp, int64_t n, DType dt) override;
+  void gelu_backward(void* dinp, const void* inp, const void* dout, int64_t n, DType dt) override;
+  void attention_forward(void* out, void* probs, const void* qkv, int64_t B, int64_t T,
+                         int64_t C, int64_t NH, DType dt) override;
+  void attention_backward(void* dqkv, const void* dout, const void* qkv, const void* probs,
+                          int64_t B, int64_t T, int64_t C, int64_t NH, DType dt) override;
   void embedding_forward(float* out, const int32_t* tokens, const float* wte, const float* wpe,
                          int64_t B, int64_t T, int64_t C) override;
   void embedding_backward(float* dwte, float* dwpe, const float* dout, const int32_t* tokens,
                           int64_t B, int64_t T, int64_t C) override;
-  void add(float* out, const float* a, const float* b, int64_t n) override;
+  void add(float* out, const float* a, const void* b, int64_t n, DType dt) override;
+  void cast(void* dst, const float* src, int64_t n, DType dt) override;
   void softmax_xent(float* logits, float* losses, const int32_t* targets, int64_t N, int64_t V,
                     int64_t Vp, float grad_scale) override;
   void adamw(float* param, const float* grad, float* m, float* v, int64_t n,
@@ -46,8 +55,11 @@ class CpuBackend final : public Backend {
   void scale(float* x, int64_t n, float s) override;
 
  private:
-  std::vector<double> sq_partials_;  // per-chunk sums of squares (grows once)
-  std::vector<float> partials_;  // per-thread reduction scratch (a few KiB; grows once)
+  struct OneDnn;                 // engine, stream and the cache of bf16 matmul primitives
+  std::unique_ptr<OneDnn> dnnl_;
+  std::vector<float> f16_a_, f16_b_, f16_c_;  // fp32 staging for fp16 GEMMs (grow once)
+  std::vector<double> sq_partials_;            // per-chunk sums of squares (grow once)
+  std::vector<float> partials_;                // per-thread reduction scratch (grows once)
   float* partials(int64_t per_thread) {
     size_t need = size_t(per_thread) * omp_get_max_threads();
     if (partials_.size() < need) partials_.resize(need);

@@ -10,9 +10,21 @@ Backend& cpu_backend() {
   return b;
 }
 
-void CpuBackend::add(float* out, const float* a, const float* b, int64_t n) {
+void CpuBackend::add(float* out, const float* a, const void* b, int64_t n, DType dt) {
+  dispatch(dt, [&](auto t) {
+    const auto* bt = static_cast<const decltype(t)*>(b);
 #pragma omp parallel for simd schedule(static)
-  for (int64_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+    for (int64_t i = 0; i < n; i++) out[i] = a[i] + to_f32(bt[i]);
+  });
+}
+
+void CpuBackend::cast(void* dst, const float* src, int64_t n, DType dt) {
+  dispatch(dt, [&](auto t) {
+    using T = decltype(t);
+    T* d = static_cast<T*>(dst);
+#pragma omp parallel for simd schedule(static)
+    for (int64_t i = 0; i < n; i++) d[i] = from_f32<T>(src[i]);
+  });
 }
 
 void CpuBackend::scale(float* x, int64_t n, float s) {

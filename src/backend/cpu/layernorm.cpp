@@ -1,4 +1,5 @@
-// LayerNorm forward/backward over rows of (N,C), eps 1e-5.
+// LayerNorm forward/backward over rows of (N,C), eps 1e-5; fp32 input and statistics, output
+// and its gradient in the compute dtype.
 #include <cmath>
 #include <cstring>
 
@@ -6,12 +7,13 @@
 
 namespace frugal {
 
-void CpuBackend::layernorm_forward(float* out, float* mean, float* rstd, const float* inp,
-                                   const float* w, const float* b, int64_t N, int64_t C) {
+template <class T>
+static void layernorm_forward_t(T* out, float* mean, float* rstd, const float* inp, const float* w,
+                                const float* b, int64_t N, int64_t C) {
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < N; i++) {
     const float* x = inp + i * C;
-    float* y = out + i * C;
+    T* y = out + i * C;
     float m = 0.0f;
 #pragma omp simd reduction(+ : m)
     for (int64_t c = 0; c < C; c++) m += x[c];
@@ -22,18 +24,21 @@ void CpuBackend::layernorm_forward(float* out, float* mean, float* rstd, const f
     v /= float(C);
     float s = 1.0f / std::sqrt(v + 1e-5f);
 #pragma omp simd
-    for (int64_t c = 0; c < C; c++) y[c] = (x[c] - m) * s * w[c] + b[c];
+    for (int64_t c = 0; c < C; c++) y[c] = from_f32<T>((x[c] - m) * s * w[c] + b[c]);
     mean[i] = m;
     rstd[i] = s;
   }
 }
 
-void CpuBackend::layernorm_backward(float* dinp, float* dw, float* db, const float* dout,
-                                    const float* inp, const float* w, const float* mean,
-                                    const float* rstd, int64_t N, int64_t C) {
-  int nt = omp_get_max_threads();
-  float* part = partials(2 * C);
-  std::memset(part, 0, sizeof(float) * 2 * C * nt);
+void CpuBackend::layernorm_forward(void* out, float* mean, float* rstd, const float* inp,
+                                   const float* w, const float* b, int64_t N, int64_t C, DType dt) {
+  dispatch(dt, [&](auto t) { layernorm_forward_t(static_cast<decltype(t)*>(out), mean, rstd, inp, w, b, N, C); });
+}
+
+template <class T>
+static void layernorm_backward_t(float* dinp, float* part, int nt, const T* dout, const float* inp,
+                                 const float* w, const float* mean, const float* rstd, int64_t N,
+                                 int64_t C) {
 #pragma omp parallel
   {
     int tid = omp_get_thread_num();
@@ -42,14 +47,14 @@ void CpuBackend::layernorm_backward(float* dinp, float* dw, float* db, const flo
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < N; i++) {
       const float* x = inp + i * C;
-      const float* dy = dout + i * C;
+      const T* dy = dout + i * C;
       float* dx = dinp + i * C;
       float m = mean[i], s = rstd[i];
       float dnorm_mean = 0.0f, dnorm_norm_mean = 0.0f;
 #pragma omp simd reduction(+ : dnorm_mean, dnorm_norm_mean)
       for (int64_t c = 0; c < C; c++) {
         float norm = (x[c] - m) * s;
-        float dnorm = w[c] * dy[c];
+        float dnorm = w[c] * to_f32(dy[c]);
         dnorm_mean += dnorm;
         dnorm_norm_mean += dnorm * norm;
       }
@@ -57,14 +62,24 @@ void CpuBackend::layernorm_backward(float* dinp, float* dw, float* db, const flo
       dnorm_norm_mean /= float(C);
 #pragma omp simd
       for (int64_t c = 0; c < C; c++) {
-        float norm = (x[c] - m) * s;
-        pdb[c] += dy[c];
-        pdw[c] += norm * dy[c];
-        dx[c] += (w[c] * dy[c] - dnorm_mean - norm * dnorm_norm_mean) * s;
+        float norm = (x[c] - m) * s, g = to_f32(dy[c]);
+        pdb[c] += g;
+        pdw[c] += norm * g;
+        dx[c] += (w[c] * g - dnorm_mean - norm * dnorm_norm_mean) * s;
       }
     }
   }
-  // part holds nt rows of dw then nt rows of db
+}
+
+void CpuBackend::layernorm_backward(float* dinp, float* dw, float* db, const void* dout,
+                                    const float* inp, const float* w, const float* mean,
+                                    const float* rstd, int64_t N, int64_t C, DType dt) {
+  int nt = omp_get_max_threads();
+  float* part = partials(2 * C);  // nt rows of dw partials, then nt rows of db partials
+  std::memset(part, 0, sizeof(float) * 2 * C * nt);
+  dispatch(dt, [&](auto t) {
+    layernorm_backward_t(dinp, part, nt, static_cast<const decltype(t)*>(dout), inp, w, mean, rstd, N, C);
+  });
   reduce_partials(dw, part, nt, C);
   reduce_partials(db, part + int64_t(nt) * C, nt, C);
 }

@@ -1,5 +1,7 @@
-// matmul and linear layers on dnnl_sgemm (row-major, oneDNN's gemm:jit).
-#include <oneapi/dnnl/dnnl.h>
+// GEMMs and linear layers. fp32: dnnl_sgemm (row-major, oneDNN's gemm:jit). bf16: oneDNN's
+// matmul primitive (brg kernels on AVX512-BF16 / AMX), bias and accumulation fused, primitives
+// cached by shape. fp16: operands widened to fp32 and dnnl_sgemm.
+#include <oneapi/dnnl/dnnl.hpp>
 
 #include <cstring>
 
@@ -8,45 +10,128 @@
 
 namespace frugal {
 
-void CpuBackend::matmul(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-                        const float* A, int64_t lda, const float* B, int64_t ldb, float beta,
-                        float* C, int64_t ldc) {
-  dnnl_status_t s = dnnl_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', M, N, K, alpha, A, lda,
-                               B, ldb, beta, C, ldc);
+struct CpuBackend::OneDnn {
+  dnnl::engine eng{dnnl::engine::kind::cpu, 0};
+  dnnl::stream strm{eng};
+  using Key = std::tuple<bool, bool, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, bool, bool>;
+  std::map<Key, dnnl::matmul> cache;
+};
+
+CpuBackend::CpuBackend() : dnnl_(std::make_unique<OneDnn>()) {}
+CpuBackend::~CpuBackend() = default;
+
+static void sgemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+                  const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  dnnl_status_t s = dnnl_sgemm(ta ? 'T' : 'N', tb ? 'T' : 'N', M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc);
   FRUGAL_CHECK(s == dnnl_success, "dnnl_sgemm({}x{}x{}) failed with status {}", M, N, K, int(s));
 }
 
-// out(BT,OC) = inp(BT,IC) weight(OC,IC)^T + bias(OC)
-void CpuBackend::linear_forward(float* out, const float* inp, const float* weight,
-                                const float* bias, int64_t BT, int64_t IC, int64_t OC) {
-  float beta = 0.0f;
-  if (bias) {
+template <class T>
+static void widen(std::vector<float>& dst, const void* src, int64_t rows, int64_t cols, int64_t ld) {
+  dst.resize(size_t(rows * cols));
+  const T* s = static_cast<const T*>(src);
 #pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < BT; r++) std::memcpy(out + r * OC, bias, OC * sizeof(float));
-    beta = 1.0f;
-  }
-  matmul(false, true, BT, OC, IC, 1.0f, inp, IC, weight, IC, beta, out, OC);
+  for (int64_t r = 0; r < rows; r++)
+    for (int64_t c = 0; c < cols; c++) dst[r * cols + c] = to_f32(s[r * ld + c]);
 }
 
-void CpuBackend::linear_backward(float* dinp, float* dweight, float* dbias, const float* dout,
-                                 const float* inp, const float* weight, int64_t BT, int64_t IC,
-                                 int64_t OC) {
-  if (dinp) matmul(false, false, BT, IC, OC, 1.0f, dout, OC, weight, IC, 0.0f, dinp, IC);
-  matmul(true, false, OC, IC, BT, 1.0f, dout, OC, inp, IC, 1.0f, dweight, IC);
-  if (dbias) {
-    // column sums of dout(BT,OC): each thread owns a range of columns, rows in order.
+void CpuBackend::matmul(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const void* A,
+                        int64_t lda, const void* B, int64_t ldb, void* C, int64_t ldc, DType ab,
+                        DType c, const float* bias, bool accumulate) {
+  if (ab == DType::f32 && c == DType::f32) {
+    float* Cf = static_cast<float*>(C);
+    if (bias && !accumulate) {
 #pragma omp parallel for schedule(static)
-    for (int64_t c0 = 0; c0 < OC; c0 += 64) {
-      int64_t c1 = c0 + 64 < OC ? c0 + 64 : OC;
-      float acc[64] = {};
-      for (int64_t r = 0; r < BT; r++) {
-        const float* row = dout + r * OC;
-#pragma omp simd
-        for (int64_t c = c0; c < c1; c++) acc[c - c0] += row[c];
-      }
-      for (int64_t c = c0; c < c1; c++) dbias[c] += acc[c - c0];
+      for (int64_t r = 0; r < M; r++) std::memcpy(Cf + r * ldc, bias, N * sizeof(float));
+    } else if (bias) {
+#pragma omp parallel for schedule(static)
+      for (int64_t r = 0; r < M; r++)
+        for (int64_t j = 0; j < N; j++) Cf[r * ldc + j] += bias[j];
     }
+    sgemm(ta, tb, M, N, K, static_cast<const float*>(A), lda, static_cast<const float*>(B), ldb,
+          bias || accumulate ? 1.0f : 0.0f, Cf, ldc);
+    return;
   }
+  if (ab == DType::f16) {
+    // no fp16 matmul in oneDNN 2.6 on CPUs: widen the operands (as stored) to fp32
+    widen<f16>(f16_a_, A, ta ? K : M, ta ? M : K, lda);
+    widen<f16>(f16_b_, B, tb ? N : K, tb ? K : N, ldb);
+    float* out = static_cast<float*>(C);
+    int64_t ldo = ldc;
+    if (c != DType::f32) {
+      f16_c_.assign(size_t(M * N), 0.0f);
+      out = f16_c_.data();
+      ldo = N;
+      FRUGAL_CHECK(!accumulate, "accumulate into a 16-bit output");
+    }
+    matmul(ta, tb, M, N, K, f16_a_.data(), ta ? M : K, f16_b_.data(), tb ? K : N, out, ldo,
+           DType::f32, DType::f32, bias, accumulate);
+    if (c != DType::f32) {
+#pragma omp parallel for schedule(static)
+      for (int64_t r = 0; r < M; r++)
+        dispatch(c, [&](auto t) {
+          using T = decltype(t);
+          for (int64_t j = 0; j < N; j++) static_cast<T*>(C)[r * ldc + j] = from_f32<T>(out[r * N + j]);
+        });
+    }
+    return;
+  }
+  FRUGAL_CHECK(ab == DType::bf16 && c != DType::f16, "matmul {} x {} -> {}", dtype_name(ab), dtype_name(ab), dtype_name(c));
+  using namespace dnnl;
+  using dt = memory::data_type;
+  const dt cdt = c == DType::f32 ? dt::f32 : dt::bf16;
+  memory::desc ad({M, K}, dt::bf16, ta ? memory::dims{1, lda} : memory::dims{lda, 1});
+  memory::desc bd({K, N}, dt::bf16, tb ? memory::dims{1, ldb} : memory::dims{ldb, 1});
+  memory::desc cd({M, N}, cdt, memory::dims{ldc, 1});
+  memory::desc biasd({1, N}, dt::f32, memory::dims{N, 1});
+  OneDnn::Key key{ta, tb, M, N, K, lda, ldb, ldc, int(c), bias != nullptr, accumulate};
+  auto it = dnnl_->cache.find(key);
+  if (it == dnnl_->cache.end()) {
+    primitive_attr attr;
+    if (accumulate) {
+      post_ops po;
+      po.append_sum(1.0f);
+      attr.set_post_ops(po);
+    }
+    auto d = bias ? matmul::desc(ad, bd, biasd, cd) : matmul::desc(ad, bd, cd);
+    it = dnnl_->cache.emplace(key, dnnl::matmul(matmul::primitive_desc(d, attr, dnnl_->eng))).first;
+  }
+  memory am(ad, dnnl_->eng, const_cast<void*>(A)), bm(bd, dnnl_->eng, const_cast<void*>(B)),
+      cm(cd, dnnl_->eng, C);
+  std::unordered_map<int, memory> args{{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}};
+  if (bias) args.emplace(DNNL_ARG_BIAS, memory(biasd, dnnl_->eng, const_cast<float*>(bias)));
+  it->second.execute(dnnl_->strm, args);
+  dnnl_->strm.wait();
+}
+
+void CpuBackend::linear_forward(void* out, const void* inp, const void* weight, const float* bias,
+                                int64_t BT, int64_t IC, int64_t OC, DType dt) {
+  matmul(false, true, BT, OC, IC, inp, IC, weight, IC, out, OC, dt, dt, bias, false);
+}
+
+template <class T>
+static void column_sums(float* acc, const T* x, int64_t rows, int64_t cols) {
+  // each thread owns a range of columns and walks the rows in order
+#pragma omp parallel for schedule(static)
+  for (int64_t c0 = 0; c0 < cols; c0 += 64) {
+    int64_t c1 = c0 + 64 < cols ? c0 + 64 : cols;
+    float s[64] = {};
+    for (int64_t r = 0; r < rows; r++) {
+      const T* row = x + r * cols;
+#pragma omp simd
+      for (int64_t c = c0; c < c1; c++) s[c - c0] += to_f32(row[c]);
+    }
+    for (int64_t c = c0; c < c1; c++) acc[c] += s[c - c0];
+  }
+}
+
+void CpuBackend::linear_backward(void* dinp, float* dweight, float* dbias, const void* dout,
+                                 const void* inp, const void* weight, int64_t BT, int64_t IC,
+                                 int64_t OC, DType dt) {
+  if (dinp) matmul(false, false, BT, IC, OC, dout, OC, weight, IC, dinp, IC, dt, dt, nullptr, false);
+  matmul(true, false, OC, IC, BT, dout, OC, inp, IC, dweight, IC, dt, DType::f32, nullptr, true);
+  if (dbias)
+    dispatch(dt, [&](auto t) { column_sums(dbias, static_cast<const decltype(t)*>(dout), BT, OC); });
 }
 
 }  // namespace frugal
