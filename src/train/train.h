@@ -22,6 +22,8 @@ class AdamW {
   explicit AdamW(Gpt& model);
   // One update of every parameter, weight decay on the specs that ask for it.
   void update(Gpt& model, Backend& be, const TrainSettings& t, double lr, int step_1based);
+  const PoolArray<float>& m(size_t unit) const { return m_[unit]; }
+  const PoolArray<float>& v(size_t unit) const { return v_[unit]; }
 
  private:
   std::vector<PoolArray<float>> m_, v_;
@@ -59,6 +61,7 @@ class Stepper {
   Stepper(Gpt& model, Backend& be, Comm& comm, const TrainSettings& t, int accum_steps,
           const PrecisionSettings& p = {});
   const LossScaler& scaler() const { return scaler_; }
+  const AdamW& optimizer() const { return opt_; }
   // Zeroes the gradients and accumulates those of the mean loss over the global batch
   // (accum_steps micro-batches on every rank), times the loss scale; returns the mean loss.
   float forward_backward(const NextBatch& next);

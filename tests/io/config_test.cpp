@@ -37,7 +37,8 @@ TEST(Config, FileThenOverridesPresetThenExplicitKeys) {
 
 TEST(Config, ResolvedTomlLoadsBackToTheSameConfig) {
   test::TempDir d;
-  RunConfig c = load_config("", {"model.preset=tiny", "train.lr=0.002", "data.val=v/*.bin", "train.seq_len=64"});
+  RunConfig c = load_config("", {"model.preset=tiny", "train.lr=0.002", "data.val=v/*.bin", "train.seq_len=64",
+                                 "precision.compute=bf16"});
   std::string p = d / "resolved.toml";
   std::ofstream(p) << c.to_toml();
   RunConfig r = load_config(p, {});
@@ -45,6 +46,7 @@ TEST(Config, ResolvedTomlLoadsBackToTheSameConfig) {
   EXPECT_EQ(r.model.n_embd, 64);
   EXPECT_DOUBLE_EQ(r.train.lr, 0.002);
   EXPECT_EQ(r.data.val, "v/*.bin");
+  EXPECT_EQ(r.precision.compute, DType::bf16);
 }
 
 TEST(Config, ShippedConfigsLoad) {
@@ -74,6 +76,12 @@ TEST(Config, EveryMistakeIsOneLineNamingFileAndField) {
   expect_user_error([&] { load_config("", {"model.n_head=3"}); }, "model.n_embd (256) must be divisible by model.n_head (3)");
   expect_user_error([&] { load_config(write(d, "[train\nlr = 1\n"), {}); }, "c.toml:1:");
   expect_user_error([&] { load_config("", {"trainlr=1"}); }, "expected --section.key=value");
+  expect_user_error([&] { load_config("", {"precision.compute=fp8"}); },
+                    "--precision.compute: precision.compute: expected one of fp32, bf16, fp16, got 'fp8'");
+  expect_user_error([&] { load_config("", {"precision.reduce=fp16"}); },
+                    "precision.reduce: expected one of fp32, bf16, got 'fp16'");
+  expect_user_error([&] { load_config("", {"precision.loss_scale_min=1e9"}); },
+                    "precision.loss_scale_min = 1000000000 is above precision.loss_scale = 65536");
 }
 
 }  // namespace

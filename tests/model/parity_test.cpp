@@ -131,6 +131,70 @@ void run_parity(const Shape& s) {
   EXPECT_GT(ref_norms[0], t.grad_clip);
 }
 
+// frugal bf16 against PyTorch's bf16 autocast on the same weights and batch, both measured
+// against the fp32 reference: frugal's bf16 must be as close to fp32 as autocast is (within
+// 1.5x, or 1e-3 absolute), and close to autocast itself (bf16 tolerance, 3e-2 relative).
+void run_autocast_parity(const Shape& s) {
+  test::TempDir dir;
+  GptConfig cfg{"custom", s.L, s.NH, s.C, s.V, s.ctx};
+  const uint64_t seed = test::test_seed();
+  Gpt f32(cfg, cpu_backend());
+  f32.init(seed);
+  save_model(dir / "w.safetensors", f32);
+  const int S = 10, W = s.T + 1;
+  std::vector<int32_t> tokens(size_t(S) * s.B * W);
+  Rng rng(seed + 1);
+  for (auto& x : tokens) x = int32_t(rng.below(uint64_t(s.V)));
+  save_safetensors(dir / "x.safetensors", {{"tokens", "I32", {S, s.B, W}, tokens.data()}}, {});
+  std::string cmd = fmt::format(
+      "/usr/bin/python3 {}/tests/reference/gpt2_reference.py --weights {} --batches {} --out {} "
+      "--threads 2 --autocast", FRUGAL_SOURCE_DIR, dir / "w.safetensors", dir / "x.safetensors", dir / "r.safetensors");
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  SafeTensors ref(dir / "r.safetensors");
+  auto get = [&](const std::string& name, const std::vector<int64_t>& shape) {
+    int64_t n = 1;
+    for (auto d : shape) n *= d;
+    std::vector<float> v(static_cast<size_t>(n));
+    ref.read(name, "F32", shape, v.data());
+    return v;
+  };
+  Gpt bf(cfg, cpu_backend(), DType::bf16);
+  load_model(dir / "w.safetensors", bf);
+  TrainSettings t;
+  t.seq_len = s.T;
+  t.micro_batch = s.B;
+  PrecisionSettings p;
+  p.compute = DType::bf16;
+  auto comm = make_local_comm();
+  NextBatch next = [&](int32_t* in, int32_t* tg) {
+    for (int b = 0; b < s.B; b++)
+      for (int i = 0; i < s.T; i++) {
+        in[b * s.T + i] = tokens[size_t(b) * W + i];
+        tg[b * s.T + i] = tokens[size_t(b) * W + i + 1];
+      }
+  };
+  std::vector<int32_t> in(s.B * s.T), tg(s.B * s.T);
+  next(in.data(), tg.data());
+  bf.allocate(s.B, s.T);
+  std::vector<float> logits;
+  bf.logits(in.data(), s.B, s.T, false, logits);
+  auto compare = [&](const std::vector<float>& ours, const std::string& name, const std::vector<int64_t>& shape) {
+    auto truth = get(name, shape), ac = get("ac." + name, shape);
+    double ours_err = test::rel_error(ours, truth), ac_err = test::rel_error(ac, truth);
+    EXPECT_LE(ours_err, std::max(1.5 * ac_err, 1e-3)) << name << ": frugal bf16 " << ours_err << ", autocast " << ac_err;
+    EXPECT_LT(test::rel_error(ours, ac), 3e-2) << name;
+  };
+  compare(logits, "logits", {s.B, s.T, s.V});
+  Stepper st(bf, cpu_backend(), *comm, t, 1, p);
+  float loss = st.forward_backward(next);
+  compare({loss}, "loss", {1});
+  for (auto& n : bf.named_params())
+    compare(std::vector<float>(n.grad, n.grad + n.spec->numel), "grad." + n.spec->name, n.spec->shape);
+}
+
+TEST(PyTorchParity, Bf16AgreesWithAutocast) { run_autocast_parity({2, 4, 64, 257, 64, 2, 32}); }
+TEST(PyTorchParity, Bf16AgreesWithAutocastOddShape) { run_autocast_parity({3, 3, 72, 300, 48, 3, 37}); }
+
 TEST(PyTorchParity, PowerOfTwoShape) { run_parity({2, 4, 64, 257, 64, 2, 32}); }
 
 TEST(PyTorchParity, OddShape) {

@@ -10,6 +10,8 @@ Mode 1, parity (default) -- used by the C++ parity test:
       --weight-decay F --beta1 F --beta2 F --eps F --clip F --threads N
   W: F32 parameters (names below) + metadata n_layer, n_head, n_embd,
      vocab_size, context.  X: I32 "tokens" (S, B, T+1), S >= 10.
+  With --autocast also "ac.logits", "ac.loss", "ac.grad.<name>": batch 0 under
+  torch.autocast("cpu", bfloat16) (the loss in fp32 from the bf16 logits).
   R (F32): "logits" (B,T,V) and "loss" (1,) of batch 0 at the initial weights,
      "grad.<name>" for every parameter (batch 0, initial weights),
      "losses" (10,) and "grad_norms" (10,) of 10 AdamW steps on batches 0..9,
@@ -205,6 +207,18 @@ def run_parity(torch, a):
     out["loss"] = np.array([loss.item()], dtype=np.float32)
     for name, p in params.items():
         out["grad." + name] = p.grad.numpy().copy()
+    if a.autocast:
+        # the same batch under bf16 autocast (fp32 master weights): "ac.*"
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits, _ = model(*batch(0))
+        loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, cfg["vocab_size"]),
+                                                 batch(0)[1].reshape(-1))
+        loss.backward()
+        out["ac.logits"] = logits.detach().float().numpy()
+        out["ac.loss"] = np.array([loss.item()], dtype=np.float32)
+        for name, p in params.items():
+            out["ac.grad." + name] = p.grad.float().numpy().copy()
 
     opt = make_optimizer(torch, model, a.lr, a.weight_decay, (a.beta1, a.beta2), a.eps)
     losses, norms = [], []
@@ -267,6 +281,8 @@ def main():
     ap.add_argument("--beta2", type=float, default=0.95)
     ap.add_argument("--eps", type=float, default=1e-8)
     ap.add_argument("--clip", type=float, default=1.0)
+    ap.add_argument("--autocast", action="store_true",
+                    help="parity: also write ac.logits, ac.loss, ac.grad.* of batch 0 under bf16 autocast")
     # bench mode
     ap.add_argument("--bench", action="store_true")
     ap.add_argument("--n-layer", type=int, default=12)

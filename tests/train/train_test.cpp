@@ -67,6 +67,91 @@ TEST(Stepper, AccumulationEqualsOneBigBatch) {
   }
 }
 
+// A copy of every master weight and AdamW moment, to compare bit for bit.
+std::vector<float> snapshot(Gpt& m, const Stepper& st) {
+  std::vector<float> out;
+  for (size_t u = 0; u < m.units().size(); u++) {
+    const Unit& unit = m.units()[u];
+    for (const auto* buf : {&unit.params, &st.optimizer().m(u), &st.optimizer().v(u)})
+      out.insert(out.end(), buf->data(), buf->data() + unit.numel);
+  }
+  return out;
+}
+
+struct Fp16Run {
+  GptConfig cfg{"custom", 2, 2, 32, 97, 16};
+  TrainSettings t;
+  PrecisionSettings p;
+  std::unique_ptr<Comm> comm = make_local_comm();
+  Stream data{16};
+  Fp16Run(double scale, int window) {
+    t.seq_len = 16;
+    t.micro_batch = 4;
+    t.steps = 10;
+    t.warmup_steps = 0;
+    p.compute = DType::f16;
+    p.loss_scale = scale;
+    p.loss_scale_window = window;
+  }
+  NextBatch next() { return [this](int32_t* in, int32_t* tg) { data(in, tg, 4); }; }
+};
+
+TEST(LossScaler, OverflowSkipsTheStepLeavesStateBitIdenticalAndHalvesTheScale) {
+  // At a scale of 2^40 the fp16 gradients overflow (fp16 tops out at 65504): a real overflow.
+  Fp16Run r(0x1p40, 1000);
+  Gpt m(r.cfg, cpu_backend(), DType::f16);
+  m.init(3);
+  Stepper st(m, cpu_backend(), *r.comm, r.t, 1, r.p);
+  st.step(0, r.next());  // the first step overflows
+  EXPECT_EQ(st.scaler().skipped_total, 1);
+  auto before = snapshot(m, st);
+  StepStats s = st.step(1, r.next());
+  EXPECT_TRUE(s.skipped);
+  EXPECT_EQ(s.loss_scale, 0x1p39);
+  EXPECT_EQ(st.scaler().scale, 0x1p38);
+  EXPECT_EQ(st.scaler().skipped_total, 2);
+  EXPECT_EQ(snapshot(m, st), before);  // weights and AdamW moments untouched, bit for bit
+  // It recovers by itself: the scale keeps halving until the gradients fit, then training goes on.
+  int step = 2;
+  while (st.step(step, r.next()).skipped) step++;
+  EXPECT_LT(st.scaler().scale, 0x1p38);
+  EXPECT_NE(snapshot(m, st), before);
+}
+
+TEST(LossScaler, ScaleDoublesAfterWindowCleanSteps) {
+  Fp16Run r(1024.0, 2);
+  Gpt m(r.cfg, cpu_backend(), DType::f16);
+  m.init(3);
+  Stepper st(m, cpu_backend(), *r.comm, r.t, 1, r.p);
+  std::vector<double> scales;
+  for (int step = 0; step < 5; step++) {
+    StepStats s = st.step(step, r.next());
+    EXPECT_FALSE(s.skipped);
+    scales.push_back(s.loss_scale);
+  }
+  EXPECT_EQ(scales, (std::vector<double>{1024, 1024, 2048, 2048, 4096}));
+}
+
+TEST(LossScaler, CollapseToTheFloorIsAClearError) {
+  Fp16Run r(4.0, 1000);
+  r.p.loss_scale_min = 1.0;
+  Gpt m(r.cfg, cpu_backend(), DType::f16);
+  m.init(3);
+  m.units()[1].p.qkv_w[5] = NAN;  // gradients are NaN at any scale
+  m.sync_compute_weights();
+  Stepper st(m, cpu_backend(), *r.comm, r.t, 1, r.p);
+  EXPECT_TRUE(st.step(0, r.next()).skipped);  // 4 -> 2
+  EXPECT_TRUE(st.step(1, r.next()).skipped);  // 2 -> 1
+  test::expect_user_error([&] { st.step(2, r.next()); },
+                          "gradients are not finite at the loss-scale floor precision.loss_scale_min = 1 after 3 skipped step(s) in a row");
+  // In fp32 there is no scale to lower: the first non-finite gradient stops the run.
+  Gpt f(r.cfg, cpu_backend());
+  f.init(3);
+  f.units()[1].p.qkv_w[5] = NAN;
+  Stepper sf(f, cpu_backend(), *r.comm, r.t, 1);
+  test::expect_user_error([&] { sf.step(0, r.next()); }, "gradients are not finite after 1 skipped step(s) in a row in fp32/bf16");
+}
+
 std::vector<double> losses_of(const std::string& metrics) {
   std::vector<double> out;
   std::ifstream in(metrics);
@@ -108,6 +193,22 @@ TEST_F(TrainOnKjv, ValidationLossFallsBelow2_5Within300Steps) {
   EXPECT_GT(rec["mem_peak"]["activations"].get<double>(), 0);
   EXPECT_TRUE(std::filesystem::exists(*dir_ / "learn/model.safetensors"));
   EXPECT_TRUE(std::filesystem::exists(*dir_ / "learn/config.toml"));
+}
+
+TEST_F(TrainOnKjv, Bf16AndFp16ReachTheValidationLossOfFp32Within2Percent) {
+  auto comm = make_local_comm();
+  auto final_val = [&](const std::string& run) {
+    std::ifstream in(*dir_ / (run + "/metrics.jsonl"));
+    std::string line, last;
+    while (std::getline(in, line)) last = line;
+    return nlohmann::json::parse(last)["val_loss"].get<double>();
+  };
+  for (const char* p : {"fp32", "bf16", "fp16"})
+    train(config(std::string("prec_") + p, {"train.steps=200", "train.eval_every=0", std::string("precision.compute=") + p}), *comm);
+  double f32 = final_val("prec_fp32");
+  EXPECT_LT(f32, 2.7);  // it learned
+  EXPECT_NEAR(final_val("prec_bf16"), f32, 0.02 * f32);
+  EXPECT_NEAR(final_val("prec_fp16"), f32, 0.02 * f32);
 }
 
 TEST_F(TrainOnKjv, SameSeedGivesBitIdenticalLossesAndWeights) {
