@@ -1,8 +1,12 @@
-// GEMM path choice for fp32: dnnl_sgemm (oneDNN's BLAS-like API, gemm:jit) against oneDNN's
-// matmul primitive with plain layouts (brg), on the GPT-2-small shapes of one training step
-// at B*T = 1024. Every result is validated against a float64 dot product at 16 random
-// entries before it is timed. Prints GFLOP/s of both and the ratio; see RESULTS.md.
-//   usage: gemm_bench [BT] [reps]
+// GEMM path choice, on the GPT-2-small shapes of one training step at B*T = 1024:
+//  fp32: dnnl_sgemm (oneDNN's BLAS-like API, gemm:jit) against oneDNN's matmul primitive with
+//        plain layouts (brg);
+//  bf16: the matmul primitive with plain layouts (what frugal runs) against the same with the
+//        B operand in oneDNN's blocked layout (format_tag::any, reordered once: the cost of the
+//        reorder is printed separately, it would be paid once per step per weight).
+// Every result is validated against a float64 dot product at 16 random entries (of the
+// bf16-rounded inputs for bf16) before it is timed. See RESULTS.md.
+//   usage: gemm_bench [BT] [reps]      GFLOP/s per shape and implementation
 #include <oneapi/dnnl/dnnl.hpp>
 
 #include <algorithm>
@@ -10,6 +14,8 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <string>
 #include <random>
 #include <vector>
 
@@ -61,9 +67,9 @@ int main(int argc, char** argv) {
   stream strm(eng);
   std::mt19937 g(0);
   std::normal_distribution<float> nd;
-  std::printf("%-8s %-4s %6s %6s %6s %12s %12s %7s\n", "layer", "op", "M", "N", "K",
-              "sgemm GF/s", "matmul GF/s", "ratio");
-  double t_sgemm = 0, t_matmul = 0;
+  std::printf("%-8s %-4s %6s %6s %6s %11s %11s %11s %11s %9s\n", "layer", "op", "M", "N", "K",
+              "sgemm f32", "matmul f32", "bf16 plain", "bf16 blockB", "reorder");
+  double t_sgemm = 0, t_matmul = 0, t_bf16 = 0, t_bf16b = 0;
   int layers = 12;
   for (auto& s : shapes) {
     std::vector<float> A(s.M * s.K), B(s.K * s.N), C1(s.M * s.N), C2(s.M * s.N);
@@ -87,14 +93,53 @@ int main(int argc, char** argv) {
       std::printf("%s %s: wrong result\n", s.name, s.op);
       return 1;
     }
+    // bf16: round the inputs, then plain and blocked-B primitives
+    auto bf = [](float x) {
+      uint32_t u;
+      std::memcpy(&u, &x, 4);
+      u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+      std::memcpy(&x, &u, 4);
+      return x;
+    };
+    std::vector<uint16_t> A16(A.size()), B16(B.size());
+    for (size_t i = 0; i < A.size(); i++) { A[i] = bf(A[i]); uint32_t u; std::memcpy(&u, &A[i], 4); A16[i] = uint16_t(u >> 16); }
+    for (size_t i = 0; i < B.size(); i++) { B[i] = bf(B[i]); uint32_t u; std::memcpy(&u, &B[i], 4); B16[i] = uint16_t(u >> 16); }
+    using dt = memory::data_type;
+    memory::desc ad16({s.M, s.K}, dt::bf16, s.ta ? memory::format_tag::ba : memory::format_tag::ab);
+    memory::desc bd16({s.K, s.N}, dt::bf16, s.tb ? memory::format_tag::ba : memory::format_tag::ab);
+    memory::desc bany({s.K, s.N}, dt::bf16, memory::format_tag::any);
+    matmul plain(matmul::primitive_desc(matmul::desc(ad16, bd16, cd), eng));
+    auto blocked_pd = matmul::primitive_desc(matmul::desc(ad16, bany, cd), eng);
+    matmul blocked(blocked_pd);
+    memory a16(ad16, eng, A16.data()), b16(bd16, eng, B16.data()), bblk(blocked_pd.weights_desc(), eng);
+    auto run_plain = [&] {
+      plain.execute(strm, {{DNNL_ARG_SRC, a16}, {DNNL_ARG_WEIGHTS, b16}, {DNNL_ARG_DST, cm}});
+      strm.wait();
+    };
+    reorder rb(b16, bblk);
+    auto run_reorder = [&] { rb.execute(strm, b16, bblk); strm.wait(); };
+    auto run_blocked = [&] {
+      blocked.execute(strm, {{DNNL_ARG_SRC, a16}, {DNNL_ARG_WEIGHTS, bblk}, {DNNL_ARG_DST, cm}});
+      strm.wait();
+    };
+    double tp = median_seconds(run_plain, reps);
+    bool ok = validate(s, A.data(), B.data(), C2.data());
+    double tr = median_seconds(run_reorder, reps), tb = median_seconds(run_blocked, reps);
+    if (!ok || !validate(s, A.data(), B.data(), C2.data())) {
+      std::printf("%s %s: wrong bf16 result\n", s.name, s.op);
+      return 1;
+    }
     double flops = 2.0 * s.M * s.N * s.K;
-    std::printf("%-8s %-4s %6ld %6ld %6ld %12.1f %12.1f %7.2f\n", s.name, s.op, long(s.M), long(s.N),
-                long(s.K), flops / ts / 1e9, flops / tm / 1e9, tm / ts);
+    std::printf("%-8s %-4s %6ld %6ld %6ld %11.1f %11.1f %11.1f %11.1f %7.2fms\n", s.name, s.op, long(s.M),
+                long(s.N), long(s.K), flops / ts / 1e9, flops / tm / 1e9, flops / tp / 1e9, flops / tb / 1e9, tr * 1e3);
     int mult = std::string(s.name) == "lmhead" ? 1 : layers;
     t_sgemm += mult * ts;
     t_matmul += mult * tm;
+    t_bf16 += mult * tp;
+    t_bf16b += mult * tb;
   }
-  std::printf("one step's GEMMs (12 layers + lm head, BT=%ld): dnnl_sgemm %.2f s, matmul primitive %.2f s, ratio %.2f\n",
-              long(BT), t_sgemm, t_matmul, t_matmul / t_sgemm);
+  std::printf("one step's GEMMs (12 layers + lm head, BT=%ld): fp32 dnnl_sgemm %.2f s, fp32 matmul %.2f s, "
+              "bf16 plain %.2f s, bf16 blocked B %.2f s (reorders not counted)\n",
+              long(BT), t_sgemm, t_matmul, t_bf16, t_bf16b);
   return 0;
 }

@@ -3,10 +3,11 @@
 (tests/reference/gpt2_reference.py --bench) in the same run, same shape, same threads.
 
   /usr/bin/python3 bench/train_bench.py [--preset gpt2] [--batch 4] [--seq 256] [--steps 6]
-                                        [--threads 2] [--frugal build/frugal]
+                                        [--threads 2] [--dtype fp32|bf16] [--frugal build/frugal]
 
 Both train on uniform random tokens (the loss stays near ln V; speed does not depend on it)
-with AdamW. tokens/s is tokens per step / median step time after the warm-up steps; peak RSS
+with AdamW; bf16 is frugal's precision.compute = "bf16" against torch.autocast(bfloat16), both with
+fp32 master weights. tokens/s is tokens per step / median step time after the warm-up steps; peak RSS
 is the child's ru_maxrss. Prints one line per system and the ratios.
 """
 import argparse
@@ -47,6 +48,7 @@ def main():
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--warmup-steps", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     ap.add_argument("--frugal", default="build/frugal")
     a = ap.parse_args()
     L, H, C = PRESETS[a.preset]
@@ -63,23 +65,25 @@ def main():
                       f"--train.steps={total}", f"--train.threads={a.threads}", "--train.lr=3e-4",
                       "--train.warmup_steps=0", "--train.eval_batches=1", "--train.eval_every=0",
                       f"--data.train={d}/train.bin", f"--data.val={d}/val.bin", f"--run.dir={d}/run",
-                      "--run.log_every=1000"], env)
+                      f"--precision.compute={a.dtype}", "--run.log_every=1000"], env)
         with open(f"{d}/run/metrics.jsonl") as f:
             recs = [json.loads(line) for line in f]
         step_s = statistics.median(r["step_ms"] / 1e3 for r in recs[a.warmup_steps:])
-        frugal = {"tokens_per_s": a.batch * a.seq / step_s, "step_s_median": step_s, "peak_rss_mib": rss}
+        frugal = {"tokens_per_s": a.batch * a.seq / step_s, "step_s_median": step_s, "peak_rss_mib": rss,
+                  "activations_mib": max(r["mem_peak"]["activations"] for r in recs) / 2**20}
     ref_script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "reference",
                               "gpt2_reference.py")
     out, rss = run(["/usr/bin/python3", ref_script, "--bench", "--n-layer", str(L), "--n-head", str(H),
                     "--n-embd", str(C), "--vocab", str(V), "--context", "1024", "--batch", str(a.batch),
                     "--seq", str(a.seq), "--steps", str(a.steps), "--warmup-steps", str(a.warmup_steps),
-                    "--threads", str(a.threads)], env)
+                    "--threads", str(a.threads), "--dtype", a.dtype], env)
     torch = json.loads(out.strip().splitlines()[-1])
     torch["peak_rss_mib"] = rss
-    print(f"{a.preset} B={a.batch} T={a.seq} fp32, {a.threads} threads, {a.steps} timed steps after {a.warmup_steps}")
+    print(f"{a.preset} B={a.batch} T={a.seq} {a.dtype}, {a.threads} threads, {a.steps} timed steps after {a.warmup_steps}")
     for name, r in (("frugal", frugal), ("pytorch", torch)):
         print(f"  {name:8s} {r['tokens_per_s']:8.1f} tokens/s  {r['step_s_median']:7.3f} s/step  "
-              f"peak RSS {r['peak_rss_mib']:7.0f} MiB")
+              f"peak RSS {r['peak_rss_mib']:7.0f} MiB"
+          + (f"  (activations {r['activations_mib']:.0f} MiB)" if "activations_mib" in r else ""))
     print(f"  ratio    {frugal['tokens_per_s'] / torch['tokens_per_s']:.2f}x tokens/s, "
           f"{frugal['peak_rss_mib'] / torch['peak_rss_mib']:.2f}x peak RSS")
 

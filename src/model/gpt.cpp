@@ -120,7 +120,7 @@ void Gpt::allocate(int B, int T, int64_t head_rows) {
     a.qkv = act(3 * BT * C, A);
     a.probs = act(B * NH * T * T, A);
     a.atty = act(BT * C, A);
-    a.res_mid = {size_t(BT * C), A};
+    a.proj = act(BT * C, A);
     a.ln2 = act(BT * C, A);
     a.ln2_mean = {size_t(BT), A};
     a.ln2_rstd = {size_t(BT), A};
@@ -136,6 +136,7 @@ void Gpt::allocate(int B, int T, int64_t head_rows) {
   head_rows_ = head_rows > 0 ? head_rows : std::max<int64_t>(1, std::min<int64_t>(BT, (int64_t(1) << 23) / Vp));
   logits_ = {size_t(head_rows_ * Vp), W};
   dres_ = {size_t(BT * C), W};
+  res_mid_ = {size_t(BT * C), W};
   if (dt_ != DType::f32) {
     dlogits_ = act(head_rows_ * Vp, W);
     dres_c_ = act(BT * C, W);
@@ -165,14 +166,15 @@ void Gpt::block_forward(int l, int B, int T) {
   be_.layernorm_forward(a.ln1.data(), a.ln1_mean.data(), a.ln1_rstd.data(), x, p.ln1_w, p.ln1_b, BT, C, dt);
   be_.linear_forward(a.qkv.data(), a.ln1.data(), cw(u, &Tensors::qkv_w), p.qkv_b, BT, C, 3 * C, dt);
   be_.attention_forward(a.atty.data(), a.probs.data(), a.qkv.data(), B, T, C, cfg_.n_head, dt);
-  void* branch = dsmall_.data();  // a branch's output, before the residual add
-  be_.linear_forward(branch, a.atty.data(), cw(u, &Tensors::proj_w), p.proj_b, BT, C, C, dt);
-  be_.add(a.res_mid.data(), x, branch, BT * C, dt);
-  be_.layernorm_forward(a.ln2.data(), a.ln2_mean.data(), a.ln2_rstd.data(), a.res_mid.data(), p.ln2_w, p.ln2_b, BT, C, dt);
+  be_.linear_forward(a.proj.data(), a.atty.data(), cw(u, &Tensors::proj_w), p.proj_b, BT, C, C, dt);
+  float* res_mid = res_mid_.data();
+  be_.add(res_mid, x, a.proj.data(), BT * C, dt);
+  be_.layernorm_forward(a.ln2.data(), a.ln2_mean.data(), a.ln2_rstd.data(), res_mid, p.ln2_w, p.ln2_b, BT, C, dt);
   be_.linear_forward(a.fch.data(), a.ln2.data(), cw(u, &Tensors::fc_w), p.fc_b, BT, C, 4 * C, dt);
   be_.gelu_forward(a.fch_gelu.data(), a.fch.data(), 4 * BT * C, dt);
-  be_.linear_forward(branch, a.fch_gelu.data(), cw(u, &Tensors::fcproj_w), p.fcproj_b, BT, 4 * C, C, dt);
-  be_.add(res_[l + 1].data(), a.res_mid.data(), branch, BT * C, dt);
+  void* mlp_out = dsmall_.data();
+  be_.linear_forward(mlp_out, a.fch_gelu.data(), cw(u, &Tensors::fcproj_w), p.fcproj_b, BT, 4 * C, C, dt);
+  be_.add(res_[l + 1].data(), res_mid, mlp_out, BT * C, dt);
 }
 
 void Gpt::final_forward(int B, int T) {
@@ -234,7 +236,9 @@ void Gpt::block_backward(int l, int B, int T) {
                       cw(u, &Tensors::fcproj_w), BT, 4 * C, C, dt);
   be_.gelu_backward(dbig, a.fch.data(), dbig, 4 * BT * C, dt);
   be_.linear_backward(dsmall, g.fc_w, g.fc_b, dbig, a.ln2.data(), cw(u, &Tensors::fc_w), BT, C, 4 * C, dt);
-  be_.layernorm_backward(dres, g.ln2_w, g.ln2_b, dsmall, a.res_mid.data(), p.ln2_w,
+  float* res_mid = res_mid_.data();
+  be_.add(res_mid, res_[l].data(), a.proj.data(), BT * C, dt);  // bit-identical to the forward's
+  be_.layernorm_backward(dres, g.ln2_w, g.ln2_b, dsmall, res_mid, p.ln2_w,
                          a.ln2_mean.data(), a.ln2_rstd.data(), BT, C, dt);
   // attention: res_mid = x + proj(attention(qkv(ln1(x))))
   be_.linear_backward(dsmall, g.proj_w, g.proj_b, dres_compute(BT * C), a.atty.data(),

@@ -79,7 +79,8 @@ struct BlockActs {
   Bytes qkv;                          // (B,T,3C) dt
   Bytes probs;                        // (B,NH,T,T) dt
   Bytes atty;                         // (B,T,C) dt
-  PoolArray<float> res_mid;           // (B,T,C) fp32 = x + attention branch
+  Bytes proj;                         // (B,T,C) dt: the attention branch; x + proj is recomputed
+                                      // in fp32 when needed rather than stored (half the bytes)
   Bytes ln2;                          // (B,T,C) dt
   PoolArray<float> ln2_mean, ln2_rstd;// (B,T)
   Bytes fch, fch_gelu;                // (B,T,4C) dt
@@ -146,6 +147,7 @@ class Gpt {
   PoolArray<float> logits_;                    // workspace (head_rows, Vp) fp32
   Bytes dlogits_;                              // workspace (head_rows, Vp) dt, 16-bit only
   PoolArray<float> dres_;                      // workspace (B,T,C) fp32
+  PoolArray<float> res_mid_;                   // workspace (B,T,C) fp32: x + attention branch
   Bytes dres_c_, dbig_, dsmall_;               // workspace (B,T,C) dt 16-bit only, (B,T,4C) dt, (B,T,C) dt
 };
 

@@ -23,7 +23,7 @@ Mode 1, parity (default) -- used by the C++ parity test:
 Mode 2, bench -- used by the benchmark:
   python3 gpt2_reference.py --bench --n-layer 12 --n-head 12 --n-embd 768
       --vocab 50257 --context 1024 --batch 4 --seq 256 --steps 6
-      --warmup-steps 2 --threads 2
+      --warmup-steps 2 --threads 2 [--dtype bf16]
   Prints one JSON line: tokens_per_s, step_s_median, peak_rss_mib, threads, loss.
 """
 import argparse
@@ -249,7 +249,13 @@ def run_bench(torch, a):
         tok = torch.randint(0, a.vocab, (a.batch, a.seq + 1))
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        _, loss = model(tok[:, :-1], tok[:, 1:])
+        if a.dtype == "bf16":
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                logits, _ = model(tok[:, :-1], tok[:, 1:])
+            loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, a.vocab),
+                                                     tok[:, 1:].reshape(-1))
+        else:
+            _, loss = model(tok[:, :-1], tok[:, 1:])
         loss.backward()
         opt.step()
         dt = time.perf_counter() - t0
@@ -285,6 +291,8 @@ def main():
                     help="parity: also write ac.logits, ac.loss, ac.grad.* of batch 0 under bf16 autocast")
     # bench mode
     ap.add_argument("--bench", action="store_true")
+    ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
+                    help="bench: bf16 runs the forward under torch.autocast (fp32 master weights)")
     ap.add_argument("--n-layer", type=int, default=12)
     ap.add_argument("--n-head", type=int, default=12)
     ap.add_argument("--n-embd", type=int, default=768)
