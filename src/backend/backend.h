@@ -56,13 +56,14 @@ class Backend {
   virtual void gelu_forward(void* out, const void* inp, int64_t n, DType dt) = 0;
   virtual void gelu_backward(void* dinp, const void* inp, const void* dout, int64_t n, DType dt) = 0;
 
-  // Causal multi-head attention. qkv(B,T,3C) holds q, k, v side by side, heads interleaved
-  // (channel h*HS+d). out(B,T,C); probs(B,NH,T,T) is stashed for backward (entries above the
-  // diagonal are never read). dqkv(B,T,3C) is overwritten. All dt.
-  virtual void attention_forward(void* out, void* probs, const void* qkv, int64_t B, int64_t T,
+  // Causal multi-head attention, memory-efficient: qkv(B,T,3C) holds q, k, v side by side,
+  // heads interleaved (channel h*HS+d); out(B,T,C) in dt; lse(B,NH,T) fp32 is the per-row
+  // log-sum-exp of the scaled scores, all backward needs besides qkv and out. No (T,T) tensor
+  // is kept. dqkv(B,T,3C) is overwritten.
+  virtual void attention_forward(void* out, float* lse, const void* qkv, int64_t B, int64_t T,
                                  int64_t C, int64_t NH, DType dt) = 0;
-  virtual void attention_backward(void* dqkv, const void* dout, const void* qkv,
-                                  const void* probs, int64_t B, int64_t T, int64_t C, int64_t NH,
+  virtual void attention_backward(void* dqkv, const void* dout, const void* qkv, const void* out,
+                                  const float* lse, int64_t B, int64_t T, int64_t C, int64_t NH,
                                   DType dt) = 0;
 
   // out(B,T,C) = wte[tokens] + wpe[t] (fp32 masters); backward: dwte(Vp,C) +=, dwpe(maxT,C) +=.

@@ -118,7 +118,7 @@ void Gpt::allocate(int B, int T, int64_t head_rows) {
     a.ln1_mean = {size_t(BT), A};
     a.ln1_rstd = {size_t(BT), A};
     a.qkv = act(3 * BT * C, A);
-    a.probs = act(B * NH * T * T, A);
+    a.lse = {size_t(B * NH * T), A};
     a.atty = act(BT * C, A);
     a.proj = act(BT * C, A);
     a.ln2 = act(BT * C, A);
@@ -165,7 +165,7 @@ void Gpt::block_forward(int l, int B, int T) {
   const float* x = res_[l].data();
   be_.layernorm_forward(a.ln1.data(), a.ln1_mean.data(), a.ln1_rstd.data(), x, p.ln1_w, p.ln1_b, BT, C, dt);
   be_.linear_forward(a.qkv.data(), a.ln1.data(), cw(u, &Tensors::qkv_w), p.qkv_b, BT, C, 3 * C, dt);
-  be_.attention_forward(a.atty.data(), a.probs.data(), a.qkv.data(), B, T, C, cfg_.n_head, dt);
+  be_.attention_forward(a.atty.data(), a.lse.data(), a.qkv.data(), B, T, C, cfg_.n_head, dt);
   be_.linear_forward(a.proj.data(), a.atty.data(), cw(u, &Tensors::proj_w), p.proj_b, BT, C, C, dt);
   float* res_mid = res_mid_.data();
   be_.add(res_mid, x, a.proj.data(), BT * C, dt);
@@ -244,7 +244,7 @@ void Gpt::block_backward(int l, int B, int T) {
   be_.linear_backward(dsmall, g.proj_w, g.proj_b, dres_compute(BT * C), a.atty.data(),
                       cw(u, &Tensors::proj_w), BT, C, C, dt);
   void* dqkv = dbig;
-  be_.attention_backward(dqkv, dsmall, a.qkv.data(), a.probs.data(), B, T, C, cfg_.n_head, dt);
+  be_.attention_backward(dqkv, dsmall, a.qkv.data(), a.atty.data(), a.lse.data(), B, T, C, cfg_.n_head, dt);
   be_.linear_backward(dsmall, g.qkv_w, g.qkv_b, dqkv, a.ln1.data(), cw(u, &Tensors::qkv_w), BT, C, 3 * C, dt);
   be_.layernorm_backward(dres, g.ln1_w, g.ln1_b, dsmall, res_[l].data(), p.ln1_w,
                          a.ln1_mean.data(), a.ln1_rstd.data(), BT, C, dt);

@@ -77,7 +77,7 @@ struct BlockActs {
   Bytes ln1;                          // (B,T,C) dt
   PoolArray<float> ln1_mean, ln1_rstd;// (B,T)
   Bytes qkv;                          // (B,T,3C) dt
-  Bytes probs;                        // (B,NH,T,T) dt
+  PoolArray<float> lse;               // (B,NH,T) attention log-sum-exp
   Bytes atty;                         // (B,T,C) dt
   Bytes proj;                         // (B,T,C) dt: the attention branch; x + proj is recomputed
                                       // in fp32 when needed rather than stored (half the bytes)

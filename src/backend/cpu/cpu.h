@@ -37,10 +37,11 @@ class CpuBackend final : public Backend {
                           int64_t C, DType dt) override;
   void gelu_forward(void* out, const void* inp, int64_t n, DType dt) override;
   void gelu_backward(void* dinp, const void* inp, const void* dout, int64_t n, DType dt) override;
-  void attention_forward(void* out, void* probs, const void* qkv, int64_t B, int64_t T,
+  void attention_forward(void* out, float* lse, const void* qkv, int64_t B, int64_t T,
                          int64_t C, int64_t NH, DType dt) override;
-  void attention_backward(void* dqkv, const void* dout, const void* qkv, const void* probs,
-                          int64_t B, int64_t T, int64_t C, int64_t NH, DType dt) override;
+  void attention_backward(void* dqkv, const void* dout, const void* qkv, const void* out,
+                          const float* lse, int64_t B, int64_t T, int64_t C, int64_t NH,
+                          DType dt) override;
   void embedding_forward(float* out, const int32_t* tokens, const float* wte, const float* wpe,
                          int64_t B, int64_t T, int64_t C) override;
   void embedding_backward(float* dwte, float* dwpe, const float* dout, const int32_t* tokens,
@@ -66,6 +67,11 @@ class CpuBackend final : public Backend {
     return partials_.data();
   }
 };
+
+// Row-major fp32 GEMM through dnnl_sgemm: C(M,N) = op(A) op(B) + beta C. Single-threaded when
+// called inside an OpenMP parallel region.
+void sgemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+           const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
 
 // Sum per-thread partial rows p(nt, n) into acc(n) (+=), in thread order.
 inline void reduce_partials(float* acc, const float* p, int nt, int64_t n) {

@@ -20,7 +20,7 @@ struct CpuBackend::OneDnn {
 CpuBackend::CpuBackend() : dnnl_(std::make_unique<OneDnn>()) {}
 CpuBackend::~CpuBackend() = default;
 
-static void sgemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+void sgemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
                   const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   dnnl_status_t s = dnnl_sgemm(ta ? 'T' : 'N', tb ? 'T' : 'N', M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc);
   FRUGAL_CHECK(s == dnnl_success, "dnnl_sgemm({}x{}x{}) failed with status {}", M, N, K, int(s));
