@@ -87,6 +87,26 @@ Field dtype_field(const char* s, const char* k, DType* p, std::vector<DType> all
           [=] { return fmt::format("\"{}\"", dtype_name(*p)); }};
 }
 
+Field recompute_field(const char* s, const char* k, RecomputePolicy* p) {
+  return {s, k,
+          [=](const toml::node& n, const std::string& where) {
+            auto v = n.value_exact<std::string>();
+            if (!v) user_error("{}: {}.{}: expected a string (none, selective, full, every:K), got {}", where, s, k, type_name(n));
+            *p = RecomputePolicy::parse(*v, where);
+          },
+          [=] { return fmt::format("\"{}\"", p->name()); }};
+}
+
+Field bytes_field(const char* s, const char* k, int64_t* p) {
+  return {s, k,
+          [=](const toml::node& n, const std::string& where) {
+            if (auto i = n.value_exact<int64_t>(); i && *i >= 0) { *p = *i; return; }
+            if (auto str = n.value_exact<std::string>()) { *p = parse_bytes(*str, where + ": " + s + "." + k); return; }
+            user_error("{}: {}.{}: expected bytes or a size like \"16GiB\", got {}", where, s, k, type_name(n));
+          },
+          [=] { return fmt::format("{}", *p); }};
+}
+
 std::vector<Field> fields(RunConfig& c) {
   TrainSettings& t = c.train;
   return {
@@ -117,6 +137,8 @@ std::vector<Field> fields(RunConfig& c) {
       float_field("precision", "loss_scale", &c.precision.loss_scale, 1.0),
       int_field("precision", "loss_scale_window", &c.precision.loss_scale_window, 1),
       float_field("precision", "loss_scale_min", &c.precision.loss_scale_min, 1e-30),
+      recompute_field("memory", "recompute", &c.memory.recompute),
+      bytes_field("memory", "budget", &c.memory.budget),
       string_field("data", "train", &c.data.train),
       string_field("data", "val", &c.data.val),
       string_field("run", "dir", &c.run.dir),
@@ -148,6 +170,22 @@ void apply_override(toml::table& tbl, const std::string& ov, std::map<std::strin
 }
 
 }  // namespace
+
+int64_t parse_bytes(const std::string& text, const std::string& where) {
+  static const std::pair<const char*, double> units[] = {
+      {"TiB", 1099511627776.0}, {"GiB", 1073741824.0}, {"MiB", 1048576.0}, {"KiB", 1024.0},
+      {"TB", 1e12}, {"GB", 1e9}, {"MB", 1e6}, {"KB", 1e3}, {"B", 1.0}, {"", 1.0}};
+  try {
+    size_t used = 0;
+    double v = std::stod(text, &used);
+    std::string unit = text.substr(used);
+    unit.erase(0, unit.find_first_not_of(' '));
+    for (auto& [name, mult] : units)
+      if (unit == name && v >= 0) return int64_t(v * mult);
+  } catch (const std::exception&) {
+  }
+  user_error("{}: expected bytes or a size like \"16GiB\", got '{}'", where, text);
+}
 
 int RunConfig::accum_steps() const {
   int64_t micro = int64_t(train.micro_batch) * train.seq_len;
@@ -182,7 +220,7 @@ RunConfig load_config(const std::string& path, const std::vector<std::string>& o
     for (auto& f : fs)
       if (sec == f.section) known.push_back(f.key);
     if (known.empty())
-      user_error("{}: unknown section [{}] (expected model, train, precision, data, run, device)", c.source, sec);
+      user_error("{}: unknown section [{}] (expected model, train, precision, memory, data, run, device)", c.source, sec);
     if (!sv.is_table()) user_error("{}: [{}] must be a table", c.source, sec);
     for (auto& [kk, kv] : *sv.as_table()) {
       std::string key(kk.str());

@@ -34,6 +34,16 @@ struct PrecisionSettings {
   double loss_scale_min = 1.0;       // fp16: the floor; overflowing there stops the run
 };
 
+// Activation memory: a recompute policy, or a budget from which the least recompute that fits
+// is chosen (the budget, when set, decides).
+struct MemorySettings {
+  RecomputePolicy recompute;
+  int64_t budget = 0;  // bytes; 0: no budget
+};
+
+// "16GiB", "512 MiB", "8GB", "1e9" or a plain byte count -> bytes; UserError naming `where`.
+int64_t parse_bytes(const std::string& text, const std::string& where);
+
 struct DataSettings {
   std::string train = "data/kjv/train_*.bin";
   std::string val = "data/kjv/val_*.bin";
@@ -53,6 +63,7 @@ struct RunConfig {
   GptConfig model;
   TrainSettings train;
   PrecisionSettings precision;
+  MemorySettings memory;
   DataSettings data;
   RunSettings run;
   DeviceSettings device;

@@ -1,4 +1,5 @@
 // The GPT-2 model: parameter tables, init, and the explicit forward/backward of each stage.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -100,35 +101,62 @@ std::vector<Gpt::Named> Gpt::named_params() {
   return out;
 }
 
-void Gpt::allocate(int B, int T, int64_t head_rows) {
+void Gpt::allocate(int B, int T, const std::vector<Recompute>& plan, int64_t head_rows) {
   FRUGAL_CHECK(B > 0 && T > 0 && T <= cfg_.context, "allocate(B={}, T={})", B, T);
-  if (B == B_ && T == T_ && (head_rows == 0 || head_rows == head_rows_)) return;
+  std::vector<Recompute> p = plan.empty() ? std::vector<Recompute>(cfg_.n_layer, Recompute::none) : plan;
+  FRUGAL_CHECK(int(p.size()) == cfg_.n_layer, "recompute plan for {} blocks, model has {}", p.size(), cfg_.n_layer);
+  if (B == B_ && T == T_ && p == plan_ && (head_rows == 0 || head_rows == head_rows_)) return;
   B_ = B;
   T_ = T;
+  plan_ = p;
+  storage_.clear();
+  res_.clear();
+  acts_.clear();
   const int64_t BT = int64_t(B) * T, C = cfg_.n_embd, NH = cfg_.n_head, Vp = cfg_.padded_vocab();
   const Mem A = Mem::activations, W = Mem::workspace;
   const size_t es = dtype_size(dt_);
-  auto act = [&](int64_t n, Mem m) { return Bytes(size_t(n) * es, m); };
-  res_.clear();
-  acts_.clear();
-  for (int l = 0; l <= cfg_.n_layer; l++) res_.emplace_back(BT * C, A);
-  for (int l = 0; l < cfg_.n_layer; l++) {
-    BlockActs a;
-    a.ln1 = act(BT * C, A);
-    a.ln1_mean = {size_t(BT), A};
-    a.ln1_rstd = {size_t(BT), A};
+  auto take = [&](int64_t bytes, Mem m) {
+    storage_.emplace_back(size_t(bytes), m);
+    return storage_.back().data();
+  };
+  auto f32 = [&](int64_t n, Mem m) { return reinterpret_cast<float*>(take(n * 4, m)); };
+  auto act = [&](int64_t n, Mem m) { return take(n * int64_t(es), m); };
+  // Everything of a block but its input; `shared_ln_gelu` leaves out ln1, ln2 and fch_gelu.
+  auto stash = [&](bool keep_ln_gelu) {
+    BlockActs a{};
+    if (keep_ln_gelu) a.ln1 = act(BT * C, A);
+    a.ln1_mean = f32(BT, A);
+    a.ln1_rstd = f32(BT, A);
     a.qkv = act(3 * BT * C, A);
-    a.lse = {size_t(B * NH * T), A};
+    a.lse = f32(B * NH * T, A);
     a.atty = act(BT * C, A);
     a.proj = act(BT * C, A);
-    a.ln2 = act(BT * C, A);
-    a.ln2_mean = {size_t(BT), A};
-    a.ln2_rstd = {size_t(BT), A};
+    if (keep_ln_gelu) a.ln2 = act(BT * C, A);
+    a.ln2_mean = f32(BT, A);
+    a.ln2_rstd = f32(BT, A);
     a.fch = act(4 * BT * C, A);
-    a.fch_gelu = act(4 * BT * C, A);
-    acts_.push_back(std::move(a));
+    if (keep_ln_gelu) a.fch_gelu = act(4 * BT * C, A);
+    return a;
+  };
+  for (int l = 0; l <= cfg_.n_layer; l++) res_.push_back(f32(BT * C, A));
+  const bool any_full = std::count(p.begin(), p.end(), Recompute::full) > 0;
+  const bool any_selective = std::count(p.begin(), p.end(), Recompute::selective) > 0;
+  BlockActs shared_full = any_full ? stash(true) : BlockActs{};
+  std::byte* shared_ln = any_selective ? act(BT * C, A) : nullptr;
+  std::byte* shared_gelu = any_selective ? act(4 * BT * C, A) : nullptr;
+  for (int l = 0; l < cfg_.n_layer; l++) {
+    if (p[l] == Recompute::full) {
+      acts_.push_back(shared_full);
+    } else if (p[l] == Recompute::selective) {
+      BlockActs a = stash(false);
+      a.ln1 = a.ln2 = shared_ln;
+      a.fch_gelu = shared_gelu;
+      acts_.push_back(a);
+    } else {
+      acts_.push_back(stash(true));
+    }
   }
-  lnf_ = act(BT * C, A);
+  lnf_ = Bytes(size_t(BT * C) * es, A);
   lnf_mean_ = {size_t(BT), A};
   lnf_rstd_ = {size_t(BT), A};
   losses_ = {size_t(BT), A};
@@ -137,12 +165,81 @@ void Gpt::allocate(int B, int T, int64_t head_rows) {
   logits_ = {size_t(head_rows_ * Vp), W};
   dres_ = {size_t(BT * C), W};
   res_mid_ = {size_t(BT * C), W};
-  if (dt_ != DType::f32) {
-    dlogits_ = act(head_rows_ * Vp, W);
-    dres_c_ = act(BT * C, W);
+  dlogits_ = Bytes(dt_ != DType::f32 ? size_t(head_rows_ * Vp) * es : 0, W);
+  dres_c_ = Bytes(dt_ != DType::f32 ? size_t(BT * C) * es : 0, W);
+  dbig_ = Bytes(size_t(4 * BT * C) * es, W);
+  dsmall_ = Bytes(size_t(BT * C) * es, W);
+}
+
+size_t MemoryEstimate::total() const {
+  size_t t = 0;
+  for (size_t b : bytes) t += b;
+  return t;
+}
+
+MemoryEstimate estimate_memory(const GptConfig& cfg, int B, int T, DType dt,
+                               const std::vector<Recompute>& plan, int64_t head_rows) {
+  // The closed forms of docs/memory.md. e: bytes per compute element.
+  const double BT = double(B) * T, C = cfg.n_embd, NH = cfg.n_head, L = cfg.n_layer,
+               Vp = double(cfg.padded_vocab()), N = double(cfg.num_params()), e = double(dtype_size(dt));
+  const double hr = head_rows > 0 ? double(head_rows) : std::max(1.0, std::min(BT, std::floor(double(1 << 23) / Vp)));
+  const double full_stash = BT * (15 * e * C + 16 + 4 * NH);  // a block's saved tensors, input excluded
+  const double sel_stash = BT * (9 * e * C + 16 + 4 * NH);    // ... without ln1, ln2, fch_gelu
+  double acts = BT * 4 * C * (L + 1)                           // the residual stream, fp32
+                + BT * (e * C + 12);                           // lnf output, its statistics, losses
+  int num_full = 0, num_sel = 0;
+  for (Recompute r : plan) {
+    num_full += r == Recompute::full;
+    num_sel += r == Recompute::selective;
   }
-  dbig_ = act(4 * BT * C, W);
-  dsmall_ = act(BT * C, W);
+  if (plan.empty()) num_full = num_sel = 0;
+  const double num_none = L - num_full - num_sel;
+  acts += num_none * full_stash + num_sel * sel_stash;
+  if (num_full > 0) acts += full_stash;                       // one stash shared by full blocks
+  if (num_sel > 0) acts += BT * 5 * e * C;                     // shared LayerNorm and GELU outputs
+  double work = hr * Vp * 4 + BT * C * 8 + BT * C * 5 * e;     // logits, dres, res_mid, dbig, dsmall
+  if (dt != DType::f32) work += hr * Vp * e + BT * C * e;      // dlogits, dres in dt
+  MemoryEstimate m;
+  m.bytes[int(Mem::params)] = size_t(N * 4 + (dt != DType::f32 ? N * 2 : 0));
+  m.bytes[int(Mem::grads)] = size_t(N * 4);
+  m.bytes[int(Mem::optimizer)] = size_t(N * 8);
+  m.bytes[int(Mem::activations)] = size_t(acts);
+  m.bytes[int(Mem::workspace)] = size_t(work);
+  return m;
+}
+
+std::vector<Recompute> RecomputePolicy::per_block(int num_layers) const {
+  std::vector<Recompute> p(num_layers, Recompute::none);
+  for (int l = 0; l < num_layers; l++) {
+    if (kind == Kind::selective) p[l] = Recompute::selective;
+    if (kind == Kind::full || (kind == Kind::every && l % k == 0)) p[l] = Recompute::full;
+  }
+  return p;
+}
+
+std::string RecomputePolicy::name() const {
+  switch (kind) {
+    case Kind::none: return "none";
+    case Kind::selective: return "selective";
+    case Kind::full: return "full";
+    default: return fmt::format("every:{}", k);
+  }
+}
+
+RecomputePolicy RecomputePolicy::parse(const std::string& text, const std::string& where) {
+  RecomputePolicy p;
+  if (text == "none") return p;
+  if (text == "selective") { p.kind = Kind::selective; return p; }
+  if (text == "full") { p.kind = Kind::full; return p; }
+  if (text.rfind("every:", 0) == 0) {
+    try {
+      size_t used = 0;
+      p.k = std::stoi(text.substr(6), &used);
+      if (used == text.size() - 6 && p.k >= 1) { p.kind = Kind::every; return p; }
+    } catch (const std::exception&) {
+    }
+  }
+  user_error("{}: memory.recompute: expected none, selective, full or every:K (K >= 1), got '{}'", where, text);
 }
 
 const void* Gpt::dres_compute(int64_t n) {
@@ -153,7 +250,7 @@ const void* Gpt::dres_compute(int64_t n) {
 
 void Gpt::embed_forward(const int32_t* tokens, int B, int T) {
   const Tensors& p = units_[0].p;
-  be_.embedding_forward(res_[0].data(), tokens, p.wte, p.wpe, B, T, cfg_.n_embd);
+  be_.embedding_forward(res_[0], tokens, p.wte, p.wpe, B, T, cfg_.n_embd);
 }
 
 void Gpt::block_forward(int l, int B, int T) {
@@ -162,24 +259,24 @@ void Gpt::block_forward(int l, int B, int T) {
   BlockActs& a = acts_[l];
   const int64_t BT = int64_t(B) * T, C = cfg_.n_embd;
   const DType dt = dt_;
-  const float* x = res_[l].data();
-  be_.layernorm_forward(a.ln1.data(), a.ln1_mean.data(), a.ln1_rstd.data(), x, p.ln1_w, p.ln1_b, BT, C, dt);
-  be_.linear_forward(a.qkv.data(), a.ln1.data(), cw(u, &Tensors::qkv_w), p.qkv_b, BT, C, 3 * C, dt);
-  be_.attention_forward(a.atty.data(), a.lse.data(), a.qkv.data(), B, T, C, cfg_.n_head, dt);
-  be_.linear_forward(a.proj.data(), a.atty.data(), cw(u, &Tensors::proj_w), p.proj_b, BT, C, C, dt);
+  const float* x = res_[l];
+  be_.layernorm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, x, p.ln1_w, p.ln1_b, BT, C, dt);
+  be_.linear_forward(a.qkv, a.ln1, cw(u, &Tensors::qkv_w), p.qkv_b, BT, C, 3 * C, dt);
+  be_.attention_forward(a.atty, a.lse, a.qkv, B, T, C, cfg_.n_head, dt);
+  be_.linear_forward(a.proj, a.atty, cw(u, &Tensors::proj_w), p.proj_b, BT, C, C, dt);
   float* res_mid = res_mid_.data();
-  be_.add(res_mid, x, a.proj.data(), BT * C, dt);
-  be_.layernorm_forward(a.ln2.data(), a.ln2_mean.data(), a.ln2_rstd.data(), res_mid, p.ln2_w, p.ln2_b, BT, C, dt);
-  be_.linear_forward(a.fch.data(), a.ln2.data(), cw(u, &Tensors::fc_w), p.fc_b, BT, C, 4 * C, dt);
-  be_.gelu_forward(a.fch_gelu.data(), a.fch.data(), 4 * BT * C, dt);
+  be_.add(res_mid, x, a.proj, BT * C, dt);
+  be_.layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, res_mid, p.ln2_w, p.ln2_b, BT, C, dt);
+  be_.linear_forward(a.fch, a.ln2, cw(u, &Tensors::fc_w), p.fc_b, BT, C, 4 * C, dt);
+  be_.gelu_forward(a.fch_gelu, a.fch, 4 * BT * C, dt);
   void* mlp_out = dsmall_.data();
-  be_.linear_forward(mlp_out, a.fch_gelu.data(), cw(u, &Tensors::fcproj_w), p.fcproj_b, BT, 4 * C, C, dt);
-  be_.add(res_[l + 1].data(), res_mid, mlp_out, BT * C, dt);
+  be_.linear_forward(mlp_out, a.fch_gelu, cw(u, &Tensors::fcproj_w), p.fcproj_b, BT, 4 * C, C, dt);
+  be_.add(res_[l + 1], res_mid, mlp_out, BT * C, dt);
 }
 
 void Gpt::final_forward(int B, int T) {
   const Tensors& p = units_.back().p;
-  be_.layernorm_forward(lnf_.data(), lnf_mean_.data(), lnf_rstd_.data(), res_[cfg_.n_layer].data(),
+  be_.layernorm_forward(lnf_.data(), lnf_mean_.data(), lnf_rstd_.data(), res_[cfg_.n_layer],
                         p.lnf_w, p.lnf_b, int64_t(B) * T, cfg_.n_embd, dt_);
 }
 
@@ -213,7 +310,7 @@ float Gpt::head(const int32_t* targets, int B, int T, float grad_scale) {
     const Tensors& p = units_.back().p;
     const Tensors& g = units_.back().g;
     std::memset(dres_.data(), 0, BT * C * sizeof(float));
-    be_.layernorm_backward(dres_.data(), g.lnf_w, g.lnf_b, dlnf, res_[cfg_.n_layer].data(), p.lnf_w,
+    be_.layernorm_backward(dres_.data(), g.lnf_w, g.lnf_b, dlnf, res_[cfg_.n_layer], p.lnf_w,
                            lnf_mean_.data(), lnf_rstd_.data(), BT, C, dt);
   }
   double sum = 0.0;
@@ -231,23 +328,29 @@ void Gpt::block_backward(int l, int B, int T) {
   float* dres = dres_.data();  // fp32; in: d(block output); out: d(block input)
   void* dbig = dbig_.data();
   void* dsmall = dsmall_.data();
-  // MLP: y = res_mid + fcproj(gelu(fc(ln2(res_mid))))
-  be_.linear_backward(dbig, g.fcproj_w, g.fcproj_b, dres_compute(BT * C), a.fch_gelu.data(),
-                      cw(u, &Tensors::fcproj_w), BT, 4 * C, C, dt);
-  be_.gelu_backward(dbig, a.fch.data(), dbig, 4 * BT * C, dt);
-  be_.linear_backward(dsmall, g.fc_w, g.fc_b, dbig, a.ln2.data(), cw(u, &Tensors::fc_w), BT, C, 4 * C, dt);
+  const bool selective = plan_[l] == Recompute::selective;
   float* res_mid = res_mid_.data();
-  be_.add(res_mid, res_[l].data(), a.proj.data(), BT * C, dt);  // bit-identical to the forward's
+  be_.add(res_mid, res_[l], a.proj, BT * C, dt);  // bit-identical to the forward's
+  // MLP: y = res_mid + fcproj(gelu(fc(ln2(res_mid))))
+  if (selective) be_.gelu_forward(a.fch_gelu, a.fch, 4 * BT * C, dt);
+  be_.linear_backward(dbig, g.fcproj_w, g.fcproj_b, dres_compute(BT * C), a.fch_gelu,
+                      cw(u, &Tensors::fcproj_w), BT, 4 * C, C, dt);
+  be_.gelu_backward(dbig, a.fch, dbig, 4 * BT * C, dt);
+  if (selective)
+    be_.layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, res_mid, p.ln2_w, p.ln2_b, BT, C, dt);
+  be_.linear_backward(dsmall, g.fc_w, g.fc_b, dbig, a.ln2, cw(u, &Tensors::fc_w), BT, C, 4 * C, dt);
   be_.layernorm_backward(dres, g.ln2_w, g.ln2_b, dsmall, res_mid, p.ln2_w,
-                         a.ln2_mean.data(), a.ln2_rstd.data(), BT, C, dt);
+                         a.ln2_mean, a.ln2_rstd, BT, C, dt);
   // attention: res_mid = x + proj(attention(qkv(ln1(x))))
-  be_.linear_backward(dsmall, g.proj_w, g.proj_b, dres_compute(BT * C), a.atty.data(),
+  be_.linear_backward(dsmall, g.proj_w, g.proj_b, dres_compute(BT * C), a.atty,
                       cw(u, &Tensors::proj_w), BT, C, C, dt);
   void* dqkv = dbig;
-  be_.attention_backward(dqkv, dsmall, a.qkv.data(), a.atty.data(), a.lse.data(), B, T, C, cfg_.n_head, dt);
-  be_.linear_backward(dsmall, g.qkv_w, g.qkv_b, dqkv, a.ln1.data(), cw(u, &Tensors::qkv_w), BT, C, 3 * C, dt);
-  be_.layernorm_backward(dres, g.ln1_w, g.ln1_b, dsmall, res_[l].data(), p.ln1_w,
-                         a.ln1_mean.data(), a.ln1_rstd.data(), BT, C, dt);
+  be_.attention_backward(dqkv, dsmall, a.qkv, a.atty, a.lse, B, T, C, cfg_.n_head, dt);
+  if (selective)
+    be_.layernorm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, res_[l], p.ln1_w, p.ln1_b, BT, C, dt);
+  be_.linear_backward(dsmall, g.qkv_w, g.qkv_b, dqkv, a.ln1, cw(u, &Tensors::qkv_w), BT, C, 3 * C, dt);
+  be_.layernorm_backward(dres, g.ln1_w, g.ln1_b, dsmall, res_[l], p.ln1_w,
+                         a.ln1_mean, a.ln1_rstd, BT, C, dt);
 }
 
 void Gpt::embed_backward(const int32_t* tokens, int B, int T) {

@@ -5,6 +5,7 @@
 // Shapes: B batch, T time, C = n_embd, NH = n_head, HS = C/NH, L = n_layer, V = vocab_size,
 // Vp = V padded to a multiple of 128, maxT = context.
 #pragma once
+#include <array>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -72,19 +73,48 @@ struct Unit {
 // An activation buffer in the compute dtype (or fp32 where stated).
 using Bytes = PoolArray<std::byte>;
 
-// Saved activations of one block for backward (category activations). dt: compute dtype.
-struct BlockActs {
-  Bytes ln1;                          // (B,T,C) dt
-  PoolArray<float> ln1_mean, ln1_rstd;// (B,T)
-  Bytes qkv;                          // (B,T,3C) dt
-  PoolArray<float> lse;               // (B,NH,T) attention log-sum-exp
-  Bytes atty;                         // (B,T,C) dt
-  Bytes proj;                         // (B,T,C) dt: the attention branch; x + proj is recomputed
-                                      // in fp32 when needed rather than stored (half the bytes)
-  Bytes ln2;                          // (B,T,C) dt
-  PoolArray<float> ln2_mean, ln2_rstd;// (B,T)
-  Bytes fch, fch_gelu;                // (B,T,4C) dt
+// What a block keeps for its backward (activation checkpointing):
+//  none      everything below;
+//  selective the GEMM outputs (qkv, proj, fch), the attention output and the statistics; the
+//            LayerNorm outputs and GELU are recomputed in backward into buffers shared by all
+//            blocks (the attention probabilities are never kept in any mode);
+//  full      only the block's input (the residual stream): the trainer re-runs the block's
+//            forward, into a stash shared by all such blocks, right before its backward.
+enum class Recompute : uint8_t { none, selective, full };
+
+// A policy over the blocks: none | selective | full | every:k (full on every k-th block,
+// counting from the first, none on the others).
+struct RecomputePolicy {
+  enum class Kind : uint8_t { none, selective, full, every } kind = Kind::none;
+  int k = 0;  // for every:k
+  std::vector<Recompute> per_block(int num_layers) const;
+  std::string name() const;
+  // Parses "none", "selective", "full" or "every:K"; UserError naming `where` otherwise.
+  static RecomputePolicy parse(const std::string& text, const std::string& where);
 };
+
+// Views of one block's saved activations (dt: compute dtype). The model owns the storage:
+// per block, or shared between blocks as the recompute plan says.
+struct BlockActs {
+  std::byte* ln1;                 // (B,T,C) dt
+  float *ln1_mean, *ln1_rstd;     // (B,T)
+  std::byte* qkv;                 // (B,T,3C) dt
+  float* lse;                     // (B,NH,T) attention log-sum-exp
+  std::byte* atty;                // (B,T,C) dt attention output
+  std::byte* proj;                // (B,T,C) dt attention branch; x + proj is recomputed in fp32
+  std::byte* ln2;                 // (B,T,C) dt
+  float *ln2_mean, *ln2_rstd;     // (B,T)
+  std::byte *fch, *fch_gelu;      // (B,T,4C) dt
+};
+
+// Bytes per category that a model allocates for micro-batches of (B, T) under a recompute
+// plan: exactly what the MemoryPool will measure (docs/memory.md derives the formulas).
+struct MemoryEstimate {
+  std::array<size_t, num_mem> bytes{};
+  size_t total() const;
+};
+MemoryEstimate estimate_memory(const GptConfig& cfg, int B, int T, DType dt,
+                               const std::vector<Recompute>& plan, int64_t head_rows = 0);
 
 class Gpt {
  public:
@@ -104,9 +134,11 @@ class Gpt {
   // anything writes the masters: init() and load_model() do, the optimizer step does.
   void sync_compute_weights();
 
-  // Allocates the activations for micro-batches up to (B, T); allocates nothing afterwards.
+  // Allocates the activations for micro-batches up to (B, T) under a recompute plan (one entry
+  // per block; empty: none everywhere); allocates nothing afterwards.
   // head_rows: rows of logits per lm-head chunk (0: as many as fit in 32 MiB).
-  void allocate(int B, int T, int64_t head_rows = 0);
+  void allocate(int B, int T, const std::vector<Recompute>& plan = {}, int64_t head_rows = 0);
+  Recompute recompute(int l) const { return plan_[l]; }
   int max_batch() const { return B_; }
 
   // The stages of one micro-batch, in order. tokens/targets are (B,T) with B, T up to the
@@ -140,8 +172,10 @@ class Gpt {
   std::vector<Unit> units_;
   int B_ = 0, T_ = 0;
   int64_t head_rows_ = 0;                      // rows per lm-head chunk
-  std::vector<PoolArray<float>> res_;          // L+1 x (B,T,C) fp32: input of block l is res_[l]
-  std::vector<BlockActs> acts_;
+  std::vector<Recompute> plan_;
+  std::vector<Bytes> storage_;                 // every activation and workspace buffer
+  std::vector<float*> res_;                    // L+1 x (B,T,C) fp32: input of block l is res_[l]
+  std::vector<BlockActs> acts_;                // per block (views into storage_)
   Bytes lnf_;                                  // (B,T,C) dt
   PoolArray<float> lnf_mean_, lnf_rstd_, losses_;  // (B,T)
   PoolArray<float> logits_;                    // workspace (head_rows, Vp) fp32

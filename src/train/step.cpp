@@ -57,12 +57,12 @@ void LossScaler::update(bool overflow) {
 }
 
 Stepper::Stepper(Gpt& model, Backend& be, Comm& comm, const TrainSettings& t, int accum_steps,
-                 const PrecisionSettings& p)
+                 const PrecisionSettings& p, const std::vector<Recompute>& plan)
     : model_(model), be_(be), comm_(comm), t_(t), accum_(accum_steps), opt_(model), scaler_(p),
       inputs_(size_t(t.micro_batch) * t.seq_len), targets_(inputs_.size()) {
   FRUGAL_CHECK(p.compute == model.compute_dtype(), "model computes in {}, policy says {}",
                dtype_name(model.compute_dtype()), dtype_name(p.compute));
-  model_.allocate(t.micro_batch, t.seq_len);
+  model_.allocate(t.micro_batch, t.seq_len, plan);
 }
 
 float Stepper::forward_backward(const NextBatch& next) {
@@ -79,7 +79,11 @@ float Stepper::forward_backward(const NextBatch& next) {
     model_.embed_forward(inputs_.data(), B, T);
     for (int l = 0; l < L; l++) model_.block_forward(l, B, T);
     loss_sum += double(model_.head(targets_.data(), B, T, grad_scale)) * double(micro_tokens);
-    for (int l = L - 1; l >= 0; l--) model_.block_backward(l, B, T);
+    for (int l = L - 1; l >= 0; l--) {
+      // full recompute: re-run the block's forward from its kept input, then its backward
+      if (model_.recompute(l) == Recompute::full) model_.block_forward(l, B, T);
+      model_.block_backward(l, B, T);
+    }
     model_.embed_backward(inputs_.data(), B, T);
   }
   float loss_buf[1] = {float(loss_sum)};

@@ -58,8 +58,9 @@ using NextBatch = std::function<void(int32_t* inputs, int32_t* targets)>;
 
 class Stepper {
  public:
+  // plan: what each block keeps for backward (empty: everything).
   Stepper(Gpt& model, Backend& be, Comm& comm, const TrainSettings& t, int accum_steps,
-          const PrecisionSettings& p = {});
+          const PrecisionSettings& p = {}, const std::vector<Recompute>& plan = {});
   const LossScaler& scaler() const { return scaler_; }
   const AdamW& optimizer() const { return opt_; }
   // Zeroes the gradients and accumulates those of the mean loss over the global batch
@@ -79,6 +80,10 @@ class Stepper {
   int updates_ = 0;  // optimizer updates taken (skipped steps do not count)
   std::vector<int32_t> inputs_, targets_;
 };
+
+// The recompute policy a run uses: memory.recompute, or with memory.budget the least recompute
+// whose predicted peak fits (UserError when none does, naming the smallest).
+RecomputePolicy choose_recompute(const RunConfig& cfg);
 
 // Mean loss over `batches` micro-batches of the loader (0: one pass over every window).
 double evaluate(Gpt& model, class DataLoader& loader, int batches);

@@ -48,6 +48,26 @@ static nlohmann::json mem_json(const MemStats& m) {
   return j;
 }
 
+RecomputePolicy choose_recompute(const RunConfig& cfg) {
+  if (cfg.memory.budget <= 0) return cfg.memory.recompute;
+  const int L = cfg.model.n_layer;
+  std::vector<std::string> names = {"none", "selective"};
+  for (int k = std::min(L, 4); k >= 2; k--) names.push_back(fmt::format("every:{}", k));
+  names.push_back("full");
+  size_t smallest = 0;
+  for (auto& n : names) {
+    RecomputePolicy p = RecomputePolicy::parse(n, "memory.budget");
+    size_t need = estimate_memory(cfg.model, cfg.train.micro_batch, cfg.train.seq_len,
+                                  cfg.precision.compute, p.per_block(L)).total();
+    if (need <= size_t(cfg.memory.budget)) return p;
+    smallest = need;
+  }
+  user_error("{}: memory.budget = {} is below what any recompute policy needs: the smallest, full "
+             "recompute, needs {} at micro_batch {} and seq_len {} (lower train.micro_batch or train.seq_len)",
+             cfg.source, human_bytes(double(cfg.memory.budget)), human_bytes(double(smallest)),
+             cfg.train.micro_batch, cfg.train.seq_len);
+}
+
 void train(const RunConfig& cfg, Comm& comm) {
   const TrainSettings& t = cfg.train;
   if (t.threads > 0) omp_set_num_threads(t.threads);
@@ -72,9 +92,12 @@ void train(const RunConfig& cfg, Comm& comm) {
   if (!be.native_gemm(dt))
     fmt::print("note: the {} backend has no native {} GEMM; it runs through fp32 conversions "
                "(correct, not faster)\n", be.name(), dtype_name(dt));
+  const RecomputePolicy recompute = choose_recompute(cfg);
+  const std::vector<Recompute> plan = recompute.per_block(cfg.model.n_layer);
+  const MemoryEstimate predicted = estimate_memory(cfg.model, t.micro_batch, t.seq_len, dt, plan);
   Gpt model(cfg.model, be, dt);
   model.init(t.seed);
-  Stepper stepper(model, be, comm, t, cfg.accum_steps(), cfg.precision);
+  Stepper stepper(model, be, comm, t, cfg.accum_steps(), cfg.precision, plan);
 
   std::FILE* metrics = nullptr;
   if (rank0) {
@@ -91,6 +114,14 @@ void train(const RunConfig& cfg, Comm& comm) {
                cfg.model.vocab_size, cfg.model.num_params() / 1e6, dtype_name(dt), tokens_per_step, B, T,
                cfg.accum_steps(), t.steps, omp_get_max_threads(), comm.size());
 
+  if (rank0) {
+    std::string parts;
+    for (int c = 0; c < num_mem; c++)
+      if (predicted.bytes[c]) parts += fmt::format(" {} {},", mem_name(Mem(c)), human_bytes(double(predicted.bytes[c])));
+    fmt::print("memory: recompute {}{}; predicted peak {} ({})\n", recompute.name(),
+               cfg.memory.budget > 0 ? fmt::format(" (the least that fits memory.budget = {})", human_bytes(double(cfg.memory.budget))) : "",
+               human_bytes(double(predicted.total())), parts.substr(1, parts.size() - 2));
+  }
   using clock = std::chrono::steady_clock;
   auto t_start = clock::now();
   double train_seconds = 0.0, val_loss = -1.0;
@@ -120,6 +151,7 @@ void train(const RunConfig& cfg, Comm& comm) {
                           {"tokens_per_s", tok_s},    {"mfu", mfu},
                           {"step_ms", dt_s * 1e3},      {"tokens", tokens_per_step * (step + 1)},
                           {"precision", dtype_name(dt)},
+                          {"recompute", recompute.name()},
                           {"loss_scale", st.loss_scale},
                           {"skipped", st.skipped},
                           {"skipped_total", stepper.scaler().skipped_total},

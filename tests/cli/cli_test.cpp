@@ -89,6 +89,8 @@ TEST_F(Cli, BadInputIsOneClearLine) {
   expect_error("train bad.toml", "bad.toml: unknown key train.learning_rate");
   expect_error("train --train.stepz=3", "--train.stepz: unknown key train.stepz");
   expect_error("train --model.preset=gpt5", "unknown model preset 'gpt5'");
+  expect_error("train --memory.recompute=most", "memory.recompute: expected none, selective, full or every:K");
+  expect_error(std::string("train ") + kTiny + " --memory.budget=1MiB", "memory.budget = 1.0 MiB is below what any recompute policy needs");
   expect_error("train --precision.compute=half", "precision.compute: expected one of fp32, bf16, fp16, got 'half'");
   expect_error(std::string("train ") + kTiny + " --train.seq_len=1000", "train.seq_len = 1000 is above the model's context of 128");
   // a data file with a wrong header, a truncated one, token ids beyond the vocabulary

@@ -100,7 +100,7 @@ TEST(Gpt, ChunkedHeadEqualsOneChunk) {
   for (int k = 0; k < 2; k++) {
     Gpt m(cfg, cpu_backend());
     m.init(9);
-    m.allocate(2, 12, k == 0 ? 5 : 24);
+    m.allocate(2, 12, {}, k == 0 ? 5 : 24);
     Stepper st(m, cpu_backend(), *comm, t, 1);
     Rng rng(4);
     loss[k] = st.forward_backward([&](int32_t* in, int32_t* tg) {

@@ -192,6 +192,26 @@ void run_autocast_parity(const Shape& s) {
     compare(std::vector<float>(n.grad, n.grad + n.spec->numel), "grad." + n.spec->name, n.spec->shape);
 }
 
+TEST(PyTorchParity, AttentionMatchesPyTorch) {
+  // T = 150: two full 64-row tiles and a partial one; fp32, 1e-5 relative.
+  const int B = 2, T = 150, C = 96, NH = 3;
+  test::TempDir dir;
+  auto qkv = test::randn(size_t(B) * T * 3 * C, 1, 31), dout = test::randn(size_t(B) * T * C, 1, 32);
+  save_safetensors(dir / "a.safetensors", {{"qkv", "F32", {B, T, 3 * C}, qkv.data()}, {"dout", "F32", {B, T, C}, dout.data()}},
+                   {{"n_head", std::to_string(NH)}});
+  std::string cmd = fmt::format("/usr/bin/python3 {}/tests/reference/gpt2_reference.py --attention {} --out {}",
+                                FRUGAL_SOURCE_DIR, dir / "a.safetensors", dir / "r.safetensors");
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  SafeTensors r(dir / "r.safetensors");
+  std::vector<float> ref_out(size_t(B) * T * C), ref_dqkv(qkv.size()), out(ref_out.size()), dqkv(qkv.size()), lse(size_t(B) * NH * T);
+  r.read("out", "F32", {B, T, C}, ref_out.data());
+  r.read("dqkv", "F32", {B, T, 3 * C}, ref_dqkv.data());
+  cpu_backend().attention_forward(out.data(), lse.data(), qkv.data(), B, T, C, NH, DType::f32);
+  cpu_backend().attention_backward(dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(), B, T, C, NH, DType::f32);
+  EXPECT_LT(test::rel_error(out, ref_out), 1e-5);
+  EXPECT_LT(test::rel_error(dqkv, ref_dqkv), 1e-5);
+}
+
 TEST(PyTorchParity, Bf16AgreesWithAutocast) { run_autocast_parity({2, 4, 64, 257, 64, 2, 32}); }
 TEST(PyTorchParity, Bf16AgreesWithAutocastOddShape) { run_autocast_parity({3, 3, 72, 300, 48, 3, 37}); }
 

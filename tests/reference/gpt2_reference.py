@@ -20,6 +20,10 @@ Mode 1, parity (default) -- used by the C++ parity test:
   blocks.<l>.{ln1,ln2}.{weight,bias}, blocks.<l>.attn.{qkv,proj}.{weight,bias},
   blocks.<l>.mlp.{fc,proj}.{weight,bias}, ln_f.{weight,bias}.
 
+Mode 3, attention alone -- used by the attention test:
+  python3 gpt2_reference.py --attention A.safetensors --out R.safetensors
+  A: F32 "qkv" (B,T,3C), "dout" (B,T,C), metadata n_head. R: "out" (B,T,C), "dqkv".
+
 Mode 2, bench -- used by the benchmark:
   python3 gpt2_reference.py --bench --n-layer 12 --n-head 12 --n-embd 768
       --vocab 50257 --context 1024 --batch 4 --seq 256 --steps 6
@@ -239,6 +243,21 @@ def run_parity(torch, a):
     write_safetensors(a.out, {k: v.astype(np.float32) for k, v in out.items()})
 
 
+def run_attention(torch, a):
+    """Causal attention alone: out and d(sum(dout * out))/dqkv for qkv (B,T,3C), dout (B,T,C)."""
+    t, meta = read_safetensors(a.attention)
+    n_head = int(meta["n_head"])
+    qkv = torch.from_numpy(t["qkv"]).requires_grad_(True)
+    B, T, C3 = qkv.shape
+    C, hs = C3 // 3, C3 // 3 // n_head
+    q, k, v = (x.view(B, T, n_head, hs).transpose(1, 2) for x in qkv.split(C, dim=2))
+    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))
+    att = att.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), float("-inf")).softmax(-1)
+    out = (att @ v).transpose(1, 2).reshape(B, T, C)
+    (out * torch.from_numpy(t["dout"])).sum().backward()
+    write_safetensors(a.out, {"out": out.detach().numpy(), "dqkv": qkv.grad.numpy()})
+
+
 def run_bench(torch, a):
     torch.manual_seed(0)
     model = build_model(torch, a.n_layer, a.n_head, a.n_embd, a.vocab, a.context)
@@ -291,6 +310,7 @@ def main():
                     help="parity: also write ac.logits, ac.loss, ac.grad.* of batch 0 under bf16 autocast")
     # bench mode
     ap.add_argument("--bench", action="store_true")
+    ap.add_argument("--attention", help="attention mode: a safetensors file with qkv, dout (+ metadata n_head)")
     ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
                     help="bench: bf16 runs the forward under torch.autocast (fp32 master weights)")
     ap.add_argument("--n-layer", type=int, default=12)
@@ -303,14 +323,14 @@ def main():
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--warmup-steps", type=int, default=2)
     a = ap.parse_args()
-    if not a.bench and not (a.weights and a.batches and a.out):
+    if not a.bench and not a.attention and not (a.weights and a.batches and a.out):
         ap.error("parity mode needs --weights, --batches and --out")
 
     os.environ["OMP_NUM_THREADS"] = str(a.threads)
     os.environ["OPENBLAS_NUM_THREADS"] = str(a.threads)
     import torch  # after the env vars, so the thread pools honour them
     torch.set_num_threads(a.threads)
-    (run_bench if a.bench else run_parity)(torch, a)
+    (run_bench if a.bench else run_attention if a.attention else run_parity)(torch, a)
 
 
 if __name__ == "__main__":

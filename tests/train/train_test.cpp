@@ -152,6 +152,28 @@ TEST(LossScaler, CollapseToTheFloorIsAClearError) {
   test::expect_user_error([&] { sf.step(0, r.next()); }, "gradients are not finite after 1 skipped step(s) in a row in fp32/bf16");
 }
 
+TEST(MemoryBudget, ChoosesTheLeastRecomputeThatFitsOrSaysTheSmallest) {
+  RunConfig c = load_config("", {"model.preset=gpt2", "train.seq_len=1024", "train.micro_batch=4", "precision.compute=bf16"});
+  auto need = [&](const char* name) {
+    return estimate_memory(c.model, 4, 1024, DType::bf16, RecomputePolicy::parse(name, "t").per_block(12)).total();
+  };
+  c.memory.budget = int64_t(need("none"));
+  EXPECT_EQ(choose_recompute(c).name(), "none");
+  c.memory.budget = int64_t(need("none")) - 1;
+  EXPECT_EQ(choose_recompute(c).name(), "selective");
+  c.memory.budget = int64_t(need("every:2")) + 1;
+  EXPECT_EQ(choose_recompute(c).name(), "every:2");
+  c.memory.budget = int64_t(need("full"));
+  EXPECT_EQ(choose_recompute(c).name(), "full");
+  c.memory.budget = int64_t(need("full")) - 1;
+  test::expect_user_error([&] { choose_recompute(c); }, "is below what any recompute policy needs: the smallest, full recompute, needs");
+  RunConfig d = load_config("", {"memory.budget=16GiB", "memory.recompute=every:2"});
+  EXPECT_EQ(d.memory.budget, int64_t(16) << 30);
+  EXPECT_EQ(d.memory.recompute.name(), "every:2");
+  EXPECT_EQ(load_config("", {"memory.budget=\"512 MiB\""}).memory.budget, int64_t(512) << 20);
+  test::expect_user_error([] { load_config("", {"memory.budget=lots"}); }, "memory.budget: expected bytes or a size like \"16GiB\", got 'lots'");
+}
+
 std::vector<double> losses_of(const std::string& metrics) {
   std::vector<double> out;
   std::ifstream in(metrics);
