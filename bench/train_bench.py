@@ -49,6 +49,8 @@ def main():
     ap.add_argument("--warmup-steps", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    ap.add_argument("--recompute", default="none", help="frugal's memory.recompute")
+    ap.add_argument("--torch-checkpoint", action="store_true", help="PyTorch: torch.utils.checkpoint per block")
     ap.add_argument("--frugal", default="build/frugal")
     a = ap.parse_args()
     L, H, C = PRESETS[a.preset]
@@ -65,7 +67,8 @@ def main():
                       f"--train.steps={total}", f"--train.threads={a.threads}", "--train.lr=3e-4",
                       "--train.warmup_steps=0", "--train.eval_batches=1", "--train.eval_every=0",
                       f"--data.train={d}/train.bin", f"--data.val={d}/val.bin", f"--run.dir={d}/run",
-                      f"--precision.compute={a.dtype}", "--run.log_every=1000"], env)
+                      f"--precision.compute={a.dtype}", f"--memory.recompute={a.recompute}",
+                      "--run.log_every=1000"], env)
         with open(f"{d}/run/metrics.jsonl") as f:
             recs = [json.loads(line) for line in f]
         step_s = statistics.median(r["step_ms"] / 1e3 for r in recs[a.warmup_steps:])
@@ -76,10 +79,12 @@ def main():
     out, rss = run(["/usr/bin/python3", ref_script, "--bench", "--n-layer", str(L), "--n-head", str(H),
                     "--n-embd", str(C), "--vocab", str(V), "--context", "1024", "--batch", str(a.batch),
                     "--seq", str(a.seq), "--steps", str(a.steps), "--warmup-steps", str(a.warmup_steps),
-                    "--threads", str(a.threads), "--dtype", a.dtype], env)
+                    "--threads", str(a.threads), "--dtype", a.dtype]
+                   + (["--checkpoint"] if a.torch_checkpoint else []), env)
     torch = json.loads(out.strip().splitlines()[-1])
     torch["peak_rss_mib"] = rss
-    print(f"{a.preset} B={a.batch} T={a.seq} {a.dtype}, {a.threads} threads, {a.steps} timed steps after {a.warmup_steps}")
+    print(f"{a.preset} B={a.batch} T={a.seq} {a.dtype}, {a.threads} threads, {a.steps} timed steps after "
+          f"{a.warmup_steps}; frugal recompute {a.recompute}, PyTorch checkpoint {'per block' if a.torch_checkpoint else 'off'}")
     for name, r in (("frugal", frugal), ("pytorch", torch)):
         print(f"  {name:8s} {r['tokens_per_s']:8.1f} tokens/s  {r['step_s_median']:7.3f} s/step  "
               f"peak RSS {r['peak_rss_mib']:7.0f} MiB"

@@ -142,12 +142,16 @@ def build_model(torch, n_layer, n_head, n_embd, vocab_size, context):
             self.wpe = nn.Parameter(torch.zeros(context, C))
             self.blocks = nn.ModuleList([Block() for _ in range(n_layer)])
             self.ln_f = nn.LayerNorm(C, eps=1e-5)
+            self.checkpoint = False  # torch.utils.checkpoint per block (bench --checkpoint)
 
         def forward(self, idx, targets):
             T = idx.shape[1]
             x = self.wte[idx] + self.wpe[:T]
             for block in self.blocks:
-                x = block(x)
+                if self.checkpoint:
+                    x = torch.utils.checkpoint.checkpoint(block, x, preserve_rng_state=False)
+                else:
+                    x = block(x)
             logits = self.ln_f(x) @ self.wte[:vocab_size].t()
             loss = F.cross_entropy(logits.reshape(-1, vocab_size), targets.reshape(-1))
             return logits, loss
@@ -262,6 +266,7 @@ def run_bench(torch, a):
     torch.manual_seed(0)
     model = build_model(torch, a.n_layer, a.n_head, a.n_embd, a.vocab, a.context)
     gpt2_init(torch, model, a.n_layer)
+    model.checkpoint = a.checkpoint
     opt = make_optimizer(torch, model, 3e-4, 0.1, (0.9, 0.95), 1e-8)
     times, loss = [], None
     for i in range(a.warmup_steps + a.steps):
@@ -313,6 +318,7 @@ def main():
     ap.add_argument("--attention", help="attention mode: a safetensors file with qkv, dout (+ metadata n_head)")
     ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
                     help="bench: bf16 runs the forward under torch.autocast (fp32 master weights)")
+    ap.add_argument("--checkpoint", action="store_true", help="bench: torch.utils.checkpoint per block")
     ap.add_argument("--n-layer", type=int, default=12)
     ap.add_argument("--n-head", type=int, default=12)
     ap.add_argument("--n-embd", type=int, default=768)
@@ -329,6 +335,7 @@ def main():
     os.environ["OMP_NUM_THREADS"] = str(a.threads)
     os.environ["OPENBLAS_NUM_THREADS"] = str(a.threads)
     import torch  # after the env vars, so the thread pools honour them
+    import torch.utils.checkpoint  # noqa: F401  (bench --checkpoint)
     torch.set_num_threads(a.threads)
     (run_bench if a.bench else run_attention if a.attention else run_parity)(torch, a)
 
