@@ -253,7 +253,7 @@ void Gpt::embed_forward(const int32_t* tokens, int B, int T) {
   be_.embedding_forward(res_[0], tokens, p.wte, p.wpe, B, T, cfg_.n_embd);
 }
 
-void Gpt::block_forward(int l, int B, int T) {
+void Gpt::block_forward(int l, int B, int T, bool recompute) {
   const Unit& u = block_unit(l);
   const Tensors& p = u.p;
   BlockActs& a = acts_[l];
@@ -269,6 +269,7 @@ void Gpt::block_forward(int l, int B, int T) {
   be_.layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, res_mid, p.ln2_w, p.ln2_b, BT, C, dt);
   be_.linear_forward(a.fch, a.ln2, cw(u, &Tensors::fc_w), p.fc_b, BT, C, 4 * C, dt);
   be_.gelu_forward(a.fch_gelu, a.fch, 4 * BT * C, dt);
+  if (recompute) return;
   void* mlp_out = dsmall_.data();
   be_.linear_forward(mlp_out, a.fch_gelu, cw(u, &Tensors::fcproj_w), p.fcproj_b, BT, 4 * C, C, dt);
   be_.add(res_[l + 1], res_mid, mlp_out, BT * C, dt);

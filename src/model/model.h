@@ -145,7 +145,9 @@ class Gpt {
   // allocated sizes. head() returns the mean loss over the B*T targets; with grad_scale != 0 it
   // also runs the head's backward, seeding d(loss_sum * grad_scale).
   void embed_forward(const int32_t* tokens, int B, int T);
-  void block_forward(int l, int B, int T);
+  // recompute: re-run for backward (full recompute): fill the block's stash but skip its output
+  // (the fc projection and the residual add), which the next block already consumed.
+  void block_forward(int l, int B, int T, bool recompute = false);
   float head(const int32_t* targets, int B, int T, float grad_scale);
   void block_backward(int l, int B, int T);
   void embed_backward(const int32_t* tokens, int B, int T);

@@ -81,7 +81,7 @@ float Stepper::forward_backward(const NextBatch& next) {
     loss_sum += double(model_.head(targets_.data(), B, T, grad_scale)) * double(micro_tokens);
     for (int l = L - 1; l >= 0; l--) {
       // full recompute: re-run the block's forward from its kept input, then its backward
-      if (model_.recompute(l) == Recompute::full) model_.block_forward(l, B, T);
+      if (model_.recompute(l) == Recompute::full) model_.block_forward(l, B, T, true);
       model_.block_backward(l, B, T);
     }
     model_.embed_backward(inputs_.data(), B, T);
