@@ -145,6 +145,7 @@ std::vector<Field> fields(RunConfig& c) {
       int_field("run", "log_every", &c.run.log_every, 1),
       string_field("device", "name", &c.device.name),
       float_field("device", "peak_flops", &c.device.peak_flops, 1.0),
+      float_field("device", "peak_flops_bf16", &c.device.peak_flops_bf16, 1.0),
   };
 }
 

@@ -56,7 +56,10 @@ struct RunSettings {
 
 struct DeviceSettings {
   std::string name = "cpu-avx512";
-  double peak_flops = 231e9;  // fp32 AVX-512 FMA on 2 cores, measured (shared/research/deps.md)
+  double peak_flops = 231e9;       // fp32: AVX-512 FMA on 2 cores, measured (shared/research/deps.md)
+  double peak_flops_bf16 = 462e9;  // bf16: AVX512-BF16 dot products, twice the fp32 rate (AMX: ~10x)
+  // The peak MFU is measured against for a compute dtype (fp16 runs through fp32 on CPUs).
+  double peak_for(DType d) const { return d == DType::bf16 ? peak_flops_bf16 : peak_flops; }
 };
 
 struct RunConfig {

@@ -145,7 +145,7 @@ void train(const RunConfig& cfg, Comm& comm) {
     if (!rank0) continue;
 
     double tok_s = double(st.tokens) / dt_s;
-    double mfu = flops_tok * tok_s / cfg.device.peak_flops;
+    double mfu = flops_tok * tok_s / cfg.device.peak_for(dt);
     nlohmann::json rec = {{"step", step + 1},         {"loss", st.loss},
                           {"lr", st.lr},              {"grad_norm", st.grad_norm},
                           {"tokens_per_s", tok_s},    {"mfu", mfu},
@@ -182,7 +182,7 @@ void train(const RunConfig& cfg, Comm& comm) {
   double total = std::chrono::duration<double>(clock::now() - t_start).count();
   double tok_s = timed_seconds > 0 ? double(timed_tokens) / timed_seconds : 0.0;
   fmt::print("done: val loss {:.4f} | {:.0f} tok/s (MFU {:.1f}% of {:.0f} GFLOP/s) | {} total\n", val_loss,
-             tok_s, 100.0 * flops_tok * tok_s / cfg.device.peak_flops, cfg.device.peak_flops / 1e9,
+             tok_s, 100.0 * flops_tok * tok_s / cfg.device.peak_for(dt), cfg.device.peak_for(dt) / 1e9,
              human_time(total));
   std::string mem_line;
   for (int c = 0; c < num_mem; c++)
