@@ -33,9 +33,17 @@ static int cmd_train(const std::string& config, const std::vector<std::string>& 
     overrides.push_back(a.substr(2));
   }
   RunConfig cfg = load_config(config, overrides);
-  prepare_default_corpus_if_missing(cfg);
-  auto comm = make_local_comm();
-  train(cfg, *comm);
+  auto comm = make_comm();
+  if (comm->rank() == 0) prepare_default_corpus_if_missing(cfg);
+  comm->barrier();
+  try {
+    train(cfg, *comm);
+  } catch (const std::exception& e) {
+    if (comm->size() == 1) throw;
+    // one rank's failure ends every rank, with a message naming it, instead of a hang
+    std::fprintf(stderr, "frugal: rank %d of %d: error: %s\n", comm->rank(), comm->size(), e.what());
+    abort_world(2);
+  }
   return 0;
 }
 

@@ -33,4 +33,13 @@ class Comm {
 // A world of one process: every collective is a copy (or nothing) and completes at once.
 std::unique_ptr<Comm> make_local_comm();
 
+// MPI when the process was started by mpirun/srun (and frugal was built with MPI), else local.
+// MPI's collectives run on a communication thread of their own: OpenMPI's non-blocking
+// collectives do not progress in the background (shared/research/deps.md), blocking ones on
+// a thread overlap with compute.
+std::unique_ptr<Comm> make_comm();
+
+// Ends every rank after a fatal error on this one (MPI_Abort under MPI, exit otherwise).
+[[noreturn]] void abort_world(int code);
+
 }  // namespace frugal

@@ -139,6 +139,7 @@ std::vector<Field> fields(RunConfig& c) {
       float_field("precision", "loss_scale_min", &c.precision.loss_scale_min, 1e-30),
       recompute_field("memory", "recompute", &c.memory.recompute),
       bytes_field("memory", "budget", &c.memory.budget),
+      string_field("dist", "strategy", &c.dist.strategy),
       string_field("data", "train", &c.data.train),
       string_field("data", "val", &c.data.val),
       string_field("run", "dir", &c.run.dir),
@@ -188,9 +189,16 @@ int64_t parse_bytes(const std::string& text, const std::string& where) {
   user_error("{}: expected bytes or a size like \"16GiB\", got '{}'", where, text);
 }
 
-int RunConfig::accum_steps() const {
-  int64_t micro = int64_t(train.micro_batch) * train.seq_len;
+int RunConfig::accum_steps(int world) const {
+  int64_t micro = int64_t(train.micro_batch) * train.seq_len * world;
   return int(train.batch_tokens == 0 ? 1 : train.batch_tokens / micro);
+}
+
+void check_world(const RunConfig& c, int world) {
+  int64_t micro = int64_t(c.train.micro_batch) * c.train.seq_len * world;
+  if (c.train.batch_tokens % micro != 0)
+    user_error("{}: train.batch_tokens = {} must be a multiple of micro_batch * seq_len * ranks = {} * {} * {} = {}",
+               c.source, c.train.batch_tokens, c.train.micro_batch, c.train.seq_len, world, micro);
 }
 
 RunConfig load_config(const std::string& path, const std::vector<std::string>& overrides) {
@@ -221,7 +229,7 @@ RunConfig load_config(const std::string& path, const std::vector<std::string>& o
     for (auto& f : fs)
       if (sec == f.section) known.push_back(f.key);
     if (known.empty())
-      user_error("{}: unknown section [{}] (expected model, train, precision, memory, data, run, device)", c.source, sec);
+      user_error("{}: unknown section [{}] (expected model, train, precision, memory, dist, data, run, device)", c.source, sec);
     if (!sv.is_table()) user_error("{}: [{}] must be a table", c.source, sec);
     for (auto& [kk, kv] : *sv.as_table()) {
       std::string key(kk.str());
@@ -251,6 +259,9 @@ RunConfig load_config(const std::string& path, const std::vector<std::string>& o
                c.source, t.batch_tokens, micro);
   if (t.min_lr > t.lr)
     user_error("{}: train.min_lr = {} is above train.lr = {}", c.source, t.min_lr, t.lr);
+  if (c.dist.strategy != "ddp")
+    user_error("{}: dist.strategy: expected ddp (zero1, zero2, zero3 and yafsdp are not built yet), got '{}'",
+               c.source, c.dist.strategy);
   if (c.precision.loss_scale_min > c.precision.loss_scale)
     user_error("{}: precision.loss_scale_min = {} is above precision.loss_scale = {}", c.source,
                c.precision.loss_scale_min, c.precision.loss_scale);

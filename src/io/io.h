@@ -49,6 +49,12 @@ struct DataSettings {
   std::string val = "data/kjv/val_*.bin";
 };
 
+// Data parallelism across ranks (mpirun). Only ddp so far: full replicas, gradients
+// all-reduced per block as soon as that block's backward is done, overlapped with the rest.
+struct DistSettings {
+  std::string strategy = "ddp";
+};
+
 struct RunSettings {
   std::string dir = "runs/default";
   int log_every = 1;
@@ -67,17 +73,20 @@ struct RunConfig {
   TrainSettings train;
   PrecisionSettings precision;
   MemorySettings memory;
+  DistSettings dist;
   DataSettings data;
   RunSettings run;
   DeviceSettings device;
   std::string source = "defaults";  // the file the config came from, for messages
-  int accum_steps() const;          // micro-batches per step
+  int accum_steps(int world = 1) const;  // micro-batches per step on each of `world` ranks
   std::string to_toml() const;      // the resolved config, readable by load_config
 };
 
 // Loads `path` (empty: defaults only), then applies overrides "section.key=value" in order.
 // Unknown sections/keys, wrong types and invalid values are UserErrors naming the file or flag.
 RunConfig load_config(const std::string& path, const std::vector<std::string>& overrides);
+// Checks what depends on the number of ranks (the global batch must divide evenly).
+void check_world(const RunConfig& c, int world);
 
 // ---- safetensors --------------------------------------------------------------------------
 struct StTensor {

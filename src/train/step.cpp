@@ -74,21 +74,32 @@ float Stepper::forward_backward(const NextBatch& next) {
   const float grad_scale = float(scaler_.scale / double(global_tokens));
   model_.zero_grads();
   double loss_sum = 0.0;
+  auto& units = model_.units();
+  // ddp: on the last micro-batch, each unit's gradients are summed across ranks as soon as its
+  // backward is done, while backward goes on with the next block (no-ops in a world of one).
+  pending_.clear();
+  auto reduce = [&](Unit& u) {
+    if (comm_.size() > 1) pending_.push_back(comm_.all_reduce(u.grads.data(), u.numel, ReduceOp::sum));
+  };
   for (int k = 0; k < accum_; k++) {
+    const bool last = k == accum_ - 1;
     next(inputs_.data(), targets_.data());
     model_.embed_forward(inputs_.data(), B, T);
     for (int l = 0; l < L; l++) model_.block_forward(l, B, T);
     loss_sum += double(model_.head(targets_.data(), B, T, grad_scale)) * double(micro_tokens);
+    if (last) reduce(units.back());
     for (int l = L - 1; l >= 0; l--) {
       // full recompute: re-run the block's forward from its kept input, then its backward
       if (model_.recompute(l) == Recompute::full) model_.block_forward(l, B, T, true);
       model_.block_backward(l, B, T);
+      if (last) reduce(model_.block_unit(l));
     }
     model_.embed_backward(inputs_.data(), B, T);
+    if (last) reduce(units.front());
   }
+  for (auto& w : pending_) w->wait();
   float loss_buf[1] = {float(loss_sum)};
   comm_.all_reduce(loss_buf, 1, ReduceOp::sum)->wait();
-  for (auto& u : model_.units()) comm_.all_reduce(u.grads.data(), u.numel, ReduceOp::sum)->wait();
   return float(double(loss_buf[0]) / double(global_tokens));
 }
 

@@ -79,14 +79,16 @@ class Stepper {
   LossScaler scaler_;
   int updates_ = 0;  // optimizer updates taken (skipped steps do not count)
   std::vector<int32_t> inputs_, targets_;
+  std::vector<std::unique_ptr<Work>> pending_;  // in-flight gradient reductions
 };
 
 // The recompute policy a run uses: memory.recompute, or with memory.budget the least recompute
 // whose predicted peak fits (UserError when none does, naming the smallest).
 RecomputePolicy choose_recompute(const RunConfig& cfg);
 
-// Mean loss over `batches` micro-batches of the loader (0: one pass over every window).
-double evaluate(Gpt& model, class DataLoader& loader, int batches);
+// Mean loss over `batches` micro-batches of the loader (0: one pass over every window),
+// averaged over the ranks of comm (each reading its part of every batch) when given.
+double evaluate(Gpt& model, class DataLoader& loader, int batches, Comm* comm = nullptr);
 
 // Runs a whole training as configured: prepares nothing, writes the run directory.
 void train(const RunConfig& cfg, Comm& comm);

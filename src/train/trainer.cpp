@@ -14,9 +14,9 @@
 
 namespace frugal {
 
-double evaluate(Gpt& model, DataLoader& loader, int batches) {
+double evaluate(Gpt& model, DataLoader& loader, int batches, Comm* comm) {
   const int B = loader.batch(), T = loader.seq_len();
-  int64_t n = batches > 0 ? batches : loader.num_windows() / B;
+  int64_t n = batches > 0 ? batches : loader.num_windows() / (int64_t(B) * loader.world());
   std::vector<int32_t> in(size_t(B) * T), tg(in.size());
   loader.reset();
   double sum = 0.0;
@@ -24,7 +24,9 @@ double evaluate(Gpt& model, DataLoader& loader, int batches) {
     loader.next(in.data(), tg.data());
     sum += model.forward_loss(in.data(), tg.data(), B, T);
   }
-  return sum / double(n);
+  float mean[1] = {float(sum / double(n))};
+  if (comm && comm->size() > 1) comm->all_reduce(mean, 1, ReduceOp::avg)->wait();
+  return mean[0];
 }
 
 static std::string human_bytes(double b) {
@@ -68,8 +70,24 @@ RecomputePolicy choose_recompute(const RunConfig& cfg) {
              cfg.train.micro_batch, cfg.train.seq_len);
 }
 
+// Every rank must run the same configuration: rank 0's hash is compared on all ranks.
+static void check_same_config(const RunConfig& cfg, Comm& comm) {
+  if (comm.size() == 1) return;
+  uint64_t h = std::hash<std::string>{}(cfg.to_toml());
+  float mine[4], root[4];
+  for (int i = 0; i < 4; i++) mine[i] = root[i] = float((h >> (16 * i)) & 0xFFFF);  // exact in fp32
+  comm.broadcast(root, 4, 0)->wait();
+  float differs[1] = {std::equal(mine, mine + 4, root) ? 0.0f : 1.0f};
+  comm.all_reduce(differs, 1, ReduceOp::max)->wait();
+  if (differs[0] != 0.0f)
+    user_error("{}: the ranks were started with different configurations (the resolved config.toml "
+               "of every rank must equal rank 0's)", cfg.source);
+}
+
 void train(const RunConfig& cfg, Comm& comm) {
   const TrainSettings& t = cfg.train;
+  check_world(cfg, comm.size());
+  check_same_config(cfg, comm);
   if (t.threads > 0) omp_set_num_threads(t.threads);
   const bool rank0 = comm.rank() == 0;
   const std::string dir = cfg.run.dir;
@@ -85,7 +103,7 @@ void train(const RunConfig& cfg, Comm& comm) {
   DataLoader train_data(resolve_shards(cfg.data.train, "data.train"), cfg.model.vocab_size, B, T,
                         t.seed, true, comm.rank(), comm.size());
   DataLoader val_data(resolve_shards(cfg.data.val, "data.val"), cfg.model.vocab_size, B, T, t.seed,
-                      false);
+                      false, comm.rank(), comm.size());
 
   Backend& be = cpu_backend();
   const DType dt = cfg.precision.compute;
@@ -97,7 +115,7 @@ void train(const RunConfig& cfg, Comm& comm) {
   const MemoryEstimate predicted = estimate_memory(cfg.model, t.micro_batch, t.seq_len, dt, plan);
   Gpt model(cfg.model, be, dt);
   model.init(t.seed);
-  Stepper stepper(model, be, comm, t, cfg.accum_steps(), cfg.precision, plan);
+  Stepper stepper(model, be, comm, t, cfg.accum_steps(comm.size()), cfg.precision, plan);
 
   std::FILE* metrics = nullptr;
   if (rank0) {
@@ -106,13 +124,13 @@ void train(const RunConfig& cfg, Comm& comm) {
   }
   const bool tty = rank0 && ::isatty(STDOUT_FILENO);
   const double flops_tok = cfg.model.flops_per_token(T);
-  const int64_t tokens_per_step = int64_t(B) * T * cfg.accum_steps() * comm.size();
+  const int64_t tokens_per_step = int64_t(B) * T * cfg.accum_steps(comm.size()) * comm.size();
   if (rank0)
     fmt::print("frugal: {} ({} layers, {} heads, {} dims, vocab {}), {:.2f} M parameters\n"
                "        {} compute, batch {} tokens = {} x {} x {} micro-batches, {} steps, {} threads, {} ranks\n",
                cfg.model.preset, cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd,
                cfg.model.vocab_size, cfg.model.num_params() / 1e6, dtype_name(dt), tokens_per_step, B, T,
-               cfg.accum_steps(), t.steps, omp_get_max_threads(), comm.size());
+               cfg.accum_steps(comm.size()), t.steps, omp_get_max_threads(), comm.size());
 
   if (rank0) {
     std::string parts;
@@ -141,7 +159,7 @@ void train(const RunConfig& cfg, Comm& comm) {
 
     bool last = step == t.steps - 1;
     bool do_eval = last || (t.eval_every > 0 && (step + 1) % t.eval_every == 0);
-    if (do_eval) val_loss = evaluate(model, val_data, t.eval_batches);
+    if (do_eval) val_loss = evaluate(model, val_data, t.eval_batches, &comm);
     if (!rank0) continue;
 
     double tok_s = double(st.tokens) / dt_s;

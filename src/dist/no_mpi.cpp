@@ -1,0 +1,19 @@
+// Built without MPI: the only world is the local one.
+#include <cstdio>
+#include <cstdlib>
+
+#include "dist/comm.h"
+
+namespace frugal {
+
+std::unique_ptr<Comm> make_comm() {
+  if (std::getenv("OMPI_COMM_WORLD_SIZE") || std::getenv("PMI_SIZE")) {
+    std::fprintf(stderr, "frugal: started by mpirun, but this build has no MPI (install libopenmpi-dev and rebuild)\n");
+    std::exit(2);
+  }
+  return make_local_comm();
+}
+
+void abort_world(int code) { std::exit(code); }
+
+}  // namespace frugal
