@@ -1,4 +1,5 @@
 // One optimizer step: LR schedule, AdamW, micro-batch accumulation, clipping.
+#include <chrono>
 #include <cmath>
 
 #include "train/train.h"
@@ -97,7 +98,9 @@ float Stepper::forward_backward(const NextBatch& next) {
     model_.embed_backward(inputs_.data(), B, T);
     if (last) reduce(units.front());
   }
+  auto t0 = std::chrono::steady_clock::now();
   for (auto& w : pending_) w->wait();
+  comm_wait_s_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   float loss_buf[1] = {float(loss_sum)};
   comm_.all_reduce(loss_buf, 1, ReduceOp::sum)->wait();
   return float(double(loss_buf[0]) / double(global_tokens));
@@ -107,6 +110,7 @@ StepStats Stepper::step(int step, const NextBatch& next) {
   StepStats st;
   st.loss_scale = scaler_.scale;
   st.loss = forward_backward(next);
+  st.comm_wait_s = comm_wait_s_;
   st.tokens = int64_t(t_.micro_batch) * t_.seq_len * accum_ * comm_.size();
   st.lr = lr_at(t_, step);
   // One pass gives the norm and the overflow check: a non-finite sum means inf/NaN somewhere.

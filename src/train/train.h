@@ -36,6 +36,7 @@ struct StepStats {
   int64_t tokens = 0;
   double loss_scale = 1; // the scale this step ran with
   bool skipped = false;  // fp16: gradients overflowed, no update
+  double comm_wait_s = 0;  // time backward's end waited for gradient reductions (not hidden)
 };
 
 // Dynamic loss scaling for fp16 (disabled otherwise: scale 1). The loss is multiplied by
@@ -66,6 +67,7 @@ class Stepper {
   // Zeroes the gradients and accumulates those of the mean loss over the global batch
   // (accum_steps micro-batches on every rank), times the loss scale; returns the mean loss.
   float forward_backward(const NextBatch& next);
+  double last_comm_wait() const { return comm_wait_s_; }
   // forward_backward, global-norm clipping, LR schedule and AdamW; step is 0-based.
   StepStats step(int step, const NextBatch& next);
 
@@ -80,6 +82,7 @@ class Stepper {
   int updates_ = 0;  // optimizer updates taken (skipped steps do not count)
   std::vector<int32_t> inputs_, targets_;
   std::vector<std::unique_ptr<Work>> pending_;  // in-flight gradient reductions
+  double comm_wait_s_ = 0;
 };
 
 // The recompute policy a run uses: memory.recompute, or with memory.budget the least recompute

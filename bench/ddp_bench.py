@@ -1,0 +1,74 @@
+#!/usr/bin/python3
+"""Data parallelism on this machine: frugal as 1 rank x 2 threads against 2 ranks x 1 thread
+(mpirun), same global batch, same model, in the same run; prints tokens/s, rank 0's peak
+memory by category, the time a step waited on gradient reductions, and the ratio.
+
+  /usr/bin/python3 bench/ddp_bench.py [--preset tiny|gpt2] [--batch 8] [--seq 256] [--steps 6]
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+
+def write_shard(path, tokens):
+    header = np.zeros(256, dtype=np.int32)
+    header[:3] = [20240520, 1, len(tokens)]
+    with open(path, "wb") as f:
+        f.write(header.tobytes() + tokens.astype(np.uint16).tobytes())
+
+
+def run(cmd, env, rundir):
+    if subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL).returncode != 0:
+        sys.exit(f"failed: {' '.join(cmd)}")
+    with open(f"{rundir}/metrics.jsonl") as f:
+        return [json.loads(line) for line in f]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--batch", type=int, default=8, help="global sequences per step")
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--warmup-steps", type=int, default=1)
+    ap.add_argument("--dtype", default="fp32")
+    ap.add_argument("--frugal", default="build/frugal")
+    a = ap.parse_args()
+    V = 50257 if a.preset.startswith("gpt2") else 257
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    with tempfile.TemporaryDirectory() as d:
+        rng = np.random.default_rng(0)
+        n = (a.steps + a.warmup_steps + 2) * a.batch * a.seq + 1
+        write_shard(f"{d}/train.bin", rng.integers(0, V, n))
+        write_shard(f"{d}/val.bin", rng.integers(0, V, 2 * a.batch * a.seq + 1))
+        common = [f"--model.preset={a.preset}", f"--train.seq_len={a.seq}", f"--train.steps={a.steps + a.warmup_steps}",
+                  "--train.eval_every=0", "--train.eval_batches=1", f"--precision.compute={a.dtype}",
+                  f"--data.train={d}/train.bin", f"--data.val={d}/val.bin", "--run.log_every=1000",
+                  f"--train.batch_tokens={a.batch * a.seq}"]
+        single = run([a.frugal, "train", *common, f"--train.micro_batch={a.batch}", "--train.threads=2",
+                      f"--run.dir={d}/one"], dict(env, OMP_NUM_THREADS="2"), f"{d}/one")
+        multi = run(["mpirun", "-np", "2", "-x", "OMP_NUM_THREADS=1", a.frugal, "train", *common,
+                     f"--train.micro_batch={a.batch // 2}", "--train.threads=1", f"--run.dir={d}/two"],
+                    dict(env, OMP_NUM_THREADS="1"), f"{d}/two")
+    print(f"{a.preset} {a.dtype}, global batch {a.batch} x {a.seq} tokens, median of {a.steps} steps after {a.warmup_steps}")
+    res = {}
+    for name, recs in (("1 rank x 2 threads", single), ("2 ranks x 1 thread (ddp)", multi)):
+        timed = recs[a.warmup_steps:]
+        tok = statistics.median(r["tokens_per_s"] for r in timed)
+        wait = statistics.median(r["comm_wait_ms"] for r in timed)
+        mem = timed[-1]["mem_peak"]
+        res[name] = tok
+        print(f"  {name:26s} {tok:9.1f} tokens/s  comm wait {wait:7.1f} ms/step  rank 0 peak: "
+              + ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in mem.items() if v))
+    r = list(res.values())
+    print(f"  ratio ddp / single process: {r[1] / r[0]:.2f}x tokens/s")
+
+
+if __name__ == "__main__":
+    main()
