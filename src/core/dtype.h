@@ -33,9 +33,6 @@ template <> inline bf16 from_f32<bf16>(float x) {
 }
 template <> inline f16 from_f32<f16>(float x) { return f16{_cvtss_sh(x, _MM_FROUND_TO_NEAREST_INT)}; }
 
-// Rounds x to the precision of T and back (what storing in T does to a value).
-template <class T> inline float round_to(float x) { return to_f32(from_f32<T>(x)); }
-
 // Calls f with a value of the storage type of d (float, bf16 or f16) to pick a kernel.
 template <class F>
 inline decltype(auto) dispatch(DType d, F&& f) {

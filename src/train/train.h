@@ -67,7 +67,6 @@ class Stepper {
   // Zeroes the gradients and accumulates those of the mean loss over the global batch
   // (accum_steps micro-batches on every rank), times the loss scale; returns the mean loss.
   float forward_backward(const NextBatch& next);
-  double last_comm_wait() const { return comm_wait_s_; }
   // forward_backward, global-norm clipping, LR schedule and AdamW; step is 0-based.
   StepStats step(int step, const NextBatch& next);
 
