@@ -43,8 +43,9 @@ TEST(Gpt, InitFollowsGpt2AndIsDeterministic) {
       case Init::zeros: EXPECT_EQ(sq, 0.0) << s.name; break;
     }
     EXPECT_EQ(s.decay, s.shape.size() == 2) << s.name;
-    if (s.name == "wte")
+    if (s.name == "wte") {
       for (int64_t j = n; j < s.numel; j++) ASSERT_EQ(pa[i].data[j], 0.0f);  // padding rows
+    }
   }
   Gpt c(cfg, cpu_backend());
   c.init(6);
