@@ -38,6 +38,7 @@ def main():
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--warmup-steps", type=int, default=1)
     ap.add_argument("--dtype", default="fp32")
+    ap.add_argument("--strategy", default="ddp")
     ap.add_argument("--frugal", default="build/frugal")
     a = ap.parse_args()
     V = 50257 if a.preset.startswith("gpt2") else 257
@@ -54,11 +55,12 @@ def main():
         single = run([a.frugal, "train", *common, f"--train.micro_batch={a.batch}", "--train.threads=2",
                       f"--run.dir={d}/one"], dict(env, OMP_NUM_THREADS="2"), f"{d}/one")
         multi = run(["mpirun", "-np", "2", "-x", "OMP_NUM_THREADS=1", a.frugal, "train", *common,
-                     f"--train.micro_batch={a.batch // 2}", "--train.threads=1", f"--run.dir={d}/two"],
+                     f"--train.micro_batch={a.batch // 2}", "--train.threads=1", f"--dist.strategy={a.strategy}",
+                     f"--run.dir={d}/two"],
                     dict(env, OMP_NUM_THREADS="1"), f"{d}/two")
     print(f"{a.preset} {a.dtype}, global batch {a.batch} x {a.seq} tokens, median of {a.steps} steps after {a.warmup_steps}")
     res = {}
-    for name, recs in (("1 rank x 2 threads", single), ("2 ranks x 1 thread (ddp)", multi)):
+    for name, recs in (("1 rank x 2 threads", single), (f"2 ranks x 1 thread ({a.strategy})", multi)):
         timed = recs[a.warmup_steps:]
         tok = statistics.median(r["tokens_per_s"] for r in timed)
         wait = statistics.median(r["comm_wait_ms"] for r in timed)
@@ -67,7 +69,7 @@ def main():
         print(f"  {name:26s} {tok:9.1f} tokens/s  comm wait {wait:7.1f} ms/step  rank 0 peak: "
               + ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in mem.items() if v))
     r = list(res.values())
-    print(f"  ratio ddp / single process: {r[1] / r[0]:.2f}x tokens/s")
+    print(f"  ratio {a.strategy} / single process: {r[1] / r[0]:.2f}x tokens/s")
 
 
 if __name__ == "__main__":

@@ -178,7 +178,8 @@ size_t MemoryEstimate::total() const {
 }
 
 MemoryEstimate estimate_memory(const GptConfig& cfg, int B, int T, DType dt,
-                               const std::vector<Recompute>& plan, int64_t head_rows) {
+                               const std::vector<Recompute>& plan, int64_t head_rows,
+                               int optimizer_shards) {
   // The closed forms of docs/memory.md. e: bytes per compute element.
   const double BT = double(B) * T, C = cfg.n_embd, NH = cfg.n_head, L = cfg.n_layer,
                Vp = double(cfg.padded_vocab()), N = double(cfg.num_params()), e = double(dtype_size(dt));
@@ -202,7 +203,20 @@ MemoryEstimate estimate_memory(const GptConfig& cfg, int B, int T, DType dt,
   MemoryEstimate m;
   m.bytes[int(Mem::params)] = size_t(N * 4 + (dt != DType::f32 ? N * 2 : 0));
   m.bytes[int(Mem::grads)] = size_t(N * 4);
-  m.bytes[int(Mem::optimizer)] = size_t(N * 8);
+  // AdamW moments: each unit's slice padded to divide by the shards; ZeRO-1 adds a send buffer
+  // (one slice) and a gather buffer (one whole padded unit) for the largest unit
+  const int64_t S = optimizer_shards, Ci = cfg.n_embd;
+  const int64_t unit_numel[3] = {cfg.padded_vocab() * Ci + int64_t(cfg.context) * Ci,
+                                 12 * Ci * Ci + 13 * Ci, 2 * Ci};
+  const int64_t unit_count[3] = {1, cfg.n_layer, 1};
+  int64_t opt = 0, largest = 0;
+  for (int i = 0; i < 3; i++) {
+    int64_t slice = (unit_numel[i] + S - 1) / S;
+    opt += unit_count[i] * 8 * slice;
+    largest = std::max(largest, slice);
+  }
+  m.bytes[int(Mem::optimizer)] = size_t(opt);
+  if (S > 1) m.bytes[int(Mem::comm)] = size_t(4 * largest * (S + 1));
   m.bytes[int(Mem::activations)] = size_t(acts);
   m.bytes[int(Mem::workspace)] = size_t(work);
   return m;

@@ -113,8 +113,10 @@ struct MemoryEstimate {
   std::array<size_t, num_mem> bytes{};
   size_t total() const;
 };
+// optimizer_shards: ZeRO-1 across that many ranks (rank 0's share, the largest).
 MemoryEstimate estimate_memory(const GptConfig& cfg, int B, int T, DType dt,
-                               const std::vector<Recompute>& plan, int64_t head_rows = 0);
+                               const std::vector<Recompute>& plan, int64_t head_rows = 0,
+                               int optimizer_shards = 1);
 
 class Gpt {
  public:

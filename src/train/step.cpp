@@ -1,6 +1,7 @@
 // One optimizer step: LR schedule, AdamW, micro-batch accumulation, clipping.
 #include <chrono>
 #include <cmath>
+#include <cstring>
 
 #include "train/train.h"
 
@@ -13,10 +14,20 @@ double lr_at(const TrainSettings& t, int step) {
   return t.min_lr + 0.5 * (t.lr - t.min_lr) * (1.0 + std::cos(M_PI * p));
 }
 
-AdamW::AdamW(Gpt& model) {
+AdamW::AdamW(Gpt& model, Comm& comm, bool sharded) : comm_(comm) {
+  const int64_t world = sharded ? comm.size() : 1, rank = sharded ? comm.rank() : 0;
+  int64_t largest = 0;
   for (auto& u : model.units()) {
-    m_.emplace_back(u.numel, Mem::optimizer);
-    v_.emplace_back(u.numel, Mem::optimizer);
+    int64_t padded = (u.numel + world - 1) / world;
+    int64_t lo = std::min(u.numel, rank * padded), hi = std::min(u.numel, lo + padded);
+    slices_.push_back({lo, hi, padded});
+    m_.emplace_back(hi - lo, Mem::optimizer);
+    v_.emplace_back(hi - lo, Mem::optimizer);
+    largest = std::max(largest, padded);
+  }
+  if (world > 1) {
+    send_ = PoolArray<float>(largest, Mem::comm);
+    gather_ = PoolArray<float>(largest * world, Mem::comm);
   }
 }
 
@@ -24,12 +35,20 @@ void AdamW::update(Gpt& model, Backend& be, const TrainSettings& t, double lr, i
   auto& units = model.units();
   for (size_t i = 0; i < units.size(); i++) {
     Unit& u = units[i];
-    for (auto& s : u.specs) {
+    const Slice& sl = slices_[i];
+    for (auto& s : u.specs) {  // the part of each tensor inside this rank's slice
+      int64_t lo = std::max(sl.lo, s.offset), hi = std::min(sl.hi, s.offset + s.numel);
+      if (lo >= hi) continue;
       AdamWArgs a{float(lr), float(t.beta1), float(t.beta2), float(t.eps),
                   s.decay ? float(t.weight_decay) : 0.0f, step_1based};
-      be.adamw(u.params.data() + s.offset, u.grads.data() + s.offset, m_[i].data() + s.offset,
-               v_[i].data() + s.offset, s.numel, a);
+      be.adamw(u.params.data() + lo, u.grads.data() + lo, m_[i].data() + (lo - sl.lo),
+               v_[i].data() + (lo - sl.lo), hi - lo, a);
     }
+    if (gather_.size() == 0) continue;
+    // every rank's updated slice, padded to equal lengths, back into the whole unit
+    std::memcpy(send_.data(), u.params.data() + sl.lo, (sl.hi - sl.lo) * sizeof(float));
+    comm_.all_gather(send_.data(), gather_.data(), sl.padded)->wait();
+    std::memcpy(u.params.data(), gather_.data(), u.numel * sizeof(float));
   }
 }
 
@@ -58,8 +77,8 @@ void LossScaler::update(bool overflow) {
 }
 
 Stepper::Stepper(Gpt& model, Backend& be, Comm& comm, const TrainSettings& t, int accum_steps,
-                 const PrecisionSettings& p, const std::vector<Recompute>& plan)
-    : model_(model), be_(be), comm_(comm), t_(t), accum_(accum_steps), opt_(model), scaler_(p),
+                 const PrecisionSettings& p, const std::vector<Recompute>& plan, bool zero1)
+    : model_(model), be_(be), comm_(comm), t_(t), accum_(accum_steps), opt_(model, comm, zero1), scaler_(p),
       inputs_(size_t(t.micro_batch) * t.seq_len), targets_(inputs_.size()) {
   FRUGAL_CHECK(p.compute == model.compute_dtype(), "model computes in {}, policy says {}",
                dtype_name(model.compute_dtype()), dtype_name(p.compute));

@@ -17,16 +17,23 @@ namespace frugal {
 double lr_at(const TrainSettings& t, int step);
 
 // AdamW state for a model: fp32 moments m and v, one flat buffer per unit (category optimizer).
+// Sharded (ZeRO-1), each of comm's ranks keeps the moments of an equal slice of every unit's
+// flat buffer (padded to divide evenly), updates that slice, and all-gathers the parameters.
 class AdamW {
  public:
-  explicit AdamW(Gpt& model);
-  // One update of every parameter, weight decay on the specs that ask for it.
+  AdamW(Gpt& model, Comm& comm, bool sharded);
+  // One update of every parameter (of this rank's slices when sharded), weight decay on the
+  // specs that ask for it.
   void update(Gpt& model, Backend& be, const TrainSettings& t, double lr, int step_1based);
   const PoolArray<float>& m(size_t unit) const { return m_[unit]; }
   const PoolArray<float>& v(size_t unit) const { return v_[unit]; }
 
  private:
+  struct Slice { int64_t lo, hi, padded; };  // [lo, hi) of the unit, padded slice length
+  Comm& comm_;
+  std::vector<Slice> slices_;
   std::vector<PoolArray<float>> m_, v_;
+  PoolArray<float> send_, gather_;  // comm buffers (padded slice, whole padded unit)
 };
 
 struct StepStats {
@@ -60,8 +67,10 @@ using NextBatch = std::function<void(int32_t* inputs, int32_t* targets)>;
 class Stepper {
  public:
   // plan: what each block keeps for backward (empty: everything).
+  // zero1: optimizer state sharded across comm's ranks (else replicated, ddp).
   Stepper(Gpt& model, Backend& be, Comm& comm, const TrainSettings& t, int accum_steps,
-          const PrecisionSettings& p = {}, const std::vector<Recompute>& plan = {});
+          const PrecisionSettings& p = {}, const std::vector<Recompute>& plan = {},
+          bool zero1 = false);
   const LossScaler& scaler() const { return scaler_; }
   const AdamW& optimizer() const { return opt_; }
   // Zeroes the gradients and accumulates those of the mean loss over the global batch

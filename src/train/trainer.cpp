@@ -112,10 +112,12 @@ void train(const RunConfig& cfg, Comm& comm) {
                "(correct, not faster)\n", be.name(), dtype_name(dt));
   const RecomputePolicy recompute = choose_recompute(cfg);
   const std::vector<Recompute> plan = recompute.per_block(cfg.model.n_layer);
-  const MemoryEstimate predicted = estimate_memory(cfg.model, t.micro_batch, t.seq_len, dt, plan);
+  const MemoryEstimate predicted = estimate_memory(cfg.model, t.micro_batch, t.seq_len, dt, plan, 0,
+                                                   cfg.dist.strategy == "zero1" ? comm.size() : 1);
   Gpt model(cfg.model, be, dt);
   model.init(t.seed);
-  Stepper stepper(model, be, comm, t, cfg.accum_steps(comm.size()), cfg.precision, plan);
+  Stepper stepper(model, be, comm, t, cfg.accum_steps(comm.size()), cfg.precision, plan,
+                  cfg.dist.strategy == "zero1");
 
   std::FILE* metrics = nullptr;
   if (rank0) {

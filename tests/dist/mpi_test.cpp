@@ -1,6 +1,7 @@
-// Data parallelism over MPI, run under mpirun (ctest label mpi): N ranks with micro-batch B/N
-// give the losses and final weights of one process with micro-batch B, within 1e-5 relative in
-// fp32 (the reduction order differs), with gradient accumulation on and off.
+// Data parallelism over MPI, run under mpirun (ctest label mpi): for ddp and zero1, N ranks with
+// micro-batch B/N give the losses and final weights of one process with micro-batch B, within
+// 1e-5 relative in fp32 (the reduction order differs), with gradient accumulation on and off;
+// zero1 holds 1/N of the optimizer state per rank.
 #include <gtest/gtest.h>
 
 #include <memory>
@@ -27,7 +28,7 @@ struct Run { std::vector<float> losses; std::vector<float> weights; };
 
 // `B` sequences per micro-batch on each of comm's ranks, `accum` micro-batches per step; the
 // global batch of a step is B * ranks * accum consecutive windows, split like the DataLoader.
-Run train_steps(Comm& comm, int B, int accum, DType dt) {
+Run train_steps(Comm& comm, int B, int accum, DType dt, bool zero1 = false) {
   const int T = 16, steps = 5;
   GptConfig cfg{"custom", 2, 2, 32, 97, T};
   Gpt m(cfg, cpu_backend(), dt);
@@ -40,7 +41,16 @@ Run train_steps(Comm& comm, int B, int accum, DType dt) {
   t.lr = 3e-3;
   PrecisionSettings p;
   p.compute = dt;
-  Stepper st(m, cpu_backend(), comm, t, accum, p);
+  size_t opt_before = MemoryPool::get().stats().current[int(Mem::optimizer)];
+  Stepper st(m, cpu_backend(), comm, t, accum, p, {}, zero1);
+  // ZeRO-1: each rank holds 1/N of the AdamW moments (8 bytes per parameter in all), padded
+  size_t opt = MemoryPool::get().stats().current[int(Mem::optimizer)] - opt_before;
+  double expect = 8.0 * double(cfg.num_params()) / (zero1 ? comm.size() : 1);
+  EXPECT_LE(double(opt), expect + 8.0 * 3 * comm.size());
+  if (zero1 && comm.rank() == 0) EXPECT_GE(double(opt), expect);
+  // rank 0's optimizer and comm bytes are what the memory model predicts
+  MemoryEstimate e = estimate_memory(cfg, B, T, dt, {}, 0, zero1 ? comm.size() : 1);
+  if (comm.rank() == 0) EXPECT_EQ(opt, e.bytes[int(Mem::optimizer)]);
   Run r;
   int64_t next_window = 0;
   for (int s = 0; s < steps; s++) {
@@ -56,11 +66,11 @@ Run train_steps(Comm& comm, int B, int accum, DType dt) {
   return r;
 }
 
-void expect_same_as_one_process(int accum) {
+void expect_same_as_one_process(int accum, bool zero1) {
   const int N = world->size(), B = 4;
   auto local = make_local_comm();
   Run one = train_steps(*local, B * N, accum, DType::f32);
-  Run many = train_steps(*world, B, accum, DType::f32);
+  Run many = train_steps(*world, B, accum, DType::f32, zero1);
   for (size_t i = 0; i < one.losses.size(); i++)
     EXPECT_NEAR(many.losses[i], one.losses[i], 1e-5 * one.losses[i]) << "step " << i << " rank " << world->rank();
   EXPECT_LT(test::rel_error(many.weights, one.weights), 1e-5) << "rank " << world->rank();
@@ -72,8 +82,10 @@ void expect_same_as_one_process(int accum) {
   EXPECT_EQ(sum[0], root[0]);
 }
 
-TEST(Ddp, SameAsOneProcessWithoutAccumulation) { expect_same_as_one_process(1); }
-TEST(Ddp, SameAsOneProcessWithAccumulation) { expect_same_as_one_process(3); }
+TEST(Ddp, SameAsOneProcessWithoutAccumulation) { expect_same_as_one_process(1, false); }
+TEST(Ddp, SameAsOneProcessWithAccumulation) { expect_same_as_one_process(3, false); }
+TEST(Zero1, SameAsOneProcessWithoutAccumulation) { expect_same_as_one_process(1, true); }
+TEST(Zero1, SameAsOneProcessWithAccumulation) { expect_same_as_one_process(3, true); }
 
 TEST(Comm, CollectivesOverMpi) {
   const int N = world->size(), r = world->rank();
