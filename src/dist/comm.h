@@ -26,6 +26,9 @@ class Comm {
   virtual std::unique_ptr<Work> reduce_scatter(const float* in, float* out, int64_t n, ReduceOp op) = 0;
   // in(n) -> out(size*n), rank r's part at r*n.
   virtual std::unique_ptr<Work> all_gather(const float* in, float* out, int64_t n) = 0;
+  // In place over buf(total): rank r holds [r*slice, min(total, (r+1)*slice)) and receives the
+  // rest (a sharded flat buffer, no padding needed).
+  virtual std::unique_ptr<Work> all_gather_inplace(float* buf, int64_t total, int64_t slice) = 0;
   virtual std::unique_ptr<Work> broadcast(float* buf, int64_t n, int root) = 0;
   virtual void barrier() = 0;
 };

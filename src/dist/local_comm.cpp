@@ -24,6 +24,7 @@ class LocalComm final : public Comm {
     if (in != out) std::memmove(out, in, size_t(n) * sizeof(float));
     return done();
   }
+  std::unique_ptr<Work> all_gather_inplace(float*, int64_t, int64_t) override { return done(); }
   std::unique_ptr<Work> broadcast(float*, int64_t, int) override { return done(); }
   void barrier() override {}
 

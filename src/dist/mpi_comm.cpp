@@ -11,6 +11,7 @@
 #include <future>
 #include <mutex>
 #include <thread>
+#include <vector>
 
 #include "core/core.h"
 #include "dist/comm.h"
@@ -80,6 +81,18 @@ class MpiComm final : public Comm {
   std::unique_ptr<Work> all_gather(const float* in, float* out, int64_t n) override {
     return post([=] {
       mpi_check(MPI_Allgather(in, int(n), MPI_FLOAT, out, int(n), MPI_FLOAT, MPI_COMM_WORLD), "MPI_Allgather");
+    });
+  }
+  std::unique_ptr<Work> all_gather_inplace(float* buf, int64_t total, int64_t slice) override {
+    return post([=, this] {
+      std::vector<int> counts(size_), displs(size_);
+      for (int r = 0; r < size_; r++) {
+        int64_t lo = std::min(total, r * slice), hi = std::min(total, lo + slice);
+        counts[r] = int(hi - lo);
+        displs[r] = int(lo);
+      }
+      mpi_check(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, counts.data(), displs.data(),
+                               MPI_FLOAT, MPI_COMM_WORLD), "MPI_Allgatherv");
     });
   }
   std::unique_ptr<Work> broadcast(float* buf, int64_t n, int root) override {

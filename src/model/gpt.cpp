@@ -203,20 +203,14 @@ MemoryEstimate estimate_memory(const GptConfig& cfg, int B, int T, DType dt,
   MemoryEstimate m;
   m.bytes[int(Mem::params)] = size_t(N * 4 + (dt != DType::f32 ? N * 2 : 0));
   m.bytes[int(Mem::grads)] = size_t(N * 4);
-  // AdamW moments: each unit's slice padded to divide by the shards; ZeRO-1 adds a send buffer
-  // (one slice) and a gather buffer (one whole padded unit) for the largest unit
+  // AdamW moments: rank 0's slice of each unit, ceil(numel / shards) elements
   const int64_t S = optimizer_shards, Ci = cfg.n_embd;
   const int64_t unit_numel[3] = {cfg.padded_vocab() * Ci + int64_t(cfg.context) * Ci,
                                  12 * Ci * Ci + 13 * Ci, 2 * Ci};
   const int64_t unit_count[3] = {1, cfg.n_layer, 1};
-  int64_t opt = 0, largest = 0;
-  for (int i = 0; i < 3; i++) {
-    int64_t slice = (unit_numel[i] + S - 1) / S;
-    opt += unit_count[i] * 8 * slice;
-    largest = std::max(largest, slice);
-  }
+  int64_t opt = 0;
+  for (int i = 0; i < 3; i++) opt += unit_count[i] * 8 * ((unit_numel[i] + S - 1) / S);
   m.bytes[int(Mem::optimizer)] = size_t(opt);
-  if (S > 1) m.bytes[int(Mem::comm)] = size_t(4 * largest * (S + 1));
   m.bytes[int(Mem::activations)] = size_t(acts);
   m.bytes[int(Mem::workspace)] = size_t(work);
   return m;

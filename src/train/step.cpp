@@ -1,7 +1,6 @@
 // One optimizer step: LR schedule, AdamW, micro-batch accumulation, clipping.
 #include <chrono>
 #include <cmath>
-#include <cstring>
 
 #include "train/train.h"
 
@@ -14,20 +13,14 @@ double lr_at(const TrainSettings& t, int step) {
   return t.min_lr + 0.5 * (t.lr - t.min_lr) * (1.0 + std::cos(M_PI * p));
 }
 
-AdamW::AdamW(Gpt& model, Comm& comm, bool sharded) : comm_(comm) {
-  const int64_t world = sharded ? comm.size() : 1, rank = sharded ? comm.rank() : 0;
-  int64_t largest = 0;
+AdamW::AdamW(Gpt& model, Comm& comm, bool sharded) : comm_(comm), sharded_(sharded && comm.size() > 1) {
+  const int64_t world = sharded_ ? comm.size() : 1, rank = sharded_ ? comm.rank() : 0;
   for (auto& u : model.units()) {
-    int64_t padded = (u.numel + world - 1) / world;
-    int64_t lo = std::min(u.numel, rank * padded), hi = std::min(u.numel, lo + padded);
-    slices_.push_back({lo, hi, padded});
+    int64_t len = (u.numel + world - 1) / world;
+    int64_t lo = std::min(u.numel, rank * len), hi = std::min(u.numel, lo + len);
+    slices_.push_back({lo, hi, len});
     m_.emplace_back(hi - lo, Mem::optimizer);
     v_.emplace_back(hi - lo, Mem::optimizer);
-    largest = std::max(largest, padded);
-  }
-  if (world > 1) {
-    send_ = PoolArray<float>(largest, Mem::comm);
-    gather_ = PoolArray<float>(largest * world, Mem::comm);
   }
 }
 
@@ -44,11 +37,8 @@ void AdamW::update(Gpt& model, Backend& be, const TrainSettings& t, double lr, i
       be.adamw(u.params.data() + lo, u.grads.data() + lo, m_[i].data() + (lo - sl.lo),
                v_[i].data() + (lo - sl.lo), hi - lo, a);
     }
-    if (gather_.size() == 0) continue;
-    // every rank's updated slice, padded to equal lengths, back into the whole unit
-    std::memcpy(send_.data(), u.params.data() + sl.lo, (sl.hi - sl.lo) * sizeof(float));
-    comm_.all_gather(send_.data(), gather_.data(), sl.padded)->wait();
-    std::memcpy(u.params.data(), gather_.data(), u.numel * sizeof(float));
+    // every rank's updated slice, in place into the whole unit
+    if (sharded_) comm_.all_gather_inplace(u.params.data(), u.numel, sl.len)->wait();
   }
 }
 

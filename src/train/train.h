@@ -29,11 +29,11 @@ class AdamW {
   const PoolArray<float>& v(size_t unit) const { return v_[unit]; }
 
  private:
-  struct Slice { int64_t lo, hi, padded; };  // [lo, hi) of the unit, padded slice length
+  struct Slice { int64_t lo, hi, len; };  // [lo, hi) of the unit; len = ceil(numel / ranks)
   Comm& comm_;
+  bool sharded_;
   std::vector<Slice> slices_;
   std::vector<PoolArray<float>> m_, v_;
-  PoolArray<float> send_, gather_;  // comm buffers (padded slice, whole padded unit)
 };
 
 struct StepStats {

@@ -101,6 +101,12 @@ TEST(Comm, CollectivesOverMpi) {
   float mine = float(10 * r);
   world->all_gather(&mine, g.data(), 1)->wait();
   for (int i = 0; i < N; i++) EXPECT_EQ(g[i], float(10 * i));
+  // in place, uneven: 7 elements over N ranks, each filling its slice first
+  const int64_t total = 7, slice = (total + N - 1) / N;
+  std::vector<float> buf(total, -1.0f);
+  for (int64_t i = std::min(total, r * slice); i < std::min(total, (r + 1) * slice); i++) buf[i] = float(i);
+  world->all_gather_inplace(buf.data(), total, slice)->wait();
+  for (int64_t i = 0; i < total; i++) EXPECT_EQ(buf[i], float(i));
   world->barrier();
 }
 
