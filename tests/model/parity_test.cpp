@@ -16,6 +16,14 @@ namespace {
 
 struct Shape { int L, NH, C, V, ctx, B, T; };
 
+std::vector<float> read_f32(const SafeTensors& st, const std::string& name, const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (auto d : shape) n *= d;
+  std::vector<float> v(static_cast<size_t>(n));
+  st.read(name, "F32", shape, v.data());
+  return v;
+}
+
 void run_parity(const Shape& s) {
   test::TempDir dir;
   GptConfig cfg{"custom", s.L, s.NH, s.C, s.V, s.ctx};
@@ -52,13 +60,7 @@ void run_parity(const Shape& s) {
       t.min_lr, t.warmup_steps, t.steps, t.weight_decay, t.beta1, t.beta2, t.eps, t.grad_clip);
   ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
   SafeTensors ref(dir / "r.safetensors");
-  auto ref_tensor = [&](const std::string& name, const std::vector<int64_t>& shape) {
-    int64_t n = 1;
-    for (auto d : shape) n *= d;
-    std::vector<float> v(static_cast<size_t>(n));
-    ref.read(name, "F32", shape, v.data());
-    return v;
-  };
+  auto ref_tensor = [&](const std::string& name, const std::vector<int64_t>& shape) { return read_f32(ref, name, shape); };
 
   // One batch: split into inputs and targets.
   int batch_index = 0;
@@ -151,13 +153,7 @@ void run_autocast_parity(const Shape& s) {
       "--threads 2 --autocast", FRUGAL_SOURCE_DIR, dir / "w.safetensors", dir / "x.safetensors", dir / "r.safetensors");
   ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
   SafeTensors ref(dir / "r.safetensors");
-  auto get = [&](const std::string& name, const std::vector<int64_t>& shape) {
-    int64_t n = 1;
-    for (auto d : shape) n *= d;
-    std::vector<float> v(static_cast<size_t>(n));
-    ref.read(name, "F32", shape, v.data());
-    return v;
-  };
+  auto get = [&](const std::string& name, const std::vector<int64_t>& shape) { return read_f32(ref, name, shape); };
   Gpt bf(cfg, cpu_backend(), DType::bf16);
   load_model(dir / "w.safetensors", bf);
   TrainSettings t;
