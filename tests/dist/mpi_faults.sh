@@ -23,7 +23,7 @@ out=$(timeout 60 $run -np 3 "$F" train $A --train.batch_tokens=512 --run.dir=r2 
 grep -q "train.batch_tokens = 512 must be a multiple of micro_batch \* seq_len \* ranks = 4 \* 64 \* 3 = 768" <<<"$out" || fail "batch: $out"
 
 (timeout 120 $run -np 2 "$F" train $A --train.steps=100000 --run.dir=r3 > kill.log 2>&1; echo "rc=$?" >> kill.log) &
-for _ in $(seq 1 50); do grep -q "step " r3/metrics.jsonl 2>/dev/null && break; sleep 0.2; done
+for _ in $(seq 1 100); do grep -q "\"step\"" r3/metrics.jsonl 2>/dev/null && break; sleep 0.2; done  # training has begun
 victim=$(pgrep -f "^$F train .*steps=100000" | tail -1)  # a rank, not mpirun or timeout
 kill -9 "$victim"
 start=$(date +%s)
