@@ -43,6 +43,14 @@ static std::string human_time(double s) {
   return fmt::format("{}s", t);
 }
 
+// "params 475.0 MiB, grads 475.0 MiB, ..." for the categories that hold any bytes
+static std::string mem_list(const std::array<size_t, num_mem>& bytes) {
+  std::vector<std::string> parts;
+  for (int c = 0; c < num_mem; c++)
+    if (bytes[c]) parts.push_back(fmt::format("{} {}", mem_name(Mem(c)), human_bytes(double(bytes[c]))));
+  return fmt::format("{}", fmt::join(parts, ", "));
+}
+
 static nlohmann::json mem_json(const MemStats& m) {
   nlohmann::json j;
   for (int c = 0; c < num_mem; c++) j[mem_name(Mem(c))] = m.peak[c];
@@ -52,13 +60,13 @@ static nlohmann::json mem_json(const MemStats& m) {
 
 RecomputePolicy choose_recompute(const RunConfig& cfg) {
   if (cfg.memory.budget <= 0) return cfg.memory.recompute;
+  using Kind = RecomputePolicy::Kind;
   const int L = cfg.model.n_layer;
-  std::vector<std::string> names = {"none", "selective"};
-  for (int k = std::min(L, 4); k >= 2; k--) names.push_back(fmt::format("every:{}", k));
-  names.push_back("full");
+  std::vector<RecomputePolicy> order = {{Kind::none, 0}, {Kind::selective, 0}};  // least first
+  for (int k = std::min(L, 4); k >= 2; k--) order.push_back({Kind::every, k});
+  order.push_back({Kind::full, 0});
   size_t smallest = 0;
-  for (auto& n : names) {
-    RecomputePolicy p = RecomputePolicy::parse(n, "memory.budget");
+  for (const RecomputePolicy& p : order) {
     size_t need = estimate_memory(cfg.model, cfg.train.micro_batch, cfg.train.seq_len,
                                   cfg.precision.compute, p.per_block(L)).total();
     if (need <= size_t(cfg.memory.budget)) return p;
@@ -134,14 +142,10 @@ void train(const RunConfig& cfg, Comm& comm) {
                cfg.model.vocab_size, cfg.model.num_params() / 1e6, dtype_name(dt), tokens_per_step, B, T,
                cfg.accum_steps(comm.size()), t.steps, omp_get_max_threads(), comm.size());
 
-  if (rank0) {
-    std::string parts;
-    for (int c = 0; c < num_mem; c++)
-      if (predicted.bytes[c]) parts += fmt::format(" {} {},", mem_name(Mem(c)), human_bytes(double(predicted.bytes[c])));
+  if (rank0)
     fmt::print("memory: recompute {}{}; predicted peak {} ({})\n", recompute.name(),
                cfg.memory.budget > 0 ? fmt::format(" (the least that fits memory.budget = {})", human_bytes(double(cfg.memory.budget))) : "",
-               human_bytes(double(predicted.total())), parts.substr(1, parts.size() - 2));
-  }
+               human_bytes(double(predicted.total())), mem_list(predicted.bytes));
   using clock = std::chrono::steady_clock;
   auto t_start = clock::now();
   double train_seconds = 0.0, val_loss = -1.0;
@@ -206,10 +210,8 @@ void train(const RunConfig& cfg, Comm& comm) {
   fmt::print("done: val loss {:.4f} | {:.0f} tok/s (MFU {:.1f}% of {:.0f} GFLOP/s) | {} total\n", val_loss,
              tok_s, 100.0 * flops_tok * tok_s / cfg.device.peak_for(dt), cfg.device.peak_for(dt) / 1e9,
              human_time(total));
-  std::string mem_line;
-  for (int c = 0; c < num_mem; c++)
-    if (overall.peak[c]) mem_line += fmt::format(" {} {} |", mem_name(Mem(c)), human_bytes(double(overall.peak[c])));
-  fmt::print("peak memory:{} total {}\n", mem_line, human_bytes(double(overall.total_peak)));
+  fmt::print("peak memory: {}; total {}, predicted {}\n", mem_list(overall.peak),
+             human_bytes(double(overall.total_peak)), human_bytes(double(predicted.total())));
   fmt::print("wrote {}/model.safetensors, {}/metrics.jsonl\n", dir, dir);
 }
 

@@ -14,16 +14,6 @@ namespace {
 
 Comm* world = nullptr;  // one MPI world for the whole program
 
-// Global window g of a fixed pseudo-random token stream, as (inputs, targets) of length T.
-void window(int64_t g, int T, int32_t* in, int32_t* tg) {
-  for (int t = 0; t <= T; t++) {
-    uint64_t i = uint64_t(g) * T + t;
-    int32_t v = int32_t((i * 2654435761u + (i >> 3)) % 97);
-    if (t < T) in[t] = v;
-    if (t > 0) tg[t - 1] = v;
-  }
-}
-
 struct Run { std::vector<float> losses; std::vector<float> weights; };
 
 // `B` sequences per micro-batch on each of comm's ranks, `accum` micro-batches per step; the
@@ -47,10 +37,14 @@ Run train_steps(Comm& comm, int B, int accum, DType dt, bool zero1 = false) {
   size_t opt = MemoryPool::get().stats().current[int(Mem::optimizer)] - opt_before;
   double expect = 8.0 * double(cfg.num_params()) / (zero1 ? comm.size() : 1);
   EXPECT_LE(double(opt), expect + 8.0 * 3 * comm.size());
-  if (zero1 && comm.rank() == 0) EXPECT_GE(double(opt), expect);
+  if (zero1 && comm.rank() == 0) {
+    EXPECT_GE(double(opt), expect);
+  }
   // rank 0's optimizer and comm bytes are what the memory model predicts
   MemoryEstimate e = estimate_memory(cfg, B, T, dt, {}, 0, zero1 ? comm.size() : 1);
-  if (comm.rank() == 0) EXPECT_EQ(opt, e.bytes[int(Mem::optimizer)]);
+  if (comm.rank() == 0) {
+    EXPECT_EQ(opt, e.bytes[int(Mem::optimizer)]);
+  }
   Run r;
   int64_t next_window = 0;
   for (int s = 0; s < steps; s++) {
@@ -58,7 +52,7 @@ Run train_steps(Comm& comm, int B, int accum, DType dt, bool zero1 = false) {
     r.losses.push_back(st.step(s, [&](int32_t* in, int32_t* tg) {
       // micro-batch k of this rank: windows k*B*world + rank*B ... + B of the step's batch
       int64_t base = next_window + int64_t(micro++) * B * comm.size() + int64_t(comm.rank()) * B;
-      for (int b = 0; b < B; b++) window(base + b, T, in + b * T, tg + b * T);
+      for (int b = 0; b < B; b++) test::stream_window(base + b, T, in + b * T, tg + b * T);
     }).loss);
     next_window += int64_t(B) * comm.size() * accum;
   }

@@ -66,6 +66,16 @@ void expect_user_error(F&& f, const std::string& needle) {
   }
 }
 
+// Window g of a fixed pseudo-random token stream over 97 ids: inputs(T) and targets(T).
+inline void stream_window(int64_t g, int T, int32_t* in, int32_t* tg) {
+  for (int t = 0; t <= T; t++) {
+    uint64_t i = uint64_t(g) * T + t;
+    int32_t v = int32_t((i * 2654435761u + (i >> 3)) % 97);
+    if (t < T) in[t] = v;
+    if (t > 0) tg[t - 1] = v;
+  }
+}
+
 struct TempDir {
   std::filesystem::path path;
   TempDir() {

@@ -30,13 +30,7 @@ struct Stream {
   int T;
   int64_t next_window = 0;
   void operator()(int32_t* in, int32_t* tg, int B) {
-    for (int b = 0; b < B; b++, next_window++)
-      for (int t = 0; t <= T; t++) {
-        uint64_t i = uint64_t(next_window) * T + t;
-        int32_t v = int32_t((i * 2654435761u + (i >> 3)) % 97);
-        if (t < T) in[b * T + t] = v;
-        if (t > 0) tg[b * T + t - 1] = v;
-      }
+    for (int b = 0; b < B; b++) test::stream_window(next_window++, T, in + b * T, tg + b * T);
   }
 };
 
