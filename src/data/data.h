@@ -1,0 +1,99 @@
+// data: token shards (llm.c's .bin layout), the batch loader, and the byte-level tokenizer.
+//
+// Shard file: a header of 256 little-endian int32 — [magic, version, num_tokens, 0...] — then
+// num_tokens tokens. magic 20240520 / version 1: uint16 tokens (llm.c GPT-2 shards);
+// magic 20240801 / version 7: uint32 tokens (llm.c's Llama-3 shards).
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/core.h"
+
+namespace frugal {
+
+inline constexpr int32_t kShardMagic16 = 20240520, kShardVersion16 = 1;
+inline constexpr int32_t kShardMagic32 = 20240801, kShardVersion32 = 7;
+inline constexpr int kShardHeaderInts = 256;
+
+// Writes tokens as one shard (uint16 when every id fits, else uint32), atomically.
+void write_shard(const std::string& path, const std::vector<uint32_t>& tokens);
+
+// A shard mapped read-only. Checks the header, the body size and (when vocab_size > 0) that
+// every token id is below vocab_size; throws UserError naming the file otherwise.
+class TokenShard {
+ public:
+  TokenShard(const std::string& path, int64_t vocab_size);
+  TokenShard(TokenShard&&) noexcept;
+  TokenShard(const TokenShard&) = delete;
+  ~TokenShard();
+  int64_t size() const { return n_; }
+  uint32_t operator[](int64_t i) const { return wide_ ? u32_[i] : u16_[i]; }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+  void* map_ = nullptr;
+  size_t map_bytes_ = 0;
+  int64_t n_ = 0;
+  bool wide_ = false;
+  const uint16_t* u16_ = nullptr;
+  const uint32_t* u32_ = nullptr;
+};
+
+// The shard files a pattern names: a glob ("data/kjv/train_*.bin"), a directory, or a file.
+// `field` (e.g. "data.train") names the setting in errors.
+std::vector<std::string> resolve_shards(const std::string& pattern, const std::string& field);
+
+// Yields batches of B windows of T+1 tokens. A shard of n tokens holds (n-1)/T windows,
+// window w covering tokens [w*T, w*T+T]. With shuffle, every epoch visits the shards in a
+// seeded random order and each shard's windows in a seeded random order; without, in file
+// order (validation). Each rank of `world` reads a disjoint part of every global batch.
+class DataLoader {
+ public:
+  DataLoader(const std::vector<std::string>& files, int64_t vocab_size, int B, int T,
+             uint64_t seed, bool shuffle, int rank = 0, int world = 1);
+  // inputs(B,T), targets(B,T)
+  void next(int32_t* inputs, int32_t* targets);
+  void reset();  // back to the first batch of epoch 0
+  int64_t num_windows() const { return total_windows_; }
+  int batch() const { return B_; }
+  int seq_len() const { return T_; }
+  int world() const { return world_; }
+  int64_t epoch() const { return epoch_; }
+
+ private:
+  void start_epoch();
+  void start_shard();
+  int64_t take_window();  // start token of the next window, moving to the next shard/epoch
+
+  std::vector<TokenShard> shards_;
+  int B_, T_, rank_, world_;
+  uint64_t seed_;
+  bool shuffle_;
+  int64_t total_windows_ = 0;
+  int64_t epoch_ = 0, shard_pos_ = 0, window_pos_ = 0;
+  std::vector<int64_t> shard_order_, window_order_;
+};
+
+// Byte-level tokenizer: ids 0..255 are bytes, 256 is end of text (between documents).
+inline constexpr int kByteVocab = 257, kByteEot = 256;
+void byte_encode(const std::string& text, std::vector<uint32_t>& out);
+std::string byte_decode(const std::vector<int32_t>& ids);
+
+}  // namespace frugal
+
+namespace frugal {
+
+struct PrepareStats {
+  int64_t train_tokens = 0, val_tokens = 0;
+  std::vector<std::string> files;
+};
+
+// Byte-tokenizes the documents (file contents; an empty list means the King James Bible from
+// Debian's bible-kjv) and writes out_dir/train_000.bin and out_dir/val_000.bin. The token
+// stream is cut into chunks of 8192 tokens; every val_every-th chunk goes to validation.
+PrepareStats prepare_corpus(const std::vector<std::string>& inputs, const std::string& out_dir,
+                            int val_every);
+
+}  // namespace frugal

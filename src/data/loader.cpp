@@ -1,0 +1,79 @@
+// The batch loader: seeded shuffle over shards and windows; ranks read disjoint windows.
+#include <numeric>
+
+#include "data/data.h"
+
+namespace frugal {
+
+DataLoader::DataLoader(const std::vector<std::string>& files, int64_t vocab_size, int B, int T,
+                       uint64_t seed, bool shuffle, int rank, int world)
+    : B_(B), T_(T), rank_(rank), world_(world), seed_(seed), shuffle_(shuffle) {
+  for (auto& f : files) {
+    shards_.emplace_back(f, vocab_size);
+    total_windows_ += std::max<int64_t>(0, (shards_.back().size() - 1) / T);
+  }
+  if (total_windows_ < int64_t(B) * world)
+    user_error("{}: {} windows of {}+1 tokens in {} file(s), fewer than one global batch of {}",
+               files.front(), total_windows_, T, files.size(), int64_t(B) * world);
+  reset();
+}
+
+static void shuffle_in_place(std::vector<int64_t>& v, Rng& rng) {
+  for (size_t i = v.size(); i > 1; i--) std::swap(v[i - 1], v[rng.below(i)]);
+}
+
+void DataLoader::reset() {
+  epoch_ = 0;
+  start_epoch();
+}
+
+void DataLoader::start_epoch() {
+  shard_order_.resize(shards_.size());
+  std::iota(shard_order_.begin(), shard_order_.end(), 0);
+  if (shuffle_) {
+    Rng rng(seed_ * 0x9E3779B97F4A7C15ULL + uint64_t(epoch_));
+    shuffle_in_place(shard_order_, rng);
+  }
+  shard_pos_ = 0;
+  start_shard();
+}
+
+void DataLoader::start_shard() {
+  const TokenShard& s = shards_[shard_order_[shard_pos_]];
+  window_order_.resize(std::max<int64_t>(0, (s.size() - 1) / T_));
+  std::iota(window_order_.begin(), window_order_.end(), 0);
+  if (shuffle_) {
+    Rng rng(seed_ * 0xD1B54A32D192ED03ULL + uint64_t(epoch_) * 1000003 + uint64_t(shard_pos_));
+    shuffle_in_place(window_order_, rng);
+  }
+  window_pos_ = 0;
+}
+
+int64_t DataLoader::take_window() {
+  while (window_pos_ >= int64_t(window_order_.size())) {
+    if (++shard_pos_ >= int64_t(shards_.size())) {
+      epoch_++;
+      start_epoch();
+    } else {
+      start_shard();
+    }
+  }
+  return window_order_[window_pos_++] * T_;
+}
+
+void DataLoader::next(int32_t* inputs, int32_t* targets) {
+  // The global batch is B*world consecutive windows; this rank takes windows rank*B .. +B.
+  for (int r = 0; r < world_; r++) {
+    for (int b = 0; b < B_; b++) {
+      int64_t start = take_window();
+      if (r != rank_) continue;
+      const TokenShard& s = shards_[shard_order_[shard_pos_]];
+      for (int t = 0; t < T_; t++) {
+        inputs[int64_t(b) * T_ + t] = int32_t(s[start + t]);
+        targets[int64_t(b) * T_ + t] = int32_t(s[start + t + 1]);
+      }
+    }
+  }
+}
+
+}  // namespace frugal

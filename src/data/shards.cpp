@@ -1,0 +1,111 @@
+// Token shards: writing, mapping and validating.
+#include <fcntl.h>
+#include <glob.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+
+#include "data/data.h"
+
+namespace frugal {
+
+void write_shard(const std::string& path, const std::vector<uint32_t>& tokens) {
+  bool wide = std::any_of(tokens.begin(), tokens.end(), [](uint32_t t) { return t > 0xFFFF; });
+  int32_t header[kShardHeaderInts] = {};
+  header[0] = wide ? kShardMagic32 : kShardMagic16;
+  header[1] = wide ? kShardVersion32 : kShardVersion16;
+  header[2] = int32_t(tokens.size());
+  FRUGAL_CHECK(tokens.size() < (size_t(1) << 31), "shard too large: {} tokens", tokens.size());
+  size_t width = wide ? 4 : 2;
+  std::vector<char> buf(sizeof(header) + tokens.size() * width);
+  std::memcpy(buf.data(), header, sizeof(header));
+  char* body = buf.data() + sizeof(header);
+  for (size_t i = 0; i < tokens.size(); i++) {
+    if (wide) std::memcpy(body + 4 * i, &tokens[i], 4);
+    else { uint16_t t = uint16_t(tokens[i]); std::memcpy(body + 2 * i, &t, 2); }
+  }
+  write_file_atomic(path, buf.data(), buf.size());
+}
+
+TokenShard::TokenShard(const std::string& path, int64_t vocab_size) : path_(path) {
+  int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) user_error("{}: cannot open token shard: {}", path, std::strerror(errno));
+  struct stat st;
+  ::fstat(fd, &st);
+  size_t bytes = size_t(st.st_size);
+  const size_t hdr = kShardHeaderInts * sizeof(int32_t);
+  if (bytes < hdr) {
+    ::close(fd);
+    user_error("{}: not a token shard: {} bytes, shorter than the {}-byte header", path, bytes, hdr);
+  }
+  map_ = ::mmap(nullptr, bytes, PROT_READ, MAP_PRIVATE, fd, 0);
+  ::close(fd);
+  if (map_ == MAP_FAILED) { map_ = nullptr; user_error("{}: cannot map: {}", path, std::strerror(errno)); }
+  map_bytes_ = bytes;
+  const int32_t* h = static_cast<const int32_t*>(map_);
+  if (h[0] == kShardMagic16 && h[1] == kShardVersion16) wide_ = false;
+  else if (h[0] == kShardMagic32 && h[1] == kShardVersion32) wide_ = true;
+  else
+    user_error("{}: bad header: magic {} version {}, expected {} / {} (uint16) or {} / {} (uint32)",
+               path, h[0], h[1], kShardMagic16, kShardVersion16, kShardMagic32, kShardVersion32);
+  n_ = h[2];
+  size_t width = wide_ ? 4 : 2;
+  if (n_ < 0 || hdr + size_t(n_) * width != bytes)
+    user_error("{}: header says {} tokens ({} bytes of body), but the body has {} bytes", path, n_,
+               size_t(std::max<int64_t>(n_, 0)) * width, bytes - hdr);
+  const char* body = static_cast<const char*>(map_) + hdr;
+  u16_ = reinterpret_cast<const uint16_t*>(body);
+  u32_ = reinterpret_cast<const uint32_t*>(body);
+  if (vocab_size > 0) {
+    for (int64_t i = 0; i < n_; i++) {
+      if (int64_t((*this)[i]) >= vocab_size)
+        user_error("{}: token {} has id {}, expected ids below model.vocab_size = {}", path, i,
+                   (*this)[i], vocab_size);
+    }
+  }
+}
+
+TokenShard::TokenShard(TokenShard&& o) noexcept
+    : path_(std::move(o.path_)), map_(o.map_), map_bytes_(o.map_bytes_), n_(o.n_), wide_(o.wide_),
+      u16_(o.u16_), u32_(o.u32_) {
+  o.map_ = nullptr;
+}
+
+TokenShard::~TokenShard() {
+  if (map_) ::munmap(map_, map_bytes_);
+}
+
+std::vector<std::string> resolve_shards(const std::string& pattern, const std::string& field) {
+  std::vector<std::string> files;
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (fs::is_directory(pattern, ec)) {
+    for (auto& e : fs::directory_iterator(pattern, ec))
+      if (e.path().extension() == ".bin") files.push_back(e.path().string());
+  } else {
+    glob_t g;
+    if (::glob(pattern.c_str(), 0, nullptr, &g) == 0)
+      for (size_t i = 0; i < g.gl_pathc; i++) files.push_back(g.gl_pathv[i]);
+    ::globfree(&g);
+  }
+  std::sort(files.begin(), files.end());
+  if (files.empty()) user_error("{}: no token shards match '{}'", field, pattern);
+  return files;
+}
+
+void byte_encode(const std::string& text, std::vector<uint32_t>& out) {
+  for (unsigned char c : text) out.push_back(c);
+}
+
+std::string byte_decode(const std::vector<int32_t>& ids) {
+  std::string s;
+  for (int32_t id : ids) s += id == kByteEot ? '\n' : char(id & 0xFF);
+  return s;
+}
+
+}  // namespace frugal

@@ -1,0 +1,150 @@
+// Token shards, the loader and the byte tokenizer.
+#include <fstream>
+#include <set>
+
+#include "data/data.h"
+#include "support/support.h"
+
+namespace frugal {
+namespace {
+
+std::vector<uint32_t> iota_tokens(size_t n, uint32_t mod) {
+  std::vector<uint32_t> v(n);
+  for (size_t i = 0; i < n; i++) v[i] = uint32_t(i % mod);
+  return v;
+}
+
+TEST(Shards, RoundTripUint16AndUint32) {
+  test::TempDir d;
+  auto small = iota_tokens(1000, 50257), big = iota_tokens(1000, 50257);
+  big[3] = 100000;  // needs uint32
+  write_shard(d / "a.bin", small);
+  write_shard(d / "b.bin", big);
+  EXPECT_EQ(std::filesystem::file_size(d / "a.bin"), 1024 + 2 * 1000u);
+  EXPECT_EQ(std::filesystem::file_size(d / "b.bin"), 1024 + 4 * 1000u);
+  TokenShard a(d / "a.bin", 0), b(d / "b.bin", 0);
+  ASSERT_EQ(a.size(), 1000);
+  for (int i = 0; i < 1000; i++) {
+    EXPECT_EQ(a[i], small[i]);
+    EXPECT_EQ(b[i], big[i]);
+  }
+}
+
+TEST(Shards, ReadsLlmcLayout) {
+  // Written by hand as llm.c's dev/data scripts do: 256 int32 header then uint16 tokens.
+  test::TempDir d;
+  int32_t h[256] = {20240520, 1, 3};
+  uint16_t toks[3] = {50256, 7, 42};
+  std::ofstream(d / "llmc.bin", std::ios::binary).write((char*)h, sizeof h).write((char*)toks, sizeof toks);
+  TokenShard s(d / "llmc.bin", 50257);
+  EXPECT_EQ(s.size(), 3);
+  EXPECT_EQ(s[0], 50256u);
+  EXPECT_EQ(s[2], 42u);
+}
+
+TEST(Shards, BadFilesGiveOneClearError) {
+  test::TempDir d;
+  write_shard(d / "ok.bin", iota_tokens(100, 300));
+  // wrong magic
+  {
+    std::vector<char> bytes(1024 + 200, 0);
+    std::ofstream(d / "magic.bin", std::ios::binary).write(bytes.data(), bytes.size());
+  }
+  test::expect_user_error([&] { TokenShard s(d / "magic.bin", 0); }, "magic.bin: bad header: magic 0");
+  // truncated body
+  std::filesystem::copy_file(d / "ok.bin", d / "trunc.bin");
+  std::filesystem::resize_file(d / "trunc.bin", 1024 + 150);
+  test::expect_user_error([&] { TokenShard s(d / "trunc.bin", 0); }, "header says 100 tokens (200 bytes of body), but the body has 150 bytes");
+  // shorter than the header
+  std::filesystem::resize_file(d / "trunc.bin", 10);
+  test::expect_user_error([&] { TokenShard s(d / "trunc.bin", 0); }, "shorter than the 1024-byte header");
+  // token ids >= vocab
+  test::expect_user_error([&] { TokenShard s(d / "ok.bin", 50); }, "token 50 has id 50, expected ids below model.vocab_size = 50");
+  test::expect_user_error([&] { TokenShard s(d / "missing.bin", 0); }, "missing.bin: cannot open");
+  test::expect_user_error([&] { resolve_shards(d / "none_*.bin", "data.train"); }, "data.train: no token shards match");
+}
+
+TEST(Loader, WindowsAreConsecutiveTokensAndShuffleIsSeeded) {
+  test::TempDir d;
+  write_shard(d / "s0.bin", iota_tokens(401, 1000));        // 100 windows of T=4
+  std::vector<uint32_t> t1(201);
+  for (size_t i = 0; i < t1.size(); i++) t1[i] = uint32_t(500 + i);
+  write_shard(d / "s1.bin", t1);                            // 50 windows
+  auto files = resolve_shards(d / "s*.bin", "data.train");
+  ASSERT_EQ(files.size(), 2u);
+  const int B = 3, T = 4;
+  DataLoader a(files, 1000, B, T, 7, true), b(files, 1000, B, T, 7, true), c(files, 1000, B, T, 8, true);
+  EXPECT_EQ(a.num_windows(), 150);
+  std::vector<int32_t> ia(B * T), ta(B * T), ib(B * T), tb(B * T), ic(B * T), tc(B * T);
+  std::set<int32_t> starts;
+  bool differs = false;
+  for (int k = 0; k < 50; k++) {  // exactly one epoch: 150 windows
+    a.next(ia.data(), ta.data());
+    b.next(ib.data(), tb.data());
+    c.next(ic.data(), tc.data());
+    EXPECT_EQ(ia, ib);
+    EXPECT_EQ(ta, tb);
+    differs |= ia != ic;
+    for (int r = 0; r < B; r++) {
+      for (int t = 0; t < T; t++) EXPECT_EQ(ta[r * T + t], ia[r * T + t] + 1);  // targets shift by one
+      starts.insert(ia[r * T]);
+    }
+  }
+  EXPECT_TRUE(differs);
+  EXPECT_EQ(starts.size(), 150u);  // every window once per epoch
+  EXPECT_EQ(a.epoch(), 0);
+  a.next(ia.data(), ta.data());
+  EXPECT_EQ(a.epoch(), 1);
+}
+
+TEST(Loader, RanksReadDisjointPartsOfTheGlobalBatch) {
+  test::TempDir d;
+  write_shard(d / "s.bin", iota_tokens(801, 100000));
+  auto files = resolve_shards(d / "s.bin", "data.train");
+  DataLoader whole(files, 0, 4, 4, 3, true);
+  DataLoader r0(files, 0, 2, 4, 3, true, 0, 2), r1(files, 0, 2, 4, 3, true, 1, 2);
+  std::vector<int32_t> w(16), wt(16), a(8), at(8), b(8), bt(8);
+  for (int k = 0; k < 10; k++) {
+    whole.next(w.data(), wt.data());
+    r0.next(a.data(), at.data());
+    r1.next(b.data(), bt.data());
+    EXPECT_EQ(std::vector<int32_t>(w.begin(), w.begin() + 8), a);
+    EXPECT_EQ(std::vector<int32_t>(w.begin() + 8, w.end()), b);
+  }
+}
+
+TEST(Loader, ValidationOrderIsFileOrderAndResets) {
+  test::TempDir d;
+  write_shard(d / "v.bin", iota_tokens(41, 1000));
+  DataLoader v({d / "v.bin"}, 1000, 2, 4, 1, false);
+  std::vector<int32_t> in(8), tg(8);
+  v.next(in.data(), tg.data());
+  EXPECT_EQ(in, (std::vector<int32_t>{0, 1, 2, 3, 4, 5, 6, 7}));
+  v.next(in.data(), tg.data());
+  v.reset();
+  v.next(in.data(), tg.data());
+  EXPECT_EQ(in[0], 0);
+  EXPECT_THROW(DataLoader({d / "v.bin"}, 1000, 20, 4, 1, false), UserError);  // 10 windows < 20
+}
+
+TEST(Prepare, ByteTokensSplitIntoTrainAndVal) {
+  test::TempDir d;
+  std::string text;
+  for (int i = 0; i < 40000; i++) text += char('a' + i % 26);
+  std::ofstream(d / "doc1.txt") << text;
+  std::ofstream(d / "doc2.txt") << "héllo";
+  PrepareStats st = prepare_corpus({d / "doc1.txt", d / "doc2.txt"}, d / "out", 4);
+  const int64_t total = 40000 + 1 + 6;  // + end of text + 6 bytes of UTF-8
+  EXPECT_EQ(st.train_tokens + st.val_tokens, total);
+  EXPECT_EQ(st.val_tokens, 8192);  // the 4th of 5 chunks
+  TokenShard train(d / "out/train_000.bin", kByteVocab);
+  EXPECT_EQ(train[0], uint32_t('a'));
+  EXPECT_EQ(train[train.size() - 7], uint32_t(kByteEot));
+  std::vector<uint32_t> enc;
+  byte_encode("héllo", enc);
+  std::vector<int32_t> ids(enc.begin(), enc.end());
+  EXPECT_EQ(byte_decode(ids), "héllo");
+}
+
+}  // namespace
+}  // namespace frugal
