@@ -17,7 +17,7 @@ A="--model.preset=tiny --train.seq_len=64 --train.micro_batch=4 --train.eval_bat
 out=$(timeout 60 $run -np 1 "$F" train $A --train.lr=0.001 --run.dir=r1 : -np 1 "$F" train $A --train.lr=0.002 --run.dir=r1 2>&1)
 rc=$?
 [ $rc -ne 0 ] && [ $rc -ne 124 ] || fail "mismatched configs: exit status $rc"
-grep -q "rank 0 of 2: error: command line: the ranks were started with different configurations" <<<"$out" || fail "mismatched configs: $out"
+grep -Eq "rank [01] of 2: error: command line: the ranks were started with different configurations" <<<"$out" || fail "mismatched configs: $out"
 
 out=$(timeout 60 $run -np 3 "$F" train $A --train.batch_tokens=512 --run.dir=r2 2>&1) && fail "batch not divisible: exit 0"
 grep -q "train.batch_tokens = 512 must be a multiple of micro_batch \* seq_len \* ranks = 4 \* 64 \* 3 = 768" <<<"$out" || fail "batch: $out"
