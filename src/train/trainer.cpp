@@ -155,6 +155,7 @@ void train(const RunConfig& cfg, Comm& comm) {
   MemStats overall;
   for (int step = 0; step < t.steps; step++) {
     MemoryPool::get().reset_peak();
+    const size_t allocs_before = MemoryPool::get().stats().allocations;
     auto t0 = clock::now();
     StepStats st = stepper.step(step, [&](int32_t* in, int32_t* tg) { train_data.next(in, tg); });
     double dt_s = std::chrono::duration<double>(clock::now() - t0).count();
@@ -183,7 +184,8 @@ void train(const RunConfig& cfg, Comm& comm) {
                           {"loss_scale", st.loss_scale},
                           {"skipped", st.skipped},
                           {"skipped_total", stepper.scaler().skipped_total},
-                          {"mem_peak", mem_json(mem)}};
+                          {"mem_peak", mem_json(mem)},
+                          {"allocations", mem.allocations - allocs_before}};
     if (do_eval) rec["val_loss"] = val_loss;
     std::fprintf(metrics, "%s\n", rec.dump().c_str());
     std::fflush(metrics);

@@ -19,7 +19,9 @@ const Strategy all_strategies[] = {Strategy::ddp, Strategy::zero1, Strategy::zer
 
 struct Result {
   std::vector<float> losses, weights;
-  MemStats mem;  // peaks over the steps after the first
+  MemStats mem;                // peaks over the steps after the first
+  std::vector<size_t> allocs;  // pool allocations in each step
+  std::vector<size_t> peaks;   // total peak of each step
 };
 
 // `B` sequences per micro-batch on each of comm's ranks, `accum` micro-batches per step; the
@@ -41,6 +43,7 @@ Result train_steps(Comm& comm, int B, int accum, DType dt, Strategy s, const Gpt
   int64_t next_window = 0;
   for (int k = 0; k < steps; k++) {
     if (k == 1) MemoryPool::get().reset_peak();
+    const MemStats before = MemoryPool::get().stats();
     int micro = 0;
     r.losses.push_back(st.step(k, [&](int32_t* in, int32_t* tg) {
       // micro-batch j of this rank: windows j*B*world + rank*B ... + B of the step's batch
@@ -48,6 +51,8 @@ Result train_steps(Comm& comm, int B, int accum, DType dt, Strategy s, const Gpt
       for (int b = 0; b < B; b++) test::stream_window(base + b, T, in + b * T, tg + b * T);
     }).loss);
     next_window += int64_t(B) * comm.size() * accum;
+    r.allocs.push_back(MemoryPool::get().stats().allocations - before.allocations);
+    r.peaks.push_back(MemoryPool::get().stats().total_peak);
   }
   r.mem = MemoryPool::get().stats();
   st.shards().materialize();
@@ -84,6 +89,18 @@ TEST(Strategies, SameAsOneProcessWithAccumulation) {
 // masters, so they match the one-process bf16 run up to the reduction order as well.
 TEST(Strategies, Bf16SameAsOneProcess) {
   for (Strategy s : all_strategies) expect_same_as_one_process(s, 2, DType::bf16, 1e-3);
+}
+
+// yafsdp allocates nothing after the first step (its peak stays flat); zero3 allocates and
+// frees its gather and gradient buffers around every block, every step.
+TEST(Strategies, YafsdpAllocatesNothingAfterTheFirstStep) {
+  Result y = train_steps(*world, 2, 2, DType::bf16, Strategy::yafsdp, small, 4);
+  Result z = train_steps(*world, 2, 2, DType::bf16, Strategy::zero3, small, 4);
+  for (size_t k = 1; k < y.allocs.size(); k++) {
+    EXPECT_EQ(y.allocs[k], 0u) << "yafsdp step " << k + 1;
+    EXPECT_EQ(y.peaks[k], y.peaks[1]) << "yafsdp step " << k + 1;
+    EXPECT_GT(z.allocs[k], 0u) << "zero3 step " << k + 1;
+  }
 }
 
 // Per-rank peaks: exactly estimate_memory() (padding and buffers included) and, for the model
