@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "core/core.h"
+#include "core/dtype.h"
 #include "dist/comm.h"
 
 namespace frugal {
@@ -29,6 +30,13 @@ void mpi_check(int rc, const char* what) {
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   std::fprintf(stderr, "frugal: rank %d: %s failed: %s\n", rank, what, msg);
   MPI_Abort(MPI_COMM_WORLD, 3);
+}
+
+// MPI_Op: inout[i] = bf16(float(in[i]) + float(inout[i])), round to nearest even.
+void sum_bf16(void* in, void* inout, int* len, MPI_Datatype*) {
+  auto* a = static_cast<const bf16*>(in);
+  auto* b = static_cast<bf16*>(inout);
+  for (int i = 0; i < *len; i++) b[i] = from_f32<bf16>(to_f32(a[i]) + to_f32(b[i]));
 }
 
 struct Pending final : Work {
@@ -48,6 +56,7 @@ class MpiComm final : public Comm {
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
     MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
     MPI_Comm_size(MPI_COMM_WORLD, &size_);
+    MPI_Op_create(sum_bf16, 1, &sum_bf16_);
     thread_ = std::thread([this] { loop(); });
   }
   ~MpiComm() override {
@@ -57,6 +66,7 @@ class MpiComm final : public Comm {
     }
     cv_.notify_one();
     thread_.join();
+    MPI_Op_free(&sum_bf16_);
     MPI_Finalize();
   }
   int rank() const override { return rank_; }
@@ -68,6 +78,14 @@ class MpiComm final : public Comm {
                               MPI_COMM_WORLD), "MPI_Allreduce");
       if (op == ReduceOp::avg)
         for (int64_t i = 0; i < n; i++) buf[i] /= float(size_);
+    });
+  }
+  std::unique_ptr<Work> all_reduce_bf16(float* buf, uint16_t* scratch, int64_t n) override {
+    return post([=, this] {
+      auto* h = reinterpret_cast<bf16*>(scratch);
+      for (int64_t i = 0; i < n; i++) h[i] = from_f32<bf16>(buf[i]);
+      mpi_check(MPI_Allreduce(MPI_IN_PLACE, h, int(n), MPI_UINT16_T, sum_bf16_, MPI_COMM_WORLD), "MPI_Allreduce");
+      for (int64_t i = 0; i < n; i++) buf[i] = to_f32(h[i]);
     });
   }
   std::unique_ptr<Work> reduce_scatter(float* in, float* out, int64_t n, ReduceOp op) override {
@@ -133,6 +151,7 @@ class MpiComm final : public Comm {
   }
 
   int rank_ = 0, size_ = 1;
+  MPI_Op sum_bf16_;
   std::thread thread_;
   std::mutex mu_;
   std::condition_variable cv_;

@@ -263,6 +263,12 @@ MemoryEstimate estimate_memory(const GptConfig& cfg, int B, int T, DType dt,
       comm = std::max(comm, GE + GF + (l > 0 ? 2 : 1) * P + (l + 1 < cfg.n_layer ? 2 : 1) * GB);  // and l+1's gradients
   }
   if (st == Strategy::yafsdp) comm = E + GE + GF + 2 * P + 2 * GB;
+  if (sharding.reduce == DType::bf16 && R > 1) {  // one bf16 scratch, the largest reduction
+    int64_t most = 0;
+    for (const U& u : units)
+      most = std::max(most, st >= Strategy::zero2 ? R * len(u) + u.tail : u.nbig + u.tail);
+    comm += 2 * most;
+  }
   m.bytes[int(Mem::comm)] = size_t(comm);
   m.bytes[int(Mem::activations)] = size_t(acts);
   m.bytes[int(Mem::workspace)] = size_t(work);

@@ -91,6 +91,7 @@ const char* strategy_name(Strategy s);
 struct Sharding {
   Strategy strategy = Strategy::ddp;
   int ranks = 1;
+  DType reduce = DType::f32;  // precision.reduce
 };
 
 // An activation buffer in the compute dtype (or fp32 where stated).

@@ -16,7 +16,7 @@ using clock = std::chrono::steady_clock;
 double since(clock::time_point t0) { return std::chrono::duration<double>(clock::now() - t0).count(); }
 }  // namespace
 
-Shards::Shards(Gpt& model, Backend& be, Comm& comm, Strategy s)
+Shards::Shards(Gpt& model, Backend& be, Comm& comm, Strategy s, DType reduce)
     : model_(model), be_(be), comm_(comm), s_(s), world_(comm.size()), rank_(comm.rank()) {
   auto& units = model.units();
   const bool shard_grads = s >= Strategy::zero2, shard_params = s >= Strategy::zero3;
@@ -59,6 +59,14 @@ Shards::Shards(Gpt& model, Backend& be, Comm& comm, Strategy s)
     for (int k = 0; k < 2; k++) alloc_grads(grad_bufs_[k], max_block_len, max_block_tail);
     alloc_grads(grad_bufs_[2], parts_[0].len, parts_[0].tail);
     alloc_grads(grad_bufs_[3], parts_[L + 1].len, parts_[L + 1].tail);
+  }
+  // precision.reduce = bf16: one scratch for the largest reduction (the communication thread
+  // runs one collective at a time)
+  if (reduce == DType::bf16 && world_ > 1) {
+    int64_t most = 0;
+    for (size_t i = 0; i < units.size(); i++)
+      most = std::max(most, shard_grads ? world_ * parts_[i].len + parts_[i].tail : units[i].numel);
+    bf16_scratch_ = PoolArray<uint16_t>(size_t(most), Mem::comm);
   }
   build_segments();
 }
@@ -182,15 +190,20 @@ void Shards::grads_begin(size_t i) {
 
 void Shards::grads_end(size_t i, bool last_micro) {
   Unit& u = model_.units()[i];
+  uint16_t* h = bf16_scratch_.data();
   if (s_ < Strategy::zero2) {  // ddp, zero1: whole gradients, summed once per step
-    if (last_micro && world_ > 1) pending_.push_back(comm_.all_reduce(u.grads.data(), u.numel, ReduceOp::sum));
+    if (last_micro && world_ > 1)
+      pending_.push_back(h ? comm_.all_reduce_bf16(u.grads.data(), h, u.numel)
+                           : comm_.all_reduce(u.grads.data(), u.numel, ReduceOp::sum));
     return;
   }
   // zero2+: every micro-batch's gradients leave the full buffer at once, into the shard
   GradBuf& b = grad_slot(i);
   Part& p = parts_[i];
-  if (p.len) b.rs = comm_.reduce_scatter(b.buf.data(), b.out.data(), p.len, ReduceOp::sum);
-  if (p.tail) b.ar = comm_.all_reduce(b.buf.data() + world_ * p.len, p.tail, ReduceOp::sum);
+  b.whole = h != nullptr;  // bf16: the whole buffer is summed, the slice taken from it
+  if (h) b.rs = comm_.all_reduce_bf16(b.buf.data(), h, world_ * p.len + p.tail);
+  else if (p.len) b.rs = comm_.reduce_scatter(b.buf.data(), b.out.data(), p.len, ReduceOp::sum);
+  if (!h && p.tail) b.ar = comm_.all_reduce(b.buf.data() + world_ * p.len, p.tail, ReduceOp::sum);
 }
 
 void Shards::fold(GradBuf& b) {
@@ -202,7 +215,8 @@ void Shards::fold(GradBuf& b) {
   b.ar.reset();
   Part& p = parts_[size_t(b.unit)];
   const float* tail = b.buf.data() + world_ * p.len;
-  for (int64_t k = 0; k < p.len; k++) p.g[k] += b.out[k];
+  const float* slice = b.whole ? b.buf.data() + rank_ * p.len : b.out.data();
+  for (int64_t k = 0; k < p.len; k++) p.g[k] += slice[k];
   for (int64_t k = 0; k < p.tail; k++) p.gt[k] += tail[k];
   model_.units()[size_t(b.unit)].bind_grads(nullptr, nullptr);
   b.unit = -1;

@@ -62,7 +62,7 @@ void LossScaler::update(bool overflow) {
 Stepper::Stepper(Gpt& model, Backend& be, Comm& comm, const TrainSettings& t, int accum_steps,
                  const PrecisionSettings& p, const std::vector<Recompute>& plan, Strategy strategy)
     : model_(model), be_(be), comm_(comm), t_(t), accum_(accum_steps),
-      shards_(model, be, comm, strategy), opt_(shards_), scaler_(p),
+      shards_(model, be, comm, strategy, p.reduce), opt_(shards_), scaler_(p),
       inputs_(size_t(t.micro_batch) * t.seq_len), targets_(inputs_.size()) {
   FRUGAL_CHECK(p.compute == model.compute_dtype(), "model computes in {}, policy says {}",
                dtype_name(model.compute_dtype()), dtype_name(p.compute));

@@ -34,7 +34,8 @@ Own model_owns(Strategy s);  // what the Gpt allocates itself under s
 
 class Shards {
  public:
-  Shards(Gpt& model, Backend& be, Comm& comm, Strategy s);
+  // reduce: the dtype gradients are summed in across ranks (fp32, or bf16 through a scratch)
+  Shards(Gpt& model, Backend& be, Comm& comm, Strategy s, DType reduce = DType::f32);
   Strategy strategy() const { return s_; }
   // Keeps this rank's part of unit u's full fp32 parameters (Gpt::init's sink; zero3/yafsdp).
   void set(size_t unit, const float* full);
@@ -78,6 +79,7 @@ class Shards {
   struct GradBuf {
     PoolArray<float> buf, out;     // (ranks * len + tail) full gradients, (len) reduced slice
     int unit = -1;                 // the unit whose reduction is pending
+    bool whole = false;            // the whole buffer was summed (bf16): no separate slice
     std::unique_ptr<Work> rs, ar;
   };
   void alloc_gather(Gather& g, int64_t bytes, int64_t copy_elems);
@@ -98,6 +100,7 @@ class Shards {
   std::vector<GradBuf> grad_bufs_;
   std::vector<std::unique_ptr<Work>> pending_;  // ddp/zero1 all-reduces
   std::vector<Segment> segs_;
+  PoolArray<uint16_t> bf16_scratch_;            // precision.reduce = bf16, several ranks
   double wait_s_ = 0.0;
 };
 

@@ -122,7 +122,7 @@ void train(const RunConfig& cfg, Comm& comm) {
   const std::vector<Recompute> plan = recompute.per_block(cfg.model.n_layer);
   const Strategy strategy = parse_strategy(cfg.dist.strategy, cfg.source);
   const MemoryEstimate predicted = estimate_memory(cfg.model, t.micro_batch, t.seq_len, dt, plan, 0,
-                                                   {strategy, comm.size()});
+                                                   {strategy, comm.size(), cfg.precision.reduce});
   Gpt model(cfg.model, be, dt, model_owns(strategy));
   Stepper stepper(model, be, comm, t, cfg.accum_steps(comm.size()), cfg.precision, plan, strategy);
   stepper.init_weights(t.seed);

@@ -26,7 +26,8 @@ struct Result {
 
 // `B` sequences per micro-batch on each of comm's ranks, `accum` micro-batches per step; the
 // global batch of a step is B * ranks * accum consecutive windows, split like the DataLoader.
-Result train_steps(Comm& comm, int B, int accum, DType dt, Strategy s, const GptConfig& cfg, int steps = 5) {
+Result train_steps(Comm& comm, int B, int accum, DType dt, Strategy s, const GptConfig& cfg, int steps = 5,
+                   DType reduce = DType::f32) {
   const int T = cfg.context;
   Gpt m(cfg, cpu_backend(), dt, model_owns(s));
   TrainSettings t;
@@ -37,6 +38,7 @@ Result train_steps(Comm& comm, int B, int accum, DType dt, Strategy s, const Gpt
   t.lr = 3e-3;
   PrecisionSettings p;
   p.compute = dt;
+  p.reduce = reduce;
   Stepper st(m, cpu_backend(), comm, t, accum, p, {}, s);
   st.init_weights(7);
   Result r;
@@ -62,11 +64,11 @@ Result train_steps(Comm& comm, int B, int accum, DType dt, Strategy s, const Gpt
 
 const GptConfig small{"custom", 2, 2, 32, 97, 16};
 
-void expect_same_as_one_process(Strategy s, int accum, DType dt, double tol) {
+void expect_same_as_one_process(Strategy s, int accum, DType dt, double tol, DType reduce = DType::f32) {
   const int N = world->size(), B = 4;
   auto local = make_local_comm();
   Result one = train_steps(*local, B * N, accum, dt, Strategy::ddp, small);
-  Result many = train_steps(*world, B, accum, dt, s, small);
+  Result many = train_steps(*world, B, accum, dt, s, small, 5, reduce);
   const char* name = strategy_name(s);
   for (size_t i = 0; i < one.losses.size(); i++)
     EXPECT_NEAR(many.losses[i], one.losses[i], tol * one.losses[i]) << name << " step " << i << " rank " << world->rank();
@@ -91,6 +93,11 @@ TEST(Strategies, Bf16SameAsOneProcess) {
   for (Strategy s : all_strategies) expect_same_as_one_process(s, 2, DType::bf16, 1e-3);
 }
 
+// precision.reduce = bf16: gradients summed through bf16 (2^-9 relative rounding per value)
+TEST(Strategies, Bf16ReductionsStayCloseToOneProcess) {
+  for (Strategy s : all_strategies) expect_same_as_one_process(s, 2, DType::f32, 2e-3, DType::bf16);
+}
+
 // yafsdp allocates nothing after the first step (its peak stays flat); zero3 allocates and
 // frees its gather and gradient buffers around every block, every step.
 TEST(Strategies, YafsdpAllocatesNothingAfterTheFirstStep) {
@@ -113,8 +120,8 @@ TEST(Strategies, PerRankMemoryFollowsTheZeroFormulas) {
   const double psi = double(cfg.num_params());
   for (DType dt : {DType::f32, DType::bf16})
     for (Strategy s : all_strategies) {
-      Result r = train_steps(*world, B, 2, dt, s, cfg, 2);
-      MemoryEstimate e = estimate_memory(cfg, B, cfg.context, dt, {}, 0, {s, N});
+      Result r = train_steps(*world, B, 2, dt, s, cfg, 2, dt);  // bf16 compute: bf16 reductions
+      MemoryEstimate e = estimate_memory(cfg, B, cfg.context, dt, {}, 0, {s, N, dt});
       const std::string what = fmt::format("{} {} rank {}", strategy_name(s), dtype_name(dt), world->rank());
       if (world->rank() == 0) {  // rank 0 holds the largest slices
         for (Mem c : {Mem::params, Mem::grads, Mem::optimizer, Mem::comm, Mem::activations})
