@@ -216,7 +216,9 @@ void Shards::fold(GradBuf& b) {
   Part& p = parts_[size_t(b.unit)];
   const float* tail = b.buf.data() + world_ * p.len;
   const float* slice = b.whole ? b.buf.data() + rank_ * p.len : b.out.data();
-  for (int64_t k = 0; k < p.len; k++) p.g[k] += slice[k];
+  float* g = p.g.data();
+#pragma omp parallel for simd
+  for (int64_t k = 0; k < p.len; k++) g[k] += slice[k];
   for (int64_t k = 0; k < p.tail; k++) p.gt[k] += tail[k];
   model_.units()[size_t(b.unit)].bind_grads(nullptr, nullptr);
   b.unit = -1;
