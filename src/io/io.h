@@ -23,6 +23,7 @@ struct TrainSettings {
   int eval_every = 100;       // steps; 0 only at the end
   int eval_batches = 16;      // micro-batches of validation per evaluation; 0 = the whole split
   int threads = 0;            // OpenMP threads; 0 = all cores
+  std::string init_from;      // a safetensors file (Hugging Face GPT-2 layout) to start from; "" = random init
 };
 
 // Precision policy: master weights, gradients and optimizer state are always fp32.
@@ -59,6 +60,8 @@ struct DistSettings {
 struct RunSettings {
   std::string dir = "runs/default";
   int log_every = 1;
+  int checkpoint_every = 250;  // steps between checkpoints (and one at the end); 0 = none
+  int keep_checkpoints = 3;    // the newest K are kept
 };
 
 struct DeviceSettings {

@@ -24,6 +24,11 @@ AdamW::AdamW(Gpt& model, Comm& comm, bool sharded) : comm_(comm), sharded_(shard
   }
 }
 
+AdamW::Shard AdamW::shard(Gpt& model, size_t unit) {
+  const Slice& sl = slices_[unit];
+  return {sl.lo, sl.hi, model.units()[unit].params.data() + sl.lo, m_[unit].data(), v_[unit].data()};
+}
+
 void AdamW::update(Gpt& model, Backend& be, const TrainSettings& t, double lr, int step_1based) {
   auto& units = model.units();
   for (size_t i = 0; i < units.size(); i++) {

@@ -12,6 +12,8 @@
 
 namespace frugal {
 
+class DataLoader;
+
 // Linear warmup over warmup_steps, then cosine decay from lr to min_lr at the last step.
 // `step` is 0-based.
 double lr_at(const TrainSettings& t, int step);
@@ -27,6 +29,11 @@ class AdamW {
   void update(Gpt& model, Backend& be, const TrainSettings& t, double lr, int step_1based);
   const PoolArray<float>& m(size_t unit) const { return m_[unit]; }
   const PoolArray<float>& v(size_t unit) const { return v_[unit]; }
+  // The range [lo, hi) of unit i's flat buffer whose state this rank holds and updates, with
+  // its master parameters, m and v (each hi - lo elements). What checkpoints save and restore.
+  struct Shard { int64_t lo, hi; float *params, *m, *v; };
+  Shard shard(Gpt& model, size_t unit);
+  bool sharded() const { return sharded_; }  // false: every rank holds all of it (ddp)
 
  private:
   struct Slice { int64_t lo, hi, len; };  // [lo, hi) of the unit; len = ceil(numel / ranks)
@@ -73,6 +80,11 @@ class Stepper {
           bool zero1 = false);
   const LossScaler& scaler() const { return scaler_; }
   const AdamW& optimizer() const { return opt_; }
+  // The training state beyond the weights, for checkpoints.
+  LossScaler& scaler() { return scaler_; }
+  AdamW& optimizer() { return opt_; }
+  int updates() const { return updates_; }
+  void set_updates(int n) { updates_ = n; }
   // Zeroes the gradients and accumulates those of the mean loss over the global batch
   // (accum_steps micro-batches on every rank), times the loss scale; returns the mean loss.
   float forward_backward(const NextBatch& next);
@@ -101,7 +113,37 @@ RecomputePolicy choose_recompute(const RunConfig& cfg);
 // averaged over the ranks of comm (each reading its part of every batch) when given.
 double evaluate(Gpt& model, class DataLoader& loader, int batches, Comm* comm = nullptr);
 
-// Runs a whole training as configured: prepares nothing, writes the run directory.
-void train(const RunConfig& cfg, Comm& comm);
+// Runs a whole training as configured: prepares nothing, writes the run directory. resume:
+// continue from the newest complete checkpoint in cfg.run.dir (the losses that follow equal
+// the uninterrupted run's); otherwise a fresh start, which removes the directory's checkpoints.
+void train(const RunConfig& cfg, Comm& comm, bool resume = false);
+
+// ---- checkpoints (checkpoint.cpp) ----------------------------------------------------------
+// RUN_DIR/ckpt-STEP/ holds model.safetensors (Hugging Face layout), config.toml (resolved),
+// state.json (format version, step, optimizer updates, loss scaler, data position, the seed,
+// which with the data position is the whole RNG state: every random draw of training follows
+// from them) and rank-R.safetensors: for each unit i the range [lo, hi) of its flat buffer that
+// rank R's optimizer holds (AdamW::shard), as "u{i}.params", "u{i}.m", "u{i}.v", with lo, hi and
+// the unit's numel in the metadata. Under ddp rank 0 alone writes (full ranges), under zero1
+// every rank its slice. A checkpoint is written into ckpt-STEP.tmp/, every file fsynced, then
+// renamed: a ckpt-STEP directory is complete. Loading reads each rank's range from whichever
+// rank files cover it, so any world size or strategy resumes any checkpoint.
+inline constexpr int kCheckpointVersion = 1;
+
+// Writes ckpt-STEP in cfg.run.dir (every rank calls it), then keeps the newest
+// run.keep_checkpoints. Returns the seconds it took.
+double save_checkpoint(const RunConfig& cfg, int step, Gpt& model, Stepper& st,
+                       const DataLoader& data, Comm& comm);
+// The newest complete checkpoint directory of run_dir; "" when there is none.
+std::string latest_checkpoint(const std::string& run_dir);
+// Checks that checkpoint `dir` resumes under cfg on `world` ranks (format version, model shape,
+// every rank file present, the same global batch) and returns its step; UserError naming the
+// file and what differs otherwise. Reads no tensors.
+int check_checkpoint(const std::string& dir, const RunConfig& cfg, int world);
+// Restores the weights, this rank's optimizer range, the update count, the loss scaler and the
+// data position from checkpoint `dir` (checked by check_checkpoint).
+void load_checkpoint(const std::string& dir, Gpt& model, Stepper& st, DataLoader& data);
+// Removes the checkpoints of run_dir (complete and partial); returns how many were complete.
+int remove_checkpoints(const std::string& run_dir);
 
 }  // namespace frugal

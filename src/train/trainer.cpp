@@ -92,19 +92,33 @@ static void check_same_config(const RunConfig& cfg, Comm& comm) {
                "of every rank must equal rank 0's)", cfg.source);
 }
 
-void train(const RunConfig& cfg, Comm& comm) {
+// metrics.jsonl of a resumed run: the records up to `step` (a record cut short by a kill, or
+// of steps after the checkpoint, is dropped), rewritten atomically.
+static void truncate_metrics(const std::string& path, int step) {
+  std::ifstream in(path);
+  std::string line, kept;
+  while (std::getline(in, line)) {
+    try {
+      if (nlohmann::json::parse(line).at("step").get<int>() <= step) kept += line + "\n";
+    } catch (const nlohmann::json::exception&) {
+    }
+  }
+  write_file_atomic(path, kept.data(), kept.size());
+}
+
+void train(const RunConfig& cfg, Comm& comm, bool resume) {
   const TrainSettings& t = cfg.train;
   check_world(cfg, comm.size());
   check_same_config(cfg, comm);
   if (t.threads > 0) omp_set_num_threads(t.threads);
   const bool rank0 = comm.rank() == 0;
   const std::string dir = cfg.run.dir;
-  std::error_code ec;
-  std::filesystem::create_directories(dir, ec);
-  if (ec) user_error("{}: cannot create the run directory: {}", dir, ec.message());
-  if (rank0) {
-    std::string text = cfg.to_toml();
-    write_file_atomic(dir + "/config.toml", text.data(), text.size());
+  std::string ckpt;
+  int start = 0;
+  if (resume) {
+    ckpt = latest_checkpoint(dir);
+    if (ckpt.empty()) user_error("{}: no checkpoint to resume from (no complete ckpt-STEP directory)", dir);
+    start = check_checkpoint(ckpt, cfg, comm.size());
   }
 
   const int B = t.micro_batch, T = t.seq_len;
@@ -115,7 +129,7 @@ void train(const RunConfig& cfg, Comm& comm) {
 
   Backend& be = cpu_backend();
   const DType dt = cfg.precision.compute;
-  if (!be.native_gemm(dt))
+  if (!be.native_gemm(dt) && rank0)
     fmt::print("note: the {} backend has no native {} GEMM; it runs through fp32 conversions "
                "(correct, not faster)\n", be.name(), dtype_name(dt));
   const RecomputePolicy recompute = choose_recompute(cfg);
@@ -123,13 +137,35 @@ void train(const RunConfig& cfg, Comm& comm) {
   const MemoryEstimate predicted = estimate_memory(cfg.model, t.micro_batch, t.seq_len, dt, plan, 0,
                                                    cfg.dist.strategy == "zero1" ? comm.size() : 1);
   Gpt model(cfg.model, be, dt);
-  model.init(t.seed);
+  if (!resume && !t.init_from.empty())
+    load_model(t.init_from, model);
+  else
+    model.init(t.seed);
   Stepper stepper(model, be, comm, t, cfg.accum_steps(comm.size()), cfg.precision, plan,
                   cfg.dist.strategy == "zero1");
+  if (resume) load_checkpoint(ckpt, model, stepper, train_data);
+
+  // Everything is read and checked: only now is the run directory written.
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) user_error("{}: cannot create the run directory: {}", dir, ec.message());
+  if (rank0) {
+    if (!resume) {
+      int removed = remove_checkpoints(dir);
+      if (removed > 0)
+        fmt::print("note: a fresh start in {}: removed its {} checkpoint(s) (--resume continues from them)\n", dir, removed);
+    }
+    std::string text = cfg.to_toml();
+    write_file_atomic(dir + "/config.toml", text.data(), text.size());
+    if (resume) {
+      truncate_metrics(dir + "/metrics.jsonl", start);
+      fmt::print("resuming from {} at step {}\n", ckpt, start);
+    }
+  }
 
   std::FILE* metrics = nullptr;
   if (rank0) {
-    metrics = std::fopen((dir + "/metrics.jsonl").c_str(), "w");
+    metrics = std::fopen((dir + "/metrics.jsonl").c_str(), resume ? "a" : "w");
     if (!metrics) user_error("{}/metrics.jsonl: cannot write", dir);
   }
   const bool tty = rank0 && ::isatty(STDOUT_FILENO);
@@ -152,13 +188,13 @@ void train(const RunConfig& cfg, Comm& comm) {
   int64_t timed_tokens = 0;
   double timed_seconds = 0.0;
   MemStats overall;
-  for (int step = 0; step < t.steps; step++) {
+  for (int step = start; step < t.steps; step++) {
     MemoryPool::get().reset_peak();
     auto t0 = clock::now();
     StepStats st = stepper.step(step, [&](int32_t* in, int32_t* tg) { train_data.next(in, tg); });
     double dt_s = std::chrono::duration<double>(clock::now() - t0).count();
     train_seconds += dt_s;
-    if (step > 0) { timed_tokens += st.tokens; timed_seconds += dt_s; }  // step 0 warms up
+    if (step > start) { timed_tokens += st.tokens; timed_seconds += dt_s; }  // the first step warms up
     const MemStats& mem = MemoryPool::get().stats();
     for (int c = 0; c < num_mem; c++) overall.peak[c] = std::max(overall.peak[c], mem.peak[c]);
     overall.total_peak = std::max(overall.total_peak, mem.total_peak);
@@ -166,41 +202,45 @@ void train(const RunConfig& cfg, Comm& comm) {
     bool last = step == t.steps - 1;
     bool do_eval = last || (t.eval_every > 0 && (step + 1) % t.eval_every == 0);
     if (do_eval) val_loss = evaluate(model, val_data, t.eval_batches, &comm);
-    if (!rank0) continue;
+    if (rank0) {
+      double tok_s = double(st.tokens) / dt_s;
+      double mfu = flops_tok * tok_s / cfg.device.peak_for(dt);
+      nlohmann::json rec = {{"step", step + 1},         {"loss", st.loss},
+                            {"lr", st.lr},              {"grad_norm", st.grad_norm},
+                            {"tokens_per_s", tok_s},    {"mfu", mfu},
+                            {"step_ms", dt_s * 1e3},
+                            {"comm_wait_ms", st.comm_wait_s * 1e3},
+                            {"ranks", comm.size()},      {"tokens", tokens_per_step * (step + 1)},
+                            {"precision", dtype_name(dt)},
+                            {"recompute", recompute.name()},
+                            {"loss_scale", st.loss_scale},
+                            {"skipped", st.skipped},
+                            {"skipped_total", stepper.scaler().skipped_total},
+                            {"mem_peak", mem_json(mem)}};
+      if (do_eval) rec["val_loss"] = val_loss;
+      std::fprintf(metrics, "%s\n", rec.dump().c_str());
+      std::fflush(metrics);
 
-    double tok_s = double(st.tokens) / dt_s;
-    double mfu = flops_tok * tok_s / cfg.device.peak_for(dt);
-    nlohmann::json rec = {{"step", step + 1},         {"loss", st.loss},
-                          {"lr", st.lr},              {"grad_norm", st.grad_norm},
-                          {"tokens_per_s", tok_s},    {"mfu", mfu},
-                          {"step_ms", dt_s * 1e3},
-                          {"comm_wait_ms", st.comm_wait_s * 1e3},
-                          {"ranks", comm.size()},      {"tokens", tokens_per_step * (step + 1)},
-                          {"precision", dtype_name(dt)},
-                          {"recompute", recompute.name()},
-                          {"loss_scale", st.loss_scale},
-                          {"skipped", st.skipped},
-                          {"skipped_total", stepper.scaler().skipped_total},
-                          {"mem_peak", mem_json(mem)}};
-    if (do_eval) rec["val_loss"] = val_loss;
-    std::fprintf(metrics, "%s\n", rec.dump().c_str());
-    std::fflush(metrics);
-
-    if (tty) std::fputs("\r\033[K", stdout);
-    if (do_eval || last || (step + 1) % cfg.run.log_every == 0 || step == 0) {
-      fmt::print("step {:>5}/{} | loss {:.4f} | lr {:.2e} | norm {:.3f} | {:.0f} tok/s | MFU {:.1f}% | {:.0f} ms{}{}\n",
-                 step + 1, t.steps, st.loss, st.lr, st.grad_norm, tok_s, 100.0 * mfu, dt_s * 1e3,
-                 stepper.scaler().enabled ? fmt::format(" | scale {:g}{}", st.loss_scale, st.skipped ? " (skipped)" : "") : "",
-                 do_eval ? fmt::format(" | val {:.4f}", val_loss) : "");
+      if (tty) std::fputs("\r\033[K", stdout);
+      if (do_eval || last || (step + 1) % cfg.run.log_every == 0 || step == 0) {
+        fmt::print("step {:>5}/{} | loss {:.4f} | lr {:.2e} | norm {:.3f} | {:.0f} tok/s | MFU {:.1f}% | {:.0f} ms{}{}\n",
+                   step + 1, t.steps, st.loss, st.lr, st.grad_norm, tok_s, 100.0 * mfu, dt_s * 1e3,
+                   stepper.scaler().enabled ? fmt::format(" | scale {:g}{}", st.loss_scale, st.skipped ? " (skipped)" : "") : "",
+                   do_eval ? fmt::format(" | val {:.4f}", val_loss) : "");
+      }
     }
-    if (tty && !last) {
+    if (cfg.run.checkpoint_every > 0 && ((step + 1) % cfg.run.checkpoint_every == 0 || last)) {
+      double took = save_checkpoint(cfg, step + 1, model, stepper, train_data, comm);
+      if (rank0) fmt::print("checkpoint: {}/ckpt-{} written in {:.2f} s\n", dir, step + 1, took);
+    }
+    if (tty && !last) {  // the progress bar under the log lines
       const int width = 30;
       int done = int(double(step + 1) / t.steps * width);
-      double eta = train_seconds / (step + 1) * (t.steps - step - 1);
+      double eta = train_seconds / (step + 1 - start) * (t.steps - step - 1);
       fmt::print("[{}{}] {}/{} {:.0f}% ETA {}", std::string(done, '#'), std::string(width - done, '.'),
                  step + 1, t.steps, 100.0 * (step + 1) / t.steps, human_time(eta));
     }
-    std::fflush(stdout);
+    if (rank0) std::fflush(stdout);
   }
   if (!rank0) return;
   std::fclose(metrics);
