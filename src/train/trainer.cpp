@@ -143,7 +143,12 @@ void train(const RunConfig& cfg, Comm& comm, bool resume) {
     model.init(t.seed);
   Stepper stepper(model, be, comm, t, cfg.accum_steps(comm.size()), cfg.precision, plan,
                   cfg.dist.strategy == "zero1");
-  if (resume) load_checkpoint(ckpt, model, stepper, train_data);
+  double load_s = 0.0;
+  if (resume) {
+    auto t0 = std::chrono::steady_clock::now();
+    load_checkpoint(ckpt, model, stepper, train_data);
+    load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
 
   // Everything is read and checked: only now is the run directory written.
   std::error_code ec;
@@ -159,7 +164,7 @@ void train(const RunConfig& cfg, Comm& comm, bool resume) {
     write_file_atomic(dir + "/config.toml", text.data(), text.size());
     if (resume) {
       truncate_metrics(dir + "/metrics.jsonl", start);
-      fmt::print("resuming from {} at step {}\n", ckpt, start);
+      fmt::print("resuming from {} at step {} (loaded in {:.2f} s)\n", ckpt, start, load_s);
     }
   }
 
@@ -242,6 +247,7 @@ void train(const RunConfig& cfg, Comm& comm, bool resume) {
     }
     if (rank0) std::fflush(stdout);
   }
+  if (start >= t.steps) val_loss = evaluate(model, val_data, t.eval_batches, &comm);  // resumed at the end
   if (!rank0) return;
   std::fclose(metrics);
   save_model(dir + "/model.safetensors", model);
