@@ -2,6 +2,7 @@
 // number of ranks or strategy (each rank reads the range it holds now from whichever rank files
 // cover it). The layout is described in train.h.
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
@@ -81,21 +82,15 @@ struct RankFile {
   }
 };
 
-// out(hi - lo) := elements [lo, hi) of tensor u{unit}.{what}, gathered from the files that hold them.
-void read_range(const std::vector<RankFile>& files, const std::string& dir, size_t unit,
-                const char* what, int64_t lo, int64_t hi, float* out) {
-  int64_t covered = 0;
-  for (auto& f : files) {
-    auto [flo, fhi] = f.range[unit];
-    int64_t a = std::max(lo, flo), b = std::min(hi, fhi);
-    if (a >= b) continue;
-    const float* src = f.st.f32(tensor(unit, what), fhi - flo);
-    std::memcpy(out + (a - lo), src + (a - flo), size_t(b - a) * sizeof(float));
-    covered += b - a;
-  }
-  if (covered != hi - lo)
-    user_error("{}: the rank files hold {} of the {} elements [{}, {}) of {} (a missing or overlapping shard)",
-               dir, covered, hi - lo, lo, hi, tensor(unit, what));
+// Copies the part of elements [lo, hi) of tensor u{unit}.{what} that file f holds into
+// out(hi - lo); returns how many elements that was.
+int64_t copy_range(const RankFile& f, size_t unit, const char* what, int64_t lo, int64_t hi, float* out) {
+  auto [flo, fhi] = f.range[unit];
+  int64_t a = std::max(lo, flo), b = std::min(hi, fhi);
+  if (a >= b) return 0;
+  const float* src = f.st.f32(tensor(unit, what), fhi - flo);
+  std::memcpy(out + (a - lo), src + (a - flo), size_t(b - a) * sizeof(float));
+  return b - a;
 }
 
 }  // namespace
@@ -227,14 +222,27 @@ void load_checkpoint(const std::string& dir, Gpt& model, Stepper& st, DataLoader
   json state = read_state(dir);
   const std::string state_path = dir + "/state.json";
   auto& units = model.units();
-  std::vector<RankFile> files;
-  for (int r = 0; r < state.at("rank_files").get<int>(); r++) files.emplace_back(rank_file(dir, r), units);
   AdamW& opt = st.optimizer();
+  // One rank file at a time (memory: the largest file): the whole parameters of every unit, and
+  // m and v of the range this rank's optimizer holds now, from whichever files cover them.
+  const char* what[3] = {"params", "m", "v"};
+  std::vector<std::array<int64_t, 3>> covered(units.size());
+  for (int r = 0; r < state.at("rank_files").get<int>(); r++) {
+    RankFile f(rank_file(dir, r), units);
+    for (size_t i = 0; i < units.size(); i++) {
+      AdamW::Shard sh = opt.shard(model, i);
+      covered[i][0] += copy_range(f, i, what[0], 0, units[i].numel, units[i].params.data());
+      covered[i][1] += copy_range(f, i, what[1], sh.lo, sh.hi, sh.m);
+      covered[i][2] += copy_range(f, i, what[2], sh.lo, sh.hi, sh.v);
+    }
+  }
   for (size_t i = 0; i < units.size(); i++) {
-    read_range(files, dir, i, "params", 0, units[i].numel, units[i].params.data());
     AdamW::Shard sh = opt.shard(model, i);
-    read_range(files, dir, i, "m", sh.lo, sh.hi, sh.m);
-    read_range(files, dir, i, "v", sh.lo, sh.hi, sh.v);
+    const int64_t need[3] = {units[i].numel, sh.hi - sh.lo, sh.hi - sh.lo};
+    for (int k = 0; k < 3; k++)
+      if (covered[i][k] != need[k])
+        user_error("{}: the rank files hold {} of the {} elements of {} this rank needs (a missing or overlapping shard)",
+                   dir, covered[i][k], need[k], tensor(i, what[k]));
   }
   model.sync_compute_weights();
   try {
