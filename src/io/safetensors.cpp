@@ -43,8 +43,11 @@ void save_safetensors(const std::string& path, const std::vector<StTensor>& tens
     const int64_t R = t.shape[0], C = t.shape[1];  // written (R, C) from data (C, R)
     const float* src = static_cast<const float*>(t.data);
     rows.resize(size_t(R * C));
-    for (int64_t c = 0; c < C; c++)
-      for (int64_t r = 0; r < R; r++) rows[size_t(r * C + c)] = src[c * R + r];
+    const int64_t tile = 64;  // cache-sized tiles: both sides stay sequential within a tile
+    for (int64_t c0 = 0; c0 < C; c0 += tile)
+      for (int64_t r0 = 0; r0 < R; r0 += tile)
+        for (int64_t c = c0; c < std::min(C, c0 + tile); c++)
+          for (int64_t r = r0; r < std::min(R, r0 + tile); r++) rows[size_t(r * C + c)] = src[c * R + r];
     f.write(rows.data(), n);
   }
   f.commit();

@@ -193,7 +193,17 @@ void train(const RunConfig& cfg, Comm& comm, bool resume) {
   int64_t timed_tokens = 0;
   double timed_seconds = 0.0;
   MemStats overall;
+  // A checkpoint after every checkpoint_every steps (taken at the top of the next step, once the
+  // step's metrics record is written) and at the end.
+  auto checkpoint = [&](int done) {
+    double took = save_checkpoint(cfg, done, model, stepper, train_data, comm);
+    if (!rank0) return;
+    if (tty) std::fputs("\r\033[K", stdout);
+    fmt::print("checkpoint: {}/ckpt-{} written in {:.2f} s\n", dir, done, took);
+  };
+  const int every = cfg.run.checkpoint_every;
   for (int step = start; step < t.steps; step++) {
+    if (every > 0 && step > start && step % every == 0) checkpoint(step);
     MemoryPool::get().reset_peak();
     auto t0 = clock::now();
     StepStats st = stepper.step(step, [&](int32_t* in, int32_t* tg) { train_data.next(in, tg); });
@@ -207,46 +217,43 @@ void train(const RunConfig& cfg, Comm& comm, bool resume) {
     bool last = step == t.steps - 1;
     bool do_eval = last || (t.eval_every > 0 && (step + 1) % t.eval_every == 0);
     if (do_eval) val_loss = evaluate(model, val_data, t.eval_batches, &comm);
-    if (rank0) {
-      double tok_s = double(st.tokens) / dt_s;
-      double mfu = flops_tok * tok_s / cfg.device.peak_for(dt);
-      nlohmann::json rec = {{"step", step + 1},         {"loss", st.loss},
-                            {"lr", st.lr},              {"grad_norm", st.grad_norm},
-                            {"tokens_per_s", tok_s},    {"mfu", mfu},
-                            {"step_ms", dt_s * 1e3},
-                            {"comm_wait_ms", st.comm_wait_s * 1e3},
-                            {"ranks", comm.size()},      {"tokens", tokens_per_step * (step + 1)},
-                            {"precision", dtype_name(dt)},
-                            {"recompute", recompute.name()},
-                            {"loss_scale", st.loss_scale},
-                            {"skipped", st.skipped},
-                            {"skipped_total", stepper.scaler().skipped_total},
-                            {"mem_peak", mem_json(mem)}};
-      if (do_eval) rec["val_loss"] = val_loss;
-      std::fprintf(metrics, "%s\n", rec.dump().c_str());
-      std::fflush(metrics);
+    if (!rank0) continue;
 
-      if (tty) std::fputs("\r\033[K", stdout);
-      if (do_eval || last || (step + 1) % cfg.run.log_every == 0 || step == 0) {
-        fmt::print("step {:>5}/{} | loss {:.4f} | lr {:.2e} | norm {:.3f} | {:.0f} tok/s | MFU {:.1f}% | {:.0f} ms{}{}\n",
-                   step + 1, t.steps, st.loss, st.lr, st.grad_norm, tok_s, 100.0 * mfu, dt_s * 1e3,
-                   stepper.scaler().enabled ? fmt::format(" | scale {:g}{}", st.loss_scale, st.skipped ? " (skipped)" : "") : "",
-                   do_eval ? fmt::format(" | val {:.4f}", val_loss) : "");
-      }
+    double tok_s = double(st.tokens) / dt_s;
+    double mfu = flops_tok * tok_s / cfg.device.peak_for(dt);
+    nlohmann::json rec = {{"step", step + 1},         {"loss", st.loss},
+                          {"lr", st.lr},              {"grad_norm", st.grad_norm},
+                          {"tokens_per_s", tok_s},    {"mfu", mfu},
+                          {"step_ms", dt_s * 1e3},
+                          {"comm_wait_ms", st.comm_wait_s * 1e3},
+                          {"ranks", comm.size()},      {"tokens", tokens_per_step * (step + 1)},
+                          {"precision", dtype_name(dt)},
+                          {"recompute", recompute.name()},
+                          {"loss_scale", st.loss_scale},
+                          {"skipped", st.skipped},
+                          {"skipped_total", stepper.scaler().skipped_total},
+                          {"mem_peak", mem_json(mem)}};
+    if (do_eval) rec["val_loss"] = val_loss;
+    std::fprintf(metrics, "%s\n", rec.dump().c_str());
+    std::fflush(metrics);
+
+    if (tty) std::fputs("\r\033[K", stdout);
+    if (do_eval || last || (step + 1) % cfg.run.log_every == 0 || step == 0) {
+      fmt::print("step {:>5}/{} | loss {:.4f} | lr {:.2e} | norm {:.3f} | {:.0f} tok/s | MFU {:.1f}% | {:.0f} ms{}{}\n",
+                 step + 1, t.steps, st.loss, st.lr, st.grad_norm, tok_s, 100.0 * mfu, dt_s * 1e3,
+                 stepper.scaler().enabled ? fmt::format(" | scale {:g}{}", st.loss_scale, st.skipped ? " (skipped)" : "") : "",
+                 do_eval ? fmt::format(" | val {:.4f}", val_loss) : "");
     }
-    if (cfg.run.checkpoint_every > 0 && ((step + 1) % cfg.run.checkpoint_every == 0 || last)) {
-      double took = save_checkpoint(cfg, step + 1, model, stepper, train_data, comm);
-      if (rank0) fmt::print("checkpoint: {}/ckpt-{} written in {:.2f} s\n", dir, step + 1, took);
-    }
-    if (tty && !last) {  // the progress bar under the log lines
+    if (tty && !last) {
       const int width = 30;
       int done = int(double(step + 1) / t.steps * width);
       double eta = train_seconds / (step + 1 - start) * (t.steps - step - 1);
       fmt::print("[{}{}] {}/{} {:.0f}% ETA {}", std::string(done, '#'), std::string(width - done, '.'),
                  step + 1, t.steps, 100.0 * (step + 1) / t.steps, human_time(eta));
     }
-    if (rank0) std::fflush(stdout);
+    std::fflush(stdout);
   }
+  if (every > 0 && start < t.steps) checkpoint(t.steps);
   if (start >= t.steps) val_loss = evaluate(model, val_data, t.eval_batches, &comm);  // resumed at the end
   if (!rank0) return;
   std::fclose(metrics);
