@@ -3,6 +3,8 @@
 #pragma once
 #include <cstdint>
 #include <map>
+#include <memory>
+#include <string_view>
 #include <string>
 #include <vector>
 
@@ -119,7 +121,8 @@ class SafeTensors {
  private:
   struct Entry { std::string dtype; std::vector<int64_t> shape; size_t begin, end; };
   std::string path_;
-  std::vector<char> bytes_;
+  std::shared_ptr<void> map_;  // the file, mapped read-only
+  std::string_view bytes_;
   size_t data_start_ = 0;
   std::map<std::string, Entry> index_;
   std::map<std::string, std::string> metadata_;

@@ -1,4 +1,9 @@
 // safetensors: 8-byte little-endian header length, JSON header, raw little-endian data.
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -54,11 +59,16 @@ void save_safetensors(const std::string& path, const std::vector<StTensor>& tens
 }
 
 SafeTensors::SafeTensors(const std::string& path) : path_(path) {
-  std::ifstream in(path, std::ios::binary | std::ios::ate);
-  if (!in) user_error("{}: cannot open", path);
-  bytes_.resize(size_t(in.tellg()));
-  in.seekg(0);
-  in.read(bytes_.data(), std::streamsize(bytes_.size()));
+  // Mapped, not read: a reader pages in only the tensors (or ranges of them) it copies.
+  int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) user_error("{}: cannot open", path);
+  struct stat sb;
+  size_t size = ::fstat(fd, &sb) == 0 ? size_t(sb.st_size) : 0;
+  void* p = size ? ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0) : nullptr;
+  ::close(fd);
+  if (p == MAP_FAILED) user_error("{}: cannot map: {}", path, std::strerror(errno));
+  if (p) map_ = std::shared_ptr<void>(p, [size](void* q) { ::munmap(q, size); });
+  bytes_ = std::string_view(static_cast<const char*>(p), size);
   uint64_t len = 0;
   if (bytes_.size() >= 8) std::memcpy(&len, bytes_.data(), 8);
   if (bytes_.size() < 8 || len > bytes_.size() - 8)
