@@ -14,7 +14,7 @@ export OMP_NUM_THREADS=1
 fail() { echo "FAIL: $*"; exit 1; }
 printf 'In the beginning was the word %.0s\n' $(seq 1 3000) > corpus.txt
 "$F" prepare corpus.txt --out data --val-every 5 >/dev/null || fail "prepare"
-A="--model.preset=tiny --train.seq_len=32 --train.micro_batch=2 --train.steps=300 --train.eval_every=0 --train.eval_batches=1 --run.log_every=100000 --data.train=data/train_*.bin --data.val=data/val_*.bin"
+A="--model.preset=tiny --train.seq_len=32 --train.micro_batch=2 --train.steps=600 --train.eval_every=0 --train.eval_batches=1 --run.log_every=100000 --data.train=data/train_*.bin --data.val=data/val_*.bin"
 "$F" train $A --run.checkpoint_every=0 --run.dir=whole >/dev/null || fail "uninterrupted run"
 
 newest() { ls -d run/ckpt-* 2>/dev/null | grep -E '/ckpt-[0-9]+$' | sort -t- -k2 -n | tail -1; }
@@ -40,7 +40,7 @@ start() {
 kills=0; in_write=0
 while [ $kills -lt 20 ]; do
   start
-  sleep "0.$(printf '%03d' $((RANDOM % 250)))"
+  sleep "0.$(printf '%03d' $((RANDOM % 150)))"
   kill -0 $pid 2>/dev/null || fail "the run finished before 20 kills (make train.steps larger)"
   kill -9 $pid
   wait $pid 2>/dev/null
@@ -57,8 +57,8 @@ import json
 def losses(d):
     return [json.loads(l)["loss"] for l in open(d + "/metrics.jsonl")]
 a, b = losses("whole"), losses("run")
-assert len(a) == len(b) == 300, (len(a), len(b))
-assert a == b, [i + 1 for i in range(300) if a[i] != b[i]][:5]
+assert len(a) == len(b) == 600, (len(a), len(b))
+assert a == b, [i + 1 for i in range(600) if a[i] != b[i]][:5]
 PY
 cmp -s whole/model.safetensors run/model.safetensors || fail "final weights differ"
 echo "kill resume: $kills kills ($in_write during a checkpoint write), resumed from the newest checkpoint each time; losses equal"
