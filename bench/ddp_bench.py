@@ -52,7 +52,7 @@ def main():
         write_shard(f"{d}/val.bin", rng.integers(0, V, 2 * a.batch * a.seq + 1))
         common = [f"--model.preset={a.preset}", f"--train.seq_len={a.seq}", f"--train.steps={a.steps + a.warmup_steps}",
                   "--train.eval_every=0", "--train.eval_batches=1", f"--precision.compute={a.dtype}",
-                  f"--data.train={d}/train.bin", f"--data.val={d}/val.bin", "--run.log_every=1000",
+                  f"--data.train={d}/train.bin", f"--data.val={d}/val.bin", "--run.log_every=1000", "--run.checkpoint_every=0",
                   f"--train.batch_tokens={a.batch * a.seq}"]
         single = run([a.frugal, "train", *common, f"--train.micro_batch={a.batch}", "--train.threads=2",
                       f"--run.dir={d}/one"], dict(env, OMP_NUM_THREADS="2"), f"{d}/one")

@@ -65,7 +65,7 @@ def main():
         _, rss = run([a.frugal, "train", f"--model.preset={a.preset}", "--model.vocab_size=50257",
                       f"--train.seq_len={a.seq}", f"--train.micro_batch={a.batch}",
                       f"--train.steps={total}", f"--train.threads={a.threads}", "--train.lr=3e-4",
-                      "--train.warmup_steps=0", "--train.eval_batches=1", "--train.eval_every=0",
+                      "--train.warmup_steps=0", "--train.eval_batches=1", "--train.eval_every=0", "--run.checkpoint_every=0",
                       f"--data.train={d}/train.bin", f"--data.val={d}/val.bin", f"--run.dir={d}/run",
                       f"--precision.compute={a.dtype}", f"--memory.recompute={a.recompute}",
                       "--run.log_every=1000"], env)

@@ -1,5 +1,6 @@
 // frugal: the command line. Thin: parse, call the library, print.
-//   frugal train [config.toml] [--section.key=value ...]
+//   frugal train [config.toml] [--resume RUN_DIR] [--init-from FILE] [--section.key=value ...]
+//   frugal export RUN_DIR|CHECKPOINT_DIR|FILE --out DIR
 //   frugal prepare [FILES...] [--out DIR] [--val-every N]
 //   frugal eval --run DIR [--data SHARDS] [--batches N]
 //   frugal sample --run DIR [--prompt TEXT] [--tokens N] [--temperature X] [--top-k K] [--seed S]
@@ -25,19 +26,24 @@ static void prepare_default_corpus_if_missing(const RunConfig& cfg) {
   prepare_corpus({}, kDefaultCorpusDir, 20);
 }
 
-static int cmd_train(const std::string& config, const std::vector<std::string>& extras) {
+// resume: a run directory (its config.toml is the base, unless a config file is given);
+// init_from: weights to start from.
+static int cmd_train(const std::string& config, const std::vector<std::string>& extras,
+                     const std::string& resume, const std::string& init_from) {
   std::vector<std::string> overrides;
   for (auto& a : extras) {
     if (a.rfind("--", 0) != 0 || a.find('=') == std::string::npos)
       user_error("{}: unexpected argument (expected --section.key=value)", a);
     overrides.push_back(a.substr(2));
   }
-  RunConfig cfg = load_config(config, overrides);
+  RunConfig cfg = load_config(config.empty() && !resume.empty() ? resume + "/config.toml" : config, overrides);
+  if (!resume.empty()) cfg.run.dir = resume;
+  if (!init_from.empty()) cfg.train.init_from = init_from;
   auto comm = make_comm();
   if (comm->rank() == 0) prepare_default_corpus_if_missing(cfg);
   comm->barrier();
   try {
-    train(cfg, *comm);
+    train(cfg, *comm, !resume.empty());
   } catch (const std::exception& e) {
     if (comm->size() == 1) throw;
     // one rank's failure ends every rank, with a message naming it, instead of a hang
@@ -69,6 +75,27 @@ static int cmd_eval(const std::string& run, const std::string& data, int batches
   int64_t n = batches > 0 ? batches : loader.num_windows() / loader.batch();
   fmt::print("eval: loss {:.4f} (perplexity {:.3f}) over {} tokens of {}\n", loss, std::exp(loss),
              n * loader.batch() * loader.seq_len(), pattern);
+  return 0;
+}
+
+// The weights of a run (its newest checkpoint, else its final model), of a checkpoint directory
+// or a file -> DIR/model.safetensors + DIR/config.json for transformers.
+static int cmd_export(const std::string& from, const std::string& out) {
+  namespace fs = std::filesystem;
+  std::string weights = from;
+  if (fs::is_directory(from)) {
+    std::string ckpt = latest_checkpoint(from);
+    weights = (ckpt.empty() ? from : ckpt) + "/model.safetensors";
+  }
+  GptConfig c = read_model_config(weights);
+  Gpt model(c, cpu_backend());
+  load_model(weights, model);
+  std::error_code ec;
+  fs::create_directories(out, ec);
+  if (ec) user_error("{}: cannot create the directory: {}", out, ec.message());
+  save_model(out + "/model.safetensors", model);
+  save_hf_config(out + "/config.json", c);
+  fmt::print("export: {} -> {}/model.safetensors, {}/config.json (GPT2LMHeadModel)\n", weights, out, out);
   return 0;
 }
 
@@ -123,6 +150,10 @@ int main(int argc, char** argv) {
   auto* train_cmd = app.add_subcommand("train", "train a model (no arguments: the default model on the default corpus)");
   std::string config;
   train_cmd->add_option("config", config, "TOML config file")->check(CLI::ExistingFile);
+  std::string resume, init_from;
+  train_cmd->add_option("--resume", resume, "continue the run in this directory from its newest checkpoint")
+      ->check(CLI::ExistingDirectory);
+  train_cmd->add_option("--init-from", init_from, "start from these weights (safetensors, Hugging Face GPT-2 layout)");
   train_cmd->allow_extras();
   train_cmd->footer("Any setting can be overridden: --section.key=value, e.g. --train.steps=100");
 
@@ -141,6 +172,12 @@ int main(int argc, char** argv) {
   eval_cmd->add_option("--data", data, "token shards (default: the run's validation split)");
   eval_cmd->add_option("--batches", batches, "micro-batches to evaluate (0: all)");
 
+  auto* export_cmd = app.add_subcommand("export", "write a model for Hugging Face transformers (model.safetensors + config.json)");
+  std::string export_from;
+  export_cmd->add_option("from", export_from, "a run directory (its newest checkpoint, else its model), a checkpoint directory or a model file")
+      ->required()->check(CLI::ExistingPath);
+  export_cmd->add_option("--out", out_dir, "output directory")->required();
+
   auto* sample_cmd = app.add_subcommand("sample", "generate text from a trained model");
   std::string prompt;
   int num_tokens = 200, top_k = 40;
@@ -155,7 +192,8 @@ int main(int argc, char** argv) {
 
   try {
     app.parse(argc, argv);
-    if (*train_cmd) return cmd_train(config, train_cmd->remaining());
+    if (*train_cmd) return cmd_train(config, train_cmd->remaining(), resume, init_from);
+    if (*export_cmd) return cmd_export(export_from, out_dir);
     if (*prep_cmd) {
       PrepareStats st = prepare_corpus(inputs, out_dir, val_every);
       fmt::print("prepare: {} train + {} val tokens -> {}\n", st.train_tokens, st.val_tokens,

@@ -120,4 +120,13 @@ void AtomicFile::commit() {
   }
 }
 
+void fsync_dir(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY);
+  if (fd < 0) user_error("{}: cannot open the directory: {}", path, std::strerror(errno));
+  bool ok = ::fsync(fd) == 0;
+  int e = errno;
+  ::close(fd);
+  if (!ok) user_error("{}: fsync failed: {}", path, std::strerror(e));
+}
+
 }  // namespace frugal

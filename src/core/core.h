@@ -112,6 +112,9 @@ class AtomicFile {
   int fd_ = -1;
 };
 
+// fsync of a directory, so that the renames and new entries in it are durable.
+void fsync_dir(const std::string& path);
+
 inline void write_file_atomic(const std::string& path, const void* data, size_t bytes) {
   AtomicFile f(path);
   f.write(data, bytes);

@@ -61,6 +61,12 @@ class DataLoader {
   int seq_len() const { return T_; }
   int world() const { return world_; }
   int64_t epoch() const { return epoch_; }
+  // Where the next batch starts (for checkpoints): the shard and window order follow from the
+  // seed, so the epoch and the positions in both orders are the whole state.
+  struct Position { int64_t epoch = 0, shard = 0, window = 0; };
+  Position position() const { return {epoch_, shard_pos_, window_pos_}; }
+  // Continues from a position taken on the same files; UserError naming `where` if it is out of range.
+  void seek(const Position& p, const std::string& where);
 
  private:
   void start_epoch();

@@ -27,6 +27,20 @@ void DataLoader::reset() {
   start_epoch();
 }
 
+void DataLoader::seek(const Position& p, const std::string& where) {
+  if (p.epoch < 0 || p.shard < 0 || p.shard >= int64_t(shards_.size()) || p.window < 0)
+    user_error("{}: data position (epoch {}, shard {}, window {}) is out of range for {} shard(s)", where,
+               p.epoch, p.shard, p.window, shards_.size());
+  epoch_ = p.epoch;
+  start_epoch();
+  shard_pos_ = p.shard;
+  start_shard();
+  if (p.window > int64_t(window_order_.size()))
+    user_error("{}: data position window {} is beyond the {} windows of shard {}", where, p.window,
+               window_order_.size(), p.shard);
+  window_pos_ = p.window;
+}
+
 void DataLoader::start_epoch() {
   shard_order_.resize(shards_.size());
   std::iota(shard_order_.begin(), shard_order_.end(), 0);

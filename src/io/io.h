@@ -3,6 +3,8 @@
 #pragma once
 #include <cstdint>
 #include <map>
+#include <memory>
+#include <string_view>
 #include <string>
 #include <vector>
 
@@ -23,6 +25,7 @@ struct TrainSettings {
   int eval_every = 100;       // steps; 0 only at the end
   int eval_batches = 16;      // micro-batches of validation per evaluation; 0 = the whole split
   int threads = 0;            // OpenMP threads; 0 = all cores
+  std::string init_from;      // a safetensors file (Hugging Face GPT-2 layout) to start from; "" = random init
 };
 
 // Precision policy: master weights, gradients and optimizer state are always fp32.
@@ -57,6 +60,8 @@ struct DistSettings {
 struct RunSettings {
   std::string dir = "runs/default";
   int log_every = 1;
+  int checkpoint_every = 250;  // steps between checkpoints (and one at the end); 0 = none
+  int keep_checkpoints = 3;    // the newest K are kept
 };
 
 struct DeviceSettings {
@@ -93,6 +98,7 @@ struct StTensor {
   std::string dtype;             // "F32" or "I32"
   std::vector<int64_t> shape;
   const void* data;
+  bool transposed = false;       // F32 2-D: data holds the [shape[1], shape[0]] matrix; its transpose is written
 };
 void save_safetensors(const std::string& path, const std::vector<StTensor>& tensors,
                       const std::map<std::string, std::string>& metadata);
@@ -106,20 +112,30 @@ class SafeTensors {
   void read(const std::string& name, const std::string& dtype, const std::vector<int64_t>& shape,
             void* out) const;
   std::vector<int64_t> shape(const std::string& name) const;
+  // The data of F32 tensor `name`, which must hold numel elements (any shape); UserError otherwise.
+  const float* f32(const std::string& name, int64_t numel) const;
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
 
  private:
   struct Entry { std::string dtype; std::vector<int64_t> shape; size_t begin, end; };
   std::string path_;
-  std::vector<char> bytes_;
+  std::shared_ptr<void> map_;  // the file, mapped read-only
+  std::string_view bytes_;
   size_t data_start_ = 0;
   std::map<std::string, Entry> index_;
   std::map<std::string, std::string> metadata_;
 };
 
-// Model weights <-> safetensors (frugal's names; the metadata carries the model shape).
+// Model weights <-> safetensors in the Hugging Face GPT-2 layout: GPT2LMHeadModel's names
+// (ParamSpec::hf_name), Conv1D weights [in, out], wte with exactly vocab_size rows, the lm_head
+// tied (not stored). The metadata carries format "pt" and the model shape (n_layer, n_head,
+// n_embd, vocab_size, context). load_model also takes files without the "transformer." prefix
+// (GPT2Model's names, as on the Hugging Face hub) and ignores tensors it does not use; a missing
+// tensor or a shape mismatch is a UserError naming the file, the tensor and both shapes.
 void save_model(const std::string& path, Gpt& model);
 GptConfig read_model_config(const std::string& path);
 void load_model(const std::string& path, Gpt& model);
+// transformers' config.json for a GPT2LMHeadModel of this shape (atomically).
+void save_hf_config(const std::string& path, const GptConfig& c);
 
 }  // namespace frugal

@@ -52,29 +52,30 @@ Gpt::Gpt(const GptConfig& cfg, Backend& be, DType compute, Own own) : cfg_(cfg),
   const int64_t C = cfg.n_embd, Vp = cfg.padded_vocab(), maxT = cfg.context;
   using T = Tensors;
   units_.push_back(make_unit("embedding", {
-      {"wte", {Vp, C}, true, Init::normal, &T::wte},
-      {"wpe", {maxT, C}, true, Init::normal, &T::wpe},
+      {"wte", {Vp, C}, true, Init::normal, &T::wte, "transformer.wte.weight"},  // V rows in files
+      {"wpe", {maxT, C}, true, Init::normal, &T::wpe, "transformer.wpe.weight"},
   }, dt_, own));
   for (int l = 0; l < cfg.n_layer; l++) {
     auto n = [l](const char* s) { return fmt::format("blocks.{}.{}", l, s); };
+    auto h = [l](const char* s) { return fmt::format("transformer.h.{}.{}", l, s); };
     units_.push_back(make_unit(fmt::format("block{}", l), {
-        {n("ln1.weight"), {C}, false, Init::ones, &T::ln1_w},
-        {n("ln1.bias"), {C}, false, Init::zeros, &T::ln1_b},
-        {n("attn.qkv.weight"), {3 * C, C}, true, Init::normal, &T::qkv_w},
-        {n("attn.qkv.bias"), {3 * C}, false, Init::zeros, &T::qkv_b},
-        {n("attn.proj.weight"), {C, C}, true, Init::normal_residual, &T::proj_w},
-        {n("attn.proj.bias"), {C}, false, Init::zeros, &T::proj_b},
-        {n("ln2.weight"), {C}, false, Init::ones, &T::ln2_w},
-        {n("ln2.bias"), {C}, false, Init::zeros, &T::ln2_b},
-        {n("mlp.fc.weight"), {4 * C, C}, true, Init::normal, &T::fc_w},
-        {n("mlp.fc.bias"), {4 * C}, false, Init::zeros, &T::fc_b},
-        {n("mlp.proj.weight"), {C, 4 * C}, true, Init::normal_residual, &T::fcproj_w},
-        {n("mlp.proj.bias"), {C}, false, Init::zeros, &T::fcproj_b},
+        {n("ln1.weight"), {C}, false, Init::ones, &T::ln1_w, h("ln_1.weight")},
+        {n("ln1.bias"), {C}, false, Init::zeros, &T::ln1_b, h("ln_1.bias")},
+        {n("attn.qkv.weight"), {3 * C, C}, true, Init::normal, &T::qkv_w, h("attn.c_attn.weight"), true},
+        {n("attn.qkv.bias"), {3 * C}, false, Init::zeros, &T::qkv_b, h("attn.c_attn.bias")},
+        {n("attn.proj.weight"), {C, C}, true, Init::normal_residual, &T::proj_w, h("attn.c_proj.weight"), true},
+        {n("attn.proj.bias"), {C}, false, Init::zeros, &T::proj_b, h("attn.c_proj.bias")},
+        {n("ln2.weight"), {C}, false, Init::ones, &T::ln2_w, h("ln_2.weight")},
+        {n("ln2.bias"), {C}, false, Init::zeros, &T::ln2_b, h("ln_2.bias")},
+        {n("mlp.fc.weight"), {4 * C, C}, true, Init::normal, &T::fc_w, h("mlp.c_fc.weight"), true},
+        {n("mlp.fc.bias"), {4 * C}, false, Init::zeros, &T::fc_b, h("mlp.c_fc.bias")},
+        {n("mlp.proj.weight"), {C, 4 * C}, true, Init::normal_residual, &T::fcproj_w, h("mlp.c_proj.weight"), true},
+        {n("mlp.proj.bias"), {C}, false, Init::zeros, &T::fcproj_b, h("mlp.c_proj.bias")},
     }, dt_, own));
   }
   units_.push_back(make_unit("final", {
-      {"ln_f.weight", {C}, false, Init::ones, &T::lnf_w},
-      {"ln_f.bias", {C}, false, Init::zeros, &T::lnf_b},
+      {"ln_f.weight", {C}, false, Init::ones, &T::lnf_w, "transformer.ln_f.weight"},
+      {"ln_f.bias", {C}, false, Init::zeros, &T::lnf_b, "transformer.ln_f.bias"},
   }, dt_, own));
 }
 

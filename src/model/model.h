@@ -50,11 +50,13 @@ enum class Init { normal, normal_residual, ones, zeros };
 
 // One row per parameter tensor: allocation, init, weight decay and file names iterate this.
 struct ParamSpec {
-  std::string name;              // e.g. "h.3.attn.c_attn.weight"
-  std::vector<int64_t> shape;
+  std::string name;              // e.g. "blocks.3.attn.qkv.weight"
+  std::vector<int64_t> shape;    // weights [out, in]
   bool decay;                    // AdamW weight decay (2-D weights only)
   Init init;
   float* Tensors::*field;
+  std::string hf_name;           // transformers' GPT2LMHeadModel name, e.g. "transformer.h.3.attn.c_attn.weight"
+  bool hf_conv1d = false;        // stored [in, out] there (Conv1D): transposed in files
   int64_t offset = 0, numel = 0; // within the unit's flat buffer
 };
 

@@ -260,9 +260,22 @@ void Shards::after_update() {
   if (s_ == Strategy::zero1 || s_ == Strategy::zero2)  // every rank's updated slice, in place
     for (size_t i = 0; i < units.size(); i++)
       if (units[i].nbig) comm_.all_gather_inplace(units[i].params.data(), units[i].nbig, parts_[i].len)->wait();
-  if (s_ >= Strategy::zero3)
-    for (Gather& g : gathers_) g.unit = -1;  // stale: gathered again before the next use
+  refresh();
+}
+
+void Shards::refresh() {
+  for (Gather& g : gathers_) g.unit = -1;  // stale: gathered again before the next use
   model_.sync_compute_weights();
+}
+
+std::vector<Shards::Range> Shards::master_ranges(size_t i) {
+  Unit& u = model_.units()[i];
+  Part& p = parts_[i];
+  if (s_ < Strategy::zero3) return {{0, u.numel, u.params.data()}};
+  std::vector<Range> out;
+  if (p.hi > p.lo) out.push_back({p.lo, p.hi, p.w.data()});
+  if (p.tail) out.push_back({u.nbig, u.numel, p.wt.data()});
+  return out;
 }
 
 void Shards::materialize() {
@@ -276,6 +289,17 @@ void Shards::materialize() {
     std::memcpy(u.params.data() + u.nbig, p.wt.data(), size_t(p.tail) * 4);
     u.bind_params(u.params.data(), u.params.data() + u.nbig, nullptr);
   }
+}
+
+void Shards::dematerialize() {
+  if (s_ < Strategy::zero3) return;
+  for (size_t i = 0; i < model_.units().size(); i++) {
+    Unit& u = model_.units()[i];
+    set(i, u.params.data());
+    u.params = {};
+    u.bind_params(nullptr, parts_[i].wt.data(), nullptr);
+  }
+  refresh();
 }
 
 }  // namespace frugal

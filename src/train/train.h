@@ -12,6 +12,8 @@
 
 namespace frugal {
 
+class DataLoader;
+
 // Linear warmup over warmup_steps, then cosine decay from lr to min_lr at the last step.
 // `step` is 0-based.
 double lr_at(const TrainSettings& t, int step);
@@ -61,8 +63,15 @@ class Shards {
   // After the optimizer: zero1/zero2 all-gather the updated slices; zero3/yafsdp mark gathered
   // copies stale; compute copies are refreshed.
   void after_update();
-  // zero3/yafsdp: every unit's full fp32 parameters gathered into the model (for saving).
+  // Compute copies refreshed, gathered copies marked stale (after weights were loaded).
+  void refresh();
+  // zero3/yafsdp: every unit's full fp32 parameters gathered into the model (for files);
+  // dematerialize() keeps this rank's part of them (changed or not) and frees the rest.
   void materialize();
+  void dematerialize();
+  // Where this rank keeps unit i's fp32 master weights: whole (model-owned) or its slice and tail.
+  struct Range { int64_t lo, hi; float* data; };
+  std::vector<Range> master_ranges(size_t unit);
 
  private:
   struct Part {
@@ -110,8 +119,9 @@ class AdamW {
  public:
   explicit AdamW(const Shards& shards);
   void update(Gpt& model, Backend& be, const TrainSettings& t, double lr, int step_1based);
-  const PoolArray<float>& m(size_t seg) const { return m_[seg]; }
-  const PoolArray<float>& v(size_t seg) const { return v_[seg]; }
+  // Moments of segment k of shards.segments()
+  PoolArray<float>& m(size_t seg) { return m_[seg]; }
+  PoolArray<float>& v(size_t seg) { return v_[seg]; }
 
  private:
   const Shards& shards_;
@@ -158,6 +168,11 @@ class Stepper {
   Shards& shards() { return shards_; }
   // GPT-2 init of the model's weights, whichever strategy holds them.
   void init_weights(uint64_t seed);
+  // The training state beyond the weights, for checkpoints.
+  LossScaler& scaler() { return scaler_; }
+  AdamW& optimizer() { return opt_; }
+  int updates() const { return updates_; }
+  void set_updates(int n) { updates_ = n; }
   // Zeroes the gradients and accumulates those of the mean loss over the global batch
   // (accum_steps micro-batches on every rank), times the loss scale; returns the mean loss.
   float forward_backward(const NextBatch& next);
@@ -191,7 +206,38 @@ RecomputePolicy choose_recompute(const RunConfig& cfg);
 using LossFn = std::function<float(const int32_t* tokens, const int32_t* targets)>;
 double evaluate(const LossFn& loss, class DataLoader& loader, int batches, Comm* comm = nullptr);
 
-// Runs a whole training as configured: prepares nothing, writes the run directory.
-void train(const RunConfig& cfg, Comm& comm);
+// Runs a whole training as configured: prepares nothing, writes the run directory. resume:
+// continue from the newest complete checkpoint in cfg.run.dir (the losses that follow equal
+// the uninterrupted run's); otherwise a fresh start, which removes the directory's checkpoints.
+void train(const RunConfig& cfg, Comm& comm, bool resume = false);
+
+// ---- checkpoints (checkpoint.cpp) ----------------------------------------------------------
+// RUN_DIR/ckpt-STEP/ holds model.safetensors (Hugging Face layout), config.toml (resolved),
+// state.json (format version, step, optimizer updates, loss scaler, data position, the seed,
+// which with the data position is the whole RNG state: every random draw of training follows
+// from them) and rank-R.safetensors: for each range [lo, hi) of unit i's flat buffer that rank
+// R's optimizer updates (Shards::segments), the master weights, m and v as "u{i}.params.{lo}",
+// "u{i}.m.{lo}", "u{i}.v.{lo}", with the ranges ("lo-hi,...") and the unit's numel in the
+// metadata. Under ddp rank 0 alone writes (whole units); under the sharded strategies every rank
+// its slices, and rank 0 the replicated 1-D tails. A checkpoint is written into ckpt-STEP.tmp/, every file fsynced, then
+// renamed: a ckpt-STEP directory is complete. Loading reads each rank's range from whichever
+// rank files cover it, so any world size or strategy resumes any checkpoint.
+inline constexpr int kCheckpointVersion = 1;
+
+// Writes ckpt-STEP in cfg.run.dir (every rank calls it), then keeps the newest
+// run.keep_checkpoints. Returns the seconds it took.
+double save_checkpoint(const RunConfig& cfg, int step, Gpt& model, Stepper& st,
+                       const DataLoader& data, Comm& comm);
+// The newest complete checkpoint directory of run_dir; "" when there is none.
+std::string latest_checkpoint(const std::string& run_dir);
+// Checks that checkpoint `dir` resumes under cfg on `world` ranks (format version, model shape,
+// every rank file present, the same global batch) and returns its step; UserError naming the
+// file and what differs otherwise. Reads no tensors.
+int check_checkpoint(const std::string& dir, const RunConfig& cfg, int world);
+// Restores the weights, this rank's optimizer range, the update count, the loss scaler and the
+// data position from checkpoint `dir` (checked by check_checkpoint).
+void load_checkpoint(const std::string& dir, Gpt& model, Stepper& st, DataLoader& data);
+// Removes the checkpoints of run_dir (complete and partial); returns how many were complete.
+int remove_checkpoints(const std::string& run_dir);
 
 }  // namespace frugal

@@ -92,19 +92,33 @@ static void check_same_config(const RunConfig& cfg, Comm& comm) {
                "of every rank must equal rank 0's)", cfg.source);
 }
 
-void train(const RunConfig& cfg, Comm& comm) {
+// metrics.jsonl of a resumed run: the records up to `step` (a record cut short by a kill, or
+// of steps after the checkpoint, is dropped), rewritten atomically.
+static void truncate_metrics(const std::string& path, int step) {
+  std::ifstream in(path);
+  std::string line, kept;
+  while (std::getline(in, line)) {
+    try {
+      if (nlohmann::json::parse(line).at("step").get<int>() <= step) kept += line + "\n";
+    } catch (const nlohmann::json::exception&) {
+    }
+  }
+  write_file_atomic(path, kept.data(), kept.size());
+}
+
+void train(const RunConfig& cfg, Comm& comm, bool resume) {
   const TrainSettings& t = cfg.train;
   check_world(cfg, comm.size());
   check_same_config(cfg, comm);
   if (t.threads > 0) omp_set_num_threads(t.threads);
   const bool rank0 = comm.rank() == 0;
   const std::string dir = cfg.run.dir;
-  std::error_code ec;
-  std::filesystem::create_directories(dir, ec);
-  if (ec) user_error("{}: cannot create the run directory: {}", dir, ec.message());
-  if (rank0) {
-    std::string text = cfg.to_toml();
-    write_file_atomic(dir + "/config.toml", text.data(), text.size());
+  std::string ckpt;
+  int start = 0;
+  if (resume) {
+    ckpt = latest_checkpoint(dir);
+    if (ckpt.empty()) user_error("{}: no checkpoint to resume from (no complete ckpt-STEP directory)", dir);
+    start = check_checkpoint(ckpt, cfg, comm.size());
   }
 
   const int B = t.micro_batch, T = t.seq_len;
@@ -115,7 +129,7 @@ void train(const RunConfig& cfg, Comm& comm) {
 
   Backend& be = cpu_backend();
   const DType dt = cfg.precision.compute;
-  if (!be.native_gemm(dt))
+  if (!be.native_gemm(dt) && rank0)
     fmt::print("note: the {} backend has no native {} GEMM; it runs through fp32 conversions "
                "(correct, not faster)\n", be.name(), dtype_name(dt));
   const RecomputePolicy recompute = choose_recompute(cfg);
@@ -126,11 +140,40 @@ void train(const RunConfig& cfg, Comm& comm) {
   Gpt model(cfg.model, be, dt, model_owns(strategy));
   Stepper stepper(model, be, comm, t, cfg.accum_steps(comm.size()), cfg.precision, plan, strategy);
   stepper.init_weights(t.seed);
+  if (!resume && !t.init_from.empty()) {
+    stepper.shards().materialize();
+    load_model(t.init_from, model);
+    stepper.shards().dematerialize();
+  }
   auto loss_fn = [&](const int32_t* in, const int32_t* tg) { return stepper.loss(in, tg); };
+  double load_s = 0.0;
+  if (resume) {
+    auto t0 = std::chrono::steady_clock::now();
+    load_checkpoint(ckpt, model, stepper, train_data);
+    load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+
+  // Everything is read and checked: only now is the run directory written.
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) user_error("{}: cannot create the run directory: {}", dir, ec.message());
+  if (rank0) {
+    if (!resume) {
+      int removed = remove_checkpoints(dir);
+      if (removed > 0)
+        fmt::print("note: a fresh start in {}: removed its {} checkpoint(s) (--resume continues from them)\n", dir, removed);
+    }
+    std::string text = cfg.to_toml();
+    write_file_atomic(dir + "/config.toml", text.data(), text.size());
+    if (resume) {
+      truncate_metrics(dir + "/metrics.jsonl", start);
+      fmt::print("resuming from {} at step {} (loaded in {:.2f} s)\n", ckpt, start, load_s);
+    }
+  }
 
   std::FILE* metrics = nullptr;
   if (rank0) {
-    metrics = std::fopen((dir + "/metrics.jsonl").c_str(), "w");
+    metrics = std::fopen((dir + "/metrics.jsonl").c_str(), resume ? "a" : "w");
     if (!metrics) user_error("{}/metrics.jsonl: cannot write", dir);
   }
   const bool tty = rank0 && ::isatty(STDOUT_FILENO);
@@ -154,14 +197,24 @@ void train(const RunConfig& cfg, Comm& comm) {
   int64_t timed_tokens = 0;
   double timed_seconds = 0.0;
   MemStats overall;
-  for (int step = 0; step < t.steps; step++) {
+  // A checkpoint after every checkpoint_every steps (taken at the top of the next step, once the
+  // step's metrics record is written) and at the end.
+  auto checkpoint = [&](int done) {
+    double took = save_checkpoint(cfg, done, model, stepper, train_data, comm);
+    if (!rank0) return;
+    if (tty) std::fputs("\r\033[K", stdout);
+    fmt::print("checkpoint: {}/ckpt-{} written in {:.2f} s\n", dir, done, took);
+  };
+  const int every = cfg.run.checkpoint_every;
+  for (int step = start; step < t.steps; step++) {
+    if (every > 0 && step > start && step % every == 0) checkpoint(step);
     MemoryPool::get().reset_peak();
     const size_t allocs_before = MemoryPool::get().stats().allocations;
     auto t0 = clock::now();
     StepStats st = stepper.step(step, [&](int32_t* in, int32_t* tg) { train_data.next(in, tg); });
     double dt_s = std::chrono::duration<double>(clock::now() - t0).count();
     train_seconds += dt_s;
-    if (step > 0) { timed_tokens += st.tokens; timed_seconds += dt_s; }  // step 0 warms up
+    if (step > start) { timed_tokens += st.tokens; timed_seconds += dt_s; }  // the first step warms up
     const MemStats& mem = MemoryPool::get().stats();
     for (int c = 0; c < num_mem; c++) overall.peak[c] = std::max(overall.peak[c], mem.peak[c]);
     overall.total_peak = std::max(overall.total_peak, mem.total_peak);
@@ -201,12 +254,14 @@ void train(const RunConfig& cfg, Comm& comm) {
     if (tty && !last) {
       const int width = 30;
       int done = int(double(step + 1) / t.steps * width);
-      double eta = train_seconds / (step + 1) * (t.steps - step - 1);
+      double eta = train_seconds / (step + 1 - start) * (t.steps - step - 1);
       fmt::print("[{}{}] {}/{} {:.0f}% ETA {}", std::string(done, '#'), std::string(width - done, '.'),
                  step + 1, t.steps, 100.0 * (step + 1) / t.steps, human_time(eta));
     }
     std::fflush(stdout);
   }
+  if (every > 0 && start < t.steps) checkpoint(t.steps);
+  if (start >= t.steps) val_loss = evaluate(loss_fn, val_data, t.eval_batches, &comm);  // resumed at the end
   stepper.shards().materialize();  // zero3/yafsdp: the full weights, for the file
   if (!rank0) return;
   std::fclose(metrics);

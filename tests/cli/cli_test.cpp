@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "data/data.h"
+#include "io/io.h"
 #include "support/support.h"
 
 namespace frugal {
@@ -81,6 +82,56 @@ TEST_F(Cli, PrepareTrainEvalSample) {
   EXPECT_EQ(s1.out.rfind("In the", 0), 0u);
   EXPECT_GE(s1.out.size(), 40u + 6u);
   EXPECT_NE(s1.out, s3.out);
+}
+
+// A run's weights exported for transformers load in the PyTorch twin (its own safetensors
+// reader, GPT2LMHeadModel names, config.json) and give frugal's logits within 1e-4 relative;
+// --init-from starts a run from them exactly; a shape that does not fit is one clear line.
+TEST_F(Cli, ExportLoadsInTheTwinAndInitFromStartsFromIt) {
+  ASSERT_EQ(run("prepare corpus.txt --out data --val-every 5", d()).code, 0);
+  Result t = run(std::string("train ") + kTiny + " --train.steps=6 --train.eval_batches=1 --run.dir=hf", d());
+  ASSERT_EQ(t.code, 0) << t.out;
+  EXPECT_NE(t.out.find("checkpoint: hf/ckpt-6 written"), std::string::npos) << t.out;  // one at the end
+  Result x = run("export hf --out hf_export", d());
+  ASSERT_EQ(x.code, 0) << x.out;
+  EXPECT_NE(x.out.find("hf/ckpt-6/model.safetensors -> hf_export/model.safetensors"), std::string::npos) << x.out;
+  auto cfg = nlohmann::json::parse(std::ifstream(*dir_ / "hf_export/config.json"));
+  EXPECT_EQ(cfg["model_type"], "gpt2");
+  EXPECT_EQ(cfg["architectures"][0], "GPT2LMHeadModel");
+  EXPECT_EQ(cfg["vocab_size"], 257);
+  EXPECT_EQ(cfg["n_positions"], 128);
+  EXPECT_EQ(cfg["n_layer"], 2);
+  EXPECT_EQ(cfg["activation_function"], "gelu_new");
+
+  GptConfig gc = read_model_config(*dir_ / "hf/model.safetensors");
+  Gpt model(gc, cpu_backend());
+  load_model(*dir_ / "hf/model.safetensors", model);
+  const int B = 2, T = 50;
+  std::vector<int32_t> tokens(B * T);
+  for (int i = 0; i < B * T; i++) tokens[i] = int32_t((i * 37 + 11) % 257);
+  save_safetensors(*dir_ / "tok.safetensors", {{"tokens", "I32", {B, T}, tokens.data()}}, {});
+  std::string cmd = fmt::format("/usr/bin/python3 {}/tests/reference/gpt2_reference.py --hf {} --batches {} --out {}",
+                                FRUGAL_SOURCE_DIR, *dir_ / "hf_export", *dir_ / "tok.safetensors", *dir_ / "logits.safetensors");
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  std::vector<float> ref(size_t(B) * T * 257), ours;
+  SafeTensors(*dir_ / "logits.safetensors").read("logits", "F32", {B, T, 257}, ref.data());
+  model.allocate(B, T);
+  model.logits(tokens.data(), B, T, false, ours);
+  EXPECT_LT(test::rel_error(ours, ref), 1e-4);
+
+  // lr 0: one step leaves the weights as they came
+  Result f = run(std::string("train ") + kTiny + " --train.steps=1 --train.lr=0 --train.min_lr=0 --train.eval_batches=1 "
+                 "--run.dir=ft --init-from hf_export/model.safetensors", d());
+  ASSERT_EQ(f.code, 0) << f.out;
+  auto slurp = [](const std::string& p) {
+    std::ifstream in(p, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  EXPECT_EQ(slurp(*dir_ / "ft/model.safetensors"), slurp(*dir_ / "hf_export/model.safetensors"));
+  expect_error(std::string("train ") + kTiny + " --model.n_embd=32 --run.dir=ft2 --init-from hf_export/model.safetensors",
+               "hf_export/model.safetensors: tensor 'transformer.wte.weight' is F32 [257, 64], expected F32 [257, 32]");
+  expect_error("train --resume hf --model.n_layer=3",
+               "the configuration changes the model shape of checkpoint hf/ckpt-6: model.n_layer 2 -> 3");
 }
 
 TEST_F(Cli, BadInputIsOneClearLine) {

@@ -97,6 +97,30 @@ TEST(Loader, WindowsAreConsecutiveTokensAndShuffleIsSeeded) {
   EXPECT_EQ(a.epoch(), 1);
 }
 
+TEST(Loader, SeekContinuesExactlyWhereThePositionWasTaken) {
+  // positions in the middle of a shard, at a shard's end and across an epoch boundary
+  test::TempDir d;
+  write_shard(d / "s0.bin", iota_tokens(401, 1000));  // 100 windows of T=4
+  write_shard(d / "s1.bin", iota_tokens(201, 1000));  // 50 windows
+  auto files = resolve_shards(d / "s*.bin", "data.train");
+  const int B = 5, T = 4;
+  for (int skip : {0, 7, 10, 29, 30, 31, 45}) {  // batches of 5: 30 per epoch
+    DataLoader a(files, 1000, B, T, 3, true);
+    std::vector<int32_t> in(B * T), tg(B * T), in2(B * T), tg2(B * T);
+    for (int k = 0; k < skip; k++) a.next(in.data(), tg.data());
+    DataLoader b(files, 1000, B, T, 3, true);
+    b.seek(a.position(), "ckpt");
+    for (int k = 0; k < 20; k++) {
+      a.next(in.data(), tg.data());
+      b.next(in2.data(), tg2.data());
+      ASSERT_EQ(in, in2) << "skip " << skip << " batch " << k;
+      ASSERT_EQ(tg, tg2);
+    }
+  }
+  DataLoader c(files, 1000, B, T, 3, true);
+  test::expect_user_error([&] { c.seek({0, 2, 0}, "ckpt-4/state.json"); }, "ckpt-4/state.json: data position (epoch 0, shard 2, window 0) is out of range for 2 shard(s)");
+}
+
 TEST(Loader, RanksReadDisjointPartsOfTheGlobalBatch) {
   test::TempDir d;
   write_shard(d / "s.bin", iota_tokens(801, 100000));

@@ -43,9 +43,52 @@ TEST(SafeTensors, ModelRoundTripIsExactAndMismatchIsAClearError) {
   GptConfig other = cfg;
   other.n_embd = 64;
   Gpt c(other, cpu_backend());
-  test::expect_user_error([&] { load_model(d / "m.safetensors", c); }, "m.safetensors: tensor 'wte' is F32 [128, 32], expected F32 [128, 64]");
+  test::expect_user_error([&] { load_model(d / "m.safetensors", c); }, "m.safetensors: tensor 'transformer.wte.weight' is F32 [100, 32], expected F32 [100, 64]");
   std::ofstream(d / "junk.safetensors") << "not a safetensors file at all";
   test::expect_user_error([&] { SafeTensors s(d / "junk.safetensors"); }, "junk.safetensors: not a safetensors file");
+}
+
+TEST(SafeTensors, ModelFileIsInTheHuggingFaceLayout) {
+  // GPT2LMHeadModel's names, Conv1D weights [in, out], wte with V rows, no lm_head (tied)
+  test::TempDir d;
+  GptConfig cfg{"custom", 2, 2, 32, 100, 16};
+  Gpt a(cfg, cpu_backend());
+  a.init(5);
+  save_model(d / "m.safetensors", a);
+  SafeTensors st(d / "m.safetensors");
+  EXPECT_EQ(st.metadata().at("format"), "pt");
+  EXPECT_FALSE(st.has("lm_head.weight"));
+  EXPECT_EQ(st.shape("transformer.wte.weight"), (std::vector<int64_t>{100, 32}));
+  EXPECT_EQ(st.shape("transformer.wpe.weight"), (std::vector<int64_t>{16, 32}));
+  EXPECT_EQ(st.shape("transformer.ln_f.bias"), (std::vector<int64_t>{32}));
+  const Tensors& p1 = a.block_unit(1).p;
+  struct Case { const char* name; const float* ours; int64_t out, in; };
+  for (const Case& c : {Case{"attn.c_attn.weight", p1.qkv_w, 96, 32}, Case{"attn.c_proj.weight", p1.proj_w, 32, 32},
+                        Case{"mlp.c_fc.weight", p1.fc_w, 128, 32}, Case{"mlp.c_proj.weight", p1.fcproj_w, 32, 128}}) {
+    std::string name = std::string("transformer.h.1.") + c.name;
+    ASSERT_EQ(st.shape(name), (std::vector<int64_t>{c.in, c.out})) << name;
+    const float* f = st.f32(name, c.in * c.out);
+    for (int64_t o = 0; o < c.out; o++)
+      for (int64_t i = 0; i < c.in; i++) ASSERT_EQ(f[i * c.out + o], c.ours[o * c.in + i]) << name;
+  }
+  // the hub's GPT2Model names (no "transformer." prefix) load too, extra tensors ignored
+  std::vector<StTensor> ts;
+  std::vector<std::vector<float>> keep;
+  for (auto& n : a.named_params()) {
+    std::string name = n.spec->hf_name.substr(std::string("transformer.").size());
+    auto shape = st.shape(n.spec->hf_name);
+    int64_t numel = shape.size() == 1 ? shape[0] : shape[0] * shape[1];
+    const float* f = st.f32(n.spec->hf_name, numel);
+    keep.emplace_back(f, f + numel);
+    ts.push_back({name, "F32", shape, keep.back().data()});
+  }
+  float mask[4] = {1, 1, 1, 1};
+  ts.push_back({"h.0.attn.bias", "F32", {2, 2}, mask});
+  save_safetensors(d / "hub.safetensors", ts, {});
+  Gpt b(cfg, cpu_backend());
+  load_model(d / "hub.safetensors", b);
+  for (size_t i = 0; i < a.units().size(); i++)
+    EXPECT_EQ(0, std::memcmp(a.units()[i].params.data(), b.units()[i].params.data(), a.units()[i].numel * 4));
 }
 
 }  // namespace

@@ -8,17 +8,24 @@ Mode 1, parity (default) -- used by the C++ parity test:
   python3 gpt2_reference.py --weights W.safetensors --batches X.safetensors
       --out R.safetensors --lr F --min-lr F --warmup N --total-steps N
       --weight-decay F --beta1 F --beta2 F --eps F --clip F --threads N
-  W: F32 parameters (names below) + metadata n_layer, n_head, n_embd,
-     vocab_size, context.  X: I32 "tokens" (S, B, T+1), S >= 10.
+  W: F32 parameters in the Hugging Face GPT-2 layout (see from_hf) + metadata
+     n_layer, n_head, n_embd, vocab_size, context.  X: I32 "tokens" (S, B, T+1), S >= 10.
   With --autocast also "ac.logits", "ac.loss", "ac.grad.<name>": batch 0 under
   torch.autocast("cpu", bfloat16) (the loss in fp32 from the bf16 logits).
   R (F32): "logits" (B,T,V) and "loss" (1,) of batch 0 at the initial weights,
      "grad.<name>" for every parameter (batch 0, initial weights),
      "losses" (10,) and "grad_norms" (10,) of 10 AdamW steps on batches 0..9,
      "param5.<name>" for every parameter after 5 updates.
-  Parameter names (Linear weights stored [out, in]): wte (Vp,C), wpe (maxT,C),
+  The twin's parameter names (Linear weights stored [out, in]), also used for
+  "grad.<name>" and "param5.<name>": wte (Vp,C), wpe (maxT,C),
   blocks.<l>.{ln1,ln2}.{weight,bias}, blocks.<l>.attn.{qkv,proj}.{weight,bias},
   blocks.<l>.mlp.{fc,proj}.{weight,bias}, ln_f.{weight,bias}.
+
+Mode 4, Hugging Face export -- used by the export test:
+  python3 gpt2_reference.py --hf DIR --batches X.safetensors --out R.safetensors
+  DIR: what `frugal export` writes (config.json + model.safetensors, read as
+  transformers would: GPT2Config fields, GPT2LMHeadModel names). X: I32
+  "tokens" (B,T). R: F32 "logits" (B,T,V).
 
 Mode 3, attention alone -- used by the attention test:
   python3 gpt2_reference.py --attention A.safetensors --out R.safetensors
@@ -89,6 +96,51 @@ def write_safetensors(path, tensors, meta=None):
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------- Hugging Face layout
+
+# (twin name, GPT2LMHeadModel name, Conv1D: stored [in, out] there)
+HF_BLOCK = [("ln1.weight", "ln_1.weight", False), ("ln1.bias", "ln_1.bias", False),
+            ("attn.qkv.weight", "attn.c_attn.weight", True), ("attn.qkv.bias", "attn.c_attn.bias", False),
+            ("attn.proj.weight", "attn.c_proj.weight", True), ("attn.proj.bias", "attn.c_proj.bias", False),
+            ("ln2.weight", "ln_2.weight", False), ("ln2.bias", "ln_2.bias", False),
+            ("mlp.fc.weight", "mlp.c_fc.weight", True), ("mlp.fc.bias", "mlp.c_fc.bias", False),
+            ("mlp.proj.weight", "mlp.c_proj.weight", True), ("mlp.proj.bias", "mlp.c_proj.bias", False)]
+
+
+def from_hf(weights, n_layer, vocab_size):
+    """GPT2LMHeadModel tensors (transformer.*; Conv1D [in, out]; wte with V rows; lm_head tied,
+    absent) -> the twin's names, Linear [out, in], wte padded with zero rows to Vp."""
+    def get(name):
+        return weights["transformer." + name]
+    Vp = ((vocab_size + 127) // 128) * 128
+    wte = get("wte.weight")
+    if wte.shape[0] != vocab_size:
+        sys.exit("wte has %d rows, expected vocab_size %d" % (wte.shape[0], vocab_size))
+    if "lm_head.weight" in weights:
+        sys.exit("lm_head.weight is stored: the head must be tied to wte")
+    out = {"wte": np.concatenate([wte, np.zeros((Vp - vocab_size, wte.shape[1]), np.float32)]),
+           "wpe": get("wpe.weight"), "ln_f.weight": get("ln_f.weight"), "ln_f.bias": get("ln_f.bias")}
+    for l in range(n_layer):
+        for ours, hf, conv1d in HF_BLOCK:
+            t = get("h.%d.%s" % (l, hf))
+            out["blocks.%d.%s" % (l, ours)] = t.T.copy() if conv1d else t
+    return out
+
+
+def load_weights(model, weights):
+    params = dict(model.named_parameters())
+    missing = set(params) - set(weights)
+    if missing:
+        sys.exit("weights file lacks: %s" % sorted(missing))
+    import torch
+    with torch.no_grad():
+        for name, p in params.items():
+            if tuple(weights[name].shape) != tuple(p.shape):
+                sys.exit("%s: shape %s, expected %s" % (name, weights[name].shape, tuple(p.shape)))
+            p.copy_(torch.from_numpy(weights[name]))
+    return params
 
 
 # ---------------------------------------------------------------- model
@@ -193,13 +245,7 @@ def run_parity(torch, a):
     weights, meta = read_safetensors(a.weights)
     cfg = {k: int(meta[k]) for k in ("n_layer", "n_head", "n_embd", "vocab_size", "context")}
     model = build_model(torch, **cfg)
-    params = dict(model.named_parameters())
-    missing = set(params) - set(weights)
-    if missing:
-        sys.exit("weights file lacks: %s" % sorted(missing))
-    with torch.no_grad():
-        for name, p in params.items():
-            p.copy_(torch.from_numpy(weights[name]).reshape(p.shape))
+    params = load_weights(model, from_hf(weights, cfg["n_layer"], cfg["vocab_size"]))
 
     tokens = torch.from_numpy(read_safetensors(a.batches)[0]["tokens"]).long()
     if tokens.shape[0] < 10:
@@ -245,6 +291,23 @@ def run_parity(torch, a):
     out["losses"] = np.array(losses, dtype=np.float32)
     out["grad_norms"] = np.array(norms, dtype=np.float32)
     write_safetensors(a.out, {k: v.astype(np.float32) for k, v in out.items()})
+
+
+def run_hf(torch, a):
+    """Logits of tokens (B,T) from an exported directory, read as transformers would."""
+    with open(os.path.join(a.hf, "config.json")) as f:
+        c = json.load(f)
+    if c["model_type"] != "gpt2" or c["architectures"] != ["GPT2LMHeadModel"] \
+            or c["activation_function"] != "gelu_new" or c["layer_norm_epsilon"] != 1e-5 \
+            or c["n_ctx"] != c["n_positions"] or c.get("tie_word_embeddings", True) is not True:
+        sys.exit("config.json is not a GPT-2 config the twin matches: %s" % c)
+    model = build_model(torch, c["n_layer"], c["n_head"], c["n_embd"], c["vocab_size"], c["n_positions"])
+    weights, _ = read_safetensors(os.path.join(a.hf, "model.safetensors"))
+    load_weights(model, from_hf(weights, c["n_layer"], c["vocab_size"]))
+    tokens = torch.from_numpy(read_safetensors(a.batches)[0]["tokens"]).long()
+    with torch.no_grad():
+        logits, _ = model(tokens, tokens)
+    write_safetensors(a.out, {"logits": logits.numpy().astype(np.float32)})
 
 
 def run_attention(torch, a):
@@ -315,6 +378,7 @@ def main():
                     help="parity: also write ac.logits, ac.loss, ac.grad.* of batch 0 under bf16 autocast")
     # bench mode
     ap.add_argument("--bench", action="store_true")
+    ap.add_argument("--hf", help="export mode: a directory with config.json + model.safetensors")
     ap.add_argument("--attention", help="attention mode: a safetensors file with qkv, dout (+ metadata n_head)")
     ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
                     help="bench: bf16 runs the forward under torch.autocast (fp32 master weights)")
@@ -329,7 +393,9 @@ def main():
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--warmup-steps", type=int, default=2)
     a = ap.parse_args()
-    if not a.bench and not a.attention and not (a.weights and a.batches and a.out):
+    if a.hf and not (a.batches and a.out):
+        ap.error("export mode needs --hf, --batches and --out")
+    if not a.bench and not a.attention and not a.hf and not (a.weights and a.batches and a.out):
         ap.error("parity mode needs --weights, --batches and --out")
 
     os.environ["OMP_NUM_THREADS"] = str(a.threads)
@@ -337,7 +403,7 @@ def main():
     import torch  # after the env vars, so the thread pools honour them
     import torch.utils.checkpoint  # noqa: F401  (bench --checkpoint)
     torch.set_num_threads(a.threads)
-    (run_bench if a.bench else run_attention if a.attention else run_parity)(torch, a)
+    (run_bench if a.bench else run_attention if a.attention else run_hf if a.hf else run_parity)(torch, a)
 
 
 if __name__ == "__main__":
