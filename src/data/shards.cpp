@@ -98,14 +98,4 @@ std::vector<std::string> resolve_shards(const std::string& pattern, const std::s
   return files;
 }
 
-void byte_encode(const std::string& text, std::vector<uint32_t>& out) {
-  for (unsigned char c : text) out.push_back(c);
-}
-
-std::string byte_decode(const std::vector<int32_t>& ids) {
-  std::string s;
-  for (int32_t id : ids) s += id == kByteEot ? '\n' : char(id & 0xFF);
-  return s;
-}
-
 }  // namespace frugal
