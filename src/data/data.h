@@ -119,6 +119,8 @@ std::unique_ptr<Tokenizer> load_sentencepiece(const std::string& model_path);
 // "vocab_size": 50257}; the SentencePiece model is dir/tokenizer.model, GPT-2's files are copied
 // next to it); without tokenizer.json the shards are byte-level.
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& dir);
+struct TokenizerInfo { std::string kind; int64_t vocab_size; };
+TokenizerInfo tokenizer_info(const std::string& dir);  // what dir/tokenizer.json says
 // Writes the tokenizer's files and then dir/tokenizer.json, each atomically.
 void save_tokenizer(const std::string& dir, const Tokenizer& tok);
 std::string to_string(TokenizerKind k);

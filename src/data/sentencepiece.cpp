@@ -4,6 +4,8 @@
 #include <sentencepiece_processor.h>
 #include <sentencepiece_trainer.h>
 
+#include <algorithm>
+
 #include "data/data.h"
 
 namespace frugal {
@@ -96,7 +98,12 @@ std::unique_ptr<Tokenizer> train_sentencepiece(const std::vector<std::string>& d
        {"character_coverage", "1.0"},
        {"minloglevel", "2"}},
       &lines, &proto);
-  if (!st.ok()) user_error("--vocab-size {}: SentencePiece training failed: {}", vocab_size, st.ToString());
+  if (!st.ok()) {
+    std::string msg = st.ToString();
+    std::replace(msg.begin(), msg.end(), '\n', ' ');
+    while (!msg.empty() && msg.back() == ' ') msg.pop_back();
+    user_error("--vocab-size {}: SentencePiece training failed: {}", vocab_size, msg);
+  }
   return std::make_unique<SpTokenizer>("", proto);
 }
 

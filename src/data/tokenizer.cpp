@@ -53,18 +53,20 @@ std::string to_string(TokenizerKind k) {
   return "?";
 }
 
-std::unique_ptr<Tokenizer> load_tokenizer(const std::string& dir) {
+TokenizerInfo tokenizer_info(const std::string& dir) {
   std::string path = dir + "/tokenizer.json";
-  if (!std::filesystem::exists(path)) return make_byte_tokenizer();
-  std::string kind;
-  int64_t vocab = 0;
+  if (!std::filesystem::exists(path)) return {"byte", kByteVocab};
   try {
     auto j = nlohmann::json::parse(read_whole_file(path));
-    kind = j.at("kind").get<std::string>();
-    vocab = j.at("vocab_size").get<int64_t>();
+    return {j.at("kind").get<std::string>(), j.at("vocab_size").get<int64_t>()};
   } catch (const nlohmann::json::exception& e) {
     user_error("{}: expected {{\"kind\": ..., \"vocab_size\": ...}}: {}", path, e.what());
   }
+}
+
+std::unique_ptr<Tokenizer> load_tokenizer(const std::string& dir) {
+  std::string path = dir + "/tokenizer.json";
+  auto [kind, vocab] = tokenizer_info(dir);
   std::unique_ptr<Tokenizer> tok;
   if (kind == "byte") tok = make_byte_tokenizer();
   else if (kind == "gpt2") tok = make_gpt2_tokenizer(dir);
