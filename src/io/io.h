@@ -99,10 +99,12 @@ struct StTensor {
 void save_safetensors(const std::string& path, const std::vector<StTensor>& tensors,
                       const std::map<std::string, std::string>& metadata);
 
-// A whole safetensors file in memory.
+// A whole safetensors file in memory. Opening checks the header against the file (see parse) and
+// throws UserError naming the file for anything malformed.
 class SafeTensors {
  public:
   explicit SafeTensors(const std::string& path);
+  SafeTensors(std::string name, std::vector<char> bytes);  // a file's bytes; name for errors
   bool has(const std::string& name) const { return index_.count(name) > 0; }
   // Copies tensor `name` into out, checking dtype and shape; UserError naming file and tensor.
   void read(const std::string& name, const std::string& dtype, const std::vector<int64_t>& shape,
@@ -111,6 +113,7 @@ class SafeTensors {
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
 
  private:
+  void parse();
   struct Entry { std::string dtype; std::vector<int64_t> shape; size_t begin, end; };
   std::string path_;
   std::vector<char> bytes_;
