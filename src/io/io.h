@@ -110,6 +110,7 @@ class SafeTensors {
   void read(const std::string& name, const std::string& dtype, const std::vector<int64_t>& shape,
             void* out) const;
   std::vector<int64_t> shape(const std::string& name) const;
+  std::vector<std::string> names() const;  // the tensors, sorted
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
 
  private:

@@ -1,5 +1,4 @@
 // safetensors files and model weights.
-#include <cstring>
 #include <fstream>
 
 #include "io/io.h"
@@ -52,11 +51,10 @@ TEST(SafeTensors, ModelRoundTripIsExactAndMismatchIsAClearError) {
 // A safetensors file from a header (any bytes) and a data section of `data` zero bytes.
 std::vector<char> st_file(const std::string& header, size_t data, uint64_t len = UINT64_MAX) {
   if (len == UINT64_MAX) len = header.size();
-  std::vector<char> f(8);
-  std::memcpy(f.data(), &len, 8);
-  f.insert(f.end(), header.begin(), header.end());
-  f.resize(f.size() + data, 0);
-  return f;
+  std::string f(reinterpret_cast<const char*>(&len), 8);
+  f += header;
+  f.append(data, '\0');
+  return {f.begin(), f.end()};
 }
 
 // Opening must throw a UserError that names the file and contains needle.
