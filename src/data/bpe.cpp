@@ -216,7 +216,8 @@ class Gpt2Tokenizer final : public Tokenizer {
   }
 
   void save_files(const std::string& dir) const override {
-    if (std::filesystem::equivalent(dir, dir_)) return;
+    std::error_code ec;
+    if (std::filesystem::equivalent(dir, dir_, ec)) return;
     for (const char* f : {"/encoder.json", "/vocab.bpe"}) {
       std::string text = read_whole_file(dir_ + f);
       write_file_atomic(dir + f, text.data(), text.size());
@@ -230,7 +231,7 @@ class Gpt2Tokenizer final : public Tokenizer {
 
   // BPE of one piece: start from its bytes, repeatedly merge every occurrence of the adjacent
   // pair with the lowest rank, left to right, until no pair has a rank. Appends the ids.
-  void merge(const std::string& piece, std::vector<uint32_t>& out) const {
+  void merge(const std::string& piece, std::vector<uint32_t>& out) {
     std::vector<uint32_t>& w = word_;
     w.clear();
     for (unsigned char c : piece) w.push_back(byte_id_[c]);
@@ -263,7 +264,7 @@ class Gpt2Tokenizer final : public Tokenizer {
   std::unordered_map<std::string, std::pair<uint32_t, uint32_t>> cache_;  // piece -> ids
   std::vector<uint32_t> cache_ids_;
   std::string piece_;
-  mutable std::vector<uint32_t> word_;
+  std::vector<uint32_t> word_;
 };
 
 }  // namespace

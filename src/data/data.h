@@ -1,4 +1,5 @@
-// data: token shards (llm.c's .bin layout), the batch loader, and the byte-level tokenizer.
+// data: token shards (llm.c's .bin layout), the batch loader, and the tokenizers (byte-level,
+// GPT-2's BPE, SentencePiece).
 //
 // Shard file: a header of 256 little-endian int32 — [magic, version, num_tokens, 0...] — then
 // num_tokens tokens. magic 20240520 / version 1: uint16 tokens (llm.c GPT-2 shards);
