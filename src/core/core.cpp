@@ -34,6 +34,7 @@ void* MemoryPool::alloc(size_t bytes, Mem cat) {
   FRUGAL_CHECK(p != nullptr, "out of memory allocating {} bytes of {}", bytes, mem_name(cat));
   std::memset(p, 0, rounded);
   live_.push_back({p, bytes, cat});
+  stats_.allocations++;
   int c = static_cast<int>(cat);
   stats_.current[c] += bytes;
   stats_.peak[c] = std::max(stats_.peak[c], stats_.current[c]);

@@ -38,6 +38,7 @@ const char* mem_name(Mem m);
 struct MemStats {
   std::array<size_t, num_mem> current{}, peak{};
   size_t total_current = 0, total_peak = 0;
+  size_t allocations = 0;  // alloc() calls since the start
 };
 
 // Process-wide pool: 64-byte aligned, zero-filled allocations, accounted per category.
