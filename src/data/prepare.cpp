@@ -1,4 +1,5 @@
-// `frugal prepare`: text files -> byte-level token shards with a train/val split.
+// `frugal prepare`: text files -> token shards with a train/val split, and the tokenizer's
+// description next to them.
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -8,15 +9,7 @@
 
 namespace frugal {
 
-static std::string read_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) user_error("{}: cannot read input text", path);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-static std::string kjv_text() {
+std::string kjv_text() {
   FILE* p = ::popen("COLUMNS=80 bible 'Genesis 1:1-Revelation 22:21' 2>/dev/null", "r");
   std::string text;
   if (p) {
@@ -32,16 +25,26 @@ static std::string kjv_text() {
 }
 
 PrepareStats prepare_corpus(const std::vector<std::string>& inputs, const std::string& out_dir,
-                            int val_every) {
+                            int val_every, const TokenizerOptions& opt) {
   if (val_every < 2) user_error("--val-every: expected an integer >= 2, got {}", val_every);
+  std::vector<std::string> docs;
+  if (inputs.empty()) docs.push_back(kjv_text());
+  for (auto& f : inputs) docs.push_back(read_whole_file(f));
+  std::error_code ec;
+  std::filesystem::create_directories(out_dir, ec);
+  if (ec) user_error("{}: cannot create directory: {}", out_dir, ec.message());
+  std::unique_ptr<Tokenizer> tok;
+  switch (opt.kind) {
+    case TokenizerKind::byte: tok = make_byte_tokenizer(); break;
+    case TokenizerKind::gpt2: tok = make_gpt2_tokenizer(opt.gpt2_dir); break;
+    case TokenizerKind::sentencepiece:
+      tok = train_sentencepiece(docs, opt.vocab_size, opt.model_type);
+      break;
+  }
   std::vector<uint32_t> stream;
-  if (inputs.empty()) {
-    byte_encode(kjv_text(), stream);
-  } else {
-    for (auto& f : inputs) {
-      if (!stream.empty()) stream.push_back(kByteEot);
-      byte_encode(read_text(f), stream);
-    }
+  for (auto& d : docs) {
+    if (!stream.empty()) stream.push_back(tok->eot());
+    tok->encode(d, stream);
   }
   const size_t chunk = 8192;
   std::vector<uint32_t> train, val;
@@ -50,13 +53,11 @@ PrepareStats prepare_corpus(const std::vector<std::string>& inputs, const std::s
     dst.insert(dst.end(), stream.begin() + i, stream.begin() + std::min(stream.size(), i + chunk));
   }
   if (val.empty()) user_error("prepare: the input has {} tokens, too few for a validation split", stream.size());
-  std::error_code ec;
-  std::filesystem::create_directories(out_dir, ec);
-  if (ec) user_error("{}: cannot create directory: {}", out_dir, ec.message());
   PrepareStats st{int64_t(train.size()), int64_t(val.size()),
                   {out_dir + "/train_000.bin", out_dir + "/val_000.bin"}};
   write_shard(st.files[0], train);
   write_shard(st.files[1], val);
+  save_tokenizer(out_dir, *tok);
   return st;
 }
 

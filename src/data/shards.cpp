@@ -63,9 +63,13 @@ TokenShard::TokenShard(const std::string& path, int64_t vocab_size) : path_(path
   u32_ = reinterpret_cast<const uint32_t*>(body);
   if (vocab_size > 0) {
     for (int64_t i = 0; i < n_; i++) {
-      if (int64_t((*this)[i]) >= vocab_size)
-        user_error("{}: token {} has id {}, expected ids below model.vocab_size = {}", path, i,
-                   (*this)[i], vocab_size);
+      if (int64_t((*this)[i]) >= vocab_size) {
+        auto dir = std::filesystem::path(path).parent_path().string();
+        auto info = tokenizer_info(dir.empty() ? "." : dir);
+        user_error("{}: token {} has id {}, expected ids below model.vocab_size = {} (the shards' "
+                   "tokenizer, {}, has {} ids: set model.vocab_size = {})", path, i, (*this)[i],
+                   vocab_size, info.kind, info.vocab_size, info.vocab_size);
+      }
     }
   }
 }
@@ -96,16 +100,6 @@ std::vector<std::string> resolve_shards(const std::string& pattern, const std::s
   std::sort(files.begin(), files.end());
   if (files.empty()) user_error("{}: no token shards match '{}'", field, pattern);
   return files;
-}
-
-void byte_encode(const std::string& text, std::vector<uint32_t>& out) {
-  for (unsigned char c : text) out.push_back(c);
-}
-
-std::string byte_decode(const std::vector<int32_t>& ids) {
-  std::string s;
-  for (int32_t id : ids) s += id == kByteEot ? '\n' : char(id & 0xFF);
-  return s;
 }
 
 }  // namespace frugal

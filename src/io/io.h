@@ -103,10 +103,12 @@ struct StTensor {
 void save_safetensors(const std::string& path, const std::vector<StTensor>& tensors,
                       const std::map<std::string, std::string>& metadata);
 
-// A whole safetensors file in memory.
+// A safetensors file, mapped (or given as bytes). Opening checks the header against the file (see parse) and
+// throws UserError naming the file for anything malformed.
 class SafeTensors {
  public:
   explicit SafeTensors(const std::string& path);
+  SafeTensors(std::string name, std::vector<char> bytes);  // a file's bytes; name for errors
   bool has(const std::string& name) const { return index_.count(name) > 0; }
   // Copies tensor `name` into out, checking dtype and shape; UserError naming file and tensor.
   void read(const std::string& name, const std::string& dtype, const std::vector<int64_t>& shape,
@@ -114,12 +116,15 @@ class SafeTensors {
   std::vector<int64_t> shape(const std::string& name) const;
   // The data of F32 tensor `name`, which must hold numel elements (any shape); UserError otherwise.
   const float* f32(const std::string& name, int64_t numel) const;
+  std::vector<std::string> names() const;  // the tensors, sorted
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
 
  private:
+  void parse();
   struct Entry { std::string dtype; std::vector<int64_t> shape; size_t begin, end; };
   std::string path_;
   std::shared_ptr<void> map_;  // the file, mapped read-only
+  std::vector<char> owned_;    // or its bytes, given
   std::string_view bytes_;
   size_t data_start_ = 0;
   std::map<std::string, Entry> index_;

@@ -134,6 +134,41 @@ TEST_F(Cli, ExportLoadsInTheTwinAndInitFromStartsFromIt) {
                "the configuration changes the model shape of checkpoint hf/ckpt-6: model.n_layer 2 -> 3");
 }
 
+// The other tokenizers: GPT-2's BPE and a SentencePiece vocabulary trained by prepare; train
+// needs the model's vocabulary to match, sample decodes with the data's tokenizer.
+TEST_F(Cli, PrepareTrainSampleWithGpt2AndTrainedTokenizers) {
+  std::string gpt2_dir = std::string(FRUGAL_SOURCE_DIR) + "/data/gpt2";
+  if (!std::filesystem::exists(gpt2_dir + "/vocab.bpe")) GTEST_SKIP() << gpt2_dir << " is missing (scripts/setup.sh)";
+  Result p = run("prepare corpus.txt --out gdata --val-every 5 --tokenizer gpt2 --gpt2-dir " + gpt2_dir, d());
+  ASSERT_EQ(p.code, 0) << p.out;
+  std::string data = " --data.train=gdata/train_*.bin --data.val=gdata/val_*.bin --train.steps=2 --train.eval_every=0 --train.eval_batches=1";
+  std::string tiny = "--model.preset=tiny --train.seq_len=64 --train.micro_batch=4";
+  expect_error("train " + tiny + data, "the shards' tokenizer, gpt2, has 50257 ids: set model.vocab_size = 50257");
+  Result t = run("train " + tiny + data + " --model.vocab_size=50257 --run.dir=grun", d());
+  ASSERT_EQ(t.code, 0) << t.out;
+  Result s = run("sample --run grun --prompt 'In the beginning' --tokens 5 --seed 3", d());
+  ASSERT_EQ(s.code, 0) << s.out;
+  EXPECT_EQ(s.out.rfind("In the beginning", 0), 0u) << s.out;
+  // a model whose vocabulary is not the data's tokenizer's cannot sample
+  Result t2 = run("train " + tiny + data + " --model.vocab_size=50304 --run.dir=grun2", d());
+  ASSERT_EQ(t2.code, 0) << t2.out;
+  expect_error("sample --run grun2", "grun2/model.safetensors: vocab_size 50304, but the gpt2 tokenizer of its data (gdata) has 50257");
+
+  Result sp = run("prepare corpus.txt --out sdata --val-every 5 --train-tokenizer --vocab-size 286 --model-type bpe", d());
+  if (sp.out.find("built without SentencePiece") != std::string::npos) GTEST_SKIP() << sp.out;
+  ASSERT_EQ(sp.code, 0) << sp.out;
+  EXPECT_TRUE(std::filesystem::exists(*dir_ / "sdata/tokenizer.model"));
+  Result ts = run("train " + tiny + " --data.train=sdata/train_*.bin --data.val=sdata/val_*.bin --train.steps=2 --train.eval_every=0 --train.eval_batches=1 --model.vocab_size=286 --run.dir=srun", d());
+  ASSERT_EQ(ts.code, 0) << ts.out;
+  Result ss = run("sample --run srun --prompt 'In the' --tokens 5", d());
+  ASSERT_EQ(ss.code, 0) << ss.out;
+  EXPECT_EQ(ss.out.rfind("In the", 0), 0u) << ss.out;
+  expect_error("prepare corpus.txt --out sdata2 --train-tokenizer --vocab-size 100", "--vocab-size: expected at least 260");
+  expect_error("prepare corpus.txt --out sdata2 --train-tokenizer --vocab-size 5000 --model-type unigram",
+               "--vocab-size 5000: SentencePiece training failed");  // more pieces than the corpus has
+  EXPECT_FALSE(std::filesystem::exists(*dir_ / "sdata2/train_000.bin"));
+}
+
 TEST_F(Cli, BadInputIsOneClearLine) {
   ASSERT_EQ(run("prepare corpus.txt --out data --val-every 5", d()).code, 0);
   std::ofstream(*dir_ / "bad.toml") << "[train]\nlearning_rate = 1\n";

@@ -91,5 +91,66 @@ TEST(SafeTensors, ModelFileIsInTheHuggingFaceLayout) {
     EXPECT_EQ(0, std::memcmp(a.units()[i].params.data(), b.units()[i].params.data(), a.units()[i].numel * 4));
 }
 
+// A safetensors file from a header (any bytes) and a data section of `data` zero bytes.
+std::vector<char> st_file(const std::string& header, size_t data, uint64_t len = UINT64_MAX) {
+  if (len == UINT64_MAX) len = header.size();
+  std::string f(reinterpret_cast<const char*>(&len), 8);
+  f += header;
+  f.append(data, '\0');
+  return {f.begin(), f.end()};
+}
+
+// Opening must throw a UserError that names the file and contains needle.
+void expect_rejected(const std::string& header, size_t data, const std::string& needle, uint64_t len = UINT64_MAX) {
+  SCOPED_TRACE(header);
+  try {
+    SafeTensors("x.safetensors", st_file(header, data, len));
+    ADD_FAILURE() << "accepted; expected an error mentioning: " << needle;
+  } catch (const UserError& e) {
+    EXPECT_EQ(std::string(e.what()).rfind("x.safetensors: ", 0), 0u) << e.what();
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+  }
+}
+
+// Every malformed file is a UserError naming the file and the fault, found when it is opened.
+TEST(SafeTensors, MalformedFilesAreRejected) {
+  const std::string a = R"("a": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]})";
+  // well formed, with an empty tensor and metadata: accepted, and the data read back
+  SafeTensors ok("x.safetensors", st_file("{" + a + R"(, "e": {"dtype": "BF16", "shape": [0, 4], "data_offsets": [24, 24]},
+      "__metadata__": {"k": "v"}})", 24));
+  EXPECT_EQ(ok.shape("a"), (std::vector<int64_t>{2, 3}));
+  EXPECT_EQ(ok.shape("e"), (std::vector<int64_t>{0, 4}));
+  // header length beyond the file, a file shorter than the length field
+  expect_rejected("{" + a + "}", 24, "not a safetensors file (header length 1000 for a", 1000);
+  expect_rejected("{" + a + "}", 24, "not a safetensors file (header length 18446744073709551614", UINT64_MAX - 1);
+  test::expect_user_error([&] { SafeTensors("x.safetensors", std::vector<char>(5)); }, "x.safetensors: not a safetensors file");
+  // invalid JSON, non-UTF-8 text, JSON that is not an object
+  expect_rejected("{" + a, 24, "bad safetensors header (not UTF-8 JSON)");
+  expect_rejected(std::string("{\"a") + "\xff\xfe\": 1}", 24, "bad safetensors header (not UTF-8 JSON)");
+  expect_rejected(std::string("{\"a\": \"") + "\xc3\x28\"}", 24, "bad safetensors header (not UTF-8 JSON)");
+  expect_rejected("[1, 2]", 24, "expected a JSON object");
+  // unknown dtype, missing fields, malformed offsets and shapes
+  expect_rejected(R"({"a": {"dtype": "F33", "shape": [2, 3], "data_offsets": [0, 24]}})", 24, "tensor 'a': unknown dtype \"F33\"");
+  expect_rejected(R"({"a": {"dtype": 4, "shape": [2, 3], "data_offsets": [0, 24]}})", 24, "tensor 'a': unknown dtype 4");
+  expect_rejected(R"({"a": {"dtype": "F32", "shape": [2, 3]}})", 24, "tensor 'a': expected an object with dtype, shape and data_offsets");
+  expect_rejected(R"({"a": [1]})", 24, "tensor 'a': expected an object");
+  expect_rejected(R"({"a": {"dtype": "F32", "shape": [2, 3], "data_offsets": [-4, 20]}})", 24, "data_offsets [-4,20], expected [begin, end]");
+  expect_rejected(R"({"a": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24.5]}})", 24, "data_offsets [0,24.5], expected [begin, end]");
+  expect_rejected(R"({"a": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0]}})", 24, "data_offsets [0], expected [begin, end]");
+  expect_rejected(R"({"a": {"dtype": "F32", "shape": [-2, 3], "data_offsets": [0, 24]}})", 24, "shape [-2,3], expected non-negative integers");
+  expect_rejected(R"({"a": {"dtype": "F32", "shape": "2x3", "data_offsets": [0, 24]}})", 24, "shape \"2x3\", expected an array");
+  expect_rejected(R"({"a": {"dtype": "F64", "shape": [4294967296, 4294967296, 16], "data_offsets": [0, 24]}})", 24, "is too large");
+  // shape and size disagree
+  expect_rejected(R"({"a": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 20]}})", 24, "F32 [2, 3] is 24 bytes, but data_offsets 0..20 hold 20");
+  expect_rejected(R"({"a": {"dtype": "F16", "shape": [2, 3], "data_offsets": [0, 24]}})", 24, "F16 [2, 3] is 12 bytes");
+  // out-of-range and reversed offsets, overlapping tensors
+  expect_rejected(R"({"a": {"dtype": "F32", "shape": [2, 3], "data_offsets": [24, 48]}})", 24, "tensor 'a' lies outside the file (offsets 24..48, 24 bytes of data)");
+  expect_rejected(R"({"a": {"dtype": "F32", "shape": [0], "data_offsets": [8, 4]}})", 24, "tensor 'a' lies outside the file (offsets 8..4");
+  expect_rejected("{" + a + R"(, "b": {"dtype": "I32", "shape": [4], "data_offsets": [8, 24]}})", 32, "tensors overlap (bytes 0..24 and 8..24)");
+  // metadata that is not strings
+  expect_rejected(R"({"__metadata__": {"k": 1}})", 0, "metadata 'k' is not a string");
+  expect_rejected(R"({"__metadata__": [1]})", 0, "__metadata__ is not an object");
+}
+
 }  // namespace
 }  // namespace frugal
