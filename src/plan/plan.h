@@ -31,7 +31,7 @@ struct Device {
 
 // $FRUGAL_DEVICES, else the source tree's configs/devices.toml.
 std::string default_devices_path();
-// Every entry, in file order; a malformed file or entry is a UserError naming file and field.
+// Every entry, sorted by name; a malformed file or entry is a UserError naming file and field.
 std::vector<Device> load_devices(const std::string& path);
 // UserError listing the known names when `name` is not one.
 const Device& find_device(const std::vector<Device>& devices, const std::string& name,
