@@ -150,8 +150,7 @@ static int cmd_plan(const PlanArgs& a) {
   if (!a.calibrate.empty()) return cmd_calibrate(a);
   if (a.preset.empty() == a.config.empty()) user_error("plan: give the model as --preset NAME or -c FILE (a frugal TOML config or a Hugging Face config.json)");
   if (!(a.tokens > 0)) user_error("--tokens: expected the training budget in tokens (> 0), e.g. 10e9");
-  PlanQuery q;
-  PlanSettings& b = q.base;
+  PlanSettings b;
   std::string device = a.device;
   b.seq_len = a.seq_len;
   b.batch_tokens = a.batch_tokens;
@@ -171,26 +170,18 @@ static int cmd_plan(const PlanArgs& a) {
     user_error("--seq-len: {} is above the model's context of {} positions", b.seq_len, b.model.context);
   b.tokens = a.tokens;
   b.mfu = a.mfu.empty() ? 0.0 : parse_mfu(a.mfu);
-  std::vector<Device> catalogue = load_devices(a.catalogue);
-  if (device.empty()) q.devices = catalogue;
-  else q.devices = {find_device(catalogue, device, a.catalogue)};
-  if (a.strategy.empty()) q.strategies = {Strategy::ddp, Strategy::zero1, Strategy::zero2, Strategy::zero3};
-  else q.strategies = {parse_strategy(a.strategy, "--strategy")};
-  if (a.precision.empty()) q.precisions = {DType::f32, DType::bf16};
-  else if (a.precision == "fp32" || a.precision == "bf16" || a.precision == "fp16")
-    q.precisions = {a.precision == "fp32" ? DType::f32 : a.precision == "bf16" ? DType::bf16 : DType::f16};
-  else user_error("--precision: expected fp32, bf16 or fp16, got '{}'", a.precision);
-  if (a.recompute.empty()) {
-    for (const char* r : {"none", "selective", "every:2", "full"}) q.recomputes.push_back(RecomputePolicy::parse(r, "search"));
-  } else {
-    q.recomputes = {RecomputePolicy::parse(a.recompute, "--recompute")};
-  }
-  if (a.micro_batch) q.micro_batches = {a.micro_batch};
-  else for (int m = 1; m <= 64; m *= 2) q.micro_batches.push_back(m);
-  if (a.devices) q.device_counts = {a.devices};
-  else for (int n = 1; n <= 1024; n *= 2) q.device_counts.push_back(n);
   // the global batch: given, else one micro-batch per device when both are fixed, else ~0.5M tokens
   if (!b.batch_tokens && !(a.micro_batch && a.devices)) b.batch_tokens = int64_t(b.seq_len) * std::max(1, (1 << 19) / b.seq_len);
+  std::vector<Device> catalogue = load_devices(a.catalogue);
+  PlanQuery q = open_query(b, catalogue);
+  if (!device.empty()) q.devices = {find_device(catalogue, device, a.catalogue)};
+  if (!a.strategy.empty()) q.strategies = {parse_strategy(a.strategy, "--strategy")};
+  if (a.precision == "fp32" || a.precision == "bf16" || a.precision == "fp16")
+    q.precisions = {a.precision == "fp32" ? DType::f32 : a.precision == "bf16" ? DType::bf16 : DType::f16};
+  else if (!a.precision.empty()) user_error("--precision: expected fp32, bf16 or fp16, got '{}'", a.precision);
+  if (!a.recompute.empty()) q.recomputes = {RecomputePolicy::parse(a.recompute, "--recompute")};
+  if (a.micro_batch) q.micro_batches = {a.micro_batch};
+  if (a.devices) q.device_counts = {a.devices};
   const bool single = q.devices.size() == 1 && q.strategies.size() == 1 && q.precisions.size() == 1 &&
                       q.recomputes.size() == 1 && q.micro_batches.size() == 1 && q.device_counts.size() == 1;
 
@@ -207,21 +198,13 @@ static int cmd_plan(const PlanArgs& a) {
     if (a.json) { fmt::print("{}\n", p.to_json().dump(2)); return p.fits ? 0 : 1; }
     fmt::print("{}{}", model_line, p.explain());
     if (p.fits) return 0;
-    // what would make it fit: the same device with every setting open
-    PlanArgs open = a;
-    open.strategy = open.precision = open.recompute = "";
-    open.micro_batch = open.devices = 0;
-    open.device = p.s.device.name;
-    q.strategies = {Strategy::ddp, Strategy::zero1, Strategy::zero2, Strategy::zero3};
-    q.precisions = {DType::f32, DType::bf16};
-    q.recomputes.clear();
-    for (const char* r : {"none", "selective", "every:2", "full"}) q.recomputes.push_back(RecomputePolicy::parse(r, "search"));
-    q.micro_batches = {1, 2, 4, 8, 16, 32, 64};
-    q.device_counts = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024};
-    std::vector<Plan> alt = search(q);
+    // what would make it fit: the same device with every other setting open
+    PlanQuery wide = open_query(b, {p.s.device});
+    wide.base.batch_tokens = p.step_tokens;
+    std::vector<Plan> alt = search(wide);
     if (!alt.empty() && alt[0].fits)
-      fmt::print("to fit: the cheapest setting that fits is {} ({} per device, {}, ${:.2f})\n", alt[0].s.describe(),
-                 human_bytes(double(alt[0].memory.total())), human_time(alt[0].total_s), alt[0].cost);
+      fmt::print("to fit: the cheapest setting that fits is {} ({} per device, {}, {})\n", alt[0].s.describe(),
+                 human_bytes(double(alt[0].memory.total())), human_time(alt[0].total_s), dollars(alt[0].cost));
     else if (!alt.empty())
       fmt::print("to fit: no setting fits on {}; the smallest needs {} per device ({}): a device with that much memory\n",
                  p.s.device.name, human_bytes(double(alt[0].memory.total())), alt[0].s.describe());
@@ -239,25 +222,26 @@ static int cmd_plan(const PlanArgs& a) {
     fmt::print("{}\n", j.dump(2));
     return num_fit ? 0 : 1;
   }
-  fmt::print("{}searched {} configurations (device x strategy x precision x recompute x micro-batch x devices) for {:.4g} tokens, "
+  if (num_fit > 0) fmt::print("{}searched {} configurations (device x strategy x precision x recompute x micro-batch x devices) for {:.4g} tokens, "
              "global batch {} tokens: {} fit\n", model_line, plans.size(), b.tokens, plans[0].step_tokens, num_fit);
-  if (num_fit == 0) {
+  if (num_fit == 0) {  // bad input: say by how much, and what would make it fit
     const Plan& c = plans[0];
-    fmt::print("fits nowhere: the closest, {}, needs {} per device, {} more than the {} usable.\n", c.s.describe(),
-               human_bytes(double(c.memory.total())), human_bytes(double(c.over())), human_bytes(double(c.s.device.usable())));
     std::vector<std::string> big;
     for (const Device& d : catalogue)
       if (d.usable() >= int64_t(c.memory.total())) big.push_back(d.name);
-    fmt::print("to fit: {}; or a shorter --seq-len, a smaller micro-batch or more devices (the activations, {} here, are not sharded)\n",
-               big.empty() ? fmt::format("a device with at least {} (none in the catalogue has it)", human_bytes(double(c.memory.total())))
-                           : fmt::format("one of {} (enough memory for it)", fmt::join(big, ", ")),
+    user_error("plan: {} fits nowhere in {} configurations: the closest, {}, needs {} per device, {} more than the {} usable; "
+               "to fit: {}{}, or a shorter --seq-len (activations take {} of it and are not sharded)",
+               m.preset, plans.size(), c.s.describe(), human_bytes(double(c.memory.total())), human_bytes(double(c.over())),
+               human_bytes(double(c.s.device.usable())),
+               big.empty() ? fmt::format("a device with at least {} (none in the catalogue has that)", human_bytes(double(c.memory.total())))
+                           : fmt::format("--device {} (enough memory for it)", fmt::join(big, " or ")),
+               a.devices || !a.strategy.empty() ? ", more --devices under --strategy zero3" : "",
                human_bytes(double(c.memory.bytes[int(Mem::activations)])));
-    return 1;
   }
   fmt::print("{:>4} {:>10} {:>9} {:>11} {:>10}  {}\n", "rank", "cost", "time", "tokens/s", "memory", "configuration (why it lost to #1)");
   auto row = [&](size_t i, const Plan& p) {
     fmt::print("{:>4} {:>10} {:>9} {:>11.4g} {:>10}  {}{}\n", i == 0 ? "1" : i < plans.size() ? std::to_string(i + 1) : "",
-               fmt::format("${:.2f}", p.cost), human_time(p.total_s), p.tokens_per_s, human_bytes(double(p.memory.total())),
+               dollars(p.cost), human_time(p.total_s), p.tokens_per_s, human_bytes(double(p.memory.total())),
                p.s.describe(), i == 0 ? "" : " (" + lost_because(p, plans[0]) + ")");
   };
   std::vector<std::string> shown;

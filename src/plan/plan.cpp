@@ -254,7 +254,7 @@ std::string Plan::explain() const {
   o += fmt::format(" = {:.1f} ms, {:.4g} tokens/s\n", step_s * 1e3, tokens_per_s);
   o += fmt::format("budget: {:.4g} tokens ({:.3g} FLOPs): {} steps, {}", s.tokens, model_flops_per_token * s.tokens,
                    int64_t(std::ceil(s.tokens / double(step_tokens))), human_time(total_s));
-  if (s.device.price > 0) o += fmt::format(", ${:.2f} ({} x ${:.2f}/h)", cost, s.devices, s.device.price);
+  if (s.device.price > 0) o += fmt::format(", {} ({} x {}/h)", dollars(cost), s.devices, dollars(s.device.price));
   return o + "\n";
 }
 
@@ -287,6 +287,18 @@ static bool better(const Plan& a, const Plan& b) {
   return tie_reason(a, b).empty() && !tie_reason(b, a).empty();
 }
 
+PlanQuery open_query(const PlanSettings& base, const std::vector<Device>& devices) {
+  PlanQuery q;
+  q.base = base;
+  q.devices = devices;
+  q.strategies = {Strategy::ddp, Strategy::zero1, Strategy::zero2, Strategy::zero3};
+  q.precisions = {DType::f32, DType::bf16};
+  for (const char* r : {"none", "selective", "every:2", "full"}) q.recomputes.push_back(RecomputePolicy::parse(r, "search"));
+  for (int m = 1; m <= 64; m *= 2) q.micro_batches.push_back(m);
+  for (int n = 1; n <= 1024; n *= 2) q.device_counts.push_back(n);
+  return q;
+}
+
 std::vector<Plan> search(const PlanQuery& q) {
   std::vector<Plan> out;
   for (const Device& dev : q.devices)
@@ -317,7 +329,7 @@ std::string lost_because(const Plan& l, const Plan& best) {
                        human_bytes(double(l.over())), human_bytes(double(l.s.device.usable())));
   const double eps = 1e-9;
   if (l.cost > best.cost * (1 + eps) && best.cost > 0)
-    return fmt::format("costs ${:.2f} more (+{:.0f}%){}", l.cost - best.cost, 100 * (l.cost / best.cost - 1),
+    return fmt::format("costs {} more (+{:.0f}%){}", dollars(l.cost - best.cost), 100 * (l.cost / best.cost - 1),
                        l.total_s > best.total_s ? fmt::format(", {} slower", human_time(l.total_s - best.total_s)) : "");
   if (l.step_s > best.step_s * (1 + eps))
     return fmt::format("same cost, {:.1f}% slower", 100 * (l.step_s / best.step_s - 1));
@@ -428,7 +440,14 @@ std::string human_time(double s) {
   if (t >= 86400 * 2) return fmt::format("{}d{:02}h", t / 86400, (t / 3600) % 24);
   if (t >= 3600) return fmt::format("{}h{:02}m", t / 3600, (t / 60) % 60);
   if (t >= 60) return fmt::format("{}m{:02}s", t / 60, t % 60);
+  if (s < 10) return fmt::format("{:.2f}s", s);
   return fmt::format("{}s", t);
+}
+
+std::string dollars(double usd) {
+  if (usd >= 1000) return fmt::format("${:.0f}", usd);
+  if (usd >= 1 || usd == 0) return fmt::format("${:.2f}", usd);
+  return fmt::format("${:.2g}", usd);
 }
 
 std::string compare_table(const Plan& p, const Measured* m) {
@@ -453,7 +472,7 @@ std::string compare_table(const Plan& p, const Measured* m) {
   const double rate = p.s.devices * p.s.device.price / 3600.0;
   row("time", p.total_s, m ? m->seconds : 0, human_time(p.total_s), m ? human_time(m->seconds) : "");
   if (p.s.device.price > 0)
-    row("cost", p.cost, m ? m->seconds * rate : 0, fmt::format("${:.4f}", p.cost), m ? fmt::format("${:.4f}", m->seconds * rate) : "");
+    row("cost", p.cost, m ? m->seconds * rate : 0, dollars(p.cost), m ? dollars(m->seconds * rate) : "");
   return out;
 }
 

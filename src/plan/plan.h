@@ -120,6 +120,9 @@ struct PlanQuery {
   std::vector<RecomputePolicy> recomputes;
   std::vector<int> micro_batches, device_counts;
 };
+// Every setting open: ddp..zero3, fp32 and bf16, recompute none/selective/every:2/full,
+// micro-batches 1..64 and 1..1024 devices (powers of two), on `devices`.
+PlanQuery open_query(const PlanSettings& base, const std::vector<Device>& devices);
 // Every combination, ranked: fitting ones first by cost, then step time, then memory; the
 // rest by how far over memory they are.
 std::vector<Plan> search(const PlanQuery& q);
@@ -148,6 +151,7 @@ double parse_mfu(const std::string& text);
 // ---- formatting -----------------------------------------------------------------------------
 std::string human_bytes(double b);
 std::string human_time(double s);
+std::string dollars(double usd);  // "$1234", "$12.34", "$0.0012"
 // The per-category table of plan vs (optionally) measured peak bytes, and tokens/s, MFU, cost.
 struct Measured { std::array<size_t, num_mem> peak{}; double tokens_per_s = 0, mfu = 0, seconds = 0; };
 std::string compare_table(const Plan& p, const Measured* m);

@@ -180,12 +180,12 @@ std::string write_report(const std::string& run_dir, const std::string& devices_
                      "</title>\n<style>body{font-family:sans-serif;margin:24px;max-width:1340px}"
                      "svg{background:#fff;border:1px solid #ddd;margin:6px}pre{background:#f6f6f6;padding:8px}</style></head><body>\n";
   html += fmt::format("<h1>frugal run {}</h1>\n<p>{} ({} layers, {} dims, {:.2f} M parameters), {} compute, recompute {}, "
-                      "{}, {} rank(s), {} steps of {} tokens; device {} (${:.2f}/h each). "
-                      "Cost so far: <b>${:.4f}</b> for {}.</p>\n",
+                      "{}, {} rank(s), {} steps of {} tokens; device {} ({}/h each). "
+                      "Cost so far: <b>{}</b> for {}.</p>\n",
                       escape(run_dir), escape(cfg.model.preset), cfg.model.n_layer, cfg.model.n_embd,
                       cfg.model.num_params() / 1e6, dtype_name(p.s.compute), escape(recompute),
                       strategy_name(p.s.strategy), ranks, n, p.step_tokens, escape(p.s.device.name),
-                      p.s.device.price, seconds * rate, human_time(seconds));
+                      dollars(p.s.device.price), dollars(seconds * rate), human_time(seconds));
   html += line_chart("Loss", "step", loss_series);
   html += line_chart("Tokens/s", "step", {tok, tok_pred});
   html += line_chart("Memory by category (peak per step, per rank)", "step", mem_series, true);

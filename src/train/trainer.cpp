@@ -137,8 +137,8 @@ void train(const RunConfig& cfg, Comm& comm) {
     fmt::print("plan: {:.0f} tok/s predicted ({:.0f} ms/step at MFU {:.0f}% of {} peak), {} for {} steps{}\n",
                forecast.tokens_per_s, forecast.step_s * 1e3, 100 * forecast.s.mfu, forecast.s.device.name,
                human_time(forecast.total_s), t.steps,
-               forecast.s.device.price > 0 ? fmt::format(", ${:.4f} at ${:.2f}/h x {}", forecast.cost,
-                                                         forecast.s.device.price, comm.size()) : "");
+               forecast.s.device.price > 0 ? fmt::format(", {} at {}/h x {}", dollars(forecast.cost),
+                                                         dollars(forecast.s.device.price), comm.size()) : "");
   using clock = std::chrono::steady_clock;
   auto t_start = clock::now();
   double train_seconds = 0.0, val_loss = -1.0;
