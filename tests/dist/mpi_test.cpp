@@ -1,11 +1,12 @@
 // Data parallelism over MPI, run under mpirun (ctest label mpi): for ddp and zero1, N ranks with
 // micro-batch B/N give the losses and final weights of one process with micro-batch B, within
 // 1e-5 relative in fp32 (the reduction order differs), with gradient accumulation on and off;
-// zero1 holds 1/N of the optimizer state per rank.
+// zero1 holds 1/N of the optimizer state per rank; the plan predicts each category's peak.
 #include <gtest/gtest.h>
 
 #include <memory>
 
+#include "plan/plan.h"
 #include "support/support.h"
 #include "train/train.h"
 
@@ -80,6 +81,41 @@ TEST(Ddp, SameAsOneProcessWithoutAccumulation) { expect_same_as_one_process(1, f
 TEST(Ddp, SameAsOneProcessWithAccumulation) { expect_same_as_one_process(3, false); }
 TEST(Zero1, SameAsOneProcessWithoutAccumulation) { expect_same_as_one_process(1, true); }
 TEST(Zero1, SameAsOneProcessWithAccumulation) { expect_same_as_one_process(3, true); }
+
+// The plan's per-rank memory (plan_memory) against rank 0's measured peak per category, for
+// every strategy built here x fp32/bf16 x every recompute policy, on this world's ranks.
+TEST(PlanMemory, PredictedPeakPerCategoryWithin5PercentOfMeasured) {
+  const int B = 2, T = 16, N = world->size();
+  GptConfig cfg{"custom", 3, 2, 32, 97, T};
+  for (Strategy strategy : {Strategy::ddp, Strategy::zero1})
+    for (DType dt : {DType::f32, DType::bf16})
+      for (const char* rc : {"none", "selective", "every:2", "full"}) {
+        const RecomputePolicy policy = RecomputePolicy::parse(rc, "test");
+        const MemStats before = MemoryPool::get().stats();
+        MemoryPool::get().reset_peak();
+        std::array<size_t, num_mem> peak{};
+        {
+          Gpt m(cfg, cpu_backend(), dt);
+          m.init(1);
+          TrainSettings t;
+          t.seq_len = T;
+          t.micro_batch = B;
+          PrecisionSettings p;
+          p.compute = dt;
+          Stepper st(m, cpu_backend(), *world, t, 1, p, policy.per_block(cfg.n_layer), strategy == Strategy::zero1);
+          for (int s = 0; s < 2; s++)
+            st.step(s, [&](int32_t* in, int32_t* tg) {
+              for (int b = 0; b < B; b++) test::stream_window(world->rank() * B + b, T, in + b * T, tg + b * T);
+            });
+          for (int c = 0; c < num_mem; c++) peak[c] = MemoryPool::get().stats().peak[c] - before.current[c];
+        }
+        if (world->rank() != 0) continue;
+        const MemoryEstimate want = plan_memory(cfg, B, T, dt, policy, strategy, N);
+        for (int c = 0; c < num_mem; c++)
+          EXPECT_NEAR(double(peak[c]), double(want.bytes[c]), 0.05 * double(want.bytes[c]))
+              << strategy_name(strategy) << " " << dtype_name(dt) << " " << rc << " " << mem_name(Mem(c)) << " on " << N << " ranks";
+      }
+}
 
 TEST(Comm, CollectivesOverMpi) {
   const int N = world->size(), r = world->rank();
