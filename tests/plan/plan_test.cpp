@@ -2,6 +2,7 @@
 // GPT-2 124M run) and against frugal's own measured runs (peak memory per category, step time
 // after calibration); the catalogue, config.json and report.
 #include <fstream>
+#include <map>
 
 #include <nlohmann/json.hpp>
 
@@ -147,39 +148,34 @@ TEST_F(PlanRuns, PredictedPeakMemoryPerCategoryWithin5PercentOfMeasured) {
 }
 
 TEST_F(PlanRuns, AfterCalibrationStepTimeWithin25PercentOnOtherMicroBatches) {
-  // One thread, a model large enough that GEMMs dominate, the runs interleaved over rounds so
-  // that they see the same load on this shared machine, medians throughout.
+  // Robust on a shared, noisy machine: one thread, a model large enough that GEMMs dominate,
+  // medians of steps within a run, and rounds of three runs back to back: each round calibrates
+  // on its micro-batch 4 run and predicts its micro-batch 2 and 8 runs, which saw the same load;
+  // the median over the rounds of predicted / measured must be within 25 %.
   auto comm = make_comm();
-  const std::vector<std::string> base = {"model.preset=mini", "train.seq_len=128", "train.steps=5", "train.threads=1"};
-  std::vector<double> mfu, step2, step8, pred2, pred8;
-  for (int round = 0; round < 3; round++) {
-    for (int mb : {4, 2, 8}) {
-      std::vector<std::string> ov = base;
-      ov.push_back(fmt::format("train.micro_batch={}", mb));
-      train(config(fmt::format("t{}_{}", mb, round), ov), *comm);
-    }
+  const std::vector<std::string> base = {"model.preset=mini", "train.seq_len=128", "train.steps=4", "train.threads=1"};
+  auto cfg = [&](int mb, int round) {
+    std::vector<std::string> ov = base;
+    ov.push_back(fmt::format("train.micro_batch={}", mb));
+    return config(fmt::format("t{}_{}", mb, round), ov);
+  };
+  std::map<int, std::vector<double>> ratio;
+  for (int round = 0; round < 5; round++) {
+    for (int mb : {4, 2, 8}) train(cfg(mb, round), *comm);
     Calibration c = calibrate(*dir_ / fmt::format("t4_{}", round), kCatalogue);
     EXPECT_GT(c.mfu, 0.0);
     EXPECT_LT(c.mfu, 1.0);
-    mfu.push_back(c.mfu);
     for (int mb : {2, 8}) {
-      Calibration m = calibrate(*dir_ / fmt::format("t{}_{}", mb, round), kCatalogue);
-      (mb == 2 ? step2 : step8).push_back(m.step_s);
+      RunConfig rc = cfg(mb, round);
+      PlanSettings s = plan_for_run(rc, 1, rc.memory.recompute, kCatalogue).s;
+      s.mfu = c.mfu;
+      ratio[mb].push_back(make_plan(s).step_s / calibrate(rc.run.dir, kCatalogue).step_s);
     }
   }
-  std::sort(mfu.begin(), mfu.end());
-  for (int mb : {2, 8}) {
-    std::vector<std::string> ov = base;
-    ov.push_back(fmt::format("train.micro_batch={}", mb));
-    RunConfig cfg = config("unused", ov);
-    Plan p = plan_for_run(cfg, 1, cfg.memory.recompute, kCatalogue);
-    PlanSettings s = p.s;
-    s.mfu = mfu[1];
-    Plan q = make_plan(s);
-    std::vector<double>& meas = mb == 2 ? step2 : step8;
-    std::sort(meas.begin(), meas.end());
-    EXPECT_NEAR(q.step_s / meas[1], 1.0, 0.25) << "micro-batch " << mb << ": predicted " << q.step_s
-                                               << " s, measured median " << meas[1] << " s, MFU " << mfu[1];
+  for (auto& [mb, r] : ratio) {
+    std::sort(r.begin(), r.end());
+    EXPECT_NEAR(r[r.size() / 2], 1.0, 0.25) << "micro-batch " << mb << ": predicted / measured step time per round "
+                                            << fmt::format("{:.3f}", fmt::join(r, ", "));
   }
 }
 
