@@ -239,28 +239,27 @@ static int cmd_plan(const PlanArgs& a) {
                human_bytes(double(c.memory.bytes[int(Mem::activations)])));
   }
   fmt::print("{:>4} {:>10} {:>9} {:>11} {:>10}  {}\n", "rank", "cost", "time", "tokens/s", "memory", "configuration (why it lost to #1)");
-  auto row = [&](size_t i, const Plan& p) {
-    fmt::print("{:>4} {:>10} {:>9} {:>11.4g} {:>10}  {}{}\n", i == 0 ? "1" : i < plans.size() ? std::to_string(i + 1) : "",
-               dollars(p.cost), human_time(p.total_s), p.tokens_per_s, human_bytes(double(p.memory.total())),
-               p.s.describe(), i == 0 ? "" : " (" + lost_because(p, plans[0]) + ")");
+  auto row = [&](size_t i, const std::string& note) {
+    const Plan& p = plans[i];
+    fmt::print("{:>4} {:>10} {:>9} {:>11.4g} {:>10}  {}{}{}\n", i + 1, dollars(p.cost), human_time(p.total_s), p.tokens_per_s,
+               human_bytes(double(p.memory.total())), note, p.s.describe(), i == 0 ? "" : " (" + lost_because(p, plans[0]) + ")");
   };
-  std::vector<std::string> shown;
-  for (size_t i = 0; i < plans.size() && i < size_t(a.top) && plans[i].fits; i++) row(i, plans[i]);
+  size_t shown = 0;
+  for (; shown < plans.size() && shown < size_t(a.top) && plans[shown].fits; shown++) row(shown, "");
   // the best of every strategy, precision, recompute policy and device not among those shown
   auto keys = [](const Plan& p) {
     return std::vector<std::string>{strategy_name(p.s.strategy), dtype_name(p.s.compute), "recompute " + p.s.recompute.name(), p.s.device.name};
   };
   std::set<std::string> seen;
-  for (size_t i = 0; i < plans.size() && i < size_t(a.top) && plans[i].fits; i++)
+  for (size_t i = 0; i < shown; i++)
     for (auto& k : keys(plans[i])) seen.insert(k);
   bool header = false;
-  for (size_t i = 0; i < plans.size(); i++)
+  for (size_t i = shown; i < plans.size(); i++)
     for (auto& k : keys(plans[i]))
       if (seen.insert(k).second) {
-        if (!header) fmt::print("best of the rest, by setting:\n");
+        if (!header) fmt::print("the best of every other setting:\n");
         header = true;
-        fmt::print("  {:<22} ", k + ":");
-        row(i, plans[i]);
+        row(i, "[" + k + "] ");
       }
   const Plan& w = plans[0];
   fmt::print("\nthe cheapest in detail:\n{}", w.explain());

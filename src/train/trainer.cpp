@@ -207,7 +207,11 @@ void train(const RunConfig& cfg, Comm& comm) {
              human_bytes(double(overall.total_peak)), human_bytes(double(predicted.total())));
   Measured measured{overall.peak, tok_s, flops_tok * tok_s / (comm.size() * cfg.device.peak_for(dt)), total};
   fmt::print("predicted vs measured (per rank):\n{}", compare_table(forecast, &measured));
-  fmt::print("wrote {}/model.safetensors, {}/metrics.jsonl\n", dir, dir);
+  const std::string summary = nlohmann::json{{"predicted", forecast.to_json()},
+      {"measured", {{"mem_peak", mem_json(overall)}, {"tokens_per_s", tok_s}, {"mfu", measured.mfu}, {"seconds", total},
+                    {"cost", total / 3600 * comm.size() * forecast.s.device.price}}}}.dump(2);
+  write_file_atomic(dir + "/summary.json", summary.data(), summary.size());
+  fmt::print("wrote {}/model.safetensors, {}/metrics.jsonl, {}/summary.json\n", dir, dir, dir);
 }
 
 }  // namespace frugal

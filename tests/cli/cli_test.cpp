@@ -62,6 +62,14 @@ TEST_F(Cli, PrepareTrainEvalSample) {
   EXPECT_NE(t.out.find("predicted vs measured (per rank):"), std::string::npos) << t.out;
   for (const char* row : {"  params ", "  activations ", "  tokens/s ", "  MFU ", "  cost "})
     EXPECT_NE(t.out.find(row), std::string::npos) << row << "\n" << t.out;
+  // ... and as JSON: summary.json, the prediction's memory within 5 % of the measured peak
+  auto sum = nlohmann::json::parse(std::ifstream(*dir_ / "run1/summary.json"));
+  for (const char* c : {"params", "grads", "optimizer", "activations", "workspace"}) {
+    const double want = sum["predicted"]["memory"][c].get<double>();
+    EXPECT_NEAR(sum["measured"]["mem_peak"][c].get<double>(), want, 0.05 * want) << c;
+  }
+  EXPECT_GT(sum["measured"]["tokens_per_s"].get<double>(), 0.0);
+  EXPECT_GT(sum["measured"]["cost"].get<double>(), 0.0);
   // one metrics record per step, validation every 10 steps
   std::ifstream in(*dir_ / "run1/metrics.jsonl");
   std::string line;
@@ -92,7 +100,7 @@ TEST_F(Cli, PrepareTrainEvalSample) {
 TEST_F(Cli, PlanSearchesRanksAndExplains) {
   Result r = run("plan --preset gpt2 --tokens 10e9 --device a100-80gb --devices 8 --top 3", d());
   ASSERT_EQ(r.code, 0) << r.out;
-  for (const char* s : {"searched 224 configurations", "   1 ", "(same cost and time, ", "best of the rest", "recompute full:",
+  for (const char* s : {"searched 224 configurations", "   1 ", "(same cost and time, ", "the best of every other setting:", "[recompute full] 8 x a100-80gb",
                         "costs $", "the cheapest in detail:", "memory per device:", "budget: 1e+10 tokens"})
     EXPECT_NE(r.out.find(s), std::string::npos) << s << "\n" << r.out;
   Result j = run("plan --preset gpt2 --tokens 10e9 --json --top 4", d());
