@@ -123,7 +123,7 @@ static int cmd_sample(const std::string& run, const std::string& prompt, int num
 struct PlanArgs {
   std::string preset, config, device, strategy, precision, recompute, mfu, calibrate;
   std::string catalogue = default_devices_path();
-  double tokens = 0;
+  double tokens = 0, max_hours = 0;
   int devices = 0, micro_batch = 0, seq_len = 0, top = 10;
   int64_t batch_tokens = 0;
   bool json = false;
@@ -169,6 +169,7 @@ static int cmd_plan(const PlanArgs& a) {
   if (b.seq_len > b.model.context)
     user_error("--seq-len: {} is above the model's context of {} positions", b.seq_len, b.model.context);
   b.tokens = a.tokens;
+  b.max_hours = a.max_hours;
   b.mfu = a.mfu.empty() ? 0.0 : parse_mfu(a.mfu);
   // the global batch: given, else one micro-batch per device when both are fixed, else ~0.5M tokens
   if (!b.batch_tokens && !(a.micro_batch && a.devices)) b.batch_tokens = int64_t(b.seq_len) * std::max(1, (1 << 19) / b.seq_len);
@@ -222,7 +223,10 @@ static int cmd_plan(const PlanArgs& a) {
     fmt::print("{}\n", j.dump(2));
     return num_fit ? 0 : 1;
   }
-  if (num_fit > 0) fmt::print("{}searched {} configurations (device x strategy x precision x recompute x micro-batch x devices) for {:.4g} tokens, "
+  if (plans[0].late())
+    user_error("plan: every configuration that fits takes longer than --max-hours {}: the fastest, {}, takes {}",
+               a.max_hours, plans[0].s.describe(), human_time(plans[0].total_s));
+  fmt::print("{}searched {} configurations (device x strategy x precision x recompute x micro-batch x devices) for {:.4g} tokens, "
              "global batch {} tokens: {} fit\n", model_line, plans.size(), b.tokens, plans[0].step_tokens, num_fit);
   if (num_fit == 0) {  // bad input: say by how much, and what would make it fit
     const Plan& c = plans[0];
@@ -245,7 +249,8 @@ static int cmd_plan(const PlanArgs& a) {
                human_bytes(double(p.memory.total())), note, p.s.describe(), i == 0 ? "" : " (" + lost_because(p, plans[0]) + ")");
   };
   size_t shown = 0;
-  for (; shown < plans.size() && shown < size_t(a.top) && plans[shown].fits; shown++) row(shown, "");
+  for (; shown < plans.size() && shown < size_t(a.top) && plans[shown].fits && !plans[shown].late(); shown++) row(shown, "");
+
   // the best of every strategy, precision, recompute policy and device not among those shown
   auto keys = [](const Plan& p) {
     return std::vector<std::string>{strategy_name(p.s.strategy), dtype_name(p.s.compute), "recompute " + p.s.recompute.name(), p.s.device.name};
@@ -316,6 +321,7 @@ int main(int argc, char** argv) {
   plan_cmd->add_option("--micro-batch", pa.micro_batch, "sequences per micro-batch (default: search 1..64)")->check(CLI::PositiveNumber);
   plan_cmd->add_option("--seq-len", pa.seq_len, "sequence length (default: the config's, else the model's context)")->check(CLI::PositiveNumber);
   plan_cmd->add_option("--batch-tokens", pa.batch_tokens, "global batch in tokens (default: the config's, else ~0.5M)")->check(CLI::PositiveNumber);
+  plan_cmd->add_option("--max-hours", pa.max_hours, "search: rank configurations that take longer last")->check(CLI::PositiveNumber);
   plan_cmd->add_option("--mfu", pa.mfu, "assumed MFU: a fraction, or a calibration.json (default: the device's)");
   plan_cmd->add_option("--catalogue", pa.catalogue, "device catalogue (default: $FRUGAL_DEVICES or configs/devices.toml)");
   plan_cmd->add_option("--top", pa.top, "configurations to list")->check(CLI::PositiveNumber);

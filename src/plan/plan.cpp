@@ -282,6 +282,8 @@ static std::string tie_reason(const Plan& a, const Plan& b) {  // why a ranks be
 static bool better(const Plan& a, const Plan& b) {
   if (a.fits != b.fits) return a.fits;
   if (!a.fits) return a.over() < b.over();
+  if (a.late() != b.late()) return b.late();
+  if (a.late()) return a.total_s < b.total_s;
   if (a.cost != b.cost) return a.cost < b.cost;
   if (a.step_s != b.step_s) return a.step_s < b.step_s;
   return tie_reason(a, b).empty() && !tie_reason(b, a).empty();
@@ -327,6 +329,8 @@ std::string lost_because(const Plan& l, const Plan& best) {
   if (!l.fits)
     return fmt::format("does not fit: needs {}, {} over the {} usable", human_bytes(double(l.memory.total())),
                        human_bytes(double(l.over())), human_bytes(double(l.s.device.usable())));
+  if (l.late())
+    return fmt::format("takes {}, over the {} limit", human_time(l.total_s), human_time(l.s.max_hours * 3600));
   const double eps = 1e-9;
   if (l.cost > best.cost * (1 + eps) && best.cost > 0)
     return fmt::format("costs {} more (+{:.0f}%){}", dollars(l.cost - best.cost), 100 * (l.cost / best.cost - 1),

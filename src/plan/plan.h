@@ -81,6 +81,7 @@ struct PlanSettings {
   int64_t batch_tokens = 0;  // global batch per optimizer step (0: one micro-batch per device)
   double tokens = 0;         // the training budget
   double mfu = 0.4;          // of the hardware FLOPs (recompute included) at the device's peak
+  double max_hours = 0;      // search: configurations that take longer lose (0: no limit)
   std::string describe() const;  // "8 x a100-80gb, zero1, bf16, recompute none, micro-batch 4"
 };
 
@@ -97,6 +98,7 @@ struct Plan {
   double comm_bytes = 0, bandwidth = 0, comm_s = 0, exposed_comm_s = 0;
   double step_s = 0, tokens_per_s = 0, total_s = 0, cost = 0;
   int64_t over() const { return int64_t(memory.total()) - s.device.usable(); }  // > 0: short by
+  bool late() const { return s.max_hours > 0 && total_s > s.max_hours * 3600; }
   nlohmann::json to_json() const;
   std::string explain() const;  // settings, memory per category, step time, total time and cost
 };
@@ -123,8 +125,9 @@ struct PlanQuery {
 // Every setting open: ddp..zero3, fp32 and bf16, recompute none/selective/every:2/full,
 // micro-batches 1..64 and 1..1024 devices (powers of two), on `devices`.
 PlanQuery open_query(const PlanSettings& base, const std::vector<Device>& devices);
-// Every combination, ranked: fitting ones first by cost, then step time, then memory; the
-// rest by how far over memory they are.
+// Every combination, ranked: fitting ones in time first by cost, then step time, then the
+// simpler setting; then those that fit but take too long, by time; the rest by how far over
+// memory they are.
 std::vector<Plan> search(const PlanQuery& q);
 // Why `loser` ranks below `best` (e.g. "does not fit: 3.2 GiB over", "costs $12.00 more (+8%)").
 std::string lost_because(const Plan& loser, const Plan& best);

@@ -77,6 +77,46 @@ TEST(KnownFigures, LlmcGpt2_124MOn8A100In90MinutesForAbout20Dollars) {
   EXPECT_NEAR(p.step_s / 0.300, 1.0, 0.25) << p.explain();
 }
 
+TEST(KnownFigures, LlmcGpt2_1558MOn8H100In24HoursForAbout672Dollars) {
+  // llm.c's GPT-2 1.5B (research/anchors.md): 32 B tokens, 8 x H100 80GB SXM, batch 1048576
+  // tokens, ~2.8 s per step => ~24 h, ~$672 (at $28/h); ~46 % MFU (llm.c's FLOP count).
+  const auto devs = load_devices(kCatalogue);
+  PlanSettings s;
+  s.model = gpt_preset("gpt2-xl", "test");
+  s.device = find_device(devs, "h100-sxm", kCatalogue);
+  s.strategy = Strategy::zero1;
+  s.micro_batch = 16;
+  s.devices = 8;
+  s.batch_tokens = 1048576;
+  s.tokens = 32e9;
+  s.mfu = 0.46;
+  Plan p = make_plan(s);
+  EXPECT_TRUE(p.fits) << p.explain();
+  EXPECT_NEAR(p.step_s / 2.8, 1.0, 0.25) << p.explain();
+  EXPECT_NEAR(p.total_s / (24 * 3600), 1.0, 0.25) << p.explain();
+  EXPECT_NEAR(p.cost / 672, 1.0, 0.25) << p.explain();  // at $2.99 per GPU-hour against llm.c's $3.50
+}
+
+TEST(Search, TooSlowForMaxHoursRanksBelowEveryTimelyOne) {
+  PlanQuery q = open_query(PlanSettings{}, {find_device(load_devices(kCatalogue), "l40s", kCatalogue)});
+  q.base.model = gpt_preset("gpt2-xl", "t");
+  q.base.batch_tokens = 524288;
+  q.base.tokens = 32e9;
+  q.base.max_hours = 100;
+  std::vector<Plan> all = search(q);
+  ASSERT_TRUE(all[0].fits && !all[0].late());
+  bool seen_late = false;
+  for (const Plan& p : all) {
+    if (!p.fits) break;
+    if (p.late()) {
+      seen_late = true;
+      EXPECT_NE(lost_because(p, all[0]).find("over the 4d04h limit"), std::string::npos) << lost_because(p, all[0]);
+    }
+    EXPECT_FALSE(seen_late && !p.late()) << "a timely configuration ranked below a late one";
+  }
+  EXPECT_TRUE(seen_late);
+}
+
 TEST(PlanMemory, DdpAndZero1ModelStatesAreEstimateMemorys) {
   GptConfig c = gpt_preset("gpt2", "test");
   for (DType dt : {DType::f32, DType::bf16})
