@@ -52,12 +52,13 @@ std::vector<Device> load_devices(const std::string& path) {
       if (!n) user_error("{}.{}: missing", where, key);
       return *n;
     };
-    // a number > lo (an integer is fine too)
-    auto number = [&](const char* key, double lo) {
+    // a number above 0 (or at least 0), integers included
+    auto number = [&](const char* key, bool zero_ok = false) {
       const toml::node& n = need(key);
       auto v = n.value<double>();
       if (!v || n.is_boolean() || n.is_string()) user_error("{}.{}: expected a number", where, key);
-      if (!(*v > lo)) user_error("{}.{}: expected a number above {}, got {}", where, key, lo, *v);
+      if (!(*v > 0 || (zero_ok && *v == 0)))
+        user_error("{}.{}: expected a number {} 0, got {}", where, key, zero_ok ? ">=" : ">", *v);
       return *v;
     };
     auto bytes = [&](const char* key) {
@@ -69,18 +70,18 @@ std::vector<Device> load_devices(const std::string& path) {
     auto desc = need("description").value_exact<std::string>();
     if (!desc) user_error("{}.description: expected a string", where);
     d.description = *desc;
-    d.peak_flops = number("peak_flops", 0);
-    d.peak_flops_bf16 = number("peak_flops_bf16", 0);
+    d.peak_flops = number("peak_flops");
+    d.peak_flops_bf16 = number("peak_flops_bf16");
     d.memory = bytes("memory");
     d.reserved = bytes("reserved");
     if (d.reserved >= d.memory) user_error("{}.reserved: must be below memory ({} bytes), got {}", where, d.memory, d.reserved);
-    d.link_bandwidth = number("link_bandwidth", 0);
+    d.link_bandwidth = number("link_bandwidth");
     auto ns = need("node_size").value_exact<int64_t>();
     if (!ns || *ns < 1) user_error("{}.node_size: expected an integer >= 1", where);
     d.node_size = int(*ns);
-    d.network_bandwidth = number("network_bandwidth", 0);
-    d.price = number("price", -1e-300);
-    d.mfu = number("mfu", 0);
+    d.network_bandwidth = number("network_bandwidth");
+    d.price = number("price", true);
+    d.mfu = number("mfu");
     if (d.mfu > 1) user_error("{}.mfu: expected a fraction in (0, 1], got {}", where, d.mfu);
     out.push_back(d);
   }
@@ -139,8 +140,8 @@ ModelStates model_states(const std::vector<int64_t>& units, const StateLayout& b
 
 MemoryEstimate plan_memory(const GptConfig& cfg, int B, int T, DType compute,
                            const RecomputePolicy& recompute, Strategy s, int ranks) {
-  MemoryEstimate m = estimate_memory(cfg, B, T, compute, recompute.per_block(cfg.n_layer), 0,
-                                     s == Strategy::zero1 ? ranks : 1);
+  // activations and workspace; the model states are the strategy's
+  MemoryEstimate m = estimate_memory(cfg, B, T, compute, recompute.per_block(cfg.n_layer));
   ModelStates st = model_states(unit_numels(cfg), StateLayout::frugal(compute), s, ranks,
                                 double(dtype_size(compute)));
   m.bytes[int(Mem::params)] = size_t(st.params);
