@@ -473,7 +473,7 @@ std::string compare_table(const Plan& p, const Measured* m) {
       m ? fmt::format("{:.0f}", m->tokens_per_s) : "");
   // model FLOPs utilisation, as train measures it (recompute not counted)
   const double mfu = p.model_flops_per_token * p.tokens_per_s / (p.s.devices * p.s.device.peak_for(p.s.compute));
-  if (m) row("MFU", mfu, m->mfu, fmt::format("{:.1f}%", 100 * mfu), fmt::format("{:.1f}%", 100 * m->mfu));
+  if (m) row("MFU/device", mfu, m->mfu, fmt::format("{:.1f}%", 100 * mfu), fmt::format("{:.1f}%", 100 * m->mfu));
   const double rate = p.s.devices * p.s.device.price / 3600.0;
   row("time", p.total_s, m ? m->seconds : 0, human_time(p.total_s), m ? human_time(m->seconds) : "");
   if (p.s.device.price > 0)

@@ -173,7 +173,7 @@ std::string write_report(const std::string& run_dir, const std::string& devices_
   std::vector<double> sorted(tok.y.begin() + (tok.y.size() > 1), tok.y.end());
   std::sort(sorted.begin(), sorted.end());
   m.tokens_per_s = sorted[sorted.size() / 2];
-  m.mfu = p.model_flops_per_token * m.tokens_per_s / p.s.device.peak_for(p.s.compute);
+  m.mfu = p.model_flops_per_token * m.tokens_per_s / (p.s.devices * p.s.device.peak_for(p.s.compute));
   m.seconds = seconds;
 
   std::string html = "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>frugal run " + escape(run_dir) +

@@ -60,7 +60,7 @@ TEST_F(Cli, PrepareTrainEvalSample) {
   EXPECT_NE(t.out.find("plan: "), std::string::npos) << t.out;
   EXPECT_NE(t.out.find("tok/s predicted"), std::string::npos) << t.out;
   EXPECT_NE(t.out.find("predicted vs measured (per rank):"), std::string::npos) << t.out;
-  for (const char* row : {"  params ", "  activations ", "  tokens/s ", "  MFU ", "  cost "})
+  for (const char* row : {"  params ", "  activations ", "  tokens/s ", "  MFU/device ", "  cost "})
     EXPECT_NE(t.out.find(row), std::string::npos) << row << "\n" << t.out;
   // ... and as JSON: summary.json, the prediction's memory within 5 % of the measured peak
   auto sum = nlohmann::json::parse(std::ifstream(*dir_ / "run1/summary.json"));
