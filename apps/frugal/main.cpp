@@ -223,11 +223,6 @@ static int cmd_plan(const PlanArgs& a) {
     fmt::print("{}\n", j.dump(2));
     return num_fit ? 0 : 1;
   }
-  if (plans[0].late())
-    user_error("plan: every configuration that fits takes longer than --max-hours {}: the fastest, {}, takes {}",
-               a.max_hours, plans[0].s.describe(), human_time(plans[0].total_s));
-  fmt::print("{}searched {} configurations (device x strategy x precision x recompute x micro-batch x devices) for {:.4g} tokens, "
-             "global batch {} tokens: {} fit\n", model_line, plans.size(), b.tokens, plans[0].step_tokens, num_fit);
   if (num_fit == 0) {  // bad input: say by how much, and what would make it fit
     const Plan& c = plans[0];
     std::vector<std::string> big;
@@ -242,6 +237,11 @@ static int cmd_plan(const PlanArgs& a) {
                a.devices || !a.strategy.empty() ? ", more --devices under --strategy zero3" : "",
                human_bytes(double(c.memory.bytes[int(Mem::activations)])));
   }
+  if (plans[0].late())
+    user_error("plan: every configuration that fits takes longer than --max-hours {}: the fastest, {}, takes {}",
+               a.max_hours, plans[0].s.describe(), human_time(plans[0].total_s));
+  fmt::print("{}searched {} configurations (device x strategy x precision x recompute x micro-batch x devices) for {:.4g} tokens, "
+             "global batch {} tokens: {} fit\n", model_line, plans.size(), b.tokens, plans[0].step_tokens, num_fit);
   fmt::print("{:>4} {:>10} {:>9} {:>11} {:>10}  {}\n", "rank", "cost", "time", "tokens/s", "memory", "configuration (why it lost to #1)");
   auto row = [&](size_t i, const std::string& note) {
     const Plan& p = plans[i];
