@@ -251,9 +251,10 @@ static int cmd_plan(const PlanArgs& a) {
   size_t shown = 0;
   for (; shown < plans.size() && shown < size_t(a.top) && plans[shown].fits && !plans[shown].late(); shown++) row(shown, "");
 
-  // the best of every strategy, precision, recompute policy and device not among those shown
+  // the best of every strategy, precision, recompute policy, device and device count not shown
   auto keys = [](const Plan& p) {
-    return std::vector<std::string>{strategy_name(p.s.strategy), dtype_name(p.s.compute), "recompute " + p.s.recompute.name(), p.s.device.name};
+    return std::vector<std::string>{strategy_name(p.s.strategy), dtype_name(p.s.compute), "recompute " + p.s.recompute.name(),
+                                    p.s.device.name, fmt::format("{} devices", p.s.devices)};
   };
   std::set<std::string> seen;
   for (size_t i = 0; i < shown; i++)

@@ -335,7 +335,8 @@ std::string lost_because(const Plan& l, const Plan& best) {
   const double eps = 1e-9;
   if (l.cost > best.cost * (1 + eps) && best.cost > 0)
     return fmt::format("costs {} more (+{:.0f}%){}", dollars(l.cost - best.cost), 100 * (l.cost / best.cost - 1),
-                       l.total_s > best.total_s ? fmt::format(", {} slower", human_time(l.total_s - best.total_s)) : "");
+                       l.total_s > best.total_s ? fmt::format(", {} slower", human_time(l.total_s - best.total_s))
+                       : l.total_s < best.total_s ? fmt::format(", though {} sooner", human_time(best.total_s - l.total_s)) : "");
   if (l.step_s > best.step_s * (1 + eps))
     return fmt::format("same cost, {:.1f}% slower", 100 * (l.step_s / best.step_s - 1));
   const std::string why = tie_reason(l, best);
@@ -451,7 +452,7 @@ std::string human_time(double s) {
 
 std::string dollars(double usd) {
   if (usd >= 1000) return fmt::format("${:.0f}", usd);
-  if (usd >= 1 || usd == 0) return fmt::format("${:.2f}", usd);
+  if (usd >= 0.01 || usd == 0) return fmt::format("${:.2f}", usd);
   return fmt::format("${:.2g}", usd);
 }
 
