@@ -253,7 +253,8 @@ TEST_F(PlanRuns, ReportRendersInHeadlessChromium) {
                                 "--screenshot={} file://{} >/dev/null 2>&1", chromium, png, out);
   ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
   ASSERT_TRUE(std::filesystem::exists(png));
-  EXPECT_GT(std::filesystem::file_size(png), 20000u);  // a blank page compresses to a few KB
+  // the page's text alone makes a ~15 KB PNG at this size; with the five charts it is ~100 KB
+  EXPECT_GT(std::filesystem::file_size(png), 50000u);
 }
 
 // ---- catalogue and config.json ----------------------------------------------------------------
