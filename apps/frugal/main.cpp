@@ -5,15 +5,20 @@
 //                  [--train-tokenizer --vocab-size N [--model-type bpe|unigram]]
 //   frugal eval --run DIR [--data SHARDS] [--batches N]
 //   frugal sample --run DIR [--prompt TEXT] [--tokens N] [--temperature X] [--top-k K] [--seed S]
+//   frugal plan (--preset NAME | -c FILE) --tokens N [--device NAME] [--devices N] [settings] [--json]
+//   frugal plan --calibrate RUN_DIR [--json]
+//   frugal report RUN_DIR
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <set>
 
 #include "data/data.h"
 #include "dist/comm.h"
+#include "plan/plan.h"
 #include "train/train.h"
 
 using namespace frugal;
@@ -156,6 +161,159 @@ static int cmd_sample(const std::string& run, const std::string& prompt, int num
   return 0;
 }
 
+// What `frugal plan` was given; empty strings and zeros are left to the search.
+struct PlanArgs {
+  std::string preset, config, device, strategy, precision, recompute, mfu, calibrate;
+  std::string catalogue = default_devices_path();
+  double tokens = 0, max_hours = 0;
+  int devices = 0, micro_batch = 0, seq_len = 0, top = 10;
+  int64_t batch_tokens = 0;
+  bool json = false;
+};
+
+static int cmd_calibrate(const PlanArgs& a) {
+  Calibration c = calibrate(a.calibrate, a.catalogue);
+  nlohmann::json j = c.to_json();
+  std::string text = j.dump(2) + "\n";
+  write_file_atomic(a.calibrate + "/calibration.json", text.data(), text.size());
+  if (a.json) {
+    fmt::print("{}", text);
+  } else {
+    fmt::print("calibrate: {} on {} rank(s) of {}, {}: median {:.4g} tokens/s, {:.1f} ms/step over {} steps\n"
+               "           MFU {:.1f}% of {:.4g} TFLOP/s (the plan's FLOPs, recompute included)\n"
+               "wrote {}/calibration.json (use: frugal plan --mfu {}/calibration.json ...)\n",
+               c.run_dir, c.ranks, c.device, c.precision, c.tokens_per_s, c.step_s * 1e3, c.steps,
+               100 * c.mfu, c.peak / 1e12, c.run_dir, c.run_dir);
+  }
+  return 0;
+}
+
+static int cmd_plan(const PlanArgs& a) {
+  if (!a.calibrate.empty()) return cmd_calibrate(a);
+  if (a.preset.empty() == a.config.empty()) user_error("plan: give the model as --preset NAME or -c FILE (a frugal TOML config or a Hugging Face config.json)");
+  if (!(a.tokens > 0)) user_error("--tokens: expected the training budget in tokens (> 0), e.g. 10e9");
+  PlanSettings b;
+  std::string device = a.device;
+  b.seq_len = a.seq_len;
+  b.batch_tokens = a.batch_tokens;
+  if (!a.preset.empty()) b.model = gpt_preset(a.preset, "--preset");
+  if (!a.config.empty() && a.config.size() > 5 && a.config.substr(a.config.size() - 5) == ".json") {
+    b.model = read_hf_config(a.config);
+  } else if (!a.config.empty()) {
+    RunConfig cfg = load_config(a.config, {});
+    b.model = cfg.model;
+    b.reduce = cfg.precision.reduce;
+    if (!b.seq_len) b.seq_len = cfg.train.seq_len;
+    if (!b.batch_tokens) b.batch_tokens = cfg.train.batch_tokens;
+    if (device.empty()) device = cfg.device.name;
+  }
+  if (!b.seq_len) b.seq_len = b.model.context;
+  if (b.seq_len > b.model.context)
+    user_error("--seq-len: {} is above the model's context of {} positions", b.seq_len, b.model.context);
+  b.tokens = a.tokens;
+  b.max_hours = a.max_hours;
+  b.mfu = a.mfu.empty() ? 0.0 : parse_mfu(a.mfu);
+  // the global batch: given, else one micro-batch per device when both are fixed, else ~0.5M tokens
+  if (!b.batch_tokens && !(a.micro_batch && a.devices)) b.batch_tokens = int64_t(b.seq_len) * std::max(1, (1 << 19) / b.seq_len);
+  std::vector<Device> catalogue = load_devices(a.catalogue);
+  PlanQuery q = open_query(b, catalogue);
+  if (!device.empty()) q.devices = {find_device(catalogue, device, a.catalogue)};
+  if (!a.strategy.empty()) q.strategies = {parse_strategy(a.strategy, "--strategy")};
+  if (a.precision == "fp32" || a.precision == "bf16" || a.precision == "fp16")
+    q.precisions = {a.precision == "fp32" ? DType::f32 : a.precision == "bf16" ? DType::bf16 : DType::f16};
+  else if (!a.precision.empty()) user_error("--precision: expected fp32, bf16 or fp16, got '{}'", a.precision);
+  if (!a.recompute.empty()) q.recomputes = {RecomputePolicy::parse(a.recompute, "--recompute")};
+  if (a.micro_batch) q.micro_batches = {a.micro_batch};
+  if (a.devices) q.device_counts = {a.devices};
+  const bool single = q.devices.size() == 1 && q.strategies.size() == 1 && q.precisions.size() == 1 &&
+                      q.recomputes.size() == 1 && q.micro_batches.size() == 1 && q.device_counts.size() == 1;
+
+  std::vector<Plan> plans = search(q);
+  if (plans.empty())
+    user_error("plan: no configuration divides the global batch of {} tokens into micro-batches of {} tokens on every device "
+               "(set --batch-tokens to a multiple of micro-batch x seq-len x devices)", b.batch_tokens,
+               int64_t(q.micro_batches.front()) * b.seq_len);
+  const GptConfig& m = b.model;
+  const std::string model_line = fmt::format("model: {} ({} layers, {} heads, {} dims, vocab {}), {:.2f} M parameters\n",
+                                             m.preset, m.n_layer, m.n_head, m.n_embd, m.vocab_size, m.num_params() / 1e6);
+  if (single) {
+    const Plan& p = plans[0];
+    if (a.json) { fmt::print("{}\n", p.to_json().dump(2)); return p.fits ? 0 : 1; }
+    fmt::print("{}{}", model_line, p.explain());
+    if (p.fits) return 0;
+    // what would make it fit: the same device with every other setting open
+    PlanQuery wide = open_query(b, {p.s.device});
+    wide.base.batch_tokens = p.step_tokens;
+    std::vector<Plan> alt = search(wide);
+    if (!alt.empty() && alt[0].fits)
+      fmt::print("to fit: the cheapest setting that fits is {} ({} per device, {}, {})\n", alt[0].s.describe(),
+                 human_bytes(double(alt[0].memory.total())), human_time(alt[0].total_s), dollars(alt[0].cost));
+    else if (!alt.empty())
+      fmt::print("to fit: no setting fits on {}; the smallest needs {} per device ({}): a device with that much memory\n",
+                 p.s.device.name, human_bytes(double(alt[0].memory.total())), alt[0].s.describe());
+    return 1;
+  }
+
+  size_t num_fit = 0;
+  for (const Plan& p : plans) num_fit += p.fits;
+  if (a.json) {
+    nlohmann::json j = {{"searched", plans.size()}, {"fit", num_fit}, {"plans", nlohmann::json::array()}};
+    for (size_t i = 0; i < plans.size() && i < size_t(a.top); i++) {
+      j["plans"].push_back(plans[i].to_json());
+      if (i > 0) j["plans"].back()["lost_because"] = lost_because(plans[i], plans[0]);
+    }
+    fmt::print("{}\n", j.dump(2));
+    return num_fit ? 0 : 1;
+  }
+  if (num_fit == 0) {  // bad input: say by how much, and what would make it fit
+    const Plan& c = plans[0];
+    std::vector<std::string> big;
+    for (const Device& d : catalogue)
+      if (d.usable() >= int64_t(c.memory.total())) big.push_back(d.name);
+    user_error("plan: {} fits nowhere in {} configurations: the closest, {}, needs {} per device, {} more than the {} usable; "
+               "to fit: {}{}, or a shorter --seq-len (activations take {} of it and are not sharded)",
+               m.preset, plans.size(), c.s.describe(), human_bytes(double(c.memory.total())), human_bytes(double(c.over())),
+               human_bytes(double(c.s.device.usable())),
+               big.empty() ? fmt::format("a device with at least {} (none in the catalogue has that)", human_bytes(double(c.memory.total())))
+                           : fmt::format("--device {} (enough memory for it)", fmt::join(big, " or ")),
+               a.devices || !a.strategy.empty() ? ", more --devices under --strategy zero3" : "",
+               human_bytes(double(c.memory.bytes[int(Mem::activations)])));
+  }
+  if (plans[0].late())
+    user_error("plan: every configuration that fits takes longer than --max-hours {}: the fastest, {}, takes {}",
+               a.max_hours, plans[0].s.describe(), human_time(plans[0].total_s));
+  fmt::print("{}searched {} configurations (device x strategy x precision x recompute x micro-batch x devices) for {:.4g} tokens, "
+             "global batch {} tokens: {} fit\n", model_line, plans.size(), b.tokens, plans[0].step_tokens, num_fit);
+  fmt::print("{:>4} {:>10} {:>9} {:>11} {:>10}  {}\n", "rank", "cost", "time", "tokens/s", "memory", "configuration (why it lost to #1)");
+  auto row = [&](size_t i, const std::string& note) {
+    const Plan& p = plans[i];
+    fmt::print("{:>4} {:>10} {:>9} {:>11.4g} {:>10}  {}{}{}\n", i + 1, dollars(p.cost), human_time(p.total_s), p.tokens_per_s,
+               human_bytes(double(p.memory.total())), note, p.s.describe(), i == 0 ? "" : " (" + lost_because(p, plans[0]) + ")");
+  };
+  size_t shown = 0;
+  for (; shown < plans.size() && shown < size_t(a.top) && plans[shown].fits && !plans[shown].late(); shown++) row(shown, "");
+
+  // the best of every strategy, precision, recompute policy, device and device count not shown
+  auto keys = [](const Plan& p) {
+    return std::vector<std::string>{strategy_name(p.s.strategy), dtype_name(p.s.compute), "recompute " + p.s.recompute.name(),
+                                    p.s.device.name, fmt::format("{} devices", p.s.devices)};
+  };
+  std::set<std::string> seen;
+  for (size_t i = 0; i < shown; i++)
+    for (auto& k : keys(plans[i])) seen.insert(k);
+  bool header = false;
+  for (size_t i = shown; i < plans.size(); i++)
+    for (auto& k : keys(plans[i]))
+      if (seen.insert(k).second) {
+        if (!header) fmt::print("the best of every other setting:\n");
+        header = true;
+        row(i, "[" + k + "] ");
+      }
+  const Plan& w = plans[0];
+  fmt::print("\nthe cheapest in detail:\n{}", w.explain());
+  return 0;
+}
+
 int main(int argc, char** argv) {
   CLI::App app{"frugal: train GPT-style language models on hardware a small team can afford"};
   app.require_subcommand(1);
@@ -214,8 +372,36 @@ int main(int argc, char** argv) {
   sample_cmd->add_option("--top-k", top_k, "sample among the k most likely (0: all)");
   sample_cmd->add_option("--seed", seed, "random seed");
 
+  auto* plan_cmd = app.add_subcommand("plan", "memory, time and cost of a training before you rent the hardware");
+  PlanArgs pa;
+  plan_cmd->add_option("--preset", pa.preset, "model preset (tiny, mini, gpt2, gpt2-medium, gpt2-large, gpt2-xl)");
+  plan_cmd->add_option("-c,--config", pa.config, "a frugal TOML config or a Hugging Face config.json")->check(CLI::ExistingFile);
+  plan_cmd->add_option("--tokens", pa.tokens, "training budget in tokens, e.g. 10e9");
+  plan_cmd->add_option("--device", pa.device, "device type from the catalogue (default: search them all)");
+  plan_cmd->add_option("--devices", pa.devices, "number of devices (default: search 1..1024)")->check(CLI::PositiveNumber);
+  plan_cmd->add_option("--strategy", pa.strategy, "ddp, zero1, zero2, zero3 (fsdp), yafsdp (default: search)");
+  plan_cmd->add_option("--precision", pa.precision, "fp32, bf16, fp16 (default: search fp32, bf16)");
+  plan_cmd->add_option("--recompute", pa.recompute, "none, selective, full, every:K (default: search)");
+  plan_cmd->add_option("--micro-batch", pa.micro_batch, "sequences per micro-batch (default: search 1..64)")->check(CLI::PositiveNumber);
+  plan_cmd->add_option("--seq-len", pa.seq_len, "sequence length (default: the config's, else the model's context)")->check(CLI::PositiveNumber);
+  plan_cmd->add_option("--batch-tokens", pa.batch_tokens, "global batch in tokens (default: the config's, else ~0.5M)")->check(CLI::PositiveNumber);
+  plan_cmd->add_option("--max-hours", pa.max_hours, "search: rank configurations that take longer last")->check(CLI::PositiveNumber);
+  plan_cmd->add_option("--mfu", pa.mfu, "assumed MFU: a fraction, or a calibration.json (default: the device's)");
+  plan_cmd->add_option("--catalogue", pa.catalogue, "device catalogue (default: $FRUGAL_DEVICES or configs/devices.toml)");
+  plan_cmd->add_option("--top", pa.top, "configurations to list")->check(CLI::PositiveNumber);
+  plan_cmd->add_option("--calibrate", pa.calibrate, "fit the MFU of a finished run directory and write its calibration.json");
+  plan_cmd->add_flag("--json", pa.json, "print JSON");
+
+  auto* report_cmd = app.add_subcommand("report", "write RUN_DIR/report.html: charts of a run (loss, tokens/s, memory, cost)");
+  report_cmd->add_option("run", run_dir, "run directory")->required();
+
   try {
     app.parse(argc, argv);
+    if (*plan_cmd) return cmd_plan(pa);
+    if (*report_cmd) {
+      fmt::print("wrote {}\n", write_report(run_dir));
+      return 0;
+    }
     if (*train_cmd) return cmd_train(config, train_cmd->remaining(), resume, init_from);
     if (*export_cmd) return cmd_export(export_from, out_dir);
     if (*prep_cmd) {

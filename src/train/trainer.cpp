@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "data/data.h"
+#include "plan/plan.h"
 #include "train/train.h"
 
 namespace frugal {
@@ -27,20 +28,6 @@ double evaluate(const LossFn& loss, DataLoader& loader, int batches, Comm* comm)
   float mean[1] = {float(sum / double(n))};
   if (comm && comm->size() > 1) comm->all_reduce(mean, 1, ReduceOp::avg)->wait();
   return mean[0];
-}
-
-static std::string human_bytes(double b) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  int u = 0;
-  while (b >= 1024.0 && u < 4) { b /= 1024.0; u++; }
-  return fmt::format("{:.1f} {}", b, units[u]);
-}
-
-static std::string human_time(double s) {
-  int64_t t = int64_t(s + 0.5);
-  if (t >= 3600) return fmt::format("{}h{:02}m", t / 3600, (t / 60) % 60);
-  if (t >= 60) return fmt::format("{}m{:02}s", t / 60, t % 60);
-  return fmt::format("{}s", t);
 }
 
 // "params 475.0 MiB, grads 475.0 MiB, ..." for the categories that hold any bytes
@@ -135,8 +122,8 @@ void train(const RunConfig& cfg, Comm& comm, bool resume) {
   const RecomputePolicy recompute = choose_recompute(cfg);
   const std::vector<Recompute> plan = recompute.per_block(cfg.model.n_layer);
   const Strategy strategy = parse_strategy(cfg.dist.strategy, cfg.source);
-  const MemoryEstimate predicted = estimate_memory(cfg.model, t.micro_batch, t.seq_len, dt, plan, 0,
-                                                   {strategy, comm.size(), cfg.precision.reduce});
+  const Plan forecast = plan_for_run(cfg, comm.size(), recompute);  // memory, time and cost
+  const MemoryEstimate& predicted = forecast.memory;
   Gpt model(cfg.model, be, dt, model_owns(strategy));
   Stepper stepper(model, be, comm, t, cfg.accum_steps(comm.size()), cfg.precision, plan, strategy);
   stepper.init_weights(t.seed);
@@ -191,6 +178,12 @@ void train(const RunConfig& cfg, Comm& comm, bool resume) {
     fmt::print("memory: recompute {}{}; predicted peak {} ({})\n", recompute.name(),
                cfg.memory.budget > 0 ? fmt::format(" (the least that fits memory.budget = {})", human_bytes(double(cfg.memory.budget))) : "",
                human_bytes(double(predicted.total())), mem_list(predicted.bytes));
+  if (rank0)
+    fmt::print("plan: {:.0f} tok/s predicted ({:.0f} ms/step at MFU {:.0f}% of {} peak), {} for {} steps{}\n",
+               forecast.tokens_per_s, forecast.step_s * 1e3, 100 * forecast.s.mfu, forecast.s.device.name,
+               human_time(forecast.total_s), t.steps,
+               forecast.s.device.price > 0 ? fmt::format(", {} at {}/h x {}", dollars(forecast.cost),
+                                                         dollars(forecast.s.device.price), comm.size()) : "");
   using clock = std::chrono::steady_clock;
   auto t_start = clock::now();
   double train_seconds = 0.0, val_loss = -1.0;
@@ -273,7 +266,13 @@ void train(const RunConfig& cfg, Comm& comm, bool resume) {
              human_time(total));
   fmt::print("peak memory: {}; total {}, predicted {}\n", mem_list(overall.peak),
              human_bytes(double(overall.total_peak)), human_bytes(double(predicted.total())));
-  fmt::print("wrote {}/model.safetensors, {}/metrics.jsonl\n", dir, dir);
+  Measured measured{overall.peak, tok_s, flops_tok * tok_s / (comm.size() * cfg.device.peak_for(dt)), total};
+  fmt::print("predicted vs measured (per rank):\n{}", compare_table(forecast, &measured));
+  const std::string summary = nlohmann::json{{"predicted", forecast.to_json()},
+      {"measured", {{"mem_peak", mem_json(overall)}, {"tokens_per_s", tok_s}, {"mfu", measured.mfu}, {"seconds", total},
+                    {"cost", total / 3600 * comm.size() * forecast.s.device.price}}}}.dump(2);
+  write_file_atomic(dir + "/summary.json", summary.data(), summary.size());
+  fmt::print("wrote {}/model.safetensors, {}/metrics.jsonl, {}/summary.json\n", dir, dir, dir);
 }
 
 }  // namespace frugal

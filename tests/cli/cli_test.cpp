@@ -57,6 +57,20 @@ TEST_F(Cli, PrepareTrainEvalSample) {
   ASSERT_EQ(t.code, 0) << t.out;
   EXPECT_NE(t.out.find("step    30/30"), std::string::npos) << t.out;
   EXPECT_NE(t.out.find("peak memory: params"), std::string::npos) << t.out;
+  // the plan's prediction at the start, measured beside predicted at the end
+  EXPECT_NE(t.out.find("plan: "), std::string::npos) << t.out;
+  EXPECT_NE(t.out.find("tok/s predicted"), std::string::npos) << t.out;
+  EXPECT_NE(t.out.find("predicted vs measured (per rank):"), std::string::npos) << t.out;
+  for (const char* row : {"  params ", "  activations ", "  tokens/s ", "  MFU/device ", "  cost "})
+    EXPECT_NE(t.out.find(row), std::string::npos) << row << "\n" << t.out;
+  // ... and as JSON: summary.json, the prediction's memory within 5 % of the measured peak
+  auto sum = nlohmann::json::parse(std::ifstream(*dir_ / "run1/summary.json"));
+  for (const char* c : {"params", "grads", "optimizer", "activations", "workspace"}) {
+    const double want = sum["predicted"]["memory"][c].get<double>();
+    EXPECT_NEAR(sum["measured"]["mem_peak"][c].get<double>(), want, 0.05 * want) << c;
+  }
+  EXPECT_GT(sum["measured"]["tokens_per_s"].get<double>(), 0.0);
+  EXPECT_GT(sum["measured"]["cost"].get<double>(), 0.0);
   // one metrics record per step, validation every 10 steps
   std::ifstream in(*dir_ / "run1/metrics.jsonl");
   std::string line;
@@ -169,6 +183,67 @@ TEST_F(Cli, PrepareTrainSampleWithGpt2AndTrainedTokenizers) {
   EXPECT_FALSE(std::filesystem::exists(*dir_ / "sdata2/train_000.bin"));
 }
 
+TEST_F(Cli, PlanSearchesRanksAndExplains) {
+  Result r = run("plan --preset gpt2 --tokens 10e9 --device a100-80gb --devices 8 --top 3", d());
+  ASSERT_EQ(r.code, 0) << r.out;
+  for (const char* s : {"searched 224 configurations", "   1 ", "(same cost and time, ", "the best of every other setting:", "[recompute full] 8 x a100-80gb",
+                        "costs $", "the cheapest in detail:", "memory per device:", "budget: 1e+10 tokens"})
+    EXPECT_NE(r.out.find(s), std::string::npos) << s << "\n" << r.out;
+  Result j = run("plan --preset gpt2 --tokens 10e9 --json --top 4", d());
+  ASSERT_EQ(j.code, 0) << j.out;
+  auto js = nlohmann::json::parse(j.out);
+  ASSERT_EQ(js["plans"].size(), 4u);
+  for (size_t i = 1; i < 4; i++) {
+    EXPECT_GE(js["plans"][i]["cost"].get<double>(), js["plans"][i - 1]["cost"].get<double>());
+    EXPECT_TRUE(js["plans"][i].contains("lost_because"));
+  }
+  // one configuration, every setting given, as JSON: the memory categories add up
+  Result one = run("plan --preset gpt2 --tokens 1e9 --device h100-sxm --devices 4 --strategy zero2 --precision bf16 "
+                   "--recompute selective --micro-batch 8 --json", d());
+  ASSERT_EQ(one.code, 0) << one.out;
+  auto p = nlohmann::json::parse(one.out);
+  size_t sum = 0;
+  for (const char* c : {"params", "grads", "optimizer", "activations", "comm", "workspace"}) sum += p["memory"][c].get<size_t>();
+  EXPECT_EQ(sum, p["memory"]["total"].get<size_t>());
+  EXPECT_GT(p["memory"]["comm"].get<size_t>(), 0u);
+  EXPECT_EQ(p["batch_tokens"].get<int64_t>(), 8 * 1024 * 4);
+  // a config that does not fit says by how much and the cheapest setting that does
+  Result no = run("plan --preset gpt2-xl --tokens 1e9 --device l4 --devices 1 --strategy ddp --precision fp32 "
+                  "--recompute none --micro-batch 8", d());
+  EXPECT_EQ(no.code, 1) << no.out;
+  EXPECT_NE(no.out.find("DOES NOT FIT (39.7 GiB over)"), std::string::npos) << no.out;
+  EXPECT_NE(no.out.find("to fit: the cheapest setting that fits is "), std::string::npos) << no.out;
+  // a frugal config and a Hugging Face config.json give the model
+  std::ofstream(*dir_ / "config.json") << R"({"n_layer": 2, "n_head": 4, "n_embd": 64, "vocab_size": 257, "n_positions": 128})";
+  Result hf = run("plan -c config.json --tokens 1e6 --device cpu-avx512 --devices 1", d());
+  EXPECT_EQ(hf.code, 0) << hf.out;
+  EXPECT_NE(hf.out.find("0.13 M parameters"), std::string::npos) << hf.out;
+  Result cf = run("plan -c " + std::string(FRUGAL_SOURCE_DIR) + "/configs/mini.toml --tokens 1e6", d());
+  EXPECT_EQ(cf.code, 0) << cf.out;
+  EXPECT_NE(cf.out.find("x cpu-avx512"), std::string::npos) << cf.out;  // the config's device
+}
+
+TEST_F(Cli, CalibrateAndReportAFinishedRun) {
+  ASSERT_EQ(run("prepare corpus.txt --out data --val-every 5", d()).code, 0);
+  ASSERT_EQ(run(std::string("train ") + kTiny + " --train.steps=4 --train.eval_every=2 --train.eval_batches=1 --run.dir=run2", d()).code, 0);
+  Result c = run("plan --calibrate run2", d());
+  ASSERT_EQ(c.code, 0) << c.out;
+  EXPECT_NE(c.out.find("MFU "), std::string::npos) << c.out;
+  auto cal = nlohmann::json::parse(std::ifstream(*dir_ / "run2/calibration.json"));
+  EXPECT_GT(cal["mfu"].get<double>(), 0.0);
+  EXPECT_EQ(cal["steps"].get<int>(), 3);  // the first step warms up
+  // plan uses it: the predicted tokens/s is MFU x peak / FLOPs per token
+  Result p = run("plan --preset tiny --seq-len 64 --micro-batch 4 --devices 1 --device cpu-avx512 --strategy ddp "
+                 "--precision fp32 --recompute none --tokens 1e6 --json --mfu run2/calibration.json", d());
+  ASSERT_EQ(p.code, 0) << p.out;
+  auto pj = nlohmann::json::parse(p.out);
+  EXPECT_NEAR(pj["tokens_per_s"].get<double>(), cal["mfu"].get<double>() * 231e9 / pj["flops_per_token"].get<double>(),
+              1e-6 * pj["tokens_per_s"].get<double>());
+  Result r = run("report run2", d());
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_TRUE(std::filesystem::exists(*dir_ / "run2/report.html"));
+}
+
 TEST_F(Cli, BadInputIsOneClearLine) {
   ASSERT_EQ(run("prepare corpus.txt --out data --val-every 5", d()).code, 0);
   std::ofstream(*dir_ / "bad.toml") << "[train]\nlearning_rate = 1\n";
@@ -191,6 +266,21 @@ TEST_F(Cli, BadInputIsOneClearLine) {
   expect_error(std::string("train ") + kTiny + " --run.dir=afile/run", "afile/run: cannot create the run directory");
   expect_error("eval --run nowhere", "nowhere/config.toml");
   expect_error("sample --run nowhere", "nowhere/model.safetensors: cannot open");
+  // plan: unknown device, a model that fits nowhere, a malformed config.json or catalogue
+  expect_error("plan --preset gpt2 --tokens 1e9 --device tpu", "unknown device 'tpu' (known: a100-40gb, a100-80gb, cpu-avx512, h100-sxm");
+  expect_error("plan --preset gpt2-xl --tokens 1e9 --device l4 --devices 1 --strategy ddp",
+               "plan: gpt2-xl fits nowhere in 56 configurations: the closest, 1 x l4, ddp, fp32, recompute full, micro-batch 1, "
+               "needs 23.7 GiB per device, 2.2 GiB more than the 21.5 GiB usable; to fit: --device a100-40gb or a100-80gb");
+  std::ofstream(*dir_ / "bad.json") << R"({"n_layer": 2, "n_head": 4, "n_embd": 64, "vocab_size": -1, "n_positions": 128})";
+  expect_error("plan -c bad.json --tokens 1e9", "bad.json: vocab_size: expected a positive integer, got -1");
+  std::ofstream(*dir_ / "devs.toml") << "[devices.x]\ndescription = 1\n";
+  expect_error("plan --preset gpt2 --tokens 1e9 --catalogue devs.toml", "devs.toml: devices.x.description: expected a string");
+  expect_error("plan --preset gpt2", "--tokens: expected the training budget in tokens");
+  expect_error("plan --tokens 1e9", "plan: give the model as --preset NAME or -c FILE");
+  expect_error("plan --preset gpt2 --tokens 1e9 --precision half", "--precision: expected fp32, bf16 or fp16, got 'half'");
+  expect_error("plan --preset gpt2 --tokens 1e9 --strategy zero4", "--strategy: dist.strategy: expected ddp, zero1, zero2, zero3 (or fsdp) or yafsdp, got 'zero4'");
+  expect_error("plan --calibrate nowhere", "nowhere/config.toml");
+  expect_error("report nowhere", "nowhere/config.toml");
 }
 
 }  // namespace

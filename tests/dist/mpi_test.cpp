@@ -2,11 +2,12 @@
 // with micro-batch B/N give the losses and final weights of one process with micro-batch B,
 // within 1e-5 relative in fp32 (the reduction order differs), with gradient accumulation on and
 // off; each rank's model states and buffers are what the memory model says, and follow the
-// ZeRO formulas.
+// ZeRO formulas; the plan predicts each category's peak.
 #include <gtest/gtest.h>
 
 #include <memory>
 
+#include "plan/plan.h"
 #include "support/support.h"
 #include "train/train.h"
 
@@ -135,6 +136,42 @@ TEST(Strategies, PerRankMemoryFollowsTheZeroFormulas) {
       EXPECT_NEAR(r.mem.peak[int(Mem::grads)], grads, 0.05 * grads) << what;
       EXPECT_NEAR(r.mem.peak[int(Mem::optimizer)], opt, 0.05 * opt) << what;
     }
+}
+
+// The plan's per-rank memory (plan_memory) against rank 0's measured peak per category, for
+// every strategy x fp32/bf16 x every recompute policy, on this world's ranks.
+TEST(PlanMemory, PredictedPeakPerCategoryWithin5PercentOfMeasured) {
+  const int B = 2, T = 16, N = world->size();
+  GptConfig cfg{"custom", 3, 2, 32, 97, T};
+  for (Strategy strategy : all_strategies)
+    for (DType dt : {DType::f32, DType::bf16})
+      for (const char* rc : {"none", "selective", "every:2", "full"}) {
+        const RecomputePolicy policy = RecomputePolicy::parse(rc, "test");
+        const MemStats before = MemoryPool::get().stats();
+        MemoryPool::get().reset_peak();
+        std::array<size_t, num_mem> peak{};
+        {
+          Gpt m(cfg, cpu_backend(), dt, model_owns(strategy));
+          TrainSettings t;
+          t.seq_len = T;
+          t.micro_batch = B;
+          PrecisionSettings p;
+          p.compute = dt;
+          Stepper st(m, cpu_backend(), *world, t, 1, p, policy.per_block(cfg.n_layer), strategy);
+          st.init_weights(1);
+          MemoryPool::get().reset_peak();  // zero3's init draws each unit into a temporary once
+          for (int s = 0; s < 2; s++)
+            st.step(s, [&](int32_t* in, int32_t* tg) {
+              for (int b = 0; b < B; b++) test::stream_window(world->rank() * B + b, T, in + b * T, tg + b * T);
+            });
+          for (int c = 0; c < num_mem; c++) peak[c] = MemoryPool::get().stats().peak[c] - before.current[c];
+        }
+        if (world->rank() != 0) continue;
+        const MemoryEstimate want = plan_memory(cfg, B, T, dt, policy, strategy, N);
+        for (int c = 0; c < num_mem; c++)
+          EXPECT_NEAR(double(peak[c]), double(want.bytes[c]), 0.05 * double(want.bytes[c]))
+              << strategy_name(strategy) << " " << dtype_name(dt) << " " << rc << " " << mem_name(Mem(c)) << " on " << N << " ranks";
+      }
 }
 
 TEST(Comm, CollectivesOverMpi) {

@@ -1,0 +1,56 @@
+#!/usr/bin/python3
+"""The plan against measured runs on this machine: train a model at several micro-batches, in
+rounds of back-to-back runs (so that a round's runs share the machine's load); each round
+calibrates the MFU on its first micro-batch and predicts the others' median step time; prints
+the median over rounds of predicted and measured step time, and predicted vs measured memory.
+
+    /usr/bin/python3 bench/plan_bench.py [--preset mini] [--seq 128] [--batches 4,8,16]
+        [--steps 6] [--rounds 3] [--threads 1] [--precision fp32]
+"""
+import argparse, json, os, statistics, subprocess, sys, tempfile
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--frugal", default="build/frugal")
+ap.add_argument("--preset", default="mini")
+ap.add_argument("--seq", type=int, default=128)
+ap.add_argument("--batches", default="4,8,16")
+ap.add_argument("--steps", type=int, default=6)
+ap.add_argument("--rounds", type=int, default=3)
+ap.add_argument("--threads", type=int, default=1)
+ap.add_argument("--precision", default="fp32")
+a = ap.parse_args()
+batches = [int(b) for b in a.batches.split(",")]
+frugal = os.path.abspath(a.frugal)
+
+with tempfile.TemporaryDirectory() as d:
+    run = lambda *args: subprocess.run([frugal, *args], cwd=d, check=True, capture_output=True, text=True).stdout
+    run("prepare", "--out", "data")
+    plan = lambda b, mfu: json.loads(run(
+        "plan", "--preset", a.preset, "--seq-len", str(a.seq), "--micro-batch", str(b), "--devices", "1",
+        "--device", "cpu-avx512", "--strategy", "ddp", "--precision", a.precision, "--recompute", "none",
+        "--tokens", "1e6", "--mfu", str(mfu), "--json"))
+    pred, meas, mfus, peak, mem = {b: [] for b in batches}, {b: [] for b in batches}, [], {}, {}
+    for r in range(a.rounds):
+        for b in batches:
+            rd = f"r{b}_{r}"
+            run("train", f"--model.preset={a.preset}", f"--train.seq_len={a.seq}", f"--train.micro_batch={b}",
+                f"--train.steps={a.steps}", "--train.eval_every=0", "--train.eval_batches=1",
+                f"--train.threads={a.threads}", f"--precision.compute={a.precision}", "--run.log_every=1000",
+                "--data.train=data/train_*.bin", "--data.val=data/val_*.bin", f"--run.dir={rd}")
+            meas[b].append(json.loads(run("plan", "--calibrate", rd, "--json"))["step_s"])
+            recs = [json.loads(l) for l in open(os.path.join(d, rd, "metrics.jsonl"))]
+            peak[b] = max(x["mem_peak"]["total"] for x in recs)
+        mfu = json.loads(open(os.path.join(d, f"r{batches[0]}_{r}", "calibration.json")).read())["mfu"]
+        mfus.append(mfu)
+        for b in batches:
+            p = plan(b, mfu)
+            pred[b].append(p["step_s"])
+            mem[b] = p["memory"]["total"]
+    med = statistics.median
+    print(f"{a.preset} T={a.seq} {a.precision}, {a.threads} threads, {a.steps} steps x {a.rounds} rounds; "
+          f"MFU calibrated on micro-batch {batches[0]} per round: median {100 * med(mfus):.1f}%")
+    print(f"{'B':>4} {'pred ms':>9} {'meas ms':>9} {'pred/meas':>10} {'pred MiB':>9} {'meas MiB':>9}")
+    for b in batches:
+        ratio = med([p / m for p, m in zip(pred[b], meas[b])])
+        print(f"{b:>4} {1e3 * med(pred[b]):>9.1f} {1e3 * med(meas[b]):>9.1f} {ratio:>10.3f} "
+              f"{mem[b] / 2**20:>9.2f} {peak[b] / 2**20:>9.2f}")

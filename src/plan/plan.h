@@ -1,0 +1,159 @@
+// plan: the memory / time / cost model shared by `frugal plan`, `frugal train`'s prediction and
+// `frugal report`: the device catalogue, per-strategy model-state bytes, step time from FLOPs at
+// an MFU plus exposed communication, the search over settings, MFU calibration from a run.
+//
+// Letters: Ψ parameters, N devices (ranks), B micro-batch, T sequence length, e bytes per
+// compute element.
+#pragma once
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "io/io.h"
+#include "model/model.h"
+
+namespace frugal {
+
+// ---- the device catalogue (configs/devices.toml) --------------------------------------------
+struct Device {
+  std::string name, description;
+  double peak_flops = 0, peak_flops_bf16 = 0;  // dense FLOP/s
+  int64_t memory = 0, reserved = 0;            // bytes; usable = memory - reserved
+  double link_bandwidth = 0;                   // bytes/s per device and direction, in a node
+  int node_size = 1;                           // devices per node
+  double network_bandwidth = 0;                // bytes/s per device and direction, across nodes
+  double price = 0;                            // USD per device-hour (0: unknown)
+  double mfu = 0.4;                            // assumed when none is given
+  double peak_for(DType d) const { return d == DType::bf16 ? peak_flops_bf16 : peak_flops; }
+  int64_t usable() const { return memory - reserved; }
+};
+
+// $FRUGAL_DEVICES, else the source tree's configs/devices.toml.
+std::string default_devices_path();
+// Every entry, sorted by name; a malformed file or entry is a UserError naming file and field.
+std::vector<Device> load_devices(const std::string& path);
+// UserError listing the known names when `name` is not one.
+const Device& find_device(const std::vector<Device>& devices, const std::string& name,
+                          const std::string& path);
+
+// ---- model states per strategy --------------------------------------------------------------
+// Bytes per parameter of each model state. frugal: fp32 masters (4), a 16-bit compute copy (2,
+// none in fp32), fp32 gradients (4), AdamW m and v (8). The ZeRO paper's accounting is
+// {2, 0, 2, 12} (fp16 parameters and gradients; fp32 masters inside the optimizer's K = 12).
+struct StateLayout {
+  double master = 4, copy = 2, grad = 4, optimizer = 8;
+  static StateLayout frugal(DType compute) { return {4, compute == DType::f32 ? 0.0 : 2.0, 4, 8}; }
+};
+
+// Per-rank bytes of the model states of `units` by MemoryPool category, in the textbook ZeRO
+// accounting (each unit's flat buffer sharded evenly: ceil(numel / N) per rank): ddp all full;
+// zero1 optimizer / N; zero2 grads / N too; zero3 and yafsdp masters / N too. With
+// StateLayout{2, 0, 2, 12} it gives the ZeRO paper's figures; what frugal itself allocates, slices
+// and buffers included, is estimate_memory() (docs/memory.md), which plan_memory uses.
+struct ModelStates { double params = 0, grads = 0, optimizer = 0; };
+ModelStates model_states(const std::vector<int64_t>& unit_numels, const StateLayout& layout,
+                         Strategy s, int ranks);
+// The flat-buffer sizes of a model's units: embedding, each block, final LayerNorm.
+std::vector<int64_t> unit_numels(const GptConfig& cfg);
+
+// Per-rank bytes by category for training cfg with micro-batches (B, T).
+MemoryEstimate plan_memory(const GptConfig& cfg, int B, int T, DType compute,
+                           const RecomputePolicy& recompute, Strategy s, int ranks,
+                           DType reduce = DType::f32);
+
+// ---- time and cost --------------------------------------------------------------------------
+struct PlanSettings {
+  GptConfig model;
+  Device device;
+  Strategy strategy = Strategy::ddp;
+  DType compute = DType::bf16, reduce = DType::f32;
+  RecomputePolicy recompute;
+  int micro_batch = 1, seq_len = 1024, devices = 1;
+  int64_t batch_tokens = 0;  // global batch per optimizer step (0: one micro-batch per device)
+  double tokens = 0;         // the training budget
+  double mfu = 0.4;          // of the hardware FLOPs (recompute included) at the device's peak
+  double max_hours = 0;      // search: configurations that take longer lose (0: no limit)
+  std::string describe() const;  // "8 x a100-80gb, zero1, bf16, recompute none, micro-batch 4"
+};
+
+struct Plan {
+  PlanSettings s;
+  MemoryEstimate memory;        // per device
+  bool fits = false;
+  bool valid = true;            // the global batch divides into micro-batches on every device
+  int accum = 1;                // micro-batches per step on each device
+  int64_t step_tokens = 0;
+  double model_flops_per_token = 0;  // 6N + 12·L·T·C
+  double flops_per_token = 0;        // + the forward of fully recomputed blocks
+  double compute_s = 0;              // per step
+  double comm_bytes = 0, bandwidth = 0, comm_s = 0, exposed_comm_s = 0;
+  double step_s = 0, tokens_per_s = 0, total_s = 0, cost = 0;
+  int64_t over() const { return int64_t(memory.total()) - s.device.usable(); }  // > 0: short by
+  bool late() const { return s.max_hours > 0 && total_s > s.max_hours * 3600; }
+  nlohmann::json to_json() const;
+  std::string explain() const;  // settings, memory per category, step time, total time and cost
+};
+
+// Evaluates one configuration. A fully recomputed block adds its forward again: 24C² + 4TC
+// FLOPs per token.
+Plan make_plan(const PlanSettings& s);
+
+// The prediction for a run as configured (device from the catalogue when it names the config's
+// device, with the config's peaks), on `ranks` ranks.
+Plan plan_for_run(const RunConfig& cfg, int ranks, const RecomputePolicy& recompute,
+                  const std::string& devices_path = default_devices_path());
+
+// ---- search ---------------------------------------------------------------------------------
+// Which settings are open: an unset optional leaves that dimension to the search.
+struct PlanQuery {
+  PlanSettings base;  // model, tokens, mfu (<= 0: each device's own), seq_len, reduce, batch_tokens
+  std::vector<Device> devices;
+  std::vector<Strategy> strategies;
+  std::vector<DType> precisions;
+  std::vector<RecomputePolicy> recomputes;
+  std::vector<int> micro_batches, device_counts;
+};
+// Every setting open: ddp..zero3, fp32 and bf16, recompute none/selective/every:2/full,
+// micro-batches 1..64 and 1..1024 devices (powers of two), on `devices`.
+PlanQuery open_query(const PlanSettings& base, const std::vector<Device>& devices);
+// Every combination, ranked: fitting ones in time first by cost, then step time, then the
+// simpler setting; then those that fit but take too long, by time; the rest by how far over
+// memory they are.
+std::vector<Plan> search(const PlanQuery& q);
+// Why `loser` ranks below `best` (e.g. "does not fit: 3.2 GiB over", "costs $12.00 more (+8%)").
+std::string lost_because(const Plan& loser, const Plan& best);
+
+// A GPT-2 shape from a Hugging Face config.json (n_layer, n_head, n_embd, vocab_size,
+// n_positions); UserError naming the file and the field.
+GptConfig read_hf_config(const std::string& path);
+
+// ---- calibration ----------------------------------------------------------------------------
+struct Calibration {
+  std::string run_dir, device, precision;
+  int ranks = 1, steps = 0;
+  double tokens_per_s = 0;   // median over the steps after the first
+  double step_s = 0;         // median
+  double peak = 0, mfu = 0;
+  nlohmann::json to_json() const;
+};
+// Reads RUN_DIR/config.toml and metrics.jsonl; UserError naming the file when either is missing
+// or malformed.
+Calibration calibrate(const std::string& run_dir, const std::string& devices_path = default_devices_path());
+// --mfu: a number, or a calibration.json written by `frugal plan --calibrate`.
+double parse_mfu(const std::string& text);
+
+// ---- formatting -----------------------------------------------------------------------------
+std::string human_bytes(double b);
+std::string human_time(double s);
+std::string dollars(double usd);  // "$1234", "$12.34", "$0.0012"
+// The per-category table of plan vs (optionally) measured peak bytes, and tokens/s, MFU, cost.
+struct Measured { std::array<size_t, num_mem> peak{}; double tokens_per_s = 0, mfu = 0, seconds = 0; };
+std::string compare_table(const Plan& p, const Measured* m);
+
+// ---- report ---------------------------------------------------------------------------------
+// Writes RUN_DIR/report.html (atomically): one self-contained page with inline SVG charts.
+// Returns its path.
+std::string write_report(const std::string& run_dir, const std::string& devices_path = default_devices_path());
+
+}  // namespace frugal
