@@ -33,7 +33,7 @@ static int cmd_train(const std::string& config, const std::vector<std::string>& 
     overrides.push_back(a.substr(2));
   }
   RunConfig cfg = load_config(config, overrides);
-  auto comm = make_comm();
+  auto comm = make_comm(cfg.device.backend == "cuda");
   if (comm->rank() == 0) prepare_default_corpus_if_missing(cfg);
   comm->barrier();
   try {

@@ -144,6 +144,7 @@ std::vector<Field> fields(RunConfig& c) {
       string_field("data", "val", &c.data.val),
       string_field("run", "dir", &c.run.dir),
       int_field("run", "log_every", &c.run.log_every, 1),
+      string_field("device", "backend", &c.device.backend),
       string_field("device", "name", &c.device.name),
       float_field("device", "peak_flops", &c.device.peak_flops, 1.0),
       float_field("device", "peak_flops_bf16", &c.device.peak_flops_bf16, 1.0),
@@ -259,6 +260,8 @@ RunConfig load_config(const std::string& path, const std::vector<std::string>& o
                c.source, t.batch_tokens, micro);
   if (t.min_lr > t.lr)
     user_error("{}: train.min_lr = {} is above train.lr = {}", c.source, t.min_lr, t.lr);
+  if (c.device.backend != "cpu" && c.device.backend != "cuda")
+    user_error("{}: device.backend: expected cpu or cuda, got '{}'", c.source, c.device.backend);
   if (c.dist.strategy != "ddp" && c.dist.strategy != "zero1")
     user_error("{}: dist.strategy: expected ddp or zero1 (zero2, zero3 and yafsdp are not built yet), got '{}'",
                c.source, c.dist.strategy);
