@@ -12,10 +12,14 @@ void cuda_check(cudaError_t e, const char* what, const char* file, int line) {
 }
 
 // Managed memory, preferred on the current device and zero-filled there; the host may still
-// read it (init, files, tests) after a synchronize().
+// read it (init, files, tests) after a synchronize(). Never more than the device has free:
+// oversubscribed managed memory pages to the host and can stall the GPU, so that is out of
+// memory (null) instead.
 static void* device_alloc(size_t bytes) {
+  size_t free_b = 0, total = 0;
+  CUDA_CHECK(cudaMemGetInfo(&free_b, &total));
   void* p = nullptr;
-  if (cudaMallocManaged(&p, bytes) != cudaSuccess) return nullptr;
+  if (bytes + (size_t(64) << 20) > free_b || cudaMallocManaged(&p, bytes) != cudaSuccess) return nullptr;
   int dev = 0;
   CUDA_CHECK(cudaGetDevice(&dev));
   cudaMemLocation loc{};
