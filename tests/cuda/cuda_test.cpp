@@ -5,7 +5,8 @@
 //
 // What is asserted (relative error of a whole tensor, ||cuda - cpu|| / ||cpu||): fp32 outputs
 // 1e-5 (the two differ only in the order of fp32 sums); bf16 outputs 1e-2 and fp16 outputs
-// 2e-3 (one rounding of the stored result each way, as in tests/backend/kernels_test.cpp).
+// 2e-3 (one rounding of the stored result each way, as in tests/backend/kernels_test.cpp);
+// training losses, step by step for 12 steps, 5e-4 (fp32), 2e-2 (bf16), 1e-2 (fp16) relative.
 #include <cuda_runtime.h>
 
 #include "backend/backend.h"
@@ -288,7 +289,8 @@ TEST(CudaTraining, TinyModelLossesMatchCpuAndNothingIsAllocatedAfterTheFirstStep
         }
       }
     }
-    const double t_loss = d == DType::f32 ? 1e-4 : d == DType::bf16 ? 2e-2 : 5e-3;
+    // fp32: only the order of sums differs (atomics in dwte, layernorm's dw); 16-bit: roundings
+    const double t_loss = d == DType::f32 ? 5e-4 : d == DType::bf16 ? 2e-2 : 1e-2;
     for (int s = 0; s < steps; s++)
       EXPECT_NEAR(losses[1][s], losses[0][s], t_loss * losses[0][s]) << "step " << s + 1 << " in " << dtype_name(d);
     EXPECT_LT(losses[1].back(), losses[1].front()) << "the CUDA run learns in " << dtype_name(d);
