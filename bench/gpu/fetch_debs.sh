@@ -6,8 +6,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 mkdir -p .debs
-grep -qx '/.debs/' .git/info/exclude 2>/dev/null || echo '/.debs/' >> .git/info/exclude
+exclude=$(git rev-parse --git-path info/exclude)
+mkdir -p "$(dirname "$exclude")"
+grep -qx '/.debs/' "$exclude" 2>/dev/null || echo '/.debs/' >> "$exclude"
+grep -qx '/.deps/' "$exclude" 2>/dev/null || echo '/.deps/' >> "$exclude"
 cd .debs
 apt-get download libdnnl-dev libdnnl2 ocl-icd-libopencl1 libfmt-dev libfmt9 libtomlplusplus-dev \
   libtomlplusplus3 libcli11-dev nlohmann-json3-dev libgtest-dev googletest
-ls -la
+du -sh .

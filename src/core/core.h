@@ -55,8 +55,13 @@ class MemoryPool {
   void release(void* p);
   const MemStats& stats() const { return stats_; }
   void reset_peak();  // peak := current, e.g. at the start of a step
-  // Allocations from now on come from `a`; live ones are released by the allocator that made them.
-  void set_allocator(Allocator a) { allocator_ = a; }
+  // Allocations from now on come from `a`; live ones are released by the allocator that made
+  // them. Returns the allocator it replaces.
+  Allocator set_allocator(Allocator a) {
+    Allocator old = allocator_;
+    allocator_ = a;
+    return old;
+  }
 
  private:
   struct Entry { void* p; size_t bytes; Mem cat; void (*free)(void*); };
