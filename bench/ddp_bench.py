@@ -1,9 +1,11 @@
 #!/usr/bin/python3
 """Data parallelism on this machine: frugal as 1 rank x 2 threads against 2 ranks x 1 thread
-(mpirun), same global batch, same model, in the same run; prints tokens/s, rank 0's peak
-memory by category, the time a step waited on gradient reductions, and the ratio.
+(mpirun) for each strategy, same global batch, same model, in the same run; prints tokens/s,
+rank 0's peak memory by category, the time a step waited on communication, pool allocations
+per step, and the ratios to the single process and to ddp.
 
   /usr/bin/python3 bench/ddp_bench.py [--preset tiny|gpt2] [--batch 8] [--seq 256] [--steps 6]
+      [--strategy ddp,zero1,zero2,zero3,yafsdp]
 """
 import argparse
 import json
@@ -38,7 +40,7 @@ def main():
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--warmup-steps", type=int, default=1)
     ap.add_argument("--dtype", default="fp32")
-    ap.add_argument("--strategy", default="ddp")
+    ap.add_argument("--strategy", default="ddp,zero1,zero2,zero3,yafsdp")
     ap.add_argument("--frugal", default="build/frugal")
     a = ap.parse_args()
     V = 50257 if a.preset.startswith("gpt2") else 257
@@ -54,22 +56,27 @@ def main():
                   f"--train.batch_tokens={a.batch * a.seq}"]
         single = run([a.frugal, "train", *common, f"--train.micro_batch={a.batch}", "--train.threads=2",
                       f"--run.dir={d}/one"], dict(env, OMP_NUM_THREADS="2"), f"{d}/one")
-        multi = run(["mpirun", "-np", "2", "-x", "OMP_NUM_THREADS=1", a.frugal, "train", *common,
-                     f"--train.micro_batch={a.batch // 2}", "--train.threads=1", f"--dist.strategy={a.strategy}",
-                     f"--run.dir={d}/two"],
-                    dict(env, OMP_NUM_THREADS="1"), f"{d}/two")
+        runs = {"1 rank x 2 threads": single}
+        for st in a.strategy.split(","):
+            runs[f"2 ranks x 1 thread {st}"] = run(
+                ["mpirun", "-np", "2", "-x", "OMP_NUM_THREADS=1", a.frugal, "train", *common,
+                 f"--train.micro_batch={a.batch // 2}", "--train.threads=1", f"--dist.strategy={st}",
+                 f"--run.dir={d}/{st}"], dict(env, OMP_NUM_THREADS="1"), f"{d}/{st}")
     print(f"{a.preset} {a.dtype}, global batch {a.batch} x {a.seq} tokens, median of {a.steps} steps after {a.warmup_steps}")
-    res = {}
-    for name, recs in (("1 rank x 2 threads", single), (f"2 ranks x 1 thread ({a.strategy})", multi)):
+    tok = {}
+    for name, recs in runs.items():
         timed = recs[a.warmup_steps:]
-        tok = statistics.median(r["tokens_per_s"] for r in timed)
+        tok[name] = statistics.median(r["tokens_per_s"] for r in timed)
         wait = statistics.median(r["comm_wait_ms"] for r in timed)
         mem = timed[-1]["mem_peak"]
-        res[name] = tok
-        print(f"  {name:26s} {tok:9.1f} tokens/s  comm wait {wait:7.1f} ms/step  rank 0 peak: "
-              + ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in mem.items() if v))
-    r = list(res.values())
-    print(f"  ratio {a.strategy} / single process: {r[1] / r[0]:.2f}x tokens/s")
+        allocs = max(r["allocations"] for r in recs[1:])
+        peaks = [r["mem_peak"]["total"] for r in recs[1:]]
+        print(f"  {name:28s} {tok[name]:8.1f} tok/s  comm wait {wait:7.1f} ms/step  allocs/step <= {allocs:3d}"
+              f"  peak total {mem['total'] / 2**20:7.1f} MiB (steps 2+ vary by {(max(peaks) - min(peaks)) / 2**20:.1f} MiB): "
+              + ", ".join(f"{k} {v / 2**20:.1f}" for k, v in mem.items() if v and k != "total"))
+    base, ddp = tok["1 rank x 2 threads"], tok.get("2 ranks x 1 thread ddp")
+    for name, t in list(tok.items())[1:]:
+        print(f"  ratio {name.split()[-1]:7s} / single process {t / base:.2f}x" + (f", / ddp {t / ddp:.2f}x" if ddp else ""))
 
 
 if __name__ == "__main__":

@@ -63,7 +63,9 @@ static int cmd_eval(const std::string& run, const std::string& data, int batches
   Gpt model(cfg.model, cpu_backend(), cfg.precision.compute);
   load_model(weights, model);
   model.allocate(cfg.train.micro_batch, cfg.train.seq_len);
-  double loss = evaluate(model, loader, batches);
+  const int B = cfg.train.micro_batch, T = cfg.train.seq_len;
+  double loss = evaluate([&](const int32_t* in, const int32_t* tg) { return model.forward_loss(in, tg, B, T); },
+                         loader, batches);
   int64_t n = batches > 0 ? batches : loader.num_windows() / loader.batch();
   fmt::print("eval: loss {:.4f} (perplexity {:.3f}) over {} tokens of {}\n", loss, std::exp(loss),
              n * loader.batch() * loader.seq_len(), pattern);

@@ -40,6 +40,7 @@ void* MemoryPool::alloc(size_t bytes, Mem cat) {
   void* p = allocator_.alloc(bytes);
   FRUGAL_CHECK(p != nullptr, "out of memory allocating {} bytes of {}", bytes, mem_name(cat));
   live_.push_back({p, bytes, cat, allocator_.free});
+  stats_.allocations++;
   int c = static_cast<int>(cat);
   stats_.current[c] += bytes;
   stats_.peak[c] = std::max(stats_.peak[c], stats_.current[c]);

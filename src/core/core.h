@@ -38,6 +38,7 @@ const char* mem_name(Mem m);
 struct MemStats {
   std::array<size_t, num_mem> current{}, peak{};
   size_t total_current = 0, total_peak = 0;
+  size_t allocations = 0;  // alloc() calls since the start
 };
 
 // What stands behind the pool: zero-filled allocations of at least 64-byte alignment. The

@@ -22,13 +22,19 @@ class Comm {
   virtual int size() const = 0;
   // In place over buf(n).
   virtual std::unique_ptr<Work> all_reduce(float* buf, int64_t n, ReduceOp op) = 0;
-  // in(size*n) -> out(n): this rank's slice of the reduction.
-  virtual std::unique_ptr<Work> reduce_scatter(const float* in, float* out, int64_t n, ReduceOp op) = 0;
+  // A sum over buf(n) through bf16 (precision.reduce = "bf16"): each rank's values are rounded
+  // to bf16 in scratch(n), summed pairwise in fp32 and rounded again, and written back as fp32.
+  // Half the bytes of an fp32 all-reduce, for two casts (bench/reduce_bench.cpp).
+  virtual std::unique_ptr<Work> all_reduce_bf16(float* buf, uint16_t* scratch, int64_t n) = 0;
+  // in(size*n) -> out(n): this rank's slice of the reduction. `in` may be overwritten (MPI
+  // runs it as an in-place all-reduce: OpenMPI's reduce-scatter is ~2x slower here, deps.md).
+  virtual std::unique_ptr<Work> reduce_scatter(float* in, float* out, int64_t n, ReduceOp op) = 0;
   // in(n) -> out(size*n), rank r's part at r*n.
   virtual std::unique_ptr<Work> all_gather(const float* in, float* out, int64_t n) = 0;
-  // In place over buf(total): rank r holds [r*slice, min(total, (r+1)*slice)) and receives the
-  // rest (a sharded flat buffer, no padding needed).
-  virtual std::unique_ptr<Work> all_gather_inplace(float* buf, int64_t total, int64_t slice) = 0;
+  // In place over buf(total elements of elem_bytes = 4 or 2 each, any dtype: nothing is reduced): rank r
+  // holds [r*slice, min(total, (r+1)*slice)) and receives the rest (a sharded flat buffer).
+  virtual std::unique_ptr<Work> all_gather_inplace(void* buf, int64_t total, int64_t slice,
+                                                   int elem_bytes = 4) = 0;
   virtual std::unique_ptr<Work> broadcast(float* buf, int64_t n, int root) = 0;
   virtual void barrier() = 0;
 };

@@ -16,7 +16,8 @@ class LocalComm final : public Comm {
   int rank() const override { return 0; }
   int size() const override { return 1; }
   std::unique_ptr<Work> all_reduce(float*, int64_t, ReduceOp) override { return done(); }
-  std::unique_ptr<Work> reduce_scatter(const float* in, float* out, int64_t n, ReduceOp) override {
+  std::unique_ptr<Work> all_reduce_bf16(float*, uint16_t*, int64_t) override { return done(); }
+  std::unique_ptr<Work> reduce_scatter(float* in, float* out, int64_t n, ReduceOp) override {
     if (in != out) std::memmove(out, in, size_t(n) * sizeof(float));
     return done();
   }
@@ -24,7 +25,7 @@ class LocalComm final : public Comm {
     if (in != out) std::memmove(out, in, size_t(n) * sizeof(float));
     return done();
   }
-  std::unique_ptr<Work> all_gather_inplace(float*, int64_t, int64_t) override { return done(); }
+  std::unique_ptr<Work> all_gather_inplace(void*, int64_t, int64_t, int) override { return done(); }
   std::unique_ptr<Work> broadcast(float*, int64_t, int) override { return done(); }
   void barrier() override {}
 

@@ -103,7 +103,11 @@ class NcclComm final : public Comm {
       nccl_check(ncclAllReduce(buf, buf, size_t(n), ncclFloat, nccl_op(op), comm_, stream_), "ncclAllReduce");
     });
   }
-  std::unique_ptr<Work> reduce_scatter(const float* in, float* out, int64_t n, ReduceOp op) override {
+  // bf16 reductions are not built for NCCL yet: the sum runs in fp32 (exact, twice the bytes)
+  std::unique_ptr<Work> all_reduce_bf16(float* buf, uint16_t*, int64_t n) override {
+    return all_reduce(buf, n, ReduceOp::sum);
+  }
+  std::unique_ptr<Work> reduce_scatter(float* in, float* out, int64_t n, ReduceOp op) override {
     return post([&] {
       nccl_check(ncclReduceScatter(in, out, size_t(n), ncclFloat, nccl_op(op), comm_, stream_), "ncclReduceScatter");
     });
@@ -111,14 +115,16 @@ class NcclComm final : public Comm {
   std::unique_ptr<Work> all_gather(const float* in, float* out, int64_t n) override {
     return post([&] { nccl_check(ncclAllGather(in, out, size_t(n), ncclFloat, comm_, stream_), "ncclAllGather"); });
   }
-  std::unique_ptr<Work> all_gather_inplace(float* buf, int64_t total, int64_t slice) override {
-    // rank r's part [r*slice, min(total, (r+1)*slice)) broadcast from r, in one group
+  std::unique_ptr<Work> all_gather_inplace(void* buf, int64_t total, int64_t slice, int elem_bytes) override {
+    // rank r's part [r*slice, min(total, (r+1)*slice)) broadcast from r as bytes, in one group
+    char* bytes = static_cast<char*>(buf);
     return post([&] {
       nccl_check(ncclGroupStart(), "ncclGroupStart");
       for (int r = 0; r < size_; r++) {
         int64_t lo = std::min(total, r * slice), hi = std::min(total, lo + slice);
         if (hi > lo)
-          nccl_check(ncclBroadcast(buf + lo, buf + lo, size_t(hi - lo), ncclFloat, r, comm_, stream_), "ncclBroadcast");
+          nccl_check(ncclBroadcast(bytes + lo * elem_bytes, bytes + lo * elem_bytes, size_t(hi - lo) * elem_bytes,
+                                   ncclUint8, r, comm_, stream_), "ncclBroadcast");
       }
       nccl_check(ncclGroupEnd(), "ncclGroupEnd");
     });

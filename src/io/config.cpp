@@ -262,9 +262,7 @@ RunConfig load_config(const std::string& path, const std::vector<std::string>& o
     user_error("{}: train.min_lr = {} is above train.lr = {}", c.source, t.min_lr, t.lr);
   if (c.device.backend != "cpu" && c.device.backend != "cuda")
     user_error("{}: device.backend: expected cpu or cuda, got '{}'", c.source, c.device.backend);
-  if (c.dist.strategy != "ddp" && c.dist.strategy != "zero1")
-    user_error("{}: dist.strategy: expected ddp or zero1 (zero2, zero3 and yafsdp are not built yet), got '{}'",
-               c.source, c.dist.strategy);
+  parse_strategy(c.dist.strategy, c.source);
   if (c.precision.loss_scale_min > c.precision.loss_scale)
     user_error("{}: precision.loss_scale_min = {} is above precision.loss_scale = {}", c.source,
                c.precision.loss_scale_min, c.precision.loss_scale);

@@ -49,9 +49,7 @@ struct DataSettings {
   std::string val = "data/kjv/val_*.bin";
 };
 
-// Data parallelism across ranks (mpirun). ddp: full replicas, gradients all-reduced per block
-// as soon as that block's backward is done, overlapped with the rest. zero1: the same, with the
-// AdamW moments sharded across ranks (each updates its slice; parameters all-gathered).
+// Data parallelism across ranks (mpirun): dist.strategy names a Strategy (model.h).
 struct DistSettings {
   std::string strategy = "ddp";
 };

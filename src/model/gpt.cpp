@@ -7,33 +7,54 @@
 
 namespace frugal {
 
-static Unit make_unit(std::string name, std::vector<ParamSpec> specs, DType dt) {
+static Unit make_unit(std::string name, std::vector<ParamSpec> specs, DType dt, Own own) {
   Unit u;
   u.name = std::move(name);
   u.specs = std::move(specs);
-  for (auto& s : u.specs) {
-    s.numel = 1;
-    for (int64_t d : s.shape) s.numel *= d;
-    s.offset = u.numel;
-    u.numel += s.numel;
+  for (bool big : {true, false})  // the 2-D weights first, then the 1-D tail
+    for (auto& s : u.specs) {
+      if ((s.shape.size() == 2) != big) continue;
+      s.numel = 1;
+      for (int64_t d : s.shape) s.numel *= d;
+      s.offset = u.numel;
+      u.numel += s.numel;
+      if (big) u.nbig = u.numel;
+    }
+  if (own != Own::none) {
+    u.params = PoolArray<float>(u.numel, Mem::params);
+    if (dt != DType::f32) u.compute = PoolArray<uint16_t>(u.numel, Mem::params);
+    u.bind_params(u.params.data(), u.params.data() + u.nbig, u.compute.data());
   }
-  u.params = PoolArray<float>(u.numel, Mem::params);
-  u.grads = PoolArray<float>(u.numel, Mem::grads);
-  if (dt != DType::f32) u.compute = PoolArray<uint16_t>(u.numel, Mem::params);
-  for (auto& s : u.specs) {
-    u.p.*s.field = u.params.data() + s.offset;
-    u.g.*s.field = u.grads.data() + s.offset;
+  if (own == Own::all) {
+    u.grads = PoolArray<float>(u.numel, Mem::grads);
+    u.bind_grads(u.grads.data(), u.grads.data() + u.nbig);
   }
   return u;
 }
 
-Gpt::Gpt(const GptConfig& cfg, Backend& be, DType compute) : cfg_(cfg), be_(be), dt_(compute) {
+int64_t Unit::offset_of(float* Tensors::*field) const {
+  for (const auto& s : specs)
+    if (s.field == field) return s.offset;
+  FRUGAL_CHECK(false, "unit {} has no such parameter", name);
+}
+
+void Unit::bind_params(float* big, float* tail, const uint16_t* compute_copy) {
+  for (const auto& s : specs)
+    p.*s.field = s.offset < nbig ? (big ? big + s.offset : nullptr) : tail + (s.offset - nbig);
+  wc = compute_copy;
+}
+
+void Unit::bind_grads(float* big, float* tail) {
+  for (const auto& s : specs) g.*s.field = s.offset < nbig ? big + s.offset : tail + (s.offset - nbig);
+}
+
+Gpt::Gpt(const GptConfig& cfg, Backend& be, DType compute, Own own) : cfg_(cfg), be_(be), dt_(compute) {
   const int64_t C = cfg.n_embd, Vp = cfg.padded_vocab(), maxT = cfg.context;
   using T = Tensors;
   units_.push_back(make_unit("embedding", {
       {"wte", {Vp, C}, true, Init::normal, &T::wte},
       {"wpe", {maxT, C}, true, Init::normal, &T::wpe},
-  }, dt_));
+  }, dt_, own));
   for (int l = 0; l < cfg.n_layer; l++) {
     auto n = [l](const char* s) { return fmt::format("blocks.{}.{}", l, s); };
     units_.push_back(make_unit(fmt::format("block{}", l), {
@@ -49,21 +70,24 @@ Gpt::Gpt(const GptConfig& cfg, Backend& be, DType compute) : cfg_(cfg), be_(be),
         {n("mlp.fc.bias"), {4 * C}, false, Init::zeros, &T::fc_b},
         {n("mlp.proj.weight"), {C, 4 * C}, true, Init::normal_residual, &T::fcproj_w},
         {n("mlp.proj.bias"), {C}, false, Init::zeros, &T::fcproj_b},
-    }, dt_));
+    }, dt_, own));
   }
   units_.push_back(make_unit("final", {
       {"ln_f.weight", {C}, false, Init::ones, &T::lnf_w},
       {"ln_f.bias", {C}, false, Init::zeros, &T::lnf_b},
-  }, dt_));
+  }, dt_, own));
 }
 
-void Gpt::init(uint64_t seed) {
+void Gpt::init(uint64_t seed, const std::function<void(size_t unit, const float* full)>& sink) {
   be_.synchronize();  // written by the host below
   Rng rng(seed);
   const double std_resid = 0.02 / std::sqrt(2.0 * cfg_.n_layer);
-  for (auto& u : units_) {
+  for (size_t ui = 0; ui < units_.size(); ui++) {
+    Unit& u = units_[ui];
+    PoolArray<float> temp(u.params.data() ? 0 : size_t(u.numel), Mem::workspace);
+    float* base = u.params.data() ? u.params.data() : temp.data();
     for (auto& s : u.specs) {
-      float* d = u.params.data() + s.offset;
+      float* d = base + s.offset;
       int64_t n = s.numel;
       if (s.field == &Tensors::wte) n = int64_t(cfg_.vocab_size) * cfg_.n_embd;  // padding rows 0
       switch (s.init) {
@@ -76,30 +100,35 @@ void Gpt::init(uint64_t seed) {
       }
       std::memset(d + n, 0, (s.numel - n) * sizeof(float));
     }
+    if (temp.data()) {
+      FRUGAL_CHECK(bool(sink), "unit {} has no parameter storage and init has no sink", u.name);
+      sink(ui, temp.data());
+    }
   }
   sync_compute_weights();
 }
 
 void Gpt::sync_compute_weights() {
   if (dt_ == DType::f32) return;
-  for (auto& u : units_) be_.cast(u.compute.data(), u.params.data(), u.numel, dt_);
+  for (auto& u : units_)
+    if (u.compute.data()) be_.cast(u.compute.data(), u.params.data(), u.numel, dt_);
 }
 
 const void* Gpt::cw(const Unit& u, float* Tensors::*field) const {
-  const float* master = u.p.*field;
-  if (dt_ == DType::f32) return master;
-  return u.compute.data() + (master - u.params.data());
+  if (dt_ == DType::f32) return u.p.*field;
+  return u.wc + u.offset_of(field);
 }
 
 void Gpt::zero_grads() {
-  for (auto& u : units_) be_.fill_zero(u.grads.data(), u.numel);
+  for (auto& u : units_)
+    if (u.grads.data()) be_.fill_zero(u.grads.data(), u.numel);
 }
 
 std::vector<Gpt::Named> Gpt::named_params() {
   be_.synchronize();  // the host reads (or writes) these next
   std::vector<Named> out;
   for (auto& u : units_)
-    for (auto& s : u.specs) out.push_back({&s, u.params.data() + s.offset, u.grads.data() + s.offset});
+    for (auto& s : u.specs) out.push_back({&s, u.p.*s.field, u.g.*s.field});
   return out;
 }
 
@@ -181,10 +210,10 @@ size_t MemoryEstimate::total() const {
 
 MemoryEstimate estimate_memory(const GptConfig& cfg, int B, int T, DType dt,
                                const std::vector<Recompute>& plan, int64_t head_rows,
-                               int optimizer_shards) {
+                               Sharding sharding) {
   // The closed forms of docs/memory.md. e: bytes per compute element.
   const double BT = double(B) * T, C = cfg.n_embd, NH = cfg.n_head, L = cfg.n_layer,
-               Vp = double(cfg.padded_vocab()), N = double(cfg.num_params()), e = double(dtype_size(dt));
+               Vp = double(cfg.padded_vocab()), e = double(dtype_size(dt));
   const double hr = head_rows > 0 ? double(head_rows) : std::max(1.0, std::min(BT, std::floor(double(1 << 23) / Vp)));
   const double full_stash = BT * (15 * e * C + 16 + 4 * NH);  // a block's saved tensors, input excluded
   const double sel_stash = BT * (9 * e * C + 16 + 4 * NH);    // ... without ln1, ln2, fch_gelu
@@ -203,16 +232,46 @@ MemoryEstimate estimate_memory(const GptConfig& cfg, int B, int T, DType dt,
   double work = hr * Vp * 4 + BT * C * 8 + BT * C * 5 * e;     // logits, dres, res_mid, dbig, dsmall
   if (dt != DType::f32) work += hr * Vp * e + BT * C * e;      // dlogits, dres in dt
   MemoryEstimate m;
-  m.bytes[int(Mem::params)] = size_t(N * 4 + (dt != DType::f32 ? N * 2 : 0));
-  m.bytes[int(Mem::grads)] = size_t(N * 4);
-  // AdamW moments: rank 0's slice of each unit, ceil(numel / shards) elements
-  const int64_t S = optimizer_shards, Ci = cfg.n_embd;
-  const int64_t unit_numel[3] = {cfg.padded_vocab() * Ci + int64_t(cfg.context) * Ci,
-                                 12 * Ci * Ci + 13 * Ci, 2 * Ci};
-  const int64_t unit_count[3] = {1, cfg.n_layer, 1};
-  int64_t opt = 0;
-  for (int i = 0; i < 3; i++) opt += unit_count[i] * 8 * ((unit_numel[i] + S - 1) / S);
-  m.bytes[int(Mem::optimizer)] = size_t(opt);
+  // Model states per rank (docs/memory.md, "Sharding"): each unit's 2-D weights are sliced
+  // into len = ceil(nbig / ranks) elements per rank; its 1-D tail stays whole.
+  const int64_t R = sharding.ranks, Ci = cfg.n_embd, es = int64_t(dtype_size(dt));
+  struct U { int64_t nbig, tail, count; };
+  const U units[3] = {{cfg.padded_vocab() * Ci + int64_t(cfg.context) * Ci, 0, 1},
+                      {12 * Ci * Ci, 13 * Ci, cfg.n_layer}, {0, 2 * Ci, 1}};
+  auto len = [&](const U& u) { return (u.nbig + R - 1) / R; };
+  int64_t whole = 0, slices = 0;  // elements: every unit whole; this rank's slices + tails
+  for (const U& u : units) {
+    whole += u.count * (u.nbig + u.tail);
+    slices += u.count * (len(u) + u.tail);
+  }
+  const Strategy st = sharding.strategy;
+  m.bytes[int(Mem::params)] = size_t(st >= Strategy::zero3 ? 4 * slices : 4 * whole + (dt != DType::f32 ? 2 * whole : 0));
+  m.bytes[int(Mem::grads)] = size_t(4 * (st >= Strategy::zero2 ? slices : whole));
+  m.bytes[int(Mem::optimizer)] = size_t(8 * (st >= Strategy::zero1 ? slices : whole));
+  // Communication buffers: full gradients of the embedding (GE), the final unit (GF) and two
+  // blocks (GB, with their reduced slices); gathered weights of the embedding (E, fp32 plus its
+  // compute copy) and of two blocks (P, compute dtype). yafsdp holds all of them from the
+  // start; zero3 allocates them on use and frees them after: its peak is at the lm head or in
+  // the backward of a block (which also holds the next block's gradients and prefetched weights).
+  const U &emb = units[0], &blk = units[1], &fin = units[2];
+  const int64_t GE = 4 * (R * len(emb) + len(emb)), GF = 4 * fin.tail,
+                GB = 4 * (R * len(blk) + blk.tail + len(blk)),
+                E = R * len(emb) * (4 + (dt != DType::f32 ? 2 : 0)), P = R * len(blk) * es;
+  int64_t comm = 0;
+  if (st == Strategy::zero2) comm = GE + GF + 2 * GB;
+  if (st == Strategy::zero3) {
+    comm = E + GE + GF + P;  // at the lm head: the embedding, the last block prefetched
+    for (int l = 0; l < cfg.n_layer; l++)  // backward of block l: it, the prefetched l-1, its
+      comm = std::max(comm, GE + GF + (l > 0 ? 2 : 1) * P + (l + 1 < cfg.n_layer ? 2 : 1) * GB);  // and l+1's gradients
+  }
+  if (st == Strategy::yafsdp) comm = E + GE + GF + 2 * P + 2 * GB;
+  if (sharding.reduce == DType::bf16 && R > 1) {  // one bf16 scratch, the largest reduction
+    int64_t most = 0;
+    for (const U& u : units)
+      most = std::max(most, st >= Strategy::zero2 ? R * len(u) + u.tail : u.nbig + u.tail);
+    comm += 2 * most;
+  }
+  m.bytes[int(Mem::comm)] = size_t(comm);
   m.bytes[int(Mem::activations)] = size_t(acts);
   m.bytes[int(Mem::workspace)] = size_t(work);
   return m;

@@ -7,6 +7,7 @@
 #pragma once
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -57,17 +58,40 @@ struct ParamSpec {
   int64_t offset = 0, numel = 0; // within the unit's flat buffer
 };
 
-// A unit is the embedding, one transformer block, or the final LayerNorm. Each owns one flat
-// fp32 parameter buffer (the master weights) and one flat fp32 gradient buffer; Tensors are
-// views into them. With a 16-bit compute dtype it also owns a compute copy of its parameters,
-// cast from the masters once per step.
+// A unit is the embedding, one transformer block, or the final LayerNorm. Its parameters are one
+// flat fp32 buffer (the master weights), the 2-D weights first and the small 1-D tail (norms,
+// biases) after them; its gradients one flat fp32 buffer of the same layout; Tensors are views
+// into them. With a 16-bit compute dtype the GEMMs read a compute copy of the parameters, cast
+// from the masters once per step. The model owns these buffers, or (sharded data parallelism)
+// a Shards object owns them and binds the views to what is present on the rank.
 struct Unit {
   std::string name;
   std::vector<ParamSpec> specs;
   int64_t numel = 0;
-  PoolArray<float> params, grads;
-  PoolArray<uint16_t> compute;  // (numel) bf16/fp16 copy; empty in fp32
+  int64_t nbig = 0;                      // [0, nbig): 2-D weights; [nbig, numel): the 1-D tail
+  PoolArray<float> params, grads;        // owned full buffers (empty when not owned)
+  PoolArray<uint16_t> compute;           // owned (numel) bf16/fp16 copy; empty in fp32
+  const uint16_t* wc = nullptr;          // the compute copy the GEMMs read
   Tensors p, g;
+  int64_t offset_of(float* Tensors::*field) const;
+  // Views over full buffers in the unit's layout, given as the 2-D part and the tail; a null
+  // `big` leaves the 2-D weights' fp32 views null (16-bit compute reads only wc for them).
+  void bind_params(float* big, float* tail, const uint16_t* compute_copy);
+  void bind_grads(float* big, float* tail);
+};
+
+// Which of a unit's states the model allocates itself (the rest come from Shards).
+enum class Own : uint8_t { all, params, none };
+
+// Data-parallel strategies (dist.strategy; src/train/train.h says what each one shards, and
+// docs/memory.md what it costs). "fsdp" parses as zero3.
+enum class Strategy : uint8_t { ddp, zero1, zero2, zero3, yafsdp };
+Strategy parse_strategy(const std::string& text, const std::string& where);
+const char* strategy_name(Strategy s);
+struct Sharding {
+  Strategy strategy = Strategy::ddp;
+  int ranks = 1;
+  DType reduce = DType::f32;  // precision.reduce
 };
 
 // An activation buffer in the compute dtype (or fp32 where stated).
@@ -113,16 +137,16 @@ struct MemoryEstimate {
   std::array<size_t, num_mem> bytes{};
   size_t total() const;
 };
-// optimizer_shards: ZeRO-1 across that many ranks (rank 0's share, the largest).
+// Per rank (rank 0's share, the largest) under a data-parallel strategy.
 MemoryEstimate estimate_memory(const GptConfig& cfg, int B, int T, DType dt,
                                const std::vector<Recompute>& plan, int64_t head_rows = 0,
-                               int optimizer_shards = 1);
+                               Sharding sharding = {});
 
 class Gpt {
  public:
   // compute: the dtype of GEMMs, compute copies of the weights and stored activations; the
   // residual stream, LayerNorm statistics, the loss and all gradients stay fp32.
-  Gpt(const GptConfig& cfg, Backend& be, DType compute = DType::f32);
+  Gpt(const GptConfig& cfg, Backend& be, DType compute = DType::f32, Own own = Own::all);
   const GptConfig& config() const { return cfg_; }
   DType compute_dtype() const { return dt_; }
   std::vector<Unit>& units() { return units_; }  // [embedding, block 0..L-1, final]
@@ -130,7 +154,9 @@ class Gpt {
 
   // GPT-2 init: N(0, 0.02), residual projections N(0, 0.02/sqrt(2L)), LN weights 1, biases 0,
   // padding rows of wte 0. Sequential in table order: the same weights for any thread count.
-  void init(uint64_t seed);
+  // A unit whose parameters the model does not own is drawn into a temporary full buffer that
+  // is handed to `sink` (which keeps this rank's part).
+  void init(uint64_t seed, const std::function<void(size_t unit, const float* full)>& sink = {});
   void zero_grads();
   // Casts the master weights of every unit into its compute copy (no-op in fp32). Call after
   // anything writes the masters: init() and load_model() do, the optimizer step does.

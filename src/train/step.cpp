@@ -13,32 +13,25 @@ double lr_at(const TrainSettings& t, int step) {
   return t.min_lr + 0.5 * (t.lr - t.min_lr) * (1.0 + std::cos(M_PI * p));
 }
 
-AdamW::AdamW(Gpt& model, Comm& comm, bool sharded) : comm_(comm), sharded_(sharded && comm.size() > 1) {
-  const int64_t world = sharded_ ? comm.size() : 1, rank = sharded_ ? comm.rank() : 0;
-  for (auto& u : model.units()) {
-    int64_t len = (u.numel + world - 1) / world;
-    int64_t lo = std::min(u.numel, rank * len), hi = std::min(u.numel, lo + len);
-    slices_.push_back({lo, hi, len});
-    m_.emplace_back(hi - lo, Mem::optimizer);
-    v_.emplace_back(hi - lo, Mem::optimizer);
+AdamW::AdamW(const Shards& shards) : shards_(shards) {
+  for (const auto& seg : shards.segments()) {
+    m_.emplace_back(size_t(seg.end - seg.begin), Mem::optimizer);
+    v_.emplace_back(size_t(seg.end - seg.begin), Mem::optimizer);
   }
 }
 
 void AdamW::update(Gpt& model, Backend& be, const TrainSettings& t, double lr, int step_1based) {
-  auto& units = model.units();
-  for (size_t i = 0; i < units.size(); i++) {
-    Unit& u = units[i];
-    const Slice& sl = slices_[i];
-    for (auto& s : u.specs) {  // the part of each tensor inside this rank's slice
-      int64_t lo = std::max(sl.lo, s.offset), hi = std::min(sl.hi, s.offset + s.numel);
+  const auto& segs = shards_.segments();
+  for (size_t i = 0; i < segs.size(); i++) {
+    const auto& sg = segs[i];
+    for (auto& s : model.units()[sg.unit].specs) {  // the part of each tensor inside the segment
+      int64_t lo = std::max(sg.begin, s.offset), hi = std::min(sg.end, s.offset + s.numel);
       if (lo >= hi) continue;
       AdamWArgs a{float(lr), float(t.beta1), float(t.beta2), float(t.eps),
                   s.decay ? float(t.weight_decay) : 0.0f, step_1based};
-      be.adamw(u.params.data() + lo, u.grads.data() + lo, m_[i].data() + (lo - sl.lo),
-               v_[i].data() + (lo - sl.lo), hi - lo, a);
+      int64_t k = lo - sg.begin;
+      be.adamw(sg.w + k, sg.g + k, m_[i].data() + k, v_[i].data() + k, hi - lo, a);
     }
-    // every rank's updated slice, in place into the whole unit
-    if (sharded_) comm_.all_gather_inplace(u.params.data(), u.numel, sl.len)->wait();
   }
 }
 
@@ -67,12 +60,42 @@ void LossScaler::update(bool overflow) {
 }
 
 Stepper::Stepper(Gpt& model, Backend& be, Comm& comm, const TrainSettings& t, int accum_steps,
-                 const PrecisionSettings& p, const std::vector<Recompute>& plan, bool zero1)
-    : model_(model), be_(be), comm_(comm), t_(t), accum_(accum_steps), opt_(model, comm, zero1), scaler_(p),
+                 const PrecisionSettings& p, const std::vector<Recompute>& plan, Strategy strategy)
+    : model_(model), be_(be), comm_(comm), t_(t), accum_(accum_steps),
+      shards_(model, be, comm, strategy, p.reduce), opt_(shards_), scaler_(p),
       inputs_(size_t(t.micro_batch) * t.seq_len), targets_(inputs_.size()) {
   FRUGAL_CHECK(p.compute == model.compute_dtype(), "model computes in {}, policy says {}",
                dtype_name(model.compute_dtype()), dtype_name(p.compute));
   model_.allocate(t.micro_batch, t.seq_len, plan);
+}
+
+void Stepper::init_weights(uint64_t seed) {
+  model_.init(seed, [this](size_t unit, const float* full) { shards_.set(unit, full); });
+}
+
+// Units: 0 the embedding, 1..L the blocks, L+1 the final LayerNorm. Each unit's weights are
+// acquired right before use with the next one's gather already posted (no-ops unless zero3 or
+// yafsdp).
+void Stepper::forward(const int32_t* tokens) {
+  const int B = t_.micro_batch, T = t_.seq_len, L = model_.config().n_layer;
+  shards_.acquire(0);
+  shards_.prefetch(1);
+  model_.embed_forward(tokens, B, T);
+  shards_.release(0);
+  for (int l = 0; l < L; l++) {
+    shards_.acquire(1 + l);
+    shards_.prefetch(l + 1 < L ? 2 + l : 0);  // the last block prefetches the lm head (wte)
+    model_.block_forward(l, B, T);
+    shards_.release(1 + l);
+  }
+  shards_.acquire(0);
+}
+
+float Stepper::loss(const int32_t* tokens, const int32_t* targets) {
+  forward(tokens);
+  float loss = model_.head(targets, t_.micro_batch, t_.seq_len, 0.0f);
+  shards_.release(0);
+  return loss;
 }
 
 float Stepper::forward_backward(const NextBatch& next) {
@@ -82,34 +105,37 @@ float Stepper::forward_backward(const NextBatch& next) {
   // Each token's loss enters the gradient with weight 1/global_tokens, so micro-batches count
   // by their token counts and the gradient is that of the mean over the global batch.
   const float grad_scale = float(scaler_.scale / double(global_tokens));
-  model_.zero_grads();
-  double loss_sum = 0.0;
-  auto& units = model_.units();
-  // ddp: on the last micro-batch, each unit's gradients are summed across ranks as soon as its
-  // backward is done, while backward goes on with the next block (no-ops in a world of one).
-  pending_.clear();
-  auto reduce = [&](Unit& u) {
-    if (comm_.size() > 1) pending_.push_back(comm_.all_reduce(u.grads.data(), u.numel, ReduceOp::sum));
-  };
+  shards_.zero_grads();
+  double loss_sum = 0.0, wait = 0.0;
+  const size_t final_unit = size_t(L) + 1;
   for (int k = 0; k < accum_; k++) {
     const bool last = k == accum_ - 1;
     next(inputs_.data(), targets_.data());
-    model_.embed_forward(inputs_.data(), B, T);
-    for (int l = 0; l < L; l++) model_.block_forward(l, B, T);
+    forward(inputs_.data());
+    shards_.grads_begin(0);
+    shards_.grads_begin(final_unit);
+    shards_.prefetch(size_t(L));  // the last block, for its backward
     loss_sum += double(model_.head(targets_.data(), B, T, grad_scale)) * double(micro_tokens);
-    if (last) reduce(units.back());
+    shards_.release(0);
+    shards_.grads_end(final_unit, last);
+    // Each unit's gradients leave as soon as its backward is done, while backward goes on.
     for (int l = L - 1; l >= 0; l--) {
+      shards_.acquire(1 + l);
+      if (l > 0) shards_.prefetch(l);
+      shards_.grads_begin(1 + l);
       // full recompute: re-run the block's forward from its kept input, then its backward
       if (model_.recompute(l) == Recompute::full) model_.block_forward(l, B, T, true);
       model_.block_backward(l, B, T);
-      if (last) reduce(model_.block_unit(l));
+      shards_.grads_end(1 + l, last);
+      shards_.release(1 + l);
     }
     model_.embed_backward(inputs_.data(), B, T);
-    if (last) reduce(units.front());
+    shards_.grads_end(0, last);
+    // zero3 frees its gradient buffers before the next micro-batch (their peak stays that of
+    // one backward); zero2 and yafsdp keep theirs and fold them on reuse
+    if (!last && shards_.strategy() == Strategy::zero3) wait += shards_.finish();
   }
-  auto t0 = std::chrono::steady_clock::now();
-  for (auto& w : pending_) w->wait();
-  comm_wait_s_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  comm_wait_s_ = wait + shards_.finish();
   float loss_buf[1] = {float(loss_sum)};
   comm_.all_reduce(loss_buf, 1, ReduceOp::sum)->wait();
   return float(double(loss_buf[0]) / double(global_tokens));
@@ -123,8 +149,7 @@ StepStats Stepper::step(int step, const NextBatch& next) {
   st.tokens = int64_t(t_.micro_batch) * t_.seq_len * accum_ * comm_.size();
   st.lr = lr_at(t_, step);
   // One pass gives the norm and the overflow check: a non-finite sum means inf/NaN somewhere.
-  double sq = 0.0;
-  for (auto& u : model_.units()) sq += be_.sum_squares(u.grads.data(), u.numel);
+  double sq = shards_.grad_sum_squares();
   bool overflow = !std::isfinite(sq);
   scaler_.update(overflow);
   if (overflow) {
@@ -137,10 +162,9 @@ StepStats Stepper::step(int step, const NextBatch& next) {
   // clip / (norm + 1e-6) when that is below 1).
   double coef = 1.0 / st.loss_scale;
   if (t_.grad_clip > 0.0) coef *= std::min(1.0, t_.grad_clip / (st.grad_norm + 1e-6));
-  if (coef != 1.0)
-    for (auto& u : model_.units()) be_.scale(u.grads.data(), u.numel, float(coef));
+  if (coef != 1.0) shards_.scale_grads(float(coef));
   opt_.update(model_, be_, t_, st.lr, ++updates_);
-  model_.sync_compute_weights();
+  shards_.after_update();
   return st;
 }
 

@@ -16,23 +16,105 @@ namespace frugal {
 // `step` is 0-based.
 double lr_at(const TrainSettings& t, int step);
 
-// AdamW state for a model: fp32 moments m and v, one flat buffer per unit (category optimizer).
-// Sharded (ZeRO-1), each of comm's ranks keeps the moments of an equal slice of every unit's
-// flat buffer (padded to divide evenly), updates that slice, and all-gathers the parameters.
-class AdamW {
+// Data-parallel strategies (dist.strategy). Every sharded one splits the 2-D weights of each
+// unit into equal slices, one per rank (padded to divide evenly); the small 1-D tail (norms,
+// biases, ~0.1 % of the parameters) stays replicated and is updated identically on every rank
+// from all-reduced gradients, which is what gathering it once per step would give.
+//  ddp    replicas; each unit's gradients all-reduced as soon as its backward is done (last
+//         micro-batch only), overlapped with the rest of backward
+//  zero1  + AdamW moments sharded; parameters all-gathered after the step
+//  zero2  + gradients: each micro-batch's are reduce-scattered per unit out of a full buffer
+//         (two for blocks, used alternately) into this rank's shard
+//  zero3  + parameters: fp32 master shards; each block is gathered (compute dtype) before its
+//         forward and again before its backward into a buffer allocated then and freed after
+//         use, the next block's gather posted while the current one computes (alias fsdp)
+//  yafsdp zero3 with every buffer allocated once: two block gather buffers and two block
+//         gradient buffers used alternately, one of each for the embedding
+Own model_owns(Strategy s);  // what the Gpt allocates itself under s
+
+class Shards {
  public:
-  AdamW(Gpt& model, Comm& comm, bool sharded);
-  // One update of every parameter (of this rank's slices when sharded), weight decay on the
-  // specs that ask for it.
-  void update(Gpt& model, Backend& be, const TrainSettings& t, double lr, int step_1based);
-  const PoolArray<float>& m(size_t unit) const { return m_[unit]; }
-  const PoolArray<float>& v(size_t unit) const { return v_[unit]; }
+  // reduce: the dtype gradients are summed in across ranks (fp32, or bf16 through a scratch)
+  Shards(Gpt& model, Backend& be, Comm& comm, Strategy s, DType reduce = DType::f32);
+  Strategy strategy() const { return s_; }
+  // Keeps this rank's part of unit u's full fp32 parameters (Gpt::init's sink; zero3/yafsdp).
+  void set(size_t unit, const float* full);
+  // Parameters of zero3/yafsdp (no-ops otherwise): post the gather of a unit; make its full
+  // weights present and bound (waiting for the gather); done with it until the next acquire.
+  void prefetch(size_t unit);
+  void acquire(size_t unit);
+  void release(size_t unit);
+  // Gradients: zero every gradient of this rank; bind a unit's gradient views to a zeroed full
+  // buffer before its backward (zero2+); post its reduction after (ddp/zero1: on the last
+  // micro-batch only); wait for all and fold them into the shards, returning the seconds that
+  // the waits for gathers and reductions took since the last finish().
+  void zero_grads();
+  void grads_begin(size_t unit);
+  void grads_end(size_t unit, bool last_micro);
+  double finish();
+  double grad_sum_squares();  // of the whole gradient, across ranks
+  void scale_grads(float k);
+  // What this rank's optimizer updates: [begin, end) of a unit's flat layout, with pointers to
+  // the fp32 weights and gradients of element `begin`.
+  struct Segment { size_t unit; int64_t begin, end; float* w; float* g; };
+  const std::vector<Segment>& segments() const { return segs_; }
+  // After the optimizer: zero1/zero2 all-gather the updated slices; zero3/yafsdp mark gathered
+  // copies stale; compute copies are refreshed.
+  void after_update();
+  // zero3/yafsdp: every unit's full fp32 parameters gathered into the model (for saving).
+  void materialize();
 
  private:
-  struct Slice { int64_t lo, hi, len; };  // [lo, hi) of the unit; len = ceil(numel / ranks)
+  struct Part {
+    int64_t lo = 0, hi = 0, len = 0, tail = 0;  // this rank's slice of [0, nbig); 1-D tail size
+    PoolArray<float> w, wt, g, gt;               // shards of weights (zero3+) and grads (zero2+)
+  };
+  struct Gather {
+    PoolArray<std::byte> buf;      // (ranks * len) elements of the gather dtype
+    PoolArray<uint16_t> copy;      // the embedding's compute copy (16-bit compute)
+    int unit = -1;                 // the unit gathered or in flight (-1: none)
+    bool cast_done = false;
+    std::unique_ptr<Work> work;
+  };
+  struct GradBuf {
+    PoolArray<float> buf, out;     // (ranks * len + tail) full gradients, (len) reduced slice
+    int unit = -1;                 // the unit whose reduction is pending
+    bool whole = false;            // the whole buffer was summed (bf16): no separate slice
+    std::unique_ptr<Work> rs, ar;
+  };
+  void alloc_gather(Gather& g, int64_t bytes, int64_t copy_elems);
+  void alloc_grads(GradBuf& b, int64_t len, int64_t tail);
+  void build_segments();
+  Gather* gather_slot(size_t unit);
+  DType gather_dtype(size_t unit) const;
+  GradBuf& grad_slot(size_t unit);
+  void fold(GradBuf& b);
+
+  Gpt& model_;
+  Backend& be_;
   Comm& comm_;
-  bool sharded_;
-  std::vector<Slice> slices_;
+  Strategy s_;
+  int64_t world_, rank_;
+  std::vector<Part> parts_;
+  std::vector<Gather> gathers_;
+  std::vector<GradBuf> grad_bufs_;
+  std::vector<std::unique_ptr<Work>> pending_;  // ddp/zero1 all-reduces
+  std::vector<Segment> segs_;
+  PoolArray<uint16_t> bf16_scratch_;            // precision.reduce = bf16, several ranks
+  double wait_s_ = 0.0;
+};
+
+// AdamW state: fp32 moments m and v for each of the segments this rank updates (category
+// optimizer), weight decay on the specs that ask for it.
+class AdamW {
+ public:
+  explicit AdamW(const Shards& shards);
+  void update(Gpt& model, Backend& be, const TrainSettings& t, double lr, int step_1based);
+  const PoolArray<float>& m(size_t seg) const { return m_[seg]; }
+  const PoolArray<float>& v(size_t seg) const { return v_[seg]; }
+
+ private:
+  const Shards& shards_;
   std::vector<PoolArray<float>> m_, v_;
 };
 
@@ -66,30 +148,36 @@ using NextBatch = std::function<void(int32_t* inputs, int32_t* targets)>;
 
 class Stepper {
  public:
-  // plan: what each block keeps for backward (empty: everything).
-  // zero1: optimizer state sharded across comm's ranks (else replicated, ddp).
+  // plan: what each block keeps for backward (empty: everything). The model must have been
+  // built with Own = model_owns(strategy).
   Stepper(Gpt& model, Backend& be, Comm& comm, const TrainSettings& t, int accum_steps,
           const PrecisionSettings& p = {}, const std::vector<Recompute>& plan = {},
-          bool zero1 = false);
+          Strategy strategy = Strategy::ddp);
   const LossScaler& scaler() const { return scaler_; }
   const AdamW& optimizer() const { return opt_; }
+  Shards& shards() { return shards_; }
+  // GPT-2 init of the model's weights, whichever strategy holds them.
+  void init_weights(uint64_t seed);
   // Zeroes the gradients and accumulates those of the mean loss over the global batch
   // (accum_steps micro-batches on every rank), times the loss scale; returns the mean loss.
   float forward_backward(const NextBatch& next);
   // forward_backward, global-norm clipping, LR schedule and AdamW; step is 0-based.
   StepStats step(int step, const NextBatch& next);
+  // Mean loss of one micro-batch (B, T as configured), no gradients.
+  float loss(const int32_t* tokens, const int32_t* targets);
 
  private:
+  void forward(const int32_t* tokens);  // embedding and blocks; leaves the embedding acquired
   Gpt& model_;
   Backend& be_;
   Comm& comm_;
   TrainSettings t_;
   int accum_;
+  Shards shards_;
   AdamW opt_;
   LossScaler scaler_;
   int updates_ = 0;  // optimizer updates taken (skipped steps do not count)
   std::vector<int32_t> inputs_, targets_;
-  std::vector<std::unique_ptr<Work>> pending_;  // in-flight gradient reductions
   double comm_wait_s_ = 0;
 };
 
@@ -98,8 +186,10 @@ class Stepper {
 RecomputePolicy choose_recompute(const RunConfig& cfg);
 
 // Mean loss over `batches` micro-batches of the loader (0: one pass over every window),
-// averaged over the ranks of comm (each reading its part of every batch) when given.
-double evaluate(Gpt& model, class DataLoader& loader, int batches, Comm* comm = nullptr);
+// averaged over the ranks of comm (each reading its part of every batch) when given; `loss`
+// computes one micro-batch's mean loss (Gpt::forward_loss, or Stepper::loss when sharded).
+using LossFn = std::function<float(const int32_t* tokens, const int32_t* targets)>;
+double evaluate(const LossFn& loss, class DataLoader& loader, int batches, Comm* comm = nullptr);
 
 // Runs a whole training as configured: prepares nothing, writes the run directory.
 void train(const RunConfig& cfg, Comm& comm);

@@ -14,7 +14,7 @@
 
 namespace frugal {
 
-double evaluate(Gpt& model, DataLoader& loader, int batches, Comm* comm) {
+double evaluate(const LossFn& loss, DataLoader& loader, int batches, Comm* comm) {
   const int B = loader.batch(), T = loader.seq_len();
   int64_t n = batches > 0 ? batches : loader.num_windows() / (int64_t(B) * loader.world());
   std::vector<int32_t> in(size_t(B) * T), tg(in.size());
@@ -22,7 +22,7 @@ double evaluate(Gpt& model, DataLoader& loader, int batches, Comm* comm) {
   double sum = 0.0;
   for (int64_t i = 0; i < n; i++) {
     loader.next(in.data(), tg.data());
-    sum += model.forward_loss(in.data(), tg.data(), B, T);
+    sum += loss(in.data(), tg.data());
   }
   float mean[1] = {float(sum / double(n))};
   if (comm && comm->size() > 1) comm->all_reduce(mean, 1, ReduceOp::avg)->wait();
@@ -120,12 +120,13 @@ void train(const RunConfig& cfg, Comm& comm) {
                "(correct, not faster)\n", be.name(), dtype_name(dt));
   const RecomputePolicy recompute = choose_recompute(cfg);
   const std::vector<Recompute> plan = recompute.per_block(cfg.model.n_layer);
+  const Strategy strategy = parse_strategy(cfg.dist.strategy, cfg.source);
   const MemoryEstimate predicted = estimate_memory(cfg.model, t.micro_batch, t.seq_len, dt, plan, 0,
-                                                   cfg.dist.strategy == "zero1" ? comm.size() : 1);
-  Gpt model(cfg.model, be, dt);
-  model.init(t.seed);
-  Stepper stepper(model, be, comm, t, cfg.accum_steps(comm.size()), cfg.precision, plan,
-                  cfg.dist.strategy == "zero1");
+                                                   {strategy, comm.size(), cfg.precision.reduce});
+  Gpt model(cfg.model, be, dt, model_owns(strategy));
+  Stepper stepper(model, be, comm, t, cfg.accum_steps(comm.size()), cfg.precision, plan, strategy);
+  stepper.init_weights(t.seed);
+  auto loss_fn = [&](const int32_t* in, const int32_t* tg) { return stepper.loss(in, tg); };
 
   std::FILE* metrics = nullptr;
   if (rank0) {
@@ -137,10 +138,11 @@ void train(const RunConfig& cfg, Comm& comm) {
   const int64_t tokens_per_step = int64_t(B) * T * cfg.accum_steps(comm.size()) * comm.size();
   if (rank0)
     fmt::print("frugal: {} ({} layers, {} heads, {} dims, vocab {}), {:.2f} M parameters\n"
-               "        {} compute, batch {} tokens = {} x {} x {} micro-batches, {} steps, {} threads, {} ranks\n",
+               "        {} compute, batch {} tokens = {} x {} x {} micro-batches, {} steps, {} threads, {} ranks ({})\n",
                cfg.model.preset, cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd,
                cfg.model.vocab_size, cfg.model.num_params() / 1e6, dtype_name(dt), tokens_per_step, B, T,
-               cfg.accum_steps(comm.size()), t.steps, omp_get_max_threads(), comm.size());
+               cfg.accum_steps(comm.size()), t.steps, omp_get_max_threads(), comm.size(),
+               strategy_name(strategy));
 
   if (rank0)
     fmt::print("memory: recompute {}{}; predicted peak {} ({})\n", recompute.name(),
@@ -154,6 +156,7 @@ void train(const RunConfig& cfg, Comm& comm) {
   MemStats overall;
   for (int step = 0; step < t.steps; step++) {
     MemoryPool::get().reset_peak();
+    const size_t allocs_before = MemoryPool::get().stats().allocations;
     auto t0 = clock::now();
     StepStats st = stepper.step(step, [&](int32_t* in, int32_t* tg) { train_data.next(in, tg); });
     double dt_s = std::chrono::duration<double>(clock::now() - t0).count();
@@ -165,7 +168,7 @@ void train(const RunConfig& cfg, Comm& comm) {
 
     bool last = step == t.steps - 1;
     bool do_eval = last || (t.eval_every > 0 && (step + 1) % t.eval_every == 0);
-    if (do_eval) val_loss = evaluate(model, val_data, t.eval_batches, &comm);
+    if (do_eval) val_loss = evaluate(loss_fn, val_data, t.eval_batches, &comm);
     if (!rank0) continue;
 
     double tok_s = double(st.tokens) / dt_s;
@@ -175,13 +178,15 @@ void train(const RunConfig& cfg, Comm& comm) {
                           {"tokens_per_s", tok_s},    {"mfu", mfu},
                           {"step_ms", dt_s * 1e3},
                           {"comm_wait_ms", st.comm_wait_s * 1e3},
-                          {"ranks", comm.size()},      {"tokens", tokens_per_step * (step + 1)},
+                          {"ranks", comm.size()},      {"strategy", strategy_name(strategy)},
+                          {"tokens", tokens_per_step * (step + 1)},
                           {"precision", dtype_name(dt)},
                           {"recompute", recompute.name()},
                           {"loss_scale", st.loss_scale},
                           {"skipped", st.skipped},
                           {"skipped_total", stepper.scaler().skipped_total},
-                          {"mem_peak", mem_json(mem)}};
+                          {"mem_peak", mem_json(mem)},
+                          {"allocations", mem.allocations - allocs_before}};
     if (do_eval) rec["val_loss"] = val_loss;
     std::fprintf(metrics, "%s\n", rec.dump().c_str());
     std::fflush(metrics);
@@ -202,6 +207,7 @@ void train(const RunConfig& cfg, Comm& comm) {
     }
     std::fflush(stdout);
   }
+  stepper.shards().materialize();  // zero3/yafsdp: the full weights, for the file
   if (!rank0) return;
   std::fclose(metrics);
   save_model(dir + "/model.safetensors", model);

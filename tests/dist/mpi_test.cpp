@@ -1,7 +1,8 @@
-// Data parallelism over MPI, run under mpirun (ctest label mpi): for ddp and zero1, N ranks with
-// micro-batch B/N give the losses and final weights of one process with micro-batch B, within
-// 1e-5 relative in fp32 (the reduction order differs), with gradient accumulation on and off;
-// zero1 holds 1/N of the optimizer state per rank.
+// Data parallelism over MPI, run under mpirun (ctest label mpi): for every strategy, N ranks
+// with micro-batch B/N give the losses and final weights of one process with micro-batch B,
+// within 1e-5 relative in fp32 (the reduction order differs), with gradient accumulation on and
+// off; each rank's model states and buffers are what the memory model says, and follow the
+// ZeRO formulas.
 #include <gtest/gtest.h>
 
 #include <memory>
@@ -13,16 +14,22 @@ namespace frugal {
 namespace {
 
 Comm* world = nullptr;  // one MPI world for the whole program
+const Strategy all_strategies[] = {Strategy::ddp, Strategy::zero1, Strategy::zero2, Strategy::zero3,
+                                   Strategy::yafsdp};
 
-struct Run { std::vector<float> losses; std::vector<float> weights; };
+struct Result {
+  std::vector<float> losses, weights;
+  MemStats mem;                // peaks over the steps after the first
+  std::vector<size_t> allocs;  // pool allocations in each step
+  std::vector<size_t> peaks;   // total peak of each step
+};
 
 // `B` sequences per micro-batch on each of comm's ranks, `accum` micro-batches per step; the
 // global batch of a step is B * ranks * accum consecutive windows, split like the DataLoader.
-Run train_steps(Comm& comm, int B, int accum, DType dt, bool zero1 = false) {
-  const int T = 16, steps = 5;
-  GptConfig cfg{"custom", 2, 2, 32, 97, T};
-  Gpt m(cfg, cpu_backend(), dt);
-  m.init(7);
+Result train_steps(Comm& comm, int B, int accum, DType dt, Strategy s, const GptConfig& cfg, int steps = 5,
+                   DType reduce = DType::f32) {
+  const int T = cfg.context;
+  Gpt m(cfg, cpu_backend(), dt, model_owns(s));
   TrainSettings t;
   t.seq_len = T;
   t.micro_batch = B;
@@ -31,55 +38,104 @@ Run train_steps(Comm& comm, int B, int accum, DType dt, bool zero1 = false) {
   t.lr = 3e-3;
   PrecisionSettings p;
   p.compute = dt;
-  size_t opt_before = MemoryPool::get().stats().current[int(Mem::optimizer)];
-  Stepper st(m, cpu_backend(), comm, t, accum, p, {}, zero1);
-  // ZeRO-1: each rank holds 1/N of the AdamW moments (8 bytes per parameter in all), padded
-  size_t opt = MemoryPool::get().stats().current[int(Mem::optimizer)] - opt_before;
-  double expect = 8.0 * double(cfg.num_params()) / (zero1 ? comm.size() : 1);
-  EXPECT_LE(double(opt), expect + 8.0 * 3 * comm.size());
-  if (zero1 && comm.rank() == 0) {
-    EXPECT_GE(double(opt), expect);
-  }
-  // rank 0's optimizer and comm bytes are what the memory model predicts
-  MemoryEstimate e = estimate_memory(cfg, B, T, dt, {}, 0, zero1 ? comm.size() : 1);
-  if (comm.rank() == 0) {
-    EXPECT_EQ(opt, e.bytes[int(Mem::optimizer)]);
-  }
-  Run r;
+  p.reduce = reduce;
+  Stepper st(m, cpu_backend(), comm, t, accum, p, {}, s);
+  st.init_weights(7);
+  Result r;
   int64_t next_window = 0;
-  for (int s = 0; s < steps; s++) {
+  for (int k = 0; k < steps; k++) {
+    if (k == 1) MemoryPool::get().reset_peak();
+    const MemStats before = MemoryPool::get().stats();
     int micro = 0;
-    r.losses.push_back(st.step(s, [&](int32_t* in, int32_t* tg) {
-      // micro-batch k of this rank: windows k*B*world + rank*B ... + B of the step's batch
+    r.losses.push_back(st.step(k, [&](int32_t* in, int32_t* tg) {
+      // micro-batch j of this rank: windows j*B*world + rank*B ... + B of the step's batch
       int64_t base = next_window + int64_t(micro++) * B * comm.size() + int64_t(comm.rank()) * B;
       for (int b = 0; b < B; b++) test::stream_window(base + b, T, in + b * T, tg + b * T);
     }).loss);
     next_window += int64_t(B) * comm.size() * accum;
+    r.allocs.push_back(MemoryPool::get().stats().allocations - before.allocations);
+    r.peaks.push_back(MemoryPool::get().stats().total_peak);
   }
-  for (auto& u : m.units()) r.weights.insert(r.weights.end(), u.params.data(), u.params.data() + u.numel);
+  r.mem = MemoryPool::get().stats();
+  st.shards().materialize();
+  for (auto& n : m.named_params()) r.weights.insert(r.weights.end(), n.data, n.data + n.spec->numel);
   return r;
 }
 
-void expect_same_as_one_process(int accum, bool zero1) {
+const GptConfig small{"custom", 2, 2, 32, 97, 16};
+
+void expect_same_as_one_process(Strategy s, int accum, DType dt, double tol, DType reduce = DType::f32) {
   const int N = world->size(), B = 4;
   auto local = make_local_comm();
-  Run one = train_steps(*local, B * N, accum, DType::f32);
-  Run many = train_steps(*world, B, accum, DType::f32, zero1);
+  Result one = train_steps(*local, B * N, accum, dt, Strategy::ddp, small);
+  Result many = train_steps(*world, B, accum, dt, s, small, 5, reduce);
+  const char* name = strategy_name(s);
   for (size_t i = 0; i < one.losses.size(); i++)
-    EXPECT_NEAR(many.losses[i], one.losses[i], 1e-5 * one.losses[i]) << "step " << i << " rank " << world->rank();
-  EXPECT_LT(test::rel_error(many.weights, one.weights), 1e-5) << "rank " << world->rank();
+    EXPECT_NEAR(many.losses[i], one.losses[i], tol * one.losses[i]) << name << " step " << i << " rank " << world->rank();
+  EXPECT_LT(test::rel_error(many.weights, one.weights), tol) << name << " rank " << world->rank();
   // every rank holds the same weights: compare a checksum with rank 0's
   float sum[1] = {0.0f}, root[1];
   for (float w : many.weights) sum[0] += w;
   root[0] = sum[0];
   world->broadcast(root, 1, 0)->wait();
-  EXPECT_EQ(sum[0], root[0]);
+  EXPECT_EQ(sum[0], root[0]) << name;
 }
 
-TEST(Ddp, SameAsOneProcessWithoutAccumulation) { expect_same_as_one_process(1, false); }
-TEST(Ddp, SameAsOneProcessWithAccumulation) { expect_same_as_one_process(3, false); }
-TEST(Zero1, SameAsOneProcessWithoutAccumulation) { expect_same_as_one_process(1, true); }
-TEST(Zero1, SameAsOneProcessWithAccumulation) { expect_same_as_one_process(3, true); }
+TEST(Strategies, SameAsOneProcessWithoutAccumulation) {
+  for (Strategy s : all_strategies) expect_same_as_one_process(s, 1, DType::f32, 1e-5);
+}
+TEST(Strategies, SameAsOneProcessWithAccumulation) {
+  for (Strategy s : all_strategies) expect_same_as_one_process(s, 3, DType::f32, 1e-5);
+}
+// bf16: zero3 and yafsdp gather the blocks in bf16, which equals casting the gathered fp32
+// masters, so they match the one-process bf16 run up to the reduction order as well.
+TEST(Strategies, Bf16SameAsOneProcess) {
+  for (Strategy s : all_strategies) expect_same_as_one_process(s, 2, DType::bf16, 1e-3);
+}
+
+// precision.reduce = bf16: gradients summed through bf16 (2^-9 relative rounding per value)
+TEST(Strategies, Bf16ReductionsStayCloseToOneProcess) {
+  for (Strategy s : all_strategies) expect_same_as_one_process(s, 2, DType::f32, 2e-3, DType::bf16);
+}
+
+// yafsdp allocates nothing after the first step (its peak stays flat); zero3 allocates and
+// frees its gather and gradient buffers around every block, every step.
+TEST(Strategies, YafsdpAllocatesNothingAfterTheFirstStep) {
+  Result y = train_steps(*world, 2, 2, DType::bf16, Strategy::yafsdp, small, 4);
+  Result z = train_steps(*world, 2, 2, DType::bf16, Strategy::zero3, small, 4);
+  for (size_t k = 1; k < y.allocs.size(); k++) {
+    EXPECT_EQ(y.allocs[k], 0u) << "yafsdp step " << k + 1;
+    EXPECT_EQ(y.peaks[k], y.peaks[1]) << "yafsdp step " << k + 1;
+    EXPECT_GT(z.allocs[k], 0u) << "zero3 step " << k + 1;
+  }
+}
+
+// Per-rank peaks: exactly estimate_memory() (padding and buffers included) and, for the model
+// states, within 5 % of the ZeRO formulas with frugal's fp32 gradients: per parameter, params 4
+// (+2 for the 16-bit compute copy unless sharded), grads 4, AdamW 8, each divided by N where the
+// strategy shards it: ddp 16 (18), zero1 8 (10) + 8/N, zero2 4 (6) + 12/N, zero3 16/N bytes.
+TEST(Strategies, PerRankMemoryFollowsTheZeroFormulas) {
+  const GptConfig cfg{"custom", 3, 2, 128, 97, 16};
+  const int N = world->size(), B = 2;
+  const double psi = double(cfg.num_params());
+  for (DType dt : {DType::f32, DType::bf16})
+    for (Strategy s : all_strategies) {
+      Result r = train_steps(*world, B, 2, dt, s, cfg, 2, dt);  // bf16 compute: bf16 reductions
+      MemoryEstimate e = estimate_memory(cfg, B, cfg.context, dt, {}, 0, {s, N, dt});
+      const std::string what = fmt::format("{} {} rank {}", strategy_name(s), dtype_name(dt), world->rank());
+      if (world->rank() == 0) {  // rank 0 holds the largest slices
+        for (Mem c : {Mem::params, Mem::grads, Mem::optimizer, Mem::comm, Mem::activations})
+          EXPECT_EQ(r.mem.peak[int(c)], e.bytes[int(c)]) << what << " " << mem_name(c);
+      }
+      const double n = s >= Strategy::zero1 ? N : 1;
+      double params = s >= Strategy::zero3 ? 4 * psi / N : (dt == DType::f32 ? 4 : 6) * psi;
+      double grads = s >= Strategy::zero2 ? 4 * psi / N : 4 * psi;
+      double opt = 8 * psi / n;
+      EXPECT_NEAR(r.mem.peak[int(Mem::params)], params, 0.05 * params) << what;
+      EXPECT_NEAR(r.mem.peak[int(Mem::grads)], grads, 0.05 * grads) << what;
+      EXPECT_NEAR(r.mem.peak[int(Mem::optimizer)], opt, 0.05 * opt) << what;
+    }
+}
 
 TEST(Comm, CollectivesOverMpi) {
   const int N = world->size(), r = world->rank();

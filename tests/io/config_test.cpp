@@ -82,6 +82,9 @@ TEST(Config, EveryMistakeIsOneLineNamingFileAndField) {
                     "precision.reduce: expected one of fp32, bf16, got 'fp16'");
   expect_user_error([&] { load_config("", {"precision.loss_scale_min=1e9"}); },
                     "precision.loss_scale_min = 1000000000 is above precision.loss_scale = 65536");
+  expect_user_error([&] { load_config("", {"dist.strategy=zero4"}); },
+                    "dist.strategy: expected ddp, zero1, zero2, zero3 (or fsdp) or yafsdp, got 'zero4'");
+  EXPECT_EQ(parse_strategy(load_config("", {"dist.strategy=fsdp"}).dist.strategy, "x"), Strategy::zero3);
 }
 
 }  // namespace

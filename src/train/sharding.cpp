@@ -1,0 +1,281 @@
+// Shards: where each unit's parameters, gradients and optimizer state live on this rank under a
+// data-parallel strategy, and the collectives that move them (docs/memory.md, "Sharding").
+#include <chrono>
+#include <cstring>
+
+#include "train/train.h"
+
+namespace frugal {
+
+Own model_owns(Strategy s) {
+  return s <= Strategy::zero1 ? Own::all : s == Strategy::zero2 ? Own::params : Own::none;
+}
+
+namespace {
+using clock = std::chrono::steady_clock;
+double since(clock::time_point t0) { return std::chrono::duration<double>(clock::now() - t0).count(); }
+}  // namespace
+
+Shards::Shards(Gpt& model, Backend& be, Comm& comm, Strategy s, DType reduce)
+    : model_(model), be_(be), comm_(comm), s_(s), world_(comm.size()), rank_(comm.rank()) {
+  auto& units = model.units();
+  const bool shard_grads = s >= Strategy::zero2, shard_params = s >= Strategy::zero3;
+  const DType dt = model.compute_dtype();
+  int64_t max_block_len = 0, max_block_tail = 0;
+  for (size_t i = 0; i < units.size(); i++) {
+    Unit& u = units[i];
+    Part p;
+    p.len = (u.nbig + world_ - 1) / world_;
+    p.lo = std::min(u.nbig, rank_ * p.len);
+    p.hi = std::min(u.nbig, p.lo + p.len);
+    p.tail = u.numel - u.nbig;
+    if (shard_params) {
+      p.w = PoolArray<float>(size_t(p.len), Mem::params);
+      p.wt = PoolArray<float>(size_t(p.tail), Mem::params);
+      u.bind_params(nullptr, p.wt.data(), nullptr);
+    }
+    if (shard_grads) {
+      p.g = PoolArray<float>(size_t(p.len), Mem::grads);
+      p.gt = PoolArray<float>(size_t(p.tail), Mem::grads);
+    }
+    if (i > 0 && i + 1 < units.size()) {
+      max_block_len = std::max(max_block_len, p.len);
+      max_block_tail = std::max(max_block_tail, p.tail);
+    }
+    parts_.push_back(std::move(p));
+  }
+  const size_t L = units.size() - 2;
+  // Slots: gathered weights of two blocks (used alternately) and of the embedding; full
+  // gradients of two blocks, the embedding and the final unit. zero2 and yafsdp allocate their
+  // buffers here, once; zero3 allocates one on use and frees it after.
+  const bool prealloc = s == Strategy::zero2 || s == Strategy::yafsdp;
+  if (shard_params) gathers_.resize(3);
+  if (shard_grads) grad_bufs_.resize(4);
+  if (s == Strategy::yafsdp) {
+    for (int k = 0; k < 2; k++) alloc_gather(gathers_[k], world_ * max_block_len * int64_t(dtype_size(dt)), 0);
+    alloc_gather(gathers_[2], world_ * parts_[0].len * 4, dt != DType::f32 ? world_ * parts_[0].len : 0);
+  }
+  if (prealloc) {
+    for (int k = 0; k < 2; k++) alloc_grads(grad_bufs_[k], max_block_len, max_block_tail);
+    alloc_grads(grad_bufs_[2], parts_[0].len, parts_[0].tail);
+    alloc_grads(grad_bufs_[3], parts_[L + 1].len, parts_[L + 1].tail);
+  }
+  // precision.reduce = bf16: one scratch for the largest reduction (the communication thread
+  // runs one collective at a time)
+  if (reduce == DType::bf16 && world_ > 1) {
+    int64_t most = 0;
+    for (size_t i = 0; i < units.size(); i++)
+      most = std::max(most, shard_grads ? world_ * parts_[i].len + parts_[i].tail : units[i].numel);
+    bf16_scratch_ = PoolArray<uint16_t>(size_t(most), Mem::comm);
+  }
+  build_segments();
+}
+
+void Shards::alloc_gather(Gather& g, int64_t bytes, int64_t copy_elems) {
+  g.buf = PoolArray<std::byte>(size_t(bytes), Mem::comm);
+  g.copy = PoolArray<uint16_t>(size_t(copy_elems), Mem::comm);
+}
+
+void Shards::alloc_grads(GradBuf& b, int64_t len, int64_t tail) {
+  b.buf = PoolArray<float>(size_t(world_ * len + tail), Mem::comm);
+  b.out = PoolArray<float>(size_t(len), Mem::comm);
+}
+
+void Shards::build_segments() {
+  auto& units = model_.units();
+  for (size_t i = 0; i < units.size(); i++) {
+    Unit& u = units[i];
+    Part& p = parts_[i];
+    if (s_ == Strategy::ddp) {
+      segs_.push_back({i, 0, u.numel, u.params.data(), u.grads.data()});
+      continue;
+    }
+    float* w = s_ >= Strategy::zero3 ? p.w.data() : u.params.data() + p.lo;
+    float* g = s_ >= Strategy::zero2 ? p.g.data() : u.grads.data() + p.lo;
+    float* wt = s_ >= Strategy::zero3 ? p.wt.data() : u.params.data() + u.nbig;
+    float* gt = s_ >= Strategy::zero2 ? p.gt.data() : u.grads.data() + u.nbig;
+    if (p.hi > p.lo) segs_.push_back({i, p.lo, p.hi, w, g});
+    if (p.tail > 0) segs_.push_back({i, u.nbig, u.numel, wt, gt});
+  }
+}
+
+void Shards::set(size_t i, const float* full) {
+  Part& p = parts_[i];
+  const Unit& u = model_.units()[i];
+  FRUGAL_CHECK(p.w.size() || !p.len, "Shards::set: unit {} is not sharded", u.name);
+  std::memcpy(p.w.data(), full + p.lo, size_t(p.hi - p.lo) * 4);
+  std::memset(p.w.data() + (p.hi - p.lo), 0, size_t(p.len - (p.hi - p.lo)) * 4);
+  std::memcpy(p.wt.data(), full + u.nbig, size_t(p.tail) * 4);
+}
+
+// ---- parameters ------------------------------------------------------------------------------
+
+Shards::Gather* Shards::gather_slot(size_t i) {
+  if (s_ < Strategy::zero3 || parts_[i].len == 0) return nullptr;  // owned, or nothing to gather
+  return &gathers_[i == 0 ? 2 : (i - 1) % 2];
+}
+
+// The embedding is gathered in fp32 (its lookup reads fp32 weights, as in every strategy) and
+// cast locally for the tied lm head; the blocks are gathered in the compute dtype.
+DType Shards::gather_dtype(size_t i) const { return i == 0 ? DType::f32 : model_.compute_dtype(); }
+
+void Shards::prefetch(size_t i) {
+  Gather* g = gather_slot(i);
+  if (!g || g->unit == int(i)) return;  // nothing to do, in flight, or still resident
+  Part& p = parts_[i];
+  const DType gdt = gather_dtype(i);
+  const size_t es = dtype_size(gdt);
+  if (!g->buf.data()) alloc_gather(*g, world_ * p.len * int64_t(es), i == 0 && model_.compute_dtype() != DType::f32 ? world_ * p.len : 0);
+  std::byte* mine = g->buf.data() + size_t(rank_ * p.len) * es;
+  if (gdt == DType::f32) std::memcpy(mine, p.w.data(), size_t(p.hi - p.lo) * 4);
+  else be_.cast(mine, p.w.data(), p.hi - p.lo, gdt);
+  g->unit = int(i);
+  g->cast_done = false;
+  g->work = comm_.all_gather_inplace(g->buf.data(), model_.units()[i].nbig, p.len, int(es));
+}
+
+void Shards::acquire(size_t i) {
+  Gather* g = gather_slot(i);
+  if (!g) return;
+  prefetch(i);
+  if (g->work) {
+    auto t0 = clock::now();
+    g->work->wait();
+    g->work.reset();
+    wait_s_ += since(t0);
+  }
+  Unit& u = model_.units()[i];
+  const DType dt = model_.compute_dtype();
+  auto* f32 = reinterpret_cast<float*>(g->buf.data());
+  if (g->copy.size() && !g->cast_done) be_.cast(g->copy.data(), f32, u.nbig, dt);
+  g->cast_done = true;
+  const uint16_t* wc = dt == DType::f32 ? nullptr
+                       : g->copy.size() ? g->copy.data()
+                                        : reinterpret_cast<const uint16_t*>(g->buf.data());
+  u.bind_params(gather_dtype(i) == DType::f32 ? f32 : nullptr, parts_[i].wt.data(), wc);
+}
+
+void Shards::release(size_t i) {
+  Gather* g = gather_slot(i);
+  if (!g) return;
+  model_.units()[i].bind_params(nullptr, parts_[i].wt.data(), nullptr);
+  if (s_ == Strategy::zero3) *g = Gather{};  // freed; yafsdp keeps it until the slot is reused
+}
+
+// ---- gradients -------------------------------------------------------------------------------
+
+void Shards::zero_grads() {
+  if (s_ < Strategy::zero2) return model_.zero_grads();
+  for (Part& p : parts_) {
+    std::memset(p.g.data(), 0, p.g.size() * 4);
+    std::memset(p.gt.data(), 0, p.gt.size() * 4);
+  }
+}
+
+Shards::GradBuf& Shards::grad_slot(size_t i) {
+  const size_t last = model_.units().size() - 1;
+  return grad_bufs_[i == 0 ? 2 : i == last ? 3 : (i - 1) % 2];
+}
+
+void Shards::grads_begin(size_t i) {
+  if (s_ < Strategy::zero2) return;
+  GradBuf& b = grad_slot(i);
+  if (b.unit >= 0) fold(b);
+  Part& p = parts_[i];
+  if (!b.buf.data()) alloc_grads(b, p.len, p.tail);
+  std::memset(b.buf.data(), 0, size_t(world_ * p.len + p.tail) * 4);
+  b.unit = int(i);
+  model_.units()[i].bind_grads(b.buf.data(), b.buf.data() + world_ * p.len);
+}
+
+void Shards::grads_end(size_t i, bool last_micro) {
+  Unit& u = model_.units()[i];
+  uint16_t* h = bf16_scratch_.data();
+  if (s_ < Strategy::zero2) {  // ddp, zero1: whole gradients, summed once per step
+    if (last_micro && world_ > 1)
+      pending_.push_back(h ? comm_.all_reduce_bf16(u.grads.data(), h, u.numel)
+                           : comm_.all_reduce(u.grads.data(), u.numel, ReduceOp::sum));
+    return;
+  }
+  // zero2+: every micro-batch's gradients leave the full buffer at once, into the shard
+  GradBuf& b = grad_slot(i);
+  Part& p = parts_[i];
+  b.whole = h != nullptr;  // bf16: the whole buffer is summed, the slice taken from it
+  if (h) b.rs = comm_.all_reduce_bf16(b.buf.data(), h, world_ * p.len + p.tail);
+  else if (p.len) b.rs = comm_.reduce_scatter(b.buf.data(), b.out.data(), p.len, ReduceOp::sum);
+  if (!h && p.tail) b.ar = comm_.all_reduce(b.buf.data() + world_ * p.len, p.tail, ReduceOp::sum);
+}
+
+void Shards::fold(GradBuf& b) {
+  auto t0 = clock::now();
+  if (b.rs) b.rs->wait();
+  if (b.ar) b.ar->wait();
+  wait_s_ += since(t0);
+  b.rs.reset();
+  b.ar.reset();
+  Part& p = parts_[size_t(b.unit)];
+  const float* tail = b.buf.data() + world_ * p.len;
+  const float* slice = b.whole ? b.buf.data() + rank_ * p.len : b.out.data();
+  float* g = p.g.data();
+#pragma omp parallel for simd
+  for (int64_t k = 0; k < p.len; k++) g[k] += slice[k];
+  for (int64_t k = 0; k < p.tail; k++) p.gt[k] += tail[k];
+  model_.units()[size_t(b.unit)].bind_grads(nullptr, nullptr);
+  b.unit = -1;
+  if (s_ == Strategy::zero3) b = GradBuf{};
+}
+
+double Shards::finish() {
+  auto t0 = clock::now();
+  for (auto& w : pending_) w->wait();
+  pending_.clear();
+  wait_s_ += since(t0);
+  for (GradBuf& b : grad_bufs_)
+    if (b.unit >= 0) fold(b);
+  double w = wait_s_;
+  wait_s_ = 0.0;
+  return w;
+}
+
+double Shards::grad_sum_squares() {
+  double sq = 0.0;
+  if (s_ < Strategy::zero2) {
+    for (auto& u : model_.units()) sq += be_.sum_squares(u.grads.data(), u.numel);
+    return sq;  // whole gradients, the same on every rank
+  }
+  for (Part& p : parts_) sq += be_.sum_squares(p.g.data(), p.len);
+  float buf[1] = {float(sq)};
+  comm_.all_reduce(buf, 1, ReduceOp::sum)->wait();
+  sq = buf[0];
+  for (Part& p : parts_) sq += be_.sum_squares(p.gt.data(), p.tail);  // replicated: once
+  return sq;
+}
+
+void Shards::scale_grads(float k) {
+  for (const Segment& s : segs_) be_.scale(s.g, s.end - s.begin, k);
+}
+
+void Shards::after_update() {
+  auto& units = model_.units();
+  if (s_ == Strategy::zero1 || s_ == Strategy::zero2)  // every rank's updated slice, in place
+    for (size_t i = 0; i < units.size(); i++)
+      if (units[i].nbig) comm_.all_gather_inplace(units[i].params.data(), units[i].nbig, parts_[i].len)->wait();
+  if (s_ >= Strategy::zero3)
+    for (Gather& g : gathers_) g.unit = -1;  // stale: gathered again before the next use
+  model_.sync_compute_weights();
+}
+
+void Shards::materialize() {
+  if (s_ < Strategy::zero3) return;
+  for (size_t i = 0; i < model_.units().size(); i++) {
+    Unit& u = model_.units()[i];
+    Part& p = parts_[i];
+    u.params = PoolArray<float>(size_t(u.numel), Mem::workspace);
+    std::memcpy(u.params.data() + p.lo, p.w.data(), size_t(p.hi - p.lo) * 4);
+    if (u.nbig) comm_.all_gather_inplace(u.params.data(), u.nbig, p.len)->wait();
+    std::memcpy(u.params.data() + u.nbig, p.wt.data(), size_t(p.tail) * 4);
+    u.bind_params(u.params.data(), u.params.data() + u.nbig, nullptr);
+  }
+}
+
+}  // namespace frugal
