@@ -85,6 +85,9 @@ class TimingBackend final : public Backend {
     return r;
   }
   void scale(float* x, int64_t n, float s) override { time("grad norm + clip", [&] { b_.scale(x, n, s); }); }
+  void fill_zero(float* x, int64_t n) override { time("zero", [&] { b_.fill_zero(x, n); }); }
+  double sum(const float* x, int64_t n) override { return b_.sum(x, n); }
+  void synchronize() override { b_.synchronize(); }
 
  private:
   template <class F>

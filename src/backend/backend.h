@@ -91,8 +91,20 @@ class Backend {
   virtual double sum_squares(const float* x, int64_t n) = 0;
   // x(n) *= s
   virtual void scale(float* x, int64_t n, float s) = 0;
+  // x(n) = 0
+  virtual void fill_zero(float* x, int64_t n) = 0;
+  // sum of x(n) in double, in index order on the CPU (a loss over tokens).
+  virtual double sum(const float* x, int64_t n) = 0;
+  // Returns when every op issued so far is done (before the host reads what ops wrote).
+  virtual void synchronize() = 0;
 };
 
 Backend& cpu_backend();
+// The CUDA backend on the current device (built with FRUGAL_CUDA=ON). Its first call puts
+// device memory (CUDA managed memory, preferred on the device) behind the MemoryPool, so the
+// model's buffers are device buffers the host can still read (init, files, tests). Ops run in
+// order on the compute stream (the legacy default stream). UserError naming the reason when
+// there is no usable device or frugal was built without CUDA.
+Backend& cuda_backend();
 
 }  // namespace frugal

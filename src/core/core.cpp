@@ -23,17 +23,23 @@ const char* mem_name(Mem m) {
   return names[static_cast<int>(m)];
 }
 
+static void* host_alloc(size_t bytes) {
+  void* p = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+  if (p) std::memset(p, 0, (bytes + 63) / 64 * 64);
+  return p;
+}
+
+MemoryPool::MemoryPool() : allocator_{host_alloc, std::free} {}
+
 MemoryPool& MemoryPool::get() {
   static MemoryPool pool;
   return pool;
 }
 
 void* MemoryPool::alloc(size_t bytes, Mem cat) {
-  size_t rounded = (bytes + 63) / 64 * 64;
-  void* p = std::aligned_alloc(64, rounded);
+  void* p = allocator_.alloc(bytes);
   FRUGAL_CHECK(p != nullptr, "out of memory allocating {} bytes of {}", bytes, mem_name(cat));
-  std::memset(p, 0, rounded);
-  live_.push_back({p, bytes, cat});
+  live_.push_back({p, bytes, cat, allocator_.free});
   stats_.allocations++;
   int c = static_cast<int>(cat);
   stats_.current[c] += bytes;
@@ -48,7 +54,7 @@ void MemoryPool::release(void* p) {
   FRUGAL_CHECK(it != live_.end(), "release of a pointer the pool does not own");
   stats_.current[static_cast<int>(it->cat)] -= it->bytes;
   stats_.total_current -= it->bytes;
-  std::free(p);
+  it->free(p);
   live_.erase(it);
 }
 

@@ -41,6 +41,13 @@ struct MemStats {
   size_t allocations = 0;  // alloc() calls since the start
 };
 
+// What stands behind the pool: zero-filled allocations of at least 64-byte alignment. The
+// default is host memory; the CUDA backend installs device (managed) memory.
+struct Allocator {
+  void* (*alloc)(size_t bytes);  // null when out of memory
+  void (*free)(void* p);
+};
+
 // Process-wide pool: 64-byte aligned, zero-filled allocations, accounted per category.
 class MemoryPool {
  public:
@@ -49,9 +56,18 @@ class MemoryPool {
   void release(void* p);
   const MemStats& stats() const { return stats_; }
   void reset_peak();  // peak := current, e.g. at the start of a step
+  // Allocations from now on come from `a`; live ones are released by the allocator that made
+  // them. Returns the allocator it replaces.
+  Allocator set_allocator(Allocator a) {
+    Allocator old = allocator_;
+    allocator_ = a;
+    return old;
+  }
 
  private:
-  struct Entry { void* p; size_t bytes; Mem cat; };
+  struct Entry { void* p; size_t bytes; Mem cat; void (*free)(void*); };
+  Allocator allocator_;
+  MemoryPool();
   std::vector<Entry> live_;
   MemStats stats_;
 };

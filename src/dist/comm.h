@@ -46,7 +46,12 @@ std::unique_ptr<Comm> make_local_comm();
 // MPI's collectives run on a communication thread of their own: OpenMPI's non-blocking
 // collectives do not progress in the background (shared/research/deps.md), blocking ones on
 // a thread overlap with compute.
-std::unique_ptr<Comm> make_comm();
+// gpu: the buffers are device buffers; under mpirun, NCCL (one GPU per rank, chosen by the
+// node-local rank, which becomes the current device), MPI only to exchange NCCL's unique id.
+std::unique_ptr<Comm> make_comm(bool gpu = false);
+// NCCL over the ranks of `bootstrap` (which it keeps and uses once, to broadcast the id);
+// built with FRUGAL_CUDA=ON and NCCL, else a UserError.
+std::unique_ptr<Comm> make_nccl_comm(std::unique_ptr<Comm> bootstrap);
 
 // Ends every rank after a fatal error on this one (MPI_Abort under MPI, exit otherwise).
 [[noreturn]] void abort_world(int code);

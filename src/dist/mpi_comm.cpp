@@ -167,8 +167,11 @@ bool launched_by_mpi() {
 
 }  // namespace
 
-std::unique_ptr<Comm> make_comm() {
-  if (launched_by_mpi()) return std::make_unique<MpiComm>();
+std::unique_ptr<Comm> make_comm(bool gpu) {
+  if (launched_by_mpi()) {
+    std::unique_ptr<Comm> mpi = std::make_unique<MpiComm>();
+    return gpu && mpi->size() > 1 ? make_nccl_comm(std::move(mpi)) : std::move(mpi);
+  }
   return make_local_comm();
 }
 

@@ -147,6 +147,7 @@ std::vector<Field> fields(RunConfig& c) {
       int_field("run", "log_every", &c.run.log_every, 1),
       int_field("run", "checkpoint_every", &c.run.checkpoint_every, 0),
       int_field("run", "keep_checkpoints", &c.run.keep_checkpoints, 1),
+      string_field("device", "backend", &c.device.backend),
       string_field("device", "name", &c.device.name),
       float_field("device", "peak_flops", &c.device.peak_flops, 1.0),
       float_field("device", "peak_flops_bf16", &c.device.peak_flops_bf16, 1.0),
@@ -262,6 +263,8 @@ RunConfig load_config(const std::string& path, const std::vector<std::string>& o
                c.source, t.batch_tokens, micro);
   if (t.min_lr > t.lr)
     user_error("{}: train.min_lr = {} is above train.lr = {}", c.source, t.min_lr, t.lr);
+  if (c.device.backend != "cpu" && c.device.backend != "cuda")
+    user_error("{}: device.backend: expected cpu or cuda, got '{}'", c.source, c.device.backend);
   parse_strategy(c.dist.strategy, c.source);
   if (c.precision.loss_scale_min > c.precision.loss_scale)
     user_error("{}: precision.loss_scale_min = {} is above precision.loss_scale = {}", c.source,

@@ -65,6 +65,7 @@ struct RunSettings {
 };
 
 struct DeviceSettings {
+  std::string backend = "cpu";     // cpu | cuda (built with FRUGAL_CUDA=ON)
   std::string name = "cpu-avx512";
   double peak_flops = 231e9;       // fp32: AVX-512 FMA on 2 cores, measured (shared/research/deps.md)
   double peak_flops_bf16 = 462e9;  // bf16: AVX512-BF16 dot products, twice the fp32 rate (AMX: ~10x)

@@ -80,6 +80,7 @@ Gpt::Gpt(const GptConfig& cfg, Backend& be, DType compute, Own own) : cfg_(cfg),
 }
 
 void Gpt::init(uint64_t seed, const std::function<void(size_t unit, const float* full)>& sink) {
+  be_.synchronize();  // written by the host below
   Rng rng(seed);
   const double std_resid = 0.02 / std::sqrt(2.0 * cfg_.n_layer);
   for (size_t ui = 0; ui < units_.size(); ui++) {
@@ -121,10 +122,11 @@ const void* Gpt::cw(const Unit& u, float* Tensors::*field) const {
 
 void Gpt::zero_grads() {
   for (auto& u : units_)
-    if (u.grads.data()) std::memset(u.grads.data(), 0, u.numel * sizeof(float));
+    if (u.grads.data()) be_.fill_zero(u.grads.data(), u.numel);
 }
 
 std::vector<Gpt::Named> Gpt::named_params() {
+  be_.synchronize();  // the host reads (or writes) these next
   std::vector<Named> out;
   for (auto& u : units_)
     for (auto& s : u.specs) out.push_back({&s, u.p.*s.field, u.g.*s.field});
@@ -378,13 +380,11 @@ float Gpt::head(const int32_t* targets, int B, int T, float grad_scale) {
   if (grad_scale != 0.0f) {
     const Tensors& p = units_.back().p;
     const Tensors& g = units_.back().g;
-    std::memset(dres_.data(), 0, BT * C * sizeof(float));
+    be_.fill_zero(dres_.data(), BT * C);
     be_.layernorm_backward(dres_.data(), g.lnf_w, g.lnf_b, dlnf, res_[cfg_.n_layer], p.lnf_w,
                            lnf_mean_.data(), lnf_rstd_.data(), BT, C, dt);
   }
-  double sum = 0.0;
-  for (int64_t i = 0; i < BT; i++) sum += losses_[i];
-  return float(sum / double(BT));
+  return float(be_.sum(losses_.data(), BT) / double(BT));
 }
 
 void Gpt::block_backward(int l, int B, int T) {

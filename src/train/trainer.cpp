@@ -114,7 +114,7 @@ void train(const RunConfig& cfg, Comm& comm, bool resume) {
   DataLoader val_data(resolve_shards(cfg.data.val, "data.val"), cfg.model.vocab_size, B, T, t.seed,
                       false, comm.rank(), comm.size());
 
-  Backend& be = cpu_backend();
+  Backend& be = cfg.device.backend == "cuda" ? cuda_backend() : cpu_backend();
   const DType dt = cfg.precision.compute;
   if (!be.native_gemm(dt) && rank0)
     fmt::print("note: the {} backend has no native {} GEMM; it runs through fp32 conversions "

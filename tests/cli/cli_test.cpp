@@ -264,6 +264,14 @@ TEST_F(Cli, BadInputIsOneClearLine) {
   // an unwritable run directory: nothing is written
   std::ofstream(*dir_ / "afile") << "x";
   expect_error(std::string("train ") + kTiny + " --run.dir=afile/run", "afile/run: cannot create the run directory");
+  expect_error("train --device.backend=gpu", "device.backend: expected cpu or cuda, got 'gpu'");
+  // cuda where it cannot run (a build without it, or no usable GPU): one line saying why
+  Result cuda = run(std::string("train ") + kTiny + " --train.steps=1 --device.backend=cuda --run.dir=cuda_run", d());
+  if (cuda.code != 0) {
+    EXPECT_EQ(cuda.code, 2) << cuda.out;
+    EXPECT_EQ(cuda.out.rfind("frugal: error: device.backend = cuda: ", 0), 0u) << cuda.out;
+    EXPECT_EQ(std::count(cuda.out.begin(), cuda.out.end(), '\n'), 1) << cuda.out;
+  }
   expect_error("eval --run nowhere", "nowhere/config.toml");
   expect_error("sample --run nowhere", "nowhere/model.safetensors: cannot open");
   // plan: unknown device, a model that fits nowhere, a malformed config.json or catalogue

@@ -1,4 +1,5 @@
 // MemoryPool accounting, RNG determinism and statistics, atomic files.
+#include <cstring>
 #include <fstream>
 
 #include "core/core.h"
@@ -24,6 +25,38 @@ TEST(MemoryPool, TracksCurrentAndPeakPerCategory) {
   EXPECT_EQ(pool.stats().peak[int(Mem::activations)], base_act + 6000);
   pool.reset_peak();
   EXPECT_EQ(pool.stats().peak[int(Mem::activations)], base_act);
+}
+
+// The device pool is an allocator behind the same accounting: allocations go to the allocator
+// installed at the time, and each is released by the one that made it.
+int counted_allocs = 0, counted_frees = 0;
+void* counted_alloc(size_t bytes) {
+  counted_allocs++;
+  size_t rounded = (bytes + 63) / 64 * 64;
+  void* p = std::aligned_alloc(64, rounded);
+  std::memset(p, 0, rounded);
+  return p;
+}
+void counted_free(void* p) {
+  counted_frees++;
+  std::free(p);
+}
+
+TEST(MemoryPool, AllocatorBehindTheAccountingAndReleasedByItsOwn) {
+  auto& pool = MemoryPool::get();
+  size_t base = pool.stats().current[int(Mem::grads)];
+  PoolArray<float> host(10, Mem::grads);
+  Allocator host_allocator = pool.set_allocator({counted_alloc, counted_free});
+  PoolArray<float> dev(100, Mem::grads);
+  EXPECT_EQ(dev[99], 0.0f);
+  host.reset();  // made by the default allocator: not counted
+  EXPECT_EQ(counted_allocs, 1);
+  EXPECT_EQ(counted_frees, 0);
+  EXPECT_EQ(pool.stats().current[int(Mem::grads)], base + 400);
+  pool.set_allocator(host_allocator);
+  dev.reset();  // made by the counting one, released by it
+  EXPECT_EQ(counted_frees, 1);
+  EXPECT_EQ(pool.stats().current[int(Mem::grads)], base);
 }
 
 TEST(Rng, SameSeedSameStreamAndNormalMoments) {

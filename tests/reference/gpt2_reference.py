@@ -36,6 +36,9 @@ Mode 2, bench -- used by the benchmark:
       --vocab 50257 --context 1024 --batch 4 --seq 256 --steps 6
       --warmup-steps 2 --threads 2 [--dtype bf16]
   Prints one JSON line: tokens_per_s, step_s_median, peak_rss_mib, threads, loss.
+  On a GPU (bench/gpu/check.sh): --device cuda --sdpa --compile, the usual fast PyTorch
+  recipe (scaled_dot_product_attention, torch.compile, fused AdamW, bf16 autocast); the JSON
+  line then also holds peak_gpu_mib (torch.cuda.max_memory_allocated).
 """
 import argparse
 import json
@@ -145,7 +148,7 @@ def load_weights(model, weights):
 
 # ---------------------------------------------------------------- model
 
-def build_model(torch, n_layer, n_head, n_embd, vocab_size, context):
+def build_model(torch, n_layer, n_head, n_embd, vocab_size, context, sdpa=False):
     nn, F = torch.nn, torch.nn.functional
     C, Vp = n_embd, ((vocab_size + 127) // 128) * 128
 
@@ -160,6 +163,9 @@ def build_model(torch, n_layer, n_head, n_embd, vocab_size, context):
             hs = C // n_head
             q, k, v = self.qkv(x).split(C, dim=2)
             q, k, v = (t.view(B, T, n_head, hs).transpose(1, 2) for t in (q, k, v))
+            if sdpa:  # flash attention on a GPU
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+                return self.proj(y.transpose(1, 2).contiguous().view(B, T, C))
             att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))
             mask = torch.ones(T, T, dtype=torch.bool).tril()
             att = F.softmax(att.masked_fill(~mask, float("-inf")), dim=-1)
@@ -224,12 +230,13 @@ def gpt2_init(torch, model, n_layer):
                 p.normal_(0.0, 0.02)
 
 
-def make_optimizer(torch, model, lr, weight_decay, betas, eps):
+def make_optimizer(torch, model, lr, weight_decay, betas, eps, fused=False):
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
+    extra = {"fused": True} if fused else {}  # (Debian's torch predates the argument)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, **extra)
 
 
 def lr_at(i, lr, min_lr, warmup, total_steps):
@@ -327,24 +334,28 @@ def run_attention(torch, a):
 
 def run_bench(torch, a):
     torch.manual_seed(0)
-    model = build_model(torch, a.n_layer, a.n_head, a.n_embd, a.vocab, a.context)
+    gpu = a.device == "cuda"
+    model = build_model(torch, a.n_layer, a.n_head, a.n_embd, a.vocab, a.context, a.sdpa).to(a.device)
     gpt2_init(torch, model, a.n_layer)
     model.checkpoint = a.checkpoint
-    opt = make_optimizer(torch, model, 3e-4, 0.1, (0.9, 0.95), 1e-8)
+    opt = make_optimizer(torch, model, 3e-4, 0.1, (0.9, 0.95), 1e-8, fused=gpu)
+    step_model = torch.compile(model) if a.compile else model
     times, loss = [], None
     for i in range(a.warmup_steps + a.steps):
-        tok = torch.randint(0, a.vocab, (a.batch, a.seq + 1))
+        tok = torch.randint(0, a.vocab, (a.batch, a.seq + 1), device=a.device)
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         if a.dtype == "bf16":
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                logits, _ = model(tok[:, :-1], tok[:, 1:])
+            with torch.autocast(a.device, dtype=torch.bfloat16):
+                logits, _ = step_model(tok[:, :-1], tok[:, 1:])
             loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, a.vocab),
                                                      tok[:, 1:].reshape(-1))
         else:
-            _, loss = model(tok[:, :-1], tok[:, 1:])
+            _, loss = step_model(tok[:, :-1], tok[:, 1:])
         loss.backward()
         opt.step()
+        if gpu:
+            torch.cuda.synchronize()
         dt = time.perf_counter() - t0
         if i >= a.warmup_steps:
             times.append(dt)
@@ -355,6 +366,7 @@ def run_bench(torch, a):
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "threads": a.threads,
         "loss": loss.item(),
+        **({"peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20} if gpu else {}),
     }))
 
 
@@ -383,6 +395,9 @@ def main():
     ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
                     help="bench: bf16 runs the forward under torch.autocast (fp32 master weights)")
     ap.add_argument("--checkpoint", action="store_true", help="bench: torch.utils.checkpoint per block")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="bench: where to train")
+    ap.add_argument("--sdpa", action="store_true", help="bench: scaled_dot_product_attention (flash)")
+    ap.add_argument("--compile", action="store_true", help="bench: torch.compile the model")
     ap.add_argument("--n-layer", type=int, default=12)
     ap.add_argument("--n-head", type=int, default=12)
     ap.add_argument("--n-embd", type=int, default=768)

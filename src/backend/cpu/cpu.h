@@ -54,6 +54,9 @@ class CpuBackend final : public Backend {
              const AdamWArgs& a) override;
   double sum_squares(const float* x, int64_t n) override;
   void scale(float* x, int64_t n, float s) override;
+  void fill_zero(float* x, int64_t n) override;
+  double sum(const float* x, int64_t n) override;
+  void synchronize() override {}
 
  private:
   struct OneDnn;                 // engine, stream and the cache of bf16 matmul primitives

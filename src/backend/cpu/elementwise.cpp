@@ -1,5 +1,6 @@
 // Elementwise and reduction ops over flat buffers: add, scale, sum of squares, AdamW.
 #include <cmath>
+#include <cstring>
 
 #include "backend/cpu/cpu.h"
 
@@ -30,6 +31,14 @@ void CpuBackend::cast(void* dst, const float* src, int64_t n, DType dt) {
 void CpuBackend::scale(float* x, int64_t n, float s) {
 #pragma omp parallel for simd schedule(static)
   for (int64_t i = 0; i < n; i++) x[i] *= s;
+}
+
+void CpuBackend::fill_zero(float* x, int64_t n) { std::memset(x, 0, size_t(n) * sizeof(float)); }
+
+double CpuBackend::sum(const float* x, int64_t n) {
+  double s = 0.0;
+  for (int64_t i = 0; i < n; i++) s += x[i];
+  return s;
 }
 
 double CpuBackend::sum_squares(const float* x, int64_t n) {

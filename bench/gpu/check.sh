@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# The GPU check, in one call of under 8 minutes on one H100 or H200:
+#  1. build frugal with FRUGAL_CUDA=ON for this GPU's architecture;
+#  2. run the CUDA tests: every op against the CPU backend on the same random inputs, per-dtype
+#     tolerances, and a short training of the tiny model whose losses must match the CPU's;
+#  3. train gpt2 (124M) in bf16 at T=1024 on the GPU for a few dozen steps (random tokens: speed
+#     does not depend on them) and print tokens/s, MFU and peak memory;
+#  4. run the PyTorch equivalent on the same GPU (torch.compile, scaled_dot_product_attention,
+#     fused AdamW, bf16 autocast; tests/reference/gpt2_reference.py --bench) for the ratio.
+# Prints a block to paste into bench/RESULTS.md at the end.
+#
+#   bash bench/gpu/check.sh [--batch 16] [--steps 30]
+#
+# Build dependencies: scripts/setup.sh's Debian packages; on a machine without network, the
+# .deb files that bench/gpu/fetch_debs.sh downloads elsewhere into .debs/ (unpacked here into
+# .deps/). Environment: CUDA_HOME (default /usr/local/cuda), PYTHON (default python3, the one
+# with PyTorch), PEAK_BF16 (the GPU's dense bf16 peak for MFU; default 989e12, H100/H200 SXM).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+BATCH=16 STEPS=30
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --batch) BATCH=$2; shift 2 ;;
+    --steps) STEPS=$2; shift 2 ;;
+    *) echo "check.sh: unknown argument $1 (expected --batch N, --steps N)" >&2; exit 2 ;;
+  esac
+done
+export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+export PATH=$CUDA_HOME/bin:$PATH
+PYTHON=${PYTHON:-python3}
+PEAK_BF16=${PEAK_BF16:-989e12}
+T0=$(date +%s)
+say() { echo "== [$(($(date +%s) - T0)) s] $*"; }
+
+gpu=$(nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv,noheader | head -1)
+arch=$(echo "$gpu" | awk -F', ' '{print $4}' | tr -d '.')
+say "GPU: $gpu; nvcc $(nvcc --version | grep -o 'release [0-9.]*')"
+
+cmake_extra=()
+if [ -d .debs ]; then
+  say "unpacking .debs/ into .deps/"
+  mkdir -p .deps
+  for f in .debs/*.deb; do dpkg -x "$f" .deps; done
+  cmake_extra+=("-DCMAKE_PREFIX_PATH=$PWD/.deps/usr")
+  export LD_LIBRARY_PATH=$PWD/.deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
+elif ! dpkg -s libdnnl-dev >/dev/null 2>&1; then
+  bash scripts/setup.sh
+fi
+
+say "build (FRUGAL_CUDA=ON, sm_$arch)"
+cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DFRUGAL_CUDA=ON \
+  -DCMAKE_CUDA_ARCHITECTURES="$arch" "${cmake_extra[@]}" >/dev/null
+cmake --build build-gpu -j "$(nproc)" --target frugal frugal_cuda_tests
+
+say "CUDA tests (every op against the CPU backend; tiny training against the CPU's losses)"
+tests_ok=1
+OMP_NUM_THREADS=8 build-gpu/tests/frugal_cuda_tests || tests_ok=0
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+"$PYTHON" - "$work" "$BATCH" "$STEPS" <<'PY'
+import sys, numpy as np
+d, B, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+def shard(path, n):
+    h = np.zeros(256, np.int32); h[:3] = [20240520, 1, n]
+    with open(path, "wb") as f:
+        f.write(h.tobytes() + np.random.default_rng(0).integers(0, 50257, n).astype(np.uint16).tobytes())
+shard(f"{d}/train.bin", (steps + 2) * B * 1024 + 1)
+shard(f"{d}/val.bin", B * 1024 + 1)
+PY
+
+say "frugal: gpt2 bf16, B=$BATCH T=1024, $STEPS steps"
+frugal_ok=1
+build-gpu/frugal train --device.backend=cuda --device.name="$(echo "$gpu" | cut -d, -f1)" \
+  --device.peak_flops_bf16="$PEAK_BF16" --model.preset=gpt2 --model.vocab_size=50257 \
+  --precision.compute=bf16 --train.seq_len=1024 --train.micro_batch="$BATCH" --train.steps="$STEPS" \
+  --train.lr=3e-4 --train.warmup_steps=0 --train.eval_every=0 --train.eval_batches=1 \
+  --data.train="$work/train.bin" --data.val="$work/val.bin" --run.dir="$work/run" --run.log_every=10 \
+  || frugal_ok=0
+
+say "PyTorch: the same model and batch (torch.compile, SDPA, fused AdamW, bf16 autocast)"
+"$PYTHON" tests/reference/gpt2_reference.py --bench --device cuda --sdpa --compile --dtype bf16 \
+  --n-layer 12 --n-head 12 --n-embd 768 --vocab 50257 --context 1024 --batch "$BATCH" --seq 1024 \
+  --steps 20 --warmup-steps 5 --threads 8 | tail -1 > "$work/torch.json" || true
+
+say "summary (paste into bench/RESULTS.md)"
+"$PYTHON" - "$work" "$BATCH" "$PEAK_BF16" "$gpu" "$tests_ok" "$frugal_ok" <<'PY'
+import json, statistics, sys, datetime, os
+d, B, peak, gpu, tests_ok, frugal_ok = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6]
+T = 1024
+# 6N + 12 L T C FLOPs per token, as frugal's GptConfig::flops_per_token
+flops_tok = 6 * (12 * (12 * 768 * 768 + 13 * 768) + 50257 * 768 + 2 * 768) + 12 * 12 * T * 768
+print(f"### GPU check, {datetime.date.today()}, {gpu}")
+print(f"command: bash bench/gpu/check.sh --batch {B}; gpt2 (124M) bf16, B={B} T={T}, random tokens")
+print(f"CUDA tests: {'passed' if tests_ok == '1' else 'FAILED'}")
+fr = None
+try:
+    recs = [json.loads(l) for l in open(f"{d}/run/metrics.jsonl")]
+    timed = recs[5:] if len(recs) > 8 else recs[1:]
+    step_s = statistics.median(r["step_ms"] for r in timed) / 1e3
+    fr = B * T / step_s
+    mem = max(r["mem_peak"]["total"] for r in recs) / 2**20
+    print(f"  frugal   {fr:9.0f} tokens/s  {step_s*1e3:7.1f} ms/step  MFU {100*flops_tok*fr/peak:5.1f}%  "
+          f"peak memory {mem:7.0f} MiB (MemoryPool)  loss {recs[0]['loss']:.3f} -> {recs[-1]['loss']:.3f}")
+except Exception as e:
+    print(f"  frugal   no result ({'run failed' if frugal_ok != '1' else e})")
+try:
+    t = json.load(open(f"{d}/torch.json"))
+    print(f"  pytorch  {t['tokens_per_s']:9.0f} tokens/s  {t['step_s_median']*1e3:7.1f} ms/step  "
+          f"MFU {100*flops_tok*t['tokens_per_s']/peak:5.1f}%  peak memory {t['peak_gpu_mib']:7.0f} MiB "
+          f"(max_memory_allocated)  loss {t['loss']:.3f}")
+    if fr:
+        print(f"  ratio    {fr / t['tokens_per_s']:.2f}x tokens/s (frugal / PyTorch)")
+except Exception as e:
+    print(f"  pytorch  no result ({e})")
+print(f"MFU against {peak/1e12:.0f} TFLOP/s dense bf16; median step time after the warm-up steps")
+PY
+say "done"
+[ "$tests_ok" = 1 ] && [ "$frugal_ok" = 1 ]

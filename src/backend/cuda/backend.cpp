@@ -1,0 +1,159 @@
+// The CUDA backend object, device memory behind the MemoryPool, token staging, reductions, and
+// the ops that are one kernel launch each.
+#include <cmath>
+
+#include "backend/cuda/cuda.h"
+
+namespace frugal {
+
+void cuda_check(cudaError_t e, const char* what, const char* file, int line) {
+  if (e == cudaSuccess) return;
+  check_failed(file, line, what, fmt::format("failed: {}", cudaGetErrorString(e)));
+}
+
+// Managed memory, preferred on the current device and zero-filled there; the host may still
+// read it (init, files, tests) after a synchronize(). Never more than the device has free:
+// oversubscribed managed memory pages to the host and can stall the GPU, so that is out of
+// memory (null) instead.
+static void* device_alloc(size_t bytes) {
+  size_t free_b = 0, total = 0;
+  CUDA_CHECK(cudaMemGetInfo(&free_b, &total));
+  void* p = nullptr;
+  if (bytes + (size_t(64) << 20) > free_b || cudaMallocManaged(&p, bytes) != cudaSuccess) return nullptr;
+  int dev = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  cudaMemLocation loc{};
+  loc.type = cudaMemLocationTypeDevice;
+  loc.id = dev;
+  CUDA_CHECK(cudaMemAdvise(p, bytes, cudaMemAdviseSetPreferredLocation, loc));
+  CUDA_CHECK(cudaMemset(p, 0, bytes));
+  CUDA_CHECK(cudaDeviceSynchronize());
+  return p;
+}
+static void device_free(void* p) { CUDA_CHECK(cudaFree(p)); }
+
+Backend& cuda_backend() {
+  static CudaBackend* b = [] {
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess || n == 0)
+      user_error("device.backend = cuda: no CUDA device ({})", e != cudaSuccess ? cudaGetErrorString(e) : "0 devices");
+    MemoryPool::get().set_allocator({device_alloc, device_free});
+    return new CudaBackend();  // lives as long as the process
+  }();
+  return *b;
+}
+
+CudaBackend::CudaBackend() {
+  FRUGAL_CHECK(cublasLtCreate(&lt_) == CUBLAS_STATUS_SUCCESS, "cublasLtCreate");
+  CUDA_CHECK(cudaMallocHost(&red_host_, sizeof(double)));
+}
+
+void CudaBackend::synchronize() { CUDA_CHECK(cudaDeviceSynchronize()); }
+
+const int32_t* CudaBackend::stage(const int32_t* idx, int64_t n) {
+  int32_t* d = scratch<int32_t>(idx_, idx_bytes_, n);
+  CUDA_CHECK(cudaMemcpyAsync(d, idx, size_t(n) * sizeof(int32_t), cudaMemcpyDefault, 0));
+  return d;
+}
+
+double CudaBackend::reduce(const float* x, int64_t n, bool squares) {
+  double* d = scratch<double>(red_, red_bytes_, 1);
+  CUDA_CHECK(cudaMemsetAsync(d, 0, sizeof(double), 0));
+  launch_reduce(d, x, n, squares);
+  CUDA_LAUNCHED();
+  CUDA_CHECK(cudaMemcpyAsync(red_host_, d, sizeof(double), cudaMemcpyDeviceToHost, 0));
+  CUDA_CHECK(cudaStreamSynchronize(0));
+  return *red_host_;
+}
+
+double CudaBackend::sum_squares(const float* x, int64_t n) { return reduce(x, n, true); }
+double CudaBackend::sum(const float* x, int64_t n) { return reduce(x, n, false); }
+
+void CudaBackend::fill_zero(float* x, int64_t n) {
+  CUDA_CHECK(cudaMemsetAsync(x, 0, size_t(n) * sizeof(float), 0));
+}
+
+void CudaBackend::add(float* out, const float* a, const void* b, int64_t n, DType dt) {
+  launch_add(out, a, b, n, dt);
+  CUDA_LAUNCHED();
+}
+
+void CudaBackend::cast(void* dst, const float* src, int64_t n, DType dt) {
+  launch_cast(dst, src, n, dt);
+  CUDA_LAUNCHED();
+}
+
+void CudaBackend::scale(float* x, int64_t n, float s) {
+  launch_scale(x, n, s);
+  CUDA_LAUNCHED();
+}
+
+void CudaBackend::adamw(float* param, const float* grad, float* m, float* v, int64_t n,
+                        const AdamWArgs& a) {
+  // the scalars exactly as the CPU backend computes them
+  const float bc1 = 1.0f - std::pow(a.beta1, float(a.step));
+  const float bc2_sqrt = std::sqrt(1.0f - std::pow(a.beta2, float(a.step)));
+  const float step_size = a.lr / bc1, decay = 1.0f - a.lr * a.weight_decay;
+  launch_adamw(param, grad, m, v, n, a.beta1, a.beta2, a.eps, step_size, decay, bc2_sqrt);
+  CUDA_LAUNCHED();
+}
+
+void CudaBackend::layernorm_forward(void* out, float* mean, float* rstd, const float* inp,
+                                    const float* w, const float* b, int64_t N, int64_t C, DType dt) {
+  launch_layernorm_forward(out, mean, rstd, inp, w, b, N, C, dt);
+  CUDA_LAUNCHED();
+}
+
+void CudaBackend::layernorm_backward(float* dinp, float* dw, float* db, const void* dout,
+                                     const float* inp, const float* w, const float* mean,
+                                     const float* rstd, int64_t N, int64_t C, DType dt) {
+  launch_layernorm_backward(dinp, dw, db, dout, inp, w, mean, rstd, N, C, dt);
+  CUDA_LAUNCHED();
+}
+
+void CudaBackend::gelu_forward(void* out, const void* inp, int64_t n, DType dt) {
+  launch_gelu_forward(out, inp, n, dt);
+  CUDA_LAUNCHED();
+}
+
+void CudaBackend::gelu_backward(void* dinp, const void* inp, const void* dout, int64_t n, DType dt) {
+  launch_gelu_backward(dinp, inp, dout, n, dt);
+  CUDA_LAUNCHED();
+}
+
+void CudaBackend::embedding_forward(float* out, const int32_t* tokens, const float* wte,
+                                    const float* wpe, int64_t B, int64_t T, int64_t C) {
+  launch_embedding_forward(out, stage(tokens, B * T), wte, wpe, B, T, C);
+  CUDA_LAUNCHED();
+}
+
+void CudaBackend::embedding_backward(float* dwte, float* dwpe, const float* dout,
+                                     const int32_t* tokens, int64_t B, int64_t T, int64_t C) {
+  launch_embedding_backward(dwte, dwpe, dout, stage(tokens, B * T), B, T, C);
+  CUDA_LAUNCHED();
+}
+
+void CudaBackend::softmax_xent(float* logits, float* losses, const int32_t* targets, int64_t N,
+                               int64_t V, int64_t Vp, float grad_scale) {
+  launch_softmax_xent(logits, losses, stage(targets, N), N, V, Vp, grad_scale);
+  CUDA_LAUNCHED();
+}
+
+void CudaBackend::attention_forward(void* out, float* lse, const void* qkv, int64_t B, int64_t T,
+                                    int64_t C, int64_t NH, DType dt) {
+  if (!attention_supports(C / NH))
+    user_error("model.n_embd / model.n_head = {} / {}: the cuda attention kernels take head sizes 16, 32, 64 or 128", C, NH);
+  launch_attention_forward(out, lse, qkv, B, T, C, NH, dt);
+  CUDA_LAUNCHED();
+}
+
+void CudaBackend::attention_backward(void* dqkv, const void* dout, const void* qkv, const void* out,
+                                     const float* lse, int64_t B, int64_t T, int64_t C, int64_t NH,
+                                     DType dt) {
+  float* D = scratch<float>(rows_, rows_bytes_, B * NH * T);
+  launch_attention_backward(dqkv, dout, qkv, out, lse, D, B, T, C, NH, dt);
+  CUDA_LAUNCHED();
+}
+
+}  // namespace frugal

@@ -1,0 +1,96 @@
+// The CUDA backend: GEMMs through cuBLASLt (fp32, or bf16/fp16 with fp32 accumulation; bias
+// fused as an epilogue where cuBLASLt offers it), own kernels for the rest, all on the compute
+// stream (the legacy default stream, so that NcclComm's stream can order itself after it).
+// This file and backend.cpp (host code, compiled by the C++ compiler) drive the kernels of
+// kernels.h (one op family per .cu file). Scratch the backend owns
+// (cuBLASLt workspace, token staging, reduction slots, attention's row sums) grows during the
+// first step and never after.
+#pragma once
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <map>
+#include <tuple>
+
+#include "backend/backend.h"
+#include "backend/cuda/kernels.h"
+#include "core/core.h"
+
+namespace frugal {
+
+void cuda_check(cudaError_t e, const char* what, const char* file, int line);
+#define CUDA_CHECK(x) ::frugal::cuda_check((x), #x, __FILE__, __LINE__)
+// After a kernel launch: a bad configuration is reported at once.
+#define CUDA_LAUNCHED() CUDA_CHECK(cudaGetLastError())
+
+class CudaBackend final : public Backend {
+ public:
+  CudaBackend();
+  ~CudaBackend() override;
+  const char* name() const override { return "cuda"; }
+  bool native_gemm(DType) const override { return true; }
+  void matmul(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const void* A,
+              int64_t lda, const void* B, int64_t ldb, void* C, int64_t ldc, DType ab, DType c,
+              const float* bias, bool accumulate) override;
+  void linear_forward(void* out, const void* inp, const void* weight, const float* bias,
+                      int64_t BT, int64_t IC, int64_t OC, DType dt) override;
+  void linear_backward(void* dinp, float* dweight, float* dbias, const void* dout,
+                       const void* inp, const void* weight, int64_t BT, int64_t IC, int64_t OC,
+                       DType dt) override;
+  void layernorm_forward(void* out, float* mean, float* rstd, const float* inp, const float* w,
+                         const float* b, int64_t N, int64_t C, DType dt) override;
+  void layernorm_backward(float* dinp, float* dw, float* db, const void* dout, const float* inp,
+                          const float* w, const float* mean, const float* rstd, int64_t N,
+                          int64_t C, DType dt) override;
+  void gelu_forward(void* out, const void* inp, int64_t n, DType dt) override;
+  void gelu_backward(void* dinp, const void* inp, const void* dout, int64_t n, DType dt) override;
+  void attention_forward(void* out, float* lse, const void* qkv, int64_t B, int64_t T,
+                         int64_t C, int64_t NH, DType dt) override;
+  void attention_backward(void* dqkv, const void* dout, const void* qkv, const void* out,
+                          const float* lse, int64_t B, int64_t T, int64_t C, int64_t NH,
+                          DType dt) override;
+  void embedding_forward(float* out, const int32_t* tokens, const float* wte, const float* wpe,
+                         int64_t B, int64_t T, int64_t C) override;
+  void embedding_backward(float* dwte, float* dwpe, const float* dout, const int32_t* tokens,
+                          int64_t B, int64_t T, int64_t C) override;
+  void add(float* out, const float* a, const void* b, int64_t n, DType dt) override;
+  void cast(void* dst, const float* src, int64_t n, DType dt) override;
+  void softmax_xent(float* logits, float* losses, const int32_t* targets, int64_t N, int64_t V,
+                    int64_t Vp, float grad_scale) override;
+  void adamw(float* param, const float* grad, float* m, float* v, int64_t n,
+             const AdamWArgs& a) override;
+  double sum_squares(const float* x, int64_t n) override;
+  void scale(float* x, int64_t n, float s) override;
+  void fill_zero(float* x, int64_t n) override;
+  double sum(const float* x, int64_t n) override;
+  void synchronize() override;
+
+ private:
+  // Device scratch that grows to the largest request, then stays.
+  template <class T>
+  T* scratch(void*& p, size_t& have, int64_t n) {
+    size_t bytes = size_t(n) * sizeof(T);
+    if (bytes > have) {
+      CUDA_CHECK(cudaFree(p));
+      CUDA_CHECK(cudaMalloc(&p, bytes));
+      have = bytes;
+    }
+    return static_cast<T*>(p);
+  }
+  // A device copy of tokens or targets(n), which the caller may hold in host memory.
+  const int32_t* stage(const int32_t* idx, int64_t n);
+  double reduce(const float* x, int64_t n, bool squares);
+
+  struct GemmPlan;  // cuBLASLt descriptors and the chosen algorithm for one shape
+  using GemmKey = std::tuple<bool, bool, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int,
+                             int, bool, bool, int>;
+  std::map<GemmKey, GemmPlan*> gemms_;
+  cublasLtHandle_t lt_ = nullptr;
+  void* lt_ws_ = nullptr;
+  void *idx_ = nullptr, *red_ = nullptr, *rows_ = nullptr;
+  size_t idx_bytes_ = 0, red_bytes_ = 0, rows_bytes_ = 0;
+  double* red_host_ = nullptr;  // pinned
+};
+
+}  // namespace frugal

@@ -1,0 +1,101 @@
+// Elementwise and reduction kernels over flat buffers: add, cast, scale, sums, AdamW, and the
+// bias helpers of the GEMMs (a bias add where cuBLASLt has no fused epilogue, column sums).
+#include "backend/cuda/kernels.h"
+
+namespace frugal {
+
+template <class S>
+__global__ void add_k(float* out, const float* a, const S* b, int64_t n) {
+  GRID_STRIDE(i, n) out[i] = a[i] + to_f(b[i]);
+}
+
+template <class S>
+__global__ void cast_k(S* dst, const float* src, int64_t n) {
+  GRID_STRIDE(i, n) dst[i] = from_f<S>(src[i]);
+}
+
+__global__ void scale_k(float* x, int64_t n, float s) {
+  GRID_STRIDE(i, n) x[i] *= s;
+}
+
+void launch_add(float* out, const float* a, const void* b, int64_t n, DType dt) {
+  dispatch_cuda(dt, [&](auto p) { add_k<<<grid_for(n), 256>>>(out, a, static_cast<const STORAGE(p)*>(b), n); });
+}
+
+void launch_cast(void* dst, const float* src, int64_t n, DType dt) {
+  dispatch_cuda(dt, [&](auto p) { cast_k<<<grid_for(n), 256>>>(static_cast<STORAGE(p)*>(dst), src, n); });
+}
+
+void launch_scale(float* x, int64_t n, float s) { scale_k<<<grid_for(n), 256>>>(x, n, s); }
+
+// Per-block partial sums in double, one atomic per block; inf and NaN propagate.
+__global__ void reduce_k(double* out, const float* x, int64_t n, bool squares) {
+  double s = 0.0;
+  GRID_STRIDE(i, n) s += squares ? double(x[i]) * double(x[i]) : double(x[i]);
+  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+  __shared__ double warp[32];
+  if (threadIdx.x % 32 == 0) warp[threadIdx.x / 32] = s;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double t = 0.0;
+    for (int w = 0; w < int(blockDim.x / 32); w++) t += warp[w];
+    atomicAdd(out, t);
+  }
+}
+
+void launch_reduce(double* out, const float* x, int64_t n, bool squares) {
+  reduce_k<<<std::min(grid_for(n), 1024u), 256>>>(out, x, n, squares);
+}
+
+__global__ void adamw_k(float* param, const float* grad, float* m, float* v, int64_t n, float beta1,
+                        float beta2, float eps, float step_size, float decay, float bc2_sqrt) {
+  GRID_STRIDE(i, n) {
+    float g = grad[i];
+    float mi = beta1 * m[i] + (1.0f - beta1) * g;
+    float vi = beta2 * v[i] + (1.0f - beta2) * g * g;
+    m[i] = mi;
+    v[i] = vi;
+    param[i] = param[i] * decay - step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
+  }
+}
+
+void launch_adamw(float* param, const float* grad, float* m, float* v, int64_t n, float beta1,
+                  float beta2, float eps, float step_size, float decay, float bc2_sqrt) {
+  adamw_k<<<grid_for(n), 256>>>(param, grad, m, v, n, beta1, beta2, eps, step_size, decay, bc2_sqrt);
+}
+
+template <class S>
+__global__ void add_bias_k(S* C, const float* bias, int64_t M, int64_t N, int64_t ldc) {
+  GRID_STRIDE(i, M * N) {
+    int64_t r = i / N, j = i % N;
+    C[r * ldc + j] = from_f<S>(to_f(C[r * ldc + j]) + bias[j]);
+  }
+}
+
+void launch_add_bias(void* C, const float* bias, int64_t M, int64_t N, int64_t ldc, DType dt) {
+  dispatch_cuda(dt, [&](auto p) { add_bias_k<<<grid_for(M * N), 256>>>(static_cast<STORAGE(p)*>(C), bias, M, N, ldc); });
+}
+
+// 32 columns x 8 row lanes per block, row chunks across blockIdx.y, one atomic per column and
+// block.
+template <class S>
+__global__ void column_sums_k(float* acc, const S* x, int64_t rows, int64_t cols) {
+  __shared__ float part[8][33];
+  const int64_t c = blockIdx.x * 32 + threadIdx.x;
+  float s = 0.0f;
+  if (c < cols)
+    for (int64_t r = blockIdx.y * 8 + threadIdx.y; r < rows; r += int64_t(gridDim.y) * 8) s += to_f(x[r * cols + c]);
+  part[threadIdx.y][threadIdx.x] = s;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < cols) {
+    for (int y = 1; y < 8; y++) s += part[y][threadIdx.x];
+    atomicAdd(acc + c, s);
+  }
+}
+
+void launch_column_sums(float* acc, const void* x, int64_t rows, int64_t cols, DType dt) {
+  dim3 grid(unsigned((cols + 31) / 32), unsigned(std::min<int64_t>((rows + 7) / 8, 64)));
+  dispatch_cuda(dt, [&](auto p) { column_sums_k<<<grid, dim3(32, 8)>>>(acc, static_cast<const STORAGE(p)*>(x), rows, cols); });
+}
+
+}  // namespace frugal

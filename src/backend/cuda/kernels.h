@@ -1,0 +1,93 @@
+// The CUDA kernels' launchers (host functions, defined in the .cu files, one op family per
+// file), and in device code the helpers they share. Kernels are templated on the storage type S
+// (float, __nv_bfloat16, __half) and compute in fp32, as the CPU backend's. Every launcher
+// issues its work on the compute stream (the legacy default stream) and returns at once; the
+// caller checks cudaGetLastError. Shapes and semantics are those of the op in backend.h.
+// No fmt here: nvcc cannot compile it.
+#pragma once
+#include <cstdint>
+
+#include "core/dtype.h"
+
+namespace frugal {
+
+void launch_add(float* out, const float* a, const void* b, int64_t n, DType dt);
+void launch_cast(void* dst, const float* src, int64_t n, DType dt);
+void launch_scale(float* x, int64_t n, float s);
+// out(1) += sum of x(n), or of its squares, in double (out zeroed by the caller)
+void launch_reduce(double* out, const float* x, int64_t n, bool squares);
+void launch_adamw(float* param, const float* grad, float* m, float* v, int64_t n, float beta1,
+                  float beta2, float eps, float step_size, float decay, float bc2_sqrt);
+// C(M,N) row stride ldc, in dt: C += bias(N) per row
+void launch_add_bias(void* C, const float* bias, int64_t M, int64_t N, int64_t ldc, DType dt);
+// acc(cols) += column sums of x(rows, cols) in dt
+void launch_column_sums(float* acc, const void* x, int64_t rows, int64_t cols, DType dt);
+void launch_layernorm_forward(void* out, float* mean, float* rstd, const float* inp, const float* w,
+                              const float* b, int64_t N, int64_t C, DType dt);
+void launch_layernorm_backward(float* dinp, float* dw, float* db, const void* dout, const float* inp,
+                               const float* w, const float* mean, const float* rstd, int64_t N,
+                               int64_t C, DType dt);
+void launch_gelu_forward(void* out, const void* inp, int64_t n, DType dt);
+void launch_gelu_backward(void* dinp, const void* inp, const void* dout, int64_t n, DType dt);
+// tokens on the device
+void launch_embedding_forward(float* out, const int32_t* tokens, const float* wte, const float* wpe,
+                              int64_t B, int64_t T, int64_t C);
+void launch_embedding_backward(float* dwte, float* dwpe, const float* dout, const int32_t* tokens,
+                               int64_t B, int64_t T, int64_t C);
+// targets on the device
+void launch_softmax_xent(float* logits, float* losses, const int32_t* targets, int64_t N, int64_t V,
+                         int64_t Vp, float grad_scale);
+// Head sizes with a kernel (HS = C/NH): 16, 32, 64, 128.
+bool attention_supports(int64_t HS);
+void launch_attention_forward(void* out, float* lse, const void* qkv, int64_t B, int64_t T,
+                              int64_t C, int64_t NH, DType dt);
+// D(B,NH,T) fp32 scratch: the row sums of dout * out
+void launch_attention_backward(void* dqkv, const void* dout, const void* qkv, const void* out,
+                               const float* lse, float* D, int64_t B, int64_t T, int64_t C,
+                               int64_t NH, DType dt);
+
+}  // namespace frugal
+
+#ifdef __CUDACC__
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <type_traits>
+
+namespace frugal {
+
+__device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
+template <class S> __device__ __forceinline__ S from_f(float x);
+template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+template <> __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half_rn(x); }
+
+// Calls f with a null pointer of the device storage type of d, to pick a kernel.
+template <class F>
+inline void dispatch_cuda(DType d, F&& f) {
+  switch (d) {
+    case DType::bf16: f(static_cast<__nv_bfloat16*>(nullptr)); break;
+    case DType::f16: f(static_cast<__half*>(nullptr)); break;
+    default: f(static_cast<float*>(nullptr)); break;
+  }
+}
+#define STORAGE(p) std::remove_pointer_t<decltype(p)>
+
+inline unsigned grid_for(int64_t n, int threads = 256) {
+  return unsigned(std::min<int64_t>((n + threads - 1) / threads, int64_t(1) << 20));
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+#define GRID_STRIDE(i, n) \
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < (n); i += int64_t(gridDim.x) * blockDim.x)
+
+}  // namespace frugal
+#endif

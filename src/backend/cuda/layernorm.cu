@@ -1,0 +1,82 @@
+// LayerNorm forward/backward over rows of (N,C), eps 1e-5: one warp per row. Backward sums
+// dw and db per block in shared memory, then one atomic per channel and block.
+#include "backend/cuda/kernels.h"
+
+namespace frugal {
+
+template <class S>
+__global__ void layernorm_forward_k(S* out, float* mean, float* rstd, const float* inp,
+                                    const float* w, const float* b, int64_t N, int64_t C) {
+  const int64_t row = blockIdx.x * int64_t(blockDim.x / 32) + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (row >= N) return;
+  const float* x = inp + row * C;
+  float s = 0.0f;
+  for (int64_t c = lane; c < C; c += 32) s += x[c];
+  const float m = warp_sum(s) / float(C);
+  float v = 0.0f;
+  for (int64_t c = lane; c < C; c += 32) v += (x[c] - m) * (x[c] - m);
+  const float r = 1.0f / sqrtf(warp_sum(v) / float(C) + 1e-5f);
+  S* y = out + row * C;
+  for (int64_t c = lane; c < C; c += 32) y[c] = from_f<S>((x[c] - m) * r * w[c] + b[c]);
+  if (lane == 0) {
+    mean[row] = m;
+    rstd[row] = r;
+  }
+}
+
+template <class S>
+__global__ void layernorm_backward_k(float* dinp, float* dw, float* db, const S* dout,
+                                     const float* inp, const float* w, const float* mean,
+                                     const float* rstd, int64_t N, int64_t C) {
+  extern __shared__ float part[];  // dw(C), db(C) of this block
+  float* pdw = part;
+  float* pdb = part + C;
+  for (int64_t c = threadIdx.x; c < 2 * C; c += blockDim.x) part[c] = 0.0f;
+  __syncthreads();
+  const int warps = blockDim.x / 32, lane = threadIdx.x % 32;
+  for (int64_t row = blockIdx.x * int64_t(warps) + threadIdx.x / 32; row < N; row += int64_t(gridDim.x) * warps) {
+    const float* x = inp + row * C;
+    const S* dy = dout + row * C;
+    float* dx = dinp + row * C;
+    const float m = mean[row], s = rstd[row];
+    float dnorm_mean = 0.0f, dnorm_norm_mean = 0.0f;
+    for (int64_t c = lane; c < C; c += 32) {
+      float norm = (x[c] - m) * s, dnorm = w[c] * to_f(dy[c]);
+      dnorm_mean += dnorm;
+      dnorm_norm_mean += dnorm * norm;
+    }
+    dnorm_mean = warp_sum(dnorm_mean) / float(C);
+    dnorm_norm_mean = warp_sum(dnorm_norm_mean) / float(C);
+    for (int64_t c = lane; c < C; c += 32) {
+      float norm = (x[c] - m) * s, g = to_f(dy[c]);
+      atomicAdd(pdb + c, g);
+      atomicAdd(pdw + c, norm * g);
+      dx[c] += (w[c] * g - dnorm_mean - norm * dnorm_norm_mean) * s;
+    }
+  }
+  __syncthreads();
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+    atomicAdd(dw + c, pdw[c]);
+    atomicAdd(db + c, pdb[c]);
+  }
+}
+
+void launch_layernorm_forward(void* out, float* mean, float* rstd, const float* inp, const float* w,
+                              const float* b, int64_t N, int64_t C, DType dt) {
+  dispatch_cuda(dt, [&](auto p) {
+    layernorm_forward_k<<<unsigned((N + 7) / 8), 256>>>(static_cast<STORAGE(p)*>(out), mean, rstd, inp, w, b, N, C);
+  });
+}
+
+void launch_layernorm_backward(float* dinp, float* dw, float* db, const void* dout, const float* inp,
+                               const float* w, const float* mean, const float* rstd, int64_t N,
+                               int64_t C, DType dt) {
+  const unsigned blocks = unsigned(std::min<int64_t>((N + 7) / 8, 256));
+  dispatch_cuda(dt, [&](auto p) {
+    layernorm_backward_k<<<blocks, 256, size_t(2 * C) * sizeof(float)>>>(
+        dinp, dw, db, static_cast<const STORAGE(p)*>(dout), inp, w, mean, rstd, N, C);
+  });
+}
+
+}  // namespace frugal

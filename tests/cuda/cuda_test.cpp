@@ -1,0 +1,301 @@
+// The CUDA backend against the CPU backend, the reference, on the same random inputs: every op
+// in fp32, bf16 and fp16, then a short training of a tiny model whose losses must match. Both
+// backends work on CUDA managed memory, which the CPU reads and writes too. Every test skips,
+// naming the reason cudaGetDeviceCount gives, where no CUDA device is usable.
+//
+// What is asserted (relative error of a whole tensor, ||cuda - cpu|| / ||cpu||): fp32 outputs
+// 1e-5 (the two differ only in the order of fp32 sums); bf16 outputs 1e-2 and fp16 outputs
+// 2e-3 (one rounding of the stored result each way, as in tests/backend/kernels_test.cpp);
+// training losses, step by step for 12 steps, 5e-4 (fp32), 2e-2 (bf16), 1e-2 (fp16) relative.
+#include <cuda_runtime.h>
+
+#include "backend/backend.h"
+#include "support/support.h"
+#include "train/train.h"
+
+namespace frugal {
+namespace {
+
+using test::randn;
+using test::rel_error;
+using Vec = std::vector<double>;
+const DType kAll[] = {DType::f32, DType::bf16, DType::f16};
+
+std::string no_device() {
+  int n = 0;
+  cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess) return cudaGetErrorString(e);
+  return n == 0 ? "0 devices" : "";
+}
+#define REQUIRE_CUDA()                                                            \
+  do {                                                                            \
+    std::string why = no_device();                                                \
+    if (!why.empty()) GTEST_SKIP() << "no CUDA device: " << why;                  \
+  } while (0)
+
+double tol(DType d) { return d == DType::f32 ? 1e-5 : d == DType::bf16 ? 1e-2 : 2e-3; }
+
+// n values in dtype d, in managed memory, made from fp32 values (rounded).
+struct Dev {
+  DType dt;
+  size_t n;
+  void* p = nullptr;
+  Dev(DType d, const std::vector<float>& v) : dt(d), n(v.size()) {
+    EXPECT_EQ(cudaMallocManaged(&p, std::max<size_t>(1, n * dtype_size(d))), cudaSuccess);
+    dispatch(d, [&](auto t) {
+      using T = decltype(t);
+      for (size_t i = 0; i < n; i++) static_cast<T*>(p)[i] = from_f32<T>(v[i]);
+    });
+  }
+  Dev(DType d, size_t n) : Dev(d, std::vector<float>(n, 0.0f)) {}
+  Dev(const Dev&) = delete;
+  ~Dev() { cudaFree(p); }
+  float* f() const { return static_cast<float*>(p); }
+  Vec values() const {
+    EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    Vec out(n);
+    dispatch(dt, [&](auto t) {
+      using T = decltype(t);
+      for (size_t i = 0; i < n; i++) out[i] = to_f32(static_cast<const T*>(p)[i]);
+    });
+    return out;
+  }
+};
+
+// The same input (or output) for each backend: c for the CPU, g for CUDA.
+struct Pair {
+  Dev c, g;
+  Pair(DType d, const std::vector<float>& v) : c(d, v), g(d, v) {}
+  Pair(DType d, size_t n) : c(d, n), g(d, n) {}
+  void* operator()(bool gpu) const { return gpu ? g.p : c.p; }
+  float* f(bool gpu) const { return static_cast<float*>((*this)(gpu)); }
+};
+
+// Runs op on the CPU backend (false) and the CUDA backend (true).
+template <class F>
+void both(F&& op) {
+  op(cpu_backend(), false);
+  op(cuda_backend(), true);
+  cuda_backend().synchronize();
+}
+
+void expect_match(const Pair& p, const std::string& what, double t = 0) {
+  Vec c = p.c.values(), g = p.g.values();
+  EXPECT_LT(rel_error(g, c), t > 0 ? t : tol(p.c.dt)) << what << " in " << dtype_name(p.c.dt)
+                                                      << " (seed " << test::test_seed() << ")";
+}
+
+TEST(CudaMatmul, AllTransposesDtypesBiasAndAccumulationMatchCpu) {
+  REQUIRE_CUDA();
+  const int64_t M = 48, N = 40, K = 24;
+  for (DType d : kAll)
+    for (int ta = 0; ta < 2; ta++)
+      for (int tb = 0; tb < 2; tb++)
+        for (int mode = 0; mode < 3; mode++) {  // plain, bias, bias + accumulate into fp32
+          const DType c = mode == 2 ? DType::f32 : d;
+          Pair A(d, randn(M * K, 1.0f, 1)), B(d, randn(K * N, 1.0f, 2)), C(c, randn(M * N, 1.0f, 3));
+          Pair bias(DType::f32, randn(N, 1.0f, 4));
+          both([&](Backend& be, bool g) {
+            be.matmul(ta, tb, M, N, K, A(g), ta ? M : K, B(g), tb ? K : N, C(g), N, d, c,
+                      mode ? bias.f(g) : nullptr, mode == 2);
+          });
+          expect_match(C, fmt::format("matmul ta={} tb={} mode={}", ta, tb, mode), tol(c) * (c == DType::f32 ? 10 : 1));
+        }
+}
+
+TEST(CudaLinear, ForwardAndBackwardMatchCpu) {
+  REQUIRE_CUDA();
+  const int64_t BT = 40, IC = 32, OC = 48;
+  for (DType d : kAll) {
+    Pair x(d, randn(BT * IC, 1.0f, 1)), w(d, randn(OC * IC, 0.2f, 2)), b(DType::f32, randn(OC, 1.0f, 3));
+    Pair y(d, BT * OC), dy(d, randn(BT * OC, 1.0f, 4)), dx(d, BT * IC);
+    Pair dw(DType::f32, randn(OC * IC, 1.0f, 5)), db(DType::f32, randn(OC, 1.0f, 6));  // +=
+    both([&](Backend& be, bool g) {
+      be.linear_forward(y(g), x(g), w(g), b.f(g), BT, IC, OC, d);
+      be.linear_backward(dx(g), dw.f(g), db.f(g), dy(g), x(g), w(g), BT, IC, OC, d);
+    });
+    expect_match(y, "linear out");
+    expect_match(dx, "linear dinp");
+    expect_match(dw, "linear dweight", 1e-4);
+    expect_match(db, "linear dbias", 1e-4);
+  }
+}
+
+TEST(CudaLayerNorm, ForwardAndBackwardMatchCpu) {
+  REQUIRE_CUDA();
+  for (int64_t C : {96, 1600}) {
+    const int64_t N = 37;
+    for (DType d : kAll) {
+      Pair x(DType::f32, randn(N * C, 2.0f, 1)), w(DType::f32, randn(C, 1.0f, 2)), b(DType::f32, randn(C, 1.0f, 3));
+      Pair y(d, N * C), mean(DType::f32, N), rstd(DType::f32, N), dy(d, randn(N * C, 1.0f, 4));
+      Pair dx(DType::f32, randn(N * C, 1.0f, 5)), dw(DType::f32, randn(C, 1.0f, 6)), db(DType::f32, randn(C, 1.0f, 7));
+      both([&](Backend& be, bool g) {
+        be.layernorm_forward(y(g), mean.f(g), rstd.f(g), x.f(g), w.f(g), b.f(g), N, C, d);
+        be.layernorm_backward(dx.f(g), dw.f(g), db.f(g), dy(g), x.f(g), w.f(g), mean.f(g), rstd.f(g), N, C, d);
+      });
+      expect_match(y, "layernorm out");
+      expect_match(mean, "layernorm mean");
+      expect_match(rstd, "layernorm rstd");
+      expect_match(dx, "layernorm dinp", 1e-5);
+      expect_match(dw, "layernorm dw", 1e-5);
+      expect_match(db, "layernorm db", 1e-5);
+    }
+  }
+}
+
+TEST(CudaGelu, ForwardAndBackwardMatchCpu) {
+  REQUIRE_CUDA();
+  const int64_t n = 10007;
+  for (DType d : kAll) {
+    Pair x(d, randn(n, 3.0f, 1)), y(d, n), dy(d, randn(n, 1.0f, 2)), dx(d, n);
+    both([&](Backend& be, bool g) {
+      be.gelu_forward(y(g), x(g), n, d);
+      be.gelu_backward(dx(g), x(g), dy(g), n, d);
+    });
+    expect_match(y, "gelu out");
+    expect_match(dx, "gelu dinp");
+  }
+}
+
+TEST(CudaAttention, ForwardAndBackwardMatchCpuAcrossTilesAndHeadSizes) {
+  REQUIRE_CUDA();
+  struct Shape { int64_t B, T, C, NH; };
+  for (Shape s : {Shape{2, 100, 64, 4}, Shape{1, 130, 128, 2}, Shape{1, 70, 256, 2}}) {
+    for (DType d : kAll) {
+      const int64_t BT = s.B * s.T;
+      Pair qkv(d, randn(BT * 3 * s.C, 1.0f, 1)), out(d, BT * s.C), lse(DType::f32, s.B * s.NH * s.T);
+      Pair dout(d, randn(BT * s.C, 1.0f, 2)), dqkv(d, BT * 3 * s.C);
+      both([&](Backend& be, bool g) {
+        be.attention_forward(out(g), lse.f(g), qkv(g), s.B, s.T, s.C, s.NH, d);
+        be.attention_backward(dqkv(g), dout(g), qkv(g), out(g), lse.f(g), s.B, s.T, s.C, s.NH, d);
+      });
+      std::string what = fmt::format("attention B={} T={} C={} NH={}", s.B, s.T, s.C, s.NH);
+      expect_match(out, what + " out");
+      expect_match(lse, what + " lse", 1e-5);
+      expect_match(dqkv, what + " dqkv", d == DType::f32 ? 1e-4 : 0);
+    }
+  }
+}
+
+TEST(CudaEmbedding, ForwardAndBackwardMatchCpuWithRepeatedTokens) {
+  REQUIRE_CUDA();
+  const int64_t B = 3, T = 20, C = 48, Vp = 128;
+  std::vector<int32_t> tokens(B * T);  // host memory: the backend stages it
+  for (size_t i = 0; i < tokens.size(); i++) tokens[i] = int32_t((i * 7) % 11);
+  Pair wte(DType::f32, randn(Vp * C, 1.0f, 1)), wpe(DType::f32, randn(T * C, 1.0f, 2));
+  Pair out(DType::f32, B * T * C), dout(DType::f32, randn(B * T * C, 1.0f, 3));
+  Pair dwte(DType::f32, randn(Vp * C, 1.0f, 4)), dwpe(DType::f32, randn(T * C, 1.0f, 5));
+  both([&](Backend& be, bool g) {
+    be.embedding_forward(out.f(g), tokens.data(), wte.f(g), wpe.f(g), B, T, C);
+    be.embedding_backward(dwte.f(g), dwpe.f(g), dout.f(g), tokens.data(), B, T, C);
+  });
+  expect_match(out, "embedding out");
+  expect_match(dwte, "embedding dwte");
+  expect_match(dwpe, "embedding dwpe");
+}
+
+TEST(CudaSoftmaxXent, LossAndInPlaceGradientMatchCpuWithPadding) {
+  REQUIRE_CUDA();
+  const int64_t N = 33, V = 1000, Vp = 1024;
+  std::vector<int32_t> targets(N);
+  for (int64_t i = 0; i < N; i++) targets[i] = int32_t((i * 37) % V);
+  for (float scale : {0.0f, 0.25f}) {
+    Pair logits(DType::f32, randn(N * Vp, 3.0f, 1)), losses(DType::f32, N);
+    both([&](Backend& be, bool g) { be.softmax_xent(logits.f(g), losses.f(g), targets.data(), N, V, Vp, scale); });
+    expect_match(losses, "softmax_xent losses");
+    expect_match(logits, scale != 0.0f ? "softmax_xent dlogits" : "softmax_xent logits untouched");
+  }
+}
+
+TEST(CudaElementwise, AddCastScaleSumsAdamWMatchCpu) {
+  REQUIRE_CUDA();
+  const int64_t n = 100003;
+  for (DType d : kAll) {
+    Pair a(DType::f32, randn(n, 1.0f, 1)), b(d, randn(n, 1.0f, 2)), out(DType::f32, n), c(d, n);
+    both([&](Backend& be, bool g) {
+      be.add(out.f(g), a.f(g), b(g), n, d);
+      be.cast(c(g), a.f(g), n, d);
+    });
+    expect_match(out, "add");
+    expect_match(c, "cast", 1e-7);  // round to nearest even on both: identical
+  }
+  Pair x(DType::f32, randn(n, 1.0f, 3)), gr(DType::f32, randn(n, 1.0f, 4)), m(DType::f32, randn(n, 0.1f, 5));
+  std::vector<float> v0 = randn(n, 0.1f, 6);
+  for (auto& e : v0) e = e * e;
+  Pair v(DType::f32, v0);
+  double sq[2], s[2];
+  both([&](Backend& be, bool g) {
+    be.scale(x.f(g), n, 0.5f);
+    for (int step = 1; step <= 3; step++) be.adamw(x.f(g), gr.f(g), m.f(g), v.f(g), n, {1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, step});
+    sq[g] = be.sum_squares(x.f(g), n);
+    s[g] = be.sum(x.f(g), n);
+  });
+  expect_match(x, "scale + adamw param");
+  expect_match(m, "adamw m");
+  expect_match(v, "adamw v");
+  EXPECT_NEAR(sq[1], sq[0], 1e-9 * sq[0]);
+  EXPECT_NEAR(s[1], s[0], 1e-9 * std::abs(sq[0]));
+  // the overflow check: inf and NaN propagate through the sum of squares
+  x.g.f()[12345] = INFINITY;
+  EXPECT_TRUE(std::isinf(cuda_backend().sum_squares(x.g.f(), n)));
+  x.g.f()[12345] = NAN;
+  EXPECT_TRUE(std::isnan(cuda_backend().sum_squares(x.g.f(), n)));
+  cuda_backend().fill_zero(x.g.f(), n);
+  EXPECT_EQ(cuda_backend().sum_squares(x.g.f(), n), 0.0);
+}
+
+// A tiny model trained on both backends from one init and one token stream: the losses match
+// step by step, and the CUDA run allocates nothing after its first step.
+TEST(CudaTraining, TinyModelLossesMatchCpuAndNothingIsAllocatedAfterTheFirstStep) {
+  REQUIRE_CUDA();
+  GptConfig cfg = gpt_preset("tiny", "test");
+  cfg.vocab_size = 97;
+  const int steps = 12;
+  for (DType d : kAll) {
+    TrainSettings t;
+    t.seq_len = 64;
+    t.micro_batch = 4;
+    t.steps = steps;
+    t.warmup_steps = 2;
+    PrecisionSettings p;
+    p.compute = d;
+    p.loss_scale = 1024;
+    auto comm = make_local_comm();
+    std::vector<float> losses[2];
+    size_t pool_after_first = 0, free_after_first = 0;
+    for (int g = 0; g < 2; g++) {
+      Backend& be = g ? cuda_backend() : cpu_backend();
+      Gpt model(cfg, be, d);
+      model.init(7);
+      Stepper stepper(model, be, *comm, t, 2, p);
+      int64_t window = 0;
+      for (int step = 0; step < steps; step++) {
+        StepStats st = stepper.step(step, [&](int32_t* in, int32_t* tg) {
+          for (int b = 0; b < t.micro_batch; b++) test::stream_window(window++, t.seq_len, in + b * t.seq_len, tg + b * t.seq_len);
+        });
+        losses[g].push_back(st.loss);
+        if (g == 1) {
+          be.synchronize();
+          size_t free_b = 0, total = 0;
+          ASSERT_EQ(cudaMemGetInfo(&free_b, &total), cudaSuccess);
+          size_t pool = MemoryPool::get().stats().total_current;
+          if (step == 0) {
+            pool_after_first = pool;
+            free_after_first = free_b;
+          } else {
+            EXPECT_EQ(pool, pool_after_first) << "pool bytes changed at step " << step + 1;
+            EXPECT_EQ(free_b, free_after_first) << "device memory changed at step " << step + 1;
+          }
+        }
+      }
+    }
+    // fp32: only the order of sums differs (atomics in dwte, layernorm's dw); 16-bit: roundings
+    const double t_loss = d == DType::f32 ? 5e-4 : d == DType::bf16 ? 2e-2 : 1e-2;
+    for (int s = 0; s < steps; s++)
+      EXPECT_NEAR(losses[1][s], losses[0][s], t_loss * losses[0][s]) << "step " << s + 1 << " in " << dtype_name(d);
+    EXPECT_LT(losses[1].back(), losses[1].front()) << "the CUDA run learns in " << dtype_name(d);
+  }
+}
+
+}  // namespace
+}  // namespace frugal
