@@ -36,8 +36,20 @@ MemoryPool& MemoryPool::get() {
   return pool;
 }
 
+static constexpr size_t kCacheMin = size_t(1) << 20, kCacheMax = size_t(2) << 30;
+
 void* MemoryPool::alloc(size_t bytes, Mem cat) {
-  void* p = allocator_.alloc(bytes);
+  const size_t rounded = (bytes + 63) / 64 * 64;
+  void* p = nullptr;
+  auto hit = std::find_if(cache_.begin(), cache_.end(), [&](auto& c) { return c.first == rounded; });
+  if (allocator_.alloc == host_alloc && hit != cache_.end()) {
+    p = hit->second;
+    std::memset(p, 0, rounded);
+    cached_bytes_ -= rounded;
+    cache_.erase(hit);
+  } else {
+    p = allocator_.alloc(bytes);
+  }
   FRUGAL_CHECK(p != nullptr, "out of memory allocating {} bytes of {}", bytes, mem_name(cat));
   live_.push_back({p, bytes, cat, allocator_.free});
   stats_.allocations++;
@@ -54,7 +66,13 @@ void MemoryPool::release(void* p) {
   FRUGAL_CHECK(it != live_.end(), "release of a pointer the pool does not own");
   stats_.current[static_cast<int>(it->cat)] -= it->bytes;
   stats_.total_current -= it->bytes;
-  it->free(p);
+  const size_t rounded = (it->bytes + 63) / 64 * 64;
+  if (it->free == std::free && rounded >= kCacheMin && cached_bytes_ + rounded <= kCacheMax) {
+    cache_.push_back({rounded, p});
+    cached_bytes_ += rounded;
+  } else {
+    it->free(p);
+  }
   live_.erase(it);
 }
 

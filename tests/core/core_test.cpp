@@ -59,6 +59,25 @@ TEST(MemoryPool, AllocatorBehindTheAccountingAndReleasedByItsOwn) {
   EXPECT_EQ(pool.stats().current[int(Mem::grads)], base);
 }
 
+// A released large block serves the next request of its size, zero-filled again (zero3 frees
+// and allocates its buffers around every block); accounting counts bytes in use only.
+TEST(MemoryPool, ReusesReleasedLargeBlocksZeroFilled) {
+  const size_t n = (size_t(3) << 20) / 4;  // 3 MiB of floats
+  const size_t before = MemoryPool::get().stats().current[int(Mem::comm)];
+  float* first;
+  {
+    PoolArray<float> a(n, Mem::comm);
+    first = a.data();
+    std::fill(a.data(), a.data() + n, 7.0f);
+  }
+  EXPECT_EQ(MemoryPool::get().stats().current[int(Mem::comm)], before);
+  PoolArray<float> b(n, Mem::comm);
+  EXPECT_EQ(b.data(), first);
+  EXPECT_EQ(std::count(b.data(), b.data() + n, 0.0f), std::ptrdiff_t(n));
+  PoolArray<float> c(n + 16, Mem::comm);  // another size: a new block
+  EXPECT_NE(c.data(), first);
+}
+
 TEST(Rng, SameSeedSameStreamAndNormalMoments) {
   Rng a(42), b(42), c(43);
   for (int i = 0; i < 100; i++) EXPECT_EQ(a.next(), b.next());
