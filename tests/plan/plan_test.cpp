@@ -162,7 +162,7 @@ test::TempDir* PlanRuns::dir_ = nullptr;
 TEST_F(PlanRuns, PredictedPeakMemoryPerCategoryWithin5PercentOfMeasured) {
   auto comm = make_comm();
   int n = 0;
-  for (const char* strategy : {"ddp", "zero1"})
+  for (const char* strategy : {"ddp", "zero1", "zero2", "zero3", "yafsdp"})
     for (const char* prec : {"fp32", "bf16"})
       for (const char* rc : {"none", "selective", "every:2", "full"}) {
         const std::string run = fmt::format("mem{}", n++);
