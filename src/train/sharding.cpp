@@ -182,8 +182,8 @@ void Shards::grads_begin(size_t i) {
   GradBuf& b = grad_slot(i);
   if (b.unit >= 0) fold(b);
   Part& p = parts_[i];
-  if (!b.buf.data()) alloc_grads(b, p.len, p.tail);
-  std::memset(b.buf.data(), 0, size_t(world_ * p.len + p.tail) * 4);
+  if (!b.buf.data()) alloc_grads(b, p.len, p.tail);  // zero-filled
+  else std::memset(b.buf.data(), 0, size_t(world_ * p.len + p.tail) * 4);
   b.unit = int(i);
   model_.units()[i].bind_grads(b.buf.data(), b.buf.data() + world_ * p.len);
 }
