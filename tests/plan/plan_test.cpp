@@ -180,7 +180,7 @@ TEST_F(PlanRuns, PredictedPeakMemoryPerCategoryWithin5PercentOfMeasured) {
       }
 }
 
-TEST_F(PlanRuns, AfterCalibrationStepTimeWithin25PercentOnOtherMicroBatches) {
+TEST_F(PlanRuns, TimedAfterCalibrationStepTimeWithin25PercentOnOtherMicroBatches) {
   // Robust on a shared, noisy machine: one thread, a model large enough that GEMMs dominate,
   // medians of steps within a run, and rounds of three runs back to back: each round calibrates
   // on its micro-batch 4 run and predicts its micro-batch 2 and 8 runs, which saw the same load;
