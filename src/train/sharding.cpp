@@ -200,7 +200,7 @@ void Shards::grads_end(size_t i, bool last_micro) {
   // zero2+: every micro-batch's gradients leave the full buffer at once, into the shard
   GradBuf& b = grad_slot(i);
   Part& p = parts_[i];
-  b.whole = h != nullptr;  // bf16: the whole buffer is summed, the slice taken from it
+  // bf16: the whole buffer is summed and fold() takes the slice from it
   if (h) b.rs = comm_.all_reduce_bf16(b.buf.data(), h, world_ * p.len + p.tail);
   else if (p.len) b.rs = comm_.reduce_scatter(b.buf.data(), b.out.data(), p.len, ReduceOp::sum);
   if (!h && p.tail) b.ar = comm_.all_reduce(b.buf.data() + world_ * p.len, p.tail, ReduceOp::sum);
@@ -215,7 +215,7 @@ void Shards::fold(GradBuf& b) {
   b.ar.reset();
   Part& p = parts_[size_t(b.unit)];
   const float* tail = b.buf.data() + world_ * p.len;
-  const float* slice = b.whole ? b.buf.data() + rank_ * p.len : b.out.data();
+  const float* slice = bf16_scratch_.data() ? b.buf.data() + rank_ * p.len : b.out.data();
   float* g = p.g.data();
 #pragma omp parallel for simd
   for (int64_t k = 0; k < p.len; k++) g[k] += slice[k];

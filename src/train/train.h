@@ -88,7 +88,6 @@ class Shards {
   struct GradBuf {
     PoolArray<float> buf, out;     // (ranks * len + tail) full gradients, (len) reduced slice
     int unit = -1;                 // the unit whose reduction is pending
-    bool whole = false;            // the whole buffer was summed (bf16): no separate slice
     std::unique_ptr<Work> rs, ar;
   };
   void alloc_gather(Gather& g, int64_t bytes, int64_t copy_elems);
