@@ -53,11 +53,11 @@ class TimingBackend final : public Backend {
   }
   void attention_forward(void* o, float* lse, const void* q, int64_t B, int64_t T, int64_t C,
                          int64_t NH, DType dt) override {
-    time("attention", [&] { b_.attention_forward(o, lse, q, B, T, C, NH, dt); });
+    time("attention fwd", [&] { b_.attention_forward(o, lse, q, B, T, C, NH, dt); });
   }
   void attention_backward(void* dq, const void* d, const void* q, const void* o, const float* lse,
                           int64_t B, int64_t T, int64_t C, int64_t NH, DType dt) override {
-    time("attention", [&] { b_.attention_backward(dq, d, q, o, lse, B, T, C, NH, dt); });
+    time("attention bwd", [&] { b_.attention_backward(dq, d, q, o, lse, B, T, C, NH, dt); });
   }
   void embedding_forward(float* o, const int32_t* t, const float* wte, const float* wpe, int64_t B,
                          int64_t T, int64_t C) override {

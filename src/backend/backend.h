@@ -37,8 +37,9 @@ class Backend {
   // out(BT,OC) = inp(BT,IC) weight(OC,IC)^T + bias(OC); weight in dt, bias fp32 or null.
   virtual void linear_forward(void* out, const void* inp, const void* weight, const float* bias,
                               int64_t BT, int64_t IC, int64_t OC, DType dt) = 0;
-  // dinp(BT,IC) = dout weight (overwritten; may be null); dweight(OC,IC) += dout^T inp;
-  // dbias(OC) += sum dout (may be null). dweight, dbias fp32.
+  // dweight(OC,IC) += dout^T inp, then dinp(BT,IC) = dout weight (overwritten; may be null, and
+  // may be inp itself: recompute policies keep inp in dinp's buffer); dbias(OC) += sum dout
+  // (may be null). dweight, dbias fp32.
   virtual void linear_backward(void* dinp, float* dweight, float* dbias, const void* dout,
                                const void* inp, const void* weight, int64_t BT, int64_t IC,
                                int64_t OC, DType dt) = 0;

@@ -153,41 +153,34 @@ void Gpt::allocate(int B, int T, const std::vector<Recompute>& plan, int64_t hea
   };
   auto f32 = [&](int64_t n, Mem m) { return reinterpret_cast<float*>(take(n * 4, m)); };
   auto act = [&](int64_t n, Mem m) { return take(n * int64_t(es), m); };
-  // Everything of a block but its input; `shared_ln_gelu` leaves out ln1, ln2 and fch_gelu.
-  auto stash = [&](bool keep_ln_gelu) {
+  // Workspace first: recomputed tensors live in it. dbig holds a recomputing block's GELU output
+  // (and, under selective, its attention output in the last quarter: free until the GELU runs);
+  // dsmall its LayerNorm outputs.
+  dbig_ = Bytes(size_t(4 * BT * C) * es, W);
+  dsmall_ = Bytes(size_t(BT * C) * es, W);
+  // Everything of a block but its input; what a recompute policy rebuilds lives in workspace.
+  auto stash = [&](Recompute r) {
     BlockActs a{};
-    if (keep_ln_gelu) a.ln1 = act(BT * C, A);
+    const bool all = r == Recompute::none;
+    a.ln1 = all ? act(BT * C, A) : dsmall_.data();
     a.ln1_mean = f32(BT, A);
     a.ln1_rstd = f32(BT, A);
     a.qkv = act(3 * BT * C, A);
     a.lse = f32(B * NH * T, A);
-    a.atty = act(BT * C, A);
+    a.atty = r != Recompute::selective ? act(BT * C, A) : dbig_.data() + 3 * BT * C * int64_t(es);
     a.proj = act(BT * C, A);
-    if (keep_ln_gelu) a.ln2 = act(BT * C, A);
+    a.ln2 = all ? act(BT * C, A) : dsmall_.data();
     a.ln2_mean = f32(BT, A);
     a.ln2_rstd = f32(BT, A);
     a.fch = act(4 * BT * C, A);
-    if (keep_ln_gelu) a.fch_gelu = act(4 * BT * C, A);
+    a.fch_gelu = all ? act(4 * BT * C, A) : dbig_.data();
     return a;
   };
   for (int l = 0; l <= cfg_.n_layer; l++) res_.push_back(f32(BT * C, A));
   const bool any_full = std::count(p.begin(), p.end(), Recompute::full) > 0;
-  const bool any_selective = std::count(p.begin(), p.end(), Recompute::selective) > 0;
-  BlockActs shared_full = any_full ? stash(true) : BlockActs{};
-  std::byte* shared_ln = any_selective ? act(BT * C, A) : nullptr;
-  std::byte* shared_gelu = any_selective ? act(4 * BT * C, A) : nullptr;
-  for (int l = 0; l < cfg_.n_layer; l++) {
-    if (p[l] == Recompute::full) {
-      acts_.push_back(shared_full);
-    } else if (p[l] == Recompute::selective) {
-      BlockActs a = stash(false);
-      a.ln1 = a.ln2 = shared_ln;
-      a.fch_gelu = shared_gelu;
-      acts_.push_back(a);
-    } else {
-      acts_.push_back(stash(true));
-    }
-  }
+  BlockActs shared_full = any_full ? stash(Recompute::full) : BlockActs{};  // one for all full blocks
+  stash_block_ = -1;
+  for (int l = 0; l < cfg_.n_layer; l++) acts_.push_back(p[l] == Recompute::full ? shared_full : stash(p[l]));
   lnf_ = Bytes(size_t(BT * C) * es, A);
   lnf_mean_ = {size_t(BT), A};
   lnf_rstd_ = {size_t(BT), A};
@@ -199,8 +192,6 @@ void Gpt::allocate(int B, int T, const std::vector<Recompute>& plan, int64_t hea
   res_mid_ = {size_t(BT * C), W};
   dlogits_ = Bytes(dt_ != DType::f32 ? size_t(head_rows_ * Vp) * es : 0, W);
   dres_c_ = Bytes(dt_ != DType::f32 ? size_t(BT * C) * es : 0, W);
-  dbig_ = Bytes(size_t(4 * BT * C) * es, W);
-  dsmall_ = Bytes(size_t(BT * C) * es, W);
 }
 
 size_t MemoryEstimate::total() const {
@@ -216,8 +207,9 @@ MemoryEstimate estimate_memory(const GptConfig& cfg, int B, int T, DType dt,
   const double BT = double(B) * T, C = cfg.n_embd, NH = cfg.n_head, L = cfg.n_layer,
                Vp = double(cfg.padded_vocab()), e = double(dtype_size(dt));
   const double hr = head_rows > 0 ? double(head_rows) : std::max(1.0, std::min(BT, std::floor(double(1 << 23) / Vp)));
-  const double full_stash = BT * (15 * e * C + 16 + 4 * NH);  // a block's saved tensors, input excluded
-  const double sel_stash = BT * (9 * e * C + 16 + 4 * NH);    // ... without ln1, ln2, fch_gelu
+  const double none_stash = BT * (15 * e * C + 16 + 4 * NH);  // a block's saved tensors, input excluded
+  const double full_stash = BT * (9 * e * C + 16 + 4 * NH);   // ... without ln1, ln2, fch_gelu
+  const double sel_stash = BT * (8 * e * C + 16 + 4 * NH);    // ... and without the attention output
   double acts = BT * 4 * C * (L + 1)                           // the residual stream, fp32
                 + BT * (e * C + 12);                           // lnf output, its statistics, losses
   int num_full = 0, num_sel = 0;
@@ -227,9 +219,8 @@ MemoryEstimate estimate_memory(const GptConfig& cfg, int B, int T, DType dt,
   }
   if (plan.empty()) num_full = num_sel = 0;
   const double num_none = L - num_full - num_sel;
-  acts += num_none * full_stash + num_sel * sel_stash;
+  acts += num_none * none_stash + num_sel * sel_stash;
   if (num_full > 0) acts += full_stash;                       // one stash shared by full blocks
-  if (num_sel > 0) acts += BT * 5 * e * C;                     // shared LayerNorm and GELU outputs
   double work = hr * Vp * 4 + BT * C * 8 + BT * C * 5 * e;     // logits, dres, res_mid, dbig, dsmall
   if (dt != DType::f32) work += hr * Vp * e + BT * C * e;      // dlogits, dres in dt
   MemoryEstimate m;
@@ -281,7 +272,7 @@ MemoryEstimate estimate_memory(const GptConfig& cfg, int B, int T, DType dt,
 std::vector<Recompute> RecomputePolicy::per_block(int num_layers) const {
   std::vector<Recompute> p(num_layers, Recompute::none);
   for (int l = 0; l < num_layers; l++) {
-    if (kind == Kind::selective) p[l] = Recompute::selective;
+    if (kind == Kind::selective || kind == Kind::every) p[l] = Recompute::selective;
     if (kind == Kind::full || (kind == Kind::every && l % k == 0)) p[l] = Recompute::full;
   }
   return p;
@@ -330,6 +321,10 @@ void Gpt::block_forward(int l, int B, int T, bool recompute) {
   const int64_t BT = int64_t(B) * T, C = cfg_.n_embd;
   const DType dt = dt_;
   const float* x = res_[l];
+  if (plan_[l] == Recompute::full) {  // the shared stash: still this block's since its forward?
+    if (recompute && stash_block_ == l) return;
+    stash_block_ = l;
+  }
   be_.layernorm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, x, p.ln1_w, p.ln1_b, BT, C, dt);
   be_.linear_forward(a.qkv, a.ln1, cw(u, &Tensors::qkv_w), p.qkv_b, BT, C, 3 * C, dt);
   be_.attention_forward(a.atty, a.lse, a.qkv, B, T, C, cfg_.n_head, dt);
@@ -338,8 +333,8 @@ void Gpt::block_forward(int l, int B, int T, bool recompute) {
   be_.add(res_mid, x, a.proj, BT * C, dt);
   be_.layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, res_mid, p.ln2_w, p.ln2_b, BT, C, dt);
   be_.linear_forward(a.fch, a.ln2, cw(u, &Tensors::fc_w), p.fc_b, BT, C, 4 * C, dt);
+  if (recompute) return;  // the GELU, like the LayerNorms, is recomputed where backward uses it
   be_.gelu_forward(a.fch_gelu, a.fch, 4 * BT * C, dt);
-  if (recompute) return;
   void* mlp_out = dsmall_.data();
   be_.linear_forward(mlp_out, a.fch_gelu, cw(u, &Tensors::fcproj_w), p.fcproj_b, BT, 4 * C, C, dt);
   be_.add(res_[l + 1], res_mid, mlp_out, BT * C, dt);
@@ -397,26 +392,29 @@ void Gpt::block_backward(int l, int B, int T) {
   float* dres = dres_.data();  // fp32; in: d(block output); out: d(block input)
   void* dbig = dbig_.data();
   void* dsmall = dsmall_.data();
-  const bool selective = plan_[l] == Recompute::selective;
+  // Under selective and full, the LayerNorm and GELU outputs are rebuilt in workspace right
+  // before the GEMM that reads them, and that GEMM's input gradient overwrites them (dsmall,
+  // dbig); selective also re-runs the attention forward into dbig's last quarter.
+  const bool rebuild = plan_[l] != Recompute::none;
   float* res_mid = res_mid_.data();
   be_.add(res_mid, res_[l], a.proj, BT * C, dt);  // bit-identical to the forward's
   // MLP: y = res_mid + fcproj(gelu(fc(ln2(res_mid))))
-  if (selective) be_.gelu_forward(a.fch_gelu, a.fch, 4 * BT * C, dt);
+  if (rebuild) be_.gelu_forward(a.fch_gelu, a.fch, 4 * BT * C, dt);
   be_.linear_backward(dbig, g.fcproj_w, g.fcproj_b, dres_compute(BT * C), a.fch_gelu,
                       cw(u, &Tensors::fcproj_w), BT, 4 * C, C, dt);
   be_.gelu_backward(dbig, a.fch, dbig, 4 * BT * C, dt);
-  if (selective)
-    be_.layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, res_mid, p.ln2_w, p.ln2_b, BT, C, dt);
+  if (rebuild) be_.layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, res_mid, p.ln2_w, p.ln2_b, BT, C, dt);
   be_.linear_backward(dsmall, g.fc_w, g.fc_b, dbig, a.ln2, cw(u, &Tensors::fc_w), BT, C, 4 * C, dt);
   be_.layernorm_backward(dres, g.ln2_w, g.ln2_b, dsmall, res_mid, p.ln2_w,
                          a.ln2_mean, a.ln2_rstd, BT, C, dt);
   // attention: res_mid = x + proj(attention(qkv(ln1(x))))
+  if (plan_[l] == Recompute::selective)
+    be_.attention_forward(a.atty, a.lse, a.qkv, B, T, C, cfg_.n_head, dt);
   be_.linear_backward(dsmall, g.proj_w, g.proj_b, dres_compute(BT * C), a.atty,
                       cw(u, &Tensors::proj_w), BT, C, C, dt);
-  void* dqkv = dbig;
+  void* dqkv = dbig;  // its first three quarters
   be_.attention_backward(dqkv, dsmall, a.qkv, a.atty, a.lse, B, T, C, cfg_.n_head, dt);
-  if (selective)
-    be_.layernorm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, res_[l], p.ln1_w, p.ln1_b, BT, C, dt);
+  if (rebuild) be_.layernorm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, res_[l], p.ln1_w, p.ln1_b, BT, C, dt);
   be_.linear_backward(dsmall, g.qkv_w, g.qkv_b, dqkv, a.ln1, cw(u, &Tensors::qkv_w), BT, C, 3 * C, dt);
   be_.layernorm_backward(dres, g.ln1_w, g.ln1_b, dsmall, res_[l], p.ln1_w,
                          a.ln1_mean, a.ln1_rstd, BT, C, dt);

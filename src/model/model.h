@@ -101,15 +101,18 @@ using Bytes = PoolArray<std::byte>;
 
 // What a block keeps for its backward (activation checkpointing):
 //  none      everything below;
-//  selective the GEMM outputs (qkv, proj, fch), the attention output and the statistics; the
-//            LayerNorm outputs and GELU are recomputed in backward into buffers shared by all
-//            blocks (the attention probabilities are never kept in any mode);
+//  selective the GEMM outputs (qkv, proj, fch) and the statistics; backward recomputes the
+//            LayerNorm outputs, the GELU and the attention forward (its output; the attention
+//            probabilities are never kept in any mode) into workspace, right before use;
 //  full      only the block's input (the residual stream): the trainer re-runs the block's
-//            forward, into a stash shared by all such blocks, right before its backward.
+//            forward, into a stash shared by all such blocks, right before its backward (not
+//            for the last such block, whose stash is still intact); LayerNorms and GELU as
+//            under selective.
 enum class Recompute : uint8_t { none, selective, full };
 
 // A policy over the blocks: none | selective | full | every:k (full on every k-th block,
-// counting from the first, none on the others).
+// counting from the first, selective on the others: between selective and full in memory
+// and time).
 struct RecomputePolicy {
   enum class Kind : uint8_t { none, selective, full, every } kind = Kind::none;
   int k = 0;  // for every:k
@@ -175,8 +178,9 @@ class Gpt {
   // allocated sizes. head() returns the mean loss over the B*T targets; with grad_scale != 0 it
   // also runs the head's backward, seeding d(loss_sum * grad_scale).
   void embed_forward(const int32_t* tokens, int B, int T);
-  // recompute: re-run for backward (full recompute): fill the block's stash but skip its output
-  // (the fc projection and the residual add), which the next block already consumed.
+  // recompute: re-run for backward (full recompute): fill the block's stash but skip the GELU
+  // and its output (the fc projection and the residual add), which the next block already
+  // consumed; nothing if the stash still holds this block.
   void block_forward(int l, int B, int T, bool recompute = false);
   float head(const int32_t* targets, int B, int T, float grad_scale);
   void block_backward(int l, int B, int T);
@@ -205,6 +209,7 @@ class Gpt {
   int B_ = 0, T_ = 0;
   int64_t head_rows_ = 0;                      // rows per lm-head chunk
   std::vector<Recompute> plan_;
+  int stash_block_ = -1;                       // the full block whose forward the shared stash holds
   std::vector<Bytes> storage_;                 // every activation and workspace buffer
   std::vector<float*> res_;                    // L+1 x (B,T,C) fp32: input of block l is res_[l]
   std::vector<BlockActs> acts_;                // per block (views into storage_)

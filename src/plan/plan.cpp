@@ -144,10 +144,17 @@ Plan make_plan(const PlanSettings& s) {
   p.memory = plan_memory(c, s.micro_batch, s.seq_len, s.compute, s.recompute, s.strategy, s.devices, s.reduce);
   p.fits = p.over() <= 0;
   p.model_flops_per_token = c.flops_per_token(s.seq_len);
-  int num_full = 0;
-  for (Recompute r : s.recompute.per_block(c.n_layer)) num_full += r == Recompute::full;
-  const double C = c.n_embd;
-  p.flops_per_token = p.model_flops_per_token + num_full * (24 * C * C + 4.0 * s.seq_len * C);
+  // Recompute FLOPs per token: a full block re-runs its qkv, proj and fc GEMMs (16·C²) and
+  // its attention (4·T·C), but for the last one, whose stash is intact; selective re-runs the
+  // attention. LayerNorms and GELU are not counted.
+  int num_full = 0, num_sel = 0;
+  for (Recompute r : s.recompute.per_block(c.n_layer)) {
+    num_full += r == Recompute::full;
+    num_sel += r == Recompute::selective;
+  }
+  const double C = c.n_embd, attention = 4.0 * s.seq_len * C;
+  p.flops_per_token = p.model_flops_per_token + std::max(0, num_full - 1) * (16 * C * C + attention) +
+                      num_sel * attention;
   p.compute_s = p.flops_per_token * double(p.step_tokens) / s.devices / (s.mfu * s.device.peak_for(s.compute));
   // Communication per device and step: a ring all-reduce of the gradients moves 2Ψ·(N-1)/N
   // elements (ddp, zero1, zero2: reduce-scatter + all-gather); ZeRO-3 gathers the parameters
@@ -236,9 +243,9 @@ std::string Plan::explain() const {
 
 // ---- search ---------------------------------------------------------------------------------
 
-// Ties in cost and time (the model gives selective recompute no FLOPs, and every micro-batch
-// the same MFU) go to the simpler setting: less recompute, a less sharded strategy, a larger
-// micro-batch (GPUs are more efficient with one), then less memory.
+// Ties in cost and time (every micro-batch gets the same MFU) go to the simpler setting: less
+// recompute, a less sharded strategy, a larger micro-batch (GPUs are more efficient with one),
+// then less memory.
 static int recompute_rank(const RecomputePolicy& r) {
   using K = RecomputePolicy::Kind;
   return r.kind == K::none ? 0 : r.kind == K::selective ? 1 : r.kind == K::every ? 2 : 3;

@@ -270,9 +270,11 @@ TEST(Gelu, ForwardMatchesFloat64AndBackwardMatchesFiniteDifferences) {
 }
 
 TEST(Attention, ForwardAndBackwardMatchFloat64AcrossTiles) {
-  // T below, at, and not a multiple of the 64-row tile; one head size of 4, others of 8 and 24.
+  // T below, at, and not a multiple of the 64-row tile; head sizes 4, 8 and 24, and 16, 64 and
+  // 80 (multiples of 16: the bf16 pair-product kernel, where the CPU has AVX512-BF16).
   for (auto [B, T, C, NH] : {std::array{2, 7, 12, 3}, std::array{1, 64, 16, 2}, std::array{1, 150, 48, 2},
-                             std::array{2, 129, 16, 4}}) {
+                             std::array{2, 129, 16, 4}, std::array{1, 200, 128, 2}, std::array{2, 67, 32, 2},
+                             std::array{1, 97, 80, 1}}) {
     for (DType d : kAll) {
       Buf qkv(d, randn(size_t(B) * T * 3 * C, 1, 14)), dy(d, randn(size_t(B) * T * C, 1, 15));
       Buf out(d, size_t(B) * T * C), dqkv(d, size_t(B) * T * 3 * C);

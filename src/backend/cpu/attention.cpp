@@ -4,6 +4,10 @@
 // log-sum-exp; the backward recomputes each tile of probabilities from the log-sum-exp. No
 // T x T tensor exists, in forward or backward. Tiles are widened to fp32 scratch of their
 // thread and multiplied with dnnl_sgemm; parallel over (b, h), each task owning its outputs.
+// The bf16 forward (where the CPU has AVX512-BF16 and the head size is a multiple of 16)
+// multiplies bf16 pairs with fp32 sums instead (vdpbf16ps, twice fp32's rate), on K and V
+// repacked once per head; P is rounded to bf16 for P V, as PyTorch's CPU flash attention and
+// FlashAttention-2 on GPUs do, while the row sums stay fp32.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -74,6 +78,182 @@ static void attention_forward_t(S* out, float* lse, const S* qkv, float* scratch
         }
   }
 }
+
+#if defined(__AVX512BF16__)
+// C(rows, 16·NB) (+)= A(rows, 2P) B(2P, 16·NB) in bf16 pairs: A's row r holds P pairs (uint32)
+// at a + r·lda; B is P rows of NB vectors, each 16 columns x 2 (a pair of the reduction dim),
+// row p at b + p·ldb vectors. Sums in fp32.
+template <int R, int NB>
+static inline void dp_block(float* c, int64_t ldc, const uint32_t* a, int64_t lda,
+                            const __m512i* b, int64_t ldb, int64_t P, bool acc) {
+  __m512 s[R][NB];
+  for (int r = 0; r < R; r++)
+    for (int n = 0; n < NB; n++) s[r][n] = acc ? _mm512_loadu_ps(c + r * ldc + 16 * n) : _mm512_setzero_ps();
+  for (int64_t p = 0; p < P; p++) {
+    __m512bh bv[NB];
+    for (int n = 0; n < NB; n++) bv[n] = (__m512bh)_mm512_loadu_si512(b + p * ldb + n);
+    for (int r = 0; r < R; r++) {
+      const __m512bh av = (__m512bh)_mm512_set1_epi32(int(a[r * lda + p]));
+      for (int n = 0; n < NB; n++) s[r][n] = _mm512_dpbf16_ps(s[r][n], av, bv[n]);
+    }
+  }
+  for (int r = 0; r < R; r++)
+    for (int n = 0; n < NB; n++) _mm512_storeu_ps(c + r * ldc + 16 * n, s[r][n]);
+}
+
+template <int NB>
+static void dp_rows(int64_t rows, float* c, int64_t ldc, const uint32_t* a, int64_t lda,
+                    const __m512i* b, int64_t ldb, int64_t P, bool acc) {
+  int64_t r = 0;
+  for (; r + 4 <= rows; r += 4) dp_block<4, NB>(c + r * ldc, ldc, a + r * lda, lda, b, ldb, P, acc);
+  for (; r < rows; r++) dp_block<1, NB>(c + r * ldc, ldc, a + r * lda, lda, b, ldb, P, acc);
+}
+
+// dp_block over any number of rows and of 16-column blocks (ldb >= nb).
+static void dp(int64_t rows, int64_t nb, float* c, int64_t ldc, const uint32_t* a, int64_t lda,
+               const __m512i* b, int64_t ldb, int64_t P, bool acc) {
+  for (int64_t n0 = 0; n0 < nb; n0 += 4) {
+    float* cn = c + 16 * n0;
+    const __m512i* bn = b + n0;
+    switch (std::min<int64_t>(4, nb - n0)) {
+      case 4: dp_rows<4>(rows, cn, ldc, a, lda, bn, ldb, P, acc); break;
+      case 3: dp_rows<3>(rows, cn, ldc, a, lda, bn, ldb, P, acc); break;
+      case 2: dp_rows<2>(rows, cn, ldc, a, lda, bn, ldb, P, acc); break;
+      default: dp_rows<1>(rows, cn, ldc, a, lda, bn, ldb, P, acc); break;
+    }
+  }
+}
+
+static uint32_t pair(bf16 lo, bf16 hi) { return uint32_t(lo.bits) | uint32_t(hi.bits) << 16; }
+
+// Keys of one head in 64-key tiles of pairs for S = Q K^T: tile t, pair p of the head dim,
+// key j of the tile -> kp[(t·HS/2 + p)·64 + j]. Values for P V: tile t, key pair jp, dim d ->
+// vp[(t·32 + jp)·HS + d]. Keys past T are zero.
+static void pack_kv(uint32_t* kp, uint32_t* vp, const bf16* base, int64_t T, int64_t HS, int64_t C3, int64_t C) {
+  const int64_t tiles = (T + kTile - 1) / kTile, H2 = HS / 2;
+  const bf16 zero{0};
+  for (int64_t t = 0; t < tiles; t++)
+    for (int64_t j = 0; j < kTile; j++) {
+      const int64_t key = t * kTile + j;
+      const bf16* k = base + key * C3 + C;
+      for (int64_t p = 0; p < H2; p++)
+        kp[(t * H2 + p) * kTile + j] = key < T ? pair(k[2 * p], k[2 * p + 1]) : 0;
+    }
+  // the two keys' 16 dims interleaved: (v0[d], v1[d]) for d in 0..15
+  const __m512i lo = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8,
+                                      39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+  for (int64_t t = 0; t < tiles; t++)
+    for (int64_t jp = 0; jp < kTile / 2; jp++) {
+      const int64_t key = t * kTile + 2 * jp;
+      const bf16* v0 = base + key * C3 + 2 * C;
+      const bf16* v1 = v0 + C3;
+      uint32_t* dst = vp + (t * kTile / 2 + jp) * HS;
+      if (key + 1 < T) {
+        for (int64_t d = 0; d < HS; d += 16) {
+          const __m512i a = _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(v0 + d)));
+          const __m512i b = _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(v1 + d)));
+          _mm512_storeu_si512(dst + d, _mm512_permutex2var_epi16(a, lo, b));
+        }
+      } else {
+        for (int64_t d = 0; d < HS; d++) dst[d] = pair(key < T ? v0[d] : zero, zero);
+      }
+    }
+}
+
+// exp(x) for the probabilities: 2^n · 2^f with n = round(x·log2 e), |f| <= 1/2, 2^f by its
+// Taylor polynomial of degree 6 (relative error ~1e-7 plus that of x·log2 e: ~1e-6 at x = -30,
+// far below the bf16 rounding P gets next); scalef takes x -> -inf to 0 without a slow path.
+static inline __m512 exp_ps(__m512 x) {
+  const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504f));
+  const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(t, n);
+  __m512 p = _mm512_set1_ps(1.540353e-4f);
+  for (float c : {1.3333558e-3f, 9.6181291e-3f, 5.5504109e-2f, 2.4022651e-1f, 6.9314718e-1f, 1.0f})
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c));
+  return _mm512_scalef_ps(p, n);
+}
+
+// One query row of a tile: scores s (kTile, fp32, `valid` of them causal) -> the online softmax
+// update of the running max m, sum l and unnormalised output o (HS), and P in bf16 pairs.
+static inline void softmax_tile_row(const float* s, uint32_t* pb, float* o, int64_t HS, float* m,
+                                    float* l, float scale, int64_t valid) {
+  __m512 x[kTile / 16];
+  __m512 mx = _mm512_set1_ps(*m);
+  for (int c = 0; c < kTile / 16; c++) {
+    const int64_t n = std::clamp<int64_t>(valid - 16 * c, 0, 16);
+    const __mmask16 keep = __mmask16((uint32_t(1) << n) - 1);
+    x[c] = _mm512_mask_mul_ps(_mm512_set1_ps(-3.0e38f), keep, _mm512_loadu_ps(s + 16 * c), _mm512_set1_ps(scale));
+    mx = _mm512_max_ps(mx, x[c]);
+  }
+  const float row_max = _mm512_reduce_max_ps(mx);
+  const float corr = std::exp(*m - row_max);  // rescales what was summed so far
+  __m512 sum = _mm512_setzero_ps();
+  for (int c = 0; c < kTile / 16; c++) {
+    x[c] = exp_ps(_mm512_sub_ps(x[c], _mm512_set1_ps(row_max)));  // masked keys: 0
+    sum = _mm512_add_ps(sum, x[c]);
+  }
+  *l = *l * corr + _mm512_reduce_add_ps(sum);
+  *m = row_max;
+  if (corr != 1.0f)
+    for (int64_t d = 0; d < HS; d += 16)
+      _mm512_storeu_ps(o + d, _mm512_mul_ps(_mm512_loadu_ps(o + d), _mm512_set1_ps(corr)));
+  for (int c = 0; c < kTile / 16; c += 2)
+    _mm512_storeu_si512(pb + 8 * c, (__m512i)_mm512_cvtne2ps_pbh(x[c + 1], x[c]));
+}
+
+static void attention_forward_bf16(bf16* out, float* lse, const bf16* qkv, float* scratch,
+                                   int64_t per_thread, int64_t B, int64_t T, int64_t C, int64_t NH) {
+  const int64_t HS = C / NH, C3 = 3 * C, H2 = HS / 2, tiles = (T + kTile - 1) / kTile;
+  const float scale = 1.0f / std::sqrt(float(HS));
+#pragma omp parallel
+  {
+    float* mine = scratch + int64_t(omp_get_thread_num()) * per_thread;
+    uint32_t* kp = reinterpret_cast<uint32_t*>(mine);       // tiles·64·HS/2
+    uint32_t* vp = kp + tiles * kTile * H2;                  // tiles·32·HS
+    uint32_t* pb = vp + tiles * kTile * H2;                  // (kTile, 32) P in bf16 pairs
+    float* o = reinterpret_cast<float*>(pb + kTile * kTile / 2);  // (kTile, HS) unnormalised
+    float* s = o + kTile * HS;                               // (kTile, kTile)
+    float* m = s + kTile * kTile;                            // running max
+    float* l = m + kTile;                                    // running sum
+#pragma omp for collapse(2) schedule(static)
+    for (int64_t b = 0; b < B; b++)
+      for (int64_t h = 0; h < NH; h++) {
+        const bf16* base = qkv + b * T * C3 + h * HS;
+        pack_kv(kp, vp, base, T, HS, C3, C);
+        for (int64_t q0 = 0; q0 < T; q0 += kTile) {
+          const int64_t nq = std::min(kTile, T - q0);
+          const uint32_t* q = reinterpret_cast<const uint32_t*>(base + q0 * C3);
+          std::memset(o, 0, sizeof(float) * nq * HS);
+          for (int64_t i = 0; i < nq; i++) { m[i] = -3.0e38f; l[i] = 0.0f; }
+          for (int64_t t = 0; t <= (q0 + nq - 1) / kTile; t++) {
+            const int64_t k0 = t * kTile;
+            const __m512i* kt = reinterpret_cast<const __m512i*>(kp + t * kTile * H2);
+            const __m512i* vt = reinterpret_cast<const __m512i*>(vp + t * kTile * H2);
+            // the diagonal tile: 16-row groups g see keys < 16(g+1) only
+            const int64_t groups = k0 == q0 ? (nq + 15) / 16 : 1, rows_per = k0 == q0 ? 16 : nq;
+            for (int64_t g = 0; g < groups; g++) {
+              const int64_t r0 = g * rows_per, nr = std::min(rows_per, nq - r0), nb = k0 == q0 ? g + 1 : 4;
+              dp(nr, nb, s + r0 * kTile, kTile, q + r0 * (C3 / 2), C3 / 2, kt, kTile / 16, H2, false);  // S = Q K^T
+            }
+            for (int64_t i = 0; i < nq; i++)
+              softmax_tile_row(s + i * kTile, pb + i * kTile / 2, o + i * HS, HS, m + i, l + i, scale,
+                               std::clamp<int64_t>(q0 + i - k0 + 1, 0, kTile));
+            for (int64_t g = 0; g < groups; g++) {
+              const int64_t r0 = g * rows_per, nr = std::min(rows_per, nq - r0), pairs = k0 == q0 ? 8 * (g + 1) : kTile / 2;
+              dp(nr, HS / 16, o + r0 * HS, HS, pb + r0 * kTile / 2, kTile / 2, vt, HS / 16, pairs, true);  // O += P V
+            }
+          }
+          for (int64_t i = 0; i < nq; i++) {
+            bf16* orow = out + (b * T + q0 + i) * C + h * HS;
+            const float inv = 1.0f / l[i];
+            for (int64_t d = 0; d < HS; d++) orow[d] = from_f32<bf16>(o[i * HS + d] * inv);
+            lse[(b * NH + h) * T + q0 + i] = m[i] + std::log(l[i]);
+          }
+        }
+      }
+  }
+}
+#endif
 
 template <class S>
 static void attention_backward_t(S* dqkv, const S* dout, const S* qkv, const S* out,
@@ -151,6 +331,15 @@ static void attention_backward_t(S* dqkv, const S* dout, const S* qkv, const S* 
 void CpuBackend::attention_forward(void* out, float* lse, const void* qkv, int64_t B, int64_t T,
                                    int64_t C, int64_t NH, DType dt) {
   const int64_t HS = C / NH;
+#if defined(__AVX512BF16__)
+  if (dt == DType::bf16 && HS % 16 == 0) {
+    const int64_t tiles = (T + kTile - 1) / kTile;
+    const int64_t per_thread = tiles * kTile * HS + kTile * kTile / 2 + kTile * HS + kTile * kTile + 2 * kTile + 16;
+    attention_forward_bf16(static_cast<bf16*>(out), lse, static_cast<const bf16*>(qkv), partials(per_thread),
+                           per_thread, B, T, C, NH);
+    return;
+  }
+#endif
   float* scratch = partials(4 * kTile * HS + kTile * kTile + 2 * kTile);
   dispatch(dt, [&](auto t) {
     using S = decltype(t);

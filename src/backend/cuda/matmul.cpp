@@ -114,8 +114,8 @@ void CudaBackend::linear_forward(void* out, const void* inp, const void* weight,
 void CudaBackend::linear_backward(void* dinp, float* dweight, float* dbias, const void* dout,
                                   const void* inp, const void* weight, int64_t BT, int64_t IC,
                                   int64_t OC, DType dt) {
-  if (dinp) matmul(false, false, BT, IC, OC, dout, OC, weight, IC, dinp, IC, dt, dt, nullptr, false);
   matmul(true, false, OC, IC, BT, dout, OC, inp, IC, dweight, IC, dt, DType::f32, nullptr, true);
+  if (dinp) matmul(false, false, BT, IC, OC, dout, OC, weight, IC, dinp, IC, dt, dt, nullptr, false);
   if (dbias) {
     launch_column_sums(dbias, dout, BT, OC, dt);
     CUDA_LAUNCHED();
