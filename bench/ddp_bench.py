@@ -5,7 +5,7 @@ rank 0's peak memory by category, the time a step waited on communication, pool 
 per step, and the ratios to the single process and to ddp.
 
   /usr/bin/python3 bench/ddp_bench.py [--preset tiny|gpt2] [--batch 8] [--seq 256] [--steps 6]
-      [--strategy ddp,zero1,zero2,zero3,yafsdp]
+      [--strategy ddp,zero1,zero2,zero3,yafsdp] [--dtype fp32|bf16] [--reduce fp32|bf16]
 """
 import argparse
 import json
@@ -40,6 +40,7 @@ def main():
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--warmup-steps", type=int, default=1)
     ap.add_argument("--dtype", default="fp32")
+    ap.add_argument("--reduce", default="fp32", help="precision.reduce of the 2-rank runs")
     ap.add_argument("--strategy", default="ddp,zero1,zero2,zero3,yafsdp")
     ap.add_argument("--frugal", default="build/frugal")
     a = ap.parse_args()
@@ -61,8 +62,9 @@ def main():
             runs[f"2 ranks x 1 thread {st}"] = run(
                 ["mpirun", "-np", "2", "-x", "OMP_NUM_THREADS=1", a.frugal, "train", *common,
                  f"--train.micro_batch={a.batch // 2}", "--train.threads=1", f"--dist.strategy={st}",
+                 f"--precision.reduce={a.reduce}",
                  f"--run.dir={d}/{st}"], dict(env, OMP_NUM_THREADS="1"), f"{d}/{st}")
-    print(f"{a.preset} {a.dtype}, global batch {a.batch} x {a.seq} tokens, median of {a.steps} steps after {a.warmup_steps}")
+    print(f"{a.preset} {a.dtype} (reduce {a.reduce}), global batch {a.batch} x {a.seq} tokens, median of {a.steps} steps after {a.warmup_steps}")
     tok = {}
     for name, recs in runs.items():
         timed = recs[a.warmup_steps:]

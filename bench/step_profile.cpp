@@ -1,6 +1,7 @@
 // Where a training step's time goes: runs steps of a model through a timing decorator of the
 // CPU backend and prints seconds per op family, GEMM against the rest.
-//   usage: step_profile [preset] [B] [T] [steps] [fp32|bf16|fp16]   (default: gpt2 4 256 3 fp32)
+//   usage: step_profile [preset] [B] [T] [steps] [fp32|bf16|fp16] [recompute]
+//   (default: gpt2 4 256 3 fp32 none)
 #include <omp.h>
 
 #include <chrono>
@@ -117,7 +118,8 @@ int main(int argc, char** argv) {
   t.seq_len = T;
   t.steps = steps + 1;
   auto comm = make_local_comm();
-  Stepper stepper(model, tb, *comm, t, 1, prec);
+  const auto plan = RecomputePolicy::parse(argc > 6 ? argv[6] : "none", "step_profile").per_block(cfg.n_layer);
+  Stepper stepper(model, tb, *comm, t, 1, prec, plan);
   Rng rng(2);
   auto next = [&](int32_t* in, int32_t* tg) {
     for (int i = 0; i < B * T; i++) {
