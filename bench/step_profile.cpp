@@ -77,15 +77,15 @@ class TimingBackend final : public Backend {
   void softmax_xent(float* l, float* loss, const int32_t* t, int64_t N, int64_t V, int64_t Vp, float s) override {
     time("softmax xent", [&] { b_.softmax_xent(l, loss, t, N, V, Vp, s); });
   }
-  void adamw(float* p, const float* g, float* m, float* v, int64_t n, const AdamWArgs& a) override {
-    time("adamw", [&] { b_.adamw(p, g, m, v, n, a); });
+  void adamw(float* p, const float* g, float* m, float* v, int64_t n, const AdamWArgs& a, void* c,
+             DType cd) override {
+    time("adamw", [&] { b_.adamw(p, g, m, v, n, a, c, cd); });
   }
   double sum_squares(const float* x, int64_t n) override {
     double r;
     time("grad norm + clip", [&] { r = b_.sum_squares(x, n); });
     return r;
   }
-  void scale(float* x, int64_t n, float s) override { time("grad norm + clip", [&] { b_.scale(x, n, s); }); }
   void fill_zero(float* x, int64_t n) override { time("zero", [&] { b_.fill_zero(x, n); }); }
   double sum(const float* x, int64_t n) override { return b_.sum(x, n); }
   void synchronize() override { b_.synchronize(); }

@@ -17,6 +17,7 @@ namespace frugal {
 struct AdamWArgs {
   float lr, beta1, beta2, eps, weight_decay;
   int step;  // 1-based, for bias correction
+  float grad_scale = 1.0f;  // the gradient as read: grad * grad_scale (loss unscaling, clipping)
 };
 
 class Backend {
@@ -85,13 +86,13 @@ class Backend {
   virtual void softmax_xent(float* logits, float* losses, const int32_t* targets, int64_t N,
                             int64_t V, int64_t Vp, float grad_scale) = 0;
 
-  // AdamW (PyTorch semantics) on param(n) with grad(n) and fp32 moments m(n), v(n).
+  // AdamW (PyTorch semantics) on param(n) with grad(n) and fp32 moments m(n), v(n); when copy
+  // is not null, the updated param is also written there in copy_dt (the compute copy, in the
+  // same pass).
   virtual void adamw(float* param, const float* grad, float* m, float* v, int64_t n,
-                     const AdamWArgs& a) = 0;
+                     const AdamWArgs& a, void* copy, DType copy_dt) = 0;
   // sum of squares of x(n) in double; inf or NaN when any element is (the overflow check).
   virtual double sum_squares(const float* x, int64_t n) = 0;
-  // x(n) *= s
-  virtual void scale(float* x, int64_t n, float s) = 0;
   // x(n) = 0
   virtual void fill_zero(float* x, int64_t n) = 0;
   // sum of x(n) in double, in index order on the CPU (a loss over tokens).

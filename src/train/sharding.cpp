@@ -87,7 +87,7 @@ void Shards::build_segments() {
     Unit& u = units[i];
     Part& p = parts_[i];
     if (s_ == Strategy::ddp) {
-      segs_.push_back({i, 0, u.numel, u.params.data(), u.grads.data()});
+      segs_.push_back({i, 0, u.numel, u.params.data(), u.grads.data(), u.compute.data()});
       continue;
     }
     float* w = s_ >= Strategy::zero3 ? p.w.data() : u.params.data() + p.lo;
@@ -251,15 +251,12 @@ double Shards::grad_sum_squares() {
   return sq;
 }
 
-void Shards::scale_grads(float k) {
-  for (const Segment& s : segs_) be_.scale(s.g, s.end - s.begin, k);
-}
-
 void Shards::after_update() {
   auto& units = model_.units();
   if (s_ == Strategy::zero1 || s_ == Strategy::zero2)  // every rank's updated slice, in place
     for (size_t i = 0; i < units.size(); i++)
       if (units[i].nbig) comm_.all_gather_inplace(units[i].params.data(), units[i].nbig, parts_[i].len)->wait();
+  if (s_ == Strategy::ddp) return;  // AdamW wrote the compute copies; nothing is gathered
   refresh();
 }
 

@@ -20,7 +20,8 @@ AdamW::AdamW(const Shards& shards) : shards_(shards) {
   }
 }
 
-void AdamW::update(Gpt& model, Backend& be, const TrainSettings& t, double lr, int step_1based) {
+void AdamW::update(Gpt& model, Backend& be, const TrainSettings& t, double lr, int step_1based,
+                   float grad_scale) {
   const auto& segs = shards_.segments();
   for (size_t i = 0; i < segs.size(); i++) {
     const auto& sg = segs[i];
@@ -28,9 +29,10 @@ void AdamW::update(Gpt& model, Backend& be, const TrainSettings& t, double lr, i
       int64_t lo = std::max(sg.begin, s.offset), hi = std::min(sg.end, s.offset + s.numel);
       if (lo >= hi) continue;
       AdamWArgs a{float(lr), float(t.beta1), float(t.beta2), float(t.eps),
-                  s.decay ? float(t.weight_decay) : 0.0f, step_1based};
+                  s.decay ? float(t.weight_decay) : 0.0f, step_1based, grad_scale};
       int64_t k = lo - sg.begin;
-      be.adamw(sg.w + k, sg.g + k, m_[i].data() + k, v_[i].data() + k, hi - lo, a);
+      be.adamw(sg.w + k, sg.g + k, m_[i].data() + k, v_[i].data() + k, hi - lo, a,
+               sg.copy ? sg.copy + sg.begin + k : nullptr, model.compute_dtype());
     }
   }
 }
@@ -158,12 +160,11 @@ StepStats Stepper::step(int step, const NextBatch& next) {
     return st;  // weights and optimizer state untouched
   }
   st.grad_norm = std::sqrt(sq) / st.loss_scale;
-  // Unscale and clip in one pass (clipping as torch.nn.utils.clip_grad_norm_: by
+  // Unscale and clip inside AdamW's pass (clipping as torch.nn.utils.clip_grad_norm_: by
   // clip / (norm + 1e-6) when that is below 1).
   double coef = 1.0 / st.loss_scale;
   if (t_.grad_clip > 0.0) coef *= std::min(1.0, t_.grad_clip / (st.grad_norm + 1e-6));
-  if (coef != 1.0) shards_.scale_grads(float(coef));
-  opt_.update(model_, be_, t_, st.lr, ++updates_);
+  opt_.update(model_, be_, t_, st.lr, ++updates_, float(coef));
   shards_.after_update();
   return st;
 }

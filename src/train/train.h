@@ -55,13 +55,14 @@ class Shards {
   void grads_end(size_t unit, bool last_micro);
   double finish();
   double grad_sum_squares();  // of the whole gradient, across ranks
-  void scale_grads(float k);
   // What this rank's optimizer updates: [begin, end) of a unit's flat layout, with pointers to
   // the fp32 weights and gradients of element `begin`.
-  struct Segment { size_t unit; int64_t begin, end; float* w; float* g; };
+  // copy: where the optimizer also writes the updated weights in the compute dtype (ddp: the
+  // unit's compute copy, refreshed in the same pass), or null.
+  struct Segment { size_t unit; int64_t begin, end; float* w; float* g; uint16_t* copy = nullptr; };
   const std::vector<Segment>& segments() const { return segs_; }
   // After the optimizer: zero1/zero2 all-gather the updated slices; zero3/yafsdp mark gathered
-  // copies stale; compute copies are refreshed.
+  // copies stale; compute copies are refreshed (ddp's by the optimizer itself).
   void after_update();
   // Compute copies refreshed, gathered copies marked stale (after weights were loaded).
   void refresh();
@@ -117,7 +118,8 @@ class Shards {
 class AdamW {
  public:
   explicit AdamW(const Shards& shards);
-  void update(Gpt& model, Backend& be, const TrainSettings& t, double lr, int step_1based);
+  // grad_scale multiplies the gradients as they are read (loss unscaling and clipping).
+  void update(Gpt& model, Backend& be, const TrainSettings& t, double lr, int step_1based, float grad_scale);
   // Moments of segment k of shards.segments()
   PoolArray<float>& m(size_t seg) { return m_[seg]; }
   PoolArray<float>& v(size_t seg) { return v_[seg]; }

@@ -207,7 +207,7 @@ TEST(CudaSoftmaxXent, LossAndInPlaceGradientMatchCpuWithPadding) {
   }
 }
 
-TEST(CudaElementwise, AddCastScaleSumsAdamWMatchCpu) {
+TEST(CudaElementwise, AddCastSumsAdamWMatchCpu) {
   REQUIRE_CUDA();
   const int64_t n = 100003;
   for (DType d : kAll) {
@@ -222,15 +222,16 @@ TEST(CudaElementwise, AddCastScaleSumsAdamWMatchCpu) {
   Pair x(DType::f32, randn(n, 1.0f, 3)), gr(DType::f32, randn(n, 1.0f, 4)), m(DType::f32, randn(n, 0.1f, 5));
   std::vector<float> v0 = randn(n, 0.1f, 6);
   for (auto& e : v0) e = e * e;
-  Pair v(DType::f32, v0);
+  Pair v(DType::f32, v0), copy(DType::bf16, n);
   double sq[2], s[2];
   both([&](Backend& be, bool g) {
-    be.scale(x.f(g), n, 0.5f);
-    for (int step = 1; step <= 3; step++) be.adamw(x.f(g), gr.f(g), m.f(g), v.f(g), n, {1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, step});
+    for (int step = 1; step <= 3; step++)
+      be.adamw(x.f(g), gr.f(g), m.f(g), v.f(g), n, {1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, step, 0.5f}, copy(g), DType::bf16);
     sq[g] = be.sum_squares(x.f(g), n);
     s[g] = be.sum(x.f(g), n);
   });
-  expect_match(x, "scale + adamw param");
+  expect_match(x, "adamw param (gradients x 0.5)");
+  expect_match(copy, "adamw compute copy", 1e-7);
   expect_match(m, "adamw m");
   expect_match(v, "adamw v");
   EXPECT_NEAR(sq[1], sq[0], 1e-9 * sq[0]);

@@ -51,9 +51,8 @@ class CpuBackend final : public Backend {
   void softmax_xent(float* logits, float* losses, const int32_t* targets, int64_t N, int64_t V,
                     int64_t Vp, float grad_scale) override;
   void adamw(float* param, const float* grad, float* m, float* v, int64_t n,
-             const AdamWArgs& a) override;
+             const AdamWArgs& a, void* copy, DType copy_dt) override;
   double sum_squares(const float* x, int64_t n) override;
-  void scale(float* x, int64_t n, float s) override;
   void fill_zero(float* x, int64_t n) override;
   double sum(const float* x, int64_t n) override;
   void synchronize() override {}

@@ -1,6 +1,7 @@
-// Elementwise and reduction ops over flat buffers: add, scale, sum of squares, AdamW.
+// Elementwise and reduction ops over flat buffers: add, cast, sum of squares, AdamW.
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #include "backend/cpu/cpu.h"
 
@@ -26,11 +27,6 @@ void CpuBackend::cast(void* dst, const float* src, int64_t n, DType dt) {
 #pragma omp parallel for simd schedule(static)
     for (int64_t i = 0; i < n; i++) d[i] = from_f32<T>(src[i]);
   });
-}
-
-void CpuBackend::scale(float* x, int64_t n, float s) {
-#pragma omp parallel for simd schedule(static)
-  for (int64_t i = 0; i < n; i++) x[i] *= s;
 }
 
 void CpuBackend::fill_zero(float* x, int64_t n) { std::memset(x, 0, size_t(n) * sizeof(float)); }
@@ -59,20 +55,32 @@ double CpuBackend::sum_squares(const float* x, int64_t n) {
   return total;
 }
 
-void CpuBackend::adamw(float* param, const float* grad, float* m, float* v, int64_t n,
-                       const AdamWArgs& a) {
+// copy: the compute copy to refresh (C = float: none)
+template <class C>
+static void adamw_t(float* param, const float* grad, float* m, float* v, int64_t n, const AdamWArgs& a, C* copy) {
   const float bc1 = 1.0f - std::pow(a.beta1, float(a.step));
   const float bc2_sqrt = std::sqrt(1.0f - std::pow(a.beta2, float(a.step)));
   const float step_size = a.lr / bc1, decay = 1.0f - a.lr * a.weight_decay;
 #pragma omp parallel for simd schedule(static)
   for (int64_t i = 0; i < n; i++) {
-    float g = grad[i];
+    float g = grad[i] * a.grad_scale;
     float mi = a.beta1 * m[i] + (1.0f - a.beta1) * g;
     float vi = a.beta2 * v[i] + (1.0f - a.beta2) * g * g;
     m[i] = mi;
     v[i] = vi;
-    param[i] = param[i] * decay - step_size * mi / (std::sqrt(vi) / bc2_sqrt + a.eps);
+    float p = param[i] * decay - step_size * mi / (std::sqrt(vi) / bc2_sqrt + a.eps);
+    param[i] = p;
+    if constexpr (!std::is_same_v<C, float>) copy[i] = from_f32<C>(p);
   }
+}
+
+void CpuBackend::adamw(float* param, const float* grad, float* m, float* v, int64_t n,
+                       const AdamWArgs& a, void* copy, DType copy_dt) {
+  if (!copy) return adamw_t<float>(param, grad, m, v, n, a, nullptr);
+  dispatch(copy_dt, [&](auto t) {
+    using C = decltype(t);
+    adamw_t(param, grad, m, v, n, a, static_cast<C*>(copy));
+  });
 }
 
 }  // namespace frugal

@@ -84,18 +84,15 @@ void CudaBackend::cast(void* dst, const float* src, int64_t n, DType dt) {
   CUDA_LAUNCHED();
 }
 
-void CudaBackend::scale(float* x, int64_t n, float s) {
-  launch_scale(x, n, s);
-  CUDA_LAUNCHED();
-}
 
 void CudaBackend::adamw(float* param, const float* grad, float* m, float* v, int64_t n,
-                        const AdamWArgs& a) {
+                        const AdamWArgs& a, void* copy, DType copy_dt) {
   // the scalars exactly as the CPU backend computes them
   const float bc1 = 1.0f - std::pow(a.beta1, float(a.step));
   const float bc2_sqrt = std::sqrt(1.0f - std::pow(a.beta2, float(a.step)));
   const float step_size = a.lr / bc1, decay = 1.0f - a.lr * a.weight_decay;
-  launch_adamw(param, grad, m, v, n, a.beta1, a.beta2, a.eps, step_size, decay, bc2_sqrt);
+  launch_adamw(param, grad, m, v, n, a.beta1, a.beta2, a.eps, step_size, decay, bc2_sqrt, a.grad_scale,
+               copy, copy ? copy_dt : DType::f32);
   CUDA_LAUNCHED();
 }
 

@@ -1,4 +1,4 @@
-// Elementwise and reduction kernels over flat buffers: add, cast, scale, sums, AdamW, and the
+// Elementwise and reduction kernels over flat buffers: add, cast, sums, AdamW, and the
 // bias helpers of the GEMMs (a bias add where cuBLASLt has no fused epilogue, column sums).
 #include "backend/cuda/kernels.h"
 
@@ -14,9 +14,6 @@ __global__ void cast_k(S* dst, const float* src, int64_t n) {
   GRID_STRIDE(i, n) dst[i] = from_f<S>(src[i]);
 }
 
-__global__ void scale_k(float* x, int64_t n, float s) {
-  GRID_STRIDE(i, n) x[i] *= s;
-}
 
 void launch_add(float* out, const float* a, const void* b, int64_t n, DType dt) {
   dispatch_cuda(dt, [&](auto p) { add_k<<<grid_for(n), 256>>>(out, a, static_cast<const STORAGE(p)*>(b), n); });
@@ -26,7 +23,6 @@ void launch_cast(void* dst, const float* src, int64_t n, DType dt) {
   dispatch_cuda(dt, [&](auto p) { cast_k<<<grid_for(n), 256>>>(static_cast<STORAGE(p)*>(dst), src, n); });
 }
 
-void launch_scale(float* x, int64_t n, float s) { scale_k<<<grid_for(n), 256>>>(x, n, s); }
 
 // Per-block partial sums in double, one atomic per block; inf and NaN propagate.
 __global__ void reduce_k(double* out, const float* x, int64_t n, bool squares) {
@@ -47,21 +43,29 @@ void launch_reduce(double* out, const float* x, int64_t n, bool squares) {
   reduce_k<<<std::min(grid_for(n), 1024u), 256>>>(out, x, n, squares);
 }
 
+template <class C>  // C = float: no copy
 __global__ void adamw_k(float* param, const float* grad, float* m, float* v, int64_t n, float beta1,
-                        float beta2, float eps, float step_size, float decay, float bc2_sqrt) {
+                        float beta2, float eps, float step_size, float decay, float bc2_sqrt,
+                        float grad_scale, C* copy) {
   GRID_STRIDE(i, n) {
-    float g = grad[i];
+    float g = grad[i] * grad_scale;
     float mi = beta1 * m[i] + (1.0f - beta1) * g;
     float vi = beta2 * v[i] + (1.0f - beta2) * g * g;
     m[i] = mi;
     v[i] = vi;
-    param[i] = param[i] * decay - step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
+    float p = param[i] * decay - step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
+    param[i] = p;
+    if constexpr (!std::is_same_v<C, float>) copy[i] = from_f<C>(p);
   }
 }
 
 void launch_adamw(float* param, const float* grad, float* m, float* v, int64_t n, float beta1,
-                  float beta2, float eps, float step_size, float decay, float bc2_sqrt) {
-  adamw_k<<<grid_for(n), 256>>>(param, grad, m, v, n, beta1, beta2, eps, step_size, decay, bc2_sqrt);
+                  float beta2, float eps, float step_size, float decay, float bc2_sqrt,
+                  float grad_scale, void* copy, DType copy_dt) {
+  dispatch_cuda(copy_dt, [&](auto p) {
+    adamw_k<<<grid_for(n), 256>>>(param, grad, m, v, n, beta1, beta2, eps, step_size, decay, bc2_sqrt,
+                                  grad_scale, static_cast<STORAGE(p)*>(copy));
+  });
 }
 
 template <class S>

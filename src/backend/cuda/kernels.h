@@ -13,11 +13,12 @@ namespace frugal {
 
 void launch_add(float* out, const float* a, const void* b, int64_t n, DType dt);
 void launch_cast(void* dst, const float* src, int64_t n, DType dt);
-void launch_scale(float* x, int64_t n, float s);
 // out(1) += sum of x(n), or of its squares, in double (out zeroed by the caller)
 void launch_reduce(double* out, const float* x, int64_t n, bool squares);
+// copy: null, or the compute copy (copy_dt) to write the updated param into
 void launch_adamw(float* param, const float* grad, float* m, float* v, int64_t n, float beta1,
-                  float beta2, float eps, float step_size, float decay, float bc2_sqrt);
+                  float beta2, float eps, float step_size, float decay, float bc2_sqrt,
+                  float grad_scale, void* copy, DType copy_dt);
 // C(M,N) row stride ldc, in dt: C += bias(N) per row
 void launch_add_bias(void* C, const float* bias, int64_t M, int64_t N, int64_t ldc, DType dt);
 // acc(cols) += column sums of x(rows, cols) in dt
