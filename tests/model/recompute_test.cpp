@@ -10,7 +10,7 @@ const char* kPolicies[] = {"none", "selective", "every:2", "every:3", "full"};  
 
 TEST(Recompute, EveryPolicyGivesBitIdenticalGradients) {
   GptConfig cfg{"custom", 4, 3, 48, 301, 80};
-  for (DType dt : {DType::f32, DType::bf16}) {
+  for (DType dt : {DType::f32, DType::bf16, DType::f16}) {
     std::vector<std::vector<float>> ref;
     float ref_loss = 0;
     for (const char* name : kPolicies) {
