@@ -45,7 +45,8 @@ std::unique_ptr<Comm> make_local_comm();
 // MPI when the process was started by mpirun/srun (and frugal was built with MPI), else local.
 // MPI's collectives run on a communication thread of their own: OpenMPI's non-blocking
 // collectives do not progress in the background (shared/research/deps.md), blocking ones on
-// a thread overlap with compute.
+// a thread overlap with compute; that thread yields while it waits (OpenMPI's
+// mpi_yield_when_idle, unless set otherwise) instead of spinning on its rank's compute core.
 // gpu: the buffers are device buffers; under mpirun, NCCL (one GPU per rank, chosen by the
 // node-local rank, which becomes the current device), MPI only to exchange NCCL's unique id.
 std::unique_ptr<Comm> make_comm(bool gpu = false);
