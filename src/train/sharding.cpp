@@ -127,8 +127,7 @@ void Shards::prefetch(size_t i) {
   const size_t es = dtype_size(gdt);
   if (!g->buf.data()) alloc_gather(*g, world_ * p.len * int64_t(es), i == 0 && model_.compute_dtype() != DType::f32 ? world_ * p.len : 0);
   std::byte* mine = g->buf.data() + size_t(rank_ * p.len) * es;
-  if (gdt == DType::f32) std::memcpy(mine, p.w.data(), size_t(p.hi - p.lo) * 4);
-  else be_.cast(mine, p.w.data(), p.hi - p.lo, gdt);
+  be_.cast(mine, p.w.data(), p.hi - p.lo, gdt);  // (a copy in fp32)
   g->unit = int(i);
   g->cast_done = false;
   g->work = comm_.all_gather_inplace(g->buf.data(), model_.units()[i].nbig, p.len, int(es));
@@ -167,8 +166,8 @@ void Shards::release(size_t i) {
 void Shards::zero_grads() {
   if (s_ < Strategy::zero2) return model_.zero_grads();
   for (Part& p : parts_) {
-    std::memset(p.g.data(), 0, p.g.size() * 4);
-    std::memset(p.gt.data(), 0, p.gt.size() * 4);
+    be_.fill_zero(p.g.data(), int64_t(p.g.size()));
+    be_.fill_zero(p.gt.data(), int64_t(p.gt.size()));
   }
 }
 
@@ -183,7 +182,7 @@ void Shards::grads_begin(size_t i) {
   if (b.unit >= 0) fold(b);
   Part& p = parts_[i];
   if (!b.buf.data()) alloc_grads(b, p.len, p.tail);  // zero-filled
-  else std::memset(b.buf.data(), 0, size_t(world_ * p.len + p.tail) * 4);
+  else be_.fill_zero(b.buf.data(), world_ * p.len + p.tail);
   b.unit = int(i);
   model_.units()[i].bind_grads(b.buf.data(), b.buf.data() + world_ * p.len);
 }
@@ -216,10 +215,8 @@ void Shards::fold(GradBuf& b) {
   Part& p = parts_[size_t(b.unit)];
   const float* tail = b.buf.data() + world_ * p.len;
   const float* slice = bf16_scratch_.data() ? b.buf.data() + rank_ * p.len : b.out.data();
-  float* g = p.g.data();
-#pragma omp parallel for simd
-  for (int64_t k = 0; k < p.len; k++) g[k] += slice[k];
-  for (int64_t k = 0; k < p.tail; k++) p.gt[k] += tail[k];
+  be_.add(p.g.data(), p.g.data(), slice, p.len, DType::f32);  // on the backend's device
+  be_.add(p.gt.data(), p.gt.data(), tail, p.tail, DType::f32);
   model_.units()[size_t(b.unit)].bind_grads(nullptr, nullptr);
   b.unit = -1;
   if (s_ == Strategy::zero3) b = GradBuf{};

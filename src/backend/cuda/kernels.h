@@ -78,8 +78,8 @@ inline void dispatch_cuda(DType d, F&& f) {
 }
 #define STORAGE(p) std::remove_pointer_t<decltype(p)>
 
-inline unsigned grid_for(int64_t n, int threads = 256) {
-  return unsigned(std::min<int64_t>((n + threads - 1) / threads, int64_t(1) << 20));
+inline unsigned grid_for(int64_t n, int threads = 256) {  // at least 1: a launch of 0 blocks fails
+  return unsigned(std::clamp<int64_t>((n + threads - 1) / threads, 1, int64_t(1) << 20));
 }
 
 __device__ __forceinline__ float warp_sum(float v) {
