@@ -196,7 +196,7 @@ void launch_attention_forward(void* out, float* lse, const void* qkv, int64_t B,
   dispatch_cuda(dt, [&](auto p) {
     using S = STORAGE(p);
     dispatch_hs(C / NH, [&](auto hs) {
-      attention_forward_k<S, hs()><<<grid, kRows>>>(static_cast<S*>(out), lse, static_cast<const S*>(qkv),
+      launch(attention_forward_k<S, hs()>, grid, kRows, 0, static_cast<S*>(out), lse, static_cast<const S*>(qkv),
                                                     int(T), int(C), int(NH), scale);
     });
   });
@@ -212,11 +212,11 @@ void launch_attention_backward(void* dqkv, const void* dout, const void* qkv, co
     const S* d_out = static_cast<const S*>(dout);
     const S* q = static_cast<const S*>(qkv);
     S* dq = static_cast<S*>(dqkv);
-    attention_rowsum_k<<<grid_for(B * NH * T), 256>>>(D, d_out, static_cast<const S*>(out), B, int(T), int(C), int(NH));
+    launch(attention_rowsum_k<S>, grid_for(B * NH * T), 256, 0, D, d_out, static_cast<const S*>(out), B, int(T), int(C), int(NH));
     dispatch_hs(C / NH, [&](auto hs) {
-      attention_backward_dq_k<S, hs()><<<grid, kRows>>>(dq, d_out, q, lse, D, int(T), int(C), int(NH), scale);
-      attention_backward_kv_k<S, hs(), false><<<grid, kRows>>>(dq, d_out, q, lse, D, int(T), int(C), int(NH), scale);
-      attention_backward_kv_k<S, hs(), true><<<grid, kRows>>>(dq, d_out, q, lse, D, int(T), int(C), int(NH), scale);
+      launch(attention_backward_dq_k<S, hs()>, grid, kRows, 0, dq, d_out, q, lse, D, int(T), int(C), int(NH), scale);
+      launch(attention_backward_kv_k<S, hs(), false>, grid, kRows, 0, dq, d_out, q, lse, D, int(T), int(C), int(NH), scale);
+      launch(attention_backward_kv_k<S, hs(), true>, grid, kRows, 0, dq, d_out, q, lse, D, int(T), int(C), int(NH), scale);
     });
   });
 }

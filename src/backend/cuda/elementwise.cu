@@ -16,11 +16,11 @@ __global__ void cast_k(S* dst, const float* src, int64_t n) {
 
 
 void launch_add(float* out, const float* a, const void* b, int64_t n, DType dt) {
-  dispatch_cuda(dt, [&](auto p) { add_k<<<grid_for(n), 256>>>(out, a, static_cast<const STORAGE(p)*>(b), n); });
+  dispatch_cuda(dt, [&](auto p) { launch(add_k<STORAGE(p)>, grid_for(n), 256, 0, out, a, static_cast<const STORAGE(p)*>(b), n); });
 }
 
 void launch_cast(void* dst, const float* src, int64_t n, DType dt) {
-  dispatch_cuda(dt, [&](auto p) { cast_k<<<grid_for(n), 256>>>(static_cast<STORAGE(p)*>(dst), src, n); });
+  dispatch_cuda(dt, [&](auto p) { launch(cast_k<STORAGE(p)>, grid_for(n), 256, 0, static_cast<STORAGE(p)*>(dst), src, n); });
 }
 
 
@@ -40,7 +40,7 @@ __global__ void reduce_k(double* out, const float* x, int64_t n, bool squares) {
 }
 
 void launch_reduce(double* out, const float* x, int64_t n, bool squares) {
-  reduce_k<<<std::min(grid_for(n), 1024u), 256>>>(out, x, n, squares);
+  launch(reduce_k, std::min(grid_for(n), 1024u), 256, 0, out, x, n, squares);
 }
 
 template <class C>  // C = float: no copy
@@ -63,7 +63,7 @@ void launch_adamw(float* param, const float* grad, float* m, float* v, int64_t n
                   float beta2, float eps, float step_size, float decay, float bc2_sqrt,
                   float grad_scale, void* copy, DType copy_dt) {
   dispatch_cuda(copy_dt, [&](auto p) {
-    adamw_k<<<grid_for(n), 256>>>(param, grad, m, v, n, beta1, beta2, eps, step_size, decay, bc2_sqrt,
+    launch(adamw_k<STORAGE(p)>, grid_for(n), 256, 0, param, grad, m, v, n, beta1, beta2, eps, step_size, decay, bc2_sqrt,
                                   grad_scale, static_cast<STORAGE(p)*>(copy));
   });
 }
@@ -77,7 +77,7 @@ __global__ void add_bias_k(S* C, const float* bias, int64_t M, int64_t N, int64_
 }
 
 void launch_add_bias(void* C, const float* bias, int64_t M, int64_t N, int64_t ldc, DType dt) {
-  dispatch_cuda(dt, [&](auto p) { add_bias_k<<<grid_for(M * N), 256>>>(static_cast<STORAGE(p)*>(C), bias, M, N, ldc); });
+  dispatch_cuda(dt, [&](auto p) { launch(add_bias_k<STORAGE(p)>, grid_for(M * N), 256, 0, static_cast<STORAGE(p)*>(C), bias, M, N, ldc); });
 }
 
 // 32 columns x 8 row lanes per block, row chunks across blockIdx.y, one atomic per column and
@@ -99,7 +99,7 @@ __global__ void column_sums_k(float* acc, const S* x, int64_t rows, int64_t cols
 
 void launch_column_sums(float* acc, const void* x, int64_t rows, int64_t cols, DType dt) {
   dim3 grid(unsigned((cols + 31) / 32), unsigned(std::min<int64_t>((rows + 7) / 8, 64)));
-  dispatch_cuda(dt, [&](auto p) { column_sums_k<<<grid, dim3(32, 8)>>>(acc, static_cast<const STORAGE(p)*>(x), rows, cols); });
+  dispatch_cuda(dt, [&](auto p) { launch(column_sums_k<STORAGE(p)>, grid, dim3(32, 8), 0, acc, static_cast<const STORAGE(p)*>(x), rows, cols); });
 }
 
 }  // namespace frugal

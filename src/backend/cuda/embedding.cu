@@ -27,13 +27,13 @@ __global__ void embedding_backward_wpe_k(float* dwpe, const float* dout, int64_t
 
 void launch_embedding_forward(float* out, const int32_t* tokens, const float* wte, const float* wpe,
                               int64_t B, int64_t T, int64_t C) {
-  embedding_forward_k<<<grid_for(B * T * C), 256>>>(out, tokens, wte, wpe, B * T, T, C);
+  launch(embedding_forward_k, grid_for(B * T * C), 256, 0, out, tokens, wte, wpe, B * T, T, C);
 }
 
 void launch_embedding_backward(float* dwte, float* dwpe, const float* dout, const int32_t* tokens,
                                int64_t B, int64_t T, int64_t C) {
-  embedding_backward_wte_k<<<grid_for(B * T * C), 256>>>(dwte, dout, tokens, B * T, C);
-  embedding_backward_wpe_k<<<grid_for(T * C), 256>>>(dwpe, dout, B, T, C);
+  launch(embedding_backward_wte_k, grid_for(B * T * C), 256, 0, dwte, dout, tokens, B * T, C);
+  launch(embedding_backward_wpe_k, grid_for(T * C), 256, 0, dwpe, dout, B, T, C);
 }
 
 }  // namespace frugal

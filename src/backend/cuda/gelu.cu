@@ -27,14 +27,14 @@ __global__ void gelu_backward_k(S* dinp, const S* inp, const S* dout, int64_t n)
 void launch_gelu_forward(void* out, const void* inp, int64_t n, DType dt) {
   dispatch_cuda(dt, [&](auto p) {
     using S = STORAGE(p);
-    gelu_forward_k<<<grid_for(n), 256>>>(static_cast<S*>(out), static_cast<const S*>(inp), n);
+    launch(gelu_forward_k<S>, grid_for(n), 256, 0, static_cast<S*>(out), static_cast<const S*>(inp), n);
   });
 }
 
 void launch_gelu_backward(void* dinp, const void* inp, const void* dout, int64_t n, DType dt) {
   dispatch_cuda(dt, [&](auto p) {
     using S = STORAGE(p);
-    gelu_backward_k<<<grid_for(n), 256>>>(static_cast<S*>(dinp), static_cast<const S*>(inp), static_cast<const S*>(dout), n);
+    launch(gelu_backward_k<S>, grid_for(n), 256, 0, static_cast<S*>(dinp), static_cast<const S*>(inp), static_cast<const S*>(dout), n);
   });
 }
 

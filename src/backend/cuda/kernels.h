@@ -49,15 +49,38 @@ void launch_attention_backward(void* dqkv, const void* dout, const void* qkv, co
 
 }  // namespace frugal
 
-#ifdef __CUDACC__
+// Device code below is compiled by nvcc, or as plain C++ under tests/cuda/emu.h, which emulates
+// the device on the CPU so that CI runs these kernels against the CPU backend.
+#if defined(__CUDACC__)
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
-
+#endif
+#if defined(__CUDACC__) || defined(FRUGAL_CUDA_EMU)
 #include <algorithm>
 #include <type_traits>
 
 namespace frugal {
+
+// Launches kernel k(args) on the compute stream with smem bytes of dynamic shared memory.
+template <class... P, class... A>
+inline void launch(void (*k)(P...), dim3 grid, dim3 block, size_t smem, A... args) {
+#if defined(__CUDACC__)
+  if (smem > 48 * 1024) cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+  k<<<grid, block, smem>>>(args...);
+#else
+  ::emu::run(grid, block, smem, [&] { k(args...); });
+#endif
+}
+
+// The block's dynamic shared memory as a T*.
+#if defined(__CUDACC__)
+#define DYNAMIC_SHARED(T, name)                                   \
+  extern __shared__ __align__(128) unsigned char frugal_smem_[]; \
+  T* name = reinterpret_cast<T*>(frugal_smem_)
+#else
+#define DYNAMIC_SHARED(T, name) T* name = reinterpret_cast<T*>(::emu::dynamic_smem)
+#endif
 
 __device__ __forceinline__ float to_f(float x) { return x; }
 __device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }

@@ -29,7 +29,7 @@ template <class S>
 __global__ void layernorm_backward_k(float* dinp, float* dw, float* db, const S* dout,
                                      const float* inp, const float* w, const float* mean,
                                      const float* rstd, int64_t N, int64_t C) {
-  extern __shared__ float part[];  // dw(C), db(C) of this block
+  DYNAMIC_SHARED(float, part);  // dw(C), db(C) of this block
   float* pdw = part;
   float* pdb = part + C;
   for (int64_t c = threadIdx.x; c < 2 * C; c += blockDim.x) part[c] = 0.0f;
@@ -65,7 +65,7 @@ __global__ void layernorm_backward_k(float* dinp, float* dw, float* db, const S*
 void launch_layernorm_forward(void* out, float* mean, float* rstd, const float* inp, const float* w,
                               const float* b, int64_t N, int64_t C, DType dt) {
   dispatch_cuda(dt, [&](auto p) {
-    layernorm_forward_k<<<unsigned((N + 7) / 8), 256>>>(static_cast<STORAGE(p)*>(out), mean, rstd, inp, w, b, N, C);
+    launch(layernorm_forward_k<STORAGE(p)>, unsigned((N + 7) / 8), 256, 0, static_cast<STORAGE(p)*>(out), mean, rstd, inp, w, b, N, C);
   });
 }
 
@@ -74,8 +74,7 @@ void launch_layernorm_backward(float* dinp, float* dw, float* db, const void* do
                                int64_t C, DType dt) {
   const unsigned blocks = unsigned(std::min<int64_t>((N + 7) / 8, 256));
   dispatch_cuda(dt, [&](auto p) {
-    layernorm_backward_k<<<blocks, 256, size_t(2 * C) * sizeof(float)>>>(
-        dinp, dw, db, static_cast<const STORAGE(p)*>(dout), inp, w, mean, rstd, N, C);
+    launch(layernorm_backward_k<STORAGE(p)>, blocks, 256, size_t(2 * C) * sizeof(float), dinp, dw, db, static_cast<const STORAGE(p)*>(dout), inp, w, mean, rstd, N, C);
   });
 }
 

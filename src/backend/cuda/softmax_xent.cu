@@ -39,7 +39,7 @@ __global__ void softmax_xent_k(float* logits, float* losses, const int32_t* targ
 
 void launch_softmax_xent(float* logits, float* losses, const int32_t* targets, int64_t N, int64_t V,
                          int64_t Vp, float grad_scale) {
-  softmax_xent_k<<<unsigned(N), 512>>>(logits, losses, targets, V, Vp, grad_scale);
+  launch(softmax_xent_k, unsigned(N), 512, 0, logits, losses, targets, V, Vp, grad_scale);
 }
 
 }  // namespace frugal
