@@ -42,9 +42,6 @@ struct dim3 {
   unsigned x, y, z;
   constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
 };
-struct uint4 {
-  unsigned x, y, z, w;
-};
 using __nv_bfloat16 = frugal::bf16;
 using __half = frugal::f16;
 inline float __bfloat162float(__nv_bfloat16 x) { return frugal::to_f32(x); }
@@ -206,16 +203,21 @@ struct fragment {
   T x[256];  // x[r * 16 + c]: element (r, c) of the tile
 };
 
+// Loads and stores are collective: each starts at a warp barrier, so that no lane stores a tile
+// before every lane has loaded what it held (on the GPU each lane moves only its own elements).
 template <class Use, class T, class L>
 void load_matrix_sync(fragment<Use, 16, 16, 16, T, L>& f, const T* p, unsigned ldm) {
+  emu::wait(emu::kAtWarp);
   for (int r = 0; r < 16; r++)
     for (int c = 0; c < 16; c++) f.x[r * 16 + c] = std::is_same_v<L, row_major> ? p[r * ldm + c] : p[c * ldm + r];
 }
 inline void load_matrix_sync(fragment<accumulator, 16, 16, 16, float>& f, const float* p, unsigned ldm, layout_t l) {
+  emu::wait(emu::kAtWarp);
   for (int r = 0; r < 16; r++)
     for (int c = 0; c < 16; c++) f.x[r * 16 + c] = l == mem_row_major ? p[r * ldm + c] : p[c * ldm + r];
 }
 inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, float>& f, unsigned ldm, layout_t l) {
+  emu::wait(emu::kAtWarp);
   for (int r = 0; r < 16; r++)
     for (int c = 0; c < 16; c++) (l == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.x[r * 16 + c];
 }

@@ -1,13 +1,22 @@
-// Causal multi-head attention, memory-efficient: FlashAttention-2's algorithm in a
-// straightforward tiled form on the CUDA cores, fp32 arithmetic (correctness first: no tensor
-// cores yet). One thread owns one row (a query in the forward and for dQ, a key for dK and dV)
-// with that row's vectors in registers; the rows of the other side pass through shared memory
-// in tiles of kTile, widened to fp32, and every thread reads the same element at once (a
-// broadcast). The forward keeps a running max and sum per query (online softmax) and writes the
-// output and the log-sum-exp; the backward recomputes each probability from the log-sum-exp:
-// one kernel for D = rowsum(dO * O), then one each for dQ, dK and dV. No T x T tensor exists.
-// Head sizes are template parameters (16, 32, 64, 128) so that row vectors stay in registers.
+// Causal multi-head attention, memory-efficient (FlashAttention-2's algorithm), in two forms:
+// - bf16 and fp16: on the tensor cores (WMMA, 16x16x16 tiles, fp32 accumulation). A block of
+//   4 warps takes 64 rows (queries in the forward and for dQ, keys for dK and dV); each warp
+//   owns 16 of them, holds their vectors as fragments, and walks over 64-row tiles of the other
+//   side staged in shared memory. Scores go through shared memory in fp32, where two lanes per
+//   row apply the mask and the softmax; P (and dS) are rounded to the storage type for the next
+//   product, as in FlashAttention-2. The forward keeps a running max and sum per query (online
+//   softmax) and its output in shared memory, rescaled per tile.
+// - fp32: on the CUDA cores. One thread owns one row with that row's vectors in registers; the
+//   rows of the other side pass through shared memory in tiles of kTile (a broadcast read).
+// Both write the output and the log-sum-exp; the backward recomputes each probability from the
+// log-sum-exp: one kernel for D = rowsum(dO * O), one for dQ and one (or two) for dK and dV, so
+// that no row is written by two blocks. No T x T tensor exists.
+// Head sizes are template parameters (16, 32, 64, 128).
 #include <cfloat>
+
+#if defined(__CUDACC__)
+#include <mma.h>
+#endif
 
 #include "backend/cuda/kernels.h"
 
@@ -176,6 +185,273 @@ __global__ void __launch_bounds__(kRows) attention_backward_kv_k(S* dqkv, const 
   for (int d = 0; d < HS; d++) row[d] = from_f<S>(acc[d]);
 }
 
+// ---- tensor cores (bf16, fp16) ----
+
+namespace wmma = nvcuda::wmma;
+static constexpr int kTc = 64;          // rows per block and per tile of the other side
+static constexpr int kTcThreads = 128;  // 4 warps of 16 rows
+template <class S> using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 16, S, wmma::row_major>;
+template <class S> using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 16, S, wmma::row_major>;
+template <class S> using FragBt = wmma::fragment<wmma::matrix_b, 16, 16, 16, S, wmma::col_major>;
+using FragC = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
+
+// The dynamic shared memory of one block: two tiles of 64 rows x HS (wide), per warp nf fp32
+// and nh 16-bit tiles of 16 x 64 (scores, probabilities), per warp 16 x HS fp32 (the output
+// rows), and 2 x 64 fp32 row statistics. Row strides are padded; every fragment pointer is
+// 32-byte aligned, as WMMA requires.
+template <class S, int HS>
+struct TcShared {
+  static constexpr int ldh = HS + 8, ldf = kTc + 4, ldp = kTc + 8, ldo = HS + 4;
+  S *wide0, *wide1, *h16_;
+  float *f32_, *out_, *stats;
+  int nf, nh;
+  size_t bytes = 0;
+  __host__ __device__ TcShared(uintptr_t base, int nf_, int nh_) : nf(nf_), nh(nh_) {
+    wide0 = reinterpret_cast<S*>(take(base, kTc * ldh * sizeof(S)));
+    wide1 = reinterpret_cast<S*>(take(base, kTc * ldh * sizeof(S)));
+    f32_ = reinterpret_cast<float*>(take(base, 4 * nf * 16 * ldf * sizeof(float)));
+    h16_ = reinterpret_cast<S*>(take(base, 4 * nh * 16 * ldp * sizeof(S)));
+    out_ = reinterpret_cast<float*>(take(base, 4 * 16 * ldo * sizeof(float)));
+    stats = reinterpret_cast<float*>(take(base, 2 * kTc * sizeof(float)));
+  }
+  __host__ __device__ uintptr_t take(uintptr_t base, size_t n) {
+    uintptr_t p = base + bytes;
+    bytes += (n + 127) / 128 * 128;
+    return p;
+  }
+  __device__ float* f32(int warp, int k) const { return f32_ + (warp * nf + k) * 16 * ldf; }
+  __device__ S* h16(int warp, int k) const { return h16_ + (warp * nh + k) * 16 * ldp; }
+  __device__ float* out(int warp) const { return out_ + warp * 16 * ldo; }
+};
+
+// Rows [r0, r0 + 64) of a (T, stride) view into dst (row stride HS + 8), zero past T.
+template <class S, int HS>
+__device__ __forceinline__ void tc_load_rows(S* dst, const S* src, int r0, int T, int64_t stride) {
+  constexpr int kVec = 16 / sizeof(S), kPerRow = HS / kVec;
+  for (int e = threadIdx.x; e < kTc * kPerRow; e += blockDim.x) {
+    const int r = e / kPerRow, c = e % kPerRow * kVec;
+    copy16(dst + r * (HS + 8) + c, r0 + r < T ? src + int64_t(r0 + r) * stride + c : nullptr);
+  }
+}
+
+// This warp's 16 rows of a wide tile as fragments (row-major A operands).
+template <class S, int HS>
+__device__ __forceinline__ void tc_fragments(FragA<S> (&f)[HS / 16], const S* wide, int warp) {
+#pragma unroll
+  for (int kk = 0; kk < HS / 16; kk++) wmma::load_matrix_sync(f[kk], wide + 16 * warp * (HS + 8) + 16 * kk, HS + 8);
+}
+
+// dst(16 x 64 fp32, stride ldf) = a(16 x HS) times the transposed rows [16n, 16n + 16) of a
+// wide tile, for the sub-tiles n in [n0, n1).
+template <class S, int HS>
+__device__ __forceinline__ void tc_scores(float* dst, const FragA<S> (&a)[HS / 16], const S* wide, int n0, int n1) {
+  for (int n = n0; n < n1; n++) {
+    FragC acc;
+    wmma::fill_fragment(acc, 0.0f);
+#pragma unroll
+    for (int kk = 0; kk < HS / 16; kk++) {
+      FragBt<S> b;
+      wmma::load_matrix_sync(b, wide + 16 * n * (HS + 8) + 16 * kk, HS + 8);
+      wmma::mma_sync(acc, a[kk], b, acc);
+    }
+    wmma::store_matrix_sync(dst + 16 * n, acc, kTc + 4, wmma::mem_row_major);
+  }
+}
+
+// acc(16 x HS) += p(16 x 64, stride ldp) sub-tiles [k0, k1) times rows of a wide tile.
+template <class S, int HS>
+__device__ __forceinline__ void tc_accumulate(FragC (&acc)[HS / 16], const S* p, const S* wide, int k0, int k1) {
+  for (int kk = k0; kk < k1; kk++) {
+    FragA<S> a;
+    wmma::load_matrix_sync(a, p + 16 * kk, kTc + 8);
+#pragma unroll
+    for (int d = 0; d < HS / 16; d++) {
+      FragB<S> b;
+      wmma::load_matrix_sync(b, wide + 16 * kk * (HS + 8) + 16 * d, HS + 8);
+      wmma::mma_sync(acc[d], a, b, acc[d]);
+    }
+  }
+}
+
+// Writes this warp's 16 x HS accumulators to rows [row0, row0 + 16) of a (T, stride) view,
+// through the warp's fp32 staging tile; rows past T are dropped.
+template <class S, int HS>
+__device__ __forceinline__ void tc_store_rows(S* dst, int64_t stride, const FragC (&acc)[HS / 16], float* stage, int row0, int T) {
+#pragma unroll
+  for (int d = 0; d < HS / 16; d++) wmma::store_matrix_sync(stage + 16 * d, acc[d], HS + 4, wmma::mem_row_major);
+  __syncwarp();
+  const int lane = threadIdx.x % 32, r = lane / 2, c0 = lane % 2 * (HS / 2);
+  if (row0 + r < T)
+    for (int c = c0; c < c0 + HS / 2; c++) dst[int64_t(row0 + r) * stride + c] = from_f<S>(stage[r * (HS + 4) + c]);
+  __syncwarp();
+}
+
+// grid (T/64, NH, B): out(B,T,C), lse(B,NH,T) from qkv(B,T,3C)
+template <class S, int HS>
+__global__ void __launch_bounds__(kTcThreads) flash_forward_k(S* out, float* lse, const S* qkv, int T, int C, int NH, float scale) {
+  DYNAMIC_SHARED(unsigned char, smem);
+  const TcShared<S, HS> sh(reinterpret_cast<uintptr_t>(smem), 1, 1);
+  constexpr int ldf = kTc + 4, ldp = kTc + 8, ldo = HS + 4;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * kTc, qw = q0 + 16 * warp;
+  const int64_t C3 = 3 * int64_t(C);
+  const S* base = qkv + int64_t(b) * T * C3 + h * HS;
+  float* sw = sh.f32(warp, 0);
+  S* pw = sh.h16(warp, 0);
+  float* ow = sh.out(warp);
+  tc_load_rows<S, HS>(sh.wide0, base, q0, T, C3);
+  __syncthreads();
+  FragA<S> q[HS / 16];
+  tc_fragments<S, HS>(q, sh.wide0, warp);
+  // two lanes per query row: columns [half * 32, half * 32 + 32) of scores, half the output row
+  const int r = lane / 2, half = lane % 2, i = qw + r;
+  for (int c = half * (HS / 2); c < (half + 1) * (HS / 2); c++) ow[r * ldo + c] = 0.0f;
+  float m = -FLT_MAX, l = 0.0f;
+  const int last = min(q0 + kTc, T) - 1;  // the block's last query sees the keys up to it
+  for (int k0 = 0; k0 <= last; k0 += kTc) {
+    __syncthreads();  // the previous tile (or Q) is no longer read
+    tc_load_rows<S, HS>(sh.wide0, base + C, k0, T, C3);
+    tc_load_rows<S, HS>(sh.wide1, base + 2 * C, k0, T, C3);
+    __syncthreads();
+    const int nsub = min(4, (qw + 15 - k0) / 16 + 1);  // key sub-tiles with a key <= the warp's last query
+    tc_scores<S, HS>(sw, q, sh.wide0, 0, nsub);
+    __syncwarp();
+    float mt = -FLT_MAX;
+    for (int c = half * 32; c < half * 32 + 32; c++)
+      if (k0 + c <= i && k0 + c < T) mt = fmaxf(mt, sw[r * ldf + c] * scale);
+    const float mnew = fmaxf(m, fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, 1)));
+    float lt = 0.0f;
+    for (int c = half * 32; c < half * 32 + 32; c++) {
+      const float p = k0 + c <= i && k0 + c < T ? expf(sw[r * ldf + c] * scale - mnew) : 0.0f;
+      pw[r * ldp + c] = from_f<S>(p);
+      lt += p;
+    }
+    const float corr = expf(m - mnew);  // a new max rescales what was summed so far
+    l = l * corr + lt + __shfl_xor_sync(0xffffffffu, lt, 1);
+    m = mnew;
+    for (int c = half * (HS / 2); c < (half + 1) * (HS / 2); c++) ow[r * ldo + c] *= corr;
+    __syncwarp();
+    FragC o[HS / 16];
+#pragma unroll
+    for (int d = 0; d < HS / 16; d++) wmma::load_matrix_sync(o[d], ow + 16 * d, ldo, wmma::mem_row_major);
+    tc_accumulate<S, HS>(o, pw, sh.wide1, 0, nsub);
+#pragma unroll
+    for (int d = 0; d < HS / 16; d++) wmma::store_matrix_sync(ow + 16 * d, o[d], ldo, wmma::mem_row_major);
+    __syncwarp();
+  }
+  if (i >= T) return;
+  S* orow = out + (int64_t(b) * T + i) * C + h * HS;
+  for (int c = half * (HS / 2); c < (half + 1) * (HS / 2); c++) orow[c] = from_f<S>(ow[r * ldo + c] / l);
+  if (half == 0) lse[(int64_t(b) * NH + h) * T + i] = m + logf(l);
+}
+
+// grid (T/64, NH, B), a warp per 16 queries: dQ = sum over keys j <= i of dS_ij k_j
+template <class S, int HS>
+__global__ void __launch_bounds__(kTcThreads) flash_backward_q_k(S* dqkv, const S* dout, const S* qkv, const float* lse,
+                                                                 const float* D, int T, int C, int NH, float scale) {
+  DYNAMIC_SHARED(unsigned char, smem);
+  const TcShared<S, HS> sh(reinterpret_cast<uintptr_t>(smem), 2, 1);
+  constexpr int ldf = kTc + 4, ldp = kTc + 8;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * kTc, qw = q0 + 16 * warp;
+  const int64_t C3 = 3 * int64_t(C);
+  const S* base = qkv + int64_t(b) * T * C3 + h * HS;
+  float *sw = sh.f32(warp, 0), *dpw = sh.f32(warp, 1);
+  S* dsw = sh.h16(warp, 0);
+  tc_load_rows<S, HS>(sh.wide0, base, q0, T, C3);
+  tc_load_rows<S, HS>(sh.wide1, dout + int64_t(b) * T * C + h * HS, q0, T, C);
+  __syncthreads();
+  FragA<S> q[HS / 16], dO[HS / 16];
+  tc_fragments<S, HS>(q, sh.wide0, warp);
+  tc_fragments<S, HS>(dO, sh.wide1, warp);
+  FragC dq[HS / 16];
+#pragma unroll
+  for (int d = 0; d < HS / 16; d++) wmma::fill_fragment(dq[d], 0.0f);
+  const int r = lane / 2, half = lane % 2, i = qw + r;
+  const int64_t row = (int64_t(b) * NH + h) * T + i;
+  const float L = i < T ? lse[row] : 0.0f, Di = i < T ? D[row] : 0.0f;
+  const int last = min(q0 + kTc, T) - 1;
+  for (int k0 = 0; k0 <= last; k0 += kTc) {
+    __syncthreads();
+    tc_load_rows<S, HS>(sh.wide0, base + C, k0, T, C3);
+    tc_load_rows<S, HS>(sh.wide1, base + 2 * C, k0, T, C3);
+    __syncthreads();
+    const int nsub = min(4, (qw + 15 - k0) / 16 + 1);
+    tc_scores<S, HS>(sw, q, sh.wide0, 0, nsub);    // S = Q K^T
+    tc_scores<S, HS>(dpw, dO, sh.wide1, 0, nsub);  // dP = dO V^T
+    __syncwarp();
+    for (int c = half * 32; c < half * 32 + 32; c++) {
+      float ds = 0.0f;
+      if (k0 + c <= i && k0 + c < T) ds = expf(sw[r * ldf + c] * scale - L) * (dpw[r * ldf + c] - Di) * scale;
+      dsw[r * ldp + c] = from_f<S>(ds);
+    }
+    __syncwarp();
+    tc_accumulate<S, HS>(dq, dsw, sh.wide0, 0, nsub);  // dQ += dS K
+  }
+  tc_store_rows<S, HS>(dqkv + int64_t(b) * T * C3 + h * HS, C3, dq, sh.out(warp), qw, T);
+}
+
+// grid (T/64, NH, B), a warp per 16 keys j over the queries i >= j:
+// dV_j = sum P_ij dO_i, dK_j = sum dS_ij q_i
+template <class S, int HS>
+__global__ void __launch_bounds__(kTcThreads) flash_backward_kv_k(S* dqkv, const S* dout, const S* qkv, const float* lse,
+                                                                  const float* D, int T, int C, int NH, float scale) {
+  DYNAMIC_SHARED(unsigned char, smem);
+  const TcShared<S, HS> sh(reinterpret_cast<uintptr_t>(smem), 2, 2);
+  constexpr int ldf = kTc + 4, ldp = kTc + 8;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int b = blockIdx.z, h = blockIdx.y, k0 = blockIdx.x * kTc, kw = k0 + 16 * warp;
+  const int64_t C3 = 3 * int64_t(C);
+  const S* base = qkv + int64_t(b) * T * C3 + h * HS;
+  const S* dbase = dout + int64_t(b) * T * C + h * HS;
+  const float* lrow = lse + (int64_t(b) * NH + h) * T;
+  const float* drow = D + (int64_t(b) * NH + h) * T;
+  float *st = sh.f32(warp, 0), *dpt = sh.f32(warp, 1), *Ls = sh.stats, *Ds = sh.stats + kTc;
+  S *pt = sh.h16(warp, 0), *dst = sh.h16(warp, 1);
+  tc_load_rows<S, HS>(sh.wide0, base + C, k0, T, C3);
+  tc_load_rows<S, HS>(sh.wide1, base + 2 * C, k0, T, C3);
+  __syncthreads();
+  FragA<S> k[HS / 16], v[HS / 16];
+  tc_fragments<S, HS>(k, sh.wide0, warp);
+  tc_fragments<S, HS>(v, sh.wide1, warp);
+  FragC dk[HS / 16], dv[HS / 16];
+#pragma unroll
+  for (int d = 0; d < HS / 16; d++) {
+    wmma::fill_fragment(dk[d], 0.0f);
+    wmma::fill_fragment(dv[d], 0.0f);
+  }
+  const int r = lane / 2, half = lane % 2, j = kw + r;
+  for (int q0 = k0; q0 < T; q0 += kTc) {
+    __syncthreads();
+    tc_load_rows<S, HS>(sh.wide0, base, q0, T, C3);
+    tc_load_rows<S, HS>(sh.wide1, dbase, q0, T, C);
+    for (int e = threadIdx.x; e < kTc; e += blockDim.x) {
+      Ls[e] = q0 + e < T ? lrow[q0 + e] : 0.0f;
+      Ds[e] = q0 + e < T ? drow[q0 + e] : 0.0f;
+    }
+    __syncthreads();
+    const int n0 = max(0, (kw - q0) / 16);  // query sub-tiles before n0 are all below the warp's keys
+    tc_scores<S, HS>(st, k, sh.wide0, n0, 4);    // S^T = K Q^T
+    tc_scores<S, HS>(dpt, v, sh.wide1, n0, 4);   // dP^T = V dO^T
+    __syncwarp();
+    for (int c = half * 32; c < half * 32 + 32; c++) {
+      float p = 0.0f, ds = 0.0f;
+      if (q0 + c >= j && q0 + c < T) {
+        p = expf(st[r * ldf + c] * scale - Ls[c]);
+        ds = p * (dpt[r * ldf + c] - Ds[c]) * scale;
+      }
+      pt[r * ldp + c] = from_f<S>(p);
+      dst[r * ldp + c] = from_f<S>(ds);
+    }
+    __syncwarp();
+    tc_accumulate<S, HS>(dv, pt, sh.wide1, n0, 4);   // dV += P^T dO
+    tc_accumulate<S, HS>(dk, dst, sh.wide0, n0, 4);  // dK += dS^T Q
+  }
+  S* rows = dqkv + int64_t(b) * T * C3 + h * HS;
+  tc_store_rows<S, HS>(rows + C, C3, dk, sh.out(warp), kw, T);
+  tc_store_rows<S, HS>(rows + 2 * C, C3, dv, sh.out(warp), kw, T);
+}
+
 bool attention_supports(int64_t HS) { return HS == 16 || HS == 32 || HS == 64 || HS == 128; }
 
 // Calls f with the head size as a compile-time constant.
@@ -191,13 +467,19 @@ static void dispatch_hs(int64_t HS, F&& f) {
 
 void launch_attention_forward(void* out, float* lse, const void* qkv, int64_t B, int64_t T,
                               int64_t C, int64_t NH, DType dt) {
-  const dim3 grid(unsigned((T + kRows - 1) / kRows), unsigned(NH), unsigned(B));
   const float scale = 1.0f / sqrtf(float(C / NH));
   dispatch_cuda(dt, [&](auto p) {
     using S = STORAGE(p);
     dispatch_hs(C / NH, [&](auto hs) {
-      launch(attention_forward_k<S, hs()>, grid, kRows, 0, static_cast<S*>(out), lse, static_cast<const S*>(qkv),
-                                                    int(T), int(C), int(NH), scale);
+      if constexpr (std::is_same_v<S, float>) {
+        const dim3 grid(unsigned((T + kRows - 1) / kRows), unsigned(NH), unsigned(B));
+        launch(attention_forward_k<S, hs()>, grid, kRows, 0, static_cast<S*>(out), lse,
+               static_cast<const S*>(qkv), int(T), int(C), int(NH), scale);
+      } else {
+        const dim3 grid(unsigned((T + kTc - 1) / kTc), unsigned(NH), unsigned(B));
+        launch(flash_forward_k<S, hs()>, grid, kTcThreads, TcShared<S, hs()>(0, 1, 1).bytes,
+               static_cast<S*>(out), lse, static_cast<const S*>(qkv), int(T), int(C), int(NH), scale);
+      }
     });
   });
 }
@@ -205,7 +487,6 @@ void launch_attention_forward(void* out, float* lse, const void* qkv, int64_t B,
 void launch_attention_backward(void* dqkv, const void* dout, const void* qkv, const void* out,
                                const float* lse, float* D, int64_t B, int64_t T, int64_t C,
                                int64_t NH, DType dt) {
-  const dim3 grid(unsigned((T + kRows - 1) / kRows), unsigned(NH), unsigned(B));
   const float scale = 1.0f / sqrtf(float(C / NH));
   dispatch_cuda(dt, [&](auto p) {
     using S = STORAGE(p);
@@ -214,9 +495,18 @@ void launch_attention_backward(void* dqkv, const void* dout, const void* qkv, co
     S* dq = static_cast<S*>(dqkv);
     launch(attention_rowsum_k<S>, grid_for(B * NH * T), 256, 0, D, d_out, static_cast<const S*>(out), B, int(T), int(C), int(NH));
     dispatch_hs(C / NH, [&](auto hs) {
-      launch(attention_backward_dq_k<S, hs()>, grid, kRows, 0, dq, d_out, q, lse, D, int(T), int(C), int(NH), scale);
-      launch(attention_backward_kv_k<S, hs(), false>, grid, kRows, 0, dq, d_out, q, lse, D, int(T), int(C), int(NH), scale);
-      launch(attention_backward_kv_k<S, hs(), true>, grid, kRows, 0, dq, d_out, q, lse, D, int(T), int(C), int(NH), scale);
+      if constexpr (std::is_same_v<S, float>) {
+        const dim3 grid(unsigned((T + kRows - 1) / kRows), unsigned(NH), unsigned(B));
+        launch(attention_backward_dq_k<S, hs()>, grid, kRows, 0, dq, d_out, q, lse, D, int(T), int(C), int(NH), scale);
+        launch(attention_backward_kv_k<S, hs(), false>, grid, kRows, 0, dq, d_out, q, lse, D, int(T), int(C), int(NH), scale);
+        launch(attention_backward_kv_k<S, hs(), true>, grid, kRows, 0, dq, d_out, q, lse, D, int(T), int(C), int(NH), scale);
+      } else {
+        const dim3 grid(unsigned((T + kTc - 1) / kTc), unsigned(NH), unsigned(B));
+        launch(flash_backward_q_k<S, hs()>, grid, kTcThreads, TcShared<S, hs()>(0, 2, 1).bytes, dq, d_out, q, lse, D,
+               int(T), int(C), int(NH), scale);
+        launch(flash_backward_kv_k<S, hs()>, grid, kTcThreads, TcShared<S, hs()>(0, 2, 2).bytes, dq, d_out, q, lse, D,
+               int(T), int(C), int(NH), scale);
+      }
     });
   });
 }

@@ -82,6 +82,16 @@ inline void launch(void (*k)(P...), dim3 grid, dim3 block, size_t smem, A... arg
 #define DYNAMIC_SHARED(T, name) T* name = reinterpret_cast<T*>(::emu::dynamic_smem)
 #endif
 
+// 16 bytes from src to dst (both 16-byte aligned), or zeros.
+__device__ __forceinline__ void copy16(void* dst, const void* src) {
+#if defined(__CUDACC__)
+  *static_cast<uint4*>(dst) = src ? *static_cast<const uint4*>(src) : make_uint4(0, 0, 0, 0);
+#else
+  if (src) std::memcpy(dst, src, 16);
+  else std::memset(dst, 0, 16);
+#endif
+}
+
 __device__ __forceinline__ float to_f(float x) { return x; }
 __device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
 __device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
