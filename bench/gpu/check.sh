@@ -4,7 +4,8 @@
 #  2. run the CUDA tests: every op against the CPU backend on the same random inputs, per-dtype
 #     tolerances, and a short training of the tiny model whose losses must match the CPU's;
 #  3. train gpt2 (124M) in bf16 at T=1024 on the GPU for a few dozen steps (random tokens: speed
-#     does not depend on them) and print tokens/s, MFU and peak memory;
+#     does not depend on them) and print tokens/s, MFU and peak memory; then zero3 and yafsdp on
+#     the same GPU against ddp;
 #  4. run the PyTorch equivalent on the same GPU (torch.compile, scaled_dot_product_attention,
 #     fused AdamW, bf16 autocast; tests/reference/gpt2_reference.py --bench) for the ratio.
 # Prints a block to paste into bench/RESULTS.md at the end.
@@ -69,14 +70,22 @@ shard(f"{d}/train.bin", (steps + 2) * B * 1024 + 1)
 shard(f"{d}/val.bin", B * 1024 + 1)
 PY
 
+# gpt2 bf16 at T=1024 with strategy $1 (one GPU: the sharded strategies' own overheads)
+run_frugal() {
+  build-gpu/frugal train --device.backend=cuda --device.name="$(echo "$gpu" | cut -d, -f1)" \
+    --device.peak_flops_bf16="$PEAK_BF16" --model.preset=gpt2 --model.vocab_size=50257 \
+    --precision.compute=bf16 --train.seq_len=1024 --train.micro_batch="$BATCH" --train.steps="$2" \
+    --train.lr=3e-4 --train.warmup_steps=0 --train.eval_every=0 --train.eval_batches=1 \
+    --dist.strategy="$1" --data.train="$work/train.bin" --data.val="$work/val.bin" \
+    --run.dir="$work/run-$1" --run.log_every=10
+}
 say "frugal: gpt2 bf16, B=$BATCH T=1024, $STEPS steps"
 frugal_ok=1
-build-gpu/frugal train --device.backend=cuda --device.name="$(echo "$gpu" | cut -d, -f1)" \
-  --device.peak_flops_bf16="$PEAK_BF16" --model.preset=gpt2 --model.vocab_size=50257 \
-  --precision.compute=bf16 --train.seq_len=1024 --train.micro_batch="$BATCH" --train.steps="$STEPS" \
-  --train.lr=3e-4 --train.warmup_steps=0 --train.eval_every=0 --train.eval_batches=1 \
-  --data.train="$work/train.bin" --data.val="$work/val.bin" --run.dir="$work/run" --run.log_every=10 \
-  || frugal_ok=0
+run_frugal ddp "$STEPS" || frugal_ok=0
+for s in zero3 yafsdp; do
+  say "frugal: the same with --dist.strategy=$s, 15 steps"
+  run_frugal $s 15 || frugal_ok=0
+done
 
 say "PyTorch: the same model and batch (torch.compile, SDPA, fused AdamW, bf16 autocast)"
 "$PYTHON" tests/reference/gpt2_reference.py --bench --device cuda --sdpa --compile --dtype bf16 \
@@ -95,7 +104,7 @@ print(f"command: bash bench/gpu/check.sh --batch {B}; gpt2 (124M) bf16, B={B} T=
 print(f"CUDA tests: {'passed' if tests_ok == '1' else 'FAILED'}")
 fr = None
 try:
-    recs = [json.loads(l) for l in open(f"{d}/run/metrics.jsonl")]
+    recs = [json.loads(l) for l in open(f"{d}/run-ddp/metrics.jsonl")]
     timed = recs[5:] if len(recs) > 8 else recs[1:]
     step_s = statistics.median(r["step_ms"] for r in timed) / 1e3
     fr = B * T / step_s
@@ -104,6 +113,13 @@ try:
           f"peak memory {mem:7.0f} MiB (MemoryPool)  loss {recs[0]['loss']:.3f} -> {recs[-1]['loss']:.3f}")
 except Exception as e:
     print(f"  frugal   no result ({'run failed' if frugal_ok != '1' else e})")
+for s in ("zero3", "yafsdp"):
+    try:
+        recs = [json.loads(l) for l in open(f"{d}/run-{s}/metrics.jsonl")][5:]
+        ms = statistics.median(r["step_ms"] for r in recs)
+        print(f"  {s:8s} {B * T / ms * 1e3:9.0f} tokens/s  {ms:7.1f} ms/step" + (f"  {step_s * 1e3 / ms:.3f}x ddp" if fr else ""))
+    except Exception as e:
+        print(f"  {s:8s} no result ({e})")
 try:
     t = json.load(open(f"{d}/torch.json"))
     print(f"  pytorch  {t['tokens_per_s']:9.0f} tokens/s  {t['step_s_median']*1e3:7.1f} ms/step  "
