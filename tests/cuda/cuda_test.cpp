@@ -1,7 +1,8 @@
 // The CUDA backend against the CPU backend, the reference, on the same random inputs: every op
 // in fp32, bf16 and fp16, then a short training of a tiny model whose losses must match. Both
 // backends work on CUDA managed memory, which the CPU reads and writes too. Every test skips,
-// naming the reason cudaGetDeviceCount gives, where no CUDA device is usable.
+// naming the reason cudaGetDeviceCount gives, where no CUDA device is usable. The same file
+// also runs on the emulated device of tests/cuda/emu/ (frugal_cuda_emu_tests), on every machine.
 //
 // What is asserted (relative error of a whole tensor, ||cuda - cpu|| / ||cpu||): fp32 outputs
 // 1e-5 (the two differ only in the order of fp32 sums); bf16 outputs 1e-2 and fp16 outputs
@@ -160,7 +161,8 @@ TEST(CudaGelu, ForwardAndBackwardMatchCpu) {
 TEST(CudaAttention, ForwardAndBackwardMatchCpuAcrossTilesAndHeadSizes) {
   REQUIRE_CUDA();
   struct Shape { int64_t B, T, C, NH; };
-  for (Shape s : {Shape{2, 100, 64, 4}, Shape{1, 130, 128, 2}, Shape{1, 70, 256, 2}}) {
+  for (Shape s : {Shape{2, 100, 64, 4}, Shape{1, 130, 128, 2}, Shape{1, 70, 256, 2}, Shape{2, 200, 64, 2},
+                  Shape{1, 1, 64, 2}}) {
     for (DType d : kAll) {
       const int64_t BT = s.B * s.T;
       Pair qkv(d, randn(BT * 3 * s.C, 1.0f, 1)), out(d, BT * s.C), lse(DType::f32, s.B * s.NH * s.T);

@@ -14,9 +14,7 @@
 // Head sizes are template parameters (16, 32, 64, 128).
 #include <cfloat>
 
-#if defined(__CUDACC__)
 #include <mma.h>
-#endif
 
 #include "backend/cuda/kernels.h"
 

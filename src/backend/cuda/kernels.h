@@ -49,14 +49,13 @@ void launch_attention_backward(void* dqkv, const void* dout, const void* qkv, co
 
 }  // namespace frugal
 
-// Device code below is compiled by nvcc, or as plain C++ under tests/cuda/emu.h, which emulates
-// the device on the CPU so that CI runs these kernels against the CPU backend.
-#if defined(__CUDACC__)
+// Device code below is compiled by nvcc, or as C++ with FRUGAL_CUDA_EMU, where tests/cuda/emu/
+// stands in for the CUDA headers and emulates the device on the CPU.
+#if defined(__CUDACC__) || defined(FRUGAL_CUDA_EMU)
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
-#endif
-#if defined(__CUDACC__) || defined(FRUGAL_CUDA_EMU)
+
 #include <algorithm>
 #include <type_traits>
 

@@ -1,8 +1,11 @@
-// A CPU emulation of the CUDA device side, just enough to run frugal's own kernels
-// (src/backend/cuda/*.cu, included as C++ after this header) where no GPU is present, so that
-// CI checks their indexing, masking, barriers and shuffles against the CPU backend on every run.
+// A CPU emulation of the CUDA device, just enough to run frugal's CUDA backend where no GPU is
+// present: this directory stands in for the toolkit's headers (cuda_runtime.h, cublasLt.h,
+// cuda_bf16.h, cuda_fp16.h, mma.h) when the backend's sources are compiled as C++ with
+// FRUGAL_CUDA_EMU, so that tests/cuda/cuda_test.cpp runs on every CI machine. This file is the
+// device side: kernels' keywords, thread indices, barriers, shuffles, atomics, WMMA.
 //
-// Blocks run one after another. The threads of a block are fibers (ucontext) on one OS thread:
+// Blocks run one after another. The threads of a block are fibers on one OS thread (switched by
+// a few instructions on x86-64, by ucontext elsewhere):
 // each runs until it reaches a barrier (__syncthreads, __syncwarp, a shuffle), and a barrier
 // opens when every thread of its block (or warp) has reached it or exited; threads waiting at
 // different kinds of barrier are a divergence, reported as a deadlock. __shared__ variables
@@ -29,7 +32,6 @@
 
 #include "core/dtype.h"
 
-#define FRUGAL_CUDA_EMU 1
 #define __global__
 #define __device__
 #define __host__
@@ -53,20 +55,73 @@ using std::min;
 
 namespace emu {
 
+// A fiber's saved context, switch_to(from, to), and start(c, stack, fn): fn runs on the stack
+// at the first switch to c, and never returns.
+#if defined(__x86_64__)
+extern "C" void frugal_emu_switch(void** from_sp, void* to_sp);
+// Pushes the callee-saved registers, swaps stack pointers, pops and returns on the other stack.
+asm(R"(
+  .text
+  .weak frugal_emu_switch
+  .type frugal_emu_switch, @function
+frugal_emu_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size frugal_emu_switch, .-frugal_emu_switch
+)");
+struct Context {
+  void* sp;
+};
+inline void switch_to(Context& from, Context& to) { frugal_emu_switch(&from.sp, to.sp); }
+inline void start(Context& c, char* stack, size_t size, void (*fn)()) {
+  void** sp = reinterpret_cast<void**>(stack + size);  // 16-byte aligned
+  *--sp = nullptr;                                     // fn's return address: fn never returns
+  *--sp = reinterpret_cast<void*>(fn);                 // where the first switch returns to
+  for (int i = 0; i < 6; i++) *--sp = nullptr;         // the callee-saved registers
+  c.sp = sp;
+}
+#else
+struct Context {
+  ucontext_t uc;
+};
+inline void switch_to(Context& from, Context& to) { swapcontext(&from.uc, &to.uc); }
+inline void start(Context& c, char* stack, size_t size, void (*fn)()) {
+  getcontext(&c.uc);
+  c.uc.uc_stack.ss_sp = stack;
+  c.uc.uc_stack.ss_size = size;
+  c.uc.uc_link = nullptr;
+  makecontext(&c.uc, fn, 0);
+}
+#endif
+
 enum State { kReady, kAtWarp, kAtBlock, kDone };
 struct Thread {
-  ucontext_t ctx;
+  Context ctx;
   dim3 idx;
   int tid;
   State state;
+  unsigned shuffles;  // how many this thread has made
 };
 
 inline dim3 block_idx, block_dim, grid_dim;
 inline Thread* cur = nullptr;
-inline ucontext_t scheduler;
+inline Context scheduler;
 inline std::vector<Thread> threads;
 inline std::vector<char*> stacks;
-inline std::vector<uint64_t> slots;  // one shuffle slot per thread
+inline std::vector<uint64_t> slots;  // shuffle slots: two per thread
 inline unsigned char* dynamic_smem = nullptr;
 inline const std::function<void()>* body = nullptr;
 constexpr size_t kStack = 256 << 10;
@@ -78,49 +133,62 @@ constexpr size_t kStack = 256 << 10;
 
 inline void wait(State s) {
   cur->state = s;
-  swapcontext(&cur->ctx, &scheduler);
+  switch_to(cur->ctx, scheduler);
 }
 
-inline void entry() {
+[[noreturn]] inline void entry() {
   (*body)();
-  cur->state = kDone;  // uc_link returns to the scheduler
+  cur->state = kDone;
+  switch_to(cur->ctx, scheduler);
+  __builtin_unreachable();
 }
 
-// Opens the barriers every waiter has reached; false when none can open.
-inline bool release() {
-  const int n = int(threads.size());
-  bool opened = false;
-  for (int w = 0; w < n; w += 32) {
-    bool all = true, any = false;
-    for (int t = w; t < std::min(n, w + 32); t++) {
-      all &= threads[t].state == kAtWarp || threads[t].state == kDone;
-      any |= threads[t].state == kAtWarp;
-    }
-    if (all && any) {
-      for (int t = w; t < std::min(n, w + 32); t++)
-        if (threads[t].state == kAtWarp) threads[t].state = kReady;
-      opened = true;
-    }
+// Whether every thread in [t0, t1) waits at s or has exited, and one waits at s.
+inline bool all_at(int t0, int t1, State s) {
+  bool any = false;
+  for (int t = t0; t < t1; t++) {
+    if (threads[t].state != s && threads[t].state != kDone) return false;
+    any |= threads[t].state == s;
   }
-  if (opened) return true;
-  bool all = true, any = false;
-  for (auto& t : threads) {
-    all &= t.state == kAtBlock || t.state == kDone;
-    any |= t.state == kAtBlock;
+  return any;
+}
+
+// Runs one block: each warp in turn until all its threads wait at the block barrier or exited
+// (a warp at a time keeps 32 fiber stacks in cache), then opens the block barrier.
+inline void run_block(int n) {
+  for (;;) {
+    for (int w = 0; w < n; w += 32) {
+      const int end = std::min(n, w + 32);
+      for (;;) {
+        bool ran = false;
+        for (int t = w; t < end; t++)
+          if (threads[t].state == kReady) {
+            cur = &threads[t];
+            switch_to(scheduler, threads[t].ctx);
+            ran = true;
+          }
+        if (!ran || !all_at(w, end, kAtWarp)) break;
+        for (int t = w; t < end; t++)
+          if (threads[t].state == kAtWarp) threads[t].state = kReady;
+      }
+    }
+    if (all_at(0, n, kAtBlock)) {
+      for (auto& t : threads)
+        if (t.state == kAtBlock) t.state = kReady;
+      continue;
+    }
+    if (std::all_of(threads.begin(), threads.end(), [](auto& t) { return t.state == kDone; })) return;
+    fail("deadlock: the threads of a warp wait at different barriers");
   }
-  if (all && any)
-    for (auto& t : threads)
-      if (t.state == kAtBlock) t.state = kReady;
-  return all && any;
 }
 
 // Runs kernel(...) (bound in f) over grid x block threads with smem bytes of dynamic shared memory.
 inline void run(dim3 grid, dim3 block, size_t smem, const std::function<void()>& f) {
   const int n = int(block.x * block.y * block.z);
   if (n < 1 || n > 1024) fail("a block of 1..1024 threads expected");
-  while (int(stacks.size()) < n) stacks.push_back(static_cast<char*>(std::malloc(kStack)));
+  while (int(stacks.size()) < n) stacks.push_back(static_cast<char*>(std::aligned_alloc(64, kStack)));
   threads.assign(n, Thread{});
-  slots.assign(n, 0);
+  slots.assign(2 * n, 0);
   std::vector<unsigned char> shared(smem + 128);
   dynamic_smem = shared.data() + (128 - reinterpret_cast<uintptr_t>(shared.data()) % 128);
   body = &f;
@@ -136,37 +204,25 @@ inline void run(dim3 grid, dim3 block, size_t smem, const std::function<void()>&
           th.idx = dim3(t % block.x, t / block.x % block.y, t / (block.x * block.y));
           th.tid = t;
           th.state = kReady;
-          getcontext(&th.ctx);
-          th.ctx.uc_stack.ss_sp = stacks[t];
-          th.ctx.uc_stack.ss_size = kStack;
-          th.ctx.uc_link = &scheduler;
-          makecontext(&th.ctx, entry, 0);
+          th.shuffles = 0;
+          start(th.ctx, stacks[t], kStack, entry);
         }
-        for (;;) {
-          bool ran = false;
-          for (auto& th : threads)
-            if (th.state == kReady) {
-              cur = &th;
-              swapcontext(&scheduler, &th.ctx);
-              ran = true;
-            }
-          if (ran || release()) continue;
-          if (std::all_of(threads.begin(), threads.end(), [](auto& t) { return t.state == kDone; })) break;
-          fail("deadlock: threads wait at different barriers");
-        }
+        run_block(n);
       }
   cur = nullptr;
 }
 
+// Two sets of slots, used in turn: a lane writes the next shuffle's value into the other set,
+// which every lane has finished reading (they all passed this shuffle's barrier since).
 template <class T>
 T shfl_xor(T v, int mask) {
   static_assert(sizeof(T) <= sizeof(uint64_t));
-  std::memcpy(&slots[cur->tid], &v, sizeof v);
+  const int n = int(threads.size()), set = cur->shuffles++ % 2;
+  std::memcpy(&slots[set * n + cur->tid], &v, sizeof v);
   wait(kAtWarp);
   const int from = (cur->tid & ~31) | ((cur->tid & 31) ^ mask);
   T r = v;
-  if (from < int(threads.size())) std::memcpy(&r, &slots[from], sizeof r);
-  wait(kAtWarp);  // every lane has read before the slots are reused
+  if (from < n) std::memcpy(&r, &slots[set * n + from], sizeof r);
   return r;
 }
 
@@ -228,13 +284,15 @@ void fill_fragment(fragment<Use, 16, 16, 16, T, L>& f, T v) {
 template <class T, class LA, class LB>
 void mma_sync(fragment<accumulator, 16, 16, 16, float>& d, const fragment<matrix_a, 16, 16, 16, T, LA>& a,
               const fragment<matrix_b, 16, 16, 16, T, LB>& b, const fragment<accumulator, 16, 16, 16, float>& c) {
-  float out[256];
+  float fa[256], fb[256], out[256];
+  for (int e = 0; e < 256; e++) {
+    fa[e] = frugal::to_f32(a.x[e]);
+    fb[e] = frugal::to_f32(b.x[e]);
+  }
+  std::copy(c.x, c.x + 256, out);
   for (int r = 0; r < 16; r++)
-    for (int col = 0; col < 16; col++) {
-      float s = c.x[r * 16 + col];
-      for (int k = 0; k < 16; k++) s += frugal::to_f32(a.x[r * 16 + k]) * frugal::to_f32(b.x[k * 16 + col]);
-      out[r * 16 + col] = s;
-    }
+    for (int k = 0; k < 16; k++)
+      for (int col = 0; col < 16; col++) out[r * 16 + col] += fa[r * 16 + k] * fb[k * 16 + col];
   std::copy(out, out + 256, d.x);
 }
 }  // namespace nvcuda::wmma

@@ -1,0 +1,88 @@
+// The CUDA runtime API as frugal calls it, for the emulated device (emu_device.h): device
+// memory is host memory, and everything is synchronous, so streams and events are tokens.
+// cudaMalloc'd memory starts as 0xff bytes (NaN), so a read before a write shows; frees of
+// unknown pointers fail; cudaMemGetInfo counts what is allocated against a 16 GiB device.
+#pragma once
+#include <cstdlib>
+#include <cstring>
+#include <map>
+
+#include "emu_device.h"
+
+enum cudaError_t { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorMemoryAllocation = 2 };
+enum cudaMemcpyKind { cudaMemcpyHostToHost, cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice, cudaMemcpyDefault };
+enum cudaDataType_t { CUDA_R_32F = 0, CUDA_R_16F = 2, CUDA_R_16BF = 14 };  // library_types.h's values
+enum cudaMemoryAdvise { cudaMemAdviseSetPreferredLocation = 3 };
+enum cudaMemLocationType { cudaMemLocationTypeDevice = 1 };
+struct cudaMemLocation {
+  cudaMemLocationType type;
+  int id;
+};
+using cudaStream_t = struct CUstream_st*;
+using cudaEvent_t = struct CUevent_st*;
+constexpr unsigned cudaStreamNonBlocking = 1, cudaEventDisableTiming = 2;
+
+namespace emu {
+inline std::map<const void*, size_t> allocations;
+inline size_t allocated = 0;
+constexpr size_t kDeviceBytes = size_t(16) << 30;
+
+inline cudaError_t alloc(void** p, size_t n) {
+  *p = std::aligned_alloc(256, (std::max<size_t>(n, 1) + 255) / 256 * 256);
+  if (!*p) return cudaErrorMemoryAllocation;
+  std::memset(*p, 0xff, n);
+  allocations[*p] = n;
+  allocated += n;
+  return cudaSuccess;
+}
+inline cudaError_t release(void* p) {
+  if (!p) return cudaSuccess;
+  auto it = allocations.find(p);
+  if (it == allocations.end()) return cudaErrorInvalidValue;
+  allocated -= it->second;
+  allocations.erase(it);
+  std::free(p);
+  return cudaSuccess;
+}
+template <class T>
+T* token() {  // a distinct non-null handle
+  static char slots[1024];
+  static int next = 0;
+  return reinterpret_cast<T*>(&slots[next++ % 1024]);
+}
+}  // namespace emu
+
+inline const char* cudaGetErrorString(cudaError_t e) { return e == cudaSuccess ? "no error" : "emulated CUDA error"; }
+inline cudaError_t cudaGetLastError() { return cudaSuccess; }
+inline cudaError_t cudaGetDeviceCount(int* n) { *n = 1; return cudaSuccess; }
+inline cudaError_t cudaGetDevice(int* d) { *d = 0; return cudaSuccess; }
+inline cudaError_t cudaSetDevice(int d) { return d == 0 ? cudaSuccess : cudaErrorInvalidValue; }
+inline cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+
+inline cudaError_t cudaMalloc(void** p, size_t n) { return emu::alloc(p, n); }
+inline cudaError_t cudaMallocManaged(void** p, size_t n, unsigned = 1) { return emu::alloc(p, n); }
+template <class T>
+cudaError_t cudaMallocHost(T** p, size_t n) { return emu::alloc(reinterpret_cast<void**>(p), n); }
+inline cudaError_t cudaFree(void* p) { return emu::release(p); }
+inline cudaError_t cudaFreeHost(void* p) { return emu::release(p); }
+inline cudaError_t cudaMemGetInfo(size_t* free_b, size_t* total) {
+  *total = emu::kDeviceBytes;
+  *free_b = emu::kDeviceBytes - emu::allocated;
+  return cudaSuccess;
+}
+inline cudaError_t cudaMemAdvise(const void*, size_t, cudaMemoryAdvise, cudaMemLocation) { return cudaSuccess; }
+inline cudaError_t cudaMemcpy(void* d, const void* s, size_t n, cudaMemcpyKind) { std::memmove(d, s, n); return cudaSuccess; }
+inline cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, cudaMemcpyKind k, cudaStream_t = nullptr) { return cudaMemcpy(d, s, n, k); }
+inline cudaError_t cudaMemset(void* p, int v, size_t n) { std::memset(p, v, n); return cudaSuccess; }
+inline cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t = nullptr) { return cudaMemset(p, v, n); }
+
+inline cudaError_t cudaStreamCreate(cudaStream_t* s) { *s = emu::token<CUstream_st>(); return cudaSuccess; }
+inline cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) { return cudaStreamCreate(s); }
+inline cudaError_t cudaStreamDestroy(cudaStream_t) { return cudaSuccess; }
+inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+inline cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned = 0) { return cudaSuccess; }
+inline cudaError_t cudaEventCreate(cudaEvent_t* e) { *e = emu::token<CUevent_st>(); return cudaSuccess; }
+inline cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned) { return cudaEventCreate(e); }
+inline cudaError_t cudaEventRecord(cudaEvent_t, cudaStream_t = nullptr) { return cudaSuccess; }
+inline cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+inline cudaError_t cudaEventDestroy(cudaEvent_t) { return cudaSuccess; }

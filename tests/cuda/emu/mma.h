@@ -1,0 +1,2 @@
+#pragma once
+#include "cuda_runtime.h"  // nvcuda::wmma is in emu_device.h
