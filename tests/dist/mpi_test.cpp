@@ -2,7 +2,9 @@
 // with micro-batch B/N give the losses and final weights of one process with micro-batch B,
 // within 1e-5 relative in fp32 (the reduction order differs), with gradient accumulation on and
 // off; each rank's model states and buffers are what the memory model says, and follow the
-// ZeRO formulas; the plan predicts each category's peak.
+// ZeRO formulas; the plan predicts each category's peak. Built twice: over MpiComm on the CPU
+// backend, and (FRUGAL_CUDA_EMU) over NcclComm on the CUDA backend of the emulated device
+// (tests/cuda/emu/, NCCL's collectives done by MPI).
 #include <gtest/gtest.h>
 
 #include <memory>
@@ -15,6 +17,13 @@ namespace frugal {
 namespace {
 
 Comm* world = nullptr;  // one MPI world for the whole program
+#ifdef FRUGAL_CUDA_EMU
+constexpr bool kCuda = true;
+Backend& backend() { return cuda_backend(); }
+#else
+constexpr bool kCuda = false;
+Backend& backend() { return cpu_backend(); }
+#endif
 const Strategy all_strategies[] = {Strategy::ddp, Strategy::zero1, Strategy::zero2, Strategy::zero3,
                                    Strategy::yafsdp};
 
@@ -30,7 +39,7 @@ struct Result {
 Result train_steps(Comm& comm, int B, int accum, DType dt, Strategy s, const GptConfig& cfg, int steps = 5,
                    DType reduce = DType::f32) {
   const int T = cfg.context;
-  Gpt m(cfg, cpu_backend(), dt, model_owns(s));
+  Gpt m(cfg, backend(), dt, model_owns(s));
   TrainSettings t;
   t.seq_len = T;
   t.micro_batch = B;
@@ -40,7 +49,7 @@ Result train_steps(Comm& comm, int B, int accum, DType dt, Strategy s, const Gpt
   PrecisionSettings p;
   p.compute = dt;
   p.reduce = reduce;
-  Stepper st(m, cpu_backend(), comm, t, accum, p, {}, s);
+  Stepper st(m, backend(), comm, t, accum, p, {}, s);
   st.init_weights(7);
   Result r;
   int64_t next_window = 0;
@@ -151,13 +160,13 @@ TEST(PlanMemory, PredictedPeakPerCategoryWithin5PercentOfMeasured) {
         MemoryPool::get().reset_peak();
         std::array<size_t, num_mem> peak{};
         {
-          Gpt m(cfg, cpu_backend(), dt, model_owns(strategy));
+          Gpt m(cfg, backend(), dt, model_owns(strategy));
           TrainSettings t;
           t.seq_len = T;
           t.micro_batch = B;
           PrecisionSettings p;
           p.compute = dt;
-          Stepper st(m, cpu_backend(), *world, t, 1, p, policy.per_block(cfg.n_layer), strategy);
+          Stepper st(m, backend(), *world, t, 1, p, policy.per_block(cfg.n_layer), strategy);
           st.init_weights(1);
           MemoryPool::get().reset_peak();  // zero3's init draws each unit into a temporary once
           for (int s = 0; s < 2; s++)
@@ -202,7 +211,7 @@ TEST(Comm, CollectivesOverMpi) {
 
 int main(int argc, char** argv) {
   ::testing::InitGoogleTest(&argc, argv);
-  auto comm = frugal::make_comm();
+  auto comm = frugal::make_comm(frugal::kCuda);
   frugal::world = comm.get();
   if (comm->rank() != 0) ::testing::GTEST_FLAG(output) = "";
   int rc = RUN_ALL_TESTS();

@@ -14,6 +14,13 @@ enum cudaMemcpyKind { cudaMemcpyHostToHost, cudaMemcpyHostToDevice, cudaMemcpyDe
 enum cudaDataType_t { CUDA_R_32F = 0, CUDA_R_16F = 2, CUDA_R_16BF = 14 };  // library_types.h's values
 enum cudaMemoryAdvise { cudaMemAdviseSetPreferredLocation = 3 };
 enum cudaMemLocationType { cudaMemLocationTypeDevice = 1 };
+enum cudaMemoryType { cudaMemoryTypeUnregistered = 0, cudaMemoryTypeHost = 1, cudaMemoryTypeDevice = 2, cudaMemoryTypeManaged = 3 };
+struct cudaPointerAttributes {
+  cudaMemoryType type;
+  int device;
+  void* devicePointer;
+  void* hostPointer;
+};
 struct cudaMemLocation {
   cudaMemLocationType type;
   int id;
@@ -59,7 +66,8 @@ inline cudaError_t cudaGetDevice(int* d) { *d = 0; return cudaSuccess; }
 inline cudaError_t cudaSetDevice(int d) { return d == 0 ? cudaSuccess : cudaErrorInvalidValue; }
 inline cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
 
-inline cudaError_t cudaMalloc(void** p, size_t n) { return emu::alloc(p, n); }
+template <class T>
+cudaError_t cudaMalloc(T** p, size_t n) { return emu::alloc(reinterpret_cast<void**>(p), n); }
 inline cudaError_t cudaMallocManaged(void** p, size_t n, unsigned = 1) { return emu::alloc(p, n); }
 template <class T>
 cudaError_t cudaMallocHost(T** p, size_t n) { return emu::alloc(reinterpret_cast<void**>(p), n); }
@@ -68,6 +76,14 @@ inline cudaError_t cudaFreeHost(void* p) { return emu::release(p); }
 inline cudaError_t cudaMemGetInfo(size_t* free_b, size_t* total) {
   *total = emu::kDeviceBytes;
   *free_b = emu::kDeviceBytes - emu::allocated;
+  return cudaSuccess;
+}
+// Managed inside a cudaMalloc'd range, else unregistered host memory.
+inline cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* a, const void* p) {
+  *a = cudaPointerAttributes{cudaMemoryTypeUnregistered, -1, nullptr, nullptr};
+  auto it = emu::allocations.upper_bound(p);
+  if (it != emu::allocations.begin() && (--it, static_cast<const char*>(p) < static_cast<const char*>(it->first) + it->second))
+    *a = cudaPointerAttributes{cudaMemoryTypeManaged, 0, const_cast<void*>(p), const_cast<void*>(p)};
   return cudaSuccess;
 }
 inline cudaError_t cudaMemAdvise(const void*, size_t, cudaMemoryAdvise, cudaMemLocation) { return cudaSuccess; }
