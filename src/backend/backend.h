@@ -26,6 +26,7 @@ class Backend {
   virtual const char* name() const = 0;
   // Whether GEMMs in dtype d run natively (not through fp32 conversions).
   virtual bool native_gemm(DType d) const = 0;
+  virtual bool gpu() const { return false; }
 
   // C(M,N) = op(A) op(B) [+ bias(N)] [+ C when accumulate]; A and B in dtype ab, C in dtype c,
   // fp32 accumulation; op(A) is (M,K), op(B) is (K,N); row-major with row strides lda/ldb/ldc.

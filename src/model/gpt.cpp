@@ -185,8 +185,7 @@ void Gpt::allocate(int B, int T, const std::vector<Recompute>& plan, int64_t hea
   lnf_mean_ = {size_t(BT), A};
   lnf_rstd_ = {size_t(BT), A};
   losses_ = {size_t(BT), A};
-  // lm-head chunk: at most 8 Mi floats (32 MiB) of logits at a time, never the full (BT, Vp).
-  head_rows_ = head_rows > 0 ? head_rows : std::max<int64_t>(1, std::min<int64_t>(BT, (int64_t(1) << 23) / Vp));
+  head_rows_ = head_rows > 0 ? head_rows : lm_head_rows(BT, Vp, be_.gpu());
   logits_ = {size_t(head_rows_ * Vp), W};
   dres_ = {size_t(BT * C), W};
   res_mid_ = {size_t(BT * C), W};
@@ -200,13 +199,17 @@ size_t MemoryEstimate::total() const {
   return t;
 }
 
+int64_t lm_head_rows(int64_t BT, int64_t Vp, bool gpu) {
+  return std::max<int64_t>(1, std::min<int64_t>(BT, (int64_t(1) << (gpu ? 26 : 23)) / Vp));
+}
+
 MemoryEstimate estimate_memory(const GptConfig& cfg, int B, int T, DType dt,
                                const std::vector<Recompute>& plan, int64_t head_rows,
                                Sharding sharding) {
   // The closed forms of docs/memory.md. e: bytes per compute element.
   const double BT = double(B) * T, C = cfg.n_embd, NH = cfg.n_head, L = cfg.n_layer,
                Vp = double(cfg.padded_vocab()), e = double(dtype_size(dt));
-  const double hr = head_rows > 0 ? double(head_rows) : std::max(1.0, std::min(BT, std::floor(double(1 << 23) / Vp)));
+  const double hr = double(head_rows > 0 ? head_rows : lm_head_rows(int64_t(B) * T, cfg.padded_vocab(), false));
   const double none_stash = BT * (15 * e * C + 16 + 4 * NH);  // a block's saved tensors, input excluded
   const double full_stash = BT * (9 * e * C + 16 + 4 * NH);   // ... without ln1, ln2, fch_gelu
   const double sel_stash = BT * (8 * e * C + 16 + 4 * NH);    // ... and without the attention output

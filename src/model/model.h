@@ -142,7 +142,11 @@ struct MemoryEstimate {
   std::array<size_t, num_mem> bytes{};
   size_t total() const;
 };
-// Per rank (rank 0's share, the largest) under a data-parallel strategy.
+// Rows of logits per lm-head chunk, never the full (BT, Vp): 8 Mi floats (32 MiB) on a CPU,
+// where they stay in cache, 64 Mi (256 MiB) on a GPU, where the head's GEMMs want many rows and
+// every chunk reads and writes all of dwte once (gpt2 at B=16, T=1024: 13 chunks, not 99).
+int64_t lm_head_rows(int64_t BT, int64_t Vp, bool gpu);
+// Per rank (rank 0's share, the largest) under a data-parallel strategy. head_rows 0: the CPU's.
 MemoryEstimate estimate_memory(const GptConfig& cfg, int B, int T, DType dt,
                                const std::vector<Recompute>& plan, int64_t head_rows = 0,
                                Sharding sharding = {});
@@ -169,7 +173,7 @@ class Gpt {
 
   // Allocates the activations for micro-batches up to (B, T) under a recompute plan (one entry
   // per block; empty: none everywhere); allocates nothing afterwards.
-  // head_rows: rows of logits per lm-head chunk (0: as many as fit in 32 MiB).
+  // head_rows: rows of logits per lm-head chunk (0: lm_head_rows for the backend).
   void allocate(int B, int T, const std::vector<Recompute>& plan = {}, int64_t head_rows = 0);
   Recompute recompute(int l) const { return plan_[l]; }
   int max_batch() const { return B_; }

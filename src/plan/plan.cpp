@@ -43,7 +43,7 @@ std::vector<Device> load_devices(const std::string& path) {
     Device d;
     d.name = std::string(name.str());
     static const std::set<std::string> keys = {"description", "peak_flops", "peak_flops_bf16", "memory", "reserved",
-        "link_bandwidth", "node_size", "network_bandwidth", "price", "mfu"};
+        "link_bandwidth", "node_size", "network_bandwidth", "price", "mfu", "backend"};
     for (auto& [k, v] : *t)
       if (!keys.count(std::string(k.str())))
         user_error("{}.{}: unknown key (expected one of: {})", where, k.str(), fmt::join(keys, ", "));
@@ -83,6 +83,10 @@ std::vector<Device> load_devices(const std::string& path) {
     d.price = number("price", true);
     d.mfu = number("mfu");
     if (d.mfu > 1) user_error("{}.mfu: expected a fraction in (0, 1], got {}", where, d.mfu);
+    auto backend = need("backend").value_exact<std::string>();
+    if (!backend || (*backend != "cuda" && *backend != "cpu"))
+      user_error("{}.backend: expected \"cuda\" or \"cpu\"", where);
+    d.gpu = *backend == "cuda";
     out.push_back(d);
   }
   return out;
@@ -122,8 +126,9 @@ ModelStates model_states(const std::vector<int64_t>& units, const StateLayout& b
 }
 
 MemoryEstimate plan_memory(const GptConfig& cfg, int B, int T, DType compute,
-                           const RecomputePolicy& recompute, Strategy s, int ranks, DType reduce) {
-  return estimate_memory(cfg, B, T, compute, recompute.per_block(cfg.n_layer), 0, {s, ranks, reduce});
+                           const RecomputePolicy& recompute, Strategy s, int ranks, DType reduce, bool gpu) {
+  return estimate_memory(cfg, B, T, compute, recompute.per_block(cfg.n_layer),
+                         lm_head_rows(int64_t(B) * T, cfg.padded_vocab(), gpu), {s, ranks, reduce});
 }
 
 // ---- time and cost --------------------------------------------------------------------------
@@ -141,7 +146,7 @@ Plan make_plan(const PlanSettings& s) {
   p.step_tokens = s.batch_tokens > 0 ? s.batch_tokens : micro;
   p.valid = p.step_tokens % micro == 0;
   p.accum = int(std::max<int64_t>(1, p.step_tokens / micro));
-  p.memory = plan_memory(c, s.micro_batch, s.seq_len, s.compute, s.recompute, s.strategy, s.devices, s.reduce);
+  p.memory = plan_memory(c, s.micro_batch, s.seq_len, s.compute, s.recompute, s.strategy, s.devices, s.reduce, s.device.gpu);
   p.fits = p.over() <= 0;
   p.model_flops_per_token = c.flops_per_token(s.seq_len);
   // Recompute FLOPs per token: a full block re-runs its qkv, proj and fc GEMMs (16·C²) and
@@ -204,6 +209,7 @@ Plan plan_for_run(const RunConfig& cfg, int ranks, const RecomputePolicy& recomp
   }
   s.device.peak_flops = cfg.device.peak_flops;  // MFU is measured against the config's peaks
   s.device.peak_flops_bf16 = cfg.device.peak_flops_bf16;
+  s.device.gpu = cfg.device.backend == "cuda";  // the run's backend sizes its lm-head chunks
   if (s.device.memory == 0) s.device.memory = int64_t(1) << 62;  // not in the catalogue: unknown
   s.mfu = s.device.mfu;
   s.strategy = parse_strategy(cfg.dist.strategy, cfg.source);

@@ -25,6 +25,7 @@ struct Device {
   double network_bandwidth = 0;                // bytes/s per device and direction, across nodes
   double price = 0;                            // USD per device-hour (0: unknown)
   double mfu = 0.4;                            // assumed when none is given
+  bool gpu = true;                             // backend = "cuda" (else "cpu")
   double peak_for(DType d) const { return d == DType::bf16 ? peak_flops_bf16 : peak_flops; }
   int64_t usable() const { return memory - reserved; }
 };
@@ -60,7 +61,7 @@ std::vector<int64_t> unit_numels(const GptConfig& cfg);
 // Per-rank bytes by category for training cfg with micro-batches (B, T).
 MemoryEstimate plan_memory(const GptConfig& cfg, int B, int T, DType compute,
                            const RecomputePolicy& recompute, Strategy s, int ranks,
-                           DType reduce = DType::f32);
+                           DType reduce = DType::f32, bool gpu = false);
 
 // ---- time and cost --------------------------------------------------------------------------
 struct PlanSettings {

@@ -270,7 +270,7 @@ TEST(Catalogue, HasTheListedDevicesWithSaneFigures) {
 TEST(Catalogue, MalformedIsOneLineNamingFileAndField) {
   test::TempDir dir;
   const std::string good = "[devices.x]\ndescription = \"x\"\npeak_flops = 1e12\npeak_flops_bf16 = 2e12\nmemory = \"8GiB\"\n"
-                           "reserved = 0\nlink_bandwidth = 1e9\nnode_size = 1\nnetwork_bandwidth = 1e9\nprice = 1.0\nmfu = 0.4\n";
+                           "reserved = 0\nlink_bandwidth = 1e9\nnode_size = 1\nnetwork_bandwidth = 1e9\nprice = 1.0\nmfu = 0.4\nbackend = \"cuda\"\n";
   auto bad = [&](const std::string& text, const std::string& needle) {
     std::ofstream(dir / "d.toml") << text;
     test::expect_user_error([&] { load_devices(dir / "d.toml"); }, needle);
