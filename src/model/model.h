@@ -156,6 +156,7 @@ class Gpt {
   // compute: the dtype of GEMMs, compute copies of the weights and stored activations; the
   // residual stream, LayerNorm statistics, the loss and all gradients stay fp32.
   Gpt(const GptConfig& cfg, Backend& be, DType compute = DType::f32, Own own = Own::all);
+  Backend& backend() const { return be_; }
   const GptConfig& config() const { return cfg_; }
   DType compute_dtype() const { return dt_; }
   std::vector<Unit>& units() { return units_; }  // [embedding, block 0..L-1, final]

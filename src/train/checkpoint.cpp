@@ -132,6 +132,7 @@ double save_checkpoint(const RunConfig& cfg, int step, Gpt& model, Stepper& st, 
     if (ec) user_error("{}: cannot create: {}", tmp, ec.message());
   }
   comm.barrier();
+  model.backend().synchronize();  // the host reads the weights and moments next
   AdamW& opt = st.optimizer();
   Shards& shards = st.shards();
   auto& units = model.units();
@@ -244,6 +245,7 @@ int check_checkpoint(const std::string& dir, const RunConfig& cfg, int world) {
 void load_checkpoint(const std::string& dir, Gpt& model, Stepper& st, DataLoader& data) {
   json state = read_state(dir);
   const std::string state_path = dir + "/state.json";
+  model.backend().synchronize();  // the host writes the weights and moments next
   auto& units = model.units();
   AdamW& opt = st.optimizer();
   Shards& shards = st.shards();

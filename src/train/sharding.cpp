@@ -78,7 +78,8 @@ void Shards::alloc_gather(Gather& g, int64_t bytes, int64_t copy_elems) {
 
 void Shards::alloc_grads(GradBuf& b, int64_t len, int64_t tail) {
   b.buf = PoolArray<float>(size_t(world_ * len + tail), Mem::comm);
-  b.out = PoolArray<float>(size_t(len), Mem::comm);
+  // one rank: the slice is the whole buffer's, read in place (a host copy would touch device memory)
+  if (world_ > 1) b.out = PoolArray<float>(size_t(len), Mem::comm);
 }
 
 void Shards::build_segments() {
@@ -201,7 +202,7 @@ void Shards::grads_end(size_t i, bool last_micro) {
   Part& p = parts_[i];
   // bf16: the whole buffer is summed and fold() takes the slice from it
   if (h) b.rs = comm_.all_reduce_bf16(b.buf.data(), h, world_ * p.len + p.tail);
-  else if (p.len) b.rs = comm_.reduce_scatter(b.buf.data(), b.out.data(), p.len, ReduceOp::sum);
+  else if (p.len && world_ > 1) b.rs = comm_.reduce_scatter(b.buf.data(), b.out.data(), p.len, ReduceOp::sum);
   if (!h && p.tail) b.ar = comm_.all_reduce(b.buf.data() + world_ * p.len, p.tail, ReduceOp::sum);
 }
 
@@ -214,7 +215,7 @@ void Shards::fold(GradBuf& b) {
   b.ar.reset();
   Part& p = parts_[size_t(b.unit)];
   const float* tail = b.buf.data() + world_ * p.len;
-  const float* slice = bf16_scratch_.data() ? b.buf.data() + rank_ * p.len : b.out.data();
+  const float* slice = bf16_scratch_.data() || world_ == 1 ? b.buf.data() + rank_ * p.len : b.out.data();
   be_.add(p.g.data(), p.g.data(), slice, p.len, DType::f32);  // on the backend's device
   be_.add(p.gt.data(), p.gt.data(), tail, p.tail, DType::f32);
   model_.units()[size_t(b.unit)].bind_grads(nullptr, nullptr);
@@ -273,6 +274,7 @@ std::vector<Shards::Range> Shards::master_ranges(size_t i) {
 }
 
 void Shards::materialize() {
+  be_.synchronize();  // the host reads (and copies) the weights next
   if (s_ < Strategy::zero3) return;
   for (size_t i = 0; i < model_.units().size(); i++) {
     Unit& u = model_.units()[i];
@@ -286,6 +288,7 @@ void Shards::materialize() {
 }
 
 void Shards::dematerialize() {
+  be_.synchronize();  // the host copies into the shards next
   if (s_ < Strategy::zero3) return;
   for (size_t i = 0; i < model_.units().size(); i++) {
     Unit& u = model_.units()[i];

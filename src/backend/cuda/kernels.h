@@ -68,7 +68,7 @@ inline void launch(void (*k)(P...), dim3 grid, dim3 block, size_t smem, A... arg
   if (smem > 48 * 1024) cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
   k<<<grid, block, smem>>>(args...);
 #else
-  ::emu::run(grid, block, smem, [&] { k(args...); });
+  ::emu::enqueue([=] { ::emu::run(grid, block, smem, [&] { k(args...); }); });
 #endif
 }
 

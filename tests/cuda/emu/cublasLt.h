@@ -1,7 +1,7 @@
 // cuBLASLt as frugal calls it (src/backend/cuda/matmul.cpp), for the emulated device: the
 // documented semantics of cublasLtMatmul on column-major layouts, D = alpha op(A) op(B) +
 // beta C (C not read when beta is 0), plus bias[row] with CUBLASLT_EPILOGUE_BIAS, products
-// summed in double and rounded once to D's type. Layouts, attribute sizes and operand shapes
+// summed in double and rounded once to D's type, queued as device work (cuda_runtime.h). Layouts, attribute sizes and operand shapes
 // are checked as cuBLASLt checks them (CUBLAS_STATUS_INVALID_VALUE). The heuristic offers the
 // bias epilogue for 16-bit inputs only, so that both of matmul.cpp's bias paths run.
 #pragma once
@@ -136,22 +136,25 @@ inline cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t d, c
                                      const void* c, cublasLtMatrixLayout_t C, void* out, cublasLtMatrixLayout_t D,
                                      const cublasLtMatmulAlgo_t*, void*, size_t, cudaStream_t) {
   if (cublasStatus_t st = emu::check_matmul(d, A, B, C, D)) return st;
+  // queued like any device work: descriptors and scalars as they are now
   const float al = *static_cast<const float*>(alpha), be = *static_cast<const float*>(beta);
-  const int64_t M = int64_t(D->rows), N = int64_t(D->cols), K = int64_t(d->ta == CUBLAS_OP_N ? A->cols : A->rows);
-  std::vector<double> at(M * K), bk(K * N), acc(M * N, 0.0);  // op(A) by rows, op(B) by rows
-  for (int64_t i = 0; i < M; i++)
-    for (int64_t p = 0; p < K; p++) at[i * K + p] = emu::element(a, A->type, d->ta == CUBLAS_OP_N ? i + p * A->ld : p + i * A->ld);
-  for (int64_t p = 0; p < K; p++)
-    for (int64_t j = 0; j < N; j++) bk[p * N + j] = emu::element(b, B->type, d->tb == CUBLAS_OP_N ? p + j * B->ld : j + p * B->ld);
-  for (int64_t i = 0; i < M; i++)
+  emu::enqueue([=, d = *d, A = *A, B = *B, C = *C, D = *D] {
+    const int64_t M = int64_t(D.rows), N = int64_t(D.cols), K = int64_t(d.ta == CUBLAS_OP_N ? A.cols : A.rows);
+    std::vector<double> at(M * K), bk(K * N), acc(M * N, 0.0);  // op(A) by rows, op(B) by rows
+    for (int64_t i = 0; i < M; i++)
+      for (int64_t p = 0; p < K; p++) at[i * K + p] = emu::element(a, A.type, d.ta == CUBLAS_OP_N ? i + p * A.ld : p + i * A.ld);
     for (int64_t p = 0; p < K; p++)
-      for (int64_t j = 0; j < N; j++) acc[i * N + j] += at[i * K + p] * bk[p * N + j];
-  for (int64_t j = 0; j < N; j++)
-    for (int64_t i = 0; i < M; i++) {
-      double v = al * acc[i * N + j];
-      if (be != 0.0f) v += be * emu::element(c, C->type, i + j * C->ld);
-      if (d->epilogue == CUBLASLT_EPILOGUE_BIAS) v += static_cast<const float*>(d->bias)[i];
-      emu::set_element(out, D->type, i + j * D->ld, v);
-    }
+      for (int64_t j = 0; j < N; j++) bk[p * N + j] = emu::element(b, B.type, d.tb == CUBLAS_OP_N ? p + j * B.ld : j + p * B.ld);
+    for (int64_t i = 0; i < M; i++)
+      for (int64_t p = 0; p < K; p++)
+        for (int64_t j = 0; j < N; j++) acc[i * N + j] += at[i * K + p] * bk[p * N + j];
+    for (int64_t j = 0; j < N; j++)
+      for (int64_t i = 0; i < M; i++) {
+        double v = al * acc[i * N + j];
+        if (be != 0.0f) v += be * emu::element(c, C.type, i + j * C.ld);
+        if (d.epilogue == CUBLASLT_EPILOGUE_BIAS) v += static_cast<const float*>(d.bias)[i];
+        emu::set_element(out, D.type, i + j * D.ld, v);
+      }
+  });
   return CUBLAS_STATUS_SUCCESS;
 }

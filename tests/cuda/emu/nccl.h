@@ -1,6 +1,7 @@
 // NCCL as frugal's NcclComm calls it, for the emulated device: each collective is the MPI
-// collective of the same meaning on MPI_COMM_WORLD (device memory is host memory here), issued
-// at once; a group is its calls in order, which every rank issues alike. ncclCommInitRank
+// collective of the same meaning on MPI_COMM_WORLD (device memory is host memory here), run at
+// once after the device work queued so far (NcclComm orders its stream after the compute
+// stream's work); a group is its calls in order, which every rank issues alike. ncclCommInitRank
 // checks that every rank got rank 0's unique id (NcclComm sends it through the bootstrap Comm).
 #pragma once
 #include <mpi.h>
@@ -48,22 +49,26 @@ inline ncclResult_t reduce_done(ncclRedOp_t op, void* buf, size_t n, ncclComm_t 
 }  // namespace emu
 
 inline ncclResult_t ncclAllReduce(const void* in, void* out, size_t n, ncclDataType_t t, ncclRedOp_t op, ncclComm_t c, cudaStream_t) {
+  emu::flush();
   if (t != ncclFloat) return ncclInvalidArgument;
   MPI_Allreduce(in == out ? MPI_IN_PLACE : in, out, int(n), MPI_FLOAT, op == ncclMax ? MPI_MAX : MPI_SUM, MPI_COMM_WORLD);
   return emu::reduce_done(op, out, n, c);
 }
 inline ncclResult_t ncclReduceScatter(const void* in, void* out, size_t n, ncclDataType_t t, ncclRedOp_t op, ncclComm_t c, cudaStream_t) {
+  emu::flush();
   if (t != ncclFloat) return ncclInvalidArgument;
   MPI_Reduce_scatter_block(in, out, int(n), MPI_FLOAT, op == ncclMax ? MPI_MAX : MPI_SUM, MPI_COMM_WORLD);
   return emu::reduce_done(op, out, n, c);
 }
 inline ncclResult_t ncclAllGather(const void* in, void* out, size_t n, ncclDataType_t t, ncclComm_t c, cudaStream_t) {
+  emu::flush();
   const size_t bytes = n * (t == ncclFloat ? 4 : 1);
   const bool in_place = in == static_cast<char*>(out) + c->rank * bytes;
   MPI_Allgather(in_place ? MPI_IN_PLACE : in, int(n), emu::mpi_type(t), out, int(n), emu::mpi_type(t), MPI_COMM_WORLD);
   return ncclSuccess;
 }
 inline ncclResult_t ncclBroadcast(const void* in, void* out, size_t n, ncclDataType_t t, int root, ncclComm_t c, cudaStream_t) {
+  emu::flush();
   if (c->rank == root && in != out) std::memcpy(out, in, n * (t == ncclFloat ? 4 : 1));
   MPI_Bcast(out, int(n), emu::mpi_type(t), root, MPI_COMM_WORLD);
   return ncclSuccess;
