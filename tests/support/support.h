@@ -66,11 +66,16 @@ void expect_user_error(F&& f, const std::string& needle) {
   }
 }
 
-// Window g of a fixed pseudo-random token stream over 97 ids: inputs(T) and targets(T).
+// Window g of a fixed token stream over 97 ids: inputs(T) and targets(T). Runs of 8 tokens
+// that step by 12 (a bigram to learn) from a hashed start, so that every window differs (a
+// data-parallel test whose ranks all saw the same tokens could not tell a missing reduction).
 inline void stream_window(int64_t g, int T, int32_t* in, int32_t* tg) {
   for (int t = 0; t <= T; t++) {
-    uint64_t i = uint64_t(g) * T + t;
-    int32_t v = int32_t((i * 2654435761u + (i >> 3)) % 97);
+    uint64_t i = uint64_t(g) * T + t, h = (i / 8 + 1) * 0x9E3779B97F4A7C15ull;
+    h ^= h >> 29;
+    h *= 0xBF58476D1CE4E5B9ull;
+    h ^= h >> 32;
+    int32_t v = int32_t((h + 12 * (i % 8)) % 97);
     if (t < T) in[t] = v;
     if (t > 0) tg[t - 1] = v;
   }

@@ -14,13 +14,25 @@ __global__ void cast_k(S* dst, const float* src, int64_t n) {
   GRID_STRIDE(i, n) dst[i] = from_f<S>(src[i]);
 }
 
+template <class S>
+__global__ void widen_k(float* dst, const S* src, int64_t n) {
+  GRID_STRIDE(i, n) dst[i] = to_f(src[i]);
+}
 
 void launch_add(float* out, const float* a, const void* b, int64_t n, DType dt) {
   dispatch_cuda(dt, [&](auto p) { launch(add_k<STORAGE(p)>, grid_for(n), 256, 0, out, a, static_cast<const STORAGE(p)*>(b), n); });
 }
 
-void launch_cast(void* dst, const float* src, int64_t n, DType dt) {
-  dispatch_cuda(dt, [&](auto p) { launch(cast_k<STORAGE(p)>, grid_for(n), 256, 0, static_cast<STORAGE(p)*>(dst), src, n); });
+void launch_cast(void* dst, const float* src, int64_t n, DType dt, void* stream) {
+  dispatch_cuda(dt, [&](auto p) {
+    launch_on(stream, cast_k<STORAGE(p)>, grid_for(n), 256, 0, static_cast<STORAGE(p)*>(dst), src, n);
+  });
+}
+
+void launch_widen(float* dst, const void* src, int64_t n, DType dt, void* stream) {
+  dispatch_cuda(dt, [&](auto p) {
+    launch_on(stream, widen_k<STORAGE(p)>, grid_for(n), 256, 0, dst, static_cast<const STORAGE(p)*>(src), n);
+  });
 }
 
 

@@ -12,7 +12,9 @@
 namespace frugal {
 
 void launch_add(float* out, const float* a, const void* b, int64_t n, DType dt);
-void launch_cast(void* dst, const float* src, int64_t n, DType dt);
+// stream: a cudaStream_t (null: the compute stream)
+void launch_cast(void* dst, const float* src, int64_t n, DType dt, void* stream = nullptr);
+void launch_widen(float* dst, const void* src, int64_t n, DType dt, void* stream = nullptr);  // dt -> fp32
 // out(1) += sum of x(n), or of its squares, in double (out zeroed by the caller)
 void launch_reduce(double* out, const float* x, int64_t n, bool squares);
 // copy: null, or the compute copy (copy_dt) to write the updated param into
@@ -61,15 +63,20 @@ void launch_attention_backward(void* dqkv, const void* dout, const void* qkv, co
 
 namespace frugal {
 
-// Launches kernel k(args) on the compute stream with smem bytes of dynamic shared memory.
+// Launches kernel k(args) on stream (null: the compute stream) with smem bytes of dynamic
+// shared memory.
 template <class... P, class... A>
-inline void launch(void (*k)(P...), dim3 grid, dim3 block, size_t smem, A... args) {
+inline void launch_on(void* stream, void (*k)(P...), dim3 grid, dim3 block, size_t smem, A... args) {
 #if defined(__CUDACC__)
   if (smem > 48 * 1024) cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-  k<<<grid, block, smem>>>(args...);
+  k<<<grid, block, smem, static_cast<cudaStream_t>(stream)>>>(args...);
 #else
-  ::emu::enqueue([=] { ::emu::run(grid, block, smem, [&] { k(args...); }); });
+  ::emu::enqueue([=] { ::emu::run(grid, block, smem, [&] { k(args...); }); });  // one queue
 #endif
+}
+template <class... P, class... A>
+inline void launch(void (*k)(P...), dim3 grid, dim3 block, size_t smem, A... args) {
+  launch_on(nullptr, k, grid, block, smem, args...);
 }
 
 // The block's dynamic shared memory as a T*.

@@ -11,7 +11,7 @@
 #include "cuda_runtime.h"
 
 enum ncclResult_t { ncclSuccess = 0, ncclInvalidArgument = 4 };
-enum ncclDataType_t { ncclUint8 = 1, ncclFloat = 7 };
+enum ncclDataType_t { ncclUint8 = 1, ncclFloat = 7, ncclBfloat16 = 9 };
 enum ncclRedOp_t { ncclSum = 0, ncclMax = 2, ncclAvg = 4 };
 struct ncclUniqueId {
   char internal[128];
@@ -41,6 +41,18 @@ inline ncclResult_t ncclGroupEnd() { return ncclSuccess; }
 
 namespace emu {
 inline MPI_Datatype mpi_type(ncclDataType_t t) { return t == ncclFloat ? MPI_FLOAT : MPI_BYTE; }
+inline MPI_Op bf16_sum() {  // pairwise in fp32, rounded to bf16
+  static MPI_Op op = [] {
+    MPI_Op o;
+    MPI_Op_create([](void* in, void* inout, int* n, MPI_Datatype*) {
+      auto* a = static_cast<const frugal::bf16*>(in);
+      auto* b = static_cast<frugal::bf16*>(inout);
+      for (int i = 0; i < *n; i++) b[i] = frugal::from_f32<frugal::bf16>(frugal::to_f32(a[i]) + frugal::to_f32(b[i]));
+    }, 1, &o);
+    return o;
+  }();
+  return op;
+}
 inline ncclResult_t reduce_done(ncclRedOp_t op, void* buf, size_t n, ncclComm_t c) {
   if (op == ncclAvg)
     for (size_t i = 0; i < n; i++) static_cast<float*>(buf)[i] /= float(c->size);
@@ -50,6 +62,10 @@ inline ncclResult_t reduce_done(ncclRedOp_t op, void* buf, size_t n, ncclComm_t 
 
 inline ncclResult_t ncclAllReduce(const void* in, void* out, size_t n, ncclDataType_t t, ncclRedOp_t op, ncclComm_t c, cudaStream_t) {
   emu::flush();
+  if (t == ncclBfloat16 && op == ncclSum) {
+    MPI_Allreduce(in == out ? MPI_IN_PLACE : in, out, int(n), MPI_UINT16_T, emu::bf16_sum(), MPI_COMM_WORLD);
+    return ncclSuccess;
+  }
   if (t != ncclFloat) return ncclInvalidArgument;
   MPI_Allreduce(in == out ? MPI_IN_PLACE : in, out, int(n), MPI_FLOAT, op == ncclMax ? MPI_MAX : MPI_SUM, MPI_COMM_WORLD);
   return emu::reduce_done(op, out, n, c);
