@@ -3,7 +3,7 @@
 # apps/frugal built against tests/cuda/emu/, whose device work runs only at a synchronisation,
 # so a host access without one reads stale data): the flags bench/gpu/check.sh passes; the
 # training and validation losses of the CPU backend (bf16, within 2e-2 as in cuda_test.cpp)
-# under ddp, zero2, zero3 and yafsdp; a resume from a checkpoint that continues the
+# under ddp, zero2, zero3 and yafsdp, and in fp16 with dynamic loss scaling; a resume from a checkpoint that continues the
 # uninterrupted run bit for bit.
 # Usage: emu_train.sh FRUGAL_EMU_BINARY
 set -u
@@ -24,10 +24,12 @@ losses() {
 print(" ".join("%.6f" % x for x in [e["loss"] for e in r] + [e["val_loss"] for e in r if "val_loss" in e]))' "$1/metrics.jsonl"
 }
 "$F" train $A --train.steps=6 --run.dir=cpu > log 2>&1 || fail "cpu run: $(cat log)"
-for s in ddp zero2 zero3 yafsdp; do
+"$F" train $A --train.steps=6 --run.dir=cpu16 --precision.compute=fp16 > log 2>&1 || fail "cpu fp16 run: $(cat log)"
+for s in ddp zero2 zero3 yafsdp fp16; do
+  [ $s = fp16 ] && x="--precision.compute=fp16" ref=cpu16 || x="--dist.strategy=$s" ref=cpu
   "$F" train $A --train.steps=6 --run.dir=$s --device.backend=cuda --device.name=h100-sxm \
-    --device.peak_flops_bf16=989e12 --dist.strategy=$s > log 2>&1 || fail "cuda $s run: $(cat log)"
-  python3 - "$(losses cpu)" "$(losses $s)" "$s" <<'PY' || exit 1
+    --device.peak_flops_bf16=989e12 $x > log 2>&1 || fail "cuda $s run: $(cat log)"
+  python3 - "$(losses $ref)" "$(losses $s)" "$s" <<'PY' || exit 1
 import sys
 cpu, gpu = [list(map(float, a.split())) for a in sys.argv[1:3]]
 bad = [(i + 1, c, g) for i, (c, g) in enumerate(zip(cpu, gpu)) if abs(g - c) > 2e-2 * c]
