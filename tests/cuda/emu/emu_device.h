@@ -1,21 +1,21 @@
 // A CPU emulation of the CUDA device, just enough to run frugal's CUDA backend where no GPU is
 // present: this directory stands in for the toolkit's headers (cuda_runtime.h, cublasLt.h,
 // cuda_bf16.h, cuda_fp16.h, mma.h) when the backend's sources are compiled as C++ with
-// FRUGAL_CUDA_EMU, so that tests/cuda/cuda_test.cpp runs on every CI machine. This file is the
-// device side: kernels' keywords, thread indices, barriers, shuffles, atomics, WMMA.
+// FRUGAL_CUDA_EMU, so that the CUDA tests run on every CI machine. This file is the device side:
+// kernels' keywords, thread indices, barriers, shuffles, atomics, WMMA.
 //
 // Blocks run one after another. The threads of a block are fibers on one OS thread (switched by
-// a few instructions on x86-64, by ucontext elsewhere):
-// each runs until it reaches a barrier (__syncthreads, __syncwarp, a shuffle), and a barrier
-// opens when every thread of its block (or warp) has reached it or exited; threads waiting at
-// different kinds of barrier are a divergence, reported as a deadlock. __shared__ variables
+// a few instructions on x86-64, by ucontext elsewhere), run a warp at a time: each runs until it
+// reaches a barrier (__syncthreads, __syncwarp, a shuffle, a WMMA load or store), and a barrier
+// opens when every thread of its block (or warp) has reached it or exited; threads of a warp
+// waiting at different kinds of barrier are a divergence, reported as a deadlock. A race between
+// threads with no barrier between them is not detected (fibers do not interleave). __shared__ variables
 // become static (one block at a time shares them), dynamic shared memory is filled with 0xff
 // bytes (NaN) at each launch so that a read before a write shows. Atomics are plain updates.
 // WMMA fragments hold the whole 16x16 tile in every lane (the hardware's element layout is
 // opaque to kernels, so a kernel that uses only load/store/fill/mma cannot tell), and products
 // are formed in fp32 from the 16-bit inputs, as on the tensor cores.
-// Not emulated: timing, memory coalescing, shared-memory limits, and host API calls (the
-// launchers call none; kernels.h's launch() sets the >48 KiB shared memory attribute on CUDA).
+// Not emulated: timing, memory coalescing, shared-memory and register limits.
 #pragma once
 #include <ucontext.h>
 
@@ -186,6 +186,7 @@ inline void run_block(int n) {
 inline void run(dim3 grid, dim3 block, size_t smem, const std::function<void()>& f) {
   const int n = int(block.x * block.y * block.z);
   if (n < 1 || n > 1024) fail("a block of 1..1024 threads expected");
+  if (smem > 227 * 1024) fail("more dynamic shared memory than an H100 block may have (227 KiB)");
   while (int(stacks.size()) < n) stacks.push_back(static_cast<char*>(std::aligned_alloc(64, kStack)));
   threads.assign(n, Thread{});
   slots.assign(2 * n, 0);
@@ -261,18 +262,25 @@ struct fragment {
 
 // Loads and stores are collective: each starts at a warp barrier, so that no lane stores a tile
 // before every lane has loaded what it held (on the GPU each lane moves only its own elements).
+// The pointer must be 32-byte aligned and ldm a multiple of 16 bytes, as CUDA requires.
+inline void check(const void* p, unsigned ldm, size_t elem) {
+  if (reinterpret_cast<uintptr_t>(p) % 32 || ldm * elem % 16) emu::fail("a WMMA tile pointer or ldm misaligned");
+}
 template <class Use, class T, class L>
 void load_matrix_sync(fragment<Use, 16, 16, 16, T, L>& f, const T* p, unsigned ldm) {
+  check(p, ldm, sizeof(T));
   emu::wait(emu::kAtWarp);
   for (int r = 0; r < 16; r++)
     for (int c = 0; c < 16; c++) f.x[r * 16 + c] = std::is_same_v<L, row_major> ? p[r * ldm + c] : p[c * ldm + r];
 }
 inline void load_matrix_sync(fragment<accumulator, 16, 16, 16, float>& f, const float* p, unsigned ldm, layout_t l) {
+  check(p, ldm, sizeof(float));
   emu::wait(emu::kAtWarp);
   for (int r = 0; r < 16; r++)
     for (int c = 0; c < 16; c++) f.x[r * 16 + c] = l == mem_row_major ? p[r * ldm + c] : p[c * ldm + r];
 }
 inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, float>& f, unsigned ldm, layout_t l) {
+  check(p, ldm, sizeof(float));
   emu::wait(emu::kAtWarp);
   for (int r = 0; r < 16; r++)
     for (int c = 0; c < 16; c++) (l == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.x[r * 16 + c];
