@@ -345,12 +345,8 @@ def run_bench(torch, a):
         tok = torch.randint(0, a.vocab, (a.batch, a.seq + 1), device=a.device)
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        if a.dtype == "bf16":
-            with torch.autocast(a.device, dtype=torch.bfloat16):
-                logits, _ = step_model(tok[:, :-1], tok[:, 1:])
-            loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, a.vocab),
-                                                     tok[:, 1:].reshape(-1))
-        else:
+        # bf16: autocast runs the cross-entropy in fp32 from the bf16 logits (nanoGPT's recipe)
+        with torch.autocast(a.device, dtype=torch.bfloat16, enabled=a.dtype == "bf16"):
             _, loss = step_model(tok[:, :-1], tok[:, 1:])
         loss.backward()
         opt.step()
