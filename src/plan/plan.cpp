@@ -168,7 +168,7 @@ Plan make_plan(const PlanSettings& s) {
   const double N = s.devices, psi = double(c.num_params());
   p.comm_bytes = N > 1 ? (zero3 ? 3 : 2) * psi * double(dtype_size(s.reduce)) * (N - 1) / N : 0;
   p.bandwidth = s.devices <= s.device.node_size ? s.device.link_bandwidth : s.device.network_bandwidth;
-  p.comm_s = p.comm_bytes / p.bandwidth;
+  p.comm_s = p.comm_bytes > 0 ? p.comm_bytes / p.bandwidth : 0.0;  // a device not in the catalogue: bandwidth 0
   // Overlap: reductions run behind the last micro-batch's backward (2/3 of its compute), ZeRO-3's
   // gathers behind its forward and backward; the last unit's transfer is never hidden.
   const double units = c.n_layer + 2;
@@ -430,6 +430,7 @@ std::string human_bytes(double b) {
 }
 
 std::string human_time(double s) {
+  if (!std::isfinite(s)) return "unknown";
   int64_t t = int64_t(s + 0.5);
   if (t >= 86400 * 2) return fmt::format("{}d{:02}h", t / 86400, (t / 3600) % 24);
   if (t >= 3600) return fmt::format("{}h{:02}m", t / 3600, (t / 60) % 60);

@@ -76,6 +76,22 @@ TEST(KnownFigures, LlmcGpt2_124MOn8A100In90MinutesForAbout20Dollars) {
   EXPECT_NEAR(p.step_s / 0.300, 1.0, 0.25) << p.explain();
 }
 
+// `frugal train` on a device the catalogue does not name: no bandwidths, yet one device moves
+// no bytes, so its time is finite; several devices make it unknown, not a garbage number.
+TEST(Plan, ADeviceOutsideTheCatalogueHasAFiniteTimeOnOneDevice) {
+  PlanSettings s;
+  s.model = gpt_preset("gpt2", "test");
+  s.device.name = "NVIDIA H200";
+  s.device.peak_flops_bf16 = 989e12;
+  s.device.memory = int64_t(1) << 62;
+  s.tokens = 1e6;
+  Plan p = make_plan(s);
+  EXPECT_TRUE(std::isfinite(p.step_s) && p.step_s > 0) << p.explain();
+  EXPECT_EQ(p.comm_s, 0.0);
+  s.devices = 2;
+  EXPECT_EQ(human_time(make_plan(s).total_s), "unknown");
+}
+
 TEST(KnownFigures, LlmcGpt2_1558MOn8H100In24HoursForAbout672Dollars) {
   // llm.c's GPT-2 1.5B (research/anchors.md): 32 B tokens, 8 x H100 80GB SXM, batch 1048576
   // tokens, ~2.8 s per step => ~24 h, ~$672 (at $28/h); ~46 % MFU (llm.c's FLOP count).
