@@ -2,7 +2,8 @@
 # The GPU check, in one call of under 8 minutes on one H100 or H200:
 #  1. build frugal with FRUGAL_CUDA=ON for this GPU's architecture;
 #  2. run the CUDA tests: every op against the CPU backend on the same random inputs, per-dtype
-#     tolerances, and a short training of the tiny model whose losses must match the CPU's;
+#     tolerances, and a short training of the tiny model whose losses must match the CPU's; the
+#     op tests again under compute-sanitizer's memcheck where it runs (reported, not fatal);
 #  3. train gpt2 (124M) in bf16 at T=1024 on the GPU for a few dozen steps (random tokens: speed
 #     does not depend on them) and print tokens/s, MFU and peak memory; then zero3 and yafsdp on
 #     the same GPU against ddp;
@@ -41,7 +42,10 @@ cmake_extra=()
 if [ -d .debs ]; then
   say "unpacking .debs/ into .deps/"
   mkdir -p .deps
-  for f in .debs/*.deb; do dpkg -x "$f" .deps; done
+  for f in .debs/*.deb; do  # dpkg where there is one, else the .deb's data member (ar + tar)
+    if command -v dpkg >/dev/null; then dpkg -x "$f" .deps
+    else t=$(mktemp -d); (cd "$t" && ar x "$OLDPWD/$f") && tar -xf "$t"/data.tar.* -C .deps; rm -rf "$t"; fi
+  done
   cmake_extra+=("-DCMAKE_PREFIX_PATH=$PWD/.deps/usr")
   export LD_LIBRARY_PATH=$PWD/.deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
 elif ! dpkg -s libdnnl-dev >/dev/null 2>&1; then
@@ -56,6 +60,11 @@ cmake --build build-gpu -j "$(nproc)" --target frugal frugal_cuda_tests
 say "CUDA tests (every op against the CPU backend; tiny training against the CPU's losses)"
 tests_ok=1
 OMP_NUM_THREADS=8 build-gpu/tests/frugal_cuda_tests || tests_ok=0
+if command -v compute-sanitizer >/dev/null; then  # out-of-bounds and misaligned accesses, if it runs here
+  say "compute-sanitizer memcheck over the op tests (at most 150 s; it does not run on every runtime)"
+  OMP_NUM_THREADS=8 timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 \
+    build-gpu/tests/frugal_cuda_tests --gtest_filter=-*Training* 2>&1 | tail -25 || true
+fi
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
