@@ -61,8 +61,8 @@ say "CUDA tests (every op against the CPU backend; tiny training against the CPU
 tests_ok=1
 OMP_NUM_THREADS=8 build-gpu/tests/frugal_cuda_tests || tests_ok=0
 if command -v compute-sanitizer >/dev/null; then  # out-of-bounds and misaligned accesses, if it runs here
-  say "compute-sanitizer memcheck over the op tests (at most 150 s; it does not run on every runtime)"
-  OMP_NUM_THREADS=8 timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 \
+  say "compute-sanitizer memcheck over the op tests (at most 90 s; it does not run on every runtime)"
+  OMP_NUM_THREADS=8 timeout 90 compute-sanitizer --tool memcheck --error-exitcode 9 \
     build-gpu/tests/frugal_cuda_tests --gtest_filter=-*Training* 2>&1 | tail -25 || true
 fi
 
