@@ -204,7 +204,10 @@ struct TcShared {
   float *f32_, *out_, *stats;
   int nf, nh;
   size_t bytes = 0;
-  __host__ __device__ TcShared(uintptr_t base, int nf_, int nh_) : nf(nf_), nh(nh_) {
+  // base: the block's shared memory (B = unsigned char*, so that the compiler knows the state
+  // space), or 0 on the host (B = uintptr_t), which only wants the bytes
+  template <class B>
+  __host__ __device__ TcShared(B base, int nf_, int nh_) : nf(nf_), nh(nh_) {
     wide0 = reinterpret_cast<S*>(take(base, kTc * ldh * sizeof(S)));
     wide1 = reinterpret_cast<S*>(take(base, kTc * ldh * sizeof(S)));
     f32_ = reinterpret_cast<float*>(take(base, 4 * nf * 16 * ldf * sizeof(float)));
@@ -212,8 +215,9 @@ struct TcShared {
     out_ = reinterpret_cast<float*>(take(base, 4 * 16 * ldo * sizeof(float)));
     stats = reinterpret_cast<float*>(take(base, 2 * kTc * sizeof(float)));
   }
-  __host__ __device__ uintptr_t take(uintptr_t base, size_t n) {
-    uintptr_t p = base + bytes;
+  template <class B>
+  __host__ __device__ B take(B base, size_t n) {
+    B p = base + bytes;
     bytes += (n + 127) / 128 * 128;
     return p;
   }
@@ -288,7 +292,7 @@ __device__ __forceinline__ void tc_store_rows(S* dst, int64_t stride, const Frag
 template <class S, int HS>
 __global__ void __launch_bounds__(kTcThreads) flash_forward_k(S* out, float* lse, const S* qkv, int T, int C, int NH, float scale) {
   DYNAMIC_SHARED(unsigned char, smem);
-  const TcShared<S, HS> sh(reinterpret_cast<uintptr_t>(smem), 1, 1);
+  const TcShared<S, HS> sh(smem, 1, 1);
   constexpr int ldf = kTc + 4, ldp = kTc + 8, ldo = HS + 4;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * kTc, qw = q0 + 16 * warp;
@@ -348,7 +352,7 @@ template <class S, int HS>
 __global__ void __launch_bounds__(kTcThreads) flash_backward_q_k(S* dqkv, const S* dout, const S* qkv, const float* lse,
                                                                  const float* D, int T, int C, int NH, float scale) {
   DYNAMIC_SHARED(unsigned char, smem);
-  const TcShared<S, HS> sh(reinterpret_cast<uintptr_t>(smem), 2, 1);
+  const TcShared<S, HS> sh(smem, 2, 1);
   constexpr int ldf = kTc + 4, ldp = kTc + 8;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * kTc, qw = q0 + 16 * warp;
@@ -395,7 +399,7 @@ template <class S, int HS>
 __global__ void __launch_bounds__(kTcThreads) flash_backward_kv_k(S* dqkv, const S* dout, const S* qkv, const float* lse,
                                                                   const float* D, int T, int C, int NH, float scale) {
   DYNAMIC_SHARED(unsigned char, smem);
-  const TcShared<S, HS> sh(reinterpret_cast<uintptr_t>(smem), 2, 2);
+  const TcShared<S, HS> sh(smem, 2, 2);
   constexpr int ldf = kTc + 4, ldp = kTc + 8;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int b = blockIdx.z, h = blockIdx.y, k0 = blockIdx.x * kTc, kw = k0 + 16 * warp;
@@ -475,7 +479,7 @@ void launch_attention_forward(void* out, float* lse, const void* qkv, int64_t B,
                static_cast<const S*>(qkv), int(T), int(C), int(NH), scale);
       } else {
         const dim3 grid(unsigned((T + kTc - 1) / kTc), unsigned(NH), unsigned(B));
-        launch(flash_forward_k<S, hs()>, grid, kTcThreads, TcShared<S, hs()>(0, 1, 1).bytes,
+        launch(flash_forward_k<S, hs()>, grid, kTcThreads, TcShared<S, hs()>(uintptr_t(0), 1, 1).bytes,
                static_cast<S*>(out), lse, static_cast<const S*>(qkv), int(T), int(C), int(NH), scale);
       }
     });
@@ -500,9 +504,9 @@ void launch_attention_backward(void* dqkv, const void* dout, const void* qkv, co
         launch(attention_backward_kv_k<S, hs(), true>, grid, kRows, 0, dq, d_out, q, lse, D, int(T), int(C), int(NH), scale);
       } else {
         const dim3 grid(unsigned((T + kTc - 1) / kTc), unsigned(NH), unsigned(B));
-        launch(flash_backward_q_k<S, hs()>, grid, kTcThreads, TcShared<S, hs()>(0, 2, 1).bytes, dq, d_out, q, lse, D,
+        launch(flash_backward_q_k<S, hs()>, grid, kTcThreads, TcShared<S, hs()>(uintptr_t(0), 2, 1).bytes, dq, d_out, q, lse, D,
                int(T), int(C), int(NH), scale);
-        launch(flash_backward_kv_k<S, hs()>, grid, kTcThreads, TcShared<S, hs()>(0, 2, 2).bytes, dq, d_out, q, lse, D,
+        launch(flash_backward_kv_k<S, hs()>, grid, kTcThreads, TcShared<S, hs()>(uintptr_t(0), 2, 2).bytes, dq, d_out, q, lse, D,
                int(T), int(C), int(NH), scale);
       }
     });
