@@ -3,7 +3,8 @@
 # apps/frugal built against tests/cuda/emu/, whose device work runs only at a synchronisation,
 # so a host access without one reads stale data): the flags bench/gpu/check.sh passes; the
 # training and validation losses of the CPU backend (bf16, within 2e-2 as in cuda_test.cpp)
-# under ddp, zero2, zero3 and yafsdp, and in fp16 with dynamic loss scaling; a resume from a checkpoint that continues the
+# under ddp, zero2, zero3 and yafsdp, in fp16 with dynamic loss scaling, and with selective and
+# full recompute; a resume from a checkpoint that continues the
 # uninterrupted run bit for bit.
 # Usage: emu_train.sh FRUGAL_EMU_BINARY
 set -u
@@ -25,8 +26,12 @@ print(" ".join("%.6f" % x for x in [e["loss"] for e in r] + [e["val_loss"] for e
 }
 "$F" train $A --train.steps=6 --run.dir=cpu > log 2>&1 || fail "cpu run: $(cat log)"
 "$F" train $A --train.steps=6 --run.dir=cpu16 --precision.compute=fp16 > log 2>&1 || fail "cpu fp16 run: $(cat log)"
-for s in ddp zero2 zero3 yafsdp fp16; do
-  [ $s = fp16 ] && x="--precision.compute=fp16" ref=cpu16 || x="--dist.strategy=$s" ref=cpu
+for s in ddp zero2 zero3 yafsdp fp16 selective full; do
+  case $s in
+    fp16) x="--precision.compute=fp16" ref=cpu16 ;;
+    selective | full) x="--memory.recompute=$s" ref=cpu ;;
+    *) x="--dist.strategy=$s" ref=cpu ;;
+  esac
   "$F" train $A --train.steps=6 --run.dir=$s --device.backend=cuda --device.name=h100-sxm \
     --device.peak_flops_bf16=989e12 $x > log 2>&1 || fail "cuda $s run: $(cat log)"
   python3 - "$(losses $ref)" "$(losses $s)" "$s" <<'PY' || exit 1
@@ -44,4 +49,4 @@ rm -rf part/ckpt-6
 "$F" train --resume part > log 2>&1 || fail "resume: $(cat log)"
 grep -q "resuming from part/ckpt-3 at step 3" log || fail "did not resume from step 3: $(cat log)"
 [ "$(losses part)" = "$(losses ddp)" ] || fail "resumed run $(losses part) is not the uninterrupted $(losses ddp)"
-echo "emu train: 4 strategies match the cpu, resume is exact"
+echo "emu train: 4 strategies, fp16 and recompute match the cpu, resume is exact"

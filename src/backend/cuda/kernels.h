@@ -93,6 +93,7 @@ __device__ __forceinline__ void copy16(void* dst, const void* src) {
 #if defined(__CUDACC__)
   *static_cast<uint4*>(dst) = src ? *static_cast<const uint4*>(src) : make_uint4(0, 0, 0, 0);
 #else
+  if (reinterpret_cast<uintptr_t>(dst) % 16 || reinterpret_cast<uintptr_t>(src) % 16) ::emu::fail("copy16 misaligned");
   if (src) std::memcpy(dst, src, 16);
   else std::memset(dst, 0, 16);
 #endif
