@@ -4,10 +4,10 @@
 // log-sum-exp; the backward recomputes each tile of probabilities from the log-sum-exp. No
 // T x T tensor exists, in forward or backward. Tiles are widened to fp32 scratch of their
 // thread and multiplied with dnnl_sgemm; parallel over (b, h), each task owning its outputs.
-// The bf16 forward (where the CPU has AVX512-BF16 and the head size is a multiple of 16)
-// multiplies bf16 pairs with fp32 sums instead (vdpbf16ps, twice fp32's rate), on K and V
-// repacked once per head; P is rounded to bf16 for P V, as PyTorch's CPU flash attention and
-// FlashAttention-2 on GPUs do, while the row sums stay fp32.
+// In bf16 (where the CPU has AVX512-BF16 and the head size is a multiple of 16) forward and
+// backward multiply bf16 pairs with fp32 sums instead (vdpbf16ps, twice fp32's rate), on
+// operands repacked once per head; P (and dS) are rounded to bf16 for the next product, as
+// PyTorch's CPU flash attention and FlashAttention-2 on GPUs do, while row sums stay fp32.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -126,38 +126,42 @@ static void dp(int64_t rows, int64_t nb, float* c, int64_t ldc, const uint32_t* 
 
 static uint32_t pair(bf16 lo, bf16 hi) { return uint32_t(lo.bits) | uint32_t(hi.bits) << 16; }
 
-// Keys of one head in 64-key tiles of pairs for S = Q K^T: tile t, pair p of the head dim,
-// key j of the tile -> kp[(t·HS/2 + p)·64 + j]. Values for P V: tile t, key pair jp, dim d ->
-// vp[(t·32 + jp)·HS + d]. Keys past T are zero.
-static void pack_kv(uint32_t* kp, uint32_t* vp, const bf16* base, int64_t T, int64_t HS, int64_t C3, int64_t C) {
+// Rows of a (T, stride) view with HS dims, in 64-row tiles, zero past T, as the B operand of dp:
+// - by dims, for X R^T: tile t, dim pair p, row j -> dst[(t·HS/2 + p)·64 + j];
+// - by rows, for P R: tile t, row pair jp, dim d -> dst[(t·32 + jp)·HS + d].
+static void pack_by_dim(uint32_t* dst, const bf16* src, int64_t T, int64_t HS, int64_t stride) {
   const int64_t tiles = (T + kTile - 1) / kTile, H2 = HS / 2;
-  const bf16 zero{0};
   for (int64_t t = 0; t < tiles; t++)
     for (int64_t j = 0; j < kTile; j++) {
-      const int64_t key = t * kTile + j;
-      const bf16* k = base + key * C3 + C;
-      for (int64_t p = 0; p < H2; p++)
-        kp[(t * H2 + p) * kTile + j] = key < T ? pair(k[2 * p], k[2 * p + 1]) : 0;
+      const int64_t row = t * kTile + j;
+      const bf16* r = src + row * stride;
+      for (int64_t p = 0; p < H2; p++) dst[(t * H2 + p) * kTile + j] = row < T ? pair(r[2 * p], r[2 * p + 1]) : 0;
     }
-  // the two keys' 16 dims interleaved: (v0[d], v1[d]) for d in 0..15
+}
+
+// (a[d], b[d]) for d in 0..15: two rows' 16 bf16 values interleaved into 16 pairs
+static inline __m512i interleave16(__m256i a, __m256i b) {
   const __m512i lo = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8,
                                       39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
-  for (int64_t t = 0; t < tiles; t++)
-    for (int64_t jp = 0; jp < kTile / 2; jp++) {
-      const int64_t key = t * kTile + 2 * jp;
-      const bf16* v0 = base + key * C3 + 2 * C;
-      const bf16* v1 = v0 + C3;
-      uint32_t* dst = vp + (t * kTile / 2 + jp) * HS;
-      if (key + 1 < T) {
-        for (int64_t d = 0; d < HS; d += 16) {
-          const __m512i a = _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(v0 + d)));
-          const __m512i b = _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(v1 + d)));
-          _mm512_storeu_si512(dst + d, _mm512_permutex2var_epi16(a, lo, b));
-        }
-      } else {
-        for (int64_t d = 0; d < HS; d++) dst[d] = pair(key < T ? v0[d] : zero, zero);
-      }
+  return _mm512_permutex2var_epi16(_mm512_castsi256_si512(a), lo, _mm512_castsi256_si512(b));
+}
+
+static void pack_by_row(uint32_t* dst, const bf16* src, int64_t T, int64_t HS, int64_t stride) {
+  const int64_t tiles = (T + kTile - 1) / kTile;
+  const bf16 zero{0};
+  for (int64_t jp = 0; jp < tiles * kTile / 2; jp++) {
+    const int64_t row = 2 * jp;
+    const bf16* r0 = src + row * stride;
+    const bf16* r1 = r0 + stride;
+    uint32_t* d = dst + jp * HS;
+    if (row + 1 < T) {
+      for (int64_t c = 0; c < HS; c += 16)
+        _mm512_storeu_si512(d + c, interleave16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(r0 + c)),
+                                                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r1 + c))));
+    } else {
+      for (int64_t c = 0; c < HS; c++) d[c] = pair(row < T ? r0[c] : zero, zero);
     }
+  }
 }
 
 // exp(x) for the probabilities: 2^n · 2^f with n = round(x·log2 e), |f| <= 1/2, 2^f by its
@@ -219,7 +223,8 @@ static void attention_forward_bf16(bf16* out, float* lse, const bf16* qkv, float
     for (int64_t b = 0; b < B; b++)
       for (int64_t h = 0; h < NH; h++) {
         const bf16* base = qkv + b * T * C3 + h * HS;
-        pack_kv(kp, vp, base, T, HS, C3, C);
+        pack_by_dim(kp, base + C, T, HS, C3);
+        pack_by_row(vp, base + 2 * C, T, HS, C3);
         for (int64_t q0 = 0; q0 < T; q0 += kTile) {
           const int64_t nq = std::min(kTile, T - q0);
           const uint32_t* q = reinterpret_cast<const uint32_t*>(base + q0 * C3);
@@ -250,6 +255,117 @@ static void attention_forward_bf16(bf16* out, float* lse, const bf16* qkv, float
             lse[(b * NH + h) * T + q0 + i] = m[i] + std::log(l[i]);
           }
         }
+      }
+  }
+}
+
+// The bf16 backward, FlashAttention-2's per key tile, every product in bf16 pairs with fp32
+// sums (P and dS rounded to bf16, as on GPUs): per head, K and V packed by dims (for S = Q K^T,
+// dP = dO V^T), K by rows (for dQ += dS K), and Q and dO transposed, pairs of queries per dim,
+// so that dV and dK accumulate transposed: dV^T += dO^T P, dK^T += Q^T dS (P and dS packed by
+// row pairs per tile).
+static void attention_backward_bf16(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* out,
+                                    const float* lse, float* scratch, int64_t per_thread, int64_t B,
+                                    int64_t T, int64_t C, int64_t NH) {
+  const int64_t HS = C / NH, C3 = 3 * C, H2 = HS / 2, tiles = (T + kTile - 1) / kTile, T2 = tiles * kTile / 2;
+  const int64_t packed = T2 * HS;  // uint32s of one packing of a head
+  const float scale = 1.0f / std::sqrt(float(HS));
+#pragma omp parallel
+  {
+    uint32_t* kd = reinterpret_cast<uint32_t*>(scratch + int64_t(omp_get_thread_num()) * per_thread);
+    uint32_t* vd = kd + packed;   // V by dims
+    uint32_t* kr = vd + packed;   // K by rows
+    uint32_t* qt = kr + packed;   // Q^T: qt[d·T2 + ip] = (q[2ip][d], q[2ip+1][d])
+    uint32_t* ot = qt + packed;   // dO^T
+    uint32_t* tmp = ot + packed;  // a by-row packing before its transpose
+    uint32_t* pb = tmp + packed;  // (32, 64) P by row pairs
+    uint32_t* sb = pb + kTile * kTile / 2;      // (32, 64) dS by row pairs
+    uint32_t* sr = sb + kTile * kTile / 2;      // (64, 32) dS rows in key pairs
+    float* dq = reinterpret_cast<float*>(sr + kTile * kTile / 2);  // (tiles·64, HS)
+    float* Dv = dq + tiles * kTile * HS;        // (tiles·64) rowsum(dO * O)
+    float* sp = Dv + tiles * kTile;             // (64, 64) S, then P
+    float* dp_ = sp + kTile * kTile;            // (64, 64) dP, then dS
+    float* dvt = dp_ + kTile * kTile;           // (HS, 64) dV^T
+    float* dkt = dvt + HS * kTile;              // (HS, 64) dK^T
+    auto transpose = [&](uint32_t* dst) {
+      for (int64_t ip = 0; ip < T2; ip++)
+        for (int64_t d = 0; d < HS; d++) dst[d * T2 + ip] = tmp[ip * HS + d];
+    };
+#pragma omp for collapse(2) schedule(static)
+    for (int64_t b = 0; b < B; b++)
+      for (int64_t h = 0; h < NH; h++) {
+        const bf16* base = qkv + b * T * C3 + h * HS;
+        const bf16* dbase = dout + b * T * C + h * HS;
+        const bf16* obase = out + b * T * C + h * HS;
+        const float* L = lse + (b * NH + h) * T;
+        pack_by_dim(kd, base + C, T, HS, C3);
+        pack_by_dim(vd, base + 2 * C, T, HS, C3);
+        pack_by_row(kr, base + C, T, HS, C3);
+        pack_by_row(tmp, base, T, HS, C3);
+        transpose(qt);
+        pack_by_row(tmp, dbase, T, HS, C);
+        transpose(ot);
+        std::memset(dq, 0, sizeof(float) * T * HS);
+        for (int64_t t = 0; t < T; t++) {  // D = rowsum(dO * O), as in FlashAttention-2
+          float acc = 0.0f;
+          for (int64_t d = 0; d < HS; d++) acc += to_f32(dbase[t * C + d]) * to_f32(obase[t * C + d]);
+          Dv[t] = acc;
+        }
+        for (int64_t kt = 0; kt < tiles; kt++) {
+          const int64_t k0 = kt * kTile, nk = std::min(kTile, T - k0);
+          std::memset(dvt, 0, sizeof(float) * HS * kTile);
+          std::memset(dkt, 0, sizeof(float) * HS * kTile);
+          const __m512i* kdt = reinterpret_cast<const __m512i*>(kd + kt * H2 * kTile);
+          const __m512i* vdt = reinterpret_cast<const __m512i*>(vd + kt * H2 * kTile);
+          for (int64_t q0 = k0; q0 < T; q0 += kTile) {  // the query tiles that see this key tile
+            const int64_t nq = std::min(kTile, T - q0);
+            dp(nq, 4, sp, kTile, reinterpret_cast<const uint32_t*>(base + q0 * C3), C3 / 2, kdt, 4, H2, false);   // S
+            dp(nq, 4, dp_, kTile, reinterpret_cast<const uint32_t*>(dbase + q0 * C), C / 2, vdt, 4, H2, false);  // dP
+            for (int64_t i = 0; i < kTile; i++) {  // P = exp(S scale - LSE), dS = P (dP - D) scale; 0 masked
+              const int64_t valid = i < nq ? std::clamp<int64_t>(q0 + i - k0 + 1, 0, nk) : 0;
+              const float li = i < nq ? L[q0 + i] : 0.0f, di = i < nq ? Dv[q0 + i] : 0.0f;
+              __m512 pv[kTile / 16], dv[kTile / 16];
+              for (int c = 0; c < kTile / 16; c++) {
+                const __mmask16 keep = __mmask16((uint32_t(1) << std::clamp<int64_t>(valid - 16 * c, 0, 16)) - 1);
+                const __m512 x = _mm512_fmsub_ps(_mm512_maskz_loadu_ps(keep, sp + i * kTile + 16 * c),
+                                                 _mm512_set1_ps(scale), _mm512_set1_ps(li));
+                pv[c] = _mm512_maskz_mov_ps(keep, exp_ps(x));
+                dv[c] = _mm512_mul_ps(_mm512_mul_ps(pv[c], _mm512_sub_ps(_mm512_maskz_loadu_ps(keep, dp_ + i * kTile + 16 * c),
+                                                                          _mm512_set1_ps(di))), _mm512_set1_ps(scale));
+                _mm512_storeu_ps(sp + i * kTile + 16 * c, pv[c]);
+                _mm512_storeu_ps(dp_ + i * kTile + 16 * c, dv[c]);
+              }
+              for (int c = 0; c < kTile / 16; c += 2)
+                _mm512_storeu_si512(sr + i * kTile / 2 + 8 * c, (__m512i)_mm512_cvtne2ps_pbh(dv[c + 1], dv[c]));
+            }
+            for (int64_t ip = 0; ip < kTile / 2; ip++)  // P and dS by row pairs
+              for (int c = 0; c < kTile / 16; c++) {
+                const float* p0 = sp + 2 * ip * kTile + 16 * c;
+                const float* s0 = dp_ + 2 * ip * kTile + 16 * c;
+                _mm512_storeu_si512(pb + (ip * 4 + c) * 16,
+                                    interleave16((__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(p0)),
+                                                 (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(p0 + kTile))));
+                _mm512_storeu_si512(sb + (ip * 4 + c) * 16,
+                                    interleave16((__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(s0)),
+                                                 (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(s0 + kTile))));
+              }
+            const __m512i* pbv = reinterpret_cast<const __m512i*>(pb);
+            const __m512i* sbv = reinterpret_cast<const __m512i*>(sb);
+            dp(HS, 4, dvt, kTile, ot + q0 / 2, T2, pbv, 4, kTile / 2, true);  // dV^T += dO^T P
+            dp(HS, 4, dkt, kTile, qt + q0 / 2, T2, sbv, 4, kTile / 2, true);  // dK^T += Q^T dS
+            dp(nq, HS / 16, dq + q0 * HS, HS, sr, kTile / 2,                  // dQ += dS K
+               reinterpret_cast<const __m512i*>(kr + kt * kTile / 2 * HS), HS / 16, kTile / 2, true);
+          }
+          bf16* drow = dqkv + b * T * C3 + h * HS;
+          for (int64_t j = 0; j < nk; j++)
+            for (int64_t d = 0; d < HS; d++) {
+              drow[(k0 + j) * C3 + C + d] = from_f32<bf16>(dkt[d * kTile + j]);
+              drow[(k0 + j) * C3 + 2 * C + d] = from_f32<bf16>(dvt[d * kTile + j]);
+            }
+        }
+        bf16* drow = dqkv + b * T * C3 + h * HS;
+        for (int64_t t = 0; t < T; t++)
+          for (int64_t d = 0; d < HS; d++) drow[t * C3 + d] = from_f32<bf16>(dq[t * HS + d]);
       }
   }
 }
@@ -351,6 +467,16 @@ void CpuBackend::attention_backward(void* dqkv, const void* dout, const void* qk
                                     const float* lse, int64_t B, int64_t T, int64_t C, int64_t NH,
                                     DType dt) {
   const int64_t HS = C / NH;
+#if defined(__AVX512BF16__)
+  if (dt == DType::bf16 && HS % 16 == 0) {
+    const int64_t tiles = (T + kTile - 1) / kTile;
+    const int64_t per_thread = 6 * tiles * kTile / 2 * HS + 3 * kTile * kTile / 2 + tiles * kTile * (HS + 1) +
+                               2 * kTile * kTile + 2 * HS * kTile + 16;
+    attention_backward_bf16(static_cast<bf16*>(dqkv), static_cast<const bf16*>(dout), static_cast<const bf16*>(qkv),
+                            static_cast<const bf16*>(out), lse, partials(per_thread), per_thread, B, T, C, NH);
+    return;
+  }
+#endif
   float* scratch = partials(2 * T * HS + T + 6 * kTile * HS + 2 * kTile * kTile);
   dispatch(dt, [&](auto t) {
     using S = decltype(t);
