@@ -25,6 +25,22 @@ static void load_tile(float* dst, const S* src, int64_t rows, int64_t HS, int64_
     for (int64_t d = 0; d < HS; d++) dst[r * HS + d] = to_f32(src[r * stride + d]);
 }
 
+// The backward's shared steps: D(T) = rowsum(dO * O) of one head (as in FlashAttention-2), and
+// the head's dQ (T, HS) fp32 accumulator stored into dqkv's q part.
+template <class S>
+static void rowsum_dout_out(float* D, const S* dout, const S* out, int64_t T, int64_t HS, int64_t C) {
+  for (int64_t t = 0; t < T; t++) {
+    float acc = 0.0f;
+    for (int64_t d = 0; d < HS; d++) acc += to_f32(dout[t * C + d]) * to_f32(out[t * C + d]);
+    D[t] = acc;
+  }
+}
+template <class S>
+static void store_dq(S* dqkv, const float* dq, int64_t T, int64_t HS, int64_t C3) {
+  for (int64_t t = 0; t < T; t++)
+    for (int64_t d = 0; d < HS; d++) dqkv[t * C3 + d] = from_f32<S>(dq[t * HS + d]);
+}
+
 template <class S>
 static void attention_forward_t(S* out, float* lse, const S* qkv, float* scratch, int64_t B,
                                 int64_t T, int64_t C, int64_t NH) {
@@ -306,11 +322,7 @@ static void attention_backward_bf16(bf16* dqkv, const bf16* dout, const bf16* qk
         pack_by_row(tmp, dbase, T, HS, C);
         transpose(ot);
         std::memset(dq, 0, sizeof(float) * T * HS);
-        for (int64_t t = 0; t < T; t++) {  // D = rowsum(dO * O), as in FlashAttention-2
-          float acc = 0.0f;
-          for (int64_t d = 0; d < HS; d++) acc += to_f32(dbase[t * C + d]) * to_f32(obase[t * C + d]);
-          Dv[t] = acc;
-        }
+        rowsum_dout_out(Dv, dbase, obase, T, HS, C);
         for (int64_t kt = 0; kt < tiles; kt++) {
           const int64_t k0 = kt * kTile, nk = std::min(kTile, T - k0);
           std::memset(dvt, 0, sizeof(float) * HS * kTile);
@@ -363,9 +375,7 @@ static void attention_backward_bf16(bf16* dqkv, const bf16* dout, const bf16* qk
               drow[(k0 + j) * C3 + 2 * C + d] = from_f32<bf16>(dvt[d * kTile + j]);
             }
         }
-        bf16* drow = dqkv + b * T * C3 + h * HS;
-        for (int64_t t = 0; t < T; t++)
-          for (int64_t d = 0; d < HS; d++) drow[t * C3 + d] = from_f32<bf16>(dq[t * HS + d]);
+        store_dq(dqkv + b * T * C3 + h * HS, dq, T, HS, C3);
       }
   }
 }
@@ -400,11 +410,7 @@ static void attention_backward_t(S* dqkv, const S* dout, const S* qkv, const S* 
         const float* L = lse + (b * NH + h) * T;
         std::memset(dq, 0, sizeof(float) * T * HS);
         load_tile(qall, base, T, HS, C3);
-        for (int64_t t = 0; t < T; t++) {  // D = rowsum(dO * O), as in FlashAttention-2
-          float acc = 0.0f;
-          for (int64_t d = 0; d < HS; d++) acc += to_f32(dbase[t * C + d]) * to_f32(obase[t * C + d]);
-          Dv[t] = acc;
-        }
+        rowsum_dout_out(Dv, dbase, obase, T, HS, C);
         for (int64_t k0 = 0; k0 < T; k0 += kTile) {
           const int64_t nk = std::min(kTile, T - k0);
           load_tile(k, base + k0 * C3 + C, nk, HS, C3);
@@ -437,9 +443,7 @@ static void attention_backward_t(S* dqkv, const S* dout, const S* qkv, const S* 
               drow[(k0 + j) * C3 + 2 * C + d] = from_f32<S>(dv[j * HS + d]);
             }
         }
-        S* drow = dqkv + b * T * C3 + h * HS;
-        for (int64_t t = 0; t < T; t++)
-          for (int64_t d = 0; d < HS; d++) drow[t * C3 + d] = from_f32<S>(dq[t * HS + d]);
+        store_dq(dqkv + b * T * C3 + h * HS, dq, T, HS, C3);
       }
   }
 }
