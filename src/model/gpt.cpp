@@ -249,7 +249,7 @@ MemoryEstimate estimate_memory(const GptConfig& cfg, int B, int T, DType dt,
   // start; zero3 allocates them on use and frees them after: its peak is at the lm head or in
   // the backward of a block (which also holds the next block's gradients and prefetched weights).
   const U &emb = units[0], &blk = units[1], &fin = units[2];
-  const int64_t out = R > 1;  // the reduced slice has a buffer of its own on several ranks
+  const int64_t out = R > 1 && sharding.reduce != DType::bf16;  // the reduced slice's own buffer: a reduce-scatter's
   const int64_t GE = 4 * (R * len(emb) + out * len(emb)), GF = 4 * fin.tail,
                 GB = 4 * (R * len(blk) + blk.tail + out * len(blk)),
                 E = R * len(emb) * (4 + (dt != DType::f32 ? 2 : 0)), P = R * len(blk) * es;

@@ -55,11 +55,6 @@ Shards::Shards(Gpt& model, Backend& be, Comm& comm, Strategy s, DType reduce)
     for (int k = 0; k < 2; k++) alloc_gather(gathers_[k], world_ * max_block_len * int64_t(dtype_size(dt)), 0);
     alloc_gather(gathers_[2], world_ * parts_[0].len * 4, dt != DType::f32 ? world_ * parts_[0].len : 0);
   }
-  if (prealloc) {
-    for (int k = 0; k < 2; k++) alloc_grads(grad_bufs_[k], max_block_len, max_block_tail);
-    alloc_grads(grad_bufs_[2], parts_[0].len, parts_[0].tail);
-    alloc_grads(grad_bufs_[3], parts_[L + 1].len, parts_[L + 1].tail);
-  }
   // precision.reduce = bf16: one scratch for the largest reduction (the communication thread
   // runs one collective at a time)
   if (reduce == DType::bf16 && world_ > 1) {
@@ -67,6 +62,11 @@ Shards::Shards(Gpt& model, Backend& be, Comm& comm, Strategy s, DType reduce)
     for (size_t i = 0; i < units.size(); i++)
       most = std::max(most, shard_grads ? world_ * parts_[i].len + parts_[i].tail : units[i].numel);
     bf16_scratch_ = PoolArray<uint16_t>(size_t(most), Mem::comm);
+  }
+  if (prealloc) {
+    for (int k = 0; k < 2; k++) alloc_grads(grad_bufs_[k], max_block_len, max_block_tail);
+    alloc_grads(grad_bufs_[2], parts_[0].len, parts_[0].tail);
+    alloc_grads(grad_bufs_[3], parts_[L + 1].len, parts_[L + 1].tail);
   }
   build_segments();
 }
@@ -78,8 +78,9 @@ void Shards::alloc_gather(Gather& g, int64_t bytes, int64_t copy_elems) {
 
 void Shards::alloc_grads(GradBuf& b, int64_t len, int64_t tail) {
   b.buf = PoolArray<float>(size_t(world_ * len + tail), Mem::comm);
-  // one rank: the slice is the whole buffer's, read in place (a host copy would touch device memory)
-  if (world_ > 1) b.out = PoolArray<float>(size_t(len), Mem::comm);
+  // the reduced slice gets a buffer of its own only from a reduce-scatter: a bf16 reduction sums
+  // the whole buffer, and on one rank the slice is the buffer's; both are read in place
+  if (world_ > 1 && !bf16_scratch_.data()) b.out = PoolArray<float>(size_t(len), Mem::comm);
 }
 
 void Shards::build_segments() {
@@ -202,7 +203,7 @@ void Shards::grads_end(size_t i, bool last_micro) {
   Part& p = parts_[i];
   // bf16: the whole buffer is summed and fold() takes the slice from it
   if (h) b.rs = comm_.all_reduce_bf16(b.buf.data(), h, world_ * p.len + p.tail);
-  else if (p.len && world_ > 1) b.rs = comm_.reduce_scatter(b.buf.data(), b.out.data(), p.len, ReduceOp::sum);
+  else if (b.out.data()) b.rs = comm_.reduce_scatter(b.buf.data(), b.out.data(), p.len, ReduceOp::sum);
   if (!h && p.tail) b.ar = comm_.all_reduce(b.buf.data() + world_ * p.len, p.tail, ReduceOp::sum);
 }
 
@@ -215,7 +216,7 @@ void Shards::fold(GradBuf& b) {
   b.ar.reset();
   Part& p = parts_[size_t(b.unit)];
   const float* tail = b.buf.data() + world_ * p.len;
-  const float* slice = bf16_scratch_.data() || world_ == 1 ? b.buf.data() + rank_ * p.len : b.out.data();
+  const float* slice = b.out.data() ? b.out.data() : b.buf.data() + rank_ * p.len;
   be_.add(p.g.data(), p.g.data(), slice, p.len, DType::f32);  // on the backend's device
   be_.add(p.gt.data(), p.gt.data(), tail, p.tail, DType::f32);
   model_.units()[size_t(b.unit)].bind_grads(nullptr, nullptr);

@@ -87,7 +87,7 @@ class Shards {
     std::unique_ptr<Work> work;
   };
   struct GradBuf {
-    PoolArray<float> buf, out;     // (ranks * len + tail) full gradients, (len) reduced slice
+    PoolArray<float> buf, out;     // (ranks * len + tail) full gradients, (len) reduced slice (or none)
     int unit = -1;                 // the unit whose reduction is pending
     std::unique_ptr<Work> rs, ar;
   };

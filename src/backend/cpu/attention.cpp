@@ -25,8 +25,8 @@ static void load_tile(float* dst, const S* src, int64_t rows, int64_t HS, int64_
     for (int64_t d = 0; d < HS; d++) dst[r * HS + d] = to_f32(src[r * stride + d]);
 }
 
-// The backward's shared steps: D(T) = rowsum(dO * O) of one head (as in FlashAttention-2), and
-// the head's dQ (T, HS) fp32 accumulator stored into dqkv's q part.
+// The backward's shared steps: D(T) = rowsum(dO * O) of one head (as in FlashAttention-2), the
+// head's dQ (T, HS) fp32 accumulator stored into dqkv's q part, and the same for dK and dV.
 template <class S>
 static void rowsum_dout_out(float* D, const S* dout, const S* out, int64_t T, int64_t HS, int64_t C) {
   for (int64_t t = 0; t < T; t++) {
@@ -39,6 +39,16 @@ template <class S>
 static void store_dq(S* dqkv, const float* dq, int64_t T, int64_t HS, int64_t C3) {
   for (int64_t t = 0; t < T; t++)
     for (int64_t d = 0; d < HS; d++) dqkv[t * C3 + d] = from_f32<S>(dq[t * HS + d]);
+}
+// A key tile's dK and dV (nk rows; element (j, d) at j·js + d·ds) into dqkv's k and v parts.
+template <class S>
+static void store_dkv(S* dqkv, const float* dk, const float* dv, int64_t nk, int64_t HS, int64_t C,
+                      int64_t js, int64_t ds) {
+  for (int64_t j = 0; j < nk; j++)
+    for (int64_t d = 0; d < HS; d++) {
+      dqkv[j * 3 * C + C + d] = from_f32<S>(dk[j * js + d * ds]);
+      dqkv[j * 3 * C + 2 * C + d] = from_f32<S>(dv[j * js + d * ds]);
+    }
 }
 
 template <class S>
@@ -368,12 +378,7 @@ static void attention_backward_bf16(bf16* dqkv, const bf16* dout, const bf16* qk
             dp(nq, HS / 16, dq + q0 * HS, HS, sr, kTile / 2,                  // dQ += dS K
                reinterpret_cast<const __m512i*>(kr + kt * kTile / 2 * HS), HS / 16, kTile / 2, true);
           }
-          bf16* drow = dqkv + b * T * C3 + h * HS;
-          for (int64_t j = 0; j < nk; j++)
-            for (int64_t d = 0; d < HS; d++) {
-              drow[(k0 + j) * C3 + C + d] = from_f32<bf16>(dkt[d * kTile + j]);
-              drow[(k0 + j) * C3 + 2 * C + d] = from_f32<bf16>(dvt[d * kTile + j]);
-            }
+          store_dkv(dqkv + (b * T + k0) * C3 + h * HS, dkt, dvt, nk, HS, C, 1, kTile);  // transposed
         }
         store_dq(dqkv + b * T * C3 + h * HS, dq, T, HS, C3);
       }
@@ -436,12 +441,7 @@ static void attention_backward_t(S* dqkv, const S* dout, const S* qkv, const S* 
             sgemm(false, false, nq, HS, nk, ds, kTile, k, HS, 1.0f, dq + q0 * HS, HS);  // dQ += dS K
             sgemm(true, false, nk, HS, nq, ds, kTile, q, HS, 1.0f, dk, HS);            // dK += dS^T Q
           }
-          S* drow = dqkv + b * T * C3 + h * HS;
-          for (int64_t j = 0; j < nk; j++)
-            for (int64_t d = 0; d < HS; d++) {
-              drow[(k0 + j) * C3 + C + d] = from_f32<S>(dk[j * HS + d]);
-              drow[(k0 + j) * C3 + 2 * C + d] = from_f32<S>(dv[j * HS + d]);
-            }
+          store_dkv(dqkv + (b * T + k0) * C3 + h * HS, dk, dv, nk, HS, C, HS, 1);
         }
         store_dq(dqkv + b * T * C3 + h * HS, dq, T, HS, C3);
       }
