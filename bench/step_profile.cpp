@@ -88,6 +88,7 @@ class TimingBackend final : public Backend {
   }
   void fill_zero(float* x, int64_t n) override { time("zero", [&] { b_.fill_zero(x, n); }); }
   double sum(const float* x, int64_t n) override { return b_.sum(x, n); }
+  void copy(void* dst, const void* src, size_t bytes) override { b_.copy(dst, src, bytes); }
   void synchronize() override { b_.synchronize(); }
 
  private:

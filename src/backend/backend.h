@@ -9,6 +9,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "core/dtype.h"
 
@@ -98,16 +99,29 @@ class Backend {
   virtual void fill_zero(float* x, int64_t n) = 0;
   // sum of x(n) in double, in index order on the CPU (a loss over tokens).
   virtual double sum(const float* x, int64_t n) = 0;
+  // dst(bytes) = src(bytes), each in host memory or in this backend's memory; returns when the
+  // copy is done. The one way the host reads or writes a GPU backend's memory.
+  virtual void copy(void* dst, const void* src, size_t bytes) = 0;
   // Returns when every op issued so far is done (before the host reads what ops wrote).
   virtual void synchronize() = 0;
 };
 
+// x(n) where the host can read it: x itself on the CPU, else a copy appended to `keep`, which
+// must outlive the use.
+inline const float* host_view(Backend& be, const float* x, int64_t n, std::vector<std::vector<float>>& keep) {
+  if (!be.gpu()) return x;
+  be.synchronize();
+  keep.emplace_back(size_t(n));
+  be.copy(keep.back().data(), x, size_t(n) * sizeof(float));
+  return keep.back().data();
+}
+
 Backend& cpu_backend();
 // The CUDA backend on the current device (built with FRUGAL_CUDA=ON). Its first call puts
-// device memory (CUDA managed memory, preferred on the device) behind the MemoryPool, so the
-// model's buffers are device buffers the host can still read (init, files, tests). Ops run in
-// order on the compute stream (the legacy default stream). UserError naming the reason when
-// there is no usable device or frugal was built without CUDA.
+// device memory (cudaMalloc) behind the MemoryPool, so the model's buffers are device buffers
+// that the host reaches only through copy() (init, files, tests). Ops run in order on the
+// compute stream (the legacy default stream). UserError naming the reason when there is no
+// usable device or frugal was built without CUDA.
 Backend& cuda_backend();
 
 }  // namespace frugal

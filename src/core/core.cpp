@@ -29,7 +29,9 @@ static void* host_alloc(size_t bytes) {
   return p;
 }
 
-MemoryPool::MemoryPool() : allocator_{host_alloc, std::free} {}
+Allocator host_allocator() { return {host_alloc, std::free}; }
+
+MemoryPool::MemoryPool() : allocator_(host_allocator()) {}
 
 MemoryPool& MemoryPool::get() {
   static MemoryPool pool;

@@ -42,11 +42,12 @@ struct MemStats {
 };
 
 // What stands behind the pool: zero-filled allocations of at least 64-byte alignment. The
-// default is host memory; the CUDA backend installs device (managed) memory.
+// default is host memory; the CUDA backend installs device memory.
 struct Allocator {
   void* (*alloc)(size_t bytes);  // null when out of memory
   void (*free)(void* p);
 };
+Allocator host_allocator();  // the default
 
 // Process-wide pool: 64-byte aligned, zero-filled allocations, accounted per category. Host
 // blocks of 1 MiB and more are kept when released (up to 2 GiB) and handed out again for the

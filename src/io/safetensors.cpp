@@ -28,8 +28,10 @@ static std::vector<int64_t> hf_shape(const ParamSpec& s, const GptConfig& c) {
 
 void save_model(const std::string& path, Gpt& model) {
   std::vector<StTensor> ts;
+  std::vector<std::vector<float>> host;
   for (auto& n : model.named_params())
-    ts.push_back({n.spec->hf_name, "F32", hf_shape(*n.spec, model.config()), n.data, n.spec->hf_conv1d});
+    ts.push_back({n.spec->hf_name, "F32", hf_shape(*n.spec, model.config()),
+                  host_view(model.backend(), n.data, n.spec->numel, host), n.spec->hf_conv1d});
   save_safetensors(path, ts, model_metadata(model.config()));
 }
 
@@ -58,24 +60,23 @@ GptConfig read_model_config(const std::string& path) {
 void load_model(const std::string& path, Gpt& model) {
   SafeTensors st(path);
   const std::string prefix = "transformer.";
-  std::vector<float> staged;
+  std::vector<float> staged, ours;
   for (auto& n : model.named_params()) {
     const ParamSpec& s = *n.spec;
     std::string name = s.hf_name;
     if (!st.has(name) && name.rfind(prefix, 0) == 0 && st.has(name.substr(prefix.size())))
       name = name.substr(prefix.size());  // GPT2Model's names
-    std::vector<int64_t> shape = hf_shape(s, model.config());
-    if (!s.hf_conv1d) {
-      st.read(name, "F32", shape, n.data);
-      // wte: the padding rows beyond V are zero
-      if (s.field == &Tensors::wte) std::fill(n.data + shape[0] * shape[1], n.data + s.numel, 0.0f);
-      continue;
+    staged.assign(size_t(s.numel), 0.0f);  // wte: the padding rows beyond V are zero
+    st.read(name, "F32", hf_shape(s, model.config()), staged.data());
+    const float* src = staged.data();
+    if (s.hf_conv1d) {
+      ours.resize(size_t(s.numel));
+      const int64_t R = s.shape[0], C = s.shape[1];  // ours (R, C) from the file's (C, R)
+      for (int64_t r = 0; r < R; r++)
+        for (int64_t c = 0; c < C; c++) ours[size_t(r * C + c)] = staged[size_t(c * R + r)];
+      src = ours.data();
     }
-    staged.resize(size_t(s.numel));
-    st.read(name, "F32", shape, staged.data());
-    const int64_t R = s.shape[0], C = s.shape[1];  // ours (R, C) from the file's (C, R)
-    for (int64_t r = 0; r < R; r++)
-      for (int64_t c = 0; c < C; c++) n.data[r * C + c] = staged[size_t(c * R + r)];
+    model.backend().copy(n.data, src, size_t(s.numel) * sizeof(float));
   }
   model.sync_compute_weights();
 }

@@ -85,8 +85,9 @@ void Gpt::init(uint64_t seed, const std::function<void(size_t unit, const float*
   const double std_resid = 0.02 / std::sqrt(2.0 * cfg_.n_layer);
   for (size_t ui = 0; ui < units_.size(); ui++) {
     Unit& u = units_[ui];
-    PoolArray<float> temp(u.params.data() ? 0 : size_t(u.numel), Mem::workspace);
-    float* base = u.params.data() ? u.params.data() : temp.data();
+    // made on the host: in place on the CPU, else in host memory, then copied or handed over
+    std::vector<float> host;
+    float* base = u.params.data() && !be_.gpu() ? u.params.data() : (host.resize(size_t(u.numel)), host.data());
     for (auto& s : u.specs) {
       float* d = base + s.offset;
       int64_t n = s.numel;
@@ -101,9 +102,11 @@ void Gpt::init(uint64_t seed, const std::function<void(size_t unit, const float*
       }
       std::memset(d + n, 0, (s.numel - n) * sizeof(float));
     }
-    if (temp.data()) {
+    if (u.params.data()) {
+      if (base != u.params.data()) be_.copy(u.params.data(), base, size_t(u.numel) * sizeof(float));
+    } else {
       FRUGAL_CHECK(bool(sink), "unit {} has no parameter storage and init has no sink", u.name);
-      sink(ui, temp.data());
+      sink(ui, base);
     }
   }
   sync_compute_weights();

@@ -92,14 +92,14 @@ struct RankFile {
 };
 
 // Copies the parts of elements [lo, hi) of unit `unit`'s `what` that file f holds into
-// out(hi - lo); returns how many elements that was.
-int64_t copy_range(const RankFile& f, size_t unit, const char* what, int64_t lo, int64_t hi, float* out) {
+// out(hi - lo), in be's memory; returns how many elements that was.
+int64_t copy_range(Backend& be, const RankFile& f, size_t unit, const char* what, int64_t lo, int64_t hi, float* out) {
   int64_t copied = 0;
   for (auto [flo, fhi] : f.ranges[unit]) {
     int64_t a = std::max(lo, flo), b = std::min(hi, fhi);
     if (a >= b) continue;
     const float* src = f.st.f32(tensor(unit, what, flo), fhi - flo);
-    std::memcpy(out + (a - lo), src + (a - flo), size_t(b - a) * sizeof(float));
+    be.copy(out + (a - lo), src + (a - flo), size_t(b - a) * sizeof(float));
     copied += b - a;
   }
   return copied;
@@ -141,6 +141,7 @@ double save_checkpoint(const RunConfig& cfg, int step, Gpt& model, Stepper& st, 
   const int num_files = sharded ? comm.size() : 1;
   if (sharded || rank0) {
     std::vector<StTensor> ts;
+    std::vector<std::vector<float>> host;  // on a GPU: this rank's weights and moments, copied out
     std::map<std::string, std::string> meta = {{"format_version", std::to_string(kCheckpointVersion)},
                                                {"rank", std::to_string(comm.rank())},
                                                {"world", std::to_string(num_files)}};
@@ -151,7 +152,8 @@ double save_checkpoint(const RunConfig& cfg, int step, Gpt& model, Stepper& st, 
       const bool tail = sg.begin == units[sg.unit].nbig;  // a slice of [0, nbig) never starts there
       if (sharded && tail && !rank0) continue;
       for (auto [what, p] : {std::pair{"params", sg.w}, {"m", opt.m(k).data()}, {"v", opt.v(k).data()}})
-        ts.push_back({tensor(sg.unit, what, sg.begin), "F32", {sg.end - sg.begin}, p});
+        ts.push_back({tensor(sg.unit, what, sg.begin), "F32", {sg.end - sg.begin},
+                      host_view(model.backend(), p, sg.end - sg.begin, host)});
       ranges[sg.unit].push_back(fmt::format("{}-{}", sg.begin, sg.end));
     }
     for (size_t i = 0; i < units.size(); i++) {
@@ -263,7 +265,7 @@ void load_checkpoint(const std::string& dir, Gpt& model, Stepper& st, DataLoader
   }
   for (int r = 0; r < state.at("rank_files").get<int>(); r++) {
     RankFile f(rank_file(dir, r), units);
-    for (Dest& d : dests) d.covered += copy_range(f, d.unit, d.what, d.lo, d.hi, d.out);
+    for (Dest& d : dests) d.covered += copy_range(model.backend(), f, d.unit, d.what, d.lo, d.hi, d.out);
   }
   for (const Dest& d : dests)
     if (d.covered != d.hi - d.lo)

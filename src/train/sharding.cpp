@@ -105,9 +105,9 @@ void Shards::set(size_t i, const float* full) {
   Part& p = parts_[i];
   const Unit& u = model_.units()[i];
   FRUGAL_CHECK(p.w.size() || !p.len, "Shards::set: unit {} is not sharded", u.name);
-  std::memcpy(p.w.data(), full + p.lo, size_t(p.hi - p.lo) * 4);
-  std::memset(p.w.data() + (p.hi - p.lo), 0, size_t(p.len - (p.hi - p.lo)) * 4);
-  std::memcpy(p.wt.data(), full + u.nbig, size_t(p.tail) * 4);
+  be_.copy(p.w.data(), full + p.lo, size_t(p.hi - p.lo) * 4);
+  be_.fill_zero(p.w.data() + (p.hi - p.lo), p.len - (p.hi - p.lo));
+  be_.copy(p.wt.data(), full + u.nbig, size_t(p.tail) * 4);
 }
 
 // ---- parameters ------------------------------------------------------------------------------
@@ -281,9 +281,9 @@ void Shards::materialize() {
     Unit& u = model_.units()[i];
     Part& p = parts_[i];
     u.params = PoolArray<float>(size_t(u.numel), Mem::workspace);
-    std::memcpy(u.params.data() + p.lo, p.w.data(), size_t(p.hi - p.lo) * 4);
+    be_.copy(u.params.data() + p.lo, p.w.data(), size_t(p.hi - p.lo) * 4);
     if (u.nbig) comm_.all_gather_inplace(u.params.data(), u.nbig, p.len)->wait();
-    std::memcpy(u.params.data() + u.nbig, p.wt.data(), size_t(p.tail) * 4);
+    be_.copy(u.params.data() + u.nbig, p.wt.data(), size_t(p.tail) * 4);
     u.bind_params(u.params.data(), u.params.data() + u.nbig, nullptr);
   }
 }

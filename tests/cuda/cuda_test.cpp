@@ -1,6 +1,7 @@
 // The CUDA backend against the CPU backend, the reference, on the same random inputs: every op
 // in fp32, bf16 and fp16, then a short training of a tiny model whose losses must match. Both
-// backends work on CUDA managed memory, which the CPU reads and writes too. Every test skips,
+// backends work on CUDA managed memory in the op tests, which the CPU reads and writes too;
+// the training runs each in its own backend's memory. Every test skips,
 // naming the reason cudaGetDeviceCount gives, where no CUDA device is usable. The same file
 // also runs on the emulated device of tests/cuda/emu/ (frugal_cuda_emu_tests), on every machine.
 //
@@ -9,6 +10,8 @@
 // 2e-3 (one rounding of the stored result each way, as in tests/backend/kernels_test.cpp);
 // training losses, step by step for 12 steps, 5e-4 (fp32), 2e-2 (bf16), 1e-2 (fp16) relative.
 #include <cuda_runtime.h>
+
+#include <optional>
 
 #include "backend/backend.h"
 #include "support/support.h"
@@ -70,6 +73,13 @@ struct Pair {
   Pair(DType d, size_t n) : c(d, n), g(d, n) {}
   void* operator()(bool gpu) const { return gpu ? g.p : c.p; }
   float* f(bool gpu) const { return static_cast<float*>((*this)(gpu)); }
+};
+
+// Puts `a` behind the MemoryPool while it lives (cuda_backend() puts device memory there).
+struct PoolAllocator {
+  Allocator prev;
+  explicit PoolAllocator(Allocator a) : prev(MemoryPool::get().set_allocator(a)) {}
+  ~PoolAllocator() { MemoryPool::get().set_allocator(prev); }
 };
 
 // Runs op on the CPU backend (false) and the CUDA backend (true).
@@ -268,6 +278,8 @@ TEST(CudaTraining, TinyModelLossesMatchCpuAndNothingIsAllocatedAfterTheFirstStep
     size_t pool_after_first = 0, free_after_first = 0;
     for (int g = 0; g < 2; g++) {
       Backend& be = g ? cuda_backend() : cpu_backend();
+      std::optional<PoolAllocator> host;  // the CPU run in host memory
+      if (g == 0) host.emplace(host_allocator());
       Gpt model(cfg, be, d);
       model.init(7);
       Stepper stepper(model, be, *comm, t, 2, p);

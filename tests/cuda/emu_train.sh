@@ -3,9 +3,9 @@
 # apps/frugal built against tests/cuda/emu/, whose device work runs only at a synchronisation,
 # so a host access without one reads stale data): the flags bench/gpu/check.sh passes; the
 # training and validation losses of the CPU backend (bf16, within 2e-2 as in cuda_test.cpp)
-# under ddp, zero2, zero3 and yafsdp, in fp16 with dynamic loss scaling, and with selective and
-# full recompute; a resume from a checkpoint that continues the
-# uninterrupted run bit for bit.
+# under ddp, zero2, zero3 and yafsdp, in fp16 with dynamic loss scaling, with selective and
+# full recompute, and from a model file (train.init_from: the weights go in and out of device
+# memory); a resume from a checkpoint that continues the uninterrupted run bit for bit.
 # Usage: emu_train.sh FRUGAL_EMU_BINARY
 set -u
 F=$1
@@ -26,6 +26,17 @@ print(" ".join("%.6f" % x for x in [e["loss"] for e in r] + [e["val_loss"] for e
 }
 "$F" train $A --train.steps=6 --run.dir=cpu > log 2>&1 || fail "cpu run: $(cat log)"
 "$F" train $A --train.steps=6 --run.dir=cpu16 --precision.compute=fp16 > log 2>&1 || fail "cpu fp16 run: $(cat log)"
+# compare NAME REF: the run's losses within 2e-2 of the CPU run REF's
+compare() {
+  python3 - "$(losses $2)" "$(losses $1)" "$1" <<'PY' || exit 1
+import sys
+cpu, gpu = [list(map(float, a.split())) for a in sys.argv[1:3]]
+bad = [(i + 1, c, g) for i, (c, g) in enumerate(zip(cpu, gpu)) if abs(g - c) > 2e-2 * c]
+if len(cpu) < 4 or len(gpu) != len(cpu) or bad:
+    sys.exit(f"FAIL: {sys.argv[3]} on cuda: losses {gpu} against the cpu's {cpu}: {bad}")
+print(f"{sys.argv[3]}: cuda losses within 2e-2 of the cpu's: {gpu}")
+PY
+}
 for s in ddp zero2 zero3 yafsdp fp16 selective full; do
   case $s in
     fp16) x="--precision.compute=fp16" ref=cpu16 ;;
@@ -34,19 +45,17 @@ for s in ddp zero2 zero3 yafsdp fp16 selective full; do
   esac
   "$F" train $A --train.steps=6 --run.dir=$s --device.backend=cuda --device.name=h100-sxm \
     --device.peak_flops_bf16=989e12 $x > log 2>&1 || fail "cuda $s run: $(cat log)"
-  python3 - "$(losses $ref)" "$(losses $s)" "$s" <<'PY' || exit 1
-import sys
-cpu, gpu = [list(map(float, a.split())) for a in sys.argv[1:3]]
-bad = [(i + 1, c, g) for i, (c, g) in enumerate(zip(cpu, gpu)) if abs(g - c) > 2e-2 * c]
-if len(cpu) != 8 or len(gpu) != 8 or bad:
-    sys.exit(f"FAIL: {sys.argv[3]} on cuda: losses {gpu} against the cpu's {cpu}: {bad}")
-print(f"{sys.argv[3]}: cuda losses within 2e-2 of the cpu's: {gpu}")
-PY
+  compare $s $ref
 done
+# from the CPU run's trained weights, sharded on the device
+I="$A --train.steps=3 --train.init_from=cpu/model.safetensors"
+"$F" train $I --run.dir=init_cpu > log 2>&1 || fail "cpu init_from run: $(cat log)"
+"$F" train $I --run.dir=init_cuda --device.backend=cuda --dist.strategy=zero3 > log 2>&1 || fail "cuda init_from run: $(cat log)"
+compare init_cuda init_cpu
 # as after a crash between steps 3 and 6: only the checkpoint of step 3 is left
 "$F" train $A --train.steps=6 --run.dir=part --device.backend=cuda --run.checkpoint_every=3 > log 2>&1 || fail "part: $(cat log)"
 rm -rf part/ckpt-6
 "$F" train --resume part > log 2>&1 || fail "resume: $(cat log)"
 grep -q "resuming from part/ckpt-3 at step 3" log || fail "did not resume from step 3: $(cat log)"
 [ "$(losses part)" = "$(losses ddp)" ] || fail "resumed run $(losses part) is not the uninterrupted $(losses ddp)"
-echo "emu train: 4 strategies, fp16 and recompute match the cpu, resume is exact"
+echo "emu train: 4 strategies, fp16, recompute and init_from match the cpu, resume is exact"

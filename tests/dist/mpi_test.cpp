@@ -68,7 +68,11 @@ Result train_steps(Comm& comm, int B, int accum, DType dt, Strategy s, const Gpt
   }
   r.mem = MemoryPool::get().stats();
   st.shards().materialize();
-  for (auto& n : m.named_params()) r.weights.insert(r.weights.end(), n.data, n.data + n.spec->numel);
+  std::vector<std::vector<float>> host;
+  for (auto& n : m.named_params()) {
+    const float* w = host_view(backend(), n.data, n.spec->numel, host);
+    r.weights.insert(r.weights.end(), w, w + n.spec->numel);
+  }
   return r;
 }
 

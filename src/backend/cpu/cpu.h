@@ -7,6 +7,7 @@
 #pragma once
 #include <omp.h>
 
+#include <cstring>
 #include <map>
 #include <memory>
 #include <tuple>
@@ -55,6 +56,7 @@ class CpuBackend final : public Backend {
   double sum_squares(const float* x, int64_t n) override;
   void fill_zero(float* x, int64_t n) override;
   double sum(const float* x, int64_t n) override;
+  void copy(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
   void synchronize() override {}
 
  private:

@@ -11,23 +11,15 @@ void cuda_check(cudaError_t e, const char* what, const char* file, int line) {
   check_failed(file, line, what, fmt::format("failed: {}", cudaGetErrorString(e)));
 }
 
-// Managed memory, preferred on the current device and zero-filled there; the host may still
-// read it (init, files, tests) after a synchronize(). Never more than the device has free:
-// oversubscribed managed memory pages to the host and can stall the GPU, so that is out of
-// memory (null) instead.
+// Plain device memory, zero-filled. The host never reads or writes it directly: it goes
+// through Backend::copy. Never more than the device has free, less a margin for the CUDA
+// libraries' own allocations, so that running out is frugal's out-of-memory report.
 static void* device_alloc(size_t bytes) {
   size_t free_b = 0, total = 0;
   CUDA_CHECK(cudaMemGetInfo(&free_b, &total));
   void* p = nullptr;
-  if (bytes + (size_t(64) << 20) > free_b || cudaMallocManaged(&p, bytes) != cudaSuccess) return nullptr;
-  int dev = 0;
-  CUDA_CHECK(cudaGetDevice(&dev));
-  cudaMemLocation loc{};
-  loc.type = cudaMemLocationTypeDevice;
-  loc.id = dev;
-  CUDA_CHECK(cudaMemAdvise(p, bytes, cudaMemAdviseSetPreferredLocation, loc));
+  if (bytes + (size_t(64) << 20) > free_b || cudaMalloc(&p, bytes) != cudaSuccess) return nullptr;
   CUDA_CHECK(cudaMemset(p, 0, bytes));
-  CUDA_CHECK(cudaDeviceSynchronize());
   return p;
 }
 static void device_free(void* p) { CUDA_CHECK(cudaFree(p)); }
@@ -50,6 +42,12 @@ CudaBackend::CudaBackend() {
 }
 
 void CudaBackend::synchronize() { CUDA_CHECK(cudaDeviceSynchronize()); }
+
+// In order with the compute stream's work; host-synchronous for every direction.
+void CudaBackend::copy(void* dst, const void* src, size_t bytes) {
+  CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, 0));
+  CUDA_CHECK(cudaStreamSynchronize(0));
+}
 
 const int32_t* CudaBackend::stage(const int32_t* idx, int64_t n) {
   int32_t* d = scratch<int32_t>(idx_, idx_bytes_, n);

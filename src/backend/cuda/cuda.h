@@ -64,6 +64,7 @@ class CudaBackend final : public Backend {
   double sum_squares(const float* x, int64_t n) override;
   void fill_zero(float* x, int64_t n) override;
   double sum(const float* x, int64_t n) override;
+  void copy(void* dst, const void* src, size_t bytes) override;
   void synchronize() override;
 
  private:

@@ -3,9 +3,17 @@
 // runs in order only at a synchronisation (device, stream or event synchronize, a blocking
 // copy, a free, a collective), so a host read of a result without one sees stale data, as it
 // may on a GPU. There is one queue: streams and events are tokens. cudaMalloc'd memory starts
-// as 0xff bytes (NaN), so a read before a write shows; frees of unknown pointers fail;
-// cudaMemGetInfo counts what is allocated against a 16 GiB device.
+// as 0xff bytes (NaN), so a read before a write shows, and it is unmapped for the host
+// (PROT_NONE) except while device work or a copy runs: a host access to it stops the process
+// with a line naming the address, where a GPU would crash or read garbage. Managed and pinned
+// host memory (cudaMallocManaged, cudaMallocHost) stay open to the host. Frees of unknown
+// pointers fail; cudaMemGetInfo counts what is allocated against a 16 GiB device.
 #pragma once
+#include <signal.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
@@ -36,15 +44,68 @@ using cudaEvent_t = struct CUevent_st*;
 constexpr unsigned cudaStreamNonBlocking = 1, cudaEventDisableTiming = 2;
 
 namespace emu {
-inline std::map<const void*, size_t> allocations;
+enum class Kind { device, managed, pinned };
+struct Allocation {
+  size_t bytes, mapped;  // mapped: whole pages, for device memory
+  Kind kind;
+};
+inline std::map<const void*, Allocation> allocations;
 inline size_t allocated = 0;
 constexpr size_t kDeviceBytes = size_t(16) << 30;
+inline int open_depth = 0;  // > 0 while device work or a copy runs: device memory is mapped
 
-inline cudaError_t alloc(void** p, size_t n) {
-  *p = std::aligned_alloc(256, (std::max<size_t>(n, 1) + 255) / 256 * 256);
-  if (!*p) return cudaErrorMemoryAllocation;
+inline const std::pair<const void* const, Allocation>* find(const void* p) {  // the allocation holding p
+  auto it = allocations.upper_bound(p);
+  if (it == allocations.begin()) return nullptr;
+  --it;
+  const char* b = static_cast<const char*>(it->first);
+  return static_cast<const char*>(p) < b + std::max(it->second.bytes, it->second.mapped) ? &*it : nullptr;
+}
+inline void protect(const void* p, const Allocation& a, bool open) {
+  if (mprotect(const_cast<void*>(p), a.mapped, open ? PROT_READ | PROT_WRITE : PROT_NONE) != 0) std::abort();
+}
+inline void set_open(bool open) {
+  for (auto& [p, a] : allocations)
+    if (a.kind == Kind::device) protect(p, a, open);
+}
+struct Open {  // device memory is mapped while one lives
+  Open() { if (open_depth++ == 0) set_open(true); }
+  ~Open() { if (--open_depth == 0) set_open(false); }
+  Open(const Open&) = delete;
+};
+inline void on_fault(int, siginfo_t* info, void*) {
+  auto* hit = find(info->si_addr);
+  if (hit && hit->second.kind == Kind::device) {
+    char line[200];
+    int n = std::snprintf(line, sizeof line, "emulated device: the host touched device memory at %p (%zu bytes into a cudaMalloc'd block of %zu)\n",
+                          info->si_addr, size_t(static_cast<char*>(info->si_addr) - static_cast<const char*>(hit->first)), hit->second.bytes);
+    if (write(2, line, size_t(n)) < 0) {}
+    std::abort();
+  }
+  signal(SIGSEGV, SIG_DFL);  // any other fault: the default report on return
+}
+
+inline cudaError_t alloc(void** p, size_t n, Kind kind) {
+  static bool handler = [] {
+    struct sigaction sa {};
+    sa.sa_sigaction = on_fault;
+    sa.sa_flags = SA_SIGINFO;
+    return sigaction(SIGSEGV, &sa, nullptr) == 0;
+  }();
+  (void)handler;
+  Allocation a{n, 0, kind};
+  if (kind == Kind::device) {
+    const size_t page = size_t(sysconf(_SC_PAGESIZE));
+    a.mapped = (std::max<size_t>(n, 1) + page - 1) / page * page;
+    *p = mmap(nullptr, a.mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (*p == MAP_FAILED) return *p = nullptr, cudaErrorMemoryAllocation;
+  } else {
+    *p = std::aligned_alloc(256, (std::max<size_t>(n, 1) + 255) / 256 * 256);
+    if (!*p) return cudaErrorMemoryAllocation;
+  }
   std::memset(*p, 0xff, n);
-  allocations[*p] = n;
+  if (kind == Kind::device && open_depth == 0) protect(*p, a, false);
+  allocations[*p] = a;
   allocated += n;
   return cudaSuccess;
 }
@@ -52,21 +113,21 @@ inline cudaError_t release(void* p) {
   if (!p) return cudaSuccess;
   auto it = allocations.find(p);
   if (it == allocations.end()) return cudaErrorInvalidValue;
-  allocated -= it->second;
+  allocated -= it->second.bytes;
+  if (it->second.kind == Kind::device) munmap(p, it->second.mapped);
+  else std::free(p);
   allocations.erase(it);
-  std::free(p);
   return cudaSuccess;
 }
 inline std::vector<std::function<void()>> queue;  // device work not yet run
 inline void enqueue(std::function<void()> f) { queue.push_back(std::move(f)); }
 inline void flush() {
+  if (queue.empty()) return;
+  Open open;
   for (size_t i = 0; i < queue.size(); i++) queue[i]();
   queue.clear();
 }
-inline bool on_device(const void* p) {  // inside a cudaMalloc'd range
-  auto it = allocations.upper_bound(p);
-  return it != allocations.begin() && (--it, static_cast<const char*>(p) < static_cast<const char*>(it->first) + it->second);
-}
+inline bool on_device(const void* p) { return find(p) != nullptr; }  // inside any CUDA allocation
 template <class T>
 T* token() {  // a distinct non-null handle
   static char slots[1024];
@@ -83,10 +144,10 @@ inline cudaError_t cudaSetDevice(int d) { return d == 0 ? cudaSuccess : cudaErro
 inline cudaError_t cudaDeviceSynchronize() { emu::flush(); return cudaSuccess; }
 
 template <class T>
-cudaError_t cudaMalloc(T** p, size_t n) { return emu::alloc(reinterpret_cast<void**>(p), n); }
-inline cudaError_t cudaMallocManaged(void** p, size_t n, unsigned = 1) { return emu::alloc(p, n); }
+cudaError_t cudaMalloc(T** p, size_t n) { return emu::alloc(reinterpret_cast<void**>(p), n, emu::Kind::device); }
+inline cudaError_t cudaMallocManaged(void** p, size_t n, unsigned = 1) { return emu::alloc(p, n, emu::Kind::managed); }
 template <class T>
-cudaError_t cudaMallocHost(T** p, size_t n) { return emu::alloc(reinterpret_cast<void**>(p), n); }
+cudaError_t cudaMallocHost(T** p, size_t n) { return emu::alloc(reinterpret_cast<void**>(p), n, emu::Kind::pinned); }
 inline cudaError_t cudaFree(void* p) { emu::flush(); return emu::release(p); }
 inline cudaError_t cudaFreeHost(void* p) { emu::flush(); return emu::release(p); }
 inline cudaError_t cudaMemGetInfo(size_t* free_b, size_t* total) {
@@ -94,15 +155,22 @@ inline cudaError_t cudaMemGetInfo(size_t* free_b, size_t* total) {
   *free_b = emu::kDeviceBytes - emu::allocated;
   return cudaSuccess;
 }
-// Managed inside a cudaMalloc'd range, else unregistered host memory.
 inline cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* a, const void* p) {
   *a = cudaPointerAttributes{cudaMemoryTypeUnregistered, -1, nullptr, nullptr};
-  if (emu::on_device(p)) *a = cudaPointerAttributes{cudaMemoryTypeManaged, 0, const_cast<void*>(p), const_cast<void*>(p)};
+  auto* hit = emu::find(p);
+  if (!hit) return cudaSuccess;
+  void* q = const_cast<void*>(p);
+  switch (hit->second.kind) {
+    case emu::Kind::device: *a = cudaPointerAttributes{cudaMemoryTypeDevice, 0, q, nullptr}; break;
+    case emu::Kind::managed: *a = cudaPointerAttributes{cudaMemoryTypeManaged, 0, q, q}; break;
+    case emu::Kind::pinned: *a = cudaPointerAttributes{cudaMemoryTypeHost, 0, q, q}; break;
+  }
   return cudaSuccess;
 }
 inline cudaError_t cudaMemAdvise(const void*, size_t, cudaMemoryAdvise, cudaMemLocation) { return cudaSuccess; }
 inline cudaError_t cudaMemcpy(void* d, const void* s, size_t n, cudaMemcpyKind) {
   emu::flush();
+  emu::Open open;
   std::memmove(d, s, n);
   return cudaSuccess;
 }

@@ -62,6 +62,7 @@ inline ncclResult_t reduce_done(ncclRedOp_t op, void* buf, size_t n, ncclComm_t 
 
 inline ncclResult_t ncclAllReduce(const void* in, void* out, size_t n, ncclDataType_t t, ncclRedOp_t op, ncclComm_t c, cudaStream_t) {
   emu::flush();
+  emu::Open open;  // MPI reads and writes device memory
   if (t == ncclBfloat16 && op == ncclSum) {
     MPI_Allreduce(in == out ? MPI_IN_PLACE : in, out, int(n), MPI_UINT16_T, emu::bf16_sum(), MPI_COMM_WORLD);
     return ncclSuccess;
@@ -72,12 +73,14 @@ inline ncclResult_t ncclAllReduce(const void* in, void* out, size_t n, ncclDataT
 }
 inline ncclResult_t ncclReduceScatter(const void* in, void* out, size_t n, ncclDataType_t t, ncclRedOp_t op, ncclComm_t c, cudaStream_t) {
   emu::flush();
+  emu::Open open;  // MPI reads and writes device memory
   if (t != ncclFloat) return ncclInvalidArgument;
   MPI_Reduce_scatter_block(in, out, int(n), MPI_FLOAT, op == ncclMax ? MPI_MAX : MPI_SUM, MPI_COMM_WORLD);
   return emu::reduce_done(op, out, n, c);
 }
 inline ncclResult_t ncclAllGather(const void* in, void* out, size_t n, ncclDataType_t t, ncclComm_t c, cudaStream_t) {
   emu::flush();
+  emu::Open open;  // MPI reads and writes device memory
   const size_t bytes = n * (t == ncclFloat ? 4 : 1);
   const bool in_place = in == static_cast<char*>(out) + c->rank * bytes;
   MPI_Allgather(in_place ? MPI_IN_PLACE : in, int(n), emu::mpi_type(t), out, int(n), emu::mpi_type(t), MPI_COMM_WORLD);
@@ -85,6 +88,7 @@ inline ncclResult_t ncclAllGather(const void* in, void* out, size_t n, ncclDataT
 }
 inline ncclResult_t ncclBroadcast(const void* in, void* out, size_t n, ncclDataType_t t, int root, ncclComm_t c, cudaStream_t) {
   emu::flush();
+  emu::Open open;  // MPI reads and writes device memory
   if (c->rank == root && in != out) std::memcpy(out, in, n * (t == ncclFloat ? 4 : 1));
   MPI_Bcast(out, int(n), emu::mpi_type(t), root, MPI_COMM_WORLD);
   return ncclSuccess;
