@@ -60,6 +60,22 @@ class Backend {
   virtual void gelu_forward(void* out, const void* inp, int64_t n, DType dt) = 0;
   virtual void gelu_backward(void* dinp, const void* inp, const void* dout, int64_t n, DType dt) = 0;
 
+  // The MLP's first layer and its GELU: pre(BT,OC) = linear_forward(inp, weight, bias) and
+  // out(BT,OC) = gelu(pre), both dt. A backend may do both in one GEMM (a GELU epilogue).
+  virtual void linear_gelu_forward(void* out, void* pre, const void* inp, const void* weight,
+                                   const float* bias, int64_t BT, int64_t IC, int64_t OC, DType dt) {
+    linear_forward(pre, inp, weight, bias, BT, IC, OC, dt);
+    gelu_forward(out, pre, BT * OC, dt);
+  }
+  // linear_backward of a layer whose input was gelu(pre), pre(BT,IC): dinp becomes the
+  // gradient at pre, (dout weight) * gelu'(pre). A backend may fold the GELU into the GEMM.
+  virtual void linear_backward_gelu(void* dinp, float* dweight, float* dbias, const void* dout,
+                                    const void* inp, const void* pre, const void* weight,
+                                    int64_t BT, int64_t IC, int64_t OC, DType dt) {
+    linear_backward(dinp, dweight, dbias, dout, inp, weight, BT, IC, OC, dt);
+    gelu_backward(dinp, pre, dinp, BT * IC, dt);
+  }
+
   // Causal multi-head attention, memory-efficient: qkv(B,T,3C) holds q, k, v side by side,
   // heads interleaved (channel h*HS+d); out(B,T,C) in dt; lse(B,NH,T) fp32 is the per-row
   // log-sum-exp of the scaled scores, all backward needs besides qkv and out. No (T,T) tensor

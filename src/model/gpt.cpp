@@ -339,9 +339,11 @@ void Gpt::block_forward(int l, int B, int T, bool recompute) {
   float* res_mid = res_mid_.data();
   be_.add(res_mid, x, a.proj, BT * C, dt);
   be_.layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, res_mid, p.ln2_w, p.ln2_b, BT, C, dt);
-  be_.linear_forward(a.fch, a.ln2, cw(u, &Tensors::fc_w), p.fc_b, BT, C, 4 * C, dt);
-  if (recompute) return;  // the GELU, like the LayerNorms, is recomputed where backward uses it
-  be_.gelu_forward(a.fch_gelu, a.fch, 4 * BT * C, dt);
+  if (recompute) {  // the GELU, like the LayerNorms, is recomputed where backward uses it
+    be_.linear_forward(a.fch, a.ln2, cw(u, &Tensors::fc_w), p.fc_b, BT, C, 4 * C, dt);
+    return;
+  }
+  be_.linear_gelu_forward(a.fch_gelu, a.fch, a.ln2, cw(u, &Tensors::fc_w), p.fc_b, BT, C, 4 * C, dt);
   void* mlp_out = dsmall_.data();
   be_.linear_forward(mlp_out, a.fch_gelu, cw(u, &Tensors::fcproj_w), p.fcproj_b, BT, 4 * C, C, dt);
   be_.add(res_[l + 1], res_mid, mlp_out, BT * C, dt);
@@ -407,9 +409,8 @@ void Gpt::block_backward(int l, int B, int T) {
   be_.add(res_mid, res_[l], a.proj, BT * C, dt);  // bit-identical to the forward's
   // MLP: y = res_mid + fcproj(gelu(fc(ln2(res_mid))))
   if (rebuild) be_.gelu_forward(a.fch_gelu, a.fch, 4 * BT * C, dt);
-  be_.linear_backward(dbig, g.fcproj_w, g.fcproj_b, dres_compute(BT * C), a.fch_gelu,
-                      cw(u, &Tensors::fcproj_w), BT, 4 * C, C, dt);
-  be_.gelu_backward(dbig, a.fch, dbig, 4 * BT * C, dt);
+  be_.linear_backward_gelu(dbig, g.fcproj_w, g.fcproj_b, dres_compute(BT * C), a.fch_gelu, a.fch,
+                           cw(u, &Tensors::fcproj_w), BT, 4 * C, C, dt);
   if (rebuild) be_.layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, res_mid, p.ln2_w, p.ln2_b, BT, C, dt);
   be_.linear_backward(dsmall, g.fc_w, g.fc_b, dbig, a.ln2, cw(u, &Tensors::fc_w), BT, C, 4 * C, dt);
   be_.layernorm_backward(dres, g.ln2_w, g.ln2_b, dsmall, res_mid, p.ln2_w,

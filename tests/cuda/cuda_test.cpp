@@ -132,6 +132,31 @@ TEST(CudaLinear, ForwardAndBackwardMatchCpu) {
   }
 }
 
+// The MLP's fc layer with its GELU, and the gradient through the projection into the GELU's
+// input: with 4C a multiple of 8 and 16-bit inputs, cuBLASLt's GELU epilogues; otherwise the
+// GEMM and the GELU kernels. With and without biases.
+TEST(CudaLinearGelu, FusedEpiloguesMatchCpu) {
+  REQUIRE_CUDA();
+  const int64_t BT = 40, C = 32;
+  for (int64_t H : {48, 36})
+    for (bool bias : {true, false})
+      for (DType d : kAll) {
+        Pair x(d, randn(BT * C, 1.0f, 1)), w1(d, randn(H * C, 0.3f, 2)), b1(DType::f32, randn(H, 1.0f, 3));
+        Pair pre(d, BT * H), h(d, BT * H), dh(d, BT * H), w2(d, randn(C * H, 0.2f, 4)), dy(d, randn(BT * C, 1.0f, 5));
+        Pair dw2(DType::f32, randn(C * H, 1.0f, 6)), db2(DType::f32, randn(C, 1.0f, 7));  // +=
+        both([&](Backend& be, bool g) {
+          be.linear_gelu_forward(h(g), pre(g), x(g), w1(g), bias ? b1.f(g) : nullptr, BT, C, H, d);
+          be.linear_backward_gelu(dh(g), dw2.f(g), bias ? db2.f(g) : nullptr, dy(g), h(g), pre(g), w2(g), BT, H, C, d);
+        });
+        const std::string at = fmt::format(" (4C={}, bias {})", H, bias);
+        expect_match(pre, "fc pre-activation" + at);
+        expect_match(h, "fc gelu" + at);
+        expect_match(dh, "gradient at the pre-activation" + at);
+        expect_match(dw2, "proj dweight" + at, d == DType::f32 ? 1e-4 : tol(d));  // h as each rounded it
+        expect_match(db2, "proj dbias" + at, 1e-4);
+      }
+}
+
 TEST(CudaLayerNorm, ForwardAndBackwardMatchCpu) {
   REQUIRE_CUDA();
   for (int64_t C : {96, 1600}) {

@@ -39,6 +39,11 @@ class CudaBackend final : public Backend {
   void linear_backward(void* dinp, float* dweight, float* dbias, const void* dout,
                        const void* inp, const void* weight, int64_t BT, int64_t IC, int64_t OC,
                        DType dt) override;
+  void linear_gelu_forward(void* out, void* pre, const void* inp, const void* weight,
+                           const float* bias, int64_t BT, int64_t IC, int64_t OC, DType dt) override;
+  void linear_backward_gelu(void* dinp, float* dweight, float* dbias, const void* dout,
+                            const void* inp, const void* pre, const void* weight, int64_t BT,
+                            int64_t IC, int64_t OC, DType dt) override;
   void layernorm_forward(void* out, float* mean, float* rstd, const float* inp, const float* w,
                          const float* b, int64_t N, int64_t C, DType dt) override;
   void layernorm_backward(float* dinp, float* dw, float* db, const void* dout, const float* inp,
@@ -83,9 +88,13 @@ class CudaBackend final : public Backend {
   const int32_t* stage(const int32_t* idx, int64_t n);
   double reduce(const float* x, int64_t n, bool squares);
 
+  enum class Gelu { none, forward, backward };
+  bool gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const void* A, int64_t lda,
+            const void* B, int64_t ldb, void* C, int64_t ldc, DType ab, DType c, const float* bias,
+            bool accumulate, Gelu gelu, void* aux);
   struct GemmPlan;  // cuBLASLt descriptors and the chosen algorithm for one shape
   using GemmKey = std::tuple<bool, bool, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int,
-                             int, bool, bool, int>;
+                             int, bool, bool, int, int>;
   std::map<GemmKey, GemmPlan*> gemms_;
   cublasLtHandle_t lt_ = nullptr;
   void* lt_ws_ = nullptr;

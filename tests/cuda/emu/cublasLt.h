@@ -1,10 +1,14 @@
 // cuBLASLt as frugal calls it (src/backend/cuda/matmul.cpp), for the emulated device: the
 // documented semantics of cublasLtMatmul on column-major layouts, D = alpha op(A) op(B) +
-// beta C (C not read when beta is 0), plus bias[row] with CUBLASLT_EPILOGUE_BIAS, products
-// summed in double and rounded once to D's type, queued as device work (cuda_runtime.h). Layouts, attribute sizes and operand shapes
-// are checked as cuBLASLt checks them (CUBLAS_STATUS_INVALID_VALUE). The heuristic offers the
-// bias epilogue for 16-bit inputs only, so that both of matmul.cpp's bias paths run.
+// beta C (C not read when beta is 0), plus bias[row] with the BIAS epilogues; GELU_AUX(_BIAS)
+// writes that pre-activation x to the aux matrix (D's type, its own ld) and gelu(x) to D, DGELU
+// writes x * gelu'(aux) (tanh GELU, as cuBLASLt's); products summed in double and rounded once
+// to D's type, queued as device work (cuda_runtime.h). Layouts, attribute sizes, operand shapes
+// and the aux ld (a multiple of 8, at least D's rows) are checked as cuBLASLt checks them
+// (CUBLAS_STATUS_INVALID_VALUE). The heuristic offers the epilogues for 16-bit inputs only, so
+// that both of matmul.cpp's paths (fused, and the kernels after) run.
 #pragma once
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
@@ -18,9 +22,17 @@ enum cublasLtMatmulDescAttributes_t {
   CUBLASLT_MATMUL_DESC_TRANSB = 4,
   CUBLASLT_MATMUL_DESC_EPILOGUE = 7,
   CUBLASLT_MATMUL_DESC_BIAS_POINTER = 8,
+  CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER = 11,
+  CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD = 12,
   CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE = 26,
 };
-enum cublasLtEpilogue_t { CUBLASLT_EPILOGUE_DEFAULT = 1, CUBLASLT_EPILOGUE_BIAS = 4 };
+enum cublasLtEpilogue_t {
+  CUBLASLT_EPILOGUE_DEFAULT = 1,
+  CUBLASLT_EPILOGUE_BIAS = 4,
+  CUBLASLT_EPILOGUE_GELU_AUX = 160,
+  CUBLASLT_EPILOGUE_GELU_AUX_BIAS = 164,
+  CUBLASLT_EPILOGUE_DGELU = 192,
+};
 enum cublasLtMatmulPreferenceAttributes_t {
   CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES = 1,
   CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES = 5,
@@ -44,6 +56,8 @@ struct cublasLtMatmulDescOpaque_t {
   cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_DEFAULT;
   const void* bias = nullptr;
   int32_t bias_type = -1;
+  void* aux = nullptr;
+  int64_t aux_ld = 0;
 };
 struct cublasLtMatrixLayoutOpaque_t {
   cudaDataType_t type;
@@ -76,6 +90,8 @@ inline cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t d, cub
     case CUBLASLT_MATMUL_DESC_EPILOGUE: return set(d->epilogue);
     case CUBLASLT_MATMUL_DESC_BIAS_POINTER: return set(d->bias);
     case CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE: return set(d->bias_type);
+    case CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER: return set(d->aux);
+    case CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD: return set(d->aux_ld);
   }
   return CUBLAS_STATUS_INVALID_VALUE;
 }
@@ -99,8 +115,17 @@ inline cublasStatus_t check_matmul(cublasLtMatmulDesc_t d, cublasLtMatrixLayout_
   const uint64_t bk = d->tb == CUBLAS_OP_N ? B->rows : B->cols, bn = d->tb == CUBLAS_OP_N ? B->cols : B->rows;
   const bool ok = am == D->rows && bn == D->cols && ak == bk && C->rows == D->rows && C->cols == D->cols &&
                   A->type == B->type && C->type == D->type && (D->type == CUDA_R_32F || D->type == A->type);
-  const bool epi_ok = d->epilogue == CUBLASLT_EPILOGUE_DEFAULT || (d->epilogue == CUBLASLT_EPILOGUE_BIAS && d->bias_type == CUDA_R_32F);
+  const auto e = d->epilogue;
+  const bool bias = e == CUBLASLT_EPILOGUE_BIAS || e == CUBLASLT_EPILOGUE_GELU_AUX_BIAS;
+  const bool aux = e == CUBLASLT_EPILOGUE_GELU_AUX || e == CUBLASLT_EPILOGUE_GELU_AUX_BIAS || e == CUBLASLT_EPILOGUE_DGELU;
+  const bool epi_ok = (e == CUBLASLT_EPILOGUE_DEFAULT || bias || aux) && (!bias || (d->bias && d->bias_type == CUDA_R_32F)) &&
+                      (!aux || (d->aux && d->aux_ld % 8 == 0 && d->aux_ld >= int64_t(D->rows)));
   return ok && epi_ok ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_INVALID_VALUE;
+}
+inline double gelu(double x) { return 0.5 * x * (1.0 + std::tanh(0.7978845608028654 * (x + 0.044715 * x * x * x))); }
+inline double gelu_grad(double x) {
+  const double t = std::tanh(0.7978845608028654 * (x + 0.044715 * x * x * x));
+  return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * x * x);
 }
 inline double element(const void* p, cudaDataType_t t, int64_t i) {
   switch (t) {
@@ -124,7 +149,7 @@ inline cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t, cublasLtM
                                                      cublasLtMatmulHeuristicResult_t* results, int* found) {
   *found = 0;
   if (cublasStatus_t st = emu::check_matmul(d, A, B, C, D)) return st;
-  if (d->epilogue == CUBLASLT_EPILOGUE_BIAS && A->type == CUDA_R_32F) return CUBLAS_STATUS_NOT_SUPPORTED;
+  if (d->epilogue != CUBLASLT_EPILOGUE_DEFAULT && A->type == CUDA_R_32F) return CUBLAS_STATUS_NOT_SUPPORTED;
   if (requested < 1) return CUBLAS_STATUS_INVALID_VALUE;
   results[0] = cublasLtMatmulHeuristicResult_t{};
   *found = 1;
@@ -152,7 +177,13 @@ inline cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t d, c
       for (int64_t i = 0; i < M; i++) {
         double v = al * acc[i * N + j];
         if (be != 0.0f) v += be * emu::element(c, C.type, i + j * C.ld);
-        if (d.epilogue == CUBLASLT_EPILOGUE_BIAS) v += static_cast<const float*>(d.bias)[i];
+        if (d.epilogue == CUBLASLT_EPILOGUE_BIAS || d.epilogue == CUBLASLT_EPILOGUE_GELU_AUX_BIAS)
+          v += static_cast<const float*>(d.bias)[i];
+        if (d.epilogue == CUBLASLT_EPILOGUE_GELU_AUX || d.epilogue == CUBLASLT_EPILOGUE_GELU_AUX_BIAS) {
+          emu::set_element(d.aux, D.type, i + j * d.aux_ld, v);
+          v = emu::gelu(v);
+        }
+        if (d.epilogue == CUBLASLT_EPILOGUE_DGELU) v *= emu::gelu_grad(emu::element(d.aux, D.type, i + j * d.aux_ld));
         emu::set_element(out, D.type, i + j * D.ld, v);
       }
   });
