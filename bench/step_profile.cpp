@@ -1,7 +1,8 @@
 // Where a training step's time goes: runs steps of a model through a timing decorator of the
-// CPU backend and prints seconds per op family, GEMM against the rest.
-//   usage: step_profile [preset] [B] [T] [steps] [fp32|bf16|fp16] [recompute]
-//   (default: gpt2 4 256 3 fp32 none)
+// CPU backend (or the CUDA backend, synchronised around every op) and prints seconds per op
+// family, GEMM against the rest.
+//   usage: step_profile [preset] [B] [T] [steps] [fp32|bf16|fp16] [recompute] [cpu|cuda]
+//   (default: gpt2 4 256 3 fp32 none cpu)
 #include <omp.h>
 
 #include <chrono>
@@ -21,6 +22,7 @@ class TimingBackend final : public Backend {
   double gemm_flops = 0;
 
   bool native_gemm(DType d) const override { return b_.native_gemm(d); }
+  bool gpu() const override { return b_.gpu(); }
   void matmul(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const void* A, int64_t lda,
               const void* B, int64_t ldb, void* C, int64_t ldc, DType ab, DType c, const float* bias,
               bool acc) override {
@@ -36,6 +38,17 @@ class TimingBackend final : public Backend {
                        const void* w, int64_t BT, int64_t IC, int64_t OC, DType dt) override {
     gemm_flops += 4.0 * BT * IC * OC;
     time("gemm", [&] { b_.linear_backward(dinp, dw, db, dout, inp, w, BT, IC, OC, dt); });
+  }
+  void linear_gelu_forward(void* out, void* pre, const void* inp, const void* w, const float* bias,
+                           int64_t BT, int64_t IC, int64_t OC, DType dt) override {
+    gemm_flops += 2.0 * BT * IC * OC;
+    time("gemm with gelu", [&] { b_.linear_gelu_forward(out, pre, inp, w, bias, BT, IC, OC, dt); });
+  }
+  void linear_backward_gelu(void* dinp, float* dw, float* db, const void* dout, const void* inp,
+                            const void* pre, const void* w, int64_t BT, int64_t IC, int64_t OC,
+                            DType dt) override {
+    gemm_flops += 4.0 * BT * IC * OC;
+    time("gemm with gelu", [&] { b_.linear_backward_gelu(dinp, dw, db, dout, inp, pre, w, BT, IC, OC, dt); });
   }
   void layernorm_forward(void* o, float* m, float* r, const float* i, const float* w, const float* b,
                          int64_t N, int64_t C, DType dt) override {
@@ -94,8 +107,10 @@ class TimingBackend final : public Backend {
  private:
   template <class F>
   void time(const char* what, F&& f) {
+    if (b_.gpu()) b_.synchronize();
     auto t0 = std::chrono::steady_clock::now();
     f();
+    if (b_.gpu()) b_.synchronize();
     seconds[what] += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
   Backend& b_;
@@ -103,7 +118,7 @@ class TimingBackend final : public Backend {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int run(int argc, char** argv) {
   std::string preset = argc > 1 ? argv[1] : "gpt2";
   int B = argc > 2 ? std::atoi(argv[2]) : 4, T = argc > 3 ? std::atoi(argv[3]) : 256;
   int steps = argc > 4 ? std::atoi(argv[4]) : 3;
@@ -111,7 +126,8 @@ int main(int argc, char** argv) {
   std::string dtn = argc > 5 ? argv[5] : "fp32";
   prec.compute = dtn == "bf16" ? DType::bf16 : dtn == "fp16" ? DType::f16 : DType::f32;
   GptConfig cfg = gpt_preset(preset, "step_profile");
-  TimingBackend tb(cpu_backend());
+  const std::string on = argc > 7 ? argv[7] : "cpu";
+  TimingBackend tb(on == "cuda" ? cuda_backend() : cpu_backend());
   Gpt model(cfg, tb, prec.compute);
   model.init(1);
   TrainSettings t;
@@ -134,16 +150,25 @@ int main(int argc, char** argv) {
   auto t0 = std::chrono::steady_clock::now();
   for (int s = 1; s <= steps; s++) stepper.step(s, next);
   double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / steps;
-  std::printf("%s %s B=%d T=%d, %d threads: %.3f s/step, %.1f tokens/s\n", preset.c_str(),
-              dtype_name(prec.compute), B, T, omp_get_max_threads(), total, B * T / total);
+  std::printf("%s %s B=%d T=%d on %s, %d threads: %.4f s/step, %.1f tokens/s\n", preset.c_str(),
+              dtype_name(prec.compute), B, T, on.c_str(), omp_get_max_threads(), total, B * T / total);
   double accounted = 0;
   for (auto& [k, v] : tb.seconds) {
-    std::printf("  %-18s %7.3f s  %5.1f%%\n", k.c_str(), v / steps, 100 * v / steps / total);
+    std::printf("  %-18s %8.4f s  %5.1f%%\n", k.c_str(), v / steps, 100 * v / steps / total);
     accounted += v / steps;
   }
-  std::printf("  %-18s %7.3f s  %5.1f%%\n", "other (host)", total - accounted, 100 * (total - accounted) / total);
-  std::printf("GEMM: %.1f GFLOP/s over %.3f s; model: %.1f GFLOP/s\n",
-              tb.gemm_flops / tb.seconds["gemm"] / 1e9, tb.seconds["gemm"] / steps,
-              cfg.flops_per_token(T) * B * T / total / 1e9);
+  std::printf("  %-18s %8.4f s  %5.1f%%\n", "other (host)", total - accounted, 100 * (total - accounted) / total);
+  const double gemm_s = tb.seconds["gemm"] + tb.seconds["gemm with gelu"];
+  std::printf("GEMM: %.1f GFLOP/s over %.4f s; model: %.1f GFLOP/s\n", tb.gemm_flops / gemm_s / 1e9,
+              gemm_s / steps, cfg.flops_per_token(T) * B * T / total / 1e9);
   return 0;
+}
+
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const UserError& e) {
+    std::fprintf(stderr, "step_profile: %s\n", e.what());
+    return 1;
+  }
 }

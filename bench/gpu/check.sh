@@ -8,7 +8,9 @@
 #     does not depend on them) and print tokens/s, MFU and peak memory; then zero3 and yafsdp on
 #     the same GPU against ddp;
 #  4. run the PyTorch equivalent on the same GPU (torch.compile, scaled_dot_product_attention,
-#     fused AdamW, bf16 autocast; tests/reference/gpt2_reference.py --bench) for the ratio.
+#     fused AdamW, bf16 autocast; tests/reference/gpt2_reference.py --bench) for the ratio;
+#  5. where the time goes: frugal's step per op family (bench/step_profile, synchronised around
+#     every op), and its attention per layer against PyTorch's SDPA on the same shape.
 # Prints a block to paste into bench/RESULTS.md at the end.
 #
 #   bash bench/gpu/check.sh [--batch 16] [--steps 30]
@@ -55,7 +57,7 @@ fi
 say "build (FRUGAL_CUDA=ON, sm_$arch)"
 cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DFRUGAL_CUDA=ON \
   -DCMAKE_CUDA_ARCHITECTURES="$arch" "${cmake_extra[@]}" >/dev/null
-cmake --build build-gpu -j "$(nproc)" --target frugal frugal_cuda_tests
+cmake --build build-gpu -j "$(nproc)" --target frugal frugal_cuda_tests step_profile
 
 say "CUDA tests (every op against the CPU backend; tiny training against the CPU's losses)"
 tests_ok=1
@@ -101,6 +103,27 @@ say "PyTorch: the same model and batch (torch.compile, SDPA, fused AdamW, bf16 a
   --n-layer 12 --n-head 12 --n-embd 768 --vocab 50257 --context 1024 --batch "$BATCH" --seq 1024 \
   --steps 20 --warmup-steps 5 --threads 8 | tail -1 > "$work/torch.json" || true
 
+say "frugal per op family: gpt2 bf16, B=$BATCH T=1024, 3 steps, synchronised around every op"
+build-gpu/bench/step_profile gpt2 "$BATCH" 1024 3 bf16 none cuda | tee "$work/profile.txt" || true
+say "PyTorch SDPA (flash) on one layer's attention: ($BATCH, 12, 1024, 64) bf16, causal"
+"$PYTHON" - "$BATCH" > "$work/sdpa.txt" <<'PY' || true
+import sys, torch, torch.nn.functional as F
+B = int(sys.argv[1])
+q, k, v = (torch.randn(B, 12, 1024, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+do = torch.randn_like(q)
+def timed(f, n=20):
+    for _ in range(3): f()
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    a.record()
+    for _ in range(n): f()
+    b.record(); torch.cuda.synchronize()
+    return a.elapsed_time(b) / n / 1e3
+fwd = timed(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True))
+both = timed(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True).backward(do))
+print(f"{fwd} {both - fwd}")
+PY
+cat "$work/sdpa.txt"
+
 say "summary (paste into bench/RESULTS.md)"
 "$PYTHON" - "$work" "$BATCH" "$PEAK_BF16" "$gpu" "$tests_ok" "$frugal_ok" <<'PY'
 import json, statistics, sys, datetime, os
@@ -139,6 +162,16 @@ try:
 except Exception as e:
     print(f"  pytorch  no result ({e})")
 print(f"MFU against {peak/1e12:.0f} TFLOP/s dense bf16; median step time after the warm-up steps")
+try:  # one layer's attention: frugal's per-step seconds over 12 layers, SDPA's per call
+    prof = {l[:21].strip(): float(l[21:].split()[0]) for l in open(f"{d}/profile.txt") if l.startswith("  ")}
+    sf, sb = map(float, open(f"{d}/sdpa.txt").read().split())
+    ff, fb = prof["attention fwd"] / 12, prof["attention bwd"] / 12
+    print(f"  attention per layer (B={B}, 12 heads, T={T}, HS 64): frugal fwd {ff*1e3:.2f} ms bwd {fb*1e3:.2f} ms; "
+          f"SDPA fwd {sf*1e3:.2f} ms bwd {sb*1e3:.2f} ms ({(ff + fb) / (sf + sb):.2f}x SDPA's time)")
+    print("  frugal per op family (s/step, synchronised): " +
+          ", ".join(f"{k} {v:.4f}" for k, v in prof.items()))
+except Exception as e:
+    print(f"  per-op profile: no result ({e})")
 PY
 say "done"
 [ "$tests_ok" = 1 ] && [ "$frugal_ok" = 1 ]
