@@ -4,8 +4,10 @@
 //   owns 16 of them, holds their vectors as fragments, and walks over 64-row tiles of the other
 //   side staged in shared memory. Scores go through shared memory in fp32, where two lanes per
 //   row apply the mask and the softmax; P (and dS) are rounded to the storage type for the next
-//   product, as in FlashAttention-2. The forward keeps a running max and sum per query (online
-//   softmax) and its output in shared memory, rescaled per tile.
+//   product, as in FlashAttention-2; each lane walks its columns from its own start, so that
+//   the warp reads 32 banks at once. The forward keeps a running max and sum per query (online
+//   softmax) and its output row in registers (half a row per lane), rescaled per tile and
+//   increased by the tile's P V (tensor cores, then through shared memory).
 // - fp32: on the CUDA cores. One thread owns one row with that row's vectors in registers; the
 //   rows of the other side pass through shared memory in tiles of kTile (a broadcast read).
 // Both write the output and the log-sum-exp; the backward recomputes each probability from the
@@ -288,6 +290,15 @@ __device__ __forceinline__ void tc_store_rows(S* dst, int64_t stride, const Frag
   __syncwarp();
 }
 
+// Two lanes per row of a warp's 16 x 64 score tile, each over 32 columns, reading fp32 rows
+// whose stride is 4 mod 32 words: walked in the same order, lanes r and r + 8, and the two
+// halves of a row, would hit one bank (4-way conflicts). Each lane starts its walk at its own
+// column instead, so that at every step the 32 lanes read 32 different banks.
+__device__ __forceinline__ int lane_skew(int lane) { return (lane / 2 >> 3) + 2 * (lane % 2); }
+__device__ __forceinline__ int score_column(int half, int e, int skew) { return half * 32 + ((e + skew) & 31); }
+template <int HS>
+__device__ __forceinline__ int out_column(int half, int e, int skew) { return half * (HS / 2) + (e + skew) % (HS / 2); }
+
 // grid (T/64, NH, B): out(B,T,C), lse(B,NH,T) from qkv(B,T,3C)
 template <class S, int HS>
 __global__ void __launch_bounds__(kTcThreads) flash_forward_k(S* out, float* lse, const S* qkv, int T, int C, int NH, float scale) {
@@ -306,8 +317,11 @@ __global__ void __launch_bounds__(kTcThreads) flash_forward_k(S* out, float* lse
   FragA<S> q[HS / 16];
   tc_fragments<S, HS>(q, sh.wide0, warp);
   // two lanes per query row: columns [half * 32, half * 32 + 32) of scores, half the output row
-  const int r = lane / 2, half = lane % 2, i = qw + r;
-  for (int c = half * (HS / 2); c < (half + 1) * (HS / 2); c++) ow[r * ldo + c] = 0.0f;
+  // (o[e] is column half * HS / 2 + (e + skew) % (HS / 2), in registers)
+  const int r = lane / 2, half = lane % 2, i = qw + r, skew = lane_skew(lane);
+  float o[HS / 2];
+#pragma unroll
+  for (int e = 0; e < HS / 2; e++) o[e] = 0.0f;
   float m = -FLT_MAX, l = 0.0f;
   const int last = min(q0 + kTc, T) - 1;  // the block's last query sees the keys up to it
   for (int k0 = 0; k0 <= last; k0 += kTc) {
@@ -319,11 +333,14 @@ __global__ void __launch_bounds__(kTcThreads) flash_forward_k(S* out, float* lse
     tc_scores<S, HS>(sw, q, sh.wide0, 0, nsub);
     __syncwarp();
     float mt = -FLT_MAX;
-    for (int c = half * 32; c < half * 32 + 32; c++)
+    for (int e = 0; e < 32; e++) {
+      const int c = score_column(half, e, skew);
       if (k0 + c <= i && k0 + c < T) mt = fmaxf(mt, sw[r * ldf + c] * scale);
+    }
     const float mnew = fmaxf(m, fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, 1)));
     float lt = 0.0f;
-    for (int c = half * 32; c < half * 32 + 32; c++) {
+    for (int e = 0; e < 32; e++) {
+      const int c = score_column(half, e, skew);
       const float p = k0 + c <= i && k0 + c < T ? expf(sw[r * ldf + c] * scale - mnew) : 0.0f;
       pw[r * ldp + c] = from_f<S>(p);
       lt += p;
@@ -331,19 +348,22 @@ __global__ void __launch_bounds__(kTcThreads) flash_forward_k(S* out, float* lse
     const float corr = expf(m - mnew);  // a new max rescales what was summed so far
     l = l * corr + lt + __shfl_xor_sync(0xffffffffu, lt, 1);
     m = mnew;
-    for (int c = half * (HS / 2); c < (half + 1) * (HS / 2); c++) ow[r * ldo + c] *= corr;
     __syncwarp();
-    FragC o[HS / 16];
+    FragC pv[HS / 16];  // this tile's P V, through the warp's staging tile into o
 #pragma unroll
-    for (int d = 0; d < HS / 16; d++) wmma::load_matrix_sync(o[d], ow + 16 * d, ldo, wmma::mem_row_major);
-    tc_accumulate<S, HS>(o, pw, sh.wide1, 0, nsub);
+    for (int d = 0; d < HS / 16; d++) wmma::fill_fragment(pv[d], 0.0f);
+    tc_accumulate<S, HS>(pv, pw, sh.wide1, 0, nsub);
 #pragma unroll
-    for (int d = 0; d < HS / 16; d++) wmma::store_matrix_sync(ow + 16 * d, o[d], ldo, wmma::mem_row_major);
+    for (int d = 0; d < HS / 16; d++) wmma::store_matrix_sync(ow + 16 * d, pv[d], ldo, wmma::mem_row_major);
+    __syncwarp();
+#pragma unroll
+    for (int e = 0; e < HS / 2; e++) o[e] = o[e] * corr + ow[r * ldo + out_column<HS>(half, e, skew)];
     __syncwarp();
   }
   if (i >= T) return;
   S* orow = out + (int64_t(b) * T + i) * C + h * HS;
-  for (int c = half * (HS / 2); c < (half + 1) * (HS / 2); c++) orow[c] = from_f<S>(ow[r * ldo + c] / l);
+#pragma unroll
+  for (int e = 0; e < HS / 2; e++) orow[out_column<HS>(half, e, skew)] = from_f<S>(o[e] / l);
   if (half == 0) lse[(int64_t(b) * NH + h) * T + i] = m + logf(l);
 }
 
@@ -369,7 +389,7 @@ __global__ void __launch_bounds__(kTcThreads) flash_backward_q_k(S* dqkv, const 
   FragC dq[HS / 16];
 #pragma unroll
   for (int d = 0; d < HS / 16; d++) wmma::fill_fragment(dq[d], 0.0f);
-  const int r = lane / 2, half = lane % 2, i = qw + r;
+  const int r = lane / 2, half = lane % 2, i = qw + r, skew = lane_skew(lane);
   const int64_t row = (int64_t(b) * NH + h) * T + i;
   const float L = i < T ? lse[row] : 0.0f, Di = i < T ? D[row] : 0.0f;
   const int last = min(q0 + kTc, T) - 1;
@@ -382,7 +402,8 @@ __global__ void __launch_bounds__(kTcThreads) flash_backward_q_k(S* dqkv, const 
     tc_scores<S, HS>(sw, q, sh.wide0, 0, nsub);    // S = Q K^T
     tc_scores<S, HS>(dpw, dO, sh.wide1, 0, nsub);  // dP = dO V^T
     __syncwarp();
-    for (int c = half * 32; c < half * 32 + 32; c++) {
+    for (int e = 0; e < 32; e++) {
+      const int c = score_column(half, e, skew);
       float ds = 0.0f;
       if (k0 + c <= i && k0 + c < T) ds = expf(sw[r * ldf + c] * scale - L) * (dpw[r * ldf + c] - Di) * scale;
       dsw[r * ldp + c] = from_f<S>(ds);
@@ -422,7 +443,7 @@ __global__ void __launch_bounds__(kTcThreads) flash_backward_kv_k(S* dqkv, const
     wmma::fill_fragment(dk[d], 0.0f);
     wmma::fill_fragment(dv[d], 0.0f);
   }
-  const int r = lane / 2, half = lane % 2, j = kw + r;
+  const int r = lane / 2, half = lane % 2, j = kw + r, skew = lane_skew(lane);
   for (int q0 = k0; q0 < T; q0 += kTc) {
     __syncthreads();
     tc_load_rows<S, HS>(sh.wide0, base, q0, T, C3);
@@ -436,7 +457,8 @@ __global__ void __launch_bounds__(kTcThreads) flash_backward_kv_k(S* dqkv, const
     tc_scores<S, HS>(st, k, sh.wide0, n0, 4);    // S^T = K Q^T
     tc_scores<S, HS>(dpt, v, sh.wide1, n0, 4);   // dP^T = V dO^T
     __syncwarp();
-    for (int c = half * 32; c < half * 32 + 32; c++) {
+    for (int e = 0; e < 32; e++) {
+      const int c = score_column(half, e, skew);
       float p = 0.0f, ds = 0.0f;
       if (q0 + c >= j && q0 + c < T) {
         p = expf(st[r * ldf + c] * scale - Ls[c]);
