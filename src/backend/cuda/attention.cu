@@ -2,7 +2,8 @@
 // - bf16 and fp16: on the tensor cores (WMMA, 16x16x16 tiles, fp32 accumulation). A block of
 //   4 warps takes 64 rows (queries in the forward and for dQ, keys for dK and dV); each warp
 //   owns 16 of them, holds their vectors as fragments, and walks over 64-row tiles of the other
-//   side staged in shared memory. Scores go through shared memory in fp32, where two lanes per
+//   side staged in shared memory, two stages deep: the next tiles load asynchronously
+//   (cp.async) while this one is used. Scores go through shared memory in fp32, where two lanes per
 //   row apply the mask and the softmax; P (and dS) are rounded to the storage type for the next
 //   product, as in FlashAttention-2; each lane walks its columns from its own start, so that
 //   the warp reads 32 banks at once. The forward keeps a running max and sum per query (online
@@ -195,27 +196,29 @@ template <class S> using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 16, S, w
 template <class S> using FragBt = wmma::fragment<wmma::matrix_b, 16, 16, 16, S, wmma::col_major>;
 using FragC = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
 
-// The dynamic shared memory of one block: two tiles of 64 rows x HS (wide), per warp nf fp32
-// and nh 16-bit tiles of 16 x 64 (scores, probabilities), per warp 16 x HS fp32 (the output
-// rows), and 2 x 64 fp32 row statistics. Row strides are padded; every fragment pointer is
-// 32-byte aligned, as WMMA requires.
+// The dynamic shared memory of one block: two stages of two wide tiles of 64 rows x HS (the
+// next tile pair loads while this one is used), per warp nf fp32 and nh 16-bit tiles of 16 x 64
+// (scores, probabilities), per warp a 16 x HS fp32 staging tile (for HS <= 64 the warp's first
+// fp32 tile, which is dead whenever the staging tile is used), and two stages of 2 x 64 fp32
+// row statistics. Row strides are padded; every fragment pointer is 32-byte aligned, as WMMA
+// requires.
 template <class S, int HS>
 struct TcShared {
   static constexpr int ldh = HS + 8, ldf = kTc + 4, ldp = kTc + 8, ldo = HS + 4;
-  S *wide0, *wide1, *h16_;
-  float *f32_, *out_, *stats;
+  static constexpr size_t kWideBytes = (kTc * ldh * sizeof(S) + 127) / 128 * 128;
+  S *wide_, *h16_;
+  float *f32_, *out_ = nullptr, *stats;
   int nf, nh;
   size_t bytes = 0;
   // base: the block's shared memory (B = unsigned char*, so that the compiler knows the state
   // space), or 0 on the host (B = uintptr_t), which only wants the bytes
   template <class B>
   __host__ __device__ TcShared(B base, int nf_, int nh_) : nf(nf_), nh(nh_) {
-    wide0 = reinterpret_cast<S*>(take(base, kTc * ldh * sizeof(S)));
-    wide1 = reinterpret_cast<S*>(take(base, kTc * ldh * sizeof(S)));
+    wide_ = reinterpret_cast<S*>(take(base, 4 * kWideBytes));
     f32_ = reinterpret_cast<float*>(take(base, 4 * nf * 16 * ldf * sizeof(float)));
     h16_ = reinterpret_cast<S*>(take(base, 4 * nh * 16 * ldp * sizeof(S)));
-    out_ = reinterpret_cast<float*>(take(base, 4 * 16 * ldo * sizeof(float)));
-    stats = reinterpret_cast<float*>(take(base, 2 * kTc * sizeof(float)));
+    if (ldo > ldf) out_ = reinterpret_cast<float*>(take(base, 4 * 16 * ldo * sizeof(float)));
+    stats = reinterpret_cast<float*>(take(base, 4 * kTc * sizeof(float)));
   }
   template <class B>
   __host__ __device__ B take(B base, size_t n) {
@@ -223,18 +226,23 @@ struct TcShared {
     bytes += (n + 127) / 128 * 128;
     return p;
   }
+  // stage s: wide(2 s), wide(2 s + 1) (arithmetic, not an array: a run-time index into one
+  // would put it in local memory)
+  __device__ S* wide(int k) const { return wide_ + k * (kWideBytes / sizeof(S)); }
   __device__ float* f32(int warp, int k) const { return f32_ + (warp * nf + k) * 16 * ldf; }
   __device__ S* h16(int warp, int k) const { return h16_ + (warp * nh + k) * 16 * ldp; }
-  __device__ float* out(int warp) const { return out_ + warp * 16 * ldo; }
+  __device__ float* out(int warp) const { return out_ ? out_ + warp * 16 * ldo : f32(warp, 0); }
 };
 
-// Rows [r0, r0 + 64) of a (T, stride) view into dst (row stride HS + 8), zero past T.
+// Starts copying rows [r0, r0 + 64) of a (T, stride) view into dst (row stride HS + 8), zeros
+// past T (r0 < T), asynchronously: they land by the async_wait covering the next commit.
 template <class S, int HS>
 __device__ __forceinline__ void tc_load_rows(S* dst, const S* src, int r0, int T, int64_t stride) {
   constexpr int kVec = 16 / sizeof(S), kPerRow = HS / kVec;
   for (int e = threadIdx.x; e < kTc * kPerRow; e += blockDim.x) {
     const int r = e / kPerRow, c = e % kPerRow * kVec;
-    copy16(dst + r * (HS + 8) + c, r0 + r < T ? src + int64_t(r0 + r) * stride + c : nullptr);
+    const bool ok = r0 + r < T;
+    copy16_async(dst + r * (HS + 8) + c, src + int64_t(ok ? r0 + r : r0) * stride + c, ok);
   }
 }
 
@@ -312,10 +320,15 @@ __global__ void __launch_bounds__(kTcThreads) flash_forward_k(S* out, float* lse
   float* sw = sh.f32(warp, 0);
   S* pw = sh.h16(warp, 0);
   float* ow = sh.out(warp);
-  tc_load_rows<S, HS>(sh.wide0, base, q0, T, C3);
+  tc_load_rows<S, HS>(sh.wide(2), base, q0, T, C3);  // Q through stage 1
+  async_commit();
+  tc_load_rows<S, HS>(sh.wide(0), base + C, 0, T, C3);  // the first K and V tiles
+  tc_load_rows<S, HS>(sh.wide(1), base + 2 * C, 0, T, C3);
+  async_commit();
+  async_wait<1>();
   __syncthreads();
   FragA<S> q[HS / 16];
-  tc_fragments<S, HS>(q, sh.wide0, warp);
+  tc_fragments<S, HS>(q, sh.wide(2), warp);
   // two lanes per query row: columns [half * 32, half * 32 + 32) of scores, half the output row
   // (o[e] is column half * HS / 2 + (e + skew) % (HS / 2), in registers)
   const int r = lane / 2, half = lane % 2, i = qw + r, skew = lane_skew(lane);
@@ -324,13 +337,18 @@ __global__ void __launch_bounds__(kTcThreads) flash_forward_k(S* out, float* lse
   for (int e = 0; e < HS / 2; e++) o[e] = 0.0f;
   float m = -FLT_MAX, l = 0.0f;
   const int last = min(q0 + kTc, T) - 1;  // the block's last query sees the keys up to it
-  for (int k0 = 0; k0 <= last; k0 += kTc) {
-    __syncthreads();  // the previous tile (or Q) is no longer read
-    tc_load_rows<S, HS>(sh.wide0, base + C, k0, T, C3);
-    tc_load_rows<S, HS>(sh.wide1, base + 2 * C, k0, T, C3);
+  for (int k0 = 0, st = 0; k0 <= last; k0 += kTc, st ^= 1) {
+    __syncthreads();  // the other stage (or Q) is no longer read: the next tiles load into it
+    if (k0 + kTc <= last) {
+      tc_load_rows<S, HS>(sh.wide(2 - 2 * st), base + C, k0 + kTc, T, C3);
+      tc_load_rows<S, HS>(sh.wide(3 - 2 * st), base + 2 * C, k0 + kTc, T, C3);
+    }
+    async_commit();
+    async_wait<1>();  // this tile's copies, then everyone's
     __syncthreads();
+    const S *kt = sh.wide(2 * st), *vt = sh.wide(2 * st + 1);
     const int nsub = min(4, (qw + 15 - k0) / 16 + 1);  // key sub-tiles with a key <= the warp's last query
-    tc_scores<S, HS>(sw, q, sh.wide0, 0, nsub);
+    tc_scores<S, HS>(sw, q, kt, 0, nsub);
     __syncwarp();
     float mt = -FLT_MAX;
     for (int e = 0; e < 32; e++) {
@@ -352,7 +370,7 @@ __global__ void __launch_bounds__(kTcThreads) flash_forward_k(S* out, float* lse
     FragC pv[HS / 16];  // this tile's P V, through the warp's staging tile into o
 #pragma unroll
     for (int d = 0; d < HS / 16; d++) wmma::fill_fragment(pv[d], 0.0f);
-    tc_accumulate<S, HS>(pv, pw, sh.wide1, 0, nsub);
+    tc_accumulate<S, HS>(pv, pw, vt, 0, nsub);
 #pragma unroll
     for (int d = 0; d < HS / 16; d++) wmma::store_matrix_sync(ow + 16 * d, pv[d], ldo, wmma::mem_row_major);
     __syncwarp();
@@ -380,12 +398,17 @@ __global__ void __launch_bounds__(kTcThreads) flash_backward_q_k(S* dqkv, const 
   const S* base = qkv + int64_t(b) * T * C3 + h * HS;
   float *sw = sh.f32(warp, 0), *dpw = sh.f32(warp, 1);
   S* dsw = sh.h16(warp, 0);
-  tc_load_rows<S, HS>(sh.wide0, base, q0, T, C3);
-  tc_load_rows<S, HS>(sh.wide1, dout + int64_t(b) * T * C + h * HS, q0, T, C);
+  tc_load_rows<S, HS>(sh.wide(2), base, q0, T, C3);  // Q and dO through stage 1
+  tc_load_rows<S, HS>(sh.wide(3), dout + int64_t(b) * T * C + h * HS, q0, T, C);
+  async_commit();
+  tc_load_rows<S, HS>(sh.wide(0), base + C, 0, T, C3);  // the first K and V tiles
+  tc_load_rows<S, HS>(sh.wide(1), base + 2 * C, 0, T, C3);
+  async_commit();
+  async_wait<1>();
   __syncthreads();
   FragA<S> q[HS / 16], dO[HS / 16];
-  tc_fragments<S, HS>(q, sh.wide0, warp);
-  tc_fragments<S, HS>(dO, sh.wide1, warp);
+  tc_fragments<S, HS>(q, sh.wide(2), warp);
+  tc_fragments<S, HS>(dO, sh.wide(3), warp);
   FragC dq[HS / 16];
 #pragma unroll
   for (int d = 0; d < HS / 16; d++) wmma::fill_fragment(dq[d], 0.0f);
@@ -393,14 +416,19 @@ __global__ void __launch_bounds__(kTcThreads) flash_backward_q_k(S* dqkv, const 
   const int64_t row = (int64_t(b) * NH + h) * T + i;
   const float L = i < T ? lse[row] : 0.0f, Di = i < T ? D[row] : 0.0f;
   const int last = min(q0 + kTc, T) - 1;
-  for (int k0 = 0; k0 <= last; k0 += kTc) {
+  for (int k0 = 0, st = 0; k0 <= last; k0 += kTc, st ^= 1) {
+    __syncthreads();  // the other stage is no longer read: the next tiles load into it
+    if (k0 + kTc <= last) {
+      tc_load_rows<S, HS>(sh.wide(2 - 2 * st), base + C, k0 + kTc, T, C3);
+      tc_load_rows<S, HS>(sh.wide(3 - 2 * st), base + 2 * C, k0 + kTc, T, C3);
+    }
+    async_commit();
+    async_wait<1>();
     __syncthreads();
-    tc_load_rows<S, HS>(sh.wide0, base + C, k0, T, C3);
-    tc_load_rows<S, HS>(sh.wide1, base + 2 * C, k0, T, C3);
-    __syncthreads();
+    const S *kt = sh.wide(2 * st), *vt = sh.wide(2 * st + 1);
     const int nsub = min(4, (qw + 15 - k0) / 16 + 1);
-    tc_scores<S, HS>(sw, q, sh.wide0, 0, nsub);    // S = Q K^T
-    tc_scores<S, HS>(dpw, dO, sh.wide1, 0, nsub);  // dP = dO V^T
+    tc_scores<S, HS>(sw, q, kt, 0, nsub);    // S = Q K^T
+    tc_scores<S, HS>(dpw, dO, vt, 0, nsub);  // dP = dO V^T
     __syncwarp();
     for (int e = 0; e < 32; e++) {
       const int c = score_column(half, e, skew);
@@ -409,7 +437,7 @@ __global__ void __launch_bounds__(kTcThreads) flash_backward_q_k(S* dqkv, const 
       dsw[r * ldp + c] = from_f<S>(ds);
     }
     __syncwarp();
-    tc_accumulate<S, HS>(dq, dsw, sh.wide0, 0, nsub);  // dQ += dS K
+    tc_accumulate<S, HS>(dq, dsw, kt, 0, nsub);  // dQ += dS K
   }
   tc_store_rows<S, HS>(dqkv + int64_t(b) * T * C3 + h * HS, C3, dq, sh.out(warp), qw, T);
 }
@@ -429,14 +457,28 @@ __global__ void __launch_bounds__(kTcThreads) flash_backward_kv_k(S* dqkv, const
   const S* dbase = dout + int64_t(b) * T * C + h * HS;
   const float* lrow = lse + (int64_t(b) * NH + h) * T;
   const float* drow = D + (int64_t(b) * NH + h) * T;
-  float *st = sh.f32(warp, 0), *dpt = sh.f32(warp, 1), *Ls = sh.stats, *Ds = sh.stats + kTc;
+  float *st = sh.f32(warp, 0), *dpt = sh.f32(warp, 1);
   S *pt = sh.h16(warp, 0), *dst = sh.h16(warp, 1);
-  tc_load_rows<S, HS>(sh.wide0, base + C, k0, T, C3);
-  tc_load_rows<S, HS>(sh.wide1, base + 2 * C, k0, T, C3);
+  // the queries [q0, q0 + 64) into stage s: Q, dO and their log-sum-exps and D
+  auto issue = [&](int q0, int s) {
+    tc_load_rows<S, HS>(sh.wide(2 * s), base, q0, T, C3);
+    tc_load_rows<S, HS>(sh.wide(2 * s + 1), dbase, q0, T, C);
+    float* stats = sh.stats + 2 * kTc * s;
+    for (int e = threadIdx.x; e < kTc; e += blockDim.x) {
+      stats[e] = q0 + e < T ? lrow[q0 + e] : 0.0f;
+      stats[kTc + e] = q0 + e < T ? drow[q0 + e] : 0.0f;
+    }
+  };
+  tc_load_rows<S, HS>(sh.wide(2), base + C, k0, T, C3);  // K and V through stage 1
+  tc_load_rows<S, HS>(sh.wide(3), base + 2 * C, k0, T, C3);
+  async_commit();
+  issue(k0, 0);
+  async_commit();
+  async_wait<1>();
   __syncthreads();
   FragA<S> k[HS / 16], v[HS / 16];
-  tc_fragments<S, HS>(k, sh.wide0, warp);
-  tc_fragments<S, HS>(v, sh.wide1, warp);
+  tc_fragments<S, HS>(k, sh.wide(2), warp);
+  tc_fragments<S, HS>(v, sh.wide(3), warp);
   FragC dk[HS / 16], dv[HS / 16];
 #pragma unroll
   for (int d = 0; d < HS / 16; d++) {
@@ -444,18 +486,17 @@ __global__ void __launch_bounds__(kTcThreads) flash_backward_kv_k(S* dqkv, const
     wmma::fill_fragment(dv[d], 0.0f);
   }
   const int r = lane / 2, half = lane % 2, j = kw + r, skew = lane_skew(lane);
-  for (int q0 = k0; q0 < T; q0 += kTc) {
+  for (int q0 = k0, s = 0; q0 < T; q0 += kTc, s ^= 1) {
+    __syncthreads();  // the other stage is no longer read: the next queries load into it
+    if (q0 + kTc < T) issue(q0 + kTc, 1 - s);
+    async_commit();
+    async_wait<1>();
     __syncthreads();
-    tc_load_rows<S, HS>(sh.wide0, base, q0, T, C3);
-    tc_load_rows<S, HS>(sh.wide1, dbase, q0, T, C);
-    for (int e = threadIdx.x; e < kTc; e += blockDim.x) {
-      Ls[e] = q0 + e < T ? lrow[q0 + e] : 0.0f;
-      Ds[e] = q0 + e < T ? drow[q0 + e] : 0.0f;
-    }
-    __syncthreads();
+    const S *qt = sh.wide(2 * s), *dOt = sh.wide(2 * s + 1);
+    const float *Ls = sh.stats + 2 * kTc * s, *Ds = Ls + kTc;
     const int n0 = max(0, (kw - q0) / 16);  // query sub-tiles before n0 are all below the warp's keys
-    tc_scores<S, HS>(st, k, sh.wide0, n0, 4);    // S^T = K Q^T
-    tc_scores<S, HS>(dpt, v, sh.wide1, n0, 4);   // dP^T = V dO^T
+    tc_scores<S, HS>(st, k, qt, n0, 4);    // S^T = K Q^T
+    tc_scores<S, HS>(dpt, v, dOt, n0, 4);  // dP^T = V dO^T
     __syncwarp();
     for (int e = 0; e < 32; e++) {
       const int c = score_column(half, e, skew);
@@ -468,8 +509,8 @@ __global__ void __launch_bounds__(kTcThreads) flash_backward_kv_k(S* dqkv, const
       dst[r * ldp + c] = from_f<S>(ds);
     }
     __syncwarp();
-    tc_accumulate<S, HS>(dv, pt, sh.wide1, n0, 4);   // dV += P^T dO
-    tc_accumulate<S, HS>(dk, dst, sh.wide0, n0, 4);  // dK += dS^T Q
+    tc_accumulate<S, HS>(dv, pt, dOt, n0, 4);  // dV += P^T dO
+    tc_accumulate<S, HS>(dk, dst, qt, n0, 4);  // dK += dS^T Q
   }
   S* rows = dqkv + int64_t(b) * T * C3 + h * HS;
   tc_store_rows<S, HS>(rows + C, C3, dk, sh.out(warp), kw, T);

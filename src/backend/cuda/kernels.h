@@ -99,6 +99,35 @@ __device__ __forceinline__ void copy16(void* dst, const void* src) {
 #endif
 }
 
+// The same, asynchronously (cp.async, sm_80+): from global to shared memory without passing
+// through registers; zeros when ok is false (src must still be a valid address). The copies
+// land by the async_wait that covers their group; other threads see them after a barrier.
+__device__ __forceinline__ void copy16_async(void* dst, const void* src, bool ok) {
+#if defined(__CUDACC__)
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src), "r"(ok ? 16 : 0));
+#else
+  ::emu::copy_async(dst, src, ok);
+#endif
+}
+// Closes the group of this thread's asynchronous copies issued since the last commit.
+__device__ __forceinline__ void async_commit() {
+#if defined(__CUDACC__)
+  asm volatile("cp.async.commit_group;\n" ::);
+#else
+  ::emu::async_commit();
+#endif
+}
+// Returns when at most `pending` of this thread's committed groups (the newest) are in flight.
+template <int pending>
+__device__ __forceinline__ void async_wait() {
+#if defined(__CUDACC__)
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(pending));
+#else
+  ::emu::async_wait(pending);
+#endif
+}
+
 __device__ __forceinline__ float to_f(float x) { return x; }
 __device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
 __device__ __forceinline__ float to_f(__half x) { return __half2float(x); }

@@ -15,7 +15,10 @@
 // WMMA fragments hold the whole 16x16 tile in every lane (the hardware's element layout is
 // opaque to kernels, so a kernel that uses only load/store/fill/mma cannot tell), and products
 // are formed in fp32 from the 16-bit inputs, as on the tensor cores.
-// Not emulated: timing, memory coalescing, shared-memory and register limits.
+// Asynchronous copies (cp.async) make their destination NaN bytes when issued and land only
+// when their thread waits for their group, so a read before that wait, or by another warp
+// while a copy is issued over what it reads, shows; a thread that exits with copies in flight
+// is reported. Not emulated: timing, memory coalescing, shared-memory and register limits.
 #pragma once
 #include <ucontext.h>
 
@@ -108,12 +111,18 @@ inline void start(Context& c, char* stack, size_t size, void (*fn)()) {
 #endif
 
 enum State { kReady, kAtWarp, kAtBlock, kDone };
+struct AsyncCopy {  // 16 bytes from src (zeros where null) to dst
+  void* dst;
+  const void* src;
+};
 struct Thread {
   Context ctx;
   dim3 idx;
   int tid;
   State state;
   unsigned shuffles;  // how many this thread has made
+  std::vector<AsyncCopy> open;               // issued since the last commit
+  std::vector<std::vector<AsyncCopy>> groups;  // committed, in flight, oldest first
 };
 
 inline dim3 block_idx, block_dim, grid_dim;
@@ -138,6 +147,8 @@ inline void wait(State s) {
 
 [[noreturn]] inline void entry() {
   (*body)();
+  for (auto& g : cur->groups)
+    if (!g.empty()) fail("a thread exited with asynchronous copies in flight (no cp.async.wait_group for them)");
   cur->state = kDone;
   switch_to(cur->ctx, scheduler);
   __builtin_unreachable();
@@ -206,6 +217,8 @@ inline void run(dim3 grid, dim3 block, size_t smem, const std::function<void()>&
           th.tid = t;
           th.state = kReady;
           th.shuffles = 0;
+          th.open.clear();
+          th.groups.clear();
           start(th.ctx, stacks[t], kStack, entry);
         }
         run_block(n);
@@ -225,6 +238,27 @@ T shfl_xor(T v, int mask) {
   T r = v;
   if (from < n) std::memcpy(&r, &slots[set * n + from], sizeof r);
   return r;
+}
+
+// The destination holds NaN bytes from the issue until the wait: both a read before the wait
+// and a copy issued over data another warp still reads show.
+inline void copy_async(void* dst, const void* src, bool ok) {
+  if (reinterpret_cast<uintptr_t>(dst) % 16 || reinterpret_cast<uintptr_t>(src) % 16) fail("cp.async of 16 bytes misaligned");
+  std::memset(dst, 0xff, 16);
+  cur->open.push_back({dst, ok ? src : nullptr});
+}
+inline void async_commit() {
+  cur->groups.push_back(std::move(cur->open));
+  cur->open.clear();
+}
+inline void async_wait(size_t pending) {  // lands all but the newest `pending` groups
+  while (cur->groups.size() > pending) {
+    for (const AsyncCopy& c : cur->groups.front()) {
+      if (c.src) std::memcpy(c.dst, c.src, 16);
+      else std::memset(c.dst, 0, 16);
+    }
+    cur->groups.erase(cur->groups.begin());
+  }
 }
 
 }  // namespace emu
