@@ -88,19 +88,9 @@ inline void launch(void (*k)(P...), dim3 grid, dim3 block, size_t smem, A... arg
 #define DYNAMIC_SHARED(T, name) T* name = reinterpret_cast<T*>(::emu::dynamic_smem)
 #endif
 
-// 16 bytes from src to dst (both 16-byte aligned), or zeros.
-__device__ __forceinline__ void copy16(void* dst, const void* src) {
-#if defined(__CUDACC__)
-  *static_cast<uint4*>(dst) = src ? *static_cast<const uint4*>(src) : make_uint4(0, 0, 0, 0);
-#else
-  if (reinterpret_cast<uintptr_t>(dst) % 16 || reinterpret_cast<uintptr_t>(src) % 16) ::emu::fail("copy16 misaligned");
-  if (src) std::memcpy(dst, src, 16);
-  else std::memset(dst, 0, 16);
-#endif
-}
-
-// The same, asynchronously (cp.async, sm_80+): from global to shared memory without passing
-// through registers; zeros when ok is false (src must still be a valid address). The copies
+// 16 bytes from global src to shared dst (both 16-byte aligned), asynchronously (cp.async,
+// sm_80+: without passing through registers); zeros when ok is false (src must still be a
+// valid address). The copies
 // land by the async_wait that covers their group; other threads see them after a barrier.
 __device__ __forceinline__ void copy16_async(void* dst, const void* src, bool ok) {
 #if defined(__CUDACC__)
