@@ -87,8 +87,9 @@ class TimingBackend final : public Backend {
   void cast(void* d, const float* s, int64_t n, DType dt) override {
     time("casts", [&] { b_.cast(d, s, n, dt); });
   }
-  void softmax_xent(float* l, float* loss, const int32_t* t, int64_t N, int64_t V, int64_t Vp, float s) override {
-    time("softmax xent", [&] { b_.softmax_xent(l, loss, t, N, V, Vp, s); });
+  void softmax_xent(float* l, float* loss, const int32_t* t, int64_t N, int64_t V, int64_t Vp, float s,
+                    void* d, DType dt) override {
+    time("softmax xent", [&] { b_.softmax_xent(l, loss, t, N, V, Vp, s, d, dt); });
   }
   void adamw(float* p, const float* g, float* m, float* v, int64_t n, const AdamWArgs& a, void* c,
              DType cd) override {

@@ -98,11 +98,11 @@ class Backend {
   virtual void cast(void* dst, const float* src, int64_t n, DType dt) = 0;
 
   // Fused softmax cross-entropy over rows of logits(N,Vp) fp32; columns >= V are padding and
-  // are masked out. losses(N) = -log p[target]. When grad_scale != 0, logits are overwritten in
-  // place by dlogits = grad_scale * (p - onehot(target)) (0 in the padding): the probability
-  // tensor never exists separately.
+  // are masked out. losses(N) = -log p[target]. When grad_scale != 0, dlogits(N,Vp) in dt
+  // receives grad_scale * (p - onehot(target)) (0 in the padding), rounded once to dt; it may
+  // be logits itself (dt fp32: in place). The probability tensor never exists separately.
   virtual void softmax_xent(float* logits, float* losses, const int32_t* targets, int64_t N,
-                            int64_t V, int64_t Vp, float grad_scale) = 0;
+                            int64_t V, int64_t Vp, float grad_scale, void* dlogits, DType dt) = 0;
 
   // AdamW (PyTorch semantics) on param(n) with grad(n) and fp32 moments m(n), v(n); when copy
   // is not null, the updated param is also written there in copy_dt (the compute copy, in the

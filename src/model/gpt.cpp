@@ -365,18 +365,15 @@ float Gpt::head(const int32_t* targets, int B, int T, float grad_scale) {
   std::byte* lnf = lnf_.data();
   std::byte* dlnf = dsmall_.data();
   // lm head (tied to wte) + softmax cross-entropy, chunk by chunk of rows: logits (fp32), loss
-  // and dlogits for one chunk, then its contribution to dlnf and dwte, before the next chunk.
+  // and dlogits (in place, or in the 16-bit compute dtype) for one chunk, then its contribution
+  // to dlnf and dwte, before the next chunk.
+  void* dlogits = dt == DType::f32 ? static_cast<void*>(logits_.data()) : dlogits_.data();
   for (int64_t r0 = 0; r0 < BT; r0 += head_rows_) {
     int64_t rows = std::min(head_rows_, BT - r0);
     const std::byte* x = lnf + r0 * C * es;
     be_.matmul(false, true, rows, Vp, C, x, C, wte, C, logits_.data(), Vp, dt, DType::f32, nullptr, false);
-    be_.softmax_xent(logits_.data(), losses_.data() + r0, targets + r0, rows, V, Vp, grad_scale);
+    be_.softmax_xent(logits_.data(), losses_.data() + r0, targets + r0, rows, V, Vp, grad_scale, dlogits, dt);
     if (grad_scale != 0.0f) {
-      const void* dlogits = logits_.data();
-      if (dt != DType::f32) {
-        be_.cast(dlogits_.data(), logits_.data(), rows * Vp, dt);
-        dlogits = dlogits_.data();
-      }
       be_.matmul(false, false, rows, C, Vp, dlogits, Vp, wte, C, dlnf + r0 * C * es, C, dt, dt, nullptr, false);
       be_.matmul(true, false, Vp, C, rows, dlogits, Vp, x, C, dwte, C, dt, DType::f32, nullptr, true);
     }

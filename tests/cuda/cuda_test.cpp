@@ -231,17 +231,22 @@ TEST(CudaEmbedding, ForwardAndBackwardMatchCpuWithRepeatedTokens) {
   expect_match(dwpe, "embedding dwpe");
 }
 
-TEST(CudaSoftmaxXent, LossAndInPlaceGradientMatchCpuWithPadding) {
+// fp32: the gradient in place; 16-bit: into its own buffer, the logits untouched.
+TEST(CudaSoftmaxXent, LossAndGradientMatchCpuWithPadding) {
   REQUIRE_CUDA();
   const int64_t N = 33, V = 1000, Vp = 1024;
   std::vector<int32_t> targets(N);
   for (int64_t i = 0; i < N; i++) targets[i] = int32_t((i * 37) % V);
-  for (float scale : {0.0f, 0.25f}) {
-    Pair logits(DType::f32, randn(N * Vp, 3.0f, 1)), losses(DType::f32, N);
-    both([&](Backend& be, bool g) { be.softmax_xent(logits.f(g), losses.f(g), targets.data(), N, V, Vp, scale); });
-    expect_match(losses, "softmax_xent losses");
-    expect_match(logits, scale != 0.0f ? "softmax_xent dlogits" : "softmax_xent logits untouched");
-  }
+  for (DType d : kAll)
+    for (float scale : {0.0f, 0.25f}) {
+      Pair logits(DType::f32, randn(N * Vp, 3.0f, 1)), losses(DType::f32, N), dlogits(d, N * Vp);
+      both([&](Backend& be, bool g) {
+        be.softmax_xent(logits.f(g), losses.f(g), targets.data(), N, V, Vp, scale, d == DType::f32 ? logits(g) : dlogits(g), d);
+      });
+      expect_match(losses, "softmax_xent losses");
+      expect_match(logits, scale != 0.0f && d == DType::f32 ? "softmax_xent dlogits" : "softmax_xent logits untouched");
+      if (scale != 0.0f && d != DType::f32) expect_match(dlogits, "softmax_xent dlogits");
+    }
 }
 
 TEST(CudaElementwise, AddCastSumsAdamWMatchCpu) {

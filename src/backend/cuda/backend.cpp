@@ -130,8 +130,8 @@ void CudaBackend::embedding_backward(float* dwte, float* dwpe, const float* dout
 }
 
 void CudaBackend::softmax_xent(float* logits, float* losses, const int32_t* targets, int64_t N,
-                               int64_t V, int64_t Vp, float grad_scale) {
-  launch_softmax_xent(logits, losses, stage(targets, N), N, V, Vp, grad_scale);
+                               int64_t V, int64_t Vp, float grad_scale, void* dlogits, DType dt) {
+  launch_softmax_xent(logits, losses, stage(targets, N), N, V, Vp, grad_scale, dlogits, dt);
   CUDA_LAUNCHED();
 }
 

@@ -1,6 +1,6 @@
-// Fused softmax + cross-entropy over rows of logits(N,Vp), in place, one block per row: an
-// online max and sum in one pass, then (with a gradient scale) the row becomes dlogits in a
-// second. Columns >= V are padding.
+// Fused softmax + cross-entropy over rows of logits(N,Vp), one block per row: an online max and
+// sum in one pass, then (with a gradient scale) the row's dlogits, in place or in a 16-bit
+// dtype, in a second. Columns >= V are padding.
 #include <cfloat>
 
 #include "backend/cuda/kernels.h"
@@ -16,9 +16,11 @@ __device__ __forceinline__ void combine(float& m, float& s, float m2, float s2) 
   m = mx;
 }
 
+template <class S>
 __global__ void softmax_xent_k(float* logits, float* losses, const int32_t* targets, int64_t V,
-                               int64_t Vp, float grad_scale) {
-  float* x = logits + blockIdx.x * Vp;
+                               int64_t Vp, float grad_scale, S* dlogits) {
+  const float* x = logits + blockIdx.x * Vp;
+  S* d = dlogits + blockIdx.x * Vp;
   float m = -FLT_MAX, s = 0.0f;
   for (int64_t v = threadIdx.x; v < V; v += blockDim.x) combine(m, s, x[v], 1.0f);
   for (int o = 16; o > 0; o >>= 1) combine(m, s, __shfl_xor_sync(0xffffffffu, m, o), __shfl_xor_sync(0xffffffffu, s, o));
@@ -34,12 +36,15 @@ __global__ void softmax_xent_k(float* logits, float* losses, const int32_t* targ
   if (threadIdx.x == 0) losses[blockIdx.x] = lse - xt;
   if (grad_scale == 0.0f) return;
   for (int64_t v = threadIdx.x; v < Vp; v += blockDim.x)
-    x[v] = v < V ? expf(x[v] - lse) * grad_scale - (v == tgt ? grad_scale : 0.0f) : 0.0f;
+    d[v] = from_f<S>(v < V ? expf(x[v] - lse) * grad_scale - (v == tgt ? grad_scale : 0.0f) : 0.0f);
 }
 
 void launch_softmax_xent(float* logits, float* losses, const int32_t* targets, int64_t N, int64_t V,
-                         int64_t Vp, float grad_scale) {
-  launch(softmax_xent_k, unsigned(N), 512, 0, logits, losses, targets, V, Vp, grad_scale);
+                         int64_t Vp, float grad_scale, void* dlogits, DType dt) {
+  dispatch_cuda(dt, [&](auto p) {
+    launch(softmax_xent_k<STORAGE(p)>, unsigned(N), 512, 0, logits, losses, targets, V, Vp, grad_scale,
+           static_cast<STORAGE(p)*>(dlogits));
+  });
 }
 
 }  // namespace frugal
