@@ -112,7 +112,7 @@ __device__ __forceinline__ void async_commit() {
 template <int pending>
 __device__ __forceinline__ void async_wait() {
 #if defined(__CUDACC__)
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(pending));
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(pending) : "memory");
 #else
   ::emu::async_wait(pending);
 #endif
