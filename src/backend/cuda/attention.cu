@@ -1,10 +1,10 @@
 // Causal multi-head attention, memory-efficient (FlashAttention-2's algorithm), in two forms:
-// - bf16 and fp16: on the tensor cores (WMMA, 16x16x16 tiles, fp32 accumulation). A block of
-//   4 warps takes 64 rows (queries in the forward and for dQ, keys for dK and dV); each warp
-//   owns 16 of them, holds their vectors as fragments, and walks over 64-row tiles of the other
-//   side staged in shared memory, two stages deep: the next tiles load asynchronously
-//   (cp.async) while this one is used. Scores go through shared memory in fp32, where two lanes per
-//   row apply the mask and the softmax; P (and dS) are rounded to the storage type for the next
+// - bf16 and fp16: on the tensor cores (WMMA, 16x16x16 tiles, fp32 accumulation). A block of 4
+//   warps takes 64 rows (queries in the forward and for dQ, keys for dK and dV); each warp owns
+//   16 of them, holds their vectors as fragments, and walks over 64-row tiles of the other side
+//   staged in shared memory, two stages deep: the next tiles load asynchronously (cp.async)
+//   while this one is used. Scores go through shared memory in fp32, where two lanes per row
+//   apply the mask and the softmax; P (and dS) are rounded to the storage type for the next
 //   product, as in FlashAttention-2; each lane walks its columns from its own start, so that
 //   the warp reads 32 banks at once. The forward keeps a running max and sum per query (online
 //   softmax) and its output row in registers (half a row per lane), rescaled per tile and
