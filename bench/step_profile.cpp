@@ -91,9 +91,8 @@ class TimingBackend final : public Backend {
                     void* d, DType dt) override {
     time("softmax xent", [&] { b_.softmax_xent(l, loss, t, N, V, Vp, s, d, dt); });
   }
-  void adamw(float* p, const float* g, float* m, float* v, int64_t n, const AdamWArgs& a, void* c,
-             DType cd) override {
-    time("adamw", [&] { b_.adamw(p, g, m, v, n, a, c, cd); });
+  void adamw(const std::vector<AdamWSpan>& spans, const AdamWArgs& a, DType cd) override {
+    time("adamw", [&] { b_.adamw(spans, a, cd); });
   }
   double sum_squares(const float* x, int64_t n) override {
     double r;

@@ -21,6 +21,17 @@ struct AdamWArgs {
   float grad_scale = 1.0f;  // the gradient as read: grad * grad_scale (loss unscaling, clipping)
 };
 
+// Parameters that adamw updates: param(n), grad(n), moments m(n), v(n), all fp32; copy: null,
+// or where the updated param is also written in the compute dtype (the compute copy).
+struct AdamWSpan {
+  float* param;
+  const float* grad;
+  float *m, *v;
+  int64_t n;
+  bool decay;  // weight decay applies
+  void* copy;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -104,11 +115,9 @@ class Backend {
   virtual void softmax_xent(float* logits, float* losses, const int32_t* targets, int64_t N,
                             int64_t V, int64_t Vp, float grad_scale, void* dlogits, DType dt) = 0;
 
-  // AdamW (PyTorch semantics) on param(n) with grad(n) and fp32 moments m(n), v(n); when copy
-  // is not null, the updated param is also written there in copy_dt (the compute copy, in the
-  // same pass).
-  virtual void adamw(float* param, const float* grad, float* m, float* v, int64_t n,
-                     const AdamWArgs& a, void* copy, DType copy_dt) = 0;
+  // AdamW (PyTorch semantics) over every span in one pass (one launch on a GPU): a.weight_decay
+  // applies to the spans with decay; compute copies, in the same pass, are in copy_dt.
+  virtual void adamw(const std::vector<AdamWSpan>& spans, const AdamWArgs& a, DType copy_dt) = 0;
   // sum of squares of x(n) in double; inf or NaN when any element is (the overflow check).
   virtual double sum_squares(const float* x, int64_t n) = 0;
   // x(n) = 0

@@ -23,18 +23,19 @@ AdamW::AdamW(const Shards& shards) : shards_(shards) {
 void AdamW::update(Gpt& model, Backend& be, const TrainSettings& t, double lr, int step_1based,
                    float grad_scale) {
   const auto& segs = shards_.segments();
+  spans_.clear();
   for (size_t i = 0; i < segs.size(); i++) {
     const auto& sg = segs[i];
     for (auto& s : model.units()[sg.unit].specs) {  // the part of each tensor inside the segment
       int64_t lo = std::max(sg.begin, s.offset), hi = std::min(sg.end, s.offset + s.numel);
       if (lo >= hi) continue;
-      AdamWArgs a{float(lr), float(t.beta1), float(t.beta2), float(t.eps),
-                  s.decay ? float(t.weight_decay) : 0.0f, step_1based, grad_scale};
       int64_t k = lo - sg.begin;
-      be.adamw(sg.w + k, sg.g + k, m_[i].data() + k, v_[i].data() + k, hi - lo, a,
-               sg.copy ? sg.copy + sg.begin + k : nullptr, model.compute_dtype());
+      spans_.push_back({sg.w + k, sg.g + k, m_[i].data() + k, v_[i].data() + k, hi - lo, s.decay,
+                        sg.copy ? sg.copy + sg.begin + k : nullptr});
     }
   }
+  be.adamw(spans_, {float(lr), float(t.beta1), float(t.beta2), float(t.eps), float(t.weight_decay), step_1based, grad_scale},
+           model.compute_dtype());
 }
 
 LossScaler::LossScaler(const PrecisionSettings& p)

@@ -127,6 +127,7 @@ class AdamW {
  private:
   const Shards& shards_;
   std::vector<PoolArray<float>> m_, v_;
+  std::vector<AdamWSpan> spans_;  // every step's, rebuilt in place
 };
 
 struct StepStats {

@@ -349,26 +349,34 @@ TEST(Embedding, ForwardAndBackwardMatchFloat64WithRepeatedTokens) {
   EXPECT_TRUE(all_close(dwpe, rdwpe, 1e-6, 1e-6));
 }
 
-TEST(AdamW, MatchesFloat64PyTorchFormula) {
-  const int n = 999;
+// Three spans in one call: decayed with a compute copy, not decayed with one, decayed without.
+TEST(AdamW, MatchesFloat64PyTorchFormulaPerSpan) {
+  const int n = 999, cut[4] = {0, 300, 700, n};
+  const bool decay[3] = {true, false, true}, has_copy[3] = {true, true, false};
   auto p = randn(n, 1, 20), g = randn(n, 1, 21), m = randn(n, 0.1f, 22), v = randn(n, 0.1f, 23);
   for (auto& x : v) x = x * x;
   AdamWArgs a{3e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 7, 0.25f};  // gradients read x 0.25 (clipping)
   std::vector<float> P = p, M = m, Vv = v;
-  std::vector<bf16> copy(n);
-  be().adamw(P.data(), g.data(), M.data(), Vv.data(), n, a, copy.data(), DType::bf16);
+  std::vector<bf16> copy(n, bf16{0x7fc1});
+  std::vector<AdamWSpan> spans;
+  for (int k = 0; k < 3; k++)
+    spans.push_back({P.data() + cut[k], g.data() + cut[k], M.data() + cut[k], Vv.data() + cut[k], cut[k + 1] - cut[k],
+                     decay[k], has_copy[k] ? copy.data() + cut[k] : nullptr});
+  be().adamw(spans, a, DType::bf16);
   Vec rp(n), rm(n), rv(n);
-  for (int i = 0; i < n; i++) {
-    const double gs = 0.25 * g[i];
-    rm[i] = 0.9 * m[i] + 0.1 * gs;
-    rv[i] = 0.95 * v[i] + 0.05 * gs * gs;
-    double mh = rm[i] / (1 - std::pow(0.9, 7)), vh = rv[i] / (1 - std::pow(0.95, 7));
-    rp[i] = p[i] * (1 - 3e-3 * 0.1) - 3e-3 * mh / (std::sqrt(vh) + 1e-8);
-  }
+  for (int k = 0; k < 3; k++)
+    for (int i = cut[k]; i < cut[k + 1]; i++) {
+      const double gs = 0.25 * g[i];
+      rm[i] = 0.9 * m[i] + 0.1 * gs;
+      rv[i] = 0.95 * v[i] + 0.05 * gs * gs;
+      double mh = rm[i] / (1 - std::pow(0.9, 7)), vh = rv[i] / (1 - std::pow(0.95, 7));
+      rp[i] = p[i] * (1 - 3e-3 * (decay[k] ? 0.1 : 0.0)) - 3e-3 * mh / (std::sqrt(vh) + 1e-8);
+    }
   EXPECT_TRUE(all_close(M, rm, 1e-5, 1e-7));
   EXPECT_TRUE(all_close(Vv, rv, 1e-5, 1e-7));
   EXPECT_TRUE(all_close(P, rp, 1e-5, 1e-6));
-  for (int i = 0; i < n; i++) ASSERT_EQ(copy[i].bits, from_f32<bf16>(P[i]).bits) << i;  // the compute copy
+  for (int i = 0; i < n; i++)  // the compute copy where asked for, untouched elsewhere
+    ASSERT_EQ(copy[i].bits, i < cut[2] ? from_f32<bf16>(P[i]).bits : uint16_t(0x7fc1)) << i;
 }
 
 TEST(Elementwise, AddCastScaleSumSquaresMatchFloat64) {

@@ -266,9 +266,15 @@ TEST(CudaElementwise, AddCastSumsAdamWMatchCpu) {
   for (auto& e : v0) e = e * e;
   Pair v(DType::f32, v0), copy(DType::bf16, n);
   double sq[2], s[2];
+  // spans of every size class, decayed or not, with the compute copy or without (left zero)
+  const int64_t cut[5] = {0, 5, 4096 + 7, 60000, n};
   both([&](Backend& be, bool g) {
-    for (int step = 1; step <= 3; step++)
-      be.adamw(x.f(g), gr.f(g), m.f(g), v.f(g), n, {1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, step, 0.5f}, copy(g), DType::bf16);
+    auto* c = static_cast<uint16_t*>(copy(g));
+    std::vector<AdamWSpan> spans;
+    for (int k = 0; k < 4; k++)
+      spans.push_back({x.f(g) + cut[k], gr.f(g) + cut[k], m.f(g) + cut[k], v.f(g) + cut[k], cut[k + 1] - cut[k],
+                       k % 2 == 0, k == 3 ? nullptr : c + cut[k]});
+    for (int step = 1; step <= 3; step++) be.adamw(spans, {1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, step, 0.5f}, DType::bf16);
     sq[g] = be.sum_squares(x.f(g), n);
     s[g] = be.sum(x.f(g), n);
   });

@@ -51,8 +51,7 @@ class CpuBackend final : public Backend {
   void cast(void* dst, const float* src, int64_t n, DType dt) override;
   void softmax_xent(float* logits, float* losses, const int32_t* targets, int64_t N, int64_t V,
                     int64_t Vp, float grad_scale, void* dlogits, DType dt) override;
-  void adamw(float* param, const float* grad, float* m, float* v, int64_t n,
-             const AdamWArgs& a, void* copy, DType copy_dt) override;
+  void adamw(const std::vector<AdamWSpan>& spans, const AdamWArgs& a, DType copy_dt) override;
   double sum_squares(const float* x, int64_t n) override;
   void fill_zero(float* x, int64_t n) override;
   double sum(const float* x, int64_t n) override;

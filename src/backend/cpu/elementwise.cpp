@@ -74,13 +74,19 @@ static void adamw_t(float* param, const float* grad, float* m, float* v, int64_t
   }
 }
 
-void CpuBackend::adamw(float* param, const float* grad, float* m, float* v, int64_t n,
-                       const AdamWArgs& a, void* copy, DType copy_dt) {
-  if (!copy) return adamw_t<float>(param, grad, m, v, n, a, nullptr);
-  dispatch(copy_dt, [&](auto t) {
-    using C = decltype(t);
-    adamw_t(param, grad, m, v, n, a, static_cast<C*>(copy));
-  });
+void CpuBackend::adamw(const std::vector<AdamWSpan>& spans, const AdamWArgs& a, DType copy_dt) {
+  for (const AdamWSpan& s : spans) {
+    AdamWArgs as = a;
+    if (!s.decay) as.weight_decay = 0.0f;
+    if (!s.copy) {
+      adamw_t<float>(s.param, s.grad, s.m, s.v, s.n, as, nullptr);
+      continue;
+    }
+    dispatch(copy_dt, [&](auto t) {
+      using C = decltype(t);
+      adamw_t(s.param, s.grad, s.m, s.v, s.n, as, static_cast<C*>(s.copy));
+    });
+  }
 }
 
 }  // namespace frugal

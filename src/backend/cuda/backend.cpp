@@ -1,6 +1,7 @@
 // The CUDA backend object, device memory behind the MemoryPool, token staging, reductions, and
 // the ops that are one kernel launch each.
 #include <cmath>
+#include <cstring>
 
 #include "backend/cuda/cuda.h"
 
@@ -83,14 +84,29 @@ void CudaBackend::cast(void* dst, const float* src, int64_t n, DType dt) {
 }
 
 
-void CudaBackend::adamw(float* param, const float* grad, float* m, float* v, int64_t n,
-                        const AdamWArgs& a, void* copy, DType copy_dt) {
+// The spans go to the device only when they change (the first step, in practice): a
+// blocking copy, in order with the compute stream, so that no earlier launch still reads them.
+void CudaBackend::adamw(const std::vector<AdamWSpan>& spans, const AdamWArgs& a, DType copy_dt) {
+  if (spans.empty()) return;
   // the scalars exactly as the CPU backend computes them
   const float bc1 = 1.0f - std::pow(a.beta1, float(a.step));
   const float bc2_sqrt = std::sqrt(1.0f - std::pow(a.beta2, float(a.step)));
   const float step_size = a.lr / bc1, decay = 1.0f - a.lr * a.weight_decay;
-  launch_adamw(param, grad, m, v, n, a.beta1, a.beta2, a.eps, step_size, decay, bc2_sqrt, a.grad_scale,
-               copy, copy ? copy_dt : DType::f32);
+  std::vector<AdamwSpanDev> dev;
+  int64_t blocks = 0;
+  bool copies = false;
+  for (const AdamWSpan& s : spans) {
+    dev.push_back({s.param, s.grad, s.m, s.v, s.copy, s.n, blocks, s.decay ? decay : 1.0f});
+    blocks += (s.n + kAdamwChunk - 1) / kAdamwChunk;
+    copies |= s.copy != nullptr;
+  }
+  const size_t bytes = dev.size() * sizeof(AdamwSpanDev);
+  if (bytes != adamw_host_.size() || std::memcmp(adamw_host_.data(), dev.data(), bytes) != 0) {
+    adamw_host_.assign(reinterpret_cast<const char*>(dev.data()), reinterpret_cast<const char*>(dev.data()) + bytes);
+    CUDA_CHECK(cudaMemcpy(scratch<char>(adamw_, adamw_bytes_, int64_t(bytes)), dev.data(), bytes, cudaMemcpyHostToDevice));
+  }
+  launch_adamw(static_cast<const AdamwSpanDev*>(adamw_), int(dev.size()), blocks, a.beta1, a.beta2, a.eps, step_size,
+               bc2_sqrt, a.grad_scale, copies ? copy_dt : DType::f32);
   CUDA_LAUNCHED();
 }
 

@@ -64,8 +64,7 @@ class CudaBackend final : public Backend {
   void cast(void* dst, const float* src, int64_t n, DType dt) override;
   void softmax_xent(float* logits, float* losses, const int32_t* targets, int64_t N, int64_t V,
                     int64_t Vp, float grad_scale, void* dlogits, DType dt) override;
-  void adamw(float* param, const float* grad, float* m, float* v, int64_t n,
-             const AdamWArgs& a, void* copy, DType copy_dt) override;
+  void adamw(const std::vector<AdamWSpan>& spans, const AdamWArgs& a, DType copy_dt) override;
   double sum_squares(const float* x, int64_t n) override;
   void fill_zero(float* x, int64_t n) override;
   double sum(const float* x, int64_t n) override;
@@ -98,8 +97,9 @@ class CudaBackend final : public Backend {
   std::map<GemmKey, GemmPlan*> gemms_;
   cublasLtHandle_t lt_ = nullptr;
   void* lt_ws_ = nullptr;
-  void *idx_ = nullptr, *red_ = nullptr, *rows_ = nullptr;
-  size_t idx_bytes_ = 0, red_bytes_ = 0, rows_bytes_ = 0;
+  void *idx_ = nullptr, *red_ = nullptr, *rows_ = nullptr, *adamw_ = nullptr;
+  size_t idx_bytes_ = 0, red_bytes_ = 0, rows_bytes_ = 0, adamw_bytes_ = 0;
+  std::vector<char> adamw_host_;  // the spans as last copied to adamw_
   double* red_host_ = nullptr;  // pinned
 };
 

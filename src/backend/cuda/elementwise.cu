@@ -55,28 +55,37 @@ void launch_reduce(double* out, const float* x, int64_t n, bool squares) {
   launch(reduce_k, std::min(grid_for(n), 1024u), 256, 0, out, x, n, squares);
 }
 
-template <class C>  // C = float: no copy
-__global__ void adamw_k(float* param, const float* grad, float* m, float* v, int64_t n, float beta1,
-                        float beta2, float eps, float step_size, float decay, float bc2_sqrt,
-                        float grad_scale, C* copy) {
-  GRID_STRIDE(i, n) {
-    float g = grad[i] * grad_scale;
-    float mi = beta1 * m[i] + (1.0f - beta1) * g;
-    float vi = beta2 * v[i] + (1.0f - beta2) * g * g;
-    m[i] = mi;
-    v[i] = vi;
-    float p = param[i] * decay - step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
-    param[i] = p;
-    if constexpr (!std::is_same_v<C, float>) copy[i] = from_f<C>(p);
+// Every span in one launch: each block finds its span (binary search on first_block), then its
+// threads stride over the block's chunk of it.
+template <class C>  // C = float: no copies
+__global__ void adamw_k(const AdamwSpanDev* spans, int count, float beta1, float beta2, float eps,
+                        float step_size, float bc2_sqrt, float grad_scale) {
+  int lo = 0, hi = count - 1;
+  while (lo < hi) {  // the last span with first_block <= blockIdx.x
+    const int mid = (lo + hi + 1) / 2;
+    if (spans[mid].first_block <= int64_t(blockIdx.x)) lo = mid;
+    else hi = mid - 1;
+  }
+  const AdamwSpanDev s = spans[lo];
+  const int64_t begin = (int64_t(blockIdx.x) - s.first_block) * kAdamwChunk, end = min(begin + kAdamwChunk, s.n);
+  C* copy = static_cast<C*>(s.copy);
+  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
+    float g = s.grad[i] * grad_scale;
+    float mi = beta1 * s.m[i] + (1.0f - beta1) * g;
+    float vi = beta2 * s.v[i] + (1.0f - beta2) * g * g;
+    s.m[i] = mi;
+    s.v[i] = vi;
+    float p = s.param[i] * s.decay - step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
+    s.param[i] = p;
+    if constexpr (!std::is_same_v<C, float>)
+      if (copy) copy[i] = from_f<C>(p);
   }
 }
 
-void launch_adamw(float* param, const float* grad, float* m, float* v, int64_t n, float beta1,
-                  float beta2, float eps, float step_size, float decay, float bc2_sqrt,
-                  float grad_scale, void* copy, DType copy_dt) {
+void launch_adamw(const AdamwSpanDev* spans, int count, int64_t blocks, float beta1, float beta2,
+                  float eps, float step_size, float bc2_sqrt, float grad_scale, DType copy_dt) {
   dispatch_cuda(copy_dt, [&](auto p) {
-    launch(adamw_k<STORAGE(p)>, grid_for(n), 256, 0, param, grad, m, v, n, beta1, beta2, eps, step_size, decay, bc2_sqrt,
-                                  grad_scale, static_cast<STORAGE(p)*>(copy));
+    launch(adamw_k<STORAGE(p)>, unsigned(blocks), 256, 0, spans, count, beta1, beta2, eps, step_size, bc2_sqrt, grad_scale);
   });
 }
 

@@ -17,10 +17,22 @@ void launch_cast(void* dst, const float* src, int64_t n, DType dt, void* stream 
 void launch_widen(float* dst, const void* src, int64_t n, DType dt, void* stream = nullptr);  // dt -> fp32
 // out(1) += sum of x(n), or of its squares, in double (out zeroed by the caller)
 void launch_reduce(double* out, const float* x, int64_t n, bool squares);
-// copy: null, or the compute copy (copy_dt) to write the updated param into
-void launch_adamw(float* param, const float* grad, float* m, float* v, int64_t n, float beta1,
-                  float beta2, float eps, float step_size, float decay, float bc2_sqrt,
-                  float grad_scale, void* copy, DType copy_dt);
+// One span of AdamW's parameters on the device; its elements are the blocks
+// [first_block, first_block + ceil(n / kAdamwChunk)) of the launch.
+struct AdamwSpanDev {
+  float* param;
+  const float* grad;
+  float *m, *v;
+  void* copy;  // null, or the compute copy in the launch's copy dtype
+  int64_t n, first_block;
+  float decay;  // 1 - lr * weight_decay, or 1
+  float pad = 0.0f;  // no padding bytes: the backend compares spans bytewise
+};
+static_assert(sizeof(AdamwSpanDev) == 64);
+constexpr int64_t kAdamwChunk = 4096;  // elements per block
+// spans(count) in device memory, sorted by first_block; blocks: the total
+void launch_adamw(const AdamwSpanDev* spans, int count, int64_t blocks, float beta1, float beta2,
+                  float eps, float step_size, float bc2_sqrt, float grad_scale, DType copy_dt);
 // C(M,N) row stride ldc, in dt: C += bias(N) per row
 void launch_add_bias(void* C, const float* bias, int64_t M, int64_t N, int64_t ldc, DType dt);
 // acc(cols) += column sums of x(rows, cols) in dt
