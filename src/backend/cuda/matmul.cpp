@@ -52,15 +52,16 @@ void CudaBackend::matmul(bool ta, bool tb, int64_t M, int64_t N, int64_t K, cons
 
 // The GELU epilogues take aux(M,N) with C's leading dimension (a multiple of 8, as cuBLASLt
 // requires): forward writes the pre-activation there and gelu of it to C; backward reads it
-// and writes (A B) * gelu'(aux) to C. Returns false, having done nothing, when cuBLASLt has no
-// algorithm for the GELU epilogue (the caller runs the two ops).
+// and writes (A B) * gelu'(aux) to C. Returns false, having done nothing, for fp32 (whose
+// tolerance a fast tanh in the epilogue could exceed: its own kernels are exact) and where
+// cuBLASLt has no algorithm for the GELU epilogue; the caller then runs the two ops.
 bool CudaBackend::gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const void* A, int64_t lda,
                        const void* B, int64_t ldb, void* C, int64_t ldc, DType ab, DType c,
                        const float* bias, bool accumulate, Gelu gelu, void* aux) {
   FRUGAL_CHECK(c == DType::f32 || c == ab, "matmul {} x {} -> {}", dtype_name(ab), dtype_name(ab), dtype_name(c));
   FRUGAL_CHECK(gelu == Gelu::none || (aux && c == ab && !accumulate && (gelu == Gelu::forward || !bias)),
                "matmul with a GELU epilogue: aux, the compute dtype out, no accumulation, no bias backward");
-  if (gelu != Gelu::none && (ldc % 8 || (bias && alignment(bias) < 16))) return false;
+  if (gelu != Gelu::none && (ab == DType::f32 || ldc % 8 || (bias && alignment(bias) < 16))) return false;
   int align = std::min({alignment(A), alignment(B), alignment(C)});
   if (aux) align = std::min(align, alignment(aux));
   const bool want_bias = bias && alignment(bias) >= 16;
