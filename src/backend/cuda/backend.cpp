@@ -92,20 +92,20 @@ void CudaBackend::adamw(const std::vector<AdamWSpan>& spans, const AdamWArgs& a,
   const float bc1 = 1.0f - std::pow(a.beta1, float(a.step));
   const float bc2_sqrt = std::sqrt(1.0f - std::pow(a.beta2, float(a.step)));
   const float step_size = a.lr / bc1, decay = 1.0f - a.lr * a.weight_decay;
-  std::vector<AdamwSpanDev> dev;
+  std::vector<AdamWSpanDev> dev;
   int64_t blocks = 0;
   bool copies = false;
   for (const AdamWSpan& s : spans) {
     dev.push_back({s.param, s.grad, s.m, s.v, s.copy, s.n, blocks, s.decay ? decay : 1.0f});
-    blocks += (s.n + kAdamwChunk - 1) / kAdamwChunk;
+    blocks += (s.n + kAdamWChunk - 1) / kAdamWChunk;
     copies |= s.copy != nullptr;
   }
-  const size_t bytes = dev.size() * sizeof(AdamwSpanDev);
+  const size_t bytes = dev.size() * sizeof(AdamWSpanDev);
   if (bytes != adamw_host_.size() || std::memcmp(adamw_host_.data(), dev.data(), bytes) != 0) {
     adamw_host_.assign(reinterpret_cast<const char*>(dev.data()), reinterpret_cast<const char*>(dev.data()) + bytes);
     CUDA_CHECK(cudaMemcpy(scratch<char>(adamw_, adamw_bytes_, int64_t(bytes)), dev.data(), bytes, cudaMemcpyHostToDevice));
   }
-  launch_adamw(static_cast<const AdamwSpanDev*>(adamw_), int(dev.size()), blocks, a.beta1, a.beta2, a.eps, step_size,
+  launch_adamw(static_cast<const AdamWSpanDev*>(adamw_), int(dev.size()), blocks, a.beta1, a.beta2, a.eps, step_size,
                bc2_sqrt, a.grad_scale, copies ? copy_dt : DType::f32);
   CUDA_LAUNCHED();
 }

@@ -58,7 +58,7 @@ void launch_reduce(double* out, const float* x, int64_t n, bool squares) {
 // Every span in one launch: each block finds its span (binary search on first_block), then its
 // threads stride over the block's chunk of it.
 template <class C>  // C = float: no copies
-__global__ void adamw_k(const AdamwSpanDev* spans, int count, float beta1, float beta2, float eps,
+__global__ void adamw_k(const AdamWSpanDev* spans, int count, float beta1, float beta2, float eps,
                         float step_size, float bc2_sqrt, float grad_scale) {
   int lo = 0, hi = count - 1;
   while (lo < hi) {  // the last span with first_block <= blockIdx.x
@@ -66,8 +66,8 @@ __global__ void adamw_k(const AdamwSpanDev* spans, int count, float beta1, float
     if (spans[mid].first_block <= int64_t(blockIdx.x)) lo = mid;
     else hi = mid - 1;
   }
-  const AdamwSpanDev s = spans[lo];
-  const int64_t begin = (int64_t(blockIdx.x) - s.first_block) * kAdamwChunk, end = min(begin + kAdamwChunk, s.n);
+  const AdamWSpanDev s = spans[lo];
+  const int64_t begin = (int64_t(blockIdx.x) - s.first_block) * kAdamWChunk, end = min(begin + kAdamWChunk, s.n);
   C* copy = static_cast<C*>(s.copy);
   for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
     float g = s.grad[i] * grad_scale;
@@ -82,7 +82,7 @@ __global__ void adamw_k(const AdamwSpanDev* spans, int count, float beta1, float
   }
 }
 
-void launch_adamw(const AdamwSpanDev* spans, int count, int64_t blocks, float beta1, float beta2,
+void launch_adamw(const AdamWSpanDev* spans, int count, int64_t blocks, float beta1, float beta2,
                   float eps, float step_size, float bc2_sqrt, float grad_scale, DType copy_dt) {
   dispatch_cuda(copy_dt, [&](auto p) {
     launch(adamw_k<STORAGE(p)>, unsigned(blocks), 256, 0, spans, count, beta1, beta2, eps, step_size, bc2_sqrt, grad_scale);

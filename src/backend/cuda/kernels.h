@@ -18,8 +18,8 @@ void launch_widen(float* dst, const void* src, int64_t n, DType dt, void* stream
 // out(1) += sum of x(n), or of its squares, in double (out zeroed by the caller)
 void launch_reduce(double* out, const float* x, int64_t n, bool squares);
 // One span of AdamW's parameters on the device; its elements are the blocks
-// [first_block, first_block + ceil(n / kAdamwChunk)) of the launch.
-struct AdamwSpanDev {
+// [first_block, first_block + ceil(n / kAdamWChunk)) of the launch.
+struct AdamWSpanDev {
   float* param;
   const float* grad;
   float *m, *v;
@@ -28,10 +28,10 @@ struct AdamwSpanDev {
   float decay;  // 1 - lr * weight_decay, or 1
   float pad = 0.0f;  // no padding bytes: the backend compares spans bytewise
 };
-static_assert(sizeof(AdamwSpanDev) == 64);
-constexpr int64_t kAdamwChunk = 4096;  // elements per block
+static_assert(sizeof(AdamWSpanDev) == 64);
+constexpr int64_t kAdamWChunk = 4096;  // elements per block
 // spans(count) in device memory, sorted by first_block; blocks: the total
-void launch_adamw(const AdamwSpanDev* spans, int count, int64_t blocks, float beta1, float beta2,
+void launch_adamw(const AdamWSpanDev* spans, int count, int64_t blocks, float beta1, float beta2,
                   float eps, float step_size, float bc2_sqrt, float grad_scale, DType copy_dt);
 // C(M,N) row stride ldc, in dt: C += bias(N) per row
 void launch_add_bias(void* C, const float* bias, int64_t M, int64_t N, int64_t ldc, DType dt);
