@@ -349,6 +349,8 @@ def run_bench(torch, a):
         with torch.autocast(a.device, dtype=torch.bfloat16, enabled=a.dtype == "bf16"):
             _, loss = step_model(tok[:, :-1], tok[:, 1:])
         loss.backward()
+        if a.clip > 0:  # frugal clips the global norm by default (train.grad_clip = 1): the same work
+            torch.nn.utils.clip_grad_norm_(model.parameters(), a.clip)
         opt.step()
         if gpu:
             torch.cuda.synchronize()
