@@ -307,14 +307,19 @@ __device__ __forceinline__ int score_column(int half, int e, int skew) { return 
 template <int HS>
 __device__ __forceinline__ int out_column(int half, int e, int skew) { return half * (HS / 2) + (e + skew) % (HS / 2); }
 
-// grid (T/64, NH, B): out(B,T,C), lse(B,NH,T) from qkv(B,T,3C)
+// The tensor-core kernels' grid is (NH, B, T/64), tiles slowest, so that blocks start in order
+// of work, the most first and the tail light: for queries that is the last tile (it sees every
+// key), for keys the first.
+__device__ __forceinline__ int heavy_first_q() { return int(gridDim.z - 1 - blockIdx.z) * kTc; }
+
+// grid (NH, B, T/64): out(B,T,C), lse(B,NH,T) from qkv(B,T,3C)
 template <class S, int HS>
 __global__ void __launch_bounds__(kTcThreads) flash_forward_k(S* out, float* lse, const S* qkv, int T, int C, int NH, float scale) {
   DYNAMIC_SHARED(unsigned char, smem);
   const TcShared<S, HS> sh(smem, 1, 1);
   constexpr int ldf = kTc + 4, ldp = kTc + 8, ldo = HS + 4;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * kTc, qw = q0 + 16 * warp;
+  const int h = blockIdx.x, b = blockIdx.y, q0 = heavy_first_q(), qw = q0 + 16 * warp;
   const int64_t C3 = 3 * int64_t(C);
   const S* base = qkv + int64_t(b) * T * C3 + h * HS;
   float* sw = sh.f32(warp, 0);
@@ -385,7 +390,7 @@ __global__ void __launch_bounds__(kTcThreads) flash_forward_k(S* out, float* lse
   if (half == 0) lse[(int64_t(b) * NH + h) * T + i] = m + logf(l);
 }
 
-// grid (T/64, NH, B), a warp per 16 queries: dQ = sum over keys j <= i of dS_ij k_j
+// grid (NH, B, T/64), a warp per 16 queries: dQ = sum over keys j <= i of dS_ij k_j
 template <class S, int HS>
 __global__ void __launch_bounds__(kTcThreads) flash_backward_q_k(S* dqkv, const S* dout, const S* qkv, const float* lse,
                                                                  const float* D, int T, int C, int NH, float scale) {
@@ -393,7 +398,7 @@ __global__ void __launch_bounds__(kTcThreads) flash_backward_q_k(S* dqkv, const 
   const TcShared<S, HS> sh(smem, 2, 1);
   constexpr int ldf = kTc + 4, ldp = kTc + 8;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * kTc, qw = q0 + 16 * warp;
+  const int h = blockIdx.x, b = blockIdx.y, q0 = heavy_first_q(), qw = q0 + 16 * warp;
   const int64_t C3 = 3 * int64_t(C);
   const S* base = qkv + int64_t(b) * T * C3 + h * HS;
   float *sw = sh.f32(warp, 0), *dpw = sh.f32(warp, 1);
@@ -442,7 +447,7 @@ __global__ void __launch_bounds__(kTcThreads) flash_backward_q_k(S* dqkv, const 
   tc_store_rows<S, HS>(dqkv + int64_t(b) * T * C3 + h * HS, C3, dq, sh.out(warp), qw, T);
 }
 
-// grid (T/64, NH, B), a warp per 16 keys j over the queries i >= j:
+// grid (NH, B, T/64), a warp per 16 keys j over the queries i >= j:
 // dV_j = sum P_ij dO_i, dK_j = sum dS_ij q_i
 template <class S, int HS>
 __global__ void __launch_bounds__(kTcThreads) flash_backward_kv_k(S* dqkv, const S* dout, const S* qkv, const float* lse,
@@ -451,7 +456,7 @@ __global__ void __launch_bounds__(kTcThreads) flash_backward_kv_k(S* dqkv, const
   const TcShared<S, HS> sh(smem, 2, 2);
   constexpr int ldf = kTc + 4, ldp = kTc + 8;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int b = blockIdx.z, h = blockIdx.y, k0 = blockIdx.x * kTc, kw = k0 + 16 * warp;
+  const int h = blockIdx.x, b = blockIdx.y, k0 = blockIdx.z * kTc, kw = k0 + 16 * warp;
   const int64_t C3 = 3 * int64_t(C);
   const S* base = qkv + int64_t(b) * T * C3 + h * HS;
   const S* dbase = dout + int64_t(b) * T * C + h * HS;
@@ -541,7 +546,7 @@ void launch_attention_forward(void* out, float* lse, const void* qkv, int64_t B,
         launch(attention_forward_k<S, hs()>, grid, kRows, 0, static_cast<S*>(out), lse,
                static_cast<const S*>(qkv), int(T), int(C), int(NH), scale);
       } else {
-        const dim3 grid(unsigned((T + kTc - 1) / kTc), unsigned(NH), unsigned(B));
+        const dim3 grid(unsigned(NH), unsigned(B), unsigned((T + kTc - 1) / kTc));
         launch(flash_forward_k<S, hs()>, grid, kTcThreads, TcShared<S, hs()>(uintptr_t(0), 1, 1).bytes,
                static_cast<S*>(out), lse, static_cast<const S*>(qkv), int(T), int(C), int(NH), scale);
       }
@@ -566,7 +571,7 @@ void launch_attention_backward(void* dqkv, const void* dout, const void* qkv, co
         launch(attention_backward_kv_k<S, hs(), false>, grid, kRows, 0, dq, d_out, q, lse, D, int(T), int(C), int(NH), scale);
         launch(attention_backward_kv_k<S, hs(), true>, grid, kRows, 0, dq, d_out, q, lse, D, int(T), int(C), int(NH), scale);
       } else {
-        const dim3 grid(unsigned((T + kTc - 1) / kTc), unsigned(NH), unsigned(B));
+        const dim3 grid(unsigned(NH), unsigned(B), unsigned((T + kTc - 1) / kTc));
         launch(flash_backward_q_k<S, hs()>, grid, kTcThreads, TcShared<S, hs()>(uintptr_t(0), 2, 1).bytes, dq, d_out, q, lse, D,
                int(T), int(C), int(NH), scale);
         launch(flash_backward_kv_k<S, hs()>, grid, kTcThreads, TcShared<S, hs()>(uintptr_t(0), 2, 2).bytes, dq, d_out, q, lse, D,
