@@ -298,6 +298,8 @@ __device__ __forceinline__ void tc_store_rows(S* dst, int64_t stride, const Frag
   __syncwarp();
 }
 
+static constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
+
 // Two lanes per row of a warp's 16 x 64 score tile, each over 32 columns, reading fp32 rows
 // whose stride is 4 mod 32 words: walked in the same order, lanes r and r + 8, and the two
 // halves of a row, would hit one bank (4-way conflicts). Each lane starts its walk at its own
@@ -337,6 +339,7 @@ __global__ void __launch_bounds__(kTcThreads) flash_forward_k(S* out, float* lse
   // two lanes per query row: columns [half * 32, half * 32 + 32) of scores, half the output row
   // (o[e] is column half * HS / 2 + (e + skew) % (HS / 2), in registers)
   const int r = lane / 2, half = lane % 2, i = qw + r, skew = lane_skew(lane);
+  const float sl = scale * kLog2e;  // scores in base 2: exp(x) = exp2(x log2 e)
   float o[HS / 2];
 #pragma unroll
   for (int e = 0; e < HS / 2; e++) o[e] = 0.0f;
@@ -358,17 +361,17 @@ __global__ void __launch_bounds__(kTcThreads) flash_forward_k(S* out, float* lse
     float mt = -FLT_MAX;
     for (int e = 0; e < 32; e++) {
       const int c = score_column(half, e, skew);
-      if (k0 + c <= i && k0 + c < T) mt = fmaxf(mt, sw[r * ldf + c] * scale);
+      if (k0 + c <= i && k0 + c < T) mt = fmaxf(mt, sw[r * ldf + c] * sl);
     }
     const float mnew = fmaxf(m, fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, 1)));
     float lt = 0.0f;
     for (int e = 0; e < 32; e++) {
       const int c = score_column(half, e, skew);
-      const float p = k0 + c <= i && k0 + c < T ? expf(sw[r * ldf + c] * scale - mnew) : 0.0f;
+      const float p = k0 + c <= i && k0 + c < T ? exp2f(sw[r * ldf + c] * sl - mnew) : 0.0f;
       pw[r * ldp + c] = from_f<S>(p);
       lt += p;
     }
-    const float corr = expf(m - mnew);  // a new max rescales what was summed so far
+    const float corr = exp2f(m - mnew);  // a new max rescales what was summed so far
     l = l * corr + lt + __shfl_xor_sync(0xffffffffu, lt, 1);
     m = mnew;
     __syncwarp();
@@ -387,7 +390,7 @@ __global__ void __launch_bounds__(kTcThreads) flash_forward_k(S* out, float* lse
   S* orow = out + (int64_t(b) * T + i) * C + h * HS;
 #pragma unroll
   for (int e = 0; e < HS / 2; e++) orow[out_column<HS>(half, e, skew)] = from_f<S>(o[e] / l);
-  if (half == 0) lse[(int64_t(b) * NH + h) * T + i] = m + logf(l);
+  if (half == 0) lse[(int64_t(b) * NH + h) * T + i] = (m + log2f(l)) * kLn2;
 }
 
 // grid (NH, B, T/64), a warp per 16 queries: dQ = sum over keys j <= i of dS_ij k_j
@@ -419,7 +422,7 @@ __global__ void __launch_bounds__(kTcThreads) flash_backward_q_k(S* dqkv, const 
   for (int d = 0; d < HS / 16; d++) wmma::fill_fragment(dq[d], 0.0f);
   const int r = lane / 2, half = lane % 2, i = qw + r, skew = lane_skew(lane);
   const int64_t row = (int64_t(b) * NH + h) * T + i;
-  const float L = i < T ? lse[row] : 0.0f, Di = i < T ? D[row] : 0.0f;
+  const float L = i < T ? lse[row] * kLog2e : 0.0f, Di = i < T ? D[row] : 0.0f, sl = scale * kLog2e;
   const int last = min(q0 + kTc, T) - 1;
   for (int k0 = 0, st = 0; k0 <= last; k0 += kTc, st ^= 1) {
     __syncthreads();  // the other stage is no longer read: the next tiles load into it
@@ -438,7 +441,7 @@ __global__ void __launch_bounds__(kTcThreads) flash_backward_q_k(S* dqkv, const 
     for (int e = 0; e < 32; e++) {
       const int c = score_column(half, e, skew);
       float ds = 0.0f;
-      if (k0 + c <= i && k0 + c < T) ds = expf(sw[r * ldf + c] * scale - L) * (dpw[r * ldf + c] - Di) * scale;
+      if (k0 + c <= i && k0 + c < T) ds = exp2f(sw[r * ldf + c] * sl - L) * (dpw[r * ldf + c] - Di) * scale;
       dsw[r * ldp + c] = from_f<S>(ds);
     }
     __syncwarp();
@@ -464,13 +467,13 @@ __global__ void __launch_bounds__(kTcThreads) flash_backward_kv_k(S* dqkv, const
   const float* drow = D + (int64_t(b) * NH + h) * T;
   float *st = sh.f32(warp, 0), *dpt = sh.f32(warp, 1);
   S *pt = sh.h16(warp, 0), *dst = sh.h16(warp, 1);
-  // the queries [q0, q0 + 64) into stage s: Q, dO and their log-sum-exps and D
+  // the queries [q0, q0 + 64) into stage s: Q, dO, their log-sum-exps (base 2) and D
   auto issue = [&](int q0, int s) {
     tc_load_rows<S, HS>(sh.wide(2 * s), base, q0, T, C3);
     tc_load_rows<S, HS>(sh.wide(2 * s + 1), dbase, q0, T, C);
     float* stats = sh.stats + 2 * kTc * s;
     for (int e = threadIdx.x; e < kTc; e += blockDim.x) {
-      stats[e] = q0 + e < T ? lrow[q0 + e] : 0.0f;
+      stats[e] = q0 + e < T ? lrow[q0 + e] * kLog2e : 0.0f;
       stats[kTc + e] = q0 + e < T ? drow[q0 + e] : 0.0f;
     }
   };
@@ -491,6 +494,7 @@ __global__ void __launch_bounds__(kTcThreads) flash_backward_kv_k(S* dqkv, const
     wmma::fill_fragment(dv[d], 0.0f);
   }
   const int r = lane / 2, half = lane % 2, j = kw + r, skew = lane_skew(lane);
+  const float sl = scale * kLog2e;  // scores in base 2: exp(x) = exp2(x log2 e)
   for (int q0 = k0, s = 0; q0 < T; q0 += kTc, s ^= 1) {
     __syncthreads();  // the other stage is no longer read: the next queries load into it
     if (q0 + kTc < T) issue(q0 + kTc, 1 - s);
@@ -507,7 +511,7 @@ __global__ void __launch_bounds__(kTcThreads) flash_backward_kv_k(S* dqkv, const
       const int c = score_column(half, e, skew);
       float p = 0.0f, ds = 0.0f;
       if (q0 + c >= j && q0 + c < T) {
-        p = expf(st[r * ldf + c] * scale - Ls[c]);
+        p = exp2f(st[r * ldf + c] * sl - Ls[c]);
         ds = p * (dpt[r * ldf + c] - Ds[c]) * scale;
       }
       pt[r * ldp + c] = from_f<S>(p);
