@@ -246,6 +246,27 @@ __device__ __forceinline__ void tc_load_rows(S* dst, const S* src, int r0, int T
   }
 }
 
+// Rows [r0, r0 + 64) of two (T, stride) views, a and b, into stage s's two wide tiles.
+template <class S, int HS>
+__device__ __forceinline__ void tc_load_stage(const TcShared<S, HS>& sh, int s, const S* a, const S* b, int r0, int T,
+                                              int64_t stride) {
+  tc_load_rows<S, HS>(sh.wide(2 * s), a, r0, T, stride);
+  tc_load_rows<S, HS>(sh.wide(2 * s + 1), b, r0, T, stride);
+}
+
+// The double buffer's step at the top of each tile: once every thread is done with the other
+// stage, load_next starts the next tiles into it (where there are more); then every thread's
+// copies of this stage have landed. Each kernel first commits its fragments' tiles (in stage
+// 1), then stage 0's, and waits for the former only.
+template <class F>
+__device__ __forceinline__ void tc_advance(bool more, F&& load_next) {
+  __syncthreads();
+  if (more) load_next();
+  async_commit();
+  async_wait<1>();
+  __syncthreads();
+}
+
 // This warp's 16 rows of a wide tile as fragments (row-major A operands).
 template <class S, int HS>
 __device__ __forceinline__ void tc_fragments(FragA<S> (&f)[HS / 16], const S* wide, int warp) {
@@ -329,8 +350,7 @@ __global__ void __launch_bounds__(kTcThreads) flash_forward_k(S* out, float* lse
   float* ow = sh.out(warp);
   tc_load_rows<S, HS>(sh.wide(2), base, q0, T, C3);  // Q through stage 1
   async_commit();
-  tc_load_rows<S, HS>(sh.wide(0), base + C, 0, T, C3);  // the first K and V tiles
-  tc_load_rows<S, HS>(sh.wide(1), base + 2 * C, 0, T, C3);
+  tc_load_stage(sh, 0, base + C, base + 2 * C, 0, T, C3);  // the first K and V tiles
   async_commit();
   async_wait<1>();
   __syncthreads();
@@ -346,14 +366,7 @@ __global__ void __launch_bounds__(kTcThreads) flash_forward_k(S* out, float* lse
   float m = -FLT_MAX, l = 0.0f;
   const int last = min(q0 + kTc, T) - 1;  // the block's last query sees the keys up to it
   for (int k0 = 0, st = 0; k0 <= last; k0 += kTc, st ^= 1) {
-    __syncthreads();  // the other stage (or Q) is no longer read: the next tiles load into it
-    if (k0 + kTc <= last) {
-      tc_load_rows<S, HS>(sh.wide(2 - 2 * st), base + C, k0 + kTc, T, C3);
-      tc_load_rows<S, HS>(sh.wide(3 - 2 * st), base + 2 * C, k0 + kTc, T, C3);
-    }
-    async_commit();
-    async_wait<1>();  // this tile's copies, then everyone's
-    __syncthreads();
+    tc_advance(k0 + kTc <= last, [&] { tc_load_stage(sh, 1 - st, base + C, base + 2 * C, k0 + kTc, T, C3); });
     const S *kt = sh.wide(2 * st), *vt = sh.wide(2 * st + 1);
     const int nsub = min(4, (qw + 15 - k0) / 16 + 1);  // key sub-tiles with a key <= the warp's last query
     tc_scores<S, HS>(sw, q, kt, 0, nsub);
@@ -409,8 +422,7 @@ __global__ void __launch_bounds__(kTcThreads) flash_backward_q_k(S* dqkv, const 
   tc_load_rows<S, HS>(sh.wide(2), base, q0, T, C3);  // Q and dO through stage 1
   tc_load_rows<S, HS>(sh.wide(3), dout + int64_t(b) * T * C + h * HS, q0, T, C);
   async_commit();
-  tc_load_rows<S, HS>(sh.wide(0), base + C, 0, T, C3);  // the first K and V tiles
-  tc_load_rows<S, HS>(sh.wide(1), base + 2 * C, 0, T, C3);
+  tc_load_stage(sh, 0, base + C, base + 2 * C, 0, T, C3);  // the first K and V tiles
   async_commit();
   async_wait<1>();
   __syncthreads();
@@ -425,14 +437,7 @@ __global__ void __launch_bounds__(kTcThreads) flash_backward_q_k(S* dqkv, const 
   const float L = i < T ? lse[row] * kLog2e : 0.0f, Di = i < T ? D[row] : 0.0f, sl = scale * kLog2e;
   const int last = min(q0 + kTc, T) - 1;
   for (int k0 = 0, st = 0; k0 <= last; k0 += kTc, st ^= 1) {
-    __syncthreads();  // the other stage is no longer read: the next tiles load into it
-    if (k0 + kTc <= last) {
-      tc_load_rows<S, HS>(sh.wide(2 - 2 * st), base + C, k0 + kTc, T, C3);
-      tc_load_rows<S, HS>(sh.wide(3 - 2 * st), base + 2 * C, k0 + kTc, T, C3);
-    }
-    async_commit();
-    async_wait<1>();
-    __syncthreads();
+    tc_advance(k0 + kTc <= last, [&] { tc_load_stage(sh, 1 - st, base + C, base + 2 * C, k0 + kTc, T, C3); });
     const S *kt = sh.wide(2 * st), *vt = sh.wide(2 * st + 1);
     const int nsub = min(4, (qw + 15 - k0) / 16 + 1);
     tc_scores<S, HS>(sw, q, kt, 0, nsub);    // S = Q K^T
@@ -469,7 +474,7 @@ __global__ void __launch_bounds__(kTcThreads) flash_backward_kv_k(S* dqkv, const
   S *pt = sh.h16(warp, 0), *dst = sh.h16(warp, 1);
   // the queries [q0, q0 + 64) into stage s: Q, dO, their log-sum-exps (base 2) and D
   auto issue = [&](int q0, int s) {
-    tc_load_rows<S, HS>(sh.wide(2 * s), base, q0, T, C3);
+    tc_load_rows<S, HS>(sh.wide(2 * s), base, q0, T, C3);  // strides differ: not tc_load_stage
     tc_load_rows<S, HS>(sh.wide(2 * s + 1), dbase, q0, T, C);
     float* stats = sh.stats + 2 * kTc * s;
     for (int e = threadIdx.x; e < kTc; e += blockDim.x) {
@@ -477,8 +482,7 @@ __global__ void __launch_bounds__(kTcThreads) flash_backward_kv_k(S* dqkv, const
       stats[kTc + e] = q0 + e < T ? drow[q0 + e] : 0.0f;
     }
   };
-  tc_load_rows<S, HS>(sh.wide(2), base + C, k0, T, C3);  // K and V through stage 1
-  tc_load_rows<S, HS>(sh.wide(3), base + 2 * C, k0, T, C3);
+  tc_load_stage(sh, 1, base + C, base + 2 * C, k0, T, C3);  // K and V through stage 1
   async_commit();
   issue(k0, 0);
   async_commit();
@@ -496,11 +500,7 @@ __global__ void __launch_bounds__(kTcThreads) flash_backward_kv_k(S* dqkv, const
   const int r = lane / 2, half = lane % 2, j = kw + r, skew = lane_skew(lane);
   const float sl = scale * kLog2e;  // scores in base 2: exp(x) = exp2(x log2 e)
   for (int q0 = k0, s = 0; q0 < T; q0 += kTc, s ^= 1) {
-    __syncthreads();  // the other stage is no longer read: the next queries load into it
-    if (q0 + kTc < T) issue(q0 + kTc, 1 - s);
-    async_commit();
-    async_wait<1>();
-    __syncthreads();
+    tc_advance(q0 + kTc < T, [&] { issue(q0 + kTc, 1 - s); });
     const S *qt = sh.wide(2 * s), *dOt = sh.wide(2 * s + 1);
     const float *Ls = sh.stats + 2 * kTc * s, *Ds = Ls + kTc;
     const int n0 = max(0, (kw - q0) / 16);  // query sub-tiles before n0 are all below the warp's keys
