@@ -7,36 +7,13 @@
 # full recompute, and from a model file (train.init_from: the weights go in and out of device
 # memory); a resume from a checkpoint that continues the uninterrupted run bit for bit.
 # Usage: emu_train.sh FRUGAL_EMU_BINARY
-set -u
 F=$1
-dir=$(mktemp -d)
-trap 'rm -rf "$dir"' EXIT
-cd "$dir"
-export OMP_NUM_THREADS=1
-fail() { echo "FAIL: $*"; exit 1; }
-printf 'In the beginning was the word %.0s\n' $(seq 1 3000) > corpus.txt
-"$F" prepare corpus.txt --out data --val-every 5 >/dev/null || fail "prepare"
+source "$(dirname "$0")/emu_common.sh"
 A="--model.preset=tiny --precision.compute=bf16 --train.seq_len=32 --train.micro_batch=2 --train.lr=3e-3
    --train.warmup_steps=0 --train.eval_every=3 --train.eval_batches=2 --run.log_every=10
    --data.train=data/train_*.bin --data.val=data/val_*.bin"
-# the training losses of the 6 steps, then the validation losses of steps 3 and 6
-losses() {
-  python3 -c 'import json,sys; r=[json.loads(l) for l in open(sys.argv[1])]
-print(" ".join("%.6f" % x for x in [e["loss"] for e in r] + [e["val_loss"] for e in r if "val_loss" in e]))' "$1/metrics.jsonl"
-}
 "$F" train $A --train.steps=6 --run.dir=cpu > log 2>&1 || fail "cpu run: $(cat log)"
 "$F" train $A --train.steps=6 --run.dir=cpu16 --precision.compute=fp16 > log 2>&1 || fail "cpu fp16 run: $(cat log)"
-# compare NAME REF: the run's losses within 2e-2 of the CPU run REF's
-compare() {
-  python3 - "$(losses $2)" "$(losses $1)" "$1" <<'PY' || exit 1
-import sys
-cpu, gpu = [list(map(float, a.split())) for a in sys.argv[1:3]]
-bad = [(i + 1, c, g) for i, (c, g) in enumerate(zip(cpu, gpu)) if abs(g - c) > 2e-2 * c]
-if len(cpu) < 4 or len(gpu) != len(cpu) or bad:
-    sys.exit(f"FAIL: {sys.argv[3]} on cuda: losses {gpu} against the cpu's {cpu}: {bad}")
-print(f"{sys.argv[3]}: cuda losses within 2e-2 of the cpu's: {gpu}")
-PY
-}
 for s in ddp zero2 zero3 yafsdp fp16 selective full; do
   case $s in
     fp16) x="--precision.compute=fp16" ref=cpu16 ;;
