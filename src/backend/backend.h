@@ -131,11 +131,10 @@ class Backend {
   virtual void synchronize() = 0;
 };
 
-// x(n) where the host can read it: x itself on the CPU, else a copy appended to `keep`, which
-// must outlive the use.
+// x(n) where the host can read it, after a synchronize(): x itself on the CPU, else a copy
+// appended to `keep`, which must outlive the use.
 inline const float* host_view(Backend& be, const float* x, int64_t n, std::vector<std::vector<float>>& keep) {
   if (!be.gpu()) return x;
-  be.synchronize();
   keep.emplace_back(size_t(n));
   be.copy(keep.back().data(), x, size_t(n) * sizeof(float));
   return keep.back().data();

@@ -80,14 +80,17 @@ Gpt::Gpt(const GptConfig& cfg, Backend& be, DType compute, Own own) : cfg_(cfg),
 }
 
 void Gpt::init(uint64_t seed, const std::function<void(size_t unit, const float* full)>& sink) {
-  be_.synchronize();  // written by the host below
   Rng rng(seed);
   const double std_resid = 0.02 / std::sqrt(2.0 * cfg_.n_layer);
   for (size_t ui = 0; ui < units_.size(); ui++) {
     Unit& u = units_[ui];
     // made on the host: in place on the CPU, else in host memory, then copied or handed over
     std::vector<float> host;
-    float* base = u.params.data() && !be_.gpu() ? u.params.data() : (host.resize(size_t(u.numel)), host.data());
+    float* base = u.params.data();
+    if (!base || be_.gpu()) {
+      host.resize(size_t(u.numel));
+      base = host.data();
+    }
     for (auto& s : u.specs) {
       float* d = base + s.offset;
       int64_t n = s.numel;
@@ -129,7 +132,7 @@ void Gpt::zero_grads() {
 }
 
 std::vector<Gpt::Named> Gpt::named_params() {
-  be_.synchronize();  // the host reads (or writes) these next
+  be_.synchronize();  // every op done, on every stream, before the caller copies these
   std::vector<Named> out;
   for (auto& u : units_)
     for (auto& s : u.specs) out.push_back({&s, u.p.*s.field, u.g.*s.field});

@@ -132,7 +132,7 @@ double save_checkpoint(const RunConfig& cfg, int step, Gpt& model, Stepper& st, 
     if (ec) user_error("{}: cannot create: {}", tmp, ec.message());
   }
   comm.barrier();
-  model.backend().synchronize();  // the host reads the weights and moments next
+  model.backend().synchronize();  // every op done, on every stream, before the host copies the state
   AdamW& opt = st.optimizer();
   Shards& shards = st.shards();
   auto& units = model.units();
@@ -247,7 +247,7 @@ int check_checkpoint(const std::string& dir, const RunConfig& cfg, int world) {
 void load_checkpoint(const std::string& dir, Gpt& model, Stepper& st, DataLoader& data) {
   json state = read_state(dir);
   const std::string state_path = dir + "/state.json";
-  model.backend().synchronize();  // the host writes the weights and moments next
+  model.backend().synchronize();  // nothing still reads or writes the state the files replace
   auto& units = model.units();
   AdamW& opt = st.optimizer();
   Shards& shards = st.shards();

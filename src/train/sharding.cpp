@@ -275,7 +275,7 @@ std::vector<Shards::Range> Shards::master_ranges(size_t i) {
 }
 
 void Shards::materialize() {
-  be_.synchronize();  // the host reads (and copies) the weights next
+  be_.synchronize();  // no gather or optimizer step is still in flight
   if (s_ < Strategy::zero3) return;
   for (size_t i = 0; i < model_.units().size(); i++) {
     Unit& u = model_.units()[i];
@@ -289,7 +289,7 @@ void Shards::materialize() {
 }
 
 void Shards::dematerialize() {
-  be_.synchronize();  // the host copies into the shards next
+  be_.synchronize();  // no gather is still reading the shards copied into next
   if (s_ < Strategy::zero3) return;
   for (size_t i = 0; i < model_.units().size(); i++) {
     Unit& u = model_.units()[i];
