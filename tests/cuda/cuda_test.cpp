@@ -274,7 +274,15 @@ TEST(CudaElementwise, AddCastSumsAdamWMatchCpu) {
     for (int k = 0; k < 4; k++)
       spans.push_back({x.f(g) + cut[k], gr.f(g) + cut[k], m.f(g) + cut[k], v.f(g) + cut[k], cut[k + 1] - cut[k],
                        k % 2 == 0, k == 3 ? nullptr : c + cut[k]});
-    for (int step = 1; step <= 3; step++) be.adamw(spans, {1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, step, 0.5f}, DType::bf16);
+    for (int step = 1; step <= 3; step++) {  // the learning rate changes, as under a schedule
+#if defined(FRUGAL_CUDA_EMU)
+      const int copies = emu::blocking_copies;
+#endif
+      be.adamw(spans, {1e-3f * float(step), 0.9f, 0.95f, 1e-8f, 0.1f, step, 0.5f}, DType::bf16);
+#if defined(FRUGAL_CUDA_EMU)
+      if (g && step > 1) EXPECT_EQ(emu::blocking_copies, copies) << "adamw re-sent its span table at step " << step;
+#endif
+    }
     sq[g] = be.sum_squares(x.f(g), n);
     s[g] = be.sum(x.f(g), n);
   });

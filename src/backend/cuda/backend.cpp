@@ -84,29 +84,30 @@ void CudaBackend::cast(void* dst, const float* src, int64_t n, DType dt) {
 }
 
 
-// The spans go to the device only when they change (the first step, in practice): a
-// blocking copy, in order with the compute stream, so that no earlier launch still reads them.
+// The span table (pointers, sizes, decay flags: nothing that changes per step, such as the
+// learning rate) goes to the device only when it changes, the first step in practice: a
+// blocking copy, in order with the compute stream, so that no earlier launch still reads it.
 void CudaBackend::adamw(const std::vector<AdamWSpan>& spans, const AdamWArgs& a, DType copy_dt) {
   if (spans.empty()) return;
   // the scalars exactly as the CPU backend computes them
   const float bc1 = 1.0f - std::pow(a.beta1, float(a.step));
   const float bc2_sqrt = std::sqrt(1.0f - std::pow(a.beta2, float(a.step)));
   const float step_size = a.lr / bc1, decay = 1.0f - a.lr * a.weight_decay;
-  std::vector<AdamWSpanDev> dev;
+  adamw_next_.clear();
   int64_t blocks = 0;
   bool copies = false;
   for (const AdamWSpan& s : spans) {
-    dev.push_back({s.param, s.grad, s.m, s.v, s.copy, s.n, blocks, s.decay ? decay : 1.0f});
+    adamw_next_.push_back({s.param, s.grad, s.m, s.v, s.copy, s.n, blocks, s.decay});
     blocks += (s.n + kAdamWChunk - 1) / kAdamWChunk;
     copies |= s.copy != nullptr;
   }
-  const size_t bytes = dev.size() * sizeof(AdamWSpanDev);
-  if (bytes != adamw_host_.size() || std::memcmp(adamw_host_.data(), dev.data(), bytes) != 0) {
-    adamw_host_.assign(reinterpret_cast<const char*>(dev.data()), reinterpret_cast<const char*>(dev.data()) + bytes);
-    CUDA_CHECK(cudaMemcpy(scratch<char>(adamw_, adamw_bytes_, int64_t(bytes)), dev.data(), bytes, cudaMemcpyHostToDevice));
+  const size_t bytes = adamw_next_.size() * sizeof(AdamWSpanDev);
+  if (adamw_next_.size() != adamw_sent_.size() || std::memcmp(adamw_next_.data(), adamw_sent_.data(), bytes) != 0) {
+    CUDA_CHECK(cudaMemcpy(scratch<char>(adamw_, adamw_bytes_, int64_t(bytes)), adamw_next_.data(), bytes, cudaMemcpyHostToDevice));
+    adamw_sent_.swap(adamw_next_);
   }
-  launch_adamw(static_cast<const AdamWSpanDev*>(adamw_), int(dev.size()), blocks, a.beta1, a.beta2, a.eps, step_size,
-               bc2_sqrt, a.grad_scale, copies ? copy_dt : DType::f32);
+  launch_adamw(static_cast<const AdamWSpanDev*>(adamw_), int(spans.size()), blocks, a.beta1, a.beta2, a.eps,
+               step_size, bc2_sqrt, a.grad_scale, decay, copies ? copy_dt : DType::f32);
   CUDA_LAUNCHED();
 }
 

@@ -99,7 +99,7 @@ class CudaBackend final : public Backend {
   void* lt_ws_ = nullptr;
   void *idx_ = nullptr, *red_ = nullptr, *rows_ = nullptr, *adamw_ = nullptr;
   size_t idx_bytes_ = 0, red_bytes_ = 0, rows_bytes_ = 0, adamw_bytes_ = 0;
-  std::vector<char> adamw_host_;  // the spans as last copied to adamw_
+  std::vector<AdamWSpanDev> adamw_sent_, adamw_next_;  // the span table in adamw_, and this call's
   double* red_host_ = nullptr;  // pinned
 };
 

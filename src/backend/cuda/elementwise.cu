@@ -59,7 +59,7 @@ void launch_reduce(double* out, const float* x, int64_t n, bool squares) {
 // threads stride over the block's chunk of it.
 template <class C>  // C = float: no copies
 __global__ void adamw_k(const AdamWSpanDev* spans, int count, float beta1, float beta2, float eps,
-                        float step_size, float bc2_sqrt, float grad_scale) {
+                        float step_size, float bc2_sqrt, float grad_scale, float decay) {
   int lo = 0, hi = count - 1;
   while (lo < hi) {  // the last span with first_block <= blockIdx.x
     const int mid = (lo + hi + 1) / 2;
@@ -75,7 +75,7 @@ __global__ void adamw_k(const AdamWSpanDev* spans, int count, float beta1, float
     float vi = beta2 * s.v[i] + (1.0f - beta2) * g * g;
     s.m[i] = mi;
     s.v[i] = vi;
-    float p = s.param[i] * s.decay - step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
+    float p = s.param[i] * (s.decay ? decay : 1.0f) - step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
     s.param[i] = p;
     if constexpr (!std::is_same_v<C, float>)
       if (copy) copy[i] = from_f<C>(p);
@@ -83,9 +83,9 @@ __global__ void adamw_k(const AdamWSpanDev* spans, int count, float beta1, float
 }
 
 void launch_adamw(const AdamWSpanDev* spans, int count, int64_t blocks, float beta1, float beta2,
-                  float eps, float step_size, float bc2_sqrt, float grad_scale, DType copy_dt) {
+                  float eps, float step_size, float bc2_sqrt, float grad_scale, float decay, DType copy_dt) {
   dispatch_cuda(copy_dt, [&](auto p) {
-    launch(adamw_k<STORAGE(p)>, unsigned(blocks), 256, 0, spans, count, beta1, beta2, eps, step_size, bc2_sqrt, grad_scale);
+    launch(adamw_k<STORAGE(p)>, unsigned(blocks), 256, 0, spans, count, beta1, beta2, eps, step_size, bc2_sqrt, grad_scale, decay);
   });
 }
 

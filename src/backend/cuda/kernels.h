@@ -25,14 +25,15 @@ struct AdamWSpanDev {
   float *m, *v;
   void* copy;  // null, or the compute copy in the launch's copy dtype
   int64_t n, first_block;
-  float decay;  // 1 - lr * weight_decay, or 1
-  float pad = 0.0f;  // no padding bytes: the backend compares spans bytewise
+  int32_t decay;  // 1: weight decay applies
+  int32_t pad = 0;  // no padding bytes: the backend compares spans bytewise
 };
 static_assert(sizeof(AdamWSpanDev) == 64);
 constexpr int64_t kAdamWChunk = 4096;  // elements per block
-// spans(count) in device memory, sorted by first_block; blocks: the total
+// spans(count) in device memory, sorted by first_block; blocks: the total; decay: 1 - lr *
+// weight_decay, for the spans that decay
 void launch_adamw(const AdamWSpanDev* spans, int count, int64_t blocks, float beta1, float beta2,
-                  float eps, float step_size, float bc2_sqrt, float grad_scale, DType copy_dt);
+                  float eps, float step_size, float bc2_sqrt, float grad_scale, float decay, DType copy_dt);
 // C(M,N) row stride ldc, in dt: C += bias(N) per row
 void launch_add_bias(void* C, const float* bias, int64_t M, int64_t N, int64_t ldc, DType dt);
 // acc(cols) += column sums of x(rows, cols) in dt

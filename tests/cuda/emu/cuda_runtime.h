@@ -52,7 +52,8 @@ struct Allocation {
 inline std::map<const void*, Allocation> allocations;
 inline size_t allocated = 0;
 constexpr size_t kDeviceBytes = size_t(16) << 30;
-inline int open_depth = 0;  // > 0 while device work or a copy runs: device memory is mapped
+inline int open_depth = 0;
+inline int blocking_copies = 0;  // cudaMemcpy calls so far (tests count those a step makes)  // > 0 while device work or a copy runs: device memory is mapped
 
 inline const std::pair<const void* const, Allocation>* find(const void* p) {  // the allocation holding p
   auto it = allocations.upper_bound(p);
@@ -169,6 +170,7 @@ inline cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* a, const void
 }
 inline cudaError_t cudaMemAdvise(const void*, size_t, cudaMemoryAdvise, cudaMemLocation) { return cudaSuccess; }
 inline cudaError_t cudaMemcpy(void* d, const void* s, size_t n, cudaMemcpyKind) {
+  emu::blocking_copies++;
   emu::flush();
   emu::Open open;
   std::memmove(d, s, n);
