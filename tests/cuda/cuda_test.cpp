@@ -280,7 +280,9 @@ TEST(CudaElementwise, AddCastSumsAdamWMatchCpu) {
 #endif
       be.adamw(spans, {1e-3f * float(step), 0.9f, 0.95f, 1e-8f, 0.1f, step, 0.5f}, DType::bf16);
 #if defined(FRUGAL_CUDA_EMU)
-      if (g && step > 1) EXPECT_EQ(emu::blocking_copies, copies) << "adamw re-sent its span table at step " << step;
+      if (g && step > 1) {
+        EXPECT_EQ(emu::blocking_copies, copies) << "adamw re-sent its span table at step " << step;
+      }
 #endif
     }
     sq[g] = be.sum_squares(x.f(g), n);

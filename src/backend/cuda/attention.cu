@@ -1,14 +1,13 @@
 // Causal multi-head attention, memory-efficient (FlashAttention-2's algorithm), in two forms:
-// - bf16 and fp16: on the tensor cores (WMMA, 16x16x16 tiles, fp32 accumulation). A block of 4
-//   warps takes 64 rows (queries in the forward and for dQ, keys for dK and dV); each warp owns
-//   16 of them, holds their vectors as fragments, and walks over 64-row tiles of the other side
-//   staged in shared memory, two stages deep: the next tiles load asynchronously (cp.async)
-//   while this one is used. Scores go through shared memory in fp32, where two lanes per row
-//   apply the mask and the softmax; P (and dS) are rounded to the storage type for the next
-//   product, as in FlashAttention-2; each lane walks its columns from its own start, so that
-//   the warp reads 32 banks at once. The forward keeps a running max and sum per query (online
-//   softmax) and its output row in registers (half a row per lane), rescaled per tile and
-//   increased by the tile's P V (tensor cores, then through shared memory).
+// - bf16 and fp16: on the tensor cores (mma.sync m16n8k16, fp32 accumulation), as
+//   FlashAttention-2. A block of 4 warps takes 64 rows (queries in the forward and for dQ, keys
+//   for dK and dV); each warp owns 16 of them, holds their vectors as operand fragments, and
+//   walks over 64-row tiles of the other side staged in shared memory, two stages deep: the next
+//   tiles load asynchronously (cp.async) while this one is used, and reach the tensor cores
+//   through ldmatrix. Scores, probabilities and their gradients never leave registers: an
+//   accumulator tile, rounded to the storage type (as FlashAttention-2 rounds P and dS), is the
+//   next product's A operand. The forward keeps a running max and sum per query (online
+//   softmax) and its output rows in registers, rescaled per tile.
 // - fp32: on the CUDA cores. One thread owns one row with that row's vectors in registers; the
 //   rows of the other side pass through shared memory in tiles of kTile (a broadcast read).
 // Both write the output and the log-sum-exp; the backward recomputes each probability from the
@@ -16,8 +15,7 @@
 // that no row is written by two blocks. No T x T tensor exists.
 // Head sizes are template parameters (16, 32, 64, 128).
 #include <cfloat>
-
-#include <mma.h>
+#include <cstring>
 
 #include "backend/cuda/kernels.h"
 
@@ -188,50 +186,138 @@ __global__ void __launch_bounds__(kRows) attention_backward_kv_k(S* dqkv, const 
 
 // ---- tensor cores (bf16, fp16) ----
 
-namespace wmma = nvcuda::wmma;
 static constexpr int kTc = 64;          // rows per block and per tile of the other side
 static constexpr int kTcThreads = 128;  // 4 warps of 16 rows
-template <class S> using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 16, S, wmma::row_major>;
-template <class S> using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 16, S, wmma::row_major>;
-template <class S> using FragBt = wmma::fragment<wmma::matrix_b, 16, 16, 16, S, wmma::col_major>;
-using FragC = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
 
-// The dynamic shared memory of one block: two stages of two wide tiles of 64 rows x HS (the
-// next tile pair loads while this one is used), per warp nf fp32 and nh 16-bit tiles of 16 x 64
-// (scores, probabilities), per warp a 16 x HS fp32 staging tile (for HS <= 64 the warp's first
-// fp32 tile, which is dead whenever the staging tile is used), and two stages of 2 x 64 fp32
-// row statistics. Row strides are padded; every fragment pointer is 32-byte aligned, as WMMA
-// requires.
+// Operands of mma.sync.m16n8k16 (PTX ISA, "Matrix Fragments for mma.m16n8k16"), with g = lane / 4
+// and c = 2 (lane % 4): an A operand (16 x 16) is 4 registers of two 16-bit elements, (g, c..c+1),
+// (g+8, c..), (g, c+8..), (g+8, c+8..); a B operand (16 x 8) is 2, rows c..c+1 and c+8.. of
+// column g; an accumulator (16 x 8, fp32) is (g, c), (g, c+1), (g+8, c), (g+8, c+1). So the
+// accumulators of two adjacent n-tiles, rounded and packed, are an A operand: scores become
+// probabilities in registers and go straight into the next product.
+
+template <class S>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+  const S a = from_f<S>(lo), b = from_f<S>(hi);
+  uint16_t x, y;
+  memcpy(&x, &a, 2);
+  memcpy(&y, &b, 2);
+  return x | uint32_t(y) << 16;
+}
+
+// a = the A operand whose columns 0..7 are accumulator lo, 8..15 accumulator hi
+template <class S>
+__device__ __forceinline__ void to_a(uint32_t (&a)[4], const float (&lo)[4], const float (&hi)[4]) {
+  a[0] = pack2<S>(lo[0], lo[1]);
+  a[1] = pack2<S>(lo[2], lo[3]);
+  a[2] = pack2<S>(hi[0], hi[1]);
+  a[3] = pack2<S>(hi[2], hi[3]);
+}
+
+// d += a b on the tensor cores, fp32 accumulation.
+template <class S>
+__device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+#if defined(__CUDACC__)
+  if constexpr (std::is_same_v<S, __nv_bfloat16>)
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  else
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+  ::emu::mma_m16n8k16<S>(d, a, b0, b1);
+#endif
+}
+
+// Four 8 x 8 matrices of 16-bit elements from shared memory (ldmatrix .x4): lane l gives the
+// address of row l % 8 of matrix l / 8 and receives in r[m] elements (l / 4, 2 (l % 4) + {0, 1})
+// of matrix m, or with trans (2 (l % 4) + {0, 1}, l / 4).
+template <bool trans>
+__device__ __forceinline__ void ldsm4(uint32_t (&r)[4], const void* p) {
+#if defined(__CUDACC__)
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
+  if constexpr (trans)
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+  else
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+#else
+  ::emu::ldmatrix_x4(r, p, trans);
+#endif
+}
+
+// Operands from a tile in shared memory (row stride ld elements), one ldmatrix each:
+// the A operand of rows [r0, r0 + 16), columns [c0, c0 + 16);
+template <int ld, class S>
+__device__ __forceinline__ void load_a(uint32_t (&a)[4], const S* tile, int r0, int c0) {
+  const int lane = threadIdx.x % 32, m = lane / 8;
+  ldsm4<false>(a, tile + (r0 + 8 * (m % 2) + lane % 8) * ld + c0 + 8 * (m / 2));
+}
+// the B operands of two n-tiles, b[0..1] and b[2..3], where the tile holds B transposed: its rows
+// [n0, n0 + 16) are B's columns, its columns [k0, k0 + 16) B's rows (K as stored, for Q K^T);
+template <int ld, class S>
+__device__ __forceinline__ void load_bt(uint32_t (&b)[4], const S* tile, int n0, int k0) {
+  const int lane = threadIdx.x % 32, m = lane / 8;
+  ldsm4<false>(b, tile + (n0 + 8 * (m / 2) + lane % 8) * ld + k0 + 8 * (m % 2));
+}
+// the same where the tile holds B as it is: rows [k0, k0 + 16), columns [n0, n0 + 16) (V, for P V).
+template <int ld, class S>
+__device__ __forceinline__ void load_b(uint32_t (&b)[4], const S* tile, int k0, int n0) {
+  const int lane = threadIdx.x % 32, m = lane / 8;
+  ldsm4<true>(b, tile + (k0 + 8 * (m % 2) + lane % 8) * ld + n0 + 8 * (m / 2));
+}
+
+// acc(16 x 16 n) += a times the 16 x 16 n B that load (load_bt or load_b) reads at rows/columns
+// (r, c + 16 x) for x < n.
+template <class S, int n, class Load>
+__device__ __forceinline__ void mma_row(float (&acc)[2 * n][4], const uint32_t (&a)[4], Load&& load) {
+#pragma unroll
+  for (int x = 0; x < n; x++) {
+    uint32_t b[4];
+    load(b, 16 * x);
+    mma<S>(acc[2 * x], a, b[0], b[1]);
+    mma<S>(acc[2 * x + 1], a, b[2], b[3]);
+  }
+}
+
+// Two adjacent 16-bit elements to global memory (4-byte aligned).
+template <class S>
+__device__ __forceinline__ void store2(S* p, float x, float y) {
+#if defined(__CUDACC__)
+  *reinterpret_cast<uint32_t*>(p) = pack2<S>(x, y);
+#else
+  p[0] = from_f<S>(x);
+  p[1] = from_f<S>(y);
+#endif
+}
+
+// This lane's accumulators of a warp's 16 x HS rows, to rows [row0, row0 + 16) of a (T, stride)
+// view; rows past T are dropped. mul: per row (g, g + 8), a factor.
 template <class S, int HS>
-struct TcShared {
-  static constexpr int ldh = HS + 8, ldf = kTc + 4, ldp = kTc + 8, ldo = HS + 4;
-  static constexpr size_t kWideBytes = (kTc * ldh * sizeof(S) + 127) / 128 * 128;
-  S *wide_, *h16_;
-  float *f32_, *out_ = nullptr, *stats;
-  int nf, nh;
-  size_t bytes = 0;
-  // base: the block's shared memory (B = unsigned char*, so that the compiler knows the state
-  // space), or 0 on the host (B = uintptr_t), which only wants the bytes
-  template <class B>
-  __host__ __device__ TcShared(B base, int nf_, int nh_) : nf(nf_), nh(nh_) {
-    wide_ = reinterpret_cast<S*>(take(base, 4 * kWideBytes));
-    f32_ = reinterpret_cast<float*>(take(base, 4 * nf * 16 * ldf * sizeof(float)));
-    h16_ = reinterpret_cast<S*>(take(base, 4 * nh * 16 * ldp * sizeof(S)));
-    if (ldo > ldf) out_ = reinterpret_cast<float*>(take(base, 4 * 16 * ldo * sizeof(float)));
-    stats = reinterpret_cast<float*>(take(base, 4 * kTc * sizeof(float)));
+__device__ __forceinline__ void store_rows(S* dst, int64_t stride, const float (&acc)[HS / 8][4], int row0, int T,
+                                           const float (&mul)[2]) {
+  const int lane = threadIdx.x % 32, g = lane / 4, c = 2 * (lane % 4);
+#pragma unroll
+  for (int r = 0; r < 2; r++) {
+    if (row0 + g + 8 * r >= T) continue;
+    S* row = dst + int64_t(row0 + g + 8 * r) * stride + c;
+#pragma unroll
+    for (int n = 0; n < HS / 8; n++) store2(row + 8 * n, acc[n][2 * r] * mul[r], acc[n][2 * r + 1] * mul[r]);
   }
-  template <class B>
-  __host__ __device__ B take(B base, size_t n) {
-    B p = base + bytes;
-    bytes += (n + 127) / 128 * 128;
-    return p;
-  }
-  // stage s: wide(2 s), wide(2 s + 1) (arithmetic, not an array: a run-time index into one
-  // would put it in local memory)
-  __device__ S* wide(int k) const { return wide_ + k * (kWideBytes / sizeof(S)); }
-  __device__ float* f32(int warp, int k) const { return f32_ + (warp * nf + k) * 16 * ldf; }
-  __device__ S* h16(int warp, int k) const { return h16_ + (warp * nh + k) * 16 * ldp; }
-  __device__ float* out(int warp) const { return out_ ? out_ + warp * 16 * ldo : f32(warp, 0); }
+}
+
+// Shared memory: two stages of two tiles of 64 rows x HS (row stride HS + 8, so that the 8 rows
+// one ldmatrix reads fall in distinct banks), then two stages of 2 x 64 fp32 row statistics.
+template <class S, int HS>
+struct TcTiles {
+  static constexpr int ld = HS + 8, kElems = kTc * ld;
+  static constexpr size_t bytes = 4 * kElems * sizeof(S) + 4 * kTc * sizeof(float);
+  S* base;
+  __device__ S* tile(int k) const { return base + k * kElems; }  // stage s: tiles 2 s, 2 s + 1
+  __device__ float* stats(int s) const { return reinterpret_cast<float*>(base + 4 * kElems) + 2 * kTc * s; }
 };
 
 // Starts copying rows [r0, r0 + 64) of a (T, stride) view into dst (row stride HS + 8), zeros
@@ -246,17 +332,17 @@ __device__ __forceinline__ void tc_load_rows(S* dst, const S* src, int r0, int T
   }
 }
 
-// Rows [r0, r0 + 64) of two (T, stride) views, a and b, into stage s's two wide tiles.
+// Rows [r0, r0 + 64) of two (T, stride) views, a and b, into stage s's two tiles.
 template <class S, int HS>
-__device__ __forceinline__ void tc_load_stage(const TcShared<S, HS>& sh, int s, const S* a, const S* b, int r0, int T,
+__device__ __forceinline__ void tc_load_stage(const TcTiles<S, HS>& sh, int s, const S* a, const S* b, int r0, int T,
                                               int64_t stride) {
-  tc_load_rows<S, HS>(sh.wide(2 * s), a, r0, T, stride);
-  tc_load_rows<S, HS>(sh.wide(2 * s + 1), b, r0, T, stride);
+  tc_load_rows<S, HS>(sh.tile(2 * s), a, r0, T, stride);
+  tc_load_rows<S, HS>(sh.tile(2 * s + 1), b, r0, T, stride);
 }
 
 // The double buffer's step at the top of each tile: once every thread is done with the other
 // stage, load_next starts the next tiles into it (where there are more); then every thread's
-// copies of this stage have landed. Each kernel first commits its fragments' tiles (in stage
+// copies of this stage have landed. Each kernel first commits its own rows' tiles (in stage
 // 1), then stage 0's, and waits for the former only.
 template <class F>
 __device__ __forceinline__ void tc_advance(bool more, F&& load_next) {
@@ -267,216 +353,191 @@ __device__ __forceinline__ void tc_advance(bool more, F&& load_next) {
   __syncthreads();
 }
 
-// This warp's 16 rows of a wide tile as fragments (row-major A operands).
-template <class S, int HS>
-__device__ __forceinline__ void tc_fragments(FragA<S> (&f)[HS / 16], const S* wide, int warp) {
-#pragma unroll
-  for (int kk = 0; kk < HS / 16; kk++) wmma::load_matrix_sync(f[kk], wide + 16 * warp * (HS + 8) + 16 * kk, HS + 8);
-}
-
-// dst(16 x 64 fp32, stride ldf) = a(16 x HS) times the transposed rows [16n, 16n + 16) of a
-// wide tile, for the sub-tiles n in [n0, n1).
-template <class S, int HS>
-__device__ __forceinline__ void tc_scores(float* dst, const FragA<S> (&a)[HS / 16], const S* wide, int n0, int n1) {
-  for (int n = n0; n < n1; n++) {
-    FragC acc;
-    wmma::fill_fragment(acc, 0.0f);
-#pragma unroll
-    for (int kk = 0; kk < HS / 16; kk++) {
-      FragBt<S> b;
-      wmma::load_matrix_sync(b, wide + 16 * n * (HS + 8) + 16 * kk, HS + 8);
-      wmma::mma_sync(acc, a[kk], b, acc);
-    }
-    wmma::store_matrix_sync(dst + 16 * n, acc, kTc + 4, wmma::mem_row_major);
-  }
-}
-
-// acc(16 x HS) += p(16 x 64, stride ldp) sub-tiles [k0, k1) times rows of a wide tile.
-template <class S, int HS>
-__device__ __forceinline__ void tc_accumulate(FragC (&acc)[HS / 16], const S* p, const S* wide, int k0, int k1) {
-  for (int kk = k0; kk < k1; kk++) {
-    FragA<S> a;
-    wmma::load_matrix_sync(a, p + 16 * kk, kTc + 8);
-#pragma unroll
-    for (int d = 0; d < HS / 16; d++) {
-      FragB<S> b;
-      wmma::load_matrix_sync(b, wide + 16 * kk * (HS + 8) + 16 * d, HS + 8);
-      wmma::mma_sync(acc[d], a, b, acc[d]);
-    }
-  }
-}
-
-// Writes this warp's 16 x HS accumulators to rows [row0, row0 + 16) of a (T, stride) view,
-// through the warp's fp32 staging tile; rows past T are dropped.
-template <class S, int HS>
-__device__ __forceinline__ void tc_store_rows(S* dst, int64_t stride, const FragC (&acc)[HS / 16], float* stage, int row0, int T) {
-#pragma unroll
-  for (int d = 0; d < HS / 16; d++) wmma::store_matrix_sync(stage + 16 * d, acc[d], HS + 4, wmma::mem_row_major);
-  __syncwarp();
-  const int lane = threadIdx.x % 32, r = lane / 2, c0 = lane % 2 * (HS / 2);
-  if (row0 + r < T)
-    for (int c = c0; c < c0 + HS / 2; c++) dst[int64_t(row0 + r) * stride + c] = from_f<S>(stage[r * (HS + 4) + c]);
-  __syncwarp();
-}
-
 static constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
-
-// Two lanes per row of a warp's 16 x 64 score tile, each over 32 columns, reading fp32 rows
-// whose stride is 4 mod 32 words: walked in the same order, lanes r and r + 8, and the two
-// halves of a row, would hit one bank (4-way conflicts). Each lane starts its walk at its own
-// column instead, so that at every step the 32 lanes read 32 different banks.
-__device__ __forceinline__ int lane_skew(int lane) { return (lane / 2 >> 3) + 2 * (lane % 2); }
-__device__ __forceinline__ int score_column(int half, int e, int skew) { return half * 32 + ((e + skew) & 31); }
-template <int HS>
-__device__ __forceinline__ int out_column(int half, int e, int skew) { return half * (HS / 2) + (e + skew) % (HS / 2); }
 
 // The tensor-core kernels' grid is (NH, B, T/64), tiles slowest, so that blocks start in order
 // of work, the most first and the tail light: for queries that is the last tile (it sees every
 // key), for keys the first.
 __device__ __forceinline__ int heavy_first_q() { return int(gridDim.z - 1 - blockIdx.z) * kTc; }
 
-// grid (NH, B, T/64): out(B,T,C), lse(B,NH,T) from qkv(B,T,3C)
+// grid (NH, B, T/64): out(B,T,C), lse(B,NH,T) from qkv(B,T,3C). A warp per 16 queries; each lane
+// holds scores, probabilities and output for rows g and g + 8 in registers.
 template <class S, int HS>
 __global__ void __launch_bounds__(kTcThreads) flash_forward_k(S* out, float* lse, const S* qkv, int T, int C, int NH, float scale) {
-  DYNAMIC_SHARED(unsigned char, smem);
-  const TcShared<S, HS> sh(smem, 1, 1);
-  constexpr int ldf = kTc + 4, ldp = kTc + 8, ldo = HS + 4;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  DYNAMIC_SHARED(S, smem);
+  const TcTiles<S, HS> sh{smem};
+  constexpr int ld = HS + 8;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = 2 * (lane % 4);
   const int h = blockIdx.x, b = blockIdx.y, q0 = heavy_first_q(), qw = q0 + 16 * warp;
   const int64_t C3 = 3 * int64_t(C);
   const S* base = qkv + int64_t(b) * T * C3 + h * HS;
-  float* sw = sh.f32(warp, 0);
-  S* pw = sh.h16(warp, 0);
-  float* ow = sh.out(warp);
-  tc_load_rows<S, HS>(sh.wide(2), base, q0, T, C3);  // Q through stage 1
+  tc_load_rows<S, HS>(sh.tile(2), base, q0, T, C3);  // Q through stage 1
   async_commit();
   tc_load_stage(sh, 0, base + C, base + 2 * C, 0, T, C3);  // the first K and V tiles
   async_commit();
   async_wait<1>();
   __syncthreads();
-  FragA<S> q[HS / 16];
-  tc_fragments<S, HS>(q, sh.wide(2), warp);
-  // two lanes per query row: columns [half * 32, half * 32 + 32) of scores, half the output row
-  // (o[e] is column half * HS / 2 + (e + skew) % (HS / 2), in registers)
-  const int r = lane / 2, half = lane % 2, i = qw + r, skew = lane_skew(lane);
-  const float sl = scale * kLog2e;  // scores in base 2: exp(x) = exp2(x log2 e)
-  float o[HS / 2];
+  uint32_t q[HS / 16][4];
 #pragma unroll
-  for (int e = 0; e < HS / 2; e++) o[e] = 0.0f;
-  float m = -FLT_MAX, l = 0.0f;
+  for (int kk = 0; kk < HS / 16; kk++) load_a<ld>(q[kk], sh.tile(2), 16 * warp, 16 * kk);
+  float o[HS / 8][4] = {};
+  // per row (g, g + 8): the running max of the scores (base 2) and this lane's part of the sum
+  float m[2] = {-FLT_MAX, -FLT_MAX}, l[2] = {0.0f, 0.0f};
+  const float sl = scale * kLog2e;  // scores in base 2: exp(x) = exp2(x log2 e)
   const int last = min(q0 + kTc, T) - 1;  // the block's last query sees the keys up to it
   for (int k0 = 0, st = 0; k0 <= last; k0 += kTc, st ^= 1) {
     tc_advance(k0 + kTc <= last, [&] { tc_load_stage(sh, 1 - st, base + C, base + 2 * C, k0 + kTc, T, C3); });
-    const S *kt = sh.wide(2 * st), *vt = sh.wide(2 * st + 1);
-    const int nsub = min(4, (qw + 15 - k0) / 16 + 1);  // key sub-tiles with a key <= the warp's last query
-    tc_scores<S, HS>(sw, q, kt, 0, nsub);
-    __syncwarp();
-    float mt = -FLT_MAX;
-    for (int e = 0; e < 32; e++) {
-      const int c = score_column(half, e, skew);
-      if (k0 + c <= i && k0 + c < T) mt = fmaxf(mt, sw[r * ldf + c] * sl);
+    const S *kt = sh.tile(2 * st), *vt = sh.tile(2 * st + 1);
+    const int nsub = min(4, (qw + 15 - k0) / 16 + 1);  // 16-key sub-tiles with a key <= the warp's last query
+    float s[8][4] = {};  // S = Q K^T: keys 8 n + c (+1) of the tile
+#pragma unroll
+    for (int kk = 0; kk < HS / 16; kk++)
+#pragma unroll
+      for (int x = 0; x < 4; x++)
+        if (x < nsub) {
+          uint32_t kb[4];
+          load_bt<ld>(kb, kt, 16 * x, 16 * kk);
+          mma<S>(s[2 * x], q[kk], kb[0], kb[1]);
+          mma<S>(s[2 * x + 1], q[kk], kb[2], kb[3]);
+        }
+    float mt[2] = {-FLT_MAX, -FLT_MAX};
+#pragma unroll
+    for (int n = 0; n < 8; n++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        const int key = k0 + 8 * n + c + e % 2, i = qw + g + 8 * (e / 2);
+        s[n][e] = key <= i && key < T ? s[n][e] * sl : -INFINITY;
+        mt[e / 2] = fmaxf(mt[e / 2], s[n][e]);
+      }
+    float corr[2];
+#pragma unroll
+    for (int r = 0; r < 2; r++) {  // the 4 lanes of a row hold its 64 columns
+      mt[r] = fmaxf(mt[r], __shfl_xor_sync(0xffffffffu, mt[r], 1));
+      mt[r] = fmaxf(mt[r], __shfl_xor_sync(0xffffffffu, mt[r], 2));
+      const float mnew = fmaxf(m[r], mt[r]);
+      corr[r] = exp2f(m[r] - mnew);  // a new max rescales what was summed so far
+      m[r] = mnew;
+      l[r] *= corr[r];
     }
-    const float mnew = fmaxf(m, fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, 1)));
-    float lt = 0.0f;
-    for (int e = 0; e < 32; e++) {
-      const int c = score_column(half, e, skew);
-      const float p = k0 + c <= i && k0 + c < T ? exp2f(sw[r * ldf + c] * sl - mnew) : 0.0f;
-      pw[r * ldp + c] = from_f<S>(p);
-      lt += p;
-    }
-    const float corr = exp2f(m - mnew);  // a new max rescales what was summed so far
-    l = l * corr + lt + __shfl_xor_sync(0xffffffffu, lt, 1);
-    m = mnew;
-    __syncwarp();
-    FragC pv[HS / 16];  // this tile's P V, through the warp's staging tile into o
 #pragma unroll
-    for (int d = 0; d < HS / 16; d++) wmma::fill_fragment(pv[d], 0.0f);
-    tc_accumulate<S, HS>(pv, pw, vt, 0, nsub);
+    for (int n = 0; n < HS / 8; n++)
 #pragma unroll
-    for (int d = 0; d < HS / 16; d++) wmma::store_matrix_sync(ow + 16 * d, pv[d], ldo, wmma::mem_row_major);
-    __syncwarp();
+      for (int e = 0; e < 4; e++) o[n][e] *= corr[e / 2];
 #pragma unroll
-    for (int e = 0; e < HS / 2; e++) o[e] = o[e] * corr + ow[r * ldo + out_column<HS>(half, e, skew)];
-    __syncwarp();
+    for (int n = 0; n < 8; n++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        s[n][e] = exp2f(s[n][e] - m[e / 2]);  // 0 where masked
+        l[e / 2] += s[n][e];
+      }
+#pragma unroll
+    for (int x = 0; x < 4; x++)  // O += P V, P rounded to the storage type
+      if (x < nsub) {
+        uint32_t p[4];
+        to_a<S>(p, s[2 * x], s[2 * x + 1]);
+        mma_row<S, HS / 16>(o, p, [&](uint32_t(&vb)[4], int d) { load_b<ld>(vb, vt, 16 * x, d); });
+      }
   }
-  if (i >= T) return;
-  S* orow = out + (int64_t(b) * T + i) * C + h * HS;
+  float inv[2];
 #pragma unroll
-  for (int e = 0; e < HS / 2; e++) orow[out_column<HS>(half, e, skew)] = from_f<S>(o[e] / l);
-  if (half == 0) lse[(int64_t(b) * NH + h) * T + i] = (m + log2f(l)) * kLn2;
+  for (int r = 0; r < 2; r++) {
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+    inv[r] = 1.0f / l[r];
+    const int i = qw + g + 8 * r;
+    if (c == 0 && i < T) lse[(int64_t(b) * NH + h) * T + i] = (m[r] + log2f(l[r])) * kLn2;
+  }
+  store_rows<S, HS>(out + int64_t(b) * T * C + h * HS, C, o, qw, T, inv);
 }
 
-// grid (NH, B, T/64), a warp per 16 queries: dQ = sum over keys j <= i of dS_ij k_j
+// grid (NH, B, T/64), a warp per 16 queries: dQ = sum over keys j <= i of dS_ij k_j, a 16-key
+// sub-tile at a time (the log-sum-exp makes each probability final: no running max).
 template <class S, int HS>
 __global__ void __launch_bounds__(kTcThreads) flash_backward_q_k(S* dqkv, const S* dout, const S* qkv, const float* lse,
                                                                  const float* D, int T, int C, int NH, float scale) {
-  DYNAMIC_SHARED(unsigned char, smem);
-  const TcShared<S, HS> sh(smem, 2, 1);
-  constexpr int ldf = kTc + 4, ldp = kTc + 8;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  DYNAMIC_SHARED(S, smem);
+  const TcTiles<S, HS> sh{smem};
+  constexpr int ld = HS + 8;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = 2 * (lane % 4);
   const int h = blockIdx.x, b = blockIdx.y, q0 = heavy_first_q(), qw = q0 + 16 * warp;
   const int64_t C3 = 3 * int64_t(C);
   const S* base = qkv + int64_t(b) * T * C3 + h * HS;
-  float *sw = sh.f32(warp, 0), *dpw = sh.f32(warp, 1);
-  S* dsw = sh.h16(warp, 0);
-  tc_load_rows<S, HS>(sh.wide(2), base, q0, T, C3);  // Q and dO through stage 1
-  tc_load_rows<S, HS>(sh.wide(3), dout + int64_t(b) * T * C + h * HS, q0, T, C);
+  tc_load_rows<S, HS>(sh.tile(2), base, q0, T, C3);  // Q and dO through stage 1
+  tc_load_rows<S, HS>(sh.tile(3), dout + int64_t(b) * T * C + h * HS, q0, T, C);
   async_commit();
   tc_load_stage(sh, 0, base + C, base + 2 * C, 0, T, C3);  // the first K and V tiles
   async_commit();
   async_wait<1>();
   __syncthreads();
-  FragA<S> q[HS / 16], dO[HS / 16];
-  tc_fragments<S, HS>(q, sh.wide(2), warp);
-  tc_fragments<S, HS>(dO, sh.wide(3), warp);
-  FragC dq[HS / 16];
+  uint32_t q[HS / 16][4], dO[HS / 16][4];
 #pragma unroll
-  for (int d = 0; d < HS / 16; d++) wmma::fill_fragment(dq[d], 0.0f);
-  const int r = lane / 2, half = lane % 2, i = qw + r, skew = lane_skew(lane);
-  const int64_t row = (int64_t(b) * NH + h) * T + i;
-  const float L = i < T ? lse[row] * kLog2e : 0.0f, Di = i < T ? D[row] : 0.0f, sl = scale * kLog2e;
+  for (int kk = 0; kk < HS / 16; kk++) {
+    load_a<ld>(q[kk], sh.tile(2), 16 * warp, 16 * kk);
+    load_a<ld>(dO[kk], sh.tile(3), 16 * warp, 16 * kk);
+  }
+  float dq[HS / 8][4] = {}, L[2], Di[2];
+#pragma unroll
+  for (int r = 0; r < 2; r++) {
+    const int i = qw + g + 8 * r;
+    const int64_t row = (int64_t(b) * NH + h) * T + i;
+    L[r] = i < T ? lse[row] * kLog2e : 0.0f;
+    Di[r] = i < T ? D[row] : 0.0f;
+  }
+  const float sl = scale * kLog2e;
   const int last = min(q0 + kTc, T) - 1;
   for (int k0 = 0, st = 0; k0 <= last; k0 += kTc, st ^= 1) {
     tc_advance(k0 + kTc <= last, [&] { tc_load_stage(sh, 1 - st, base + C, base + 2 * C, k0 + kTc, T, C3); });
-    const S *kt = sh.wide(2 * st), *vt = sh.wide(2 * st + 1);
+    const S *kt = sh.tile(2 * st), *vt = sh.tile(2 * st + 1);
     const int nsub = min(4, (qw + 15 - k0) / 16 + 1);
-    tc_scores<S, HS>(sw, q, kt, 0, nsub);    // S = Q K^T
-    tc_scores<S, HS>(dpw, dO, vt, 0, nsub);  // dP = dO V^T
-    __syncwarp();
-    for (int e = 0; e < 32; e++) {
-      const int c = score_column(half, e, skew);
-      float ds = 0.0f;
-      if (k0 + c <= i && k0 + c < T) ds = exp2f(sw[r * ldf + c] * sl - L) * (dpw[r * ldf + c] - Di) * scale;
-      dsw[r * ldp + c] = from_f<S>(ds);
+#pragma unroll
+    for (int x = 0; x < 4; x++) {
+      if (x >= nsub) continue;
+      float s[2][4] = {}, dp[2][4] = {};
+#pragma unroll
+      for (int kk = 0; kk < HS / 16; kk++) {
+        uint32_t kb[4], vb[4];
+        load_bt<ld>(kb, kt, 16 * x, 16 * kk);  // S = Q K^T
+        mma<S>(s[0], q[kk], kb[0], kb[1]);
+        mma<S>(s[1], q[kk], kb[2], kb[3]);
+        load_bt<ld>(vb, vt, 16 * x, 16 * kk);  // dP = dO V^T
+        mma<S>(dp[0], dO[kk], vb[0], vb[1]);
+        mma<S>(dp[1], dO[kk], vb[2], vb[3]);
+      }
+#pragma unroll
+      for (int y = 0; y < 2; y++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+          const int key = k0 + 16 * x + 8 * y + c + e % 2, i = qw + g + 8 * (e / 2);
+          s[y][e] = key <= i && key < T ? exp2f(s[y][e] * sl - L[e / 2]) * (dp[y][e] - Di[e / 2]) * scale : 0.0f;
+        }
+      uint32_t ds[4];
+      to_a<S>(ds, s[0], s[1]);
+      mma_row<S, HS / 16>(dq, ds, [&](uint32_t(&kb)[4], int d) { load_b<ld>(kb, kt, 16 * x, d); });  // dQ += dS K
     }
-    __syncwarp();
-    tc_accumulate<S, HS>(dq, dsw, kt, 0, nsub);  // dQ += dS K
   }
-  tc_store_rows<S, HS>(dqkv + int64_t(b) * T * C3 + h * HS, C3, dq, sh.out(warp), qw, T);
+  store_rows<S, HS>(dqkv + int64_t(b) * T * C3 + h * HS, C3, dq, qw, T, {1.0f, 1.0f});
 }
 
-// grid (NH, B, T/64), a warp per 16 keys j over the queries i >= j:
-// dV_j = sum P_ij dO_i, dK_j = sum dS_ij q_i
+// grid (NH, B, T/64), a warp per 16 keys j over the queries i >= j, a 16-query sub-tile at a
+// time: dV_j = sum P_ij dO_i, dK_j = sum dS_ij q_i, from S^T = K Q^T and dP^T = V dO^T
 template <class S, int HS>
 __global__ void __launch_bounds__(kTcThreads) flash_backward_kv_k(S* dqkv, const S* dout, const S* qkv, const float* lse,
                                                                   const float* D, int T, int C, int NH, float scale) {
-  DYNAMIC_SHARED(unsigned char, smem);
-  const TcShared<S, HS> sh(smem, 2, 2);
-  constexpr int ldf = kTc + 4, ldp = kTc + 8;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  DYNAMIC_SHARED(S, smem);
+  const TcTiles<S, HS> sh{smem};
+  constexpr int ld = HS + 8;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = 2 * (lane % 4);
   const int h = blockIdx.x, b = blockIdx.y, k0 = blockIdx.z * kTc, kw = k0 + 16 * warp;
   const int64_t C3 = 3 * int64_t(C);
   const S* base = qkv + int64_t(b) * T * C3 + h * HS;
   const S* dbase = dout + int64_t(b) * T * C + h * HS;
   const float* lrow = lse + (int64_t(b) * NH + h) * T;
   const float* drow = D + (int64_t(b) * NH + h) * T;
-  float *st = sh.f32(warp, 0), *dpt = sh.f32(warp, 1);
-  S *pt = sh.h16(warp, 0), *dst = sh.h16(warp, 1);
   // the queries [q0, q0 + 64) into stage s: Q, dO, their log-sum-exps (base 2) and D
   auto issue = [&](int q0, int s) {
-    tc_load_rows<S, HS>(sh.wide(2 * s), base, q0, T, C3);  // strides differ: not tc_load_stage
-    tc_load_rows<S, HS>(sh.wide(2 * s + 1), dbase, q0, T, C);
-    float* stats = sh.stats + 2 * kTc * s;
+    tc_load_rows<S, HS>(sh.tile(2 * s), base, q0, T, C3);  // strides differ: not tc_load_stage
+    tc_load_rows<S, HS>(sh.tile(2 * s + 1), dbase, q0, T, C);
+    float* stats = sh.stats(s);
     for (int e = threadIdx.x; e < kTc; e += blockDim.x) {
       stats[e] = q0 + e < T ? lrow[q0 + e] * kLog2e : 0.0f;
       stats[kTc + e] = q0 + e < T ? drow[q0 + e] : 0.0f;
@@ -488,42 +549,51 @@ __global__ void __launch_bounds__(kTcThreads) flash_backward_kv_k(S* dqkv, const
   async_commit();
   async_wait<1>();
   __syncthreads();
-  FragA<S> k[HS / 16], v[HS / 16];
-  tc_fragments<S, HS>(k, sh.wide(2), warp);
-  tc_fragments<S, HS>(v, sh.wide(3), warp);
-  FragC dk[HS / 16], dv[HS / 16];
+  uint32_t k[HS / 16][4], v[HS / 16][4];
 #pragma unroll
-  for (int d = 0; d < HS / 16; d++) {
-    wmma::fill_fragment(dk[d], 0.0f);
-    wmma::fill_fragment(dv[d], 0.0f);
+  for (int kk = 0; kk < HS / 16; kk++) {
+    load_a<ld>(k[kk], sh.tile(2), 16 * warp, 16 * kk);
+    load_a<ld>(v[kk], sh.tile(3), 16 * warp, 16 * kk);
   }
-  const int r = lane / 2, half = lane % 2, j = kw + r, skew = lane_skew(lane);
-  const float sl = scale * kLog2e;  // scores in base 2: exp(x) = exp2(x log2 e)
+  float dk[HS / 8][4] = {}, dv[HS / 8][4] = {};
+  const float sl = scale * kLog2e;
   for (int q0 = k0, s = 0; q0 < T; q0 += kTc, s ^= 1) {
     tc_advance(q0 + kTc < T, [&] { issue(q0 + kTc, 1 - s); });
-    const S *qt = sh.wide(2 * s), *dOt = sh.wide(2 * s + 1);
-    const float *Ls = sh.stats + 2 * kTc * s, *Ds = Ls + kTc;
-    const int n0 = max(0, (kw - q0) / 16);  // query sub-tiles before n0 are all below the warp's keys
-    tc_scores<S, HS>(st, k, qt, n0, 4);    // S^T = K Q^T
-    tc_scores<S, HS>(dpt, v, dOt, n0, 4);  // dP^T = V dO^T
-    __syncwarp();
-    for (int e = 0; e < 32; e++) {
-      const int c = score_column(half, e, skew);
-      float p = 0.0f, ds = 0.0f;
-      if (q0 + c >= j && q0 + c < T) {
-        p = exp2f(st[r * ldf + c] * sl - Ls[c]);
-        ds = p * (dpt[r * ldf + c] - Ds[c]) * scale;
+    const S *qt = sh.tile(2 * s), *dOt = sh.tile(2 * s + 1);
+    const float *Ls = sh.stats(s), *Ds = Ls + kTc;
+    const int x0 = max(0, (kw - q0) / 16);  // query sub-tiles before x0 are all below the warp's keys
+#pragma unroll
+    for (int x = 0; x < 4; x++) {
+      if (x < x0) continue;
+      float p[2][4] = {}, ds[2][4] = {};
+#pragma unroll
+      for (int kk = 0; kk < HS / 16; kk++) {
+        uint32_t qb[4], ob[4];
+        load_bt<ld>(qb, qt, 16 * x, 16 * kk);  // S^T = K Q^T
+        mma<S>(p[0], k[kk], qb[0], qb[1]);
+        mma<S>(p[1], k[kk], qb[2], qb[3]);
+        load_bt<ld>(ob, dOt, 16 * x, 16 * kk);  // dP^T = V dO^T
+        mma<S>(ds[0], v[kk], ob[0], ob[1]);
+        mma<S>(ds[1], v[kk], ob[2], ob[3]);
       }
-      pt[r * ldp + c] = from_f<S>(p);
-      dst[r * ldp + c] = from_f<S>(ds);
+#pragma unroll
+      for (int y = 0; y < 2; y++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+          const int col = 16 * x + 8 * y + c + e % 2, i = q0 + col, j = kw + g + 8 * (e / 2);
+          p[y][e] = i >= j && i < T ? exp2f(p[y][e] * sl - Ls[col]) : 0.0f;
+          ds[y][e] = p[y][e] * (ds[y][e] - Ds[col]) * scale;
+        }
+      uint32_t pa[4], dsa[4];
+      to_a<S>(pa, p[0], p[1]);
+      to_a<S>(dsa, ds[0], ds[1]);
+      mma_row<S, HS / 16>(dv, pa, [&](uint32_t(&ob)[4], int d) { load_b<ld>(ob, dOt, 16 * x, d); });  // dV += P^T dO
+      mma_row<S, HS / 16>(dk, dsa, [&](uint32_t(&qb)[4], int d) { load_b<ld>(qb, qt, 16 * x, d); });  // dK += dS^T Q
     }
-    __syncwarp();
-    tc_accumulate<S, HS>(dv, pt, dOt, n0, 4);  // dV += P^T dO
-    tc_accumulate<S, HS>(dk, dst, qt, n0, 4);  // dK += dS^T Q
   }
   S* rows = dqkv + int64_t(b) * T * C3 + h * HS;
-  tc_store_rows<S, HS>(rows + C, C3, dk, sh.out(warp), kw, T);
-  tc_store_rows<S, HS>(rows + 2 * C, C3, dv, sh.out(warp), kw, T);
+  store_rows<S, HS>(rows + C, C3, dk, kw, T, {1.0f, 1.0f});
+  store_rows<S, HS>(rows + 2 * C, C3, dv, kw, T, {1.0f, 1.0f});
 }
 
 bool attention_supports(int64_t HS) { return HS == 16 || HS == 32 || HS == 64 || HS == 128; }
@@ -551,7 +621,7 @@ void launch_attention_forward(void* out, float* lse, const void* qkv, int64_t B,
                static_cast<const S*>(qkv), int(T), int(C), int(NH), scale);
       } else {
         const dim3 grid(unsigned(NH), unsigned(B), unsigned((T + kTc - 1) / kTc));
-        launch(flash_forward_k<S, hs()>, grid, kTcThreads, TcShared<S, hs()>(uintptr_t(0), 1, 1).bytes,
+        launch(flash_forward_k<S, hs()>, grid, kTcThreads, TcTiles<S, hs()>::bytes,
                static_cast<S*>(out), lse, static_cast<const S*>(qkv), int(T), int(C), int(NH), scale);
       }
     });
@@ -576,9 +646,9 @@ void launch_attention_backward(void* dqkv, const void* dout, const void* qkv, co
         launch(attention_backward_kv_k<S, hs(), true>, grid, kRows, 0, dq, d_out, q, lse, D, int(T), int(C), int(NH), scale);
       } else {
         const dim3 grid(unsigned(NH), unsigned(B), unsigned((T + kTc - 1) / kTc));
-        launch(flash_backward_q_k<S, hs()>, grid, kTcThreads, TcShared<S, hs()>(uintptr_t(0), 2, 1).bytes, dq, d_out, q, lse, D,
+        launch(flash_backward_q_k<S, hs()>, grid, kTcThreads, TcTiles<S, hs()>::bytes, dq, d_out, q, lse, D,
                int(T), int(C), int(NH), scale);
-        launch(flash_backward_kv_k<S, hs()>, grid, kTcThreads, TcShared<S, hs()>(uintptr_t(0), 2, 2).bytes, dq, d_out, q, lse, D,
+        launch(flash_backward_kv_k<S, hs()>, grid, kTcThreads, TcTiles<S, hs()>::bytes, dq, d_out, q, lse, D,
                int(T), int(C), int(NH), scale);
       }
     });

@@ -1,20 +1,22 @@
 // A CPU emulation of the CUDA device, just enough to run frugal's CUDA backend where no GPU is
 // present: this directory stands in for the toolkit's headers (cuda_runtime.h, cublasLt.h,
-// cuda_bf16.h, cuda_fp16.h, mma.h) when the backend's sources are compiled as C++ with
-// FRUGAL_CUDA_EMU, so that the CUDA tests run on every CI machine. This file is the device side:
-// kernels' keywords, thread indices, barriers, shuffles, atomics, WMMA.
+// cuda_bf16.h, cuda_fp16.h) when the backend's sources are compiled as C++ with FRUGAL_CUDA_EMU,
+// so that the CUDA tests run on every CI machine. This file is the device side: kernels'
+// keywords, thread indices, barriers, shuffles, atomics, and the warp-wide tensor-core
+// instructions (mma.sync m16n8k16, ldmatrix) with the hardware's per-lane fragment layout.
 //
 // Blocks run one after another. The threads of a block are fibers on one OS thread (switched by
 // a few instructions on x86-64, by ucontext elsewhere), run a warp at a time: each runs until it
-// reaches a barrier (__syncthreads, __syncwarp, a shuffle, a WMMA load or store), and a barrier
+// reaches a barrier (__syncthreads, __syncwarp, a shuffle, an mma or ldmatrix), and a barrier
 // opens when every thread of its block (or warp) has reached it or exited; threads of a warp
 // waiting at different kinds of barrier are a divergence, reported as a deadlock. A race between
 // threads with no barrier between them is not detected (fibers do not interleave). __shared__ variables
 // become static (one block at a time shares them), dynamic shared memory is filled with 0xff
 // bytes (NaN) at each launch so that a read before a write shows. Atomics are plain updates.
-// WMMA fragments hold the whole 16x16 tile in every lane (the hardware's element layout is
-// opaque to kernels, so a kernel that uses only load/store/fill/mma cannot tell), and products
-// are formed in fp32 from the 16-bit inputs, as on the tensor cores.
+// mma and ldmatrix exchange the lanes' registers (or row addresses) at a warp barrier and give
+// each lane exactly the elements the PTX ISA assigns to it, so that a kernel that gets the
+// fragment layout wrong gets wrong numbers here too; products are formed in fp32 from the
+// 16-bit inputs, as on the tensor cores.
 // Asynchronous copies (cp.async) make their destination NaN bytes when issued and land only
 // when their thread waits for their group, so a read before that wait, or by another warp
 // while a copy is issued over what it reads, shows; a thread that exits with copies in flight
@@ -130,8 +132,9 @@ inline Thread* cur = nullptr;
 inline Context scheduler;
 inline std::vector<Thread> threads;
 inline std::vector<char*> stacks;
-inline std::vector<uint64_t> slots;  // shuffle slots: two per thread
+inline std::vector<uint64_t> slots;  // warp exchange slots: two sets of 32 bytes per thread
 inline unsigned char* dynamic_smem = nullptr;
+inline size_t dynamic_bytes = 0;
 inline const std::function<void()>* body = nullptr;
 constexpr size_t kStack = 256 << 10;
 
@@ -200,9 +203,10 @@ inline void run(dim3 grid, dim3 block, size_t smem, const std::function<void()>&
   if (smem > 227 * 1024) fail("more dynamic shared memory than an H100 block may have (227 KiB)");
   while (int(stacks.size()) < n) stacks.push_back(static_cast<char*>(std::aligned_alloc(64, kStack)));
   threads.assign(n, Thread{});
-  slots.assign(2 * n, 0);
+  slots.assign(2 * 4 * size_t(n), 0);
   std::vector<unsigned char> shared(smem + 128);
   dynamic_smem = shared.data() + (128 - reinterpret_cast<uintptr_t>(shared.data()) % 128);
+  dynamic_bytes = smem;
   body = &f;
   block_dim = block;
   grid_dim = grid;
@@ -226,18 +230,84 @@ inline void run(dim3 grid, dim3 block, size_t smem, const std::function<void()>&
   cur = nullptr;
 }
 
-// Two sets of slots, used in turn: a lane writes the next shuffle's value into the other set,
-// which every lane has finished reading (they all passed this shuffle's barrier since).
+// Two sets of slots, used in turn: a lane writes the next exchange's value into the other set,
+// which every lane has finished reading (they all passed this exchange's barrier since).
+inline void* slot(int set, int tid) { return &slots[(size_t(set) * threads.size() + size_t(tid)) * 4]; }
 template <class T>
 T shfl_xor(T v, int mask) {
-  static_assert(sizeof(T) <= sizeof(uint64_t));
+  static_assert(sizeof(T) <= 32);
   const int n = int(threads.size()), set = cur->shuffles++ % 2;
-  std::memcpy(&slots[set * n + cur->tid], &v, sizeof v);
+  std::memcpy(slot(set, cur->tid), &v, sizeof v);
   wait(kAtWarp);
   const int from = (cur->tid & ~31) | ((cur->tid & 31) ^ mask);
   T r = v;
-  if (from < n) std::memcpy(&r, &slots[set * n + from], sizeof r);
+  if (from < n) std::memcpy(&r, slot(set, from), sizeof r);
   return r;
+}
+
+// all[l] = v of lane l, for the 32 lanes of the caller's warp, every one of which must take part
+// (as mma.sync and ldmatrix require).
+template <class T>
+void warp_share(const T& v, T (&all)[32]) {
+  static_assert(sizeof(T) <= 28);
+  const int n = int(threads.size()), set = cur->shuffles++ % 2, w = cur->tid & ~31;
+  const unsigned seq = cur->shuffles;  // each lane's count of exchanges so far tags its value
+  std::memcpy(slot(set, cur->tid), &seq, sizeof seq);
+  std::memcpy(static_cast<char*>(slot(set, cur->tid)) + 4, &v, sizeof v);
+  wait(kAtWarp);
+  for (int l = 0; l < 32; l++) {
+    unsigned theirs = 0;
+    if (w + l < n) std::memcpy(&theirs, slot(set, w + l), sizeof theirs);
+    if (theirs != seq) fail("mma.sync or ldmatrix without all 32 lanes of the warp");
+    std::memcpy(&all[l], static_cast<char*>(slot(set, w + l)) + 4, sizeof(T));
+  }
+}
+
+// ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16: lane l gives the address of row l % 8 of
+// matrix l / 8; r[m] receives elements (l / 4, 2 (l % 4) + {0, 1}) of matrix m, or with trans
+// (2 (l % 4) + {0, 1}, l / 4). Every lane reads before any goes on (a second barrier), as the
+// one instruction does.
+inline void ldmatrix_x4(uint32_t (&r)[4], const void* p, bool trans) {
+  const auto* c = static_cast<const unsigned char*>(p);
+  if (reinterpret_cast<uintptr_t>(p) % 16 || c < dynamic_smem || c + 16 > dynamic_smem + dynamic_bytes)
+    fail("ldmatrix: a row address not 16-byte aligned in dynamic shared memory");
+  const unsigned char* rows[32];
+  warp_share(c, rows);
+  const int lane = cur->tid & 31;
+  for (int m = 0; m < 4; m++) {
+    uint16_t e[2];
+    for (int k = 0; k < 2; k++) {
+      const int row = trans ? 2 * (lane % 4) + k : lane / 4, col = trans ? lane / 4 : 2 * (lane % 4) + k;
+      std::memcpy(&e[k], rows[8 * m + row] + 2 * col, 2);
+    }
+    r[m] = e[0] | uint32_t(e[1]) << 16;
+  }
+  wait(kAtWarp);
+}
+
+// mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}.{bf16,f16}.f32, d += a b, with g = lane / 4,
+// c = 2 (lane % 4): A(16 x 16) is a[0] = (g, c..c+1), a[1] = (g+8, c..), a[2] = (g, c+8..),
+// a[3] = (g+8, c+8..), two elements per register, the lower column in the low half; B(16 x 8)
+// is b0 = rows c..c+1, b1 = rows c+8.. of column g; d = (g, c), (g, c+1), (g+8, c), (g+8, c+1).
+template <class S>
+void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  struct Regs { uint32_t a[4], b[2]; };
+  Regs all[32];
+  warp_share(Regs{{a[0], a[1], a[2], a[3]}, {b0, b1}}, all);
+  auto elem = [](uint32_t r, int k) {
+    const uint16_t bits = uint16_t(r >> (16 * (k % 2)));
+    S x;
+    std::memcpy(&x, &bits, 2);
+    return frugal::to_f32(x);
+  };
+  auto A = [&](int row, int k) { return elem(all[4 * (row % 8) + (k % 8) / 2].a[row / 8 + 2 * (k / 8)], k); };
+  auto B = [&](int k, int col) { return elem(all[4 * col + (k % 8) / 2].b[k / 8], k); };
+  const int lane = cur->tid & 31, g = lane / 4, c = 2 * (lane % 4);
+  for (int e = 0; e < 4; e++) {
+    float acc = d[e];
+    for (int k = 0; k < 16; k++) acc += A(g + 8 * (e / 2), k) * B(k, c + e % 2);
+    d[e] = acc;
+  }
 }
 
 // The destination holds NaN bytes from the issue until the wait: both a read before the wait
@@ -277,64 +347,3 @@ T atomicAdd(T* p, T v) {
   *p += v;
   return old;
 }
-
-// nvcuda::wmma for the 16x16x16 shape with 16-bit inputs and fp32 accumulators.
-namespace nvcuda::wmma {
-struct matrix_a {};
-struct matrix_b {};
-struct accumulator {};
-struct row_major {};
-struct col_major {};
-enum layout_t { mem_row_major, mem_col_major };
-
-template <class Use, int M, int N, int K, class T, class Layout = void>
-struct fragment {
-  static_assert(M == 16 && N == 16 && K == 16, "the emulation has the 16x16x16 shape only");
-  static constexpr int num_elements = 256;
-  T x[256];  // x[r * 16 + c]: element (r, c) of the tile
-};
-
-// Loads and stores are collective: each starts at a warp barrier, so that no lane stores a tile
-// before every lane has loaded what it held (on the GPU each lane moves only its own elements).
-// The pointer must be 32-byte aligned and ldm a multiple of 16 bytes, as CUDA requires.
-inline void check(const void* p, unsigned ldm, size_t elem) {
-  if (reinterpret_cast<uintptr_t>(p) % 32 || ldm * elem % 16) emu::fail("a WMMA tile pointer or ldm misaligned");
-}
-template <class Use, class T, class L>
-void load_matrix_sync(fragment<Use, 16, 16, 16, T, L>& f, const T* p, unsigned ldm) {
-  check(p, ldm, sizeof(T));
-  emu::wait(emu::kAtWarp);
-  for (int r = 0; r < 16; r++)
-    for (int c = 0; c < 16; c++) f.x[r * 16 + c] = std::is_same_v<L, row_major> ? p[r * ldm + c] : p[c * ldm + r];
-}
-inline void load_matrix_sync(fragment<accumulator, 16, 16, 16, float>& f, const float* p, unsigned ldm, layout_t l) {
-  check(p, ldm, sizeof(float));
-  emu::wait(emu::kAtWarp);
-  for (int r = 0; r < 16; r++)
-    for (int c = 0; c < 16; c++) f.x[r * 16 + c] = l == mem_row_major ? p[r * ldm + c] : p[c * ldm + r];
-}
-inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, float>& f, unsigned ldm, layout_t l) {
-  check(p, ldm, sizeof(float));
-  emu::wait(emu::kAtWarp);
-  for (int r = 0; r < 16; r++)
-    for (int c = 0; c < 16; c++) (l == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.x[r * 16 + c];
-}
-template <class Use, class T, class L>
-void fill_fragment(fragment<Use, 16, 16, 16, T, L>& f, T v) {
-  std::fill(f.x, f.x + 256, v);
-}
-template <class T, class LA, class LB>
-void mma_sync(fragment<accumulator, 16, 16, 16, float>& d, const fragment<matrix_a, 16, 16, 16, T, LA>& a,
-              const fragment<matrix_b, 16, 16, 16, T, LB>& b, const fragment<accumulator, 16, 16, 16, float>& c) {
-  float fa[256], fb[256], out[256];
-  for (int e = 0; e < 256; e++) {
-    fa[e] = frugal::to_f32(a.x[e]);
-    fb[e] = frugal::to_f32(b.x[e]);
-  }
-  std::copy(c.x, c.x + 256, out);
-  for (int r = 0; r < 16; r++)
-    for (int k = 0; k < 16; k++)
-      for (int col = 0; col < 16; col++) out[r * 16 + col] += fa[r * 16 + k] * fb[k * 16 + col];
-  std::copy(out, out + 256, d.x);
-}
-}  // namespace nvcuda::wmma
