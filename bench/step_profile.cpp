@@ -94,9 +94,9 @@ class TimingBackend final : public Backend {
   void adamw(const std::vector<AdamWSpan>& spans, const AdamWArgs& a, DType cd) override {
     time("adamw", [&] { b_.adamw(spans, a, cd); });
   }
-  double sum_squares(const float* x, int64_t n) override {
+  double sum_squares(const std::vector<FloatSpan>& spans) override {
     double r;
-    time("grad norm + clip", [&] { r = b_.sum_squares(x, n); });
+    time("grad norm + clip", [&] { r = b_.sum_squares(spans); });
     return r;
   }
   void fill_zero(float* x, int64_t n) override { time("zero", [&] { b_.fill_zero(x, n); }); }

@@ -32,6 +32,11 @@ struct AdamWSpan {
   void* copy;
 };
 
+struct FloatSpan {
+  const float* x;
+  int64_t n;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -118,8 +123,10 @@ class Backend {
   // AdamW (PyTorch semantics) over every span in one pass (one launch on a GPU): a.weight_decay
   // applies to the spans with decay; compute copies, in the same pass, are in copy_dt.
   virtual void adamw(const std::vector<AdamWSpan>& spans, const AdamWArgs& a, DType copy_dt) = 0;
-  // sum of squares of x(n) in double; inf or NaN when any element is (the overflow check).
-  virtual double sum_squares(const float* x, int64_t n) = 0;
+  // sum of squares of every span's elements in double; inf or NaN when any element is (the
+  // overflow check). One result for all spans: on a GPU, one wait for the host.
+  virtual double sum_squares(const std::vector<FloatSpan>& spans) = 0;
+  double sum_squares(const float* x, int64_t n) { return sum_squares({{x, n}}); }
   // x(n) = 0
   virtual void fill_zero(float* x, int64_t n) = 0;
   // sum of x(n) in double, in index order on the CPU (a loss over tokens).

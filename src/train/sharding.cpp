@@ -236,18 +236,19 @@ double Shards::finish() {
   return w;
 }
 
+// One backend reduction over all units (one host wait on a GPU), two when sharded.
 double Shards::grad_sum_squares() {
-  double sq = 0.0;
+  std::vector<FloatSpan> spans;
   if (s_ < Strategy::zero2) {
-    for (auto& u : model_.units()) sq += be_.sum_squares(u.grads.data(), u.numel);
-    return sq;  // whole gradients, the same on every rank
+    for (auto& u : model_.units()) spans.push_back({u.grads.data(), u.numel});
+    return be_.sum_squares(spans);  // whole gradients, the same on every rank
   }
-  for (Part& p : parts_) sq += be_.sum_squares(p.g.data(), p.len);
-  float buf[1] = {float(sq)};
+  for (Part& p : parts_) spans.push_back({p.g.data(), p.len});
+  float buf[1] = {float(be_.sum_squares(spans))};
   comm_.all_reduce(buf, 1, ReduceOp::sum)->wait();
-  sq = buf[0];
-  for (Part& p : parts_) sq += be_.sum_squares(p.gt.data(), p.tail);  // replicated: once
-  return sq;
+  spans.clear();
+  for (Part& p : parts_) spans.push_back({p.gt.data(), p.tail});  // replicated: once
+  return double(buf[0]) + be_.sum_squares(spans);
 }
 
 void Shards::after_update() {

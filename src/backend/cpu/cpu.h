@@ -52,7 +52,8 @@ class CpuBackend final : public Backend {
   void softmax_xent(float* logits, float* losses, const int32_t* targets, int64_t N, int64_t V,
                     int64_t Vp, float grad_scale, void* dlogits, DType dt) override;
   void adamw(const std::vector<AdamWSpan>& spans, const AdamWArgs& a, DType copy_dt) override;
-  double sum_squares(const float* x, int64_t n) override;
+  using Backend::sum_squares;
+  double sum_squares(const std::vector<FloatSpan>& spans) override;
   void fill_zero(float* x, int64_t n) override;
   double sum(const float* x, int64_t n) override;
   void copy(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }

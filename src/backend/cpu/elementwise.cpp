@@ -37,21 +37,25 @@ double CpuBackend::sum(const float* x, int64_t n) {
   return s;
 }
 
-double CpuBackend::sum_squares(const float* x, int64_t n) {
-  // fixed chunks summed in order: the same result for any thread count
-  const int64_t chunk = 1 << 14, num_chunks = (n + chunk - 1) / chunk;
-  if (sq_partials_.size() < size_t(num_chunks)) sq_partials_.resize(num_chunks);
-  double* part = sq_partials_.data();
-#pragma omp parallel for schedule(static)
-  for (int64_t k = 0; k < num_chunks; k++) {
-    int64_t i0 = k * chunk, i1 = i0 + chunk < n ? i0 + chunk : n;
-    double s = 0.0;
-#pragma omp simd reduction(+ : s)
-    for (int64_t i = i0; i < i1; i++) s += double(x[i]) * double(x[i]);
-    part[k] = s;
-  }
+double CpuBackend::sum_squares(const std::vector<FloatSpan>& spans) {
   double total = 0.0;
-  for (int64_t k = 0; k < num_chunks; k++) total += part[k];
+  for (const FloatSpan& sp : spans) {  // spans in order, each in fixed chunks summed in order:
+    const float* x = sp.x;             // the same result for any thread count
+    const int64_t n = sp.n, chunk = 1 << 14, num_chunks = (n + chunk - 1) / chunk;
+    if (sq_partials_.size() < size_t(num_chunks)) sq_partials_.resize(num_chunks);
+    double* part = sq_partials_.data();
+#pragma omp parallel for schedule(static)
+    for (int64_t k = 0; k < num_chunks; k++) {
+      int64_t i0 = k * chunk, i1 = i0 + chunk < n ? i0 + chunk : n;
+      double s = 0.0;
+#pragma omp simd reduction(+ : s)
+      for (int64_t i = i0; i < i1; i++) s += double(x[i]) * double(x[i]);
+      part[k] = s;
+    }
+    double span_total = 0.0;
+    for (int64_t k = 0; k < num_chunks; k++) span_total += part[k];
+    total += span_total;
+  }
   return total;
 }
 

@@ -56,18 +56,22 @@ const int32_t* CudaBackend::stage(const int32_t* idx, int64_t n) {
   return d;
 }
 
-double CudaBackend::reduce(const float* x, int64_t n, bool squares) {
+// One slot that every span's launch adds to; the host waits once, for the result.
+double CudaBackend::reduce(const std::vector<FloatSpan>& spans, bool squares) {
   double* d = scratch<double>(red_, red_bytes_, 1);
   CUDA_CHECK(cudaMemsetAsync(d, 0, sizeof(double), 0));
-  launch_reduce(d, x, n, squares);
-  CUDA_LAUNCHED();
+  for (const FloatSpan& s : spans) {
+    if (s.n == 0) continue;
+    launch_reduce(d, s.x, s.n, squares);
+    CUDA_LAUNCHED();
+  }
   CUDA_CHECK(cudaMemcpyAsync(red_host_, d, sizeof(double), cudaMemcpyDeviceToHost, 0));
   CUDA_CHECK(cudaStreamSynchronize(0));
   return *red_host_;
 }
 
-double CudaBackend::sum_squares(const float* x, int64_t n) { return reduce(x, n, true); }
-double CudaBackend::sum(const float* x, int64_t n) { return reduce(x, n, false); }
+double CudaBackend::sum_squares(const std::vector<FloatSpan>& spans) { return reduce(spans, true); }
+double CudaBackend::sum(const float* x, int64_t n) { return reduce({{x, n}}, false); }
 
 void CudaBackend::fill_zero(float* x, int64_t n) {
   CUDA_CHECK(cudaMemsetAsync(x, 0, size_t(n) * sizeof(float), 0));

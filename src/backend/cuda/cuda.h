@@ -65,7 +65,8 @@ class CudaBackend final : public Backend {
   void softmax_xent(float* logits, float* losses, const int32_t* targets, int64_t N, int64_t V,
                     int64_t Vp, float grad_scale, void* dlogits, DType dt) override;
   void adamw(const std::vector<AdamWSpan>& spans, const AdamWArgs& a, DType copy_dt) override;
-  double sum_squares(const float* x, int64_t n) override;
+  using Backend::sum_squares;
+  double sum_squares(const std::vector<FloatSpan>& spans) override;
   void fill_zero(float* x, int64_t n) override;
   double sum(const float* x, int64_t n) override;
   void copy(void* dst, const void* src, size_t bytes) override;
@@ -85,7 +86,7 @@ class CudaBackend final : public Backend {
   }
   // A device copy of tokens or targets(n), which the caller may hold in host memory.
   const int32_t* stage(const int32_t* idx, int64_t n);
-  double reduce(const float* x, int64_t n, bool squares);
+  double reduce(const std::vector<FloatSpan>& spans, bool squares);
 
   enum class Gelu { none, forward, backward };
   bool gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const void* A, int64_t lda,
