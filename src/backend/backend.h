@@ -147,6 +147,9 @@ inline const float* host_view(Backend& be, const float* x, int64_t n, std::vecto
   return keep.back().data();
 }
 
+// cuBLASLt's workspace in the CUDA backend (Mem::runtime).
+constexpr size_t kGemmWorkspace = size_t(32) << 20;
+
 Backend& cpu_backend();
 // The CUDA backend on the current device (built with FRUGAL_CUDA=ON). Its first call puts
 // device memory (cudaMalloc) behind the MemoryPool, so the model's buffers are device buffers

@@ -19,7 +19,7 @@ void check_failed(const char* file, int line, const char* cond, const std::strin
 }
 
 const char* mem_name(Mem m) {
-  static const char* names[] = {"params", "grads", "optimizer", "activations", "comm", "workspace"};
+  static const char* names[] = {"params", "grads", "optimizer", "activations", "comm", "workspace", "runtime"};
   return names[static_cast<int>(m)];
 }
 
@@ -40,20 +40,20 @@ MemoryPool& MemoryPool::get() {
 
 static constexpr size_t kCacheMin = size_t(1) << 20, kCacheMax = size_t(2) << 30;
 
-void* MemoryPool::alloc(size_t bytes, Mem cat) {
+void* MemoryPool::alloc(size_t bytes, Mem cat, const Allocator& from) {
   const size_t rounded = (bytes + 63) / 64 * 64;
   void* p = nullptr;
   auto hit = std::find_if(cache_.begin(), cache_.end(), [&](auto& c) { return c.first == rounded; });
-  if (allocator_.alloc == host_alloc && hit != cache_.end()) {
+  if (from.alloc == host_alloc && hit != cache_.end()) {
     p = hit->second;
     std::memset(p, 0, rounded);
     cached_bytes_ -= rounded;
     cache_.erase(hit);
   } else {
-    p = allocator_.alloc(bytes);
+    p = from.alloc(bytes);
   }
   FRUGAL_CHECK(p != nullptr, "out of memory allocating {} bytes of {}", bytes, mem_name(cat));
-  live_.push_back({p, bytes, cat, allocator_.free});
+  live_.push_back({p, bytes, cat, from.free});
   stats_.allocations++;
   int c = static_cast<int>(cat);
   stats_.current[c] += bytes;

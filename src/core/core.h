@@ -31,8 +31,10 @@ template <class... A>
   } while (0)
 
 // ---- MemoryPool ---------------------------------------------------------------------------
-enum class Mem { params, grads, optimizer, activations, comm, workspace };
-inline constexpr int num_mem = 6;
+// runtime: device memory a GPU backend keeps for itself (cuBLASLt's workspace, token staging,
+// reduction slots, attention's row sums); 0 on the CPU.
+enum class Mem { params, grads, optimizer, activations, comm, workspace, runtime };
+inline constexpr int num_mem = 7;
 const char* mem_name(Mem m);
 
 struct MemStats {
@@ -56,7 +58,8 @@ Allocator host_allocator();  // the default
 class MemoryPool {
  public:
   static MemoryPool& get();
-  void* alloc(size_t bytes, Mem cat);
+  void* alloc(size_t bytes, Mem cat) { return alloc(bytes, cat, allocator_); }
+  void* alloc(size_t bytes, Mem cat, const Allocator& from);  // from `from`, whatever is installed
   void release(void* p);
   const MemStats& stats() const { return stats_; }
   void reset_peak();  // peak := current, e.g. at the start of a step

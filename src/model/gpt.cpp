@@ -210,12 +210,12 @@ int64_t lm_head_rows(int64_t BT, int64_t Vp, bool gpu) {
 }
 
 MemoryEstimate estimate_memory(const GptConfig& cfg, int B, int T, DType dt,
-                               const std::vector<Recompute>& plan, int64_t head_rows,
+                               const std::vector<Recompute>& plan, bool gpu,
                                Sharding sharding) {
   // The closed forms of docs/memory.md. e: bytes per compute element.
   const double BT = double(B) * T, C = cfg.n_embd, NH = cfg.n_head, L = cfg.n_layer,
                Vp = double(cfg.padded_vocab()), e = double(dtype_size(dt));
-  const double hr = double(head_rows > 0 ? head_rows : lm_head_rows(int64_t(B) * T, cfg.padded_vocab(), false));
+  const double hr = double(lm_head_rows(int64_t(B) * T, cfg.padded_vocab(), gpu));
   const double none_stash = BT * (15 * e * C + 16 + 4 * NH);  // a block's saved tensors, input excluded
   const double full_stash = BT * (9 * e * C + 16 + 4 * NH);   // ... without ln1, ln2, fch_gelu
   const double sel_stash = BT * (8 * e * C + 16 + 4 * NH);    // ... and without the attention output
@@ -276,6 +276,11 @@ MemoryEstimate estimate_memory(const GptConfig& cfg, int B, int T, DType dt,
   m.bytes[int(Mem::comm)] = size_t(comm);
   m.bytes[int(Mem::activations)] = size_t(acts);
   m.bytes[int(Mem::workspace)] = size_t(work);
+  // The GPU backend's own scratch: cuBLASLt's workspace, the staged tokens (or targets), one
+  // reduction slot, attention's row sums, and AdamW's span table (64 bytes for each tensor, at
+  // most, that the rank updates).
+  if (gpu)
+    m.bytes[int(Mem::runtime)] = kGemmWorkspace + size_t(BT * 4 + 8 + B * NH * T * 4) + 64 * size_t(12 * cfg.n_layer + 4);
   return m;
 }
 

@@ -146,9 +146,10 @@ struct MemoryEstimate {
 // where they stay in cache, 64 Mi (256 MiB) on a GPU, where the head's GEMMs want many rows and
 // every chunk reads and writes all of dwte once (gpt2 at B=16, T=1024: 13 chunks, not 99).
 int64_t lm_head_rows(int64_t BT, int64_t Vp, bool gpu);
-// Per rank (rank 0's share, the largest) under a data-parallel strategy. head_rows 0: the CPU's.
+// Per rank (rank 0's share, the largest) under a data-parallel strategy, on a GPU backend (its
+// lm-head chunks and Mem::runtime) or the CPU's.
 MemoryEstimate estimate_memory(const GptConfig& cfg, int B, int T, DType dt,
-                               const std::vector<Recompute>& plan, int64_t head_rows = 0,
+                               const std::vector<Recompute>& plan, bool gpu = false,
                                Sharding sharding = {});
 
 class Gpt {

@@ -128,7 +128,7 @@ ModelStates model_states(const std::vector<int64_t>& units, const StateLayout& b
 MemoryEstimate plan_memory(const GptConfig& cfg, int B, int T, DType compute,
                            const RecomputePolicy& recompute, Strategy s, int ranks, DType reduce, bool gpu) {
   return estimate_memory(cfg, B, T, compute, recompute.per_block(cfg.n_layer),
-                         lm_head_rows(int64_t(B) * T, cfg.padded_vocab(), gpu), {s, ranks, reduce});
+                         gpu, {s, ranks, reduce});
 }
 
 // ---- time and cost --------------------------------------------------------------------------

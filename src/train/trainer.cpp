@@ -54,9 +54,8 @@ RecomputePolicy choose_recompute(const RunConfig& cfg) {
   order.push_back({Kind::full, 0});
   size_t smallest = 0;
   for (const RecomputePolicy& p : order) {
-    const int64_t BT = int64_t(cfg.train.micro_batch) * cfg.train.seq_len;
     size_t need = estimate_memory(cfg.model, cfg.train.micro_batch, cfg.train.seq_len, cfg.precision.compute,
-                                  p.per_block(L), lm_head_rows(BT, cfg.model.padded_vocab(), cfg.device.backend == "cuda"))
+                                  p.per_block(L), cfg.device.backend == "cuda")
                       .total();
     if (need <= size_t(cfg.memory.budget)) return p;
     smallest = need;

@@ -203,15 +203,17 @@ TEST_F(Cli, PlanSearchesRanksAndExplains) {
   ASSERT_EQ(one.code, 0) << one.out;
   auto p = nlohmann::json::parse(one.out);
   size_t sum = 0;
-  for (const char* c : {"params", "grads", "optimizer", "activations", "comm", "workspace"}) sum += p["memory"][c].get<size_t>();
+  for (const char* c : {"params", "grads", "optimizer", "activations", "comm", "workspace", "runtime"})
+    sum += p["memory"][c].get<size_t>();
   EXPECT_EQ(sum, p["memory"]["total"].get<size_t>());
   EXPECT_GT(p["memory"]["comm"].get<size_t>(), 0u);
+  EXPECT_GT(p["memory"]["runtime"].get<size_t>(), size_t(32) << 20);  // a GPU: cuBLASLt's workspace and more
   EXPECT_EQ(p["batch_tokens"].get<int64_t>(), 8 * 1024 * 4);
   // a config that does not fit says by how much and the cheapest setting that does
   Result no = run("plan --preset gpt2-xl --tokens 1e9 --device l4 --devices 1 --strategy ddp --precision fp32 "
                   "--recompute none --micro-batch 8", d());
   EXPECT_EQ(no.code, 1) << no.out;
-  EXPECT_NE(no.out.find("DOES NOT FIT (39.9 GiB over)"), std::string::npos) << no.out;
+  EXPECT_NE(no.out.find("DOES NOT FIT (40.0 GiB over)"), std::string::npos) << no.out;
   EXPECT_NE(no.out.find("to fit: the cheapest setting that fits is "), std::string::npos) << no.out;
   // a frugal config and a Hugging Face config.json give the model
   std::ofstream(*dir_ / "config.json") << R"({"n_layer": 2, "n_head": 4, "n_embd": 64, "vocab_size": 257, "n_positions": 128})";

@@ -50,15 +50,26 @@ void CudaBackend::copy(void* dst, const void* src, size_t bytes) {
   CUDA_CHECK(cudaStreamSynchronize(0));
 }
 
+// The old buffer goes back through cudaFree, which waits for the device: an op issued before
+// may still read it.
+void* CudaBackend::grow(Scratch& s, size_t bytes) {
+  if (bytes > s.bytes) {
+    if (s.p) MemoryPool::get().release(s.p);
+    s.p = MemoryPool::get().alloc(bytes, Mem::runtime, {device_alloc, device_free});
+    s.bytes = bytes;
+  }
+  return s.p;
+}
+
 const int32_t* CudaBackend::stage(const int32_t* idx, int64_t n) {
-  int32_t* d = scratch<int32_t>(idx_, idx_bytes_, n);
+  int32_t* d = scratch<int32_t>(idx_, n);
   CUDA_CHECK(cudaMemcpyAsync(d, idx, size_t(n) * sizeof(int32_t), cudaMemcpyDefault, 0));
   return d;
 }
 
 // One slot that every span's launch adds to; the host waits once, for the result.
 double CudaBackend::reduce(const std::vector<FloatSpan>& spans, bool squares) {
-  double* d = scratch<double>(red_, red_bytes_, 1);
+  double* d = scratch<double>(red_, 1);
   CUDA_CHECK(cudaMemsetAsync(d, 0, sizeof(double), 0));
   for (const FloatSpan& s : spans) {
     if (s.n == 0) continue;
@@ -107,10 +118,10 @@ void CudaBackend::adamw(const std::vector<AdamWSpan>& spans, const AdamWArgs& a,
   }
   const size_t bytes = adamw_next_.size() * sizeof(AdamWSpanDev);
   if (adamw_next_.size() != adamw_sent_.size() || std::memcmp(adamw_next_.data(), adamw_sent_.data(), bytes) != 0) {
-    CUDA_CHECK(cudaMemcpy(scratch<char>(adamw_, adamw_bytes_, int64_t(bytes)), adamw_next_.data(), bytes, cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemcpy(scratch<char>(adamw_, int64_t(bytes)), adamw_next_.data(), bytes, cudaMemcpyHostToDevice));
     adamw_sent_.swap(adamw_next_);
   }
-  launch_adamw(static_cast<const AdamWSpanDev*>(adamw_), int(spans.size()), blocks, a.beta1, a.beta2, a.eps,
+  launch_adamw(static_cast<const AdamWSpanDev*>(adamw_.p), int(spans.size()), blocks, a.beta1, a.beta2, a.eps,
                step_size, bc2_sqrt, a.grad_scale, decay, copies ? copy_dt : DType::f32);
   CUDA_LAUNCHED();
 }
@@ -167,7 +178,7 @@ void CudaBackend::attention_forward(void* out, float* lse, const void* qkv, int6
 void CudaBackend::attention_backward(void* dqkv, const void* dout, const void* qkv, const void* out,
                                      const float* lse, int64_t B, int64_t T, int64_t C, int64_t NH,
                                      DType dt) {
-  float* D = scratch<float>(rows_, rows_bytes_, B * NH * T);
+  float* D = scratch<float>(rows_, B * NH * T);
   launch_attention_backward(dqkv, dout, qkv, out, lse, D, B, T, C, NH, dt);
   CUDA_LAUNCHED();
 }

@@ -2,9 +2,9 @@
 // fused as an epilogue where cuBLASLt offers it), own kernels for the rest, all on the compute
 // stream (the legacy default stream, so that NcclComm's stream can order itself after it).
 // This file and backend.cpp (host code, compiled by the C++ compiler) drive the kernels of
-// kernels.h (one op family per .cu file). Scratch the backend owns
-// (cuBLASLt workspace, token staging, reduction slots, attention's row sums) grows during the
-// first step and never after.
+// kernels.h (one op family per .cu file). Scratch the backend owns (cuBLASLt workspace, token
+// staging, reduction slots, attention's row sums, AdamW's span table) comes from the
+// MemoryPool as Mem::runtime, grows during the first step and never after.
 #pragma once
 #include <cublasLt.h>
 #include <cuda_runtime.h>
@@ -74,16 +74,13 @@ class CudaBackend final : public Backend {
 
  private:
   // Device scratch that grows to the largest request, then stays.
+  struct Scratch {
+    void* p = nullptr;
+    size_t bytes = 0;
+  };
+  void* grow(Scratch& s, size_t bytes);
   template <class T>
-  T* scratch(void*& p, size_t& have, int64_t n) {
-    size_t bytes = size_t(n) * sizeof(T);
-    if (bytes > have) {
-      CUDA_CHECK(cudaFree(p));
-      CUDA_CHECK(cudaMalloc(&p, bytes));
-      have = bytes;
-    }
-    return static_cast<T*>(p);
-  }
+  T* scratch(Scratch& s, int64_t n) { return static_cast<T*>(grow(s, size_t(n) * sizeof(T))); }
   // A device copy of tokens or targets(n), which the caller may hold in host memory.
   const int32_t* stage(const int32_t* idx, int64_t n);
   double reduce(const std::vector<FloatSpan>& spans, bool squares);
@@ -97,9 +94,7 @@ class CudaBackend final : public Backend {
                              int, bool, bool, int, int>;
   std::map<GemmKey, GemmPlan*> gemms_;
   cublasLtHandle_t lt_ = nullptr;
-  void* lt_ws_ = nullptr;
-  void *idx_ = nullptr, *red_ = nullptr, *rows_ = nullptr, *adamw_ = nullptr;
-  size_t idx_bytes_ = 0, red_bytes_ = 0, rows_bytes_ = 0, adamw_bytes_ = 0;
+  Scratch lt_ws_, idx_, red_, rows_, adamw_;
   std::vector<AdamWSpanDev> adamw_sent_, adamw_next_;  // the span table in adamw_, and this call's
   double* red_host_ = nullptr;  // pinned
 };

@@ -8,8 +8,6 @@
 
 namespace frugal {
 
-static constexpr size_t kLtWorkspace = size_t(32) << 20;
-
 #define LT_CHECK(x)                                                                          \
   do {                                                                                       \
     cublasStatus_t st_ = (x);                                                                \
@@ -68,7 +66,6 @@ bool CudaBackend::gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const 
   GemmKey key{ta, tb, M, N, K, lda, ldb, ldc, int(ab), int(c), want_bias, accumulate, align, int(gelu)};
   auto it = gemms_.find(key);
   if (it == gemms_.end()) {
-    if (!lt_ws_) CUDA_CHECK(cudaMalloc(&lt_ws_, kLtWorkspace));
     auto* p = new GemmPlan{};
     const cudaDataType_t t = cuda_type(ab);
     LT_CHECK(cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
@@ -81,7 +78,7 @@ bool CudaBackend::gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const 
     LT_CHECK(cublasLtMatrixLayoutCreate(&p->c, cuda_type(c), N, M, ldc));
     cublasLtMatmulPreference_t pref;
     LT_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-    LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &kLtWorkspace, sizeof(kLtWorkspace)));
+    LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &kGemmWorkspace, sizeof(kGemmWorkspace)));
     uint32_t al = uint32_t(align);
     for (auto attr : {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
                       CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES})
@@ -125,8 +122,8 @@ bool CudaBackend::gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const 
   if (p.fused && gelu != Gelu::none)
     LT_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux, sizeof(aux)));
   const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
-  LT_CHECK(cublasLtMatmul(lt_, p.desc, &alpha, B, p.a, A, p.b, &beta, C, p.c, C, p.c, &p.algo, lt_ws_,
-                          kLtWorkspace, 0));
+  LT_CHECK(cublasLtMatmul(lt_, p.desc, &alpha, B, p.a, A, p.b, &beta, C, p.c, C, p.c, &p.algo, scratch<char>(lt_ws_, kGemmWorkspace),
+                          kGemmWorkspace, 0));
   if (bias && !p.fused) {
     launch_add_bias(C, bias, M, N, ldc, c);
     CUDA_LAUNCHED();
