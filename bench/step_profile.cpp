@@ -87,9 +87,9 @@ class TimingBackend final : public Backend {
   void cast(void* d, const float* s, int64_t n, DType dt) override {
     time("casts", [&] { b_.cast(d, s, n, dt); });
   }
-  void softmax_xent(float* l, float* loss, const int32_t* t, int64_t N, int64_t V, int64_t Vp, float s,
-                    void* d, DType dt) override {
-    time("softmax xent", [&] { b_.softmax_xent(l, loss, t, N, V, Vp, s, d, dt); });
+  void softmax_xent(void* l, float* loss, const int32_t* t, int64_t N, int64_t V, int64_t Vp, float s,
+                    DType dt) override {
+    time("softmax xent", [&] { b_.softmax_xent(l, loss, t, N, V, Vp, s, dt); });
   }
   void adamw(const std::vector<AdamWSpan>& spans, const AdamWArgs& a, DType cd) override {
     time("adamw", [&] { b_.adamw(spans, a, cd); });

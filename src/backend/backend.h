@@ -113,12 +113,13 @@ class Backend {
   // dst(n) in dt = src(n) fp32, rounded to nearest even.
   virtual void cast(void* dst, const float* src, int64_t n, DType dt) = 0;
 
-  // Fused softmax cross-entropy over rows of logits(N,Vp) fp32; columns >= V are padding and
-  // are masked out. losses(N) = -log p[target]. When grad_scale != 0, dlogits(N,Vp) in dt
-  // receives grad_scale * (p - onehot(target)) (0 in the padding), rounded once to dt; it may
-  // be logits itself (dt fp32: in place). The probability tensor never exists separately.
-  virtual void softmax_xent(float* logits, float* losses, const int32_t* targets, int64_t N,
-                            int64_t V, int64_t Vp, float grad_scale, void* dlogits, DType dt) = 0;
+  // Fused softmax cross-entropy over rows of logits(N,Vp) in dt (the lm head's GEMM output, as
+  // PyTorch's autocast has it), computed in fp32; columns >= V are padding and are masked out.
+  // losses(N) fp32 = -log p[target]. When grad_scale != 0, the logits are overwritten in place
+  // with dlogits = grad_scale * (p - onehot(target)) (0 in the padding), rounded once to dt.
+  // The probability tensor never exists separately.
+  virtual void softmax_xent(void* logits, float* losses, const int32_t* targets, int64_t N,
+                            int64_t V, int64_t Vp, float grad_scale, DType dt) = 0;
 
   // AdamW (PyTorch semantics) over every span in one pass (one launch on a GPU): a.weight_decay
   // applies to the spans with decay; compute copies, in the same pass, are in copy_dt.

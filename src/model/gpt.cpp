@@ -192,10 +192,9 @@ void Gpt::allocate(int B, int T, const std::vector<Recompute>& plan, int64_t hea
   lnf_rstd_ = {size_t(BT), A};
   losses_ = {size_t(BT), A};
   head_rows_ = head_rows > 0 ? head_rows : lm_head_rows(BT, Vp, be_.gpu());
-  logits_ = {size_t(head_rows_ * Vp), W};
+  logits_ = Bytes(size_t(head_rows_ * Vp) * es, W);
   dres_ = {size_t(BT * C), W};
   res_mid_ = {size_t(BT * C), W};
-  dlogits_ = Bytes(dt_ != DType::f32 ? size_t(head_rows_ * Vp) * es : 0, W);
   dres_c_ = Bytes(dt_ != DType::f32 ? size_t(BT * C) * es : 0, W);
 }
 
@@ -230,8 +229,8 @@ MemoryEstimate estimate_memory(const GptConfig& cfg, int B, int T, DType dt,
   const double num_none = L - num_full - num_sel;
   acts += num_none * none_stash + num_sel * sel_stash;
   if (num_full > 0) acts += full_stash;                       // one stash shared by full blocks
-  double work = hr * Vp * 4 + BT * C * 8 + BT * C * 5 * e;     // logits, dres, res_mid, dbig, dsmall
-  if (dt != DType::f32) work += hr * Vp * e + BT * C * e;      // dlogits, dres in dt
+  double work = hr * Vp * e + BT * C * 8 + BT * C * 5 * e;     // logits, dres, res_mid, dbig, dsmall
+  if (dt != DType::f32) work += BT * C * e;                    // dres in dt
   MemoryEstimate m;
   // Model states per rank (docs/memory.md, "Sharding"): each unit's 2-D weights are sliced
   // into len = ceil(nbig / ranks) elements per rank; its 1-D tail stays whole.
@@ -372,15 +371,16 @@ float Gpt::head(const int32_t* targets, int B, int T, float grad_scale) {
   float* dwte = units_[0].g.wte;
   std::byte* lnf = lnf_.data();
   std::byte* dlnf = dsmall_.data();
-  // lm head (tied to wte) + softmax cross-entropy, chunk by chunk of rows: logits (fp32), loss
-  // and dlogits (in place, or in the 16-bit compute dtype) for one chunk, then its contribution
-  // to dlnf and dwte, before the next chunk.
-  void* dlogits = dt == DType::f32 ? static_cast<void*>(logits_.data()) : dlogits_.data();
+  // lm head (tied to wte) + softmax cross-entropy, chunk by chunk of rows: logits in the
+  // compute dtype (as autocast and llm.c have them: half the bytes of fp32 through the largest
+  // tensor of the step), the loss in fp32 from them, and dlogits over them, for one chunk; then
+  // its contribution to dlnf and dwte, before the next chunk.
+  void* dlogits = logits_.data();
   for (int64_t r0 = 0; r0 < BT; r0 += head_rows_) {
     int64_t rows = std::min(head_rows_, BT - r0);
     const std::byte* x = lnf + r0 * C * es;
-    be_.matmul(false, true, rows, Vp, C, x, C, wte, C, logits_.data(), Vp, dt, DType::f32, nullptr, false);
-    be_.softmax_xent(logits_.data(), losses_.data() + r0, targets + r0, rows, V, Vp, grad_scale, dlogits, dt);
+    be_.matmul(false, true, rows, Vp, C, x, C, wte, C, dlogits, Vp, dt, dt, nullptr, false);
+    be_.softmax_xent(dlogits, losses_.data() + r0, targets + r0, rows, V, Vp, grad_scale, dt);
     if (grad_scale != 0.0f) {
       be_.matmul(false, false, rows, C, Vp, dlogits, Vp, wte, C, dlnf + r0 * C * es, C, dt, dt, nullptr, false);
       be_.matmul(true, false, Vp, C, rows, dlogits, Vp, x, C, dwte, C, dt, DType::f32, nullptr, true);

@@ -142,9 +142,9 @@ struct MemoryEstimate {
   std::array<size_t, num_mem> bytes{};
   size_t total() const;
 };
-// Rows of logits per lm-head chunk, never the full (BT, Vp): 8 Mi floats (32 MiB) on a CPU,
-// where they stay in cache, 64 Mi (256 MiB) on a GPU, where the head's GEMMs want many rows and
-// every chunk reads and writes all of dwte once (gpt2 at B=16, T=1024: 13 chunks, not 99).
+// Rows of logits per lm-head chunk, never the full (BT, Vp): 8 Mi logits (32 MiB in fp32, 16
+// in bf16) on a CPU, where they stay in cache, 64 Mi on a GPU, where the head's GEMMs want many
+// rows and every chunk reads and writes all of dwte once (gpt2 at B=16, T=1024: 13 chunks, not 99).
 int64_t lm_head_rows(int64_t BT, int64_t Vp, bool gpu);
 // Per rank (rank 0's share, the largest) under a data-parallel strategy, on a GPU backend (its
 // lm-head chunks and Mem::runtime) or the CPU's.
@@ -221,8 +221,7 @@ class Gpt {
   std::vector<BlockActs> acts_;                // per block (views into storage_)
   Bytes lnf_;                                  // (B,T,C) dt
   PoolArray<float> lnf_mean_, lnf_rstd_, losses_;  // (B,T)
-  PoolArray<float> logits_;                    // workspace (head_rows, Vp) fp32
-  Bytes dlogits_;                              // workspace (head_rows, Vp) dt, 16-bit only
+  Bytes logits_;                               // workspace (head_rows, Vp) dt, then dlogits
   PoolArray<float> dres_;                      // workspace (B,T,C) fp32
   PoolArray<float> res_mid_;                   // workspace (B,T,C) fp32: x + attention branch
   Bytes dres_c_, dbig_, dsmall_;               // workspace (B,T,C) dt 16-bit only, (B,T,4C) dt, (B,T,C) dt

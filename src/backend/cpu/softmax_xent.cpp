@@ -1,6 +1,6 @@
-// Fused softmax + cross-entropy over rows of logits(N,Vp): the probabilities are never kept;
-// with a gradient scale dlogits (in place, or in a 16-bit dtype) is written in the same pass.
-// Columns >= V are padding.
+// Fused softmax + cross-entropy over rows of logits(N,Vp) in the compute dtype, in fp32: the
+// probabilities are never kept; with a gradient scale the row's dlogits overwrite its logits in
+// the same pass. Columns >= V are padding.
 #include <cmath>
 
 #include "backend/cpu/cpu.h"
@@ -8,33 +8,33 @@
 namespace frugal {
 
 template <class T>
-static void softmax_xent_t(float* logits, float* losses, const int32_t* targets, int64_t N, int64_t V,
-                           int64_t Vp, float grad_scale, T* dlogits) {
+static void softmax_xent_t(T* logits, float* losses, const int32_t* targets, int64_t N, int64_t V,
+                           int64_t Vp, float grad_scale) {
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < N; i++) {
-    const float* x = logits + i * Vp;
+    T* x = logits + i * Vp;
     float maxv = -INFINITY;
-    for (int64_t v = 0; v < V; v++) maxv = x[v] > maxv ? x[v] : maxv;
+    for (int64_t v = 0; v < V; v++) maxv = std::max(maxv, to_f32(x[v]));
     float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
-    for (int64_t v = 0; v < V; v++) sum += std::exp(x[v] - maxv);
+    for (int64_t v = 0; v < V; v++) sum += std::exp(to_f32(x[v]) - maxv);
     const int64_t tgt = targets[i];
-    losses[i] = std::log(sum) + maxv - x[tgt];
+    const float xt = to_f32(x[tgt]);  // read before the row is overwritten
+    losses[i] = std::log(sum) + maxv - xt;
     if (grad_scale == 0.0f) continue;
-    const float inv = grad_scale / sum, xt = x[tgt];  // x may be the row being written
-    T* d = dlogits + i * Vp;
+    const float inv = grad_scale / sum;
 #pragma omp simd
-    for (int64_t v = 0; v < V; v++) d[v] = from_f32<T>(std::exp(x[v] - maxv) * inv);
-    d[tgt] = from_f32<T>(std::exp(xt - maxv) * inv - grad_scale);
-    for (int64_t v = V; v < Vp; v++) d[v] = from_f32<T>(0.0f);
+    for (int64_t v = 0; v < V; v++) x[v] = from_f32<T>(std::exp(to_f32(x[v]) - maxv) * inv);
+    x[tgt] = from_f32<T>(std::exp(xt - maxv) * inv - grad_scale);
+    for (int64_t v = V; v < Vp; v++) x[v] = from_f32<T>(0.0f);
   }
 }
 
-void CpuBackend::softmax_xent(float* logits, float* losses, const int32_t* targets, int64_t N,
-                              int64_t V, int64_t Vp, float grad_scale, void* dlogits, DType dt) {
+void CpuBackend::softmax_xent(void* logits, float* losses, const int32_t* targets, int64_t N,
+                              int64_t V, int64_t Vp, float grad_scale, DType dt) {
   dispatch(dt, [&](auto t) {
     using T = decltype(t);
-    softmax_xent_t(logits, losses, targets, N, V, Vp, grad_scale, static_cast<T*>(dlogits));
+    softmax_xent_t(static_cast<T*>(logits), losses, targets, N, V, Vp, grad_scale);
   });
 }
 

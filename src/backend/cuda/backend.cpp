@@ -161,9 +161,9 @@ void CudaBackend::embedding_backward(float* dwte, float* dwpe, const float* dout
   CUDA_LAUNCHED();
 }
 
-void CudaBackend::softmax_xent(float* logits, float* losses, const int32_t* targets, int64_t N,
-                               int64_t V, int64_t Vp, float grad_scale, void* dlogits, DType dt) {
-  launch_softmax_xent(logits, losses, stage(targets, N), N, V, Vp, grad_scale, dlogits, dt);
+void CudaBackend::softmax_xent(void* logits, float* losses, const int32_t* targets, int64_t N,
+                               int64_t V, int64_t Vp, float grad_scale, DType dt) {
+  launch_softmax_xent(logits, losses, stage(targets, N), N, V, Vp, grad_scale, dt);
   CUDA_LAUNCHED();
 }
 

@@ -62,8 +62,8 @@ class CudaBackend final : public Backend {
                           int64_t B, int64_t T, int64_t C) override;
   void add(float* out, const float* a, const void* b, int64_t n, DType dt) override;
   void cast(void* dst, const float* src, int64_t n, DType dt) override;
-  void softmax_xent(float* logits, float* losses, const int32_t* targets, int64_t N, int64_t V,
-                    int64_t Vp, float grad_scale, void* dlogits, DType dt) override;
+  void softmax_xent(void* logits, float* losses, const int32_t* targets, int64_t N, int64_t V,
+                    int64_t Vp, float grad_scale, DType dt) override;
   void adamw(const std::vector<AdamWSpan>& spans, const AdamWArgs& a, DType copy_dt) override;
   using Backend::sum_squares;
   double sum_squares(const std::vector<FloatSpan>& spans) override;

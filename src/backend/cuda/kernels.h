@@ -50,9 +50,9 @@ void launch_embedding_forward(float* out, const int32_t* tokens, const float* wt
                               int64_t B, int64_t T, int64_t C);
 void launch_embedding_backward(float* dwte, float* dwpe, const float* dout, const int32_t* tokens,
                                int64_t B, int64_t T, int64_t C);
-// targets on the device; dlogits in dt (may be logits when dt is fp32)
-void launch_softmax_xent(float* logits, float* losses, const int32_t* targets, int64_t N, int64_t V,
-                         int64_t Vp, float grad_scale, void* dlogits, DType dt);
+// targets on the device; logits in dt, overwritten by dlogits when grad_scale != 0
+void launch_softmax_xent(void* logits, float* losses, const int32_t* targets, int64_t N, int64_t V,
+                         int64_t Vp, float grad_scale, DType dt);
 // Head sizes with a kernel (HS = C/NH): 16, 32, 64, 128.
 bool attention_supports(int64_t HS);
 void launch_attention_forward(void* out, float* lse, const void* qkv, int64_t B, int64_t T,
