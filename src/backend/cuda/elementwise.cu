@@ -101,10 +101,38 @@ void launch_add_bias(void* C, const float* bias, int64_t M, int64_t N, int64_t l
   dispatch_cuda(dt, [&](auto p) { launch(add_bias_k<STORAGE(p)>, grid_for(M * N), 256, 0, static_cast<STORAGE(p)*>(C), bias, M, N, ldc); });
 }
 
-// 32 columns x 8 row lanes per block, row chunks across blockIdx.y, one atomic per column and
-// block.
+// acc(cols) += column sums of x(rows, cols) (a bias gradient): each thread sums kVec adjacent
+// columns, one 16-byte load per row, over a strided set of rows; a warp covers 32 kVec columns
+// of a row (the full 128-byte lines), the 8 warps of a block different rows; they meet in
+// shared memory, one atomic per column and block.
 template <class S>
 __global__ void column_sums_k(float* acc, const S* x, int64_t rows, int64_t cols) {
+  constexpr int kVec = 16 / sizeof(S), kCols = 32 * kVec;
+  __shared__ float part[8][kCols];
+  const int lane = threadIdx.x, warp = threadIdx.y;
+  const int64_t c0 = blockIdx.x * int64_t(kCols), c = c0 + lane * kVec;
+  float s[kVec] = {};
+  if (c < cols)
+    for (int64_t r = blockIdx.y * 8 + warp; r < rows; r += int64_t(gridDim.y) * 8) {
+      alignas(16) S v[kVec];
+      copy16(v, x + r * cols + c);
+#pragma unroll
+      for (int k = 0; k < kVec; k++) s[k] += to_f(v[k]);
+    }
+#pragma unroll
+  for (int k = 0; k < kVec; k++) part[warp][lane * kVec + k] = s[k];
+  __syncthreads();
+  const int t = warp * 32 + lane;
+  if (t < kCols && c0 + t < cols) {
+    float sum = 0.0f;
+    for (int w = 0; w < 8; w++) sum += part[w][t];
+    atomicAdd(acc + c0 + t, sum);
+  }
+}
+
+// The same one column per thread, for widths the vector loads do not divide.
+template <class S>
+__global__ void column_sums_scalar_k(float* acc, const S* x, int64_t rows, int64_t cols) {
   __shared__ float part[8][33];
   const int64_t c = blockIdx.x * 32 + threadIdx.x;
   float s = 0.0f;
@@ -119,8 +147,17 @@ __global__ void column_sums_k(float* acc, const S* x, int64_t rows, int64_t cols
 }
 
 void launch_column_sums(float* acc, const void* x, int64_t rows, int64_t cols, DType dt) {
-  dim3 grid(unsigned((cols + 31) / 32), unsigned(std::min<int64_t>((rows + 7) / 8, 64)));
-  dispatch_cuda(dt, [&](auto p) { launch(column_sums_k<STORAGE(p)>, grid, dim3(32, 8), 0, acc, static_cast<const STORAGE(p)*>(x), rows, cols); });
+  const unsigned row_blocks = unsigned(std::min<int64_t>((rows + 7) / 8, 256));
+  dispatch_cuda(dt, [&](auto p) {
+    using S = STORAGE(p);
+    constexpr int kVec = 16 / sizeof(S);
+    if (cols % kVec == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0)
+      launch(column_sums_k<S>, dim3(unsigned((cols + 32 * kVec - 1) / (32 * kVec)), row_blocks), dim3(32, 8), 0, acc,
+             static_cast<const S*>(x), rows, cols);
+    else
+      launch(column_sums_scalar_k<S>, dim3(unsigned((cols + 31) / 32), row_blocks), dim3(32, 8), 0, acc,
+             static_cast<const S*>(x), rows, cols);
+  });
 }
 
 }  // namespace frugal
