@@ -29,7 +29,9 @@ static void* host_alloc(size_t bytes) {
   return p;
 }
 
-Allocator host_allocator() { return {host_alloc, std::free}; }
+static void host_zero(void* p, size_t bytes) { std::memset(p, 0, bytes); }
+
+Allocator host_allocator() { return {host_alloc, std::free, host_zero}; }
 
 MemoryPool::MemoryPool() : allocator_(host_allocator()) {}
 
@@ -38,22 +40,31 @@ MemoryPool& MemoryPool::get() {
   return pool;
 }
 
-static constexpr size_t kCacheMin = size_t(1) << 20, kCacheMax = size_t(2) << 30;
+static constexpr size_t kCacheMax = size_t(2) << 30;
 
 void* MemoryPool::alloc(size_t bytes, Mem cat, const Allocator& from) {
   const size_t rounded = (bytes + 63) / 64 * 64;
   void* p = nullptr;
-  auto hit = std::find_if(cache_.begin(), cache_.end(), [&](auto& c) { return c.first == rounded; });
-  if (from.alloc == host_alloc && hit != cache_.end()) {
-    p = hit->second;
-    std::memset(p, 0, rounded);
+  auto hit = std::find_if(cache_.begin(), cache_.end(), [&](const Kept& k) { return k.rounded == rounded && k.from.alloc == from.alloc; });
+  if (hit != cache_.end()) {
+    p = hit->p;
+    from.zero(p, rounded);
     cached_bytes_ -= rounded;
     cache_.erase(hit);
   } else {
     p = from.alloc(bytes);
+    if (!p) {  // out: what this allocator's kept blocks hold may be enough
+      auto mine = std::stable_partition(cache_.begin(), cache_.end(), [&](const Kept& k) { return k.from.alloc != from.alloc; });
+      for (auto k = mine; k != cache_.end(); ++k) {
+        k->from.free(k->p);
+        cached_bytes_ -= k->rounded;
+      }
+      cache_.erase(mine, cache_.end());
+      p = from.alloc(bytes);
+    }
   }
   FRUGAL_CHECK(p != nullptr, "out of memory allocating {} bytes of {}", bytes, mem_name(cat));
-  live_.push_back({p, bytes, cat, from.free});
+  live_.push_back({p, bytes, cat, from});
   stats_.allocations++;
   int c = static_cast<int>(cat);
   stats_.current[c] += bytes;
@@ -69,11 +80,11 @@ void MemoryPool::release(void* p) {
   stats_.current[static_cast<int>(it->cat)] -= it->bytes;
   stats_.total_current -= it->bytes;
   const size_t rounded = (it->bytes + 63) / 64 * 64;
-  if (it->free == std::free && rounded >= kCacheMin && cached_bytes_ + rounded <= kCacheMax) {
-    cache_.push_back({rounded, p});
+  if (it->from.zero && cached_bytes_ + rounded <= kCacheMax) {
+    cache_.push_back({rounded, p, it->from});
     cached_bytes_ += rounded;
   } else {
-    it->free(p);
+    it->from.free(p);
   }
   live_.erase(it);
 }

@@ -48,13 +48,18 @@ struct MemStats {
 struct Allocator {
   void* (*alloc)(size_t bytes);  // null when out of memory
   void (*free)(void* p);
+  // Zero-fills a released block for its next use (on a GPU in order with the device's work);
+  // null: released blocks go straight back to free.
+  void (*zero)(void* p, size_t bytes) = nullptr;
 };
 Allocator host_allocator();  // the default
 
-// Process-wide pool: 64-byte aligned, zero-filled allocations, accounted per category. Host
-// blocks of 1 MiB and more are kept when released (up to 2 GiB) and handed out again for the
-// same size, zero-filled: a buffer allocated and freed around every block (zero3) then costs a
-// memset, not fresh pages from the kernel each time. The statistics count bytes in use.
+// Process-wide pool: 64-byte aligned, zero-filled allocations, accounted per category. Blocks are
+// kept when released (up to 2 GiB in all) and handed out again for the same size and
+// allocator, zero-filled: a buffer allocated and freed around every block (zero3) then
+// costs a memset, not fresh pages from the kernel (or a cudaMalloc and a cudaFree, which waits
+// for the device) each time. When an allocator runs out, its kept blocks are freed and the
+// request tried once more. The statistics count bytes in use, not kept blocks.
 class MemoryPool {
  public:
   static MemoryPool& get();
@@ -72,9 +77,10 @@ class MemoryPool {
   }
 
  private:
-  struct Entry { void* p; size_t bytes; Mem cat; void (*free)(void*); };
+  struct Entry { void* p; size_t bytes; Mem cat; Allocator from; };
+  struct Kept { size_t rounded; void* p; Allocator from; };
   Allocator allocator_;
-  std::vector<std::pair<size_t, void*>> cache_;  // released host blocks: (rounded size, block)
+  std::vector<Kept> cache_;  // released blocks, for reuse
   size_t cached_bytes_ = 0;
   MemoryPool();
   std::vector<Entry> live_;

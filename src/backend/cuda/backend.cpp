@@ -24,6 +24,10 @@ static void* device_alloc(size_t bytes) {
   return p;
 }
 static void device_free(void* p) { CUDA_CHECK(cudaFree(p)); }
+// A kept block's next use is ordered after its last one by the compute stream (and after NCCL's,
+// whose work the host has waited for before releasing anything it touched).
+static void device_zero(void* p, size_t bytes) { CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, 0)); }
+static constexpr Allocator kDevice{device_alloc, device_free, device_zero};
 
 Backend& cuda_backend() {
   static CudaBackend* b = [] {
@@ -31,7 +35,7 @@ Backend& cuda_backend() {
     cudaError_t e = cudaGetDeviceCount(&n);
     if (e != cudaSuccess || n == 0)
       user_error("device.backend = cuda: no CUDA device ({})", e != cudaSuccess ? cudaGetErrorString(e) : "0 devices");
-    MemoryPool::get().set_allocator({device_alloc, device_free});
+    MemoryPool::get().set_allocator(kDevice);
     return new CudaBackend();  // lives as long as the process
   }();
   return *b;
@@ -50,12 +54,12 @@ void CudaBackend::copy(void* dst, const void* src, size_t bytes) {
   CUDA_CHECK(cudaStreamSynchronize(0));
 }
 
-// The old buffer goes back through cudaFree, which waits for the device: an op issued before
-// may still read it.
+// The old buffer goes back to the pool, freed (cudaFree waits for the device) or kept for a
+// later request, which the compute stream orders after the ops that may still read it.
 void* CudaBackend::grow(Scratch& s, size_t bytes) {
   if (bytes > s.bytes) {
     if (s.p) MemoryPool::get().release(s.p);
-    s.p = MemoryPool::get().alloc(bytes, Mem::runtime, {device_alloc, device_free});
+    s.p = MemoryPool::get().alloc(bytes, Mem::runtime, kDevice);
     s.bytes = bytes;
   }
   return s.p;

@@ -52,8 +52,9 @@ struct Allocation {
 inline std::map<const void*, Allocation> allocations;
 inline size_t allocated = 0;
 constexpr size_t kDeviceBytes = size_t(16) << 30;
-inline int open_depth = 0;
-inline int blocking_copies = 0;  // cudaMemcpy calls so far (tests count those a step makes)  // > 0 while device work or a copy runs: device memory is mapped
+inline int open_depth = 0;  // > 0 while device work or a copy runs: device memory is mapped
+inline int blocking_copies = 0;  // cudaMemcpy calls so far (tests count those a step makes)
+inline int device_mallocs = 0, device_frees = 0;  // cudaMalloc and cudaFree calls so far
 
 inline const std::pair<const void* const, Allocation>* find(const void* p) {  // the allocation holding p
   auto it = allocations.upper_bound(p);
@@ -145,11 +146,18 @@ inline cudaError_t cudaSetDevice(int d) { return d == 0 ? cudaSuccess : cudaErro
 inline cudaError_t cudaDeviceSynchronize() { emu::flush(); return cudaSuccess; }
 
 template <class T>
-cudaError_t cudaMalloc(T** p, size_t n) { return emu::alloc(reinterpret_cast<void**>(p), n, emu::Kind::device); }
+cudaError_t cudaMalloc(T** p, size_t n) {
+  emu::device_mallocs++;
+  return emu::alloc(reinterpret_cast<void**>(p), n, emu::Kind::device);
+}
 inline cudaError_t cudaMallocManaged(void** p, size_t n, unsigned = 1) { return emu::alloc(p, n, emu::Kind::managed); }
 template <class T>
 cudaError_t cudaMallocHost(T** p, size_t n) { return emu::alloc(reinterpret_cast<void**>(p), n, emu::Kind::pinned); }
-inline cudaError_t cudaFree(void* p) { emu::flush(); return emu::release(p); }
+inline cudaError_t cudaFree(void* p) {
+  emu::device_frees++;
+  emu::flush();
+  return emu::release(p);
+}
 inline cudaError_t cudaFreeHost(void* p) { emu::flush(); return emu::release(p); }
 inline cudaError_t cudaMemGetInfo(size_t* free_b, size_t* total) {
   *total = emu::kDeviceBytes;
