@@ -236,19 +236,20 @@ double Shards::finish() {
   return w;
 }
 
-// One backend reduction over all units (one host wait on a GPU), two when sharded.
+// One backend reduction over all units: one host wait on a GPU.
 double Shards::grad_sum_squares() {
   std::vector<FloatSpan> spans;
   if (s_ < Strategy::zero2) {
     for (auto& u : model_.units()) spans.push_back({u.grads.data(), u.numel});
     return be_.sum_squares(spans);  // whole gradients, the same on every rank
   }
-  for (Part& p : parts_) spans.push_back({p.g.data(), p.len});
+  for (Part& p : parts_) {
+    spans.push_back({p.g.data(), p.len});
+    if (rank_ == 0) spans.push_back({p.gt.data(), p.tail});  // replicated: counted on one rank
+  }
   float buf[1] = {float(be_.sum_squares(spans))};
   comm_.all_reduce(buf, 1, ReduceOp::sum)->wait();
-  spans.clear();
-  for (Part& p : parts_) spans.push_back({p.gt.data(), p.tail});  // replicated: once
-  return double(buf[0]) + be_.sum_squares(spans);
+  return buf[0];
 }
 
 void Shards::after_update() {

@@ -356,33 +356,39 @@ TEST(CudaTraining, TinyModelLossesMatchCpuAndNothingIsAllocatedAfterTheFirstStep
 }
 
 #if defined(FRUGAL_CUDA_EMU)
-// zero3 allocates and releases its gather and gradient buffers around every block, every step.
-// After the first step the pool hands out the device blocks it kept: no cudaMalloc, and no
-// cudaFree, which would wait for the device dozens of times a step.
-TEST(CudaPool, Zero3ReusesDeviceBlocksAfterTheFirstStep) {
+// After the first step, a step makes the host wait for the whole device once per micro-batch
+// (its loss) and once for the gradient norm, nothing more: every wait drains the GPU's queue.
+// zero3 allocates and releases its gather and gradient buffers around every block; the pool
+// hands out the device blocks it kept: no cudaMalloc, and no cudaFree (which waits).
+TEST(CudaStep, WaitsForTheDeviceOncePerMicroBatchAndOnceMoreAndAllocatesNoDeviceMemory) {
   GptConfig cfg = gpt_preset("tiny", "test");
   cfg.vocab_size = 97;
   TrainSettings t;
   t.seq_len = 32;
   t.micro_batch = 2;
   t.steps = 3;
+  const int accum = 2;
   PrecisionSettings p;
   p.compute = DType::bf16;
   auto comm = make_local_comm();
-  Gpt model(cfg, cuda_backend(), DType::bf16, model_owns(Strategy::zero3));
-  Stepper st(model, cuda_backend(), *comm, t, 2, p, {}, Strategy::zero3);
-  st.init_weights(7);
-  int64_t window = 0;
-  for (int step = 0; step < t.steps; step++) {
-    const size_t pool_allocs = MemoryPool::get().stats().allocations;
-    const int mallocs = emu::device_mallocs, frees = emu::device_frees;
-    st.step(step, [&](int32_t* in, int32_t* tg) {
-      for (int b = 0; b < t.micro_batch; b++) test::stream_window(window++, t.seq_len, in + b * t.seq_len, tg + b * t.seq_len);
-    });
-    if (step == 0) continue;
-    EXPECT_GT(MemoryPool::get().stats().allocations, pool_allocs) << "zero3 allocates around every block";
-    EXPECT_EQ(emu::device_mallocs, mallocs) << "cudaMalloc at step " << step + 1;
-    EXPECT_EQ(emu::device_frees, frees) << "cudaFree at step " << step + 1;
+  for (Strategy s : {Strategy::ddp, Strategy::zero3}) {
+    Gpt model(cfg, cuda_backend(), DType::bf16, model_owns(s));
+    Stepper st(model, cuda_backend(), *comm, t, accum, p, {}, s);
+    st.init_weights(7);
+    int64_t window = 0;
+    for (int step = 0; step < t.steps; step++) {
+      const size_t pool_allocs = MemoryPool::get().stats().allocations;
+      const int mallocs = emu::device_mallocs, frees = emu::device_frees, waits = emu::device_waits;
+      st.step(step, [&](int32_t* in, int32_t* tg) {
+        for (int b = 0; b < t.micro_batch; b++) test::stream_window(window++, t.seq_len, in + b * t.seq_len, tg + b * t.seq_len);
+      });
+      if (step == 0) continue;
+      const std::string what = fmt::format("{} step {}", strategy_name(s), step + 1);
+      EXPECT_EQ(emu::device_waits - waits, accum + 1) << what;
+      EXPECT_EQ(emu::device_mallocs, mallocs) << what;
+      EXPECT_EQ(emu::device_frees, frees) << what;
+      if (s == Strategy::zero3) EXPECT_GT(MemoryPool::get().stats().allocations, pool_allocs) << what;
+    }
   }
 }
 #endif

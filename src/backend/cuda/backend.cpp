@@ -65,9 +65,25 @@ void* CudaBackend::grow(Scratch& s, size_t bytes) {
   return s.p;
 }
 
+// Through pinned slots, in turn, so that the copy is queued like a kernel: one out of pageable
+// memory may wait for the whole stream, and the lm head stages targets once per chunk. A slot
+// is refilled once its last copy is done (an event a few stagings old: the host does not wait
+// for the device to run dry). The device buffer is one: each copy into it is queued after the
+// kernel that read the one before.
 const int32_t* CudaBackend::stage(const int32_t* idx, int64_t n) {
   int32_t* d = scratch<int32_t>(idx_, n);
-  CUDA_CHECK(cudaMemcpyAsync(d, idx, size_t(n) * sizeof(int32_t), cudaMemcpyDefault, 0));
+  Pinned& s = pinned_[next_pinned_++ % pinned_.size()];
+  const size_t bytes = size_t(n) * sizeof(int32_t);
+  if (s.done) CUDA_CHECK(cudaEventSynchronize(s.done));
+  else CUDA_CHECK(cudaEventCreateWithFlags(&s.done, cudaEventDisableTiming));
+  if (s.n < n) {
+    if (s.host) CUDA_CHECK(cudaFreeHost(s.host));
+    CUDA_CHECK(cudaMallocHost(&s.host, bytes));
+    s.n = n;
+  }
+  std::memcpy(s.host, idx, bytes);
+  CUDA_CHECK(cudaMemcpyAsync(d, s.host, bytes, cudaMemcpyHostToDevice, 0));
+  CUDA_CHECK(cudaEventRecord(s.done, 0));
   return d;
 }
 

@@ -10,6 +10,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <array>
 #include <map>
 #include <tuple>
 
@@ -81,8 +82,15 @@ class CudaBackend final : public Backend {
   void* grow(Scratch& s, size_t bytes);
   template <class T>
   T* scratch(Scratch& s, int64_t n) { return static_cast<T*>(grow(s, size_t(n) * sizeof(T))); }
-  // A device copy of tokens or targets(n), which the caller may hold in host memory.
+  // A device copy of tokens or targets(n), which the caller holds in host memory.
   const int32_t* stage(const int32_t* idx, int64_t n);
+  struct Pinned {  // a staging slot
+    int32_t* host = nullptr;
+    int64_t n = 0;
+    cudaEvent_t done = nullptr;  // its last copy
+  };
+  std::array<Pinned, 4> pinned_;
+  unsigned next_pinned_ = 0;
   double reduce(const std::vector<FloatSpan>& spans, bool squares);
 
   enum class Gelu { none, forward, backward };

@@ -55,6 +55,10 @@ constexpr size_t kDeviceBytes = size_t(16) << 30;
 inline int open_depth = 0;  // > 0 while device work or a copy runs: device memory is mapped
 inline int blocking_copies = 0;  // cudaMemcpy calls so far (tests count those a step makes)
 inline int device_mallocs = 0, device_frees = 0;  // cudaMalloc and cudaFree calls so far
+// Calls that make the host wait for all the device's work so far (a stream or device
+// synchronisation, a blocking copy, cudaFree, a copy out of pageable memory); not counted: an
+// event's synchronisation, which waits for one point of the stream.
+inline int device_waits = 0;
 
 inline const std::pair<const void* const, Allocation>* find(const void* p) {  // the allocation holding p
   auto it = allocations.upper_bound(p);
@@ -143,7 +147,11 @@ inline cudaError_t cudaGetLastError() { return cudaSuccess; }
 inline cudaError_t cudaGetDeviceCount(int* n) { *n = 1; return cudaSuccess; }
 inline cudaError_t cudaGetDevice(int* d) { *d = 0; return cudaSuccess; }
 inline cudaError_t cudaSetDevice(int d) { return d == 0 ? cudaSuccess : cudaErrorInvalidValue; }
-inline cudaError_t cudaDeviceSynchronize() { emu::flush(); return cudaSuccess; }
+inline cudaError_t cudaDeviceSynchronize() {
+  emu::device_waits++;
+  emu::flush();
+  return cudaSuccess;
+}
 
 template <class T>
 cudaError_t cudaMalloc(T** p, size_t n) {
@@ -155,6 +163,7 @@ template <class T>
 cudaError_t cudaMallocHost(T** p, size_t n) { return emu::alloc(reinterpret_cast<void**>(p), n, emu::Kind::pinned); }
 inline cudaError_t cudaFree(void* p) {
   emu::device_frees++;
+  emu::device_waits++;
   emu::flush();
   return emu::release(p);
 }
@@ -179,21 +188,18 @@ inline cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* a, const void
 inline cudaError_t cudaMemAdvise(const void*, size_t, cudaMemoryAdvise, cudaMemLocation) { return cudaSuccess; }
 inline cudaError_t cudaMemcpy(void* d, const void* s, size_t n, cudaMemcpyKind) {
   emu::blocking_copies++;
+  emu::device_waits++;
   emu::flush();
   emu::Open open;
   std::memmove(d, s, n);
   return cudaSuccess;
 }
-// From pageable host memory the source is staged before the call returns: taken now.
-// Into pageable host memory it returns once the copy is done.
+// From device or pinned memory the copy is queued and reads its source when it runs (so a
+// pinned source the host overwrites before then shows). From or into pageable host memory it
+// waits for the stream (the driver stages it through pinned memory of its own, as it may).
 inline cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, cudaMemcpyKind k, cudaStream_t = nullptr) {
-  if (!emu::on_device(d)) return cudaMemcpy(d, s, n, k);
-  if (emu::on_device(s)) {
-    emu::enqueue([=] { std::memmove(d, s, n); });
-  } else {
-    auto staged = std::make_shared<std::vector<char>>(static_cast<const char*>(s), static_cast<const char*>(s) + n);
-    emu::enqueue([=] { std::memcpy(d, staged->data(), n); });
-  }
+  if (!emu::on_device(d) || !emu::on_device(s)) return cudaMemcpy(d, s, n, k);
+  emu::enqueue([=] { std::memmove(d, s, n); });
   return cudaSuccess;
 }
 inline cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t = nullptr) {
@@ -205,7 +211,11 @@ inline cudaError_t cudaMemset(void* p, int v, size_t n) { return cudaMemsetAsync
 inline cudaError_t cudaStreamCreate(cudaStream_t* s) { *s = emu::token<CUstream_st>(); return cudaSuccess; }
 inline cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) { return cudaStreamCreate(s); }
 inline cudaError_t cudaStreamDestroy(cudaStream_t) { return cudaSuccess; }
-inline cudaError_t cudaStreamSynchronize(cudaStream_t) { emu::flush(); return cudaSuccess; }
+inline cudaError_t cudaStreamSynchronize(cudaStream_t) {
+  emu::device_waits++;
+  emu::flush();
+  return cudaSuccess;
+}
 inline cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned = 0) { return cudaSuccess; }
 inline cudaError_t cudaEventCreate(cudaEvent_t* e) { *e = emu::token<CUevent_st>(); return cudaSuccess; }
 inline cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned) { return cudaEventCreate(e); }
