@@ -56,8 +56,8 @@ class TimingBackend final : public Backend {
   }
   void layernorm_backward(float* di, float* dw, float* db, const void* d, const float* i,
                           const float* w, const float* m, const float* r, int64_t N, int64_t C,
-                          DType dt) override {
-    time("layernorm", [&] { b_.layernorm_backward(di, dw, db, d, i, w, m, r, N, C, dt); });
+                          DType dt, void* dc) override {
+    time("layernorm", [&] { b_.layernorm_backward(di, dw, db, d, i, w, m, r, N, C, dt, dc); });
   }
   void gelu_forward(void* o, const void* i, int64_t n, DType dt) override {
     time("gelu", [&] { b_.gelu_forward(o, i, n, dt); });

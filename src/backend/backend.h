@@ -66,10 +66,12 @@ class Backend {
   // out(N,C) (dt), mean(N), rstd(N) = LayerNorm(inp(N,C) fp32) * w(C) + b(C), eps 1e-5.
   virtual void layernorm_forward(void* out, float* mean, float* rstd, const float* inp,
                                  const float* w, const float* b, int64_t N, int64_t C, DType dt) = 0;
-  // dinp(N,C) fp32 +=, dw(C) +=, db(C) += from dout(N,C) (dt).
+  // dinp(N,C) fp32 +=, dw(C) +=, db(C) += from dout(N,C) (dt); dinp_copy: null, or where the
+  // updated dinp is also written, rounded to dt (the next GEMM's input, in the same pass).
   virtual void layernorm_backward(float* dinp, float* dw, float* db, const void* dout,
                                   const float* inp, const float* w, const float* mean,
-                                  const float* rstd, int64_t N, int64_t C, DType dt) = 0;
+                                  const float* rstd, int64_t N, int64_t C, DType dt,
+                                  void* dinp_copy) = 0;
 
   // GELU, tanh approximation. out(n) = gelu(inp(n)); dinp(n) = dout * gelu'(inp) (overwritten;
   // dinp may alias dout). All dt.

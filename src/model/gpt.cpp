@@ -317,12 +317,6 @@ RecomputePolicy RecomputePolicy::parse(const std::string& text, const std::strin
   user_error("{}: memory.recompute: expected none, selective, full or every:K (K >= 1), got '{}'", where, text);
 }
 
-const void* Gpt::dres_compute(int64_t n) {
-  if (dt_ == DType::f32) return dres_.data();
-  be_.cast(dres_c_.data(), dres_.data(), n, dt_);
-  return dres_c_.data();
-}
-
 void Gpt::embed_forward(const int32_t* tokens, int B, int T) {
   const Tensors& p = units_[0].p;
   be_.embedding_forward(res_[0], tokens, p.wte, p.wpe, B, T, cfg_.n_embd);
@@ -391,7 +385,7 @@ float Gpt::head(const int32_t* targets, int B, int T, float grad_scale) {
     const Tensors& g = units_.back().g;
     be_.fill_zero(dres_.data(), BT * C);
     be_.layernorm_backward(dres_.data(), g.lnf_w, g.lnf_b, dlnf, res_[cfg_.n_layer], p.lnf_w,
-                           lnf_mean_.data(), lnf_rstd_.data(), BT, C, dt);
+                           lnf_mean_.data(), lnf_rstd_.data(), BT, C, dt, dres_copy());
   }
   return float(be_.sum(losses_.data(), BT) / double(BT));
 }
@@ -414,23 +408,23 @@ void Gpt::block_backward(int l, int B, int T) {
   be_.add(res_mid, res_[l], a.proj, BT * C, dt);  // bit-identical to the forward's
   // MLP: y = res_mid + fcproj(gelu(fc(ln2(res_mid))))
   if (rebuild) be_.gelu_forward(a.fch_gelu, a.fch, 4 * BT * C, dt);
-  be_.linear_backward_gelu(dbig, g.fcproj_w, g.fcproj_b, dres_compute(BT * C), a.fch_gelu, a.fch,
+  be_.linear_backward_gelu(dbig, g.fcproj_w, g.fcproj_b, dres_compute(), a.fch_gelu, a.fch,
                            cw(u, &Tensors::fcproj_w), BT, 4 * C, C, dt);
   if (rebuild) be_.layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, res_mid, p.ln2_w, p.ln2_b, BT, C, dt);
   be_.linear_backward(dsmall, g.fc_w, g.fc_b, dbig, a.ln2, cw(u, &Tensors::fc_w), BT, C, 4 * C, dt);
   be_.layernorm_backward(dres, g.ln2_w, g.ln2_b, dsmall, res_mid, p.ln2_w,
-                         a.ln2_mean, a.ln2_rstd, BT, C, dt);
+                         a.ln2_mean, a.ln2_rstd, BT, C, dt, dres_copy());
   // attention: res_mid = x + proj(attention(qkv(ln1(x))))
   if (plan_[l] == Recompute::selective)
     be_.attention_forward(a.atty, a.lse, a.qkv, B, T, C, cfg_.n_head, dt);
-  be_.linear_backward(dsmall, g.proj_w, g.proj_b, dres_compute(BT * C), a.atty,
+  be_.linear_backward(dsmall, g.proj_w, g.proj_b, dres_compute(), a.atty,
                       cw(u, &Tensors::proj_w), BT, C, C, dt);
   void* dqkv = dbig;  // its first three quarters
   be_.attention_backward(dqkv, dsmall, a.qkv, a.atty, a.lse, B, T, C, cfg_.n_head, dt);
   if (rebuild) be_.layernorm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, res_[l], p.ln1_w, p.ln1_b, BT, C, dt);
   be_.linear_backward(dsmall, g.qkv_w, g.qkv_b, dqkv, a.ln1, cw(u, &Tensors::qkv_w), BT, C, 3 * C, dt);
   be_.layernorm_backward(dres, g.ln1_w, g.ln1_b, dsmall, res_[l], p.ln1_w,
-                         a.ln1_mean, a.ln1_rstd, BT, C, dt);
+                         a.ln1_mean, a.ln1_rstd, BT, C, dt, dres_copy());
 }
 
 void Gpt::embed_backward(const int32_t* tokens, int B, int T) {

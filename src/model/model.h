@@ -205,8 +205,10 @@ class Gpt {
   void final_forward(int B, int T);
   // The compute-dtype view of a parameter of unit u (the master itself in fp32).
   const void* cw(const Unit& u, float* Tensors::*field) const;
-  // dres_ in the compute dtype (a cast in 16-bit, the same buffer in fp32).
-  const void* dres_compute(int64_t n);
+  // dres_ in the compute dtype: in 16-bit, the copy every LayerNorm backward writes with it
+  // (dres_copy()); in fp32 the same buffer.
+  const void* dres_compute() const { return dt_ == DType::f32 ? static_cast<const void*>(dres_.data()) : dres_c_.data(); }
+  void* dres_copy() const { return dt_ == DType::f32 ? nullptr : dres_c_.data(); }
 
   GptConfig cfg_;
   Backend& be_;

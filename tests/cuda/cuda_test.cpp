@@ -165,10 +165,13 @@ TEST(CudaLayerNorm, ForwardAndBackwardMatchCpu) {
       Pair x(DType::f32, randn(N * C, 2.0f, 1)), w(DType::f32, randn(C, 1.0f, 2)), b(DType::f32, randn(C, 1.0f, 3));
       Pair y(d, N * C), mean(DType::f32, N), rstd(DType::f32, N), dy(d, randn(N * C, 1.0f, 4));
       Pair dx(DType::f32, randn(N * C, 1.0f, 5)), dw(DType::f32, randn(C, 1.0f, 6)), db(DType::f32, randn(C, 1.0f, 7));
+      Pair copy(d, N * C);
       both([&](Backend& be, bool g) {
         be.layernorm_forward(y(g), mean.f(g), rstd.f(g), x.f(g), w.f(g), b.f(g), N, C, d);
-        be.layernorm_backward(dx.f(g), dw.f(g), db.f(g), dy(g), x.f(g), w.f(g), mean.f(g), rstd.f(g), N, C, d);
+        be.layernorm_backward(dx.f(g), dw.f(g), db.f(g), dy(g), x.f(g), w.f(g), mean.f(g), rstd.f(g), N, C, d,
+                              d == DType::f32 ? nullptr : copy(g));
       });
+      if (d != DType::f32) expect_match(copy, "layernorm dinp copy");
       expect_match(y, "layernorm out");
       expect_match(mean, "layernorm mean");
       expect_match(rstd, "layernorm rstd");

@@ -38,7 +38,7 @@ void CpuBackend::layernorm_forward(void* out, float* mean, float* rstd, const fl
 template <class T>
 static void layernorm_backward_t(float* dinp, float* part, int nt, const T* dout, const float* inp,
                                  const float* w, const float* mean, const float* rstd, int64_t N,
-                                 int64_t C) {
+                                 int64_t C, T* copy) {
 #pragma omp parallel
   {
     int tid = omp_get_thread_num();
@@ -67,18 +67,25 @@ static void layernorm_backward_t(float* dinp, float* part, int nt, const T* dout
         pdw[c] += norm * g;
         dx[c] += (w[c] * g - dnorm_mean - norm * dnorm_norm_mean) * s;
       }
+      if (copy) {
+        T* dc = copy + i * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; c++) dc[c] = from_f32<T>(dx[c]);
+      }
     }
   }
 }
 
 void CpuBackend::layernorm_backward(float* dinp, float* dw, float* db, const void* dout,
                                     const float* inp, const float* w, const float* mean,
-                                    const float* rstd, int64_t N, int64_t C, DType dt) {
+                                    const float* rstd, int64_t N, int64_t C, DType dt,
+                                    void* dinp_copy) {
   int nt = omp_get_max_threads();
   float* part = partials(2 * C);  // nt rows of dw partials, then nt rows of db partials
   std::memset(part, 0, sizeof(float) * 2 * C * nt);
   dispatch(dt, [&](auto t) {
-    layernorm_backward_t(dinp, part, nt, static_cast<const decltype(t)*>(dout), inp, w, mean, rstd, N, C);
+    using T = decltype(t);
+    layernorm_backward_t(dinp, part, nt, static_cast<const T*>(dout), inp, w, mean, rstd, N, C, static_cast<T*>(dinp_copy));
   });
   reduce_partials(dw, part, nt, C);
   reduce_partials(db, part + int64_t(nt) * C, nt, C);

@@ -154,8 +154,9 @@ void CudaBackend::layernorm_forward(void* out, float* mean, float* rstd, const f
 
 void CudaBackend::layernorm_backward(float* dinp, float* dw, float* db, const void* dout,
                                      const float* inp, const float* w, const float* mean,
-                                     const float* rstd, int64_t N, int64_t C, DType dt) {
-  launch_layernorm_backward(dinp, dw, db, dout, inp, w, mean, rstd, N, C, dt);
+                                     const float* rstd, int64_t N, int64_t C, DType dt,
+                                     void* dinp_copy) {
+  launch_layernorm_backward(dinp, dw, db, dout, inp, w, mean, rstd, N, C, dt, dinp_copy);
   CUDA_LAUNCHED();
 }
 

@@ -49,7 +49,7 @@ class CudaBackend final : public Backend {
                          const float* b, int64_t N, int64_t C, DType dt) override;
   void layernorm_backward(float* dinp, float* dw, float* db, const void* dout, const float* inp,
                           const float* w, const float* mean, const float* rstd, int64_t N,
-                          int64_t C, DType dt) override;
+                          int64_t C, DType dt, void* dinp_copy) override;
   void gelu_forward(void* out, const void* inp, int64_t n, DType dt) override;
   void gelu_backward(void* dinp, const void* inp, const void* dout, int64_t n, DType dt) override;
   void attention_forward(void* out, float* lse, const void* qkv, int64_t B, int64_t T,

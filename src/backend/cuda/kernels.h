@@ -42,7 +42,7 @@ void launch_layernorm_forward(void* out, float* mean, float* rstd, const float* 
                               const float* b, int64_t N, int64_t C, DType dt);
 void launch_layernorm_backward(float* dinp, float* dw, float* db, const void* dout, const float* inp,
                                const float* w, const float* mean, const float* rstd, int64_t N,
-                               int64_t C, DType dt);
+                               int64_t C, DType dt, void* dinp_copy);
 void launch_gelu_forward(void* out, const void* inp, int64_t n, DType dt);
 void launch_gelu_backward(void* dinp, const void* inp, const void* dout, int64_t n, DType dt);
 // tokens on the device

@@ -28,7 +28,7 @@ __global__ void layernorm_forward_k(S* out, float* mean, float* rstd, const floa
 template <class S>
 __global__ void layernorm_backward_k(float* dinp, float* dw, float* db, const S* dout,
                                      const float* inp, const float* w, const float* mean,
-                                     const float* rstd, int64_t N, int64_t C) {
+                                     const float* rstd, int64_t N, int64_t C, S* copy) {
   DYNAMIC_SHARED(float, part);  // dw(C), db(C) of this block
   float* pdw = part;
   float* pdb = part + C;
@@ -52,7 +52,9 @@ __global__ void layernorm_backward_k(float* dinp, float* dw, float* db, const S*
       float norm = (x[c] - m) * s, g = to_f(dy[c]);
       atomicAdd(pdb + c, g);
       atomicAdd(pdw + c, norm * g);
-      dx[c] += (w[c] * g - dnorm_mean - norm * dnorm_norm_mean) * s;
+      const float v = dx[c] + (w[c] * g - dnorm_mean - norm * dnorm_norm_mean) * s;
+      dx[c] = v;
+      if (copy) copy[row * C + c] = from_f<S>(v);
     }
   }
   __syncthreads();
@@ -71,10 +73,10 @@ void launch_layernorm_forward(void* out, float* mean, float* rstd, const float* 
 
 void launch_layernorm_backward(float* dinp, float* dw, float* db, const void* dout, const float* inp,
                                const float* w, const float* mean, const float* rstd, int64_t N,
-                               int64_t C, DType dt) {
+                               int64_t C, DType dt, void* dinp_copy) {
   const unsigned blocks = unsigned(std::min<int64_t>((N + 7) / 8, 256));
   dispatch_cuda(dt, [&](auto p) {
-    launch(layernorm_backward_k<STORAGE(p)>, blocks, 256, size_t(2 * C) * sizeof(float), dinp, dw, db, static_cast<const STORAGE(p)*>(dout), inp, w, mean, rstd, N, C);
+    launch(layernorm_backward_k<STORAGE(p)>, blocks, 256, size_t(2 * C) * sizeof(float), dinp, dw, db, static_cast<const STORAGE(p)*>(dout), inp, w, mean, rstd, N, C, static_cast<STORAGE(p)*>(dinp_copy));
   });
 }
 
