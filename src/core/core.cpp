@@ -43,7 +43,7 @@ MemoryPool& MemoryPool::get() {
 static constexpr size_t kCacheMax = size_t(2) << 30;
 
 void* MemoryPool::alloc(size_t bytes, Mem cat, const Allocator& from) {
-  const size_t rounded = (bytes + 63) / 64 * 64;
+  const size_t rounded = (bytes + 63) / 64 * 64;  // what is allocated, and zeroed on reuse
   void* p = nullptr;
   auto hit = std::find_if(cache_.begin(), cache_.end(), [&](const Kept& k) { return k.rounded == rounded && k.from.alloc == from.alloc; });
   if (hit != cache_.end()) {
@@ -52,7 +52,7 @@ void* MemoryPool::alloc(size_t bytes, Mem cat, const Allocator& from) {
     cached_bytes_ -= rounded;
     cache_.erase(hit);
   } else {
-    p = from.alloc(bytes);
+    p = from.alloc(rounded);
     if (!p) {  // out: what this allocator's kept blocks hold may be enough
       auto mine = std::stable_partition(cache_.begin(), cache_.end(), [&](const Kept& k) { return k.from.alloc != from.alloc; });
       for (auto k = mine; k != cache_.end(); ++k) {
@@ -60,7 +60,7 @@ void* MemoryPool::alloc(size_t bytes, Mem cat, const Allocator& from) {
         cached_bytes_ -= k->rounded;
       }
       cache_.erase(mine, cache_.end());
-      p = from.alloc(bytes);
+      p = from.alloc(rounded);
     }
   }
   FRUGAL_CHECK(p != nullptr, "out of memory allocating {} bytes of {}", bytes, mem_name(cat));

@@ -358,6 +358,26 @@ TEST(CudaTraining, TinyModelLossesMatchCpuAndNothingIsAllocatedAfterTheFirstStep
   }
 }
 
+// A released device block serves the next request of its size, zero-filled again on the device
+// (all of it: 100 bytes are a 128-byte block).
+TEST(CudaPool, KeptDeviceBlocksComeBackZeroFilled) {
+  REQUIRE_CUDA();
+  Backend& be = cuda_backend();
+  const std::vector<float> ones(25, 1.0f);
+  float* first;
+  {
+    PoolArray<float> a(25, Mem::comm);
+    first = a.data();
+    be.copy(a.data(), ones.data(), 100);
+  }
+  PoolArray<float> b(25, Mem::comm);
+  EXPECT_EQ(b.data(), first);
+  std::vector<float> back(25, 7.0f);
+  be.synchronize();
+  be.copy(back.data(), b.data(), 100);
+  EXPECT_EQ(back, std::vector<float>(25, 0.0f));
+}
+
 #if defined(FRUGAL_CUDA_EMU)
 // After the first step, a step makes the host wait for the whole device once per micro-batch
 // (its loss) and once for the gradient norm, nothing more: every wait drains the GPU's queue.

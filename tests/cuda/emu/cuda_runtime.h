@@ -67,6 +67,15 @@ inline const std::pair<const void* const, Allocation>* find(const void* p) {  //
   const char* b = static_cast<const char*>(it->first);
   return static_cast<const char*>(p) < b + std::max(it->second.bytes, it->second.mapped) ? &*it : nullptr;
 }
+// [p, p + n) inside one allocation, where p is in one; else the process stops naming the call.
+inline void check_range(const void* p, size_t n, const char* what) {
+  auto* hit = find(p);
+  if (hit && static_cast<const char*>(p) + n > static_cast<const char*>(hit->first) + hit->second.bytes) {
+    std::fprintf(stderr, "cuda emulation: %s of %zu bytes at %p runs past its allocation of %zu bytes\n", what, n, p,
+                 hit->second.bytes);
+    std::abort();
+  }
+}
 inline void protect(const void* p, const Allocation& a, bool open) {
   if (mprotect(const_cast<void*>(p), a.mapped, open ? PROT_READ | PROT_WRITE : PROT_NONE) != 0) std::abort();
 }
@@ -199,10 +208,13 @@ inline cudaError_t cudaMemcpy(void* d, const void* s, size_t n, cudaMemcpyKind) 
 // waits for the stream (the driver stages it through pinned memory of its own, as it may).
 inline cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, cudaMemcpyKind k, cudaStream_t = nullptr) {
   if (!emu::on_device(d) || !emu::on_device(s)) return cudaMemcpy(d, s, n, k);
+  emu::check_range(d, n, "cudaMemcpyAsync's destination");
+  emu::check_range(s, n, "cudaMemcpyAsync's source");
   emu::enqueue([=] { std::memmove(d, s, n); });
   return cudaSuccess;
 }
 inline cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t = nullptr) {
+  emu::check_range(p, n, "cudaMemsetAsync");
   emu::enqueue([=] { std::memset(p, v, n); });
   return cudaSuccess;
 }
