@@ -280,8 +280,8 @@ __device__ __forceinline__ void load_b(uint32_t (&b)[4], const S* tile, int k0, 
   ldsm4<true>(b, tile + (k0 + 8 * (m % 2) + lane % 8) * ld + n0 + 8 * (m / 2));
 }
 
-// acc(16 x 16 n) += a times the 16 x 16 n B that load (load_bt or load_b) reads at rows/columns
-// (r, c + 16 x) for x < n.
+// acc (16 rows, 2n n-tiles of 8 columns) += a times a 16 x 16n B operand; load(b, c) gives the
+// B operands of its columns [c, c + 16) (load_b or load_bt, bound to a tile and its rows).
 template <class S, int n, class Load>
 __device__ __forceinline__ void mma_row(float (&acc)[2 * n][4], const uint32_t (&a)[4], Load&& load) {
 #pragma unroll
