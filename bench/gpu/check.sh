@@ -18,9 +18,12 @@
 # Build dependencies: scripts/setup.sh's Debian packages; on a machine without network, the
 # .deb files that bench/gpu/fetch_debs.sh downloads elsewhere into .debs/ (unpacked here into
 # .deps/). Environment: CUDA_HOME (default /usr/local/cuda), PYTHON (default python3, the one
-# with PyTorch), PEAK_BF16 (the GPU's dense bf16 peak for MFU; default 989e12, H100/H200 SXM).
+# with PyTorch), PEAK_BF16 (the GPU's dense bf16 peak for MFU; default 989e12, H100/H200 SXM),
+# OUT (a folder: the whole log is also written to $OUT/check.log, for a runner that returns
+# only the output's tail).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+if [ -n "${OUT:-}" ] && [ -d "$OUT" ]; then exec > >(tee "$OUT/check.log") 2>&1; fi
 BATCH=16 STEPS=30
 while [ $# -gt 0 ]; do
   case "$1" in
