@@ -191,7 +191,7 @@ void Gpt::allocate(int B, int T, const std::vector<Recompute>& plan, int64_t hea
   lnf_mean_ = {size_t(BT), A};
   lnf_rstd_ = {size_t(BT), A};
   losses_ = {size_t(BT), A};
-  head_rows_ = head_rows > 0 ? head_rows : lm_head_rows(BT, Vp, be_.gpu());
+  head_rows_ = head_rows > 0 ? head_rows : lm_head_rows(BT, Vp, dt_, be_.gpu());
   logits_ = Bytes(size_t(head_rows_ * Vp) * es, W);
   dres_ = {size_t(BT * C), W};
   res_mid_ = {size_t(BT * C), W};
@@ -204,8 +204,9 @@ size_t MemoryEstimate::total() const {
   return t;
 }
 
-int64_t lm_head_rows(int64_t BT, int64_t Vp, bool gpu) {
-  return std::max<int64_t>(1, std::min<int64_t>(BT, (int64_t(1) << (gpu ? 26 : 23)) / Vp));
+int64_t lm_head_rows(int64_t BT, int64_t Vp, DType dt, bool gpu) {
+  const int64_t bytes = int64_t(1) << (gpu ? 28 : 25);
+  return std::max<int64_t>(1, std::min<int64_t>(BT, bytes / (Vp * int64_t(dtype_size(dt)))));
 }
 
 MemoryEstimate estimate_memory(const GptConfig& cfg, int B, int T, DType dt,
@@ -214,7 +215,7 @@ MemoryEstimate estimate_memory(const GptConfig& cfg, int B, int T, DType dt,
   // The closed forms of docs/memory.md. e: bytes per compute element.
   const double BT = double(B) * T, C = cfg.n_embd, NH = cfg.n_head, L = cfg.n_layer,
                Vp = double(cfg.padded_vocab()), e = double(dtype_size(dt));
-  const double hr = double(lm_head_rows(int64_t(B) * T, cfg.padded_vocab(), gpu));
+  const double hr = double(lm_head_rows(int64_t(B) * T, cfg.padded_vocab(), dt, gpu));
   const double none_stash = BT * (15 * e * C + 16 + 4 * NH);  // a block's saved tensors, input excluded
   const double full_stash = BT * (9 * e * C + 16 + 4 * NH);   // ... without ln1, ln2, fch_gelu
   const double sel_stash = BT * (8 * e * C + 16 + 4 * NH);    // ... and without the attention output

@@ -142,10 +142,11 @@ struct MemoryEstimate {
   std::array<size_t, num_mem> bytes{};
   size_t total() const;
 };
-// Rows of logits per lm-head chunk, never the full (BT, Vp): 8 Mi logits (32 MiB in fp32, 16
-// in bf16) on a CPU, where they stay in cache, 64 Mi on a GPU, where the head's GEMMs want many
-// rows and every chunk reads and writes all of dwte once (gpt2 at B=16, T=1024: 13 chunks, not 99).
-int64_t lm_head_rows(int64_t BT, int64_t Vp, bool gpu);
+// Rows of logits (in dt) per lm-head chunk, never the full (BT, Vp): 32 MiB of them on a CPU,
+// 256 MiB on a GPU, where the head's GEMMs want many rows. Every chunk reads and writes all of
+// dwte once (154 MiB in fp32 at gpt2's vocabulary): gpt2 bf16 at B=16, T=1024 takes 7 chunks on
+// a GPU; at B=1 on a CPU, 4.
+int64_t lm_head_rows(int64_t BT, int64_t Vp, DType dt, bool gpu);
 // Per rank (rank 0's share, the largest) under a data-parallel strategy, on a GPU backend (its
 // lm-head chunks and Mem::runtime) or the CPU's.
 MemoryEstimate estimate_memory(const GptConfig& cfg, int B, int T, DType dt,
