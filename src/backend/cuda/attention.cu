@@ -260,11 +260,13 @@ __device__ __forceinline__ void ldsm4(uint32_t (&r)[4], const void* p) {
 }
 
 // Operands from a tile in shared memory (row stride ld elements), one ldmatrix each:
-// the A operand of rows [r0, r0 + 16), columns [c0, c0 + 16);
-template <int ld, class S>
-__device__ __forceinline__ void load_a(uint32_t (&a)[4], const S* tile, int r0, int c0) {
-  const int lane = threadIdx.x % 32, m = lane / 8;
-  ldsm4<false>(a, tile + (r0 + 8 * (m % 2) + lane % 8) * ld + c0 + 8 * (m / 2));
+// this warp's 16 rows, all HS columns, as HS/16 A operands (row stride HS + 8);
+template <int HS, class S>
+__device__ __forceinline__ void load_rows_a(uint32_t (&a)[HS / 16][4], const S* tile) {
+  const int lane = threadIdx.x % 32, m = lane / 8, r0 = 16 * (threadIdx.x / 32);
+#pragma unroll
+  for (int kk = 0; kk < HS / 16; kk++)
+    ldsm4<false>(a[kk], tile + (r0 + 8 * (m % 2) + lane % 8) * (HS + 8) + 16 * kk + 8 * (m / 2));
 }
 // the B operands of two n-tiles, b[0..1] and b[2..3], where the tile holds B transposed: its rows
 // [n0, n0 + 16) are B's columns, its columns [k0, k0 + 16) B's rows (K as stored, for Q K^T);
@@ -388,8 +390,7 @@ __global__ void __launch_bounds__(kTcThreads) flash_forward_k(S* out, float* lse
   async_wait<1>();
   __syncthreads();
   uint32_t q[HS / 16][4];
-#pragma unroll
-  for (int kk = 0; kk < HS / 16; kk++) load_a<ld>(q[kk], sh.tile(2), 16 * warp, 16 * kk);
+  load_rows_a<HS>(q, sh.tile(2));
   float o[HS / 8][4] = {};
   // per row (g, g + 8): the running max of the scores (base 2) and this lane's part of the sum
   float m[2] = {-FLT_MAX, -FLT_MAX}, l[2] = {0.0f, 0.0f};
@@ -480,11 +481,8 @@ __global__ void __launch_bounds__(kTcThreads) flash_backward_q_k(S* dqkv, const 
   async_wait<1>();
   __syncthreads();
   uint32_t q[HS / 16][4], dO[HS / 16][4];
-#pragma unroll
-  for (int kk = 0; kk < HS / 16; kk++) {
-    load_a<ld>(q[kk], sh.tile(2), 16 * warp, 16 * kk);
-    load_a<ld>(dO[kk], sh.tile(3), 16 * warp, 16 * kk);
-  }
+  load_rows_a<HS>(q, sh.tile(2));
+  load_rows_a<HS>(dO, sh.tile(3));
   float dq[HS / 8][4] = {}, L[2], Di[2];
 #pragma unroll
   for (int r = 0; r < 2; r++) {
@@ -560,11 +558,8 @@ __global__ void __launch_bounds__(kTcThreads) flash_backward_kv_k(S* dqkv, const
   async_wait<1>();
   __syncthreads();
   uint32_t k[HS / 16][4], v[HS / 16][4];
-#pragma unroll
-  for (int kk = 0; kk < HS / 16; kk++) {
-    load_a<ld>(k[kk], sh.tile(2), 16 * warp, 16 * kk);
-    load_a<ld>(v[kk], sh.tile(3), 16 * warp, 16 * kk);
-  }
+  load_rows_a<HS>(k, sh.tile(2));
+  load_rows_a<HS>(v, sh.tile(3));
   float dk[HS / 8][4] = {}, dv[HS / 8][4] = {};
   const float sl = scale * kLog2e;
   for (int q0 = k0, s = 0; q0 < T; q0 += kTc, s ^= 1) {

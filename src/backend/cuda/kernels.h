@@ -104,8 +104,8 @@ inline void launch(void (*k)(P...), dim3 grid, dim3 block, size_t smem, A... arg
 
 // 16 bytes from global src to shared dst (both 16-byte aligned), asynchronously (cp.async,
 // sm_80+: without passing through registers); zeros when ok is false (src must still be a
-// valid address). The copies
-// land by the async_wait that covers their group; other threads see them after a barrier.
+// valid address). The copies land by the async_wait that covers their group; other threads see
+// them after a barrier.
 __device__ __forceinline__ void copy16_async(void* dst, const void* src, bool ok) {
 #if defined(__CUDACC__)
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
