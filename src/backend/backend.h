@@ -152,6 +152,15 @@ inline const float* host_view(Backend& be, const float* x, int64_t n, std::vecto
 
 // cuBLASLt's workspace in the CUDA backend (Mem::runtime).
 constexpr size_t kGemmWorkspace = size_t(32) << 20;
+// The CUDA backend sums gradients over rows the same way every run (no float atomics): blocks
+// write partial sums into scratch (Mem::runtime), one more kernel adds them up in order. Rows
+// of partial sums over n rows: partial_rows(n, kLayerNormParts) for LayerNorm's dw and db
+// (2 C wide), partial_rows(n, kColumnParts) for a bias gradient (OC wide).
+constexpr int64_t kLayerNormParts = 512, kColumnParts = 128;
+constexpr int64_t partial_rows(int64_t n, int64_t most) { return n < 8 * most ? (n + 7) / 8 : most; }
+// Its sums of whole buffers (the gradient norm) add blocks' partial sums into this many double
+// slots, which the host adds up in order.
+constexpr int kReduceSlots = 1024;
 
 Backend& cpu_backend();
 // The CUDA backend on the current device (built with FRUGAL_CUDA=ON). Its first call puts

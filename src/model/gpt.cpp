@@ -276,11 +276,17 @@ MemoryEstimate estimate_memory(const GptConfig& cfg, int B, int T, DType dt,
   m.bytes[int(Mem::comm)] = size_t(comm);
   m.bytes[int(Mem::activations)] = size_t(acts);
   m.bytes[int(Mem::workspace)] = size_t(work);
-  // The GPU backend's own scratch: cuBLASLt's workspace, the staged tokens (or targets), one
-  // reduction slot, attention's row sums, and AdamW's span table (64 bytes for each tensor, at
-  // most, that the rank updates).
-  if (gpu)
-    m.bytes[int(Mem::runtime)] = kGemmWorkspace + size_t(BT * 4 + 8 + B * NH * T * 4) + 64 * size_t(12 * cfg.n_layer + 4);
+  // The GPU backend's own scratch: cuBLASLt's workspace, the staged tokens (the largest: the
+  // embedding's positions grouped by token, 3 BT + 1 int32 at most), the reduction slots,
+  // attention's row sums, the partial sums of LayerNorm's and the biases' gradients (the widest
+  // bias: the MLP's, 4 C), and AdamW's span table (64 bytes for each tensor, at most, that the
+  // rank updates).
+  if (gpu) {
+    const int64_t bt = int64_t(B) * T, c = cfg.n_embd;
+    const double parts = double(std::max(partial_rows(bt, kLayerNormParts) * 2 * c, partial_rows(bt, kColumnParts) * 4 * c));
+    m.bytes[int(Mem::runtime)] = kGemmWorkspace + size_t((3 * BT + 1) * 4 + kReduceSlots * 8 + B * NH * T * 4 + parts * 4) +
+                                 64 * size_t(12 * cfg.n_layer + 4);
+  }
   return m;
 }
 

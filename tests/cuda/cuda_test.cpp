@@ -114,22 +114,26 @@ TEST(CudaMatmul, AllTransposesDtypesBiasAndAccumulationMatchCpu) {
         }
 }
 
+// The bias gradient's column sums: with 16-byte loads (OC = 48) and without (50), and over more
+// rows (1100) than they take partial sums of (8 per block, at most 128 blocks).
 TEST(CudaLinear, ForwardAndBackwardMatchCpu) {
   REQUIRE_CUDA();
-  const int64_t BT = 40, IC = 32, OC = 48;
-  for (DType d : kAll) {
-    Pair x(d, randn(BT * IC, 1.0f, 1)), w(d, randn(OC * IC, 0.2f, 2)), b(DType::f32, randn(OC, 1.0f, 3));
-    Pair y(d, BT * OC), dy(d, randn(BT * OC, 1.0f, 4)), dx(d, BT * IC);
-    Pair dw(DType::f32, randn(OC * IC, 1.0f, 5)), db(DType::f32, randn(OC, 1.0f, 6));  // +=
-    both([&](Backend& be, bool g) {
-      be.linear_forward(y(g), x(g), w(g), b.f(g), BT, IC, OC, d);
-      be.linear_backward(dx(g), dw.f(g), db.f(g), dy(g), x(g), w(g), BT, IC, OC, d);
-    });
-    expect_match(y, "linear out");
-    expect_match(dx, "linear dinp");
-    expect_match(dw, "linear dweight", 1e-4);
-    expect_match(db, "linear dbias", 1e-4);
-  }
+  const int64_t IC = 32;
+  for (auto [BT, OC] : {std::pair<int64_t, int64_t>{40, 48}, {1100, 50}})
+    for (DType d : kAll) {
+      Pair x(d, randn(BT * IC, 1.0f, 1)), w(d, randn(OC * IC, 0.2f, 2)), b(DType::f32, randn(OC, 1.0f, 3));
+      Pair y(d, BT * OC), dy(d, randn(BT * OC, 1.0f, 4)), dx(d, BT * IC);
+      Pair dw(DType::f32, randn(OC * IC, 1.0f, 5)), db(DType::f32, randn(OC, 1.0f, 6));  // +=
+      both([&](Backend& be, bool g) {
+        be.linear_forward(y(g), x(g), w(g), b.f(g), BT, IC, OC, d);
+        be.linear_backward(dx(g), dw.f(g), db.f(g), dy(g), x(g), w(g), BT, IC, OC, d);
+      });
+      const std::string at = fmt::format(" (BT={}, OC={})", BT, OC);
+      expect_match(y, "linear out" + at);
+      expect_match(dx, "linear dinp" + at);
+      expect_match(dw, "linear dweight" + at, 1e-4);
+      expect_match(db, "linear dbias" + at, 1e-4);
+    }
 }
 
 // The MLP's fc layer with its GELU, and the gradient through the projection into the GELU's
@@ -157,10 +161,11 @@ TEST(CudaLinearGelu, FusedEpiloguesMatchCpu) {
       }
 }
 
+// Widths below and above 48 KiB of per-warp sums in shared memory (96, 1600), and more rows
+// (4200) than dw and db take partial sums of (8 per block, at most 512 blocks).
 TEST(CudaLayerNorm, ForwardAndBackwardMatchCpu) {
   REQUIRE_CUDA();
-  for (int64_t C : {96, 1600}) {
-    const int64_t N = 37;
+  for (auto [N, C] : {std::pair<int64_t, int64_t>{37, 96}, {37, 1600}, {4200, 64}}) {
     for (DType d : kAll) {
       Pair x(DType::f32, randn(N * C, 2.0f, 1)), w(DType::f32, randn(C, 1.0f, 2)), b(DType::f32, randn(C, 1.0f, 3));
       Pair y(d, N * C), mean(DType::f32, N), rstd(DType::f32, N), dy(d, randn(N * C, 1.0f, 4));
@@ -171,13 +176,14 @@ TEST(CudaLayerNorm, ForwardAndBackwardMatchCpu) {
         be.layernorm_backward(dx.f(g), dw.f(g), db.f(g), dy(g), x.f(g), w.f(g), mean.f(g), rstd.f(g), N, C, d,
                               d == DType::f32 ? nullptr : copy(g));
       });
-      if (d != DType::f32) expect_match(copy, "layernorm dinp copy");
-      expect_match(y, "layernorm out");
-      expect_match(mean, "layernorm mean");
-      expect_match(rstd, "layernorm rstd");
-      expect_match(dx, "layernorm dinp", 1e-5);
-      expect_match(dw, "layernorm dw", 1e-5);
-      expect_match(db, "layernorm db", 1e-5);
+      const std::string at = fmt::format(" (N={}, C={})", N, C);
+      if (d != DType::f32) expect_match(copy, "layernorm dinp copy" + at);
+      expect_match(y, "layernorm out" + at);
+      expect_match(mean, "layernorm mean" + at);
+      expect_match(rstd, "layernorm rstd" + at);
+      expect_match(dx, "layernorm dinp" + at, 1e-5);
+      expect_match(dw, "layernorm dw" + at, 1e-5);
+      expect_match(db, "layernorm db" + at, 1e-5);
     }
   }
 }
@@ -230,23 +236,28 @@ TEST(CudaEmbedding, ForwardAndBackwardMatchCpuWithRepeatedTokens) {
     be.embedding_backward(dwte.f(g), dwpe.f(g), dout.f(g), tokens.data(), B, T, C);
   });
   expect_match(out, "embedding out");
-  expect_match(dwte, "embedding dwte");
-  expect_match(dwpe, "embedding dwpe");
+  // the gradients: each row added in the CPU's order, so the same bits
+  EXPECT_EQ(dwte.g.values(), dwte.c.values()) << "embedding dwte";
+  EXPECT_EQ(dwpe.g.values(), dwpe.c.values()) << "embedding dwpe";
 }
 
-// Logits in each dtype; with a gradient scale, the gradient over them.
+// Logits in each dtype; with a gradient scale, the gradient over them. Rows 16-byte aligned
+// (Vp = 1024: read 16 bytes at a time) and not (1003: one logit at a time).
 TEST(CudaSoftmaxXent, LossAndGradientMatchCpuWithPadding) {
   REQUIRE_CUDA();
-  const int64_t N = 33, V = 1000, Vp = 1024;
+  const int64_t N = 33, V = 1000;
   std::vector<int32_t> targets(N);
   for (int64_t i = 0; i < N; i++) targets[i] = int32_t((i * 37) % V);
-  for (DType d : kAll)
-    for (float scale : {0.0f, 0.25f}) {
-      Pair logits(d, randn(N * Vp, 3.0f, 1)), losses(DType::f32, N);
-      both([&](Backend& be, bool g) { be.softmax_xent(logits(g), losses.f(g), targets.data(), N, V, Vp, scale, d); });
-      expect_match(losses, "softmax_xent losses");
-      expect_match(logits, scale != 0.0f ? "softmax_xent dlogits" : "softmax_xent logits untouched");
-    }
+  targets[N - 1] = int32_t(V - 1);
+  for (int64_t Vp : {1024, 1003})
+    for (DType d : kAll)
+      for (float scale : {0.0f, 0.25f}) {
+        Pair logits(d, randn(N * Vp, 3.0f, 1)), losses(DType::f32, N);
+        both([&](Backend& be, bool g) { be.softmax_xent(logits(g), losses.f(g), targets.data(), N, V, Vp, scale, d); });
+        const std::string at = fmt::format(" (Vp={})", Vp);
+        expect_match(losses, "softmax_xent losses" + at);
+        expect_match(logits, (scale != 0.0f ? "softmax_xent dlogits" : "softmax_xent logits untouched") + at);
+      }
 }
 
 TEST(CudaElementwise, AddCastSumsAdamWMatchCpu) {
@@ -350,12 +361,51 @@ TEST(CudaTraining, TinyModelLossesMatchCpuAndNothingIsAllocatedAfterTheFirstStep
         }
       }
     }
-    // fp32: only the order of sums differs (atomics in dwte, layernorm's dw); 16-bit: roundings
+    // fp32: only the order of sums differs (GEMMs, LayerNorm's dw and db, biases); 16-bit: roundings
     const double t_loss = d == DType::f32 ? 5e-4 : d == DType::bf16 ? 2e-2 : 1e-2;
     for (int s = 0; s < steps; s++)
       EXPECT_NEAR(losses[1][s], losses[0][s], t_loss * losses[0][s]) << "step " << s + 1 << " in " << dtype_name(d);
     EXPECT_LT(losses[1].back(), losses[1].front()) << "the CUDA run learns in " << dtype_name(d);
   }
+}
+
+// The same run twice gives the same bits: every loss, weight and AdamW moment. No kernel adds
+// floats in an order that depends on which block runs first (on the emulated device, blocks
+// run in a different shuffled order at every launch).
+TEST(CudaTraining, SameRunTwiceGivesBitIdenticalLossesWeightsAndMoments) {
+  REQUIRE_CUDA();
+  GptConfig cfg = gpt_preset("tiny", "test");
+  cfg.vocab_size = 97;
+  TrainSettings t;
+  t.seq_len = 64;
+  t.micro_batch = 4;
+  t.steps = 3;
+  PrecisionSettings p;
+  p.compute = DType::bf16;
+  auto comm = make_local_comm();
+  std::vector<float> losses[2], state[2];
+  for (int run = 0; run < 2; run++) {
+    Gpt model(cfg, cuda_backend(), p.compute);
+    model.init(7);
+    Stepper st(model, cuda_backend(), *comm, t, 2, p);
+    int64_t window = 0;
+    for (int step = 0; step < t.steps; step++)
+      losses[run].push_back(st.step(step, [&](int32_t* in, int32_t* tg) {
+        for (int b = 0; b < t.micro_batch; b++) test::stream_window(window++, t.seq_len, in + b * t.seq_len, tg + b * t.seq_len);
+      }).loss);
+    for (size_t u = 0; u < model.units().size(); u++) {
+      const Unit& unit = model.units()[u];
+      for (const float* buf : {unit.params.data(), st.optimizer().m(u).data(), st.optimizer().v(u).data()}) {
+        std::vector<float> host(size_t(unit.numel));
+        cuda_backend().copy(host.data(), buf, host.size() * sizeof(float));
+        state[run].insert(state[run].end(), host.begin(), host.end());
+      }
+    }
+  }
+  EXPECT_EQ(losses[1], losses[0]);
+  ASSERT_EQ(state[1].size(), state[0].size());
+  EXPECT_EQ(std::memcmp(state[1].data(), state[0].data(), state[0].size() * sizeof(float)), 0)
+      << "weights or AdamW moments differ between two identical runs";
 }
 
 // A released device block serves the next request of its size, zero-filled again on the device
@@ -410,7 +460,9 @@ TEST(CudaStep, WaitsForTheDeviceOncePerMicroBatchAndOnceMoreAndAllocatesNoDevice
       EXPECT_EQ(emu::device_waits - waits, accum + 1) << what;
       EXPECT_EQ(emu::device_mallocs, mallocs) << what;
       EXPECT_EQ(emu::device_frees, frees) << what;
-      if (s == Strategy::zero3) EXPECT_GT(MemoryPool::get().stats().allocations, pool_allocs) << what;
+      if (s == Strategy::zero3) {
+        EXPECT_GT(MemoryPool::get().stats().allocations, pool_allocs) << what;
+      }
     }
   }
 }

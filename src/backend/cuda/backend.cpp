@@ -43,7 +43,7 @@ Backend& cuda_backend() {
 
 CudaBackend::CudaBackend() {
   FRUGAL_CHECK(cublasLtCreate(&lt_) == CUBLAS_STATUS_SUCCESS, "cublasLtCreate");
-  CUDA_CHECK(cudaMallocHost(&red_host_, sizeof(double)));
+  CUDA_CHECK(cudaMallocHost(&red_host_, kReduceSlots * sizeof(double)));
 }
 
 void CudaBackend::synchronize() { CUDA_CHECK(cudaDeviceSynchronize()); }
@@ -74,31 +74,37 @@ const int32_t* CudaBackend::stage(const int32_t* idx, int64_t n) {
   int32_t* d = scratch<int32_t>(idx_, n);
   Pinned& s = pinned_[next_pinned_++ % pinned_.size()];
   const size_t bytes = size_t(n) * sizeof(int32_t);
+  if (n > pinned_n_) {  // every slot grows to the largest request yet: in the first step only
+    for (Pinned& p : pinned_) {
+      if (p.done) CUDA_CHECK(cudaEventSynchronize(p.done));
+      if (p.host) CUDA_CHECK(cudaFreeHost(p.host));
+      CUDA_CHECK(cudaMallocHost(&p.host, bytes));
+    }
+    pinned_n_ = n;
+  }
   if (s.done) CUDA_CHECK(cudaEventSynchronize(s.done));
   else CUDA_CHECK(cudaEventCreateWithFlags(&s.done, cudaEventDisableTiming));
-  if (s.n < n) {
-    if (s.host) CUDA_CHECK(cudaFreeHost(s.host));
-    CUDA_CHECK(cudaMallocHost(&s.host, bytes));
-    s.n = n;
-  }
   std::memcpy(s.host, idx, bytes);
   CUDA_CHECK(cudaMemcpyAsync(d, s.host, bytes, cudaMemcpyHostToDevice, 0));
   CUDA_CHECK(cudaEventRecord(s.done, 0));
   return d;
 }
 
-// One slot that every span's launch adds to; the host waits once, for the result.
+// Slots that every span's launch adds its blocks' partial sums to, in order; the host waits
+// once, then adds the slots up in order: the same bits every run.
 double CudaBackend::reduce(const std::vector<FloatSpan>& spans, bool squares) {
-  double* d = scratch<double>(red_, 1);
-  CUDA_CHECK(cudaMemsetAsync(d, 0, sizeof(double), 0));
+  double* d = scratch<double>(red_, kReduceSlots);
+  CUDA_CHECK(cudaMemsetAsync(d, 0, kReduceSlots * sizeof(double), 0));
   for (const FloatSpan& s : spans) {
     if (s.n == 0) continue;
     launch_reduce(d, s.x, s.n, squares);
     CUDA_LAUNCHED();
   }
-  CUDA_CHECK(cudaMemcpyAsync(red_host_, d, sizeof(double), cudaMemcpyDeviceToHost, 0));
+  CUDA_CHECK(cudaMemcpyAsync(red_host_, d, kReduceSlots * sizeof(double), cudaMemcpyDeviceToHost, 0));
   CUDA_CHECK(cudaStreamSynchronize(0));
-  return *red_host_;
+  double total = 0.0;
+  for (int i = 0; i < kReduceSlots; i++) total += red_host_[i];
+  return total;
 }
 
 double CudaBackend::sum_squares(const std::vector<FloatSpan>& spans) { return reduce(spans, true); }
@@ -156,7 +162,8 @@ void CudaBackend::layernorm_backward(float* dinp, float* dw, float* db, const vo
                                      const float* inp, const float* w, const float* mean,
                                      const float* rstd, int64_t N, int64_t C, DType dt,
                                      void* dinp_copy) {
-  launch_layernorm_backward(dinp, dw, db, dout, inp, w, mean, rstd, N, C, dt, dinp_copy);
+  float* part = scratch<float>(part_, partial_rows(N, kLayerNormParts) * 2 * C);
+  launch_layernorm_backward(dinp, dw, db, part, dout, inp, w, mean, rstd, N, C, dt, dinp_copy);
   CUDA_LAUNCHED();
 }
 
@@ -176,9 +183,23 @@ void CudaBackend::embedding_forward(float* out, const int32_t* tokens, const flo
   CUDA_LAUNCHED();
 }
 
+// The positions grouped by token, in increasing order within each (the kernel's layout), so
+// that the device adds each token's rows in one fixed order.
 void CudaBackend::embedding_backward(float* dwte, float* dwpe, const float* dout,
                                      const int32_t* tokens, int64_t B, int64_t T, int64_t C) {
-  launch_embedding_backward(dwte, dwpe, dout, stage(tokens, B * T), B, T, C);
+  const int64_t BT = B * T;
+  keys_.resize(size_t(BT));
+  for (int64_t i = 0; i < BT; i++) keys_[i] = int64_t(tokens[i]) << 32 | i;
+  std::sort(keys_.begin(), keys_.end());
+  std::vector<int32_t>& r = rows_by_token_;
+  r.assign(1, 0);  // starts, then positions, then tokens
+  for (int64_t i = 0; i < BT; i++)
+    if (i + 1 == BT || keys_[i + 1] >> 32 != keys_[i] >> 32) r.push_back(int32_t(i + 1));
+  const int64_t n_tokens = int64_t(r.size()) - 1;
+  for (int64_t i = 0; i < BT; i++) r.push_back(int32_t(keys_[i] & 0xffffffff));
+  for (int64_t k = 0; k < n_tokens; k++) r.push_back(int32_t(keys_[r[k]] >> 32));
+  r.resize(size_t(3 * BT + 1));  // its size with every token distinct: its buffers grow once
+  launch_embedding_backward(dwte, dwpe, dout, stage(r.data(), int64_t(r.size())), n_tokens, B, T, C);
   CUDA_LAUNCHED();
 }
 

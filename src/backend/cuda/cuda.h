@@ -3,7 +3,7 @@
 // stream (the legacy default stream, so that NcclComm's stream can order itself after it).
 // This file and backend.cpp (host code, compiled by the C++ compiler) drive the kernels of
 // kernels.h (one op family per .cu file). Scratch the backend owns (cuBLASLt workspace, token
-// staging, reduction slots, attention's row sums, AdamW's span table) comes from the
+// staging, reduction slots, attention's row sums, partial sums, AdamW's span table) comes from the
 // MemoryPool as Mem::runtime, grows during the first step and never after.
 #pragma once
 #include <cublasLt.h>
@@ -84,13 +84,15 @@ class CudaBackend final : public Backend {
   T* scratch(Scratch& s, int64_t n) { return static_cast<T*>(grow(s, size_t(n) * sizeof(T))); }
   // A device copy of tokens or targets(n), which the caller holds in host memory.
   const int32_t* stage(const int32_t* idx, int64_t n);
-  struct Pinned {  // a staging slot
+  struct Pinned {  // a staging slot of pinned_n_ elements
     int32_t* host = nullptr;
-    int64_t n = 0;
     cudaEvent_t done = nullptr;  // its last copy
   };
   std::array<Pinned, 4> pinned_;
+  int64_t pinned_n_ = 0;
   unsigned next_pinned_ = 0;
+  std::vector<int64_t> keys_;  // embedding_backward's (token, position) pairs
+  std::vector<int32_t> rows_by_token_;
   double reduce(const std::vector<FloatSpan>& spans, bool squares);
 
   enum class Gelu { none, forward, backward };
@@ -102,9 +104,9 @@ class CudaBackend final : public Backend {
                              int, bool, bool, int, int>;
   std::map<GemmKey, GemmPlan*> gemms_;
   cublasLtHandle_t lt_ = nullptr;
-  Scratch lt_ws_, idx_, red_, rows_, adamw_;
+  Scratch lt_ws_, idx_, red_, rows_, part_, adamw_;
   std::vector<AdamWSpanDev> adamw_sent_, adamw_next_;  // the span table in adamw_, and this call's
-  double* red_host_ = nullptr;  // pinned
+  double* red_host_ = nullptr;  // pinned, kReduceSlots
 };
 
 }  // namespace frugal

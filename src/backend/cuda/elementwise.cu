@@ -36,8 +36,10 @@ void launch_widen(float* dst, const void* src, int64_t n, DType dt, void* stream
 }
 
 
-// Per-block partial sums in double, one atomic per block; inf and NaN propagate.
-__global__ void reduce_k(double* out, const float* x, int64_t n, bool squares) {
+// Block b's partial sum, in double, added to slots[b] (there are kReduceSlots of them): each
+// slot has one writer per launch, and launches run in order, so the sums come out the same bits
+// every run. inf and NaN propagate.
+__global__ void reduce_k(double* slots, const float* x, int64_t n, bool squares) {
   double s = 0.0;
   GRID_STRIDE(i, n) s += squares ? double(x[i]) * double(x[i]) : double(x[i]);
   for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
@@ -47,12 +49,12 @@ __global__ void reduce_k(double* out, const float* x, int64_t n, bool squares) {
   if (threadIdx.x == 0) {
     double t = 0.0;
     for (int w = 0; w < int(blockDim.x / 32); w++) t += warp[w];
-    atomicAdd(out, t);
+    slots[blockIdx.x] += t;
   }
 }
 
-void launch_reduce(double* out, const float* x, int64_t n, bool squares) {
-  launch(reduce_k, std::min(grid_for(n), 1024u), 256, 0, out, x, n, squares);
+void launch_reduce(double* slots, const float* x, int64_t n, bool squares) {
+  launch(reduce_k, std::min(grid_for(n), unsigned(kReduceSlots)), 256, 0, slots, x, n, squares);
 }
 
 // Every span in one launch: each block finds its span (binary search on first_block), then its
@@ -101,14 +103,30 @@ void launch_add_bias(void* C, const float* bias, int64_t M, int64_t N, int64_t l
   dispatch_cuda(dt, [&](auto p) { launch(add_bias_k<STORAGE(p)>, grid_for(M * N), 256, 0, static_cast<STORAGE(p)*>(C), bias, M, N, ldc); });
 }
 
-// acc(cols) += column sums of x(rows, cols) (a bias gradient): each thread sums kVec adjacent
-// columns, one 16-byte load per row, over a strided set of rows; a warp covers 32 kVec columns
-// of a row (the full 128-byte lines), the 8 warps of a block different rows; they meet in
-// shared memory, one atomic per column and block.
+// A gradient summed over rows, deterministically: block (x, y) sums its columns over the rows
+// y, y + parts, ... into row y of part(parts, cols), with no atomics; then sum_parts_k adds the
+// rows of part to acc in order.
+
+// acc(cols) += the sum of part's rows (row stride ld), one thread per column, in row order.
+__global__ void sum_parts_k(float* acc, const float* part, int64_t parts, int64_t cols, int64_t ld) {
+  GRID_STRIDE(c, cols) {
+    float s = acc[c];
+    for (int64_t r = 0; r < parts; r++) s += part[r * ld + c];
+    acc[c] = s;
+  }
+}
+
+void launch_sum_parts(float* acc, const float* part, int64_t parts, int64_t cols, int64_t ld) {
+  launch(sum_parts_k, grid_for(cols), 256, 0, acc, part, parts, cols, ld);
+}
+
+// Each thread sums kVec adjacent columns, one 16-byte load per row, over a strided set of rows;
+// a warp covers 32 kVec columns of a row (the full 128-byte lines), the 8 warps of a block
+// different rows; they meet in shared memory.
 template <class S>
-__global__ void column_sums_k(float* acc, const S* x, int64_t rows, int64_t cols) {
+__global__ void column_sums_k(float* part, const S* x, int64_t rows, int64_t cols) {
   constexpr int kVec = 16 / sizeof(S), kCols = 32 * kVec;
-  __shared__ float part[8][kCols];
+  __shared__ float sh[8][kCols];
   const int lane = threadIdx.x, warp = threadIdx.y;
   const int64_t c0 = blockIdx.x * int64_t(kCols), c = c0 + lane * kVec;
   float s[kVec] = {};
@@ -120,44 +138,45 @@ __global__ void column_sums_k(float* acc, const S* x, int64_t rows, int64_t cols
       for (int k = 0; k < kVec; k++) s[k] += to_f(v[k]);
     }
 #pragma unroll
-  for (int k = 0; k < kVec; k++) part[warp][lane * kVec + k] = s[k];
+  for (int k = 0; k < kVec; k++) sh[warp][lane * kVec + k] = s[k];
   __syncthreads();
   const int t = warp * 32 + lane;
   if (t < kCols && c0 + t < cols) {
     float sum = 0.0f;
-    for (int w = 0; w < 8; w++) sum += part[w][t];
-    atomicAdd(acc + c0 + t, sum);
+    for (int w = 0; w < 8; w++) sum += sh[w][t];
+    part[blockIdx.y * cols + c0 + t] = sum;
   }
 }
 
 // The same one column per thread, for widths the vector loads do not divide.
 template <class S>
-__global__ void column_sums_scalar_k(float* acc, const S* x, int64_t rows, int64_t cols) {
-  __shared__ float part[8][33];
+__global__ void column_sums_scalar_k(float* part, const S* x, int64_t rows, int64_t cols) {
+  __shared__ float sh[8][33];
   const int64_t c = blockIdx.x * 32 + threadIdx.x;
   float s = 0.0f;
   if (c < cols)
     for (int64_t r = blockIdx.y * 8 + threadIdx.y; r < rows; r += int64_t(gridDim.y) * 8) s += to_f(x[r * cols + c]);
-  part[threadIdx.y][threadIdx.x] = s;
+  sh[threadIdx.y][threadIdx.x] = s;
   __syncthreads();
   if (threadIdx.y == 0 && c < cols) {
-    for (int y = 1; y < 8; y++) s += part[y][threadIdx.x];
-    atomicAdd(acc + c, s);
+    for (int y = 1; y < 8; y++) s += sh[y][threadIdx.x];
+    part[blockIdx.y * cols + c] = s;
   }
 }
 
-void launch_column_sums(float* acc, const void* x, int64_t rows, int64_t cols, DType dt) {
-  const unsigned row_blocks = unsigned(std::min<int64_t>((rows + 7) / 8, 256));
+void launch_column_sums(float* acc, float* part, const void* x, int64_t rows, int64_t cols, DType dt) {
+  const int64_t parts = partial_rows(rows, kColumnParts);
   dispatch_cuda(dt, [&](auto p) {
     using S = STORAGE(p);
     constexpr int kVec = 16 / sizeof(S);
     if (cols % kVec == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0)
-      launch(column_sums_k<S>, dim3(unsigned((cols + 32 * kVec - 1) / (32 * kVec)), row_blocks), dim3(32, 8), 0, acc,
-             static_cast<const S*>(x), rows, cols);
+      launch(column_sums_k<S>, dim3(unsigned((cols + 32 * kVec - 1) / (32 * kVec)), unsigned(parts)), dim3(32, 8), 0,
+             part, static_cast<const S*>(x), rows, cols);
     else
-      launch(column_sums_scalar_k<S>, dim3(unsigned((cols + 31) / 32), row_blocks), dim3(32, 8), 0, acc,
+      launch(column_sums_scalar_k<S>, dim3(unsigned((cols + 31) / 32), unsigned(parts)), dim3(32, 8), 0, part,
              static_cast<const S*>(x), rows, cols);
   });
+  launch_sum_parts(acc, part, parts, cols, cols);
 }
 
 }  // namespace frugal

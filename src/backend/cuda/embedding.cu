@@ -1,5 +1,7 @@
-// Token + position embedding, forward and backward. dwte accumulates with atomics (a token may
-// repeat), so its sums are not bit-reproducible; dwpe is summed over the batch in order.
+// Token + position embedding, forward and backward. The backward adds each gradient row to its
+// token's row of dwte, and to its position's row of dwpe, in increasing position order, as the
+// CPU backend does: the same bits as the CPU's in every run. A token may repeat, so its rows
+// come grouped (the host sorts the positions by token); one block per distinct token.
 #include "backend/cuda/kernels.h"
 
 namespace frugal {
@@ -12,16 +14,23 @@ __global__ void embedding_forward_k(float* out, const int32_t* tokens, const flo
   }
 }
 
-__global__ void embedding_backward_wte_k(float* dwte, const float* dout, const int32_t* tokens,
-                                         int64_t BT, int64_t C) {
-  GRID_STRIDE(i, BT * C) atomicAdd(dwte + int64_t(tokens[i / C]) * C + i % C, dout[i]);
+// block k: token tok[k], whose rows are pos[starts[k] .. starts[k + 1])
+__global__ void embedding_backward_wte_k(float* dwte, const float* dout, const int32_t* starts, const int32_t* pos,
+                                         const int32_t* tok, int64_t C) {
+  const int k = blockIdx.x;
+  float* d = dwte + int64_t(tok[k]) * C;
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+    float s = d[c];
+    for (int32_t r = starts[k]; r < starts[k + 1]; r++) s += dout[int64_t(pos[r]) * C + c];
+    d[c] = s;
+  }
 }
 
 __global__ void embedding_backward_wpe_k(float* dwpe, const float* dout, int64_t B, int64_t T, int64_t C) {
   GRID_STRIDE(i, T * C) {
-    float s = 0.0f;
+    float s = dwpe[i];
     for (int64_t b = 0; b < B; b++) s += dout[b * T * C + i];
-    dwpe[i] += s;
+    dwpe[i] = s;
   }
 }
 
@@ -30,9 +39,10 @@ void launch_embedding_forward(float* out, const int32_t* tokens, const float* wt
   launch(embedding_forward_k, grid_for(B * T * C), 256, 0, out, tokens, wte, wpe, B * T, T, C);
 }
 
-void launch_embedding_backward(float* dwte, float* dwpe, const float* dout, const int32_t* tokens,
-                               int64_t B, int64_t T, int64_t C) {
-  launch(embedding_backward_wte_k, grid_for(B * T * C), 256, 0, dwte, dout, tokens, B * T, C);
+void launch_embedding_backward(float* dwte, float* dwpe, const float* dout, const int32_t* rows,
+                               int64_t n_tokens, int64_t B, int64_t T, int64_t C) {
+  const int32_t* pos = rows + n_tokens + 1;
+  launch(embedding_backward_wte_k, unsigned(n_tokens), 256, 0, dwte, dout, rows, pos, pos + B * T, C);
   launch(embedding_backward_wpe_k, grid_for(T * C), 256, 0, dwpe, dout, B, T, C);
 }
 

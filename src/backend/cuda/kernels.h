@@ -7,7 +7,7 @@
 #pragma once
 #include <cstdint>
 
-#include "core/dtype.h"
+#include "backend/backend.h"
 
 namespace frugal {
 
@@ -15,8 +15,9 @@ void launch_add(float* out, const float* a, const void* b, int64_t n, DType dt);
 // stream: a cudaStream_t (null: the compute stream)
 void launch_cast(void* dst, const float* src, int64_t n, DType dt, void* stream = nullptr);
 void launch_widen(float* dst, const void* src, int64_t n, DType dt, void* stream = nullptr);  // dt -> fp32
-// out(1) += sum of x(n), or of its squares, in double (out zeroed by the caller)
-void launch_reduce(double* out, const float* x, int64_t n, bool squares);
+// slots(kReduceSlots) += partial sums of x(n), or of its squares, in double; their sum (in
+// order) is the total
+void launch_reduce(double* slots, const float* x, int64_t n, bool squares);
 // One span of AdamW's parameters on the device; its elements are the blocks
 // [first_block, first_block + ceil(n / kAdamWChunk)) of the launch.
 struct AdamWSpanDev {
@@ -36,20 +37,25 @@ void launch_adamw(const AdamWSpanDev* spans, int count, int64_t blocks, float be
                   float eps, float step_size, float bc2_sqrt, float grad_scale, float decay, DType copy_dt);
 // C(M,N) row stride ldc, in dt: C += bias(N) per row
 void launch_add_bias(void* C, const float* bias, int64_t M, int64_t N, int64_t ldc, DType dt);
-// acc(cols) += column sums of x(rows, cols) in dt
-void launch_column_sums(float* acc, const void* x, int64_t rows, int64_t cols, DType dt);
+// acc(cols) += part's rows (parts, row stride ld), in order
+void launch_sum_parts(float* acc, const float* part, int64_t parts, int64_t cols, int64_t ld);
+// acc(cols) += column sums of x(rows, cols) in dt; part: partial_rows(rows, kColumnParts) x cols scratch
+void launch_column_sums(float* acc, float* part, const void* x, int64_t rows, int64_t cols, DType dt);
 void launch_layernorm_forward(void* out, float* mean, float* rstd, const float* inp, const float* w,
                               const float* b, int64_t N, int64_t C, DType dt);
-void launch_layernorm_backward(float* dinp, float* dw, float* db, const void* dout, const float* inp,
-                               const float* w, const float* mean, const float* rstd, int64_t N,
-                               int64_t C, DType dt, void* dinp_copy);
+// part: partial_rows(N, kLayerNormParts) x 2 C scratch
+void launch_layernorm_backward(float* dinp, float* dw, float* db, float* part, const void* dout,
+                               const float* inp, const float* w, const float* mean, const float* rstd,
+                               int64_t N, int64_t C, DType dt, void* dinp_copy);
 void launch_gelu_forward(void* out, const void* inp, int64_t n, DType dt);
 void launch_gelu_backward(void* dinp, const void* inp, const void* dout, int64_t n, DType dt);
 // tokens on the device
 void launch_embedding_forward(float* out, const int32_t* tokens, const float* wte, const float* wpe,
                               int64_t B, int64_t T, int64_t C);
-void launch_embedding_backward(float* dwte, float* dwpe, const float* dout, const int32_t* tokens,
-                               int64_t B, int64_t T, int64_t C);
+// rows: the positions of dout grouped by token, on the device: starts(n_tokens + 1) into
+// pos(B T), then tokens(n_tokens); each token's rows in increasing position
+void launch_embedding_backward(float* dwte, float* dwpe, const float* dout, const int32_t* rows,
+                               int64_t n_tokens, int64_t B, int64_t T, int64_t C);
 // targets on the device; logits in dt, overwritten by dlogits when grad_scale != 0
 void launch_softmax_xent(void* logits, float* losses, const int32_t* targets, int64_t N, int64_t V,
                          int64_t Vp, float grad_scale, DType dt);

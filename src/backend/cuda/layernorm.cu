@@ -1,5 +1,7 @@
 // LayerNorm forward/backward over rows of (N,C), eps 1e-5: one warp per row. Backward sums
-// dw and db per block in shared memory, then one atomic per channel and block.
+// dw and db without atomics: each warp over its rows in its own part of shared memory (a lane
+// owns the channels c = lane mod 32), the block's warps in order into its row of partial sums,
+// and the blocks' rows in order into dw and db.
 #include "backend/cuda/kernels.h"
 
 namespace frugal {
@@ -26,16 +28,14 @@ __global__ void layernorm_forward_k(S* out, float* mean, float* rstd, const floa
 }
 
 template <class S>
-__global__ void layernorm_backward_k(float* dinp, float* dw, float* db, const S* dout,
-                                     const float* inp, const float* w, const float* mean,
-                                     const float* rstd, int64_t N, int64_t C, S* copy) {
-  DYNAMIC_SHARED(float, part);  // dw(C), db(C) of this block
-  float* pdw = part;
-  float* pdb = part + C;
-  for (int64_t c = threadIdx.x; c < 2 * C; c += blockDim.x) part[c] = 0.0f;
-  __syncthreads();
-  const int warps = blockDim.x / 32, lane = threadIdx.x % 32;
-  for (int64_t row = blockIdx.x * int64_t(warps) + threadIdx.x / 32; row < N; row += int64_t(gridDim.x) * warps) {
+__global__ void layernorm_backward_k(float* dinp, float* part, const S* dout, const float* inp, const float* w,
+                                     const float* mean, const float* rstd, int64_t N, int64_t C, S* copy) {
+  DYNAMIC_SHARED(float, sh);  // per warp: dw(C), db(C) of its rows
+  const int warps = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  float* pdw = sh + 2 * C * warp;
+  float* pdb = pdw + C;
+  for (int64_t c = lane; c < 2 * C; c += 32) pdw[c] = 0.0f;
+  for (int64_t row = blockIdx.x * int64_t(warps) + warp; row < N; row += int64_t(gridDim.x) * warps) {
     const float* x = inp + row * C;
     const S* dy = dout + row * C;
     float* dx = dinp + row * C;
@@ -50,17 +50,18 @@ __global__ void layernorm_backward_k(float* dinp, float* dw, float* db, const S*
     dnorm_norm_mean = warp_sum(dnorm_norm_mean) / float(C);
     for (int64_t c = lane; c < C; c += 32) {
       float norm = (x[c] - m) * s, g = to_f(dy[c]);
-      atomicAdd(pdb + c, g);
-      atomicAdd(pdw + c, norm * g);
+      pdb[c] += g;
+      pdw[c] += norm * g;
       const float v = dx[c] + (w[c] * g - dnorm_mean - norm * dnorm_norm_mean) * s;
       dx[c] = v;
       if (copy) copy[row * C + c] = from_f<S>(v);
     }
   }
   __syncthreads();
-  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
-    atomicAdd(dw + c, pdw[c]);
-    atomicAdd(db + c, pdb[c]);
+  for (int64_t c = threadIdx.x; c < 2 * C; c += blockDim.x) {
+    float t = 0.0f;
+    for (int k = 0; k < warps; k++) t += sh[2 * C * k + c];
+    part[blockIdx.x * 2 * C + c] = t;
   }
 }
 
@@ -71,13 +72,19 @@ void launch_layernorm_forward(void* out, float* mean, float* rstd, const float* 
   });
 }
 
-void launch_layernorm_backward(float* dinp, float* dw, float* db, const void* dout, const float* inp,
-                               const float* w, const float* mean, const float* rstd, int64_t N,
-                               int64_t C, DType dt, void* dinp_copy) {
-  const unsigned blocks = unsigned(std::min<int64_t>((N + 7) / 8, 256));
+// As many warps per block (up to 8) as leave each its 2 C floats within 200 KiB of shared memory.
+void launch_layernorm_backward(float* dinp, float* dw, float* db, float* part, const void* dout, const float* inp,
+                               const float* w, const float* mean, const float* rstd, int64_t N, int64_t C, DType dt,
+                               void* dinp_copy) {
+  const int64_t parts = partial_rows(N, kLayerNormParts);
+  const int warps = int(std::clamp<int64_t>((200 << 10) / (8 * C), 1, 8));
   dispatch_cuda(dt, [&](auto p) {
-    launch(layernorm_backward_k<STORAGE(p)>, blocks, 256, size_t(2 * C) * sizeof(float), dinp, dw, db, static_cast<const STORAGE(p)*>(dout), inp, w, mean, rstd, N, C, static_cast<STORAGE(p)*>(dinp_copy));
+    using S = STORAGE(p);
+    launch(layernorm_backward_k<S>, unsigned(parts), 32 * warps, size_t(2 * C * warps) * sizeof(float), dinp, part,
+           static_cast<const S*>(dout), inp, w, mean, rstd, N, C, static_cast<S*>(dinp_copy));
   });
+  launch_sum_parts(dw, part, parts, C, 2 * C);
+  launch_sum_parts(db, part + C, parts, C, 2 * C);
 }
 
 }  // namespace frugal

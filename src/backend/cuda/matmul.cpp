@@ -153,7 +153,7 @@ void CudaBackend::linear_backward_gelu(void* dinp, float* dweight, float* dbias,
                                        int64_t BT, int64_t IC, int64_t OC, DType dt) {
   matmul(true, false, OC, IC, BT, dout, OC, inp, IC, dweight, IC, dt, DType::f32, nullptr, true);
   if (dbias) {
-    launch_column_sums(dbias, dout, BT, OC, dt);
+    launch_column_sums(dbias, scratch<float>(part_, partial_rows(BT, kColumnParts) * OC), dout, BT, OC, dt);
     CUDA_LAUNCHED();
   }
   if (!dinp) return;

@@ -5,7 +5,10 @@
 // keywords, thread indices, barriers, shuffles, atomics, and the warp-wide tensor-core
 // instructions (mma.sync m16n8k16, ldmatrix) with the hardware's per-lane fragment layout.
 //
-// Blocks run one after another. The threads of a block are fibers on one OS thread (switched by
+// Blocks run one after another, in an order shuffled afresh at every launch (seeded by a count
+// of launches, so a failure repeats): a kernel whose result depends on the order of its blocks,
+// such as one adding floats atomically, gives different bits from one run to the next here, as
+// on a GPU. The threads of a block are fibers on one OS thread (switched by
 // a few instructions on x86-64, by ucontext elsewhere), run a warp at a time: each runs until it
 // reaches a barrier (__syncthreads, __syncwarp, a shuffle, an mma or ldmatrix), and a barrier
 // opens when every thread of its block (or warp) has reached it or exited; threads of a warp
@@ -136,6 +139,7 @@ inline std::vector<uint64_t> slots;  // warp exchange slots: two sets of 32 byte
 inline unsigned char* dynamic_smem = nullptr;
 inline size_t dynamic_bytes = 0;
 inline const std::function<void()>* body = nullptr;
+inline uint64_t launches = 0;  // seeds each launch's block order
 constexpr size_t kStack = 256 << 10;
 
 [[noreturn]] inline void fail(const char* what) {
@@ -210,23 +214,32 @@ inline void run(dim3 grid, dim3 block, size_t smem, const std::function<void()>&
   body = &f;
   block_dim = block;
   grid_dim = grid;
+  std::vector<dim3> order;
   for (unsigned bz = 0; bz < grid.z; bz++)
     for (unsigned by = 0; by < grid.y; by++)
-      for (unsigned bx = 0; bx < grid.x; bx++) {
-        block_idx = dim3(bx, by, bz);
-        std::memset(dynamic_smem, 0xff, smem);
-        for (int t = 0; t < n; t++) {
-          Thread& th = threads[t];
-          th.idx = dim3(t % block.x, t / block.x % block.y, t / (block.x * block.y));
-          th.tid = t;
-          th.state = kReady;
-          th.shuffles = 0;
-          th.open.clear();
-          th.groups.clear();
-          start(th.ctx, stacks[t], kStack, entry);
-        }
-        run_block(n);
-      }
+      for (unsigned bx = 0; bx < grid.x; bx++) order.push_back(dim3(bx, by, bz));
+  uint64_t x = ++launches * 0x9E3779B97F4A7C15ull;
+  for (size_t i = order.size(); i > 1; i--) {  // Fisher-Yates on a xorshift stream
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    std::swap(order[i - 1], order[x % i]);
+  }
+  for (const dim3& blk : order) {
+    block_idx = blk;
+    std::memset(dynamic_smem, 0xff, smem);
+    for (int t = 0; t < n; t++) {
+      Thread& th = threads[t];
+      th.idx = dim3(t % block.x, t / block.x % block.y, t / (block.x * block.y));
+      th.tid = t;
+      th.state = kReady;
+      th.shuffles = 0;
+      th.open.clear();
+      th.groups.clear();
+      start(th.ctx, stacks[t], kStack, entry);
+    }
+    run_block(n);
+  }
   cur = nullptr;
 }
 
