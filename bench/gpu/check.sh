@@ -2,8 +2,9 @@
 # The GPU check, in one call of under 8 minutes on one H100 or H200:
 #  1. build frugal with FRUGAL_CUDA=ON for this GPU's architecture;
 #  2. run the CUDA tests: every op against the CPU backend on the same random inputs, per-dtype
-#     tolerances, and a short training of the tiny model whose losses must match the CPU's; the
-#     op tests again under compute-sanitizer's memcheck where it runs (reported, not fatal);
+#     tolerances, a short training of the tiny model whose losses must match the CPU's, and the
+#     same training twice, bit for bit; the op tests again under compute-sanitizer's memcheck,
+#     and the shared-memory kernels under its racecheck, where it runs (reported, not fatal);
 #  3. train gpt2 (124M) in bf16 at T=1024 on the GPU for a few dozen steps (random tokens: speed
 #     does not depend on them) and print tokens/s, MFU and peak memory; then zero3 and yafsdp on
 #     the same GPU against ddp;
@@ -66,9 +67,12 @@ say "CUDA tests (every op against the CPU backend; tiny training against the CPU
 tests_ok=1
 OMP_NUM_THREADS=8 build-gpu/tests/frugal_cuda_tests || tests_ok=0
 if command -v compute-sanitizer >/dev/null; then  # out-of-bounds and misaligned accesses, if it runs here
-  say "compute-sanitizer memcheck over the op tests (at most 90 s; it does not run on every runtime)"
-  OMP_NUM_THREADS=8 timeout 90 compute-sanitizer --tool memcheck --error-exitcode 9 \
+  say "compute-sanitizer memcheck over the op tests (at most 60 s; it does not run on every runtime)"
+  OMP_NUM_THREADS=8 timeout 60 compute-sanitizer --tool memcheck --error-exitcode 9 \
     build-gpu/tests/frugal_cuda_tests --gtest_filter=-*Training* 2>&1 | tail -25 || true
+  say "compute-sanitizer racecheck over the kernels that share memory between threads (at most 45 s)"
+  OMP_NUM_THREADS=8 timeout 45 compute-sanitizer --tool racecheck --error-exitcode 9 build-gpu/tests/frugal_cuda_tests \
+    --gtest_filter='CudaAttention*:CudaLayerNorm*:CudaLinear.*:CudaSoftmaxXent*:CudaElementwise*' 2>&1 | tail -25 || true
 fi
 
 work=$(mktemp -d)
