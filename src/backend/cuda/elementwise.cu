@@ -103,21 +103,29 @@ void launch_add_bias(void* C, const float* bias, int64_t M, int64_t N, int64_t l
   dispatch_cuda(dt, [&](auto p) { launch(add_bias_k<STORAGE(p)>, grid_for(M * N), 256, 0, static_cast<STORAGE(p)*>(C), bias, M, N, ldc); });
 }
 
-// A gradient summed over rows, deterministically: block (x, y) sums its columns over the rows
-// y, y + parts, ... into row y of part(parts, cols), with no atomics; then sum_parts_k adds the
-// rows of part to acc in order.
+// A gradient summed over rows, the same bits every run: block (x, y) of column_sums sums its
+// columns over its share of the rows into row y of part(parts, cols), with no atomics; then
+// sum_parts_k adds part's rows to acc in a fixed order.
 
-// acc(cols) += the sum of part's rows (row stride ld), one thread per column, in row order.
+// acc(cols) += the sum of part's rows (row stride ld): a block per 32 columns, whose warp y sums
+// the rows y, y + 8, ...; the 8 sums meet in shared memory and are added in order.
 __global__ void sum_parts_k(float* acc, const float* part, int64_t parts, int64_t cols, int64_t ld) {
-  GRID_STRIDE(c, cols) {
-    float s = acc[c];
-    for (int64_t r = 0; r < parts; r++) s += part[r * ld + c];
-    acc[c] = s;
+  __shared__ float sh[8][33];
+  const int64_t c = blockIdx.x * 32 + threadIdx.x;
+  float s = 0.0f;
+  if (c < cols)
+    for (int64_t r = threadIdx.y; r < parts; r += 8) s += part[r * ld + c];
+  sh[threadIdx.y][threadIdx.x] = s;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < cols) {
+    float t = acc[c];
+    for (int y = 0; y < 8; y++) t += sh[y][threadIdx.x];
+    acc[c] = t;
   }
 }
 
 void launch_sum_parts(float* acc, const float* part, int64_t parts, int64_t cols, int64_t ld) {
-  launch(sum_parts_k, grid_for(cols), 256, 0, acc, part, parts, cols, ld);
+  launch(sum_parts_k, unsigned((cols + 31) / 32), dim3(32, 8), 0, acc, part, parts, cols, ld);
 }
 
 // Each thread sums kVec adjacent columns, one 16-byte load per row, over a strided set of rows;

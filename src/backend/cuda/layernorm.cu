@@ -34,7 +34,7 @@ __global__ void layernorm_backward_k(float* dinp, float* part, const S* dout, co
   const int warps = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   float* pdw = sh + 2 * C * warp;
   float* pdb = pdw + C;
-  for (int64_t c = lane; c < 2 * C; c += 32) pdw[c] = 0.0f;
+  for (int64_t c = lane; c < C; c += 32) pdw[c] = pdb[c] = 0.0f;  // by the lane that adds to them
   for (int64_t row = blockIdx.x * int64_t(warps) + warp; row < N; row += int64_t(gridDim.x) * warps) {
     const float* x = inp + row * C;
     const S* dy = dout + row * C;
