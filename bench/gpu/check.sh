@@ -152,6 +152,13 @@ try:
           f"peak memory {mem:7.0f} MiB (MemoryPool)  loss {recs[0]['loss']:.3f} -> {recs[-1]['loss']:.3f}")
 except Exception as e:
     print(f"  frugal   no result ({'run failed' if frugal_ok != '1' else e})")
+try:  # what `frugal plan` predicted for that run (summary.json), against what it measured
+    sm = json.load(open(f"{d}/run-ddp/summary.json"))
+    p, m = sm["predicted"], sm["measured"]
+    print(f"  plan     predicted peak {p['memory']['total'] / 2**20:7.0f} MiB, measured {m['mem_peak']['total'] / 2**20:7.0f} MiB; "
+          f"predicted {p['tokens_per_s']:9.0f} tokens/s at MFU {100 * p['mfu']:.0f}%, measured {m['tokens_per_s']:9.0f}")
+except Exception as e:
+    print(f"  plan     no result ({e})")
 for s in ("zero3", "yafsdp"):
     try:
         recs = [json.loads(l) for l in open(f"{d}/run-{s}/metrics.jsonl")][5:]
