@@ -202,11 +202,13 @@ TEST(CudaGelu, ForwardAndBackwardMatchCpu) {
   }
 }
 
+// Head sizes 16 to 128, partial tiles, one token, and gpt2's training shape per head (T=1024,
+// HS=64: 16 tiles of 64 queries).
 TEST(CudaAttention, ForwardAndBackwardMatchCpuAcrossTilesAndHeadSizes) {
   REQUIRE_CUDA();
   struct Shape { int64_t B, T, C, NH; };
   for (Shape s : {Shape{2, 100, 64, 4}, Shape{1, 130, 128, 2}, Shape{1, 70, 256, 2}, Shape{2, 200, 64, 2},
-                  Shape{1, 1, 64, 2}}) {
+                  Shape{1, 1, 64, 2}, Shape{1, 1024, 128, 2}}) {
     for (DType d : kAll) {
       const int64_t BT = s.B * s.T;
       Pair qkv(d, randn(BT * 3 * s.C, 1.0f, 1)), out(d, BT * s.C), lse(DType::f32, s.B * s.NH * s.T);
