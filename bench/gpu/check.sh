@@ -88,9 +88,16 @@ shard(f"{d}/train.bin", (steps + 2) * B * 1024 + 1)
 shard(f"{d}/val.bin", B * 1024 + 1)
 PY
 
+# the device catalogue's entry (configs/devices.toml: memory, price, MFU for the run's forecast)
+case "$gpu" in
+  *H200*) dev=h200 ;;
+  *H100*) dev=h100-sxm ;;
+  *A100*80GB*) dev=a100-80gb ;;
+  *) dev=$(echo "$gpu" | cut -d, -f1) ;;
+esac
 # gpt2 bf16 at T=1024 with strategy $1 (one GPU: the sharded strategies' own overheads)
 run_frugal() {
-  build-gpu/frugal train --device.backend=cuda --device.name="$(echo "$gpu" | cut -d, -f1)" \
+  build-gpu/frugal train --device.backend=cuda --device.name="$dev" \
     --device.peak_flops_bf16="$PEAK_BF16" --model.preset=gpt2 --model.vocab_size=50257 \
     --precision.compute=bf16 --train.seq_len=1024 --train.micro_batch="$BATCH" --train.steps="$2" \
     --train.lr=3e-4 --train.warmup_steps=0 --train.eval_every=0 --train.eval_batches=1 \
