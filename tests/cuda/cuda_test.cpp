@@ -225,22 +225,26 @@ TEST(CudaAttention, ForwardAndBackwardMatchCpuAcrossTilesAndHeadSizes) {
   }
 }
 
+// Tokens that repeat a few times, and one that repeats more often (400) than the kernel takes
+// positions at a time (256).
 TEST(CudaEmbedding, ForwardAndBackwardMatchCpuWithRepeatedTokens) {
   REQUIRE_CUDA();
-  const int64_t B = 3, T = 20, C = 48, Vp = 128;
-  std::vector<int32_t> tokens(B * T);  // host memory: the backend stages it
-  for (size_t i = 0; i < tokens.size(); i++) tokens[i] = int32_t((i * 7) % 11);
-  Pair wte(DType::f32, randn(Vp * C, 1.0f, 1)), wpe(DType::f32, randn(T * C, 1.0f, 2));
-  Pair out(DType::f32, B * T * C), dout(DType::f32, randn(B * T * C, 1.0f, 3));
-  Pair dwte(DType::f32, randn(Vp * C, 1.0f, 4)), dwpe(DType::f32, randn(T * C, 1.0f, 5));
-  both([&](Backend& be, bool g) {
-    be.embedding_forward(out.f(g), tokens.data(), wte.f(g), wpe.f(g), B, T, C);
-    be.embedding_backward(dwte.f(g), dwpe.f(g), dout.f(g), tokens.data(), B, T, C);
-  });
-  expect_match(out, "embedding out");
-  // the gradients: each row added in the CPU's order, so the same bits
-  EXPECT_EQ(dwte.g.values(), dwte.c.values()) << "embedding dwte";
-  EXPECT_EQ(dwpe.g.values(), dwpe.c.values()) << "embedding dwpe";
+  const int64_t C = 48, Vp = 128;
+  for (auto [B, T] : {std::pair<int64_t, int64_t>{3, 20}, {2, 400}}) {
+    std::vector<int32_t> tokens(B * T);  // host memory: the backend stages it
+    for (size_t i = 0; i < tokens.size(); i++) tokens[i] = T > 100 && i % 2 ? 5 : int32_t((i * 7) % 11);
+    Pair wte(DType::f32, randn(Vp * C, 1.0f, 1)), wpe(DType::f32, randn(T * C, 1.0f, 2));
+    Pair out(DType::f32, B * T * C), dout(DType::f32, randn(B * T * C, 1.0f, 3));
+    Pair dwte(DType::f32, randn(Vp * C, 1.0f, 4)), dwpe(DType::f32, randn(T * C, 1.0f, 5));
+    both([&](Backend& be, bool g) {
+      be.embedding_forward(out.f(g), tokens.data(), wte.f(g), wpe.f(g), B, T, C);
+      be.embedding_backward(dwte.f(g), dwpe.f(g), dout.f(g), tokens.data(), B, T, C);
+    });
+    expect_match(out, fmt::format("embedding out (T={})", T));
+    // the gradients: each row added in the CPU's order, so the same bits
+    EXPECT_EQ(dwte.g.values(), dwte.c.values()) << "embedding dwte (T=" << T << ")";
+    EXPECT_EQ(dwpe.g.values(), dwpe.c.values()) << "embedding dwpe (T=" << T << ")";
+  }
 }
 
 // Logits in each dtype; with a gradient scale, the gradient over them. Rows 16-byte aligned

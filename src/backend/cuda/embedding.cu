@@ -14,15 +14,26 @@ __global__ void embedding_forward_k(float* out, const int32_t* tokens, const flo
   }
 }
 
-// block k: token tok[k], whose rows are pos[starts[k] .. starts[k + 1])
+// block k (256 threads): token tok[k], whose rows are pos[starts[k] .. starts[k + 1]), taken
+// 256 positions at a time through shared memory, so that a thread's loads over them do not
+// wait on each other (a frequent token has hundreds of rows in a batch of real text).
 __global__ void embedding_backward_wte_k(float* dwte, const float* dout, const int32_t* starts, const int32_t* pos,
                                          const int32_t* tok, int64_t C) {
+  __shared__ int32_t rows[256];
   const int k = blockIdx.x;
+  const int32_t r0 = starts[k], r1 = starts[k + 1];
   float* d = dwte + int64_t(tok[k]) * C;
-  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
-    float s = d[c];
-    for (int32_t r = starts[k]; r < starts[k + 1]; r++) s += dout[int64_t(pos[r]) * C + c];
-    d[c] = s;
+  for (int32_t b = r0; b < r1; b += 256) {
+    const int n = min(256, r1 - b);
+    __syncthreads();  // every thread is done with the previous positions
+    if (int(threadIdx.x) < n) rows[threadIdx.x] = pos[b + threadIdx.x];
+    __syncthreads();
+    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+      float s = d[c];
+#pragma unroll 8
+      for (int i = 0; i < n; i++) s += dout[int64_t(rows[i]) * C + c];
+      d[c] = s;
+    }
   }
 }
 
