@@ -282,8 +282,8 @@ MemoryEstimate estimate_memory(const GptConfig& cfg, int B, int T, DType dt,
   // bias: the MLP's, 4 C), and AdamW's span table (64 bytes for each tensor, at most, that the
   // rank updates).
   if (gpu) {
-    const int64_t bt = int64_t(B) * T, c = cfg.n_embd;
-    const double parts = double(std::max(partial_rows(bt, kLayerNormParts) * 2 * c, partial_rows(bt, kColumnParts) * 4 * c));
+    const int64_t bt = int64_t(B) * T;
+    const double parts = double(std::max(partial_rows(bt, kLayerNormParts) * 2, partial_rows(bt, kColumnParts) * 4)) * C;
     m.bytes[int(Mem::runtime)] = kGemmWorkspace + size_t((3 * BT + 1) * 4 + kReduceSlots * 8 + B * NH * T * 4 + parts * 4) +
                                  64 * size_t(12 * cfg.n_layer + 4);
   }

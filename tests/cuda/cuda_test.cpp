@@ -320,12 +320,24 @@ TEST(CudaElementwise, AddCastSumsAdamWMatchCpu) {
   EXPECT_EQ(cuda_backend().sum_squares(x.g.f(), n), 0.0);
 }
 
+// The tiny model over the test stream's 97 ids.
+GptConfig tiny_model() {
+  GptConfig cfg = gpt_preset("tiny", "test");
+  cfg.vocab_size = 97;
+  return cfg;
+}
+// A step's micro-batches: consecutive windows of the test stream from `next` on.
+auto windows(const TrainSettings& t, int64_t& next) {
+  return [&t, &next](int32_t* in, int32_t* tg) {
+    for (int b = 0; b < t.micro_batch; b++) test::stream_window(next++, t.seq_len, in + b * t.seq_len, tg + b * t.seq_len);
+  };
+}
+
 // A tiny model trained on both backends from one init and one token stream: the losses match
 // step by step, and the CUDA run allocates nothing after its first step.
 TEST(CudaTraining, TinyModelLossesMatchCpuAndNothingIsAllocatedAfterTheFirstStep) {
   REQUIRE_CUDA();
-  GptConfig cfg = gpt_preset("tiny", "test");
-  cfg.vocab_size = 97;
+  const GptConfig cfg = tiny_model();
   const int steps = 12;
   for (DType d : kAll) {
     TrainSettings t;
@@ -348,9 +360,7 @@ TEST(CudaTraining, TinyModelLossesMatchCpuAndNothingIsAllocatedAfterTheFirstStep
       Stepper stepper(model, be, *comm, t, 2, p);
       int64_t window = 0;
       for (int step = 0; step < steps; step++) {
-        StepStats st = stepper.step(step, [&](int32_t* in, int32_t* tg) {
-          for (int b = 0; b < t.micro_batch; b++) test::stream_window(window++, t.seq_len, in + b * t.seq_len, tg + b * t.seq_len);
-        });
+        StepStats st = stepper.step(step, windows(t, window));
         losses[g].push_back(st.loss);
         if (g == 1) {
           be.synchronize();
@@ -380,8 +390,7 @@ TEST(CudaTraining, TinyModelLossesMatchCpuAndNothingIsAllocatedAfterTheFirstStep
 // run in a different shuffled order at every launch).
 TEST(CudaTraining, SameRunTwiceGivesBitIdenticalLossesWeightsAndMoments) {
   REQUIRE_CUDA();
-  GptConfig cfg = gpt_preset("tiny", "test");
-  cfg.vocab_size = 97;
+  const GptConfig cfg = tiny_model();
   TrainSettings t;
   t.seq_len = 64;
   t.micro_batch = 4;
@@ -396,9 +405,7 @@ TEST(CudaTraining, SameRunTwiceGivesBitIdenticalLossesWeightsAndMoments) {
     Stepper st(model, cuda_backend(), *comm, t, 2, p);
     int64_t window = 0;
     for (int step = 0; step < t.steps; step++)
-      losses[run].push_back(st.step(step, [&](int32_t* in, int32_t* tg) {
-        for (int b = 0; b < t.micro_batch; b++) test::stream_window(window++, t.seq_len, in + b * t.seq_len, tg + b * t.seq_len);
-      }).loss);
+      losses[run].push_back(st.step(step, windows(t, window)).loss);
     for (size_t u = 0; u < model.units().size(); u++) {
       const Unit& unit = model.units()[u];
       for (const float* buf : {unit.params.data(), st.optimizer().m(u).data(), st.optimizer().v(u).data()}) {
@@ -440,8 +447,7 @@ TEST(CudaPool, KeptDeviceBlocksComeBackZeroFilled) {
 // zero3 allocates and releases its gather and gradient buffers around every block; the pool
 // hands out the device blocks it kept: no cudaMalloc, and no cudaFree (which waits).
 TEST(CudaStep, WaitsForTheDeviceOncePerMicroBatchAndOnceMoreAndAllocatesNoDeviceMemory) {
-  GptConfig cfg = gpt_preset("tiny", "test");
-  cfg.vocab_size = 97;
+  const GptConfig cfg = tiny_model();
   TrainSettings t;
   t.seq_len = 32;
   t.micro_batch = 2;
@@ -458,9 +464,7 @@ TEST(CudaStep, WaitsForTheDeviceOncePerMicroBatchAndOnceMoreAndAllocatesNoDevice
     for (int step = 0; step < t.steps; step++) {
       const size_t pool_allocs = MemoryPool::get().stats().allocations;
       const int mallocs = emu::device_mallocs, frees = emu::device_frees, waits = emu::device_waits;
-      st.step(step, [&](int32_t* in, int32_t* tg) {
-        for (int b = 0; b < t.micro_batch; b++) test::stream_window(window++, t.seq_len, in + b * t.seq_len, tg + b * t.seq_len);
-      });
+      st.step(step, windows(t, window));
       if (step == 0) continue;
       const std::string what = fmt::format("{} step {}", strategy_name(s), step + 1);
       EXPECT_EQ(emu::device_waits - waits, accum + 1) << what;

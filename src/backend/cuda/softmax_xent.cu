@@ -16,6 +16,13 @@ __device__ __forceinline__ void combine(float& m, float& s, float m2, float s2) 
   m = mx;
 }
 
+// n adjacent columns from src to dst: 16 bytes in one load and one store, or one element.
+template <int n, class S>
+__device__ __forceinline__ void copy_cols(S* dst, const S* src) {
+  if constexpr (n > 1) copy16(dst, src);
+  else *dst = *src;
+}
+
 // n: columns per load, 16 bytes' worth (16 / sizeof(S)) where Vp and the buffer allow it, else 1.
 template <class S, int n>
 __global__ void softmax_xent_k(S* logits, float* losses, const int32_t* targets, int64_t V, int64_t Vp,
@@ -25,8 +32,7 @@ __global__ void softmax_xent_k(S* logits, float* losses, const int32_t* targets,
   float m = -FLT_MAX, s = 0.0f;
   for (int64_t v = first; v < V; v += stride) {
     alignas(16) S r[n];
-    if constexpr (n > 1) copy16(r, x + v);
-    else r[0] = x[v];
+    copy_cols<n>(r, x + v);
 #pragma unroll
     for (int k = 0; k < n; k++) {
       if (v + k >= V) break;
@@ -53,15 +59,13 @@ __global__ void softmax_xent_k(S* logits, float* losses, const int32_t* targets,
   if (grad_scale == 0.0f) return;
   for (int64_t v = first; v < Vp; v += stride) {  // each thread rewrites what it reads
     alignas(16) S r[n];
-    if constexpr (n > 1) copy16(r, x + v);
-    else r[0] = x[v];
+    copy_cols<n>(r, x + v);
 #pragma unroll
     for (int k = 0; k < n; k++) {
       const int64_t c = v + k;
       r[k] = from_f<S>(c < V ? expf(to_f(r[k]) - lse) * grad_scale - (c == tgt ? grad_scale : 0.0f) : 0.0f);
     }
-    if constexpr (n > 1) copy16(x + v, r);
-    else x[v] = r[0];
+    copy_cols<n>(x + v, r);
   }
 }
 
