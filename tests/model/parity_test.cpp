@@ -141,7 +141,9 @@ void run_parity(const Shape& s) {
 // frugal bf16 against PyTorch's bf16 autocast on the same weights and batch, both measured
 // against the fp32 reference: frugal's bf16 must be as close to fp32 as autocast is (within
 // 2x, or 1e-3 absolute: over fresh seeds the ratio scatters up to ~1.5x either way, each side
-// rounding differently), and close to autocast itself (bf16 tolerance, 3e-2 relative).
+// rounding differently), and close to autocast itself (bf16 tolerance, 3e-2 relative, beyond
+// autocast's own distance from fp32: on an AVX2-only CPU, PyTorch's bf16 bias gradients are
+// 3-4 % from fp32, frugal's 0.2-0.6 %).
 void run_autocast_parity(const Shape& s) {
   test::TempDir dir;
   GptConfig cfg{"custom", s.L, s.NH, s.C, s.V, s.ctx};
@@ -185,7 +187,7 @@ void run_autocast_parity(const Shape& s) {
     auto truth = get(name, shape), ac = get("ac." + name, shape);
     double ours_err = test::rel_error(ours, truth), ac_err = test::rel_error(ac, truth);
     EXPECT_LE(ours_err, std::max(2.0 * ac_err, 1e-3)) << name << ": frugal bf16 " << ours_err << ", autocast " << ac_err;
-    EXPECT_LT(test::rel_error(ours, ac), 3e-2) << name;
+    EXPECT_LT(test::rel_error(ours, ac), 3e-2 + ac_err) << name << ": frugal bf16 " << ours_err << ", autocast " << ac_err;
   };
   compare(logits, "logits", {s.B, s.T, s.V});
   Stepper st(bf, cpu_backend(), *comm, t, 1, p);

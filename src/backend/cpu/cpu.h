@@ -1,6 +1,7 @@
 // The CPU backend: GEMMs through oneDNN (dnnl_sgemm for fp32, chosen by measurement in
-// bench/RESULTS.md; the matmul primitive for bf16, cached per shape; fp16 through fp32
-// conversions, as oneDNN 2.6 has no fp16 CPU matmul), OpenMP + AVX-512 loops for the rest.
+// bench/RESULTS.md; the matmul primitive for bf16, cached per shape; fp16, and bf16 without
+// AVX-512, through fp32 conversions, as oneDNN 2.6 has no such CPU matmul), OpenMP + AVX-512
+// loops for the rest (plain loops the compiler vectorises where the CPU lacks them).
 // One op family per file; kernels are templated on the storage type and compute in fp32.
 // Reductions across rows go through per-thread partials summed in thread order, so results
 // are bit-identical for a given thread count.
@@ -22,7 +23,7 @@ class CpuBackend final : public Backend {
   CpuBackend();
   ~CpuBackend() override;
   const char* name() const override { return "cpu"; }
-  bool native_gemm(DType d) const override { return d != DType::f16; }
+  bool native_gemm(DType d) const override;
   void matmul(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const void* A,
               int64_t lda, const void* B, int64_t ldb, void* C, int64_t ldc, DType ab, DType c,
               const float* bias, bool accumulate) override;
@@ -62,7 +63,7 @@ class CpuBackend final : public Backend {
  private:
   struct OneDnn;                 // engine, stream and the cache of bf16 matmul primitives
   std::unique_ptr<OneDnn> dnnl_;
-  std::vector<float> f16_a_, f16_b_, f16_c_;  // fp32 staging for fp16 GEMMs (grow once)
+  std::vector<float> f16_a_, f16_b_, f16_c_;  // fp32 staging for widened 16-bit GEMMs (grow once)
   std::vector<double> sq_partials_;            // per-chunk sums of squares (grow once)
   std::vector<float> partials_;                // per-thread reduction scratch (grows once)
   float* partials(int64_t per_thread) {

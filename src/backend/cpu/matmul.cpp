@@ -1,6 +1,7 @@
 // GEMMs and linear layers. fp32: dnnl_sgemm (row-major, oneDNN's gemm:jit). bf16: oneDNN's
 // matmul primitive (brg kernels on AVX512-BF16 / AMX), bias and accumulation fused, primitives
-// cached by shape. fp16: operands widened to fp32 and dnnl_sgemm.
+// cached by shape. fp16, and bf16 on a CPU without AVX-512 (where oneDNN 2.6 has no bf16
+// matmul): operands widened to fp32 and dnnl_sgemm, the same products summed in fp32.
 #include <oneapi/dnnl/dnnl.hpp>
 
 #include <cstring>
@@ -15,10 +16,21 @@ struct CpuBackend::OneDnn {
   dnnl::stream strm{eng};
   using Key = std::tuple<bool, bool, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, bool, bool>;
   std::map<Key, dnnl::matmul> cache;
+  bool bf16 = [this] {  // whether oneDNN has a bf16 matmul on this CPU
+    using dt = dnnl::memory::data_type;
+    const dnnl::memory::desc d({16, 16}, dt::bf16, dnnl::memory::format_tag::ab);
+    try {
+      dnnl::matmul::primitive_desc(dnnl::matmul::desc(d, d, d), eng);
+      return true;
+    } catch (const dnnl::error&) {
+      return false;
+    }
+  }();
 };
 
 CpuBackend::CpuBackend() : dnnl_(std::make_unique<OneDnn>()) {}
 CpuBackend::~CpuBackend() = default;
+bool CpuBackend::native_gemm(DType d) const { return d == DType::f32 || (d == DType::bf16 && dnnl_->bf16); }
 
 void sgemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
                   const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
@@ -52,10 +64,12 @@ void CpuBackend::matmul(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const
           bias || accumulate ? 1.0f : 0.0f, Cf, ldc);
     return;
   }
-  if (ab == DType::f16) {
-    // no fp16 matmul in oneDNN 2.6 on CPUs: widen the operands (as stored) to fp32
-    widen<f16>(f16_a_, A, ta ? K : M, ta ? M : K, lda);
-    widen<f16>(f16_b_, B, tb ? N : K, tb ? K : N, ldb);
+  if (ab == DType::f16 || (ab == DType::bf16 && !dnnl_->bf16)) {
+    // no such matmul in oneDNN 2.6 on this CPU: widen the operands (as stored) to fp32
+    dispatch(ab, [&](auto t) {
+      widen<decltype(t)>(f16_a_, A, ta ? K : M, ta ? M : K, lda);
+      widen<decltype(t)>(f16_b_, B, tb ? N : K, tb ? K : N, ldb);
+    });
     float* out = static_cast<float*>(C);
     int64_t ldo = ldc;
     if (c != DType::f32) {
