@@ -23,7 +23,9 @@
 // Asynchronous copies (cp.async) make their destination NaN bytes when issued and land only
 // when their thread waits for their group, so a read before that wait, or by another warp
 // while a copy is issued over what it reads, shows; a thread that exits with copies in flight
-// is reported. Not emulated: timing, memory coalescing, shared-memory and register limits.
+// is reported. A launch outside the hardware's limits (grid and block sizes, 227 KiB of dynamic
+// shared memory) stops the process, as a GPU refuses it. Not emulated: timing, memory
+// coalescing, register limits, static shared memory's size.
 #pragma once
 #include <ucontext.h>
 
@@ -203,7 +205,9 @@ inline void run_block(int n) {
 // Runs kernel(...) (bound in f) over grid x block threads with smem bytes of dynamic shared memory.
 inline void run(dim3 grid, dim3 block, size_t smem, const std::function<void()>& f) {
   const int n = int(block.x * block.y * block.z);
-  if (n < 1 || n > 1024) fail("a block of 1..1024 threads expected");
+  if (n < 1 || n > 1024 || block.z > 64) fail("a block of 1..1024 threads expected, at most 64 in z");
+  if (grid.x < 1 || grid.x > 0x7fffffffu || grid.y < 1 || grid.y > 65535 || grid.z < 1 || grid.z > 65535)
+    fail("a grid of 1..2^31-1 x 1..65535 x 1..65535 blocks expected (a GPU refuses the launch)");
   if (smem > 227 * 1024) fail("more dynamic shared memory than an H100 block may have (227 KiB)");
   while (int(stacks.size()) < n) stacks.push_back(static_cast<char*>(std::aligned_alloc(64, kStack)));
   threads.assign(n, Thread{});
