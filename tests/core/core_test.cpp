@@ -1,8 +1,11 @@
-// MemoryPool accounting, RNG determinism and statistics, atomic files.
+// MemoryPool accounting, RNG determinism and statistics, atomic files, dtype conversions.
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <fstream>
 
 #include "core/core.h"
+#include "core/dtype.h"
 #include "support/support.h"
 
 namespace frugal {
@@ -135,6 +138,61 @@ TEST(Rng, SameSeedSameStreamAndNormalMoments) {
   }
   EXPECT_NEAR(s / n, 0.0, 0.01);
   EXPECT_NEAR(s2 / n, 1.0, 0.01);
+}
+
+// fp16 against its definition: each of the 65,536 values widens to sign x (1024 + m) 2^(e-25)
+// (subnormals m 2^-24; inf; NaN), and a float narrows to the nearest fp16, ties to the even one,
+// to inf from 65520 on. Both the conversions in use (F16C where the build has it, whose NaNs the
+// integer ones must also match bit for bit) and the integer ones; floats: every fp16 value, its
+// midpoints with the floats on either side, and fresh random bit patterns.
+TEST(DType, Fp16ConversionsAreExactAndRoundToNearestEven) {
+  std::vector<double> value(0x7c00);  // the finite non-negative fp16 values, increasing
+  for (uint32_t h = 0; h < 65536; h++) {
+    const int e = h >> 10 & 31, m = h & 1023;
+    const double mag = e == 0 ? std::ldexp(m, -24) : e == 31 ? (m ? NAN : INFINITY) : std::ldexp(1024 + m, e - 25);
+    const double want = h & 0x8000 ? -mag : mag;
+    if (h < 0x7c00) value[h] = mag;
+    const float soft = f16_bits_to_f32(uint16_t(h)), used = to_f32(f16{uint16_t(h)});
+    EXPECT_EQ(std::bit_cast<uint32_t>(soft), std::bit_cast<uint32_t>(used)) << "fp16 " << h;
+    if (std::isnan(want)) {
+      EXPECT_TRUE(std::isnan(soft)) << "fp16 " << h;
+    } else {
+      EXPECT_EQ(double(soft), want) << "fp16 " << h;
+      EXPECT_EQ(std::signbit(soft), bool(h & 0x8000)) << "fp16 " << h;
+    }
+  }
+  auto nearest = [&](float x) -> uint32_t {  // the fp16 bits x rounds to
+    const double a = std::fabs(double(x));
+    const uint32_t sign = std::signbit(x) ? 0x8000u : 0u;
+    if (a >= 65520.0) return sign | 0x7c00u;
+    const uint32_t lo = uint32_t(std::upper_bound(value.begin(), value.end(), a) - value.begin()) - 1;
+    if (lo == 0x7bffu) return sign | lo;
+    const double dl = a - value[lo], dh = value[lo + 1] - a;
+    return sign | (dl < dh || (dl == dh && lo % 2 == 0) ? lo : lo + 1);
+  };
+  std::vector<float> xs;
+  for (uint32_t h = 0; h < 0x7c00; h++) {
+    const float v = float(value[h]), mid = float((value[h] + (h + 1 < 0x7c00 ? value[h + 1] : 65536.0)) / 2);
+    for (float x : {v, mid, std::nextafter(mid, 0.0f), std::nextafter(mid, 1e9f)}) xs.insert(xs.end(), {x, -x});
+  }
+  std::mt19937_64 g(test::test_seed());
+  for (int i = 0; i < 1000000; i++) xs.push_back(std::bit_cast<float>(uint32_t(g())));
+  for (int i = 0; i < 1000000; i++)  // exponents around fp16's range
+    xs.push_back(std::bit_cast<float>(uint32_t(g() & 0x807fffffu) | uint32_t(96 + g() % 50) << 23));
+  for (float x : xs) {
+    const uint32_t soft = f32_to_f16_bits(x), used = from_f32<f16>(x).bits;
+    if (std::isnan(x)) {
+      EXPECT_EQ(soft, used) << "float bits " << std::bit_cast<uint32_t>(x);
+      EXPECT_TRUE((soft & 0x7c00u) == 0x7c00u && (soft & 0x3ffu)) << "float bits " << std::bit_cast<uint32_t>(x);
+      continue;
+    }
+    const uint32_t want = nearest(x);
+    if (soft != want || used != want) {
+      ADD_FAILURE() << "float " << x << " (bits " << std::bit_cast<uint32_t>(x) << "): fp16 " << want
+                    << " expected, integer " << soft << ", in use " << used << " (seed " << test::test_seed() << ")";
+      break;
+    }
+  }
 }
 
 TEST(AtomicFile, CommitRenamesAndAbandonLeavesNothing) {
