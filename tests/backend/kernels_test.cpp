@@ -244,7 +244,9 @@ TEST(LayerNorm, ForwardMatchesFloat64AndBackwardMatchesFiniteDifferences) {
     Buf copy(d, size_t(N) * C);  // 16-bit: dx rounded, written in the same pass
     be().layernorm_backward(dx.data(), dw.data(), db.data(), dy.data(), x.data(), w.data(),
                             mean.data(), rstd.data(), N, C, d, d == DType::f32 ? nullptr : copy.data());
-    if (d != DType::f32) EXPECT_EQ(copy.bytes, Buf(d, dx).bytes) << dtype_name(d);
+    if (d != DType::f32) {
+      EXPECT_EQ(copy.bytes, Buf(d, dx).bytes) << dtype_name(d);
+    }
     auto gx = fd_grad([&](const Vec& v) { return dot(G, ref_layernorm(v, W, Bv, N, C)); }, X);
     auto gw = fd_grad([&](const Vec& v) { return dot(G, ref_layernorm(X, v, Bv, N, C)); }, W);
     auto gb = fd_grad([&](const Vec& v) { return dot(G, ref_layernorm(X, W, v, N, C)); }, Bv);
