@@ -63,7 +63,7 @@ class CpuBackend final : public Backend {
  private:
   struct OneDnn;                 // engine, stream and the cache of bf16 matmul primitives
   std::unique_ptr<OneDnn> dnnl_;
-  std::vector<float> f16_a_, f16_b_, f16_c_;  // fp32 staging for widened 16-bit GEMMs (grow once)
+  std::vector<float> wide_a_, wide_b_, wide_c_;  // fp32 staging for widened 16-bit GEMMs (grow once)
   std::vector<double> sq_partials_;            // per-chunk sums of squares (grow once)
   std::vector<float> partials_;                // per-thread reduction scratch (grows once)
   float* partials(int64_t per_thread) {

@@ -67,18 +67,18 @@ void CpuBackend::matmul(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const
   if (ab == DType::f16 || (ab == DType::bf16 && !dnnl_->bf16)) {
     // no such matmul in oneDNN 2.6 on this CPU: widen the operands (as stored) to fp32
     dispatch(ab, [&](auto t) {
-      widen<decltype(t)>(f16_a_, A, ta ? K : M, ta ? M : K, lda);
-      widen<decltype(t)>(f16_b_, B, tb ? N : K, tb ? K : N, ldb);
+      widen<decltype(t)>(wide_a_, A, ta ? K : M, ta ? M : K, lda);
+      widen<decltype(t)>(wide_b_, B, tb ? N : K, tb ? K : N, ldb);
     });
     float* out = static_cast<float*>(C);
     int64_t ldo = ldc;
     if (c != DType::f32) {
-      f16_c_.assign(size_t(M * N), 0.0f);
-      out = f16_c_.data();
+      wide_c_.assign(size_t(M * N), 0.0f);
+      out = wide_c_.data();
       ldo = N;
       FRUGAL_CHECK(!accumulate, "accumulate into a 16-bit output");
     }
-    matmul(ta, tb, M, N, K, f16_a_.data(), ta ? M : K, f16_b_.data(), tb ? K : N, out, ldo,
+    matmul(ta, tb, M, N, K, wide_a_.data(), ta ? M : K, wide_b_.data(), tb ? K : N, out, ldo,
            DType::f32, DType::f32, bias, accumulate);
     if (c != DType::f32) {
 #pragma omp parallel for schedule(static)
