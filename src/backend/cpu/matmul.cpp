@@ -73,10 +73,10 @@ void CpuBackend::matmul(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const
     float* out = static_cast<float*>(C);
     int64_t ldo = ldc;
     if (c != DType::f32) {
-      wide_c_.assign(size_t(M * N), 0.0f);
+      FRUGAL_CHECK(!accumulate, "accumulate into a 16-bit output");
+      wide_c_.resize(size_t(M * N));  // written whole by the fp32 GEMM (beta 0, or the bias copied in)
       out = wide_c_.data();
       ldo = N;
-      FRUGAL_CHECK(!accumulate, "accumulate into a 16-bit output");
     }
     matmul(ta, tb, M, N, K, wide_a_.data(), ta ? M : K, wide_b_.data(), tb ? K : N, out, ldo,
            DType::f32, DType::f32, bias, accumulate);
