@@ -98,10 +98,34 @@ TEST_F(Cli, PrepareTrainEvalSample) {
   EXPECT_NE(s1.out, s3.out);
 }
 
-// A run's weights exported for transformers load in the PyTorch twin (its own safetensors
-// reader, GPT2LMHeadModel names, config.json) and give frugal's logits within 1e-4 relative;
-// --init-from starts a run from them exactly; a shape that does not fit is one clear line.
-TEST_F(Cli, ExportLoadsInTheTwinAndInitFromStartsFromIt) {
+// `frugal export` of RUN gives a directory that transformers' AutoModelForCausalLM loads with no
+// missing, unexpected or mismatched key and no warning, and whose logits equal frugal's within
+// 1e-4 (relative, fp32).
+void expect_transformers_logits(const std::string& run_dir, const std::string& cwd) {
+  SCOPED_TRACE(run_dir);
+  Result x = run("export " + run_dir + " --out " + run_dir + "_hf", cwd);
+  ASSERT_EQ(x.code, 0) << x.out;
+  std::string out = cwd + "/" + run_dir + "_hf";
+  auto cfg = nlohmann::json::parse(std::ifstream(out + "/config.json"));
+  EXPECT_EQ(cfg["model_type"], "gpt2");
+  EXPECT_EQ(cfg["architectures"][0], "GPT2LMHeadModel");
+  GptConfig gc = read_model_config(out + "/model.safetensors");
+  Gpt model(gc, cpu_backend());
+  load_model(out, model);
+  const int B = 2, T = std::min(50, gc.context), V = gc.vocab_size;
+  std::vector<int32_t> tokens(B * T);
+  for (int i = 0; i < B * T; i++) tokens[i] = int32_t((i * 37 + 11) % 257);
+  save_safetensors(out + "/tok.st", {{"tokens", "I32", {B, T}, tokens.data()}}, {});
+  ASSERT_TRUE(test::run_reference("hf_reference.py", "logits " + out + " " + out + "/tok.st " + out + "/logits.st"));
+  std::vector<float> ref(size_t(B) * T * V), ours;
+  SafeTensors(out + "/logits.st").read("logits", "F32", {B, T, V}, ref.data());
+  model.allocate(B, T);
+  model.logits(tokens.data(), B, T, false, ours);
+  EXPECT_LT(test::rel_error(ours, ref), 1e-4);
+}
+
+// The tiny and mini models trained a few steps, and gpt2's shape with its random init (lr 0).
+TEST_F(Cli, ExportLoadsInTransformers) {
   ASSERT_EQ(run("prepare corpus.txt --out data --val-every 5", d()).code, 0);
   Result t = run(std::string("train ") + kTiny + " --train.steps=6 --train.eval_batches=1 --run.dir=hf", d());
   ASSERT_EQ(t.code, 0) << t.out;
@@ -109,31 +133,17 @@ TEST_F(Cli, ExportLoadsInTheTwinAndInitFromStartsFromIt) {
   Result x = run("export hf --out hf_export", d());
   ASSERT_EQ(x.code, 0) << x.out;
   EXPECT_NE(x.out.find("hf/ckpt-6/model.safetensors -> hf_export/model.safetensors"), std::string::npos) << x.out;
-  auto cfg = nlohmann::json::parse(std::ifstream(*dir_ / "hf_export/config.json"));
-  EXPECT_EQ(cfg["model_type"], "gpt2");
-  EXPECT_EQ(cfg["architectures"][0], "GPT2LMHeadModel");
-  EXPECT_EQ(cfg["vocab_size"], 257);
-  EXPECT_EQ(cfg["n_positions"], 128);
-  EXPECT_EQ(cfg["n_layer"], 2);
-  EXPECT_EQ(cfg["activation_function"], "gelu_new");
+  expect_transformers_logits("hf", d());
+  const std::string data = " --data.train=data/train_*.bin --data.val=data/val_*.bin --train.eval_batches=1 --run.checkpoint_every=0";
+  Result m = run("train --model.preset=mini --train.seq_len=64 --train.micro_batch=2 --train.steps=3 --run.dir=hf_mini" + data, d());
+  ASSERT_EQ(m.code, 0) << m.out;
+  expect_transformers_logits("hf_mini", d());
+  Result g = run("train --model.preset=gpt2 --model.vocab_size=50257 --train.seq_len=32 --train.micro_batch=1 --train.steps=1 "
+                 "--train.lr=0 --train.min_lr=0 --run.dir=hf_gpt2" + data, d());
+  ASSERT_EQ(g.code, 0) << g.out;
+  expect_transformers_logits("hf_gpt2", d());
 
-  GptConfig gc = read_model_config(*dir_ / "hf/model.safetensors");
-  Gpt model(gc, cpu_backend());
-  load_model(*dir_ / "hf/model.safetensors", model);
-  const int B = 2, T = 50;
-  std::vector<int32_t> tokens(B * T);
-  for (int i = 0; i < B * T; i++) tokens[i] = int32_t((i * 37 + 11) % 257);
-  save_safetensors(*dir_ / "tok.safetensors", {{"tokens", "I32", {B, T}, tokens.data()}}, {});
-  std::string cmd = fmt::format("/usr/bin/python3 {}/tests/reference/gpt2_reference.py --hf {} --batches {} --out {}",
-                                FRUGAL_SOURCE_DIR, *dir_ / "hf_export", *dir_ / "tok.safetensors", *dir_ / "logits.safetensors");
-  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
-  std::vector<float> ref(size_t(B) * T * 257), ours;
-  SafeTensors(*dir_ / "logits.safetensors").read("logits", "F32", {B, T, 257}, ref.data());
-  model.allocate(B, T);
-  model.logits(tokens.data(), B, T, false, ours);
-  EXPECT_LT(test::rel_error(ours, ref), 1e-4);
-
-  // lr 0: one step leaves the weights as they came
+  // lr 0: one step from the export leaves the weights as they came
   Result f = run(std::string("train ") + kTiny + " --train.steps=1 --train.lr=0 --train.min_lr=0 --train.eval_batches=1 "
                  "--run.dir=ft --init-from hf_export/model.safetensors", d());
   ASSERT_EQ(f.code, 0) << f.out;
@@ -143,16 +153,76 @@ TEST_F(Cli, ExportLoadsInTheTwinAndInitFromStartsFromIt) {
   };
   EXPECT_EQ(slurp(*dir_ / "ft/model.safetensors"), slurp(*dir_ / "hf_export/model.safetensors"));
   expect_error(std::string("train ") + kTiny + " --model.n_embd=32 --run.dir=ft2 --init-from hf_export/model.safetensors",
-               "hf_export/model.safetensors: tensor 'transformer.wte.weight' is F32 [257, 64], expected F32 [257, 32]");
+               "hf_export/model.safetensors: tensor 'transformer.wte.weight' is F32 [257, 64], expected F32, BF16 or F16 [257, 32]");
   expect_error("train --resume hf --model.n_layer=3",
                "the configuration changes the model shape of checkpoint hf/ckpt-6: model.n_layer 2 -> 3");
+}
+
+// A model that transformers wrote (save_pretrained, random init) starts a frugal run: one file or
+// an index and shards, in fp32, bf16 and fp16 (widened to the fp32 masters), the shape from its
+// config.json; frugal's first loss equals transformers' loss on the same tokens within 1e-4.
+TEST_F(Cli, InitFromTransformersSavePretrained) {
+  const int T = 64;
+  std::vector<uint32_t> tokens(2 * T + 1);  // two windows: one micro-batch of 2
+  Rng rng(test::test_seed());
+  for (auto& t : tokens) t = uint32_t(rng.below(257));
+  write_shard(*dir_ / "hfx.bin", tokens);
+  std::vector<int32_t> windows;
+  for (int w = 0; w < 2; w++) windows.insert(windows.end(), tokens.begin() + w * T, tokens.begin() + w * T + T + 1);
+  save_safetensors(*dir_ / "hfx.st", {{"tokens", "I32", {2, T + 1}, windows.data()}}, {});
+  const std::string shape = "--n-layer 3 --n-head 4 --n-embd 96 --vocab 257 --context 128";
+  for (auto [dtype, shard] : {std::pair{"fp32", "5GB"}, {"fp32", "150KB"}, {"bf16", "100KB"}, {"fp16", "5GB"}}) {
+    std::string dir = fmt::format("tf_{}_{}", dtype, shard);
+    SCOPED_TRACE(dir);
+    ASSERT_TRUE(test::run_reference("hf_reference.py", fmt::format("save {}/{} {} --dtype {} --max-shard-size {} --seed {}",
+                                                                   d(), dir, shape, dtype, shard, test::test_seed())));
+    EXPECT_EQ(std::filesystem::exists(*dir_ / (dir + "/model.safetensors.index.json")), std::string(shard) != "5GB");
+    ASSERT_TRUE(test::run_reference("hf_reference.py", fmt::format("loss {0}/{1} {0}/hfx.st {0}/{1}/loss.st", d(), dir)));
+    float ref = 0;
+    SafeTensors(*dir_ / (dir + "/loss.st")).read("loss", "F32", {1}, &ref);
+    Result r = run("train --init-from " + dir + " --train.seq_len=64 --train.micro_batch=2 --train.steps=1 --train.lr=0 "
+                   "--train.min_lr=0 --train.eval_batches=1 --data.train=hfx.bin --data.val=hfx.bin --run.dir=run_" + dir, d());
+    ASSERT_EQ(r.code, 0) << r.out;
+    std::ifstream in(*dir_ / ("run_" + dir + "/metrics.jsonl"));
+    std::string line;
+    std::getline(in, line);
+    double loss = nlohmann::json::parse(line)["loss"].get<double>();
+    EXPECT_NEAR(loss, ref, 1e-4 * ref);
+    GptConfig c = read_model_config(*dir_ / ("run_" + dir + "/model.safetensors"));
+    EXPECT_EQ(c.n_layer, 3);  // the shape came from config.json
+    EXPECT_EQ(c.n_embd, 96);
+  }
+}
+
+// What --init-from cannot place is refused, never ignored.
+TEST_F(Cli, InitFromRefusesWhatItCannotPlace) {
+  write_shard(*dir_ / "hfy.bin", std::vector<uint32_t>(200, 7));
+  const std::string run_args = " --train.seq_len=32 --train.micro_batch=2 --train.steps=1 --data.train=hfy.bin --data.val=hfy.bin --run.dir=refused";
+  const std::string shape = "--n-layer 3 --n-head 4 --n-embd 64 --vocab 257 --context 128";
+  ASSERT_TRUE(test::run_reference("hf_reference.py", "save " + d() + "/tf3 " + shape + " --max-shard-size 100KB"));
+  auto index = nlohmann::json::parse(std::ifstream(*dir_ / "tf3/model.safetensors.index.json"));
+  const std::string extra = "transformer.h.2.attn.c_attn.bias", shard = index["weight_map"][extra];
+  expect_error("train --init-from tf3 --model.n_layer=2" + run_args,
+               "tf3/" + shard + ": tensor '" + extra + "' has no place in this model (2 layers, n_embd 64, vocab 257)");
+  ASSERT_TRUE(test::run_reference("hf_reference.py", "save " + d() + "/tf_untied " + shape + " --untied"));
+  expect_error("train --init-from tf_untied" + run_args,
+               "tf_untied/config.json: tie_word_embeddings: expected true (frugal's GPT-2 ties the output head to the embedding), got false");
+  std::filesystem::create_directories(*dir_ / "bare");  // the weights alone, no config.json to refuse them
+  std::filesystem::copy_file(*dir_ / "tf_untied/model.safetensors", *dir_ / "bare/model.safetensors");
+  expect_error("train --init-from bare/model.safetensors --model.preset=custom --model.n_layer=3 --model.n_head=4 "
+               "--model.n_embd=64 --model.vocab_size=257 --model.context=128" + run_args,
+               "bare/model.safetensors: tensor 'lm_head.weight' differs from the embedding");
+  std::ofstream(*dir_ / "bare/config.json") << R"({"model_type": "llama", "n_layer": 2})";
+  expect_error("train --init-from bare" + run_args, "bare/config.json: model_type: expected gpt2, got \"llama\"");
+  ASSERT_TRUE(std::filesystem::remove(*dir_ / ("tf3/" + shard)));
+  expect_error("train --init-from tf3" + run_args, "tf3/" + shard + ": cannot open");
+  EXPECT_FALSE(std::filesystem::exists(*dir_ / "refused"));
 }
 
 // The other tokenizers: GPT-2's BPE and a SentencePiece vocabulary trained by prepare; train
 // needs the model's vocabulary to match, sample decodes with the data's tokenizer.
 TEST_F(Cli, PrepareTrainSampleWithGpt2AndTrainedTokenizers) {
   std::string gpt2_dir = std::string(FRUGAL_SOURCE_DIR) + "/data/gpt2";
-  if (!std::filesystem::exists(gpt2_dir + "/vocab.bpe")) GTEST_SKIP() << gpt2_dir << " is missing (scripts/setup.sh)";
   Result p = run("prepare corpus.txt --out gdata --val-every 5 --tokenizer gpt2 --gpt2-dir " + gpt2_dir, d());
   ASSERT_EQ(p.code, 0) << p.out;
   std::string data = " --data.train=gdata/train_*.bin --data.val=gdata/val_*.bin --train.steps=2 --train.eval_every=0 --train.eval_batches=1";

@@ -53,13 +53,11 @@ void run_parity(const Shape& s) {
                                                      : int32_t(rng.below(uint64_t(s.V)));
   save_safetensors(dir / "x.safetensors", {{"tokens", "I32", {S, s.B, W}, tokens.data()}}, {});
 
-  std::string cmd = fmt::format(
-      "/usr/bin/python3 {}/tests/reference/gpt2_reference.py --weights {} --batches {} --out {} "
-      "--lr {} --min-lr {} --warmup {} --total-steps {} --weight-decay {} --beta1 {} --beta2 {} "
-      "--eps {} --clip {} --threads 2",
-      FRUGAL_SOURCE_DIR, dir / "w.safetensors", dir / "x.safetensors", dir / "r.safetensors", t.lr,
-      t.min_lr, t.warmup_steps, t.steps, t.weight_decay, t.beta1, t.beta2, t.eps, t.grad_clip);
-  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  ASSERT_TRUE(test::run_reference("gpt2_reference.py", fmt::format(
+      "--weights {} --batches {} --out {} --lr {} --min-lr {} --warmup {} --total-steps {} --weight-decay {} "
+      "--beta1 {} --beta2 {} --eps {} --clip {} --threads 2",
+      dir / "w.safetensors", dir / "x.safetensors", dir / "r.safetensors", t.lr, t.min_lr, t.warmup_steps,
+      t.steps, t.weight_decay, t.beta1, t.beta2, t.eps, t.grad_clip)));
   SafeTensors ref(dir / "r.safetensors");
   auto ref_tensor = [&](const std::string& name, const std::vector<int64_t>& shape) { return read_f32(ref, name, shape); };
 
@@ -157,10 +155,9 @@ void run_autocast_parity(const Shape& s) {
   Rng rng(seed + 1);
   for (auto& x : tokens) x = int32_t(rng.below(uint64_t(s.V)));
   save_safetensors(dir / "x.safetensors", {{"tokens", "I32", {S, s.B, W}, tokens.data()}}, {});
-  std::string cmd = fmt::format(
-      "/usr/bin/python3 {}/tests/reference/gpt2_reference.py --weights {} --batches {} --out {} "
-      "--threads 2 --autocast", FRUGAL_SOURCE_DIR, dir / "w.safetensors", dir / "x.safetensors", dir / "r.safetensors");
-  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  ASSERT_TRUE(test::run_reference("gpt2_reference.py", fmt::format(
+      "--weights {} --batches {} --out {} --threads 2 --autocast", dir / "w.safetensors", dir / "x.safetensors",
+      dir / "r.safetensors")));
   SafeTensors ref(dir / "r.safetensors");
   auto get = [&](const std::string& name, const std::vector<int64_t>& shape) { return read_f32(ref, name, shape); };
   Gpt bf(cfg, cpu_backend(), DType::bf16);
@@ -204,9 +201,8 @@ TEST(PyTorchParity, AttentionMatchesPyTorch) {
   auto qkv = test::randn(size_t(B) * T * 3 * C, 1, 31), dout = test::randn(size_t(B) * T * C, 1, 32);
   save_safetensors(dir / "a.safetensors", {{"qkv", "F32", {B, T, 3 * C}, qkv.data()}, {"dout", "F32", {B, T, C}, dout.data()}},
                    {{"n_head", std::to_string(NH)}});
-  std::string cmd = fmt::format("/usr/bin/python3 {}/tests/reference/gpt2_reference.py --attention {} --out {}",
-                                FRUGAL_SOURCE_DIR, dir / "a.safetensors", dir / "r.safetensors");
-  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  ASSERT_TRUE(test::run_reference("gpt2_reference.py", fmt::format("--attention {} --out {}", dir / "a.safetensors",
+                                                                   dir / "r.safetensors")));
   SafeTensors r(dir / "r.safetensors");
   std::vector<float> ref_out(size_t(B) * T * C), ref_dqkv(qkv.size()), out(ref_out.size()), dqkv(qkv.size()), lse(size_t(B) * NH * T);
   r.read("out", "F32", {B, T, C}, ref_out.data());

@@ -1,8 +1,7 @@
-#!/usr/bin/python3
 """PyTorch reference ("twin") of frugal's C++ GPT-2 trainer.
 
-Run it with Debian's /usr/bin/python3 (torch + numpy; no safetensors package
-needed: the format is read and written here with struct + json + numpy).
+Run it with the venv of scripts/setup.sh (.venv/bin/python: PyTorch 2.x + numpy; the
+safetensors format is read and written here with struct + json + numpy).
 
 Mode 1, parity (default) -- used by the C++ parity test:
   python3 gpt2_reference.py --weights W.safetensors --batches X.safetensors
@@ -20,12 +19,6 @@ Mode 1, parity (default) -- used by the C++ parity test:
   "grad.<name>" and "param5.<name>": wte (Vp,C), wpe (maxT,C),
   blocks.<l>.{ln1,ln2}.{weight,bias}, blocks.<l>.attn.{qkv,proj}.{weight,bias},
   blocks.<l>.mlp.{fc,proj}.{weight,bias}, ln_f.{weight,bias}.
-
-Mode 4, Hugging Face export -- used by the export test:
-  python3 gpt2_reference.py --hf DIR --batches X.safetensors --out R.safetensors
-  DIR: what `frugal export` writes (config.json + model.safetensors, read as
-  transformers would: GPT2Config fields, GPT2LMHeadModel names). X: I32
-  "tokens" (B,T). R: F32 "logits" (B,T,V).
 
 Mode 3, attention alone -- used by the attention test:
   python3 gpt2_reference.py --attention A.safetensors --out R.safetensors
@@ -300,23 +293,6 @@ def run_parity(torch, a):
     write_safetensors(a.out, {k: v.astype(np.float32) for k, v in out.items()})
 
 
-def run_hf(torch, a):
-    """Logits of tokens (B,T) from an exported directory, read as transformers would."""
-    with open(os.path.join(a.hf, "config.json")) as f:
-        c = json.load(f)
-    if c["model_type"] != "gpt2" or c["architectures"] != ["GPT2LMHeadModel"] \
-            or c["activation_function"] != "gelu_new" or c["layer_norm_epsilon"] != 1e-5 \
-            or c["n_ctx"] != c["n_positions"] or c.get("tie_word_embeddings", True) is not True:
-        sys.exit("config.json is not a GPT-2 config the twin matches: %s" % c)
-    model = build_model(torch, c["n_layer"], c["n_head"], c["n_embd"], c["vocab_size"], c["n_positions"])
-    weights, _ = read_safetensors(os.path.join(a.hf, "model.safetensors"))
-    load_weights(model, from_hf(weights, c["n_layer"], c["vocab_size"]))
-    tokens = torch.from_numpy(read_safetensors(a.batches)[0]["tokens"]).long()
-    with torch.no_grad():
-        logits, _ = model(tokens, tokens)
-    write_safetensors(a.out, {"logits": logits.numpy().astype(np.float32)})
-
-
 def run_attention(torch, a):
     """Causal attention alone: out and d(sum(dout * out))/dqkv for qkv (B,T,3C), dout (B,T,C)."""
     t, meta = read_safetensors(a.attention)
@@ -388,7 +364,6 @@ def main():
                     help="parity: also write ac.logits, ac.loss, ac.grad.* of batch 0 under bf16 autocast")
     # bench mode
     ap.add_argument("--bench", action="store_true")
-    ap.add_argument("--hf", help="export mode: a directory with config.json + model.safetensors")
     ap.add_argument("--attention", help="attention mode: a safetensors file with qkv, dout (+ metadata n_head)")
     ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
                     help="bench: bf16 runs the forward under torch.autocast (fp32 master weights)")
@@ -406,9 +381,7 @@ def main():
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--warmup-steps", type=int, default=2)
     a = ap.parse_args()
-    if a.hf and not (a.batches and a.out):
-        ap.error("export mode needs --hf, --batches and --out")
-    if not a.bench and not a.attention and not a.hf and not (a.weights and a.batches and a.out):
+    if not a.bench and not a.attention and not (a.weights and a.batches and a.out):
         ap.error("parity mode needs --weights, --batches and --out")
 
     os.environ["OMP_NUM_THREADS"] = str(a.threads)
@@ -416,7 +389,7 @@ def main():
     import torch  # after the env vars, so the thread pools honour them
     import torch.utils.checkpoint  # noqa: F401  (bench --checkpoint)
     torch.set_num_threads(a.threads)
-    (run_bench if a.bench else run_attention if a.attention else run_hf if a.hf else run_parity)(torch, a)
+    (run_bench if a.bench else run_attention if a.attention else run_parity)(torch, a)
 
 
 if __name__ == "__main__":

@@ -57,7 +57,8 @@ def main():
         torch.manual_seed(a.seed)
         cfg = transformers.GPT2Config(n_layer=a.n_layer, n_head=a.n_head, n_embd=a.n_embd,
                                       vocab_size=a.vocab, n_positions=a.context,
-                                      tie_word_embeddings=not a.untied)
+                                      tie_word_embeddings=not a.untied, bos_token_id=a.vocab - 1,
+                                      eos_token_id=a.vocab - 1)
         model = transformers.GPT2LMHeadModel(cfg)
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[a.dtype]
         model.to(dtype).save_pretrained(a.dir, max_shard_size=a.max_shard_size)
