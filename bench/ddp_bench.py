@@ -1,10 +1,10 @@
-#!/usr/bin/python3
+#!/usr/bin/env python3
 """Data parallelism on this machine: frugal as 1 rank x 2 threads against 2 ranks x 1 thread
 (mpirun) for each strategy, same global batch, same model, in the same run; prints tokens/s,
 rank 0's peak memory by category, the time a step waited on communication, pool allocations
 per step, and the ratios to the single process and to ddp.
 
-  /usr/bin/python3 bench/ddp_bench.py [--preset tiny|gpt2] [--batch 8] [--seq 256] [--steps 6]
+  .venv/bin/python bench/ddp_bench.py [--preset tiny|gpt2] [--batch 8] [--seq 256] [--steps 6]
       [--strategy ddp,zero1,zero2,zero3,yafsdp] [--dtype fp32|bf16] [--reduce fp32|bf16]
 """
 import argparse

@@ -1,10 +1,10 @@
-#!/usr/bin/python3
+#!/usr/bin/env python3
 """The plan against measured runs on this machine: train a model at several micro-batches, in
 rounds of back-to-back runs (so that a round's runs share the machine's load); each round
 calibrates the MFU on its first micro-batch and predicts the others' median step time; prints
 the median over rounds of predicted and measured step time, and predicted vs measured memory.
 
-    /usr/bin/python3 bench/plan_bench.py [--preset mini] [--seq 128] [--batches 4,8,16]
+    .venv/bin/python bench/plan_bench.py [--preset mini] [--seq 128] [--batches 4,8,16]
         [--steps 6] [--rounds 3] [--threads 1] [--precision fp32]
 """
 import argparse, json, os, statistics, subprocess, sys, tempfile

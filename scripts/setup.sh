@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs every dependency of frugal: Debian's packages, and the Python references from PyPI into
-# .venv (ignored by git; versions pinned in scripts/requirements.txt). Idempotent; run as root (or
-# with sudo). A fresh machine takes about 2 minutes here, most of it PyPI's torch (~5.5 GB with
-# its CUDA libraries), installed once per machine and reused.
+# a venv (.venv, ignored by git; versions pinned in scripts/requirements.txt). Idempotent; run as
+# root (or with sudo). PyPI's torch brings ~5.5 GB of CUDA libraries: the venv is made once per
+# machine (about 1.5 minutes here) and reused by every checkout.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 pkgs=(build-essential cmake ninja-build pkg-config
@@ -20,16 +20,20 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-# The references (PyTorch 2.x, transformers, safetensors, tiktoken, numpy) in one venv of Debian's
-# python3, remade only when scripts/requirements.txt changes (its copy in the venv says which).
-venv=$root/.venv
+# The references (PyTorch 2.x, transformers, safetensors, tiktoken, numpy): one venv of Debian's
+# python3 per machine and set of pins (~/.cache/frugal/venv-HASH, HASH from
+# scripts/requirements.txt), made once and shared by every checkout; .venv links to it.
 req=$root/scripts/requirements.txt
-if ! cmp -s "$req" "$venv/requirements.txt"; then
+venv=${XDG_CACHE_HOME:-$HOME/.cache}/frugal/venv-$(sha256sum "$req" | cut -c1-12)
+if [ ! -f "$venv/complete" ]; then
   rm -rf "$venv"
+  mkdir -p "$(dirname "$venv")"
   /usr/bin/python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check --no-deps -r "$req"
-  cp "$req" "$venv/requirements.txt"
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps -r "$req"
+  touch "$venv/complete"
 fi
+[ -L "$root/.venv" ] || rm -rf "$root/.venv"  # a venv made in place by an older setup.sh
+ln -sfn "$venv" "$root/.venv"
 
 # GPT-2's BPE ranks (OpenAI's gpt2.tiktoken, the file tiktoken's gpt2 encoding loads), from the
 # sdist of PyPI's openai-whisper, which ships it; checked against its known digest.
@@ -37,7 +41,7 @@ gpt2=$root/data/gpt2/gpt2.tiktoken
 sha=306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930
 if ! echo "$sha  $gpt2" | sha256sum -c --status 2>/dev/null; then
   tmp=$(mktemp -d)
-  "$venv/bin/pip" download -q --disable-pip-version-check --no-deps --no-binary :all: -d "$tmp" openai-whisper==20250625
+  "$venv/bin/python" -m pip download -q --disable-pip-version-check --no-deps --no-binary :all: -d "$tmp" openai-whisper==20250625
   tar xzf "$tmp"/openai_whisper-20250625.tar.gz -C "$tmp" openai_whisper-20250625/whisper/assets/gpt2.tiktoken
   echo "$sha  $tmp/openai_whisper-20250625/whisper/assets/gpt2.tiktoken" | sha256sum -c --status \
     || { echo "setup.sh: openai-whisper's gpt2.tiktoken does not have the expected sha256" >&2; exit 1; }

@@ -207,22 +207,20 @@ TEST(Gpt2Tokenizer, BadRankFilesAreUserErrors) {
   auto load = [&] { make_gpt2_tokenizer(d.path.string()); };
   test::expect_user_error(load, f + ": missing: a tiktoken rank file");
   auto write = [&](const std::string& text) { std::ofstream(f, std::ios::binary) << text; };
-  write("");
-  test::expect_user_error(load, f + ": no ranks");
-  write("IQ== 0\nIg== 1\nIw==\n");
-  test::expect_user_error(load, f + ":3: 'Iw==', expected 'BASE64_TOKEN RANK'");
-  write("IQ== 0\nIg== x1\n");
-  test::expect_user_error(load, f + ":2: 'Ig== x1', expected 'BASE64_TOKEN RANK'");
-  write("IQ== 0\nI!== 1\n");
-  test::expect_user_error(load, f + ":2: 'I!==' is not base64");
-  write("IQ== 0\nIg== 1\nIw== 1\n");
-  test::expect_user_error(load, f + ":3: rank 1 repeats line 2's");
-  write("IQ== 0\nIg== 1\nIw== 3\n");
-  test::expect_user_error(load, f + ":3: rank 3, expected 2: ranks run 0, 1, 2, ... without gaps");
-  write("IQ== 0\nIg== 1\nIQ== 2\n");
-  test::expect_user_error(load, f + ":3: token 'IQ==' repeats line 1's");
-  write("IQ== 0\nIg== 1\n");
-  test::expect_user_error(load, f + ": 2 ranks, expected GPT-2's 50256");
+  const std::pair<const char*, std::string> cases[] = {  // the file, and what the error says
+      {"", ": no ranks"},
+      {"IQ== 0\nIg== 1\nIw==\n", ":3: 'Iw==', expected 'BASE64_TOKEN RANK'"},
+      {"IQ== 0\nIg== x1\n", ":2: 'Ig== x1', expected 'BASE64_TOKEN RANK'"},
+      {"IQ== 0\nI!== 1\n", ":2: 'I!==' is not base64"},
+      {"IQ== 0\nIg== 1\nIw== 1\n", ":3: rank 1 repeats line 2's"},
+      {"IQ== 0\nIg== 1\nIw== 3\n", ":3: rank 3, expected 2: ranks run 0, 1, 2, ... without gaps"},
+      {"IQ== 0\nIg== 1\nIQ== 2\n", ":3: token 'IQ==' repeats line 1's"},
+      {"IQ== 0\nIg== 1\n", ": 2 ranks, expected GPT-2's 50256"},
+  };
+  for (auto& [text, error] : cases) {
+    write(text);
+    test::expect_user_error(load, f + error);
+  }
   // the real file less its last line: a count error, not a crash
   std::string real = read_whole_file(kRanks);
   write(real.substr(0, real.rfind('\n', real.size() - 2) + 1));

@@ -29,9 +29,9 @@ Mode 2, bench -- used by the benchmark:
       --vocab 50257 --context 1024 --batch 4 --seq 256 --steps 6
       --warmup-steps 2 --threads 2 [--dtype bf16]
   Prints one JSON line: tokens_per_s, step_s_median, peak_rss_mib, threads, loss.
-  On a GPU (bench/gpu/check.sh): --device cuda --sdpa --compile, the usual fast PyTorch
-  recipe (scaled_dot_product_attention, torch.compile, fused AdamW, bf16 autocast); the JSON
-  line then also holds peak_gpu_mib (torch.cuda.max_memory_allocated).
+  --sdpa [--compile] is the usual fast PyTorch recipe (scaled_dot_product_attention, fused
+  AdamW, torch.compile), on the CPU (bench/train_bench.py) and on a GPU (bench/gpu/check.sh:
+  --device cuda, where the JSON line also holds peak_gpu_mib, torch.cuda.max_memory_allocated).
 """
 import argparse
 import json
@@ -228,8 +228,7 @@ def make_optimizer(torch, model, lr, weight_decay, betas, eps, fused=False):
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    extra = {"fused": True} if fused else {}  # (Debian's torch predates the argument)
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, **extra)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused)
 
 
 def lr_at(i, lr, min_lr, warmup, total_steps):
@@ -314,7 +313,7 @@ def run_bench(torch, a):
     model = build_model(torch, a.n_layer, a.n_head, a.n_embd, a.vocab, a.context, a.sdpa).to(a.device)
     gpt2_init(torch, model, a.n_layer)
     model.checkpoint = a.checkpoint
-    opt = make_optimizer(torch, model, 3e-4, 0.1, (0.9, 0.95), 1e-8, fused=gpu)
+    opt = make_optimizer(torch, model, 3e-4, 0.1, (0.9, 0.95), 1e-8, fused=gpu or a.sdpa)
     step_model = torch.compile(model) if a.compile else model
     times, loss = [], None
     for i in range(a.warmup_steps + a.steps):
