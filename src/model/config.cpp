@@ -47,14 +47,17 @@ void GptConfig::validate(const std::string& where) const {
 }
 
 int64_t GptConfig::num_params() const {
-  int64_t C = n_embd;
-  return padded_vocab() * C + int64_t(context) * C + int64_t(n_layer) * (12 * C * C + 13 * C) +
-         2 * C;
+  int64_t n = 0;
+  for (const UnitSpec& u : param_table(*this)) n += u.numel;
+  return n;
 }
 
 int64_t GptConfig::num_params_no_wpe() const {
-  int64_t C = n_embd;
-  return int64_t(vocab_size) * C + int64_t(n_layer) * (12 * C * C + 13 * C) + 2 * C;
+  int64_t n = 0;
+  for (const UnitSpec& u : param_table(*this))
+    for (const ParamSpec& s : u.specs)
+      n += s.field == &Tensors::wpe ? 0 : s.field == &Tensors::wte ? int64_t(vocab_size) * s.shape[1] : s.numel;
+  return n;
 }
 
 double GptConfig::flops_per_token(int T) const {

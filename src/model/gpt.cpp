@@ -7,11 +7,10 @@
 
 namespace frugal {
 
-static Unit make_unit(std::string name, std::vector<ParamSpec> specs, DType dt, Own own) {
-  Unit u;
-  u.name = std::move(name);
-  u.specs = std::move(specs);
-  for (bool big : {true, false})  // the 2-D weights first, then the 1-D tail
+// Lays out a unit's flat buffer: the 2-D weights first, then the 1-D tail.
+static UnitSpec make_spec(UnitKind kind, int layer, std::string name, std::vector<ParamSpec> specs) {
+  UnitSpec u{kind, layer, std::move(name), std::move(specs)};
+  for (bool big : {true, false})
     for (auto& s : u.specs) {
       if ((s.shape.size() == 2) != big) continue;
       s.numel = 1;
@@ -20,6 +19,46 @@ static Unit make_unit(std::string name, std::vector<ParamSpec> specs, DType dt, 
       u.numel += s.numel;
       if (big) u.nbig = u.numel;
     }
+  return u;
+}
+
+std::vector<UnitSpec> param_table(const GptConfig& cfg) {
+  const int64_t C = cfg.n_embd, Vp = cfg.padded_vocab(), maxT = cfg.context;
+  using T = Tensors;
+  std::vector<UnitSpec> units;
+  units.push_back(make_spec(UnitKind::embedding, -1, "embedding", {
+      {"wte", {Vp, C}, true, Init::normal, &T::wte, "transformer.wte.weight"},  // V rows in files
+      {"wpe", {maxT, C}, true, Init::normal, &T::wpe, "transformer.wpe.weight"},
+  }));
+  for (int l = 0; l < cfg.n_layer; l++) {
+    auto n = [l](const char* s) { return fmt::format("blocks.{}.{}", l, s); };
+    auto h = [l](const char* s) { return fmt::format("transformer.h.{}.{}", l, s); };
+    units.push_back(make_spec(UnitKind::block, l, fmt::format("block{}", l), {
+        {n("ln1.weight"), {C}, false, Init::ones, &T::ln1_w, h("ln_1.weight")},
+        {n("ln1.bias"), {C}, false, Init::zeros, &T::ln1_b, h("ln_1.bias")},
+        {n("attn.qkv.weight"), {3 * C, C}, true, Init::normal, &T::qkv_w, h("attn.c_attn.weight"), true},
+        {n("attn.qkv.bias"), {3 * C}, false, Init::zeros, &T::qkv_b, h("attn.c_attn.bias")},
+        {n("attn.proj.weight"), {C, C}, true, Init::normal_residual, &T::proj_w, h("attn.c_proj.weight"), true},
+        {n("attn.proj.bias"), {C}, false, Init::zeros, &T::proj_b, h("attn.c_proj.bias")},
+        {n("ln2.weight"), {C}, false, Init::ones, &T::ln2_w, h("ln_2.weight")},
+        {n("ln2.bias"), {C}, false, Init::zeros, &T::ln2_b, h("ln_2.bias")},
+        {n("mlp.fc.weight"), {4 * C, C}, true, Init::normal, &T::fc_w, h("mlp.c_fc.weight"), true},
+        {n("mlp.fc.bias"), {4 * C}, false, Init::zeros, &T::fc_b, h("mlp.c_fc.bias")},
+        {n("mlp.proj.weight"), {C, 4 * C}, true, Init::normal_residual, &T::fcproj_w, h("mlp.c_proj.weight"), true},
+        {n("mlp.proj.bias"), {C}, false, Init::zeros, &T::fcproj_b, h("mlp.c_proj.bias")},
+    }));
+  }
+  units.push_back(make_spec(UnitKind::final, -1, "final", {
+      {"ln_f.weight", {C}, false, Init::ones, &T::lnf_w, "transformer.ln_f.weight"},
+      {"ln_f.bias", {C}, false, Init::zeros, &T::lnf_b, "transformer.ln_f.bias"},
+  }));
+  return units;
+}
+
+// A unit of the table with the storage the model owns.
+static Unit make_unit(UnitSpec spec, DType dt, Own own) {
+  Unit u;
+  static_cast<UnitSpec&>(u) = std::move(spec);
   if (own != Own::none) {
     u.params = PoolArray<float>(u.numel, Mem::params);
     if (dt != DType::f32) u.compute = PoolArray<uint16_t>(u.numel, Mem::params);
@@ -49,34 +88,16 @@ void Unit::bind_grads(float* big, float* tail) {
 }
 
 Gpt::Gpt(const GptConfig& cfg, Backend& be, DType compute, Own own) : cfg_(cfg), be_(be), dt_(compute) {
-  const int64_t C = cfg.n_embd, Vp = cfg.padded_vocab(), maxT = cfg.context;
-  using T = Tensors;
-  units_.push_back(make_unit("embedding", {
-      {"wte", {Vp, C}, true, Init::normal, &T::wte, "transformer.wte.weight"},  // V rows in files
-      {"wpe", {maxT, C}, true, Init::normal, &T::wpe, "transformer.wpe.weight"},
-  }, dt_, own));
-  for (int l = 0; l < cfg.n_layer; l++) {
-    auto n = [l](const char* s) { return fmt::format("blocks.{}.{}", l, s); };
-    auto h = [l](const char* s) { return fmt::format("transformer.h.{}.{}", l, s); };
-    units_.push_back(make_unit(fmt::format("block{}", l), {
-        {n("ln1.weight"), {C}, false, Init::ones, &T::ln1_w, h("ln_1.weight")},
-        {n("ln1.bias"), {C}, false, Init::zeros, &T::ln1_b, h("ln_1.bias")},
-        {n("attn.qkv.weight"), {3 * C, C}, true, Init::normal, &T::qkv_w, h("attn.c_attn.weight"), true},
-        {n("attn.qkv.bias"), {3 * C}, false, Init::zeros, &T::qkv_b, h("attn.c_attn.bias")},
-        {n("attn.proj.weight"), {C, C}, true, Init::normal_residual, &T::proj_w, h("attn.c_proj.weight"), true},
-        {n("attn.proj.bias"), {C}, false, Init::zeros, &T::proj_b, h("attn.c_proj.bias")},
-        {n("ln2.weight"), {C}, false, Init::ones, &T::ln2_w, h("ln_2.weight")},
-        {n("ln2.bias"), {C}, false, Init::zeros, &T::ln2_b, h("ln_2.bias")},
-        {n("mlp.fc.weight"), {4 * C, C}, true, Init::normal, &T::fc_w, h("mlp.c_fc.weight"), true},
-        {n("mlp.fc.bias"), {4 * C}, false, Init::zeros, &T::fc_b, h("mlp.c_fc.bias")},
-        {n("mlp.proj.weight"), {C, 4 * C}, true, Init::normal_residual, &T::fcproj_w, h("mlp.c_proj.weight"), true},
-        {n("mlp.proj.bias"), {C}, false, Init::zeros, &T::fcproj_b, h("mlp.c_proj.bias")},
-    }, dt_, own));
+  for (UnitSpec& spec : param_table(cfg)) {
+    const size_t i = units_.size();
+    switch (spec.kind) {
+      case UnitKind::embedding: embedding_ = head_ = i; break;  // the head is tied to wte
+      case UnitKind::block: blocks_.push_back(i); break;
+      case UnitKind::final: final_ = i; break;
+      case UnitKind::head: head_ = i; break;
+    }
+    units_.push_back(make_unit(std::move(spec), dt_, own));
   }
-  units_.push_back(make_unit("final", {
-      {"ln_f.weight", {C}, false, Init::ones, &T::lnf_w, "transformer.ln_f.weight"},
-      {"ln_f.bias", {C}, false, Init::zeros, &T::lnf_b, "transformer.ln_f.bias"},
-  }, dt_, own));
 }
 
 void Gpt::init(uint64_t seed, const std::function<void(size_t unit, const float* full)>& sink) {
@@ -235,15 +256,19 @@ MemoryEstimate estimate_memory(const GptConfig& cfg, int B, int T, DType dt,
   MemoryEstimate m;
   // Model states per rank (docs/memory.md, "Sharding"): each unit's 2-D weights are sliced
   // into len = ceil(nbig / ranks) elements per rank; its 1-D tail stays whole.
-  const int64_t R = sharding.ranks, Ci = cfg.n_embd, es = int64_t(dtype_size(dt));
-  struct U { int64_t nbig, tail, count; };
-  const U units[3] = {{cfg.padded_vocab() * Ci + int64_t(cfg.context) * Ci, 0, 1},
-                      {12 * Ci * Ci, 13 * Ci, cfg.n_layer}, {0, 2 * Ci, 1}};
+  const int64_t R = sharding.ranks, es = int64_t(dtype_size(dt));
+  const std::vector<UnitSpec> table = param_table(cfg);
+  struct U { int64_t nbig = 0, tail = 0; };
   auto len = [&](const U& u) { return (u.nbig + R - 1) / R; };
+  U emb, blk, fin;  // the embedding, the largest block, the final unit
   int64_t whole = 0, slices = 0;  // elements: every unit whole; this rank's slices + tails
-  for (const U& u : units) {
-    whole += u.count * (u.nbig + u.tail);
-    slices += u.count * (len(u) + u.tail);
+  for (const UnitSpec& t : table) {
+    const U u{t.nbig, t.numel - t.nbig};
+    whole += u.nbig + u.tail;
+    slices += len(u) + u.tail;
+    if (t.kind == UnitKind::embedding) emb = u;
+    if (t.kind == UnitKind::block && u.nbig + u.tail > blk.nbig + blk.tail) blk = u;
+    if (t.kind == UnitKind::final) fin = u;
   }
   const Strategy st = sharding.strategy;
   m.bytes[int(Mem::params)] = size_t(st >= Strategy::zero3 ? 4 * slices : 4 * whole + (dt != DType::f32 ? 2 * whole : 0));
@@ -254,7 +279,6 @@ MemoryEstimate estimate_memory(const GptConfig& cfg, int B, int T, DType dt,
   // compute copy) and of two blocks (P, compute dtype). yafsdp holds all of them from the
   // start; zero3 allocates them on use and frees them after: its peak is at the lm head or in
   // the backward of a block (which also holds the next block's gradients and prefetched weights).
-  const U &emb = units[0], &blk = units[1], &fin = units[2];
   const int64_t out = R > 1 && sharding.reduce != DType::bf16;  // the reduced slice's own buffer: a reduce-scatter's
   const int64_t GE = 4 * (R * len(emb) + out * len(emb)), GF = 4 * fin.tail,
                 GB = 4 * (R * len(blk) + blk.tail + out * len(blk)),
@@ -269,8 +293,10 @@ MemoryEstimate estimate_memory(const GptConfig& cfg, int B, int T, DType dt,
   if (st == Strategy::yafsdp) comm = E + GE + GF + 2 * P + 2 * GB;
   if (sharding.reduce == DType::bf16 && R > 1) {  // one bf16 scratch, the largest reduction
     int64_t most = 0;
-    for (const U& u : units)
+    for (const UnitSpec& t : table) {
+      const U u{t.nbig, t.numel - t.nbig};
       most = std::max(most, st >= Strategy::zero2 ? R * len(u) + u.tail : u.nbig + u.tail);
+    }
     comm += 2 * most;
   }
   m.bytes[int(Mem::comm)] = size_t(comm);
@@ -282,10 +308,12 @@ MemoryEstimate estimate_memory(const GptConfig& cfg, int B, int T, DType dt,
   // bias: the MLP's, 4 C), and AdamW's span table (64 bytes for each tensor, at most, that the
   // rank updates).
   if (gpu) {
+    size_t num_tensors = 0;
+    for (const UnitSpec& t : table) num_tensors += t.specs.size();
     const int64_t bt = int64_t(B) * T;
     const double parts = double(std::max(partial_rows(bt, kLayerNormParts) * 2, partial_rows(bt, kColumnParts) * 4)) * C;
     m.bytes[int(Mem::runtime)] = kGemmWorkspace + size_t((3 * BT + 1) * 4 + kReduceSlots * 8 + B * NH * T * 4 + parts * 4) +
-                                 64 * size_t(12 * cfg.n_layer + 4);
+                                 64 * num_tensors;
   }
   return m;
 }
@@ -325,7 +353,7 @@ RecomputePolicy RecomputePolicy::parse(const std::string& text, const std::strin
 }
 
 void Gpt::embed_forward(const int32_t* tokens, int B, int T) {
-  const Tensors& p = units_[0].p;
+  const Tensors& p = units_[embedding_].p;
   be_.embedding_forward(res_[0], tokens, p.wte, p.wpe, B, T, cfg_.n_embd);
 }
 
@@ -358,7 +386,7 @@ void Gpt::block_forward(int l, int B, int T, bool recompute) {
 }
 
 void Gpt::final_forward(int B, int T) {
-  const Tensors& p = units_.back().p;
+  const Tensors& p = units_[final_].p;
   be_.layernorm_forward(lnf_.data(), lnf_mean_.data(), lnf_rstd_.data(), res_[cfg_.n_layer],
                         p.lnf_w, p.lnf_b, int64_t(B) * T, cfg_.n_embd, dt_);
 }
@@ -368,8 +396,8 @@ float Gpt::head(const int32_t* targets, int B, int T, float grad_scale) {
   const int64_t BT = int64_t(B) * T, C = cfg_.n_embd, V = cfg_.vocab_size, Vp = cfg_.padded_vocab();
   const DType dt = dt_;
   const size_t es = dtype_size(dt);
-  const void* wte = cw(units_[0], &Tensors::wte);
-  float* dwte = units_[0].g.wte;
+  const void* wte = cw(units_[head_], &Tensors::wte);
+  float* dwte = units_[head_].g.wte;
   std::byte* lnf = lnf_.data();
   std::byte* dlnf = dsmall_.data();
   // lm head (tied to wte) + softmax cross-entropy, chunk by chunk of rows: logits in the
@@ -388,8 +416,8 @@ float Gpt::head(const int32_t* targets, int B, int T, float grad_scale) {
     }
   }
   if (grad_scale != 0.0f) {
-    const Tensors& p = units_.back().p;
-    const Tensors& g = units_.back().g;
+    const Tensors& p = units_[final_].p;
+    const Tensors& g = units_[final_].g;
     be_.fill_zero(dres_.data(), BT * C);
     be_.layernorm_backward(dres_.data(), g.lnf_w, g.lnf_b, dlnf, res_[cfg_.n_layer], p.lnf_w,
                            lnf_mean_.data(), lnf_rstd_.data(), BT, C, dt, dres_copy());
@@ -435,7 +463,7 @@ void Gpt::block_backward(int l, int B, int T) {
 }
 
 void Gpt::embed_backward(const int32_t* tokens, int B, int T) {
-  be_.embedding_backward(units_[0].g.wte, units_[0].g.wpe, dres_.data(), tokens, B, T, cfg_.n_embd);
+  be_.embedding_backward(units_[embedding_].g.wte, units_[embedding_].g.wpe, dres_.data(), tokens, B, T, cfg_.n_embd);
 }
 
 float Gpt::forward_loss(const int32_t* tokens, const int32_t* targets, int B, int T) {
@@ -455,7 +483,7 @@ void Gpt::logits(const int32_t* tokens, int B, int T, bool last_only, std::vecto
   // all rows at once, or row T-1 of each sequence
   for (int b = 0; b < (last_only ? B : 1); b++) {
     const std::byte* x = lnf_.data() + (last_only ? (int64_t(b) * T + T - 1) * C * es : 0);
-    be_.matmul(false, true, last_only ? 1 : rows, V, C, x, C, cw(units_[0], &Tensors::wte), C,
+    be_.matmul(false, true, last_only ? 1 : rows, V, C, x, C, cw(units_[head_], &Tensors::wte), C,
                out.data() + (last_only ? b * V : 0), V, dt_, DType::f32, nullptr, false);
   }
 }

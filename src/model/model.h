@@ -23,6 +23,7 @@ struct GptConfig {
   int vocab_size = 0;  // V
   int context = 0;     // maxT, the number of learned positions
   int64_t padded_vocab() const { return (int64_t(vocab_size) + 127) / 128 * 128; }
+  // From param_table():
   int64_t num_params() const;            // all parameters, padding rows of wte included
   int64_t num_params_no_wpe() const;     // N for the 6N FLOPs rule (tied wte counted once, V rows)
   double flops_per_token(int T) const;   // training: 6N + 12 L T C (attention as full T)
@@ -60,17 +61,31 @@ struct ParamSpec {
   int64_t offset = 0, numel = 0; // within the unit's flat buffer
 };
 
+// What a unit is: the token (and position) embedding, one transformer block, the final norm, or
+// an output head with weights of its own (GPT-2's head is tied: it reads the embedding's wte).
+enum class UnitKind : uint8_t { embedding, block, final, head };
+
+// One unit of the parameter table, without storage: its rows and the layout of its flat buffer
+// (the 2-D weights first, then the 1-D tail). Sizes, FLOPs, the memory estimate, sharding and
+// files derive from this table, built once by param_table().
+struct UnitSpec {
+  UnitKind kind;
+  int layer = -1;                        // blocks: 0..L-1
+  std::string name;
+  std::vector<ParamSpec> specs;
+  int64_t numel = 0;
+  int64_t nbig = 0;                      // [0, nbig): 2-D weights; [nbig, numel): the 1-D tail
+};
+// GPT-2's table: the embedding (wte, wpe), n_layer blocks, the final LayerNorm.
+std::vector<UnitSpec> param_table(const GptConfig& cfg);
+
 // A unit is the embedding, one transformer block, or the final LayerNorm. Its parameters are one
 // flat fp32 buffer (the master weights), the 2-D weights first and the small 1-D tail (norms,
 // biases) after them; its gradients one flat fp32 buffer of the same layout; Tensors are views
 // into them. With a 16-bit compute dtype the GEMMs read a compute copy of the parameters, cast
 // from the masters once per step. The model owns these buffers, or (sharded data parallelism)
 // a Shards object owns them and binds the views to what is present on the rank.
-struct Unit {
-  std::string name;
-  std::vector<ParamSpec> specs;
-  int64_t numel = 0;
-  int64_t nbig = 0;                      // [0, nbig): 2-D weights; [nbig, numel): the 1-D tail
+struct Unit : UnitSpec {
   PoolArray<float> params, grads;        // owned full buffers (empty when not owned)
   PoolArray<uint16_t> compute;           // owned (numel) bf16/fp16 copy; empty in fp32
   const uint16_t* wc = nullptr;          // the compute copy the GEMMs read
@@ -161,8 +176,14 @@ class Gpt {
   Backend& backend() const { return be_; }
   const GptConfig& config() const { return cfg_; }
   DType compute_dtype() const { return dt_; }
-  std::vector<Unit>& units() { return units_; }  // [embedding, block 0..L-1, final]
-  Unit& block_unit(int l) { return units_[1 + l]; }
+  std::vector<Unit>& units() { return units_; }  // in table order
+  // Where each kind of unit is in units(): the embedding, block l, the final norm, and the unit
+  // whose weights the output head reads (the embedding when the head is tied).
+  size_t embedding_unit() const { return embedding_; }
+  size_t block_index(int l) const { return blocks_[size_t(l)]; }
+  Unit& block_unit(int l) { return units_[block_index(l)]; }
+  size_t final_unit() const { return final_; }
+  size_t head_unit() const { return head_; }
 
   // GPT-2 init: N(0, 0.02), residual projections N(0, 0.02/sqrt(2L)), LN weights 1, biases 0,
   // padding rows of wte 0. Sequential in table order: the same weights for any thread count.
@@ -215,6 +236,8 @@ class Gpt {
   Backend& be_;
   DType dt_;
   std::vector<Unit> units_;
+  size_t embedding_ = 0, final_ = 0, head_ = 0;
+  std::vector<size_t> blocks_;
   int B_ = 0, T_ = 0;
   int64_t head_rows_ = 0;                      // rows per lm-head chunk
   std::vector<Recompute> plan_;

@@ -105,10 +105,8 @@ const Device& find_device(const std::vector<Device>& devices, const std::string&
 // ---- model states ---------------------------------------------------------------------------
 
 std::vector<int64_t> unit_numels(const GptConfig& cfg) {
-  const int64_t C = cfg.n_embd;
-  std::vector<int64_t> u = {cfg.padded_vocab() * C + int64_t(cfg.context) * C};
-  for (int l = 0; l < cfg.n_layer; l++) u.push_back(12 * C * C + 13 * C);
-  u.push_back(2 * C);
+  std::vector<int64_t> u;
+  for (const UnitSpec& t : param_table(cfg)) u.push_back(t.numel);
   return u;
 }
 

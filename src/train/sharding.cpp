@@ -38,13 +38,13 @@ Shards::Shards(Gpt& model, Backend& be, Comm& comm, Strategy s, DType reduce)
       p.g = PoolArray<float>(size_t(p.len), Mem::grads);
       p.gt = PoolArray<float>(size_t(p.tail), Mem::grads);
     }
-    if (i > 0 && i + 1 < units.size()) {
+    if (u.kind == UnitKind::block) {
       max_block_len = std::max(max_block_len, p.len);
       max_block_tail = std::max(max_block_tail, p.tail);
     }
     parts_.push_back(std::move(p));
   }
-  const size_t L = units.size() - 2;
+  const size_t emb = model.embedding_unit(), fin = model.final_unit();
   // Slots: gathered weights of two blocks (used alternately) and of the embedding; full
   // gradients of two blocks, the embedding and the final unit. zero2 and yafsdp allocate their
   // buffers here, once; zero3 allocates one on use and frees it after.
@@ -53,7 +53,7 @@ Shards::Shards(Gpt& model, Backend& be, Comm& comm, Strategy s, DType reduce)
   if (shard_grads) grad_bufs_.resize(4);
   if (s == Strategy::yafsdp) {
     for (int k = 0; k < 2; k++) alloc_gather(gathers_[k], world_ * max_block_len * int64_t(dtype_size(dt)), 0);
-    alloc_gather(gathers_[2], world_ * parts_[0].len * 4, dt != DType::f32 ? world_ * parts_[0].len : 0);
+    alloc_gather(gathers_[2], world_ * parts_[emb].len * 4, dt != DType::f32 ? world_ * parts_[emb].len : 0);
   }
   // precision.reduce = bf16: one scratch for the largest reduction (the communication thread
   // runs one collective at a time)
@@ -65,8 +65,8 @@ Shards::Shards(Gpt& model, Backend& be, Comm& comm, Strategy s, DType reduce)
   }
   if (prealloc) {
     for (int k = 0; k < 2; k++) alloc_grads(grad_bufs_[k], max_block_len, max_block_tail);
-    alloc_grads(grad_bufs_[2], parts_[0].len, parts_[0].tail);
-    alloc_grads(grad_bufs_[3], parts_[L + 1].len, parts_[L + 1].tail);
+    alloc_grads(grad_bufs_[2], parts_[emb].len, parts_[emb].tail);
+    alloc_grads(grad_bufs_[3], parts_[fin].len, parts_[fin].tail);
   }
   build_segments();
 }
@@ -114,12 +114,15 @@ void Shards::set(size_t i, const float* full) {
 
 Shards::Gather* Shards::gather_slot(size_t i) {
   if (s_ < Strategy::zero3 || parts_[i].len == 0) return nullptr;  // owned, or nothing to gather
-  return &gathers_[i == 0 ? 2 : (i - 1) % 2];
+  const Unit& u = model_.units()[i];
+  return &gathers_[u.kind == UnitKind::embedding ? 2 : size_t(u.layer % 2)];
 }
 
 // The embedding is gathered in fp32 (its lookup reads fp32 weights, as in every strategy) and
 // cast locally for the tied lm head; the blocks are gathered in the compute dtype.
-DType Shards::gather_dtype(size_t i) const { return i == 0 ? DType::f32 : model_.compute_dtype(); }
+DType Shards::gather_dtype(size_t i) const {
+  return model_.units()[i].kind == UnitKind::embedding ? DType::f32 : model_.compute_dtype();
+}
 
 void Shards::prefetch(size_t i) {
   Gather* g = gather_slot(i);
@@ -127,7 +130,8 @@ void Shards::prefetch(size_t i) {
   Part& p = parts_[i];
   const DType gdt = gather_dtype(i);
   const size_t es = dtype_size(gdt);
-  if (!g->buf.data()) alloc_gather(*g, world_ * p.len * int64_t(es), i == 0 && model_.compute_dtype() != DType::f32 ? world_ * p.len : 0);
+  const bool cast_copy = gdt == DType::f32 && model_.compute_dtype() != DType::f32;  // the embedding's, for the head
+  if (!g->buf.data()) alloc_gather(*g, world_ * p.len * int64_t(es), cast_copy ? world_ * p.len : 0);
   std::byte* mine = g->buf.data() + size_t(rank_ * p.len) * es;
   be_.cast(mine, p.w.data(), p.hi - p.lo, gdt);  // (a copy in fp32)
   g->unit = int(i);
@@ -174,8 +178,8 @@ void Shards::zero_grads() {
 }
 
 Shards::GradBuf& Shards::grad_slot(size_t i) {
-  const size_t last = model_.units().size() - 1;
-  return grad_bufs_[i == 0 ? 2 : i == last ? 3 : (i - 1) % 2];
+  const Unit& u = model_.units()[i];
+  return grad_bufs_[u.kind == UnitKind::embedding ? 2 : u.kind == UnitKind::final ? 3 : size_t(u.layer % 2)];
 }
 
 void Shards::grads_begin(size_t i) {

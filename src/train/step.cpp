@@ -76,28 +76,28 @@ void Stepper::init_weights(uint64_t seed) {
   model_.init(seed, [this](size_t unit, const float* full) { shards_.set(unit, full); });
 }
 
-// Units: 0 the embedding, 1..L the blocks, L+1 the final LayerNorm. Each unit's weights are
-// acquired right before use with the next one's gather already posted (no-ops unless zero3 or
-// yafsdp).
+// Each unit's weights are acquired right before use with the next one's gather already posted
+// (no-ops unless zero3 or yafsdp); after the last block, the head's.
 void Stepper::forward(const int32_t* tokens) {
   const int B = t_.micro_batch, T = t_.seq_len, L = model_.config().n_layer;
-  shards_.acquire(0);
-  shards_.prefetch(1);
+  const size_t emb = model_.embedding_unit(), head = model_.head_unit();
+  shards_.acquire(emb);
+  shards_.prefetch(L > 0 ? model_.block_index(0) : head);
   model_.embed_forward(tokens, B, T);
-  shards_.release(0);
+  shards_.release(emb);
   for (int l = 0; l < L; l++) {
-    shards_.acquire(1 + l);
-    shards_.prefetch(l + 1 < L ? 2 + l : 0);  // the last block prefetches the lm head (wte)
+    shards_.acquire(model_.block_index(l));
+    shards_.prefetch(l + 1 < L ? model_.block_index(l + 1) : head);
     model_.block_forward(l, B, T);
-    shards_.release(1 + l);
+    shards_.release(model_.block_index(l));
   }
-  shards_.acquire(0);
+  shards_.acquire(head);
 }
 
 float Stepper::loss(const int32_t* tokens, const int32_t* targets) {
   forward(tokens);
   float loss = model_.head(targets, t_.micro_batch, t_.seq_len, 0.0f);
-  shards_.release(0);
+  shards_.release(model_.head_unit());
   return loss;
 }
 
@@ -110,30 +110,33 @@ float Stepper::forward_backward(const NextBatch& next) {
   const float grad_scale = float(scaler_.scale / double(global_tokens));
   shards_.zero_grads();
   double loss_sum = 0.0, wait = 0.0;
-  const size_t final_unit = size_t(L) + 1;
+  const size_t emb = model_.embedding_unit(), head = model_.head_unit(), final_unit = model_.final_unit();
   for (int k = 0; k < accum_; k++) {
     const bool last = k == accum_ - 1;
     next(inputs_.data(), targets_.data());
     forward(inputs_.data());
-    shards_.grads_begin(0);
+    shards_.grads_begin(head);
     shards_.grads_begin(final_unit);
-    shards_.prefetch(size_t(L));  // the last block, for its backward
+    if (L > 0) shards_.prefetch(model_.block_index(L - 1));  // the last block, for its backward
     loss_sum += double(model_.head(targets_.data(), B, T, grad_scale)) * double(micro_tokens);
-    shards_.release(0);
+    shards_.release(head);
     shards_.grads_end(final_unit, last);
+    if (head != emb) shards_.grads_end(head, last);
     // Each unit's gradients leave as soon as its backward is done, while backward goes on.
     for (int l = L - 1; l >= 0; l--) {
-      shards_.acquire(1 + l);
-      if (l > 0) shards_.prefetch(l);
-      shards_.grads_begin(1 + l);
+      const size_t u = model_.block_index(l);
+      shards_.acquire(u);
+      if (l > 0) shards_.prefetch(model_.block_index(l - 1));
+      shards_.grads_begin(u);
       // full recompute: re-run the block's forward from its kept input, then its backward
       if (model_.recompute(l) == Recompute::full) model_.block_forward(l, B, T, true);
       model_.block_backward(l, B, T);
-      shards_.grads_end(1 + l, last);
-      shards_.release(1 + l);
+      shards_.grads_end(u, last);
+      shards_.release(u);
     }
+    if (head != emb) shards_.grads_begin(emb);
     model_.embed_backward(inputs_.data(), B, T);
-    shards_.grads_end(0, last);
+    shards_.grads_end(emb, last);
     // zero3 frees its gradient buffers before the next micro-batch (their peak stays that of
     // one backward); zero2 and yafsdp keep theirs and fold them on reuse
     if (!last && shards_.strategy() == Strategy::zero3) wait += shards_.finish();

@@ -2,7 +2,9 @@
 // train, eval and sample work together on a tiny run.
 #include <sys/wait.h>
 
+#include <array>
 #include <fstream>
+#include <map>
 
 #include <nlohmann/json.hpp>
 
@@ -217,6 +219,58 @@ TEST_F(Cli, InitFromRefusesWhatItCannotPlace) {
   ASSERT_TRUE(std::filesystem::remove(*dir_ / ("tf3/" + shard)));
   expect_error("train --init-from tf3" + run_args, "tf3/" + shard + ": cannot open");
   EXPECT_FALSE(std::filesystem::exists(*dir_ / "refused"));
+}
+
+// The refactor guard: a short gpt2-family run's losses and final weights, pinned bit for bit (fp32
+// and bf16). Floating-point results depend on the CPU's kernels, so the golden values are kept
+// per machine (its CPU model and whether it has AVX-512 BF16); on a machine without an entry the
+// test prints its values, to be added, and skips.
+std::string machine_fingerprint() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line, model, flags;
+  while (std::getline(in, line)) {
+    if (model.empty() && line.rfind("model name", 0) == 0) model = line.substr(line.find(':') + 2);
+    if (flags.empty() && line.rfind("flags", 0) == 0) flags = line;
+  }
+  return model + (flags.find(" avx512_bf16") != std::string::npos ? " avx512_bf16" : " no-avx512_bf16");
+}
+
+uint64_t fnv1a(const std::string& bytes) {
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : bytes) h = (h ^ c) * 1099511628211ull;
+  return h;
+}
+
+TEST_F(Cli, PinnedLossesAndWeightsOfAShortRun) {
+  // fingerprint -> {fp32 losses, fp32 weights hash, bf16 losses, bf16 weights hash}
+  const std::map<std::string, std::array<std::string, 4>> golden = {
+      {"Intel(R) Xeon(R) Processor avx512_bf16",  // with AMX; the session of 2026-12-02
+       {"0x1.645054p+2 0x1.64c4a6p+2 0x1.64c246p+2 0x1.6542p+2 0x1.640bdap+2 0x1.655416p+2 ", "b06ea8c5abbc2a8e",
+        "0x1.64500cp+2 0x1.64c38ap+2 0x1.64c48ep+2 0x1.6541aep+2 0x1.640cd8p+2 0x1.6552dap+2 ", "4af0f1a874770074"}},
+  };
+  std::vector<uint32_t> tokens(20000);
+  uint64_t x = 12345;
+  for (auto& t : tokens) t = uint32_t((x = x * 6364136223846793005ull + 1442695040888963407ull) >> 33) % 257;
+  write_shard(*dir_ / "pin.bin", tokens);
+  std::array<std::string, 4> got;
+  for (int k = 0; k < 2; k++) {
+    const std::string dt = k == 0 ? "fp32" : "bf16", run_dir = "pin_" + dt;
+    Result r = run("train --model.preset=tiny --train.seq_len=64 --train.micro_batch=4 --train.steps=6 --train.warmup_steps=2 "
+                   "--train.eval_every=0 --train.eval_batches=1 --run.checkpoint_every=0 --data.train=pin.bin --data.val=pin.bin "
+                   "--precision.compute=" + dt + " --run.dir=" + run_dir, d());
+    ASSERT_EQ(r.code, 0) << r.out;
+    std::ifstream in(*dir_ / (run_dir + "/metrics.jsonl"));
+    std::string line;
+    while (std::getline(in, line)) got[2 * k] += fmt::format("{:a} ", nlohmann::json::parse(line)["loss"].get<double>());
+    std::ifstream w(*dir_ / (run_dir + "/model.safetensors"), std::ios::binary);
+    got[2 * k + 1] = fmt::format("{:016x}", fnv1a(std::string(std::istreambuf_iterator<char>(w), {})));
+  }
+  const std::string here = machine_fingerprint();
+  auto it = golden.find(here);
+  if (it == golden.end() || it->second[0].empty())
+    GTEST_SKIP() << "no pinned values for this machine; add {\"" << here << "\", {\"" << got[0] << "\", \"" << got[1]
+                 << "\", \"" << got[2] << "\", \"" << got[3] << "\"}}";
+  for (int i = 0; i < 4; i++) EXPECT_EQ(got[i], it->second[i]) << (i < 2 ? "fp32 " : "bf16 ") << (i % 2 ? "weights" : "losses");
 }
 
 // The other tokenizers: GPT-2's BPE and a SentencePiece vocabulary trained by prepare; train
