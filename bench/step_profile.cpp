@@ -59,6 +59,24 @@ class TimingBackend final : public Backend {
                           DType dt, void* dc) override {
     time("layernorm", [&] { b_.layernorm_backward(di, dw, db, d, i, w, m, r, N, C, dt, dc); });
   }
+  void rmsnorm_forward(void* o, float* r, const float* i, const float* w, int64_t N, int64_t C, float eps,
+                       DType dt) override {
+    time("rmsnorm", [&] { b_.rmsnorm_forward(o, r, i, w, N, C, eps, dt); });
+  }
+  void rmsnorm_backward(float* di, float* dw, const void* d, const float* i, const float* w, const float* r,
+                        int64_t N, int64_t C, DType dt, void* dc) override {
+    time("rmsnorm", [&] { b_.rmsnorm_backward(di, dw, d, i, w, r, N, C, dt, dc); });
+  }
+  void swiglu_forward(void* o, const void* gu, int64_t N, int64_t H, DType dt) override {
+    time("swiglu", [&] { b_.swiglu_forward(o, gu, N, H, dt); });
+  }
+  void swiglu_backward(void* dgu, const void* gu, const void* d, int64_t N, int64_t H, DType dt) override {
+    time("swiglu", [&] { b_.swiglu_backward(dgu, gu, d, N, H, dt); });
+  }
+  void rope(void* x, const float* c, const float* s, int64_t B, int64_t T, int64_t stride, int64_t heads,
+            int64_t HS, bool inverse, DType dt) override {
+    time("rope", [&] { b_.rope(x, c, s, B, T, stride, heads, HS, inverse, dt); });
+  }
   void gelu_forward(void* o, const void* i, int64_t n, DType dt) override {
     time("gelu", [&] { b_.gelu_forward(o, i, n, dt); });
   }

@@ -73,6 +73,30 @@ class Backend {
                                   const float* rstd, int64_t N, int64_t C, DType dt,
                                   void* dinp_copy) = 0;
 
+  // RMSNorm (the Llama family's): out(N,C) (dt) = inp(N,C) fp32 * rstd * w(C), rstd(N) =
+  // 1 / sqrt(mean(inp^2) + eps).
+  virtual void rmsnorm_forward(void* out, float* rstd, const float* inp, const float* w, int64_t N,
+                               int64_t C, float eps, DType dt) = 0;
+  // dinp(N,C) fp32 +=, dw(C) += from dout(N,C) (dt); dinp_copy as in layernorm_backward.
+  virtual void rmsnorm_backward(float* dinp, float* dw, const void* dout, const float* inp,
+                                const float* w, const float* rstd, int64_t N, int64_t C, DType dt,
+                                void* dinp_copy) = 0;
+
+  // SwiGLU: gu(N,2H) holds the gate and up projections side by side in each row ([gate | up]);
+  // out(N,H) = silu(gate) * up. Backward: dgu(N,2H) (overwritten; may alias gu) from dout(N,H).
+  // All dt.
+  virtual void swiglu_forward(void* out, const void* gu, int64_t N, int64_t H, DType dt) = 0;
+  virtual void swiglu_backward(void* dgu, const void* gu, const void* dout, int64_t N, int64_t H,
+                               DType dt) = 0;
+
+  // Rotary position embeddings in Hugging Face's rotate-half layout, in place: in row (b,t) of
+  // x(B,T,stride) (dt), each of the first num_heads heads of HS channels is rotated by position
+  // t's angles: for i < HS/2, x[i] = x[i] cos - x[i+HS/2] sin, x[i+HS/2] = x[i+HS/2] cos + x[i] sin,
+  // with cos, sin(T, HS/2) fp32. inverse rotates by the opposite angles (the backward: the
+  // transpose of a rotation).
+  virtual void rope(void* x, const float* cos, const float* sin, int64_t B, int64_t T, int64_t stride,
+                    int64_t num_heads, int64_t HS, bool inverse, DType dt) = 0;
+
   // GELU, tanh approximation. out(n) = gelu(inp(n)); dinp(n) = dout * gelu'(inp) (overwritten;
   // dinp may alias dout). All dt.
   virtual void gelu_forward(void* out, const void* inp, int64_t n, DType dt) = 0;

@@ -257,6 +257,105 @@ TEST(LayerNorm, ForwardMatchesFloat64AndBackwardMatchesFiniteDifferences) {
   }
 }
 
+Vec ref_rmsnorm(const Vec& x, const Vec& w, int N, int C, double eps) {
+  Vec y(x.size());
+  for (int i = 0; i < N; i++) {
+    double ss = 0;
+    for (int c = 0; c < C; c++) ss += x[i * C + c] * x[i * C + c];
+    for (int c = 0; c < C; c++) y[i * C + c] = x[i * C + c] / std::sqrt(ss / C + eps) * w[c];
+  }
+  return y;
+}
+
+TEST(RmsNorm, ForwardMatchesFloat64AndBackwardMatchesFiniteDifferences) {
+  const int N = 7, C = 13;
+  const float eps = 1e-6f;
+  auto x = randn(N * C, 2, 40), w = randn(C, 1, 41);
+  Vec X = to_d(x), W = to_d(w);
+  for (DType d : kAll) {
+    Buf dy(d, randn(N * C, 1, 42)), y(d, size_t(N) * C);
+    Vec G = dy.values();
+    std::vector<float> rstd(N), dx = randn(N * C, 1, 43), dw = randn(C, 1, 44);  // +=
+    const std::vector<float> dx0 = dx, dw0 = dw;
+    be().rmsnorm_forward(y.data(), rstd.data(), x.data(), w.data(), N, C, eps, d);
+    expect_close(d, y.values(), ref_rmsnorm(X, W, N, C, eps), 1e-5, 1e-5, "y");
+    Buf copy(d, size_t(N) * C);
+    be().rmsnorm_backward(dx.data(), dw.data(), dy.data(), x.data(), w.data(), rstd.data(), N, C, d,
+                          d == DType::f32 ? nullptr : copy.data());
+    if (d != DType::f32) {
+      EXPECT_EQ(copy.bytes, Buf(d, dx).bytes) << dtype_name(d);
+    }
+    Vec gx = fd_grad([&](const Vec& v) { return dot(G, ref_rmsnorm(v, W, N, C, eps)); }, X);
+    Vec gw = fd_grad([&](const Vec& v) { return dot(G, ref_rmsnorm(X, v, N, C, eps)); }, W);
+    for (int i = 0; i < N * C; i++) gx[i] += dx0[i];
+    for (int c = 0; c < C; c++) gw[c] += dw0[c];
+    EXPECT_TRUE(all_close(dx, gx, 1e-4, 1e-5)) << dtype_name(d);
+    EXPECT_TRUE(all_close(dw, gw, 1e-4, 1e-5)) << dtype_name(d);
+  }
+}
+
+double ref_silu(double x) { return x / (1 + std::exp(-x)); }
+
+TEST(SwiGlu, ForwardMatchesFloat64AndBackwardMatchesFiniteDifferences) {
+  const int N = 5, H = 211;  // rows of [gate | up], long enough for the vector path and a tail
+  for (DType d : kAll) {
+    Buf gu(d, randn(N * 2 * H, 3, 45)), dy(d, randn(N * H, 1, 46)), y(d, size_t(N) * H), dgu(d, size_t(N) * 2 * H);
+    be().swiglu_forward(y.data(), gu.data(), N, H, d);
+    be().swiglu_backward(dgu.data(), gu.data(), dy.data(), N, H, d);
+    Vec X = gu.values(), DY = dy.values(), ry(size_t(N) * H), rdgu(X.size());
+    for (int n = 0; n < N; n++)
+      for (int i = 0; i < H; i++) {
+        const double g = X[n * 2 * H + i], u = X[n * 2 * H + H + i], dd = DY[n * H + i];
+        ry[n * H + i] = ref_silu(g) * u;
+        rdgu[n * 2 * H + i] = dd * u * (ref_silu(g + 1e-6) - ref_silu(g - 1e-6)) / 2e-6;
+        rdgu[n * 2 * H + H + i] = dd * ref_silu(g);
+      }
+    expect_close(d, y.values(), ry, 1e-5, 1e-6, "y");
+    expect_close(d, dgu.values(), rdgu, 1e-4, 1e-5, "dgu");
+    // in place: the gradient over its own input gives the same bytes
+    Buf inplace = gu;
+    be().swiglu_backward(inplace.data(), inplace.data(), dy.data(), N, H, d);
+    EXPECT_EQ(inplace.bytes, dgu.bytes) << dtype_name(d);
+  }
+}
+
+// Hugging Face's rotate-half rope on the first num_heads heads of each row: float64, angles
+// t * theta^(-2i/HS).
+Vec ref_rope(const Vec& x, int B, int T, int stride, int num_heads, int HS, double theta, double sign) {
+  Vec y = x;
+  const int h = HS / 2;
+  for (int r = 0; r < B * T; r++)
+    for (int head = 0; head < num_heads; head++)
+      for (int i = 0; i < h; i++) {
+        const double ang = sign * (r % T) * std::pow(theta, -2.0 * i / HS);
+        const double a = x[r * stride + head * HS + i], b = x[r * stride + head * HS + i + h];
+        y[r * stride + head * HS + i] = a * std::cos(ang) - b * std::sin(ang);
+        y[r * stride + head * HS + i + h] = b * std::cos(ang) + a * std::sin(ang);
+      }
+  return y;
+}
+
+TEST(Rope, ForwardAndInverseMatchFloat64) {
+  // q (3 heads) and k (1 head) of HS = 16 rotate; v (1 head) stays: stride 5 heads
+  const int B = 2, T = 9, HS = 16, heads = 4, stride = 5 * HS, h = HS / 2;
+  const double theta = 10000.0;
+  std::vector<float> cos(T * h), sin(T * h);
+  for (int t = 0; t < T; t++)
+    for (int i = 0; i < h; i++) {
+      cos[t * h + i] = float(std::cos(t * std::pow(theta, -2.0 * i / HS)));
+      sin[t * h + i] = float(std::sin(t * std::pow(theta, -2.0 * i / HS)));
+    }
+  for (DType d : kAll) {
+    for (bool inverse : {false, true}) {
+      Buf x(d, randn(B * T * stride, 1, 47));
+      Vec X = x.values();
+      be().rope(x.data(), cos.data(), sin.data(), B, T, stride, heads, HS, inverse, d);
+      expect_close(d, x.values(), ref_rope(X, B, T, stride, heads, HS, theta, inverse ? -1 : 1), 1e-5, 1e-6,
+                   inverse ? "inverse" : "forward");
+    }
+  }
+}
+
 TEST(Gelu, ForwardMatchesFloat64AndBackwardMatchesFiniteDifferences) {
   const int n = 1000;  // long enough for the vector path and a tail
   for (DType d : kAll) {

@@ -188,6 +188,63 @@ TEST(CudaLayerNorm, ForwardAndBackwardMatchCpu) {
   }
 }
 
+// The Llama family's norm, as LayerNorm: widths below and above 48 KiB of per-warp sums, and more
+// rows than dw takes partial sums of.
+TEST(CudaRmsNorm, ForwardAndBackwardMatchCpu) {
+  REQUIRE_CUDA();
+  for (auto [N, C] : {std::pair<int64_t, int64_t>{37, 96}, {37, 4096}, {4200, 64}}) {
+    for (DType d : kAll) {
+      Pair x(DType::f32, randn(N * C, 2.0f, 1)), w(DType::f32, randn(C, 1.0f, 2));
+      Pair y(d, N * C), rstd(DType::f32, N), dy(d, randn(N * C, 1.0f, 4));
+      Pair dx(DType::f32, randn(N * C, 1.0f, 5)), dw(DType::f32, randn(C, 1.0f, 6)), copy(d, N * C);
+      both([&](Backend& be, bool g) {
+        be.rmsnorm_forward(y(g), rstd.f(g), x.f(g), w.f(g), N, C, 1e-6f, d);
+        be.rmsnorm_backward(dx.f(g), dw.f(g), dy(g), x.f(g), w.f(g), rstd.f(g), N, C, d,
+                            d == DType::f32 ? nullptr : copy(g));
+      });
+      const std::string at = fmt::format(" (N={}, C={})", N, C);
+      if (d != DType::f32) expect_match(copy, "rmsnorm dinp copy" + at);
+      expect_match(y, "rmsnorm out" + at);
+      expect_match(rstd, "rmsnorm rstd" + at);
+      expect_match(dx, "rmsnorm dinp" + at, 1e-5);
+      expect_match(dw, "rmsnorm dw" + at, 1e-5);
+    }
+  }
+}
+
+TEST(CudaSwiGlu, ForwardAndBackwardMatchCpu) {
+  REQUIRE_CUDA();
+  const int64_t N = 37, H = 1001;
+  for (DType d : kAll) {
+    Pair gu(d, randn(N * 2 * H, 3.0f, 1)), y(d, N * H), dy(d, randn(N * H, 1.0f, 2)), dgu(d, N * 2 * H);
+    both([&](Backend& be, bool g) {
+      be.swiglu_forward(y(g), gu(g), N, H, d);
+      be.swiglu_backward(dgu(g), gu(g), dy(g), N, H, d);
+    });
+    expect_match(y, "swiglu out");
+    expect_match(dgu, "swiglu dgu");
+  }
+}
+
+// q and k heads of a fused q/k/v row (GQA: 8 q heads, 2 k and 2 v heads of 64), both ways.
+TEST(CudaRope, ForwardAndInverseMatchCpu) {
+  REQUIRE_CUDA();
+  const int64_t B = 2, T = 37, HS = 64, h = HS / 2, stride = 12 * HS;
+  std::vector<float> cs(T * h), sn(T * h);
+  for (int64_t t = 0; t < T; t++)
+    for (int64_t i = 0; i < h; i++) {
+      cs[t * h + i] = float(std::cos(t * std::pow(500000.0, -2.0 * i / HS)));
+      sn[t * h + i] = float(std::sin(t * std::pow(500000.0, -2.0 * i / HS)));
+    }
+  Pair c(DType::f32, cs), s(DType::f32, sn);
+  for (DType d : kAll)
+    for (bool inverse : {false, true}) {
+      Pair x(d, randn(B * T * stride, 1.0f, 3));
+      both([&](Backend& be, bool g) { be.rope(x(g), c.f(g), s.f(g), B, T, stride, 10, HS, inverse, d); });
+      expect_match(x, inverse ? "rope inverse" : "rope");
+    }
+}
+
 TEST(CudaGelu, ForwardAndBackwardMatchCpu) {
   REQUIRE_CUDA();
   const int64_t n = 10007;

@@ -37,6 +37,14 @@ class CpuBackend final : public Backend {
   void layernorm_backward(float* dinp, float* dw, float* db, const void* dout, const float* inp,
                           const float* w, const float* mean, const float* rstd, int64_t N,
                           int64_t C, DType dt, void* dinp_copy) override;
+  void rmsnorm_forward(void* out, float* rstd, const float* inp, const float* w, int64_t N, int64_t C,
+                       float eps, DType dt) override;
+  void rmsnorm_backward(float* dinp, float* dw, const void* dout, const float* inp, const float* w,
+                        const float* rstd, int64_t N, int64_t C, DType dt, void* dinp_copy) override;
+  void swiglu_forward(void* out, const void* gu, int64_t N, int64_t H, DType dt) override;
+  void swiglu_backward(void* dgu, const void* gu, const void* dout, int64_t N, int64_t H, DType dt) override;
+  void rope(void* x, const float* cos, const float* sin, int64_t B, int64_t T, int64_t stride,
+            int64_t num_heads, int64_t HS, bool inverse, DType dt) override;
   void gelu_forward(void* out, const void* inp, int64_t n, DType dt) override;
   void gelu_backward(void* dinp, const void* inp, const void* dout, int64_t n, DType dt) override;
   void attention_forward(void* out, float* lse, const void* qkv, int64_t B, int64_t T,

@@ -167,6 +167,35 @@ void CudaBackend::layernorm_backward(float* dinp, float* dw, float* db, const vo
   CUDA_LAUNCHED();
 }
 
+void CudaBackend::rmsnorm_forward(void* out, float* rstd, const float* inp, const float* w, int64_t N,
+                                  int64_t C, float eps, DType dt) {
+  launch_rmsnorm_forward(out, rstd, inp, w, N, C, eps, dt);
+  CUDA_LAUNCHED();
+}
+
+void CudaBackend::rmsnorm_backward(float* dinp, float* dw, const void* dout, const float* inp, const float* w,
+                                   const float* rstd, int64_t N, int64_t C, DType dt, void* dinp_copy) {
+  float* part = scratch<float>(part_, partial_rows(N, kLayerNormParts) * C);
+  launch_rmsnorm_backward(dinp, dw, part, dout, inp, w, rstd, N, C, dt, dinp_copy);
+  CUDA_LAUNCHED();
+}
+
+void CudaBackend::swiglu_forward(void* out, const void* gu, int64_t N, int64_t H, DType dt) {
+  launch_swiglu_forward(out, gu, N, H, dt);
+  CUDA_LAUNCHED();
+}
+
+void CudaBackend::swiglu_backward(void* dgu, const void* gu, const void* dout, int64_t N, int64_t H, DType dt) {
+  launch_swiglu_backward(dgu, gu, dout, N, H, dt);
+  CUDA_LAUNCHED();
+}
+
+void CudaBackend::rope(void* x, const float* cos, const float* sin, int64_t B, int64_t T, int64_t stride,
+                       int64_t num_heads, int64_t HS, bool inverse, DType dt) {
+  launch_rope(x, cos, sin, B, T, stride, num_heads, HS, inverse, dt);
+  CUDA_LAUNCHED();
+}
+
 void CudaBackend::gelu_forward(void* out, const void* inp, int64_t n, DType dt) {
   launch_gelu_forward(out, inp, n, dt);
   CUDA_LAUNCHED();

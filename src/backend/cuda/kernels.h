@@ -47,6 +47,16 @@ void launch_layernorm_forward(void* out, float* mean, float* rstd, const float* 
 void launch_layernorm_backward(float* dinp, float* dw, float* db, float* part, const void* dout,
                                const float* inp, const float* w, const float* mean, const float* rstd,
                                int64_t N, int64_t C, DType dt, void* dinp_copy);
+void launch_rmsnorm_forward(void* out, float* rstd, const float* inp, const float* w, int64_t N, int64_t C,
+                            float eps, DType dt);
+// part: partial_rows(N, kLayerNormParts) x C scratch
+void launch_rmsnorm_backward(float* dinp, float* dw, float* part, const void* dout, const float* inp,
+                             const float* w, const float* rstd, int64_t N, int64_t C, DType dt, void* dinp_copy);
+void launch_swiglu_forward(void* out, const void* gu, int64_t N, int64_t H, DType dt);
+void launch_swiglu_backward(void* dgu, const void* gu, const void* dout, int64_t N, int64_t H, DType dt);
+// cos, sin on the device
+void launch_rope(void* x, const float* cos, const float* sin, int64_t B, int64_t T, int64_t stride,
+                 int64_t num_heads, int64_t HS, bool inverse, DType dt);
 void launch_gelu_forward(void* out, const void* inp, int64_t n, DType dt);
 void launch_gelu_backward(void* dinp, const void* inp, const void* dout, int64_t n, DType dt);
 // tokens on the device
