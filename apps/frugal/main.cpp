@@ -83,6 +83,7 @@ static std::unique_ptr<Tokenizer> run_tokenizer(const std::string& run, const Gp
 }
 
 static int cmd_eval(const std::string& run, const std::string& data, int batches) {
+  if (batches < 0) user_error("--batches: expected 0 (all) or a positive integer, got {}", batches);
   RunConfig cfg = load_config(run + "/config.toml", {});
   std::string weights = run + "/model.safetensors";
   cfg.model = read_model_config(weights);
@@ -101,14 +102,27 @@ static int cmd_eval(const std::string& run, const std::string& data, int batches
   return 0;
 }
 
-// The weights of a run (its newest checkpoint, else its final model), of a checkpoint directory
-// or a file -> DIR/model.safetensors + DIR/config.json for transformers.
+// The step a model file's weights are from (its metadata), or -1.
+static int model_step(const std::string& path) {
+  if (!std::filesystem::exists(path)) return -1;
+  SafeTensors st(path);
+  auto it = st.metadata().find("step");
+  try {
+    return it == st.metadata().end() ? -1 : std::stoi(it->second);
+  } catch (const std::exception&) {
+    user_error("{}: metadata 'step' is '{}', expected an integer", path, it->second);
+  }
+}
+
+// The newest weights of a run (its final model, or a newer checkpoint's while it trains), of a
+// checkpoint directory or a file -> DIR/model.safetensors + DIR/config.json for transformers.
 static int cmd_export(const std::string& from, const std::string& out) {
   namespace fs = std::filesystem;
   std::string weights = from;
   if (fs::is_directory(from)) {
-    std::string ckpt = latest_checkpoint(from);
-    weights = (ckpt.empty() ? from : ckpt) + "/model.safetensors";
+    std::string ckpt = latest_checkpoint(from), final_model = from + "/model.safetensors";
+    const bool use_ckpt = !ckpt.empty() && model_step(ckpt + "/model.safetensors") >= model_step(final_model);
+    weights = use_ckpt ? ckpt + "/model.safetensors" : final_model;
   }
   GptConfig c = read_model_config(weights);
   Gpt model(c, cpu_backend());
@@ -124,10 +138,13 @@ static int cmd_export(const std::string& from, const std::string& out) {
 
 static int cmd_sample(const std::string& run, const std::string& prompt, int num_tokens,
                       double temperature, int top_k, uint64_t seed) {
+  if (!(temperature >= 0) || !std::isfinite(temperature))
+    user_error("--temperature: expected a finite number >= 0 (0: greedy), got {}", temperature);
+  if (num_tokens < 1) user_error("--tokens: expected a positive integer, got {}", num_tokens);
+  if (top_k < 0) user_error("--top-k: expected 0 (all) or a positive integer, got {}", top_k);
   std::string weights = run + "/model.safetensors";
   GptConfig c = read_model_config(weights);
   auto tok = run_tokenizer(run, c);
-  if (temperature < 0) user_error("--temperature: expected a number >= 0, got {}", temperature);
   Gpt model(c, cpu_backend());
   load_model(weights, model);
   model.allocate(1, c.context);
@@ -200,7 +217,8 @@ static int cmd_calibrate(const PlanArgs& a) {
 static int cmd_plan(const PlanArgs& a) {
   if (!a.calibrate.empty()) return cmd_calibrate(a);
   if (a.preset.empty() == a.config.empty()) user_error("plan: give the model as --preset NAME or -c FILE (a frugal TOML config or a Hugging Face config.json)");
-  if (!(a.tokens > 0)) user_error("--tokens: expected the training budget in tokens (> 0), e.g. 10e9");
+  if (!(a.tokens > 0) || !std::isfinite(a.tokens))
+    user_error("--tokens: expected the training budget in tokens (a finite number > 0, e.g. 10e9), got {}", a.tokens);
   PlanSettings b;
   std::string device = a.device;
   b.seq_len = a.seq_len;
@@ -323,6 +341,16 @@ static int cmd_plan(const PlanArgs& a) {
   return 0;
 }
 
+// A number > 0 (CLI11's own PositiveNumber says "Value 0 not in range 4.94066e-324 to ...").
+static const CLI::Validator kPositive(
+    [](std::string& s) {
+      char* end = nullptr;
+      double v = std::strtod(s.c_str(), &end);
+      return end != s.c_str() && *end == '\0' && v > 0 && std::isfinite(v) ? std::string()
+                                                                           : "expected a positive number, got '" + s + "'";
+    },
+    "POSITIVE");
+
 int main(int argc, char** argv) {
   CLI::App app{"frugal: train GPT-style language models on hardware a small team can afford"};
   app.require_subcommand(1);
@@ -387,17 +415,17 @@ int main(int argc, char** argv) {
   plan_cmd->add_option("-c,--config", pa.config, "a frugal TOML config or a Hugging Face config.json")->check(CLI::ExistingFile);
   plan_cmd->add_option("--tokens", pa.tokens, "training budget in tokens, e.g. 10e9");
   plan_cmd->add_option("--device", pa.device, "device type from the catalogue (default: search them all)");
-  plan_cmd->add_option("--devices", pa.devices, "number of devices (default: search 1..1024)")->check(CLI::PositiveNumber);
+  plan_cmd->add_option("--devices", pa.devices, "number of devices (default: search 1..1024)")->check(kPositive);
   plan_cmd->add_option("--strategy", pa.strategy, "ddp, zero1, zero2, zero3 (fsdp), yafsdp (default: search)");
   plan_cmd->add_option("--precision", pa.precision, "fp32, bf16, fp16 (default: search fp32, bf16)");
   plan_cmd->add_option("--recompute", pa.recompute, "none, selective, full, every:K (default: search)");
-  plan_cmd->add_option("--micro-batch", pa.micro_batch, "sequences per micro-batch (default: search 1..64)")->check(CLI::PositiveNumber);
-  plan_cmd->add_option("--seq-len", pa.seq_len, "sequence length (default: the config's, else the model's context)")->check(CLI::PositiveNumber);
-  plan_cmd->add_option("--batch-tokens", pa.batch_tokens, "global batch in tokens (default: the config's, else ~0.5M)")->check(CLI::PositiveNumber);
-  plan_cmd->add_option("--max-hours", pa.max_hours, "search: rank configurations that take longer last")->check(CLI::PositiveNumber);
+  plan_cmd->add_option("--micro-batch", pa.micro_batch, "sequences per micro-batch (default: search 1..64)")->check(kPositive);
+  plan_cmd->add_option("--seq-len", pa.seq_len, "sequence length (default: the config's, else the model's context)")->check(kPositive);
+  plan_cmd->add_option("--batch-tokens", pa.batch_tokens, "global batch in tokens (default: the config's, else ~0.5M)")->check(kPositive);
+  plan_cmd->add_option("--max-hours", pa.max_hours, "search: rank configurations that take longer last")->check(kPositive);
   plan_cmd->add_option("--mfu", pa.mfu, "assumed MFU: a fraction, or a calibration.json (default: the device's)");
   plan_cmd->add_option("--catalogue", pa.catalogue, "device catalogue (default: $FRUGAL_DEVICES or configs/devices.toml)");
-  plan_cmd->add_option("--top", pa.top, "configurations to list")->check(CLI::PositiveNumber);
+  plan_cmd->add_option("--top", pa.top, "configurations to list")->check(kPositive);
   plan_cmd->add_option("--calibrate", pa.calibrate, "fit the MFU of a finished run directory and write its calibration.json");
   plan_cmd->add_flag("--json", pa.json, "print JSON");
 
@@ -405,6 +433,11 @@ int main(int argc, char** argv) {
   report_cmd->add_option("run", run_dir, "run directory")->required();
 
   try {
+    for (int i = 2; i < argc && std::string(argv[1]) == "train"; i++) {
+      std::string a = argv[i];
+      if (a.rfind("--", 0) == 0 && a.find('.') != std::string::npos && a.find('=') == std::string::npos)
+        user_error("{}: expected {}=VALUE (an override takes '=', not a space)", a, a);
+    }
     app.parse(argc, argv);
     if (*plan_cmd) return cmd_plan(pa);
     if (*report_cmd) {
@@ -423,8 +456,13 @@ int main(int argc, char** argv) {
     }
     if (*eval_cmd) return cmd_eval(run_dir, data, batches);
     if (*sample_cmd) return cmd_sample(run_dir, prompt, num_tokens, temperature, top_k, seed);
-  } catch (const CLI::ParseError& e) {
+  } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::fprintf(stderr, "frugal: error: %s\n", e.what());  // one line, as every other error
+    return 2;
   } catch (const UserError& e) {
     std::fprintf(stderr, "frugal: error: %s\n", e.what());
     return 2;

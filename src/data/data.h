@@ -45,7 +45,8 @@ class TokenShard {
 };
 
 // The shard files a pattern names: a glob ("data/kjv/train_*.bin"), a directory, or a file.
-// `field` (e.g. "data.train") names the setting in errors.
+// `field` (e.g. "data.train") names the setting in errors; a directory that holds both splits
+// gives data.train its train_* shards and data.val its val_* ones.
 std::vector<std::string> resolve_shards(const std::string& pattern, const std::string& field);
 
 // Yields batches of B windows of T+1 tokens. A shard of n tokens holds (n-1)/T windows,

@@ -89,8 +89,14 @@ std::vector<std::string> resolve_shards(const std::string& pattern, const std::s
   namespace fs = std::filesystem;
   std::error_code ec;
   if (fs::is_directory(pattern, ec)) {
+    // a directory of prepared shards holds both splits: data.train takes train_*, data.val val_*
+    const std::string split = field.ends_with("train") ? "train_" : field.ends_with("val") ? "val_" : "";
+    bool has_split = false;
     for (auto& e : fs::directory_iterator(pattern, ec))
-      if (e.path().extension() == ".bin") files.push_back(e.path().string());
+      has_split |= !split.empty() && e.path().filename().string().starts_with(split);
+    for (auto& e : fs::directory_iterator(pattern, ec))
+      if (e.path().extension() == ".bin" && (!has_split || e.path().filename().string().starts_with(split)))
+        files.push_back(e.path().string());
   } else {
     glob_t g;
     if (::glob(pattern.c_str(), 0, nullptr, &g) == 0)

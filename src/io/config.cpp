@@ -3,6 +3,7 @@
 // config.toml all iterate that table.
 #include <toml++/toml.h>
 
+#include <cmath>
 #include <fstream>
 #include <functional>
 #include <sstream>
@@ -52,7 +53,8 @@ Field float_field(const char* s, const char* k, double* p, double lo) {
             auto v = n.value<double>();  // integers are accepted too
             if (!v || n.is_boolean() || n.is_string())
               user_error("{}: {}.{}: expected a number, got {}", where, s, k, type_name(n));
-            if (!(*v >= lo)) user_error("{}: {}.{}: expected a number >= {}, got {}", where, s, k, lo, *v);
+            if (!(*v >= lo) || !std::isfinite(*v))
+              user_error("{}: {}.{}: expected a finite number >= {}, got {}", where, s, k, lo, *v);
             *p = *v;
           },
           [=] { return fmt::format("{}", *p); }};
@@ -253,6 +255,8 @@ RunConfig load_config(const std::string& path, const std::vector<std::string>& o
   }
 
   c.model.validate(c.source);
+  for (auto [key, value] : {std::pair{"run.dir", &c.run.dir}, {"data.train", &c.data.train}, {"data.val", &c.data.val}})
+    if (value->empty()) user_error("{}: {}: expected a path, got an empty string", origin.count(key) ? origin[key] : c.source, key);
   const TrainSettings& t = c.train;
   if (t.seq_len > c.model.context)
     user_error("{}: train.seq_len = {} is above the model's context of {} positions", c.source,

@@ -137,8 +137,9 @@ class SafeTensors {
 // Model weights <-> safetensors in the Hugging Face GPT-2 layout: GPT2LMHeadModel's names
 // (ParamSpec::hf_name), Conv1D weights [in, out], wte with exactly vocab_size rows, the lm_head
 // tied (not stored). The metadata carries format "pt" and the model shape (n_layer, n_head,
-// n_embd, vocab_size, context): read_model_config reads it back from frugal's own files.
-void save_model(const std::string& path, Gpt& model);
+// n_embd, vocab_size, context) and, when step >= 0, the training step the weights are from (what
+// export compares to pick a run's newest weights); read_model_config reads the shape back.
+void save_model(const std::string& path, Gpt& model, int step = -1);
 GptConfig read_model_config(const std::string& path);
 // load_model reads a safetensors file or a Hugging Face model directory (model.safetensors, or
 // model.safetensors.index.json and its shards), in F32, BF16 or F16 (widened to the fp32

@@ -30,13 +30,15 @@ static std::vector<int64_t> hf_shape(const ParamSpec& s, const GptConfig& c) {
   return s.shape;
 }
 
-void save_model(const std::string& path, Gpt& model) {
+void save_model(const std::string& path, Gpt& model, int step) {
   std::vector<StTensor> ts;
   std::vector<std::vector<float>> host;
   for (auto& n : model.named_params())
     ts.push_back({n.spec->hf_name, "F32", hf_shape(*n.spec, model.config()),
                   host_view(model.backend(), n.data, n.spec->numel, host), n.spec->hf_conv1d});
-  save_safetensors(path, ts, model_metadata(model.config()));
+  auto meta = model_metadata(model.config());
+  if (step >= 0) meta["step"] = std::to_string(step);
+  save_safetensors(path, ts, meta);
 }
 
 GptConfig read_model_config(const std::string& path) {
@@ -151,6 +153,9 @@ void load_model(const std::string& path, Gpt& model) {
     if (!w.has(name)) user_error("{}: tensor '{}' is missing", path, name);
     staged.assign(size_t(s.numel), 0.0f);  // wte: the padding rows beyond V are zero
     w.take(name, hf_shape(s, c), staged.data());
+    for (float v : staged)
+      if (!std::isfinite(v))
+        user_error("{}: tensor '{}' holds {}: the weights are corrupt (not finite numbers)", w.path(name), name, v);
     if (s.field == &Tensors::wte) wte.assign(staged.begin(), staged.begin() + int64_t(c.vocab_size) * s.shape[1]);
     const float* src = staged.data();
     if (s.hf_conv1d) {

@@ -3,6 +3,7 @@
 // cover it). The layout is described in train.h.
 #include <algorithm>
 #include <array>
+#include <charconv>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
@@ -37,7 +38,15 @@ std::vector<std::pair<int, fs::path>> checkpoints(const std::string& run_dir, bo
   for (auto& e : fs::directory_iterator(run_dir, ec)) {
     std::string name = e.path().filename().string();
     std::smatch m;
-    if (!partial && std::regex_match(name, m, complete)) out.push_back({std::stoi(m[1]), e.path()});
+    if (!partial && std::regex_match(name, m, complete)) {
+      int step = 0;
+      const std::string digits = m[1];
+      auto [end, ec2] = std::from_chars(digits.data(), digits.data() + digits.size(), step);
+      if (ec2 != std::errc() || end != digits.data() + digits.size())
+        user_error("{}: step {} is out of range: not a checkpoint frugal wrote (move it out of the run directory)",
+                   e.path().string(), digits);
+      out.push_back({step, e.path()});
+    }
     if (partial && std::regex_match(name, other)) out.push_back({0, e.path()});
   }
   std::sort(out.begin(), out.end());
@@ -164,7 +173,7 @@ double save_checkpoint(const RunConfig& cfg, int step, Gpt& model, Stepper& st, 
   }
   shards.materialize();  // zero3/yafsdp: the whole weights, for model.safetensors
   if (rank0) {
-    save_model(tmp + "/model.safetensors", model);
+    save_model(tmp + "/model.safetensors", model, step);
     std::string toml = cfg.to_toml();
     write_file_atomic(tmp + "/config.toml", toml.data(), toml.size());
     const LossScaler& sc = st.scaler();
@@ -234,11 +243,19 @@ int check_checkpoint(const std::string& dir, const RunConfig& cfg, int world) {
         user_error("{}: missing (the checkpoint was written by {} rank file(s); it cannot be resumed)",
                    rank_file(dir, r), files);
     if (!fs::exists(dir + "/model.safetensors")) user_error("{}/model.safetensors: missing", dir);
+    const int step = state.at("step").get<int>();
+    if (fs::path(dir).filename().string() != fmt::format("ckpt-{}", step))
+      user_error("{}: step {}, but the checkpoint is {} (the state was edited or moved)", state_path, step,
+                 fs::path(dir).filename().string());
+    const uint64_t seed = state.at("seed").get<uint64_t>();
+    if (seed != cfg.train.seed)
+      user_error("{}: train.seed = {}, but {} was trained with seed {}: the data order would change mid-epoch "
+                 "(resume with train.seed = {})", cfg.source, cfg.train.seed, dir, seed, seed);
     const int64_t was = state.at("tokens_per_step").get<int64_t>(), now = tokens_per_step(cfg, world);
     if (was != now)
       user_error("{}: the checkpoint was trained with {} tokens per step, this run would take {} on {} rank(s) "
                  "(set train.batch_tokens = {})", state_path, was, now, world, was);
-    return state.at("step").get<int>();
+    return step;
   } catch (const json::exception& e) {
     user_error("{}: not a valid checkpoint state: {}", state_path, e.what());
   }

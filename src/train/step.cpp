@@ -55,10 +55,11 @@ void LossScaler::update(bool overflow) {
   consecutive_skips++;
   clean_steps = 0;
   if (!enabled || scale / 2.0 < min_scale)
-    user_error("gradients are not finite {}after {} skipped step(s) in a row{}: the run diverged "
-               "(lower train.lr, or use precision.compute = \"bf16\")",
+    user_error("gradients are not finite {}after {} skipped step(s) in a row{}: the run diverged ({})",
                enabled ? fmt::format("at the loss-scale floor precision.loss_scale_min = {} ", min_scale) : "",
-               consecutive_skips, enabled ? "" : " in fp32/bf16");
+               consecutive_skips, enabled ? "" : " in fp32/bf16",
+               enabled ? "lower train.lr, or use precision.compute = \"bf16\", whose range is fp32's"
+                       : "lower train.lr or train.grad_clip");
   scale /= 2.0;
 }
 

@@ -199,8 +199,9 @@ class Stepper {
 };
 
 // The recompute policy a run uses: memory.recompute, or with memory.budget the least recompute
-// whose predicted peak fits (UserError when none does, naming the smallest).
-RecomputePolicy choose_recompute(const RunConfig& cfg);
+// whose predicted peak per rank fits under the run's strategy on `world` ranks (UserError when
+// none does, naming the smallest).
+RecomputePolicy choose_recompute(const RunConfig& cfg, int world = 1);
 
 // Mean loss over `batches` micro-batches of the loader (0: one pass over every window),
 // averaged over the ranks of comm (each reading its part of every batch) when given; `loss`

@@ -2,8 +2,10 @@
 #include <omp.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 
@@ -45,7 +47,7 @@ static nlohmann::json mem_json(const MemStats& m) {
   return j;
 }
 
-RecomputePolicy choose_recompute(const RunConfig& cfg) {
+RecomputePolicy choose_recompute(const RunConfig& cfg, int world) {
   if (cfg.memory.budget <= 0) return cfg.memory.recompute;
   using Kind = RecomputePolicy::Kind;
   const int L = cfg.model.n_layer;
@@ -55,7 +57,8 @@ RecomputePolicy choose_recompute(const RunConfig& cfg) {
   size_t smallest = 0;
   for (const RecomputePolicy& p : order) {
     size_t need = estimate_memory(cfg.model, cfg.train.micro_batch, cfg.train.seq_len, cfg.precision.compute,
-                                  p.per_block(L), cfg.device.backend == "cuda")
+                                  p.per_block(L), cfg.device.backend == "cuda",
+                                  {parse_strategy(cfg.dist.strategy, cfg.source), world, cfg.precision.reduce})
                       .total();
     if (need <= size_t(cfg.memory.budget)) return p;
     smallest = need;
@@ -107,6 +110,9 @@ void train(const RunConfig& cfg, Comm& comm, bool resume) {
     ckpt = latest_checkpoint(dir);
     if (ckpt.empty()) user_error("{}: no checkpoint to resume from (no complete ckpt-STEP directory)", dir);
     start = check_checkpoint(ckpt, cfg, comm.size());
+    if (t.steps <= start)
+      user_error("{}: train.steps = {} is not above the step of {} ({}): nothing to train (raise train.steps to go "
+                 "on; `frugal export {}` writes the run's weights)", cfg.source, t.steps, ckpt, start, dir);
   }
 
   const int B = t.micro_batch, T = t.seq_len;
@@ -120,7 +126,7 @@ void train(const RunConfig& cfg, Comm& comm, bool resume) {
   if (!be.native_gemm(dt) && rank0)
     fmt::print("note: the {} backend has no native {} GEMM; it runs through fp32 conversions "
                "(correct, not faster)\n", be.name(), dtype_name(dt));
-  const RecomputePolicy recompute = choose_recompute(cfg);
+  const RecomputePolicy recompute = choose_recompute(cfg, comm.size());
   const std::vector<Recompute> plan = recompute.per_block(cfg.model.n_layer);
   const Strategy strategy = parse_strategy(cfg.dist.strategy, cfg.source);
   const Plan forecast = plan_for_run(cfg, comm.size(), recompute);  // memory, time and cost
@@ -141,29 +147,32 @@ void train(const RunConfig& cfg, Comm& comm, bool resume) {
     load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
 
-  // Everything is read and checked: only now is the run directory written.
+  // Everything is read and checked. The run directory's files (a fresh start removes its
+  // checkpoints, config.toml is rewritten, metrics.jsonl started or cut at the checkpoint) are
+  // touched only once the first step has succeeded, and a fresh start over a previous run's
+  // checkpoints waits for its own first checkpoint (metrics records wait in memory): a run that
+  // fails early loses nothing, and the previous run can still be resumed.
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   if (ec) user_error("{}: cannot create the run directory: {}", dir, ec.message());
-  if (rank0) {
-    if (!resume) {
+  if (rank0 && resume) fmt::print("resuming from {} at step {} (loaded in {:.2f} s)\n", ckpt, start, load_s);
+  std::FILE* metrics = nullptr;
+  const bool keep_previous = !resume && cfg.run.checkpoint_every > 0 &&
+                             (!latest_checkpoint(dir).empty() || std::filesystem::exists(dir + "/config.toml"));
+  std::vector<std::string> records;  // metrics records not yet written
+  auto open_run = [&] {
+    if (!resume) {  // the previous run's final model and summary are not this run's
+      for (const char* f : {"/model.safetensors", "/summary.json"}) std::filesystem::remove(dir + f, ec);
       int removed = remove_checkpoints(dir);
       if (removed > 0)
         fmt::print("note: a fresh start in {}: removed its {} checkpoint(s) (--resume continues from them)\n", dir, removed);
     }
     std::string text = cfg.to_toml();
     write_file_atomic(dir + "/config.toml", text.data(), text.size());
-    if (resume) {
-      truncate_metrics(dir + "/metrics.jsonl", start);
-      fmt::print("resuming from {} at step {} (loaded in {:.2f} s)\n", ckpt, start, load_s);
-    }
-  }
-
-  std::FILE* metrics = nullptr;
-  if (rank0) {
+    if (resume) truncate_metrics(dir + "/metrics.jsonl", start);
     metrics = std::fopen((dir + "/metrics.jsonl").c_str(), resume ? "a" : "w");
-    if (!metrics) user_error("{}/metrics.jsonl: cannot write", dir);
-  }
+    if (!metrics) user_error("{}/metrics.jsonl: cannot write: {}", dir, std::strerror(errno));
+  };
   const bool tty = rank0 && ::isatty(STDOUT_FILENO);
   const double flops_tok = cfg.model.flops_per_token(T);
   const int64_t tokens_per_step = int64_t(B) * T * cfg.accum_steps(comm.size()) * comm.size();
@@ -191,9 +200,18 @@ void train(const RunConfig& cfg, Comm& comm, bool resume) {
   int64_t timed_tokens = 0;
   double timed_seconds = 0.0;
   MemStats overall;
+  auto write_records = [&] {
+    if (!metrics) open_run();
+    for (const std::string& r : records)
+      if (std::fprintf(metrics, "%s\n", r.c_str()) < 0)
+        user_error("{}/metrics.jsonl: cannot write: {}", dir, std::strerror(errno));
+    if (std::fflush(metrics) != 0) user_error("{}/metrics.jsonl: cannot write: {}", dir, std::strerror(errno));
+    records.clear();
+  };
   // A checkpoint after every checkpoint_every steps (taken at the top of the next step, once the
   // step's metrics record is written) and at the end.
   auto checkpoint = [&](int done) {
+    if (rank0) write_records();
     double took = save_checkpoint(cfg, done, model, stepper, train_data, comm);
     if (!rank0) return;
     if (tty) std::fputs("\r\033[K", stdout);
@@ -219,7 +237,7 @@ void train(const RunConfig& cfg, Comm& comm, bool resume) {
     if (!rank0) continue;
 
     double tok_s = double(st.tokens) / dt_s;
-    double mfu = flops_tok * tok_s / cfg.device.peak_for(dt);
+    double mfu = flops_tok * tok_s / (comm.size() * cfg.device.peak_for(dt));  // per device
     nlohmann::json rec = {{"step", step + 1},         {"loss", st.loss},
                           {"lr", st.lr},              {"grad_norm", st.grad_norm},
                           {"tokens_per_s", tok_s},    {"mfu", mfu},
@@ -235,8 +253,8 @@ void train(const RunConfig& cfg, Comm& comm, bool resume) {
                           {"mem_peak", mem_json(mem)},
                           {"allocations", mem.allocations - allocs_before}};
     if (do_eval) rec["val_loss"] = val_loss;
-    std::fprintf(metrics, "%s\n", rec.dump().c_str());
-    std::fflush(metrics);
+    records.push_back(rec.dump());
+    if (metrics || !keep_previous) write_records();
 
     if (tty) std::fputs("\r\033[K", stdout);
     if (do_eval || last || (step + 1) % cfg.run.log_every == 0 || step == 0) {
@@ -254,16 +272,16 @@ void train(const RunConfig& cfg, Comm& comm, bool resume) {
     }
     std::fflush(stdout);
   }
-  if (every > 0 && start < t.steps) checkpoint(t.steps);
-  if (start >= t.steps) val_loss = evaluate(loss_fn, val_data, t.eval_batches, &comm);  // resumed at the end
+  if (every > 0) checkpoint(t.steps);
   stepper.shards().materialize();  // zero3/yafsdp: the full weights, for the file
   if (!rank0) return;
+  write_records();
   std::fclose(metrics);
-  save_model(dir + "/model.safetensors", model);
+  save_model(dir + "/model.safetensors", model, t.steps);
   double total = std::chrono::duration<double>(clock::now() - t_start).count();
   double tok_s = timed_seconds > 0 ? double(timed_tokens) / timed_seconds : 0.0;
-  fmt::print("done: val loss {:.4f} | {:.0f} tok/s (MFU {:.1f}% of {:.0f} GFLOP/s) | {} total\n", val_loss,
-             tok_s, 100.0 * flops_tok * tok_s / cfg.device.peak_for(dt), cfg.device.peak_for(dt) / 1e9,
+  fmt::print("done: val loss {:.4f} | {:.0f} tok/s (MFU {:.1f}% of {:.0f} GFLOP/s per device) | {} total\n", val_loss,
+             tok_s, 100.0 * flops_tok * tok_s / (comm.size() * cfg.device.peak_for(dt)), cfg.device.peak_for(dt) / 1e9,
              human_time(total));
   fmt::print("peak memory: {}; total {}, predicted {}\n", mem_list(overall.peak),
              human_bytes(double(overall.total_peak)), human_bytes(double(predicted.total())));

@@ -64,6 +64,16 @@ TEST(Shards, BadFilesGiveOneClearError) {
   test::expect_user_error([&] { resolve_shards(d / "none_*.bin", "data.train"); }, "data.train: no token shards match");
 }
 
+// A directory of prepared shards given as data.train or data.val: each takes its own split.
+TEST(Shards, ADirectoryGivesEachSplitItsOwnShards) {
+  test::TempDir d;
+  std::filesystem::create_directories(d / "prep");
+  for (const char* f : {"prep/train_000.bin", "prep/train_001.bin", "prep/val_000.bin"}) write_shard(d / f, {1, 2, 3});
+  EXPECT_EQ(resolve_shards(d / "prep", "data.train"), (std::vector<std::string>{d / "prep/train_000.bin", d / "prep/train_001.bin"}));
+  EXPECT_EQ(resolve_shards(d / "prep", "data.val"), std::vector<std::string>{d / "prep/val_000.bin"});
+  EXPECT_EQ(resolve_shards(d / "prep", "--data").size(), 3u);  // eval's own choice: all of them
+}
+
 TEST(Loader, WindowsAreConsecutiveTokensAndShuffleIsSeeded) {
   test::TempDir d;
   write_shard(d / "s0.bin", iota_tokens(401, 1000));        // 100 windows of T=4

@@ -46,6 +46,11 @@ TEST(SafeTensors, ModelRoundTripIsExactAndMismatchIsAClearError) {
   test::expect_user_error([&] { load_model(d / "m.safetensors", c); }, "m.safetensors: tensor 'transformer.wte.weight' is F32 [100, 32], expected F32, BF16 or F16 [100, 64]");
   std::ofstream(d / "junk.safetensors") << "not a safetensors file at all";
   test::expect_user_error([&] { SafeTensors s(d / "junk.safetensors"); }, "junk.safetensors: not a safetensors file");
+  // weights that are not finite numbers are corrupt, not a learning-rate problem later
+  a.block_unit(1).p.fc_b[3] = NAN;
+  save_model(d / "nan.safetensors", a);
+  test::expect_user_error([&] { load_model(d / "nan.safetensors", b); },
+                          "nan.safetensors: tensor 'transformer.h.1.mlp.c_fc.bias' holds nan: the weights are corrupt");
 }
 
 TEST(SafeTensors, ModelFileIsInTheHuggingFaceLayout) {

@@ -3,7 +3,8 @@
 # checkpoints every 4 steps; the newest is removed (a crash after step 4) and the run resumes
 # from ckpt-4 on 1 and on 4 ranks, across strategies (zero1 -> ddp, ddp -> zero1, zero3 -> ddp,
 # zero2 -> yafsdp, yafsdp -> zero3). Every loss of the 8 steps
-# equals the uninterrupted single-process run's within 1e-5 relative (reduction order).
+# equals the uninterrupted single-process run's within 1e-5 relative (reduction order); the MFU
+# in metrics.jsonl is per device on 1 and 2 ranks.
 # Usage: resume_mpi.sh FRUGAL_BINARY
 set -u
 F=$1
@@ -33,6 +34,20 @@ PY
   passed=$((passed + 1))
 }
 
+# mfu_per_device RUN: metrics.jsonl's MFU is per device (the job's tokens/s over ranks x peak)
+mfu_per_device() {
+  /usr/bin/python3 - "$1" <<'PY' || fail "$1: MFU is not per device"
+import json, sys
+d = sys.argv[1]
+fpt = json.load(open(d + "/summary.json"))["predicted"]["model_flops_per_token"]
+for line in open(d + "/metrics.jsonl"):
+    r = json.loads(line)
+    want = fpt * r["tokens_per_s"] / (r["ranks"] * 231e9)
+    assert abs(r["mfu"] - want) <= 1e-6 * want, (r["ranks"], r["mfu"], want)
+PY
+  passed=$((passed + 1))
+}
+
 # resume FROM NP STRATEGY: a copy of run FROM without its newest checkpoint, resumed on NP ranks
 resume() {
   local to="$1-to-$2-$3"
@@ -46,6 +61,8 @@ for s in zero1 ddp zero2 zero3 yafsdp; do
   $run -np 2 "$F" train $A --dist.strategy=$s --run.checkpoint_every=4 --run.dir=$s >/dev/null 2>&1 || fail "$s on 2 ranks"
   same_losses $s
 done
+mfu_per_device whole
+mfu_per_device ddp
 [ -f zero1/ckpt-4/rank-1.safetensors ] || fail "zero1: each rank writes its slice"
 [ -f ddp/ckpt-4/rank-0.safetensors ] && [ ! -f ddp/ckpt-4/rank-1.safetensors ] || fail "ddp: rank 0 alone writes"
 resume zero1 1 ddp

@@ -161,6 +161,12 @@ TEST(MemoryBudget, ChoosesTheLeastRecomputeThatFitsOrSaysTheSmallest) {
   EXPECT_EQ(choose_recompute(c).name(), "full");
   c.memory.budget = int64_t(need("full")) - 1;
   test::expect_user_error([&] { choose_recompute(c); }, "is below what any recompute policy needs: the smallest, full recompute, needs");
+  // per rank under the strategy: zero3 on 4 ranks shards the model states, so less recompute fits
+  c.dist.strategy = "zero3";
+  c.memory.budget = int64_t(estimate_memory(c.model, 4, 1024, DType::bf16, RecomputePolicy::parse("none", "t").per_block(12),
+                                            false, {Strategy::zero3, 4, DType::f32}).total());
+  EXPECT_EQ(choose_recompute(c, 4).name(), "none");
+  EXPECT_LT(c.memory.budget, int64_t(need("none")));  // which ddp on one rank would not fit
   RunConfig d = load_config("", {"memory.budget=16GiB", "memory.recompute=every:2"});
   EXPECT_EQ(d.memory.budget, int64_t(16) << 30);
   EXPECT_EQ(d.memory.recompute.name(), "every:2");
