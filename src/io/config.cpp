@@ -60,6 +60,16 @@ Field float_field(const char* s, const char* k, double* p, double lo) {
           [=] { return fmt::format("{}", *p); }};
 }
 
+Field bool_field(const char* s, const char* k, bool* p) {
+  return {s, k,
+          [=](const toml::node& n, const std::string& where) {
+            auto v = n.value_exact<bool>();
+            if (!v) user_error("{}: {}.{}: expected true or false, got {}", where, s, k, type_name(n));
+            *p = *v;
+          },
+          [=] { return std::string(*p ? "true" : "false"); }};
+}
+
 Field string_field(const char* s, const char* k, std::string* p) {
   return {s, k,
           [=](const toml::node& n, const std::string& where) {
@@ -142,6 +152,7 @@ std::vector<Field> fields(RunConfig& c) {
       float_field("precision", "loss_scale_min", &c.precision.loss_scale_min, 1e-30),
       recompute_field("memory", "recompute", &c.memory.recompute),
       bytes_field("memory", "budget", &c.memory.budget),
+      bool_field("memory", "preflight", &c.memory.preflight),
       string_field("dist", "strategy", &c.dist.strategy),
       string_field("data", "train", &c.data.train),
       string_field("data", "val", &c.data.val),

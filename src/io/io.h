@@ -41,7 +41,8 @@ struct PrecisionSettings {
 // is chosen (the budget, when set, decides).
 struct MemorySettings {
   RecomputePolicy recompute;
-  int64_t budget = 0;  // bytes; 0: no budget
+  int64_t budget = 0;     // bytes; 0: no budget
+  bool preflight = true;  // refuse, before step 1, a run whose predicted peak exceeds the host's memory
 };
 
 // "16GiB", "512 MiB", "8GB", "1e9" or a plain byte count -> bytes; UserError naming `where`.

@@ -237,6 +237,10 @@ std::string latest_checkpoint(const std::string& run_dir);
 // every rank file present, the same global batch) and returns its step; UserError naming the
 // file and what differs otherwise. Reads no tensors.
 int check_checkpoint(const std::string& dir, const RunConfig& cfg, int world);
+// Reads every tensor of the checkpoint's rank files against the checksum written with it (the
+// metadata's "sum.NAME"); UserError naming the file and the tensor when one fails, or when a file
+// or the state cannot be read.
+void verify_checkpoint(const std::string& dir);
 // Restores the weights, this rank's optimizer range, the update count, the loss scaler and the
 // data position from checkpoint `dir` (checked by check_checkpoint).
 void load_checkpoint(const std::string& dir, Gpt& model, Stepper& st, DataLoader& data);

@@ -4,10 +4,12 @@
 
 #include <cerrno>
 #include <chrono>
+#include <cstdlib>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <tuple>
 
 #include <nlohmann/json.hpp>
 
@@ -69,6 +71,65 @@ RecomputePolicy choose_recompute(const RunConfig& cfg, int world) {
              cfg.train.micro_batch, cfg.train.seq_len);
 }
 
+// Bytes this host can still give a process: MemAvailable, and under a cgroup (v2, or v1) its
+// limit less its usage; `source` says which bound it is. 0 when neither can be read.
+static int64_t host_memory_available(std::string& source) {
+  auto read = [](const char* path) -> int64_t {
+    std::ifstream in(path);
+    std::string v;
+    if (!(in >> v) || v == "max") return -1;
+    try {
+      return std::stoll(v);
+    } catch (const std::exception&) {
+      return -1;
+    }
+  };
+  int64_t best = 0;
+  std::ifstream meminfo("/proc/meminfo");
+  for (std::string key; meminfo >> key;) {
+    int64_t kib = 0;
+    meminfo >> kib;
+    if (key == "MemAvailable:") { best = kib * 1024; source = "MemAvailable"; break; }
+    meminfo.ignore(256, '\n');
+  }
+  for (auto [limit, usage, name] : {std::tuple{"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current", "cgroup memory.max"},
+                                    {"/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes",
+                                     "cgroup memory.limit_in_bytes"}}) {
+    const int64_t l = read(limit), u = read(usage);
+    if (l > 0 && u >= 0 && (best == 0 || l - u < best)) { best = std::max<int64_t>(0, l - u); source = name; }
+  }
+  return best;
+}
+
+// Memory preflight (CPU backend): the plan's predicted peak per rank, times the ranks on this
+// host, against what the host can still give; refused before anything is allocated, with the
+// prediction and the cheapest setting that fits (what `frugal plan` would say), unless
+// memory.preflight = false.
+static void preflight(const RunConfig& cfg, const Plan& forecast, int world) {
+  if (!cfg.memory.preflight || cfg.device.backend != "cpu") return;
+  std::string source;
+  const int64_t available = host_memory_available(source);
+  const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+  const int64_t on_host = local ? std::max(1, std::atoi(local)) : 1;
+  const int64_t need = int64_t(forecast.memory.total()) * on_host;
+  if (available <= 0 || need <= available) return;
+  PlanSettings b = forecast.s;
+  b.device.memory = available / on_host;
+  b.device.reserved = 0;
+  PlanQuery q = open_query(b, {b.device});
+  q.base.batch_tokens = forecast.step_tokens;
+  q.device_counts = {world};
+  if (world == 1) q.strategies = {Strategy::ddp};
+  const std::vector<Plan> alt = search(q);
+  const std::string fix = !alt.empty() && alt[0].fits
+      ? fmt::format("the cheapest setting that fits is {} ({} per rank)", alt[0].s.describe(), human_bytes(double(alt[0].memory.total())))
+      : "no setting of this model fits this host";
+  user_error("memory preflight: this run needs {} per rank ({}){}, but this host has {} available ({}): {} "
+             "(memory.preflight = false runs it anyway)", human_bytes(double(forecast.memory.total())),
+             mem_list(forecast.memory.bytes), on_host > 1 ? fmt::format(" x {} ranks on this host", on_host) : "",
+             human_bytes(double(available)), source, fix);
+}
+
 // Every rank must run the same configuration: rank 0's hash is compared on all ranks.
 static void check_same_config(const RunConfig& cfg, Comm& comm) {
   if (comm.size() == 1) return;
@@ -107,13 +168,38 @@ void train(const RunConfig& cfg, Comm& comm, bool resume) {
   std::string ckpt;
   int start = 0;
   if (resume) {
-    ckpt = latest_checkpoint(dir);
-    if (ckpt.empty()) user_error("{}: no checkpoint to resume from (no complete ckpt-STEP directory)", dir);
+    // the newest checkpoint that verifies; a corrupt one is renamed ckpt-STEP.corrupt (kept, and
+    // out of rotation's reach, so that rotation never deletes the newest good one)
+    for (;;) {
+      ckpt = latest_checkpoint(dir);
+      if (ckpt.empty()) user_error("{}: no checkpoint to resume from (no complete ckpt-STEP directory)", dir);
+      try {
+        verify_checkpoint(ckpt);
+        break;
+      } catch (const UserError& e) {
+        comm.barrier();  // every rank has read it
+        if (rank0) {
+          std::error_code ec;
+          std::filesystem::remove_all(ckpt + ".corrupt", ec);  // an earlier corrupt copy of the same step
+          std::filesystem::rename(ckpt, ckpt + ".corrupt", ec);
+          if (ec) user_error("{}: corrupt ({}), and it cannot be renamed: {}", ckpt, e.what(), ec.message());
+          fmt::print("resume: skipped {}: {} (renamed {}.corrupt)\n", ckpt, e.what(), ckpt);
+        }
+        comm.barrier();
+      }
+    }
     start = check_checkpoint(ckpt, cfg, comm.size());
     if (t.steps <= start)
       user_error("{}: train.steps = {} is not above the step of {} ({}): nothing to train (raise train.steps to go "
                  "on; `frugal export {}` writes the run's weights)", cfg.source, t.steps, ckpt, start, dir);
   }
+
+  const RecomputePolicy recompute = choose_recompute(cfg, comm.size());
+  const std::vector<Recompute> plan = recompute.per_block(cfg.model.n_layer);
+  const Strategy strategy = parse_strategy(cfg.dist.strategy, cfg.source);
+  const Plan forecast = plan_for_run(cfg, comm.size(), recompute);  // memory, time and cost
+  const MemoryEstimate& predicted = forecast.memory;
+  preflight(cfg, forecast, comm.size());
 
   const int B = t.micro_batch, T = t.seq_len;
   DataLoader train_data(resolve_shards(cfg.data.train, "data.train"), cfg.model.vocab_size, B, T,
@@ -126,11 +212,6 @@ void train(const RunConfig& cfg, Comm& comm, bool resume) {
   if (!be.native_gemm(dt) && rank0)
     fmt::print("note: the {} backend has no native {} GEMM; it runs through fp32 conversions "
                "(correct, not faster)\n", be.name(), dtype_name(dt));
-  const RecomputePolicy recompute = choose_recompute(cfg, comm.size());
-  const std::vector<Recompute> plan = recompute.per_block(cfg.model.n_layer);
-  const Strategy strategy = parse_strategy(cfg.dist.strategy, cfg.source);
-  const Plan forecast = plan_for_run(cfg, comm.size(), recompute);  // memory, time and cost
-  const MemoryEstimate& predicted = forecast.memory;
   Gpt model(cfg.model, be, dt, model_owns(strategy));
   Stepper stepper(model, be, comm, t, cfg.accum_steps(comm.size()), cfg.precision, plan, strategy);
   stepper.init_weights(t.seed);

@@ -3,6 +3,7 @@
 #include <sys/wait.h>
 
 #include <array>
+#include <chrono>
 #include <fstream>
 #include <map>
 
@@ -364,6 +365,22 @@ TEST_F(Cli, HostileRunsLoseNothing) {
   std::filesystem::create_directories(*dir_ / "hr/ckpt-99999999999");
   expect_error("train --resume hr --train.steps=9", "hr/ckpt-99999999999: step 99999999999 is out of range");
   expect_error("export hr --out hr_y", "hr/ckpt-99999999999: step 99999999999 is out of range");
+  // a model far beyond this host's memory: refused before anything is allocated, within 2 s
+  auto t0 = std::chrono::steady_clock::now();
+  expect_error("train --model.preset=gpt2-xl --train.micro_batch=64 --train.seq_len=1024 --data.train=data/train_*.bin "
+               "--data.val=data/val_*.bin --run.dir=xl",
+               "memory preflight: this run needs ");
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 2.0);
+  Result xl = run("train --model.preset=gpt2-xl --train.micro_batch=64 --train.seq_len=1024 --data.train=data/train_*.bin "
+                  "--data.val=data/val_*.bin --run.dir=xl", d());
+  for (const char* part : {"GiB per rank (params ", "activations ", "but this host has ", "no setting of this model fits this host",
+                           "memory.preflight = false runs it anyway"})  // its fp32 states alone are 23 GiB
+    EXPECT_NE(xl.out.find(part), std::string::npos) << part << "\n" << xl.out;
+  // gpt2 at micro-batch 512: the same global batch fits in smaller micro-batches, and it says which
+  expect_error("train --model.preset=gpt2 --train.micro_batch=512 --train.seq_len=1024 --run.dir=xl --data.train=data/train_*.bin "
+               "--data.val=data/val_*.bin",
+               "the cheapest setting that fits is 1 x cpu-avx512, ddp, ");
+  EXPECT_FALSE(std::filesystem::exists(*dir_ / "xl"));
   // values that were silently accepted, and messages that were unclear
   expect_error("sample --run hr --tokens -5", "--tokens: expected a positive integer, got -5");
   expect_error("sample --run hr --top-k -3", "--top-k: expected 0 (all) or a positive integer, got -3");
