@@ -54,7 +54,7 @@ static int cmd_train(const std::string& config, const std::vector<std::string>& 
   RunConfig cfg = load_config(config.empty() && !resume.empty() ? resume + "/config.toml" : config, overrides);
   if (!resume.empty()) cfg.run.dir = resume;
   if (!init_from.empty()) cfg.train.init_from = init_from;
-  auto comm = make_comm(cfg.device.backend == "cuda");
+  auto comm = make_comm(cfg.device.backend == "cuda", cfg.dist.timeout);
   if (comm->rank() == 0) prepare_default_corpus_if_missing(cfg);
   comm->barrier();
   try {

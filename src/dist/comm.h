@@ -37,6 +37,8 @@ class Comm {
                                                    int elem_bytes = 4) = 0;
   virtual std::unique_ptr<Work> broadcast(float* buf, int64_t n, int root) = 0;
   virtual void barrier() = 0;
+  // The training step now running (1-based), which a hung collective's message names.
+  virtual void set_step(int step) {}
 };
 
 // A world of one process: every collective is a copy (or nothing) and completes at once.
@@ -49,7 +51,10 @@ std::unique_ptr<Comm> make_local_comm();
 // mpi_yield_when_idle, unless set otherwise) instead of spinning on its rank's compute core.
 // gpu: the buffers are device buffers; under mpirun, NCCL (one GPU per rank, chosen by the
 // node-local rank, which becomes the current device), MPI only to exchange NCCL's unique id.
-std::unique_ptr<Comm> make_comm(bool gpu = false);
+// timeout_s (dist.timeout): no collective waits longer; past it every rank that can still
+// speak names the collective, the step and the ranks that did not answer, and the job ends
+// (MPI_Abort) instead of hanging.
+std::unique_ptr<Comm> make_comm(bool gpu = false, double timeout_s = 600);
 // NCCL over the ranks of `bootstrap` (which it keeps and uses once, to broadcast the id);
 // built with FRUGAL_CUDA=ON and NCCL, else a UserError.
 std::unique_ptr<Comm> make_nccl_comm(std::unique_ptr<Comm> bootstrap);

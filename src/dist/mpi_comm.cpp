@@ -1,8 +1,11 @@
 // MpiComm: Comm over MPI (OpenMPI), one rank per process. Collectives are queued to one
 // communication thread that calls the blocking MPI collectives in order (MPI_THREAD_MULTIPLE),
-// so that a gradient all-reduce overlaps the rest of backward.
+// so that a gradient all-reduce overlaps the rest of backward. A watchdog thread ends the job
+// when one collective waits longer than the timeout, naming the ranks that do not answer.
 #include <mpi.h>
 
+#include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
@@ -10,6 +13,7 @@
 #include <functional>
 #include <future>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -46,7 +50,7 @@ struct Pending final : Work {
 
 class MpiComm final : public Comm {
  public:
-  MpiComm() {
+  explicit MpiComm(double timeout_s) : timeout_s_(timeout_s) {
     // A collective's wait spins in OpenMPI's progress loop on the communication thread, taking
     // the core from the rank's compute thread: yield instead (unless the user chose). Measured
     // on 2 cores, 2 ranks: the tiny model's sharded strategies went from 0.46-0.85x of the
@@ -62,7 +66,9 @@ class MpiComm final : public Comm {
     MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
     MPI_Comm_size(MPI_COMM_WORLD, &size_);
     MPI_Op_create(sum_bf16, 1, &sum_bf16_);
+    MPI_Comm_dup(MPI_COMM_WORLD, &probe_);  // the watchdog's own traffic, apart from the collectives'
     thread_ = std::thread([this] { loop(); });
+    watchdog_ = std::thread([this] { watch(); });
   }
   ~MpiComm() override {
     {
@@ -70,15 +76,19 @@ class MpiComm final : public Comm {
       stop_ = true;
     }
     cv_.notify_one();
+    cv_watch_.notify_one();
     thread_.join();
+    watchdog_.join();
+    MPI_Comm_free(&probe_);
     MPI_Op_free(&sum_bf16_);
     MPI_Finalize();
   }
   int rank() const override { return rank_; }
   int size() const override { return size_; }
+  void set_step(int step) override { step_ = step; }
 
   std::unique_ptr<Work> all_reduce(float* buf, int64_t n, ReduceOp op) override {
-    return post([=, this] {
+    return post("MPI_Allreduce", [=, this] {
       mpi_check(MPI_Allreduce(MPI_IN_PLACE, buf, int(n), MPI_FLOAT, op == ReduceOp::max ? MPI_MAX : MPI_SUM,
                               MPI_COMM_WORLD), "MPI_Allreduce");
       if (op == ReduceOp::avg)
@@ -86,7 +96,7 @@ class MpiComm final : public Comm {
     });
   }
   std::unique_ptr<Work> all_reduce_bf16(float* buf, uint16_t* scratch, int64_t n) override {
-    return post([=, this] {
+    return post("MPI_Allreduce (bf16)", [=, this] {
       auto* h = reinterpret_cast<bf16*>(scratch);
       for (int64_t i = 0; i < n; i++) h[i] = from_f32<bf16>(buf[i]);
       mpi_check(MPI_Allreduce(MPI_IN_PLACE, h, int(n), MPI_UINT16_T, sum_bf16_, MPI_COMM_WORLD), "MPI_Allreduce");
@@ -96,7 +106,7 @@ class MpiComm final : public Comm {
   std::unique_ptr<Work> reduce_scatter(float* in, float* out, int64_t n, ReduceOp op) override {
     // An in-place all-reduce, then this rank's slice: MPI_Reduce_scatter_block moves half the
     // bytes but runs at under half the all-reduce's speed in this OpenMPI (deps.md).
-    return post([=, this] {
+    return post("MPI_Allreduce (reduce-scatter)", [=, this] {
       mpi_check(MPI_Allreduce(MPI_IN_PLACE, in, int(n * size_), MPI_FLOAT,
                               op == ReduceOp::max ? MPI_MAX : MPI_SUM, MPI_COMM_WORLD), "MPI_Allreduce");
       const float* mine = in + int64_t(rank_) * n;
@@ -105,12 +115,12 @@ class MpiComm final : public Comm {
     });
   }
   std::unique_ptr<Work> all_gather(const float* in, float* out, int64_t n) override {
-    return post([=] {
+    return post("MPI_Allgather", [=] {
       mpi_check(MPI_Allgather(in, int(n), MPI_FLOAT, out, int(n), MPI_FLOAT, MPI_COMM_WORLD), "MPI_Allgather");
     });
   }
   std::unique_ptr<Work> all_gather_inplace(void* buf, int64_t total, int64_t slice, int elem_bytes) override {
-    return post([=, this] {
+    return post("MPI_Allgatherv", [=, this] {
       std::vector<int> counts(size_), displs(size_);
       for (int r = 0; r < size_; r++) {
         int64_t lo = std::min(total, r * slice), hi = std::min(total, lo + slice);
@@ -123,16 +133,22 @@ class MpiComm final : public Comm {
     });
   }
   std::unique_ptr<Work> broadcast(float* buf, int64_t n, int root) override {
-    return post([=] { mpi_check(MPI_Bcast(buf, int(n), MPI_FLOAT, root, MPI_COMM_WORLD), "MPI_Bcast"); });
+    return post("MPI_Bcast", [=] { mpi_check(MPI_Bcast(buf, int(n), MPI_FLOAT, root, MPI_COMM_WORLD), "MPI_Bcast"); });
   }
   void barrier() override {
-    post([] { mpi_check(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier"); })->wait();
+    post("MPI_Barrier", [] { mpi_check(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier"); })->wait();
   }
 
  private:
-  std::unique_ptr<Work> post(std::function<void()> f) {
+  std::unique_ptr<Work> post(const char* what, std::function<void()> f) {
     auto w = std::make_unique<Pending>();
-    std::packaged_task<void()> task(std::move(f));
+    std::packaged_task<void()> task([this, what, f = std::move(f)] {
+      what_ = what;
+      started_ns_ = now_ns();
+      f();
+      started_ns_ = 0;
+      count_++;
+    });
     w->done = task.get_future();
     {
       std::lock_guard<std::mutex> lk(mu_);
@@ -155,6 +171,61 @@ class MpiComm final : public Comm {
     }
   }
 
+  static int64_t now_ns() {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
+  }
+  // Every second: has the running collective waited past the timeout? Then tell every other
+  // rank so (on probe_) and listen for theirs for a grace period: the live ranks are waiting in
+  // the same collective and time out together; the silent ones are named, and the job ends.
+  void watch() {
+    while (true) {
+      {
+        std::unique_lock<std::mutex> lk(mu_);
+        if (cv_watch_.wait_for(lk, std::chrono::seconds(1), [this] { return stop_; })) return;
+      }
+      const int64_t t0 = started_ns_;
+      if (t0 == 0 || double(now_ns() - t0) * 1e-9 <= timeout_s_) continue;
+      const int64_t id = count_;
+      std::vector<MPI_Request> sends(size_), recvs(size_);
+      std::vector<int64_t> heard(size_, -1);
+      for (int r = 0; r < size_; r++) {
+        if (r == rank_) continue;
+        MPI_Isend(&id, 1, MPI_INT64_T, r, 7, probe_, &sends[r]);
+        MPI_Irecv(&heard[r], 1, MPI_INT64_T, r, 7, probe_, &recvs[r]);
+      }
+      const int64_t grace_end = now_ns() + int64_t(std::min(5.0, timeout_s_) * 1e9);
+      std::vector<int> silent;
+      while (now_ns() < grace_end) {
+        silent.clear();
+        for (int r = 0; r < size_; r++) {
+          int done = 1;
+          if (r != rank_ && recvs[r] != MPI_REQUEST_NULL) MPI_Test(&recvs[r], &done, MPI_STATUS_IGNORE);
+          if (!done) silent.push_back(r);
+        }
+        if (silent.empty()) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      }
+      std::string who, why;
+      for (int r : silent) who += (who.empty() ? "" : ", ") + std::to_string(r);
+      int64_t ahead = id;  // a rank that answers from a later collective: this one fell behind (it was stopped)
+      for (int r = 0; r < size_; r++)
+        if (r != rank_ && recvs[r] == MPI_REQUEST_NULL) ahead = std::max(ahead, heard[r]);
+      if (ahead > id) why = "this rank fell behind (the others wait in collective " + std::to_string(ahead) + ")";
+      else why = silent.empty() ? "every rank answers, so the collective itself is stuck" : "rank(s) " + who + " do not answer";
+      std::fprintf(stderr, "frugal: rank %d of %d: %s (collective %lld, step %d) has waited %.0f s, over dist.timeout = %g s: %s; ending the job\n",
+                   rank_, size_, what_.load(), (long long)id, step_.load(), double(now_ns() - t0) * 1e-9, timeout_s_, why.c_str());
+      std::fflush(stderr);
+      MPI_Abort(MPI_COMM_WORLD, 4);
+    }
+  }
+
+  double timeout_s_;
+  std::atomic<int64_t> started_ns_{0}, count_{0};  // the running collective's start (0: none), how many ran
+  std::atomic<const char*> what_{""};
+  std::atomic<int> step_{0};
+  MPI_Comm probe_;
+  std::thread watchdog_;
+  std::condition_variable cv_watch_;
   int rank_ = 0, size_ = 1;
   MPI_Op sum_bf16_;
   std::thread thread_;
@@ -172,9 +243,9 @@ bool launched_by_mpi() {
 
 }  // namespace
 
-std::unique_ptr<Comm> make_comm(bool gpu) {
+std::unique_ptr<Comm> make_comm(bool gpu, double timeout_s) {
   if (launched_by_mpi()) {
-    std::unique_ptr<Comm> mpi = std::make_unique<MpiComm>();
+    std::unique_ptr<Comm> mpi = std::make_unique<MpiComm>(timeout_s);
     return gpu && mpi->size() > 1 ? make_nccl_comm(std::move(mpi)) : std::move(mpi);
   }
   return make_local_comm();

@@ -6,7 +6,7 @@
 
 namespace frugal {
 
-std::unique_ptr<Comm> make_comm(bool) {
+std::unique_ptr<Comm> make_comm(bool, double) {
   if (std::getenv("OMPI_COMM_WORLD_SIZE") || std::getenv("PMI_SIZE")) {
     std::fprintf(stderr, "frugal: started by mpirun, but this build has no MPI (install libopenmpi-dev and rebuild)\n");
     std::exit(2);

@@ -154,6 +154,7 @@ std::vector<Field> fields(RunConfig& c) {
       bytes_field("memory", "budget", &c.memory.budget),
       bool_field("memory", "preflight", &c.memory.preflight),
       string_field("dist", "strategy", &c.dist.strategy),
+      float_field("dist", "timeout", &c.dist.timeout, 1.0),
       string_field("data", "train", &c.data.train),
       string_field("data", "val", &c.data.val),
       string_field("run", "dir", &c.run.dir),

@@ -1,7 +1,8 @@
 // io: the run configuration (TOML + --section.key=value overrides, parsed once into typed
-// structs), safetensors files, and the metrics log.
+// structs), safetensors files, and TensorBoard event files.
 #pragma once
 #include <cstdint>
+#include <cstdio>
 #include <map>
 #include <memory>
 #include <string_view>
@@ -56,6 +57,7 @@ struct DataSettings {
 // Data parallelism across ranks (mpirun): dist.strategy names a Strategy (model.h).
 struct DistSettings {
   std::string strategy = "ddp";
+  double timeout = 600;  // seconds a collective may wait before the job ends (PyTorch's default)
 };
 
 struct RunSettings {
@@ -93,6 +95,25 @@ struct RunConfig {
 RunConfig load_config(const std::string& path, const std::vector<std::string>& overrides);
 // Checks what depends on the number of ranks (the global batch must divide evenly).
 void check_world(const RunConfig& c, int world);
+
+// ---- TensorBoard ---------------------------------------------------------------------------
+// An event file in dir (events.out.tfevents.TIME.HOST), which `tensorboard --logdir` reads:
+// scalars per step, every record flushed; UserError naming the file when it cannot be written.
+class TensorBoardWriter {
+ public:
+  explicit TensorBoardWriter(const std::string& dir);
+  ~TensorBoardWriter();
+  TensorBoardWriter(const TensorBoardWriter&) = delete;
+  void scalars(int64_t step, const std::vector<std::pair<std::string, double>>& values);
+  // A resumed run: tensorboard forgets what earlier files hold from `step` on.
+  void restart(int64_t step);
+  const std::string& path() const { return path_; }
+
+ private:
+  void record(const std::string& data);
+  std::string path_;
+  std::FILE* f_ = nullptr;
+};
 
 // ---- safetensors --------------------------------------------------------------------------
 struct StTensor {

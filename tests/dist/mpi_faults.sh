@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Faults under mpirun end every rank with a clear message and a non-zero exit, never a hang:
-# mismatched configs across ranks, a global batch the world size does not divide, and a rank
-# killed mid-step. Usage: mpi_faults.sh FRUGAL_BINARY
+# mismatched configs across ranks, a global batch the world size does not divide, a rank
+# killed mid-step, and a rank that hangs (stopped: the collective watchdog ends the job). Usage: mpi_faults.sh FRUGAL_BINARY
 set -u
 F=$1
 dir=$(mktemp -d)
@@ -32,4 +32,20 @@ took=$(( $(date +%s) - start ))
 [ "$took" -le 60 ] || fail "killed rank: the others took ${took}s to stop"
 grep -q "rc=0" kill.log && fail "killed rank: exit 0"
 grep -q "exited on signal 9" kill.log || fail "killed rank: no message naming it: $(cat kill.log)"
-echo "mpi faults: 3 passed, 0 failed"
+# a hung rank (SIGSTOP): the other ends the job within dist.timeout + 10 s, naming it
+(timeout 120 $run -np 2 "$F" train $A --train.steps=100000 --dist.timeout=5 --run.dir=r4 > hang.log 2>&1; echo "rc=$?" >> hang.log) &
+for _ in $(seq 1 100); do grep -q "\"step\"" r4/metrics.jsonl 2>/dev/null && break; sleep 0.2; done
+for p in $(pgrep -f "^$F train .*run.dir=r4"); do
+  grep -qz "^OMPI_COMM_WORLD_RANK=1$" /proc/$p/environ 2>/dev/null && victim=$p
+done
+[ -n "${victim:-}" ] || fail "hung rank: no rank 1 found"
+kill -STOP "$victim"
+start=$(date +%s)
+wait
+took=$(( $(date +%s) - start ))
+kill -9 "$victim" 2>/dev/null
+[ "$took" -le 15 ] || fail "hung rank: the job took ${took}s to end (dist.timeout = 5 s)"
+grep -q "rc=0" hang.log && fail "hung rank: exit 0"
+grep -Eq "frugal: rank 0 of 2: MPI_[A-Za-z ()-]+ \(collective [0-9]+, step [0-9]+\) has waited [0-9]+ s, over dist.timeout = 5 s: rank\(s\) 1 do not answer; ending the job" hang.log \
+  || fail "hung rank: no message naming it: $(cat hang.log)"
+echo "mpi faults: 4 passed, 0 failed"
