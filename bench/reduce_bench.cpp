@@ -1,7 +1,8 @@
 // bf16 or fp32 for gradient reductions over MPI? The gradients are fp32 (accumulated across
 // micro-batches). Reducing in bf16 halves the bytes on the wire but adds a cast down before
 // and a cast up after, and needs a user-defined MPI_Op (sum in fp32, round to nearest even).
-// This times both for a buffer of N fp32 gradients, median of 7 runs, in the same process.
+// This times both for a buffer of N fp32 gradients, median of 7 runs, in the same process, and
+// zero2/zero3's reduce-scatter both ways: an all-reduce and a slice, or MPI_Reduce_scatter_block.
 //   mpirun -np 2 ./build/bench/reduce_bench [millions of elements, default 25]
 #include <mpi.h>
 
@@ -48,9 +49,25 @@ int main(int argc, char** argv) {
     MPI_Allreduce(MPI_IN_PLACE, h.data(), int(n), MPI_UINT16_T, op, MPI_COMM_WORLD);
     for (int64_t i = 0; i < n; i++) g[i] = frugal::to_f32(bf16{h[i]});
   });
-  if (rank == 0)
+  // zero2/zero3's reduce-scatter of the same buffer: an in-place all-reduce and a copy of this
+  // rank's slice (MpiComm's), against MPI_Reduce_scatter_block (half the bytes on the wire)
+  int world = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &world);
+  const int64_t len = n / world;
+  std::vector<float> out(static_cast<size_t>(len));
+  double ar_slice = time([&] {
+    MPI_Allreduce(MPI_IN_PLACE, g.data(), int(len * world), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+    std::copy(g.begin() + rank * len, g.begin() + (rank + 1) * len, out.begin());
+  });
+  double rsb = time([&] {
+    MPI_Reduce_scatter_block(g.data(), out.data(), int(len), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+  });
+  if (rank == 0) {
     std::printf("all-reduce of %.0f M fp32 gradients: fp32 %.1f ms, bf16 (cast + custom op + cast) %.1f ms: "
                 "bf16 / fp32 = %.2fx time\n", n / 1e6, f32 * 1e3, b16 * 1e3, b16 / f32);
+    std::printf("reduce-scatter over %d ranks: all-reduce + slice %.1f ms, MPI_Reduce_scatter_block %.1f ms: "
+                "block / all-reduce = %.2fx time\n", world, ar_slice * 1e3, rsb * 1e3, rsb / ar_slice);
+  }
   MPI_Op_free(&op);
   MPI_Finalize();
 }

@@ -20,8 +20,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-# The references (PyTorch 2.x, transformers, safetensors, tiktoken, numpy): one venv of Debian's
-# python3 per machine and set of pins (~/.cache/frugal/venv-HASH, HASH from
+# The references (PyTorch 2.x, transformers, safetensors, tiktoken, numpy, tensorboard): one venv
+# of Debian's python3 per machine and set of pins (~/.cache/frugal/venv-HASH, HASH from
 # scripts/requirements.txt), made once and shared by every checkout; .venv links to it.
 req=$root/scripts/requirements.txt
 venv=${XDG_CACHE_HOME:-$HOME/.cache}/frugal/venv-$(sha256sum "$req" | cut -c1-12)
@@ -31,6 +31,7 @@ if [ ! -f "$venv/complete" ]; then
   /usr/bin/python3 -m venv "$venv"
   "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps -r "$req"
   touch "$venv/complete"
+  for old in "$(dirname "$venv")"/venv-*; do [ "$old" = "$venv" ] || rm -rf "$old"; done  # ~5.5 GB each
 fi
 [ -L "$root/.venv" ] || rm -rf "$root/.venv"  # a venv made in place by an older setup.sh
 ln -sfn "$venv" "$root/.venv"

@@ -240,7 +240,8 @@ void train(const RunConfig& cfg, Comm& comm, bool resume) {
   std::FILE* metrics = nullptr;
   const bool keep_previous = !resume && cfg.run.checkpoint_every > 0 &&
                              (!latest_checkpoint(dir).empty() || std::filesystem::exists(dir + "/config.toml"));
-  std::vector<std::string> records;  // metrics records not yet written
+  std::vector<nlohmann::json> records;  // metrics records not yet written
+  std::unique_ptr<TensorBoardWriter> tb;  // the same scalars for tensorboard
   auto open_run = [&] {
     if (!resume) {  // the previous run's final model and summary are not this run's
       for (const char* f : {"/model.safetensors", "/summary.json"}) std::filesystem::remove(dir + f, ec);
@@ -253,6 +254,11 @@ void train(const RunConfig& cfg, Comm& comm, bool resume) {
     if (resume) truncate_metrics(dir + "/metrics.jsonl", start);
     metrics = std::fopen((dir + "/metrics.jsonl").c_str(), resume ? "a" : "w");
     if (!metrics) user_error("{}/metrics.jsonl: cannot write: {}", dir, std::strerror(errno));
+    if (!resume)  // the previous run's event files
+      for (auto& e : std::filesystem::directory_iterator(dir))
+        if (e.path().filename().string().starts_with("events.out.tfevents.")) std::filesystem::remove(e.path(), ec);
+    tb = std::make_unique<TensorBoardWriter>(dir);
+    if (resume) tb->restart(start + 1);
   };
   const bool tty = rank0 && ::isatty(STDOUT_FILENO);
   const double flops_tok = cfg.model.flops_per_token(T);
@@ -283,9 +289,15 @@ void train(const RunConfig& cfg, Comm& comm, bool resume) {
   MemStats overall;
   auto write_records = [&] {
     if (!metrics) open_run();
-    for (const std::string& r : records)
-      if (std::fprintf(metrics, "%s\n", r.c_str()) < 0)
+    for (const nlohmann::json& r : records) {
+      if (std::fprintf(metrics, "%s\n", r.dump().c_str()) < 0)
         user_error("{}/metrics.jsonl: cannot write: {}", dir, std::strerror(errno));
+      std::vector<std::pair<std::string, double>> scalars;
+      for (const char* k : {"loss", "val_loss", "lr", "grad_norm", "tokens_per_s", "mfu", "loss_scale"})
+        if (r.contains(k)) scalars.push_back({k, r[k].get<double>()});
+      for (auto& [category, bytes] : r["mem_peak"].items()) scalars.push_back({"memory_mib/" + category, bytes.get<double>() / (1 << 20)});
+      tb->scalars(r["step"].get<int64_t>(), scalars);
+    }
     if (std::fflush(metrics) != 0) user_error("{}/metrics.jsonl: cannot write: {}", dir, std::strerror(errno));
     records.clear();
   };
@@ -301,6 +313,7 @@ void train(const RunConfig& cfg, Comm& comm, bool resume) {
   const int every = cfg.run.checkpoint_every;
   for (int step = start; step < t.steps; step++) {
     if (every > 0 && step > start && step % every == 0) checkpoint(step);
+    comm.set_step(step + 1);
     MemoryPool::get().reset_peak();
     const size_t allocs_before = MemoryPool::get().stats().allocations;
     auto t0 = clock::now();
@@ -334,7 +347,7 @@ void train(const RunConfig& cfg, Comm& comm, bool resume) {
                           {"mem_peak", mem_json(mem)},
                           {"allocations", mem.allocations - allocs_before}};
     if (do_eval) rec["val_loss"] = val_loss;
-    records.push_back(rec.dump());
+    records.push_back(std::move(rec));
     if (metrics || !keep_previous) write_records();
 
     if (tty) std::fputs("\r\033[K", stdout);

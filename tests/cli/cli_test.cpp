@@ -84,6 +84,8 @@ TEST_F(Cli, PrepareTrainEvalSample) {
     EXPECT_TRUE(recs[0].contains(key)) << key;
   EXPECT_TRUE(recs[9].contains("val_loss"));
   EXPECT_FALSE(recs[10].contains("val_loss"));
+  // the same scalars in a TensorBoard event file, as tensorboard itself reads them
+  EXPECT_TRUE(test::run_reference("tensorboard_check.py", *dir_ / "run1"));
   double val = recs.back()["val_loss"].get<double>();
   // eval over the same 4 validation batches reproduces the trainer's number
   Result e = run("eval --run run1 --batches 4", d());
@@ -348,6 +350,8 @@ TEST_F(Cli, HostileRunsLoseNothing) {
   EXPECT_EQ(slurp("hr/config.toml"), config6);
   EXPECT_TRUE(std::filesystem::exists(*dir_ / "hr/ckpt-4"));
   ASSERT_EQ(run("train --resume hr --train.steps=7 --run.checkpoint_every=0", d()).code, 0);
+  // three event files (a fresh run, two resumes): tensorboard shows each step once, as metrics.jsonl
+  EXPECT_TRUE(test::run_reference("tensorboard_check.py", *dir_ / "hr"));
   // metrics.jsonl that cannot be written (disk full) stops the run
   std::filesystem::create_directories(*dir_ / "full");
   std::filesystem::create_symlink("/dev/full", *dir_ / "full/metrics.jsonl");
