@@ -44,6 +44,9 @@ class Backend {
   // Whether GEMMs in dtype d run natively (not through fp32 conversions).
   virtual bool native_gemm(DType d) const = 0;
   virtual bool gpu() const { return false; }
+  // Bytes the backend's device can still give (a GPU's free memory less a margin for its
+  // libraries), or -1 where the backend does not own its memory (the CPU: see the host's).
+  virtual int64_t memory_available() const { return -1; }
 
   // C(M,N) = op(A) op(B) [+ bias(N)] [+ C when accumulate]; A and B in dtype ab, C in dtype c,
   // fp32 accumulation; op(A) is (M,K), op(B) is (K,N); row-major with row strides lda/ldb/ldc.

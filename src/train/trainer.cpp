@@ -101,16 +101,16 @@ static int64_t host_memory_available(std::string& source) {
   return best;
 }
 
-// Memory preflight (CPU backend): the plan's predicted peak per rank, times the ranks on this
-// host, against what the host can still give; refused before anything is allocated, with the
-// prediction and the cheapest setting that fits (what `frugal plan` would say), unless
-// memory.preflight = false.
-static void preflight(const RunConfig& cfg, const Plan& forecast, int world) {
-  if (!cfg.memory.preflight || cfg.device.backend != "cpu") return;
-  std::string source;
-  const int64_t available = host_memory_available(source);
+// Memory preflight: the plan's predicted peak per rank against what the device can still give
+// (a GPU's free memory), or on the CPU, times the ranks on this host, what the host can; refused
+// before anything is allocated, with the prediction and the cheapest setting that fits (what
+// `frugal plan` would say), unless memory.preflight = false.
+static void preflight(const RunConfig& cfg, const Plan& forecast, int world, const Backend& be) {
+  if (!cfg.memory.preflight) return;
+  std::string source = "free device memory";
   const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
-  const int64_t on_host = local ? std::max(1, std::atoi(local)) : 1;
+  const int64_t on_host = be.gpu() || !local ? 1 : std::max(1, std::atoi(local));
+  const int64_t available = be.gpu() ? be.memory_available() : host_memory_available(source);
   const int64_t need = int64_t(forecast.memory.total()) * on_host;
   if (available <= 0 || need <= available) return;
   PlanSettings b = forecast.s;
@@ -123,11 +123,11 @@ static void preflight(const RunConfig& cfg, const Plan& forecast, int world) {
   const std::vector<Plan> alt = search(q);
   const std::string fix = !alt.empty() && alt[0].fits
       ? fmt::format("the cheapest setting that fits is {} ({} per rank)", alt[0].s.describe(), human_bytes(double(alt[0].memory.total())))
-      : "no setting of this model fits this host";
-  user_error("memory preflight: this run needs {} per rank ({}){}, but this host has {} available ({}): {} "
+      : fmt::format("no setting of this model fits this {}", be.gpu() ? "device" : "host");
+  user_error("memory preflight: this run needs {} per rank ({}){}, but this {} has {} available ({}): {} "
              "(memory.preflight = false runs it anyway)", human_bytes(double(forecast.memory.total())),
              mem_list(forecast.memory.bytes), on_host > 1 ? fmt::format(" x {} ranks on this host", on_host) : "",
-             human_bytes(double(available)), source, fix);
+             be.gpu() ? "device" : "host", human_bytes(double(available)), source, fix);
 }
 
 // Every rank must run the same configuration: rank 0's hash is compared on all ranks.
@@ -199,7 +199,8 @@ void train(const RunConfig& cfg, Comm& comm, bool resume) {
   const Strategy strategy = parse_strategy(cfg.dist.strategy, cfg.source);
   const Plan forecast = plan_for_run(cfg, comm.size(), recompute);  // memory, time and cost
   const MemoryEstimate& predicted = forecast.memory;
-  preflight(cfg, forecast, comm.size());
+  Backend& be = cfg.device.backend == "cuda" ? cuda_backend() : cpu_backend();
+  preflight(cfg, forecast, comm.size(), be);
 
   const int B = t.micro_batch, T = t.seq_len;
   DataLoader train_data(resolve_shards(cfg.data.train, "data.train"), cfg.model.vocab_size, B, T,
@@ -207,7 +208,6 @@ void train(const RunConfig& cfg, Comm& comm, bool resume) {
   DataLoader val_data(resolve_shards(cfg.data.val, "data.val"), cfg.model.vocab_size, B, T, t.seed,
                       false, comm.rank(), comm.size());
 
-  Backend& be = cfg.device.backend == "cuda" ? cuda_backend() : cpu_backend();
   const DType dt = cfg.precision.compute;
   if (!be.native_gemm(dt) && rank0)
     fmt::print("note: the {} backend has no native {} GEMM; it runs through fp32 conversions "

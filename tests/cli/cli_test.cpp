@@ -347,6 +347,8 @@ TEST_F(Cli, HostileRunsLoseNothing) {
   Result f = run("train " + T + " --train.steps=30 --train.lr=1e30 --train.warmup_steps=0 --run.checkpoint_every=10 --run.dir=hr", d());
   EXPECT_EQ(f.code, 2) << f.out;  // diverges before step 10
   EXPECT_NE(f.out.find("gradients are not finite"), std::string::npos) << f.out;
+  EXPECT_NE(f.out.find("(lower train.lr or train.grad_clip)"), std::string::npos) << f.out;  // fp32: not "use bf16"
+  EXPECT_EQ(f.out.find("bf16"), std::string::npos) << f.out;
   EXPECT_EQ(slurp("hr/config.toml"), config6);
   EXPECT_TRUE(std::filesystem::exists(*dir_ / "hr/ckpt-4"));
   ASSERT_EQ(run("train --resume hr --train.steps=7 --run.checkpoint_every=0", d()).code, 0);
@@ -396,6 +398,7 @@ TEST_F(Cli, HostileRunsLoseNothing) {
   expect_error("plan --preset gpt2 --tokens 1e9 --top 0", "--top: expected a positive number, got '0'");
   expect_error("train --train.steps 3", "--train.steps: expected --train.steps=VALUE (an override takes '=', not a space)");
   expect_error("train --run.dir=", "--run.dir: run.dir: expected a path, got an empty string");
+  expect_error("train " + T + " --init-from data --run.dir=nowhere", "data: no model.safetensors or model.safetensors.index.json in this directory");
   EXPECT_EQ(slurp("hr/metrics.jsonl").size() > metrics.size(), true);
 }
 

@@ -5,7 +5,8 @@
 # training and validation losses of the CPU backend (bf16, within 2e-2 as in cuda_test.cpp)
 # under ddp, zero2, zero3 and yafsdp, in fp16 with dynamic loss scaling, with selective and
 # full recompute, and from a model file (train.init_from: the weights go in and out of device
-# memory); a resume from a checkpoint that continues the uninterrupted run bit for bit.
+# memory); a resume from a checkpoint that continues the uninterrupted run bit for bit; the memory
+# preflight against the device's free memory.
 # Usage: emu_train.sh FRUGAL_EMU_BINARY
 F=$1
 source "$(dirname "$0")/emu_common.sh"
@@ -35,4 +36,9 @@ rm -rf part/ckpt-6
 "$F" train --resume part > log 2>&1 || fail "resume: $(cat log)"
 grep -q "resuming from part/ckpt-3 at step 3" log || fail "did not resume from step 3: $(cat log)"
 [ "$(losses part)" = "$(losses ddp)" ] || fail "resumed run $(losses part) is not the uninterrupted $(losses ddp)"
-echo "emu train: 4 strategies, fp16, recompute and init_from match the cpu, resume is exact"
+# a model far beyond the (emulated, 16 GiB) device: the preflight refuses it before allocating
+"$F" train --model.preset=gpt2-xl --train.micro_batch=64 --train.seq_len=1024 --data.train=data/train_*.bin \
+  --data.val=data/val_*.bin --device.backend=cuda --run.dir=xl > log 2>&1 && fail "gpt2-xl on the device: exit 0"
+grep -q "memory preflight: this run needs .* per rank (params .*), but this device has .* available (free device memory)" log \
+  || fail "no device preflight: $(cat log)"
+echo "emu train: 4 strategies, fp16, recompute and init_from match the cpu, resume is exact, the preflight refuses gpt2-xl"

@@ -29,6 +29,12 @@ static void device_free(void* p) { CUDA_CHECK(cudaFree(p)); }
 static void device_zero(void* p, size_t bytes) { CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, 0)); }
 static constexpr Allocator kDevice{device_alloc, device_free, device_zero};
 
+int64_t CudaBackend::memory_available() const {
+  size_t free_b = 0, total = 0;
+  CUDA_CHECK(cudaMemGetInfo(&free_b, &total));
+  return std::max<int64_t>(0, int64_t(free_b) - (int64_t(64) << 20));  // device_alloc's margin
+}
+
 Backend& cuda_backend() {
   static CudaBackend* b = [] {
     int n = 0;

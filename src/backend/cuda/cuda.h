@@ -32,6 +32,7 @@ class CudaBackend final : public Backend {
   const char* name() const override { return "cuda"; }
   bool native_gemm(DType) const override { return true; }
   bool gpu() const override { return true; }
+  int64_t memory_available() const override;
   void matmul(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const void* A,
               int64_t lda, const void* B, int64_t ldb, void* C, int64_t ldc, DType ab, DType c,
               const float* bias, bool accumulate) override;
