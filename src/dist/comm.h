@@ -57,7 +57,8 @@ std::unique_ptr<Comm> make_local_comm();
 std::unique_ptr<Comm> make_comm(bool gpu = false, double timeout_s = 600);
 // NCCL over the ranks of `bootstrap` (which it keeps and uses once, to broadcast the id);
 // built with FRUGAL_CUDA=ON and NCCL, else a UserError.
-std::unique_ptr<Comm> make_nccl_comm(std::unique_ptr<Comm> bootstrap);
+// timeout_s: as make_comm's, for the waits on NCCL's collectives.
+std::unique_ptr<Comm> make_nccl_comm(std::unique_ptr<Comm> bootstrap, double timeout_s = 600);
 
 // Ends every rank after a fatal error on this one (MPI_Abort under MPI, exit otherwise).
 [[noreturn]] void abort_world(int code);

@@ -246,7 +246,7 @@ bool launched_by_mpi() {
 std::unique_ptr<Comm> make_comm(bool gpu, double timeout_s) {
   if (launched_by_mpi()) {
     std::unique_ptr<Comm> mpi = std::make_unique<MpiComm>(timeout_s);
-    return gpu && mpi->size() > 1 ? make_nccl_comm(std::move(mpi)) : std::move(mpi);
+    return gpu && mpi->size() > 1 ? make_nccl_comm(std::move(mpi), timeout_s) : std::move(mpi);
   }
   return make_local_comm();
 }

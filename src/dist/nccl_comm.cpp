@@ -7,9 +7,12 @@
 #include <cuda_runtime.h>
 #include <nccl.h>
 
+#include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <thread>
 
 #include "backend/cuda/kernels.h"
 #include "core/core.h"
@@ -31,10 +34,34 @@ void cuda_ok(cudaError_t e, const char* what) {
   abort_world(3);
 }
 
+// Waits for an event of the communication stream, at most timeout_s: past it, a rank is not
+// taking part (NCCL's collectives block until every rank does), and the job ends.
+struct Watch {
+  double timeout_s;
+  int rank, size;
+  const std::atomic<int>* step;
+};
+void await(cudaEvent_t e, const Watch& w) {
+  const auto t0 = std::chrono::steady_clock::now();
+  for (;;) {
+    const cudaError_t r = cudaEventQuery(e);
+    if (r == cudaSuccess) return;
+    if (r != cudaErrorNotReady) cuda_ok(r, "cudaEventQuery");
+    const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (waited > w.timeout_s) {
+      std::fprintf(stderr, "frugal: rank %d of %d: an NCCL collective (step %d) has waited %.0f s, over dist.timeout = %g s: "
+                   "a rank does not answer; ending the job\n", w.rank, w.size, w.step->load(), waited, w.timeout_s);
+      abort_world(4);
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(20));
+  }
+}
+
 struct Pending final : Work {
   cudaEvent_t done = nullptr;
+  Watch watch;
   ~Pending() override { cudaEventDestroy(done); }
-  void wait() override { cuda_ok(cudaEventSynchronize(done), "cudaEventSynchronize"); }
+  void wait() override { await(done, watch); }
 };
 
 struct Done final : Work {
@@ -57,7 +84,7 @@ int local_rank(int rank) {
 
 class NcclComm final : public Comm {
  public:
-  explicit NcclComm(std::unique_ptr<Comm> boot) : boot_(std::move(boot)) {
+  NcclComm(std::unique_ptr<Comm> boot, double timeout_s) : boot_(std::move(boot)), timeout_s_(timeout_s) {
     rank_ = boot_->rank();
     size_ = boot_->size();
     int devices = 0;
@@ -94,6 +121,7 @@ class NcclComm final : public Comm {
   }
   int rank() const override { return rank_; }
   int size() const override { return size_; }
+  void set_step(int step) override { step_ = step; }
 
   std::unique_ptr<Work> all_reduce(float* buf, int64_t n, ReduceOp op) override {
     if (on_host(buf))
@@ -159,6 +187,7 @@ class NcclComm final : public Comm {
     cuda_ok(cudaStreamWaitEvent(stream_, ready_, 0), "cudaStreamWaitEvent");
     f();
     auto w = std::make_unique<Pending>();
+    w->watch = {timeout_s_, rank_, size_, &step_};
     cuda_ok(cudaEventCreateWithFlags(&w->done, cudaEventDisableTiming), "cudaEventCreate");
     cuda_ok(cudaEventRecord(w->done, stream_), "cudaEventRecord");
     return w;
@@ -169,11 +198,14 @@ class NcclComm final : public Comm {
     cuda_ok(cudaMemcpyAsync(small_, host, size_t(n) * sizeof(float), cudaMemcpyHostToDevice, stream_), "cudaMemcpyAsync");
     f(small_);
     cuda_ok(cudaMemcpyAsync(host, small_, size_t(n) * sizeof(float), cudaMemcpyDeviceToHost, stream_), "cudaMemcpyAsync");
-    cuda_ok(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
+    cuda_ok(cudaEventRecord(ready_, stream_), "cudaEventRecord");
+    await(ready_, {timeout_s_, rank_, size_, &step_});
     return std::make_unique<Done>();
   }
 
   std::unique_ptr<Comm> boot_;
+  double timeout_s_;
+  std::atomic<int> step_{0};
   int rank_ = 0, size_ = 1;
   ncclComm_t comm_ = nullptr;
   cudaStream_t stream_ = nullptr;
@@ -183,8 +215,8 @@ class NcclComm final : public Comm {
 
 }  // namespace
 
-std::unique_ptr<Comm> make_nccl_comm(std::unique_ptr<Comm> bootstrap) {
-  return std::make_unique<NcclComm>(std::move(bootstrap));
+std::unique_ptr<Comm> make_nccl_comm(std::unique_ptr<Comm> bootstrap, double timeout_s) {
+  return std::make_unique<NcclComm>(std::move(bootstrap), timeout_s);
 }
 
 }  // namespace frugal

@@ -4,7 +4,7 @@
 
 namespace frugal {
 
-std::unique_ptr<Comm> make_nccl_comm(std::unique_ptr<Comm>) {
+std::unique_ptr<Comm> make_nccl_comm(std::unique_ptr<Comm>, double) {
   user_error("device.backend = cuda with several ranks needs NCCL: this frugal was built without it "
              "(configure with -DFRUGAL_CUDA=ON where the CUDA toolkit has libnccl)");
 }

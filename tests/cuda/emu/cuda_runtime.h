@@ -23,7 +23,7 @@
 
 #include "emu_device.h"
 
-enum cudaError_t { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorMemoryAllocation = 2 };
+enum cudaError_t { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorMemoryAllocation = 2, cudaErrorNotReady = 600 };
 enum cudaMemcpyKind { cudaMemcpyHostToHost, cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice, cudaMemcpyDefault };
 enum cudaDataType_t { CUDA_R_32F = 0, CUDA_R_16F = 2, CUDA_R_16BF = 14 };  // library_types.h's values
 enum cudaMemoryAdvise { cudaMemAdviseSetPreferredLocation = 3 };
@@ -233,4 +233,5 @@ inline cudaError_t cudaEventCreate(cudaEvent_t* e) { *e = emu::token<CUevent_st>
 inline cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned) { return cudaEventCreate(e); }
 inline cudaError_t cudaEventRecord(cudaEvent_t, cudaStream_t = nullptr) { return cudaSuccess; }
 inline cudaError_t cudaEventSynchronize(cudaEvent_t) { emu::flush(); return cudaSuccess; }
+inline cudaError_t cudaEventQuery(cudaEvent_t) { emu::flush(); return cudaSuccess; }  // done once run
 inline cudaError_t cudaEventDestroy(cudaEvent_t) { return cudaSuccess; }
