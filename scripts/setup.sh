@@ -24,7 +24,7 @@ fi
 # of Debian's python3 per machine and set of pins (~/.cache/frugal/venv-HASH, HASH from
 # scripts/requirements.txt), made once and shared by every checkout; .venv links to it.
 req=$root/scripts/requirements.txt
-venv=${XDG_CACHE_HOME:-$HOME/.cache}/frugal/venv-$(sha256sum "$req" | cut -c1-12)
+venv=${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/frugal/venv-$(sha256sum "$req" | cut -c1-12)
 if [ ! -f "$venv/complete" ]; then
   rm -rf "$venv"
   mkdir -p "$(dirname "$venv")"
