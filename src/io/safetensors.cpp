@@ -107,7 +107,6 @@ class WeightFiles {
     file(name).read_f32(name, shape, out);
     taken_.insert(name);
   }
-  void skip(const std::string& name) { taken_.insert(name); }
   std::vector<std::string> not_taken() const {
     std::vector<std::string> out;
     for (auto& [name, f] : where_)

@@ -1,13 +1,6 @@
-# Sourced by emu_train.sh and emu_train_mpi.sh, with F set to the CPU frugal binary: a scratch
-# directory to work in (removed on exit), prepared data, and the loss comparison they share.
-set -u
-dir=$(mktemp -d)
-trap 'rm -rf "$dir"' EXIT
-cd "$dir"
-export OMP_NUM_THREADS=1
-fail() { echo "FAIL: $*"; exit 1; }
-printf 'In the beginning was the word %.0s\n' $(seq 1 3000) > corpus.txt
-"$F" prepare corpus.txt --out data --val-every 5 >/dev/null || fail "prepare"
+# Sourced by emu_train.sh and emu_train_mpi.sh, with F set to the CPU frugal binary: the scratch
+# directory and data of tests/support/scratch.sh, and the loss comparison they share.
+source "$(dirname "${BASH_SOURCE[0]}")/../support/scratch.sh"
 # the training losses of run directory $1, then its validation losses
 losses() {
   python3 -c 'import json,sys; r=[json.loads(l) for l in open(sys.argv[1])]

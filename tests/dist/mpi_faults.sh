@@ -2,16 +2,9 @@
 # Faults under mpirun end every rank with a clear message and a non-zero exit, never a hang:
 # mismatched configs across ranks, a global batch the world size does not divide, a rank
 # killed mid-step, and a rank that hangs (stopped: the collective watchdog ends the job). Usage: mpi_faults.sh FRUGAL_BINARY
-set -u
 F=$1
-dir=$(mktemp -d)
-trap 'rm -rf "$dir"' EXIT
-cd "$dir"
-export OMP_NUM_THREADS=1
+source "$(dirname "$0")/../support/scratch.sh"
 run="mpirun --allow-run-as-root --oversubscribe"
-fail() { echo "FAIL: $*"; exit 1; }
-printf 'In the beginning was the word %.0s\n' $(seq 1 3000) > corpus.txt
-"$F" prepare corpus.txt --out data --val-every 5 >/dev/null || fail "prepare"
 A="--model.preset=tiny --train.seq_len=64 --train.micro_batch=4 --train.eval_batches=1 --run.log_every=1000 --data.train=data/train_*.bin --data.val=data/val_*.bin"
 
 out=$(timeout 60 $run -np 1 "$F" train $A --train.lr=0.001 --run.dir=r1 : -np 1 "$F" train $A --train.lr=0.002 --run.dir=r1 2>&1)

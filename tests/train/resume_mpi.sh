@@ -6,17 +6,10 @@
 # equals the uninterrupted single-process run's within 1e-5 relative (reduction order); the MFU
 # in metrics.jsonl is per device on 1 and 2 ranks.
 # Usage: resume_mpi.sh FRUGAL_BINARY
-set -u
 F=$1
-dir=$(mktemp -d)
-trap 'rm -rf "$dir"' EXIT
-cd "$dir"
-export OMP_NUM_THREADS=1
+source "$(dirname "$0")/../support/scratch.sh"
 run="mpirun --allow-run-as-root --oversubscribe"
 passed=0
-fail() { echo "FAIL: $*"; exit 1; }
-printf 'In the beginning was the word %.0s\n' $(seq 1 3000) > corpus.txt
-"$F" prepare corpus.txt --out data --val-every 5 >/dev/null || fail "prepare"
 A="--model.preset=tiny --train.seq_len=64 --train.micro_batch=2 --train.batch_tokens=512 --train.steps=8 --train.eval_batches=1 --run.log_every=1000 --data.train=data/train_*.bin --data.val=data/val_*.bin"
 "$F" train $A --run.checkpoint_every=0 --run.dir=whole >/dev/null || fail "uninterrupted run"
 
