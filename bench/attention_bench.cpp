@@ -32,9 +32,9 @@ int main(int argc, char** argv) {
     for (int r = 0; r < reps; r++) fn();
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / reps;
   };
-  const double fwd = secs([&] { be.attention_forward(out.data(), lse.data(), qkv.data(), B, T, C, NH, dt); });
+  const double fwd = secs([&] { be.attention_forward(out.data(), lse.data(), qkv.data(), B, T, NH, NH, C / NH, dt); });
   const double bwd = secs([&] {
-    be.attention_backward(dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(), B, T, C, NH, dt);
+    be.attention_backward(dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(), B, T, NH, NH, C / NH, dt);
   });
   const double flop = 2.0 * B * NH * (double(T) * (T + 1) / 2) * (C / NH) * 2;  // QK^T and PV
   fmt::print("attention B={} T={} C={} NH={} {}, {} threads: forward {:.1f} ms ({:.1f} GFLOP/s), "

@@ -14,14 +14,14 @@ int main(int argc, char** argv) {
   double gib = argc > 2 ? std::atof(argv[2]) : 8.0;
   DType dt = (argc > 3 && std::string(argv[3]) == "fp32") ? DType::f32 : DType::bf16;
   const size_t limit = size_t(gib * double(1ull << 30));
-  GptConfig cfg = gpt_preset(preset, "fit_table");
+  ModelConfig cfg = model_preset(preset, "fit_table");
   std::printf("%s %s, %.0f GiB (all categories: model states + activations + workspace)\n",
               preset.c_str(), dtype_name(dt), gib);
   std::printf("%-10s %22s %26s\n", "recompute", "longest T at B=1", "largest B at T=1024");
   for (const char* name : {"none", "selective", "every:4", "every:2", "full"}) {
     auto plan = RecomputePolicy::parse(name, "fit_table").per_block(cfg.n_layer);
     auto fits = [&](int B, int T) {
-      GptConfig c = cfg;
+      ModelConfig c = cfg;
       c.context = std::max(c.context, T);
       return estimate_memory(c, B, T, dt, plan).total() <= limit;
     };

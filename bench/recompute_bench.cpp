@@ -23,8 +23,8 @@ int main(int argc, char** argv) {
   for (int i = 6; i < argc; i++) names.push_back(argv[i]);
   if (names.empty()) names = {"none", "selective", "every:2", "full"};
   if (names[0] != "none") names.insert(names.begin(), "none");
-  const GptConfig cfg = gpt_preset(preset, "recompute_bench");
-  Gpt model(cfg, cpu_backend(), prec.compute);
+  const ModelConfig cfg = model_preset(preset, "recompute_bench");
+  Model model(cfg, cpu_backend(), prec.compute);
   model.init(1);
   TrainSettings t;
   t.micro_batch = B;

@@ -83,13 +83,13 @@ class TimingBackend final : public Backend {
   void gelu_backward(void* di, const void* i, const void* d, int64_t n, DType dt) override {
     time("gelu", [&] { b_.gelu_backward(di, i, d, n, dt); });
   }
-  void attention_forward(void* o, float* lse, const void* q, int64_t B, int64_t T, int64_t C,
-                         int64_t NH, DType dt) override {
-    time("attention fwd", [&] { b_.attention_forward(o, lse, q, B, T, C, NH, dt); });
+  void attention_forward(void* o, float* lse, const void* q, int64_t B, int64_t T, int64_t NH,
+                         int64_t NKV, int64_t HS, DType dt) override {
+    time("attention fwd", [&] { b_.attention_forward(o, lse, q, B, T, NH, NKV, HS, dt); });
   }
   void attention_backward(void* dq, const void* d, const void* q, const void* o, const float* lse,
-                          int64_t B, int64_t T, int64_t C, int64_t NH, DType dt) override {
-    time("attention bwd", [&] { b_.attention_backward(dq, d, q, o, lse, B, T, C, NH, dt); });
+                          int64_t B, int64_t T, int64_t NH, int64_t NKV, int64_t HS, DType dt) override {
+    time("attention bwd", [&] { b_.attention_backward(dq, d, q, o, lse, B, T, NH, NKV, HS, dt); });
   }
   void embedding_forward(float* o, const int32_t* t, const float* wte, const float* wpe, int64_t B,
                          int64_t T, int64_t C) override {
@@ -143,10 +143,10 @@ int run(int argc, char** argv) {
   PrecisionSettings prec;
   std::string dtn = argc > 5 ? argv[5] : "fp32";
   prec.compute = dtn == "bf16" ? DType::bf16 : dtn == "fp16" ? DType::f16 : DType::f32;
-  GptConfig cfg = gpt_preset(preset, "step_profile");
+  ModelConfig cfg = model_preset(preset, "step_profile");
   const std::string on = argc > 7 ? argv[7] : "cpu";
   TimingBackend tb(on == "cuda" ? cuda_backend() : cpu_backend());
-  Gpt model(cfg, tb, prec.compute);
+  Model model(cfg, tb, prec.compute);
   model.init(1);
   TrainSettings t;
   t.micro_batch = B;

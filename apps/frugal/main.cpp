@@ -46,10 +46,8 @@ static int cmd_train(const std::string& config, const std::vector<std::string>& 
   // explicit --model.* flag still wins, and the weights must then fit it).
   std::string hf_config = resume.empty() && !init_from.empty() ? hf_config_path(init_from) : "";
   if (!hf_config.empty()) {
-    GptConfig m = read_hf_config(hf_config);
-    overrides.insert(overrides.begin(), {"model.preset=custom", fmt::format("model.n_layer={}", m.n_layer),
-        fmt::format("model.n_head={}", m.n_head), fmt::format("model.n_embd={}", m.n_embd),
-        fmt::format("model.vocab_size={}", m.vocab_size), fmt::format("model.context={}", m.context)});
+    std::vector<std::string> shape = model_overrides(read_hf_config(hf_config));
+    overrides.insert(overrides.begin(), shape.begin(), shape.end());
   }
   RunConfig cfg = load_config(config.empty() && !resume.empty() ? resume + "/config.toml" : config, overrides);
   if (!resume.empty()) cfg.run.dir = resume;
@@ -70,7 +68,7 @@ static int cmd_train(const std::string& config, const std::vector<std::string>& 
 
 // The tokenizer of the run's training data (tokenizer.json next to the shards; none: byte-level),
 // which must match the model's vocabulary.
-static std::unique_ptr<Tokenizer> run_tokenizer(const std::string& run, const GptConfig& c) {
+static std::unique_ptr<Tokenizer> run_tokenizer(const std::string& run, const ModelConfig& c) {
   RunConfig cfg = load_config(run + "/config.toml", {});
   std::filesystem::path p(cfg.data.train);
   std::string dir = std::filesystem::is_directory(p) ? p.string() : p.parent_path().string();
@@ -90,7 +88,7 @@ static int cmd_eval(const std::string& run, const std::string& data, int batches
   std::string pattern = data.empty() ? cfg.data.val : data;
   DataLoader loader(resolve_shards(pattern, data.empty() ? "data.val" : "--data"),
                     cfg.model.vocab_size, cfg.train.micro_batch, cfg.train.seq_len, 0, false);
-  Gpt model(cfg.model, cpu_backend(), cfg.precision.compute);
+  Model model(cfg.model, cpu_backend(), cfg.precision.compute);
   load_model(weights, model);
   model.allocate(cfg.train.micro_batch, cfg.train.seq_len);
   const int B = cfg.train.micro_batch, T = cfg.train.seq_len;
@@ -124,15 +122,16 @@ static int cmd_export(const std::string& from, const std::string& out) {
     const bool use_ckpt = !ckpt.empty() && model_step(ckpt + "/model.safetensors") >= model_step(final_model);
     weights = use_ckpt ? ckpt + "/model.safetensors" : final_model;
   }
-  GptConfig c = read_model_config(weights);
-  Gpt model(c, cpu_backend());
+  ModelConfig c = read_model_config(weights);
+  Model model(c, cpu_backend());
   load_model(weights, model);
   std::error_code ec;
   fs::create_directories(out, ec);
   if (ec) user_error("{}: cannot create the directory: {}", out, ec.message());
   save_model(out + "/model.safetensors", model);
   save_hf_config(out + "/config.json", c);
-  fmt::print("export: {} -> {}/model.safetensors, {}/config.json (GPT2LMHeadModel)\n", weights, out, out);
+  fmt::print("export: {} -> {}/model.safetensors, {}/config.json ({})\n", weights, out, out,
+             c.family == Family::llama ? "LlamaForCausalLM" : "GPT2LMHeadModel");
   return 0;
 }
 
@@ -143,9 +142,9 @@ static int cmd_sample(const std::string& run, const std::string& prompt, int num
   if (num_tokens < 1) user_error("--tokens: expected a positive integer, got {}", num_tokens);
   if (top_k < 0) user_error("--top-k: expected 0 (all) or a positive integer, got {}", top_k);
   std::string weights = run + "/model.safetensors";
-  GptConfig c = read_model_config(weights);
+  ModelConfig c = read_model_config(weights);
   auto tok = run_tokenizer(run, c);
-  Gpt model(c, cpu_backend());
+  Model model(c, cpu_backend());
   load_model(weights, model);
   model.allocate(1, c.context);
   std::vector<uint32_t> enc;
@@ -223,7 +222,7 @@ static int cmd_plan(const PlanArgs& a) {
   std::string device = a.device;
   b.seq_len = a.seq_len;
   b.batch_tokens = a.batch_tokens;
-  if (!a.preset.empty()) b.model = gpt_preset(a.preset, "--preset");
+  if (!a.preset.empty()) b.model = model_preset(a.preset, "--preset");
   if (!a.config.empty() && a.config.size() > 5 && a.config.substr(a.config.size() - 5) == ".json") {
     b.model = read_hf_config(a.config);
   } else if (!a.config.empty()) {
@@ -260,7 +259,7 @@ static int cmd_plan(const PlanArgs& a) {
     user_error("plan: no configuration divides the global batch of {} tokens into micro-batches of {} tokens on every device "
                "(set --batch-tokens to a multiple of micro-batch x seq-len x devices)", b.batch_tokens,
                int64_t(q.micro_batches.front()) * b.seq_len);
-  const GptConfig& m = b.model;
+  const ModelConfig& m = b.model;
   const std::string model_line = fmt::format("model: {} ({} layers, {} heads, {} dims, vocab {}), {:.2f} M parameters\n",
                                              m.preset, m.n_layer, m.n_head, m.n_embd, m.vocab_size, m.num_params() / 1e6);
   if (single) {

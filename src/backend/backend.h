@@ -121,17 +121,20 @@ class Backend {
     gelu_backward(dinp, pre, dinp, BT * IC, dt);
   }
 
-  // Causal multi-head attention, memory-efficient: qkv(B,T,3C) holds q, k, v side by side,
-  // heads interleaved (channel h*HS+d); out(B,T,C) in dt; lse(B,NH,T) fp32 is the per-row
-  // log-sum-exp of the scaled scores, all backward needs besides qkv and out. No (T,T) tensor
-  // is kept. dqkv(B,T,3C) is overwritten.
+  // Causal multi-head attention with grouped-query heads, memory-efficient: each row of
+  // qkv(B,T,W), W = (NH + 2 NKV) HS, holds NH query heads, then NKV key heads, then NKV value
+  // heads, HS channels each; query head h attends with key/value head h / (NH / NKV) (NKV = NH:
+  // multi-head attention, GPT-2's c_attn layout). out(B,T,NH HS) in dt; lse(B,NH,T) fp32 is the
+  // per-row log-sum-exp of the scaled scores, all backward needs besides qkv and out. No (T,T)
+  // tensor is kept. dqkv(B,T,W) is overwritten.
   virtual void attention_forward(void* out, float* lse, const void* qkv, int64_t B, int64_t T,
-                                 int64_t C, int64_t NH, DType dt) = 0;
+                                 int64_t NH, int64_t NKV, int64_t HS, DType dt) = 0;
   virtual void attention_backward(void* dqkv, const void* dout, const void* qkv, const void* out,
-                                  const float* lse, int64_t B, int64_t T, int64_t C, int64_t NH,
-                                  DType dt) = 0;
+                                  const float* lse, int64_t B, int64_t T, int64_t NH, int64_t NKV,
+                                  int64_t HS, DType dt) = 0;
 
-  // out(B,T,C) = wte[tokens] + wpe[t] (fp32 masters); backward: dwte(Vp,C) +=, dwpe(maxT,C) +=.
+  // out(B,T,C) = wte[tokens] + wpe[t] (fp32 masters; wpe null: no position table); backward:
+  // dwte(Vp,C) +=, dwpe(maxT,C) += (unless null).
   virtual void embedding_forward(float* out, const int32_t* tokens, const float* wte,
                                  const float* wpe, int64_t B, int64_t T, int64_t C) = 0;
   virtual void embedding_backward(float* dwte, float* dwpe, const float* dout,

@@ -119,6 +119,17 @@ Field bytes_field(const char* s, const char* k, int64_t* p) {
           [=] { return fmt::format("{}", *p); }};
 }
 
+Field family_field(const char* s, const char* k, Family* p) {
+  return {s, k,
+          [=](const toml::node& n, const std::string& where) {
+            auto v = n.value_exact<std::string>();
+            for (Family f : {Family::gpt2, Family::llama})
+              if (v && *v == family_name(f)) { *p = f; return; }
+            user_error("{}: {}.{}: expected gpt2 or llama, got {}", where, s, k, v ? "'" + *v + "'" : std::string(type_name(n)));
+          },
+          [=] { return fmt::format("\"{}\"", family_name(*p)); }};
+}
+
 std::vector<Field> fields(RunConfig& c) {
   TrainSettings& t = c.train;
   return {
@@ -128,6 +139,17 @@ std::vector<Field> fields(RunConfig& c) {
       int_field("model", "n_embd", &c.model.n_embd, 1),
       int_field("model", "vocab_size", &c.model.vocab_size, 1),
       int_field("model", "context", &c.model.context, 1),
+      family_field("model", "family", &c.model.family),
+      int_field("model", "n_kv_head", &c.model.n_kv_head, 0),
+      int_field("model", "ffn_hidden", &c.model.ffn_hidden, 0),
+      bool_field("model", "attention_bias", &c.model.attention_bias),
+      bool_field("model", "tied_head", &c.model.tied_head),
+      float_field("model", "norm_eps", &c.model.norm_eps, 0),
+      float_field("model", "rope_theta", &c.model.rope_theta, 0),
+      float_field("model", "rope_scaling_factor", &c.model.rope_scaling.factor, 0),
+      float_field("model", "rope_low_freq_factor", &c.model.rope_scaling.low_freq_factor, 0),
+      float_field("model", "rope_high_freq_factor", &c.model.rope_scaling.high_freq_factor, 0),
+      int_field("model", "rope_original_context", &c.model.rope_scaling.original_context, 1),
       int_field("train", "seed", &t.seed, 0),
       int_field("train", "steps", &t.steps, 1),
       int_field("train", "seq_len", &t.seq_len, 1),
@@ -222,9 +244,11 @@ void check_world(const RunConfig& c, int world) {
 RunConfig load_config(const std::string& path, const std::vector<std::string>& overrides) {
   RunConfig c;
   c.source = path.empty() ? "command line" : path;
-  c.model = gpt_preset("mini", "defaults");
+  c.model = model_preset("mini", "defaults");
   toml::table tbl;
-  if (!path.empty()) {
+  if (path.size() > 5 && path.compare(path.size() - 5, 5, ".json") == 0) {  // a Hugging Face config.json: the model's shape, defaults for the rest
+    c.model = read_hf_config(path);
+  } else if (!path.empty()) {
     if (!std::ifstream(path)) user_error("{}: cannot open the config file", path);
     try {
       tbl = toml::parse_file(path);
@@ -259,7 +283,14 @@ RunConfig load_config(const std::string& path, const std::vector<std::string>& o
   // The preset first, so that explicit model keys override it.
   if (auto* n = tbl.at_path("model.preset").node()) {
     fs[0].set(*n, origin["model.preset"]);
-    if (c.model.preset != "custom") c.model = gpt_preset(c.model.preset, origin["model.preset"]);
+    if (c.model.preset != "custom") c.model = model_preset(c.model.preset, origin["model.preset"]);
+  }
+  // A family's defaults: llama's without any preset are llama-tiny's (then overridden key by key).
+  if (auto* n = tbl.at_path("model.family").node(); n && !tbl.at_path("model.preset").node()) {
+    Family f = c.model.family;
+    for (auto& fl : fs)
+      if (qualified(fl) == "model.family") fl.set(*n, origin["model.family"]);
+    if (c.model.family != f) c.model = model_preset(c.model.family == Family::llama ? "llama-tiny" : "mini", origin["model.family"]);
   }
   for (auto& f : fs) {
     if (qualified(f) == "model.preset") continue;
@@ -288,6 +319,16 @@ RunConfig load_config(const std::string& path, const std::vector<std::string>& o
   if (t.beta1 >= 1.0 || t.beta2 >= 1.0)
     user_error("{}: train.beta1 and train.beta2 must be below 1", c.source);
   return c;
+}
+
+std::vector<std::string> model_overrides(const ModelConfig& m) {
+  RunConfig copy;
+  copy.model = m;
+  std::vector<std::string> out = {"model.preset=custom"};
+  for (auto& f : fields(copy))
+    if (std::string(f.section) == "model" && std::string(f.key) != "preset")
+      out.push_back(fmt::format("model.{}={}", f.key, f.get()));
+  return out;
 }
 
 std::string RunConfig::to_toml() const {

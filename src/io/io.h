@@ -77,7 +77,7 @@ struct DeviceSettings {
 };
 
 struct RunConfig {
-  GptConfig model;
+  ModelConfig model;
   TrainSettings train;
   PrecisionSettings precision;
   MemorySettings memory;
@@ -156,13 +156,14 @@ class SafeTensors {
   std::map<std::string, std::string> metadata_;
 };
 
-// Model weights <-> safetensors in the Hugging Face GPT-2 layout: GPT2LMHeadModel's names
-// (ParamSpec::hf_name), Conv1D weights [in, out], wte with exactly vocab_size rows, the lm_head
-// tied (not stored). The metadata carries format "pt" and the model shape (n_layer, n_head,
-// n_embd, vocab_size, context) and, when step >= 0, the training step the weights are from (what
+// Model weights <-> safetensors in the Hugging Face layout of the family: GPT2LMHeadModel's or
+// LlamaForCausalLM's names (ParamSpec::hf: q, k, v and gate, up are separate tensors there),
+// GPT-2's Conv1D weights [in, out], vocabulary rows exactly vocab_size, a tied lm_head not
+// stored. The metadata carries format "pt" and the model shape (n_layer, n_head, n_embd,
+// vocab_size, context, and the llama family's keys) and, when step >= 0, the training step the weights are from (what
 // export compares to pick a run's newest weights); read_model_config reads the shape back.
-void save_model(const std::string& path, Gpt& model, int step = -1);
-GptConfig read_model_config(const std::string& path);
+void save_model(const std::string& path, Model& model, int step = -1);
+ModelConfig read_model_config(const std::string& path);
 // load_model reads a safetensors file or a Hugging Face model directory (model.safetensors, or
 // model.safetensors.index.json and its shards), in F32, BF16 or F16 (widened to the fp32
 // masters), with or without the "transformer." prefix (GPT2Model's names, as on the hub). Every
@@ -170,15 +171,20 @@ GptConfig read_model_config(const std::string& path);
 // for (an extra layer) and an lm_head.weight that differs from the tied wte are UserErrors naming
 // the file, the tensor and what was expected; GPT-2's causal-mask buffers (attn.bias,
 // attn.masked_bias) are skipped.
-void load_model(const std::string& path, Gpt& model);
+void load_model(const std::string& path, Model& model);
 // The config.json beside `weights` (in the directory it names, or next to the file); "" if none.
 std::string hf_config_path(const std::string& weights);
-// A transformers GPT2Config (config.json: n_layer, n_head, n_embd, vocab_size, n_positions) as
-// frugal's shape; UserError naming the file and the field for a missing or bad one, another
-// model_type, or a setting frugal's GPT-2 does not compute (an untied head, another activation,
-// n_inner or layer_norm_epsilon).
-GptConfig read_hf_config(const std::string& path);
-// transformers' config.json for a GPT2LMHeadModel of this shape (atomically).
-void save_hf_config(const std::string& path, const GptConfig& c);
+// A transformers config.json as frugal's shape: GPT2Config (n_layer, n_head, n_embd, vocab_size,
+// n_positions) or the llama family's LlamaConfig, Qwen2Config, MistralConfig (hidden_size,
+// intermediate_size, num_*, rms_norm_eps, rope_theta, llama3 rope_scaling, tie_word_embeddings,
+// attention_bias). UserError naming the file and the field for a missing or bad one, another
+// model_type, or a setting frugal does not compute (GPT-2: an untied head, another activation,
+// n_inner or layer_norm_epsilon; llama: sliding windows, experts, another activation or head_dim,
+// MLP biases, another rope_scaling).
+ModelConfig read_hf_config(const std::string& path);
+// The --model.KEY=VALUE overrides that give a run this model's shape (every model key).
+std::vector<std::string> model_overrides(const ModelConfig& m);
+// transformers' config.json for a GPT2LMHeadModel or LlamaForCausalLM of this shape (atomically).
+void save_hf_config(const std::string& path, const ModelConfig& c);
 
 }  // namespace frugal

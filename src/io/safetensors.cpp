@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 #include <set>
+#include <sstream>
 
 #include <nlohmann/json.hpp>
 
@@ -14,51 +15,105 @@ namespace frugal {
 
 using nlohmann::json;
 
-static std::map<std::string, std::string> model_metadata(const GptConfig& c) {
-  return {{"format", "pt"},  // what transformers expects of a PyTorch model's safetensors
-          {"n_layer", std::to_string(c.n_layer)},
-          {"n_head", std::to_string(c.n_head)},
-          {"n_embd", std::to_string(c.n_embd)},
-          {"vocab_size", std::to_string(c.vocab_size)},
-          {"context", std::to_string(c.context)}};
+static std::map<std::string, std::string> model_metadata(const ModelConfig& c) {
+  std::map<std::string, std::string> m = {
+      {"format", "pt"},  // what transformers expects of a PyTorch model's safetensors
+      {"n_layer", std::to_string(c.n_layer)},
+      {"n_head", std::to_string(c.n_head)},
+      {"n_embd", std::to_string(c.n_embd)},
+      {"vocab_size", std::to_string(c.vocab_size)},
+      {"context", std::to_string(c.context)}};
+  if (c.family == Family::llama) {  // absent: gpt2 (files written before the llama family)
+    const RopeScaling& r = c.rope_scaling;
+    m.insert({{"family", "llama"},
+              {"n_kv_head", std::to_string(c.kv_heads())},
+              {"ffn_hidden", std::to_string(c.ffn())},
+              {"attention_bias", c.attention_bias ? "1" : "0"},
+              {"tied_head", c.tied_head ? "1" : "0"},
+              {"norm_eps", fmt::format("{}", c.norm_eps)},
+              {"rope_theta", fmt::format("{}", c.rope_theta)},
+              {"rope_scaling", fmt::format("{} {} {} {}", r.factor, r.low_freq_factor, r.high_freq_factor, r.original_context)}});
+  }
+  return m;
 }
 
-// A parameter's shape in the Hugging Face layout: Conv1D weights [in, out], wte V rows.
-static std::vector<int64_t> hf_shape(const ParamSpec& s, const GptConfig& c) {
-  if (s.field == &Tensors::wte) return {c.vocab_size, s.shape[1]};
-  if (s.hf_conv1d) return {s.shape[1], s.shape[0]};
-  return s.shape;
+// One tensor of transformers' files that holds rows [row0, row0 + part.rows) of a parameter.
+struct HfTensor {
+  const HfPart* part;
+  int64_t row0;
+  std::vector<int64_t> shape;  // in the file: Conv1D weights [in, out]; vocabulary rows: V
+};
+static std::vector<HfTensor> hf_tensors(const ParamSpec& s, const ModelConfig& c) {
+  std::vector<HfTensor> out;
+  int64_t row0 = 0;
+  for (const HfPart& part : s.hf) {
+    std::vector<int64_t> shape = s.shape;
+    shape[0] = s.vocab_rows() ? c.vocab_size : part.rows;
+    if (s.hf_conv1d) std::swap(shape[0], shape[1]);
+    out.push_back({&part, row0, shape});
+    row0 += part.rows;
+  }
+  return out;
 }
 
-void save_model(const std::string& path, Gpt& model, int step) {
+void save_model(const std::string& path, Model& model, int step) {
   std::vector<StTensor> ts;
   std::vector<std::vector<float>> host;
-  for (auto& n : model.named_params())
-    ts.push_back({n.spec->hf_name, "F32", hf_shape(*n.spec, model.config()),
-                  host_view(model.backend(), n.data, n.spec->numel, host), n.spec->hf_conv1d});
+  for (auto& n : model.named_params()) {
+    const float* data = host_view(model.backend(), n.data, n.spec->numel, host);
+    const int64_t cols = n.spec->shape.size() == 2 ? n.spec->shape[1] : 1;
+    for (const HfTensor& t : hf_tensors(*n.spec, model.config()))
+      ts.push_back({t.part->name, "F32", t.shape, data + t.row0 * cols, n.spec->hf_conv1d});
+  }
   auto meta = model_metadata(model.config());
   if (step >= 0) meta["step"] = std::to_string(step);
   save_safetensors(path, ts, meta);
 }
 
-GptConfig read_model_config(const std::string& path) {
+ModelConfig read_model_config(const std::string& path) {
   SafeTensors st(path);
-  GptConfig c;
-  auto get = [&](const char* key) {
+  ModelConfig c;
+  auto text = [&](const char* key) -> const std::string& {
     auto it = st.metadata().find(key);
     if (it == st.metadata().end()) user_error("{}: metadata '{}' is missing (not a frugal model?)", path, key);
+    return it->second;
+  };
+  auto get = [&](const char* key) {
     int v = 0;
-    const std::string& t = it->second;
+    const std::string& t = text(key);
     auto [end, ec] = std::from_chars(t.data(), t.data() + t.size(), v);
     if (ec != std::errc() || end != t.data() + t.size())
       user_error("{}: metadata '{}' is '{}', expected an integer", path, key, t);
     return v;
+  };
+  auto number = [&](const char* key) {
+    try {
+      size_t used = 0;
+      double v = std::stod(text(key), &used);
+      if (used == text(key).size()) return v;
+    } catch (const std::exception&) {
+    }
+    user_error("{}: metadata '{}' is '{}', expected a number", path, key, text(key));
   };
   c.n_layer = get("n_layer");
   c.n_head = get("n_head");
   c.n_embd = get("n_embd");
   c.vocab_size = get("vocab_size");
   c.context = get("context");
+  if (st.metadata().count("family")) {
+    if (text("family") != "llama") user_error("{}: metadata 'family' is '{}', expected llama (or none: gpt2)", path, text("family"));
+    c.family = Family::llama;
+    c.n_kv_head = get("n_kv_head");
+    c.ffn_hidden = get("ffn_hidden");
+    c.attention_bias = get("attention_bias") != 0;
+    c.tied_head = get("tied_head") != 0;
+    c.norm_eps = number("norm_eps");
+    c.rope_theta = number("rope_theta");
+    RopeScaling& r = c.rope_scaling;
+    std::istringstream in(text("rope_scaling"));
+    if (!(in >> r.factor >> r.low_freq_factor >> r.high_freq_factor >> r.original_context))
+      user_error("{}: metadata 'rope_scaling' is '{}', expected four numbers", path, text("rope_scaling"));
+  }
   c.validate(path);
   return c;
 }
@@ -139,23 +194,28 @@ bool ends_with(const std::string& s, const std::string& tail) {
 
 }  // namespace
 
-void load_model(const std::string& path, Gpt& model) {
+void load_model(const std::string& path, Model& model) {
   WeightFiles w(path);
-  const std::string prefix = "transformer.";
-  const GptConfig& c = model.config();
+  const ModelConfig& c = model.config();
   std::vector<float> staged, ours, wte;
   for (auto& n : model.named_params()) {
     const ParamSpec& s = *n.spec;
-    std::string name = s.hf_name;
-    if (!w.has(name) && name.rfind(prefix, 0) == 0 && w.has(name.substr(prefix.size())))
-      name = name.substr(prefix.size());  // GPT2Model's names
-    if (!w.has(name)) user_error("{}: tensor '{}' is missing", path, name);
-    staged.assign(size_t(s.numel), 0.0f);  // wte: the padding rows beyond V are zero
-    w.take(name, hf_shape(s, c), staged.data());
-    for (float v : staged)
-      if (!std::isfinite(v))
-        user_error("{}: tensor '{}' holds {}: the weights are corrupt (not finite numbers)", w.path(name), name, v);
-    if (s.field == &Tensors::wte) wte.assign(staged.begin(), staged.begin() + int64_t(c.vocab_size) * s.shape[1]);
+    staged.assign(size_t(s.numel), 0.0f);  // vocabulary rows beyond V: zero
+    const int64_t cols = s.shape.size() == 2 ? s.shape[1] : 1;
+    for (const HfTensor& t : hf_tensors(s, c)) {
+      std::string name = t.part->name;
+      // a base model's names (GPT2Model's, LlamaModel's): without "transformer." or "model."
+      const size_t dot = name.find('.');
+      if (!w.has(name) && dot != std::string::npos && name != "lm_head.weight" && w.has(name.substr(dot + 1)))
+        name = name.substr(dot + 1);
+      if (!w.has(name)) user_error("{}: tensor '{}' is missing", path, name);
+      w.take(name, t.shape, staged.data() + t.row0 * cols);
+      for (int64_t i = t.row0 * cols; i < (t.row0 + t.part->rows) * cols && i < s.numel; i++)
+        if (!std::isfinite(staged[size_t(i)]))
+          user_error("{}: tensor '{}' holds {}: the weights are corrupt (not finite numbers)", w.path(name), name, staged[size_t(i)]);
+    }
+    if (s.vocab_rows() && c.tied_head && model.units()[model.embedding_unit()].p.wte == n.data)
+      wte.assign(staged.begin(), staged.begin() + int64_t(c.vocab_size) * s.shape[1]);
     const float* src = staged.data();
     if (s.hf_conv1d) {
       ours.resize(size_t(s.numel));
@@ -166,18 +226,20 @@ void load_model(const std::string& path, Gpt& model) {
     }
     model.backend().copy(n.data, src, size_t(s.numel) * sizeof(float));
   }
-  // The output head is wte (tied): a stored lm_head.weight must be that same matrix.
-  if (w.has("lm_head.weight")) {
+  // A tied output head is the embedding: a stored lm_head.weight must be that same matrix.
+  if (c.tied_head && w.has("lm_head.weight")) {
     staged.assign(wte.size(), 0.0f);
     w.take("lm_head.weight", {c.vocab_size, c.n_embd}, staged.data());
     if (staged != wte)
-      user_error("{}: tensor 'lm_head.weight' differs from the embedding, but frugal's GPT-2 ties its "
-                 "output head to the embedding (an untied head has no place)", w.path("lm_head.weight"));
+      user_error("{}: tensor 'lm_head.weight' differs from the embedding, but this model ties its output head "
+                 "to the embedding (an untied head has no place{})", w.path("lm_head.weight"),
+                 c.family == Family::llama ? ": set model.tied_head = false" : "");
   }
   for (auto& name : w.not_taken()) {
-    if (ends_with(name, ".attn.bias") || ends_with(name, ".attn.masked_bias")) continue;  // causal masks
-    user_error("{}: tensor '{}' has no place in this model ({} layers, n_embd {}, vocab {})",
-               w.path(name), name, c.n_layer, c.n_embd, c.vocab_size);
+    if (ends_with(name, ".attn.bias") || ends_with(name, ".attn.masked_bias")) continue;  // GPT-2's causal masks
+    if (ends_with(name, "rotary_emb.inv_freq")) continue;  // older Llama files' rotary frequencies (recomputed)
+    user_error("{}: tensor '{}' has no place in this model ({} {} layers, n_embd {}, vocab {})",
+               w.path(name), name, family_name(c.family), c.n_layer, c.n_embd, c.vocab_size);
   }
   model.sync_compute_weights();
 }
@@ -189,16 +251,101 @@ std::string hf_config_path(const std::string& weights) {
   return fs::exists(p) ? p.string() : "";
 }
 
-GptConfig read_hf_config(const std::string& path) {
+// transformers' Llama-family configs (LlamaConfig, Qwen2Config, MistralConfig) as frugal's llama.
+static ModelConfig read_llama_config(const json& j, const std::string& path, const std::string& type) {
+  ModelConfig c;
+  c.family = Family::llama;
+  auto integer = [&](const char* key, int* field, bool required) {
+    if (!j.contains(key) || j[key].is_null()) {
+      if (required) user_error("{}: {}: expected a positive integer (missing)", path, key);
+      return;
+    }
+    if (!j[key].is_number_integer() || j[key].get<int64_t>() < 1 || j[key].get<int64_t>() > (1 << 30))
+      user_error("{}: {}: expected a positive integer, got {}", path, key, j[key].dump());
+    *field = j[key].get<int>();
+  };
+  auto number = [&](const char* key, double* field) {
+    if (!j.contains(key) || j[key].is_null()) return;
+    if (!j[key].is_number() || !(j[key].get<double>() > 0))
+      user_error("{}: {}: expected a positive number, got {}", path, key, j[key].dump());
+    *field = j[key].get<double>();
+  };
+  auto boolean = [&](const char* key, bool* field) {
+    if (!j.contains(key) || j[key].is_null()) return;
+    if (!j[key].is_boolean()) user_error("{}: {}: expected true or false, got {}", path, key, j[key].dump());
+    *field = j[key].get<bool>();
+  };
+  integer("num_hidden_layers", &c.n_layer, true);
+  integer("num_attention_heads", &c.n_head, true);
+  integer("hidden_size", &c.n_embd, true);
+  integer("vocab_size", &c.vocab_size, true);
+  integer("max_position_embeddings", &c.context, true);
+  integer("intermediate_size", &c.ffn_hidden, true);
+  c.n_kv_head = c.n_head;
+  integer("num_key_value_heads", &c.n_kv_head, false);
+  c.tied_head = false;  // transformers' default for all three
+  boolean("tie_word_embeddings", &c.tied_head);
+  number("rms_norm_eps", &c.norm_eps);
+  number("rope_theta", &c.rope_theta);
+  c.attention_bias = type == "qwen2";  // Qwen2's q, k, v always have biases
+  if (type == "llama") boolean("attention_bias", &c.attention_bias);
+  // what frugal's llama computes; anything else would load and compute another function
+  auto refuse = [&](const char* key, const std::string& why) {
+    user_error("{}: {}: {} is not supported ({}), got {}", path, key, why, type, j[key].dump());
+  };
+  if (j.value("hidden_act", "silu") != "silu") refuse("hidden_act", "an activation other than silu");
+  if (j.contains("mlp_bias") && j["mlp_bias"] != false) refuse("mlp_bias", "a biased MLP");
+  if (j.contains("head_dim") && !j["head_dim"].is_null() && c.n_head > 0 &&
+      j["head_dim"] != c.n_embd / c.n_head)
+    refuse("head_dim", fmt::format("a head size other than hidden_size / num_attention_heads = {}", c.n_embd / c.n_head));
+  if (j.contains("pretraining_tp") && !j["pretraining_tp"].is_null() && j["pretraining_tp"] != 1)
+    refuse("pretraining_tp", "a tensor-parallel split of the linear layers");
+  if (type == "qwen2" && j.value("use_sliding_window", false)) refuse("use_sliding_window", "sliding-window attention");
+  if (type == "mistral" && j.contains("sliding_window") && !j["sliding_window"].is_null() &&
+      !(j["sliding_window"].is_number_integer() && j["sliding_window"].get<int64_t>() >= c.context))
+    refuse("sliding_window", "a sliding window shorter than max_position_embeddings");
+  for (const char* moe : {"num_local_experts", "num_experts", "n_routed_experts", "num_experts_per_tok"})
+    if (j.contains(moe) && !j[moe].is_null()) refuse(moe, "a mixture of experts");
+  if (j.contains("rope_scaling") && !j["rope_scaling"].is_null()) {
+    const json& r = j["rope_scaling"];
+    const std::string rt = r.is_object() ? r.value("rope_type", r.value("type", std::string())) : "";
+    if (rt == "default") {
+    } else if (rt == "llama3") {
+      RopeScaling& s = c.rope_scaling;
+      for (auto [key, field] : {std::pair{"factor", &s.factor}, {"low_freq_factor", &s.low_freq_factor},
+                                {"high_freq_factor", &s.high_freq_factor}}) {
+        if (!r.contains(key) || !r[key].is_number())
+          user_error("{}: rope_scaling.{}: expected a number{}", path, key, r.contains(key) ? ", got " + r[key].dump() : " (missing)");
+        *field = r[key].get<double>();
+      }
+      if (!r.contains("original_max_position_embeddings") || !r["original_max_position_embeddings"].is_number_integer())
+        user_error("{}: rope_scaling.original_max_position_embeddings: expected an integer", path);
+      s.original_context = r["original_max_position_embeddings"].get<int>();
+    } else {
+      refuse("rope_scaling", "a rope_scaling other than llama3's");
+    }
+  }
+  return c;
+}
+
+ModelConfig read_hf_config(const std::string& path) {
   std::ifstream in(path);
   if (!in) user_error("{}: cannot open the model config", path);
   json j = json::parse(in, nullptr, false);
   if (j.is_discarded() || !j.is_object()) user_error("{}: expected a JSON object (a Hugging Face config.json)", path);
-  if (j.contains("model_type") && j["model_type"] != "gpt2")
-    user_error("{}: model_type: expected gpt2, got {}", path, j["model_type"].dump());
-  GptConfig c;
+  const std::string type = j.contains("model_type") && j["model_type"].is_string() ? j["model_type"].get<std::string>() : "gpt2";
+  if (type != "gpt2" && type != "llama" && type != "qwen2" && type != "mistral") {
+    std::string arch = j.contains("architectures") ? " (" + j["architectures"].dump() + ")" : "";
+    user_error("{}: model_type: expected gpt2, llama, qwen2 or mistral (GPT2LMHeadModel, LlamaForCausalLM, "
+               "Qwen2ForCausalLM, MistralForCausalLM), got \"{}\"{}", path, type, arch);
+  }
+  ModelConfig c = type == "gpt2" ? ModelConfig{} : read_llama_config(j, path, type);
   c.preset = std::filesystem::path(path).parent_path().filename().string();
   if (c.preset.empty()) c.preset = "config.json";
+  if (type != "gpt2") {
+    c.validate(path);
+    return c;
+  }
   for (auto [key, field] : {std::pair{"n_layer", &c.n_layer}, {"n_head", &c.n_head}, {"n_embd", &c.n_embd},
                             {"vocab_size", &c.vocab_size}, {"n_positions", &c.context}}) {
     if (!j.contains(key) || !j[key].is_number_integer() || j[key].get<int64_t>() < 1 || j[key].get<int64_t>() > (1 << 30))
@@ -223,8 +370,40 @@ GptConfig read_hf_config(const std::string& path) {
   return c;
 }
 
-void save_hf_config(const std::string& path, const GptConfig& c) {
-  json j = {{"architectures", {"GPT2LMHeadModel"}},
+static json llama_hf_config(const ModelConfig& c) {
+  const RopeScaling& r = c.rope_scaling;
+  json rope = nullptr;
+  if (r.factor > 0)
+    rope = {{"rope_type", "llama3"}, {"factor", r.factor}, {"low_freq_factor", r.low_freq_factor},
+            {"high_freq_factor", r.high_freq_factor}, {"original_max_position_embeddings", r.original_context}};
+  return {{"architectures", {"LlamaForCausalLM"}},
+          {"model_type", "llama"},
+          {"vocab_size", c.vocab_size},
+          {"hidden_size", c.n_embd},
+          {"intermediate_size", c.ffn()},
+          {"num_hidden_layers", c.n_layer},
+          {"num_attention_heads", c.n_head},
+          {"num_key_value_heads", c.kv_heads()},
+          {"head_dim", c.head_size()},
+          {"max_position_embeddings", c.context},
+          {"hidden_act", "silu"},
+          {"rms_norm_eps", c.norm_eps},
+          {"rope_theta", c.rope_theta},
+          {"rope_scaling", rope},
+          {"attention_bias", c.attention_bias},
+          {"mlp_bias", false},
+          {"tie_word_embeddings", c.tied_head},
+          {"initializer_range", 0.02},
+          {"attention_dropout", 0.0},
+          {"use_cache", true},
+          {"bos_token_id", c.vocab_size - 1},
+          {"eos_token_id", c.vocab_size - 1},
+          {"torch_dtype", "float32"}};
+}
+
+void save_hf_config(const std::string& path, const ModelConfig& c) {
+  json j = c.family == Family::llama ? llama_hf_config(c) : json{
+            {"architectures", {"GPT2LMHeadModel"}},
             {"model_type", "gpt2"},
             {"vocab_size", c.vocab_size},
             {"n_positions", c.context},

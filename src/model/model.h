@@ -1,8 +1,10 @@
-// model: GPT-2 configuration and presets, the parameter table, and the model with explicit
-// forward/backward per stage (embedding, each block, head). The trainer sequences the stages,
-// so precision, recompute and sharding can be applied at block boundaries from outside.
+// model: the model families (GPT-2, Llama) behind one interface: a configuration with presets,
+// the parameter table, and the model with explicit forward/backward per stage (embedding, each
+// block, head). The trainer sequences the stages, so precision, recompute and sharding can be
+// applied at block boundaries from outside.
 //
-// Shapes: B batch, T time, C = n_embd, NH = n_head, HS = C/NH, L = n_layer, V = vocab_size,
+// Shapes: B batch, T time, C = n_embd, NH = n_head query heads, NKV = key/value heads, HS = C/NH,
+// W = (NH + 2 NKV) HS the width of q|k|v, F the MLP's hidden width, L = n_layer, V = vocab_size,
 // Vp = V padded to a multiple of 128, maxT = context.
 #pragma once
 #include <array>
@@ -17,52 +19,92 @@
 
 namespace frugal {
 
-struct GptConfig {
+// A family is what its blocks compute; everything else about a model is its table.
+//  gpt2   LayerNorm (with biases), learned positions, MLP fc(4C) -> GELU -> proj, biases on every
+//         linear layer, the output head tied to the token embedding
+//  llama  RMSNorm, rotary positions (rope_theta, optionally llama3's scaling), grouped-query
+//         attention, SwiGLU MLP down(silu(gate(x)) * up(x)), no biases (q/k/v biases with
+//         attention_bias: Qwen2), tied or untied output head
+enum class Family : uint8_t { gpt2, llama };
+const char* family_name(Family f);
+
+// Llama 3.1's rope_scaling (rope_type "llama3"); factor 0: none.
+struct RopeScaling {
+  double factor = 0, low_freq_factor = 1, high_freq_factor = 4;
+  int original_context = 8192;
+  bool operator==(const RopeScaling&) const = default;
+};
+
+struct ModelConfig {
   std::string preset = "custom";
   int n_layer = 0, n_head = 0, n_embd = 0;
   int vocab_size = 0;  // V
-  int context = 0;     // maxT, the number of learned positions
+  int context = 0;     // maxT: the positions learned (gpt2) or the longest sequence (llama)
+  Family family = Family::gpt2;
+  int n_kv_head = 0;        // NKV (0: n_head); llama only
+  int ffn_hidden = 0;       // F (0: 4 n_embd, gpt2's)
+  bool attention_bias = false;  // llama: biases on q, k, v (Qwen2)
+  bool tied_head = true;    // the output head reads the token embedding
+  double norm_eps = 1e-5;
+  double rope_theta = 10000;
+  RopeScaling rope_scaling;
+  int kv_heads() const { return n_kv_head > 0 ? n_kv_head : n_head; }
+  int head_size() const { return n_embd / n_head; }
+  int64_t qkv_width() const { return int64_t(n_head + 2 * kv_heads()) * head_size(); }  // W
+  int64_t ffn() const { return ffn_hidden > 0 ? ffn_hidden : 4 * int64_t(n_embd); }      // F
   int64_t padded_vocab() const { return (int64_t(vocab_size) + 127) / 128 * 128; }
+  bool operator==(const ModelConfig&) const = default;
   // From param_table():
-  int64_t num_params() const;            // all parameters, padding rows of wte included
-  int64_t num_params_no_wpe() const;     // N for the 6N FLOPs rule (tied wte counted once, V rows)
+  int64_t num_params() const;            // all parameters, padding rows of the vocabulary included
+  int64_t num_params_no_wpe() const;     // N for the 6N FLOPs rule (V rows; no position table)
   double flops_per_token(int T) const;   // training: 6N + 12 L T C (attention as full T)
   void validate(const std::string& where) const;  // throws UserError naming `where`
 };
 
-// Known presets: tiny (tests), mini (the default model), gpt2, gpt2-medium, gpt2-large, gpt2-xl.
-// Throws UserError for an unknown name.
-GptConfig gpt_preset(const std::string& name, const std::string& where);
-std::vector<std::string> gpt_preset_names();
+// Known presets: tiny (tests), mini (the default model), gpt2, gpt2-medium, gpt2-large, gpt2-xl;
+// llama-tiny (tests), smollm-135m, smollm-360m, tinyllama-1.1b, llama-3.2-1b, llama-2-7b,
+// llama-3-8b, llama-2-70b. Throws UserError for an unknown name.
+ModelConfig model_preset(const std::string& name, const std::string& where);
+std::vector<std::string> preset_names();
 
-// Views into one unit's flat buffer; only the fields of the unit's kind are set.
+// Views into one unit's flat buffer, by role; only the fields a unit has are set (a family
+// without biases leaves the *_b null). The head unit's weight is its wte.
 struct Tensors {
-  float *wte = nullptr, *wpe = nullptr;                                     // (Vp,C), (maxT,C)
-  float *ln1_w = nullptr, *ln1_b = nullptr;                                 // (C)
-  float *qkv_w = nullptr, *qkv_b = nullptr;                                 // (3C,C), (3C)
-  float *proj_w = nullptr, *proj_b = nullptr;                               // (C,C), (C)
-  float *ln2_w = nullptr, *ln2_b = nullptr;                                 // (C)
-  float *fc_w = nullptr, *fc_b = nullptr;                                   // (4C,C), (4C)
-  float *fcproj_w = nullptr, *fcproj_b = nullptr;                           // (C,4C), (C)
-  float *lnf_w = nullptr, *lnf_b = nullptr;                                 // (C)
+  float *wte = nullptr, *wpe = nullptr;      // (Vp,C) token embedding or output head, (maxT,C)
+  float *ln1_w = nullptr, *ln1_b = nullptr;  // (C) the attention's norm
+  float *qkv_w = nullptr, *qkv_b = nullptr;  // (W,C), (W): q, k, v stacked
+  float *proj_w = nullptr, *proj_b = nullptr;  // (C,C), (C): attention output
+  float *ln2_w = nullptr, *ln2_b = nullptr;  // (C) the MLP's norm
+  float *fc_w = nullptr, *fc_b = nullptr;    // MLP in: gpt2 (F,C), (F); llama gate|up (2F,C)
+  float *fcproj_w = nullptr, *fcproj_b = nullptr;  // MLP out (C,F), (C)
+  float *lnf_w = nullptr, *lnf_b = nullptr;  // (C) the final norm
 };
 
 enum class Init { normal, normal_residual, ones, zeros };
 
 // One row per parameter tensor: allocation, init, weight decay and file names iterate this.
+// A part of a parameter that transformers stores as a tensor of its own: `rows` rows of it, in
+// order (Llama's q_proj, k_proj, v_proj make frugal's qkv; gate_proj, up_proj its fc).
+struct HfPart {
+  std::string name;
+  int64_t rows;
+};
 struct ParamSpec {
   std::string name;              // e.g. "blocks.3.attn.qkv.weight"
   std::vector<int64_t> shape;    // weights [out, in]
   bool decay;                    // AdamW weight decay (2-D weights only)
   Init init;
   float* Tensors::*field;
-  std::string hf_name;           // transformers' GPT2LMHeadModel name, e.g. "transformer.h.3.attn.c_attn.weight"
+  // transformers' names (GPT2LMHeadModel's "transformer.h.3.attn.c_attn.weight", LlamaForCausalLM's
+  // "model.layers.3.self_attn.q_proj.weight", ...): one tensor, or rows stacked from several
+  std::vector<HfPart> hf;
   bool hf_conv1d = false;        // stored [in, out] there (Conv1D): transposed in files
   int64_t offset = 0, numel = 0; // within the unit's flat buffer
+  bool vocab_rows() const { return field == &Tensors::wte; }  // rows past V are padding, not in files
 };
 
 // What a unit is: the token (and position) embedding, one transformer block, the final norm, or
-// an output head with weights of its own (GPT-2's head is tied: it reads the embedding's wte).
+// an output head with weights of its own (a tied head has none: it reads the embedding's wte).
 enum class UnitKind : uint8_t { embedding, block, final, head };
 
 // One unit of the parameter table, without storage: its rows and the layout of its flat buffer
@@ -76,8 +118,15 @@ struct UnitSpec {
   int64_t numel = 0;
   int64_t nbig = 0;                      // [0, nbig): 2-D weights; [nbig, numel): the 1-D tail
 };
-// GPT-2's table: the embedding (wte, wpe), n_layer blocks, the final LayerNorm.
-std::vector<UnitSpec> param_table(const GptConfig& cfg);
+// The family's table: the embedding, n_layer blocks, the final norm, the head when untied.
+std::vector<UnitSpec> param_table(const ModelConfig& cfg);
+// Each family's (gpt2.cpp, llama.cpp), and the layout they share: a unit's 2-D weights first.
+std::vector<UnitSpec> gpt2_table(const ModelConfig& cfg);
+std::vector<UnitSpec> llama_table(const ModelConfig& cfg);
+UnitSpec make_unit_spec(UnitKind kind, int layer, std::string name, std::vector<ParamSpec> specs);
+// Rotary angles of positions 0..T-1: cos, sin (T, HS/2), Hugging Face's inv_freq with
+// rope_theta and the llama3 scaling.
+void rope_tables(const ModelConfig& cfg, int T, std::vector<float>& cos, std::vector<float>& sin);
 
 // A unit is the embedding, one transformer block, or the final LayerNorm. Its parameters are one
 // flat fp32 buffer (the master weights), the 2-D weights first and the small 1-D tail (norms,
@@ -117,11 +166,12 @@ using Bytes = PoolArray<std::byte>;
 // What a block keeps for its backward (activation checkpointing):
 //  none      everything below;
 //  selective the GEMM outputs (qkv, proj, fch) and the statistics; backward recomputes the
-//            LayerNorm outputs, the GELU and the attention forward (its output; the attention
-//            probabilities are never kept in any mode) into workspace, right before use;
+//            norm outputs, the MLP's activation (GELU, SwiGLU) and the attention forward (its
+//            output; the attention probabilities are never kept in any mode) into workspace,
+//            right before use;
 //  full      only the block's input (the residual stream): the trainer re-runs the block's
 //            forward, into a stash shared by all such blocks, right before its backward (not
-//            for the last such block, whose stash is still intact); LayerNorms and GELU as
+//            for the last such block, whose stash is still intact); norms and activation as
 //            under selective.
 enum class Recompute : uint8_t { none, selective, full };
 
@@ -141,15 +191,27 @@ struct RecomputePolicy {
 // per block, or shared between blocks as the recompute plan says.
 struct BlockActs {
   std::byte* ln1;                 // (B,T,C) dt
-  float *ln1_mean, *ln1_rstd;     // (B,T)
-  std::byte* qkv;                 // (B,T,3C) dt
+  float *ln1_mean, *ln1_rstd;     // (B,T); no mean under RMSNorm
+  std::byte* qkv;                 // (B,T,W) dt, q and k rotated (llama)
   float* lse;                     // (B,NH,T) attention log-sum-exp
   std::byte* atty;                // (B,T,C) dt attention output
   std::byte* proj;                // (B,T,C) dt attention branch; x + proj is recomputed in fp32
   std::byte* ln2;                 // (B,T,C) dt
   float *ln2_mean, *ln2_rstd;     // (B,T)
-  std::byte *fch, *fch_gelu;      // (B,T,4C) dt
+  std::byte *fch, *fch_gelu;      // (B,T,Fin) dt MLP in (gpt2: F; llama: gate|up, 2F); (B,T,F) its activation
 };
+
+// The widths (elements per row of B·T) of a block's activations, which allocate() and
+// estimate_memory() share: the stash per recompute mode and the workspace.
+struct ActWidths {
+  int64_t C, W, fin, F;  // residual, q|k|v, MLP in, MLP activation
+  int64_t stats;         // fp32 statistics per norm: 2 (mean, rstd) or 1 (rstd)
+  int64_t NH;            // attention log-sum-exps
+  int64_t dbig() const { return std::max(F, W + C); }  // workspace: dqkv and a recomputed attention output, or the activation
+  // bytes per row of a block's own stash (its input excluded), es bytes per element
+  int64_t stash_bytes(Recompute r, int64_t es) const;
+};
+ActWidths act_widths(const ModelConfig& cfg);
 
 // Bytes per category that a model allocates for micro-batches of (B, T) under a recompute
 // plan: exactly what the MemoryPool will measure (docs/memory.md derives the formulas).
@@ -164,17 +226,17 @@ struct MemoryEstimate {
 int64_t lm_head_rows(int64_t BT, int64_t Vp, DType dt, bool gpu);
 // Per rank (rank 0's share, the largest) under a data-parallel strategy, on a GPU backend (its
 // lm-head chunks and Mem::runtime) or the CPU's.
-MemoryEstimate estimate_memory(const GptConfig& cfg, int B, int T, DType dt,
+MemoryEstimate estimate_memory(const ModelConfig& cfg, int B, int T, DType dt,
                                const std::vector<Recompute>& plan, bool gpu = false,
                                Sharding sharding = {});
 
-class Gpt {
+class Model {
  public:
   // compute: the dtype of GEMMs, compute copies of the weights and stored activations; the
   // residual stream, LayerNorm statistics, the loss and all gradients stay fp32.
-  Gpt(const GptConfig& cfg, Backend& be, DType compute = DType::f32, Own own = Own::all);
+  Model(const ModelConfig& cfg, Backend& be, DType compute = DType::f32, Own own = Own::all);
   Backend& backend() const { return be_; }
-  const GptConfig& config() const { return cfg_; }
+  const ModelConfig& config() const { return cfg_; }
   DType compute_dtype() const { return dt_; }
   std::vector<Unit>& units() { return units_; }  // in table order
   // Where each kind of unit is in units(): the embedding, block l, the final norm, and the unit
@@ -185,8 +247,8 @@ class Gpt {
   size_t final_unit() const { return final_; }
   size_t head_unit() const { return head_; }
 
-  // GPT-2 init: N(0, 0.02), residual projections N(0, 0.02/sqrt(2L)), LN weights 1, biases 0,
-  // padding rows of wte 0. Sequential in table order: the same weights for any thread count.
+  // Init: 2-D weights N(0, 0.02) (gpt2's residual projections N(0, 0.02/sqrt(2L))), norm
+  // weights 1, biases 0, padding rows of the vocabulary 0. Sequential in table order: the same weights for any thread count.
   // A unit whose parameters the model does not own is drawn into a temporary full buffer that
   // is handed to `sink` (which keeps this rank's part).
   void init(uint64_t seed, const std::function<void(size_t unit, const float* full)>& sink = {});
@@ -225,6 +287,12 @@ class Gpt {
 
  private:
   void final_forward(int B, int T);
+  // The family's norm: LayerNorm (mean, rstd, bias) or RMSNorm (rstd only).
+  void norm_forward(void* out, float* mean, float* rstd, const float* x, const float* w, const float* b, int64_t N);
+  void norm_backward(float* dx, float* dw, float* db, const void* dout, const float* x, const float* w,
+                     const float* mean, const float* rstd, int64_t N);
+  // Rotates q and k of qkv(B,T,W) by their positions (inverse: the backward's); no-op in gpt2.
+  void rope(void* qkv, int B, int T, bool inverse);
   // The compute-dtype view of a parameter of unit u (the master itself in fp32).
   const void* cw(const Unit& u, float* Tensors::*field) const;
   // dres_ in the compute dtype: in 16-bit, the copy every LayerNorm backward writes with it
@@ -232,7 +300,7 @@ class Gpt {
   const void* dres_compute() const { return dt_ == DType::f32 ? static_cast<const void*>(dres_.data()) : dres_c_.data(); }
   void* dres_copy() const { return dt_ == DType::f32 ? nullptr : dres_c_.data(); }
 
-  GptConfig cfg_;
+  ModelConfig cfg_;
   Backend& be_;
   DType dt_;
   std::vector<Unit> units_;
@@ -250,7 +318,8 @@ class Gpt {
   Bytes logits_;                               // workspace (head_rows, Vp) dt, then dlogits
   PoolArray<float> dres_;                      // workspace (B,T,C) fp32
   PoolArray<float> res_mid_;                   // workspace (B,T,C) fp32: x + attention branch
-  Bytes dres_c_, dbig_, dsmall_;               // workspace (B,T,C) dt 16-bit only, (B,T,4C) dt, (B,T,C) dt
+  Bytes dres_c_, dbig_, dsmall_;               // workspace (B,T,C) dt 16-bit only, (B,T,dbig) dt, (B,T,C) dt
+  PoolArray<float> rope_cos_, rope_sin_;       // workspace (T, HS/2) each, llama
 };
 
 }  // namespace frugal

@@ -104,7 +104,7 @@ const Device& find_device(const std::vector<Device>& devices, const std::string&
 
 // ---- model states ---------------------------------------------------------------------------
 
-std::vector<int64_t> unit_numels(const GptConfig& cfg) {
+std::vector<int64_t> unit_numels(const ModelConfig& cfg) {
   std::vector<int64_t> u;
   for (const UnitSpec& t : param_table(cfg)) u.push_back(t.numel);
   return u;
@@ -123,7 +123,7 @@ ModelStates model_states(const std::vector<int64_t>& units, const StateLayout& b
   return m;
 }
 
-MemoryEstimate plan_memory(const GptConfig& cfg, int B, int T, DType compute,
+MemoryEstimate plan_memory(const ModelConfig& cfg, int B, int T, DType compute,
                            const RecomputePolicy& recompute, Strategy s, int ranks, DType reduce, bool gpu) {
   return estimate_memory(cfg, B, T, compute, recompute.per_block(cfg.n_layer),
                          gpu, {s, ranks, reduce});
@@ -139,7 +139,7 @@ std::string PlanSettings::describe() const {
 Plan make_plan(const PlanSettings& s) {
   Plan p;
   p.s = s;
-  const GptConfig& c = s.model;
+  const ModelConfig& c = s.model;
   const int64_t micro = int64_t(s.micro_batch) * s.seq_len * s.devices;
   p.step_tokens = s.batch_tokens > 0 ? s.batch_tokens : micro;
   p.valid = p.step_tokens % micro == 0;

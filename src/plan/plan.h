@@ -56,16 +56,16 @@ struct ModelStates { double params = 0, grads = 0, optimizer = 0; };
 ModelStates model_states(const std::vector<int64_t>& unit_numels, const StateLayout& layout,
                          Strategy s, int ranks);
 // The flat-buffer sizes of a model's units: embedding, each block, final LayerNorm.
-std::vector<int64_t> unit_numels(const GptConfig& cfg);
+std::vector<int64_t> unit_numels(const ModelConfig& cfg);
 
 // Per-rank bytes by category for training cfg with micro-batches (B, T).
-MemoryEstimate plan_memory(const GptConfig& cfg, int B, int T, DType compute,
+MemoryEstimate plan_memory(const ModelConfig& cfg, int B, int T, DType compute,
                            const RecomputePolicy& recompute, Strategy s, int ranks,
                            DType reduce = DType::f32, bool gpu = false);
 
 // ---- time and cost --------------------------------------------------------------------------
 struct PlanSettings {
-  GptConfig model;
+  ModelConfig model;
   Device device;
   Strategy strategy = Strategy::ddp;
   DType compute = DType::bf16, reduce = DType::f32;

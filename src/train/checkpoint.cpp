@@ -142,7 +142,7 @@ int remove_checkpoints(const std::string& run_dir) {
   return int(complete.size());
 }
 
-double save_checkpoint(const RunConfig& cfg, int step, Gpt& model, Stepper& st, const DataLoader& data,
+double save_checkpoint(const RunConfig& cfg, int step, Model& model, Stepper& st, const DataLoader& data,
                        Comm& comm) {
   auto t0 = std::chrono::steady_clock::now();
   const std::string run_dir = cfg.run.dir, final_dir = fmt::format("{}/ckpt-{}", run_dir, step),
@@ -300,7 +300,7 @@ void verify_checkpoint(const std::string& dir) {
   }
 }
 
-void load_checkpoint(const std::string& dir, Gpt& model, Stepper& st, DataLoader& data) {
+void load_checkpoint(const std::string& dir, Model& model, Stepper& st, DataLoader& data) {
   json state = read_state(dir);
   const std::string state_path = dir + "/state.json";
   model.backend().synchronize();  // nothing still reads or writes the state the files replace

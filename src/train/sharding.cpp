@@ -16,7 +16,7 @@ using clock = std::chrono::steady_clock;
 double since(clock::time_point t0) { return std::chrono::duration<double>(clock::now() - t0).count(); }
 }  // namespace
 
-Shards::Shards(Gpt& model, Backend& be, Comm& comm, Strategy s, DType reduce)
+Shards::Shards(Model& model, Backend& be, Comm& comm, Strategy s, DType reduce)
     : model_(model), be_(be), comm_(comm), s_(s), world_(comm.size()), rank_(comm.rank()) {
   auto& units = model.units();
   const bool shard_grads = s >= Strategy::zero2, shard_params = s >= Strategy::zero3;
@@ -44,16 +44,18 @@ Shards::Shards(Gpt& model, Backend& be, Comm& comm, Strategy s, DType reduce)
     }
     parts_.push_back(std::move(p));
   }
-  const size_t emb = model.embedding_unit(), fin = model.final_unit();
-  // Slots: gathered weights of two blocks (used alternately) and of the embedding; full
-  // gradients of two blocks, the embedding and the final unit. zero2 and yafsdp allocate their
-  // buffers here, once; zero3 allocates one on use and frees it after.
+  const size_t emb = model.embedding_unit(), fin = model.final_unit(), head = model.head_unit();
+  const bool untied = head != emb;
+  // Slots: gathered weights of two blocks (used alternately), of the embedding and of an untied
+  // head; full gradients of two blocks, the embedding, the final unit and an untied head. zero2
+  // and yafsdp allocate their buffers here, once; zero3 allocates one on use and frees it after.
   const bool prealloc = s == Strategy::zero2 || s == Strategy::yafsdp;
-  if (shard_params) gathers_.resize(3);
-  if (shard_grads) grad_bufs_.resize(4);
+  if (shard_params) gathers_.resize(4);
+  if (shard_grads) grad_bufs_.resize(5);
   if (s == Strategy::yafsdp) {
     for (int k = 0; k < 2; k++) alloc_gather(gathers_[k], world_ * max_block_len * int64_t(dtype_size(dt)), 0);
-    alloc_gather(gathers_[2], world_ * parts_[emb].len * 4, dt != DType::f32 ? world_ * parts_[emb].len : 0);
+    alloc_gather(gathers_[2], world_ * parts_[emb].len * 4, dt != DType::f32 && !untied ? world_ * parts_[emb].len : 0);
+    if (untied) alloc_gather(gathers_[3], world_ * parts_[head].len * int64_t(dtype_size(dt)), 0);
   }
   // precision.reduce = bf16: one scratch for the largest reduction (the communication thread
   // runs one collective at a time)
@@ -67,6 +69,7 @@ Shards::Shards(Gpt& model, Backend& be, Comm& comm, Strategy s, DType reduce)
     for (int k = 0; k < 2; k++) alloc_grads(grad_bufs_[k], max_block_len, max_block_tail);
     alloc_grads(grad_bufs_[2], parts_[emb].len, parts_[emb].tail);
     alloc_grads(grad_bufs_[3], parts_[fin].len, parts_[fin].tail);
+    if (untied) alloc_grads(grad_bufs_[4], parts_[head].len, parts_[head].tail);
   }
   build_segments();
 }
@@ -115,11 +118,11 @@ void Shards::set(size_t i, const float* full) {
 Shards::Gather* Shards::gather_slot(size_t i) {
   if (s_ < Strategy::zero3 || parts_[i].len == 0) return nullptr;  // owned, or nothing to gather
   const Unit& u = model_.units()[i];
-  return &gathers_[u.kind == UnitKind::embedding ? 2 : size_t(u.layer % 2)];
+  return &gathers_[u.kind == UnitKind::embedding ? 2 : u.kind == UnitKind::head ? 3 : size_t(u.layer % 2)];
 }
 
 // The embedding is gathered in fp32 (its lookup reads fp32 weights, as in every strategy) and
-// cast locally for the tied lm head; the blocks are gathered in the compute dtype.
+// cast locally for a tied lm head; blocks and an untied head in the compute dtype.
 DType Shards::gather_dtype(size_t i) const {
   return model_.units()[i].kind == UnitKind::embedding ? DType::f32 : model_.compute_dtype();
 }
@@ -130,7 +133,7 @@ void Shards::prefetch(size_t i) {
   Part& p = parts_[i];
   const DType gdt = gather_dtype(i);
   const size_t es = dtype_size(gdt);
-  const bool cast_copy = gdt == DType::f32 && model_.compute_dtype() != DType::f32;  // the embedding's, for the head
+  const bool cast_copy = gdt == DType::f32 && model_.compute_dtype() != DType::f32 && i == model_.head_unit();  // a tied head's
   if (!g->buf.data()) alloc_gather(*g, world_ * p.len * int64_t(es), cast_copy ? world_ * p.len : 0);
   std::byte* mine = g->buf.data() + size_t(rank_ * p.len) * es;
   be_.cast(mine, p.w.data(), p.hi - p.lo, gdt);  // (a copy in fp32)
@@ -179,7 +182,12 @@ void Shards::zero_grads() {
 
 Shards::GradBuf& Shards::grad_slot(size_t i) {
   const Unit& u = model_.units()[i];
-  return grad_bufs_[u.kind == UnitKind::embedding ? 2 : u.kind == UnitKind::final ? 3 : size_t(u.layer % 2)];
+  switch (u.kind) {
+    case UnitKind::embedding: return grad_bufs_[2];
+    case UnitKind::final: return grad_bufs_[3];
+    case UnitKind::head: return grad_bufs_[4];
+    default: return grad_bufs_[size_t(u.layer % 2)];
+  }
 }
 
 void Shards::grads_begin(size_t i) {

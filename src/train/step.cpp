@@ -20,7 +20,7 @@ AdamW::AdamW(const Shards& shards) : shards_(shards) {
   }
 }
 
-void AdamW::update(Gpt& model, Backend& be, const TrainSettings& t, double lr, int step_1based,
+void AdamW::update(Model& model, Backend& be, const TrainSettings& t, double lr, int step_1based,
                    float grad_scale) {
   const auto& segs = shards_.segments();
   spans_.clear();
@@ -63,7 +63,7 @@ void LossScaler::update(bool overflow) {
   scale /= 2.0;
 }
 
-Stepper::Stepper(Gpt& model, Backend& be, Comm& comm, const TrainSettings& t, int accum_steps,
+Stepper::Stepper(Model& model, Backend& be, Comm& comm, const TrainSettings& t, int accum_steps,
                  const PrecisionSettings& p, const std::vector<Recompute>& plan, Strategy strategy)
     : model_(model), be_(be), comm_(comm), t_(t), accum_(accum_steps),
       shards_(model, be, comm, strategy, p.reduce), opt_(shards_), scaler_(p),

@@ -32,14 +32,14 @@ double lr_at(const TrainSettings& t, int step);
 //         use, the next block's gather posted while the current one computes (alias fsdp)
 //  yafsdp zero3 with every buffer allocated once: two block gather buffers and two block
 //         gradient buffers used alternately, one of each for the embedding
-Own model_owns(Strategy s);  // what the Gpt allocates itself under s
+Own model_owns(Strategy s);  // what the Model allocates itself under s
 
 class Shards {
  public:
   // reduce: the dtype gradients are summed in across ranks (fp32, or bf16 through a scratch)
-  Shards(Gpt& model, Backend& be, Comm& comm, Strategy s, DType reduce = DType::f32);
+  Shards(Model& model, Backend& be, Comm& comm, Strategy s, DType reduce = DType::f32);
   Strategy strategy() const { return s_; }
-  // Keeps this rank's part of unit u's full fp32 parameters (Gpt::init's sink; zero3/yafsdp).
+  // Keeps this rank's part of unit u's full fp32 parameters (Model::init's sink; zero3/yafsdp).
   void set(size_t unit, const float* full);
   // Parameters of zero3/yafsdp (no-ops otherwise): post the gather of a unit; make its full
   // weights present and bound (waiting for the gather); done with it until the next acquire.
@@ -99,7 +99,7 @@ class Shards {
   GradBuf& grad_slot(size_t unit);
   void fold(GradBuf& b);
 
-  Gpt& model_;
+  Model& model_;
   Backend& be_;
   Comm& comm_;
   Strategy s_;
@@ -119,7 +119,7 @@ class AdamW {
  public:
   explicit AdamW(const Shards& shards);
   // grad_scale multiplies the gradients as they are read (loss unscaling and clipping).
-  void update(Gpt& model, Backend& be, const TrainSettings& t, double lr, int step_1based, float grad_scale);
+  void update(Model& model, Backend& be, const TrainSettings& t, double lr, int step_1based, float grad_scale);
   // Moments of segment k of shards.segments()
   PoolArray<float>& m(size_t seg) { return m_[seg]; }
   PoolArray<float>& v(size_t seg) { return v_[seg]; }
@@ -162,7 +162,7 @@ class Stepper {
  public:
   // plan: what each block keeps for backward (empty: everything). The model must have been
   // built with Own = model_owns(strategy).
-  Stepper(Gpt& model, Backend& be, Comm& comm, const TrainSettings& t, int accum_steps,
+  Stepper(Model& model, Backend& be, Comm& comm, const TrainSettings& t, int accum_steps,
           const PrecisionSettings& p = {}, const std::vector<Recompute>& plan = {},
           Strategy strategy = Strategy::ddp);
   const LossScaler& scaler() const { return scaler_; }
@@ -185,7 +185,7 @@ class Stepper {
 
  private:
   void forward(const int32_t* tokens);  // embedding and blocks; leaves the embedding acquired
-  Gpt& model_;
+  Model& model_;
   Backend& be_;
   Comm& comm_;
   TrainSettings t_;
@@ -205,7 +205,7 @@ RecomputePolicy choose_recompute(const RunConfig& cfg, int world = 1);
 
 // Mean loss over `batches` micro-batches of the loader (0: one pass over every window),
 // averaged over the ranks of comm (each reading its part of every batch) when given; `loss`
-// computes one micro-batch's mean loss (Gpt::forward_loss, or Stepper::loss when sharded).
+// computes one micro-batch's mean loss (Model::forward_loss, or Stepper::loss when sharded).
 using LossFn = std::function<float(const int32_t* tokens, const int32_t* targets)>;
 double evaluate(const LossFn& loss, class DataLoader& loader, int batches, Comm* comm = nullptr);
 
@@ -229,7 +229,7 @@ inline constexpr int kCheckpointVersion = 1;
 
 // Writes ckpt-STEP in cfg.run.dir (every rank calls it), then keeps the newest
 // run.keep_checkpoints. Returns the seconds it took.
-double save_checkpoint(const RunConfig& cfg, int step, Gpt& model, Stepper& st,
+double save_checkpoint(const RunConfig& cfg, int step, Model& model, Stepper& st,
                        const DataLoader& data, Comm& comm);
 // The newest complete checkpoint directory of run_dir; "" when there is none.
 std::string latest_checkpoint(const std::string& run_dir);
@@ -243,7 +243,7 @@ int check_checkpoint(const std::string& dir, const RunConfig& cfg, int world);
 void verify_checkpoint(const std::string& dir);
 // Restores the weights, this rank's optimizer range, the update count, the loss scaler and the
 // data position from checkpoint `dir` (checked by check_checkpoint).
-void load_checkpoint(const std::string& dir, Gpt& model, Stepper& st, DataLoader& data);
+void load_checkpoint(const std::string& dir, Model& model, Stepper& st, DataLoader& data);
 // Removes the checkpoints of run_dir (complete and partial); returns how many were complete.
 int remove_checkpoints(const std::string& run_dir);
 

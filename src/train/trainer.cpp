@@ -212,7 +212,7 @@ void train(const RunConfig& cfg, Comm& comm, bool resume) {
   if (!be.native_gemm(dt) && rank0)
     fmt::print("note: the {} backend has no native {} GEMM; it runs through fp32 conversions "
                "(correct, not faster)\n", be.name(), dtype_name(dt));
-  Gpt model(cfg.model, be, dt, model_owns(strategy));
+  Model model(cfg.model, be, dt, model_owns(strategy));
   Stepper stepper(model, be, comm, t, cfg.accum_steps(comm.size()), cfg.precision, plan, strategy);
   stepper.init_weights(t.seed);
   if (!resume && !t.init_from.empty()) {

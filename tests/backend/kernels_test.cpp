@@ -111,37 +111,48 @@ double ref_gelu(double x) {
   return 0.5 * x * (1 + std::tanh(std::sqrt(2 / M_PI) * (x + 0.044715 * x * x * x)));
 }
 
-Vec ref_attention(const Vec& qkv, int B, int T, int C, int NH) {
-  int HS = C / NH;
+// Grouped-query attention: rows of qkv hold NH query heads, NKV key heads, NKV value heads.
+struct HeadsRef {
+  int NH, NKV, HS;
+  int W() const { return (NH + 2 * NKV) * HS; }
+  int C() const { return NH * HS; }
+  // element k of head h's q (part 0), k (1) or v (2) in row (b, t)
+  size_t at(int T, int b, int t, int part, int h, int k) const {
+    const int kv = h / (NH / NKV);
+    const int head = part == 0 ? h : part == 1 ? NH + kv : NH + NKV + kv;
+    return size_t((b * T + t) * W() + head * HS + k);
+  }
+};
+
+Vec ref_attention(const Vec& qkv, int B, int T, HeadsRef hd) {
+  const int HS = hd.HS, C = hd.C();
   Vec out(size_t(B) * T * C, 0.0);
   for (int b = 0; b < B; b++)
-    for (int h = 0; h < NH; h++)
+    for (int h = 0; h < hd.NH; h++)
       for (int t = 0; t < T; t++) {
         Vec s(t + 1);
         double mx = -1e300;
         for (int u = 0; u <= t; u++) {
           double d = 0;
-          for (int k = 0; k < HS; k++)
-            d += qkv[(b * T + t) * 3 * C + h * HS + k] * qkv[(b * T + u) * 3 * C + C + h * HS + k];
+          for (int k = 0; k < HS; k++) d += qkv[hd.at(T, b, t, 0, h, k)] * qkv[hd.at(T, b, u, 1, h, k)];
           s[u] = d / std::sqrt(double(HS));
           mx = std::max(mx, s[u]);
         }
         double z = 0;
         for (auto& e : s) z += (e = std::exp(e - mx));
         for (int u = 0; u <= t; u++)
-          for (int k = 0; k < HS; k++)
-            out[(b * T + t) * C + h * HS + k] += s[u] / z * qkv[(b * T + u) * 3 * C + 2 * C + h * HS + k];
+          for (int k = 0; k < HS; k++) out[(b * T + t) * C + h * HS + k] += s[u] / z * qkv[hd.at(T, b, u, 2, h, k)];
       }
   return out;
 }
 
 // d(sum G * attention(qkv))/d qkv, analytically in float64 with explicit probabilities.
-Vec ref_attention_backward(const Vec& qkv, const Vec& G, int B, int T, int C, int NH) {
-  int HS = C / NH;
+Vec ref_attention_backward(const Vec& qkv, const Vec& G, int B, int T, HeadsRef hd) {
+  const int HS = hd.HS, C = hd.C();
   Vec dqkv(qkv.size(), 0.0);
-  auto at = [&](int b, int t, int part, int h, int k) { return size_t((b * T + t) * 3 * C + part * C + h * HS + k); };
+  auto at = [&](int b, int t, int part, int h, int k) { return hd.at(T, b, t, part, h, k); };
   for (int b = 0; b < B; b++)
-    for (int h = 0; h < NH; h++)
+    for (int h = 0; h < hd.NH; h++)
       for (int t = 0; t < T; t++) {
         Vec p(t + 1), dp(t + 1);
         double mx = -1e300, z = 0, dot = 0;
@@ -374,24 +385,27 @@ TEST(Gelu, ForwardMatchesFloat64AndBackwardMatchesFiniteDifferences) {
 
 TEST(Attention, ForwardAndBackwardMatchFloat64AcrossTiles) {
   // T below, at, and not a multiple of the 64-row tile; head sizes 4, 8 and 24, and 16, 64 and
-  // 80 (multiples of 16: the bf16 pair-product kernel, where the CPU has AVX512-BF16).
-  for (auto [B, T, C, NH] : {std::array{2, 7, 12, 3}, std::array{1, 64, 16, 2}, std::array{1, 150, 48, 2},
-                             std::array{2, 129, 16, 4}, std::array{1, 200, 128, 2}, std::array{2, 67, 32, 2},
-                             std::array{1, 97, 80, 1}}) {
+  // 80 (multiples of 16: the bf16 pair-product kernel, where the CPU has AVX512-BF16); grouped
+  // queries (NKV < NH: 2 and 3 query heads per key/value head, and one key/value head for all).
+  for (auto [B, T, NH, NKV, HS] : {std::array{2, 7, 3, 3, 4}, std::array{1, 64, 2, 2, 8}, std::array{1, 150, 2, 2, 24},
+                                   std::array{2, 129, 4, 4, 4}, std::array{1, 200, 2, 2, 64}, std::array{2, 67, 2, 2, 16},
+                                   std::array{1, 97, 1, 1, 80}, std::array{2, 9, 4, 2, 4}, std::array{2, 70, 4, 2, 8},
+                                   std::array{1, 130, 6, 2, 16}, std::array{2, 67, 4, 1, 32}, std::array{1, 100, 9, 3, 64}}) {
+    const HeadsRef hd{NH, NKV, HS};
     for (DType d : kAll) {
-      Buf qkv(d, randn(size_t(B) * T * 3 * C, 1, 14)), dy(d, randn(size_t(B) * T * C, 1, 15));
-      Buf out(d, size_t(B) * T * C), dqkv(d, size_t(B) * T * 3 * C);
+      Buf qkv(d, randn(size_t(B) * T * hd.W(), 1, 14)), dy(d, randn(size_t(B) * T * hd.C(), 1, 15));
+      Buf out(d, size_t(B) * T * hd.C()), dqkv(d, size_t(B) * T * hd.W());
       std::vector<float> lse(size_t(B) * NH * T);
-      be().attention_forward(out.data(), lse.data(), qkv.data(), B, T, C, NH, d);
+      be().attention_forward(out.data(), lse.data(), qkv.data(), B, T, NH, NKV, HS, d);
       Vec Q = qkv.values(), G = dy.values();
-      expect_close(d, out.values(), ref_attention(Q, B, T, C, NH), 1e-5, 1e-5, "out");
-      be().attention_backward(dqkv.data(), dy.data(), qkv.data(), out.data(), lse.data(), B, T, C, NH, d);
-      Vec g = ref_attention_backward(Q, G, B, T, C, NH);
-      if (T <= 8) {  // the float64 reference backward itself against finite differences
-        auto fd = fd_grad([&](const Vec& v) { return dot(G, ref_attention(v, B, T, C, NH)); }, Q);
+      expect_close(d, out.values(), ref_attention(Q, B, T, hd), 1e-5, 1e-5, "out");
+      be().attention_backward(dqkv.data(), dy.data(), qkv.data(), out.data(), lse.data(), B, T, NH, NKV, HS, d);
+      Vec g = ref_attention_backward(Q, G, B, T, hd);
+      if (T <= 9) {  // the float64 reference backward itself against finite differences
+        auto fd = fd_grad([&](const Vec& v) { return dot(G, ref_attention(v, B, T, hd)); }, Q);
         EXPECT_TRUE(all_close(g, fd, 1e-6, 1e-8));
       }
-      expect_close(d, dqkv.values(), g, 1e-4, 1e-5, fmt::format("dqkv B{} T{} C{} NH{}", B, T, C, NH));
+      expect_close(d, dqkv.values(), g, 1e-4, 1e-5, fmt::format("dqkv B{} T{} NH{} NKV{} HS{}", B, T, NH, NKV, HS));
     }
   }
 }

@@ -114,8 +114,8 @@ void expect_transformers_logits(const std::string& run_dir, const std::string& c
   auto cfg = nlohmann::json::parse(std::ifstream(out + "/config.json"));
   EXPECT_EQ(cfg["model_type"], "gpt2");
   EXPECT_EQ(cfg["architectures"][0], "GPT2LMHeadModel");
-  GptConfig gc = read_model_config(out + "/model.safetensors");
-  Gpt model(gc, cpu_backend());
+  ModelConfig gc = read_model_config(out + "/model.safetensors");
+  Model model(gc, cpu_backend());
   load_model(out, model);
   const int B = 2, T = std::min(50, gc.context), V = gc.vocab_size;
   std::vector<int32_t> tokens(B * T);
@@ -194,7 +194,7 @@ TEST_F(Cli, InitFromTransformersSavePretrained) {
     std::getline(in, line);
     double loss = nlohmann::json::parse(line)["loss"].get<double>();
     EXPECT_NEAR(loss, ref, 1e-4 * ref);
-    GptConfig c = read_model_config(*dir_ / ("run_" + dir + "/model.safetensors"));
+    ModelConfig c = read_model_config(*dir_ / ("run_" + dir + "/model.safetensors"));
     EXPECT_EQ(c.n_layer, 3);  // the shape came from config.json
     EXPECT_EQ(c.n_embd, 96);
   }

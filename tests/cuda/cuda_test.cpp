@@ -259,22 +259,24 @@ TEST(CudaGelu, ForwardAndBackwardMatchCpu) {
   }
 }
 
-// Head sizes 16 to 128, partial tiles, one token, and gpt2's training shape per head (T=1024,
-// HS=64: 16 tiles of 64 queries).
+// Head sizes 16 to 128, partial tiles, one token, gpt2's training shape per head (T=1024,
+// HS=64: 16 tiles of 64 queries), and grouped queries (2 and 3 query heads per key/value head,
+// one key/value head for all).
 TEST(CudaAttention, ForwardAndBackwardMatchCpuAcrossTilesAndHeadSizes) {
   REQUIRE_CUDA();
-  struct Shape { int64_t B, T, C, NH; };
-  for (Shape s : {Shape{2, 100, 64, 4}, Shape{1, 130, 128, 2}, Shape{1, 70, 256, 2}, Shape{2, 200, 64, 2},
-                  Shape{1, 1, 64, 2}, Shape{1, 1024, 128, 2}}) {
+  struct Shape { int64_t B, T, NH, NKV, HS; };
+  for (Shape s : {Shape{2, 100, 4, 4, 16}, Shape{1, 130, 2, 2, 64}, Shape{1, 70, 2, 2, 128}, Shape{2, 200, 2, 2, 32},
+                  Shape{1, 1, 2, 2, 32}, Shape{1, 1024, 2, 2, 64}, Shape{2, 100, 4, 2, 16}, Shape{1, 150, 6, 2, 64},
+                  Shape{1, 70, 4, 1, 32}}) {
     for (DType d : kAll) {
-      const int64_t BT = s.B * s.T;
-      Pair qkv(d, randn(BT * 3 * s.C, 1.0f, 1)), out(d, BT * s.C), lse(DType::f32, s.B * s.NH * s.T);
-      Pair dout(d, randn(BT * s.C, 1.0f, 2)), dqkv(d, BT * 3 * s.C);
+      const int64_t BT = s.B * s.T, C = s.NH * s.HS, W = (s.NH + 2 * s.NKV) * s.HS;
+      Pair qkv(d, randn(BT * W, 1.0f, 1)), out(d, BT * C), lse(DType::f32, s.B * s.NH * s.T);
+      Pair dout(d, randn(BT * C, 1.0f, 2)), dqkv(d, BT * W);
       both([&](Backend& be, bool g) {
-        be.attention_forward(out(g), lse.f(g), qkv(g), s.B, s.T, s.C, s.NH, d);
-        be.attention_backward(dqkv(g), dout(g), qkv(g), out(g), lse.f(g), s.B, s.T, s.C, s.NH, d);
+        be.attention_forward(out(g), lse.f(g), qkv(g), s.B, s.T, s.NH, s.NKV, s.HS, d);
+        be.attention_backward(dqkv(g), dout(g), qkv(g), out(g), lse.f(g), s.B, s.T, s.NH, s.NKV, s.HS, d);
       });
-      std::string what = fmt::format("attention B={} T={} C={} NH={}", s.B, s.T, s.C, s.NH);
+      std::string what = fmt::format("attention B={} T={} NH={} NKV={} HS={}", s.B, s.T, s.NH, s.NKV, s.HS);
       expect_match(out, what + " out");
       expect_match(lse, what + " lse", 1e-5);
       expect_match(dqkv, what + " dqkv", d == DType::f32 ? 1e-4 : 0);
@@ -378,8 +380,8 @@ TEST(CudaElementwise, AddCastSumsAdamWMatchCpu) {
 }
 
 // The tiny model over the test stream's 97 ids.
-GptConfig tiny_model() {
-  GptConfig cfg = gpt_preset("tiny", "test");
+ModelConfig tiny_model() {
+  ModelConfig cfg = model_preset("tiny", "test");
   cfg.vocab_size = 97;
   return cfg;
 }
@@ -394,7 +396,7 @@ auto windows(const TrainSettings& t, int64_t& next) {
 // step by step, and the CUDA run allocates nothing after its first step.
 TEST(CudaTraining, TinyModelLossesMatchCpuAndNothingIsAllocatedAfterTheFirstStep) {
   REQUIRE_CUDA();
-  const GptConfig cfg = tiny_model();
+  const ModelConfig cfg = tiny_model();
   const int steps = 12;
   for (DType d : kAll) {
     TrainSettings t;
@@ -412,7 +414,7 @@ TEST(CudaTraining, TinyModelLossesMatchCpuAndNothingIsAllocatedAfterTheFirstStep
       Backend& be = g ? cuda_backend() : cpu_backend();
       std::optional<PoolAllocator> host;  // the CPU run in host memory
       if (g == 0) host.emplace(host_allocator());
-      Gpt model(cfg, be, d);
+      Model model(cfg, be, d);
       model.init(7);
       Stepper stepper(model, be, *comm, t, 2, p);
       int64_t window = 0;
@@ -447,7 +449,7 @@ TEST(CudaTraining, TinyModelLossesMatchCpuAndNothingIsAllocatedAfterTheFirstStep
 // run in a different shuffled order at every launch).
 TEST(CudaTraining, SameRunTwiceGivesBitIdenticalLossesWeightsAndMoments) {
   REQUIRE_CUDA();
-  const GptConfig cfg = tiny_model();
+  const ModelConfig cfg = tiny_model();
   TrainSettings t;
   t.seq_len = 64;
   t.micro_batch = 4;
@@ -457,7 +459,7 @@ TEST(CudaTraining, SameRunTwiceGivesBitIdenticalLossesWeightsAndMoments) {
   auto comm = make_local_comm();
   std::vector<float> losses[2], state[2];
   for (int run = 0; run < 2; run++) {
-    Gpt model(cfg, cuda_backend(), p.compute);
+    Model model(cfg, cuda_backend(), p.compute);
     model.init(7);
     Stepper st(model, cuda_backend(), *comm, t, 2, p);
     int64_t window = 0;
@@ -504,7 +506,7 @@ TEST(CudaPool, KeptDeviceBlocksComeBackZeroFilled) {
 // zero3 allocates and releases its gather and gradient buffers around every block; the pool
 // hands out the device blocks it kept: no cudaMalloc, and no cudaFree (which waits).
 TEST(CudaStep, WaitsForTheDeviceOncePerMicroBatchAndOnceMoreAndAllocatesNoDeviceMemory) {
-  const GptConfig cfg = tiny_model();
+  const ModelConfig cfg = tiny_model();
   TrainSettings t;
   t.seq_len = 32;
   t.micro_batch = 2;
@@ -514,7 +516,7 @@ TEST(CudaStep, WaitsForTheDeviceOncePerMicroBatchAndOnceMoreAndAllocatesNoDevice
   p.compute = DType::bf16;
   auto comm = make_local_comm();
   for (Strategy s : {Strategy::ddp, Strategy::zero3}) {
-    Gpt model(cfg, cuda_backend(), DType::bf16, model_owns(s));
+    Model model(cfg, cuda_backend(), DType::bf16, model_owns(s));
     Stepper st(model, cuda_backend(), *comm, t, accum, p, {}, s);
     st.init_weights(7);
     int64_t window = 0;

@@ -36,10 +36,10 @@ struct Result {
 
 // `B` sequences per micro-batch on each of comm's ranks, `accum` micro-batches per step; the
 // global batch of a step is B * ranks * accum consecutive windows, split like the DataLoader.
-Result train_steps(Comm& comm, int B, int accum, DType dt, Strategy s, const GptConfig& cfg, int steps = 5,
+Result train_steps(Comm& comm, int B, int accum, DType dt, Strategy s, const ModelConfig& cfg, int steps = 5,
                    DType reduce = DType::f32) {
   const int T = cfg.context;
-  Gpt m(cfg, backend(), dt, model_owns(s));
+  Model m(cfg, backend(), dt, model_owns(s));
   TrainSettings t;
   t.seq_len = T;
   t.micro_batch = B;
@@ -76,7 +76,7 @@ Result train_steps(Comm& comm, int B, int accum, DType dt, Strategy s, const Gpt
   return r;
 }
 
-const GptConfig small{"custom", 2, 2, 32, 97, 16};
+const ModelConfig small{"custom", 2, 2, 32, 97, 16};
 
 void expect_same_as_one_process(Strategy s, int accum, DType dt, double tol, DType reduce = DType::f32) {
   const int N = world->size(), B = 4;
@@ -129,7 +129,7 @@ TEST(Strategies, YafsdpAllocatesNothingAfterTheFirstStep) {
 // (+2 for the 16-bit compute copy unless sharded), grads 4, AdamW 8, each divided by N where the
 // strategy shards it: ddp 16 (18), zero1 8 (10) + 8/N, zero2 4 (6) + 12/N, zero3 16/N bytes.
 TEST(Strategies, PerRankMemoryFollowsTheZeroFormulas) {
-  const GptConfig cfg{"custom", 3, 2, 128, 97, 16};
+  const ModelConfig cfg{"custom", 3, 2, 128, 97, 16};
   const int N = world->size(), B = 2;
   const double psi = double(cfg.num_params());
   for (DType dt : {DType::f32, DType::bf16})
@@ -155,7 +155,7 @@ TEST(Strategies, PerRankMemoryFollowsTheZeroFormulas) {
 // every strategy x fp32/bf16 x every recompute policy, on this world's ranks.
 TEST(PlanMemory, PredictedPeakPerCategoryWithin5PercentOfMeasured) {
   const int B = 2, T = 16, N = world->size();
-  GptConfig cfg{"custom", 3, 2, 32, 97, T};
+  ModelConfig cfg{"custom", 3, 2, 32, 97, T};
   for (Strategy strategy : all_strategies)
     for (DType dt : {DType::f32, DType::bf16})
       for (const char* rc : {"none", "selective", "every:2", "full"}) {
@@ -164,7 +164,7 @@ TEST(PlanMemory, PredictedPeakPerCategoryWithin5PercentOfMeasured) {
         MemoryPool::get().reset_peak();
         std::array<size_t, num_mem> peak{};
         {
-          Gpt m(cfg, backend(), dt, model_owns(strategy));
+          Model m(cfg, backend(), dt, model_owns(strategy));
           TrainSettings t;
           t.seq_len = T;
           t.micro_batch = B;

@@ -30,19 +30,19 @@ TEST(SafeTensors, RoundTripWithMetadataAndAlignment) {
 
 TEST(SafeTensors, ModelRoundTripIsExactAndMismatchIsAClearError) {
   test::TempDir d;
-  GptConfig cfg{"custom", 2, 2, 32, 100, 16};
-  Gpt a(cfg, cpu_backend()), b(cfg, cpu_backend());
+  ModelConfig cfg{"custom", 2, 2, 32, 100, 16};
+  Model a(cfg, cpu_backend()), b(cfg, cpu_backend());
   a.init(3);
   save_model(d / "m.safetensors", a);
-  GptConfig back = read_model_config(d / "m.safetensors");
+  ModelConfig back = read_model_config(d / "m.safetensors");
   EXPECT_EQ(back.n_layer, 2);
   EXPECT_EQ(back.vocab_size, 100);
   load_model(d / "m.safetensors", b);
   for (size_t i = 0; i < a.units().size(); i++)
     EXPECT_EQ(0, std::memcmp(a.units()[i].params.data(), b.units()[i].params.data(), a.units()[i].numel * 4));
-  GptConfig other = cfg;
+  ModelConfig other = cfg;
   other.n_embd = 64;
-  Gpt c(other, cpu_backend());
+  Model c(other, cpu_backend());
   test::expect_user_error([&] { load_model(d / "m.safetensors", c); }, "m.safetensors: tensor 'transformer.wte.weight' is F32 [100, 32], expected F32, BF16 or F16 [100, 64]");
   std::ofstream(d / "junk.safetensors") << "not a safetensors file at all";
   test::expect_user_error([&] { SafeTensors s(d / "junk.safetensors"); }, "junk.safetensors: not a safetensors file");
@@ -56,8 +56,8 @@ TEST(SafeTensors, ModelRoundTripIsExactAndMismatchIsAClearError) {
 TEST(SafeTensors, ModelFileIsInTheHuggingFaceLayout) {
   // GPT2LMHeadModel's names, Conv1D weights [in, out], wte with V rows, no lm_head (tied)
   test::TempDir d;
-  GptConfig cfg{"custom", 2, 2, 32, 100, 16};
-  Gpt a(cfg, cpu_backend());
+  ModelConfig cfg{"custom", 2, 2, 32, 100, 16};
+  Model a(cfg, cpu_backend());
   a.init(5);
   save_model(d / "m.safetensors", a);
   SafeTensors st(d / "m.safetensors");
@@ -80,17 +80,17 @@ TEST(SafeTensors, ModelFileIsInTheHuggingFaceLayout) {
   std::vector<StTensor> ts;
   std::vector<std::vector<float>> keep;
   for (auto& n : a.named_params()) {
-    std::string name = n.spec->hf_name.substr(std::string("transformer.").size());
-    auto shape = st.shape(n.spec->hf_name);
+    std::string name = n.spec->hf[0].name.substr(std::string("transformer.").size());
+    auto shape = st.shape(n.spec->hf[0].name);
     int64_t numel = shape.size() == 1 ? shape[0] : shape[0] * shape[1];
-    const float* f = st.f32(n.spec->hf_name, numel);
+    const float* f = st.f32(n.spec->hf[0].name, numel);
     keep.emplace_back(f, f + numel);
     ts.push_back({name, "F32", shape, keep.back().data()});
   }
   float mask[4] = {1, 1, 1, 1};
   ts.push_back({"h.0.attn.bias", "F32", {2, 2}, mask});
   save_safetensors(d / "hub.safetensors", ts, {});
-  Gpt b(cfg, cpu_backend());
+  Model b(cfg, cpu_backend());
   load_model(d / "hub.safetensors", b);
   for (size_t i = 0; i < a.units().size(); i++)
     EXPECT_EQ(0, std::memcmp(a.units()[i].params.data(), b.units()[i].params.data(), a.units()[i].numel * 4));

@@ -26,7 +26,7 @@ std::vector<float> read_f32(const SafeTensors& st, const std::string& name, cons
 
 void run_parity(const Shape& s) {
   test::TempDir dir;
-  GptConfig cfg{"custom", s.L, s.NH, s.C, s.V, s.ctx};
+  ModelConfig cfg{"custom", s.L, s.NH, s.C, s.V, s.ctx};
   TrainSettings t;
   t.seq_len = s.T;
   t.micro_batch = s.B;
@@ -40,7 +40,7 @@ void run_parity(const Shape& s) {
   SCOPED_TRACE(fmt::format("seed {} (FRUGAL_TEST_SEED reproduces it)", seed));
 
   Backend& be = cpu_backend();
-  Gpt model(cfg, be);
+  Model model(cfg, be);
   model.init(seed);
   save_model(dir / "w.safetensors", model);
 
@@ -94,7 +94,7 @@ void run_parity(const Shape& s) {
   }
 
   // 10 steps from the initial weights
-  Gpt fresh(cfg, be);
+  Model fresh(cfg, be);
   load_model(dir / "w.safetensors", fresh);
   Stepper trainer(fresh, be, *comm, t, 1);
   auto ref_losses = ref_tensor("losses", {10}), ref_norms = ref_tensor("grad_norms", {10});
@@ -144,10 +144,10 @@ void run_parity(const Shape& s) {
 // 3-4 % from fp32, frugal's 0.2-0.6 %).
 void run_autocast_parity(const Shape& s) {
   test::TempDir dir;
-  GptConfig cfg{"custom", s.L, s.NH, s.C, s.V, s.ctx};
+  ModelConfig cfg{"custom", s.L, s.NH, s.C, s.V, s.ctx};
   const uint64_t seed = test::test_seed();
   SCOPED_TRACE(fmt::format("seed {} (FRUGAL_TEST_SEED reproduces it)", seed));
-  Gpt f32(cfg, cpu_backend());
+  Model f32(cfg, cpu_backend());
   f32.init(seed);
   save_model(dir / "w.safetensors", f32);
   const int S = 10, W = s.T + 1;
@@ -160,7 +160,7 @@ void run_autocast_parity(const Shape& s) {
       dir / "r.safetensors")));
   SafeTensors ref(dir / "r.safetensors");
   auto get = [&](const std::string& name, const std::vector<int64_t>& shape) { return read_f32(ref, name, shape); };
-  Gpt bf(cfg, cpu_backend(), DType::bf16);
+  Model bf(cfg, cpu_backend(), DType::bf16);
   load_model(dir / "w.safetensors", bf);
   TrainSettings t;
   t.seq_len = s.T;
@@ -207,8 +207,9 @@ TEST(PyTorchParity, AttentionMatchesPyTorch) {
   std::vector<float> ref_out(size_t(B) * T * C), ref_dqkv(qkv.size()), out(ref_out.size()), dqkv(qkv.size()), lse(size_t(B) * NH * T);
   r.read("out", "F32", {B, T, C}, ref_out.data());
   r.read("dqkv", "F32", {B, T, 3 * C}, ref_dqkv.data());
-  cpu_backend().attention_forward(out.data(), lse.data(), qkv.data(), B, T, C, NH, DType::f32);
-  cpu_backend().attention_backward(dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(), B, T, C, NH, DType::f32);
+  cpu_backend().attention_forward(out.data(), lse.data(), qkv.data(), B, T, NH, NH, C / NH, DType::f32);
+  cpu_backend().attention_backward(dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(), B, T, NH, NH, C / NH,
+                                   DType::f32);
   EXPECT_LT(test::rel_error(out, ref_out), 1e-5);
   EXPECT_LT(test::rel_error(dqkv, ref_dqkv), 1e-5);
 }

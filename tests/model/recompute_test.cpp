@@ -9,12 +9,12 @@ namespace {
 const char* kPolicies[] = {"none", "selective", "every:2", "every:3", "full"};  // every:k mixes full and selective
 
 TEST(Recompute, EveryPolicyGivesBitIdenticalGradients) {
-  GptConfig cfg{"custom", 4, 3, 48, 301, 80};
+  ModelConfig cfg{"custom", 4, 3, 48, 301, 80};
   for (DType dt : {DType::f32, DType::bf16, DType::f16}) {
     std::vector<std::vector<float>> ref;
     float ref_loss = 0;
     for (const char* name : kPolicies) {
-      Gpt m(cfg, cpu_backend(), dt);
+      Model m(cfg, cpu_backend(), dt);
       m.init(11);
       TrainSettings t;
       t.seq_len = 70;  // not a multiple of the attention tile
@@ -43,7 +43,7 @@ TEST(Recompute, EveryPolicyGivesBitIdenticalGradients) {
 }
 
 TEST(Recompute, MeasuredBytesMatchTheFormulaForEveryPolicyShapeAndDtype) {
-  struct Shape { GptConfig cfg; int B, T; };
+  struct Shape { ModelConfig cfg; int B, T; };
   const Shape shapes[] = {{{"custom", 4, 4, 64, 257, 128}, 4, 128},
                           {{"custom", 6, 3, 96, 1000, 256}, 2, 200},
                           {{"custom", 3, 2, 32, 50257, 64}, 8, 64}};
@@ -55,7 +55,7 @@ TEST(Recompute, MeasuredBytesMatchTheFormulaForEveryPolicyShapeAndDtype) {
         auto& pool = MemoryPool::get();
         MemStats before = pool.stats();
         {
-          Gpt m(s.cfg, cpu_backend(), dt);
+          Model m(s.cfg, cpu_backend(), dt);
           m.allocate(s.B, s.T, plan);
           for (Mem c : {Mem::params, Mem::grads, Mem::activations, Mem::workspace}) {
             double measured = double(pool.stats().current[int(c)] - before.current[int(c)]);
@@ -68,8 +68,8 @@ TEST(Recompute, MeasuredBytesMatchTheFormulaForEveryPolicyShapeAndDtype) {
 
 TEST(Recompute, PeakOrderingOnGpt2) {
   // gpt2 (124M) at T=1024, B=4, bf16: allocation only (zero-filled), no step.
-  GptConfig cfg = gpt_preset("gpt2", "test");
-  Gpt m(cfg, cpu_backend(), DType::bf16);
+  ModelConfig cfg = model_preset("gpt2", "test");
+  Model m(cfg, cpu_backend(), DType::bf16);
   std::vector<size_t> acts;
   for (const char* name : {"none", "selective", "every:2", "full"}) {
     size_t base = MemoryPool::get().stats().current[int(Mem::activations)];

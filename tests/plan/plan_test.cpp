@@ -20,7 +20,7 @@ const std::string kCatalogue = std::string(FRUGAL_SOURCE_DIR) + "/configs/device
 TEST(KnownFigures, Llama2_70B_On2TTokensIs8_4e23Flops) {
   // Llama-2-70B in GPT-2 shape: 80 layers, 8192 wide, vocabulary 32000, 4096 positions. Its
   // GQA attention and SwiGLU MLP (68.98 B parameters) are not GPT-2's, hence the 8 % tolerance.
-  GptConfig c{"llama2-70b", 80, 64, 8192, 32000, 4096};
+  ModelConfig c{"llama2-70b", 80, 64, 8192, 32000, 4096};
   const double D = 2e12, N = double(c.num_params_no_wpe());
   EXPECT_NEAR(N / 68.98e9, 1.0, 0.08);
   EXPECT_NEAR(6 * N * D / 8.4e23, 1.0, 0.08);  // 6·N·D
@@ -58,7 +58,7 @@ TEST(KnownFigures, LlmcGpt2_124MOn8A100In90MinutesForAbout20Dollars) {
   // (by llm.c's FLOP count, which omits part of attention; ours counts it all).
   const auto devs = load_devices(kCatalogue);
   PlanSettings s;
-  s.model = gpt_preset("gpt2", "test");
+  s.model = model_preset("gpt2", "test");
   s.device = find_device(devs, "a100-80gb", kCatalogue);
   s.strategy = Strategy::zero1;
   s.compute = DType::bf16;
@@ -80,7 +80,7 @@ TEST(KnownFigures, LlmcGpt2_124MOn8A100In90MinutesForAbout20Dollars) {
 // no bytes, so its time is finite; several devices make it unknown, not a garbage number.
 TEST(Plan, ADeviceOutsideTheCatalogueHasAFiniteTimeOnOneDevice) {
   PlanSettings s;
-  s.model = gpt_preset("gpt2", "test");
+  s.model = model_preset("gpt2", "test");
   s.device.name = "NVIDIA H200";
   s.device.peak_flops_bf16 = 989e12;
   s.device.memory = int64_t(1) << 62;
@@ -97,7 +97,7 @@ TEST(KnownFigures, LlmcGpt2_1558MOn8H100In24HoursForAbout672Dollars) {
   // tokens, ~2.8 s per step => ~24 h, ~$672 (at $28/h); ~46 % MFU (llm.c's FLOP count).
   const auto devs = load_devices(kCatalogue);
   PlanSettings s;
-  s.model = gpt_preset("gpt2-xl", "test");
+  s.model = model_preset("gpt2-xl", "test");
   s.device = find_device(devs, "h100-sxm", kCatalogue);
   s.strategy = Strategy::zero1;
   s.micro_batch = 16;
@@ -114,7 +114,7 @@ TEST(KnownFigures, LlmcGpt2_1558MOn8H100In24HoursForAbout672Dollars) {
 
 TEST(Search, TooSlowForMaxHoursRanksBelowEveryTimelyOne) {
   PlanQuery q = open_query(PlanSettings{}, {find_device(load_devices(kCatalogue), "l40s", kCatalogue)});
-  q.base.model = gpt_preset("gpt2-xl", "t");
+  q.base.model = model_preset("gpt2-xl", "t");
   q.base.batch_tokens = 524288;
   q.base.tokens = 32e9;
   q.base.max_hours = 100;
@@ -133,7 +133,7 @@ TEST(Search, TooSlowForMaxHoursRanksBelowEveryTimelyOne) {
 }
 
 TEST(PlanMemory, ShardingMoreNeedsLessForTheModelStates) {
-  GptConfig c = gpt_preset("gpt2", "test");
+  ModelConfig c = model_preset("gpt2", "test");
   // ddp > zero1 > zero2 > zero3 in model states
   double last = 1e300;
   for (Strategy s : {Strategy::ddp, Strategy::zero1, Strategy::zero2, Strategy::zero3}) {
@@ -310,8 +310,8 @@ TEST(Catalogue, MalformedIsOneLineNamingFileAndField) {
 TEST(HfConfig, ReadsGpt2ShapeAndNamesTheBadField) {
   test::TempDir dir;
   std::ofstream(dir / "config.json") << R"({"n_layer": 12, "n_head": 12, "n_embd": 768, "vocab_size": 50257, "n_positions": 1024, "model_type": "gpt2"})";
-  GptConfig c = read_hf_config(dir / "config.json");
-  EXPECT_EQ(c.num_params(), gpt_preset("gpt2", "t").num_params());
+  ModelConfig c = read_hf_config(dir / "config.json");
+  EXPECT_EQ(c.num_params(), model_preset("gpt2", "t").num_params());
   std::ofstream(dir / "bad.json") << R"({"n_layer": 12, "n_head": 12, "n_embd": "wide", "vocab_size": 50257, "n_positions": 1024})";
   test::expect_user_error([&] { read_hf_config(dir / "bad.json"); }, "bad.json: n_embd: expected a positive integer, got \"wide\"");
   std::ofstream(dir / "miss.json") << R"({"n_layer": 12})";
@@ -322,7 +322,7 @@ TEST(HfConfig, ReadsGpt2ShapeAndNamesTheBadField) {
 
 TEST(Search, RanksFittingByCostAndSaysWhyEachLost) {
   PlanQuery q;
-  q.base.model = gpt_preset("gpt2-xl", "t");
+  q.base.model = model_preset("gpt2-xl", "t");
   q.base.seq_len = 1024;
   q.base.batch_tokens = 524288;
   q.base.tokens = 1e9;

@@ -35,14 +35,14 @@ struct Stream {
 };
 
 TEST(Stepper, AccumulationEqualsOneBigBatch) {
-  GptConfig cfg{"custom", 2, 2, 32, 97, 16};
+  ModelConfig cfg{"custom", 2, 2, 32, 97, 16};
   TrainSettings big, small;
   big.seq_len = small.seq_len = 16;
   big.micro_batch = 8;
   small.micro_batch = 2;  // 4 micro-batches of 2 = one batch of 8
   big.steps = small.steps = 3;
   auto comm = make_local_comm();
-  Gpt a(cfg, cpu_backend()), b(cfg, cpu_backend());
+  Model a(cfg, cpu_backend()), b(cfg, cpu_backend());
   a.init(1);
   b.init(1);
   Stepper sa(a, cpu_backend(), *comm, big, 1), sb(b, cpu_backend(), *comm, small, 4);
@@ -62,7 +62,7 @@ TEST(Stepper, AccumulationEqualsOneBigBatch) {
 }
 
 // A copy of every master weight and AdamW moment, to compare bit for bit.
-std::vector<float> snapshot(Gpt& m, Stepper& st) {
+std::vector<float> snapshot(Model& m, Stepper& st) {
   std::vector<float> out;
   for (size_t u = 0; u < m.units().size(); u++) {  // ddp: one optimizer segment per unit
     Unit& unit = m.units()[u];
@@ -73,7 +73,7 @@ std::vector<float> snapshot(Gpt& m, Stepper& st) {
 }
 
 struct Fp16Run {
-  GptConfig cfg{"custom", 2, 2, 32, 97, 16};
+  ModelConfig cfg{"custom", 2, 2, 32, 97, 16};
   TrainSettings t;
   PrecisionSettings p;
   std::unique_ptr<Comm> comm = make_local_comm();
@@ -93,7 +93,7 @@ struct Fp16Run {
 TEST(LossScaler, OverflowSkipsTheStepLeavesStateBitIdenticalAndHalvesTheScale) {
   // At a scale of 2^40 the fp16 gradients overflow (fp16 tops out at 65504): a real overflow.
   Fp16Run r(0x1p40, 1000);
-  Gpt m(r.cfg, cpu_backend(), DType::f16);
+  Model m(r.cfg, cpu_backend(), DType::f16);
   m.init(3);
   Stepper st(m, cpu_backend(), *r.comm, r.t, 1, r.p);
   st.step(0, r.next());  // the first step overflows
@@ -114,7 +114,7 @@ TEST(LossScaler, OverflowSkipsTheStepLeavesStateBitIdenticalAndHalvesTheScale) {
 
 TEST(LossScaler, ScaleDoublesAfterWindowCleanSteps) {
   Fp16Run r(1024.0, 2);
-  Gpt m(r.cfg, cpu_backend(), DType::f16);
+  Model m(r.cfg, cpu_backend(), DType::f16);
   m.init(3);
   Stepper st(m, cpu_backend(), *r.comm, r.t, 1, r.p);
   std::vector<double> scales;
@@ -129,7 +129,7 @@ TEST(LossScaler, ScaleDoublesAfterWindowCleanSteps) {
 TEST(LossScaler, CollapseToTheFloorIsAClearError) {
   Fp16Run r(4.0, 1000);
   r.p.loss_scale_min = 1.0;
-  Gpt m(r.cfg, cpu_backend(), DType::f16);
+  Model m(r.cfg, cpu_backend(), DType::f16);
   m.init(3);
   m.units()[1].p.qkv_w[5] = NAN;  // gradients are NaN at any scale
   m.sync_compute_weights();
@@ -139,7 +139,7 @@ TEST(LossScaler, CollapseToTheFloorIsAClearError) {
   test::expect_user_error([&] { st.step(2, r.next()); },
                           "gradients are not finite at the loss-scale floor precision.loss_scale_min = 1 after 3 skipped step(s) in a row");
   // In fp32 there is no scale to lower: the first non-finite gradient stops the run.
-  Gpt f(r.cfg, cpu_backend());
+  Model f(r.cfg, cpu_backend());
   f.init(3);
   f.units()[1].p.qkv_w[5] = NAN;
   Stepper sf(f, cpu_backend(), *r.comm, r.t, 1);

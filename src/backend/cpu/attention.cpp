@@ -3,7 +3,10 @@
 // and sum per query row (online softmax) and stores only the output and the per-row
 // log-sum-exp; the backward recomputes each tile of probabilities from the log-sum-exp. No
 // T x T tensor exists, in forward or backward. Tiles are widened to fp32 scratch of their
-// thread and multiplied with dnnl_sgemm; parallel over (b, h), each task owning its outputs.
+// thread and multiplied with dnnl_sgemm. Grouped-query attention: NKV key/value heads, each
+// shared by G = NH/NKV query heads. The forward is parallel over (b, query head), the backward
+// over (b, key/value head), a task summing dK and dV over its group's query heads: each task
+// owns its outputs.
 // In bf16 (where the CPU has AVX512-BF16 and the head size is a multiple of 16) forward and
 // backward multiply bf16 pairs with fp32 sums instead (vdpbf16ps, twice fp32's rate), on
 // operands repacked once per head; P (and dS) are rounded to bf16 for the next product, as
@@ -35,26 +38,27 @@ static void rowsum_dout_out(float* D, const S* dout, const S* out, int64_t T, in
     D[t] = acc;
   }
 }
+// T rows of a head's fp32 gradient (element (t, d) at t·ts + d·ds) into a (T, W) view of dqkv.
 template <class S>
-static void store_dq(S* dqkv, const float* dq, int64_t T, int64_t HS, int64_t C3) {
+static void store_rows(S* dst, const float* src, int64_t T, int64_t HS, int64_t W, int64_t ts, int64_t ds) {
   for (int64_t t = 0; t < T; t++)
-    for (int64_t d = 0; d < HS; d++) dqkv[t * C3 + d] = from_f32<S>(dq[t * HS + d]);
+    for (int64_t d = 0; d < HS; d++) dst[t * W + d] = from_f32<S>(src[t * ts + d * ds]);
 }
-// A key tile's dK and dV (nk rows; element (j, d) at j·js + d·ds) into dqkv's k and v parts.
-template <class S>
-static void store_dkv(S* dqkv, const float* dk, const float* dv, int64_t nk, int64_t HS, int64_t C,
-                      int64_t js, int64_t ds) {
-  for (int64_t j = 0; j < nk; j++)
-    for (int64_t d = 0; d < HS; d++) {
-      dqkv[j * 3 * C + C + d] = from_f32<S>(dk[j * js + d * ds]);
-      dqkv[j * 3 * C + 2 * C + d] = from_f32<S>(dv[j * js + d * ds]);
-    }
-}
+
+// Where head h's q, k and v start in a row of qkv(B,T,W), W = (NH + 2 NKV) HS.
+struct Heads {
+  int64_t NH, NKV, HS;
+  int64_t W() const { return (NH + 2 * NKV) * HS; }
+  int64_t C() const { return NH * HS; }  // the output's row
+  int64_t q(int64_t h) const { return h * HS; }
+  int64_t k(int64_t h) const { return (NH + h / (NH / NKV)) * HS; }
+  int64_t v(int64_t h) const { return k(h) + NKV * HS; }
+};
 
 template <class S>
 static void attention_forward_t(S* out, float* lse, const S* qkv, float* scratch, int64_t B,
-                                int64_t T, int64_t C, int64_t NH) {
-  const int64_t HS = C / NH, C3 = 3 * C;
+                                int64_t T, Heads hd) {
+  const int64_t NH = hd.NH, HS = hd.HS, C = hd.C(), C3 = hd.W();
   const float scale = 1.0f / std::sqrt(float(HS));
   const int64_t per_thread = 4 * kTile * HS + kTile * kTile + 2 * kTile;
 #pragma omp parallel
@@ -70,15 +74,15 @@ static void attention_forward_t(S* out, float* lse, const S* qkv, float* scratch
     for (int64_t b = 0; b < B; b++)
       for (int64_t h = 0; h < NH; h++)
         for (int64_t q0 = 0; q0 < T; q0 += kTile) {
-          const S* base = qkv + b * T * C3 + h * HS;
+          const S* base = qkv + b * T * C3;
           const int64_t nq = std::min(kTile, T - q0);
-          load_tile(q, base + q0 * C3, nq, HS, C3);
+          load_tile(q, base + q0 * C3 + hd.q(h), nq, HS, C3);
           std::memset(o, 0, sizeof(float) * nq * HS);
           for (int64_t i = 0; i < nq; i++) { m[i] = -3.0e38f; l[i] = 0.0f; }  // finite: built with -ffast-math
           for (int64_t k0 = 0; k0 <= q0 + nq - 1; k0 += kTile) {
             const int64_t nk = std::min(kTile, T - k0);
-            load_tile(k, base + k0 * C3 + C, nk, HS, C3);
-            load_tile(v, base + k0 * C3 + 2 * C, nk, HS, C3);
+            load_tile(k, base + k0 * C3 + hd.k(h), nk, HS, C3);
+            load_tile(v, base + k0 * C3 + hd.v(h), nk, HS, C3);
             sgemm(false, true, nq, nk, HS, q, HS, k, HS, 0.0f, s, kTile);  // S = Q K^T
             for (int64_t i = 0; i < nq; i++) {
               float* row = s + i * kTile;
@@ -232,8 +236,8 @@ static inline void softmax_tile_row(const float* s, uint32_t* pb, float* o, int6
 }
 
 static void attention_forward_bf16(bf16* out, float* lse, const bf16* qkv, float* scratch,
-                                   int64_t per_thread, int64_t B, int64_t T, int64_t C, int64_t NH) {
-  const int64_t HS = C / NH, C3 = 3 * C, H2 = HS / 2, tiles = (T + kTile - 1) / kTile;
+                                   int64_t per_thread, int64_t B, int64_t T, Heads hd) {
+  const int64_t NH = hd.NH, HS = hd.HS, C = hd.C(), C3 = hd.W(), H2 = HS / 2, tiles = (T + kTile - 1) / kTile;
   const float scale = 1.0f / std::sqrt(float(HS));
 #pragma omp parallel
   {
@@ -248,9 +252,9 @@ static void attention_forward_bf16(bf16* out, float* lse, const bf16* qkv, float
 #pragma omp for collapse(2) schedule(static)
     for (int64_t b = 0; b < B; b++)
       for (int64_t h = 0; h < NH; h++) {
-        const bf16* base = qkv + b * T * C3 + h * HS;
-        pack_by_dim(kp, base + C, T, HS, C3);
-        pack_by_row(vp, base + 2 * C, T, HS, C3);
+        const bf16* base = qkv + b * T * C3 + hd.q(h);
+        pack_by_dim(kp, qkv + b * T * C3 + hd.k(h), T, HS, C3);
+        pack_by_row(vp, qkv + b * T * C3 + hd.v(h), T, HS, C3);
         for (int64_t q0 = 0; q0 < T; q0 += kTile) {
           const int64_t nq = std::min(kTile, T - q0);
           const uint32_t* q = reinterpret_cast<const uint32_t*>(base + q0 * C3);
@@ -289,11 +293,12 @@ static void attention_forward_bf16(bf16* out, float* lse, const bf16* qkv, float
 // sums (P and dS rounded to bf16, as on GPUs): per head, K and V packed by dims (for S = Q K^T,
 // dP = dO V^T), K by rows (for dQ += dS K), and Q and dO transposed, pairs of queries per dim,
 // so that dV and dK accumulate transposed: dV^T += dO^T P, dK^T += Q^T dS (P and dS packed by
-// row pairs per tile).
+// row pairs per tile), over every query head of the key/value head's group.
 static void attention_backward_bf16(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* out,
                                     const float* lse, float* scratch, int64_t per_thread, int64_t B,
-                                    int64_t T, int64_t C, int64_t NH) {
-  const int64_t HS = C / NH, C3 = 3 * C, H2 = HS / 2, tiles = (T + kTile - 1) / kTile, T2 = tiles * kTile / 2;
+                                    int64_t T, Heads hd) {
+  const int64_t NH = hd.NH, HS = hd.HS, C = hd.C(), C3 = hd.W(), H2 = HS / 2, G = NH / hd.NKV;
+  const int64_t tiles = (T + kTile - 1) / kTile, T2 = tiles * kTile / 2, Tp = tiles * kTile;
   const int64_t packed = T2 * HS;  // uint32s of one packing of a head
   const float scale = 1.0f / std::sqrt(float(HS));
 #pragma omp parallel
@@ -311,76 +316,80 @@ static void attention_backward_bf16(bf16* dqkv, const bf16* dout, const bf16* qk
     float* Dv = dq + tiles * kTile * HS;        // (tiles·64) rowsum(dO * O)
     float* sp = Dv + tiles * kTile;             // (64, 64) S, then P
     float* dp_ = sp + kTile * kTile;            // (64, 64) dP, then dS
-    float* dvt = dp_ + kTile * kTile;           // (HS, 64) dV^T
-    float* dkt = dvt + HS * kTile;              // (HS, 64) dK^T
+    float* dvt = dp_ + kTile * kTile;           // (HS, tiles·64) dV^T
+    float* dkt = dvt + HS * Tp;                 // (HS, tiles·64) dK^T
     auto transpose = [&](uint32_t* dst) {
       for (int64_t ip = 0; ip < T2; ip++)
         for (int64_t d = 0; d < HS; d++) dst[d * T2 + ip] = tmp[ip * HS + d];
     };
 #pragma omp for collapse(2) schedule(static)
     for (int64_t b = 0; b < B; b++)
-      for (int64_t h = 0; h < NH; h++) {
-        const bf16* base = qkv + b * T * C3 + h * HS;
-        const bf16* dbase = dout + b * T * C + h * HS;
-        const bf16* obase = out + b * T * C + h * HS;
-        const float* L = lse + (b * NH + h) * T;
-        pack_by_dim(kd, base + C, T, HS, C3);
-        pack_by_dim(vd, base + 2 * C, T, HS, C3);
-        pack_by_row(kr, base + C, T, HS, C3);
-        pack_by_row(tmp, base, T, HS, C3);
-        transpose(qt);
-        pack_by_row(tmp, dbase, T, HS, C);
-        transpose(ot);
-        std::memset(dq, 0, sizeof(float) * T * HS);
-        rowsum_dout_out(Dv, dbase, obase, T, HS, C);
-        for (int64_t kt = 0; kt < tiles; kt++) {
-          const int64_t k0 = kt * kTile, nk = std::min(kTile, T - k0);
-          std::memset(dvt, 0, sizeof(float) * HS * kTile);
-          std::memset(dkt, 0, sizeof(float) * HS * kTile);
-          const __m512i* kdt = reinterpret_cast<const __m512i*>(kd + kt * H2 * kTile);
-          const __m512i* vdt = reinterpret_cast<const __m512i*>(vd + kt * H2 * kTile);
-          for (int64_t q0 = k0; q0 < T; q0 += kTile) {  // the query tiles that see this key tile
-            const int64_t nq = std::min(kTile, T - q0);
-            dp(nq, 4, sp, kTile, reinterpret_cast<const uint32_t*>(base + q0 * C3), C3 / 2, kdt, 4, H2, false);   // S
-            dp(nq, 4, dp_, kTile, reinterpret_cast<const uint32_t*>(dbase + q0 * C), C / 2, vdt, 4, H2, false);  // dP
-            for (int64_t i = 0; i < kTile; i++) {  // P = exp(S scale - LSE), dS = P (dP - D) scale; 0 masked
-              const int64_t valid = i < nq ? std::clamp<int64_t>(q0 + i - k0 + 1, 0, nk) : 0;
-              const float li = i < nq ? L[q0 + i] : 0.0f, di = i < nq ? Dv[q0 + i] : 0.0f;
-              __m512 pv[kTile / 16], dv[kTile / 16];
-              for (int c = 0; c < kTile / 16; c++) {
-                const __mmask16 keep = __mmask16((uint32_t(1) << std::clamp<int64_t>(valid - 16 * c, 0, 16)) - 1);
-                const __m512 x = _mm512_fmsub_ps(_mm512_maskz_loadu_ps(keep, sp + i * kTile + 16 * c),
-                                                 _mm512_set1_ps(scale), _mm512_set1_ps(li));
-                pv[c] = _mm512_maskz_mov_ps(keep, exp_ps(x));
-                dv[c] = _mm512_mul_ps(_mm512_mul_ps(pv[c], _mm512_sub_ps(_mm512_maskz_loadu_ps(keep, dp_ + i * kTile + 16 * c),
-                                                                          _mm512_set1_ps(di))), _mm512_set1_ps(scale));
-                _mm512_storeu_ps(sp + i * kTile + 16 * c, pv[c]);
-                _mm512_storeu_ps(dp_ + i * kTile + 16 * c, dv[c]);
+      for (int64_t kv = 0; kv < hd.NKV; kv++) {
+        const bf16* rows = qkv + b * T * C3;
+        pack_by_dim(kd, rows + hd.k(kv * G), T, HS, C3);
+        pack_by_dim(vd, rows + hd.v(kv * G), T, HS, C3);
+        pack_by_row(kr, rows + hd.k(kv * G), T, HS, C3);
+        std::memset(dvt, 0, sizeof(float) * HS * Tp);
+        std::memset(dkt, 0, sizeof(float) * HS * Tp);
+        for (int64_t h = kv * G; h < (kv + 1) * G; h++) {
+          const bf16* base = rows + hd.q(h);
+          const bf16* dbase = dout + b * T * C + h * HS;
+          const bf16* obase = out + b * T * C + h * HS;
+          const float* L = lse + (b * NH + h) * T;
+          pack_by_row(tmp, base, T, HS, C3);
+          transpose(qt);
+          pack_by_row(tmp, dbase, T, HS, C);
+          transpose(ot);
+          std::memset(dq, 0, sizeof(float) * T * HS);
+          rowsum_dout_out(Dv, dbase, obase, T, HS, C);
+          for (int64_t kt = 0; kt < tiles; kt++) {
+            const int64_t k0 = kt * kTile, nk = std::min(kTile, T - k0);
+            const __m512i* kdt = reinterpret_cast<const __m512i*>(kd + kt * H2 * kTile);
+            const __m512i* vdt = reinterpret_cast<const __m512i*>(vd + kt * H2 * kTile);
+            for (int64_t q0 = k0; q0 < T; q0 += kTile) {  // the query tiles that see this key tile
+              const int64_t nq = std::min(kTile, T - q0);
+              dp(nq, 4, sp, kTile, reinterpret_cast<const uint32_t*>(base + q0 * C3), C3 / 2, kdt, 4, H2, false);   // S
+              dp(nq, 4, dp_, kTile, reinterpret_cast<const uint32_t*>(dbase + q0 * C), C / 2, vdt, 4, H2, false);  // dP
+              for (int64_t i = 0; i < kTile; i++) {  // P = exp(S scale - LSE), dS = P (dP - D) scale; 0 masked
+                const int64_t valid = i < nq ? std::clamp<int64_t>(q0 + i - k0 + 1, 0, nk) : 0;
+                const float li = i < nq ? L[q0 + i] : 0.0f, di = i < nq ? Dv[q0 + i] : 0.0f;
+                __m512 pv[kTile / 16], dv[kTile / 16];
+                for (int c = 0; c < kTile / 16; c++) {
+                  const __mmask16 keep = __mmask16((uint32_t(1) << std::clamp<int64_t>(valid - 16 * c, 0, 16)) - 1);
+                  const __m512 x = _mm512_fmsub_ps(_mm512_maskz_loadu_ps(keep, sp + i * kTile + 16 * c),
+                                                   _mm512_set1_ps(scale), _mm512_set1_ps(li));
+                  pv[c] = _mm512_maskz_mov_ps(keep, exp_ps(x));
+                  dv[c] = _mm512_mul_ps(_mm512_mul_ps(pv[c], _mm512_sub_ps(_mm512_maskz_loadu_ps(keep, dp_ + i * kTile + 16 * c),
+                                                                            _mm512_set1_ps(di))), _mm512_set1_ps(scale));
+                  _mm512_storeu_ps(sp + i * kTile + 16 * c, pv[c]);
+                  _mm512_storeu_ps(dp_ + i * kTile + 16 * c, dv[c]);
+                }
+                for (int c = 0; c < kTile / 16; c += 2)
+                  _mm512_storeu_si512(sr + i * kTile / 2 + 8 * c, (__m512i)_mm512_cvtne2ps_pbh(dv[c + 1], dv[c]));
               }
-              for (int c = 0; c < kTile / 16; c += 2)
-                _mm512_storeu_si512(sr + i * kTile / 2 + 8 * c, (__m512i)_mm512_cvtne2ps_pbh(dv[c + 1], dv[c]));
+              for (int64_t ip = 0; ip < kTile / 2; ip++)  // P and dS by row pairs
+                for (int c = 0; c < kTile / 16; c++) {
+                  const float* p0 = sp + 2 * ip * kTile + 16 * c;
+                  const float* s0 = dp_ + 2 * ip * kTile + 16 * c;
+                  _mm512_storeu_si512(pb + (ip * 4 + c) * 16,
+                                      interleave16((__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(p0)),
+                                                   (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(p0 + kTile))));
+                  _mm512_storeu_si512(sb + (ip * 4 + c) * 16,
+                                      interleave16((__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(s0)),
+                                                   (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(s0 + kTile))));
+                }
+              const __m512i* pbv = reinterpret_cast<const __m512i*>(pb);
+              const __m512i* sbv = reinterpret_cast<const __m512i*>(sb);
+              dp(HS, 4, dvt + k0, Tp, ot + q0 / 2, T2, pbv, 4, kTile / 2, true);  // dV^T += dO^T P
+              dp(HS, 4, dkt + k0, Tp, qt + q0 / 2, T2, sbv, 4, kTile / 2, true);  // dK^T += Q^T dS
+              dp(nq, HS / 16, dq + q0 * HS, HS, sr, kTile / 2,                    // dQ += dS K
+                 reinterpret_cast<const __m512i*>(kr + kt * kTile / 2 * HS), HS / 16, kTile / 2, true);
             }
-            for (int64_t ip = 0; ip < kTile / 2; ip++)  // P and dS by row pairs
-              for (int c = 0; c < kTile / 16; c++) {
-                const float* p0 = sp + 2 * ip * kTile + 16 * c;
-                const float* s0 = dp_ + 2 * ip * kTile + 16 * c;
-                _mm512_storeu_si512(pb + (ip * 4 + c) * 16,
-                                    interleave16((__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(p0)),
-                                                 (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(p0 + kTile))));
-                _mm512_storeu_si512(sb + (ip * 4 + c) * 16,
-                                    interleave16((__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(s0)),
-                                                 (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(s0 + kTile))));
-              }
-            const __m512i* pbv = reinterpret_cast<const __m512i*>(pb);
-            const __m512i* sbv = reinterpret_cast<const __m512i*>(sb);
-            dp(HS, 4, dvt, kTile, ot + q0 / 2, T2, pbv, 4, kTile / 2, true);  // dV^T += dO^T P
-            dp(HS, 4, dkt, kTile, qt + q0 / 2, T2, sbv, 4, kTile / 2, true);  // dK^T += Q^T dS
-            dp(nq, HS / 16, dq + q0 * HS, HS, sr, kTile / 2,                  // dQ += dS K
-               reinterpret_cast<const __m512i*>(kr + kt * kTile / 2 * HS), HS / 16, kTile / 2, true);
           }
-          store_dkv(dqkv + (b * T + k0) * C3 + h * HS, dkt, dvt, nk, HS, C, 1, kTile);  // transposed
+          store_rows(dqkv + b * T * C3 + hd.q(h), dq, T, HS, C3, HS, 1);
         }
-        store_dq(dqkv + b * T * C3 + h * HS, dq, T, HS, C3);
+        store_rows(dqkv + b * T * C3 + hd.k(kv * G), dkt, T, HS, C3, 1, Tp);  // transposed
+        store_rows(dqkv + b * T * C3 + hd.v(kv * G), dvt, T, HS, C3, 1, Tp);
       }
   }
 }
@@ -388,104 +397,107 @@ static void attention_backward_bf16(bf16* dqkv, const bf16* dout, const bf16* qk
 
 template <class S>
 static void attention_backward_t(S* dqkv, const S* dout, const S* qkv, const S* out,
-                                 const float* lse, float* scratch, int64_t B, int64_t T, int64_t C,
-                                 int64_t NH) {
-  const int64_t HS = C / NH, C3 = 3 * C;
+                                 const float* lse, float* scratch, int64_t B, int64_t T, Heads hd) {
+  const int64_t NH = hd.NH, HS = hd.HS, C = hd.C(), C3 = hd.W(), G = NH / hd.NKV;
   const float scale = 1.0f / std::sqrt(float(HS));
-  const int64_t per_thread = 2 * T * HS + T + 6 * kTile * HS + 2 * kTile * kTile;
+  const int64_t per_thread = 4 * T * HS + T + 3 * kTile * HS + 2 * kTile * kTile;
 #pragma omp parallel
   {
     float* dq = scratch + int64_t(omp_get_thread_num()) * per_thread;  // (T, HS) fp32 accumulator
     float* qall = dq + T * HS;                                         // (T, HS) all queries
-    float* Dv = qall + T * HS;                                         // (T) rowsum(dO * O)
+    float* dkall = qall + T * HS;                                      // (T, HS) the group's dK
+    float* dvall = dkall + T * HS;                                     // (T, HS) and dV
+    float* Dv = dvall + T * HS;                                        // (T) rowsum(dO * O)
     float* k = Dv + T;                                                 // (kTile, HS)
     float* v = k + kTile * HS;
-    float* dk = v + kTile * HS;
-    float* dv = dk + kTile * HS;
-    float* dob = dv + kTile * HS;                                      // (kTile, HS) dO tile
-    float* ob = dob + kTile * HS;                                      // (kTile, HS) O tile
-    float* p = ob + kTile * HS;                                        // (kTile, kTile)
+    float* dob = v + kTile * HS;                                       // (kTile, HS) dO tile
+    float* p = dob + kTile * HS;                                        // (kTile, kTile)
     float* ds = p + kTile * kTile;                                     // (kTile, kTile)
 #pragma omp for collapse(2) schedule(static)
     for (int64_t b = 0; b < B; b++)
-      for (int64_t h = 0; h < NH; h++) {
-        const S* base = qkv + b * T * C3 + h * HS;
-        const S* dbase = dout + b * T * C + h * HS;
-        const S* obase = out + b * T * C + h * HS;
-        const float* L = lse + (b * NH + h) * T;
-        std::memset(dq, 0, sizeof(float) * T * HS);
-        load_tile(qall, base, T, HS, C3);
-        rowsum_dout_out(Dv, dbase, obase, T, HS, C);
-        for (int64_t k0 = 0; k0 < T; k0 += kTile) {
-          const int64_t nk = std::min(kTile, T - k0);
-          load_tile(k, base + k0 * C3 + C, nk, HS, C3);
-          load_tile(v, base + k0 * C3 + 2 * C, nk, HS, C3);
-          std::memset(dk, 0, sizeof(float) * nk * HS);
-          std::memset(dv, 0, sizeof(float) * nk * HS);
-          for (int64_t q0 = k0; q0 < T; q0 += kTile) {  // the query tiles that see this key tile
-            const int64_t nq = std::min(kTile, T - q0);
-            const float* q = qall + q0 * HS;
-            load_tile(dob, dbase + q0 * C, nq, HS, C);
-            sgemm(false, true, nq, nk, HS, q, HS, k, HS, 0.0f, p, kTile);      // S = Q K^T
-            for (int64_t i = 0; i < nq; i++) {  // P = exp(S * scale - LSE), causal mask
-              const int64_t valid = std::clamp<int64_t>(q0 + i - k0 + 1, 0, nk);
-              float* row = p + i * kTile;
-              for (int64_t j = 0; j < valid; j++) row[j] = std::exp(row[j] * scale - L[q0 + i]);
-              for (int64_t j = valid; j < nk; j++) row[j] = 0.0f;
+      for (int64_t kv = 0; kv < hd.NKV; kv++) {
+        const S* rows = qkv + b * T * C3;
+        std::memset(dkall, 0, sizeof(float) * T * HS);
+        std::memset(dvall, 0, sizeof(float) * T * HS);
+        for (int64_t h = kv * G; h < (kv + 1) * G; h++) {
+          const S* dbase = dout + b * T * C + h * HS;
+          const S* obase = out + b * T * C + h * HS;
+          const float* L = lse + (b * NH + h) * T;
+          std::memset(dq, 0, sizeof(float) * T * HS);
+          load_tile(qall, rows + hd.q(h), T, HS, C3);
+          rowsum_dout_out(Dv, dbase, obase, T, HS, C);
+          for (int64_t k0 = 0; k0 < T; k0 += kTile) {
+            const int64_t nk = std::min(kTile, T - k0);
+            load_tile(k, rows + k0 * C3 + hd.k(h), nk, HS, C3);
+            load_tile(v, rows + k0 * C3 + hd.v(h), nk, HS, C3);
+            float* dk = dkall + k0 * HS;
+            float* dv = dvall + k0 * HS;
+            for (int64_t q0 = k0; q0 < T; q0 += kTile) {  // the query tiles that see this key tile
+              const int64_t nq = std::min(kTile, T - q0);
+              const float* q = qall + q0 * HS;
+              load_tile(dob, dbase + q0 * C, nq, HS, C);
+              sgemm(false, true, nq, nk, HS, q, HS, k, HS, 0.0f, p, kTile);      // S = Q K^T
+              for (int64_t i = 0; i < nq; i++) {  // P = exp(S * scale - LSE), causal mask
+                const int64_t valid = std::clamp<int64_t>(q0 + i - k0 + 1, 0, nk);
+                float* row = p + i * kTile;
+                for (int64_t j = 0; j < valid; j++) row[j] = std::exp(row[j] * scale - L[q0 + i]);
+                for (int64_t j = valid; j < nk; j++) row[j] = 0.0f;
+              }
+              sgemm(true, false, nk, HS, nq, p, kTile, dob, HS, 1.0f, dv, HS);     // dV += P^T dO
+              sgemm(false, true, nq, nk, HS, dob, HS, v, HS, 0.0f, ds, kTile);     // dP = dO V^T
+              for (int64_t i = 0; i < nq; i++)                                     // dS = P (dP - D) scale
+                for (int64_t j = 0; j < nk; j++)
+                  ds[i * kTile + j] = p[i * kTile + j] * (ds[i * kTile + j] - Dv[q0 + i]) * scale;
+              sgemm(false, false, nq, HS, nk, ds, kTile, k, HS, 1.0f, dq + q0 * HS, HS);  // dQ += dS K
+              sgemm(true, false, nk, HS, nq, ds, kTile, q, HS, 1.0f, dk, HS);            // dK += dS^T Q
             }
-            sgemm(true, false, nk, HS, nq, p, kTile, dob, HS, 1.0f, dv, HS);     // dV += P^T dO
-            sgemm(false, true, nq, nk, HS, dob, HS, v, HS, 0.0f, ds, kTile);     // dP = dO V^T
-            for (int64_t i = 0; i < nq; i++)                                     // dS = P (dP - D) scale
-              for (int64_t j = 0; j < nk; j++)
-                ds[i * kTile + j] = p[i * kTile + j] * (ds[i * kTile + j] - Dv[q0 + i]) * scale;
-            sgemm(false, false, nq, HS, nk, ds, kTile, k, HS, 1.0f, dq + q0 * HS, HS);  // dQ += dS K
-            sgemm(true, false, nk, HS, nq, ds, kTile, q, HS, 1.0f, dk, HS);            // dK += dS^T Q
           }
-          store_dkv(dqkv + (b * T + k0) * C3 + h * HS, dk, dv, nk, HS, C, HS, 1);
+          store_rows(dqkv + b * T * C3 + hd.q(h), dq, T, HS, C3, HS, 1);
         }
-        store_dq(dqkv + b * T * C3 + h * HS, dq, T, HS, C3);
+        store_rows(dqkv + b * T * C3 + hd.k(kv * G), dkall, T, HS, C3, HS, 1);
+        store_rows(dqkv + b * T * C3 + hd.v(kv * G), dvall, T, HS, C3, HS, 1);
       }
   }
 }
 
 void CpuBackend::attention_forward(void* out, float* lse, const void* qkv, int64_t B, int64_t T,
-                                   int64_t C, int64_t NH, DType dt) {
-  const int64_t HS = C / NH;
+                                   int64_t NH, int64_t NKV, int64_t HS, DType dt) {
+  const Heads hd{NH, NKV, HS};
 #if defined(__AVX512BF16__)
   if (dt == DType::bf16 && HS % 16 == 0) {
     const int64_t tiles = (T + kTile - 1) / kTile;
     const int64_t per_thread = tiles * kTile * HS + kTile * kTile / 2 + kTile * HS + kTile * kTile + 2 * kTile + 16;
     attention_forward_bf16(static_cast<bf16*>(out), lse, static_cast<const bf16*>(qkv), partials(per_thread),
-                           per_thread, B, T, C, NH);
+                           per_thread, B, T, hd);
     return;
   }
 #endif
   float* scratch = partials(4 * kTile * HS + kTile * kTile + 2 * kTile);
   dispatch(dt, [&](auto t) {
     using S = decltype(t);
-    attention_forward_t(static_cast<S*>(out), lse, static_cast<const S*>(qkv), scratch, B, T, C, NH);
+    attention_forward_t(static_cast<S*>(out), lse, static_cast<const S*>(qkv), scratch, B, T, hd);
   });
 }
 
 void CpuBackend::attention_backward(void* dqkv, const void* dout, const void* qkv, const void* out,
-                                    const float* lse, int64_t B, int64_t T, int64_t C, int64_t NH,
-                                    DType dt) {
-  const int64_t HS = C / NH;
+                                    const float* lse, int64_t B, int64_t T, int64_t NH, int64_t NKV,
+                                    int64_t HS, DType dt) {
+  const Heads hd{NH, NKV, HS};
 #if defined(__AVX512BF16__)
   if (dt == DType::bf16 && HS % 16 == 0) {
     const int64_t tiles = (T + kTile - 1) / kTile;
     const int64_t per_thread = 6 * tiles * kTile / 2 * HS + 3 * kTile * kTile / 2 + tiles * kTile * (HS + 1) +
-                               2 * kTile * kTile + 2 * HS * kTile + 16;
+                               2 * kTile * kTile + 2 * HS * tiles * kTile + 16;
     attention_backward_bf16(static_cast<bf16*>(dqkv), static_cast<const bf16*>(dout), static_cast<const bf16*>(qkv),
-                            static_cast<const bf16*>(out), lse, partials(per_thread), per_thread, B, T, C, NH);
+                            static_cast<const bf16*>(out), lse, partials(per_thread), per_thread, B, T, hd);
     return;
   }
 #endif
-  float* scratch = partials(2 * T * HS + T + 6 * kTile * HS + 2 * kTile * kTile);
+  float* scratch = partials(4 * T * HS + T + 3 * kTile * HS + 2 * kTile * kTile);
   dispatch(dt, [&](auto t) {
     using S = decltype(t);
     attention_backward_t(static_cast<S*>(dqkv), static_cast<const S*>(dout), static_cast<const S*>(qkv),
-                         static_cast<const S*>(out), lse, scratch, B, T, C, NH);
+                         static_cast<const S*>(out), lse, scratch, B, T, hd);
   });
 }
 

@@ -48,10 +48,10 @@ class CpuBackend final : public Backend {
   void gelu_forward(void* out, const void* inp, int64_t n, DType dt) override;
   void gelu_backward(void* dinp, const void* inp, const void* dout, int64_t n, DType dt) override;
   void attention_forward(void* out, float* lse, const void* qkv, int64_t B, int64_t T,
-                         int64_t C, int64_t NH, DType dt) override;
+                         int64_t NH, int64_t NKV, int64_t HS, DType dt) override;
   void attention_backward(void* dqkv, const void* dout, const void* qkv, const void* out,
-                          const float* lse, int64_t B, int64_t T, int64_t C, int64_t NH,
-                          DType dt) override;
+                          const float* lse, int64_t B, int64_t T, int64_t NH, int64_t NKV,
+                          int64_t HS, DType dt) override;
   void embedding_forward(float* out, const int32_t* tokens, const float* wte, const float* wpe,
                          int64_t B, int64_t T, int64_t C) override;
   void embedding_backward(float* dwte, float* dwpe, const float* dout, const int32_t* tokens,

@@ -10,8 +10,12 @@ void CpuBackend::embedding_forward(float* out, const int32_t* tokens, const floa
 #pragma omp parallel for schedule(static)
   for (int64_t bt = 0; bt < B * T; bt++) {
     const float* e = wte + int64_t(tokens[bt]) * C;
-    const float* p = wpe + (bt % T) * C;
     float* o = out + bt * C;
+    if (!wpe) {
+      std::memcpy(o, e, size_t(C) * sizeof(float));
+      continue;
+    }
+    const float* p = wpe + (bt % T) * C;
 #pragma omp simd
     for (int64_t c = 0; c < C; c++) o[c] = e[c] + p[c];
   }
@@ -29,6 +33,7 @@ void CpuBackend::embedding_backward(float* dwte, float* dwpe, const float* dout,
       for (int64_t c = c0; c < c1; c++) d[c] += g[c];
     }
   }
+  if (!dwpe) return;
 #pragma omp parallel for schedule(static)
   for (int64_t t = 0; t < T; t++) {
     float* d = dwpe + t * C;

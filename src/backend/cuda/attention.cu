@@ -47,23 +47,37 @@ __device__ __forceinline__ void load_row(float* dst, const S* src, bool ok) {
   for (int d = 0; d < HS; d++) dst[d] = ok ? to_f(src[d]) : 0.0f;
 }
 
-// grid (T/kRows, NH, B): out(B,T,C), lse(B,NH,T) from qkv(B,T,3C)
+// Grouped-query heads: a row of qkv(B,T,W) holds NH query heads, NKV key heads, NKV value heads
+// of HS channels; query head h reads key/value head h / (NH / NKV). out's rows are C = NH HS.
+template <int HS>
+struct Heads {
+  int NH, NKV;
+  __device__ int64_t W() const { return int64_t(NH + 2 * NKV) * HS; }
+  __device__ int64_t C() const { return int64_t(NH) * HS; }
+  __device__ int group() const { return NH / NKV; }
+  __device__ int64_t k_of_kv(int kv) const { return int64_t(NH + kv) * HS; }  // where kv head's k starts
+  __device__ int64_t k(int h) const { return k_of_kv(h / group()); }
+  __device__ int64_t v(int h) const { return k(h) + int64_t(NKV) * HS; }
+};
+
+// grid (T/kRows, NH, B): out(B,T,C), lse(B,NH,T) from qkv(B,T,W)
 template <class S, int HS>
-__global__ void __launch_bounds__(kRows) attention_forward_k(S* out, float* lse, const S* qkv, int T, int C, int NH, float scale) {
+__global__ void __launch_bounds__(kRows) attention_forward_k(S* out, float* lse, const S* qkv, int T, Heads<HS> hd, float scale) {
   __shared__ float ks[kTile][HS], vs[kTile][HS];
   const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * kRows, i = q0 + threadIdx.x;
-  const int64_t C3 = 3 * int64_t(C);
-  const S* base = qkv + int64_t(b) * T * C3 + h * HS;
+  const int64_t C3 = hd.W(), C = hd.C();
+  const int NH = hd.NH;
+  const S* rows = qkv + int64_t(b) * T * C3;
   float q[HS], o[HS];
-  load_row<S, HS>(q, base + i * C3, i < T);
+  load_row<S, HS>(q, rows + i * C3 + h * HS, i < T);
 #pragma unroll
   for (int d = 0; d < HS; d++) o[d] = 0.0f;
   float m = -FLT_MAX, l = 0.0f;
   const int last = min(q0 + kRows, T) - 1;  // the block's last query sees the keys up to it
   for (int k0 = 0; k0 <= last; k0 += kTile) {
     __syncthreads();
-    load_tile<S, HS>(ks, base + C, k0, T, C3);
-    load_tile<S, HS>(vs, base + 2 * C, k0, T, C3);
+    load_tile<S, HS>(ks, rows + hd.k(h), k0, T, C3);
+    load_tile<S, HS>(vs, rows + hd.v(h), k0, T, C3);
     __syncthreads();
 #pragma unroll 1
     for (int j = 0; j < kTile && k0 + j <= i; j++) {
@@ -114,13 +128,14 @@ __global__ void attention_rowsum_k(float* D, const S* dout, const S* out, int64_
 // grid (T/kRows, NH, B), one thread per query: dQ = sum over keys j <= i of dS_ij k_j
 template <class S, int HS>
 __global__ void __launch_bounds__(kRows) attention_backward_dq_k(S* dqkv, const S* dout, const S* qkv, const float* lse,
-                                                                 const float* D, int T, int C, int NH, float scale) {
+                                                                 const float* D, int T, Heads<HS> hd, float scale) {
   __shared__ float ks[kTile][HS], vs[kTile][HS];
   const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * kRows, i = q0 + threadIdx.x;
-  const int64_t C3 = 3 * int64_t(C);
-  const S* base = qkv + int64_t(b) * T * C3 + h * HS;
+  const int64_t C3 = hd.W(), C = hd.C();
+  const int NH = hd.NH;
+  const S* rows = qkv + int64_t(b) * T * C3;
   float q[HS], dO[HS], dq[HS];
-  load_row<S, HS>(q, base + i * C3, i < T);
+  load_row<S, HS>(q, rows + i * C3 + h * HS, i < T);
   load_row<S, HS>(dO, dout + (int64_t(b) * T + i) * C + h * HS, i < T);
 #pragma unroll
   for (int d = 0; d < HS; d++) dq[d] = 0.0f;
@@ -129,8 +144,8 @@ __global__ void __launch_bounds__(kRows) attention_backward_dq_k(S* dqkv, const 
   const int last = min(q0 + kRows, T) - 1;
   for (int k0 = 0; k0 <= last; k0 += kTile) {
     __syncthreads();
-    load_tile<S, HS>(ks, base + C, k0, T, C3);
-    load_tile<S, HS>(vs, base + 2 * C, k0, T, C3);
+    load_tile<S, HS>(ks, rows + hd.k(h), k0, T, C3);
+    load_tile<S, HS>(vs, rows + hd.v(h), k0, T, C3);
     __syncthreads();
 #pragma unroll 1
     for (int j = 0; j < kTile && k0 + j <= i; j++) {
@@ -146,50 +161,52 @@ __global__ void __launch_bounds__(kRows) attention_backward_dq_k(S* dqkv, const 
   for (int d = 0; d < HS; d++) row[d] = from_f<S>(dq[d]);
 }
 
-// grid (T/kRows, NH, B), one thread per key j over the queries i >= j:
-// dV_j = sum P_ij dO_i (kDV), dK_j = sum dS_ij q_i (else)
+// grid (T/kRows, NKV, B), one thread per key j of key/value head kv over the queries i >= j of
+// every query head of its group: dV_j = sum P_ij dO_i (kDV), dK_j = sum dS_ij q_i (else)
 template <class S, int HS, bool kDV>
 __global__ void __launch_bounds__(kRows) attention_backward_kv_k(S* dqkv, const S* dout, const S* qkv, const float* lse,
-                                                                 const float* D, int T, int C, int NH, float scale) {
+                                                                 const float* D, int T, Heads<HS> hd, float scale) {
   __shared__ float qs[kTile][HS], dos[kTile][HS], Ls[kTile], Ds[kTile];
-  const int b = blockIdx.z, h = blockIdx.y, k0 = blockIdx.x * kRows, j = k0 + threadIdx.x;
-  const int64_t C3 = 3 * int64_t(C);
-  const S* base = qkv + int64_t(b) * T * C3 + h * HS;
-  const S* dbase = dout + int64_t(b) * T * C + h * HS;
-  const float* lrow = lse + (int64_t(b) * NH + h) * T;
-  const float* drow = D + (int64_t(b) * NH + h) * T;
+  const int b = blockIdx.z, kv = blockIdx.y, k0 = blockIdx.x * kRows, j = k0 + threadIdx.x;
+  const int64_t C3 = hd.W(), C = hd.C();
+  const S* rows = qkv + int64_t(b) * T * C3;
   float k[HS], v[HS], acc[HS];
-  load_row<S, HS>(k, base + j * C3 + C, j < T);
-  if constexpr (!kDV) load_row<S, HS>(v, base + j * C3 + 2 * C, j < T);
+  load_row<S, HS>(k, rows + j * C3 + hd.k_of_kv(kv), j < T);
+  if constexpr (!kDV) load_row<S, HS>(v, rows + j * C3 + hd.k_of_kv(kv) + int64_t(hd.NKV) * HS, j < T);
 #pragma unroll
   for (int d = 0; d < HS; d++) acc[d] = 0.0f;
-  for (int q0 = k0; q0 < T; q0 += kTile) {
-    __syncthreads();
-    load_tile<S, HS>(qs, base, q0, T, C3);
-    load_tile<S, HS>(dos, dbase, q0, T, C);
-    if (threadIdx.x < kTile) {
-      const bool ok = q0 + threadIdx.x < T;
-      Ls[threadIdx.x] = ok ? lrow[q0 + threadIdx.x] : 0.0f;
-      Ds[threadIdx.x] = ok ? drow[q0 + threadIdx.x] : 0.0f;
-    }
-    __syncthreads();
+  for (int h = kv * hd.group(); h < (kv + 1) * hd.group(); h++) {
+    const S* dbase = dout + int64_t(b) * T * C + h * HS;
+    const float* lrow = lse + (int64_t(b) * hd.NH + h) * T;
+    const float* drow = D + (int64_t(b) * hd.NH + h) * T;
+    for (int q0 = k0; q0 < T; q0 += kTile) {
+      __syncthreads();
+      load_tile<S, HS>(qs, rows + h * HS, q0, T, C3);
+      load_tile<S, HS>(dos, dbase, q0, T, C);
+      if (threadIdx.x < kTile) {
+        const bool ok = q0 + threadIdx.x < T;
+        Ls[threadIdx.x] = ok ? lrow[q0 + threadIdx.x] : 0.0f;
+        Ds[threadIdx.x] = ok ? drow[q0 + threadIdx.x] : 0.0f;
+      }
+      __syncthreads();
 #pragma unroll 1
-    for (int t = 0; t < kTile; t++) {
-      const int i = q0 + t;
-      if (i < j || i >= T) continue;
-      const float p = expf(dot<HS>(qs[t], k) * scale - Ls[t]);
-      if constexpr (kDV) {
+      for (int t = 0; t < kTile; t++) {
+        const int i = q0 + t;
+        if (i < j || i >= T) continue;
+        const float p = expf(dot<HS>(qs[t], k) * scale - Ls[t]);
+        if constexpr (kDV) {
 #pragma unroll
-        for (int d = 0; d < HS; d++) acc[d] += p * dos[t][d];
-      } else {
-        const float ds = p * (dot<HS>(dos[t], v) - Ds[t]) * scale;
+          for (int d = 0; d < HS; d++) acc[d] += p * dos[t][d];
+        } else {
+          const float ds = p * (dot<HS>(dos[t], v) - Ds[t]) * scale;
 #pragma unroll
-        for (int d = 0; d < HS; d++) acc[d] += ds * qs[t][d];
+          for (int d = 0; d < HS; d++) acc[d] += ds * qs[t][d];
+        }
       }
     }
   }
   if (j >= T) return;
-  S* row = dqkv + (int64_t(b) * T + j) * C3 + (kDV ? 2 * C : C) + h * HS;
+  S* row = dqkv + (int64_t(b) * T + j) * C3 + hd.k_of_kv(kv) + (kDV ? int64_t(hd.NKV) * HS : 0);
 #pragma unroll
   for (int d = 0; d < HS; d++) row[d] = from_f<S>(acc[d]);
 }
@@ -372,20 +389,22 @@ static constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
 // key), for keys the first.
 __device__ __forceinline__ int heavy_first_q() { return int(gridDim.z - 1 - blockIdx.z) * kTc; }
 
-// grid (NH, B, T/64): out(B,T,C), lse(B,NH,T) from qkv(B,T,3C). A warp per 16 queries; each lane
+// grid (NH, B, T/64): out(B,T,C), lse(B,NH,T) from qkv(B,T,W). A warp per 16 queries; each lane
 // holds scores, probabilities and output for rows g and g + 8 in registers.
 template <class S, int HS>
-__global__ void __launch_bounds__(kTcThreads) flash_forward_k(S* out, float* lse, const S* qkv, int T, int C, int NH, float scale) {
+__global__ void __launch_bounds__(kTcThreads) flash_forward_k(S* out, float* lse, const S* qkv, int T, Heads<HS> hd, float scale) {
   DYNAMIC_SHARED(S, smem);
   const TcTiles<S, HS> sh{smem};
   constexpr int ld = HS + 8;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = 2 * (lane % 4);
   const int h = blockIdx.x, b = blockIdx.y, q0 = heavy_first_q(), qw = q0 + 16 * warp;
-  const int64_t C3 = 3 * int64_t(C);
+  const int64_t C3 = hd.W(), C = hd.C();
+  const int NH = hd.NH;
   const S* base = qkv + int64_t(b) * T * C3 + h * HS;
+  const S *kb = qkv + int64_t(b) * T * C3 + hd.k(h), *vb = qkv + int64_t(b) * T * C3 + hd.v(h);
   tc_load_rows<S, HS>(sh.tile(2), base, q0, T, C3);  // Q through stage 1
   async_commit();
-  tc_load_stage(sh, 0, base + C, base + 2 * C, 0, T, C3);  // the first K and V tiles
+  tc_load_stage(sh, 0, kb, vb, 0, T, C3);  // the first K and V tiles
   async_commit();
   async_wait<1>();
   __syncthreads();
@@ -397,7 +416,7 @@ __global__ void __launch_bounds__(kTcThreads) flash_forward_k(S* out, float* lse
   const float sl = scale * kLog2e;  // scores in base 2: exp(x) = exp2(x log2 e)
   const int last = min(q0 + kTc, T) - 1;  // the block's last query sees the keys up to it
   for (int k0 = 0, st = 0; k0 <= last; k0 += kTc, st ^= 1) {
-    tc_advance(k0 + kTc <= last, [&] { tc_load_stage(sh, 1 - st, base + C, base + 2 * C, k0 + kTc, T, C3); });
+    tc_advance(k0 + kTc <= last, [&] { tc_load_stage(sh, 1 - st, kb, vb, k0 + kTc, T, C3); });
     const S *kt = sh.tile(2 * st), *vt = sh.tile(2 * st + 1);
     const int nsub = min(4, (qw + 15 - k0) / 16 + 1);  // 16-key sub-tiles with a key <= the warp's last query
     float s[8][4] = {};  // S = Q K^T: keys 8 n + c (+1) of the tile
@@ -465,18 +484,20 @@ __global__ void __launch_bounds__(kTcThreads) flash_forward_k(S* out, float* lse
 // sub-tile at a time (the log-sum-exp makes each probability final: no running max).
 template <class S, int HS>
 __global__ void __launch_bounds__(kTcThreads) flash_backward_q_k(S* dqkv, const S* dout, const S* qkv, const float* lse,
-                                                                 const float* D, int T, int C, int NH, float scale) {
+                                                                 const float* D, int T, Heads<HS> hd, float scale) {
   DYNAMIC_SHARED(S, smem);
   const TcTiles<S, HS> sh{smem};
   constexpr int ld = HS + 8;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = 2 * (lane % 4);
   const int h = blockIdx.x, b = blockIdx.y, q0 = heavy_first_q(), qw = q0 + 16 * warp;
-  const int64_t C3 = 3 * int64_t(C);
+  const int64_t C3 = hd.W(), C = hd.C();
+  const int NH = hd.NH;
   const S* base = qkv + int64_t(b) * T * C3 + h * HS;
+  const S *kb = qkv + int64_t(b) * T * C3 + hd.k(h), *vb = qkv + int64_t(b) * T * C3 + hd.v(h);
   tc_load_rows<S, HS>(sh.tile(2), base, q0, T, C3);  // Q and dO through stage 1
   tc_load_rows<S, HS>(sh.tile(3), dout + int64_t(b) * T * C + h * HS, q0, T, C);
   async_commit();
-  tc_load_stage(sh, 0, base + C, base + 2 * C, 0, T, C3);  // the first K and V tiles
+  tc_load_stage(sh, 0, kb, vb, 0, T, C3);  // the first K and V tiles
   async_commit();
   async_wait<1>();
   __syncthreads();
@@ -494,7 +515,7 @@ __global__ void __launch_bounds__(kTcThreads) flash_backward_q_k(S* dqkv, const 
   const float sl = scale * kLog2e;
   const int last = min(q0 + kTc, T) - 1;
   for (int k0 = 0, st = 0; k0 <= last; k0 += kTc, st ^= 1) {
-    tc_advance(k0 + kTc <= last, [&] { tc_load_stage(sh, 1 - st, base + C, base + 2 * C, k0 + kTc, T, C3); });
+    tc_advance(k0 + kTc <= last, [&] { tc_load_stage(sh, 1 - st, kb, vb, k0 + kTc, T, C3); });
     const S *kt = sh.tile(2 * st), *vt = sh.tile(2 * st + 1);
     const int nsub = min(4, (qw + 15 - k0) / 16 + 1);
 #pragma unroll
@@ -526,34 +547,40 @@ __global__ void __launch_bounds__(kTcThreads) flash_backward_q_k(S* dqkv, const 
   store_rows<S, HS>(dqkv + int64_t(b) * T * C3 + h * HS, C3, dq, qw, T, {1.0f, 1.0f});
 }
 
-// grid (NH, B, T/64), a warp per 16 keys j over the queries i >= j, a 16-query sub-tile at a
-// time: dV_j = sum P_ij dO_i, dK_j = sum dS_ij q_i, from S^T = K Q^T and dP^T = V dO^T
+// grid (NKV, B, T/64), a warp per 16 keys j of key/value head kv over the queries i >= j of
+// each query head of its group, a 16-query sub-tile at a time: dV_j = sum P_ij dO_i,
+// dK_j = sum dS_ij q_i, from S^T = K Q^T and dP^T = V dO^T
 template <class S, int HS>
 __global__ void __launch_bounds__(kTcThreads) flash_backward_kv_k(S* dqkv, const S* dout, const S* qkv, const float* lse,
-                                                                  const float* D, int T, int C, int NH, float scale) {
+                                                                  const float* D, int T, Heads<HS> hd, float scale) {
   DYNAMIC_SHARED(S, smem);
   const TcTiles<S, HS> sh{smem};
   constexpr int ld = HS + 8;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = 2 * (lane % 4);
-  const int h = blockIdx.x, b = blockIdx.y, k0 = blockIdx.z * kTc, kw = k0 + 16 * warp;
-  const int64_t C3 = 3 * int64_t(C);
-  const S* base = qkv + int64_t(b) * T * C3 + h * HS;
-  const S* dbase = dout + int64_t(b) * T * C + h * HS;
-  const float* lrow = lse + (int64_t(b) * NH + h) * T;
-  const float* drow = D + (int64_t(b) * NH + h) * T;
-  // the queries [q0, q0 + 64) into stage s: Q, dO, their log-sum-exps (base 2) and D
-  auto issue = [&](int q0, int s) {
-    tc_load_rows<S, HS>(sh.tile(2 * s), base, q0, T, C3);  // strides differ: not tc_load_stage
-    tc_load_rows<S, HS>(sh.tile(2 * s + 1), dbase, q0, T, C);
+  const int kv = blockIdx.x, b = blockIdx.y, k0 = blockIdx.z * kTc, kw = k0 + 16 * warp;
+  const int64_t C3 = hd.W(), C = hd.C();
+  const S* rows = qkv + int64_t(b) * T * C3;
+  const S* kb = rows + hd.k_of_kv(kv);
+  // the query tiles seen, head by head of the group: tile `it` is head h0 + it / nq's queries
+  // [k0 + (it % nq) 64, ... + 64)
+  const int nq = (T - k0 + kTc - 1) / kTc, h0 = kv * hd.group(), num = nq * hd.group();
+  auto q_start = [&](int it) { return k0 + it % nq * kTc; };
+  // tile `it` into stage s: Q, dO, their log-sum-exps (base 2) and D
+  auto issue = [&](int it, int s) {
+    const int h = h0 + it / nq, q0 = q_start(it);
+    tc_load_rows<S, HS>(sh.tile(2 * s), rows + h * HS, q0, T, C3);  // strides differ: not tc_load_stage
+    tc_load_rows<S, HS>(sh.tile(2 * s + 1), dout + int64_t(b) * T * C + h * HS, q0, T, C);
+    const float* lrow = lse + (int64_t(b) * hd.NH + h) * T;
+    const float* drow = D + (int64_t(b) * hd.NH + h) * T;
     float* stats = sh.stats(s);
     for (int e = threadIdx.x; e < kTc; e += blockDim.x) {
       stats[e] = q0 + e < T ? lrow[q0 + e] * kLog2e : 0.0f;
       stats[kTc + e] = q0 + e < T ? drow[q0 + e] : 0.0f;
     }
   };
-  tc_load_stage(sh, 1, base + C, base + 2 * C, k0, T, C3);  // K and V through stage 1
+  tc_load_stage(sh, 1, kb, kb + int64_t(hd.NKV) * HS, k0, T, C3);  // K and V through stage 1
   async_commit();
-  issue(k0, 0);
+  issue(0, 0);
   async_commit();
   async_wait<1>();
   __syncthreads();
@@ -562,8 +589,9 @@ __global__ void __launch_bounds__(kTcThreads) flash_backward_kv_k(S* dqkv, const
   load_rows_a<HS>(v, sh.tile(3));
   float dk[HS / 8][4] = {}, dv[HS / 8][4] = {};
   const float sl = scale * kLog2e;
-  for (int q0 = k0, s = 0; q0 < T; q0 += kTc, s ^= 1) {
-    tc_advance(q0 + kTc < T, [&] { issue(q0 + kTc, 1 - s); });
+  for (int it = 0, s = 0; it < num; it++, s ^= 1) {
+    tc_advance(it + 1 < num, [&] { issue(it + 1, 1 - s); });
+    const int q0 = q_start(it);
     const S *qt = sh.tile(2 * s), *dOt = sh.tile(2 * s + 1);
     const float *Ls = sh.stats(s), *Ds = Ls + kTc;
     const int x0 = max(0, (kw - q0) / 16);  // query sub-tiles before x0 are all below the warp's keys
@@ -596,9 +624,9 @@ __global__ void __launch_bounds__(kTcThreads) flash_backward_kv_k(S* dqkv, const
       mma_row<S, HS / 16>(dk, dsa, [&](uint32_t(&qb)[4], int d) { load_b<ld>(qb, qt, 16 * x, d); });  // dK += dS^T Q
     }
   }
-  S* rows = dqkv + int64_t(b) * T * C3 + h * HS;
-  store_rows<S, HS>(rows + C, C3, dk, kw, T, {1.0f, 1.0f});
-  store_rows<S, HS>(rows + 2 * C, C3, dv, kw, T, {1.0f, 1.0f});
+  S* drows = dqkv + int64_t(b) * T * C3 + hd.k_of_kv(kv);
+  store_rows<S, HS>(drows, C3, dk, kw, T, {1.0f, 1.0f});
+  store_rows<S, HS>(drows + int64_t(hd.NKV) * HS, C3, dv, kw, T, {1.0f, 1.0f});
 }
 
 bool attention_supports(int64_t HS) { return HS == 16 || HS == 32 || HS == 64 || HS == 128; }
@@ -615,47 +643,51 @@ static void dispatch_hs(int64_t HS, F&& f) {
 }
 
 void launch_attention_forward(void* out, float* lse, const void* qkv, int64_t B, int64_t T,
-                              int64_t C, int64_t NH, DType dt) {
-  const float scale = 1.0f / sqrtf(float(C / NH));
+                              int64_t NH, int64_t NKV, int64_t HS, DType dt) {
+  const float scale = 1.0f / sqrtf(float(HS));
   dispatch_cuda(dt, [&](auto p) {
     using S = STORAGE(p);
-    dispatch_hs(C / NH, [&](auto hs) {
+    dispatch_hs(HS, [&](auto hs) {
+      const Heads<hs()> hd{int(NH), int(NKV)};
       if constexpr (std::is_same_v<S, float>) {
         const dim3 grid(unsigned((T + kRows - 1) / kRows), unsigned(NH), unsigned(B));
         launch(attention_forward_k<S, hs()>, grid, kRows, 0, static_cast<S*>(out), lse,
-               static_cast<const S*>(qkv), int(T), int(C), int(NH), scale);
+               static_cast<const S*>(qkv), int(T), hd, scale);
       } else {
         const dim3 grid(unsigned(NH), unsigned(B), unsigned((T + kTc - 1) / kTc));
         launch(flash_forward_k<S, hs()>, grid, kTcThreads, TcTiles<S, hs()>::bytes,
-               static_cast<S*>(out), lse, static_cast<const S*>(qkv), int(T), int(C), int(NH), scale);
+               static_cast<S*>(out), lse, static_cast<const S*>(qkv), int(T), hd, scale);
       }
     });
   });
 }
 
 void launch_attention_backward(void* dqkv, const void* dout, const void* qkv, const void* out,
-                               const float* lse, float* D, int64_t B, int64_t T, int64_t C,
-                               int64_t NH, DType dt) {
-  const float scale = 1.0f / sqrtf(float(C / NH));
+                               const float* lse, float* D, int64_t B, int64_t T, int64_t NH,
+                               int64_t NKV, int64_t HS, DType dt) {
+  const float scale = 1.0f / sqrtf(float(HS));
   dispatch_cuda(dt, [&](auto p) {
     using S = STORAGE(p);
     const S* d_out = static_cast<const S*>(dout);
     const S* q = static_cast<const S*>(qkv);
     S* dq = static_cast<S*>(dqkv);
-    dispatch_hs(C / NH, [&](auto hs) {
+    dispatch_hs(HS, [&](auto hs) {
+      const Heads<hs()> hd{int(NH), int(NKV)};
       launch(attention_rowsum_k<S, hs()>, unsigned((B * NH * T * (hs() / 8) + 255) / 256), 256, 0, D, d_out,
-             static_cast<const S*>(out), B * NH * T, int(T), int(C), int(NH));
+             static_cast<const S*>(out), B * NH * T, int(T), int(NH * HS), int(NH));
       if constexpr (std::is_same_v<S, float>) {
         const dim3 grid(unsigned((T + kRows - 1) / kRows), unsigned(NH), unsigned(B));
-        launch(attention_backward_dq_k<S, hs()>, grid, kRows, 0, dq, d_out, q, lse, D, int(T), int(C), int(NH), scale);
-        launch(attention_backward_kv_k<S, hs(), false>, grid, kRows, 0, dq, d_out, q, lse, D, int(T), int(C), int(NH), scale);
-        launch(attention_backward_kv_k<S, hs(), true>, grid, kRows, 0, dq, d_out, q, lse, D, int(T), int(C), int(NH), scale);
+        const dim3 kv_grid(unsigned((T + kRows - 1) / kRows), unsigned(NKV), unsigned(B));
+        launch(attention_backward_dq_k<S, hs()>, grid, kRows, 0, dq, d_out, q, lse, D, int(T), hd, scale);
+        launch(attention_backward_kv_k<S, hs(), false>, kv_grid, kRows, 0, dq, d_out, q, lse, D, int(T), hd, scale);
+        launch(attention_backward_kv_k<S, hs(), true>, kv_grid, kRows, 0, dq, d_out, q, lse, D, int(T), hd, scale);
       } else {
         const dim3 grid(unsigned(NH), unsigned(B), unsigned((T + kTc - 1) / kTc));
+        const dim3 kv_grid(unsigned(NKV), unsigned(B), unsigned((T + kTc - 1) / kTc));
         launch(flash_backward_q_k<S, hs()>, grid, kTcThreads, TcTiles<S, hs()>::bytes, dq, d_out, q, lse, D,
-               int(T), int(C), int(NH), scale);
-        launch(flash_backward_kv_k<S, hs()>, grid, kTcThreads, TcTiles<S, hs()>::bytes, dq, d_out, q, lse, D,
-               int(T), int(C), int(NH), scale);
+               int(T), hd, scale);
+        launch(flash_backward_kv_k<S, hs()>, kv_grid, kTcThreads, TcTiles<S, hs()>::bytes, dq, d_out, q, lse, D,
+               int(T), hd, scale);
       }
     });
   });

@@ -245,18 +245,18 @@ void CudaBackend::softmax_xent(void* logits, float* losses, const int32_t* targe
 }
 
 void CudaBackend::attention_forward(void* out, float* lse, const void* qkv, int64_t B, int64_t T,
-                                    int64_t C, int64_t NH, DType dt) {
-  if (!attention_supports(C / NH))
-    user_error("model.n_embd / model.n_head = {} / {}: the cuda attention kernels take head sizes 16, 32, 64 or 128", C, NH);
-  launch_attention_forward(out, lse, qkv, B, T, C, NH, dt);
+                                    int64_t NH, int64_t NKV, int64_t HS, DType dt) {
+  if (!attention_supports(HS))
+    user_error("head size {}: the cuda attention kernels take head sizes 16, 32, 64 or 128", HS);
+  launch_attention_forward(out, lse, qkv, B, T, NH, NKV, HS, dt);
   CUDA_LAUNCHED();
 }
 
 void CudaBackend::attention_backward(void* dqkv, const void* dout, const void* qkv, const void* out,
-                                     const float* lse, int64_t B, int64_t T, int64_t C, int64_t NH,
-                                     DType dt) {
+                                     const float* lse, int64_t B, int64_t T, int64_t NH, int64_t NKV,
+                                     int64_t HS, DType dt) {
   float* D = scratch<float>(rows_, B * NH * T);
-  launch_attention_backward(dqkv, dout, qkv, out, lse, D, B, T, C, NH, dt);
+  launch_attention_backward(dqkv, dout, qkv, out, lse, D, B, T, NH, NKV, HS, dt);
   CUDA_LAUNCHED();
 }
 

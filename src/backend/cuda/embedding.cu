@@ -10,7 +10,7 @@ __global__ void embedding_forward_k(float* out, const int32_t* tokens, const flo
                                     const float* wpe, int64_t BT, int64_t T, int64_t C) {
   GRID_STRIDE(i, BT * C) {
     int64_t bt = i / C, c = i % C;
-    out[i] = wte[int64_t(tokens[bt]) * C + c] + wpe[(bt % T) * C + c];
+    out[i] = wte[int64_t(tokens[bt]) * C + c] + (wpe ? wpe[(bt % T) * C + c] : 0.0f);
   }
 }
 
@@ -54,7 +54,7 @@ void launch_embedding_backward(float* dwte, float* dwpe, const float* dout, cons
                                int64_t n_tokens, int64_t B, int64_t T, int64_t C) {
   const int32_t* pos = rows + n_tokens + 1;
   launch(embedding_backward_wte_k, unsigned(n_tokens), 256, 0, dwte, dout, rows, pos, pos + B * T, C);
-  launch(embedding_backward_wpe_k, grid_for(T * C), 256, 0, dwpe, dout, B, T, C);
+  if (dwpe) launch(embedding_backward_wpe_k, grid_for(T * C), 256, 0, dwpe, dout, B, T, C);
 }
 
 }  // namespace frugal

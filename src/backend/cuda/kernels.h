@@ -69,14 +69,14 @@ void launch_embedding_backward(float* dwte, float* dwpe, const float* dout, cons
 // targets on the device; logits in dt, overwritten by dlogits when grad_scale != 0
 void launch_softmax_xent(void* logits, float* losses, const int32_t* targets, int64_t N, int64_t V,
                          int64_t Vp, float grad_scale, DType dt);
-// Head sizes with a kernel (HS = C/NH): 16, 32, 64, 128.
+// Head sizes with a kernel: 16, 32, 64, 128.
 bool attention_supports(int64_t HS);
 void launch_attention_forward(void* out, float* lse, const void* qkv, int64_t B, int64_t T,
-                              int64_t C, int64_t NH, DType dt);
+                              int64_t NH, int64_t NKV, int64_t HS, DType dt);
 // D(B,NH,T) fp32 scratch: the row sums of dout * out
 void launch_attention_backward(void* dqkv, const void* dout, const void* qkv, const void* out,
-                               const float* lse, float* D, int64_t B, int64_t T, int64_t C,
-                               int64_t NH, DType dt);
+                               const float* lse, float* D, int64_t B, int64_t T, int64_t NH,
+                               int64_t NKV, int64_t HS, DType dt);
 
 }  // namespace frugal
 

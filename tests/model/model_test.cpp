@@ -8,24 +8,24 @@
 namespace frugal {
 namespace {
 
-TEST(GptConfig, PresetSizesMatchGpt2) {
+TEST(ModelConfig, PresetSizesMatchGpt2) {
   // llm.c's gpt2_124M.bin holds 124,475,904 floats with Vp = 50304.
-  EXPECT_EQ(gpt_preset("gpt2", "t").num_params(), 124475904);
-  EXPECT_EQ(gpt_preset("gpt2", "t").padded_vocab(), 50304);
+  EXPECT_EQ(model_preset("gpt2", "t").num_params(), 124475904);
+  EXPECT_EQ(model_preset("gpt2", "t").padded_vocab(), 50304);
   // Hugging Face counts (V = 50257 rows, wpe included): 124.44M / 354.82M / 774.03M / 1557.6M
-  auto hf = [](const GptConfig& c) {
+  auto hf = [](const ModelConfig& c) {
     return c.num_params() - (c.padded_vocab() - c.vocab_size) * int64_t(c.n_embd);
   };
-  EXPECT_EQ(hf(gpt_preset("gpt2", "t")), 124439808);
-  EXPECT_EQ(hf(gpt_preset("gpt2-medium", "t")), 354823168);
-  EXPECT_EQ(hf(gpt_preset("gpt2-large", "t")), 774030080);
-  EXPECT_EQ(hf(gpt_preset("gpt2-xl", "t")), 1557611200);
-  EXPECT_THROW(gpt_preset("gpt3", "t"), UserError);
+  EXPECT_EQ(hf(model_preset("gpt2", "t")), 124439808);
+  EXPECT_EQ(hf(model_preset("gpt2-medium", "t")), 354823168);
+  EXPECT_EQ(hf(model_preset("gpt2-large", "t")), 774030080);
+  EXPECT_EQ(hf(model_preset("gpt2-xl", "t")), 1557611200);
+  EXPECT_THROW(model_preset("gpt3", "t"), UserError);
 }
 
-TEST(Gpt, InitFollowsGpt2AndIsDeterministic) {
-  GptConfig cfg{"custom", 4, 4, 128, 300, 64};
-  Gpt a(cfg, cpu_backend()), b(cfg, cpu_backend());
+TEST(Model, InitFollowsGpt2AndIsDeterministic) {
+  ModelConfig cfg{"custom", 4, 4, 128, 300, 64};
+  Model a(cfg, cpu_backend()), b(cfg, cpu_backend());
   a.init(5);
   b.init(5);
   auto pa = a.named_params(), pb = b.named_params();
@@ -47,14 +47,14 @@ TEST(Gpt, InitFollowsGpt2AndIsDeterministic) {
       for (int64_t j = n; j < s.numel; j++) ASSERT_EQ(pa[i].data[j], 0.0f);  // padding rows
     }
   }
-  Gpt c(cfg, cpu_backend());
+  Model c(cfg, cpu_backend());
   c.init(6);
   EXPECT_NE(0, std::memcmp(a.units()[1].p.qkv_w, c.units()[1].p.qkv_w, 64));
 }
 
-TEST(Gpt, PaddingRowsGetNoGradientAndStayZero) {
-  GptConfig cfg{"custom", 1, 2, 32, 130, 16};  // Vp = 256: 126 padding rows
-  Gpt m(cfg, cpu_backend());
+TEST(Model, PaddingRowsGetNoGradientAndStayZero) {
+  ModelConfig cfg{"custom", 1, 2, 32, 130, 16};  // Vp = 256: 126 padding rows
+  Model m(cfg, cpu_backend());
   m.init(1);
   TrainSettings t;
   t.seq_len = 16;
@@ -76,11 +76,11 @@ TEST(Gpt, PaddingRowsGetNoGradientAndStayZero) {
   }
 }
 
-TEST(Gpt, LossIsLogVAtUniformLogits) {
+TEST(Model, LossIsLogVAtUniformLogits) {
   // A zero wte gives uniform logits over the V real entries: the loss is exactly log(V), so
   // the 744 padding columns of Vp = 1024 are masked out.
-  GptConfig cfg{"custom", 1, 2, 16, 280, 8};
-  Gpt m(cfg, cpu_backend());
+  ModelConfig cfg{"custom", 1, 2, 16, 280, 8};
+  Model m(cfg, cpu_backend());
   m.init(3);
   std::memset(m.units()[0].p.wte, 0, m.config().padded_vocab() * 16 * sizeof(float));
   m.allocate(2, 8);
@@ -88,10 +88,10 @@ TEST(Gpt, LossIsLogVAtUniformLogits) {
   EXPECT_NEAR(m.forward_loss(in.data(), tg.data(), 2, 8), std::log(280.0), 1e-5);
 }
 
-TEST(Gpt, ChunkedHeadEqualsOneChunk) {
+TEST(Model, ChunkedHeadEqualsOneChunk) {
   // The lm head in chunks of 5 rows (not dividing B*T = 24) gives the loss and gradients of
   // one chunk over all rows.
-  GptConfig cfg{"custom", 2, 2, 32, 200, 12};
+  ModelConfig cfg{"custom", 2, 2, 32, 200, 12};
   std::vector<std::vector<float>> grads[2];
   float loss[2];
   TrainSettings t;
@@ -99,7 +99,7 @@ TEST(Gpt, ChunkedHeadEqualsOneChunk) {
   t.micro_batch = 2;
   auto comm = make_local_comm();
   for (int k = 0; k < 2; k++) {
-    Gpt m(cfg, cpu_backend());
+    Model m(cfg, cpu_backend());
     m.init(9);
     m.allocate(2, 12, {}, k == 0 ? 5 : 24);
     Stepper st(m, cpu_backend(), *comm, t, 1);

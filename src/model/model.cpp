@@ -1,4 +1,6 @@
-// The GPT-2 model: parameter tables, init, and the explicit forward/backward of each stage.
+// The model: storage, init, activations and the explicit forward/backward of each stage, for
+// every family (what differs between them is the table and a few switches: the norm, the
+// positions, the MLP's activation).
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -7,10 +9,9 @@
 
 namespace frugal {
 
-// Lays out a unit's flat buffer: the 2-D weights first, then the 1-D tail.
-static UnitSpec make_spec(UnitKind kind, int layer, std::string name, std::vector<ParamSpec> specs) {
+UnitSpec make_unit_spec(UnitKind kind, int layer, std::string name, std::vector<ParamSpec> specs) {
   UnitSpec u{kind, layer, std::move(name), std::move(specs)};
-  for (bool big : {true, false})
+  for (bool big : {true, false})  // the 2-D weights first, then the 1-D tail
     for (auto& s : u.specs) {
       if ((s.shape.size() == 2) != big) continue;
       s.numel = 1;
@@ -22,38 +23,11 @@ static UnitSpec make_spec(UnitKind kind, int layer, std::string name, std::vecto
   return u;
 }
 
-std::vector<UnitSpec> param_table(const GptConfig& cfg) {
-  const int64_t C = cfg.n_embd, Vp = cfg.padded_vocab(), maxT = cfg.context;
-  using T = Tensors;
-  std::vector<UnitSpec> units;
-  units.push_back(make_spec(UnitKind::embedding, -1, "embedding", {
-      {"wte", {Vp, C}, true, Init::normal, &T::wte, "transformer.wte.weight"},  // V rows in files
-      {"wpe", {maxT, C}, true, Init::normal, &T::wpe, "transformer.wpe.weight"},
-  }));
-  for (int l = 0; l < cfg.n_layer; l++) {
-    auto n = [l](const char* s) { return fmt::format("blocks.{}.{}", l, s); };
-    auto h = [l](const char* s) { return fmt::format("transformer.h.{}.{}", l, s); };
-    units.push_back(make_spec(UnitKind::block, l, fmt::format("block{}", l), {
-        {n("ln1.weight"), {C}, false, Init::ones, &T::ln1_w, h("ln_1.weight")},
-        {n("ln1.bias"), {C}, false, Init::zeros, &T::ln1_b, h("ln_1.bias")},
-        {n("attn.qkv.weight"), {3 * C, C}, true, Init::normal, &T::qkv_w, h("attn.c_attn.weight"), true},
-        {n("attn.qkv.bias"), {3 * C}, false, Init::zeros, &T::qkv_b, h("attn.c_attn.bias")},
-        {n("attn.proj.weight"), {C, C}, true, Init::normal_residual, &T::proj_w, h("attn.c_proj.weight"), true},
-        {n("attn.proj.bias"), {C}, false, Init::zeros, &T::proj_b, h("attn.c_proj.bias")},
-        {n("ln2.weight"), {C}, false, Init::ones, &T::ln2_w, h("ln_2.weight")},
-        {n("ln2.bias"), {C}, false, Init::zeros, &T::ln2_b, h("ln_2.bias")},
-        {n("mlp.fc.weight"), {4 * C, C}, true, Init::normal, &T::fc_w, h("mlp.c_fc.weight"), true},
-        {n("mlp.fc.bias"), {4 * C}, false, Init::zeros, &T::fc_b, h("mlp.c_fc.bias")},
-        {n("mlp.proj.weight"), {C, 4 * C}, true, Init::normal_residual, &T::fcproj_w, h("mlp.c_proj.weight"), true},
-        {n("mlp.proj.bias"), {C}, false, Init::zeros, &T::fcproj_b, h("mlp.c_proj.bias")},
-    }));
-  }
-  units.push_back(make_spec(UnitKind::final, -1, "final", {
-      {"ln_f.weight", {C}, false, Init::ones, &T::lnf_w, "transformer.ln_f.weight"},
-      {"ln_f.bias", {C}, false, Init::zeros, &T::lnf_b, "transformer.ln_f.bias"},
-  }));
-  return units;
+std::vector<UnitSpec> param_table(const ModelConfig& cfg) {
+  return cfg.family == Family::llama ? llama_table(cfg) : gpt2_table(cfg);
 }
+
+const char* family_name(Family f) { return f == Family::llama ? "llama" : "gpt2"; }
 
 // A unit of the table with the storage the model owns.
 static Unit make_unit(UnitSpec spec, DType dt, Own own) {
@@ -87,7 +61,7 @@ void Unit::bind_grads(float* big, float* tail) {
   for (const auto& s : specs) g.*s.field = s.offset < nbig ? big + s.offset : tail + (s.offset - nbig);
 }
 
-Gpt::Gpt(const GptConfig& cfg, Backend& be, DType compute, Own own) : cfg_(cfg), be_(be), dt_(compute) {
+Model::Model(const ModelConfig& cfg, Backend& be, DType compute, Own own) : cfg_(cfg), be_(be), dt_(compute) {
   for (UnitSpec& spec : param_table(cfg)) {
     const size_t i = units_.size();
     switch (spec.kind) {
@@ -100,7 +74,7 @@ Gpt::Gpt(const GptConfig& cfg, Backend& be, DType compute, Own own) : cfg_(cfg),
   }
 }
 
-void Gpt::init(uint64_t seed, const std::function<void(size_t unit, const float* full)>& sink) {
+void Model::init(uint64_t seed, const std::function<void(size_t unit, const float* full)>& sink) {
   Rng rng(seed);
   const double std_resid = 0.02 / std::sqrt(2.0 * cfg_.n_layer);
   for (size_t ui = 0; ui < units_.size(); ui++) {
@@ -115,7 +89,7 @@ void Gpt::init(uint64_t seed, const std::function<void(size_t unit, const float*
     for (auto& s : u.specs) {
       float* d = base + s.offset;
       int64_t n = s.numel;
-      if (s.field == &Tensors::wte) n = int64_t(cfg_.vocab_size) * cfg_.n_embd;  // padding rows 0
+      if (s.vocab_rows()) n = int64_t(cfg_.vocab_size) * cfg_.n_embd;  // padding rows 0
       switch (s.init) {
         case Init::normal: for (int64_t i = 0; i < n; i++) d[i] = float(0.02 * rng.normal()); break;
         case Init::normal_residual:
@@ -136,23 +110,23 @@ void Gpt::init(uint64_t seed, const std::function<void(size_t unit, const float*
   sync_compute_weights();
 }
 
-void Gpt::sync_compute_weights() {
+void Model::sync_compute_weights() {
   if (dt_ == DType::f32) return;
   for (auto& u : units_)
     if (u.compute.data()) be_.cast(u.compute.data(), u.params.data(), u.numel, dt_);
 }
 
-const void* Gpt::cw(const Unit& u, float* Tensors::*field) const {
+const void* Model::cw(const Unit& u, float* Tensors::*field) const {
   if (dt_ == DType::f32) return u.p.*field;
   return u.wc + u.offset_of(field);
 }
 
-void Gpt::zero_grads() {
+void Model::zero_grads() {
   for (auto& u : units_)
     if (u.grads.data()) be_.fill_zero(u.grads.data(), u.numel);
 }
 
-std::vector<Gpt::Named> Gpt::named_params() {
+std::vector<Model::Named> Model::named_params() {
   be_.synchronize();  // every op done, on every stream, before the caller copies these
   std::vector<Named> out;
   for (auto& u : units_)
@@ -160,7 +134,7 @@ std::vector<Gpt::Named> Gpt::named_params() {
   return out;
 }
 
-void Gpt::allocate(int B, int T, const std::vector<Recompute>& plan, int64_t head_rows) {
+void Model::allocate(int B, int T, const std::vector<Recompute>& plan, int64_t head_rows) {
   FRUGAL_CHECK(B > 0 && T > 0 && T <= cfg_.context, "allocate(B={}, T={})", B, T);
   std::vector<Recompute> p = plan.empty() ? std::vector<Recompute>(cfg_.n_layer, Recompute::none) : plan;
   FRUGAL_CHECK(int(p.size()) == cfg_.n_layer, "recompute plan for {} blocks, model has {}", p.size(), cfg_.n_layer);
@@ -171,7 +145,9 @@ void Gpt::allocate(int B, int T, const std::vector<Recompute>& plan, int64_t hea
   storage_.clear();
   res_.clear();
   acts_.clear();
-  const int64_t BT = int64_t(B) * T, C = cfg_.n_embd, NH = cfg_.n_head, Vp = cfg_.padded_vocab();
+  const int64_t BT = int64_t(B) * T, Vp = cfg_.padded_vocab();
+  const ActWidths w = act_widths(cfg_);
+  const int64_t C = w.C, NH = w.NH;
   const Mem A = Mem::activations, W = Mem::workspace;
   const size_t es = dtype_size(dt_);
   auto take = [&](int64_t bytes, Mem m) {
@@ -180,27 +156,27 @@ void Gpt::allocate(int B, int T, const std::vector<Recompute>& plan, int64_t hea
   };
   auto f32 = [&](int64_t n, Mem m) { return reinterpret_cast<float*>(take(n * 4, m)); };
   auto act = [&](int64_t n, Mem m) { return take(n * int64_t(es), m); };
-  // Workspace first: recomputed tensors live in it. dbig holds a recomputing block's GELU output
-  // (and, under selective, its attention output in the last quarter: free until the GELU runs);
-  // dsmall its LayerNorm outputs.
-  dbig_ = Bytes(size_t(4 * BT * C) * es, W);
+  // Workspace first: recomputed tensors live in it. dbig holds a recomputing block's MLP
+  // activation (and, under selective, its attention output after the first W columns, where
+  // dqkv goes: free until the activation is rebuilt); dsmall its norm outputs.
+  dbig_ = Bytes(size_t(w.dbig() * BT) * es, W);
   dsmall_ = Bytes(size_t(BT * C) * es, W);
   // Everything of a block but its input; what a recompute policy rebuilds lives in workspace.
   auto stash = [&](Recompute r) {
     BlockActs a{};
     const bool all = r == Recompute::none;
     a.ln1 = all ? act(BT * C, A) : dsmall_.data();
-    a.ln1_mean = f32(BT, A);
+    a.ln1_mean = w.stats == 2 ? f32(BT, A) : nullptr;
     a.ln1_rstd = f32(BT, A);
-    a.qkv = act(3 * BT * C, A);
+    a.qkv = act(w.W * BT, A);
     a.lse = f32(B * NH * T, A);
-    a.atty = r != Recompute::selective ? act(BT * C, A) : dbig_.data() + 3 * BT * C * int64_t(es);
+    a.atty = r != Recompute::selective ? act(BT * C, A) : dbig_.data() + w.W * BT * int64_t(es);
     a.proj = act(BT * C, A);
     a.ln2 = all ? act(BT * C, A) : dsmall_.data();
-    a.ln2_mean = f32(BT, A);
+    a.ln2_mean = w.stats == 2 ? f32(BT, A) : nullptr;
     a.ln2_rstd = f32(BT, A);
-    a.fch = act(4 * BT * C, A);
-    a.fch_gelu = all ? act(4 * BT * C, A) : dbig_.data();
+    a.fch = act(w.fin * BT, A);
+    a.fch_gelu = all ? act(w.F * BT, A) : dbig_.data();
     return a;
   };
   for (int l = 0; l <= cfg_.n_layer; l++) res_.push_back(f32(BT * C, A));
@@ -209,7 +185,7 @@ void Gpt::allocate(int B, int T, const std::vector<Recompute>& plan, int64_t hea
   stash_block_ = -1;
   for (int l = 0; l < cfg_.n_layer; l++) acts_.push_back(p[l] == Recompute::full ? shared_full : stash(p[l]));
   lnf_ = Bytes(size_t(BT * C) * es, A);
-  lnf_mean_ = {size_t(BT), A};
+  lnf_mean_ = {w.stats == 2 ? size_t(BT) : 0, A};
   lnf_rstd_ = {size_t(BT), A};
   losses_ = {size_t(BT), A};
   head_rows_ = head_rows > 0 ? head_rows : lm_head_rows(BT, Vp, dt_, be_.gpu());
@@ -217,6 +193,26 @@ void Gpt::allocate(int B, int T, const std::vector<Recompute>& plan, int64_t hea
   dres_ = {size_t(BT * C), W};
   res_mid_ = {size_t(BT * C), W};
   dres_c_ = Bytes(dt_ != DType::f32 ? size_t(BT * C) * es : 0, W);
+  if (cfg_.family == Family::llama) {
+    std::vector<float> c, s;
+    rope_tables(cfg_, T, c, s);
+    rope_cos_ = {c.size(), W};
+    rope_sin_ = {s.size(), W};
+    be_.copy(rope_cos_.data(), c.data(), c.size() * sizeof(float));
+    be_.copy(rope_sin_.data(), s.data(), s.size() * sizeof(float));
+  }
+}
+
+ActWidths act_widths(const ModelConfig& cfg) {
+  const bool llama = cfg.family == Family::llama;
+  return {cfg.n_embd, cfg.qkv_width(), llama ? 2 * cfg.ffn() : cfg.ffn(), cfg.ffn(), llama ? 1 : 2, cfg.n_head};
+}
+
+int64_t ActWidths::stash_bytes(Recompute r, int64_t es) const {
+  // none: ln1, qkv, atty, proj, ln2, fch, fch_gelu; full drops the norm outputs and the
+  // activation; selective also the attention output
+  int64_t elems = W + C + fin + (r != Recompute::selective ? C : 0) + (r == Recompute::none ? 2 * C + F : 0);
+  return elems * es + 4 * (2 * stats + NH);
 }
 
 size_t MemoryEstimate::total() const {
@@ -230,18 +226,17 @@ int64_t lm_head_rows(int64_t BT, int64_t Vp, DType dt, bool gpu) {
   return std::max<int64_t>(1, std::min<int64_t>(BT, bytes / (Vp * int64_t(dtype_size(dt)))));
 }
 
-MemoryEstimate estimate_memory(const GptConfig& cfg, int B, int T, DType dt,
+MemoryEstimate estimate_memory(const ModelConfig& cfg, int B, int T, DType dt,
                                const std::vector<Recompute>& plan, bool gpu,
                                Sharding sharding) {
   // The closed forms of docs/memory.md. e: bytes per compute element.
+  const ActWidths w = act_widths(cfg);
   const double BT = double(B) * T, C = cfg.n_embd, NH = cfg.n_head, L = cfg.n_layer,
                Vp = double(cfg.padded_vocab()), e = double(dtype_size(dt));
   const double hr = double(lm_head_rows(int64_t(B) * T, cfg.padded_vocab(), dt, gpu));
-  const double none_stash = BT * (15 * e * C + 16 + 4 * NH);  // a block's saved tensors, input excluded
-  const double full_stash = BT * (9 * e * C + 16 + 4 * NH);   // ... without ln1, ln2, fch_gelu
-  const double sel_stash = BT * (8 * e * C + 16 + 4 * NH);    // ... and without the attention output
+  const int64_t es = int64_t(dtype_size(dt));
   double acts = BT * 4 * C * (L + 1)                           // the residual stream, fp32
-                + BT * (e * C + 12);                           // lnf output, its statistics, losses
+                + BT * (e * C + 4 * w.stats + 4);              // final norm output, its statistics, losses
   int num_full = 0, num_sel = 0;
   for (Recompute r : plan) {
     num_full += r == Recompute::full;
@@ -249,18 +244,19 @@ MemoryEstimate estimate_memory(const GptConfig& cfg, int B, int T, DType dt,
   }
   if (plan.empty()) num_full = num_sel = 0;
   const double num_none = L - num_full - num_sel;
-  acts += num_none * none_stash + num_sel * sel_stash;
-  if (num_full > 0) acts += full_stash;                       // one stash shared by full blocks
-  double work = hr * Vp * e + BT * C * 8 + BT * C * 5 * e;     // logits, dres, res_mid, dbig, dsmall
+  acts += BT * (num_none * double(w.stash_bytes(Recompute::none, es)) + num_sel * double(w.stash_bytes(Recompute::selective, es)));
+  if (num_full > 0) acts += BT * double(w.stash_bytes(Recompute::full, es));  // one stash shared by full blocks
+  double work = hr * Vp * e + BT * C * 8 + BT * (double(w.dbig()) + C) * e;  // logits, dres, res_mid, dbig, dsmall
   if (dt != DType::f32) work += BT * C * e;                    // dres in dt
+  if (cfg.family == Family::llama) work += 4.0 * T * cfg.head_size();  // the rotary tables
   MemoryEstimate m;
   // Model states per rank (docs/memory.md, "Sharding"): each unit's 2-D weights are sliced
   // into len = ceil(nbig / ranks) elements per rank; its 1-D tail stays whole.
-  const int64_t R = sharding.ranks, es = int64_t(dtype_size(dt));
+  const int64_t R = sharding.ranks;
   const std::vector<UnitSpec> table = param_table(cfg);
   struct U { int64_t nbig = 0, tail = 0; };
   auto len = [&](const U& u) { return (u.nbig + R - 1) / R; };
-  U emb, blk, fin;  // the embedding, the largest block, the final unit
+  U emb, blk, fin, hd;  // the embedding, the largest block, the final unit, an untied head
   int64_t whole = 0, slices = 0;  // elements: every unit whole; this rank's slices + tails
   for (const UnitSpec& t : table) {
     const U u{t.nbig, t.numel - t.nbig};
@@ -269,28 +265,36 @@ MemoryEstimate estimate_memory(const GptConfig& cfg, int B, int T, DType dt,
     if (t.kind == UnitKind::embedding) emb = u;
     if (t.kind == UnitKind::block && u.nbig + u.tail > blk.nbig + blk.tail) blk = u;
     if (t.kind == UnitKind::final) fin = u;
+    if (t.kind == UnitKind::head) hd = u;
   }
+  const bool untied = hd.nbig > 0;
   const Strategy st = sharding.strategy;
   m.bytes[int(Mem::params)] = size_t(st >= Strategy::zero3 ? 4 * slices : 4 * whole + (dt != DType::f32 ? 2 * whole : 0));
   m.bytes[int(Mem::grads)] = size_t(4 * (st >= Strategy::zero2 ? slices : whole));
   m.bytes[int(Mem::optimizer)] = size_t(8 * (st >= Strategy::zero1 ? slices : whole));
-  // Communication buffers: full gradients of the embedding (GE), the final unit (GF) and two
-  // blocks (GB, with their reduced slices); gathered weights of the embedding (E, fp32 plus its
-  // compute copy) and of two blocks (P, compute dtype). yafsdp holds all of them from the
-  // start; zero3 allocates them on use and frees them after: its peak is at the lm head or in
-  // the backward of a block (which also holds the next block's gradients and prefetched weights).
+  // Communication buffers: full gradients of the embedding (GE), the final unit (GF), an untied
+  // head (GH) and two blocks (GB, with their reduced slices); gathered weights of the embedding
+  // (E, fp32, plus its compute copy for a tied head), of an untied head (PH, compute dtype) and
+  // of two blocks (P, compute dtype). yafsdp holds all of them from the start; zero3 allocates
+  // them on use and frees them after: its peak is at the lm head or in the backward of a block
+  // (which also holds the next block's gradients and prefetched weights), or, with an untied
+  // head, at the embedding's backward (its gradients begin after the blocks').
   const int64_t out = R > 1 && sharding.reduce != DType::bf16;  // the reduced slice's own buffer: a reduce-scatter's
-  const int64_t GE = 4 * (R * len(emb) + out * len(emb)), GF = 4 * fin.tail,
-                GB = 4 * (R * len(blk) + blk.tail + out * len(blk)),
-                E = R * len(emb) * (4 + (dt != DType::f32 ? 2 : 0)), P = R * len(blk) * es;
+  auto grads = [&](const U& u) { return 4 * (R * len(u) + u.tail + out * len(u)); };
+  const int64_t GE = grads(emb), GF = 4 * fin.tail, GB = grads(blk), GH = untied ? grads(hd) : 0,
+                E = R * len(emb) * (4 + (dt != DType::f32 && !untied ? 2 : 0)), P = R * len(blk) * es,
+                PH = untied ? R * len(hd) * es : 0;
   int64_t comm = 0;
-  if (st == Strategy::zero2) comm = GE + GF + 2 * GB;
+  if (st == Strategy::zero2) comm = GE + GF + GH + 2 * GB;
   if (st == Strategy::zero3) {
-    comm = E + GE + GF + P;  // at the lm head: the embedding, the last block prefetched
-    for (int l = 0; l < cfg.n_layer; l++)  // backward of block l: it, the prefetched l-1, its
-      comm = std::max(comm, GE + GF + (l > 0 ? 2 : 1) * P + (l + 1 < cfg.n_layer ? 2 : 1) * GB);  // and l+1's gradients
+    const int L = cfg.n_layer;
+    const int64_t held = GF + GH + (untied ? 0 : GE);  // gradient buffers alive through the backward
+    comm = (untied ? PH : E) + held + (L > 0 ? P : 0);  // at the lm head, the last block prefetched
+    for (int l = 0; l < L; l++)  // backward of block l: it, the prefetched l-1, its and l+1's gradients
+      comm = std::max(comm, held + (l > 0 ? 2 : 1) * P + (l + 1 < L ? 2 : 1) * GB);
+    if (untied) comm = std::max({comm, E + (L > 0 ? P : 0), held + GE + std::min(L, 2) * GB});
   }
-  if (st == Strategy::yafsdp) comm = E + GE + GF + 2 * P + 2 * GB;
+  if (st == Strategy::yafsdp) comm = E + GE + GF + 2 * P + 2 * GB + PH + GH;
   if (sharding.reduce == DType::bf16 && R > 1) {  // one bf16 scratch, the largest reduction
     int64_t most = 0;
     for (const UnitSpec& t : table) {
@@ -304,14 +308,19 @@ MemoryEstimate estimate_memory(const GptConfig& cfg, int B, int T, DType dt,
   m.bytes[int(Mem::workspace)] = size_t(work);
   // The GPU backend's own scratch: cuBLASLt's workspace, the staged tokens (the largest: the
   // embedding's positions grouped by token, 3 BT + 1 int32 at most), the reduction slots,
-  // attention's row sums, the partial sums of LayerNorm's and the biases' gradients (the widest
-  // bias: the MLP's, 4 C), and AdamW's span table (64 bytes for each tensor, at most, that the
+  // attention's row sums, the partial sums of the norms' and the widest bias's gradients, and
+  // AdamW's span table (64 bytes for each tensor, at most, that the
   // rank updates).
   if (gpu) {
     size_t num_tensors = 0;
-    for (const UnitSpec& t : table) num_tensors += t.specs.size();
+    int64_t widest_bias = 0;  // a bias is a 1-D tensor initialised to zeros
+    for (const UnitSpec& t : table) {
+      num_tensors += t.specs.size();
+      for (const ParamSpec& p : t.specs)
+        if (p.shape.size() == 1 && p.init == Init::zeros) widest_bias = std::max(widest_bias, p.numel);
+    }
     const int64_t bt = int64_t(B) * T;
-    const double parts = double(std::max(partial_rows(bt, kLayerNormParts) * 2, partial_rows(bt, kColumnParts) * 4)) * C;
+    const double parts = double(std::max(partial_rows(bt, kLayerNormParts) * 2 * int64_t(C), partial_rows(bt, kColumnParts) * widest_bias));
     m.bytes[int(Mem::runtime)] = kGemmWorkspace + size_t((3 * BT + 1) * 4 + kReduceSlots * 8 + B * NH * T * 4 + parts * 4) +
                                  64 * num_tensors;
   }
@@ -352,46 +361,70 @@ RecomputePolicy RecomputePolicy::parse(const std::string& text, const std::strin
   user_error("{}: memory.recompute: expected none, selective, full or every:K (K >= 1), got '{}'", where, text);
 }
 
-void Gpt::embed_forward(const int32_t* tokens, int B, int T) {
+void Model::embed_forward(const int32_t* tokens, int B, int T) {
   const Tensors& p = units_[embedding_].p;
   be_.embedding_forward(res_[0], tokens, p.wte, p.wpe, B, T, cfg_.n_embd);
 }
 
-void Gpt::block_forward(int l, int B, int T, bool recompute) {
+void Model::norm_forward(void* out, float* mean, float* rstd, const float* x, const float* w, const float* b, int64_t N) {
+  if (cfg_.family == Family::llama) be_.rmsnorm_forward(out, rstd, x, w, N, cfg_.n_embd, float(cfg_.norm_eps), dt_);
+  else be_.layernorm_forward(out, mean, rstd, x, w, b, N, cfg_.n_embd, dt_);
+}
+
+void Model::norm_backward(float* dx, float* dw, float* db, const void* dout, const float* x, const float* w,
+                          const float* mean, const float* rstd, int64_t N) {
+  if (cfg_.family == Family::llama) be_.rmsnorm_backward(dx, dw, dout, x, w, rstd, N, cfg_.n_embd, dt_, dres_copy());
+  else be_.layernorm_backward(dx, dw, db, dout, x, w, mean, rstd, N, cfg_.n_embd, dt_, dres_copy());
+}
+
+void Model::rope(void* qkv, int B, int T, bool inverse) {
+  if (cfg_.family != Family::llama) return;
+  be_.rope(qkv, rope_cos_.data(), rope_sin_.data(), B, T, cfg_.qkv_width(), cfg_.n_head + cfg_.kv_heads(),
+           cfg_.head_size(), inverse, dt_);
+}
+
+void Model::block_forward(int l, int B, int T, bool recompute) {
   const Unit& u = block_unit(l);
   const Tensors& p = u.p;
   BlockActs& a = acts_[l];
-  const int64_t BT = int64_t(B) * T, C = cfg_.n_embd;
+  const int64_t BT = int64_t(B) * T, C = cfg_.n_embd, W = cfg_.qkv_width(), F = cfg_.ffn();
   const DType dt = dt_;
+  const bool glu = cfg_.family == Family::llama;  // SwiGLU: fc is gate|up (2F)
   const float* x = res_[l];
   if (plan_[l] == Recompute::full) {  // the shared stash: still this block's since its forward?
     if (recompute && stash_block_ == l) return;
     stash_block_ = l;
   }
-  be_.layernorm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, x, p.ln1_w, p.ln1_b, BT, C, dt);
-  be_.linear_forward(a.qkv, a.ln1, cw(u, &Tensors::qkv_w), p.qkv_b, BT, C, 3 * C, dt);
-  be_.attention_forward(a.atty, a.lse, a.qkv, B, T, C, cfg_.n_head, dt);
+  norm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, x, p.ln1_w, p.ln1_b, BT);
+  be_.linear_forward(a.qkv, a.ln1, cw(u, &Tensors::qkv_w), p.qkv_b, BT, C, W, dt);
+  rope(a.qkv, B, T, false);
+  be_.attention_forward(a.atty, a.lse, a.qkv, B, T, cfg_.n_head, cfg_.kv_heads(), cfg_.head_size(), dt);
   be_.linear_forward(a.proj, a.atty, cw(u, &Tensors::proj_w), p.proj_b, BT, C, C, dt);
   float* res_mid = res_mid_.data();
   be_.add(res_mid, x, a.proj, BT * C, dt);
-  be_.layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, res_mid, p.ln2_w, p.ln2_b, BT, C, dt);
-  if (recompute) {  // the GELU, like the LayerNorms, is recomputed where backward uses it
-    be_.linear_forward(a.fch, a.ln2, cw(u, &Tensors::fc_w), p.fc_b, BT, C, 4 * C, dt);
+  norm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, res_mid, p.ln2_w, p.ln2_b, BT);
+  const int64_t fin = glu ? 2 * F : F;
+  if (recompute) {  // the activation, like the norms, is recomputed where backward uses it
+    be_.linear_forward(a.fch, a.ln2, cw(u, &Tensors::fc_w), p.fc_b, BT, C, fin, dt);
     return;
   }
-  be_.linear_gelu_forward(a.fch_gelu, a.fch, a.ln2, cw(u, &Tensors::fc_w), p.fc_b, BT, C, 4 * C, dt);
+  if (glu) {
+    be_.linear_forward(a.fch, a.ln2, cw(u, &Tensors::fc_w), p.fc_b, BT, C, fin, dt);
+    be_.swiglu_forward(a.fch_gelu, a.fch, BT, F, dt);
+  } else {
+    be_.linear_gelu_forward(a.fch_gelu, a.fch, a.ln2, cw(u, &Tensors::fc_w), p.fc_b, BT, C, F, dt);
+  }
   void* mlp_out = dsmall_.data();
-  be_.linear_forward(mlp_out, a.fch_gelu, cw(u, &Tensors::fcproj_w), p.fcproj_b, BT, 4 * C, C, dt);
+  be_.linear_forward(mlp_out, a.fch_gelu, cw(u, &Tensors::fcproj_w), p.fcproj_b, BT, F, C, dt);
   be_.add(res_[l + 1], res_mid, mlp_out, BT * C, dt);
 }
 
-void Gpt::final_forward(int B, int T) {
+void Model::final_forward(int B, int T) {
   const Tensors& p = units_[final_].p;
-  be_.layernorm_forward(lnf_.data(), lnf_mean_.data(), lnf_rstd_.data(), res_[cfg_.n_layer],
-                        p.lnf_w, p.lnf_b, int64_t(B) * T, cfg_.n_embd, dt_);
+  norm_forward(lnf_.data(), lnf_mean_.data(), lnf_rstd_.data(), res_[cfg_.n_layer], p.lnf_w, p.lnf_b, int64_t(B) * T);
 }
 
-float Gpt::head(const int32_t* targets, int B, int T, float grad_scale) {
+float Model::head(const int32_t* targets, int B, int T, float grad_scale) {
   final_forward(B, T);
   const int64_t BT = int64_t(B) * T, C = cfg_.n_embd, V = cfg_.vocab_size, Vp = cfg_.padded_vocab();
   const DType dt = dt_;
@@ -400,10 +433,10 @@ float Gpt::head(const int32_t* targets, int B, int T, float grad_scale) {
   float* dwte = units_[head_].g.wte;
   std::byte* lnf = lnf_.data();
   std::byte* dlnf = dsmall_.data();
-  // lm head (tied to wte) + softmax cross-entropy, chunk by chunk of rows: logits in the
-  // compute dtype (as autocast and llm.c have them: half the bytes of fp32 through the largest
-  // tensor of the step), the loss in fp32 from them, and dlogits over them, for one chunk; then
-  // its contribution to dlnf and dwte, before the next chunk.
+  // lm head (tied to wte, or a head of its own) + softmax cross-entropy, chunk by chunk of rows:
+  // logits in the compute dtype (as autocast and llm.c have them: half the bytes of fp32 through
+  // the largest tensor of the step), the loss in fp32 from them, and dlogits over them, for one
+  // chunk; then its contribution to dlnf and dwte, before the next chunk.
   void* dlogits = logits_.data();
   for (int64_t r0 = 0; r0 < BT; r0 += head_rows_) {
     int64_t rows = std::min(head_rows_, BT - r0);
@@ -419,60 +452,68 @@ float Gpt::head(const int32_t* targets, int B, int T, float grad_scale) {
     const Tensors& p = units_[final_].p;
     const Tensors& g = units_[final_].g;
     be_.fill_zero(dres_.data(), BT * C);
-    be_.layernorm_backward(dres_.data(), g.lnf_w, g.lnf_b, dlnf, res_[cfg_.n_layer], p.lnf_w,
-                           lnf_mean_.data(), lnf_rstd_.data(), BT, C, dt, dres_copy());
+    norm_backward(dres_.data(), g.lnf_w, g.lnf_b, dlnf, res_[cfg_.n_layer], p.lnf_w, lnf_mean_.data(),
+                  lnf_rstd_.data(), BT);
   }
   return float(be_.sum(losses_.data(), BT) / double(BT));
 }
 
-void Gpt::block_backward(int l, int B, int T) {
+void Model::block_backward(int l, int B, int T) {
   const Unit& u = block_unit(l);
   const Tensors& p = u.p;
   const Tensors& g = u.g;
   BlockActs& a = acts_[l];
-  const int64_t BT = int64_t(B) * T, C = cfg_.n_embd;
+  const int64_t BT = int64_t(B) * T, C = cfg_.n_embd, W = cfg_.qkv_width(), F = cfg_.ffn();
   const DType dt = dt_;
+  const bool glu = cfg_.family == Family::llama;
   float* dres = dres_.data();  // fp32; in: d(block output); out: d(block input)
   void* dbig = dbig_.data();
   void* dsmall = dsmall_.data();
-  // Under selective and full, the LayerNorm and GELU outputs are rebuilt in workspace right
-  // before the GEMM that reads them, and that GEMM's input gradient overwrites them (dsmall,
-  // dbig); selective also re-runs the attention forward into dbig's last quarter.
+  // Under selective and full, the norm outputs and the MLP's activation are rebuilt in workspace
+  // right before the GEMM that reads them, and that GEMM's input gradient overwrites them
+  // (dsmall, dbig); selective also re-runs the attention forward into dbig after its first W
+  // columns.
   const bool rebuild = plan_[l] != Recompute::none;
   float* res_mid = res_mid_.data();
   be_.add(res_mid, res_[l], a.proj, BT * C, dt);  // bit-identical to the forward's
-  // MLP: y = res_mid + fcproj(gelu(fc(ln2(res_mid))))
-  if (rebuild) be_.gelu_forward(a.fch_gelu, a.fch, 4 * BT * C, dt);
-  be_.linear_backward_gelu(dbig, g.fcproj_w, g.fcproj_b, dres_compute(), a.fch_gelu, a.fch,
-                           cw(u, &Tensors::fcproj_w), BT, 4 * C, C, dt);
-  if (rebuild) be_.layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, res_mid, p.ln2_w, p.ln2_b, BT, C, dt);
-  be_.linear_backward(dsmall, g.fc_w, g.fc_b, dbig, a.ln2, cw(u, &Tensors::fc_w), BT, C, 4 * C, dt);
-  be_.layernorm_backward(dres, g.ln2_w, g.ln2_b, dsmall, res_mid, p.ln2_w,
-                         a.ln2_mean, a.ln2_rstd, BT, C, dt, dres_copy());
-  // attention: res_mid = x + proj(attention(qkv(ln1(x))))
+  // MLP: y = res_mid + fcproj(act(fc(ln2(res_mid))))
+  if (glu) {  // d(gate|up) overwrites the stashed gate|up, which nothing reads after
+    if (rebuild) be_.swiglu_forward(a.fch_gelu, a.fch, BT, F, dt);
+    be_.linear_backward(dbig, g.fcproj_w, g.fcproj_b, dres_compute(), a.fch_gelu, cw(u, &Tensors::fcproj_w), BT, F, C, dt);
+    be_.swiglu_backward(a.fch, a.fch, dbig, BT, F, dt);
+  } else {
+    if (rebuild) be_.gelu_forward(a.fch_gelu, a.fch, BT * F, dt);
+    be_.linear_backward_gelu(dbig, g.fcproj_w, g.fcproj_b, dres_compute(), a.fch_gelu, a.fch,
+                             cw(u, &Tensors::fcproj_w), BT, F, C, dt);
+  }
+  const void* dfch = glu ? static_cast<const void*>(a.fch) : dbig;
+  if (rebuild) norm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, res_mid, p.ln2_w, p.ln2_b, BT);
+  be_.linear_backward(dsmall, g.fc_w, g.fc_b, dfch, a.ln2, cw(u, &Tensors::fc_w), BT, C, glu ? 2 * F : F, dt);
+  norm_backward(dres, g.ln2_w, g.ln2_b, dsmall, res_mid, p.ln2_w, a.ln2_mean, a.ln2_rstd, BT);
+  // attention: res_mid = x + proj(attention(rope(qkv(ln1(x)))))
   if (plan_[l] == Recompute::selective)
-    be_.attention_forward(a.atty, a.lse, a.qkv, B, T, C, cfg_.n_head, dt);
+    be_.attention_forward(a.atty, a.lse, a.qkv, B, T, cfg_.n_head, cfg_.kv_heads(), cfg_.head_size(), dt);
   be_.linear_backward(dsmall, g.proj_w, g.proj_b, dres_compute(), a.atty,
                       cw(u, &Tensors::proj_w), BT, C, C, dt);
-  void* dqkv = dbig;  // its first three quarters
-  be_.attention_backward(dqkv, dsmall, a.qkv, a.atty, a.lse, B, T, C, cfg_.n_head, dt);
-  if (rebuild) be_.layernorm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, res_[l], p.ln1_w, p.ln1_b, BT, C, dt);
-  be_.linear_backward(dsmall, g.qkv_w, g.qkv_b, dqkv, a.ln1, cw(u, &Tensors::qkv_w), BT, C, 3 * C, dt);
-  be_.layernorm_backward(dres, g.ln1_w, g.ln1_b, dsmall, res_[l], p.ln1_w,
-                         a.ln1_mean, a.ln1_rstd, BT, C, dt, dres_copy());
+  void* dqkv = dbig;  // its first W columns
+  be_.attention_backward(dqkv, dsmall, a.qkv, a.atty, a.lse, B, T, cfg_.n_head, cfg_.kv_heads(), cfg_.head_size(), dt);
+  rope(dqkv, B, T, true);
+  if (rebuild) norm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, res_[l], p.ln1_w, p.ln1_b, BT);
+  be_.linear_backward(dsmall, g.qkv_w, g.qkv_b, dqkv, a.ln1, cw(u, &Tensors::qkv_w), BT, C, W, dt);
+  norm_backward(dres, g.ln1_w, g.ln1_b, dsmall, res_[l], p.ln1_w, a.ln1_mean, a.ln1_rstd, BT);
 }
 
-void Gpt::embed_backward(const int32_t* tokens, int B, int T) {
+void Model::embed_backward(const int32_t* tokens, int B, int T) {
   be_.embedding_backward(units_[embedding_].g.wte, units_[embedding_].g.wpe, dres_.data(), tokens, B, T, cfg_.n_embd);
 }
 
-float Gpt::forward_loss(const int32_t* tokens, const int32_t* targets, int B, int T) {
+float Model::forward_loss(const int32_t* tokens, const int32_t* targets, int B, int T) {
   embed_forward(tokens, B, T);
   for (int l = 0; l < cfg_.n_layer; l++) block_forward(l, B, T);
   return head(targets, B, T, 0.0f);
 }
 
-void Gpt::logits(const int32_t* tokens, int B, int T, bool last_only, std::vector<float>& out) {
+void Model::logits(const int32_t* tokens, int B, int T, bool last_only, std::vector<float>& out) {
   embed_forward(tokens, B, T);
   for (int l = 0; l < cfg_.n_layer; l++) block_forward(l, B, T);
   final_forward(B, T);
