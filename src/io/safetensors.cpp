@@ -306,23 +306,35 @@ static ModelConfig read_llama_config(const json& j, const std::string& path, con
     refuse("sliding_window", "a sliding window shorter than max_position_embeddings");
   for (const char* moe : {"num_local_experts", "num_experts", "n_routed_experts", "num_experts_per_tok"})
     if (j.contains(moe) && !j[moe].is_null()) refuse(moe, "a mixture of experts");
-  if (j.contains("rope_scaling") && !j["rope_scaling"].is_null()) {
-    const json& r = j["rope_scaling"];
+  if (type == "qwen2" && j.contains("layer_types") && j["layer_types"].is_array())
+    for (const json& t : j["layer_types"])
+      if (t != "full_attention") refuse("layer_types", "a layer other than full_attention");
+  // transformers 5 writes rope_parameters (rope_theta and the scaling), earlier versions
+  // rope_theta and rope_scaling
+  const char* rope_key = j.contains("rope_parameters") && j["rope_parameters"].is_object() ? "rope_parameters" : "rope_scaling";
+  if (j.contains("rope_parameters") && j["rope_parameters"].is_object() && j["rope_parameters"].contains("rope_theta")) {
+    const json& theta = j["rope_parameters"]["rope_theta"];
+    if (!theta.is_number() || !(theta.get<double>() > 1))
+      user_error("{}: rope_parameters.rope_theta: expected a number > 1, got {}", path, theta.dump());
+    c.rope_theta = theta.get<double>();
+  }
+  if (j.contains(rope_key) && !j[rope_key].is_null()) {
+    const json& r = j[rope_key];
     const std::string rt = r.is_object() ? r.value("rope_type", r.value("type", std::string())) : "";
-    if (rt == "default") {
+    if (rt == "default" || rt.empty()) {
     } else if (rt == "llama3") {
       RopeScaling& s = c.rope_scaling;
       for (auto [key, field] : {std::pair{"factor", &s.factor}, {"low_freq_factor", &s.low_freq_factor},
                                 {"high_freq_factor", &s.high_freq_factor}}) {
         if (!r.contains(key) || !r[key].is_number())
-          user_error("{}: rope_scaling.{}: expected a number{}", path, key, r.contains(key) ? ", got " + r[key].dump() : " (missing)");
+          user_error("{}: {}.{}: expected a number{}", path, rope_key, key, r.contains(key) ? ", got " + r[key].dump() : " (missing)");
         *field = r[key].get<double>();
       }
       if (!r.contains("original_max_position_embeddings") || !r["original_max_position_embeddings"].is_number_integer())
-        user_error("{}: rope_scaling.original_max_position_embeddings: expected an integer", path);
+        user_error("{}: {}.original_max_position_embeddings: expected an integer", path, rope_key);
       s.original_context = r["original_max_position_embeddings"].get<int>();
     } else {
-      refuse("rope_scaling", "a rope_scaling other than llama3's");
+      refuse(rope_key, "a rope type other than default and llama3");
     }
   }
   return c;
@@ -372,9 +384,9 @@ ModelConfig read_hf_config(const std::string& path) {
 
 static json llama_hf_config(const ModelConfig& c) {
   const RopeScaling& r = c.rope_scaling;
-  json rope = nullptr;
+  json rope = {{"rope_type", "default"}, {"rope_theta", c.rope_theta}};  // transformers 5's form
   if (r.factor > 0)
-    rope = {{"rope_type", "llama3"}, {"factor", r.factor}, {"low_freq_factor", r.low_freq_factor},
+    rope = {{"rope_type", "llama3"}, {"rope_theta", c.rope_theta}, {"factor", r.factor}, {"low_freq_factor", r.low_freq_factor},
             {"high_freq_factor", r.high_freq_factor}, {"original_max_position_embeddings", r.original_context}};
   return {{"architectures", {"LlamaForCausalLM"}},
           {"model_type", "llama"},
@@ -388,8 +400,7 @@ static json llama_hf_config(const ModelConfig& c) {
           {"max_position_embeddings", c.context},
           {"hidden_act", "silu"},
           {"rms_norm_eps", c.norm_eps},
-          {"rope_theta", c.rope_theta},
-          {"rope_scaling", rope},
+          {"rope_parameters", rope},
           {"attention_bias", c.attention_bias},
           {"mlp_bias", false},
           {"tie_word_embeddings", c.tied_head},

@@ -1,0 +1,126 @@
+"""Hugging Face transformers' Llama family as the reference for frugal's llama (the parity tests).
+
+  python llama_reference.py save DIR --layers L --heads H --kv-heads K --hidden C --ffn F
+                                 --vocab V --context N [--untied] [--llama3 ORIG] [--qwen2]
+                                 [--dtype fp32|bf16|fp16] [--max-shard-size S] [--seed S]
+      A LlamaForCausalLM (Qwen2ForCausalLM with --qwen2: q/k/v biases) with transformers' random
+      init, written by save_pretrained. --llama3 ORIG: Llama 3.1's rope_scaling (factor 8, low 1,
+      high 4, original_max_position_embeddings ORIG).
+  python llama_reference.py run DIR BATCHES OUT [--lr ...] [--autocast]
+      Loads DIR in fp32 (failing on any key it did not place). BATCHES: I32 "tokens" (S, B, T+1),
+      S >= 10. OUT (F32), by transformers' names: batch 0's "logits", "loss" and "grad.NAME";
+      the losses and gradient norms of 10 AdamW steps (frugal's schedule, clipping and decay of
+      every 2-D weight) and "param5.NAME" after 5 of them; with --autocast the same batch under
+      bf16 autocast as "ac.logits", "ac.loss", "ac.grad.NAME".
+"""
+import argparse
+import math
+import sys
+
+import torch
+import transformers
+from safetensors.torch import load_file, save_file
+
+
+def lr_at(i, a):
+    if i < a.warmup:
+        return a.lr * (i + 1) / a.warmup
+    p = (i - a.warmup) / max(1, a.total_steps - a.warmup)
+    return a.min_lr + 0.5 * (a.lr - a.min_lr) * (1.0 + math.cos(math.pi * p))
+
+
+def save(a):
+    torch.manual_seed(a.seed)
+    kw = dict(num_hidden_layers=a.layers, num_attention_heads=a.heads, num_key_value_heads=a.kv_heads,
+              hidden_size=a.hidden, intermediate_size=a.ffn, vocab_size=a.vocab, max_position_embeddings=a.context,
+              tie_word_embeddings=not a.untied, rms_norm_eps=1e-5, rope_theta=10000.0,
+              bos_token_id=a.vocab - 1, eos_token_id=a.vocab - 1)
+    if a.llama3:
+        kw["rope_scaling"] = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                              "original_max_position_embeddings": a.llama3}
+    if a.qwen2:
+        model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(use_sliding_window=False, **kw))
+    else:
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**kw))
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[a.dtype]
+    model.to(dtype).save_pretrained(a.dir, max_shard_size=a.max_shard_size)
+
+
+def run(a):
+    model, info = transformers.AutoModelForCausalLM.from_pretrained(a.dir, dtype=torch.float32,
+                                                                    output_loading_info=True)
+    bad = {k: v for k, v in info.items() if v}
+    if bad:
+        sys.exit(f"{a.dir}: loading info {bad}")
+    model.train()
+    tokens = load_file(a.batches)["tokens"].long()
+    params = dict(model.named_parameters())
+
+    def loss_of(s, autocast=False):
+        x, y = tokens[s, :, :-1], tokens[s, :, 1:]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            logits = model(x).logits
+        return logits, torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+
+    out = {}
+    logits, loss = loss_of(0)
+    loss.backward()
+    out["logits"] = logits.detach()
+    out["loss"] = loss.detach().reshape(1)
+    for name, p in params.items():
+        out["grad." + name] = p.grad.detach().clone()
+    if a.autocast:
+        model.zero_grad(set_to_none=True)
+        logits, loss = loss_of(0, autocast=True)
+        loss.backward()
+        out["ac.logits"] = logits.detach().float()
+        out["ac.loss"] = loss.detach().reshape(1)
+        for name, p in params.items():
+            out["ac.grad." + name] = p.grad.detach().float().clone()
+
+    groups = [{"params": [p for p in params.values() if p.dim() >= 2], "weight_decay": a.weight_decay},
+              {"params": [p for p in params.values() if p.dim() < 2], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=a.lr, betas=(a.beta1, a.beta2), eps=a.eps)
+    losses, norms = [], []
+    for i in range(10):
+        opt.zero_grad(set_to_none=False)
+        _, loss = loss_of(i)
+        loss.backward()
+        losses.append(loss.item())
+        norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), a.clip)))
+        for g in opt.param_groups:
+            g["lr"] = lr_at(i, a)
+        opt.step()
+        if i == 4:
+            for name, p in params.items():
+                out["param5." + name] = p.detach().clone()
+    out["losses"] = torch.tensor(losses)
+    out["grad_norms"] = torch.tensor(norms)
+    save_file({k: v.float().contiguous() for k, v in out.items()}, a.out)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("mode", choices=["save", "run"])
+    ap.add_argument("dir")
+    ap.add_argument("batches", nargs="?")
+    ap.add_argument("out", nargs="?")
+    for k in ["layers", "heads", "kv-heads", "hidden", "ffn", "vocab", "context", "seed", "llama3"]:
+        ap.add_argument("--" + k, type=int, default=0)
+    ap.add_argument("--untied", action="store_true")
+    ap.add_argument("--qwen2", action="store_true")
+    ap.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
+    ap.add_argument("--max-shard-size", default="5GB")
+    for k, v in [("lr", 3e-3), ("min-lr", 3e-4), ("weight-decay", 0.1), ("beta1", 0.9), ("beta2", 0.95),
+                 ("eps", 1e-8), ("clip", 1.0)]:
+        ap.add_argument("--" + k, type=float, default=v)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--total-steps", type=int, default=10)
+    ap.add_argument("--autocast", action="store_true")
+    a = ap.parse_args()
+    torch.set_num_threads(2)
+    save(a) if a.mode == "save" else run(a)
+
+
+if __name__ == "__main__":
+    main()
