@@ -238,8 +238,8 @@ void load_model(const std::string& path, Model& model) {
   for (auto& name : w.not_taken()) {
     if (ends_with(name, ".attn.bias") || ends_with(name, ".attn.masked_bias")) continue;  // GPT-2's causal masks
     if (ends_with(name, "rotary_emb.inv_freq")) continue;  // older Llama files' rotary frequencies (recomputed)
-    user_error("{}: tensor '{}' has no place in this model ({} {} layers, n_embd {}, vocab {})",
-               w.path(name), name, family_name(c.family), c.n_layer, c.n_embd, c.vocab_size);
+    user_error("{}: tensor '{}' has no place in this model ({} layers, n_embd {}, vocab {})",
+               w.path(name), name, c.n_layer, c.n_embd, c.vocab_size);
   }
   model.sync_compute_weights();
 }
