@@ -77,13 +77,17 @@ Result train_steps(Comm& comm, int B, int accum, DType dt, Strategy s, const Mod
 }
 
 const ModelConfig small{"custom", 2, 2, 32, 97, 16};
+// the llama family's: grouped queries, q/k/v biases, an untied head (its own gather and
+// gradient slots)
+const ModelConfig small_llama{"custom", 2, 4, 64, 97, 16, Family::llama, 2, 96, true, false, 1e-5, 10000};
 
-void expect_same_as_one_process(Strategy s, int accum, DType dt, double tol, DType reduce = DType::f32) {
+void expect_same_as_one_process(Strategy s, int accum, DType dt, double tol, DType reduce = DType::f32,
+                                const ModelConfig& cfg = small) {
   const int N = world->size(), B = 4;
   auto local = make_local_comm();
-  Result one = train_steps(*local, B * N, accum, dt, Strategy::ddp, small);
-  Result many = train_steps(*world, B, accum, dt, s, small, 5, reduce);
-  const char* name = strategy_name(s);
+  Result one = train_steps(*local, B * N, accum, dt, Strategy::ddp, cfg);
+  Result many = train_steps(*world, B, accum, dt, s, cfg, 5, reduce);
+  const std::string name = fmt::format("{} {}", strategy_name(s), family_name(cfg.family));
   for (size_t i = 0; i < one.losses.size(); i++)
     EXPECT_NEAR(many.losses[i], one.losses[i], tol * one.losses[i]) << name << " step " << i << " rank " << world->rank();
   EXPECT_LT(test::rel_error(many.weights, one.weights), tol) << name << " rank " << world->rank();
@@ -100,6 +104,13 @@ TEST(Strategies, SameAsOneProcessWithoutAccumulation) {
 }
 TEST(Strategies, SameAsOneProcessWithAccumulation) {
   for (Strategy s : all_strategies) expect_same_as_one_process(s, 3, DType::f32, 1e-5);
+}
+TEST(Strategies, LlamaSameAsOneProcess) {
+  for (Strategy s : all_strategies) {
+    expect_same_as_one_process(s, 1, DType::f32, 1e-5, DType::f32, small_llama);
+    expect_same_as_one_process(s, 3, DType::f32, 1e-5, DType::f32, small_llama);
+    expect_same_as_one_process(s, 2, DType::bf16, 1e-3, DType::f32, small_llama);
+  }
 }
 // bf16: zero3 and yafsdp gather the blocks in bf16, which equals casting the gathered fp32
 // masters, so they match the one-process bf16 run up to the reduction order as well.
@@ -129,14 +140,16 @@ TEST(Strategies, YafsdpAllocatesNothingAfterTheFirstStep) {
 // (+2 for the 16-bit compute copy unless sharded), grads 4, AdamW 8, each divided by N where the
 // strategy shards it: ddp 16 (18), zero1 8 (10) + 8/N, zero2 4 (6) + 12/N, zero3 16/N bytes.
 TEST(Strategies, PerRankMemoryFollowsTheZeroFormulas) {
-  const ModelConfig cfg{"custom", 3, 2, 128, 97, 16};
+  ModelConfig llama = small_llama;
+  llama.n_embd = 128;
+  for (const ModelConfig& cfg : {ModelConfig{"custom", 3, 2, 128, 97, 16}, llama}) {
   const int N = world->size(), B = 2;
   const double psi = double(cfg.num_params());
   for (DType dt : {DType::f32, DType::bf16})
     for (Strategy s : all_strategies) {
       Result r = train_steps(*world, B, 2, dt, s, cfg, 2, dt);  // bf16 compute: bf16 reductions
       MemoryEstimate e = estimate_memory(cfg, B, cfg.context, dt, {}, kCuda, {s, N, dt});
-      const std::string what = fmt::format("{} {} rank {}", strategy_name(s), dtype_name(dt), world->rank());
+      const std::string what = fmt::format("{} {} {} rank {}", strategy_name(s), dtype_name(dt), family_name(cfg.family), world->rank());
       if (world->rank() == 0) {  // rank 0 holds the largest slices
         for (Mem c : {Mem::params, Mem::grads, Mem::optimizer, Mem::comm, Mem::activations})
           EXPECT_EQ(r.mem.peak[int(c)], e.bytes[int(c)]) << what << " " << mem_name(c);
@@ -149,13 +162,14 @@ TEST(Strategies, PerRankMemoryFollowsTheZeroFormulas) {
       EXPECT_NEAR(r.mem.peak[int(Mem::grads)], grads, 0.05 * grads) << what;
       EXPECT_NEAR(r.mem.peak[int(Mem::optimizer)], opt, 0.05 * opt) << what;
     }
+  }
 }
 
 // The plan's per-rank memory (plan_memory) against rank 0's measured peak per category, for
 // every strategy x fp32/bf16 x every recompute policy, on this world's ranks.
 TEST(PlanMemory, PredictedPeakPerCategoryWithin5PercentOfMeasured) {
   const int B = 2, T = 16, N = world->size();
-  ModelConfig cfg{"custom", 3, 2, 32, 97, T};
+  for (const ModelConfig& cfg : {ModelConfig{"custom", 3, 2, 32, 97, T}, small_llama})
   for (Strategy strategy : all_strategies)
     for (DType dt : {DType::f32, DType::bf16})
       for (const char* rc : {"none", "selective", "every:2", "full"}) {
@@ -184,7 +198,8 @@ TEST(PlanMemory, PredictedPeakPerCategoryWithin5PercentOfMeasured) {
         const MemoryEstimate want = plan_memory(cfg, B, T, dt, policy, strategy, N, DType::f32, kCuda);
         for (int c = 0; c < num_mem; c++)
           EXPECT_NEAR(double(peak[c]), double(want.bytes[c]), 0.05 * double(want.bytes[c]))
-              << strategy_name(strategy) << " " << dtype_name(dt) << " " << rc << " " << mem_name(Mem(c)) << " on " << N << " ranks";
+              << strategy_name(strategy) << " " << dtype_name(dt) << " " << rc << " " << mem_name(Mem(c)) << " on " << N << " ranks "
+              << family_name(cfg.family);
       }
 }
 
