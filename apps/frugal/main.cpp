@@ -114,7 +114,8 @@ static int model_step(const std::string& path) {
 
 // The newest weights of a run (its final model, or a newer checkpoint's while it trains), of a
 // checkpoint directory or a file -> DIR/model.safetensors + DIR/config.json for transformers.
-static int cmd_export(const std::string& from, const std::string& out) {
+static int cmd_export(const std::string& from, const std::string& out, int64_t max_shard_bytes) {
+  if (max_shard_bytes < 1) user_error("--max-shard-size: expected a size above 0 (e.g. 2GB)");
   namespace fs = std::filesystem;
   std::string weights = from;
   if (fs::is_directory(from)) {
@@ -128,9 +129,10 @@ static int cmd_export(const std::string& from, const std::string& out) {
   std::error_code ec;
   fs::create_directories(out, ec);
   if (ec) user_error("{}: cannot create the directory: {}", out, ec.message());
-  save_model(out + "/model.safetensors", model);
+  const int files = save_model_dir(out, model, max_shard_bytes);
   save_hf_config(out + "/config.json", c);
-  fmt::print("export: {} -> {}/model.safetensors, {}/config.json ({})\n", weights, out, out,
+  fmt::print("export: {} -> {}/{}, {}/config.json ({})\n", weights, out,
+             files == 1 ? "model.safetensors" : fmt::format("model.safetensors.index.json and {} shards", files), out,
              c.family == Family::llama ? "LlamaForCausalLM" : "GPT2LMHeadModel");
   return 0;
 }
@@ -356,11 +358,12 @@ int main(int argc, char** argv) {
 
   auto* train_cmd = app.add_subcommand("train", "train a model (no arguments: the default model on the default corpus)");
   std::string config;
-  train_cmd->add_option("config", config, "TOML config file")->check(CLI::ExistingFile);
+  train_cmd->add_option("config,-c,--config", config, "a TOML config file, or a Hugging Face config.json (the model's shape)")
+      ->check(CLI::ExistingFile);
   std::string resume, init_from;
   train_cmd->add_option("--resume", resume, "continue the run in this directory from its newest checkpoint")
       ->check(CLI::ExistingDirectory);
-  train_cmd->add_option("--init-from", init_from, "start from these weights: a safetensors file or a Hugging Face model directory (GPT-2 layout; its config.json sets the model shape)");
+  train_cmd->add_option("--init-from", init_from, "start from these weights: a safetensors file or a Hugging Face model directory (GPT-2 or Llama layout; its config.json sets the model shape)");
   train_cmd->allow_extras();
   train_cmd->footer("Any setting can be overridden: --section.key=value, e.g. --train.steps=100");
 
@@ -395,6 +398,9 @@ int main(int argc, char** argv) {
   export_cmd->add_option("from", export_from, "a run directory (its newest checkpoint, else its model), a checkpoint directory or a model file")
       ->required()->check(CLI::ExistingPath);
   export_cmd->add_option("--out", out_dir, "output directory")->required();
+  std::string max_shard = "5GB";
+  export_cmd->add_option("--max-shard-size", max_shard, "largest weight file, as save_pretrained's max_shard_size (e.g. 2GB); above it, shards and an index")
+      ->capture_default_str();
 
   auto* sample_cmd = app.add_subcommand("sample", "generate text from a trained model");
   std::string prompt;
@@ -444,7 +450,7 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (*train_cmd) return cmd_train(config, train_cmd->remaining(), resume, init_from);
-    if (*export_cmd) return cmd_export(export_from, out_dir);
+    if (*export_cmd) return cmd_export(export_from, out_dir, parse_bytes(max_shard, "--max-shard-size"));
     if (*prep_cmd) {
       tok_opt.kind = train_tokenizer ? TokenizerKind::sentencepiece
                      : tokenizer == "gpt2" ? TokenizerKind::gpt2 : TokenizerKind::byte;

@@ -163,6 +163,11 @@ class SafeTensors {
 // vocab_size, context, and the llama family's keys) and, when step >= 0, the training step the weights are from (what
 // export compares to pick a run's newest weights); read_model_config reads the shape back.
 void save_model(const std::string& path, Model& model, int step = -1);
+// The same into directory `dir` as save_pretrained writes it: model.safetensors, or, above
+// max_shard_bytes, model-0000K-of-0000N.safetensors shards and model.safetensors.index.json
+// (its weight_map and total_size). Earlier model* files of `dir` are removed first. Returns the
+// number of weight files.
+int save_model_dir(const std::string& dir, Model& model, int64_t max_shard_bytes);
 ModelConfig read_model_config(const std::string& path);
 // load_model reads a safetensors file or a Hugging Face model directory (model.safetensors, or
 // model.safetensors.index.json and its shards), in F32, BF16 or F16 (widened to the fp32

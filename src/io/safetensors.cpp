@@ -56,18 +56,63 @@ static std::vector<HfTensor> hf_tensors(const ParamSpec& s, const ModelConfig& c
   return out;
 }
 
-void save_model(const std::string& path, Model& model, int step) {
+// The model's tensors as transformers names them (data in `host` where the backend is a GPU).
+static std::vector<StTensor> hf_model_tensors(Model& model, std::vector<std::vector<float>>& host) {
   std::vector<StTensor> ts;
-  std::vector<std::vector<float>> host;
   for (auto& n : model.named_params()) {
     const float* data = host_view(model.backend(), n.data, n.spec->numel, host);
     const int64_t cols = n.spec->shape.size() == 2 ? n.spec->shape[1] : 1;
     for (const HfTensor& t : hf_tensors(*n.spec, model.config()))
       ts.push_back({t.part->name, "F32", t.shape, data + t.row0 * cols, n.spec->hf_conv1d});
   }
+  return ts;
+}
+
+void save_model(const std::string& path, Model& model, int step) {
+  std::vector<std::vector<float>> host;
   auto meta = model_metadata(model.config());
   if (step >= 0) meta["step"] = std::to_string(step);
-  save_safetensors(path, ts, meta);
+  save_safetensors(path, hf_model_tensors(model, host), meta);
+}
+
+int save_model_dir(const std::string& dir, Model& model, int64_t max_shard_bytes) {
+  std::vector<std::vector<float>> host;
+  const std::vector<StTensor> ts = hf_model_tensors(model, host);
+  const auto meta = model_metadata(model.config());
+  auto bytes = [](const StTensor& t) {
+    int64_t n = 4;
+    for (int64_t d : t.shape) n *= d;
+    return n;
+  };
+  // tensors in order into shards of at most max_shard_bytes (a larger tensor alone), as
+  // save_pretrained packs them
+  std::vector<std::vector<StTensor>> shards(1);
+  int64_t in_shard = 0, total = 0;
+  for (const StTensor& t : ts) {
+    if (in_shard > 0 && in_shard + bytes(t) > max_shard_bytes) {
+      shards.emplace_back();
+      in_shard = 0;
+    }
+    shards.back().push_back(t);
+    in_shard += bytes(t);
+    total += bytes(t);
+  }
+  namespace fs = std::filesystem;
+  for (const auto& e : fs::directory_iterator(dir))  // an earlier export's files would mix in
+    if (e.path().filename().string().rfind("model", 0) == 0 && e.path().extension() != ".tmp") fs::remove(e.path());
+  if (shards.size() == 1) {
+    save_safetensors(dir + "/model.safetensors", ts, meta);
+    return 1;
+  }
+  json index = {{"metadata", {{"total_size", total}}}, {"weight_map", json::object()}};
+  for (size_t k = 0; k < shards.size(); k++) {
+    const std::string name = fmt::format("model-{:05d}-of-{:05d}.safetensors", k + 1, shards.size());
+    save_safetensors(dir + "/" + name, shards[k], meta);
+    for (const StTensor& t : shards[k]) index["weight_map"][t.name] = name;
+  }
+  const std::string text = index.dump(2) + "\n";
+  write_file_atomic(dir + "/model.safetensors.index.json", text.data(), text.size());
+  return int(shards.size());
 }
 
 ModelConfig read_model_config(const std::string& path) {

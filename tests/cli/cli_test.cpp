@@ -106,15 +106,18 @@ TEST_F(Cli, PrepareTrainEvalSample) {
 // `frugal export` of RUN gives a directory that transformers' AutoModelForCausalLM loads with no
 // missing, unexpected or mismatched key and no warning, and whose logits equal frugal's within
 // 1e-4 (relative, fp32).
-void expect_transformers_logits(const std::string& run_dir, const std::string& cwd) {
+void expect_transformers_logits(const std::string& run_dir, const std::string& cwd, bool llama = false,
+                                const std::string& max_shard = "") {
   SCOPED_TRACE(run_dir);
-  Result x = run("export " + run_dir + " --out " + run_dir + "_hf", cwd);
+  Result x = run("export " + run_dir + " --out " + run_dir + "_hf" + (max_shard.empty() ? "" : " --max-shard-size " + max_shard), cwd);
   ASSERT_EQ(x.code, 0) << x.out;
+  EXPECT_EQ(std::filesystem::exists(cwd + "/" + run_dir + "_hf/model.safetensors.index.json"), !max_shard.empty()) << x.out;
   std::string out = cwd + "/" + run_dir + "_hf";
   auto cfg = nlohmann::json::parse(std::ifstream(out + "/config.json"));
-  EXPECT_EQ(cfg["model_type"], "gpt2");
-  EXPECT_EQ(cfg["architectures"][0], "GPT2LMHeadModel");
-  ModelConfig gc = read_model_config(out + "/model.safetensors");
+  EXPECT_EQ(cfg["model_type"], llama ? "llama" : "gpt2");
+  EXPECT_EQ(cfg["architectures"][0], llama ? "LlamaForCausalLM" : "GPT2LMHeadModel");
+  const size_t from = x.out.find("export: ") + 8;  // the exported file (a shard has no frugal metadata to read)
+  ModelConfig gc = read_model_config(cwd + "/" + x.out.substr(from, x.out.find(" -> ") - from));
   Model model(gc, cpu_backend());
   load_model(out, model);
   const int B = 2, T = std::min(50, gc.context), V = gc.vocab_size;
@@ -162,6 +165,74 @@ TEST_F(Cli, ExportLoadsInTransformers) {
                "hf_export/model.safetensors: tensor 'transformer.wte.weight' is F32 [257, 64], expected F32, BF16 or F16 [257, 32]");
   expect_error("train --resume hf --model.n_layer=3",
                "the configuration changes the model shape of checkpoint hf/ckpt-6: model.n_layer 2 -> 3");
+}
+
+// The llama family both ways: llama-tiny (untied head) and a tied-head llama with llama3 rope
+// scaling export to directories transformers loads, with frugal's logits; LlamaForCausalLM's and
+// Qwen2ForCausalLM's save_pretrained (sharded, bf16) start runs, by --init-from and by
+// -c config.json, whose first loss is transformers' on the same tokens.
+TEST_F(Cli, LlamaBothWaysWithTransformers) {
+  ASSERT_EQ(run("prepare corpus.txt --out data --val-every 5", d()).code, 0);
+  const std::string data = " --data.train=data/train_*.bin --data.val=data/val_*.bin --train.eval_batches=1 --run.checkpoint_every=0";
+  Result t = run("train --model.preset=llama-tiny --train.seq_len=32 --train.micro_batch=2 --train.steps=3 --run.dir=ll" + data, d());
+  ASSERT_EQ(t.code, 0) << t.out;
+  expect_transformers_logits("ll", d(), true, "40KB");  // shards and an index
+  Result t2 = run("train --model.family=llama --model.tied_head=true --model.n_kv_head=1 --model.rope_scaling_factor=8 "
+                  "--model.rope_original_context=16 --model.context=64 --train.seq_len=48 --train.micro_batch=1 --train.steps=2 "
+                  "--run.dir=ll_tied" + data, d());
+  ASSERT_EQ(t2.code, 0) << t2.out;
+  expect_transformers_logits("ll_tied", d(), true);
+
+  const int T = 40;
+  std::vector<uint32_t> tokens(2 * T + 1);
+  Rng rng(test::test_seed());
+  for (auto& x : tokens) x = uint32_t(rng.below(300));
+  write_shard(*dir_ / "llx.bin", tokens);
+  std::vector<int32_t> windows;
+  for (int w = 0; w < 2; w++) windows.insert(windows.end(), tokens.begin() + w * T, tokens.begin() + w * T + T + 1);
+  save_safetensors(*dir_ / "llx.st", {{"tokens", "I32", {2, T + 1}, windows.data()}}, {});
+  const std::string shape = "--layers 2 --heads 4 --kv-heads 2 --hidden 64 --ffn 128 --vocab 300 --context 64";
+  for (auto [kind, flags] : {std::pair{"llama", " --untied --dtype bf16 --max-shard-size 60KB"}, {"qwen2", " --qwen2 --dtype fp16"}}) {
+    const std::string dir = std::string("tf_") + kind;
+    SCOPED_TRACE(dir);
+    ASSERT_TRUE(test::run_reference("llama_reference.py", fmt::format("save {}/{} {}{} --seed {}", d(), dir, shape, flags,
+                                                                      test::test_seed() % 1000)));
+    ASSERT_TRUE(test::run_reference("hf_reference.py", fmt::format("loss {0}/{1} {0}/llx.st {0}/{1}/loss.st", d(), dir)));
+    float ref = 0;
+    SafeTensors(*dir_ / (dir + "/loss.st")).read("loss", "F32", {1}, &ref);
+    const std::string args = " --train.seq_len=40 --train.micro_batch=2 --train.steps=1 --train.lr=0 --train.min_lr=0 "
+                             "--train.eval_batches=1 --data.train=llx.bin --data.val=llx.bin --run.dir=run_";
+    for (const std::string& how : {"train --init-from " + dir + args + dir, "train -c " + dir + "/config.json --init-from " + dir + args + dir + "_c"}) {
+      Result r = run(how, d());
+      ASSERT_EQ(r.code, 0) << r.out;
+      const std::string run_dir = how.substr(how.rfind("--run.dir=") + 10);
+      std::ifstream in(*dir_ / (run_dir + "/metrics.jsonl"));
+      std::string line;
+      std::getline(in, line);
+      EXPECT_NEAR(nlohmann::json::parse(line)["loss"].get<double>(), ref, 1e-4 * ref) << how;
+      ModelConfig c = read_model_config(*dir_ / (run_dir + "/model.safetensors"));
+      EXPECT_EQ(c.family, Family::llama);
+      EXPECT_EQ(c.kv_heads(), 2);
+      EXPECT_EQ(c.attention_bias, std::string(kind) == "qwen2");
+    }
+  }
+  // a config.json frugal does not compute is refused, naming the field
+  std::filesystem::create_directories(*dir_ / "bad");
+  for (auto [json, want] : {std::pair{R"({"model_type": "mistral", "num_hidden_layers": 2, "num_attention_heads": 4, "hidden_size": 64,
+                                        "vocab_size": 300, "max_position_embeddings": 64, "intermediate_size": 128, "sliding_window": 16})",
+                                      "bad/config.json: sliding_window: a sliding window shorter than max_position_embeddings is not supported (mistral), got 16"},
+                            {R"({"model_type": "mixtral"})", "bad/config.json: model_type: expected gpt2, llama, qwen2 or mistral"},
+                            {R"({"model_type": "llama", "num_hidden_layers": 2, "num_attention_heads": 4, "hidden_size": 64, "vocab_size": 300,
+                                 "max_position_embeddings": 64, "intermediate_size": 128, "head_dim": 32})",
+                             "bad/config.json: head_dim: a head size other than hidden_size / num_attention_heads = 16 is not supported (llama), got 32"},
+                            {R"({"model_type": "qwen2", "num_hidden_layers": 2, "num_attention_heads": 4, "hidden_size": 64, "vocab_size": 300,
+                                 "max_position_embeddings": 64, "intermediate_size": 128, "num_experts": 8})",
+                             "bad/config.json: num_experts: a mixture of experts is not supported (qwen2), got 8"}}) {
+    std::ofstream(*dir_ / "bad/config.json") << json;
+    expect_error("train -c bad/config.json --run.dir=never", want);
+    expect_error("plan -c bad/config.json --tokens 1e9", want);
+  }
+  EXPECT_FALSE(std::filesystem::exists(*dir_ / "never"));
 }
 
 // A model that transformers wrote (save_pretrained, random init) starts a frugal run: one file or
