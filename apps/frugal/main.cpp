@@ -262,8 +262,11 @@ static int cmd_plan(const PlanArgs& a) {
                "(set --batch-tokens to a multiple of micro-batch x seq-len x devices)", b.batch_tokens,
                int64_t(q.micro_batches.front()) * b.seq_len);
   const ModelConfig& m = b.model;
-  const std::string model_line = fmt::format("model: {} ({} layers, {} heads, {} dims, vocab {}), {:.2f} M parameters\n",
-                                             m.preset, m.n_layer, m.n_head, m.n_embd, m.vocab_size, m.num_params() / 1e6);
+  const std::string heads = m.kv_heads() == m.n_head ? fmt::format("{} heads", m.n_head)
+                                                      : fmt::format("{} heads ({} key/value)", m.n_head, m.kv_heads());
+  const std::string model_line = fmt::format("model: {}, {} family ({} layers, {}, {} dims, vocab {}), {:.2f} M parameters\n",
+                                             m.preset, family_name(m.family), m.n_layer, heads, m.n_embd, m.vocab_size,
+                                             m.num_params() / 1e6);
   if (single) {
     const Plan& p = plans[0];
     if (a.json) { fmt::print("{}\n", p.to_json().dump(2)); return p.fits ? 0 : 1; }
@@ -416,7 +419,7 @@ int main(int argc, char** argv) {
 
   auto* plan_cmd = app.add_subcommand("plan", "memory, time and cost of a training before you rent the hardware");
   PlanArgs pa;
-  plan_cmd->add_option("--preset", pa.preset, "model preset (tiny, mini, gpt2, gpt2-medium, gpt2-large, gpt2-xl)");
+  plan_cmd->add_option("--preset", pa.preset, fmt::format("model preset ({})", fmt::join(preset_names(), ", ")));
   plan_cmd->add_option("-c,--config", pa.config, "a frugal TOML config or a Hugging Face config.json")->check(CLI::ExistingFile);
   plan_cmd->add_option("--tokens", pa.tokens, "training budget in tokens, e.g. 10e9");
   plan_cmd->add_option("--device", pa.device, "device type from the catalogue (default: search them all)");

@@ -147,31 +147,36 @@ Plan make_plan(const PlanSettings& s) {
   p.memory = plan_memory(c, s.micro_batch, s.seq_len, s.compute, s.recompute, s.strategy, s.devices, s.reduce, s.device.gpu);
   p.fits = p.over() <= 0;
   p.model_flops_per_token = c.flops_per_token(s.seq_len);
-  // Recompute FLOPs per token: a full block re-runs its qkv, proj and fc GEMMs (16·C²) and
-  // its attention (4·T·C), but for the last one, whose stash is intact; selective re-runs the
-  // attention. LayerNorms and GELU are not counted.
+  // Recompute FLOPs per token: a full block re-runs its qkv, proj and MLP-in GEMMs (2·C·(W +
+  // C + Fin): 16·C² for GPT-2) and its attention (4·T·C), but for the last one, whose stash is
+  // intact; selective re-runs the attention. Norms and activations are not counted.
   int num_full = 0, num_sel = 0;
   for (Recompute r : s.recompute.per_block(c.n_layer)) {
     num_full += r == Recompute::full;
     num_sel += r == Recompute::selective;
   }
-  const double C = c.n_embd, attention = 4.0 * s.seq_len * C;
-  p.flops_per_token = p.model_flops_per_token + std::max(0, num_full - 1) * (16 * C * C + attention) +
-                      num_sel * attention;
+  const ActWidths w = act_widths(c);
+  const double C = c.n_embd, attention = 4.0 * s.seq_len * C, gemms = 2 * C * double(w.W + w.C + w.fin);
+  p.flops_per_token = p.model_flops_per_token + std::max(0, num_full - 1) * (gemms + attention) + num_sel * attention;
   p.compute_s = p.flops_per_token * double(p.step_tokens) / s.devices / (s.mfu * s.device.peak_for(s.compute));
   // Communication per device and step: a ring all-reduce of the gradients moves 2Ψ·(N-1)/N
-  // elements (ddp, zero1, zero2: reduce-scatter + all-gather); ZeRO-3 gathers the parameters
-  // twice and reduce-scatters the gradients: 3Ψ·(N-1)/N. Elements in the reduce dtype.
+  // elements in the reduce dtype (ddp, zero1, zero2: reduce-scatter + all-gather), once per step.
+  // ZeRO-3 gathers the parameters twice (forward, backward) in the compute dtype and
+  // reduce-scatters the gradients in the reduce dtype, for every micro-batch:
+  // accum·(2·e_compute + e_reduce)·Ψ·(N-1)/N bytes.
   const bool zero3 = s.strategy == Strategy::zero3 || s.strategy == Strategy::yafsdp;
   const double N = s.devices, psi = double(c.num_params());
-  p.comm_bytes = N > 1 ? (zero3 ? 3 : 2) * psi * double(dtype_size(s.reduce)) * (N - 1) / N : 0;
+  const double per_micro = zero3 ? (2.0 * double(dtype_size(s.compute)) + double(dtype_size(s.reduce))) * psi : 0;
+  p.comm_bytes = N > 1 ? (zero3 ? p.accum * per_micro : 2 * psi * double(dtype_size(s.reduce))) * (N - 1) / N : 0;
   p.bandwidth = s.devices <= s.device.node_size ? s.device.link_bandwidth : s.device.network_bandwidth;
   p.comm_s = p.comm_bytes > 0 ? p.comm_bytes / p.bandwidth : 0.0;  // a device not in the catalogue: bandwidth 0
   // Overlap: reductions run behind the last micro-batch's backward (2/3 of its compute), ZeRO-3's
-  // gathers behind its forward and backward; the last unit's transfer is never hidden.
+  // gathers behind each micro-batch's forward and backward; the last unit's transfer is never
+  // hidden.
   const double units = c.n_layer + 2;
-  const double window = (zero3 ? 1.0 : 2.0 / 3.0) * p.compute_s / p.accum;
-  p.exposed_comm_s = std::max(0.0, p.comm_s * (1 - 1 / units) - window) + p.comm_s / units;
+  const int rounds = zero3 ? p.accum : 1;  // transfers per step, each behind one micro-batch
+  const double window = (zero3 ? 1.0 : 2.0 / 3.0) * p.compute_s / p.accum, each = p.comm_s / rounds;
+  p.exposed_comm_s = rounds * (std::max(0.0, each * (1 - 1 / units) - window) + each / units);
   p.step_s = p.compute_s + p.exposed_comm_s;
   p.tokens_per_s = double(p.step_tokens) / p.step_s;
   p.total_s = s.tokens / p.tokens_per_s;
@@ -239,8 +244,11 @@ std::string Plan::explain() const {
                      "assumed hidden behind backward, ZeRO-3 gathers behind forward too, except the last unit)",
                      exposed_comm_s * 1e3, comm_s * 1e3, human_bytes(comm_bytes), bandwidth / 1e9);
   o += fmt::format(" = {:.1f} ms, {:.4g} tokens/s\n", step_s * 1e3, tokens_per_s);
-  o += fmt::format("budget: {:.4g} tokens ({:.3g} FLOPs): {} steps, {}", s.tokens, model_flops_per_token * s.tokens,
+  o += fmt::format("budget: {:.4g} tokens ({:.3g} model FLOPs{}): {} steps, {}", s.tokens, model_flops_per_token * s.tokens,
+                   flops_per_token > model_flops_per_token
+                       ? fmt::format(", {:.3g} executed with the recompute", flops_per_token * s.tokens) : "",
                    int64_t(std::ceil(s.tokens / double(step_tokens))), human_time(total_s));
+  o += fmt::format(", {:.4g} device-hours", total_s / 3600.0 * s.devices);
   if (s.device.price > 0) o += fmt::format(", {} ({} x {}/h)", dollars(cost), s.devices, dollars(s.device.price));
   return o + "\n";
 }
