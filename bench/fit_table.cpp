@@ -5,7 +5,7 @@
 #include <cstdio>
 #include <string>
 
-#include "model/model.h"
+#include "dist/comm.h"
 
 using namespace frugal;
 

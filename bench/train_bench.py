@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Training throughput and peak RSS: frugal against the PyTorch reference model
-(tests/reference/gpt2_reference.py --bench, PyTorch 2.x from the venv of scripts/setup.sh) in the
+(tests/reference/gpt2_reference.py --bench; for the llama family transformers' LlamaForCausalLM,
+tests/reference/llama_reference.py bench; PyTorch 2.x from the venv of scripts/setup.sh) in the
 same run, same shape, same threads, in interleaved rounds.
 
   .venv/bin/python bench/train_bench.py [--preset gpt2] [--batch 4] [--seq 256] [--steps 6]
@@ -27,6 +28,8 @@ import tempfile
 import numpy as np
 
 PRESETS = {"gpt2": (12, 12, 768), "gpt2-medium": (24, 16, 1024), "mini": (4, 4, 256)}
+# the llama family: layers, heads, key/value heads, width, MLP width, vocabulary, tied head
+LLAMA = {"smollm-135m": (30, 9, 3, 576, 1536, 49152, True), "llama-tiny": (2, 4, 2, 64, 176, 257, False)}
 
 
 def run(cmd, env):
@@ -51,7 +54,8 @@ def write_shard(path, tokens):
 
 
 def frugal_run(a, d, env):
-    _, rss = run([a.frugal, "train", f"--model.preset={a.preset}", "--model.vocab_size=50257",
+    vocab = [] if a.preset in LLAMA else ["--model.vocab_size=50257"]
+    _, rss = run([a.frugal, "train", f"--model.preset={a.preset}", *vocab,
                   f"--train.seq_len={a.seq}", f"--train.micro_batch={a.batch}",
                   f"--train.steps={a.warmup_steps + a.steps}", f"--train.threads={a.threads}", "--train.lr=3e-4",
                   "--train.warmup_steps=0", "--train.eval_batches=1", "--train.eval_every=0", "--run.checkpoint_every=0",
@@ -66,9 +70,24 @@ def frugal_run(a, d, env):
 
 
 def torch_run(a, variant, env):
-    L, H, C = PRESETS[a.preset]
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
     python = os.path.join(root, ".venv", "bin", "python")
+    if a.preset in LLAMA:  # transformers' LlamaForCausalLM
+        L, H, K, C, F, V, tied = LLAMA[a.preset]
+        cmd = [python, os.path.join(root, "tests", "reference", "llama_reference.py"), "bench", "-",
+               "--layers", str(L), "--heads", str(H), "--kv-heads", str(K), "--hidden", str(C), "--ffn", str(F),
+               "--vocab", str(V), "--context", "2048", "--batch", str(a.batch), "--seq", str(a.seq),
+               "--steps", str(a.steps), "--warmup-steps", str(a.warmup_steps + (2 if variant == "compile" else 0)),
+               "--threads", str(a.threads), "--dtype", a.dtype] + ([] if tied else ["--untied"])
+        cmd += {"eager": [], "sdpa": ["--sdpa"], "compile": ["--sdpa", "--compile"]}[variant]
+        try:
+            out, rss = run(cmd, env)
+        except RuntimeError as e:
+            return {"error": str(e)}
+        r = json.loads(out.strip().splitlines()[-1])
+        r["peak_rss_mib"] = rss
+        return r
+    L, H, C = PRESETS[a.preset]
     # the vocabulary padded to 50,304 as nanoGPT pads it for speed (frugal pads to the same inside)
     cmd = [python, os.path.join(root, "tests", "reference", "gpt2_reference.py"), "--bench",
            "--n-layer", str(L), "--n-head", str(H), "--n-embd", str(C), "--vocab", "50304", "--context", "1024",
@@ -88,7 +107,7 @@ def torch_run(a, variant, env):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--preset", default="gpt2", choices=PRESETS)
+    ap.add_argument("--preset", default="gpt2", choices=list(PRESETS) + list(LLAMA))
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--steps", type=int, default=6)
@@ -102,7 +121,7 @@ def main():
     ap.add_argument("--frugal", default="build/frugal")
     a = ap.parse_args()
     variants = a.torch.split(",")
-    V = 50257
+    V = LLAMA[a.preset][5] if a.preset in LLAMA else 50257
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), OPENBLAS_NUM_THREADS=str(a.threads))
     best = {}
     def keep(name, r):  # the best round; an error only where no round ran

@@ -1,8 +1,14 @@
 // dist: the Comm interface every data-parallel strategy is written against, and its
-// single-process implementation. MPI (CPUs) and NCCL (GPUs) implement the same interface.
+// single-process implementation (MPI on CPUs and NCCL on GPUs implement the same interface); the
+// data-parallel strategies as one policy, with their memory formula beside the Shards that
+// allocate what it counts (sharding.cpp).
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <string>
+#include <vector>
+
+#include "model/model.h"
 
 namespace frugal {
 
@@ -62,5 +68,131 @@ std::unique_ptr<Comm> make_nccl_comm(std::unique_ptr<Comm> bootstrap, double tim
 
 // Ends every rank after a fatal error on this one (MPI_Abort under MPI, exit otherwise).
 [[noreturn]] void abort_world(int code);
+
+// ---- data-parallel strategies (sharding.cpp) -----------------------------------------------
+// dist.strategy. Every sharded one splits the 2-D weights of each unit into equal slices, one
+// per rank (padded to divide evenly); the small 1-D tail (norms, biases, ~0.1 % of the
+// parameters) stays replicated and is updated identically on every rank from all-reduced
+// gradients, which is what gathering it once per step would give.
+//  ddp    replicas; each unit's gradients all-reduced as soon as its backward is done (last
+//         micro-batch only), overlapped with the rest of backward
+//  zero1  + AdamW moments sharded; parameters all-gathered after the step
+//  zero2  + gradients: each micro-batch's are reduce-scattered per unit out of a full buffer
+//         (two for blocks, used alternately) into this rank's shard
+//  zero3  + parameters: fp32 master shards; each block is gathered (compute dtype) before its
+//         forward and again before its backward into a buffer allocated then and freed after
+//         use, the next block's gather posted while the current one computes (alias fsdp)
+//  yafsdp zero3 with every buffer allocated once: two block gather buffers and two block
+//         gradient buffers used alternately, one of each for the embedding and an untied head
+enum class Strategy : uint8_t { ddp, zero1, zero2, zero3, yafsdp };
+Strategy parse_strategy(const std::string& text, const std::string& where);  // "fsdp" is zero3
+const char* strategy_name(Strategy s);
+
+// A strategy as the switches Shards, the memory formula and the plan read.
+struct StrategyPolicy {
+  bool shard_optimizer = false;  // AdamW moments: this rank's slice of each unit (zero1+)
+  bool shard_grads = false;      // gradients: reduce-scattered into a slice every micro-batch (zero2+)
+  bool shard_params = false;     // fp32 masters: a slice; units gathered before use (zero3+)
+  bool persistent = false;       // gather and gradient buffers allocated once, not per use (zero2, yafsdp)
+  static StrategyPolicy of(Strategy s);
+};
+
+struct Sharding {
+  Strategy strategy = Strategy::ddp;
+  int ranks = 1;
+  DType reduce = DType::f32;  // precision.reduce
+};
+// What Shards (and, for Own::all or Own::params, the model) allocates per rank for the model
+// states under a strategy: params, grads, optimizer and comm bytes of rank 0 (the largest
+// slices), for a model of this table computing in dt.
+void strategy_memory(const std::vector<UnitSpec>& table, DType dt, Sharding sharding, MemoryEstimate& m);
+// Per rank: model_memory (activations, workspace, runtime) + strategy_memory; exactly what the
+// MemoryPool measures.
+MemoryEstimate estimate_memory(const ModelConfig& cfg, int B, int T, DType dt, const std::vector<Recompute>& plan,
+                               bool gpu = false, Sharding sharding = {});
+Own model_owns(Strategy s);  // what the Model allocates itself under s
+
+// Where each unit's parameters, gradients and optimizer state live on this rank under a
+// strategy, and the collectives that move them (docs/memory.md, "Sharding").
+class Shards {
+ public:
+  // reduce: the dtype gradients are summed in across ranks (fp32, or bf16 through a scratch)
+  Shards(Model& model, Backend& be, Comm& comm, Strategy s, DType reduce = DType::f32);
+  Strategy strategy() const { return s_; }
+  const StrategyPolicy& policy() const { return pol_; }
+  // Keeps this rank's part of unit u's full fp32 parameters (Model::init's sink; zero3/yafsdp).
+  void set(size_t unit, const float* full);
+  // Parameters of zero3/yafsdp (no-ops otherwise): post the gather of a unit; make its full
+  // weights present and bound (waiting for the gather); done with it until the next acquire.
+  void prefetch(size_t unit);
+  void acquire(size_t unit);
+  void release(size_t unit);
+  // Gradients: zero every gradient of this rank; bind a unit's gradient views to a zeroed full
+  // buffer before its backward (zero2+); post its reduction after (ddp/zero1: on the last
+  // micro-batch only); wait for all and fold them into the shards, returning the seconds that
+  // the waits for gathers and reductions took since the last finish().
+  void zero_grads();
+  void grads_begin(size_t unit);
+  void grads_end(size_t unit, bool last_micro);
+  double finish();
+  double grad_sum_squares();  // of the whole gradient, across ranks
+  // What this rank's optimizer updates: [begin, end) of a unit's flat layout, with pointers to
+  // the fp32 weights and gradients of element `begin`.
+  // copy: where the optimizer also writes the updated weights in the compute dtype (ddp: the
+  // unit's compute copy, refreshed in the same pass), or null.
+  struct Segment { size_t unit; int64_t begin, end; float* w; float* g; uint16_t* copy = nullptr; };
+  const std::vector<Segment>& segments() const { return segs_; }
+  // After the optimizer: zero1/zero2 all-gather the updated slices; zero3/yafsdp mark gathered
+  // copies stale; compute copies are refreshed (ddp's by the optimizer itself).
+  void after_update();
+  // Compute copies refreshed, gathered copies marked stale (after weights were loaded).
+  void refresh();
+  // zero3/yafsdp: every unit's full fp32 parameters gathered into the model (for files);
+  // dematerialize() keeps this rank's part of them (changed or not) and frees the rest.
+  void materialize();
+  void dematerialize();
+  // Where this rank keeps unit i's fp32 master weights: whole (model-owned) or its slice and tail.
+  struct Range { int64_t lo, hi; float* data; };
+  std::vector<Range> master_ranges(size_t unit);
+
+ private:
+  struct Part {
+    int64_t lo = 0, hi = 0, len = 0, tail = 0;  // this rank's slice of [0, nbig); 1-D tail size
+    PoolArray<float> w, wt, g, gt;               // shards of weights (zero3+) and grads (zero2+)
+  };
+  struct Gather {
+    PoolArray<std::byte> buf;      // (ranks * len) elements of the gather dtype
+    PoolArray<uint16_t> copy;      // a tied head's compute copy of the embedding (16-bit compute)
+    int unit = -1;                 // the unit gathered or in flight (-1: none)
+    bool cast_done = false;
+    std::unique_ptr<Work> work;
+  };
+  struct GradBuf {
+    PoolArray<float> buf, out;     // (ranks * len + tail) full gradients, (len) reduced slice (or none)
+    int unit = -1;                 // the unit whose reduction is pending
+    std::unique_ptr<Work> rs, ar;
+  };
+  void alloc_gather(Gather& g, int64_t bytes, int64_t copy_elems);
+  void alloc_grads(GradBuf& b, int64_t len, int64_t tail);
+  void build_segments();
+  Gather* gather_slot(size_t unit);
+  DType gather_dtype(size_t unit) const;
+  GradBuf& grad_slot(size_t unit);
+  void fold(GradBuf& b);
+
+  Model& model_;
+  Backend& be_;
+  Comm& comm_;
+  Strategy s_;
+  StrategyPolicy pol_;
+  int64_t world_, rank_;
+  std::vector<Part> parts_;
+  std::vector<Gather> gathers_;
+  std::vector<GradBuf> grad_bufs_;
+  std::vector<std::unique_ptr<Work>> pending_;  // ddp/zero1 all-reduces
+  std::vector<Segment> segs_;
+  PoolArray<uint16_t> bf16_scratch_;            // precision.reduce = bf16, several ranks
+  double wait_s_ = 0.0;
+};
 
 }  // namespace frugal

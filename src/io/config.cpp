@@ -8,6 +8,7 @@
 #include <functional>
 #include <sstream>
 
+#include "dist/comm.h"
 #include "io/io.h"
 
 namespace frugal {

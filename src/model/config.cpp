@@ -100,16 +100,4 @@ double ModelConfig::flops_per_token(int T) const {
   return 6.0 * double(num_params_no_wpe()) + 12.0 * n_layer * double(T) * n_embd;
 }
 
-Strategy parse_strategy(const std::string& text, const std::string& where) {
-  for (Strategy s : {Strategy::ddp, Strategy::zero1, Strategy::zero2, Strategy::zero3, Strategy::yafsdp})
-    if (text == strategy_name(s)) return s;
-  if (text == "fsdp") return Strategy::zero3;
-  user_error("{}: dist.strategy: expected ddp, zero1, zero2, zero3 (or fsdp) or yafsdp, got '{}'", where, text);
-}
-
-const char* strategy_name(Strategy s) {
-  static const char* names[] = {"ddp", "zero1", "zero2", "zero3", "yafsdp"};
-  return names[int(s)];
-}
-
 }  // namespace frugal

@@ -226,9 +226,8 @@ int64_t lm_head_rows(int64_t BT, int64_t Vp, DType dt, bool gpu) {
   return std::max<int64_t>(1, std::min<int64_t>(BT, bytes / (Vp * int64_t(dtype_size(dt)))));
 }
 
-MemoryEstimate estimate_memory(const ModelConfig& cfg, int B, int T, DType dt,
-                               const std::vector<Recompute>& plan, bool gpu,
-                               Sharding sharding) {
+MemoryEstimate model_memory(const ModelConfig& cfg, int B, int T, DType dt, const std::vector<Recompute>& plan,
+                            bool gpu) {
   // The closed forms of docs/memory.md. e: bytes per compute element.
   const ActWidths w = act_widths(cfg);
   const double BT = double(B) * T, C = cfg.n_embd, NH = cfg.n_head, L = cfg.n_layer,
@@ -250,60 +249,6 @@ MemoryEstimate estimate_memory(const ModelConfig& cfg, int B, int T, DType dt,
   if (dt != DType::f32) work += BT * C * e;                    // dres in dt
   if (cfg.family == Family::llama) work += 4.0 * T * cfg.head_size();  // the rotary tables
   MemoryEstimate m;
-  // Model states per rank (docs/memory.md, "Sharding"): each unit's 2-D weights are sliced
-  // into len = ceil(nbig / ranks) elements per rank; its 1-D tail stays whole.
-  const int64_t R = sharding.ranks;
-  const std::vector<UnitSpec> table = param_table(cfg);
-  struct U { int64_t nbig = 0, tail = 0; };
-  auto len = [&](const U& u) { return (u.nbig + R - 1) / R; };
-  U emb, blk, fin, hd;  // the embedding, the largest block, the final unit, an untied head
-  int64_t whole = 0, slices = 0;  // elements: every unit whole; this rank's slices + tails
-  for (const UnitSpec& t : table) {
-    const U u{t.nbig, t.numel - t.nbig};
-    whole += u.nbig + u.tail;
-    slices += len(u) + u.tail;
-    if (t.kind == UnitKind::embedding) emb = u;
-    if (t.kind == UnitKind::block && u.nbig + u.tail > blk.nbig + blk.tail) blk = u;
-    if (t.kind == UnitKind::final) fin = u;
-    if (t.kind == UnitKind::head) hd = u;
-  }
-  const bool untied = hd.nbig > 0;
-  const Strategy st = sharding.strategy;
-  m.bytes[int(Mem::params)] = size_t(st >= Strategy::zero3 ? 4 * slices : 4 * whole + (dt != DType::f32 ? 2 * whole : 0));
-  m.bytes[int(Mem::grads)] = size_t(4 * (st >= Strategy::zero2 ? slices : whole));
-  m.bytes[int(Mem::optimizer)] = size_t(8 * (st >= Strategy::zero1 ? slices : whole));
-  // Communication buffers: full gradients of the embedding (GE), the final unit (GF), an untied
-  // head (GH) and two blocks (GB, with their reduced slices); gathered weights of the embedding
-  // (E, fp32, plus its compute copy for a tied head), of an untied head (PH, compute dtype) and
-  // of two blocks (P, compute dtype). yafsdp holds all of them from the start; zero3 allocates
-  // them on use and frees them after: its peak is at the lm head or in the backward of a block
-  // (which also holds the next block's gradients and prefetched weights), or, with an untied
-  // head, at the embedding's backward (its gradients begin after the blocks').
-  const int64_t out = R > 1 && sharding.reduce != DType::bf16;  // the reduced slice's own buffer: a reduce-scatter's
-  auto grads = [&](const U& u) { return 4 * (R * len(u) + u.tail + out * len(u)); };
-  const int64_t GE = grads(emb), GF = 4 * fin.tail, GB = grads(blk), GH = untied ? grads(hd) : 0,
-                E = R * len(emb) * (4 + (dt != DType::f32 && !untied ? 2 : 0)), P = R * len(blk) * es,
-                PH = untied ? R * len(hd) * es : 0;
-  int64_t comm = 0;
-  if (st == Strategy::zero2) comm = GE + GF + GH + 2 * GB;
-  if (st == Strategy::zero3) {
-    const int L = cfg.n_layer;
-    const int64_t held = GF + GH + (untied ? 0 : GE);  // gradient buffers alive through the backward
-    comm = (untied ? PH : E) + held + (L > 0 ? P : 0);  // at the lm head, the last block prefetched
-    for (int l = 0; l < L; l++)  // backward of block l: it, the prefetched l-1, its and l+1's gradients
-      comm = std::max(comm, held + (l > 0 ? 2 : 1) * P + (l + 1 < L ? 2 : 1) * GB);
-    if (untied) comm = std::max({comm, E + (L > 0 ? P : 0), held + GE + std::min(L, 2) * GB});
-  }
-  if (st == Strategy::yafsdp) comm = E + GE + GF + 2 * P + 2 * GB + PH + GH;
-  if (sharding.reduce == DType::bf16 && R > 1) {  // one bf16 scratch, the largest reduction
-    int64_t most = 0;
-    for (const UnitSpec& t : table) {
-      const U u{t.nbig, t.numel - t.nbig};
-      most = std::max(most, st >= Strategy::zero2 ? R * len(u) + u.tail : u.nbig + u.tail);
-    }
-    comm += 2 * most;
-  }
-  m.bytes[int(Mem::comm)] = size_t(comm);
   m.bytes[int(Mem::activations)] = size_t(acts);
   m.bytes[int(Mem::workspace)] = size_t(work);
   // The GPU backend's own scratch: cuBLASLt's workspace, the staged tokens (the largest: the
@@ -312,6 +257,7 @@ MemoryEstimate estimate_memory(const ModelConfig& cfg, int B, int T, DType dt,
   // AdamW's span table (64 bytes for each tensor, at most, that the
   // rank updates).
   if (gpu) {
+    const std::vector<UnitSpec> table = param_table(cfg);
     size_t num_tensors = 0;
     int64_t widest_bias = 0;  // a bias is a 1-D tensor initialised to zeros
     for (const UnitSpec& t : table) {

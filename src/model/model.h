@@ -146,19 +146,8 @@ struct Unit : UnitSpec {
   void bind_grads(float* big, float* tail);
 };
 
-// Which of a unit's states the model allocates itself (the rest come from Shards).
+// Which of a unit's states the model allocates itself (the rest come from dist's Shards).
 enum class Own : uint8_t { all, params, none };
-
-// Data-parallel strategies (dist.strategy; src/train/train.h says what each one shards, and
-// docs/memory.md what it costs). "fsdp" parses as zero3.
-enum class Strategy : uint8_t { ddp, zero1, zero2, zero3, yafsdp };
-Strategy parse_strategy(const std::string& text, const std::string& where);
-const char* strategy_name(Strategy s);
-struct Sharding {
-  Strategy strategy = Strategy::ddp;
-  int ranks = 1;
-  DType reduce = DType::f32;  // precision.reduce
-};
 
 // An activation buffer in the compute dtype (or fp32 where stated).
 using Bytes = PoolArray<std::byte>;
@@ -224,11 +213,12 @@ struct MemoryEstimate {
 // dwte once (154 MiB in fp32 at gpt2's vocabulary): gpt2 bf16 at B=16, T=1024 takes 7 chunks on
 // a GPU; at B=1 on a CPU, 4.
 int64_t lm_head_rows(int64_t BT, int64_t Vp, DType dt, bool gpu);
-// Per rank (rank 0's share, the largest) under a data-parallel strategy, on a GPU backend (its
-// lm-head chunks and Mem::runtime) or the CPU's.
-MemoryEstimate estimate_memory(const ModelConfig& cfg, int B, int T, DType dt,
-                               const std::vector<Recompute>& plan, bool gpu = false,
-                               Sharding sharding = {});
+// What the model itself allocates for micro-batches of (B, T) under a recompute plan, on a GPU
+// backend (its lm-head chunks and Mem::runtime) or the CPU's: activations, workspace and the
+// runtime's scratch. The model states (params, grads, optimizer) and communication buffers are
+// the data-parallel strategy's (dist's strategy_memory; estimate_memory there adds both).
+MemoryEstimate model_memory(const ModelConfig& cfg, int B, int T, DType dt, const std::vector<Recompute>& plan,
+                            bool gpu = false);
 
 class Model {
  public:

@@ -117,9 +117,10 @@ ModelStates model_states(const std::vector<int64_t>& units, const StateLayout& b
     shard += double((n + ranks - 1) / ranks);  // a padded slice
   }
   ModelStates m;
-  m.params = s >= Strategy::zero3 ? b.master * shard : (b.master + b.copy) * full;
-  m.grads = b.grad * (s >= Strategy::zero2 ? shard : full);
-  m.optimizer = b.optimizer * (s >= Strategy::zero1 ? shard : full);
+  const StrategyPolicy p = StrategyPolicy::of(s);
+  m.params = p.shard_params ? b.master * shard : (b.master + b.copy) * full;
+  m.grads = b.grad * (p.shard_grads ? shard : full);
+  m.optimizer = b.optimizer * (p.shard_optimizer ? shard : full);
   return m;
 }
 
@@ -164,7 +165,7 @@ Plan make_plan(const PlanSettings& s) {
   // ZeRO-3 gathers the parameters twice (forward, backward) in the compute dtype and
   // reduce-scatters the gradients in the reduce dtype, for every micro-batch:
   // accum·(2·e_compute + e_reduce)·Ψ·(N-1)/N bytes.
-  const bool zero3 = s.strategy == Strategy::zero3 || s.strategy == Strategy::yafsdp;
+  const bool zero3 = StrategyPolicy::of(s.strategy).shard_params;
   const double N = s.devices, psi = double(c.num_params());
   const double per_micro = zero3 ? (2.0 * double(dtype_size(s.compute)) + double(dtype_size(s.reduce))) * psi : 0;
   p.comm_bytes = N > 1 ? (zero3 ? p.accum * per_micro : 2 * psi * double(dtype_size(s.reduce))) * (N - 1) / N : 0;

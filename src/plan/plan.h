@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "io/io.h"
+#include "dist/comm.h"
 #include "model/model.h"
 
 namespace frugal {

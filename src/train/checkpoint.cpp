@@ -160,7 +160,7 @@ double save_checkpoint(const RunConfig& cfg, int step, Model& model, Stepper& st
   Shards& shards = st.shards();
   auto& units = model.units();
   // ddp: rank 0 writes whole units; sharded: every rank its slices, rank 0 the replicated tails
-  const bool sharded = shards.strategy() != Strategy::ddp;
+  const bool sharded = shards.policy().shard_optimizer;
   const int num_files = sharded ? comm.size() : 1;
   if (sharded || rank0) {
     std::vector<StTensor> ts;

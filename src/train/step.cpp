@@ -140,7 +140,7 @@ float Stepper::forward_backward(const NextBatch& next) {
     shards_.grads_end(emb, last);
     // zero3 frees its gradient buffers before the next micro-batch (their peak stays that of
     // one backward); zero2 and yafsdp keep theirs and fold them on reuse
-    if (!last && shards_.strategy() == Strategy::zero3) wait += shards_.finish();
+    if (!last && shards_.policy().shard_grads && !shards_.policy().persistent) wait += shards_.finish();
   }
   comm_wait_s_ = wait + shards_.finish();
   float loss_buf[1] = {float(loss_sum)};

@@ -2,6 +2,7 @@
 #include <fstream>
 
 #include "core/core.h"
+#include "dist/comm.h"
 #include "io/io.h"
 #include "support/support.h"
 

@@ -6,6 +6,9 @@
       A LlamaForCausalLM (Qwen2ForCausalLM with --qwen2: q/k/v biases) with transformers' random
       init, written by save_pretrained. --llama3 ORIG: Llama 3.1's rope_scaling (factor 8, low 1,
       high 4, original_max_position_embeddings ORIG).
+  python llama_reference.py bench - --layers ... [--untied] --batch B --seq T --steps S
+                                 --warmup-steps W --threads N --dtype fp32|bf16 [--sdpa] [--compile]
+      Training throughput (bench/train_bench.py): one JSON line.
   python llama_reference.py run DIR BATCHES OUT [--lr ...] [--autocast]
       Loads DIR in fp32 (failing on any key it did not place). BATCHES: I32 "tokens" (S, B, T+1),
       S >= 10. OUT (F32), by transformers' names: batch 0's "logits", "loss" and "grad.NAME";
@@ -99,9 +102,47 @@ def run(a):
     save_file({k: v.float().contiguous() for k, v in out.items()}, a.out)
 
 
+def bench(a):
+    """Training throughput of transformers' LlamaForCausalLM (bench/train_bench.py's PyTorch side):
+    eager or SDPA attention, optionally torch.compile; AdamW (fused with SDPA), clipping at 1 as
+    frugal does, bf16 through autocast with fp32 masters. Prints one JSON line."""
+    import json
+    import resource
+    import statistics
+    import time
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(num_hidden_layers=a.layers, num_attention_heads=a.heads, num_key_value_heads=a.kv_heads,
+                                   hidden_size=a.hidden, intermediate_size=a.ffn, vocab_size=a.vocab,
+                                   max_position_embeddings=a.context, tie_word_embeddings=not a.untied,
+                                   attn_implementation="sdpa" if a.sdpa else "eager")
+    model = transformers.LlamaForCausalLM(cfg)
+    model.train()
+    params = list(model.parameters())
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=3e-4, betas=(0.9, 0.95), eps=1e-8, fused=a.sdpa)
+    step_model = torch.compile(model) if a.compile else model
+    times, loss = [], None
+    for i in range(a.warmup_steps + a.steps):
+        tok = torch.randint(0, a.vocab, (a.batch, a.seq + 1))
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.dtype == "bf16"):
+            logits = step_model(tok[:, :-1]).logits
+        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), tok[:, 1:].flatten())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if i >= a.warmup_steps:
+            times.append(time.perf_counter() - t0)
+    med = statistics.median(times)
+    print(json.dumps({"tokens_per_s": a.batch * a.seq / med, "step_s_median": med,
+                      "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "loss": loss.item()}))
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["save", "run"])
+    ap.add_argument("mode", choices=["save", "run", "bench"])
     ap.add_argument("dir")
     ap.add_argument("batches", nargs="?")
     ap.add_argument("out", nargs="?")
@@ -117,9 +158,13 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--total-steps", type=int, default=10)
     ap.add_argument("--autocast", action="store_true")
+    for k in ["batch", "seq", "steps", "warmup-steps", "threads"]:
+        ap.add_argument("--" + k, type=int, default=2)
+    ap.add_argument("--sdpa", action="store_true")
+    ap.add_argument("--compile", action="store_true")
     a = ap.parse_args()
-    torch.set_num_threads(2)
-    save(a) if a.mode == "save" else run(a)
+    torch.set_num_threads(a.threads)
+    {"save": save, "run": run, "bench": bench}[a.mode](a)
 
 
 if __name__ == "__main__":

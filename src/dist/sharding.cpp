@@ -1,14 +1,102 @@
-// Shards: where each unit's parameters, gradients and optimizer state live on this rank under a
-// data-parallel strategy, and the collectives that move them (docs/memory.md, "Sharding").
+// The data-parallel strategies: their policy, their memory per rank, and Shards, which
+// allocates exactly that and runs the collectives (docs/memory.md, "Sharding").
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 
-#include "train/train.h"
+#include "dist/comm.h"
 
 namespace frugal {
 
+Strategy parse_strategy(const std::string& text, const std::string& where) {
+  for (Strategy s : {Strategy::ddp, Strategy::zero1, Strategy::zero2, Strategy::zero3, Strategy::yafsdp})
+    if (text == strategy_name(s)) return s;
+  if (text == "fsdp") return Strategy::zero3;
+  user_error("{}: dist.strategy: expected ddp, zero1, zero2, zero3 (or fsdp) or yafsdp, got '{}'", where, text);
+}
+
+const char* strategy_name(Strategy s) {
+  static const char* names[] = {"ddp", "zero1", "zero2", "zero3", "yafsdp"};
+  return names[int(s)];
+}
+
+StrategyPolicy StrategyPolicy::of(Strategy s) {
+  StrategyPolicy p;
+  p.shard_optimizer = s >= Strategy::zero1;
+  p.shard_grads = s >= Strategy::zero2;
+  p.shard_params = s >= Strategy::zero3;
+  p.persistent = s == Strategy::zero2 || s == Strategy::yafsdp;
+  return p;
+}
+
 Own model_owns(Strategy s) {
-  return s <= Strategy::zero1 ? Own::all : s == Strategy::zero2 ? Own::params : Own::none;
+  const StrategyPolicy p = StrategyPolicy::of(s);
+  return p.shard_params ? Own::none : p.shard_grads ? Own::params : Own::all;
+}
+
+// The allocations of Shards (and of the model, for what it owns), in closed form.
+void strategy_memory(const std::vector<UnitSpec>& table, DType dt, Sharding sharding, MemoryEstimate& m) {
+  // Model states per rank: each unit's 2-D weights are sliced into len = ceil(nbig / ranks)
+  // elements per rank; its 1-D tail stays whole.
+  const StrategyPolicy pol = StrategyPolicy::of(sharding.strategy);
+  const int64_t R = sharding.ranks, es = int64_t(dtype_size(dt));
+  struct U { int64_t nbig = 0, tail = 0; };
+  auto len = [&](const U& u) { return (u.nbig + R - 1) / R; };
+  U emb, blk, fin, hd;  // the embedding, the largest block, the final unit, an untied head
+  int64_t whole = 0, slices = 0;  // elements: every unit whole; this rank's slices + tails
+  int L = 0;
+  for (const UnitSpec& t : table) {
+    const U u{t.nbig, t.numel - t.nbig};
+    whole += u.nbig + u.tail;
+    slices += len(u) + u.tail;
+    if (t.kind == UnitKind::embedding) emb = u;
+    if (t.kind == UnitKind::block && u.nbig + u.tail > blk.nbig + blk.tail) blk = u;
+    if (t.kind == UnitKind::final) fin = u;
+    if (t.kind == UnitKind::head) hd = u;
+    L += t.kind == UnitKind::block;
+  }
+  const bool untied = hd.nbig > 0;
+  m.bytes[int(Mem::params)] = size_t(pol.shard_params ? 4 * slices : 4 * whole + (dt != DType::f32 ? 2 * whole : 0));
+  m.bytes[int(Mem::grads)] = size_t(4 * (pol.shard_grads ? slices : whole));
+  m.bytes[int(Mem::optimizer)] = size_t(8 * (pol.shard_optimizer ? slices : whole));
+  // Communication buffers: full gradients of the embedding (GE), the final unit (GF), an untied
+  // head (GH) and two blocks (GB, with their reduced slices); gathered weights of the embedding
+  // (E, fp32, plus its compute copy for a tied head), of an untied head (PH, compute dtype) and
+  // of two blocks (P, compute dtype). Persistent buffers are held from the start; zero3
+  // allocates them on use and frees them after: its peak is at the lm head or in the backward
+  // of a block (which also holds the next block's gradients and prefetched weights), or, with
+  // an untied head, at the embedding's backward (its gradients begin after the blocks').
+  const int64_t out = R > 1 && sharding.reduce != DType::bf16;  // the reduced slice's own buffer: a reduce-scatter's
+  auto grads = [&](const U& u) { return 4 * (R * len(u) + u.tail + out * len(u)); };
+  const int64_t GE = grads(emb), GF = 4 * fin.tail, GB = grads(blk), GH = untied ? grads(hd) : 0,
+                E = R * len(emb) * (4 + (dt != DType::f32 && !untied ? 2 : 0)), P = R * len(blk) * es,
+                PH = untied ? R * len(hd) * es : 0;
+  int64_t comm = 0;
+  if (pol.shard_grads && pol.persistent) comm = GE + GF + GH + 2 * GB;  // zero2, yafsdp
+  if (pol.shard_params && pol.persistent) comm += E + 2 * P + PH;       // yafsdp
+  if (pol.shard_params && !pol.persistent) {                           // zero3
+    const int64_t held = GF + GH + (untied ? 0 : GE);  // gradient buffers alive through the backward
+    comm = (untied ? PH : E) + held + (L > 0 ? P : 0);  // at the lm head, the last block prefetched
+    for (int l = 0; l < L; l++)  // backward of block l: it, the prefetched l-1, its and l+1's gradients
+      comm = std::max(comm, held + (l > 0 ? 2 : 1) * P + (l + 1 < L ? 2 : 1) * GB);
+    if (untied) comm = std::max({comm, E + (L > 0 ? P : 0), held + GE + std::min(L, 2) * GB});
+  }
+  if (sharding.reduce == DType::bf16 && R > 1) {  // one bf16 scratch, the largest reduction
+    int64_t most = 0;
+    for (const UnitSpec& t : table) {
+      const U u{t.nbig, t.numel - t.nbig};
+      most = std::max(most, pol.shard_grads ? R * len(u) + u.tail : u.nbig + u.tail);
+    }
+    comm += 2 * most;
+  }
+  m.bytes[int(Mem::comm)] = size_t(comm);
+}
+
+MemoryEstimate estimate_memory(const ModelConfig& cfg, int B, int T, DType dt, const std::vector<Recompute>& plan,
+                               bool gpu, Sharding sharding) {
+  MemoryEstimate m = model_memory(cfg, B, T, dt, plan, gpu);
+  strategy_memory(param_table(cfg), dt, sharding, m);
+  return m;
 }
 
 namespace {
@@ -17,9 +105,9 @@ double since(clock::time_point t0) { return std::chrono::duration<double>(clock:
 }  // namespace
 
 Shards::Shards(Model& model, Backend& be, Comm& comm, Strategy s, DType reduce)
-    : model_(model), be_(be), comm_(comm), s_(s), world_(comm.size()), rank_(comm.rank()) {
+    : model_(model), be_(be), comm_(comm), s_(s), pol_(StrategyPolicy::of(s)), world_(comm.size()), rank_(comm.rank()) {
   auto& units = model.units();
-  const bool shard_grads = s >= Strategy::zero2, shard_params = s >= Strategy::zero3;
+  const bool shard_grads = pol_.shard_grads, shard_params = pol_.shard_params;
   const DType dt = model.compute_dtype();
   int64_t max_block_len = 0, max_block_tail = 0;
   for (size_t i = 0; i < units.size(); i++) {
@@ -49,10 +137,9 @@ Shards::Shards(Model& model, Backend& be, Comm& comm, Strategy s, DType reduce)
   // Slots: gathered weights of two blocks (used alternately), of the embedding and of an untied
   // head; full gradients of two blocks, the embedding, the final unit and an untied head. zero2
   // and yafsdp allocate their buffers here, once; zero3 allocates one on use and frees it after.
-  const bool prealloc = s == Strategy::zero2 || s == Strategy::yafsdp;
   if (shard_params) gathers_.resize(4);
   if (shard_grads) grad_bufs_.resize(5);
-  if (s == Strategy::yafsdp) {
+  if (shard_params && pol_.persistent) {
     for (int k = 0; k < 2; k++) alloc_gather(gathers_[k], world_ * max_block_len * int64_t(dtype_size(dt)), 0);
     alloc_gather(gathers_[2], world_ * parts_[emb].len * 4, dt != DType::f32 && !untied ? world_ * parts_[emb].len : 0);
     if (untied) alloc_gather(gathers_[3], world_ * parts_[head].len * int64_t(dtype_size(dt)), 0);
@@ -65,7 +152,7 @@ Shards::Shards(Model& model, Backend& be, Comm& comm, Strategy s, DType reduce)
       most = std::max(most, shard_grads ? world_ * parts_[i].len + parts_[i].tail : units[i].numel);
     bf16_scratch_ = PoolArray<uint16_t>(size_t(most), Mem::comm);
   }
-  if (prealloc) {
+  if (shard_grads && pol_.persistent) {
     for (int k = 0; k < 2; k++) alloc_grads(grad_bufs_[k], max_block_len, max_block_tail);
     alloc_grads(grad_bufs_[2], parts_[emb].len, parts_[emb].tail);
     alloc_grads(grad_bufs_[3], parts_[fin].len, parts_[fin].tail);
@@ -91,14 +178,14 @@ void Shards::build_segments() {
   for (size_t i = 0; i < units.size(); i++) {
     Unit& u = units[i];
     Part& p = parts_[i];
-    if (s_ == Strategy::ddp) {
+    if (!pol_.shard_optimizer) {
       segs_.push_back({i, 0, u.numel, u.params.data(), u.grads.data(), u.compute.data()});
       continue;
     }
-    float* w = s_ >= Strategy::zero3 ? p.w.data() : u.params.data() + p.lo;
-    float* g = s_ >= Strategy::zero2 ? p.g.data() : u.grads.data() + p.lo;
-    float* wt = s_ >= Strategy::zero3 ? p.wt.data() : u.params.data() + u.nbig;
-    float* gt = s_ >= Strategy::zero2 ? p.gt.data() : u.grads.data() + u.nbig;
+    float* w = pol_.shard_params ? p.w.data() : u.params.data() + p.lo;
+    float* g = pol_.shard_grads ? p.g.data() : u.grads.data() + p.lo;
+    float* wt = pol_.shard_params ? p.wt.data() : u.params.data() + u.nbig;
+    float* gt = pol_.shard_grads ? p.gt.data() : u.grads.data() + u.nbig;
     if (p.hi > p.lo) segs_.push_back({i, p.lo, p.hi, w, g});
     if (p.tail > 0) segs_.push_back({i, u.nbig, u.numel, wt, gt});
   }
@@ -116,7 +203,7 @@ void Shards::set(size_t i, const float* full) {
 // ---- parameters ------------------------------------------------------------------------------
 
 Shards::Gather* Shards::gather_slot(size_t i) {
-  if (s_ < Strategy::zero3 || parts_[i].len == 0) return nullptr;  // owned, or nothing to gather
+  if (!pol_.shard_params || parts_[i].len == 0) return nullptr;  // owned, or nothing to gather
   const Unit& u = model_.units()[i];
   return &gathers_[u.kind == UnitKind::embedding ? 2 : u.kind == UnitKind::head ? 3 : size_t(u.layer % 2)];
 }
@@ -167,13 +254,13 @@ void Shards::release(size_t i) {
   Gather* g = gather_slot(i);
   if (!g) return;
   model_.units()[i].bind_params(nullptr, parts_[i].wt.data(), nullptr);
-  if (s_ == Strategy::zero3) *g = Gather{};  // freed; yafsdp keeps it until the slot is reused
+  if (!pol_.persistent) *g = Gather{};  // freed; yafsdp keeps it until the slot is reused
 }
 
 // ---- gradients -------------------------------------------------------------------------------
 
 void Shards::zero_grads() {
-  if (s_ < Strategy::zero2) return model_.zero_grads();
+  if (!pol_.shard_grads) return model_.zero_grads();
   for (Part& p : parts_) {
     be_.fill_zero(p.g.data(), int64_t(p.g.size()));
     be_.fill_zero(p.gt.data(), int64_t(p.gt.size()));
@@ -191,7 +278,7 @@ Shards::GradBuf& Shards::grad_slot(size_t i) {
 }
 
 void Shards::grads_begin(size_t i) {
-  if (s_ < Strategy::zero2) return;
+  if (!pol_.shard_grads) return;
   GradBuf& b = grad_slot(i);
   if (b.unit >= 0) fold(b);
   Part& p = parts_[i];
@@ -204,7 +291,7 @@ void Shards::grads_begin(size_t i) {
 void Shards::grads_end(size_t i, bool last_micro) {
   Unit& u = model_.units()[i];
   uint16_t* h = bf16_scratch_.data();
-  if (s_ < Strategy::zero2) {  // ddp, zero1: whole gradients, summed once per step
+  if (!pol_.shard_grads) {  // ddp, zero1: whole gradients, summed once per step
     if (last_micro && world_ > 1)
       pending_.push_back(h ? comm_.all_reduce_bf16(u.grads.data(), h, u.numel)
                            : comm_.all_reduce(u.grads.data(), u.numel, ReduceOp::sum));
@@ -233,7 +320,7 @@ void Shards::fold(GradBuf& b) {
   be_.add(p.gt.data(), p.gt.data(), tail, p.tail, DType::f32);
   model_.units()[size_t(b.unit)].bind_grads(nullptr, nullptr);
   b.unit = -1;
-  if (s_ == Strategy::zero3) b = GradBuf{};
+  if (!pol_.persistent) b = GradBuf{};
 }
 
 double Shards::finish() {
@@ -251,7 +338,7 @@ double Shards::finish() {
 // One backend reduction over all units: one host wait on a GPU.
 double Shards::grad_sum_squares() {
   std::vector<FloatSpan> spans;
-  if (s_ < Strategy::zero2) {
+  if (!pol_.shard_grads) {
     for (auto& u : model_.units()) spans.push_back({u.grads.data(), u.numel});
     return be_.sum_squares(spans);  // whole gradients, the same on every rank
   }
@@ -266,10 +353,10 @@ double Shards::grad_sum_squares() {
 
 void Shards::after_update() {
   auto& units = model_.units();
-  if (s_ == Strategy::zero1 || s_ == Strategy::zero2)  // every rank's updated slice, in place
+  if (pol_.shard_optimizer && !pol_.shard_params)  // zero1, zero2: every rank's updated slice, in place
     for (size_t i = 0; i < units.size(); i++)
       if (units[i].nbig) comm_.all_gather_inplace(units[i].params.data(), units[i].nbig, parts_[i].len)->wait();
-  if (s_ == Strategy::ddp) return;  // AdamW wrote the compute copies; nothing is gathered
+  if (!pol_.shard_optimizer) return;  // ddp: AdamW wrote the compute copies; nothing is gathered
   refresh();
 }
 
@@ -281,7 +368,7 @@ void Shards::refresh() {
 std::vector<Shards::Range> Shards::master_ranges(size_t i) {
   Unit& u = model_.units()[i];
   Part& p = parts_[i];
-  if (s_ < Strategy::zero3) return {{0, u.numel, u.params.data()}};
+  if (!pol_.shard_params) return {{0, u.numel, u.params.data()}};
   std::vector<Range> out;
   if (p.hi > p.lo) out.push_back({p.lo, p.hi, p.w.data()});
   if (p.tail) out.push_back({u.nbig, u.numel, p.wt.data()});
@@ -290,7 +377,7 @@ std::vector<Shards::Range> Shards::master_ranges(size_t i) {
 
 void Shards::materialize() {
   be_.synchronize();  // no gather or optimizer step is still in flight
-  if (s_ < Strategy::zero3) return;
+  if (!pol_.shard_params) return;
   for (size_t i = 0; i < model_.units().size(); i++) {
     Unit& u = model_.units()[i];
     Part& p = parts_[i];
@@ -304,7 +391,7 @@ void Shards::materialize() {
 
 void Shards::dematerialize() {
   be_.synchronize();  // no gather is still reading the shards copied into next
-  if (s_ < Strategy::zero3) return;
+  if (!pol_.shard_params) return;
   for (size_t i = 0; i < model_.units().size(); i++) {
     Unit& u = model_.units()[i];
     set(i, u.params.data());
