@@ -385,6 +385,14 @@ ModelConfig tiny_model() {
   cfg.vocab_size = 97;
   return cfg;
 }
+// The llama family's: grouped queries, rotary positions, RMSNorm, SwiGLU, q/k/v biases, an
+// untied head.
+ModelConfig tiny_llama() {
+  ModelConfig cfg = model_preset("llama-tiny", "test");
+  cfg.vocab_size = 97;
+  cfg.attention_bias = true;
+  return cfg;
+}
 // A step's micro-batches: consecutive windows of the test stream from `next` on.
 auto windows(const TrainSettings& t, int64_t& next) {
   return [&t, &next](int32_t* in, int32_t* tg) {
@@ -396,9 +404,10 @@ auto windows(const TrainSettings& t, int64_t& next) {
 // step by step, and the CUDA run allocates nothing after its first step.
 TEST(CudaTraining, TinyModelLossesMatchCpuAndNothingIsAllocatedAfterTheFirstStep) {
   REQUIRE_CUDA();
-  const ModelConfig cfg = tiny_model();
   const int steps = 12;
+  for (const ModelConfig& cfg : {tiny_model(), tiny_llama()})
   for (DType d : kAll) {
+    SCOPED_TRACE(family_name(cfg.family));
     TrainSettings t;
     t.seq_len = 64;
     t.micro_batch = 4;
@@ -449,7 +458,7 @@ TEST(CudaTraining, TinyModelLossesMatchCpuAndNothingIsAllocatedAfterTheFirstStep
 // run in a different shuffled order at every launch).
 TEST(CudaTraining, SameRunTwiceGivesBitIdenticalLossesWeightsAndMoments) {
   REQUIRE_CUDA();
-  const ModelConfig cfg = tiny_model();
+  for (const ModelConfig& cfg : {tiny_model(), tiny_llama()}) {
   TrainSettings t;
   t.seq_len = 64;
   t.micro_batch = 4;
@@ -474,10 +483,11 @@ TEST(CudaTraining, SameRunTwiceGivesBitIdenticalLossesWeightsAndMoments) {
       }
     }
   }
-  EXPECT_EQ(losses[1], losses[0]);
+  EXPECT_EQ(losses[1], losses[0]) << family_name(cfg.family);
   ASSERT_EQ(state[1].size(), state[0].size());
   EXPECT_EQ(std::memcmp(state[1].data(), state[0].data(), state[0].size() * sizeof(float)), 0)
-      << "weights or AdamW moments differ between two identical runs";
+      << "weights or AdamW moments differ between two identical runs of " << family_name(cfg.family);
+  }
 }
 
 // A released device block serves the next request of its size, zero-filled again on the device
