@@ -7,6 +7,7 @@
 // (gradients of parameters accumulate across micro-batches; activations' gradients do not
 // unless stated).
 #pragma once
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <vector>
@@ -191,6 +192,15 @@ constexpr int64_t partial_rows(int64_t n, int64_t most) { return n < 8 * most ? 
 // Its sums of whole buffers (the gradient norm) add blocks' partial sums into this many double
 // slots, which the host adds up in order.
 constexpr int kReduceSlots = 1024;
+// What the CUDA backend keeps for itself (Mem::runtime) for BT rows: cuBLASLt's workspace, the
+// staged tokens (the largest: the embedding's positions grouped by token, 3 BT + 1 int32 at
+// most), the reduction slots, attention's row sums (lse_rows = B·NH·T), the partial sums of the
+// norms' (2 C wide) and the widest bias's gradients, and AdamW's span table (64 bytes for each
+// of num_tensors tensors, at most, that the rank updates).
+inline size_t cuda_runtime_bytes(int64_t BT, int64_t lse_rows, int64_t C, int64_t widest_bias, size_t num_tensors) {
+  const int64_t parts = std::max(partial_rows(BT, kLayerNormParts) * 2 * C, partial_rows(BT, kColumnParts) * widest_bias);
+  return kGemmWorkspace + size_t((3 * BT + 1) * 4 + kReduceSlots * 8 + lse_rows * 4 + parts * 4) + 64 * num_tensors;
+}
 
 Backend& cpu_backend();
 // The CUDA backend on the current device (built with FRUGAL_CUDA=ON). Its first call puts

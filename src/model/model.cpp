@@ -230,7 +230,7 @@ MemoryEstimate model_memory(const ModelConfig& cfg, int B, int T, DType dt, cons
                             bool gpu) {
   // The closed forms of docs/memory.md. e: bytes per compute element.
   const ActWidths w = act_widths(cfg);
-  const double BT = double(B) * T, C = cfg.n_embd, NH = cfg.n_head, L = cfg.n_layer,
+  const double BT = double(B) * T, C = cfg.n_embd, L = cfg.n_layer,
                Vp = double(cfg.padded_vocab()), e = double(dtype_size(dt));
   const double hr = double(lm_head_rows(int64_t(B) * T, cfg.padded_vocab(), dt, gpu));
   const int64_t es = int64_t(dtype_size(dt));
@@ -251,11 +251,7 @@ MemoryEstimate model_memory(const ModelConfig& cfg, int B, int T, DType dt, cons
   MemoryEstimate m;
   m.bytes[int(Mem::activations)] = size_t(acts);
   m.bytes[int(Mem::workspace)] = size_t(work);
-  // The GPU backend's own scratch: cuBLASLt's workspace, the staged tokens (the largest: the
-  // embedding's positions grouped by token, 3 BT + 1 int32 at most), the reduction slots,
-  // attention's row sums, the partial sums of the norms' and the widest bias's gradients, and
-  // AdamW's span table (64 bytes for each tensor, at most, that the
-  // rank updates).
+  // The GPU backend's own scratch (backend.h says what it holds).
   if (gpu) {
     const std::vector<UnitSpec> table = param_table(cfg);
     size_t num_tensors = 0;
@@ -265,10 +261,8 @@ MemoryEstimate model_memory(const ModelConfig& cfg, int B, int T, DType dt, cons
       for (const ParamSpec& p : t.specs)
         if (p.shape.size() == 1 && p.init == Init::zeros) widest_bias = std::max(widest_bias, p.numel);
     }
-    const int64_t bt = int64_t(B) * T;
-    const double parts = double(std::max(partial_rows(bt, kLayerNormParts) * 2 * int64_t(C), partial_rows(bt, kColumnParts) * widest_bias));
-    m.bytes[int(Mem::runtime)] = kGemmWorkspace + size_t((3 * BT + 1) * 4 + kReduceSlots * 8 + B * NH * T * 4 + parts * 4) +
-                                 64 * num_tensors;
+    m.bytes[int(Mem::runtime)] = cuda_runtime_bytes(int64_t(B) * T, int64_t(B) * cfg.n_head * T, cfg.n_embd, widest_bias,
+                                                    num_tensors);
   }
   return m;
 }
