@@ -193,7 +193,7 @@ void Model::allocate(int B, int T, const std::vector<Recompute>& plan, int64_t h
   dres_ = {size_t(BT * C), W};
   res_mid_ = {size_t(BT * C), W};
   dres_c_ = Bytes(dt_ != DType::f32 ? size_t(BT * C) * es : 0, W);
-  if (cfg_.family == Family::llama) {
+  if (cfg_.rotary()) {
     std::vector<float> c, s;
     rope_tables(cfg_, T, c, s);
     rope_cos_ = {c.size(), W};
@@ -204,8 +204,7 @@ void Model::allocate(int B, int T, const std::vector<Recompute>& plan, int64_t h
 }
 
 ActWidths act_widths(const ModelConfig& cfg) {
-  const bool llama = cfg.family == Family::llama;
-  return {cfg.n_embd, cfg.qkv_width(), llama ? 2 * cfg.ffn() : cfg.ffn(), cfg.ffn(), llama ? 1 : 2, cfg.n_head};
+  return {cfg.n_embd, cfg.qkv_width(), cfg.gated_mlp() ? 2 * cfg.ffn() : cfg.ffn(), cfg.ffn(), cfg.rms_norm() ? 1 : 2, cfg.n_head};
 }
 
 int64_t ActWidths::stash_bytes(Recompute r, int64_t es) const {
@@ -247,7 +246,7 @@ MemoryEstimate model_memory(const ModelConfig& cfg, int B, int T, DType dt, cons
   if (num_full > 0) acts += BT * double(w.stash_bytes(Recompute::full, es));  // one stash shared by full blocks
   double work = hr * Vp * e + BT * C * 8 + BT * (double(w.dbig()) + C) * e;  // logits, dres, res_mid, dbig, dsmall
   if (dt != DType::f32) work += BT * C * e;                    // dres in dt
-  if (cfg.family == Family::llama) work += 4.0 * T * cfg.head_size();  // the rotary tables
+  if (cfg.rotary()) work += 4.0 * T * cfg.head_size();  // the rotary tables
   MemoryEstimate m;
   m.bytes[int(Mem::activations)] = size_t(acts);
   m.bytes[int(Mem::workspace)] = size_t(work);
@@ -307,18 +306,18 @@ void Model::embed_forward(const int32_t* tokens, int B, int T) {
 }
 
 void Model::norm_forward(void* out, float* mean, float* rstd, const float* x, const float* w, const float* b, int64_t N) {
-  if (cfg_.family == Family::llama) be_.rmsnorm_forward(out, rstd, x, w, N, cfg_.n_embd, float(cfg_.norm_eps), dt_);
+  if (cfg_.rms_norm()) be_.rmsnorm_forward(out, rstd, x, w, N, cfg_.n_embd, float(cfg_.norm_eps), dt_);
   else be_.layernorm_forward(out, mean, rstd, x, w, b, N, cfg_.n_embd, dt_);
 }
 
 void Model::norm_backward(float* dx, float* dw, float* db, const void* dout, const float* x, const float* w,
                           const float* mean, const float* rstd, int64_t N) {
-  if (cfg_.family == Family::llama) be_.rmsnorm_backward(dx, dw, dout, x, w, rstd, N, cfg_.n_embd, dt_, dres_copy());
+  if (cfg_.rms_norm()) be_.rmsnorm_backward(dx, dw, dout, x, w, rstd, N, cfg_.n_embd, dt_, dres_copy());
   else be_.layernorm_backward(dx, dw, db, dout, x, w, mean, rstd, N, cfg_.n_embd, dt_, dres_copy());
 }
 
 void Model::rope(void* qkv, int B, int T, bool inverse) {
-  if (cfg_.family != Family::llama) return;
+  if (!cfg_.rotary()) return;
   be_.rope(qkv, rope_cos_.data(), rope_sin_.data(), B, T, cfg_.qkv_width(), cfg_.n_head + cfg_.kv_heads(),
            cfg_.head_size(), inverse, dt_);
 }
@@ -329,7 +328,7 @@ void Model::block_forward(int l, int B, int T, bool recompute) {
   BlockActs& a = acts_[l];
   const int64_t BT = int64_t(B) * T, C = cfg_.n_embd, W = cfg_.qkv_width(), F = cfg_.ffn();
   const DType dt = dt_;
-  const bool glu = cfg_.family == Family::llama;  // SwiGLU: fc is gate|up (2F)
+  const bool glu = cfg_.gated_mlp();  // SwiGLU: fc is gate|up (2F)
   const float* x = res_[l];
   if (plan_[l] == Recompute::full) {  // the shared stash: still this block's since its forward?
     if (recompute && stash_block_ == l) return;
@@ -405,7 +404,7 @@ void Model::block_backward(int l, int B, int T) {
   BlockActs& a = acts_[l];
   const int64_t BT = int64_t(B) * T, C = cfg_.n_embd, W = cfg_.qkv_width(), F = cfg_.ffn();
   const DType dt = dt_;
-  const bool glu = cfg_.family == Family::llama;
+  const bool glu = cfg_.gated_mlp();
   float* dres = dres_.data();  // fp32; in: d(block output); out: d(block input)
   void* dbig = dbig_.data();
   void* dsmall = dsmall_.data();

@@ -48,6 +48,10 @@ struct ModelConfig {
   double norm_eps = 1e-5;
   double rope_theta = 10000;
   RopeScaling rope_scaling;
+  // What the family's blocks compute: the switches of Model's one block code.
+  bool rms_norm() const { return family == Family::llama; }   // RMSNorm (else LayerNorm with bias)
+  bool rotary() const { return family == Family::llama; }     // rotary positions (else a learned table)
+  bool gated_mlp() const { return family == Family::llama; }  // SwiGLU on gate|up (else GELU)
   int kv_heads() const { return n_kv_head > 0 ? n_kv_head : n_head; }
   int head_size() const { return n_embd / n_head; }
   int64_t qkv_width() const { return int64_t(n_head + 2 * kv_heads()) * head_size(); }  // W
