@@ -32,7 +32,6 @@ const char* family_name(Family f);
 struct RopeScaling {
   double factor = 0, low_freq_factor = 1, high_freq_factor = 4;
   int original_context = 8192;
-  bool operator==(const RopeScaling&) const = default;
 };
 
 struct ModelConfig {
@@ -57,7 +56,6 @@ struct ModelConfig {
   int64_t qkv_width() const { return int64_t(n_head + 2 * kv_heads()) * head_size(); }  // W
   int64_t ffn() const { return ffn_hidden > 0 ? ffn_hidden : 4 * int64_t(n_embd); }      // F
   int64_t padded_vocab() const { return (int64_t(vocab_size) + 127) / 128 * 128; }
-  bool operator==(const ModelConfig&) const = default;
   // From param_table():
   int64_t num_params() const;            // all parameters, padding rows of the vocabulary included
   int64_t num_params_no_wpe() const;     // N for the 6N FLOPs rule (V rows; no position table)
@@ -86,13 +84,13 @@ struct Tensors {
 
 enum class Init { normal, normal_residual, ones, zeros };
 
-// One row per parameter tensor: allocation, init, weight decay and file names iterate this.
 // A part of a parameter that transformers stores as a tensor of its own: `rows` rows of it, in
 // order (Llama's q_proj, k_proj, v_proj make frugal's qkv; gate_proj, up_proj its fc).
 struct HfPart {
   std::string name;
   int64_t rows;
 };
+// One row per parameter tensor: allocation, init, weight decay and file names iterate this.
 struct ParamSpec {
   std::string name;              // e.g. "blocks.3.attn.qkv.weight"
   std::vector<int64_t> shape;    // weights [out, in]

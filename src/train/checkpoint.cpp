@@ -240,15 +240,13 @@ int check_checkpoint(const std::string& dir, const RunConfig& cfg, int world) {
     user_error("{}: format_version {} is newer than this frugal reads ({}); resume it with a newer frugal",
                state_path, version, kCheckpointVersion);
   RunConfig saved = load_config(dir + "/config.toml", {});
-  std::vector<std::string> diffs;
-  auto cmp = [&](const char* key, int was, int now) {
-    if (was != now) diffs.push_back(fmt::format("model.{} {} -> {}", key, was, now));
-  };
-  cmp("n_layer", saved.model.n_layer, cfg.model.n_layer);
-  cmp("n_head", saved.model.n_head, cfg.model.n_head);
-  cmp("n_embd", saved.model.n_embd, cfg.model.n_embd);
-  cmp("vocab_size", saved.model.vocab_size, cfg.model.vocab_size);
-  cmp("context", saved.model.context, cfg.model.context);
+  std::vector<std::string> diffs;  // every model key but the preset's name ("model.KEY=VALUE")
+  const std::vector<std::string> was = model_overrides(saved.model), now = model_overrides(cfg.model);
+  for (size_t i = 1; i < was.size(); i++)
+    if (was[i] != now[i]) {
+      const size_t eq = was[i].find('=');
+      diffs.push_back(fmt::format("{} {} -> {}", was[i].substr(0, eq), was[i].substr(eq + 1), now[i].substr(eq + 1)));
+    }
   if (!diffs.empty())
     user_error("{}: the configuration changes the model shape of checkpoint {}: {} (resume with the checkpoint's shape)",
                cfg.source, dir, fmt::join(diffs, ", "));

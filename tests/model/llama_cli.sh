@@ -16,6 +16,8 @@ for variant in "fp32 none" "bf16 full"; do
   grep -q "resuming from run_$1/ckpt-4 at step 4" log || fail "$1: did not resume from ckpt-4: $(cat log)"
   bit_identical run_$1 whole_$1 12
 done
+"$F" train --resume run_fp32 --model.rope_theta=500000 > log 2>&1 && fail "a resume that changes rope_theta ran"
+grep -q "changes the model shape of checkpoint run_fp32/ckpt-12: model.rope_theta 10000 -> 500000" log || fail "resume with another rope_theta: $(cat log)"
 grep -q '"family": "llama"' whole_fp32/config.toml 2>/dev/null || grep -q 'family = "llama"' whole_fp32/config.toml || fail "config.toml lacks the family"
 "$F" eval --run whole_fp32 > log 2>&1 || fail "eval: $(cat log)"
 grep -q "loss" log || fail "eval printed no loss: $(cat log)"
