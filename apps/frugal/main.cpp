@@ -148,11 +148,13 @@ static int cmd_sample(const std::string& run, const std::string& prompt, int num
   auto tok = run_tokenizer(run, c);
   Model model(c, cpu_backend());
   load_model(weights, model);
-  model.allocate(1, c.context);
   std::vector<uint32_t> enc;
   tok->encode(prompt, enc);
   std::vector<int32_t> tokens(enc.begin(), enc.end()), generated;
   if (tokens.empty()) tokens.push_back(int32_t(tok->eot()));
+  // activations for the longest window this sampling reads, not the whole context (llama-3.2-1b
+  // has 131072 positions)
+  model.allocate(1, int(std::min<int64_t>(c.context, int64_t(tokens.size()) + num_tokens)));
   size_t printed = 0;  // bytes of the decoded continuation printed so far
   Rng rng(seed);
   std::vector<float> logits;
