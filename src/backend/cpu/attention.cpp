@@ -7,13 +7,17 @@
 // shared by G = NH/NKV query heads. The forward is parallel over (b, query head), the backward
 // over (b, key/value head), a task summing dK and dV over its group's query heads: each task
 // owns its outputs.
-// In bf16 (where the CPU has AVX512-BF16 and the head size is a multiple of 16) forward and
+// In bf16 (where the CPU has AVX512-BF16 and the head size is a multiple of 16; on AMX tiles
+// where the CPU has AMX) forward and
 // backward multiply bf16 pairs with fp32 sums instead (vdpbf16ps, twice fp32's rate), on
 // operands repacked once per head; P (and dS) are rounded to bf16 for the next product, as
 // PyTorch's CPU flash attention and FlashAttention-2 on GPUs do, while row sums stay fp32.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "backend/cpu/cpu.h"
 
@@ -139,9 +143,113 @@ static void dp_rows(int64_t rows, float* c, int64_t ldc, const uint32_t* a, int6
   for (; r < rows; r++) dp_block<1, NB>(c + r * ldc, ldc, a + r * lda, lda, b, ldb, P, acc);
 }
 
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
+// AMX (Sapphire Rapids and later): the same product on the tile unit, whose bf16 pair products
+// are 8x vdpbf16ps's rate. Tiles 0-3 hold C (up to 16 rows x 16 fp32 each), 4 A (rows x up to
+// 16 pairs), 5 B (up to 16 pairs x 16 columns, VNNI: dp's layout). The kernel asks for the tile
+// state once per process; where it cannot have it (no AMX, an old kernel) dp stays on AVX-512.
+static bool amx_ready() {
+  static const bool ok = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0;
+  return ok;
+}
+
+struct alignas(64) TileConfig {
+  uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// The configuration this thread loaded last (-1: none, or another library's since: oneDNN's
+// GEMMs configure the tiles for themselves between two attention calls).
+static thread_local int cur_r = -1, cur_kp = -1;
+static void amx_forget() { cur_r = cur_kp = -1; }
+
+// Loads the configuration for r rows of C and A and kp pairs of the reduction, unless loaded.
+static void amx_config(int r, int kp) {
+  if (r == cur_r && kp == cur_kp) return;
+  TileConfig t;
+  for (int i = 0; i < 4; i++) { t.rows[i] = uint8_t(r); t.colsb[i] = 64; }
+  t.rows[4] = uint8_t(r);
+  t.colsb[4] = uint16_t(4 * kp);
+  t.rows[5] = uint8_t(kp);
+  t.colsb[5] = 64;
+  _tile_loadconfig(&t);
+  cur_r = r;
+  cur_kp = kp;
+}
+
+template <int N>
+static inline void amx_block(float* c, int64_t ldc, const uint32_t* a, int64_t lda, const __m512i* b, int64_t ldb,
+                             int64_t P, bool acc, int r) {
+  for (int64_t p0 = 0; p0 < P; p0 += 16) {
+    const int kp = int(std::min<int64_t>(16, P - p0));
+    amx_config(r, kp);
+    if (p0 == 0) {
+      if (acc) {
+        _tile_loadd(0, c, ldc * 4);
+        if (N > 1) _tile_loadd(1, c + 16, ldc * 4);
+        if (N > 2) _tile_loadd(2, c + 32, ldc * 4);
+        if (N > 3) _tile_loadd(3, c + 48, ldc * 4);
+      } else {
+        _tile_zero(0);
+        if (N > 1) _tile_zero(1);
+        if (N > 2) _tile_zero(2);
+        if (N > 3) _tile_zero(3);
+      }
+    }
+    _tile_loadd(4, a + p0, lda * 4);
+    const __m512i* bp = b + p0 * ldb;
+    _tile_loadd(5, bp, ldb * 64);
+    _tile_dpbf16ps(0, 4, 5);
+    if (N > 1) { _tile_loadd(5, bp + 1, ldb * 64); _tile_dpbf16ps(1, 4, 5); }
+    if (N > 2) { _tile_loadd(5, bp + 2, ldb * 64); _tile_dpbf16ps(2, 4, 5); }
+    if (N > 3) { _tile_loadd(5, bp + 3, ldb * 64); _tile_dpbf16ps(3, 4, 5); }
+  }
+  _tile_stored(0, c, ldc * 4);
+  if (N > 1) _tile_stored(1, c + 16, ldc * 4);
+  if (N > 2) _tile_stored(2, c + 32, ldc * 4);
+  if (N > 3) _tile_stored(3, c + 48, ldc * 4);
+}
+
+// A kp that changes mid-reduction (P not a multiple of 16) reloads the configuration, which
+// zeroes every tile: C is stored and reloaded around it.
+static void dp_amx(int64_t rows, int64_t nb, float* c, int64_t ldc, const uint32_t* a, int64_t lda,
+                   const __m512i* b, int64_t ldb, int64_t P, bool acc) {
+  const int64_t P16 = P / 16 * 16;
+  for (int64_t r0 = 0; r0 < rows; r0 += 16) {
+    const int r = int(std::min<int64_t>(16, rows - r0));
+    for (int64_t n0 = 0; n0 < nb; n0 += 4) {
+      float* cn = c + r0 * ldc + 16 * n0;
+      const uint32_t* ar = a + r0 * lda;
+      for (int part = 0; part < 2; part++) {  // the multiple of 16 pairs, then the rest
+        const int64_t p_lo = part ? P16 : 0, np = part ? P - P16 : P16;
+        if (np == 0) continue;
+        const bool add = acc || p_lo > 0;
+        switch (std::min<int64_t>(4, nb - n0)) {
+          case 4: amx_block<4>(cn, ldc, ar + p_lo, lda, b + n0 + p_lo * ldb, ldb, np, add, r); break;
+          case 3: amx_block<3>(cn, ldc, ar + p_lo, lda, b + n0 + p_lo * ldb, ldb, np, add, r); break;
+          case 2: amx_block<2>(cn, ldc, ar + p_lo, lda, b + n0 + p_lo * ldb, ldb, np, add, r); break;
+          default: amx_block<1>(cn, ldc, ar + p_lo, lda, b + n0 + p_lo * ldb, ldb, np, add, r); break;
+        }
+      }
+    }
+  }
+}
+#endif
+
+// At the start of each thread's share of an attention call: whatever the tiles hold is not ours.
+static inline void amx_begin() {
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
+  amx_forget();
+#endif
+}
+
 // dp_block over any number of rows and of 16-column blocks (ldb >= nb).
 static void dp(int64_t rows, int64_t nb, float* c, int64_t ldc, const uint32_t* a, int64_t lda,
                const __m512i* b, int64_t ldb, int64_t P, bool acc) {
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
+  if (amx_ready()) return dp_amx(rows, nb, c, ldc, a, lda, b, ldb, P, acc);
+#endif
   for (int64_t n0 = 0; n0 < nb; n0 += 4) {
     float* cn = c + 16 * n0;
     const __m512i* bn = b + n0;
@@ -241,6 +349,7 @@ static void attention_forward_bf16(bf16* out, float* lse, const bf16* qkv, float
   const float scale = 1.0f / std::sqrt(float(HS));
 #pragma omp parallel
   {
+    amx_begin();
     float* mine = scratch + int64_t(omp_get_thread_num()) * per_thread;
     uint32_t* kp = reinterpret_cast<uint32_t*>(mine);       // tiles·64·HS/2
     uint32_t* vp = kp + tiles * kTile * H2;                  // tiles·32·HS
@@ -303,6 +412,7 @@ static void attention_backward_bf16(bf16* dqkv, const bf16* dout, const bf16* qk
   const float scale = 1.0f / std::sqrt(float(HS));
 #pragma omp parallel
   {
+    amx_begin();
     uint32_t* kd = reinterpret_cast<uint32_t*>(scratch + int64_t(omp_get_thread_num()) * per_thread);
     uint32_t* vd = kd + packed;   // V by dims
     uint32_t* kr = vd + packed;   // K by rows
