@@ -7,11 +7,11 @@
 // shared by G = NH/NKV query heads. The forward is parallel over (b, query head), the backward
 // over (b, key/value head), a task summing dK and dV over its group's query heads: each task
 // owns its outputs.
-// In bf16 (where the CPU has AVX512-BF16 and the head size is a multiple of 16; on AMX tiles
-// where the CPU has AMX) forward and
-// backward multiply bf16 pairs with fp32 sums instead (vdpbf16ps, twice fp32's rate), on
-// operands repacked once per head; P (and dS) are rounded to bf16 for the next product, as
-// PyTorch's CPU flash attention and FlashAttention-2 on GPUs do, while row sums stay fp32.
+// In bf16 (where the CPU has AVX512-BF16 and the head size is a multiple of 16) forward and
+// backward multiply bf16 pairs with fp32 sums instead (vdpbf16ps, twice fp32's rate; on AMX
+// tiles where the CPU has AMX, 2.5x more), on operands repacked once per head; P (and dS) are
+// rounded to bf16 for the next product, as PyTorch's CPU flash attention and FlashAttention-2
+// on GPUs do, while row sums stay fp32.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
