@@ -176,7 +176,7 @@ import json, statistics, sys, datetime, os
 d, B, peak, gpu, tests_ok, frugal_ok = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6]
 skip = sys.argv[7].split(",")
 T = 1024
-# 6N + 12 L T C FLOPs per token, as frugal's GptConfig::flops_per_token
+# 6N + 12 L T C FLOPs per token, as frugal's ModelConfig::flops_per_token
 flops_tok = 6 * (12 * (12 * 768 * 768 + 13 * 768) + 50257 * 768 + 2 * 768) + 12 * 12 * T * 768
 print(f"### GPU check, {datetime.date.today()}, {gpu}")
 print(f"command: bash bench/gpu/check.sh --batch {B}{' --skip ' + sys.argv[7] if sys.argv[7] else ''}; gpt2 (124M) bf16, B={B} T={T}, random tokens")

@@ -203,6 +203,9 @@ inline size_t cuda_runtime_bytes(int64_t BT, int64_t lse_rows, int64_t C, int64_
 }
 
 Backend& cpu_backend();
+// Where the CPU backend's bf16 products run on this machine: "amx" (oneDNN's GEMMs and frugal's
+// attention on AMX tiles), "avx512_bf16" (vdpbf16ps pair products), or "fp32" (widened).
+const char* cpu_bf16_isa();
 // The CUDA backend on the current device (built with FRUGAL_CUDA=ON). Its first call puts
 // device memory (cudaMalloc) behind the MemoryPool, so the model's buffers are device buffers
 // that the host reaches only through copy() (init, files, tests). Ops run in order on the

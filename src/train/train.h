@@ -73,7 +73,7 @@ class Stepper {
   const LossScaler& scaler() const { return scaler_; }
   const AdamW& optimizer() const { return opt_; }
   Shards& shards() { return shards_; }
-  // GPT-2 init of the model's weights, whichever strategy holds them.
+  // The family's init of the model's weights, whichever strategy holds them.
   void init_weights(uint64_t seed);
   // The training state beyond the weights, for checkpoints.
   LossScaler& scaler() { return scaler_; }

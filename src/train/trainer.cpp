@@ -164,6 +164,9 @@ void train(const RunConfig& cfg, Comm& comm, bool resume) {
   check_same_config(cfg, comm);
   if (t.threads > 0) omp_set_num_threads(t.threads);
   const bool rank0 = comm.rank() == 0;
+  if (rank0 && t.threads > omp_get_num_procs())
+    fmt::print(stderr, "warning: train.threads = {} is above the {} cores this process may use: threads will "
+               "share cores, which is slower than {} threads\n", t.threads, omp_get_num_procs(), omp_get_num_procs());
   const std::string dir = cfg.run.dir;
   std::string ckpt;
   int start = 0;

@@ -8,6 +8,7 @@
 //  - bf16 (8 mantissa bits, one rounding = 2^-9 = 2e-3 relative): 1e-2, the rounding of the
 //    output plus that of the intermediates a kernel stores (attention's probabilities);
 //  - fp16 (11 bits, 2^-12 = 2.4e-4): 2e-3 for the same reasons.
+#include <fstream>
 #include <functional>
 
 #include <fmt/format.h>
@@ -381,6 +382,15 @@ TEST(Gelu, ForwardMatchesFloat64AndBackwardMatchesFiniteDifferences) {
     expect_close(d, y.values(), ry, 1e-5, 1e-6, "y");
     expect_close(d, dx.values(), rdx, 1e-4, 1e-5, "dx");
   }
+}
+
+// Where the CPU has AMX, the bf16 products run on it: oneDNN's GEMMs and frugal's attention.
+TEST(Attention, Bf16RunsOnAmxWhereTheCpuHasIt) {
+  std::ifstream in("/proc/cpuinfo");
+  const std::string info((std::istreambuf_iterator<char>(in)), {});
+  if (info.find(" amx_bf16") == std::string::npos)
+    GTEST_SKIP() << "this CPU has no AMX (no amx_bf16 in /proc/cpuinfo): the bf16 kernels run on " << cpu_bf16_isa();
+  EXPECT_STREQ(cpu_bf16_isa(), "amx");
 }
 
 TEST(Attention, ForwardAndBackwardMatchFloat64AcrossTiles) {

@@ -5,6 +5,7 @@
 #include <array>
 #include <chrono>
 #include <fstream>
+#include <thread>
 #include <map>
 
 #include <nlohmann/json.hpp>
@@ -294,6 +295,19 @@ TEST_F(Cli, InitFromRefusesWhatItCannotPlace) {
   ASSERT_TRUE(std::filesystem::remove(*dir_ / ("tf3/" + shard)));
   expect_error("train --init-from tf3" + run_args, "tf3/" + shard + ": cannot open");
   EXPECT_FALSE(std::filesystem::exists(*dir_ / "refused"));
+}
+
+// More threads than cores is allowed, and said: they would share cores.
+TEST_F(Cli, ThreadsAboveTheCoresWarn) {
+  ASSERT_EQ(run("prepare corpus.txt --out data --val-every 5", d()).code, 0);
+  const int cores = int(std::thread::hardware_concurrency());
+  Result r = run(std::string("train ") + kTiny + " --train.steps=1 --train.eval_batches=1 --run.dir=thr --train.threads=" +
+                     std::to_string(4 * cores), d());
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find(fmt::format("warning: train.threads = {} is above the", 4 * cores)), std::string::npos) << r.out;
+  Result ok = run(std::string("train ") + kTiny + " --train.steps=1 --train.eval_batches=1 --run.dir=thr2 --train.threads=1", d());
+  ASSERT_EQ(ok.code, 0) << ok.out;
+  EXPECT_EQ(ok.out.find("warning: train.threads"), std::string::npos) << ok.out;
 }
 
 // The refactor guard: a short gpt2-family run's losses and final weights, pinned bit for bit (fp32

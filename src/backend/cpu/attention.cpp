@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstring>
 
+#include <oneapi/dnnl/dnnl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -568,6 +569,17 @@ static void attention_backward_t(S* dqkv, const S* dout, const S* qkv, const S* 
         store_rows(dqkv + b * T * C3 + hd.v(kv * G), dvall, T, HS, C3, HS, 1);
       }
   }
+}
+
+const char* cpu_bf16_isa() {
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
+  if (amx_ready() && dnnl_get_effective_cpu_isa() >= dnnl_cpu_isa_avx512_core_amx) return "amx";
+#endif
+#if defined(__AVX512BF16__)
+  return "avx512_bf16";
+#else
+  return "fp32";
+#endif
 }
 
 void CpuBackend::attention_forward(void* out, float* lse, const void* qkv, int64_t B, int64_t T,
