@@ -216,6 +216,9 @@ TEST_F(Cli, LlamaBothWaysWithTransformers) {
       EXPECT_EQ(c.kv_heads(), 2);
       EXPECT_EQ(c.attention_bias, std::string(kind) == "qwen2");
     }
+    Result p = run("plan -c " + dir + "/config.json --tokens 1e9 --device a100-80gb --devices 1", d());
+    ASSERT_EQ(p.code, 0) << p.out;
+    EXPECT_NE(p.out.find("llama family (2 layers, 4 heads (2 key/value), 64 dims, vocab 300)"), std::string::npos) << p.out;
   }
   // a config.json frugal does not compute is refused, naming the field
   std::filesystem::create_directories(*dir_ / "bad");
