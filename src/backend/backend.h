@@ -10,6 +10,9 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
 #include <vector>
 
 #include "core/dtype.h"
@@ -201,6 +204,15 @@ inline size_t cuda_runtime_bytes(int64_t BT, int64_t lse_rows, int64_t C, int64_
   const int64_t parts = std::max(partial_rows(BT, kLayerNormParts) * 2 * C, partial_rows(BT, kColumnParts) * widest_bias);
   return kGemmWorkspace + size_t((3 * BT + 1) * 4 + kReduceSlots * 8 + lse_rows * 4 + parts * 4) + 64 * num_tensors;
 }
+
+// Seconds and FLOPs (GEMMs, attention) per op family, summed over the ops a TimingBackend ran.
+struct OpTime {
+  double seconds = 0, flops = 0;
+};
+using OpTimes = std::map<std::string, OpTime>;
+// A Backend that runs inner's ops and adds each one's time (synchronised around it on a GPU)
+// into (*times)[its op family]: run.profile and bench/step_profile.
+std::unique_ptr<Backend> timing_backend(Backend& inner, OpTimes* times);
 
 Backend& cpu_backend();
 // Where the CPU backend's bf16 products run on this machine: "amx" (oneDNN's GEMMs and frugal's

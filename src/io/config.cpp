@@ -184,6 +184,7 @@ std::vector<Field> fields(RunConfig& c) {
       int_field("run", "log_every", &c.run.log_every, 1),
       int_field("run", "checkpoint_every", &c.run.checkpoint_every, 0),
       int_field("run", "keep_checkpoints", &c.run.keep_checkpoints, 1),
+      bool_field("run", "profile", &c.run.profile),
       string_field("device", "backend", &c.device.backend),
       string_field("device", "name", &c.device.name),
       float_field("device", "peak_flops", &c.device.peak_flops, 1.0),

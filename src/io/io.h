@@ -65,6 +65,7 @@ struct RunSettings {
   int log_every = 1;
   int checkpoint_every = 250;  // steps between checkpoints (and one at the end); 0 = none
   int keep_checkpoints = 3;    // the newest K are kept
+  bool profile = false;        // time every op of the steps after the first: profile.json, the report
 };
 
 struct DeviceSettings {

@@ -106,6 +106,28 @@ const char* kColors[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", 
 
 }  // namespace
 
+// run.profile's profile.json as a table: each op family's time per step, its share (a bar), and
+// the FLOP/s of GEMMs and attention against the device's peak. "" without a profile.
+static std::string profile_table(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return "";
+  nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
+  if (j.is_discarded() || !j.contains("ops") || !j["ops"].is_array()) return "";
+  std::string t = fmt::format("<h2>Where a step goes (run.profile: {} steps, {:.4f} s per step)</h2>\n"
+                              "<table style=\"border-collapse:collapse\"><tr><th align=left>op</th><th>s/step</th>"
+                              "<th align=left>share</th><th>GFLOP/s</th><th>of peak</th></tr>\n",
+                              j.value("steps", 0), j.value("step_s", 0.0));
+  for (const auto& r : j["ops"]) {
+    const double share = r.value("share", 0.0);
+    t += fmt::format("<tr><td>{}</td><td align=right>{:.4f}</td><td><div style=\"background:{};height:12px;width:{:.0f}px\">"
+                     "</div>{:.1f}%</td><td align=right>{}</td><td align=right>{}</td></tr>\n",
+                     escape(r.value("op", std::string())), r.value("seconds_per_step", 0.0), kColors[0], 300 * share,
+                     100 * share, r.contains("gflops") ? fmt::format("{:.1f}", r["gflops"].get<double>()) : "",
+                     r.contains("of_peak") ? fmt::format("{:.0f}%", 100 * r["of_peak"].get<double>()) : "");
+  }
+  return t + "</table>\n";
+}
+
 std::string write_report(const std::string& run_dir, const std::string& devices_path) {
   RunConfig cfg = load_config(run_dir + "/config.toml", {});
   const std::string path = run_dir + "/metrics.jsonl";
@@ -191,6 +213,7 @@ std::string write_report(const std::string& run_dir, const std::string& devices_
   html += line_chart("Memory by category (peak per step, per rank)", "step", mem_series, true);
   html += bar_chart("Memory: predicted vs measured peak", labels, pred, meas);
   html += line_chart("Cost so far (USD)", "step", {cost, cost_pred});
+  html += profile_table(run_dir + "/profile.json");
   html += "<h2>Predicted vs measured</h2>\n<pre>" + escape(compare_table(p, &m)) + "</pre>\n</body></html>\n";
   const std::string out = run_dir + "/report.html";
   write_file_atomic(out, html.data(), html.size());

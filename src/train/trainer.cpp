@@ -158,6 +158,39 @@ static void truncate_metrics(const std::string& path, int step) {
   write_file_atomic(path, kept.data(), kept.size());
 }
 
+// run.profile: each op family's seconds per step, its share of the step and, for GEMMs and
+// attention, its FLOP/s against the device's peak, as profile.json (the report draws it) and a
+// table; the first step (warm-up) is not counted.
+static void write_profile(const std::string& dir, const OpTimes& ops, int steps, double seconds, double peak) {
+  if (steps < 1) {
+    fmt::print("profile: no step after the first (warm-up) to time: run more than one step\n");
+    return;
+  }
+  const double step_s = seconds / steps;
+  nlohmann::json rows = nlohmann::json::array();
+  std::string table = fmt::format("profile: {:.4f} s per step over {} steps (peak {:.4g} GFLOP/s)\n", step_s, steps, peak / 1e9);
+  double accounted = 0;
+  auto row = [&](const std::string& op, double s, double flops) {
+    nlohmann::json r = {{"op", op}, {"seconds_per_step", s}, {"share", s / step_s}};
+    std::string rate;
+    if (flops > 0 && s > 0) {
+      r["gflops"] = flops / steps / s / 1e9;
+      r["of_peak"] = flops / steps / s / peak;
+      rate = fmt::format("  {:8.1f} GFLOP/s ({:.0f}% of peak)", flops / steps / s / 1e9, 100 * flops / steps / s / peak);
+    }
+    rows.push_back(r);
+    table += fmt::format("  {:<18} {:9.4f} s {:6.1f}%{}\n", op, s, 100 * s / step_s, rate);
+  };
+  for (const auto& [op, o] : ops) {
+    row(op, o.seconds / steps, o.flops);
+    accounted += o.seconds / steps;
+  }
+  row("other: host, waits", std::max(0.0, step_s - accounted), 0);  // host work, communication waits
+  const std::string text = nlohmann::json{{"steps", steps}, {"step_s", step_s}, {"peak_flops", peak}, {"ops", rows}}.dump(2);
+  write_file_atomic(dir + "/profile.json", text.data(), text.size());
+  fmt::print("{}wrote {}/profile.json\n", table, dir);
+}
+
 void train(const RunConfig& cfg, Comm& comm, bool resume) {
   const TrainSettings& t = cfg.train;
   check_world(cfg, comm.size());
@@ -215,8 +248,12 @@ void train(const RunConfig& cfg, Comm& comm, bool resume) {
   if (!be.native_gemm(dt) && rank0)
     fmt::print("note: the {} backend has no native {} GEMM; it runs through fp32 conversions "
                "(correct, not faster)\n", be.name(), dtype_name(dt));
-  Model model(cfg.model, be, dt, model_owns(strategy));
-  Stepper stepper(model, be, comm, t, cfg.accum_steps(comm.size()), cfg.precision, plan, strategy);
+  // run.profile: every op of the model and the step through a timing decorator
+  OpTimes step_ops, profile;
+  std::unique_ptr<Backend> timed = cfg.run.profile ? timing_backend(be, &step_ops) : nullptr;
+  Backend& run_be = timed ? *timed : be;
+  Model model(cfg.model, run_be, dt, model_owns(strategy));
+  Stepper stepper(model, run_be, comm, t, cfg.accum_steps(comm.size()), cfg.precision, plan, strategy);
   stepper.init_weights(t.seed);
   if (!resume && !t.init_from.empty()) {
     stepper.shards().materialize();
@@ -247,7 +284,7 @@ void train(const RunConfig& cfg, Comm& comm, bool resume) {
   std::unique_ptr<TensorBoardWriter> tb;  // the same scalars for tensorboard
   auto open_run = [&] {
     if (!resume) {  // the previous run's final model and summary are not this run's
-      for (const char* f : {"/model.safetensors", "/summary.json"}) std::filesystem::remove(dir + f, ec);
+      for (const char* f : {"/model.safetensors", "/summary.json", "/profile.json"}) std::filesystem::remove(dir + f, ec);
       int removed = remove_checkpoints(dir);
       if (removed > 0)
         fmt::print("note: a fresh start in {}: removed its {} checkpoint(s) (--resume continues from them)\n", dir, removed);
@@ -319,11 +356,19 @@ void train(const RunConfig& cfg, Comm& comm, bool resume) {
     comm.set_step(step + 1);
     MemoryPool::get().reset_peak();
     const size_t allocs_before = MemoryPool::get().stats().allocations;
+    step_ops.clear();
     auto t0 = clock::now();
     StepStats st = stepper.step(step, [&](int32_t* in, int32_t* tg) { train_data.next(in, tg); });
     double dt_s = std::chrono::duration<double>(clock::now() - t0).count();
     train_seconds += dt_s;
-    if (step > start) { timed_tokens += st.tokens; timed_seconds += dt_s; }  // the first step warms up
+    if (step > start) {  // the first step warms up
+      timed_tokens += st.tokens;
+      timed_seconds += dt_s;
+      for (auto& [op, o] : step_ops) {
+        profile[op].seconds += o.seconds;
+        profile[op].flops += o.flops;
+      }
+    }
     const MemStats& mem = MemoryPool::get().stats();
     for (int c = 0; c < num_mem; c++) overall.peak[c] = std::max(overall.peak[c], mem.peak[c]);
     overall.total_peak = std::max(overall.total_peak, mem.total_peak);
@@ -389,6 +434,7 @@ void train(const RunConfig& cfg, Comm& comm, bool resume) {
                     {"cost", total / 3600 * comm.size() * forecast.s.device.price}}}}.dump(2);
   write_file_atomic(dir + "/summary.json", summary.data(), summary.size());
   fmt::print("wrote {}/model.safetensors, {}/metrics.jsonl, {}/summary.json\n", dir, dir, dir);
+  if (cfg.run.profile) write_profile(dir, profile, t.steps - start - 1, timed_seconds, cfg.device.peak_for(dt));
 }
 
 }  // namespace frugal

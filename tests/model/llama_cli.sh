@@ -27,4 +27,19 @@ grep -q "^In the" log || fail "sample did not continue the prompt: $(cat log)"
 [ -s whole_fp32/report.html ] || fail "report.html missing"
 "$F" plan -c whole_fp32/config.toml --tokens 1e6 > log 2>&1 || fail "plan -c: $(cat log)"
 grep -qi "llama" log || fail "plan does not name the family: $(cat log)"
-echo "llama cli: resumed runs equal uninterrupted ones (fp32, bf16 full recompute); eval, sample, report, plan work"
+# run.profile: every op family's time per step (the first step not counted), GEMM and attention
+# rates, summing to the step; the report draws it
+"$F" train $A --train.steps=3 --run.checkpoint_every=0 --run.profile=true --run.dir=prof > log 2>&1 || fail "profile: $(cat log)"
+/usr/bin/python3 - <<'PY' || fail "profile.json: $(cat prof/profile.json)"
+import json
+p = json.load(open("prof/profile.json"))
+ops = {r["op"]: r for r in p["ops"]}
+assert p["steps"] == 2, p["steps"]
+for op in ("gemm", "attention fwd", "attention bwd", "rmsnorm", "swiglu", "rope", "adamw"):
+    assert ops[op]["seconds_per_step"] > 0, op
+assert ops["gemm"]["gflops"] > 0 and ops["attention bwd"]["gflops"] > 0
+assert abs(sum(r["share"] for r in p["ops"]) - 1) < 1e-6
+PY
+"$F" report prof >/dev/null || fail "report of the profiled run"
+grep -q "Where a step goes" prof/report.html || fail "the report does not draw the profile"
+echo "llama cli: resumed runs equal uninterrupted ones (fp32, bf16 full recompute); eval, sample, report, plan, profile work"
