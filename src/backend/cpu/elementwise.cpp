@@ -1,5 +1,6 @@
 // Elementwise and reduction ops over flat buffers: add, cast, sum of squares, AdamW.
 #include <cmath>
+#include <algorithm>
 #include <cstring>
 #include <type_traits>
 
@@ -29,7 +30,14 @@ void CpuBackend::cast(void* dst, const float* src, int64_t n, DType dt) {
   });
 }
 
-void CpuBackend::fill_zero(float* x, int64_t n) { std::memset(x, 0, size_t(n) * sizeof(float)); }
+// In chunks over the threads: one thread's memset does not fill the memory bandwidth of two
+// (the gradients' zeroing took 5 % of a gpt2 bf16 step, not halving with the second thread).
+void CpuBackend::fill_zero(float* x, int64_t n) {
+  constexpr int64_t kChunk = int64_t(1) << 16;  // floats
+  if (n < 2 * kChunk) return (void)std::memset(x, 0, size_t(n) * sizeof(float));
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; i += kChunk) std::memset(x + i, 0, size_t(std::min(kChunk, n - i)) * sizeof(float));
+}
 
 double CpuBackend::sum(const float* x, int64_t n) {
   double s = 0.0;
