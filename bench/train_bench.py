@@ -72,30 +72,21 @@ def frugal_run(a, d, env):
 def torch_run(a, variant, env):
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
     python = os.path.join(root, ".venv", "bin", "python")
+    common = ["--batch", str(a.batch), "--seq", str(a.seq), "--steps", str(a.steps),
+              "--warmup-steps", str(a.warmup_steps + (2 if variant == "compile" else 0)),
+              "--threads", str(a.threads), "--dtype", a.dtype]
     if a.preset in LLAMA:  # transformers' LlamaForCausalLM
         L, H, K, C, F, V, tied = LLAMA[a.preset]
         cmd = [python, os.path.join(root, "tests", "reference", "llama_reference.py"), "bench", "-",
                "--layers", str(L), "--heads", str(H), "--kv-heads", str(K), "--hidden", str(C), "--ffn", str(F),
-               "--vocab", str(V), "--context", "2048", "--batch", str(a.batch), "--seq", str(a.seq),
-               "--steps", str(a.steps), "--warmup-steps", str(a.warmup_steps + (2 if variant == "compile" else 0)),
-               "--threads", str(a.threads), "--dtype", a.dtype] + ([] if tied else ["--untied"])
-        cmd += {"eager": [], "sdpa": ["--sdpa"], "compile": ["--sdpa", "--compile"]}[variant]
-        try:
-            out, rss = run(cmd, env)
-        except RuntimeError as e:
-            return {"error": str(e)}
-        r = json.loads(out.strip().splitlines()[-1])
-        r["peak_rss_mib"] = rss
-        return r
-    L, H, C = PRESETS[a.preset]
-    # the vocabulary padded to 50,304 as nanoGPT pads it for speed (frugal pads to the same inside)
-    cmd = [python, os.path.join(root, "tests", "reference", "gpt2_reference.py"), "--bench",
-           "--n-layer", str(L), "--n-head", str(H), "--n-embd", str(C), "--vocab", "50304", "--context", "1024",
-           "--batch", str(a.batch), "--seq", str(a.seq), "--steps", str(a.steps),
-           "--warmup-steps", str(a.warmup_steps + (2 if variant == "compile" else 0)),
-           "--threads", str(a.threads), "--dtype", a.dtype]
-    cmd += {"eager": [], "sdpa": ["--sdpa"], "compile": ["--sdpa", "--compile"]}[variant]
-    cmd += ["--checkpoint"] if a.torch_checkpoint else []
+               "--vocab", str(V), "--context", "2048"] + ([] if tied else ["--untied"])
+    else:
+        L, H, C = PRESETS[a.preset]
+        # the vocabulary padded to 50,304 as nanoGPT pads it for speed (frugal pads to the same inside)
+        cmd = [python, os.path.join(root, "tests", "reference", "gpt2_reference.py"), "--bench",
+               "--n-layer", str(L), "--n-head", str(H), "--n-embd", str(C), "--vocab", "50304", "--context", "1024"]
+        cmd += ["--checkpoint"] if a.torch_checkpoint else []
+    cmd += common + {"eager": [], "sdpa": ["--sdpa"], "compile": ["--sdpa", "--compile"]}[variant]
     try:
         out, rss = run(cmd, env)
     except RuntimeError as e:

@@ -166,7 +166,7 @@ class SafeTensors {
 void save_model(const std::string& path, Model& model, int step = -1);
 // The same into directory `dir` as save_pretrained writes it: model.safetensors, or, above
 // max_shard_bytes, model-0000K-of-0000N.safetensors shards and model.safetensors.index.json
-// (its weight_map and total_size). Earlier model* files of `dir` are removed first. Returns the
+// (its weight_map and total_size). An earlier export's weight files in `dir` are removed first. Returns the
 // number of weight files.
 int save_model_dir(const std::string& dir, Model& model, int64_t max_shard_bytes);
 ModelConfig read_model_config(const std::string& path);

@@ -15,6 +15,10 @@ namespace frugal {
 
 using nlohmann::json;
 
+static bool ends_with(const std::string& s, const std::string& tail) {
+  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+}
+
 static std::map<std::string, std::string> model_metadata(const ModelConfig& c) {
   std::map<std::string, std::string> m = {
       {"format", "pt"},  // what transformers expects of a PyTorch model's safetensors
@@ -98,8 +102,12 @@ int save_model_dir(const std::string& dir, Model& model, int64_t max_shard_bytes
     total += bytes(t);
   }
   namespace fs = std::filesystem;
-  for (const auto& e : fs::directory_iterator(dir))  // an earlier export's files would mix in
-    if (e.path().filename().string().rfind("model", 0) == 0 && e.path().extension() != ".tmp") fs::remove(e.path());
+  for (const auto& e : fs::directory_iterator(dir)) {  // an earlier export's weights would mix in
+    const std::string f = e.path().filename().string();
+    if (f == "model.safetensors" || f == "model.safetensors.index.json" ||
+        (f.rfind("model-", 0) == 0 && ends_with(f, ".safetensors")))
+      fs::remove(e.path());
+  }
   if (shards.size() == 1) {
     save_safetensors(dir + "/model.safetensors", ts, meta);
     return 1;
@@ -232,10 +240,6 @@ class WeightFiles {
   std::map<std::string, size_t> where_;  // tensor -> index into files_
   std::set<std::string> taken_;
 };
-
-bool ends_with(const std::string& s, const std::string& tail) {
-  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
-}
 
 }  // namespace
 
