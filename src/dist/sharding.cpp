@@ -42,21 +42,27 @@ void strategy_memory(const std::vector<UnitSpec>& table, DType dt, Sharding shar
   const int64_t R = sharding.ranks, es = int64_t(dtype_size(dt));
   struct U { int64_t nbig = 0, tail = 0; };
   auto len = [&](const U& u) { return (u.nbig + R - 1) / R; };
-  U emb, blk, fin, hd;  // the embedding, the largest block, the final unit, an untied head
-  int64_t whole = 0, slices = 0;  // elements: every unit whole; this rank's slices + tails
+  U emb, blk, fin, hd;  // the embedding, the largest block, the final unit, an untied head (trained)
+  int64_t whole = 0, slices = 0;  // elements: every trained unit whole; this rank's slices + tails
+  int64_t frozen = 0;             // bytes of the frozen units (LoRA's base), whole on every rank
   int L = 0;
   for (const UnitSpec& t : table) {
+    if (t.frozen) {
+      frozen += dt == DType::f32 ? 4 * t.numel : es * t.nbig + 4 * (t.numel - t.nbig);
+      L += t.kind == UnitKind::block;
+      continue;
+    }
     const U u{t.nbig, t.numel - t.nbig};
     whole += u.nbig + u.tail;
     slices += len(u) + u.tail;
     if (t.kind == UnitKind::embedding) emb = u;
-    if (t.kind == UnitKind::block && u.nbig + u.tail > blk.nbig + blk.tail) blk = u;
+    if ((t.kind == UnitKind::block || t.kind == UnitKind::adapter) && u.nbig + u.tail > blk.nbig + blk.tail) blk = u;
     if (t.kind == UnitKind::final) fin = u;
     if (t.kind == UnitKind::head) hd = u;
     L += t.kind == UnitKind::block;
   }
   const bool untied = hd.nbig > 0;
-  m.bytes[int(Mem::params)] = size_t(pol.shard_params ? 4 * slices : 4 * whole + (dt != DType::f32 ? 2 * whole : 0));
+  m.bytes[int(Mem::params)] = size_t(frozen + (pol.shard_params ? 4 * slices : 4 * whole + (dt != DType::f32 ? 2 * whole : 0)));
   m.bytes[int(Mem::grads)] = size_t(4 * (pol.shard_grads ? slices : whole));
   m.bytes[int(Mem::optimizer)] = size_t(8 * (pol.shard_optimizer ? slices : whole));
   // Communication buffers: full gradients of the embedding (GE), the final unit (GF), an untied
@@ -85,6 +91,7 @@ void strategy_memory(const std::vector<UnitSpec>& table, DType dt, Sharding shar
     int64_t most = 0;
     for (const UnitSpec& t : table) {
       const U u{t.nbig, t.numel - t.nbig};
+      if (t.frozen) continue;
       most = std::max(most, pol.shard_grads ? R * len(u) + u.tail : u.nbig + u.tail);
     }
     comm += 2 * most;
@@ -113,6 +120,11 @@ Shards::Shards(Model& model, Backend& be, Comm& comm, Strategy s, DType reduce)
   for (size_t i = 0; i < units.size(); i++) {
     Unit& u = units[i];
     Part p;
+    if (u.frozen) {  // the model keeps it whole; nothing to shard, reduce or update
+      FRUGAL_CHECK(!shard_params, "a frozen unit under a strategy that shards parameters");
+      parts_.push_back(std::move(p));
+      continue;
+    }
     p.len = (u.nbig + world_ - 1) / world_;
     p.lo = std::min(u.nbig, rank_ * p.len);
     p.hi = std::min(u.nbig, p.lo + p.len);
@@ -126,7 +138,7 @@ Shards::Shards(Model& model, Backend& be, Comm& comm, Strategy s, DType reduce)
       p.g = PoolArray<float>(size_t(p.len), Mem::grads);
       p.gt = PoolArray<float>(size_t(p.tail), Mem::grads);
     }
-    if (u.kind == UnitKind::block) {
+    if (u.kind == UnitKind::block || u.kind == UnitKind::adapter) {  // adapters use the blocks' slots
       max_block_len = std::max(max_block_len, p.len);
       max_block_tail = std::max(max_block_tail, p.tail);
     }
@@ -149,7 +161,7 @@ Shards::Shards(Model& model, Backend& be, Comm& comm, Strategy s, DType reduce)
   if (reduce == DType::bf16 && world_ > 1) {
     int64_t most = 0;
     for (size_t i = 0; i < units.size(); i++)
-      most = std::max(most, shard_grads ? world_ * parts_[i].len + parts_[i].tail : units[i].numel);
+      if (!units[i].frozen) most = std::max(most, shard_grads ? world_ * parts_[i].len + parts_[i].tail : units[i].numel);
     bf16_scratch_ = PoolArray<uint16_t>(size_t(most), Mem::comm);
   }
   if (shard_grads && pol_.persistent) {
@@ -178,6 +190,7 @@ void Shards::build_segments() {
   for (size_t i = 0; i < units.size(); i++) {
     Unit& u = units[i];
     Part& p = parts_[i];
+    if (u.frozen) continue;
     if (!pol_.shard_optimizer) {
       segs_.push_back({i, 0, u.numel, u.params.data(), u.grads.data(), u.compute.data()});
       continue;
@@ -278,7 +291,7 @@ Shards::GradBuf& Shards::grad_slot(size_t i) {
 }
 
 void Shards::grads_begin(size_t i) {
-  if (!pol_.shard_grads) return;
+  if (!pol_.shard_grads || model_.units()[i].frozen) return;
   GradBuf& b = grad_slot(i);
   if (b.unit >= 0) fold(b);
   Part& p = parts_[i];
@@ -290,6 +303,7 @@ void Shards::grads_begin(size_t i) {
 
 void Shards::grads_end(size_t i, bool last_micro) {
   Unit& u = model_.units()[i];
+  if (u.frozen) return;
   uint16_t* h = bf16_scratch_.data();
   if (!pol_.shard_grads) {  // ddp, zero1: whole gradients, summed once per step
     if (last_micro && world_ > 1)
@@ -339,7 +353,8 @@ double Shards::finish() {
 double Shards::grad_sum_squares() {
   std::vector<FloatSpan> spans;
   if (!pol_.shard_grads) {
-    for (auto& u : model_.units()) spans.push_back({u.grads.data(), u.numel});
+    for (auto& u : model_.units())
+      if (!u.frozen) spans.push_back({u.grads.data(), u.numel});
     return be_.sum_squares(spans);  // whole gradients, the same on every rank
   }
   for (Part& p : parts_) {
@@ -355,7 +370,7 @@ void Shards::after_update() {
   auto& units = model_.units();
   if (pol_.shard_optimizer && !pol_.shard_params)  // zero1, zero2: every rank's updated slice, in place
     for (size_t i = 0; i < units.size(); i++)
-      if (units[i].nbig) comm_.all_gather_inplace(units[i].params.data(), units[i].nbig, parts_[i].len)->wait();
+      if (units[i].nbig && !units[i].frozen) comm_.all_gather_inplace(units[i].params.data(), units[i].nbig, parts_[i].len)->wait();
   if (!pol_.shard_optimizer) return;  // ddp: AdamW wrote the compute copies; nothing is gathered
   refresh();
 }
@@ -368,6 +383,7 @@ void Shards::refresh() {
 std::vector<Shards::Range> Shards::master_ranges(size_t i) {
   Unit& u = model_.units()[i];
   Part& p = parts_[i];
+  if (u.frozen) return {};  // not a training state: the base is loaded again
   if (!pol_.shard_params) return {{0, u.numel, u.params.data()}};
   std::vector<Range> out;
   if (p.hi > p.lo) out.push_back({p.lo, p.hi, p.w.data()});

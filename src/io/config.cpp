@@ -131,6 +131,54 @@ Field family_field(const char* s, const char* k, Family* p) {
           [=] { return fmt::format("\"{}\"", family_name(*p)); }};
 }
 
+// LoRA's target modules: a TOML array of names, or one string of them separated by spaces or
+// commas (handy on the command line: --lora.targets=q_proj,v_proj).
+Field targets_field(const char* s, const char* k, std::vector<std::string>* p) {
+  return {s, k,
+          [=](const toml::node& n, const std::string& where) {
+            std::vector<std::string> out;
+            auto add = [&](const std::string& text) {
+              std::string cur;
+              for (char ch : text + ",") {
+                if (ch == ' ' || ch == ',') {
+                  if (!cur.empty()) out.push_back(cur);
+                  cur.clear();
+                } else {
+                  cur += ch;
+                }
+              }
+            };
+            if (auto str = n.value_exact<std::string>()) {
+              add(*str);
+            } else if (const toml::array* a = n.as_array()) {
+              for (const toml::node& e : *a) {
+                auto v = e.value_exact<std::string>();
+                if (!v) user_error("{}: {}.{}: expected module names (strings), got {}", where, s, k, type_name(e));
+                add(*v);
+              }
+            } else {
+              user_error("{}: {}.{}: expected module names (an array of strings), got {}", where, s, k, type_name(n));
+            }
+            *p = out;
+          },
+          [=] {
+            std::vector<std::string> q;
+            for (const std::string& t : *p) q.push_back("\"" + t + "\"");
+            return fmt::format("[{}]", fmt::join(q, ", "));
+          }};
+}
+
+Field base_field(const char* s, const char* k, BaseFormat* p) {
+  return {s, k,
+          [=](const toml::node& n, const std::string& where) {
+            auto v = n.value_exact<std::string>();
+            for (BaseFormat b : {BaseFormat::compute, BaseFormat::nf4, BaseFormat::int8})
+              if (v && *v == base_format_name(b)) { *p = b; return; }
+            user_error("{}: {}.{}: expected compute, nf4 or int8, got {}", where, s, k, v ? "'" + *v + "'" : std::string(type_name(n)));
+          },
+          [=] { return fmt::format("\"{}\"", base_format_name(*p)); }};
+}
+
 std::vector<Field> fields(RunConfig& c) {
   TrainSettings& t = c.train;
   return {
@@ -151,6 +199,11 @@ std::vector<Field> fields(RunConfig& c) {
       float_field("model", "rope_low_freq_factor", &c.model.rope_scaling.low_freq_factor, 0),
       float_field("model", "rope_high_freq_factor", &c.model.rope_scaling.high_freq_factor, 0),
       int_field("model", "rope_original_context", &c.model.rope_scaling.original_context, 1),
+      int_field("lora", "rank", &c.model.lora.rank, 0),
+      float_field("lora", "alpha", &c.model.lora.alpha, 0),
+      float_field("lora", "dropout", &c.model.lora.dropout, 0),
+      targets_field("lora", "targets", &c.model.lora.targets),
+      base_field("lora", "base", &c.model.lora.base),
       int_field("train", "seed", &t.seed, 0),
       int_field("train", "steps", &t.steps, 1),
       int_field("train", "seq_len", &t.seq_len, 1),
@@ -314,7 +367,12 @@ RunConfig load_config(const std::string& path, const std::vector<std::string>& o
     user_error("{}: train.min_lr = {} is above train.lr = {}", c.source, t.min_lr, t.lr);
   if (c.device.backend != "cpu" && c.device.backend != "cuda")
     user_error("{}: device.backend: expected cpu or cuda, got '{}'", c.source, c.device.backend);
-  parse_strategy(c.dist.strategy, c.source);
+  if (StrategyPolicy::of(parse_strategy(c.dist.strategy, c.source)).shard_params && c.model.lora.on())
+    user_error("{}: dist.strategy = {} with lora.rank = {}: LoRA runs under ddp, zero1 and zero2 (its frozen base is "
+               "kept whole on each rank; sharding it under zero3/yafsdp is not implemented yet)",
+               c.source, c.dist.strategy, c.model.lora.rank);
+  if (c.model.lora.base != BaseFormat::compute && !c.model.lora.on())
+    user_error("{}: lora.base = {} quantizes LoRA's frozen base: set lora.rank too", c.source, base_format_name(c.model.lora.base));
   if (c.precision.loss_scale_min > c.precision.loss_scale)
     user_error("{}: precision.loss_scale_min = {} is above precision.loss_scale = {}", c.source,
                c.precision.loss_scale_min, c.precision.loss_scale);

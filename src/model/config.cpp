@@ -62,6 +62,12 @@ void ModelConfig::validate(const std::string& where) const {
   if (n_embd % n_head != 0)
     user_error("{}: model.n_embd ({}) must be divisible by model.n_head ({})", where, n_embd,
                n_head);
+  if (lora.on()) {
+    if (!(lora.alpha > 0)) user_error("{}: lora.alpha must be > 0, got {}", where, lora.alpha);
+    if (lora.dropout != 0)
+      user_error("{}: lora.dropout = {}: adapter dropout is not implemented yet (set 0)", where, lora.dropout);
+    lora_sites(*this, 0, where + ": lora.targets");  // every target names a module of the family
+  }
   if (family == Family::gpt2) {  // what GPT-2's blocks compute
     if (n_kv_head != 0 && n_kv_head != n_head)
       user_error("{}: model.n_kv_head = {}: grouped-query attention is the llama family's (gpt2 has n_head)", where, n_kv_head);

@@ -23,16 +23,19 @@ UnitSpec make_unit_spec(UnitKind kind, int layer, std::string name, std::vector<
   return u;
 }
 
-std::vector<UnitSpec> param_table(const ModelConfig& cfg) {
-  return cfg.family == Family::llama ? llama_table(cfg) : gpt2_table(cfg);
-}
-
 const char* family_name(Family f) { return f == Family::llama ? "llama" : "gpt2"; }
 
 // A unit of the table with the storage the model owns.
 static Unit make_unit(UnitSpec spec, DType dt, Own own) {
   Unit u;
   static_cast<UnitSpec&>(u) = std::move(spec);
+  if (u.frozen) {  // the 2-D weights in the compute dtype only, the tail in fp32; no gradients
+    const bool f32 = dt == DType::f32;
+    u.params = PoolArray<float>(size_t(f32 ? u.numel : u.numel - u.nbig), Mem::params);
+    if (!f32) u.compute = PoolArray<uint16_t>(size_t(u.nbig), Mem::params);
+    u.bind_params(f32 ? u.params.data() : nullptr, u.params.data() + (f32 ? u.nbig : 0), u.compute.data());
+    return u;
+  }
   if (own != Own::none) {
     u.params = PoolArray<float>(u.numel, Mem::params);
     if (dt != DType::f32) u.compute = PoolArray<uint16_t>(u.numel, Mem::params);
@@ -47,18 +50,18 @@ static Unit make_unit(UnitSpec spec, DType dt, Own own) {
 
 int64_t Unit::offset_of(float* Tensors::*field) const {
   for (const auto& s : specs)
-    if (s.field == field) return s.offset;
+    if (s.site < 0 && s.field == field) return s.offset;
   FRUGAL_CHECK(false, "unit {} has no such parameter", name);
 }
 
 void Unit::bind_params(float* big, float* tail, const uint16_t* compute_copy) {
   for (const auto& s : specs)
-    p.*s.field = s.offset < nbig ? (big ? big + s.offset : nullptr) : tail + (s.offset - nbig);
+    view_of(p, s) = s.offset < nbig ? (big ? big + s.offset : nullptr) : tail + (s.offset - nbig);
   wc = compute_copy;
 }
 
 void Unit::bind_grads(float* big, float* tail) {
-  for (const auto& s : specs) g.*s.field = s.offset < nbig ? big + s.offset : tail + (s.offset - nbig);
+  for (const auto& s : specs) view_of(g, s) = !big && !tail ? nullptr : s.offset < nbig ? big + s.offset : tail + (s.offset - nbig);
 }
 
 Model::Model(const ModelConfig& cfg, Backend& be, DType compute, Own own) : cfg_(cfg), be_(be), dt_(compute) {
@@ -69,9 +72,12 @@ Model::Model(const ModelConfig& cfg, Backend& be, DType compute, Own own) : cfg_
       case UnitKind::block: blocks_.push_back(i); break;
       case UnitKind::final: final_ = i; break;
       case UnitKind::head: head_ = i; break;
+      case UnitKind::adapter: adapters_.push_back(i); break;
     }
     units_.push_back(make_unit(std::move(spec), dt_, own));
   }
+  if (cfg_.lora.on())
+    for (int l = 0; l < cfg_.n_layer; l++) sites_.push_back(lora_sites(cfg_, l));
 }
 
 void Model::init(uint64_t seed, const std::function<void(size_t unit, const float* full)>& sink) {
@@ -82,7 +88,7 @@ void Model::init(uint64_t seed, const std::function<void(size_t unit, const floa
     // made on the host: in place on the CPU, else in host memory, then copied or handed over
     std::vector<float> host;
     float* base = u.params.data();
-    if (!base || be_.gpu()) {
+    if (!base || be_.gpu() || u.frozen) {
       host.resize(size_t(u.numel));
       base = host.data();
     }
@@ -97,10 +103,17 @@ void Model::init(uint64_t seed, const std::function<void(size_t unit, const floa
           break;
         case Init::ones: for (int64_t i = 0; i < n; i++) d[i] = 1.0f; break;
         case Init::zeros: std::memset(d, 0, n * sizeof(float)); break;
+        case Init::kaiming_uniform: {  // torch's kaiming_uniform_(a=sqrt(5)): bound 1/sqrt(fan_in)
+          const double bound = 1.0 / std::sqrt(double(s.shape[1]));
+          for (int64_t i = 0; i < n; i++) d[i] = float(bound * (2 * rng.uniform() - 1));
+          break;
+        }
       }
       std::memset(d + n, 0, (s.numel - n) * sizeof(float));
     }
-    if (u.params.data()) {
+    if (u.frozen) {
+      for (auto& s : u.specs) write_param({&s, view_of(u.p, s), nullptr, ui}, base + s.offset);
+    } else if (u.params.data()) {
       if (base != u.params.data()) be_.copy(u.params.data(), base, size_t(u.numel) * sizeof(float));
     } else {
       FRUGAL_CHECK(bool(sink), "unit {} has no parameter storage and init has no sink", u.name);
@@ -113,7 +126,7 @@ void Model::init(uint64_t seed, const std::function<void(size_t unit, const floa
 void Model::sync_compute_weights() {
   if (dt_ == DType::f32) return;
   for (auto& u : units_)
-    if (u.compute.data()) be_.cast(u.compute.data(), u.params.data(), u.numel, dt_);
+    if (u.compute.data() && !u.frozen) be_.cast(u.compute.data(), u.params.data(), u.numel, dt_);
 }
 
 const void* Model::cw(const Unit& u, float* Tensors::*field) const {
@@ -129,9 +142,22 @@ void Model::zero_grads() {
 std::vector<Model::Named> Model::named_params() {
   be_.synchronize();  // every op done, on every stream, before the caller copies these
   std::vector<Named> out;
-  for (auto& u : units_)
-    for (auto& s : u.specs) out.push_back({&s, u.p.*s.field, u.g.*s.field});
+  for (size_t i = 0; i < units_.size(); i++)
+    for (auto& s : units_[i].specs) out.push_back({&s, view_of(units_[i].p, s), view_of(units_[i].g, s), i});
   return out;
+}
+
+void Model::write_param(const Named& n, const float* host) {
+  const size_t bytes = size_t(n.spec->numel) * sizeof(float);
+  if (n.data) return be_.copy(n.data, host, bytes);
+  Unit& u = units_[n.unit];  // a frozen unit's 2-D weight: its compute copy
+  FRUGAL_CHECK(u.frozen && u.compute.data(), "{} has no storage", n.spec->name);
+  uint16_t* dst = u.compute.data() + n.spec->offset;
+  if (!be_.gpu()) return be_.cast(dst, host, n.spec->numel, dt_);
+  PoolArray<float> staged(size_t(n.spec->numel), Mem::workspace);
+  be_.copy(staged.data(), host, bytes);
+  be_.cast(dst, staged.data(), n.spec->numel, dt_);
+  be_.synchronize();
 }
 
 void Model::allocate(int B, int T, const std::vector<Recompute>& plan, int64_t head_rows) {
@@ -193,6 +219,8 @@ void Model::allocate(int B, int T, const std::vector<Recompute>& plan, int64_t h
   dres_ = {size_t(BT * C), W};
   res_mid_ = {size_t(BT * C), W};
   dres_c_ = Bytes(dt_ != DType::f32 ? size_t(BT * C) * es : 0, W);
+  lora_ws_ = Bytes(size_t(BT * lora_width(cfg_)) * es, W);
+  norm_sink_ = {cfg_.lora.on() ? size_t(2 * C) : 0, W};
   if (cfg_.rotary()) {
     std::vector<float> c, s;
     rope_tables(cfg_, T, c, s);
@@ -247,6 +275,7 @@ MemoryEstimate model_memory(const ModelConfig& cfg, int B, int T, DType dt, cons
   double work = hr * Vp * e + BT * C * 8 + BT * (double(w.dbig()) + C) * e;  // logits, dres, res_mid, dbig, dsmall
   if (dt != DType::f32) work += BT * C * e;                    // dres in dt
   if (cfg.rotary()) work += 4.0 * T * cfg.head_size();  // the rotary tables
+  work += BT * double(lora_width(cfg)) * e + (cfg.lora.on() ? 8.0 * C : 0.0);  // LoRA's h and dh, the norms' sink
   MemoryEstimate m;
   m.bytes[int(Mem::activations)] = size_t(acts);
   m.bytes[int(Mem::workspace)] = size_t(work);
@@ -301,8 +330,11 @@ RecomputePolicy RecomputePolicy::parse(const std::string& text, const std::strin
 }
 
 void Model::embed_forward(const int32_t* tokens, int B, int T) {
-  const Tensors& p = units_[embedding_].p;
-  be_.embedding_forward(res_[0], tokens, p.wte, p.wpe, B, T, cfg_.n_embd);
+  const Unit& u = units_[embedding_];
+  const bool copy = u.frozen && dt_ != DType::f32;  // a frozen embedding is only its compute copy
+  be_.embedding_forward(res_[0], tokens, copy ? cw(u, &Tensors::wte) : u.p.wte,
+                        copy && cfg_.family == Family::gpt2 ? cw(u, &Tensors::wpe) : u.p.wpe, B, T, cfg_.n_embd,
+                        copy ? dt_ : DType::f32);
 }
 
 void Model::norm_forward(void* out, float* mean, float* rstd, const float* x, const float* w, const float* b, int64_t N) {
@@ -312,6 +344,10 @@ void Model::norm_forward(void* out, float* mean, float* rstd, const float* x, co
 
 void Model::norm_backward(float* dx, float* dw, float* db, const void* dout, const float* x, const float* w,
                           const float* mean, const float* rstd, int64_t N) {
+  if (!dw) {  // frozen: the kernels' weight gradients go to a sink
+    dw = norm_sink_.data();
+    db = dw + cfg_.n_embd;
+  }
   if (cfg_.rms_norm()) be_.rmsnorm_backward(dx, dw, dout, x, w, rstd, N, cfg_.n_embd, dt_, dres_copy());
   else be_.layernorm_backward(dx, dw, db, dout, x, w, mean, rstd, N, cfg_.n_embd, dt_, dres_copy());
 }
@@ -336,25 +372,31 @@ void Model::block_forward(int l, int B, int T, bool recompute) {
   }
   norm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, x, p.ln1_w, p.ln1_b, BT);
   be_.linear_forward(a.qkv, a.ln1, cw(u, &Tensors::qkv_w), p.qkv_b, BT, C, W, dt);
+  lora_forward(l, &Tensors::qkv_w, a.ln1, a.qkv, BT);
   rope(a.qkv, B, T, false);
   be_.attention_forward(a.atty, a.lse, a.qkv, B, T, cfg_.n_head, cfg_.kv_heads(), cfg_.head_size(), dt);
   be_.linear_forward(a.proj, a.atty, cw(u, &Tensors::proj_w), p.proj_b, BT, C, C, dt);
+  lora_forward(l, &Tensors::proj_w, a.atty, a.proj, BT);
   float* res_mid = res_mid_.data();
   be_.add(res_mid, x, a.proj, BT * C, dt);
   norm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, res_mid, p.ln2_w, p.ln2_b, BT);
   const int64_t fin = glu ? 2 * F : F;
-  if (recompute) {  // the activation, like the norms, is recomputed where backward uses it
+  const bool fc_lora = has_lora(l, &Tensors::fc_w);
+  if (recompute || glu || fc_lora) {  // the activation, like the norms, is recomputed where backward uses it
     be_.linear_forward(a.fch, a.ln2, cw(u, &Tensors::fc_w), p.fc_b, BT, C, fin, dt);
-    return;
+    lora_forward(l, &Tensors::fc_w, a.ln2, a.fch, BT);
+    if (recompute) return;
   }
   if (glu) {
-    be_.linear_forward(a.fch, a.ln2, cw(u, &Tensors::fc_w), p.fc_b, BT, C, fin, dt);
     be_.swiglu_forward(a.fch_gelu, a.fch, BT, F, dt);
+  } else if (fc_lora) {
+    be_.gelu_forward(a.fch_gelu, a.fch, BT * F, dt);
   } else {
     be_.linear_gelu_forward(a.fch_gelu, a.fch, a.ln2, cw(u, &Tensors::fc_w), p.fc_b, BT, C, F, dt);
   }
   void* mlp_out = dsmall_.data();
   be_.linear_forward(mlp_out, a.fch_gelu, cw(u, &Tensors::fcproj_w), p.fcproj_b, BT, F, C, dt);
+  lora_forward(l, &Tensors::fcproj_w, a.fch_gelu, mlp_out, BT);
   be_.add(res_[l + 1], res_mid, mlp_out, BT * C, dt);
 }
 
@@ -384,7 +426,7 @@ float Model::head(const int32_t* targets, int B, int T, float grad_scale) {
     be_.softmax_xent(dlogits, losses_.data() + r0, targets + r0, rows, V, Vp, grad_scale, dt);
     if (grad_scale != 0.0f) {
       be_.matmul(false, false, rows, C, Vp, dlogits, Vp, wte, C, dlnf + r0 * C * es, C, dt, dt, nullptr, false);
-      be_.matmul(true, false, Vp, C, rows, dlogits, Vp, x, C, dwte, C, dt, DType::f32, nullptr, true);
+      if (dwte) be_.matmul(true, false, Vp, C, rows, dlogits, Vp, x, C, dwte, C, dt, DType::f32, nullptr, true);
     }
   }
   if (grad_scale != 0.0f) {
@@ -394,7 +436,8 @@ float Model::head(const int32_t* targets, int B, int T, float grad_scale) {
     norm_backward(dres_.data(), g.lnf_w, g.lnf_b, dlnf, res_[cfg_.n_layer], p.lnf_w, lnf_mean_.data(),
                   lnf_rstd_.data(), BT);
   }
-  return float(be_.sum(losses_.data(), BT) / double(BT));
+  const int64_t counted = std::count_if(targets, targets + BT, [](int32_t t) { return t >= 0; });
+  return counted > 0 ? float(be_.sum(losses_.data(), BT) / double(counted)) : 0.0f;
 }
 
 void Model::block_backward(int l, int B, int T) {
@@ -416,33 +459,46 @@ void Model::block_backward(int l, int B, int T) {
   float* res_mid = res_mid_.data();
   be_.add(res_mid, res_[l], a.proj, BT * C, dt);  // bit-identical to the forward's
   // MLP: y = res_mid + fcproj(act(fc(ln2(res_mid))))
-  if (glu) {  // d(gate|up) overwrites the stashed gate|up, which nothing reads after
-    if (rebuild) be_.swiglu_forward(a.fch_gelu, a.fch, BT, F, dt);
+  const bool down_lora = has_lora(l, &Tensors::fcproj_w);
+  if (rebuild) {
+    if (glu) be_.swiglu_forward(a.fch_gelu, a.fch, BT, F, dt);
+    else be_.gelu_forward(a.fch_gelu, a.fch, BT * F, dt);
+  }
+  lora_backward(l, &Tensors::fcproj_w, a.fch_gelu, dres_compute(), BT);
+  if (glu || down_lora) {  // d(gate|up) overwrites the stashed gate|up, which nothing reads after
     be_.linear_backward(dbig, g.fcproj_w, g.fcproj_b, dres_compute(), a.fch_gelu, cw(u, &Tensors::fcproj_w), BT, F, C, dt);
-    be_.swiglu_backward(a.fch, a.fch, dbig, BT, F, dt);
+    lora_backward_input(l, &Tensors::fcproj_w, dbig, BT);
+    if (glu) be_.swiglu_backward(a.fch, a.fch, dbig, BT, F, dt);
+    else be_.gelu_backward(dbig, a.fch, dbig, BT * F, dt);
   } else {
-    if (rebuild) be_.gelu_forward(a.fch_gelu, a.fch, BT * F, dt);
     be_.linear_backward_gelu(dbig, g.fcproj_w, g.fcproj_b, dres_compute(), a.fch_gelu, a.fch,
                              cw(u, &Tensors::fcproj_w), BT, F, C, dt);
   }
   const void* dfch = glu ? static_cast<const void*>(a.fch) : dbig;
   if (rebuild) norm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, res_mid, p.ln2_w, p.ln2_b, BT);
+  lora_backward(l, &Tensors::fc_w, a.ln2, dfch, BT);
   be_.linear_backward(dsmall, g.fc_w, g.fc_b, dfch, a.ln2, cw(u, &Tensors::fc_w), BT, C, glu ? 2 * F : F, dt);
+  lora_backward_input(l, &Tensors::fc_w, dsmall, BT);
   norm_backward(dres, g.ln2_w, g.ln2_b, dsmall, res_mid, p.ln2_w, a.ln2_mean, a.ln2_rstd, BT);
   // attention: res_mid = x + proj(attention(rope(qkv(ln1(x)))))
   if (plan_[l] == Recompute::selective)
     be_.attention_forward(a.atty, a.lse, a.qkv, B, T, cfg_.n_head, cfg_.kv_heads(), cfg_.head_size(), dt);
+  lora_backward(l, &Tensors::proj_w, a.atty, dres_compute(), BT);
   be_.linear_backward(dsmall, g.proj_w, g.proj_b, dres_compute(), a.atty,
                       cw(u, &Tensors::proj_w), BT, C, C, dt);
+  lora_backward_input(l, &Tensors::proj_w, dsmall, BT);
   void* dqkv = dbig;  // its first W columns
   be_.attention_backward(dqkv, dsmall, a.qkv, a.atty, a.lse, B, T, cfg_.n_head, cfg_.kv_heads(), cfg_.head_size(), dt);
   rope(dqkv, B, T, true);
   if (rebuild) norm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, res_[l], p.ln1_w, p.ln1_b, BT);
+  lora_backward(l, &Tensors::qkv_w, a.ln1, dqkv, BT);
   be_.linear_backward(dsmall, g.qkv_w, g.qkv_b, dqkv, a.ln1, cw(u, &Tensors::qkv_w), BT, C, W, dt);
+  lora_backward_input(l, &Tensors::qkv_w, dsmall, BT);
   norm_backward(dres, g.ln1_w, g.ln1_b, dsmall, res_[l], p.ln1_w, a.ln1_mean, a.ln1_rstd, BT);
 }
 
 void Model::embed_backward(const int32_t* tokens, int B, int T) {
+  if (units_[embedding_].frozen) return;
   be_.embedding_backward(units_[embedding_].g.wte, units_[embedding_].g.wpe, dres_.data(), tokens, B, T, cfg_.n_embd);
 }
 

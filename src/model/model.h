@@ -34,6 +34,25 @@ struct RopeScaling {
   int original_context = 8192;
 };
 
+// LoRA (Hu et al. 2021, as PEFT computes it): on each targeted linear layer of every block,
+// y = x W^T + (alpha / rank) (x A^T) B^T with A (rank, in) and B (out, rank) trained; every
+// weight of the base model is frozen. The targets are transformers' module names: llama's
+// q_proj k_proj v_proj o_proj gate_proj up_proj down_proj, gpt2's c_attn c_proj (the attention's
+// and the MLP's, as PEFT matches them) c_fc; none given: PEFT's default for the family (llama
+// q_proj v_proj, gpt2 c_attn). The frozen base is kept in the compute dtype, or quantized (nf4:
+// QLoRA's 4-bit NormalFloat with double-quantized absmax; int8), then only its blocks' linear
+// weights.
+enum class BaseFormat : uint8_t { compute, nf4, int8 };
+const char* base_format_name(BaseFormat b);
+struct LoraConfig {
+  int rank = 0;  // 0: no adapters, every parameter trained
+  double alpha = 16, dropout = 0;
+  std::vector<std::string> targets;
+  BaseFormat base = BaseFormat::compute;
+  bool on() const { return rank > 0; }
+  float scale() const { return float(alpha / rank); }
+};
+
 struct ModelConfig {
   std::string preset = "custom";
   int n_layer = 0, n_head = 0, n_embd = 0;
@@ -47,6 +66,7 @@ struct ModelConfig {
   double norm_eps = 1e-5;
   double rope_theta = 10000;
   RopeScaling rope_scaling;
+  LoraConfig lora;
   // What the family's blocks compute: the switches of Model's one block code.
   bool rms_norm() const { return family == Family::llama; }   // RMSNorm (else LayerNorm with bias)
   bool rotary() const { return family == Family::llama; }     // rotary positions (else a learned table)
@@ -80,9 +100,14 @@ struct Tensors {
   float *fc_w = nullptr, *fc_b = nullptr;    // MLP in: gpt2 (F,C), (F); llama gate|up (2F,C)
   float *fcproj_w = nullptr, *fcproj_b = nullptr;  // MLP out (C,F), (C)
   float *lnf_w = nullptr, *lnf_b = nullptr;  // (C) the final norm
+  // An adapter unit's LoRA matrices, one pair per site (a targeted part of a block's linear
+  // layers, in the block table's order): A (r, in), B (rows, r)
+  static constexpr int kMaxSites = 7;
+  float* lora_a[kMaxSites] = {};
+  float* lora_b[kMaxSites] = {};
 };
 
-enum class Init { normal, normal_residual, ones, zeros };
+enum class Init { normal, normal_residual, ones, zeros, kaiming_uniform };  // the last: U(+-1/sqrt(in)), LoRA's A
 
 // A part of a parameter that transformers stores as a tensor of its own: `rows` rows of it, in
 // order (Llama's q_proj, k_proj, v_proj make frugal's qkv; gate_proj, up_proj its fc).
@@ -102,12 +127,32 @@ struct ParamSpec {
   std::vector<HfPart> hf;
   bool hf_conv1d = false;        // stored [in, out] there (Conv1D): transposed in files
   int64_t offset = 0, numel = 0; // within the unit's flat buffer
-  bool vocab_rows() const { return field == &Tensors::wte; }  // rows past V are padding, not in files
+  int site = -1;                 // an adapter's: its site (field unused), and whether B (else A)
+  bool lora_b = false;
+  bool vocab_rows() const { return site < 0 && field == &Tensors::wte; }  // rows past V are padding, not in files
 };
+// The view a spec binds in a unit's Tensors.
+inline float*& view_of(Tensors& t, const ParamSpec& s) {
+  return s.site >= 0 ? (s.lora_b ? t.lora_b : t.lora_a)[s.site] : t.*s.field;
+}
+
+// Where a LoRA adapter sits: rows [row0, row0 + rows) of a block's linear weight `weight` (in
+// columns), the module transformers names `module` ("model.layers.3.self_attn.q_proj").
+struct LoraSite {
+  float* Tensors::*weight;
+  int64_t row0, rows, in;
+  std::string module;
+};
+// The sites of block l under cfg.lora (none without LoRA); UserError naming `where` for a target
+// that is no module of the family.
+std::vector<LoraSite> lora_sites(const ModelConfig& cfg, int l, const std::string& where = "lora.targets");
+// Columns of the LoRA workspace per row of B·T: h, and a dh for each site of the layer with most.
+int64_t lora_width(const ModelConfig& cfg);
 
 // What a unit is: the token (and position) embedding, one transformer block, the final norm, or
 // an output head with weights of its own (a tied head has none: it reads the embedding's wte).
-enum class UnitKind : uint8_t { embedding, block, final, head };
+// Under LoRA each block's adapters are a unit of their own (after every base unit).
+enum class UnitKind : uint8_t { embedding, block, final, head, adapter };
 
 // One unit of the parameter table, without storage: its rows and the layout of its flat buffer
 // (the 2-D weights first, then the 1-D tail). Sizes, FLOPs, the memory estimate, sharding and
@@ -119,8 +164,10 @@ struct UnitSpec {
   std::vector<ParamSpec> specs;
   int64_t numel = 0;
   int64_t nbig = 0;                      // [0, nbig): 2-D weights; [nbig, numel): the 1-D tail
+  bool frozen = false;                   // LoRA's base: no master, gradient or optimizer state
 };
-// The family's table: the embedding, n_layer blocks, the final norm, the head when untied.
+// The family's table: the embedding, n_layer blocks, the final norm, the head when untied; under
+// LoRA these frozen, then an adapter unit per block.
 std::vector<UnitSpec> param_table(const ModelConfig& cfg);
 // Each family's (gpt2.cpp, llama.cpp), and the layout they share: a unit's 2-D weights first.
 std::vector<UnitSpec> gpt2_table(const ModelConfig& cfg);
@@ -130,6 +177,9 @@ UnitSpec make_unit_spec(UnitKind kind, int layer, std::string name, std::vector<
 // rope_theta and the llama3 scaling.
 void rope_tables(const ModelConfig& cfg, int T, std::vector<float>& cos, std::vector<float>& sin);
 
+// A frozen unit (LoRA's base) has no masters and no gradients: its 2-D weights are only their
+// compute-dtype copy (in fp32: the fp32 weights), its 1-D tail stays fp32 in `params`.
+//
 // A unit is the embedding, one transformer block, or the final LayerNorm. Its parameters are one
 // flat fp32 buffer (the master weights), the 2-D weights first and the small 1-D tail (norms,
 // biases) after them; its gradients one flat fp32 buffer of the same layout; Tensors are views
@@ -238,6 +288,9 @@ class Model {
   Unit& block_unit(int l) { return units_[block_index(l)]; }
   size_t final_unit() const { return final_; }
   size_t head_unit() const { return head_; }
+  // Block l's adapter unit under LoRA; npos without.
+  static constexpr size_t npos = size_t(-1);
+  size_t adapter_unit(int l) const { return adapters_.empty() ? npos : adapters_[size_t(l)]; }
 
   // Init: 2-D weights N(0, 0.02) (gpt2's residual projections N(0, 0.02/sqrt(2L))), norm
   // weights 1, biases 0, padding rows of the vocabulary 0. Sequential in table order: the same weights for any thread count.
@@ -273,9 +326,13 @@ class Model {
   // Logits (B,T,V) of tokens(B,T); with last_only, only those of position T-1: (B,V).
   void logits(const int32_t* tokens, int B, int T, bool last_only, std::vector<float>& out);
 
-  // All parameter specs with a pointer to their data, in order (for files and tests).
-  struct Named { const ParamSpec* spec; float* data; float* grad; };
+  // All parameter specs with a pointer to their data, in order (for files and tests); data is
+  // null for a frozen unit's 2-D weights in 16-bit (write_param writes them).
+  struct Named { const ParamSpec* spec; float* data; float* grad; size_t unit; };
   std::vector<Named> named_params();
+  // Sets a parameter from host fp32 values (its numel): into its master, or a frozen unit's
+  // compute copy. Call sync_compute_weights() after the masters are written.
+  void write_param(const Named& n, const float* host);
 
  private:
   void final_forward(int B, int T);
@@ -285,6 +342,15 @@ class Model {
                      const float* mean, const float* rstd, int64_t N);
   // Rotates q and k of qkv(B,T,W) by their positions (inverse: the backward's); no-op in gpt2.
   void rope(void* qkv, int B, int T, bool inverse);
+  // LoRA on the sites of block l's linear layer `weight`: forward adds the adapters' outputs into
+  // y(BT, out) (dt), from its input x(BT, in); backward, before the layer's own (which may
+  // overwrite x), accumulates dA, dB and keeps each site's dh, which backward_input then adds
+  // into the layer's input gradient dx (after the layer's own backward wrote it).
+  void lora_forward(int l, float* Tensors::*weight, const void* x, void* y, int64_t BT);
+  void lora_backward(int l, float* Tensors::*weight, const void* x, const void* dy, int64_t BT);
+  void lora_backward_input(int l, float* Tensors::*weight, void* dx, int64_t BT);
+  bool has_lora(int l, float* Tensors::*weight) const;
+  const void* lw(const Unit& u, const ParamSpec& s) const;  // an adapter matrix in the compute dtype
   // The compute-dtype view of a parameter of unit u (the master itself in fp32).
   const void* cw(const Unit& u, float* Tensors::*field) const;
   // dres_ in the compute dtype: in 16-bit, the copy every LayerNorm backward writes with it
@@ -297,7 +363,10 @@ class Model {
   DType dt_;
   std::vector<Unit> units_;
   size_t embedding_ = 0, final_ = 0, head_ = 0;
-  std::vector<size_t> blocks_;
+  std::vector<size_t> blocks_, adapters_;
+  std::vector<std::vector<LoraSite>> sites_;   // per block, under LoRA
+  Bytes lora_ws_;                              // workspace (B,T, 4 rank) dt: h, then up to 3 dh
+  PoolArray<float> norm_sink_;                 // workspace (2C): a frozen norm's unused dw, db
   int B_ = 0, T_ = 0;
   int64_t head_rows_ = 0;                      // rows per lm-head chunk
   std::vector<Recompute> plan_;

@@ -1,6 +1,7 @@
 // One optimizer step: LR schedule, AdamW, micro-batch accumulation, clipping.
 #include <chrono>
 #include <cmath>
+#include <numeric>
 
 #include "train/train.h"
 
@@ -67,7 +68,7 @@ Stepper::Stepper(Model& model, Backend& be, Comm& comm, const TrainSettings& t, 
                  const PrecisionSettings& p, const std::vector<Recompute>& plan, Strategy strategy)
     : model_(model), be_(be), comm_(comm), t_(t), accum_(accum_steps),
       shards_(model, be, comm, strategy, p.reduce), opt_(shards_), scaler_(p),
-      inputs_(size_t(t.micro_batch) * t.seq_len), targets_(inputs_.size()) {
+      inputs_(size_t(t.micro_batch) * t.seq_len * accum_steps), targets_(inputs_.size()) {
   FRUGAL_CHECK(p.compute == model.compute_dtype(), "model computes in {}, policy says {}",
                dtype_name(model.compute_dtype()), dtype_name(p.compute));
   model_.allocate(t.micro_batch, t.seq_len, plan);
@@ -92,6 +93,7 @@ void Stepper::forward(const int32_t* tokens) {
     model_.block_forward(l, B, T);
     shards_.release(model_.block_index(l));
   }
+  // (LoRA's adapters are whole on every rank: nothing to acquire)
   shards_.acquire(head);
 }
 
@@ -105,38 +107,50 @@ float Stepper::loss(const int32_t* tokens, const int32_t* targets) {
 float Stepper::forward_backward(const NextBatch& next) {
   const int B = t_.micro_batch, T = t_.seq_len, L = model_.config().n_layer;
   const int64_t micro_tokens = int64_t(B) * T;
-  const int64_t global_tokens = micro_tokens * accum_ * comm_.size();
-  // Each token's loss enters the gradient with weight 1/global_tokens, so micro-batches count
-  // by their token counts and the gradient is that of the mean over the global batch.
-  const float grad_scale = float(scaler_.scale / double(global_tokens));
+  // Every micro-batch first: the targets counted (-1: a prompt token of instruction data, not
+  // trained on) over all of them and every rank give the mean the gradient is of. Each counted
+  // target's loss enters the gradient with weight 1/counted, so micro-batches count by their
+  // targets and the gradient is that of the mean over the global batch.
+  std::vector<int64_t> counted(size_t(accum_), 0);
+  for (int k = 0; k < accum_; k++) {
+    int32_t* tg = targets_.data() + k * micro_tokens;
+    next(inputs_.data() + k * micro_tokens, tg);
+    counted[size_t(k)] = std::count_if(tg, tg + micro_tokens, [](int32_t t) { return t >= 0; });
+  }
+  float count_buf[1] = {float(std::accumulate(counted.begin(), counted.end(), int64_t(0)))};
+  if (comm_.size() > 1) comm_.all_reduce(count_buf, 1, ReduceOp::sum)->wait();
+  const double global_tokens = std::max(1.0, double(count_buf[0]));
+  const float grad_scale = float(scaler_.scale / global_tokens);
   shards_.zero_grads();
   double loss_sum = 0.0, wait = 0.0;
   const size_t emb = model_.embedding_unit(), head = model_.head_unit(), final_unit = model_.final_unit();
   for (int k = 0; k < accum_; k++) {
     const bool last = k == accum_ - 1;
-    next(inputs_.data(), targets_.data());
-    forward(inputs_.data());
+    const int32_t* in = inputs_.data() + k * micro_tokens;
+    forward(in);
     shards_.grads_begin(head);
     shards_.grads_begin(final_unit);
     if (L > 0) shards_.prefetch(model_.block_index(L - 1));  // the last block, for its backward
-    loss_sum += double(model_.head(targets_.data(), B, T, grad_scale)) * double(micro_tokens);
+    loss_sum += double(model_.head(targets_.data() + k * micro_tokens, B, T, grad_scale)) * double(counted[size_t(k)]);
     shards_.release(head);
     shards_.grads_end(final_unit, last);
     if (head != emb) shards_.grads_end(head, last);
     // Each unit's gradients leave as soon as its backward is done, while backward goes on.
     for (int l = L - 1; l >= 0; l--) {
-      const size_t u = model_.block_index(l);
+      const size_t u = model_.block_index(l), adapter = model_.adapter_unit(l);
       shards_.acquire(u);
       if (l > 0) shards_.prefetch(model_.block_index(l - 1));
       shards_.grads_begin(u);
+      if (adapter != Model::npos) shards_.grads_begin(adapter);
       // full recompute: re-run the block's forward from its kept input, then its backward
       if (model_.recompute(l) == Recompute::full) model_.block_forward(l, B, T, true);
       model_.block_backward(l, B, T);
       shards_.grads_end(u, last);
+      if (adapter != Model::npos) shards_.grads_end(adapter, last);
       shards_.release(u);
     }
     if (head != emb) shards_.grads_begin(emb);
-    model_.embed_backward(inputs_.data(), B, T);
+    model_.embed_backward(in, B, T);
     shards_.grads_end(emb, last);
     // zero3 frees its gradient buffers before the next micro-batch (their peak stays that of
     // one backward); zero2 and yafsdp keep theirs and fold them on reuse

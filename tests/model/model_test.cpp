@@ -41,6 +41,7 @@ TEST(Model, InitFollowsGpt2AndIsDeterministic) {
       case Init::normal_residual: EXPECT_NEAR(sd, 0.02 / std::sqrt(8.0), 0.0008) << s.name; break;
       case Init::ones: EXPECT_EQ(mean, 1.0) << s.name; break;
       case Init::zeros: EXPECT_EQ(sq, 0.0) << s.name; break;
+      case Init::kaiming_uniform: FAIL() << s.name << ": no adapters here"; break;
     }
     EXPECT_EQ(s.decay, s.shape.size() == 2) << s.name;
     if (s.name == "wte") {

@@ -5,20 +5,24 @@
 
 namespace frugal {
 
-void CpuBackend::embedding_forward(float* out, const int32_t* tokens, const float* wte,
-                                   const float* wpe, int64_t B, int64_t T, int64_t C) {
+void CpuBackend::embedding_forward(float* out, const int32_t* tokens, const void* wte, const void* wpe,
+                                   int64_t B, int64_t T, int64_t C, DType wdt) {
+  dispatch(wdt, [&](auto t) {
+    using S = decltype(t);
 #pragma omp parallel for schedule(static)
-  for (int64_t bt = 0; bt < B * T; bt++) {
-    const float* e = wte + int64_t(tokens[bt]) * C;
-    float* o = out + bt * C;
-    if (!wpe) {
-      std::memcpy(o, e, size_t(C) * sizeof(float));
-      continue;
-    }
-    const float* p = wpe + (bt % T) * C;
+    for (int64_t bt = 0; bt < B * T; bt++) {
+      const S* e = static_cast<const S*>(wte) + int64_t(tokens[bt]) * C;
+      float* o = out + bt * C;
+      if (!wpe) {
 #pragma omp simd
-    for (int64_t c = 0; c < C; c++) o[c] = e[c] + p[c];
-  }
+        for (int64_t c = 0; c < C; c++) o[c] = to_f32(e[c]);
+        continue;
+      }
+      const S* p = static_cast<const S*>(wpe) + (bt % T) * C;
+#pragma omp simd
+      for (int64_t c = 0; c < C; c++) o[c] = to_f32(e[c]) + to_f32(p[c]);
+    }
+  });
 }
 
 void CpuBackend::embedding_backward(float* dwte, float* dwpe, const float* dout,

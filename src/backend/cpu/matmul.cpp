@@ -142,7 +142,7 @@ static void column_sums(float* acc, const T* x, int64_t rows, int64_t cols) {
 void CpuBackend::linear_backward(void* dinp, float* dweight, float* dbias, const void* dout,
                                  const void* inp, const void* weight, int64_t BT, int64_t IC,
                                  int64_t OC, DType dt) {
-  matmul(true, false, OC, IC, BT, dout, OC, inp, IC, dweight, IC, dt, DType::f32, nullptr, true);
+  if (dweight) matmul(true, false, OC, IC, BT, dout, OC, inp, IC, dweight, IC, dt, DType::f32, nullptr, true);
   if (dinp) matmul(false, false, BT, IC, OC, dout, OC, weight, IC, dinp, IC, dt, dt, nullptr, false);
   if (dbias)
     dispatch(dt, [&](auto t) { column_sums(dbias, static_cast<const decltype(t)*>(dout), BT, OC); });

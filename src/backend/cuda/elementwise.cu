@@ -10,6 +10,11 @@ __global__ void add_k(float* out, const float* a, const S* b, int64_t n) {
 }
 
 template <class S>
+__global__ void scale_k(S* x, float s, int64_t n) {
+  GRID_STRIDE(i, n) x[i] = from_f<S>(to_f(x[i]) * s);
+}
+
+template <class S>
 __global__ void cast_k(S* dst, const float* src, int64_t n) {
   GRID_STRIDE(i, n) dst[i] = from_f<S>(src[i]);
 }
@@ -21,6 +26,10 @@ __global__ void widen_k(float* dst, const S* src, int64_t n) {
 
 void launch_add(float* out, const float* a, const void* b, int64_t n, DType dt) {
   dispatch_cuda(dt, [&](auto p) { launch(add_k<STORAGE(p)>, grid_for(n), 256, 0, out, a, static_cast<const STORAGE(p)*>(b), n); });
+}
+
+void launch_scale(void* x, float s, int64_t n, DType dt) {
+  dispatch_cuda(dt, [&](auto p) { launch(scale_k<STORAGE(p)>, grid_for(n), 256, 0, static_cast<STORAGE(p)*>(x), s, n); });
 }
 
 void launch_cast(void* dst, const float* src, int64_t n, DType dt, void* stream) {

@@ -6,11 +6,12 @@
 
 namespace frugal {
 
-__global__ void embedding_forward_k(float* out, const int32_t* tokens, const float* wte,
-                                    const float* wpe, int64_t BT, int64_t T, int64_t C) {
+template <class S>
+__global__ void embedding_forward_k(float* out, const int32_t* tokens, const S* wte,
+                                    const S* wpe, int64_t BT, int64_t T, int64_t C) {
   GRID_STRIDE(i, BT * C) {
     int64_t bt = i / C, c = i % C;
-    out[i] = wte[int64_t(tokens[bt]) * C + c] + (wpe ? wpe[(bt % T) * C + c] : 0.0f);
+    out[i] = to_f(wte[int64_t(tokens[bt]) * C + c]) + (wpe ? to_f(wpe[(bt % T) * C + c]) : 0.0f);
   }
 }
 
@@ -45,9 +46,13 @@ __global__ void embedding_backward_wpe_k(float* dwpe, const float* dout, int64_t
   }
 }
 
-void launch_embedding_forward(float* out, const int32_t* tokens, const float* wte, const float* wpe,
-                              int64_t B, int64_t T, int64_t C) {
-  launch(embedding_forward_k, grid_for(B * T * C), 256, 0, out, tokens, wte, wpe, B * T, T, C);
+void launch_embedding_forward(float* out, const int32_t* tokens, const void* wte, const void* wpe,
+                              int64_t B, int64_t T, int64_t C, DType wdt) {
+  dispatch_cuda(wdt, [&](auto p) {
+    using S = STORAGE(p);
+    launch(embedding_forward_k<S>, grid_for(B * T * C), 256, 0, out, tokens, static_cast<const S*>(wte),
+           static_cast<const S*>(wpe), B * T, T, C);
+  });
 }
 
 void launch_embedding_backward(float* dwte, float* dwpe, const float* dout, const int32_t* rows,

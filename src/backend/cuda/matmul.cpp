@@ -151,7 +151,7 @@ void CudaBackend::linear_backward(void* dinp, float* dweight, float* dbias, cons
 void CudaBackend::linear_backward_gelu(void* dinp, float* dweight, float* dbias, const void* dout,
                                        const void* inp, const void* pre, const void* weight,
                                        int64_t BT, int64_t IC, int64_t OC, DType dt) {
-  matmul(true, false, OC, IC, BT, dout, OC, inp, IC, dweight, IC, dt, DType::f32, nullptr, true);
+  if (dweight) matmul(true, false, OC, IC, BT, dout, OC, inp, IC, dweight, IC, dt, DType::f32, nullptr, true);
   if (dbias) {
     launch_column_sums(dbias, scratch<float>(part_, partial_rows(BT, kColumnParts) * OC), dout, BT, OC, dt);
     CUDA_LAUNCHED();
