@@ -1,7 +1,8 @@
 // frugal: the command line. Thin: parse, call the library, print.
 //   frugal train [config.toml] [--resume RUN_DIR] [--init-from FILE] [--section.key=value ...]
 //   frugal export RUN_DIR|CHECKPOINT_DIR|FILE --out DIR
-//   frugal prepare [FILES...] [--out DIR] [--val-every N] [--tokenizer byte|gpt2]
+//   frugal prepare [FILES...] [--out DIR] [--val-every N]
+//                  [--tokenizer byte|gpt2|PATH [--tiktoken-pattern gpt2|cl100k|llama3|qwen2]]
 //                  [--train-tokenizer --vocab-size N [--model-type bpe|unigram]]
 //   frugal eval --run DIR [--data SHARDS] [--batches N]
 //   frugal sample --run DIR [--prompt TEXT] [--tokens N] [--temperature X] [--top-k K] [--seed S]
@@ -382,8 +383,10 @@ int main(int argc, char** argv) {
   prep_cmd->add_option("files", inputs, "text files, one document each")->check(CLI::ExistingFile);
   prep_cmd->add_option("--out", out_dir, "output directory");
   prep_cmd->add_option("--val-every", val_every, "every N-th 8192-token chunk goes to validation");
-  prep_cmd->add_option("--tokenizer", tokenizer, "byte (257 ids) or gpt2 (GPT-2's BPE, 50257 ids)")
-      ->check(CLI::IsMember({"byte", "gpt2"}));
+  prep_cmd->add_option("--tokenizer", tokenizer, "byte (257 ids), gpt2 (GPT-2's BPE, 50257 ids), or a pretrained "
+                       "tokenizer: a tokenizer.json, a tokenizer.model, a *.tiktoken file or a directory holding one");
+  prep_cmd->add_option("--tiktoken-pattern", tok_opt.tiktoken_pattern, "the pattern of a *.tiktoken --tokenizer (default: by its size)")
+      ->check(CLI::IsMember({"gpt2", "cl100k", "llama3", "qwen2"}));
   prep_cmd->add_option("--gpt2-dir", tok_opt.gpt2_dir, "where GPT-2's rank file gpt2.tiktoken is");
   auto* train_tok = prep_cmd->add_flag("--train-tokenizer", train_tokenizer, "train a SentencePiece vocabulary on the corpus");
   prep_cmd->add_option("--vocab-size", tok_opt.vocab_size, "size of the trained vocabulary")->needs(train_tok);
@@ -459,6 +462,7 @@ int main(int argc, char** argv) {
     if (*prep_cmd) {
       tok_opt.kind = train_tokenizer ? TokenizerKind::sentencepiece
                      : tokenizer == "gpt2" ? TokenizerKind::gpt2 : TokenizerKind::byte;
+      if (!train_tokenizer && tokenizer != "gpt2" && tokenizer != "byte") tok_opt.pretrained = tokenizer;
       PrepareStats st = prepare_corpus(inputs, out_dir, val_every, tok_opt);
       fmt::print("prepare: {} train + {} val tokens -> {}\n", st.train_tokens, st.val_tokens,
                  fmt::join(st.files, ", "));

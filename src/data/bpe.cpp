@@ -1,6 +1,9 @@
-// GPT-2's byte-level BPE in tiktoken's form: the rank file gpt2.tiktoken (OpenAI's, as PyPI's
-// openai-whisper ships it), GPT-2's pre-tokenisation regex (hand-written, exact), the merges
-// tiktoken makes, and <|endoftext|> = 50256. Works on raw bytes, so any byte string round-trips.
+// Byte-level BPE (bpe.h): the pre-tokenisation regexes, the merge loop, and tiktoken rank files
+// as tokenizers: GPT-2's gpt2.tiktoken (OpenAI's, as PyPI's openai-whisper ships it; <|endoftext|>
+// = 50256) and any other rank file with a named pattern. Works on raw bytes, so any byte string
+// round-trips.
+#include "data/bpe.h"
+
 #include <algorithm>
 #include <charconv>
 #include <filesystem>
@@ -54,8 +57,8 @@ CodePoint at(const unsigned char* s, size_t i, size_t n) {
   return {len, classify(cp)};
 }
 
-// The end of the regex match that starts at s[i].
-size_t next_piece(const unsigned char* s, size_t i, size_t n) {
+// GPT-2's regex: the end of the match that starts at s[i].
+size_t next_piece_gpt2(const unsigned char* s, size_t i, size_t n) {
   // 's|'t|'re|'ve|'m|'ll|'d
   if (s[i] == '\'' && i + 1 < n) {
     unsigned char a = s[i + 1];
@@ -115,6 +118,118 @@ bool base64_decode(std::string_view s, std::string& out) {
   return true;
 }
 
+// (?i:'s|'t|'re|'ve|'m|'ll|'d) at s[i] (the apostrophe): the end, or 0. Case-insensitive as
+// Unicode folds: ſ (U+017F) is an s.
+size_t contraction(const unsigned char* s, size_t i, size_t n) {
+  auto low = [&](size_t k) -> int { return k < n && s[k] < 0x80 ? (s[k] | 0x20) : -1; };
+  if (i + 1 >= n) return 0;
+  int a = low(i + 1);
+  if (a == 's' || a == 't' || a == 'm' || a == 'd') return i + 2;
+  if (s[i + 1] == 0xC5 && i + 2 < n && s[i + 2] == 0xBF) return i + 3;  // ſ
+  int b = low(i + 2);
+  if ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l')) return i + 3;
+  return 0;
+}
+
+// Llama 3's regex (qwen2: digits = 1; cl100k: ws_to_end): the end of the match at s[i].
+size_t next_piece_llama3(const unsigned char* s, size_t i, size_t n, int digits, bool ws_to_end) {
+  if (s[i] == '\'') {
+    if (size_t k = contraction(s, i, n)) return k;
+  }
+  auto cls = [&](size_t k) { return k < n ? at(s, k, n).cls : kSpace; };
+  auto crlf = [&](size_t k) { return s[k] == '\r' || s[k] == '\n'; };
+  CodePoint c = at(s, i, n);
+  // [^\r\n\p{L}\p{N}]?\p{L}+
+  size_t j = i;
+  if (c.cls != kLetter && c.cls != kNumber && !crlf(i) && cls(i + c.len) == kLetter) j = i + c.len;
+  if (j < n && cls(j) == kLetter) {
+    while (j < n) {
+      CodePoint d = at(s, j, n);
+      if (d.cls != kLetter) break;
+      j += d.len;
+    }
+    return j;
+  }
+  // \p{N}{1,3}
+  if (c.cls == kNumber) {
+    j = i;
+    for (int k = 0; k < digits && j < n; k++) {
+      CodePoint d = at(s, j, n);
+      if (d.cls != kNumber) break;
+      j += d.len;
+    }
+    return j;
+  }
+  //  ?[^\s\p{L}\p{N}]+[\r\n]*
+  j = i;
+  if (s[i] == ' ' && cls(i + 1) == kOther) j = i + 1;
+  if (cls(j) == kOther && j < n) {
+    while (j < n) {
+      CodePoint d = at(s, j, n);
+      if (d.cls != kOther) break;
+      j += d.len;
+    }
+    while (j < n && crlf(j)) j++;
+    return j;
+  }
+  // whitespace: [\s++$] | \s*[\r\n]+ | \s+(?!\S) | \s+
+  size_t last = i, after_newline = 0;
+  for (j = i; j < n;) {
+    CodePoint d = at(s, j, n);
+    if (d.cls != kSpace) break;
+    if (crlf(j)) after_newline = j + 1;
+    last = j;
+    j += d.len;
+  }
+  if (ws_to_end && j == n) return j;
+  if (after_newline) return after_newline;
+  return (j < n && last > i) ? last : j;
+}
+
+}  // namespace
+
+const char* const kGpt2Regex = R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
+const char* const kLlama3Regex =
+    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+const char* const kQwen2Regex =
+    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+
+size_t next_piece(SplitPattern p, const unsigned char* s, size_t i, size_t n) {
+  switch (p) {
+    case SplitPattern::gpt2: return next_piece_gpt2(s, i, n);
+    case SplitPattern::llama3: return next_piece_llama3(s, i, n, 3, false);
+    case SplitPattern::qwen2: return next_piece_llama3(s, i, n, 1, false);
+    case SplitPattern::cl100k: return next_piece_llama3(s, i, n, 3, true);
+  }
+  return n;
+}
+
+SplitPattern parse_split_pattern(const std::string& name, const std::string& field) {
+  for (SplitPattern p : {SplitPattern::gpt2, SplitPattern::llama3, SplitPattern::qwen2, SplitPattern::cl100k})
+    if (to_string(p) == name) return p;
+  user_error("{}: pattern '{}', expected gpt2, llama3, qwen2 or cl100k", field, name);
+}
+
+std::string to_string(SplitPattern p) {
+  switch (p) {
+    case SplitPattern::gpt2: return "gpt2";
+    case SplitPattern::llama3: return "llama3";
+    case SplitPattern::qwen2: return "qwen2";
+    case SplitPattern::cl100k: return "cl100k";
+  }
+  return "?";
+}
+
+std::array<uint32_t, 256> byte_level_chars() {
+  std::array<uint32_t, 256> cp;
+  uint32_t next = 256;
+  for (uint32_t b = 0; b < 256; b++) {
+    bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE);
+    cp[b] = printable ? b : next++;
+  }
+  return cp;
+}
+
 // A tiktoken rank file: one "BASE64_TOKEN RANK" per line, the ranks 0, 1, 2, ... in order
 // (a rank is also the token's id). Returns the tokens' bytes by rank; every malformed line, a
 // repeated rank or token, and a gap in the ranks is a UserError naming the file and the line.
@@ -151,60 +266,113 @@ std::vector<std::string> read_tiktoken_ranks(const std::string& path) {
   return tokens;
 }
 
-// Byte-level BPE as tiktoken does it: a piece that is a token is that token; otherwise, from its
-// bytes, the adjacent pair whose concatenation has the lowest rank (the leftmost of equals) is
-// merged, one pair at a time, until no pair is a token. Special tokens are only decoded (text
-// that spells one is encoded as ordinary text, as tiktoken's encode_ordinary does).
-class Gpt2Tokenizer final : public Tokenizer {
- public:
-  explicit Gpt2Tokenizer(const std::string& dir) : path_(dir + "/" + kGpt2Ranks) {
-    bytes_ = read_tiktoken_ranks(path_);
-    if (bytes_.size() != size_t(kGpt2Eot))
-      user_error("{}: {} ranks, expected GPT-2's {}", path_, bytes_.size(), kGpt2Eot);
-    for (uint32_t id = 0; id < bytes_.size(); id++) id_of_[bytes_[id]] = id;
-    for (int b = 0; b < 256; b++) {
-      auto it = id_of_.find(std::string(1, char(b)));
-      if (it == id_of_.end()) user_error("{}: byte 0x{:02X} has no token", path_, b);
-      byte_id_[b] = it->second;
-    }
-    // every split of a token into two tokens: (left id, right id) -> the token's id
-    for (uint32_t id = 0; id < bytes_.size(); id++) {
-      const std::string& t = bytes_[id];
+BytePairEncoder::BytePairEncoder(const std::vector<std::string>& tokens,
+                                 const std::vector<std::array<uint32_t, 3>>& merges, SplitPattern split,
+                                 bool whole_first, const std::string& where)
+    : split_(split), whole_first_(whole_first) {
+  for (uint32_t id = 0; id < tokens.size(); id++)
+    if (!tokens[id].empty()) id_of_[tokens[id]] = id;
+  for (int b = 0; b < 256; b++) {
+    auto it = id_of_.find(std::string(1, char(b)));
+    if (it == id_of_.end()) user_error("{}: byte 0x{:02X} has no token", where, b);
+    byte_id_[b] = it->second;
+  }
+  if (merges.empty()) {  // tiktoken: every split of a token into two tokens, ranked by the token's id
+    for (uint32_t id = 0; id < tokens.size(); id++) {
+      const std::string& t = tokens[id];
       for (size_t k = 1; k < t.size(); k++) {
         auto l = id_of_.find(t.substr(0, k)), r = id_of_.find(t.substr(k));
-        if (l != id_of_.end() && r != id_of_.end()) pairs_[key(l->second, r->second)] = id;
+        if (l != id_of_.end() && r != id_of_.end()) pairs_[key(l->second, r->second)] = {id, id};
       }
     }
-    bytes_.push_back("<|endoftext|>");
   }
+  for (uint32_t rank = 0; rank < merges.size(); rank++)  // the first of a repeated pair counts
+    pairs_.emplace(key(merges[rank][0], merges[rank][1]), std::make_pair(rank, merges[rank][2]));
+}
 
-  TokenizerKind kind() const override { return TokenizerKind::gpt2; }
-  int vocab_size() const override { return kGpt2Vocab; }
-  uint32_t eot() const override { return kGpt2Eot; }
-
-  void encode(std::string_view text, std::vector<uint32_t>& out) override {
-    const auto* s = reinterpret_cast<const unsigned char*>(text.data());
-    size_t n = text.size();
-    for (size_t i = 0; i < n;) {
-      size_t j = next_piece(s, i, n);
-      piece_.assign(text.data() + i, j - i);
-      auto it = cache_.find(piece_);
-      if (it == cache_.end()) {
-        if (cache_.size() >= kMaxCache) { cache_.clear(); cache_ids_.clear(); }
-        size_t begin = cache_ids_.size();
-        merge(piece_, cache_ids_);
-        it = cache_.emplace(piece_, std::make_pair(uint32_t(begin), uint32_t(cache_ids_.size() - begin))).first;
-      }
-      out.insert(out.end(), cache_ids_.begin() + it->second.first,
-                 cache_ids_.begin() + it->second.first + it->second.second);
-      i = j;
+void BytePairEncoder::encode(std::string_view text, std::vector<uint32_t>& out) {
+  const auto* s = reinterpret_cast<const unsigned char*>(text.data());
+  size_t n = text.size();
+  for (size_t i = 0; i < n;) {
+    size_t j = next_piece(split_, s, i, n);
+    piece_.assign(text.data() + i, j - i);
+    auto it = cache_.find(piece_);
+    if (it == cache_.end()) {
+      if (cache_.size() >= kMaxCache) { cache_.clear(); cache_ids_.clear(); }
+      size_t begin = cache_ids_.size();
+      merge(piece_, cache_ids_);
+      it = cache_.emplace(piece_, std::make_pair(uint32_t(begin), uint32_t(cache_ids_.size() - begin))).first;
     }
+    out.insert(out.end(), cache_ids_.begin() + it->second.first,
+               cache_ids_.begin() + it->second.first + it->second.second);
+    i = j;
   }
+}
+
+// BPE of one piece; appends its ids. w: the parts' ids; r[k]: the rank of merging parts k and k+1
+// (kNone: no merge), m[k] the merged id. The lowest rank merges first, the leftmost of equals.
+void BytePairEncoder::merge(const std::string& piece, std::vector<uint32_t>& out) {
+  if (whole_first_) {
+    if (auto it = id_of_.find(piece); it != id_of_.end()) { out.push_back(it->second); return; }
+  }
+  std::vector<uint32_t>& w = word_;
+  std::vector<uint32_t>& r = ranks_;
+  std::vector<uint32_t>& m = merged_;
+  w.clear();
+  for (unsigned char c : piece) w.push_back(byte_id_[c]);
+  auto pair = [&](size_t k) {
+    auto it = pairs_.find(key(w[k], w[k + 1]));
+    r[k] = it == pairs_.end() ? kNone : it->second.first;
+    m[k] = it == pairs_.end() ? kNone : it->second.second;
+  };
+  r.assign(w.size() > 0 ? w.size() - 1 : 0, kNone);
+  m.assign(r.size(), kNone);
+  for (size_t k = 0; k < r.size(); k++) pair(k);
+  while (!r.empty()) {
+    size_t best = size_t(std::min_element(r.begin(), r.end()) - r.begin());
+    if (r[best] == kNone) break;
+    w[best] = m[best];
+    w.erase(w.begin() + std::ptrdiff_t(best) + 1);
+    r.erase(r.begin() + std::ptrdiff_t(best));
+    m.erase(m.begin() + std::ptrdiff_t(best));
+    if (best < r.size()) pair(best);
+    if (best > 0) pair(best - 1);
+  }
+  out.insert(out.end(), w.begin(), w.end());
+}
+
+namespace {
+
+// A tiktoken rank file as a tokenizer: ordinary text only (as tiktoken's encode_ordinary: text
+// that spells a special token is encoded as text); the special tokens are only decoded. GPT-2's
+// (kind gpt2, dir/gpt2.tiktoken) has <|endoftext|> = 50256; cl100k_base's (100,256 ranks) has
+// tiktoken's <|endoftext|> = 100257 among ids up to 100276; any other has <|endoftext|> = its
+// number of ranks.
+class TiktokenTokenizer final : public Tokenizer {
+ public:
+  TiktokenTokenizer(const std::string& path, SplitPattern split, bool gpt2)
+      : path_(path), gpt2_(gpt2), bytes_(read_tiktoken_ranks(path)) {
+    if (gpt2 && bytes_.size() != size_t(kGpt2Eot))
+      user_error("{}: {} ranks, expected GPT-2's {}", path_, bytes_.size(), kGpt2Eot);
+    bpe_ = std::make_unique<BytePairEncoder>(bytes_, std::vector<std::array<uint32_t, 3>>{}, split, true, path_);
+    eot_ = uint32_t(bytes_.size());
+    vocab_ = int(bytes_.size()) + 1;
+    if (split == SplitPattern::cl100k && bytes_.size() == 100256) { eot_ = 100257; vocab_ = 100277; }
+    bytes_.resize(size_t(vocab_));
+    bytes_[eot_] = "<|endoftext|>";
+  }
+
+  TokenizerKind kind() const override { return gpt2_ ? TokenizerKind::gpt2 : TokenizerKind::tiktoken; }
+  int vocab_size() const override { return vocab_; }
+  uint32_t eot() const override { return eot_; }
+  std::string split_pattern() const override { return gpt2_ ? "" : to_string(bpe_->split()); }
+  void encode(std::string_view text, std::vector<uint32_t>& out) override { bpe_->encode(text, out); }
 
   std::string decode(const std::vector<int32_t>& ids) const override {
     std::string s;
     for (int32_t id : ids) {
-      if (id < 0 || id >= kGpt2Vocab) user_error("gpt2 tokenizer: token id {} outside [0, {})", id, kGpt2Vocab);
+      if (id < 0 || id >= vocab_ || (bytes_[size_t(id)].empty()))
+        user_error("{} tokenizer: token id {} outside [0, {}) or unused", to_string(kind()), id, vocab_);
       s += bytes_[size_t(id)];
     }
     return s;
@@ -212,58 +380,29 @@ class Gpt2Tokenizer final : public Tokenizer {
 
   void save_files(const std::string& dir) const override {
     std::error_code ec;
-    std::string to = dir + "/" + kGpt2Ranks;
+    std::string to = dir + "/" + (gpt2_ ? kGpt2Ranks : kTiktokenRanks);
     if (std::filesystem::equivalent(to, path_, ec)) return;
     std::string text = read_whole_file(path_);
     write_file_atomic(to, text.data(), text.size());
   }
 
  private:
-  static constexpr size_t kMaxCache = 1 << 20;  // pieces; the cache starts over when full
-  static constexpr uint32_t kNone = UINT32_MAX;
-  static uint64_t key(uint32_t a, uint32_t b) { return uint64_t(a) << 32 | b; }
-  uint32_t pair(uint32_t a, uint32_t b) const {
-    auto it = pairs_.find(key(a, b));
-    return it == pairs_.end() ? kNone : it->second;
-  }
-
-  // BPE of one piece; appends its ids. w: the parts' ids; r[k]: the id (= rank) of parts k and
-  // k+1 merged, or kNone.
-  void merge(const std::string& piece, std::vector<uint32_t>& out) {
-    if (auto it = id_of_.find(piece); it != id_of_.end()) { out.push_back(it->second); return; }
-    std::vector<uint32_t>& w = word_;
-    std::vector<uint32_t>& r = pair_ids_;
-    w.clear();
-    r.clear();
-    for (unsigned char c : piece) w.push_back(byte_id_[c]);
-    for (size_t k = 0; k + 1 < w.size(); k++) r.push_back(pair(w[k], w[k + 1]));
-    while (!r.empty()) {
-      size_t best = size_t(std::min_element(r.begin(), r.end()) - r.begin());
-      if (r[best] == kNone) break;
-      w[best] = r[best];
-      w.erase(w.begin() + std::ptrdiff_t(best) + 1);
-      r.erase(r.begin() + std::ptrdiff_t(best));
-      if (best < r.size()) r[best] = pair(w[best], w[best + 1]);
-      if (best > 0) r[best - 1] = pair(w[best - 1], w[best]);
-    }
-    out.insert(out.end(), w.begin(), w.end());
-  }
-
-  std::string path_;                // the rank file
+  std::string path_;  // the rank file
+  bool gpt2_;
   std::vector<std::string> bytes_;  // token id -> its bytes (the special token: its text)
-  std::unordered_map<std::string, uint32_t> id_of_;  // a token's bytes -> its id
-  uint32_t byte_id_[256];
-  std::unordered_map<uint64_t, uint32_t> pairs_;  // (left id, right id) -> merged id
-  std::unordered_map<std::string, std::pair<uint32_t, uint32_t>> cache_;  // piece -> ids
-  std::vector<uint32_t> cache_ids_;
-  std::string piece_;
-  std::vector<uint32_t> word_, pair_ids_;
+  std::unique_ptr<BytePairEncoder> bpe_;
+  uint32_t eot_;
+  int vocab_;
 };
 
 }  // namespace
 
 std::unique_ptr<Tokenizer> make_gpt2_tokenizer(const std::string& dir) {
-  return std::make_unique<Gpt2Tokenizer>(dir);
+  return std::make_unique<TiktokenTokenizer>(dir + "/" + kGpt2Ranks, SplitPattern::gpt2, true);
+}
+
+std::unique_ptr<Tokenizer> make_tiktoken_tokenizer(const std::string& path, const std::string& pattern) {
+  return std::make_unique<TiktokenTokenizer>(path, parse_split_pattern(pattern, path + ": pattern"), false);
 }
 
 }  // namespace frugal

@@ -1,5 +1,6 @@
 // data: token shards (llm.c's .bin layout), the batch loader, and the tokenizers (byte-level,
-// GPT-2's BPE from a tiktoken rank file, SentencePiece).
+// GPT-2's BPE from a tiktoken rank file, other tiktoken rank files, Hugging Face tokenizer.json
+// byte-level BPE, SentencePiece).
 //
 // Shard file: a header of 256 little-endian int32 — [magic, version, num_tokens, 0...] — then
 // num_tokens tokens. magic 20240520 / version 1: uint16 tokens (llm.c GPT-2 shards);
@@ -93,7 +94,8 @@ std::string byte_decode(const std::vector<int32_t>& ids);
 
 // ---- tokenizers ----------------------------------------------------------------------------
 // text <-> token ids, with an exact round trip: decode(encode(s)) == s for any bytes s.
-enum class TokenizerKind { byte, gpt2, sentencepiece };
+// (A pretrained tokenizer.json or SentencePiece model may normalise: see each below.)
+enum class TokenizerKind { byte, gpt2, sentencepiece, hf_bpe, tiktoken };
 
 class Tokenizer {
  public:
@@ -104,6 +106,7 @@ class Tokenizer {
   virtual void encode(std::string_view text, std::vector<uint32_t>& out) = 0;  // appends
   virtual std::string decode(const std::vector<int32_t>& ids) const = 0;
   virtual void save_files(const std::string& dir) const {}  // what load_tokenizer(dir) reads
+  virtual std::string split_pattern() const { return {}; }  // tiktoken: the pattern's name
 };
 
 // GPT-2's byte-level BPE, read from dir/gpt2.tiktoken: a tiktoken rank file (one "BASE64_TOKEN
@@ -120,20 +123,55 @@ inline constexpr const char* kGpt2Ranks = "gpt2.tiktoken";
 std::unique_ptr<Tokenizer> make_gpt2_tokenizer(const std::string& dir);
 std::unique_ptr<Tokenizer> make_byte_tokenizer();
 
+// Another tiktoken rank file, with its pre-tokenisation pattern named: gpt2 (r50k/p50k),
+// cl100k, llama3 (Llama 3's original tokenizer.model is a rank file), qwen2 (regexes in
+// src/data/bpe.h). Ordinary text only, as tiktoken's encode_ordinary. <|endoftext|> (eot) is the
+// id after the last rank, except cl100k_base's own (100,256 ranks): 100257, vocabulary 100277.
+// In a shard directory the file is copied to tokenizer.tiktoken.
+inline constexpr const char* kTiktokenRanks = "tokenizer.tiktoken";
+std::unique_ptr<Tokenizer> make_tiktoken_tokenizer(const std::string& path, const std::string& pattern);
+
+// A Hugging Face tokenizer.json with a byte-level BPE model (GPT-2, SmolLM, Llama 3 style):
+// model.vocab and model.merges (as "a b" strings or ["a", "b"] pairs), model.ignore_merges,
+// added_tokens, and the pre_tokenizer ByteLevel (GPT-2's regex) or Sequence[Split(regex,
+// Isolated), ByteLevel(use_regex false)] with Llama 3's or Qwen2's regex. encode(text) gives
+// tokenizers' encode(text, add_special_tokens=False).ids: added tokens spelled in the text are
+// those tokens (leftmost, longest first), the text between them is split and merged; no BOS or
+// post-processing. eot: tokenizer_config.json's eos_token (next to the file) if there is one, else
+// the first of <|endoftext|>, <|end_of_text|>, </s>, <|im_end|>, <|eot_id|> among the added
+// tokens. Anything else (a normalizer, a WordPiece/Unigram model, byte_fallback, lstrip/rstrip
+// added tokens, another regex) is a UserError naming the file and the field. Byte-level, so
+// decode(encode(s)) == s. In a shard directory: tokenizer.json (and tokenizer_config.json).
+std::unique_ptr<Tokenizer> load_hf_tokenizer(const std::string& path);
+
+// A pretrained tokenizer from PATH: a tokenizer.json, a SentencePiece tokenizer.model, a tiktoken
+// rank file (*.tiktoken, or a tokenizer.model that is one, as Llama 3's), or a directory holding
+// one of them (a Hugging Face model directory: tokenizer.json first). tiktoken_pattern: the
+// pattern of a rank file (empty: gpt2 for 50,256 ranks, cl100k for 100,256, llama3 for 128,000;
+// other sizes need it).
+std::unique_ptr<Tokenizer> load_pretrained_tokenizer(const std::string& path, const std::string& tiktoken_pattern = "");
+
 // SentencePiece (built with Debian's libsentencepiece-dev; otherwise these throw UserError).
 // train_sentencepiece learns a vocabulary of vocab_size pieces ("bpe" or "unigram") from the
 // documents' lines, set for an exact round trip (no normalisation, byte fallback).
 std::unique_ptr<Tokenizer> train_sentencepiece(const std::vector<std::string>& docs, int vocab_size,
                                                const std::string& model_type);
+// A loaded model encodes as the Python package's encode(text) does (its own normaliser, dummy
+// prefix and byte fallback, whatever the model proto says); a model without dummy prefix whose
+// pieces hold no newline (frugal's own) is encoded line by line, which gives the same ids.
 std::unique_ptr<Tokenizer> load_sentencepiece(const std::string& model_path);
 
-// The tokenizer of a shard directory: dir/tokenizer.json names it ({"kind": "gpt2",
-// "vocab_size": 50257}; the SentencePiece model is dir/tokenizer.model, GPT-2's gpt2.tiktoken is copied
-// next to it); without tokenizer.json the shards are byte-level.
+// The tokenizer of a shard directory: dir/frugal_tokenizer.json names it ({"kind": "gpt2",
+// "vocab_size": 50257}, "pattern" for a tiktoken file), next to its files (GPT-2's gpt2.tiktoken,
+// tokenizer.tiktoken, tokenizer.model for SentencePiece, a Hugging Face tokenizer.json). Older
+// shard directories name it in dir/tokenizer.json (same fields), still read; a tokenizer.json
+// that is Hugging Face's (no "kind") with no frugal_tokenizer.json is that tokenizer. Neither
+// file: the shards are byte-level.
+inline constexpr const char* kTokenizerDescription = "frugal_tokenizer.json";
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& dir);
-struct TokenizerInfo { std::string kind; int64_t vocab_size; };
-TokenizerInfo tokenizer_info(const std::string& dir);  // what dir/tokenizer.json says
-// Writes the tokenizer's files and then dir/tokenizer.json, each atomically.
+struct TokenizerInfo { std::string kind; int64_t vocab_size; std::string pattern; };
+TokenizerInfo tokenizer_info(const std::string& dir);  // what the description says
+// Writes the tokenizer's files and then dir/frugal_tokenizer.json, each atomically.
 void save_tokenizer(const std::string& dir, const Tokenizer& tok);
 std::string to_string(TokenizerKind k);
 std::string read_whole_file(const std::string& path);  // UserError naming the file if unreadable
@@ -152,6 +190,8 @@ struct TokenizerOptions {
   std::string gpt2_dir = kGpt2Dir;  // where gpt2.tiktoken is
   int vocab_size = 0;               // sentencepiece: train a vocabulary of this size
   std::string model_type = "bpe";   // sentencepiece: bpe or unigram
+  std::string pretrained;           // a pretrained tokenizer (load_pretrained_tokenizer): kind ignored
+  std::string tiktoken_pattern;     // its pattern, for a tiktoken rank file
 };
 
 // Tokenizes the documents (file contents; an empty list means the King James Bible from

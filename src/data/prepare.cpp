@@ -34,12 +34,16 @@ PrepareStats prepare_corpus(const std::vector<std::string>& inputs, const std::s
   std::filesystem::create_directories(out_dir, ec);
   if (ec) user_error("{}: cannot create directory: {}", out_dir, ec.message());
   std::unique_ptr<Tokenizer> tok;
-  switch (opt.kind) {
+  if (!opt.pretrained.empty()) tok = load_pretrained_tokenizer(opt.pretrained, opt.tiktoken_pattern);
+  else switch (opt.kind) {
     case TokenizerKind::byte: tok = make_byte_tokenizer(); break;
     case TokenizerKind::gpt2: tok = make_gpt2_tokenizer(opt.gpt2_dir); break;
     case TokenizerKind::sentencepiece:
       tok = train_sentencepiece(docs, opt.vocab_size, opt.model_type);
       break;
+    case TokenizerKind::hf_bpe:
+    case TokenizerKind::tiktoken:
+      user_error("prepare: a {} tokenizer is pretrained: name its file with --tokenizer PATH", to_string(opt.kind));
   }
   std::vector<uint32_t> stream;
   for (auto& d : docs) {

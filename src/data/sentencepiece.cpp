@@ -1,6 +1,7 @@
 // SentencePiece tokenizers (Debian's libsentencepiece-dev): training a vocabulary on a corpus,
-// and encoding/decoding with a trained model. Set up for an exact round trip: no normalisation,
-// spaces kept as they are, no dummy prefix, and bytes for anything outside the vocabulary.
+// and encoding/decoding with a trained or pretrained model. Trained for an exact round trip: no
+// normalisation, spaces kept as they are, no dummy prefix, and bytes for anything outside the
+// vocabulary; a pretrained model (Llama 2's) encodes as its proto says.
 #include <sentencepiece_processor.h>
 #include <sentencepiece_trainer.h>
 
@@ -44,14 +45,22 @@ class SpTokenizer final : public Tokenizer {
   SpTokenizer(const std::string& path, const std::string& proto) {
     auto st = path.empty() ? sp_.LoadFromSerializedProto(proto) : sp_.Load(path);
     if (!st.ok()) user_error("{}: cannot load the SentencePiece model: {}", path, st.ToString());
+    // Line by line only where that gives the whole text's ids: no dummy prefix (a line would
+    // get one) and no piece that holds a newline.
+    std::vector<std::string> pieces;
+    sp_.Encode("a", &pieces);
+    by_line_ = !pieces.empty() && pieces[0] == "a";
+    for (int id = 0; id < sp_.GetPieceSize() && by_line_; id++)
+      by_line_ = sp_.IdToPiece(id).find('\n') == std::string::npos;
   }
   TokenizerKind kind() const override { return TokenizerKind::sentencepiece; }
   int vocab_size() const override { return sp_.GetPieceSize(); }
   uint32_t eot() const override { return uint32_t(sp_.eos_id()); }
-  // Line by line (a unigram lattice over a whole book would be large); ids of the pieces.
+  // Line by line where that is exact (a unigram lattice over a whole book would be large), else
+  // the whole text in one call; ids of the pieces.
   void encode(std::string_view text, std::vector<uint32_t>& out) override {
     for (size_t pos = 0; pos < text.size();) {
-      size_t end = text.find('\n', pos);
+      size_t end = by_line_ ? text.find('\n', pos) : std::string_view::npos;
       end = end == std::string_view::npos ? text.size() : end + 1;
       auto st = sp_.Encode(text.substr(pos, end - pos), &ids_);
       FRUGAL_CHECK(st.ok(), "sentencepiece encode: {}", st.ToString());
@@ -74,6 +83,7 @@ class SpTokenizer final : public Tokenizer {
 
  private:
   sentencepiece::SentencePieceProcessor sp_;
+  bool by_line_ = true;
   std::vector<int> ids_;
 };
 

@@ -1,12 +1,14 @@
-// The tokenizer interface's plumbing: the byte-level tokenizer, and a shard directory's
-// tokenizer.json (which tokenizer made the shards, so that sample and train can find it).
+// The tokenizer interface's plumbing: the byte-level tokenizer, a shard directory's
+// frugal_tokenizer.json (which tokenizer made the shards, so that sample and train can find it),
+// and finding a pretrained tokenizer's file.
 #include <nlohmann/json.hpp>
 
+#include <cctype>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 
-#include "data/data.h"
+#include "data/bpe.h"
 
 namespace frugal {
 
@@ -49,29 +51,39 @@ std::string to_string(TokenizerKind k) {
     case TokenizerKind::byte: return "byte";
     case TokenizerKind::gpt2: return "gpt2";
     case TokenizerKind::sentencepiece: return "sentencepiece";
+    case TokenizerKind::hf_bpe: return "hf_bpe";
+    case TokenizerKind::tiktoken: return "tiktoken";
   }
   return "?";
 }
 
+// dir/frugal_tokenizer.json, else an older directory's tokenizer.json with the same fields, else
+// a Hugging Face tokenizer.json, else byte-level.
 TokenizerInfo tokenizer_info(const std::string& dir) {
-  std::string path = dir + "/tokenizer.json";
-  if (!std::filesystem::exists(path)) return {"byte", kByteVocab};
+  std::string path = dir + "/" + kTokenizerDescription, old = dir + "/tokenizer.json";
+  if (!std::filesystem::exists(path)) {
+    if (!std::filesystem::exists(old)) return {"byte", kByteVocab, ""};
+    path = old;
+  }
   try {
     auto j = nlohmann::json::parse(read_whole_file(path));
-    return {j.at("kind").get<std::string>(), j.at("vocab_size").get<int64_t>()};
+    if (path == old && !j.contains("kind")) return {"hf_bpe", load_hf_tokenizer(old)->vocab_size(), ""};
+    return {j.at("kind").get<std::string>(), j.at("vocab_size").get<int64_t>(), j.value("pattern", std::string())};
   } catch (const nlohmann::json::exception& e) {
     user_error("{}: expected {{\"kind\": ..., \"vocab_size\": ...}}: {}", path, e.what());
   }
 }
 
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& dir) {
-  std::string path = dir + "/tokenizer.json";
-  auto [kind, vocab] = tokenizer_info(dir);
+  std::string path = dir + "/" + kTokenizerDescription;
+  auto [kind, vocab, pattern] = tokenizer_info(dir);
   std::unique_ptr<Tokenizer> tok;
   if (kind == "byte") tok = make_byte_tokenizer();
   else if (kind == "gpt2") tok = make_gpt2_tokenizer(dir);
   else if (kind == "sentencepiece") tok = load_sentencepiece(dir + "/tokenizer.model");
-  else user_error("{}: kind '{}', expected byte, gpt2 or sentencepiece", path, kind);
+  else if (kind == "hf_bpe") tok = load_hf_tokenizer(dir + "/tokenizer.json");
+  else if (kind == "tiktoken") tok = make_tiktoken_tokenizer(dir + "/" + kTiktokenRanks, pattern);
+  else user_error("{}: kind '{}', expected byte, gpt2, sentencepiece, hf_bpe or tiktoken", path, kind);
   if (tok->vocab_size() != vocab)
     user_error("{}: vocab_size {}, but the {} tokenizer there has {}", path, vocab, kind, tok->vocab_size());
   return tok;
@@ -80,8 +92,57 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& dir) {
 void save_tokenizer(const std::string& dir, const Tokenizer& tok) {
   tok.save_files(dir);
   nlohmann::json j = {{"kind", to_string(tok.kind())}, {"vocab_size", tok.vocab_size()}};
+  if (!tok.split_pattern().empty()) j["pattern"] = tok.split_pattern();
   std::string text = j.dump() + "\n";
-  write_file_atomic(dir + "/tokenizer.json", text.data(), text.size());
+  write_file_atomic(dir + "/" + kTokenizerDescription, text.data(), text.size());
+}
+
+// Whether the file is a tiktoken rank file: its first line is "BASE64 RANK".
+static bool is_tiktoken_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::string line;
+  if (!std::getline(in, line) || line.size() > 2000) return false;
+  size_t sp = line.find(' ');
+  if (sp == std::string::npos || sp == 0 || sp + 1 == line.size()) return false;
+  for (size_t i = 0; i < sp; i++)
+    if (!std::isalnum(uint8_t(line[i])) && line[i] != '+' && line[i] != '/' && line[i] != '=') return false;
+  for (size_t i = sp + 1; i < line.size(); i++)
+    if (!std::isdigit(uint8_t(line[i]))) return false;
+  return true;
+}
+
+std::unique_ptr<Tokenizer> load_pretrained_tokenizer(const std::string& path, const std::string& tiktoken_pattern) {
+  namespace fs = std::filesystem;
+  std::string file = path;
+  if (fs::is_directory(path)) {
+    file.clear();
+    for (const char* name : {"tokenizer.json", "tokenizer.model"})
+      if (fs::exists(fs::path(path) / name)) { file = (fs::path(path) / name).string(); break; }
+    if (file.empty()) {
+      std::error_code ec;
+      for (auto& e : fs::directory_iterator(path, ec))
+        if (e.path().extension() == ".tiktoken") { file = e.path().string(); break; }
+    }
+    if (file.empty())
+      user_error("--tokenizer {}: no tokenizer.json, tokenizer.model or *.tiktoken in the directory", path);
+  } else if (!fs::exists(path)) {
+    user_error("--tokenizer {}: no such file or directory: expected byte, gpt2, a tokenizer.json, a "
+               "tokenizer.model, a *.tiktoken file or a directory holding one", path);
+  }
+  if (file.ends_with(".json")) return load_hf_tokenizer(file);
+  if (file.ends_with(".tiktoken") || is_tiktoken_file(file)) {
+    std::string pattern = tiktoken_pattern;
+    if (pattern.empty()) {
+      size_t ranks = read_tiktoken_ranks(file).size();
+      pattern = ranks == 50256 ? "gpt2" : ranks == 100256 ? "cl100k" : ranks == 128000 ? "llama3" : "";
+      if (pattern.empty())
+        user_error("{}: a tiktoken rank file of {} ranks: name its pattern with --tiktoken-pattern "
+                   "(gpt2, cl100k, llama3 or qwen2)", file, ranks);
+    }
+    return make_tiktoken_tokenizer(file, pattern);
+  }
+  if (file.ends_with(".model")) return load_sentencepiece(file);
+  user_error("--tokenizer {}: expected a tokenizer.json, a SentencePiece *.model or a *.tiktoken file", file);
 }
 
 }  // namespace frugal

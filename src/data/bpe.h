@@ -1,0 +1,73 @@
+// Byte-level BPE, private to data/: the pre-tokenisation regexes (hand-written, exact), the
+// merge loop shared by tiktoken rank files (bpe.cpp) and Hugging Face tokenizer.json files
+// (hf_tokenizer.cpp), and GPT-2's byte <-> character map that tokenizer.json vocabularies use.
+#pragma once
+#include <array>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "data/data.h"
+
+namespace frugal {
+
+// The regexes text is split by before merging (each piece is merged on its own):
+//   gpt2   '(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+//          (tiktoken's r50k_base, and tokenizer.json's ByteLevel with use_regex)
+//   llama3 (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
+//   qwen2  llama3's with \p{N} (one digit a piece) for \p{N}{1,3}
+//   cl100k tiktoken's cl100k_base: llama3's, except that a whitespace run reaching the end of
+//          the text is one piece (its \s++$)
+// The classes are tiktoken's (src/data/unicode_classes.inc); a byte that is not UTF-8 counts as
+// punctuation.
+enum class SplitPattern { gpt2, llama3, qwen2, cl100k };
+// "gpt2" ... "cl100k"; UserError naming `field` otherwise.
+SplitPattern parse_split_pattern(const std::string& name, const std::string& field);
+std::string to_string(SplitPattern p);
+// The regex text of llama3 and qwen2 as tokenizer.json's Split pre-tokenizer spells it.
+extern const char* const kLlama3Regex;
+extern const char* const kQwen2Regex;
+extern const char* const kGpt2Regex;
+
+// The end of the piece that starts at s[i] (n bytes in all).
+size_t next_piece(SplitPattern p, const unsigned char* s, size_t i, size_t n);
+
+// A tiktoken rank file: the tokens' bytes by rank (UserError naming the file and the line).
+std::vector<std::string> read_tiktoken_ranks(const std::string& path);
+
+// GPT-2's bytes_to_unicode: the character (code point) each byte is written as in a
+// tokenizer.json vocabulary.
+std::array<uint32_t, 256> byte_level_chars();
+
+// BPE over bytes. tokens: id -> bytes (ids with no token: empty). merges: (left, right, merged)
+// ids by priority, first highest; none: tiktoken's rule (any two tokens whose bytes concatenate
+// to a token merge, the lower merged id first). whole_first: a piece that is a token is that
+// token (tiktoken; tokenizer.json's ignore_merges). Every byte must be a token.
+class BytePairEncoder {
+ public:
+  BytePairEncoder(const std::vector<std::string>& tokens, const std::vector<std::array<uint32_t, 3>>& merges,
+                  SplitPattern split, bool whole_first, const std::string& where);
+  // Appends the ids of text (split, then merged); pieces seen before come from a cache.
+  void encode(std::string_view text, std::vector<uint32_t>& out);
+  SplitPattern split() const { return split_; }
+
+ private:
+  static constexpr size_t kMaxCache = 1 << 20;  // pieces; the cache starts over when full
+  static constexpr uint32_t kNone = UINT32_MAX;
+  static uint64_t key(uint32_t a, uint32_t b) { return uint64_t(a) << 32 | b; }
+  void merge(const std::string& piece, std::vector<uint32_t>& out);
+
+  SplitPattern split_;
+  bool whole_first_;
+  std::unordered_map<std::string, uint32_t> id_of_;  // a token's bytes -> its id
+  uint32_t byte_id_[256];
+  std::unordered_map<uint64_t, std::pair<uint32_t, uint32_t>> pairs_;  // (left, right) -> (rank, merged)
+  std::unordered_map<std::string, std::pair<uint32_t, uint32_t>> cache_;  // piece -> (start, count) in cache_ids_
+  std::vector<uint32_t> cache_ids_;
+  std::string piece_;
+  std::vector<uint32_t> word_, ranks_, merged_;
+};
+
+}  // namespace frugal

@@ -1,0 +1,276 @@
+// Pretrained tokenizers against the Python packages they come from: Hugging Face tokenizer.json
+// byte-level BPE (GPT-2's ByteLevel regex, Llama 3's Split regex with its special tokens) against
+// tokenizers, a SentencePiece model with Llama 2's settings against sentencepiece, a tiktoken rank
+// file with cl100k's pattern against tiktoken. The vocabularies are trained on the KJV by
+// tests/reference/pretrained_tokenizers.py; compared on the whole KJV, hard strings and random
+// Unicode: the same ids, and decode(encode(s)) == s. Bad tokenizer.json files are UserErrors
+// naming the file and the field; `prepare --tokenizer` writes the tokenizer next to the shards.
+#include <cstring>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "data/data.h"
+#include "support/support.h"
+
+namespace frugal {
+namespace {
+
+using nlohmann::json;
+
+// The fixtures: trained once per test run.
+const test::TempDir& fixtures() {
+  static test::TempDir d;
+  static bool made = [] {
+    std::ofstream(d / "kjv.txt", std::ios::binary) << kjv_text();
+    return bool(test::run_reference("pretrained_tokenizers.py", "train " + d / "kjv.txt" + " " + d / "out"));
+  }();
+  EXPECT_TRUE(made);
+  return d;
+}
+std::string fixture(const std::string& f) { return fixtures() / ("out/" + f); }
+
+std::vector<uint32_t> encode(Tokenizer& tok, const std::string& s) {
+  std::vector<uint32_t> ids;
+  tok.encode(s, ids);
+  return ids;
+}
+
+void append_utf8(std::string& s, uint32_t cp) {
+  if (cp < 0x80) { s += char(cp); return; }
+  if (cp < 0x800) { s += char(0xC0 | cp >> 6); }
+  else if (cp < 0x10000) { s += char(0xE0 | cp >> 12); s += char(0x80 | (cp >> 6 & 0x3F)); }
+  else { s += char(0xF0 | cp >> 18); s += char(0x80 | (cp >> 12 & 0x3F)); s += char(0x80 | (cp >> 6 & 0x3F)); }
+  s += char(0x80 | (cp & 0x3F));
+}
+
+std::vector<std::string> hard_strings() {
+  return {
+      "Hello world", " ", "  ", "\n", "\n\n\n", "a  b", "a   \n  b", "trailing spaces   ",
+      "trailing newline\n", "tabs\t\tand\ttabs", " \t \n", "  \n\n  \n", "   leading", "x\r\ny\r\n",
+      "I'm you're we've they'll he'd she's it't", "'s'S'RE'Ve 'll 'LL 'ſ 'Ll", "''''", "Mr. O'Neil's",
+      "don't!!! ??? ...", " !!!", "@#$%^&*()_+-=[]{}|;':\",./<>?`~", "x!!\n\n\ny", "a.\r\n\r\n b",
+      "1234567890 12 3.14159 1,000,000 007", "mixed123abc456def", "٣٤٥ Ⅻ ½ ² ¾",
+      "日本語のテキスト、中文文本。", "한국어 텍스트", "emoji 😀👍🏽 👨‍👩‍👧‍👦 flags 🇩🇪 😀😀😀😀😀😀",
+      "combining: e\u0301 a\u0308 n\u0303 \u0915\u093f \u0301\u0301", "Ελληνικά Русский עברית العربية",
+      "ﬁ ligature ß ẞ", "\u00a0nbsp\u3000ideographic\u2003em \u2028ls\u2029ps",
+      "x \u200bzero-width \ufeffbom \u0085nel \u0085\u0085x", "a\u3000\u3000b \u3000 c\u3000", "\u2003\u2003\u2003x",
+      "<|endoftext|>", "a<|endoftext|>b <|end_of_text|>\n<|eot_id|><|eot_id|>x", "<|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>",
+      "<|endoftext", "<<|im_start|>>", std::string(600, 'a'), std::string(300, ' ') + "x", std::string(200, '7'),
+      "The quick brown fox jumps over the lazy dog.  And then?\n\n  Nothing.   ",
+      "\tIn the beginning\n\n\tGod  created\r\n", "  \n", "\n  ", "x \n", " \n\n "};
+}
+
+// Strings over an alphabet of the regexes' hard cases, and of random code points.
+std::vector<std::string> random_strings(int each) {
+  const std::vector<std::string> alphabet = {"a", "Z", "s", "S", "t", "l", "e", "'", " ", " ", "  ", "\n",
+      "\t", "\r", "1", "9", "½", ".", "!", "-", "é", "e\u0301", "中", "😀", "\u00a0", "\u3000", "ß", "Ⅻ",
+      "\u0085", "\ufeff", "\u2028", "<|eot_id|>", "<|endoftext|>", "ſ"};
+  Rng rng(test::test_seed());
+  std::vector<std::string> strings;
+  for (int i = 0; i < each; i++) {
+    std::string s;
+    for (int k = 0, n = 1 + int(rng.below(40)); k < n; k++) s += alphabet[rng.below(alphabet.size())];
+    strings.push_back(s);
+  }
+  for (int i = 0; i < each; i++) {
+    std::string s;
+    for (int k = 0, n = 1 + int(rng.below(48)); k < n; k++) {
+      uint32_t cp;
+      do {
+        double u = rng.uniform();
+        cp = u < 0.35 ? uint32_t(rng.below(0x80)) : u < 0.75 ? uint32_t(0x80 + rng.below(0x10000 - 0x80))
+                                                             : uint32_t(rng.below(0x110000));
+      } while (cp >= 0xD800 && cp <= 0xDFFF);
+      append_utf8(s, cp);
+    }
+    strings.push_back(s);
+  }
+  return strings;
+}
+
+// The reference's ids of each string (KIND: hf, sp, tiktoken-cl100k; see the script).
+std::vector<std::vector<uint32_t>> reference_ids(const std::string& kind, const std::string& path,
+                                                 const std::vector<std::string>& strings) {
+  test::TempDir d;
+  std::ofstream(d / "in.json") << json(strings).dump();
+  EXPECT_TRUE(test::run_reference("pretrained_tokenizers.py", "ids " + kind + " " + path + " " + d / "in.json" + " " + d / "out.json"));
+  std::ifstream out(d / "out.json");
+  return json::parse(out).get<std::vector<std::vector<uint32_t>>>();
+}
+
+// Same ids as the reference on every string; lossless: decode gives each string back.
+void expect_reference_ids(Tokenizer& tok, const std::string& kind, const std::string& path,
+                          const std::vector<std::string>& strings, bool lossless) {
+  auto ref = reference_ids(kind, path, strings);
+  ASSERT_EQ(ref.size(), strings.size());
+  int wrong = 0;
+  for (size_t i = 0; i < strings.size() && wrong < 5; i++) {
+    std::vector<uint32_t> ids = encode(tok, strings[i]);
+    EXPECT_EQ(ids, ref[i]) << kind << " string " << i << ": '" << strings[i].substr(0, 200)
+                           << "' (FRUGAL_TEST_SEED=" << test::test_seed() << ")";
+    wrong += ids != ref[i];
+    if (lossless) {
+      EXPECT_EQ(tok.decode(std::vector<int32_t>(ids.begin(), ids.end())), strings[i]) << kind << " string " << i;
+    }
+  }
+}
+
+// The whole KJV in one call.
+void expect_reference_corpus(Tokenizer& tok, const std::string& kind, const std::string& path) {
+  std::string text = read_whole_file(fixtures() / "kjv.txt");
+  std::vector<uint32_t> ids = encode(tok, text);
+  test::TempDir d;
+  ASSERT_TRUE(test::run_reference("pretrained_tokenizers.py", "text " + kind + " " + path + " " + fixtures() / "kjv.txt" + " " + d / "ref.bin"));
+  std::string ref = read_whole_file(d / "ref.bin");
+  ASSERT_EQ(ref.size(), ids.size() * 4) << "token counts differ";
+  size_t first = 0;
+  while (first < ids.size() && std::memcmp(ref.data() + 4 * first, &ids[first], 4) == 0) first++;
+  EXPECT_EQ(first, ids.size()) << "first difference at token " << first;
+  EXPECT_EQ(tok.decode(std::vector<int32_t>(ids.begin(), ids.end())), text);
+}
+
+TEST(HfTokenizer, Gpt2StyleEqualsTokenizers) {
+  std::string path = fixture("gpt2/tokenizer.json");
+  auto tok = load_hf_tokenizer(path);
+  EXPECT_EQ(tok->kind(), TokenizerKind::hf_bpe);
+  EXPECT_EQ(tok->vocab_size(), 3000);
+  EXPECT_EQ(tok->eot(), 0u);  // <|endoftext|>, the trainer's special token
+  expect_reference_ids(*tok, "hf", path, hard_strings(), true);
+  expect_reference_ids(*tok, "hf", path, random_strings(3000), true);
+  expect_reference_corpus(*tok, "hf", path);
+}
+
+TEST(HfTokenizer, Llama3StyleEqualsTokenizers) {
+  std::string path = fixture("llama3/tokenizer.json");
+  auto tok = load_hf_tokenizer(path);
+  EXPECT_EQ(tok->vocab_size(), 4138);  // 4000 trained, 131 boundary tokens, 7 special
+  EXPECT_EQ(tok->eot(), 4132u);  // tokenizer_config.json's eos_token <|end_of_text|>
+  EXPECT_EQ(encode(*tok, "<|eot_id|>"), std::vector<uint32_t>{4135});
+  EXPECT_EQ(tok->decode({4135}), "<|eot_id|>");
+  expect_reference_ids(*tok, "hf", path, hard_strings(), true);
+  expect_reference_ids(*tok, "hf", path, random_strings(3000), true);
+  expect_reference_corpus(*tok, "hf", path);
+}
+
+// Any bytes (not UTF-8 too): ids in range and an exact round trip.
+TEST(HfTokenizer, RoundTripsAnyBytes) {
+  for (const char* f : {"gpt2/tokenizer.json", "llama3/tokenizer.json"}) {
+    auto tok = load_hf_tokenizer(fixture(f));
+    Rng rng(test::test_seed());
+    for (int i = 0; i < 3000; i++) {
+      std::string s(size_t(rng.below(64)), '\0');
+      for (auto& c : s) c = char(rng.below(256));
+      std::vector<uint32_t> ids = encode(*tok, s);
+      for (uint32_t id : ids) ASSERT_LT(id, uint32_t(tok->vocab_size()));
+      ASSERT_EQ(tok->decode(std::vector<int32_t>(ids.begin(), ids.end())), s) << f << " string " << i;
+    }
+  }
+}
+
+TEST(Tiktoken, Cl100kPatternEqualsTiktoken) {
+  std::string path = fixture("cl100k.tiktoken");
+  auto tok = make_tiktoken_tokenizer(path, "cl100k");
+  EXPECT_EQ(tok->kind(), TokenizerKind::tiktoken);
+  EXPECT_EQ(tok->split_pattern(), "cl100k");
+  expect_reference_ids(*tok, "tiktoken-cl100k", path, hard_strings(), true);
+  expect_reference_ids(*tok, "tiktoken-cl100k", path, random_strings(3000), true);
+  expect_reference_corpus(*tok, "tiktoken-cl100k", path);
+  test::expect_user_error([&] { load_pretrained_tokenizer(path); }, "name its pattern with --tiktoken-pattern");
+  test::expect_user_error([&] { make_tiktoken_tokenizer(path, "o200k"); }, "pattern 'o200k', expected gpt2, llama3, qwen2 or cl100k");
+}
+
+TEST(SentencePiece, Llama2StyleEqualsSentencepiece) {
+  std::string path = fixture("sp/tokenizer.model");
+  std::unique_ptr<Tokenizer> tok;
+  try {
+    tok = load_pretrained_tokenizer(path);
+  } catch (const UserError& e) {
+    if (std::string(e.what()).find("built without SentencePiece") != std::string::npos) GTEST_SKIP() << e.what();
+    throw;
+  }
+  EXPECT_EQ(tok->kind(), TokenizerKind::sentencepiece);
+  EXPECT_EQ(tok->vocab_size(), 2000);
+  EXPECT_EQ(tok->eot(), 2u);  // </s>
+  EXPECT_EQ(encode(*tok, "In the beginning"), reference_ids("sp", path, {"In the beginning"})[0]);
+  expect_reference_ids(*tok, "sp", path, hard_strings(), false);
+  expect_reference_ids(*tok, "sp", path, random_strings(1000), false);
+  expect_reference_corpus(*tok, "sp", path);
+}
+
+// tokenizer.json files frugal cannot reproduce: one UserError naming the file and the field.
+TEST(HfTokenizer, UnsupportedFilesAreUserErrors) {
+  test::TempDir d;
+  json base = json::parse(read_whole_file(fixture("llama3/tokenizer.json")));
+  std::string f = d / "tokenizer.json";
+  auto expect = [&](const std::function<void(json&)>& change, const std::string& error) {
+    json j = base;
+    change(j);
+    std::ofstream(f) << j.dump();
+    test::expect_user_error([&] { load_hf_tokenizer(f); }, f + ": " + error);
+  };
+  expect([](json& j) { j["model"] = {{"type", "WordPiece"}, {"vocab", json::object()}}; },
+         "model.type is \"WordPiece\", expected \"BPE\"");
+  expect([](json& j) { j["normalizer"] = {{"type", "NFC"}}; }, "normalizer is \"NFC\", expected null");
+  expect([](json& j) { j["model"]["byte_fallback"] = true; }, "model.byte_fallback is true");
+  expect([](json& j) { j["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = "\\w+"; },
+         "pre_tokenizer.pretokenizers[0].pattern.Regex is {\"Regex\":\"\\\\w+\"}, expected GPT-2's, Llama 3's or Qwen2's regex");
+  expect([](json& j) { j["pre_tokenizer"] = {{"type", "Whitespace"}}; }, "pre_tokenizer is \"Whitespace\", expected ByteLevel");
+  expect([](json& j) { j["pre_tokenizer"]["pretokenizers"][1]["add_prefix_space"] = true; },
+         "pre_tokenizer.pretokenizers[1].add_prefix_space is true, expected false");
+  expect([](json& j) { j["model"]["merges"][5] = json::array({"zz", "qq"}); }, "model.merges[5] is [\"zz\",\"qq\"], expected two tokens");
+  expect([](json& j) { j["model"]["merges"][5] = "nospace"; }, "model.merges[5] is \"nospace\", expected \"A B\"");
+  expect([](json& j) { j["added_tokens"][0]["lstrip"] = true; }, "added_tokens[0].lstrip is true, expected false");
+  std::ofstream(f) << "{not json";
+  test::expect_user_error([&] { load_hf_tokenizer(f); }, f + ": not JSON");
+  std::ofstream(d / "tokenizer_config.json") << R"({"eos_token": "<|nope|>"})";
+  std::ofstream(f) << base.dump();
+  test::expect_user_error([&] { load_hf_tokenizer(f); }, "eos_token \"<|nope|>\" is not a token of " + f);
+}
+
+// prepare --tokenizer DIR: the shards are the tokenizer's ids, the Hugging Face files are copied
+// next to them and frugal's description is frugal_tokenizer.json; an old directory whose
+// tokenizer.json is frugal's description still loads.
+TEST(Prepare, PretrainedTokenizerShards) {
+  test::TempDir d;
+  std::string doc = "In the beginning God created the heaven and the earth.<|eot_id|>\n";
+  std::string text;
+  for (int i = 0; i < 3000; i++) text += doc;
+  std::ofstream(d / "doc.txt") << text;
+  TokenizerOptions opt;
+  opt.pretrained = fixture("llama3");
+  prepare_corpus({d / "doc.txt", d / "doc.txt"}, d / "out", 4, opt);
+  auto ref = load_hf_tokenizer(fixture("llama3/tokenizer.json"));
+  std::vector<uint32_t> one = encode(*ref, text);
+  TokenShard train(d / "out/train_000.bin", 4138);
+  for (size_t i = 0; i < 50; i++) EXPECT_EQ(train[int64_t(i)], one[i]);
+  EXPECT_EQ(read_whole_file(d / "out/tokenizer.json"), read_whole_file(fixture("llama3/tokenizer.json")));
+  EXPECT_TRUE(std::filesystem::exists(d / "out/tokenizer_config.json"));
+  auto info = tokenizer_info(d / "out");
+  EXPECT_EQ(info.kind, "hf_bpe");
+  EXPECT_EQ(info.vocab_size, 4138);
+  auto tok = load_tokenizer(d / "out");
+  EXPECT_EQ(tok->kind(), TokenizerKind::hf_bpe);
+  EXPECT_EQ(tok->eot(), 4132u);
+  EXPECT_EQ(encode(*tok, doc), encode(*ref, doc));
+  // a tiktoken file with its pattern: the pattern is in the description
+  opt.pretrained = fixture("cl100k.tiktoken");
+  opt.tiktoken_pattern = "cl100k";
+  prepare_corpus({d / "doc.txt"}, d / "tk", 4, opt);
+  EXPECT_EQ(tokenizer_info(d / "tk").pattern, "cl100k");
+  EXPECT_EQ(load_tokenizer(d / "tk")->split_pattern(), "cl100k");
+  // an older shard directory: tokenizer.json is frugal's description
+  std::filesystem::create_directories(d / "old");
+  std::ofstream(d / "old/tokenizer.json") << R"({"kind": "byte", "vocab_size": 257})";
+  EXPECT_EQ(load_tokenizer(d / "old")->kind(), TokenizerKind::byte);
+  // a Hugging Face tokenizer.json alone
+  std::filesystem::create_directories(d / "hf");
+  std::filesystem::copy_file(fixture("gpt2/tokenizer.json"), d / "hf/tokenizer.json");
+  EXPECT_EQ(load_tokenizer(d / "hf")->kind(), TokenizerKind::hf_bpe);
+  test::expect_user_error([&] { load_pretrained_tokenizer(d / "nothing"); }, "no such file or directory");
+  std::filesystem::create_directories(d / "empty");
+  test::expect_user_error([&] { load_pretrained_tokenizer(d / "empty"); }, "no tokenizer.json, tokenizer.model or *.tiktoken");
+}
+
+}  // namespace
+}  // namespace frugal

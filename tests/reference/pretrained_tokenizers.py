@@ -1,0 +1,196 @@
+"""Fixtures and references for frugal's pretrained tokenizers (src/data/hf_tokenizer.cpp,
+src/data/bpe.cpp, src/data/sentencepiece.cpp): small vocabularies trained offline on a corpus with
+the Python packages the models' tokenizers come from, and their ids.
+
+  python pretrained_tokenizers.py train CORPUS.txt OUT_DIR
+      OUT_DIR/gpt2/tokenizer.json     byte-level BPE, GPT-2's pre-tokenizer (ByteLevel with its
+                                      regex), merges as "a b" strings, <|endoftext|>
+      OUT_DIR/llama3/tokenizer.json   byte-level BPE, Llama 3's Split regex + ByteLevel,
+                                      ignore_merges, merges as ["a", "b"] pairs, Llama 3's special
+                                      tokens, boundary tokens (every two of BOUNDARY_CHARS: ids
+                                      4000..4130) before them; tokenizer_config.json (eos
+                                      <|end_of_text|>)
+      OUT_DIR/sp/tokenizer.model      SentencePiece BPE with Llama 2's settings (byte fallback,
+                                      dummy prefix, identity normalisation, digits split)
+      OUT_DIR/cl100k.tiktoken         a tiktoken rank file (the llama3 vocabulary's bytes in merge
+                                      order), for tiktoken's cl100k pattern
+  python pretrained_tokenizers.py ids KIND PATH IN.json OUT.json    strings -> id lists
+  python pretrained_tokenizers.py text KIND PATH IN.txt OUT.bin     a text file -> uint32 ids
+  python pretrained_tokenizers.py render PATH TEMPLATE IN.jsonl OUT.json
+      instruction records -> [{"ids": [...], "mask": [...]}] (see render() below)
+KIND: hf (tokenizers: encode(text, add_special_tokens=False).ids), sp (sentencepiece: encode(text)),
+tiktoken-cl100k / tiktoken-gpt2 (tiktoken.Encoding(...).encode_ordinary(text)).
+"""
+import base64
+import json
+import os
+import sys
+
+import numpy as np
+
+LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+CL100K_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
+                  r"""|\s++$|\s*[\r\n]|\s+(?!\S)|\s""")
+R50K_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+BOUNDARY_CHARS = " \t\n\r'sSt1!.a"
+LLAMA3_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+                   "<|eot_id|>", "<|im_start|>", "<|im_end|>"]
+
+
+def train(corpus, out):
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    import sentencepiece as spm
+    os.makedirs(out, exist_ok=True)
+    # GPT-2 style
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    tok.train([corpus], trainers.BpeTrainer(vocab_size=3000, special_tokens=["<|endoftext|>"],
+                                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                            show_progress=False))
+    os.makedirs(f"{out}/gpt2", exist_ok=True)
+    j = json.loads(tok.to_str())
+    j["model"]["merges"] = [" ".join(m) if isinstance(m, list) else m for m in j["model"]["merges"]]
+    json.dump(j, open(f"{out}/gpt2/tokenizer.json", "w", encoding="utf-8"), ensure_ascii=False)
+    # Llama 3 style
+    tok = Tokenizer(models.BPE(ignore_merges=True))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(LLAMA3_PATTERN), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    tok.train([corpus], trainers.BpeTrainer(vocab_size=4000, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                            show_progress=False))
+    tok.add_special_tokens(LLAMA3_SPECIALS)
+    os.makedirs(f"{out}/llama3", exist_ok=True)
+    tok.save(f"{out}/llama3/tokenizer.json")
+    # boundary tokens (after the special tokens, merged last): two characters that the regex
+    # splits apart in places, so that a piece boundary drawn wrongly changes the ids
+    j = json.load(open(f"{out}/llama3/tokenizer.json", encoding="utf-8"))
+    vocab, merges = j["model"]["vocab"], j["model"]["merges"]
+    chars = [bytes_to_unicode()[ord(c)] for c in BOUNDARY_CHARS]
+    next_id = len(vocab)
+    for a in chars:
+        for b in chars:
+            if a + b not in vocab:
+                vocab[a + b] = next_id
+                next_id += 1
+                merges.append([a, b])
+    for t in j["added_tokens"]:  # after the vocabulary, as tokenizers numbers them when it loads
+        t["id"] = next_id
+        next_id += 1
+    json.dump(j, open(f"{out}/llama3/tokenizer.json", "w", encoding="utf-8"), ensure_ascii=False)
+    json.dump({"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>",
+               "chat_template": "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' }}"},
+              open(f"{out}/llama3/tokenizer_config.json", "w"))
+    # a tiktoken rank file: the 256 bytes, then the merges' results in merge order
+    j = json.load(open(f"{out}/llama3/tokenizer.json", encoding="utf-8"))
+    byte_of = {c: b for b, c in bytes_to_unicode().items()}
+    to_bytes = lambda s: bytes(byte_of[c] for c in s)
+    ranks = [bytes([b]) for b in range(256)]
+    for m in j["model"]["merges"]:
+        a, b = m if isinstance(m, list) else m.split(" ")
+        if to_bytes(a) + to_bytes(b) not in ranks:
+            ranks.append(to_bytes(a) + to_bytes(b))
+    with open(f"{out}/cl100k.tiktoken", "w") as f:
+        for r, t in enumerate(ranks):
+            f.write(f"{base64.b64encode(t).decode()} {r}\n")
+    # SentencePiece with Llama 2's trainer settings (its tokenizer.model's trainer_spec)
+    os.makedirs(f"{out}/sp", exist_ok=True)
+    spm.SentencePieceTrainer.train(
+        input=corpus, model_prefix=f"{out}/sp/tokenizer", model_type="bpe", vocab_size=2000,
+        byte_fallback=True, add_dummy_prefix=True, normalization_rule_name="identity",
+        remove_extra_whitespaces=False, split_digits=True, allow_whitespace_only_pieces=True,
+        character_coverage=0.99995, split_by_unicode_script=True, split_by_whitespace=True,
+        max_sentence_length=4192, input_sentence_size=20000, shuffle_input_sentence=True,
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2, num_threads=2)
+
+
+def bytes_to_unicode():
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def encoder(kind, path):
+    if kind == "hf":
+        from tokenizers import Tokenizer
+        t = Tokenizer.from_file(path)
+        return lambda s: t.encode(s, add_special_tokens=False).ids
+    if kind == "sp":
+        import sentencepiece as spm
+        sp = spm.SentencePieceProcessor(model_file=path)
+        return lambda s: sp.encode(s)
+    if kind.startswith("tiktoken-"):
+        import tiktoken
+        from tiktoken.load import load_tiktoken_bpe
+        ranks = load_tiktoken_bpe(path)
+        pat = {"cl100k": CL100K_PATTERN, "gpt2": R50K_PATTERN}[kind[len("tiktoken-"):]]
+        enc = tiktoken.Encoding("x", pat_str=pat, mergeable_ranks=ranks, special_tokens={})
+        return lambda s: enc.encode_ordinary(s)
+    sys.exit(f"unknown kind {kind}")
+
+
+# Instruction records rendered as frugal's prepare renders them (src/data/instruct.cpp): the text
+# pieces of a record, each with whether it is trained on; ids of each piece, then EOT.
+def render(path, template, src, dst):
+    from tokenizers import Tokenizer
+    t = Tokenizer.from_file(path)
+    cfg = json.load(open(os.path.join(os.path.dirname(path), "tokenizer_config.json")))
+    eos = cfg["eos_token"]
+    eot = t.token_to_id(eos if isinstance(eos, str) else eos["content"])
+    out = []
+    for line in open(src, encoding="utf-8"):
+        if not line.strip():
+            continue
+        r = json.loads(line)
+        if "messages" in r:
+            msgs = r["messages"]
+        else:
+            msgs = [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["completion"]}]
+        pieces = []
+        for m in msgs:
+            train = m["role"] == "assistant"
+            if template == "chatml":
+                pieces += [(f"<|im_start|>{m['role']}\n", False), (m["content"], train), ("<|im_end|>", train), ("\n", False)]
+            elif template == "llama3":
+                pieces += [(f"<|start_header_id|>{m['role']}<|end_header_id|>\n\n", False), (m["content"], train),
+                           ("<|eot_id|>", train)]
+            else:  # plain
+                if "messages" in r:
+                    pieces += [(f"{m['role']}: ", False), (m["content"], train), ("\n", train)]
+                else:
+                    pieces += [(m["content"], train)]
+        ids, mask = [], []
+        for text, train in pieces:
+            x = t.encode(text, add_special_tokens=False).ids
+            ids += x
+            mask += [int(train)] * len(x)
+        ids.append(eot)
+        mask.append(1)
+        out.append({"ids": ids, "mask": mask})
+    json.dump(out, open(dst, "w"))
+
+
+if __name__ == "__main__":
+    mode = sys.argv[1]
+    if mode == "train":
+        train(sys.argv[2], sys.argv[3])
+    elif mode == "ids":
+        enc = encoder(sys.argv[2], sys.argv[3])
+        strings = json.load(open(sys.argv[4], encoding="utf-8"))
+        json.dump([enc(s) for s in strings], open(sys.argv[5], "w"))
+    elif mode == "text":
+        enc = encoder(sys.argv[2], sys.argv[3])
+        text = open(sys.argv[4], encoding="utf-8", newline="").read()
+        np.asarray(enc(text), dtype="<u4").tofile(sys.argv[5])
+    elif mode == "render":
+        render(*sys.argv[2:6])
+    else:
+        sys.exit(f"unknown mode {mode}")
