@@ -14,8 +14,8 @@
 // opens when every thread of its block (or warp) has reached it or exited; threads of a warp
 // waiting at different kinds of barrier are a divergence, reported as a deadlock. A race between
 // threads with no barrier between them is not detected (fibers do not interleave). __shared__ variables
-// become static (one block at a time shares them), dynamic shared memory is filled with 0xff
-// bytes (NaN) at each launch so that a read before a write shows. Atomics are plain updates.
+// become static (one block at a time shares them), as do __constant__ ones; dynamic shared memory
+// is filled with 0xff bytes (NaN) at each launch so that a read before a write shows. Atomics are plain updates.
 // mma and ldmatrix exchange the lanes' registers (or row addresses) at a warp barrier and give
 // each lane exactly the elements the PTX ISA assigns to it, so that a kernel that gets the
 // fragment layout wrong gets wrong numbers here too; products are formed in fp32 from the
@@ -48,6 +48,7 @@
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __shared__ static
+#define __constant__ static
 #define __align__(n) alignas(n)
 
 struct dim3 {
@@ -60,6 +61,9 @@ inline float __bfloat162float(__nv_bfloat16 x) { return frugal::to_f32(x); }
 inline __nv_bfloat16 __float2bfloat16_rn(float x) { return frugal::from_f32<frugal::bf16>(x); }
 inline float __half2float(__half x) { return frugal::to_f32(x); }
 inline __half __float2half_rn(float x) { return frugal::from_f32<frugal::f16>(x); }
+// A rounded product and sum that the compiler may not fuse into one multiply-add, as nvcc's.
+inline float __fmul_rn(float a, float b) { volatile float r = a * b; return r; }
+inline float __fadd_rn(float a, float b) { volatile float r = a + b; return r; }
 using std::max;
 using std::min;
 

@@ -5,6 +5,7 @@
 #include "backend/cuda/embedding.cu"
 #include "backend/cuda/gelu.cu"
 #include "backend/cuda/layernorm.cu"
+#include "backend/cuda/quant.cu"
 #include "backend/cuda/rmsnorm.cu"
 #include "backend/cuda/rope.cu"
 #include "backend/cuda/softmax_xent.cu"
