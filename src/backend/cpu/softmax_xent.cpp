@@ -1,6 +1,6 @@
 // Fused softmax + cross-entropy over rows of logits(N,Vp) in the compute dtype, in fp32: the
 // probabilities are never kept; with a gradient scale the row's dlogits overwrite its logits in
-// the same pass. Columns >= V are padding.
+// the same pass. Columns >= V are padding. A row whose target is < 0 is ignored: loss 0, dlogits 0.
 #include <cmath>
 
 #include "backend/cpu/cpu.h"
@@ -13,12 +13,18 @@ static void softmax_xent_t(T* logits, float* losses, const int32_t* targets, int
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < N; i++) {
     T* x = logits + i * Vp;
+    const int64_t tgt = targets[i];
+    if (tgt < 0) {  // ignored
+      losses[i] = 0.0f;
+      if (grad_scale != 0.0f)
+        for (int64_t v = 0; v < Vp; v++) x[v] = from_f32<T>(0.0f);
+      continue;
+    }
     float maxv = -INFINITY;
     for (int64_t v = 0; v < V; v++) maxv = std::max(maxv, to_f32(x[v]));
     float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
     for (int64_t v = 0; v < V; v++) sum += std::exp(to_f32(x[v]) - maxv);
-    const int64_t tgt = targets[i];
     const float xt = to_f32(x[tgt]);  // read before the row is overwritten
     losses[i] = std::log(sum) + maxv - xt;
     if (grad_scale == 0.0f) continue;

@@ -1,6 +1,7 @@
 // Fused softmax + cross-entropy over rows of logits(N,Vp) in the storage type, one block per
 // row, in fp32: an online max and sum in one pass (one exp per logit), then (with a gradient
-// scale) the row's dlogits over its logits in a second. Columns >= V are padding.
+// scale) the row's dlogits over its logits in a second. Columns >= V are padding. A row whose
+// target is < 0 is ignored: loss 0, dlogits 0.
 #include <cfloat>
 
 #include "backend/cuda/kernels.h"
@@ -29,6 +30,15 @@ __global__ void softmax_xent_k(S* logits, float* losses, const int32_t* targets,
                                float grad_scale) {
   S* x = logits + blockIdx.x * Vp;
   const int64_t first = threadIdx.x * int64_t(n), stride = int64_t(blockDim.x) * n;
+  const int64_t tgt = targets[blockIdx.x];
+  if (tgt < 0) {  // ignored: the whole block returns here
+    if (threadIdx.x == 0) losses[blockIdx.x] = 0.0f;
+    if (grad_scale == 0.0f) return;
+    alignas(16) S zero[n];
+    for (int k = 0; k < n; k++) zero[k] = from_f<S>(0.0f);
+    for (int64_t v = first; v < Vp; v += stride) copy_cols<n>(x + v, zero);
+    return;
+  }
   float m = -FLT_MAX, s = 0.0f;
   for (int64_t v = first; v < V; v += stride) {
     alignas(16) S r[n];
@@ -52,7 +62,6 @@ __global__ void softmax_xent_k(S* logits, float* losses, const int32_t* targets,
   m = -FLT_MAX;
   s = 0.0f;
   for (int w = 0; w < int(blockDim.x / 32); w++) combine(m, s, wm[w], ws[w]);
-  const int64_t tgt = targets[blockIdx.x];
   const float lse = m + logf(s), xt = to_f(x[tgt]);
   __syncthreads();  // every thread has read x[tgt] before the row is overwritten
   if (threadIdx.x == 0) losses[blockIdx.x] = lse - xt;
