@@ -178,6 +178,20 @@ ModelConfig read_model_config(const std::string& path);
 // the file, the tensor and what was expected; GPT-2's causal-mask buffers (attn.bias,
 // attn.masked_bias) are skipped.
 void load_model(const std::string& path, Model& model);
+// LoRA adapters in PEFT's format, which peft.PeftModel.from_pretrained(base, dir) loads:
+// dir/adapter_model.safetensors (F32 "base_model.model.<module>.lora_A.weight" (r, in) and
+// ".lora_B.weight" (out, r)) and dir/adapter_config.json (peft_type LORA, r, lora_alpha,
+// lora_dropout, target_modules, fan_in_fan_out for GPT-2's Conv1D, base_model_name_or_path), each
+// written atomically.
+void save_adapters(const std::string& dir, Model& model, const std::string& base_name);
+// The LoRA an adapter directory describes (its adapter_config.json), and its base's name;
+// UserError naming the file and the field for a bad one or one frugal does not compute (DoRA,
+// rsLoRA, trained biases, per-layer ranks, modules to save).
+LoraConfig read_adapter_config(const std::string& dir, std::string* base_name = nullptr);
+// Reads dir's adapter weights into the model's adapter units (PEFT's names, with or without the
+// adapter name "default"): a missing tensor, one of another shape (an adapter for another base)
+// and one the model has no place for are UserErrors naming the file and the tensor.
+void load_adapters(const std::string& dir, Model& model);
 // The config.json beside `weights` (in the directory it names, or next to the file); "" if none.
 std::string hf_config_path(const std::string& weights);
 // A transformers config.json as frugal's shape: GPT2Config (n_layer, n_head, n_embd, vocab_size,

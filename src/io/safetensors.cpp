@@ -64,6 +64,8 @@ static std::vector<HfTensor> hf_tensors(const ParamSpec& s, const ModelConfig& c
 static std::vector<StTensor> hf_model_tensors(Model& model, std::vector<std::vector<float>>& host) {
   std::vector<StTensor> ts;
   for (auto& n : model.named_params()) {
+    if (n.spec->site >= 0) continue;  // LoRA's adapters: save_adapters
+    FRUGAL_CHECK(n.data, "{}: a frozen 16-bit weight has no fp32 values to write", n.spec->name);
     const float* data = host_view(model.backend(), n.data, n.spec->numel, host);
     const int64_t cols = n.spec->shape.size() == 2 ? n.spec->shape[1] : 1;
     for (const HfTensor& t : hf_tensors(*n.spec, model.config()))
@@ -249,6 +251,7 @@ void load_model(const std::string& path, Model& model) {
   std::vector<float> staged, ours, wte;
   for (auto& n : model.named_params()) {
     const ParamSpec& s = *n.spec;
+    if (s.site >= 0) continue;  // LoRA's adapters: load_adapters
     staged.assign(size_t(s.numel), 0.0f);  // vocabulary rows beyond V: zero
     const int64_t cols = s.shape.size() == 2 ? s.shape[1] : 1;
     for (const HfTensor& t : hf_tensors(s, c)) {
@@ -263,7 +266,7 @@ void load_model(const std::string& path, Model& model) {
         if (!std::isfinite(staged[size_t(i)]))
           user_error("{}: tensor '{}' holds {}: the weights are corrupt (not finite numbers)", w.path(name), name, staged[size_t(i)]);
     }
-    if (s.vocab_rows() && c.tied_head && model.units()[model.embedding_unit()].p.wte == n.data)
+    if (s.vocab_rows() && c.tied_head && n.unit == model.embedding_unit())
       wte.assign(staged.begin(), staged.begin() + int64_t(c.vocab_size) * s.shape[1]);
     const float* src = staged.data();
     if (s.hf_conv1d) {
@@ -273,7 +276,7 @@ void load_model(const std::string& path, Model& model) {
         for (int64_t k = 0; k < C; k++) ours[size_t(r * C + k)] = staged[size_t(k * R + r)];
       src = ours.data();
     }
-    model.backend().copy(n.data, src, size_t(s.numel) * sizeof(float));
+    model.write_param(n, src);
   }
   // A tied output head is the embedding: a stored lm_head.weight must be that same matrix.
   if (c.tied_head && w.has("lm_head.weight")) {
@@ -486,6 +489,125 @@ void save_hf_config(const std::string& path, const ModelConfig& c) {
             {"torch_dtype", "float32"}};
   std::string text = j.dump(2) + "\n";
   write_file_atomic(path, text.data(), text.size());
+}
+
+}  // namespace frugal
+
+namespace frugal {
+
+// ---- LoRA adapters in PEFT's format ----------------------------------------------------------
+
+void save_adapters(const std::string& dir, Model& model, const std::string& base_name) {
+  const ModelConfig& c = model.config();
+  FRUGAL_CHECK(c.lora.on(), "save_adapters without LoRA");
+  std::vector<std::vector<float>> host;
+  std::vector<StTensor> ts;
+  std::vector<std::string> modules;
+  for (auto& n : model.named_params()) {
+    if (n.spec->site < 0) continue;
+    ts.push_back({n.spec->hf[0].name, "F32", n.spec->shape, host_view(model.backend(), n.data, n.spec->numel, host)});
+    const std::string m = n.spec->name.substr(0, n.spec->name.rfind(".lora_"));
+    const std::string last = m.substr(m.rfind('.') + 1);
+    if (std::find(modules.begin(), modules.end(), last) == modules.end()) modules.push_back(last);
+  }
+  std::filesystem::create_directories(dir);
+  save_safetensors(dir + "/adapter_model.safetensors", ts, {{"format", "pt"}});
+  json cfg = {{"peft_type", "LORA"},
+              {"task_type", "CAUSAL_LM"},
+              {"r", c.lora.rank},
+              {"lora_alpha", c.lora.alpha},
+              {"lora_dropout", c.lora.dropout},
+              {"target_modules", modules},
+              {"bias", "none"},
+              {"fan_in_fan_out", c.family == Family::gpt2},  // GPT-2's Conv1D layers
+              {"use_rslora", false},
+              {"use_dora", false},
+              {"inference_mode", true},
+              {"modules_to_save", nullptr},
+              {"base_model_name_or_path", base_name.empty() ? json(nullptr) : json(base_name)}};
+  std::string text = cfg.dump(2) + "\n";
+  write_file_atomic(dir + "/adapter_config.json", text.data(), text.size());
+}
+
+LoraConfig read_adapter_config(const std::string& dir, std::string* base_name) {
+  const std::string path = dir + "/adapter_config.json";
+  json j;
+  try {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) user_error("{}: cannot read (an adapter directory holds adapter_config.json)", path);
+    j = json::parse(std::string(std::istreambuf_iterator<char>(in), {}));
+  } catch (const json::exception& e) {
+    user_error("{}: not valid JSON: {}", path, e.what());
+  }
+  if (!j.is_object()) user_error("{}: expected a JSON object (PEFT's adapter_config.json)", path);
+  auto field = [&](const char* key) -> const json* { return j.contains(key) && !j[key].is_null() ? &j[key] : nullptr; };
+  if (!field("peft_type") || *field("peft_type") != "LORA")
+    user_error("{}: peft_type: expected \"LORA\", got {}", path, field("peft_type") ? field("peft_type")->dump() : "nothing");
+  LoraConfig l;
+  if (!field("r") || !field("r")->is_number_integer() || field("r")->get<int64_t>() < 1)
+    user_error("{}: r: expected a positive integer, got {}", path, field("r") ? field("r")->dump() : "nothing");
+  l.rank = field("r")->get<int>();
+  if (!field("lora_alpha") || !field("lora_alpha")->is_number() || !(field("lora_alpha")->get<double>() > 0))
+    user_error("{}: lora_alpha: expected a positive number, got {}", path, field("lora_alpha") ? field("lora_alpha")->dump() : "nothing");
+  l.alpha = field("lora_alpha")->get<double>();
+  if (const json* d = field("lora_dropout")) {
+    if (!d->is_number() || d->get<double>() < 0 || d->get<double>() >= 1)
+      user_error("{}: lora_dropout: expected a number in [0, 1), got {}", path, d->dump());
+    l.dropout = d->get<double>();
+  }
+  const json* t = field("target_modules");
+  if (!t || !(t->is_array() || t->is_string()))
+    user_error("{}: target_modules: expected a list of module names, got {}", path, t ? t->dump() : "nothing");
+  if (t->is_string()) {
+    l.targets = {t->get<std::string>()};
+  } else {
+    for (const json& m : *t) {
+      if (!m.is_string()) user_error("{}: target_modules: expected module names, got {}", path, m.dump());
+      l.targets.push_back(m.get<std::string>());
+    }
+  }
+  // what frugal does not compute
+  for (const char* key : {"use_rslora", "use_dora"})
+    if (field(key) && *field(key) != false) user_error("{}: {}: frugal computes plain LoRA (expected false)", path, key);
+  if (field("bias") && *field("bias") != "none") user_error("{}: bias: expected \"none\" (no trained biases), got {}", path, field("bias")->dump());
+  for (const char* key : {"modules_to_save", "layers_to_transform", "rank_pattern", "alpha_pattern"})
+    if (field(key) && !field(key)->empty())
+      user_error("{}: {}: expected none (every targeted module of every layer, one rank), got {}", path, key, field(key)->dump());
+  if (base_name) *base_name = field("base_model_name_or_path") && field("base_model_name_or_path")->is_string()
+                                  ? field("base_model_name_or_path")->get<std::string>() : "";
+  return l;
+}
+
+void load_adapters(const std::string& dir, Model& model) {
+  const std::string path = dir + "/adapter_model.safetensors";
+  SafeTensors st(path);
+  std::set<std::string> taken;
+  for (auto& n : model.named_params()) {
+    const ParamSpec& s = *n.spec;
+    if (s.site < 0) continue;
+    std::string name = s.hf[0].name;
+    if (!st.has(name)) {  // written with the adapter's name in it ("...lora_A.default.weight")
+      const std::string alt = name.substr(0, name.size() - 7) + ".default.weight";
+      if (!st.has(alt))
+        user_error("{}: tensor '{}' is missing (the adapter targets other modules or layers than lora.targets = {})", path,
+                   name, fmt::join(model.config().lora.targets, " "));
+      name = alt;
+    }
+    if (st.shape(name) != s.shape)
+      user_error("{}: tensor '{}' has shape [{}], this model's is [{}]: an adapter for another base model or rank", path,
+                 name, fmt::join(st.shape(name), ", "), fmt::join(s.shape, ", "));
+    std::vector<float> v(size_t(s.numel));
+    st.read_f32(name, s.shape, v.data());
+    for (float x : v)
+      if (!std::isfinite(x)) user_error("{}: tensor '{}' holds {}: not finite", path, name, x);
+    model.write_param(n, v.data());
+    taken.insert(name);
+  }
+  for (const std::string& name : st.names())
+    if (!taken.count(name))
+      user_error("{}: tensor '{}' has no place in this model's adapters ({} layers, targets {})", path, name,
+                 model.config().n_layer, fmt::join(model.config().lora.targets, " "));
+  model.sync_compute_weights();
 }
 
 }  // namespace frugal

@@ -1,0 +1,131 @@
+// LoRA against PEFT + transformers: tests/reference/lora_reference.py makes a tiny Llama or GPT-2
+// with transformers' random init and PEFT adapters on it (lora_B drawn nonzero, so that every
+// adapter matrix has a gradient); frugal loads both and must compute the same, in fp32:
+//  - with the first K targets of every row masked (a prompt), the loss equals the cross-entropy
+//    over the counted targets and transformers' own loss with labels -100 on the prompt;
+//  - every adapter matrix's gradient within 1e-4, and its values after 5 AdamW steps (frugal's
+//    schedule, clipping, decay) within 1e-4;
+//  - the adapters frugal writes load in peft.PeftModel.from_pretrained and give frugal's logits;
+//  - the frozen base has no gradient and does not move.
+#include "io/io.h"
+#include "support/support.h"
+#include "train/train.h"
+
+namespace frugal {
+namespace {
+
+struct Case {
+  const char* family;
+  int L, NH, NKV, C, F, V, ctx, B, T, rank;
+  const char* targets;
+};
+
+std::vector<float> read_all(const SafeTensors& st, const std::string& name) {
+  int64_t n = 1;
+  for (auto d : st.shape(name)) n *= d;
+  std::vector<float> v(static_cast<size_t>(n));
+  st.read(name, "F32", st.shape(name), v.data());
+  return v;
+}
+
+void run_lora_parity(const Case& c) {
+  test::TempDir dir;
+  const uint64_t seed = test::test_seed();
+  SCOPED_TRACE(fmt::format("{} ({}): seed {} (FRUGAL_TEST_SEED reproduces it)", c.family, c.targets, seed));
+  const std::string ref = dir / "ref";
+  ASSERT_TRUE(test::run_reference(
+      "lora_reference.py",
+      fmt::format("save {} --family {} --layers {} --heads {} --kv-heads {} --hidden {} --ffn {} --vocab {} --context {} "
+                  "--rank {} --alpha {} --targets {} --seed {}",
+                  ref, c.family, c.L, c.NH, c.NKV, c.C, c.F, c.V, c.ctx, c.rank, 2 * c.rank, c.targets, seed % 100000)));
+  const int S = 5, W = c.T + 1, K = c.T / 4;  // K prompt targets per row
+  std::vector<int32_t> tokens(size_t(S) * c.B * W);
+  Rng rng(seed + 1);
+  for (auto& t : tokens) t = int32_t(rng.below(uint64_t(c.V)));
+  save_safetensors(dir / "x.safetensors", {{"tokens", "I32", {S, c.B, W}, tokens.data()}}, {});
+  ASSERT_TRUE(test::run_reference("lora_reference.py", fmt::format("run {} {} {} --prompt {} --steps {}", ref,
+                                                                   dir / "x.safetensors", dir / "r.safetensors", K, S)));
+  SafeTensors r(dir / "r.safetensors");
+
+  ModelConfig cfg = read_hf_config(ref + "/base/config.json");
+  cfg.lora = read_adapter_config(ref + "/adapter");
+  EXPECT_EQ(cfg.lora.rank, c.rank);
+  Backend& be = cpu_backend();
+  auto comm = make_local_comm();
+  TrainSettings t;  // lora_reference.py's defaults
+  t.seq_len = c.T;
+  t.micro_batch = c.B;
+  t.steps = S;
+  t.lr = 1e-3;
+  t.min_lr = 1e-4;
+  t.warmup_steps = 2;
+  t.grad_clip = 1.0;
+  t.weight_decay = 0.1;
+  Model model(cfg, be, DType::f32);
+  Stepper st(model, be, *comm, t, 1);
+  load_model(ref + "/base", model);
+  load_adapters(ref + "/adapter", model);
+  std::vector<float> base_before;
+  for (auto& n : model.named_params())
+    if (n.spec->site < 0) base_before.insert(base_before.end(), n.data, n.data + n.spec->numel);
+
+  int batch = 0;
+  NextBatch next = [&](int32_t* in, int32_t* tg) {
+    for (int b = 0; b < c.B; b++)
+      for (int i = 0; i < c.T; i++) {
+        const int32_t* w = tokens.data() + (size_t(batch) * c.B + b) * W;
+        in[b * c.T + i] = w[i];
+        tg[b * c.T + i] = i < K ? -1 : w[i + 1];
+      }
+    batch++;
+  };
+  const float loss = st.forward_backward(next);
+  EXPECT_NEAR(loss, read_all(r, "loss")[0], 1e-5 * loss);
+  EXPECT_NEAR(loss, read_all(r, "hf_loss")[0], 1e-5 * loss);
+  int adapters = 0;
+  for (auto& n : model.named_params()) {
+    if (n.spec->site < 0) {
+      EXPECT_EQ(n.grad, nullptr) << n.spec->name << ": the frozen base has a gradient";
+      continue;
+    }
+    adapters++;
+    const std::vector<float> g(n.grad, n.grad + n.spec->numel);
+    EXPECT_TRUE(test::all_close(g, read_all(r, "grad." + n.spec->hf[0].name), 1e-4, 1e-7)) << n.spec->name;
+  }
+  EXPECT_EQ(adapters, int(r.names().size() - 3) / 2);  // every one of PEFT's (grad. and param.)
+
+  batch = 0;
+  std::vector<float> losses;
+  for (int i = 0; i < S; i++) losses.push_back(st.step(i, next).loss);
+  EXPECT_TRUE(test::all_close(losses, read_all(r, "losses"), 1e-5, 0));
+  std::vector<float> base_after;
+  for (auto& n : model.named_params()) {
+    if (n.spec->site < 0) {
+      base_after.insert(base_after.end(), n.data, n.data + n.spec->numel);
+      continue;
+    }
+    const std::vector<float> p(n.data, n.data + n.spec->numel);
+    EXPECT_TRUE(test::all_close(p, read_all(r, "param." + n.spec->hf[0].name), 1e-4, 1e-6)) << n.spec->name;
+  }
+  EXPECT_EQ(base_before, base_after) << "the frozen base moved";
+
+  // frugal's adapters, in PEFT's format, read by PEFT
+  save_adapters(dir / "ours", model, ref + "/base");
+  ASSERT_TRUE(test::run_reference("lora_reference.py", fmt::format("logits {} {} {} {}", ref + "/base", dir / "ours",
+                                                                   dir / "x.safetensors", dir / "l.safetensors")));
+  std::vector<int32_t> in(size_t(c.B) * c.T), tg(in.size());
+  batch = 0;
+  next(in.data(), tg.data());
+  std::vector<float> logits;
+  model.logits(in.data(), c.B, c.T, false, logits);
+  EXPECT_TRUE(test::all_close(logits, read_all(SafeTensors(dir / "l.safetensors"), "logits"), 1e-4, 1e-5));
+}
+
+TEST(Lora, LlamaEveryModuleMatchesPeft) {
+  run_lora_parity({"llama", 2, 4, 2, 32, 64, 96, 64, 2, 16, 4, "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"});
+}
+TEST(Lora, LlamaDefaultTargetsMatchPeft) { run_lora_parity({"llama", 2, 4, 4, 32, 64, 96, 64, 2, 16, 8, "q_proj,v_proj"}); }
+TEST(Lora, Gpt2EveryModuleMatchesPeft) { run_lora_parity({"gpt2", 2, 4, 4, 32, 128, 96, 64, 2, 16, 4, "c_attn,c_proj,c_fc"}); }
+
+}  // namespace
+}  // namespace frugal
