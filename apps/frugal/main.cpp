@@ -3,7 +3,7 @@
 //   frugal export RUN_DIR|CHECKPOINT_DIR|FILE --out DIR
 //   frugal prepare [FILES...] [--out DIR] [--val-every N]
 //                  [--tokenizer byte|gpt2|PATH [--tiktoken-pattern gpt2|cl100k|llama3|qwen2]]
-//                  [--train-tokenizer --vocab-size N [--model-type bpe|unigram]]
+//                  [--train-tokenizer --vocab-size N [--model-type bpe|unigram]] [--format text|jsonl]
 //   frugal eval --run DIR [--data SHARDS] [--batches N]
 //   frugal sample --run DIR [--prompt TEXT] [--tokens N] [--temperature X] [--top-k K] [--seed S]
 //   frugal plan (--preset NAME | -c FILE) --tokens N [--device NAME] [--devices N] [settings] [--json]
@@ -387,6 +387,9 @@ int main(int argc, char** argv) {
                        "tokenizer: a tokenizer.json, a tokenizer.model, a *.tiktoken file or a directory holding one");
   prep_cmd->add_option("--tiktoken-pattern", tok_opt.tiktoken_pattern, "the pattern of a *.tiktoken --tokenizer (default: by its size)")
       ->check(CLI::IsMember({"gpt2", "cl100k", "llama3", "qwen2"}));
+  std::string format = "text";
+  prep_cmd->add_option("--format", format, "text (documents) or jsonl (instruction records: prompt/completion or messages, with a loss mask)")
+      ->check(CLI::IsMember({"text", "jsonl"}));
   prep_cmd->add_option("--gpt2-dir", tok_opt.gpt2_dir, "where GPT-2's rank file gpt2.tiktoken is");
   auto* train_tok = prep_cmd->add_flag("--train-tokenizer", train_tokenizer, "train a SentencePiece vocabulary on the corpus");
   prep_cmd->add_option("--vocab-size", tok_opt.vocab_size, "size of the trained vocabulary")->needs(train_tok);
@@ -463,7 +466,8 @@ int main(int argc, char** argv) {
       tok_opt.kind = train_tokenizer ? TokenizerKind::sentencepiece
                      : tokenizer == "gpt2" ? TokenizerKind::gpt2 : TokenizerKind::byte;
       if (!train_tokenizer && tokenizer != "gpt2" && tokenizer != "byte") tok_opt.pretrained = tokenizer;
-      PrepareStats st = prepare_corpus(inputs, out_dir, val_every, tok_opt);
+      PrepareStats st = format == "jsonl" ? prepare_instruct(inputs, out_dir, val_every, tok_opt)
+                                          : prepare_corpus(inputs, out_dir, val_every, tok_opt);
       fmt::print("prepare: {} train + {} val tokens -> {}\n", st.train_tokens, st.val_tokens,
                  fmt::join(st.files, ", "));
       return 0;

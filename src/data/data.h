@@ -58,7 +58,7 @@ class DataLoader {
  public:
   DataLoader(const std::vector<std::string>& files, int64_t vocab_size, int B, int T,
              uint64_t seed, bool shuffle, int rank = 0, int world = 1);
-  // inputs(B,T), targets(B,T)
+  // inputs(B,T), targets(B,T); a target is -1 where its shard's loss mask says not trained on
   void next(int32_t* inputs, int32_t* targets);
   void reset();  // back to the first batch of epoch 0
   int64_t num_windows() const { return total_windows_; }
@@ -79,6 +79,7 @@ class DataLoader {
   int64_t take_window();  // start token of the next window, moving to the next shard/epoch
 
   std::vector<TokenShard> shards_;
+  std::vector<std::vector<uint8_t>> masks_;  // per shard: its loss mask, or empty (none)
   int B_, T_, rank_, world_;
   uint64_t seed_;
   bool shuffle_;
@@ -201,5 +202,36 @@ struct TokenizerOptions {
 PrepareStats prepare_corpus(const std::vector<std::string>& inputs, const std::string& out_dir,
                             int val_every, const TokenizerOptions& tok = {});
 std::string kjv_text();  // the default corpus
+
+// ---- instruction data -------------------------------------------------------------------------
+// prepare_instruct reads .jsonl files, one record a line: {"prompt": ..., "completion": ...} or
+// {"messages": [{"role": "system|user|assistant", "content": ...}, ...]} (at least one assistant
+// message). A record is rendered by a chat template into pieces of text, each tokenized on its
+// own (no merge across pieces), then EOT; the pieces of the completion / the assistant's turns
+// (with their end marker) and the EOT are trained on, the rest (prompt, system, user, headers)
+// is not. The template is the pretrained tokenizer's, recognised in its directory's
+// tokenizer_config.json chat_template:
+//   chatml  "<|im_start|>" role "\n" | content | "<|im_end|>" | "\n"     (trained: content, <|im_end|>)
+//   llama3  "<|start_header_id|>" role "<|end_header_id|>\n\n" | content | "<|eot_id|>"
+//   plain   (anything else) prompt | completion; messages: role ": " | content | "\n"
+// Records that are not JSON objects, lack "completion" (or an assistant message), or have a
+// field of the wrong type are one UserError naming file:line and the field; nothing is written
+// unless every record is good. Outputs: train_000.bin / val_000.bin as prepare_corpus, each
+// with its loss mask.
+//
+// Loss mask file (X.mask next to shard X.bin): a header of 256 little-endian int32 [magic
+// 20240917, version 1, num_tokens, 0...], then num_tokens bytes, byte i = 1 when token i is
+// trained on as a target, 0 when not. Written (atomically) before its shard.
+// DataLoader: where a shard has a mask, targets[b, t] = -1 wherever the target token's mask
+// byte is 0 (the loss skips targets < 0); inputs are never masked. No mask: every target counts.
+inline constexpr int32_t kMaskMagic = 20240917, kMaskVersion = 1;
+enum class ChatTemplate { plain, chatml, llama3 };
+std::string mask_path(const std::string& shard_path);  // "dir/train_000.bin" -> "dir/train_000.mask"
+void write_mask(const std::string& path, const std::vector<uint8_t>& mask);
+// The mask of a shard of num_tokens tokens; UserError naming the file if it is not one.
+std::vector<uint8_t> read_mask(const std::string& path, int64_t num_tokens);
+// opt.pretrained names the tokenizer (its directory gives the template); else opt.kind (plain).
+PrepareStats prepare_instruct(const std::vector<std::string>& inputs, const std::string& out_dir,
+                              int val_every, const TokenizerOptions& opt);
 
 }  // namespace frugal

@@ -1,4 +1,6 @@
-// The batch loader: seeded shuffle over shards and windows; ranks read disjoint windows.
+// The batch loader: seeded shuffle over shards and windows; ranks read disjoint windows; loss
+// masks turn untrained targets into -1.
+#include <filesystem>
 #include <numeric>
 
 #include "data/data.h"
@@ -10,6 +12,8 @@ DataLoader::DataLoader(const std::vector<std::string>& files, int64_t vocab_size
     : B_(B), T_(T), rank_(rank), world_(world), seed_(seed), shuffle_(shuffle) {
   for (auto& f : files) {
     shards_.emplace_back(f, vocab_size);
+    std::string m = mask_path(f);
+    masks_.push_back(std::filesystem::exists(m) ? read_mask(m, shards_.back().size()) : std::vector<uint8_t>{});
     total_windows_ += std::max<int64_t>(0, (shards_.back().size() - 1) / T);
   }
   if (total_windows_ < int64_t(B) * world)
@@ -82,9 +86,11 @@ void DataLoader::next(int32_t* inputs, int32_t* targets) {
       int64_t start = take_window();
       if (r != rank_) continue;
       const TokenShard& s = shards_[shard_order_[shard_pos_]];
+      const std::vector<uint8_t>& mask = masks_[shard_order_[shard_pos_]];
       for (int t = 0; t < T_; t++) {
         inputs[int64_t(b) * T_ + t] = int32_t(s[start + t]);
-        targets[int64_t(b) * T_ + t] = int32_t(s[start + t + 1]);
+        bool trained = mask.empty() || mask[size_t(start + t + 1)];
+        targets[int64_t(b) * T_ + t] = trained ? int32_t(s[start + t + 1]) : -1;
       }
     }
   }

@@ -5,6 +5,7 @@
 // tests/reference/pretrained_tokenizers.py; compared on the whole KJV, hard strings and random
 // Unicode: the same ids, and decode(encode(s)) == s. Bad tokenizer.json files are UserErrors
 // naming the file and the field; `prepare --tokenizer` writes the tokenizer next to the shards.
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 
@@ -270,6 +271,112 @@ TEST(Prepare, PretrainedTokenizerShards) {
   test::expect_user_error([&] { load_pretrained_tokenizer(d / "nothing"); }, "no such file or directory");
   std::filesystem::create_directories(d / "empty");
   test::expect_user_error([&] { load_pretrained_tokenizer(d / "empty"); }, "no tokenizer.json, tokenizer.model or *.tiktoken");
+}
+
+}  // namespace
+}  // namespace frugal
+
+namespace frugal {
+namespace {
+
+// The reference's rendering (tests/reference/pretrained_tokenizers.py render): ids and mask of
+// every record.
+std::pair<std::vector<uint32_t>, std::vector<uint8_t>> rendered(const std::string& tok_dir, const std::string& tmpl,
+                                                               const std::string& jsonl) {
+  test::TempDir d;
+  EXPECT_TRUE(test::run_reference("pretrained_tokenizers.py", "render " + tok_dir + "/tokenizer.json " + tmpl + " " + jsonl + " " + d / "out.json"));
+  std::ifstream in(d / "out.json");
+  std::vector<uint32_t> ids;
+  std::vector<uint8_t> mask;
+  for (auto& r : json::parse(in)) {
+    for (auto& x : r["ids"]) ids.push_back(x);
+    for (auto& x : r["mask"]) mask.push_back(x);
+  }
+  return {ids, mask};
+}
+
+// Instruction records: shards are the reference's ids of the rendered records, the masks its
+// trained positions, the loader's targets -1 exactly at untrained targets; bad records are one
+// error naming file:line and the field, and nothing is written.
+TEST(Instruct, ShardsMasksAndLoaderTargets) {
+  test::TempDir d;
+  {
+    std::ofstream pc(d / "pc.jsonl");
+    std::ofstream msg(d / "msg.jsonl");
+    for (int i = 0; i < 1500; i++) {
+      pc << json({{"prompt", fmt::format("What begat {}?\n", i)}, {"completion", fmt::format(" And Seth lived {} years.", i * 7)}}).dump() << "\n";
+      msg << json({{"messages", {{{"role", "system"}, {"content", "Be brief."}},
+                                 {{"role", "user"}, {"content", fmt::format("Verse {}?", i)}},
+                                 {{"role", "assistant"}, {"content", "In the beginning God created the heaven."}},
+                                 {{"role", "user"}, {"content", "More"}},
+                                 {{"role", "assistant"}, {"content", fmt::format("And the earth {}.", i)}}}}}).dump() << "\n";
+    }
+  }
+  struct Case { std::string tok_dir, tmpl; };
+  // llama3's fixture names Llama 3's template; the gpt2 one has none: plain
+  for (const Case& c : {Case{fixture("llama3"), "llama3"}, Case{fixture("gpt2"), "plain"}}) {
+    for (const char* file : {"pc.jsonl", "msg.jsonl"}) {
+      SCOPED_TRACE(c.tmpl + " " + file);
+      TokenizerOptions opt;
+      opt.pretrained = c.tok_dir;
+      std::string out = d / (c.tmpl + file);
+      prepare_instruct({d / file}, out, 4, opt);
+      auto [ids, mask] = rendered(c.tok_dir, c.tmpl, d / file);
+      std::vector<uint32_t> got;
+      std::vector<uint8_t> got_mask;
+      // the stream is cut into chunks of 8192, every 4th to val: put it back together
+      TokenShard train(out + "/train_000.bin", 0), val(out + "/val_000.bin", 0);
+      auto tm = read_mask(out + "/train_000.mask", train.size()), vm = read_mask(out + "/val_000.mask", val.size());
+      for (int64_t i = 0, t = 0, v = 0, k = 0; i < int64_t(ids.size()); i += 8192, k++) {
+        bool to_val = k % 4 == 3;
+        for (int64_t j = i; j < std::min<int64_t>(int64_t(ids.size()), i + 8192); j++) {
+          got.push_back(to_val ? val[v] : train[t]);
+          got_mask.push_back(to_val ? vm[size_t(v)] : tm[size_t(t)]);
+          (to_val ? v : t)++;
+        }
+      }
+      EXPECT_EQ(got, ids);
+      EXPECT_EQ(got_mask, mask);
+      EXPECT_GT(std::count(mask.begin(), mask.end(), 0), 1000);
+      EXPECT_GT(std::count(mask.begin(), mask.end(), 1), 1000);
+      // the loader: targets are the next tokens, -1 where the mask says not trained on
+      const int B = 2, T = 64;
+      DataLoader loader({out + "/train_000.bin"}, 0, B, T, 1, false);
+      std::vector<int32_t> in(B * T), tg(B * T);
+      int masked = 0;
+      for (int batch = 0; batch < 10; batch++) {
+        loader.next(in.data(), tg.data());
+        for (int b = 0; b < B; b++)
+          for (int t = 0; t < T; t++) {
+            int64_t pos = (int64_t(batch) * B + b) * T + t;  // file order: window w starts at w*T
+            EXPECT_EQ(in[size_t(b * T + t)], int32_t(train[pos]));
+            int32_t want = tm[size_t(pos + 1)] ? int32_t(train[pos + 1]) : -1;
+            EXPECT_EQ(tg[size_t(b * T + t)], want) << "batch " << batch << " row " << b << " t " << t;
+            masked += want < 0;
+          }
+      }
+      EXPECT_GT(masked, 0);
+    }
+  }
+  // bad records: one error each, naming file:line and the field; nothing written
+  auto bad = [&](const std::string& line, const std::string& error) {
+    std::ofstream(d / "bad.jsonl") << json({{"prompt", "a"}, {"completion", "b"}}).dump() << "\n" << line << "\n";
+    TokenizerOptions opt;
+    opt.pretrained = fixture("llama3");
+    test::expect_user_error([&] { prepare_instruct({d / "bad.jsonl"}, d / "badout", 4, opt); }, d / "bad.jsonl" + ":2: " + error);
+    EXPECT_FALSE(std::filesystem::exists(d / "badout/train_000.bin"));
+  };
+  bad("[1, 2]", "expected a JSON object");
+  bad("{\"prompt\": \"x\"", "not JSON");
+  bad(R"({"prompt": "x"})", "no \"completion\"");
+  bad(R"({"prompt": "x", "completion": 3})", "\"completion\" is 3, expected a string");
+  bad(R"({"messages": [{"role": "user", "content": "hi"}]})", "messages: no message with role \"assistant\"");
+  bad(R"({"messages": [{"role": "bot", "content": "hi"}]})", "messages[0].role is \"bot\", expected system, user or assistant");
+  bad(R"({"messages": [{"role": "assistant"}]})", "no \"content\" (messages[0])");
+  // a mask that does not fit its shard
+  std::string out = d / "llama3pc.jsonl";
+  write_mask(out + "/train_000.mask", {1, 0, 1});
+  test::expect_user_error([&] { DataLoader({out + "/train_000.bin"}, 0, 1, 8, 1, false); }, "train_000.mask: 3 mask bytes");
 }
 
 }  // namespace

@@ -142,9 +142,13 @@ def encoder(kind, path):
 def render(path, template, src, dst):
     from tokenizers import Tokenizer
     t = Tokenizer.from_file(path)
-    cfg = json.load(open(os.path.join(os.path.dirname(path), "tokenizer_config.json")))
-    eos = cfg["eos_token"]
-    eot = t.token_to_id(eos if isinstance(eos, str) else eos["content"])
+    config = os.path.join(os.path.dirname(path), "tokenizer_config.json")
+    if os.path.exists(config):
+        eos = json.load(open(config))["eos_token"]
+        eot = t.token_to_id(eos if isinstance(eos, str) else eos["content"])
+    else:  # the first conventional end-of-text token, as frugal picks it
+        eot = next(t.token_to_id(n) for n in ["<|endoftext|>", "<|end_of_text|>", "</s>", "<|im_end|>", "<|eot_id|>"]
+                   if t.token_to_id(n) is not None)
     out = []
     for line in open(src, encoding="utf-8"):
         if not line.strip():
