@@ -50,7 +50,15 @@ static int cmd_train(const std::string& config, const std::vector<std::string>& 
     std::vector<std::string> shape = model_overrides(read_hf_config(hf_config));
     overrides.insert(overrides.begin(), shape.begin(), shape.end());
   }
-  RunConfig cfg = load_config(config.empty() && !resume.empty() ? resume + "/config.toml" : config, overrides);
+  const std::string config_path = config.empty() && !resume.empty() ? resume + "/config.toml" : config;
+  RunConfig cfg = load_config(config_path, overrides);
+  // PEFT adapters to go on from give the LoRA's rank, alpha and targets, as config.json the shape
+  if (resume.empty() && !cfg.train.lora_init_from.empty()) {
+    const LoraConfig l = read_adapter_config(cfg.train.lora_init_from);
+    overrides.insert(overrides.begin(), {fmt::format("lora.rank={}", l.rank), fmt::format("lora.alpha={}", l.alpha),
+                                         fmt::format("lora.targets=\"{}\"", fmt::join(l.targets, ","))});
+    cfg = load_config(config_path, overrides);
+  }
   if (!resume.empty()) cfg.run.dir = resume;
   if (!init_from.empty()) cfg.train.init_from = init_from;
   auto comm = make_comm(cfg.device.backend == "cuda", cfg.dist.timeout);
@@ -83,14 +91,13 @@ static std::unique_ptr<Tokenizer> run_tokenizer(const std::string& run, const Mo
 
 static int cmd_eval(const std::string& run, const std::string& data, int batches) {
   if (batches < 0) user_error("--batches: expected 0 (all) or a positive integer, got {}", batches);
-  RunConfig cfg = load_config(run + "/config.toml", {});
-  std::string weights = run + "/model.safetensors";
-  cfg.model = read_model_config(weights);
+  const RunWeights w = find_run_weights(run);
+  const RunConfig& cfg = w.cfg;
   std::string pattern = data.empty() ? cfg.data.val : data;
   DataLoader loader(resolve_shards(pattern, data.empty() ? "data.val" : "--data"),
                     cfg.model.vocab_size, cfg.train.micro_batch, cfg.train.seq_len, 0, false);
   Model model(cfg.model, cpu_backend(), cfg.precision.compute);
-  load_model(weights, model);
+  load_run_weights(w, model);
   model.allocate(cfg.train.micro_batch, cfg.train.seq_len);
   const int B = cfg.train.micro_batch, T = cfg.train.seq_len;
   double loss = evaluate([&](const int32_t* in, const int32_t* tg) { return model.forward_loss(in, tg, B, T); },
@@ -101,38 +108,34 @@ static int cmd_eval(const std::string& run, const std::string& data, int batches
   return 0;
 }
 
-// The step a model file's weights are from (its metadata), or -1.
-static int model_step(const std::string& path) {
-  if (!std::filesystem::exists(path)) return -1;
-  SafeTensors st(path);
-  auto it = st.metadata().find("step");
-  try {
-    return it == st.metadata().end() ? -1 : std::stoi(it->second);
-  } catch (const std::exception&) {
-    user_error("{}: metadata 'step' is '{}', expected an integer", path, it->second);
-  }
-}
-
 // The newest weights of a run (its final model, or a newer checkpoint's while it trains), of a
-// checkpoint directory or a file -> DIR/model.safetensors + DIR/config.json for transformers.
-static int cmd_export(const std::string& from, const std::string& out, int64_t max_shard_bytes) {
+// checkpoint directory or a file -> DIR/model.safetensors + DIR/config.json for transformers; a
+// LoRA run's adapters -> DIR in PEFT's format, or with merge the base with W + (alpha/r) B A in
+// every targeted layer, as peft's merge_and_unload.
+static int cmd_export(const std::string& from, const std::string& out, int64_t max_shard_bytes, bool merge) {
   if (max_shard_bytes < 1) user_error("--max-shard-size: expected a size above 0 (e.g. 2GB)");
   namespace fs = std::filesystem;
-  std::string weights = from;
-  if (fs::is_directory(from)) {
-    std::string ckpt = latest_checkpoint(from), final_model = from + "/model.safetensors";
-    const bool use_ckpt = !ckpt.empty() && model_step(ckpt + "/model.safetensors") >= model_step(final_model);
-    weights = use_ckpt ? ckpt + "/model.safetensors" : final_model;
-  }
-  ModelConfig c = read_model_config(weights);
+  const bool file = !fs::is_directory(from);
+  const RunWeights w = file ? RunWeights{} : find_run_weights(from);
+  if (merge && !w.lora()) user_error("--merge: {} has no LoRA adapters to merge (its weights are whole)", from);
+  const ModelConfig c = file ? read_model_config(from) : w.cfg.model;
   Model model(c, cpu_backend());
-  load_model(weights, model);
+  if (file) load_model(from, model);
+  else load_run_weights(w, model);
   std::error_code ec;
   fs::create_directories(out, ec);
   if (ec) user_error("{}: cannot create the directory: {}", out, ec.message());
+  const std::string source = file ? from : w.dir + (w.lora() ? "/adapter" : "/model.safetensors");
+  if (w.lora() && !merge) {
+    save_adapters(out, model, w.cfg.train.init_from);
+    fmt::print("export: {} -> {}/adapter_model.safetensors, {}/adapter_config.json (PEFT; --merge writes the merged model)\n",
+               source, out, out);
+    return 0;
+  }
+  if (merge) model.merge_lora();
   const int files = save_model_dir(out, model, max_shard_bytes);
   save_hf_config(out + "/config.json", c);
-  fmt::print("export: {} -> {}/{}, {}/config.json ({})\n", weights, out,
+  fmt::print("export: {}{} -> {}/{}, {}/config.json ({})\n", source, merge ? " merged into its base" : "", out,
              files == 1 ? "model.safetensors" : fmt::format("model.safetensors.index.json and {} shards", files), out,
              c.family == Family::llama ? "LlamaForCausalLM" : "GPT2LMHeadModel");
   return 0;
@@ -144,11 +147,11 @@ static int cmd_sample(const std::string& run, const std::string& prompt, int num
     user_error("--temperature: expected a finite number >= 0 (0: greedy), got {}", temperature);
   if (num_tokens < 1) user_error("--tokens: expected a positive integer, got {}", num_tokens);
   if (top_k < 0) user_error("--top-k: expected 0 (all) or a positive integer, got {}", top_k);
-  std::string weights = run + "/model.safetensors";
-  ModelConfig c = read_model_config(weights);
+  const RunWeights w = find_run_weights(run);
+  const ModelConfig& c = w.cfg.model;
   auto tok = run_tokenizer(run, c);
   Model model(c, cpu_backend());
-  load_model(weights, model);
+  load_run_weights(w, model);
   std::vector<uint32_t> enc;
   tok->encode(prompt, enc);
   std::vector<int32_t> tokens(enc.begin(), enc.end()), generated;
@@ -412,6 +415,8 @@ int main(int argc, char** argv) {
   std::string max_shard = "5GB";
   export_cmd->add_option("--max-shard-size", max_shard, "largest weight file, as save_pretrained's max_shard_size (e.g. 2GB); above it, shards and an index")
       ->capture_default_str();
+  bool merge = false;
+  export_cmd->add_flag("--merge", merge, "a LoRA run: the base with the adapters merged into it (else the adapters, in PEFT's format)");
 
   auto* sample_cmd = app.add_subcommand("sample", "generate text from a trained model");
   std::string prompt;
@@ -461,7 +466,7 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (*train_cmd) return cmd_train(config, train_cmd->remaining(), resume, init_from);
-    if (*export_cmd) return cmd_export(export_from, out_dir, parse_bytes(max_shard, "--max-shard-size"));
+    if (*export_cmd) return cmd_export(export_from, out_dir, parse_bytes(max_shard, "--max-shard-size"), merge);
     if (*prep_cmd) {
       tok_opt.kind = train_tokenizer ? TokenizerKind::sentencepiece
                      : tokenizer == "gpt2" ? TokenizerKind::gpt2 : TokenizerKind::byte;

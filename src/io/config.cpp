@@ -203,6 +203,7 @@ std::vector<Field> fields(RunConfig& c) {
       float_field("lora", "alpha", &c.model.lora.alpha, 0),
       float_field("lora", "dropout", &c.model.lora.dropout, 0),
       targets_field("lora", "targets", &c.model.lora.targets),
+      string_field("lora", "init_from", &t.lora_init_from),
       base_field("lora", "base", &c.model.lora.base),
       int_field("train", "seed", &t.seed, 0),
       int_field("train", "steps", &t.steps, 1),

@@ -27,6 +27,7 @@ struct TrainSettings {
   int eval_batches = 16;      // micro-batches of validation per evaluation; 0 = the whole split
   int threads = 0;            // OpenMP threads; 0 = all cores
   std::string init_from;      // weights to start from (load_model: a file or a Hugging Face directory); "" = random init
+  std::string lora_init_from; // LoRA adapters to start from (a PEFT directory: lora.init_from); "" = fresh ones
 };
 
 // Precision policy: master weights, gradients and optimizer state are always fp32.
@@ -182,8 +183,8 @@ void load_model(const std::string& path, Model& model);
 // dir/adapter_model.safetensors (F32 "base_model.model.<module>.lora_A.weight" (r, in) and
 // ".lora_B.weight" (out, r)) and dir/adapter_config.json (peft_type LORA, r, lora_alpha,
 // lora_dropout, target_modules, fan_in_fan_out for GPT-2's Conv1D, base_model_name_or_path), each
-// written atomically.
-void save_adapters(const std::string& dir, Model& model, const std::string& base_name);
+// written atomically; step >= 0 goes into the weights' metadata, as save_model's.
+void save_adapters(const std::string& dir, Model& model, const std::string& base_name, int step = -1);
 // The LoRA an adapter directory describes (its adapter_config.json), and its base's name;
 // UserError naming the file and the field for a bad one or one frugal does not compute (DoRA,
 // rsLoRA, trained biases, per-layer ranks, modules to save).

@@ -497,7 +497,7 @@ namespace frugal {
 
 // ---- LoRA adapters in PEFT's format ----------------------------------------------------------
 
-void save_adapters(const std::string& dir, Model& model, const std::string& base_name) {
+void save_adapters(const std::string& dir, Model& model, const std::string& base_name, int step) {
   const ModelConfig& c = model.config();
   FRUGAL_CHECK(c.lora.on(), "save_adapters without LoRA");
   std::vector<std::vector<float>> host;
@@ -511,7 +511,9 @@ void save_adapters(const std::string& dir, Model& model, const std::string& base
     if (std::find(modules.begin(), modules.end(), last) == modules.end()) modules.push_back(last);
   }
   std::filesystem::create_directories(dir);
-  save_safetensors(dir + "/adapter_model.safetensors", ts, {{"format", "pt"}});
+  std::map<std::string, std::string> meta = {{"format", "pt"}};
+  if (step >= 0) meta["step"] = std::to_string(step);
+  save_safetensors(dir + "/adapter_model.safetensors", ts, meta);
   json cfg = {{"peft_type", "LORA"},
               {"task_type", "CAUSAL_LM"},
               {"r", c.lora.rank},

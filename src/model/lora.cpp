@@ -175,4 +175,25 @@ void Model::lora_backward_input(int l, float* Tensors::*weight, void* dx, int64_
   }
 }
 
+void Model::merge_lora() {
+  FRUGAL_CHECK(dt_ == DType::f32 && !sites_.empty(), "merge_lora: an fp32 model with adapters");
+  const int64_t r = cfg_.lora.rank;
+  for (int l = 0; l < cfg_.n_layer; l++) {
+    Unit& base = block_unit(l);
+    const Unit& a = units_[adapters_[size_t(l)]];
+    for (size_t k = 0; k < sites_[size_t(l)].size(); k++) {
+      const LoraSite& s = sites_[size_t(l)][k];
+      PoolArray<float> delta(size_t(s.rows * s.in), Mem::workspace);  // B A (rows, in)
+      be_.matmul(false, false, s.rows, s.in, r, view_of(const_cast<Tensors&>(a.p), a.specs[2 * k + 1]), r,
+                 view_of(const_cast<Tensors&>(a.p), a.specs[2 * k]), s.in, delta.data(), s.in, dt_, dt_, nullptr, false);
+      std::vector<float> w(size_t(s.rows * s.in)), d(w.size());
+      float* rows = base.p.*s.weight + s.row0 * s.in;
+      be_.copy(w.data(), rows, w.size() * sizeof(float));
+      be_.copy(d.data(), delta.data(), d.size() * sizeof(float));
+      for (size_t i = 0; i < w.size(); i++) w[i] += cfg_.lora.scale() * d[i];
+      be_.copy(rows, w.data(), w.size() * sizeof(float));
+    }
+  }
+}
+
 }  // namespace frugal

@@ -321,6 +321,10 @@ class Model {
   void block_backward(int l, int B, int T);
   void embed_backward(const int32_t* tokens, int B, int T);
 
+  // LoRA, fp32: adds (alpha/r) B A into every targeted rows of the frozen base (PEFT's
+  // merge_and_unload); the adapters are left as they are.
+  void merge_lora();
+
   // Whole forward + loss (no gradients); mean loss.
   float forward_loss(const int32_t* tokens, const int32_t* targets, int B, int T);
   // Logits (B,T,V) of tokens(B,T); with last_only, only those of position T-1: (B,V).

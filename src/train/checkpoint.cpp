@@ -189,7 +189,7 @@ double save_checkpoint(const RunConfig& cfg, int step, Model& model, Stepper& st
   }
   shards.materialize();  // zero3/yafsdp: the whole weights, for model.safetensors
   if (rank0) {
-    save_model(tmp + "/model.safetensors", model, step);
+    save_run_weights(tmp, cfg, model, step);
     std::string toml = cfg.to_toml();
     write_file_atomic(tmp + "/config.toml", toml.data(), toml.size());
     const LossScaler& sc = st.scaler();
@@ -247,6 +247,13 @@ int check_checkpoint(const std::string& dir, const RunConfig& cfg, int world) {
       const size_t eq = was[i].find('=');
       diffs.push_back(fmt::format("{} {} -> {}", was[i].substr(0, eq), was[i].substr(eq + 1), now[i].substr(eq + 1)));
     }
+  const LoraConfig &lw = saved.model.lora, &ln = cfg.model.lora;
+  if (lw.rank != ln.rank || lw.alpha != ln.alpha || lw.targets != ln.targets || lw.base != ln.base)
+    diffs.push_back(fmt::format("lora (rank {}, alpha {}, targets [{}], base {}) -> (rank {}, alpha {}, targets [{}], base {})",
+                                lw.rank, lw.alpha, fmt::join(lw.targets, " "), base_format_name(lw.base), ln.rank, ln.alpha,
+                                fmt::join(ln.targets, " "), base_format_name(ln.base)));
+  if (ln.on() && saved.train.init_from != cfg.train.init_from)
+    diffs.push_back(fmt::format("train.init_from (LoRA's frozen base) '{}' -> '{}'", saved.train.init_from, cfg.train.init_from));
   if (!diffs.empty())
     user_error("{}: the configuration changes the model shape of checkpoint {}: {} (resume with the checkpoint's shape)",
                cfg.source, dir, fmt::join(diffs, ", "));
@@ -256,7 +263,8 @@ int check_checkpoint(const std::string& dir, const RunConfig& cfg, int world) {
       if (!fs::exists(rank_file(dir, r)))
         user_error("{}: missing (the checkpoint was written by {} rank file(s); it cannot be resumed)",
                    rank_file(dir, r), files);
-    if (!fs::exists(dir + "/model.safetensors")) user_error("{}/model.safetensors: missing", dir);
+    const std::string weights = dir + (cfg.model.lora.on() ? "/adapter/adapter_model.safetensors" : "/model.safetensors");
+    if (!fs::exists(weights)) user_error("{}: missing", weights);
     const int step = state.at("step").get<int>();
     if (fs::path(dir).filename().string() != fmt::format("ckpt-{}", step))
       user_error("{}: step {}, but the checkpoint is {} (the state was edited or moved)", state_path, step,
@@ -343,6 +351,50 @@ void load_checkpoint(const std::string& dir, Model& model, Stepper& st, DataLoad
   } catch (const json::exception& e) {
     user_error("{}: not a valid checkpoint state: {}", state_path, e.what());
   }
+}
+
+// ---- a run's weights -------------------------------------------------------------------------
+
+std::string save_run_weights(const std::string& dir, const RunConfig& cfg, Model& model, int step) {
+  if (!cfg.model.lora.on()) {
+    save_model(dir + "/model.safetensors", model, step);
+    return dir + "/model.safetensors";
+  }
+  save_adapters(dir + "/adapter", model, cfg.train.init_from, step);
+  return dir + "/adapter";
+}
+
+// The step in a weights file's metadata (-1: none, or no file).
+static int weights_step(const std::string& path) {
+  if (!fs::exists(path)) return -1;
+  SafeTensors st(path);
+  auto it = st.metadata().find("step");
+  try {
+    return it == st.metadata().end() ? -1 : std::stoi(it->second);
+  } catch (const std::exception&) {
+    user_error("{}: metadata 'step' is '{}', expected an integer", path, it->second);
+  }
+}
+
+RunWeights find_run_weights(const std::string& path) {
+  RunWeights w;
+  w.cfg = load_config(path + "/config.toml", {});
+  const std::string file = w.lora() ? "/adapter/adapter_model.safetensors" : "/model.safetensors";
+  w.dir = path;
+  if (!fs::exists(path + "/state.json")) {  // a run: its final weights, or a newer checkpoint's
+    const std::string ckpt = latest_checkpoint(path);
+    if (!ckpt.empty() && weights_step(ckpt + file) >= weights_step(path + file)) w.dir = ckpt;
+  }
+  if (!fs::exists(w.dir + file)) user_error("{}{}: missing (the run has not saved weights yet)", w.dir, file);
+  if (!w.lora()) w.cfg.model = read_model_config(w.dir + file);
+  return w;
+}
+
+void load_run_weights(const RunWeights& w, Model& model) {
+  if (!w.lora()) return load_model(w.dir + "/model.safetensors", model);
+  model.init(w.cfg.train.seed);  // the base: as the run made it, then loaded over
+  if (!w.cfg.train.init_from.empty()) load_model(w.cfg.train.init_from, model);
+  load_adapters(w.dir + "/adapter", model);
 }
 
 }  // namespace frugal

@@ -119,6 +119,22 @@ double evaluate(const LossFn& loss, class DataLoader& loader, int batches, Comm*
 // the uninterrupted run's); otherwise a fresh start, which removes the directory's checkpoints.
 void train(const RunConfig& cfg, Comm& comm, bool resume = false);
 
+// ---- a run's weights -------------------------------------------------------------------------
+// What a run directory (or checkpoint) keeps of the model: DIR/model.safetensors (Hugging Face
+// layout, the step in its metadata), or under LoRA DIR/adapter/ (PEFT's format; the frozen base
+// is train.init_from, or the seed's init when none). Returns the path written.
+std::string save_run_weights(const std::string& dir, const RunConfig& cfg, Model& model, int step);
+// The newest weights of a run directory (its final ones, or a newer checkpoint's while it
+// trains) or of a checkpoint directory: the directory that holds them and its resolved config.
+struct RunWeights {
+  std::string dir;  // holds model.safetensors or adapter/
+  RunConfig cfg;    // the run's (config.toml); cfg.model from the weights
+  bool lora() const { return cfg.model.lora.on(); }
+};
+RunWeights find_run_weights(const std::string& run_or_ckpt);
+// Loads them into a model made with w.cfg.model: the weights, or the base and the adapters.
+void load_run_weights(const RunWeights& w, Model& model);
+
 // ---- checkpoints (checkpoint.cpp) ----------------------------------------------------------
 // RUN_DIR/ckpt-STEP/ holds model.safetensors (Hugging Face layout), config.toml (resolved),
 // state.json (format version, step, optimizer updates, loss scaler, data position, the seed,

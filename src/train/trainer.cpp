@@ -255,10 +255,22 @@ void train(const RunConfig& cfg, Comm& comm, bool resume) {
   Model model(cfg.model, run_be, dt, model_owns(strategy));
   Stepper stepper(model, run_be, comm, t, cfg.accum_steps(comm.size()), cfg.precision, plan, strategy);
   stepper.init_weights(t.seed);
-  if (!resume && !t.init_from.empty()) {
+  if ((!resume || cfg.model.lora.on()) && !t.init_from.empty()) {  // LoRA's frozen base, on a resume too
     stepper.shards().materialize();
     load_model(t.init_from, model);
     stepper.shards().dematerialize();
+  }
+  if (!resume && !t.lora_init_from.empty()) {  // adapters to go on from: for this base?
+    std::string base;
+    read_adapter_config(t.lora_init_from, &base);
+    auto name = [](std::string p) {  // the last part of a path or hub name: "HuggingFaceTB/SmolLM-135M" is "SmolLM-135M"
+      while (p.size() > 1 && p.back() == '/') p.pop_back();
+      return p.substr(p.rfind('/') + 1);
+    };
+    if (!base.empty() && !t.init_from.empty() && name(base) != name(t.init_from))
+      user_error("{}/adapter_config.json: base_model_name_or_path '{}': these adapters are for another base model than "
+                 "train.init_from = '{}'", t.lora_init_from, base, t.init_from);
+    load_adapters(t.lora_init_from, model);
   }
   auto loss_fn = [&](const int32_t* in, const int32_t* tg) { return stepper.loss(in, tg); };
   double load_s = 0.0;
@@ -285,6 +297,7 @@ void train(const RunConfig& cfg, Comm& comm, bool resume) {
   auto open_run = [&] {
     if (!resume) {  // the previous run's final model and summary are not this run's
       for (const char* f : {"/model.safetensors", "/summary.json", "/profile.json"}) std::filesystem::remove(dir + f, ec);
+      std::filesystem::remove_all(dir + "/adapter", ec);
       int removed = remove_checkpoints(dir);
       if (removed > 0)
         fmt::print("note: a fresh start in {}: removed its {} checkpoint(s) (--resume continues from them)\n", dir, removed);
@@ -419,7 +432,7 @@ void train(const RunConfig& cfg, Comm& comm, bool resume) {
   if (!rank0) return;
   write_records();
   std::fclose(metrics);
-  save_model(dir + "/model.safetensors", model, t.steps);
+  const std::string weights = save_run_weights(dir, cfg, model, t.steps);
   double total = std::chrono::duration<double>(clock::now() - t_start).count();
   double tok_s = timed_seconds > 0 ? double(timed_tokens) / timed_seconds : 0.0;
   fmt::print("done: val loss {:.4f} | {:.0f} tok/s (MFU {:.1f}% of {:.0f} GFLOP/s per device) | {} total\n", val_loss,
@@ -433,7 +446,7 @@ void train(const RunConfig& cfg, Comm& comm, bool resume) {
       {"measured", {{"mem_peak", mem_json(overall)}, {"tokens_per_s", tok_s}, {"mfu", measured.mfu}, {"seconds", total},
                     {"cost", total / 3600 * comm.size() * forecast.s.device.price}}}}.dump(2);
   write_file_atomic(dir + "/summary.json", summary.data(), summary.size());
-  fmt::print("wrote {}/model.safetensors, {}/metrics.jsonl, {}/summary.json\n", dir, dir, dir);
+  fmt::print("wrote {}, {}/metrics.jsonl, {}/summary.json\n", weights, dir, dir);
   if (cfg.run.profile) write_profile(dir, profile, t.steps - start - 1, timed_seconds, cfg.device.peak_for(dt));
 }
 
