@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <sstream>
 #include <set>
 
 #include "data/data.h"
@@ -197,6 +198,8 @@ static int cmd_sample(const std::string& run, const std::string& prompt, int num
 // What `frugal plan` was given; empty strings and zeros are left to the search.
 struct PlanArgs {
   std::string preset, config, device, strategy, precision, recompute, mfu, calibrate;
+  int lora_rank = -1;  // -1: the config's
+  std::string lora_targets, base;
   std::string catalogue = default_devices_path();
   double tokens = 0, max_hours = 0;
   int devices = 0, micro_batch = 0, seq_len = 0, top = 10;
@@ -241,6 +244,23 @@ static int cmd_plan(const PlanArgs& a) {
     if (!b.batch_tokens) b.batch_tokens = cfg.train.batch_tokens;
     if (device.empty()) device = cfg.device.name;
   }
+  // LoRA / QLoRA fine-tuning: the flags over the config's [lora]
+  if (a.lora_rank >= 0) b.model.lora.rank = a.lora_rank;
+  if (!a.lora_targets.empty()) {
+    b.model.lora.targets.clear();
+    std::stringstream ts(a.lora_targets);
+    for (std::string t; std::getline(ts, t, ',');)
+      if (!t.empty()) b.model.lora.targets.push_back(t);
+  }
+  if (!a.base.empty()) {
+    const auto names = {BaseFormat::compute, BaseFormat::nf4, BaseFormat::int8};
+    auto it = std::find_if(names.begin(), names.end(), [&](BaseFormat f) { return a.base == base_format_name(f); });
+    if (it == names.end()) user_error("--base: expected compute, nf4 or int8, got '{}'", a.base);
+    b.model.lora.base = *it;
+  }
+  if (b.model.lora.base != BaseFormat::compute && !b.model.lora.on())
+    user_error("--base {}: a quantized frozen base is LoRA's (QLoRA): give --lora-rank too", base_format_name(b.model.lora.base));
+  b.model.validate("plan");
   if (!b.seq_len) b.seq_len = b.model.context;
   if (b.seq_len > b.model.context)
     user_error("--seq-len: {} is above the model's context of {} positions", b.seq_len, b.model.context);
@@ -253,6 +273,10 @@ static int cmd_plan(const PlanArgs& a) {
   PlanQuery q = open_query(b, catalogue);
   if (!device.empty()) q.devices = {find_device(catalogue, device, a.catalogue)};
   if (!a.strategy.empty()) q.strategies = {parse_strategy(a.strategy, "--strategy")};
+  if (b.model.lora.on()) {  // LoRA keeps its frozen base whole on every rank
+    std::erase_if(q.strategies, [](Strategy s) { return StrategyPolicy::of(s).shard_params; });
+    if (q.strategies.empty()) user_error("--strategy {}: LoRA runs under ddp, zero1 or zero2 (its frozen base is not sharded)", a.strategy);
+  }
   if (a.precision == "fp32" || a.precision == "bf16" || a.precision == "fp16")
     q.precisions = {a.precision == "fp32" ? DType::f32 : a.precision == "bf16" ? DType::bf16 : DType::f16};
   else if (!a.precision.empty()) user_error("--precision: expected fp32, bf16 or fp16, got '{}'", a.precision);
@@ -270,9 +294,12 @@ static int cmd_plan(const PlanArgs& a) {
   const ModelConfig& m = b.model;
   const std::string heads = m.kv_heads() == m.n_head ? fmt::format("{} heads", m.n_head)
                                                       : fmt::format("{} heads ({} key/value)", m.n_head, m.kv_heads());
-  const std::string model_line = fmt::format("model: {}, {} family ({} layers, {}, {} dims, vocab {}), {:.2f} M parameters\n",
+  const std::string lora = !m.lora.on() ? std::string()
+      : fmt::format("; LoRA rank {} ({:.2f} M trained), {} base", m.lora.rank, m.num_trainable_params() / 1e6,
+                    m.lora.base == BaseFormat::compute ? "compute-dtype" : base_format_name(m.lora.base));
+  const std::string model_line = fmt::format("model: {}, {} family ({} layers, {}, {} dims, vocab {}), {:.2f} M parameters{}\n",
                                              m.preset, family_name(m.family), m.n_layer, heads, m.n_embd, m.vocab_size,
-                                             m.num_params() / 1e6);
+                                             (m.num_params() - m.num_trainable_params() * m.lora.on()) / 1e6, lora);
   if (single) {
     const Plan& p = plans[0];
     if (a.json) { fmt::print("{}\n", p.to_json().dump(2)); return p.fits ? 0 : 1; }
@@ -449,6 +476,9 @@ int main(int argc, char** argv) {
   plan_cmd->add_option("--top", pa.top, "configurations to list")->check(kPositive);
   plan_cmd->add_option("--calibrate", pa.calibrate, "fit the MFU of a finished run directory and write its calibration.json");
   plan_cmd->add_flag("--json", pa.json, "print JSON");
+  plan_cmd->add_option("--lora-rank", pa.lora_rank, "LoRA fine-tuning: adapters of this rank on a frozen base (0: full training)")->check(CLI::NonNegativeNumber);
+  plan_cmd->add_option("--lora-targets", pa.lora_targets, "LoRA's target modules, e.g. q_proj,k_proj,v_proj,o_proj (default: PEFT's)");
+  plan_cmd->add_option("--base", pa.base, "LoRA's frozen base: compute (the compute dtype), nf4 (QLoRA) or int8");
 
   auto* report_cmd = app.add_subcommand("report", "write RUN_DIR/report.html: charts of a run (loss, tokens/s, memory, cost)");
   report_cmd->add_option("run", run_dir, "run directory")->required();

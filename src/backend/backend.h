@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "core/dtype.h"
+#include "core/quant.h"
 
 namespace frugal {
 
@@ -63,7 +64,7 @@ class Backend {
   // out(BT,OC) = inp(BT,IC) weight(OC,IC)^T + bias(OC); weight in dt, bias fp32 or null.
   virtual void linear_forward(void* out, const void* inp, const void* weight, const float* bias,
                               int64_t BT, int64_t IC, int64_t OC, DType dt) = 0;
-  // dweight(OC,IC) += dout^T inp, then dinp(BT,IC) = dout weight (overwritten; may be null, and
+  // dweight(OC,IC) += dout^T inp (null: a frozen weight, skipped), then dinp(BT,IC) = dout weight (overwritten; may be null, and
   // may be inp itself: recompute policies keep inp in dinp's buffer); dbias(OC) += sum dout
   // (may be null). dweight, dbias fp32.
   virtual void linear_backward(void* dinp, float* dweight, float* dbias, const void* dout,
@@ -137,23 +138,32 @@ class Backend {
                                   const float* lse, int64_t B, int64_t T, int64_t NH, int64_t NKV,
                                   int64_t HS, DType dt) = 0;
 
-  // out(B,T,C) = wte[tokens] + wpe[t] (fp32 masters; wpe null: no position table); backward:
-  // dwte(Vp,C) +=, dwpe(maxT,C) += (unless null).
-  virtual void embedding_forward(float* out, const int32_t* tokens, const float* wte,
-                                 const float* wpe, int64_t B, int64_t T, int64_t C) = 0;
+  // out(B,T,C) = wte[tokens] + wpe[t] (wpe null: no position table), wte and wpe in wdt (fp32
+  // masters, or a frozen embedding's compute copy); backward: dwte(Vp,C) +=, dwpe(maxT,C) +=
+  // (unless null), fp32.
+  virtual void embedding_forward(float* out, const int32_t* tokens, const void* wte, const void* wpe,
+                                 int64_t B, int64_t T, int64_t C, DType wdt) = 0;
   virtual void embedding_backward(float* dwte, float* dwpe, const float* dout,
                                   const int32_t* tokens, int64_t B, int64_t T, int64_t C) = 0;
 
   // Residual add: out(n) = a(n) + b(n), a and out fp32 (may alias), b in dt.
   virtual void add(float* out, const float* a, const void* b, int64_t n, DType dt) = 0;
+  // x(n) *= s, in dt (computed in fp32, rounded once).
+  virtual void scale(void* x, float s, int64_t n, DType dt) = 0;
   // dst(n) in dt = src(n) fp32, rounded to nearest even.
   virtual void cast(void* dst, const float* src, int64_t n, DType dt) = 0;
+  // out(rows, cols) in dt = rows [row0, row0 + rows), columns [col0, col0 + cols) of the
+  // quantized matrix q(q.rows, q.cols) dequantized: core/quant.h's values (bitsandbytes' for
+  // nf4), rounded once to dt. q's buffers in this backend's memory.
+  virtual void dequantize(void* out, const QuantView& q, int64_t row0, int64_t rows, int64_t col0,
+                          int64_t cols, DType dt) = 0;
 
   // Fused softmax cross-entropy over rows of logits(N,Vp) in dt (the lm head's GEMM output, as
   // PyTorch's autocast has it), computed in fp32; columns >= V are padding and are masked out.
   // losses(N) fp32 = -log p[target]. When grad_scale != 0, the logits are overwritten in place
   // with dlogits = grad_scale * (p - onehot(target)) (0 in the padding), rounded once to dt.
-  // The probability tensor never exists separately.
+  // A target < 0 is ignored (a prompt token, padding): its row's loss is 0 and, with a
+  // gradient scale, its dlogits row all 0. The probability tensor never exists separately.
   virtual void softmax_xent(void* logits, float* losses, const int32_t* targets, int64_t N,
                             int64_t V, int64_t Vp, float grad_scale, DType dt) = 0;
 
@@ -213,6 +223,22 @@ using OpTimes = std::map<std::string, OpTime>;
 // A Backend that runs inner's ops and adds each one's time (synchronised around it on a GPU)
 // into (*times)[its op family]: run.profile and bench/step_profile.
 std::unique_ptr<Backend> timing_backend(Backend& inner, OpTimes* times);
+
+// The quantized linear layers (QLoRA's frozen base), on any backend: dequantize + matmul, a
+// panel of W at a time into ws, a workspace of quant_panel_rows(IC, OC) x IC values in dt (never
+// the whole layer). w: the quantized weight (OC, IC), frozen: no weight gradient.
+// out(BT,OC) = inp(BT,IC) deq(w)^T + bias(OC) (bias fp32 or null): OC in panels of rows of W,
+// each panel's GEMM writing its column block of out.
+void quant_linear_forward(Backend& be, void* out, const void* inp, const QuantView& w, const float* bias,
+                          void* ws, int64_t BT, int64_t IC, int64_t OC, DType dt);
+// dinp(BT,IC) = dout(BT,OC) deq(w) (overwritten): IC in panels of columns of W (OC x k, k a
+// multiple of 64 where it can be, within the same workspace), each panel's GEMM writing its
+// column block of dinp, summed over all of OC in fp32 in one GEMM (no 16-bit partial sums).
+void quant_linear_backward(Backend& be, void* dinp, const void* dout, const QuantView& w, void* ws,
+                           int64_t BT, int64_t IC, int64_t OC, DType dt);
+// Rows of W per forward panel: 2^21 values (4 MiB in a 16-bit dtype), a multiple of 64 where it
+// can be, at most OC, and at least OC / IC (so that backward's panels hold one column or more).
+int64_t quant_panel_rows(int64_t IC, int64_t OC);
 
 Backend& cpu_backend();
 // Where the CPU backend's bf16 products run on this machine: "amx" (oneDNN's GEMMs and frugal's

@@ -82,9 +82,9 @@ class TimingBackend final : public Backend {
                           int64_t B, int64_t T, int64_t NH, int64_t NKV, int64_t HS, DType dt) override {
     time("attention bwd", 2.5 * causal_flops(B, T, NH, HS), [&] { b_.attention_backward(dq, d, q, o, lse, B, T, NH, NKV, HS, dt); });
   }
-  void embedding_forward(float* o, const int32_t* t, const float* wte, const float* wpe, int64_t B,
-                         int64_t T, int64_t C) override {
-    time("embedding", 0, [&] { b_.embedding_forward(o, t, wte, wpe, B, T, C); });
+  void embedding_forward(float* o, const int32_t* t, const void* wte, const void* wpe, int64_t B,
+                         int64_t T, int64_t C, DType wdt) override {
+    time("embedding", 0, [&] { b_.embedding_forward(o, t, wte, wpe, B, T, C, wdt); });
   }
   void embedding_backward(float* dwte, float* dwpe, const float* d, const int32_t* t, int64_t B,
                           int64_t T, int64_t C) override {
@@ -95,6 +95,13 @@ class TimingBackend final : public Backend {
   }
   void cast(void* d, const float* s, int64_t n, DType dt) override {
     time("casts", 0, [&] { b_.cast(d, s, n, dt); });
+  }
+  void dequantize(void* o, const QuantView& q, int64_t row0, int64_t rows, int64_t col0, int64_t cols,
+                  DType dt) override {
+    time("dequantize", 0, [&] { b_.dequantize(o, q, row0, rows, col0, cols, dt); });
+  }
+  void scale(void* x, float s, int64_t n, DType dt) override {
+    time("lora", 0, [&] { b_.scale(x, s, n, dt); });
   }
   void softmax_xent(void* l, float* loss, const int32_t* t, int64_t N, int64_t V, int64_t Vp, float s,
                     DType dt) override {

@@ -94,16 +94,29 @@ int64_t ModelConfig::num_params() const {
   return n;
 }
 
+int64_t ModelConfig::num_trainable_params() const {
+  int64_t n = 0;
+  for (const UnitSpec& u : param_table(*this)) n += u.frozen ? 0 : u.numel;
+  return n;
+}
+
 int64_t ModelConfig::num_params_no_wpe() const {
   int64_t n = 0;
   for (const UnitSpec& u : param_table(*this))
     for (const ParamSpec& s : u.specs)
-      n += s.field == &Tensors::wpe ? 0 : s.vocab_rows() ? int64_t(vocab_size) * s.shape[1] : s.numel;
+      n += s.site >= 0 || s.field == &Tensors::wpe ? 0 : s.vocab_rows() ? int64_t(vocab_size) * s.shape[1] : s.numel;
   return n;
 }
 
 double ModelConfig::flops_per_token(int T) const {
-  return 6.0 * double(num_params_no_wpe()) + 12.0 * n_layer * double(T) * n_embd;
+  const double attention = 12.0 * n_layer * double(T) * n_embd, N = double(num_params_no_wpe());
+  if (!lora.on()) return 6.0 * N + attention;
+  // LoRA: the frozen base's forward and input gradients, no weight gradients (4N); per adapter
+  // site 2r(in + rows) forward and 2r(4 in + 3 rows) backward (h recomputed, dB, dh, dA, dx)
+  double adapters = 0;
+  for (int l = 0; l < n_layer; l++)
+    for (const LoraSite& s : lora_sites(*this, l)) adapters += 2.0 * lora.rank * (5.0 * double(s.in) + 4.0 * double(s.rows));
+  return 4.0 * N + adapters + attention;
 }
 
 }  // namespace frugal

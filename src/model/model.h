@@ -78,8 +78,11 @@ struct ModelConfig {
   int64_t padded_vocab() const { return (int64_t(vocab_size) + 127) / 128 * 128; }
   // From param_table():
   int64_t num_params() const;            // all parameters, padding rows of the vocabulary included
-  int64_t num_params_no_wpe() const;     // N for the 6N FLOPs rule (V rows; no position table)
-  double flops_per_token(int T) const;   // training: 6N + 12 L T C (attention as full T)
+  int64_t num_trainable_params() const;  // all but LoRA's frozen base
+  int64_t num_params_no_wpe() const;     // N for the 6N FLOPs rule (V rows; no position table; no adapters)
+  // training: 6N + 12 L T C (attention as full T); under LoRA 4N (no weight gradients of the
+  // base) + the adapters' GEMMs + 12 L T C
+  double flops_per_token(int T) const;
   void validate(const std::string& where) const;  // throws UserError naming `where`
 };
 

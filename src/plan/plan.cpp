@@ -166,7 +166,7 @@ Plan make_plan(const PlanSettings& s) {
   // reduce-scatters the gradients in the reduce dtype, for every micro-batch:
   // accum·(2·e_compute + e_reduce)·Ψ·(N-1)/N bytes.
   const bool zero3 = StrategyPolicy::of(s.strategy).shard_params;
-  const double N = s.devices, psi = double(c.num_params());
+  const double N = s.devices, psi = double(c.num_trainable_params());
   const double per_micro = zero3 ? (2.0 * double(dtype_size(s.compute)) + double(dtype_size(s.reduce))) * psi : 0;
   p.comm_bytes = N > 1 ? (zero3 ? p.accum * per_micro : 2 * psi * double(dtype_size(s.reduce))) * (N - 1) / N : 0;
   p.bandwidth = s.devices <= s.device.node_size ? s.device.link_bandwidth : s.device.network_bandwidth;

@@ -14,6 +14,7 @@
 #include <fmt/format.h>
 
 #include "backend/backend.h"
+#include "core/quant.h"
 #include "support/support.h"
 
 namespace frugal {
@@ -467,13 +468,102 @@ TEST(SoftmaxXent, LossMatchesFloat64AndGradientMatchesFiniteDifferences) {
   EXPECT_EQ(keep, logits);
 }
 
+// Ignored rows (target < 0: prompt tokens, padding): loss 0 and, with a gradient scale, a zero
+// dlogits row; the other rows exactly as when computed alone.
+TEST(SoftmaxXent, NegativeTargetsAreIgnored) {
+  const int N = 6, V = 11, Vp = 16;
+  const auto logits = randn(N * Vp, 3, 17);
+  const std::vector<int32_t> tg = {4, -100, 0, -1, 10, -100};
+  for (DType d : kAll)
+    for (float scale : {0.0f, 0.5f}) {
+      Buf x(d, logits);
+      std::vector<float> losses(N, 7.0f);
+      be().softmax_xent(x.data(), losses.data(), tg.data(), N, V, Vp, scale, d);
+      const Vec got = x.values(), in = Buf(d, logits).values();
+      for (int i = 0; i < N; i++) {
+        if (tg[i] >= 0) {
+          // the same row alone, with its target
+          Buf row(d, std::vector<float>(logits.begin() + i * Vp, logits.begin() + (i + 1) * Vp));
+          float loss = 0;
+          be().softmax_xent(row.data(), &loss, &tg[i], 1, V, Vp, scale, d);
+          EXPECT_EQ(losses[i], loss) << dtype_name(d) << " row " << i;
+          EXPECT_NEAR(loss, ref_xent(Vec(in.begin() + i * Vp, in.end()), {tg[i]}, 1, V, Vp)[0], 1e-4);
+          EXPECT_EQ(Vec(got.begin() + i * Vp, got.begin() + (i + 1) * Vp), row.values()) << dtype_name(d) << " row " << i;
+          continue;
+        }
+        EXPECT_EQ(losses[i], 0.0f) << dtype_name(d) << " row " << i;
+        for (int v = 0; v < Vp; v++)
+          EXPECT_EQ(got[i * Vp + v], scale != 0.0f ? 0.0 : in[i * Vp + v]) << dtype_name(d) << " row " << i << " col " << v;
+      }
+    }
+}
+
+// Quantized weights (core/quant.h): windows of rows and columns dequantized into each dtype equal
+// core's reference values rounded once, bit for bit: NF4 (whole blocks on AVX-512, partial ones
+// at the windows' edges: cols = 200 is no multiple of 64) and int8.
+TEST(Dequantize, WindowsEqualTheCoreReferenceRoundedOnce) {
+  const int64_t R = 70, C = 200;
+  const auto w = randn(R * C, 0.02f, 40);
+  const QuantTensor ts[] = {quantize_nf4(w.data(), R, C), quantize_int8(w.data(), R, C)};
+  struct Window { int64_t row0, rows, col0, cols; };
+  const Window windows[] = {{0, R, 0, C}, {3, 40, 64, 128}, {5, 17, 5, 77}, {69, 1, 0, C}, {0, R, 136, 64}};
+  for (const QuantTensor& t : ts)
+    for (DType d : kAll)
+      for (const Window& wd : windows) {
+        Buf out(d, size_t(wd.rows * wd.cols));
+        be().dequantize(out.data(), t.view(), wd.row0, wd.rows, wd.col0, wd.cols, d);
+        std::vector<float> row(size_t(wd.cols));
+        Buf want(d, size_t(wd.rows * wd.cols));
+        for (int64_t r = 0; r < wd.rows; r++) {
+          dequantize_ref(row.data(), t.view(), (wd.row0 + r) * C + wd.col0, wd.cols);
+          dispatch(d, [&](auto x) {
+            using T = decltype(x);
+            for (int64_t c = 0; c < wd.cols; c++) reinterpret_cast<T*>(want.data())[r * wd.cols + c] = from_f32<T>(row[c]);
+          });
+        }
+        EXPECT_EQ(out.bytes, want.bytes) << quant_format_name(t.format) << " in " << dtype_name(d) << ": rows ["
+                                         << wd.row0 << ", +" << wd.rows << ") cols [" << wd.col0 << ", +" << wd.cols << ")";
+      }
+}
+
+// The quantized linear layers against float64 products with the dequantized weight (rounded to
+// dt, as the GEMMs read it), over several panels each way: IC = 4096 (forward panels of 512 rows
+// of W, backward panels of 1856 columns) and IC = 1000 (2048 rows; 768 columns, whose blocks
+// straddle rows).
+TEST(QuantLinear, ForwardAndBackwardMatchFloat64OfTheDequantizedWeight) {
+  EXPECT_EQ(quant_panel_rows(4096, 11008), 512);
+  EXPECT_EQ(quant_panel_rows(4096, 100), 100);
+  EXPECT_EQ(quant_panel_rows(8, 1 << 24), 1 << 21);  // backward's panels: a column at least
+  const int64_t BT = 5;
+  for (auto [IC, OC] : {std::pair<int64_t, int64_t>{4096, 1100}, {1000, 2500}})
+    for (QuantFormat f : {QuantFormat::nf4, QuantFormat::int8})
+      for (DType d : {DType::f32, DType::bf16}) {
+        const auto wf = randn(OC * IC, 0.02f, 41);
+        const QuantTensor t = f == QuantFormat::nf4 ? quantize_nf4(wf.data(), OC, IC) : quantize_int8(wf.data(), OC, IC);
+        std::vector<float> deq(size_t(OC * IC));
+        dequantize_ref(deq.data(), t.view(), 0, OC * IC);
+        const Vec W = Buf(d, deq).values();
+        Buf x(d, randn(BT * IC, 1, 42)), dy(d, randn(BT * OC, 1, 43)), y(d, size_t(BT * OC)), dx(d, size_t(BT * IC));
+        const auto b = randn(OC, 1, 44);
+        Buf ws(d, size_t(quant_panel_rows(IC, OC) * IC));
+        quant_linear_forward(be(), y.data(), x.data(), t.view(), b.data(), ws.data(), BT, IC, OC, d);
+        quant_linear_backward(be(), dx.data(), dy.data(), t.view(), ws.data(), BT, IC, OC, d);
+        Vec ry = ref_matmul(false, true, BT, OC, IC, x.values(), W), rdx = ref_matmul(false, false, BT, IC, OC, dy.values(), W);
+        for (int64_t r = 0; r < BT; r++)
+          for (int64_t o = 0; o < OC; o++) ry[r * OC + o] += b[o];
+        const std::string at = fmt::format("{} IC={} OC={}", quant_format_name(f), IC, OC);
+        expect_close(d, y.values(), ry, 1e-4, 1e-5, "quant linear out " + at);
+        expect_close(d, dx.values(), rdx, 1e-4, 1e-5, "quant linear dinp " + at);
+      }
+}
+
 TEST(Embedding, ForwardAndBackwardMatchFloat64WithRepeatedTokens) {
   const int B = 3, T = 5, C = 20, Vp = 8;
   auto wte = randn(Vp * C, 1, 17), wpe = randn(T * C, 1, 18), dy = randn(B * T * C, 1, 19);
   std::vector<int32_t> tok(B * T);
   for (int i = 0; i < B * T; i++) tok[i] = (i * 7) % 5;  // repeats
   std::vector<float> out(B * T * C), dwte(Vp * C, 0.5f), dwpe(T * C, 0.5f);
-  be().embedding_forward(out.data(), tok.data(), wte.data(), wpe.data(), B, T, C);
+  be().embedding_forward(out.data(), tok.data(), wte.data(), wpe.data(), B, T, C, DType::f32);
   be().embedding_backward(dwte.data(), dwpe.data(), dy.data(), tok.data(), B, T, C);
   Vec ro(B * T * C), rdwte(Vp * C, 0.5), rdwpe(T * C, 0.5);
   for (int i = 0; i < B * T; i++)

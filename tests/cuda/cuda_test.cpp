@@ -11,9 +11,12 @@
 // training losses, step by step for 12 steps, 5e-4 (fp32), 2e-2 (bf16), 1e-2 (fp16) relative.
 #include <cuda_runtime.h>
 
+#include <array>
+#include <cstring>
 #include <optional>
 
 #include "backend/backend.h"
+#include "core/quant.h"
 #include "support/support.h"
 #include "train/train.h"
 
@@ -296,7 +299,7 @@ TEST(CudaEmbedding, ForwardAndBackwardMatchCpuWithRepeatedTokens) {
     Pair out(DType::f32, B * T * C), dout(DType::f32, randn(B * T * C, 1.0f, 3));
     Pair dwte(DType::f32, randn(Vp * C, 1.0f, 4)), dwpe(DType::f32, randn(T * C, 1.0f, 5));
     both([&](Backend& be, bool g) {
-      be.embedding_forward(out.f(g), tokens.data(), wte.f(g), wpe.f(g), B, T, C);
+      be.embedding_forward(out.f(g), tokens.data(), wte.f(g), wpe.f(g), B, T, C, DType::f32);
       be.embedding_backward(dwte.f(g), dwpe.f(g), dout.f(g), tokens.data(), B, T, C);
     });
     expect_match(out, fmt::format("embedding out (T={})", T));
@@ -323,6 +326,92 @@ TEST(CudaSoftmaxXent, LossAndGradientMatchCpuWithPadding) {
         expect_match(losses, "softmax_xent losses" + at);
         expect_match(logits, (scale != 0.0f ? "softmax_xent dlogits" : "softmax_xent logits untouched") + at);
       }
+}
+
+// Ignored rows (target < 0) among counted ones: loss 0 and a zero dlogits row on both.
+TEST(CudaSoftmaxXent, NegativeTargetsAreIgnoredAsOnTheCpu) {
+  REQUIRE_CUDA();
+  const int64_t N = 33, V = 1000;
+  std::vector<int32_t> targets(N);
+  for (int64_t i = 0; i < N; i++) targets[i] = i % 3 == 1 ? -100 : int32_t((i * 37) % V);
+  for (int64_t Vp : {1024, 1003})
+    for (DType d : kAll)
+      for (float scale : {0.0f, 0.25f}) {
+        Pair logits(d, randn(N * Vp, 3.0f, 1)), losses(DType::f32, randn(N, 1.0f, 2));
+        both([&](Backend& be, bool g) { be.softmax_xent(logits(g), losses.f(g), targets.data(), N, V, Vp, scale, d); });
+        const std::string at = fmt::format(" with ignored rows (Vp={})", Vp);
+        expect_match(losses, "softmax_xent losses" + at);
+        expect_match(logits, "softmax_xent dlogits" + at);
+        const Vec l = losses.g.values(), x = logits.g.values();
+        for (int64_t i = 1; i < N; i += 3) {
+          EXPECT_EQ(l[i], 0.0) << "row " << i << at;
+          if (scale == 0.0f) continue;
+          for (int64_t v = 0; v < Vp; v++) ASSERT_EQ(x[i * Vp + v], 0.0) << "row " << i << at;
+        }
+      }
+}
+
+// A host QuantTensor's buffers in managed memory, which both backends read.
+struct ManagedQuant {
+  void *q = nullptr, *absmax = nullptr, *scale = nullptr;
+  QuantView v;
+  explicit ManagedQuant(const QuantTensor& t) : v(t.view()) {
+    auto put = [](void*& p, const void* src, size_t bytes) {
+      EXPECT_EQ(cudaMallocManaged(&p, std::max<size_t>(bytes, 1)), cudaSuccess);
+      std::memcpy(p, src, bytes);
+    };
+    put(q, t.q.data(), t.q.size());
+    put(absmax, t.absmax.data(), t.absmax.size());
+    put(scale, t.scale.data(), t.scale.size() * sizeof(float));
+    v.q = static_cast<const uint8_t*>(q);
+    v.absmax = t.absmax.empty() ? nullptr : static_cast<const uint8_t*>(absmax);
+    v.scale = static_cast<const float*>(scale);
+  }
+  ManagedQuant(const ManagedQuant&) = delete;
+  ~ManagedQuant() { cudaFree(q); cudaFree(absmax); cudaFree(scale); }
+};
+
+// Windows of NF4 and int8 matrices dequantized into each dtype: the CPU's values bit for bit,
+// with 8 values per thread (aligned windows of 200 columns) and one (the others).
+TEST(CudaDequantize, WindowsMatchCpuBitForBit) {
+  REQUIRE_CUDA();
+  for (int64_t C : {200, 100}) {
+    const int64_t R = 40;
+    const auto w = randn(R * C, 0.02f, 1);
+    for (const QuantTensor& t : {quantize_nf4(w.data(), R, C), quantize_int8(w.data(), R, C)}) {
+      ManagedQuant mq(t);
+      for (DType d : kAll)
+        for (const std::array<int64_t, 4>& wd : {std::array<int64_t, 4>{0, R, 0, C}, {3, 20, 24, 64}, {5, 17, 5, 77}}) {
+          const int64_t row0 = wd[0], rows = wd[1], col0 = wd[2], cols = wd[3];
+          Pair out(d, size_t(rows * cols));
+          both([&](Backend& be, bool g) { be.dequantize(out(g), mq.v, row0, rows, col0, cols, d); });
+          EXPECT_EQ(out.g.values(), out.c.values()) << quant_format_name(t.format) << " in " << dtype_name(d)
+                                                    << ", C=" << C << ", rows [" << row0 << ", +" << rows << ") cols ["
+                                                    << col0 << ", +" << cols << ")";
+        }
+    }
+  }
+}
+
+// The quantized linear layers, several panels each way (IC = 1000, OC = 2500: 2048 + 452 rows
+// forward, 768 + 232 columns backward).
+TEST(CudaQuantLinear, ForwardAndBackwardMatchCpu) {
+  REQUIRE_CUDA();
+  const int64_t BT = 5, IC = 1000, OC = 2500;
+  const auto wf = randn(OC * IC, 0.02f, 1);
+  for (const QuantTensor& t : {quantize_nf4(wf.data(), OC, IC), quantize_int8(wf.data(), OC, IC)}) {
+    ManagedQuant mq(t);
+    for (DType d : kAll) {
+      Pair x(d, randn(BT * IC, 1.0f, 2)), dy(d, randn(BT * OC, 1.0f, 3)), b(DType::f32, randn(OC, 1.0f, 4));
+      Pair y(d, BT * OC), dx(d, BT * IC), ws(d, size_t(quant_panel_rows(IC, OC) * IC));
+      both([&](Backend& be, bool g) {
+        quant_linear_forward(be, y(g), x(g), mq.v, b.f(g), ws(g), BT, IC, OC, d);
+        quant_linear_backward(be, dx(g), dy(g), mq.v, ws(g), BT, IC, OC, d);
+      });
+      expect_match(y, fmt::format("quant linear out ({})", quant_format_name(t.format)));
+      expect_match(dx, fmt::format("quant linear dinp ({})", quant_format_name(t.format)));
+    }
+  }
 }
 
 TEST(CudaElementwise, AddCastSumsAdamWMatchCpu) {

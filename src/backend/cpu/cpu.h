@@ -52,12 +52,15 @@ class CpuBackend final : public Backend {
   void attention_backward(void* dqkv, const void* dout, const void* qkv, const void* out,
                           const float* lse, int64_t B, int64_t T, int64_t NH, int64_t NKV,
                           int64_t HS, DType dt) override;
-  void embedding_forward(float* out, const int32_t* tokens, const float* wte, const float* wpe,
-                         int64_t B, int64_t T, int64_t C) override;
+  void embedding_forward(float* out, const int32_t* tokens, const void* wte, const void* wpe,
+                         int64_t B, int64_t T, int64_t C, DType wdt) override;
   void embedding_backward(float* dwte, float* dwpe, const float* dout, const int32_t* tokens,
                           int64_t B, int64_t T, int64_t C) override;
   void add(float* out, const float* a, const void* b, int64_t n, DType dt) override;
   void cast(void* dst, const float* src, int64_t n, DType dt) override;
+  void dequantize(void* out, const QuantView& q, int64_t row0, int64_t rows, int64_t col0, int64_t cols,
+                  DType dt) override;
+  void scale(void* x, float s, int64_t n, DType dt) override;
   void softmax_xent(void* logits, float* losses, const int32_t* targets, int64_t N, int64_t V,
                     int64_t Vp, float grad_scale, DType dt) override;
   void adamw(const std::vector<AdamWSpan>& spans, const AdamWArgs& a, DType copy_dt) override;

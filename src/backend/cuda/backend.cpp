@@ -130,6 +130,21 @@ void CudaBackend::cast(void* dst, const float* src, int64_t n, DType dt) {
   CUDA_LAUNCHED();
 }
 
+void CudaBackend::scale(void* x, float s, int64_t n, DType dt) {
+  launch_scale(x, s, n, dt);
+  CUDA_LAUNCHED();
+}
+
+void CudaBackend::dequantize(void* out, const QuantView& q, int64_t row0, int64_t rows, int64_t col0,
+                             int64_t cols, DType dt) {
+  FRUGAL_CHECK(row0 >= 0 && col0 >= 0 && rows >= 0 && cols >= 0 && row0 + rows <= q.rows && col0 + cols <= q.cols,
+               "dequantize rows [{}, {}) cols [{}, {}) of a ({}, {}) {} matrix", row0, row0 + rows, col0,
+               col0 + cols, q.rows, q.cols, quant_format_name(q.format));
+  if (rows == 0 || cols == 0) return;
+  launch_dequantize(out, q, row0, rows, col0, cols, dt);
+  CUDA_LAUNCHED();
+}
+
 
 // The span table (pointers, sizes, decay flags: nothing that changes per step, such as the
 // learning rate) goes to the device only when it changes, the first step in practice: a
@@ -212,9 +227,9 @@ void CudaBackend::gelu_backward(void* dinp, const void* inp, const void* dout, i
   CUDA_LAUNCHED();
 }
 
-void CudaBackend::embedding_forward(float* out, const int32_t* tokens, const float* wte,
-                                    const float* wpe, int64_t B, int64_t T, int64_t C) {
-  launch_embedding_forward(out, stage(tokens, B * T), wte, wpe, B, T, C);
+void CudaBackend::embedding_forward(float* out, const int32_t* tokens, const void* wte,
+                                    const void* wpe, int64_t B, int64_t T, int64_t C, DType wdt) {
+  launch_embedding_forward(out, stage(tokens, B * T), wte, wpe, B, T, C, wdt);
   CUDA_LAUNCHED();
 }
 

@@ -12,6 +12,7 @@
 namespace frugal {
 
 void launch_add(float* out, const float* a, const void* b, int64_t n, DType dt);
+void launch_scale(void* x, float s, int64_t n, DType dt);
 // stream: a cudaStream_t (null: the compute stream)
 void launch_cast(void* dst, const float* src, int64_t n, DType dt, void* stream = nullptr);
 void launch_widen(float* dst, const void* src, int64_t n, DType dt, void* stream = nullptr);  // dt -> fp32
@@ -60,8 +61,8 @@ void launch_rope(void* x, const float* cos, const float* sin, int64_t B, int64_t
 void launch_gelu_forward(void* out, const void* inp, int64_t n, DType dt);
 void launch_gelu_backward(void* dinp, const void* inp, const void* dout, int64_t n, DType dt);
 // tokens on the device
-void launch_embedding_forward(float* out, const int32_t* tokens, const float* wte, const float* wpe,
-                              int64_t B, int64_t T, int64_t C);
+void launch_embedding_forward(float* out, const int32_t* tokens, const void* wte, const void* wpe,
+                              int64_t B, int64_t T, int64_t C, DType wdt);
 // rows: the positions of dout grouped by token, on the device: starts(n_tokens + 1) into
 // pos(B T), then tokens(n_tokens); each token's rows in increasing position
 void launch_embedding_backward(float* dwte, float* dwpe, const float* dout, const int32_t* rows,
@@ -69,6 +70,9 @@ void launch_embedding_backward(float* dwte, float* dwpe, const float* dout, cons
 // targets on the device; logits in dt, overwritten by dlogits when grad_scale != 0
 void launch_softmax_xent(void* logits, float* losses, const int32_t* targets, int64_t N, int64_t V,
                          int64_t Vp, float grad_scale, DType dt);
+// q's buffers on the device
+void launch_dequantize(void* out, const QuantView& q, int64_t row0, int64_t rows, int64_t col0, int64_t cols,
+                       DType dt);
 // Head sizes with a kernel: 16, 32, 64, 128.
 bool attention_supports(int64_t HS);
 void launch_attention_forward(void* out, float* lse, const void* qkv, int64_t B, int64_t T,
