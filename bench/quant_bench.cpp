@@ -127,8 +127,8 @@ int main(int argc, char** argv) {
   for (const DeviceQuant* q : {&qn, &qi}) {
     const QuantView v = q->v;
     Row r{std::string(quant_format_name(v.format)) + " linear",
-          median_ms([&] { quant_linear_forward(be, Y.data(), X.data(), v, nullptr, WS.data(), BT, IC, OC, dt); }),
-          median_ms([&] { quant_linear_backward(be, DX.data(), DY.data(), v, WS.data(), BT, IC, OC, dt); }),
+          median_ms([&] { quant_linear_forward(be, Y.data(), X.data(), {v}, nullptr, WS.data(), BT, IC, OC, dt); }),
+          median_ms([&] { quant_linear_backward(be, DX.data(), DY.data(), {v}, WS.data(), BT, IC, OC, dt); }),
           double(quant_bytes(v.format, OC * IC)) / (1 << 20), 0.0};
     const std::vector<double> out = outputs();
     double num = 0, den = 0;

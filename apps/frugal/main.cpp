@@ -119,7 +119,9 @@ static int cmd_export(const std::string& from, const std::string& out, int64_t m
   const bool file = !fs::is_directory(from);
   const RunWeights w = file ? RunWeights{} : find_run_weights(from);
   if (merge && !w.lora()) user_error("--merge: {} has no LoRA adapters to merge (its weights are whole)", from);
-  const ModelConfig c = file ? read_model_config(from) : w.cfg.model;
+  ModelConfig c = file ? read_model_config(from) : w.cfg.model;
+  const BaseFormat trained_on = c.lora.base;
+  if (merge) c.lora.base = BaseFormat::compute;  // the base in fp32, merged into deq(quant(W)) where it was quantized
   Model model(c, cpu_backend());
   if (file) load_model(from, model);
   else load_run_weights(w, model);
@@ -133,7 +135,7 @@ static int cmd_export(const std::string& from, const std::string& out, int64_t m
                source, out, out);
     return 0;
   }
-  if (merge) model.merge_lora();
+  if (merge) model.merge_lora(trained_on);
   const int files = save_model_dir(out, model, max_shard_bytes);
   save_hf_config(out + "/config.json", c);
   fmt::print("export: {}{} -> {}/{}, {}/config.json ({})\n", source, merge ? " merged into its base" : "", out,

@@ -229,12 +229,15 @@ std::unique_ptr<Backend> timing_backend(Backend& inner, OpTimes* times);
 // the whole layer). w: the quantized weight (OC, IC), frozen: no weight gradient.
 // out(BT,OC) = inp(BT,IC) deq(w)^T + bias(OC) (bias fp32 or null): OC in panels of rows of W,
 // each panel's GEMM writing its column block of out.
-void quant_linear_forward(Backend& be, void* out, const void* inp, const QuantView& w, const float* bias,
+// A weight may be several quantized tensors stacked by rows, each quantized on its own (as
+// bitsandbytes quantizes transformers' q_proj, k_proj, v_proj that are rows of frugal's qkv).
+using QuantStack = std::vector<QuantView>;
+void quant_linear_forward(Backend& be, void* out, const void* inp, const QuantStack& w, const float* bias,
                           void* ws, int64_t BT, int64_t IC, int64_t OC, DType dt);
 // dinp(BT,IC) = dout(BT,OC) deq(w) (overwritten): IC in panels of columns of W (OC x k, k a
 // multiple of 64 where it can be, within the same workspace), each panel's GEMM writing its
 // column block of dinp, summed over all of OC in fp32 in one GEMM (no 16-bit partial sums).
-void quant_linear_backward(Backend& be, void* dinp, const void* dout, const QuantView& w, void* ws,
+void quant_linear_backward(Backend& be, void* dinp, const void* dout, const QuantStack& w, void* ws,
                            int64_t BT, int64_t IC, int64_t OC, DType dt);
 // Rows of W per forward panel: 2^21 values (4 MiB in a 16-bit dtype), a multiple of 64 where it
 // can be, at most OC, and at least OC / IC (so that backward's panels hold one column or more).

@@ -28,32 +28,49 @@ static int64_t quant_panel_cols(int64_t IC, int64_t OC) {
   return std::min(cols, IC);
 }
 
-static void check_shape(const char* op, const QuantView& w, int64_t IC, int64_t OC) {
-  FRUGAL_CHECK(w.rows == OC && w.cols == IC, "{}: a ({}, {}) {} weight for IC {}, OC {}", op, w.rows, w.cols,
-               quant_format_name(w.format), IC, OC);
+static void check_shape(const char* op, const QuantStack& w, int64_t IC, int64_t OC) {
+  int64_t rows = 0;
+  for (const QuantView& v : w) {
+    FRUGAL_CHECK(v.cols == IC, "{}: a ({}, {}) {} part for IC {}", op, v.rows, v.cols, quant_format_name(v.format), IC);
+    rows += v.rows;
+  }
+  FRUGAL_CHECK(rows == OC, "{}: parts of {} rows in all for OC {}", op, rows, OC);
 }
 
-void quant_linear_forward(Backend& be, void* out, const void* inp, const QuantView& w, const float* bias,
+// ws(rows, cols) in dt = W[r0 : r0 + rows, c0 : c0 + cols] of the stacked parts.
+static void dequantize_stack(Backend& be, void* ws, const QuantStack& w, int64_t r0, int64_t rows, int64_t c0,
+                             int64_t cols, DType dt) {
+  int64_t first = 0;  // the stack's row where part v begins
+  for (const QuantView& v : w) {
+    const int64_t lo = std::max(r0, first), hi = std::min(r0 + rows, first + v.rows);
+    if (lo < hi)
+      be.dequantize(static_cast<char*>(ws) + size_t((lo - r0) * cols) * dtype_size(dt), v, lo - first, hi - lo, c0,
+                    cols, dt);
+    first += v.rows;
+  }
+}
+
+void quant_linear_forward(Backend& be, void* out, const void* inp, const QuantStack& w, const float* bias,
                           void* ws, int64_t BT, int64_t IC, int64_t OC, DType dt) {
   check_shape("quant_linear_forward", w, IC, OC);
   const int64_t P = quant_panel_rows(IC, OC);
   const size_t es = dtype_size(dt);
   for (int64_t o0 = 0; o0 < OC; o0 += P) {
     const int64_t m = std::min(P, OC - o0);
-    be.dequantize(ws, w, o0, m, 0, IC, dt);  // ws(m, IC) = W[o0 : o0 + m]
+    dequantize_stack(be, ws, w, o0, m, 0, IC, dt);  // ws(m, IC) = W[o0 : o0 + m]
     be.matmul(false, true, BT, m, IC, inp, IC, ws, IC, static_cast<char*>(out) + size_t(o0) * es, OC, dt, dt,
               bias ? bias + o0 : nullptr, false);
   }
 }
 
-void quant_linear_backward(Backend& be, void* dinp, const void* dout, const QuantView& w, void* ws,
+void quant_linear_backward(Backend& be, void* dinp, const void* dout, const QuantStack& w, void* ws,
                            int64_t BT, int64_t IC, int64_t OC, DType dt) {
   check_shape("quant_linear_backward", w, IC, OC);
   const int64_t K = quant_panel_cols(IC, OC);
   const size_t es = dtype_size(dt);
   for (int64_t c0 = 0; c0 < IC; c0 += K) {
     const int64_t k = std::min(K, IC - c0);
-    be.dequantize(ws, w, 0, OC, c0, k, dt);  // ws(OC, k) = W[:, c0 : c0 + k]
+    dequantize_stack(be, ws, w, 0, OC, c0, k, dt);  // ws(OC, k) = W[:, c0 : c0 + k]
     be.matmul(false, false, BT, k, OC, dout, OC, ws, k, static_cast<char*>(dinp) + size_t(c0) * es, IC, dt, dt,
               nullptr, false);
   }

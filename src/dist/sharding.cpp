@@ -48,7 +48,7 @@ void strategy_memory(const std::vector<UnitSpec>& table, DType dt, Sharding shar
   int L = 0;
   for (const UnitSpec& t : table) {
     if (t.frozen) {
-      frozen += dt == DType::f32 ? 4 * t.numel : es * t.nbig + 4 * (t.numel - t.nbig);
+      frozen += frozen_bytes(t, dt);
       L += t.kind == UnitKind::block;
       continue;
     }

@@ -80,6 +80,7 @@ std::vector<UnitSpec> param_table(const ModelConfig& cfg) {
   for (size_t i = 0; i < num_base; i++) {
     units[i].frozen = true;
     if (units[i].kind != UnitKind::block) continue;
+    units[i].base = cfg.lora.base;  // QLoRA quantizes the blocks' linear weights, not the embedding or head
     std::vector<ParamSpec> specs;
     const std::vector<LoraSite> sites = sites_of(cfg, units[i], "lora.targets");
     for (size_t k = 0; k < sites.size(); k++)
@@ -175,11 +176,25 @@ void Model::lora_backward_input(int l, float* Tensors::*weight, void* dx, int64_
   }
 }
 
-void Model::merge_lora() {
+void Model::merge_lora(BaseFormat trained_on) {
   FRUGAL_CHECK(dt_ == DType::f32 && !sites_.empty(), "merge_lora: an fp32 model with adapters");
   const int64_t r = cfg_.lora.rank;
   for (int l = 0; l < cfg_.n_layer; l++) {
     Unit& base = block_unit(l);
+    for (const ParamSpec& s : base.specs) {  // QLoRA: the weights the adapters were trained against
+      if (s.shape.size() != 2 || trained_on == BaseFormat::compute) continue;
+      std::vector<float> w(size_t(s.numel));
+      be_.copy(w.data(), base.p.*s.field, w.size() * sizeof(float));
+      int64_t row0 = 0;
+      for (const HfPart& part : s.hf) {  // each transformers tensor quantized on its own
+        float* rows = w.data() + row0 * s.shape[1];
+        const QuantTensor q = trained_on == BaseFormat::nf4 ? quantize_nf4(rows, part.rows, s.shape[1])
+                                                            : quantize_int8(rows, part.rows, s.shape[1]);
+        dequantize_ref(rows, q.view(), 0, part.rows * s.shape[1]);
+        row0 += part.rows;
+      }
+      be_.copy(base.p.*s.field, w.data(), w.size() * sizeof(float));
+    }
     const Unit& a = units_[adapters_[size_t(l)]];
     for (size_t k = 0; k < sites_[size_t(l)].size(); k++) {
       const LoraSite& s = sites_[size_t(l)][k];

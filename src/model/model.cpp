@@ -25,10 +25,56 @@ UnitSpec make_unit_spec(UnitKind kind, int layer, std::string name, std::vector<
 
 const char* family_name(Family f) { return f == Family::llama ? "llama" : "gpt2"; }
 
+static int64_t align64(int64_t n) { return (n + 63) / 64 * 64; }
+
+// Where the parts of one quantized tensor of n values sit in its region: codes, absmax codes
+// (nf4), scales (nf4's absmax2, int8's per block), each 64-byte aligned.
+struct QuantParts {
+  int64_t q, absmax, scale;
+  int64_t total() const { return q + absmax + scale; }
+};
+static QuantParts quant_parts(BaseFormat b, int64_t n) {
+  const int64_t nb = (n + kQuantBlock - 1) / kQuantBlock;
+  const bool nf4 = b == BaseFormat::nf4;
+  return {align64(nf4 ? (n + 1) / 2 : n), align64(nf4 ? nb : 0), align64(4 * (nf4 ? (nb + kNf4Block2 - 1) / kNf4Block2 : nb))};
+}
+
+int64_t frozen_bytes(const UnitSpec& u, DType dt) {
+  const int64_t tail = 4 * (u.numel - u.nbig);
+  const BaseFormat base = u.base;
+  if (base == BaseFormat::compute) return dt == DType::f32 ? 4 * u.numel : int64_t(dtype_size(dt)) * u.nbig + tail;
+  int64_t q = 0;  // each of transformers' tensors (q_proj, k_proj, ...) quantized on its own
+  for (const ParamSpec& s : u.specs)
+    if (s.shape.size() == 2)
+      for (const HfPart& part : s.hf) q += quant_parts(base, part.rows * s.shape[1]).total();
+  return q + tail;
+}
+
 // A unit of the table with the storage the model owns.
 static Unit make_unit(UnitSpec spec, DType dt, Own own) {
   Unit u;
   static_cast<UnitSpec&>(u) = std::move(spec);
+  const BaseFormat base = u.base;
+  if (base != BaseFormat::compute) {  // the 2-D weights quantized, each in its region of `quant`; the tail fp32
+    u.params = PoolArray<float>(size_t(u.numel - u.nbig), Mem::params);
+    u.quant = PoolArray<std::byte>(size_t(frozen_bytes(u, dt) - 4 * (u.numel - u.nbig)), Mem::params);
+    u.qv.resize(u.specs.size());
+    int64_t off = 0;
+    for (size_t k = 0; k < u.specs.size(); k++) {
+      const ParamSpec& s = u.specs[k];
+      if (s.shape.size() != 2) continue;
+      for (const HfPart& part : s.hf) {
+        const QuantParts q = quant_parts(base, part.rows * s.shape[1]);
+        const auto* at = reinterpret_cast<const uint8_t*>(u.quant.data() + off);
+        u.qv[k].push_back({base == BaseFormat::nf4 ? QuantFormat::nf4 : QuantFormat::int8, part.rows, s.shape[1], at,
+                           base == BaseFormat::nf4 ? at + q.q : nullptr, reinterpret_cast<const float*>(at + q.q + q.absmax),
+                           0.0f});
+        off += q.total();
+      }
+    }
+    u.bind_params(nullptr, u.params.data(), nullptr);
+    return u;
+  }
   if (u.frozen) {  // the 2-D weights in the compute dtype only, the tail in fp32; no gradients
     const bool f32 = dt == DType::f32;
     u.params = PoolArray<float>(size_t(f32 ? u.numel : u.numel - u.nbig), Mem::params);
@@ -150,7 +196,20 @@ std::vector<Model::Named> Model::named_params() {
 void Model::write_param(const Named& n, const float* host) {
   const size_t bytes = size_t(n.spec->numel) * sizeof(float);
   if (n.data) return be_.copy(n.data, host, bytes);
-  Unit& u = units_[n.unit];  // a frozen unit's 2-D weight: its compute copy
+  Unit& u = units_[n.unit];
+  if (!u.qv.empty()) {  // each part quantized on the host, then copied where the backend reads it
+    const float* rows = host;
+    for (QuantView& v : u.qv[size_t(n.spec - u.specs.data())]) {
+      const QuantTensor t = v.format == QuantFormat::nf4 ? quantize_nf4(rows, v.rows, v.cols) : quantize_int8(rows, v.rows, v.cols);
+      be_.copy(const_cast<uint8_t*>(v.q), t.q.data(), t.q.size());
+      if (v.absmax) be_.copy(const_cast<uint8_t*>(v.absmax), t.absmax.data(), t.absmax.size());
+      be_.copy(const_cast<float*>(v.scale), t.scale.data(), t.scale.size() * sizeof(float));
+      v.offset = t.offset;
+      rows += v.rows * v.cols;
+    }
+    return;
+  }
+  // a frozen unit's 2-D weight: its compute copy
   FRUGAL_CHECK(u.frozen && u.compute.data(), "{} has no storage", n.spec->name);
   uint16_t* dst = u.compute.data() + n.spec->offset;
   if (!be_.gpu()) return be_.cast(dst, host, n.spec->numel, dt_);
@@ -158,6 +217,16 @@ void Model::write_param(const Named& n, const float* host) {
   be_.copy(staged.data(), host, bytes);
   be_.cast(dst, staged.data(), n.spec->numel, dt_);
   be_.synchronize();
+}
+
+// Elements of the quantized layers' panel workspace: the largest of the block's four linears'.
+static int64_t quant_ws_elems(const ModelConfig& c) {
+  if (!c.lora.on() || c.lora.base == BaseFormat::compute) return 0;
+  const ActWidths w{c.n_embd, c.qkv_width(), c.gated_mlp() ? 2 * c.ffn() : c.ffn(), c.ffn(), 0, 0};
+  int64_t most = 0;
+  for (auto [OC, IC] : {std::pair{w.W, w.C}, {w.C, w.C}, {w.fin, w.C}, {w.C, w.F}})
+    most = std::max(most, quant_panel_rows(IC, OC) * IC);
+  return most;
 }
 
 void Model::allocate(int B, int T, const std::vector<Recompute>& plan, int64_t head_rows) {
@@ -220,6 +289,7 @@ void Model::allocate(int B, int T, const std::vector<Recompute>& plan, int64_t h
   res_mid_ = {size_t(BT * C), W};
   dres_c_ = Bytes(dt_ != DType::f32 ? size_t(BT * C) * es : 0, W);
   lora_ws_ = Bytes(size_t(BT * lora_width(cfg_)) * es, W);
+  quant_ws_ = Bytes(size_t(quant_ws_elems(cfg_)) * es, W);
   norm_sink_ = {cfg_.lora.on() ? size_t(2 * C) : 0, W};
   if (cfg_.rotary()) {
     std::vector<float> c, s;
@@ -276,6 +346,7 @@ MemoryEstimate model_memory(const ModelConfig& cfg, int B, int T, DType dt, cons
   if (dt != DType::f32) work += BT * C * e;                    // dres in dt
   if (cfg.rotary()) work += 4.0 * T * cfg.head_size();  // the rotary tables
   work += BT * double(lora_width(cfg)) * e + (cfg.lora.on() ? 8.0 * C : 0.0);  // LoRA's h and dh, the norms' sink
+  work += double(quant_ws_elems(cfg)) * e;  // a quantized base's dequantized panel
   MemoryEstimate m;
   m.bytes[int(Mem::activations)] = size_t(acts);
   m.bytes[int(Mem::workspace)] = size_t(work);
@@ -358,6 +429,28 @@ void Model::rope(void* qkv, int B, int T, bool inverse) {
            cfg_.head_size(), inverse, dt_);
 }
 
+// The view of a quantized weight `weight` of unit u.
+static const QuantStack& qview(const Unit& u, float* Tensors::*weight) {
+  for (size_t k = 0; k < u.specs.size(); k++)
+    if (u.specs[k].site < 0 && u.specs[k].field == weight) return u.qv[k];
+  FRUGAL_CHECK(false, "unit {} has no such weight", u.name);
+}
+
+void Model::linear(int l, float* Tensors::*weight, float* Tensors::*bias, void* out, const void* in, int64_t BT,
+                   int64_t IC, int64_t OC) {
+  const Unit& u = block_unit(l);
+  const float* b = u.p.*bias;
+  if (!u.qv.empty()) return quant_linear_forward(be_, out, in, qview(u, weight), b, quant_ws_.data(), BT, IC, OC, dt_);
+  be_.linear_forward(out, in, cw(u, weight), b, BT, IC, OC, dt_);
+}
+
+void Model::linear_backward(int l, float* Tensors::*weight, float* Tensors::*bias, void* dinp, const void* dout,
+                            const void* inp, int64_t BT, int64_t IC, int64_t OC) {
+  const Unit& u = block_unit(l);
+  if (!u.qv.empty()) return quant_linear_backward(be_, dinp, dout, qview(u, weight), quant_ws_.data(), BT, IC, OC, dt_);
+  be_.linear_backward(dinp, u.g.*weight, u.g.*bias, dout, inp, cw(u, weight), BT, IC, OC, dt_);
+}
+
 void Model::block_forward(int l, int B, int T, bool recompute) {
   const Unit& u = block_unit(l);
   const Tensors& p = u.p;
@@ -371,31 +464,31 @@ void Model::block_forward(int l, int B, int T, bool recompute) {
     stash_block_ = l;
   }
   norm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, x, p.ln1_w, p.ln1_b, BT);
-  be_.linear_forward(a.qkv, a.ln1, cw(u, &Tensors::qkv_w), p.qkv_b, BT, C, W, dt);
+  linear(l, &Tensors::qkv_w, &Tensors::qkv_b, a.qkv, a.ln1, BT, C, W);
   lora_forward(l, &Tensors::qkv_w, a.ln1, a.qkv, BT);
   rope(a.qkv, B, T, false);
   be_.attention_forward(a.atty, a.lse, a.qkv, B, T, cfg_.n_head, cfg_.kv_heads(), cfg_.head_size(), dt);
-  be_.linear_forward(a.proj, a.atty, cw(u, &Tensors::proj_w), p.proj_b, BT, C, C, dt);
+  linear(l, &Tensors::proj_w, &Tensors::proj_b, a.proj, a.atty, BT, C, C);
   lora_forward(l, &Tensors::proj_w, a.atty, a.proj, BT);
   float* res_mid = res_mid_.data();
   be_.add(res_mid, x, a.proj, BT * C, dt);
   norm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, res_mid, p.ln2_w, p.ln2_b, BT);
   const int64_t fin = glu ? 2 * F : F;
   const bool fc_lora = has_lora(l, &Tensors::fc_w);
-  if (recompute || glu || fc_lora) {  // the activation, like the norms, is recomputed where backward uses it
-    be_.linear_forward(a.fch, a.ln2, cw(u, &Tensors::fc_w), p.fc_b, BT, C, fin, dt);
+  if (recompute || glu || fc_lora || !u.qv.empty()) {  // the activation, like the norms, is recomputed where backward uses it
+    linear(l, &Tensors::fc_w, &Tensors::fc_b, a.fch, a.ln2, BT, C, fin);
     lora_forward(l, &Tensors::fc_w, a.ln2, a.fch, BT);
     if (recompute) return;
   }
   if (glu) {
     be_.swiglu_forward(a.fch_gelu, a.fch, BT, F, dt);
-  } else if (fc_lora) {
+  } else if (fc_lora || !u.qv.empty()) {
     be_.gelu_forward(a.fch_gelu, a.fch, BT * F, dt);
   } else {
     be_.linear_gelu_forward(a.fch_gelu, a.fch, a.ln2, cw(u, &Tensors::fc_w), p.fc_b, BT, C, F, dt);
   }
   void* mlp_out = dsmall_.data();
-  be_.linear_forward(mlp_out, a.fch_gelu, cw(u, &Tensors::fcproj_w), p.fcproj_b, BT, F, C, dt);
+  linear(l, &Tensors::fcproj_w, &Tensors::fcproj_b, mlp_out, a.fch_gelu, BT, F, C);
   lora_forward(l, &Tensors::fcproj_w, a.fch_gelu, mlp_out, BT);
   be_.add(res_[l + 1], res_mid, mlp_out, BT * C, dt);
 }
@@ -465,8 +558,8 @@ void Model::block_backward(int l, int B, int T) {
     else be_.gelu_forward(a.fch_gelu, a.fch, BT * F, dt);
   }
   lora_backward(l, &Tensors::fcproj_w, a.fch_gelu, dres_compute(), BT);
-  if (glu || down_lora) {  // d(gate|up) overwrites the stashed gate|up, which nothing reads after
-    be_.linear_backward(dbig, g.fcproj_w, g.fcproj_b, dres_compute(), a.fch_gelu, cw(u, &Tensors::fcproj_w), BT, F, C, dt);
+  if (glu || down_lora || !u.qv.empty()) {  // d(gate|up) overwrites the stashed gate|up, which nothing reads after
+    linear_backward(l, &Tensors::fcproj_w, &Tensors::fcproj_b, dbig, dres_compute(), a.fch_gelu, BT, F, C);
     lora_backward_input(l, &Tensors::fcproj_w, dbig, BT);
     if (glu) be_.swiglu_backward(a.fch, a.fch, dbig, BT, F, dt);
     else be_.gelu_backward(dbig, a.fch, dbig, BT * F, dt);
@@ -477,22 +570,21 @@ void Model::block_backward(int l, int B, int T) {
   const void* dfch = glu ? static_cast<const void*>(a.fch) : dbig;
   if (rebuild) norm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, res_mid, p.ln2_w, p.ln2_b, BT);
   lora_backward(l, &Tensors::fc_w, a.ln2, dfch, BT);
-  be_.linear_backward(dsmall, g.fc_w, g.fc_b, dfch, a.ln2, cw(u, &Tensors::fc_w), BT, C, glu ? 2 * F : F, dt);
+  linear_backward(l, &Tensors::fc_w, &Tensors::fc_b, dsmall, dfch, a.ln2, BT, C, glu ? 2 * F : F);
   lora_backward_input(l, &Tensors::fc_w, dsmall, BT);
   norm_backward(dres, g.ln2_w, g.ln2_b, dsmall, res_mid, p.ln2_w, a.ln2_mean, a.ln2_rstd, BT);
   // attention: res_mid = x + proj(attention(rope(qkv(ln1(x)))))
   if (plan_[l] == Recompute::selective)
     be_.attention_forward(a.atty, a.lse, a.qkv, B, T, cfg_.n_head, cfg_.kv_heads(), cfg_.head_size(), dt);
   lora_backward(l, &Tensors::proj_w, a.atty, dres_compute(), BT);
-  be_.linear_backward(dsmall, g.proj_w, g.proj_b, dres_compute(), a.atty,
-                      cw(u, &Tensors::proj_w), BT, C, C, dt);
+  linear_backward(l, &Tensors::proj_w, &Tensors::proj_b, dsmall, dres_compute(), a.atty, BT, C, C);
   lora_backward_input(l, &Tensors::proj_w, dsmall, BT);
   void* dqkv = dbig;  // its first W columns
   be_.attention_backward(dqkv, dsmall, a.qkv, a.atty, a.lse, B, T, cfg_.n_head, cfg_.kv_heads(), cfg_.head_size(), dt);
   rope(dqkv, B, T, true);
   if (rebuild) norm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, res_[l], p.ln1_w, p.ln1_b, BT);
   lora_backward(l, &Tensors::qkv_w, a.ln1, dqkv, BT);
-  be_.linear_backward(dsmall, g.qkv_w, g.qkv_b, dqkv, a.ln1, cw(u, &Tensors::qkv_w), BT, C, W, dt);
+  linear_backward(l, &Tensors::qkv_w, &Tensors::qkv_b, dsmall, dqkv, a.ln1, BT, C, W);
   lora_backward_input(l, &Tensors::qkv_w, dsmall, BT);
   norm_backward(dres, g.ln1_w, g.ln1_b, dsmall, res_[l], p.ln1_w, a.ln1_mean, a.ln1_rstd, BT);
 }

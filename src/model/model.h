@@ -168,6 +168,7 @@ struct UnitSpec {
   int64_t numel = 0;
   int64_t nbig = 0;                      // [0, nbig): 2-D weights; [nbig, numel): the 1-D tail
   bool frozen = false;                   // LoRA's base: no master, gradient or optimizer state
+  BaseFormat base = BaseFormat::compute; // a frozen block's 2-D weights: compute dtype, nf4 or int8
 };
 // The family's table: the embedding, n_layer blocks, the final norm, the head when untied; under
 // LoRA these frozen, then an adapter unit per block.
@@ -192,6 +193,8 @@ void rope_tables(const ModelConfig& cfg, int T, std::vector<float>& cos, std::ve
 struct Unit : UnitSpec {
   PoolArray<float> params, grads;        // owned full buffers (empty when not owned)
   PoolArray<uint16_t> compute;           // owned (numel) bf16/fp16 copy; empty in fp32
+  PoolArray<std::byte> quant;            // a frozen block's 2-D weights quantized (lora.base nf4, int8)
+  std::vector<QuantStack> qv;            // per spec, into quant: a part per transformers tensor (1-D: none)
   const uint16_t* wc = nullptr;          // the compute copy the GEMMs read
   Tensors p, g;
   int64_t offset_of(float* Tensors::*field) const;
@@ -200,6 +203,11 @@ struct Unit : UnitSpec {
   void bind_params(float* big, float* tail, const uint16_t* compute_copy);
   void bind_grads(float* big, float* tail);
 };
+
+// Bytes a frozen unit takes (LoRA's base): its 2-D weights in the compute dtype, or for a block
+// under lora.base nf4/int8 each quantized (core/quant.h, each part 64-byte aligned); its 1-D tail
+// in fp32.
+int64_t frozen_bytes(const UnitSpec& u, DType dt);
 
 // Which of a unit's states the model allocates itself (the rest come from dist's Shards).
 enum class Own : uint8_t { all, params, none };
@@ -325,8 +333,9 @@ class Model {
   void embed_backward(const int32_t* tokens, int B, int T);
 
   // LoRA, fp32: adds (alpha/r) B A into every targeted rows of the frozen base (PEFT's
-  // merge_and_unload); the adapters are left as they are.
-  void merge_lora();
+  // merge_and_unload); the adapters are left as they are. trained_on nf4/int8 (QLoRA): the
+  // blocks' weights first become what the quantized base computed with, deq(quant(W)).
+  void merge_lora(BaseFormat trained_on = BaseFormat::compute);
 
   // Whole forward + loss (no gradients); mean loss.
   float forward_loss(const int32_t* tokens, const int32_t* targets, int B, int T);
@@ -349,6 +358,12 @@ class Model {
                      const float* mean, const float* rstd, int64_t N);
   // Rotates q and k of qkv(B,T,W) by their positions (inverse: the backward's); no-op in gpt2.
   void rope(void* qkv, int B, int T, bool inverse);
+  // Block l's linear layer `weight` (with its bias field), forward and input gradient: over the
+  // compute-dtype weight (the backend's fused GELU forms where given), or a quantized base's.
+  void linear(int l, float* Tensors::*weight, float* Tensors::*bias, void* out, const void* in, int64_t BT, int64_t IC,
+              int64_t OC);
+  void linear_backward(int l, float* Tensors::*weight, float* Tensors::*bias, void* dinp, const void* dout,
+                       const void* inp, int64_t BT, int64_t IC, int64_t OC);
   // LoRA on the sites of block l's linear layer `weight`: forward adds the adapters' outputs into
   // y(BT, out) (dt), from its input x(BT, in); backward, before the layer's own (which may
   // overwrite x), accumulates dA, dB and keeps each site's dh, which backward_input then adds
@@ -373,6 +388,7 @@ class Model {
   std::vector<size_t> blocks_, adapters_;
   std::vector<std::vector<LoraSite>> sites_;   // per block, under LoRA
   Bytes lora_ws_;                              // workspace (B,T, 4 rank) dt: h, then up to 3 dh
+  Bytes quant_ws_;                             // workspace: a quantized layer's dequantized panel (dt)
   PoolArray<float> norm_sink_;                 // workspace (2C): a frozen norm's unused dw, db
   int B_ = 0, T_ = 0;
   int64_t head_rows_ = 0;                      // rows per lm-head chunk

@@ -529,7 +529,8 @@ TEST(Dequantize, WindowsEqualTheCoreReferenceRoundedOnce) {
 // The quantized linear layers against float64 products with the dequantized weight (rounded to
 // dt, as the GEMMs read it), over several panels each way: IC = 4096 (forward panels of 512 rows
 // of W, backward panels of 1856 columns) and IC = 1000 (2048 rows; 768 columns, whose blocks
-// straddle rows).
+// straddle rows). W is two parts quantized on their own (as q_proj, k_proj of a qkv), the first
+// 300 rows and the rest: panels straddle them.
 TEST(QuantLinear, ForwardAndBackwardMatchFloat64OfTheDequantizedWeight) {
   EXPECT_EQ(quant_panel_rows(4096, 11008), 512);
   EXPECT_EQ(quant_panel_rows(4096, 100), 100);
@@ -539,15 +540,21 @@ TEST(QuantLinear, ForwardAndBackwardMatchFloat64OfTheDequantizedWeight) {
     for (QuantFormat f : {QuantFormat::nf4, QuantFormat::int8})
       for (DType d : {DType::f32, DType::bf16}) {
         const auto wf = randn(OC * IC, 0.02f, 41);
-        const QuantTensor t = f == QuantFormat::nf4 ? quantize_nf4(wf.data(), OC, IC) : quantize_int8(wf.data(), OC, IC);
+        auto quantize = [&](int64_t r0, int64_t rows) {
+          return f == QuantFormat::nf4 ? quantize_nf4(wf.data() + r0 * IC, rows, IC) : quantize_int8(wf.data() + r0 * IC, rows, IC);
+        };
+        const int64_t R1 = 300;
+        const QuantTensor t1 = quantize(0, R1), t2 = quantize(R1, OC - R1);
+        const QuantStack parts = {t1.view(), t2.view()};
         std::vector<float> deq(size_t(OC * IC));
-        dequantize_ref(deq.data(), t.view(), 0, OC * IC);
+        dequantize_ref(deq.data(), t1.view(), 0, R1 * IC);
+        dequantize_ref(deq.data() + R1 * IC, t2.view(), 0, (OC - R1) * IC);
         const Vec W = Buf(d, deq).values();
         Buf x(d, randn(BT * IC, 1, 42)), dy(d, randn(BT * OC, 1, 43)), y(d, size_t(BT * OC)), dx(d, size_t(BT * IC));
         const auto b = randn(OC, 1, 44);
         Buf ws(d, size_t(quant_panel_rows(IC, OC) * IC));
-        quant_linear_forward(be(), y.data(), x.data(), t.view(), b.data(), ws.data(), BT, IC, OC, d);
-        quant_linear_backward(be(), dx.data(), dy.data(), t.view(), ws.data(), BT, IC, OC, d);
+        quant_linear_forward(be(), y.data(), x.data(), parts, b.data(), ws.data(), BT, IC, OC, d);
+        quant_linear_backward(be(), dx.data(), dy.data(), parts, ws.data(), BT, IC, OC, d);
         Vec ry = ref_matmul(false, true, BT, OC, IC, x.values(), W), rdx = ref_matmul(false, false, BT, IC, OC, dy.values(), W);
         for (int64_t r = 0; r < BT; r++)
           for (int64_t o = 0; o < OC; o++) ry[r * OC + o] += b[o];

@@ -405,8 +405,8 @@ TEST(CudaQuantLinear, ForwardAndBackwardMatchCpu) {
       Pair x(d, randn(BT * IC, 1.0f, 2)), dy(d, randn(BT * OC, 1.0f, 3)), b(DType::f32, randn(OC, 1.0f, 4));
       Pair y(d, BT * OC), dx(d, BT * IC), ws(d, size_t(quant_panel_rows(IC, OC) * IC));
       both([&](Backend& be, bool g) {
-        quant_linear_forward(be, y(g), x(g), mq.v, b.f(g), ws(g), BT, IC, OC, d);
-        quant_linear_backward(be, dx(g), dy(g), mq.v, ws(g), BT, IC, OC, d);
+        quant_linear_forward(be, y(g), x(g), {mq.v}, b.f(g), ws(g), BT, IC, OC, d);
+        quant_linear_backward(be, dx(g), dy(g), {mq.v}, ws(g), BT, IC, OC, d);
       });
       expect_match(y, fmt::format("quant linear out ({})", quant_format_name(t.format)));
       expect_match(dx, fmt::format("quant linear dinp ({})", quant_format_name(t.format)));

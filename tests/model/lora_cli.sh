@@ -55,6 +55,27 @@ PY
 # bf16 with full recompute and zero2 over 1 rank: trains, the loss falls
 "$F" train $A --train.steps=8 --precision.compute=bf16 --memory.recompute=full --dist.strategy=zero2 --run.checkpoint_every=0 \
   --run.dir=bf16 > log 2>&1 || fail "bf16 lora run: $(cat log)"
+# QLoRA: an NF4 base under bf16; export --merge merges into the weights the quantized base computed with
+"$F" train $A --train.steps=4 --lora.base=nf4 --precision.compute=bf16 --run.checkpoint_every=0 --run.dir=qlora > log 2>&1 \
+  || fail "qlora run: $(cat log)"
+grep -q "the nf4 base frozen" log || fail "the qlora run does not say its base: $(cat log)"
+"$F" eval --run qlora > log 2>&1 || fail "qlora eval: $(cat log)"
+"$F" export qlora --out qpeft > log 2>&1 && "$F" export qlora --out qmerged --merge > log 2>&1 || fail "qlora export: $(cat log)"
+$PY - <<'PY' 2>/dev/null || fail "the merged QLoRA model is not PEFT over bitsandbytes' NF4 base"
+import peft, torch, transformers
+from bitsandbytes.functional import dequantize_4bit, quantize_4bit
+base = transformers.AutoModelForCausalLM.from_pretrained("hf", dtype=torch.float32)
+with torch.no_grad():
+    for name, m in base.named_modules():
+        if ".layers." in name and hasattr(m, "weight") and m.weight.dim() == 2:
+            q, st = quantize_4bit(m.weight.data.contiguous(), blocksize=64, quant_type="nf4", compress_statistics=True)
+            m.weight.data = dequantize_4bit(q, st).reshape(m.weight.shape)
+    x = torch.randint(0, 257, (2, 32))
+    want = peft.PeftModel.from_pretrained(base, "qpeft")(input_ids=x).logits
+    got = transformers.AutoModelForCausalLM.from_pretrained("qmerged", dtype=torch.float32)(input_ids=x).logits
+err = ((got - want).norm() / want.norm()).item()
+assert err < 1e-4, err
+PY
 # going on from PEFT adapters: the adapter's r/alpha/targets are the run's
 "$F" train --init-from hf --lora.init_from=peft --train.steps=2 --train.seq_len=32 --train.micro_batch=2 --run.checkpoint_every=0 \
   --data.train='data/train_*.bin' --data.val='data/val_*.bin' --run.dir=more > log 2>&1 || fail "lora.init_from: $(cat log)"

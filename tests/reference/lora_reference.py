@@ -13,7 +13,8 @@
       adapter matrix (PEFT's names without the adapter name); then S AdamW steps (frugal's
       schedule, clipping, weight decay on every adapter matrix) over the adapters alone:
       "losses" and "param.NAME" after them.
-  python lora_reference.py logits BASE ADAPTER BATCHES OUT
+      --nf4: QLoRA, every block weight as bitsandbytes' NF4 (double quantization) dequantizes it.
+  python lora_reference.py logits BASE ADAPTER BATCHES OUT [--nf4]
       peft.PeftModel.from_pretrained(BASE, ADAPTER): batch 0's "logits".
 """
 import argparse
@@ -55,13 +56,24 @@ def save(a):
     pm.save_pretrained(a.dir + "/adapter")
 
 
-def load(base, adapter, trainable):
+def load(base, adapter, trainable, nf4=False):
     model = transformers.AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    if nf4:
+        # QLoRA computes x deq(W)^T + LoRA: every linear weight of the blocks replaced by what
+        # bitsandbytes' quantize_4bit (nf4, blocks of 64, double-quantized absmax) dequantizes to.
+        # (Its CPU Linear4bit kernels are not the reference: their training and inference paths
+        # differ from each other by 1e-3.)
+        from bitsandbytes.functional import dequantize_4bit, quantize_4bit
+        with torch.no_grad():
+            for name, m in model.named_modules():
+                if (".layers." in name or ".h." in name) and hasattr(m, "weight") and m.weight.dim() == 2:
+                    q, st = quantize_4bit(m.weight.data.contiguous(), blocksize=64, quant_type="nf4", compress_statistics=True)
+                    m.weight.data = dequantize_4bit(q, st).reshape(m.weight.shape).to(torch.float32)
     return peft.PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
 
 
 def run(a):
-    pm = load(a.dir + "/base", a.dir + "/adapter", True)
+    pm = load(a.dir + "/base", a.dir + "/adapter", True, a.nf4)
     pm.train()
     tokens = load_file(a.batches)["tokens"].long()
     params = {n.replace(".default", ""): p for n, p in pm.named_parameters() if p.requires_grad}
@@ -103,7 +115,7 @@ def run(a):
 
 
 def logits(a):
-    pm = load(a.dir, a.batches, False)  # BASE ADAPTER
+    pm = load(a.dir, a.batches, False, a.nf4)  # BASE ADAPTER
     tokens = load_file(a.out)["tokens"].long()
     with torch.no_grad():
         out = pm(input_ids=tokens[0, :, :-1]).logits
@@ -127,6 +139,7 @@ def main():
         ap.add_argument("--" + k, type=float, default=v)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--nf4", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(1)
     {"save": save, "run": run, "logits": logits}[a.mode](a)
