@@ -11,8 +11,21 @@ const char* kPolicies[] = {"none", "selective", "every:2", "every:3", "full"};  
 // A tiny llama: grouped queries, q/k/v biases, an untied head.
 const ModelConfig kLlama{"custom", 4, 4, 48, 301, 80, Family::llama, 2, 112, true, false, 1e-5, 10000};
 
+// The same under LoRA on every module (an int8 or nf4 base quantizes the blocks), and GPT-2 with
+// every module adapted.
+ModelConfig with_lora(ModelConfig c, BaseFormat base) {
+  c.lora.rank = 4;
+  c.lora.targets = c.family == Family::llama
+                       ? std::vector<std::string>{"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+                       : std::vector<std::string>{"c_attn", "c_proj", "c_fc"};
+  c.lora.base = base;
+  return c;
+}
+
 TEST(Recompute, EveryPolicyGivesBitIdenticalGradients) {
-  for (const ModelConfig& cfg : {ModelConfig{"custom", 4, 3, 48, 301, 80}, kLlama})
+  for (const ModelConfig& cfg : {ModelConfig{"custom", 4, 3, 48, 301, 80}, kLlama,
+                                 with_lora(ModelConfig{"custom", 4, 3, 48, 301, 80}, BaseFormat::compute),
+                                 with_lora(kLlama, BaseFormat::nf4)})
   for (DType dt : {DType::f32, DType::bf16, DType::f16}) {
     std::vector<std::vector<float>> ref;
     float ref_loss = 0;
@@ -31,7 +44,8 @@ TEST(Recompute, EveryPolicyGivesBitIdenticalGradients) {
         for (int i = 0; i < 140; i++) { in[i] = int32_t(rng.below(301)); tg[i] = int32_t(rng.below(301)); }
       });
       std::vector<std::vector<float>> grads;
-      for (auto& u : m.units()) grads.emplace_back(u.grads.data(), u.grads.data() + u.numel);
+      for (auto& u : m.units())
+        if (!u.frozen) grads.emplace_back(u.grads.data(), u.grads.data() + u.numel);
       if (ref.empty()) {
         ref = grads;
         ref_loss = loss;
@@ -40,7 +54,7 @@ TEST(Recompute, EveryPolicyGivesBitIdenticalGradients) {
       EXPECT_EQ(loss, ref_loss) << name << " " << dtype_name(dt) << " " << family_name(cfg.family);
       for (size_t u = 0; u < ref.size(); u++)
         EXPECT_EQ(0, std::memcmp(grads[u].data(), ref[u].data(), ref[u].size() * 4))
-            << name << " " << dtype_name(dt) << " " << family_name(cfg.family) << " unit " << m.units()[u].name;
+            << name << " " << dtype_name(dt) << " " << family_name(cfg.family) << " unit " << u << " lora " << cfg.lora.rank;
     }
   }
 }
@@ -51,7 +65,12 @@ TEST(Recompute, MeasuredBytesMatchTheFormulaForEveryPolicyShapeAndDtype) {
                           {{"custom", 6, 3, 96, 1000, 256}, 2, 200},
                           {{"custom", 3, 2, 32, 50257, 64}, 8, 64},
                           {kLlama, 2, 70},
-                          {{"custom", 3, 6, 96, 1000, 256, Family::llama, 2, 256, false, true, 1e-5, 10000}, 2, 200}};
+                          {{"custom", 3, 6, 96, 1000, 256, Family::llama, 2, 256, false, true, 1e-5, 10000}, 2, 200},
+                          {with_lora({"custom", 4, 4, 64, 257, 128}, BaseFormat::compute), 4, 128},
+                          {with_lora(kLlama, BaseFormat::compute), 2, 70},
+                          {with_lora(kLlama, BaseFormat::nf4), 2, 70},
+                          {with_lora({"custom", 3, 6, 96, 1000, 256, Family::llama, 2, 256, false, true, 1e-5, 10000},
+                                     BaseFormat::int8), 2, 200}};
   for (auto& s : shapes)
     for (DType dt : {DType::f32, DType::bf16})
       for (const char* name : kPolicies) {
@@ -66,7 +85,8 @@ TEST(Recompute, MeasuredBytesMatchTheFormulaForEveryPolicyShapeAndDtype) {
             double measured = double(pool.stats().current[int(c)] - before.current[int(c)]);
             double want = double(predicted.bytes[int(c)]);
             EXPECT_EQ(measured, want) << name << " " << dtype_name(dt) << " " << mem_name(c) << " L" << s.cfg.n_layer
-                                                     << " " << family_name(s.cfg.family);
+                                                     << " " << family_name(s.cfg.family) << " lora " << s.cfg.lora.rank
+                                                     << " " << base_format_name(s.cfg.lora.base);
           }
         }
       }

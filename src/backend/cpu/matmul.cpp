@@ -72,9 +72,9 @@ void CpuBackend::matmul(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const
     });
     float* out = static_cast<float*>(C);
     int64_t ldo = ldc;
-    if (c != DType::f32) {
-      FRUGAL_CHECK(!accumulate, "accumulate into a 16-bit output");
-      wide_c_.resize(size_t(M * N));  // written whole by the fp32 GEMM (beta 0, or the bias copied in)
+    if (c != DType::f32) {  // written whole by the fp32 GEMM (beta 0, or the bias copied in), or widened to add to
+      if (accumulate) dispatch(c, [&](auto t) { widen<decltype(t)>(wide_c_, C, M, N, ldc); });
+      wide_c_.resize(size_t(M * N));
       out = wide_c_.data();
       ldo = N;
     }
