@@ -571,6 +571,13 @@ TEST(Embedding, ForwardAndBackwardMatchFloat64WithRepeatedTokens) {
   for (int i = 0; i < B * T; i++) tok[i] = (i * 7) % 5;  // repeats
   std::vector<float> out(B * T * C), dwte(Vp * C, 0.5f), dwpe(T * C, 0.5f);
   be().embedding_forward(out.data(), tok.data(), wte.data(), wpe.data(), B, T, C, DType::f32);
+  // a frozen table in bf16: its values widened
+  Buf wte16(DType::bf16, wte), wpe16(DType::bf16, wpe);
+  std::vector<float> out16(B * T * C);
+  be().embedding_forward(out16.data(), tok.data(), wte16.data(), wpe16.data(), B, T, C, DType::bf16);
+  const Vec W16 = wte16.values(), P16 = wpe16.values();
+  for (int i = 0; i < B * T; i++)
+    for (int c = 0; c < C; c++) ASSERT_EQ(out16[i * C + c], float(W16[tok[i] * C + c] + P16[(i % T) * C + c])) << i;
   be().embedding_backward(dwte.data(), dwpe.data(), dy.data(), tok.data(), B, T, C);
   Vec ro(B * T * C), rdwte(Vp * C, 0.5), rdwpe(T * C, 0.5);
   for (int i = 0; i < B * T; i++)
@@ -633,6 +640,13 @@ TEST(Elementwise, AddCastScaleSumSquaresMatchFloat64) {
     double abs_floor = d == DType::f16 ? 0x1p-25 : 0.0;
     for (int i = 0; i < n; i++)
       ASSERT_LE(std::abs(C[i] - a[i]), half_ulp * std::abs(a[i]) + abs_floor) << dtype_name(d) << " " << i;
+    // scale: the product of the stored value, rounded once
+    Buf s(d, b);
+    be().scale(s.data(), 0.37f, n, d);
+    Vec S = s.values();
+    for (int i = 0; i < n; i++)
+      ASSERT_LE(std::abs(S[i] - 0.37 * B[i]), half_ulp * std::abs(0.37 * B[i]) + abs_floor + 1e-7 * std::abs(B[i]))
+          << "scale " << dtype_name(d) << " " << i;
   }
   double sq = 0;
   for (int i = 0; i < n; i++) sq += double(a[i]) * a[i];

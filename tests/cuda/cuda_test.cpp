@@ -303,6 +303,9 @@ TEST(CudaEmbedding, ForwardAndBackwardMatchCpuWithRepeatedTokens) {
       be.embedding_backward(dwte.f(g), dwpe.f(g), dout.f(g), tokens.data(), B, T, C);
     });
     expect_match(out, fmt::format("embedding out (T={})", T));
+    Pair wte16(DType::bf16, randn(Vp * C, 1.0f, 6)), wpe16(DType::bf16, randn(T * C, 1.0f, 7)), out16(DType::f32, B * T * C);
+    both([&](Backend& be, bool g) { be.embedding_forward(out16.f(g), tokens.data(), wte16(g), wpe16(g), B, T, C, DType::bf16); });
+    EXPECT_EQ(out16.g.values(), out16.c.values()) << "embedding of a bf16 table (T=" << T << ")";
     // the gradients: each row added in the CPU's order, so the same bits
     EXPECT_EQ(dwte.g.values(), dwte.c.values()) << "embedding dwte (T=" << T << ")";
     EXPECT_EQ(dwpe.g.values(), dwpe.c.values()) << "embedding dwpe (T=" << T << ")";
@@ -419,12 +422,15 @@ TEST(CudaElementwise, AddCastSumsAdamWMatchCpu) {
   const int64_t n = 100003;
   for (DType d : kAll) {
     Pair a(DType::f32, randn(n, 1.0f, 1)), b(d, randn(n, 1.0f, 2)), out(DType::f32, n), c(d, n);
+    Pair sc(d, randn(n, 1.0f, 7));
     both([&](Backend& be, bool g) {
       be.add(out.f(g), a.f(g), b(g), n, d);
       be.cast(c(g), a.f(g), n, d);
+      be.scale(sc(g), 0.37f, n, d);
     });
     expect_match(out, "add");
     expect_match(c, "cast", 1e-7);  // round to nearest even on both: identical
+    EXPECT_EQ(sc.g.values(), sc.c.values()) << "scale in " << dtype_name(d);  // one fp32 product, rounded once
   }
   Pair x(DType::f32, randn(n, 1.0f, 3)), gr(DType::f32, randn(n, 1.0f, 4)), m(DType::f32, randn(n, 0.1f, 5));
   std::vector<float> v0 = randn(n, 0.1f, 6);
@@ -494,9 +500,14 @@ auto windows(const TrainSettings& t, int64_t& next) {
 TEST(CudaTraining, TinyModelLossesMatchCpuAndNothingIsAllocatedAfterTheFirstStep) {
   REQUIRE_CUDA();
   const int steps = 12;
-  for (const ModelConfig& cfg : {tiny_model(), tiny_llama()})
+  ModelConfig lora = tiny_model(), qlora = tiny_llama();  // adapters on every module; an nf4 base
+  lora.lora.rank = qlora.lora.rank = 4;
+  lora.lora.targets = {"c_attn", "c_proj", "c_fc"};
+  qlora.lora.targets = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+  qlora.lora.base = BaseFormat::nf4;
+  for (const ModelConfig& cfg : {tiny_model(), tiny_llama(), lora, qlora})
   for (DType d : kAll) {
-    SCOPED_TRACE(family_name(cfg.family));
+    SCOPED_TRACE(fmt::format("{} lora {} {}", family_name(cfg.family), cfg.lora.rank, base_format_name(cfg.lora.base)));
     TrainSettings t;
     t.seq_len = 64;
     t.micro_batch = 4;
