@@ -159,17 +159,18 @@ static int cmd_sample(const std::string& run, const std::string& prompt, int num
   tok->encode(prompt, enc);
   std::vector<int32_t> tokens(enc.begin(), enc.end()), generated;
   if (tokens.empty()) tokens.push_back(int32_t(tok->eot()));
-  // activations for the longest window this sampling reads, not the whole context (llama-3.2-1b
-  // has 131072 positions)
-  model.allocate(1, int(std::min<int64_t>(c.context, int64_t(tokens.size()) + num_tokens)));
+  // keys and values cached for the longest window this sampling reads, not the whole context
+  // (llama-3.2-1b has 131072 positions): each new token costs one position's work
+  model.start_cache(int(std::min<int64_t>(c.context, int64_t(tokens.size()) + num_tokens)));
   size_t printed = 0;  // bytes of the decoded continuation printed so far
   Rng rng(seed);
   std::vector<float> logits;
   std::vector<std::pair<float, int>> cand;
   fmt::print("{}", prompt);
+  const int window = model.cache_capacity();
+  if (int(tokens.size()) > window) tokens.erase(tokens.begin(), tokens.end() - window);
+  model.prefill(tokens.data(), int(tokens.size()), logits);
   for (int i = 0; i < num_tokens; i++) {
-    int T = std::min<int>(int(tokens.size()), c.context);
-    model.logits(tokens.data() + tokens.size() - T, 1, T, true, logits);
     int next = 0;
     if (temperature == 0.0) {
       next = int(std::max_element(logits.begin(), logits.end()) - logits.begin());
@@ -188,6 +189,14 @@ static int cmd_sample(const std::string& run, const std::string& prompt, int num
     }
     tokens.push_back(next);
     generated.push_back(next);
+    if (i + 1 < num_tokens) {
+      if (model.cached() < window) {
+        model.next(next, logits);
+      } else {  // the context is full: the last half of it again, then on
+        const int keep = std::max(1, window / 2);
+        model.prefill(tokens.data() + tokens.size() - keep, keep, logits);
+      }
+    }
     std::string text = tok->decode(generated);  // whole: a piece's text can depend on its neighbours
     fmt::print("{}", text.substr(std::min(printed, text.size())));
     printed = text.size();

@@ -138,6 +138,12 @@ class Backend {
                                   const float* lse, int64_t B, int64_t T, int64_t NH, int64_t NKV,
                                   int64_t HS, DType dt) = 0;
 
+  // One new query against a key/value cache (sampling, a token at a time): q(NH HS) attends with
+  // keys k(T, NKV HS) and values v(T, NKV HS) of positions 0..T-1 (its own included), query head h
+  // with key/value head h / (NH / NKV); out(NH HS) in dt. scratch: NH T fp32 (the probabilities).
+  virtual void attention_decode(void* out, const void* q, const void* k, const void* v, int64_t T, int64_t NH,
+                                int64_t NKV, int64_t HS, DType dt, float* scratch) = 0;
+
   // out(B,T,C) = wte[tokens] + wpe[t] (wpe null: no position table), wte and wpe in wdt (fp32
   // masters, or a frozen embedding's compute copy); backward: dwte(Vp,C) +=, dwpe(maxT,C) +=
   // (unless null), fp32.

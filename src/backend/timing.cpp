@@ -82,6 +82,10 @@ class TimingBackend final : public Backend {
                           int64_t B, int64_t T, int64_t NH, int64_t NKV, int64_t HS, DType dt) override {
     time("attention bwd", 2.5 * causal_flops(B, T, NH, HS), [&] { b_.attention_backward(dq, d, q, o, lse, B, T, NH, NKV, HS, dt); });
   }
+  void attention_decode(void* o, const void* q, const void* k, const void* v, int64_t T, int64_t NH, int64_t NKV,
+                        int64_t HS, DType dt, float* s) override {
+    time("attention fwd", 4.0 * double(NH) * double(T) * double(HS), [&] { b_.attention_decode(o, q, k, v, T, NH, NKV, HS, dt, s); });
+  }
   void embedding_forward(float* o, const int32_t* t, const void* wte, const void* wpe, int64_t B,
                          int64_t T, int64_t C, DType wdt) override {
     time("embedding", 0, [&] { b_.embedding_forward(o, t, wte, wpe, B, T, C, wdt); });

@@ -27,6 +27,7 @@ static const std::map<std::string, ModelConfig>& presets() {
       {"tinyllama-1.1b", llama("tinyllama-1.1b", 22, 32, 4, 2048, 5632, 32000, 2048, false, 10000)},
       {"llama-3.2-1b", llama("llama-3.2-1b", 16, 32, 8, 2048, 8192, 128256, 131072, true, 500000, {32, 1, 4, 8192})},
       {"llama-2-7b", llama("llama-2-7b", 32, 32, 32, 4096, 11008, 32000, 4096, false, 10000)},
+      {"llama-2-13b", llama("llama-2-13b", 40, 40, 40, 5120, 13824, 32000, 4096, false, 10000)},
       {"llama-3-8b", llama("llama-3-8b", 32, 32, 8, 4096, 14336, 128256, 8192, false, 500000)},
       {"llama-2-70b", llama("llama-2-70b", 80, 64, 8, 8192, 28672, 32000, 4096, false, 10000)},
   };

@@ -403,8 +403,10 @@ RecomputePolicy RecomputePolicy::parse(const std::string& text, const std::strin
 void Model::embed_forward(const int32_t* tokens, int B, int T) {
   const Unit& u = units_[embedding_];
   const bool copy = u.frozen && dt_ != DType::f32;  // a frozen embedding is only its compute copy
-  be_.embedding_forward(res_[0], tokens, copy ? cw(u, &Tensors::wte) : u.p.wte,
-                        copy && cfg_.family == Family::gpt2 ? cw(u, &Tensors::wpe) : u.p.wpe, B, T, cfg_.n_embd,
+  const void* wpe = copy && cfg_.family == Family::gpt2 ? cw(u, &Tensors::wpe) : u.p.wpe;
+  if (wpe && decode_pos_ >= 0)  // one token at decode_pos_
+    wpe = static_cast<const std::byte*>(wpe) + int64_t(decode_pos_) * cfg_.n_embd * int64_t(dtype_size(copy ? dt_ : DType::f32));
+  be_.embedding_forward(res_[0], tokens, copy ? cw(u, &Tensors::wte) : u.p.wte, wpe, B, T, cfg_.n_embd,
                         copy ? dt_ : DType::f32);
 }
 
@@ -425,7 +427,8 @@ void Model::norm_backward(float* dx, float* dw, float* db, const void* dout, con
 
 void Model::rope(void* qkv, int B, int T, bool inverse) {
   if (!cfg_.rotary()) return;
-  be_.rope(qkv, rope_cos_.data(), rope_sin_.data(), B, T, cfg_.qkv_width(), cfg_.n_head + cfg_.kv_heads(),
+  const int64_t at = decode_pos_ >= 0 ? int64_t(decode_pos_) * (cfg_.head_size() / 2) : 0;  // decoding: its position's angles
+  be_.rope(qkv, rope_cos_.data() + at, rope_sin_.data() + at, B, T, cfg_.qkv_width(), cfg_.n_head + cfg_.kv_heads(),
            cfg_.head_size(), inverse, dt_);
 }
 
@@ -467,7 +470,15 @@ void Model::block_forward(int l, int B, int T, bool recompute) {
   linear(l, &Tensors::qkv_w, &Tensors::qkv_b, a.qkv, a.ln1, BT, C, W);
   lora_forward(l, &Tensors::qkv_w, a.ln1, a.qkv, BT);
   rope(a.qkv, B, T, false);
-  be_.attention_forward(a.atty, a.lse, a.qkv, B, T, cfg_.n_head, cfg_.kv_heads(), cfg_.head_size(), dt);
+  if (decode_pos_ >= 0) {  // one position: its key and value join the cache, its query reads it
+    const int64_t es = int64_t(dtype_size(dt)), KW = int64_t(cfg_.kv_heads()) * cfg_.head_size(), Q = C * es;
+    be_.copy(kcache_[l].data() + decode_pos_ * KW * es, a.qkv + Q, size_t(KW * es));
+    be_.copy(vcache_[l].data() + decode_pos_ * KW * es, a.qkv + Q + KW * es, size_t(KW * es));
+    be_.attention_decode(a.atty, a.qkv, kcache_[l].data(), vcache_[l].data(), decode_pos_ + 1, cfg_.n_head,
+                         cfg_.kv_heads(), cfg_.head_size(), dt, decode_scratch_.data());
+  } else {
+    be_.attention_forward(a.atty, a.lse, a.qkv, B, T, cfg_.n_head, cfg_.kv_heads(), cfg_.head_size(), dt);
+  }
   linear(l, &Tensors::proj_w, &Tensors::proj_b, a.proj, a.atty, BT, C, C);
   lora_forward(l, &Tensors::proj_w, a.atty, a.proj, BT);
   float* res_mid = res_mid_.data();
@@ -598,6 +609,57 @@ float Model::forward_loss(const int32_t* tokens, const int32_t* targets, int B, 
   embed_forward(tokens, B, T);
   for (int l = 0; l < cfg_.n_layer; l++) block_forward(l, B, T);
   return head(targets, B, T, 0.0f);
+}
+
+void Model::start_cache(int max_T) {
+  allocate(1, max_T);
+  const int64_t bytes = int64_t(max_T) * cfg_.kv_heads() * cfg_.head_size() * int64_t(dtype_size(dt_));
+  kcache_.clear();
+  vcache_.clear();
+  for (int l = 0; l < cfg_.n_layer; l++) {
+    kcache_.emplace_back(size_t(bytes), Mem::activations);
+    vcache_.emplace_back(size_t(bytes), Mem::activations);
+  }
+  decode_scratch_ = {size_t(cfg_.n_head) * max_T, Mem::workspace};
+  cache_max_ = max_T;
+  cache_len_ = 0;
+}
+
+void Model::prefill(const int32_t* tokens, int T, std::vector<float>& out) {
+  FRUGAL_CHECK(T >= 1 && T <= cache_max_, "prefill of {} positions, a cache of {}", T, cache_max_);
+  embed_forward(tokens, 1, T);
+  for (int l = 0; l < cfg_.n_layer; l++) block_forward(l, 1, T);
+  final_forward(1, T);
+  // every position's key and value (the stash's q|k|v rows, k rotated) into the cache
+  const int64_t es = int64_t(dtype_size(dt_)), KW = int64_t(cfg_.kv_heads()) * cfg_.head_size(), W = cfg_.qkv_width();
+  const int64_t Q = int64_t(cfg_.n_embd) * es;
+  for (int l = 0; l < cfg_.n_layer; l++)
+    for (int64_t t = 0; t < T; t++) {
+      const std::byte* row = acts_[size_t(l)].qkv + t * W * es;
+      be_.copy(kcache_[size_t(l)].data() + t * KW * es, row + Q, size_t(KW * es));
+      be_.copy(vcache_[size_t(l)].data() + t * KW * es, row + Q + KW * es, size_t(KW * es));
+    }
+  cache_len_ = T;
+  last_logits(T - 1, out);
+}
+
+void Model::next(int32_t token, std::vector<float>& out) {
+  FRUGAL_CHECK(cache_len_ >= 1 && cache_len_ < cache_max_, "next with {} of {} positions cached", cache_len_, cache_max_);
+  decode_pos_ = cache_len_;
+  embed_forward(&token, 1, 1);
+  for (int l = 0; l < cfg_.n_layer; l++) block_forward(l, 1, 1);
+  decode_pos_ = -1;
+  final_forward(1, 1);
+  cache_len_++;
+  last_logits(0, out);
+}
+
+void Model::last_logits(int64_t row, std::vector<float>& out) {
+  const int64_t C = cfg_.n_embd, V = cfg_.vocab_size;
+  out.resize(size_t(V));
+  be_.matmul(false, true, 1, V, C, lnf_.data() + row * C * int64_t(dtype_size(dt_)), C, cw(units_[head_], &Tensors::wte), C,
+             out.data(), V, dt_, DType::f32, nullptr, false);
+  be_.synchronize();
 }
 
 void Model::logits(const int32_t* tokens, int B, int T, bool last_only, std::vector<float>& out) {

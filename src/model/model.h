@@ -87,7 +87,7 @@ struct ModelConfig {
 };
 
 // Known presets: tiny (tests), mini (the default model), gpt2, gpt2-medium, gpt2-large, gpt2-xl;
-// llama-tiny (tests), smollm-135m, smollm-360m, tinyllama-1.1b, llama-3.2-1b, llama-2-7b,
+// llama-tiny (tests), smollm-135m, smollm-360m, tinyllama-1.1b, llama-3.2-1b, llama-2-7b, llama-2-13b,
 // llama-3-8b, llama-2-70b. Throws UserError for an unknown name.
 ModelConfig model_preset(const std::string& name, const std::string& where);
 std::vector<std::string> preset_names();
@@ -332,6 +332,16 @@ class Model {
   void block_backward(int l, int B, int T);
   void embed_backward(const int32_t* tokens, int B, int T);
 
+  // Sampling with a key/value cache: start_cache(max_T) allocates every block's keys and values
+  // for max_T positions (and the activations of a max_T prompt); prefill runs positions 0..T-1 and
+  // keeps their keys and values; next runs one more position against them (O(T) per token, not
+  // O(T^2)). Both give the last position's logits (V).
+  void start_cache(int max_T);
+  void prefill(const int32_t* tokens, int T, std::vector<float>& logits);
+  void next(int32_t token, std::vector<float>& logits);
+  int cached() const { return cache_len_; }
+  int cache_capacity() const { return cache_max_; }
+
   // LoRA, fp32: adds (alpha/r) B A into every targeted rows of the frozen base (PEFT's
   // merge_and_unload); the adapters are left as they are. trained_on nf4/int8 (QLoRA): the
   // blocks' weights first become what the quantized base computed with, deq(quant(W)).
@@ -404,6 +414,11 @@ class Model {
   PoolArray<float> res_mid_;                   // workspace (B,T,C) fp32: x + attention branch
   Bytes dres_c_, dbig_, dsmall_;               // workspace (B,T,C) dt 16-bit only, (B,T,dbig) dt, (B,T,C) dt
   PoolArray<float> rope_cos_, rope_sin_;       // workspace (T, HS/2) each, llama
+  std::vector<Bytes> kcache_, vcache_;         // sampling: per block (max_T, NKV HS) dt keys, values
+  PoolArray<float> decode_scratch_;            // (NH, max_T) attention probabilities of one query
+  int cache_len_ = 0, cache_max_ = 0;
+  int decode_pos_ = -1;                        // >= 0: block_forward runs this one position against the cache
+  void last_logits(int64_t row, std::vector<float>& out);  // logits of lnf_ row `row`
 };
 
 }  // namespace frugal

@@ -386,6 +386,33 @@ TEST(Gelu, ForwardMatchesFloat64AndBackwardMatchesFiniteDifferences) {
 }
 
 // Where the CPU has AMX, the bf16 products run on it: oneDNN's GEMMs and frugal's attention.
+// One query against a cache of T keys and values, grouped heads (NH 6 over NKV 2), float64.
+TEST(Attention, DecodeAgainstTheCacheMatchesFloat64) {
+  const int64_t NH = 6, NKV = 2, HS = 16, KW = NKV * HS;
+  for (int64_t T : {1, 37})
+    for (DType d : kAll) {
+      Buf q(d, randn(NH * HS, 1, 61)), k(d, randn(T * KW, 1, 62)), v(d, randn(T * KW, 1, 63)), out(d, size_t(NH * HS));
+      std::vector<float> scratch(size_t(NH * T));
+      be().attention_decode(out.data(), q.data(), k.data(), v.data(), T, NH, NKV, HS, d, scratch.data());
+      const Vec Q = q.values(), K = k.values(), V = v.values();
+      Vec ref(size_t(NH * HS));
+      for (int64_t h = 0; h < NH; h++) {
+        const int64_t kv = h / (NH / NKV) * HS;
+        Vec s(static_cast<size_t>(T), 0.0);
+        double m = -1e300, sum = 0;
+        for (int64_t j = 0; j < T; j++) {
+          for (int64_t x = 0; x < HS; x++) s[j] += Q[h * HS + x] * K[j * KW + kv + x];
+          s[j] /= std::sqrt(double(HS));
+          m = std::max(m, s[j]);
+        }
+        for (auto& e : s) sum += e = std::exp(e - m);
+        for (int64_t x = 0; x < HS; x++)
+          for (int64_t j = 0; j < T; j++) ref[h * HS + x] += s[j] / sum * V[j * KW + kv + x];
+      }
+      expect_close(d, out.values(), ref, 1e-5, 1e-6, fmt::format("attention decode T={}", T));
+    }
+}
+
 TEST(Attention, Bf16RunsOnAmxWhereTheCpuHasIt) {
   std::ifstream in("/proc/cpuinfo");
   const std::string info((std::istreambuf_iterator<char>(in)), {});

@@ -289,6 +289,17 @@ TEST(CudaAttention, ForwardAndBackwardMatchCpuAcrossTilesAndHeadSizes) {
 
 // Tokens that repeat a few times, and one that repeats more often (400) than the kernel takes
 // positions at a time (256).
+TEST(CudaAttention, DecodeAgainstTheCacheMatchesCpu) {
+  REQUIRE_CUDA();
+  const int64_t NH = 6, NKV = 2, HS = 64, T = 300, KW = NKV * HS;
+  for (DType d : kAll) {
+    Pair q(d, randn(NH * HS, 1.0f, 1)), k(d, randn(T * KW, 1.0f, 2)), v(d, randn(T * KW, 1.0f, 3)), out(d, NH * HS);
+    Pair scratch(DType::f32, NH * T);
+    both([&](Backend& be, bool g) { be.attention_decode(out(g), q(g), k(g), v(g), T, NH, NKV, HS, d, scratch.f(g)); });
+    expect_match(out, "attention decode");
+  }
+}
+
 TEST(CudaEmbedding, ForwardAndBackwardMatchCpuWithRepeatedTokens) {
   REQUIRE_CUDA();
   const int64_t C = 48, Vp = 128;

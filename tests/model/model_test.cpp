@@ -115,5 +115,37 @@ TEST(Model, ChunkedHeadEqualsOneChunk) {
     EXPECT_TRUE(test::all_close(grads[0][i], grads[1][i], 1e-5, 1e-7)) << i;
 }
 
+// Sampling with the key/value cache: a prompt, then a token at a time, gives the logits of the
+// whole forward over the sequence so far at every position: gpt2 (learned positions), llama with
+// grouped queries, rotary positions and an untied head, and llama under LoRA on an nf4 base.
+TEST(Model, KvCacheDecodingEqualsTheWholeForward) {
+  ModelConfig llama = model_preset("llama-tiny", "test"), lora = llama;
+  lora.lora.rank = 4;
+  lora.lora.targets = {"q_proj", "v_proj", "down_proj"};
+  lora.lora.base = BaseFormat::nf4;
+  for (const ModelConfig& cfg : {ModelConfig{"custom", 2, 2, 32, 200, 40}, llama, lora})
+    for (DType dt : {DType::f32, DType::bf16}) {
+      SCOPED_TRACE(fmt::format("{} lora {} {}", family_name(cfg.family), cfg.lora.rank, dtype_name(dt)));
+      const int T = 23, prompt = 9;
+      std::vector<int32_t> tokens(T);
+      Rng rng(test::test_seed());
+      for (auto& t : tokens) t = int32_t(rng.below(uint64_t(cfg.vocab_size)));
+      Model whole(cfg, cpu_backend(), dt), cached(cfg, cpu_backend(), dt);
+      whole.init(3);
+      cached.init(3);
+      whole.allocate(1, T);
+      cached.start_cache(T);
+      std::vector<float> want, got;
+      cached.prefill(tokens.data(), prompt, got);
+      for (int n = prompt; n <= T; n++) {
+        whole.logits(tokens.data(), 1, n, true, want);
+        if (dt == DType::f32) EXPECT_TRUE(test::all_close(got, want, 1e-4, 1e-5)) << "position " << n - 1;
+        else EXPECT_LT(test::rel_error(got, want), 2e-2) << "position " << n - 1;
+        if (n < T) cached.next(tokens[size_t(n)], got);
+      }
+      EXPECT_EQ(cached.cached(), T);
+    }
+}
+
 }  // namespace
 }  // namespace frugal

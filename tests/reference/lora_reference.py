@@ -16,6 +16,11 @@
       --nf4: QLoRA, every block weight as bitsandbytes' NF4 (double quantization) dequantizes it.
   python lora_reference.py logits BASE ADAPTER BATCHES OUT [--nf4]
       peft.PeftModel.from_pretrained(BASE, ADAPTER): batch 0's "logits".
+  python lora_reference.py bench - --layers L --heads H --kv-heads K --hidden C --ffn F --vocab V [--rank R
+                                 --targets ...] --batch B --seq T --steps S --warmup-steps W --threads N
+      Step time of a LlamaForCausalLM (random init, tied head, SDPA attention) under bf16 autocast:
+      PEFT's LoRA (rank R > 0; AdamW over the adapters) or full fine-tuning (rank 0): one JSON line
+      (bench/finetune_bench.py).
 """
 import argparse
 import math
@@ -122,9 +127,40 @@ def logits(a):
     save_file({"logits": out.float().contiguous()}, a.extra)
 
 
+def bench(a):
+    import json
+    import statistics
+    import time
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        num_hidden_layers=a.layers, num_attention_heads=a.heads, num_key_value_heads=a.kv_heads, hidden_size=a.hidden,
+        intermediate_size=a.ffn, vocab_size=a.vocab, max_position_embeddings=max(a.seq, 2048), tie_word_embeddings=True,
+        attn_implementation="sdpa"))
+    if a.rank > 0:
+        model = peft.get_peft_model(model, peft.LoraConfig(r=a.rank, lora_alpha=2 * a.rank, lora_dropout=0.0,
+                                                           target_modules=a.targets.split(","), task_type="CAUSAL_LM"))
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, fused=True)
+    times = []
+    for i in range(a.warmup_steps + a.steps):
+        tok = torch.randint(0, a.vocab, (a.batch, a.seq + 1))
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(input_ids=tok[:, :-1]).logits
+        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), tok[:, 1:].flatten())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if i >= a.warmup_steps:
+            times.append(time.perf_counter() - t0)
+    print(json.dumps({"step_s_median": statistics.median(times), "trained": sum(p.numel() for p in params)}))
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["save", "run", "logits"])
+    ap.add_argument("mode", choices=["save", "run", "logits", "bench"])
     ap.add_argument("dir")
     ap.add_argument("batches", nargs="?")
     ap.add_argument("out", nargs="?")
@@ -140,9 +176,11 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--nf4", action="store_true")
+    for k, v in [("batch", 1), ("seq", 512), ("warmup-steps", 1), ("threads", 1)]:
+        ap.add_argument("--" + k, type=int, default=v)
     a = ap.parse_args()
-    torch.set_num_threads(1)
-    {"save": save, "run": run, "logits": logits}[a.mode](a)
+    torch.set_num_threads(a.threads)
+    {"save": save, "run": run, "logits": logits, "bench": bench}[a.mode](a)
 
 
 if __name__ == "__main__":

@@ -623,4 +623,36 @@ void CpuBackend::attention_backward(void* dqkv, const void* dout, const void* qk
   });
 }
 
+// One query against a key/value cache: per head, the scores, their softmax, the weighted values.
+void CpuBackend::attention_decode(void* out, const void* q, const void* k, const void* v, int64_t T, int64_t NH,
+                                  int64_t NKV, int64_t HS, DType dt, float* scratch) {
+  dispatch(dt, [&](auto t) {
+    using S = decltype(t);
+    const S *Q = static_cast<const S*>(q), *K = static_cast<const S*>(k), *V = static_cast<const S*>(v);
+    S* O = static_cast<S*>(out);
+    const int64_t KW = NKV * HS, group = NH / NKV;
+    const float scale = 1.0f / std::sqrt(float(HS));
+#pragma omp parallel for schedule(static)
+    for (int64_t h = 0; h < NH; h++) {
+      const S* qh = Q + h * HS;
+      const int64_t kv = (h / group) * HS;
+      float* p = scratch + h * T;
+      float m = -INFINITY;
+      for (int64_t j = 0; j < T; j++) {
+        float s = 0.0f;
+        for (int64_t d = 0; d < HS; d++) s += to_f32(qh[d]) * to_f32(K[j * KW + kv + d]);
+        p[j] = s * scale;
+        m = std::max(m, p[j]);
+      }
+      float sum = 0.0f;
+      for (int64_t j = 0; j < T; j++) sum += p[j] = std::exp(p[j] - m);
+      for (int64_t d = 0; d < HS; d++) {
+        float acc = 0.0f;
+        for (int64_t j = 0; j < T; j++) acc += p[j] * to_f32(V[j * KW + kv + d]);
+        O[h * HS + d] = from_f32<S>(acc / sum);
+      }
+    }
+  });
+}
+
 }  // namespace frugal

@@ -693,4 +693,50 @@ void launch_attention_backward(void* dqkv, const void* dout, const void* qkv, co
   });
 }
 
+// One query against a key/value cache (sampling): a block per query head, in three passes over
+// scratch(NH, T): the scores and their max, the exponentials and their sum, the weighted values.
+template <class S>
+__global__ void attention_decode_k(S* out, const S* q, const S* k, const S* v, int64_t T, int64_t NKV, int64_t HS,
+                                   int64_t group, float scale, float* scratch) {
+  __shared__ float red[256];
+  const int64_t h = blockIdx.x, kv = (h / group) * HS, KW = NKV * HS;
+  float* p = scratch + h * T;
+  float m = -FLT_MAX;
+  for (int64_t j = threadIdx.x; j < T; j += blockDim.x) {
+    float s = 0.0f;
+    for (int64_t d = 0; d < HS; d++) s += to_f(q[h * HS + d]) * to_f(k[j * KW + kv + d]);
+    p[j] = s * scale;
+    m = fmaxf(m, p[j]);
+  }
+  red[threadIdx.x] = m;
+  __syncthreads();
+  if (threadIdx.x == 0)
+    for (int i = 1; i < int(blockDim.x); i++) red[0] = fmaxf(red[0], red[i]);
+  __syncthreads();
+  m = red[0];
+  __syncthreads();
+  float sum = 0.0f;
+  for (int64_t j = threadIdx.x; j < T; j += blockDim.x) sum += p[j] = expf(p[j] - m);
+  red[threadIdx.x] = sum;
+  __syncthreads();
+  if (threadIdx.x == 0)
+    for (int i = 1; i < int(blockDim.x); i++) red[0] += red[i];
+  __syncthreads();
+  sum = red[0];
+  for (int64_t d = threadIdx.x; d < HS; d += blockDim.x) {
+    float acc = 0.0f;
+    for (int64_t j = 0; j < T; j++) acc += p[j] * to_f(v[j * KW + kv + d]);
+    out[h * HS + d] = from_f<S>(acc / sum);
+  }
+}
+
+void launch_attention_decode(void* out, const void* q, const void* k, const void* v, int64_t T, int64_t NH, int64_t NKV,
+                             int64_t HS, DType dt, float* scratch) {
+  dispatch_cuda(dt, [&](auto p) {
+    using S = STORAGE(p);
+    launch(attention_decode_k<S>, unsigned(NH), 256, 0, static_cast<S*>(out), static_cast<const S*>(q),
+           static_cast<const S*>(k), static_cast<const S*>(v), T, NKV, HS, NH / NKV, 1.0f / sqrtf(float(HS)), scratch);
+  });
+}
+
 }  // namespace frugal

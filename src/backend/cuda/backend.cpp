@@ -130,6 +130,12 @@ void CudaBackend::cast(void* dst, const float* src, int64_t n, DType dt) {
   CUDA_LAUNCHED();
 }
 
+void CudaBackend::attention_decode(void* out, const void* q, const void* k, const void* v, int64_t T, int64_t NH,
+                                   int64_t NKV, int64_t HS, DType dt, float* scratch) {
+  launch_attention_decode(out, q, k, v, T, NH, NKV, HS, dt, scratch);
+  CUDA_LAUNCHED();
+}
+
 void CudaBackend::scale(void* x, float s, int64_t n, DType dt) {
   launch_scale(x, s, n, dt);
   CUDA_LAUNCHED();

@@ -66,6 +66,8 @@ class CudaBackend final : public Backend {
   void attention_backward(void* dqkv, const void* dout, const void* qkv, const void* out,
                           const float* lse, int64_t B, int64_t T, int64_t NH, int64_t NKV,
                           int64_t HS, DType dt) override;
+  void attention_decode(void* out, const void* q, const void* k, const void* v, int64_t T, int64_t NH, int64_t NKV,
+                        int64_t HS, DType dt, float* scratch) override;
   void embedding_forward(float* out, const int32_t* tokens, const void* wte, const void* wpe,
                          int64_t B, int64_t T, int64_t C, DType wdt) override;
   void embedding_backward(float* dwte, float* dwpe, const float* dout, const int32_t* tokens,

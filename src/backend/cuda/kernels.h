@@ -13,6 +13,8 @@ namespace frugal {
 
 void launch_add(float* out, const float* a, const void* b, int64_t n, DType dt);
 void launch_scale(void* x, float s, int64_t n, DType dt);
+void launch_attention_decode(void* out, const void* q, const void* k, const void* v, int64_t T, int64_t NH, int64_t NKV,
+                             int64_t HS, DType dt, float* scratch);
 // stream: a cudaStream_t (null: the compute stream)
 void launch_cast(void* dst, const float* src, int64_t n, DType dt, void* stream = nullptr);
 void launch_widen(float* dst, const void* src, int64_t n, DType dt, void* stream = nullptr);  // dt -> fp32
