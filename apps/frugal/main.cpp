@@ -57,6 +57,7 @@ static int cmd_train(const std::string& config, const std::vector<std::string>& 
   if (resume.empty() && !cfg.train.lora_init_from.empty()) {
     const LoraConfig l = read_adapter_config(cfg.train.lora_init_from);
     overrides.insert(overrides.begin(), {fmt::format("lora.rank={}", l.rank), fmt::format("lora.alpha={}", l.alpha),
+                                         fmt::format("lora.dropout={}", l.dropout),
                                          fmt::format("lora.targets=\"{}\"", fmt::join(l.targets, ","))});
     cfg = load_config(config_path, overrides);
   }

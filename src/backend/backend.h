@@ -154,6 +154,12 @@ class Backend {
 
   // Residual add: out(n) = a(n) + b(n), a and out fp32 (may alias), b in dt.
   virtual void add(float* out, const float* a, const void* b, int64_t n, DType dt) = 0;
+  // LoRA's dropout, its mask a function of (seed, i) alone, so that recompute and every backend
+  // draw the same: element i is kept when the top 24 bits of splitmix64's finaliser of
+  // seed + (i + 1) * 0x9e3779b97f4a7c15 are >= p * 2^24 (dropout_keep); out(n) = kept ? in / (1 - p)
+  // : 0, added into out when accumulate (in fp32, rounded once to dt). out may be in when not
+  // accumulating.
+  virtual void dropout(void* out, const void* in, int64_t n, float p, uint64_t seed, bool accumulate, DType dt) = 0;
   // x(n) *= s, in dt (computed in fp32, rounded once).
   virtual void scale(void* x, float s, int64_t n, DType dt) = 0;
   // dst(n) in dt = src(n) fp32, rounded to nearest even.
@@ -190,6 +196,15 @@ class Backend {
   // Returns when every op issued so far is done (before the host reads what ops wrote).
   virtual void synchronize() = 0;
 };
+
+// Whether dropout keeps element i under (seed, p): the op's mask, for the host.
+inline bool dropout_keep(uint64_t seed, int64_t i, float p) {
+  uint64_t z = seed + uint64_t(i + 1) * 0x9e3779b97f4a7c15ULL;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  z ^= z >> 31;
+  return double(z >> 40) >= double(p) * 16777216.0;
+}
 
 // x(n) where the host can read it, after a synchronize(): x itself on the CPU, else a copy
 // appended to `keep`, which must outlive the use.

@@ -104,6 +104,9 @@ class TimingBackend final : public Backend {
                   DType dt) override {
     time("dequantize", 0, [&] { b_.dequantize(o, q, row0, rows, col0, cols, dt); });
   }
+  void dropout(void* o, const void* i, int64_t n, float p, uint64_t seed, bool acc, DType dt) override {
+    time("lora", 0, [&] { b_.dropout(o, i, n, p, seed, acc, dt); });
+  }
   void scale(void* x, float s, int64_t n, DType dt) override {
     time("lora", 0, [&] { b_.scale(x, s, n, dt); });
   }

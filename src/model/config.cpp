@@ -65,8 +65,7 @@ void ModelConfig::validate(const std::string& where) const {
                n_head);
   if (lora.on()) {
     if (!(lora.alpha > 0)) user_error("{}: lora.alpha must be > 0, got {}", where, lora.alpha);
-    if (lora.dropout != 0)
-      user_error("{}: lora.dropout = {}: adapter dropout is not implemented yet (set 0)", where, lora.dropout);
+    if (!(lora.dropout >= 0 && lora.dropout < 1)) user_error("{}: lora.dropout must be in [0, 1), got {}", where, lora.dropout);
     lora_sites(*this, 0, where + ": lora.targets");  // every target names a module of the family
   }
   if (family == Family::gpt2) {  // what GPT-2's blocks compute

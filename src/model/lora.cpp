@@ -121,6 +121,16 @@ const void* Model::lw(const Unit& u, const ParamSpec& s) const {
   return u.wc + s.offset;
 }
 
+// Each site's dropout mask from the micro-batch's seed, the block and the site.
+static uint64_t site_seed(uint64_t seed, int l, size_t k) { return seed ^ ((uint64_t(l) * 16 + k + 1) * 0xd1b54a32d192ed03ULL); }
+
+const void* Model::lora_input(int l, size_t k, const void* x, int64_t BT) {
+  if (!dropout_on_) return x;
+  const int64_t n = BT * sites_[size_t(l)][k].in;
+  be_.dropout(dropout_ws_.data(), x, n, float(cfg_.lora.dropout), site_seed(dropout_seed_, l, k), false, dt_);
+  return dropout_ws_.data();
+}
+
 void Model::lora_forward(int l, float* Tensors::*weight, const void* x, void* y, int64_t BT) {
   if (sites_.empty()) return;
   const Unit& a = units_[adapters_[size_t(l)]];
@@ -131,7 +141,8 @@ void Model::lora_forward(int l, float* Tensors::*weight, const void* x, void* y,
   for (size_t k = 0; k < sites.size(); k++) {
     const LoraSite& s = sites[k];
     if (s.weight != weight) continue;
-    be_.matmul(false, true, BT, r, s.in, x, s.in, lw(a, a.specs[2 * k]), s.in, h, r, dt_, dt_, nullptr, false);
+    be_.matmul(false, true, BT, r, s.in, lora_input(l, k, x, BT), s.in, lw(a, a.specs[2 * k]), s.in, h, r, dt_, dt_,
+               nullptr, false);
     be_.scale(h, cfg_.lora.scale(), BT * r, dt_);
     be_.matmul(false, true, BT, s.rows, r, h, r, lw(a, a.specs[2 * k + 1]), r,
                static_cast<std::byte*>(y) + s.row0 * int64_t(es), width, dt_, dt_, nullptr, true);
@@ -151,12 +162,13 @@ void Model::lora_backward(int l, float* Tensors::*weight, const void* x, const v
     if (s.weight != weight) continue;
     const ParamSpec &A = a.specs[2 * k], &B = a.specs[2 * k + 1];
     const std::byte* dys = static_cast<const std::byte*>(dy) + s.row0 * int64_t(es);
-    be_.matmul(false, true, BT, r, s.in, x, s.in, lw(a, A), s.in, h, r, dt_, dt_, nullptr, false);
+    const void* xd = lora_input(l, k, x, BT);
+    be_.matmul(false, true, BT, r, s.in, xd, s.in, lw(a, A), s.in, h, r, dt_, dt_, nullptr, false);
     be_.scale(h, cfg_.lora.scale(), BT * r, dt_);
     be_.matmul(true, false, s.rows, r, BT, dys, width, h, r, view_of(a.g, B), r, dt_, DType::f32, nullptr, true);
     be_.matmul(false, false, BT, r, s.rows, dys, width, lw(a, B), r, dh, r, dt_, dt_, nullptr, false);
     be_.scale(dh, cfg_.lora.scale(), BT * r, dt_);
-    be_.matmul(true, false, r, s.in, BT, dh, r, x, s.in, view_of(a.g, A), s.in, dt_, DType::f32, nullptr, true);
+    be_.matmul(true, false, r, s.in, BT, dh, r, xd, s.in, view_of(a.g, A), s.in, dt_, DType::f32, nullptr, true);
     dh += BT * r * int64_t(es);
   }
 }
@@ -171,7 +183,12 @@ void Model::lora_backward_input(int l, float* Tensors::*weight, void* dx, int64_
   for (size_t k = 0; k < sites.size(); k++) {
     const LoraSite& s = sites[k];
     if (s.weight != weight) continue;
-    be_.matmul(false, false, BT, s.in, r, dh, r, lw(a, a.specs[2 * k]), s.in, dx, s.in, dt_, dt_, nullptr, true);
+    if (dropout_on_) {  // dx += mask (dh A) / (1 - p)
+      be_.matmul(false, false, BT, s.in, r, dh, r, lw(a, a.specs[2 * k]), s.in, dropout_ws_.data(), s.in, dt_, dt_, nullptr, false);
+      be_.dropout(dx, dropout_ws_.data(), BT * s.in, float(cfg_.lora.dropout), site_seed(dropout_seed_, l, k), true, dt_);
+    } else {
+      be_.matmul(false, false, BT, s.in, r, dh, r, lw(a, a.specs[2 * k]), s.in, dx, s.in, dt_, dt_, nullptr, true);
+    }
     dh += BT * r * int64_t(es);
   }
 }

@@ -220,6 +220,14 @@ void Model::write_param(const Named& n, const float* host) {
 }
 
 // Elements of the quantized layers' panel workspace: the largest of the block's four linears'.
+// Columns of LoRA's dropout workspace: the widest adapter input (0 without dropout).
+static int64_t dropout_width(const ModelConfig& c) {
+  if (!c.lora.on() || c.lora.dropout == 0) return 0;
+  int64_t most = 0;
+  for (const LoraSite& s : lora_sites(c, 0)) most = std::max(most, s.in);
+  return most;
+}
+
 static int64_t quant_ws_elems(const ModelConfig& c) {
   if (!c.lora.on() || c.lora.base == BaseFormat::compute) return 0;
   const ActWidths w{c.n_embd, c.qkv_width(), c.gated_mlp() ? 2 * c.ffn() : c.ffn(), c.ffn(), 0, 0};
@@ -290,6 +298,7 @@ void Model::allocate(int B, int T, const std::vector<Recompute>& plan, int64_t h
   dres_c_ = Bytes(dt_ != DType::f32 ? size_t(BT * C) * es : 0, W);
   lora_ws_ = Bytes(size_t(BT * lora_width(cfg_)) * es, W);
   quant_ws_ = Bytes(size_t(quant_ws_elems(cfg_)) * es, W);
+  dropout_ws_ = Bytes(size_t(BT * dropout_width(cfg_)) * es, W);
   norm_sink_ = {cfg_.lora.on() ? size_t(2 * C) : 0, W};
   if (cfg_.rotary()) {
     std::vector<float> c, s;
@@ -347,6 +356,7 @@ MemoryEstimate model_memory(const ModelConfig& cfg, int B, int T, DType dt, cons
   if (cfg.rotary()) work += 4.0 * T * cfg.head_size();  // the rotary tables
   work += BT * double(lora_width(cfg)) * e + (cfg.lora.on() ? 8.0 * C : 0.0);  // LoRA's h and dh, the norms' sink
   work += double(quant_ws_elems(cfg)) * e;  // a quantized base's dequantized panel
+  work += BT * double(dropout_width(cfg)) * e;  // LoRA's dropped-out input
   MemoryEstimate m;
   m.bytes[int(Mem::activations)] = size_t(acts);
   m.bytes[int(Mem::workspace)] = size_t(work);

@@ -332,6 +332,13 @@ class Model {
   void block_backward(int l, int B, int T);
   void embed_backward(const int32_t* tokens, int B, int T);
 
+  // LoRA's dropout on the adapters' inputs (lora.dropout > 0): on for training micro-batches, its
+  // masks drawn from seed (the same in a recompute), off for evaluation and sampling.
+  void set_dropout(bool on, uint64_t seed = 0) {
+    dropout_on_ = on && cfg_.lora.dropout > 0;
+    dropout_seed_ = seed;
+  }
+
   // Sampling with a key/value cache: start_cache(max_T) allocates every block's keys and values
   // for max_T positions (and the activations of a max_T prompt); prefill runs positions 0..T-1 and
   // keeps their keys and values; next runs one more position against them (O(T) per token, not
@@ -399,6 +406,10 @@ class Model {
   std::vector<std::vector<LoraSite>> sites_;   // per block, under LoRA
   Bytes lora_ws_;                              // workspace (B,T, 4 rank) dt: h, then up to 3 dh
   Bytes quant_ws_;                             // workspace: a quantized layer's dequantized panel (dt)
+  Bytes dropout_ws_;                           // workspace (B,T, widest adapter input) dt: LoRA's dropped-out input
+  bool dropout_on_ = false;
+  uint64_t dropout_seed_ = 0;
+  const void* lora_input(int l, size_t site, const void* x, int64_t BT);  // x, or x dropped out
   PoolArray<float> norm_sink_;                 // workspace (2C): a frozen norm's unused dw, db
   int B_ = 0, T_ = 0;
   int64_t head_rows_ = 0;                      // rows per lm-head chunk

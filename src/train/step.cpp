@@ -127,6 +127,9 @@ float Stepper::forward_backward(const NextBatch& next) {
   for (int k = 0; k < accum_; k++) {
     const bool last = k == accum_ - 1;
     const int32_t* in = inputs_.data() + k * micro_tokens;
+    // LoRA's dropout masks: a function of the seed, the micro-batch and the rank (resume draws the same)
+    model_.set_dropout(true, (uint64_t(t_.seed) * 0x9e3779b97f4a7c15ULL) ^ (uint64_t(updates_) * accum_ + k) ^
+                                 (uint64_t(comm_.rank()) << 48));
     forward(in);
     shards_.grads_begin(head);
     shards_.grads_begin(final_unit);
@@ -156,6 +159,7 @@ float Stepper::forward_backward(const NextBatch& next) {
     // one backward); zero2 and yafsdp keep theirs and fold them on reuse
     if (!last && shards_.policy().shard_grads && !shards_.policy().persistent) wait += shards_.finish();
   }
+  model_.set_dropout(false);
   comm_wait_s_ = wait + shards_.finish();
   float loss_buf[1] = {float(loss_sum)};
   comm_.all_reduce(loss_buf, 1, ReduceOp::sum)->wait();

@@ -667,6 +667,25 @@ TEST(Elementwise, AddCastScaleSumSquaresMatchFloat64) {
     double abs_floor = d == DType::f16 ? 0x1p-25 : 0.0;
     for (int i = 0; i < n; i++)
       ASSERT_LE(std::abs(C[i] - a[i]), half_ulp * std::abs(a[i]) + abs_floor) << dtype_name(d) << " " << i;
+    // dropout: the mask of dropout_keep, a fraction p dropped, kept values scaled by 1/(1-p)
+    // (rounded once), added into the output when accumulating
+    {
+      const float p = 0.3f;
+      Buf x(d, b), y(d, a), acc(d, a);
+      be().dropout(y.data(), x.data(), n, p, 1234, false, d);
+      be().dropout(acc.data(), x.data(), n, p, 1234, true, d);
+      const Vec X = x.values(), Y = y.values(), A0 = Buf(d, a).values(), ACC = acc.values();
+      int kept = 0;
+      for (int i = 0; i < n; i++) {
+        const bool keep = dropout_keep(1234, i, p);
+        kept += keep;
+        const double want = keep ? X[i] / (1.0 - p) : 0.0, sum = A0[i] + want;
+        ASSERT_LE(std::abs(Y[i] - want), half_ulp * std::abs(want) + abs_floor + 1e-6 * std::abs(want)) << "dropout " << i;
+        ASSERT_LE(std::abs(ACC[i] - sum), half_ulp * std::abs(sum) + abs_floor + 1e-6 * (std::abs(A0[i]) + std::abs(want)))
+            << "dropout += " << i;  // the fp32 sum of the two, rounded once
+      }
+      EXPECT_NEAR(double(kept) / n, 1.0 - p, 0.01) << "dropout keeps 1 - p";
+    }
     // scale: the product of the stored value, rounded once
     Buf s(d, b);
     be().scale(s.data(), 0.37f, n, d);

@@ -433,12 +433,16 @@ TEST(CudaElementwise, AddCastSumsAdamWMatchCpu) {
   const int64_t n = 100003;
   for (DType d : kAll) {
     Pair a(DType::f32, randn(n, 1.0f, 1)), b(d, randn(n, 1.0f, 2)), out(DType::f32, n), c(d, n);
-    Pair sc(d, randn(n, 1.0f, 7));
+    Pair sc(d, randn(n, 1.0f, 7)), dr(d, randn(n, 1.0f, 8)), dra(d, randn(n, 1.0f, 9));
     both([&](Backend& be, bool g) {
       be.add(out.f(g), a.f(g), b(g), n, d);
       be.cast(c(g), a.f(g), n, d);
       be.scale(sc(g), 0.37f, n, d);
+      be.dropout(dr(g), b(g), n, 0.1f, 99, false, d);
+      be.dropout(dra(g), b(g), n, 0.1f, 99, true, d);
     });
+    EXPECT_EQ(dr.g.values(), dr.c.values()) << "dropout in " << dtype_name(d);  // the same mask, one product
+    EXPECT_EQ(dra.g.values(), dra.c.values()) << "dropout += in " << dtype_name(d);
     expect_match(out, "add");
     expect_match(c, "cast", 1e-7);  // round to nearest even on both: identical
     EXPECT_EQ(sc.g.values(), sc.c.values()) << "scale in " << dtype_name(d);  // one fp32 product, rounded once

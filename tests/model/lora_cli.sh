@@ -12,7 +12,7 @@ REF=$(cd "$(dirname "$0")/../reference" && pwd)
 source "$(dirname "$0")/../support/scratch.sh"
 $PY "$REF/llama_reference.py" save hf --layers 2 --heads 4 --kv-heads 2 --hidden 64 --ffn 128 --vocab 257 --context 64 --seed 3 \
   >/dev/null 2>&1 || fail "llama_reference.py save"
-A="--init-from hf --lora.rank=4 --lora.alpha=8 --lora.targets=q_proj,v_proj,down_proj --train.lr=3e-3 --train.seq_len=32
+A="--init-from hf --lora.rank=4 --lora.alpha=8 --lora.dropout=0.05 --lora.targets=q_proj,v_proj,down_proj --train.lr=3e-3 --train.seq_len=32
    --train.micro_batch=2 --train.eval_every=4 --train.eval_batches=1 --data.train=data/train_*.bin --data.val=data/val_*.bin"
 "$F" train $A --train.steps=8 --run.checkpoint_every=0 --run.dir=whole > log 2>&1 || fail "lora run: $(cat log)"
 "$F" train $A --train.steps=8 --run.checkpoint_every=4 --run.dir=run > log 2>&1 || fail "checkpointed lora run: $(cat log)"
@@ -50,7 +50,7 @@ for k, v in orig.items():  # untargeted weights are the base's
     if not any(t in k for t in ("q_proj", "v_proj", "down_proj")):
         assert torch.equal(msd[k], v), k
 cfg = json.load(open("peft/adapter_config.json"))
-assert cfg["r"] == 4 and cfg["lora_alpha"] == 8 and sorted(cfg["target_modules"]) == ["down_proj", "q_proj", "v_proj"]
+assert cfg["r"] == 4 and cfg["lora_alpha"] == 8 and cfg["lora_dropout"] == 0.05 and sorted(cfg["target_modules"]) == ["down_proj", "q_proj", "v_proj"]
 PY
 # bf16 with full recompute and zero2 over 1 rank: trains, the loss falls
 "$F" train $A --train.steps=8 --precision.compute=bf16 --memory.recompute=full --dist.strategy=zero2 --run.checkpoint_every=0 \
@@ -80,6 +80,20 @@ PY
 "$F" train --init-from hf --lora.init_from=peft --train.steps=2 --train.seq_len=32 --train.micro_batch=2 --run.checkpoint_every=0 \
   --data.train='data/train_*.bin' --data.val='data/val_*.bin' --run.dir=more > log 2>&1 || fail "lora.init_from: $(cat log)"
 grep -q 'rank = 4' more/config.toml || fail "lora.init_from did not take the adapter's rank: $(cat more/config.toml)"
+# instruction data: prompt/completion and messages records, masked, LoRA-trained (byte-level here)
+for i in $(seq 1 300); do
+  echo '{"prompt": "Who begat Enos? ", "completion": "Seth begat Enos, and lived after he begat Enos."}'
+  echo '{"messages": [{"role": "user", "content": "And who was Enos his son?"}, {"role": "assistant", "content": "Cainan."}]}'
+done > chat.jsonl
+"$F" prepare --format jsonl chat.jsonl --out chat --val-every 4 > log 2>&1 || fail "prepare jsonl: $(cat log)"
+ls chat/train_000.mask >/dev/null 2>&1 || fail "no loss mask: $(ls chat)"
+"$F" train --init-from hf --lora.rank=4 --train.steps=4 --train.seq_len=32 --train.micro_batch=2 --run.checkpoint_every=0 \
+  --train.lr=3e-3 --data.train='chat/train_*.bin' --data.val='chat/val_*.bin' --run.dir=chat_run > log 2>&1 \
+  || fail "lora on instruction data: $(cat log)"
+echo '{"prompt": "no completion"}' > bad.jsonl
+"$F" prepare --format jsonl bad.jsonl --out bad_chat > log 2>&1 && fail "a record without a completion was prepared"
+grep -q "bad.jsonl:1" log || fail "bad record: $(cat log)"
+[ -e bad_chat/train_000.bin ] && fail "a failed prepare wrote shards"
 # bad input
 "$F" train $A --lora.targets=q_proj,nope --train.steps=1 --run.dir=bad > log 2>&1 && fail "an unknown target ran"
 grep -q "lora.targets: 'nope' is not a module of a llama block" log || fail "unknown target: $(cat log)"

@@ -21,11 +21,15 @@ ModelConfig with_lora(ModelConfig c, BaseFormat base) {
   c.lora.base = base;
   return c;
 }
+ModelConfig with_dropout(ModelConfig c) {  // its masks redrawn alike in a recompute
+  c.lora.dropout = 0.1;
+  return c;
+}
 
 TEST(Recompute, EveryPolicyGivesBitIdenticalGradients) {
   for (const ModelConfig& cfg : {ModelConfig{"custom", 4, 3, 48, 301, 80}, kLlama,
                                  with_lora(ModelConfig{"custom", 4, 3, 48, 301, 80}, BaseFormat::compute),
-                                 with_lora(kLlama, BaseFormat::nf4)})
+                                 with_lora(kLlama, BaseFormat::nf4), with_dropout(with_lora(kLlama, BaseFormat::compute))})
   for (DType dt : {DType::f32, DType::bf16, DType::f16}) {
     std::vector<std::vector<float>> ref;
     float ref_loss = 0;
@@ -69,6 +73,7 @@ TEST(Recompute, MeasuredBytesMatchTheFormulaForEveryPolicyShapeAndDtype) {
                           {with_lora({"custom", 4, 4, 64, 257, 128}, BaseFormat::compute), 4, 128},
                           {with_lora(kLlama, BaseFormat::compute), 2, 70},
                           {with_lora(kLlama, BaseFormat::nf4), 2, 70},
+                          {with_dropout(with_lora(kLlama, BaseFormat::nf4)), 2, 70},
                           {with_lora({"custom", 3, 6, 96, 1000, 256, Family::llama, 2, 256, false, true, 1e-5, 10000},
                                      BaseFormat::int8), 2, 200}};
   for (auto& s : shapes)

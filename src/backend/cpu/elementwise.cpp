@@ -30,6 +30,20 @@ void CpuBackend::cast(void* dst, const float* src, int64_t n, DType dt) {
   });
 }
 
+void CpuBackend::dropout(void* out, const void* in, int64_t n, float p, uint64_t seed, bool accumulate, DType dt) {
+  const float k = 1.0f / (1.0f - p);
+  dispatch(dt, [&](auto t) {
+    using T = decltype(t);
+    const T* x = static_cast<const T*>(in);
+    T* y = static_cast<T*>(out);
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; i++) {
+      const float v = dropout_keep(seed, i, p) ? to_f32(x[i]) * k : 0.0f;
+      y[i] = from_f32<T>(accumulate ? to_f32(y[i]) + v : v);
+    }
+  });
+}
+
 void CpuBackend::scale(void* x, float s, int64_t n, DType dt) {
   dispatch(dt, [&](auto t) {
     using T = decltype(t);

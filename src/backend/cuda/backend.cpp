@@ -136,6 +136,11 @@ void CudaBackend::attention_decode(void* out, const void* q, const void* k, cons
   CUDA_LAUNCHED();
 }
 
+void CudaBackend::dropout(void* out, const void* in, int64_t n, float p, uint64_t seed, bool accumulate, DType dt) {
+  launch_dropout(out, in, n, p, seed, accumulate, dt);
+  CUDA_LAUNCHED();
+}
+
 void CudaBackend::scale(void* x, float s, int64_t n, DType dt) {
   launch_scale(x, s, n, dt);
   CUDA_LAUNCHED();

@@ -77,6 +77,7 @@ class CudaBackend final : public Backend {
   void dequantize(void* out, const QuantView& q, int64_t row0, int64_t rows, int64_t col0, int64_t cols,
                   DType dt) override;
   void scale(void* x, float s, int64_t n, DType dt) override;
+  void dropout(void* out, const void* in, int64_t n, float p, uint64_t seed, bool accumulate, DType dt) override;
   void softmax_xent(void* logits, float* losses, const int32_t* targets, int64_t N, int64_t V,
                     int64_t Vp, float grad_scale, DType dt) override;
   void adamw(const std::vector<AdamWSpan>& spans, const AdamWArgs& a, DType copy_dt) override;

@@ -28,6 +28,26 @@ void launch_add(float* out, const float* a, const void* b, int64_t n, DType dt) 
   dispatch_cuda(dt, [&](auto p) { launch(add_k<STORAGE(p)>, grid_for(n), 256, 0, out, a, static_cast<const STORAGE(p)*>(b), n); });
 }
 
+// backend.h's dropout_keep, on the device
+template <class S>
+__global__ void dropout_k(S* out, const S* in, int64_t n, float p, float k, uint64_t seed, bool accumulate) {
+  GRID_STRIDE(i, n) {
+    uint64_t z = seed + uint64_t(i + 1) * 0x9e3779b97f4a7c15ULL;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    z ^= z >> 31;
+    const float v = double(z >> 40) >= double(p) * 16777216.0 ? to_f(in[i]) * k : 0.0f;
+    out[i] = from_f<S>(accumulate ? to_f(out[i]) + v : v);
+  }
+}
+
+void launch_dropout(void* out, const void* in, int64_t n, float p, uint64_t seed, bool accumulate, DType dt) {
+  dispatch_cuda(dt, [&](auto q) {
+    launch(dropout_k<STORAGE(q)>, grid_for(n), 256, 0, static_cast<STORAGE(q)*>(out), static_cast<const STORAGE(q)*>(in), n,
+           p, 1.0f / (1.0f - p), seed, accumulate);
+  });
+}
+
 void launch_scale(void* x, float s, int64_t n, DType dt) {
   dispatch_cuda(dt, [&](auto p) { launch(scale_k<STORAGE(p)>, grid_for(n), 256, 0, static_cast<STORAGE(p)*>(x), s, n); });
 }

@@ -13,6 +13,7 @@ namespace frugal {
 
 void launch_add(float* out, const float* a, const void* b, int64_t n, DType dt);
 void launch_scale(void* x, float s, int64_t n, DType dt);
+void launch_dropout(void* out, const void* in, int64_t n, float p, uint64_t seed, bool accumulate, DType dt);
 void launch_attention_decode(void* out, const void* q, const void* k, const void* v, int64_t T, int64_t NH, int64_t NKV,
                              int64_t HS, DType dt, float* scratch);
 // stream: a cudaStream_t (null: the compute stream)
