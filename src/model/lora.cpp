@@ -2,9 +2,10 @@
 // names), the adapter units' table rows, and the adapters' forward and backward around a block's
 // frozen linear layers.
 //
-// Per site, with x(BT, in) the layer's input, dy(BT, rows) its output gradient, s = alpha/rank:
+// Per site, with x(BT, in) the layer's input (under lora.dropout, x·mask/(1-p), the mask redrawn
+// from the micro-batch's seed), dy(BT, rows) its output gradient, s = alpha/rank:
 //   forward   h = s (x A^T)                  y[:, row0:row0+rows] += h B^T
-//   backward  h as above, dB += dy^T h,      dh = s (dy B),  dA += dh^T x,  dx += dh A
+//   backward  h as above, dB += dy^T h,      dh = s (dy B),  dA += dh^T x,  dx += dh A (·mask/(1-p))
 // h is recomputed in backward (BT x rank: a GEMM of rank/rows the layer's cost) instead of kept.
 #include <algorithm>
 

@@ -2,6 +2,7 @@
 #include <omp.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
@@ -24,14 +25,20 @@ double evaluate(const LossFn& loss, DataLoader& loader, int batches, Comm* comm)
   int64_t n = batches > 0 ? batches : loader.num_windows() / (int64_t(B) * loader.world());
   std::vector<int32_t> in(size_t(B) * T), tg(in.size());
   loader.reset();
-  double sum = 0.0;
+  double sum = 0.0, counted = 0.0;  // a micro-batch's mean weighs as its counted targets (masked data)
   for (int64_t i = 0; i < n; i++) {
     loader.next(in.data(), tg.data());
-    sum += loss(in.data(), tg.data());
+    const double c = double(std::count_if(tg.begin(), tg.end(), [](int32_t t) { return t >= 0; }));
+    sum += c > 0 ? loss(in.data(), tg.data()) * c : 0.0;
+    counted += c;
   }
-  float mean[1] = {float(sum / double(n))};
-  if (comm && comm->size() > 1) comm->all_reduce(mean, 1, ReduceOp::avg)->wait();
-  return mean[0];
+  if (comm && comm->size() > 1) {
+    float buf[2] = {float(sum), float(counted)};
+    comm->all_reduce(buf, 2, ReduceOp::sum)->wait();
+    sum = buf[0];
+    counted = buf[1];
+  }
+  return counted > 0 ? sum / counted : 0.0;
 }
 
 // "params 475.0 MiB, grads 475.0 MiB, ..." for the categories that hold any bytes
