@@ -219,7 +219,6 @@ void Model::write_param(const Named& n, const float* host) {
   be_.synchronize();
 }
 
-// Elements of the quantized layers' panel workspace: the largest of the block's four linears'.
 // Columns of LoRA's dropout workspace: the widest adapter input (0 without dropout).
 static int64_t dropout_width(const ModelConfig& c) {
   if (!c.lora.on() || c.lora.dropout == 0) return 0;
@@ -228,6 +227,7 @@ static int64_t dropout_width(const ModelConfig& c) {
   return most;
 }
 
+// Elements of the quantized layers' panel workspace: the largest of the block's four linears'.
 static int64_t quant_ws_elems(const ModelConfig& c) {
   if (!c.lora.on() || c.lora.base == BaseFormat::compute) return 0;
   const ActWidths w{c.n_embd, c.qkv_width(), c.gated_mlp() ? 2 * c.ffn() : c.ffn(), c.ffn(), 0, 0};

@@ -93,7 +93,6 @@ void Stepper::forward(const int32_t* tokens) {
     model_.block_forward(l, B, T);
     shards_.release(model_.block_index(l));
   }
-  // (LoRA's adapters are whole on every rank: nothing to acquire)
   shards_.acquire(head);
 }
 
