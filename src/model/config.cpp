@@ -113,10 +113,9 @@ double ModelConfig::flops_per_token(int T) const {
   if (!lora.on()) return 6.0 * N + attention;
   // LoRA: the frozen base's forward and input gradients, no weight gradients (4N); per adapter
   // site 2r(in + rows) forward and 2r(4 in + 3 rows) backward (h recomputed, dB, dh, dA, dx)
-  double adapters = 0;
-  for (int l = 0; l < n_layer; l++)
-    for (const LoraSite& s : lora_sites(*this, l)) adapters += 2.0 * lora.rank * (5.0 * double(s.in) + 4.0 * double(s.rows));
-  return 4.0 * N + adapters + attention;
+  double adapters = 0;  // one block's: every block has the same sites
+  for (const LoraSite& s : lora_sites(*this, 0)) adapters += 2.0 * lora.rank * (5.0 * double(s.in) + 4.0 * double(s.rows));
+  return 4.0 * N + n_layer * adapters + attention;
 }
 
 }  // namespace frugal

@@ -110,11 +110,8 @@ static int64_t out_width(const ModelConfig& c, float* Tensors::*weight) {
   return c.n_embd;  // proj, fcproj
 }
 
-bool Model::has_lora(int l, float* Tensors::*weight) const {
-  if (sites_.empty()) return false;
-  for (const LoraSite& s : sites_[size_t(l)])
-    if (s.weight == weight) return true;
-  return false;
+bool Model::has_lora(float* Tensors::*weight) const {
+  return std::any_of(sites_.begin(), sites_.end(), [&](const LoraSite& s) { return s.weight == weight; });
 }
 
 const void* Model::lw(const Unit& u, const ParamSpec& s) const {
@@ -127,7 +124,7 @@ static uint64_t site_seed(uint64_t seed, int l, size_t k) { return seed ^ ((uint
 
 const void* Model::lora_input(int l, size_t k, const void* x, int64_t BT) {
   if (!dropout_on_) return x;
-  const int64_t n = BT * sites_[size_t(l)][k].in;
+  const int64_t n = BT * sites_[k].in;
   be_.dropout(dropout_ws_.data(), x, n, float(cfg_.lora.dropout), site_seed(dropout_seed_, l, k), false, dt_);
   return dropout_ws_.data();
 }
@@ -138,7 +135,7 @@ void Model::lora_forward(int l, float* Tensors::*weight, const void* x, void* y,
   const int64_t r = cfg_.lora.rank, width = out_width(cfg_, weight);
   const size_t es = dtype_size(dt_);
   void* h = lora_ws_.data();
-  const std::vector<LoraSite>& sites = sites_[size_t(l)];
+  const std::vector<LoraSite>& sites = sites_;
   for (size_t k = 0; k < sites.size(); k++) {
     const LoraSite& s = sites[k];
     if (s.weight != weight) continue;
@@ -157,7 +154,7 @@ void Model::lora_backward(int l, float* Tensors::*weight, const void* x, const v
   const size_t es = dtype_size(dt_);
   std::byte* h = lora_ws_.data();
   std::byte* dh = h + BT * r * int64_t(es);  // one (BT, r) per site of this layer, kept for backward_input
-  const std::vector<LoraSite>& sites = sites_[size_t(l)];
+  const std::vector<LoraSite>& sites = sites_;
   for (size_t k = 0; k < sites.size(); k++) {
     const LoraSite& s = sites[k];
     if (s.weight != weight) continue;
@@ -180,7 +177,7 @@ void Model::lora_backward_input(int l, float* Tensors::*weight, void* dx, int64_
   const int64_t r = cfg_.lora.rank;
   const size_t es = dtype_size(dt_);
   const std::byte* dh = lora_ws_.data() + BT * r * int64_t(es);
-  const std::vector<LoraSite>& sites = sites_[size_t(l)];
+  const std::vector<LoraSite>& sites = sites_;
   for (size_t k = 0; k < sites.size(); k++) {
     const LoraSite& s = sites[k];
     if (s.weight != weight) continue;
@@ -214,8 +211,8 @@ void Model::merge_lora(BaseFormat trained_on) {
       be_.copy(base.p.*s.field, w.data(), w.size() * sizeof(float));
     }
     const Unit& a = units_[adapters_[size_t(l)]];
-    for (size_t k = 0; k < sites_[size_t(l)].size(); k++) {
-      const LoraSite& s = sites_[size_t(l)][k];
+    for (size_t k = 0; k < sites_.size(); k++) {
+      const LoraSite& s = sites_[k];
       PoolArray<float> delta(size_t(s.rows * s.in), Mem::workspace);  // B A (rows, in)
       be_.matmul(false, false, s.rows, s.in, r, view_of(const_cast<Tensors&>(a.p), a.specs[2 * k + 1]), r,
                  view_of(const_cast<Tensors&>(a.p), a.specs[2 * k]), s.in, delta.data(), s.in, dt_, dt_, nullptr, false);

@@ -122,8 +122,7 @@ Model::Model(const ModelConfig& cfg, Backend& be, DType compute, Own own) : cfg_
     }
     units_.push_back(make_unit(std::move(spec), dt_, own));
   }
-  if (cfg_.lora.on())
-    for (int l = 0; l < cfg_.n_layer; l++) sites_.push_back(lora_sites(cfg_, l));
+  sites_ = lora_sites(cfg_, 0);  // every block's are the same rows of the same weights
 }
 
 void Model::init(uint64_t seed, const std::function<void(size_t unit, const float* full)>& sink) {
@@ -495,7 +494,7 @@ void Model::block_forward(int l, int B, int T, bool recompute) {
   be_.add(res_mid, x, a.proj, BT * C, dt);
   norm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, res_mid, p.ln2_w, p.ln2_b, BT);
   const int64_t fin = glu ? 2 * F : F;
-  const bool fc_lora = has_lora(l, &Tensors::fc_w);
+  const bool fc_lora = has_lora(&Tensors::fc_w);
   if (recompute || glu || fc_lora || !u.qv.empty()) {  // the activation, like the norms, is recomputed where backward uses it
     linear(l, &Tensors::fc_w, &Tensors::fc_b, a.fch, a.ln2, BT, C, fin);
     lora_forward(l, &Tensors::fc_w, a.ln2, a.fch, BT);
@@ -573,7 +572,7 @@ void Model::block_backward(int l, int B, int T) {
   float* res_mid = res_mid_.data();
   be_.add(res_mid, res_[l], a.proj, BT * C, dt);  // bit-identical to the forward's
   // MLP: y = res_mid + fcproj(act(fc(ln2(res_mid))))
-  const bool down_lora = has_lora(l, &Tensors::fcproj_w);
+  const bool down_lora = has_lora(&Tensors::fcproj_w);
   if (rebuild) {
     if (glu) be_.swiglu_forward(a.fch_gelu, a.fch, BT, F, dt);
     else be_.gelu_forward(a.fch_gelu, a.fch, BT * F, dt);

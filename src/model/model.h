@@ -388,7 +388,7 @@ class Model {
   void lora_forward(int l, float* Tensors::*weight, const void* x, void* y, int64_t BT);
   void lora_backward(int l, float* Tensors::*weight, const void* x, const void* dy, int64_t BT);
   void lora_backward_input(int l, float* Tensors::*weight, void* dx, int64_t BT);
-  bool has_lora(int l, float* Tensors::*weight) const;
+  bool has_lora(float* Tensors::*weight) const;  // whether adapters sit on this weight
   const void* lw(const Unit& u, const ParamSpec& s) const;  // an adapter matrix in the compute dtype
   // The compute-dtype view of a parameter of unit u (the master itself in fp32).
   const void* cw(const Unit& u, float* Tensors::*field) const;
@@ -403,7 +403,7 @@ class Model {
   std::vector<Unit> units_;
   size_t embedding_ = 0, final_ = 0, head_ = 0;
   std::vector<size_t> blocks_, adapters_;
-  std::vector<std::vector<LoraSite>> sites_;   // per block, under LoRA
+  std::vector<LoraSite> sites_;                // under LoRA: where each block's adapters sit
   Bytes lora_ws_;                              // workspace (B,T, 4 rank) dt: h, then up to 3 dh
   Bytes quant_ws_;                             // workspace: a quantized layer's dequantized panel (dt)
   Bytes dropout_ws_;                           // workspace (B,T, widest adapter input) dt: LoRA's dropped-out input

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "data/data.h"
+#include "data/tokenizer_strings.h"
 #include "support/support.h"
 
 namespace frugal {
@@ -21,12 +22,6 @@ const std::string kRanks = kGpt2Files + "/" + kGpt2Ranks;
 Tokenizer& gpt2() {
   static std::unique_ptr<Tokenizer> tok = make_gpt2_tokenizer(kGpt2Files);
   return *tok;
-}
-
-std::vector<uint32_t> encode(Tokenizer& tok, const std::string& s) {
-  std::vector<uint32_t> ids;
-  tok.encode(s, ids);
-  return ids;
 }
 
 std::string decode(const Tokenizer& tok, const std::vector<uint32_t>& ids) {
@@ -59,14 +54,6 @@ void expect_tiktoken_ids(const std::vector<std::string>& strings, const std::str
 }
 
 // Appends code point cp (not a surrogate) as UTF-8.
-void append_utf8(std::string& s, uint32_t cp) {
-  if (cp < 0x80) { s += char(cp); return; }
-  if (cp < 0x800) { s += char(0xC0 | cp >> 6); }
-  else if (cp < 0x10000) { s += char(0xE0 | cp >> 12); s += char(0x80 | (cp >> 6 & 0x3F)); }
-  else { s += char(0xF0 | cp >> 18); s += char(0x80 | (cp >> 12 & 0x3F)); s += char(0x80 | (cp >> 6 & 0x3F)); }
-  s += char(0x80 | (cp & 0x3F));
-}
-
 // The bytes as valid UTF-8: every invalid sequence replaced by U+FFFD.
 std::string valid_utf8(const std::string& bytes) {
   using nlohmann::json;
@@ -81,19 +68,7 @@ TEST(Gpt2Tokenizer, KnownIds) {
 }
 
 TEST(Gpt2Tokenizer, EqualsTiktokenOnHardStrings) {
-  std::vector<std::string> hard = {
-      "Hello world", " ", "  ", "\n", "\n\n\n", "a  b", "a   \n  b", "trailing spaces   ",
-      "trailing newline\n", "tabs\t\tand\ttabs", " \t \n", "  \n\n  \n", "   leading", "x\r\ny\r\n",
-      "I'm you're we've they'll he'd she's it't", "'s'S'RE'Ve 'll 'LL", "''''", "Mr. O'Neil's",
-      "don't!!! ??? ...", " !!!", "@#$%^&*()_+-=[]{}|;':\",./<>?`~",
-      "1234567890 12 3.14159 1,000,000 007", "mixed123abc456def", "٣٤٥ Ⅻ ½ ² ¾",
-      "日本語のテキスト、中文文本。", "한국어 텍스트", "emoji 😀👍🏽 👨‍👩‍👧‍👦 flags 🇩🇪 😀😀😀😀😀😀",
-      "combining: e\u0301 a\u0308 n\u0303 \u0915\u093f \u0301\u0301", "Ελληνικά Русский עברית العربية",
-      "ﬁ ligature ß ẞ", "\u00a0nbsp\u3000ideographic\u2003em \u2028ls\u2029ps",
-      "x \u200bzero-width \ufeffbom \u0085nel \u0085\u0085x", "a\u3000\u3000b \u3000 c\u3000", "\u2003\u2003\u2003x",
-      "<|endoftext|>", std::string(600, 'a'), std::string(300, ' ') + "x", std::string(200, '7'),
-      "The quick brown fox jumps over the lazy dog.  And then?\n\n  Nothing.   "};
-  expect_tiktoken_ids(hard, "hard string");
+  expect_tiktoken_ids(hard_strings(), "hard string");
 }
 
 // 10,000 strings of each kind, in one tiktoken call: over an alphabet of the regex's hard cases
@@ -101,30 +76,9 @@ TEST(Gpt2Tokenizer, EqualsTiktokenOnHardStrings) {
 // points); random code points (ASCII, the BMP, all planes); random bytes (as valid UTF-8: tiktoken
 // takes text) and random ASCII bytes.
 TEST(Gpt2Tokenizer, EqualsTiktokenOnRandomStrings) {
-  const std::vector<std::string> alphabet = {"a", "Z", "s", "t", "l", "e", "'", " ", " ", "  ", "\n",
-      "\t", "\r", "1", "9", "½", ".", "!", "-", "é", "e\u0301", "中", "😀", "\u00a0", "\u3000", "ß", "Ⅻ",
-      "\u0085", "\ufeff", "\u2028"};
-  Rng rng(test::test_seed());
   const int kEach = 10000;
-  std::vector<std::string> strings;
-  for (int i = 0; i < kEach; i++) {
-    std::string s;
-    for (int k = 0, n = 1 + int(rng.below(40)); k < n; k++) s += alphabet[rng.below(alphabet.size())];
-    strings.push_back(s);
-  }
-  for (int i = 0; i < kEach; i++) {
-    std::string s;
-    for (int k = 0, n = 1 + int(rng.below(48)); k < n; k++) {
-      uint32_t cp;
-      do {
-        double u = rng.uniform();
-        cp = u < 0.35 ? uint32_t(rng.below(0x80)) : u < 0.75 ? uint32_t(0x80 + rng.below(0x10000 - 0x80))
-                                                             : uint32_t(rng.below(0x110000));
-      } while (cp >= 0xD800 && cp <= 0xDFFF);
-      append_utf8(s, cp);
-    }
-    strings.push_back(s);
-  }
+  std::vector<std::string> strings = random_strings(kEach);
+  Rng rng(test::test_seed() + 1);
   for (int i = 0; i < 2 * kEach; i++) {
     std::string s(1 + rng.below(64), '\0');
     for (auto& c : s) c = char(rng.below(i < kEach ? 256 : 128));

@@ -96,17 +96,8 @@ void run_llama_parity(const Case& c) {
   EXPECT_EQ(cfg.attention_bias, c.qwen2);
   EXPECT_EQ(cfg.rope_scaling.original_context, c.llama3 ? c.llama3 : 8192);
   Backend& be = cpu_backend();
-  const int W = c.T + 1;
   int batch = 0;
-  NextBatch next = [&](int32_t* in, int32_t* tg) {
-    for (int b = 0; b < c.B; b++)
-      for (int i = 0; i < c.T; i++) {
-        const int32_t* w = tokens.data() + (size_t(batch) * c.B + b) * W;
-        in[b * c.T + i] = w[i];
-        tg[b * c.T + i] = w[i + 1];
-      }
-    batch++;
-  };
+  NextBatch next = [&](int32_t* in, int32_t* tg) { test::batch_of(tokens, batch++, c.B, c.T, in, tg); };
   auto comm = make_local_comm();
   for (DType dt : {DType::f32, DType::bf16}) {
     SCOPED_TRACE(dtype_name(dt));

@@ -73,15 +73,7 @@ void run_lora_parity(const Case& c) {
     if (n.spec->site < 0 && n.data) base_before.insert(base_before.end(), n.data, n.data + n.spec->numel);
 
   int batch = 0;
-  NextBatch next = [&](int32_t* in, int32_t* tg) {
-    for (int b = 0; b < c.B; b++)
-      for (int i = 0; i < c.T; i++) {
-        const int32_t* w = tokens.data() + (size_t(batch) * c.B + b) * W;
-        in[b * c.T + i] = w[i];
-        tg[b * c.T + i] = i < K ? -1 : w[i + 1];
-      }
-    batch++;
-  };
+  NextBatch next = [&](int32_t* in, int32_t* tg) { test::batch_of(tokens, batch++, c.B, c.T, in, tg, K); };
   // Within 1e-4 elementwise; QLoRA's whole tensors within 1e-3 (relative norm of the difference):
   // bitsandbytes' absmax offset is torch's fp32 mean, frugal's a float64 one, and where they differ
   // in the last bit an absmax code at a rounding boundary can take the neighbouring code (a 1 %

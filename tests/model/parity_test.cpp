@@ -63,15 +63,7 @@ void run_parity(const Shape& s) {
 
   // One batch: split into inputs and targets.
   int batch_index = 0;
-  NextBatch next = [&](int32_t* in, int32_t* tg) {
-    for (int b = 0; b < s.B; b++)
-      for (int i = 0; i < s.T; i++) {
-        const int32_t* w = tokens.data() + (size_t(batch_index) * s.B + b) * W;
-        in[b * s.T + i] = w[i];
-        tg[b * s.T + i] = w[i + 1];
-      }
-    batch_index++;
-  };
+  NextBatch next = [&](int32_t* in, int32_t* tg) { test::batch_of(tokens, batch_index++, s.B, s.T, in, tg); };
 
   // logits and loss of batch 0
   std::vector<int32_t> in(s.B * s.T), tg(s.B * s.T);
@@ -168,13 +160,7 @@ void run_autocast_parity(const Shape& s) {
   PrecisionSettings p;
   p.compute = DType::bf16;
   auto comm = make_local_comm();
-  NextBatch next = [&](int32_t* in, int32_t* tg) {
-    for (int b = 0; b < s.B; b++)
-      for (int i = 0; i < s.T; i++) {
-        in[b * s.T + i] = tokens[size_t(b) * W + i];
-        tg[b * s.T + i] = tokens[size_t(b) * W + i + 1];
-      }
-  };
+  NextBatch next = [&](int32_t* in, int32_t* tg) { test::batch_of(tokens, 0, s.B, s.T, in, tg); };
   std::vector<int32_t> in(s.B * s.T), tg(s.B * s.T);
   next(in.data(), tg.data());
   bf.allocate(s.B, s.T);

@@ -17,19 +17,13 @@
       bf16 autocast as "ac.logits", "ac.loss", "ac.grad.NAME".
 """
 import argparse
-import math
 import sys
 
 import torch
 import transformers
 from safetensors.torch import load_file, save_file
 
-
-def lr_at(i, a):
-    if i < a.warmup:
-        return a.lr * (i + 1) / a.warmup
-    p = (i - a.warmup) / max(1, a.total_steps - a.warmup)
-    return a.min_lr + 0.5 * (a.lr - a.min_lr) * (1.0 + math.cos(math.pi * p))
+from gpt2_reference import lr_at  # frugal's schedule
 
 
 def save(a):
@@ -92,7 +86,7 @@ def run(a):
         losses.append(loss.item())
         norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), a.clip)))
         for g in opt.param_groups:
-            g["lr"] = lr_at(i, a)
+            g["lr"] = lr_at(i, a.lr, a.min_lr, a.warmup, a.total_steps)
         opt.step()
         if i == 4:
             for name, p in params.items():

@@ -23,7 +23,6 @@
       (bench/finetune_bench.py).
 """
 import argparse
-import math
 import sys
 
 import peft
@@ -31,12 +30,7 @@ import torch
 import transformers
 from safetensors.torch import load_file, save_file
 
-
-def lr_at(i, a):
-    if i < a.warmup:
-        return a.lr * (i + 1) / a.warmup
-    p = (i - a.warmup) / max(1, a.steps - a.warmup)
-    return a.min_lr + 0.5 * (a.lr - a.min_lr) * (1.0 + math.cos(math.pi * p))
+from gpt2_reference import lr_at  # frugal's schedule
 
 
 def save(a):
@@ -111,7 +105,7 @@ def run(a):
         losses.append(loss.item())
         torch.nn.utils.clip_grad_norm_(list(params.values()), a.clip)
         for g in opt.param_groups:
-            g["lr"] = lr_at(i, a)
+            g["lr"] = lr_at(i, a.lr, a.min_lr, a.warmup, a.steps)
         opt.step()
     for name, p in params.items():
         out["param." + name] = p.detach().clone()

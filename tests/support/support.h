@@ -66,6 +66,18 @@ void expect_user_error(F&& f, const std::string& needle) {
   }
 }
 
+// Batch k of windows(S, B, T+1) (the token tensor the Python references read): inputs(B,T) and
+// targets(B,T), the first `masked` targets of every row -1 (a prompt: not counted).
+inline void batch_of(const std::vector<int32_t>& windows, int k, int B, int T, int32_t* in, int32_t* tg, int masked = 0) {
+  for (int b = 0; b < B; b++) {
+    const int32_t* w = windows.data() + (size_t(k) * B + b) * (T + 1);
+    for (int i = 0; i < T; i++) {
+      in[b * T + i] = w[i];
+      tg[b * T + i] = i < masked ? -1 : w[i + 1];
+    }
+  }
+}
+
 // Window g of a fixed token stream over 97 ids: inputs(T) and targets(T). Runs of 8 tokens
 // that step by 12 (a bigram to learn) from a hashed start, so that every window differs (a
 // data-parallel test whose ranks all saw the same tokens could not tell a missing reduction).
