@@ -164,10 +164,15 @@ Plan make_plan(const PlanSettings& s) {
   // elements in the reduce dtype (ddp, zero1, zero2: reduce-scatter + all-gather), once per step.
   // ZeRO-3 gathers the parameters twice (forward, backward) in the compute dtype and
   // reduce-scatters the gradients in the reduce dtype, for every micro-batch:
-  // accum·(2·e_compute + e_reduce)·Ψ·(N-1)/N bytes.
+  // accum·(2·e_compute + e_reduce)·Ψ·(N-1)/N bytes. Under LoRA Ψ counts the adapters, and
+  // ZeRO-3 gathers the frozen base too, as it is stored (compute dtype, or nf4/int8).
   const bool zero3 = StrategyPolicy::of(s.strategy).shard_params;
   const double N = s.devices, psi = double(c.num_trainable_params());
-  const double per_micro = zero3 ? (2.0 * double(dtype_size(s.compute)) + double(dtype_size(s.reduce))) * psi : 0;
+  double base = 0;
+  for (const UnitSpec& u : param_table(c))
+    if (u.frozen) base += double(frozen_store_bytes(u, s.compute));
+  const double per_micro =
+      zero3 ? 2.0 * (double(dtype_size(s.compute)) * psi + base) + double(dtype_size(s.reduce)) * psi : 0;
   p.comm_bytes = N > 1 ? (zero3 ? p.accum * per_micro : 2 * psi * double(dtype_size(s.reduce))) * (N - 1) / N : 0;
   p.bandwidth = s.devices <= s.device.node_size ? s.device.link_bandwidth : s.device.network_bandwidth;
   p.comm_s = p.comm_bytes > 0 ? p.comm_bytes / p.bandwidth : 0.0;  // a device not in the catalogue: bandwidth 0
