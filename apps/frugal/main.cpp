@@ -285,10 +285,6 @@ static int cmd_plan(const PlanArgs& a) {
   PlanQuery q = open_query(b, catalogue);
   if (!device.empty()) q.devices = {find_device(catalogue, device, a.catalogue)};
   if (!a.strategy.empty()) q.strategies = {parse_strategy(a.strategy, "--strategy")};
-  if (b.model.lora.on()) {  // LoRA keeps its frozen base whole on every rank
-    std::erase_if(q.strategies, [](Strategy s) { return StrategyPolicy::of(s).shard_params; });
-    if (q.strategies.empty()) user_error("--strategy {}: LoRA runs under ddp, zero1 or zero2 (its frozen base is not sharded)", a.strategy);
-  }
   if (a.precision == "fp32" || a.precision == "bf16" || a.precision == "fp16")
     q.precisions = {a.precision == "fp32" ? DType::f32 : a.precision == "bf16" ? DType::bf16 : DType::f16};
   else if (!a.precision.empty()) user_error("--precision: expected fp32, bf16 or fp16, got '{}'", a.precision);

@@ -84,6 +84,10 @@ std::unique_ptr<Comm> make_nccl_comm(std::unique_ptr<Comm> bootstrap, double tim
 //         use, the next block's gather posted while the current one computes (alias fsdp)
 //  yafsdp zero3 with every buffer allocated once: two block gather buffers and two block
 //         gradient buffers used alternately, one of each for the embedding and an untied head
+//         (under LoRA, two more gather buffers for the blocks' adapters)
+// LoRA's frozen base has no gradients or optimizer state: ddp, zero1 and zero2 keep it whole on
+// every rank, zero3 and yafsdp a slice of each unit, gathered as it is stored (compute dtype or
+// quantized) before use.
 enum class Strategy : uint8_t { ddp, zero1, zero2, zero3, yafsdp };
 Strategy parse_strategy(const std::string& text, const std::string& where);  // "fsdp" is zero3
 const char* strategy_name(Strategy s);
@@ -120,7 +124,8 @@ class Shards {
   Shards(Model& model, Backend& be, Comm& comm, Strategy s, DType reduce = DType::f32);
   Strategy strategy() const { return s_; }
   const StrategyPolicy& policy() const { return pol_; }
-  // Keeps this rank's part of unit u's full fp32 parameters (Model::init's sink; zero3/yafsdp).
+  // Keeps this rank's part of unit u's full fp32 parameters (Model::init's sink; zero3/yafsdp);
+  // a frozen unit's in the form it is stored (compute dtype or quantized).
   void set(size_t unit, const float* full);
   // Parameters of zero3/yafsdp (no-ops otherwise): post the gather of a unit; make its full
   // weights present and bound (waiting for the gather); done with it until the next acquire.
@@ -147,9 +152,10 @@ class Shards {
   void after_update();
   // Compute copies refreshed, gathered copies marked stale (after weights were loaded).
   void refresh();
-  // zero3/yafsdp: every unit's full fp32 parameters gathered into the model (for files);
-  // dematerialize() keeps this rank's part of them (changed or not) and frees the rest.
-  void materialize();
+  // zero3/yafsdp: every trained unit's full fp32 parameters gathered into the model (for files),
+  // with frozen: LoRA's frozen base's too (to load it); dematerialize() keeps this rank's part of
+  // them (changed or not) and frees the rest.
+  void materialize(bool frozen = false);
   void dematerialize();
   // Where this rank keeps unit i's fp32 master weights: whole (model-owned) or its slice and tail.
   struct Range { int64_t lo, hi; float* data; };
@@ -157,8 +163,11 @@ class Shards {
 
  private:
   struct Part {
-    int64_t lo = 0, hi = 0, len = 0, tail = 0;  // this rank's slice of [0, nbig); 1-D tail size
+    int64_t lo = 0, hi = 0, len = 0, tail = 0;  // this rank's slice of [0, n); 1-D tail size
+    int64_t n = 0;                               // elements gathered: nbig, or a frozen unit's store in es-byte words
+    int es = 0;                                  // bytes per gathered element (zero3+)
     PoolArray<float> w, wt, g, gt;               // shards of weights (zero3+) and grads (zero2+)
+    PoolArray<std::byte> fs;                     // a frozen unit's slice of its store (zero3+)
   };
   struct Gather {
     PoolArray<std::byte> buf;      // (ranks * len) elements of the gather dtype
@@ -173,6 +182,7 @@ class Shards {
     std::unique_ptr<Work> rs, ar;
   };
   void alloc_gather(Gather& g, int64_t bytes, int64_t copy_elems);
+  void keep_slice(size_t unit);  // a frozen unit's whole store -> this rank's slice; the store freed
   void alloc_grads(GradBuf& b, int64_t len, int64_t tail);
   void build_segments();
   Gather* gather_slot(size_t unit);

@@ -37,19 +37,30 @@ Own model_owns(Strategy s) {
 // The allocations of Shards (and of the model, for what it owns), in closed form.
 void strategy_memory(const std::vector<UnitSpec>& table, DType dt, Sharding sharding, MemoryEstimate& m) {
   // Model states per rank: each unit's 2-D weights are sliced into len = ceil(nbig / ranks)
-  // elements per rank; its 1-D tail stays whole.
+  // elements per rank (a frozen unit's store into words of frozen_elem_bytes); its 1-D tail
+  // stays whole.
   const StrategyPolicy pol = StrategyPolicy::of(sharding.strategy);
   const int64_t R = sharding.ranks, es = int64_t(dtype_size(dt));
   struct U { int64_t nbig = 0, tail = 0; };
   auto len = [&](const U& u) { return (u.nbig + R - 1) / R; };
-  U emb, blk, fin, hd;  // the embedding, the largest block, the final unit, an untied head (trained)
+  U emb, blk, fin, hd;  // the embedding, the largest block or adapter, the final unit, an untied head (trained)
   int64_t whole = 0, slices = 0;  // elements: every trained unit whole; this rank's slices + tails
-  int64_t frozen = 0;             // bytes of the frozen units (LoRA's base), whole on every rank
+  int64_t frozen = 0;  // bytes of the frozen units (LoRA's base): whole on every rank, or (zero3+) a slice of each store
+  int64_t Pt = 0, Pa = 0, Fb = 0, Fe = 0, Fh = 0;  // zero3+ gathers: a trained block's, an adapter's; frozen ones'
   int L = 0;
+  bool untied = false;
   for (const UnitSpec& t : table) {
+    L += t.kind == UnitKind::block;
+    untied |= t.kind == UnitKind::head;
     if (t.frozen) {
-      frozen += frozen_bytes(t, dt);
-      L += t.kind == UnitKind::block;
+      if (!pol.shard_params) {
+        frozen += frozen_bytes(t, dt);
+        continue;
+      }
+      const int64_t fes = frozen_elem_bytes(t, dt), n = frozen_store_bytes(t, dt) / fes, l = (n + R - 1) / R;
+      frozen += 4 * (t.numel - t.nbig) + l * fes;
+      int64_t& g = t.kind == UnitKind::block ? Fb : t.kind == UnitKind::embedding ? Fe : Fh;
+      g = std::max(g, R * l * fes);
       continue;
     }
     const U u{t.nbig, t.numel - t.nbig};
@@ -57,26 +68,27 @@ void strategy_memory(const std::vector<UnitSpec>& table, DType dt, Sharding shar
     slices += len(u) + u.tail;
     if (t.kind == UnitKind::embedding) emb = u;
     if ((t.kind == UnitKind::block || t.kind == UnitKind::adapter) && u.nbig + u.tail > blk.nbig + blk.tail) blk = u;
+    if (t.kind == UnitKind::block) Pt = std::max(Pt, R * len(u) * es);
+    if (t.kind == UnitKind::adapter) Pa = std::max(Pa, R * len(u) * es);
     if (t.kind == UnitKind::final) fin = u;
     if (t.kind == UnitKind::head) hd = u;
-    L += t.kind == UnitKind::block;
   }
-  const bool untied = hd.nbig > 0;
   m.bytes[int(Mem::params)] = size_t(frozen + (pol.shard_params ? 4 * slices : 4 * whole + (dt != DType::f32 ? 2 * whole : 0)));
   m.bytes[int(Mem::grads)] = size_t(4 * (pol.shard_grads ? slices : whole));
   m.bytes[int(Mem::optimizer)] = size_t(8 * (pol.shard_optimizer ? slices : whole));
   // Communication buffers: full gradients of the embedding (GE), the final unit (GF), an untied
   // head (GH) and two blocks (GB, with their reduced slices); gathered weights of the embedding
   // (E, fp32, plus its compute copy for a tied head), of an untied head (PH, compute dtype) and
-  // of two blocks (P, compute dtype). Persistent buffers are held from the start; zero3
+  // of two blocks (P, compute dtype, with their adapters; a frozen unit's as stored). Persistent
+  // buffers are held from the start; zero3
   // allocates them on use and frees them after: its peak is at the lm head or in the backward
   // of a block (which also holds the next block's gradients and prefetched weights), or, with
   // an untied head, at the embedding's backward (its gradients begin after the blocks').
   const int64_t out = R > 1 && sharding.reduce != DType::bf16;  // the reduced slice's own buffer: a reduce-scatter's
   auto grads = [&](const U& u) { return 4 * (R * len(u) + u.tail + out * len(u)); };
   const int64_t GE = grads(emb), GF = 4 * fin.tail, GB = grads(blk), GH = untied ? grads(hd) : 0,
-                E = R * len(emb) * (4 + (dt != DType::f32 && !untied ? 2 : 0)), P = R * len(blk) * es,
-                PH = untied ? R * len(hd) * es : 0;
+                E = Fe + R * len(emb) * (4 + (dt != DType::f32 && !untied ? 2 : 0)), P = std::max(Pt, Fb) + Pa,
+                PH = untied ? Fh + R * len(hd) * es : 0;
   int64_t comm = 0;
   if (pol.shard_grads && pol.persistent) comm = GE + GF + GH + 2 * GB;  // zero2, yafsdp
   if (pol.shard_params && pol.persistent) comm += E + 2 * P + PH;       // yafsdp
@@ -116,20 +128,31 @@ Shards::Shards(Model& model, Backend& be, Comm& comm, Strategy s, DType reduce)
   auto& units = model.units();
   const bool shard_grads = pol_.shard_grads, shard_params = pol_.shard_params;
   const DType dt = model.compute_dtype();
-  int64_t max_block_len = 0, max_block_tail = 0;
+  int64_t max_block_len = 0, max_block_tail = 0;  // gradient slots: blocks' and adapters'
+  int64_t block_gather = 0, adapter_gather = 0;   // gather slots' bytes
   for (size_t i = 0; i < units.size(); i++) {
     Unit& u = units[i];
     Part p;
-    if (u.frozen) {  // the model keeps it whole; nothing to shard, reduce or update
-      FRUGAL_CHECK(!shard_params, "a frozen unit under a strategy that shards parameters");
+    if (u.frozen) {  // no gradient or optimizer state; under zero3+ a slice of its store
+      if (shard_params) {
+        p.es = frozen_elem_bytes(u, dt);
+        p.n = frozen_store_bytes(u, dt) / p.es;
+        p.len = (p.n + world_ - 1) / world_;
+        p.lo = std::min(p.n, rank_ * p.len);
+        p.hi = std::min(p.n, p.lo + p.len);
+        p.fs = PoolArray<std::byte>(size_t(p.len * p.es), Mem::params);
+        if (u.kind == UnitKind::block) block_gather = std::max(block_gather, world_ * p.len * p.es);
+      }
       parts_.push_back(std::move(p));
       continue;
     }
+    p.n = u.nbig;
     p.len = (u.nbig + world_ - 1) / world_;
     p.lo = std::min(u.nbig, rank_ * p.len);
     p.hi = std::min(u.nbig, p.lo + p.len);
     p.tail = u.numel - u.nbig;
     if (shard_params) {
+      p.es = u.kind == UnitKind::embedding ? 4 : int(dtype_size(dt));  // gather_dtype's
       p.w = PoolArray<float>(size_t(p.len), Mem::params);
       p.wt = PoolArray<float>(size_t(p.tail), Mem::params);
       u.bind_params(nullptr, p.wt.data(), nullptr);
@@ -138,23 +161,28 @@ Shards::Shards(Model& model, Backend& be, Comm& comm, Strategy s, DType reduce)
       p.g = PoolArray<float>(size_t(p.len), Mem::grads);
       p.gt = PoolArray<float>(size_t(p.tail), Mem::grads);
     }
-    if (u.kind == UnitKind::block || u.kind == UnitKind::adapter) {  // adapters use the blocks' slots
+    if (u.kind == UnitKind::block || u.kind == UnitKind::adapter) {  // adapters use the blocks' gradient slots
       max_block_len = std::max(max_block_len, p.len);
       max_block_tail = std::max(max_block_tail, p.tail);
     }
+    int64_t& slot = u.kind == UnitKind::adapter ? adapter_gather : block_gather;
+    if (u.kind == UnitKind::block || u.kind == UnitKind::adapter) slot = std::max(slot, world_ * p.len * p.es);
     parts_.push_back(std::move(p));
   }
   const size_t emb = model.embedding_unit(), fin = model.final_unit(), head = model.head_unit();
   const bool untied = head != emb;
-  // Slots: gathered weights of two blocks (used alternately), of the embedding and of an untied
-  // head; full gradients of two blocks, the embedding, the final unit and an untied head. zero2
-  // and yafsdp allocate their buffers here, once; zero3 allocates one on use and frees it after.
-  if (shard_params) gathers_.resize(4);
+  // Slots: gathered weights of two blocks (used alternately), of the embedding, of an untied
+  // head and of two blocks' adapters; full gradients of two blocks (or their adapters), the
+  // embedding, the final unit and an untied head. zero2 and yafsdp allocate their buffers here,
+  // once; zero3 allocates one on use and frees it after.
+  if (shard_params) gathers_.resize(6);
   if (shard_grads) grad_bufs_.resize(5);
   if (shard_params && pol_.persistent) {
-    for (int k = 0; k < 2; k++) alloc_gather(gathers_[k], world_ * max_block_len * int64_t(dtype_size(dt)), 0);
-    alloc_gather(gathers_[2], world_ * parts_[emb].len * 4, dt != DType::f32 && !untied ? world_ * parts_[emb].len : 0);
-    if (untied) alloc_gather(gathers_[3], world_ * parts_[head].len * int64_t(dtype_size(dt)), 0);
+    for (int k = 0; k < 2; k++) alloc_gather(gathers_[k], block_gather, 0);
+    for (int k = 4; k < 6; k++) alloc_gather(gathers_[k], adapter_gather, 0);
+    const Part& e = parts_[emb];
+    alloc_gather(gathers_[2], world_ * e.len * e.es, dt != DType::f32 && !untied && !units[emb].frozen ? world_ * e.len : 0);
+    if (untied) alloc_gather(gathers_[3], world_ * parts_[head].len * parts_[head].es, 0);
   }
   // precision.reduce = bf16: one scratch for the largest reduction (the communication thread
   // runs one collective at a time)
@@ -206,11 +234,26 @@ void Shards::build_segments() {
 
 void Shards::set(size_t i, const float* full) {
   Part& p = parts_[i];
-  const Unit& u = model_.units()[i];
+  Unit& u = model_.units()[i];
+  if (u.frozen) {  // stored whole for a moment (cast or quantized by the model), then sliced
+    u.store = PoolArray<std::byte>(size_t(p.n * p.es), Mem::workspace);
+    u.bind_frozen(u.store.data(), model_.compute_dtype());
+    for (const ParamSpec& s : u.specs) model_.write_param({&s, view_of(u.p, s), nullptr, i}, full + s.offset);
+    return keep_slice(i);
+  }
   FRUGAL_CHECK(p.w.size() || !p.len, "Shards::set: unit {} is not sharded", u.name);
   be_.copy(p.w.data(), full + p.lo, size_t(p.hi - p.lo) * 4);
   be_.fill_zero(p.w.data() + (p.hi - p.lo), p.len - (p.hi - p.lo));
   be_.copy(p.wt.data(), full + u.nbig, size_t(p.tail) * 4);
+}
+
+void Shards::keep_slice(size_t i) {
+  Part& p = parts_[i];
+  Unit& u = model_.units()[i];
+  be_.copy(p.fs.data(), u.store.data() + p.lo * p.es, size_t((p.hi - p.lo) * p.es));
+  be_.synchronize();
+  u.store = {};
+  u.bind_frozen(nullptr, model_.compute_dtype());
 }
 
 // ---- parameters ------------------------------------------------------------------------------
@@ -218,7 +261,8 @@ void Shards::set(size_t i, const float* full) {
 Shards::Gather* Shards::gather_slot(size_t i) {
   if (!pol_.shard_params || parts_[i].len == 0) return nullptr;  // owned, or nothing to gather
   const Unit& u = model_.units()[i];
-  return &gathers_[u.kind == UnitKind::embedding ? 2 : u.kind == UnitKind::head ? 3 : size_t(u.layer % 2)];
+  return &gathers_[u.kind == UnitKind::embedding ? 2 : u.kind == UnitKind::head ? 3
+                   : size_t(u.layer % 2 + (u.kind == UnitKind::adapter ? 4 : 0))];
 }
 
 // The embedding is gathered in fp32 (its lookup reads fp32 weights, as in every strategy) and
@@ -231,15 +275,16 @@ void Shards::prefetch(size_t i) {
   Gather* g = gather_slot(i);
   if (!g || g->unit == int(i)) return;  // nothing to do, in flight, or still resident
   Part& p = parts_[i];
+  const bool frozen = model_.units()[i].frozen;
   const DType gdt = gather_dtype(i);
-  const size_t es = dtype_size(gdt);
-  const bool cast_copy = gdt == DType::f32 && model_.compute_dtype() != DType::f32 && i == model_.head_unit();  // a tied head's
-  if (!g->buf.data()) alloc_gather(*g, world_ * p.len * int64_t(es), cast_copy ? world_ * p.len : 0);
-  std::byte* mine = g->buf.data() + size_t(rank_ * p.len) * es;
-  be_.cast(mine, p.w.data(), p.hi - p.lo, gdt);  // (a copy in fp32)
+  const bool cast_copy = !frozen && gdt == DType::f32 && model_.compute_dtype() != DType::f32 && i == model_.head_unit();  // a tied head's
+  if (!g->buf.data()) alloc_gather(*g, world_ * p.len * p.es, cast_copy ? world_ * p.len : 0);
+  std::byte* mine = g->buf.data() + rank_ * p.len * p.es;
+  if (frozen) be_.copy(mine, p.fs.data(), size_t((p.hi - p.lo) * p.es));  // as stored
+  else be_.cast(mine, p.w.data(), p.hi - p.lo, gdt);                       // (a copy in fp32)
   g->unit = int(i);
   g->cast_done = false;
-  g->work = comm_.all_gather_inplace(g->buf.data(), model_.units()[i].nbig, p.len, int(es));
+  g->work = comm_.all_gather_inplace(g->buf.data(), p.n, p.len, p.es);
 }
 
 void Shards::acquire(size_t i) {
@@ -254,6 +299,7 @@ void Shards::acquire(size_t i) {
   }
   Unit& u = model_.units()[i];
   const DType dt = model_.compute_dtype();
+  if (u.frozen) return u.bind_frozen(g->buf.data(), dt);
   auto* f32 = reinterpret_cast<float*>(g->buf.data());
   if (g->copy.size() && !g->cast_done) be_.cast(g->copy.data(), f32, u.nbig, dt);
   g->cast_done = true;
@@ -266,7 +312,9 @@ void Shards::acquire(size_t i) {
 void Shards::release(size_t i) {
   Gather* g = gather_slot(i);
   if (!g) return;
-  model_.units()[i].bind_params(nullptr, parts_[i].wt.data(), nullptr);
+  Unit& u = model_.units()[i];
+  if (u.frozen) u.bind_frozen(nullptr, model_.compute_dtype());
+  else u.bind_params(nullptr, parts_[i].wt.data(), nullptr);
   if (!pol_.persistent) *g = Gather{};  // freed; yafsdp keeps it until the slot is reused
 }
 
@@ -358,6 +406,7 @@ double Shards::grad_sum_squares() {
     return be_.sum_squares(spans);  // whole gradients, the same on every rank
   }
   for (Part& p : parts_) {
+    if (!p.g.data()) continue;  // frozen
     spans.push_back({p.g.data(), p.len});
     if (rank_ == 0) spans.push_back({p.gt.data(), p.tail});  // replicated: counted on one rank
   }
@@ -391,12 +440,20 @@ std::vector<Shards::Range> Shards::master_ranges(size_t i) {
   return out;
 }
 
-void Shards::materialize() {
+void Shards::materialize(bool frozen) {
   be_.synchronize();  // no gather or optimizer step is still in flight
   if (!pol_.shard_params) return;
   for (size_t i = 0; i < model_.units().size(); i++) {
     Unit& u = model_.units()[i];
     Part& p = parts_[i];
+    if (u.frozen) {
+      if (!frozen) continue;
+      u.store = PoolArray<std::byte>(size_t(p.n * p.es), Mem::workspace);
+      be_.copy(u.store.data() + p.lo * p.es, p.fs.data(), size_t((p.hi - p.lo) * p.es));
+      if (p.n) comm_.all_gather_inplace(u.store.data(), p.n, p.len, p.es)->wait();
+      u.bind_frozen(u.store.data(), model_.compute_dtype());
+      continue;
+    }
     u.params = PoolArray<float>(size_t(u.numel), Mem::workspace);
     be_.copy(u.params.data() + p.lo, p.w.data(), size_t(p.hi - p.lo) * 4);
     if (u.nbig) comm_.all_gather_inplace(u.params.data(), u.nbig, p.len)->wait();
@@ -410,6 +467,10 @@ void Shards::dematerialize() {
   if (!pol_.shard_params) return;
   for (size_t i = 0; i < model_.units().size(); i++) {
     Unit& u = model_.units()[i];
+    if (u.frozen) {
+      if (u.store.data()) keep_slice(i);
+      continue;
+    }
     set(i, u.params.data());
     u.params = {};
     u.bind_params(nullptr, parts_[i].wt.data(), nullptr);

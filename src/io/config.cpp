@@ -368,10 +368,6 @@ RunConfig load_config(const std::string& path, const std::vector<std::string>& o
     user_error("{}: train.min_lr = {} is above train.lr = {}", c.source, t.min_lr, t.lr);
   if (c.device.backend != "cpu" && c.device.backend != "cuda")
     user_error("{}: device.backend: expected cpu or cuda, got '{}'", c.source, c.device.backend);
-  if (StrategyPolicy::of(parse_strategy(c.dist.strategy, c.source)).shard_params && c.model.lora.on())
-    user_error("{}: dist.strategy = {} with lora.rank = {}: LoRA runs under ddp, zero1 and zero2 (its frozen base is "
-               "kept whole on each rank; sharding it under zero3/yafsdp is not implemented yet)",
-               c.source, c.dist.strategy, c.model.lora.rank);
   if (c.model.lora.base != BaseFormat::compute && !c.model.lora.on())
     user_error("{}: lora.base = {} quantizes LoRA's frozen base: set lora.rank too", c.source, base_format_name(c.model.lora.base));
   if (c.precision.loss_scale_min > c.precision.loss_scale)

@@ -50,36 +50,16 @@ int64_t frozen_bytes(const UnitSpec& u, DType dt) {
   return q + tail;
 }
 
-// A unit of the table with the storage the model owns.
+int64_t frozen_store_bytes(const UnitSpec& u, DType dt) { return frozen_bytes(u, dt) - 4 * (u.numel - u.nbig); }
+
+// A unit of the table with the storage the model owns (a frozen unit's store unless Shards keeps it).
 static Unit make_unit(UnitSpec spec, DType dt, Own own) {
   Unit u;
   static_cast<UnitSpec&>(u) = std::move(spec);
-  const BaseFormat base = u.base;
-  if (base != BaseFormat::compute) {  // the 2-D weights quantized, each in its region of `quant`; the tail fp32
+  if (u.frozen) {  // the 2-D weights as stored, the tail in fp32; no gradients
     u.params = PoolArray<float>(size_t(u.numel - u.nbig), Mem::params);
-    u.quant = PoolArray<std::byte>(size_t(frozen_bytes(u, dt) - 4 * (u.numel - u.nbig)), Mem::params);
-    u.qv.resize(u.specs.size());
-    int64_t off = 0;
-    for (size_t k = 0; k < u.specs.size(); k++) {
-      const ParamSpec& s = u.specs[k];
-      if (s.shape.size() != 2) continue;
-      for (const HfPart& part : s.hf) {
-        const QuantParts q = quant_parts(base, part.rows * s.shape[1]);
-        const auto* at = reinterpret_cast<const uint8_t*>(u.quant.data() + off);
-        u.qv[k].push_back({base == BaseFormat::nf4 ? QuantFormat::nf4 : QuantFormat::int8, part.rows, s.shape[1], at,
-                           base == BaseFormat::nf4 ? at + q.q : nullptr, reinterpret_cast<const float*>(at + q.q + q.absmax),
-                           0.0f});
-        off += q.total();
-      }
-    }
-    u.bind_params(nullptr, u.params.data(), nullptr);
-    return u;
-  }
-  if (u.frozen) {  // the 2-D weights in the compute dtype only, the tail in fp32; no gradients
-    const bool f32 = dt == DType::f32;
-    u.params = PoolArray<float>(size_t(f32 ? u.numel : u.numel - u.nbig), Mem::params);
-    if (!f32) u.compute = PoolArray<uint16_t>(size_t(u.nbig), Mem::params);
-    u.bind_params(f32 ? u.params.data() : nullptr, u.params.data() + (f32 ? u.nbig : 0), u.compute.data());
+    if (own != Own::none) u.store = PoolArray<std::byte>(size_t(frozen_store_bytes(u, dt)), Mem::params);
+    u.bind_frozen(u.store.data(), dt);
     return u;
   }
   if (own != Own::none) {
@@ -92,6 +72,36 @@ static Unit make_unit(UnitSpec spec, DType dt, Own own) {
     u.bind_grads(u.grads.data(), u.grads.data() + u.nbig);
   }
   return u;
+}
+
+void Unit::bind_frozen(const std::byte* at, DType dt) {
+  float* tail = params.data();
+  if (base == BaseFormat::compute) {
+    const bool f32 = dt == DType::f32;
+    bind_params(f32 && at ? reinterpret_cast<float*>(const_cast<std::byte*>(at)) : nullptr, tail,
+                !f32 && at ? reinterpret_cast<const uint16_t*>(at) : nullptr);
+    return;
+  }
+  bind_params(nullptr, tail, nullptr);
+  // the quantized parts in order, each in its region of the store; their offsets (set when
+  // quantized) stay
+  qv.resize(specs.size());
+  int64_t off = 0;
+  for (size_t k = 0; k < specs.size(); k++) {
+    const ParamSpec& s = specs[k];
+    if (s.shape.size() != 2) continue;
+    for (size_t j = 0; j < s.hf.size(); j++) {
+      if (qv[k].size() <= j)
+        qv[k].push_back({base == BaseFormat::nf4 ? QuantFormat::nf4 : QuantFormat::int8, s.hf[j].rows, s.shape[1]});
+      const QuantParts q = quant_parts(base, s.hf[j].rows * s.shape[1]);
+      const auto* p = at ? reinterpret_cast<const uint8_t*>(at + off) : nullptr;
+      QuantView& v = qv[k][j];
+      v.q = p;
+      v.absmax = p && base == BaseFormat::nf4 ? p + q.q : nullptr;
+      v.scale = p ? reinterpret_cast<const float*>(p + q.q + q.absmax) : nullptr;
+      off += q.total();
+    }
+  }
 }
 
 int64_t Unit::offset_of(float* Tensors::*field) const {
@@ -156,9 +166,9 @@ void Model::init(uint64_t seed, const std::function<void(size_t unit, const floa
       }
       std::memset(d + n, 0, (s.numel - n) * sizeof(float));
     }
-    if (u.frozen) {
+    if (u.frozen && u.store.data()) {
       for (auto& s : u.specs) write_param({&s, view_of(u.p, s), nullptr, ui}, base + s.offset);
-    } else if (u.params.data()) {
+    } else if (u.params.data() && !u.frozen) {
       if (base != u.params.data()) be_.copy(u.params.data(), base, size_t(u.numel) * sizeof(float));
     } else {
       FRUGAL_CHECK(bool(sink), "unit {} has no parameter storage and init has no sink", u.name);
@@ -171,7 +181,7 @@ void Model::init(uint64_t seed, const std::function<void(size_t unit, const floa
 void Model::sync_compute_weights() {
   if (dt_ == DType::f32) return;
   for (auto& u : units_)
-    if (u.compute.data() && !u.frozen) be_.cast(u.compute.data(), u.params.data(), u.numel, dt_);
+    if (u.compute.data()) be_.cast(u.compute.data(), u.params.data(), u.numel, dt_);
 }
 
 const void* Model::cw(const Unit& u, float* Tensors::*field) const {
@@ -209,8 +219,8 @@ void Model::write_param(const Named& n, const float* host) {
     return;
   }
   // a frozen unit's 2-D weight: its compute copy
-  FRUGAL_CHECK(u.frozen && u.compute.data(), "{} has no storage", n.spec->name);
-  uint16_t* dst = u.compute.data() + n.spec->offset;
+  FRUGAL_CHECK(u.frozen && u.wc, "{} has no storage", n.spec->name);
+  uint16_t* dst = const_cast<uint16_t*>(u.wc) + n.spec->offset;
   if (!be_.gpu()) return be_.cast(dst, host, n.spec->numel, dt_);
   PoolArray<float> staged(size_t(n.spec->numel), Mem::workspace);
   be_.copy(staged.data(), host, bytes);

@@ -182,7 +182,7 @@ UnitSpec make_unit_spec(UnitKind kind, int layer, std::string name, std::vector<
 void rope_tables(const ModelConfig& cfg, int T, std::vector<float>& cos, std::vector<float>& sin);
 
 // A frozen unit (LoRA's base) has no masters and no gradients: its 2-D weights are only their
-// compute-dtype copy (in fp32: the fp32 weights), its 1-D tail stays fp32 in `params`.
+// compute-dtype copy (in fp32: the fp32 weights) or quantized, its 1-D tail stays fp32.
 //
 // A unit is the embedding, one transformer block, or the final LayerNorm. Its parameters are one
 // flat fp32 buffer (the master weights), the 2-D weights first and the small 1-D tail (norms,
@@ -193,8 +193,11 @@ void rope_tables(const ModelConfig& cfg, int T, std::vector<float>& cos, std::ve
 struct Unit : UnitSpec {
   PoolArray<float> params, grads;        // owned full buffers (empty when not owned)
   PoolArray<uint16_t> compute;           // owned (numel) bf16/fp16 copy; empty in fp32
-  PoolArray<std::byte> quant;            // a frozen block's 2-D weights quantized (lora.base nf4, int8)
-  std::vector<QuantStack> qv;            // per spec, into quant: a part per transformers tensor (1-D: none)
+  // A frozen unit (LoRA's base): `params` is its 1-D tail only, `store` its 2-D weights as stored
+  // (frozen_store_bytes: the compute dtype, or quantized under lora.base nf4/int8); under zero3
+  // and yafsdp dist's Shards keeps a slice of the store and gathers it before use.
+  PoolArray<std::byte> store;
+  std::vector<QuantStack> qv;            // per spec, into the store: a part per transformers tensor (1-D: none)
   const uint16_t* wc = nullptr;          // the compute copy the GEMMs read
   Tensors p, g;
   int64_t offset_of(float* Tensors::*field) const;
@@ -202,12 +205,16 @@ struct Unit : UnitSpec {
   // `big` leaves the 2-D weights' fp32 views null (16-bit compute reads only wc for them).
   void bind_params(float* big, float* tail, const uint16_t* compute_copy);
   void bind_grads(float* big, float* tail);
+  // A frozen unit's views: its 2-D weights in a store at `at` (null: none present), its tail in params.
+  void bind_frozen(const std::byte* at, DType dt);
 };
 
 // Bytes a frozen unit takes (LoRA's base): its 2-D weights in the compute dtype, or for a block
 // under lora.base nf4/int8 each quantized (core/quant.h, each part 64-byte aligned); its 1-D tail
-// in fp32.
+// in fp32. Of these, the store's (the 2-D weights'), and the element size it is gathered in.
 int64_t frozen_bytes(const UnitSpec& u, DType dt);
+int64_t frozen_store_bytes(const UnitSpec& u, DType dt);
+inline int frozen_elem_bytes(const UnitSpec& u, DType dt) { return u.base == BaseFormat::compute ? int(dtype_size(dt)) : 4; }
 
 // Which of a unit's states the model allocates itself (the rest come from dist's Shards).
 enum class Own : uint8_t { all, params, none };

@@ -84,16 +84,23 @@ void Stepper::forward(const int32_t* tokens) {
   const int B = t_.micro_batch, T = t_.seq_len, L = model_.config().n_layer;
   const size_t emb = model_.embedding_unit(), head = model_.head_unit();
   shards_.acquire(emb);
-  shards_.prefetch(L > 0 ? model_.block_index(0) : head);
+  if (L > 0) on_block(0, &Shards::prefetch);
+  else shards_.prefetch(head);
   model_.embed_forward(tokens, B, T);
   shards_.release(emb);
   for (int l = 0; l < L; l++) {
-    shards_.acquire(model_.block_index(l));
-    shards_.prefetch(l + 1 < L ? model_.block_index(l + 1) : head);
+    on_block(l, &Shards::acquire);
+    if (l + 1 < L) on_block(l + 1, &Shards::prefetch);
+    else shards_.prefetch(head);
     model_.block_forward(l, B, T);
-    shards_.release(model_.block_index(l));
+    on_block(l, &Shards::release);
   }
   shards_.acquire(head);
+}
+
+void Stepper::on_block(int l, void (Shards::*op)(size_t)) {
+  (shards_.*op)(model_.block_index(l));
+  if (const size_t a = model_.adapter_unit(l); a != Model::npos) (shards_.*op)(a);
 }
 
 float Stepper::loss(const int32_t* tokens, const int32_t* targets) {
@@ -132,7 +139,7 @@ float Stepper::forward_backward(const NextBatch& next) {
     forward(in);
     shards_.grads_begin(head);
     shards_.grads_begin(final_unit);
-    if (L > 0) shards_.prefetch(model_.block_index(L - 1));  // the last block, for its backward
+    if (L > 0) on_block(L - 1, &Shards::prefetch);  // the last block, for its backward
     loss_sum += double(model_.head(targets_.data() + k * micro_tokens, B, T, grad_scale)) * double(counted[size_t(k)]);
     shards_.release(head);
     shards_.grads_end(final_unit, last);
@@ -140,8 +147,8 @@ float Stepper::forward_backward(const NextBatch& next) {
     // Each unit's gradients leave as soon as its backward is done, while backward goes on.
     for (int l = L - 1; l >= 0; l--) {
       const size_t u = model_.block_index(l), adapter = model_.adapter_unit(l);
-      shards_.acquire(u);
-      if (l > 0) shards_.prefetch(model_.block_index(l - 1));
+      on_block(l, &Shards::acquire);
+      if (l > 0) on_block(l - 1, &Shards::prefetch);
       shards_.grads_begin(u);
       if (adapter != Model::npos) shards_.grads_begin(adapter);
       // full recompute: re-run the block's forward from its kept input, then its backward
@@ -149,7 +156,7 @@ float Stepper::forward_backward(const NextBatch& next) {
       model_.block_backward(l, B, T);
       shards_.grads_end(u, last);
       if (adapter != Model::npos) shards_.grads_end(adapter, last);
-      shards_.release(u);
+      on_block(l, &Shards::release);
     }
     if (head != emb) shards_.grads_begin(emb);
     model_.embed_backward(in, B, T);

@@ -89,7 +89,9 @@ class Stepper {
   float loss(const int32_t* tokens, const int32_t* targets);
 
  private:
-  void forward(const int32_t* tokens);  // embedding and blocks; leaves the embedding acquired
+  void forward(const int32_t* tokens);  // embedding and blocks; leaves the head acquired
+  // A Shards operation on block l's units: the block and, under LoRA, its adapters.
+  void on_block(int l, void (Shards::*op)(size_t));
   Model& model_;
   Backend& be_;
   Comm& comm_;

@@ -263,7 +263,7 @@ void train(const RunConfig& cfg, Comm& comm, bool resume) {
   Stepper stepper(model, run_be, comm, t, cfg.accum_steps(comm.size()), cfg.precision, plan, strategy);
   stepper.init_weights(t.seed);
   if ((!resume || cfg.model.lora.on()) && !t.init_from.empty()) {  // LoRA's frozen base, on a resume too
-    stepper.shards().materialize();
+    stepper.shards().materialize(true);
     load_model(t.init_from, model);
     stepper.shards().dematerialize();
   }

@@ -70,7 +70,7 @@ Result train_steps(Comm& comm, int B, int accum, DType dt, Strategy s, const Mod
   st.shards().materialize();
   std::vector<std::vector<float>> host;
   for (auto& n : m.named_params()) {
-    if (!n.data) continue;  // a frozen 16-bit or quantized base weight (LoRA): it does not move
+    if (m.units()[n.unit].frozen) continue;  // LoRA's base: it does not move
     const float* w = host_view(backend(), n.data, n.spec->numel, host);
     r.weights.insert(r.weights.end(), w, w + n.spec->numel);
   }
@@ -113,26 +113,35 @@ TEST(Strategies, LlamaSameAsOneProcess) {
     expect_same_as_one_process(s, 2, DType::bf16, 1e-3, DType::f32, small_llama);
   }
 }
-// LoRA (every module; a bf16 and an nf4 base): ddp, zero1 and zero2 train the adapters as one
-// process does, the frozen base whole on every rank, each rank's bytes what the estimate says.
+// LoRA (every module; a bf16, an nf4 and an int8 base; llama with an untied head, gpt2 with a tied
+// one): every strategy trains the adapters as one process does, the frozen base whole on every
+// rank (ddp, zero1, zero2) or sharded as it is stored (zero3, yafsdp), each rank's bytes what
+// the estimate says.
 TEST(Strategies, LoraSameAsOneProcess) {
   ModelConfig lora = small_llama;
   lora.lora.rank = 4;
   lora.lora.targets = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
-  ModelConfig qlora = lora;
+  ModelConfig qlora = lora, int8 = lora, gpt2 = small;
   qlora.lora.base = BaseFormat::nf4;
-  for (Strategy s : {Strategy::ddp, Strategy::zero1, Strategy::zero2}) {
+  int8.lora.base = BaseFormat::int8;
+  gpt2.lora.rank = 2;
+  gpt2.lora.targets = {"c_attn", "c_proj", "c_fc"};
+  for (Strategy s : all_strategies) {
+    expect_same_as_one_process(s, 2, DType::f32, 1e-5, DType::f32, gpt2);
+    expect_same_as_one_process(s, 1, DType::bf16, 1e-3, DType::f32, int8);
     expect_same_as_one_process(s, 2, DType::f32, 1e-5, DType::f32, lora);
     expect_same_as_one_process(s, 2, DType::bf16, 1e-3, DType::f32, lora);
     expect_same_as_one_process(s, 1, DType::bf16, 1e-3, DType::f32, qlora);
-    for (const ModelConfig& cfg : {lora, qlora}) {
-      Result r = train_steps(*world, 2, 2, DType::bf16, s, cfg, 2, DType::bf16);
-      MemoryEstimate e = estimate_memory(cfg, 2, cfg.context, DType::bf16, {}, kCuda, {s, world->size(), DType::bf16});
-      if (world->rank() == 0)
-        for (Mem c : {Mem::params, Mem::grads, Mem::optimizer, Mem::comm, Mem::activations})
-          EXPECT_EQ(r.mem.peak[int(c)], e.bytes[int(c)]) << strategy_name(s) << " " << base_format_name(cfg.lora.base)
-                                                        << " " << mem_name(c);
-    }
+    for (const ModelConfig& cfg : {lora, qlora, int8, gpt2})
+      for (DType dt : {DType::bf16, DType::f32}) {
+        Result r = train_steps(*world, 2, 2, dt, s, cfg, 2, dt == DType::bf16 ? DType::bf16 : DType::f32);
+        MemoryEstimate e = estimate_memory(cfg, 2, cfg.context, dt, {}, kCuda, {s, world->size(), dt == DType::bf16 ? DType::bf16 : DType::f32});
+        if (world->rank() == 0)
+          for (Mem c : {Mem::params, Mem::grads, Mem::optimizer, Mem::comm, Mem::activations})
+            EXPECT_EQ(r.mem.peak[int(c)], e.bytes[int(c)]) << strategy_name(s) << " " << family_name(cfg.family) << " "
+                                                          << base_format_name(cfg.lora.base) << " " << dtype_name(dt)
+                                                          << " " << mem_name(c);
+      }
   }
 }
 
