@@ -10,6 +10,7 @@ pkgs=(build-essential cmake ninja-build pkg-config
       libgtest-dev googletest bible-kjv
       libopenmpi-dev openmpi-bin
       libsentencepiece-dev   # frugal prepare --train-tokenizer
+      zlib1g-dev libzstd-dev # frugal prepare reads .gz and .zst corpora
       clang libclang-rt-dev  # the libFuzzer target for the safetensors reader (tests/io/)
       python3 python3-venv)  # the references' environment
 missing=()

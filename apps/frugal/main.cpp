@@ -1,7 +1,8 @@
 // frugal: the command line. Thin: parse, call the library, print.
 //   frugal train [config.toml] [--resume RUN_DIR] [--init-from FILE] [--section.key=value ...]
 //   frugal export RUN_DIR|CHECKPOINT_DIR|FILE --out DIR
-//   frugal prepare [FILES...] [--out DIR] [--val-every N]
+//   frugal prepare [FILES|DIRS|GLOBS...] [--out DIR] [--val-fraction F | --val-docs N | --val-every N]
+//                  [--seed S] [--shard-tokens N] [--threads N] [--field NAME] [--skip-bad-lines]
 //                  [--tokenizer byte|gpt2|PATH [--tiktoken-pattern gpt2|cl100k|llama3|qwen2]]
 //                  [--train-tokenizer --vocab-size N [--model-type bpe|unigram]] [--format text|jsonl]
 //   frugal eval --run DIR [--data SHARDS] [--batches N]
@@ -414,13 +415,26 @@ int main(int argc, char** argv) {
   auto* prep_cmd = app.add_subcommand("prepare", "turn text files into token shards (no files: the King James Bible)");
   std::vector<std::string> inputs;
   std::string out_dir = kDefaultCorpusDir;
-  int val_every = 20;
   std::string tokenizer = "byte";
   bool train_tokenizer = false;
   TokenizerOptions tok_opt;
-  prep_cmd->add_option("files", inputs, "text files, one document each")->check(CLI::ExistingFile);
-  prep_cmd->add_option("--out", out_dir, "output directory");
-  prep_cmd->add_option("--val-every", val_every, "every N-th 8192-token chunk goes to validation");
+  CorpusOptions corpus;
+  double shard_tokens = double(corpus.shard_tokens);
+  prep_cmd->add_option("files", inputs, "files, directories (their .txt and .jsonl files) and globs; .gz and .zst "
+                       "read as such. A .txt file is one document, a .jsonl line one document");
+  prep_cmd->add_option("--out", out_dir, "output directory: train_NNN.bin, val_NNN.bin, manifest.json, the tokenizer");
+  prep_cmd->add_option("--val-fraction", corpus.val_fraction, "this fraction of the documents goes to validation, "
+                       "drawn by --seed (default 0.01; a single text document: --val-every 20)");
+  prep_cmd->add_option("--val-docs", corpus.val_docs, "exactly N documents go to validation, drawn by --seed (counts the documents first)");
+  prep_cmd->add_option("--val-every", corpus.val_every, "split by 8192-token chunks instead: every N-th goes to validation "
+                       "(a document may straddle both splits; for a corpus of one document)");
+  prep_cmd->add_option("--seed", corpus.seed, "seed of the document split")->capture_default_str();
+  prep_cmd->add_option("--shard-tokens", shard_tokens, "tokens per shard (llm.c's 1e8)")->capture_default_str();
+  prep_cmd->add_option("--threads", corpus.threads, "tokenizing threads (default: every core); the shards are the "
+                       "same for any count. Memory: about 64 MB + the tokenizer's cache a thread")->check(CLI::NonNegativeNumber);
+  prep_cmd->add_option("--field", corpus.field, "the field of a .jsonl record that holds its text")->capture_default_str();
+  prep_cmd->add_flag("--skip-bad-lines", corpus.skip_bad_lines, "count and skip .jsonl lines that are not JSON objects "
+                     "with a --field string (default: stop at the first, naming its file and line)");
   prep_cmd->add_option("--tokenizer", tokenizer, "byte (257 ids), gpt2 (GPT-2's BPE, 50257 ids), or a pretrained "
                        "tokenizer: a tokenizer.json, a tokenizer.model, a *.tiktoken file or a directory holding one");
   prep_cmd->add_option("--tiktoken-pattern", tok_opt.tiktoken_pattern, "the pattern of a *.tiktoken --tokenizer (default: by its size)")
@@ -509,10 +523,19 @@ int main(int argc, char** argv) {
       tok_opt.kind = train_tokenizer ? TokenizerKind::sentencepiece
                      : tokenizer == "gpt2" ? TokenizerKind::gpt2 : TokenizerKind::byte;
       if (!train_tokenizer && tokenizer != "gpt2" && tokenizer != "byte") tok_opt.pretrained = tokenizer;
-      PrepareStats st = format == "jsonl" ? prepare_instruct(inputs, out_dir, val_every, tok_opt)
-                                          : prepare_corpus(inputs, out_dir, val_every, tok_opt);
-      fmt::print("prepare: {} train + {} val tokens -> {}\n", st.train_tokens, st.val_tokens,
-                 fmt::join(st.files, ", "));
+      if (format == "jsonl") {
+        PrepareStats st = prepare_instruct(inputs, out_dir, corpus.val_every ? corpus.val_every : 20, tok_opt);
+        fmt::print("prepare: {} train + {} val tokens -> {}\n", st.train_tokens, st.val_tokens, fmt::join(st.files, ", "));
+        return 0;
+      }
+      corpus.shard_tokens = int64_t(std::clamp(shard_tokens, -1.0, 1e15));
+      corpus.progress = true;
+      PrepareStats st = prepare_corpus(inputs, out_dir, corpus, tok_opt);
+      fmt::print("prepare: {} train + {} val tokens ({} + {} documents) in {} shards -> {}/ ({} already there, verified)\n",
+                 st.train_tokens, st.val_tokens, st.train_docs, st.val_docs, st.files.size(), out_dir, st.reused_shards);
+      if (st.skipped_lines) fmt::print("prepare: skipped {} bad .jsonl lines (--skip-bad-lines)\n", st.skipped_lines);
+      if (st.invalid_utf8_docs)
+        fmt::print("prepare: {} documents hold invalid UTF-8 (tokenized as their bytes; see README)\n", st.invalid_utf8_docs);
       return 0;
     }
     if (*eval_cmd) return cmd_eval(run_dir, data, batches);

@@ -145,6 +145,11 @@ void AtomicFile::write(const void* data, size_t bytes) {
   }
 }
 
+void AtomicFile::write_at(size_t offset, const void* data, size_t bytes) {
+  if (::pwrite(fd_, data, bytes, off_t(offset)) != ssize_t(bytes))
+    user_error("{}: write failed: {}", path_, std::strerror(errno));
+}
+
 void AtomicFile::commit() {
   int fd = fd_;
   fd_ = -1;

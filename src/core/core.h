@@ -136,6 +136,7 @@ class AtomicFile {
   AtomicFile(const AtomicFile&) = delete;
   ~AtomicFile();
   void write(const void* data, size_t bytes);
+  void write_at(size_t offset, const void* data, size_t bytes);  // over bytes already written
   void commit();
 
  private:

@@ -23,6 +23,41 @@ inline constexpr int kShardHeaderInts = 256;
 // Writes tokens as one shard (uint16 when every id fits, else uint32), atomically.
 void write_shard(const std::string& path, const std::vector<uint32_t>& tokens);
 
+// A shard's checksum: FNV-1a over its body's 8-byte little-endian words, then the tail's bytes
+// (each step a bijection of the state, so one flipped bit always changes it). Continues from h
+// when every earlier part had a multiple of 8 bytes.
+inline constexpr uint64_t kChecksumStart = 1469598103934665603ull;
+uint64_t shard_checksum(const void* data, size_t bytes, uint64_t h = kChecksumStart);
+
+// A shard written as its tokens come: to "<path>.tmp", the header patched and the file flushed,
+// checked and renamed by finish(); destroyed unfinished (an error, a full disk), nothing is left.
+// wide: uint32 ids (vocabularies above 65,536), else uint16.
+class ShardWriter {
+ public:
+  ShardWriter(const std::string& path, bool wide);
+  void append(const uint32_t* tokens, size_t n);
+  int64_t tokens() const { return n_; }
+  struct Done { int64_t tokens, bytes; uint64_t checksum; };
+  Done finish();
+  // Without a file: only counts and sums what a shard of these tokens would hold.
+  static ShardWriter dry(bool wide) { return ShardWriter(wide); }
+
+ private:
+  explicit ShardWriter(bool wide) : wide_(wide) {}
+  void flush();
+  std::unique_ptr<AtomicFile> file_;
+  bool wide_;
+  int64_t n_ = 0;
+  uint64_t sum_ = kChecksumStart;
+  std::vector<char> buf_;
+  size_t used_ = 0;  // tokens in buf_
+};
+
+// A prepared directory's manifest (prepare_corpus): dir/manifest.json lists its shards in order,
+// each {"file", "split", "tokens", "bytes", "checksum" (16 hex digits)}, with the tokenizer, the
+// options, the sources and "complete" (false while prepare runs or after it was interrupted).
+inline constexpr const char* kManifest = "manifest.json";
+
 // A shard mapped read-only. Checks the header, the body size and (when vocab_size > 0) that
 // every token id is below vocab_size; throws UserError naming the file otherwise.
 class TokenShard {
@@ -47,7 +82,9 @@ class TokenShard {
 
 // The shard files a pattern names: a glob ("data/kjv/train_*.bin"), a directory, or a file.
 // `field` (e.g. "data.train") names the setting in errors; a directory that holds both splits
-// gives data.train its train_* shards and data.val its val_* ones.
+// gives data.train its train_* shards and data.val its val_* ones (a directory with a manifest:
+// in its order; an unfinished one is refused). A TokenShard in a directory with a manifest is
+// checked against it on open (listed, token count, checksum): a corrupt shard is refused by name.
 std::vector<std::string> resolve_shards(const std::string& pattern, const std::string& field);
 
 // Yields batches of B windows of T+1 tokens. A shard of n tokens holds (n-1)/T windows,
@@ -108,6 +145,10 @@ class Tokenizer {
   virtual std::string decode(const std::vector<int32_t>& ids) const = 0;
   virtual void save_files(const std::string& dir) const {}  // what load_tokenizer(dir) reads
   virtual std::string split_pattern() const { return {}; }  // tiktoken: the pattern's name
+  // Whether text cut after a '\n' that stands between two printable ASCII characters encodes,
+  // piece by piece, to the whole text's ids (true of the split regexes here; not of a
+  // SentencePiece model with a dummy prefix). prepare cuts long documents there.
+  virtual bool cuts_at_lines() const { return true; }
 };
 
 // GPT-2's byte-level BPE, read from dir/gpt2.tiktoken: a tiktoken rank file (one "BASE64_TOKEN
@@ -184,6 +225,7 @@ namespace frugal {
 struct PrepareStats {
   int64_t train_tokens = 0, val_tokens = 0;
   std::vector<std::string> files;
+  int64_t train_docs = 0, val_docs = 0, skipped_lines = 0, invalid_utf8_docs = 0, reused_shards = 0;
 };
 
 struct TokenizerOptions {
@@ -195,12 +237,42 @@ struct TokenizerOptions {
   std::string tiktoken_pattern;     // its pattern, for a tiktoken rank file
 };
 
-// Tokenizes the documents (file contents; an empty list means the King James Bible from
-// Debian's bible-kjv), end of text between documents, and writes out_dir/train_000.bin,
-// out_dir/val_000.bin and the tokenizer's description (see load_tokenizer). The token stream is
-// cut into chunks of 8192 tokens; every val_every-th chunk goes to validation.
+// How prepare_corpus splits and writes. The split is by whole documents (val_fraction: a
+// document is validation when a hash of (seed, its index) falls below the fraction; val_docs:
+// exactly that many, the smallest hashes, after a counting pass over the input), or, with
+// val_every, by 8192-token chunks of the whole stream (every val_every-th chunk; a document may
+// straddle both: for a corpus of one document). None set: val_every 20 for a single text
+// document (one .txt file, the KJV), else val_fraction 0.01.
+struct CorpusOptions {
+  int val_every = 0;
+  double val_fraction = 0;
+  int64_t val_docs = 0;
+  uint64_t seed = 1;
+  int64_t shard_tokens = 100'000'000;
+  int threads = 0;               // 0: every core
+  std::string field = "text";    // .jsonl: the field that holds a document's text
+  bool skip_bad_lines = false;   // .jsonl: count and skip a line that is not JSON or lacks the field
+  bool progress = false;         // a progress line on stderr
+};
+
+// Streams the inputs (files, directories and globs of .txt and .jsonl, plain, .gz or .zst; an
+// empty list means the King James Bible from Debian's bible-kjv) through the tokenizer on
+// opt.threads threads into out_dir/train_NNN.bin and val_NNN.bin (shards of opt.shard_tokens
+// tokens, uint16 where the vocabulary fits, else uint32), the tokenizer's description (see
+// load_tokenizer) and manifest.json. A .txt file is one document, a .jsonl line one document
+// (blank lines skipped); end of text stands between the documents of a split. The shards depend
+// only on the inputs and the options, bit for bit, whatever the thread count; a rerun skips the
+// shards already there that verify. Memory: about threads x (32 MB of text and its tokens + the
+// tokenizer's piece cache) whatever the corpus size, plus the longest run of text with no
+// line to cut at (a whole document for a tokenizer that cannot be cut, see cuts_at_lines).
 PrepareStats prepare_corpus(const std::vector<std::string>& inputs, const std::string& out_dir,
-                            int val_every, const TokenizerOptions& tok = {});
+                            const CorpusOptions& opt, const TokenizerOptions& tok = {});
+inline PrepareStats prepare_corpus(const std::vector<std::string>& inputs, const std::string& out_dir,
+                                   int val_every, const TokenizerOptions& tok = {}) {
+  CorpusOptions o;
+  o.val_every = val_every;
+  return prepare_corpus(inputs, out_dir, o, tok);
+}
 std::string kjv_text();  // the default corpus
 
 // ---- instruction data -------------------------------------------------------------------------

@@ -157,6 +157,7 @@ PrepareStats prepare_instruct(const std::vector<std::string>& inputs, const std:
   std::error_code ec;
   std::filesystem::create_directories(out_dir, ec);
   if (ec) user_error("{}: cannot create directory: {}", out_dir, ec.message());
+  std::filesystem::remove(out_dir + "/" + kManifest, ec);  // a text prepare's, whose shards these replace
   PrepareStats st{int64_t(split_tokens[0].size()), int64_t(split_tokens[1].size()),
                   {out_dir + "/train_000.bin", out_dir + "/val_000.bin"}};
   for (int s = 0; s < 2; s++) {  // the mask first: a shard is never there without its mask

@@ -1,13 +1,35 @@
-// `frugal prepare`: text files -> token shards with a train/val split, and the tokenizer's
-// description next to them.
+// `frugal prepare`: a corpus of any size -> token shards with a train/val split, the tokenizer's
+// description and a manifest, streaming, on every core.
+//
+// The pipeline: one reader turns the input files into a batch of pieces of text (a document, or
+// a part of a long .txt document cut where the tokenizer allows, or a raw .jsonl line), about
+// 8 MB per thread; the threads tokenize the batch's pieces, each with its own tokenizer, into
+// their own token buffers; then the pieces' tokens go, in input order, to the train or val
+// shard writer. Only the order of the pieces decides the output, never the threads.
+#include <glob.h>
+#include <omp.h>
+#include <unistd.h>
+#include <zlib.h>
+#include <zstd.h>
+
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
+#include <functional>
+#include <map>
+#include <queue>
+#include <set>
+
+#include <nlohmann/json.hpp>
 
 #include "data/data.h"
 
 namespace frugal {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
 
 std::string kjv_text() {
   FILE* p = ::popen("COLUMNS=80 bible 'Genesis 1:1-Revelation 22:21' 2>/dev/null", "r");
@@ -24,44 +46,621 @@ std::string kjv_text() {
   return text;
 }
 
+namespace {
+
+// ---- inputs ------------------------------------------------------------------------------------
+
+enum class Format { text, jsonl };
+struct Source {
+  std::string path;  // empty: the KJV, from `text`
+  Format format;
+  int64_t bytes;     // on disk (compressed)
+};
+
+std::string strip_compression(const std::string& p) {
+  for (const char* ext : {".gz", ".zst"})
+    if (p.ends_with(ext)) return p.substr(0, p.size() - std::strlen(ext));
+  return p;
+}
+bool is_corpus_file(const std::string& p) {
+  std::string s = strip_compression(p);
+  return s.ends_with(".txt") || s.ends_with(".jsonl");
+}
+
+// Files, directories (their .txt/.jsonl[.gz|.zst] files, recursively, sorted) and globs.
+std::vector<Source> expand_inputs(const std::vector<std::string>& inputs) {
+  std::vector<std::string> paths;
+  auto add = [&](const std::string& p, bool named) {
+    std::error_code ec;
+    if (fs::is_directory(p, ec)) {
+      std::vector<std::string> found;
+      for (auto& e : fs::recursive_directory_iterator(p, ec))
+        if (e.is_regular_file() && is_corpus_file(e.path().string())) found.push_back(e.path().string());
+      if (ec) user_error("{}: cannot list the directory: {}", p, ec.message());
+      if (found.empty()) user_error("{}: no .txt or .jsonl files (plain, .gz or .zst) in the directory", p);
+      std::sort(found.begin(), found.end());
+      paths.insert(paths.end(), found.begin(), found.end());
+    } else if (fs::is_regular_file(p, ec)) {
+      paths.push_back(p);
+    } else if (named) {
+      user_error("{}: no such file or directory (expected text files, .jsonl files, directories or globs)", p);
+    }
+  };
+  for (auto& in : inputs) {
+    if (in.find_first_of("*?[") == std::string::npos) { add(in, true); continue; }
+    glob_t g;
+    int rc = ::glob(in.c_str(), 0, nullptr, &g);
+    size_t before = paths.size();
+    if (rc == 0)
+      for (size_t i = 0; i < g.gl_pathc; i++) add(g.gl_pathv[i], false);
+    ::globfree(&g);
+    if (paths.size() == before) user_error("{}: no files match", in);
+  }
+  std::vector<Source> out;
+  for (auto& p : paths) {
+    std::error_code ec;
+    int64_t bytes = int64_t(fs::file_size(p, ec));
+    out.push_back({p, strip_compression(p).ends_with(".jsonl") ? Format::jsonl : Format::text, ec ? 0 : bytes});
+  }
+  return out;
+}
+
+// A file's bytes, decompressed by its name (.gz: zlib, .zst: zstd), or a string's.
+class ByteReader {
+ public:
+  ByteReader(const Source& s, const std::string* text) : path_(s.path), text_(text) {
+    if (text_) return;
+    if (s.path.ends_with(".gz")) {
+      gz_ = ::gzopen(s.path.c_str(), "rb");
+      if (!gz_) user_error("{}: cannot open: {}", s.path, std::strerror(errno));
+      ::gzbuffer(gz_, 1 << 20);
+      return;
+    }
+    f_ = std::fopen(s.path.c_str(), "rb");
+    if (!f_) user_error("{}: cannot open: {}", s.path, std::strerror(errno));
+    if (s.path.ends_with(".zst")) {
+      zs_ = ZSTD_createDStream();
+      in_.resize(ZSTD_DStreamInSize());
+    }
+  }
+  ~ByteReader() {
+    if (gz_) ::gzclose(gz_);
+    if (f_) std::fclose(f_);
+    if (zs_) ZSTD_freeDStream(zs_);
+  }
+  // Up to n bytes into buf; 0 at the end. UserError naming the file on a read or decode error.
+  size_t read(char* buf, size_t n) {
+    if (text_) {
+      size_t k = std::min(n, text_->size() - size_t(pos_));
+      std::memcpy(buf, text_->data() + pos_, k);
+      pos_ += int64_t(k);
+      return k;
+    }
+    if (gz_) {
+      int k = ::gzread(gz_, buf, unsigned(std::min<size_t>(n, 1 << 30)));
+      int err;
+      if (k < 0) user_error("{}: not a valid gzip file: {}", path_, ::gzerror(gz_, &err));
+      pos_ = ::gzoffset(gz_);
+      return size_t(k);
+    }
+    if (!zs_) {
+      size_t k = std::fread(buf, 1, n, f_);
+      if (k == 0 && std::ferror(f_)) user_error("{}: read failed: {}", path_, std::strerror(errno));
+      pos_ += int64_t(k);
+      return k;
+    }
+    ZSTD_outBuffer out{buf, n, 0};
+    while (out.pos == 0) {
+      if (zin_.pos == zin_.size) {
+        size_t k = std::fread(in_.data(), 1, in_.size(), f_);
+        if (k == 0) {
+          if (std::ferror(f_)) user_error("{}: read failed: {}", path_, std::strerror(errno));
+          if (zst_open_) user_error("{}: the zstd stream is truncated", path_);
+          return 0;
+        }
+        pos_ += int64_t(k);
+        zin_ = {in_.data(), k, 0};
+      }
+      size_t r = ZSTD_decompressStream(zs_, &out, &zin_);
+      if (ZSTD_isError(r)) user_error("{}: not a valid zstd file: {}", path_, ZSTD_getErrorName(r));
+      zst_open_ = r != 0;
+    }
+    return out.pos;
+  }
+  int64_t consumed() const { return pos_; }  // bytes of the file (compressed) read so far
+
+ private:
+  std::string path_;
+  const std::string* text_;
+  gzFile gz_ = nullptr;
+  FILE* f_ = nullptr;
+  ZSTD_DStream* zs_ = nullptr;
+  std::vector<char> in_;
+  ZSTD_inBuffer zin_{nullptr, 0, 0};
+  bool zst_open_ = false;
+  int64_t pos_ = 0;
+};
+
+// ---- pieces ----------------------------------------------------------------------------------
+
+// A piece of a batch: text[begin, end) of the batch, from source `source`; first: the piece
+// starts its document (a non-empty .txt file, a non-blank .jsonl line); line: a .jsonl piece's
+// line number (its text is the raw line).
+struct Piece {
+  size_t begin, end;
+  int32_t source;
+  int64_t line;  // 0: a text piece
+  bool first;
+};
+struct Batch {
+  std::string text;
+  std::vector<Piece> pieces;
+};
+
+constexpr size_t kPieceBytes = 1 << 20;  // a long .txt document is cut into pieces of ~this
+
+bool printable_ascii(unsigned char c) { return c > 0x20 && c < 0x7F; }
+
+// Where a .txt document may be cut (see Tokenizer::cuts_at_lines): the start of the last line
+// in s[from, n) whose '\n' stands between printable ASCII characters; 0 if none.
+size_t cut_point(const std::string& s, size_t from) {
+  for (size_t p = s.size() - 1; p > std::max<size_t>(from, 1); p--)
+    if (s[p - 1] == '\n' && printable_ascii(s[p - 2]) && printable_ascii(s[p])) return p;
+  return 0;
+}
+
+// Reads the sources in order, one batch of pieces at a time.
+class PieceReader {
+ public:
+  PieceReader(const std::vector<Source>& sources, const std::string* kjv, bool cut)
+      : sources_(sources), kjv_(kjv), cut_(cut) {}
+
+  // Fills b with pieces until it holds about `budget` bytes; false at the end of the input.
+  bool next(Batch& b, size_t budget) {
+    b.text.clear();
+    b.pieces.clear();
+    while (b.text.size() < budget && src_ < sources_.size()) {
+      if (!reader_) {
+        reader_ = std::make_unique<ByteReader>(sources_[src_], sources_[src_].path.empty() ? kjv_ : nullptr);
+        carry_.clear();
+        line_ = 0;
+        first_ = true;
+      }
+      chunk_.resize(kPieceBytes);
+      size_t k = reader_->read(chunk_.data(), chunk_.size());
+      const bool eof = k == 0;
+      carry_.append(chunk_.data(), k);
+      if (sources_[src_].format == Format::jsonl) take_lines(b, eof);
+      else take_text(b, eof);
+      if (eof) {
+        done_bytes_ += reader_->consumed();
+        reader_.reset();
+        src_++;
+      }
+    }
+    return !b.pieces.empty() || src_ < sources_.size();
+  }
+  int64_t consumed() const { return done_bytes_ + (reader_ ? reader_->consumed() : 0); }
+
+ private:
+  void add(Batch& b, const char* p, size_t n, int64_t line) {
+    b.pieces.push_back({b.text.size(), b.text.size() + n, int32_t(src_), line, first_ || line > 0});
+    first_ = false;
+    b.text.append(p, n);
+  }
+  void take_text(Batch& b, bool eof) {
+    if (eof) {
+      if (!carry_.empty()) add(b, carry_.data(), carry_.size(), 0);
+      carry_.clear();
+      return;
+    }
+    if (!cut_ || carry_.size() < kPieceBytes) return;
+    size_t p = cut_point(carry_, carry_.size() / 2);
+    if (p == 0) p = cut_point(carry_, 0);
+    if (p == 0) return;  // no place to cut yet: the piece grows
+    add(b, carry_.data(), p, 0);
+    carry_.erase(0, p);
+  }
+  void take_lines(Batch& b, bool eof) {
+    size_t start = 0;
+    for (;;) {
+      size_t nl = carry_.find('\n', start);
+      if (nl == std::string::npos && !(eof && start < carry_.size())) break;
+      size_t end = nl == std::string::npos ? carry_.size() : nl;
+      line_++;
+      size_t e = end;
+      if (e > start && carry_[e - 1] == '\r') e--;
+      bool blank = carry_.find_first_not_of(" \t", start) >= e;
+      if (!blank) add(b, carry_.data() + start, e - start, line_);
+      start = nl == std::string::npos ? carry_.size() : nl + 1;
+    }
+    carry_.erase(0, start);
+  }
+
+  const std::vector<Source>& sources_;
+  const std::string* kjv_;
+  bool cut_;
+  size_t src_ = 0;
+  std::unique_ptr<ByteReader> reader_;
+  std::string carry_, chunk_;
+  int64_t line_ = 0, done_bytes_ = 0;
+  bool first_ = true;
+};
+
+bool valid_utf8(const char* s, size_t n) {
+  for (size_t i = 0; i < n;) {
+    unsigned char c = s[i];
+    if (c < 0x80) { i++; continue; }
+    size_t len = (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 0;
+    if (len == 0 || c == 0xC0 || c == 0xC1 || c > 0xF4 || i + len > n) return false;
+    for (size_t k = 1; k < len; k++)
+      if ((uint8_t(s[i + k]) & 0xC0) != 0x80) return false;
+    i += len;
+  }
+  return true;
+}
+
+// What a thread made of a piece: its tokens in the thread's buffer, or why it is a bad line.
+struct Encoded {
+  int thread;
+  size_t begin, count;
+  bool bad_utf8;
+  std::string error;  // a .jsonl line that is not a document: "file:line: ..."
+};
+
+// The text of a .jsonl line's field; an error message when there is none.
+bool json_text(std::string_view line, const std::string& field, std::string& text, std::string& error) {
+  json j = json::parse(line, nullptr, false);
+  if (j.is_discarded()) { error = "not JSON (expected one object a line)"; return false; }
+  if (!j.is_object()) { error = fmt::format("a JSON {}, expected an object with a \"{}\" string", j.type_name(), field); return false; }
+  auto it = j.find(field);
+  if (it == j.end()) { error = fmt::format("no \"{}\" field (--field names the field that holds the text)", field); return false; }
+  if (!it->is_string()) { error = fmt::format("\"{}\" is a {}, expected a string", field, it->type_name()); return false; }
+  text = it->get<std::string>();
+  return true;
+}
+
+// ---- the split and the shards ----------------------------------------------------------------
+
+uint64_t mix64(uint64_t x) {  // splitmix64's finalizer
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+uint64_t doc_hash(uint64_t seed, int64_t doc) { return mix64(mix64(seed) ^ uint64_t(doc)); }
+
+struct ShardEntry { std::string file, split; int64_t tokens, bytes; std::string checksum; };
+json to_json(const ShardEntry& e) {
+  return {{"file", e.file}, {"split", e.split}, {"tokens", e.tokens}, {"bytes", e.bytes}, {"checksum", e.checksum}};
+}
+
+// The shards of one split, written one after the other. A shard already in the directory that
+// verified at the start (`reusable`) is only summed, not written, and must come out the same.
+class SplitWriter {
+ public:
+  SplitWriter(std::string dir, std::string split, int64_t shard_tokens, bool wide,
+              const std::map<std::string, ShardEntry>& reusable, std::function<void(const ShardEntry&, bool)> done)
+      : dir_(std::move(dir)), split_(std::move(split)), shard_tokens_(shard_tokens), wide_(wide),
+        reusable_(reusable), done_(std::move(done)) {}
+  void append(const uint32_t* t, size_t n) {
+    while (n > 0) {
+      if (!w_) open();
+      size_t k = std::min<size_t>(n, size_t(shard_tokens_ - w_->tokens()));
+      w_->append(t, k);
+      t += k;
+      n -= k;
+      total_ += int64_t(k);
+      if (w_->tokens() == shard_tokens_) close();
+    }
+  }
+  void close() {
+    if (!w_) return;
+    ShardWriter::Done d = w_->finish();
+    w_.reset();
+    ShardEntry e{name_, split_, d.tokens, d.bytes, fmt::format("{:016x}", d.checksum)};
+    auto it = reusable_.find(name_);
+    if (it != reusable_.end() && (it->second.checksum != e.checksum || it->second.tokens != e.tokens))
+      user_error("{}/{}: differs from what this prepare makes of the same inputs (changed since?): remove the "
+                 "directory and prepare again", dir_, name_);
+    done_(e, it != reusable_.end());
+  }
+  int64_t total() const { return total_; }
+  bool empty() const { return total_ == 0; }
+
+ private:
+  void open() {
+    name_ = fmt::format("{}_{:03d}.bin", split_, index_++);
+    w_ = std::make_unique<ShardWriter>(reusable_.count(name_) ? ShardWriter::dry(wide_)
+                                                               : ShardWriter(dir_ + "/" + name_, wide_));
+  }
+  std::string dir_, split_, name_;
+  int64_t shard_tokens_;
+  bool wide_;
+  const std::map<std::string, ShardEntry>& reusable_;
+  std::function<void(const ShardEntry&, bool)> done_;
+  std::unique_ptr<ShardWriter> w_;
+  int index_ = 0;
+  int64_t total_ = 0;
+};
+
+// The entries of an earlier manifest made by the same prepare (same `head`) whose files verify.
+std::map<std::string, ShardEntry> reusable_shards(const std::string& dir, const json& head) {
+  std::map<std::string, ShardEntry> out;
+  const std::string path = dir + "/" + kManifest;
+  if (!fs::exists(path)) return out;
+  json old = json::parse(read_whole_file(path), nullptr, false);
+  if (old.is_discarded() || !old.is_object()) return out;
+  for (auto& [k, v] : head.items())
+    if (!old.contains(k) || old[k] != v) return out;
+  for (auto& s : old.value("shards", json::array())) {
+    ShardEntry e{s.value("file", ""), s.value("split", ""), s.value("tokens", int64_t(-1)),
+                 s.value("bytes", int64_t(-1)), s.value("checksum", "")};
+    std::error_code ec;
+    const std::string f = dir + "/" + e.file;
+    if (e.file.empty() || int64_t(fs::file_size(f, ec)) != e.bytes || ec) continue;
+    try {
+      TokenShard shard(f, 0);  // checked against the (old) manifest: tokens and checksum
+      out[e.file] = e;
+    } catch (const UserError&) {
+    }
+  }
+  return out;
+}
+
+// A progress line on stderr: a bar redrawn in place on a terminal, else a line every 30 s.
+class Progress {
+ public:
+  Progress(bool on, int64_t total) : on_(on), tty_(::isatty(2)), total_(total) {}
+  void update(int64_t consumed, int64_t text_bytes, int64_t tokens, bool last = false) {
+    if (!on_) return;
+    const double t = seconds();
+    if (!last && t - shown_ < (tty_ ? 0.5 : 30.0)) return;
+    shown_ = t;
+    const double mbs = text_bytes / 1e6 / std::max(t, 1e-9), frac = total_ > 0 ? double(consumed) / total_ : 1;
+    const double eta = frac > 0 ? t / frac - t : 0;
+    std::string line = fmt::format("prepare: {:5.1f}% of {:.1f} MB, {:.1f} MB/s, {} tokens, {:.0f} s, ETA {:.0f} s",
+                                   100 * frac, total_ / 1e6, mbs, tokens, t, last ? 0.0 : eta);
+    if (tty_) std::fprintf(stderr, "\r%s\033[K%s", line.c_str(), last ? "\n" : "");
+    else std::fprintf(stderr, "%s\n", line.c_str());
+  }
+
+ private:
+  double seconds() const { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count(); }
+  bool on_, tty_;
+  int64_t total_;
+  double shown_ = 0;
+  std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
+};
+
+void write_json(const std::string& path, const json& j) {
+  std::string text = j.dump(1) + "\n";
+  write_file_atomic(path, text.data(), text.size());
+}
+
+}  // namespace
+
 PrepareStats prepare_corpus(const std::vector<std::string>& inputs, const std::string& out_dir,
-                            int val_every, const TokenizerOptions& opt) {
-  if (val_every < 2) user_error("--val-every: expected an integer >= 2, got {}", val_every);
-  std::vector<std::string> docs;
-  if (inputs.empty()) docs.push_back(kjv_text());
-  for (auto& f : inputs) docs.push_back(read_whole_file(f));
+                            const CorpusOptions& opt_in, const TokenizerOptions& topt) {
+  CorpusOptions opt = opt_in;
+  const int num_set = (opt.val_every != 0) + (opt.val_fraction != 0) + (opt.val_docs != 0);
+  if (num_set > 1) user_error("prepare: --val-every, --val-fraction and --val-docs exclude each other: give one");
+  if (opt.val_every != 0 && opt.val_every < 2) user_error("--val-every: expected an integer >= 2, got {}", opt.val_every);
+  if (opt.val_fraction < 0 || opt.val_fraction >= 1) user_error("--val-fraction: expected a number in (0, 1), got {}", opt.val_fraction);
+  if (opt.val_docs < 0) user_error("--val-docs: expected a positive count, got {}", opt.val_docs);
+  if (opt.shard_tokens < 1 || opt.shard_tokens >= (int64_t(1) << 31))
+    user_error("--shard-tokens: expected 1 to {}, got {}", (int64_t(1) << 31) - 1, opt.shard_tokens);
+  const int threads = opt.threads > 0 ? opt.threads : omp_get_num_procs();
+
+  std::vector<Source> sources = expand_inputs(inputs);
+  std::string kjv;
+  if (inputs.empty()) {
+    kjv = kjv_text();
+    sources.push_back({"", Format::text, int64_t(kjv.size())});
+  }
+  if (num_set == 0) {
+    if (sources.size() == 1 && sources[0].format == Format::text) opt.val_every = 20;
+    else opt.val_fraction = 0.01;
+  }
   std::error_code ec;
-  std::filesystem::create_directories(out_dir, ec);
+  fs::create_directories(out_dir, ec);
   if (ec) user_error("{}: cannot create directory: {}", out_dir, ec.message());
+
+  // The tokenizer; a trained SentencePiece reads the first 256 MB of text of the input first.
   std::unique_ptr<Tokenizer> tok;
-  if (!opt.pretrained.empty()) tok = load_pretrained_tokenizer(opt.pretrained, opt.tiktoken_pattern);
-  else switch (opt.kind) {
+  if (!topt.pretrained.empty()) tok = load_pretrained_tokenizer(topt.pretrained, topt.tiktoken_pattern);
+  else switch (topt.kind) {
     case TokenizerKind::byte: tok = make_byte_tokenizer(); break;
-    case TokenizerKind::gpt2: tok = make_gpt2_tokenizer(opt.gpt2_dir); break;
-    case TokenizerKind::sentencepiece:
-      tok = train_sentencepiece(docs, opt.vocab_size, opt.model_type);
+    case TokenizerKind::gpt2: tok = make_gpt2_tokenizer(topt.gpt2_dir); break;
+    case TokenizerKind::sentencepiece: {
+      std::vector<std::string> docs;
+      PieceReader r(sources, &kjv, true);
+      Batch b;
+      size_t bytes = 0;
+      while (bytes < (size_t(256) << 20) && r.next(b, size_t(8) << 20))
+        for (auto& p : b.pieces) {
+          std::string text(b.text, p.begin, p.end - p.begin), error;
+          if (p.line && !json_text(text, opt.field, text, error)) continue;  // reported when tokenizing
+          if (p.first || docs.empty()) docs.emplace_back();
+          docs.back() += text;
+          bytes += text.size();
+        }
+      tok = train_sentencepiece(docs, topt.vocab_size, topt.model_type);
       break;
+    }
     case TokenizerKind::hf_bpe:
     case TokenizerKind::tiktoken:
-      user_error("prepare: a {} tokenizer is pretrained: name its file with --tokenizer PATH", to_string(opt.kind));
+      user_error("prepare: a {} tokenizer is pretrained: name its file with --tokenizer PATH", to_string(topt.kind));
   }
-  std::vector<uint32_t> stream;
-  for (auto& d : docs) {
-    if (!stream.empty()) stream.push_back(tok->eot());
-    tok->encode(d, stream);
-  }
-  const size_t chunk = 8192;
-  std::vector<uint32_t> train, val;
-  for (size_t i = 0, k = 0; i < stream.size(); i += chunk, k++) {
-    auto& dst = (k % size_t(val_every) == size_t(val_every) - 1) ? val : train;
-    dst.insert(dst.end(), stream.begin() + i, stream.begin() + std::min(stream.size(), i + chunk));
-  }
-  if (val.empty()) user_error("prepare: the input has {} tokens, too few for a validation split", stream.size());
-  PrepareStats st{int64_t(train.size()), int64_t(val.size()),
-                  {out_dir + "/train_000.bin", out_dir + "/val_000.bin"}};
-  write_shard(st.files[0], train);
-  write_shard(st.files[1], val);
+  const bool wide = tok->vocab_size() > 65536;
+  const uint32_t eot = tok->eot();
+
+  // What decides the shards: compared with an earlier manifest's to reuse its shards.
+  json head;
+  json src = json::array();
+  for (auto& s : sources) src.push_back({{"path", s.path.empty() ? "bible-kjv" : s.path}, {"bytes", s.bytes}});
+  head["tokenizer"] = {{"kind", to_string(tok->kind())}, {"vocab_size", tok->vocab_size()}, {"eot", eot},
+                       {"pattern", tok->split_pattern()}};
+  head["options"] = {{"split", opt.val_every ? "chunks" : "documents"}, {"val_every", opt.val_every},
+                     {"val_fraction", opt.val_fraction}, {"val_docs", opt.val_docs}, {"seed", opt.seed},
+                     {"shard_tokens", opt.shard_tokens}, {"field", opt.field}, {"skip_bad_lines", opt.skip_bad_lines}};
+  head["sources"] = src;
+  const std::map<std::string, ShardEntry> reusable = reusable_shards(out_dir, head);
+  // an unfinished manifest while this runs: readers refuse the directory, a rerun reuses shards
+  std::vector<ShardEntry> written;
+  auto write_manifest = [&](bool complete) {
+    json j = {{"format", "frugal token shards"}, {"version", 1}, {"complete", complete}};
+    j.update(head);
+    json shards = json::array();
+    std::set<std::string> listed;
+    for (auto& e : written) { shards.push_back(to_json(e)); listed.insert(e.file); }
+    if (!complete)
+      for (auto& [f, e] : reusable) if (!listed.count(f)) shards.push_back(to_json(e));
+    j["shards"] = shards;
+    write_json(out_dir + "/" + kManifest, j);
+  };
+  write_manifest(false);
   save_tokenizer(out_dir, *tok);
+
+  // --val-docs: count the documents (the .jsonl lines that hold one), then the val_docs
+  // smallest hashes are validation
+  std::pair<uint64_t, int64_t> val_below{0, -1};
+  if (opt.val_docs > 0) {
+    PieceReader r(sources, &kjv, false);
+    Batch b;
+    int64_t docs = 0;
+    while (r.next(b, size_t(8 << 20) * size_t(threads))) {
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 64) reduction(+ : docs)
+      for (int64_t i = 0; i < int64_t(b.pieces.size()); i++) {
+        const Piece& p = b.pieces[size_t(i)];
+        std::string text, error;
+        docs += p.first && (!p.line || json_text(std::string_view(b.text).substr(p.begin, p.end - p.begin), opt.field, text, error));
+      }
+    }
+    if (docs <= opt.val_docs)
+      user_error("--val-docs {}: the input holds {} documents, expected more than that", opt.val_docs, docs);
+    std::priority_queue<std::pair<uint64_t, int64_t>> largest;  // the val_docs smallest so far
+    for (int64_t d = 0; d < docs; d++) {
+      largest.push({doc_hash(opt.seed, d), d});
+      if (int64_t(largest.size()) > opt.val_docs) largest.pop();
+    }
+    val_below = largest.top();
+  }
+  auto is_val_doc = [&](int64_t d) {
+    if (opt.val_docs > 0) return std::make_pair(doc_hash(opt.seed, d), d) <= val_below;
+    return double(doc_hash(opt.seed, d) >> 11) * 0x1p-53 < opt.val_fraction;
+  };
+
+  std::vector<std::unique_ptr<Tokenizer>> toks;
+  toks.push_back(std::move(tok));
+  for (int t = 1; t < threads; t++) toks.push_back(load_tokenizer(out_dir));
+
+  PrepareStats st;
+  auto done = [&](const ShardEntry& e, bool reused) {
+    written.push_back(e);
+    st.files.push_back(out_dir + "/" + e.file);
+    st.reused_shards += reused;
+    write_manifest(false);
+  };
+  SplitWriter train(out_dir, "train", opt.shard_tokens, wide, reusable, done);
+  SplitWriter val(out_dir, "val", opt.shard_tokens, wide, reusable, done);
+
+  int64_t total_bytes = 0, text_bytes = 0, chunk_pos = 0;
+  for (auto& s : sources) total_bytes += s.bytes;
+  Progress progress(opt.progress, total_bytes);
+  PieceReader reader(sources, &kjv, toks[0]->cuts_at_lines());
+  Batch batch;
+  std::vector<Encoded> enc;
+  std::vector<std::vector<uint32_t>> out(static_cast<size_t>(threads));
+  bool in_val = false;
+  int64_t doc = -1, bad_utf8_doc = -1;  // the document of the piece, counted from 0
+  constexpr int64_t kChunk = 8192;
+  const uint32_t eot_token[1] = {eot};
+  // one piece's tokens (after an end of text when it starts a document) to its split
+  auto route = [&](const uint32_t* t, size_t n) {
+    if (!opt.val_every) return (in_val ? val : train).append(t, n);
+    while (n > 0) {  // 8192-token chunks of the whole stream, every val_every-th to val
+      size_t k = std::min<size_t>(n, size_t(kChunk - chunk_pos % kChunk));
+      ((chunk_pos / kChunk) % opt.val_every == opt.val_every - 1 ? val : train).append(t, k);
+      chunk_pos += int64_t(k);
+      t += k;
+      n -= k;
+    }
+  };
+  while (reader.next(batch, size_t(8 << 20) * size_t(threads))) {
+    enc.assign(batch.pieces.size(), Encoded{});
+    for (auto& o : out) o.clear();
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
+    for (int64_t i = 0; i < int64_t(batch.pieces.size()); i++) {
+      const int t = omp_get_thread_num();
+      const Piece& p = batch.pieces[size_t(i)];
+      Encoded& e = enc[size_t(i)];
+      e.thread = t;
+      e.begin = out[size_t(t)].size();
+      std::string_view text(batch.text.data() + p.begin, p.end - p.begin);
+      std::string field;
+      if (p.line) {
+        std::string error;
+        if (!json_text(text, opt.field, field, error)) {
+          e.error = fmt::format("{}:{}: {}", sources[size_t(p.source)].path, p.line, error);
+          continue;
+        }
+        text = field;
+      }
+      e.bad_utf8 = !valid_utf8(text.data(), text.size());
+      toks[size_t(t)]->encode(text, out[size_t(t)]);
+      e.count = out[size_t(t)].size() - e.begin;
+    }
+    for (size_t i = 0; i < batch.pieces.size(); i++) {
+      const Piece& p = batch.pieces[i];
+      const Encoded& e = enc[i];
+      if (!e.error.empty()) {
+        if (!opt.skip_bad_lines) user_error("{} (--skip-bad-lines skips such lines)", e.error);
+        st.skipped_lines++;
+        continue;
+      }
+      text_bytes += int64_t(p.end - p.begin);
+      if (p.first) {
+        doc++;
+        if (!opt.val_every) in_val = is_val_doc(doc);
+        if (opt.val_every ? chunk_pos > 0 : !(in_val ? val : train).empty()) route(eot_token, 1);
+        (in_val ? st.val_docs : st.train_docs)++;
+      }
+      if (e.bad_utf8 && bad_utf8_doc != doc) {
+        st.invalid_utf8_docs++;
+        bad_utf8_doc = doc;
+      }
+      route(out[size_t(e.thread)].data() + e.begin, e.count);
+    }
+    progress.update(reader.consumed(), text_bytes, train.total() + val.total());
+  }
+  train.close();
+  val.close();
+  progress.update(total_bytes, text_bytes, train.total() + val.total(), true);
+  st.train_tokens = train.total();
+  st.val_tokens = val.total();
+  if (st.train_tokens + st.val_tokens == 0)
+    user_error("prepare: the input holds no text ({} file(s), {} bytes, {} lines skipped)", sources.size(), total_bytes,
+               st.skipped_lines);
+  if (st.val_tokens == 0) {
+    if (opt.val_every)
+      user_error("prepare: the input has {} tokens, too few for a validation split", st.train_tokens);
+    user_error("prepare: none of the {} documents went to validation ({}): give --val-docs N, a larger "
+               "--val-fraction, or --val-every N to split by 8192-token chunks", st.train_docs,
+               opt.val_docs ? fmt::format("--val-docs {}", opt.val_docs) : fmt::format("--val-fraction {}", opt.val_fraction));
+  }
+  if (st.train_tokens == 0) user_error("prepare: every document went to validation: lower --val-fraction or --val-docs");
+  // shards of an earlier prepare that this one did not make, a crash's temporaries
+  std::set<std::string> keep;
+  for (auto& e : written) keep.insert(e.file);
+  for (auto& e : fs::directory_iterator(out_dir, ec)) {
+    const std::string f = e.path().filename().string();
+    if ((f.starts_with("train_") || f.starts_with("val_")) &&
+        (f.ends_with(".mask") || f.ends_with(".tmp") || (f.ends_with(".bin") && !keep.count(f))))
+      fs::remove(e.path(), ec);
+  }
+  write_manifest(true);
+  fsync_dir(out_dir);
   return st;
 }
 

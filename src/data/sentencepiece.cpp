@@ -68,6 +68,7 @@ class SpTokenizer final : public Tokenizer {
       pos = end;
     }
   }
+  bool cuts_at_lines() const override { return by_line_; }
   std::string decode(const std::vector<int32_t>& ids) const override {
     std::string s;
     for (int32_t id : ids)

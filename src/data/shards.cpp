@@ -1,4 +1,5 @@
-// Token shards: writing, mapping and validating.
+// Token shards: writing (whole, or streamed by ShardWriter), mapping and validating, against the
+// directory's manifest where there is one.
 #include <fcntl.h>
 #include <glob.h>
 #include <sys/mman.h>
@@ -9,6 +10,8 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+
+#include <nlohmann/json.hpp>
 
 #include "data/data.h"
 
@@ -30,6 +33,82 @@ void write_shard(const std::string& path, const std::vector<uint32_t>& tokens) {
     else { uint16_t t = uint16_t(tokens[i]); std::memcpy(body + 2 * i, &t, 2); }
   }
   write_file_atomic(path, buf.data(), buf.size());
+}
+
+uint64_t shard_checksum(const void* data, size_t bytes, uint64_t h) {
+  const auto* p = static_cast<const unsigned char*>(data);
+  uint64_t w;
+  size_t i = 0;
+  for (; i + 8 <= bytes; i += 8) {
+    std::memcpy(&w, p + i, 8);
+    h = (h ^ w) * 1099511628211ull;
+  }
+  for (; i < bytes; i++) h = (h ^ p[i]) * 1099511628211ull;
+  return h;
+}
+
+static constexpr size_t kShardHeaderBytes = kShardHeaderInts * sizeof(int32_t);
+static constexpr size_t kWriterBufTokens = 1 << 16;  // a multiple of 8 bytes at either width
+
+ShardWriter::ShardWriter(const std::string& path, bool wide)
+    : file_(std::make_unique<AtomicFile>(path)), wide_(wide) {
+  int32_t header[kShardHeaderInts] = {};  // patched by finish()
+  file_->write(header, sizeof header);
+}
+
+void ShardWriter::append(const uint32_t* tokens, size_t n) {
+  const size_t width = wide_ ? 4 : 2;
+  buf_.resize(kWriterBufTokens * width);
+  for (size_t i = 0; i < n; i++) {
+    if (used_ == kWriterBufTokens) flush();
+    if (wide_) {
+      std::memcpy(buf_.data() + 4 * used_++, &tokens[i], 4);
+    } else {
+      FRUGAL_CHECK(tokens[i] <= 0xFFFF, "token {} in a uint16 shard", tokens[i]);
+      const uint16_t t = uint16_t(tokens[i]);
+      std::memcpy(buf_.data() + 2 * used_++, &t, 2);
+    }
+  }
+  n_ += int64_t(n);
+  FRUGAL_CHECK(n_ < (int64_t(1) << 31), "shard too large: {} tokens", n_);
+}
+
+void ShardWriter::flush() {
+  const size_t bytes = used_ * (wide_ ? 4 : 2);
+  sum_ = shard_checksum(buf_.data(), bytes, sum_);
+  if (file_) file_->write(buf_.data(), bytes);
+  used_ = 0;
+}
+
+ShardWriter::Done ShardWriter::finish() {
+  flush();
+  const int64_t bytes = int64_t(kShardHeaderBytes) + n_ * (wide_ ? 4 : 2);
+  if (file_) {
+    int32_t header[3] = {wide_ ? kShardMagic32 : kShardMagic16, wide_ ? kShardVersion32 : kShardVersion16, int32_t(n_)};
+    file_->write_at(0, header, sizeof header);
+    file_->commit();
+    file_.reset();
+  }
+  return {n_, bytes, sum_};
+}
+
+// The manifest's entry for a shard in a directory that has one: null without a manifest;
+// UserError naming the shard when the manifest does not list it.
+static std::unique_ptr<nlohmann::json> manifest_entry(const std::string& path) {
+  namespace fs = std::filesystem;
+  fs::path dir = fs::path(path).parent_path();
+  std::string m = ((dir.empty() ? fs::path(".") : dir) / kManifest).string();
+  if (!fs::exists(m)) return nullptr;
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(read_whole_file(m));
+    for (auto& s : j.at("shards"))
+      if (s.at("file").get<std::string>() == fs::path(path).filename().string())
+        return std::make_unique<nlohmann::json>(s);
+  } catch (const nlohmann::json::exception& e) {
+    user_error("{}: not a frugal manifest: {}", m, e.what());
+  }
+  user_error("{}: not listed in {} (a file left from another prepare? prepare the directory again)", path, m);
 }
 
 TokenShard::TokenShard(const std::string& path, int64_t vocab_size) : path_(path) {
@@ -59,6 +138,15 @@ TokenShard::TokenShard(const std::string& path, int64_t vocab_size) : path_(path
     user_error("{}: header says {} tokens ({} bytes of body), but the body has {} bytes", path, n_,
                size_t(std::max<int64_t>(n_, 0)) * width, bytes - hdr);
   const char* body = static_cast<const char*>(map_) + hdr;
+  if (auto e = manifest_entry(path)) {
+    const int64_t want = (*e)["tokens"].get<int64_t>();
+    if (want != n_)
+      user_error("{}: {} tokens, but the manifest lists {} (the shard is damaged: prepare it again)", path, n_, want);
+    const std::string sum = fmt::format("{:016x}", shard_checksum(body, bytes - hdr));
+    if (sum != (*e)["checksum"].get<std::string>())
+      user_error("{}: checksum {}, but the manifest lists {} (the shard is corrupt: prepare it again)", path, sum,
+                 (*e)["checksum"].get<std::string>());
+  }
   u16_ = reinterpret_cast<const uint16_t*>(body);
   u32_ = reinterpret_cast<const uint32_t*>(body);
   if (vocab_size > 0) {
@@ -88,7 +176,23 @@ std::vector<std::string> resolve_shards(const std::string& pattern, const std::s
   std::vector<std::string> files;
   namespace fs = std::filesystem;
   std::error_code ec;
-  if (fs::is_directory(pattern, ec)) {
+  const fs::path manifest = fs::path(pattern) / kManifest;
+  if (fs::is_directory(pattern, ec) && fs::exists(manifest)) {
+    // a prepared directory: its shards in the manifest's order
+    const std::string split = field.ends_with("train") ? "train" : field.ends_with("val") ? "val" : "";
+    try {
+      auto j = nlohmann::json::parse(read_whole_file(manifest.string()));
+      if (!j.at("complete").get<bool>())
+        user_error("{}: prepare did not finish here (interrupted?): run the same prepare again, it resumes", manifest.string());
+      for (auto& s : j.at("shards"))
+        if (split.empty() || s.at("split").get<std::string>() == split)
+          files.push_back((fs::path(pattern) / s.at("file").get<std::string>()).string());
+    } catch (const nlohmann::json::exception& e) {
+      user_error("{}: not a frugal manifest: {}", manifest.string(), e.what());
+    }
+    if (files.empty()) user_error("{}: {} lists no {} shards", field, manifest.string(), split);
+    return files;
+  } else if (fs::is_directory(pattern, ec)) {
     // a directory of prepared shards holds both splits: data.train takes train_*, data.val val_*
     const std::string split = field.ends_with("train") ? "train_" : field.ends_with("val") ? "val_" : "";
     bool has_split = false;
