@@ -108,6 +108,18 @@ static int64_t host_memory_available(std::string& source) {
   return best;
 }
 
+// The progress bar only where a person watches a terminal. OpenMPI gives each rank a
+// pseudo-terminal of its own, so isatty holds under mpirun even when mpirun's output goes to a
+// file: there the terminal that counts is the launcher's, the parent's stdout (mpirun for the ranks
+// on its host; a remote rank's orted has none, so plain lines).
+static bool progress_bar_wanted() {
+  if (!::isatty(STDOUT_FILENO)) return false;
+  if (!std::getenv("OMPI_COMM_WORLD_SIZE")) return true;
+  std::error_code ec;
+  const std::string out = std::filesystem::read_symlink(fmt::format("/proc/{}/fd/1", ::getppid()), ec).string();
+  return !ec && (out.starts_with("/dev/pts/") || out.starts_with("/dev/tty"));
+}
+
 // Memory preflight: the plan's predicted peak per rank against what the device can still give
 // (a GPU's free memory), or on the CPU, times the ranks on this host, what the host can; refused
 // before anything is allocated, with the prediction and the cheapest setting that fits (what
@@ -320,7 +332,7 @@ void train(const RunConfig& cfg, Comm& comm, bool resume) {
     tb = std::make_unique<TensorBoardWriter>(dir);
     if (resume) tb->restart(start + 1);
   };
-  const bool tty = rank0 && ::isatty(STDOUT_FILENO);
+  const bool tty = rank0 && progress_bar_wanted();
   const double flops_tok = cfg.model.flops_per_token(T);
   const int64_t tokens_per_step = int64_t(B) * T * cfg.accum_steps(comm.size()) * comm.size();
   if (rank0)

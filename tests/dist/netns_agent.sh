@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# mpirun's launcher agent (--mca plm_rsh_agent) for the hosts of netns.sh: like ssh, it is called
+# as `netns_agent.sh HOST COMMAND...` and runs the command through the shell, here inside the
+# network namespace of HOST (an address 10.99.0.K is host K-1 of the run named by $FRUGAL_NETNS).
+host=$1
+shift
+[ -n "${FRUGAL_NETNS:-}" ] || { echo "netns_agent.sh: FRUGAL_NETNS is not set (use netns.sh's netns_mpirun)" >&2; exit 2; }
+exec ip netns exec "${FRUGAL_NETNS}h$(( ${host##*.} - 1 ))" /bin/sh -c "$*"
