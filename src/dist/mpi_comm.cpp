@@ -241,11 +241,29 @@ bool launched_by_mpi() {
   return false;
 }
 
+// Under Slurm without mpirun (srun starting every task, or a batch script), the task's place is
+// Slurm's SLURM_PROCID of SLURM_STEP_NUM_TASKS (srun) or SLURM_NTASKS (the allocation): MPI must
+// see the same world, or each task would train alone into the same run directory. Under mpirun
+// (OMPI_COMM_WORLD_SIZE, read before MPI_Init sets anything) the SLURM_ variables describe
+// mpirun's daemons, not the ranks, and are not compared.
+void check_slurm_world(bool by_mpirun, int rank, int size) {
+  const char* procid = std::getenv("SLURM_PROCID");
+  const char* ntasks = std::getenv("SLURM_STEP_NUM_TASKS") ? "SLURM_STEP_NUM_TASKS" : "SLURM_NTASKS";
+  if (by_mpirun || !procid || !std::getenv(ntasks)) return;
+  const int slurm_rank = std::atoi(procid), slurm_size = std::atoi(std::getenv(ntasks));
+  if (slurm_rank != rank || slurm_size != size)
+    user_error("Slurm started this process as task {} of {} (SLURM_PROCID, {}), but MPI sees rank {} of {}: "
+               "launch with `srun --mpi=pmix frugal ...` (an OpenMPI built with Slurm/PMIx support) or with "
+               "`mpirun frugal ...` inside the allocation", slurm_rank, slurm_size, ntasks, rank, size);
+}
+
 }  // namespace
 
 std::unique_ptr<Comm> make_comm(bool gpu, double timeout_s) {
   if (launched_by_mpi()) {
+    const bool by_mpirun = std::getenv("OMPI_COMM_WORLD_SIZE") != nullptr;
     std::unique_ptr<Comm> mpi = std::make_unique<MpiComm>(timeout_s);
+    check_slurm_world(by_mpirun, mpi->rank(), mpi->size());
     return gpu && mpi->size() > 1 ? make_nccl_comm(std::move(mpi), timeout_s) : std::move(mpi);
   }
   return make_local_comm();

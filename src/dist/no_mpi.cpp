@@ -11,6 +11,11 @@ std::unique_ptr<Comm> make_comm(bool, double) {
     std::fprintf(stderr, "frugal: started by mpirun, but this build has no MPI (install libopenmpi-dev and rebuild)\n");
     std::exit(2);
   }
+  const char* ntasks = std::getenv("SLURM_STEP_NUM_TASKS") ? std::getenv("SLURM_STEP_NUM_TASKS") : std::getenv("SLURM_NTASKS");
+  if (ntasks && std::atoi(ntasks) > 1) {
+    std::fprintf(stderr, "frugal: started by Slurm as one of %s tasks, but this build has no MPI (install libopenmpi-dev and rebuild)\n", ntasks);
+    std::exit(2);
+  }
   return make_local_comm();
 }
 
