@@ -194,9 +194,8 @@ Shards::Shards(Model& model, Backend& be, Comm& comm, Strategy s, DType reduce)
   }
   if (shard_grads && pol_.persistent) {
     for (int k = 0; k < 2; k++) alloc_grads(grad_bufs_[k], max_block_len, max_block_tail);
-    alloc_grads(grad_bufs_[2], parts_[emb].len, parts_[emb].tail);
-    alloc_grads(grad_bufs_[3], parts_[fin].len, parts_[fin].tail);
-    if (untied) alloc_grads(grad_bufs_[4], parts_[head].len, parts_[head].tail);
+    for (auto [k, i] : {std::pair{2, emb}, {3, fin}, {4, head}})  // a frozen one has none
+      if (!units[i].frozen && (k < 4 || untied)) alloc_grads(grad_bufs_[size_t(k)], parts_[i].len, parts_[i].tail);
   }
   build_segments();
 }
@@ -405,8 +404,9 @@ double Shards::grad_sum_squares() {
       if (!u.frozen) spans.push_back({u.grads.data(), u.numel});
     return be_.sum_squares(spans);  // whole gradients, the same on every rank
   }
-  for (Part& p : parts_) {
-    if (!p.g.data()) continue;  // frozen
+  for (size_t i = 0; i < parts_.size(); i++) {
+    const Part& p = parts_[i];
+    if (model_.units()[i].frozen) continue;
     spans.push_back({p.g.data(), p.len});
     if (rank_ == 0) spans.push_back({p.gt.data(), p.tail});  // replicated: counted on one rank
   }

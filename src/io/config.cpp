@@ -368,6 +368,7 @@ RunConfig load_config(const std::string& path, const std::vector<std::string>& o
     user_error("{}: train.min_lr = {} is above train.lr = {}", c.source, t.min_lr, t.lr);
   if (c.device.backend != "cpu" && c.device.backend != "cuda")
     user_error("{}: device.backend: expected cpu or cuda, got '{}'", c.source, c.device.backend);
+  parse_strategy(c.dist.strategy, c.source);
   if (c.model.lora.base != BaseFormat::compute && !c.model.lora.on())
     user_error("{}: lora.base = {} quantizes LoRA's frozen base: set lora.rank too", c.source, base_format_name(c.model.lora.base));
   if (c.precision.loss_scale_min > c.precision.loss_scale)

@@ -166,7 +166,7 @@ void Model::init(uint64_t seed, const std::function<void(size_t unit, const floa
       }
       std::memset(d + n, 0, (s.numel - n) * sizeof(float));
     }
-    if (u.frozen && u.store.data()) {
+    if (u.frozen && (u.store.data() || u.nbig == 0)) {  // its store the model's (or only a tail)
       for (auto& s : u.specs) write_param({&s, view_of(u.p, s), nullptr, ui}, base + s.offset);
     } else if (u.params.data() && !u.frozen) {
       if (base != u.params.data()) be_.copy(u.params.data(), base, size_t(u.numel) * sizeof(float));
