@@ -3,7 +3,8 @@
 # Llama from transformers as the base (loaded into the shards), a bf16-compute base and an NF4
 # one. Every loss of 8 steps equals the single-process run's within 1e-5 relative (fp32; the
 # reduction order differs), through a checkpoint at step 4 resumed under the other strategy, and
-# the adapters written at the end are the single-process run's within 1e-5.
+# the adapters written at the end are the single-process run's within 1e-5. The sharded runs
+# recompute every block (its base and adapters gathered again for the backward).
 # Usage: lora_mpi.sh FRUGAL_BINARY PYTHON (the references' venv)
 F=$1
 PY=$2
@@ -39,7 +40,7 @@ for base in compute nf4; do
   "$F" train $A --lora.base=$base --run.checkpoint_every=0 --run.dir=one-$base > log 2>&1 || fail "one process, $base base: $(cat log)"
   for s in zero3 yafsdp; do
     other=$([ $s = zero3 ] && echo yafsdp || echo zero3)
-    $run "$F" train $A --lora.base=$base --dist.strategy=$s --run.checkpoint_every=4 --run.dir=$s-$base > log 2>&1 \
+    $run "$F" train $A --lora.base=$base --dist.strategy=$s --memory.recompute=full --run.checkpoint_every=4 --run.dir=$s-$base > log 2>&1 \
       || fail "$s, $base base, 2 ranks: $(cat log)"
     close $s-$base one-$base
     rm -rf $s-$base/ckpt-8
