@@ -263,6 +263,22 @@ TEST(Prepare, BadInputIsNamed) {
   std::vector<uint32_t> ids = split_tokens(d / "u", "train");
   std::vector<int32_t> first(ids.begin(), ids.begin() + 10);
   EXPECT_EQ(tok->decode(first).substr(0, bad.size()), bad);
+  // a trained SentencePiece: each byte that is not UTF-8 becomes U+FFFD (SentencePiece's own
+  // normalisation, whatever the byte fallback)
+  TokenizerOptions sp;
+  sp.kind = TokenizerKind::sentencepiece;
+  sp.vocab_size = 270;
+  try {
+    PrepareStats s = prepare_corpus({d / "u.txt"}, d / "sp", c, sp);
+    EXPECT_EQ(s.invalid_utf8_docs, 1);
+    auto spt = load_tokenizer(d / "sp");
+    std::vector<uint32_t> sid = split_tokens(d / "sp", "train");
+    std::vector<int32_t> head(sid.begin(), sid.begin() + 40);
+    const std::string replaced = "caf\xEF\xBF\xBD \xEF\xBF\xBD\xEF\xBF\xBD ok\n";
+    EXPECT_EQ(spt->decode(head).substr(0, replaced.size()), replaced);
+  } catch (const UserError& e) {
+    if (std::string(e.what()).find("built without SentencePiece") == std::string::npos) throw;
+  }
 }
 
 }  // namespace
