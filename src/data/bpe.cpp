@@ -277,35 +277,58 @@ BytePairEncoder::BytePairEncoder(const std::vector<std::string>& tokens,
     if (it == id_of_.end()) user_error("{}: byte 0x{:02X} has no token", where, b);
     byte_id_[b] = it->second;
   }
+  std::unordered_map<uint64_t, std::pair<uint32_t, uint32_t>> pairs;  // (left, right) -> (rank, merged)
   if (merges.empty()) {  // tiktoken: every split of a token into two tokens, ranked by the token's id
     for (uint32_t id = 0; id < tokens.size(); id++) {
       const std::string& t = tokens[id];
       for (size_t k = 1; k < t.size(); k++) {
         auto l = id_of_.find(t.substr(0, k)), r = id_of_.find(t.substr(k));
-        if (l != id_of_.end() && r != id_of_.end()) pairs_[key(l->second, r->second)] = {id, id};
+        if (l != id_of_.end() && r != id_of_.end()) pairs[key(l->second, r->second)] = {id, id};
       }
     }
   }
   for (uint32_t rank = 0; rank < merges.size(); rank++)  // the first of a repeated pair counts
-    pairs_.emplace(key(merges[rank][0], merges[rank][1]), std::make_pair(rank, merges[rank][2]));
+    pairs.emplace(key(merges[rank][0], merges[rank][1]), std::make_pair(rank, merges[rank][2]));
+  int bits = 1;
+  while ((size_t(1) << bits) < 2 * pairs.size() + 2) bits++;
+  pair_shift_ = 64 - bits;
+  pair_keys_.assign(size_t(1) << bits, kNoKey);
+  pair_values_.resize(size_t(1) << bits);
+  for (auto& [k, v] : pairs) {
+    size_t h = size_t((k * 0x9E3779B97F4A7C15ull) >> pair_shift_);
+    while (pair_keys_[h] != kNoKey) h = (h + 1) & (pair_keys_.size() - 1);
+    pair_keys_[h] = k;
+    pair_values_[h] = v;
+  }
 }
 
 void BytePairEncoder::encode(std::string_view text, std::vector<uint32_t>& out) {
   const auto* s = reinterpret_cast<const unsigned char*>(text.data());
   size_t n = text.size();
   for (size_t i = 0; i < n;) {
-    size_t j = next_piece(split_, s, i, n);
-    piece_.assign(text.data() + i, j - i);
-    auto it = cache_.find(piece_);
-    if (it == cache_.end()) {
-      if (cache_.size() >= kMaxCache) { cache_.clear(); cache_ids_.clear(); }
-      size_t begin = cache_ids_.size();
-      merge(piece_, cache_ids_);
-      it = cache_.emplace(piece_, std::make_pair(uint32_t(begin), uint32_t(cache_ids_.size() - begin))).first;
-    }
-    out.insert(out.end(), cache_ids_.begin() + it->second.first,
-               cache_ids_.begin() + it->second.first + it->second.second);
+    const size_t j = next_piece(split_, s, i, n), len = j - i;
+    const char* p = text.data() + i;
     i = j;
+    CacheSlot* c = nullptr;
+    if (len <= kCachedBytes) {
+      uint64_t w[3] = {0, 0, 0};
+      std::memcpy(w, p, len);
+      uint64_t h = (w[0] ^ (w[1] * 0x9E3779B97F4A7C15ull) ^ ((w[2] + len) * 0xBF58476D1CE4E5B9ull)) * 0x94D049BB133111EBull;
+      c = &cache_[size_t((h ^ (h >> 31)) >> (64 - kCacheBits))];
+      if (c->len == len && std::memcmp(c->bytes, p, len) == 0) {
+        out.insert(out.end(), c->ids, c->ids + c->count);
+        continue;
+      }
+    }
+    const size_t before = out.size();
+    piece_.assign(p, len);
+    merge(piece_, out);
+    if (c && out.size() - before <= kCachedIds) {
+      c->len = uint8_t(len);
+      c->count = uint8_t(out.size() - before);
+      std::memcpy(c->bytes, p, len);
+      std::memcpy(c->ids, out.data() + before, c->count * sizeof(uint32_t));
+    }
   }
 }
 
@@ -321,9 +344,9 @@ void BytePairEncoder::merge(const std::string& piece, std::vector<uint32_t>& out
   w.clear();
   for (unsigned char c : piece) w.push_back(byte_id_[c]);
   auto pair = [&](size_t k) {
-    auto it = pairs_.find(key(w[k], w[k + 1]));
-    r[k] = it == pairs_.end() ? kNone : it->second.first;
-    m[k] = it == pairs_.end() ? kNone : it->second.second;
+    const auto* v = find_pair(key(w[k], w[k + 1]));
+    r[k] = v ? v->first : kNone;
+    m[k] = v ? v->second : kNone;
   };
   r.assign(w.size() > 0 ? w.size() - 1 : 0, kNone);
   m.assign(r.size(), kNone);

@@ -54,7 +54,6 @@ class BytePairEncoder {
   SplitPattern split() const { return split_; }
 
  private:
-  static constexpr size_t kMaxCache = 1 << 20;  // pieces; the cache starts over when full
   static constexpr uint32_t kNone = UINT32_MAX;
   static uint64_t key(uint32_t a, uint32_t b) { return uint64_t(a) << 32 | b; }
   void merge(const std::string& piece, std::vector<uint32_t>& out);
@@ -63,9 +62,28 @@ class BytePairEncoder {
   bool whole_first_;
   std::unordered_map<std::string, uint32_t> id_of_;  // a token's bytes -> its id
   uint32_t byte_id_[256];
-  std::unordered_map<uint64_t, std::pair<uint32_t, uint32_t>> pairs_;  // (left, right) -> (rank, merged)
-  std::unordered_map<std::string, std::pair<uint32_t, uint32_t>> cache_;  // piece -> (start, count) in cache_ids_
-  std::vector<uint32_t> cache_ids_;
+  // (left, right) -> (rank, merged): open addressing, linear probing, at most half full
+  static constexpr uint64_t kNoKey = ~uint64_t(0);
+  std::vector<uint64_t> pair_keys_;
+  std::vector<std::pair<uint32_t, uint32_t>> pair_values_;
+  int pair_shift_ = 64;
+  const std::pair<uint32_t, uint32_t>* find_pair(uint64_t k) const {
+    for (size_t h = size_t((k * 0x9E3779B97F4A7C15ull) >> pair_shift_);; h = (h + 1) & (pair_keys_.size() - 1)) {
+      if (pair_keys_[h] == k) return &pair_values_[h];
+      if (pair_keys_[h] == kNoKey) return nullptr;
+    }
+  }
+  // The piece cache: direct-mapped, 2^16 slots of one cache line (4 MB, unlike a node map of
+  // 2^20 pieces that misses the CPU's caches on every lookup); a piece of up to 22 bytes and 8
+  // ids is kept in the slot its hash picks, until another piece takes the slot.
+  struct alignas(64) CacheSlot {
+    char bytes[22];
+    uint8_t len = 0xFF, count = 0;  // len 0xFF: empty
+    uint32_t ids[8];
+  };
+  static constexpr int kCacheBits = 16;
+  static constexpr size_t kCachedBytes = sizeof(CacheSlot::bytes), kCachedIds = 8;
+  std::vector<CacheSlot> cache_ = std::vector<CacheSlot>(size_t(1) << kCacheBits);
   std::string piece_;
   std::vector<uint32_t> word_, ranks_, merged_;
 };
