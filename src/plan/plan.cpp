@@ -166,23 +166,32 @@ Plan make_plan(const PlanSettings& s) {
   // reduce-scatters the gradients in the reduce dtype, for every micro-batch:
   // accum·(2·e_compute + e_reduce)·Ψ·(N-1)/N bytes. Under LoRA Ψ counts the adapters, and
   // ZeRO-3 gathers the frozen base too, as it is stored (compute dtype, or nf4/int8).
-  const bool zero3 = StrategyPolicy::of(s.strategy).shard_params;
-  const double N = s.devices, psi = double(c.num_trainable_params());
+  // CPU ranks talk through MpiComm, whose reduce-scatter is an all-reduce (twice a ring
+  // reduce-scatter's bytes), and zero1/zero2 then gather the updated fp32 parameters after the
+  // optimizer, where no backward hides it. Across hosts OpenMPI 4.1's collectives over TCP move
+  // data at half the link's rate: measured on a throttled 1 Gb/s link, a 44 MB fp32 all-reduce
+  // between 2 hosts takes 2x the ring's time while TCP itself fills the link both ways
+  // (bench/RESULTS.md, issue 24).
+  const bool zero3 = StrategyPolicy::of(s.strategy).shard_params, mpi = !s.device.gpu;
+  const bool gather_after = mpi && !zero3 && StrategyPolicy::of(s.strategy).shard_optimizer;
+  const double N = s.devices, psi = double(c.num_trainable_params()), rs = mpi ? 2.0 : 1.0;
   double base = 0;
   for (const UnitSpec& u : param_table(c))
     if (u.frozen) base += double(frozen_store_bytes(u, s.compute));
   const double per_micro =
-      zero3 ? 2.0 * (double(dtype_size(s.compute)) * psi + base) + double(dtype_size(s.reduce)) * psi : 0;
-  p.comm_bytes = N > 1 ? (zero3 ? p.accum * per_micro : 2 * psi * double(dtype_size(s.reduce))) * (N - 1) / N : 0;
-  p.bandwidth = s.devices <= s.device.node_size ? s.device.link_bandwidth : s.device.network_bandwidth;
+      zero3 ? 2.0 * (double(dtype_size(s.compute)) * psi + base) + rs * double(dtype_size(s.reduce)) * psi : 0;
+  const double gather_bytes = N > 1 && gather_after ? 4 * psi * (N - 1) / N : 0;
+  p.comm_bytes = (N > 1 ? (zero3 ? p.accum * per_micro : 2 * psi * double(dtype_size(s.reduce))) * (N - 1) / N : 0) + gather_bytes;
+  const bool network = s.devices > s.device.node_size;
+  p.bandwidth = (network ? s.device.network_bandwidth : s.device.link_bandwidth) * (network && mpi ? 0.5 : 1.0);
   p.comm_s = p.comm_bytes > 0 ? p.comm_bytes / p.bandwidth : 0.0;  // a device not in the catalogue: bandwidth 0
   // Overlap: reductions run behind the last micro-batch's backward (2/3 of its compute), ZeRO-3's
   // gathers behind each micro-batch's forward and backward; the last unit's transfer is never
-  // hidden.
-  const double units = c.n_layer + 2;
+  // hidden, nor zero1/zero2's gather after the optimizer on MPI.
+  const double units = c.n_layer + 2, after_s = p.comm_bytes > 0 ? gather_bytes / p.bandwidth : 0.0;
   const int rounds = zero3 ? p.accum : 1;  // transfers per step, each behind one micro-batch
-  const double window = (zero3 ? 1.0 : 2.0 / 3.0) * p.compute_s / p.accum, each = p.comm_s / rounds;
-  p.exposed_comm_s = rounds * (std::max(0.0, each * (1 - 1 / units) - window) + each / units);
+  const double window = (zero3 ? 1.0 : 2.0 / 3.0) * p.compute_s / p.accum, each = (p.comm_s - after_s) / rounds;
+  p.exposed_comm_s = rounds * (std::max(0.0, each * (1 - 1 / units) - window) + each / units) + after_s;
   p.step_s = p.compute_s + p.exposed_comm_s;
   p.tokens_per_s = double(p.step_tokens) / p.step_s;
   p.total_s = s.tokens / p.tokens_per_s;
