@@ -181,10 +181,21 @@ std::unique_ptr<Tokenizer> make_tiktoken_tokenizer(const std::string& path, cons
 // those tokens (leftmost, longest first), the text between them is split and merged; no BOS or
 // post-processing. eot: tokenizer_config.json's eos_token (next to the file) if there is one, else
 // the first of <|endoftext|>, <|end_of_text|>, </s>, <|im_end|>, <|eot_id|> among the added
-// tokens. Anything else (a normalizer, a WordPiece/Unigram model, byte_fallback, lstrip/rstrip
-// added tokens, another regex) is a UserError naming the file and the field. Byte-level, so
-// decode(encode(s)) == s. In a shard directory: tokenizer.json (and tokenizer_config.json).
+// tokens. The normalizer may be null or NFC (Qwen2's; also a Sequence of NFC alone): text is
+// NFC-normalised before it is split (added tokens with "normalized": false are found in the text
+// as written first, those with true in the normalised text, as tokenizers does). Anything else
+// (another normalizer, a WordPiece/Unigram model, byte_fallback, lstrip/rstrip added tokens,
+// another regex) is a UserError naming the file and the field. Byte-level, so decode(encode(s))
+// == s, and with NFC for text that is NFC already. In a shard directory: tokenizer.json (and
+// tokenizer_config.json).
 std::unique_ptr<Tokenizer> load_hf_tokenizer(const std::string& path);
+
+// Unicode NFC of text (canonical decomposition, reordering and composition), as Hugging Face
+// tokenizers' NFC normalizer gives it, with its Unicode tables (older than Python's: see
+// src/data/unicode_nfc.inc). Bytes that are not UTF-8 are kept, and nothing composes across them.
+// A run that NFC cannot change (ASCII, most text) is copied as it is.
+void nfc_append(std::string_view text, std::string& out);
+std::string nfc(std::string_view text);
 
 // A pretrained tokenizer from PATH: a tokenizer.json, a SentencePiece tokenizer.model, a tiktoken
 // rank file (*.tiktoken, or a tokenizer.model that is one, as Llama 3's), or a directory holding

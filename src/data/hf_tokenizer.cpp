@@ -1,6 +1,7 @@
-// Hugging Face tokenizer.json files with a byte-level BPE model (GPT-2, SmolLM, Llama 3 style):
-// the file's vocabulary, merges, added tokens and pre-tokenizer read into bpe.h's encoder; what
-// frugal cannot reproduce exactly is a UserError naming the file and the field (see data.h).
+// Hugging Face tokenizer.json files with a byte-level BPE model (GPT-2, SmolLM, Llama 3, Qwen2
+// style): the file's vocabulary, merges, added tokens, normalizer (none or NFC) and pre-tokenizer
+// read into bpe.h's encoder; what frugal cannot reproduce exactly is a UserError naming the file
+// and the field (see data.h).
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -34,25 +35,18 @@ class HfTokenizer final : public Tokenizer {
   int vocab_size() const override { return int(bytes_.size()); }
   uint32_t eot() const override { return eot_; }
 
-  // Added tokens first (leftmost, the longest where several start), the text between them split
-  // and merged.
+  // As tokenizers: the added tokens not normalized are found in the text as written, the text
+  // between them normalised, the normalized added tokens found in that, and the rest split and
+  // merged.
   void encode(std::string_view text, std::vector<uint32_t>& out) override {
-    size_t seg = 0;
-    for (size_t i = 0; i < text.size();) {
-      size_t len = 0;
-      uint32_t id = 0;
-      if (first_byte_[uint8_t(text[i])]) {
-        for (auto& [content, aid] : added_) {  // longest first
-          if (text.compare(i, content.size(), content) == 0) { len = content.size(); id = aid; break; }
-        }
+    split_added(raw_, text, out, [&](std::string_view part) {
+      if (nfc_) {
+        normalized_.clear();
+        nfc_append(part, normalized_);
+        part = normalized_;
       }
-      if (len == 0) { i++; continue; }
-      bpe_->encode(text.substr(seg, i - seg), out);
-      out.push_back(id);
-      i += len;
-      seg = i;
-    }
-    bpe_->encode(text.substr(seg), out);
+      split_added(normalized_added_, part, out, [&](std::string_view rest) { bpe_->encode(rest, out); });
+    });
   }
 
   std::string decode(const std::vector<int32_t>& ids) const override {
@@ -76,6 +70,34 @@ class HfTokenizer final : public Tokenizer {
   }
 
  private:
+  // Added tokens of one kind: (content, id), longest first.
+  struct AddedTokens {
+    std::vector<std::pair<std::string, uint32_t>> tokens;
+    bool first_byte[256] = {};  // whether a token starts with the byte
+  };
+
+  // The ids of the tokens found in text (leftmost, the longest where several start), and
+  // between(part) for the text between them.
+  template <class F>
+  static void split_added(const AddedTokens& added, std::string_view text, std::vector<uint32_t>& out, F&& between) {
+    size_t seg = 0;
+    for (size_t i = 0; i < text.size();) {
+      size_t len = 0;
+      uint32_t id = 0;
+      if (added.first_byte[uint8_t(text[i])]) {
+        for (auto& [content, aid] : added.tokens) {  // longest first
+          if (text.compare(i, content.size(), content) == 0) { len = content.size(); id = aid; break; }
+        }
+      }
+      if (len == 0) { i++; continue; }
+      between(text.substr(seg, i - seg));
+      out.push_back(id);
+      i += len;
+      seg = i;
+    }
+    between(text.substr(seg));
+  }
+
   [[noreturn]] void bad(const std::string& field, const json& got, const std::string& expected) const {
     user_error("{}: {} is {}, expected {}", path_, field, got.dump().substr(0, 200), expected);
   }
@@ -84,8 +106,7 @@ class HfTokenizer final : public Tokenizer {
     const json& model = j.at("model");
     if (model.value("type", std::string("BPE")) != "BPE")
       bad("model.type", model["type"], "\"BPE\" (frugal reads byte-level BPE tokenizer.json files)");
-    if (j.contains("normalizer") && !j["normalizer"].is_null())
-      bad("normalizer", j["normalizer"]["type"], "null (frugal does not normalise)");
+    if (j.contains("normalizer")) read_normalizer(j["normalizer"]);
     if (model.value("byte_fallback", false)) bad("model.byte_fallback", true, "false (a byte-level BPE)");
     if (model.contains("dropout") && !model["dropout"].is_null() && model["dropout"].get<double>() != 0)
       bad("model.dropout", model["dropout"], "null");
@@ -144,6 +165,7 @@ class HfTokenizer final : public Tokenizer {
       for (size_t k = 0; k < at.size(); k++) {
         for (const char* f : {"lstrip", "rstrip", "single_word"})
           if (at[k].value(f, false)) bad(fmt::format("added_tokens[{}].{}", k, f), true, "false");
+        bool normalized = at[k].value("normalized", false);  // tokenizers requires the field
         std::string content = at[k].at("content");
         if (content.empty()) bad(fmt::format("added_tokens[{}].content", k), content, "a non-empty string");
         uint32_t id;
@@ -157,12 +179,32 @@ class HfTokenizer final : public Tokenizer {
         present_[id] = true;
         id_of[content] = id;
         added_.emplace_back(content, id);
-        first_byte_[uint8_t(content[0])] = true;
+        AddedTokens& kind = normalized ? normalized_added_ : raw_;
+        std::string match = normalized && nfc_ ? nfc(content) : content;  // as found in the normalised text
+        kind.tokens.emplace_back(match, id);
+        kind.first_byte[uint8_t(match[0])] = true;
       }
-      std::stable_sort(added_.begin(), added_.end(),
-                       [](auto& x, auto& y) { return x.first.size() > y.first.size(); });
+      for (AddedTokens* kind : {&raw_, &normalized_added_})
+        std::stable_sort(kind->tokens.begin(), kind->tokens.end(),
+                         [](auto& x, auto& y) { return x.first.size() > y.first.size(); });
     }
     eot_ = read_eot(id_of);
+  }
+
+  // The normalizer: null, NFC, or a Sequence of NFC alone.
+  void read_normalizer(const json& n) {
+    const char* expected = "null or \"NFC\" (the only normalizer frugal applies)";
+    if (n.is_null()) return;
+    std::string type = n.is_object() ? n.value("type", std::string()) : std::string();
+    if (type == "NFC") { nfc_ = true; return; }
+    if (type != "Sequence") bad("normalizer", n.is_object() ? n.value("type", json()) : n, expected);
+    const json& ns = n.at("normalizers");
+    for (size_t k = 0; k < ns.size(); k++) {
+      if (!ns[k].is_object() || ns[k].value("type", std::string()) != "NFC")
+        bad(fmt::format("normalizer.normalizers[{}]", k), ns[k].is_object() ? ns[k].value("type", json()) : ns[k],
+            "\"NFC\" (the only normalizer frugal applies)");
+      nfc_ = true;
+    }
   }
 
   // The pre-tokenizer: ByteLevel with its regex, or Split(regex) then ByteLevel without.
@@ -239,8 +281,10 @@ class HfTokenizer final : public Tokenizer {
   std::string path_, config_path_;
   std::vector<std::string> bytes_;  // id -> bytes (an added token: its content)
   std::vector<bool> present_;       // id -> whether it is a token
-  std::vector<std::pair<std::string, uint32_t>> added_;  // (content, id), longest first
-  bool first_byte_[256] = {};       // whether an added token starts with the byte
+  std::vector<std::pair<std::string, uint32_t>> added_;  // (content, id) in the file's order
+  AddedTokens raw_, normalized_added_;  // "normalized": false / true (content as normalised)
+  bool nfc_ = false;                // the normalizer is NFC
+  std::string normalized_;          // encode's normalised text
   std::unique_ptr<BytePairEncoder> bpe_;
   uint32_t eot_ = 0;
 };

@@ -1,10 +1,12 @@
 // Pretrained tokenizers against the Python packages they come from: Hugging Face tokenizer.json
-// byte-level BPE (GPT-2's ByteLevel regex, Llama 3's Split regex with its special tokens) against
-// tokenizers, a SentencePiece model with Llama 2's settings against sentencepiece, a tiktoken rank
-// file with cl100k's pattern against tiktoken. The vocabularies are trained on the KJV by
-// tests/reference/pretrained_tokenizers.py; compared on the whole KJV, hard strings and random
-// Unicode: the same ids, and decode(encode(s)) == s. Bad tokenizer.json files are UserErrors
-// naming the file and the field; `prepare --tokenizer` writes the tokenizer next to the shards.
+// byte-level BPE (GPT-2's ByteLevel regex, Llama 3's Split regex with its special tokens, Qwen2's
+// with its NFC normalizer) against tokenizers, a SentencePiece model with Llama 2's settings
+// against sentencepiece, a tiktoken rank file with cl100k's pattern against tiktoken. The
+// vocabularies are trained on the KJV by tests/reference/pretrained_tokenizers.py; compared on
+// the whole KJV, hard strings and random Unicode: the same ids, and decode(encode(s)) == s (with
+// NFC: == NFC(s), NFC being lossy). frugal's NFC against tokenizers' on strings where it has work
+// and on every code point. Bad tokenizer.json files are UserErrors naming the file and the field;
+// `prepare --tokenizer` writes the tokenizer next to the shards.
 #include <algorithm>
 #include <cstring>
 #include <fstream>
@@ -42,9 +44,14 @@ std::vector<std::vector<uint32_t>> reference_ids(const std::string& kind, const 
   return json::parse(out).get<std::vector<std::vector<uint32_t>>>();
 }
 
-// Same ids as the reference on every string; lossless: decode gives each string back.
+// What decode(encode(s)) gives back: nothing checked, s, or (a normalizer NFC, which is lossy)
+// text canonically equivalent to s: the text between added tokens in NFC, an added token as its
+// content is written, so NFC(decode(encode(s))) == NFC(s).
+enum class RoundTrip { none, exact, nfc };
+
+// Same ids as the reference on every string, and decode's text as round_trip says.
 void expect_reference_ids(Tokenizer& tok, const std::string& kind, const std::string& path,
-                          const std::vector<std::string>& strings, bool lossless) {
+                          const std::vector<std::string>& strings, RoundTrip round_trip) {
   auto ref = reference_ids(kind, path, strings);
   ASSERT_EQ(ref.size(), strings.size());
   int wrong = 0;
@@ -53,9 +60,9 @@ void expect_reference_ids(Tokenizer& tok, const std::string& kind, const std::st
     EXPECT_EQ(ids, ref[i]) << kind << " string " << i << ": '" << strings[i].substr(0, 200)
                            << "' (FRUGAL_TEST_SEED=" << test::test_seed() << ")";
     wrong += ids != ref[i];
-    if (lossless) {
-      EXPECT_EQ(tok.decode(std::vector<int32_t>(ids.begin(), ids.end())), strings[i]) << kind << " string " << i;
-    }
+    std::string text = tok.decode(std::vector<int32_t>(ids.begin(), ids.end()));
+    if (round_trip == RoundTrip::exact) EXPECT_EQ(text, strings[i]) << kind << " string " << i;
+    if (round_trip == RoundTrip::nfc) EXPECT_EQ(nfc(text), nfc(strings[i])) << kind << " string " << i;
   }
 }
 
@@ -79,8 +86,8 @@ TEST(HfTokenizer, Gpt2StyleEqualsTokenizers) {
   EXPECT_EQ(tok->kind(), TokenizerKind::hf_bpe);
   EXPECT_EQ(tok->vocab_size(), 3000);
   EXPECT_EQ(tok->eot(), 0u);  // <|endoftext|>, the trainer's special token
-  expect_reference_ids(*tok, "hf", path, hard_strings(), true);
-  expect_reference_ids(*tok, "hf", path, random_strings(3000), true);
+  expect_reference_ids(*tok, "hf", path, hard_strings(), RoundTrip::exact);
+  expect_reference_ids(*tok, "hf", path, random_strings(3000), RoundTrip::exact);
   expect_reference_corpus(*tok, "hf", path);
 }
 
@@ -91,14 +98,117 @@ TEST(HfTokenizer, Llama3StyleEqualsTokenizers) {
   EXPECT_EQ(tok->eot(), 4132u);  // tokenizer_config.json's eos_token <|end_of_text|>
   EXPECT_EQ(encode(*tok, "<|eot_id|>"), std::vector<uint32_t>{4135});
   EXPECT_EQ(tok->decode({4135}), "<|eot_id|>");
-  expect_reference_ids(*tok, "hf", path, hard_strings(), true);
-  expect_reference_ids(*tok, "hf", path, random_strings(3000), true);
+  expect_reference_ids(*tok, "hf", path, hard_strings(), RoundTrip::exact);
+  expect_reference_ids(*tok, "hf", path, random_strings(3000), RoundTrip::exact);
   expect_reference_corpus(*tok, "hf", path);
 }
 
-// Any bytes (not UTF-8 too): ids in range and an exact round trip.
+// Strings where NFC has work: letters and combining marks of many classes in any order, Hangul
+// jamo and syllables, composites, exclusions and singletons, starters that compose, marks newer
+// than tokenizers' Unicode tables, and any code point.
+std::vector<std::string> nfc_strings(int count) {
+  static const std::vector<std::pair<uint32_t, uint32_t>> pools = {
+      {'a', 'z'}, {'A', 'Z'}, {' ', ' '}, {0x300, 0x36F}, {0x300, 0x36F}, {0x591, 0x5C7}, {0x610, 0x61A},
+      {0x64B, 0x65F}, {0x900, 0x97F}, {0x9BC, 0x9D7}, {0xB3C, 0xB57}, {0xBBE, 0xBD7}, {0xCBC, 0xCD6},
+      {0xD3E, 0xD57}, {0xDCA, 0xDDF}, {0xE30, 0xE4E}, {0xF71, 0xF87}, {0x1025, 0x102E}, {0x1100, 0x1112},
+      {0x1161, 0x1175}, {0x11A7, 0x11C3}, {0xAC00, 0xD7A3}, {0x1AB0, 0x1ACE}, {0x1DC0, 0x1DFF},
+      {0x20D0, 0x20F0}, {0x302A, 0x302F}, {0x3099, 0x309A}, {0xC0, 0x17F}, {0x1E00, 0x1FFF},
+      {0x2126, 0x212B}, {0x2ADC, 0x2ADD}, {0xF900, 0xFAFF}, {0x1D15E, 0x1D172}, {0x1D1BB, 0x1D1C0},
+      {0x2F800, 0x2FA1D}, {0x11099, 0x110BA}, {0x11127, 0x11134}, {0x11930, 0x11943}, {0, 0x10FFFF}};
+  Rng rng(test::test_seed() + 1);
+  std::vector<std::string> strings;
+  for (int i = 0; i < count; i++) {
+    std::string s;
+    for (int k = 0, n = 1 + int(rng.below(24)); k < n; k++) {
+      auto [first, last] = pools[rng.below(pools.size())];
+      uint32_t cp = first + uint32_t(rng.below(last - first + 1));
+      if (cp < 0xD800 || cp > 0xDFFF) append_utf8(s, cp);
+    }
+    strings.push_back(s);
+  }
+  return strings;
+}
+
+// tokenizers' NFC of each string.
+std::vector<std::string> reference_nfc(const std::vector<std::string>& strings) {
+  test::TempDir d;
+  std::ofstream(d / "in.json") << json(strings).dump();
+  EXPECT_TRUE(test::run_reference("pretrained_tokenizers.py", "nfc " + d / "in.json" + " " + d / "out.json"));
+  std::ifstream out(d / "out.json");
+  return json::parse(out).get<std::vector<std::string>>();
+}
+
+TEST(HfTokenizer, Qwen2StyleEqualsTokenizers) {
+  std::string path = fixture("qwen2/tokenizer.json");
+  auto tok = load_hf_tokenizer(path);
+  EXPECT_EQ(tok->vocab_size(), 3001);  // 3000 trained, one added token
+  EXPECT_EQ(tok->eot(), 0u);           // <|endoftext|>
+  // NFC before splitting: a decomposed letter is the composed one; the added token with
+  // "normalized": true (written A + ring above) is found in the normalised text
+  EXPECT_EQ(encode(*tok, "caf\u00e9"), encode(*tok, "cafe\u0301"));
+  auto plain = load_hf_tokenizer(fixture("llama3/tokenizer.json"));  // no normalizer: they differ
+  EXPECT_NE(encode(*plain, "caf\u00e9"), encode(*plain, "cafe\u0301"));
+  for (const char* s : {"A\u030a!", "\u00c5!", "\u212b!"}) EXPECT_EQ(encode(*tok, s), std::vector<uint32_t>{3000}) << s;
+  expect_reference_ids(*tok, "hf", path, hard_strings(), RoundTrip::nfc);
+  expect_reference_ids(*tok, "hf", path, random_strings(3000), RoundTrip::nfc);
+  expect_reference_ids(*tok, "hf", path, nfc_strings(3000), RoundTrip::nfc);
+  expect_reference_corpus(*tok, "hf", path);  // the KJV is ASCII: NFC already
+}
+
+// frugal's NFC is tokenizers' (whose Unicode tables it has, src/data/unicode_nfc.inc) on strings
+// where NFC has work, and on every code point alone and between a letter and marks it may join or
+// pass; NFC's output is NFC; bytes that are not UTF-8 are kept and block composition.
+TEST(Nfc, EqualsTokenizers) {
+  std::vector<std::string> strings = nfc_strings(20000);
+  const size_t num_random = strings.size();
+  for (uint32_t first = 0; first < 0x110000; first += 0x10000) {
+    std::string s;
+    for (uint32_t cp = first; cp < first + 0x10000; cp++) {
+      if (cp >= 0xD800 && cp <= 0xDFFF) continue;
+      s += '\n';
+      append_utf8(s, cp);
+      s += " A";
+      append_utf8(s, cp);
+      s += "\u0334\u0301";
+    }
+    strings.push_back(s);
+  }
+  std::vector<std::string> ref = reference_nfc(strings);
+  ASSERT_EQ(ref.size(), strings.size());
+  size_t changed = 0;
+  int wrong = 0;
+  for (size_t i = 0; i < strings.size() && wrong < 5; i++) {
+    std::string got = nfc(strings[i]);
+    changed += i < num_random && ref[i] != strings[i];
+    if (got == ref[i]) continue;
+    wrong++;
+    size_t at = 0;
+    while (at < got.size() && at < ref[i].size() && got[at] == ref[i][at]) at++;
+    size_t from = at < 40 ? 0 : at - 40;
+    ADD_FAILURE() << "string " << i << " differs from tokenizers' NFC at byte " << at << ": frugal '"
+                  << got.substr(from, 80) << "', tokenizers '" << ref[i].substr(from, 80) << "', input '"
+                  << strings[i].substr(from, 80) << "' (FRUGAL_TEST_SEED=" << test::test_seed() << ")";
+  }
+  EXPECT_GT(changed, num_random / 2) << "the random strings give NFC too little work";
+  for (size_t i = 0; i < num_random; i += 7) EXPECT_EQ(nfc(ref[i]), ref[i]) << "string " << i;
+  std::string ascii;
+  for (int c = 0; c < 128; c++) ascii += char(c);
+  EXPECT_EQ(nfc(ascii), ascii);
+  EXPECT_EQ(nfc("e\xff\u0301 \xc3" "e\u0301\xcc"), "e\xff\u0301 \xc3\u00e9\xcc");
+}
+
+// The NFC tables (src/data/unicode_nfc.inc) are what the generator reads off tokenizers now.
+TEST(Nfc, TablesAreTokenizers) {
+  test::TempDir d;
+  ASSERT_TRUE(test::run_reference("../../scripts/gen_unicode_nfc.py", "> " + d / "nfc.inc"));
+  EXPECT_EQ(read_whole_file(d / "nfc.inc"), read_whole_file(std::string(FRUGAL_SOURCE_DIR) + "/src/data/unicode_nfc.inc"))
+      << "tokenizers' NFC changed: regenerate src/data/unicode_nfc.inc (scripts/gen_unicode_nfc.py)";
+}
+
+// Any bytes (not UTF-8 too): ids in range and an exact round trip (with NFC: to NFC(s), as no
+// added token is in them).
 TEST(HfTokenizer, RoundTripsAnyBytes) {
-  for (const char* f : {"gpt2/tokenizer.json", "llama3/tokenizer.json"}) {
+  for (const char* f : {"gpt2/tokenizer.json", "llama3/tokenizer.json", "qwen2/tokenizer.json"}) {
     auto tok = load_hf_tokenizer(fixture(f));
     Rng rng(test::test_seed());
     for (int i = 0; i < 3000; i++) {
@@ -106,7 +216,8 @@ TEST(HfTokenizer, RoundTripsAnyBytes) {
       for (auto& c : s) c = char(rng.below(256));
       std::vector<uint32_t> ids = encode(*tok, s);
       for (uint32_t id : ids) ASSERT_LT(id, uint32_t(tok->vocab_size()));
-      ASSERT_EQ(tok->decode(std::vector<int32_t>(ids.begin(), ids.end())), s) << f << " string " << i;
+      std::string want = std::string(f) == "qwen2/tokenizer.json" ? nfc(s) : s;
+      ASSERT_EQ(tok->decode(std::vector<int32_t>(ids.begin(), ids.end())), want) << f << " string " << i;
     }
   }
 }
@@ -116,8 +227,8 @@ TEST(Tiktoken, Cl100kPatternEqualsTiktoken) {
   auto tok = make_tiktoken_tokenizer(path, "cl100k");
   EXPECT_EQ(tok->kind(), TokenizerKind::tiktoken);
   EXPECT_EQ(tok->split_pattern(), "cl100k");
-  expect_reference_ids(*tok, "tiktoken-cl100k", path, hard_strings(), true);
-  expect_reference_ids(*tok, "tiktoken-cl100k", path, random_strings(3000), true);
+  expect_reference_ids(*tok, "tiktoken-cl100k", path, hard_strings(), RoundTrip::exact);
+  expect_reference_ids(*tok, "tiktoken-cl100k", path, random_strings(3000), RoundTrip::exact);
   expect_reference_corpus(*tok, "tiktoken-cl100k", path);
   test::expect_user_error([&] { load_pretrained_tokenizer(path); }, "name its pattern with --tiktoken-pattern");
   test::expect_user_error([&] { make_tiktoken_tokenizer(path, "o200k"); }, "pattern 'o200k', expected gpt2, llama3, qwen2 or cl100k");
@@ -136,8 +247,8 @@ TEST(SentencePiece, Llama2StyleEqualsSentencepiece) {
   EXPECT_EQ(tok->vocab_size(), 2000);
   EXPECT_EQ(tok->eot(), 2u);  // </s>
   EXPECT_EQ(encode(*tok, "In the beginning"), reference_ids("sp", path, {"In the beginning"})[0]);
-  expect_reference_ids(*tok, "sp", path, hard_strings(), false);
-  expect_reference_ids(*tok, "sp", path, random_strings(1000), false);
+  expect_reference_ids(*tok, "sp", path, hard_strings(), RoundTrip::none);
+  expect_reference_ids(*tok, "sp", path, random_strings(1000), RoundTrip::none);
   expect_reference_corpus(*tok, "sp", path);
 }
 
@@ -154,7 +265,16 @@ TEST(HfTokenizer, UnsupportedFilesAreUserErrors) {
   };
   expect([](json& j) { j["model"] = {{"type", "WordPiece"}, {"vocab", json::object()}}; },
          "model.type is \"WordPiece\", expected \"BPE\"");
-  expect([](json& j) { j["normalizer"] = {{"type", "NFC"}}; }, "normalizer is \"NFC\", expected null");
+  expect([](json& j) { j["normalizer"] = {{"type", "NFKC"}}; }, "normalizer is \"NFKC\", expected null or \"NFC\"");
+  expect([](json& j) { j["normalizer"] = {{"type", "Sequence"}, {"normalizers", {{{"type", "NFC"}}, {{"type", "Lowercase"}}}}}; },
+         "normalizer.normalizers[1] is \"Lowercase\", expected \"NFC\"");
+  {  // a Sequence of NFC alone is NFC
+    json j = base;
+    j["normalizer"] = {{"type", "Sequence"}, {"normalizers", {{{"type", "NFC"}}}}};
+    std::ofstream(f) << j.dump();
+    auto tok = load_hf_tokenizer(f);
+    EXPECT_EQ(encode(*tok, "cafe\u0301"), encode(*tok, "caf\u00e9"));
+  }
   expect([](json& j) { j["model"]["byte_fallback"] = true; }, "model.byte_fallback is true");
   expect([](json& j) { j["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = "\\w+"; },
          "pre_tokenizer.pretokenizers[0].pattern.Regex is {\"Regex\":\"\\\\w+\"}, expected GPT-2's, Llama 3's or Qwen2's regex");

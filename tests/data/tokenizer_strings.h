@@ -40,7 +40,18 @@ std::vector<std::string> hard_strings() {
       "<|endoftext|>", "a<|endoftext|>b <|end_of_text|>\n<|eot_id|><|eot_id|>x", "<|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>",
       "<|endoftext", "<<|im_start|>>", std::string(600, 'a'), std::string(300, ' ') + "x", std::string(200, '7'),
       "The quick brown fox jumps over the lazy dog.  And then?\n\n  Nothing.   ",
-      "\tIn the beginning\n\n\tGod  created\r\n", "  \n", "\n  ", "x \n", " \n\n "};
+      "\tIn the beginning\n\n\tGod  created\r\n", "  \n", "\n  ", "x \n", " \n\n ",
+      // NFC's hard cases: marks out of order and before any letter, Hangul jamo (U+11A7 is no
+      // trailing consonant), exclusions, singletons, starters that compose, decomposed (NFD) text,
+      // marks newer than tokenizers' Unicode tables, combining marks after added tokens
+      "e\u0301\u0316 a\u0316\u0301 o\u0328\u0304\u0301 \u0301\u0316start \u0345\u0334x \u05b0\u05b1\u05b0",
+      "\u1100\u1161\u11a8 \u1100\u1161 \uac00\u11a8 \uac01\u11a8 \u1100\u1176 \uac00\u11a7 \u11a8\u1161\u1100",
+      "\u0958\u0959 \u0915\u093c \u2adc \u2add\u0338 \u0f73 \u0f71\u0f72 \u0344 \u0340\u0341 \U0001D15F\U0001D165",
+      "\u212b \u2126 \u212a \u00c5 A\u030a \uf900 \U0002F800 \u1fee \u0387",
+      "\u0b47\u0b3e \u0dd9\u0dcf\u0dca \u0d46\u0d3e \u1025\u102e \U00011099\U000110BA",
+      "A\u0308\u0304ngstro\u0308m cafe\u0301 Vie\u0323\u0302t nai\u0308ve u\u0308\u0304 s\u0323\u0307 \u1112\u1161\u11ab",
+      "a\u1df6\u0301 c\u0c3c\u0301 \U00011935\U00011930 e\u1abf\u0301",
+      "<|im_end|>\u0338 >\u0338 =\u0338 <|endoftext|>\u0301 A\u030a! \u00c5! \u212b!! A\u030a\u0301!"};
 }
 
 // Strings over an alphabet of the regexes' hard cases, and of random code points.

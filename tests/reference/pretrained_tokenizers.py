@@ -10,12 +10,17 @@ the Python packages the models' tokenizers come from, and their ids.
                                       tokens, boundary tokens (every two of BOUNDARY_CHARS: ids
                                       4000..4130) before them; tokenizer_config.json (eos
                                       <|end_of_text|>)
+      OUT_DIR/qwen2/tokenizer.json    byte-level BPE, normalizer NFC, Qwen2's Split regex + ByteLevel,
+                                      Qwen2's special tokens; trained on the corpus and NFC_TEXT
+                                      (accented and Hangul text, written decomposed); an added
+                                      token with "normalized": true whose content is not NFC
       OUT_DIR/sp/tokenizer.model      SentencePiece BPE with Llama 2's settings (byte fallback,
                                       dummy prefix, identity normalisation, digits split)
       OUT_DIR/cl100k.tiktoken         a tiktoken rank file (the llama3 vocabulary's bytes in merge
                                       order), for tiktoken's cl100k pattern
   python pretrained_tokenizers.py ids KIND PATH IN.json OUT.json    strings -> id lists
   python pretrained_tokenizers.py text KIND PATH IN.txt OUT.bin     a text file -> uint32 ids
+  python pretrained_tokenizers.py nfc IN.json OUT.json             strings -> tokenizers' NFC of each
   python pretrained_tokenizers.py render PATH TEMPLATE IN.jsonl OUT.json
       instruction records -> [{"ids": [...], "mask": [...]}] (see render() below)
 KIND: hf (tokenizers: encode(text, add_special_tokens=False).ids), sp (sentencepiece: encode(text)),
@@ -26,6 +31,8 @@ import json
 import os
 import sys
 
+import unicodedata
+
 import numpy as np
 
 LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -33,6 +40,11 @@ LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{
 CL100K_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
                   r"""|\s++$|\s*[\r\n]|\s+(?!\S)|\s""")
 R50K_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+NFC_TEXT = unicodedata.normalize("NFD", "Café naïve résumé déjà-vu Ångström Việt Nam Tiếng Việt Ελληνικά ἄλφα "
+                                 "한국어 텍스트 각 닭 Jalapeño Zürich Øre ḉ ṩ ǖ\n")
 BOUNDARY_CHARS = " \t\n\r'sSt1!.a"
 LLAMA3_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
                    "<|eot_id|>", "<|im_start|>", "<|im_end|>"]
@@ -83,6 +95,24 @@ def train(corpus, out):
     json.dump({"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>",
                "chat_template": "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' }}"},
               open(f"{out}/llama3/tokenizer_config.json", "w"))
+    # Qwen2 style
+    from tokenizers import AddedToken, normalizers
+    with open(f"{out}/nfc_corpus.txt", "w", encoding="utf-8") as f:
+        f.write(open(corpus, encoding="utf-8").read() + NFC_TEXT * 200)
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_PATTERN), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    tok.train([f"{out}/nfc_corpus.txt"], trainers.BpeTrainer(
+        vocab_size=3000, special_tokens=QWEN2_SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    tok.add_tokens([AddedToken("A\u030a!", normalized=True)])
+    j = json.loads(tok.to_str())
+    j["added_tokens"][-1]["content"] = "A\u030a!"  # as given (tokenizers writes it normalised)
+    os.makedirs(f"{out}/qwen2", exist_ok=True)
+    json.dump(j, open(f"{out}/qwen2/tokenizer.json", "w", encoding="utf-8"), ensure_ascii=False)
     # a tiktoken rank file: the 256 bytes, then the merges' results in merge order
     j = json.load(open(f"{out}/llama3/tokenizer.json", encoding="utf-8"))
     byte_of = {c: b for b, c in bytes_to_unicode().items()}
@@ -194,6 +224,11 @@ if __name__ == "__main__":
         enc = encoder(sys.argv[2], sys.argv[3])
         text = open(sys.argv[4], encoding="utf-8", newline="").read()
         np.asarray(enc(text), dtype="<u4").tofile(sys.argv[5])
+    elif mode == "nfc":
+        from tokenizers import normalizers
+        strings = json.load(open(sys.argv[2], encoding="utf-8"))
+        json.dump([normalizers.NFC().normalize_str(s) for s in strings], open(sys.argv[3], "w", encoding="utf-8"),
+                  ensure_ascii=False)
     elif mode == "render":
         render(*sys.argv[2:6])
     else:
