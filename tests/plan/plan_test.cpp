@@ -126,6 +126,37 @@ TEST(Plan, ADeviceOutsideTheCatalogueHasAFiniteTimeOnOneDevice) {
   EXPECT_EQ(human_time(make_plan(s).total_s), "unknown");
 }
 
+// CPU ranks across hosts (MpiComm over OpenMPI's TCP): the reduce-scatter is an all-reduce, zero2
+// gathers the fp32 parameters after the optimizer, never hidden, and the collectives move data at
+// half the link's rate (measured on a throttled link: bench/multihost_bench.sh, issue 24).
+TEST(Plan, CpuRanksAcrossHostsPayMpisTransport) {
+  PlanSettings s;
+  s.model = model_preset("gpt2", "test");
+  s.device.name = "cpu";
+  s.device.gpu = false;
+  s.compute = s.reduce = DType::f32;
+  s.device.peak_flops = 1e12;
+  s.device.memory = int64_t(1) << 62;
+  s.device.node_size = 1;
+  s.device.network_bandwidth = 125e6;
+  s.devices = 2;
+  s.micro_batch = 1;
+  s.seq_len = 64;
+  s.batch_tokens = 128;
+  s.tokens = 1e6;
+  s.mfu = 0.5;
+  const double psi = double(s.model.num_trainable_params());
+  const Plan ddp = make_plan(s);
+  EXPECT_DOUBLE_EQ(ddp.comm_bytes, 4 * psi);  // fp32: 2 x 4 bytes x (N-1)/N
+  EXPECT_DOUBLE_EQ(ddp.bandwidth, 62.5e6);
+  s.strategy = Strategy::zero2;
+  const Plan z2 = make_plan(s);
+  EXPECT_DOUBLE_EQ(z2.comm_bytes, 1.5 * ddp.comm_bytes);
+  EXPECT_GE(z2.exposed_comm_s - ddp.exposed_comm_s, 2 * psi / 62.5e6 * 0.999);  // the gather after the optimizer
+  s.strategy = Strategy::zero3;
+  EXPECT_DOUBLE_EQ(make_plan(s).comm_bytes, 2 * ddp.comm_bytes);  // 2 gathers + an all-reduce
+}
+
 TEST(KnownFigures, LlmcGpt2_1558MOn8H100In24HoursForAbout672Dollars) {
   // llm.c's GPT-2 1.5B (research/anchors.md): 32 B tokens, 8 x H100 80GB SXM, batch 1048576
   // tokens, ~2.8 s per step => ~24 h, ~$672 (at $28/h); ~46 % MFU (llm.c's FLOP count).
