@@ -433,6 +433,60 @@ class Progress {
   std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
 };
 
+// The tokenizer; a trained SentencePiece reads the first 256 MB of text of the input first.
+std::unique_ptr<Tokenizer> make_tokenizer(const std::vector<Source>& sources, const std::string& kjv,
+                                          const std::string& field, const TokenizerOptions& topt) {
+  if (!topt.pretrained.empty()) return load_pretrained_tokenizer(topt.pretrained, topt.tiktoken_pattern);
+  switch (topt.kind) {
+    case TokenizerKind::byte: return make_byte_tokenizer();
+    case TokenizerKind::gpt2: return make_gpt2_tokenizer(topt.gpt2_dir);
+    case TokenizerKind::sentencepiece: {
+      std::vector<std::string> docs;
+      PieceReader r(sources, &kjv, true);
+      Batch b;
+      size_t bytes = 0;
+      while (bytes < (size_t(256) << 20) && r.next(b, size_t(8) << 20))
+        for (auto& p : b.pieces) {
+          std::string text(b.text, p.begin, p.end - p.begin), error;
+          if (p.line && !json_text(text, field, text, error)) continue;  // reported when tokenizing
+          if (p.first || docs.empty()) docs.emplace_back();
+          docs.back() += text;
+          bytes += text.size();
+        }
+      return train_sentencepiece(docs, topt.vocab_size, topt.model_type);
+    }
+    case TokenizerKind::hf_bpe:
+    case TokenizerKind::tiktoken:
+      break;
+  }
+  user_error("prepare: a {} tokenizer is pretrained: name its file with --tokenizer PATH", to_string(topt.kind));
+}
+
+// --val-docs: counts the documents (the .jsonl lines that hold one); the val_docs smallest
+// (hash, index) pairs are validation: returns the largest of them.
+std::pair<uint64_t, int64_t> val_docs_bound(const std::vector<Source>& sources, const std::string& kjv,
+                                            const CorpusOptions& opt, int threads) {
+  PieceReader r(sources, &kjv, false);
+  Batch b;
+  int64_t docs = 0;
+  while (r.next(b, size_t(8 << 20) * size_t(threads))) {
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 64) reduction(+ : docs)
+    for (int64_t i = 0; i < int64_t(b.pieces.size()); i++) {
+      const Piece& p = b.pieces[size_t(i)];
+      std::string text, error;
+      docs += p.first && (!p.line || json_text(std::string_view(b.text).substr(p.begin, p.end - p.begin), opt.field, text, error));
+    }
+  }
+  if (docs <= opt.val_docs)
+    user_error("--val-docs {}: the input holds {} documents, expected more than that", opt.val_docs, docs);
+  std::priority_queue<std::pair<uint64_t, int64_t>> largest;  // the val_docs smallest so far
+  for (int64_t d = 0; d < docs; d++) {
+    largest.push({doc_hash(opt.seed, d), d});
+    if (int64_t(largest.size()) > opt.val_docs) largest.pop();
+  }
+  return largest.top();
+}
+
 void write_json(const std::string& path, const json& j) {
   std::string text = j.dump(1) + "\n";
   write_file_atomic(path, text.data(), text.size());
@@ -466,32 +520,7 @@ PrepareStats prepare_corpus(const std::vector<std::string>& inputs, const std::s
   fs::create_directories(out_dir, ec);
   if (ec) user_error("{}: cannot create directory: {}", out_dir, ec.message());
 
-  // The tokenizer; a trained SentencePiece reads the first 256 MB of text of the input first.
-  std::unique_ptr<Tokenizer> tok;
-  if (!topt.pretrained.empty()) tok = load_pretrained_tokenizer(topt.pretrained, topt.tiktoken_pattern);
-  else switch (topt.kind) {
-    case TokenizerKind::byte: tok = make_byte_tokenizer(); break;
-    case TokenizerKind::gpt2: tok = make_gpt2_tokenizer(topt.gpt2_dir); break;
-    case TokenizerKind::sentencepiece: {
-      std::vector<std::string> docs;
-      PieceReader r(sources, &kjv, true);
-      Batch b;
-      size_t bytes = 0;
-      while (bytes < (size_t(256) << 20) && r.next(b, size_t(8) << 20))
-        for (auto& p : b.pieces) {
-          std::string text(b.text, p.begin, p.end - p.begin), error;
-          if (p.line && !json_text(text, opt.field, text, error)) continue;  // reported when tokenizing
-          if (p.first || docs.empty()) docs.emplace_back();
-          docs.back() += text;
-          bytes += text.size();
-        }
-      tok = train_sentencepiece(docs, topt.vocab_size, topt.model_type);
-      break;
-    }
-    case TokenizerKind::hf_bpe:
-    case TokenizerKind::tiktoken:
-      user_error("prepare: a {} tokenizer is pretrained: name its file with --tokenizer PATH", to_string(topt.kind));
-  }
+  std::unique_ptr<Tokenizer> tok = make_tokenizer(sources, kjv, opt.field, topt);
   const bool wide = tok->vocab_size() > 65536;
   const uint32_t eot = tok->eot();
 
@@ -522,30 +551,8 @@ PrepareStats prepare_corpus(const std::vector<std::string>& inputs, const std::s
   write_manifest(false);
   save_tokenizer(out_dir, *tok);
 
-  // --val-docs: count the documents (the .jsonl lines that hold one), then the val_docs
-  // smallest hashes are validation
-  std::pair<uint64_t, int64_t> val_below{0, -1};
-  if (opt.val_docs > 0) {
-    PieceReader r(sources, &kjv, false);
-    Batch b;
-    int64_t docs = 0;
-    while (r.next(b, size_t(8 << 20) * size_t(threads))) {
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 64) reduction(+ : docs)
-      for (int64_t i = 0; i < int64_t(b.pieces.size()); i++) {
-        const Piece& p = b.pieces[size_t(i)];
-        std::string text, error;
-        docs += p.first && (!p.line || json_text(std::string_view(b.text).substr(p.begin, p.end - p.begin), opt.field, text, error));
-      }
-    }
-    if (docs <= opt.val_docs)
-      user_error("--val-docs {}: the input holds {} documents, expected more than that", opt.val_docs, docs);
-    std::priority_queue<std::pair<uint64_t, int64_t>> largest;  // the val_docs smallest so far
-    for (int64_t d = 0; d < docs; d++) {
-      largest.push({doc_hash(opt.seed, d), d});
-      if (int64_t(largest.size()) > opt.val_docs) largest.pop();
-    }
-    val_below = largest.top();
-  }
+  const std::pair<uint64_t, int64_t> val_below = opt.val_docs > 0 ? val_docs_bound(sources, kjv, opt, threads)
+                                                                  : std::make_pair(uint64_t(0), int64_t(-1));
   auto is_val_doc = [&](int64_t d) {
     if (opt.val_docs > 0) return std::make_pair(doc_hash(opt.seed, d), d) <= val_below;
     return double(doc_hash(opt.seed, d) >> 11) * 0x1p-53 < opt.val_fraction;
