@@ -34,7 +34,7 @@ rm -rf "$work/out"
 for t in 1 2; do
   "$py" "$root/bench/prepare_tiktoken.py" "$ranks" $t "$work"/corpus/*.txt
 done
-sample=$(ls "$work"/corpus/*.txt | head -8)
+sample=$(ls "$work"/corpus/*.txt | sed -n 1,8p)  # (head would end ls early: pipefail)
 rm -rf "$work/sample"
 "$F" prepare $sample --tokenizer gpt2 --gpt2-dir "$root/data/gpt2" --val-docs 2 --out "$work/sample" > /dev/null 2>&1
 "$py" "$root/bench/prepare_tiktoken.py" "$ranks" check "$work/sample" $sample
