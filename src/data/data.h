@@ -273,9 +273,9 @@ struct CorpusOptions {
 // load_tokenizer) and manifest.json. A .txt file is one document, a .jsonl line one document
 // (blank lines skipped); end of text stands between the documents of a split. The shards depend
 // only on the inputs and the options, bit for bit, whatever the thread count; a rerun skips the
-// shards already there that verify. Memory: about threads x (32 MB of text and its tokens + the
-// tokenizer's piece cache) whatever the corpus size, plus the longest run of text with no
-// line to cut at (a whole document for a tokenizer that cannot be cut, see cuts_at_lines).
+// shards already there that verify. Memory: about threads x (8 MB of text, its tokens and a
+// tokenizer) whatever the corpus size, plus the longest run of text with no line to cut at (a
+// whole document for a tokenizer that cannot be cut, see cuts_at_lines).
 PrepareStats prepare_corpus(const std::vector<std::string>& inputs, const std::string& out_dir,
                             const CorpusOptions& opt, const TokenizerOptions& tok = {});
 inline PrepareStats prepare_corpus(const std::vector<std::string>& inputs, const std::string& out_dir,
