@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <memory>
 #include <sstream>
 #include <set>
 
@@ -122,23 +123,33 @@ static int cmd_export(const std::string& from, const std::string& out, int64_t m
   const RunWeights w = file ? RunWeights{} : find_run_weights(from);
   if (merge && !w.lora()) user_error("--merge: {} has no LoRA adapters to merge (its weights are whole)", from);
   ModelConfig c = file ? read_model_config(from) : w.cfg.model;
-  const BaseFormat trained_on = c.lora.base;
-  if (merge) c.lora.base = BaseFormat::compute;  // the base in fp32, merged into deq(quant(W)) where it was quantized
-  Model model(c, cpu_backend());
-  if (file) load_model(from, model);
-  else load_run_weights(w, model);
+  auto model = std::make_unique<Model>(c, cpu_backend());  // a QLoRA base quantized as it trained
+  if (file) load_model(from, *model);
+  else load_run_weights(w, *model);
+  if (merge && c.lora.base != BaseFormat::compute) {  // merged into what the quantized base computed with: deq(q)
+    c.lora.base = BaseFormat::compute;
+    auto whole = std::make_unique<Model>(c, cpu_backend());
+    std::vector<float> host;
+    const auto src = model->named_params(), dst = whole->named_params();
+    for (size_t k = 0; k < src.size(); k++) {
+      host.resize(size_t(src[k].spec->numel));
+      model->read_param(src[k], host.data());
+      whole->write_param(dst[k], host.data());
+    }
+    model = std::move(whole);
+  }
   std::error_code ec;
   fs::create_directories(out, ec);
   if (ec) user_error("{}: cannot create the directory: {}", out, ec.message());
   const std::string source = file ? from : w.dir + (w.lora() ? "/adapter" : "/model.safetensors");
   if (w.lora() && !merge) {
-    save_adapters(out, model, w.cfg.train.init_from);
+    save_adapters(out, *model, w.cfg.train.init_from);
     fmt::print("export: {} -> {}/adapter_model.safetensors, {}/adapter_config.json (PEFT; --merge writes the merged model)\n",
                source, out, out);
     return 0;
   }
-  if (merge) model.merge_lora(trained_on);
-  const int files = save_model_dir(out, model, max_shard_bytes);
+  if (merge) model->merge_lora();
+  const int files = save_model_dir(out, *model, max_shard_bytes);
   save_hf_config(out + "/config.json", c);
   fmt::print("export: {}{} -> {}/{}, {}/config.json ({})\n", source, merge ? " merged into its base" : "", out,
              files == 1 ? "model.safetensors" : fmt::format("model.safetensors.index.json and {} shards", files), out,

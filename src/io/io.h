@@ -177,7 +177,10 @@ ModelConfig read_model_config(const std::string& path);
 // tensor must find its place: a missing one, a shape mismatch, a tensor the model has no place
 // for (an extra layer) and an lm_head.weight that differs from the tied wte are UserErrors naming
 // the file, the tensor and what was expected; GPT-2's causal-mask buffers (attn.bias,
-// attn.masked_bias) are skipped.
+// attn.masked_bias) are skipped. A QLoRA base that transformers saved from bitsandbytes' 4-bit
+// model (nf4 with double-quantized absmax: the codes beside .absmax, .nested_absmax, .quant_map,
+// .nested_quant_map and .quant_state.bitsandbytes__nf4) goes into an nf4 base byte for byte, into
+// any other dequantized; bitsandbytes' 8-bit and fp4 forms are refused by name.
 void load_model(const std::string& path, Model& model);
 // LoRA adapters in PEFT's format, which peft.PeftModel.from_pretrained(base, dir) loads:
 // dir/adapter_model.safetensors (F32 "base_model.model.<module>.lora_A.weight" (r, in) and

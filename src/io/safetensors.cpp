@@ -217,6 +217,52 @@ class WeightFiles {
     file(name).read_f32(name, shape, out);
     taken_.insert(name);
   }
+  // A weight transformers saved from a bitsandbytes 4-bit model (load_in_4bit): `name` holds the
+  // packed codes, beside it name.absmax, .nested_absmax, .quant_map, .nested_quant_map and
+  // .quant_state.bitsandbytes__nf4 (JSON). 8-bit and fp4 files are refused here.
+  bool nf4(const std::string& name) const {
+    if (has(name + ".SCB"))
+      user_error("{}: tensor '{}' is bitsandbytes' 8-bit (LLM.int8) form, which frugal does not read: give the "
+                 "unquantized weights (lora.base = \"int8\" or \"nf4\" quantizes them on load)", path(name), name);
+    if (has(name + ".quant_state.bitsandbytes__fp4"))
+      user_error("{}: tensor '{}' is bitsandbytes' fp4, expected nf4 (bnb_4bit_quant_type = \"nf4\")", path(name), name);
+    return has(name + ".quant_state.bitsandbytes__nf4");
+  }
+  // Reads it, (rows, cols), as it is stored: the same bytes as frugal's nf4 (core/quant.h).
+  QuantTensor take_nf4(const std::string& name, int64_t rows, int64_t cols) {
+    auto bad = [&](const std::string& what) {
+      user_error("{}: tensor '{}': {} (frugal reads bitsandbytes' nf4 with blocks of 64 and double-quantized absmax, "
+                 "bnb_4bit_use_double_quant = true)", path(name), name, what);
+    };
+    auto raw = [&](const std::string& piece, const char* dtype, std::vector<int64_t> shape, void* out) {
+      if (!has(piece)) bad(fmt::format("'{}' is missing", piece));
+      file(piece).read(piece, dtype, shape, out);
+      taken_.insert(piece);
+    };
+    const std::string state = name + ".quant_state.bitsandbytes__nf4";
+    std::string text(size_t(file(state).shape(state).at(0)), '\0');
+    raw(state, "U8", {int64_t(text.size())}, text.data());
+    const json j = json::parse(text, nullptr, false);
+    if (!j.is_object() || j.value("quant_type", "") != "nf4" || j.value("blocksize", 0) != kQuantBlock ||
+        j.value("nested_blocksize", 0) != kNf4Block2 || !j.contains("nested_offset") || !j["nested_offset"].is_number())
+      bad(fmt::format("its quant_state is {}", text.substr(0, 200)));
+    if (j.value("shape", json()) != json{rows, cols})
+      bad(fmt::format("its quant_state's shape is {}, expected [{}, {}]", j.value("shape", json()).dump(), rows, cols));
+    const int64_t n = rows * cols, nb = (n + kQuantBlock - 1) / kQuantBlock;
+    QuantTensor t{QuantFormat::nf4, rows, cols, std::vector<uint8_t>(size_t((n + 1) / 2)), std::vector<uint8_t>(size_t(nb)),
+                  std::vector<float>(size_t((nb + kNf4Block2 - 1) / kNf4Block2)), j["nested_offset"].get<float>()};
+    raw(name, "U8", {int64_t(t.q.size()), 1}, t.q.data());
+    raw(name + ".absmax", "U8", {nb}, t.absmax.data());
+    raw(name + ".nested_absmax", "F32", {int64_t(t.scale.size())}, t.scale.data());
+    if (!std::isfinite(t.offset) || !std::all_of(t.scale.begin(), t.scale.end(), [](float x) { return std::isfinite(x); }))
+      bad("its nested_absmax or nested_offset is not finite: the weights are corrupt");
+    float code[16], dynamic[256];
+    raw(name + ".quant_map", "F32", {16}, code);
+    raw(name + ".nested_quant_map", "F32", {256}, dynamic);
+    if (!std::equal(code, code + 16, kNf4Code) || !std::equal(dynamic, dynamic + 256, kDynamicCode))
+      bad("its quant_map or nested_quant_map is not NF4's code and bitsandbytes' 8-bit dynamic map");
+    return t;
+  }
   std::vector<std::string> not_taken() const {
     std::vector<std::string> out;
     for (auto& [name, f] : where_)
@@ -254,6 +300,10 @@ void load_model(const std::string& path, Model& model) {
     if (s.site >= 0) continue;  // LoRA's adapters: load_adapters
     staged.assign(size_t(s.numel), 0.0f);  // vocabulary rows beyond V: zero
     const int64_t cols = s.shape.size() == 2 ? s.shape[1] : 1;
+    // bitsandbytes' nf4 weights go into an nf4 base as they are (the same bytes), else dequantized
+    const Unit& unit = model.units()[n.unit];
+    const bool nf4_base = !unit.qv.empty() && unit.base == BaseFormat::nf4;
+    std::vector<std::pair<int64_t, QuantTensor>> kept;  // (row0, parts)
     for (const HfTensor& t : hf_tensors(s, c)) {
       std::string name = t.part->name;
       // a base model's names (GPT2Model's, LlamaModel's): without "transformer." or "model."
@@ -261,11 +311,21 @@ void load_model(const std::string& path, Model& model) {
       if (!w.has(name) && dot != std::string::npos && name != "lm_head.weight" && w.has(name.substr(dot + 1)))
         name = name.substr(dot + 1);
       if (!w.has(name)) user_error("{}: tensor '{}' is missing", path, name);
+      if (w.nf4(name)) {
+        if (s.hf_conv1d) user_error("{}: tensor '{}': a bitsandbytes-quantized Conv1D weight is not read", w.path(name), name);
+        kept.emplace_back(t.row0, w.take_nf4(name, t.shape[0], t.shape[1]));
+        continue;
+      }
       w.take(name, t.shape, staged.data() + t.row0 * cols);
       for (int64_t i = t.row0 * cols; i < (t.row0 + t.part->rows) * cols && i < s.numel; i++)
         if (!std::isfinite(staged[size_t(i)]))
           user_error("{}: tensor '{}' holds {}: the weights are corrupt (not finite numbers)", w.path(name), name, staged[size_t(i)]);
     }
+    if (nf4_base && !kept.empty() && kept.size() == s.hf.size()) {
+      for (size_t j = 0; j < kept.size(); j++) model.write_quant(n, j, kept[j].second);
+      continue;
+    }
+    for (auto& [row0, q] : kept) dequantize_ref(staged.data() + row0 * cols, q.view(), 0, q.rows * q.cols);
     if (s.vocab_rows() && c.tied_head && n.unit == model.embedding_unit())
       wte.assign(staged.begin(), staged.begin() + int64_t(c.vocab_size) * s.shape[1]);
     const float* src = staged.data();

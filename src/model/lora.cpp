@@ -191,25 +191,12 @@ void Model::lora_backward_input(int l, float* Tensors::*weight, void* dx, int64_
   }
 }
 
-void Model::merge_lora(BaseFormat trained_on) {
-  FRUGAL_CHECK(dt_ == DType::f32 && !sites_.empty(), "merge_lora: an fp32 model with adapters");
+void Model::merge_lora() {
+  FRUGAL_CHECK(dt_ == DType::f32 && !sites_.empty() && cfg_.lora.base == BaseFormat::compute,
+               "merge_lora: an fp32 model with adapters on an fp32 base");
   const int64_t r = cfg_.lora.rank;
   for (int l = 0; l < cfg_.n_layer; l++) {
     Unit& base = block_unit(l);
-    for (const ParamSpec& s : base.specs) {  // QLoRA: the weights the adapters were trained against
-      if (s.shape.size() != 2 || trained_on == BaseFormat::compute) continue;
-      std::vector<float> w(size_t(s.numel));
-      be_.copy(w.data(), base.p.*s.field, w.size() * sizeof(float));
-      int64_t row0 = 0;
-      for (const HfPart& part : s.hf) {  // each transformers tensor quantized on its own
-        float* rows = w.data() + row0 * s.shape[1];
-        const QuantTensor q = trained_on == BaseFormat::nf4 ? quantize_nf4(rows, part.rows, s.shape[1])
-                                                            : quantize_int8(rows, part.rows, s.shape[1]);
-        dequantize_ref(rows, q.view(), 0, part.rows * s.shape[1]);
-        row0 += part.rows;
-      }
-      be_.copy(base.p.*s.field, w.data(), w.size() * sizeof(float));
-    }
     const Unit& a = units_[adapters_[size_t(l)]];
     for (size_t k = 0; k < sites_.size(); k++) {
       const LoraSite& s = sites_[k];

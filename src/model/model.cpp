@@ -208,12 +208,10 @@ void Model::write_param(const Named& n, const float* host) {
   Unit& u = units_[n.unit];
   if (!u.qv.empty()) {  // each part quantized on the host, then copied where the backend reads it
     const float* rows = host;
-    for (QuantView& v : u.qv[size_t(n.spec - u.specs.data())]) {
-      const QuantTensor t = v.format == QuantFormat::nf4 ? quantize_nf4(rows, v.rows, v.cols) : quantize_int8(rows, v.rows, v.cols);
-      be_.copy(const_cast<uint8_t*>(v.q), t.q.data(), t.q.size());
-      if (v.absmax) be_.copy(const_cast<uint8_t*>(v.absmax), t.absmax.data(), t.absmax.size());
-      be_.copy(const_cast<float*>(v.scale), t.scale.data(), t.scale.size() * sizeof(float));
-      v.offset = t.offset;
+    const QuantStack& parts = u.qv[size_t(n.spec - u.specs.data())];
+    for (size_t j = 0; j < parts.size(); j++) {
+      const QuantView& v = parts[j];
+      write_quant(n, j, v.format == QuantFormat::nf4 ? quantize_nf4(rows, v.rows, v.cols) : quantize_int8(rows, v.rows, v.cols));
       rows += v.rows * v.cols;
     }
     return;
@@ -226,6 +224,41 @@ void Model::write_param(const Named& n, const float* host) {
   be_.copy(staged.data(), host, bytes);
   be_.cast(dst, staged.data(), n.spec->numel, dt_);
   be_.synchronize();
+}
+
+void Model::write_quant(const Named& n, size_t part, const QuantTensor& t) {
+  Unit& u = units_[n.unit];
+  QuantView& v = u.qv[size_t(n.spec - u.specs.data())][part];
+  FRUGAL_CHECK(v.format == t.format && v.rows == t.rows && v.cols == t.cols && v.q, "write_quant: {} part {}",
+               n.spec->name, part);
+  be_.copy(const_cast<uint8_t*>(v.q), t.q.data(), t.q.size());
+  if (v.absmax) be_.copy(const_cast<uint8_t*>(v.absmax), t.absmax.data(), t.absmax.size());
+  be_.copy(const_cast<float*>(v.scale), t.scale.data(), t.scale.size() * sizeof(float));
+  v.offset = t.offset;
+}
+
+void Model::read_param(const Named& n, float* host) {
+  const int64_t numel = n.spec->numel;
+  if (n.data) return be_.copy(host, n.data, size_t(numel) * sizeof(float));
+  const Unit& u = units_[n.unit];
+  if (!u.qv.empty()) {  // each part dequantized from the backend's copy
+    for (const QuantView& v : u.qv[size_t(n.spec - u.specs.data())]) {
+      QuantTensor t{v.format, v.rows, v.cols, std::vector<uint8_t>(size_t(v.format == QuantFormat::nf4 ? (v.n() + 1) / 2 : v.n())),
+                    std::vector<uint8_t>(v.absmax ? size_t((v.n() + kQuantBlock - 1) / kQuantBlock) : 0), {}, v.offset};
+      const int64_t nb = (v.n() + kQuantBlock - 1) / kQuantBlock;
+      t.scale.resize(size_t(v.format == QuantFormat::nf4 ? (nb + kNf4Block2 - 1) / kNf4Block2 : nb));
+      be_.copy(t.q.data(), v.q, t.q.size());
+      if (v.absmax) be_.copy(t.absmax.data(), v.absmax, t.absmax.size());
+      be_.copy(t.scale.data(), v.scale, t.scale.size() * sizeof(float));
+      dequantize_ref(host, t.view(), 0, v.n());
+      host += v.n();
+    }
+    return;
+  }
+  FRUGAL_CHECK(u.frozen && u.wc, "{} has no storage", n.spec->name);
+  std::vector<uint16_t> h(static_cast<size_t>(numel));
+  be_.copy(h.data(), u.wc + n.spec->offset, h.size() * sizeof(uint16_t));
+  for (int64_t i = 0; i < numel; i++) host[i] = dt_ == DType::bf16 ? to_f32(bf16{h[size_t(i)]}) : f16_bits_to_f32(h[size_t(i)]);
 }
 
 // Columns of LoRA's dropout workspace: the widest adapter input (0 without dropout).

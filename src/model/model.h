@@ -356,10 +356,10 @@ class Model {
   int cached() const { return cache_len_; }
   int cache_capacity() const { return cache_max_; }
 
-  // LoRA, fp32: adds (alpha/r) B A into every targeted rows of the frozen base (PEFT's
-  // merge_and_unload); the adapters are left as they are. trained_on nf4/int8 (QLoRA): the
-  // blocks' weights first become what the quantized base computed with, deq(quant(W)).
-  void merge_lora(BaseFormat trained_on = BaseFormat::compute);
+  // LoRA, fp32 with an fp32 base: adds (alpha/r) B A into every targeted rows of the frozen base
+  // (PEFT's merge_and_unload); the adapters are left as they are. (QLoRA: copy a quantized
+  // model's read_param values into an fp32 one first: what the quantized base computed with.)
+  void merge_lora();
 
   // Whole forward + loss (no gradients); mean loss.
   float forward_loss(const int32_t* tokens, const int32_t* targets, int B, int T);
@@ -373,6 +373,12 @@ class Model {
   // Sets a parameter from host fp32 values (its numel): into its master, or a frozen unit's
   // compute copy. Call sync_compute_weights() after the masters are written.
   void write_param(const Named& n, const float* host);
+  // A quantized weight's part (one transformers tensor) as it was quantized elsewhere
+  // (bitsandbytes' file): its bytes and offset, unchanged.
+  void write_quant(const Named& n, size_t part, const QuantTensor& t);
+  // A parameter's values in fp32 into host (its numel): the master, or a frozen unit's compute
+  // copy widened or its quantized parts dequantized.
+  void read_param(const Named& n, float* host);
 
  private:
   void final_forward(int B, int T);

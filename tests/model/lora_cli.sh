@@ -76,6 +76,15 @@ with torch.no_grad():
 err = ((got - want).norm() / want.norm()).item()
 assert err < 1e-4, err
 PY
+# a base that transformers saved from bitsandbytes' 4-bit model trains as QLoRA (its bytes as they are)
+mkdir qb && ln -s ../hf qb/base && $PY -c "
+import torch; from safetensors.torch import save_file
+save_file({'tokens': torch.randint(0, 257, (1, 2, 33), dtype=torch.int32)}, 'qb/x.safetensors')" \
+  && $PY "$REF/lora_reference.py" bnb qb qb/x.safetensors qb/l.safetensors >/dev/null 2>&1 || fail "lora_reference.py bnb"
+"$F" train ${A/--init-from hf/--init-from qb/bnb} --train.steps=2 --lora.base=nf4 --run.checkpoint_every=0 --run.dir=prequant > log 2>&1 \
+  || fail "qlora from a bitsandbytes checkpoint: $(cat log)"
+"$F" train ${A/--init-from hf/--init-from qb/bnb} --train.steps=2 --run.checkpoint_every=0 --run.dir=prequant_bf16 --precision.compute=bf16 > log 2>&1 \
+  || fail "lora over a dequantized bitsandbytes checkpoint: $(cat log)"
 # going on from PEFT adapters: the adapter's r/alpha/targets are the run's
 "$F" train --init-from hf --lora.init_from=peft --train.steps=2 --train.seq_len=32 --train.micro_batch=2 --run.checkpoint_every=0 \
   --data.train='data/train_*.bin' --data.val='data/val_*.bin' --run.dir=more > log 2>&1 || fail "lora.init_from: $(cat log)"

@@ -143,6 +143,56 @@ TEST(Lora, QloraNf4BaseMatchesPeftOverBitsandbytes) {
   run_lora_parity({"llama", 2, 4, 2, 128, 256, 96, 64, 2, 16, 4, "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
                    BaseFormat::nf4});
 }
+// A QLoRA base as transformers saves it from a bitsandbytes 4-bit model (the pre-quantized
+// checkpoints on the hub): into an nf4 base its codes, absmax codes, absmax2 and offset go as they
+// are (byte for byte), into an fp32 base dequantized; both compute transformers' logits over
+// bitsandbytes' dequantized weights (the adapters' B is zero: they add nothing yet).
+TEST(Lora, BitsandbytesCheckpointLoads) {
+  test::TempDir dir;
+  const uint64_t seed = test::test_seed();
+  SCOPED_TRACE(fmt::format("seed {} (FRUGAL_TEST_SEED reproduces it)", seed));
+  const std::string ref = dir / "ref";
+  ASSERT_TRUE(test::run_reference("lora_reference.py", fmt::format("save {} --family llama --layers 2 --heads 4 --kv-heads 2 "
+                                                                   "--hidden 64 --ffn 96 --vocab 64 --context 32 --rank 4 --seed {}",
+                                                                   ref, seed % 100000)));
+  const int B = 2, T = 16;
+  std::vector<int32_t> tokens(size_t(B) * (T + 1));
+  Rng rng(seed + 1);
+  for (auto& t : tokens) t = int32_t(rng.below(64));
+  save_safetensors(dir / "x.safetensors", {{"tokens", "I32", {1, B, T + 1}, tokens.data()}}, {});
+  ASSERT_TRUE(test::run_reference("lora_reference.py", fmt::format("bnb {} {} {}", ref, dir / "x.safetensors", dir / "l.safetensors")));
+  const std::vector<float> want = read_all(SafeTensors(dir / "l.safetensors"), "logits");
+  SafeTensors file(ref + "/bnb/model.safetensors");
+  std::vector<int32_t> in(size_t(B) * T), tg(in.size());
+  test::batch_of(tokens, 0, B, T, in.data(), tg.data(), 0);
+  for (BaseFormat base : {BaseFormat::nf4, BaseFormat::compute}) {
+    ModelConfig cfg = read_hf_config(ref + "/bnb/config.json");
+    cfg.lora.rank = 4;
+    cfg.lora.targets = {"q_proj", "v_proj"};
+    cfg.lora.base = base;
+    Model model(cfg, cpu_backend(), DType::f32);
+    model.allocate(B, T);
+    model.init(1);
+    load_model(ref + "/bnb", model);
+    int parts = 0;
+    for (const Unit& u : model.units())
+      for (size_t k = 0; k < u.qv.size(); k++)
+        for (size_t j = 0; j < u.qv[k].size(); j++, parts++) {
+          const QuantView& v = u.qv[k][j];
+          const std::string name = u.specs[k].hf[j].name;
+          std::vector<uint8_t> q(size_t((v.n() + 1) / 2)), absmax(size_t((v.n() + 63) / 64));
+          file.read(name, "U8", {int64_t(q.size()), 1}, q.data());
+          file.read(name + ".absmax", "U8", {int64_t(absmax.size())}, absmax.data());
+          EXPECT_TRUE(std::equal(q.begin(), q.end(), v.q)) << name;
+          EXPECT_TRUE(std::equal(absmax.begin(), absmax.end(), v.absmax)) << name;
+        }
+    EXPECT_EQ(parts, base == BaseFormat::nf4 ? 2 * 7 : 0);
+    std::vector<float> logits;
+    model.logits(in.data(), B, T, false, logits);
+    EXPECT_TRUE(test::all_close(logits, want, 1e-4, 1e-5)) << base_format_name(base);
+  }
+}
+
 TEST(Lora, Gpt2EveryModuleMatchesPeft) { run_lora_parity({"gpt2", 2, 4, 4, 32, 128, 96, 64, 2, 16, 4, "c_attn,c_proj,c_fc"}); }
 
 // LoRA's dropout (PEFT's masks are torch's random draws, so not comparable): with the masks of

@@ -121,6 +121,35 @@ def logits(a):
     save_file({"logits": out.float().contiguous()}, a.extra)
 
 
+def bnb(a):
+    """DIR/base loaded as transformers loads a QLoRA base (bitsandbytes' 4-bit nf4, double-quantized
+    absmax) and saved: DIR/bnb; the logits of the base over the weights those bytes hold: per flat
+    block of 64, NF4 code x (absmax code through the 8-bit dynamic map x absmax2 + offset), as
+    bitsandbytes' CUDA kernels dequantize. (Its CPU dequantize_4bit in 0.50 disagrees with that
+    for a [64, 96] weight from the third block on; its quantize_4bit, its dequantize_blockwise and
+    the format do not.)"""
+    import bitsandbytes
+    from bitsandbytes.functional import dequantize_blockwise
+    cfg = transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                          bnb_4bit_compute_dtype=torch.float32)
+    q = transformers.AutoModelForCausalLM.from_pretrained(a.dir + "/base", quantization_config=cfg, device_map="cpu",
+                                                          dtype=torch.float32)
+    q.save_pretrained(a.dir + "/bnb")
+    model = transformers.AutoModelForCausalLM.from_pretrained(a.dir + "/base", dtype=torch.float32)
+    quantized = {n: m for n, m in q.named_modules() if isinstance(m, bitsandbytes.nn.Linear4bit)}
+    assert quantized, "bitsandbytes quantized nothing"
+    with torch.no_grad():
+        for name, m in model.named_modules():
+            if name in quantized:
+                w, st = quantized[name].weight.data.flatten(), quantized[name].weight.quant_state
+                n = m.weight.numel()
+                codes = torch.stack([w >> 4, w & 15], 1).flatten().long()[:n]
+                absmax = dequantize_blockwise(st.absmax, st.state2) + st.offset
+                m.weight.data = (st.code[codes] * absmax.repeat_interleave(64)[:n]).reshape(m.weight.shape)
+        out = model(input_ids=load_file(a.batches)["tokens"].long()[0, :, :-1]).logits
+    save_file({"logits": out.float().contiguous()}, a.out)
+
+
 def bench(a):
     import json
     import statistics
@@ -154,7 +183,7 @@ def bench(a):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["save", "run", "logits", "bench"])
+    ap.add_argument("mode", choices=["save", "run", "logits", "bnb", "bench"])
     ap.add_argument("dir")
     ap.add_argument("batches", nargs="?")
     ap.add_argument("out", nargs="?")
@@ -174,7 +203,7 @@ def main():
         ap.add_argument("--" + k, type=int, default=v)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    {"save": save, "run": run, "logits": logits, "bench": bench}[a.mode](a)
+    {"save": save, "run": run, "logits": logits, "bnb": bnb, "bench": bench}[a.mode](a)
 
 
 if __name__ == "__main__":
