@@ -29,6 +29,16 @@ netns_down() {
 }
 trap 'netns_down; rm -rf "${dir:-/nonexistent}"' EXIT
 trap 'exit 130' INT TERM
+# A signal arrives while a command runs in the foreground (bash runs the trap once it ends), and
+# a SIGKILL (ctest's timeout) runs none: so each run first removes what runs that died left.
+for ns in $(ip netns list | awk '$1 ~ /^fn[0-9]+(h[0-9]+|br)$/ {print $1}'); do
+  owner=${ns#fn}
+  owner=${owner%%[hb]*}
+  kill -0 "$owner" 2>/dev/null && continue
+  for p in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$p" 2>/dev/null; done
+  sleep 0.2
+  ip netns del "$ns" 2>/dev/null
+done
 
 # netns_up N: the bridge and N hosts
 netns_up() {
