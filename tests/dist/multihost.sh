@@ -70,7 +70,7 @@ partition)
   # The hosts' TCP gives up on a silent peer after about 6 s (tcp_retries2 = 4; Linux's default,
   # 15, is about 15 minutes): how long mpirun and orted wait for each other once the ranks are
   # gone. The ranks' own end does not depend on it (the watchdog).
-  for i in 0 1; do ip netns exec "${FRUGAL_NETNS}h$i" sysctl -q net.ipv4.tcp_retries2=4 || fail "sysctl"; done
+  for i in 0 1; do ip netns exec "${FRUGAL_NETNS}h$i" sh -c "echo 4 > /proc/sys/net/ipv4/tcp_retries2" || fail "tcp_retries2"; done
   (netns_mpirun 2 "$F" train $A --train.steps=100000 --dist.timeout=5 --run.checkpoint_every=5 --run.dir=r > part.log 2>&1
    echo "rc=$?" >> part.log) &
   for _ in $(seq 1 300); do [ -d r/ckpt-20 ] && break; sleep 0.1; done
