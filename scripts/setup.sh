@@ -11,6 +11,7 @@ pkgs=(build-essential cmake ninja-build pkg-config
       libopenmpi-dev openmpi-bin
       libsentencepiece-dev   # frugal prepare --train-tokenizer
       zlib1g-dev libzstd-dev # frugal prepare reads .gz and .zst corpora
+      iproute2               # ip netns, veth, tc: the multi-host tests (tests/dist/netns.sh)
       clang libclang-rt-dev  # the libFuzzer target for the safetensors reader (tests/io/)
       python3 python3-venv)  # the references' environment
 missing=()
