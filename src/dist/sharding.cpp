@@ -80,10 +80,10 @@ void strategy_memory(const std::vector<UnitSpec>& table, DType dt, Sharding shar
   // head (GH) and two blocks (GB, with their reduced slices); gathered weights of the embedding
   // (E, fp32, plus its compute copy for a tied head), of an untied head (PH, compute dtype) and
   // of two blocks (P, compute dtype, with their adapters; a frozen unit's as stored). Persistent
-  // buffers are held from the start; zero3
-  // allocates them on use and frees them after: its peak is at the lm head or in the backward
-  // of a block (which also holds the next block's gradients and prefetched weights), or, with
-  // an untied head, at the embedding's backward (its gradients begin after the blocks').
+  // buffers are held from the start; zero3 allocates them on use and frees them after: its peak
+  // is at the lm head or in the backward of a block (which also holds the next block's gradients
+  // and prefetched weights), or, with an untied head, at the embedding's backward (its gradients
+  // begin after the blocks').
   const int64_t out = R > 1 && sharding.reduce != DType::bf16;  // the reduced slice's own buffer: a reduce-scatter's
   auto grads = [&](const U& u) { return 4 * (R * len(u) + u.tail + out * len(u)); };
   const int64_t GE = grads(emb), GF = 4 * fin.tail, GB = grads(blk), GH = untied ? grads(hd) : 0,
@@ -164,9 +164,9 @@ Shards::Shards(Model& model, Backend& be, Comm& comm, Strategy s, DType reduce)
     if (u.kind == UnitKind::block || u.kind == UnitKind::adapter) {  // adapters use the blocks' gradient slots
       max_block_len = std::max(max_block_len, p.len);
       max_block_tail = std::max(max_block_tail, p.tail);
+      int64_t& slot = u.kind == UnitKind::adapter ? adapter_gather : block_gather;
+      slot = std::max(slot, world_ * p.len * p.es);
     }
-    int64_t& slot = u.kind == UnitKind::adapter ? adapter_gather : block_gather;
-    if (u.kind == UnitKind::block || u.kind == UnitKind::adapter) slot = std::max(slot, world_ * p.len * p.es);
     parts_.push_back(std::move(p));
   }
   const size_t emb = model.embedding_unit(), fin = model.final_unit(), head = model.head_unit();
