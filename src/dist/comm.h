@@ -157,6 +157,10 @@ class Shards {
   // them (changed or not) and frees the rest.
   void materialize(bool frozen = false);
   void dematerialize();
+  // The same for one unit (a frozen one too): loading holds one unit whole at a time, not the
+  // model. Call refresh() when done.
+  void materialize(size_t unit);
+  void dematerialize(size_t unit);
   // Where this rank keeps unit i's fp32 master weights: whole (model-owned) or its slice and tail.
   struct Range { int64_t lo, hi; float* data; };
   std::vector<Range> master_ranges(size_t unit);

@@ -442,40 +442,45 @@ std::vector<Shards::Range> Shards::master_ranges(size_t i) {
 
 void Shards::materialize(bool frozen) {
   be_.synchronize();  // no gather or optimizer step is still in flight
-  if (!pol_.shard_params) return;
-  for (size_t i = 0; i < model_.units().size(); i++) {
-    Unit& u = model_.units()[i];
-    Part& p = parts_[i];
-    if (u.frozen) {
-      if (!frozen) continue;
-      u.store = PoolArray<std::byte>(size_t(p.n * p.es), Mem::workspace);
-      be_.copy(u.store.data() + p.lo * p.es, p.fs.data(), size_t((p.hi - p.lo) * p.es));
-      if (p.n) comm_.all_gather_inplace(u.store.data(), p.n, p.len, p.es)->wait();
-      u.bind_frozen(u.store.data(), model_.compute_dtype());
-      continue;
-    }
-    u.params = PoolArray<float>(size_t(u.numel), Mem::workspace);
-    be_.copy(u.params.data() + p.lo, p.w.data(), size_t(p.hi - p.lo) * 4);
-    if (u.nbig) comm_.all_gather_inplace(u.params.data(), u.nbig, p.len)->wait();
-    be_.copy(u.params.data() + u.nbig, p.wt.data(), size_t(p.tail) * 4);
-    u.bind_params(u.params.data(), u.params.data() + u.nbig, nullptr);
-  }
+  for (size_t i = 0; i < model_.units().size(); i++)
+    if (frozen || !model_.units()[i].frozen) materialize(i);
 }
 
 void Shards::dematerialize() {
   be_.synchronize();  // no gather is still reading the shards copied into next
-  if (!pol_.shard_params) return;
-  for (size_t i = 0; i < model_.units().size(); i++) {
-    Unit& u = model_.units()[i];
-    if (u.frozen) {
-      if (u.store.data()) keep_slice(i);
-      continue;
-    }
-    set(i, u.params.data());
-    u.params = {};
-    u.bind_params(nullptr, parts_[i].wt.data(), nullptr);
-  }
+  for (size_t i = 0; i < model_.units().size(); i++) dematerialize(i);
   refresh();
+}
+
+void Shards::materialize(size_t i) {
+  if (!pol_.shard_params) return;
+  Unit& u = model_.units()[i];
+  Part& p = parts_[i];
+  if (u.frozen) {
+    u.store = PoolArray<std::byte>(size_t(p.n * p.es), Mem::workspace);
+    be_.copy(u.store.data() + p.lo * p.es, p.fs.data(), size_t((p.hi - p.lo) * p.es));
+    if (p.n) comm_.all_gather_inplace(u.store.data(), p.n, p.len, p.es)->wait();
+    return u.bind_frozen(u.store.data(), model_.compute_dtype());
+  }
+  u.params = PoolArray<float>(size_t(u.numel), Mem::workspace);
+  be_.copy(u.params.data() + p.lo, p.w.data(), size_t(p.hi - p.lo) * 4);
+  if (u.nbig) comm_.all_gather_inplace(u.params.data(), u.nbig, p.len)->wait();
+  be_.copy(u.params.data() + u.nbig, p.wt.data(), size_t(p.tail) * 4);
+  u.bind_params(u.params.data(), u.params.data() + u.nbig, nullptr);
+}
+
+void Shards::dematerialize(size_t i) {
+  if (!pol_.shard_params) return;
+  Unit& u = model_.units()[i];
+  if (u.frozen) {
+    if (u.store.data()) keep_slice(i);
+    return;
+  }
+  if (!u.params.data()) return;  // not materialized
+  set(i, u.params.data());
+  be_.synchronize();  // the copies out of params are done before it is freed
+  u.params = {};
+  u.bind_params(nullptr, parts_[i].wt.data(), nullptr);
 }
 
 }  // namespace frugal

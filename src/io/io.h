@@ -6,6 +6,7 @@
 #include <map>
 #include <memory>
 #include <string_view>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -180,8 +181,11 @@ ModelConfig read_model_config(const std::string& path);
 // attn.masked_bias) are skipped. A QLoRA base that transformers saved from bitsandbytes' 4-bit
 // model (nf4 with double-quantized absmax: the codes beside .absmax, .nested_absmax, .quant_map,
 // .nested_quant_map and .quant_state.bitsandbytes__nf4) goes into an nf4 base byte for byte, into
-// any other dequantized; bitsandbytes' 8-bit and fp4 forms are refused by name.
-void load_model(const std::string& path, Model& model);
+// any other dequantized; bitsandbytes' 8-bit and fp4 forms are refused by name. each(unit,
+// false) before a unit's tensors are written, each(unit, true) after (zero3/yafsdp: the unit is
+// made whole for them and sliced again after, one unit at a time).
+void load_model(const std::string& path, Model& model,
+                const std::function<void(size_t unit, bool done)>& each = {});
 // LoRA adapters in PEFT's format, which peft.PeftModel.from_pretrained(base, dir) loads:
 // dir/adapter_model.safetensors (F32 "base_model.model.<module>.lora_A.weight" (r, in) and
 // ".lora_B.weight" (out, r)) and dir/adapter_config.json (peft_type LORA, r, lora_alpha,

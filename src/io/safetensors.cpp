@@ -291,13 +291,22 @@ class WeightFiles {
 
 }  // namespace
 
-void load_model(const std::string& path, Model& model) {
+void load_model(const std::string& path, Model& model, const std::function<void(size_t unit, bool done)>& each) {
   WeightFiles w(path);
   const ModelConfig& c = model.config();
   std::vector<float> staged, ours, wte;
+  size_t open = Model::npos;  // the unit being written
+  auto next_unit = [&](size_t unit) {
+    if (unit == open || !each) return;
+    if (open != Model::npos) each(open, true);
+    if (unit != Model::npos) each(unit, false);
+    open = unit;
+  };
   for (auto& n : model.named_params()) {
     const ParamSpec& s = *n.spec;
     if (s.site >= 0) continue;  // LoRA's adapters: load_adapters
+    next_unit(n.unit);
+    const Model::Named m{&s, view_of(model.units()[n.unit].p, s), nullptr, n.unit};  // as bound now
     staged.assign(size_t(s.numel), 0.0f);  // vocabulary rows beyond V: zero
     const int64_t cols = s.shape.size() == 2 ? s.shape[1] : 1;
     // bitsandbytes' nf4 weights go into an nf4 base as they are (the same bytes), else dequantized
@@ -322,7 +331,7 @@ void load_model(const std::string& path, Model& model) {
           user_error("{}: tensor '{}' holds {}: the weights are corrupt (not finite numbers)", w.path(name), name, staged[size_t(i)]);
     }
     if (nf4_base && !kept.empty() && kept.size() == s.hf.size()) {
-      for (size_t j = 0; j < kept.size(); j++) model.write_quant(n, j, kept[j].second);
+      for (size_t j = 0; j < kept.size(); j++) model.write_quant(m, j, kept[j].second);
       continue;
     }
     for (auto& [row0, q] : kept) dequantize_ref(staged.data() + row0 * cols, q.view(), 0, q.rows * q.cols);
@@ -336,8 +345,9 @@ void load_model(const std::string& path, Model& model) {
         for (int64_t k = 0; k < C; k++) ours[size_t(r * C + k)] = staged[size_t(k * R + r)];
       src = ours.data();
     }
-    model.write_param(n, src);
+    model.write_param(m, src);
   }
+  next_unit(Model::npos);
   // A tied output head is the embedding: a stored lm_head.weight must be that same matrix.
   if (c.tied_head && w.has("lm_head.weight")) {
     staged.assign(wte.size(), 0.0f);

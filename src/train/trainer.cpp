@@ -275,9 +275,9 @@ void train(const RunConfig& cfg, Comm& comm, bool resume) {
   Stepper stepper(model, run_be, comm, t, cfg.accum_steps(comm.size()), cfg.precision, plan, strategy);
   stepper.init_weights(t.seed);
   if ((!resume || cfg.model.lora.on()) && !t.init_from.empty()) {  // LoRA's frozen base, on a resume too
-    stepper.shards().materialize(true);
-    load_model(t.init_from, model);
-    stepper.shards().dematerialize();
+    Shards& shards = stepper.shards();  // zero3/yafsdp: one unit whole at a time
+    load_model(t.init_from, model, [&](size_t unit, bool done) { done ? shards.dematerialize(unit) : shards.materialize(unit); });
+    shards.refresh();
   }
   if (!resume && !t.lora_init_from.empty()) {  // adapters to go on from: for this base?
     std::string base;
