@@ -4,7 +4,8 @@
 # one. Every loss of 8 steps equals the single-process run's within 1e-5 relative (fp32; the
 # reduction order differs), through a checkpoint at step 4 resumed under the other strategy, and
 # the adapters written at the end are the single-process run's within 1e-5. The sharded runs
-# recompute every block (its base and adapters gathered again for the backward).
+# recompute every block (its base and adapters gathered again for the backward). Before them, a
+# full fine-tuning from the same weights under zero3 (loaded into the shards a unit at a time).
 # Usage: lora_mpi.sh FRUGAL_BINARY PYTHON (the references' venv)
 F=$1
 PY=$2
@@ -35,6 +36,16 @@ for k in wa:
     assert err <= 1e-5, (k, err)
 PY
 }
+
+# full fine-tuning from the same weights, loaded one unit at a time into zero3's shards
+F8="${A/--lora.rank=4/--lora.rank=0}"
+"$F" train $F8 --run.checkpoint_every=0 --run.dir=one-full > log 2>&1 || fail "one process, full: $(cat log)"
+$run "$F" train $F8 --dist.strategy=zero3 --run.checkpoint_every=0 --run.dir=zero3-full > log 2>&1 || fail "zero3, full: $(cat log)"
+$PY - <<'PY' || fail "zero3 from loaded weights differs from one process"
+import json
+a, b = ([json.loads(l)["loss"] for l in open(d + "/metrics.jsonl")] for d in ("one-full", "zero3-full"))
+assert len(a) == len(b) == 8 and all(abs(x - y) <= 1e-5 * abs(x) for x, y in zip(a, b)), (a, b)
+PY
 
 for base in compute nf4; do
   "$F" train $A --lora.base=$base --run.checkpoint_every=0 --run.dir=one-$base > log 2>&1 || fail "one process, $base base: $(cat log)"
