@@ -8,7 +8,7 @@
 netns_skip() { echo "SKIP: $*"; exit 77; }
 [ "$(id -u)" = 0 ] || netns_skip "multi-host tests need root (network namespaces)"
 command -v ip >/dev/null || netns_skip "no ip command (iproute2)"
-export FRUGAL_NETNS=fn$$
+export FRUGAL_NETNS=fn$$ dir  # dir: the scratch directory, where each host's TMPDIR is (netns_agent.sh)
 netns_agent="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/netns_agent.sh"
 ip netns add "${FRUGAL_NETNS}br" 2>/dev/null || netns_skip "ip netns add fails here (no network namespaces)"
 netns_hosts=0
@@ -82,7 +82,11 @@ netns_mpirun() {
   for i in $(seq 0 $((netns_hosts - 1))); do
     echo "10.99.0.$((i + 1)) slots=$(( (np + netns_hosts - 1) / netns_hosts ))" >> hostfile
   done
-  OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 ip netns exec "${FRUGAL_NETNS}h0" \
+  # each host a TMPDIR of its own (netns_agent.sh): the hosts share one hostname, and OpenMPI's
+  # daemons name their session directories by hostname and job, so on a shared /tmp one of a 4-host
+  # job's daemons could lose its directory and the launch waited forever (seen 1 run in 3 to 7)
+  mkdir -p "$dir/ompi-h0"
+  OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 TMPDIR="$dir/ompi-h0" ip netns exec "${FRUGAL_NETNS}h0" \
     mpirun --hostfile hostfile -np "$np" --map-by slot --oversubscribe \
     --mca plm_rsh_agent "$netns_agent" --mca plm_rsh_no_tree_spawn 1 \
     --mca btl tcp,self --mca btl_tcp_if_include 10.99.0.0/24 --mca oob_tcp_if_include 10.99.0.0/24 \

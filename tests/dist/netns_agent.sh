@@ -5,4 +5,6 @@
 host=$1
 shift
 [ -n "${FRUGAL_NETNS:-}" ] || { echo "netns_agent.sh: FRUGAL_NETNS is not set (use netns.sh's netns_mpirun)" >&2; exit 2; }
-exec ip netns exec "${FRUGAL_NETNS}h$(( ${host##*.} - 1 ))" /bin/sh -c "$*"
+h=$(( ${host##*.} - 1 ))
+# each host its own TMPDIR (see netns_mpirun)
+mkdir -p "$dir/ompi-h$h" && exec ip netns exec "${FRUGAL_NETNS}h$h" env TMPDIR="$dir/ompi-h$h" /bin/sh -c "$*"
