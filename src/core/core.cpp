@@ -171,4 +171,16 @@ void fsync_dir(const std::string& path) {
   if (!ok) user_error("{}: fsync failed: {}", path, std::strerror(e));
 }
 
+uint64_t checksum(const void* data, size_t bytes, uint64_t h) {
+  const auto* p = static_cast<const unsigned char*>(data);
+  uint64_t w;
+  size_t i = 0;
+  for (; i + 8 <= bytes; i += 8) {
+    std::memcpy(&w, p + i, 8);
+    h = (h ^ w) * 1099511628211ull;
+  }
+  for (; i < bytes; i++) h = (h ^ p[i]) * 1099511628211ull;
+  return h;
+}
+
 }  // namespace frugal

@@ -147,6 +147,13 @@ class AtomicFile {
 // fsync of a directory, so that the renames and new entries in it are durable.
 void fsync_dir(const std::string& path);
 
+// A checksum of bytes (checkpoint tensors, token shards): FNV-1a over 8-byte little-endian
+// words, then the tail's bytes. Each step is a bijection of the state, so one changed word, a
+// flipped bit say, always changes the sum. Continues from h when every earlier part had a
+// multiple of 8 bytes.
+inline constexpr uint64_t kChecksumStart = 1469598103934665603ull;
+uint64_t checksum(const void* data, size_t bytes, uint64_t h = kChecksumStart);
+
 inline void write_file_atomic(const std::string& path, const void* data, size_t bytes) {
   AtomicFile f(path);
   f.write(data, bytes);

@@ -43,18 +43,10 @@ struct CodePoint { uint32_t len; Cls cls; };
 // The code point at s[i] (n bytes in all): its length in bytes and class. A byte that does not
 // start a valid UTF-8 sequence is one code point of class kOther.
 CodePoint at(const unsigned char* s, size_t i, size_t n) {
-  unsigned char c = s[i];
-  if (c < 0x80) return {1, kAscii.cls[c]};
-  uint32_t len = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 0;
-  if (len == 0 || c > 0xF4 || i + len > n) return {1, kOther};
-  uint32_t cp = c & (0x7F >> len);
-  for (uint32_t k = 1; k < len; k++) {
-    if ((s[i + k] & 0xC0) != 0x80) return {1, kOther};
-    cp = cp << 6 | (s[i + k] & 0x3F);
-  }
-  static constexpr uint32_t kMin[5] = {0, 0, 0x80, 0x800, 0x10000};
-  if (cp < kMin[len] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return {1, kOther};
-  return {len, classify(cp)};
+  if (s[i] < 0x80) return {1, kAscii.cls[s[i]]};
+  uint32_t cp;
+  const size_t len = utf8_at(s, i, n, cp);
+  return len ? CodePoint{uint32_t(len), classify(cp)} : CodePoint{1, kOther};
 }
 
 // GPT-2's regex: the end of the match that starts at s[i].

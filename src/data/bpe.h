@@ -13,6 +13,24 @@
 
 namespace frugal {
 
+// The code point at s[i] (n bytes in all) and its length in bytes; 0 where the bytes there are
+// not UTF-8 (a bad lead or continuation byte, a cut sequence, an overlong form, a surrogate, or
+// above U+10FFFF).
+inline size_t utf8_at(const unsigned char* s, size_t i, size_t n, uint32_t& cp) {
+  const unsigned char c = s[i];
+  if (c < 0x80) { cp = c; return 1; }
+  const size_t len = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 0;
+  if (len == 0 || c > 0xF4 || i + len > n) return 0;
+  cp = c & (0x7F >> len);
+  for (size_t k = 1; k < len; k++) {
+    if ((s[i + k] & 0xC0) != 0x80) return 0;
+    cp = cp << 6 | (s[i + k] & 0x3F);
+  }
+  static constexpr uint32_t kMin[5] = {0, 0, 0x80, 0x800, 0x10000};
+  if (cp < kMin[len] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
+  return len;
+}
+
 // The regexes text is split by before merging (each piece is merged on its own):
 //   gpt2   '(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
 //          (tiktoken's r50k_base, and tokenizer.json's ByteLevel with use_regex)

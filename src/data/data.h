@@ -23,11 +23,6 @@ inline constexpr int kShardHeaderInts = 256;
 // Writes tokens as one shard (uint16 when every id fits, else uint32), atomically.
 void write_shard(const std::string& path, const std::vector<uint32_t>& tokens);
 
-// A shard's checksum: FNV-1a over its body's 8-byte little-endian words, then the tail's bytes
-// (each step a bijection of the state, so one flipped bit always changes it). Continues from h
-// when every earlier part had a multiple of 8 bytes.
-inline constexpr uint64_t kChecksumStart = 1469598103934665603ull;
-uint64_t shard_checksum(const void* data, size_t bytes, uint64_t h = kChecksumStart);
 
 // A shard written as its tokens come: to "<path>.tmp", the header patched and the file flushed,
 // checked and renamed by finish(); destroyed unfinished (an error, a full disk), nothing is left.

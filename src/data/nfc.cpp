@@ -7,7 +7,7 @@
 #include <algorithm>
 #include <iterator>
 
-#include "data/data.h"
+#include "data/bpe.h"
 
 namespace frugal {
 
@@ -62,22 +62,6 @@ uint32_t compose(uint32_t a, uint32_t b) {
                                return p.first != k.first ? p.first < k.first : p.second < k.second;
                              });
   return it != std::end(kNfcPairs) && it->first == a && it->second == b ? it->composite : 0;
-}
-
-// The code point at s[i] (n bytes in all) and its length; 0 if the bytes there are not UTF-8.
-size_t utf8_at(const unsigned char* s, size_t i, size_t n, uint32_t& cp) {
-  unsigned char c = s[i];
-  if (c < 0x80) { cp = c; return 1; }
-  size_t len = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 0;
-  if (len == 0 || c > 0xF4 || i + len > n) return 0;
-  cp = c & (0x7F >> len);
-  for (size_t k = 1; k < len; k++) {
-    if ((s[i + k] & 0xC0) != 0x80) return 0;
-    cp = cp << 6 | (s[i + k] & 0x3F);
-  }
-  static constexpr uint32_t kMin[5] = {0, 0, 0x80, 0x800, 0x10000};
-  if (cp < kMin[len] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
-  return len;
 }
 
 void append_utf8(uint32_t cp, std::string& out) {

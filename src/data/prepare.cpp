@@ -24,7 +24,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "data/data.h"
+#include "data/bpe.h"
 
 namespace frugal {
 
@@ -288,15 +288,10 @@ class PieceReader {
 };
 
 bool valid_utf8(const char* s, size_t n) {
-  for (size_t i = 0; i < n;) {
-    unsigned char c = s[i];
-    if (c < 0x80) { i++; continue; }
-    size_t len = (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 0;
-    if (len == 0 || c == 0xC0 || c == 0xC1 || c > 0xF4 || i + len > n) return false;
-    for (size_t k = 1; k < len; k++)
-      if ((uint8_t(s[i + k]) & 0xC0) != 0x80) return false;
-    i += len;
-  }
+  const auto* u = reinterpret_cast<const unsigned char*>(s);
+  uint32_t cp;
+  for (size_t i = 0, len; i < n; i += len)
+    if (!(len = utf8_at(u, i, n, cp))) return false;
   return true;
 }
 

@@ -35,18 +35,6 @@ void write_shard(const std::string& path, const std::vector<uint32_t>& tokens) {
   write_file_atomic(path, buf.data(), buf.size());
 }
 
-uint64_t shard_checksum(const void* data, size_t bytes, uint64_t h) {
-  const auto* p = static_cast<const unsigned char*>(data);
-  uint64_t w;
-  size_t i = 0;
-  for (; i + 8 <= bytes; i += 8) {
-    std::memcpy(&w, p + i, 8);
-    h = (h ^ w) * 1099511628211ull;
-  }
-  for (; i < bytes; i++) h = (h ^ p[i]) * 1099511628211ull;
-  return h;
-}
-
 static constexpr size_t kShardHeaderBytes = kShardHeaderInts * sizeof(int32_t);
 static constexpr size_t kWriterBufTokens = 1 << 16;  // a multiple of 8 bytes at either width
 
@@ -75,7 +63,7 @@ void ShardWriter::append(const uint32_t* tokens, size_t n) {
 
 void ShardWriter::flush() {
   const size_t bytes = used_ * (wide_ ? 4 : 2);
-  sum_ = shard_checksum(buf_.data(), bytes, sum_);
+  sum_ = checksum(buf_.data(), bytes, sum_);
   if (file_) file_->write(buf_.data(), bytes);
   used_ = 0;
 }
@@ -142,7 +130,7 @@ TokenShard::TokenShard(const std::string& path, int64_t vocab_size) : path_(path
     const int64_t want = (*e)["tokens"].get<int64_t>();
     if (want != n_)
       user_error("{}: {} tokens, but the manifest lists {} (the shard is damaged: prepare it again)", path, n_, want);
-    const std::string sum = fmt::format("{:016x}", shard_checksum(body, bytes - hdr));
+    const std::string sum = fmt::format("{:016x}", checksum(body, bytes - hdr));
     if (sum != (*e)["checksum"].get<std::string>())
       user_error("{}: checksum {}, but the manifest lists {} (the shard is corrupt: prepare it again)", path, sum,
                  (*e)["checksum"].get<std::string>());

@@ -135,9 +135,8 @@ void Model::lora_forward(int l, float* Tensors::*weight, const void* x, void* y,
   const int64_t r = cfg_.lora.rank, width = out_width(cfg_, weight);
   const size_t es = dtype_size(dt_);
   void* h = lora_ws_.data();
-  const std::vector<LoraSite>& sites = sites_;
-  for (size_t k = 0; k < sites.size(); k++) {
-    const LoraSite& s = sites[k];
+  for (size_t k = 0; k < sites_.size(); k++) {
+    const LoraSite& s = sites_[k];
     if (s.weight != weight) continue;
     be_.matmul(false, true, BT, r, s.in, lora_input(l, k, x, BT), s.in, lw(a, a.specs[2 * k]), s.in, h, r, dt_, dt_,
                nullptr, false);
@@ -154,9 +153,8 @@ void Model::lora_backward(int l, float* Tensors::*weight, const void* x, const v
   const size_t es = dtype_size(dt_);
   std::byte* h = lora_ws_.data();
   std::byte* dh = h + BT * r * int64_t(es);  // one (BT, r) per site of this layer, kept for backward_input
-  const std::vector<LoraSite>& sites = sites_;
-  for (size_t k = 0; k < sites.size(); k++) {
-    const LoraSite& s = sites[k];
+  for (size_t k = 0; k < sites_.size(); k++) {
+    const LoraSite& s = sites_[k];
     if (s.weight != weight) continue;
     const ParamSpec &A = a.specs[2 * k], &B = a.specs[2 * k + 1];
     const std::byte* dys = static_cast<const std::byte*>(dy) + s.row0 * int64_t(es);
@@ -177,9 +175,8 @@ void Model::lora_backward_input(int l, float* Tensors::*weight, void* dx, int64_
   const int64_t r = cfg_.lora.rank;
   const size_t es = dtype_size(dt_);
   const std::byte* dh = lora_ws_.data() + BT * r * int64_t(es);
-  const std::vector<LoraSite>& sites = sites_;
-  for (size_t k = 0; k < sites.size(); k++) {
-    const LoraSite& s = sites[k];
+  for (size_t k = 0; k < sites_.size(); k++) {
+    const LoraSite& s = sites_[k];
     if (s.weight != weight) continue;
     if (dropout_on_) {  // dx += mask (dh A) / (1 - p)
       be_.matmul(false, false, BT, s.in, r, dh, r, lw(a, a.specs[2 * k]), s.in, dropout_ws_.data(), s.in, dt_, dt_, nullptr, false);

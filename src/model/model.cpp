@@ -243,10 +243,11 @@ void Model::read_param(const Named& n, float* host) {
   const Unit& u = units_[n.unit];
   if (!u.qv.empty()) {  // each part dequantized from the backend's copy
     for (const QuantView& v : u.qv[size_t(n.spec - u.specs.data())]) {
-      QuantTensor t{v.format, v.rows, v.cols, std::vector<uint8_t>(size_t(v.format == QuantFormat::nf4 ? (v.n() + 1) / 2 : v.n())),
-                    std::vector<uint8_t>(v.absmax ? size_t((v.n() + kQuantBlock - 1) / kQuantBlock) : 0), {}, v.offset};
+      const bool nf4 = v.format == QuantFormat::nf4;
       const int64_t nb = (v.n() + kQuantBlock - 1) / kQuantBlock;
-      t.scale.resize(size_t(v.format == QuantFormat::nf4 ? (nb + kNf4Block2 - 1) / kNf4Block2 : nb));
+      QuantTensor t{v.format, v.rows, v.cols, std::vector<uint8_t>(size_t(nf4 ? (v.n() + 1) / 2 : v.n())),
+                    std::vector<uint8_t>(size_t(nf4 ? nb : 0)),
+                    std::vector<float>(size_t(nf4 ? (nb + kNf4Block2 - 1) / kNf4Block2 : nb)), v.offset};
       be_.copy(t.q.data(), v.q, t.q.size());
       if (v.absmax) be_.copy(t.absmax.data(), v.absmax, t.absmax.size());
       be_.copy(t.scale.data(), v.scale, t.scale.size() * sizeof(float));

@@ -59,20 +59,6 @@ void remove_dir(const fs::path& p) {
   if (ec) user_error("{}: cannot remove: {}", p.string(), ec.message());
 }
 
-// A checksum of n bytes: FNV-1a over 8-byte words (then the tail's bytes). Each step is a
-// bijection of the state, so one changed word, a flipped bit say, always changes the sum.
-uint64_t checksum(const void* data, size_t n) {
-  const auto* p = static_cast<const unsigned char*>(data);
-  uint64_t h = 1469598103934665603ull, w;
-  size_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    std::memcpy(&w, p + i, 8);
-    h = (h ^ w) * 1099511628211ull;
-  }
-  for (; i < n; i++) h = (h ^ p[i]) * 1099511628211ull;
-  return h;
-}
-
 json read_state(const std::string& dir) {
   const std::string path = dir + "/state.json";
   std::ifstream in(path);
