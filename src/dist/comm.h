@@ -69,6 +69,14 @@ std::unique_ptr<Comm> make_nccl_comm(std::unique_ptr<Comm> bootstrap, double tim
 // Ends every rank after a fatal error on this one (MPI_Abort under MPI, exit otherwise).
 [[noreturn]] void abort_world(int code);
 
+// How many ranks of this job share this host (the memory preflight's multiplier), from the
+// launcher's environment, read in every build (local_comm.cpp): under mpirun
+// OMPI_COMM_WORLD_LOCAL_SIZE; under srun this node's entry (SLURM_NODEID) of
+// SLURM_STEP_TASKS_PER_NODE, else SLURM_TASKS_PER_NODE (Slurm's "2(x3),1": 2 tasks on each of
+// nodes 0-2, 1 on node 3), else SLURM_NTASKS_PER_NODE; 1 without a launcher. A malformed value
+// is a UserError naming the variable and the form expected.
+int ranks_on_this_host();
+
 // ---- data-parallel strategies (sharding.cpp) -----------------------------------------------
 // dist.strategy. Every sharded one splits the 2-D weights of each unit into equal slices, one
 // per rank (padded to divide evenly); the small 1-D tail (norms, biases, ~0.1 % of the

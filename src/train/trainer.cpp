@@ -127,8 +127,7 @@ static bool progress_bar_wanted() {
 static void preflight(const RunConfig& cfg, const Plan& forecast, int world, const Backend& be) {
   if (!cfg.memory.preflight) return;
   std::string source = "free device memory";
-  const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
-  const int64_t on_host = be.gpu() || !local ? 1 : std::max(1, std::atoi(local));
+  const int64_t on_host = be.gpu() ? 1 : ranks_on_this_host();  // mpirun's or srun's count
   const int64_t available = be.gpu() ? be.memory_available() : host_memory_available(source);
   const int64_t need = int64_t(forecast.memory.total()) * on_host;
   if (available <= 0 || need <= available) return;
