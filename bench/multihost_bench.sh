@@ -6,6 +6,8 @@
 # catalogue entry whose network_bandwidth is the link's rate and whose MFU is calibrated on the
 # single process at the same per-rank batch, measured in the same run; exposed communication
 # measured = the 2-host step - the single process's step, predicted = the plan's exposed_comm_s.
+# Each "host" has one CPU of this machine (netns_mpirun: host i's rank on CPU i, one OpenMP thread),
+# and the single process runs as one host would: one thread on one CPU.
 # Needs root. Usage: flock /tmp/frugal-cpu.lock bench/multihost_bench.sh [FRUGAL] [RATES] [STEPS]
 F=$(realpath "${1:-build/frugal}")
 rates=${2:-"1gbit 5gbit"}
@@ -17,7 +19,7 @@ netns_up 2
 A="--config=$root/configs/small.toml --precision.compute=fp32 --train.seq_len=64 --train.micro_batch=1 --train.steps=$steps --train.eval_every=0 --train.eval_batches=1 --run.log_every=1000 --run.checkpoint_every=0 --data.train=data/train_*.bin --data.val=data/val_*.bin"
 median() { /usr/bin/python3 -c "import json,statistics,sys; r=[json.loads(l) for l in open(sys.argv[1]+'/metrics.jsonl')][1:]; print(statistics.median(x[sys.argv[2]] for x in r) / 1e3)" "$@"; }
 
-"$F" train $A --train.batch_tokens=64 --run.dir=one >/dev/null || fail "single process"
+taskset -c "${FRUGAL_NETNS_CPUS%% *}" "$F" train $A --train.batch_tokens=64 --run.dir=one >/dev/null || fail "single process"
 one=$(median one step_ms)
 mfu=$("$F" plan --calibrate one --json | /usr/bin/python3 -c "import json,sys; print(json.load(sys.stdin)['mfu'])")
 printf "single process: %.1f ms/step, MFU %.1f%%\n" "$(bc -l <<<"$one * 1000")" "$(bc -l <<<"$mfu * 100")"

@@ -2,7 +2,8 @@
 // micro-batches). Reducing in bf16 halves the bytes on the wire but adds a cast down before
 // and a cast up after, and needs a user-defined MPI_Op (sum in fp32, round to nearest even).
 // This times both for a buffer of N fp32 gradients, median of 7 runs, in the same process, and
-// zero2/zero3's reduce-scatter both ways: an all-reduce and a slice, or MPI_Reduce_scatter_block.
+// zero2/zero3's reduce-scatter both ways (an all-reduce and a slice, or MPI_Reduce_scatter_block),
+// and an all-gather of it (zero3's parameter gathers).
 //   mpirun -np 2 ./build/bench/reduce_bench [millions of elements, default 25]
 #include <mpi.h>
 
@@ -27,7 +28,7 @@ int main(int argc, char** argv) {
   MPI_Init(&argc, &argv);
   int rank = 0;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  const int64_t n = int64_t(argc > 1 ? std::atof(argv[1]) : 25.0) * 1000000;
+  const int64_t n = int64_t((argc > 1 ? std::atof(argv[1]) : 25.0) * 1e6);
   std::vector<float> g(static_cast<size_t>(n), 1e-3f * float(rank + 1));
   std::vector<uint16_t> h(static_cast<size_t>(n));
   MPI_Op op;
@@ -62,11 +63,17 @@ int main(int argc, char** argv) {
   double rsb = time([&] {
     MPI_Reduce_scatter_block(g.data(), out.data(), int(len), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
   });
+  // ZeRO-3's parameter gathers and zero1/zero2's gather after the optimizer: each rank's slice
+  // of the same buffer to every rank
+  double ag = time([&] {
+    MPI_Allgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, g.data(), int(len), MPI_FLOAT, MPI_COMM_WORLD);
+  });
   if (rank == 0) {
-    std::printf("all-reduce of %.0f M fp32 gradients: fp32 %.1f ms, bf16 (cast + custom op + cast) %.1f ms: "
+    std::printf("all-reduce of %.2f M fp32 gradients: fp32 %.1f ms, bf16 (cast + custom op + cast) %.1f ms: "
                 "bf16 / fp32 = %.2fx time\n", n / 1e6, f32 * 1e3, b16 * 1e3, b16 / f32);
     std::printf("reduce-scatter over %d ranks: all-reduce + slice %.1f ms, MPI_Reduce_scatter_block %.1f ms: "
                 "block / all-reduce = %.2fx time\n", world, ar_slice * 1e3, rsb * 1e3, rsb / ar_slice);
+    std::printf("all-gather of the same buffer (in place): %.1f ms\n", ag * 1e3);
   }
   MPI_Op_free(&op);
   MPI_Finalize();

@@ -169,9 +169,10 @@ Plan make_plan(const PlanSettings& s) {
   // CPU ranks talk through MpiComm, whose reduce-scatter is an all-reduce (twice a ring
   // reduce-scatter's bytes), and zero1/zero2 then gather the updated fp32 parameters after the
   // optimizer, where no backward hides it. Across hosts OpenMPI 4.1's collectives over TCP move
-  // data at half the link's rate: measured on a throttled 1 Gb/s link, a 44 MB fp32 all-reduce
-  // between 2 hosts takes 2x the ring's time while TCP itself fills the link both ways
-  // (bench/RESULTS.md, issue 24).
+  // data at half the link's rate in the pattern the strategies use (one collective per unit,
+  // back to back): measured between 2 hosts with a CPU each (tc tbf at 1 and 5 Gb/s), 6 unit-sized
+  // (7 MB) fp32 all-reduces or all-gathers in a row reach 0.51-0.55 of the link, while TCP itself
+  // fills it both ways (bench/RESULTS.md, issue 24).
   const bool zero3 = StrategyPolicy::of(s.strategy).shard_params, mpi = !s.device.gpu;
   const bool gather_after = mpi && !zero3 && StrategyPolicy::of(s.strategy).shard_optimizer;
   const double N = s.devices, psi = double(c.num_trainable_params()), rs = mpi ? 2.0 : 1.0;

@@ -9,6 +9,8 @@ netns_skip() { echo "SKIP: $*"; exit 77; }
 [ "$(id -u)" = 0 ] || netns_skip "multi-host tests need root (network namespaces)"
 command -v ip >/dev/null || netns_skip "no ip command (iproute2)"
 export FRUGAL_NETNS=fn$$ dir  # dir: the scratch directory, where each host's TMPDIR is (netns_agent.sh)
+# the CPUs this test may use, host i's being the (i mod count)-th (netns_mpirun, netns_agent.sh)
+export FRUGAL_NETNS_CPUS="$(/usr/bin/python3 -c 'import os; print(*sorted(os.sched_getaffinity(0)))')"
 netns_agent="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/netns_agent.sh"
 ip netns add "${FRUGAL_NETNS}br" 2>/dev/null || netns_skip "ip netns add fails here (no network namespaces)"
 netns_hosts=0
@@ -85,9 +87,13 @@ netns_mpirun() {
   # each host a TMPDIR of its own (netns_agent.sh): the hosts share one hostname, and OpenMPI's
   # daemons name their session directories by hostname and job, so on a shared /tmp one of a 4-host
   # job's daemons could lose its directory and the launch waited forever (seen 1 run in 3 to 7)
+  # Each host its own CPU, as real hosts have: host i's daemon (mpirun itself on host 0, orted on
+  # the others, netns_agent.sh) runs on the (i mod count)-th of FRUGAL_NETNS_CPUS, and its ranks
+  # inherit that (--bind-to none). OpenMPI's default binding (np <= 2: to a core) put every rank on CPU 0: each
+  # daemon thinks it has the machine to itself and binds its first rank to its first core.
   mkdir -p "$dir/ompi-h0"
   OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 TMPDIR="$dir/ompi-h0" ip netns exec "${FRUGAL_NETNS}h0" \
-    mpirun --hostfile hostfile -np "$np" --map-by slot --oversubscribe \
+    taskset -c "${FRUGAL_NETNS_CPUS%% *}" mpirun --hostfile hostfile -np "$np" --map-by slot --oversubscribe --bind-to none \
     --mca plm_rsh_agent "$netns_agent" --mca plm_rsh_no_tree_spawn 1 \
     --mca btl tcp,self --mca btl_tcp_if_include 10.99.0.0/24 --mca oob_tcp_if_include 10.99.0.0/24 \
     -x OMP_NUM_THREADS "$@"

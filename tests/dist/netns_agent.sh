@@ -6,5 +6,7 @@ host=$1
 shift
 [ -n "${FRUGAL_NETNS:-}" ] || { echo "netns_agent.sh: FRUGAL_NETNS is not set (use netns.sh's netns_mpirun)" >&2; exit 2; }
 h=$(( ${host##*.} - 1 ))
-# each host its own TMPDIR (see netns_mpirun)
-mkdir -p "$dir/ompi-h$h" && exec ip netns exec "${FRUGAL_NETNS}h$h" env TMPDIR="$dir/ompi-h$h" /bin/sh -c "$*"
+# each host its own TMPDIR, and its own CPU: the (h mod count)-th of FRUGAL_NETNS_CPUS (see netns_mpirun)
+cpus=(${FRUGAL_NETNS_CPUS:-0})
+mkdir -p "$dir/ompi-h$h" &&
+  exec ip netns exec "${FRUGAL_NETNS}h$h" taskset -c "${cpus[h % ${#cpus[@]}]}" env TMPDIR="$dir/ompi-h$h" /bin/sh -c "$*"
