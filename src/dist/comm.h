@@ -45,6 +45,9 @@ class Comm {
   virtual void barrier() = 0;
   // The training step now running (1-based), which a hung collective's message names.
   virtual void set_step(int step) {}
+  // A point of the compute thread's work (e.g. "backward begin", unit u) for the trace that
+  // MpiComm keeps when FRUGAL_COMM_TRACE is set; a no-op otherwise.
+  virtual void mark(const char* what, int unit) {}
 };
 
 // A world of one process: every collective is a copy (or nothing) and completes at once.
@@ -57,6 +60,9 @@ std::unique_ptr<Comm> make_local_comm();
 // mpi_yield_when_idle, unless set otherwise) instead of spinning on its rank's compute core.
 // gpu: the buffers are device buffers; under mpirun, NCCL (one GPU per rank, chosen by the
 // node-local rank, which becomes the current device), MPI only to exchange NCCL's unique id.
+// FRUGAL_COMM_TRACE=prefix (MPI): each rank writes prefix.<rank>.tsv at exit, one line per
+// collective (name, bytes this rank sends into it, when posted, started and ended, and the
+// communication thread's CPU time in it) and per mark(), times in ns of one steady clock.
 // timeout_s (dist.timeout): no collective waits longer; past it every rank that can still
 // speak names the collective, the step and the ranks that did not answer, and the job ends
 // (MPI_Abort) instead of hanging.

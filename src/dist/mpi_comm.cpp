@@ -15,6 +15,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <time.h>
 #include <vector>
 
 #include "core/core.h"
@@ -56,6 +57,20 @@ class MpiComm final : public Comm {
     // on 2 cores, 2 ranks: the tiny model's sharded strategies went from 0.46-0.85x of the
     // single process to 0.91-1.03x (bench/RESULTS.md); with a core to spare it costs nothing.
     setenv("OMPI_MCA_mpi_yield_when_idle", "1", 0);
+    // Across hosts over TCP, OpenMPI 4.1's defaults ran a 2-rank job's unit-sized collectives
+    // one direction after the other, at half the link: its fixed rules pick an all-reduce that
+    // does not send both ways at once, and with the kernel's autotuned send buffer (up to 4 MB) a
+    // rank's rendezvous reply queues behind megabytes of its own data on the one connection
+    // between the two ranks (FRUGAL_COMM_TRACE: bench/RESULTS.md, issue 24). For 2 ranks,
+    // recursive doubling (one exchange of the whole buffer, both ways at once: the bytes of a
+    // ring) and a 128 KB send buffer (OpenMPI's own default before 4.1) reach the link: 7 MB
+    // all-reduces back to back at 1 Gb/s in 60 ms instead of 110. The user's settings win.
+    setenv("OMPI_MCA_btl_tcp_sndbuf", "131072", 0);
+    if (const char* n = std::getenv("OMPI_COMM_WORLD_SIZE"); n && std::string(n) == "2" &&
+        !std::getenv("OMPI_MCA_coll_tuned_use_dynamic_rules")) {
+      setenv("OMPI_MCA_coll_tuned_use_dynamic_rules", "1", 0);
+      setenv("OMPI_MCA_coll_tuned_allreduce_algorithm", "3", 0);  // recursive doubling
+    }
     int provided = 0;
     mpi_check(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &provided), "MPI_Init_thread");
     if (provided < MPI_THREAD_MULTIPLE) {
@@ -79,13 +94,20 @@ class MpiComm final : public Comm {
     cv_watch_.notify_one();
     thread_.join();
     watchdog_.join();
+    if (trace_) write_trace();
     MPI_Comm_free(&probe_);
     MPI_Op_free(&sum_bf16_);
     MPI_Finalize();
   }
   int rank() const override { return rank_; }
   int size() const override { return size_; }
-  void set_step(int step) override { step_ = step; }
+  void set_step(int step) override {
+    step_ = step;
+    if (trace_) mark("step", step);
+  }
+  void mark(const char* what, int unit) override {
+    if (trace_) record({what, unit, 0, 0, now_ns(), now_ns(), 0});
+  }
 
   std::unique_ptr<Work> all_reduce(float* buf, int64_t n, ReduceOp op) override {
     return post("MPI_Allreduce", [=, this] {
@@ -93,7 +115,7 @@ class MpiComm final : public Comm {
                               MPI_COMM_WORLD), "MPI_Allreduce");
       if (op == ReduceOp::avg)
         for (int64_t i = 0; i < n; i++) buf[i] /= float(size_);
-    });
+    }, 4 * n);
   }
   std::unique_ptr<Work> all_reduce_bf16(float* buf, uint16_t* scratch, int64_t n) override {
     return post("MPI_Allreduce (bf16)", [=, this] {
@@ -101,7 +123,7 @@ class MpiComm final : public Comm {
       for (int64_t i = 0; i < n; i++) h[i] = from_f32<bf16>(buf[i]);
       mpi_check(MPI_Allreduce(MPI_IN_PLACE, h, int(n), MPI_UINT16_T, sum_bf16_, MPI_COMM_WORLD), "MPI_Allreduce");
       for (int64_t i = 0; i < n; i++) buf[i] = to_f32(h[i]);
-    });
+    }, 2 * n);
   }
   std::unique_ptr<Work> reduce_scatter(float* in, float* out, int64_t n, ReduceOp op) override {
     // An in-place all-reduce, then this rank's slice: MPI_Reduce_scatter_block moves half the
@@ -112,12 +134,12 @@ class MpiComm final : public Comm {
       const float* mine = in + int64_t(rank_) * n;
       const float k = op == ReduceOp::avg ? 1.0f / float(size_) : 1.0f;
       for (int64_t i = 0; i < n; i++) out[i] = mine[i] * k;
-    });
+    }, 4 * n * size_);
   }
   std::unique_ptr<Work> all_gather(const float* in, float* out, int64_t n) override {
     return post("MPI_Allgather", [=] {
       mpi_check(MPI_Allgather(in, int(n), MPI_FLOAT, out, int(n), MPI_FLOAT, MPI_COMM_WORLD), "MPI_Allgather");
-    });
+    }, 4 * n);
   }
   std::unique_ptr<Work> all_gather_inplace(void* buf, int64_t total, int64_t slice, int elem_bytes) override {
     return post("MPI_Allgatherv", [=, this] {
@@ -130,7 +152,7 @@ class MpiComm final : public Comm {
       MPI_Datatype type = elem_bytes == 2 ? MPI_UINT16_T : MPI_FLOAT;
       mpi_check(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, counts.data(), displs.data(),
                                type, MPI_COMM_WORLD), "MPI_Allgatherv");
-    });
+    }, (std::min(total, int64_t(rank_ + 1) * slice) - std::min(total, int64_t(rank_) * slice)) * elem_bytes);
   }
   std::unique_ptr<Work> broadcast(float* buf, int64_t n, int root) override {
     return post("MPI_Bcast", [=] { mpi_check(MPI_Bcast(buf, int(n), MPI_FLOAT, root, MPI_COMM_WORLD), "MPI_Bcast"); });
@@ -140,12 +162,15 @@ class MpiComm final : public Comm {
   }
 
  private:
-  std::unique_ptr<Work> post(const char* what, std::function<void()> f) {
+  std::unique_ptr<Work> post(const char* what, std::function<void()> f, int64_t bytes = 0) {
     auto w = std::make_unique<Pending>();
-    std::packaged_task<void()> task([this, what, f = std::move(f)] {
+    const int64_t posted = trace_ ? now_ns() : 0;
+    std::packaged_task<void()> task([this, what, f = std::move(f), bytes, posted] {
       what_ = what;
       started_ns_ = now_ns();
+      const int64_t cpu0 = trace_ ? thread_cpu_ns() : 0;
       f();
+      if (trace_) record({what, -1, bytes, posted, started_ns_, now_ns(), thread_cpu_ns() - cpu0});
       started_ns_ = 0;
       count_++;
     });
@@ -171,6 +196,26 @@ class MpiComm final : public Comm {
     }
   }
 
+  struct Event { const char* what; int unit; int64_t bytes, posted, started, ended, cpu; };
+  void record(const Event& e) {
+    std::lock_guard<std::mutex> lk(trace_mu_);
+    events_.push_back(e);
+  }
+  void write_trace() {
+    const std::string path = std::string(std::getenv("FRUGAL_COMM_TRACE")) + "." + std::to_string(rank_) + ".tsv";
+    FILE* f = std::fopen(path.c_str(), "w");
+    if (!f) return;
+    std::fprintf(f, "what\tunit\tbytes\tposted_ns\tstarted_ns\tended_ns\tcpu_ns\n");
+    for (const Event& e : events_)
+      std::fprintf(f, "%s\t%d\t%lld\t%lld\t%lld\t%lld\t%lld\n", e.what, e.unit, (long long)e.bytes, (long long)e.posted,
+                   (long long)e.started, (long long)e.ended, (long long)e.cpu);
+    std::fclose(f);
+  }
+  static int64_t thread_cpu_ns() {
+    timespec ts{};
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return int64_t(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+  }
   static int64_t now_ns() {
     return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
   }
@@ -233,6 +278,9 @@ class MpiComm final : public Comm {
   std::condition_variable cv_;
   std::deque<std::packaged_task<void()>> queue_;
   bool stop_ = false;
+  const bool trace_ = std::getenv("FRUGAL_COMM_TRACE") != nullptr;  // FRUGAL_COMM_TRACE: make_comm's comment
+  std::mutex trace_mu_;
+  std::vector<Event> events_;
 };
 
 bool launched_by_mpi() {

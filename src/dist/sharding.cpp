@@ -369,8 +369,10 @@ void Shards::grads_end(size_t i, bool last_micro) {
 
 void Shards::fold(GradBuf& b) {
   auto t0 = clock::now();
+  comm_.mark("fold wait", b.unit);
   if (b.rs) b.rs->wait();
   if (b.ar) b.ar->wait();
+  comm_.mark("fold waited", b.unit);
   wait_s_ += since(t0);
   b.rs.reset();
   b.ar.reset();

@@ -168,11 +168,10 @@ Plan make_plan(const PlanSettings& s) {
   // ZeRO-3 gathers the frozen base too, as it is stored (compute dtype, or nf4/int8).
   // CPU ranks talk through MpiComm, whose reduce-scatter is an all-reduce (twice a ring
   // reduce-scatter's bytes), and zero1/zero2 then gather the updated fp32 parameters after the
-  // optimizer, where no backward hides it. Across hosts OpenMPI 4.1's collectives over TCP move
-  // data at half the link's rate in the pattern the strategies use (one collective per unit,
-  // back to back): measured between 2 hosts with a CPU each (tc tbf at 1 and 5 Gb/s), 6 unit-sized
-  // (7 MB) fp32 all-reduces or all-gathers in a row reach 0.51-0.55 of the link, while TCP itself
-  // fills it both ways (bench/RESULTS.md, issue 24).
+  // optimizer, where no backward hides it. Across hosts its collectives move data at the link's
+  // rate: traced per collective between 2 hosts with a CPU each (tc tbf at 1 and 5 Gb/s), a
+  // unit's 7 MB all-reduce takes 60 ms at 1 Gb/s (0.95 of the link) and 14.5 ms at 5 Gb/s (0.78)
+  // with MpiComm's transport settings (bench/RESULTS.md, issue 24).
   const bool zero3 = StrategyPolicy::of(s.strategy).shard_params, mpi = !s.device.gpu;
   const bool gather_after = mpi && !zero3 && StrategyPolicy::of(s.strategy).shard_optimizer;
   const double N = s.devices, psi = double(c.num_trainable_params()), rs = mpi ? 2.0 : 1.0;
@@ -184,14 +183,20 @@ Plan make_plan(const PlanSettings& s) {
   const double gather_bytes = N > 1 && gather_after ? 4 * psi * (N - 1) / N : 0;
   p.comm_bytes = (N > 1 ? (zero3 ? p.accum * per_micro : 2 * psi * double(dtype_size(s.reduce))) * (N - 1) / N : 0) + gather_bytes;
   const bool network = s.devices > s.device.node_size;
-  p.bandwidth = (network ? s.device.network_bandwidth : s.device.link_bandwidth) * (network && mpi ? 0.5 : 1.0);
+  p.bandwidth = network ? s.device.network_bandwidth : s.device.link_bandwidth;
   p.comm_s = p.comm_bytes > 0 ? p.comm_bytes / p.bandwidth : 0.0;  // a device not in the catalogue: bandwidth 0
   // Overlap: reductions run behind the last micro-batch's backward (2/3 of its compute), ZeRO-3's
   // gathers behind each micro-batch's forward and backward; the last unit's transfer is never
-  // hidden, nor zero1/zero2's gather after the optimizer on MPI.
+  // hidden, nor zero1/zero2's gather after the optimizer on MPI. CPU ranks hide nothing: the
+  // compute thread's OpenMP threads hold every core, and MpiComm's communication thread, which
+  // yields while it waits, gets one only when compute waits too. Traced at 1 and 5 Gb/s, the one
+  // all-reduce that runs while backward computes is stretched by nearly the backward's length
+  // (by 18 of 24 ms and 20 of 25 ms: its transfer all but stops), then the rest follow at the
+  // link's rate once backward ends (bench/RESULTS.md, issue 24).
   const double units = c.n_layer + 2, after_s = p.comm_bytes > 0 ? gather_bytes / p.bandwidth : 0.0;
   const int rounds = zero3 ? p.accum : 1;  // transfers per step, each behind one micro-batch
-  const double window = (zero3 ? 1.0 : 2.0 / 3.0) * p.compute_s / p.accum, each = (p.comm_s - after_s) / rounds;
+  const double hideable = mpi ? 0.0 : (zero3 ? 1.0 : 2.0 / 3.0);
+  const double window = hideable * p.compute_s / p.accum, each = (p.comm_s - after_s) / rounds;
   p.exposed_comm_s = rounds * (std::max(0.0, each * (1 - 1 / units) - window) + each / units) + after_s;
   p.step_s = p.compute_s + p.exposed_comm_s;
   p.tokens_per_s = double(p.step_tokens) / p.step_s;
@@ -256,9 +261,10 @@ std::string Plan::explain() const {
   o += fmt::format("step: compute {:.1f} ms ({:.3g} FLOP/token at MFU {:.0f}% of {:.4g} TFLOP/s {})", compute_s * 1e3,
                    flops_per_token, 100 * s.mfu, s.device.peak_for(s.compute) / 1e12, dtype_name(s.compute));
   if (s.devices > 1)
-    o += fmt::format(" + communication {:.1f} ms exposed of {:.1f} ms ({} per device over {:.3g} GB/s; "
-                     "assumed hidden behind backward, ZeRO-3 gathers behind forward too, except the last unit)",
-                     exposed_comm_s * 1e3, comm_s * 1e3, human_bytes(comm_bytes), bandwidth / 1e9);
+    o += fmt::format(" + communication {:.1f} ms exposed of {:.1f} ms ({} per device over {:.3g} GB/s; {})",
+                     exposed_comm_s * 1e3, comm_s * 1e3, human_bytes(comm_bytes), bandwidth / 1e9,
+                     s.device.gpu ? "assumed hidden behind backward, ZeRO-3 gathers behind forward too, except the last unit"
+                                  : "CPU ranks: none hidden, compute holds the cores");
   o += fmt::format(" = {:.1f} ms, {:.4g} tokens/s\n", step_s * 1e3, tokens_per_s);
   o += fmt::format("budget: {:.4g} tokens ({:.3g} model FLOPs{}): {} steps, {}", s.tokens, model_flops_per_token * s.tokens,
                    flops_per_token > model_flops_per_token

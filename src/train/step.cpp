@@ -136,7 +136,9 @@ float Stepper::forward_backward(const NextBatch& next) {
     // LoRA's dropout masks: a function of the seed, the micro-batch and the rank (resume draws the same)
     model_.set_dropout(true, (uint64_t(t_.seed) * 0x9e3779b97f4a7c15ULL) ^ (uint64_t(updates_) * accum_ + k) ^
                                  (uint64_t(comm_.rank()) << 48));
+    comm_.mark("forward", -1);
     forward(in);
+    comm_.mark("head", -1);
     shards_.grads_begin(head);
     shards_.grads_begin(final_unit);
     if (L > 0) on_block(L - 1, &Shards::prefetch);  // the last block, for its backward
@@ -153,13 +155,16 @@ float Stepper::forward_backward(const NextBatch& next) {
       if (adapter != Model::npos) shards_.grads_begin(adapter);
       // full recompute: re-run the block's forward from its kept input, then its backward
       if (model_.recompute(l) == Recompute::full) model_.block_forward(l, B, T, true);
+      comm_.mark("backward begin", l);
       model_.block_backward(l, B, T);
+      comm_.mark("backward end", l);
       shards_.grads_end(u, last);
       if (adapter != Model::npos) shards_.grads_end(adapter, last);
       on_block(l, &Shards::release);
     }
     if (head != emb) shards_.grads_begin(emb);
     model_.embed_backward(in, B, T);
+    comm_.mark("embed backward end", -1);
     shards_.grads_end(emb, last);
     // zero3 frees its gradient buffers before the next micro-batch (their peak stays that of
     // one backward); zero2 and yafsdp keep theirs and fold them on reuse
@@ -167,6 +172,7 @@ float Stepper::forward_backward(const NextBatch& next) {
   }
   model_.set_dropout(false);
   comm_wait_s_ = wait + shards_.finish();
+  comm_.mark("finished", -1);
   float loss_buf[1] = {float(loss_sum)};
   comm_.all_reduce(loss_buf, 1, ReduceOp::sum)->wait();
   return float(double(loss_buf[0]) / double(global_tokens));
@@ -193,8 +199,11 @@ StepStats Stepper::step(int step, const NextBatch& next) {
   // clip / (norm + 1e-6) when that is below 1).
   double coef = 1.0 / st.loss_scale;
   if (t_.grad_clip > 0.0) coef *= std::min(1.0, t_.grad_clip / (st.grad_norm + 1e-6));
+  comm_.mark("optimizer", -1);
   opt_.update(model_, be_, t_, st.lr, ++updates_, float(coef));
+  comm_.mark("after update", -1);
   shards_.after_update();
+  comm_.mark("updated", -1);
   return st;
 }
 
