@@ -278,10 +278,10 @@ struct MemoryEstimate {
   std::array<size_t, num_mem> bytes{};
   size_t total() const;
 };
-// Rows of logits (in dt) per lm-head chunk, never the full (BT, Vp): 32 MiB of them on a CPU,
-// 256 MiB on a GPU, where the head's GEMMs want many rows. Every chunk reads and writes all of
-// dwte once (154 MiB in fp32 at gpt2's vocabulary): gpt2 bf16 at B=16, T=1024 takes 7 chunks on
-// a GPU; at B=1 on a CPU, 4.
+// Rows of logits (in dt) per lm-head chunk, never the full (BT, Vp): at most 64 MiB of them on a
+// CPU, in a power of two rows; 256 MiB on a GPU, where the head's GEMMs want many rows. Every
+// chunk reads and writes all of dwte once (154 MiB in fp32 at gpt2's vocabulary): gpt2 bf16 at
+// B=16, T=1024 takes 7 chunks on a GPU; at B=1 on a CPU, 2 of 512 rows.
 int64_t lm_head_rows(int64_t BT, int64_t Vp, DType dt, bool gpu);
 // What the model itself allocates for micro-batches of (B, T) under a recompute plan, on a GPU
 // backend (its lm-head chunks and Mem::runtime) or the CPU's: activations, workspace and the
