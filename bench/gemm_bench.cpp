@@ -23,6 +23,15 @@ using namespace dnnl;
 
 struct Shape { const char* name; const char* op; bool ta, tb; int64_t M, N, K; };
 
+static matmul::primitive_desc matmul_pd(const engine& eng, const memory::desc& a, const memory::desc& b,
+                                        const memory::desc& c) {
+#if DNNL_VERSION_MAJOR >= 3
+  return matmul::primitive_desc(eng, a, b, c);
+#else
+  return matmul::primitive_desc(matmul::desc(a, b, c), eng);
+#endif
+}
+
 static double now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
@@ -82,7 +91,7 @@ int main(int argc, char** argv) {
     memory::desc ad({s.M, s.K}, memory::data_type::f32, s.ta ? memory::format_tag::ba : memory::format_tag::ab);
     memory::desc bd({s.K, s.N}, memory::data_type::f32, s.tb ? memory::format_tag::ba : memory::format_tag::ab);
     memory::desc cd({s.M, s.N}, memory::data_type::f32, memory::format_tag::ab);
-    matmul prim(matmul::primitive_desc(matmul::desc(ad, bd, cd), eng));  // oneDNN 2.x API
+    matmul prim(matmul_pd(eng, ad, bd, cd));
     memory am(ad, eng, A.data()), bm(bd, eng, B.data()), cm(cd, eng, C2.data());
     auto run_matmul = [&] {
       prim.execute(strm, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
@@ -108,8 +117,8 @@ int main(int argc, char** argv) {
     memory::desc ad16({s.M, s.K}, dt::bf16, s.ta ? memory::format_tag::ba : memory::format_tag::ab);
     memory::desc bd16({s.K, s.N}, dt::bf16, s.tb ? memory::format_tag::ba : memory::format_tag::ab);
     memory::desc bany({s.K, s.N}, dt::bf16, memory::format_tag::any);
-    matmul plain(matmul::primitive_desc(matmul::desc(ad16, bd16, cd), eng));
-    auto blocked_pd = matmul::primitive_desc(matmul::desc(ad16, bany, cd), eng);
+    matmul plain(matmul_pd(eng, ad16, bd16, cd));
+    auto blocked_pd = matmul_pd(eng, ad16, bany, cd);
     matmul blocked(blocked_pd);
     memory a16(ad16, eng, A16.data()), b16(bd16, eng, B16.data()), bblk(blocked_pd.weights_desc(), eng);
     auto run_plain = [&] {

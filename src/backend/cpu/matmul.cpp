@@ -11,6 +11,19 @@
 
 namespace frugal {
 
+// A matmul primitive of C = A B (+ bias), in oneDNN 2.x's API (Debian's) or 3.x's (PyPI's).
+static dnnl::matmul::primitive_desc matmul_pd(const dnnl::engine& eng, const dnnl::memory::desc& a,
+                                              const dnnl::memory::desc& b, const dnnl::memory::desc& c,
+                                              const dnnl::memory::desc* bias = nullptr,
+                                              const dnnl::primitive_attr& attr = {}) {
+#if DNNL_VERSION_MAJOR >= 3
+  return bias ? dnnl::matmul::primitive_desc(eng, a, b, *bias, c, attr) : dnnl::matmul::primitive_desc(eng, a, b, c, attr);
+#else
+  auto d = bias ? dnnl::matmul::desc(a, b, *bias, c) : dnnl::matmul::desc(a, b, c);
+  return dnnl::matmul::primitive_desc(d, attr, eng);
+#endif
+}
+
 struct CpuBackend::OneDnn {
   dnnl::engine eng{dnnl::engine::kind::cpu, 0};
   dnnl::stream strm{eng};
@@ -20,7 +33,7 @@ struct CpuBackend::OneDnn {
     using dt = dnnl::memory::data_type;
     const dnnl::memory::desc d({16, 16}, dt::bf16, dnnl::memory::format_tag::ab);
     try {
-      dnnl::matmul::primitive_desc(dnnl::matmul::desc(d, d, d), eng);
+      matmul_pd(eng, d, d, d);
       return true;
     } catch (const dnnl::error&) {
       return false;
@@ -107,8 +120,7 @@ void CpuBackend::matmul(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const
       po.append_sum(1.0f);
       attr.set_post_ops(po);
     }
-    auto d = bias ? matmul::desc(ad, bd, biasd, cd) : matmul::desc(ad, bd, cd);
-    it = dnnl_->cache.emplace(key, dnnl::matmul(matmul::primitive_desc(d, attr, dnnl_->eng))).first;
+    it = dnnl_->cache.emplace(key, dnnl::matmul(matmul_pd(dnnl_->eng, ad, bd, cd, bias ? &biasd : nullptr, attr))).first;
   }
   memory am(ad, dnnl_->eng, const_cast<void*>(A)), bm(bd, dnnl_->eng, const_cast<void*>(B)),
       cm(cd, dnnl_->eng, C);
