@@ -25,9 +25,9 @@ frugal = os.path.abspath(a.frugal)
 with tempfile.TemporaryDirectory() as d:
     run = lambda *args: subprocess.run([frugal, *args], cwd=d, check=True, capture_output=True, text=True).stdout
     run("prepare", "--out", "data")
-    plan = lambda b, mfu: json.loads(run(
+    plan = lambda b, mfu, device: json.loads(run(
         "plan", "--preset", a.preset, "--seq-len", str(a.seq), "--micro-batch", str(b), "--devices", "1",
-        "--device", "cpu-avx512", "--strategy", "ddp", "--precision", a.precision, "--recompute", "none",
+        "--device", device, "--strategy", "ddp", "--precision", a.precision, "--recompute", "none",
         "--tokens", "1e6", "--mfu", str(mfu), "--json"))
     pred, meas, mfus, peak, mem = {b: [] for b in batches}, {b: [] for b in batches}, [], {}, {}
     for r in range(a.rounds):
@@ -40,10 +40,11 @@ with tempfile.TemporaryDirectory() as d:
             meas[b].append(json.loads(run("plan", "--calibrate", rd, "--json"))["step_s"])
             recs = [json.loads(l) for l in open(os.path.join(d, rd, "metrics.jsonl"))]
             peak[b] = max(x["mem_peak"]["total"] for x in recs)
-        mfu = json.loads(open(os.path.join(d, f"r{batches[0]}_{r}", "calibration.json")).read())["mfu"]
+        cal = json.loads(open(os.path.join(d, f"r{batches[0]}_{r}", "calibration.json")).read())
+        mfu = cal["mfu"]  # against the peaks of the run's device: this CPU's catalogue entry
         mfus.append(mfu)
         for b in batches:
-            p = plan(b, mfu)
+            p = plan(b, mfu, cal["device"])
             pred[b].append(p["step_s"])
             mem[b] = p["memory"]["total"]
     med = statistics.median

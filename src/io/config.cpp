@@ -10,6 +10,7 @@
 
 #include "dist/comm.h"
 #include "io/io.h"
+#include "plan/plan.h"
 
 namespace frugal {
 
@@ -376,6 +377,7 @@ RunConfig load_config(const std::string& path, const std::vector<std::string>& o
                c.precision.loss_scale_min, c.precision.loss_scale);
   if (t.beta1 >= 1.0 || t.beta2 >= 1.0)
     user_error("{}: train.beta1 and train.beta2 must be below 1", c.source);
+  resolve_device(c.device, c.source, default_devices_path());
   return c;
 }
 

@@ -72,9 +72,11 @@ struct RunSettings {
 
 struct DeviceSettings {
   std::string backend = "cpu";     // cpu | cuda (built with FRUGAL_CUDA=ON)
-  std::string name = "cpu-avx512";
-  double peak_flops = 231e9;       // fp32: AVX-512 FMA on 2 cores, measured (shared/research/deps.md)
-  double peak_flops_bf16 = 462e9;  // bf16: AVX512-BF16 dot products, twice the fp32 rate (AMX: ~10x)
+  // The catalogue entry (configs/devices.toml) of the start-of-run prediction; "": on the CPU
+  // backend, this CPU's kind (cpu-amx, cpu-avx512 or cpu-avx2, by the ISA its bf16 products use).
+  std::string name;
+  // The dense peaks MFU is measured against; 0: the entry's.
+  double peak_flops = 0, peak_flops_bf16 = 0;
   // The peak MFU is measured against for a compute dtype (fp16 runs through fp32 on CPUs).
   double peak_for(DType d) const { return d == DType::bf16 ? peak_flops_bf16 : peak_flops; }
 };

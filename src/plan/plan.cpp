@@ -43,7 +43,7 @@ std::vector<Device> load_devices(const std::string& path) {
     Device d;
     d.name = std::string(name.str());
     static const std::set<std::string> keys = {"description", "peak_flops", "peak_flops_bf16", "memory", "reserved",
-        "link_bandwidth", "node_size", "network_bandwidth", "price", "mfu", "backend"};
+        "link_bandwidth", "node_size", "network_bandwidth", "price", "mfu", "mfu_bf16", "backend"};
     for (auto& [k, v] : *t)
       if (!keys.count(std::string(k.str())))
         user_error("{}.{}: unknown key (expected one of: {})", where, k.str(), fmt::join(keys, ", "));
@@ -83,6 +83,10 @@ std::vector<Device> load_devices(const std::string& path) {
     d.price = number("price", true);
     d.mfu = number("mfu");
     if (d.mfu > 1) user_error("{}.mfu: expected a fraction in (0, 1], got {}", where, d.mfu);
+    if (t->get("mfu_bf16")) {
+      d.mfu_bf16 = number("mfu_bf16");
+      if (d.mfu_bf16 > 1) user_error("{}.mfu_bf16: expected a fraction in (0, 1], got {}", where, d.mfu_bf16);
+    }
     auto backend = need("backend").value_exact<std::string>();
     if (!backend || (*backend != "cuda" && *backend != "cpu"))
       user_error("{}.backend: expected \"cuda\" or \"cpu\"", where);
@@ -100,6 +104,27 @@ const Device& find_device(const std::vector<Device>& devices, const std::string&
     names.push_back(d.name);
   }
   user_error("{}: unknown device '{}' (known: {})", path, name, fmt::join(names, ", "));
+}
+
+std::string cpu_device_name() {
+  const std::string isa = cpu_bf16_isa();
+  return isa == "amx" ? "cpu-amx" : isa == "avx512_bf16" ? "cpu-avx512" : "cpu-avx2";
+}
+
+void resolve_device(DeviceSettings& d, const std::string& source, const std::string& devices_path) {
+  if (d.name.empty() && d.backend == "cuda")
+    user_error("{}: device.name: the CUDA backend needs the GPU's entry in {} (e.g. h100-sxm), or "
+               "device.name, device.peak_flops and device.peak_flops_bf16 of your own", source, devices_path);
+  if (d.name.empty()) d.name = cpu_device_name();
+  if (d.peak_flops > 0 && d.peak_flops_bf16 > 0) return;
+  for (const Device& e : load_devices(devices_path))
+    if (e.name == d.name) {
+      if (d.peak_flops <= 0) d.peak_flops = e.peak_flops;
+      if (d.peak_flops_bf16 <= 0) d.peak_flops_bf16 = e.peak_flops_bf16;
+      return;
+    }
+  user_error("{}: device.name: '{}' is not in {}: give device.peak_flops and device.peak_flops_bf16 too", source,
+             d.name, devices_path);
 }
 
 // ---- model states ---------------------------------------------------------------------------
@@ -235,7 +260,7 @@ Plan plan_for_run(const RunConfig& cfg, int ranks, const RecomputePolicy& recomp
   s.device.peak_flops_bf16 = cfg.device.peak_flops_bf16;
   s.device.gpu = cfg.device.backend == "cuda";  // the run's backend sizes its lm-head chunks
   if (s.device.memory == 0) s.device.memory = int64_t(1) << 62;  // not in the catalogue: unknown
-  s.mfu = s.device.mfu;
+  s.mfu = s.device.mfu_for(cfg.precision.compute);
   s.strategy = parse_strategy(cfg.dist.strategy, cfg.source);
   s.compute = cfg.precision.compute;
   s.reduce = cfg.precision.reduce;
@@ -329,7 +354,7 @@ std::vector<Plan> search(const PlanQuery& q) {
               if (st != Strategy::ddp && n == 1 && q.strategies.size() > 1) continue;  // = ddp
               PlanSettings s = q.base;
               s.device = dev;
-              if (s.mfu <= 0) s.mfu = dev.mfu;
+              if (s.mfu <= 0) s.mfu = dev.mfu_for(dt);
               s.strategy = st;
               s.compute = dt;
               s.recompute = rc;

@@ -26,8 +26,10 @@ struct Device {
   double network_bandwidth = 0;                // bytes/s per device and direction, across nodes
   double price = 0;                            // USD per device-hour (0: unknown)
   double mfu = 0.4;                            // assumed when none is given
+  double mfu_bf16 = 0;                         // in bf16, where it differs (0: mfu)
   bool gpu = true;                             // backend = "cuda" (else "cpu")
   double peak_for(DType d) const { return d == DType::bf16 ? peak_flops_bf16 : peak_flops; }
+  double mfu_for(DType d) const { return d == DType::bf16 && mfu_bf16 > 0 ? mfu_bf16 : mfu; }
   int64_t usable() const { return memory - reserved; }
 };
 
@@ -38,6 +40,11 @@ std::vector<Device> load_devices(const std::string& path);
 // UserError listing the known names when `name` is not one.
 const Device& find_device(const std::vector<Device>& devices, const std::string& name,
                           const std::string& path);
+// This CPU's catalogue entry, by where the CPU backend's bf16 products run (cpu_bf16_isa()).
+std::string cpu_device_name();
+// Fills in what [device] leaves out: the name (this CPU's entry; the CUDA backend needs one
+// given) and the entry's peaks. `source`: the config, for messages.
+void resolve_device(DeviceSettings& d, const std::string& source, const std::string& devices_path);
 
 // ---- model states per strategy --------------------------------------------------------------
 // Bytes per parameter of each model state. frugal: fp32 masters (4), a 16-bit compute copy (2,

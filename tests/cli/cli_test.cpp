@@ -12,6 +12,7 @@
 
 #include "data/data.h"
 #include "io/io.h"
+#include "plan/plan.h"
 #include "support/support.h"
 
 namespace frugal {
@@ -476,7 +477,7 @@ TEST_F(Cli, HostileRunsLoseNothing) {
   // gpt2 at micro-batch 512: the same global batch fits in smaller micro-batches, and it says which
   expect_error("train --model.preset=gpt2 --train.micro_batch=512 --train.seq_len=1024 --run.dir=xl --data.train=data/train_*.bin "
                "--data.val=data/val_*.bin",
-               "the cheapest setting that fits is 1 x cpu-avx512, ddp, ");
+               "the cheapest setting that fits is 1 x " + cpu_device_name() + ", ddp, ");
   EXPECT_FALSE(std::filesystem::exists(*dir_ / "xl"));
   // values that were silently accepted, and messages that were unclear
   expect_error("sample --run hr --tokens -5", "--tokens: expected a positive integer, got -5");
@@ -532,7 +533,7 @@ TEST_F(Cli, PlanSearchesRanksAndExplains) {
   EXPECT_NE(hf.out.find("0.13 M parameters"), std::string::npos) << hf.out;
   Result cf = run("plan -c " + std::string(FRUGAL_SOURCE_DIR) + "/configs/mini.toml --tokens 1e6", d());
   EXPECT_EQ(cf.code, 0) << cf.out;
-  EXPECT_NE(cf.out.find("x cpu-avx512"), std::string::npos) << cf.out;  // the config's device
+  EXPECT_NE(cf.out.find("x " + cpu_device_name() + ","), std::string::npos) << cf.out;  // the config's: this CPU's
 }
 
 TEST_F(Cli, CalibrateAndReportAFinishedRun) {
@@ -578,7 +579,7 @@ TEST_F(Cli, BadInputIsOneClearLine) {
   expect_error(std::string("train ") + kTiny + " --run.dir=afile/run", "afile/run: cannot create the run directory");
   expect_error("train --device.backend=gpu", "device.backend: expected cpu or cuda, got 'gpu'");
   // cuda where it cannot run (a build without it, or no usable GPU): one line saying why
-  Result cuda = run(std::string("train ") + kTiny + " --train.steps=1 --device.backend=cuda --run.dir=cuda_run", d());
+  Result cuda = run(std::string("train ") + kTiny + " --train.steps=1 --device.backend=cuda --device.name=h100-sxm --run.dir=cuda_run", d());
   if (cuda.code != 0) {
     EXPECT_EQ(cuda.code, 2) << cuda.out;
     EXPECT_EQ(cuda.out.rfind("frugal: error: device.backend = cuda: ", 0), 0u) << cuda.out;
@@ -587,7 +588,7 @@ TEST_F(Cli, BadInputIsOneClearLine) {
   expect_error("eval --run nowhere", "nowhere/config.toml");
   expect_error("sample --run nowhere", "nowhere/config.toml");
   // plan: unknown device, a model that fits nowhere, a malformed config.json or catalogue
-  expect_error("plan --preset gpt2 --tokens 1e9 --device tpu", "unknown device 'tpu' (known: a100-40gb, a100-80gb, cpu-avx512, h100-sxm");
+  expect_error("plan --preset gpt2 --tokens 1e9 --device tpu", "unknown device 'tpu' (known: a100-40gb, a100-80gb, cpu-amx, cpu-avx2, cpu-avx512, h100-sxm");
   expect_error("plan --preset gpt2-xl --tokens 1e9 --device l4 --devices 1 --strategy ddp",
                "plan: gpt2-xl fits nowhere in 56 configurations: the closest, 1 x l4, ddp, fp32, recompute full, micro-batch 1, "
                "needs 23.8 GiB per device, 2.3 GiB more than the 21.5 GiB usable; to fit: --device a100-40gb or a100-80gb");

@@ -28,17 +28,17 @@ done
 # from the CPU run's trained weights, sharded on the device
 I="$A --train.steps=3 --train.init_from=cpu/model.safetensors"
 "$F" train $I --run.dir=init_cpu > log 2>&1 || fail "cpu init_from run: $(cat log)"
-"$F" train $I --run.dir=init_cuda --device.backend=cuda --dist.strategy=zero3 > log 2>&1 || fail "cuda init_from run: $(cat log)"
+"$F" train $I --run.dir=init_cuda --device.backend=cuda --device.name=h100-sxm --dist.strategy=zero3 > log 2>&1 || fail "cuda init_from run: $(cat log)"
 compare init_cuda init_cpu
 # as after a crash between steps 3 and 6: only the checkpoint of step 3 is left
-"$F" train $A --train.steps=6 --run.dir=part --device.backend=cuda --run.checkpoint_every=3 > log 2>&1 || fail "part: $(cat log)"
+"$F" train $A --train.steps=6 --run.dir=part --device.backend=cuda --device.name=h100-sxm --run.checkpoint_every=3 > log 2>&1 || fail "part: $(cat log)"
 rm -rf part/ckpt-6
 "$F" train --resume part > log 2>&1 || fail "resume: $(cat log)"
 grep -q "resuming from part/ckpt-3 at step 3" log || fail "did not resume from step 3: $(cat log)"
 [ "$(losses part)" = "$(losses ddp)" ] || fail "resumed run $(losses part) is not the uninterrupted $(losses ddp)"
 # a model far beyond the (emulated, 16 GiB) device: the preflight refuses it before allocating
 "$F" train --model.preset=gpt2-xl --train.micro_batch=64 --train.seq_len=1024 --data.train=data/train_*.bin \
-  --data.val=data/val_*.bin --device.backend=cuda --run.dir=xl > log 2>&1 && fail "gpt2-xl on the device: exit 0"
+  --data.val=data/val_*.bin --device.backend=cuda --device.name=h100-sxm --run.dir=xl > log 2>&1 && fail "gpt2-xl on the device: exit 0"
 grep -q "memory preflight: this run needs .* per rank (params .*), but this device has .* available (free device memory)" log \
   || fail "no device preflight: $(cat log)"
 echo "emu train: 4 strategies, fp16, recompute and init_from match the cpu, resume is exact, the preflight refuses gpt2-xl"

@@ -13,7 +13,7 @@ A="--model.preset=tiny --precision.compute=bf16 --train.seq_len=32 --train.micro
    --run.log_every=10 --data.train=data/train_*.bin --data.val=data/val_*.bin"
 "$F" train $A --run.dir=cpu > log 2>&1 || fail "cpu run: $(cat log)"
 for s in ddp zero3 yafsdp; do
-  $run "$E" train $A --run.dir=$s --device.backend=cuda --dist.strategy=$s --run.checkpoint_every=3 > log 2>&1 ||
+  $run "$E" train $A --run.dir=$s --device.backend=cuda --device.name=h100-sxm --dist.strategy=$s --run.checkpoint_every=3 > log 2>&1 ||
     fail "cuda $s on 2 ranks: $(cat log)"
   compare $s cpu
 done

@@ -336,17 +336,46 @@ TEST_F(PlanRuns, ReportRendersInHeadlessChromium) {
 
 TEST(Catalogue, HasTheListedDevicesWithSaneFigures) {
   auto devs = load_devices(kCatalogue);
-  for (const char* name : {"h100-sxm", "h200", "a100-80gb", "a100-40gb", "l40s", "l4", "rtx4090", "cpu-avx512"}) {
+  for (const char* name : {"h100-sxm", "h200", "a100-80gb", "a100-40gb", "l40s", "l4", "rtx4090", "cpu-avx512", "cpu-amx"}) {
     const Device& d = find_device(devs, name, kCatalogue);
     EXPECT_GT(d.peak_flops_bf16, d.peak_flops) << name;
     EXPECT_GT(d.price, 0) << name;
   }
-  // the CPU entry is what [device] defaults to in frugal train
-  const Device& cpu = find_device(devs, "cpu-avx512", kCatalogue);
-  EXPECT_EQ(cpu.peak_flops, DeviceSettings{}.peak_flops);
-  EXPECT_EQ(cpu.peak_flops_bf16, DeviceSettings{}.peak_flops_bf16);
+  EXPECT_EQ(find_device(devs, "cpu-avx2", kCatalogue).peak_flops_bf16, find_device(devs, "cpu-avx2", kCatalogue).peak_flops);
   EXPECT_EQ(find_device(devs, "h100-sxm", kCatalogue).peak_flops_bf16, 989.4e12);
-  test::expect_user_error([&] { find_device(devs, "tpu", kCatalogue); }, "unknown device 'tpu' (known: a100-40gb, a100-80gb, cpu-avx512, h100-sxm, h200, l4, l40s, rtx4090)");
+  test::expect_user_error([&] { find_device(devs, "tpu", kCatalogue); }, "unknown device 'tpu' (known: a100-40gb, a100-80gb, cpu-amx, cpu-avx2, cpu-avx512, h100-sxm, h200, l4, l40s, rtx4090)");
+}
+
+// [device] follows this CPU: the entry of its kind and that entry's peaks, unless the config names
+// them; the CUDA backend needs a name; a name not in the catalogue needs its peaks.
+TEST(Catalogue, DeviceDefaultsFollowThisCpu) {
+  auto devs = load_devices(kCatalogue);
+  const std::string isa = cpu_bf16_isa();
+  const std::string want = isa == "amx" ? "cpu-amx" : isa == "avx512_bf16" ? "cpu-avx512" : "cpu-avx2";
+  EXPECT_EQ(cpu_device_name(), want);
+  DeviceSettings d;
+  resolve_device(d, "config.toml", kCatalogue);
+  EXPECT_EQ(d.name, want);
+  EXPECT_EQ(d.peak_flops, find_device(devs, want, kCatalogue).peak_flops);
+  EXPECT_EQ(d.peak_flops_bf16, find_device(devs, want, kCatalogue).peak_flops_bf16);
+  DeviceSettings given;
+  given.name = "cpu-avx512";
+  given.peak_flops_bf16 = 1e12;
+  resolve_device(given, "config.toml", kCatalogue);
+  EXPECT_EQ(given.peak_flops, 231e9);
+  EXPECT_EQ(given.peak_flops_bf16, 1e12);
+  DeviceSettings gpu;
+  gpu.backend = "cuda";
+  test::expect_user_error([&] { resolve_device(gpu, "config.toml", kCatalogue); },
+                          "config.toml: device.name: the CUDA backend needs the GPU's entry in");
+  DeviceSettings mine;
+  mine.name = "my-box";
+  test::expect_user_error([&] { resolve_device(mine, "config.toml", kCatalogue); },
+                          "config.toml: device.name: 'my-box' is not in " + kCatalogue +
+                              ": give device.peak_flops and device.peak_flops_bf16 too");
+  mine.peak_flops = mine.peak_flops_bf16 = 1e12;
+  resolve_device(mine, "config.toml", kCatalogue);
+  EXPECT_EQ(mine.name, "my-box");
 }
 
 TEST(Catalogue, MalformedIsOneLineNamingFileAndField) {

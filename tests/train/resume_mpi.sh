@@ -30,12 +30,14 @@ PY
 # mfu_per_device RUN: metrics.jsonl's MFU is per device (the job's tokens/s over ranks x peak)
 mfu_per_device() {
   /usr/bin/python3 - "$1" <<'PY' || fail "$1: MFU is not per device"
-import json, sys
+import json, sys, tomllib
 d = sys.argv[1]
 fpt = json.load(open(d + "/summary.json"))["predicted"]["model_flops_per_token"]
+cfg = tomllib.load(open(d + "/config.toml", "rb"))
+peak = cfg["device"]["peak_flops_bf16" if cfg["precision"]["compute"] == "bf16" else "peak_flops"]
 for line in open(d + "/metrics.jsonl"):
     r = json.loads(line)
-    want = fpt * r["tokens_per_s"] / (r["ranks"] * 231e9)
+    want = fpt * r["tokens_per_s"] / (r["ranks"] * peak)
     assert abs(r["mfu"] - want) <= 1e-6 * want, (r["ranks"], r["mfu"], want)
 PY
   passed=$((passed + 1))
