@@ -101,12 +101,13 @@ __global__ void adamw_k(const AdamWSpanDev* spans, int count, float beta1, float
   const int64_t begin = (int64_t(blockIdx.x) - s.first_block) * kAdamWChunk, end = min(begin + kAdamWChunk, s.n);
   C* copy = static_cast<C*>(s.copy);
   for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
+    // the CPU's rounding (cpu/elementwise.cpp): these two FMAs, no other contraction
     float g = s.grad[i] * grad_scale;
-    float mi = beta1 * s.m[i] + (1.0f - beta1) * g;
-    float vi = beta2 * s.v[i] + (1.0f - beta2) * g * g;
+    float mi = fmaf(beta1, s.m[i], __fmul_rn(1.0f - beta1, g));
+    float vi = fmaf(beta2, s.v[i], __fmul_rn(__fmul_rn(1.0f - beta2, g), g));
     s.m[i] = mi;
     s.v[i] = vi;
-    float p = s.param[i] * (s.decay ? decay : 1.0f) - step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
+    float p = __fadd_rn(__fmul_rn(s.param[i], s.decay ? decay : 1.0f), -(step_size * mi / (sqrtf(vi) / bc2_sqrt + eps)));
     s.param[i] = p;
     if constexpr (!std::is_same_v<C, float>)
       if (copy) copy[i] = from_f<C>(p);
