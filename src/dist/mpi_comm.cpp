@@ -103,7 +103,7 @@ class MpiComm final : public Comm {
   int size() const override { return size_; }
   void set_step(int step) override {
     step_ = step;
-    if (trace_) mark("step", step);
+    mark("step", step);
   }
   void mark(const char* what, int unit) override {
     if (trace_) record({what, unit, 0, 0, now_ns(), now_ns(), 0});
