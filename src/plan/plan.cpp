@@ -162,6 +162,8 @@ std::string PlanSettings::describe() const {
                      strategy_name(strategy), dtype_name(compute), recompute.name(), micro_batch);
 }
 
+constexpr double kTcpPayloadShare = 1448.0 / 1538.0;
+
 Plan make_plan(const PlanSettings& s) {
   Plan p;
   p.s = s;
@@ -193,10 +195,10 @@ Plan make_plan(const PlanSettings& s) {
   // ZeRO-3 gathers the frozen base too, as it is stored (compute dtype, or nf4/int8).
   // CPU ranks talk through MpiComm, whose reduce-scatter is an all-reduce (twice a ring
   // reduce-scatter's bytes), and zero1/zero2 then gather the updated fp32 parameters after the
-  // optimizer, where no backward hides it. Across hosts its collectives move data at the link's
-  // rate: traced per collective between 2 hosts with a CPU each (tc tbf at 1 and 5 Gb/s), a
-  // unit's 7 MB all-reduce takes 60 ms at 1 Gb/s (0.95 of the link) and 14.5 ms at 5 Gb/s (0.78)
-  // with MpiComm's transport settings (bench/RESULTS.md, issue 24).
+  // optimizer, where no backward hides it. Across hosts its collectives move data at TCP's
+  // payload rate of the link: traced per collective between 2 hosts with a CPU each (tc tbf at 1
+  // and 5 Gb/s), a unit's 7 MB all-reduce takes 60 ms at 1 Gb/s (0.94 of the link) and 14.3 ms
+  // at 5 Gb/s (0.79) with MpiComm's transport settings (bench/RESULTS.md, issue 24).
   const bool zero3 = StrategyPolicy::of(s.strategy).shard_params, mpi = !s.device.gpu;
   const bool gather_after = mpi && !zero3 && StrategyPolicy::of(s.strategy).shard_optimizer;
   const double N = s.devices, psi = double(c.num_trainable_params()), rs = mpi ? 2.0 : 1.0;
@@ -207,8 +209,11 @@ Plan make_plan(const PlanSettings& s) {
       zero3 ? 2.0 * (double(dtype_size(s.compute)) * psi + base) + rs * double(dtype_size(s.reduce)) * psi : 0;
   const double gather_bytes = N > 1 && gather_after ? 4 * psi * (N - 1) / N : 0;
   p.comm_bytes = (N > 1 ? (zero3 ? p.accum * per_micro : 2 * psi * double(dtype_size(s.reduce))) * (N - 1) / N : 0) + gather_bytes;
+  // Across hosts CPU ranks' MPI runs over TCP, whose payload is 1448 bytes of each 1538 an
+  // Ethernet link carries at MTU 1500 (headers, timestamps, preamble and gap): the 941 Mb/s iperf
+  // shows on gigabit. The tbf-throttled veth carried 0.95 of its rate at 1 Gb/s (issue 24).
   const bool network = s.devices > s.device.node_size;
-  p.bandwidth = network ? s.device.network_bandwidth : s.device.link_bandwidth;
+  p.bandwidth = network ? s.device.network_bandwidth * (mpi ? kTcpPayloadShare : 1.0) : s.device.link_bandwidth;
   p.comm_s = p.comm_bytes > 0 ? p.comm_bytes / p.bandwidth : 0.0;  // a device not in the catalogue: bandwidth 0
   // Overlap: reductions run behind the last micro-batch's backward (2/3 of its compute), ZeRO-3's
   // gathers behind each micro-batch's forward and backward; the last unit's transfer is never

@@ -3,7 +3,8 @@
 # OpenMPI over TCP between them. Usage: multihost.sh FRUGAL_BINARY CASE, CASE one of
 #   strategies N  ddp, zero2, zero3 and yafsdp on N hosts, in fp32 and in bf16 with bf16
 #                 reductions: every loss equals the single process's (fp32: 1e-5 relative;
-#                 bf16 with bf16 reductions: 2e-3, the gradients' bf16 rounding as in mpi_test)
+#                 bf16 with bf16 reductions: 2e-3, the gradients' bf16 rounding as in mpi_test),
+#                 and losses and final weights bit for bit those of N ranks on one host
 #   resume        zero3 on 4 hosts writes ckpt-4 and ckpt-8; ckpt-8 removed, ckpt-4 resumes on
 #                 2 hosts and on 1 process: the 8 losses are the uninterrupted run's (1e-5)
 #   partition     host 1's link is cut mid-run (dist.timeout = 5 s): every rank ends within
@@ -47,6 +48,11 @@ strategies)
       out=$(netns_mpirun "$n" "$F" train $A $P --dist.strategy=$s --run.dir=$s-$p 2>&1) || fail "$s $p on $n hosts: $out"
       grep -q "$n ranks ($s)" <<<"$out" || fail "$s $p: not $n ranks: $out"
       same_losses $s-$p one-$p "$([ $p = fp32 ] && echo 1e-5 || echo 2e-3)"
+      # the network changes nothing: the same ranks on one host (shared memory) give the same bits
+      OMPI_MCA_btl=self,vader mpirun --allow-run-as-root --oversubscribe --bind-to none -np "$n" \
+        "$F" train $A $P --dist.strategy=$s --run.dir=$s-$p-shm >/dev/null 2>&1 || fail "$s $p: $n ranks on one host"
+      bit_identical $s-$p $s-$p-shm 4
+      passed=$((passed + 1))
     done
   done
   echo "multihost strategies on $n hosts: $passed passed, 0 failed";;
