@@ -43,11 +43,20 @@ static void rowsum_dout_out(float* D, const S* dout, const S* out, int64_t T, in
     D[t] = acc;
   }
 }
+// f(r, c) for every r < rows, c < cols, in 16 x 16 blocks: a copy that transposes reads and
+// writes a few cache lines per block instead of one line per element on one side.
+template <class F>
+static inline void blocked(int64_t rows, int64_t cols, F&& f) {
+  for (int64_t r0 = 0; r0 < rows; r0 += 16)
+    for (int64_t c0 = 0; c0 < cols; c0 += 16)
+      for (int64_t r = r0; r < std::min(rows, r0 + 16); r++)
+        for (int64_t c = c0; c < std::min(cols, c0 + 16); c++) f(r, c);
+}
+
 // T rows of a head's fp32 gradient (element (t, d) at t·ts + d·ds) into a (T, W) view of dqkv.
 template <class S>
 static void store_rows(S* dst, const float* src, int64_t T, int64_t HS, int64_t W, int64_t ts, int64_t ds) {
-  for (int64_t t = 0; t < T; t++)
-    for (int64_t d = 0; d < HS; d++) dst[t * W + d] = from_f32<S>(src[t * ts + d * ds]);
+  blocked(T, HS, [&](int64_t t, int64_t d) { dst[t * W + d] = from_f32<S>(src[t * ts + d * ds]); });
 }
 
 // Where head h's q, k and v start in a row of qkv(B,T,W), W = (NH + 2 NKV) HS.
@@ -270,12 +279,16 @@ static uint32_t pair(bf16 lo, bf16 hi) { return uint32_t(lo.bits) | uint32_t(hi.
 // - by rows, for P R: tile t, row pair jp, dim d -> dst[(t·32 + jp)·HS + d].
 static void pack_by_dim(uint32_t* dst, const bf16* src, int64_t T, int64_t HS, int64_t stride) {
   const int64_t tiles = (T + kTile - 1) / kTile, H2 = HS / 2;
-  for (int64_t t = 0; t < tiles; t++)
-    for (int64_t j = 0; j < kTile; j++) {
-      const int64_t row = t * kTile + j;
-      const bf16* r = src + row * stride;
-      for (int64_t p = 0; p < H2; p++) dst[(t * H2 + p) * kTile + j] = row < T ? pair(r[2 * p], r[2 * p + 1]) : 0;
-    }
+  const __m512i rows16 = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                             _mm512_set1_epi32(int(stride / 2)));
+  for (int64_t r0 = 0; r0 < tiles * kTile; r0 += 16) {  // 16 rows' pair p: one gather
+    const __mmask16 in = __mmask16((uint32_t(1) << std::clamp<int64_t>(T - r0, 0, 16)) - 1);
+    const void* base = src + std::min(r0, T - 1) * stride;
+    uint32_t* d = dst + (r0 / kTile * H2) * kTile + r0 % kTile;
+    for (int64_t p = 0; p < H2; p++)
+      _mm512_storeu_si512(d + p * kTile, _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), in, rows16,
+                                                                     static_cast<const uint32_t*>(base) + p, 4));
+  }
 }
 
 // (a[d], b[d]) for d in 0..15: two rows' 16 bf16 values interleaved into 16 pairs
@@ -425,13 +438,12 @@ static void attention_backward_bf16(bf16* dqkv, const bf16* dout, const bf16* qk
     uint32_t* sr = sb + kTile * kTile / 2;      // (64, 32) dS rows in key pairs
     float* dq = reinterpret_cast<float*>(sr + kTile * kTile / 2);  // (tiles·64, HS)
     float* Dv = dq + tiles * kTile * HS;        // (tiles·64) rowsum(dO * O)
-    float* sp = Dv + tiles * kTile;             // (64, 64) S, then P
-    float* dp_ = sp + kTile * kTile;            // (64, 64) dP, then dS
+    float* sp = Dv + tiles * kTile;             // (64, 64) S
+    float* dp_ = sp + kTile * kTile;            // (64, 64) dP
     float* dvt = dp_ + kTile * kTile;           // (HS, tiles·64) dV^T
     float* dkt = dvt + HS * Tp;                 // (HS, tiles·64) dK^T
     auto transpose = [&](uint32_t* dst) {
-      for (int64_t ip = 0; ip < T2; ip++)
-        for (int64_t d = 0; d < HS; d++) dst[d * T2 + ip] = tmp[ip * HS + d];
+      blocked(T2, HS, [&](int64_t ip, int64_t d) { dst[d * T2 + ip] = tmp[ip * HS + d]; });
     };
 #pragma omp for collapse(2) schedule(static)
     for (int64_t b = 0; b < B; b++)
@@ -461,34 +473,32 @@ static void attention_backward_bf16(bf16* dqkv, const bf16* dout, const bf16* qk
               const int64_t nq = std::min(kTile, T - q0);
               dp(nq, 4, sp, kTile, reinterpret_cast<const uint32_t*>(base + q0 * C3), C3 / 2, kdt, 4, H2, false);   // S
               dp(nq, 4, dp_, kTile, reinterpret_cast<const uint32_t*>(dbase + q0 * C), C / 2, vdt, 4, H2, false);  // dP
-              for (int64_t i = 0; i < kTile; i++) {  // P = exp(S scale - LSE), dS = P (dP - D) scale; 0 masked
-                const int64_t valid = i < nq ? std::clamp<int64_t>(q0 + i - k0 + 1, 0, nk) : 0;
-                const float li = i < nq ? L[q0 + i] : 0.0f, di = i < nq ? Dv[q0 + i] : 0.0f;
-                __m512 pv[kTile / 16], dv[kTile / 16];
-                for (int c = 0; c < kTile / 16; c++) {
-                  const __mmask16 keep = __mmask16((uint32_t(1) << std::clamp<int64_t>(valid - 16 * c, 0, 16)) - 1);
-                  const __m512 x = _mm512_fmsub_ps(_mm512_maskz_loadu_ps(keep, sp + i * kTile + 16 * c),
-                                                   _mm512_set1_ps(scale), _mm512_set1_ps(li));
-                  pv[c] = _mm512_maskz_mov_ps(keep, exp_ps(x));
-                  dv[c] = _mm512_mul_ps(_mm512_mul_ps(pv[c], _mm512_sub_ps(_mm512_maskz_loadu_ps(keep, dp_ + i * kTile + 16 * c),
-                                                                            _mm512_set1_ps(di))), _mm512_set1_ps(scale));
-                  _mm512_storeu_ps(sp + i * kTile + 16 * c, pv[c]);
-                  _mm512_storeu_ps(dp_ + i * kTile + 16 * c, dv[c]);
+              // P = exp(S scale - LSE), dS = P (dP - D) scale, 0 where masked; two rows at a time,
+              // so that P and dS go by row pairs (pb, sb) and dS by key pairs (sr) from registers
+              for (int64_t ip = 0; ip < kTile / 2; ip++) {
+                __m512 pv[2][kTile / 16], dv[2][kTile / 16];
+                for (int e = 0; e < 2; e++) {
+                  const int64_t i = 2 * ip + e;
+                  const int64_t valid = i < nq ? std::clamp<int64_t>(q0 + i - k0 + 1, 0, nk) : 0;
+                  const float li = i < nq ? L[q0 + i] : 0.0f, di = i < nq ? Dv[q0 + i] : 0.0f;
+                  for (int c = 0; c < kTile / 16; c++) {
+                    const __mmask16 keep = __mmask16((uint32_t(1) << std::clamp<int64_t>(valid - 16 * c, 0, 16)) - 1);
+                    const __m512 x = _mm512_fmsub_ps(_mm512_maskz_loadu_ps(keep, sp + i * kTile + 16 * c),
+                                                     _mm512_set1_ps(scale), _mm512_set1_ps(li));
+                    pv[e][c] = _mm512_maskz_mov_ps(keep, exp_ps(x));
+                    dv[e][c] = _mm512_mul_ps(_mm512_mul_ps(pv[e][c], _mm512_sub_ps(_mm512_maskz_loadu_ps(keep, dp_ + i * kTile + 16 * c),
+                                                                                  _mm512_set1_ps(di))), _mm512_set1_ps(scale));
+                  }
+                  for (int c = 0; c < kTile / 16; c += 2)
+                    _mm512_storeu_si512(sr + i * kTile / 2 + 8 * c, (__m512i)_mm512_cvtne2ps_pbh(dv[e][c + 1], dv[e][c]));
                 }
-                for (int c = 0; c < kTile / 16; c += 2)
-                  _mm512_storeu_si512(sr + i * kTile / 2 + 8 * c, (__m512i)_mm512_cvtne2ps_pbh(dv[c + 1], dv[c]));
+                for (int c = 0; c < kTile / 16; c++) {
+                  _mm512_storeu_si512(pb + (ip * 4 + c) * 16, interleave16((__m256i)_mm512_cvtneps_pbh(pv[0][c]),
+                                                                           (__m256i)_mm512_cvtneps_pbh(pv[1][c])));
+                  _mm512_storeu_si512(sb + (ip * 4 + c) * 16, interleave16((__m256i)_mm512_cvtneps_pbh(dv[0][c]),
+                                                                           (__m256i)_mm512_cvtneps_pbh(dv[1][c])));
+                }
               }
-              for (int64_t ip = 0; ip < kTile / 2; ip++)  // P and dS by row pairs
-                for (int c = 0; c < kTile / 16; c++) {
-                  const float* p0 = sp + 2 * ip * kTile + 16 * c;
-                  const float* s0 = dp_ + 2 * ip * kTile + 16 * c;
-                  _mm512_storeu_si512(pb + (ip * 4 + c) * 16,
-                                      interleave16((__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(p0)),
-                                                   (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(p0 + kTile))));
-                  _mm512_storeu_si512(sb + (ip * 4 + c) * 16,
-                                      interleave16((__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(s0)),
-                                                   (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(s0 + kTile))));
-                }
               const __m512i* pbv = reinterpret_cast<const __m512i*>(pb);
               const __m512i* sbv = reinterpret_cast<const __m512i*>(sb);
               dp(HS, 4, dvt + k0, Tp, ot + q0 / 2, T2, pbv, 4, kTile / 2, true);  // dV^T += dO^T P
