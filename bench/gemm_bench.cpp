@@ -133,14 +133,17 @@ int main(int argc, char** argv) {
     };
     double tp = median_seconds(run_plain, reps);
     bool ok = validate(s, A.data(), B.data(), C2.data());
+    const std::vector<float> c_plain = C2;
     double tr = median_seconds(run_reorder, reps), tb = median_seconds(run_blocked, reps);
+    const bool same = std::memcmp(c_plain.data(), C2.data(), C2.size() * 4) == 0;
     if (!ok || !validate(s, A.data(), B.data(), C2.data())) {
       std::printf("%s %s: wrong bf16 result\n", s.name, s.op);
       return 1;
     }
     double flops = 2.0 * s.M * s.N * s.K;
-    std::printf("%-8s %-4s %6ld %6ld %6ld %11.1f %11.1f %11.1f %11.1f %7.2fms\n", s.name, s.op, long(s.M),
-                long(s.N), long(s.K), flops / ts / 1e9, flops / tm / 1e9, flops / tp / 1e9, flops / tb / 1e9, tr * 1e3);
+    std::printf("%-8s %-4s %6ld %6ld %6ld %11.1f %11.1f %11.1f %11.1f %7.2fms %s\n", s.name, s.op, long(s.M),
+                long(s.N), long(s.K), flops / ts / 1e9, flops / tm / 1e9, flops / tp / 1e9, flops / tb / 1e9, tr * 1e3,
+                same ? "same bits" : "other bits");
     int mult = std::string(s.name) == "lmhead" ? 1 : layers;
     t_sgemm += mult * ts;
     t_matmul += mult * tm;

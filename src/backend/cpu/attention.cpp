@@ -342,7 +342,7 @@ static inline void softmax_tile_row(const float* s, uint32_t* pb, float* o, int6
     mx = _mm512_max_ps(mx, x[c]);
   }
   const float row_max = _mm512_reduce_max_ps(mx);
-  const float corr = std::exp(*m - row_max);  // rescales what was summed so far
+  const float corr = row_max == *m ? 1.0f : std::exp(*m - row_max);  // rescales what was summed so far
   __m512 sum = _mm512_setzero_ps();
   for (int c = 0; c < kTile / 16; c++) {
     x[c] = exp_ps(_mm512_sub_ps(x[c], _mm512_set1_ps(row_max)));  // masked keys: 0
