@@ -162,6 +162,9 @@ std::string PlanSettings::describe() const {
                      strategy_name(strategy), dtype_name(compute), recompute.name(), micro_batch);
 }
 
+// Across hosts CPU ranks' MPI runs over TCP, whose payload is 1448 bytes of each 1538 an Ethernet
+// link carries at MTU 1500 (headers, timestamps, preamble and gap): the 941 Mb/s iperf shows on
+// gigabit, and what the catalogue's network_bandwidth, a line rate, leaves to the ranks.
 constexpr double kTcpPayloadShare = 1448.0 / 1538.0;
 
 Plan make_plan(const PlanSettings& s) {
@@ -209,9 +212,6 @@ Plan make_plan(const PlanSettings& s) {
       zero3 ? 2.0 * (double(dtype_size(s.compute)) * psi + base) + rs * double(dtype_size(s.reduce)) * psi : 0;
   const double gather_bytes = N > 1 && gather_after ? 4 * psi * (N - 1) / N : 0;
   p.comm_bytes = (N > 1 ? (zero3 ? p.accum * per_micro : 2 * psi * double(dtype_size(s.reduce))) * (N - 1) / N : 0) + gather_bytes;
-  // Across hosts CPU ranks' MPI runs over TCP, whose payload is 1448 bytes of each 1538 an
-  // Ethernet link carries at MTU 1500 (headers, timestamps, preamble and gap): the 941 Mb/s iperf
-  // shows on gigabit. The tbf-throttled veth carried 0.95 of its rate at 1 Gb/s (issue 24).
   const bool network = s.devices > s.device.node_size;
   p.bandwidth = network ? s.device.network_bandwidth * (mpi ? kTcpPayloadShare : 1.0) : s.device.link_bandwidth;
   p.comm_s = p.comm_bytes > 0 ? p.comm_bytes / p.bandwidth : 0.0;  // a device not in the catalogue: bandwidth 0

@@ -127,8 +127,8 @@ TEST(Plan, ADeviceOutsideTheCatalogueHasAFiniteTimeOnOneDevice) {
 }
 
 // CPU ranks across hosts (MpiComm over OpenMPI's TCP): the reduce-scatter is an all-reduce, zero2
-// gathers the fp32 parameters after the optimizer; at TCP's payload rate of the link, and none of it hidden behind
-// compute (traced on a throttled link: bench/multihost_bench.sh, issue 24).
+// gathers the fp32 parameters after the optimizer; at TCP's payload rate of the link, and none of
+// it hidden behind compute (traced on a throttled link: bench/multihost_bench.sh, issue 24).
 TEST(Plan, CpuRanksAcrossHostsPayMpisTransport) {
   PlanSettings s;
   s.model = model_preset("gpt2", "test");
