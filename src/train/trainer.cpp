@@ -148,10 +148,15 @@ static void preflight(const RunConfig& cfg, const Plan& forecast, int world, con
              be.gpu() ? "device" : "host", human_bytes(double(available)), source, fix);
 }
 
-// Every rank must run the same configuration: rank 0's hash is compared on all ranks.
+// Every rank must run the same configuration: rank 0's hash is compared on all ranks. But for
+// the device's name and peaks: unset, each rank takes its own CPU's catalogue entry, and hosts of
+// different kinds may train together (rank 0's are the run's, for its MFU).
 static void check_same_config(const RunConfig& cfg, Comm& comm) {
   if (comm.size() == 1) return;
-  uint64_t h = std::hash<std::string>{}(cfg.to_toml());
+  RunConfig same = cfg;
+  same.device.name.clear();
+  same.device.peak_flops = same.device.peak_flops_bf16 = 0;
+  uint64_t h = std::hash<std::string>{}(same.to_toml());
   float mine[4], root[4];
   for (int i = 0; i < 4; i++) mine[i] = root[i] = float((h >> (16 * i)) & 0xFFFF);  // exact in fp32
   comm.broadcast(root, 4, 0)->wait();

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Faults under mpirun end every rank with a clear message and a non-zero exit, never a hang:
-# mismatched configs across ranks, a global batch the world size does not divide, a rank
-# killed mid-step, and a rank that hangs (stopped: the collective watchdog ends the job). Usage: mpi_faults.sh FRUGAL_BINARY
+# mismatched configs across ranks (but not the device each rank resolved for its own CPU), a
+# global batch the world size does not divide, a rank killed mid-step, and a rank that hangs
+# (stopped: the collective watchdog ends the job). Usage: mpi_faults.sh FRUGAL_BINARY
 F=$1
+root=$(cd "$(dirname "$0")/../.." && pwd)
 source "$(dirname "$0")/../support/scratch.sh"
 run="mpirun --allow-run-as-root --oversubscribe"
 A="--model.preset=tiny --train.seq_len=64 --train.micro_batch=4 --train.eval_batches=1 --run.log_every=1000 --data.train=data/train_*.bin --data.val=data/val_*.bin"
@@ -11,6 +13,12 @@ out=$(timeout 60 $run -np 1 "$F" train $A --train.lr=0.001 --run.dir=r1 : -np 1 
 rc=$?
 [ $rc -ne 0 ] && [ $rc -ne 124 ] || fail "mismatched configs: exit status $rc"
 grep -Eq "rank [01] of 2: error: command line: the ranks were started with different configurations" <<<"$out" || fail "mismatched configs: $out"
+
+# hosts of different kinds: unset, device.name and its peaks are each rank's own CPU's (here:
+# rank 1 reads a catalogue with other peaks), and the job trains
+sed 's/^peak_flops = .*/peak_flops = 1e9/' "$root/configs/devices.toml" > other.toml
+out=$(timeout 60 $run -np 1 "$F" train $A --train.steps=2 --run.dir=r5 : -np 1 -x FRUGAL_DEVICES=other.toml "$F" train $A --train.steps=2 --run.dir=r5 2>&1) ||
+  fail "ranks on CPUs of different kinds: $out"
 
 out=$(timeout 60 $run -np 3 "$F" train $A --train.batch_tokens=512 --run.dir=r2 2>&1) && fail "batch not divisible: exit 0"
 grep -q "train.batch_tokens = 512 must be a multiple of micro_batch \* seq_len \* ranks = 4 \* 64 \* 3 = 768" <<<"$out" || fail "batch: $out"
