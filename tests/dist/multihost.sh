@@ -73,10 +73,12 @@ resume)
   echo "multihost resume: $passed passed, 0 failed";;
 partition)
   netns_up 2
-  # The hosts' TCP gives up on a silent peer after about 6 s (tcp_retries2 = 4; Linux's default,
+  # The hosts' TCP gives up on a silent peer after about 25 s (tcp_retries2 = 6; Linux's default,
   # 15, is about 15 minutes): how long mpirun and orted wait for each other once the ranks are
-  # gone. The ranks' own end does not depend on it (the watchdog).
-  for i in 0 1; do ip netns exec "${FRUGAL_NETNS}h$i" sh -c "echo 4 > /proc/sys/net/ipv4/tcp_retries2" || fail "tcp_retries2"; done
+  # gone. The ranks end by the watchdog, at most dist.timeout + 1 s + its 5 s of probing after the
+  # cut; TCP must not give up first (at 4, about 6 s, a rank's send could fail inside OpenMPI,
+  # which aborts without naming the rank: seen once in a few runs).
+  for i in 0 1; do ip netns exec "${FRUGAL_NETNS}h$i" sh -c "echo 6 > /proc/sys/net/ipv4/tcp_retries2" || fail "tcp_retries2"; done
   (netns_mpirun 2 "$F" train $A --train.steps=100000 --dist.timeout=5 --run.checkpoint_every=5 --run.dir=r > part.log 2>&1
    echo "rc=$?" >> part.log) &
   # ckpt-20 or a later one: the oldest are removed (run.keep_checkpoints), ckpt-20 within 0.1 s
