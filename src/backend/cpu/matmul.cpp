@@ -124,9 +124,9 @@ void CpuBackend::matmul(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const
   // a weight of at most 8 M values runs faster with B reordered into oneDNN's blocked layout at
   // every call, reorder included (gemm_bench: gpt2's qkv forward 1.32 -> 1.62 TFLOP/s, fcproj
   // dX 1.52 -> 1.86), with the plain layout's bits on those shapes. So does a linear layer's dX
-  // up to K = 4096 (B = W, not transposed; in a gpt2 step at B*T = 4096: qkv dX 8.3 -> 5.8 ms, fc dX 2.8
-  // ms less, the reorders 0.75 and 0.9 ms), with K blocked in another order (other bits); a
-  // forward's transposed weight at such K is not faster.
+  // up to K = 4096 (B = W, not transposed; in a gpt2 step at B*T = 4096: qkv dX 8.3 -> 5.8 ms,
+  // fc dX 2.8 ms less, the reorders 0.75 and 0.9 ms), with K blocked in another order (other
+  // bits); a forward's transposed weight at such K is not faster.
   const bool blocked = !ta && (K <= 1024 || (!tb && K <= 4096)) && K * N <= (int64_t(8) << 20);
   auto it = dnnl_->cache.find(key);
   if (it == dnnl_->cache.end()) {

@@ -23,7 +23,7 @@ static void softmax_xent_t(T* logits, float* losses, const int32_t* targets, int
     }
     float maxv = -INFINITY;
     for (int64_t v = 0; v < V; v++) maxv = std::max(maxv, to_f32(x[v]));
-    // the exponentials, kept for the gradient (a row's fit in L2: 200 KB at V = 50257)
+    // the row's exponentials, kept for its gradient (200 KB at V = 50257: in L2)
     thread_local std::vector<float> e;
     e.resize(size_t(V));
     float sum = 0.0f;
