@@ -648,6 +648,18 @@ TEST(AdamW, MatchesFloat64PyTorchFormulaPerSpan) {
     ASSERT_EQ(copy[i].bits, i < cut[2] ? from_f32<bf16>(P[i]).bits : uint16_t(0x7fc1)) << i;
 }
 
+// Every size path (memset, chunked memset, streaming stores past 1 M floats), from aligned and
+// unaligned starts: exactly [x, x + n) becomes 0.
+TEST(Elementwise, FillZeroWritesExactlyTheRange) {
+  for (int64_t n : {int64_t(37), int64_t(200003), int64_t(1) << 20, (int64_t(1) << 20) + 7})
+    for (int64_t off : {0, 1, 2, 3}) {
+      std::vector<float> buf(size_t(n + 8), 1.5f);
+      be().fill_zero(buf.data() + off, n);
+      for (int64_t i = 0; i < n + 8; i++)
+        ASSERT_EQ(buf[size_t(i)], i >= off && i < off + n ? 0.0f : 1.5f) << "n " << n << " offset " << off << " at " << i;
+    }
+}
+
 TEST(Elementwise, AddCastScaleSumSquaresMatchFloat64) {
   const int n = 40000;  // several reduction chunks
   auto a = randn(n, 1, 24), b = randn(n, 1, 25);
