@@ -421,8 +421,11 @@ static void attention_backward_bf16(bf16* dqkv, const bf16* dout, const bf16* qk
                                     const float* lse, float* scratch, int64_t per_thread, int64_t B,
                                     int64_t T, Heads hd) {
   const int64_t NH = hd.NH, HS = hd.HS, C = hd.C(), C3 = hd.W(), H2 = HS / 2, G = NH / hd.NKV;
+  // Row strides of the transposed operands, one cache line past a multiple of 1 KB: 16 tile rows
+  // at a 2 or 4 KB stride fall in one L1 set, more than its ways.
   const int64_t tiles = (T + kTile - 1) / kTile, T2 = tiles * kTile / 2, Tp = tiles * kTile;
-  const int64_t packed = T2 * HS;  // uint32s of one packing of a head
+  const int64_t T2s = T2 + 16, Tps = Tp + 16;
+  const int64_t packed = T2s * HS;  // uint32s of one packing of a head
   const float scale = 1.0f / std::sqrt(float(HS));
 #pragma omp parallel
   {
@@ -430,20 +433,20 @@ static void attention_backward_bf16(bf16* dqkv, const bf16* dout, const bf16* qk
     uint32_t* kd = reinterpret_cast<uint32_t*>(scratch + int64_t(omp_get_thread_num()) * per_thread);
     uint32_t* vd = kd + packed;   // V by dims
     uint32_t* kr = vd + packed;   // K by rows
-    uint32_t* qt = kr + packed;   // Q^T: qt[d·T2 + ip] = (q[2ip][d], q[2ip+1][d])
+    uint32_t* qt = kr + packed;   // Q^T: qt[d·T2s + ip] = (q[2ip][d], q[2ip+1][d])
     uint32_t* ot = qt + packed;   // dO^T
     uint32_t* tmp = ot + packed;  // a by-row packing before its transpose
-    uint32_t* pb = tmp + packed;  // (32, 64) P by row pairs
-    uint32_t* sb = pb + kTile * kTile / 2;      // (32, 64) dS by row pairs
-    uint32_t* sr = sb + kTile * kTile / 2;      // (64, 32) dS rows in key pairs
+    uint32_t* pb = tmp + packed;  // (T2, 64) P of a key tile by row pairs, every query tile
+    uint32_t* sb = pb + T2 * kTile;             // (T2, 64) dS by row pairs
+    uint32_t* sr = sb + T2 * kTile;             // (64, 32) dS rows in key pairs
     float* dq = reinterpret_cast<float*>(sr + kTile * kTile / 2);  // (tiles·64, HS)
     float* Dv = dq + tiles * kTile * HS;        // (tiles·64) rowsum(dO * O)
     float* sp = Dv + tiles * kTile;             // (64, 64) S
     float* dp_ = sp + kTile * kTile;            // (64, 64) dP
-    float* dvt = dp_ + kTile * kTile;           // (HS, tiles·64) dV^T
-    float* dkt = dvt + HS * Tp;                 // (HS, tiles·64) dK^T
+    float* dvt = dp_ + kTile * kTile;           // (HS, Tps) dV^T
+    float* dkt = dvt + HS * Tps;                // (HS, Tps) dK^T
     auto transpose = [&](uint32_t* dst) {
-      blocked(T2, HS, [&](int64_t ip, int64_t d) { dst[d * T2 + ip] = tmp[ip * HS + d]; });
+      blocked(T2, HS, [&](int64_t ip, int64_t d) { dst[d * T2s + ip] = tmp[ip * HS + d]; });
     };
 #pragma omp for collapse(2) schedule(static)
     for (int64_t b = 0; b < B; b++)
@@ -452,8 +455,8 @@ static void attention_backward_bf16(bf16* dqkv, const bf16* dout, const bf16* qk
         pack_by_dim(kd, rows + hd.k(kv * G), T, HS, C3);
         pack_by_dim(vd, rows + hd.v(kv * G), T, HS, C3);
         pack_by_row(kr, rows + hd.k(kv * G), T, HS, C3);
-        std::memset(dvt, 0, sizeof(float) * HS * Tp);
-        std::memset(dkt, 0, sizeof(float) * HS * Tp);
+        std::memset(dvt, 0, sizeof(float) * HS * Tps);
+        std::memset(dkt, 0, sizeof(float) * HS * Tps);
         for (int64_t h = kv * G; h < (kv + 1) * G; h++) {
           const bf16* base = rows + hd.q(h);
           const bf16* dbase = dout + b * T * C + h * HS;
@@ -475,6 +478,8 @@ static void attention_backward_bf16(bf16* dqkv, const bf16* dout, const bf16* qk
               dp(nq, 4, dp_, kTile, reinterpret_cast<const uint32_t*>(dbase + q0 * C), C / 2, vdt, 4, H2, false);  // dP
               // P = exp(S scale - LSE), dS = P (dP - D) scale, 0 where masked; two rows at a time,
               // so that P and dS go by row pairs (pb, sb) and dS by key pairs (sr) from registers
+              uint32_t* pbq = pb + (q0 - k0) / 2 * kTile;
+              uint32_t* sbq = sb + (q0 - k0) / 2 * kTile;
               for (int64_t ip = 0; ip < kTile / 2; ip++) {
                 __m512 pv[2][kTile / 16], dv[2][kTile / 16];
                 for (int e = 0; e < 2; e++) {
@@ -493,24 +498,25 @@ static void attention_backward_bf16(bf16* dqkv, const bf16* dout, const bf16* qk
                     _mm512_storeu_si512(sr + i * kTile / 2 + 8 * c, (__m512i)_mm512_cvtne2ps_pbh(dv[e][c + 1], dv[e][c]));
                 }
                 for (int c = 0; c < kTile / 16; c++) {
-                  _mm512_storeu_si512(pb + (ip * 4 + c) * 16, interleave16((__m256i)_mm512_cvtneps_pbh(pv[0][c]),
+                  _mm512_storeu_si512(pbq + (ip * 4 + c) * 16, interleave16((__m256i)_mm512_cvtneps_pbh(pv[0][c]),
                                                                            (__m256i)_mm512_cvtneps_pbh(pv[1][c])));
-                  _mm512_storeu_si512(sb + (ip * 4 + c) * 16, interleave16((__m256i)_mm512_cvtneps_pbh(dv[0][c]),
+                  _mm512_storeu_si512(sbq + (ip * 4 + c) * 16, interleave16((__m256i)_mm512_cvtneps_pbh(dv[0][c]),
                                                                            (__m256i)_mm512_cvtneps_pbh(dv[1][c])));
                 }
               }
-              const __m512i* pbv = reinterpret_cast<const __m512i*>(pb);
-              const __m512i* sbv = reinterpret_cast<const __m512i*>(sb);
-              dp(HS, 4, dvt + k0, Tp, ot + q0 / 2, T2, pbv, 4, kTile / 2, true);  // dV^T += dO^T P
-              dp(HS, 4, dkt + k0, Tp, qt + q0 / 2, T2, sbv, 4, kTile / 2, true);  // dK^T += Q^T dS
               dp(nq, HS / 16, dq + q0 * HS, HS, sr, kTile / 2,                    // dQ += dS K
                  reinterpret_cast<const __m512i*>(kr + kt * kTile / 2 * HS), HS / 16, kTile / 2, true);
             }
+            // over every query tile at once: C stays in the tile registers the whole reduction
+            const __m512i* pbv = reinterpret_cast<const __m512i*>(pb);
+            const __m512i* sbv = reinterpret_cast<const __m512i*>(sb);
+            dp(HS, 4, dvt + k0, Tps, ot + k0 / 2, T2s, pbv, 4, (Tp - k0) / 2, true);  // dV^T += dO^T P
+            dp(HS, 4, dkt + k0, Tps, qt + k0 / 2, T2s, sbv, 4, (Tp - k0) / 2, true);  // dK^T += Q^T dS
           }
           store_rows(dqkv + b * T * C3 + hd.q(h), dq, T, HS, C3, HS, 1);
         }
-        store_rows(dqkv + b * T * C3 + hd.k(kv * G), dkt, T, HS, C3, 1, Tp);  // transposed
-        store_rows(dqkv + b * T * C3 + hd.v(kv * G), dvt, T, HS, C3, 1, Tp);
+        store_rows(dqkv + b * T * C3 + hd.k(kv * G), dkt, T, HS, C3, 1, Tps);  // transposed
+        store_rows(dqkv + b * T * C3 + hd.v(kv * G), dvt, T, HS, C3, 1, Tps);
       }
   }
 }
@@ -618,8 +624,8 @@ void CpuBackend::attention_backward(void* dqkv, const void* dout, const void* qk
 #if defined(__AVX512BF16__)
   if (dt == DType::bf16 && HS % 16 == 0) {
     const int64_t tiles = (T + kTile - 1) / kTile;
-    const int64_t per_thread = 6 * tiles * kTile / 2 * HS + 3 * kTile * kTile / 2 + tiles * kTile * (HS + 1) +
-                               2 * kTile * kTile + 2 * HS * tiles * kTile + 16;
+    const int64_t per_thread = 6 * (tiles * kTile / 2 + 16) * HS + tiles * kTile * kTile + kTile * kTile / 2 + tiles * kTile * (HS + 1) +
+                               2 * kTile * kTile + 2 * HS * (tiles * kTile + 16) + 16;
     attention_backward_bf16(static_cast<bf16*>(dqkv), static_cast<const bf16*>(dout), static_cast<const bf16*>(qkv),
                             static_cast<const bf16*>(out), lse, partials(per_thread), per_thread, B, T, hd);
     return;

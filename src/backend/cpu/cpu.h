@@ -80,10 +80,12 @@ class CpuBackend final : public Backend {
   std::vector<float> wide_a_, wide_b_, wide_c_;  // fp32 staging for widened 16-bit GEMMs (grow once)
   std::vector<double> sq_partials_;            // per-chunk sums of squares (grow once)
   std::vector<float> partials_;                // per-thread reduction scratch (grows once)
+  // On a cache line (64 bytes), as is each thread's share where per_thread is a multiple of 16:
+  // AMX tile rows that straddle two lines are several times slower.
   float* partials(int64_t per_thread) {
-    size_t need = size_t(per_thread) * omp_get_max_threads();
+    size_t need = size_t(per_thread) * omp_get_max_threads() + 16;
     if (partials_.size() < need) partials_.resize(need);
-    return partials_.data();
+    return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(partials_.data()) + 63) & ~uintptr_t(63));
   }
 };
 
