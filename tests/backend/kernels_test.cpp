@@ -222,6 +222,28 @@ TEST(Matmul, AllTransposesDtypesBiasAndAccumulationMatchFloat64) {
       }
 }
 
+// A weight gradient's long reduction (dY^T X over the tokens) goes in chunks of 512 tokens
+// summed in fp32: three chunks, the last one short, strided views, bias and accumulation.
+TEST(Matmul, WeightGradientOverManyTokensMatchesFloat64) {
+  const int M = 40, N = 72, K = 1100, lda = M + 8, ldb = N + 16;
+  for (DType d : kAll) {
+    Buf A(d, randn(K * lda, 1, 21)), B(d, randn(K * ldb, 1, 22));
+    auto bias = randn(N, 1, 23), C0 = randn(M * N, 1, 24);
+    std::vector<float> out = C0;
+    be().matmul(true, false, M, N, K, A.data(), lda, B.data(), ldb, out.data(), N, d, DType::f32, bias.data(), true);
+    Vec a = A.values(), b = B.values(), ref(M * N);
+    for (int m = 0; m < M; m++)
+      for (int n = 0; n < N; n++) {
+        double acc = C0[m * N + n] + bias[n];
+        for (int k = 0; k < K; k++) acc += a[k * lda + m] * b[k * ldb + n];
+        ref[m * N + n] = acc;
+      }
+    // fp32 sums of 1100 unit-sized products: rounding errors of ~1e-5 each way (a chunk lost or
+    // summed twice would be off by ~30)
+    EXPECT_TRUE(all_close(out, ref, 1e-5, 2e-4)) << dtype_name(d);
+  }
+}
+
 TEST(Linear, ForwardAndBackwardMatchFloat64) {
   const int BT = 19, IC = 24, OC = 70;
   for (DType d : kAll) {
