@@ -244,6 +244,28 @@ TEST(Matmul, WeightGradientOverManyTokensMatchesFloat64) {
   }
 }
 
+// B in oneDNN's blocked layout, copied there by frugal's own packing (K % 32 and N % 64 both 0):
+// from B's rows, from B^T's (a forward's weight), and under a dW's transposed A; strided views.
+TEST(Matmul, PackedBlockedWeightsMatchFloat64) {
+  if (!be().native_gemm(DType::bf16)) GTEST_SKIP() << "no native bf16 GEMM on this CPU";
+  const int M = 37, N = 128, K = 64;
+  for (auto [ta, tb] : {std::pair{0, 0}, {0, 1}, {1, 0}}) {
+    const int lda = ta ? M : K, ldb = (tb ? K : N) + 32;  // (a strided A takes oneDNN off its blocked B)
+    Buf A(DType::bf16, randn((ta ? K : M) * lda, 1, 25)), B(DType::bf16, randn((tb ? N : K) * ldb, 1, 26));
+    auto C0 = randn(M * N, 1, 27);
+    std::vector<float> out = C0;
+    be().matmul(ta, tb, M, N, K, A.data(), lda, B.data(), ldb, out.data(), N, DType::bf16, DType::f32, nullptr, true);
+    Vec a = A.values(), b = B.values(), ref(M * N);
+    for (int m = 0; m < M; m++)
+      for (int n = 0; n < N; n++) {
+        double acc = C0[m * N + n];
+        for (int k = 0; k < K; k++) acc += a[ta ? k * lda + m : m * lda + k] * b[tb ? n * ldb + k : k * ldb + n];
+        ref[m * N + n] = acc;
+      }
+    EXPECT_TRUE(all_close(out, ref, 1e-5, 1e-5)) << "ta " << ta << " tb " << tb;
+  }
+}
+
 TEST(Linear, ForwardAndBackwardMatchFloat64) {
   const int BT = 19, IC = 24, OC = 70;
   for (DType d : kAll) {

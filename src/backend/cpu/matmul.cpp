@@ -4,6 +4,7 @@
 // matmul): operands widened to fp32 and dnnl_sgemm, the same products summed in fp32.
 #include <oneapi/dnnl/dnnl.hpp>
 
+#include <array>
 #include <cstring>
 #include <optional>
 
@@ -34,6 +35,7 @@ struct CpuBackend::OneDnn {
   struct Entry {
     dnnl::matmul prim;
     std::optional<dnnl::reorder> to_blocked;
+    bool packed = false;  // into blocked by pack_blocked instead
     dnnl::memory blocked;
   };
   std::map<Key, Entry> cache;
@@ -67,6 +69,65 @@ static void widen(std::vector<float>& dst, const void* src, int64_t rows, int64_
   for (int64_t r = 0; r < rows; r++)
     for (int64_t c = 0; c < cols; c++) dst[r * cols + c] = to_f32(s[r * ld + c]);
 }
+
+#if defined(__AVX512BW__)
+// oneDNN's blocked layout for B on AMX and AVX512-BF16, BA16a64b2a: 32 x 64 blocks, N-block
+// major, each 16 pairs of K rows by 64 columns: (k, n) at (n/64)·64K + (k/32)·2048 + (k%32/2)·128
+// + (n%64)·2 + k%2. oneDNN's own reorder into it moves 5-7 GB/s here; these copies run near
+// memory bandwidth, writing the same bytes. Both need K % 32 == 0 and N % 64 == 0.
+
+// (a[i], b[i]) for i in 0..15: two rows' 16 bf16 values interleaved into 16 pairs
+static inline __m512i interleave_pairs(const bf16* a, const bf16* b) {
+  const __m512i idx = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8,
+                                       39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+  return _mm512_permutex2var_epi16(_mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a))),
+                                   idx, _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b))));
+}
+
+// The 16 x 16 matrix of 32-bit values in r[0..15] (row i in r[i]), transposed in place: at each
+// level b = 8, 4, 2, 1 the off-diagonal b x b blocks of every 2b x 2b block trade places.
+template <int b>
+static inline void transpose_level(__m512i r[16]) {
+  constexpr auto idx = [](bool high) {
+    std::array<int, 16> v{};
+    for (int j = 0; j < 16; j++) v[j] = high ? (j & b ? 16 + j : j + b) : (j & b ? 16 + j - b : j);
+    return v;
+  };
+  static constexpr std::array<int, 16> lo = idx(false), hi = idx(true);
+  const __m512i il = _mm512_loadu_si512(lo.data()), ih = _mm512_loadu_si512(hi.data());
+  for (int i = 0; i < 16; i++)
+    if (!(i & b)) {
+      const __m512i x = r[i], y = r[i + b];
+      r[i] = _mm512_permutex2var_epi32(x, il, y);
+      r[i + b] = _mm512_permutex2var_epi32(x, ih, y);
+    }
+}
+
+// B (K x N) into BA16a64b2a at dst: from B's rows (row stride ld), or where tb from B^T's
+// (N x K): there a pair of K is one 32-bit word, and 16 x 16 blocks of words are transposed.
+static void pack_blocked(bf16* dst, const bf16* src, int64_t K, int64_t N, int64_t ld, bool tb) {
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t nb = 0; nb < N / 64; nb++)
+    for (int64_t kq = 0; kq < K / 32; kq++) {  // one 32 x 64 block: 4 KB of dst
+      bf16* d = dst + nb * 64 * K + kq * 2048;
+      for (int64_t n16 = 0; n16 < 4; n16++) {
+        if (!tb) {
+          const bf16* r0 = src + 32 * kq * ld + 64 * nb + 16 * n16;
+          for (int64_t kp = 0; kp < 16; kp++)
+            _mm512_storeu_si512(d + kp * 128 + 32 * n16, interleave_pairs(r0 + 2 * kp * ld, r0 + (2 * kp + 1) * ld));
+        } else {
+          __m512i r[16];  // r[i]: the 16 pairs of column n = 64 nb + 16 n16 + i
+          for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_si512(src + (64 * nb + 16 * n16 + i) * ld + 32 * kq);
+          transpose_level<8>(r);
+          transpose_level<4>(r);
+          transpose_level<2>(r);
+          transpose_level<1>(r);  // r[kp]: pair kp of the 16 columns
+          for (int64_t kp = 0; kp < 16; kp++) _mm512_storeu_si512(d + kp * 128 + 32 * n16, r[kp]);
+        }
+      }
+    }
+}
+#endif
 
 void CpuBackend::matmul(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const void* A,
                         int64_t lda, const void* B, int64_t ldb, void* C, int64_t ldc, DType ab,
@@ -149,10 +210,13 @@ void CpuBackend::matmul(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const
     }
     const memory::desc bany({K, N}, dt::bf16, memory::format_tag::any);
     auto pd = matmul_pd(dnnl_->eng, ad, blocked ? bany : bd, cd, bias ? &biasd : nullptr, attr);
-    OneDnn::Entry e{dnnl::matmul(pd), std::nullopt, {}};
+    OneDnn::Entry e{dnnl::matmul(pd), std::nullopt, false, {}};
     if (blocked) {
       e.blocked = memory(pd.weights_desc(), dnnl_->eng);
-      e.to_blocked = dnnl::reorder(memory(bd, dnnl_->eng, nullptr), e.blocked);
+#if defined(__AVX512BW__)
+      e.packed = K % 32 == 0 && N % 64 == 0 && pd.weights_desc() == memory::desc({K, N}, dt::bf16, memory::format_tag::BA16a64b2a);
+#endif
+      if (!e.packed) e.to_blocked = dnnl::reorder(memory(bd, dnnl_->eng, nullptr), e.blocked);
     }
     it = dnnl_->cache.emplace(key, std::move(e)).first;
   }
@@ -160,7 +224,11 @@ void CpuBackend::matmul(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const
   memory am(ad, dnnl_->eng, const_cast<void*>(A)), bm(bd, dnnl_->eng, const_cast<void*>(B)),
       cm(cd, dnnl_->eng, C);
   if (e.to_blocked) e.to_blocked->execute(dnnl_->strm, bm, e.blocked);
-  std::unordered_map<int, memory> args{{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, e.to_blocked ? e.blocked : bm}, {DNNL_ARG_DST, cm}};
+#if defined(__AVX512BW__)
+  if (e.packed) pack_blocked(static_cast<bf16*>(e.blocked.get_data_handle()), static_cast<const bf16*>(B), K, N, ldb, tb);
+#endif
+  const bool to_blocked = e.to_blocked || e.packed;
+  std::unordered_map<int, memory> args{{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, to_blocked ? e.blocked : bm}, {DNNL_ARG_DST, cm}};
   if (bias) args.emplace(DNNL_ARG_BIAS, memory(biasd, dnnl_->eng, const_cast<float*>(bias)));
   e.prim.execute(dnnl_->strm, args);
   dnnl_->strm.wait();
