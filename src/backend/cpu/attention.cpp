@@ -291,13 +291,6 @@ static void pack_by_dim(uint32_t* dst, const bf16* src, int64_t T, int64_t HS, i
   }
 }
 
-// (a[d], b[d]) for d in 0..15: two rows' 16 bf16 values interleaved into 16 pairs
-static inline __m512i interleave16(__m256i a, __m256i b) {
-  const __m512i lo = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8,
-                                      39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
-  return _mm512_permutex2var_epi16(_mm512_castsi256_si512(a), lo, _mm512_castsi256_si512(b));
-}
-
 static void pack_by_row(uint32_t* dst, const bf16* src, int64_t T, int64_t HS, int64_t stride) {
   const int64_t tiles = (T + kTile - 1) / kTile;
   const bf16 zero{0};

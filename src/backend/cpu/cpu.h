@@ -94,6 +94,15 @@ class CpuBackend final : public Backend {
 void sgemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
            const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
 
+#if defined(__AVX512BW__)
+// (a[d], b[d]) for d in 0..15: two rows' 16 bf16 values interleaved into 16 pairs
+inline __m512i interleave16(__m256i a, __m256i b) {
+  const __m512i lo = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8,
+                                      39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+  return _mm512_permutex2var_epi16(_mm512_castsi256_si512(a), lo, _mm512_castsi256_si512(b));
+}
+#endif
+
 // Sum per-thread partial rows p(nt, n) into acc(n) (+=), in thread order.
 inline void reduce_partials(float* acc, const float* p, int nt, int64_t n) {
 #pragma omp parallel for schedule(static)

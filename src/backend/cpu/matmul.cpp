@@ -76,12 +76,9 @@ static void widen(std::vector<float>& dst, const void* src, int64_t rows, int64_
 // + (n%64)·2 + k%2. oneDNN's own reorder into it moves 5-7 GB/s here; these copies run near
 // memory bandwidth, writing the same bytes. Both need K % 32 == 0 and N % 64 == 0.
 
-// (a[i], b[i]) for i in 0..15: two rows' 16 bf16 values interleaved into 16 pairs
 static inline __m512i interleave_pairs(const bf16* a, const bf16* b) {
-  const __m512i idx = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8,
-                                       39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
-  return _mm512_permutex2var_epi16(_mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a))),
-                                   idx, _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b))));
+  return interleave16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a)),
+                      _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b)));
 }
 
 // The 16 x 16 matrix of 32-bit values in r[0..15] (row i in r[i]), transposed in place: at each
