@@ -222,8 +222,8 @@ TEST(Matmul, AllTransposesDtypesBiasAndAccumulationMatchFloat64) {
       }
 }
 
-// A weight gradient's long reduction (dY^T X over the tokens) goes in chunks of 512 tokens
-// summed in fp32: three chunks, the last one short, strided views, bias and accumulation.
+// A weight gradient's long reduction (dY^T X over the tokens), in bf16 summed in chunks of 512
+// tokens: three chunks, the last one short, strided views, bias and accumulation (every dtype).
 TEST(Matmul, WeightGradientOverManyTokensMatchesFloat64) {
   const int M = 40, N = 72, K = 1100, lda = M + 8, ldb = N + 16;
   for (DType d : kAll) {
@@ -245,7 +245,8 @@ TEST(Matmul, WeightGradientOverManyTokensMatchesFloat64) {
 }
 
 // B in oneDNN's blocked layout, copied there by frugal's own packing (K % 32 and N % 64 both 0):
-// from B's rows, from B^T's (a forward's weight), and under a dW's transposed A; strided views.
+// from B's rows and from B^T's (a forward's weight), strided; and a dW's transposed A, where at
+// this shape oneDNN may ask for another layout (then its own reorder runs).
 TEST(Matmul, PackedBlockedWeightsMatchFloat64) {
   if (!be().native_gemm(DType::bf16)) GTEST_SKIP() << "no native bf16 GEMM on this CPU";
   const int M = 37, N = 128, K = 64;
