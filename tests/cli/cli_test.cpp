@@ -343,6 +343,10 @@ TEST_F(Cli, PinnedLossesAndWeightsOfAShortRun) {
       {"Intel(R) Xeon(R) Processor avx512_bf16 amx",
        {"0x1.645054p+2 0x1.64c4a6p+2 0x1.64c246p+2 0x1.6542p+2 0x1.640bdap+2 0x1.655416p+2 ", "d3c282be02fa3b8b",
         "0x1.645002p+2 0x1.64c448p+2 0x1.64c52ep+2 0x1.6541a6p+2 0x1.640e08p+2 0x1.65543p+2 ", "6582faca9839ac0a"}},
+      // the session of 2026-12-03 on a Zen 4 EPYC (AVX512-BF16, no AMX), pinned at 4555c4f
+      {"AMD EPYC avx512_bf16",
+       {"0x1.645054p+2 0x1.64c4a6p+2 0x1.64c246p+2 0x1.6542p+2 0x1.640bdcp+2 0x1.655416p+2 ", "73393a21d0c98426",
+        "0x1.645006p+2 0x1.64c3d6p+2 0x1.64c48p+2 0x1.6541aap+2 0x1.640cb4p+2 0x1.655344p+2 ", "263a93cbbfec70fa"}},
   };
   std::vector<uint32_t> tokens(20000);
   uint64_t x = 12345;

@@ -57,6 +57,12 @@ TEST(Config, ShippedConfigsLoad) {
   RunConfig gpt2 = load_config(std::string(FRUGAL_SOURCE_DIR) + "/configs/gpt2.toml", {});
   EXPECT_EQ(gpt2.model.num_params(), 124475904);
   EXPECT_EQ(gpt2.accum_steps(), 128);  // 524288 / (4 * 1024)
+  // run.sh's default where bf16 is native: mini's model, in bf16, on mini's data
+  RunConfig mb = load_config(std::string(FRUGAL_SOURCE_DIR) + "/configs/mini-bf16.toml", {});
+  EXPECT_EQ(mb.model.num_params(), mini.model.num_params());
+  EXPECT_EQ(mb.precision.compute, DType::bf16);
+  EXPECT_EQ(mb.data.train, mini.data.train);
+  EXPECT_EQ(mb.train.steps, 1000);
 }
 
 TEST(Config, EveryMistakeIsOneLineNamingFileAndField) {
