@@ -53,11 +53,21 @@ class Backend {
   // libraries), or -1 where the backend does not own its memory (the CPU: see the host's).
   virtual int64_t memory_available() const { return -1; }
 
+  // A copy of B in the backend's own layout, kept by the caller across calls that share B (the
+  // lm head's weight over its chunks): `data` holds packed_bytes() bytes, (re)filled from B at
+  // a call where !filled; the caller sets filled once B is unchanged since that call.
+  struct PackedB {
+    void* data;
+    bool filled;
+  };
+  // Bytes of such a copy of op(B) (K,N) in dtype ab; 0 where the backend keeps none.
+  virtual size_t packed_bytes(bool trans_b, int64_t K, int64_t N, DType ab) const { return 0; }
   // C(M,N) = op(A) op(B) [+ bias(N)] [+ C when accumulate]; A and B in dtype ab, C in dtype c,
   // fp32 accumulation; op(A) is (M,K), op(B) is (K,N); row-major with row strides lda/ldb/ldc.
+  // packed: where the backend may keep B packed (see PackedB), or null.
   virtual void matmul(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const void* A,
                       int64_t lda, const void* B, int64_t ldb, void* C, int64_t ldc, DType ab,
-                      DType c, const float* bias, bool accumulate) = 0;
+                      DType c, const float* bias, bool accumulate, PackedB* packed = nullptr) = 0;
 
   // Activations (void*) are in the compute dtype dt; the residual stream, LayerNorm
   // statistics, master weights and their gradients are fp32.

@@ -19,10 +19,11 @@ class TimingBackend final : public Backend {
 
   bool native_gemm(DType d) const override { return b_.native_gemm(d); }
   bool gpu() const override { return b_.gpu(); }
+  size_t packed_bytes(bool tb, int64_t K, int64_t N, DType ab) const override { return b_.packed_bytes(tb, K, N, ab); }
   void matmul(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const void* A, int64_t lda,
               const void* B, int64_t ldb, void* C, int64_t ldc, DType ab, DType c, const float* bias,
-              bool acc) override {
-    time("gemm", 2.0 * M * N * K, [&] { b_.matmul(ta, tb, M, N, K, A, lda, B, ldb, C, ldc, ab, c, bias, acc); });
+              bool acc, PackedB* packed) override {
+    time("gemm", 2.0 * M * N * K, [&] { b_.matmul(ta, tb, M, N, K, A, lda, B, ldb, C, ldc, ab, c, bias, acc, packed); });
   }
   void linear_forward(void* out, const void* inp, const void* w, const float* bias, int64_t BT,
                       int64_t IC, int64_t OC, DType dt) override {

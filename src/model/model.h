@@ -434,6 +434,7 @@ class Model {
   Bytes lnf_;                                  // (B,T,C) dt
   PoolArray<float> lnf_mean_, lnf_rstd_, losses_;  // (B,T)
   Bytes logits_;                               // workspace (head_rows, Vp) dt, then dlogits
+  Bytes head_wt_, head_w_;                     // workspace: the lm head's weight packed by the backend (head_pack)
   PoolArray<float> dres_;                      // workspace (B,T,C) fp32
   PoolArray<float> res_mid_;                   // workspace (B,T,C) fp32: x + attention branch
   Bytes dres_c_, dbig_, dsmall_;               // workspace (B,T,C) dt 16-bit only, (B,T,dbig) dt, (B,T,C) dt

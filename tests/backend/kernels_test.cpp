@@ -267,6 +267,42 @@ TEST(Matmul, PackedBlockedWeightsMatchFloat64) {
   }
 }
 
+// A B the caller keeps packed across calls (Backend::PackedB, the lm head's weight over its
+// chunks): filled at the first call, then reused while the caller says B is unchanged, by calls
+// of other row counts too; from B's rows (dX) and from B^T's (the forward), strided.
+TEST(Matmul, CallersPackedWeightIsFilledOnceThenReused) {
+  const int N = 128, K = 64;
+  for (int tb = 0; tb < 2; tb++) {
+    const size_t bytes = be().packed_bytes(tb, K, N, DType::bf16);
+    if (bytes == 0) GTEST_SKIP() << "the CPU backend keeps no packed bf16 B here (no native bf16 GEMM)";
+    EXPECT_EQ(0u, be().packed_bytes(tb, K, N, DType::f32));
+    const int ldb = (tb ? K : N) + 32;
+    Buf B1(DType::bf16, randn((tb ? N : K) * ldb, 1, 28)), B2(DType::bf16, randn((tb ? N : K) * ldb, 1, 29));
+    std::vector<std::byte> copy(bytes);
+    Backend::PackedB packed{copy.data(), false};
+    for (auto [M, b, want] : {std::tuple{37, &B1, &B1}, {5, &B2, &B1}, {37, &B2, &B1}}) {
+      Buf A(DType::bf16, randn(M * K, 1, 30 + M));
+      std::vector<float> out(size_t(M) * N);
+      be().matmul(false, tb, M, N, K, A.data(), K, b->data(), ldb, out.data(), N, DType::bf16, DType::f32, nullptr,
+                  false, &packed);
+      packed.filled = true;  // from here B2 is passed, but the copy made of B1 is what is multiplied
+      Vec a = A.values(), w = want->values(), ref(size_t(M) * N, 0.0);
+      for (int m = 0; m < M; m++)
+        for (int n = 0; n < N; n++)
+          for (int k = 0; k < K; k++) ref[m * N + n] += a[m * K + k] * w[tb ? n * ldb + k : k * ldb + n];
+      EXPECT_TRUE(all_close(out, ref, 1e-5, 1e-5)) << "tb " << tb << " M " << M;
+    }
+    packed.filled = false;  // B changed: packed again
+    Buf A(DType::bf16, randn(37 * K, 1, 31));
+    std::vector<float> out(size_t(37) * N), plain(out.size());
+    be().matmul(false, tb, 37, N, K, A.data(), K, B2.data(), ldb, out.data(), N, DType::bf16, DType::f32, nullptr,
+                false, &packed);
+    be().matmul(false, tb, 37, N, K, A.data(), K, B2.data(), ldb, plain.data(), N, DType::bf16, DType::f32, nullptr,
+                false);
+    EXPECT_EQ(0, std::memcmp(out.data(), plain.data(), out.size() * 4)) << "tb " << tb;
+  }
+}
+
 TEST(Linear, ForwardAndBackwardMatchFloat64) {
   const int BT = 19, IC = 24, OC = 70;
   for (DType d : kAll) {

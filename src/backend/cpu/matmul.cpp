@@ -29,13 +29,15 @@ static dnnl::matmul::primitive_desc matmul_pd(const dnnl::engine& eng, const dnn
 struct CpuBackend::OneDnn {
   dnnl::engine eng{dnnl::engine::kind::cpu, 0};
   dnnl::stream strm{eng};
-  using Key = std::tuple<bool, bool, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, bool, bool>;
+  using Key = std::tuple<bool, bool, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, bool, bool, bool>;
   // A primitive, and where it takes B in oneDNN's blocked layout: the reorder into it and the
-  // blocked copy (one per shape, rewritten at every call: B may have changed since).
+  // blocked copy (one per shape, rewritten at every call: B may have changed since), or the
+  // caller's copy (PackedB, kept across calls).
   struct Entry {
     dnnl::matmul prim;
     std::optional<dnnl::reorder> to_blocked;
-    bool packed = false;  // into blocked by pack_blocked instead
+    bool packed = false;  // into blocked (or the caller's copy) by pack_blocked instead
+    bool theirs = false;  // B's blocked copy is the caller's PackedB
     dnnl::memory blocked;
   };
   std::map<Key, Entry> cache;
@@ -54,6 +56,26 @@ struct CpuBackend::OneDnn {
 CpuBackend::CpuBackend() : dnnl_(std::make_unique<OneDnn>()) {}
 CpuBackend::~CpuBackend() = default;
 bool CpuBackend::native_gemm(DType d) const { return d == DType::f32 || (d == DType::bf16 && dnnl_->bf16); }
+
+// Whether a B that oneDNN wants in weights layout w is copied into it by pack_blocked (below).
+static bool packable(const dnnl::memory::desc& w) {
+#if defined(__AVX512BW__)
+  const dnnl::memory::dims d = w.dims();
+  return d.size() == 2 && d[0] % 32 == 0 && d[1] % 64 == 0 &&
+         w == dnnl::memory::desc(d, dnnl::memory::data_type::bf16, dnnl::memory::format_tag::BA16a64b2a);
+#else
+  return false;
+#endif
+}
+
+// A caller's packed copy (PackedB) of a bf16 B, where pack_blocked writes oneDNN's layout for it.
+size_t CpuBackend::packed_bytes(bool, int64_t K, int64_t N, DType ab) const {
+  if (ab != DType::bf16 || !dnnl_->bf16) return 0;
+  using dt = dnnl::memory::data_type;
+  const dnnl::memory::desc a({64, K}, dt::bf16, dnnl::memory::format_tag::ab), c({64, N}, dt::bf16, dnnl::memory::format_tag::ab);
+  const dnnl::memory::desc w = matmul_pd(dnnl_->eng, a, {{K, N}, dt::bf16, dnnl::memory::format_tag::any}, c).weights_desc();
+  return packable(w) ? w.get_size() : 0;
+}
 
 void sgemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
                   const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
@@ -128,7 +150,7 @@ static void pack_blocked(bf16* dst, const bf16* src, int64_t K, int64_t N, int64
 
 void CpuBackend::matmul(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const void* A,
                         int64_t lda, const void* B, int64_t ldb, void* C, int64_t ldc, DType ab,
-                        DType c, const float* bias, bool accumulate) {
+                        DType c, const float* bias, bool accumulate, PackedB* packed) {
   if (ab == DType::f32 && c == DType::f32) {
     float* Cf = static_cast<float*>(C);
     if (bias && !accumulate) {
@@ -170,6 +192,7 @@ void CpuBackend::matmul(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const
     return;
   }
   FRUGAL_CHECK(ab == DType::bf16 && c != DType::f16, "matmul {} x {} -> {}", dtype_name(ab), dtype_name(ab), dtype_name(c));
+  if (packed && ta) packed = nullptr;
   // A weight gradient dW (+)= dY^T X reduces over the tokens; oneDNN runs it with A transposed
   // at 1.2-1.3 TFLOP/s on gpt2's shapes at K = 4096, but at 1.5-2.3 over 512 tokens at a time
   // with X in its blocked layout (below): so K goes in chunks of 512, summed onto C in fp32.
@@ -188,7 +211,7 @@ void CpuBackend::matmul(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const
   memory::desc bd({K, N}, dt::bf16, tb ? memory::dims{1, ldb} : memory::dims{ldb, 1});
   memory::desc cd({M, N}, cdt, memory::dims{ldc, 1});
   memory::desc biasd({1, N}, dt::f32, memory::dims{N, 1});
-  OneDnn::Key key{ta, tb, M, N, K, lda, ldb, ldc, int(c), bias != nullptr, accumulate};
+  OneDnn::Key key{ta, tb, M, N, K, lda, ldb, ldc, int(c), bias != nullptr, accumulate, packed != nullptr};
   // A short reduction (K <= 1024: a linear layer's forward, and its dX where OC is small) over
   // a weight of at most 8 M values runs faster with B reordered into oneDNN's blocked layout at
   // every call, reorder included (gemm_bench: gpt2's qkv forward 1.32 -> 1.62 TFLOP/s, fcproj
@@ -196,7 +219,9 @@ void CpuBackend::matmul(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const
   // up to K = 4096 (B = W, not transposed; in a gpt2 step at B*T = 4096: qkv dX 8.3 -> 5.8 ms,
   // fc dX 2.8 ms less, the reorders 0.75 and 0.9 ms), with K blocked in another order (other
   // bits); a forward's transposed weight at such K is not faster.
-  const bool blocked = (ta ? !tb && K <= kDwChunk : K <= 1024 || (!tb && K <= 4096)) && K * N <= (int64_t(8) << 20);
+  // A B the caller keeps packed (PackedB) goes blocked at any size: gpt2's lm head at 512 rows
+  // per chunk, forward 305 -> 376 GFLOP/s and dX 332 -> 382 (gemm_bench on a Zen 4 EPYC).
+  bool blocked = packed || ((ta ? !tb && K <= kDwChunk : K <= 1024 || (!tb && K <= 4096)) && K * N <= (int64_t(8) << 20));
   auto it = dnnl_->cache.find(key);
   if (it == dnnl_->cache.end()) {
     primitive_attr attr;
@@ -207,12 +232,16 @@ void CpuBackend::matmul(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const
     }
     const memory::desc bany({K, N}, dt::bf16, memory::format_tag::any);
     auto pd = matmul_pd(dnnl_->eng, ad, blocked ? bany : bd, cd, bias ? &biasd : nullptr, attr);
-    OneDnn::Entry e{dnnl::matmul(pd), std::nullopt, false, {}};
-    if (blocked) {
+    OneDnn::Entry e{dnnl::matmul(pd), std::nullopt, false, false, {}};
+    if (blocked) e.packed = packable(pd.weights_desc());
+    if (packed && e.packed) {
+      e.theirs = true;
+      e.blocked = memory(pd.weights_desc(), dnnl_->eng, nullptr);
+    } else if (packed) {  // not in the layout packed_bytes() counted: B as it is
+      e.prim = dnnl::matmul(matmul_pd(dnnl_->eng, ad, bd, cd, bias ? &biasd : nullptr, attr));
+      e.packed = false;
+    } else if (blocked) {
       e.blocked = memory(pd.weights_desc(), dnnl_->eng);
-#if defined(__AVX512BW__)
-      e.packed = K % 32 == 0 && N % 64 == 0 && pd.weights_desc() == memory::desc({K, N}, dt::bf16, memory::format_tag::BA16a64b2a);
-#endif
       if (!e.packed) e.to_blocked = dnnl::reorder(memory(bd, dnnl_->eng, nullptr), e.blocked);
     }
     it = dnnl_->cache.emplace(key, std::move(e)).first;
@@ -220,9 +249,11 @@ void CpuBackend::matmul(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const
   OneDnn::Entry& e = it->second;
   memory am(ad, dnnl_->eng, const_cast<void*>(A)), bm(bd, dnnl_->eng, const_cast<void*>(B)),
       cm(cd, dnnl_->eng, C);
+  if (e.theirs) e.blocked.set_data_handle(packed->data);
   if (e.to_blocked) e.to_blocked->execute(dnnl_->strm, bm, e.blocked);
 #if defined(__AVX512BW__)
-  if (e.packed) pack_blocked(static_cast<bf16*>(e.blocked.get_data_handle()), static_cast<const bf16*>(B), K, N, ldb, tb);
+  if (e.packed && !(e.theirs && packed->filled))
+    pack_blocked(static_cast<bf16*>(e.blocked.get_data_handle()), static_cast<const bf16*>(B), K, N, ldb, tb);
 #endif
   const bool to_blocked = e.to_blocked || e.packed;
   std::unordered_map<int, memory> args{{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, to_blocked ? e.blocked : bm}, {DNNL_ARG_DST, cm}};

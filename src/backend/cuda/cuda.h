@@ -35,7 +35,7 @@ class CudaBackend final : public Backend {
   int64_t memory_available() const override;
   void matmul(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const void* A,
               int64_t lda, const void* B, int64_t ldb, void* C, int64_t ldc, DType ab, DType c,
-              const float* bias, bool accumulate) override;
+              const float* bias, bool accumulate, PackedB* packed = nullptr) override;
   void linear_forward(void* out, const void* inp, const void* weight, const float* bias,
                       int64_t BT, int64_t IC, int64_t OC, DType dt) override;
   void linear_backward(void* dinp, float* dweight, float* dbias, const void* dout,

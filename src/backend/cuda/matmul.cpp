@@ -44,7 +44,7 @@ CudaBackend::~CudaBackend() {
 
 void CudaBackend::matmul(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const void* A,
                          int64_t lda, const void* B, int64_t ldb, void* C, int64_t ldc, DType ab,
-                         DType c, const float* bias, bool accumulate) {
+                         DType c, const float* bias, bool accumulate, PackedB*) {
   gemm(ta, tb, M, N, K, A, lda, B, ldb, C, ldc, ab, c, bias, accumulate, Gelu::none, nullptr);
 }
 
