@@ -54,8 +54,9 @@ class Backend {
   virtual int64_t memory_available() const { return -1; }
 
   // A copy of B in the backend's own layout, kept by the caller across calls that share B (the
-  // lm head's weight over its chunks): `data` holds packed_bytes() bytes, (re)filled from B at
-  // a call where !filled; the caller sets filled once B is unchanged since that call.
+  // lm head's weight over its chunks): `data` holds packed_bytes() bytes. The backend packs B
+  // into it at a call where !filled and sets filled; the caller clears filled whenever B may
+  // have changed since.
   struct PackedB {
     void* data;
     bool filled;

@@ -600,12 +600,10 @@ float Model::head(const int32_t* targets, int B, int T, float grad_scale) {
     int64_t rows = std::min(head_rows_, BT - r0);
     const std::byte* x = lnf + r0 * C * es;
     be_.matmul(false, true, rows, Vp, C, x, C, wte, C, dlogits, Vp, dt, dt, nullptr, false, head_wt_.size() ? &wt : nullptr);
-    wt.filled = true;
     be_.softmax_xent(dlogits, losses_.data() + r0, targets + r0, rows, V, Vp, grad_scale, dt);
     if (grad_scale != 0.0f) {
       be_.matmul(false, false, rows, C, Vp, dlogits, Vp, wte, C, dlnf + r0 * C * es, C, dt, dt, nullptr, false,
                  head_w_.size() ? &w : nullptr);
-      w.filled = true;
       if (dwte) be_.matmul(true, false, Vp, C, rows, dlogits, Vp, x, C, dwte, C, dt, DType::f32, nullptr, true);
     }
   }

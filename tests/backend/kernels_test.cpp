@@ -285,7 +285,7 @@ TEST(Matmul, CallersPackedWeightIsFilledOnceThenReused) {
       std::vector<float> out(size_t(M) * N);
       be().matmul(false, tb, M, N, K, A.data(), K, b->data(), ldb, out.data(), N, DType::bf16, DType::f32, nullptr,
                   false, &packed);
-      packed.filled = true;  // from here B2 is passed, but the copy made of B1 is what is multiplied
+      EXPECT_TRUE(packed.filled);  // from here B2 is passed, but the copy made of B1 is what is multiplied
       Vec a = A.values(), w = want->values(), ref(size_t(M) * N, 0.0);
       for (int m = 0; m < M; m++)
         for (int n = 0; n < N; n++)

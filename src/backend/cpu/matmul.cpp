@@ -254,6 +254,7 @@ void CpuBackend::matmul(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const
 #if defined(__AVX512BW__)
   if (e.packed && !(e.theirs && packed->filled))
     pack_blocked(static_cast<bf16*>(e.blocked.get_data_handle()), static_cast<const bf16*>(B), K, N, ldb, tb);
+  if (e.theirs) packed->filled = true;
 #endif
   const bool to_blocked = e.to_blocked || e.packed;
   std::unordered_map<int, memory> args{{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, to_blocked ? e.blocked : bm}, {DNNL_ARG_DST, cm}};
