@@ -192,7 +192,6 @@ void CpuBackend::matmul(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const
     return;
   }
   FRUGAL_CHECK(ab == DType::bf16 && c != DType::f16, "matmul {} x {} -> {}", dtype_name(ab), dtype_name(ab), dtype_name(c));
-  if (packed && ta) packed = nullptr;
   // A weight gradient dW (+)= dY^T X reduces over the tokens; oneDNN runs it with A transposed
   // at 1.2-1.3 TFLOP/s on gpt2's shapes at K = 4096, but at 1.5-2.3 over 512 tokens at a time
   // with X in its blocked layout (below): so K goes in chunks of 512, summed onto C in fp32.
@@ -221,7 +220,7 @@ void CpuBackend::matmul(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const
   // bits); a forward's transposed weight at such K is not faster.
   // A B the caller keeps packed (PackedB) goes blocked at any size: gpt2's lm head at 512 rows
   // per chunk, forward 305 -> 376 GFLOP/s and dX 332 -> 382 (gemm_bench on a Zen 4 EPYC).
-  bool blocked = packed || ((ta ? !tb && K <= kDwChunk : K <= 1024 || (!tb && K <= 4096)) && K * N <= (int64_t(8) << 20));
+  const bool blocked = packed || ((ta ? !tb && K <= kDwChunk : K <= 1024 || (!tb && K <= 4096)) && K * N <= (int64_t(8) << 20));
   auto it = dnnl_->cache.find(key);
   if (it == dnnl_->cache.end()) {
     primitive_attr attr;
