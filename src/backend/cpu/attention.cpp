@@ -254,8 +254,10 @@ static inline void amx_begin() {
 #endif
 }
 
-// dp_block over any number of rows and of 16-column blocks (ldb >= nb).
-static void dp(int64_t rows, int64_t nb, float* c, int64_t ldc, const uint32_t* a, int64_t lda,
+// dp_block over any number of rows and of 16-column blocks (ldb >= nb). Not inlined: inside the
+// backward's loop, with the softmax's constants live, gcc reloaded B for every row of the block
+// (16 loads to 16 vdpbf16ps instead of 4), which made dQ's product load-bound.
+[[gnu::noinline]] static void dp(int64_t rows, int64_t nb, float* c, int64_t ldc, const uint32_t* a, int64_t lda,
                const __m512i* b, int64_t ldb, int64_t P, bool acc) {
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__)
   if (amx_ready()) return dp_amx(rows, nb, c, ldc, a, lda, b, ldb, P, acc);
@@ -279,15 +281,21 @@ static uint32_t pair(bf16 lo, bf16 hi) { return uint32_t(lo.bits) | uint32_t(hi.
 // - by rows, for P R: tile t, row pair jp, dim d -> dst[(t·32 + jp)·HS + d].
 static void pack_by_dim(uint32_t* dst, const bf16* src, int64_t T, int64_t HS, int64_t stride) {
   const int64_t tiles = (T + kTile - 1) / kTile, H2 = HS / 2;
-  const __m512i rows16 = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                             _mm512_set1_epi32(int(stride / 2)));
-  for (int64_t r0 = 0; r0 < tiles * kTile; r0 += 16) {  // 16 rows' pair p: one gather
-    const __mmask16 in = __mmask16((uint32_t(1) << std::clamp<int64_t>(T - r0, 0, 16)) - 1);
-    const void* base = src + std::min(r0, T - 1) * stride;
+  for (int64_t r0 = 0; r0 < tiles * kTile; r0 += 16) {  // 16 rows by 16 pairs: one transpose
+    const int64_t n = std::clamp<int64_t>(T - r0, 0, 16);
     uint32_t* d = dst + (r0 / kTile * H2) * kTile + r0 % kTile;
-    for (int64_t p = 0; p < H2; p++)
-      _mm512_storeu_si512(d + p * kTile, _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), in, rows16,
-                                                                     static_cast<const uint32_t*>(base) + p, 4));
+    for (int64_t p0 = 0; p0 < H2; p0 += 16) {
+      const int64_t w = std::min<int64_t>(16, H2 - p0);
+      const __mmask16 cols = __mmask16((uint32_t(1) << w) - 1);
+      __m512i r[16];
+      for (int64_t i = 0; i < 16; i++)
+        r[i] = i < n ? _mm512_maskz_loadu_epi32(cols, src + (r0 + i) * stride + 2 * p0) : _mm512_setzero_si512();
+      transpose_level<8>(r);
+      transpose_level<4>(r);
+      transpose_level<2>(r);
+      transpose_level<1>(r);  // r[p]: pair p0 + p of the 16 rows
+      for (int64_t p = 0; p < w; p++) _mm512_storeu_si512(d + (p0 + p) * kTile, r[p]);
+    }
   }
 }
 
@@ -365,7 +373,7 @@ static void attention_forward_bf16(bf16* out, float* lse, const bf16* qkv, float
     float* s = o + kTile * HS;                               // (kTile, kTile)
     float* m = s + kTile * kTile;                            // running max
     float* l = m + kTile;                                    // running sum
-#pragma omp for collapse(2) schedule(static)
+#pragma omp for collapse(2) schedule(dynamic)
     for (int64_t b = 0; b < B; b++)
       for (int64_t h = 0; h < NH; h++) {
         const bf16* base = qkv + b * T * C3 + hd.q(h);
@@ -441,7 +449,7 @@ static void attention_backward_bf16(bf16* dqkv, const bf16* dout, const bf16* qk
     auto transpose = [&](uint32_t* dst) {
       blocked(T2, HS, [&](int64_t ip, int64_t d) { dst[d * T2s + ip] = tmp[ip * HS + d]; });
     };
-#pragma omp for collapse(2) schedule(static)
+#pragma omp for collapse(2) schedule(dynamic)
     for (int64_t b = 0; b < B; b++)
       for (int64_t kv = 0; kv < hd.NKV; kv++) {
         const bf16* rows = qkv + b * T * C3;

@@ -8,6 +8,7 @@
 #pragma once
 #include <omp.h>
 
+#include <array>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -101,6 +102,25 @@ inline __m512i interleave16(__m256i a, __m256i b) {
   const __m512i lo = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8,
                                       39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
   return _mm512_permutex2var_epi16(_mm512_castsi256_si512(a), lo, _mm512_castsi256_si512(b));
+}
+
+// The 16 x 16 matrix of 32-bit values in r[0..15] (row i in r[i]), transposed in place: at each
+// level b = 8, 4, 2, 1 the off-diagonal b x b blocks of every 2b x 2b block trade places.
+template <int b>
+inline void transpose_level(__m512i r[16]) {
+  constexpr auto idx = [](bool high) {
+    std::array<int, 16> v{};
+    for (int j = 0; j < 16; j++) v[j] = high ? (j & b ? 16 + j : j + b) : (j & b ? 16 + j - b : j);
+    return v;
+  };
+  static constexpr std::array<int, 16> lo = idx(false), hi = idx(true);
+  const __m512i il = _mm512_loadu_si512(lo.data()), ih = _mm512_loadu_si512(hi.data());
+  for (int i = 0; i < 16; i++)
+    if (!(i & b)) {
+      const __m512i x = r[i], y = r[i + b];
+      r[i] = _mm512_permutex2var_epi32(x, il, y);
+      r[i + b] = _mm512_permutex2var_epi32(x, ih, y);
+    }
 }
 #endif
 

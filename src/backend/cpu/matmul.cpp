@@ -4,7 +4,6 @@
 // matmul): operands widened to fp32 and dnnl_sgemm, the same products summed in fp32.
 #include <oneapi/dnnl/dnnl.hpp>
 
-#include <array>
 #include <cstring>
 #include <optional>
 
@@ -101,25 +100,6 @@ static void widen(std::vector<float>& dst, const void* src, int64_t rows, int64_
 static inline __m512i interleave_pairs(const bf16* a, const bf16* b) {
   return interleave16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a)),
                       _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b)));
-}
-
-// The 16 x 16 matrix of 32-bit values in r[0..15] (row i in r[i]), transposed in place: at each
-// level b = 8, 4, 2, 1 the off-diagonal b x b blocks of every 2b x 2b block trade places.
-template <int b>
-static inline void transpose_level(__m512i r[16]) {
-  constexpr auto idx = [](bool high) {
-    std::array<int, 16> v{};
-    for (int j = 0; j < 16; j++) v[j] = high ? (j & b ? 16 + j : j + b) : (j & b ? 16 + j - b : j);
-    return v;
-  };
-  static constexpr std::array<int, 16> lo = idx(false), hi = idx(true);
-  const __m512i il = _mm512_loadu_si512(lo.data()), ih = _mm512_loadu_si512(hi.data());
-  for (int i = 0; i < 16; i++)
-    if (!(i & b)) {
-      const __m512i x = r[i], y = r[i + b];
-      r[i] = _mm512_permutex2var_epi32(x, il, y);
-      r[i + b] = _mm512_permutex2var_epi32(x, ih, y);
-    }
 }
 
 // B (K x N) into BA16a64b2a at dst: from B's rows (row stride ld), or where tb from B^T's
