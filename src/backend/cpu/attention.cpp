@@ -358,6 +358,15 @@ static inline void softmax_tile_row(const float* s, uint32_t* pb, float* o, int6
     _mm512_storeu_si512(pb + 8 * c, (__m512i)_mm512_cvtne2ps_pbh(x[c + 1], x[c]));
 }
 
+// The rows of a query tile (nq rows) against a key tile, in groups that see the same key blocks:
+// f(r0, nr, nb) for rows r0 .. r0 + nr - 1 and the first nb 16-key blocks. Off the diagonal one
+// group sees all 4; on it (diag) 16-row group g sees g + 1: the rest is masked.
+template <class F>
+static inline void causal_groups(bool diag, int64_t nq, F&& f) {
+  if (!diag) return f(int64_t(0), nq, int64_t(kTile / 16));
+  for (int64_t r0 = 0; r0 < nq; r0 += 16) f(r0, std::min<int64_t>(16, nq - r0), r0 / 16 + 1);
+}
+
 static void attention_forward_bf16(bf16* out, float* lse, const bf16* qkv, float* scratch,
                                    int64_t per_thread, int64_t B, int64_t T, Heads hd) {
   const int64_t NH = hd.NH, HS = hd.HS, C = hd.C(), C3 = hd.W(), H2 = HS / 2, tiles = (T + kTile - 1) / kTile;
@@ -388,19 +397,15 @@ static void attention_forward_bf16(bf16* out, float* lse, const bf16* qkv, float
             const int64_t k0 = t * kTile;
             const __m512i* kt = reinterpret_cast<const __m512i*>(kp + t * kTile * H2);
             const __m512i* vt = reinterpret_cast<const __m512i*>(vp + t * kTile * H2);
-            // the diagonal tile: 16-row groups g see keys < 16(g+1) only
-            const int64_t groups = k0 == q0 ? (nq + 15) / 16 : 1, rows_per = k0 == q0 ? 16 : nq;
-            for (int64_t g = 0; g < groups; g++) {
-              const int64_t r0 = g * rows_per, nr = std::min(rows_per, nq - r0), nb = k0 == q0 ? g + 1 : 4;
-              dp(nr, nb, s + r0 * kTile, kTile, q + r0 * (C3 / 2), C3 / 2, kt, kTile / 16, H2, false);  // S = Q K^T
-            }
+            causal_groups(k0 == q0, nq, [&](int64_t r0, int64_t nr, int64_t nb) {  // S = Q K^T
+              dp(nr, nb, s + r0 * kTile, kTile, q + r0 * (C3 / 2), C3 / 2, kt, kTile / 16, H2, false);
+            });
             for (int64_t i = 0; i < nq; i++)
               softmax_tile_row(s + i * kTile, pb + i * kTile / 2, o + i * HS, HS, m + i, l + i, scale,
                                std::clamp<int64_t>(q0 + i - k0 + 1, 0, kTile));
-            for (int64_t g = 0; g < groups; g++) {
-              const int64_t r0 = g * rows_per, nr = std::min(rows_per, nq - r0), pairs = k0 == q0 ? 8 * (g + 1) : kTile / 2;
-              dp(nr, HS / 16, o + r0 * HS, HS, pb + r0 * kTile / 2, kTile / 2, vt, HS / 16, pairs, true);  // O += P V
-            }
+            causal_groups(k0 == q0, nq, [&](int64_t r0, int64_t nr, int64_t nb) {  // O += P V
+              dp(nr, HS / 16, o + r0 * HS, HS, pb + r0 * kTile / 2, kTile / 2, vt, HS / 16, 8 * nb, true);
+            });
           }
           for (int64_t i = 0; i < nq; i++) {
             bf16* orow = out + (b * T + q0 + i) * C + h * HS;
@@ -475,8 +480,11 @@ static void attention_backward_bf16(bf16* dqkv, const bf16* dout, const bf16* qk
             const __m512i* vdt = reinterpret_cast<const __m512i*>(vd + kt * H2 * kTile);
             for (int64_t q0 = k0; q0 < T; q0 += kTile) {  // the query tiles that see this key tile
               const int64_t nq = std::min(kTile, T - q0);
-              dp(nq, 4, sp, kTile, reinterpret_cast<const uint32_t*>(base + q0 * C3), C3 / 2, kdt, 4, H2, false);   // S
-              dp(nq, 4, dp_, kTile, reinterpret_cast<const uint32_t*>(dbase + q0 * C), C / 2, vdt, 4, H2, false);  // dP
+              causal_groups(q0 == k0, nq, [&](int64_t r0, int64_t nr, int64_t nb) {
+                const int64_t q = q0 + r0;
+                dp(nr, nb, sp + r0 * kTile, kTile, reinterpret_cast<const uint32_t*>(base + q * C3), C3 / 2, kdt, 4, H2, false);  // S
+                dp(nr, nb, dp_ + r0 * kTile, kTile, reinterpret_cast<const uint32_t*>(dbase + q * C), C / 2, vdt, 4, H2, false);  // dP
+              });
               // P = exp(S scale - LSE), dS = P (dP - D) scale, 0 where masked; two rows at a time,
               // so that P and dS go by row pairs (pb, sb) and dS by key pairs (sr) from registers
               uint32_t* pbq = pb + (q0 - k0) / 2 * kTile;
@@ -505,8 +513,10 @@ static void attention_backward_bf16(bf16* dqkv, const bf16* dout, const bf16* qk
                                                                            (__m256i)_mm512_cvtneps_pbh(dv[1][c])));
                 }
               }
-              dp(nq, HS / 16, dq + q0 * HS, HS, sr, kTile / 2,                    // dQ += dS K
-                 reinterpret_cast<const __m512i*>(kr + kt * kTile / 2 * HS), HS / 16, kTile / 2, true);
+              causal_groups(q0 == k0, nq, [&](int64_t r0, int64_t nr, int64_t nb) {  // dQ += dS K
+                dp(nr, HS / 16, dq + (q0 + r0) * HS, HS, sr + r0 * kTile / 2, kTile / 2,
+                   reinterpret_cast<const __m512i*>(kr + kt * kTile / 2 * HS), HS / 16, 8 * nb, true);
+              });
             }
             // over every query tile at once: C stays in the tile registers the whole reduction
             const __m512i* pbv = reinterpret_cast<const __m512i*>(pb);
