@@ -290,10 +290,7 @@ static void pack_by_dim(uint32_t* dst, const bf16* src, int64_t T, int64_t HS, i
       __m512i r[16];
       for (int64_t i = 0; i < 16; i++)
         r[i] = i < n ? _mm512_maskz_loadu_epi32(cols, src + (r0 + i) * stride + 2 * p0) : _mm512_setzero_si512();
-      transpose_level<8>(r);
-      transpose_level<4>(r);
-      transpose_level<2>(r);
-      transpose_level<1>(r);  // r[p]: pair p0 + p of the 16 rows
+      transpose16x16(r);  // r[p]: pair p0 + p of the 16 rows
       for (int64_t p = 0; p < w; p++) _mm512_storeu_si512(d + (p0 + p) * kTile, r[p]);
     }
   }
@@ -382,6 +379,7 @@ static void attention_forward_bf16(bf16* out, float* lse, const bf16* qkv, float
     float* s = o + kTile * HS;                               // (kTile, kTile)
     float* m = s + kTile * kTile;                            // running max
     float* l = m + kTile;                                    // running sum
+    bf16* qc = reinterpret_cast<bf16*>(l + kTile);           // (kTile, HS) the tile's queries
 #pragma omp for collapse(2) schedule(dynamic)
     for (int64_t b = 0; b < B; b++)
       for (int64_t h = 0; h < NH; h++) {
@@ -390,7 +388,8 @@ static void attention_forward_bf16(bf16* out, float* lse, const bf16* qkv, float
         pack_by_row(vp, qkv + b * T * C3 + hd.v(h), T, HS, C3);
         for (int64_t q0 = 0; q0 < T; q0 += kTile) {
           const int64_t nq = std::min(kTile, T - q0);
-          const uint32_t* q = reinterpret_cast<const uint32_t*>(base + q0 * C3);
+          for (int64_t i = 0; i < nq; i++) std::memcpy(qc + i * HS, base + (q0 + i) * C3, sizeof(bf16) * HS);
+          const uint32_t* q = reinterpret_cast<const uint32_t*>(qc);
           std::memset(o, 0, sizeof(float) * nq * HS);
           for (int64_t i = 0; i < nq; i++) { m[i] = -3.0e38f; l[i] = 0.0f; }
           for (int64_t t = 0; t <= (q0 + nq - 1) / kTile; t++) {
@@ -398,7 +397,7 @@ static void attention_forward_bf16(bf16* out, float* lse, const bf16* qkv, float
             const __m512i* kt = reinterpret_cast<const __m512i*>(kp + t * kTile * H2);
             const __m512i* vt = reinterpret_cast<const __m512i*>(vp + t * kTile * H2);
             causal_groups(k0 == q0, nq, [&](int64_t r0, int64_t nr, int64_t nb) {  // S = Q K^T
-              dp(nr, nb, s + r0 * kTile, kTile, q + r0 * (C3 / 2), C3 / 2, kt, kTile / 16, H2, false);
+              dp(nr, nb, s + r0 * kTile, kTile, q + r0 * H2, H2, kt, kTile / 16, H2, false);
             });
             for (int64_t i = 0; i < nq; i++)
               softmax_tile_row(s + i * kTile, pb + i * kTile / 2, o + i * HS, HS, m + i, l + i, scale,
@@ -451,8 +450,16 @@ static void attention_backward_bf16(bf16* dqkv, const bf16* dout, const bf16* qk
     float* dp_ = sp + kTile * kTile;            // (64, 64) dP
     float* dvt = dp_ + kTile * kTile;           // (HS, Tps) dV^T
     float* dkt = dvt + HS * Tps;                // (HS, Tps) dK^T
-    auto transpose = [&](uint32_t* dst) {
-      blocked(T2, HS, [&](int64_t ip, int64_t d) { dst[d * T2s + ip] = tmp[ip * HS + d]; });
+    bf16* qc = reinterpret_cast<bf16*>(dkt + HS * Tps);  // (T, HS) the head's Q rows, contiguous
+    bf16* oc = qc + T * HS;                              // (T, HS) and dO's
+    auto transpose = [&](uint32_t* dst) {  // tmp (T2, HS) -> dst (HS, T2s), 16 x 16 at a time
+      for (int64_t i0 = 0; i0 < T2; i0 += 16)
+        for (int64_t d0 = 0; d0 < HS; d0 += 16) {
+          __m512i r[16];
+          for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_si512(tmp + (i0 + i) * HS + d0);
+          transpose16x16(r);
+          for (int i = 0; i < 16; i++) _mm512_storeu_si512(dst + (d0 + i) * T2s + i0, r[i]);
+        }
     };
 #pragma omp for collapse(2) schedule(dynamic)
     for (int64_t b = 0; b < B; b++)
@@ -468,9 +475,13 @@ static void attention_backward_bf16(bf16* dqkv, const bf16* dout, const bf16* qk
           const bf16* dbase = dout + b * T * C + h * HS;
           const bf16* obase = out + b * T * C + h * HS;
           const float* L = lse + (b * NH + h) * T;
-          pack_by_row(tmp, base, T, HS, C3);
+          for (int64_t t = 0; t < T; t++) {
+            std::memcpy(qc + t * HS, base + t * C3, sizeof(bf16) * HS);
+            std::memcpy(oc + t * HS, dbase + t * C, sizeof(bf16) * HS);
+          }
+          pack_by_row(tmp, qc, T, HS, HS);
           transpose(qt);
-          pack_by_row(tmp, dbase, T, HS, C);
+          pack_by_row(tmp, oc, T, HS, HS);
           transpose(ot);
           std::memset(dq, 0, sizeof(float) * T * HS);
           rowsum_dout_out(Dv, dbase, obase, T, HS, C);
@@ -482,8 +493,8 @@ static void attention_backward_bf16(bf16* dqkv, const bf16* dout, const bf16* qk
               const int64_t nq = std::min(kTile, T - q0);
               causal_groups(q0 == k0, nq, [&](int64_t r0, int64_t nr, int64_t nb) {
                 const int64_t q = q0 + r0;
-                dp(nr, nb, sp + r0 * kTile, kTile, reinterpret_cast<const uint32_t*>(base + q * C3), C3 / 2, kdt, 4, H2, false);  // S
-                dp(nr, nb, dp_ + r0 * kTile, kTile, reinterpret_cast<const uint32_t*>(dbase + q * C), C / 2, vdt, 4, H2, false);  // dP
+                dp(nr, nb, sp + r0 * kTile, kTile, reinterpret_cast<const uint32_t*>(qc + q * HS), H2, kdt, 4, H2, false);  // S
+                dp(nr, nb, dp_ + r0 * kTile, kTile, reinterpret_cast<const uint32_t*>(oc + q * HS), H2, vdt, 4, H2, false);  // dP
               });
               // P = exp(S scale - LSE), dS = P (dP - D) scale, 0 where masked; two rows at a time,
               // so that P and dS go by row pairs (pb, sb) and dS by key pairs (sr) from registers
@@ -615,7 +626,7 @@ void CpuBackend::attention_forward(void* out, float* lse, const void* qkv, int64
 #if defined(__AVX512BF16__)
   if (dt == DType::bf16 && HS % 16 == 0) {
     const int64_t tiles = (T + kTile - 1) / kTile;
-    const int64_t per_thread = tiles * kTile * HS + kTile * kTile / 2 + kTile * HS + kTile * kTile + 2 * kTile + 16;
+    const int64_t per_thread = tiles * kTile * HS + kTile * kTile / 2 + kTile * HS + kTile * kTile + 2 * kTile + kTile * HS / 2 + 16;
     attention_forward_bf16(static_cast<bf16*>(out), lse, static_cast<const bf16*>(qkv), partials(per_thread),
                            per_thread, B, T, hd);
     return;
@@ -636,7 +647,7 @@ void CpuBackend::attention_backward(void* dqkv, const void* dout, const void* qk
   if (dt == DType::bf16 && HS % 16 == 0) {
     const int64_t tiles = (T + kTile - 1) / kTile;
     const int64_t per_thread = 6 * (tiles * kTile / 2 + 16) * HS + tiles * kTile * kTile + kTile * kTile / 2 + tiles * kTile * (HS + 1) +
-                               2 * kTile * kTile + 2 * HS * (tiles * kTile + 16) + 16;
+                               2 * kTile * kTile + 2 * HS * (tiles * kTile + 16) + T * HS + 16;
     attention_backward_bf16(static_cast<bf16*>(dqkv), static_cast<const bf16*>(dout), static_cast<const bf16*>(qkv),
                             static_cast<const bf16*>(out), lse, partials(per_thread), per_thread, B, T, hd);
     return;

@@ -122,6 +122,13 @@ inline void transpose_level(__m512i r[16]) {
       r[i + b] = _mm512_permutex2var_epi32(x, ih, y);
     }
 }
+
+inline void transpose16x16(__m512i r[16]) {
+  transpose_level<8>(r);
+  transpose_level<4>(r);
+  transpose_level<2>(r);
+  transpose_level<1>(r);
+}
 #endif
 
 // Sum per-thread partial rows p(nt, n) into acc(n) (+=), in thread order.

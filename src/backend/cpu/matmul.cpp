@@ -117,10 +117,7 @@ static void pack_blocked(bf16* dst, const bf16* src, int64_t K, int64_t N, int64
         } else {
           __m512i r[16];  // r[i]: the 16 pairs of column n = 64 nb + 16 n16 + i
           for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_si512(src + (64 * nb + 16 * n16 + i) * ld + 32 * kq);
-          transpose_level<8>(r);
-          transpose_level<4>(r);
-          transpose_level<2>(r);
-          transpose_level<1>(r);  // r[kp]: pair kp of the 16 columns
+          transpose16x16(r);  // r[kp]: pair kp of the 16 columns
           for (int64_t kp = 0; kp < 16; kp++) _mm512_storeu_si512(d + kp * 128 + 32 * n16, r[kp]);
         }
       }
