@@ -383,6 +383,7 @@ static inline void causal_groups(bool diag, int64_t nq, F&& f) {
 static void attention_forward_bf16(bf16* out, float* lse, const bf16* qkv, float* scratch,
                                    int64_t per_thread, int64_t B, int64_t T, Heads hd) {
   const int64_t NH = hd.NH, HS = hd.HS, C = hd.C(), C3 = hd.W(), H2 = HS / 2, tiles = (T + kTile - 1) / kTile;
+  const int64_t G = NH / hd.NKV;
   const float scale = 1.0f / std::sqrt(float(HS));
 #pragma omp parallel
   {
@@ -398,35 +399,37 @@ static void attention_forward_bf16(bf16* out, float* lse, const bf16* qkv, float
     bf16* qc = reinterpret_cast<bf16*>(l + kTile);           // (kTile, HS) the tile's queries
 #pragma omp for collapse(2) schedule(dynamic)
     for (int64_t b = 0; b < B; b++)
-      for (int64_t h = 0; h < NH; h++) {
-        const bf16* base = qkv + b * T * C3 + hd.q(h);
-        pack_by_dim(kp, qkv + b * T * C3 + hd.k(h), T, HS, C3);
-        pack_by_row(vp, qkv + b * T * C3 + hd.v(h), T, HS, C3);
-        for (int64_t q0 = 0; q0 < T; q0 += kTile) {
-          const int64_t nq = std::min(kTile, T - q0);
-          for (int64_t i = 0; i < nq; i++) std::memcpy(qc + i * HS, base + (q0 + i) * C3, sizeof(bf16) * HS);
-          const uint32_t* q = reinterpret_cast<const uint32_t*>(qc);
-          std::memset(o, 0, sizeof(float) * nq * HS);
-          for (int64_t i = 0; i < nq; i++) { m[i] = -3.0e38f; l[i] = 0.0f; }
-          for (int64_t t = 0; t <= (q0 + nq - 1) / kTile; t++) {
-            const int64_t k0 = t * kTile;
-            const __m512i* kt = reinterpret_cast<const __m512i*>(kp + t * kTile * H2);
-            const __m512i* vt = reinterpret_cast<const __m512i*>(vp + t * kTile * H2);
-            causal_groups(k0 == q0, nq, [&](int64_t r0, int64_t nr, int64_t nb) {  // S = Q K^T
-              dp(nr, nb, s + r0 * kTile, kTile, q + r0 * H2, H2, kt, kTile / 16, H2, false);
-            });
-            for (int64_t i = 0; i < nq; i++)
-              softmax_tile_row(s + i * kTile, pb + i * kTile / 2, o + i * HS, HS, m + i, l + i, scale,
-                               std::clamp<int64_t>(q0 + i - k0 + 1, 0, kTile));
-            causal_groups(k0 == q0, nq, [&](int64_t r0, int64_t nr, int64_t nb) {  // O += P V
-              dp(nr, HS / 16, o + r0 * HS, HS, pb + r0 * kTile / 2, kTile / 2, vt, HS / 16, 8 * nb, true);
-            });
-          }
-          for (int64_t i = 0; i < nq; i++) {
-            bf16* orow = out + (b * T + q0 + i) * C + h * HS;
-            const float inv = 1.0f / l[i];
-            for (int64_t d = 0; d < HS; d++) orow[d] = from_f32<bf16>(o[i * HS + d] * inv);
-            lse[(b * NH + h) * T + q0 + i] = m[i] + std::log(l[i]);
+      for (int64_t kv = 0; kv < hd.NKV; kv++) {
+        pack_by_dim(kp, qkv + b * T * C3 + hd.k(kv * G), T, HS, C3);  // once for the group's query heads
+        pack_by_row(vp, qkv + b * T * C3 + hd.v(kv * G), T, HS, C3);
+        for (int64_t h = kv * G; h < (kv + 1) * G; h++) {
+          const bf16* base = qkv + b * T * C3 + hd.q(h);
+          for (int64_t q0 = 0; q0 < T; q0 += kTile) {
+            const int64_t nq = std::min(kTile, T - q0);
+            for (int64_t i = 0; i < nq; i++) std::memcpy(qc + i * HS, base + (q0 + i) * C3, sizeof(bf16) * HS);
+            const uint32_t* q = reinterpret_cast<const uint32_t*>(qc);
+            std::memset(o, 0, sizeof(float) * nq * HS);
+            for (int64_t i = 0; i < nq; i++) { m[i] = -3.0e38f; l[i] = 0.0f; }
+            for (int64_t t = 0; t <= (q0 + nq - 1) / kTile; t++) {
+              const int64_t k0 = t * kTile;
+              const __m512i* kt = reinterpret_cast<const __m512i*>(kp + t * kTile * H2);
+              const __m512i* vt = reinterpret_cast<const __m512i*>(vp + t * kTile * H2);
+              causal_groups(k0 == q0, nq, [&](int64_t r0, int64_t nr, int64_t nb) {  // S = Q K^T
+                dp(nr, nb, s + r0 * kTile, kTile, q + r0 * H2, H2, kt, kTile / 16, H2, false);
+              });
+              for (int64_t i = 0; i < nq; i++)
+                softmax_tile_row(s + i * kTile, pb + i * kTile / 2, o + i * HS, HS, m + i, l + i, scale,
+                                 std::clamp<int64_t>(q0 + i - k0 + 1, 0, kTile));
+              causal_groups(k0 == q0, nq, [&](int64_t r0, int64_t nr, int64_t nb) {  // O += P V
+                dp(nr, HS / 16, o + r0 * HS, HS, pb + r0 * kTile / 2, kTile / 2, vt, HS / 16, 8 * nb, true);
+              });
+            }
+            for (int64_t i = 0; i < nq; i++) {
+              bf16* orow = out + (b * T + q0 + i) * C + h * HS;
+              const float inv = 1.0f / l[i];
+              for (int64_t d = 0; d < HS; d++) orow[d] = from_f32<bf16>(o[i * HS + d] * inv);
+              lse[(b * NH + h) * T + q0 + i] = m[i] + std::log(l[i]);
+            }
           }
         }
       }
@@ -484,8 +487,6 @@ static void attention_backward_bf16(bf16* dqkv, const bf16* dout, const bf16* qk
         pack_by_dim(kd, rows + hd.k(kv * G), T, HS, C3);
         pack_by_dim(vd, rows + hd.v(kv * G), T, HS, C3);
         pack_by_row(kr, rows + hd.k(kv * G), T, HS, C3);
-        std::memset(dvt, 0, sizeof(float) * HS * Tps);
-        std::memset(dkt, 0, sizeof(float) * HS * Tps);
         for (int64_t h = kv * G; h < (kv + 1) * G; h++) {
           const bf16* base = rows + hd.q(h);
           const bf16* dbase = dout + b * T * C + h * HS;
@@ -499,7 +500,6 @@ static void attention_backward_bf16(bf16* dqkv, const bf16* dout, const bf16* qk
           transpose(qt);
           pack_by_row(tmp, oc, T, HS, HS);
           transpose(ot);
-          std::memset(dq, 0, sizeof(float) * T * HS);
           rowsum_dout_out(Dv, dbase, obase, T, HS, C);
           for (int64_t kt = 0; kt < tiles; kt++) {
             const int64_t k0 = kt * kTile, nk = std::min(kTile, T - k0);
@@ -540,16 +540,17 @@ static void attention_backward_bf16(bf16* dqkv, const bf16* dout, const bf16* qk
                                                                            (__m256i)_mm512_cvtneps_pbh(dv[1][c])));
                 }
               }
-              causal_groups(q0 == k0, nq, [&](int64_t r0, int64_t nr, int64_t nb) {  // dQ += dS K
+              causal_groups(q0 == k0, nq, [&](int64_t r0, int64_t nr, int64_t nb) {  // dQ (+)= dS K: key tile 0 writes
                 dp(nr, HS / 16, dq + (q0 + r0) * HS, HS, sr + r0 * kTile / 2, kTile / 2,
-                   reinterpret_cast<const __m512i*>(kr + kt * kTile / 2 * HS), HS / 16, 8 * nb, true);
+                   reinterpret_cast<const __m512i*>(kr + kt * kTile / 2 * HS), HS / 16, 8 * nb, kt > 0);
               });
             }
             // over every query tile at once: C stays in the tile registers the whole reduction
             const __m512i* pbv = reinterpret_cast<const __m512i*>(pb);
             const __m512i* sbv = reinterpret_cast<const __m512i*>(sb);
-            dp(HS, 4, dvt + k0, Tps, ot + k0 / 2, T2s, pbv, 4, (Tp - k0) / 2, true);  // dV^T += dO^T P
-            dp(HS, 4, dkt + k0, Tps, qt + k0 / 2, T2s, sbv, 4, (Tp - k0) / 2, true);  // dK^T += Q^T dS
+            const bool more = h > kv * G;  // the group's first query head writes, the others add
+            dp(HS, 4, dvt + k0, Tps, ot + k0 / 2, T2s, pbv, 4, (Tp - k0) / 2, more);  // dV^T += dO^T P
+            dp(HS, 4, dkt + k0, Tps, qt + k0 / 2, T2s, sbv, 4, (Tp - k0) / 2, more);  // dK^T += Q^T dS
           }
           store_rows(dqkv + b * T * C3 + hd.q(h), dq, T, HS, C3, HS, 1);
         }
