@@ -503,13 +503,15 @@ TEST(Attention, Bf16RunsOnAmxWhereTheCpuHasIt) {
 }
 
 TEST(Attention, ForwardAndBackwardMatchFloat64AcrossTiles) {
-  // T below, at, and not a multiple of the 64-row tile; head sizes 4, 8 and 24, and 16, 64 and
-  // 80 (multiples of 16: the bf16 pair-product kernel, where the CPU has AVX512-BF16); grouped
+  // T below, at, and not a multiple of the 64-row tile (a last tile of 16 rows or more runs fp32's
+  // own kernel, of fewer dnnl_sgemm); head sizes 4, 8 and 24, and 16 to 128 (multiples of 16: the
+  // fp32 kernel on AVX-512, the bf16 pair-product kernel where the CPU has AVX512-BF16); grouped
   // queries (NKV < NH: 2 and 3 query heads per key/value head, and one key/value head for all).
   for (auto [B, T, NH, NKV, HS] : {std::array{2, 7, 3, 3, 4}, std::array{1, 64, 2, 2, 8}, std::array{1, 150, 2, 2, 24},
                                    std::array{2, 129, 4, 4, 4}, std::array{1, 200, 2, 2, 64}, std::array{2, 67, 2, 2, 16},
                                    std::array{1, 97, 1, 1, 80}, std::array{2, 9, 4, 2, 4}, std::array{2, 70, 4, 2, 8},
-                                   std::array{1, 130, 6, 2, 16}, std::array{2, 67, 4, 1, 32}, std::array{1, 100, 9, 3, 64}}) {
+                                   std::array{1, 130, 6, 2, 16}, std::array{2, 67, 4, 1, 32}, std::array{1, 100, 9, 3, 64},
+                                   std::array{1, 83, 2, 1, 48}, std::array{1, 90, 2, 2, 128}}) {
     const HeadsRef hd{NH, NKV, HS};
     for (DType d : kAll) {
       Buf qkv(d, randn(size_t(B) * T * hd.W(), 1, 14)), dy(d, randn(size_t(B) * T * hd.C(), 1, 15));

@@ -69,57 +69,179 @@ struct Heads {
   int64_t v(int64_t h) const { return k(h) + NKV * HS; }
 };
 
+// The rows of a query tile (nq rows) against a key tile, in groups that see the same key blocks:
+// f(r0, nr, nb) for rows r0 .. r0 + nr - 1 and the first nb 16-key blocks. Off the diagonal one
+// group sees all 4; on it (diag) 16-row group g sees g + 1: the rest is masked.
+template <class F>
+static inline void causal_groups(bool diag, int64_t nq, F&& f) {
+  if (!diag) return f(int64_t(0), nq, int64_t(kTile / 16));
+  for (int64_t r0 = 0; r0 < nq; r0 += 16) f(r0, std::min<int64_t>(16, nq - r0), r0 / 16 + 1);
+}
+
+// The fp32 products: C(M, N) (+)= A(M, K) B(K, N), A's element (r, k) at a[r·ar + k·ak] (a
+// transposed A is ar = 1), B row-major. Each element's sum starts at zero, adds the K products in
+// order by fused multiply-adds, and is then added to C: dnnl_sgemm's order, so the fp32 results
+// are the ones it gave before this kernel. On AVX-512: R rows by NB 16-column vectors in
+// registers, as dp_block does for bf16 pairs, for N a multiple of 16.
+#if defined(__AVX512F__)
+template <int R, int NB, bool ACC>
+static inline void mm_block(float* c, int64_t ldc, const float* a, int64_t ar, int64_t ak, const float* b,
+                            int64_t ldb, int64_t K) {
+  __m512 s[R][NB];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+    for (int n = 0; n < NB; n++) s[r][n] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; k++) {
+    __m512 bv[NB];
+#pragma GCC unroll 4
+    for (int n = 0; n < NB; n++) {
+      bv[n] = _mm512_loadu_ps(b + k * ldb + 16 * n);
+      asm("" : "+v"(bv[n]));  // in a register: gcc would fold the load into each of the R FMAs
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++) {
+      const __m512 av = _mm512_set1_ps(a[r * ar + k * ak]);
+#pragma GCC unroll 4
+      for (int n = 0; n < NB; n++) s[r][n] = _mm512_fmadd_ps(av, bv[n], s[r][n]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+    for (int n = 0; n < NB; n++) {
+      float* cr = c + r * ldc + 16 * n;
+      _mm512_storeu_ps(cr, ACC ? _mm512_add_ps(_mm512_loadu_ps(cr), s[r][n]) : s[r][n]);
+    }
+}
+
+template <int NB, bool ACC>
+static void mm_rows(int64_t M, float* c, int64_t ldc, const float* a, int64_t ar, int64_t ak, const float* b,
+                    int64_t ldb, int64_t K) {
+  int64_t r = 0;
+  for (; r + 4 <= M; r += 4) mm_block<4, NB, ACC>(c + r * ldc, ldc, a + r * ar, ar, ak, b, ldb, K);
+  for (; r < M; r++) mm_block<1, NB, ACC>(c + r * ldc, ldc, a + r * ar, ar, ak, b, ldb, K);
+}
+
+template <bool ACC>
+static void mm_cols(int64_t M, int64_t N, float* c, int64_t ldc, const float* a, int64_t ar, int64_t ak,
+                    const float* b, int64_t ldb, int64_t K) {
+  for (int64_t n0 = 0; n0 < N; n0 += 64) {
+    float *cn = c + n0;
+    const float* bn = b + n0;
+    switch (std::min<int64_t>(4, (N - n0) / 16)) {
+      case 4: mm_rows<4, ACC>(M, cn, ldc, a, ar, ak, bn, ldb, K); break;
+      case 3: mm_rows<3, ACC>(M, cn, ldc, a, ar, ak, bn, ldb, K); break;
+      case 2: mm_rows<2, ACC>(M, cn, ldc, a, ar, ak, bn, ldb, K); break;
+      default: mm_rows<1, ACC>(M, cn, ldc, a, ar, ak, bn, ldb, K); break;
+    }
+  }
+}
+#endif
+
+// Not inlined, for dp's reason below.
+[[gnu::noinline]] static void mm(int64_t M, int64_t N, int64_t K, const float* a, int64_t ar, int64_t ak,
+                                 const float* b, int64_t ldb, bool acc, float* c, int64_t ldc) {
+#if defined(__AVX512F__)
+  if (N % 16 == 0) {
+    if (acc) mm_cols<true>(M, N, c, ldc, a, ar, ak, b, ldb, K);
+    else mm_cols<false>(M, N, c, ldc, a, ar, ak, b, ldb, K);
+    return;
+  }
+#endif
+  if (ak == 1) sgemm(false, false, M, N, K, a, ar, b, ldb, acc ? 1.0f : 0.0f, c, ldc);
+  else sgemm(true, false, M, N, K, a, ak, b, ldb, acc ? 1.0f : 0.0f, c, ldc);
+}
+
+// Whether a tile pair's products run on mm: on AVX-512, where every operand's side is 16 or more.
+// dnnl_sgemm (as the products were before mm) sums in other orders when the tile has fewer rows
+// or keys (its small-matrix and matrix-vector kernels): the last tile when T % 64 < 16 keeps it.
+static bool own_tile(int64_t HS, int64_t nq, int64_t nk) {
+#if defined(__AVX512F__)
+  return HS % 16 == 0 && nq >= 16 && nk >= 16;
+#else
+  return false;
+#endif
+}
+
+// A (T, HS) head of a (T, stride) view -> fp32 K^T (or V^T) by 64-row tiles, dst[(t·HS + d)·64 + j],
+// zero past T: the B of S = Q K^T and dP = dO V^T.
 template <class S>
-static void attention_forward_t(S* out, float* lse, const S* qkv, float* scratch, int64_t B,
+static void load_by_dim(float* dst, const S* src, int64_t T, int64_t HS, int64_t stride) {
+  const int64_t Tp = (T + kTile - 1) / kTile * kTile;
+  blocked(Tp, HS, [&](int64_t t, int64_t d) {
+    dst[(t / kTile * HS + d) * kTile + t % kTile] = t < T ? to_f32(src[t * stride + d]) : 0.0f;
+  });
+}
+
+// fp32 (and bf16 where the CPU lacks AVX512-BF16): operands widened to fp32 once per key/value
+// head (K^T and V by tiles) and per query head, P and dS in fp32.
+template <class S>
+static void attention_forward_t(S* out, float* lse, const S* qkv, float* scratch, int64_t per_thread, int64_t B,
                                 int64_t T, Heads hd) {
-  const int64_t NH = hd.NH, HS = hd.HS, C = hd.C(), C3 = hd.W();
+  const int64_t NH = hd.NH, HS = hd.HS, C = hd.C(), C3 = hd.W(), G = NH / hd.NKV;
+  const int64_t Tp = (T + kTile - 1) / kTile * kTile;
   const float scale = 1.0f / std::sqrt(float(HS));
-  const int64_t per_thread = 4 * kTile * HS + kTile * kTile + 2 * kTile;
 #pragma omp parallel
   {
-    float* q = scratch + int64_t(omp_get_thread_num()) * per_thread;  // (kTile, HS)
-    float* k = q + kTile * HS;                                        // (kTile, HS)
-    float* v = k + kTile * HS;                                        // (kTile, HS)
-    float* o = v + kTile * HS;                                        // (kTile, HS) unnormalised
-    float* s = o + kTile * HS;                                        // (kTile, kTile) scores/probs
-    float* m = s + kTile * kTile;                                     // (kTile) running max
-    float* l = m + kTile;                                             // (kTile) running sum
-#pragma omp for collapse(3) schedule(static)
+    float* kt = scratch + int64_t(omp_get_thread_num()) * per_thread;  // (Tp, HS) K^T by tiles
+    float* k = kt + Tp * HS;                                         // (T, HS)
+    float* v = k + T * HS;                                           // (T, HS)
+    float* q = v + T * HS;                                           // (kTile, HS)
+    float* o = q + kTile * HS;                                       // (kTile, HS) unnormalised
+    float* s = o + kTile * HS;                                       // (kTile, kTile) scores/probs
+    float* m = s + kTile * kTile;                                    // (kTile) running max
+    float* l = m + kTile;                                            // (kTile) running sum
+#pragma omp for collapse(2) schedule(dynamic)
     for (int64_t b = 0; b < B; b++)
-      for (int64_t h = 0; h < NH; h++)
-        for (int64_t q0 = 0; q0 < T; q0 += kTile) {
-          const S* base = qkv + b * T * C3;
-          const int64_t nq = std::min(kTile, T - q0);
-          load_tile(q, base + q0 * C3 + hd.q(h), nq, HS, C3);
-          std::memset(o, 0, sizeof(float) * nq * HS);
-          for (int64_t i = 0; i < nq; i++) { m[i] = -3.0e38f; l[i] = 0.0f; }  // finite: built with -ffast-math
-          for (int64_t k0 = 0; k0 <= q0 + nq - 1; k0 += kTile) {
-            const int64_t nk = std::min(kTile, T - k0);
-            load_tile(k, base + k0 * C3 + hd.k(h), nk, HS, C3);
-            load_tile(v, base + k0 * C3 + hd.v(h), nk, HS, C3);
-            sgemm(false, true, nq, nk, HS, q, HS, k, HS, 0.0f, s, kTile);  // S = Q K^T
-            for (int64_t i = 0; i < nq; i++) {
-              float* row = s + i * kTile;
-              const int64_t valid = std::clamp<int64_t>(q0 + i - k0 + 1, 0, nk);  // causal: keys <= query
-              float mx = m[i];
-              for (int64_t j = 0; j < valid; j++) mx = std::max(mx, row[j] * scale);
-              const float corr = std::exp(m[i] - mx);  // rescales what was summed so far
-              float sum = 0.0f;
-              for (int64_t j = 0; j < valid; j++) sum += row[j] = std::exp(row[j] * scale - mx);
-              for (int64_t j = valid; j < nk; j++) row[j] = 0.0f;
-              l[i] = l[i] * corr + sum;
-              m[i] = mx;
-              for (int64_t d = 0; d < HS; d++) o[i * HS + d] *= corr;
+      for (int64_t kv = 0; kv < hd.NKV; kv++) {
+        const S* base = qkv + b * T * C3;
+        load_by_dim(kt, base + hd.k(kv * G), T, HS, C3);  // once for the group's query heads
+        load_tile(k, base + hd.k(kv * G), T, HS, C3);
+        load_tile(v, base + hd.v(kv * G), T, HS, C3);
+        for (int64_t h = kv * G; h < (kv + 1) * G; h++)
+          for (int64_t q0 = 0; q0 < T; q0 += kTile) {
+            const int64_t nq = std::min(kTile, T - q0);
+            load_tile(q, base + q0 * C3 + hd.q(h), nq, HS, C3);
+            std::memset(o, 0, sizeof(float) * nq * HS);
+            for (int64_t i = 0; i < nq; i++) { m[i] = -3.0e38f; l[i] = 0.0f; }  // finite: built with -ffast-math
+            for (int64_t k0 = 0; k0 <= q0 + nq - 1; k0 += kTile) {
+              const int64_t nk = std::min(kTile, T - k0);
+              const bool own = own_tile(HS, nq, nk);
+              if (own)
+                causal_groups(k0 == q0, nq, [&](int64_t r0, int64_t nr, int64_t nb) {  // S = Q K^T
+                  mm(nr, 16 * nb, HS, q + r0 * HS, HS, 1, kt + k0 * HS, kTile, false, s + r0 * kTile, kTile);
+                });
+              else
+                sgemm(false, true, nq, nk, HS, q, HS, k + k0 * HS, HS, 0.0f, s, kTile);
+              for (int64_t i = 0; i < nq; i++) {
+                float* row = s + i * kTile;
+                const int64_t valid = std::clamp<int64_t>(q0 + i - k0 + 1, 0, nk);  // causal: keys <= query
+                float mx = m[i];
+                for (int64_t j = 0; j < valid; j++) mx = std::max(mx, row[j] * scale);
+                const float corr = std::exp(m[i] - mx);  // rescales what was summed so far
+                float sum = 0.0f;
+                for (int64_t j = 0; j < valid; j++) sum += row[j] = std::exp(row[j] * scale - mx);
+                for (int64_t j = valid; j < nk; j++) row[j] = 0.0f;
+                l[i] = l[i] * corr + sum;
+                m[i] = mx;
+                for (int64_t d = 0; d < HS; d++) o[i * HS + d] *= corr;
+              }
+              if (own)
+                causal_groups(k0 == q0, nq, [&](int64_t r0, int64_t nr, int64_t nb) {  // O += P V; masked P: 0
+                  mm(nr, HS, std::min(16 * nb, nk), s + r0 * kTile, kTile, 1, v + k0 * HS, HS, true, o + r0 * HS, HS);
+                });
+              else
+                sgemm(false, false, nq, HS, nk, s, kTile, v + k0 * HS, HS, 1.0f, o, HS);
             }
-            sgemm(false, false, nq, HS, nk, s, kTile, v, HS, 1.0f, o, HS);  // O += P V
+            for (int64_t i = 0; i < nq; i++) {
+              S* orow = out + (b * T + q0 + i) * C + h * HS;
+              const float inv = 1.0f / l[i];
+              for (int64_t d = 0; d < HS; d++) orow[d] = from_f32<S>(o[i * HS + d] * inv);
+              lse[(b * NH + h) * T + q0 + i] = m[i] + std::log(l[i]);
+            }
           }
-          for (int64_t i = 0; i < nq; i++) {
-            S* orow = out + (b * T + q0 + i) * C + h * HS;
-            const float inv = 1.0f / l[i];
-            for (int64_t d = 0; d < HS; d++) orow[d] = from_f32<S>(o[i * HS + d] * inv);
-            lse[(b * NH + h) * T + q0 + i] = m[i] + std::log(l[i]);
-          }
-        }
+      }
   }
 }
 
@@ -371,15 +493,6 @@ static inline void softmax_tile_row(const float* s, uint32_t* pb, float* o, int6
     _mm512_storeu_si512(pb + 8 * c, (__m512i)_mm512_cvtne2ps_pbh(x[c + 1], x[c]));
 }
 
-// The rows of a query tile (nq rows) against a key tile, in groups that see the same key blocks:
-// f(r0, nr, nb) for rows r0 .. r0 + nr - 1 and the first nb 16-key blocks. Off the diagonal one
-// group sees all 4; on it (diag) 16-row group g sees g + 1: the rest is masked.
-template <class F>
-static inline void causal_groups(bool diag, int64_t nq, F&& f) {
-  if (!diag) return f(int64_t(0), nq, int64_t(kTile / 16));
-  for (int64_t r0 = 0; r0 < nq; r0 += 16) f(r0, std::min<int64_t>(16, nq - r0), r0 / 16 + 1);
-}
-
 static void attention_forward_bf16(bf16* out, float* lse, const bf16* qkv, float* scratch,
                                    int64_t per_thread, int64_t B, int64_t T, Heads hd) {
   const int64_t NH = hd.NH, HS = hd.HS, C = hd.C(), C3 = hd.W(), H2 = HS / 2, tiles = (T + kTile - 1) / kTile;
@@ -563,26 +676,32 @@ static void attention_backward_bf16(bf16* dqkv, const bf16* dout, const bf16* qk
 
 template <class S>
 static void attention_backward_t(S* dqkv, const S* dout, const S* qkv, const S* out,
-                                 const float* lse, float* scratch, int64_t B, int64_t T, Heads hd) {
+                                 const float* lse, float* scratch, int64_t per_thread, int64_t B, int64_t T, Heads hd) {
   const int64_t NH = hd.NH, HS = hd.HS, C = hd.C(), C3 = hd.W(), G = NH / hd.NKV;
+  const int64_t Tp = (T + kTile - 1) / kTile * kTile;
   const float scale = 1.0f / std::sqrt(float(HS));
-  const int64_t per_thread = 4 * T * HS + T + 3 * kTile * HS + 2 * kTile * kTile;
 #pragma omp parallel
   {
     float* dq = scratch + int64_t(omp_get_thread_num()) * per_thread;  // (T, HS) fp32 accumulator
     float* qall = dq + T * HS;                                         // (T, HS) all queries
-    float* dkall = qall + T * HS;                                      // (T, HS) the group's dK
+    float* dob = qall + T * HS;                                        // (T, HS) all of dO
+    float* dkall = dob + T * HS;                                       // (T, HS) the group's dK
     float* dvall = dkall + T * HS;                                     // (T, HS) and dV
-    float* Dv = dvall + T * HS;                                        // (T) rowsum(dO * O)
-    float* k = Dv + T;                                                 // (kTile, HS)
-    float* v = k + kTile * HS;
-    float* dob = v + kTile * HS;                                       // (kTile, HS) dO tile
-    float* p = dob + kTile * HS;                                        // (kTile, kTile)
+    float* kr = dvall + T * HS;                                        // (T, HS) K
+    float* vr = kr + T * HS;                                           // (T, HS) V
+    float* kt = vr + T * HS;                                           // (Tp, HS) K^T by tiles
+    float* vt = kt + Tp * HS;                                          // (Tp, HS) V^T by tiles
+    float* Dv = vt + Tp * HS;                                          // (T) rowsum(dO * O)
+    float* p = Dv + T;                                                 // (kTile, kTile)
     float* ds = p + kTile * kTile;                                     // (kTile, kTile)
-#pragma omp for collapse(2) schedule(static)
+#pragma omp for collapse(2) schedule(dynamic)
     for (int64_t b = 0; b < B; b++)
       for (int64_t kv = 0; kv < hd.NKV; kv++) {
         const S* rows = qkv + b * T * C3;
+        load_tile(kr, rows + hd.k(kv * G), T, HS, C3);
+        load_tile(vr, rows + hd.v(kv * G), T, HS, C3);
+        load_by_dim(kt, rows + hd.k(kv * G), T, HS, C3);
+        load_by_dim(vt, rows + hd.v(kv * G), T, HS, C3);
         std::memset(dkall, 0, sizeof(float) * T * HS);
         std::memset(dvall, 0, sizeof(float) * T * HS);
         for (int64_t h = kv * G; h < (kv + 1) * G; h++) {
@@ -591,31 +710,48 @@ static void attention_backward_t(S* dqkv, const S* dout, const S* qkv, const S* 
           const float* L = lse + (b * NH + h) * T;
           std::memset(dq, 0, sizeof(float) * T * HS);
           load_tile(qall, rows + hd.q(h), T, HS, C3);
+          load_tile(dob, dbase, T, HS, C);
           rowsum_dout_out(Dv, dbase, obase, T, HS, C);
           for (int64_t k0 = 0; k0 < T; k0 += kTile) {
             const int64_t nk = std::min(kTile, T - k0);
-            load_tile(k, rows + k0 * C3 + hd.k(h), nk, HS, C3);
-            load_tile(v, rows + k0 * C3 + hd.v(h), nk, HS, C3);
             float* dk = dkall + k0 * HS;
             float* dv = dvall + k0 * HS;
             for (int64_t q0 = k0; q0 < T; q0 += kTile) {  // the query tiles that see this key tile
               const int64_t nq = std::min(kTile, T - q0);
               const float* q = qall + q0 * HS;
-              load_tile(dob, dbase + q0 * C, nq, HS, C);
-              sgemm(false, true, nq, nk, HS, q, HS, k, HS, 0.0f, p, kTile);      // S = Q K^T
+              const float* d = dob + q0 * HS;
+              const bool own = own_tile(HS, nq, nk);
+              if (own)
+                causal_groups(q0 == k0, nq, [&](int64_t r0, int64_t nr, int64_t nb) {  // S = Q K^T
+                  mm(nr, 16 * nb, HS, q + r0 * HS, HS, 1, kt + k0 * HS, kTile, false, p + r0 * kTile, kTile);
+                });
+              else
+                sgemm(false, true, nq, nk, HS, q, HS, kr + k0 * HS, HS, 0.0f, p, kTile);
               for (int64_t i = 0; i < nq; i++) {  // P = exp(S * scale - LSE), causal mask
                 const int64_t valid = std::clamp<int64_t>(q0 + i - k0 + 1, 0, nk);
                 float* row = p + i * kTile;
                 for (int64_t j = 0; j < valid; j++) row[j] = std::exp(row[j] * scale - L[q0 + i]);
                 for (int64_t j = valid; j < nk; j++) row[j] = 0.0f;
               }
-              sgemm(true, false, nk, HS, nq, p, kTile, dob, HS, 1.0f, dv, HS);     // dV += P^T dO
-              sgemm(false, true, nq, nk, HS, dob, HS, v, HS, 0.0f, ds, kTile);     // dP = dO V^T
-              for (int64_t i = 0; i < nq; i++)                                     // dS = P (dP - D) scale
+              if (own) {
+                mm(nk, HS, nq, p, 1, kTile, d, HS, true, dv, HS);                    // dV += P^T dO
+                mm(nq, kTile, HS, d, HS, 1, vt + k0 * HS, kTile, false, ds, kTile);  // dP = dO V^T
+              } else {
+                sgemm(true, false, nk, HS, nq, p, kTile, d, HS, 1.0f, dv, HS);
+                sgemm(false, true, nq, nk, HS, d, HS, vr + k0 * HS, HS, 0.0f, ds, kTile);
+              }
+              for (int64_t i = 0; i < nq; i++)  // dS = P (dP - D) scale
                 for (int64_t j = 0; j < nk; j++)
                   ds[i * kTile + j] = p[i * kTile + j] * (ds[i * kTile + j] - Dv[q0 + i]) * scale;
-              sgemm(false, false, nq, HS, nk, ds, kTile, k, HS, 1.0f, dq + q0 * HS, HS);  // dQ += dS K
-              sgemm(true, false, nk, HS, nq, ds, kTile, q, HS, 1.0f, dk, HS);            // dK += dS^T Q
+              if (own) {
+                causal_groups(q0 == k0, nq, [&](int64_t r0, int64_t nr, int64_t nb) {  // dQ += dS K; masked dS: 0
+                  mm(nr, HS, std::min(16 * nb, nk), ds + r0 * kTile, kTile, 1, kr + k0 * HS, HS, true, dq + (q0 + r0) * HS, HS);
+                });
+                mm(nk, HS, nq, ds, 1, kTile, q, HS, true, dk, HS);  // dK += dS^T Q
+              } else {
+                sgemm(false, false, nq, HS, nk, ds, kTile, kr + k0 * HS, HS, 1.0f, dq + q0 * HS, HS);
+                sgemm(true, false, nk, HS, nq, ds, kTile, q, HS, 1.0f, dk, HS);
+              }
             }
           }
           store_rows(dqkv + b * T * C3 + hd.q(h), dq, T, HS, C3, HS, 1);
@@ -649,10 +785,10 @@ void CpuBackend::attention_forward(void* out, float* lse, const void* qkv, int64
     return;
   }
 #endif
-  float* scratch = partials(4 * kTile * HS + kTile * kTile + 2 * kTile);
+  const int64_t Tp = (T + kTile - 1) / kTile * kTile, per_thread = (Tp + 2 * T + 2 * kTile) * HS + kTile * kTile + 2 * kTile;
   dispatch(dt, [&](auto t) {
     using S = decltype(t);
-    attention_forward_t(static_cast<S*>(out), lse, static_cast<const S*>(qkv), scratch, B, T, hd);
+    attention_forward_t(static_cast<S*>(out), lse, static_cast<const S*>(qkv), partials(per_thread), per_thread, B, T, hd);
   });
 }
 
@@ -670,11 +806,11 @@ void CpuBackend::attention_backward(void* dqkv, const void* dout, const void* qk
     return;
   }
 #endif
-  float* scratch = partials(4 * T * HS + T + 3 * kTile * HS + 2 * kTile * kTile);
+  const int64_t Tp = (T + kTile - 1) / kTile * kTile, per_thread = (7 * T + 2 * Tp) * HS + T + 2 * kTile * kTile;
   dispatch(dt, [&](auto t) {
     using S = decltype(t);
     attention_backward_t(static_cast<S*>(dqkv), static_cast<const S*>(dout), static_cast<const S*>(qkv),
-                         static_cast<const S*>(out), lse, scratch, B, T, hd);
+                         static_cast<const S*>(out), lse, partials(per_thread), per_thread, B, T, hd);
   });
 }
 
