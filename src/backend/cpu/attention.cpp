@@ -117,35 +117,42 @@ static inline void mm_block(float* c, int64_t ldc, const float* a, int64_t ar, i
 
 template <int NB, bool ACC>
 static void mm_rows(int64_t M, float* c, int64_t ldc, const float* a, int64_t ar, int64_t ak, const float* b,
-                    int64_t ldb, int64_t K) {
+                    int64_t ldb, int64_t K, bool tri) {
   int64_t r = 0;
-  for (; r + 4 <= M; r += 4) mm_block<4, NB, ACC>(c + r * ldc, ldc, a + r * ar, ar, ak, b, ldb, K);
-  for (; r < M; r++) mm_block<1, NB, ACC>(c + r * ldc, ldc, a + r * ar, ar, ak, b, ldb, K);
+  for (; r + 4 <= M; r += 4) {
+    const int64_t k = tri ? r : 0;
+    mm_block<4, NB, ACC>(c + r * ldc, ldc, a + r * ar + k * ak, ar, ak, b + k * ldb, ldb, K - k);
+  }
+  for (; r < M; r++) {
+    const int64_t k = tri ? r : 0;
+    mm_block<1, NB, ACC>(c + r * ldc, ldc, a + r * ar + k * ak, ar, ak, b + k * ldb, ldb, K - k);
+  }
 }
 
 template <bool ACC>
 static void mm_cols(int64_t M, int64_t N, float* c, int64_t ldc, const float* a, int64_t ar, int64_t ak,
-                    const float* b, int64_t ldb, int64_t K) {
+                    const float* b, int64_t ldb, int64_t K, bool tri) {
   for (int64_t n0 = 0; n0 < N; n0 += 64) {
     float *cn = c + n0;
     const float* bn = b + n0;
     switch (std::min<int64_t>(4, (N - n0) / 16)) {
-      case 4: mm_rows<4, ACC>(M, cn, ldc, a, ar, ak, bn, ldb, K); break;
-      case 3: mm_rows<3, ACC>(M, cn, ldc, a, ar, ak, bn, ldb, K); break;
-      case 2: mm_rows<2, ACC>(M, cn, ldc, a, ar, ak, bn, ldb, K); break;
-      default: mm_rows<1, ACC>(M, cn, ldc, a, ar, ak, bn, ldb, K); break;
+      case 4: mm_rows<4, ACC>(M, cn, ldc, a, ar, ak, bn, ldb, K, tri); break;
+      case 3: mm_rows<3, ACC>(M, cn, ldc, a, ar, ak, bn, ldb, K, tri); break;
+      case 2: mm_rows<2, ACC>(M, cn, ldc, a, ar, ak, bn, ldb, K, tri); break;
+      default: mm_rows<1, ACC>(M, cn, ldc, a, ar, ak, bn, ldb, K, tri); break;
     }
   }
 }
 #endif
 
-// Not inlined, for dp's reason below.
+// Not inlined, for dp's reason below. tri: A(r, k) = 0 for k < r (the diagonal tile's P^T and
+// dS^T), so row r's sum starts at k = r; adding those zeros to a sum of zeros changes no bit.
 [[gnu::noinline]] static void mm(int64_t M, int64_t N, int64_t K, const float* a, int64_t ar, int64_t ak,
-                                 const float* b, int64_t ldb, bool acc, float* c, int64_t ldc) {
+                                 const float* b, int64_t ldb, bool acc, float* c, int64_t ldc, bool tri = false) {
 #if defined(__AVX512F__)
   if (N % 16 == 0) {
-    if (acc) mm_cols<true>(M, N, c, ldc, a, ar, ak, b, ldb, K);
-    else mm_cols<false>(M, N, c, ldc, a, ar, ak, b, ldb, K);
+    if (acc) mm_cols<true>(M, N, c, ldc, a, ar, ak, b, ldb, K, tri);
+    else mm_cols<false>(M, N, c, ldc, a, ar, ak, b, ldb, K, tri);
     return;
   }
 #endif
@@ -153,24 +160,24 @@ static void mm_cols(int64_t M, int64_t N, float* c, int64_t ldc, const float* a,
   else sgemm(true, false, M, N, K, a, ak, b, ldb, acc ? 1.0f : 0.0f, c, ldc);
 }
 
-// Whether a tile pair's products run on mm: on AVX-512, where every operand's side is 16 or more.
-// dnnl_sgemm (as the products were before mm) sums in other orders when the tile has fewer rows
-// or keys (its small-matrix and matrix-vector kernels): the last tile when T % 64 < 16 keeps it.
-static bool own_tile(int64_t HS, int64_t nq, int64_t nk) {
+// Whether a head's and a tile pair's products run on mm: on AVX-512, for head sizes that are a
+// multiple of 16 and tiles of 16 rows and keys or more. dnnl_sgemm (as the products were before
+// mm) sums in other orders for fewer (its small-matrix and matrix-vector kernels): the last tile
+// when T % 64 < 16 keeps it.
+static bool own_head(int64_t HS) {
 #if defined(__AVX512F__)
-  return HS % 16 == 0 && nq >= 16 && nk >= 16;
+  return HS % 16 == 0;
 #else
   return false;
 #endif
 }
+static bool own_tile(int64_t HS, int64_t nq, int64_t nk) { return own_head(HS) && nq >= 16 && nk >= 16; }
 
-// A (T, HS) head of a (T, stride) view -> fp32 K^T (or V^T) by 64-row tiles, dst[(t·HS + d)·64 + j],
-// zero past T: the B of S = Q K^T and dP = dO V^T.
-template <class S>
-static void load_by_dim(float* dst, const S* src, int64_t T, int64_t HS, int64_t stride) {
-  const int64_t Tp = (T + kTile - 1) / kTile * kTile;
-  blocked(Tp, HS, [&](int64_t t, int64_t d) {
-    dst[(t / kTile * HS + d) * kTile + t % kTile] = t < T ? to_f32(src[t * stride + d]) : 0.0f;
+// A head's fp32 rows (T, HS) -> K^T (or V^T) by 64-row tiles, dst[(t·HS + d)·64 + j], zero past T:
+// the B of S = Q K^T and dP = dO V^T on mm (own_head).
+static void load_by_dim(float* dst, const float* src, int64_t T, int64_t HS) {
+  blocked((T + kTile - 1) / kTile * kTile, HS, [&](int64_t t, int64_t d) {
+    dst[(t / kTile * HS + d) * kTile + t % kTile] = t < T ? src[t * HS + d] : 0.0f;
   });
 }
 
@@ -196,9 +203,9 @@ static void attention_forward_t(S* out, float* lse, const S* qkv, float* scratch
     for (int64_t b = 0; b < B; b++)
       for (int64_t kv = 0; kv < hd.NKV; kv++) {
         const S* base = qkv + b * T * C3;
-        load_by_dim(kt, base + hd.k(kv * G), T, HS, C3);  // once for the group's query heads
-        load_tile(k, base + hd.k(kv * G), T, HS, C3);
+        load_tile(k, base + hd.k(kv * G), T, HS, C3);  // once for the group's query heads
         load_tile(v, base + hd.v(kv * G), T, HS, C3);
+        if (own_head(HS)) load_by_dim(kt, k, T, HS);
         for (int64_t h = kv * G; h < (kv + 1) * G; h++)
           for (int64_t q0 = 0; q0 < T; q0 += kTile) {
             const int64_t nq = std::min(kTile, T - q0);
@@ -700,8 +707,10 @@ static void attention_backward_t(S* dqkv, const S* dout, const S* qkv, const S* 
         const S* rows = qkv + b * T * C3;
         load_tile(kr, rows + hd.k(kv * G), T, HS, C3);
         load_tile(vr, rows + hd.v(kv * G), T, HS, C3);
-        load_by_dim(kt, rows + hd.k(kv * G), T, HS, C3);
-        load_by_dim(vt, rows + hd.v(kv * G), T, HS, C3);
+        if (own_head(HS)) {
+          load_by_dim(kt, kr, T, HS);
+          load_by_dim(vt, vr, T, HS);
+        }
         std::memset(dkall, 0, sizeof(float) * T * HS);
         std::memset(dvall, 0, sizeof(float) * T * HS);
         for (int64_t h = kv * G; h < (kv + 1) * G; h++) {
@@ -734,7 +743,7 @@ static void attention_backward_t(S* dqkv, const S* dout, const S* qkv, const S* 
                 for (int64_t j = valid; j < nk; j++) row[j] = 0.0f;
               }
               if (own) {
-                mm(nk, HS, nq, p, 1, kTile, d, HS, true, dv, HS);                    // dV += P^T dO
+                mm(nk, HS, nq, p, 1, kTile, d, HS, true, dv, HS, q0 == k0);          // dV += P^T dO
                 mm(nq, kTile, HS, d, HS, 1, vt + k0 * HS, kTile, false, ds, kTile);  // dP = dO V^T
               } else {
                 sgemm(true, false, nk, HS, nq, p, kTile, d, HS, 1.0f, dv, HS);
@@ -747,7 +756,7 @@ static void attention_backward_t(S* dqkv, const S* dout, const S* qkv, const S* 
                 causal_groups(q0 == k0, nq, [&](int64_t r0, int64_t nr, int64_t nb) {  // dQ += dS K; masked dS: 0
                   mm(nr, HS, std::min(16 * nb, nk), ds + r0 * kTile, kTile, 1, kr + k0 * HS, HS, true, dq + (q0 + r0) * HS, HS);
                 });
-                mm(nk, HS, nq, ds, 1, kTile, q, HS, true, dk, HS);  // dK += dS^T Q
+                mm(nk, HS, nq, ds, 1, kTile, q, HS, true, dk, HS, q0 == k0);  // dK += dS^T Q
               } else {
                 sgemm(false, false, nq, HS, nk, ds, kTile, kr + k0 * HS, HS, 1.0f, dq + q0 * HS, HS);
                 sgemm(true, false, nk, HS, nq, ds, kTile, q, HS, 1.0f, dk, HS);
