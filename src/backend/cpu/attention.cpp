@@ -2,10 +2,10 @@
 // CPU): queries and keys are processed in tiles of kTile rows; the forward keeps a running max
 // and sum per query row (online softmax) and stores only the output and the per-row
 // log-sum-exp; the backward recomputes each tile of probabilities from the log-sum-exp. No
-// T x T tensor exists, in forward or backward. Tiles are widened to fp32 scratch of their
-// thread and multiplied with dnnl_sgemm. Grouped-query attention: NKV key/value heads, each
-// shared by G = NH/NKV query heads. The forward is parallel over (b, query head), the backward
-// over (b, key/value head), a task summing dK and dV over its group's query heads: each task
+// T x T tensor exists, in forward or backward. Operands are widened to fp32 scratch of their
+// thread and multiplied by mm, in dnnl_sgemm's summation order. Grouped-query attention: NKV
+// key/value heads, each shared by G = NH/NKV query heads. Both passes are parallel over (b,
+// key/value head), the backward's task summing dK and dV over its group's query heads: each task
 // owns its outputs.
 // In bf16 (where the CPU has AVX512-BF16 and the head size is a multiple of 16) forward and
 // backward multiply bf16 pairs with fp32 sums instead (vdpbf16ps, twice fp32's rate; on AMX
@@ -133,7 +133,7 @@ template <bool ACC>
 static void mm_cols(int64_t M, int64_t N, float* c, int64_t ldc, const float* a, int64_t ar, int64_t ak,
                     const float* b, int64_t ldb, int64_t K, bool tri) {
   for (int64_t n0 = 0; n0 < N; n0 += 64) {
-    float *cn = c + n0;
+    float* cn = c + n0;
     const float* bn = b + n0;
     switch (std::min<int64_t>(4, (N - n0) / 16)) {
       case 4: mm_rows<4, ACC>(M, cn, ldc, a, ar, ak, bn, ldb, K, tri); break;
