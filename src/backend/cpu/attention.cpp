@@ -69,6 +69,14 @@ struct Heads {
   int64_t v(int64_t h) const { return k(h) + NKV * HS; }
 };
 
+// The forward's tasks: a key/value head with all of its query heads, packing its K and V once; or,
+// where that leaves fewer than two tasks a thread (one sequence of a few key/value heads, as in a
+// prompt's prefill), one query head each, packing its group's K and V itself. The tasks per
+// key/value head.
+static int64_t forward_split(int64_t B, const Heads& hd) {
+  return B * hd.NKV >= 2 * omp_get_max_threads() ? 1 : hd.NH / hd.NKV;
+}
+
 // The rows of a query tile (nq rows) against a key tile, in groups that see the same key blocks:
 // f(r0, nr, nb) for rows r0 .. r0 + nr - 1 and the first nb 16-key blocks. Off the diagonal one
 // group sees all 4; on it (diag) 16-row group g sees g + 1: the rest is masked.
@@ -186,7 +194,7 @@ static void load_by_dim(float* dst, const float* src, int64_t T, int64_t HS) {
 template <class S>
 static void attention_forward_t(S* out, float* lse, const S* qkv, float* scratch, int64_t per_thread, int64_t B,
                                 int64_t T, Heads hd) {
-  const int64_t NH = hd.NH, HS = hd.HS, C = hd.C(), C3 = hd.W(), G = NH / hd.NKV;
+  const int64_t NH = hd.NH, HS = hd.HS, C = hd.C(), C3 = hd.W(), G = NH / hd.NKV, split = forward_split(B, hd);
   const int64_t Tp = (T + kTile - 1) / kTile * kTile;
   const float scale = 1.0f / std::sqrt(float(HS));
 #pragma omp parallel
@@ -199,56 +207,56 @@ static void attention_forward_t(S* out, float* lse, const S* qkv, float* scratch
     float* s = o + kTile * HS;                                       // (kTile, kTile) scores/probs
     float* m = s + kTile * kTile;                                    // (kTile) running max
     float* l = m + kTile;                                            // (kTile) running sum
-#pragma omp for collapse(2) schedule(dynamic)
-    for (int64_t b = 0; b < B; b++)
-      for (int64_t kv = 0; kv < hd.NKV; kv++) {
-        const S* base = qkv + b * T * C3;
-        load_tile(k, base + hd.k(kv * G), T, HS, C3);  // once for the group's query heads
-        load_tile(v, base + hd.v(kv * G), T, HS, C3);
-        if (own_head(HS)) load_by_dim(kt, k, T, HS);
-        for (int64_t h = kv * G; h < (kv + 1) * G; h++)
-          for (int64_t q0 = 0; q0 < T; q0 += kTile) {
-            const int64_t nq = std::min(kTile, T - q0);
-            load_tile(q, base + q0 * C3 + hd.q(h), nq, HS, C3);
-            std::memset(o, 0, sizeof(float) * nq * HS);
-            for (int64_t i = 0; i < nq; i++) { m[i] = -3.0e38f; l[i] = 0.0f; }  // finite: built with -ffast-math
-            for (int64_t k0 = 0; k0 <= q0 + nq - 1; k0 += kTile) {
-              const int64_t nk = std::min(kTile, T - k0);
-              const bool own = own_tile(HS, nq, nk);
-              if (own)
-                causal_groups(k0 == q0, nq, [&](int64_t r0, int64_t nr, int64_t nb) {  // S = Q K^T
-                  mm(nr, 16 * nb, HS, q + r0 * HS, HS, 1, kt + k0 * HS, kTile, false, s + r0 * kTile, kTile);
-                });
-              else
-                sgemm(false, true, nq, nk, HS, q, HS, k + k0 * HS, HS, 0.0f, s, kTile);
-              for (int64_t i = 0; i < nq; i++) {
-                float* row = s + i * kTile;
-                const int64_t valid = std::clamp<int64_t>(q0 + i - k0 + 1, 0, nk);  // causal: keys <= query
-                float mx = m[i];
-                for (int64_t j = 0; j < valid; j++) mx = std::max(mx, row[j] * scale);
-                const float corr = std::exp(m[i] - mx);  // rescales what was summed so far
-                float sum = 0.0f;
-                for (int64_t j = 0; j < valid; j++) sum += row[j] = std::exp(row[j] * scale - mx);
-                for (int64_t j = valid; j < nk; j++) row[j] = 0.0f;
-                l[i] = l[i] * corr + sum;
-                m[i] = mx;
-                for (int64_t d = 0; d < HS; d++) o[i * HS + d] *= corr;
-              }
-              if (own)
-                causal_groups(k0 == q0, nq, [&](int64_t r0, int64_t nr, int64_t nb) {  // O += P V; masked P: 0
-                  mm(nr, HS, std::min(16 * nb, nk), s + r0 * kTile, kTile, 1, v + k0 * HS, HS, true, o + r0 * HS, HS);
-                });
-              else
-                sgemm(false, false, nq, HS, nk, s, kTile, v + k0 * HS, HS, 1.0f, o, HS);
-            }
+#pragma omp for schedule(dynamic)
+    for (int64_t task = 0; task < B * hd.NKV * split; task++) {
+      const int64_t b = task / (hd.NKV * split), kv = task / split % hd.NKV, h0 = kv * G + task % split * (G / split);
+      const S* base = qkv + b * T * C3;
+      load_tile(k, base + hd.k(kv * G), T, HS, C3);  // once for the task's query heads
+      load_tile(v, base + hd.v(kv * G), T, HS, C3);
+      if (own_head(HS)) load_by_dim(kt, k, T, HS);
+      for (int64_t h = h0; h < h0 + G / split; h++)
+        for (int64_t q0 = 0; q0 < T; q0 += kTile) {
+          const int64_t nq = std::min(kTile, T - q0);
+          load_tile(q, base + q0 * C3 + hd.q(h), nq, HS, C3);
+          std::memset(o, 0, sizeof(float) * nq * HS);
+          for (int64_t i = 0; i < nq; i++) { m[i] = -3.0e38f; l[i] = 0.0f; }  // finite: built with -ffast-math
+          for (int64_t k0 = 0; k0 <= q0 + nq - 1; k0 += kTile) {
+            const int64_t nk = std::min(kTile, T - k0);
+            const bool own = own_tile(HS, nq, nk);
+            if (own)
+              causal_groups(k0 == q0, nq, [&](int64_t r0, int64_t nr, int64_t nb) {  // S = Q K^T
+                mm(nr, 16 * nb, HS, q + r0 * HS, HS, 1, kt + k0 * HS, kTile, false, s + r0 * kTile, kTile);
+              });
+            else
+              sgemm(false, true, nq, nk, HS, q, HS, k + k0 * HS, HS, 0.0f, s, kTile);
             for (int64_t i = 0; i < nq; i++) {
-              S* orow = out + (b * T + q0 + i) * C + h * HS;
-              const float inv = 1.0f / l[i];
-              for (int64_t d = 0; d < HS; d++) orow[d] = from_f32<S>(o[i * HS + d] * inv);
-              lse[(b * NH + h) * T + q0 + i] = m[i] + std::log(l[i]);
+              float* row = s + i * kTile;
+              const int64_t valid = std::clamp<int64_t>(q0 + i - k0 + 1, 0, nk);  // causal: keys <= query
+              float mx = m[i];
+              for (int64_t j = 0; j < valid; j++) mx = std::max(mx, row[j] * scale);
+              const float corr = std::exp(m[i] - mx);  // rescales what was summed so far
+              float sum = 0.0f;
+              for (int64_t j = 0; j < valid; j++) sum += row[j] = std::exp(row[j] * scale - mx);
+              for (int64_t j = valid; j < nk; j++) row[j] = 0.0f;
+              l[i] = l[i] * corr + sum;
+              m[i] = mx;
+              for (int64_t d = 0; d < HS; d++) o[i * HS + d] *= corr;
             }
+            if (own)
+              causal_groups(k0 == q0, nq, [&](int64_t r0, int64_t nr, int64_t nb) {  // O += P V; masked P: 0
+                mm(nr, HS, std::min(16 * nb, nk), s + r0 * kTile, kTile, 1, v + k0 * HS, HS, true, o + r0 * HS, HS);
+              });
+            else
+              sgemm(false, false, nq, HS, nk, s, kTile, v + k0 * HS, HS, 1.0f, o, HS);
           }
-      }
+          for (int64_t i = 0; i < nq; i++) {
+            S* orow = out + (b * T + q0 + i) * C + h * HS;
+            const float inv = 1.0f / l[i];
+            for (int64_t d = 0; d < HS; d++) orow[d] = from_f32<S>(o[i * HS + d] * inv);
+            lse[(b * NH + h) * T + q0 + i] = m[i] + std::log(l[i]);
+          }
+        }
+    }
   }
 }
 
@@ -503,7 +511,7 @@ static inline void softmax_tile_row(const float* s, uint32_t* pb, float* o, int6
 static void attention_forward_bf16(bf16* out, float* lse, const bf16* qkv, float* scratch,
                                    int64_t per_thread, int64_t B, int64_t T, Heads hd) {
   const int64_t NH = hd.NH, HS = hd.HS, C = hd.C(), C3 = hd.W(), H2 = HS / 2, tiles = (T + kTile - 1) / kTile;
-  const int64_t G = NH / hd.NKV;
+  const int64_t G = NH / hd.NKV, split = forward_split(B, hd);
   const float scale = 1.0f / std::sqrt(float(HS));
 #pragma omp parallel
   {
@@ -517,42 +525,42 @@ static void attention_forward_bf16(bf16* out, float* lse, const bf16* qkv, float
     float* m = s + kTile * kTile;                            // running max
     float* l = m + kTile;                                    // running sum
     bf16* qc = reinterpret_cast<bf16*>(l + kTile);           // (kTile, HS) the tile's queries
-#pragma omp for collapse(2) schedule(dynamic)
-    for (int64_t b = 0; b < B; b++)
-      for (int64_t kv = 0; kv < hd.NKV; kv++) {
-        pack_by_dim(kp, qkv + b * T * C3 + hd.k(kv * G), T, HS, C3);  // once for the group's query heads
-        pack_by_row(vp, qkv + b * T * C3 + hd.v(kv * G), T, HS, C3);
-        for (int64_t h = kv * G; h < (kv + 1) * G; h++) {
-          const bf16* base = qkv + b * T * C3 + hd.q(h);
-          for (int64_t q0 = 0; q0 < T; q0 += kTile) {
-            const int64_t nq = std::min(kTile, T - q0);
-            for (int64_t i = 0; i < nq; i++) std::memcpy(qc + i * HS, base + (q0 + i) * C3, sizeof(bf16) * HS);
-            const uint32_t* q = reinterpret_cast<const uint32_t*>(qc);
-            std::memset(o, 0, sizeof(float) * nq * HS);
-            for (int64_t i = 0; i < nq; i++) { m[i] = -3.0e38f; l[i] = 0.0f; }
-            for (int64_t t = 0; t <= (q0 + nq - 1) / kTile; t++) {
-              const int64_t k0 = t * kTile;
-              const __m512i* kt = reinterpret_cast<const __m512i*>(kp + t * kTile * H2);
-              const __m512i* vt = reinterpret_cast<const __m512i*>(vp + t * kTile * H2);
-              causal_groups(k0 == q0, nq, [&](int64_t r0, int64_t nr, int64_t nb) {  // S = Q K^T
-                dp(nr, nb, s + r0 * kTile, kTile, q + r0 * H2, H2, kt, kTile / 16, H2, false);
-              });
-              for (int64_t i = 0; i < nq; i++)
-                softmax_tile_row(s + i * kTile, pb + i * kTile / 2, o + i * HS, HS, m + i, l + i, scale,
-                                 std::clamp<int64_t>(q0 + i - k0 + 1, 0, kTile));
-              causal_groups(k0 == q0, nq, [&](int64_t r0, int64_t nr, int64_t nb) {  // O += P V
-                dp(nr, HS / 16, o + r0 * HS, HS, pb + r0 * kTile / 2, kTile / 2, vt, HS / 16, 8 * nb, true);
-              });
-            }
-            for (int64_t i = 0; i < nq; i++) {
-              bf16* orow = out + (b * T + q0 + i) * C + h * HS;
-              const float inv = 1.0f / l[i];
-              for (int64_t d = 0; d < HS; d++) orow[d] = from_f32<bf16>(o[i * HS + d] * inv);
-              lse[(b * NH + h) * T + q0 + i] = m[i] + std::log(l[i]);
-            }
+#pragma omp for schedule(dynamic)
+    for (int64_t task = 0; task < B * hd.NKV * split; task++) {
+      const int64_t b = task / (hd.NKV * split), kv = task / split % hd.NKV, h0 = kv * G + task % split * (G / split);
+      pack_by_dim(kp, qkv + b * T * C3 + hd.k(kv * G), T, HS, C3);  // once for the task's query heads
+      pack_by_row(vp, qkv + b * T * C3 + hd.v(kv * G), T, HS, C3);
+      for (int64_t h = h0; h < h0 + G / split; h++) {
+        const bf16* base = qkv + b * T * C3 + hd.q(h);
+        for (int64_t q0 = 0; q0 < T; q0 += kTile) {
+          const int64_t nq = std::min(kTile, T - q0);
+          for (int64_t i = 0; i < nq; i++) std::memcpy(qc + i * HS, base + (q0 + i) * C3, sizeof(bf16) * HS);
+          const uint32_t* q = reinterpret_cast<const uint32_t*>(qc);
+          std::memset(o, 0, sizeof(float) * nq * HS);
+          for (int64_t i = 0; i < nq; i++) { m[i] = -3.0e38f; l[i] = 0.0f; }
+          for (int64_t t = 0; t <= (q0 + nq - 1) / kTile; t++) {
+            const int64_t k0 = t * kTile;
+            const __m512i* kt = reinterpret_cast<const __m512i*>(kp + t * kTile * H2);
+            const __m512i* vt = reinterpret_cast<const __m512i*>(vp + t * kTile * H2);
+            causal_groups(k0 == q0, nq, [&](int64_t r0, int64_t nr, int64_t nb) {  // S = Q K^T
+              dp(nr, nb, s + r0 * kTile, kTile, q + r0 * H2, H2, kt, kTile / 16, H2, false);
+            });
+            for (int64_t i = 0; i < nq; i++)
+              softmax_tile_row(s + i * kTile, pb + i * kTile / 2, o + i * HS, HS, m + i, l + i, scale,
+                               std::clamp<int64_t>(q0 + i - k0 + 1, 0, kTile));
+            causal_groups(k0 == q0, nq, [&](int64_t r0, int64_t nr, int64_t nb) {  // O += P V
+              dp(nr, HS / 16, o + r0 * HS, HS, pb + r0 * kTile / 2, kTile / 2, vt, HS / 16, 8 * nb, true);
+            });
+          }
+          for (int64_t i = 0; i < nq; i++) {
+            bf16* orow = out + (b * T + q0 + i) * C + h * HS;
+            const float inv = 1.0f / l[i];
+            for (int64_t d = 0; d < HS; d++) orow[d] = from_f32<bf16>(o[i * HS + d] * inv);
+            lse[(b * NH + h) * T + q0 + i] = m[i] + std::log(l[i]);
           }
         }
       }
+    }
   }
 }
 
