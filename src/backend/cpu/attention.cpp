@@ -156,7 +156,7 @@ static void mm_cols(int64_t M, int64_t N, float* c, int64_t ldc, const float* a,
 // Not inlined, for dp's reason below. tri: A(r, k) = 0 for k < r (the diagonal tile's P^T and
 // dS^T), so row r's sum starts at k = r; adding those zeros to a sum of zeros changes no bit.
 [[gnu::noinline]] static void mm(int64_t M, int64_t N, int64_t K, const float* a, int64_t ar, int64_t ak,
-                                 const float* b, int64_t ldb, bool acc, float* c, int64_t ldc, bool tri = false) {
+                                 const float* b, int64_t ldb, bool acc, float* c, int64_t ldc, bool tri) {
 #if defined(__AVX512F__)
   if (N % 16 == 0) {
     if (acc) mm_cols<true>(M, N, c, ldc, a, ar, ak, b, ldb, K, tri);
@@ -187,6 +187,31 @@ static void load_by_dim(float* dst, const float* src, int64_t T, int64_t HS) {
   blocked((T + kTile - 1) / kTile * kTile, HS, [&](int64_t t, int64_t d) {
     dst[(t / kTile * HS + d) * kTile + t % kTile] = t < T ? src[t * HS + d] : 0.0f;
   });
+}
+
+// The three product shapes of a tile pair (nq query rows, nk keys), on mm where own_tile, else by
+// dnnl_sgemm as before mm; diag: the diagonal tile, whose masked key blocks mm skips.
+// dst(nq, kTile) = X Y^T: x (nq, HS) rows; Y as yt (by dims, load_by_dim's tile) and yr (rows).
+static void tile_xyt(bool own, bool diag, int64_t nq, int64_t nk, int64_t HS, const float* x, const float* yt,
+                     const float* yr, float* dst) {
+  if (!own) return sgemm(false, true, nq, nk, HS, x, HS, yr, HS, 0.0f, dst, kTile);
+  causal_groups(diag, nq, [&](int64_t r0, int64_t nr, int64_t nb) {
+    mm(nr, 16 * nb, HS, x + r0 * HS, HS, 1, yt, kTile, false, dst + r0 * kTile, kTile, false);
+  });
+}
+// c(nq, HS) += P Y: p (nq, kTile), zero where masked; yr (nk, HS) rows.
+static void tile_add_py(bool own, bool diag, int64_t nq, int64_t nk, int64_t HS, const float* p, const float* yr,
+                        float* c) {
+  if (!own) return sgemm(false, false, nq, HS, nk, p, kTile, yr, HS, 1.0f, c, HS);
+  causal_groups(diag, nq, [&](int64_t r0, int64_t nr, int64_t nb) {
+    mm(nr, HS, std::min(16 * nb, nk), p + r0 * kTile, kTile, 1, yr, HS, true, c + r0 * HS, HS, false);
+  });
+}
+// c(nk, HS) += P^T Y: p (nq, kTile), zero where masked (left of the diagonal in P^T); y (nq, HS) rows.
+static void tile_add_pty(bool own, bool diag, int64_t nq, int64_t nk, int64_t HS, const float* p, const float* y,
+                         float* c) {
+  if (own) mm(nk, HS, nq, p, 1, kTile, y, HS, true, c, HS, diag);
+  else sgemm(true, false, nk, HS, nq, p, kTile, y, HS, 1.0f, c, HS);
 }
 
 // fp32 (and bf16 where the CPU lacks AVX512-BF16): operands widened to fp32 once per key/value
@@ -223,12 +248,7 @@ static void attention_forward_t(S* out, float* lse, const S* qkv, float* scratch
           for (int64_t k0 = 0; k0 <= q0 + nq - 1; k0 += kTile) {
             const int64_t nk = std::min(kTile, T - k0);
             const bool own = own_tile(HS, nq, nk);
-            if (own)
-              causal_groups(k0 == q0, nq, [&](int64_t r0, int64_t nr, int64_t nb) {  // S = Q K^T
-                mm(nr, 16 * nb, HS, q + r0 * HS, HS, 1, kt + k0 * HS, kTile, false, s + r0 * kTile, kTile);
-              });
-            else
-              sgemm(false, true, nq, nk, HS, q, HS, k + k0 * HS, HS, 0.0f, s, kTile);
+            tile_xyt(own, k0 == q0, nq, nk, HS, q, kt + k0 * HS, k + k0 * HS, s);  // S = Q K^T
             for (int64_t i = 0; i < nq; i++) {
               float* row = s + i * kTile;
               const int64_t valid = std::clamp<int64_t>(q0 + i - k0 + 1, 0, nk);  // causal: keys <= query
@@ -242,12 +262,7 @@ static void attention_forward_t(S* out, float* lse, const S* qkv, float* scratch
               m[i] = mx;
               for (int64_t d = 0; d < HS; d++) o[i * HS + d] *= corr;
             }
-            if (own)
-              causal_groups(k0 == q0, nq, [&](int64_t r0, int64_t nr, int64_t nb) {  // O += P V; masked P: 0
-                mm(nr, HS, std::min(16 * nb, nk), s + r0 * kTile, kTile, 1, v + k0 * HS, HS, true, o + r0 * HS, HS);
-              });
-            else
-              sgemm(false, false, nq, HS, nk, s, kTile, v + k0 * HS, HS, 1.0f, o, HS);
+            tile_add_py(own, k0 == q0, nq, nk, HS, s, v + k0 * HS, o);  // O += P V
           }
           for (int64_t i = 0; i < nq; i++) {
             S* orow = out + (b * T + q0 + i) * C + h * HS;
@@ -738,37 +753,20 @@ static void attention_backward_t(S* dqkv, const S* dout, const S* qkv, const S* 
               const float* q = qall + q0 * HS;
               const float* d = dob + q0 * HS;
               const bool own = own_tile(HS, nq, nk);
-              if (own)
-                causal_groups(q0 == k0, nq, [&](int64_t r0, int64_t nr, int64_t nb) {  // S = Q K^T
-                  mm(nr, 16 * nb, HS, q + r0 * HS, HS, 1, kt + k0 * HS, kTile, false, p + r0 * kTile, kTile);
-                });
-              else
-                sgemm(false, true, nq, nk, HS, q, HS, kr + k0 * HS, HS, 0.0f, p, kTile);
+              tile_xyt(own, q0 == k0, nq, nk, HS, q, kt + k0 * HS, kr + k0 * HS, p);  // S = Q K^T
               for (int64_t i = 0; i < nq; i++) {  // P = exp(S * scale - LSE), causal mask
                 const int64_t valid = std::clamp<int64_t>(q0 + i - k0 + 1, 0, nk);
                 float* row = p + i * kTile;
                 for (int64_t j = 0; j < valid; j++) row[j] = std::exp(row[j] * scale - L[q0 + i]);
                 for (int64_t j = valid; j < nk; j++) row[j] = 0.0f;
               }
-              if (own) {
-                mm(nk, HS, nq, p, 1, kTile, d, HS, true, dv, HS, q0 == k0);          // dV += P^T dO
-                mm(nq, kTile, HS, d, HS, 1, vt + k0 * HS, kTile, false, ds, kTile);  // dP = dO V^T
-              } else {
-                sgemm(true, false, nk, HS, nq, p, kTile, d, HS, 1.0f, dv, HS);
-                sgemm(false, true, nq, nk, HS, d, HS, vr + k0 * HS, HS, 0.0f, ds, kTile);
-              }
+              tile_add_pty(own, q0 == k0, nq, nk, HS, p, d, dv);  // dV += P^T dO
+              tile_xyt(own, false, nq, nk, HS, d, vt + k0 * HS, vr + k0 * HS, ds);  // dP = dO V^T, every key
               for (int64_t i = 0; i < nq; i++)  // dS = P (dP - D) scale
                 for (int64_t j = 0; j < nk; j++)
                   ds[i * kTile + j] = p[i * kTile + j] * (ds[i * kTile + j] - Dv[q0 + i]) * scale;
-              if (own) {
-                causal_groups(q0 == k0, nq, [&](int64_t r0, int64_t nr, int64_t nb) {  // dQ += dS K; masked dS: 0
-                  mm(nr, HS, std::min(16 * nb, nk), ds + r0 * kTile, kTile, 1, kr + k0 * HS, HS, true, dq + (q0 + r0) * HS, HS);
-                });
-                mm(nk, HS, nq, ds, 1, kTile, q, HS, true, dk, HS, q0 == k0);  // dK += dS^T Q
-              } else {
-                sgemm(false, false, nq, HS, nk, ds, kTile, kr + k0 * HS, HS, 1.0f, dq + q0 * HS, HS);
-                sgemm(true, false, nk, HS, nq, ds, kTile, q, HS, 1.0f, dk, HS);
-              }
+              tile_add_py(own, q0 == k0, nq, nk, HS, ds, kr + k0 * HS, dq + q0 * HS);  // dQ += dS K
+              tile_add_pty(own, q0 == k0, nq, nk, HS, ds, q, dk);  // dK += dS^T Q
             }
           }
           store_rows(dqkv + b * T * C3 + hd.q(h), dq, T, HS, C3, HS, 1);
