@@ -14,6 +14,7 @@
 #include <fmt/format.h>
 
 #include "backend/backend.h"
+#include "backend/cpu/cpu.h"
 #include "core/quant.h"
 #include "support/support.h"
 
@@ -529,6 +530,45 @@ TEST(Attention, ForwardAndBackwardMatchFloat64AcrossTiles) {
       expect_close(d, dqkv.values(), g, 1e-4, 1e-5, fmt::format("dqkv B{} T{} NH{} NKV{} HS{}", B, T, NH, NKV, HS));
     }
   }
+}
+
+TEST(Attention, Fp32TileProductsHaveDnnlSgemmsBits) {
+  // fp32 attention's pinned bits were set by dnnl_sgemm on each tile pair; attention_mm (its own
+  // AVX-512 kernel since) must give them bit for bit: each element summed from zero by fused
+  // multiply-adds in K order, then added to C. Against dnnl_sgemm on the tile shapes attention
+  // gave it (16 to 64 rows, keys and head sizes 16 to 128, a last tile of 19), attention_mm
+  // called by 16-row groups as the diagonal tile calls it, both layouts of A, with and without
+  // C added, and the triangular A of the diagonal's P^T (its zeros left of the diagonal skipped).
+#if !defined(__AVX512F__)
+  GTEST_SKIP() << "built without AVX-512: attention_mm is dnnl_sgemm itself here";
+#endif
+  uint32_t seed = 40;
+  for (int64_t M : {16, 19, 64})
+    for (int64_t N : {16, 48, 64, 128})
+      for (int64_t K : {16, 19, 64, 128})
+        for (bool at : {false, true})
+          for (bool acc : {false, true})
+            for (bool tri : {false, true}) {
+              if (tri && (!at || K < M)) continue;  // as attention uses it: P^T (nk x nq) on the diagonal
+              std::vector<float> a = randn(size_t(M * K), 1, seed++), b = randn(size_t(K * N), 1, seed++);
+              std::vector<float> c0 = randn(size_t(M * N), 1, seed++), ref = c0, got = c0;
+              const int64_t ar = at ? 1 : K, ak = at ? M : 1;  // A (M x K), or stored as A^T (K x M)
+              if (tri)
+                for (int64_t r = 0; r < M; r++)
+                  for (int64_t k = 0; k < r; k++) a[size_t(r * ar + k * ak)] = 0.0f;
+#pragma omp parallel num_threads(2)
+#pragma omp single
+              {  // inside a parallel region, as attention calls them: dnnl_sgemm on one thread
+                sgemm(at, false, M, N, K, a.data(), at ? M : K, b.data(), N, acc ? 1.0f : 0.0f, ref.data(), N);
+                const int64_t rows = tri ? M : 16;  // the diagonal's P^T in one call
+                for (int64_t r0 = 0; r0 < M; r0 += rows)
+                  attention_mm(std::min(rows, M - r0), N, K, a.data() + r0 * ar, ar, ak, b.data(), N, acc,
+                               got.data() + r0 * N, N, tri);
+              }
+              ASSERT_EQ(0, std::memcmp(ref.data(), got.data(), ref.size() * sizeof(float)))
+                  << "M " << M << " N " << N << " K " << K << (at ? " A^T" : "") << (acc ? " +C" : "")
+                  << (tri ? " triangular" : "");
+            }
 }
 
 TEST(SoftmaxXent, LossMatchesFloat64AndGradientMatchesFiniteDifferences) {

@@ -3,8 +3,8 @@
 // and sum per query row (online softmax) and stores only the output and the per-row
 // log-sum-exp; the backward recomputes each tile of probabilities from the log-sum-exp. No
 // T x T tensor exists, in forward or backward. Operands are widened to fp32 scratch of their
-// thread and multiplied by mm, in dnnl_sgemm's summation order. Grouped-query attention: NKV
-// key/value heads, each shared by G = NH/NKV query heads. Both passes are parallel over (b,
+// thread and multiplied by attention_mm, in dnnl_sgemm's summation order. Grouped-query
+// attention: NKV key/value heads, each shared by G = NH/NKV query heads. Both passes are parallel over (b,
 // key/value head) (the forward over query heads where that leaves threads idle), the backward's
 // task summing dK and dV over its group's query heads: each task owns its outputs.
 // In bf16 (where the CPU has AVX512-BF16 and the head size is a multiple of 16) forward and
@@ -155,8 +155,8 @@ static void mm_cols(int64_t M, int64_t N, float* c, int64_t ldc, const float* a,
 
 // Not inlined, for dp's reason below. tri: A(r, k) = 0 for k < r (the diagonal tile's P^T and
 // dS^T), so row r's sum starts at k = r; adding those zeros to a sum of zeros changes no bit.
-[[gnu::noinline]] static void mm(int64_t M, int64_t N, int64_t K, const float* a, int64_t ar, int64_t ak,
-                                 const float* b, int64_t ldb, bool acc, float* c, int64_t ldc, bool tri) {
+[[gnu::noinline]] void attention_mm(int64_t M, int64_t N, int64_t K, const float* a, int64_t ar, int64_t ak,
+                                   const float* b, int64_t ldb, bool acc, float* c, int64_t ldc, bool tri) {
 #if defined(__AVX512F__)
   if (N % 16 == 0) {
     if (acc) mm_cols<true>(M, N, c, ldc, a, ar, ak, b, ldb, K, tri);
@@ -168,10 +168,10 @@ static void mm_cols(int64_t M, int64_t N, float* c, int64_t ldc, const float* a,
   else sgemm(true, false, M, N, K, a, ak, b, ldb, acc ? 1.0f : 0.0f, c, ldc);
 }
 
-// Whether a head's and a tile pair's products run on mm: on AVX-512, for head sizes that are a
-// multiple of 16 and tiles of 16 rows and keys or more. dnnl_sgemm (as the products were before
-// mm) sums in other orders for fewer (its small-matrix and matrix-vector kernels): the last tile
-// when T % 64 < 16 keeps it.
+// Whether a head's and a tile pair's products run on attention_mm: on AVX-512, for head sizes
+// that are a multiple of 16 and tiles of 16 rows and keys or more. dnnl_sgemm (as the products
+// were before attention_mm) sums in other orders for fewer (its small-matrix and matrix-vector
+// kernels): the last tile when T % 64 < 16 keeps it.
 static bool own_head(int64_t HS) {
 #if defined(__AVX512F__)
   return HS % 16 == 0;
@@ -182,21 +182,22 @@ static bool own_head(int64_t HS) {
 static bool own_tile(int64_t HS, int64_t nq, int64_t nk) { return own_head(HS) && nq >= 16 && nk >= 16; }
 
 // A head's fp32 rows (T, HS) -> K^T (or V^T) by 64-row tiles, dst[(t·HS + d)·64 + j], zero past T:
-// the B of S = Q K^T and dP = dO V^T on mm (own_head).
+// the B of S = Q K^T and dP = dO V^T on attention_mm (own_head).
 static void load_by_dim(float* dst, const float* src, int64_t T, int64_t HS) {
   blocked((T + kTile - 1) / kTile * kTile, HS, [&](int64_t t, int64_t d) {
     dst[(t / kTile * HS + d) * kTile + t % kTile] = t < T ? src[t * HS + d] : 0.0f;
   });
 }
 
-// The three product shapes of a tile pair (nq query rows, nk keys), on mm where own_tile, else by
-// dnnl_sgemm as before mm; diag: the diagonal tile, whose masked key blocks mm skips.
+// The three product shapes of a tile pair (nq query rows, nk keys), on attention_mm where
+// own_tile, else by dnnl_sgemm as before it; diag: the diagonal tile, whose masked key blocks
+// attention_mm skips.
 // dst(nq, kTile) = X Y^T: x (nq, HS) rows; Y as yt (by dims, load_by_dim's tile) and yr (rows).
 static void tile_xyt(bool own, bool diag, int64_t nq, int64_t nk, int64_t HS, const float* x, const float* yt,
                      const float* yr, float* dst) {
   if (!own) return sgemm(false, true, nq, nk, HS, x, HS, yr, HS, 0.0f, dst, kTile);
   causal_groups(diag, nq, [&](int64_t r0, int64_t nr, int64_t nb) {
-    mm(nr, 16 * nb, HS, x + r0 * HS, HS, 1, yt, kTile, false, dst + r0 * kTile, kTile, false);
+    attention_mm(nr, 16 * nb, HS, x + r0 * HS, HS, 1, yt, kTile, false, dst + r0 * kTile, kTile, false);
   });
 }
 // c(nq, HS) += P Y: p (nq, kTile), zero where masked; yr (nk, HS) rows.
@@ -204,13 +205,13 @@ static void tile_add_py(bool own, bool diag, int64_t nq, int64_t nk, int64_t HS,
                         float* c) {
   if (!own) return sgemm(false, false, nq, HS, nk, p, kTile, yr, HS, 1.0f, c, HS);
   causal_groups(diag, nq, [&](int64_t r0, int64_t nr, int64_t nb) {
-    mm(nr, HS, std::min(16 * nb, nk), p + r0 * kTile, kTile, 1, yr, HS, true, c + r0 * HS, HS, false);
+    attention_mm(nr, HS, std::min(16 * nb, nk), p + r0 * kTile, kTile, 1, yr, HS, true, c + r0 * HS, HS, false);
   });
 }
 // c(nk, HS) += P^T Y: p (nq, kTile), zero where masked (left of the diagonal in P^T); y (nq, HS) rows.
 static void tile_add_pty(bool own, bool diag, int64_t nq, int64_t nk, int64_t HS, const float* p, const float* y,
                          float* c) {
-  if (own) mm(nk, HS, nq, p, 1, kTile, y, HS, true, c, HS, diag);
+  if (own) attention_mm(nk, HS, nq, p, 1, kTile, y, HS, true, c, HS, diag);
   else sgemm(true, false, nk, HS, nq, p, kTile, y, HS, 1.0f, c, HS);
 }
 

@@ -96,6 +96,12 @@ class CpuBackend final : public Backend {
 void sgemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
            const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
 
+// fp32 attention's tile products (attention.cpp): C(M, N) (+ C where acc) = A(M, K) B(K, N), A's
+// element (r, k) at a[r·ar + k·ak], B row-major; tri: A(r, k) = 0 for k < r. The bits of
+// dnnl_sgemm, on frugal's own AVX-512 kernel where N % 16 == 0; dnnl_sgemm itself otherwise.
+void attention_mm(int64_t M, int64_t N, int64_t K, const float* a, int64_t ar, int64_t ak, const float* b,
+                  int64_t ldb, bool acc, float* c, int64_t ldc, bool tri);
+
 #if defined(__AVX512BW__)
 // (a[d], b[d]) for d in 0..15: two rows' 16 bf16 values interleaved into 16 pairs
 inline __m512i interleave16(__m256i a, __m256i b) {
