@@ -115,9 +115,25 @@ uint64_t Rng::next() {
 
 double Rng::uniform() { return (next() >> 11) * 0x1.0p-53; }
 
+static double box_muller(double u1, double u2) {
+  return std::sqrt(-2.0 * std::log1p(-u1)) * std::cos(2.0 * M_PI * u2);
+}
+
 double Rng::normal() {
   double u1 = uniform(), u2 = uniform();
-  return std::sqrt(-2.0 * std::log1p(-u1)) * std::cos(2.0 * M_PI * u2);
+  return box_muller(u1, u2);
+}
+
+// A model's init: ~40 ns a value in libm's log1p and cos, 5 s for gpt2's 124M on one thread.
+void Rng::normals(float* out, int64_t n, double scale) {
+  constexpr int64_t kChunk = int64_t(1) << 16;
+  std::vector<double> u(2 * size_t(std::min(n, kChunk)));
+  for (int64_t i0 = 0; i0 < n; i0 += kChunk) {
+    const int64_t m = std::min(kChunk, n - i0);
+    for (int64_t i = 0; i < 2 * m; i++) u[size_t(i)] = uniform();
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < m; i++) out[i0 + i] = float(scale * box_muller(u[size_t(2 * i)], u[size_t(2 * i + 1)]));
+  }
 }
 
 uint64_t Rng::below(uint64_t n) { return n ? next() % n : 0; }

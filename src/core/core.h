@@ -120,6 +120,9 @@ class Rng {
   uint64_t next();
   double uniform();                 // [0, 1)
   double normal();                  // N(0, 1), Box-Muller
+  // out[i] = float(scale * normal()) for i < n: the same values as n calls, the transforms on
+  // every thread (the uniforms are drawn in order first).
+  void normals(float* out, int64_t n, double scale);
   uint64_t below(uint64_t n);       // [0, n)
   std::array<uint64_t, 4> state() const { return s_; }
 

@@ -153,10 +153,8 @@ void Model::init(uint64_t seed, const std::function<void(size_t unit, const floa
       int64_t n = s.numel;
       if (s.vocab_rows()) n = int64_t(cfg_.vocab_size) * cfg_.n_embd;  // padding rows 0
       switch (s.init) {
-        case Init::normal: for (int64_t i = 0; i < n; i++) d[i] = float(0.02 * rng.normal()); break;
-        case Init::normal_residual:
-          for (int64_t i = 0; i < n; i++) d[i] = float(std_resid * rng.normal());
-          break;
+        case Init::normal: rng.normals(d, n, 0.02); break;
+        case Init::normal_residual: rng.normals(d, n, std_resid); break;
         case Init::ones: for (int64_t i = 0; i < n; i++) d[i] = 1.0f; break;
         case Init::zeros: std::memset(d, 0, n * sizeof(float)); break;
         case Init::kaiming_uniform: {  // torch's kaiming_uniform_(a=sqrt(5)): bound 1/sqrt(fan_in)

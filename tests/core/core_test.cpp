@@ -4,6 +4,8 @@
 #include <cstring>
 #include <fstream>
 
+#include <omp.h>
+
 #include "core/core.h"
 #include "core/dtype.h"
 #include "support/support.h"
@@ -138,6 +140,24 @@ TEST(Rng, SameSeedSameStreamAndNormalMoments) {
   }
   EXPECT_NEAR(s / n, 0.0, 0.01);
   EXPECT_NEAR(s2 / n, 1.0, 0.01);
+}
+
+TEST(Rng, NormalsOnEveryThreadAreTheCallsInOrder) {
+  // the model's init draws through normals(): the values (and so every pinned run) of one
+  // normal() at a time, across its chunks (2^16), on 2 threads, and the stream left where n
+  // calls leave it
+  const int threads = omp_get_max_threads();
+  omp_set_num_threads(2);
+  for (int64_t n : {int64_t(1), int64_t(1000), int64_t(65536), int64_t(150001)}) {
+    Rng a(11), b(11);
+    std::vector<float> got(size_t(n) + 1, -1.0f), want(static_cast<size_t>(n));
+    a.normals(got.data(), n, 0.02);
+    for (auto& x : want) x = float(0.02 * b.normal());
+    EXPECT_EQ(0, std::memcmp(got.data(), want.data(), want.size() * sizeof(float))) << n;
+    EXPECT_EQ(got[size_t(n)], -1.0f);
+    EXPECT_EQ(a.next(), b.next());
+  }
+  omp_set_num_threads(threads);
 }
 
 // fp16 against its definition: each of the 65,536 values widens to sign x (1024 + m) 2^(e-25)
