@@ -1,8 +1,9 @@
 // Where a training step's time goes: runs steps of a model through a timing decorator of the
 // CPU backend (or the CUDA backend, synchronised around every op) and prints seconds per op
 // family, GEMM against the rest.
-//   usage: step_profile [preset] [B] [T] [steps] [fp32|bf16|fp16] [recompute] [cpu|cuda]
-//   (default: gpt2 4 256 3 fp32 none cpu)
+//   usage: step_profile [preset] [B] [T] [steps] [fp32|bf16|fp16] [recompute] [cpu|cuda] [gemms]
+//   (default: gpt2 4 256 3 fp32 none cpu); gemms: also each GEMM's time and GFLOP/s by shape and
+//   pass (a linear layer's backward: dW, dX and the bias sums).
 #include <omp.h>
 
 #include <chrono>
@@ -21,8 +22,10 @@ int run(int argc, char** argv) {
   prec.compute = dtn == "bf16" ? DType::bf16 : dtn == "fp16" ? DType::f16 : DType::f32;
   ModelConfig cfg = model_preset(preset, "step_profile");
   const std::string on = argc > 7 ? argv[7] : "cpu";
-  OpTimes times;
-  std::unique_ptr<Backend> timed = timing_backend(on == "cuda" ? cuda_backend() : cpu_backend(), &times);
+  const bool by_shape = argc > 8 && std::string(argv[8]) == "gemms";
+  OpTimes times, gemms;
+  std::unique_ptr<Backend> timed =
+      timing_backend(on == "cuda" ? cuda_backend() : cpu_backend(), &times, by_shape ? &gemms : nullptr);
   Backend& tb = *timed;
   Model model(cfg, tb, prec.compute);
   model.init(1);
@@ -42,6 +45,7 @@ int run(int argc, char** argv) {
   };
   stepper.step(0, next);  // warm-up
   times.clear();
+  gemms.clear();
   auto t0 = std::chrono::steady_clock::now();
   for (int s = 1; s <= steps; s++) stepper.step(s, next);
   double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / steps;
@@ -56,6 +60,9 @@ int run(int argc, char** argv) {
   const double gemm_s = times["gemm"].seconds + times["gemm with gelu"].seconds;
   std::printf("GEMM: %.1f GFLOP/s over %.4f s; model: %.1f GFLOP/s\n", (times["gemm"].flops + times["gemm with gelu"].flops) / gemm_s / 1e9,
               gemm_s / steps, cfg.flops_per_token(T) * B * T / total / 1e9);
+  for (auto& [k, o] : gemms)
+    std::printf("  %-34s %8.4f s  %5.1f%%  %7.1f GFLOP/s\n", k.c_str(), o.seconds / steps,
+                100 * o.seconds / steps / total, o.flops / o.seconds / 1e9);
   return 0;
 }
 

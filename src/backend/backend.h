@@ -253,8 +253,9 @@ struct OpTime {
 };
 using OpTimes = std::map<std::string, OpTime>;
 // A Backend that runs inner's ops and adds each one's time (synchronised around it on a GPU)
-// into (*times)[its op family]: run.profile and bench/step_profile.
-std::unique_ptr<Backend> timing_backend(Backend& inner, OpTimes* times);
+// into (*times)[its op family]: run.profile and bench/step_profile. gemms (unless null): each
+// GEMM and linear layer's time also by its shape and pass, "linear 768x3072 backward".
+std::unique_ptr<Backend> timing_backend(Backend& inner, OpTimes* times, OpTimes* gemms = nullptr);
 
 // The quantized linear layers (QLoRA's frozen base), on any backend: dequantize + matmul, a
 // panel of W at a time into ws, a workspace of quant_panel_rows(IC, OC) x IC values in dt (never

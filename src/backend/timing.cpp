@@ -1,5 +1,8 @@
 // The timing decorator of the op table: run.profile and bench/step_profile.
 #include <chrono>
+#include <string>
+
+#include <fmt/format.h>
 
 #include "backend/backend.h"
 
@@ -13,7 +16,7 @@ double causal_flops(int64_t B, int64_t T, int64_t NH, int64_t HS) {
 
 class TimingBackend final : public Backend {
  public:
-  TimingBackend(Backend& inner, OpTimes* times) : b_(inner), t_(*times) {}
+  TimingBackend(Backend& inner, OpTimes* times, OpTimes* gemms) : b_(inner), t_(*times), g_(gemms) {}
   const char* name() const override { return b_.name(); }
   int64_t memory_available() const override { return b_.memory_available(); }
 
@@ -23,23 +26,28 @@ class TimingBackend final : public Backend {
   void matmul(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const void* A, int64_t lda,
               const void* B, int64_t ldb, void* C, int64_t ldc, DType ab, DType c, const float* bias,
               bool acc, PackedB* packed) override {
+    shape_ = g_ ? fmt::format("matmul {}{} {}x{}x{}", ta ? 'T' : 'N', tb ? 'T' : 'N', M, N, K) : "";
     time("gemm", 2.0 * M * N * K, [&] { b_.matmul(ta, tb, M, N, K, A, lda, B, ldb, C, ldc, ab, c, bias, acc, packed); });
   }
   void linear_forward(void* out, const void* inp, const void* w, const float* bias, int64_t BT,
                       int64_t IC, int64_t OC, DType dt) override {
+    linear_shape("", IC, OC, "forward");
     time("gemm", 2.0 * BT * IC * OC, [&] { b_.linear_forward(out, inp, w, bias, BT, IC, OC, dt); });
   }
   void linear_backward(void* dinp, float* dw, float* db, const void* dout, const void* inp,
                        const void* w, int64_t BT, int64_t IC, int64_t OC, DType dt) override {
+    linear_shape("", IC, OC, "backward");
     time("gemm", 4.0 * BT * IC * OC, [&] { b_.linear_backward(dinp, dw, db, dout, inp, w, BT, IC, OC, dt); });
   }
   void linear_gelu_forward(void* out, void* pre, const void* inp, const void* w, const float* bias,
                            int64_t BT, int64_t IC, int64_t OC, DType dt) override {
+    linear_shape(" + gelu", IC, OC, "forward");
     time("gemm with gelu", 2.0 * BT * IC * OC, [&] { b_.linear_gelu_forward(out, pre, inp, w, bias, BT, IC, OC, dt); });
   }
   void linear_backward_gelu(void* dinp, float* dw, float* db, const void* dout, const void* inp,
                             const void* pre, const void* w, int64_t BT, int64_t IC, int64_t OC,
                             DType dt) override {
+    linear_shape(" + gelu", IC, OC, "backward");
     time("gemm with gelu", 4.0 * BT * IC * OC, [&] { b_.linear_backward_gelu(dinp, dw, db, dout, inp, pre, w, BT, IC, OC, dt); });
   }
   void layernorm_forward(void* o, float* m, float* r, const float* i, const float* w, const float* b,
@@ -135,18 +143,27 @@ class TimingBackend final : public Backend {
     auto t0 = std::chrono::steady_clock::now();
     f();
     if (b_.gpu()) b_.synchronize();
-    OpTime& o = t_[what];
-    o.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    o.flops += flops;
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    for (OpTime* o : {&t_[what], g_ && !shape_.empty() ? &(*g_)[shape_] : nullptr})
+      if (o) {
+        o->seconds += s;
+        o->flops += flops;
+      }
+    shape_.clear();
+  }
+  void linear_shape(const char* with, int64_t IC, int64_t OC, const char* pass) {
+    if (g_) shape_ = fmt::format("linear{} {}x{} {}", with, IC, OC, pass);
   }
   Backend& b_;
   OpTimes& t_;
+  OpTimes* g_;
+  std::string shape_;  // the next timed op's key in g_
 };
 
 }  // namespace
 
-std::unique_ptr<Backend> timing_backend(Backend& inner, OpTimes* times) {
-  return std::make_unique<TimingBackend>(inner, times);
+std::unique_ptr<Backend> timing_backend(Backend& inner, OpTimes* times, OpTimes* gemms) {
+  return std::make_unique<TimingBackend>(inner, times, gemms);
 }
 
 }  // namespace frugal
