@@ -4,9 +4,9 @@
 // log-sum-exp; the backward recomputes each tile of probabilities from the log-sum-exp. No
 // T x T tensor exists, in forward or backward. Operands are widened to fp32 scratch of their
 // thread and multiplied by attention_mm, in dnnl_sgemm's summation order. Grouped-query
-// attention: NKV key/value heads, each shared by G = NH/NKV query heads. Both passes are parallel over (b,
-// key/value head) (the forward over query heads where that leaves threads idle), the backward's
-// task summing dK and dV over its group's query heads: each task owns its outputs.
+// attention: NKV key/value heads, each shared by G = NH/NKV query heads. Both passes are parallel
+// over (b, key/value head) (the forward over query heads where that leaves threads idle), the
+// backward's task summing dK and dV over its group's query heads: each task owns its outputs.
 // In bf16 (where the CPU has AVX512-BF16 and the head size is a multiple of 16) forward and
 // backward multiply bf16 pairs with fp32 sums instead (vdpbf16ps, twice fp32's rate; on AMX
 // tiles where the CPU has AMX, 2.5x more), on operands repacked once per head; P (and dS) are
