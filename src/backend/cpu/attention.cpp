@@ -25,6 +25,7 @@
 namespace frugal {
 
 static constexpr int64_t kTile = 64;
+static int64_t padded(int64_t T) { return (T + kTile - 1) / kTile * kTile; }  // T in whole tiles
 
 // rows x HS tile of q, k or v (or of a (B,T,C) tensor with stride C) -> fp32 (rows, HS)
 template <class S>
@@ -184,7 +185,7 @@ static bool own_tile(int64_t HS, int64_t nq, int64_t nk) { return own_head(HS) &
 // A head's fp32 rows (T, HS) -> K^T (or V^T) by 64-row tiles, dst[(t·HS + d)·64 + j], zero past T:
 // the B of S = Q K^T and dP = dO V^T on attention_mm (own_head).
 static void load_by_dim(float* dst, const float* src, int64_t T, int64_t HS) {
-  blocked((T + kTile - 1) / kTile * kTile, HS, [&](int64_t t, int64_t d) {
+  blocked(padded(T), HS, [&](int64_t t, int64_t d) {
     dst[(t / kTile * HS + d) * kTile + t % kTile] = t < T ? src[t * HS + d] : 0.0f;
   });
 }
@@ -221,7 +222,7 @@ template <class S>
 static void attention_forward_t(S* out, float* lse, const S* qkv, float* scratch, int64_t per_thread, int64_t B,
                                 int64_t T, Heads hd) {
   const int64_t NH = hd.NH, HS = hd.HS, C = hd.C(), C3 = hd.W(), G = NH / hd.NKV, split = forward_split(B, hd);
-  const int64_t Tp = (T + kTile - 1) / kTile * kTile;
+  const int64_t Tp = padded(T);
   const float scale = 1.0f / std::sqrt(float(HS));
 #pragma omp parallel
   {
@@ -709,7 +710,7 @@ template <class S>
 static void attention_backward_t(S* dqkv, const S* dout, const S* qkv, const S* out,
                                  const float* lse, float* scratch, int64_t per_thread, int64_t B, int64_t T, Heads hd) {
   const int64_t NH = hd.NH, HS = hd.HS, C = hd.C(), C3 = hd.W(), G = NH / hd.NKV;
-  const int64_t Tp = (T + kTile - 1) / kTile * kTile;
+  const int64_t Tp = padded(T);
   const float scale = 1.0f / std::sqrt(float(HS));
 #pragma omp parallel
   {
@@ -801,7 +802,7 @@ void CpuBackend::attention_forward(void* out, float* lse, const void* qkv, int64
     return;
   }
 #endif
-  const int64_t Tp = (T + kTile - 1) / kTile * kTile, per_thread = (Tp + 2 * T + 2 * kTile) * HS + kTile * kTile + 2 * kTile;
+  const int64_t Tp = padded(T), per_thread = (Tp + 2 * T + 2 * kTile) * HS + kTile * kTile + 2 * kTile;
   dispatch(dt, [&](auto t) {
     using S = decltype(t);
     attention_forward_t(static_cast<S*>(out), lse, static_cast<const S*>(qkv), partials(per_thread), per_thread, B, T, hd);
@@ -822,7 +823,7 @@ void CpuBackend::attention_backward(void* dqkv, const void* dout, const void* qk
     return;
   }
 #endif
-  const int64_t Tp = (T + kTile - 1) / kTile * kTile, per_thread = (7 * T + 2 * Tp) * HS + T + 2 * kTile * kTile;
+  const int64_t Tp = padded(T), per_thread = (7 * T + 2 * Tp) * HS + T + 2 * kTile * kTile;
   dispatch(dt, [&](auto t) {
     using S = decltype(t);
     attention_backward_t(static_cast<S*>(dqkv), static_cast<const S*>(dout), static_cast<const S*>(qkv),
