@@ -26,29 +26,30 @@ class TimingBackend final : public Backend {
   void matmul(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const void* A, int64_t lda,
               const void* B, int64_t ldb, void* C, int64_t ldc, DType ab, DType c, const float* bias,
               bool acc, PackedB* packed) override {
-    shape_ = g_ ? fmt::format("matmul {}{} {}x{}x{}", ta ? 'T' : 'N', tb ? 'T' : 'N', M, N, K) : "";
-    time("gemm", 2.0 * M * N * K, [&] { b_.matmul(ta, tb, M, N, K, A, lda, B, ldb, C, ldc, ab, c, bias, acc, packed); });
+    time("gemm", 2.0 * M * N * K, [&] { b_.matmul(ta, tb, M, N, K, A, lda, B, ldb, C, ldc, ab, c, bias, acc, packed); },
+         g_ ? fmt::format("matmul {}{} {}x{}x{}", ta ? 'T' : 'N', tb ? 'T' : 'N', M, N, K) : "");
   }
   void linear_forward(void* out, const void* inp, const void* w, const float* bias, int64_t BT,
                       int64_t IC, int64_t OC, DType dt) override {
-    linear_shape("", IC, OC, "forward");
-    time("gemm", 2.0 * BT * IC * OC, [&] { b_.linear_forward(out, inp, w, bias, BT, IC, OC, dt); });
+    time("gemm", 2.0 * BT * IC * OC, [&] { b_.linear_forward(out, inp, w, bias, BT, IC, OC, dt); },
+         linear_key("", IC, OC, "forward"));
   }
   void linear_backward(void* dinp, float* dw, float* db, const void* dout, const void* inp,
                        const void* w, int64_t BT, int64_t IC, int64_t OC, DType dt) override {
-    linear_shape("", IC, OC, "backward");
-    time("gemm", 4.0 * BT * IC * OC, [&] { b_.linear_backward(dinp, dw, db, dout, inp, w, BT, IC, OC, dt); });
+    time("gemm", 4.0 * BT * IC * OC, [&] { b_.linear_backward(dinp, dw, db, dout, inp, w, BT, IC, OC, dt); },
+         linear_key("", IC, OC, "backward"));
   }
   void linear_gelu_forward(void* out, void* pre, const void* inp, const void* w, const float* bias,
                            int64_t BT, int64_t IC, int64_t OC, DType dt) override {
-    linear_shape(" + gelu", IC, OC, "forward");
-    time("gemm with gelu", 2.0 * BT * IC * OC, [&] { b_.linear_gelu_forward(out, pre, inp, w, bias, BT, IC, OC, dt); });
+    time("gemm with gelu", 2.0 * BT * IC * OC, [&] { b_.linear_gelu_forward(out, pre, inp, w, bias, BT, IC, OC, dt); },
+         linear_key(" + gelu", IC, OC, "forward"));
   }
   void linear_backward_gelu(void* dinp, float* dw, float* db, const void* dout, const void* inp,
                             const void* pre, const void* w, int64_t BT, int64_t IC, int64_t OC,
                             DType dt) override {
-    linear_shape(" + gelu", IC, OC, "backward");
-    time("gemm with gelu", 4.0 * BT * IC * OC, [&] { b_.linear_backward_gelu(dinp, dw, db, dout, inp, pre, w, BT, IC, OC, dt); });
+    time("gemm with gelu", 4.0 * BT * IC * OC,
+         [&] { b_.linear_backward_gelu(dinp, dw, db, dout, inp, pre, w, BT, IC, OC, dt); },
+         linear_key(" + gelu", IC, OC, "backward"));
   }
   void layernorm_forward(void* o, float* m, float* r, const float* i, const float* w, const float* b,
                          int64_t N, int64_t C, DType dt) override {
@@ -137,27 +138,26 @@ class TimingBackend final : public Backend {
   void synchronize() override { b_.synchronize(); }
 
  private:
+  // shape: also into (*g_)[shape] unless empty
   template <class F>
-  void time(const char* what, double flops, F&& f) {
+  void time(const char* what, double flops, F&& f, const std::string& shape = {}) {
     if (b_.gpu()) b_.synchronize();
     auto t0 = std::chrono::steady_clock::now();
     f();
     if (b_.gpu()) b_.synchronize();
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    for (OpTime* o : {&t_[what], g_ && !shape_.empty() ? &(*g_)[shape_] : nullptr})
+    for (OpTime* o : {&t_[what], shape.empty() ? nullptr : &(*g_)[shape]})
       if (o) {
         o->seconds += s;
         o->flops += flops;
       }
-    shape_.clear();
   }
-  void linear_shape(const char* with, int64_t IC, int64_t OC, const char* pass) {
-    if (g_) shape_ = fmt::format("linear{} {}x{} {}", with, IC, OC, pass);
+  std::string linear_key(const char* with, int64_t IC, int64_t OC, const char* pass) const {
+    return g_ ? fmt::format("linear{} {}x{} {}", with, IC, OC, pass) : "";
   }
   Backend& b_;
   OpTimes& t_;
   OpTimes* g_;
-  std::string shape_;  // the next timed op's key in g_
 };
 
 }  // namespace
