@@ -23,6 +23,7 @@ int run(int argc, char** argv) {
   ModelConfig cfg = model_preset(preset, "step_profile");
   const std::string on = argc > 7 ? argv[7] : "cpu";
   const bool by_shape = argc > 8 && std::string(argv[8]) == "gemms";
+  if (argc > 8 && !by_shape) user_error("argument 8 is '{}'; expected 'gemms' or nothing", argv[8]);
   OpTimes times, gemms;
   std::unique_ptr<Backend> timed =
       timing_backend(on == "cuda" ? cuda_backend() : cpu_backend(), &times, by_shape ? &gemms : nullptr);

@@ -571,6 +571,30 @@ TEST(Attention, Fp32TileProductsHaveDnnlSgemmsBits) {
             }
 }
 
+TEST(Timing, GemmsByShapeAddUpToTheOpFamilies) {
+  // step_profile's per-shape table: each GEMM and linear layer under its shape and pass, with its
+  // FLOPs, and the same seconds as the op families; none of it without the map
+  OpTimes fam, shapes, fam_only;
+  auto timed = timing_backend(be(), &fam, &shapes);
+  auto plain = timing_backend(be(), &fam_only);
+  const int64_t M = 8, N = 32, K = 16;
+  std::vector<float> a = randn(M * K, 1, 50), b = randn(K * N, 1, 51), c(M * N), d(M * K), dw(N * K);
+  for (Backend* t : {timed.get(), plain.get()}) {
+    t->matmul(false, true, M, N, K, a.data(), K, b.data(), K, c.data(), N, DType::f32, DType::f32, nullptr, false);
+    t->linear_forward(c.data(), a.data(), b.data(), nullptr, M, K, N, DType::f32);
+    t->linear_backward(d.data(), dw.data(), nullptr, c.data(), a.data(), b.data(), M, K, N, DType::f32);
+  }
+  ASSERT_EQ(shapes.size(), 3u);
+  EXPECT_EQ(shapes.at("matmul NT 8x32x16").flops, 2.0 * M * N * K);
+  EXPECT_EQ(shapes.at("linear 16x32 forward").flops, 2.0 * M * N * K);
+  EXPECT_EQ(shapes.at("linear 16x32 backward").flops, 4.0 * M * N * K);
+  double s = 0;
+  for (auto& [k, o] : shapes) s += o.seconds;
+  EXPECT_DOUBLE_EQ(s, fam.at("gemm").seconds);
+  EXPECT_EQ(fam.at("gemm").flops, 8.0 * M * N * K);
+  EXPECT_EQ(fam_only.at("gemm").flops, 8.0 * M * N * K);
+}
+
 TEST(SoftmaxXent, LossMatchesFloat64AndGradientMatchesFiniteDifferences) {
   const int N = 6, V = 11, Vp = 16;
   auto logits = randn(N * Vp, 3, 16);
