@@ -136,11 +136,12 @@ TEST(Strategies, LoraSameAsOneProcess) {
       const DType reduce = dt == DType::bf16 ? DType::bf16 : DType::f32;
       Result r = train_steps(*world, 2, 2, dt, s, cfg, 2, reduce);
       MemoryEstimate e = estimate_memory(cfg, 2, cfg.context, dt, {}, kCuda, {s, world->size(), reduce});
-      if (world->rank() == 0)
+      if (world->rank() == 0) {
         for (Mem c : {Mem::params, Mem::grads, Mem::optimizer, Mem::comm, Mem::activations})
           EXPECT_EQ(r.mem.peak[int(c)], e.bytes[int(c)]) << strategy_name(s) << " " << family_name(cfg.family) << " "
                                                         << base_format_name(cfg.lora.base) << " " << dtype_name(dt) << " "
                                                         << mem_name(c);
+      }
     }
   }
 }
