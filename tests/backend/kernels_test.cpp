@@ -12,6 +12,7 @@
 #include <functional>
 
 #include <fmt/format.h>
+#include <oneapi/dnnl/dnnl.hpp>
 
 #include "backend/backend.h"
 #include "backend/cpu/cpu.h"
@@ -224,25 +225,81 @@ TEST(Matmul, AllTransposesDtypesBiasAndAccumulationMatchFloat64) {
 }
 
 // A weight gradient's long reduction (dY^T X over the tokens), in bf16 summed in chunks of 512
-// tokens: three chunks, the last one short, strided views, bias and accumulation (every dtype).
+// tokens: three chunks, the last one short, strided views, bias and accumulation (every dtype);
+// dense, without bias and at N % 64 == 0, K % 32 == 0 also frugal's own bf16 kernel (where built).
 TEST(Matmul, WeightGradientOverManyTokensMatchesFloat64) {
-  const int M = 40, N = 72, K = 1100, lda = M + 8, ldb = N + 16;
-  for (DType d : kAll) {
-    Buf A(d, randn(K * lda, 1, 21)), B(d, randn(K * ldb, 1, 22));
-    auto bias = randn(N, 1, 23), C0 = randn(M * N, 1, 24);
-    std::vector<float> out = C0;
-    be().matmul(true, false, M, N, K, A.data(), lda, B.data(), ldb, out.data(), N, d, DType::f32, bias.data(), true);
-    Vec a = A.values(), b = B.values(), ref(M * N);
-    for (int m = 0; m < M; m++)
-      for (int n = 0; n < N; n++) {
-        double acc = C0[m * N + n] + bias[n];
-        for (int k = 0; k < K; k++) acc += a[k * lda + m] * b[k * ldb + n];
-        ref[m * N + n] = acc;
-      }
-    // fp32 sums of 1100 unit-sized products: rounding errors of ~1e-5 each way (a chunk lost or
-    // summed twice would be off by ~30)
-    EXPECT_TRUE(all_close(out, ref, 1e-5, 2e-4)) << dtype_name(d);
+  for (auto [M, N, K, pad, with_bias] : {std::tuple{40, 72, 1100, 8, true}, {37, 128, 1120, 0, false}, {37, 128, 1120, 16, false}}) {
+    const int lda = M + pad, ldb = N + 2 * pad;
+    for (DType d : kAll) {
+      Buf A(d, randn(K * lda, 1, 21)), B(d, randn(K * ldb, 1, 22));
+      auto bias = randn(N, 1, 23), C0 = randn(M * N, 1, 24);
+      std::vector<float> out = C0;
+      be().matmul(true, false, M, N, K, A.data(), lda, B.data(), ldb, out.data(), N, d, DType::f32,
+                  with_bias ? bias.data() : nullptr, true);
+      Vec a = A.values(), b = B.values(), ref(M * N);
+      for (int m = 0; m < M; m++)
+        for (int n = 0; n < N; n++) {
+          double acc = C0[m * N + n] + (with_bias ? bias[n] : 0.0);
+          for (int k = 0; k < K; k++) acc += a[k * lda + m] * b[k * ldb + n];
+          ref[m * N + n] = acc;
+        }
+      // fp32 sums of 1100 unit-sized products: rounding errors of ~1e-5 each way (a chunk lost or
+      // summed twice would be off by ~30)
+      EXPECT_TRUE(all_close(out, ref, 1e-5, 2e-4)) << dtype_name(d) << " N " << N << " K " << K << " bias " << with_bias;
+    }
   }
+}
+
+// The bf16 weight gradient's pinned bits were oneDNN's (its matmul over 512 tokens at a time, the
+// chunks added onto C by its sum post-op, on 2 threads); frugal's own kernel, where it runs
+// (AVX512-BF16 without AMX; dense operands, N % 64 == 0, K % 32 == 0), must give them bit for bit.
+// Against oneDNN called as matmul called it before, X reordered into its blocked layout: output
+// rows in 16s and a rest, short and long reductions, onto C and into it. (With more threads than
+// blocks of output oneDNN splits a chunk's reduction, and with dY strided it does on 2 threads:
+// there matmul keeps calling it.)
+TEST(Matmul, WeightGradientHasOneDnnsBits) {
+#if !defined(__AVX512BF16__) || defined(__AMX_BF16__)
+  GTEST_SKIP() << "built without AVX512-BF16, or with AMX: the weight gradient is oneDNN's own here";
+#endif
+  using namespace dnnl;
+  using dt = memory::data_type;
+  engine eng(engine::kind::cpu, 0);
+  stream strm(eng);
+  uint32_t seed = 60;
+  for (int64_t M : {16, 37, 200})
+    for (int64_t N : {64, 192})
+      for (int64_t K : {32, 96, 512, 1056})
+        for (bool acc : {true, false}) {
+          Buf A(DType::bf16, randn(size_t(K * M), 1, seed++)), B(DType::bf16, randn(size_t(K * N), 1, seed++));
+          std::vector<float> c0 = randn(size_t(M * N), 1, seed++), got = c0, ref = c0;
+          be().matmul(true, false, M, N, K, A.data(), M, B.data(), N, got.data(), N, DType::bf16, DType::f32, nullptr, acc);
+          const int threads = omp_get_max_threads();
+          omp_set_num_threads(2);  // oneDNN's decomposition, and so its bits, as on the machines pinned
+          for (int64_t k0 = 0; k0 < K; k0 += 512) {
+            const int64_t kc = std::min<int64_t>(512, K - k0);
+            const memory::desc ad({M, kc}, dt::bf16, memory::format_tag::ba), bd({kc, N}, dt::bf16, memory::format_tag::ab),
+                bany({kc, N}, dt::bf16, memory::format_tag::any), cd({M, N}, dt::f32, memory::format_tag::ab);
+            primitive_attr attr;
+            if (acc || k0 > 0) {
+              post_ops po;
+              po.append_sum(1.0f);
+              attr.set_post_ops(po);
+            }
+#if DNNL_VERSION_MAJOR >= 3
+            matmul::primitive_desc pd(eng, ad, bany, cd, attr);
+#else
+            matmul::primitive_desc pd(matmul::desc(ad, bany, cd), attr, eng);
+#endif
+            memory am(ad, eng, static_cast<uint16_t*>(A.data()) + k0 * M), bm(bd, eng, static_cast<uint16_t*>(B.data()) + k0 * N),
+                blocked(pd.weights_desc(), eng), cm(cd, eng, ref.data());
+            reorder(bm, blocked).execute(strm, bm, blocked);
+            matmul(pd).execute(strm, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, blocked}, {DNNL_ARG_DST, cm}});
+            strm.wait();
+          }
+          omp_set_num_threads(threads);
+          ASSERT_EQ(0, std::memcmp(ref.data(), got.data(), ref.size() * sizeof(float)))
+              << "M " << M << " N " << N << " K " << K << (acc ? " +C" : "");
+        }
 }
 
 // B in oneDNN's blocked layout, copied there by frugal's own packing (K % 32 and N % 64 both 0):

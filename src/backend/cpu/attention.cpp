@@ -278,59 +278,6 @@ static void attention_forward_t(S* out, float* lse, const S* qkv, float* scratch
 }
 
 #if defined(__AVX512BF16__)
-// C(rows, 16·NB) (+)= A(rows, 2P) B(2P, 16·NB) in bf16 pairs: A's row r holds P pairs (uint32)
-// at a + r·lda; B is P rows of NB vectors, each 16 columns x 2 (a pair of the reduction dim),
-// row p at b + p·ldb vectors. Sums in fp32. ACC a template argument: with a run-time choice
-// between loading C and zeros, gcc kept the sums on the stack outside the loop (48 spills and
-// reloads a call: P = 32, 177 -> 199 GFLOP/s a core in L1 without them).
-template <int R, int NB, bool ACC>
-static inline void dp_block(float* c, int64_t ldc, const uint32_t* a, int64_t lda,
-                            const __m512i* b, int64_t ldb, int64_t P) {
-  __m512 s[R][NB];
-#pragma GCC unroll 4
-  for (int r = 0; r < R; r++)
-#pragma GCC unroll 4
-    for (int n = 0; n < NB; n++) s[r][n] = ACC ? _mm512_loadu_ps(c + r * ldc + 16 * n) : _mm512_setzero_ps();
-  for (int64_t p = 0; p < P; p++) {
-    __m512bh bv[NB];
-#pragma GCC unroll 4
-    for (int n = 0; n < NB; n++) bv[n] = (__m512bh)_mm512_loadu_si512(b + p * ldb + n);
-#pragma GCC unroll 4
-    for (int r = 0; r < R; r++) {
-      const __m512bh av = (__m512bh)_mm512_set1_epi32(int(a[r * lda + p]));
-#pragma GCC unroll 4
-      for (int n = 0; n < NB; n++) s[r][n] = _mm512_dpbf16_ps(s[r][n], av, bv[n]);
-    }
-  }
-#pragma GCC unroll 4
-  for (int r = 0; r < R; r++)
-#pragma GCC unroll 4
-    for (int n = 0; n < NB; n++) _mm512_storeu_ps(c + r * ldc + 16 * n, s[r][n]);
-}
-
-template <int NB, bool ACC>
-static void dp_rows(int64_t rows, float* c, int64_t ldc, const uint32_t* a, int64_t lda,
-                    const __m512i* b, int64_t ldb, int64_t P) {
-  int64_t r = 0;
-  for (; r + 4 <= rows; r += 4) dp_block<4, NB, ACC>(c + r * ldc, ldc, a + r * lda, lda, b, ldb, P);
-  for (; r < rows; r++) dp_block<1, NB, ACC>(c + r * ldc, ldc, a + r * lda, lda, b, ldb, P);
-}
-
-template <bool ACC>
-static void dp_cols(int64_t rows, int64_t nb, float* c, int64_t ldc, const uint32_t* a, int64_t lda,
-                    const __m512i* b, int64_t ldb, int64_t P) {
-  for (int64_t n0 = 0; n0 < nb; n0 += 4) {
-    float* cn = c + 16 * n0;
-    const __m512i* bn = b + n0;
-    switch (std::min<int64_t>(4, nb - n0)) {
-      case 4: dp_rows<4, ACC>(rows, cn, ldc, a, lda, bn, ldb, P); break;
-      case 3: dp_rows<3, ACC>(rows, cn, ldc, a, lda, bn, ldb, P); break;
-      case 2: dp_rows<2, ACC>(rows, cn, ldc, a, lda, bn, ldb, P); break;
-      default: dp_rows<1, ACC>(rows, cn, ldc, a, lda, bn, ldb, P); break;
-    }
-  }
-}
-
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__)
 // AMX (Sapphire Rapids and later): the same product on the tile unit, whose bf16 pair products
 // are 8x vdpbf16ps's rate. Tiles 0-3 hold C (up to 16 rows x 16 fp32 each), 4 A (rows x up to
@@ -440,8 +387,8 @@ static inline void amx_begin() {
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__)
   if (amx_ready()) return dp_amx(rows, nb, c, ldc, a, lda, b, ldb, P, acc);
 #endif
-  if (acc) dp_cols<true>(rows, nb, c, ldc, a, lda, b, ldb, P);
-  else dp_cols<false>(rows, nb, c, ldc, a, lda, b, ldb, P);
+  if (acc) dp_cols<Sum::chain>(rows, nb, c, ldc, a, lda, b, ldb, P);
+  else dp_cols<Sum::store>(rows, nb, c, ldc, a, lda, b, ldb, P);
 }
 
 static uint32_t pair(bf16 lo, bf16 hi) { return uint32_t(lo.bits) | uint32_t(hi.bits) << 16; }

@@ -1,6 +1,7 @@
 // GEMMs and linear layers. fp32: dnnl_sgemm (row-major, oneDNN's gemm:jit). bf16: oneDNN's
 // matmul primitive (brg kernels on AVX512-BF16 / AMX), bias and accumulation fused, primitives
-// cached by shape. fp16, and bf16 on a CPU without AVX-512 (where oneDNN 2.6 has no bf16
+// cached by shape; a weight gradient on AVX512-BF16 without AMX on frugal's own kernel, in
+// oneDNN's summation order. fp16, and bf16 on a CPU without AVX-512 (where oneDNN 2.6 has no bf16
 // matmul): operands widened to fp32 and dnnl_sgemm, the same products summed in fp32.
 #include <oneapi/dnnl/dnnl.hpp>
 
@@ -125,6 +126,59 @@ static void pack_blocked(bf16* dst, const bf16* src, int64_t K, int64_t N, int64
 }
 #endif
 
+// A weight gradient dW (+)= dY^T X reduces over the tokens; oneDNN runs it with A transposed
+// at 1.2-1.3 TFLOP/s on gpt2's shapes at K = 4096, but at 1.5-2.3 over 512 tokens at a time
+// with X in its blocked layout (below): so K goes in chunks of 512, summed onto C in fp32.
+constexpr int64_t kDwChunk = 512;
+
+#if defined(__AVX512BF16__) && !defined(__AMX_BF16__)
+// The weight gradient on frugal's own kernel where oneDNN's is AVX512-BF16's (not AMX's), with
+// oneDNN's bits: it sums each element of a chunk from zero in one vdpbf16ps chain in token order,
+// then adds that to C (Matmul.WeightGradientHasOneDnnsBits; with dY strided it splits a chunk, so
+// there oneDNN stays). Each chunk's X goes into pairs of tokens by 64 columns once (pack_blocked);
+// a thread takes 16 columns of dY at a time (any thread: the bits do not depend on which) into
+// rows of token pairs on its stack and multiplies them by every block of X, fetching C's rows while
+// it sums. 4-9 % faster than oneDNN on gpt2's shapes, interleaved with cold caches (RESULTS,
+// 2026-12-04).
+template <Sum S>
+static void dw_rows(int64_t rows, float* c, int64_t ldc, const uint32_t* a, int64_t P, const __m512i* b) {
+  int64_t r = 0;
+  for (; r + 6 <= rows; r += 6) dp_block<6, 4, S>(c + r * ldc, ldc, a + r * P, P, b, 4, P);
+  dp_rows<4, S>(rows - r, c + r * ldc, ldc, a + r * P, P, b, 4, P);
+}
+
+static void weight_gradient(std::vector<bf16>& xp, int64_t M, int64_t N, int64_t K, const bf16* dy, const bf16* x,
+                            float* C, bool accumulate) {
+  for (int64_t k0 = 0; k0 < K; k0 += kDwChunk) {
+    const int64_t kc = std::min(kDwChunk, K - k0), P = kc / 2;
+    xp.resize(size_t(kc * N));
+    pack_blocked(xp.data(), x + k0 * N, kc, N, N, false);
+    const __m512i* xb = reinterpret_cast<const __m512i*>(xp.data());
+    const bf16* y = dy + k0 * M;
+    const bool add = accumulate || k0 > 0;
+#pragma omp parallel for schedule(dynamic)
+    for (int64_t m0 = 0; m0 < M; m0 += 16) {
+      alignas(64) uint32_t a[16 * kDwChunk / 2];  // row j: column m0 + j of dY, P pairs of tokens
+      const int64_t rows = std::min<int64_t>(16, M - m0);
+      const __mmask16 cols = __mmask16((1u << rows) - 1);
+      for (int64_t p0 = 0; p0 < P; p0 += 16) {
+        __m512i r[16];  // r[i]: the pair of tokens p0 + i, for the 16 columns
+        for (int i = 0; i < 16; i++) {
+          const bf16* t = y + 2 * (p0 + i) * M + m0;
+          r[i] = interleave16(_mm256_maskz_loadu_epi16(cols, t), _mm256_maskz_loadu_epi16(cols, t + M));
+        }
+        transpose16x16(r);
+        for (int64_t j = 0; j < rows; j++) _mm512_store_si512(a + j * P + p0, r[j]);
+      }
+      for (int64_t nb = 0; nb < N / 64; nb++) {
+        if (add) dw_rows<Sum::add>(rows, C + m0 * N + 64 * nb, N, a, P, xb + nb * P * 4);
+        else dw_rows<Sum::store>(rows, C + m0 * N + 64 * nb, N, a, P, xb + nb * P * 4);
+      }
+    }
+  }
+}
+#endif
+
 void CpuBackend::matmul(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const void* A,
                         int64_t lda, const void* B, int64_t ldb, void* C, int64_t ldc, DType ab,
                         DType c, const float* bias, bool accumulate, PackedB* packed) {
@@ -169,10 +223,11 @@ void CpuBackend::matmul(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const
     return;
   }
   FRUGAL_CHECK(ab == DType::bf16 && c != DType::f16, "matmul {} x {} -> {}", dtype_name(ab), dtype_name(ab), dtype_name(c));
-  // A weight gradient dW (+)= dY^T X reduces over the tokens; oneDNN runs it with A transposed
-  // at 1.2-1.3 TFLOP/s on gpt2's shapes at K = 4096, but at 1.5-2.3 over 512 tokens at a time
-  // with X in its blocked layout (below): so K goes in chunks of 512, summed onto C in fp32.
-  constexpr int64_t kDwChunk = 512;
+#if defined(__AVX512BF16__) && !defined(__AMX_BF16__)
+  if (ta && !tb && c == DType::f32 && !bias && !packed && lda == M && ldb == N && ldc == N && N % 64 == 0 && K % 32 == 0)
+    return weight_gradient(dw_x_, M, N, K, static_cast<const bf16*>(A), static_cast<const bf16*>(B),
+                           static_cast<float*>(C), accumulate);
+#endif
   if (ta && !tb && c == DType::f32 && K > kDwChunk) {
     const size_t es = dtype_size(ab);
     for (int64_t k0 = 0; k0 < K; k0 += kDwChunk)
