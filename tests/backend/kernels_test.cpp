@@ -254,7 +254,7 @@ TEST(Matmul, WeightGradientOverManyTokensMatchesFloat64) {
 // chunks added onto C by its sum post-op, on 2 threads); frugal's own kernel, where it runs
 // (AVX512-BF16 without AMX; dense operands, N % 64 == 0, K % 32 == 0), must give them bit for bit.
 // Against oneDNN called as matmul called it before, X reordered into its blocked layout: output
-// rows in 16s and a rest, short and long reductions, onto C and into it. (With more threads than
+// rows in 32s and a rest, short and long reductions, onto C and into it. (With more threads than
 // blocks of output oneDNN splits a chunk's reduction, and with dY strided it does on 2 threads:
 // there matmul keeps calling it.)
 TEST(Matmul, WeightGradientHasOneDnnsBits) {

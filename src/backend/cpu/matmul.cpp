@@ -136,15 +136,15 @@ constexpr int64_t kDwChunk = 512;
 // oneDNN's bits: it sums each element of a chunk from zero in one vdpbf16ps chain in token order,
 // then adds that to C (Matmul.WeightGradientHasOneDnnsBits; with dY strided it splits a chunk, so
 // there oneDNN stays). Each chunk's X goes into pairs of tokens by 64 columns once (pack_blocked);
-// a thread takes 16 columns of dY at a time (any thread: the bits do not depend on which) into
+// a thread takes 32 columns of dY at a time (any thread: the bits do not depend on which) into
 // rows of token pairs on its stack and multiplies them by every block of X, fetching C's rows while
-// it sums. 4-9 % faster than oneDNN on gpt2's shapes, interleaved with cold caches (RESULTS,
-// 2026-12-04).
+// it sums. Interleaved with cold caches, gpt2's weight gradients ran 2-9 % faster than oneDNN's
+// in most runs, smollm-135m's at the same speed (RESULTS, 2026-12-04).
 template <Sum S>
 static void dw_rows(int64_t rows, float* c, int64_t ldc, const uint32_t* a, int64_t P, const __m512i* b) {
   int64_t r = 0;
-  for (; r + 6 <= rows; r += 6) dp_block<6, 4, S>(c + r * ldc, ldc, a + r * P, P, b, 4, P);
-  dp_rows<4, S>(rows - r, c + r * ldc, ldc, a + r * P, P, b, 4, P);
+  for (; rows - r >= 10 || rows - r == 6; r += 6) dp_block<6, 4, S>(c + r * ldc, ldc, a + r * P, P, b, 4, P);
+  dp_rows<4, S>(rows - r, c + r * ldc, ldc, a + r * P, P, b, 4, P);  // 32 rows: 6 x 4, then 4 x 2
 }
 
 static void weight_gradient(std::vector<bf16>& xp, int64_t M, int64_t N, int64_t K, const bf16* dy, const bf16* x,
@@ -157,18 +157,21 @@ static void weight_gradient(std::vector<bf16>& xp, int64_t M, int64_t N, int64_t
     const bf16* y = dy + k0 * M;
     const bool add = accumulate || k0 > 0;
 #pragma omp parallel for schedule(dynamic)
-    for (int64_t m0 = 0; m0 < M; m0 += 16) {
-      alignas(64) uint32_t a[16 * kDwChunk / 2];  // row j: column m0 + j of dY, P pairs of tokens
-      const int64_t rows = std::min<int64_t>(16, M - m0);
-      const __mmask16 cols = __mmask16((1u << rows) - 1);
+    for (int64_t m0 = 0; m0 < M; m0 += 32) {
+      alignas(64) uint32_t a[32 * kDwChunk / 2];  // row j: column m0 + j of dY, P pairs of tokens
+      const int64_t rows = std::min<int64_t>(32, M - m0);
+      const __mmask32 cols = __mmask32((uint64_t(1) << rows) - 1);
       for (int64_t p0 = 0; p0 < P; p0 += 16) {
-        __m512i r[16];  // r[i]: the pair of tokens p0 + i, for the 16 columns
-        for (int i = 0; i < 16; i++) {
-          const bf16* t = y + 2 * (p0 + i) * M + m0;
-          r[i] = interleave16(_mm256_maskz_loadu_epi16(cols, t), _mm256_maskz_loadu_epi16(cols, t + M));
+        __m512i lo[16], hi[16];  // the pair of tokens p0 + i, for columns m0 .. m0 + 15 and the next 16
+        for (int i = 0; i < 16; i++) {  // each line of dY read once (with a stride of 2^k lines they
+          const bf16* t = y + 2 * (p0 + i) * M + m0;  // would not stay in cache for a second read)
+          const __m512i r0 = _mm512_maskz_loadu_epi16(cols, t), r1 = _mm512_maskz_loadu_epi16(cols, t + M);
+          lo[i] = interleave16(_mm512_castsi512_si256(r0), _mm512_castsi512_si256(r1));
+          hi[i] = interleave16(_mm512_extracti64x4_epi64(r0, 1), _mm512_extracti64x4_epi64(r1, 1));
         }
-        transpose16x16(r);
-        for (int64_t j = 0; j < rows; j++) _mm512_store_si512(a + j * P + p0, r[j]);
+        transpose16x16(lo);
+        transpose16x16(hi);
+        for (int64_t j = 0; j < rows; j++) _mm512_store_si512(a + j * P + p0, j < 16 ? lo[j] : hi[j - 16]);
       }
       for (int64_t nb = 0; nb < N / 64; nb++) {
         if (add) dw_rows<Sum::add>(rows, C + m0 * N + 64 * nb, N, a, P, xb + nb * P * 4);
