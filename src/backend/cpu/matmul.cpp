@@ -139,7 +139,7 @@ constexpr int64_t kDwChunk = 512;
 // a thread takes 32 columns of dY at a time (any thread: the bits do not depend on which) into
 // rows of token pairs on its stack and multiplies them by every block of X, fetching C's rows while
 // it sums. Interleaved with cold caches, gpt2's weight gradients ran 2-9 % faster than oneDNN's
-// in most runs, smollm-135m's at the same speed (RESULTS, 2026-12-04).
+// in most runs, smollm-135m's at about its speed (RESULTS, 2026-12-04).
 template <Sum S>
 static void dw_rows(int64_t rows, float* c, int64_t ldc, const uint32_t* a, int64_t P, const __m512i* b) {
   int64_t r = 0;
