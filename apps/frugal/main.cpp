@@ -251,8 +251,8 @@ static int cmd_calibrate(const PlanArgs& a) {
 static int cmd_plan(const PlanArgs& a) {
   if (!a.calibrate.empty()) return cmd_calibrate(a);
   if (a.preset.empty() == a.config.empty()) user_error("plan: give the model as --preset NAME or -c FILE (a frugal TOML config or a Hugging Face config.json)");
-  if (!(a.tokens > 0) || !std::isfinite(a.tokens))
-    user_error("--tokens: expected the training budget in tokens (a finite number > 0, e.g. 10e9), got {}", a.tokens);
+  if (!(a.tokens > 0 && a.tokens <= 1e18))  // beyond, the step count would not fit in 64 bits
+    user_error("--tokens: expected the training budget in tokens (a number > 0 and at most 1e18, e.g. 10e9), got {}", a.tokens);
   PlanSettings b;
   std::string device = a.device;
   b.seq_len = a.seq_len;

@@ -230,7 +230,7 @@ Plan make_plan(const PlanSettings& s) {
   p.exposed_comm_s = rounds * (std::max(0.0, each * (1 - 1 / units) - window) + each / units) + after_s;
   p.step_s = p.compute_s + p.exposed_comm_s;
   p.tokens_per_s = double(p.step_tokens) / p.step_s;
-  p.total_s = s.tokens / p.tokens_per_s;
+  p.total_s = std::ceil(s.tokens / double(p.step_tokens)) * p.step_s;  // whole steps, as the run takes them
   p.cost = p.total_s / 3600.0 * s.devices * s.device.price;
   return p;
 }

@@ -110,6 +110,22 @@ TEST(KnownFigures, LlmcGpt2_124MOn8A100In90MinutesForAbout20Dollars) {
   EXPECT_NEAR(p.step_s / 0.300, 1.0, 0.25) << p.explain();
 }
 
+// The budget in whole steps, as the run takes them: a step and a half of tokens is two steps, and
+// the time and cost are two steps' (they were a step and a half's, against "2 steps").
+TEST(Plan, TheBudgetTakesWholeSteps) {
+  PlanSettings s;
+  s.model = model_preset("gpt2", "test");
+  s.device = find_device(load_devices(kCatalogue), "a100-80gb", kCatalogue);
+  s.micro_batch = 8;
+  s.seq_len = 1024;
+  s.batch_tokens = 65536;
+  s.tokens = 1.5 * 65536;
+  const Plan p = make_plan(s);
+  EXPECT_DOUBLE_EQ(p.total_s, 2 * p.step_s);
+  EXPECT_DOUBLE_EQ(p.cost, 2 * p.step_s / 3600 * s.device.price);
+  EXPECT_NE(p.explain().find(": 2 steps, "), std::string::npos) << p.explain();
+}
+
 // `frugal train` on a device the catalogue does not name: no bandwidths, yet one device moves
 // no bytes, so its time is finite; several devices make it unknown, not a garbage number.
 TEST(Plan, ADeviceOutsideTheCatalogueHasAFiniteTimeOnOneDevice) {
