@@ -531,6 +531,8 @@ int main(int argc, char** argv) {
     if (*train_cmd) return cmd_train(config, train_cmd->remaining(), resume, init_from);
     if (*export_cmd) return cmd_export(export_from, out_dir, parse_bytes(max_shard, "--max-shard-size"), merge);
     if (*prep_cmd) {
+      if (prep_cmd->get_option("--val-every")->count() && corpus.val_every < 2)  // 0 would read as not given
+        user_error("--val-every: expected an integer >= 2, got {}", corpus.val_every);
       tok_opt.kind = train_tokenizer ? TokenizerKind::sentencepiece
                      : tokenizer == "gpt2" ? TokenizerKind::gpt2 : TokenizerKind::byte;
       if (!train_tokenizer && tokenizer != "gpt2" && tokenizer != "byte") tok_opt.pretrained = tokenizer;

@@ -645,8 +645,13 @@ PrepareStats prepare_corpus(const std::vector<std::string>& inputs, const std::s
     user_error("prepare: the input holds no text ({} file(s), {} bytes, {} lines skipped)", sources.size(), total_bytes,
                st.skipped_lines);
   if (st.val_tokens == 0) {
-    if (opt.val_every)
-      user_error("prepare: the input has {} tokens, too few for a validation split", st.train_tokens);
+    if (opt.val_every) {  // chunk k (of kChunk tokens) goes to val where k % val_every == val_every - 1
+      const int64_t most = (st.train_tokens - 1) / kChunk + 1;
+      user_error("prepare: the input has {} tokens, too few for a validation split by --val-every {} (the first "
+                 "validation chunk of {} tokens starts at token {}): {}", st.train_tokens, opt.val_every, kChunk,
+                 (opt.val_every - 1) * kChunk,
+                 most >= 2 ? fmt::format("give --val-every {} or less", most) : fmt::format("a split by chunks needs more than {} tokens", kChunk));
+    }
     user_error("prepare: none of the {} documents went to validation ({}): give --val-docs N, a larger "
                "--val-fraction, or --val-every N to split by 8192-token chunks", st.train_docs,
                opt.val_docs ? fmt::format("--val-docs {}", opt.val_docs) : fmt::format("--val-fraction {}", opt.val_fraction));

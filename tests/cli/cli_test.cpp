@@ -488,6 +488,7 @@ TEST_F(Cli, HostileRunsLoseNothing) {
   expect_error("sample --run hr --top-k -3", "--top-k: expected 0 (all) or a positive integer, got -3");
   expect_error("sample --run hr --temperature nan", "--temperature: expected a finite number >= 0 (0: greedy), got nan");
   expect_error("eval --run hr --batches -1", "--batches: expected 0 (all) or a positive integer, got -1");
+  expect_error("prepare corpus.txt --out v0 --val-every 0", "--val-every: expected an integer >= 2, got 0");
   expect_error("plan --preset gpt2 --tokens inf", "--tokens: expected the training budget in tokens (a number > 0 and at most 1e18, e.g. 10e9), got inf");
   expect_error("plan --preset gpt2 --tokens 1e30", "--tokens: expected the training budget in tokens (a number > 0 and at most 1e18, e.g. 10e9), got 1e+30");
   expect_error("plan --preset gpt2 --tokens 1e9 --devices 0", "--devices: expected a positive number, got '0'");

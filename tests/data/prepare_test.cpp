@@ -108,7 +108,9 @@ TEST(Prepare, SameShardsForAnyThreadCountAndAfterAResume) {
   std::string s1 = slurp(d / "t3/train_001.bin");
   s1[5000] ^= 1;
   put(d / "t3/train_001.bin", s1);
-  EXPECT_THROW(resolve_shards(d / "t3", "data.train"), UserError);  // unfinished
+  EXPECT_THROW(resolve_shards(d / "t3", "data.train"), UserError);  // unfinished, by directory or glob
+  test::expect_user_error([&] { resolve_shards(d / "t3/train_*.bin", "data.train"); },
+                          "t3/manifest.json: prepare did not finish here");
   PrepareStats again = prepare_corpus({c.string()}, d / "t3", small_shards(2), gpt2_options());
   EXPECT_EQ(again.reused_shards, int64_t(one.files.size()) - 3);
   EXPECT_EQ(files_of(d / "t3"), want);
@@ -246,7 +248,17 @@ TEST(Prepare, BadInputIsNamed) {
   o.field = "body";
   o.val_docs = 0;
   o.val_every = 2;
-  test::expect_user_error([&] { prepare_corpus({d / "b2.jsonl"}, d / "o", o); }, "too few for a validation split");
+  test::expect_user_error([&] { prepare_corpus({d / "b2.jsonl"}, d / "o", o); },
+                          "too few for a validation split by --val-every 2 (the first validation chunk of 8192 tokens starts "
+                          "at token 8192): a split by chunks needs more than 8192 tokens");
+  std::string lines;  // 40000 byte tokens: the 5th chunk is the last to start inside them
+  for (int i = 0; i < 4000; i++) lines += fmt::format("line {:04}\n", i);
+  put(d / "lines.txt", lines);
+  CorpusOptions every20;
+  every20.val_every = 20;
+  test::expect_user_error([&] { prepare_corpus({d / "lines.txt"}, d / "o", every20); },
+                          "the input has 40000 tokens, too few for a validation split by --val-every 20 (the first validation "
+                          "chunk of 8192 tokens starts at token 155648): give --val-every 5 or less");
   put(d / "empty.txt", "");
   test::expect_user_error([&] { prepare_corpus({d / "empty.txt"}, d / "o", CorpusOptions{}); }, "the input holds no text");
   test::expect_user_error([&] { prepare_corpus({d / "nothing*.txt"}, d / "o", CorpusOptions{}); }, "nothing*.txt: no files match");
