@@ -402,17 +402,31 @@ nlohmann::json Calibration::to_json() const {
           {"mfu", mfu}};
 }
 
-Calibration calibrate(const std::string& run_dir, const std::string& devices_path) {
-  RunConfig cfg = load_config(run_dir + "/config.toml", {});
+std::vector<std::pair<int, nlohmann::json>> read_metrics(const std::string& run_dir) {
   const std::string path = run_dir + "/metrics.jsonl";
   std::ifstream in(path);
   if (!in) user_error("{}: cannot open the run's metrics", path);
-  std::vector<double> tok_s, step_s;
-  std::string line, recompute = cfg.memory.recompute.name();
-  int ranks = 1, n = 0;
-  while (std::getline(in, line)) {
-    n++;
+  std::vector<std::pair<int, nlohmann::json>> records;
+  std::string line;
+  for (int n = 1; std::getline(in, line); n++) {
     nlohmann::json r = nlohmann::json::parse(line, nullptr, false);
+    if (r.is_discarded() && in.eof()) {
+      fmt::print(stderr, "warning: {}:{}: the last line is cut short (the run stopped while writing it): skipped\n", path, n);
+      break;
+    }
+    records.emplace_back(n, std::move(r));
+  }
+  return records;
+}
+
+Calibration calibrate(const std::string& run_dir, const std::string& devices_path) {
+  RunConfig cfg = load_config(run_dir + "/config.toml", {});
+  const std::string path = run_dir + "/metrics.jsonl";
+  std::vector<double> tok_s, step_s;
+  std::string recompute = cfg.memory.recompute.name();
+  int ranks = 1, n = 0;
+  for (const auto& [line, r] : read_metrics(run_dir)) {
+    n = line;
     if (r.is_discarded() || !r.is_object() || !r.contains("tokens_per_s") || !r["tokens_per_s"].is_number() ||
         !r.contains("step_ms") || !r["step_ms"].is_number())
       user_error("{}:{}: expected a JSON record with numbers tokens_per_s and step_ms", path, n);

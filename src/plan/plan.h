@@ -142,6 +142,10 @@ struct Calibration {
   double peak = 0, mfu = 0;
   nlohmann::json to_json() const;
 };
+// A run's metrics.jsonl, one parsed record per line (line numbers from 1; a line that is not JSON
+// is a discarded value, for the caller to name). A last line cut short (no newline: the run
+// stopped while writing it) is skipped with a warning, not an error.
+std::vector<std::pair<int, nlohmann::json>> read_metrics(const std::string& run_dir);
 // Reads RUN_DIR/config.toml and metrics.jsonl; UserError naming the file when either is missing
 // or malformed.
 Calibration calibrate(const std::string& run_dir, const std::string& devices_path = default_devices_path());

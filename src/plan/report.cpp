@@ -131,21 +131,18 @@ static std::string profile_table(const std::string& path) {
 std::string write_report(const std::string& run_dir, const std::string& devices_path) {
   RunConfig cfg = load_config(run_dir + "/config.toml", {});
   const std::string path = run_dir + "/metrics.jsonl";
-  std::ifstream in(path);
-  if (!in) user_error("{}: cannot open the run's metrics", path);
   Series loss{"train loss", kColors[0], {}, {}}, val{"validation loss", kColors[1], {}, {}},
       tok{"measured", kColors[0], {}, {}},
       cost{"measured", kColors[0], {}, {}};
   std::vector<Series> mem(num_mem);
   std::vector<double> peak(num_mem, 0.0);
-  std::string line, recompute = cfg.memory.recompute.name();
-  int ranks = 1, n = 0;
+  std::string recompute = cfg.memory.recompute.name();
+  int ranks = 1;
   double seconds = 0;
-  while (std::getline(in, line)) {
-    n++;
-    nlohmann::json r = nlohmann::json::parse(line, nullptr, false);
+  for (const auto& [n, r] : read_metrics(run_dir)) {
+    if (r.is_discarded() || !r.is_object()) user_error("{}:{}: not a JSON record", path, n);
     auto num = [&](const char* k) {
-      if (r.is_discarded() || !r.is_object() || !r.contains(k) || !r[k].is_number())
+      if (!r.contains(k) || !r[k].is_number())
         user_error("{}:{}: {}: expected a number", path, n, k);
       return r[k].get<double>();
     };
@@ -167,7 +164,7 @@ std::string write_report(const std::string& run_dir, const std::string& devices_
       peak[c] = std::max(peak[c], b);
     }
   }
-  if (n == 0) user_error("{}: no records (has the run started?)", path);
+  if (loss.x.empty()) user_error("{}: no records (has the run started?)", path);
   const Plan p = plan_for_run(cfg, ranks, RecomputePolicy::parse(recompute, path), devices_path);
   const double rate = p.s.devices * p.s.device.price / 3600.0;
   for (double& y : cost.y) y *= rate;
@@ -206,7 +203,7 @@ std::string write_report(const std::string& run_dir, const std::string& devices_
                       "Cost so far: <b>{}</b> for {}.</p>\n",
                       escape(run_dir), escape(cfg.model.preset), cfg.model.n_layer, cfg.model.n_embd,
                       cfg.model.num_params() / 1e6, dtype_name(p.s.compute), escape(recompute),
-                      strategy_name(p.s.strategy), ranks, n, p.step_tokens, escape(p.s.device.name),
+                      strategy_name(p.s.strategy), ranks, loss.x.size(), p.step_tokens, escape(p.s.device.name),
                       dollars(p.s.device.price), dollars(seconds * rate), human_time(seconds));
   html += line_chart("Loss", "step", loss_series);
   html += line_chart("Tokens/s", "step", {tok, tok_pred});

@@ -328,7 +328,17 @@ TEST_F(PlanRuns, ReportIsOneSelfContainedPageWithCharts) {
   EXPECT_EQ(count("class=\"bar\""), 2u * 5u);
   EXPECT_EQ(count("<script"), 0u);
   EXPECT_NE(html.find("Cost so far"), std::string::npos);
+  EXPECT_NE(html.find("6 steps of"), std::string::npos);
   EXPECT_FALSE(std::filesystem::exists(out + ".tmp"));
+  // a run stopped while writing its last record: that line is skipped (report and calibration
+  // alike); a bad line before the last is an error naming it
+  std::ofstream(*dir_ / "rep/metrics.jsonl", std::ios::app) << "{\"step\": 7, \"lo";
+  std::ifstream again(write_report(*dir_ / "rep", kCatalogue));
+  EXPECT_NE(std::string(std::istreambuf_iterator<char>(again), {}).find("6 steps of"), std::string::npos);
+  EXPECT_EQ(calibrate(*dir_ / "rep", kCatalogue).steps, 5);
+  std::ofstream(*dir_ / "rep/metrics.jsonl", std::ios::app) << "\n{}\n";
+  test::expect_user_error([&] { write_report(*dir_ / "rep", kCatalogue); }, "rep/metrics.jsonl:7: not a JSON record");
+  test::expect_user_error([&] { calibrate(*dir_ / "rep", kCatalogue); }, "rep/metrics.jsonl:7: expected a JSON record");
 }
 
 TEST_F(PlanRuns, ReportRendersInHeadlessChromium) {
