@@ -425,8 +425,8 @@ Calibration calibrate(const std::string& run_dir, const std::string& devices_pat
   std::vector<double> tok_s, step_s;
   std::string recompute = cfg.memory.recompute.name();
   int ranks = 1, n = 0;
-  for (const auto& [line, r] : read_metrics(run_dir)) {
-    n = line;
+  for (const auto& [at, r] : read_metrics(run_dir)) {
+    n = at;
     if (r.is_discarded() || !r.is_object() || !r.contains("tokens_per_s") || !r["tokens_per_s"].is_number() ||
         !r.contains("step_ms") || !r["step_ms"].is_number())
       user_error("{}:{}: expected a JSON record with numbers tokens_per_s and step_ms", path, n);
