@@ -47,11 +47,14 @@ static int cmd_train(const std::string& config, const std::vector<std::string>& 
     overrides.push_back(a.substr(2));
   }
   // A Hugging Face model directory's config.json gives the model's shape, before the flags (an
-  // explicit --model.* flag still wins, and the weights must then fit it).
-  std::string hf_config = resume.empty() && !init_from.empty() ? hf_config_path(init_from) : "";
-  if (!hf_config.empty()) {
-    std::vector<std::string> shape = model_overrides(read_hf_config(hf_config));
-    overrides.insert(overrides.begin(), shape.begin(), shape.end());
+  // explicit --model.* flag still wins, and the weights must then fit it); so does the metadata
+  // of a model file frugal wrote (a run's model.safetensors), where no config.json is beside it.
+  if (resume.empty() && !init_from.empty()) {
+    const std::string hf_config = hf_config_path(init_from), own = hf_config.empty() ? frugal_model_path(init_from) : "";
+    if (!hf_config.empty() || !own.empty()) {
+      std::vector<std::string> shape = model_overrides(hf_config.empty() ? read_model_config(own) : read_hf_config(hf_config));
+      overrides.insert(overrides.begin(), shape.begin(), shape.end());
+    }
   }
   const std::string config_path = config.empty() && !resume.empty() ? resume + "/config.toml" : config;
   RunConfig cfg = load_config(config_path, overrides);
@@ -419,7 +422,7 @@ int main(int argc, char** argv) {
   std::string resume, init_from;
   train_cmd->add_option("--resume", resume, "continue the run in this directory from its newest checkpoint")
       ->check(CLI::ExistingDirectory);
-  train_cmd->add_option("--init-from", init_from, "start from these weights: a safetensors file or a Hugging Face model directory (GPT-2 or Llama layout; its config.json sets the model shape)");
+  train_cmd->add_option("--init-from", init_from, "start from these weights: a safetensors file or a Hugging Face model directory (GPT-2 or Llama layout; its config.json, or the metadata of a file frugal wrote, sets the model shape)");
   train_cmd->allow_extras();
   train_cmd->footer("Any setting can be overridden: --section.key=value, e.g. --train.steps=100");
 

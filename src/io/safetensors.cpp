@@ -373,6 +373,13 @@ std::string hf_config_path(const std::string& weights) {
   return fs::exists(p) ? p.string() : "";
 }
 
+std::string frugal_model_path(const std::string& weights) {
+  namespace fs = std::filesystem;
+  const fs::path f = fs::is_directory(weights) ? fs::path(weights) / "model.safetensors" : fs::path(weights);
+  if (f.extension() != ".safetensors" || !fs::is_regular_file(f)) return "";
+  return SafeTensors(f.string()).metadata().count("n_layer") ? f.string() : "";
+}
+
 // transformers' Llama-family configs (LlamaConfig, Qwen2Config, MistralConfig) as frugal's llama.
 static ModelConfig read_llama_config(const json& j, const std::string& path, const std::string& type) {
   ModelConfig c;

@@ -163,6 +163,18 @@ TEST_F(Cli, ExportLoadsInTransformers) {
     for (int64_t dim : hx.shape(name)) n *= dim;
     EXPECT_EQ(0, std::memcmp(ft.f32(name, n), hx.f32(name, n), size_t(n) * 4)) << name;
   }
+  // a run's own model file (no config.json beside it) gives the shape too, from its metadata:
+  // no --model flags, and the weights come through as they were
+  Result own = run("train --init-from hf/model.safetensors --train.seq_len=64 --train.micro_batch=4 --train.steps=1 --train.lr=0 "
+                   "--train.min_lr=0 --train.eval_batches=1 --data.train=data/train_*.bin --data.val=data/val_*.bin --run.dir=ft_own", d());
+  ASSERT_EQ(own.code, 0) << own.out;
+  EXPECT_NE(own.out.find("(2 layers, 4 heads, 64 dims, vocab 257)"), std::string::npos) << own.out;
+  SafeTensors fo(*dir_ / "ft_own/model.safetensors"), ho(*dir_ / "hf/model.safetensors");
+  for (const std::string& name : ho.names()) {
+    int64_t n = 1;
+    for (int64_t dim : ho.shape(name)) n *= dim;
+    EXPECT_EQ(0, std::memcmp(fo.f32(name, n), ho.f32(name, n), size_t(n) * 4)) << name;
+  }
   expect_error(std::string("train ") + kTiny + " --model.n_embd=32 --run.dir=ft2 --init-from hf_export/model.safetensors",
                "hf_export/model.safetensors: tensor 'transformer.wte.weight' is F32 [257, 64], expected F32, BF16 or F16 [257, 32]");
   expect_error("train --resume hf --model.n_layer=3",
