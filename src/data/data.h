@@ -308,6 +308,11 @@ std::string mask_path(const std::string& shard_path);  // "dir/train_000.bin" ->
 void write_mask(const std::string& path, const std::vector<uint8_t>& mask);
 // The mask of a shard of num_tokens tokens; UserError naming the file if it is not one.
 std::vector<uint8_t> read_mask(const std::string& path, int64_t num_tokens);
+// A split by chunks of kSplitChunk tokens (--val-every N: chunk k goes to validation where
+// k % N == N - 1) that sent none to validation: one line saying where the first validation chunk
+// starts and which --val-every would do.
+inline constexpr int64_t kSplitChunk = 8192;
+[[noreturn]] void too_few_for_chunk_split(int64_t tokens, int val_every);
 // opt.pretrained names the tokenizer (its directory gives the template); else opt.kind (plain).
 PrepareStats prepare_instruct(const std::vector<std::string>& inputs, const std::string& out_dir,
                               int val_every, const TokenizerOptions& opt);

@@ -143,7 +143,7 @@ PrepareStats prepare_instruct(const std::vector<std::string>& inputs, const std:
       mask.push_back(1);
     }
   }
-  const size_t chunk = 8192;
+  const size_t chunk = size_t(kSplitChunk);
   std::vector<uint32_t> split_tokens[2];
   std::vector<uint8_t> split_mask[2];
   for (size_t i = 0, k = 0; i < stream.size(); i += chunk, k++) {
@@ -152,8 +152,7 @@ PrepareStats prepare_instruct(const std::vector<std::string>& inputs, const std:
     split_tokens[s].insert(split_tokens[s].end(), stream.begin() + std::ptrdiff_t(i), stream.begin() + std::ptrdiff_t(end));
     split_mask[s].insert(split_mask[s].end(), mask.begin() + std::ptrdiff_t(i), mask.begin() + std::ptrdiff_t(end));
   }
-  if (split_tokens[1].empty())
-    user_error("prepare: the input has {} tokens, too few for a validation split (--val-every {} chunks of 8192)", stream.size(), val_every);
+  if (split_tokens[1].empty()) too_few_for_chunk_split(int64_t(stream.size()), val_every);
   std::error_code ec;
   std::filesystem::create_directories(out_dir, ec);
   if (ec) user_error("{}: cannot create directory: {}", out_dir, ec.message());

@@ -489,6 +489,14 @@ void write_json(const std::string& path, const json& j) {
 
 }  // namespace
 
+void too_few_for_chunk_split(int64_t tokens, int val_every) {
+  const int64_t most = (tokens - 1) / kSplitChunk + 1;  // the largest N whose first validation chunk starts inside
+  user_error("prepare: the input has {} tokens, too few for a validation split by --val-every {} (the first validation "
+             "chunk of {} tokens starts at token {}): {}", tokens, val_every, kSplitChunk, (val_every - 1) * kSplitChunk,
+             most >= 2 ? fmt::format("give --val-every {} or less", most)
+                       : fmt::format("a split by chunks needs more than {} tokens", kSplitChunk));
+}
+
 PrepareStats prepare_corpus(const std::vector<std::string>& inputs, const std::string& out_dir,
                             const CorpusOptions& opt_in, const TokenizerOptions& topt) {
   CorpusOptions opt = opt_in;
@@ -576,7 +584,7 @@ PrepareStats prepare_corpus(const std::vector<std::string>& inputs, const std::s
   std::vector<std::vector<uint32_t>> out(static_cast<size_t>(threads));
   bool in_val = false;
   int64_t doc = -1, bad_utf8_doc = -1;  // the document of the piece, counted from 0
-  constexpr int64_t kChunk = 8192;
+  constexpr int64_t kChunk = kSplitChunk;
   const uint32_t eot_token[1] = {eot};
   // one piece's tokens (after an end of text when it starts a document) to its split
   auto route = [&](const uint32_t* t, size_t n) {
@@ -645,13 +653,7 @@ PrepareStats prepare_corpus(const std::vector<std::string>& inputs, const std::s
     user_error("prepare: the input holds no text ({} file(s), {} bytes, {} lines skipped)", sources.size(), total_bytes,
                st.skipped_lines);
   if (st.val_tokens == 0) {
-    if (opt.val_every) {  // chunk k (of kChunk tokens) goes to val where k % val_every == val_every - 1
-      const int64_t most = (st.train_tokens - 1) / kChunk + 1;
-      user_error("prepare: the input has {} tokens, too few for a validation split by --val-every {} (the first "
-                 "validation chunk of {} tokens starts at token {}): {}", st.train_tokens, opt.val_every, kChunk,
-                 (opt.val_every - 1) * kChunk,
-                 most >= 2 ? fmt::format("give --val-every {} or less", most) : fmt::format("a split by chunks needs more than {} tokens", kChunk));
-    }
+    if (opt.val_every) too_few_for_chunk_split(st.train_tokens, opt.val_every);
     user_error("prepare: none of the {} documents went to validation ({}): give --val-docs N, a larger "
                "--val-fraction, or --val-every N to split by 8192-token chunks", st.train_docs,
                opt.val_docs ? fmt::format("--val-docs {}", opt.val_docs) : fmt::format("--val-fraction {}", opt.val_fraction));

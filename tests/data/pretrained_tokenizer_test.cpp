@@ -435,6 +435,12 @@ TEST(Instruct, ShardsMasksAndLoaderTargets) {
   bad(R"({"messages": [{"role": "user", "content": "hi"}]})", "messages: no message with role \"assistant\"");
   bad(R"({"messages": [{"role": "bot", "content": "hi"}]})", "messages[0].role is \"bot\", expected system, user or assistant");
   bad(R"({"messages": [{"role": "assistant"}]})", "no \"content\" (messages[0])");
+  // too few tokens for every 4th chunk of 8192 to reach validation: the same line as a text prepare's
+  std::ofstream(d / "short.jsonl") << json({{"prompt", "a"}, {"completion", "b"}}).dump() << "\n";
+  TokenizerOptions plain;
+  test::expect_user_error([&] { prepare_instruct({d / "short.jsonl"}, d / "shortout", 4, plain); },
+                          "too few for a validation split by --val-every 4 (the first validation chunk of 8192 tokens starts at "
+                          "token 24576): a split by chunks needs more than 8192 tokens");
   // a mask that does not fit its shard
   std::string out = d / "llama3pc.jsonl";
   write_mask(out + "/train_000.mask", {1, 0, 1});
