@@ -584,14 +584,13 @@ PrepareStats prepare_corpus(const std::vector<std::string>& inputs, const std::s
   std::vector<std::vector<uint32_t>> out(static_cast<size_t>(threads));
   bool in_val = false;
   int64_t doc = -1, bad_utf8_doc = -1;  // the document of the piece, counted from 0
-  constexpr int64_t kChunk = kSplitChunk;
   const uint32_t eot_token[1] = {eot};
   // one piece's tokens (after an end of text when it starts a document) to its split
   auto route = [&](const uint32_t* t, size_t n) {
     if (!opt.val_every) return (in_val ? val : train).append(t, n);
     while (n > 0) {  // 8192-token chunks of the whole stream, every val_every-th to val
-      size_t k = std::min<size_t>(n, size_t(kChunk - chunk_pos % kChunk));
-      ((chunk_pos / kChunk) % opt.val_every == opt.val_every - 1 ? val : train).append(t, k);
+      size_t k = std::min<size_t>(n, size_t(kSplitChunk - chunk_pos % kSplitChunk));
+      ((chunk_pos / kSplitChunk) % opt.val_every == opt.val_every - 1 ? val : train).append(t, k);
       chunk_pos += int64_t(k);
       t += k;
       n -= k;
