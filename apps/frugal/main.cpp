@@ -50,10 +50,11 @@ static int cmd_train(const std::string& config, const std::vector<std::string>& 
   // explicit --model.* flag still wins, and the weights must then fit it); so does the metadata
   // of a model file frugal wrote (a run's model.safetensors), where no config.json is beside it.
   if (resume.empty() && !init_from.empty()) {
-    const std::string hf_config = hf_config_path(init_from), own = hf_config.empty() ? frugal_model_path(init_from) : "";
-    if (!hf_config.empty() || !own.empty()) {
-      std::vector<std::string> shape = model_overrides(hf_config.empty() ? read_model_config(own) : read_hf_config(hf_config));
-      overrides.insert(overrides.begin(), shape.begin(), shape.end());
+    const std::string hf_config = hf_config_path(init_from);
+    const std::optional<ModelConfig> shape = hf_config.empty() ? frugal_model_config(init_from) : read_hf_config(hf_config);
+    if (shape) {
+      std::vector<std::string> keys = model_overrides(*shape);
+      overrides.insert(overrides.begin(), keys.begin(), keys.end());
     }
   }
   const std::string config_path = config.empty() && !resume.empty() ? resume + "/config.toml" : config;

@@ -161,19 +161,23 @@ TokenShard::~TokenShard() {
   if (map_) ::munmap(map_, map_bytes_);
 }
 
-// Shards of a prepare that has not finished (interrupted, failed or still running) are refused:
-// the set is not all there, though each shard listed so far is whole.
-static void require_complete(const std::filesystem::path& manifest) {
+// A prepared directory's manifest, parsed (null where there is none). Shards of a prepare that
+// has not finished (interrupted, failed or still running) are refused: the set is not all there,
+// though each shard listed so far is whole.
+static nlohmann::json finished_manifest(const std::filesystem::path& manifest) {
   std::error_code ec;
-  if (!std::filesystem::exists(manifest, ec)) return;
+  if (!std::filesystem::exists(manifest, ec)) return nullptr;
+  nlohmann::json j;
   bool complete = false;
   try {
-    complete = nlohmann::json::parse(read_whole_file(manifest.string())).at("complete").get<bool>();
+    j = nlohmann::json::parse(read_whole_file(manifest.string()));
+    complete = j.at("complete").get<bool>();
   } catch (const nlohmann::json::exception& e) {
     user_error("{}: not a frugal manifest: {}", manifest.string(), e.what());
   }
   if (!complete)
     user_error("{}: prepare did not finish here (interrupted, or stopped at an error): run it again, it resumes", manifest.string());
+  return j;
 }
 
 std::vector<std::string> resolve_shards(const std::string& pattern, const std::string& field) {
@@ -184,9 +188,8 @@ std::vector<std::string> resolve_shards(const std::string& pattern, const std::s
   if (fs::is_directory(pattern, ec) && fs::exists(manifest)) {
     // a prepared directory: its shards in the manifest's order
     const std::string split = field.ends_with("train") ? "train" : field.ends_with("val") ? "val" : "";
-    require_complete(manifest);
+    const nlohmann::json j = finished_manifest(manifest);
     try {
-      auto j = nlohmann::json::parse(read_whole_file(manifest.string()));
       for (auto& s : j.at("shards"))
         if (split.empty() || s.at("split").get<std::string>() == split)
           files.push_back((fs::path(pattern) / s.at("file").get<std::string>()).string());
@@ -211,7 +214,7 @@ std::vector<std::string> resolve_shards(const std::string& pattern, const std::s
     ::globfree(&g);
     std::set<fs::path> dirs;
     for (const auto& f : files) dirs.insert(fs::path(f).parent_path());
-    for (const auto& dir : dirs) require_complete((dir.empty() ? fs::path(".") : dir) / kManifest);
+    for (const auto& dir : dirs) finished_manifest((dir.empty() ? fs::path(".") : dir) / kManifest);
   }
   std::sort(files.begin(), files.end());
   if (files.empty()) user_error("{}: no token shards match '{}'", field, pattern);

@@ -7,6 +7,7 @@
 #include <memory>
 #include <string_view>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -204,9 +205,9 @@ LoraConfig read_adapter_config(const std::string& dir, std::string* base_name = 
 void load_adapters(const std::string& dir, Model& model);
 // The config.json beside `weights` (in the directory it names, or next to the file); "" if none.
 std::string hf_config_path(const std::string& weights);
-// The safetensors file `weights` names (itself, or model.safetensors in the directory) where frugal
-// wrote it, its metadata holding the model's shape (read_model_config); "" otherwise.
-std::string frugal_model_path(const std::string& weights);
+// The model shape in the metadata of the safetensors file `weights` names (itself, or
+// model.safetensors in the directory) where frugal wrote it; nullopt for any other file.
+std::optional<ModelConfig> frugal_model_config(const std::string& weights);
 // A transformers config.json as frugal's shape: GPT2Config (n_layer, n_head, n_embd, vocab_size,
 // n_positions) or the llama family's LlamaConfig, Qwen2Config, MistralConfig (hidden_size,
 // intermediate_size, num_*, rms_norm_eps, rope_theta, llama3 rope_scaling, tie_word_embeddings,

@@ -125,12 +125,12 @@ int save_model_dir(const std::string& dir, Model& model, int64_t max_shard_bytes
   return int(shards.size());
 }
 
-ModelConfig read_model_config(const std::string& path) {
-  SafeTensors st(path);
+// The model shape in the metadata of the frugal model file at path.
+static ModelConfig config_from_metadata(const std::map<std::string, std::string>& meta, const std::string& path) {
   ModelConfig c;
   auto text = [&](const char* key) -> const std::string& {
-    auto it = st.metadata().find(key);
-    if (it == st.metadata().end()) user_error("{}: metadata '{}' is missing (not a frugal model?)", path, key);
+    auto it = meta.find(key);
+    if (it == meta.end()) user_error("{}: metadata '{}' is missing (not a frugal model?)", path, key);
     return it->second;
   };
   auto get = [&](const char* key) {
@@ -155,7 +155,7 @@ ModelConfig read_model_config(const std::string& path) {
   c.n_embd = get("n_embd");
   c.vocab_size = get("vocab_size");
   c.context = get("context");
-  if (st.metadata().count("family")) {
+  if (meta.count("family")) {
     if (text("family") != "llama") user_error("{}: metadata 'family' is '{}', expected llama (or none: gpt2)", path, text("family"));
     c.family = Family::llama;
     c.n_kv_head = get("n_kv_head");
@@ -172,6 +172,8 @@ ModelConfig read_model_config(const std::string& path) {
   c.validate(path);
   return c;
 }
+
+ModelConfig read_model_config(const std::string& path) { return config_from_metadata(SafeTensors(path).metadata(), path); }
 
 namespace {
 
@@ -373,11 +375,13 @@ std::string hf_config_path(const std::string& weights) {
   return fs::exists(p) ? p.string() : "";
 }
 
-std::string frugal_model_path(const std::string& weights) {
+std::optional<ModelConfig> frugal_model_config(const std::string& weights) {
   namespace fs = std::filesystem;
   const fs::path f = fs::is_directory(weights) ? fs::path(weights) / "model.safetensors" : fs::path(weights);
-  if (f.extension() != ".safetensors" || !fs::is_regular_file(f)) return "";
-  return SafeTensors(f.string()).metadata().count("n_layer") ? f.string() : "";
+  if (f.extension() != ".safetensors" || !fs::is_regular_file(f)) return std::nullopt;
+  const SafeTensors st(f.string());
+  if (!st.metadata().count("n_layer")) return std::nullopt;
+  return config_from_metadata(st.metadata(), f.string());
 }
 
 // transformers' Llama-family configs (LlamaConfig, Qwen2Config, MistralConfig) as frugal's llama.
