@@ -449,13 +449,14 @@ int main(int argc, char** argv) {
                        "same for any count. Memory: about 8 MB of text, its tokens and a tokenizer a thread (GPT-2: ~60 MB)")->check(CLI::NonNegativeNumber);
   prep_cmd->add_option("--field", corpus.field, "the field of a .jsonl record that holds its text")->capture_default_str();
   prep_cmd->add_flag("--skip-bad-lines", corpus.skip_bad_lines, "count and skip .jsonl lines that are not JSON objects "
-                     "with a --field string (default: stop at the first, naming its file and line)");
+                     "with a --field string, or not instruction records (default: stop at the first, naming its file and line)");
   prep_cmd->add_option("--tokenizer", tokenizer, "byte (257 ids), gpt2 (GPT-2's BPE, 50257 ids), or a pretrained "
                        "tokenizer: a tokenizer.json, a tokenizer.model, a *.tiktoken file or a directory holding one");
   prep_cmd->add_option("--tiktoken-pattern", tok_opt.tiktoken_pattern, "the pattern of a *.tiktoken --tokenizer (default: by its size)")
       ->check(CLI::IsMember({"gpt2", "cl100k", "llama3", "qwen2"}));
   std::string format = "text";
-  prep_cmd->add_option("--format", format, "text (documents) or jsonl (instruction records: prompt/completion or messages, with a loss mask)")
+  prep_cmd->add_option("--format", format, "text (documents) or jsonl (instruction records: prompt/completion or messages, "
+                       "a record a document, with a loss mask)")
       ->check(CLI::IsMember({"text", "jsonl"}));
   prep_cmd->add_option("--gpt2-dir", tok_opt.gpt2_dir, "where GPT-2's rank file gpt2.tiktoken is");
   auto* train_tok = prep_cmd->add_flag("--train-tokenizer", train_tokenizer, "train a SentencePiece vocabulary on the corpus");
@@ -535,21 +536,26 @@ int main(int argc, char** argv) {
     if (*train_cmd) return cmd_train(config, train_cmd->remaining(), resume, init_from);
     if (*export_cmd) return cmd_export(export_from, out_dir, parse_bytes(max_shard, "--max-shard-size"), merge);
     if (*prep_cmd) {
-      if (prep_cmd->get_option("--val-every")->count() && corpus.val_every < 2)  // 0 would read as not given
+      // 0 would read as not given
+      if (prep_cmd->get_option("--val-every")->count() && corpus.val_every < 2)
         user_error("--val-every: expected an integer >= 2, got {}", corpus.val_every);
+      if (prep_cmd->get_option("--val-fraction")->count() && !(corpus.val_fraction > 0 && corpus.val_fraction < 1))
+        user_error("--val-fraction: expected a number in (0, 1), got {}", corpus.val_fraction);
+      if (prep_cmd->get_option("--val-docs")->count() && corpus.val_docs < 1)
+        user_error("--val-docs: expected a positive count, got {}", corpus.val_docs);
+      corpus.instruct = format == "jsonl";
+      if (corpus.instruct && prep_cmd->get_option("--field")->count())
+        user_error("--field: names the text of --format text's .jsonl documents; instruction records (--format jsonl) "
+                   "hold \"prompt\" and \"completion\", or \"messages\"");
       tok_opt.kind = train_tokenizer ? TokenizerKind::sentencepiece
                      : tokenizer == "gpt2" ? TokenizerKind::gpt2 : TokenizerKind::byte;
       if (!train_tokenizer && tokenizer != "gpt2" && tokenizer != "byte") tok_opt.pretrained = tokenizer;
-      if (format == "jsonl") {
-        PrepareStats st = prepare_instruct(inputs, out_dir, corpus.val_every ? corpus.val_every : 20, tok_opt);
-        fmt::print("prepare: {} train + {} val tokens -> {}\n", st.train_tokens, st.val_tokens, fmt::join(st.files, ", "));
-        return 0;
-      }
       corpus.shard_tokens = int64_t(std::clamp(shard_tokens, -1.0, 1e15));
       corpus.progress = true;
       PrepareStats st = prepare_corpus(inputs, out_dir, corpus, tok_opt);
-      fmt::print("prepare: {} train + {} val tokens ({} + {} documents) in {} shards -> {}/ ({} already there, verified)\n",
-                 st.train_tokens, st.val_tokens, st.train_docs, st.val_docs, st.files.size(), out_dir, st.reused_shards);
+      fmt::print("prepare: {} train + {} val tokens ({} + {} {}) in {} shards -> {}/ ({} already there, verified)\n",
+                 st.train_tokens, st.val_tokens, st.train_docs, st.val_docs, corpus.instruct ? "records" : "documents",
+                 st.files.size(), out_dir, st.reused_shards);
       if (st.skipped_lines) fmt::print("prepare: skipped {} bad .jsonl lines (--skip-bad-lines)\n", st.skipped_lines);
       if (st.invalid_utf8_docs)
         fmt::print("prepare: {} documents hold invalid UTF-8 (tokenized as their bytes; see README)\n", st.invalid_utf8_docs);

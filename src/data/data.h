@@ -248,7 +248,8 @@ struct TokenizerOptions {
 // exactly that many, the smallest hashes, after a counting pass over the input), or, with
 // val_every, by 8192-token chunks of the whole stream (every val_every-th chunk; a document may
 // straddle both: for a corpus of one document). None set: val_every 20 for a single text
-// document (one .txt file, the KJV), else val_fraction 0.01.
+// document (one .txt file, the KJV), else val_fraction 0.01. instruct: every input is .jsonl
+// instruction records (see below), a record is a document, and each shard gets its loss mask.
 struct CorpusOptions {
   int val_every = 0;
   double val_fraction = 0;
@@ -259,6 +260,7 @@ struct CorpusOptions {
   std::string field = "text";    // .jsonl: the field that holds a document's text
   bool skip_bad_lines = false;   // .jsonl: count and skip a line that is not JSON or lacks the field
   bool progress = false;         // a progress line on stderr
+  bool instruct = false;         // .jsonl instruction records: shards with loss masks
 };
 
 // Streams the inputs (files, directories and globs of .txt and .jsonl, plain, .gz or .zst; an
@@ -282,21 +284,20 @@ inline PrepareStats prepare_corpus(const std::vector<std::string>& inputs, const
 std::string kjv_text();  // the default corpus
 
 // ---- instruction data -------------------------------------------------------------------------
-// prepare_instruct reads .jsonl files, one record a line: {"prompt": ..., "completion": ...} or
-// {"messages": [{"role": "system|user|assistant", "content": ...}, ...]} (at least one assistant
-// message). A record is rendered by a chat template into pieces of text, each tokenized on its
-// own (no merge across pieces), then EOT; the pieces of the completion / the assistant's turns
-// (with their end marker) and the EOT are trained on, the rest (prompt, system, user, headers)
-// is not. The template is the pretrained tokenizer's, recognised in its directory's
+// prepare_corpus with opt.instruct reads .jsonl files, one record a line: {"prompt": ...,
+// "completion": ...} or {"messages": [{"role": "system|user|assistant", "content": ...}, ...]}
+// (at least one assistant message). A record is rendered by a chat template into pieces of text,
+// each tokenized on its own (no merge across pieces), then EOT; the pieces of the completion /
+// the assistant's turns (with their end marker) and the EOT are trained on, the rest (prompt,
+// system, user, headers) is not. Records are split as documents (--val-fraction, --val-docs,
+// --val-every). The template is the pretrained tokenizer's, recognised in its directory's
 // tokenizer_config.json chat_template:
 //   chatml  "<|im_start|>" role "\n" | content | "<|im_end|>" | "\n"     (trained: content, <|im_end|>)
 //   llama3  "<|start_header_id|>" role "<|end_header_id|>\n\n" | content | "<|eot_id|>"
 //   plain   (anything else) prompt | completion; messages: role ": " | content | "\n"
-// Records that are not JSON objects, lack "completion" (or an assistant message), or have a
-// field of the wrong type are one UserError naming file:line and the field; nothing is written
-// unless every record is good. Outputs: train_000.bin / val_000.bin as prepare_corpus, each
-// with its loss mask.
-//
+// A record that is not a JSON object, lacks "completion" (or an assistant message), or has a
+// field of the wrong type is one UserError naming file:line and the field (--skip-bad-lines:
+// counted and skipped).
 // Loss mask file (X.mask next to shard X.bin): a header of 256 little-endian int32 [magic
 // 20240917, version 1, num_tokens, 0...], then num_tokens bytes, byte i = 1 when token i is
 // trained on as a target, 0 when not. Written (atomically) before its shard.
@@ -313,8 +314,12 @@ std::vector<uint8_t> read_mask(const std::string& path, int64_t num_tokens);
 // starts and which --val-every would do.
 inline constexpr int64_t kSplitChunk = 8192;
 [[noreturn]] void too_few_for_chunk_split(int64_t tokens, int val_every);
-// opt.pretrained names the tokenizer (its directory gives the template); else opt.kind (plain).
-PrepareStats prepare_instruct(const std::vector<std::string>& inputs, const std::string& out_dir,
-                              int val_every, const TokenizerOptions& opt);
+// The chat template of a pretrained tokenizer (its directory's tokenizer_config.json); plain if none.
+ChatTemplate chat_template_of(const std::string& tokenizer_path);
+const char* to_string(ChatTemplate t);
+// One .jsonl line rendered: its pieces, each trained on or not; false, with `error` saying why
+// (without the file and line), if the line is not a record.
+struct RecordPiece { std::string text; bool train; };
+bool render_record(std::string_view line, ChatTemplate tmpl, std::vector<RecordPiece>& pieces, std::string& error);
 
 }  // namespace frugal

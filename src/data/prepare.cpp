@@ -315,6 +315,17 @@ bool json_text(std::string_view line, const std::string& field, std::string& tex
   return true;
 }
 
+// What a .jsonl line holds to tokenize: the --field string, or an instruction record's pieces;
+// false, with `error` saying why, if it holds none.
+bool line_pieces(std::string_view line, const CorpusOptions& opt, ChatTemplate tmpl, std::vector<RecordPiece>& pieces,
+                 std::string& error) {
+  if (opt.instruct) return render_record(line, tmpl, pieces, error);
+  std::string text;
+  if (!json_text(line, opt.field, text, error)) return false;
+  pieces.assign(1, {std::move(text), true});
+  return true;
+}
+
 // ---- the split and the shards ----------------------------------------------------------------
 
 uint64_t mix64(uint64_t x) {  // splitmix64's finalizer
@@ -338,12 +349,15 @@ class SplitWriter {
               const std::map<std::string, ShardEntry>& reusable, std::function<void(const ShardEntry&, bool)> done)
       : dir_(std::move(dir)), split_(std::move(split)), shard_tokens_(shard_tokens), wide_(wide),
         reusable_(reusable), done_(std::move(done)) {}
-  void append(const uint32_t* t, size_t n) {
+  // n tokens and, for instruction records, their mask bytes
+  void append(const uint32_t* t, const uint8_t* mask, size_t n) {
     while (n > 0) {
       if (!w_) open();
       size_t k = std::min<size_t>(n, size_t(shard_tokens_ - w_->tokens()));
       w_->append(t, k);
+      if (mask) mask_.insert(mask_.end(), mask, mask + k);
       t += k;
+      if (mask) mask += k;
       n -= k;
       total_ += int64_t(k);
       if (w_->tokens() == shard_tokens_) close();
@@ -351,6 +365,8 @@ class SplitWriter {
   }
   void close() {
     if (!w_) return;
+    if (!mask_.empty()) write_mask(mask_path(dir_ + "/" + name_), mask_);  // before its shard: never a shard without it
+    mask_.clear();
     ShardWriter::Done d = w_->finish();
     w_.reset();
     ShardEntry e{name_, split_, d.tokens, d.bytes, fmt::format("{:016x}", d.checksum)};
@@ -375,6 +391,7 @@ class SplitWriter {
   const std::map<std::string, ShardEntry>& reusable_;
   std::function<void(const ShardEntry&, bool)> done_;
   std::unique_ptr<ShardWriter> w_;
+  std::vector<uint8_t> mask_;
   int index_ = 0;
   int64_t total_ = 0;
 };
@@ -460,7 +477,7 @@ std::unique_ptr<Tokenizer> make_tokenizer(const std::vector<Source>& sources, co
 // --val-docs: counts the documents (the .jsonl lines that hold one); the val_docs smallest
 // (hash, index) pairs are validation: returns the largest of them.
 std::pair<uint64_t, int64_t> val_docs_bound(const std::vector<Source>& sources, const std::string& kjv,
-                                            const CorpusOptions& opt, int threads) {
+                                            const CorpusOptions& opt, ChatTemplate tmpl, int threads) {
   PieceReader r(sources, &kjv, false);
   Batch b;
   int64_t docs = 0;
@@ -468,8 +485,9 @@ std::pair<uint64_t, int64_t> val_docs_bound(const std::vector<Source>& sources, 
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 64) reduction(+ : docs)
     for (int64_t i = 0; i < int64_t(b.pieces.size()); i++) {
       const Piece& p = b.pieces[size_t(i)];
-      std::string text, error;
-      docs += p.first && (!p.line || json_text(std::string_view(b.text).substr(p.begin, p.end - p.begin), opt.field, text, error));
+      std::vector<RecordPiece> pieces;
+      std::string error;
+      docs += p.first && (!p.line || line_pieces(std::string_view(b.text).substr(p.begin, p.end - p.begin), opt, tmpl, pieces, error));
     }
   }
   if (docs <= opt.val_docs)
@@ -510,6 +528,15 @@ PrepareStats prepare_corpus(const std::vector<std::string>& inputs, const std::s
   const int threads = opt.threads > 0 ? opt.threads : omp_get_num_procs();
 
   std::vector<Source> sources = expand_inputs(inputs);
+  if (opt.instruct) {
+    if (inputs.empty()) user_error("prepare --format jsonl: expected one or more .jsonl files of instruction records");
+    for (auto& s : sources)
+      if (s.format != Format::jsonl) user_error("{}: --format jsonl reads .jsonl files (one instruction record a line)", s.path);
+    if (topt.pretrained.empty() && topt.kind == TokenizerKind::sentencepiece)
+      user_error("prepare --format jsonl: --train-tokenizer trains on text: run it in a text prepare, then give "
+                 "that directory (its tokenizer.model) as --tokenizer");
+  }
+  const ChatTemplate tmpl = opt.instruct ? chat_template_of(topt.pretrained) : ChatTemplate::plain;
   std::string kjv;
   if (inputs.empty()) {
     kjv = kjv_text();
@@ -536,6 +563,7 @@ PrepareStats prepare_corpus(const std::vector<std::string>& inputs, const std::s
   head["options"] = {{"split", opt.val_every ? "chunks" : "documents"}, {"val_every", opt.val_every},
                      {"val_fraction", opt.val_fraction}, {"val_docs", opt.val_docs}, {"seed", opt.seed},
                      {"shard_tokens", opt.shard_tokens}, {"field", opt.field}, {"skip_bad_lines", opt.skip_bad_lines}};
+  if (opt.instruct) head["options"]["chat_template"] = to_string(tmpl);
   head["sources"] = src;
   const std::map<std::string, ShardEntry> reusable = reusable_shards(out_dir, head);
   // an unfinished manifest while this runs: readers refuse the directory, a rerun reuses shards
@@ -554,7 +582,7 @@ PrepareStats prepare_corpus(const std::vector<std::string>& inputs, const std::s
   write_manifest(false);
   save_tokenizer(out_dir, *tok);
 
-  const std::pair<uint64_t, int64_t> val_below = opt.val_docs > 0 ? val_docs_bound(sources, kjv, opt, threads)
+  const std::pair<uint64_t, int64_t> val_below = opt.val_docs > 0 ? val_docs_bound(sources, kjv, opt, tmpl, threads)
                                                                   : std::make_pair(uint64_t(0), int64_t(-1));
   auto is_val_doc = [&](int64_t d) {
     if (opt.val_docs > 0) return std::make_pair(doc_hash(opt.seed, d), d) <= val_below;
@@ -582,23 +610,26 @@ PrepareStats prepare_corpus(const std::vector<std::string>& inputs, const std::s
   Batch batch;
   std::vector<Encoded> enc;
   std::vector<std::vector<uint32_t>> out(static_cast<size_t>(threads));
+  std::vector<std::vector<uint8_t>> masks(static_cast<size_t>(threads));  // instruction records: out's mask bytes
   bool in_val = false;
   int64_t doc = -1, bad_utf8_doc = -1;  // the document of the piece, counted from 0
   const uint32_t eot_token[1] = {eot};
   // one piece's tokens (after an end of text when it starts a document) to its split
-  auto route = [&](const uint32_t* t, size_t n) {
-    if (!opt.val_every) return (in_val ? val : train).append(t, n);
+  auto route = [&](const uint32_t* t, const uint8_t* mask, size_t n) {
+    if (!opt.val_every) return (in_val ? val : train).append(t, mask, n);
     while (n > 0) {  // 8192-token chunks of the whole stream, every val_every-th to val
       size_t k = std::min<size_t>(n, size_t(kSplitChunk - chunk_pos % kSplitChunk));
-      ((chunk_pos / kSplitChunk) % opt.val_every == opt.val_every - 1 ? val : train).append(t, k);
+      ((chunk_pos / kSplitChunk) % opt.val_every == opt.val_every - 1 ? val : train).append(t, mask, k);
       chunk_pos += int64_t(k);
       t += k;
+      if (mask) mask += k;
       n -= k;
     }
   };
   while (reader.next(batch, size_t(8 << 20) * size_t(threads))) {
     enc.assign(batch.pieces.size(), Encoded{});
     for (auto& o : out) o.clear();
+    for (auto& m : masks) m.clear();
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
     for (int64_t i = 0; i < int64_t(batch.pieces.size()); i++) {
       const int t = omp_get_thread_num();
@@ -607,18 +638,29 @@ PrepareStats prepare_corpus(const std::vector<std::string>& inputs, const std::s
       e.thread = t;
       e.begin = out[size_t(t)].size();
       std::string_view text(batch.text.data() + p.begin, p.end - p.begin);
-      std::string field;
+      std::vector<RecordPiece> line;  // a .jsonl line's text, or its record's pieces
       if (p.line) {
         std::string error;
-        if (!json_text(text, opt.field, field, error)) {
+        if (!line_pieces(text, opt, tmpl, line, error)) {
           e.error = fmt::format("{}:{}: {}", sources[size_t(p.source)].path, p.line, error);
           continue;
         }
-        text = field;
       }
-      e.bad_utf8 = !valid_utf8(text.data(), text.size());
-      toks[size_t(t)]->encode(text, out[size_t(t)]);
-      e.count = out[size_t(t)].size() - e.begin;
+      std::vector<uint32_t>& o = out[size_t(t)];
+      if (!p.line) {
+        e.bad_utf8 = !valid_utf8(text.data(), text.size());
+        toks[size_t(t)]->encode(text, o);
+      }
+      for (const RecordPiece& r : line) {
+        e.bad_utf8 |= !valid_utf8(r.text.data(), r.text.size());
+        toks[size_t(t)]->encode(r.text, o);
+        if (opt.instruct) masks[size_t(t)].resize(o.size(), uint8_t(r.train));
+      }
+      if (opt.instruct) {  // a record ends in end of text, trained on: the model learns to stop
+        o.push_back(eot);
+        masks[size_t(t)].push_back(1);
+      }
+      e.count = o.size() - e.begin;
     }
     for (size_t i = 0; i < batch.pieces.size(); i++) {
       const Piece& p = batch.pieces[i];
@@ -632,14 +674,14 @@ PrepareStats prepare_corpus(const std::vector<std::string>& inputs, const std::s
       if (p.first) {
         doc++;
         if (!opt.val_every) in_val = is_val_doc(doc);
-        if (opt.val_every ? chunk_pos > 0 : !(in_val ? val : train).empty()) route(eot_token, 1);
+        if (!opt.instruct && (opt.val_every ? chunk_pos > 0 : !(in_val ? val : train).empty())) route(eot_token, nullptr, 1);
         (in_val ? st.val_docs : st.train_docs)++;
       }
       if (e.bad_utf8 && bad_utf8_doc != doc) {
         st.invalid_utf8_docs++;
         bad_utf8_doc = doc;
       }
-      route(out[size_t(e.thread)].data() + e.begin, e.count);
+      route(out[size_t(e.thread)].data() + e.begin, opt.instruct ? masks[size_t(e.thread)].data() + e.begin : nullptr, e.count);
     }
     progress.update(reader.consumed(), text_bytes, train.total() + val.total());
   }
@@ -648,23 +690,27 @@ PrepareStats prepare_corpus(const std::vector<std::string>& inputs, const std::s
   progress.update(total_bytes, text_bytes, train.total() + val.total(), true);
   st.train_tokens = train.total();
   st.val_tokens = val.total();
+  const char* docs = opt.instruct ? "records" : "documents";
   if (st.train_tokens + st.val_tokens == 0)
-    user_error("prepare: the input holds no text ({} file(s), {} bytes, {} lines skipped)", sources.size(), total_bytes,
-               st.skipped_lines);
+    user_error("prepare: the input holds no {} ({} file(s), {} bytes, {} lines skipped)", opt.instruct ? "records" : "text",
+               sources.size(), total_bytes, st.skipped_lines);
   if (st.val_tokens == 0) {
     if (opt.val_every) too_few_for_chunk_split(st.train_tokens, opt.val_every);
-    user_error("prepare: none of the {} documents went to validation ({}): give --val-docs N, a larger "
-               "--val-fraction, or --val-every N to split by 8192-token chunks", st.train_docs,
+    user_error("prepare: none of the {} {} went to validation ({}): give --val-docs N, a larger "
+               "--val-fraction, or --val-every N to split by 8192-token chunks", st.train_docs, docs,
                opt.val_docs ? fmt::format("--val-docs {}", opt.val_docs) : fmt::format("--val-fraction {}", opt.val_fraction));
   }
-  if (st.train_tokens == 0) user_error("prepare: every document went to validation: lower --val-fraction or --val-docs");
+  if (st.train_tokens == 0) user_error("prepare: every one of the {} went to validation: lower --val-fraction or --val-docs", docs);
   // shards of an earlier prepare that this one did not make, a crash's temporaries
   std::set<std::string> keep;
-  for (auto& e : written) keep.insert(e.file);
+  for (auto& e : written) {
+    keep.insert(e.file);
+    if (opt.instruct) keep.insert(fs::path(mask_path(e.file)).filename().string());
+  }
   for (auto& e : fs::directory_iterator(out_dir, ec)) {
     const std::string f = e.path().filename().string();
     if ((f.starts_with("train_") || f.starts_with("val_")) &&
-        (f.ends_with(".mask") || f.ends_with(".tmp") || (f.ends_with(".bin") && !keep.count(f))))
+        (f.ends_with(".tmp") || ((f.ends_with(".bin") || f.ends_with(".mask")) && !keep.count(f))))
       fs::remove(e.path(), ec);
   }
   write_manifest(true);

@@ -501,6 +501,9 @@ TEST_F(Cli, HostileRunsLoseNothing) {
   expect_error("sample --run hr --temperature nan", "--temperature: expected a finite number >= 0 (0: greedy), got nan");
   expect_error("eval --run hr --batches -1", "--batches: expected 0 (all) or a positive integer, got -1");
   expect_error("prepare corpus.txt --out v0 --val-every 0", "--val-every: expected an integer >= 2, got 0");
+  expect_error("prepare corpus.txt --out v0 --val-fraction 0", "--val-fraction: expected a number in (0, 1), got 0");
+  expect_error("prepare corpus.txt --out v0 --val-docs 0", "--val-docs: expected a positive count, got 0");
+  expect_error("prepare --format jsonl c.jsonl --out v0 --field body", "--field: names the text of --format text's .jsonl documents");
   expect_error("plan --preset gpt2 --tokens inf", "--tokens: expected the training budget in tokens (a number > 0 and at most 1e18, e.g. 10e9), got inf");
   expect_error("plan --preset gpt2 --tokens 1e30", "--tokens: expected the training budget in tokens (a number > 0 and at most 1e18, e.g. 10e9), got 1e+30");
   expect_error("plan --preset gpt2 --tokens 1e9 --devices 0", "--devices: expected a positive number, got '0'");

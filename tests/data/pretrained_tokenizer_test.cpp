@@ -357,6 +357,15 @@ std::pair<std::vector<uint32_t>, std::vector<uint8_t>> rendered(const std::strin
   return {ids, mask};
 }
 
+// prepare --format jsonl, split by chunks of 8192 tokens (every val_every-th to validation)
+PrepareStats prepare_records(const std::vector<std::string>& in, const std::string& out, int val_every,
+                             const TokenizerOptions& tok) {
+  CorpusOptions o;
+  o.instruct = true;
+  o.val_every = val_every;
+  return prepare_corpus(in, out, o, tok);
+}
+
 // Instruction records: shards are the reference's ids of the rendered records, the masks its
 // trained positions, the loader's targets -1 exactly at untrained targets; bad records are one
 // error naming file:line and the field, and nothing is written.
@@ -382,7 +391,7 @@ TEST(Instruct, ShardsMasksAndLoaderTargets) {
       TokenizerOptions opt;
       opt.pretrained = c.tok_dir;
       std::string out = d / (c.tmpl + file);
-      prepare_instruct({d / file}, out, 4, opt);
+      prepare_records({d / file}, out, 4, opt);
       auto [ids, mask] = rendered(c.tok_dir, c.tmpl, d / file);
       std::vector<uint32_t> got;
       std::vector<uint8_t> got_mask;
@@ -425,7 +434,7 @@ TEST(Instruct, ShardsMasksAndLoaderTargets) {
     std::ofstream(d / "bad.jsonl") << json({{"prompt", "a"}, {"completion", "b"}}).dump() << "\n" << line << "\n";
     TokenizerOptions opt;
     opt.pretrained = fixture("llama3");
-    test::expect_user_error([&] { prepare_instruct({d / "bad.jsonl"}, d / "badout", 4, opt); }, d / "bad.jsonl" + ":2: " + error);
+    test::expect_user_error([&] { prepare_records({d / "bad.jsonl"}, d / "badout", 4, opt); }, d / "bad.jsonl" + ":2: " + error);
     EXPECT_FALSE(std::filesystem::exists(d / "badout/train_000.bin"));
   };
   bad("[1, 2]", "expected a JSON object");
@@ -438,13 +447,129 @@ TEST(Instruct, ShardsMasksAndLoaderTargets) {
   // too few tokens for every 4th chunk of 8192 to reach validation: the same line as a text prepare's
   std::ofstream(d / "short.jsonl") << json({{"prompt", "a"}, {"completion", "b"}}).dump() << "\n";
   TokenizerOptions plain;
-  test::expect_user_error([&] { prepare_instruct({d / "short.jsonl"}, d / "shortout", 4, plain); },
+  test::expect_user_error([&] { prepare_records({d / "short.jsonl"}, d / "shortout", 4, plain); },
                           "too few for a validation split by --val-every 4 (the first validation chunk of 8192 tokens starts at "
                           "token 24576): a split by chunks needs more than 8192 tokens");
   // a mask that does not fit its shard
   std::string out = d / "llama3pc.jsonl";
   write_mask(out + "/train_000.mask", {1, 0, 1});
   test::expect_user_error([&] { DataLoader({out + "/train_000.bin"}, 0, 1, 8, 1, false); }, "train_000.mask: 3 mask bytes");
+}
+
+// Instruction records split as documents: each record whole in one split (--val-docs exactly,
+// --val-fraction about its share, by --seed), read from a directory or a glob of plain and .gz
+// files, in shards of --shard-tokens each with its mask, the same bits on 1 and 2 threads, reused
+// by a rerun; --skip-bad-lines counts a bad record; what is not instruction records is refused.
+TEST(Instruct, SplitByRecordsFromFilesDirectoriesAndGlobs) {
+  test::TempDir d;
+  std::filesystem::create_directories(d / "in");
+  std::string all;
+  for (int f = 0; f < 2; f++) {
+    std::string text;
+    for (int n = f * 400; n < (f + 1) * 400; n++) {
+      json r = n % 2 ? json{{"prompt", fmt::format("Verse {}?", n)}, {"completion", fmt::format(" Seth lived {} years.", n * 7)}}
+                     : json{{"messages", {{{"role", "user"}, {"content", fmt::format("Who begat {}?", n)}},
+                                          {{"role", "assistant"}, {"content", fmt::format("Enos, {} times.", n)}}}}};
+      text += r.dump() + "\n";
+    }
+    all += text;
+    std::ofstream(d / fmt::format("in/{}.jsonl", f)) << text;
+  }
+  std::ofstream(d / "all.jsonl") << all;
+  ASSERT_EQ(std::system(("gzip " + d / "in/1.jsonl").c_str()), 0);  // in/1.jsonl.gz
+  TokenizerOptions tok;
+  tok.pretrained = fixture("llama3");
+  // the reference's records, each ending in end of text
+  auto [ids, mask] = rendered(tok.pretrained, "llama3", d / "all.jsonl");
+  const uint32_t eot = load_pretrained_tokenizer(tok.pretrained)->eot();
+  std::vector<size_t> ends;
+  for (size_t i = 0; i < ids.size(); i++)
+    if (ids[i] == eot) ends.push_back(i + 1);
+  ASSERT_EQ(ends.size(), 800u);
+  // a split's shards and masks in order
+  auto split = [](const std::string& dir, const char* name) {
+    std::pair<std::vector<uint32_t>, std::vector<uint8_t>> s;
+    for (int k = 0;; k++) {
+      std::string f = dir + fmt::format("/{}_{:03d}.bin", name, k);
+      if (!std::filesystem::exists(f)) break;
+      TokenShard shard(f, 0);
+      for (int64_t i = 0; i < shard.size(); i++) s.first.push_back(shard[i]);
+      auto m = read_mask(mask_path(f), shard.size());
+      s.second.insert(s.second.end(), m.begin(), m.end());
+    }
+    return s;
+  };
+  // every record whole in train or in val, in order; returns the val records
+  auto val_records = [&](const std::string& dir) {
+    auto [train, train_mask] = split(dir, "train");
+    auto [val, val_mask] = split(dir, "val");
+    size_t t = 0, v = 0, begin = 0;
+    int in_val = 0;
+    for (size_t end : ends) {
+      auto is_at = [&](const std::vector<uint32_t>& s, const std::vector<uint8_t>& m, size_t at) {
+        return at + end - begin <= s.size() && std::equal(ids.begin() + long(begin), ids.begin() + long(end), s.begin() + long(at)) &&
+               std::equal(mask.begin() + long(begin), mask.begin() + long(end), m.begin() + long(at));
+      };
+      if (is_at(train, train_mask, t)) {
+        t += end - begin;
+      } else {
+        EXPECT_TRUE(is_at(val, val_mask, v)) << dir << ": record " << &end - ends.data() << " is in neither split";
+        v += end - begin;
+        in_val++;
+      }
+      begin = end;
+    }
+    EXPECT_EQ(t, train.size());
+    EXPECT_EQ(v, val.size());
+    return in_val;
+  };
+  CorpusOptions o;
+  o.instruct = true;
+  o.val_docs = 40;
+  o.shard_tokens = 5000;
+  o.threads = 1;
+  PrepareStats one = prepare_corpus({d / "in"}, d / "one", o, tok);
+  EXPECT_EQ(val_records(d / "one"), 40);
+  EXPECT_EQ(one.val_docs, 40);
+  EXPECT_EQ(one.train_docs, 760);
+  EXPECT_GT(one.files.size(), 4u);
+  o.threads = 2;
+  PrepareStats two = prepare_corpus({d / "in"}, d / "two", o, tok);
+  ASSERT_EQ(two.files.size(), one.files.size());
+  for (auto& f : one.files) {
+    std::string name = std::filesystem::path(f).filename();
+    EXPECT_EQ(read_whole_file(d / "two/" + name), read_whole_file(f)) << name;
+    EXPECT_EQ(read_whole_file(mask_path(d / "two/" + name)), read_whole_file(mask_path(f))) << name;
+  }
+  PrepareStats again = prepare_corpus({d / "in"}, d / "one", o, tok);  // a rerun verifies and keeps them
+  EXPECT_EQ(again.reused_shards, int64_t(one.files.size()));
+  EXPECT_EQ(val_records(d / "one"), 40);
+  o.val_docs = 0;
+  o.val_fraction = 0.1;
+  o.seed = 7;
+  prepare_corpus({d / "in/*.jsonl*"}, d / "frac", o, tok);
+  int frac = val_records(d / "frac");
+  EXPECT_GT(frac, 50);
+  EXPECT_LT(frac, 110);
+  // a bad record: one line naming file:line, or counted and skipped
+  std::ofstream(d / "bad.jsonl") << all.substr(0, all.find('\n') + 1) << "{\"prompt\": 1}\n" << all;
+  o.val_fraction = 0;
+  o.val_docs = 20;
+  test::expect_user_error([&] { prepare_corpus({d / "bad.jsonl"}, d / "bad", o, tok); },
+                          d / "bad.jsonl" + ":2: \"prompt\" is 1, expected a string (--skip-bad-lines");
+  o.skip_bad_lines = true;
+  PrepareStats skipped = prepare_corpus({d / "bad.jsonl"}, d / "bad", o, tok);
+  EXPECT_EQ(skipped.skipped_lines, 1);
+  EXPECT_EQ(skipped.train_docs + skipped.val_docs, 801);
+  // not instruction records
+  std::ofstream(d / "doc.txt") << "In the beginning";
+  test::expect_user_error([&] { prepare_corpus({d / "doc.txt"}, d / "x", o, tok); },
+                          "doc.txt: --format jsonl reads .jsonl files");
+  test::expect_user_error([&] { prepare_corpus({}, d / "x", o, tok); }, "expected one or more .jsonl files");
+  TokenizerOptions sp;
+  sp.kind = TokenizerKind::sentencepiece;
+  sp.vocab_size = 300;
+  test::expect_user_error([&] { prepare_corpus({d / "all.jsonl"}, d / "x", o, sp); }, "--train-tokenizer trains on text");
 }
 
 }  // namespace
