@@ -10,6 +10,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 
 namespace frugal {
 
@@ -137,6 +139,16 @@ void Rng::normals(float* out, int64_t n, double scale) {
 }
 
 uint64_t Rng::below(uint64_t n) { return n ? next() % n : 0; }
+
+std::string read_whole_file(const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) user_error("{}: a directory, expected a file", path);
+  std::ifstream in(path, std::ios::binary);
+  if (!in) user_error("{}: cannot read: {}", path, std::strerror(errno));
+  std::string bytes{std::istreambuf_iterator<char>(in), {}};
+  if (in.bad()) user_error("{}: read failed: {}", path, std::strerror(errno));
+  return bytes;
+}
 
 AtomicFile::AtomicFile(std::string path) : path_(std::move(path)), tmp_(path_ + ".tmp") {
   fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);

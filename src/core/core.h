@@ -157,6 +157,9 @@ void fsync_dir(const std::string& path);
 inline constexpr uint64_t kChecksumStart = 1469598103934665603ull;
 uint64_t checksum(const void* data, size_t bytes, uint64_t h = kChecksumStart);
 
+// A file's bytes; UserError naming it if it is missing, a directory or unreadable.
+std::string read_whole_file(const std::string& path);
+
 inline void write_file_atomic(const std::string& path, const void* data, size_t bytes) {
   AtomicFile f(path);
   f.write(data, bytes);

@@ -222,7 +222,6 @@ TokenizerInfo tokenizer_info(const std::string& dir);  // what the description s
 // Writes the tokenizer's files and then dir/frugal_tokenizer.json, each atomically.
 void save_tokenizer(const std::string& dir, const Tokenizer& tok);
 std::string to_string(TokenizerKind k);
-std::string read_whole_file(const std::string& path);  // UserError naming the file if unreadable
 
 }  // namespace frugal
 

@@ -280,7 +280,7 @@ int64_t parse_bytes(const std::string& text, const std::string& where) {
     std::string unit = text.substr(used);
     unit.erase(0, unit.find_first_not_of(' '));
     for (auto& [name, mult] : units)
-      if (unit == name && v >= 0) return int64_t(v * mult);
+      if (unit == name && v >= 0 && v * mult < 0x1p63) return int64_t(v * mult);  // not inf, nor past int64
   } catch (const std::exception&) {
   }
   user_error("{}: expected bytes or a size like \"16GiB\", got '{}'", where, text);
@@ -308,7 +308,7 @@ RunConfig load_config(const std::string& path, const std::vector<std::string>& o
   } else if (!path.empty()) {
     if (!std::ifstream(path)) user_error("{}: cannot open the config file", path);
     try {
-      tbl = toml::parse_file(path);
+      tbl = toml::parse(read_whole_file(path), path);
     } catch (const toml::parse_error& e) {
       auto& b = e.source().begin;
       user_error("{}:{}:{}: {}", path, b.line, b.column, e.description());

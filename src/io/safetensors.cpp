@@ -194,7 +194,7 @@ class WeightFiles {
     }
     json j;
     try {
-      j = json::parse(read_file(index));
+      j = json::parse(read_whole_file(index));
     } catch (const json::exception& e) {
       user_error("{}: not valid JSON: {}", index, e.what());
     }
@@ -273,11 +273,6 @@ class WeightFiles {
   }
 
  private:
-  static std::string read_file(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) user_error("{}: cannot read", path);
-    return std::string(std::istreambuf_iterator<char>(in), {});
-  }
   void add(const std::string& path) {
     files_.push_back(std::make_unique<SafeTensors>(path));
     paths_.push_back(path);
@@ -474,9 +469,8 @@ static ModelConfig read_llama_config(const json& j, const std::string& path, con
 }
 
 ModelConfig read_hf_config(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) user_error("{}: cannot open the model config", path);
-  json j = json::parse(in, nullptr, false);
+  if (!std::ifstream(path)) user_error("{}: cannot open the model config", path);
+  json j = json::parse(read_whole_file(path), nullptr, false);
   if (j.is_discarded() || !j.is_object()) user_error("{}: expected a JSON object (a Hugging Face config.json)", path);
   const std::string type = j.contains("model_type") && j["model_type"].is_string() ? j["model_type"].get<std::string>() : "gpt2";
   if (type != "gpt2" && type != "llama" && type != "qwen2" && type != "mistral") {
@@ -616,9 +610,8 @@ LoraConfig read_adapter_config(const std::string& dir, std::string* base_name) {
   const std::string path = dir + "/adapter_config.json";
   json j;
   try {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) user_error("{}: cannot read (an adapter directory holds adapter_config.json)", path);
-    j = json::parse(std::string(std::istreambuf_iterator<char>(in), {}));
+    if (!std::ifstream(path)) user_error("{}: cannot read (an adapter directory holds adapter_config.json)", path);
+    j = json::parse(read_whole_file(path));
   } catch (const json::exception& e) {
     user_error("{}: not valid JSON: {}", path, e.what());
   }

@@ -27,7 +27,7 @@ std::vector<Device> load_devices(const std::string& path) {
   if (!std::ifstream(path)) user_error("{}: cannot open the device catalogue", path);
   toml::table tbl;
   try {
-    tbl = toml::parse_file(path);
+    tbl = toml::parse(read_whole_file(path), path);
   } catch (const toml::parse_error& e) {
     user_error("{}:{}:{}: {}", path, e.source().begin.line, e.source().begin.column, e.description());
   }
@@ -465,9 +465,10 @@ double parse_mfu(const std::string& text) {
   } catch (const std::invalid_argument&) {
   } catch (const std::out_of_range&) {
   }
-  std::ifstream in(text);
-  if (!in) user_error("--mfu: '{}' is neither a number nor a readable calibration file", text);
-  nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(text, ec))
+    user_error("--mfu: '{}' is neither a number nor a readable calibration file", text);
+  nlohmann::json j = nlohmann::json::parse(read_whole_file(text), nullptr, false);
   if (j.is_discarded() || !j.is_object() || !j.contains("mfu") || !j["mfu"].is_number() ||
       !(j["mfu"].get<double>() > 0))
     user_error("{}: mfu: expected a calibration file (frugal plan --calibrate) with a number mfu > 0", text);

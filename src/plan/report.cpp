@@ -2,6 +2,7 @@
 // loss, tokens/s, memory by category over steps, predicted against measured, cost so far.
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 
 #include "plan/plan.h"
@@ -109,9 +110,9 @@ const char* kColors[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", 
 // run.profile's profile.json as a table: each op family's time per step, its share (a bar), and
 // the FLOP/s of GEMMs and attention against the device's peak. "" without a profile.
 static std::string profile_table(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return "";
-  nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec)) return "";
+  nlohmann::json j = nlohmann::json::parse(read_whole_file(path), nullptr, false);
   if (j.is_discarded() || !j.contains("ops") || !j["ops"].is_array()) return "";
   std::string t = fmt::format("<h2>Where a step goes (run.profile: {} steps, {:.4f} s per step)</h2>\n"
                               "<table style=\"border-collapse:collapse\"><tr><th align=left>op</th><th>s/step</th>"

@@ -61,10 +61,9 @@ void remove_dir(const fs::path& p) {
 
 json read_state(const std::string& dir) {
   const std::string path = dir + "/state.json";
-  std::ifstream in(path);
-  if (!in) user_error("{}: cannot open (not a frugal checkpoint?)", path);
+  if (!std::ifstream(path)) user_error("{}: cannot open (not a frugal checkpoint?)", path);
   try {
-    json j = json::parse(in);
+    json j = json::parse(read_whole_file(path));
     j.at("format_version").get<int>();
     return j;
   } catch (const json::exception& e) {

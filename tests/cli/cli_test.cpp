@@ -509,6 +509,10 @@ TEST_F(Cli, HostileRunsLoseNothing) {
   expect_error("plan --preset gpt2 --tokens 1e9 --devices 0", "--devices: expected a positive number, got '0'");
   expect_error("plan --preset gpt2 --tokens 1e9 --max-hours -1", "--max-hours: expected a positive number, got '-1'");
   expect_error("plan --preset gpt2 --tokens 1e9 --top 0", "--top: expected a positive number, got '0'");
+  // a directory where a file is expected (--mfu's crashed in the JSON parser)
+  expect_error("plan --preset gpt2 --tokens 1e9 --mfu hr", "--mfu: 'hr' is neither a number nor a readable calibration file");
+  expect_error("plan --preset gpt2 --tokens 1e9 --catalogue hr", "hr: a directory, expected a file");
+  expect_error("export hr --out hx --max-shard-size 1e30", "--max-shard-size: expected bytes or a size like \"16GiB\", got '1e30'");
   expect_error("train --train.steps 3", "--train.steps: expected --train.steps=VALUE (an override takes '=', not a space)");
   expect_error("train --run.dir=", "--run.dir: run.dir: expected a path, got an empty string");
   expect_error("train " + T + " --init-from data --run.dir=nowhere", "data: no model.safetensors or model.safetensors.index.json in this directory");
