@@ -6,7 +6,7 @@
 //                  [--tokenizer byte|gpt2|PATH [--tiktoken-pattern gpt2|cl100k|llama3|qwen2]]
 //                  [--train-tokenizer --vocab-size N [--model-type bpe|unigram]] [--format text|jsonl]
 //   frugal eval --run DIR [--data SHARDS] [--batches N]
-//   frugal sample --run DIR [--prompt TEXT] [--tokens N] [--temperature X] [--top-k K] [--seed S]
+//   frugal sample --run DIR [--prompt TEXT] [--tokens N] [--temperature X] [--top-k K] [--seed S] [--chat]
 //   frugal plan (--preset NAME | -c FILE) --tokens N [--device NAME] [--devices N] [settings] [--json]
 //   frugal plan --calibrate RUN_DIR [--json]
 //   frugal report RUN_DIR
@@ -85,7 +85,8 @@ static int cmd_train(const std::string& config, const std::vector<std::string>& 
 
 // The tokenizer of the run's training data (tokenizer.json next to the shards; none: byte-level),
 // which must match the model's vocabulary.
-static std::unique_ptr<Tokenizer> run_tokenizer(const std::string& run, const ModelConfig& c) {
+// The tokenizer of a run's data; *dir_out: the directory it is in.
+static std::unique_ptr<Tokenizer> run_tokenizer(const std::string& run, const ModelConfig& c, std::string* dir_out = nullptr) {
   RunConfig cfg = load_config(run + "/config.toml", {});
   std::filesystem::path p(cfg.data.train);
   std::string dir = std::filesystem::is_directory(p) ? p.string() : p.parent_path().string();
@@ -94,6 +95,7 @@ static std::unique_ptr<Tokenizer> run_tokenizer(const std::string& run, const Mo
   if (tok->vocab_size() != c.vocab_size)
     user_error("{}/model.safetensors: vocab_size {}, but the {} tokenizer of its data ({}) has {}",
                run, c.vocab_size, to_string(tok->kind()), dir, tok->vocab_size());
+  if (dir_out) *dir_out = dir;
   return tok;
 }
 
@@ -162,18 +164,29 @@ static int cmd_export(const std::string& from, const std::string& out, int64_t m
 }
 
 static int cmd_sample(const std::string& run, const std::string& prompt, int num_tokens,
-                      double temperature, int top_k, uint64_t seed) {
+                      double temperature, int top_k, uint64_t seed, bool chat) {
   if (!(temperature >= 0) || !std::isfinite(temperature))
     user_error("--temperature: expected a finite number >= 0 (0: greedy), got {}", temperature);
   if (num_tokens < 1) user_error("--tokens: expected a positive integer, got {}", num_tokens);
   if (top_k < 0) user_error("--top-k: expected 0 (all) or a positive integer, got {}", top_k);
   const RunWeights w = find_run_weights(run);
   const ModelConfig& c = w.cfg.model;
-  auto tok = run_tokenizer(run, c);
+  std::string tok_dir;
+  auto tok = run_tokenizer(run, c, &tok_dir);
   Model model(c, cpu_backend());
   load_run_weights(w, model);
-  std::vector<uint32_t> enc;
-  tok->encode(prompt, enc);
+  // generation ends at end of text, or with --chat at the end of the assistant's turn, as
+  // instruction data was trained (prepare --format jsonl)
+  std::vector<uint32_t> enc, stop = {tok->eot()};
+  if (chat) {
+    const ChatTemplate tmpl = chat_template_of(tok_dir);
+    for (const RecordPiece& p : chat_prompt(tmpl, prompt)) tok->encode(p.text, enc);
+    std::vector<uint32_t> end;
+    if (*end_of_turn(tmpl)) tok->encode(end_of_turn(tmpl), end);
+    if (end.size() == 1) stop.push_back(end[0]);
+  } else {
+    tok->encode(prompt, enc);
+  }
   std::vector<int32_t> tokens(enc.begin(), enc.end()), generated;
   if (tokens.empty()) tokens.push_back(int32_t(tok->eot()));
   // keys and values cached for the longest window this sampling reads, not the whole context
@@ -183,7 +196,7 @@ static int cmd_sample(const std::string& run, const std::string& prompt, int num
   Rng rng(seed);
   std::vector<float> logits;
   std::vector<std::pair<float, int>> cand;
-  fmt::print("{}", prompt);
+  if (!chat) fmt::print("{}", prompt);
   const int window = model.cache_capacity();
   if (int(tokens.size()) > window) tokens.erase(tokens.begin(), tokens.end() - window);
   model.prefill(tokens.data(), int(tokens.size()), logits);
@@ -204,6 +217,7 @@ static int cmd_sample(const std::string& run, const std::string& prompt, int num
       while (j + 1 < k && (u -= p[j]) > 0) j++;
       next = cand[j].second;
     }
+    if (std::find(stop.begin(), stop.end(), uint32_t(next)) != stop.end()) break;
     tokens.push_back(next);
     generated.push_back(next);
     if (i + 1 < num_tokens) {
@@ -490,10 +504,14 @@ int main(int argc, char** argv) {
   uint64_t seed = 1;
   sample_cmd->add_option("--run", run_dir, "run directory")->required();
   sample_cmd->add_option("--prompt", prompt, "text to continue");
-  sample_cmd->add_option("--tokens", num_tokens, "tokens to generate");
+  sample_cmd->add_option("--tokens", num_tokens, "the most tokens to generate");
   sample_cmd->add_option("--temperature", temperature, "0: greedy");
   sample_cmd->add_option("--top-k", top_k, "sample among the k most likely (0: all)");
   sample_cmd->add_option("--seed", seed, "random seed");
+  bool chat = false;
+  sample_cmd->add_flag("--chat", chat, "the prompt as a user's message in the chat template of the run's tokenizer "
+                       "(as prepare --format jsonl renders it); prints the assistant's reply");
+  sample_cmd->footer("Generation stops at end of text (with --chat, at the end of the assistant's turn) or after --tokens.");
 
   auto* plan_cmd = app.add_subcommand("plan", "memory, time and cost of a training before you rent the hardware");
   PlanArgs pa;
@@ -562,7 +580,7 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (*eval_cmd) return cmd_eval(run_dir, data, batches);
-    if (*sample_cmd) return cmd_sample(run_dir, prompt, num_tokens, temperature, top_k, seed);
+    if (*sample_cmd) return cmd_sample(run_dir, prompt, num_tokens, temperature, top_k, seed, chat);
   } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
   } catch (const CLI::CallForAllHelp& e) {

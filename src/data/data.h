@@ -320,5 +320,9 @@ const char* to_string(ChatTemplate t);
 // (without the file and line), if the line is not a record.
 struct RecordPiece { std::string text; bool train; };
 bool render_record(std::string_view line, ChatTemplate tmpl, std::vector<RecordPiece>& pieces, std::string& error);
+// `sample --chat`: a user's message as a messages record renders it, then the assistant's header
+// for the model to go on from; and the marker that ends the assistant's turn ("" for plain: EOT).
+std::vector<RecordPiece> chat_prompt(ChatTemplate tmpl, const std::string& user);
+const char* end_of_turn(ChatTemplate tmpl);
 
 }  // namespace frugal

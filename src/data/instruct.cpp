@@ -42,6 +42,25 @@ namespace {
 
 struct BadRecord { std::string what; };
 
+// One message in the template: its header (not trained), content and end marker; `chat`: a
+// messages record (plain renders a prompt/completion record as the bare texts).
+void add_message(std::vector<RecordPiece>& p, ChatTemplate tmpl, bool chat, const std::string& role,
+                 const std::string& content) {
+  bool train = role == "assistant";
+  switch (tmpl) {
+    case ChatTemplate::chatml:
+      p.insert(p.end(), {{"<|im_start|>" + role + "\n", false}, {content, train}, {"<|im_end|>", train}, {"\n", false}});
+      break;
+    case ChatTemplate::llama3:
+      p.insert(p.end(), {{"<|start_header_id|>" + role + "<|end_header_id|>\n\n", false}, {content, train}, {"<|eot_id|>", train}});
+      break;
+    case ChatTemplate::plain:
+      if (chat) p.insert(p.end(), {{role + ": ", false}, {content, train}, {"\n", train}});
+      else p.push_back({content, train});
+      break;
+  }
+}
+
 std::vector<RecordPiece> render(const json& r, ChatTemplate tmpl) {
   auto fail = [](std::string what) { throw BadRecord{std::move(what)}; };
   if (!r.is_object()) fail("expected a JSON object {\"prompt\", \"completion\"} or {\"messages\"}");
@@ -72,21 +91,7 @@ std::vector<RecordPiece> render(const json& r, ChatTemplate tmpl) {
     msgs = {{"user", prompt}, {"assistant", completion}};
   }
   std::vector<RecordPiece> p;
-  for (auto& [role, content] : msgs) {
-    bool train = role == "assistant";
-    switch (tmpl) {
-      case ChatTemplate::chatml:
-        p.insert(p.end(), {{"<|im_start|>" + role + "\n", false}, {content, train}, {"<|im_end|>", train}, {"\n", false}});
-        break;
-      case ChatTemplate::llama3:
-        p.insert(p.end(), {{"<|start_header_id|>" + role + "<|end_header_id|>\n\n", false}, {content, train}, {"<|eot_id|>", train}});
-        break;
-      case ChatTemplate::plain:
-        if (chat) p.insert(p.end(), {{role + ": ", false}, {content, train}, {"\n", train}});
-        else p.push_back({content, train});
-        break;
-    }
-  }
+  for (auto& [role, content] : msgs) add_message(p, tmpl, chat, role, content);
   return p;
 }
 
@@ -105,6 +110,19 @@ bool render_record(std::string_view line, ChatTemplate tmpl, std::vector<RecordP
     return false;
   }
   return true;
+}
+
+std::vector<RecordPiece> chat_prompt(ChatTemplate tmpl, const std::string& user) {
+  std::vector<RecordPiece> p;
+  add_message(p, tmpl, true, "user", user);
+  const size_t header = p.size();
+  add_message(p, tmpl, true, "assistant", "");
+  p.resize(header + 1);
+  return p;
+}
+
+const char* end_of_turn(ChatTemplate tmpl) {
+  return tmpl == ChatTemplate::chatml ? "<|im_end|>" : tmpl == ChatTemplate::llama3 ? "<|eot_id|>" : "";
 }
 
 std::string mask_path(const std::string& shard_path) {

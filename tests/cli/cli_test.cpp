@@ -105,6 +105,24 @@ TEST_F(Cli, PrepareTrainEvalSample) {
   EXPECT_NE(s1.out, s3.out);
 }
 
+// A model tuned on one chat record answers it: sample --chat renders the prompt as the user's turn
+// in the data's template (plain here: byte tokens), and the reply stops at end of text, as a plain
+// sample does; without the stop both would go on into the next record.
+TEST_F(Cli, SampleChatAnswersInTheTemplateAndStopsAtEndOfText) {
+  {
+    std::ofstream f(*dir_ / "chat.jsonl");
+    for (int i = 0; i < 2000; i++)
+      f << R"({"messages": [{"role": "user", "content": "Who begat Enos?"}, {"role": "assistant", "content": "Seth."}]})" << "\n";
+  }
+  ASSERT_EQ(run("prepare --format jsonl chat.jsonl --out chat --val-docs 10", d()).code, 0);
+  Result t = run("train --model.preset=llama-tiny --train.steps=150 --train.seq_len=64 --train.micro_batch=4 --train.lr=3e-3 "
+                 "--train.warmup_steps=10 --run.checkpoint_every=0 --train.eval_every=0 --data.train='chat/train_*.bin' "
+                 "--data.val='chat/val_*.bin' --run.dir=chatrun", d());
+  ASSERT_EQ(t.code, 0) << t.out;
+  EXPECT_EQ(run("sample --run chatrun --chat --prompt 'Who begat Enos?' --temperature 0 --tokens 50", d()).out, "Seth.\n\n");
+  EXPECT_EQ(run("sample --run chatrun --prompt 'assistant: ' --temperature 0 --tokens 50", d()).out, "assistant: Seth.\n\n");
+}
+
 // `frugal export` of RUN gives a directory that transformers' AutoModelForCausalLM loads with no
 // missing, unexpected or mismatched key and no warning, and whose logits equal frugal's within
 // 1e-4 (relative, fp32).

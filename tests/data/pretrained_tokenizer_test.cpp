@@ -572,5 +572,33 @@ TEST(Instruct, SplitByRecordsFromFilesDirectoriesAndGlobs) {
   test::expect_user_error([&] { prepare_corpus({d / "all.jsonl"}, d / "x", o, sp); }, "--train-tokenizer trains on text");
 }
 
+// sample --chat's prompt is the reference's rendering of a messages record up to the assistant's
+// content, and the end of the assistant's turn is one token, the one the record trains after it.
+TEST(Instruct, ChatPromptIsTheRecordUpToTheAssistantsTurn) {
+  test::TempDir d;
+  std::ofstream(d / "one.jsonl") << json({{"messages", {{{"role", "user"}, {"content", "Who begat Enos?"}},
+                                                        {{"role", "assistant"}, {"content", ""}}}}}).dump() << "\n";
+  for (auto [tmpl, tok_dir] : {std::pair{ChatTemplate::llama3, fixture("llama3")}, {ChatTemplate::plain, fixture("gpt2")}}) {
+    SCOPED_TRACE(to_string(tmpl));
+    ASSERT_EQ(chat_template_of(tok_dir), tmpl);
+    auto tok = load_pretrained_tokenizer(tok_dir);
+    std::vector<uint32_t> prompt, end;
+    for (const RecordPiece& p : chat_prompt(tmpl, "Who begat Enos?")) tok->encode(p.text, prompt);
+    tok->encode(end_of_turn(tmpl), end);
+    auto [ids, mask] = rendered(tok_dir, to_string(tmpl), d / "one.jsonl");
+    // the record: the prompt, (no content), the end of the turn (llama3's <|eot_id|>, plain's "\n"), EOT
+    ASSERT_GT(ids.size(), prompt.size());
+    EXPECT_EQ(std::vector<uint32_t>(ids.begin(), ids.begin() + long(prompt.size())), prompt);
+    EXPECT_EQ(ids.back(), tok->eot());
+    if (tmpl == ChatTemplate::llama3) {
+      ASSERT_EQ(end.size(), 1u);
+      EXPECT_EQ(ids.size(), prompt.size() + 2);
+      EXPECT_EQ(ids[prompt.size()], end[0]);
+    } else {
+      EXPECT_TRUE(end.empty());
+    }
+  }
+}
+
 }  // namespace
 }  // namespace frugal
