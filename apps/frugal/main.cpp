@@ -92,8 +92,9 @@ static std::unique_ptr<Tokenizer> run_tokenizer(const std::string& run, const Mo
   std::string dir = std::filesystem::is_directory(p) ? p.string() : p.parent_path().string();
   if (dir.empty()) dir = ".";
   auto tok = load_tokenizer(dir);
-  if (tok->vocab_size() != c.vocab_size)
-    user_error("{}/model.safetensors: vocab_size {}, but the {} tokenizer of its data ({}) has {}",
+  // a larger model vocabulary is padding (nanoGPT's 50304, Qwen2's 151936): never sampled
+  if (tok->vocab_size() > c.vocab_size)
+    user_error("{}/model.safetensors: vocab_size {}, but the {} tokenizer of its data ({}) has {} ids",
                run, c.vocab_size, to_string(tok->kind()), dir, tok->vocab_size());
   if (dir_out) *dir_out = dir;
   return tok;
@@ -196,22 +197,27 @@ static int cmd_sample(const std::string& run, const std::string& prompt, int num
   Rng rng(seed);
   std::vector<float> logits;
   std::vector<std::pair<float, int>> cand;
+  std::vector<int> ids;  // what the tokenizer decodes: not the padding of the vocabulary, nor its holes
+  for (int v = 0; v < c.vocab_size; v++)
+    if (tok->has_id(v)) ids.push_back(v);
   if (!chat) fmt::print("{}", prompt);
   const int window = model.cache_capacity();
   if (int(tokens.size()) > window) tokens.erase(tokens.begin(), tokens.end() - window);
   model.prefill(tokens.data(), int(tokens.size()), logits);
   for (int i = 0; i < num_tokens; i++) {
-    int next = 0;
+    int next = ids[0];
     if (temperature == 0.0) {
-      next = int(std::max_element(logits.begin(), logits.end()) - logits.begin());
+      for (int v : ids)
+        if (logits[size_t(v)] > logits[size_t(next)]) next = v;
     } else {
       cand.clear();
-      for (int v = 0; v < int(logits.size()); v++) cand.push_back({logits[v], v});
+      for (int v : ids) cand.push_back({logits[size_t(v)], v});
       size_t k = top_k > 0 ? std::min<size_t>(size_t(top_k), cand.size()) : cand.size();
-      std::partial_sort(cand.begin(), cand.begin() + k, cand.end(), std::greater<>());
+      if (k < cand.size()) std::partial_sort(cand.begin(), cand.begin() + k, cand.end(), std::greater<>());
+      const float top = std::max_element(cand.begin(), cand.begin() + k)->first;  // all of them: no sort
       double sum = 0.0;
       std::vector<double> p(k);
-      for (size_t j = 0; j < k; j++) sum += p[j] = std::exp((cand[j].first - cand[0].first) / temperature);
+      for (size_t j = 0; j < k; j++) sum += p[j] = std::exp((cand[j].first - top) / temperature);
       double u = rng.uniform() * sum;
       size_t j = 0;
       while (j + 1 < k && (u -= p[j]) > 0) j++;

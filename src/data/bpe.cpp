@@ -383,10 +383,11 @@ class TiktokenTokenizer final : public Tokenizer {
   std::string split_pattern() const override { return gpt2_ ? "" : to_string(bpe_->split()); }
   void encode(std::string_view text, std::vector<uint32_t>& out) override { bpe_->encode(text, out); }
 
+  bool has_id(int32_t id) const override { return id >= 0 && id < vocab_ && !bytes_[size_t(id)].empty(); }
   std::string decode(const std::vector<int32_t>& ids) const override {
     std::string s;
     for (int32_t id : ids) {
-      if (id < 0 || id >= vocab_ || (bytes_[size_t(id)].empty()))
+      if (!has_id(id))
         user_error("{} tokenizer: token id {} outside [0, {}) or unused", to_string(kind()), id, vocab_);
       s += bytes_[size_t(id)];
     }

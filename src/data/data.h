@@ -138,6 +138,7 @@ class Tokenizer {
   virtual uint32_t eot() const = 0;  // separates documents in a token stream
   virtual void encode(std::string_view text, std::vector<uint32_t>& out) = 0;  // appends
   virtual std::string decode(const std::vector<int32_t>& ids) const = 0;
+  virtual bool has_id(int32_t id) const { return id >= 0 && id < vocab_size(); }  // decode takes it
   virtual void save_files(const std::string& dir) const {}  // what load_tokenizer(dir) reads
   virtual std::string split_pattern() const { return {}; }  // tiktoken: the pattern's name
   // Whether text cut after a '\n' that stands between two printable ASCII characters encodes,

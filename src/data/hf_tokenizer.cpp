@@ -49,10 +49,11 @@ class HfTokenizer final : public Tokenizer {
     });
   }
 
+  bool has_id(int32_t id) const override { return id >= 0 && id < vocab_size() && present_[size_t(id)]; }
   std::string decode(const std::vector<int32_t>& ids) const override {
     std::string s;
     for (int32_t id : ids) {
-      if (id < 0 || id >= vocab_size() || !present_[size_t(id)])
+      if (!has_id(id))
         user_error("{}: token id {} is not in the vocabulary (ids [0, {}))", path_, id, vocab_size());
       s += bytes_[size_t(id)];
     }
