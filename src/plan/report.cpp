@@ -152,7 +152,7 @@ std::string write_report(const std::string& run_dir, const std::string& devices_
       ranks = int(num("ranks"));
       if (r.contains("recompute") && r["recompute"].is_string()) recompute = r["recompute"].get<std::string>();
     }
-    loss.x.push_back(step); loss.y.push_back(num("loss"));
+    if (r.contains("loss")) { loss.x.push_back(step); loss.y.push_back(num("loss")); }  // none: no target trained on
     if (r.contains("val_loss")) { val.x.push_back(step); val.y.push_back(num("val_loss")); }
     tok.x.push_back(step); tok.y.push_back(num("tokens_per_s"));
     seconds += num("step_ms") / 1e3;
@@ -165,11 +165,11 @@ std::string write_report(const std::string& run_dir, const std::string& devices_
       peak[c] = std::max(peak[c], b);
     }
   }
-  if (loss.x.empty()) user_error("{}: no records (has the run started?)", path);
+  if (tok.x.empty()) user_error("{}: no records (has the run started?)", path);
   const Plan p = plan_for_run(cfg, ranks, RecomputePolicy::parse(recompute, path), devices_path);
   const double rate = p.s.devices * p.s.device.price / 3600.0;
   for (double& y : cost.y) y *= rate;
-  const double last = loss.x.back(), first = loss.x.front();
+  const double last = tok.x.back(), first = tok.x.front();
 
   std::vector<Series> mem_series;
   std::vector<std::string> labels;
@@ -204,7 +204,7 @@ std::string write_report(const std::string& run_dir, const std::string& devices_
                       "Cost so far: <b>{}</b> for {}.</p>\n",
                       escape(run_dir), escape(cfg.model.preset), cfg.model.n_layer, cfg.model.n_embd,
                       cfg.model.num_params() / 1e6, dtype_name(p.s.compute), escape(recompute),
-                      strategy_name(p.s.strategy), ranks, loss.x.size(), p.step_tokens, escape(p.s.device.name),
+                      strategy_name(p.s.strategy), ranks, tok.x.size(), p.step_tokens, escape(p.s.device.name),
                       dollars(p.s.device.price), dollars(seconds * rate), human_time(seconds));
   html += line_chart("Loss", "step", loss_series);
   html += line_chart("Tokens/s", "step", {tok, tok_pred});

@@ -125,6 +125,7 @@ float Stepper::forward_backward(const NextBatch& next) {
   }
   float count_buf[1] = {float(std::accumulate(counted.begin(), counted.end(), int64_t(0)))};
   if (comm_.size() > 1) comm_.all_reduce(count_buf, 1, ReduceOp::sum)->wait();
+  counted_ = int64_t(count_buf[0]);
   const double global_tokens = std::max(1.0, double(count_buf[0]));
   const float grad_scale = float(scaler_.scale / global_tokens);
   shards_.zero_grads();
@@ -185,6 +186,8 @@ StepStats Stepper::step(int step, const NextBatch& next) {
   st.comm_wait_s = comm_wait_s_;
   st.tokens = int64_t(t_.micro_batch) * t_.seq_len * accum_ * comm_.size();
   st.lr = lr_at(t_, step);
+  st.targets = counted_;
+  if (st.targets == 0) return st;
   // One pass gives the norm and the overflow check: a non-finite sum means inf/NaN somewhere.
   double sq = shards_.grad_sum_squares();
   bool overflow = !std::isfinite(sq);

@@ -36,7 +36,10 @@ class AdamW {
 };
 
 struct StepStats {
-  float loss = 0;        // mean over the global batch's tokens
+  float loss = 0;        // mean over the global batch's targets trained on
+  // Targets trained on (a loss mask leaves out prompts). 0: the batch trains nothing, no loss and
+  // no update (weights, AdamW state and loss scale untouched).
+  int64_t targets = 0;
   double grad_norm = 0;  // before clipping (unscaled)
   double lr = 0;
   int64_t tokens = 0;
@@ -103,6 +106,7 @@ class Stepper {
   int updates_ = 0;  // optimizer updates taken (skipped steps do not count)
   std::vector<int32_t> inputs_, targets_;
   double comm_wait_s_ = 0;
+  int64_t counted_ = 0;  // targets trained on in the last forward_backward, over every rank
 };
 
 // The recompute policy a run uses: memory.recompute, or with memory.budget the least recompute
@@ -113,6 +117,7 @@ RecomputePolicy choose_recompute(const RunConfig& cfg, int world = 1);
 // Mean loss over `batches` micro-batches of the loader (0: one pass over every window),
 // averaged over the ranks of comm (each reading its part of every batch) when given; `loss`
 // computes one micro-batch's mean loss (Model::forward_loss, or Stepper::loss when sharded).
+// NaN when the batches hold no target trained on (loss masks of 0: prompts only).
 using LossFn = std::function<float(const int32_t* tokens, const int32_t* targets)>;
 double evaluate(const LossFn& loss, class DataLoader& loader, int batches, Comm* comm = nullptr);
 

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -38,7 +39,12 @@ double evaluate(const LossFn& loss, DataLoader& loader, int batches, Comm* comm)
     sum = buf[0];
     counted = buf[1];
   }
-  return counted > 0 ? sum / counted : 0.0;
+  return counted > 0 ? sum / counted : NAN;
+}
+
+// A loss for the log; NaN: there was none (every target masked out).
+static std::string loss_text(double loss) {
+  return std::isnan(loss) ? "n/a (no target trained on)" : fmt::format("{:.4f}", loss);
 }
 
 // "params 475.0 MiB, grads 475.0 MiB, ..." for the categories that hold any bytes
@@ -363,7 +369,7 @@ void train(const RunConfig& cfg, Comm& comm, bool resume) {
                                                          dollars(forecast.s.device.price), comm.size()) : "");
   using clock = std::chrono::steady_clock;
   auto t_start = clock::now();
-  double train_seconds = 0.0, val_loss = -1.0;
+  double train_seconds = 0.0, val_loss = NAN;
   int64_t timed_tokens = 0;
   double timed_seconds = 0.0;
   MemStats overall;
@@ -420,7 +426,7 @@ void train(const RunConfig& cfg, Comm& comm, bool resume) {
 
     double tok_s = double(st.tokens) / dt_s;
     double mfu = flops_tok * tok_s / (comm.size() * cfg.device.peak_for(dt));  // per device
-    nlohmann::json rec = {{"step", step + 1},         {"loss", st.loss},
+    nlohmann::json rec = {{"step", step + 1},         {"targets", st.targets},
                           {"lr", st.lr},              {"grad_norm", st.grad_norm},
                           {"tokens_per_s", tok_s},    {"mfu", mfu},
                           {"step_ms", dt_s * 1e3},
@@ -434,16 +440,17 @@ void train(const RunConfig& cfg, Comm& comm, bool resume) {
                           {"skipped_total", stepper.scaler().skipped_total},
                           {"mem_peak", mem_json(mem)},
                           {"allocations", mem.allocations - allocs_before}};
-    if (do_eval) rec["val_loss"] = val_loss;
+    if (st.targets > 0) rec["loss"] = st.loss;  // none: the batch was all prompt (no update)
+    if (do_eval && !std::isnan(val_loss)) rec["val_loss"] = val_loss;
     records.push_back(std::move(rec));
     if (metrics || !keep_previous) write_records();
 
     if (tty) std::fputs("\r\033[K", stdout);
     if (do_eval || last || (step + 1) % cfg.run.log_every == 0 || step == 0) {
-      fmt::print("step {:>5}/{} | loss {:.4f} | lr {:.2e} | norm {:.3f} | {:.0f} tok/s | MFU {:.1f}% | {:.0f} ms{}{}\n",
-                 step + 1, t.steps, st.loss, st.lr, st.grad_norm, tok_s, 100.0 * mfu, dt_s * 1e3,
+      fmt::print("step {:>5}/{} | loss {} | lr {:.2e} | norm {:.3f} | {:.0f} tok/s | MFU {:.1f}% | {:.0f} ms{}{}\n",
+                 step + 1, t.steps, loss_text(st.targets > 0 ? st.loss : NAN), st.lr, st.grad_norm, tok_s, 100.0 * mfu, dt_s * 1e3,
                  stepper.scaler().enabled ? fmt::format(" | scale {:g}{}", st.loss_scale, st.skipped ? " (skipped)" : "") : "",
-                 do_eval ? fmt::format(" | val {:.4f}", val_loss) : "");
+                 do_eval ? fmt::format(" | val {}", loss_text(val_loss)) : "");
     }
     if (tty && !last) {
       const int width = 30;
@@ -462,7 +469,7 @@ void train(const RunConfig& cfg, Comm& comm, bool resume) {
   const std::string weights = save_run_weights(dir, cfg, model, t.steps);
   double total = std::chrono::duration<double>(clock::now() - t_start).count();
   double tok_s = timed_seconds > 0 ? double(timed_tokens) / timed_seconds : 0.0;
-  fmt::print("done: val loss {:.4f} | {:.0f} tok/s (MFU {:.1f}% of {:.0f} GFLOP/s per device) | {} total\n", val_loss,
+  fmt::print("done: val loss {} | {:.0f} tok/s (MFU {:.1f}% of {:.0f} GFLOP/s per device) | {} total\n", loss_text(val_loss),
              tok_s, 100.0 * flops_tok * tok_s / (comm.size() * cfg.device.peak_for(dt)), cfg.device.peak_for(dt) / 1e9,
              human_time(total));
   fmt::print("peak memory: {}; total {}, predicted {}\n", mem_list(overall.peak),

@@ -123,6 +123,34 @@ TEST_F(Cli, SampleChatAnswersInTheTemplateAndStopsAtEndOfText) {
   EXPECT_EQ(run("sample --run chatrun --prompt 'assistant: ' --temperature 0 --tokens 50", d()).out, "assistant: Seth.\n\n");
 }
 
+// Records whose prompts outrun seq_len: a batch of prompt only has no loss (it was logged as
+// 0.0000, a perfect model), is no update, leaves its metrics record without "loss", and the
+// report and eval of such a run say so instead of failing or reporting 0.
+TEST_F(Cli, BatchesOfPromptOnlyTrainNothingAndSaySo) {
+  {
+    std::ofstream f(*dir_ / "long.jsonl");
+    for (int i = 0; i < 300; i++) f << R"({"prompt": ")" << std::string(2000, 'x') << R"(", "completion": "ok"})" << "\n";
+  }
+  ASSERT_EQ(run("prepare --format jsonl long.jsonl --out long --val-docs 10", d()).code, 0);
+  Result t = run("train --model.preset=llama-tiny --train.steps=2 --train.seq_len=64 --train.micro_batch=1 "
+                 "--run.checkpoint_every=0 --train.eval_every=1 --train.eval_batches=1 --data.train='long/train_*.bin' "
+                 "--data.val='long/val_*.bin' --run.dir=longrun", d());
+  ASSERT_EQ(t.code, 0) << t.out;
+  EXPECT_NE(t.out.find("step     1/2 | loss n/a (no target trained on)"), std::string::npos) << t.out;
+  EXPECT_NE(t.out.find("| val n/a (no target trained on)"), std::string::npos) << t.out;
+  std::ifstream m(*dir_ / "longrun/metrics.jsonl");
+  std::string line;
+  ASSERT_TRUE(std::getline(m, line));
+  auto rec = nlohmann::json::parse(line);
+  EXPECT_EQ(rec["targets"], 0);
+  EXPECT_FALSE(rec.contains("loss"));
+  EXPECT_FALSE(rec.contains("val_loss"));
+  EXPECT_EQ(run("report longrun", d()).code, 0);
+  expect_error("eval --run longrun --batches 1", "long/val_*.bin: the 64 tokens evaluated hold no target trained on");
+  Result all = run("eval --run longrun", d());  // every window: some hold the completions
+  EXPECT_EQ(all.code, 0) << all.out;
+}
+
 // `frugal export` of RUN gives a directory that transformers' AutoModelForCausalLM loads with no
 // missing, unexpected or mismatched key and no warning, and whose logits equal frugal's within
 // 1e-4 (relative, fp32).

@@ -1,4 +1,5 @@
 // The step and the Trainer: schedule, accumulation, learning on the default corpus, determinism.
+#include <cmath>
 #include <fstream>
 
 #include <nlohmann/json.hpp>
@@ -124,6 +125,47 @@ TEST(LossScaler, ScaleDoublesAfterWindowCleanSteps) {
     scales.push_back(s.loss_scale);
   }
   EXPECT_EQ(scales, (std::vector<double>{1024, 1024, 2048, 2048, 4096}));
+}
+
+// A batch whose targets are all masked out (instruction data's prompts) trains nothing: no loss,
+// no update (weights and AdamW moments bit for bit); one counted target and it updates. evaluate
+// over such batches is NaN, not a loss of 0.
+TEST(Stepper, ABatchWithNoTargetTrainedOnIsNoUpdate) {
+  ModelConfig cfg{"custom", 2, 2, 32, 97, 16};
+  TrainSettings t;
+  t.seq_len = 16;
+  t.micro_batch = 2;
+  t.steps = 4;
+  t.warmup_steps = 0;
+  auto comm = make_local_comm();
+  Model m(cfg, cpu_backend());
+  m.init(1);
+  Stepper st(m, cpu_backend(), *comm, t, 2);
+  Stream data{16};
+  int keep = 0;  // targets left unmasked in each micro-batch
+  auto next = [&](int32_t* in, int32_t* tg) {
+    data(in, tg, 2);
+    std::fill(tg + keep, tg + 2 * 16, -1);
+  };
+  st.step(0, next);  // AdamW moments that are not zero
+  auto before = snapshot(m, st);
+  StepStats s = st.step(1, next);
+  EXPECT_EQ(s.targets, 0);
+  EXPECT_EQ(snapshot(m, st), before);
+  keep = 1;
+  s = st.step(2, next);
+  EXPECT_EQ(s.targets, 2);
+  EXPECT_TRUE(std::isfinite(s.loss) && s.loss > 0);
+  EXPECT_NE(snapshot(m, st), before);
+  keep = 0;
+  m.allocate(2, 16);
+  test::TempDir d;
+  std::vector<uint32_t> tokens(200, 5);
+  write_shard(d / "t.bin", tokens);
+  write_mask(mask_path(d / "t.bin"), std::vector<uint8_t>(200, 0));
+  DataLoader loader({d / "t.bin"}, 97, 2, 16, 0, false);
+  EXPECT_TRUE(std::isnan(evaluate([&](const int32_t* in, const int32_t* tg) { return m.forward_loss(in, tg, 2, 16); },
+                                  loader, 2)));
 }
 
 TEST(LossScaler, CollapseToTheFloorIsAClearError) {
