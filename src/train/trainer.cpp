@@ -42,6 +42,23 @@ double evaluate(const LossFn& loss, DataLoader& loader, int batches, Comm* comm)
   return counted > 0 ? sum / counted : NAN;
 }
 
+// Shards in another tokenizer's ids than the base model's train silently on the wrong tokens: a
+// Hugging Face directory's tokenizer must have as many ids as the shards' (GPT-2's BPE from
+// tiktoken and from a tokenizer.json are the same ids, so the sizes are compared, not the kinds).
+static void check_base_tokenizer(const std::string& init_from, const std::string& shard) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (!fs::exists(fs::path(init_from) / "tokenizer.json", ec) && !fs::exists(fs::path(init_from) / "tokenizer.model", ec))
+    return;
+  const int base = load_pretrained_tokenizer(init_from)->vocab_size();
+  std::string dir = fs::path(shard).parent_path().string();
+  const TokenizerInfo data = tokenizer_info(dir.empty() ? "." : dir);
+  if (data.vocab_size != base)
+    user_error("data.train: {} holds ids of a {} tokenizer of {} ids ({}), but the model of train.init_from = '{}' "
+               "reads its tokenizer of {} ids: prepare the data with --tokenizer {}", shard, data.kind, data.vocab_size,
+               dir.empty() ? "." : dir, init_from, base, init_from);
+}
+
 // A loss for the log; NaN: there was none (every target masked out).
 static std::string loss_text(double loss) {
   return std::isnan(loss) ? "n/a (no target trained on)" : fmt::format("{:.4f}", loss);
@@ -268,8 +285,9 @@ void train(const RunConfig& cfg, Comm& comm, bool resume) {
   preflight(cfg, forecast, comm.size(), be);
 
   const int B = t.micro_batch, T = t.seq_len;
-  DataLoader train_data(resolve_shards(cfg.data.train, "data.train"), cfg.model.vocab_size, B, T,
-                        t.seed, true, comm.rank(), comm.size());
+  const std::vector<std::string> train_shards = resolve_shards(cfg.data.train, "data.train");
+  if (!t.init_from.empty()) check_base_tokenizer(t.init_from, train_shards.front());
+  DataLoader train_data(train_shards, cfg.model.vocab_size, B, T, t.seed, true, comm.rank(), comm.size());
   DataLoader val_data(resolve_shards(cfg.data.val, "data.val"), cfg.model.vocab_size, B, T, t.seed,
                       false, comm.rank(), comm.size());
 

@@ -352,6 +352,15 @@ TEST_F(Cli, InitFromRefusesWhatItCannotPlace) {
   expect_error("train --init-from bare/model.safetensors --model.preset=custom --model.n_layer=3 --model.n_head=4 "
                "--model.n_embd=64 --model.vocab_size=257 --model.context=128" + run_args,
                "bare/model.safetensors: tensor 'lm_head.weight' differs from the embedding");
+  // a base whose tokenizer is not the data's (byte-level shards, a SentencePiece of 300 ids beside the weights)
+  Result sp = run("prepare corpus.txt --out sp300 --val-every 5 --train-tokenizer --vocab-size 300", d());
+  if (sp.out.find("built without SentencePiece") == std::string::npos) {
+    ASSERT_EQ(sp.code, 0) << sp.out;
+    std::filesystem::copy(*dir_ / "tf3", *dir_ / "tf3tok", std::filesystem::copy_options::recursive);
+    std::filesystem::copy_file(*dir_ / "sp300/tokenizer.model", *dir_ / "tf3tok/tokenizer.model");
+    expect_error("train --init-from tf3tok" + run_args, "data.train: hfy.bin holds ids of a byte tokenizer of 257 ids (.), "
+                 "but the model of train.init_from = 'tf3tok' reads its tokenizer of 300 ids: prepare the data with --tokenizer tf3tok");
+  }
   std::ofstream(*dir_ / "bare/config.json") << R"({"model_type": "mamba", "n_layer": 2})";
   expect_error("train --init-from bare" + run_args, "bare/config.json: model_type: expected gpt2, llama, qwen2 or mistral");
   ASSERT_TRUE(std::filesystem::remove(*dir_ / ("tf3/" + shard)));
