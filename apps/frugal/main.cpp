@@ -583,6 +583,9 @@ int main(int argc, char** argv) {
       fmt::print("prepare: {} train + {} val tokens ({} + {} {}) in {} shards -> {}/ ({} already there, verified)\n",
                  st.train_tokens, st.val_tokens, st.train_docs, st.val_docs, corpus.instruct ? "records" : "documents",
                  st.files.size(), out_dir, st.reused_shards);
+      if (corpus.instruct)
+        fmt::print("prepare: records rendered in the {} chat template (the tokenizer's own where it is ChatML or "
+                   "Llama 3's)\n", st.chat_template);
       if (st.skipped_lines) fmt::print("prepare: skipped {} bad .jsonl lines (--skip-bad-lines)\n", st.skipped_lines);
       if (st.invalid_utf8_docs)
         fmt::print("prepare: {} documents hold invalid UTF-8 (tokenized as their bytes; see README)\n", st.invalid_utf8_docs);

@@ -232,6 +232,7 @@ struct PrepareStats {
   int64_t train_tokens = 0, val_tokens = 0;
   std::vector<std::string> files;
   int64_t train_docs = 0, val_docs = 0, skipped_lines = 0, invalid_utf8_docs = 0, reused_shards = 0;
+  std::string chat_template;  // instruction records: the template they were rendered in
 };
 
 struct TokenizerOptions {

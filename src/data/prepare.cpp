@@ -594,6 +594,7 @@ PrepareStats prepare_corpus(const std::vector<std::string>& inputs, const std::s
   for (int t = 1; t < threads; t++) toks.push_back(load_tokenizer(out_dir));
 
   PrepareStats st;
+  if (opt.instruct) st.chat_template = to_string(tmpl);
   auto done = [&](const ShardEntry& e, bool reused) {
     written.push_back(e);
     st.files.push_back(out_dir + "/" + e.file);

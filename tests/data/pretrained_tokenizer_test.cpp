@@ -532,6 +532,7 @@ TEST(Instruct, SplitByRecordsFromFilesDirectoriesAndGlobs) {
   EXPECT_EQ(val_records(d / "one"), 40);
   EXPECT_EQ(one.val_docs, 40);
   EXPECT_EQ(one.train_docs, 760);
+  EXPECT_EQ(one.chat_template, "llama3");
   EXPECT_GT(one.files.size(), 4u);
   o.threads = 2;
   PrepareStats two = prepare_corpus({d / "in"}, d / "two", o, tok);
