@@ -152,18 +152,31 @@ static int cmd_export(const std::string& from, const std::string& out, int64_t m
   fs::create_directories(out, ec);
   if (ec) user_error("{}: cannot create the directory: {}", out, ec.message());
   const std::string source = file ? from : w.dir + (w.lora() ? "/adapter" : "/model.safetensors");
+  // the tokenizer the run's data was prepared with, as transformers' AutoTokenizer reads it
+  std::vector<std::string> tokenizer_files;
+  if (!file) {
+    fs::path p(w.cfg.data.train);
+    fs::path data = fs::is_directory(p, ec) ? p : p.parent_path();
+    for (const char* f : {"tokenizer.json", "tokenizer_config.json", "tokenizer.model"})
+      if (fs::is_regular_file(data / f, ec)) {
+        std::string bytes = read_whole_file((data / f).string());
+        write_file_atomic(out + "/" + f, bytes.data(), bytes.size());
+        tokenizer_files.push_back(f);
+      }
+  }
+  const std::string tok_note = tokenizer_files.empty() ? "" : fmt::format(", {} from the data", fmt::join(tokenizer_files, ", "));
   if (w.lora() && !merge) {
     save_adapters(out, *model, w.cfg.train.init_from);
-    fmt::print("export: {} -> {}/adapter_model.safetensors, {}/adapter_config.json (PEFT; --merge writes the merged model)\n",
-               source, out, out);
+    fmt::print("export: {} -> {}/adapter_model.safetensors, {}/adapter_config.json{} (PEFT; --merge writes the merged model)\n",
+               source, out, out, tok_note);
     return 0;
   }
   if (merge) model->merge_lora();
   const int files = save_model_dir(out, *model, max_shard_bytes);
   save_hf_config(out + "/config.json", c);
-  fmt::print("export: {}{} -> {}/{}, {}/config.json ({})\n", source, merge ? " merged into its base" : "", out,
+  fmt::print("export: {}{} -> {}/{}, {}/config.json ({}){}\n", source, merge ? " merged into its base" : "", out,
              files == 1 ? "model.safetensors" : fmt::format("model.safetensors.index.json and {} shards", files), out,
-             c.family == Family::llama ? "LlamaForCausalLM" : "GPT2LMHeadModel");
+             c.family == Family::llama ? "LlamaForCausalLM" : "GPT2LMHeadModel", tok_note);
   return 0;
 }
 

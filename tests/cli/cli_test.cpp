@@ -480,6 +480,23 @@ TEST_F(Cli, PrepareTrainSampleWithGpt2AndTrainedTokenizers) {
   Result ss = run("sample --run srun --prompt 'In the' --tokens 5", d());
   ASSERT_EQ(ss.code, 0) << ss.out;
   EXPECT_EQ(ss.out.rfind("In the", 0), 0u) << ss.out;
+  // export takes the data's tokenizer along: transformers' AutoTokenizer reads the exported
+  // directory of a llama and gives the ids the run trained on
+  Result tl = run("train --model.preset=llama-tiny --data.train=sdata/train_*.bin --data.val=sdata/val_*.bin --train.steps=1 "
+                  "--train.seq_len=64 --train.micro_batch=2 --train.eval_batches=1 --model.vocab_size=286 --run.dir=slrun", d());
+  ASSERT_EQ(tl.code, 0) << tl.out;
+  Result x = run("export slrun --out slrun_hf", d());
+  ASSERT_EQ(x.code, 0) << x.out;
+  EXPECT_NE(x.out.find("tokenizer.model from the data"), std::string::npos) << x.out;
+  EXPECT_EQ(read_whole_file(*dir_ / "slrun_hf/tokenizer.model"), read_whole_file(*dir_ / "sdata/tokenizer.model"));
+  const std::string text = "In the beginning was the word, and the word was 3.";
+  std::ofstream(*dir_ / "text.txt") << text;
+  ASSERT_TRUE(test::run_reference("hf_reference.py", "tokenizer " + d() + "/slrun_hf " + d() + "/text.txt " + d() + "/ids.txt"));
+  std::vector<uint32_t> want, got;
+  load_tokenizer(*dir_ / "sdata")->encode(text, want);
+  std::ifstream ids(*dir_ / "ids.txt");
+  for (uint32_t id; ids >> id;) got.push_back(id);
+  EXPECT_EQ(got, want);
   expect_error("prepare corpus.txt --out sdata2 --train-tokenizer --vocab-size 100", "--vocab-size: expected at least 260");
   expect_error("prepare corpus.txt --out sdata2 --train-tokenizer --vocab-size 5000 --model-type unigram",
                "--vocab-size 5000: SentencePiece training failed");  // more pieces than the corpus has

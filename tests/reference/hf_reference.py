@@ -11,6 +11,9 @@
   python hf_reference.py loss DIR TOKENS OUT
       The mean next-token cross-entropy of DIR's model (fp32) over the windows in TOKENS: I32
       "tokens" (B, T+1). OUT (F32): "loss" (1,).
+  python hf_reference.py tokenizer DIR TEXT OUT
+      AutoTokenizer.from_pretrained(DIR)'s ids of the text in the file TEXT (no special tokens
+      added), one a line in OUT.
 """
 import argparse
 import logging
@@ -42,7 +45,7 @@ def load(directory):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["logits", "save", "loss"])
+    ap.add_argument("mode", choices=["logits", "save", "loss", "tokenizer"])
     ap.add_argument("dir")
     ap.add_argument("tokens", nargs="?")
     ap.add_argument("out", nargs="?")
@@ -62,6 +65,11 @@ def main():
         model = transformers.GPT2LMHeadModel(cfg)
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[a.dtype]
         model.to(dtype).save_pretrained(a.dir, max_shard_size=a.max_shard_size)
+        return
+    if a.mode == "tokenizer":
+        tok = transformers.AutoTokenizer.from_pretrained(a.dir)
+        ids = tok.encode(open(a.tokens, encoding="utf-8").read(), add_special_tokens=False)
+        open(a.out, "w").write("".join(f"{i}\n" for i in ids))
         return
     tokens = load_file(a.tokens)["tokens"].long()
     model = load(a.dir)
