@@ -83,9 +83,8 @@ static int cmd_train(const std::string& config, const std::vector<std::string>& 
   return 0;
 }
 
-// The tokenizer of the run's training data (tokenizer.json next to the shards; none: byte-level),
-// which must match the model's vocabulary.
-// The tokenizer of a run's data; *dir_out: the directory it is in.
+// The tokenizer of the run's training data (described next to the shards; none: byte-level),
+// whose ids the model's vocabulary must hold; *dir_out: the directory it is in.
 static std::unique_ptr<Tokenizer> run_tokenizer(const std::string& run, const ModelConfig& c, std::string* dir_out = nullptr) {
   RunConfig cfg = load_config(run + "/config.toml", {});
   std::filesystem::path p(cfg.data.train);

@@ -299,6 +299,7 @@ std::string kjv_text();  // the default corpus
 // A record that is not a JSON object, lacks "completion" (or an assistant message), or has a
 // field of the wrong type is one UserError naming file:line and the field (--skip-bad-lines:
 // counted and skipped).
+//
 // Loss mask file (X.mask next to shard X.bin): a header of 256 little-endian int32 [magic
 // 20240917, version 1, num_tokens, 0...], then num_tokens bytes, byte i = 1 when token i is
 // trained on as a target, 0 when not. Written (atomically) before its shard.
