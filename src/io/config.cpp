@@ -4,6 +4,7 @@
 #include <toml++/toml.h>
 
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <sstream>
@@ -355,6 +356,17 @@ RunConfig load_config(const std::string& path, const std::vector<std::string>& o
   }
 
   c.model.validate(c.source);
+  // data.train given without data.val: its own validation split, not the default corpus's
+  if (tbl.at_path("data.train").node() && !tbl.at_path("data.val").node()) {
+    const std::string& train = c.data.train;
+    const size_t name = train.find_last_of('/') + 1, at = train.rfind("train");
+    std::error_code ec;
+    if (std::filesystem::is_directory(train, ec)) c.data.val = train;  // a prepared directory: its val split
+    else if (at != std::string::npos && at >= name) c.data.val = train.substr(0, at) + "val" + train.substr(at + 5);
+    else
+      user_error("{}: data.val: not set, and data.train = '{}' has no \"train\" in its name to read as \"val\": "
+                 "set data.val", origin["data.train"], train);
+  }
   for (auto [key, value] : {std::pair{"run.dir", &c.run.dir}, {"data.train", &c.data.train}, {"data.val", &c.data.val}})
     if (value->empty()) user_error("{}: {}: expected a path, got an empty string", origin.count(key) ? origin[key] : c.source, key);
   const TrainSettings& t = c.train;

@@ -1,4 +1,5 @@
 // The run configuration: file + overrides, presets, and one clear error per mistake.
+#include <filesystem>
 #include <fstream>
 
 #include "core/core.h"
@@ -20,7 +21,7 @@ std::string write(const test::TempDir& d, const std::string& text) {
 TEST(Config, FileThenOverridesPresetThenExplicitKeys) {
   test::TempDir d;
   auto p = write(d, "[model]\npreset = \"gpt2\"\nn_layer = 3\n[train]\nlr = 6e-4\nsteps = 7\nseq_len = 128\n"
-                    "[data]\ntrain = \"x/*.bin\"\n");
+                    "[data]\ntrain = \"x/train_*.bin\"\n");
   RunConfig c = load_config(p, {"train.steps=9", "train.batch_tokens=8192", "run.dir=out/r1",
                                 "model.n_head=4", "device.peak_flops=1e12"});
   EXPECT_EQ(c.model.n_layer, 3);      // explicit key over the preset
@@ -31,9 +32,24 @@ TEST(Config, FileThenOverridesPresetThenExplicitKeys) {
   EXPECT_EQ(c.train.steps, 9);
   EXPECT_EQ(c.train.batch_tokens, 8192);
   EXPECT_EQ(c.accum_steps(), 8);      // 8192 / (8 * 128)
-  EXPECT_EQ(c.data.train, "x/*.bin");
+  EXPECT_EQ(c.data.train, "x/train_*.bin");
+  EXPECT_EQ(c.data.val, "x/val_*.bin");  // data.train's own split, not the default corpus's
   EXPECT_EQ(c.run.dir, "out/r1");
   EXPECT_DOUBLE_EQ(c.device.peak_flops, 1e12);
+}
+
+// data.train without data.val validates on data.train's own split (it validated on the default
+// corpus, the KJV, wherever that had been prepared); where that cannot be read off, one line.
+TEST(Config, DataTrainAloneBringsItsValidationSplit) {
+  test::TempDir d;
+  std::filesystem::create_directories(d / "prep");
+  EXPECT_EQ(load_config("", {"data.train=" + d / "prep"}).data.val, d / "prep");
+  EXPECT_EQ(load_config("", {"data.train=fw/fineweb_train_*.bin"}).data.val, "fw/fineweb_val_*.bin");
+  EXPECT_EQ(load_config("", {"data.train=train/train_*.bin"}).data.val, "train/val_*.bin");
+  EXPECT_EQ(load_config("", {"data.train=a/train_*.bin", "data.val=b/*.bin"}).data.val, "b/*.bin");
+  EXPECT_EQ(load_config("", {}).data.val, "data/kjv/val_*.bin");
+  expect_user_error([] { load_config("", {"data.train=train/x_*.bin"}); },
+                    "--data.train: data.val: not set, and data.train = 'train/x_*.bin' has no \"train\" in its name");
 }
 
 TEST(Config, ResolvedTomlLoadsBackToTheSameConfig) {
