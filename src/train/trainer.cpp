@@ -43,20 +43,26 @@ double evaluate(const LossFn& loss, DataLoader& loader, int batches, Comm* comm)
 }
 
 // Shards in another tokenizer's ids than the base model's train silently on the wrong tokens: a
-// Hugging Face directory's tokenizer must have as many ids as the shards' (GPT-2's BPE from
-// tiktoken and from a tokenizer.json are the same ids, so the sizes are compared, not the kinds).
+// Hugging Face directory's tokenizer must have as many ids as the shards' and give the same ids
+// for a probe text (GPT-2's BPE from tiktoken and from a tokenizer.json are the same ids, so the
+// ids are compared, not the kinds).
 static void check_base_tokenizer(const std::string& init_from, const std::string& shard) {
   namespace fs = std::filesystem;
   std::error_code ec;
   if (!fs::exists(fs::path(init_from) / "tokenizer.json", ec) && !fs::exists(fs::path(init_from) / "tokenizer.model", ec))
     return;
-  const int base = load_pretrained_tokenizer(init_from)->vocab_size();
   std::string dir = fs::path(shard).parent_path().string();
-  const TokenizerInfo data = tokenizer_info(dir.empty() ? "." : dir);
-  if (data.vocab_size != base)
-    user_error("data.train: {} holds ids of a {} tokenizer of {} ids ({}), but the model of train.init_from = '{}' "
-               "reads its tokenizer of {} ids: prepare the data with --tokenizer {}", shard, data.kind, data.vocab_size,
-               dir.empty() ? "." : dir, init_from, base, init_from);
+  if (dir.empty()) dir = ".";
+  auto base = load_pretrained_tokenizer(init_from), data = load_tokenizer(dir);
+  const std::string probe = "In the beginning God created the heaven and the earth, 1611. Naïve café: 日本語 ok?";
+  std::vector<uint32_t> a, b;
+  base->encode(probe, a);
+  data->encode(probe, b);
+  if (data->vocab_size() != base->vocab_size() || a != b)
+    user_error("data.train: {} holds ids of a {} tokenizer of {} ids ({}), but the model of train.init_from = '{}' reads "
+               "its tokenizer of {} ids{}: prepare the data with --tokenizer {}", shard, to_string(data->kind()),
+               data->vocab_size(), dir, init_from, base->vocab_size(),
+               data->vocab_size() == base->vocab_size() ? ", which encodes text to other ids" : "", init_from);
 }
 
 // A loss for the log; NaN: there was none (every target masked out).

@@ -360,6 +360,20 @@ TEST_F(Cli, InitFromRefusesWhatItCannotPlace) {
     std::filesystem::copy_file(*dir_ / "sp300/tokenizer.model", *dir_ / "tf3tok/tokenizer.model");
     expect_error("train --init-from tf3tok" + run_args, "data.train: hfy.bin holds ids of a byte tokenizer of 257 ids (.), "
                  "but the model of train.init_from = 'tf3tok' reads its tokenizer of 300 ids: prepare the data with --tokenizer tf3tok");
+    // as many ids, but another vocabulary (trained on other text): the ids of a probe text differ
+    std::string other;
+    for (int i = 0; i < 3000; i++) other += "Lorem ipsum dolor sit amet, consectetur adipiscing " + std::to_string(i % 11) + ".\n";
+    std::ofstream(*dir_ / "other.txt") << other;
+    ASSERT_EQ(run("prepare other.txt --out sp300b --val-every 5 --train-tokenizer --vocab-size 300", d()).code, 0);
+    std::filesystem::copy_file(*dir_ / "sp300b/tokenizer.model", *dir_ / "tf3tok/tokenizer.model",
+                               std::filesystem::copy_options::overwrite_existing);
+    const std::string sp_args = " --train.seq_len=32 --train.micro_batch=2 --train.steps=1 --data.train=sp300/train_*.bin --run.dir=refused";
+    expect_error("train --init-from tf3tok" + sp_args, "reads its tokenizer of 300 ids, which encodes text to other ids: "
+                 "prepare the data with --tokenizer tf3tok");
+    // the data's own tokenizer passes (and the 257-row model then refuses its ids)
+    std::filesystem::copy_file(*dir_ / "sp300/tokenizer.model", *dir_ / "tf3tok/tokenizer.model",
+                               std::filesystem::copy_options::overwrite_existing);
+    expect_error("train --init-from tf3tok" + sp_args, "expected ids below model.vocab_size = 257");
   }
   std::ofstream(*dir_ / "bare/config.json") << R"({"model_type": "mamba", "n_layer": 2})";
   expect_error("train --init-from bare" + run_args, "bare/config.json: model_type: expected gpt2, llama, qwen2 or mistral");
