@@ -83,19 +83,23 @@ static int cmd_train(const std::string& config, const std::vector<std::string>& 
   return 0;
 }
 
-// The tokenizer of the run's training data (described next to the shards; none: byte-level),
-// whose ids the model's vocabulary must hold; *dir_out: the directory it is in.
-static std::unique_ptr<Tokenizer> run_tokenizer(const std::string& run, const ModelConfig& c, std::string* dir_out = nullptr) {
-  RunConfig cfg = load_config(run + "/config.toml", {});
+// The directory of a run's training shards, where prepare put their tokenizer.
+static std::string data_dir(const RunConfig& cfg) {
   std::filesystem::path p(cfg.data.train);
   std::string dir = std::filesystem::is_directory(p) ? p.string() : p.parent_path().string();
-  if (dir.empty()) dir = ".";
+  return dir.empty() ? "." : dir;
+}
+
+// The tokenizer of the run's training data (described next to the shards; none: byte-level),
+// whose ids the model's vocabulary must hold.
+static std::unique_ptr<Tokenizer> run_tokenizer(const std::string& run, const RunWeights& w) {
+  const ModelConfig& c = w.cfg.model;
+  const std::string dir = data_dir(w.cfg);
   auto tok = load_tokenizer(dir);
   // a larger model vocabulary is padding (nanoGPT's 50304, Qwen2's 151936): never sampled
   if (tok->vocab_size() > c.vocab_size)
     user_error("{}/model.safetensors: vocab_size {}, but the {} tokenizer of its data ({}) has {} ids",
                run, c.vocab_size, to_string(tok->kind()), dir, tok->vocab_size());
-  if (dir_out) *dir_out = dir;
   return tok;
 }
 
@@ -154,8 +158,7 @@ static int cmd_export(const std::string& from, const std::string& out, int64_t m
   // the tokenizer the run's data was prepared with, as transformers' AutoTokenizer reads it
   std::vector<std::string> tokenizer_files;
   if (!file) {
-    fs::path p(w.cfg.data.train);
-    fs::path data = fs::is_directory(p, ec) ? p : p.parent_path();
+    const fs::path data = data_dir(w.cfg);
     for (const char* f : {"tokenizer.json", "tokenizer_config.json", "tokenizer.model"})
       if (fs::is_regular_file(data / f, ec)) {
         std::string bytes = read_whole_file((data / f).string());
@@ -187,15 +190,14 @@ static int cmd_sample(const std::string& run, const std::string& prompt, int num
   if (top_k < 0) user_error("--top-k: expected 0 (all) or a positive integer, got {}", top_k);
   const RunWeights w = find_run_weights(run);
   const ModelConfig& c = w.cfg.model;
-  std::string tok_dir;
-  auto tok = run_tokenizer(run, c, &tok_dir);
+  auto tok = run_tokenizer(run, w);
   Model model(c, cpu_backend());
   load_run_weights(w, model);
   // generation ends at end of text, or with --chat at the end of the assistant's turn, as
   // instruction data was trained (prepare --format jsonl)
   std::vector<uint32_t> enc, stop = {tok->eot()};
   if (chat) {
-    const ChatTemplate tmpl = chat_template_of(tok_dir);
+    const ChatTemplate tmpl = chat_template_of(data_dir(w.cfg));
     for (const RecordPiece& p : chat_prompt(tmpl, prompt)) tok->encode(p.text, enc);
     std::vector<uint32_t> end;
     if (*end_of_turn(tmpl)) tok->encode(end_of_turn(tmpl), end);
