@@ -197,10 +197,10 @@ static int cmd_sample(const std::string& run, const std::string& prompt, int num
   // instruction data was trained (prepare --format jsonl)
   std::vector<uint32_t> enc, stop = {tok->eot()};
   if (chat) {
-    const ChatTemplate tmpl = chat_template_of(data_dir(w.cfg));
-    for (const RecordPiece& p : chat_prompt(tmpl, prompt)) tok->encode(p.text, enc);
+    const ChatTemplate tmpl = ChatTemplate::of(data_dir(w.cfg));
+    for (const RecordPiece& p : tmpl.chat_prompt(prompt)) tok->encode(p.text, enc);  // as prepare tokenizes it
     std::vector<uint32_t> end;
-    if (*end_of_turn(tmpl)) tok->encode(end_of_turn(tmpl), end);
+    if (!tmpl.end_of_turn().empty()) tok->encode(tmpl.end_of_turn(), end);
     if (end.size() == 1) stop.push_back(end[0]);
   } else {
     tok->encode(prompt, enc);
@@ -598,8 +598,7 @@ int main(int argc, char** argv) {
                  st.train_tokens, st.val_tokens, st.train_docs, st.val_docs, corpus.instruct ? "records" : "documents",
                  st.files.size(), out_dir, st.reused_shards);
       if (corpus.instruct)
-        fmt::print("prepare: records rendered in the {} chat template (the tokenizer's own where it is ChatML or "
-                   "Llama 3's)\n", st.chat_template);
+        fmt::print("prepare: records rendered with {}\n", st.chat_template);
       if (st.skipped_lines) fmt::print("prepare: skipped {} bad .jsonl lines (--skip-bad-lines)\n", st.skipped_lines);
       if (st.invalid_utf8_docs)
         fmt::print("prepare: {} documents hold invalid UTF-8 (tokenized as their bytes; see README)\n", st.invalid_utf8_docs);

@@ -292,21 +292,25 @@ std::string kjv_text();  // the default corpus
 // the assistant's turns (with their end marker) and the EOT are trained on, the rest (prompt,
 // system, user, headers) is not. Records are split as documents (--val-fraction, --val-docs,
 // --val-every). The template is the pretrained tokenizer's, recognised in its directory's
-// tokenizer_config.json chat_template:
-//   chatml  "<|im_start|>" role "\n" | content | "<|im_end|>" | "\n"     (trained: content, <|im_end|>)
-//   llama3  "<|start_header_id|>" role "<|end_header_id|>\n\n" | content | "<|eot_id|>"
-//   plain   (anything else) prompt | completion; messages: role ": " | content | "\n"
-// A record that is not a JSON object, lacks "completion" (or an assistant message), or has a
-// field of the wrong type is one UserError naming file:line and the field (--skip-bad-lines:
-// counted and skipped).
-//
+// Instruction records (prepare --format jsonl), one JSON object a line: {"prompt", "completion"}
+// (a user's and the assistant's message) or {"messages": [{"role", "content"}...]} with roles
+// system, user and assistant. With a chat template (tokenizer_config.json's "chat_template", next
+// to a tokenizer.json) a record renders as transformers' apply_chat_template renders its messages;
+// each assistant's message is trained on from the end of the conversation before it, with the
+// assistant's header (add_generation_prompt), to the end of the conversation up to it: TRL's
+// prompt/completion rule, for every assistant's turn. The rendered text is tokenized whole, and
+// a token is trained on where the text's tokens before it (those of the text up to the turn's
+// start) are fewer than those up to its end, as TRL counts them. Without one, the plain template:
+//   prompt | completion (trained); messages: role ": " | content | "\n" (trained: the assistant's)
+// each piece tokenized on its own. A record ends in end of text (the tokenizer's eot): trained on
+// after a plain record (the model learns to stop), not after a template's (its end of turn ends
+// the reply, and sample --chat stops there).
 // Loss mask file (X.mask next to shard X.bin): a header of 256 little-endian int32 [magic
 // 20240917, version 1, num_tokens, 0...], then num_tokens bytes, byte i = 1 when token i is
 // trained on as a target, 0 when not. Written (atomically) before its shard.
 // DataLoader: where a shard has a mask, targets[b, t] = -1 wherever the target token's mask
 // byte is 0 (the loss skips targets < 0); inputs are never masked. No mask: every target counts.
 inline constexpr int32_t kMaskMagic = 20240917, kMaskVersion = 1;
-enum class ChatTemplate { plain, chatml, llama3 };
 std::string mask_path(const std::string& shard_path);  // "dir/train_000.bin" -> "dir/train_000.mask"
 void write_mask(const std::string& path, const std::vector<uint8_t>& mask);
 // The mask of a shard of num_tokens tokens; UserError naming the file if it is not one.
@@ -316,16 +320,30 @@ std::vector<uint8_t> read_mask(const std::string& path, int64_t num_tokens);
 // starts and which --val-every would do.
 inline constexpr int64_t kSplitChunk = 8192;
 [[noreturn]] void too_few_for_chunk_split(int64_t tokens, int val_every);
-// The chat template of a pretrained tokenizer (its directory's tokenizer_config.json); plain if none.
-ChatTemplate chat_template_of(const std::string& tokenizer_path);
-const char* to_string(ChatTemplate t);
-// One .jsonl line rendered: its pieces, each trained on or not; false, with `error` saying why
-// (without the file and line), if the line is not a record.
 struct RecordPiece { std::string text; bool train; };
-bool render_record(std::string_view line, ChatTemplate tmpl, std::vector<RecordPiece>& pieces, std::string& error);
-// `sample --chat`: a user's message as a messages record renders it, then the assistant's header
-// for the model to go on from; and the marker that ends the assistant's turn ("" for plain: EOT).
-std::vector<RecordPiece> chat_prompt(ChatTemplate tmpl, const std::string& user);
-const char* end_of_turn(ChatTemplate tmpl);
+class ChatTemplate {
+ public:
+  ChatTemplate() = default;  // plain
+  // The chat template of a pretrained tokenizer (its directory's tokenizer_config.json); plain if
+  // it has none, or no tokenizer.json to read the template's special tokens (a SentencePiece
+  // model's). A template that does not parse is a UserError naming the file and the line.
+  static ChatTemplate of(const std::string& tokenizer_path);
+  bool plain() const { return !j_; }
+  std::string name() const;  // "plain", or "chat_template" and a hash of it (in the manifest)
+  const std::string& note() const { return note_; }  // where it came from, or why it is plain
+  // One .jsonl line rendered: its pieces, each trained on or not; false, with `error` saying why
+  // (without the file and line), if the line is not a record or the template refuses it.
+  bool render_record(std::string_view line, std::vector<RecordPiece>& pieces, std::string& error) const;
+  // `sample --chat`: a user's message rendered with the assistant's header after it, for the
+  // model to go on from, in pieces to tokenize each on its own (a template's: one); and what ends
+  // the assistant's turn ("" for plain: end of text).
+  std::vector<RecordPiece> chat_prompt(const std::string& user) const;
+  std::string end_of_turn() const;
+
+ private:
+  struct Jinja;
+  std::shared_ptr<const Jinja> j_;
+  std::string note_ = "the plain template (no chat_template next to the tokenizer)";
+};
 
 }  // namespace frugal

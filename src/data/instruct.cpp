@@ -7,61 +7,21 @@
 #include <cstring>
 
 #include "data/data.h"
+#include "data/jinja.h"
 
 namespace frugal {
 
 using nlohmann::json;
 
-ChatTemplate chat_template_of(const std::string& tokenizer_path) {
-  namespace fs = std::filesystem;
-  fs::path dir = fs::is_directory(tokenizer_path) ? fs::path(tokenizer_path) : fs::path(tokenizer_path).parent_path();
-  fs::path config = dir / "tokenizer_config.json";
-  if (tokenizer_path.empty() || !fs::exists(config)) return ChatTemplate::plain;
-  std::string t;
-  try {
-    json c = json::parse(read_whole_file(config.string()));
-    if (c.contains("chat_template") && c["chat_template"].is_string()) t = c["chat_template"];
-  } catch (const json::exception& e) {
-    user_error("{}: not JSON: {}", config.string(), e.what());
-  }
-  if (t.find("<|im_start|>") != std::string::npos) return ChatTemplate::chatml;
-  if (t.find("<|start_header_id|>") != std::string::npos) return ChatTemplate::llama3;
-  return ChatTemplate::plain;
-}
-
-const char* to_string(ChatTemplate t) {
-  switch (t) {
-    case ChatTemplate::chatml: return "chatml";
-    case ChatTemplate::llama3: return "llama3";
-    case ChatTemplate::plain: break;
-  }
-  return "plain";
-}
-
 namespace {
+
+using Ordered = nlohmann::ordered_json;
 
 struct BadRecord { std::string what; };
 
-// One message in the template: its header (not trained), content and end marker; `chat`: a
-// messages record (plain renders a prompt/completion record as the bare texts).
-void add_message(std::vector<RecordPiece>& p, ChatTemplate tmpl, bool chat, const std::string& role,
-                 const std::string& content) {
-  bool train = role == "assistant";
-  switch (tmpl) {
-    case ChatTemplate::chatml:
-      p.insert(p.end(), {{"<|im_start|>" + role + "\n", false}, {content, train}, {"<|im_end|>", train}, {"\n", false}});
-      break;
-    case ChatTemplate::llama3:
-      p.insert(p.end(), {{"<|start_header_id|>" + role + "<|end_header_id|>\n\n", false}, {content, train}, {"<|eot_id|>", train}});
-      break;
-    case ChatTemplate::plain:
-      if (chat) p.insert(p.end(), {{role + ": ", false}, {content, train}, {"\n", train}});
-      else p.push_back({content, train});
-      break;
-  }
-}
-
-std::vector<RecordPiece> render(const json& r, ChatTemplate tmpl) {
+// A record's messages, (role, content) in order: a messages record's, or a prompt/completion
+// record as a user's and the assistant's message. `chat`: it was a messages record.
+Ordered messages_of(const json& r, bool& chat) {
   auto fail = [](std::string what) { throw BadRecord{std::move(what)}; };
   if (!r.is_object()) fail("expected a JSON object {\"prompt\", \"completion\"} or {\"messages\"}");
   auto text = [&](const json& o, const char* field, const std::string& name) -> std::string {
@@ -69,8 +29,9 @@ std::vector<RecordPiece> render(const json& r, ChatTemplate tmpl) {
     if (!o[field].is_string()) fail(fmt::format("\"{}\" is {}, expected a string", field, o[field].dump().substr(0, 80)));
     return o[field];
   };
-  std::vector<std::pair<std::string, std::string>> msgs;  // (role, content)
-  bool chat = r.contains("messages");
+  auto message = [](const std::string& role, const std::string& content) { return Ordered{{"role", role}, {"content", content}}; };
+  Ordered msgs = Ordered::array();
+  chat = r.contains("messages");
   if (chat) {
     const json& m = r["messages"];
     if (!m.is_array()) fail(fmt::format("\"messages\" is {}, expected an array", m.dump().substr(0, 80)));
@@ -82,29 +43,141 @@ std::vector<RecordPiece> render(const json& r, ChatTemplate tmpl) {
       if (role != "system" && role != "user" && role != "assistant")
         fail(fmt::format("{}.role is \"{}\", expected system, user or assistant", field, role));
       assistant |= role == "assistant";
-      msgs.emplace_back(role, content);
+      msgs.push_back(message(role, content));
     }
     if (!assistant) fail("messages: no message with role \"assistant\" (nothing to train on)");
   } else {
     std::string prompt = text(r, "prompt", "expected {\"prompt\", \"completion\"} or {\"messages\"}");
     std::string completion = text(r, "completion", "expected {\"prompt\", \"completion\"} or {\"messages\"}");
-    msgs = {{"user", prompt}, {"assistant", completion}};
+    msgs.push_back(message("user", prompt));
+    msgs.push_back(message("assistant", completion));
   }
-  std::vector<RecordPiece> p;
-  for (auto& [role, content] : msgs) add_message(p, tmpl, chat, role, content);
-  return p;
+  return msgs;
+}
+
+// The plain template: a message's header (not trained), content and end; a prompt/completion
+// record renders as the bare texts.
+void add_plain(std::vector<RecordPiece>& p, bool chat, const std::string& role, const std::string& content) {
+  bool train = role == "assistant";
+  if (chat) p.insert(p.end(), {{role + ": ", false}, {content, train}, {"\n", train}});
+  else p.push_back({content, train});
+}
+
+size_t common_prefix(const std::string& a, const std::string& b) {
+  size_t n = 0;
+  while (n < a.size() && n < b.size() && a[n] == b[n]) n++;
+  return n;
+}
+
+std::string trim_space(std::string s) {
+  s.erase(s.find_last_not_of(" \t\r\n") + 1);
+  s.erase(0, std::min(s.size(), s.find_first_not_of(" \t\r\n")));
+  return s;
 }
 
 }  // namespace
 
-bool render_record(std::string_view line, ChatTemplate tmpl, std::vector<RecordPiece>& pieces, std::string& error) {
+struct ChatTemplate::Jinja {
+  jinja::Template tmpl;
+  Ordered tokens;       // bos_token, eos_token, ... as transformers passes them to the template
+  std::string config;   // the tokenizer_config.json it came from
+  std::string name;     // "chat_template <hash>"
+
+  // What the template renders for messages [0, n) of msgs, with the assistant's header after them
+  // or not; BadRecord saying where the template failed (its raise_exception's message).
+  std::string render(const Ordered& msgs, size_t n, bool add_generation_prompt) const {
+    Ordered ctx = tokens;
+    ctx["messages"] = Ordered(msgs.begin(), msgs.begin() + std::ptrdiff_t(n));
+    ctx["tools"] = nullptr;
+    ctx["documents"] = nullptr;
+    ctx["add_generation_prompt"] = add_generation_prompt;
+    try {
+      return tmpl.render(ctx);
+    } catch (const jinja::Error& e) {
+      throw BadRecord{fmt::format("{}'s chat_template, {}", config, e.what())};
+    }
+  }
+};
+
+ChatTemplate ChatTemplate::of(const std::string& tokenizer_path) {
+  namespace fs = std::filesystem;
+  ChatTemplate t;
+  if (tokenizer_path.empty()) return t;
+  fs::path dir = fs::is_directory(tokenizer_path) ? fs::path(tokenizer_path) : fs::path(tokenizer_path).parent_path();
+  fs::path config = dir / "tokenizer_config.json";
+  if (!fs::exists(config)) return t;
+  json c;
+  try {
+    c = json::parse(read_whole_file(config.string()));
+  } catch (const json::exception& e) {
+    user_error("{}: not JSON: {}", config.string(), e.what());
+  }
+  if (!c.is_object() || !c.contains("chat_template")) return t;
+  const json& src = c["chat_template"];
+  if (!src.is_string())  // a list of named templates: transformers takes "default"
+    user_error("{}: chat_template: expected a string (one template), got {}", config.string(), src.type_name());
+  // its special tokens are read from the text by a tokenizer.json only (frugal's SentencePiece
+  // and tiktoken encoders take text as text)
+  if (!fs::exists(dir / "tokenizer.json") ||
+      (!fs::is_directory(tokenizer_path) && fs::path(tokenizer_path).filename() != "tokenizer.json")) {
+    t.note_ = fmt::format("the plain template: {}'s chat_template needs a tokenizer.json to read its special tokens", config.string());
+    return t;
+  }
+  jinja::Template parsed = [&] {
+    try {
+      return jinja::Template(src.get<std::string>());
+    } catch (const jinja::Error& e) {
+      user_error("{}: chat_template, {}", config.string(), e.what());
+    }
+  }();
+  auto j = std::make_shared<Jinja>(Jinja{std::move(parsed), Ordered::object(), config.string(), ""});
+  for (const char* k : {"bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"}) {
+    if (!c.contains(k)) continue;
+    const json& v = c[k];
+    if (v.is_string()) j->tokens[k] = v.get<std::string>();
+    else if (v.is_object() && v.contains("content") && v["content"].is_string()) j->tokens[k] = v["content"].get<std::string>();
+  }
+  std::string key = src.get<std::string>() + j->tokens.dump();
+  j->name = fmt::format("chat_template {:016x}", checksum(key.data(), key.size()));
+  t.j_ = std::move(j);
+  t.note_ = fmt::format("{}'s chat_template", config.string());
+  return t;
+}
+
+std::string ChatTemplate::name() const { return j_ ? j_->name : "plain"; }
+
+bool ChatTemplate::render_record(std::string_view line, std::vector<RecordPiece>& pieces, std::string& error) const {
   json r = json::parse(line, nullptr, false);
   if (r.is_discarded()) {
     error = "not JSON: expected one JSON object a line";
     return false;
   }
   try {
-    pieces = render(r, tmpl);
+    bool chat = false;
+    Ordered msgs = messages_of(r, chat);
+    pieces.clear();
+    if (!j_) {
+      for (auto& m : msgs) add_plain(pieces, chat, m["role"], m["content"]);
+      return true;
+    }
+    // Each assistant's message is trained on: what the whole conversation renders from the end of
+    // the conversation before it, with the assistant's header, to the end of the conversation
+    // up to it (TRL's prompt/completion rule, for every turn).
+    const std::string whole = j_->render(msgs, msgs.size(), false);
+    size_t done = 0;
+    for (size_t i = 0; i < msgs.size(); i++) {
+      if (msgs[i]["role"] != "assistant") continue;
+      const size_t begin = common_prefix(j_->render(msgs, i, true), whole);
+      const std::string upto = j_->render(msgs, i + 1, false);
+      const size_t end = common_prefix(upto, whole);
+      if (end != upto.size() || begin < done || begin >= end)
+        throw BadRecord{fmt::format("{}'s chat_template does not render messages[{}] (the assistant's) as the whole "
+                                    "conversation does, so it cannot be told apart", j_->config, i)};
+      if (begin > done) pieces.push_back({whole.substr(done, begin - done), false});
+      pieces.push_back({whole.substr(begin, end - begin), true});
+      done = end;
+    }
+    if (done < whole.size()) pieces.push_back({whole.substr(done), false});
   } catch (const BadRecord& e) {
     error = e.what;
     return false;
@@ -112,17 +185,25 @@ bool render_record(std::string_view line, ChatTemplate tmpl, std::vector<RecordP
   return true;
 }
 
-std::vector<RecordPiece> chat_prompt(ChatTemplate tmpl, const std::string& user) {
-  std::vector<RecordPiece> p;
-  add_message(p, tmpl, true, "user", user);
-  const size_t header = p.size();
-  add_message(p, tmpl, true, "assistant", "");
-  p.resize(header + 1);
-  return p;
+std::vector<RecordPiece> ChatTemplate::chat_prompt(const std::string& user) const {
+  Ordered msgs = Ordered::array({Ordered{{"role", "user"}, {"content", user}}});
+  if (!j_) return {{"user: ", false}, {user, false}, {"\n", false}, {"assistant: ", false}};  // as add_plain renders them
+  try {
+    return {{j_->render(msgs, 1, true), false}};
+  } catch (const BadRecord& e) {
+    user_error("{}", e.what);
+  }
 }
 
-const char* end_of_turn(ChatTemplate tmpl) {
-  return tmpl == ChatTemplate::chatml ? "<|im_end|>" : tmpl == ChatTemplate::llama3 ? "<|eot_id|>" : "";
+std::string ChatTemplate::end_of_turn() const {
+  if (!j_) return "";
+  Ordered msgs = Ordered::array({Ordered{{"role", "user"}, {"content", "x"}}, Ordered{{"role", "assistant"}, {"content", ""}}});
+  try {
+    std::string prompt = j_->render(msgs, 1, true), turn = j_->render(msgs, 2, false);
+    return trim_space(turn.substr(common_prefix(prompt, turn)));
+  } catch (const BadRecord& e) {
+    user_error("{}", e.what);
+  }
 }
 
 std::string mask_path(const std::string& shard_path) {

@@ -317,9 +317,9 @@ bool json_text(std::string_view line, const std::string& field, std::string& tex
 
 // What a .jsonl line holds to tokenize: the --field string, or an instruction record's pieces;
 // false, with `error` saying why, if it holds none.
-bool line_pieces(std::string_view line, const CorpusOptions& opt, ChatTemplate tmpl, std::vector<RecordPiece>& pieces,
+bool line_pieces(std::string_view line, const CorpusOptions& opt, const ChatTemplate& tmpl, std::vector<RecordPiece>& pieces,
                  std::string& error) {
-  if (opt.instruct) return render_record(line, tmpl, pieces, error);
+  if (opt.instruct) return tmpl.render_record(line, pieces, error);
   std::string text;
   if (!json_text(line, opt.field, text, error)) return false;
   pieces.assign(1, {std::move(text), true});
@@ -477,7 +477,7 @@ std::unique_ptr<Tokenizer> make_tokenizer(const std::vector<Source>& sources, co
 // --val-docs: counts the documents (the .jsonl lines that hold one); the val_docs smallest
 // (hash, index) pairs are validation: returns the largest of them.
 std::pair<uint64_t, int64_t> val_docs_bound(const std::vector<Source>& sources, const std::string& kjv,
-                                            const CorpusOptions& opt, ChatTemplate tmpl, int threads) {
+                                            const CorpusOptions& opt, const ChatTemplate& tmpl, int threads) {
   PieceReader r(sources, &kjv, false);
   Batch b;
   int64_t docs = 0;
@@ -536,7 +536,7 @@ PrepareStats prepare_corpus(const std::vector<std::string>& inputs, const std::s
       user_error("prepare --format jsonl: --train-tokenizer trains on text: run it in a text prepare, then give "
                  "that directory (its tokenizer.model) as --tokenizer");
   }
-  const ChatTemplate tmpl = opt.instruct ? chat_template_of(topt.pretrained) : ChatTemplate::plain;
+  const ChatTemplate tmpl = opt.instruct ? ChatTemplate::of(topt.pretrained) : ChatTemplate();
   std::string kjv;
   if (inputs.empty()) {
     kjv = kjv_text();
@@ -563,7 +563,7 @@ PrepareStats prepare_corpus(const std::vector<std::string>& inputs, const std::s
   head["options"] = {{"split", opt.val_every ? "chunks" : "documents"}, {"val_every", opt.val_every},
                      {"val_fraction", opt.val_fraction}, {"val_docs", opt.val_docs}, {"seed", opt.seed},
                      {"shard_tokens", opt.shard_tokens}, {"field", opt.field}, {"skip_bad_lines", opt.skip_bad_lines}};
-  if (opt.instruct) head["options"]["chat_template"] = to_string(tmpl);
+  if (opt.instruct) head["options"]["chat_template"] = tmpl.name();
   head["sources"] = src;
   const std::map<std::string, ShardEntry> reusable = reusable_shards(out_dir, head);
   // an unfinished manifest while this runs: readers refuse the directory, a rerun reuses shards
@@ -594,7 +594,7 @@ PrepareStats prepare_corpus(const std::vector<std::string>& inputs, const std::s
   for (int t = 1; t < threads; t++) toks.push_back(load_tokenizer(out_dir));
 
   PrepareStats st;
-  if (opt.instruct) st.chat_template = to_string(tmpl);
+  if (opt.instruct) st.chat_template = tmpl.note();
   auto done = [&](const ShardEntry& e, bool reused) {
     written.push_back(e);
     st.files.push_back(out_dir + "/" + e.file);
@@ -652,14 +652,40 @@ PrepareStats prepare_corpus(const std::vector<std::string>& inputs, const std::s
         e.bad_utf8 = !valid_utf8(text.data(), text.size());
         toks[size_t(t)]->encode(text, o);
       }
-      for (const RecordPiece& r : line) {
-        e.bad_utf8 |= !valid_utf8(r.text.data(), r.text.size());
-        toks[size_t(t)]->encode(r.text, o);
-        if (opt.instruct) masks[size_t(t)].resize(o.size(), uint8_t(r.train));
-      }
-      if (opt.instruct) {  // a record ends in end of text, trained on: the model learns to stop
+      if (opt.instruct && !tmpl.plain()) {  // the text whole; a piece's tokens counted as TRL counts them
+        std::string whole;
+        for (const RecordPiece& r : line) whole += r.text;
+        e.bad_utf8 |= !valid_utf8(whole.data(), whole.size());
+        std::vector<uint8_t>& m = masks[size_t(t)];  // as long as o: e.begin
+        toks[size_t(t)]->encode(whole, o);
+        const size_t n = o.size() - e.begin;
+        m.resize(o.size(), 0);
+        std::vector<uint32_t> upto;
+        size_t at = 0, before = 0;  // a piece's tokens: from the count of the text before it to the count up to its end
+        for (const RecordPiece& r : line) {
+          at += r.text.size();
+          size_t count = n;
+          if (at < whole.size()) {
+            upto.clear();
+            toks[size_t(t)]->encode(std::string_view(whole).substr(0, at), upto);
+            count = std::min(upto.size(), n);
+          }
+          for (size_t k = before; k < count; k++) m[e.begin + k] = uint8_t(r.train);
+          before = std::max(before, count);
+        }
+        // a record ends in end of text, not trained on: the template's end of turn ends the reply
         o.push_back(eot);
-        masks[size_t(t)].push_back(1);
+        m.push_back(0);
+      } else {
+        for (const RecordPiece& r : line) {
+          e.bad_utf8 |= !valid_utf8(r.text.data(), r.text.size());
+          toks[size_t(t)]->encode(r.text, o);
+          if (opt.instruct) masks[size_t(t)].resize(o.size(), uint8_t(r.train));
+        }
+        if (opt.instruct) {  // a record ends in end of text, trained on: the model learns to stop
+          o.push_back(eot);
+          masks[size_t(t)].push_back(1);
+        }
       }
       e.count = o.size() - e.begin;
     }

@@ -341,12 +341,12 @@ TEST(Prepare, PretrainedTokenizerShards) {
 namespace frugal {
 namespace {
 
-// The reference's rendering (tests/reference/pretrained_tokenizers.py render): ids and mask of
-// every record.
-std::pair<std::vector<uint32_t>, std::vector<uint8_t>> rendered(const std::string& tok_dir, const std::string& tmpl,
-                                                               const std::string& jsonl) {
+// The reference's rendering (tests/reference/pretrained_tokenizers.py): ids and mask of every
+// record, in the tokenizer's chat template (transformers and TRL) or the plain one.
+std::pair<std::vector<uint32_t>, std::vector<uint8_t>> rendered(const std::string& tok_dir, bool chat, const std::string& jsonl) {
   test::TempDir d;
-  EXPECT_TRUE(test::run_reference("pretrained_tokenizers.py", "render " + tok_dir + "/tokenizer.json " + tmpl + " " + jsonl + " " + d / "out.json"));
+  std::string args = chat ? "chat " + tok_dir : "render " + tok_dir + "/tokenizer.json";
+  EXPECT_TRUE(test::run_reference("pretrained_tokenizers.py", args + " " + jsonl + " " + d / "out.json"));
   std::ifstream in(d / "out.json");
   std::vector<uint32_t> ids;
   std::vector<uint8_t> mask;
@@ -384,15 +384,15 @@ TEST(Instruct, ShardsMasksAndLoaderTargets) {
     }
   }
   struct Case { std::string tok_dir, tmpl; };
-  // llama3's fixture names Llama 3's template; the gpt2 one has none: plain
-  for (const Case& c : {Case{fixture("llama3"), "llama3"}, Case{fixture("gpt2"), "plain"}}) {
+  // llama3's fixture has Llama 3.1's chat template, qwen2's Qwen2.5's; the gpt2 one has none: plain
+  for (const Case& c : {Case{fixture("llama3"), "llama3"}, Case{fixture("qwen2"), "qwen2"}, Case{fixture("gpt2"), "plain"}}) {
     for (const char* file : {"pc.jsonl", "msg.jsonl"}) {
       SCOPED_TRACE(c.tmpl + " " + file);
       TokenizerOptions opt;
       opt.pretrained = c.tok_dir;
       std::string out = d / (c.tmpl + file);
       prepare_records({d / file}, out, 4, opt);
-      auto [ids, mask] = rendered(c.tok_dir, c.tmpl, d / file);
+      auto [ids, mask] = rendered(c.tok_dir, c.tmpl != "plain", d / file);
       std::vector<uint32_t> got;
       std::vector<uint8_t> got_mask;
       // the stream is cut into chunks of 8192, every 4th to val: put it back together
@@ -444,6 +444,9 @@ TEST(Instruct, ShardsMasksAndLoaderTargets) {
   bad(R"({"messages": [{"role": "user", "content": "hi"}]})", "messages: no message with role \"assistant\"");
   bad(R"({"messages": [{"role": "bot", "content": "hi"}]})", "messages[0].role is \"bot\", expected system, user or assistant");
   bad(R"({"messages": [{"role": "assistant"}]})", "no \"content\" (messages[0])");
+  // the template's own refusal: Llama 3.1's reads messages[0] of the conversation before the reply
+  bad(R"({"messages": [{"role": "assistant", "content": "hi"}]})",
+      fixture("llama3") + "/tokenizer_config.json's chat_template, line 16: an undefined value has no item role");
   // too few tokens for every 4th chunk of 8192 to reach validation: the same line as a text prepare's
   std::ofstream(d / "short.jsonl") << json({{"prompt", "a"}, {"completion", "b"}}).dump() << "\n";
   TokenizerOptions plain;
@@ -480,7 +483,7 @@ TEST(Instruct, SplitByRecordsFromFilesDirectoriesAndGlobs) {
   TokenizerOptions tok;
   tok.pretrained = fixture("llama3");
   // the reference's records, each ending in end of text
-  auto [ids, mask] = rendered(tok.pretrained, "llama3", d / "all.jsonl");
+  auto [ids, mask] = rendered(tok.pretrained, true, d / "all.jsonl");
   const uint32_t eot = load_pretrained_tokenizer(tok.pretrained)->eot();
   std::vector<size_t> ends;
   for (size_t i = 0; i < ids.size(); i++)
@@ -532,7 +535,7 @@ TEST(Instruct, SplitByRecordsFromFilesDirectoriesAndGlobs) {
   EXPECT_EQ(val_records(d / "one"), 40);
   EXPECT_EQ(one.val_docs, 40);
   EXPECT_EQ(one.train_docs, 760);
-  EXPECT_EQ(one.chat_template, "llama3");
+  EXPECT_EQ(one.chat_template, fixture("llama3") + "/tokenizer_config.json's chat_template");
   EXPECT_GT(one.files.size(), 4u);
   o.threads = 2;
   PrepareStats two = prepare_corpus({d / "in"}, d / "two", o, tok);
@@ -573,32 +576,36 @@ TEST(Instruct, SplitByRecordsFromFilesDirectoriesAndGlobs) {
   test::expect_user_error([&] { prepare_corpus({d / "all.jsonl"}, d / "x", o, sp); }, "--train-tokenizer trains on text");
 }
 
-// sample --chat's prompt is the reference's rendering of a messages record up to the assistant's
-// content, and the end of the assistant's turn is one token, the one the record trains after it.
+// sample --chat's prompt is what the reference renders of a messages record up to the
+// assistant's content, and the end of the assistant's turn is one token, the one the record
+// trains after its (empty) content.
 TEST(Instruct, ChatPromptIsTheRecordUpToTheAssistantsTurn) {
   test::TempDir d;
   std::ofstream(d / "one.jsonl") << json({{"messages", {{{"role", "user"}, {"content", "Who begat Enos?"}},
                                                         {{"role", "assistant"}, {"content", ""}}}}}).dump() << "\n";
-  for (auto [tmpl, tok_dir] : {std::pair{ChatTemplate::llama3, fixture("llama3")}, {ChatTemplate::plain, fixture("gpt2")}}) {
-    SCOPED_TRACE(to_string(tmpl));
-    ASSERT_EQ(chat_template_of(tok_dir), tmpl);
-    auto tok = load_pretrained_tokenizer(tok_dir);
+  for (const char* name : {"llama3", "qwen2", "gpt2"}) {
+    SCOPED_TRACE(name);
+    const ChatTemplate tmpl = ChatTemplate::of(fixture(name));
+    ASSERT_EQ(tmpl.plain(), name == std::string("gpt2"));
+    auto tok = load_pretrained_tokenizer(fixture(name));
     std::vector<uint32_t> prompt, end;
-    for (const RecordPiece& p : chat_prompt(tmpl, "Who begat Enos?")) tok->encode(p.text, prompt);
-    tok->encode(end_of_turn(tmpl), end);
-    auto [ids, mask] = rendered(tok_dir, to_string(tmpl), d / "one.jsonl");
-    // the record: the prompt, (no content), the end of the turn (llama3's <|eot_id|>, plain's "\n"), EOT
+    for (const RecordPiece& p : tmpl.chat_prompt("Who begat Enos?")) tok->encode(p.text, prompt);
+    tok->encode(tmpl.end_of_turn(), end);
+    auto [ids, mask] = rendered(fixture(name), !tmpl.plain(), d / "one.jsonl");
+    // the record: the prompt, (no content), the end of the turn, what follows it, EOT
     ASSERT_GT(ids.size(), prompt.size());
     EXPECT_EQ(std::vector<uint32_t>(ids.begin(), ids.begin() + long(prompt.size())), prompt);
     EXPECT_EQ(ids.back(), tok->eot());
-    if (tmpl == ChatTemplate::llama3) {
-      ASSERT_EQ(end.size(), 1u);
-      EXPECT_EQ(ids.size(), prompt.size() + 2);
-      EXPECT_EQ(ids[prompt.size()], end[0]);
-    } else {
+    if (tmpl.plain()) {
       EXPECT_TRUE(end.empty());
+    } else {
+      ASSERT_EQ(end.size(), 1u) << tmpl.end_of_turn();
+      EXPECT_EQ(ids[prompt.size()], end[0]);
+      EXPECT_EQ(mask[prompt.size()], 1);
     }
   }
+  EXPECT_EQ(ChatTemplate::of(fixture("llama3")).end_of_turn(), "<|eot_id|>");
+  EXPECT_EQ(ChatTemplate::of(fixture("qwen2")).end_of_turn(), "<|im_end|>");
 }
 
 }  // namespace

@@ -9,11 +9,12 @@ the Python packages the models' tokenizers come from, and their ids.
                                       ignore_merges, merges as ["a", "b"] pairs, Llama 3's special
                                       tokens, boundary tokens (every two of BOUNDARY_CHARS: ids
                                       4000..4130) before them; tokenizer_config.json (eos
-                                      <|end_of_text|>)
+                                      <|end_of_text|>, Llama 3.1's chat template)
       OUT_DIR/qwen2/tokenizer.json    byte-level BPE, normalizer NFC, Qwen2's Split regex + ByteLevel,
                                       Qwen2's special tokens; trained on the corpus and NFC_TEXT
                                       (accented and Hangul text, written decomposed); an added
-                                      token with "normalized": true whose content is not NFC
+                                      token with "normalized": true whose content is not NFC;
+                                      tokenizer_config.json (Qwen2.5's chat template)
       OUT_DIR/sp/tokenizer.model      SentencePiece BPE with Llama 2's settings (byte fallback,
                                       dummy prefix, identity normalisation, digits split)
       OUT_DIR/cl100k.tiktoken         a tiktoken rank file (the llama3 vocabulary's bytes in merge
@@ -21,8 +22,10 @@ the Python packages the models' tokenizers come from, and their ids.
   python pretrained_tokenizers.py ids KIND PATH IN.json OUT.json    strings -> id lists
   python pretrained_tokenizers.py text KIND PATH IN.txt OUT.bin     a text file -> uint32 ids
   python pretrained_tokenizers.py nfc IN.json OUT.json             strings -> tokenizers' NFC of each
-  python pretrained_tokenizers.py render PATH TEMPLATE IN.jsonl OUT.json
-      instruction records -> [{"ids": [...], "mask": [...]}] (see render() below)
+  python pretrained_tokenizers.py render PATH IN.jsonl OUT.json
+      instruction records in the plain template -> [{"ids": [...], "mask": [...]}] (see render())
+  python pretrained_tokenizers.py chat DIR IN.jsonl OUT.json
+      instruction records in DIR's chat template, by transformers and TRL's rule (see chat())
 KIND: hf (tokenizers: encode(text, add_special_tokens=False).ids), sp (sentencepiece: encode(text)),
 tiktoken-cl100k / tiktoken-gpt2 (tiktoken.Encoding(...).encode_ordinary(text)).
 """
@@ -34,6 +37,8 @@ import sys
 import unicodedata
 
 import numpy as np
+
+import chat_templates
 
 LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                   r"|\s*[\r\n]+|\s+(?!\S)|\s+")
@@ -92,8 +97,7 @@ def train(corpus, out):
         t["id"] = next_id
         next_id += 1
     json.dump(j, open(f"{out}/llama3/tokenizer.json", "w", encoding="utf-8"), ensure_ascii=False)
-    json.dump({"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>",
-               "chat_template": "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' }}"},
+    json.dump({"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>", "chat_template": chat_templates.LLAMA31},
               open(f"{out}/llama3/tokenizer_config.json", "w"))
     # Qwen2 style
     from tokenizers import AddedToken, normalizers
@@ -113,6 +117,8 @@ def train(corpus, out):
     j["added_tokens"][-1]["content"] = "A\u030a!"  # as given (tokenizers writes it normalised)
     os.makedirs(f"{out}/qwen2", exist_ok=True)
     json.dump(j, open(f"{out}/qwen2/tokenizer.json", "w", encoding="utf-8"), ensure_ascii=False)
+    json.dump({"bos_token": None, "eos_token": "<|endoftext|>", "chat_template": chat_templates.QWEN25},
+              open(f"{out}/qwen2/tokenizer_config.json", "w"))
     # a tiktoken rank file: the 256 bytes, then the merges' results in merge order
     j = json.load(open(f"{out}/llama3/tokenizer.json", encoding="utf-8"))
     byte_of = {c: b for b, c in bytes_to_unicode().items()}
@@ -167,40 +173,40 @@ def encoder(kind, path):
     sys.exit(f"unknown kind {kind}")
 
 
-# Instruction records rendered as frugal's prepare renders them (src/data/instruct.cpp): the text
-# pieces of a record, each with whether it is trained on; ids of each piece, then EOT.
-def render(path, template, src, dst):
-    from tokenizers import Tokenizer
-    t = Tokenizer.from_file(path)
+def eot_of(t, path):
     config = os.path.join(os.path.dirname(path), "tokenizer_config.json")
     if os.path.exists(config):
         eos = json.load(open(config))["eos_token"]
-        eot = t.token_to_id(eos if isinstance(eos, str) else eos["content"])
-    else:  # the first conventional end-of-text token, as frugal picks it
-        eot = next(t.token_to_id(n) for n in ["<|endoftext|>", "<|end_of_text|>", "</s>", "<|im_end|>", "<|eot_id|>"]
-                   if t.token_to_id(n) is not None)
+        return t.token_to_id(eos if isinstance(eos, str) else eos["content"])
+    # the first conventional end-of-text token, as frugal picks it
+    return next(t.token_to_id(n) for n in ["<|endoftext|>", "<|end_of_text|>", "</s>", "<|im_end|>", "<|eot_id|>"]
+                if t.token_to_id(n) is not None)
+
+
+def messages_of(r):
+    if "messages" in r:
+        return r["messages"]
+    return [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["completion"]}]
+
+
+# Instruction records in frugal's plain template (src/data/instruct.cpp): the text pieces of a
+# record, each with whether it is trained on; ids of each piece, then EOT (trained on).
+def render(path, src, dst):
+    from tokenizers import Tokenizer
+    t = Tokenizer.from_file(path)
+    eot = eot_of(t, path)
     out = []
     for line in open(src, encoding="utf-8"):
         if not line.strip():
             continue
         r = json.loads(line)
-        if "messages" in r:
-            msgs = r["messages"]
-        else:
-            msgs = [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["completion"]}]
         pieces = []
-        for m in msgs:
+        for m in messages_of(r):
             train = m["role"] == "assistant"
-            if template == "chatml":
-                pieces += [(f"<|im_start|>{m['role']}\n", False), (m["content"], train), ("<|im_end|>", train), ("\n", False)]
-            elif template == "llama3":
-                pieces += [(f"<|start_header_id|>{m['role']}<|end_header_id|>\n\n", False), (m["content"], train),
-                           ("<|eot_id|>", train)]
-            else:  # plain
-                if "messages" in r:
-                    pieces += [(f"{m['role']}: ", False), (m["content"], train), ("\n", train)]
-                else:
-                    pieces += [(m["content"], train)]
+            if "messages" in r:
+                pieces += [(f"{m['role']}: ", False), (m["content"], train), ("\n", train)]
+            else:
+                pieces += [(m["content"], train)]
         ids, mask = [], []
         for text, train in pieces:
             x = t.encode(text, add_special_tokens=False).ids
@@ -209,6 +215,32 @@ def render(path, template, src, dst):
         ids.append(eot)
         mask.append(1)
         out.append({"ids": ids, "mask": mask})
+    json.dump(out, open(dst, "w"))
+
+
+# Instruction records in the tokenizer's chat template: the conversation as transformers'
+# apply_chat_template renders it, tokenized whole; each assistant's message trained on by TRL's
+# prompt/completion rule (SFTTrainer: prompt = the conversation before it with the generation
+# prompt, completion = the rest of the conversation up to it; its tokens are those past the
+# prompt's count); then EOT, not trained on.
+def chat(directory, src, dst):
+    from transformers import PreTrainedTokenizerFast
+    tok = PreTrainedTokenizerFast.from_pretrained(directory)
+    eot = tok.convert_tokens_to_ids(tok.eos_token)
+    out = []
+    for line in open(src, encoding="utf-8"):
+        if not line.strip():
+            continue
+        msgs = messages_of(json.loads(line))
+        text = lambda n, gen: tok.apply_chat_template(msgs[:n], tokenize=False, add_generation_prompt=gen)
+        count = lambda s: len(tok(s, add_special_tokens=False)["input_ids"])
+        ids = tok(text(len(msgs), False), add_special_tokens=False)["input_ids"]
+        mask = [0] * len(ids)
+        for i, m in enumerate(msgs):
+            if m["role"] == "assistant":
+                for k in range(count(text(i, True)), min(count(text(i + 1, False)), len(ids))):
+                    mask[k] = 1
+        out.append({"ids": ids + [eot], "mask": mask + [0]})
     json.dump(out, open(dst, "w"))
 
 
@@ -230,6 +262,8 @@ if __name__ == "__main__":
         json.dump([normalizers.NFC().normalize_str(s) for s in strings], open(sys.argv[3], "w", encoding="utf-8"),
                   ensure_ascii=False)
     elif mode == "render":
-        render(*sys.argv[2:6])
+        render(*sys.argv[2:5])
+    elif mode == "chat":
+        chat(*sys.argv[2:5])
     else:
         sys.exit(f"unknown mode {mode}")
