@@ -159,7 +159,7 @@ static int cmd_export(const std::string& from, const std::string& out, int64_t m
   std::vector<std::string> tokenizer_files;
   if (!file) {
     const fs::path data = data_dir(w.cfg);
-    for (const char* f : {"tokenizer.json", "tokenizer_config.json", "tokenizer.model"})
+    for (const char* f : {"tokenizer.json", "tokenizer_config.json", kChatTemplateFile, "tokenizer.model"})
       if (fs::is_regular_file(data / f, ec)) {
         std::string bytes = read_whole_file((data / f).string());
         write_file_atomic(out + "/" + f, bytes.data(), bytes.size());
@@ -197,7 +197,7 @@ static int cmd_sample(const std::string& run, const std::string& prompt, int num
   // instruction data was trained (prepare --format jsonl)
   std::vector<uint32_t> enc, stop = {tok->eot()};
   if (chat) {
-    const ChatTemplate tmpl = ChatTemplate::of(data_dir(w.cfg));
+    const ChatTemplate tmpl = ChatTemplate::of(data_dir(w.cfg), *tok);
     for (const RecordPiece& p : tmpl.chat_prompt(prompt)) tok->encode(p.text, enc);  // as prepare tokenizes it
     std::vector<uint32_t> end;
     if (!tmpl.end_of_turn().empty()) tok->encode(tmpl.end_of_turn(), end);

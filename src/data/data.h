@@ -183,7 +183,7 @@ std::unique_ptr<Tokenizer> make_tiktoken_tokenizer(const std::string& path, cons
 // (another normalizer, a WordPiece/Unigram model, byte_fallback, lstrip/rstrip added tokens,
 // another regex) is a UserError naming the file and the field. Byte-level, so decode(encode(s))
 // == s, and with NFC for text that is NFC already. In a shard directory: tokenizer.json (and
-// tokenizer_config.json).
+// tokenizer_config.json, chat_template.jinja).
 std::unique_ptr<Tokenizer> load_hf_tokenizer(const std::string& path);
 
 // Unicode NFC of text (canonical decomposition, reordering and composition), as Hugging Face
@@ -195,7 +195,9 @@ std::string nfc(std::string_view text);
 
 // A pretrained tokenizer from PATH: a tokenizer.json, a SentencePiece tokenizer.model, a tiktoken
 // rank file (*.tiktoken, or a tokenizer.model that is one, as Llama 3's), or a directory holding
-// one of them (a Hugging Face model directory: tokenizer.json first). tiktoken_pattern: the
+// one of them (a Hugging Face model directory: tokenizer.json first, but tokenizer.model where the
+// tokenizer.json is that SentencePiece model converted: byte fallback or Unigram, as Llama 2's,
+// Mistral's and TinyLlama's). tiktoken_pattern: the
 // pattern of a rank file (empty: gpt2 for 50,256 ranks, cl100k for 100,256, llama3 for 128,000;
 // other sizes need it).
 std::unique_ptr<Tokenizer> load_pretrained_tokenizer(const std::string& path, const std::string& tiktoken_pattern = "");
@@ -321,16 +323,21 @@ std::vector<uint8_t> read_mask(const std::string& path, int64_t num_tokens);
 inline constexpr int64_t kSplitChunk = 8192;
 [[noreturn]] void too_few_for_chunk_split(int64_t tokens, int val_every);
 struct RecordPiece { std::string text; bool train; };
+inline constexpr const char* kChatTemplateFile = "chat_template.jinja";  // beside tokenizer_config.json
 class ChatTemplate {
  public:
   ChatTemplate() = default;  // plain
-  // The chat template of a pretrained tokenizer (its directory's tokenizer_config.json); plain if
-  // it has none, or no tokenizer.json to read the template's special tokens (a SentencePiece
-  // model's). A template that does not parse is a UserError naming the file and the line.
-  static ChatTemplate of(const std::string& tokenizer_path);
+  // The chat template of a pretrained tokenizer `tok` loaded from tokenizer_path: its directory's
+  // chat_template.jinja, else tokenizer_config.json's chat_template (a list's "default"), as
+  // transformers takes it; plain if it has none, or if tok is not a Hugging Face tokenizer.json,
+  // which alone reads the template's special tokens in text (SentencePiece reads "<s>" as text).
+  // A template that does not parse is a UserError naming the file and the line.
+  static ChatTemplate of(const std::string& tokenizer_path, const Tokenizer& tok);
   bool plain() const { return !j_; }
   std::string name() const;  // "plain", or "chat_template" and a hash of it (in the manifest)
-  const std::string& note() const { return note_; }  // where it came from, or why it is plain
+  // where it came from ("DIR/tokenizer_config.json's chat_template", "DIR/chat_template.jinja"), or
+  // which plain template and why
+  const std::string& note() const { return note_; }
   // One .jsonl line rendered: its pieces, each trained on or not; false, with `error` saying why
   // (without the file and line), if the line is not a record or the template refuses it.
   bool render_record(std::string_view line, std::vector<RecordPiece>& pieces, std::string& error) const;

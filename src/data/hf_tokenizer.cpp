@@ -61,10 +61,12 @@ class HfTokenizer final : public Tokenizer {
   }
 
   void save_files(const std::string& dir) const override {
-    for (auto [from, name] : {std::pair{path_, "tokenizer.json"}, std::pair{config_path_, "tokenizer_config.json"}}) {
+    std::string jinja = (std::filesystem::path(path_).parent_path() / kChatTemplateFile).string();
+    for (auto [from, name] : {std::pair{path_, "tokenizer.json"}, std::pair{config_path_, "tokenizer_config.json"},
+                              std::pair{jinja, kChatTemplateFile}}) {
       std::error_code ec;
       std::string to = dir + "/" + name;
-      if (from.empty() || std::filesystem::equivalent(to, from, ec)) continue;
+      if (from.empty() || !std::filesystem::exists(from) || std::filesystem::equivalent(to, from, ec)) continue;
       std::string text = read_whole_file(from);
       write_file_atomic(to, text.data(), text.size());
     }

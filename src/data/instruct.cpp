@@ -80,7 +80,7 @@ std::string trim_space(std::string s) {
 struct ChatTemplate::Jinja {
   jinja::Template tmpl;
   Ordered tokens;       // bos_token, eos_token, ... as transformers passes them to the template
-  std::string config;   // the tokenizer_config.json it came from
+  std::string where;    // "DIR/tokenizer_config.json's chat_template", or DIR/chat_template.jinja
   std::string name;     // "chat_template <hash>"
 
   // What the template renders for messages [0, n) of msgs, with the assistant's header after them
@@ -94,53 +94,73 @@ struct ChatTemplate::Jinja {
     try {
       return tmpl.render(ctx);
     } catch (const jinja::Error& e) {
-      throw BadRecord{fmt::format("{}'s chat_template, {}", config, e.what())};
+      throw BadRecord{fmt::format("{}, {}", where, e.what())};
     }
   }
 };
 
-ChatTemplate ChatTemplate::of(const std::string& tokenizer_path) {
+ChatTemplate ChatTemplate::of(const std::string& tokenizer_path, const Tokenizer& tok) {
   namespace fs = std::filesystem;
   ChatTemplate t;
   if (tokenizer_path.empty()) return t;
   fs::path dir = fs::is_directory(tokenizer_path) ? fs::path(tokenizer_path) : fs::path(tokenizer_path).parent_path();
-  fs::path config = dir / "tokenizer_config.json";
-  if (!fs::exists(config)) return t;
-  json c;
-  try {
-    c = json::parse(read_whole_file(config.string()));
-  } catch (const json::exception& e) {
-    user_error("{}: not JSON: {}", config.string(), e.what());
+  const std::string config = (dir / "tokenizer_config.json").string(), file = (dir / kChatTemplateFile).string();
+  json c = json::object();
+  if (fs::exists(config)) {
+    try {
+      c = json::parse(read_whole_file(config));
+    } catch (const json::exception& e) {
+      user_error("{}: not JSON: {}", config, e.what());
+    }
+    if (!c.is_object()) user_error("{}: expected a JSON object, got {}", config, c.type_name());
   }
-  if (!c.is_object() || !c.contains("chat_template")) return t;
-  const json& src = c["chat_template"];
-  if (!src.is_string())  // a list of named templates: transformers takes "default"
-    user_error("{}: chat_template: expected a string (one template), got {}", config.string(), src.type_name());
+  // where transformers finds it: chat_template.jinja (what it saves since 4.47), else the config's
+  // chat_template: one template, or a list of named ones of which it applies "default"
+  std::string source, where;
+  if (fs::exists(file)) {
+    source = read_whole_file(file);
+    where = file;
+  } else if (c.contains("chat_template")) {
+    where = config + "'s chat_template";
+    const json& v = c["chat_template"];
+    if (v.is_array()) {
+      for (auto& named : v)
+        if (named.is_object() && named.value("name", "") == "default" && named.contains("template") && named["template"].is_string())
+          source = named["template"];
+      if (source.empty()) user_error("{}: expected a template named \"default\" among the list's", where);
+    } else if (v.is_string()) {
+      source = v;
+    } else {
+      user_error("{}: expected a string (a template) or a list of {{\"name\", \"template\"}}, got {}", where, v.type_name());
+    }
+  } else {
+    return t;
+  }
   // its special tokens are read from the text by a tokenizer.json only (frugal's SentencePiece
   // and tiktoken encoders take text as text)
-  if (!fs::exists(dir / "tokenizer.json") ||
-      (!fs::is_directory(tokenizer_path) && fs::path(tokenizer_path).filename() != "tokenizer.json")) {
-    t.note_ = fmt::format("the plain template: {}'s chat_template needs a tokenizer.json to read its special tokens", config.string());
+  if (tok.kind() != TokenizerKind::hf_bpe) {
+    t.note_ = fmt::format("the plain template: {} needs a byte-level tokenizer.json to read its special tokens, and "
+                          "the tokenizer is {}", where, to_string(tok.kind()));
     return t;
   }
   jinja::Template parsed = [&] {
     try {
-      return jinja::Template(src.get<std::string>());
+      return jinja::Template(source);
     } catch (const jinja::Error& e) {
-      user_error("{}: chat_template, {}", config.string(), e.what());
+      user_error("{}, {}", where, e.what());
     }
   }();
-  auto j = std::make_shared<Jinja>(Jinja{std::move(parsed), Ordered::object(), config.string(), ""});
+  auto j = std::make_shared<Jinja>(Jinja{std::move(parsed), Ordered::object(), where, ""});
   for (const char* k : {"bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"}) {
     if (!c.contains(k)) continue;
     const json& v = c[k];
     if (v.is_string()) j->tokens[k] = v.get<std::string>();
     else if (v.is_object() && v.contains("content") && v["content"].is_string()) j->tokens[k] = v["content"].get<std::string>();
   }
-  std::string key = src.get<std::string>() + j->tokens.dump();
+  std::string key = source + j->tokens.dump();
   j->name = fmt::format("chat_template {:016x}", checksum(key.data(), key.size()));
   t.j_ = std::move(j);
-  t.note_ = fmt::format("{}'s chat_template", config.string());
+  t.note_ = where;
   return t;
 }
 
@@ -171,8 +191,8 @@ bool ChatTemplate::render_record(std::string_view line, std::vector<RecordPiece>
       const std::string upto = j_->render(msgs, i + 1, false);
       const size_t end = common_prefix(upto, whole);
       if (end != upto.size() || begin < done || begin >= end)
-        throw BadRecord{fmt::format("{}'s chat_template does not render messages[{}] (the assistant's) as the whole "
-                                    "conversation does, so it cannot be told apart", j_->config, i)};
+        throw BadRecord{fmt::format("{} does not render messages[{}] (the assistant's) as the whole conversation "
+                                    "does, so it cannot be told apart", j_->where, i)};
       if (begin > done) pieces.push_back({whole.substr(done, begin - done), false});
       pieces.push_back({whole.substr(begin, end - begin), true});
       done = end;

@@ -536,7 +536,6 @@ PrepareStats prepare_corpus(const std::vector<std::string>& inputs, const std::s
       user_error("prepare --format jsonl: --train-tokenizer trains on text: run it in a text prepare, then give "
                  "that directory (its tokenizer.model) as --tokenizer");
   }
-  const ChatTemplate tmpl = opt.instruct ? ChatTemplate::of(topt.pretrained) : ChatTemplate();
   std::string kjv;
   if (inputs.empty()) {
     kjv = kjv_text();
@@ -553,6 +552,7 @@ PrepareStats prepare_corpus(const std::vector<std::string>& inputs, const std::s
   std::unique_ptr<Tokenizer> tok = make_tokenizer(sources, kjv, opt.field, topt);
   const bool wide = tok->vocab_size() > 65536;
   const uint32_t eot = tok->eot();
+  const ChatTemplate tmpl = opt.instruct ? ChatTemplate::of(topt.pretrained, *tok) : ChatTemplate();
 
   // What decides the shards: compared with an earlier manifest's to reuse its shards.
   json head;

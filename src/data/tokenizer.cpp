@@ -109,6 +109,15 @@ std::unique_ptr<Tokenizer> load_pretrained_tokenizer(const std::string& path, co
     file.clear();
     for (const char* name : {"tokenizer.json", "tokenizer.model"})
       if (fs::exists(fs::path(path) / name)) { file = (fs::path(path) / name).string(); break; }
+    // Llama 2, Mistral and TinyLlama ship their SentencePiece model twice: as tokenizer.model and
+    // converted into a tokenizer.json (byte fallback), which only the former reads here
+    const fs::path sp = fs::path(path) / "tokenizer.model";
+    if (file.ends_with(".json") && fs::exists(sp) && !is_tiktoken_file(sp.string())) {
+      nlohmann::json j = nlohmann::json::parse(read_whole_file(file), nullptr, false);
+      if (j.is_object() && j.contains("model") && j["model"].is_object() &&
+          (j["model"].value("byte_fallback", false) || j["model"].value("type", "") == "Unigram"))
+        file = sp.string();
+    }
     if (file.empty()) {
       std::error_code ec;
       for (auto& e : fs::directory_iterator(path, ec))

@@ -252,6 +252,25 @@ TEST(SentencePiece, Llama2StyleEqualsSentencepiece) {
   expect_reference_corpus(*tok, "sp", path);
 }
 
+// A Hugging Face directory of a SentencePiece model (Llama 2's, TinyLlama's) holds it twice:
+// tokenizer.model, read, and its conversion to a byte-fallback tokenizer.json, which frugal does
+// not read (it failed the directory). Its chat template is not applied: SentencePiece encodes the
+// template's "</s>" as text; prepare renders such records plain and says why.
+TEST(SentencePiece, AModelDirectoryReadsTheModelBesideItsConversion) {
+  std::unique_ptr<Tokenizer> tok;
+  try {
+    tok = load_pretrained_tokenizer(fixture("sp_hf"));
+  } catch (const UserError& e) {
+    if (std::string(e.what()).find("built without SentencePiece") != std::string::npos) GTEST_SKIP() << e.what();
+    throw;
+  }
+  EXPECT_EQ(tok->kind(), TokenizerKind::sentencepiece);
+  expect_reference_ids(*tok, "sp", fixture("sp/tokenizer.model"), hard_strings(), RoundTrip::none);
+  ChatTemplate t = ChatTemplate::of(fixture("sp_hf"), *tok);
+  EXPECT_TRUE(t.plain());
+  EXPECT_NE(t.note().find("the tokenizer is sentencepiece"), std::string::npos) << t.note();
+}
+
 // tokenizer.json files frugal cannot reproduce: one UserError naming the file and the field.
 TEST(HfTokenizer, UnsupportedFilesAreUserErrors) {
   test::TempDir d;
@@ -585,9 +604,9 @@ TEST(Instruct, ChatPromptIsTheRecordUpToTheAssistantsTurn) {
                                                         {{"role", "assistant"}, {"content", ""}}}}}).dump() << "\n";
   for (const char* name : {"llama3", "qwen2", "gpt2"}) {
     SCOPED_TRACE(name);
-    const ChatTemplate tmpl = ChatTemplate::of(fixture(name));
-    ASSERT_EQ(tmpl.plain(), name == std::string("gpt2"));
     auto tok = load_pretrained_tokenizer(fixture(name));
+    const ChatTemplate tmpl = ChatTemplate::of(fixture(name), *tok);
+    ASSERT_EQ(tmpl.plain(), name == std::string("gpt2"));
     std::vector<uint32_t> prompt, end;
     for (const RecordPiece& p : tmpl.chat_prompt("Who begat Enos?")) tok->encode(p.text, prompt);
     tok->encode(tmpl.end_of_turn(), end);
@@ -604,8 +623,37 @@ TEST(Instruct, ChatPromptIsTheRecordUpToTheAssistantsTurn) {
       EXPECT_EQ(mask[prompt.size()], 1);
     }
   }
-  EXPECT_EQ(ChatTemplate::of(fixture("llama3")).end_of_turn(), "<|eot_id|>");
-  EXPECT_EQ(ChatTemplate::of(fixture("qwen2")).end_of_turn(), "<|im_end|>");
+  EXPECT_EQ(ChatTemplate::of(fixture("llama3"), *load_pretrained_tokenizer(fixture("llama3"))).end_of_turn(), "<|eot_id|>");
+  EXPECT_EQ(ChatTemplate::of(fixture("qwen2"), *load_pretrained_tokenizer(fixture("qwen2"))).end_of_turn(), "<|im_end|>");
+}
+
+// Where transformers finds a template: chat_template.jinja first, else tokenizer_config.json's
+// chat_template, a string or a list of named ones ("default" applies). What frugal cannot use is
+// one line naming the file: a list without "default", a template that does not parse.
+TEST(Instruct, ChatTemplateFromTheJinjaFileOrTheConfigsDefault) {
+  test::TempDir d;
+  std::filesystem::copy_file(fixture("qwen2") + "/tokenizer.json", d / "tokenizer.json");
+  auto tok = load_pretrained_tokenizer(d.path.string());
+  const std::string chatml = "{% for m in messages %}{{ '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}"
+                             "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+  auto prompt = [&] {
+    std::string text;
+    for (const RecordPiece& p : ChatTemplate::of(d.path.string(), *tok).chat_prompt("hi")) text += p.text;
+    return text;
+  };
+  EXPECT_TRUE(ChatTemplate::of(d.path.string(), *tok).plain());  // no tokenizer_config.json
+  std::ofstream(d / "tokenizer_config.json") << json({{"chat_template", {{{"name", "tool_use"}, {"template", "x"}},
+                                                                          {{"name", "default"}, {"template", "A" + chatml}}}}}).dump();
+  EXPECT_EQ(prompt(), "A<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
+  EXPECT_EQ(ChatTemplate::of(d.path.string(), *tok).note(), d / "tokenizer_config.json's chat_template");
+  std::ofstream(d / "chat_template.jinja") << "B" + chatml;
+  EXPECT_EQ(prompt(), "B<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
+  EXPECT_EQ(ChatTemplate::of(d.path.string(), *tok).note(), d / "chat_template.jinja");
+  std::ofstream(d / "chat_template.jinja") << "\n{% for m in messages %}";
+  test::expect_user_error([&] { ChatTemplate::of(d.path.string(), *tok); }, d / "chat_template.jinja, line 2: {% for %} is not closed");
+  std::filesystem::remove(d / "chat_template.jinja");
+  std::ofstream(d / "tokenizer_config.json") << json({{"chat_template", {{{"name", "tool_use"}, {"template", "x"}}}}}).dump();
+  test::expect_user_error([&] { ChatTemplate::of(d.path.string(), *tok); }, "tokenizer_config.json's chat_template: expected a template named \"default\"");
 }
 
 }  // namespace

@@ -17,6 +17,8 @@ the Python packages the models' tokenizers come from, and their ids.
                                       tokenizer_config.json (Qwen2.5's chat template)
       OUT_DIR/sp/tokenizer.model      SentencePiece BPE with Llama 2's settings (byte fallback,
                                       dummy prefix, identity normalisation, digits split)
+      OUT_DIR/sp_hf/                  that model as a Hugging Face directory holds it: tokenizer.model,
+                                      its conversion to tokenizer.json, TinyLlama's chat template
       OUT_DIR/cl100k.tiktoken         a tiktoken rank file (the llama3 vocabulary's bytes in merge
                                       order), for tiktoken's cl100k pattern
   python pretrained_tokenizers.py ids KIND PATH IN.json OUT.json    strings -> id lists
@@ -140,6 +142,15 @@ def train(corpus, out):
         character_coverage=0.99995, split_by_unicode_script=True, split_by_whitespace=True,
         max_sentence_length=4192, input_sentence_size=20000, shuffle_input_sentence=True,
         unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2, num_threads=2)
+    # as a Hugging Face model directory holds it (Llama 2, Mistral, TinyLlama): tokenizer.model and
+    # its conversion to a tokenizer.json (byte fallback), with TinyLlama's chat template
+    import shutil
+    from transformers import LlamaTokenizerFast
+    LlamaTokenizerFast(vocab_file=f"{out}/sp/tokenizer.model").save_pretrained(f"{out}/sp_hf")
+    shutil.copy(f"{out}/sp/tokenizer.model", f"{out}/sp_hf/tokenizer.model")
+    config = json.load(open(f"{out}/sp_hf/tokenizer_config.json"))
+    config["chat_template"] = chat_templates.ZEPHYR
+    json.dump(config, open(f"{out}/sp_hf/tokenizer_config.json", "w"))
 
 
 def bytes_to_unicode():
