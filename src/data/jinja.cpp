@@ -21,6 +21,17 @@ namespace {
 
 [[noreturn]] void fail(int line, const std::string& what) { throw Error(fmt::format("line {}: {}", line, what)); }
 
+// Nesting (brackets, blocks, macro calls) is bounded: a template nested deeper is an error, not a
+// stack overflow; jinja2 fails there too (Python's recursion limit).
+constexpr int kMaxDepth = 200;
+struct Deeper {
+  Deeper(int& depth, int line) : d(depth) {
+    if (++d > kMaxDepth) fail(line, fmt::format("nested more than {} deep", kMaxDepth));
+  }
+  ~Deeper() { d--; }
+  int& d;
+};
+
 // ---- the source, cut into chunks ----
 
 struct Chunk {
@@ -142,7 +153,11 @@ std::vector<Tok> lex(const std::string& code, int line) {
       std::string digits;
       for (size_t k = i; k < j; k++)
         if (code[k] != '_') digits += code[k];
-      t.push_back({Tok::num, digits, is_float ? Json(std::stod(digits)) : Json(std::stoll(digits))});
+      try {
+        t.push_back({Tok::num, digits, is_float ? Json(std::stod(digits)) : Json(std::stoll(digits))});
+      } catch (const std::out_of_range&) {
+        fail(line, fmt::format("the number {} is out of range", digits));
+      }
       i = j;
     } else if (c == '\'' || c == '"') {
       std::string s;
@@ -193,12 +208,23 @@ struct Expr {
   std::vector<ExprP> a;                                  // operands, then positional arguments
   std::vector<std::pair<std::string, ExprP>> kw;         // keyword arguments
   bool negated = false;                                  // "is not"
+  int depth = 1;                                         // of the tree below it
 };
 
 ExprP make(Expr::Kind k, std::string s = {}) {
   auto e = std::make_unique<Expr>();
   e->kind = k;
   e->s = std::move(s);
+  return e;
+}
+
+// A node whose children are in place: its depth, bounded (x.a.a.a... and 1 + 1 + 1... nest
+// without brackets, and a tree deeper than the stack would overflow it when walked or freed).
+ExprP deep(ExprP e, int line) {
+  for (auto& c : e->a)
+    if (c) e->depth = std::max(e->depth, c->depth + 1);
+  for (auto& [k, c] : e->kw) e->depth = std::max(e->depth, c->depth + 1);
+  if (e->depth > kMaxDepth) fail(line, fmt::format("an expression nested more than {} deep", kMaxDepth));
   return e;
 }
 
@@ -227,13 +253,14 @@ class Parser {
 
   // "x if c else y"; with_cond false: a for loop's iterable, whose "if" filters
   ExprP expr(bool with_cond = true) {
+    Deeper guard(depth_, line_);
     ExprP e = or_();
     if (with_cond && accept("if")) {
       auto c = make(Expr::cond);
       c->a.push_back(or_());
       c->a.push_back(std::move(e));
       c->a.push_back(accept("else") ? expr() : nullptr);
-      return c;
+      return deep(std::move(c), line_);
     }
     return e;
   }
@@ -243,7 +270,7 @@ class Parser {
     auto e = make(Expr::bin, op);
     e->a.push_back(std::move(l));
     e->a.push_back(std::move(r));
-    return e;
+    return deep(std::move(e), line_);
   }
   ExprP or_() {
     ExprP e = and_();
@@ -256,10 +283,11 @@ class Parser {
     return e;
   }
   ExprP not_() {
+    Deeper guard(depth_, line_);
     if (accept("not")) {
       auto e = make(Expr::not_);
       e->a.push_back(not_());
-      return e;
+      return deep(std::move(e), line_);
     }
     return compare();
   }
@@ -302,10 +330,11 @@ class Parser {
     return e;
   }
   ExprP unary() {
+    Deeper guard(depth_, line_);
     if (accept("-")) {
       auto e = make(Expr::neg);
       e->a.push_back(unary());
-      return e;
+      return deep(std::move(e), line_);
     }
     accept("+");
     return filters(postfix(primary()));
@@ -349,7 +378,7 @@ class Parser {
           l->a.push_back(expr());
           if (!is(")")) expect(",");
         }
-        e = std::move(l);
+        e = deep(std::move(l), line_);
       }
       expect(")");
       return e;
@@ -360,7 +389,7 @@ class Parser {
         e->a.push_back(expr());
         if (!is("]")) expect(",");
       }
-      return e;
+      return deep(std::move(e), line_);
     }
     if (accept("{")) {
       auto e = make(Expr::dict);
@@ -370,7 +399,7 @@ class Parser {
         e->a.push_back(expr());
         if (!is("}")) expect(",");
       }
-      return e;
+      return deep(std::move(e), line_);
     }
     fail(line_, fmt::format("unexpected '{}'", here()));
   }
@@ -379,7 +408,7 @@ class Parser {
       if (accept(".")) {
         auto a = make(Expr::attr, t_[i_].kind == Tok::num ? t_[i_++].s : name());
         a->a.push_back(std::move(e));
-        e = std::move(a);
+        e = deep(std::move(a), line_);
       } else if (accept("[")) {
         ExprP parts[3];
         bool slice = false;
@@ -392,12 +421,12 @@ class Parser {
         auto s = make(slice ? Expr::slice : Expr::item);
         s->a.push_back(std::move(e));
         for (int k = 0; k < (slice ? 3 : 1); k++) s->a.push_back(std::move(parts[k]));
-        e = std::move(s);
+        e = deep(std::move(s), line_);
       } else if (accept("(")) {
         auto c = make(Expr::call);
         c->a.push_back(std::move(e));
         args(*c);
-        e = std::move(c);
+        e = deep(std::move(c), line_);
       } else {
         return e;
       }
@@ -409,7 +438,7 @@ class Parser {
         auto f = make(Expr::filter, name());
         f->a.push_back(std::move(e));
         if (accept("(")) args(*f);
-        e = std::move(f);
+        e = deep(std::move(f), line_);
       } else if (accept("is")) {
         auto t = make(Expr::test);
         t->negated = accept("not");
@@ -421,7 +450,7 @@ class Parser {
                    (t_[i_].kind == Tok::name && !is("and") && !is("or") && !is("else") && !is("if") && !is("in") && !is("not"))) {
           t->a.push_back(primary());  // "is divisibleby 3", "is sameas x"
         }
-        e = std::move(t);
+        e = deep(std::move(t), line_);
       } else {
         return e;
       }
@@ -431,6 +460,7 @@ class Parser {
   std::vector<Tok> t_;
   size_t i_ = 0;
   int line_;
+  int depth_ = 0;
 };
 
 // ---- statements ----
@@ -458,6 +488,7 @@ class Builder {
   // the end of the source.
   std::string block(std::vector<std::unique_ptr<Node>>& into, std::initializer_list<const char*> ends, int opened_at,
                     const char* opener) {  // opener null: the whole template, `ends` are stray closing tags
+    Deeper guard(depth_, i_ < c_.size() ? c_[i_].line : opened_at);
     while (i_ < c_.size()) {
       const Chunk& ch = c_[i_];
       auto n = std::make_unique<Node>();
@@ -502,7 +533,10 @@ class Builder {
       while (true) {
         std::string end = block(at->body, {"elif", "else", "endif"}, n.line, "if");
         Parser q = next_tag(end);
-        if (end == "endif") break;
+        if (end == "endif") {
+          q.done();
+          break;
+        }
         auto branch = std::make_unique<Node>();
         branch->line = c_[i_ - 1].line;
         if (end == "elif") {
@@ -577,6 +611,7 @@ class Builder {
 
   std::vector<Chunk> c_;
   size_t i_ = 0;
+  int depth_ = 0;
 
  public:
   int line() const { return i_ < c_.size() ? c_[i_].line : 0; }
@@ -765,11 +800,17 @@ class Renderer {
         return Flow::normal;
       case Node::text: out += n.s; return Flow::normal;
       case Node::out: out += str(eval(*n.e)); return Flow::normal;
-      case Node::if_:
+      case Node::if_: {
+        Deeper guard(depth_, n.line);
         for (auto& c : truthy(eval(*n.cond)) ? n.body : n.orelse)
           if (Flow f = exec(*c, out); f != Flow::normal) return f;
         return Flow::normal;
-      case Node::for_: loop(n, out); return Flow::normal;
+      }
+      case Node::for_: {
+        Deeper guard(depth_, n.line);
+        loop(n, out);
+        return Flow::normal;
+      }
       case Node::set: {
         Value v = eval(*n.e);
         if (n.attr.empty()) {
@@ -829,6 +870,7 @@ class Renderer {
     }
     const int64_t len = int64_t(items.size());
     for (int64_t k = 0; k < len; k++) {
+      scopes_.back().clear();  // what the body sets lasts one iteration, as in jinja2
       bind(items[size_t(k)]);
       scopes_.back()["loop"] = val(Json{{"index0", k}, {"index", k + 1}, {"first", k == 0}, {"last", k == len - 1},
                                         {"length", len}, {"revindex", len - k}, {"revindex0", len - k - 1},
@@ -845,6 +887,7 @@ class Renderer {
   }
 
   Value call_macro(const Node& m, std::vector<Value> args, std::vector<std::pair<std::string, Value>> kw) {
+    Deeper guard(depth_, line_);
     scopes_.emplace_back();
     for (size_t k = 0; k < m.names.size(); k++) {
       Value v = k < args.size() ? args[k] : m.defaults[k] ? eval(*m.defaults[k]) : undef();
@@ -959,6 +1002,7 @@ class Renderer {
     return a.v == b.v;
   }
   bool contains(const Value& hay, const Value& needle) {
+    if (hay.undefined) return false;  // jinja2's Undefined iterates as empty
     if (hay.v.is_string()) {
       if (!needle.v.is_string()) error("'in <string>' needs a string on its left");
       return hay.v.get<std::string>().find(needle.v.get<std::string>()) != std::string::npos;
@@ -1004,7 +1048,9 @@ class Renderer {
     }
     if (op == "*" && ((a.is_string() && b.is_number_integer()) || (a.is_number_integer() && b.is_string()))) {
       std::string s = a.is_string() ? a.get<std::string>() : b.get<std::string>(), o;
-      for (int64_t k = (a.is_string() ? b : a).get<int64_t>(); k > 0; k--) o += s;
+      const int64_t times = (a.is_string() ? b : a).get<int64_t>();
+      if (times > 0 && int64_t(s.size()) > (int64_t(1) << 28) / times) error("a string of more than 256 MiB");
+      for (int64_t k = times; k > 0; k--) o += s;
       return val(o);
     }
     if (!(a.is_number() || a.is_boolean()) || !(b.is_number() || b.is_boolean()))
@@ -1075,6 +1121,7 @@ class Renderer {
         else a = args[0].v.get<int64_t>(), b = args[1].v.get<int64_t>();
         if (args.size() > 2) s = args[2].v.get<int64_t>();
         if (s == 0) error("range() step cannot be zero");
+        if ((b - a) / s > 100000) error("range() of more than 100000 numbers (jinja2's sandbox limit)");
         Json l = Json::array();
         for (int64_t i = a; s > 0 ? i < b : i > b; i += s) l.push_back(i);
         return val(l);
@@ -1181,11 +1228,18 @@ class Renderer {
       return x;
     }
     if (f == "safe" || f == "string") return f == "safe" ? x : val(str(x));
-    if (x.undefined && f != "length" && f != "count" && f != "list") error(fmt::format("|{} of an undefined value", f));
+    if (x.undefined) {  // as jinja2's Undefined: an empty string or sequence to these, an error to the rest
+      if (f == "first" || f == "last") return undef();
+      if (f == "items" || f == "list") return val(Json::array());
+      if (f == "length" || f == "count") return val(int64_t(0));
+      if (f == "join") return val("");
+      if (f != "trim" && f != "upper" && f != "lower" && f != "capitalize" && f != "title" && f != "replace")
+        error(fmt::format("|{} of an undefined value", f));
+    }
     if (f == "trim") return val(strip(str(x), true, true, args.empty() ? nullptr : &args[0]));
     if (f == "length" || f == "count") {
       if (v.is_string()) return val(int64_t(code_points(v.get<std::string>()).size() - 1));
-      return val(int64_t(x.undefined || v.is_null() ? 0 : v.size()));
+      return val(int64_t(v.is_null() ? 0 : v.size()));
     }
     if (f == "tojson") {
       Value ind = kwarg(e, "indent", args, 0, val(nullptr));
@@ -1224,7 +1278,6 @@ class Renderer {
       }
     }
     if (f == "list") {
-      if (x.undefined) return val(Json::array());
       if (v.is_array()) return x;
       Json l = Json::array();
       if (v.is_object())
@@ -1349,6 +1402,7 @@ class Renderer {
 
   std::vector<std::unordered_map<std::string, Value>> scopes_;
   int line_ = 0;
+  int depth_ = 0;
 };
 
 }  // namespace

@@ -97,6 +97,18 @@ TEST(Jinja, ATemplateThatDoesNotParseIsOneErrorNamingItsLine) {
   EXPECT_EQ(error("{{ messages[0]['role'] }}"), "line 1: an undefined value has no item role");
   EXPECT_EQ(error("{{ 'x' "), "line 1: a tag {{ is not closed");
   EXPECT_EQ(error("{% for m in messages %}{% else %}{{ raise_exception('none: ' ~ 1) }}{% endfor %}"), "line 1: none: 1");
+  // what would overflow the stack, or take the machine's memory or time: one line too
+  EXPECT_EQ(error("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}"), "line 1: nested more than 200 deep");
+  EXPECT_EQ(error("{{ " + std::string(5000, '(') + "1" + std::string(5000, ')') + " }}"), "line 1: nested more than 200 deep");
+  std::string chain = "{{ x";
+  for (int i = 0; i < 5000; i++) chain += ".a";
+  EXPECT_EQ(error(chain + " }}"), "line 1: an expression nested more than 200 deep");
+  std::string ifs;
+  for (int i = 0; i < 5000; i++) ifs = "{% if 1 %}" + ifs + "{% endif %}";
+  EXPECT_EQ(error(ifs), "line 1: nested more than 200 deep");
+  EXPECT_EQ(error("{{ 99999999999999999999999 }}"), "line 1: the number 99999999999999999999999 is out of range");
+  EXPECT_EQ(error("{% for i in range(300000000) %}{% endfor %}"), "line 1: range() of more than 100000 numbers (jinja2's sandbox limit)");
+  EXPECT_EQ(error("{{ 'x' * 10000000000 }}"), "line 1: a string of more than 256 MiB");
 }
 
 }  // namespace

@@ -96,7 +96,7 @@ for i in $(seq 1 300); do
 done > chat.jsonl
 "$F" prepare --format jsonl chat.jsonl --out chat --val-every 4 > log 2>&1 || fail "prepare jsonl: $(cat log)"
 ls chat/train_000.mask >/dev/null 2>&1 || fail "no loss mask: $(ls chat)"
-grep -q "records rendered in the plain chat template" log || fail "prepare did not say the template: $(cat log)"
+grep -q "records rendered with the plain template (no chat_template next to the tokenizer)" log || fail "prepare did not say the template: $(cat log)"
 "$F" train --init-from hf --lora.rank=4 --train.steps=4 --train.seq_len=32 --train.micro_batch=2 --run.checkpoint_every=0 \
   --train.lr=3e-3 --data.train='chat/train_*.bin' --data.val='chat/val_*.bin' --run.dir=chat_run > log 2>&1 \
   || fail "lora on instruction data: $(cat log)"

@@ -234,6 +234,7 @@ n={{ ns.n }} {{ messages | length }} {{ messages | map(attribute='role') | join(
 {{ {'a': 1}.get('a') }} {{ {'a': 1}.get('b', 2) }} {%- for k, v in {'p': 1, 'q': 2}.items() %} {{ k }}={{ v }}{% endfor %}
 {% for i in range(5) %}{% if i == 3 %}{% break %}{% endif %}{{ i }}{% endfor %} {{ 'yes' if messages else 'no' }} {{ 'é€😀'[1] }} {{ 'é€😀' | length }}
 {{ 'A' ~ 1 ~ none ~ true }} {{ [1, 'a', none, false, 1.5, {'k': 'v'}] }} {{ 'it\\'s' }} {{ "it's" | string }}
+{% for i in range(3) %}{% if i == 0 %}{% set x = 1 %}{% endif %}[{{ x }}]{% endfor %} {{ y|trim }}|{{ y|join }}|{{ y|list }}|{{ 'a' in y }}
 {% if add_generation_prompt %}{{ bos_token }}|{{ eos_token }}{% endif %}"""
 
 TEMPLATES = {"qwen2.5": QWEN25, "llama3.1": LLAMA31, "llama3.2": LLAMA32, "smollm2": SMOLLM2, "zephyr": ZEPHYR,
