@@ -297,7 +297,8 @@ std::string kjv_text();  // the default corpus
 // Instruction records (prepare --format jsonl), one JSON object a line: {"prompt", "completion"}
 // (a user's and the assistant's message) or {"messages": [{"role", "content"}...]} with roles
 // system, user and assistant. With a chat template (tokenizer_config.json's "chat_template", next
-// to a tokenizer.json) a record renders as transformers' apply_chat_template renders its messages;
+// to a tokenizer.json) a record renders as transformers' apply_chat_template renders its messages
+// (every field, any role: tool calls and tools' answers) and its "tools" (a list, or null);
 // each assistant's message is trained on from the end of the conversation before it, with the
 // assistant's header (add_generation_prompt), to the end of the conversation up to it: TRL's
 // prompt/completion rule, for every assistant's turn. The rendered text is tokenized whole, and

@@ -66,7 +66,11 @@ class HfTokenizer final : public Tokenizer {
                               std::pair{jinja, kChatTemplateFile}}) {
       std::error_code ec;
       std::string to = dir + "/" + name;
-      if (from.empty() || !std::filesystem::exists(from) || std::filesystem::equivalent(to, from, ec)) continue;
+      if (from.empty() || !std::filesystem::exists(from)) {  // not another tokenizer's, left by an earlier prepare
+        std::filesystem::remove(to, ec);
+        continue;
+      }
+      if (std::filesystem::equivalent(to, from, ec)) continue;
       std::string text = read_whole_file(from);
       write_file_atomic(to, text.data(), text.size());
     }

@@ -19,33 +19,50 @@ using Ordered = nlohmann::ordered_json;
 
 struct BadRecord { std::string what; };
 
-// A record's messages, (role, content) in order: a messages record's, or a prompt/completion
-// record as a user's and the assistant's message. `chat`: it was a messages record.
-Ordered messages_of(const json& r, bool& chat) {
+// A record's messages in order: a messages record's, or a prompt/completion record as a user's
+// and the assistant's message. `chat`: it was a messages record. In the plain template a message
+// is a role (system, user or assistant) and a content string; a template takes every field as the
+// record has it (tool_calls, a null content beside them, content parts), any role (tool, ipython),
+// and the record's "tools" (a list: `tools`, else null).
+Ordered messages_of(const Ordered& r, bool templated, bool& chat, Ordered& tools) {
   auto fail = [](std::string what) { throw BadRecord{std::move(what)}; };
   if (!r.is_object()) fail("expected a JSON object {\"prompt\", \"completion\"} or {\"messages\"}");
-  auto text = [&](const json& o, const char* field, const std::string& name) -> std::string {
+  auto text = [&](const Ordered& o, const char* field, const std::string& name) -> std::string {
     if (!o.contains(field)) fail(fmt::format("no \"{}\" ({})", field, name));
     if (!o[field].is_string()) fail(fmt::format("\"{}\" is {}, expected a string", field, o[field].dump().substr(0, 80)));
     return o[field];
   };
   auto message = [](const std::string& role, const std::string& content) { return Ordered{{"role", role}, {"content", content}}; };
   Ordered msgs = Ordered::array();
+  tools = nullptr;
   chat = r.contains("messages");
   if (chat) {
-    const json& m = r["messages"];
+    const Ordered& m = r["messages"];
     if (!m.is_array()) fail(fmt::format("\"messages\" is {}, expected an array", m.dump().substr(0, 80)));
     bool assistant = false;
     for (size_t k = 0; k < m.size(); k++) {
       std::string field = fmt::format("messages[{}]", k);
       if (!m[k].is_object()) fail(fmt::format("{} is not an object {{\"role\", \"content\"}}", field));
-      std::string role = text(m[k], "role", field), content = text(m[k], "content", field);
-      if (role != "system" && role != "user" && role != "assistant")
-        fail(fmt::format("{}.role is \"{}\", expected system, user or assistant", field, role));
+      std::string role = text(m[k], "role", field);
       assistant |= role == "assistant";
+      if (templated) {
+        if (m[k].contains("content") && !m[k]["content"].is_string() && !m[k]["content"].is_null() && !m[k]["content"].is_array())
+          fail(fmt::format("{}.content is {}, expected a string, null or a list of parts", field, m[k]["content"].dump().substr(0, 80)));
+        msgs.push_back(m[k]);
+        continue;
+      }
+      std::string content = text(m[k], "content", field);
+      if (role != "system" && role != "user" && role != "assistant")
+        fail(fmt::format("{}.role is \"{}\", expected system, user or assistant (other roles need the tokenizer's chat "
+                         "template)", field, role));
       msgs.push_back(message(role, content));
     }
     if (!assistant) fail("messages: no message with role \"assistant\" (nothing to train on)");
+    if (r.contains("tools")) {
+      if (!templated) fail("\"tools\" needs the tokenizer's chat template to render them");
+      if (!r["tools"].is_array()) fail(fmt::format("\"tools\" is {}, expected a list", r["tools"].dump().substr(0, 80)));
+      tools = r["tools"];
+    }
   } else {
     std::string prompt = text(r, "prompt", "expected {\"prompt\", \"completion\"} or {\"messages\"}");
     std::string completion = text(r, "completion", "expected {\"prompt\", \"completion\"} or {\"messages\"}");
@@ -85,10 +102,10 @@ struct ChatTemplate::Jinja {
 
   // What the template renders for messages [0, n) of msgs, with the assistant's header after them
   // or not; BadRecord saying where the template failed (its raise_exception's message).
-  std::string render(const Ordered& msgs, size_t n, bool add_generation_prompt) const {
+  std::string render(const Ordered& msgs, size_t n, bool add_generation_prompt, const Ordered& tools = nullptr) const {
     Ordered ctx = tokens;
     ctx["messages"] = Ordered(msgs.begin(), msgs.begin() + std::ptrdiff_t(n));
-    ctx["tools"] = nullptr;
+    ctx["tools"] = tools;
     ctx["documents"] = nullptr;
     ctx["add_generation_prompt"] = add_generation_prompt;
     try {
@@ -167,14 +184,15 @@ ChatTemplate ChatTemplate::of(const std::string& tokenizer_path, const Tokenizer
 std::string ChatTemplate::name() const { return j_ ? j_->name : "plain"; }
 
 bool ChatTemplate::render_record(std::string_view line, std::vector<RecordPiece>& pieces, std::string& error) const {
-  json r = json::parse(line, nullptr, false);
+  Ordered r = Ordered::parse(line, nullptr, false);
   if (r.is_discarded()) {
     error = "not JSON: expected one JSON object a line";
     return false;
   }
   try {
     bool chat = false;
-    Ordered msgs = messages_of(r, chat);
+    Ordered tools;
+    Ordered msgs = messages_of(r, j_ != nullptr, chat, tools);
     pieces.clear();
     if (!j_) {
       for (auto& m : msgs) add_plain(pieces, chat, m["role"], m["content"]);
@@ -183,12 +201,12 @@ bool ChatTemplate::render_record(std::string_view line, std::vector<RecordPiece>
     // Each assistant's message is trained on: what the whole conversation renders from the end of
     // the conversation before it, with the assistant's header, to the end of the conversation
     // up to it (TRL's prompt/completion rule, for every turn).
-    const std::string whole = j_->render(msgs, msgs.size(), false);
+    const std::string whole = j_->render(msgs, msgs.size(), false, tools);
     size_t done = 0;
     for (size_t i = 0; i < msgs.size(); i++) {
       if (msgs[i]["role"] != "assistant") continue;
-      const size_t begin = common_prefix(j_->render(msgs, i, true), whole);
-      const std::string upto = j_->render(msgs, i + 1, false);
+      const size_t begin = common_prefix(j_->render(msgs, i, true, tools), whole);
+      const std::string upto = j_->render(msgs, i + 1, false, tools);
       const size_t end = common_prefix(upto, whole);
       if (end != upto.size() || begin < done || begin >= end)
         throw BadRecord{fmt::format("{} does not render messages[{}] (the assistant's) as the whole conversation "

@@ -393,6 +393,7 @@ TEST(Instruct, ShardsMasksAndLoaderTargets) {
   {
     std::ofstream pc(d / "pc.jsonl");
     std::ofstream msg(d / "msg.jsonl");
+    std::ofstream tools(d / "tools.jsonl");
     for (int i = 0; i < 1500; i++) {
       pc << json({{"prompt", fmt::format("What begat {}?\n", i)}, {"completion", fmt::format(" And Seth lived {} years.", i * 7)}}).dump() << "\n";
       msg << json({{"messages", {{{"role", "system"}, {"content", "Be brief."}},
@@ -400,13 +401,23 @@ TEST(Instruct, ShardsMasksAndLoaderTargets) {
                                  {{"role", "assistant"}, {"content", "In the beginning God created the heaven."}},
                                  {{"role", "user"}, {"content", "More"}},
                                  {{"role", "assistant"}, {"content", fmt::format("And the earth {}.", i)}}}}}).dump() << "\n";
+      // function calling: the record's tools, the assistant's tool call (arguments in their
+      // order: "days" before "city"), the tool's answer
+      tools << nlohmann::ordered_json::parse(fmt::format(R"({{"tools": [{{"type": "function", "function": {{"name": "get_weather",
+          "description": "Weather", "parameters": {{"type": "object", "properties": {{"days": {{"type": "integer"}},
+          "city": {{"type": "string"}}}}}}}}}}], "messages": [{{"role": "system", "content": "Use tools."}},
+          {{"role": "user", "content": "Weather in Ur {}?"}}, {{"role": "assistant", "content": "", "tool_calls": [{{"type":
+          "function", "function": {{"name": "get_weather", "arguments": {{"days": {}, "city": "Ur"}}}}}}]}},
+          {{"role": "tool", "content": "{{\"temp\": {}}}"}}, {{"role": "assistant", "content": "It is {} degrees."}}]}})",
+          i, i % 7, i, i)).dump() << "\n";
     }
   }
   struct Case { std::string tok_dir, tmpl; };
   // llama3's fixture has Llama 3.1's chat template, qwen2's Qwen2.5's; the gpt2 one has none: plain
   for (const Case& c : {Case{fixture("llama3"), "llama3"}, Case{fixture("qwen2"), "qwen2"}, Case{fixture("gpt2"), "plain"}}) {
-    for (const char* file : {"pc.jsonl", "msg.jsonl"}) {
+    for (const char* file : {"pc.jsonl", "msg.jsonl", "tools.jsonl"}) {
       SCOPED_TRACE(c.tmpl + " " + file);
+      if (c.tmpl == "plain" && file == std::string("tools.jsonl")) continue;  // tools need a template: refused below
       TokenizerOptions opt;
       opt.pretrained = c.tok_dir;
       std::string out = d / (c.tmpl + file);
@@ -461,8 +472,23 @@ TEST(Instruct, ShardsMasksAndLoaderTargets) {
   bad(R"({"prompt": "x"})", "no \"completion\"");
   bad(R"({"prompt": "x", "completion": 3})", "\"completion\" is 3, expected a string");
   bad(R"({"messages": [{"role": "user", "content": "hi"}]})", "messages: no message with role \"assistant\"");
-  bad(R"({"messages": [{"role": "bot", "content": "hi"}]})", "messages[0].role is \"bot\", expected system, user or assistant");
-  bad(R"({"messages": [{"role": "assistant"}]})", "no \"content\" (messages[0])");
+  bad(R"({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": 7}]})",
+      "messages[1].content is 7, expected a string, null or a list of parts");
+  bad(R"({"messages": [{"role": "assistant", "content": "x"}], "tools": {}})", "\"tools\" is {}, expected a list");
+  // what the plain template cannot render
+  auto bad_plain = [&](const std::string& line, const std::string& error) {
+    std::ofstream(d / "bad.jsonl") << json({{"prompt", "a"}, {"completion", "b"}}).dump() << "\n" << line << "\n";
+    TokenizerOptions opt;
+    opt.pretrained = fixture("gpt2");
+    test::expect_user_error([&] { prepare_records({d / "bad.jsonl"}, d / "badout", 4, opt); }, d / "bad.jsonl" + ":2: " + error);
+  };
+  bad_plain(R"({"messages": [{"role": "bot", "content": "hi"}]})",
+            "messages[0].role is \"bot\", expected system, user or assistant (other roles need the tokenizer's chat template)");
+  bad_plain(R"({"messages": [{"role": "assistant"}]})", "no \"content\" (messages[0])");
+  bad_plain(R"({"messages": [{"role": "assistant", "content": "x"}], "tools": []})", "\"tools\" needs the tokenizer's chat template");
+  // badout held the llama3 fixture's tokenizer_config.json (eos <|end_of_text|>, its template); the
+  // gpt2 fixture has none, and prepare left the old one there, which then named a missing eos
+  EXPECT_FALSE(std::filesystem::exists(d / "badout/tokenizer_config.json"));
   // the template's own refusal: Llama 3.1's reads messages[0] of the conversation before the reply
   bad(R"({"messages": [{"role": "assistant", "content": "hi"}]})",
       fixture("llama3") + "/tokenizer_config.json's chat_template, line 16: an undefined value has no item role");

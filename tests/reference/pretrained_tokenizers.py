@@ -242,8 +242,9 @@ def chat(directory, src, dst):
     for line in open(src, encoding="utf-8"):
         if not line.strip():
             continue
-        msgs = messages_of(json.loads(line))
-        text = lambda n, gen: tok.apply_chat_template(msgs[:n], tokenize=False, add_generation_prompt=gen)
+        r = json.loads(line)
+        msgs = messages_of(r)
+        text = lambda n, gen: tok.apply_chat_template(msgs[:n], tools=r.get("tools"), tokenize=False, add_generation_prompt=gen)
         count = lambda s: len(tok(s, add_special_tokens=False)["input_ids"])
         ids = tok(text(len(msgs), False), add_special_tokens=False)["input_ids"]
         mask = [0] * len(ids)
