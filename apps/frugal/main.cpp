@@ -6,7 +6,7 @@
 //                  [--tokenizer byte|gpt2|PATH [--tiktoken-pattern gpt2|cl100k|llama3|qwen2]]
 //                  [--train-tokenizer --vocab-size N [--model-type bpe|unigram]] [--format text|jsonl]
 //   frugal eval --run DIR [--data SHARDS] [--batches N]
-//   frugal sample --run DIR [--prompt TEXT] [--tokens N] [--temperature X] [--top-k K] [--seed S] [--chat]
+//   frugal sample --run DIR [--prompt TEXT] [--tokens N] [--temperature X] [--top-k K] [--seed S] [--chat [--system TEXT]]
 //   frugal plan (--preset NAME | -c FILE) --tokens N [--device NAME] [--devices N] [settings] [--json]
 //   frugal plan --calibrate RUN_DIR [--json]
 //   frugal report RUN_DIR
@@ -183,7 +183,7 @@ static int cmd_export(const std::string& from, const std::string& out, int64_t m
 }
 
 static int cmd_sample(const std::string& run, const std::string& prompt, int num_tokens,
-                      double temperature, int top_k, uint64_t seed, bool chat) {
+                      double temperature, int top_k, uint64_t seed, bool chat, const std::string& system) {
   if (!(temperature >= 0) || !std::isfinite(temperature))
     user_error("--temperature: expected a finite number >= 0 (0: greedy), got {}", temperature);
   if (num_tokens < 1) user_error("--tokens: expected a positive integer, got {}", num_tokens);
@@ -198,7 +198,7 @@ static int cmd_sample(const std::string& run, const std::string& prompt, int num
   std::vector<uint32_t> enc, stop = {tok->eot()};
   if (chat) {
     const ChatTemplate tmpl = ChatTemplate::of(data_dir(w.cfg), *tok);
-    for (const RecordPiece& p : tmpl.chat_prompt(prompt)) tok->encode(p.text, enc);  // as prepare tokenizes it
+    for (const RecordPiece& p : tmpl.chat_prompt(prompt, system)) tok->encode(p.text, enc);  // as prepare tokenizes it
     std::vector<uint32_t> end;
     if (!tmpl.end_of_turn().empty()) tok->encode(tmpl.end_of_turn(), end);
     if (end.size() == 1) stop.push_back(end[0]);
@@ -534,6 +534,8 @@ int main(int argc, char** argv) {
   bool chat = false;
   sample_cmd->add_flag("--chat", chat, "the prompt as a user's message in the chat template of the run's tokenizer "
                        "(as prepare --format jsonl renders it); prints the assistant's reply");
+  std::string system;
+  sample_cmd->add_option("--system", system, "with --chat: a system message before the user's, as the records had it");
   sample_cmd->footer("Generation stops at end of text (with --chat, at the end of the assistant's turn) or after --tokens.");
 
   auto* plan_cmd = app.add_subcommand("plan", "memory, time and cost of a training before you rent the hardware");
@@ -605,7 +607,10 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (*eval_cmd) return cmd_eval(run_dir, data, batches);
-    if (*sample_cmd) return cmd_sample(run_dir, prompt, num_tokens, temperature, top_k, seed, chat);
+    if (*sample_cmd) {
+      if (!system.empty() && !chat) user_error("sample --system: the system message is a turn of --chat");
+      return cmd_sample(run_dir, prompt, num_tokens, temperature, top_k, seed, chat, system);
+    }
   } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
   } catch (const CLI::CallForAllHelp& e) {

@@ -342,10 +342,10 @@ class ChatTemplate {
   // One .jsonl line rendered: its pieces, each trained on or not; false, with `error` saying why
   // (without the file and line), if the line is not a record or the template refuses it.
   bool render_record(std::string_view line, std::vector<RecordPiece>& pieces, std::string& error) const;
-  // `sample --chat`: a user's message rendered with the assistant's header after it, for the
-  // model to go on from, in pieces to tokenize each on its own (a template's: one); and what ends
-  // the assistant's turn ("" for plain: end of text).
-  std::vector<RecordPiece> chat_prompt(const std::string& user) const;
+  // `sample --chat`: a user's message (after a system message, if any) rendered with the
+  // assistant's header after it, for the model to go on from, in pieces to tokenize each on its
+  // own (a template's: one); and what ends the assistant's turn ("" for plain: end of text).
+  std::vector<RecordPiece> chat_prompt(const std::string& user, const std::string& system = "") const;
   std::string end_of_turn() const;
 
  private:

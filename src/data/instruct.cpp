@@ -137,7 +137,7 @@ ChatTemplate ChatTemplate::of(const std::string& tokenizer_path, const Tokenizer
   if (fs::exists(file)) {
     source = read_whole_file(file);
     where = file;
-  } else if (c.contains("chat_template")) {
+  } else if (c.contains("chat_template") && !c["chat_template"].is_null()) {
     where = config + "'s chat_template";
     const json& v = c["chat_template"];
     if (v.is_array()) {
@@ -223,11 +223,19 @@ bool ChatTemplate::render_record(std::string_view line, std::vector<RecordPiece>
   return true;
 }
 
-std::vector<RecordPiece> ChatTemplate::chat_prompt(const std::string& user) const {
-  Ordered msgs = Ordered::array({Ordered{{"role", "user"}, {"content", user}}});
-  if (!j_) return {{"user: ", false}, {user, false}, {"\n", false}, {"assistant: ", false}};  // as add_plain renders them
+std::vector<RecordPiece> ChatTemplate::chat_prompt(const std::string& user, const std::string& system) const {
+  Ordered msgs = Ordered::array();
+  std::vector<RecordPiece> plain;  // as add_plain renders a messages record
+  if (!system.empty()) {
+    msgs.push_back(Ordered{{"role", "system"}, {"content", system}});
+    add_plain(plain, true, "system", system);
+  }
+  msgs.push_back(Ordered{{"role", "user"}, {"content", user}});
+  add_plain(plain, true, "user", user);
+  plain.push_back({"assistant: ", false});
+  if (!j_) return plain;
   try {
-    return {{j_->render(msgs, 1, true), false}};
+    return {{j_->render(msgs, msgs.size(), true), false}};
   } catch (const BadRecord& e) {
     user_error("{}", e.what);
   }

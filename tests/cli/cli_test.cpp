@@ -121,6 +121,7 @@ TEST_F(Cli, SampleChatAnswersInTheTemplateAndStopsAtEndOfText) {
   ASSERT_EQ(t.code, 0) << t.out;
   EXPECT_EQ(run("sample --run chatrun --chat --prompt 'Who begat Enos?' --temperature 0 --tokens 50", d()).out, "Seth.\n\n");
   EXPECT_EQ(run("sample --run chatrun --prompt 'assistant: ' --temperature 0 --tokens 50", d()).out, "assistant: Seth.\n\n");
+  expect_error("sample --run chatrun --system 'Be brief.' --prompt 'Who begat Enos?'", "sample --system: the system message is a turn of --chat");
 }
 
 // Records whose prompts outrun seq_len: a batch of prompt only has no loss (it was logged as

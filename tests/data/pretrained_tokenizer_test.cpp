@@ -626,15 +626,17 @@ TEST(Instruct, SplitByRecordsFromFilesDirectoriesAndGlobs) {
 // trains after its (empty) content.
 TEST(Instruct, ChatPromptIsTheRecordUpToTheAssistantsTurn) {
   test::TempDir d;
-  std::ofstream(d / "one.jsonl") << json({{"messages", {{{"role", "user"}, {"content", "Who begat Enos?"}},
-                                                        {{"role", "assistant"}, {"content", ""}}}}}).dump() << "\n";
-  for (const char* name : {"llama3", "qwen2", "gpt2"}) {
-    SCOPED_TRACE(name);
+  for (const char* name : {"llama3", "qwen2", "gpt2"})
+   for (std::string system : {"", "Be brief."}) {
+    SCOPED_TRACE(std::string(name) + " system '" + system + "'");
+    json msgs = {{{"role", "user"}, {"content", "Who begat Enos?"}}, {{"role", "assistant"}, {"content", ""}}};
+    if (!system.empty()) msgs.insert(msgs.begin(), json::object({{"role", "system"}, {"content", system}}));
+    std::ofstream(d / "one.jsonl") << json({{"messages", msgs}}).dump() << "\n";
     auto tok = load_pretrained_tokenizer(fixture(name));
     const ChatTemplate tmpl = ChatTemplate::of(fixture(name), *tok);
     ASSERT_EQ(tmpl.plain(), name == std::string("gpt2"));
     std::vector<uint32_t> prompt, end;
-    for (const RecordPiece& p : tmpl.chat_prompt("Who begat Enos?")) tok->encode(p.text, prompt);
+    for (const RecordPiece& p : tmpl.chat_prompt("Who begat Enos?", system)) tok->encode(p.text, prompt);
     tok->encode(tmpl.end_of_turn(), end);
     auto [ids, mask] = rendered(fixture(name), !tmpl.plain(), d / "one.jsonl");
     // the record: the prompt, (no content), the end of the turn, what follows it, EOT
@@ -648,7 +650,7 @@ TEST(Instruct, ChatPromptIsTheRecordUpToTheAssistantsTurn) {
       EXPECT_EQ(ids[prompt.size()], end[0]);
       EXPECT_EQ(mask[prompt.size()], 1);
     }
-  }
+   }
   EXPECT_EQ(ChatTemplate::of(fixture("llama3"), *load_pretrained_tokenizer(fixture("llama3"))).end_of_turn(), "<|eot_id|>");
   EXPECT_EQ(ChatTemplate::of(fixture("qwen2"), *load_pretrained_tokenizer(fixture("qwen2"))).end_of_turn(), "<|im_end|>");
 }
@@ -668,6 +670,8 @@ TEST(Instruct, ChatTemplateFromTheJinjaFileOrTheConfigsDefault) {
     return text;
   };
   EXPECT_TRUE(ChatTemplate::of(d.path.string(), *tok).plain());  // no tokenizer_config.json
+  std::ofstream(d / "tokenizer_config.json") << R"({"chat_template": null})";
+  EXPECT_TRUE(ChatTemplate::of(d.path.string(), *tok).plain());
   std::ofstream(d / "tokenizer_config.json") << json({{"chat_template", {{{"name", "tool_use"}, {"template", "x"}},
                                                                           {{"name", "default"}, {"template", "A" + chatml}}}}}).dump();
   EXPECT_EQ(prompt(), "A<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
