@@ -3,6 +3,7 @@
 #include <charconv>
 #include <cmath>
 #include <filesystem>
+#include <cstring>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -482,7 +483,18 @@ ModelConfig read_hf_config(const std::string& path) {
   c.preset = std::filesystem::path(path).parent_path().filename().string();
   if (c.preset.empty()) c.preset = "config.json";
   if (type != "gpt2") {
-    c.validate(path);
+    try {
+      c.validate(path);
+    } catch (const UserError& e) {  // named as the file names them
+      std::string m = e.what();
+      for (auto [ours, theirs] : {std::pair{"model.n_embd", "hidden_size"}, {"model.n_head", "num_attention_heads"},
+                                  {"model.n_kv_head", "num_key_value_heads"}, {"model.n_layer", "num_hidden_layers"},
+                                  {"model.ffn_hidden", "intermediate_size"}, {"model.context", "max_position_embeddings"},
+                                  {"model.norm_eps", "rms_norm_eps"}, {"model.rope_theta", "rope_theta"},
+                                  {"model.rope_scaling", "rope_scaling"}, {"model.vocab_size", "vocab_size"}})
+        for (size_t at; (at = m.find(ours)) != std::string::npos;) m.replace(at, std::strlen(ours), theirs);
+      throw UserError(m);
+    }
     return c;
   }
   for (auto [key, field] : {std::pair{"n_layer", &c.n_layer}, {"n_head", &c.n_head}, {"n_embd", &c.n_embd},

@@ -291,7 +291,14 @@ TEST_F(Cli, LlamaBothWaysWithTransformers) {
                              "bad/config.json: head_dim: a head size other than hidden_size / num_attention_heads = 16 is not supported (llama), got 32"},
                             {R"({"model_type": "qwen2", "num_hidden_layers": 2, "num_attention_heads": 4, "hidden_size": 64, "vocab_size": 300,
                                  "max_position_embeddings": 64, "intermediate_size": 128, "num_experts": 8})",
-                             "bad/config.json: num_experts: a mixture of experts is not supported (qwen2), got 8"}}) {
+                             "bad/config.json: num_experts: a mixture of experts is not supported (qwen2), got 8"},
+                            // shapes that do not fit together, named by the file's keys (they read "model.n_head")
+                            {R"({"model_type": "llama", "num_hidden_layers": 2, "num_attention_heads": 6, "num_key_value_heads": 4,
+                                 "hidden_size": 96, "vocab_size": 300, "max_position_embeddings": 64, "intermediate_size": 128})",
+                             "bad/config.json: num_attention_heads (6) must be a multiple of num_key_value_heads (4)"},
+                            {R"({"model_type": "llama", "num_hidden_layers": 2, "num_attention_heads": 5, "hidden_size": 64,
+                                 "vocab_size": 300, "max_position_embeddings": 64, "intermediate_size": 128})",
+                             "bad/config.json: hidden_size (64) must be divisible by num_attention_heads (5)"}}) {
     std::ofstream(*dir_ / "bad/config.json") << json;
     expect_error("train -c bad/config.json --run.dir=never", want);
     expect_error("plan -c bad/config.json --tokens 1e9", want);
