@@ -66,7 +66,12 @@ void ModelConfig::validate(const std::string& where) const {
   if (lora.on()) {
     if (!(lora.alpha > 0)) user_error("{}: lora.alpha must be > 0, got {}", where, lora.alpha);
     if (!(lora.dropout >= 0 && lora.dropout < 1)) user_error("{}: lora.dropout must be in [0, 1), got {}", where, lora.dropout);
-    lora_sites(*this, 0, where + ": lora.targets");  // every target names a module of the family
+    // every target names a module of the family, and the rank is below each one's width (above it
+    // the adapters hold more than the weight, and B·A can be no more than full rank)
+    for (const LoraSite& site : lora_sites(*this, 0, where + ": lora.targets"))
+      if (lora.rank > std::min(site.rows, site.in))
+        user_error("{}: lora.rank = {} is above the width of {} ({} x {}): expected at most {}", where, lora.rank,
+                   site.module, site.rows, site.in, std::min(site.rows, site.in));
   }
   if (family == Family::gpt2) {  // what GPT-2's blocks compute
     if (n_kv_head != 0 && n_kv_head != n_head)

@@ -195,6 +195,20 @@ TEST(Lora, BitsandbytesCheckpointLoads) {
 
 TEST(Lora, Gpt2EveryModuleMatchesPeft) { run_lora_parity({"gpt2", 2, 4, 4, 32, 128, 96, 64, 2, 16, 4, "c_attn,c_proj,c_fc"}); }
 
+// A rank above a target's width (its adapters would hold more than the weight) is one line naming
+// the module; at the width it trains.
+TEST(Lora, RankAboveATargetsWidthIsRefused) {
+  ModelConfig cfg = model_preset("llama-tiny", "test");
+  cfg.lora.targets = {"k_proj", "down_proj"};
+  const int64_t width = int64_t(cfg.kv_heads()) * cfg.head_size();  // k_proj: kv_heads x head_size rows
+  cfg.lora.rank = int(width);
+  cfg.validate("test");
+  cfg.lora.rank = int(width) + 1;
+  test::expect_user_error([&] { cfg.validate("test"); },
+                          fmt::format("test: lora.rank = {} is above the width of model.layers.0.self_attn.k_proj ({} x {}): "
+                                      "expected at most {}", width + 1, width, cfg.n_embd, width));
+}
+
 // LoRA's dropout (PEFT's masks are torch's random draws, so not comparable): with the masks of
 // one seed fixed, the adapters' gradients are those of the loss, by central differences on
 // entries of every adapter matrix (fp32, a tiny llama, p = 0.3).
