@@ -196,11 +196,13 @@ static int cmd_sample(const std::string& run, const std::string& prompt, int num
   // generation ends at end of text, or with --chat at the end of the assistant's turn, as
   // instruction data was trained (prepare --format jsonl)
   std::vector<uint32_t> enc, stop = {tok->eot()};
+  std::string end_text;  // --chat: the end of the assistant's turn, which may take several tokens
   if (chat) {
     const ChatTemplate tmpl = ChatTemplate::of(data_dir(w.cfg), *tok);
     for (const RecordPiece& p : tmpl.chat_prompt(prompt, system)) tok->encode(p.text, enc);  // as prepare tokenizes it
     std::vector<uint32_t> end;
-    if (!tmpl.end_of_turn().empty()) tok->encode(tmpl.end_of_turn(), end);
+    end_text = tmpl.end_of_turn();
+    if (!end_text.empty()) tok->encode(end_text, end);
     if (end.size() == 1) stop.push_back(end[0]);
   } else {
     tok->encode(prompt, enc);
@@ -252,9 +254,20 @@ static int cmd_sample(const std::string& run, const std::string& prompt, int num
       }
     }
     std::string text = tok->decode(generated);  // whole: a piece's text can depend on its neighbours
-    fmt::print("{}", text.substr(std::min(printed, text.size())));
-    printed = text.size();
+    size_t show = text.size(), end_at = end_text.empty() ? std::string::npos : text.find(end_text);
+    if (end_at != std::string::npos) {
+      show = end_at;
+    } else {  // what may be the start of the end marker waits for the next token
+      for (size_t k = std::min(end_text.size() - (end_text.empty() ? 0 : 1), text.size()); k > 0; k--)
+        if (text.ends_with(std::string_view(end_text).substr(0, k))) {
+          show = text.size() - k;
+          break;
+        }
+    }
+    if (show > printed) fmt::print("{}", text.substr(printed, show - printed));
+    printed = std::max(printed, show);
     std::fflush(stdout);
+    if (end_at != std::string::npos) break;
   }
   fmt::print("\n");
   return 0;
@@ -495,6 +508,8 @@ int main(int argc, char** argv) {
   prep_cmd->add_option("--format", format, "text (documents) or jsonl (instruction records: prompt/completion or messages, "
                        "a record a document, with a loss mask)")
       ->check(CLI::IsMember({"text", "jsonl"}));
+  prep_cmd->add_option("--chat-template", corpus.chat_template, "with --format jsonl: a Jinja chat template (a "
+                       "chat_template.jinja) to render the records with instead of the tokenizer's");
   prep_cmd->add_option("--gpt2-dir", tok_opt.gpt2_dir, "where GPT-2's rank file gpt2.tiktoken is");
   auto* train_tok = prep_cmd->add_flag("--train-tokenizer", train_tokenizer, "train a SentencePiece vocabulary on the corpus");
   prep_cmd->add_option("--vocab-size", tok_opt.vocab_size, "size of the trained vocabulary")->needs(train_tok);

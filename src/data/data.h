@@ -264,6 +264,7 @@ struct CorpusOptions {
   bool skip_bad_lines = false;   // .jsonl: count and skip a line that is not JSON or lacks the field
   bool progress = false;         // a progress line on stderr
   bool instruct = false;         // .jsonl instruction records: shards with loss masks
+  std::string chat_template;     // instruct: a Jinja file to render them with, not the tokenizer's
 };
 
 // Streams the inputs (files, directories and globs of .txt and .jsonl, plain, .gz or .zst; an
@@ -332,8 +333,12 @@ class ChatTemplate {
   // chat_template.jinja, else tokenizer_config.json's chat_template (a list's "default"), as
   // transformers takes it; plain if it has none, or if tok is not a Hugging Face tokenizer.json,
   // which alone reads the template's special tokens in text (SentencePiece reads "<s>" as text).
-  // A template that does not parse is a UserError naming the file and the line.
-  static ChatTemplate of(const std::string& tokenizer_path, const Tokenizer& tok);
+  // A byte tokenizer takes a template too (its tokens are text, and stay so). `file`: a template
+  // to use instead (prepare --chat-template), with the tokenizer's special tokens; a UserError if
+  // the tokenizer cannot take it. A template that does not parse is a UserError naming the file
+  // and the line.
+  static ChatTemplate of(const std::string& tokenizer_path, const Tokenizer& tok, const std::string& file = "");
+  const std::string& source() const;  // the template's text ("" for plain)
   bool plain() const { return !j_; }
   std::string name() const;  // "plain", or "chat_template" and a hash of it (in the manifest)
   // where it came from ("DIR/tokenizer_config.json's chat_template", "DIR/chat_template.jinja"), or

@@ -99,6 +99,7 @@ struct ChatTemplate::Jinja {
   Ordered tokens;       // bos_token, eos_token, ... as transformers passes them to the template
   std::string where;    // "DIR/tokenizer_config.json's chat_template", or DIR/chat_template.jinja
   std::string name;     // "chat_template <hash>"
+  std::string source;
 
   // What the template renders for messages [0, n) of msgs, with the assistant's header after them
   // or not; BadRecord saying where the template failed (its raise_exception's message).
@@ -116,14 +117,19 @@ struct ChatTemplate::Jinja {
   }
 };
 
-ChatTemplate ChatTemplate::of(const std::string& tokenizer_path, const Tokenizer& tok) {
+ChatTemplate ChatTemplate::of(const std::string& tokenizer_path, const Tokenizer& tok, const std::string& given) {
   namespace fs = std::filesystem;
   ChatTemplate t;
-  if (tokenizer_path.empty()) return t;
+  const bool reads_specials = tok.kind() == TokenizerKind::hf_bpe || tok.kind() == TokenizerKind::byte;
+  if (!given.empty() && !reads_specials)
+    user_error("--chat-template {}: the tokenizer is {}, which reads a template's special tokens as text: expected a "
+               "Hugging Face tokenizer.json (or byte)", given, to_string(tok.kind()));
+  if (tokenizer_path.empty() && given.empty()) return t;
   fs::path dir = fs::is_directory(tokenizer_path) ? fs::path(tokenizer_path) : fs::path(tokenizer_path).parent_path();
-  const std::string config = (dir / "tokenizer_config.json").string(), file = (dir / kChatTemplateFile).string();
+  const std::string config = (dir / "tokenizer_config.json").string();
+  const std::string file = !given.empty() ? given : (dir / kChatTemplateFile).string();
   json c = json::object();
-  if (fs::exists(config)) {
+  if (!tokenizer_path.empty() && fs::exists(config)) {
     try {
       c = json::parse(read_whole_file(config));
     } catch (const json::exception& e) {
@@ -134,7 +140,8 @@ ChatTemplate ChatTemplate::of(const std::string& tokenizer_path, const Tokenizer
   // where transformers finds it: chat_template.jinja (what it saves since 4.47), else the config's
   // chat_template: one template, or a list of named ones of which it applies "default"
   std::string source, where;
-  if (fs::exists(file)) {
+  if (!given.empty() || fs::exists(file)) {
+    if (!fs::exists(file)) user_error("--chat-template {}: no such file", file);
     source = read_whole_file(file);
     where = file;
   } else if (c.contains("chat_template") && !c["chat_template"].is_null()) {
@@ -155,7 +162,7 @@ ChatTemplate ChatTemplate::of(const std::string& tokenizer_path, const Tokenizer
   }
   // its special tokens are read from the text by a tokenizer.json only (frugal's SentencePiece
   // and tiktoken encoders take text as text)
-  if (tok.kind() != TokenizerKind::hf_bpe) {
+  if (!reads_specials) {
     t.note_ = fmt::format("the plain template: {} needs a byte-level tokenizer.json to read its special tokens, and "
                           "the tokenizer is {}", where, to_string(tok.kind()));
     return t;
@@ -167,7 +174,7 @@ ChatTemplate ChatTemplate::of(const std::string& tokenizer_path, const Tokenizer
       user_error("{}, {}", where, e.what());
     }
   }();
-  auto j = std::make_shared<Jinja>(Jinja{std::move(parsed), Ordered::object(), where, ""});
+  auto j = std::make_shared<Jinja>(Jinja{std::move(parsed), Ordered::object(), where, "", source});
   for (const char* k : {"bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"}) {
     if (!c.contains(k)) continue;
     const json& v = c[k];
@@ -182,6 +189,11 @@ ChatTemplate ChatTemplate::of(const std::string& tokenizer_path, const Tokenizer
 }
 
 std::string ChatTemplate::name() const { return j_ ? j_->name : "plain"; }
+
+const std::string& ChatTemplate::source() const {
+  static const std::string none;
+  return j_ ? j_->source : none;
+}
 
 bool ChatTemplate::render_record(std::string_view line, std::vector<RecordPiece>& pieces, std::string& error) const {
   Ordered r = Ordered::parse(line, nullptr, false);

@@ -552,7 +552,8 @@ PrepareStats prepare_corpus(const std::vector<std::string>& inputs, const std::s
   std::unique_ptr<Tokenizer> tok = make_tokenizer(sources, kjv, opt.field, topt);
   const bool wide = tok->vocab_size() > 65536;
   const uint32_t eot = tok->eot();
-  const ChatTemplate tmpl = opt.instruct ? ChatTemplate::of(topt.pretrained, *tok) : ChatTemplate();
+  if (!opt.chat_template.empty() && !opt.instruct) user_error("--chat-template renders instruction records: give --format jsonl");
+  const ChatTemplate tmpl = opt.instruct ? ChatTemplate::of(topt.pretrained, *tok, opt.chat_template) : ChatTemplate();
 
   // What decides the shards: compared with an earlier manifest's to reuse its shards.
   json head;
@@ -581,6 +582,11 @@ PrepareStats prepare_corpus(const std::vector<std::string>& inputs, const std::s
   };
   write_manifest(false);
   save_tokenizer(out_dir, *tok);
+  // the template the records were rendered with, for sample --chat and export: a given one; the
+  // tokenizer's own came with it (save_files), and no other stays from an earlier prepare
+  const std::string template_file = out_dir + "/" + kChatTemplateFile;
+  if (!opt.chat_template.empty()) write_file_atomic(template_file, tmpl.source().data(), tmpl.source().size());
+  else if (tok->kind() != TokenizerKind::hf_bpe) fs::remove(template_file, ec);
 
   const std::pair<uint64_t, int64_t> val_below = opt.val_docs > 0 ? val_docs_bound(sources, kjv, opt, tmpl, threads)
                                                                   : std::make_pair(uint64_t(0), int64_t(-1));

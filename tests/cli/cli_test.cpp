@@ -124,6 +124,37 @@ TEST_F(Cli, SampleChatAnswersInTheTemplateAndStopsAtEndOfText) {
   expect_error("sample --run chatrun --system 'Be brief.' --prompt 'Who begat Enos?'", "sample --system: the system message is a turn of --chat");
 }
 
+// A template given to prepare (a base model's tokenizer has none; here byte tokens): the records
+// are rendered with it, the data directory keeps it, and sample --chat stops at its end of turn,
+// which takes several tokens ("<|im_end|>" in bytes), printing none of it.
+TEST_F(Cli, ChatTemplateGivenToPrepareAndSampleStopsAtItsEndOfTurn) {
+  {
+    std::ofstream f(*dir_ / "chat.jsonl");
+    for (int i = 0; i < 2000; i++)
+      f << R"({"messages": [{"role": "user", "content": "Who begat Enos?"}, {"role": "assistant", "content": "Seth."}]})" << "\n";
+    std::ofstream(*dir_ / "chatml.jinja") << "{% for m in messages %}{{ '<|im_start|>' + m.role + '\\n' + m.content + "
+                                             "'<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>"
+                                             "assistant\\n' }}{% endif %}";
+  }
+  Result p = run("prepare --format jsonl chat.jsonl --chat-template chatml.jinja --out chatml --val-docs 10", d());
+  ASSERT_EQ(p.code, 0) << p.out;
+  EXPECT_NE(p.out.find("records rendered with chatml.jinja"), std::string::npos) << p.out;
+  EXPECT_EQ(read_whole_file(*dir_ / "chatml/chat_template.jinja"), read_whole_file(*dir_ / "chatml.jinja"));
+  Result t = run("train --model.preset=llama-tiny --train.steps=150 --train.seq_len=64 --train.micro_batch=4 --train.lr=3e-3 "
+                 "--train.warmup_steps=10 --run.checkpoint_every=0 --train.eval_every=0 --data.train='chatml/train_*.bin' "
+                 "--run.dir=chatmlrun", d());
+  ASSERT_EQ(t.code, 0) << t.out;
+  EXPECT_EQ(run("sample --run chatmlrun --chat --prompt 'Who begat Enos?' --temperature 0 --tokens 50", d()).out, "Seth.\n");
+  expect_error("prepare chat.jsonl --chat-template chatml.jinja --out x", "--chat-template renders instruction records: give --format jsonl");
+  expect_error("prepare --format jsonl chat.jsonl --chat-template nope.jinja --out x", "--chat-template nope.jinja: no such file");
+  expect_error("prepare --format jsonl chat.jsonl --tokenizer gpt2 --gpt2-dir " + std::string(FRUGAL_SOURCE_DIR) +
+               "/data/gpt2 --chat-template chatml.jinja --out x",
+               "--chat-template chatml.jinja: the tokenizer is gpt2, which reads a template's special tokens as text");
+  // a later prepare into the directory without the template leaves it there no more
+  ASSERT_EQ(run("prepare --format jsonl chat.jsonl --out chatml --val-docs 10", d()).code, 0);
+  EXPECT_FALSE(std::filesystem::exists(*dir_ / "chatml/chat_template.jinja"));
+}
+
 // Records whose prompts outrun seq_len: a batch of prompt only has no loss (it was logged as
 // 0.0000, a perfect model), is no update, leaves its metrics record without "loss", and the
 // report and eval of such a run say so instead of failing or reporting 0.
