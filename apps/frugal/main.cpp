@@ -125,6 +125,31 @@ static int cmd_eval(const std::string& run, const std::string& data, int batches
   return 0;
 }
 
+// The ids transformers starts and stops generating at, from the run's data: end of text (the
+// tokenizer's eos), and a chat template's end of turn where it is another single token; bos:
+// tokenizer_config.json's bos_token, GPT-2's end of text for its tokenizer, else none.
+static SpecialIds special_ids(const std::string& run, const RunWeights& w) {
+  SpecialIds ids;
+  auto tok = run_tokenizer(run, w);
+  ids.eos.push_back(tok->eot());
+  const std::string dir = data_dir(w.cfg);
+  std::vector<uint32_t> one;
+  const std::string turn = ChatTemplate::of(dir, *tok).end_of_turn();
+  if (!turn.empty()) tok->encode(turn, one);
+  if (one.size() == 1 && one[0] != tok->eot()) ids.eos.push_back(one[0]);
+  if (tok->kind() == TokenizerKind::gpt2) ids.bos.push_back(tok->eot());
+  const std::string config = dir + "/tokenizer_config.json";
+  if (tok->kind() == TokenizerKind::hf_bpe && std::filesystem::is_regular_file(config)) {
+    nlohmann::json c = nlohmann::json::parse(read_whole_file(config), nullptr, false);
+    const nlohmann::json bos = c.is_object() && c.contains("bos_token") ? c["bos_token"] : nlohmann::json();
+    const nlohmann::json text = bos.is_object() ? bos.value("content", nlohmann::json()) : bos;
+    one.clear();
+    if (text.is_string()) tok->encode(text.get<std::string>(), one);
+    if (one.size() == 1) ids.bos.push_back(one[0]);
+  }
+  return ids;
+}
+
 // The newest weights of a run (its final model, or a newer checkpoint's while it trains), of a
 // checkpoint directory or a file -> DIR/model.safetensors + DIR/config.json for transformers; a
 // LoRA run's adapters -> DIR in PEFT's format, or with merge the base with W + (alpha/r) B A in
@@ -166,7 +191,15 @@ static int cmd_export(const std::string& from, const std::string& out, int64_t m
         tokenizer_files.push_back(f);
       }
   }
-  const std::string tok_note = tokenizer_files.empty() ? "" : fmt::format(", {} from the data", fmt::join(tokenizer_files, ", "));
+  std::string tok_note = tokenizer_files.empty() ? "" : fmt::format(", {} from the data", fmt::join(tokenizer_files, ", "));
+  SpecialIds ids;  // GPT-2's end of text for a GPT-2 model alone; a run's from its data
+  std::string ids_note;
+  if (file && c.family == Family::gpt2 && c.vocab_size == kGpt2Vocab) ids = {{kGpt2Eot}, {kGpt2Eot}};
+  try {
+    if (!file) ids = special_ids(from, w);
+  } catch (const UserError& e) {  // the data is gone: the weights still export
+    ids_note = fmt::format(" (no bos/eos ids in config.json: {})", e.what());
+  }
   if (w.lora() && !merge) {
     save_adapters(out, *model, w.cfg.train.init_from);
     fmt::print("export: {} -> {}/adapter_model.safetensors, {}/adapter_config.json{} (PEFT; --merge writes the merged model)\n",
@@ -175,7 +208,8 @@ static int cmd_export(const std::string& from, const std::string& out, int64_t m
   }
   if (merge) model->merge_lora();
   const int files = save_model_dir(out, *model, max_shard_bytes);
-  save_hf_config(out + "/config.json", c);
+  tok_note += ids_note;
+  save_hf_config(out + "/config.json", c, ids);
   fmt::print("export: {}{} -> {}/{}, {}/config.json ({}){}\n", source, merge ? " merged into its base" : "", out,
              files == 1 ? "model.safetensors" : fmt::format("model.safetensors.index.json and {} shards", files), out,
              c.family == Family::llama ? "LlamaForCausalLM" : "GPT2LMHeadModel", tok_note);

@@ -52,6 +52,10 @@ std::string to_string(TokenizerKind k) {
 // a Hugging Face tokenizer.json, else byte-level.
 TokenizerInfo tokenizer_info(const std::string& dir) {
   std::string path = dir + "/" + kTokenizerDescription, old = dir + "/tokenizer.json";
+  // a directory that is not there is not byte-level shards (sample would decode another
+  // tokenizer's ids as bytes): its data was moved or deleted
+  if (!std::filesystem::is_directory(dir))
+    user_error("{}: no such directory: the data's tokenizer is described next to its shards (frugal_tokenizer.json)", dir);
   if (!std::filesystem::exists(path)) {
     if (!std::filesystem::exists(old)) return {"byte", kByteVocab, ""};
     path = old;

@@ -218,7 +218,12 @@ std::optional<ModelConfig> frugal_model_config(const std::string& weights);
 ModelConfig read_hf_config(const std::string& path);
 // The --model.KEY=VALUE overrides that give a run this model's shape (every model key).
 std::vector<std::string> model_overrides(const ModelConfig& m);
+// The ids generation starts and stops at (config.json's bos_token_id and eos_token_id): none
+// (null), one, or several (an instruction template's end of turn beside end of text).
+struct SpecialIds {
+  std::vector<int64_t> bos, eos;
+};
 // transformers' config.json for a GPT2LMHeadModel or LlamaForCausalLM of this shape (atomically).
-void save_hf_config(const std::string& path, const ModelConfig& c);
+void save_hf_config(const std::string& path, const ModelConfig& c, const SpecialIds& ids);
 
 }  // namespace frugal

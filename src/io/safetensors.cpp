@@ -546,12 +546,10 @@ static json llama_hf_config(const ModelConfig& c) {
           {"initializer_range", 0.02},
           {"attention_dropout", 0.0},
           {"use_cache", true},
-          {"bos_token_id", c.vocab_size - 1},
-          {"eos_token_id", c.vocab_size - 1},
           {"torch_dtype", "float32"}};
 }
 
-void save_hf_config(const std::string& path, const ModelConfig& c) {
+void save_hf_config(const std::string& path, const ModelConfig& c, const SpecialIds& ids) {
   json j = c.family == Family::llama ? llama_hf_config(c) : json{
             {"architectures", {"GPT2LMHeadModel"}},
             {"model_type", "gpt2"},
@@ -571,9 +569,10 @@ void save_hf_config(const std::string& path, const ModelConfig& c) {
             {"scale_attn_weights", true},
             {"tie_word_embeddings", true},
             {"use_cache", true},
-            {"bos_token_id", c.vocab_size - 1},
-            {"eos_token_id", c.vocab_size - 1},
             {"torch_dtype", "float32"}};
+  auto id = [](const std::vector<int64_t>& v) { return v.empty() ? json(nullptr) : v.size() == 1 ? json(v[0]) : json(v); };
+  j["bos_token_id"] = id(ids.bos);
+  j["eos_token_id"] = id(ids.eos);
   std::string text = j.dump(2) + "\n";
   write_file_atomic(path, text.data(), text.size());
 }

@@ -140,11 +140,23 @@ TEST_F(Cli, ChatTemplateGivenToPrepareAndSampleStopsAtItsEndOfTurn) {
   ASSERT_EQ(p.code, 0) << p.out;
   EXPECT_NE(p.out.find("records rendered with chatml.jinja"), std::string::npos) << p.out;
   EXPECT_EQ(read_whole_file(*dir_ / "chatml/chat_template.jinja"), read_whole_file(*dir_ / "chatml.jinja"));
-  Result t = run("train --model.preset=llama-tiny --train.steps=150 --train.seq_len=64 --train.micro_batch=4 --train.lr=3e-3 "
-                 "--train.warmup_steps=10 --run.checkpoint_every=0 --train.eval_every=0 --data.train='chatml/train_*.bin' "
-                 "--run.dir=chatmlrun", d());
+  // a vocabulary padded past the byte tokenizer's 257 ids (export wrote its last id as eos)
+  Result t = run("train --model.preset=llama-tiny --model.vocab_size=320 --train.steps=150 --train.seq_len=64 "
+                 "--train.micro_batch=4 --train.lr=3e-3 --train.warmup_steps=10 --run.checkpoint_every=0 --train.eval_every=0 "
+                 "--data.train='chatml/train_*.bin' --run.dir=chatmlrun", d());
   ASSERT_EQ(t.code, 0) << t.out;
   EXPECT_EQ(run("sample --run chatmlrun --chat --prompt 'Who begat Enos?' --temperature 0 --tokens 50", d()).out, "Seth.\n");
+  // export: generation stops at the data's end of text (the template's end of turn is several byte
+  // tokens, so not an id); there is no bos
+  ASSERT_EQ(run("export chatmlrun --out chatml_hf", d()).code, 0);
+  nlohmann::json hf = nlohmann::json::parse(read_whole_file(*dir_ / "chatml_hf/config.json"));
+  EXPECT_EQ(hf["eos_token_id"], 256);
+  EXPECT_TRUE(hf["bos_token_id"].is_null());
+  EXPECT_EQ(read_whole_file(*dir_ / "chatml_hf/chat_template.jinja"), read_whole_file(*dir_ / "chatml.jinja"));
+  // the data moved away: not read as byte-level shards (sample decoded another tokenizer's ids as bytes)
+  std::filesystem::rename(*dir_ / "chatml", *dir_ / "chatml_moved");
+  expect_error("sample --run chatmlrun --prompt hi", "chatml: no such directory: the data's tokenizer is described next to its shards");
+  std::filesystem::rename(*dir_ / "chatml_moved", *dir_ / "chatml");
   expect_error("prepare chat.jsonl --chat-template chatml.jinja --out x", "--chat-template renders instruction records: give --format jsonl");
   expect_error("prepare --format jsonl chat.jsonl --chat-template nope.jinja --out x", "--chat-template nope.jinja: no such file");
   expect_error("prepare --format jsonl chat.jsonl --tokenizer gpt2 --gpt2-dir " + std::string(FRUGAL_SOURCE_DIR) +
