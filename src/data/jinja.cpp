@@ -473,7 +473,7 @@ struct Node {
   std::string attr;                // set ns.attr
   std::vector<std::string> names;  // for's targets; macro's parameters
   std::vector<ExprP> defaults;     // macro's parameter defaults (null: none)
-  ExprP e, cond;                   // out, if, set, for's iterable; for's filter
+  ExprP e, cond;                   // out, if, set (null: a block set), for's iterable; for's filter
   std::vector<std::unique_ptr<Node>> body, orelse;
   int line = 0;
 };
@@ -575,7 +575,12 @@ class Builder {
       n.kind = Node::set;
       n.s = p.name();
       if (p.accept(".")) n.attr = p.name();
-      if (!p.accept("=")) fail(n.line, "{% set %} blocks are not supported: expected '='");
+      if (p.at_end()) {  // {% set x %}...{% endset %}: x is what the block renders
+        std::string end = block(n.body, {"endset"}, n.line, "set");
+        next_tag(end).done();
+        return true;
+      }
+      p.expect("=");
       n.e = p.expr();
       p.done();
       return true;
@@ -812,7 +817,14 @@ class Renderer {
         return Flow::normal;
       }
       case Node::set: {
-        Value v = eval(*n.e);
+        Value v;
+        if (n.e) {
+          v = eval(*n.e);
+        } else {
+          std::string text;
+          for (auto& c : n.body) exec(*c, text);
+          v = val(text);
+        }
         if (n.attr.empty()) {
           scopes_.back()[n.s] = std::move(v);
           return Flow::normal;
@@ -1288,6 +1300,28 @@ class Renderer {
       }
       return val(l);
     }
+    if (f == "dictsort" && v.is_object()) {  // [key, value] pairs by key (or value), ignoring case by default
+      const bool by_value = str(kwarg(e, "by", args, 1, val("key"))) == "value";
+      const bool cased = truthy(kwarg(e, "case_sensitive", args, 0, val(false)));
+      const bool reverse = truthy(kwarg(e, "reverse", args, 2, val(false)));
+      std::vector<std::pair<std::string, Json>> pairs;
+      for (auto& [k, y] : v.items()) pairs.emplace_back(k, y);
+      auto sort_key = [&](const std::pair<std::string, Json>& p) {
+        Json k = by_value ? p.second : Json(p.first);
+        if (!cased && k.is_string()) {
+          std::string t = k.get<std::string>();
+          for (char& c : t) c = char(std::tolower(uint8_t(c)));
+          k = t;
+        }
+        return k;
+      };
+      std::stable_sort(pairs.begin(), pairs.end(), [&](auto& a, auto& b) {
+        return reverse ? sort_key(b) < sort_key(a) : sort_key(a) < sort_key(b);
+      });
+      Json l = Json::array();
+      for (auto& [k, y] : pairs) l.push_back(Json::array({k, y}));
+      return val(l);
+    }
     if (f == "items" && v.is_object()) {
       Json l = Json::array();
       for (auto& [k, y] : v.items()) l.push_back(Json::array({k, y}));
@@ -1409,7 +1443,7 @@ class Renderer {
 
 Template::Template(std::string_view source) : root_(std::make_unique<Node>()) {
   Builder b(cut(source));
-  std::string end = b.block(root_->body, {"endif", "endfor", "elif", "else", "endmacro", "endgeneration"}, 0, nullptr);
+  std::string end = b.block(root_->body, {"endif", "endfor", "elif", "else", "endmacro", "endgeneration", "endset"}, 0, nullptr);
   if (!end.empty()) fail(b.line(), fmt::format("{{% {} %}} without its opening tag", end));
 }
 Template::~Template() = default;

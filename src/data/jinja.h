@@ -4,10 +4,11 @@
 // (json.dumps: keys in their order, ", " and ": ", no ASCII escaping).
 //
 // The subset chat templates use: {{ }}, {% if/elif/else %}, {% for x in y [if c] %} with loop.*
-// and else, {% set %} (also ns.attr), {% macro %}, {% generation %}, break/continue, comments,
-// "-" and "+" whitespace control; literals, names, .attr, [i], [a:b:c], calls, filters, tests,
-// not/and/or, comparisons, in, + - * / // % ~, "x if c else y"; string/dict methods (strip,
-// split, startswith, items, get...). Anything else is a jinja::Error naming the template line.
+// and else, {% set %} (also ns.attr, and {% set x %}...{% endset %}), {% macro %},
+// {% generation %}, break/continue, comments, "-" and "+" whitespace control; literals, names,
+// .attr, [i], [a:b:c], calls, filters, tests, not/and/or, comparisons, in, + - * / // % ~,
+// "x if c else y"; string/dict methods (strip, split, startswith, items, get...). Anything else
+// is a jinja::Error naming the template line.
 #pragma once
 #include <memory>
 #include <stdexcept>

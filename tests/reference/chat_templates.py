@@ -235,6 +235,9 @@ n={{ ns.n }} {{ messages | length }} {{ messages | map(attribute='role') | join(
 {% for i in range(5) %}{% if i == 3 %}{% break %}{% endif %}{{ i }}{% endfor %} {{ 'yes' if messages else 'no' }} {{ 'é€😀'[1] }} {{ 'é€😀' | length }}
 {{ 'A' ~ 1 ~ none ~ true }} {{ [1, 'a', none, false, 1.5, {'k': 'v'}] }} {{ 'it\\'s' }} {{ "it's" | string }}
 {% for i in range(3) %}{% if i == 0 %}{% set x = 1 %}{% endif %}[{{ x }}]{% endfor %} {{ y|trim }}|{{ y|join }}|{{ y|list }}|{{ 'a' in y }}
+{% set block %}[{{ messages | length }}{% if messages %}, {{ messages[0].role }}{% endif %}]{% endset %}{{ block }}
+{%- for k, v in {'b': 1, 'A': 2, 'c': 0} | dictsort %} {{ k }}={{ v }}{% endfor %}
+{%- for k, v in {'b': 1, 'A': 2, 'c': 0} | dictsort(by='value', reverse=true) %} {{ k }}={{ v }}{% endfor %}
 {% if add_generation_prompt %}{{ bos_token }}|{{ eos_token }}{% endif %}"""
 
 TEMPLATES = {"qwen2.5": QWEN25, "llama3.1": LLAMA31, "llama3.2": LLAMA32, "smollm2": SMOLLM2, "zephyr": ZEPHYR,
