@@ -126,8 +126,7 @@ static int cmd_eval(const std::string& run, const std::string& data, int batches
 }
 
 // The ids transformers starts and stops generating at, from the run's data: end of text (the
-// tokenizer's eos), and a chat template's end of turn where it is another single token; bos:
-// tokenizer_config.json's bos_token, GPT-2's end of text for its tokenizer, else none.
+// tokenizer's eos), and a chat template's end of turn where it is another single token; and its bos.
 static SpecialIds special_ids(const std::string& run, const RunWeights& w) {
   SpecialIds ids;
   auto tok = run_tokenizer(run, w);
@@ -137,16 +136,7 @@ static SpecialIds special_ids(const std::string& run, const RunWeights& w) {
   const std::string turn = ChatTemplate::of(dir, *tok).end_of_turn();
   if (!turn.empty()) tok->encode(turn, one);
   if (one.size() == 1 && one[0] != tok->eot()) ids.eos.push_back(one[0]);
-  if (tok->kind() == TokenizerKind::gpt2) ids.bos.push_back(tok->eot());
-  const std::string config = dir + "/tokenizer_config.json";
-  if (tok->kind() == TokenizerKind::hf_bpe && std::filesystem::is_regular_file(config)) {
-    nlohmann::json c = nlohmann::json::parse(read_whole_file(config), nullptr, false);
-    const nlohmann::json bos = c.is_object() && c.contains("bos_token") ? c["bos_token"] : nlohmann::json();
-    const nlohmann::json text = bos.is_object() ? bos.value("content", nlohmann::json()) : bos;
-    one.clear();
-    if (text.is_string()) tok->encode(text.get<std::string>(), one);
-    if (one.size() == 1) ids.bos.push_back(one[0]);
-  }
+  if (tok->bos() >= 0) ids.bos.push_back(tok->bos());
   return ids;
 }
 

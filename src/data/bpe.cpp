@@ -380,6 +380,7 @@ class TiktokenTokenizer final : public Tokenizer {
   TokenizerKind kind() const override { return gpt2_ ? TokenizerKind::gpt2 : TokenizerKind::tiktoken; }
   int vocab_size() const override { return vocab_; }
   uint32_t eot() const override { return eot_; }
+  int64_t bos() const override { return gpt2_ ? int64_t(eot_) : -1; }
   std::string split_pattern() const override { return gpt2_ ? "" : to_string(bpe_->split()); }
   void encode(std::string_view text, std::vector<uint32_t>& out) override { bpe_->encode(text, out); }
 

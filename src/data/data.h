@@ -136,6 +136,9 @@ class Tokenizer {
   virtual TokenizerKind kind() const = 0;
   virtual int vocab_size() const = 0;
   virtual uint32_t eot() const = 0;  // separates documents in a token stream
+  // The id transformers' config.json names bos_token_id: a tokenizer.json's tokenizer_config.json
+  // bos_token, GPT-2's end of text; -1: none.
+  virtual int64_t bos() const { return -1; }
   virtual void encode(std::string_view text, std::vector<uint32_t>& out) = 0;  // appends
   virtual std::string decode(const std::vector<int32_t>& ids) const = 0;
   virtual bool has_id(int32_t id) const { return id >= 0 && id < vocab_size(); }  // decode takes it

@@ -34,6 +34,7 @@ class HfTokenizer final : public Tokenizer {
   TokenizerKind kind() const override { return TokenizerKind::hf_bpe; }
   int vocab_size() const override { return int(bytes_.size()); }
   uint32_t eot() const override { return eot_; }
+  int64_t bos() const override { return bos_; }
 
   // As tokenizers: the added tokens not normalized are found in the text as written, the text
   // between them normalised, the normalized added tokens found in that, and the rest split and
@@ -243,7 +244,8 @@ class HfTokenizer final : public Tokenizer {
     return split;
   }
 
-  // tokenizer_config.json's eos_token, else a conventional end-of-text added token.
+  // tokenizer_config.json's eos_token, else a conventional end-of-text added token; its bos_token
+  // into bos_.
   uint32_t read_eot(const std::unordered_map<std::string, uint32_t>& id_of) {
     std::string config = (std::filesystem::path(path_).parent_path() / "tokenizer_config.json").string();
     if (std::filesystem::exists(config)) {
@@ -254,8 +256,12 @@ class HfTokenizer final : public Tokenizer {
       } catch (const json::exception& e) {
         user_error("{}: not JSON: {}", config, e.what());
       }
-      json eos = c.contains("eos_token") ? c["eos_token"] : json();
-      if (eos.is_object()) eos = eos.value("content", json());
+      auto token = [&](const char* key) {  // a string, or an AddedToken's content
+        json t = c.is_object() && c.contains(key) ? c[key] : json();
+        return t.is_object() ? t.value("content", json()) : t;
+      };
+      json bos = token("bos_token"), eos = token("eos_token");
+      if (bos.is_string() && id_of.count(bos.get<std::string>())) bos_ = id_of.at(bos.get<std::string>());
       if (eos.is_string()) {
         auto it = id_of.find(eos.get<std::string>());
         if (it == id_of.end()) user_error("{}: eos_token {} is not a token of {}", config, eos.dump(), path_);
@@ -294,6 +300,7 @@ class HfTokenizer final : public Tokenizer {
   std::string normalized_;          // encode's normalised text
   std::unique_ptr<BytePairEncoder> bpe_;
   uint32_t eot_ = 0;
+  int64_t bos_ = -1;  // tokenizer_config.json's bos_token, where it is a token
 };
 
 }  // namespace

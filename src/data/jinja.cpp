@@ -272,16 +272,21 @@ class Parser {
     e->a.push_back(std::move(r));
     return deep(std::move(e), line_);
   }
-  ExprP or_() {
-    ExprP e = and_();
-    while (accept("or")) e = binary(std::move(e), "or", and_());
-    return e;
+  // one left-associative level: next (op next)...
+  template <class Next>
+  ExprP chain(std::initializer_list<const char*> ops, Next next) {
+    ExprP e = next();
+    while (true) {
+      const char* op = nullptr;
+      for (const char* o : ops)
+        if (is(o)) op = o;
+      if (!op) return e;
+      i_++;
+      e = binary(std::move(e), op, next());
+    }
   }
-  ExprP and_() {
-    ExprP e = not_();
-    while (accept("and")) e = binary(std::move(e), "and", not_());
-    return e;
-  }
+  ExprP or_() { return chain({"or"}, [&] { return and_(); }); }
+  ExprP and_() { return chain({"and"}, [&] { return not_(); }); }
   ExprP not_() {
     Deeper guard(depth_, line_);
     if (accept("not")) {
@@ -308,27 +313,9 @@ class Parser {
       e = binary(std::move(e), op, math1());
     }
   }
-  ExprP math1() {
-    ExprP e = concat();
-    while (is("+") || is("-")) {
-      std::string op = t_[i_++].s;
-      e = binary(std::move(e), op, concat());
-    }
-    return e;
-  }
-  ExprP concat() {
-    ExprP e = math2();
-    while (accept("~")) e = binary(std::move(e), "~", math2());
-    return e;
-  }
-  ExprP math2() {
-    ExprP e = unary();
-    while (is("*") || is("/") || is("//") || is("%")) {
-      std::string op = t_[i_++].s;
-      e = binary(std::move(e), op, unary());
-    }
-    return e;
-  }
+  ExprP math1() { return chain({"+", "-"}, [&] { return concat(); }); }
+  ExprP concat() { return chain({"~"}, [&] { return math2(); }); }
+  ExprP math2() { return chain({"*", "/", "//", "%"}, [&] { return unary(); }); }
   ExprP unary() {
     Deeper guard(depth_, line_);
     if (accept("-")) {
@@ -756,6 +743,14 @@ std::vector<size_t> code_points(const std::string& s) {
   return at;
 }
 
+// A string's characters, each a string: what Python iterates
+Json characters(const std::string& s) {
+  auto cp = code_points(s);
+  Json l = Json::array();
+  for (size_t k = 0; k + 1 < cp.size(); k++) l.push_back(s.substr(cp[k], cp[k + 1] - cp[k]));
+  return l;
+}
+
 // Python's str.isspace for the characters text holds: ASCII and Unicode spaces
 size_t space_at(const std::string& s, size_t i) {  // length of a space character at i, 0 if none
   uint8_t c = uint8_t(s[i]);
@@ -858,8 +853,7 @@ class Renderer {
     } else if (seq.v.is_object()) {
       for (auto& [k, x] : seq.v.items()) items.push_back(k);
     } else if (seq.v.is_string()) {
-      auto cp = code_points(seq.v.get<std::string>());
-      for (size_t k = 0; k + 1 < cp.size(); k++) items.push_back(seq.v.get<std::string>().substr(cp[k], cp[k + 1] - cp[k]));
+      items = characters(seq.v.get<std::string>());
     } else if (!seq.undefined && !seq.v.is_null()) {
       error(fmt::format("cannot loop over {}", str(seq.v)));
     }
@@ -1155,11 +1149,6 @@ class Renderer {
       const std::string& s = o.v.get_ref<const std::string&>();
       if (m == "strip" || m == "lstrip" || m == "rstrip")
         return val(strip(s, m != "rstrip", m != "lstrip", args.empty() ? nullptr : &args[0]));
-      if (m == "upper" || m == "lower") {
-        std::string r = s;
-        for (char& c : r) c = char(m == "upper" ? std::toupper(uint8_t(c)) : std::tolower(uint8_t(c)));
-        return val(r);
-      }
       if (m == "startswith" || m == "endswith") {
         if (args.empty()) error(m + "() needs an argument");
         std::vector<std::string> opts;
@@ -1199,15 +1188,8 @@ class Renderer {
         l.push_back(s.substr(i));
         return val(l);
       }
-      if (m == "replace") {
-        if (args.size() < 2) error("replace() needs two arguments");
-        std::string from = str(args[0]), to = str(args[1]), r;
-        if (from.empty()) error("replace() of an empty string");
-        size_t i = 0, j;
-        while ((j = s.find(from, i)) != std::string::npos) r += s.substr(i, j - i) + to, i = j + from.size();
-        return val(r + s.substr(i));
-      }
-      if (m == "title" || m == "capitalize") return filter_named(m, o, {}, e);
+      if (m == "upper" || m == "lower" || m == "title" || m == "capitalize" || m == "replace")  // as the filters
+        return filter_named(m, o, args, e);
     }
     if (o.v.is_object() && !o.undefined) {
       if (m == "items") {
@@ -1294,10 +1276,7 @@ class Renderer {
       Json l = Json::array();
       if (v.is_object())
         for (auto& [k, y] : v.items()) l.push_back(k);
-      if (v.is_string()) {
-        auto cp = code_points(v.get<std::string>());
-        for (size_t k = 0; k + 1 < cp.size(); k++) l.push_back(v.get<std::string>().substr(cp[k], cp[k + 1] - cp[k]));
-      }
+      if (v.is_string()) l = characters(v.get<std::string>());
       return val(l);
     }
     if (f == "dictsort" && v.is_object()) {  // [key, value] pairs by key (or value), ignoring case by default
@@ -1350,7 +1329,8 @@ class Renderer {
         return val(l);
       }
     }
-    if (f == "replace" && args.size() >= 2) {
+    if (f == "replace") {
+      if (args.size() < 2) error("replace() needs two arguments");
       std::string s = str(x), from = str(args[0]), to = str(args[1]), r;
       if (from.empty()) return val(s);
       size_t i = 0, j;

@@ -653,6 +653,13 @@ TEST(Instruct, ChatPromptIsTheRecordUpToTheAssistantsTurn) {
    }
   EXPECT_EQ(ChatTemplate::of(fixture("llama3"), *load_pretrained_tokenizer(fixture("llama3"))).end_of_turn(), "<|eot_id|>");
   EXPECT_EQ(ChatTemplate::of(fixture("qwen2"), *load_pretrained_tokenizer(fixture("qwen2"))).end_of_turn(), "<|im_end|>");
+  // the bos export names: tokenizer_config.json's bos_token (Qwen2.5's is null)
+  auto llama3 = load_pretrained_tokenizer(fixture("llama3"));
+  std::vector<uint32_t> bos;
+  llama3->encode("<|begin_of_text|>", bos);
+  ASSERT_EQ(bos.size(), 1u);
+  EXPECT_EQ(llama3->bos(), int64_t(bos[0]));
+  EXPECT_EQ(load_pretrained_tokenizer(fixture("qwen2"))->bos(), -1);
 }
 
 // Where transformers finds a template: chat_template.jinja first, else tokenizer_config.json's
