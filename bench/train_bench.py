@@ -13,6 +13,11 @@ PyTorch runs as chosen by --torch: eager (nanoGPT's attention, masked softmax), 
 Each round runs frugal and then each PyTorch variant once; a system's figure is the best of its
 rounds, and the ratio is against the best PyTorch variant.
 
+--docs N (llama presets): packed documents masked apart (frugal's data.document_mask; transformers'
+position_ids that restart at each document, from which it builds the block-diagonal mask); each token
+is the byte tokenizer's end of text (256, what frugal's shards without a tokenizer separate by) with
+probability 1/N.
+
 Both train on uniform random tokens (the loss stays near ln V; speed does not depend on it)
 with AdamW; bf16 is frugal's precision.compute = "bf16" against torch.autocast(bfloat16), both with
 fp32 master weights. tokens/s is tokens per step / median step time after the warm-up steps; peak RSS
@@ -29,6 +34,7 @@ import numpy as np
 
 PRESETS = {"gpt2": (12, 12, 768), "gpt2-medium": (24, 16, 1024), "mini": (4, 4, 256)}
 # the llama family: layers, heads, key/value heads, width, MLP width, vocabulary, tied head
+SEP = 256  # --docs: the end of text of shards without a tokenizer (byte-level)
 LLAMA = {"smollm-135m": (30, 9, 3, 576, 1536, 49152, True), "llama-tiny": (2, 4, 2, 64, 176, 257, False)}
 
 
@@ -61,7 +67,7 @@ def frugal_run(a, d, env):
                   "--train.warmup_steps=0", "--train.eval_batches=1", "--train.eval_every=0", "--run.checkpoint_every=0",
                   f"--data.train={d}/train.bin", f"--data.val={d}/val.bin", f"--run.dir={d}/run",
                   f"--precision.compute={a.dtype}", f"--memory.recompute={a.recompute}",
-                  "--run.log_every=1000"], env)
+                  f"--data.document_mask={'true' if a.docs else 'false'}", "--run.log_every=1000"], env)
     with open(f"{d}/run/metrics.jsonl") as f:
         recs = [json.loads(line) for line in f]
     step_s = statistics.median(r["step_ms"] / 1e3 for r in recs[a.warmup_steps:])
@@ -86,6 +92,7 @@ def torch_run(a, variant, env):
         cmd = [python, os.path.join(root, "tests", "reference", "gpt2_reference.py"), "--bench",
                "--n-layer", str(L), "--n-head", str(H), "--n-embd", str(C), "--vocab", "50304", "--context", "1024"]
         cmd += ["--checkpoint"] if a.torch_checkpoint else []
+    cmd += ["--sep", str(SEP), "--doc-len", str(a.docs)] if a.docs else []
     cmd += common + {"eager": [], "sdpa": ["--sdpa"], "compile": ["--sdpa", "--compile"]}[variant]
     try:
         out, rss = run(cmd, env)
@@ -109,8 +116,11 @@ def main():
     ap.add_argument("--torch", default="eager", help="PyTorch variants: eager, sdpa, compile (comma-separated)")
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--torch-checkpoint", action="store_true", help="PyTorch: torch.utils.checkpoint per block")
+    ap.add_argument("--docs", type=int, default=0, help="packed documents of about N tokens, masked apart (llama presets)")
     ap.add_argument("--frugal", default="build/frugal")
     a = ap.parse_args()
+    if a.docs and a.preset not in LLAMA:
+        ap.error("--docs: the llama presets only (the GPT-2 reference has no document masking)")
     variants = a.torch.split(",")
     V = LLAMA[a.preset][5] if a.preset in LLAMA else 50257
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), OPENBLAS_NUM_THREADS=str(a.threads))
@@ -122,14 +132,18 @@ def main():
     with tempfile.TemporaryDirectory() as d:
         rng = np.random.default_rng(0)
         n = (a.warmup_steps + a.steps + 2) * a.batch * a.seq + 1
-        write_shard(f"{d}/train.bin", rng.integers(0, V, n))
+        train = rng.integers(0, V, n)
+        if a.docs:
+            train[rng.random(n) < 1.0 / a.docs] = SEP
+        write_shard(f"{d}/train.bin", train)
         write_shard(f"{d}/val.bin", rng.integers(0, V, a.batch * a.seq + 1))
         for _ in range(a.rounds):
             keep("frugal", frugal_run(a, d, env))
             for v in variants:
                 keep("torch " + v, torch_run(a, v, env))
     import torch  # only for its version
-    print(f"{a.preset} B={a.batch} T={a.seq} {a.dtype}, {a.threads} threads, {a.steps} timed steps after "
+    print(f"{a.preset} B={a.batch} T={a.seq} {a.dtype}{f', documents of ~{a.docs} tokens masked apart' if a.docs else ''}, "
+          f"{a.threads} threads, {a.steps} timed steps after "
           f"{a.warmup_steps}, best of {a.rounds} interleaved rounds; frugal recompute {a.recompute}, "
           f"PyTorch {torch.__version__} checkpoint {'per block' if a.torch_checkpoint else 'off'}")
     for name, r in best.items():

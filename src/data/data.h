@@ -90,8 +90,10 @@ class DataLoader {
  public:
   DataLoader(const std::vector<std::string>& files, int64_t vocab_size, int B, int T,
              uint64_t seed, bool shuffle, int rank = 0, int world = 1);
-  // inputs(B,T), targets(B,T); a target is -1 where its shard's loss mask says not trained on
+  // inputs(B,T), targets(B,T); a target is -1 where its shard's loss mask says not trained on,
+  // and under document masking where it starts another document (mask_document_starts)
   void next(int32_t* inputs, int32_t* targets);
+  void set_documents(int32_t sep) { doc_sep_ = sep; }  // data.document_mask: -1 off
   void reset();  // back to the first batch of epoch 0
   int64_t num_windows() const { return total_windows_; }
   int batch() const { return B_; }
@@ -118,7 +120,14 @@ class DataLoader {
   int64_t total_windows_ = 0;
   int64_t epoch_ = 0, shard_pos_ = 0, window_pos_ = 0;
   std::vector<int64_t> shard_order_, window_order_;
+  int32_t doc_sep_ = -1;
 };
+
+// Document masking (data.document_mask; Model::set_documents): a document ends after each
+// separator `sep` (the data's end of text). The target at a separator is the next document's
+// first token, which the finished document cannot predict: not trained (-1), as transformers'
+// DataCollatorWithFlattening leaves it.
+void mask_document_starts(const int32_t* inputs, int32_t* targets, int64_t n, int32_t sep);
 
 // Byte-level tokenizer: ids 0..255 are bytes, 256 is end of text (between documents).
 inline constexpr int kByteVocab = 257, kByteEot = 256;

@@ -94,6 +94,12 @@ void DataLoader::next(int32_t* inputs, int32_t* targets) {
       }
     }
   }
+  if (doc_sep_ >= 0) mask_document_starts(inputs, targets, int64_t(B_) * T_, doc_sep_);
+}
+
+void mask_document_starts(const int32_t* inputs, int32_t* targets, int64_t n, int32_t sep) {
+  for (int64_t i = 0; i < n; i++)
+    if (inputs[i] == sep) targets[i] = -1;
 }
 
 }  // namespace frugal

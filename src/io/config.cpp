@@ -236,6 +236,7 @@ std::vector<Field> fields(RunConfig& c) {
       float_field("dist", "timeout", &c.dist.timeout, 1.0),
       string_field("data", "train", &c.data.train),
       string_field("data", "val", &c.data.val),
+      bool_field("data", "document_mask", &c.data.document_mask),
       string_field("run", "dir", &c.run.dir),
       int_field("run", "log_every", &c.run.log_every, 1),
       int_field("run", "checkpoint_every", &c.run.checkpoint_every, 0),

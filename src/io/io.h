@@ -55,6 +55,9 @@ int64_t parse_bytes(const std::string& text, const std::string& where);
 struct DataSettings {
   std::string train = "data/kjv/train_*.bin";
   std::string val = "data/kjv/val_*.bin";
+  // Each document attends only to itself, its positions from its start (Model::set_documents);
+  // documents end after each end of text of the shards' tokenizer.
+  bool document_mask = false;
 };
 
 // Data parallelism across ranks (mpirun): dist.strategy names a Strategy (model.h).

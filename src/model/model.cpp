@@ -470,13 +470,25 @@ RecomputePolicy RecomputePolicy::parse(const std::string& text, const std::strin
 }
 
 void Model::embed_forward(const int32_t* tokens, int B, int T) {
+  docs_.clear();  // the documents of this micro-batch: cut after each separator
+  if (doc_sep_ >= 0 && decode_pos_ < 0 && kcache_.empty()) {
+    for (int64_t b = 0; b < B; b++)
+      for (int64_t t = 0, start = 0; t < T; t++)
+        if (t == T - 1 || tokens[b * T + t] == doc_sep_) {
+          docs_.emplace_back(b * T + start, t + 1 - start);
+          start = t + 1;
+        }
+    if (docs_.size() == size_t(B)) docs_.clear();  // one a row: the rows whole
+  }
   const Unit& u = units_[embedding_];
   const bool copy = u.frozen && dt_ != DType::f32;  // a frozen embedding is only its compute copy
   const void* wpe = copy && cfg_.family == Family::gpt2 ? cw(u, &Tensors::wpe) : u.p.wpe;
   if (wpe && decode_pos_ >= 0)  // one token at decode_pos_
     wpe = static_cast<const std::byte*>(wpe) + int64_t(decode_pos_) * cfg_.n_embd * int64_t(dtype_size(copy ? dt_ : DType::f32));
-  be_.embedding_forward(res_[0], tokens, copy ? cw(u, &Tensors::wte) : u.p.wte, wpe, B, T, cfg_.n_embd,
-                        copy ? dt_ : DType::f32);
+  per_document(B, T, [&](int64_t first, int b, int t) {
+    be_.embedding_forward(res_[0] + first * cfg_.n_embd, tokens + first, copy ? cw(u, &Tensors::wte) : u.p.wte, wpe, b, t,
+                          cfg_.n_embd, copy ? dt_ : DType::f32);
+  }, wpe != nullptr);
 }
 
 void Model::norm_forward(void* out, float* mean, float* rstd, const float* x, const float* w, const float* b, int64_t N) {
@@ -497,8 +509,29 @@ void Model::norm_backward(float* dx, float* dw, float* db, const void* dout, con
 void Model::rope(void* qkv, int B, int T, bool inverse) {
   if (!cfg_.rotary()) return;
   const int64_t at = decode_pos_ >= 0 ? int64_t(decode_pos_) * (cfg_.head_size() / 2) : 0;  // decoding: its position's angles
-  be_.rope(qkv, rope_cos_.data() + at, rope_sin_.data() + at, B, T, cfg_.qkv_width(), cfg_.n_head + cfg_.kv_heads(),
-           cfg_.head_size(), inverse, dt_);
+  const int64_t row = cfg_.qkv_width() * int64_t(dtype_size(dt_));
+  per_document(B, T, [&](int64_t first, int b, int t) {
+    be_.rope(static_cast<std::byte*>(qkv) + first * row, rope_cos_.data() + at, rope_sin_.data() + at, b, t,
+             cfg_.qkv_width(), cfg_.n_head + cfg_.kv_heads(), cfg_.head_size(), inverse, dt_);
+  });
+}
+
+// lse(B,NH,T) holds a document's rows as (NH, length) from NH first: the documents of a row tile its NH T.
+void Model::attention_forward(BlockActs& a, int B, int T) {
+  const int64_t es = int64_t(dtype_size(dt_)), NH = cfg_.n_head;
+  per_document(B, T, [&](int64_t first, int b, int t) {
+    be_.attention_forward(a.atty + first * cfg_.n_embd * es, a.lse + first * NH, a.qkv + first * cfg_.qkv_width() * es, b, t,
+                          NH, cfg_.kv_heads(), cfg_.head_size(), dt_);
+  });
+}
+
+void Model::attention_backward(BlockActs& a, void* dqkv, const void* dout, int B, int T) {
+  const int64_t es = int64_t(dtype_size(dt_)), NH = cfg_.n_head, C = cfg_.n_embd, W = cfg_.qkv_width();
+  per_document(B, T, [&](int64_t first, int b, int t) {
+    be_.attention_backward(static_cast<std::byte*>(dqkv) + first * W * es, static_cast<const std::byte*>(dout) + first * C * es,
+                           a.qkv + first * W * es, a.atty + first * C * es, a.lse + first * NH, b, t, NH, cfg_.kv_heads(),
+                           cfg_.head_size(), dt_);
+  });
 }
 
 // The view of a quantized weight `weight` of unit u.
@@ -546,7 +579,7 @@ void Model::block_forward(int l, int B, int T, bool recompute) {
     be_.attention_decode(a.atty, a.qkv, kcache_[l].data(), vcache_[l].data(), decode_pos_ + 1, cfg_.n_head,
                          cfg_.kv_heads(), cfg_.head_size(), dt, decode_scratch_.data());
   } else {
-    be_.attention_forward(a.atty, a.lse, a.qkv, B, T, cfg_.n_head, cfg_.kv_heads(), cfg_.head_size(), dt);
+    attention_forward(a, B, T);
   }
   linear(l, &Tensors::proj_w, &Tensors::proj_b, a.proj, a.atty, BT, C, C);
   lora_forward(l, &Tensors::proj_w, a.atty, a.proj, BT);
@@ -657,13 +690,12 @@ void Model::block_backward(int l, int B, int T) {
   lora_backward_input(l, &Tensors::fc_w, dsmall, BT);
   norm_backward(dres, g.ln2_w, g.ln2_b, dsmall, res_mid, p.ln2_w, a.ln2_mean, a.ln2_rstd, BT);
   // attention: res_mid = x + proj(attention(rope(qkv(ln1(x)))))
-  if (plan_[l] == Recompute::selective)
-    be_.attention_forward(a.atty, a.lse, a.qkv, B, T, cfg_.n_head, cfg_.kv_heads(), cfg_.head_size(), dt);
+  if (plan_[l] == Recompute::selective) attention_forward(a, B, T);
   lora_backward(l, &Tensors::proj_w, a.atty, dres_compute(), BT);
   linear_backward(l, &Tensors::proj_w, &Tensors::proj_b, dsmall, dres_compute(), a.atty, BT, C, C);
   lora_backward_input(l, &Tensors::proj_w, dsmall, BT);
   void* dqkv = dbig;  // its first W columns
-  be_.attention_backward(dqkv, dsmall, a.qkv, a.atty, a.lse, B, T, cfg_.n_head, cfg_.kv_heads(), cfg_.head_size(), dt);
+  attention_backward(a, dqkv, dsmall, B, T);
   rope(dqkv, B, T, true);
   if (rebuild) norm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, res_[l], p.ln1_w, p.ln1_b, BT);
   lora_backward(l, &Tensors::qkv_w, a.ln1, dqkv, BT);
@@ -673,8 +705,11 @@ void Model::block_backward(int l, int B, int T) {
 }
 
 void Model::embed_backward(const int32_t* tokens, int B, int T) {
-  if (units_[embedding_].frozen) return;
-  be_.embedding_backward(units_[embedding_].g.wte, units_[embedding_].g.wpe, dres_.data(), tokens, B, T, cfg_.n_embd);
+  const Unit& u = units_[embedding_];
+  if (u.frozen) return;
+  per_document(B, T, [&](int64_t first, int b, int t) {
+    be_.embedding_backward(u.g.wte, u.g.wpe, dres_.data() + first * cfg_.n_embd, tokens + first, b, t, cfg_.n_embd);
+  }, u.g.wpe != nullptr);
 }
 
 float Model::forward_loss(const int32_t* tokens, const int32_t* targets, int B, int T) {

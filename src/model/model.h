@@ -346,6 +346,13 @@ class Model {
     dropout_seed_ = seed;
   }
 
+  // Document masking (data.document_mask): each row of a micro-batch is cut after every token
+  // `sep` (-1: off), and each piece (a document, or the part of one in the window) attends only
+  // within itself, at positions counted from its start, as if it were a row of its own. The
+  // targets that cross a cut are the loader's to untrain (mask_document_starts). Sampling
+  // attends to its whole context.
+  void set_documents(int32_t sep) { doc_sep_ = sep; }
+
   // Sampling with a key/value cache: start_cache(max_T) allocates every block's keys and values
   // for max_T positions (and the activations of a max_T prompt); prefill runs positions 0..T-1 and
   // keeps their keys and values; next runs one more position against them (O(T) per token, not
@@ -388,6 +395,16 @@ class Model {
                      const float* mean, const float* rstd, int64_t N);
   // Rotates q and k of qkv(B,T,W) by their positions (inverse: the backward's); no-op in gpt2.
   void rope(void* qkv, int B, int T, bool inverse);
+  // Block l's attention, forward and backward, over the rows whole or document by document.
+  void attention_forward(BlockActs& a, int B, int T);
+  void attention_backward(BlockActs& a, void* dqkv, const void* dout, int B, int T);
+  // f(first, B, T): the batch whole (first 0), or each document as a batch of one row (first: its
+  // first position b T + t); `positional`: only where positions matter (else the batch whole).
+  template <class F>
+  void per_document(int B, int T, F&& f, bool positional = true) const {
+    if (docs_.empty() || !positional) return f(int64_t(0), B, T);
+    for (auto [first, n] : docs_) f(first, 1, int(n));
+  }
   // Block l's linear layer `weight` (with its bias field), forward and input gradient: over the
   // compute-dtype weight (the backend's fused GELU forms where given), or a quantized base's.
   void linear(int l, float* Tensors::*weight, float* Tensors::*bias, void* out, const void* in, int64_t BT, int64_t IC,
@@ -443,6 +460,8 @@ class Model {
   PoolArray<float> decode_scratch_;            // (NH, max_T) attention probabilities of one query
   int cache_len_ = 0, cache_max_ = 0;
   int decode_pos_ = -1;                        // >= 0: block_forward runs this one position against the cache
+  int32_t doc_sep_ = -1;                       // set_documents
+  std::vector<std::pair<int64_t, int64_t>> docs_;  // this micro-batch's documents (first, length); empty: whole rows
   void last_logits(int64_t row, std::vector<float>& out);  // logits of lnf_ row `row`
 };
 

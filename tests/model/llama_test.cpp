@@ -7,8 +7,11 @@
 //  - the losses and gradient norms of 10 AdamW steps within 1e-4, the weights after 5 within
 //    1e-3 (as for GPT-2: AdamW normalises rounding-level gradients into full steps);
 //  - bf16: as close to fp32 as transformers under bf16 autocast.
+// Document masking (Model::set_documents) against transformers' packed sequences (position_ids
+// that restart at each document, the targets at separators ignored), for llama and GPT-2.
 #include <map>
 
+#include "data/data.h"
 #include "io/io.h"
 #include "support/support.h"
 #include "train/train.h"
@@ -21,6 +24,8 @@ struct Case {
   int L, NH, NKV, C, F, V, ctx, B, T;
   bool untied = false, qwen2 = false;
   int llama3 = 0;  // original_max_position_embeddings of the llama3 rope scaling (0: none)
+  int sep = -1;    // >= 0: documents end after each token sep (document masking)
+  bool gpt2 = false;  // transformers' GPT2LMHeadModel (NKV = NH, F = 4 C)
 };
 
 std::vector<float> read_f32(const SafeTensors& st, const std::string& name) {
@@ -58,10 +63,18 @@ void write_batches(const std::string& path, const Case& c, uint64_t seed, std::v
   // half the tokens follow their predecessor (+1 mod V): something to learn in 10 steps
   for (size_t i = 0; i < tokens.size(); i++)
     tokens[i] = (i % W != 0 && rng.uniform() < 0.5) ? (tokens[i - 1] + 1) % c.V : int32_t(rng.below(uint64_t(c.V)));
+  if (c.sep >= 0) {  // documents of 1 to ~T tokens: separators at random, two in a row, first and last in a window
+    for (auto& t : tokens)
+      if (rng.uniform() < 0.08) t = c.sep;
+    tokens[0] = tokens[1] = tokens[size_t(c.T) - 1] = tokens[size_t(W) + 5] = c.sep;
+  }
   save_safetensors(path, {{"tokens", "I32", {S, c.B, W}, tokens.data()}}, {});
 }
 
 std::string save_args(const Case& c, const std::string& dir, uint64_t seed) {
+  if (c.gpt2)
+    return fmt::format("save {} --n-layer {} --n-head {} --n-embd {} --vocab {} --context {} --seed {}", dir, c.L, c.NH,
+                       c.C, c.V, c.ctx, seed % 100000);
   return fmt::format("save {} --layers {} --heads {} --kv-heads {} --hidden {} --ffn {} --vocab {} --context {} --seed {}{}{}{}",
                      dir, c.L, c.NH, c.NKV, c.C, c.F, c.V, c.ctx, seed % 100000, c.untied ? " --untied" : "",
                      c.qwen2 ? " --qwen2" : "", c.llama3 ? fmt::format(" --llama3 {}", c.llama3) : "");
@@ -72,7 +85,7 @@ void run_llama_parity(const Case& c) {
   const uint64_t seed = test::test_seed();
   SCOPED_TRACE(fmt::format("{}: seed {} (FRUGAL_TEST_SEED reproduces it)", c.what, seed));
   const std::string hf = dir / "hf";
-  ASSERT_TRUE(test::run_reference("llama_reference.py", save_args(c, hf, seed)));
+  ASSERT_TRUE(test::run_reference(c.gpt2 ? "hf_reference.py" : "llama_reference.py", save_args(c, hf, seed)));
   std::vector<int32_t> tokens;
   write_batches(dir / "x.safetensors", c, seed + 1, tokens);
   TrainSettings t;
@@ -84,25 +97,32 @@ void run_llama_parity(const Case& c) {
   t.warmup_steps = 3;
   t.grad_clip = 1.0;
   t.weight_decay = 0.1;
-  ASSERT_TRUE(test::run_reference("llama_reference.py", fmt::format("run {} {} {} --autocast", hf, dir / "x.safetensors",
-                                                                     dir / "r.safetensors")));
+  ASSERT_TRUE(test::run_reference("llama_reference.py",
+                                  fmt::format("run {} {} {} --autocast{}", hf, dir / "x.safetensors", dir / "r.safetensors",
+                                              c.sep >= 0 ? fmt::format(" --sep {}", c.sep) : "")));
   SafeTensors ref(dir / "r.safetensors");
 
   // frugal's model from transformers' files
   const ModelConfig cfg = read_hf_config(hf + "/config.json");
-  EXPECT_EQ(cfg.family, Family::llama);
+  EXPECT_EQ(cfg.family, c.gpt2 ? Family::gpt2 : Family::llama);
   EXPECT_EQ(cfg.kv_heads(), c.NKV);
   EXPECT_EQ(cfg.tied_head, !c.untied);
   EXPECT_EQ(cfg.attention_bias, c.qwen2);
-  EXPECT_EQ(cfg.rope_scaling.original_context, c.llama3 ? c.llama3 : 8192);
+  if (!c.gpt2) {
+    EXPECT_EQ(cfg.rope_scaling.original_context, c.llama3 ? c.llama3 : 8192);
+  }
   Backend& be = cpu_backend();
   int batch = 0;
-  NextBatch next = [&](int32_t* in, int32_t* tg) { test::batch_of(tokens, batch++, c.B, c.T, in, tg); };
+  NextBatch next = [&](int32_t* in, int32_t* tg) {
+    test::batch_of(tokens, batch++, c.B, c.T, in, tg);
+    if (c.sep >= 0) mask_document_starts(in, tg, int64_t(c.B) * c.T, c.sep);
+  };
   auto comm = make_local_comm();
   for (DType dt : {DType::f32, DType::bf16}) {
     SCOPED_TRACE(dtype_name(dt));
     Model model(cfg, be, dt);
     load_model(hf, model);
+    model.set_documents(c.sep);
     std::vector<int32_t> in(c.B * c.T), tg(c.B * c.T);
     batch = 0;
     next(in.data(), tg.data());
@@ -138,6 +158,7 @@ void run_llama_parity(const Case& c) {
   // 10 AdamW steps in fp32 from transformers' initial weights
   Model model(cfg, be);
   load_model(hf, model);
+  model.set_documents(c.sep);
   std::map<std::string, std::vector<float>> initial;
   for_each_hf(model, false, [&](const std::string& name, const std::vector<float>& w) { initial[name] = w; });
   Stepper trainer(model, be, *comm, t, 1);
@@ -164,6 +185,19 @@ TEST(LlamaParity, Qwen2BiasesTiedHeadMultiHead) {
 }
 TEST(LlamaParity, OneKeyValueHeadHeadSize32) {
   run_llama_parity({"llama mqa hs32", 1, 2, 1, 64, 96, 200, 80, 3, 70, true, false, 0});
+}
+
+// Packed documents: llama's positions (rope) and GPT-2's (its position table) restart at each.
+TEST(DocumentMask, LlamaMatchesTransformersPackedSequences) {
+  Case c{"llama documents", 2, 4, 2, 64, 176, 300, 64, 2, 37, true, false, 0};
+  c.sep = 7;
+  run_llama_parity(c);
+}
+TEST(DocumentMask, Gpt2MatchesTransformersPackedSequences) {
+  Case c{"gpt2 documents", 2, 4, 4, 64, 256, 300, 64, 2, 45};
+  c.sep = 11;
+  c.gpt2 = true;
+  run_llama_parity(c);
 }
 
 }  // namespace

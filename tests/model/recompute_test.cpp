@@ -1,5 +1,7 @@
-// Activation checkpointing: every recompute policy gives the gradients of `none`, bit for bit,
+// Activation checkpointing: every recompute policy gives the gradients of `none`, bit for bit
+// (documents masked apart too),
 // and the MemoryPool's measured activation bytes match the closed forms of docs/memory.md.
+#include "data/data.h"
 #include "support/support.h"
 #include "train/train.h"
 
@@ -27,15 +29,18 @@ ModelConfig with_dropout(ModelConfig c) {  // its masks redrawn alike in a recom
 }
 
 TEST(Recompute, EveryPolicyGivesBitIdenticalGradients) {
-  for (const ModelConfig& cfg : {ModelConfig{"custom", 4, 3, 48, 301, 80}, kLlama,
-                                 with_lora(ModelConfig{"custom", 4, 3, 48, 301, 80}, BaseFormat::compute),
-                                 with_lora(kLlama, BaseFormat::nf4), with_dropout(with_lora(kLlama, BaseFormat::compute))})
+  const ModelConfig gpt2{"custom", 4, 3, 48, 301, 80};
+  const std::pair<ModelConfig, int32_t> cases[] = {  // a config, and its document separator (-1: none)
+      {gpt2, -1}, {kLlama, -1}, {gpt2, 3}, {kLlama, 3}, {with_lora(gpt2, BaseFormat::compute), -1},
+      {with_lora(kLlama, BaseFormat::nf4), -1}, {with_dropout(with_lora(kLlama, BaseFormat::compute)), -1}};
+  for (const auto& [cfg, sep] : cases)
   for (DType dt : {DType::f32, DType::bf16, DType::f16}) {
     std::vector<std::vector<float>> ref;
     float ref_loss = 0;
     for (const char* name : kPolicies) {
       Model m(cfg, cpu_backend(), dt);
       m.init(11);
+      m.set_documents(sep);
       TrainSettings t;
       t.seq_len = 70;  // not a multiple of the attention tile
       t.micro_batch = 2;
@@ -46,6 +51,10 @@ TEST(Recompute, EveryPolicyGivesBitIdenticalGradients) {
       Rng rng(5);
       float loss = st.forward_backward([&](int32_t* in, int32_t* tg) {
         for (int i = 0; i < 140; i++) { in[i] = int32_t(rng.below(301)); tg[i] = int32_t(rng.below(301)); }
+        if (sep >= 0) {  // documents of 1 to 23 tokens
+          for (int i = 0; i < 140; i += 1 + int(rng.below(23))) in[i] = sep;
+          mask_document_starts(in, tg, 140, sep);
+        }
       });
       std::vector<std::vector<float>> grads;
       for (auto& u : m.units())
@@ -58,7 +67,8 @@ TEST(Recompute, EveryPolicyGivesBitIdenticalGradients) {
       EXPECT_EQ(loss, ref_loss) << name << " " << dtype_name(dt) << " " << family_name(cfg.family);
       for (size_t u = 0; u < ref.size(); u++)
         EXPECT_EQ(0, std::memcmp(grads[u].data(), ref[u].data(), ref[u].size() * 4))
-            << name << " " << dtype_name(dt) << " " << family_name(cfg.family) << " unit " << u << " lora " << cfg.lora.rank;
+            << name << " " << dtype_name(dt) << " " << family_name(cfg.family) << " unit " << u << " lora " << cfg.lora.rank
+            << " documents " << (sep >= 0);
     }
   }
 }

@@ -8,13 +8,19 @@
       high 4, original_max_position_embeddings ORIG).
   python llama_reference.py bench - --layers ... [--untied] --batch B --seq T --steps S
                                  --warmup-steps W --threads N --dtype fp32|bf16 [--sdpa] [--compile]
-      Training throughput (bench/train_bench.py): one JSON line.
-  python llama_reference.py run DIR BATCHES OUT [--lr ...] [--autocast]
-      Loads DIR in fp32 (failing on any key it did not place). BATCHES: I32 "tokens" (S, B, T+1),
-      S >= 10. OUT (F32), by transformers' names: batch 0's "logits", "loss" and "grad.NAME";
-      the losses and gradient norms of 10 AdamW steps (frugal's schedule, clipping and decay of
-      every 2-D weight) and "param5.NAME" after 5 of them; with --autocast the same batch under
-      bf16 autocast as "ac.logits", "ac.loss", "ac.grad.NAME".
+                                 [--sep ID --doc-len N]
+      Training throughput (bench/train_bench.py): one JSON line. --sep: packed documents (as
+      run's), each token a separator with probability 1/N.
+  python llama_reference.py run DIR BATCHES OUT [--lr ...] [--autocast] [--sep ID]
+      Loads DIR in fp32 (failing on any key it did not place; any causal LM, GPT-2 with its
+      dropout off). BATCHES: I32 "tokens" (S, B, T+1), S >= 10. OUT (F32), by transformers' names
+      (GPT-2's Conv1D weights transposed to [out, in]): batch 0's "logits", "loss" and
+      "grad.NAME"; the losses and gradient norms of 10 AdamW steps (frugal's schedule, clipping
+      and decay of every 2-D weight) and "param5.NAME" after 5 of them; with --autocast the same
+      batch under bf16 autocast as "ac.logits", "ac.loss", "ac.grad.NAME".
+      --sep ID: packed documents, each ending after a token ID: position_ids count from each
+      document's start (transformers then masks attention between documents) and the target at
+      each ID is ignored, as DataCollatorWithFlattening builds a batch.
 """
 import argparse
 import sys
@@ -43,6 +49,19 @@ def save(a):
     model.to(dtype).save_pretrained(a.dir, max_shard_size=a.max_shard_size)
 
 
+def packed(tokens, sep):
+    """Inputs, targets and the model's keyword arguments of windows tokens (B, T+1); with sep, packed
+    documents that end after each sep: position_ids from each one's start (transformers then masks
+    attention between them) and the targets at sep ignored (DataCollatorWithFlattening's batch)."""
+    x, y = tokens[:, :-1], tokens[:, 1:]
+    if sep is None:
+        return x, y, {}
+    t = torch.arange(x.shape[1]).expand_as(x)
+    start = torch.where(torch.nn.functional.pad(x[:, :-1] == sep, (1, 0)), t, torch.zeros_like(t))
+    # with a cache, transformers takes position_ids as positions only, not as packing
+    return x, y.masked_fill(x == sep, -100), {"position_ids": t - start.cummax(1).values, "use_cache": False}
+
+
 def run(a):
     model, info = transformers.AutoModelForCausalLM.from_pretrained(a.dir, dtype=torch.float32,
                                                                     output_loading_info=True)
@@ -50,13 +69,20 @@ def run(a):
     if bad:
         sys.exit(f"{a.dir}: loading info {bad}")
     model.train()
+    for m in model.modules():  # GPT-2's configs drop out 10 %; frugal's runs do not
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
     tokens = load_file(a.batches)["tokens"].long()
     params = dict(model.named_parameters())
+    conv1d = {n for n, m in model.named_modules() if type(m).__name__ == "Conv1D"}
+
+    def ours(name, t):  # frugal's layout: [out, in]
+        return t.t() if name.rsplit(".", 1)[0] in conv1d and name.endswith(".weight") else t
 
     def loss_of(s, autocast=False):
-        x, y = tokens[s, :, :-1], tokens[s, :, 1:]
+        x, y, kw = packed(tokens[s], a.sep)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            logits = model(x).logits
+            logits = model(x, **kw).logits
         return logits, torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten())
 
     out = {}
@@ -65,7 +91,7 @@ def run(a):
     out["logits"] = logits.detach()
     out["loss"] = loss.detach().reshape(1)
     for name, p in params.items():
-        out["grad." + name] = p.grad.detach().clone()
+        out["grad." + name] = ours(name, p.grad.detach().clone())
     if a.autocast:
         model.zero_grad(set_to_none=True)
         logits, loss = loss_of(0, autocast=True)
@@ -73,7 +99,7 @@ def run(a):
         out["ac.logits"] = logits.detach().float()
         out["ac.loss"] = loss.detach().reshape(1)
         for name, p in params.items():
-            out["ac.grad." + name] = p.grad.detach().float().clone()
+            out["ac.grad." + name] = ours(name, p.grad.detach().float().clone())
 
     groups = [{"params": [p for p in params.values() if p.dim() >= 2], "weight_decay": a.weight_decay},
               {"params": [p for p in params.values() if p.dim() < 2], "weight_decay": 0.0}]
@@ -90,7 +116,7 @@ def run(a):
         opt.step()
         if i == 4:
             for name, p in params.items():
-                out["param5." + name] = p.detach().clone()
+                out["param5." + name] = ours(name, p.detach().clone())
     out["losses"] = torch.tensor(losses)
     out["grad_norms"] = torch.tensor(norms)
     save_file({k: v.float().contiguous() for k, v in out.items()}, a.out)
@@ -119,11 +145,14 @@ def bench(a):
     times, loss = [], None
     for i in range(a.warmup_steps + a.steps):
         tok = torch.randint(0, a.vocab, (a.batch, a.seq + 1))
+        if a.sep is not None:  # documents of about doc_len tokens
+            tok[torch.rand(tok.shape) < 1.0 / a.doc_len] = a.sep
+        x, y, kw = packed(tok, a.sep)
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.dtype == "bf16"):
-            logits = step_model(tok[:, :-1]).logits
-        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), tok[:, 1:].flatten())
+            logits = step_model(x, **kw).logits
+        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten())
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -152,6 +181,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--total-steps", type=int, default=10)
     ap.add_argument("--autocast", action="store_true")
+    ap.add_argument("--sep", type=int)
+    ap.add_argument("--doc-len", type=int, default=256)
     for k in ["batch", "seq", "steps", "warmup-steps", "threads"]:
         ap.add_argument("--" + k, type=int, default=2)
     ap.add_argument("--sdpa", action="store_true")
