@@ -195,6 +195,35 @@ TEST_F(Cli, BatchesOfPromptOnlyTrainNothingAndSaySo) {
   EXPECT_EQ(all.code, 0) << all.out;
 }
 
+// data.document_mask: the run says where it cuts, each end of text's target is left out of the
+// loss (the model-level numbers against transformers: tests/model/llama_test.cpp), and the
+// resolved config keeps the setting.
+TEST_F(Cli, DocumentMaskLeavesOutTheTargetsAcrossDocuments) {
+  std::filesystem::create_directories(d() + "/docs");
+  for (int i = 0; i < 40; i++) std::ofstream(fmt::format("{}/docs/{}.txt", d(), i)) << std::string(10 + i, char('a' + i % 26));
+  ASSERT_EQ(run("prepare docs --out docdata --val-docs 8", d()).code, 0);
+  int64_t targets[2];
+  for (int on = 0; on < 2; on++) {
+    const std::string dir = fmt::format("docrun{}", on);
+    Result t = run(fmt::format("train --model.preset=llama-tiny --train.steps=1 --train.seq_len=64 --train.micro_batch=2 "
+                               "--run.checkpoint_every=0 --data.train=docdata --run.dir={} --data.document_mask={}",
+                               dir, on ? "true" : "false"), d());
+    ASSERT_EQ(t.code, 0) << t.out;
+    EXPECT_EQ(t.out.find("documents attend only to themselves: cut after each end of text (id 256)") != std::string::npos, on == 1)
+        << t.out;
+    std::ifstream m(d() + "/" + dir + "/metrics.jsonl");
+    std::string line;
+    ASSERT_TRUE(std::getline(m, line));
+    targets[on] = nlohmann::json::parse(line)["targets"];
+    std::ifstream c(d() + "/" + dir + "/config.toml");
+    const std::string text((std::istreambuf_iterator<char>(c)), std::istreambuf_iterator<char>());
+    EXPECT_NE(text.find(on ? "document_mask = true" : "document_mask = false"), std::string::npos) << text;
+  }
+  EXPECT_EQ(targets[0], 128);
+  EXPECT_LT(targets[1], 128) << "the windows hold ends of text (documents of 10 to 49 bytes)";
+  EXPECT_GT(targets[1], 100);
+}
+
 // `frugal export` of RUN gives a directory that transformers' AutoModelForCausalLM loads with no
 // missing, unexpected or mismatched key and no warning, and whose logits equal frugal's within
 // 1e-4 (relative, fp32).
