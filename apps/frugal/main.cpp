@@ -108,10 +108,15 @@ static int cmd_eval(const std::string& run, const std::string& data, int batches
   const RunWeights w = find_run_weights(run);
   const RunConfig& cfg = w.cfg;
   std::string pattern = data.empty() ? cfg.data.val : data;
-  DataLoader loader(resolve_shards(pattern, data.empty() ? "data.val" : "--data"),
-                    cfg.model.vocab_size, cfg.train.micro_batch, cfg.train.seq_len, 0, false);
+  const std::vector<std::string> shards = resolve_shards(pattern, data.empty() ? "data.val" : "--data");
+  DataLoader loader(shards, cfg.model.vocab_size, cfg.train.micro_batch, cfg.train.seq_len, 0, false);
   Model model(cfg.model, cpu_backend(), cfg.precision.compute);
   load_run_weights(w, model);
+  if (cfg.data.document_mask) {  // as the run evaluated
+    const int32_t sep = shard_eot(shards.front());
+    model.set_documents(sep);
+    loader.set_documents(sep);
+  }
   model.allocate(cfg.train.micro_batch, cfg.train.seq_len);
   const int B = cfg.train.micro_batch, T = cfg.train.seq_len;
   double loss = evaluate([&](const int32_t* in, const int32_t* tg) { return model.forward_loss(in, tg, B, T); },

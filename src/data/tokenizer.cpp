@@ -84,6 +84,11 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& dir) {
   return tok;
 }
 
+int32_t shard_eot(const std::string& shard) {
+  const std::string dir = std::filesystem::path(shard).parent_path().string();
+  return int32_t(load_tokenizer(dir.empty() ? "." : dir)->eot());
+}
+
 void save_tokenizer(const std::string& dir, const Tokenizer& tok) {
   tok.save_files(dir);
   nlohmann::json j = {{"kind", to_string(tok.kind())}, {"vocab_size", tok.vocab_size()}};

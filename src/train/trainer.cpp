@@ -46,17 +46,13 @@ double evaluate(const LossFn& loss, DataLoader& loader, int batches, Comm* comm)
 // Hugging Face directory's tokenizer must have as many ids as the shards' and give the same ids
 // for a probe text (GPT-2's BPE from tiktoken and from a tokenizer.json are the same ids, so the
 // ids are compared, not the kinds).
-static std::string shard_dir(const std::string& shard) {  // where prepare put the shard's tokenizer
-  const std::string dir = std::filesystem::path(shard).parent_path().string();
-  return dir.empty() ? "." : dir;
-}
-
 static void check_base_tokenizer(const std::string& init_from, const std::string& shard) {
   namespace fs = std::filesystem;
   std::error_code ec;
   if (!fs::exists(fs::path(init_from) / "tokenizer.json", ec) && !fs::exists(fs::path(init_from) / "tokenizer.model", ec))
     return;
-  const std::string dir = shard_dir(shard);
+  std::string dir = fs::path(shard).parent_path().string();
+  if (dir.empty()) dir = ".";
   auto base = load_pretrained_tokenizer(init_from), data = load_tokenizer(dir);
   const std::string probe = "In the beginning God created the heaven and the earth, 1611. Naïve café: 日本語 ok?";
   std::vector<uint32_t> a, b;
@@ -312,7 +308,7 @@ void train(const RunConfig& cfg, Comm& comm, bool resume) {
   Model model(cfg.model, run_be, dt, model_owns(strategy));
   Stepper stepper(model, run_be, comm, t, cfg.accum_steps(comm.size()), cfg.precision, plan, strategy);
   if (cfg.data.document_mask) {  // documents end after each end of text of the shards' tokenizer
-    const int32_t sep = int32_t(load_tokenizer(shard_dir(train_shards.front()))->eot());
+    const int32_t sep = shard_eot(train_shards.front());
     model.set_documents(sep);
     train_data.set_documents(sep);
     val_data.set_documents(sep);

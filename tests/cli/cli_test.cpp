@@ -196,8 +196,8 @@ TEST_F(Cli, BatchesOfPromptOnlyTrainNothingAndSaySo) {
 }
 
 // data.document_mask: the run says where it cuts, each end of text's target is left out of the
-// loss (the model-level numbers against transformers: tests/model/llama_test.cpp), and the
-// resolved config keeps the setting.
+// loss (the model-level numbers against transformers: tests/model/llama_test.cpp), the resolved
+// config keeps the setting, and `eval` evaluates as the run did.
 TEST_F(Cli, DocumentMaskLeavesOutTheTargetsAcrossDocuments) {
   std::filesystem::create_directories(d() + "/docs");
   for (int i = 0; i < 40; i++) std::ofstream(fmt::format("{}/docs/{}.txt", d(), i)) << std::string(10 + i, char('a' + i % 26));
@@ -206,9 +206,14 @@ TEST_F(Cli, DocumentMaskLeavesOutTheTargetsAcrossDocuments) {
   for (int on = 0; on < 2; on++) {
     const std::string dir = fmt::format("docrun{}", on);
     Result t = run(fmt::format("train --model.preset=llama-tiny --train.steps=1 --train.seq_len=64 --train.micro_batch=2 "
-                               "--run.checkpoint_every=0 --data.train=docdata --run.dir={} --data.document_mask={}",
-                               dir, on ? "true" : "false"), d());
+                               "--run.checkpoint_every=0 --train.eval_batches=1 --data.train=docdata --run.dir={} "
+                               "--data.document_mask={}", dir, on ? "true" : "false"), d());
     ASSERT_EQ(t.code, 0) << t.out;
+    Result e = run(fmt::format("eval --run {} --batches 1", dir), d());  // evaluates as the run did
+    ASSERT_EQ(e.code, 0) << e.out;
+    const size_t at = t.out.find("done: val loss ");
+    ASSERT_NE(at, std::string::npos) << t.out;
+    EXPECT_NE(e.out.find("eval: loss " + t.out.substr(at + 15, 6)), std::string::npos) << e.out << t.out;
     EXPECT_EQ(t.out.find("documents attend only to themselves: cut after each end of text (id 256)") != std::string::npos, on == 1)
         << t.out;
     std::ifstream m(d() + "/" + dir + "/metrics.jsonl");
