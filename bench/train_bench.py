@@ -13,10 +13,10 @@ PyTorch runs as chosen by --torch: eager (nanoGPT's attention, masked softmax), 
 Each round runs frugal and then each PyTorch variant once; a system's figure is the best of its
 rounds, and the ratio is against the best PyTorch variant.
 
---docs N (llama presets): packed documents masked apart (frugal's data.document_mask; transformers'
-position_ids that restart at each document, from which it builds the block-diagonal mask); each token
-is the byte tokenizer's end of text (256, what frugal's shards without a tokenizer separate by) with
-probability 1/N.
+--docs N (llama presets): packed text documents masked apart, each starting at its end of text
+(frugal's data.document_mask; transformers' position_ids that restart there, from which it builds the
+block-diagonal mask); each token is the byte tokenizer's end of text (256, what frugal's shards without
+a tokenizer separate by) with probability 1/N.
 
 Both train on uniform random tokens (the loss stays near ln V; speed does not depend on it)
 with AdamW; bf16 is frugal's precision.compute = "bf16" against torch.autocast(bfloat16), both with
@@ -92,7 +92,7 @@ def torch_run(a, variant, env):
         cmd = [python, os.path.join(root, "tests", "reference", "gpt2_reference.py"), "--bench",
                "--n-layer", str(L), "--n-head", str(H), "--n-embd", str(C), "--vocab", "50304", "--context", "1024"]
         cmd += ["--checkpoint"] if a.torch_checkpoint else []
-    cmd += ["--sep", str(SEP), "--doc-len", str(a.docs)] if a.docs else []
+    cmd += ["--sep", str(SEP), "--sep-before", "--doc-len", str(a.docs)] if a.docs else []
     cmd += common + {"eager": [], "sdpa": ["--sdpa"], "compile": ["--sdpa", "--compile"]}[variant]
     try:
         out, rss = run(cmd, env)

@@ -114,7 +114,7 @@ static int cmd_eval(const std::string& run, const std::string& data, int batches
   load_run_weights(w, model);
   if (cfg.data.document_mask) {  // as the run evaluated
     const int32_t sep = shard_eot(shards.front());
-    model.set_documents(sep);
+    model.set_documents(sep, loader.records());
     loader.set_documents(sep);
   }
   model.allocate(cfg.train.micro_batch, cfg.train.seq_len);

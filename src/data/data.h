@@ -91,9 +91,11 @@ class DataLoader {
   DataLoader(const std::vector<std::string>& files, int64_t vocab_size, int B, int T,
              uint64_t seed, bool shuffle, int rank = 0, int world = 1);
   // inputs(B,T), targets(B,T); a target is -1 where its shard's loss mask says not trained on,
-  // and under document masking where it starts another document (mask_document_starts)
+  // and with records masked apart where it starts another record (mask_document_starts)
   void next(int32_t* inputs, int32_t* targets);
-  void set_documents(int32_t sep) { doc_sep_ = sep; }  // data.document_mask: -1 off
+  // data.document_mask (-1: off): records (shards with loss masks) end after `sep`
+  void set_documents(int32_t sep) { doc_sep_ = sep; }
+  bool records() const;  // whether the shards are instruction records (they carry loss masks)
   void reset();  // back to the first batch of epoch 0
   int64_t num_windows() const { return total_windows_; }
   int batch() const { return B_; }
@@ -123,10 +125,11 @@ class DataLoader {
   int32_t doc_sep_ = -1;
 };
 
-// Document masking (data.document_mask; Model::set_documents): a document ends after each
-// separator `sep` (the data's end of text). The target at a separator is the next document's
-// first token, which the finished document cannot predict: not trained (-1), as transformers'
-// DataCollatorWithFlattening leaves it.
+// Records masked apart (data.document_mask; Model::set_documents): a record ends after each
+// separator `sep` (the data's end of text). The target at a separator is the next record's first
+// token, which the finished one cannot predict: not trained (-1), as transformers'
+// DataCollatorWithFlattening leaves it. (Text documents start at their end of text, whose target
+// is the document's first token, predicted from nothing before it: trained.)
 void mask_document_starts(const int32_t* inputs, int32_t* targets, int64_t n, int32_t sep);
 
 // Byte-level tokenizer: ids 0..255 are bytes, 256 is end of text (between documents).

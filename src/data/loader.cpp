@@ -1,5 +1,6 @@
 // The batch loader: seeded shuffle over shards and windows; ranks read disjoint windows; loss
 // masks turn untrained targets into -1.
+#include <algorithm>
 #include <filesystem>
 #include <numeric>
 
@@ -94,7 +95,11 @@ void DataLoader::next(int32_t* inputs, int32_t* targets) {
       }
     }
   }
-  if (doc_sep_ >= 0) mask_document_starts(inputs, targets, int64_t(B_) * T_, doc_sep_);
+  if (doc_sep_ >= 0 && records()) mask_document_starts(inputs, targets, int64_t(B_) * T_, doc_sep_);
+}
+
+bool DataLoader::records() const {
+  return std::any_of(masks_.begin(), masks_.end(), [](auto& m) { return !m.empty(); });
 }
 
 void mask_document_starts(const int32_t* inputs, int32_t* targets, int64_t n, int32_t sep) {

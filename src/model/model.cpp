@@ -470,11 +470,11 @@ RecomputePolicy RecomputePolicy::parse(const std::string& text, const std::strin
 }
 
 void Model::embed_forward(const int32_t* tokens, int B, int T) {
-  docs_.clear();  // the documents of this micro-batch: cut after each separator
+  docs_.clear();  // the documents of this micro-batch: cut at each separator
   if (doc_sep_ >= 0 && decode_pos_ < 0 && kcache_.empty()) {
     for (int64_t b = 0; b < B; b++)
       for (int64_t t = 0, start = 0; t < T; t++)
-        if (t == T - 1 || tokens[b * T + t] == doc_sep_) {
+        if (t == T - 1 || tokens[b * T + t + !doc_after_] == doc_sep_) {
           docs_.emplace_back(b * T + start, t + 1 - start);
           start = t + 1;
         }

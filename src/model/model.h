@@ -346,12 +346,16 @@ class Model {
     dropout_seed_ = seed;
   }
 
-  // Document masking (data.document_mask): each row of a micro-batch is cut after every token
-  // `sep` (-1: off), and each piece (a document, or the part of one in the window) attends only
-  // within itself, at positions counted from its start, as if it were a row of its own. The
-  // targets that cross a cut are the loader's to untrain (mask_document_starts). Sampling
-  // attends to its whole context.
-  void set_documents(int32_t sep) { doc_sep_ = sep; }
+  // Document masking (data.document_mask): each row of a micro-batch is cut at every token `sep`
+  // (-1: off), before it (text: prepare and llm.c put end of text before each document) or after
+  // it (instruction records, which end in it; the loader untrains the target across the cut).
+  // Each piece (a document, or the part of one in the window) attends only within itself, at
+  // positions counted from its start, as if it were a row of its own. Sampling attends to its
+  // whole context.
+  void set_documents(int32_t sep, bool after = false) {
+    doc_sep_ = sep;
+    doc_after_ = after;
+  }
 
   // Sampling with a key/value cache: start_cache(max_T) allocates every block's keys and values
   // for max_T positions (and the activations of a max_T prompt); prefill runs positions 0..T-1 and
@@ -461,6 +465,7 @@ class Model {
   int cache_len_ = 0, cache_max_ = 0;
   int decode_pos_ = -1;                        // >= 0: block_forward runs this one position against the cache
   int32_t doc_sep_ = -1;                       // set_documents
+  bool doc_after_ = false;
   std::vector<std::pair<int64_t, int64_t>> docs_;  // this micro-batch's documents (first, length); empty: whole rows
   void last_logits(int64_t row, std::vector<float>& out);  // logits of lnf_ row `row`
 };

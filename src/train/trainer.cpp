@@ -307,12 +307,14 @@ void train(const RunConfig& cfg, Comm& comm, bool resume) {
   Backend& run_be = timed ? *timed : be;
   Model model(cfg.model, run_be, dt, model_owns(strategy));
   Stepper stepper(model, run_be, comm, t, cfg.accum_steps(comm.size()), cfg.precision, plan, strategy);
-  if (cfg.data.document_mask) {  // documents end after each end of text of the shards' tokenizer
+  if (cfg.data.document_mask) {  // cut at each end of text of the shards' tokenizer
     const int32_t sep = shard_eot(train_shards.front());
-    model.set_documents(sep);
+    model.set_documents(sep, train_data.records());
     train_data.set_documents(sep);
     val_data.set_documents(sep);
-    if (rank0) fmt::print("documents attend only to themselves: cut after each end of text (id {})\n", sep);
+    if (rank0)
+      fmt::print("{} attend only to themselves: cut {} each end of text (id {})\n",
+                 train_data.records() ? "records" : "documents", train_data.records() ? "after" : "before", sep);
   }
   stepper.init_weights(t.seed);
   if ((!resume || cfg.model.lora.on()) && !t.init_from.empty()) {  // LoRA's frozen base, on a resume too

@@ -195,38 +195,39 @@ TEST_F(Cli, BatchesOfPromptOnlyTrainNothingAndSaySo) {
   EXPECT_EQ(all.code, 0) << all.out;
 }
 
-// data.document_mask: the run says where it cuts, each end of text's target is left out of the
-// loss (the model-level numbers against transformers: tests/model/llama_test.cpp), the resolved
-// config keeps the setting, and `eval` evaluates as the run did.
-TEST_F(Cli, DocumentMaskLeavesOutTheTargetsAcrossDocuments) {
+// data.document_mask: the run says where it cuts (before each end of text in text, after it in
+// records), the resolved config keeps the setting, and `eval` evaluates as the run did (the
+// numbers against transformers: tests/model/llama_test.cpp).
+TEST_F(Cli, DocumentMaskCutsTextAndRecordsAndEvalAgrees) {
   std::filesystem::create_directories(d() + "/docs");
   for (int i = 0; i < 40; i++) std::ofstream(fmt::format("{}/docs/{}.txt", d(), i)) << std::string(10 + i, char('a' + i % 26));
+  {
+    std::ofstream f(d() + "/docs.jsonl");
+    for (int i = 0; i < 60; i++) f << R"({"prompt": "Say )" << i << R"(.", "completion": "Said )" << i << R"(."})" << "\n";
+  }
   ASSERT_EQ(run("prepare docs --out docdata --val-docs 8", d()).code, 0);
-  int64_t targets[2];
-  for (int on = 0; on < 2; on++) {
+  ASSERT_EQ(run("prepare --format jsonl docs.jsonl --out recdata --val-docs 16", d()).code, 0);
+  std::string val[2];
+  for (int on = 0; on < 3; on++) {  // text off, text on, records on
     const std::string dir = fmt::format("docrun{}", on);
     Result t = run(fmt::format("train --model.preset=llama-tiny --train.steps=1 --train.seq_len=64 --train.micro_batch=2 "
-                               "--run.checkpoint_every=0 --train.eval_batches=1 --data.train=docdata --run.dir={} "
-                               "--data.document_mask={}", dir, on ? "true" : "false"), d());
+                               "--run.checkpoint_every=0 --train.eval_batches=1 --data.train={} --run.dir={} "
+                               "--data.document_mask={}", on < 2 ? "docdata" : "recdata", dir, on ? "true" : "false"), d());
     ASSERT_EQ(t.code, 0) << t.out;
-    Result e = run(fmt::format("eval --run {} --batches 1", dir), d());  // evaluates as the run did
-    ASSERT_EQ(e.code, 0) << e.out;
+    const char* line[] = {"attend only to themselves", "documents attend only to themselves: cut before each end of text (id 256)",
+                          "records attend only to themselves: cut after each end of text (id 256)"};
+    EXPECT_EQ(t.out.find(line[on]) != std::string::npos, on > 0) << t.out;
     const size_t at = t.out.find("done: val loss ");
     ASSERT_NE(at, std::string::npos) << t.out;
+    if (on < 2) val[on] = t.out.substr(at + 15, 6);
+    Result e = run(fmt::format("eval --run {} --batches 1", dir), d());
+    ASSERT_EQ(e.code, 0) << e.out;
     EXPECT_NE(e.out.find("eval: loss " + t.out.substr(at + 15, 6)), std::string::npos) << e.out << t.out;
-    EXPECT_EQ(t.out.find("documents attend only to themselves: cut after each end of text (id 256)") != std::string::npos, on == 1)
-        << t.out;
-    std::ifstream m(d() + "/" + dir + "/metrics.jsonl");
-    std::string line;
-    ASSERT_TRUE(std::getline(m, line));
-    targets[on] = nlohmann::json::parse(line)["targets"];
     std::ifstream c(d() + "/" + dir + "/config.toml");
     const std::string text((std::istreambuf_iterator<char>(c)), std::istreambuf_iterator<char>());
     EXPECT_NE(text.find(on ? "document_mask = true" : "document_mask = false"), std::string::npos) << text;
   }
-  EXPECT_EQ(targets[0], 128);
-  EXPECT_LT(targets[1], 128) << "the windows hold ends of text (documents of 10 to 49 bytes)";
-  EXPECT_GT(targets[1], 100);
+  EXPECT_NE(val[0], val[1]) << "masking changes what the model sees";
 }
 
 // `frugal export` of RUN gives a directory that transformers' AutoModelForCausalLM loads with no

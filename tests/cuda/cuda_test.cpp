@@ -513,7 +513,7 @@ auto windows(const TrainSettings& t, int64_t& next) {
 
 // A tiny model trained on both backends from one init and one token stream: the losses match
 // step by step, and the CUDA run allocates nothing after its first step. The adapted models'
-// documents are masked apart (Model::set_documents), cut after each id 5.
+// documents are masked apart (Model::set_documents), as records cut after each id 5.
 TEST(CudaTraining, TinyModelLossesMatchCpuAndNothingIsAllocatedAfterTheFirstStep) {
   REQUIRE_CUDA();
   const int steps = 12;
@@ -543,7 +543,7 @@ TEST(CudaTraining, TinyModelLossesMatchCpuAndNothingIsAllocatedAfterTheFirstStep
       Model model(cfg, be, d);
       model.init(7);
       const int32_t sep = cfg.lora.on() ? 5 : -1;
-      model.set_documents(sep);
+      model.set_documents(sep, true);
       Stepper stepper(model, be, *comm, t, 2, p);
       int64_t window = 0;
       auto batch = [&, next = windows(t, window)](int32_t* in, int32_t* tg) {

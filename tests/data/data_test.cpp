@@ -107,6 +107,26 @@ TEST(Loader, WindowsAreConsecutiveTokensAndShuffleIsSeeded) {
   EXPECT_EQ(a.epoch(), 1);
 }
 
+// Documents masked apart: in records (shards with loss masks) the target at each separator, the
+// next record's first token, is untrained; in text a document starts at its separator, whose
+// target (the document's first token) stays trained.
+TEST(Loader, RecordsMaskedApartLeaveTheTargetAtEachSeparatorUntrained) {
+  test::TempDir d;
+  std::vector<uint32_t> tokens(41);
+  for (size_t i = 0; i < tokens.size(); i++) tokens[i] = i % 5 == 4 ? 0 : uint32_t(1 + i);  // separator 0
+  write_shard(d / "text.bin", tokens);
+  write_shard(d / "rec.bin", tokens);
+  write_mask(mask_path(d / "rec.bin"), std::vector<uint8_t>(tokens.size(), 1));
+  for (const char* f : {"text.bin", "rec.bin"}) {
+    DataLoader loader({d / f}, 100, 2, 10, 1, false);
+    loader.set_documents(0);
+    EXPECT_EQ(loader.records(), f == std::string("rec.bin"));
+    std::vector<int32_t> in(20), tg(20);
+    loader.next(in.data(), tg.data());
+    for (int i = 0; i < 20; i++) EXPECT_EQ(tg[size_t(i)], in[size_t(i)] == 0 && loader.records() ? -1 : int32_t(tokens[size_t(i) + 1])) << f << " " << i;
+  }
+}
+
 TEST(Loader, SeekContinuesExactlyWhereThePositionWasTaken) {
   // positions in the middle of a shard, at a shard's end and across an epoch boundary
   test::TempDir d;

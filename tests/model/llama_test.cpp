@@ -24,7 +24,8 @@ struct Case {
   int L, NH, NKV, C, F, V, ctx, B, T;
   bool untied = false, qwen2 = false;
   int llama3 = 0;  // original_max_position_embeddings of the llama3 rope scaling (0: none)
-  int sep = -1;    // >= 0: documents end after each token sep (document masking)
+  int sep = -1;    // >= 0: documents masked apart, cut at each token sep
+  bool before = false;  // cut before sep (text), or after it (records: the targets at sep untrained)
   bool gpt2 = false;  // transformers' GPT2LMHeadModel (NKV = NH, F = 4 C)
 };
 
@@ -98,8 +99,9 @@ void run_llama_parity(const Case& c) {
   t.grad_clip = 1.0;
   t.weight_decay = 0.1;
   ASSERT_TRUE(test::run_reference("llama_reference.py",
-                                  fmt::format("run {} {} {} --autocast{}", hf, dir / "x.safetensors", dir / "r.safetensors",
-                                              c.sep >= 0 ? fmt::format(" --sep {}", c.sep) : "")));
+                                  fmt::format("run {} {} {} --autocast{}{}", hf, dir / "x.safetensors", dir / "r.safetensors",
+                                              c.sep >= 0 ? fmt::format(" --sep {}", c.sep) : "",
+                                              c.before ? " --sep-before" : "")));
   SafeTensors ref(dir / "r.safetensors");
 
   // frugal's model from transformers' files
@@ -115,14 +117,14 @@ void run_llama_parity(const Case& c) {
   int batch = 0;
   NextBatch next = [&](int32_t* in, int32_t* tg) {
     test::batch_of(tokens, batch++, c.B, c.T, in, tg);
-    if (c.sep >= 0) mask_document_starts(in, tg, int64_t(c.B) * c.T, c.sep);
+    if (c.sep >= 0 && !c.before) mask_document_starts(in, tg, int64_t(c.B) * c.T, c.sep);
   };
   auto comm = make_local_comm();
   for (DType dt : {DType::f32, DType::bf16}) {
     SCOPED_TRACE(dtype_name(dt));
     Model model(cfg, be, dt);
     load_model(hf, model);
-    model.set_documents(c.sep);
+    model.set_documents(c.sep, !c.before);
     std::vector<int32_t> in(c.B * c.T), tg(c.B * c.T);
     batch = 0;
     next(in.data(), tg.data());
@@ -158,7 +160,7 @@ void run_llama_parity(const Case& c) {
   // 10 AdamW steps in fp32 from transformers' initial weights
   Model model(cfg, be);
   load_model(hf, model);
-  model.set_documents(c.sep);
+  model.set_documents(c.sep, !c.before);
   std::map<std::string, std::vector<float>> initial;
   for_each_hf(model, false, [&](const std::string& name, const std::vector<float>& w) { initial[name] = w; });
   Stepper trainer(model, be, *comm, t, 1);
@@ -187,17 +189,26 @@ TEST(LlamaParity, OneKeyValueHeadHeadSize32) {
   run_llama_parity({"llama mqa hs32", 1, 2, 1, 64, 96, 200, 80, 3, 70, true, false, 0});
 }
 
-// Packed documents: llama's positions (rope) and GPT-2's (its position table) restart at each.
+// Packed documents: llama's positions (rope) and GPT-2's (its position table) restart at each;
+// each family under both cuts (records: after the separator; text: before it).
 TEST(DocumentMask, LlamaMatchesTransformersPackedSequences) {
-  Case c{"llama documents", 2, 4, 2, 64, 176, 300, 64, 2, 37, true, false, 0};
-  c.sep = 7;
-  run_llama_parity(c);
+  for (bool before : {false, true}) {
+    Case c{"llama documents", 2, 4, 2, 64, 176, 300, 64, 2, 37, true, false, 0};
+    c.sep = 7;
+    c.before = before;
+    SCOPED_TRACE(before ? "cut before" : "cut after");
+    run_llama_parity(c);
+  }
 }
 TEST(DocumentMask, Gpt2MatchesTransformersPackedSequences) {
-  Case c{"gpt2 documents", 2, 4, 4, 64, 256, 300, 64, 2, 45};
-  c.sep = 11;
-  c.gpt2 = true;
-  run_llama_parity(c);
+  for (bool before : {true, false}) {
+    Case c{"gpt2 documents", 2, 4, 4, 64, 256, 300, 64, 2, 45};
+    c.sep = 11;
+    c.gpt2 = true;
+    c.before = before;
+    SCOPED_TRACE(before ? "cut before" : "cut after");
+    run_llama_parity(c);
+  }
 }
 
 }  // namespace

@@ -30,17 +30,17 @@ ModelConfig with_dropout(ModelConfig c) {  // its masks redrawn alike in a recom
 
 TEST(Recompute, EveryPolicyGivesBitIdenticalGradients) {
   const ModelConfig gpt2{"custom", 4, 3, 48, 301, 80};
-  const std::pair<ModelConfig, int32_t> cases[] = {  // a config, and its document separator (-1: none)
-      {gpt2, -1}, {kLlama, -1}, {gpt2, 3}, {kLlama, 3}, {with_lora(gpt2, BaseFormat::compute), -1},
-      {with_lora(kLlama, BaseFormat::nf4), -1}, {with_dropout(with_lora(kLlama, BaseFormat::compute)), -1}};
-  for (const auto& [cfg, sep] : cases)
+  struct Case { ModelConfig cfg; int32_t sep = -1; bool after = false; };  // documents masked apart: cut at sep
+  const Case cases[] = {{gpt2}, {kLlama}, {gpt2, 3, false}, {kLlama, 3, true}, {with_lora(gpt2, BaseFormat::compute)},
+                        {with_lora(kLlama, BaseFormat::nf4)}, {with_dropout(with_lora(kLlama, BaseFormat::compute))}};
+  for (const auto& [cfg, sep, after] : cases)
   for (DType dt : {DType::f32, DType::bf16, DType::f16}) {
     std::vector<std::vector<float>> ref;
     float ref_loss = 0;
     for (const char* name : kPolicies) {
       Model m(cfg, cpu_backend(), dt);
       m.init(11);
-      m.set_documents(sep);
+      m.set_documents(sep, after);
       TrainSettings t;
       t.seq_len = 70;  // not a multiple of the attention tile
       t.micro_batch = 2;
@@ -53,7 +53,7 @@ TEST(Recompute, EveryPolicyGivesBitIdenticalGradients) {
         for (int i = 0; i < 140; i++) { in[i] = int32_t(rng.below(301)); tg[i] = int32_t(rng.below(301)); }
         if (sep >= 0) {  // documents of 1 to 23 tokens
           for (int i = 0; i < 140; i += 1 + int(rng.below(23))) in[i] = sep;
-          mask_document_starts(in, tg, 140, sep);
+          if (after) mask_document_starts(in, tg, 140, sep);
         }
       });
       std::vector<std::vector<float>> grads;

@@ -8,7 +8,7 @@
       high 4, original_max_position_embeddings ORIG).
   python llama_reference.py bench - --layers ... [--untied] --batch B --seq T --steps S
                                  --warmup-steps W --threads N --dtype fp32|bf16 [--sdpa] [--compile]
-                                 [--sep ID --doc-len N]
+                                 [--sep ID [--sep-before] --doc-len N]
       Training throughput (bench/train_bench.py): one JSON line. --sep: packed documents (as
       run's), each token a separator with probability 1/N.
   python llama_reference.py run DIR BATCHES OUT [--lr ...] [--autocast] [--sep ID]
@@ -18,9 +18,10 @@
       "grad.NAME"; the losses and gradient norms of 10 AdamW steps (frugal's schedule, clipping
       and decay of every 2-D weight) and "param5.NAME" after 5 of them; with --autocast the same
       batch under bf16 autocast as "ac.logits", "ac.loss", "ac.grad.NAME".
-      --sep ID: packed documents, each ending after a token ID: position_ids count from each
-      document's start (transformers then masks attention between documents) and the target at
-      each ID is ignored, as DataCollatorWithFlattening builds a batch.
+      --sep ID: packed documents, cut after each token ID (records): position_ids count from
+      each document's start (transformers then masks attention between documents) and the target
+      at each ID is ignored, as DataCollatorWithFlattening builds a batch. --sep-before: cut
+      before each ID instead (text: ID starts each document), every target trained.
 """
 import argparse
 import sys
@@ -49,17 +50,21 @@ def save(a):
     model.to(dtype).save_pretrained(a.dir, max_shard_size=a.max_shard_size)
 
 
-def packed(tokens, sep):
+def packed(tokens, sep, before=False):
     """Inputs, targets and the model's keyword arguments of windows tokens (B, T+1); with sep, packed
-    documents that end after each sep: position_ids from each one's start (transformers then masks
-    attention between them) and the targets at sep ignored (DataCollatorWithFlattening's batch)."""
+    documents cut at each sep: position_ids from each one's start (transformers then masks attention
+    between them). Cut after sep (records), the targets at sep are ignored (DataCollatorWithFlattening's
+    batch); cut before it (text), sep starts each document and its target is trained."""
     x, y = tokens[:, :-1], tokens[:, 1:]
     if sep is None:
         return x, y, {}
     t = torch.arange(x.shape[1]).expand_as(x)
-    start = torch.where(torch.nn.functional.pad(x[:, :-1] == sep, (1, 0)), t, torch.zeros_like(t))
+    starts = (x == sep) if before else torch.nn.functional.pad(x[:, :-1] == sep, (1, 0))
+    start = torch.where(starts, t, torch.zeros_like(t))
+    if not before:
+        y = y.masked_fill(x == sep, -100)
     # with a cache, transformers takes position_ids as positions only, not as packing
-    return x, y.masked_fill(x == sep, -100), {"position_ids": t - start.cummax(1).values, "use_cache": False}
+    return x, y, {"position_ids": t - start.cummax(1).values, "use_cache": False}
 
 
 def run(a):
@@ -80,7 +85,7 @@ def run(a):
         return t.t() if name.rsplit(".", 1)[0] in conv1d and name.endswith(".weight") else t
 
     def loss_of(s, autocast=False):
-        x, y, kw = packed(tokens[s], a.sep)
+        x, y, kw = packed(tokens[s], a.sep, a.sep_before)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             logits = model(x, **kw).logits
         return logits, torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten())
@@ -147,7 +152,7 @@ def bench(a):
         tok = torch.randint(0, a.vocab, (a.batch, a.seq + 1))
         if a.sep is not None:  # documents of about doc_len tokens
             tok[torch.rand(tok.shape) < 1.0 / a.doc_len] = a.sep
-        x, y, kw = packed(tok, a.sep)
+        x, y, kw = packed(tok, a.sep, a.sep_before)
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.dtype == "bf16"):
@@ -182,6 +187,7 @@ def main():
     ap.add_argument("--total-steps", type=int, default=10)
     ap.add_argument("--autocast", action="store_true")
     ap.add_argument("--sep", type=int)
+    ap.add_argument("--sep-before", action="store_true")
     ap.add_argument("--doc-len", type=int, default=256)
     for k in ["batch", "seq", "steps", "warmup-steps", "threads"]:
         ap.add_argument("--" + k, type=int, default=2)
