@@ -93,9 +93,14 @@ class DataLoader {
   // inputs(B,T), targets(B,T); a target is -1 where its shard's loss mask says not trained on,
   // and with records masked apart where it starts another record (mask_document_starts)
   void next(int32_t* inputs, int32_t* targets);
-  // data.document_mask (-1: off): records (shards with loss masks) end after `sep`
-  void set_documents(int32_t sep) { doc_sep_ = sep; }
+  // data.document_mask (-1: off). Records (shards with loss masks) end after `sep`, and each
+  // window then holds whole records: as many as fit in T+1 tokens, in file order, the rest padded
+  // (input 0, target -1), as TRL packs them. A record longer than that is cut to T+1 tokens, as
+  // TRL truncates it (truncated() counts them). UserError if fewer windows than a global batch.
+  // Once, before the first batch.
+  void set_documents(int32_t sep);
   bool records() const;  // whether the shards are instruction records (they carry loss masks)
+  int64_t truncated() const { return truncated_; }
   void reset();  // back to the first batch of epoch 0
   int64_t num_windows() const { return total_windows_; }
   int batch() const { return B_; }
@@ -112,7 +117,8 @@ class DataLoader {
  private:
   void start_epoch();
   void start_shard();
-  int64_t take_window();  // start token of the next window, moving to the next shard/epoch
+  int64_t take_window();  // index of the next window in its shard, moving to the next shard/epoch
+  int64_t windows_in(int64_t shard) const;
 
   std::vector<TokenShard> shards_;
   std::vector<std::vector<uint8_t>> masks_;  // per shard: its loss mask, or empty (none)
@@ -123,6 +129,8 @@ class DataLoader {
   int64_t epoch_ = 0, shard_pos_ = 0, window_pos_ = 0;
   std::vector<int64_t> shard_order_, window_order_;
   int32_t doc_sep_ = -1;
+  std::vector<std::vector<std::pair<int64_t, int64_t>>> record_windows_;  // per shard: (start, tokens); empty: T+1-token windows
+  int64_t truncated_ = 0;
 };
 
 // Records masked apart (data.document_mask; Model::set_documents): a record ends after each

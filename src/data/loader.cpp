@@ -23,6 +23,39 @@ DataLoader::DataLoader(const std::vector<std::string>& files, int64_t vocab_size
   reset();
 }
 
+void DataLoader::set_documents(int32_t sep) {
+  FRUGAL_CHECK(doc_sep_ < 0, "set_documents twice");
+  doc_sep_ = sep;
+  if (sep < 0 || !records()) return;
+  total_windows_ = 0;
+  const int64_t cap = T_ + 1;
+  for (const TokenShard& s : shards_) {  // records end after sep; whole ones packed in order
+    auto& w = record_windows_.emplace_back();
+    for (int64_t r = 0; r < s.size();) {
+      int64_t e = r;
+      while (e < s.size() && s[e] != uint32_t(sep)) e++;
+      e = std::min(e + 1, s.size());  // this record: [r, e)
+      if (!w.empty() && w.back().first + w.back().second == r && w.back().second + (e - r) <= cap) {
+        w.back().second += e - r;
+      } else {
+        w.emplace_back(r, std::min(e - r, cap));
+        truncated_ += e - r > cap;
+      }
+      r = e;
+    }
+    total_windows_ += int64_t(w.size());
+  }
+  if (total_windows_ < int64_t(B_) * world_)
+    user_error("{}: {} windows of whole records up to {}+1 tokens in {} file(s), fewer than one global batch of {}",
+               shards_.front().path(), total_windows_, T_, shards_.size(), int64_t(B_) * world_);
+  reset();
+}
+
+int64_t DataLoader::windows_in(int64_t shard) const {
+  if (!record_windows_.empty()) return int64_t(record_windows_[size_t(shard)].size());
+  return std::max<int64_t>(0, (shards_[size_t(shard)].size() - 1) / T_);
+}
+
 static void shuffle_in_place(std::vector<int64_t>& v, Rng& rng) {
   for (size_t i = v.size(); i > 1; i--) std::swap(v[i - 1], v[rng.below(i)]);
 }
@@ -58,8 +91,7 @@ void DataLoader::start_epoch() {
 }
 
 void DataLoader::start_shard() {
-  const TokenShard& s = shards_[shard_order_[shard_pos_]];
-  window_order_.resize(std::max<int64_t>(0, (s.size() - 1) / T_));
+  window_order_.resize(size_t(windows_in(shard_order_[shard_pos_])));
   std::iota(window_order_.begin(), window_order_.end(), 0);
   if (shuffle_) {
     Rng rng(seed_ * 0xD1B54A32D192ED03ULL + uint64_t(epoch_) * 1000003 + uint64_t(shard_pos_));
@@ -77,25 +109,28 @@ int64_t DataLoader::take_window() {
       start_shard();
     }
   }
-  return window_order_[window_pos_++] * T_;
+  return window_order_[window_pos_++];
 }
 
 void DataLoader::next(int32_t* inputs, int32_t* targets) {
   // The global batch is B*world consecutive windows; this rank takes windows rank*B .. +B.
   for (int r = 0; r < world_; r++) {
-    for (int b = 0; b < B_; b++) {
-      int64_t start = take_window();
+    for (int64_t b = 0; b < B_; b++) {
+      const int64_t w = take_window();
       if (r != rank_) continue;
-      const TokenShard& s = shards_[shard_order_[shard_pos_]];
-      const std::vector<uint8_t>& mask = masks_[shard_order_[shard_pos_]];
-      for (int t = 0; t < T_; t++) {
-        inputs[int64_t(b) * T_ + t] = int32_t(s[start + t]);
-        bool trained = mask.empty() || mask[size_t(start + t + 1)];
-        targets[int64_t(b) * T_ + t] = trained ? int32_t(s[start + t + 1]) : -1;
+      const int64_t shard = shard_order_[shard_pos_];
+      const TokenShard& s = shards_[size_t(shard)];
+      const std::vector<uint8_t>& mask = masks_[size_t(shard)];
+      // the window's tokens: T+1 from w T, or its whole records (then padding)
+      const auto [start, n] = record_windows_.empty() ? std::pair{w * T_, int64_t(T_) + 1} : record_windows_[size_t(shard)][size_t(w)];
+      for (int64_t t = 0; t < T_; t++) {
+        inputs[b * T_ + t] = t < n ? int32_t(s[start + t]) : 0;
+        const bool trained = t + 1 < n && (mask.empty() || mask[size_t(start + t + 1)]);
+        targets[b * T_ + t] = trained ? int32_t(s[start + t + 1]) : -1;
       }
     }
   }
-  if (doc_sep_ >= 0 && records()) mask_document_starts(inputs, targets, int64_t(B_) * T_, doc_sep_);
+  if (!record_windows_.empty()) mask_document_starts(inputs, targets, int64_t(B_) * T_, doc_sep_);
 }
 
 bool DataLoader::records() const {

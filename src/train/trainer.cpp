@@ -312,9 +312,13 @@ void train(const RunConfig& cfg, Comm& comm, bool resume) {
     model.set_documents(sep, train_data.records());
     train_data.set_documents(sep);
     val_data.set_documents(sep);
-    if (rank0)
-      fmt::print("{} attend only to themselves: cut {} each end of text (id {})\n",
-                 train_data.records() ? "records" : "documents", train_data.records() ? "after" : "before", sep);
+    if (rank0 && train_data.records())
+      fmt::print("records attend only to themselves: cut after each end of text (id {}), whole in their windows "
+                 "({} windows{})\n", sep, train_data.num_windows(),
+                 train_data.truncated() ? fmt::format("; {} records longer than train.seq_len + 1 = {} tokens cut to it",
+                                                      train_data.truncated(), T + 1) : "");
+    else if (rank0)
+      fmt::print("documents attend only to themselves: cut before each end of text (id {})\n", sep);
   }
   stepper.init_weights(t.seed);
   if ((!resume || cfg.model.lora.on()) && !t.init_from.empty()) {  // LoRA's frozen base, on a resume too

@@ -107,24 +107,52 @@ TEST(Loader, WindowsAreConsecutiveTokensAndShuffleIsSeeded) {
   EXPECT_EQ(a.epoch(), 1);
 }
 
-// Documents masked apart: in records (shards with loss masks) the target at each separator, the
-// next record's first token, is untrained; in text a document starts at its separator, whose
-// target (the document's first token) stays trained.
-TEST(Loader, RecordsMaskedApartLeaveTheTargetAtEachSeparatorUntrained) {
+// Documents masked apart. In text a document starts at its separator, whose target (the
+// document's first token) stays trained, and windows are the stream's. In records (shards with
+// loss masks) each window holds whole records, packed in order and padded; a record longer than
+// the window is cut to it; the target at each separator (the next record's first token) is
+// untrained.
+TEST(Loader, RecordsMaskedApartAreWholeInTheirWindows) {
   test::TempDir d;
-  std::vector<uint32_t> tokens(41);
-  for (size_t i = 0; i < tokens.size(); i++) tokens[i] = i % 5 == 4 ? 0 : uint32_t(1 + i);  // separator 0
+  // records ending in separator 1: A(3) B(5) C(2) D(10) E(3) F(5); T = 6: windows of up to 7 tokens
+  const std::vector<uint32_t> tokens = {5, 6, 1, 7, 8, 9, 10, 1, 11, 1, 12, 13, 14, 15, 16, 17, 18, 19, 20, 1,
+                                        21, 22, 1, 23, 24, 25, 26, 1};
   write_shard(d / "text.bin", tokens);
   write_shard(d / "rec.bin", tokens);
   write_mask(mask_path(d / "rec.bin"), std::vector<uint8_t>(tokens.size(), 1));
-  for (const char* f : {"text.bin", "rec.bin"}) {
-    DataLoader loader({d / f}, 100, 2, 10, 1, false);
-    loader.set_documents(0);
-    EXPECT_EQ(loader.records(), f == std::string("rec.bin"));
-    std::vector<int32_t> in(20), tg(20);
-    loader.next(in.data(), tg.data());
-    for (int i = 0; i < 20; i++) EXPECT_EQ(tg[size_t(i)], in[size_t(i)] == 0 && loader.records() ? -1 : int32_t(tokens[size_t(i) + 1])) << f << " " << i;
+  const int T = 6;
+  {
+    DataLoader text({d / "text.bin"}, 100, 1, T, 1, false);
+    text.set_documents(1);
+    EXPECT_FALSE(text.records());
+    EXPECT_EQ(text.num_windows(), 4);  // (28 - 1) / 6
+    std::vector<int32_t> in(T), tg(T);
+    text.next(in.data(), tg.data());
+    EXPECT_EQ(in, (std::vector<int32_t>{5, 6, 1, 7, 8, 9}));
+    EXPECT_EQ(tg, (std::vector<int32_t>{6, 1, 7, 8, 9, 10}));
   }
+  DataLoader rec({d / "rec.bin"}, 100, 1, T, 1, false);
+  rec.set_documents(1);
+  EXPECT_TRUE(rec.records());
+  EXPECT_EQ(rec.num_windows(), 5);  // A, B C, D cut, E, F
+  EXPECT_EQ(rec.truncated(), 1);
+  const std::vector<std::vector<int32_t>> in_want = {{5, 6, 1, 0, 0, 0}, {7, 8, 9, 10, 1, 11}, {12, 13, 14, 15, 16, 17},
+                                                     {21, 22, 1, 0, 0, 0}, {23, 24, 25, 26, 1, 0}},
+                                          tg_want = {{6, 1, -1, -1, -1, -1}, {8, 9, 10, 1, -1, 1}, {13, 14, 15, 16, 17, 18},
+                                                     {22, 1, -1, -1, -1, -1}, {24, 25, 26, 1, -1, -1}};
+  std::vector<int32_t> in(T), tg(T);
+  for (int epoch = 0; epoch < 2; epoch++)
+    for (size_t w = 0; w < in_want.size(); w++) {
+      rec.next(in.data(), tg.data());
+      EXPECT_EQ(in, in_want[w]) << "window " << w;
+      EXPECT_EQ(tg, tg_want[w]) << "window " << w;
+    }
+  std::vector<uint32_t> long_records(60, 7);  // three of 20 tokens: 14 windows of 4+1 in the stream, 3 of records
+  long_records[19] = long_records[39] = long_records[59] = 1;
+  write_shard(d / "long.bin", long_records);
+  write_mask(mask_path(d / "long.bin"), std::vector<uint8_t>(long_records.size(), 1));
+  test::expect_user_error([&] { DataLoader(std::vector<std::string>{d / "long.bin"}, 100, 4, 4, 1, false).set_documents(1); },
+                          "long.bin: 3 windows of whole records up to 4+1 tokens in 1 file(s), fewer than one global batch of 4");
 }
 
 TEST(Loader, SeekContinuesExactlyWhereThePositionWasTaken) {
