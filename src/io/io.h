@@ -55,8 +55,9 @@ int64_t parse_bytes(const std::string& text, const std::string& where);
 struct DataSettings {
   std::string train = "data/kjv/train_*.bin";
   std::string val = "data/kjv/val_*.bin";
-  // Each document attends only to itself, its positions from its start (Model::set_documents);
-  // documents end after each end of text of the shards' tokenizer.
+  // Each document attends only to itself, its positions from its start (Model::set_documents),
+  // cut at each end of text of the shards' tokenizer: before it in text, after it in records,
+  // which then lie whole in their windows (DataLoader::set_documents).
   bool document_mask = false;
 };
 

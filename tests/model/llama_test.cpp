@@ -8,7 +8,8 @@
 //    1e-3 (as for GPT-2: AdamW normalises rounding-level gradients into full steps);
 //  - bf16: as close to fp32 as transformers under bf16 autocast.
 // Document masking (Model::set_documents) against transformers' packed sequences (position_ids
-// that restart at each document, the targets at separators ignored), for llama and GPT-2.
+// that restart at each document; under the records' cut the targets at separators ignored), for
+// llama and GPT-2.
 #include <map>
 
 #include "data/data.h"
