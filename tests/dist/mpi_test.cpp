@@ -37,9 +37,10 @@ struct Result {
 // `B` sequences per micro-batch on each of comm's ranks, `accum` micro-batches per step; the
 // global batch of a step is B * ranks * accum consecutive windows, split like the DataLoader.
 Result train_steps(Comm& comm, int B, int accum, DType dt, Strategy s, const ModelConfig& cfg, int steps = 5,
-                   DType reduce = DType::f32) {
+                   DType reduce = DType::f32, int32_t sep = -1) {
   const int T = cfg.context;
   Model m(cfg, backend(), dt, model_owns(s));
+  m.set_documents(sep);  // >= 0: documents masked apart, each starting at a token sep
   TrainSettings t;
   t.seq_len = T;
   t.micro_batch = B;
@@ -83,12 +84,12 @@ const ModelConfig small{"custom", 2, 2, 32, 97, 16};
 const ModelConfig small_llama{"custom", 2, 4, 64, 97, 16, Family::llama, 2, 96, true, false, 1e-5, 10000};
 
 void expect_same_as_one_process(Strategy s, int accum, DType dt, double tol, DType reduce = DType::f32,
-                                const ModelConfig& cfg = small) {
+                                const ModelConfig& cfg = small, int32_t sep = -1) {
   const int N = world->size(), B = 4;
   auto local = make_local_comm();
-  Result one = train_steps(*local, B * N, accum, dt, Strategy::ddp, cfg);
-  Result many = train_steps(*world, B, accum, dt, s, cfg, 5, reduce);
-  const std::string name = fmt::format("{} {}", strategy_name(s), family_name(cfg.family));
+  Result one = train_steps(*local, B * N, accum, dt, Strategy::ddp, cfg, 5, DType::f32, sep);
+  Result many = train_steps(*world, B, accum, dt, s, cfg, 5, reduce, sep);
+  const std::string name = fmt::format("{} {}{}", strategy_name(s), family_name(cfg.family), sep >= 0 ? " documents" : "");
   for (size_t i = 0; i < one.losses.size(); i++)
     EXPECT_NEAR(many.losses[i], one.losses[i], tol * one.losses[i]) << name << " step " << i << " rank " << world->rank();
   EXPECT_LT(test::rel_error(many.weights, one.weights), tol) << name << " rank " << world->rank();
@@ -105,6 +106,13 @@ TEST(Strategies, SameAsOneProcessWithoutAccumulation) {
 }
 TEST(Strategies, SameAsOneProcessWithAccumulation) {
   for (Strategy s : all_strategies) expect_same_as_one_process(s, 3, DType::f32, 1e-5);
+}
+// Documents masked apart (Model::set_documents; id 5 starts each, about one in 97 tokens).
+TEST(Strategies, DocumentsMaskedApartSameAsOneProcess) {
+  for (Strategy s : all_strategies) {
+    expect_same_as_one_process(s, 2, DType::f32, 1e-5, DType::f32, small, 5);
+    expect_same_as_one_process(s, 2, DType::f32, 1e-5, DType::f32, small_llama, 5);
+  }
 }
 TEST(Strategies, LlamaSameAsOneProcess) {
   for (Strategy s : all_strategies) {
