@@ -136,6 +136,8 @@ def main():
         if a.docs:
             train[rng.random(n) < 1.0 / a.docs] = SEP
         write_shard(f"{d}/train.bin", train)
+        with open(f"{d}/frugal_tokenizer.json", "w") as f:  # the byte tokenizer's end of text is SEP
+            f.write('{"kind": "byte", "vocab_size": 257}\n')
         write_shard(f"{d}/val.bin", rng.integers(0, V, a.batch * a.seq + 1))
         for _ in range(a.rounds):
             keep("frugal", frugal_run(a, d, env))

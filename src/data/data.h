@@ -243,7 +243,8 @@ std::unique_ptr<Tokenizer> load_sentencepiece(const std::string& model_path);
 // file: the shards are byte-level.
 inline constexpr const char* kTokenizerDescription = "frugal_tokenizer.json";
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& dir);
-// The end of text of a shard's tokenizer (the one in its directory): what separates its documents.
+// The end of text of a shard's tokenizer (described in its directory): what separates its
+// documents. UserError where nothing describes it.
 int32_t shard_eot(const std::string& shard);
 struct TokenizerInfo { std::string kind; int64_t vocab_size; std::string pattern; };
 TokenizerInfo tokenizer_info(const std::string& dir);  // what the description says

@@ -85,8 +85,15 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& dir) {
 }
 
 int32_t shard_eot(const std::string& shard) {
-  const std::string dir = std::filesystem::path(shard).parent_path().string();
-  return int32_t(load_tokenizer(dir.empty() ? "." : dir)->eot());
+  std::string dir = std::filesystem::path(shard).parent_path().string();
+  if (dir.empty()) dir = ".";
+  // shards with no description are byte-level for decoding, but a foreign stream's (llm.c's
+  // GPT-2 shards) end of text is not 256: cutting there would cut at an ordinary token
+  if (!std::filesystem::exists(dir + "/" + kTokenizerDescription) && !std::filesystem::exists(dir + "/tokenizer.json"))
+    user_error("{}: no {} names the shards' tokenizer, whose end of text data.document_mask cuts at (shards from "
+               "llm.c's GPT-2 scripts: write {{\"kind\": \"gpt2\", \"vocab_size\": 50257}} there)",
+               dir, kTokenizerDescription);
+  return int32_t(load_tokenizer(dir)->eot());
 }
 
 void save_tokenizer(const std::string& dir, const Tokenizer& tok) {

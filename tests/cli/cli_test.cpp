@@ -228,6 +228,12 @@ TEST_F(Cli, DocumentMaskCutsTextAndRecordsAndEvalAgrees) {
     EXPECT_NE(text.find(on ? "document_mask = true" : "document_mask = false"), std::string::npos) << text;
   }
   EXPECT_NE(val[0], val[1]) << "masking changes what the model sees";
+  // shards with nothing naming their tokenizer (llm.c's): no end of text to guess
+  std::filesystem::create_directories(d() + "/bare");
+  std::filesystem::copy_file(d() + "/docdata/train_000.bin", d() + "/bare/train_000.bin");
+  expect_error("train --model.preset=llama-tiny --train.seq_len=64 --train.micro_batch=2 --data.train=bare/train_000.bin "
+               "--data.val=bare/train_000.bin --run.dir=barerun --data.document_mask=true",
+               "bare: no frugal_tokenizer.json names the shards' tokenizer, whose end of text data.document_mask cuts at");
 }
 
 // `frugal export` of RUN gives a directory that transformers' AutoModelForCausalLM loads with no
