@@ -15,7 +15,7 @@ DataLoader::DataLoader(const std::vector<std::string>& files, int64_t vocab_size
     shards_.emplace_back(f, vocab_size);
     std::string m = mask_path(f);
     masks_.push_back(std::filesystem::exists(m) ? read_mask(m, shards_.back().size()) : std::vector<uint8_t>{});
-    total_windows_ += std::max<int64_t>(0, (shards_.back().size() - 1) / T);
+    total_windows_ += windows_in(int64_t(shards_.size()) - 1);
   }
   if (total_windows_ < int64_t(B) * world)
     user_error("{}: {} windows of {}+1 tokens in {} file(s), fewer than one global batch of {}",
