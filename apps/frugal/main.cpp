@@ -113,9 +113,9 @@ static int cmd_eval(const std::string& run, const std::string& data, int batches
   Model model(cfg.model, cpu_backend(), cfg.precision.compute);
   load_run_weights(w, model);
   if (cfg.data.document_mask) {  // as the run evaluated
-    const int32_t sep = shard_eot(shards.front());
-    model.set_documents(sep, loader.records());
-    loader.set_documents(sep);
+    const DocumentCut cut = document_cut(shards.front(), loader.records());
+    model.set_documents(cut.sep, cut.after);
+    loader.set_documents(cut);
   }
   model.allocate(cfg.train.micro_batch, cfg.train.seq_len);
   const int B = cfg.train.micro_batch, T = cfg.train.seq_len;
@@ -141,7 +141,7 @@ static SpecialIds special_ids(const std::string& run, const RunWeights& w) {
   const std::string turn = ChatTemplate::of(dir, *tok).end_of_turn();
   if (!turn.empty()) tok->encode(turn, one);
   if (one.size() == 1 && one[0] != tok->eot()) ids.eos.push_back(one[0]);
-  if (tok->bos() >= 0) ids.bos.push_back(tok->bos());
+  if (tok->bos() >= 0 || tok->bos_prefix() >= 0) ids.bos.push_back(tok->bos() >= 0 ? tok->bos() : tok->bos_prefix());
   return ids;
 }
 
@@ -224,17 +224,14 @@ static int cmd_sample(const std::string& run, const std::string& prompt, int num
   load_run_weights(w, model);
   // generation ends at end of text, or with --chat at the end of the assistant's turn, as
   // instruction data was trained (prepare --format jsonl)
-  std::vector<uint32_t> enc, stop = {tok->eot()};
   std::string end_text;  // --chat: the end of the assistant's turn, which may take several tokens
+  const ChatTemplate tmpl = chat ? ChatTemplate::of(data_dir(w.cfg), *tok) : ChatTemplate();
+  std::vector<uint32_t> enc = tmpl.prompt_ids(*tok, prompt, system, chat), stop = {tok->eot()};
   if (chat) {
-    const ChatTemplate tmpl = ChatTemplate::of(data_dir(w.cfg), *tok);
-    for (const RecordPiece& p : tmpl.chat_prompt(prompt, system)) tok->encode(p.text, enc);  // as prepare tokenizes it
     std::vector<uint32_t> end;
     end_text = tmpl.end_of_turn();
     if (!end_text.empty()) tok->encode(end_text, end);
     if (end.size() == 1) stop.push_back(end[0]);
-  } else {
-    tok->encode(prompt, enc);
   }
   std::vector<int32_t> tokens(enc.begin(), enc.end()), generated;
   if (tokens.empty()) tokens.push_back(int32_t(tok->eot()));

@@ -2,7 +2,10 @@
 // merge loop shared by tiktoken rank files (bpe.cpp) and Hugging Face tokenizer.json files
 // (hf_tokenizer.cpp), and GPT-2's byte <-> character map that tokenizer.json vocabularies use.
 #pragma once
+#include <nlohmann/json_fwd.hpp>
+
 #include <array>
+#include <functional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -105,5 +108,12 @@ class BytePairEncoder {
   std::string piece_;
   std::vector<uint32_t> word_, ranks_, merged_;
 };
+
+// Tokenizer::bos_prefix of a Hugging Face tokenizer.json at `path` (`parsed`: the file parsed, or
+// null: read it if it is there) and the tokenizer_config.json beside it; id_of: a token's id from
+// its text (-1: not a token). UserError naming the file and the field where they name a BOS that
+// is not one token.
+int64_t hf_bos_prefix(const std::string& path, const nlohmann::json* parsed,
+                      const std::function<int64_t(const std::string&)>& id_of);
 
 }  // namespace frugal

@@ -82,6 +82,9 @@ class TokenShard {
 // checked against it on open (listed, token count, checksum): a corrupt shard is refused by name.
 std::vector<std::string> resolve_shards(const std::string& pattern, const std::string& field);
 
+// Where documents are cut apart (data.document_mask): at each `sep`, after it or before it.
+struct DocumentCut { int32_t sep; bool after; };
+
 // Yields batches of B windows of T+1 tokens. A shard of n tokens holds (n-1)/T windows,
 // window w covering tokens [w*T, w*T+T]. With shuffle, every epoch visits the shards in a
 // seeded random order and each shard's windows in a seeded random order; without, in file
@@ -98,7 +101,7 @@ class DataLoader {
   // (input 0, target -1), as TRL packs them. A record longer than that is cut to T+1 tokens, as
   // TRL truncates it (truncated() counts them). UserError if fewer windows than a global batch.
   // Once, before the first batch.
-  void set_documents(int32_t sep);
+  void set_documents(DocumentCut cut);
   bool records() const;  // whether the shards are instruction records (they carry loss masks)
   int64_t truncated() const { return truncated_; }
   void reset();  // back to the first batch of epoch 0
@@ -128,16 +131,16 @@ class DataLoader {
   int64_t total_windows_ = 0;
   int64_t epoch_ = 0, shard_pos_ = 0, window_pos_ = 0;
   std::vector<int64_t> shard_order_, window_order_;
-  int32_t doc_sep_ = -1;
+  DocumentCut cut_{-1, false};
   std::vector<std::vector<std::pair<int64_t, int64_t>>> record_windows_;  // per shard: (start, tokens); empty: T+1-token windows
   int64_t truncated_ = 0;
 };
 
-// Records masked apart (data.document_mask; Model::set_documents): a record ends after each
-// separator `sep` (the data's end of text). The target at a separator is the next record's first
-// token, which the finished one cannot predict: not trained (-1), as transformers'
-// DataCollatorWithFlattening leaves it. (Text documents start at their end of text, whose target
-// is the document's first token, predicted from nothing before it: trained.)
+// Documents masked apart after each separator `sep` (data.document_mask, DocumentCut::after;
+// Model::set_documents): the target at a separator is the next document's first token, which the
+// finished one cannot predict: not trained (-1), as transformers' DataCollatorWithFlattening
+// leaves it. (Documents cut before their end of text start with it, and its target is the
+// document's first token, predicted from nothing before it: trained.)
 void mask_document_starts(const int32_t* inputs, int32_t* targets, int64_t n, int32_t sep);
 
 // Byte-level tokenizer: ids 0..255 are bytes, 256 is end of text (between documents).
@@ -159,6 +162,14 @@ class Tokenizer {
   // The id transformers' config.json names bos_token_id: a tokenizer.json's tokenizer_config.json
   // bos_token, GPT-2's end of text; -1: none.
   virtual int64_t bos() const { return -1; }
+  // The token transformers' tokenizer puts before every text it encodes (add_special_tokens=True:
+  // Llama 2's <s>, Llama 3's <|begin_of_text|>); -1: none (GPT-2, Qwen2, SmolLM). prepare starts
+  // each document and plain record with it and sample its prompt, as the model was pretrained.
+  // Read from tokenizer_config.json's add_bos_token where it says, else from tokenizer.json's
+  // post_processor (a TemplateProcessing, alone or in a Sequence, whose single template starts
+  // with one special token), as transformers 5 reads them.
+  int64_t bos_prefix() const { return bos_prefix_; }
+  void set_bos_prefix(int64_t id) { bos_prefix_ = id; }
   virtual void encode(std::string_view text, std::vector<uint32_t>& out) = 0;  // appends
   virtual std::string decode(const std::vector<int32_t>& ids) const = 0;
   virtual bool has_id(int32_t id) const { return id >= 0 && id < vocab_size(); }  // decode takes it
@@ -168,6 +179,9 @@ class Tokenizer {
   // piece by piece, to the whole text's ids (true of the split regexes here; not of a
   // SentencePiece model with a dummy prefix). prepare cuts long documents there.
   virtual bool cuts_at_lines() const { return true; }
+
+ protected:
+  int64_t bos_prefix_ = -1;
 };
 
 // GPT-2's byte-level BPE, read from dir/gpt2.tiktoken: a tiktoken rank file (one "BASE64_TOKEN
@@ -240,13 +254,16 @@ std::unique_ptr<Tokenizer> load_sentencepiece(const std::string& model_path);
 // tokenizer.tiktoken, tokenizer.model for SentencePiece, a Hugging Face tokenizer.json). Older
 // shard directories name it in dir/tokenizer.json (same fields), still read; a tokenizer.json
 // that is Hugging Face's (no "kind") with no frugal_tokenizer.json is that tokenizer. Neither
-// file: the shards are byte-level.
+// file: the shards are byte-level. "bos_prefix": the tokenizer's (Tokenizer::bos_prefix), which
+// prepare put before each document; absent: -1 (shards written before frugal added it).
 inline constexpr const char* kTokenizerDescription = "frugal_tokenizer.json";
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& dir);
-// The end of text of a shard's tokenizer (described in its directory): what separates its
-// documents. UserError where nothing describes it.
-int32_t shard_eot(const std::string& shard);
-struct TokenizerInfo { std::string kind; int64_t vocab_size; std::string pattern; };
+// Where data.document_mask cuts a shard's documents apart: at each end of text `sep` of the
+// shard's tokenizer (described in its directory), after it (`after`) where each document ends
+// with it (instruction records; text whose tokenizer starts each document with a BOS), else
+// before it (text separated by it). UserError where nothing describes the tokenizer.
+DocumentCut document_cut(const std::string& shard, bool records);
+struct TokenizerInfo { std::string kind; int64_t vocab_size; std::string pattern; int64_t bos_prefix = -1; };
 TokenizerInfo tokenizer_info(const std::string& dir);  // what the description says
 // Writes the tokenizer's files and then dir/frugal_tokenizer.json, each atomically.
 void save_tokenizer(const std::string& dir, const Tokenizer& tok);
@@ -298,7 +315,9 @@ struct CorpusOptions {
 // opt.threads threads into out_dir/train_NNN.bin and val_NNN.bin (shards of opt.shard_tokens
 // tokens, uint16 where the vocabulary fits, else uint32), the tokenizer's description (see
 // load_tokenizer) and manifest.json. A .txt file is one document, a .jsonl line one document
-// (blank lines skipped); end of text stands between the documents of a split. The shards depend
+// (blank lines skipped); end of text stands between the documents of a split, or, with a
+// tokenizer that puts a BOS before a text (Tokenizer::bos_prefix), each document is BOS, its text
+// and end of text, as transformers encodes it and TRL ends it. The shards depend
 // only on the inputs and the options, bit for bit, whatever the thread count; a rerun skips the
 // shards already there that verify. Memory: about threads x (8 MB of text, its tokens and a
 // tokenizer) whatever the corpus size, plus the longest run of text with no line to cut at (a
@@ -378,6 +397,10 @@ class ChatTemplate {
   // own (a template's: one); and what ends the assistant's turn ("" for plain: end of text).
   std::vector<RecordPiece> chat_prompt(const std::string& user, const std::string& system = "") const;
   std::string end_of_turn() const;
+  // The ids `sample` starts from, as prepare begins a record (chat) or a document: the
+  // tokenizer's BOS where the template is plain (a chat template writes its own), then the chat
+  // prompt's pieces or the text.
+  std::vector<uint32_t> prompt_ids(Tokenizer& tok, const std::string& text, const std::string& system, bool chat) const;
 
  private:
   struct Jinja;

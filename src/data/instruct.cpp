@@ -253,6 +253,16 @@ std::vector<RecordPiece> ChatTemplate::chat_prompt(const std::string& user, cons
   }
 }
 
+std::vector<uint32_t> ChatTemplate::prompt_ids(Tokenizer& tok, const std::string& text, const std::string& system,
+                                               bool chat) const {
+  std::vector<uint32_t> ids;
+  if (tok.bos_prefix() >= 0 && plain()) ids.push_back(uint32_t(tok.bos_prefix()));
+  if (!chat) tok.encode(text, ids);
+  else
+    for (const RecordPiece& p : chat_prompt(text, system)) tok.encode(p.text, ids);  // as prepare tokenizes it
+  return ids;
+}
+
 std::string ChatTemplate::end_of_turn() const {
   if (!j_) return "";
   Ordered msgs = Ordered::array({Ordered{{"role", "user"}, {"content", "x"}}, Ordered{{"role", "assistant"}, {"content", ""}}});

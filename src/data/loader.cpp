@@ -23,9 +23,10 @@ DataLoader::DataLoader(const std::vector<std::string>& files, int64_t vocab_size
   reset();
 }
 
-void DataLoader::set_documents(int32_t sep) {
-  FRUGAL_CHECK(doc_sep_ < 0, "set_documents twice");
-  doc_sep_ = sep;
+void DataLoader::set_documents(DocumentCut cut) {
+  FRUGAL_CHECK(cut_.sep < 0, "set_documents twice");
+  cut_ = cut;
+  const int32_t sep = cut.sep;
   if (sep < 0 || !records()) return;
   total_windows_ = 0;
   const int64_t cap = T_ + 1;
@@ -130,7 +131,7 @@ void DataLoader::next(int32_t* inputs, int32_t* targets) {
       }
     }
   }
-  if (!record_windows_.empty()) mask_document_starts(inputs, targets, int64_t(B_) * T_, doc_sep_);
+  if (cut_.sep >= 0 && cut_.after) mask_document_starts(inputs, targets, int64_t(B_) * T_, cut_.sep);
 }
 
 bool DataLoader::records() const {

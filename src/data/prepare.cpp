@@ -552,6 +552,7 @@ PrepareStats prepare_corpus(const std::vector<std::string>& inputs, const std::s
   std::unique_ptr<Tokenizer> tok = make_tokenizer(sources, kjv, opt.field, topt);
   const bool wide = tok->vocab_size() > 65536;
   const uint32_t eot = tok->eot();
+  const int64_t bos = tok->bos_prefix();  // each document and plain record starts with it, as transformers encodes
   if (!opt.chat_template.empty() && !opt.instruct) user_error("--chat-template renders instruction records: give --format jsonl");
   const ChatTemplate tmpl = opt.instruct ? ChatTemplate::of(topt.pretrained, *tok, opt.chat_template) : ChatTemplate();
 
@@ -561,6 +562,7 @@ PrepareStats prepare_corpus(const std::vector<std::string>& inputs, const std::s
   for (auto& s : sources) src.push_back({{"path", s.path.empty() ? "bible-kjv" : s.path}, {"bytes", s.bytes}});
   head["tokenizer"] = {{"kind", to_string(tok->kind())}, {"vocab_size", tok->vocab_size()}, {"eot", eot},
                        {"pattern", tok->split_pattern()}};
+  if (bos >= 0) head["tokenizer"]["bos_prefix"] = bos;
   head["options"] = {{"split", opt.val_every ? "chunks" : "documents"}, {"val_every", opt.val_every},
                      {"val_fraction", opt.val_fraction}, {"val_docs", opt.val_docs}, {"seed", opt.seed},
                      {"shard_tokens", opt.shard_tokens}, {"field", opt.field}, {"skip_bad_lines", opt.skip_bad_lines}};
@@ -620,7 +622,7 @@ PrepareStats prepare_corpus(const std::vector<std::string>& inputs, const std::s
   std::vector<std::vector<uint8_t>> masks(static_cast<size_t>(threads));  // instruction records: out's mask bytes
   bool in_val = false;
   int64_t doc = -1, bad_utf8_doc = -1;  // the document of the piece, counted from 0
-  const uint32_t eot_token[1] = {eot};
+  const uint32_t eot_token[1] = {eot}, bos_token[1] = {uint32_t(bos)};
   // one piece's tokens (after an end of text when it starts a document) to its split
   auto route = [&](const uint32_t* t, const uint8_t* mask, size_t n) {
     if (!opt.val_every) return (in_val ? val : train).append(t, mask, n);
@@ -683,6 +685,10 @@ PrepareStats prepare_corpus(const std::vector<std::string>& inputs, const std::s
         o.push_back(eot);
         m.push_back(0);
       } else {
+        if (opt.instruct && bos >= 0) {  // as TRL encodes a prompt: with the tokenizer's BOS, not trained on
+          o.push_back(uint32_t(bos));
+          masks[size_t(t)].push_back(0);
+        }
         for (const RecordPiece& r : line) {
           e.bad_utf8 |= !valid_utf8(r.text.data(), r.text.size());
           toks[size_t(t)]->encode(r.text, o);
@@ -705,9 +711,12 @@ PrepareStats prepare_corpus(const std::vector<std::string>& inputs, const std::s
       }
       text_bytes += int64_t(p.end - p.begin);
       if (p.first) {
+        // text: an end of text between documents; with a BOS, each document is BOS ... end of text
+        if (!opt.instruct && bos >= 0 && doc >= 0) route(eot_token, nullptr, 1);
         doc++;
         if (!opt.val_every) in_val = is_val_doc(doc);
-        if (!opt.instruct && (opt.val_every ? chunk_pos > 0 : !(in_val ? val : train).empty())) route(eot_token, nullptr, 1);
+        if (!opt.instruct && bos < 0 && (opt.val_every ? chunk_pos > 0 : !(in_val ? val : train).empty())) route(eot_token, nullptr, 1);
+        if (!opt.instruct && bos >= 0) route(bos_token, nullptr, 1);
         (in_val ? st.val_docs : st.train_docs)++;
       }
       if (e.bad_utf8 && bad_utf8_doc != doc) {
@@ -718,6 +727,7 @@ PrepareStats prepare_corpus(const std::vector<std::string>& inputs, const std::s
     }
     progress.update(reader.consumed(), text_bytes, train.total() + val.total());
   }
+  if (!opt.instruct && bos >= 0 && doc >= 0) route(eot_token, nullptr, 1);  // the last document's end
   train.close();
   val.close();
   progress.update(total_bytes, text_bytes, train.total() + val.total(), true);

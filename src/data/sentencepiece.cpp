@@ -6,8 +6,9 @@
 #include <sentencepiece_trainer.h>
 
 #include <algorithm>
+#include <filesystem>
 
-#include "data/data.h"
+#include "data/bpe.h"
 
 namespace frugal {
 
@@ -69,6 +70,10 @@ class SpTokenizer final : public Tokenizer {
     }
   }
   bool cuts_at_lines() const override { return by_line_; }
+  int64_t id_of(const std::string& piece) const {  // -1: not a piece
+    const int id = sp_.PieceToId(piece);
+    return sp_.IdToPiece(id) == piece ? id : -1;
+  }
   std::string decode(const std::vector<int32_t>& ids) const override {
     std::string s;
     for (int32_t id : ids)
@@ -119,7 +124,11 @@ std::unique_ptr<Tokenizer> train_sentencepiece(const std::vector<std::string>& d
 }
 
 std::unique_ptr<Tokenizer> load_sentencepiece(const std::string& model_path) {
-  return std::make_unique<SpTokenizer>(model_path, "");
+  auto tok = std::make_unique<SpTokenizer>(model_path, "");
+  // a Hugging Face model directory's: as transformers reads the files beside the model
+  const std::string json = (std::filesystem::path(model_path).parent_path() / "tokenizer.json").string();
+  tok->set_bos_prefix(hf_bos_prefix(json, nullptr, [&](const std::string& t) { return tok->id_of(t); }));
+  return tok;
 }
 
 }  // namespace frugal

@@ -37,6 +37,54 @@ class ByteTokenizer final : public Tokenizer {
 
 std::unique_ptr<Tokenizer> make_byte_tokenizer() { return std::make_unique<ByteTokenizer>(); }
 
+int64_t hf_bos_prefix(const std::string& file, const nlohmann::json* parsed,
+                      const std::function<int64_t(const std::string&)>& id_of) {
+  using nlohmann::json;
+  auto read = [](const std::string& path) {
+    json j = json::parse(read_whole_file(path), nullptr, false);
+    if (j.is_discarded()) user_error("{}: not JSON", path);
+    return j;
+  };
+  const std::string config = (std::filesystem::path(file).parent_path() / "tokenizer_config.json").string();
+  if (std::filesystem::exists(config)) {
+    json c = read(config);
+    if (c.is_object() && c.contains("add_bos_token") && !c["add_bos_token"].is_null()) {
+      if (!c["add_bos_token"].is_boolean())
+        user_error("{}: add_bos_token is {}, expected true or false", config, c["add_bos_token"].dump());
+      json t = c.value("bos_token", json());
+      if (t.is_object()) t = t.value("content", json());
+      if (!c["add_bos_token"].get<bool>() || !t.is_string()) return -1;  // transformers: no bos_token, none added
+      const int64_t id = id_of(t.get<std::string>());
+      if (id < 0) user_error("{}: add_bos_token is true, but bos_token {} is not a token of the tokenizer", config, t.dump());
+      return id;
+    }
+  }
+  if (!parsed && !std::filesystem::exists(file)) return -1;
+  json p = (parsed ? *parsed : read(file)).value("post_processor", json());
+  std::string field = "post_processor";
+  if (p.is_object() && p.value("type", "") == "Sequence" && p.contains("processors") && p["processors"].is_array()) {
+    const json procs = p["processors"];
+    p = json();
+    for (size_t k = 0; k < procs.size(); k++)
+      if (procs[k].is_object() && procs[k].value("type", "") == "TemplateProcessing") {
+        p = procs[k];
+        field = fmt::format("post_processor.processors[{}]", k);
+        break;
+      }
+  }
+  if (!p.is_object() || p.value("type", "") != "TemplateProcessing") return -1;  // ByteLevel (GPT-2, Qwen2): none
+  const json single = p.value("single", json::array());
+  if (!single.is_array() || single.empty() || !single[0].is_object() || !single[0].contains("SpecialToken")) return -1;
+  const json name = single[0]["SpecialToken"].is_object() ? single[0]["SpecialToken"].value("id", json()) : json();
+  const json tokens = p.value("special_tokens", json::object());
+  const json ids = name.is_string() && tokens.is_object() && tokens.contains(name.get<std::string>())
+                       ? tokens[name.get<std::string>()].value("ids", json()) : json();
+  if (!ids.is_array() || ids.size() != 1 || !ids[0].is_number_integer())
+    user_error("{}: {}.single starts with special token {}, expected it in {}.special_tokens with one id", file,
+               field, name.dump(), field);
+  return ids[0].get<int64_t>();
+}
+
 std::string to_string(TokenizerKind k) {
   switch (k) {
     case TokenizerKind::byte: return "byte";
@@ -63,7 +111,8 @@ TokenizerInfo tokenizer_info(const std::string& dir) {
   try {
     auto j = nlohmann::json::parse(read_whole_file(path));
     if (path == old && !j.contains("kind")) return {"hf_bpe", load_hf_tokenizer(old)->vocab_size(), ""};
-    return {j.at("kind").get<std::string>(), j.at("vocab_size").get<int64_t>(), j.value("pattern", std::string())};
+    return {j.at("kind").get<std::string>(), j.at("vocab_size").get<int64_t>(), j.value("pattern", std::string()),
+            j.value("bos_prefix", int64_t(-1))};
   } catch (const nlohmann::json::exception& e) {
     user_error("{}: expected {{\"kind\": ..., \"vocab_size\": ...}}: {}", path, e.what());
   }
@@ -71,7 +120,7 @@ TokenizerInfo tokenizer_info(const std::string& dir) {
 
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& dir) {
   std::string path = dir + "/" + kTokenizerDescription;
-  auto [kind, vocab, pattern] = tokenizer_info(dir);
+  auto [kind, vocab, pattern, bos_prefix] = tokenizer_info(dir);
   std::unique_ptr<Tokenizer> tok;
   if (kind == "byte") tok = make_byte_tokenizer();
   else if (kind == "gpt2") tok = make_gpt2_tokenizer(dir);
@@ -81,10 +130,13 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& dir) {
   else user_error("{}: kind '{}', expected byte, gpt2, sentencepiece, hf_bpe or tiktoken", path, kind);
   if (tok->vocab_size() != vocab)
     user_error("{}: vocab_size {}, but the {} tokenizer there has {}", path, vocab, kind, tok->vocab_size());
+  if (bos_prefix < -1 || bos_prefix >= vocab)
+    user_error("{}: bos_prefix {}, expected -1 (none) or a token id below {}", path, bos_prefix, vocab);
+  tok->set_bos_prefix(bos_prefix);  // what the shards were written with
   return tok;
 }
 
-int32_t shard_eot(const std::string& shard) {
+DocumentCut document_cut(const std::string& shard, bool records) {
   std::string dir = std::filesystem::path(shard).parent_path().string();
   if (dir.empty()) dir = ".";
   // shards with no description are byte-level for decoding, but a foreign stream's (llm.c's
@@ -93,13 +145,15 @@ int32_t shard_eot(const std::string& shard) {
     user_error("{}: no {} names the shards' tokenizer, whose end of text data.document_mask cuts at (shards from "
                "llm.c's GPT-2 scripts: write {{\"kind\": \"gpt2\", \"vocab_size\": 50257}} there)",
                dir, kTokenizerDescription);
-  return int32_t(load_tokenizer(dir)->eot());
+  auto tok = load_tokenizer(dir);
+  return {int32_t(tok->eot()), records || tok->bos_prefix() >= 0};
 }
 
 void save_tokenizer(const std::string& dir, const Tokenizer& tok) {
   tok.save_files(dir);
   nlohmann::json j = {{"kind", to_string(tok.kind())}, {"vocab_size", tok.vocab_size()}};
   if (!tok.split_pattern().empty()) j["pattern"] = tok.split_pattern();
+  if (tok.bos_prefix() >= 0) j["bos_prefix"] = tok.bos_prefix();
   std::string text = j.dump() + "\n";
   write_file_atomic(dir + "/" + kTokenizerDescription, text.data(), text.size());
 }

@@ -308,17 +308,17 @@ void train(const RunConfig& cfg, Comm& comm, bool resume) {
   Model model(cfg.model, run_be, dt, model_owns(strategy));
   Stepper stepper(model, run_be, comm, t, cfg.accum_steps(comm.size()), cfg.precision, plan, strategy);
   if (cfg.data.document_mask) {  // cut at each end of text of the shards' tokenizer
-    const int32_t sep = shard_eot(train_shards.front());
-    model.set_documents(sep, train_data.records());
-    train_data.set_documents(sep);
-    val_data.set_documents(sep);
+    const DocumentCut cut = document_cut(train_shards.front(), train_data.records());
+    model.set_documents(cut.sep, cut.after);
+    train_data.set_documents(cut);
+    val_data.set_documents(cut);
     if (rank0 && train_data.records())
       fmt::print("records attend only to themselves: cut after each end of text (id {}), whole in their windows "
-                 "({} windows{})\n", sep, train_data.num_windows(),
+                 "({} windows{})\n", cut.sep, train_data.num_windows(),
                  train_data.truncated() ? fmt::format("; {} records longer than train.seq_len + 1 = {} tokens cut to it",
                                                       train_data.truncated(), T + 1) : "");
     else if (rank0)
-      fmt::print("documents attend only to themselves: cut before each end of text (id {})\n", sep);
+      fmt::print("documents attend only to themselves: cut {} each end of text (id {})\n", cut.after ? "after" : "before", cut.sep);
   }
   stepper.init_weights(t.seed);
   if ((!resume || cfg.model.lora.on()) && !t.init_from.empty()) {  // LoRA's frozen base, on a resume too

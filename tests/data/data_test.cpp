@@ -108,7 +108,8 @@ TEST(Loader, WindowsAreConsecutiveTokensAndShuffleIsSeeded) {
 }
 
 // Documents masked apart. In text a document starts at its separator, whose target (the
-// document's first token) stays trained, and windows are the stream's. In records (shards with
+// document's first token) stays trained, and windows are the stream's; text whose documents end
+// at it (BOS ... end of text) leaves the target at it untrained. In records (shards with
 // loss masks) each window holds whole records, packed in order and padded; a record longer than
 // the window is cut to it; the target at each separator (the next record's first token) is
 // untrained.
@@ -123,16 +124,24 @@ TEST(Loader, RecordsMaskedApartAreWholeInTheirWindows) {
   const int T = 6;
   {
     DataLoader text({d / "text.bin"}, 100, 1, T, 1, false);
-    text.set_documents(1);
+    text.set_documents({1, false});
     EXPECT_FALSE(text.records());
     EXPECT_EQ(text.num_windows(), 4);  // (28 - 1) / 6
     std::vector<int32_t> in(T), tg(T);
     text.next(in.data(), tg.data());
     EXPECT_EQ(in, (std::vector<int32_t>{5, 6, 1, 7, 8, 9}));
     EXPECT_EQ(tg, (std::vector<int32_t>{6, 1, 7, 8, 9, 10}));
+    // text whose documents end at the separator (a tokenizer with a BOS): the stream's windows,
+    // the target at the separator untrained
+    DataLoader after({d / "text.bin"}, 100, 1, T, 1, false);
+    after.set_documents({1, true});
+    EXPECT_EQ(after.num_windows(), 4);
+    after.next(in.data(), tg.data());
+    EXPECT_EQ(in, (std::vector<int32_t>{5, 6, 1, 7, 8, 9}));
+    EXPECT_EQ(tg, (std::vector<int32_t>{6, 1, -1, 8, 9, 10}));
   }
   DataLoader rec({d / "rec.bin"}, 100, 1, T, 1, false);
-  rec.set_documents(1);
+  rec.set_documents({1, true});
   EXPECT_TRUE(rec.records());
   EXPECT_EQ(rec.num_windows(), 5);  // A, B C, D cut, E, F
   EXPECT_EQ(rec.truncated(), 1);
@@ -151,7 +160,7 @@ TEST(Loader, RecordsMaskedApartAreWholeInTheirWindows) {
   long_records[19] = long_records[39] = long_records[59] = 1;
   write_shard(d / "long.bin", long_records);
   write_mask(mask_path(d / "long.bin"), std::vector<uint8_t>(long_records.size(), 1));
-  test::expect_user_error([&] { DataLoader(std::vector<std::string>{d / "long.bin"}, 100, 4, 4, 1, false).set_documents(1); },
+  test::expect_user_error([&] { DataLoader(std::vector<std::string>{d / "long.bin"}, 100, 4, 4, 1, false).set_documents({1, true}); },
                           "long.bin: 3 windows of whole records up to 4+1 tokens in 1 file(s), fewer than one global batch of 4");
 }
 

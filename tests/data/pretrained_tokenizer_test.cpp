@@ -354,6 +354,83 @@ TEST(Prepare, PretrainedTokenizerShards) {
   test::expect_user_error([&] { load_pretrained_tokenizer(d / "empty"); }, "no tokenizer.json, tokenizer.model or *.tiktoken");
 }
 
+// prepare on text with a tokenizer that puts a BOS before a text (Llama 3's post_processor,
+// Llama 2's add_bos_token): each document is the BOS transformers' tokenizer puts there, the
+// text's ids (tokenizers', sentencepiece's), then end of text, as TRL ends it. Without one (Qwen2's, GPT-2's, a tokenizer.json with no template) end of
+// text stands between documents, as before. The shard directory keeps the BOS (a SentencePiece
+// model's too, whose tokenizer_config.json is not copied there), sample's prompt starts with it
+// as transformers encodes the prompt, and data.document_mask cuts after each end of text.
+TEST(Prepare, DocumentsStartWithTheBosTransformersPuts) {
+  test::TempDir d;
+  Rng rng(test::test_seed() + 2);
+  const std::vector<std::string> words = {"In", " the", " beginning", "\n", " God", "  ", " Ångström", "1234", "!",
+                                          "\t", " and", "Enos", " ", "<|begin_of_text|>"};
+  std::vector<std::string> docs;
+  std::ofstream jsonl(d / "docs.jsonl");
+  for (int i = 0; i < 40; i++) {
+    std::string text;
+    for (int k = 0, n = 1 + int(rng.below(30)); k < n; k++) text += words[rng.below(words.size())];
+    docs.push_back(text);
+    jsonl << json({{"text", text}}).dump() << "\n";
+  }
+  jsonl.close();
+  std::ofstream(d / "docs.json") << json(docs).dump();
+  struct Case { std::string name; bool bos; };
+  for (const Case& c : {Case{"llama3_bos", true}, Case{"sp_bos", true}, Case{"llama3", false}, Case{"qwen2", false},
+                        Case{"gpt2", false}}) {
+    SCOPED_TRACE(c.name);
+    ASSERT_TRUE(test::run_reference("pretrained_tokenizers.py", "documents " + fixture(c.name) + " " + d / "docs.json " + d / "ref.json"));
+    const json ref = json::parse(std::ifstream(d / "ref.json"));
+    auto tok = load_pretrained_tokenizer(fixture(c.name));
+    const int64_t bos = c.bos ? int64_t(ref["ids"][0][0]) : -1;
+    EXPECT_EQ(tok->bos_prefix(), bos);
+    if (c.bos) EXPECT_EQ(uint32_t(ref["eos"]), tok->eot());
+    // each document as it should be in a shard: BOS, text, end of text; or the text alone, end of
+    // text between documents
+    std::vector<std::vector<uint32_t>> want;
+    for (auto& ids : ref["ids"]) {
+      want.push_back(ids.get<std::vector<uint32_t>>());
+      if (c.bos) {
+        EXPECT_EQ(want.back().at(0), bos);
+        want.back().push_back(tok->eot());
+      }
+    }
+    auto stream = [&](int64_t skip) {  // every document but one, in order
+      std::vector<uint32_t> s;
+      for (size_t k = 0; k < want.size(); k++) {
+        if (int64_t(k) == skip) continue;
+        if (!c.bos && !s.empty()) s.push_back(tok->eot());
+        s.insert(s.end(), want[k].begin(), want[k].end());
+      }
+      return s;
+    };
+    CorpusOptions o;
+    o.val_docs = 1;
+    TokenizerOptions topt;
+    topt.pretrained = fixture(c.name);
+    const std::string out = d / c.name;
+    prepare_corpus({d / "docs.jsonl"}, out, o, topt);
+    auto read = [&](const std::string& f) {
+      TokenShard s(out + "/" + f, 0);
+      std::vector<uint32_t> v;
+      for (int64_t i = 0; i < s.size(); i++) v.push_back(s[i]);
+      return v;
+    };
+    const std::vector<uint32_t> train = read("train_000.bin"), val = read("val_000.bin");
+    int64_t v = 0;
+    while (v < int64_t(want.size()) && want[size_t(v)] != val) v++;
+    ASSERT_LT(v, int64_t(want.size())) << "the validation shard is no document's ids";
+    EXPECT_EQ(train, stream(v));
+    // what the shard directory says: the same BOS, the cut, sample's prompt
+    auto shard_tok = load_tokenizer(out);
+    EXPECT_EQ(shard_tok->bos_prefix(), bos);
+    const DocumentCut cut = document_cut(out + "/train_000.bin", false);
+    EXPECT_EQ(cut.sep, int32_t(tok->eot()));
+    EXPECT_EQ(cut.after, c.bos);
+    EXPECT_EQ(ChatTemplate().prompt_ids(*shard_tok, docs[0], "", false), ref["ids"][0].get<std::vector<uint32_t>>());
+  }
+}
+
 }  // namespace
 }  // namespace frugal
 
@@ -364,7 +441,7 @@ namespace {
 // record, in the tokenizer's chat template (transformers and TRL) or the plain one.
 std::pair<std::vector<uint32_t>, std::vector<uint8_t>> rendered(const std::string& tok_dir, bool chat, const std::string& jsonl) {
   test::TempDir d;
-  std::string args = chat ? "chat " + tok_dir : "render " + tok_dir + "/tokenizer.json";
+  std::string args = (chat ? "chat " : "render ") + tok_dir;
   EXPECT_TRUE(test::run_reference("pretrained_tokenizers.py", args + " " + jsonl + " " + d / "out.json"));
   std::ifstream in(d / "out.json");
   std::vector<uint32_t> ids;
@@ -414,13 +491,15 @@ TEST(Instruct, ShardsMasksAndLoaderTargets) {
   }
   struct Case { std::string tok_dir, tmpl; };
   // llama3's fixture has Llama 3.1's chat template, qwen2's Qwen2.5's; the gpt2 one has none: plain
-  for (const Case& c : {Case{fixture("llama3"), "llama3"}, Case{fixture("qwen2"), "qwen2"}, Case{fixture("gpt2"), "plain"}}) {
+  // sp_bos is Llama 2's kind: a SentencePiece model (plain) whose tokenizer puts <s> first
+  for (const Case& c : {Case{fixture("llama3"), "llama3"}, Case{fixture("qwen2"), "qwen2"}, Case{fixture("gpt2"), "plain"},
+                        Case{fixture("sp_bos"), "plain"}}) {
     for (const char* file : {"pc.jsonl", "msg.jsonl", "tools.jsonl"}) {
-      SCOPED_TRACE(c.tmpl + " " + file);
+      SCOPED_TRACE(c.tok_dir + " " + file);
       if (c.tmpl == "plain" && file == std::string("tools.jsonl")) continue;  // tools need a template: refused below
       TokenizerOptions opt;
       opt.pretrained = c.tok_dir;
-      std::string out = d / (c.tmpl + file);
+      std::string out = d / (std::filesystem::path(c.tok_dir).filename().string() + file);
       prepare_records({d / file}, out, 4, opt);
       auto [ids, mask] = rendered(c.tok_dir, c.tmpl != "plain", d / file);
       std::vector<uint32_t> got;
@@ -621,12 +700,12 @@ TEST(Instruct, SplitByRecordsFromFilesDirectoriesAndGlobs) {
   test::expect_user_error([&] { prepare_corpus({d / "all.jsonl"}, d / "x", o, sp); }, "--train-tokenizer trains on text");
 }
 
-// sample --chat's prompt is what the reference renders of a messages record up to the
-// assistant's content, and the end of the assistant's turn is one token, the one the record
-// trains after its (empty) content.
+// sample --chat's prompt (prompt_ids; a plain one after the tokenizer's BOS) is what the
+// reference renders of a messages record up to the assistant's content, and the end of the
+// assistant's turn is one token, the one the record trains after its (empty) content.
 TEST(Instruct, ChatPromptIsTheRecordUpToTheAssistantsTurn) {
   test::TempDir d;
-  for (const char* name : {"llama3", "qwen2", "gpt2"})
+  for (const char* name : {"llama3", "qwen2", "gpt2", "sp_bos", "llama3_bos"})
    for (std::string system : {"", "Be brief."}) {
     SCOPED_TRACE(std::string(name) + " system '" + system + "'");
     json msgs = {{{"role", "user"}, {"content", "Who begat Enos?"}}, {{"role", "assistant"}, {"content", ""}}};
@@ -634,9 +713,8 @@ TEST(Instruct, ChatPromptIsTheRecordUpToTheAssistantsTurn) {
     std::ofstream(d / "one.jsonl") << json({{"messages", msgs}}).dump() << "\n";
     auto tok = load_pretrained_tokenizer(fixture(name));
     const ChatTemplate tmpl = ChatTemplate::of(fixture(name), *tok);
-    ASSERT_EQ(tmpl.plain(), name == std::string("gpt2"));
-    std::vector<uint32_t> prompt, end;
-    for (const RecordPiece& p : tmpl.chat_prompt("Who begat Enos?", system)) tok->encode(p.text, prompt);
+    ASSERT_EQ(tmpl.plain(), name == std::string("gpt2") || name == std::string("sp_bos"));
+    std::vector<uint32_t> prompt = tmpl.prompt_ids(*tok, "Who begat Enos?", system, true), end;
     tok->encode(tmpl.end_of_turn(), end);
     auto [ids, mask] = rendered(fixture(name), !tmpl.plain(), d / "one.jsonl");
     // the record: the prompt, (no content), the end of the turn, what follows it, EOT

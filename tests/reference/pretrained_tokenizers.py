@@ -24,7 +24,13 @@ the Python packages the models' tokenizers come from, and their ids.
   python pretrained_tokenizers.py ids KIND PATH IN.json OUT.json    strings -> id lists
   python pretrained_tokenizers.py text KIND PATH IN.txt OUT.bin     a text file -> uint32 ids
   python pretrained_tokenizers.py nfc IN.json OUT.json             strings -> tokenizers' NFC of each
-  python pretrained_tokenizers.py render PATH IN.jsonl OUT.json
+      OUT_DIR/llama3_bos/             llama3 with Llama 3's post_processor: <|begin_of_text|> before a text
+      OUT_DIR/sp_bos/                 sp's tokenizer.model with Llama 2's tokenizer_config.json (add_bos_token)
+  python pretrained_tokenizers.py documents DIR IN.json OUT.json
+      strings -> {"eos": id, "ids": [...]}: each string's ids (tokenizers with DIR's tokenizer.json,
+      else sentencepiece with its tokenizer.model) after what transformers' AutoTokenizer(DIR)
+      puts before a text (a BOS)
+  python pretrained_tokenizers.py render DIR IN.jsonl OUT.json
       instruction records in the plain template -> [{"ids": [...], "mask": [...]}] (see render())
   python pretrained_tokenizers.py chat DIR IN.jsonl OUT.json
       instruction records in DIR's chat template, by transformers and TRL's rule (see chat())
@@ -151,6 +157,23 @@ def train(corpus, out):
     config = json.load(open(f"{out}/sp_hf/tokenizer_config.json"))
     config["chat_template"] = chat_templates.ZEPHYR
     json.dump(config, open(f"{out}/sp_hf/tokenizer_config.json", "w"))
+    # tokenizers that put a BOS before every text: Llama 3's post_processor (ByteLevel, then a
+    # template starting with <|begin_of_text|>), and Llama 2's tokenizer_config.json (add_bos_token)
+    shutil.copytree(f"{out}/llama3", f"{out}/llama3_bos")
+    j = json.load(open(f"{out}/llama3_bos/tokenizer.json", encoding="utf-8"))
+    bos = next(t["id"] for t in j["added_tokens"] if t["content"] == "<|begin_of_text|>")
+    special = lambda type_id: {"SpecialToken": {"id": "<|begin_of_text|>", "type_id": type_id}}
+    seq = lambda name, type_id: {"Sequence": {"id": name, "type_id": type_id}}
+    j["post_processor"] = {"type": "Sequence", "processors": [
+        {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": True},
+        {"type": "TemplateProcessing", "single": [special(0), seq("A", 0)],
+         "pair": [special(0), seq("A", 0), special(1), seq("B", 1)],
+         "special_tokens": {"<|begin_of_text|>": {"id": "<|begin_of_text|>", "ids": [bos], "tokens": ["<|begin_of_text|>"]}}}]}
+    json.dump(j, open(f"{out}/llama3_bos/tokenizer.json", "w", encoding="utf-8"), ensure_ascii=False)
+    os.makedirs(f"{out}/sp_bos", exist_ok=True)
+    shutil.copy(f"{out}/sp/tokenizer.model", f"{out}/sp_bos/tokenizer.model")
+    json.dump({"tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "add_eos_token": False, "bos_token": "<s>",
+               "eos_token": "</s>", "unk_token": "<unk>"}, open(f"{out}/sp_bos/tokenizer_config.json", "w"))
 
 
 def bytes_to_unicode():
@@ -201,11 +224,21 @@ def messages_of(r):
 
 
 # Instruction records in frugal's plain template (src/data/instruct.cpp): the text pieces of a
-# record, each with whether it is trained on; ids of each piece, then EOT (trained on).
-def render(path, src, dst):
-    from tokenizers import Tokenizer
-    t = Tokenizer.from_file(path)
-    eot = eot_of(t, path)
+# record, each with whether it is trained on; the tokenizer's BOS where transformers' tokenizer
+# puts one before a text (as TRL encodes a prompt; not trained on), ids of each piece (DIR's
+# tokenizer.json, else its tokenizer.model), then EOT (trained on).
+def render(directory, src, dst):
+    from transformers import AutoTokenizer
+    bos = AutoTokenizer.from_pretrained(directory)("")["input_ids"]
+    if os.path.exists(f"{directory}/tokenizer.json"):
+        from tokenizers import Tokenizer
+        t = Tokenizer.from_file(f"{directory}/tokenizer.json")
+        encode = lambda text: t.encode(text, add_special_tokens=False).ids
+        eot = eot_of(t, f"{directory}/tokenizer.json")
+    else:
+        import sentencepiece as spm
+        sp = spm.SentencePieceProcessor(model_file=f"{directory}/tokenizer.model")
+        encode, eot = sp.encode, sp.eos_id()
     out = []
     for line in open(src, encoding="utf-8"):
         if not line.strip():
@@ -218,9 +251,9 @@ def render(path, src, dst):
                 pieces += [(f"{m['role']}: ", False), (m["content"], train), ("\n", train)]
             else:
                 pieces += [(m["content"], train)]
-        ids, mask = [], []
+        ids, mask = list(bos), [0] * len(bos)
         for text, train in pieces:
-            x = t.encode(text, add_special_tokens=False).ids
+            x = encode(text)
             ids += x
             mask += [int(train)] * len(x)
         ids.append(eot)
@@ -273,6 +306,17 @@ if __name__ == "__main__":
         strings = json.load(open(sys.argv[2], encoding="utf-8"))
         json.dump([normalizers.NFC().normalize_str(s) for s in strings], open(sys.argv[3], "w", encoding="utf-8"),
                   ensure_ascii=False)
+    elif mode == "documents":
+        from transformers import AutoTokenizer
+        directory = sys.argv[2]
+        tok = AutoTokenizer.from_pretrained(directory)
+        bos = tok("")["input_ids"]
+        if os.path.exists(f"{directory}/tokenizer.json"):
+            encode = encoder("hf", f"{directory}/tokenizer.json")
+        else:  # transformers 5 converts the model with another dummy prefix than sentencepiece's, which frugal's is
+            encode = encoder("sp", f"{directory}/tokenizer.model")
+        strings = json.load(open(sys.argv[3], encoding="utf-8"))
+        json.dump({"eos": tok.eos_token_id, "ids": [bos + encode(s) for s in strings]}, open(sys.argv[4], "w"))
     elif mode == "render":
         render(*sys.argv[2:5])
     elif mode == "chat":
