@@ -642,6 +642,9 @@ int main(int argc, char** argv) {
                  st.files.size(), out_dir, st.reused_shards);
       if (corpus.instruct)
         fmt::print("prepare: records rendered with {}\n", st.chat_template);
+      if (st.bos >= 0)
+        fmt::print("prepare: each {} starts with the tokenizer's BOS (id {}), as transformers encodes a text{}\n",
+                   corpus.instruct ? "record" : "document", st.bos, corpus.instruct ? "" : ", and ends with its end of text");
       if (st.skipped_lines) fmt::print("prepare: skipped {} bad .jsonl lines (--skip-bad-lines)\n", st.skipped_lines);
       if (st.invalid_utf8_docs)
         fmt::print("prepare: {} documents hold invalid UTF-8 (tokenized as their bytes; see README)\n", st.invalid_utf8_docs);

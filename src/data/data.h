@@ -278,6 +278,7 @@ struct PrepareStats {
   std::vector<std::string> files;
   int64_t train_docs = 0, val_docs = 0, skipped_lines = 0, invalid_utf8_docs = 0, reused_shards = 0;
   std::string chat_template;  // instruction records: the template they were rendered in
+  int64_t bos = -1;           // the tokenizer's BOS, put before each document or plain record; -1: none
 };
 
 struct TokenizerOptions {

@@ -603,6 +603,7 @@ PrepareStats prepare_corpus(const std::vector<std::string>& inputs, const std::s
 
   PrepareStats st;
   if (opt.instruct) st.chat_template = tmpl.note();
+  if (!opt.instruct || tmpl.plain()) st.bos = bos;  // a chat template writes its own
   auto done = [&](const ShardEntry& e, bool reused) {
     written.push_back(e);
     st.files.push_back(out_dir + "/" + e.file);

@@ -207,15 +207,33 @@ TEST_F(Cli, DocumentMaskCutsTextAndRecordsAndEvalAgrees) {
   }
   ASSERT_EQ(run("prepare docs --out docdata --val-docs 8", d()).code, 0);
   ASSERT_EQ(run("prepare --format jsonl docs.jsonl --out recdata --val-docs 16", d()).code, 0);
+  // a tokenizer that puts <s> (1) before a text, as Llama 2's tokenizer_config.json says: each
+  // document is <s> text </s>, and the cut is after </s> (2)
+  Result sp = run("prepare docs --out sp300 --val-docs 8 --train-tokenizer --vocab-size 300", d());
+  const bool has_sp = sp.out.find("built without SentencePiece") == std::string::npos;
+  if (has_sp) {
+    ASSERT_EQ(sp.code, 0) << sp.out;
+    std::filesystem::create_directories(d() + "/bostok");
+    std::filesystem::copy_file(d() + "/sp300/tokenizer.model", d() + "/bostok/tokenizer.model");
+    std::ofstream(d() + "/bostok/tokenizer_config.json") << R"({"add_bos_token": true, "bos_token": "<s>", "eos_token": "</s>"})";
+    Result p = run("prepare docs --tokenizer bostok --out bosdata --val-docs 8", d());
+    ASSERT_EQ(p.code, 0) << p.out;
+    EXPECT_NE(p.out.find("prepare: each document starts with the tokenizer's BOS (id 1), as transformers encodes a text, "
+                         "and ends with its end of text"), std::string::npos) << p.out;
+  }
   std::string val[2];
-  for (int on = 0; on < 3; on++) {  // text off, text on, records on
+  for (int on = 0; on < 4; on++) {  // text off, text on, records on, text with a BOS on
+    if (on == 3 && !has_sp) break;
     const std::string dir = fmt::format("docrun{}", on);
+    const char* data[] = {"docdata", "docdata", "recdata", "bosdata"};
     Result t = run(fmt::format("train --model.preset=llama-tiny --train.steps=1 --train.seq_len=64 --train.micro_batch=2 "
                                "--run.checkpoint_every=0 --train.eval_batches=1 --data.train={} --run.dir={} "
-                               "--data.document_mask={}", on < 2 ? "docdata" : "recdata", dir, on ? "true" : "false"), d());
+                               "--data.document_mask={}{}", data[on], dir, on ? "true" : "false",
+                               on == 3 ? " --model.vocab_size=300" : ""), d());
     ASSERT_EQ(t.code, 0) << t.out;
     const char* line[] = {"attend only to themselves", "documents attend only to themselves: cut before each end of text (id 256)",
-                          "records attend only to themselves: cut after each end of text (id 256)"};
+                          "records attend only to themselves: cut after each end of text (id 256)",
+                          "documents attend only to themselves: cut after each end of text (id 2)"};
     EXPECT_EQ(t.out.find(line[on]) != std::string::npos, on > 0) << t.out;
     const size_t at = t.out.find("done: val loss ");
     ASSERT_NE(at, std::string::npos) << t.out;

@@ -303,6 +303,21 @@ TEST(HfTokenizer, UnsupportedFilesAreUserErrors) {
   expect([](json& j) { j["model"]["merges"][5] = json::array({"zz", "qq"}); }, "model.merges[5] is [\"zz\",\"qq\"], expected two tokens");
   expect([](json& j) { j["model"]["merges"][5] = "nospace"; }, "model.merges[5] is \"nospace\", expected \"A B\"");
   expect([](json& j) { j["added_tokens"][0]["lstrip"] = true; }, "added_tokens[0].lstrip is true, expected false");
+  // a BOS that is not one token: in the template, or tokenizer_config.json's
+  expect([](json& j) {
+    j["post_processor"] = {{"type", "TemplateProcessing"}, {"single", {{{"SpecialToken", {{"id", "<s>"}}}}, {{"Sequence", {{"id", "A"}}}}}},
+                           {"special_tokens", json::object()}};
+  }, "post_processor.single starts with special token \"<s>\", expected it in post_processor.special_tokens with one id");
+  std::ofstream(f) << base.dump();
+  for (auto [config, error] : {std::pair{R"({"add_bos_token": "yes"})", "add_bos_token is \"yes\", expected true or false"},
+                               std::pair{R"({"add_bos_token": true, "bos_token": "<s>"})",
+                                         "add_bos_token is true, but bos_token \"<s>\" is not a token of the tokenizer"}}) {
+    std::ofstream(d / "tokenizer_config.json") << config;
+    test::expect_user_error([&] { load_hf_tokenizer(f); }, d / "tokenizer_config.json: " + error);
+  }
+  std::ofstream(d / "tokenizer_config.json") << R"({"add_bos_token": false, "bos_token": "<s>"})";
+  EXPECT_EQ(load_hf_tokenizer(f)->bos_prefix(), -1);
+  std::filesystem::remove(d / "tokenizer_config.json");
   std::ofstream(f) << "{not json";
   test::expect_user_error([&] { load_hf_tokenizer(f); }, f + ": not JSON");
   std::ofstream(d / "tokenizer_config.json") << R"({"eos_token": "<|nope|>"})";
@@ -429,6 +444,13 @@ TEST(Prepare, DocumentsStartWithTheBosTransformersPuts) {
     EXPECT_EQ(cut.after, c.bos);
     EXPECT_EQ(ChatTemplate().prompt_ids(*shard_tok, docs[0], "", false), ref["ids"][0].get<std::vector<uint32_t>>());
   }
+  // a description whose BOS is no token of its tokenizer
+  const std::string desc = d / "gpt2/frugal_tokenizer.json";
+  json j = json::parse(read_whole_file(desc));
+  j["bos_prefix"] = int64_t(j["vocab_size"]);
+  std::ofstream(desc) << j.dump();
+  test::expect_user_error([&] { load_tokenizer(d / "gpt2"); },
+                          fmt::format("{}: bos_prefix {}, expected -1 (none) or a token id below {}", desc, j["vocab_size"].dump(), j["vocab_size"].dump()));
 }
 
 }  // namespace
