@@ -207,7 +207,8 @@ static int cmd_export(const std::string& from, const std::string& out, int64_t m
   save_hf_config(out + "/config.json", c, ids);
   fmt::print("export: {}{} -> {}/{}, {}/config.json ({}){}\n", source, merge ? " merged into its base" : "", out,
              files == 1 ? "model.safetensors" : fmt::format("model.safetensors.index.json and {} shards", files), out,
-             c.family == Family::llama ? "LlamaForCausalLM" : "GPT2LMHeadModel", tok_note);
+             c.family == Family::gpt2 ? "GPT2LMHeadModel" : c.sliding_window > 0 ? "MistralForCausalLM" : "LlamaForCausalLM",
+             tok_note);
   return 0;
 }
 
@@ -237,7 +238,9 @@ static int cmd_sample(const std::string& run, const std::string& prompt, int num
   if (tokens.empty()) tokens.push_back(int32_t(tok->eot()));
   // keys and values cached for the longest window this sampling reads, not the whole context
   // (llama-3.2-1b has 131072 positions): each new token costs one position's work
-  model.start_cache(int(std::min<int64_t>(c.context, int64_t(tokens.size()) + num_tokens)));
+  // (Mistral's sliding window: no more than it, the keys its tokens attend to)
+  const int64_t context = c.sliding_window > 0 ? std::min(c.context, c.sliding_window) : c.context;
+  model.start_cache(int(std::min<int64_t>(context, int64_t(tokens.size()) + num_tokens)));
   size_t printed = 0;  // bytes of the decoded continuation printed so far
   Rng rng(seed);
   std::vector<float> logits;
@@ -365,9 +368,12 @@ static int cmd_plan(const PlanArgs& a) {
   if (b.model.lora.base != BaseFormat::compute && !b.model.lora.on())
     user_error("--base {}: a quantized frozen base is LoRA's (QLoRA): give --lora-rank too", base_format_name(b.model.lora.base));
   b.model.validate("plan");
-  if (!b.seq_len) b.seq_len = b.model.context;
+  if (!b.seq_len) b.seq_len = b.model.sliding_window > 0 ? std::min(b.model.context, b.model.sliding_window) : b.model.context;
   if (b.seq_len > b.model.context)
     user_error("--seq-len: {} is above the model's context of {} positions", b.seq_len, b.model.context);
+  if (b.model.sliding_window > 0 && b.seq_len > b.model.sliding_window)  // as train refuses it
+    user_error("--seq-len: {} is above the model's sliding window of {} keys (Mistral's): frugal trains up to it",
+               b.seq_len, b.model.sliding_window);
   b.tokens = a.tokens;
   b.max_hours = a.max_hours;
   b.mfu = a.mfu.empty() ? 0.0 : parse_mfu(a.mfu);

@@ -110,9 +110,9 @@ class BytePairEncoder {
 };
 
 // Tokenizer::bos_prefix of a Hugging Face tokenizer.json at `path` (`parsed`: the file parsed, or
-// null: read it if it is there) and the tokenizer_config.json beside it; id_of: a token's id from
-// its text (-1: not a token). UserError naming the file and the field where they name a BOS that
-// is not one token.
+// null: read it if it is there), else of the tokenizer_config.json beside it; id_of: a token's id
+// from its text (-1: not a token). UserError naming the file and the field where they name a BOS
+// that is not one token.
 int64_t hf_bos_prefix(const std::string& path, const nlohmann::json* parsed,
                       const std::function<int64_t(const std::string&)>& id_of);
 

@@ -165,9 +165,10 @@ class Tokenizer {
   // The token transformers' tokenizer puts before every text it encodes (add_special_tokens=True:
   // Llama 2's <s>, Llama 3's <|begin_of_text|>); -1: none (GPT-2, Qwen2, SmolLM). prepare starts
   // each document and plain record with it and sample its prompt, as the model was pretrained.
-  // Read from tokenizer_config.json's add_bos_token where it says, else from tokenizer.json's
-  // post_processor (a TemplateProcessing, alone or in a Sequence, whose single template starts
-  // with one special token), as transformers 5 reads them.
+  // As transformers 5 reads it: from tokenizer.json's post_processor (a TemplateProcessing,
+  // alone or in a Sequence, whose single template starts with one special token), or for a
+  // SentencePiece tokenizer.model with no tokenizer.json beside it from tokenizer_config.json's
+  // add_bos_token (and bos_token).
   int64_t bos_prefix() const { return bos_prefix_; }
   void set_bos_prefix(int64_t id) { bos_prefix_ = id; }
   virtual void encode(std::string_view text, std::vector<uint32_t>& out) = 0;  // appends

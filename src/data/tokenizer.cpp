@@ -45,21 +45,22 @@ int64_t hf_bos_prefix(const std::string& file, const nlohmann::json* parsed,
     if (j.is_discarded()) user_error("{}: not JSON", path);
     return j;
   };
-  const std::string config = (std::filesystem::path(file).parent_path() / "tokenizer_config.json").string();
-  if (std::filesystem::exists(config)) {
+  // transformers 5 reads a tokenizer.json's post-processor as it is; only a model it converts
+  // (a tokenizer.model alone) gets the BOS tokenizer_config.json's add_bos_token asks for
+  if (!parsed && !std::filesystem::exists(file)) {
+    const std::string config = (std::filesystem::path(file).parent_path() / "tokenizer_config.json").string();
+    if (!std::filesystem::exists(config)) return -1;
     json c = read(config);
-    if (c.is_object() && c.contains("add_bos_token") && !c["add_bos_token"].is_null()) {
-      if (!c["add_bos_token"].is_boolean())
-        user_error("{}: add_bos_token is {}, expected true or false", config, c["add_bos_token"].dump());
-      json t = c.value("bos_token", json());
-      if (t.is_object()) t = t.value("content", json());
-      if (!c["add_bos_token"].get<bool>() || !t.is_string()) return -1;  // transformers: no bos_token, none added
-      const int64_t id = id_of(t.get<std::string>());
-      if (id < 0) user_error("{}: add_bos_token is true, but bos_token {} is not a token of the tokenizer", config, t.dump());
-      return id;
-    }
+    if (!c.is_object() || !c.contains("add_bos_token") || c["add_bos_token"].is_null()) return -1;  // default: false
+    if (!c["add_bos_token"].is_boolean())
+      user_error("{}: add_bos_token is {}, expected true or false", config, c["add_bos_token"].dump());
+    json t = c.value("bos_token", json());
+    if (t.is_object()) t = t.value("content", json());
+    if (!c["add_bos_token"].get<bool>() || !t.is_string()) return -1;  // transformers: no bos_token, none added
+    const int64_t id = id_of(t.get<std::string>());
+    if (id < 0) user_error("{}: add_bos_token is true, but bos_token {} is not a token of the tokenizer", config, t.dump());
+    return id;
   }
-  if (!parsed && !std::filesystem::exists(file)) return -1;
   json p = (parsed ? *parsed : read(file)).value("post_processor", json());
   std::string field = "post_processor";
   if (p.is_object() && p.value("type", "") == "Sequence" && p.contains("processors") && p["processors"].is_array()) {

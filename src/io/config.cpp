@@ -201,6 +201,7 @@ std::vector<Field> fields(RunConfig& c) {
       float_field("model", "rope_low_freq_factor", &c.model.rope_scaling.low_freq_factor, 0),
       float_field("model", "rope_high_freq_factor", &c.model.rope_scaling.high_freq_factor, 0),
       int_field("model", "rope_original_context", &c.model.rope_scaling.original_context, 1),
+      int_field("model", "sliding_window", &c.model.sliding_window, 0),
       int_field("lora", "rank", &c.model.lora.rank, 0),
       float_field("lora", "alpha", &c.model.lora.alpha, 0),
       float_field("lora", "dropout", &c.model.lora.dropout, 0),
@@ -374,6 +375,10 @@ RunConfig load_config(const std::string& path, const std::vector<std::string>& o
   if (t.seq_len > c.model.context)
     user_error("{}: train.seq_len = {} is above the model's context of {} positions", c.source,
                t.seq_len, c.model.context);
+  if (c.model.sliding_window > 0 && t.seq_len > c.model.sliding_window)
+    user_error("{}: train.seq_len = {} is above the model's sliding window of {} keys (model.sliding_window, "
+               "Mistral's): frugal attends to whole sequences, the same function only up to the window",
+               c.source, t.seq_len, c.model.sliding_window);
   int64_t micro = int64_t(t.micro_batch) * t.seq_len;
   if (t.batch_tokens % micro != 0)
     user_error("{}: train.batch_tokens = {} must be a multiple of micro_batch * seq_len = {}",

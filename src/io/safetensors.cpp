@@ -38,6 +38,7 @@ static std::map<std::string, std::string> model_metadata(const ModelConfig& c) {
               {"norm_eps", fmt::format("{}", c.norm_eps)},
               {"rope_theta", fmt::format("{}", c.rope_theta)},
               {"rope_scaling", fmt::format("{} {} {} {}", r.factor, r.low_freq_factor, r.high_freq_factor, r.original_context)}});
+    if (c.sliding_window > 0) m["sliding_window"] = std::to_string(c.sliding_window);  // absent: none
   }
   return m;
 }
@@ -169,6 +170,7 @@ static ModelConfig config_from_metadata(const std::map<std::string, std::string>
     std::istringstream in(text("rope_scaling"));
     if (!(in >> r.factor >> r.low_freq_factor >> r.high_freq_factor >> r.original_context))
       user_error("{}: metadata 'rope_scaling' is '{}', expected four numbers", path, text("rope_scaling"));
+    if (meta.count("sliding_window")) c.sliding_window = get("sliding_window");
   }
   c.validate(path);
   return c;
@@ -430,9 +432,12 @@ static ModelConfig read_llama_config(const json& j, const std::string& path, con
   if (j.contains("pretraining_tp") && !j["pretraining_tp"].is_null() && j["pretraining_tp"] != 1)
     refuse("pretraining_tp", "a tensor-parallel split of the linear layers");
   if (type == "qwen2" && j.value("use_sliding_window", false)) refuse("use_sliding_window", "sliding-window attention");
-  if (type == "mistral" && j.contains("sliding_window") && !j["sliding_window"].is_null() &&
-      !(j["sliding_window"].is_number_integer() && j["sliding_window"].get<int64_t>() >= c.context))
-    refuse("sliding_window", "a sliding window shorter than max_position_embeddings");
+  // Mistral v0.1's window (4096 of 32768 positions): kept, and runs stay within it
+  if (type == "mistral" && j.contains("sliding_window") && !j["sliding_window"].is_null()) {
+    if (!j["sliding_window"].is_number_integer() || j["sliding_window"].get<int64_t>() <= 0)
+      user_error("{}: sliding_window: expected a positive integer or null, got {}", path, j["sliding_window"].dump());
+    if (j["sliding_window"].get<int64_t>() < c.context) c.sliding_window = j["sliding_window"].get<int>();
+  }
   for (const char* moe : {"num_local_experts", "num_experts", "n_routed_experts", "num_experts_per_tok"})
     if (j.contains(moe) && !j[moe].is_null()) refuse(moe, "a mixture of experts");
   if (type == "qwen2" && j.contains("layer_types") && j["layer_types"].is_array())
@@ -527,26 +532,32 @@ static json llama_hf_config(const ModelConfig& c) {
   if (r.factor > 0)
     rope = {{"rope_type", "llama3"}, {"rope_theta", c.rope_theta}, {"factor", r.factor}, {"low_freq_factor", r.low_freq_factor},
             {"high_freq_factor", r.high_freq_factor}, {"original_max_position_embeddings", r.original_context}};
-  return {{"architectures", {"LlamaForCausalLM"}},
-          {"model_type", "llama"},
-          {"vocab_size", c.vocab_size},
-          {"hidden_size", c.n_embd},
-          {"intermediate_size", c.ffn()},
-          {"num_hidden_layers", c.n_layer},
-          {"num_attention_heads", c.n_head},
-          {"num_key_value_heads", c.kv_heads()},
-          {"head_dim", c.head_size()},
-          {"max_position_embeddings", c.context},
-          {"hidden_act", "silu"},
-          {"rms_norm_eps", c.norm_eps},
-          {"rope_parameters", rope},
-          {"attention_bias", c.attention_bias},
-          {"mlp_bias", false},
-          {"tie_word_embeddings", c.tied_head},
-          {"initializer_range", 0.02},
-          {"attention_dropout", 0.0},
-          {"use_cache", true},
-          {"torch_dtype", "float32"}};
+  const bool mistral = c.sliding_window > 0;  // LlamaForCausalLM has no window
+  json j = {{"architectures", {mistral ? "MistralForCausalLM" : "LlamaForCausalLM"}},
+            {"model_type", mistral ? "mistral" : "llama"},
+            {"vocab_size", c.vocab_size},
+            {"hidden_size", c.n_embd},
+            {"intermediate_size", c.ffn()},
+            {"num_hidden_layers", c.n_layer},
+            {"num_attention_heads", c.n_head},
+            {"num_key_value_heads", c.kv_heads()},
+            {"head_dim", c.head_size()},
+            {"max_position_embeddings", c.context},
+            {"hidden_act", "silu"},
+            {"rms_norm_eps", c.norm_eps},
+            {"rope_parameters", rope},
+            {"attention_bias", c.attention_bias},
+            {"mlp_bias", false},
+            {"tie_word_embeddings", c.tied_head},
+            {"initializer_range", 0.02},
+            {"attention_dropout", 0.0},
+            {"use_cache", true},
+            {"torch_dtype", "float32"}};
+  if (mistral) {
+    j["sliding_window"] = c.sliding_window;
+    for (const char* k : {"attention_bias", "mlp_bias"}) j.erase(k);  // Mistral has neither
+  }
+  return j;
 }
 
 void save_hf_config(const std::string& path, const ModelConfig& c, const SpecialIds& ids) {

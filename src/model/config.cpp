@@ -79,6 +79,7 @@ void ModelConfig::validate(const std::string& where) const {
     if (!tied_head) user_error("{}: model.tied_head = false: gpt2's output head is tied to the embedding", where);
     if (attention_bias) user_error("{}: model.attention_bias: gpt2 has biases on every linear layer already", where);
     if (norm_eps != 1e-5) user_error("{}: model.norm_eps = {}: gpt2's LayerNorm uses 1e-5", where, norm_eps);
+    if (sliding_window != 0) user_error("{}: model.sliding_window = {}: a sliding window is Mistral's (llama family)", where, sliding_window);
     return;
   }
   if (n_head % kv_heads() != 0)
@@ -86,6 +87,9 @@ void ModelConfig::validate(const std::string& where) const {
   if (head_size() % 2 != 0) user_error("{}: model.n_embd / model.n_head = {}: rotary embeddings need an even head size", where, head_size());
   if (!(norm_eps > 0 && norm_eps < 1)) user_error("{}: model.norm_eps must be in (0, 1), got {}", where, norm_eps);
   if (!(rope_theta > 1)) user_error("{}: model.rope_theta must be > 1, got {}", where, rope_theta);
+  if (sliding_window < 0) user_error("{}: model.sliding_window must be >= 0 (0: none), got {}", where, sliding_window);
+  if (sliding_window > 0 && attention_bias)
+    user_error("{}: model.sliding_window with model.attention_bias (Qwen2's sliding window) is not supported", where);
   const RopeScaling& r = rope_scaling;
   if (r.factor != 0 && !(r.factor >= 1 && r.low_freq_factor > 0 && r.high_freq_factor > r.low_freq_factor && r.original_context > 0))
     user_error("{}: model.rope_scaling: expected factor >= 1, 0 < low_freq_factor < high_freq_factor, "

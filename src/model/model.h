@@ -66,6 +66,10 @@ struct ModelConfig {
   double norm_eps = 1e-5;
   double rope_theta = 10000;
   RopeScaling rope_scaling;
+  // llama: Mistral's sliding window (0: none): a token attends to the last sliding_window keys.
+  // Runs take train.seq_len <= it, where it cuts nothing: attention over the whole sequence is
+  // the same function, and export names it again (MistralForCausalLM).
+  int sliding_window = 0;
   LoraConfig lora;
   // What the family's blocks compute: the switches of Model's one block code.
   bool rms_norm() const { return family == Family::llama; }   // RMSNorm (else LayerNorm with bias)

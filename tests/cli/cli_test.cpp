@@ -257,7 +257,7 @@ TEST_F(Cli, DocumentMaskCutsTextAndRecordsAndEvalAgrees) {
 // `frugal export` of RUN gives a directory that transformers' AutoModelForCausalLM loads with no
 // missing, unexpected or mismatched key and no warning, and whose logits equal frugal's within
 // 1e-4 (relative, fp32).
-void expect_transformers_logits(const std::string& run_dir, const std::string& cwd, bool llama = false,
+void expect_transformers_logits(const std::string& run_dir, const std::string& cwd, const std::string& type = "gpt2",
                                 const std::string& max_shard = "") {
   SCOPED_TRACE(run_dir);
   Result x = run("export " + run_dir + " --out " + run_dir + "_hf" + (max_shard.empty() ? "" : " --max-shard-size " + max_shard), cwd);
@@ -265,8 +265,8 @@ void expect_transformers_logits(const std::string& run_dir, const std::string& c
   EXPECT_EQ(std::filesystem::exists(cwd + "/" + run_dir + "_hf/model.safetensors.index.json"), !max_shard.empty()) << x.out;
   std::string out = cwd + "/" + run_dir + "_hf";
   auto cfg = nlohmann::json::parse(std::ifstream(out + "/config.json"));
-  EXPECT_EQ(cfg["model_type"], llama ? "llama" : "gpt2");
-  EXPECT_EQ(cfg["architectures"][0], llama ? "LlamaForCausalLM" : "GPT2LMHeadModel");
+  EXPECT_EQ(cfg["model_type"], type);
+  EXPECT_EQ(cfg["architectures"][0], type == "gpt2" ? "GPT2LMHeadModel" : type == "llama" ? "LlamaForCausalLM" : "MistralForCausalLM");
   const size_t from = x.out.find("export: ") + 8;  // the exported file (a shard has no frugal metadata to read)
   ModelConfig gc = read_model_config(cwd + "/" + x.out.substr(from, x.out.find(" -> ") - from));
   Model model(gc, cpu_backend());
@@ -339,12 +339,21 @@ TEST_F(Cli, LlamaBothWaysWithTransformers) {
   const std::string data = " --data.train=data/train_*.bin --data.val=data/val_*.bin --train.eval_batches=1 --run.checkpoint_every=0";
   Result t = run("train --model.preset=llama-tiny --train.seq_len=32 --train.micro_batch=2 --train.steps=3 --run.dir=ll" + data, d());
   ASSERT_EQ(t.code, 0) << t.out;
-  expect_transformers_logits("ll", d(), true, "40KB");  // shards and an index
+  expect_transformers_logits("ll", d(), "llama", "40KB");  // shards and an index
   Result t2 = run("train --model.family=llama --model.tied_head=true --model.n_kv_head=1 --model.rope_scaling_factor=8 "
                   "--model.rope_original_context=16 --model.context=64 --train.seq_len=48 --train.micro_batch=1 --train.steps=2 "
                   "--run.dir=ll_tied" + data, d());
   ASSERT_EQ(t2.code, 0) << t2.out;
-  expect_transformers_logits("ll_tied", d(), true);
+  expect_transformers_logits("ll_tied", d(), "llama");
+  // Mistral's sliding window: kept, exported as MistralForCausalLM; a run stays within it
+  Result mw = run("train --model.preset=llama-tiny --model.sliding_window=64 --train.seq_len=64 --train.micro_batch=1 "
+                  "--train.steps=2 --run.dir=mw" + data, d());
+  ASSERT_EQ(mw.code, 0) << mw.out;
+  EXPECT_EQ(read_model_config(*dir_ / "mw/model.safetensors").sliding_window, 64);
+  expect_transformers_logits("mw", d(), "mistral");
+  EXPECT_EQ(nlohmann::json::parse(std::ifstream(*dir_ / "mw_hf/config.json"))["sliding_window"], 64);
+  expect_error("train --model.preset=llama-tiny --model.sliding_window=64 --train.seq_len=65 --run.dir=mw2" + data,
+               "train.seq_len = 65 is above the model's sliding window of 64 keys (model.sliding_window, Mistral's)");
 
   const int T = 40;
   std::vector<uint32_t> tokens(2 * T + 1);
@@ -355,7 +364,8 @@ TEST_F(Cli, LlamaBothWaysWithTransformers) {
   for (int w = 0; w < 2; w++) windows.insert(windows.end(), tokens.begin() + w * T, tokens.begin() + w * T + T + 1);
   save_safetensors(*dir_ / "llx.st", {{"tokens", "I32", {2, T + 1}, windows.data()}}, {});
   const std::string shape = "--layers 2 --heads 4 --kv-heads 2 --hidden 64 --ffn 128 --vocab 300 --context 64";
-  for (auto [kind, flags] : {std::pair{"llama", " --untied --dtype bf16 --max-shard-size 60KB"}, {"qwen2", " --qwen2 --dtype fp16"}}) {
+  for (auto [kind, flags] : {std::pair{"llama", " --untied --dtype bf16 --max-shard-size 60KB"}, {"qwen2", " --qwen2 --dtype fp16"},
+                             {"mistral", " --mistral 48"}}) {
     const std::string dir = std::string("tf_") + kind;
     SCOPED_TRACE(dir);
     ASSERT_TRUE(test::run_reference("llama_reference.py", fmt::format("save {}/{} {}{} --seed {}", d(), dir, shape, flags,
@@ -377,16 +387,19 @@ TEST_F(Cli, LlamaBothWaysWithTransformers) {
       EXPECT_EQ(c.family, Family::llama);
       EXPECT_EQ(c.kv_heads(), 2);
       EXPECT_EQ(c.attention_bias, std::string(kind) == "qwen2");
+      EXPECT_EQ(c.sliding_window, std::string(kind) == "mistral" ? 48 : 0);
     }
     Result p = run("plan -c " + dir + "/config.json --tokens 1e9 --device a100-80gb --devices 1", d());
     ASSERT_EQ(p.code, 0) << p.out;
     EXPECT_NE(p.out.find("llama family (2 layers, 4 heads (2 key/value), 64 dims, vocab 300)"), std::string::npos) << p.out;
   }
+  expect_error("plan -c tf_mistral/config.json --tokens 1e9 --device a100-80gb --devices 1 --seq-len 64",
+               "--seq-len: 64 is above the model's sliding window of 48 keys (Mistral's): frugal trains up to it");
   // a config.json frugal does not compute is refused, naming the field
   std::filesystem::create_directories(*dir_ / "bad");
   for (auto [json, want] : {std::pair{R"({"model_type": "mistral", "num_hidden_layers": 2, "num_attention_heads": 4, "hidden_size": 64,
-                                        "vocab_size": 300, "max_position_embeddings": 64, "intermediate_size": 128, "sliding_window": 16})",
-                                      "bad/config.json: sliding_window: a sliding window shorter than max_position_embeddings is not supported (mistral), got 16"},
+                                        "vocab_size": 300, "max_position_embeddings": 64, "intermediate_size": 128, "sliding_window": 0})",
+                                      "bad/config.json: sliding_window: expected a positive integer or null, got 0"},
                             {R"({"model_type": "mixtral"})", "bad/config.json: model_type: expected gpt2, llama, qwen2 or mistral"},
                             {R"({"model_type": "llama", "num_hidden_layers": 2, "num_attention_heads": 4, "hidden_size": 64, "vocab_size": 300,
                                  "max_position_embeddings": 64, "intermediate_size": 128, "head_dim": 32})",

@@ -269,6 +269,19 @@ TEST(SentencePiece, AModelDirectoryReadsTheModelBesideItsConversion) {
   ChatTemplate t = ChatTemplate::of(fixture("sp_hf"), *tok);
   EXPECT_TRUE(t.plain());
   EXPECT_NE(t.note().find("the tokenizer is sentencepiece"), std::string::npos) << t.note();
+  EXPECT_EQ(tok->bos_prefix(), -1);  // its tokenizer.json's post-processor puts nothing first
+  // the model alone: tokenizer_config.json's add_bos_token decides (none: false), a bad one is one line
+  test::TempDir d;
+  std::filesystem::copy_file(fixture("sp/tokenizer.model"), d / "tokenizer.model");
+  EXPECT_EQ(load_pretrained_tokenizer(d.path.string())->bos_prefix(), -1);
+  for (auto [config, error] : {std::pair{R"({"add_bos_token": "yes"})", "add_bos_token is \"yes\", expected true or false"},
+                               std::pair{R"({"add_bos_token": true, "bos_token": "<|bos|>"})",
+                                         "add_bos_token is true, but bos_token \"<|bos|>\" is not a token of the tokenizer"}}) {
+    std::ofstream(d / "tokenizer_config.json") << config;
+    test::expect_user_error([&] { load_pretrained_tokenizer(d.path.string()); }, d / "tokenizer_config.json: " + error);
+  }
+  std::ofstream(d / "tokenizer_config.json") << R"({"add_bos_token": true, "bos_token": {"content": "<s>"}})";
+  EXPECT_EQ(load_pretrained_tokenizer(d.path.string())->bos_prefix(), 1);
 }
 
 // tokenizer.json files frugal cannot reproduce: one UserError naming the file and the field.
@@ -303,19 +316,14 @@ TEST(HfTokenizer, UnsupportedFilesAreUserErrors) {
   expect([](json& j) { j["model"]["merges"][5] = json::array({"zz", "qq"}); }, "model.merges[5] is [\"zz\",\"qq\"], expected two tokens");
   expect([](json& j) { j["model"]["merges"][5] = "nospace"; }, "model.merges[5] is \"nospace\", expected \"A B\"");
   expect([](json& j) { j["added_tokens"][0]["lstrip"] = true; }, "added_tokens[0].lstrip is true, expected false");
-  // a BOS that is not one token: in the template, or tokenizer_config.json's
+  // a BOS that is not one token in the template
   expect([](json& j) {
     j["post_processor"] = {{"type", "TemplateProcessing"}, {"single", {{{"SpecialToken", {{"id", "<s>"}}}}, {{"Sequence", {{"id", "A"}}}}}},
                            {"special_tokens", json::object()}};
   }, "post_processor.single starts with special token \"<s>\", expected it in post_processor.special_tokens with one id");
+  // beside a tokenizer.json, tokenizer_config.json's add_bos_token adds nothing (as in transformers 5)
   std::ofstream(f) << base.dump();
-  for (auto [config, error] : {std::pair{R"({"add_bos_token": "yes"})", "add_bos_token is \"yes\", expected true or false"},
-                               std::pair{R"({"add_bos_token": true, "bos_token": "<s>"})",
-                                         "add_bos_token is true, but bos_token \"<s>\" is not a token of the tokenizer"}}) {
-    std::ofstream(d / "tokenizer_config.json") << config;
-    test::expect_user_error([&] { load_hf_tokenizer(f); }, d / "tokenizer_config.json: " + error);
-  }
-  std::ofstream(d / "tokenizer_config.json") << R"({"add_bos_token": false, "bos_token": "<s>"})";
+  std::ofstream(d / "tokenizer_config.json") << R"({"add_bos_token": true, "bos_token": "<|begin_of_text|>"})";
   EXPECT_EQ(load_hf_tokenizer(f)->bos_prefix(), -1);
   std::filesystem::remove(d / "tokenizer_config.json");
   std::ofstream(f) << "{not json";

@@ -28,6 +28,7 @@ struct Case {
   int sep = -1;    // >= 0: documents masked apart, cut at each token sep
   bool before = false;  // cut before sep (text), or after it (records: the targets at sep untrained)
   bool gpt2 = false;  // transformers' GPT2LMHeadModel (NKV = NH, F = 4 C)
+  int window = 0;     // > 0: MistralForCausalLM with a sliding window of that many keys
 };
 
 std::vector<float> read_f32(const SafeTensors& st, const std::string& name) {
@@ -77,9 +78,10 @@ std::string save_args(const Case& c, const std::string& dir, uint64_t seed) {
   if (c.gpt2)
     return fmt::format("save {} --n-layer {} --n-head {} --n-embd {} --vocab {} --context {} --seed {}", dir, c.L, c.NH,
                        c.C, c.V, c.ctx, seed % 100000);
-  return fmt::format("save {} --layers {} --heads {} --kv-heads {} --hidden {} --ffn {} --vocab {} --context {} --seed {}{}{}{}",
+  return fmt::format("save {} --layers {} --heads {} --kv-heads {} --hidden {} --ffn {} --vocab {} --context {} --seed {}{}{}{}{}",
                      dir, c.L, c.NH, c.NKV, c.C, c.F, c.V, c.ctx, seed % 100000, c.untied ? " --untied" : "",
-                     c.qwen2 ? " --qwen2" : "", c.llama3 ? fmt::format(" --llama3 {}", c.llama3) : "");
+                     c.qwen2 ? " --qwen2" : "", c.llama3 ? fmt::format(" --llama3 {}", c.llama3) : "",
+                     c.window ? fmt::format(" --mistral {}", c.window) : "");
 }
 
 void run_llama_parity(const Case& c) {
@@ -111,6 +113,7 @@ void run_llama_parity(const Case& c) {
   EXPECT_EQ(cfg.kv_heads(), c.NKV);
   EXPECT_EQ(cfg.tied_head, !c.untied);
   EXPECT_EQ(cfg.attention_bias, c.qwen2);
+  EXPECT_EQ(cfg.sliding_window, c.window);
   if (!c.gpt2) {
     EXPECT_EQ(cfg.rope_scaling.original_context, c.llama3 ? c.llama3 : 8192);
   }
@@ -185,6 +188,13 @@ TEST(LlamaParity, GroupedQueriesUntiedHeadLlama3RopeScaling) {
 }
 TEST(LlamaParity, Qwen2BiasesTiedHeadMultiHead) {
   run_llama_parity({"qwen2 tied mha", 2, 4, 4, 64, 128, 259, 64, 2, 24, false, true, 0});
+}
+// Mistral v0.1's sliding window, as long as the sequence: the window cuts nothing yet, and frugal
+// runs only that far (longer is refused: tests/cli)
+TEST(LlamaParity, MistralSlidingWindowAsLongAsTheSequence) {
+  Case c{"mistral window", 2, 4, 2, 64, 176, 300, 64, 2, 32, true, false, 0};
+  c.window = 32;
+  run_llama_parity(c);
 }
 TEST(LlamaParity, OneKeyValueHeadHeadSize32) {
   run_llama_parity({"llama mqa hs32", 1, 2, 1, 64, 96, 200, 80, 3, 70, true, false, 0});

@@ -1,9 +1,10 @@
 """Hugging Face transformers' Llama family as the reference for frugal's llama (the parity tests).
 
   python llama_reference.py save DIR --layers L --heads H --kv-heads K --hidden C --ffn F
-                                 --vocab V --context N [--untied] [--llama3 ORIG] [--qwen2]
+                                 --vocab V --context N [--untied] [--llama3 ORIG] [--qwen2] [--mistral W]
                                  [--dtype fp32|bf16|fp16] [--max-shard-size S] [--seed S]
-      A LlamaForCausalLM (Qwen2ForCausalLM with --qwen2: q/k/v biases) with transformers' random
+      A LlamaForCausalLM (Qwen2ForCausalLM with --qwen2: q/k/v biases; MistralForCausalLM with
+      --mistral W: a sliding window of W keys) with transformers' random
       init, written by save_pretrained. --llama3 ORIG: Llama 3.1's rope_scaling (factor 8, low 1,
       high 4, original_max_position_embeddings ORIG).
   python llama_reference.py bench - --layers ... [--untied] --batch B --seq T --steps S
@@ -44,6 +45,8 @@ def save(a):
                               "original_max_position_embeddings": a.llama3}
     if a.qwen2:
         model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(use_sliding_window=False, **kw))
+    elif a.mistral:
+        model = transformers.MistralForCausalLM(transformers.MistralConfig(sliding_window=a.mistral, **kw))
     else:
         model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**kw))
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[a.dtype]
@@ -178,6 +181,7 @@ def main():
         ap.add_argument("--" + k, type=int, default=0)
     ap.add_argument("--untied", action="store_true")
     ap.add_argument("--qwen2", action="store_true")
+    ap.add_argument("--mistral", type=int, default=0)
     ap.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
     ap.add_argument("--max-shard-size", default="5GB")
     for k, v in [("lr", 3e-3), ("min-lr", 3e-4), ("weight-decay", 0.1), ("beta1", 0.9), ("beta2", 0.95),
