@@ -132,7 +132,10 @@ class DataLoader {
   int64_t epoch_ = 0, shard_pos_ = 0, window_pos_ = 0;
   std::vector<int64_t> shard_order_, window_order_;
   DocumentCut cut_{-1, false};
-  std::vector<std::vector<std::pair<int64_t, int64_t>>> record_windows_;  // per shard: (start, tokens); empty: T+1-token windows
+  // Whole-record windows, per shard (none: T+1-token windows of the stream): window w holds the
+  // records (start, tokens) records[first[w]] .. records[first[w + 1] - 1], in that order.
+  struct RecordWindows { std::vector<std::pair<int64_t, int64_t>> records; std::vector<int64_t> first; };
+  std::vector<RecordWindows> record_windows_;
   int64_t truncated_ = 0;
 };
 

@@ -1,7 +1,9 @@
 // The batch loader: seeded shuffle over shards and windows; ranks read disjoint windows; loss
 // masks turn untrained targets into -1.
 #include <algorithm>
+#include <deque>
 #include <filesystem>
+#include <map>
 #include <numeric>
 
 #include "data/data.h"
@@ -30,21 +32,46 @@ void DataLoader::set_documents(DocumentCut cut) {
   if (sep < 0 || !records()) return;
   total_windows_ = 0;
   const int64_t cap = T_ + 1;
-  for (const TokenShard& s : shards_) {  // records end after sep; whole ones packed in order
-    auto& w = record_windows_.emplace_back();
+  for (const TokenShard& s : shards_) {  // records end after sep; packed best fit decreasing
+    std::vector<std::pair<int64_t, int64_t>> records;  // (start, tokens), cut to the window
     for (int64_t r = 0; r < s.size();) {
       int64_t e = r;
       while (e < s.size() && s[e] != uint32_t(sep)) e++;
       e = std::min(e + 1, s.size());  // this record: [r, e)
-      if (!w.empty() && w.back().first + w.back().second == r && w.back().second + (e - r) <= cap) {
-        w.back().second += e - r;
-      } else {
-        w.emplace_back(r, std::min(e - r, cap));
-        truncated_ += e - r > cap;
-      }
+      records.emplace_back(r, std::min(e - r, cap));
+      truncated_ += e - r > cap;
       r = e;
     }
-    total_windows_ += int64_t(w.size());
+    // TRL's best fit decreasing (pack_dataset, strategy "bfd"): the longest record first (ties in
+    // file order), each into the window with the least room that holds it (the first such window
+    // where several have that room), else into a new window
+    std::vector<int64_t> order(records.size());
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return records[size_t(a)].second > records[size_t(b)].second; });
+    std::vector<std::vector<int64_t>> windows;
+    std::map<int64_t, std::deque<int64_t>> by_room;  // room left -> windows with it, oldest first
+    for (int64_t i : order) {
+      const int64_t len = records[size_t(i)].second;
+      int64_t w, room = cap;
+      if (auto it = by_room.lower_bound(len); it != by_room.end()) {
+        room = it->first;
+        w = it->second.front();
+        it->second.pop_front();
+        if (it->second.empty()) by_room.erase(it);
+      } else {
+        w = int64_t(windows.size());
+        windows.emplace_back();
+      }
+      windows[size_t(w)].push_back(i);
+      if (room - len > 0) by_room[room - len].push_back(w);
+    }
+    RecordWindows& rw = record_windows_.emplace_back();
+    for (const auto& w : windows) {
+      rw.first.push_back(int64_t(rw.records.size()));
+      for (int64_t i : w) rw.records.push_back(records[size_t(i)]);
+    }
+    rw.first.push_back(int64_t(rw.records.size()));
+    total_windows_ += int64_t(windows.size());
   }
   if (total_windows_ < int64_t(B_) * world_)
     user_error("{}: {} windows of whole records up to {}+1 tokens in {} file(s), fewer than one global batch of {}",
@@ -53,7 +80,7 @@ void DataLoader::set_documents(DocumentCut cut) {
 }
 
 int64_t DataLoader::windows_in(int64_t shard) const {
-  if (!record_windows_.empty()) return int64_t(record_windows_[size_t(shard)].size());
+  if (!record_windows_.empty()) return int64_t(record_windows_[size_t(shard)].first.size()) - 1;
   return std::max<int64_t>(0, (shards_[size_t(shard)].size() - 1) / T_);
 }
 
@@ -115,6 +142,7 @@ int64_t DataLoader::take_window() {
 
 void DataLoader::next(int32_t* inputs, int32_t* targets) {
   // The global batch is B*world consecutive windows; this rank takes windows rank*B .. +B.
+  std::vector<int64_t> at(size_t(T_) + 1);
   for (int r = 0; r < world_; r++) {
     for (int64_t b = 0; b < B_; b++) {
       const int64_t w = take_window();
@@ -122,12 +150,20 @@ void DataLoader::next(int32_t* inputs, int32_t* targets) {
       const int64_t shard = shard_order_[shard_pos_];
       const TokenShard& s = shards_[size_t(shard)];
       const std::vector<uint8_t>& mask = masks_[size_t(shard)];
-      // the window's tokens: T+1 from w T, or its whole records (then padding)
-      const auto [start, n] = record_windows_.empty() ? std::pair{w * T_, int64_t(T_) + 1} : record_windows_[size_t(shard)][size_t(w)];
+      // where the window's tokens are in the shard: T+1 from w T, or its records one after
+      // another (then padding)
+      int64_t n = 0;
+      if (record_windows_.empty()) {
+        for (; n <= T_; n++) at[size_t(n)] = w * T_ + n;
+      } else {
+        const RecordWindows& rw = record_windows_[size_t(shard)];
+        for (int64_t k = rw.first[size_t(w)]; k < rw.first[size_t(w) + 1]; k++)
+          for (int64_t i = 0; i < rw.records[size_t(k)].second; i++) at[size_t(n++)] = rw.records[size_t(k)].first + i;
+      }
       for (int64_t t = 0; t < T_; t++) {
-        inputs[b * T_ + t] = t < n ? int32_t(s[start + t]) : 0;
-        const bool trained = t + 1 < n && (mask.empty() || mask[size_t(start + t + 1)]);
-        targets[b * T_ + t] = trained ? int32_t(s[start + t + 1]) : -1;
+        inputs[b * T_ + t] = t < n ? int32_t(s[at[size_t(t)]]) : 0;
+        const bool trained = t + 1 < n && (mask.empty() || mask[size_t(at[size_t(t) + 1])]);
+        targets[b * T_ + t] = trained ? int32_t(s[at[size_t(t) + 1]]) : -1;
       }
     }
   }

@@ -2,6 +2,8 @@
 #include <fstream>
 #include <set>
 
+#include <nlohmann/json.hpp>
+
 #include "data/data.h"
 #include "support/support.h"
 
@@ -109,10 +111,10 @@ TEST(Loader, WindowsAreConsecutiveTokensAndShuffleIsSeeded) {
 
 // Documents masked apart. In text a document starts at its separator, whose target (the
 // document's first token) stays trained, and windows are the stream's; text whose documents end
-// at it (BOS ... end of text) leaves the target at it untrained. In records (shards with
-// loss masks) each window holds whole records, packed in order and padded; a record longer than
-// the window is cut to it; the target at each separator (the next record's first token) is
-// untrained.
+// at it (BOS ... end of text) leaves the target at it untrained. In records (shards with loss
+// masks) each window holds whole records, packed best fit decreasing (TRL's: tests/data/
+// pretrained_tokenizer_test.cpp checks against it) and padded; a record longer than the window is
+// cut to it; the target at each separator (the next record's first token) is untrained.
 TEST(Loader, RecordsMaskedApartAreWholeInTheirWindows) {
   test::TempDir d;
   // records ending in separator 1: A(3) B(5) C(2) D(10) E(3) F(5); T = 6: windows of up to 7 tokens
@@ -143,12 +145,14 @@ TEST(Loader, RecordsMaskedApartAreWholeInTheirWindows) {
   DataLoader rec({d / "rec.bin"}, 100, 1, T, 1, false);
   rec.set_documents({1, true});
   EXPECT_TRUE(rec.records());
-  EXPECT_EQ(rec.num_windows(), 5);  // A, B C, D cut, E, F
+  // best fit decreasing: D (cut to 7) alone; B (5), then F (5) in a window of its own; A (3) in a
+  // third, E (3) beside it (room 4); C (2) into the window with the least room, B's (2)
+  EXPECT_EQ(rec.num_windows(), 4);
   EXPECT_EQ(rec.truncated(), 1);
-  const std::vector<std::vector<int32_t>> in_want = {{5, 6, 1, 0, 0, 0}, {7, 8, 9, 10, 1, 11}, {12, 13, 14, 15, 16, 17},
-                                                     {21, 22, 1, 0, 0, 0}, {23, 24, 25, 26, 1, 0}},
-                                          tg_want = {{6, 1, -1, -1, -1, -1}, {8, 9, 10, 1, -1, 1}, {13, 14, 15, 16, 17, 18},
-                                                     {22, 1, -1, -1, -1, -1}, {24, 25, 26, 1, -1, -1}};
+  const std::vector<std::vector<int32_t>> in_want = {{12, 13, 14, 15, 16, 17}, {7, 8, 9, 10, 1, 11}, {23, 24, 25, 26, 1, 0},
+                                                     {5, 6, 1, 21, 22, 1}},
+                                          tg_want = {{13, 14, 15, 16, 17, 18}, {8, 9, 10, 1, -1, 1}, {24, 25, 26, 1, -1, -1},
+                                                     {6, 1, -1, 22, 1, -1}};
   std::vector<int32_t> in(T), tg(T);
   for (int epoch = 0; epoch < 2; epoch++)
     for (size_t w = 0; w < in_want.size(); w++) {
@@ -162,6 +166,46 @@ TEST(Loader, RecordsMaskedApartAreWholeInTheirWindows) {
   write_mask(mask_path(d / "long.bin"), std::vector<uint8_t>(long_records.size(), 1));
   test::expect_user_error([&] { DataLoader(std::vector<std::string>{d / "long.bin"}, 100, 4, 4, 1, false).set_documents({1, true}); },
                           "long.bin: 3 windows of whole records up to 4+1 tokens in 1 file(s), fewer than one global batch of 4");
+}
+
+// Whole-record windows are TRL's best-fit-decreasing packing (pack_dataset, "bfd", at T+1
+// tokens a row): the same records in the same windows, in the same order, on random lengths from
+// one token to twice the window (those longer cut to it, as TRL truncates).
+TEST(Loader, RecordWindowsAreTrlsBestFitDecreasing) {
+  test::TempDir d;
+  const int T = 32;
+  const int32_t sep = 1;
+  Rng rng(test::test_seed());
+  std::vector<uint32_t> tokens;
+  std::vector<std::vector<uint32_t>> records;
+  for (int r = 0; r < 300; r++) {
+    auto& rec = records.emplace_back(rng.below(2 * T));  // then sep: 1 to 2T tokens
+    for (auto& t : rec) t = 2 + uint32_t(rng.below(98));
+    rec.push_back(sep);
+    tokens.insert(tokens.end(), rec.begin(), rec.end());
+  }
+  write_shard(d / "rec.bin", tokens);
+  write_mask(mask_path(d / "rec.bin"), std::vector<uint8_t>(tokens.size(), 1));
+  std::ofstream(d / "records.json") << nlohmann::json(records).dump();
+  ASSERT_TRUE(test::run_reference("packing_reference.py", d / "records.json " + std::to_string(T + 1) + " " + d / "rows.json"));
+  const auto rows = nlohmann::json::parse(std::ifstream(d / "rows.json")).get<std::vector<std::vector<int32_t>>>();
+  DataLoader loader({d / "rec.bin"}, 100, 1, T, 1, false);
+  loader.set_documents({sep, true});
+  ASSERT_EQ(loader.num_windows(), int64_t(rows.size()));
+  std::vector<int32_t> in(T), tg(T);
+  for (size_t w = 0; w < rows.size(); w++) {
+    loader.next(in.data(), tg.data());
+    const std::vector<int32_t>& row = rows[w];
+    std::vector<int32_t> in_want(T, 0), tg_want(T, -1);
+    for (size_t t = 0; t < size_t(T); t++) {
+      if (t < row.size()) in_want[t] = row[t];
+      if (t + 1 < row.size() && row[t] != sep) tg_want[t] = row[t + 1];
+    }
+    EXPECT_EQ(in, in_want) << "window " << w;
+    EXPECT_EQ(tg, tg_want) << "window " << w;
+  }
+  EXPECT_GT(loader.truncated(), 50);
+  EXPECT_LT(loader.num_windows(), 300);  // records share windows
 }
 
 TEST(Loader, SeekContinuesExactlyWhereThePositionWasTaken) {
