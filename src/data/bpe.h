@@ -110,10 +110,10 @@ class BytePairEncoder {
 };
 
 // Tokenizer::bos_prefix of a Hugging Face tokenizer.json at `path` (`parsed`: the file parsed, or
-// null: read it if it is there), else of the tokenizer_config.json beside it; id_of: a token's id
-// from its text (-1: not a token). UserError naming the file and the field where they name a BOS
-// that is not one token.
-int64_t hf_bos_prefix(const std::string& path, const nlohmann::json* parsed,
+// null: read it if it is there), else of the tokenizer_config.json beside it, for a tokenizer of
+// vocab_size ids; id_of: a token's id from its text (-1: not a token). UserError naming the file
+// and the field where they name a BOS that is not one of its tokens.
+int64_t hf_bos_prefix(const std::string& path, const nlohmann::json* parsed, int64_t vocab_size,
                       const std::function<int64_t(const std::string&)>& id_of);
 
 }  // namespace frugal

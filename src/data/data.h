@@ -94,13 +94,14 @@ class DataLoader {
   DataLoader(const std::vector<std::string>& files, int64_t vocab_size, int B, int T,
              uint64_t seed, bool shuffle, int rank = 0, int world = 1);
   // inputs(B,T), targets(B,T); a target is -1 where its shard's loss mask says not trained on,
-  // and with records masked apart where it starts another record (mask_document_starts)
+  // and with documents cut after their separator where it starts another (mask_document_starts)
   void next(int32_t* inputs, int32_t* targets);
-  // data.document_mask (-1: off). Records (shards with loss masks) end after `sep`, and each
-  // window then holds whole records: as many as fit in T+1 tokens, in file order, the rest padded
-  // (input 0, target -1), as TRL packs them. A record longer than that is cut to T+1 tokens, as
-  // TRL truncates it (truncated() counts them). UserError if fewer windows than a global batch.
-  // Once, before the first batch.
+  // data.document_mask (sep -1: off). Records (shards with loss masks) end after `sep`, and each
+  // window then holds whole records, packed per shard best fit decreasing as TRL's pack_dataset
+  // ("bfd") packs them: the longest first, each into the window with the least room that holds it
+  // (the oldest of those), else a new one; the rest of a window is padding (input 0, target -1). A
+  // record longer than T+1 tokens is cut to it, as TRL truncates it (truncated() counts them).
+  // UserError if fewer windows than a global batch. Once, before the first batch.
   void set_documents(DocumentCut cut);
   bool records() const;  // whether the shards are instruction records (they carry loss masks)
   int64_t truncated() const { return truncated_; }

@@ -197,7 +197,7 @@ class HfTokenizer final : public Tokenizer {
                          [](auto& x, auto& y) { return x.first.size() > y.first.size(); });
     }
     eot_ = read_eot(id_of);
-    bos_prefix_ = hf_bos_prefix(path_, &j, [&](const std::string& t) {
+    bos_prefix_ = hf_bos_prefix(path_, &j, vocab_size(), [&](const std::string& t) {
       auto it = id_of.find(t);
       return it == id_of.end() ? int64_t(-1) : int64_t(it->second);
     });

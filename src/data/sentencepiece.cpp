@@ -127,7 +127,7 @@ std::unique_ptr<Tokenizer> load_sentencepiece(const std::string& model_path) {
   auto tok = std::make_unique<SpTokenizer>(model_path, "");
   // a Hugging Face model directory's: as transformers reads the files beside the model
   const std::string json = (std::filesystem::path(model_path).parent_path() / "tokenizer.json").string();
-  tok->set_bos_prefix(hf_bos_prefix(json, nullptr, [&](const std::string& t) { return tok->id_of(t); }));
+  tok->set_bos_prefix(hf_bos_prefix(json, nullptr, tok->vocab_size(), [&](const std::string& t) { return tok->id_of(t); }));
   return tok;
 }
 

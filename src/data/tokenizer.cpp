@@ -37,7 +37,7 @@ class ByteTokenizer final : public Tokenizer {
 
 std::unique_ptr<Tokenizer> make_byte_tokenizer() { return std::make_unique<ByteTokenizer>(); }
 
-int64_t hf_bos_prefix(const std::string& file, const nlohmann::json* parsed,
+int64_t hf_bos_prefix(const std::string& file, const nlohmann::json* parsed, int64_t vocab_size,
                       const std::function<int64_t(const std::string&)>& id_of) {
   using nlohmann::json;
   auto read = [](const std::string& path) {
@@ -80,9 +80,10 @@ int64_t hf_bos_prefix(const std::string& file, const nlohmann::json* parsed,
   const json tokens = p.value("special_tokens", json::object());
   const json ids = name.is_string() && tokens.is_object() && tokens.contains(name.get<std::string>())
                        ? tokens[name.get<std::string>()].value("ids", json()) : json();
-  if (!ids.is_array() || ids.size() != 1 || !ids[0].is_number_integer())
-    user_error("{}: {}.single starts with special token {}, expected it in {}.special_tokens with one id", file,
-               field, name.dump(), field);
+  if (!ids.is_array() || ids.size() != 1 || !ids[0].is_number_integer() || ids[0].get<int64_t>() < 0 ||
+      ids[0].get<int64_t>() >= vocab_size)
+    user_error("{}: {}.single starts with special token {}, expected it in {}.special_tokens with one id below {}, "
+               "got {}", file, field, name.dump(), field, vocab_size, ids.dump());
   return ids[0].get<int64_t>();
 }
 

@@ -320,7 +320,14 @@ TEST(HfTokenizer, UnsupportedFilesAreUserErrors) {
   expect([](json& j) {
     j["post_processor"] = {{"type", "TemplateProcessing"}, {"single", {{{"SpecialToken", {{"id", "<s>"}}}}, {{"Sequence", {{"id", "A"}}}}}},
                            {"special_tokens", json::object()}};
-  }, "post_processor.single starts with special token \"<s>\", expected it in post_processor.special_tokens with one id");
+  }, "post_processor.single starts with special token \"<s>\", expected it in post_processor.special_tokens with one id "
+     "below 4138, got null");
+  expect([](json& j) {
+    j["post_processor"] = {{"type", "Sequence"}, {"processors", {{{"type", "ByteLevel"}}, {{"type", "TemplateProcessing"},
+                           {"single", {{{"SpecialToken", {{"id", "<s>"}}}}, {{"Sequence", {{"id", "A"}}}}}},
+                           {"special_tokens", {{"<s>", {{"id", "<s>"}, {"ids", {99999}}}}}}}}}};
+  }, "post_processor.processors[1].single starts with special token \"<s>\", expected it in "
+     "post_processor.processors[1].special_tokens with one id below 4138, got [99999]");
   // beside a tokenizer.json, tokenizer_config.json's add_bos_token adds nothing (as in transformers 5)
   std::ofstream(f) << base.dump();
   std::ofstream(d / "tokenizer_config.json") << R"({"add_bos_token": true, "bos_token": "<|begin_of_text|>"})";
