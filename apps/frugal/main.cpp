@@ -403,8 +403,9 @@ static int cmd_plan(const PlanArgs& a) {
   const std::string lora = !m.lora.on() ? std::string()
       : fmt::format("; LoRA rank {} ({:.2f} M trained), {} base", m.lora.rank, m.num_trainable_params() / 1e6,
                     m.lora.base == BaseFormat::compute ? "compute-dtype" : base_format_name(m.lora.base));
-  const std::string model_line = fmt::format("model: {}, {} family ({} layers, {}, {} dims, vocab {}), {:.2f} M parameters{}\n",
+  const std::string model_line = fmt::format("model: {}, {} family ({} layers, {}, {} dims, vocab {}{}), {:.2f} M parameters{}\n",
                                              m.preset, family_name(m.family), m.n_layer, heads, m.n_embd, m.vocab_size,
+                                             m.sliding_window > 0 ? fmt::format(", sliding window {}", m.sliding_window) : "",
                                              (m.num_params() - m.num_trainable_params() * m.lora.on()) / 1e6, lora);
   if (single) {
     const Plan& p = plans[0];

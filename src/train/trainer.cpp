@@ -383,10 +383,11 @@ void train(const RunConfig& cfg, Comm& comm, bool resume) {
   const double flops_tok = cfg.model.flops_per_token(T);
   const int64_t tokens_per_step = int64_t(B) * T * cfg.accum_steps(comm.size()) * comm.size();
   if (rank0)
-    fmt::print("frugal: {} ({} layers, {} heads, {} dims, vocab {}), {:.2f} M parameters{}\n"
+    fmt::print("frugal: {} ({} layers, {} heads, {} dims, vocab {}{}), {:.2f} M parameters{}\n"
                "        {} compute, batch {} tokens = {} x {} x {} micro-batches, {} steps, {} threads, {} ranks ({})\n",
-               cfg.model.preset, cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd,
-               cfg.model.vocab_size, cfg.model.num_params() / 1e6,
+               cfg.model.preset, cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd, cfg.model.vocab_size,
+               cfg.model.sliding_window > 0 ? fmt::format(", sliding window {}", cfg.model.sliding_window) : "",
+               cfg.model.num_params() / 1e6,
                cfg.model.lora.on() ? fmt::format(" (LoRA rank {}: {:.3f} M trained, the {} base frozen)", cfg.model.lora.rank,
                                                  cfg.model.num_trainable_params() / 1e6, base_format_name(cfg.model.lora.base))
                                    : "",
