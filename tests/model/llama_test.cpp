@@ -173,7 +173,11 @@ void run_llama_parity(const Case& c) {
   for (int step = 0; step < 10; step++) {
     const StepStats s = trainer.step(step, next);
     EXPECT_NEAR(s.loss, ref_losses[step], 1e-4 * ref_losses[step]) << "step " << step;
-    EXPECT_NEAR(s.grad_norm, ref_norms[step], 1e-4 * ref_norms[step]) << "step " << step;
+    // AdamW moves a weight whose gradient is near 0 by about lr whatever the gradient's size, so
+    // the two fp32 summation orders part a little more each step: one embedding element 5e-5
+    // apart after 9 steps gave a norm 1.7e-4 apart (FRUGAL_TEST_SEED=1246106973, packed documents)
+    // while every weight else agreed within 2e-6
+    EXPECT_NEAR(s.grad_norm, ref_norms[step], (step < 5 ? 1e-4 : 1e-3) * ref_norms[step]) << "step " << step;
     if (step == 4)
       for_each_hf(model, false, [&](const std::string& name, const std::vector<float>& w) {
         const auto r = read_f32(ref, "param5." + name);
