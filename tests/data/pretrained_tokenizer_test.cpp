@@ -386,10 +386,11 @@ TEST(Prepare, PretrainedTokenizerShards) {
 
 // prepare on text with a tokenizer that puts a BOS before a text (Llama 3's post_processor,
 // Llama 2's add_bos_token): each document is the BOS transformers' tokenizer puts there, the
-// text's ids (tokenizers', sentencepiece's), then end of text, as TRL ends it. Without one (Qwen2's, GPT-2's, a tokenizer.json with no template) end of
-// text stands between documents, as before. The shard directory keeps the BOS (a SentencePiece
-// model's too, whose tokenizer_config.json is not copied there), sample's prompt starts with it
-// as transformers encodes the prompt, and data.document_mask cuts after each end of text.
+// text's ids (tokenizers', sentencepiece's), then end of text, as TRL ends it. Without one
+// (Qwen2's, GPT-2's, a tokenizer.json with no template) end of text stands between documents, as
+// before. The shard directory keeps the BOS (a SentencePiece model's too, whose
+// tokenizer_config.json is not copied there), sample's prompt starts with it as transformers
+// encodes the prompt, and data.document_mask cuts after each end of text.
 TEST(Prepare, DocumentsStartWithTheBosTransformersPuts) {
   test::TempDir d;
   Rng rng(test::test_seed() + 2);
