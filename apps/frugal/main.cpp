@@ -141,7 +141,8 @@ static SpecialIds special_ids(const std::string& run, const RunWeights& w) {
   const std::string turn = ChatTemplate::of(dir, *tok).end_of_turn();
   if (!turn.empty()) tok->encode(turn, one);
   if (one.size() == 1 && one[0] != tok->eot()) ids.eos.push_back(one[0]);
-  if (tok->bos() >= 0 || tok->bos_prefix() >= 0) ids.bos.push_back(tok->bos() >= 0 ? tok->bos() : tok->bos_prefix());
+  const int64_t bos = tok->bos() >= 0 ? tok->bos() : tok->bos_prefix();  // a SentencePiece model's: the one it puts first
+  if (bos >= 0) ids.bos.push_back(bos);
   return ids;
 }
 
@@ -239,8 +240,7 @@ static int cmd_sample(const std::string& run, const std::string& prompt, int num
   // keys and values cached for the longest window this sampling reads, not the whole context
   // (llama-3.2-1b has 131072 positions): each new token costs one position's work
   // (Mistral's sliding window: no more than it, the keys its tokens attend to)
-  const int64_t context = c.sliding_window > 0 ? std::min(c.context, c.sliding_window) : c.context;
-  model.start_cache(int(std::min<int64_t>(context, int64_t(tokens.size()) + num_tokens)));
+  model.start_cache(int(std::min<int64_t>(c.longest_sequence(), int64_t(tokens.size()) + num_tokens)));
   size_t printed = 0;  // bytes of the decoded continuation printed so far
   Rng rng(seed);
   std::vector<float> logits;
@@ -368,7 +368,7 @@ static int cmd_plan(const PlanArgs& a) {
   if (b.model.lora.base != BaseFormat::compute && !b.model.lora.on())
     user_error("--base {}: a quantized frozen base is LoRA's (QLoRA): give --lora-rank too", base_format_name(b.model.lora.base));
   b.model.validate("plan");
-  if (!b.seq_len) b.seq_len = b.model.sliding_window > 0 ? std::min(b.model.context, b.model.sliding_window) : b.model.context;
+  if (!b.seq_len) b.seq_len = b.model.longest_sequence();
   if (b.seq_len > b.model.context)
     user_error("--seq-len: {} is above the model's context of {} positions", b.seq_len, b.model.context);
   if (b.model.sliding_window > 0 && b.seq_len > b.model.sliding_window)  // as train refuses it

@@ -553,6 +553,7 @@ PrepareStats prepare_corpus(const std::vector<std::string>& inputs, const std::s
   const bool wide = tok->vocab_size() > 65536;
   const uint32_t eot = tok->eot();
   const int64_t bos = tok->bos_prefix();  // each document and plain record starts with it, as transformers encodes
+  const bool text_bos = !opt.instruct && bos >= 0;  // text documents: BOS ... end of text
   if (!opt.chat_template.empty() && !opt.instruct) user_error("--chat-template renders instruction records: give --format jsonl");
   const ChatTemplate tmpl = opt.instruct ? ChatTemplate::of(topt.pretrained, *tok, opt.chat_template) : ChatTemplate();
 
@@ -713,11 +714,11 @@ PrepareStats prepare_corpus(const std::vector<std::string>& inputs, const std::s
       text_bytes += int64_t(p.end - p.begin);
       if (p.first) {
         // text: an end of text between documents; with a BOS, each document is BOS ... end of text
-        if (!opt.instruct && bos >= 0 && doc >= 0) route(eot_token, nullptr, 1);
+        if (text_bos && doc >= 0) route(eot_token, nullptr, 1);
         doc++;
         if (!opt.val_every) in_val = is_val_doc(doc);
-        if (!opt.instruct && bos < 0 && (opt.val_every ? chunk_pos > 0 : !(in_val ? val : train).empty())) route(eot_token, nullptr, 1);
-        if (!opt.instruct && bos >= 0) route(bos_token, nullptr, 1);
+        if (text_bos) route(bos_token, nullptr, 1);
+        else if (!opt.instruct && (opt.val_every ? chunk_pos > 0 : !(in_val ? val : train).empty())) route(eot_token, nullptr, 1);
         (in_val ? st.val_docs : st.train_docs)++;
       }
       if (e.bad_utf8 && bad_utf8_doc != doc) {
@@ -728,7 +729,7 @@ PrepareStats prepare_corpus(const std::vector<std::string>& inputs, const std::s
     }
     progress.update(reader.consumed(), text_bytes, train.total() + val.total());
   }
-  if (!opt.instruct && bos >= 0 && doc >= 0) route(eot_token, nullptr, 1);  // the last document's end
+  if (text_bos && doc >= 0) route(eot_token, nullptr, 1);  // the last document's end
   train.close();
   val.close();
   progress.update(total_bytes, text_bytes, train.total() + val.total(), true);

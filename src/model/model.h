@@ -7,6 +7,7 @@
 // W = (NH + 2 NKV) HS the width of q|k|v, F the MLP's hidden width, L = n_layer, V = vocab_size,
 // Vp = V padded to a multiple of 128, maxT = context.
 #pragma once
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <functional>
@@ -76,6 +77,8 @@ struct ModelConfig {
   bool rotary() const { return family == Family::llama; }     // rotary positions (else a learned table)
   bool gated_mlp() const { return family == Family::llama; }  // SwiGLU on gate|up (else GELU)
   int kv_heads() const { return n_kv_head > 0 ? n_kv_head : n_head; }
+  // The longest sequence a run takes: the context, or Mistral's sliding window below it
+  int longest_sequence() const { return sliding_window > 0 ? std::min(context, sliding_window) : context; }
   int head_size() const { return n_embd / n_head; }
   int64_t qkv_width() const { return int64_t(n_head + 2 * kv_heads()) * head_size(); }  // W
   int64_t ffn() const { return ffn_hidden > 0 ? ffn_hidden : 4 * int64_t(n_embd); }      // F
