@@ -236,6 +236,11 @@ static int cmd_sample(const std::string& run, const std::string& prompt, int num
     if (end.size() == 1) stop.push_back(end[0]);
   }
   std::vector<int32_t> tokens(enc.begin(), enc.end()), generated;
+  // the continuation is decoded after the prompt's last token (see decode_continuation), or as the
+  // start of a text after a prompt of nothing but the BOS
+  const bool bos_only = tokens.size() == 1 && tokens[0] == tok->bos_prefix();
+  const std::vector<int32_t> context(tokens.end() - (bos_only ? 0 : std::min<ptrdiff_t>(ptrdiff_t(tokens.size()), 1)),
+                                     tokens.end());
   if (tokens.empty()) tokens.push_back(int32_t(tok->eot()));
   // keys and values cached for the longest window this sampling reads, not the whole context
   // (llama-3.2-1b has 131072 positions): each new token costs one position's work
@@ -282,7 +287,7 @@ static int cmd_sample(const std::string& run, const std::string& prompt, int num
         model.prefill(tokens.data() + tokens.size() - keep, keep, logits);
       }
     }
-    std::string text = tok->decode(generated);  // whole: a piece's text can depend on its neighbours
+    std::string text = decode_continuation(*tok, context, generated);  // whole: a piece's text can depend on its neighbours
     size_t show = text.size(), end_at = end_text.empty() ? std::string::npos : text.find(end_text);
     if (end_at != std::string::npos) {
       show = end_at;

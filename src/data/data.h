@@ -189,6 +189,11 @@ class Tokenizer {
   int64_t bos_prefix_ = -1;
 };
 
+// The text of ids that continue `context` (the prompt's last token): decode(context + ids) past
+// decode(context). A SentencePiece-style decoder drops the space its prefix made at the start of
+// a text; a continuation keeps it ("And God" + " said").
+std::string decode_continuation(const Tokenizer& tok, const std::vector<int32_t>& context, const std::vector<int32_t>& ids);
+
 // GPT-2's byte-level BPE, read from dir/gpt2.tiktoken: a tiktoken rank file (one "BASE64_TOKEN
 // RANK" line per token, 50,256 of them; scripts/setup.sh takes OpenAI's from PyPI's
 // openai-whisper into data/gpt2), with GPT-2's pattern and <|endoftext|> = 50256, the ids of
@@ -222,10 +227,18 @@ std::unique_ptr<Tokenizer> make_tiktoken_tokenizer(const std::string& path, cons
 // tokens. The normalizer may be null or NFC (Qwen2's; also a Sequence of NFC alone): text is
 // NFC-normalised before it is split (added tokens with "normalized": false are found in the text
 // as written first, those with true in the normalised text, as tokenizers does). Anything else
-// (another normalizer, a WordPiece/Unigram model, byte_fallback, lstrip/rstrip added tokens,
-// another regex) is a UserError naming the file and the field. Byte-level, so decode(encode(s))
-// == s, and with NFC for text that is NFC already. In a shard directory: tokenizer.json (and
-// tokenizer_config.json, chat_template.jinja).
+// (another normalizer, a WordPiece/Unigram model, lstrip/rstrip added tokens, another regex) is
+// a UserError naming the file and the field. Byte-level, so decode(encode(s)) == s, and with NFC
+// for text that is NFC already.
+// A BPE model with byte_fallback (a SentencePiece model converted: Llama 2, TinyLlama, Mistral) is
+// read as transformers 5 reads it: with tokenizer_config.json's tokenizer_class LlamaTokenizer(Fast)
+// only the vocabulary, merges and added tokens, the text between added tokens written with
+// "▁" for spaces and one before it (its "legacy": at the start of the text only, or after
+// every added token; "add_prefix_space": false: never) unless it starts with a space; without
+// that class the file's Prepend + Replace normalizer or Metaspace pre-tokenizer (split false).
+// Then BPE over its characters, a character with no token as its UTF-8 bytes' <0xXX> tokens (a
+// byte that is not UTF-8 as its own); decode drops the leading space the prefix made. In a
+// shard directory: tokenizer.json (and tokenizer_config.json, chat_template.jinja).
 std::unique_ptr<Tokenizer> load_hf_tokenizer(const std::string& path);
 
 // Unicode NFC of text (canonical decomposition, reordering and composition), as Hugging Face
@@ -238,8 +251,7 @@ std::string nfc(std::string_view text);
 // A pretrained tokenizer from PATH: a tokenizer.json, a SentencePiece tokenizer.model, a tiktoken
 // rank file (*.tiktoken, or a tokenizer.model that is one, as Llama 3's), or a directory holding
 // one of them (a Hugging Face model directory: tokenizer.json first, but tokenizer.model where the
-// tokenizer.json is that SentencePiece model converted: byte fallback or Unigram, as Llama 2's,
-// Mistral's and TinyLlama's). tiktoken_pattern: the
+// tokenizer.json is a Unigram SentencePiece model converted). tiktoken_pattern: the
 // pattern of a rank file (empty: gpt2 for 50,256 ranks, cl100k for 100,256, llama3 for 128,000;
 // other sizes need it).
 std::unique_ptr<Tokenizer> load_pretrained_tokenizer(const std::string& path, const std::string& tiktoken_pattern = "");

@@ -1,11 +1,13 @@
 // Hugging Face tokenizer.json files with a byte-level BPE model (GPT-2, SmolLM, Llama 3, Qwen2
 // style): the file's vocabulary, merges, added tokens, normalizer (none or NFC) and pre-tokenizer
-// read into bpe.h's encoder; what frugal cannot reproduce exactly is a UserError naming the file
-// and the field (see data.h).
+// read into bpe.h's encoder; or a SentencePiece model converted to BPE with byte fallback (Llama
+// 2, Mistral, TinyLlama), read as transformers 5 reads it. What frugal cannot reproduce exactly
+// is a UserError naming the file and the field (see data.h).
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <filesystem>
+#include <queue>
 
 #include "data/bpe.h"
 
@@ -40,6 +42,10 @@ class HfTokenizer final : public Tokenizer {
   // between them normalised, the normalized added tokens found in that, and the rest split and
   // merged.
   void encode(std::string_view text, std::vector<uint32_t>& out) override {
+    if (fallback_) {
+      split_added(raw_, text, out, [&](std::string_view part) { encode_fallback(part, part.data() == text.data(), out); });
+      return;
+    }
     split_added(raw_, text, out, [&](std::string_view part) {
       if (nfc_) {
         normalized_.clear();
@@ -58,8 +64,10 @@ class HfTokenizer final : public Tokenizer {
         user_error("{}: token id {} is not in the vocabulary (ids [0, {}))", path_, id, vocab_size());
       s += bytes_[size_t(id)];
     }
+    if (strip_ && !s.empty() && s[0] == ' ') s.erase(0, 1);  // the decoder's Strip of the prefix
     return s;
   }
+  bool cuts_at_lines() const override { return !fallback_; }  // a line would get the prefix
 
   void save_files(const std::string& dir) const override {
     std::string jinja = (std::filesystem::path(path_).parent_path() / kChatTemplateFile).string();
@@ -113,16 +121,23 @@ class HfTokenizer final : public Tokenizer {
   void read(const json& j) {
     const json& model = j.at("model");
     if (model.value("type", std::string("BPE")) != "BPE")
-      bad("model.type", model["type"], "\"BPE\" (frugal reads byte-level BPE tokenizer.json files)");
-    if (j.contains("normalizer")) read_normalizer(j["normalizer"]);
-    if (model.value("byte_fallback", false)) bad("model.byte_fallback", true, "false (a byte-level BPE)");
+      bad("model.type", model["type"], "\"BPE\" (frugal reads BPE tokenizer.json files: byte-level, or with byte fallback)");
     if (model.contains("dropout") && !model["dropout"].is_null() && model["dropout"].get<double>() != 0)
       bad("model.dropout", model["dropout"], "null");
     for (const char* f : {"continuing_subword_prefix", "end_of_word_suffix"})
       if (model.contains(f) && !model[f].is_null() && model[f] != "") bad(std::string("model.") + f, model[f], "null");
-    SplitPattern split = read_pre_tokenizer(j.contains("pre_tokenizer") ? j["pre_tokenizer"] : json());
+    read_config();
+    fallback_ = model.value("byte_fallback", false);
+    SplitPattern split = SplitPattern::gpt2;
+    if (fallback_) {
+      read_fallback_pipeline(j);
+    } else {
+      if (j.contains("normalizer")) read_normalizer(j["normalizer"]);
+      split = read_pre_tokenizer(j.contains("pre_tokenizer") ? j["pre_tokenizer"] : json());
+    }
 
-    // the vocabulary: each token's characters are bytes in GPT-2's byte_level_chars form
+    // the vocabulary: byte-level, each token's characters are bytes in GPT-2's byte_level_chars
+    // form; with byte fallback, text with "▁" for a space, and <0xXX> for a byte
     std::array<uint32_t, 256> chars = byte_level_chars();
     std::unordered_map<uint32_t, char> byte_of;
     for (int b = 0; b < 256; b++) byte_of[chars[size_t(b)]] = char(b);
@@ -134,10 +149,14 @@ class HfTokenizer final : public Tokenizer {
       uint32_t id = v.get<uint32_t>();
       id_of[text] = id;
       if (id >= bytes_.size()) { bytes_.resize(id + 1); present_.resize(id + 1); mergeable.resize(id + 1); }
+      present_[id] = true;
+      if (fallback_) {
+        bytes_[id] = fallback_text(text);
+        continue;
+      }
       std::string raw;
       bool byte_level = to_bytes(text, byte_of, raw);
       bytes_[id] = byte_level ? raw : text;
-      present_[id] = true;
       if (byte_level) mergeable[id] = raw;
     }
     std::vector<std::array<uint32_t, 3>> merges;
@@ -159,7 +178,8 @@ class HfTokenizer final : public Tokenizer {
         bad(fmt::format("model.merges[{}]", k), ms[k], "two tokens of model.vocab that merge into one");
       merges.push_back({ia->second, ib->second, iab->second});
     }
-    bpe_ = std::make_unique<BytePairEncoder>(mergeable, merges, split, model.value("ignore_merges", false), path_);
+    if (fallback_) read_fallback_model(id_of, merges);
+    else bpe_ = std::make_unique<BytePairEncoder>(mergeable, merges, split, model.value("ignore_merges", false), path_);
 
     // added tokens: matched in the text as they are, decoded as their content. Numbered as
     // tokenizers numbers them when it loads the file (their "id" is only checked there): a
@@ -174,6 +194,12 @@ class HfTokenizer final : public Tokenizer {
         for (const char* f : {"lstrip", "rstrip", "single_word"})
           if (at[k].value(f, false)) bad(fmt::format("added_tokens[{}].{}", k, f), true, "false");
         bool normalized = at[k].value("normalized", false);  // tokenizers requires the field
+        if (fallback_ && normalized) {
+          // with no normalizer (transformers' LlamaTokenizer, a Metaspace file) the text as written
+          if (prefix_ == Prefix::prepend)
+            bad(fmt::format("added_tokens[{}].normalized", k), true, "false (frugal finds them in the text as written)");
+          normalized = false;
+        }
         std::string content = at[k].at("content");
         if (content.empty()) bad(fmt::format("added_tokens[{}].content", k), content, "a non-empty string");
         uint32_t id;
@@ -248,35 +274,175 @@ class HfTokenizer final : public Tokenizer {
     return split;
   }
 
+  // tokenizer_config.json beside the file, if it is there, into config_.
+  void read_config() {
+    std::string config = (std::filesystem::path(path_).parent_path() / "tokenizer_config.json").string();
+    if (!std::filesystem::exists(config)) return;
+    config_path_ = config;
+    config_ = json::parse(read_whole_file(config), nullptr, false);
+    if (config_.is_discarded() || !config_.is_object()) user_error("{}: not a JSON object", config);
+  }
+
   // tokenizer_config.json's eos_token, else a conventional end-of-text added token; its bos_token
   // into bos_.
   uint32_t read_eot(const std::unordered_map<std::string, uint32_t>& id_of) {
-    std::string config = (std::filesystem::path(path_).parent_path() / "tokenizer_config.json").string();
-    if (std::filesystem::exists(config)) {
-      config_path_ = config;
-      json c;
-      try {
-        c = json::parse(read_whole_file(config));
-      } catch (const json::exception& e) {
-        user_error("{}: not JSON: {}", config, e.what());
-      }
-      auto token = [&](const char* key) {  // a string, or an AddedToken's content
-        json t = c.is_object() && c.contains(key) ? c[key] : json();
-        return t.is_object() ? t.value("content", json()) : t;
-      };
-      json bos = token("bos_token"), eos = token("eos_token");
-      if (bos.is_string() && id_of.count(bos.get<std::string>())) bos_ = id_of.at(bos.get<std::string>());
-      if (eos.is_string()) {
-        auto it = id_of.find(eos.get<std::string>());
-        if (it == id_of.end()) user_error("{}: eos_token {} is not a token of {}", config, eos.dump(), path_);
-        return it->second;
-      }
+    auto token = [&](const char* key) {  // a string, or an AddedToken's content
+      json t = config_.is_object() && config_.contains(key) ? config_[key] : json();
+      return t.is_object() ? t.value("content", json()) : t;
+    };
+    json bos = token("bos_token"), eos = token("eos_token");
+    if (bos.is_string() && id_of.count(bos.get<std::string>())) bos_ = id_of.at(bos.get<std::string>());
+    if (eos.is_string()) {
+      auto it = id_of.find(eos.get<std::string>());
+      if (it == id_of.end()) user_error("{}: eos_token {} is not a token of {}", config_path_, eos.dump(), path_);
+      return it->second;
     }
     for (const char* name : {"<|endoftext|>", "<|end_of_text|>", "</s>", "<|im_end|>", "<|eot_id|>"})
       for (auto& [content, id] : added_)
         if (content == name) return id;
     user_error("{}: no end-of-text token: expected tokenizer_config.json's eos_token next to it, or one of "
                "<|endoftext|>, <|end_of_text|>, </s>, <|im_end|>, <|eot_id|> in added_tokens", path_);
+  }
+
+  // --- byte fallback: a SentencePiece model converted (Llama 2, Mistral, TinyLlama) ---
+
+  // Where "▁" goes before the text between two added tokens, and whether decode strips the
+  // space it makes. transformers 5's LlamaTokenizer (tokenizer_config.json's tokenizer_class
+  // LlamaTokenizer or LlamaTokenizerFast, as those models name it) ignores the file's normalizer,
+  // pre-tokenizer and decoder: Metaspace(prepend_scheme "first", or "always" with "legacy": true,
+  // "never" with "add_prefix_space": false), split false, the decoder stripping one space where
+  // it prepends. Any other class reads the file's own: a Prepend("▁") + Replace(" ",
+  // "▁") normalizer (older conversions: every text between added tokens gets "▁"), or a
+  // Metaspace pre-tokenizer; its decoder's Strip.
+  void read_fallback_pipeline(const json& j) {
+    const json cls = config_.is_object() ? config_.value("tokenizer_class", json()) : json();
+    if (cls == "LlamaTokenizer" || cls == "LlamaTokenizerFast") {
+      auto flag = [&](const char* key, bool otherwise) {
+        const json v = config_.value(key, json());
+        if (v.is_null()) return otherwise;
+        if (!v.is_boolean()) user_error("{}: {} is {}, expected true or false", config_path_, key, v.dump());
+        return v.get<bool>();
+      };
+      const bool add_prefix_space = flag("add_prefix_space", true);
+      prefix_ = !add_prefix_space ? Prefix::never : flag("legacy", false) ? Prefix::always : Prefix::first;
+      strip_ = add_prefix_space;
+      return;
+    }
+    const json n = j.value("normalizer", json()), p = j.value("pre_tokenizer", json());
+    const std::string space = "\u2581";
+    auto is = [](const json& x, const char* type) { return x.is_object() && x.value("type", "") == type; };
+    auto replaces_spaces = [&](const json& r) {
+      return is(r, "Replace") && r.value("pattern", json()) == json{{"String", " "}} && r.value("content", "") == space;
+    };
+    const char* pipeline = "a Sequence of Prepend(\"\u2581\") and Replace(\" \", \"\u2581\") (a converted SentencePiece "
+                           "model's), or null with a Metaspace pre_tokenizer";
+    if (!n.is_null()) {
+      const json ns = is(n, "Sequence") ? n.value("normalizers", json()) : json();
+      if (!ns.is_array() || ns.size() != 2 || !is(ns[0], "Prepend") || ns[0].value("prepend", "") != space ||
+          !replaces_spaces(ns[1]))
+        bad("normalizer", n, pipeline);
+      if (!p.is_null()) bad("pre_tokenizer", p, "null (the normalizer writes the spaces)");
+      prefix_ = Prefix::prepend;
+    } else {
+      if (!is(p, "Metaspace"))
+        bad("pre_tokenizer", p, "Metaspace (a byte-fallback BPE's; or null with a Prepend + Replace normalizer)");
+      if (p.value("replacement", "") != space) bad("pre_tokenizer.replacement", p.value("replacement", json()), "\"\u2581\"");
+      if (p.value("split", true)) bad("pre_tokenizer.split", true, "false (the text between added tokens merged whole)");
+      const std::string scheme = p.value("prepend_scheme", "always");
+      if (scheme == "always") prefix_ = Prefix::always;
+      else if (scheme == "first") prefix_ = Prefix::first;
+      else if (scheme == "never") prefix_ = Prefix::never;
+      else bad("pre_tokenizer.prepend_scheme", p["prepend_scheme"], "\"always\", \"first\" or \"never\"");
+    }
+    const json d = j.value("decoder", json());
+    const json ds = is(d, "Sequence") ? d.value("decoders", json::array()) : json::array({d});
+    for (const json& x : ds)
+      if (is(x, "Strip") && x.value("content", "") == " " && x.value("start", 0) == 1 && x.value("stop", 0) == 0) strip_ = true;
+  }
+
+  // A vocabulary entry as decode writes it: "▁" a space, <0xXX> the byte.
+  static std::string fallback_text(const std::string& text) {
+    if (text.size() == 6 && text.starts_with("<0x") && text[5] == '>' && std::isxdigit(uint8_t(text[3])) &&
+        std::isxdigit(uint8_t(text[4])))
+      return std::string(1, char(std::stoi(text.substr(3, 2), nullptr, 16)));
+    std::string s;
+    for (size_t i = 0; i < text.size(); i++) {
+      if (text.compare(i, 3, "\u2581") == 0) { s += ' '; i += 2; }
+      else s += text[i];
+    }
+    return s;
+  }
+
+  // The characters' and bytes' tokens, and the merges as (left, right) -> (rank, merged).
+  void read_fallback_model(const std::unordered_map<std::string, uint32_t>& id_of,
+                           const std::vector<std::array<uint32_t, 3>>& merges) {
+    for (int b = 0; b < 256; b++) {
+      auto it = id_of.find(fmt::format("<0x{:02X}>", b));
+      if (it == id_of.end()) bad("model.vocab", fmt::format("missing <0x{:02X}>", b), "the 256 byte tokens of byte_fallback");
+      byte_id_[size_t(b)] = it->second;
+    }
+    for (auto& [text, id] : id_of) {
+      uint32_t cp;
+      const auto* s = reinterpret_cast<const unsigned char*>(text.data());
+      if (!text.empty() && utf8_at(s, 0, text.size(), cp) == text.size()) char_id_[cp] = id;
+    }
+    for (uint32_t rank = 0; rank < merges.size(); rank++)
+      pairs_.emplace(uint64_t(merges[rank][0]) << 32 | merges[rank][1], std::make_pair(rank, merges[rank][2]));
+  }
+
+  // The text between two added tokens (`first`: at the start of the text encoded): spaces written
+  // "▁", the prefix where prefix_ puts one, then BPE over its characters, as tokenizers'
+  // BPE merges a word: the pair of lowest rank first, the leftmost of equals, until none merges;
+  // the whole text is one word (Metaspace's split false), so merging keeps a heap of candidate
+  // pairs and a linked list of symbols: O(n log n).
+  void encode_fallback(std::string_view part, bool first, std::vector<uint32_t>& out) {
+    if (part.empty()) return;
+    const bool spaced = part[0] == ' ' || part.starts_with("\u2581");
+    const bool prefix = prefix_ == Prefix::prepend ||
+                        (!spaced && (prefix_ == Prefix::always || (prefix_ == Prefix::first && first)));
+    syms_.clear();
+    auto push = [&](uint32_t id) { syms_.push_back({id, int32_t(syms_.size()) - 1, int32_t(syms_.size()) + 1}); };
+    auto push_char = [&](uint32_t cp, const unsigned char* bytes, size_t len) {  // its token, else its bytes'
+      auto it = char_id_.find(cp);
+      if (it != char_id_.end()) push(it->second);
+      else for (size_t k = 0; k < len; k++) push(byte_id_[bytes[k]]);
+    };
+    static constexpr unsigned char kSpace[3] = {0xE2, 0x96, 0x81};  // U+2581
+    if (prefix) push_char(0x2581, kSpace, 3);
+    const auto* s = reinterpret_cast<const unsigned char*>(part.data());
+    for (size_t i = 0; i < part.size();) {
+      uint32_t cp;
+      const size_t len = utf8_at(s, i, part.size(), cp);
+      if (len == 0) push(byte_id_[s[i++]]);  // not UTF-8: the byte's token
+      else if (cp == ' ') push_char(0x2581, kSpace, 3), i++;
+      else push_char(cp, s + i, len), i += len;
+    }
+    syms_.back().next = -1;
+    // candidates: (rank, position of the left symbol, merged id); stale ones are skipped
+    heap_ = decltype(heap_)();
+    auto candidate = [&](int32_t pos) {
+      if (pos < 0 || syms_[size_t(pos)].next < 0) return;
+      auto it = pairs_.find(uint64_t(syms_[size_t(pos)].id) << 32 | syms_[size_t(syms_[size_t(pos)].next)].id);
+      if (it != pairs_.end()) heap_.push({it->second.first, pos, it->second.second});
+    };
+    for (int32_t k = 0; k + 1 < int32_t(syms_.size()); k++) candidate(k);
+    while (!heap_.empty()) {
+      const Candidate c = heap_.top();
+      heap_.pop();
+      Symbol& left = syms_[size_t(c.pos)];
+      if (left.id == kDead || left.next < 0) continue;
+      auto it = pairs_.find(uint64_t(left.id) << 32 | syms_[size_t(left.next)].id);
+      if (it == pairs_.end() || it->second.second != c.merged) continue;
+      Symbol& right = syms_[size_t(left.next)];
+      left.id = c.merged;
+      left.next = right.next;
+      if (right.next >= 0) syms_[size_t(right.next)].prev = c.pos;
+      right.id = kDead;
+      candidate(left.prev);
+      candidate(c.pos);
+    }
+    for (const Symbol& x : syms_)
+      if (x.id != kDead) out.push_back(x.id);
   }
 
   // A vocabulary entry's characters as bytes; false if one is not a byte's character.
@@ -296,6 +462,7 @@ class HfTokenizer final : public Tokenizer {
   }
 
   std::string path_, config_path_;
+  json config_;  // tokenizer_config.json beside the file (null: none)
   std::vector<std::string> bytes_;  // id -> bytes (an added token: its content)
   std::vector<bool> present_;       // id -> whether it is a token
   std::vector<std::pair<std::string, uint32_t>> added_;  // (content, id) in the file's order
@@ -305,6 +472,24 @@ class HfTokenizer final : public Tokenizer {
   std::unique_ptr<BytePairEncoder> bpe_;
   uint32_t eot_ = 0;
   int64_t bos_ = -1;  // tokenizer_config.json's bos_token, where it is a token
+  // byte fallback
+  enum class Prefix { never, first, always, prepend };  // Metaspace's schemes; prepend: the normalizer's
+  bool fallback_ = false;
+  Prefix prefix_ = Prefix::never;
+  bool strip_ = false;  // decode drops the text's first character where it is a space
+  std::unordered_map<uint32_t, uint32_t> char_id_;  // a code point's token
+  std::array<uint32_t, 256> byte_id_{};             // <0xXX>
+  std::unordered_map<uint64_t, std::pair<uint32_t, uint32_t>> pairs_;  // (left, right) -> (rank, merged)
+  static constexpr uint32_t kDead = UINT32_MAX;
+  struct Symbol { uint32_t id; int32_t prev, next; };
+  struct Candidate {
+    uint32_t rank;
+    int32_t pos;
+    uint32_t merged;
+    bool operator>(const Candidate& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
+  };
+  std::vector<Symbol> syms_;
+  std::priority_queue<Candidate, std::vector<Candidate>, std::greater<Candidate>> heap_;
 };
 
 }  // namespace

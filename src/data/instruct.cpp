@@ -163,7 +163,7 @@ ChatTemplate ChatTemplate::of(const std::string& tokenizer_path, const Tokenizer
   // its special tokens are read from the text by a tokenizer.json only (frugal's SentencePiece
   // and tiktoken encoders take text as text)
   if (!reads_specials) {
-    t.note_ = fmt::format("the plain template: {} needs a byte-level tokenizer.json to read its special tokens, and "
+    t.note_ = fmt::format("the plain template: {} needs a tokenizer.json to read its special tokens, and "
                           "the tokenizer is {}", where, to_string(tok.kind()));
     return t;
   }

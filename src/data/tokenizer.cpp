@@ -37,6 +37,13 @@ class ByteTokenizer final : public Tokenizer {
 
 std::unique_ptr<Tokenizer> make_byte_tokenizer() { return std::make_unique<ByteTokenizer>(); }
 
+std::string decode_continuation(const Tokenizer& tok, const std::vector<int32_t>& context, const std::vector<int32_t>& ids) {
+  std::vector<int32_t> whole = context;
+  whole.insert(whole.end(), ids.begin(), ids.end());
+  const std::string text = tok.decode(whole), before = tok.decode(context);
+  return text.starts_with(before) ? text.substr(before.size()) : tok.decode(ids);
+}
+
 int64_t hf_bos_prefix(const std::string& file, const nlohmann::json* parsed, int64_t vocab_size,
                       const std::function<int64_t(const std::string&)>& id_of) {
   using nlohmann::json;
@@ -181,13 +188,11 @@ std::unique_ptr<Tokenizer> load_pretrained_tokenizer(const std::string& path, co
     file.clear();
     for (const char* name : {"tokenizer.json", "tokenizer.model"})
       if (fs::exists(fs::path(path) / name)) { file = (fs::path(path) / name).string(); break; }
-    // Llama 2, Mistral and TinyLlama ship their SentencePiece model twice: as tokenizer.model and
-    // converted into a tokenizer.json (byte fallback), which only the former reads here
+    // a Unigram tokenizer.json (T5's kind) is the tokenizer.model beside it converted: read that
     const fs::path sp = fs::path(path) / "tokenizer.model";
     if (file.ends_with(".json") && fs::exists(sp) && !is_tiktoken_file(sp.string())) {
       nlohmann::json j = nlohmann::json::parse(read_whole_file(file), nullptr, false);
-      if (j.is_object() && j.contains("model") && j["model"].is_object() &&
-          (j["model"].value("byte_fallback", false) || j["model"].value("type", "") == "Unigram"))
+      if (j.is_object() && j.contains("model") && j["model"].is_object() && j["model"].value("type", "") == "Unigram")
         file = sp.string();
     }
     if (file.empty()) {

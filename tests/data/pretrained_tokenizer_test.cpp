@@ -252,28 +252,104 @@ TEST(SentencePiece, Llama2StyleEqualsSentencepiece) {
   expect_reference_corpus(*tok, "sp", path);
 }
 
-// A Hugging Face directory of a SentencePiece model (Llama 2's, TinyLlama's) holds it twice:
-// tokenizer.model, read, and its conversion to a byte-fallback tokenizer.json, which frugal does
-// not read (it failed the directory). Its chat template is not applied: SentencePiece encodes the
-// template's "</s>" as text; prepare renders such records plain and says why.
-TEST(SentencePiece, AModelDirectoryReadsTheModelBesideItsConversion) {
-  std::unique_ptr<Tokenizer> tok;
+// A Hugging Face directory of a SentencePiece model (Llama 2's, TinyLlama's, Mistral's) holds it
+// twice: tokenizer.model, and its conversion to a tokenizer.json with byte fallback, which
+// transformers reads and so does frugal: the same ids as transformers 5's AutoTokenizer on the
+// fixtures' three pipelines (LlamaTokenizer with "legacy" false and true: Metaspace "first" and
+// "always"; no class: the file's Prepend normalizer), the special tokens spelled in a text
+// included, and its decode; the chat template applies.
+TEST(HfTokenizer, ByteFallbackEqualsTransformers) {
+  std::vector<std::string> strings = hard_strings();
+  for (std::string s : {" In the beginning", "  two", "a </s> b", "</s> x", "<s>b", "x</s>", "hello</s>world",
+                        "<|user|>\nHi there</s>\n<|assistant|>\nOK</s>", "[INST] Who? [/INST] Enos </s><s>[INST] x",
+                        "\u2581 in text", "tab\there", "\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80 \xe4\xb8\xad", ""})
+    strings.push_back(s);
+  for (const std::string& s : random_strings(1000)) strings.push_back(s);
+  for (const char* name : {"sp_hf", "sp_hf_legacy", "sp_hf_file"}) {
+    SCOPED_TRACE(name);
+    auto tok = load_pretrained_tokenizer(fixture(name));
+    EXPECT_EQ(tok->kind(), TokenizerKind::hf_bpe);
+    EXPECT_EQ(tok->vocab_size(), 2000);
+    EXPECT_EQ(tok->eot(), 2u);          // </s>
+    EXPECT_EQ(tok->bos_prefix(), 1);    // <s>, the post-processor's
+    EXPECT_FALSE(tok->cuts_at_lines());  // a line would get the prefix
+    expect_reference_ids(*tok, "auto", fixture(name), strings, RoundTrip::none);
+    expect_reference_corpus(*tok, "auto", fixture(name));
+    EXPECT_FALSE(ChatTemplate::of(fixture(name), *tok).plain());
+  }
+  // decode: the text back, less the one space the prefix made (transformers' decoder strips it);
+  // a continuation keeps its first space, as transformers decodes it after its context (and
+  // sentencepiece, whose decoder strips the same space)
+  auto tok = load_pretrained_tokenizer(fixture("sp_hf"));
+  for (std::string s : {"In the beginning", " lead", "a\n\n b", "\xf0\x9f\x98\x80 x"}) {
+    std::vector<uint32_t> ids = encode(*tok, s);
+    EXPECT_EQ(tok->decode(std::vector<int32_t>(ids.begin(), ids.end())), s[0] == ' ' ? s.substr(1) : s);
+  }
+  for (auto [kind, path] : {std::pair{"auto", fixture("sp_hf")}, std::pair{"sp", fixture("sp/tokenizer.model")}}) {
+    SCOPED_TRACE(kind);
+    auto t = load_pretrained_tokenizer(path);
+    json pairs = json::array();
+    for (std::string s : {"And God said, Let there be light", "In the beginning \xc3\xa9t\xc3\xa9 </s> x"}) {
+      std::vector<uint32_t> ids = encode(*t, s);
+      for (size_t k = 1; k < ids.size(); k++)
+        pairs.push_back({std::vector<int32_t>(ids.begin() + long(k) - 1, ids.begin() + long(k)),
+                         std::vector<int32_t>(ids.begin() + long(k), ids.end())});
+    }
+    test::TempDir d;
+    std::ofstream(d / "in.json") << pairs.dump();
+    ASSERT_TRUE(test::run_reference("pretrained_tokenizers.py", std::string("continue ") + kind + " " + path + " " + d / "in.json " + d / "out.json"));
+    const json want = json::parse(std::ifstream(d / "out.json"));
+    size_t compared = 0;
+    for (size_t k = 0; k < pairs.size(); k++)
+      if (!want[k].is_null()) {
+        EXPECT_EQ(decode_continuation(*t, pairs[k][0], pairs[k][1]), want[k].get<std::string>()) << pairs[k].dump();
+        compared++;
+      }
+    EXPECT_GT(compared, pairs.size() * 3 / 4);
+  }
+}
+
+// Bad byte-fallback files and configs: one line naming the file and the field.
+TEST(HfTokenizer, ByteFallbackFilesFrugalCannotReadAreUserErrors) {
+  test::TempDir d;
+  const json base = json::parse(read_whole_file(fixture("sp_hf_file/tokenizer.json")));
+  const std::string f = d / "tokenizer.json";
+  auto expect = [&](const std::function<void(json&)>& change, const std::string& error) {
+    json j = base;
+    change(j);
+    std::ofstream(f) << j.dump();
+    test::expect_user_error([&] { load_hf_tokenizer(f); }, f + ": " + error);
+  };
+  expect([](json& j) { j["normalizer"]["normalizers"].erase(0); }, "normalizer is");
+  expect([](json& j) {
+    j["normalizer"] = nullptr;
+    j["pre_tokenizer"] = {{"type", "Metaspace"}, {"replacement", "\u2581"}, {"prepend_scheme", "first"}, {"split", true}};
+  }, "pre_tokenizer.split is true, expected false");
+  expect([](json& j) { j["model"]["vocab"].erase("<0x41>"); }, "model.vocab is \"missing <0x41>\"");
+  expect([](json& j) { j["added_tokens"][2]["normalized"] = true; }, "added_tokens[2].normalized is true, expected false");
+  std::ofstream(d / "tokenizer_config.json") << R"({"tokenizer_class": "LlamaTokenizer", "legacy": "no"})";
+  std::ofstream(f) << base.dump();
+  test::expect_user_error([&] { load_hf_tokenizer(f); }, d / "tokenizer_config.json: legacy is \"no\", expected true or false");
+  // with the class, the file's pipeline is not read: a Metaspace split true loads
+  std::ofstream(d / "tokenizer_config.json") << R"({"tokenizer_class": "LlamaTokenizer", "legacy": true})";
+  json j = base;
+  j["pre_tokenizer"] = {{"type", "Metaspace"}, {"replacement", "\u2581"}, {"split", true}};
+  std::ofstream(f) << j.dump();
+  EXPECT_EQ(load_hf_tokenizer(f)->vocab_size(), 2000);
+}
+
+// A tokenizer.model alone: sentencepiece's encoder; tokenizer_config.json's add_bos_token decides
+// its BOS (none: false), a bad one is one line.
+TEST(SentencePiece, AModelAloneTakesItsBosFromTheConfig) {
+  test::TempDir d;
+  std::filesystem::copy_file(fixture("sp/tokenizer.model"), d / "tokenizer.model");
   try {
-    tok = load_pretrained_tokenizer(fixture("sp_hf"));
+    EXPECT_EQ(load_pretrained_tokenizer(d.path.string())->bos_prefix(), -1);
   } catch (const UserError& e) {
     if (std::string(e.what()).find("built without SentencePiece") != std::string::npos) GTEST_SKIP() << e.what();
     throw;
   }
-  EXPECT_EQ(tok->kind(), TokenizerKind::sentencepiece);
-  expect_reference_ids(*tok, "sp", fixture("sp/tokenizer.model"), hard_strings(), RoundTrip::none);
-  ChatTemplate t = ChatTemplate::of(fixture("sp_hf"), *tok);
-  EXPECT_TRUE(t.plain());
-  EXPECT_NE(t.note().find("the tokenizer is sentencepiece"), std::string::npos) << t.note();
-  EXPECT_EQ(tok->bos_prefix(), -1);  // its tokenizer.json's post-processor puts nothing first
-  // the model alone: tokenizer_config.json's add_bos_token decides (none: false), a bad one is one line
-  test::TempDir d;
-  std::filesystem::copy_file(fixture("sp/tokenizer.model"), d / "tokenizer.model");
-  EXPECT_EQ(load_pretrained_tokenizer(d.path.string())->bos_prefix(), -1);
+  EXPECT_EQ(load_pretrained_tokenizer(d.path.string())->kind(), TokenizerKind::sentencepiece);
   for (auto [config, error] : {std::pair{R"({"add_bos_token": "yes"})", "add_bos_token is \"yes\", expected true or false"},
                                std::pair{R"({"add_bos_token": true, "bos_token": "<|bos|>"})",
                                          "add_bos_token is true, but bos_token \"<|bos|>\" is not a token of the tokenizer"}}) {
@@ -307,7 +383,8 @@ TEST(HfTokenizer, UnsupportedFilesAreUserErrors) {
     auto tok = load_hf_tokenizer(f);
     EXPECT_EQ(encode(*tok, "cafe\u0301"), encode(*tok, "caf\u00e9"));
   }
-  expect([](json& j) { j["model"]["byte_fallback"] = true; }, "model.byte_fallback is true");
+  // byte fallback with a byte-level pipeline (a converted SentencePiece model has Metaspace)
+  expect([](json& j) { j["model"]["byte_fallback"] = true; }, R"(pre_tokenizer is {"pretokenizers":[{"behavior":"Isolated")");
   expect([](json& j) { j["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = "\\w+"; },
          "pre_tokenizer.pretokenizers[0].pattern.Regex is {\"Regex\":\"\\\\w+\"}, expected GPT-2's, Llama 3's or Qwen2's regex");
   expect([](json& j) { j["pre_tokenizer"] = {{"type", "Whitespace"}}; }, "pre_tokenizer is \"Whitespace\", expected ByteLevel");
@@ -407,8 +484,8 @@ TEST(Prepare, DocumentsStartWithTheBosTransformersPuts) {
   jsonl.close();
   std::ofstream(d / "docs.json") << json(docs).dump();
   struct Case { std::string name; bool bos; };
-  for (const Case& c : {Case{"llama3_bos", true}, Case{"sp_bos", true}, Case{"llama3", false}, Case{"qwen2", false},
-                        Case{"gpt2", false}}) {
+  for (const Case& c : {Case{"llama3_bos", true}, Case{"sp_bos", true}, Case{"sp_hf", true}, Case{"sp_hf_file", true},
+                        Case{"llama3", false}, Case{"qwen2", false}, Case{"gpt2", false}}) {
     SCOPED_TRACE(c.name);
     ASSERT_TRUE(test::run_reference("pretrained_tokenizers.py", "documents " + fixture(c.name) + " " + d / "docs.json " + d / "ref.json"));
     const json ref = json::parse(std::ifstream(d / "ref.json"));
@@ -529,12 +606,17 @@ TEST(Instruct, ShardsMasksAndLoaderTargets) {
   }
   struct Case { std::string tok_dir, tmpl; };
   // llama3's fixture has Llama 3.1's chat template, qwen2's Qwen2.5's; the gpt2 one has none: plain
-  // sp_bos is Llama 2's kind: a SentencePiece model (plain) whose tokenizer puts <s> first
+  // sp_bos is Llama 2's kind: a SentencePiece model alone (plain) whose tokenizer puts <s> first;
+  // sp_hf is TinyLlama-Chat's directory (its template), sp_hf_legacy Llama-2-chat's, sp_hf_file Mistral's
   for (const Case& c : {Case{fixture("llama3"), "llama3"}, Case{fixture("qwen2"), "qwen2"}, Case{fixture("gpt2"), "plain"},
-                        Case{fixture("sp_bos"), "plain"}}) {
+                        Case{fixture("sp_bos"), "plain"}, Case{fixture("sp_hf"), "zephyr"},
+                        Case{fixture("sp_hf_legacy"), "llama2"}, Case{fixture("sp_hf_file"), "mistral"}}) {
     for (const char* file : {"pc.jsonl", "msg.jsonl", "tools.jsonl"}) {
       SCOPED_TRACE(c.tok_dir + " " + file);
       if (c.tmpl == "plain" && file == std::string("tools.jsonl")) continue;  // tools need a template: refused below
+      // Llama 2's and Mistral's templates refuse a tool's turn, Mistral's a system message
+      if ((c.tmpl == "llama2" && file == std::string("tools.jsonl")) || (c.tmpl == "mistral" && file != std::string("pc.jsonl")))
+        continue;
       TokenizerOptions opt;
       opt.pretrained = c.tok_dir;
       std::string out = d / (std::filesystem::path(c.tok_dir).filename().string() + file);
@@ -743,7 +825,7 @@ TEST(Instruct, SplitByRecordsFromFilesDirectoriesAndGlobs) {
 // assistant's turn is one token, the one the record trains after its (empty) content.
 TEST(Instruct, ChatPromptIsTheRecordUpToTheAssistantsTurn) {
   test::TempDir d;
-  for (const char* name : {"llama3", "qwen2", "gpt2", "sp_bos", "llama3_bos"})
+  for (const char* name : {"llama3", "qwen2", "gpt2", "sp_bos", "llama3_bos", "sp_hf"})
    for (std::string system : {"", "Be brief."}) {
     SCOPED_TRACE(std::string(name) + " system '" + system + "'");
     json msgs = {{{"role", "user"}, {"content", "Who begat Enos?"}}, {{"role", "assistant"}, {"content", ""}}};

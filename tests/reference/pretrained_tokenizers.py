@@ -18,7 +18,10 @@ the Python packages the models' tokenizers come from, and their ids.
       OUT_DIR/sp/tokenizer.model      SentencePiece BPE with Llama 2's settings (byte fallback,
                                       dummy prefix, identity normalisation, digits split)
       OUT_DIR/sp_hf/                  that model as a Hugging Face directory holds it: tokenizer.model,
-                                      its conversion to tokenizer.json, TinyLlama's chat template
+                                      its conversion to tokenizer.json (byte fallback), class
+                                      LlamaTokenizer (legacy false), TinyLlama's chat template
+      OUT_DIR/sp_hf_legacy/           the same, legacy true, Llama 2's chat template
+      OUT_DIR/sp_hf_file/             the same with no class (the file's own pipeline), Mistral's template
       OUT_DIR/cl100k.tiktoken         a tiktoken rank file (the llama3 vocabulary's bytes in merge
                                       order), for tiktoken's cl100k pattern
   python pretrained_tokenizers.py ids KIND PATH IN.json OUT.json    strings -> id lists
@@ -30,14 +33,19 @@ the Python packages the models' tokenizers come from, and their ids.
       strings -> {"eos": id, "ids": [...]}: each string's ids (tokenizers with DIR's tokenizer.json,
       else sentencepiece with its tokenizer.model) after what transformers' AutoTokenizer(DIR)
       puts before a text (a BOS)
+  python pretrained_tokenizers.py continue KIND PATH IN.json OUT.json
+      [[context ids, ids], ...] -> the text of ids that continue the context (decode of both past
+      decode of the context; null where that is not a prefix: a character's bytes cut apart), KIND auto or sp
   python pretrained_tokenizers.py render DIR IN.jsonl OUT.json
       instruction records in the plain template -> [{"ids": [...], "mask": [...]}] (see render())
   python pretrained_tokenizers.py chat DIR IN.jsonl OUT.json
       instruction records in DIR's chat template, by transformers and TRL's rule (see chat())
 KIND: hf (tokenizers: encode(text, add_special_tokens=False).ids), sp (sentencepiece: encode(text)),
+auto (a directory: transformers' AutoTokenizer(PATH)(text, add_special_tokens=False)),
 tiktoken-cl100k / tiktoken-gpt2 (tiktoken.Encoding(...).encode_ordinary(text)).
 """
 import base64
+import shutil
 import json
 import os
 import sys
@@ -149,14 +157,12 @@ def train(corpus, out):
         max_sentence_length=4192, input_sentence_size=20000, shuffle_input_sentence=True,
         unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2, num_threads=2)
     # as a Hugging Face model directory holds it (Llama 2, Mistral, TinyLlama): tokenizer.model and
-    # its conversion to a tokenizer.json (byte fallback), with TinyLlama's chat template
-    import shutil
-    from transformers import LlamaTokenizerFast
-    LlamaTokenizerFast(vocab_file=f"{out}/sp/tokenizer.model").save_pretrained(f"{out}/sp_hf")
-    shutil.copy(f"{out}/sp/tokenizer.model", f"{out}/sp_hf/tokenizer.model")
-    config = json.load(open(f"{out}/sp_hf/tokenizer_config.json"))
-    config["chat_template"] = chat_templates.ZEPHYR
-    json.dump(config, open(f"{out}/sp_hf/tokenizer_config.json", "w"))
+    # its conversion to a tokenizer.json (BPE with byte fallback, as transformers' LlamaConverter
+    # wrote them: the legacy Prepend + Replace normalizer, <s> first), with a chat template
+    for name, cls, legacy, template in [("sp_hf", "LlamaTokenizer", False, chat_templates.ZEPHYR),
+                                        ("sp_hf_legacy", "LlamaTokenizerFast", True, chat_templates.LLAMA2),
+                                        ("sp_hf_file", None, None, chat_templates.MISTRAL)]:
+        sp_hf(f"{out}/sp/tokenizer.model", f"{out}/{name}", cls, legacy, template)
     # tokenizers that put a BOS before every text: Llama 3's post_processor (ByteLevel, then a
     # template starting with <|begin_of_text|>), and Llama 2's tokenizer_config.json (add_bos_token)
     shutil.copytree(f"{out}/llama3", f"{out}/llama3_bos")
@@ -174,6 +180,35 @@ def train(corpus, out):
     shutil.copy(f"{out}/sp/tokenizer.model", f"{out}/sp_bos/tokenizer.model")
     json.dump({"tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "add_eos_token": False, "bos_token": "<s>",
                "eos_token": "</s>", "unk_token": "<unk>"}, open(f"{out}/sp_bos/tokenizer_config.json", "w"))
+
+
+# A Hugging Face directory of a SentencePiece BPE model: tokenizer.model, its tokenizer.json as
+# the hub's Llama 2 / TinyLlama / Mistral files are (vocabulary and merges by score, the 256 byte
+# tokens, <unk> <s> </s> added, the Prepend + Replace normalizer, <s> before a text) and a
+# tokenizer_config.json naming the class (transformers 5's LlamaTokenizer then reads only the
+# vocabulary and merges, with Metaspace by "legacy"; no class: the file as it is).
+def sp_hf(model, out, cls, legacy, template):
+    from tokenizers import AddedToken, Tokenizer, decoders, normalizers, processors
+    from tokenizers.models import BPE
+    from transformers.convert_slow_tokenizer import generate_merges, import_protobuf
+    m = import_protobuf().ModelProto()
+    m.ParseFromString(open(model, "rb").read())
+    scores = [(p.piece, p.score) for p in m.pieces]
+    vocab = {piece: i for i, (piece, _) in enumerate(scores)}
+    t = Tokenizer(BPE(vocab, generate_merges(vocab, scores), unk_token="<unk>", fuse_unk=True, byte_fallback=True))
+    t.add_special_tokens([AddedToken(x, normalized=False, special=True) for x in ["<unk>", "<s>", "</s>"]])
+    t.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    t.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                   decoders.Strip(" ", 1, 0)])
+    t.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])
+    os.makedirs(out, exist_ok=True)
+    t.save(f"{out}/tokenizer.json")
+    shutil.copy(model, f"{out}/tokenizer.model")
+    config = {"add_bos_token": True, "add_eos_token": False, "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+              "chat_template": template}
+    if cls:
+        config.update({"tokenizer_class": cls, "legacy": legacy})
+    json.dump(config, open(f"{out}/tokenizer_config.json", "w"))
 
 
 def bytes_to_unicode():
@@ -197,6 +232,10 @@ def encoder(kind, path):
         import sentencepiece as spm
         sp = spm.SentencePieceProcessor(model_file=path)
         return lambda s: sp.encode(s)
+    if kind == "auto":  # transformers' AutoTokenizer of the directory
+        from transformers import AutoTokenizer
+        t = AutoTokenizer.from_pretrained(path)
+        return lambda s: t(s, add_special_tokens=False)["input_ids"]
     if kind.startswith("tiktoken-"):
         import tiktoken
         from tiktoken.load import load_tiktoken_bpe
@@ -268,8 +307,8 @@ def render(directory, src, dst):
 # prompt, completion = the rest of the conversation up to it; its tokens are those past the
 # prompt's count); then EOT, not trained on.
 def chat(directory, src, dst):
-    from transformers import PreTrainedTokenizerFast
-    tok = PreTrainedTokenizerFast.from_pretrained(directory)
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(directory)
     eot = tok.convert_tokens_to_ids(tok.eos_token)
     out = []
     for line in open(src, encoding="utf-8"):
@@ -312,11 +351,24 @@ if __name__ == "__main__":
         tok = AutoTokenizer.from_pretrained(directory)
         bos = tok("")["input_ids"]
         if os.path.exists(f"{directory}/tokenizer.json"):
-            encode = encoder("hf", f"{directory}/tokenizer.json")
+            encode = lambda s: tok(s, add_special_tokens=False)["input_ids"]
         else:  # transformers 5 converts the model with another dummy prefix than sentencepiece's, which frugal's is
             encode = encoder("sp", f"{directory}/tokenizer.model")
         strings = json.load(open(sys.argv[3], encoding="utf-8"))
         json.dump({"eos": tok.eos_token_id, "ids": [bos + encode(s) for s in strings]}, open(sys.argv[4], "w"))
+    elif mode == "continue":  # [[context ids, ids], ...] -> the text of ids after the context's
+        if sys.argv[2] == "auto":
+            from transformers import AutoTokenizer
+            decode = AutoTokenizer.from_pretrained(sys.argv[3]).decode
+        else:
+            import sentencepiece as spm
+            decode = spm.SentencePieceProcessor(model_file=sys.argv[3]).decode
+        pairs = json.load(open(sys.argv[4]))
+        out = []
+        for context, ids in pairs:
+            whole, before = decode(context + ids), decode(context)
+            out.append(whole[len(before):] if whole.startswith(before) else None)  # None: a byte cut apart
+        json.dump(out, open(sys.argv[5], "w", encoding="utf-8"), ensure_ascii=False)
     elif mode == "render":
         render(*sys.argv[2:5])
     elif mode == "chat":
