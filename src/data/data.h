@@ -180,6 +180,9 @@ class Tokenizer {
   virtual bool has_id(int32_t id) const { return id >= 0 && id < vocab_size(); }  // decode takes it
   virtual void save_files(const std::string& dir) const {}  // what load_tokenizer(dir) reads
   virtual std::string split_pattern() const { return {}; }  // tiktoken: the pattern's name
+  // A byte-fallback tokenizer.json's model directory's config.json model_type, which decides how
+  // transformers reads it (see load_hf_tokenizer); empty for the others.
+  virtual std::string model_type() const { return {}; }
   // Whether text cut after a '\n' that stands between two printable ASCII characters encodes,
   // piece by piece, to the whole text's ids (true of the split regexes here; not of a
   // SentencePiece model with a dummy prefix). prepare cuts long documents there.
@@ -232,14 +235,16 @@ std::unique_ptr<Tokenizer> make_tiktoken_tokenizer(const std::string& path, cons
 // for text that is NFC already.
 // A BPE model with byte_fallback (a SentencePiece model converted: Llama 2, TinyLlama, Mistral) is
 // read as transformers 5 reads it: with tokenizer_config.json's tokenizer_class LlamaTokenizer(Fast)
-// only the vocabulary, merges and added tokens, the text between added tokens written with
+// (unless config.json's model_type is mistral or mixtral, for which transformers 5 registers its
+// generic backend) only the vocabulary, merges and added tokens, the text between added tokens written with
 // "▁" for spaces and one before it (its "legacy": at the start of the text only, or after
 // every added token; "add_prefix_space": false: never) unless it starts with a space; without
 // that class the file's Prepend + Replace normalizer or Metaspace pre-tokenizer (split false).
 // Then BPE over its characters, a character with no token as its UTF-8 bytes' <0xXX> tokens (a
 // byte that is not UTF-8 as its own); decode drops the leading space the prefix made. In a
 // shard directory: tokenizer.json (and tokenizer_config.json, chat_template.jinja).
-std::unique_ptr<Tokenizer> load_hf_tokenizer(const std::string& path);
+// model_type: config.json's model_type (empty: that of the config.json beside the file, if any).
+std::unique_ptr<Tokenizer> load_hf_tokenizer(const std::string& path, const std::string& model_type = "");
 
 // Unicode NFC of text (canonical decomposition, reordering and composition), as Hugging Face
 // tokenizers' NFC normalizer gives it, with its Unicode tables (older than Python's: see
@@ -280,7 +285,13 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& dir);
 // with it (instruction records; text whose tokenizer starts each document with a BOS), else
 // before it (text separated by it). UserError where nothing describes the tokenizer.
 DocumentCut document_cut(const std::string& shard, bool records);
-struct TokenizerInfo { std::string kind; int64_t vocab_size; std::string pattern; int64_t bos_prefix = -1; };
+struct TokenizerInfo {
+  std::string kind;
+  int64_t vocab_size;
+  std::string pattern;
+  int64_t bos_prefix = -1;
+  std::string model_type;  // Tokenizer::model_type of the model directory prepare read
+};
 TokenizerInfo tokenizer_info(const std::string& dir);  // what the description says
 // Writes the tokenizer's files and then dir/frugal_tokenizer.json, each atomically.
 void save_tokenizer(const std::string& dir, const Tokenizer& tok);

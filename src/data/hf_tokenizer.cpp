@@ -19,7 +19,7 @@ using nlohmann::json;
 
 class HfTokenizer final : public Tokenizer {
  public:
-  explicit HfTokenizer(const std::string& path) : path_(path) {
+  HfTokenizer(const std::string& path, const std::string& model_type) : path_(path), model_type_(model_type) {
     json j;
     try {
       j = json::parse(read_whole_file(path));
@@ -34,6 +34,7 @@ class HfTokenizer final : public Tokenizer {
   }
 
   TokenizerKind kind() const override { return TokenizerKind::hf_bpe; }
+  std::string model_type() const override { return fallback_ ? model_type_ : ""; }
   int vocab_size() const override { return int(bytes_.size()); }
   uint32_t eot() const override { return eot_; }
   int64_t bos() const override { return bos_; }
@@ -274,13 +275,23 @@ class HfTokenizer final : public Tokenizer {
     return split;
   }
 
-  // tokenizer_config.json beside the file, if it is there, into config_.
+  // tokenizer_config.json beside the file, if it is there, into config_; config.json's model_type,
+  // unless given.
   void read_config() {
-    std::string config = (std::filesystem::path(path_).parent_path() / "tokenizer_config.json").string();
+    const std::filesystem::path dir = std::filesystem::path(path_).parent_path();
+    auto object = [](const std::string& file) {
+      json j = json::parse(read_whole_file(file), nullptr, false);
+      if (j.is_discarded() || !j.is_object()) user_error("{}: not a JSON object", file);
+      return j;
+    };
+    if (model_type_.empty() && std::filesystem::exists(dir / "config.json")) {
+      const json t = object((dir / "config.json").string()).value("model_type", json());
+      if (t.is_string()) model_type_ = t;
+    }
+    const std::string config = (dir / "tokenizer_config.json").string();
     if (!std::filesystem::exists(config)) return;
     config_path_ = config;
-    config_ = json::parse(read_whole_file(config), nullptr, false);
-    if (config_.is_discarded() || !config_.is_object()) user_error("{}: not a JSON object", config);
+    config_ = object(config);
   }
 
   // tokenizer_config.json's eos_token, else a conventional end-of-text added token; its bos_token
@@ -308,7 +319,9 @@ class HfTokenizer final : public Tokenizer {
 
   // Where "▁" goes before the text between two added tokens, and whether decode strips the
   // space it makes. transformers 5's LlamaTokenizer (tokenizer_config.json's tokenizer_class
-  // LlamaTokenizer or LlamaTokenizerFast, as those models name it) ignores the file's normalizer,
+  // LlamaTokenizer or LlamaTokenizerFast, as those models name it; for config.json's model_type
+  // mistral and mixtral transformers 5 registers its generic backend, which reads the file as it
+  // is) ignores the file's normalizer,
   // pre-tokenizer and decoder: Metaspace(prepend_scheme "first", or "always" with "legacy": true,
   // "never" with "add_prefix_space": false), split false, the decoder stripping one space where
   // it prepends. Any other class reads the file's own: a Prepend("▁") + Replace(" ",
@@ -316,7 +329,7 @@ class HfTokenizer final : public Tokenizer {
   // Metaspace pre-tokenizer; its decoder's Strip.
   void read_fallback_pipeline(const json& j) {
     const json cls = config_.is_object() ? config_.value("tokenizer_class", json()) : json();
-    if (cls == "LlamaTokenizer" || cls == "LlamaTokenizerFast") {
+    if ((cls == "LlamaTokenizer" || cls == "LlamaTokenizerFast") && model_type_ != "mistral" && model_type_ != "mixtral") {
       auto flag = [&](const char* key, bool otherwise) {
         const json v = config_.value(key, json());
         if (v.is_null()) return otherwise;
@@ -462,6 +475,7 @@ class HfTokenizer final : public Tokenizer {
   }
 
   std::string path_, config_path_;
+  std::string model_type_;  // config.json's
   json config_;  // tokenizer_config.json beside the file (null: none)
   std::vector<std::string> bytes_;  // id -> bytes (an added token: its content)
   std::vector<bool> present_;       // id -> whether it is a token
@@ -494,9 +508,9 @@ class HfTokenizer final : public Tokenizer {
 
 }  // namespace
 
-std::unique_ptr<Tokenizer> load_hf_tokenizer(const std::string& path) {
+std::unique_ptr<Tokenizer> load_hf_tokenizer(const std::string& path, const std::string& model_type) {
   if (!std::filesystem::exists(path)) user_error("{}: missing: a Hugging Face tokenizer.json", path);
-  return std::make_unique<HfTokenizer>(path);
+  return std::make_unique<HfTokenizer>(path, model_type);
 }
 
 }  // namespace frugal

@@ -121,7 +121,7 @@ TokenizerInfo tokenizer_info(const std::string& dir) {
     auto j = nlohmann::json::parse(read_whole_file(path));
     if (path == old && !j.contains("kind")) return {"hf_bpe", load_hf_tokenizer(old)->vocab_size(), ""};
     return {j.at("kind").get<std::string>(), j.at("vocab_size").get<int64_t>(), j.value("pattern", std::string()),
-            j.value("bos_prefix", int64_t(-1))};
+            j.value("bos_prefix", int64_t(-1)), j.value("model_type", std::string())};
   } catch (const nlohmann::json::exception& e) {
     user_error("{}: expected {{\"kind\": ..., \"vocab_size\": ...}}: {}", path, e.what());
   }
@@ -129,12 +129,12 @@ TokenizerInfo tokenizer_info(const std::string& dir) {
 
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& dir) {
   std::string path = dir + "/" + kTokenizerDescription;
-  auto [kind, vocab, pattern, bos_prefix] = tokenizer_info(dir);
+  auto [kind, vocab, pattern, bos_prefix, model_type] = tokenizer_info(dir);
   std::unique_ptr<Tokenizer> tok;
   if (kind == "byte") tok = make_byte_tokenizer();
   else if (kind == "gpt2") tok = make_gpt2_tokenizer(dir);
   else if (kind == "sentencepiece") tok = load_sentencepiece(dir + "/tokenizer.model");
-  else if (kind == "hf_bpe") tok = load_hf_tokenizer(dir + "/tokenizer.json");
+  else if (kind == "hf_bpe") tok = load_hf_tokenizer(dir + "/tokenizer.json", model_type);
   else if (kind == "tiktoken") tok = make_tiktoken_tokenizer(dir + "/" + kTiktokenRanks, pattern);
   else user_error("{}: kind '{}', expected byte, gpt2, sentencepiece, hf_bpe or tiktoken", path, kind);
   if (tok->vocab_size() != vocab)
@@ -163,6 +163,7 @@ void save_tokenizer(const std::string& dir, const Tokenizer& tok) {
   nlohmann::json j = {{"kind", to_string(tok.kind())}, {"vocab_size", tok.vocab_size()}};
   if (!tok.split_pattern().empty()) j["pattern"] = tok.split_pattern();
   if (tok.bos_prefix() >= 0) j["bos_prefix"] = tok.bos_prefix();
+  if (!tok.model_type().empty()) j["model_type"] = tok.model_type();
   std::string text = j.dump() + "\n";
   write_file_atomic(dir + "/" + kTokenizerDescription, text.data(), text.size());
 }

@@ -256,8 +256,8 @@ TEST(SentencePiece, Llama2StyleEqualsSentencepiece) {
 // twice: tokenizer.model, and its conversion to a tokenizer.json with byte fallback, which
 // transformers reads and so does frugal: the same ids as transformers 5's AutoTokenizer on the
 // fixtures' three pipelines (LlamaTokenizer with "legacy" false and true: Metaspace "first" and
-// "always"; no class: the file's Prepend normalizer), the special tokens spelled in a text
-// included, and its decode; the chat template applies.
+// "always"; a mistral model's: the file's Prepend normalizer), the special tokens spelled in a
+// text included, and its decode; the chat template applies.
 TEST(HfTokenizer, ByteFallbackEqualsTransformers) {
   std::vector<std::string> strings = hard_strings();
   for (std::string s : {" In the beginning", "  two", "a </s> b", "</s> x", "<s>b", "x</s>", "hello</s>world",
@@ -472,7 +472,7 @@ TEST(Prepare, DocumentsStartWithTheBosTransformersPuts) {
   test::TempDir d;
   Rng rng(test::test_seed() + 2);
   const std::vector<std::string> words = {"In", " the", " beginning", "\n", " God", "  ", " Ångström", "1234", "!",
-                                          "\t", " and", "Enos", " ", "<|begin_of_text|>"};
+                                          "\t", " and", "Enos", " ", "<|begin_of_text|>", "</s>", " <s>"};
   std::vector<std::string> docs;
   std::ofstream jsonl(d / "docs.jsonl");
   for (int i = 0; i < 40; i++) {
@@ -535,7 +535,10 @@ TEST(Prepare, DocumentsStartWithTheBosTransformersPuts) {
     const DocumentCut cut = document_cut(out + "/train_000.bin", false);
     EXPECT_EQ(cut.sep, int32_t(tok->eot()));
     EXPECT_EQ(cut.after, c.bos);
-    EXPECT_EQ(ChatTemplate().prompt_ids(*shard_tok, docs[0], "", false), ref["ids"][0].get<std::vector<uint32_t>>());
+    for (size_t k = 0; k < docs.size(); k++)  // the shard directory's tokenizer is the model directory's
+      EXPECT_EQ(ChatTemplate().prompt_ids(*shard_tok, docs[k], "", false), ref["ids"][k].get<std::vector<uint32_t>>()) << k;
+    // a mistral model's config.json decides how transformers reads its tokenizer.json: kept there
+    EXPECT_EQ(tokenizer_info(out).model_type, c.name == "sp_hf_file" ? "mistral" : "");
   }
   // a description whose BOS is no token of its tokenizer
   const std::string desc = d / "gpt2/frugal_tokenizer.json";

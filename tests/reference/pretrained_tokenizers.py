@@ -21,7 +21,8 @@ the Python packages the models' tokenizers come from, and their ids.
                                       its conversion to tokenizer.json (byte fallback), class
                                       LlamaTokenizer (legacy false), TinyLlama's chat template
       OUT_DIR/sp_hf_legacy/           the same, legacy true, Llama 2's chat template
-      OUT_DIR/sp_hf_file/             the same with no class (the file's own pipeline), Mistral's template
+      OUT_DIR/sp_hf_file/             the same with a config.json of model_type mistral (the file's
+                                      own pipeline), Mistral's template
       OUT_DIR/cl100k.tiktoken         a tiktoken rank file (the llama3 vocabulary's bytes in merge
                                       order), for tiktoken's cl100k pattern
   python pretrained_tokenizers.py ids KIND PATH IN.json OUT.json    strings -> id lists
@@ -159,10 +160,10 @@ def train(corpus, out):
     # as a Hugging Face model directory holds it (Llama 2, Mistral, TinyLlama): tokenizer.model and
     # its conversion to a tokenizer.json (BPE with byte fallback, as transformers' LlamaConverter
     # wrote them: the legacy Prepend + Replace normalizer, <s> first), with a chat template
-    for name, cls, legacy, template in [("sp_hf", "LlamaTokenizer", False, chat_templates.ZEPHYR),
-                                        ("sp_hf_legacy", "LlamaTokenizerFast", True, chat_templates.LLAMA2),
-                                        ("sp_hf_file", None, None, chat_templates.MISTRAL)]:
-        sp_hf(f"{out}/sp/tokenizer.model", f"{out}/{name}", cls, legacy, template)
+    for name, legacy, model_type, template in [("sp_hf", False, None, chat_templates.ZEPHYR),
+                                               ("sp_hf_legacy", True, None, chat_templates.LLAMA2),
+                                               ("sp_hf_file", None, "mistral", chat_templates.MISTRAL)]:
+        sp_hf(f"{out}/sp/tokenizer.model", f"{out}/{name}", legacy, model_type, template)
     # tokenizers that put a BOS before every text: Llama 3's post_processor (ByteLevel, then a
     # template starting with <|begin_of_text|>), and Llama 2's tokenizer_config.json (add_bos_token)
     shutil.copytree(f"{out}/llama3", f"{out}/llama3_bos")
@@ -185,9 +186,10 @@ def train(corpus, out):
 # A Hugging Face directory of a SentencePiece BPE model: tokenizer.model, its tokenizer.json as
 # the hub's Llama 2 / TinyLlama / Mistral files are (vocabulary and merges by score, the 256 byte
 # tokens, <unk> <s> </s> added, the Prepend + Replace normalizer, <s> before a text) and a
-# tokenizer_config.json naming the class (transformers 5's LlamaTokenizer then reads only the
-# vocabulary and merges, with Metaspace by "legacy"; no class: the file as it is).
-def sp_hf(model, out, cls, legacy, template):
+# tokenizer_config.json naming the class LlamaTokenizer (transformers 5's LlamaTokenizer then reads
+# only the vocabulary and merges, with Metaspace by "legacy"), and a config.json with the
+# model_type where given (mistral: transformers 5 reads the file as it is).
+def sp_hf(model, out, legacy, model_type, template):
     from tokenizers import AddedToken, Tokenizer, decoders, normalizers, processors
     from tokenizers.models import BPE
     from transformers.convert_slow_tokenizer import generate_merges, import_protobuf
@@ -205,10 +207,12 @@ def sp_hf(model, out, cls, legacy, template):
     t.save(f"{out}/tokenizer.json")
     shutil.copy(model, f"{out}/tokenizer.model")
     config = {"add_bos_token": True, "add_eos_token": False, "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
-              "chat_template": template}
-    if cls:
-        config.update({"tokenizer_class": cls, "legacy": legacy})
+              "tokenizer_class": "LlamaTokenizer", "chat_template": template}
+    if legacy is not None:
+        config["legacy"] = legacy
     json.dump(config, open(f"{out}/tokenizer_config.json", "w"))
+    if model_type:
+        json.dump({"model_type": model_type}, open(f"{out}/config.json", "w"))
 
 
 def bytes_to_unicode():
