@@ -188,6 +188,14 @@ static int cmd_export(const std::string& from, const std::string& out, int64_t m
       }
   }
   std::string tok_note = tokenizer_files.empty() ? "" : fmt::format(", {} from the data", fmt::join(tokenizer_files, ", "));
+  // a Mistral model's tokenizer is read by transformers 5 as the model type says (see load_hf_tokenizer)
+  const bool mistral = !file && c.family == Family::llama && !c.attention_bias && [&] {
+    try {
+      return tokenizer_info(data_dir(w.cfg)).model_type == "mistral";
+    } catch (const UserError&) {
+      return false;  // the data is gone: the weights still export
+    }
+  }();
   SpecialIds ids;  // GPT-2's end of text for a GPT-2 model alone; a run's from its data
   std::string ids_note;
   if (file && c.family == Family::gpt2 && c.vocab_size == kGpt2Vocab) ids = {{kGpt2Eot}, {kGpt2Eot}};
@@ -205,10 +213,11 @@ static int cmd_export(const std::string& from, const std::string& out, int64_t m
   if (merge) model->merge_lora();
   const int files = save_model_dir(out, *model, max_shard_bytes);
   tok_note += ids_note;
-  save_hf_config(out + "/config.json", c, ids);
+  save_hf_config(out + "/config.json", c, ids, mistral);
   fmt::print("export: {}{} -> {}/{}, {}/config.json ({}){}\n", source, merge ? " merged into its base" : "", out,
              files == 1 ? "model.safetensors" : fmt::format("model.safetensors.index.json and {} shards", files), out,
-             c.family == Family::gpt2 ? "GPT2LMHeadModel" : c.sliding_window > 0 ? "MistralForCausalLM" : "LlamaForCausalLM",
+             c.family == Family::gpt2                  ? "GPT2LMHeadModel"
+             : c.sliding_window > 0 || mistral ? "MistralForCausalLM" : "LlamaForCausalLM",
              tok_note);
   return 0;
 }

@@ -227,7 +227,9 @@ std::vector<std::string> model_overrides(const ModelConfig& m);
 struct SpecialIds {
   std::vector<int64_t> bos, eos;
 };
-// transformers' config.json for a GPT2LMHeadModel or LlamaForCausalLM of this shape (atomically).
-void save_hf_config(const std::string& path, const ModelConfig& c, const SpecialIds& ids);
+// transformers' config.json for a GPT2LMHeadModel or LlamaForCausalLM of this shape (atomically);
+// MistralForCausalLM for a sliding window, or with `mistral` (a Mistral model's tokenizer, which
+// transformers 5 reads by the model type) where the shape allows it (no q/k/v biases).
+void save_hf_config(const std::string& path, const ModelConfig& c, const SpecialIds& ids, bool mistral = false);
 
 }  // namespace frugal

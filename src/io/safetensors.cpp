@@ -526,13 +526,13 @@ ModelConfig read_hf_config(const std::string& path) {
   return c;
 }
 
-static json llama_hf_config(const ModelConfig& c) {
+static json llama_hf_config(const ModelConfig& c, bool mistral) {
   const RopeScaling& r = c.rope_scaling;
   json rope = {{"rope_type", "default"}, {"rope_theta", c.rope_theta}};  // transformers 5's form
   if (r.factor > 0)
     rope = {{"rope_type", "llama3"}, {"rope_theta", c.rope_theta}, {"factor", r.factor}, {"low_freq_factor", r.low_freq_factor},
             {"high_freq_factor", r.high_freq_factor}, {"original_max_position_embeddings", r.original_context}};
-  const bool mistral = c.sliding_window > 0;  // LlamaForCausalLM has no window
+  mistral = c.sliding_window > 0 || (mistral && !c.attention_bias);  // LlamaForCausalLM has no window
   json j = {{"architectures", {mistral ? "MistralForCausalLM" : "LlamaForCausalLM"}},
             {"model_type", mistral ? "mistral" : "llama"},
             {"vocab_size", c.vocab_size},
@@ -554,14 +554,14 @@ static json llama_hf_config(const ModelConfig& c) {
             {"use_cache", true},
             {"torch_dtype", "float32"}};
   if (mistral) {
-    j["sliding_window"] = c.sliding_window;
+    j["sliding_window"] = c.sliding_window > 0 ? json(c.sliding_window) : json();
     for (const char* k : {"attention_bias", "mlp_bias"}) j.erase(k);  // Mistral has neither
   }
   return j;
 }
 
-void save_hf_config(const std::string& path, const ModelConfig& c, const SpecialIds& ids) {
-  json j = c.family == Family::llama ? llama_hf_config(c) : json{
+void save_hf_config(const std::string& path, const ModelConfig& c, const SpecialIds& ids, bool mistral) {
+  json j = c.family == Family::llama ? llama_hf_config(c, mistral) : json{
             {"architectures", {"GPT2LMHeadModel"}},
             {"model_type", "gpt2"},
             {"vocab_size", c.vocab_size},

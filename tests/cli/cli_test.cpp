@@ -641,6 +641,44 @@ TEST_F(Cli, PrepareTrainSampleWithGpt2AndTrainedTokenizers) {
   EXPECT_FALSE(std::filesystem::exists(*dir_ / "sdata2/train_000.bin"));
 }
 
+// A Mistral-Instruct directory's tokenizer (its SentencePiece model converted to a byte-fallback
+// tokenizer.json; config.json's model_type mistral, for which transformers 5 reads the file's own
+// pipeline): prepare renders the records in its chat template, and export writes
+// MistralForCausalLM (sliding_window null, as v0.2 has it), so that transformers reads the
+// exported tokenizer as the data was prepared: the same ids for a conversation.
+TEST_F(Cli, MistralTokenizerExportsAsMistral) {
+  std::ofstream(*dir_ / "kjv.txt") << kjv_text();
+  ASSERT_TRUE(test::run_reference("pretrained_tokenizers.py", "train " + d() + "/kjv.txt " + d() + "/fx"));
+  {
+    std::ofstream f(*dir_ / "mchat.jsonl");
+    for (int i = 0; i < 300; i++)
+      f << nlohmann::json({{"messages", {{{"role", "user"}, {"content", fmt::format("Who begat {}?", i)}},
+                                         {{"role", "assistant"}, {"content", "Seth."}},
+                                         {{"role", "user"}, {"content", "And then?"}},
+                                         {{"role", "assistant"}, {"content", "Enos."}}}}}).dump() << "\n";
+  }
+  Result p = run("prepare --format jsonl mchat.jsonl --tokenizer fx/sp_hf_file --out mdata --val-docs 20", d());
+  ASSERT_EQ(p.code, 0) << p.out;
+  EXPECT_NE(p.out.find("chat_template"), std::string::npos) << p.out;
+  Result t = run("train --model.preset=llama-tiny --model.vocab_size=2000 --data.train=mdata/train_*.bin "
+                 "--data.val=mdata/val_*.bin --train.steps=1 --train.seq_len=64 --train.micro_batch=2 --run.dir=mrun", d());
+  ASSERT_EQ(t.code, 0) << t.out;
+  Result x = run("export mrun --out mrun_hf", d());
+  ASSERT_EQ(x.code, 0) << x.out;
+  EXPECT_NE(x.out.find("(MistralForCausalLM)"), std::string::npos) << x.out;
+  const auto config = nlohmann::json::parse(read_whole_file(*dir_ / "mrun_hf/config.json"));
+  EXPECT_EQ(config["model_type"], "mistral");
+  EXPECT_TRUE(config["sliding_window"].is_null());
+  const std::string text = "<s>[INST] Who begat Enos? [/INST]Seth.</s>[INST] And then? [/INST]";
+  std::ofstream(*dir_ / "mtext.txt") << text;
+  ASSERT_TRUE(test::run_reference("hf_reference.py", "tokenizer " + d() + "/mrun_hf " + d() + "/mtext.txt " + d() + "/mids.txt"));
+  std::vector<uint32_t> want, got;
+  load_tokenizer(*dir_ / "mdata")->encode(text, want);
+  std::ifstream ids(*dir_ / "mids.txt");
+  for (uint32_t id; ids >> id;) got.push_back(id);
+  EXPECT_EQ(got, want);
+}
+
 // Hostile use that once lost or corrupted work, or crashed: each is one clear line now, and the
 // run directory keeps what it had.
 TEST_F(Cli, HostileRunsLoseNothing) {
