@@ -342,7 +342,7 @@ class HfTokenizer final : public Tokenizer {
       return;
     }
     const json n = j.value("normalizer", json()), p = j.value("pre_tokenizer", json());
-    const std::string space = "\u2581";
+    const std::string space(kSpace);
     auto is = [](const json& x, const char* type) { return x.is_object() && x.value("type", "") == type; };
     auto replaces_spaces = [&](const json& r) {
       return is(r, "Replace") && r.value("pattern", json()) == json{{"String", " "}} && r.value("content", "") == space;
@@ -380,7 +380,7 @@ class HfTokenizer final : public Tokenizer {
       return std::string(1, char(std::stoi(text.substr(3, 2), nullptr, 16)));
     std::string s;
     for (size_t i = 0; i < text.size(); i++) {
-      if (text.compare(i, 3, "\u2581") == 0) { s += ' '; i += 2; }
+      if (text.compare(i, kSpace.size(), kSpace) == 0) { s += ' '; i += kSpace.size() - 1; }
       else s += text[i];
     }
     return s;
@@ -398,37 +398,68 @@ class HfTokenizer final : public Tokenizer {
       uint32_t cp;
       const auto* s = reinterpret_cast<const unsigned char*>(text.data());
       if (!text.empty() && utf8_at(s, 0, text.size(), cp) == text.size()) char_id_[cp] = id;
+      for (size_t i = 1; i < text.size() && !crosses_spaces_; i++) crosses_spaces_ = run_starts(text, i);
     }
     for (uint32_t rank = 0; rank < merges.size(); rank++)
       pairs_.emplace(uint64_t(merges[rank][0]) << 32 | merges[rank][1], std::make_pair(rank, merges[rank][2]));
   }
 
   // The text between two added tokens (`first`: at the start of the text encoded): spaces written
-  // "▁", the prefix where prefix_ puts one, then BPE over its characters, as tokenizers'
-  // BPE merges a word: the pair of lowest rank first, the leftmost of equals, until none merges;
-  // the whole text is one word (Metaspace's split false), so merging keeps a heap of candidate
-  // pairs and a linked list of symbols: O(n log n).
+  // ▁, the prefix where prefix_ puts one, then merged as one word (Metaspace's split false).
+  // Where no token holds ▁ after another character (SentencePiece's split_by_whitespace, Llama's),
+  // no merge crosses the start of a ▁ run, so the text is merged a word at a time, with the same
+  // result, and words seen before come from a cache.
   void encode_fallback(std::string_view part, bool first, std::vector<uint32_t>& out) {
     if (part.empty()) return;
-    const bool spaced = part[0] == ' ' || part.starts_with("\u2581");
+    const bool spaced = part[0] == ' ' || part.starts_with(kSpace);
     const bool prefix = prefix_ == Prefix::prepend ||
                         (!spaced && (prefix_ == Prefix::always || (prefix_ == Prefix::first && first)));
+    text_.clear();
+    if (prefix) text_ += kSpace;
+    for (char c : part) {
+      if (c == ' ') text_ += kSpace;
+      else text_ += c;
+    }
+    if (crosses_spaces_) return merge_word(text_, out);
+    const std::string_view t = text_;
+    for (size_t start = 0, i = 1; start < t.size(); i++) {
+      if (i < t.size() && !run_starts(t, i)) continue;  // a word ends where a ▁ run starts
+      const std::string_view word = t.substr(start, i - start);
+      start = i;
+      if (word.size() > 64) { merge_word(word, out); continue; }
+      auto it = cache_.find(std::string(word));
+      if (it == cache_.end()) {
+        if (cache_.size() > (1 << 18)) cache_.clear();
+        std::vector<uint32_t> ids;
+        merge_word(word, ids);
+        it = cache_.emplace(std::string(word), std::move(ids)).first;
+      }
+      out.insert(out.end(), it->second.begin(), it->second.end());
+    }
+  }
+
+  // Whether a ▁ run starts at byte i > 0 of t: ▁ there, another character before it.
+  static bool run_starts(std::string_view t, size_t i) {
+    const size_t n = kSpace.size();
+    return t.compare(i, n, kSpace) == 0 && !(i >= n && t.compare(i - n, n, kSpace) == 0);
+  }
+
+  // BPE over a word's characters, as tokenizers' BPE merges a word: the pair of lowest rank
+  // first, the leftmost of equals, until none merges; a character with no token is its bytes'
+  // tokens, a byte that is not UTF-8 its own. A heap of candidate pairs and a linked list of
+  // symbols: O(n log n).
+  void merge_word(std::string_view word, std::vector<uint32_t>& out) {
     syms_.clear();
     auto push = [&](uint32_t id) { syms_.push_back({id, int32_t(syms_.size()) - 1, int32_t(syms_.size()) + 1}); };
-    auto push_char = [&](uint32_t cp, const unsigned char* bytes, size_t len) {  // its token, else its bytes'
+    const auto* s = reinterpret_cast<const unsigned char*>(word.data());
+    for (size_t i = 0; i < word.size();) {
+      uint32_t cp;
+      const size_t len = utf8_at(s, i, word.size(), cp);
+      if (len == 0) { push(byte_id_[s[i++]]); continue; }  // not UTF-8: the byte's token
       auto it = char_id_.find(cp);
       if (it != char_id_.end()) push(it->second);
-      else for (size_t k = 0; k < len; k++) push(byte_id_[bytes[k]]);
-    };
-    static constexpr unsigned char kSpace[3] = {0xE2, 0x96, 0x81};  // U+2581
-    if (prefix) push_char(0x2581, kSpace, 3);
-    const auto* s = reinterpret_cast<const unsigned char*>(part.data());
-    for (size_t i = 0; i < part.size();) {
-      uint32_t cp;
-      const size_t len = utf8_at(s, i, part.size(), cp);
-      if (len == 0) push(byte_id_[s[i++]]);  // not UTF-8: the byte's token
-      else if (cp == ' ') push_char(0x2581, kSpace, 3), i++;
-      else push_char(cp, s + i, len), i += len;
+      else for (size_t k = 0; k < len; k++) push(byte_id_[s[i + k]]);
+      i += len;
     }
     syms_.back().next = -1;
     // candidates: (rank, position of the left symbol, merged id); stale ones are skipped
@@ -491,6 +522,10 @@ class HfTokenizer final : public Tokenizer {
   bool fallback_ = false;
   Prefix prefix_ = Prefix::never;
   bool strip_ = false;  // decode drops the text's first character where it is a space
+  static constexpr std::string_view kSpace = "\u2581";  // Metaspace's replacement of a space
+  bool crosses_spaces_ = false;  // a token holds ▁ after another character
+  std::string text_;             // encode's text with its spaces replaced
+  std::unordered_map<std::string, std::vector<uint32_t>> cache_;  // a word's ids
   std::unordered_map<uint32_t, uint32_t> char_id_;  // a code point's token
   std::array<uint32_t, 256> byte_id_{};             // <0xXX>
   std::unordered_map<uint64_t, std::pair<uint32_t, uint32_t>> pairs_;  // (left, right) -> (rank, merged)

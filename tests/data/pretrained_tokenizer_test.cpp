@@ -277,6 +277,21 @@ TEST(HfTokenizer, ByteFallbackEqualsTransformers) {
     expect_reference_corpus(*tok, "auto", fixture(name));
     EXPECT_FALSE(ChatTemplate::of(fixture(name), *tok).plain());
   }
+  // a vocabulary with a token that holds ▁ after another character ("e▁t", merged last): merged
+  // whole, not a word at a time (against tokenizers on the file, whose pipeline it is)
+  {
+    test::TempDir d;
+    json j = json::parse(read_whole_file(fixture("sp_hf_file/tokenizer.json")));
+    j["model"]["vocab"]["e\u2581t"] = 2000;
+    j["model"]["merges"].push_back(json::array({"e", "\u2581t"}));
+    std::ofstream(d / "tokenizer.json") << j.dump();
+    auto crossing = load_hf_tokenizer(d / "tokenizer.json");
+    std::vector<std::string> with = strings;
+    for (int i = 0; i < 50; i++) with.push_back(fmt::format("the tree {} #e t# xe t", i));
+    expect_reference_ids(*crossing, "hf", d / "tokenizer.json", with, RoundTrip::none);
+    const std::vector<uint32_t> tree = encode(*crossing, "#e t#");  // the piece is used
+    EXPECT_NE(std::find(tree.begin(), tree.end(), 2000u), tree.end());
+  }
   // decode: the text back, less the one space the prefix made (transformers' decoder strips it);
   // a continuation keeps its first space, as transformers decodes it after its context (and
   // sentencepiece, whose decoder strips the same space)
