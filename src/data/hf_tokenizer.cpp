@@ -127,8 +127,8 @@ class HfTokenizer final : public Tokenizer {
       bad("model.dropout", model["dropout"], "null");
     for (const char* f : {"continuing_subword_prefix", "end_of_word_suffix"})
       if (model.contains(f) && !model[f].is_null() && model[f] != "") bad(std::string("model.") + f, model[f], "null");
-    read_config();
     fallback_ = model.value("byte_fallback", false);
+    read_config();
     SplitPattern split = SplitPattern::gpt2;
     if (fallback_) {
       read_fallback_pipeline(j);
@@ -275,8 +275,8 @@ class HfTokenizer final : public Tokenizer {
     return split;
   }
 
-  // tokenizer_config.json beside the file, if it is there, into config_; config.json's model_type,
-  // unless given.
+  // tokenizer_config.json beside the file, if it is there, into config_; for byte fallback
+  // config.json's model_type, unless given.
   void read_config() {
     const std::filesystem::path dir = std::filesystem::path(path_).parent_path();
     auto object = [](const std::string& file) {
@@ -284,7 +284,7 @@ class HfTokenizer final : public Tokenizer {
       if (j.is_discarded() || !j.is_object()) user_error("{}: not a JSON object", file);
       return j;
     };
-    if (model_type_.empty() && std::filesystem::exists(dir / "config.json")) {
+    if (fallback_ && model_type_.empty() && std::filesystem::exists(dir / "config.json")) {
       const json t = object((dir / "config.json").string()).value("model_type", json());
       if (t.is_string()) model_type_ = t;
     }
