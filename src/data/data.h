@@ -184,9 +184,14 @@ class Tokenizer {
   // transformers reads it (see load_hf_tokenizer); empty for the others.
   virtual std::string model_type() const { return {}; }
   // Whether text cut after a '\n' that stands between two printable ASCII characters encodes,
-  // piece by piece, to the whole text's ids (true of the split regexes here; not of a
-  // SentencePiece model with a dummy prefix). prepare cuts long documents there.
+  // piece by piece (the first by encode, the rest by encode_rest), to the whole text's ids (true
+  // of the split regexes here and of a byte-fallback tokenizer.json whose tokens hold no '\n'
+  // before their end; not of a SentencePiece model with a dummy prefix). prepare cuts long
+  // documents there.
   virtual bool cuts_at_lines() const { return true; }
+  // Appends the ids of text that continues a text encoded before it, cut there by prepare (see
+  // cuts_at_lines): a byte-fallback tokenizer.json puts no "▁" before it.
+  virtual void encode_rest(std::string_view text, std::vector<uint32_t>& out) { encode(text, out); }
 
  protected:
   int64_t bos_prefix_ = -1;
@@ -234,15 +239,15 @@ std::unique_ptr<Tokenizer> make_tiktoken_tokenizer(const std::string& path, cons
 // a UserError naming the file and the field. Byte-level, so decode(encode(s)) == s, and with NFC
 // for text that is NFC already.
 // A BPE model with byte_fallback (a SentencePiece model converted: Llama 2, TinyLlama, Mistral) is
-// read as transformers 5 reads it: with tokenizer_config.json's tokenizer_class LlamaTokenizer(Fast)
+// read as transformers 5 reads it. With tokenizer_config.json's tokenizer_class LlamaTokenizer(Fast)
 // (unless config.json's model_type is mistral or mixtral, for which transformers 5 registers its
-// generic backend) only the vocabulary, merges and added tokens, the text between added tokens written with
-// "▁" for spaces and one before it (its "legacy": at the start of the text only, or after
-// every added token; "add_prefix_space": false: never) unless it starts with a space; without
-// that class the file's Prepend + Replace normalizer or Metaspace pre-tokenizer (split false).
-// Then BPE over its characters, a character with no token as its UTF-8 bytes' <0xXX> tokens (a
-// byte that is not UTF-8 as its own); decode drops the leading space the prefix made. In a
-// shard directory: tokenizer.json (and tokenizer_config.json, chat_template.jinja).
+// generic backend): only the vocabulary, merges and added tokens; the text between added tokens
+// is written with "▁" for spaces and one "▁" before it (its "legacy": at the start of the text
+// only, or after every added token; "add_prefix_space": false: never) unless it starts with a
+// space. Without that class: the file's Prepend + Replace normalizer or Metaspace pre-tokenizer
+// (split false). Then BPE over its characters, a character with no token as its UTF-8 bytes'
+// <0xXX> tokens (a byte that is not UTF-8 as its own); decode drops the leading space the prefix
+// made. In a shard directory: tokenizer.json (and tokenizer_config.json, chat_template.jinja).
 // model_type: config.json's model_type (empty: that of the config.json beside the file, if any).
 std::unique_ptr<Tokenizer> load_hf_tokenizer(const std::string& path, const std::string& model_type = "");
 

@@ -43,10 +43,7 @@ class HfTokenizer final : public Tokenizer {
   // between them normalised, the normalized added tokens found in that, and the rest split and
   // merged.
   void encode(std::string_view text, std::vector<uint32_t>& out) override {
-    if (fallback_) {
-      split_added(raw_, text, out, [&](std::string_view part) { encode_fallback(part, part.data() == text.data(), out); });
-      return;
-    }
+    if (fallback_) return encode_parts(text, false, out);
     split_added(raw_, text, out, [&](std::string_view part) {
       if (nfc_) {
         normalized_.clear();
@@ -68,7 +65,13 @@ class HfTokenizer final : public Tokenizer {
     if (strip_ && !s.empty() && s[0] == ' ') s.erase(0, 1);  // the decoder's Strip of the prefix
     return s;
   }
-  bool cuts_at_lines() const override { return !fallback_; }  // a line would get the prefix
+  // a byte-fallback text cut after a '\n' merges as the whole where no token holds '\n' before
+  // its last byte, and its rest is encoded with no prefix
+  bool cuts_at_lines() const override { return !fallback_ || !crosses_lines_; }
+  void encode_rest(std::string_view text, std::vector<uint32_t>& out) override {
+    if (fallback_) return encode_parts(text, true, out);
+    encode(text, out);
+  }
 
   void save_files(const std::string& dir) const override {
     std::string jinja = (std::filesystem::path(path_).parent_path() / kChatTemplateFile).string();
@@ -399,21 +402,32 @@ class HfTokenizer final : public Tokenizer {
       const auto* s = reinterpret_cast<const unsigned char*>(text.data());
       if (!text.empty() && utf8_at(s, 0, text.size(), cp) == text.size()) char_id_[cp] = id;
       for (size_t i = 1; i < text.size() && !crosses_spaces_; i++) crosses_spaces_ = run_starts(text, i);
+      crosses_lines_ |= text.find('\n') < text.size() - 1;
     }
     for (uint32_t rank = 0; rank < merges.size(); rank++)
       pairs_.emplace(uint64_t(merges[rank][0]) << 32 | merges[rank][1], std::make_pair(rank, merges[rank][2]));
   }
 
-  // The text between two added tokens (`first`: at the start of the text encoded): spaces written
+  // Byte fallback: the added tokens, and the text between them; `rest`: text continues a text
+  // before it (no prefix at its start).
+  void encode_parts(std::string_view text, bool rest, std::vector<uint32_t>& out) {
+    split_added(raw_, text, out, [&](std::string_view part) {
+      const bool start = part.data() == text.data();
+      encode_fallback(part, start && !rest, start && rest, out);
+    });
+  }
+
+  // The text between two added tokens (`first`: at the start of the text encoded; `continues`:
+  // at the start of a text's rest, which gets no prefix): spaces written
   // ▁, the prefix where prefix_ puts one, then merged as one word (Metaspace's split false).
   // Where no token holds ▁ after another character (SentencePiece's split_by_whitespace, Llama's),
   // no merge crosses the start of a ▁ run, so the text is merged a word at a time, with the same
   // result, and words seen before come from a cache.
-  void encode_fallback(std::string_view part, bool first, std::vector<uint32_t>& out) {
+  void encode_fallback(std::string_view part, bool first, bool continues, std::vector<uint32_t>& out) {
     if (part.empty()) return;
     const bool spaced = part[0] == ' ' || part.starts_with(kSpace);
-    const bool prefix = prefix_ == Prefix::prepend ||
-                        (!spaced && (prefix_ == Prefix::always || (prefix_ == Prefix::first && first)));
+    const bool prefix = !continues && (prefix_ == Prefix::prepend ||
+                                       (!spaced && (prefix_ == Prefix::always || (prefix_ == Prefix::first && first))));
     text_.clear();
     if (prefix) text_ += kSpace;
     for (char c : part) {
@@ -524,6 +538,7 @@ class HfTokenizer final : public Tokenizer {
   bool strip_ = false;  // decode drops the text's first character where it is a space
   static constexpr std::string_view kSpace = "\u2581";  // Metaspace's replacement of a space
   bool crosses_spaces_ = false;  // a token holds ▁ after another character
+  bool crosses_lines_ = false;   // a token holds '\n' before its last byte
   std::string text_;             // encode's text with its spaces replaced
   std::unordered_map<std::string, std::vector<uint32_t>> cache_;  // a word's ids
   std::unordered_map<uint32_t, uint32_t> char_id_;  // a code point's token

@@ -660,7 +660,8 @@ PrepareStats prepare_corpus(const std::vector<std::string>& inputs, const std::s
       std::vector<uint32_t>& o = out[size_t(t)];
       if (!p.line) {
         e.bad_utf8 = !valid_utf8(text.data(), text.size());
-        toks[size_t(t)]->encode(text, o);
+        if (p.first) toks[size_t(t)]->encode(text, o);
+        else toks[size_t(t)]->encode_rest(text, o);  // the rest of a .txt document cut at a line
       }
       if (opt.instruct && !tmpl.plain()) {  // the text whole; a piece's tokens counted as TRL counts them
         std::string whole;

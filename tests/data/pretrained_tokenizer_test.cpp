@@ -324,6 +324,43 @@ TEST(HfTokenizer, ByteFallbackEqualsTransformers) {
   }
 }
 
+// A long .txt document with a byte-fallback tokenizer is cut at lines into pieces of about 1 MB,
+// each but the first encoded with no prefix: the shards hold the ids transformers gives the whole
+// text, after the BOS and before the end of text.
+TEST(Prepare, ByteFallbackCutsALongDocumentAtLines) {
+  test::TempDir d;
+  std::ofstream(d / "small.txt") << "A short one.";
+  for (const char* name : {"sp_hf", "sp_hf_legacy", "sp_hf_file"}) {
+    SCOPED_TRACE(name);
+    auto tok = load_pretrained_tokenizer(fixture(name));
+    EXPECT_TRUE(tok->cuts_at_lines());
+    CorpusOptions o;
+    o.val_docs = 1;
+    TokenizerOptions topt;
+    topt.pretrained = fixture(name);
+    prepare_corpus({fixtures() / "kjv.txt", d / "small.txt"}, d / name, o, topt);
+    ASSERT_TRUE(test::run_reference("pretrained_tokenizers.py", "text auto " + fixture(name) + " " + fixtures() / "kjv.txt " + d / "ref.bin"));
+    const std::string ref = read_whole_file(d / "ref.bin");
+    std::vector<uint32_t> want(ref.size() / 4 + 2);
+    want[0] = 1;  // <s>
+    std::memcpy(want.data() + 1, ref.data(), ref.size());
+    want.back() = tok->eot();
+    auto read = [&](const std::string& f) {
+      TokenShard s(d / name + "/" + f, 0);
+      std::vector<uint32_t> v;
+      for (int64_t i = 0; i < s.size(); i++) v.push_back(s[i]);
+      return v;
+    };
+    std::vector<uint32_t> train = read("train_000.bin"), val = read("val_000.bin");
+    if (train.size() < val.size()) std::swap(train, val);  // whichever the seed drew
+    ASSERT_GT(train.size(), 1'000'000u);
+    size_t first = 0;
+    while (first < want.size() && first < train.size() && want[first] == train[first]) first++;
+    EXPECT_EQ(first, want.size()) << "first difference at token " << first;
+    EXPECT_EQ(train.size(), want.size());
+  }
+}
+
 // Bad byte-fallback files and configs: one line naming the file and the field.
 TEST(HfTokenizer, ByteFallbackFilesFrugalCannotReadAreUserErrors) {
   test::TempDir d;
