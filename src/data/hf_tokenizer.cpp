@@ -322,14 +322,13 @@ class HfTokenizer final : public Tokenizer {
 
   // Where "▁" goes before the text between two added tokens, and whether decode strips the
   // space it makes. transformers 5's LlamaTokenizer (tokenizer_config.json's tokenizer_class
-  // LlamaTokenizer or LlamaTokenizerFast, as those models name it; for config.json's model_type
-  // mistral and mixtral transformers 5 registers its generic backend, which reads the file as it
-  // is) ignores the file's normalizer,
-  // pre-tokenizer and decoder: Metaspace(prepend_scheme "first", or "always" with "legacy": true,
-  // "never" with "add_prefix_space": false), split false, the decoder stripping one space where
-  // it prepends. Any other class reads the file's own: a Prepend("▁") + Replace(" ",
-  // "▁") normalizer (older conversions: every text between added tokens gets "▁"), or a
-  // Metaspace pre-tokenizer; its decoder's Strip.
+  // LlamaTokenizer or LlamaTokenizerFast, as those models name it) ignores the file's
+  // normalizer, pre-tokenizer and decoder: Metaspace(prepend_scheme "first", or "always" with
+  // "legacy": true, "never" with "add_prefix_space": false), split false, the decoder stripping
+  // one space where it prepends. For config.json's model_type mistral and mixtral transformers 5
+  // registers its generic backend instead, which, like any other class, reads the file's own
+  // pipeline: a Prepend("▁") + Replace(" ", "▁") normalizer (older conversions: every text
+  // between added tokens gets "▁"), or a Metaspace pre-tokenizer; its decoder's Strip.
   void read_fallback_pipeline(const json& j) {
     const json cls = config_.is_object() ? config_.value("tokenizer_class", json()) : json();
     if ((cls == "LlamaTokenizer" || cls == "LlamaTokenizerFast") && model_type_ != "mistral" && model_type_ != "mixtral") {
@@ -418,11 +417,11 @@ class HfTokenizer final : public Tokenizer {
   }
 
   // The text between two added tokens (`first`: at the start of the text encoded; `continues`:
-  // at the start of a text's rest, which gets no prefix): spaces written
-  // ▁, the prefix where prefix_ puts one, then merged as one word (Metaspace's split false).
-  // Where no token holds ▁ after another character (SentencePiece's split_by_whitespace, Llama's),
-  // no merge crosses the start of a ▁ run, so the text is merged a word at a time, with the same
-  // result, and words seen before come from a cache.
+  // at the start of a text's rest, which gets no prefix): spaces written ▁, the prefix where
+  // prefix_ puts one, then merged as one word (Metaspace's split false). Where no token holds ▁
+  // after another character (SentencePiece's split_by_whitespace, Llama's), no merge crosses the
+  // start of a ▁ run, so the text is merged a word at a time, with the same result, and words
+  // seen before come from a cache.
   void encode_fallback(std::string_view part, bool first, bool continues, std::vector<uint32_t>& out) {
     if (part.empty()) return;
     const bool spaced = part[0] == ' ' || part.starts_with(kSpace);
