@@ -272,7 +272,6 @@ TEST(HfTokenizer, ByteFallbackEqualsTransformers) {
     EXPECT_EQ(tok->vocab_size(), 2000);
     EXPECT_EQ(tok->eot(), 2u);          // </s>
     EXPECT_EQ(tok->bos_prefix(), 1);    // <s>, the post-processor's
-    EXPECT_FALSE(tok->cuts_at_lines());  // a line would get the prefix
     expect_reference_ids(*tok, "auto", fixture(name), strings, RoundTrip::none);
     expect_reference_corpus(*tok, "auto", fixture(name));
     EXPECT_FALSE(ChatTemplate::of(fixture(name), *tok).plain());
