@@ -10,8 +10,12 @@
 // 2e-3 (one rounding of the stored result each way, as in tests/backend/kernels_test.cpp);
 // training losses, step by step for 12 steps, 5e-4 (fp32), 2e-2 (bf16), 1e-2 (fp16) relative.
 #include <cuda_runtime.h>
+#if !defined(FRUGAL_CUDA_EMU)
+#include <cublasLt.h>
+#endif
 
 #include <array>
+#include <fstream>
 #include <cstring>
 #include <optional>
 
@@ -42,6 +46,24 @@ std::string no_device() {
   } while (0)
 
 double tol(DType d) { return d == DType::f32 ? 1e-5 : d == DType::bf16 ? 1e-2 : 2e-3; }
+
+#if !defined(FRUGAL_CUDA_EMU)
+// cuBLASLt is loaded when the backend first calls it (src/backend/cuda/cublaslt_loader.cpp), not
+// at start: a process that never uses the GPU does not pay its ~150 MB. No device needed (without
+// one the library answers cublasLtCreate with an error status). First in the file, so that no
+// other test of a whole-binary run has loaded it.
+TEST(CublasLt, LoadedOnFirstUse) {
+  auto mapped = [] {
+    std::ifstream maps("/proc/self/maps");
+    return std::string(std::istreambuf_iterator<char>(maps), {}).find("libcublasLt") != std::string::npos;
+  };
+  EXPECT_FALSE(mapped());
+  cublasLtHandle_t h = nullptr;
+  const cublasStatus_t st = cublasLtCreate(&h);
+  EXPECT_TRUE(mapped());
+  if (st == CUBLAS_STATUS_SUCCESS) EXPECT_EQ(cublasLtDestroy(h), CUBLAS_STATUS_SUCCESS);
+}
+#endif
 
 // n values in dtype d, in managed memory, made from fp32 values (rounded).
 struct Dev {
