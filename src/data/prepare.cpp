@@ -564,6 +564,7 @@ PrepareStats prepare_corpus(const std::vector<std::string>& inputs, const std::s
   head["tokenizer"] = {{"kind", to_string(tok->kind())}, {"vocab_size", tok->vocab_size()}, {"eot", eot},
                        {"pattern", tok->split_pattern()}};
   if (bos >= 0) head["tokenizer"]["bos_prefix"] = bos;
+  if (!tok->model_type().empty()) head["tokenizer"]["model_type"] = tok->model_type();
   head["options"] = {{"split", opt.val_every ? "chunks" : "documents"}, {"val_every", opt.val_every},
                      {"val_fraction", opt.val_fraction}, {"val_docs", opt.val_docs}, {"seed", opt.seed},
                      {"shard_tokens", opt.shard_tokens}, {"field", opt.field}, {"skip_bad_lines", opt.skip_bad_lines}};
