@@ -31,12 +31,13 @@ the Python packages the models' tokenizers come from, and their ids.
       OUT_DIR/llama3_bos/             llama3 with Llama 3's post_processor: <|begin_of_text|> before a text
       OUT_DIR/sp_bos/                 sp's tokenizer.model with Llama 2's tokenizer_config.json (add_bos_token)
   python pretrained_tokenizers.py documents DIR IN.json OUT.json
-      strings -> {"eos": id, "ids": [...]}: each string's ids (tokenizers with DIR's tokenizer.json,
-      else sentencepiece with its tokenizer.model) after what transformers' AutoTokenizer(DIR)
+      strings -> {"eos": id, "ids": [...]}: each string's ids (transformers' AutoTokenizer(DIR) with
+      a tokenizer.json, else sentencepiece with its tokenizer.model) after what AutoTokenizer(DIR)
       puts before a text (a BOS)
   python pretrained_tokenizers.py continue KIND PATH IN.json OUT.json
       [[context ids, ids], ...] -> the text of ids that continue the context (decode of both past
-      decode of the context; null where that is not a prefix: a character's bytes cut apart), KIND auto or sp
+      decode of the context; null where that is not a prefix: a character's bytes cut apart);
+      KIND auto or sp
   python pretrained_tokenizers.py render DIR IN.jsonl OUT.json
       instruction records in the plain template -> [{"ids": [...], "mask": [...]}] (see render())
   python pretrained_tokenizers.py chat DIR IN.jsonl OUT.json
@@ -46,9 +47,9 @@ auto (a directory: transformers' AutoTokenizer(PATH)(text, add_special_tokens=Fa
 tiktoken-cl100k / tiktoken-gpt2 (tiktoken.Encoding(...).encode_ordinary(text)).
 """
 import base64
-import shutil
 import json
 import os
+import shutil
 import sys
 
 import unicodedata
