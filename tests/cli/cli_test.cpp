@@ -49,6 +49,16 @@ class Cli : public ::testing::Test {
     EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << r.out;
     EXPECT_NE(r.out.find(needle), std::string::npos) << r.out;
   }
+  // transformers' AutoTokenizer ids of text, read from an exported directory (relative to d())
+  static std::vector<uint32_t> transformers_ids(const std::string& hf_dir, const std::string& text) {
+    std::ofstream(*dir_ / (hf_dir + ".txt")) << text;
+    EXPECT_TRUE(test::run_reference("hf_reference.py", "tokenizer " + d() + "/" + hf_dir + " " + d() + "/" + hf_dir +
+                                                           ".txt " + d() + "/" + hf_dir + ".ids"));
+    std::vector<uint32_t> ids;
+    std::ifstream in(*dir_ / (hf_dir + ".ids"));
+    for (uint32_t id; in >> id;) ids.push_back(id);
+    return ids;
+  }
   static test::TempDir* dir_;
 };
 test::TempDir* Cli::dir_ = nullptr;
@@ -628,13 +638,9 @@ TEST_F(Cli, PrepareTrainSampleWithGpt2AndTrainedTokenizers) {
   EXPECT_NE(x.out.find("tokenizer.model from the data"), std::string::npos) << x.out;
   EXPECT_EQ(read_whole_file(*dir_ / "slrun_hf/tokenizer.model"), read_whole_file(*dir_ / "sdata/tokenizer.model"));
   const std::string text = "In the beginning was the word, and the word was 3.";
-  std::ofstream(*dir_ / "text.txt") << text;
-  ASSERT_TRUE(test::run_reference("hf_reference.py", "tokenizer " + d() + "/slrun_hf " + d() + "/text.txt " + d() + "/ids.txt"));
-  std::vector<uint32_t> want, got;
+  std::vector<uint32_t> want;
   load_tokenizer(*dir_ / "sdata")->encode(text, want);
-  std::ifstream ids(*dir_ / "ids.txt");
-  for (uint32_t id; ids >> id;) got.push_back(id);
-  EXPECT_EQ(got, want);
+  EXPECT_EQ(transformers_ids("slrun_hf", text), want);
   expect_error("prepare corpus.txt --out sdata2 --train-tokenizer --vocab-size 100", "--vocab-size: expected at least 260");
   expect_error("prepare corpus.txt --out sdata2 --train-tokenizer --vocab-size 5000 --model-type unigram",
                "--vocab-size 5000: SentencePiece training failed");  // more pieces than the corpus has
@@ -670,13 +676,9 @@ TEST_F(Cli, MistralTokenizerExportsAsMistral) {
   EXPECT_EQ(config["model_type"], "mistral");
   EXPECT_TRUE(config["sliding_window"].is_null());
   const std::string text = "<s>[INST] Who begat Enos? [/INST]Seth.</s>[INST] And then? [/INST]";
-  std::ofstream(*dir_ / "mtext.txt") << text;
-  ASSERT_TRUE(test::run_reference("hf_reference.py", "tokenizer " + d() + "/mrun_hf " + d() + "/mtext.txt " + d() + "/mids.txt"));
-  std::vector<uint32_t> want, got;
+  std::vector<uint32_t> want;
   load_tokenizer(*dir_ / "mdata")->encode(text, want);
-  std::ifstream ids(*dir_ / "mids.txt");
-  for (uint32_t id; ids >> id;) got.push_back(id);
-  EXPECT_EQ(got, want);
+  EXPECT_EQ(transformers_ids("mrun_hf", text), want);
 }
 
 // Hostile use that once lost or corrupted work, or crashed: each is one clear line now, and the
