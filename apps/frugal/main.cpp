@@ -364,6 +364,17 @@ static int cmd_plan(const PlanArgs& a) {
     if (!b.seq_len) b.seq_len = cfg.train.seq_len;
     if (!b.batch_tokens) b.batch_tokens = cfg.train.batch_tokens;
     if (device.empty()) device = cfg.device.name;
+    if (cfg.data.document_mask) {  // the attention the documents of data.train need, over 256 windows
+      try {
+        const std::vector<std::string> shards = resolve_shards(cfg.data.train, "data.train");
+        DataLoader data(shards, cfg.model.vocab_size, 1, b.seq_len, cfg.train.seed, true);
+        const DocumentCut cut = document_cut(shards.front(), data.records());
+        data.set_documents(cut);
+        b.attention_span = attention_span(data, cut, std::min<int64_t>(256, data.num_windows()));
+      } catch (const UserError& e) {
+        fmt::print(stderr, "note: {}: data.document_mask: {}; attention counted over whole windows\n", a.config, e.what());
+      }
+    }
   }
   // LoRA / QLoRA fine-tuning: the flags over the config's [lora]
   if (a.lora_rank >= 0) b.model.lora.rank = a.lora_rank;

@@ -117,8 +117,8 @@ int64_t ModelConfig::num_params_no_wpe() const {
   return n;
 }
 
-double ModelConfig::flops_per_token(int T) const {
-  const double attention = 12.0 * n_layer * double(T) * n_embd, N = double(num_params_no_wpe());
+double ModelConfig::flops_per_token(double S) const {
+  const double attention = 12.0 * n_layer * S * n_embd, N = double(num_params_no_wpe());
   if (!lora.on()) return 6.0 * N + attention;
   // LoRA: the frozen base's forward and input gradients, no weight gradients (4N); per adapter
   // site 2r(in + rows) forward and 2r(4 in + 3 rows) backward (h recomputed, dB, dh, dA, dx)

@@ -469,15 +469,21 @@ RecomputePolicy RecomputePolicy::parse(const std::string& text, const std::strin
   user_error("{}: memory.recompute: expected none, selective, full or every:K (K >= 1), got '{}'", where, text);
 }
 
+std::vector<std::pair<int64_t, int64_t>> document_pieces(const int32_t* tokens, int B, int T, int32_t sep, bool after) {
+  std::vector<std::pair<int64_t, int64_t>> docs;
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t t = 0, start = 0; t < T; t++)
+      if (t == T - 1 || tokens[b * T + t + !after] == sep) {
+        docs.emplace_back(b * T + start, t + 1 - start);
+        start = t + 1;
+      }
+  return docs;
+}
+
 void Model::embed_forward(const int32_t* tokens, int B, int T) {
-  docs_.clear();  // the documents of this micro-batch: cut at each separator
+  docs_.clear();  // the documents of this micro-batch
   if (doc_sep_ >= 0 && decode_pos_ < 0 && kcache_.empty()) {
-    for (int64_t b = 0; b < B; b++)
-      for (int64_t t = 0, start = 0; t < T; t++)
-        if (t == T - 1 || tokens[b * T + t + !doc_after_] == doc_sep_) {
-          docs_.emplace_back(b * T + start, t + 1 - start);
-          start = t + 1;
-        }
+    docs_ = document_pieces(tokens, B, T, doc_sep_, doc_after_);
     if (docs_.size() == size_t(B)) docs_.clear();  // one a row: the rows whole
   }
   const Unit& u = units_[embedding_];

@@ -87,9 +87,11 @@ struct ModelConfig {
   int64_t num_params() const;            // all parameters, padding rows of the vocabulary included
   int64_t num_trainable_params() const;  // all but LoRA's frozen base
   int64_t num_params_no_wpe() const;     // N for the 6N FLOPs rule (V rows; no position table; no adapters)
-  // training: 6N + 12 L T C (attention as full T); under LoRA 4N (no weight gradients of the
-  // base) + the adapters' GEMMs + 12 L T C
-  double flops_per_token(int T) const;
+  // training: 6N + 12 L S C, S the keys a token attends to on average (counted as PaLM counts
+  // them: a window of T as T, so S = T where each row is one document, and sum n^2 / T over its
+  // documents of n under data.document_mask); under LoRA 4N (no weight gradients of the base) +
+  // the adapters' GEMMs + 12 L S C
+  double flops_per_token(double S) const;
   void validate(const std::string& where) const;  // throws UserError naming `where`
 };
 
@@ -296,6 +298,10 @@ int64_t lm_head_rows(int64_t BT, int64_t Vp, DType dt, bool gpu);
 // the data-parallel strategy's (dist's strategy_memory; estimate_memory there adds both).
 MemoryEstimate model_memory(const ModelConfig& cfg, int B, int T, DType dt, const std::vector<Recompute>& plan,
                             bool gpu = false);
+
+// The documents data.document_mask attends apart in a micro-batch tokens(B,T): (first position
+// b T + t, length) of each, every row cut at each `sep`, before it or after it (Model::set_documents).
+std::vector<std::pair<int64_t, int64_t>> document_pieces(const int32_t* tokens, int B, int T, int32_t sep, bool after);
 
 class Model {
  public:

@@ -177,9 +177,9 @@ Plan make_plan(const PlanSettings& s) {
   p.accum = int(std::max<int64_t>(1, p.step_tokens / micro));
   p.memory = plan_memory(c, s.micro_batch, s.seq_len, s.compute, s.recompute, s.strategy, s.devices, s.reduce, s.device.gpu);
   p.fits = p.over() <= 0;
-  p.model_flops_per_token = c.flops_per_token(s.seq_len);
+  p.model_flops_per_token = c.flops_per_token(s.span());
   // Recompute FLOPs per token: a full block re-runs its qkv, proj and MLP-in GEMMs (2·C·(W +
-  // C + Fin): 16·C² for GPT-2) and its attention (4·T·C), but for the last one, whose stash is
+  // C + Fin): 16·C² for GPT-2) and its attention (4·S·C), but for the last one, whose stash is
   // intact; selective re-runs the attention. Norms and activations are not counted.
   int num_full = 0, num_sel = 0;
   for (Recompute r : s.recompute.per_block(c.n_layer)) {
@@ -187,7 +187,7 @@ Plan make_plan(const PlanSettings& s) {
     num_sel += r == Recompute::selective;
   }
   const ActWidths w = act_widths(c);
-  const double C = c.n_embd, attention = 4.0 * s.seq_len * C, gemms = 2 * C * double(w.W + w.C + w.fin);
+  const double C = c.n_embd, attention = 4.0 * s.span() * C, gemms = 2 * C * double(w.W + w.C + w.fin);
   p.flops_per_token = p.model_flops_per_token + std::max(0, num_full - 1) * (gemms + attention) + num_sel * attention;
   p.compute_s = p.flops_per_token * double(p.step_tokens) / s.devices / (s.mfu * s.device.peak_for(s.compute));
   // Communication per device and step: a ring all-reduce of the gradients moves 2Ψ·(N-1)/N
@@ -243,6 +243,7 @@ nlohmann::json Plan::to_json() const {
   return {{"device", s.device.name}, {"devices", s.devices}, {"strategy", strategy_name(s.strategy)},
           {"precision", dtype_name(s.compute)}, {"reduce", dtype_name(s.reduce)},
           {"recompute", s.recompute.name()}, {"micro_batch", s.micro_batch}, {"seq_len", s.seq_len},
+          {"attention_span", s.span()},
           {"accum_steps", accum}, {"batch_tokens", step_tokens}, {"mfu", s.mfu},
           {"memory", mem}, {"fits", fits}, {"over_bytes", std::max<int64_t>(0, over())},
           {"flops_per_token", flops_per_token}, {"model_flops_per_token", model_flops_per_token},
@@ -253,7 +254,7 @@ nlohmann::json Plan::to_json() const {
 }
 
 Plan plan_for_run(const RunConfig& cfg, int ranks, const RecomputePolicy& recompute,
-                  const std::string& devices_path) {
+                  const std::string& devices_path, double attention_span) {
   PlanSettings s;
   s.model = cfg.model;
   s.device.name = cfg.device.name;
@@ -272,6 +273,7 @@ Plan plan_for_run(const RunConfig& cfg, int ranks, const RecomputePolicy& recomp
   s.recompute = recompute;
   s.micro_batch = cfg.train.micro_batch;
   s.seq_len = cfg.train.seq_len;
+  s.attention_span = attention_span;
   s.devices = ranks;
   s.batch_tokens = int64_t(cfg.train.micro_batch) * cfg.train.seq_len * cfg.accum_steps(ranks) * ranks;
   s.tokens = double(s.batch_tokens) * cfg.train.steps;
@@ -288,6 +290,9 @@ std::string Plan::explain() const {
                    human_bytes(double(s.device.usable())),
                    fits ? fmt::format("fits ({} free)", human_bytes(double(-over())))
                         : fmt::format("DOES NOT FIT ({} over)", human_bytes(double(over()))));
+  if (s.attention_span > 0)
+    o += fmt::format("attention: documents masked apart, {:.4g} keys a token on average (of a window of {})\n",
+                     s.attention_span, s.seq_len);
   o += fmt::format("step: compute {:.1f} ms ({:.3g} FLOP/token at MFU {:.0f}% of {:.4g} TFLOP/s {})", compute_s * 1e3,
                    flops_per_token, 100 * s.mfu, s.device.peak_for(s.compute) / 1e12, dtype_name(s.compute));
   if (s.devices > 1)
@@ -391,7 +396,7 @@ std::string lost_because(const Plan& l, const Plan& best) {
 
 // ---- calibration ----------------------------------------------------------------------------
 
-static double median(std::vector<double> v) {
+double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v.empty() ? 0.0 : v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
 }
@@ -422,7 +427,7 @@ std::vector<std::pair<int, nlohmann::json>> read_metrics(const std::string& run_
 Calibration calibrate(const std::string& run_dir, const std::string& devices_path) {
   RunConfig cfg = load_config(run_dir + "/config.toml", {});
   const std::string path = run_dir + "/metrics.jsonl";
-  std::vector<double> tok_s, step_s;
+  std::vector<double> tok_s, step_s, span;  // span: data.document_mask's attention_span
   std::string recompute = cfg.memory.recompute.name();
   int ranks = 1, n = 0;
   for (const auto& [at, r] : read_metrics(run_dir)) {
@@ -437,9 +442,10 @@ Calibration calibrate(const std::string& run_dir, const std::string& devices_pat
     }
     tok_s.push_back(r["tokens_per_s"].get<double>());
     step_s.push_back(r["step_ms"].get<double>() / 1e3);
+    if (r.contains("attention_span") && r["attention_span"].is_number()) span.push_back(r["attention_span"].get<double>());
   }
   if (tok_s.empty()) user_error("{}: needs at least 2 steps (the first warms up), found {}", path, n);
-  Plan p = plan_for_run(cfg, ranks, RecomputePolicy::parse(recompute, path), devices_path);
+  Plan p = plan_for_run(cfg, ranks, RecomputePolicy::parse(recompute, path), devices_path, median(span));
   Calibration c;
   c.run_dir = run_dir;
   c.device = cfg.device.name;

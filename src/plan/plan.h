@@ -83,6 +83,10 @@ struct PlanSettings {
   double tokens = 0;         // the training budget
   double mfu = 0.4;          // of the hardware FLOPs (recompute included) at the device's peak
   double max_hours = 0;      // search: configurations that take longer lose (0: no limit)
+  // data.document_mask: the keys a token attends to on average, sum n^2 / T over a window's
+  // documents of n (attention_span); 0: seq_len, each window one document
+  double attention_span = 0;
+  double span() const { return attention_span > 0 ? attention_span : seq_len; }
   std::string describe() const;  // "8 x a100-80gb, zero1, bf16, recompute none, micro-batch 4"
 };
 
@@ -93,7 +97,7 @@ struct Plan {
   bool valid = true;            // the global batch divides into micro-batches on every device
   int accum = 1;                // micro-batches per step on each device
   int64_t step_tokens = 0;
-  double model_flops_per_token = 0;  // 6N + 12·L·T·C
+  double model_flops_per_token = 0;  // 6N + 12·L·S·C (S: s.span())
   double flops_per_token = 0;        // + the forward of fully recomputed blocks
   double compute_s = 0;              // per step
   double comm_bytes = 0, bandwidth = 0, comm_s = 0, exposed_comm_s = 0;
@@ -109,9 +113,9 @@ struct Plan {
 Plan make_plan(const PlanSettings& s);
 
 // The prediction for a run as configured (device from the catalogue when it names the config's
-// device, with the config's peaks), on `ranks` ranks.
+// device, with the config's peaks), on `ranks` ranks; attention_span as PlanSettings'.
 Plan plan_for_run(const RunConfig& cfg, int ranks, const RecomputePolicy& recompute,
-                  const std::string& devices_path = default_devices_path());
+                  const std::string& devices_path = default_devices_path(), double attention_span = 0);
 
 // ---- search ---------------------------------------------------------------------------------
 // Which settings are open: an unset optional leaves that dimension to the search.
@@ -157,6 +161,8 @@ std::string human_bytes(double b);
 std::string human_time(double s);
 std::string dollars(double usd);  // "$1234", "$12.34", "$0.0012"
 // The per-category table of plan vs (optionally) measured peak bytes, and tokens/s, MFU, cost.
+double median(std::vector<double> v);  // 0 for none
+
 struct Measured { std::array<size_t, num_mem> peak{}; double tokens_per_s = 0, mfu = 0, seconds = 0; };
 std::string compare_table(const Plan& p, const Measured* m);
 

@@ -140,6 +140,7 @@ std::string write_report(const std::string& run_dir, const std::string& devices_
   std::string recompute = cfg.memory.recompute.name();
   int ranks = 1;
   double seconds = 0;
+  std::vector<double> span;  // data.document_mask's attention_span, after the first step
   for (const auto& [n, r] : read_metrics(run_dir)) {
     if (r.is_discarded() || !r.is_object()) user_error("{}:{}: not a JSON record", path, n);
     auto num = [&](const char* k) {
@@ -155,6 +156,7 @@ std::string write_report(const std::string& run_dir, const std::string& devices_
     if (r.contains("loss")) { loss.x.push_back(step); loss.y.push_back(num("loss")); }  // none: no target trained on
     if (r.contains("val_loss")) { val.x.push_back(step); val.y.push_back(num("val_loss")); }
     tok.x.push_back(step); tok.y.push_back(num("tokens_per_s"));
+    if (n > 1 && r.contains("attention_span")) span.push_back(num("attention_span"));
     seconds += num("step_ms") / 1e3;
     cost.x.push_back(step); cost.y.push_back(seconds);
     if (!r.contains("mem_peak") || !r["mem_peak"].is_object()) user_error("{}:{}: mem_peak: expected an object", path, n);
@@ -166,7 +168,7 @@ std::string write_report(const std::string& run_dir, const std::string& devices_
     }
   }
   if (tok.x.empty()) user_error("{}: no records (has the run started?)", path);
-  const Plan p = plan_for_run(cfg, ranks, RecomputePolicy::parse(recompute, path), devices_path);
+  const Plan p = plan_for_run(cfg, ranks, RecomputePolicy::parse(recompute, path), devices_path, median(span));
   const double rate = p.s.devices * p.s.device.price / 3600.0;
   for (double& y : cost.y) y *= rate;
   const double last = tok.x.back(), first = tok.x.front();

@@ -121,6 +121,13 @@ RecomputePolicy choose_recompute(const RunConfig& cfg, int world = 1);
 using LossFn = std::function<float(const int32_t* tokens, const int32_t* targets)>;
 double evaluate(const LossFn& loss, class DataLoader& loader, int batches, Comm* comm = nullptr);
 
+// data.document_mask: the keys a token attends to on average (sum n^2 / T over each window's
+// documents of n; what ModelConfig::flops_per_token counts) in the first `batches` micro-batches
+// of the loader, documents cut at `cut`; the loader is then back at its first batch.
+double attention_span(class DataLoader& loader, const struct DocumentCut& cut, int64_t batches);
+// The same sum of n^2 for one micro-batch tokens(B,T).
+double attended_pairs(const int32_t* tokens, int B, int T, const struct DocumentCut& cut);
+
 // Runs a whole training as configured: prepares nothing, writes the run directory. resume:
 // continue from the newest complete checkpoint in cfg.run.dir (the losses that follow equal
 // the uninterrupted run's); otherwise a fresh start, which removes the directory's checkpoints.

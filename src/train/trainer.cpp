@@ -243,6 +243,24 @@ static void write_profile(const std::string& dir, const OpTimes& ops, int steps,
   fmt::print("{}wrote {}/profile.json\n", table, dir);
 }
 
+double attended_pairs(const int32_t* tokens, int B, int T, const DocumentCut& cut) {
+  double pairs = 0;
+  for (auto [first, n] : document_pieces(tokens, B, T, cut.sep, cut.after)) pairs += double(n) * double(n);
+  return pairs;
+}
+
+double attention_span(DataLoader& loader, const DocumentCut& cut, int64_t batches) {
+  const int B = loader.batch(), T = loader.seq_len();
+  std::vector<int32_t> in(size_t(B) * T), tg(in.size());
+  double pairs = 0;
+  for (int64_t i = 0; i < batches; i++) {
+    loader.next(in.data(), tg.data());
+    pairs += attended_pairs(in.data(), B, T, cut);
+  }
+  loader.reset();
+  return pairs / (double(batches) * B * T);
+}
+
 void train(const RunConfig& cfg, Comm& comm, bool resume) {
   const TrainSettings& t = cfg.train;
   check_world(cfg, comm.size());
@@ -285,7 +303,7 @@ void train(const RunConfig& cfg, Comm& comm, bool resume) {
   const RecomputePolicy recompute = choose_recompute(cfg, comm.size());
   const std::vector<Recompute> plan = recompute.per_block(cfg.model.n_layer);
   const Strategy strategy = parse_strategy(cfg.dist.strategy, cfg.source);
-  const Plan forecast = plan_for_run(cfg, comm.size(), recompute);  // memory, time and cost
+  Plan forecast = plan_for_run(cfg, comm.size(), recompute);  // memory, time and cost
   const MemoryEstimate& predicted = forecast.memory;
   Backend& be = cfg.device.backend == "cuda" ? cuda_backend() : cpu_backend();
   preflight(cfg, forecast, comm.size(), be);
@@ -307,18 +325,26 @@ void train(const RunConfig& cfg, Comm& comm, bool resume) {
   Backend& run_be = timed ? *timed : be;
   Model model(cfg.model, run_be, dt, model_owns(strategy));
   Stepper stepper(model, run_be, comm, t, cfg.accum_steps(comm.size()), cfg.precision, plan, strategy);
+  DocumentCut cut{-1, false};
   if (cfg.data.document_mask) {  // cut at each end of text of the shards' tokenizer
-    const DocumentCut cut = document_cut(train_shards.front(), train_data.records());
+    cut = document_cut(train_shards.front(), train_data.records());
     model.set_documents(cut.sep, cut.after);
     train_data.set_documents(cut);
     val_data.set_documents(cut);
+    // the attention the plan counts: that of the run's first micro-batches
+    const int64_t probe = std::clamp<int64_t>(train_data.num_windows() / (int64_t(B) * comm.size()), 1, 64);
+    forecast = plan_for_run(cfg, comm.size(), recompute, default_devices_path(),
+                            attention_span(train_data, cut, probe));
+    const std::string span = fmt::format("{:.0f} keys a token on average of a window's {} (the first {} micro-batches)",
+                                         forecast.s.attention_span, T, probe);
     if (rank0 && train_data.records())
       fmt::print("records attend only to themselves: cut after each end of text (id {}), whole in their windows "
-                 "({} windows{})\n", cut.sep, train_data.num_windows(),
+                 "({} windows{}); {}\n", cut.sep, train_data.num_windows(),
                  train_data.truncated() ? fmt::format("; {} records longer than train.seq_len + 1 = {} tokens cut to it",
-                                                      train_data.truncated(), T + 1) : "");
+                                                      train_data.truncated(), T + 1) : "", span);
     else if (rank0)
-      fmt::print("documents attend only to themselves: cut {} each end of text (id {})\n", cut.after ? "after" : "before", cut.sep);
+      fmt::print("documents attend only to themselves: cut {} each end of text (id {}); {}\n", cut.after ? "after" : "before",
+                 cut.sep, span);
   }
   stepper.init_weights(t.seed);
   if ((!resume || cfg.model.lora.on()) && !t.init_from.empty()) {  // LoRA's frozen base, on a resume too
@@ -380,7 +406,12 @@ void train(const RunConfig& cfg, Comm& comm, bool resume) {
     if (resume) tb->restart(start + 1);
   };
   const bool tty = rank0 && progress_bar_wanted();
-  const double flops_tok = cfg.model.flops_per_token(T);
+  // model FLOPs per token at the attention each step's rank-0 micro-batches had (data.document_mask)
+  // Model FLOPs per token: attention counted over the documents of `steps` steps' rank-0 micro-batches
+  // (data.document_mask: `pairs`, their sum of n^2), else over whole windows.
+  auto flops_tok = [&](double pairs, int steps) {
+    return cfg.model.flops_per_token(cut.sep >= 0 ? pairs / (double(steps) * B * T * cfg.accum_steps(comm.size())) : T);
+  };
   const int64_t tokens_per_step = int64_t(B) * T * cfg.accum_steps(comm.size()) * comm.size();
   if (rank0)
     fmt::print("frugal: {} ({} layers, {} heads, {} dims, vocab {}{}), {:.2f} M parameters{}\n"
@@ -409,7 +440,7 @@ void train(const RunConfig& cfg, Comm& comm, bool resume) {
   auto t_start = clock::now();
   double train_seconds = 0.0, val_loss = NAN;
   int64_t timed_tokens = 0;
-  double timed_seconds = 0.0;
+  double timed_seconds = 0.0, timed_pairs = 0.0;
   MemStats overall;
   auto write_records = [&] {
     if (!metrics) open_run();
@@ -442,12 +473,17 @@ void train(const RunConfig& cfg, Comm& comm, bool resume) {
     const size_t allocs_before = MemoryPool::get().stats().allocations;
     step_ops.clear();
     auto t0 = clock::now();
-    StepStats st = stepper.step(step, [&](int32_t* in, int32_t* tg) { train_data.next(in, tg); });
+    double pairs = 0;  // data.document_mask: sum n^2 over this rank's documents
+    StepStats st = stepper.step(step, [&](int32_t* in, int32_t* tg) {
+      train_data.next(in, tg);
+      if (cut.sep >= 0) pairs += attended_pairs(in, B, T, cut);
+    });
     double dt_s = std::chrono::duration<double>(clock::now() - t0).count();
     train_seconds += dt_s;
     if (step > start) {  // the first step warms up
       timed_tokens += st.tokens;
       timed_seconds += dt_s;
+      timed_pairs += pairs;
       for (auto& [op, o] : step_ops) {
         profile[op].seconds += o.seconds;
         profile[op].flops += o.flops;
@@ -463,7 +499,7 @@ void train(const RunConfig& cfg, Comm& comm, bool resume) {
     if (!rank0) continue;
 
     double tok_s = double(st.tokens) / dt_s;
-    double mfu = flops_tok * tok_s / (comm.size() * cfg.device.peak_for(dt));  // per device
+    double mfu = flops_tok(pairs, 1) * tok_s / (comm.size() * cfg.device.peak_for(dt));  // per device
     nlohmann::json rec = {{"step", step + 1},         {"targets", st.targets},
                           {"lr", st.lr},              {"grad_norm", st.grad_norm},
                           {"tokens_per_s", tok_s},    {"mfu", mfu},
@@ -478,6 +514,7 @@ void train(const RunConfig& cfg, Comm& comm, bool resume) {
                           {"skipped_total", stepper.scaler().skipped_total},
                           {"mem_peak", mem_json(mem)},
                           {"allocations", mem.allocations - allocs_before}};
+    if (cut.sep >= 0) rec["attention_span"] = pairs / (double(B) * T * cfg.accum_steps(comm.size()));
     if (st.targets > 0) rec["loss"] = st.loss;  // none: the batch was all prompt (no update)
     if (do_eval && !std::isnan(val_loss)) rec["val_loss"] = val_loss;
     records.push_back(std::move(rec));
@@ -507,12 +544,12 @@ void train(const RunConfig& cfg, Comm& comm, bool resume) {
   const std::string weights = save_run_weights(dir, cfg, model, t.steps);
   double total = std::chrono::duration<double>(clock::now() - t_start).count();
   double tok_s = timed_seconds > 0 ? double(timed_tokens) / timed_seconds : 0.0;
+  const double run_mfu = flops_tok(timed_pairs, std::max(1, t.steps - start - 1)) * tok_s / (comm.size() * cfg.device.peak_for(dt));
   fmt::print("done: val loss {} | {:.0f} tok/s (MFU {:.1f}% of {:.0f} GFLOP/s per device) | {} total\n", loss_text(val_loss),
-             tok_s, 100.0 * flops_tok * tok_s / (comm.size() * cfg.device.peak_for(dt)), cfg.device.peak_for(dt) / 1e9,
-             human_time(total));
+             tok_s, 100.0 * run_mfu, cfg.device.peak_for(dt) / 1e9, human_time(total));
   fmt::print("peak memory: {}; total {}, predicted {}\n", mem_list(overall.peak),
              human_bytes(double(overall.total_peak)), human_bytes(double(predicted.total())));
-  Measured measured{overall.peak, tok_s, flops_tok * tok_s / (comm.size() * cfg.device.peak_for(dt)), total};
+  Measured measured{overall.peak, tok_s, run_mfu, total};
   fmt::print("predicted vs measured (per rank):\n{}", compare_table(forecast, &measured));
   const std::string summary = nlohmann::json{{"predicted", forecast.to_json()},
       {"measured", {{"mem_peak", mem_json(overall)}, {"tokens_per_s", tok_s}, {"mfu", measured.mfu}, {"seconds", total},

@@ -264,6 +264,56 @@ TEST_F(Cli, DocumentMaskCutsTextAndRecordsAndEvalAgrees) {
                "bare: no frugal_tokenizer.json names the shards' tokenizer, whose end of text data.document_mask cuts at");
 }
 
+// Under data.document_mask attention costs the sum of n^2 over a window's documents of n, not
+// T^2: the run's MFU, its plan, `plan -c` and `plan --calibrate` count S = sum n^2 / T keys a
+// token (12 L S C FLOPs). Documents of one length make S exact: text of 15 bytes + end of text
+// in windows of 64 cut before each end of text gives pieces 15, 16, 16, 16, 1 (S = 994 / 64);
+// records of 14 tokens packed 4 to a window give 14 x 4 and padding 8 (S = 848 / 64).
+TEST_F(Cli, DocumentMaskCountsTheAttentionOfTheDocuments) {
+  std::filesystem::create_directories(d() + "/eq");
+  for (int i = 0; i < 100; i++) std::ofstream(fmt::format("{}/eq/{}.txt", d(), i)) << "abcdefghijklmno";
+  {
+    std::ofstream f(d() + "/eq.jsonl");
+    for (int i = 0; i < 100; i++) f << fmt::format(R"({{"prompt": "Say {:02}.", "completion": " Said."}})", i) << "\n";
+  }
+  ASSERT_EQ(run("prepare eq --out eqtext --val-docs 12", d()).code, 0);
+  ASSERT_EQ(run("prepare --format jsonl eq.jsonl --out eqrec --val-docs 12", d()).code, 0);
+  const double L = 2, C = 64, T = 64, peak = 1e11;  // llama-tiny
+  double whole = 0;  // model FLOPs a token, unmasked
+  for (auto [data, mask, S] : {std::tuple{"eqtext", false, T}, {"eqtext", true, 994.0 / 64}, {"eqrec", true, 848.0 / 64}}) {
+    const std::string dir = fmt::format("span_{}_{}", data, mask);
+    Result t = run(fmt::format("train --model.preset=llama-tiny --train.steps=3 --train.seq_len=64 --train.micro_batch=2 "
+                               "--train.batch_tokens=256 --run.checkpoint_every=0 --train.eval_every=0 --data.train={} "
+                               "--data.document_mask={} --device.peak_flops=1e11 --run.dir={}", data, mask, dir), d());
+    ASSERT_EQ(t.code, 0) << t.out;
+    auto sum = nlohmann::json::parse(std::ifstream(d() + "/" + dir + "/summary.json"));
+    const double flops = sum["predicted"]["model_flops_per_token"].get<double>();
+    if (!mask) whole = flops;
+    EXPECT_EQ(sum["predicted"]["attention_span"].get<double>(), S) << dir;
+    EXPECT_NEAR(flops, whole - 12 * L * C * (T - S), 1e-9 * whole) << dir;
+    std::ifstream in(d() + "/" + dir + "/metrics.jsonl");
+    int steps = 0;
+    for (std::string line; std::getline(in, line); steps++) {
+      auto r = nlohmann::json::parse(line);
+      EXPECT_EQ(r.contains("attention_span"), mask) << line;
+      if (mask) EXPECT_EQ(r["attention_span"].get<double>(), S) << line;
+      EXPECT_NEAR(r["mfu"].get<double>(), flops * r["tokens_per_s"].get<double>() / peak, 1e-9) << line;
+    }
+    EXPECT_EQ(steps, 3);
+    EXPECT_NEAR(sum["measured"]["mfu"].get<double>(), flops * sum["measured"]["tokens_per_s"].get<double>() / peak, 1e-9);
+    if (!mask) continue;
+    Result p = run(fmt::format("plan -c {}/config.toml --tokens 1e6 --devices 1 --strategy ddp --precision fp32 "
+                               "--recompute none --micro-batch 2 --json", dir), d());
+    ASSERT_EQ(p.code, 0) << p.out;
+    auto pj = nlohmann::json::parse(p.out);
+    EXPECT_EQ(pj["attention_span"].get<double>(), S);
+    EXPECT_EQ(pj["model_flops_per_token"].get<double>(), flops);
+    ASSERT_EQ(run("plan --calibrate " + dir, d()).code, 0);
+    auto cal = nlohmann::json::parse(std::ifstream(d() + "/" + dir + "/calibration.json"));
+    EXPECT_NEAR(cal["mfu"].get<double>(), flops * 256 / cal["step_s"].get<double>() / peak, 1e-9);
+  }
+}
+
 // `frugal export` of RUN gives a directory that transformers' AutoModelForCausalLM loads with no
 // missing, unexpected or mismatched key and no warning, and whose logits equal frugal's within
 // 1e-4 (relative, fp32).
