@@ -474,24 +474,38 @@ std::unique_ptr<Tokenizer> make_tokenizer(const std::vector<Source>& sources, co
   user_error("prepare: a {} tokenizer is pretrained: name its file with --tokenizer PATH", to_string(topt.kind));
 }
 
+// A .jsonl line prepare cannot read: "FILE:LINE: what" (and what --skip-bad-lines does).
+static std::string line_error(const Source& s, int64_t line, const std::string& error) {
+  return fmt::format("{}:{}: {} (--skip-bad-lines skips such lines)", s.path, line, error);
+}
+
 // --val-docs: counts the documents (the .jsonl lines that hold one); the val_docs smallest
 // (hash, index) pairs are validation: returns the largest of them.
 std::pair<uint64_t, int64_t> val_docs_bound(const std::vector<Source>& sources, const std::string& kjv,
                                             const CorpusOptions& opt, const ChatTemplate& tmpl, int threads) {
   PieceReader r(sources, &kjv, false);
   Batch b;
-  int64_t docs = 0;
+  int64_t docs = 0, bad = 0;
+  std::vector<std::string> errors;  // a bad line is the error it will be when tokenizing, not a wrong count
   while (r.next(b, size_t(8 << 20) * size_t(threads))) {
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 64) reduction(+ : docs)
+    errors.assign(b.pieces.size(), {});
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 64) reduction(+ : docs, bad)
     for (int64_t i = 0; i < int64_t(b.pieces.size()); i++) {
       const Piece& p = b.pieces[size_t(i)];
       std::vector<RecordPiece> pieces;
       std::string error;
-      docs += p.first && (!p.line || line_pieces(std::string_view(b.text).substr(p.begin, p.end - p.begin), opt, tmpl, pieces, error));
+      const bool ok = !p.line || line_pieces(std::string_view(b.text).substr(p.begin, p.end - p.begin), opt, tmpl, pieces, error);
+      if (!ok) errors[size_t(i)] = line_error(sources[size_t(p.source)], p.line, error);
+      docs += p.first && ok;
+      bad += !ok;
     }
+    if (!opt.skip_bad_lines)
+      for (const std::string& e : errors)
+        if (!e.empty()) user_error("{}", e);
   }
   if (docs <= opt.val_docs)
-    user_error("--val-docs {}: the input holds {} documents, expected more than that", opt.val_docs, docs);
+    user_error("--val-docs {}: the input holds {} documents{}, expected more than that", opt.val_docs, docs,
+               bad ? fmt::format(" ({} bad .jsonl lines skipped)", bad) : "");
   std::priority_queue<std::pair<uint64_t, int64_t>> largest;  // the val_docs smallest so far
   for (int64_t d = 0; d < docs; d++) {
     largest.push({doc_hash(opt.seed, d), d});
@@ -654,7 +668,7 @@ PrepareStats prepare_corpus(const std::vector<std::string>& inputs, const std::s
       if (p.line) {
         std::string error;
         if (!line_pieces(text, opt, tmpl, line, error)) {
-          e.error = fmt::format("{}:{}: {}", sources[size_t(p.source)].path, p.line, error);
+          e.error = line_error(sources[size_t(p.source)], p.line, error);
           continue;
         }
       }
@@ -709,7 +723,7 @@ PrepareStats prepare_corpus(const std::vector<std::string>& inputs, const std::s
       const Piece& p = batch.pieces[i];
       const Encoded& e = enc[i];
       if (!e.error.empty()) {
-        if (!opt.skip_bad_lines) user_error("{} (--skip-bad-lines skips such lines)", e.error);
+        if (!opt.skip_bad_lines) user_error("{}", e.error);
         st.skipped_lines++;
         continue;
       }

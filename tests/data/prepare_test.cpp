@@ -241,7 +241,13 @@ TEST(Prepare, BadInputIsNamed) {
   half.val_fraction = 0.5;
   test::expect_user_error([&] { prepare_corpus({d / "b2.jsonl"}, d / "o", half); },
                           "b2.jsonl:2: no \"text\" field (--field names the field that holds the text)");
+  // --val-docs counts the documents first: a bad line is its own error there, not a count of too few
+  put(d / "allbad.jsonl", "{\"body\": \"x\"}\n{\"body\": \"y\"}\n");
+  test::expect_user_error([&] { prepare_corpus({d / "allbad.jsonl"}, d / "o", o); },
+                          "allbad.jsonl:1: no \"text\" field (--field names the field that holds the text) (--skip-bad-lines");
   o.skip_bad_lines = true;
+  test::expect_user_error([&] { prepare_corpus({d / "allbad.jsonl"}, d / "o", o); },
+                          "--val-docs 1: the input holds 0 documents (2 bad .jsonl lines skipped), expected more than that");
   PrepareStats st = prepare_corpus({d / "bad.jsonl"}, d / "o", o);
   EXPECT_EQ(st.skipped_lines, 4);
   EXPECT_EQ(st.train_docs + st.val_docs, 2);
