@@ -258,10 +258,17 @@ std::unique_ptr<Tokenizer> load_hf_tokenizer(const std::string& path, const std:
 void nfc_append(std::string_view text, std::string& out);
 std::string nfc(std::string_view text);
 
+// A tokenizer.model alone in a model directory whose tokenizer_config.json names LlamaTokenizer
+// (or LlamaTokenizerFast; config.json's model_type not mistral or mixtral), where it is a BPE model
+// with byte fallback: converted as transformers 5 converts it, the byte-fallback tokenizer.json
+// load_hf_tokenizer reads (save_files writes it out); else null.
+std::unique_ptr<Tokenizer> load_converted_sentencepiece(const std::string& model_path);
+
 // A pretrained tokenizer from PATH: a tokenizer.json, a SentencePiece tokenizer.model, a tiktoken
 // rank file (*.tiktoken, or a tokenizer.model that is one, as Llama 3's), or a directory holding
 // one of them (a Hugging Face model directory: tokenizer.json first, but tokenizer.model where the
-// tokenizer.json is a Unigram SentencePiece model converted). tiktoken_pattern: the
+// tokenizer.json is a Unigram SentencePiece model converted; a tokenizer.model alone converted
+// where transformers converts it: load_converted_sentencepiece). tiktoken_pattern: the
 // pattern of a rank file (empty: gpt2 for 50,256 ranks, cl100k for 100,256, llama3 for 128,000;
 // other sizes need it).
 std::unique_ptr<Tokenizer> load_pretrained_tokenizer(const std::string& path, const std::string& tiktoken_pattern = "");

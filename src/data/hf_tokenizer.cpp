@@ -17,12 +17,23 @@ namespace {
 
 using nlohmann::json;
 
+// Whether transformers 5 reads a byte-fallback tokenizer as its LlamaTokenizer class (see
+// load_hf_tokenizer): tokenizer_config.json's tokenizer_class, config.json's model_type.
+bool llama_class(const json& config, const std::string& model_type) {
+  const json cls = config.is_object() ? config.value("tokenizer_class", json()) : json();
+  return (cls == "LlamaTokenizer" || cls == "LlamaTokenizerFast") && model_type != "mistral" && model_type != "mixtral";
+}
+
 class HfTokenizer final : public Tokenizer {
  public:
-  HfTokenizer(const std::string& path, const std::string& model_type) : path_(path), model_type_(model_type) {
-    json j;
+  // path: a tokenizer.json; or, with `converted`, the tokenizer.model it was converted from
+  // (convert_sentencepiece), written out as tokenizer.json by save_files
+  HfTokenizer(const std::string& path, const std::string& model_type, json converted = nullptr)
+      : path_(path), model_type_(model_type) {
+    const bool from_model = !converted.is_null();
+    json j = std::move(converted);
     try {
-      j = json::parse(read_whole_file(path));
+      if (j.is_null()) j = json::parse(read_whole_file(path));
     } catch (const json::exception& e) {
       user_error("{}: not JSON: {}", path, e.what());
     }
@@ -31,6 +42,11 @@ class HfTokenizer final : public Tokenizer {
     } catch (const json::exception& e) {
       user_error("{}: not a Hugging Face tokenizer.json: {}", path, e.what());
     }
+    if (!from_model) return;
+    // as transformers writes what it converted: the Metaspace it applies, its decoder's Strip
+    j["pre_tokenizer"]["prepend_scheme"] = prefix_ == Prefix::never ? "never" : prefix_ == Prefix::always ? "always" : "first";
+    if (strip_) j["decoder"]["decoders"].push_back({{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}});
+    converted_ = j.dump(2);
   }
 
   TokenizerKind kind() const override { return TokenizerKind::hf_bpe; }
@@ -75,8 +91,10 @@ class HfTokenizer final : public Tokenizer {
 
   void save_files(const std::string& dir) const override {
     std::string jinja = (std::filesystem::path(path_).parent_path() / kChatTemplateFile).string();
+    if (!converted_.empty()) write_file_atomic(dir + "/tokenizer.json", converted_.data(), converted_.size());
     for (auto [from, name] : {std::pair{path_, "tokenizer.json"}, std::pair{config_path_, "tokenizer_config.json"},
                               std::pair{jinja, kChatTemplateFile}}) {
+      if (from == path_ && !converted_.empty()) continue;  // written above
       std::error_code ec;
       std::string to = dir + "/" + name;
       if (from.empty() || !std::filesystem::exists(from)) {  // not another tokenizer's, left by an earlier prepare
@@ -330,8 +348,7 @@ class HfTokenizer final : public Tokenizer {
   // pipeline: a Prepend("▁") + Replace(" ", "▁") normalizer (older conversions: every text
   // between added tokens gets "▁"), or a Metaspace pre-tokenizer; its decoder's Strip.
   void read_fallback_pipeline(const json& j) {
-    const json cls = config_.is_object() ? config_.value("tokenizer_class", json()) : json();
-    if ((cls == "LlamaTokenizer" || cls == "LlamaTokenizerFast") && model_type_ != "mistral" && model_type_ != "mixtral") {
+    if (llama_class(config_, model_type_)) {
       auto flag = [&](const char* key, bool otherwise) {
         const json v = config_.value(key, json());
         if (v.is_null()) return otherwise;
@@ -519,6 +536,7 @@ class HfTokenizer final : public Tokenizer {
   }
 
   std::string path_, config_path_;
+  std::string converted_;   // the tokenizer.json converted from a tokenizer.model (empty: path_ is one)
   std::string model_type_;  // config.json's
   json config_;  // tokenizer_config.json beside the file (null: none)
   std::vector<std::string> bytes_;  // id -> bytes (an added token: its content)
@@ -555,7 +573,130 @@ class HfTokenizer final : public Tokenizer {
   std::priority_queue<Candidate, std::vector<Candidate>, std::greater<Candidate>> heap_;
 };
 
+// A SentencePiece model file as transformers 5's SentencePieceExtractor reads it, from the
+// protocol buffer's wire format: ModelProto's pieces (field 1: piece 1, type 3) and its
+// trainer_spec's model_type (field 2, 3).
+struct SpModel {
+  std::vector<std::pair<std::string, int>> pieces;  // (piece, type: 1 normal, 2 unknown, 3 control, 4 user defined, 5 unused, 6 byte)
+  int model_type = 1;                               // 1 unigram, 2 BPE
+};
+SpModel read_sp_model(const std::string& path) {
+  const std::string data = read_whole_file(path);
+  auto fail = [&] { user_error("{}: not a SentencePiece model (its protocol buffer ends early)", path); };
+  // f(field, wire type, varint value, bytes) for each field of the message s
+  auto fields = [&](std::string_view s, auto&& f) {
+    size_t i = 0;
+    auto varint = [&] {
+      uint64_t v = 0;
+      for (int shift = 0; shift < 64; shift += 7) {
+        if (i >= s.size()) break;
+        const uint8_t b = uint8_t(s[i++]);
+        v |= uint64_t(b & 0x7F) << shift;
+        if (!(b & 0x80)) return v;
+      }
+      fail();
+      return v;
+    };
+    while (i < s.size()) {
+      const uint64_t key = varint(), wire = key & 7;
+      uint64_t value = 0, n = wire == 1 ? 8 : wire == 5 ? 4 : 0;
+      if (wire == 0) value = varint();
+      else if (wire == 2) n = varint();
+      else if (wire != 1 && wire != 5) fail();
+      if (n > s.size() - i) fail();
+      f(key >> 3, wire, value, wire == 2 ? s.substr(i, n) : std::string_view());
+      i += n;
+    }
+  };
+  SpModel m;
+  fields(data, [&](uint64_t field, uint64_t wire, uint64_t, std::string_view bytes) {
+    if (field == 1 && wire == 2) {
+      std::string piece;
+      int type = 1;
+      fields(bytes, [&](uint64_t f, uint64_t w, uint64_t v, std::string_view b) {
+        if (f == 1 && w == 2) piece = b;
+        else if (f == 3 && w == 0) type = int(v);
+      });
+      m.pieces.emplace_back(piece, type);
+    } else if (field == 2 && wire == 2) {
+      fields(bytes, [&](uint64_t f, uint64_t w, uint64_t v, std::string_view) {
+        if (f == 3 && w == 0) m.model_type = int(v);
+      });
+    }
+  });
+  return m;
+}
+
+// A SentencePiece BPE model converted as transformers 5 converts a tokenizer.model alone for its
+// LlamaTokenizer: the pieces a BPE vocabulary with byte fallback; the merges every split of a
+// piece into two pieces, by the piece's id and then the left part's length in characters
+// (generate_merges); unknown and control pieces special added tokens, user-defined ones added
+// tokens; Metaspace, the decoder and the BOS the LlamaTokenizer reads tokenizer_config.json for.
+// null where it is not a BPE model with the 256 byte pieces (which transformers reads otherwise).
+json convert_sentencepiece(const std::string& path) {
+  const SpModel m = read_sp_model(path);
+  if (m.model_type != 2) return nullptr;
+  json vocab = json::object(), added = json::array();
+  std::unordered_map<std::string, int64_t> id_of;
+  int bytes = 0;
+  for (size_t id = 0; id < m.pieces.size(); id++) {
+    const auto& [piece, type] = m.pieces[id];
+    vocab[piece] = id;
+    id_of.emplace(piece, int64_t(id));
+    bytes += type == 6;
+    if (type == 2 || type == 3 || type == 4)
+      added.push_back({{"id", id}, {"content", piece}, {"single_word", false}, {"lstrip", false}, {"rstrip", false},
+                       {"normalized", false}, {"special", type != 4}});
+  }
+  if (bytes != 256) return nullptr;
+  json merges = json::array();
+  for (const auto& [piece, type] : m.pieces)
+    for (size_t k = 1; k < piece.size(); k++)
+      if ((uint8_t(piece[k]) & 0xC0) != 0x80 && id_of.count(piece.substr(0, k)) && id_of.count(piece.substr(k)))
+        merges.push_back({piece.substr(0, k), piece.substr(k)});
+  json j = {{"version", "1.0"}, {"truncation", nullptr}, {"padding", nullptr}, {"added_tokens", added}, {"normalizer", nullptr},
+            {"pre_tokenizer", {{"type", "Metaspace"}, {"replacement", "\u2581"}, {"prepend_scheme", "first"}, {"split", false}}},
+            {"post_processor", nullptr},
+            {"decoder", {{"type", "Sequence"}, {"decoders", json::array({{{"type", "Replace"}, {"pattern", {{"String", "\u2581"}}},
+                                                                          {"content", " "}},
+                                                                         {{"type", "ByteFallback"}}, {{"type", "Fuse"}}})}}},
+            {"model", {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", nullptr}, {"continuing_subword_prefix", nullptr},
+                       {"end_of_word_suffix", nullptr}, {"fuse_unk", true}, {"byte_fallback", true}, {"ignore_merges", false},
+                       {"vocab", vocab}, {"merges", merges}}}};
+  // the BOS: tokenizer_config.json's add_bos_token, as for any converted model (hf_bos_prefix)
+  const std::string json_path = (std::filesystem::path(path).parent_path() / "tokenizer.json").string();
+  const int64_t bos = hf_bos_prefix(json_path, nullptr, int64_t(m.pieces.size()), [&](const std::string& t) {
+    auto it = id_of.find(t);
+    return it == id_of.end() ? int64_t(-1) : it->second;
+  });
+  if (bos >= 0) {
+    const std::string b = m.pieces[size_t(bos)].first;
+    auto special = [&](int type_id) { return json{{"SpecialToken", {{"id", b}, {"type_id", type_id}}}}; };
+    auto seq = [&](const char* id, int type_id) { return json{{"Sequence", {{"id", id}, {"type_id", type_id}}}}; };
+    j["post_processor"] = {{"type", "TemplateProcessing"}, {"single", {special(0), seq("A", 0)}},
+                           {"pair", {special(0), seq("A", 0), special(1), seq("B", 1)}},
+                           {"special_tokens", {{b, {{"id", b}, {"ids", {bos}}, {"tokens", {b}}}}}}};
+  }
+  return j;
+}
+
 }  // namespace
+
+std::unique_ptr<Tokenizer> load_converted_sentencepiece(const std::string& path) {
+  const std::filesystem::path dir = std::filesystem::path(path).parent_path();
+  auto read = [&](const char* name, const char* field) {
+    if (!std::filesystem::exists(dir / name)) return json();
+    const json j = json::parse(read_whole_file((dir / name).string()), nullptr, false);
+    return j.is_object() && j.contains(field) ? j[field] : json();
+  };
+  const json type = read("config.json", "model_type");
+  if (!llama_class(json{{"tokenizer_class", read("tokenizer_config.json", "tokenizer_class")}},
+                   type.is_string() ? type.get<std::string>() : ""))
+    return nullptr;
+  json j = convert_sentencepiece(path);
+  if (j.is_null()) return nullptr;
+  return std::make_unique<HfTokenizer>(path, "", std::move(j));
+}
 
 std::unique_ptr<Tokenizer> load_hf_tokenizer(const std::string& path, const std::string& model_type) {
   if (!std::filesystem::exists(path)) user_error("{}: missing: a Hugging Face tokenizer.json", path);

@@ -219,6 +219,8 @@ std::unique_ptr<Tokenizer> load_pretrained_tokenizer(const std::string& path, co
     }
     return make_tiktoken_tokenizer(file, pattern);
   }
+  if (file.ends_with(".model") && fs::is_directory(path))  // a model directory's: as transformers 5 converts it
+    if (auto converted = load_converted_sentencepiece(file)) return converted;
   if (file.ends_with(".model")) return load_sentencepiece(file);
   user_error("--tokenizer {}: expected a tokenizer.json, a SentencePiece *.model or a *.tiktoken file", file);
 }

@@ -296,7 +296,7 @@ TEST_F(Cli, DocumentMaskCountsTheAttentionOfTheDocuments) {
     for (std::string line; std::getline(in, line); steps++) {
       auto r = nlohmann::json::parse(line);
       EXPECT_EQ(r.contains("attention_span"), mask) << line;
-      if (mask) EXPECT_EQ(r["attention_span"].get<double>(), S) << line;
+      if (mask) { EXPECT_EQ(r["attention_span"].get<double>(), S) << line; }
       EXPECT_NEAR(r["mfu"].get<double>(), flops * r["tokens_per_s"].get<double>() / peak, 1e-9) << line;
     }
     EXPECT_EQ(steps, 3);

@@ -265,16 +265,25 @@ TEST(HfTokenizer, ByteFallbackEqualsTransformers) {
                         "\u2581 in text", "tab\there", "\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80 \xe4\xb8\xad", ""})
     strings.push_back(s);
   for (const std::string& s : random_strings(1000)) strings.push_back(s);
-  for (const char* name : {"sp_hf", "sp_hf_legacy", "sp_hf_file"}) {
+  // sp_bos and sp_only_legacy: a tokenizer.model alone, converted as transformers 5 converts it;
+  // the tokenizer.json it writes in a shard directory reads the same in frugal and transformers
+  for (const char* name : {"sp_hf", "sp_hf_legacy", "sp_hf_file", "sp_bos", "sp_only_legacy"}) {
     SCOPED_TRACE(name);
     auto tok = load_pretrained_tokenizer(fixture(name));
     EXPECT_EQ(tok->kind(), TokenizerKind::hf_bpe);
     EXPECT_EQ(tok->vocab_size(), 2000);
     EXPECT_EQ(tok->eot(), 2u);          // </s>
-    EXPECT_EQ(tok->bos_prefix(), 1);    // <s>, the post-processor's
+    EXPECT_EQ(tok->bos_prefix(), 1);    // <s>, the post-processor's (a converted model: add_bos_token)
     expect_reference_ids(*tok, "auto", fixture(name), strings, RoundTrip::none);
     expect_reference_corpus(*tok, "auto", fixture(name));
-    EXPECT_FALSE(ChatTemplate::of(fixture(name), *tok).plain());
+    EXPECT_EQ(ChatTemplate::of(fixture(name), *tok).plain(), name == std::string("sp_bos"));  // it has no template
+    if (!std::filesystem::exists(fixture(name) + "/tokenizer.json")) {
+      test::TempDir d;
+      save_tokenizer(d.path.string(), *tok);
+      auto saved = load_tokenizer(d.path.string());
+      EXPECT_EQ(saved->bos_prefix(), 1);
+      expect_reference_ids(*saved, "auto", d.path.string(), strings, RoundTrip::none);
+    }
   }
   // a vocabulary with a token that holds ▁ after another character ("e▁t", merged last): merged
   // whole, not a word at a time (against tokenizers on the file, whose pipeline it is)

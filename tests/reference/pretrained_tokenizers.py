@@ -30,10 +30,10 @@ the Python packages the models' tokenizers come from, and their ids.
   python pretrained_tokenizers.py nfc IN.json OUT.json             strings -> tokenizers' NFC of each
       OUT_DIR/llama3_bos/             llama3 with Llama 3's post_processor: <|begin_of_text|> before a text
       OUT_DIR/sp_bos/                 sp's tokenizer.model with Llama 2's tokenizer_config.json (add_bos_token)
+      OUT_DIR/sp_only_legacy/         sp_hf_legacy less its tokenizer.json (transformers 5 converts the model)
   python pretrained_tokenizers.py documents DIR IN.json OUT.json
-      strings -> {"eos": id, "ids": [...]}: each string's ids (transformers' AutoTokenizer(DIR) with
-      a tokenizer.json, else sentencepiece with its tokenizer.model) after what AutoTokenizer(DIR)
-      puts before a text (a BOS)
+      strings -> {"eos": id, "ids": [...]}: each string's ids (transformers' AutoTokenizer(DIR))
+      after what AutoTokenizer(DIR) puts before a text (a BOS)
   python pretrained_tokenizers.py continue KIND PATH IN.json OUT.json
       [[context ids, ids], ...] -> the text of ids that continue the context (decode of both past
       decode of the context; null where that is not a prefix: a character's bytes cut apart);
@@ -182,6 +182,11 @@ def train(corpus, out):
     shutil.copy(f"{out}/sp/tokenizer.model", f"{out}/sp_bos/tokenizer.model")
     json.dump({"tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "add_eos_token": False, "bos_token": "<s>",
                "eos_token": "</s>", "unk_token": "<unk>"}, open(f"{out}/sp_bos/tokenizer_config.json", "w"))
+    # a tokenizer.model alone with Llama 2's tokenizer_config.json (legacy true, its chat template),
+    # which transformers 5 converts to BPE with byte fallback
+    os.makedirs(f"{out}/sp_only_legacy", exist_ok=True)
+    shutil.copy(f"{out}/sp_hf_legacy/tokenizer.model", f"{out}/sp_only_legacy/tokenizer.model")
+    shutil.copy(f"{out}/sp_hf_legacy/tokenizer_config.json", f"{out}/sp_only_legacy/tokenizer_config.json")
 
 
 # A Hugging Face directory of a SentencePiece BPE model: tokenizer.model, its tokenizer.json as
@@ -270,19 +275,18 @@ def messages_of(r):
 # Instruction records in frugal's plain template (src/data/instruct.cpp): the text pieces of a
 # record, each with whether it is trained on; the tokenizer's BOS where transformers' tokenizer
 # puts one before a text (as TRL encodes a prompt; not trained on), ids of each piece (DIR's
-# tokenizer.json, else its tokenizer.model), then EOT (trained on).
+# tokenizer.json, else its tokenizer.model as transformers 5 converts it), then EOT (trained on).
 def render(directory, src, dst):
     from transformers import AutoTokenizer
-    bos = AutoTokenizer.from_pretrained(directory)("")["input_ids"]
+    auto = AutoTokenizer.from_pretrained(directory)
+    bos = auto("")["input_ids"]
     if os.path.exists(f"{directory}/tokenizer.json"):
         from tokenizers import Tokenizer
         t = Tokenizer.from_file(f"{directory}/tokenizer.json")
         encode = lambda text: t.encode(text, add_special_tokens=False).ids
         eot = eot_of(t, f"{directory}/tokenizer.json")
-    else:
-        import sentencepiece as spm
-        sp = spm.SentencePieceProcessor(model_file=f"{directory}/tokenizer.model")
-        encode, eot = sp.encode, sp.eos_id()
+    else:  # a tokenizer.model alone: as transformers 5 converts it
+        encode, eot = lambda text: auto(text, add_special_tokens=False)["input_ids"], auto.eos_token_id
     out = []
     for line in open(src, encoding="utf-8"):
         if not line.strip():
@@ -355,10 +359,7 @@ if __name__ == "__main__":
         directory = sys.argv[2]
         tok = AutoTokenizer.from_pretrained(directory)
         bos = tok("")["input_ids"]
-        if os.path.exists(f"{directory}/tokenizer.json"):
-            encode = lambda s: tok(s, add_special_tokens=False)["input_ids"]
-        else:  # transformers 5 converts the model with another dummy prefix than sentencepiece's, which frugal's is
-            encode = encoder("sp", f"{directory}/tokenizer.model")
+        encode = lambda s: tok(s, add_special_tokens=False)["input_ids"]
         strings = json.load(open(sys.argv[3], encoding="utf-8"))
         json.dump({"eos": tok.eos_token_id, "ids": [bos + encode(s) for s in strings]}, open(sys.argv[4], "w"))
     elif mode == "continue":  # [[context ids, ids], ...] -> the text of ids after the context's
