@@ -160,9 +160,9 @@ double parse_mfu(const std::string& text);
 std::string human_bytes(double b);
 std::string human_time(double s);
 std::string dollars(double usd);  // "$1234", "$12.34", "$0.0012"
-// The per-category table of plan vs (optionally) measured peak bytes, and tokens/s, MFU, cost.
 double median(std::vector<double> v);  // 0 for none
 
+// The per-category table of plan vs (optionally) measured peak bytes, and tokens/s, MFU, cost.
 struct Measured { std::array<size_t, num_mem> peak{}; double tokens_per_s = 0, mfu = 0, seconds = 0; };
 std::string compare_table(const Plan& p, const Measured* m);
 

@@ -406,12 +406,10 @@ void train(const RunConfig& cfg, Comm& comm, bool resume) {
     if (resume) tb->restart(start + 1);
   };
   const bool tty = rank0 && progress_bar_wanted();
-  // model FLOPs per token at the attention each step's rank-0 micro-batches had (data.document_mask)
-  // Model FLOPs per token: attention counted over the documents of `steps` steps' rank-0 micro-batches
-  // (data.document_mask: `pairs`, their sum of n^2), else over whole windows.
-  auto flops_tok = [&](double pairs, int steps) {
-    return cfg.model.flops_per_token(cut.sep >= 0 ? pairs / (double(steps) * B * T * cfg.accum_steps(comm.size())) : T);
-  };
+  // data.document_mask: the attention span of `steps` steps' rank-0 micro-batches, whose documents'
+  // sum of n^2 is `pairs`; model FLOPs per token at that span, else over whole windows
+  auto span_of = [&](double pairs, int steps) { return pairs / (double(steps) * B * T * cfg.accum_steps(comm.size())); };
+  auto flops_tok = [&](double pairs, int steps) { return cfg.model.flops_per_token(cut.sep >= 0 ? span_of(pairs, steps) : T); };
   const int64_t tokens_per_step = int64_t(B) * T * cfg.accum_steps(comm.size()) * comm.size();
   if (rank0)
     fmt::print("frugal: {} ({} layers, {} heads, {} dims, vocab {}{}), {:.2f} M parameters{}\n"
@@ -514,7 +512,7 @@ void train(const RunConfig& cfg, Comm& comm, bool resume) {
                           {"skipped_total", stepper.scaler().skipped_total},
                           {"mem_peak", mem_json(mem)},
                           {"allocations", mem.allocations - allocs_before}};
-    if (cut.sep >= 0) rec["attention_span"] = pairs / (double(B) * T * cfg.accum_steps(comm.size()));
+    if (cut.sep >= 0) rec["attention_span"] = span_of(pairs, 1);
     if (st.targets > 0) rec["loss"] = st.loss;  // none: the batch was all prompt (no update)
     if (do_eval && !std::isnan(val_loss)) rec["val_loss"] = val_loss;
     records.push_back(std::move(rec));
