@@ -61,7 +61,7 @@ TEST(CublasLt, LoadedOnFirstUse) {
   cublasLtHandle_t h = nullptr;
   const cublasStatus_t st = cublasLtCreate(&h);
   EXPECT_TRUE(mapped());
-  if (st == CUBLAS_STATUS_SUCCESS) EXPECT_EQ(cublasLtDestroy(h), CUBLAS_STATUS_SUCCESS);
+  if (st == CUBLAS_STATUS_SUCCESS) { EXPECT_EQ(cublasLtDestroy(h), CUBLAS_STATUS_SUCCESS); }
 }
 #endif
 

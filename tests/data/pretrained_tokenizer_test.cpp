@@ -61,8 +61,8 @@ void expect_reference_ids(Tokenizer& tok, const std::string& kind, const std::st
                            << "' (FRUGAL_TEST_SEED=" << test::test_seed() << ")";
     wrong += ids != ref[i];
     std::string text = tok.decode(std::vector<int32_t>(ids.begin(), ids.end()));
-    if (round_trip == RoundTrip::exact) EXPECT_EQ(text, strings[i]) << kind << " string " << i;
-    if (round_trip == RoundTrip::nfc) EXPECT_EQ(nfc(text), nfc(strings[i])) << kind << " string " << i;
+    if (round_trip == RoundTrip::exact) { EXPECT_EQ(text, strings[i]) << kind << " string " << i; }
+    if (round_trip == RoundTrip::nfc) { EXPECT_EQ(nfc(text), nfc(strings[i])) << kind << " string " << i; }
   }
 }
 
@@ -552,7 +552,7 @@ TEST(Prepare, DocumentsStartWithTheBosTransformersPuts) {
     auto tok = load_pretrained_tokenizer(fixture(c.name));
     const int64_t bos = c.bos ? int64_t(ref["ids"][0][0]) : -1;
     EXPECT_EQ(tok->bos_prefix(), bos);
-    if (c.bos) EXPECT_EQ(uint32_t(ref["eos"]), tok->eot());
+    if (c.bos) { EXPECT_EQ(uint32_t(ref["eos"]), tok->eot()); }
     // each document as it should be in a shard: BOS, text, end of text; or the text alone, end of
     // text between documents
     std::vector<std::vector<uint32_t>> want;
