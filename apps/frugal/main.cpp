@@ -364,11 +364,11 @@ static int cmd_plan(const PlanArgs& a) {
     if (!b.seq_len) b.seq_len = cfg.train.seq_len;
     if (!b.batch_tokens) b.batch_tokens = cfg.train.batch_tokens;
     if (device.empty()) device = cfg.device.name;
-    if (cfg.data.document_mask) {  // the attention the documents of data.train need, over 256 windows
-      try {
-        const std::vector<std::string> shards = resolve_shards(cfg.data.train, "data.train");
-        DataLoader data(shards, cfg.model.vocab_size, 1, b.seq_len, cfg.train.seed, true);
-        const DocumentCut cut = document_cut(shards.front(), data.records());
+    if (cfg.data.document_mask) {  // the attention the documents need: up to 256 windows of data.train's first shard
+      try {                          // (opening a shard checks it whole: not all of a large dataset's)
+        const std::string shard = resolve_shards(cfg.data.train, "data.train").front();
+        DataLoader data({shard}, cfg.model.vocab_size, 1, b.seq_len, cfg.train.seed, true);
+        const DocumentCut cut = document_cut(shard, data.records());
         data.set_documents(cut);
         b.attention_span = attention_span(data, cut, std::min<int64_t>(256, data.num_windows()));
       } catch (const UserError& e) {
