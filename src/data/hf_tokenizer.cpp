@@ -631,7 +631,8 @@ SpModel read_sp_model(const std::string& path) {
 // LlamaTokenizer: the pieces a BPE vocabulary with byte fallback; the merges every split of a
 // piece into two pieces, by the piece's id and then the left part's length in characters
 // (generate_merges); unknown and control pieces special added tokens, user-defined ones added
-// tokens; Metaspace, the decoder and the BOS the LlamaTokenizer reads tokenizer_config.json for.
+// tokens; the BOS the LlamaTokenizer reads tokenizer_config.json for (its Metaspace scheme and
+// decoder Strip, which it reads there too, HfTokenizer adds once it has read them).
 // null where it is not a BPE model with the 256 byte pieces (which transformers reads otherwise).
 json convert_sentencepiece(const std::string& path) {
   const SpModel m = read_sp_model(path);
@@ -655,7 +656,7 @@ json convert_sentencepiece(const std::string& path) {
       if ((uint8_t(piece[k]) & 0xC0) != 0x80 && id_of.count(piece.substr(0, k)) && id_of.count(piece.substr(k)))
         merges.push_back({piece.substr(0, k), piece.substr(k)});
   json j = {{"version", "1.0"}, {"truncation", nullptr}, {"padding", nullptr}, {"added_tokens", added}, {"normalizer", nullptr},
-            {"pre_tokenizer", {{"type", "Metaspace"}, {"replacement", "\u2581"}, {"prepend_scheme", "first"}, {"split", false}}},
+            {"pre_tokenizer", {{"type", "Metaspace"}, {"replacement", "\u2581"}, {"split", false}}},  // + prepend_scheme: HfTokenizer's
             {"post_processor", nullptr},
             {"decoder", {{"type", "Sequence"}, {"decoders", json::array({{{"type", "Replace"}, {"pattern", {{"String", "\u2581"}}},
                                                                           {"content", " "}},
