@@ -86,7 +86,7 @@ void nfc_span(const unsigned char* s, size_t n, std::string& out) {
   thread_local std::vector<uint8_t> cls;   // their combining classes
   cps.clear();
   for (size_t i = 0; i < n;) {
-    uint32_t cp;
+    uint32_t cp = 0;  // set by utf8_at (gcc 12 cannot see it: -Wmaybe-uninitialized)
     i += utf8_at(s, i, n, cp);
     decompose(cp, cps);
   }
