@@ -405,9 +405,15 @@ std::map<std::string, ShardEntry> reusable_shards(const std::string& dir, const 
   if (old.is_discarded() || !old.is_object()) return out;
   for (auto& [k, v] : head.items())
     if (!old.contains(k) || old[k] != v) return out;
-  for (auto& s : old.value("shards", json::array())) {
-    ShardEntry e{s.value("file", ""), s.value("split", ""), s.value("tokens", int64_t(-1)),
-                 s.value("bytes", int64_t(-1)), s.value("checksum", "")};
+  if (!old.contains("shards") || !old["shards"].is_array()) return out;
+  for (auto& s : old["shards"]) {
+    ShardEntry e;
+    try {  // a damaged entry is not reused: its shard is written again
+      e = {s.at("file").get<std::string>(), s.at("split").get<std::string>(), s.at("tokens").get<int64_t>(),
+           s.at("bytes").get<int64_t>(), s.at("checksum").get<std::string>()};
+    } catch (const json::exception&) {
+      continue;
+    }
     std::error_code ec;
     const std::string f = dir + "/" + e.file;
     if (e.file.empty() || int64_t(fs::file_size(f, ec)) != e.bytes || ec) continue;
@@ -559,10 +565,6 @@ PrepareStats prepare_corpus(const std::vector<std::string>& inputs, const std::s
     if (sources.size() == 1 && sources[0].format == Format::text) opt.val_every = 20;
     else opt.val_fraction = 0.01;
   }
-  std::error_code ec;
-  fs::create_directories(out_dir, ec);
-  if (ec) user_error("{}: cannot create directory: {}", out_dir, ec.message());
-
   std::unique_ptr<Tokenizer> tok = make_tokenizer(sources, kjv, opt.field, topt);
   const bool wide = tok->vocab_size() > 65536;
   const uint32_t eot = tok->eot();
@@ -570,6 +572,12 @@ PrepareStats prepare_corpus(const std::vector<std::string>& inputs, const std::s
   const bool text_bos = !opt.instruct && bos >= 0;  // text documents: BOS ... end of text
   if (!opt.chat_template.empty() && !opt.instruct) user_error("--chat-template renders instruction records: give --format jsonl");
   const ChatTemplate tmpl = opt.instruct ? ChatTemplate::of(topt.pretrained, *tok, opt.chat_template) : ChatTemplate();
+  const std::pair<uint64_t, int64_t> val_below = opt.val_docs > 0 ? val_docs_bound(sources, kjv, opt, tmpl, threads)
+                                                                  : std::make_pair(uint64_t(0), int64_t(-1));
+  // the output directory once the inputs are known good: a refused prepare leaves nothing behind
+  std::error_code ec;
+  fs::create_directories(out_dir, ec);
+  if (ec) user_error("{}: cannot create directory: {}", out_dir, ec.message());
 
   // What decides the shards: compared with an earlier manifest's to reuse its shards.
   json head;
@@ -606,8 +614,6 @@ PrepareStats prepare_corpus(const std::vector<std::string>& inputs, const std::s
   if (!opt.chat_template.empty()) write_file_atomic(template_file, tmpl.source().data(), tmpl.source().size());
   else if (tok->kind() != TokenizerKind::hf_bpe) fs::remove(template_file, ec);
 
-  const std::pair<uint64_t, int64_t> val_below = opt.val_docs > 0 ? val_docs_bound(sources, kjv, opt, tmpl, threads)
-                                                                  : std::make_pair(uint64_t(0), int64_t(-1));
   auto is_val_doc = [&](int64_t d) {
     if (opt.val_docs > 0) return std::make_pair(doc_hash(opt.seed, d), d) <= val_below;
     return double(doc_hash(opt.seed, d) >> 11) * 0x1p-53 < opt.val_fraction;

@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <optional>
 #include <set>
 
 #include <nlohmann/json.hpp>
@@ -81,19 +82,19 @@ ShardWriter::Done ShardWriter::finish() {
   return {n_, bytes, sum_};
 }
 
-// The manifest's entry for a shard in a directory that has one: null without a manifest;
-// UserError naming the shard when the manifest does not list it.
-static std::unique_ptr<nlohmann::json> manifest_entry(const std::string& path) {
+// The manifest's entry for a shard in a directory that has one: its token count and checksum;
+// none without a manifest; UserError naming the shard when the manifest does not list it.
+struct ManifestEntry { int64_t tokens; std::string checksum; };
+static std::optional<ManifestEntry> manifest_entry(const std::string& path) {
   namespace fs = std::filesystem;
   fs::path dir = fs::path(path).parent_path();
   std::string m = ((dir.empty() ? fs::path(".") : dir) / kManifest).string();
-  if (!fs::exists(m)) return nullptr;
-  nlohmann::json j;
+  if (!fs::exists(m)) return std::nullopt;
   try {
-    j = nlohmann::json::parse(read_whole_file(m));
+    const nlohmann::json j = nlohmann::json::parse(read_whole_file(m));
     for (auto& s : j.at("shards"))
       if (s.at("file").get<std::string>() == fs::path(path).filename().string())
-        return std::make_unique<nlohmann::json>(s);
+        return ManifestEntry{s.at("tokens").get<int64_t>(), s.at("checksum").get<std::string>()};
   } catch (const nlohmann::json::exception& e) {
     user_error("{}: not a frugal manifest: {}", m, e.what());
   }
@@ -128,13 +129,12 @@ TokenShard::TokenShard(const std::string& path, int64_t vocab_size) : path_(path
                size_t(std::max<int64_t>(n_, 0)) * width, bytes - hdr);
   const char* body = static_cast<const char*>(map_) + hdr;
   if (auto e = manifest_entry(path)) {
-    const int64_t want = (*e)["tokens"].get<int64_t>();
-    if (want != n_)
-      user_error("{}: {} tokens, but the manifest lists {} (the shard is damaged: prepare it again)", path, n_, want);
+    if (e->tokens != n_)
+      user_error("{}: {} tokens, but the manifest lists {} (the shard is damaged: prepare it again)", path, n_, e->tokens);
     const std::string sum = fmt::format("{:016x}", checksum(body, bytes - hdr));
-    if (sum != (*e)["checksum"].get<std::string>())
+    if (sum != e->checksum)
       user_error("{}: checksum {}, but the manifest lists {} (the shard is corrupt: prepare it again)", path, sum,
-                 (*e)["checksum"].get<std::string>());
+                 e->checksum);
   }
   u16_ = reinterpret_cast<const uint16_t*>(body);
   u32_ = reinterpret_cast<const uint32_t*>(body);

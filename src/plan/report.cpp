@@ -112,21 +112,24 @@ const char* kColors[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", 
 static std::string profile_table(const std::string& path) {
   std::error_code ec;
   if (!std::filesystem::is_regular_file(path, ec)) return "";
-  nlohmann::json j = nlohmann::json::parse(read_whole_file(path), nullptr, false);
-  if (j.is_discarded() || !j.contains("ops") || !j["ops"].is_array()) return "";
-  std::string t = fmt::format("<h2>Where a step goes (run.profile: {} steps, {:.4f} s per step)</h2>\n"
-                              "<table style=\"border-collapse:collapse\"><tr><th align=left>op</th><th>s/step</th>"
-                              "<th align=left>share</th><th>GFLOP/s</th><th>of peak</th></tr>\n",
-                              j.value("steps", 0), j.value("step_s", 0.0));
-  for (const auto& r : j["ops"]) {
-    const double share = r.value("share", 0.0);
-    t += fmt::format("<tr><td>{}</td><td align=right>{:.4f}</td><td><div style=\"background:{};height:12px;width:{:.0f}px\">"
-                     "</div>{:.1f}%</td><td align=right>{}</td><td align=right>{}</td></tr>\n",
-                     escape(r.value("op", std::string())), r.value("seconds_per_step", 0.0), kColors[0], 300 * share,
-                     100 * share, r.contains("gflops") ? fmt::format("{:.1f}", r["gflops"].get<double>()) : "",
-                     r.contains("of_peak") ? fmt::format("{:.0f}%", 100 * r["of_peak"].get<double>()) : "");
+  try {
+    const nlohmann::json j = nlohmann::json::parse(read_whole_file(path));
+    std::string t = fmt::format("<h2>Where a step goes (run.profile: {} steps, {:.4f} s per step)</h2>\n"
+                                "<table style=\"border-collapse:collapse\"><tr><th align=left>op</th><th>s/step</th>"
+                                "<th align=left>share</th><th>GFLOP/s</th><th>of peak</th></tr>\n",
+                                j.value("steps", 0), j.value("step_s", 0.0));
+    for (const auto& r : j.at("ops")) {
+      const double share = r.value("share", 0.0);
+      t += fmt::format("<tr><td>{}</td><td align=right>{:.4f}</td><td><div style=\"background:{};height:12px;width:{:.0f}px\">"
+                       "</div>{:.1f}%</td><td align=right>{}</td><td align=right>{}</td></tr>\n",
+                       escape(r.value("op", std::string())), r.value("seconds_per_step", 0.0), kColors[0], 300 * share,
+                       100 * share, r.contains("gflops") ? fmt::format("{:.1f}", r["gflops"].get<double>()) : "",
+                       r.contains("of_peak") ? fmt::format("{:.0f}%", 100 * r["of_peak"].get<double>()) : "");
+    }
+    return t + "</table>\n";
+  } catch (const nlohmann::json::exception& e) {
+    user_error("{}: not a run.profile table: {}", path, e.what());
   }
-  return t + "</table>\n";
 }
 
 std::string write_report(const std::string& run_dir, const std::string& devices_path) {

@@ -82,15 +82,19 @@ struct RankFile {
       return it->second;
     };
     for (size_t i = 0; i < units.size(); i++) {
-      if (std::stoll(get(fmt::format("u{}.numel", i))) != units[i].numel)
-        user_error("{}: unit {} ({}) has {} elements, the model {}", path, i, units[i].name,
-                   get(fmt::format("u{}.numel", i)), units[i].numel);
+      const std::string key = fmt::format("u{}.numel", i), numel = get(key);
+      int64_t n = 0;
+      auto [end, ec] = std::from_chars(numel.data(), numel.data() + numel.size(), n);
+      if (ec != std::errc() || end != numel.data() + numel.size())
+        user_error("{}: metadata '{}' is '{}', expected an integer", path, key, numel);
+      if (n != units[i].numel)
+        user_error("{}: unit {} ({}) has {} elements, the model {}", path, i, units[i].name, n, units[i].numel);
       ranges.emplace_back();
       std::string list = get(fmt::format("u{}.ranges", i));
       for (size_t at = 0; at < list.size();) {
         long long lo = 0, hi = 0;
         int used = 0;
-        if (std::sscanf(list.c_str() + at, "%lld-%lld%n", &lo, &hi, &used) != 2 || lo > hi || hi > units[i].numel)
+        if (std::sscanf(list.c_str() + at, "%lld-%lld%n", &lo, &hi, &used) != 2 || lo < 0 || lo > hi || hi > units[i].numel)
           user_error("{}: metadata u{}.ranges = '{}': expected lo-hi,... within the unit", path, i, list);
         ranges.back().push_back({lo, hi});
         at += size_t(used) + 1;

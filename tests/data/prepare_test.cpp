@@ -226,6 +226,16 @@ TEST(Prepare, ManifestChecksumsRefuseDamagedShards) {
   put(d / "out/train_002.bin", s);
   fs::copy_file(d / "out/train_000.bin", d / "out/train_099.bin");
   test::expect_user_error([&] { TokenShard(d / "out/train_099.bin", 0); }, "train_099.bin: not listed in");
+  fs::remove(d / "out/train_099.bin");
+  // entries without their checksums: the manifest is named; prepare again writes them anew
+  std::string edited = j;
+  for (size_t at; (at = edited.find("\"checksum\"")) != std::string::npos;) edited.replace(at, 10, "\"sum\"");
+  put(d / "out/manifest.json", edited);
+  test::expect_user_error([&] { TokenShard(d / "out/train_000.bin", 0); },
+                          "out/manifest.json: not a frugal manifest: [json.exception.out_of_range.403] key 'checksum' not found");
+  PrepareStats again = prepare_corpus({d / "a.txt"}, d / "out", o);
+  EXPECT_EQ(again.reused_shards, 0);
+  EXPECT_EQ(slurp(d / "out/manifest.json"), j);
 }
 
 // Bad .jsonl lines name the file and the line; --skip-bad-lines counts them; no text at all
@@ -248,6 +258,9 @@ TEST(Prepare, BadInputIsNamed) {
   o.skip_bad_lines = true;
   test::expect_user_error([&] { prepare_corpus({d / "allbad.jsonl"}, d / "o", o); },
                           "--val-docs 1: the input holds 0 documents (2 bad .jsonl lines skipped), expected more than that");
+  // refused before a shard is written (here by --val-docs' count): no directory is left behind
+  test::expect_user_error([&] { prepare_corpus({d / "allbad.jsonl"}, d / "none", o); }, "--val-docs 1: the input holds 0");
+  EXPECT_FALSE(fs::exists(d / "none"));
   PrepareStats st = prepare_corpus({d / "bad.jsonl"}, d / "o", o);
   EXPECT_EQ(st.skipped_lines, 4);
   EXPECT_EQ(st.train_docs + st.val_docs, 2);

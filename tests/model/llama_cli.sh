@@ -42,4 +42,8 @@ assert abs(sum(r["share"] for r in p["ops"]) - 1) < 1e-6
 PY
 "$F" report prof >/dev/null || fail "report of the profiled run"
 grep -q "Where a step goes" prof/report.html || fail "the report does not draw the profile"
+sed -i '0,/"gflops": [0-9.e+-]*/s//"gflops": "fast"/' prof/profile.json
+"$F" report prof > log 2>&1 && fail "a damaged profile.json was drawn: $(cat log)"
+grep -q '^frugal: error: prof/profile.json: not a run.profile table: .*type must be number, but is string' log \
+  || fail "a damaged profile.json: $(cat log)"
 echo "llama cli: resumed runs equal uninterrupted ones (fp32, bf16 full recompute); eval, sample, report, plan, profile work"

@@ -1,5 +1,6 @@
 // The step and the Trainer: schedule, accumulation, learning on the default corpus, determinism.
 #include <cmath>
+#include <cstring>
 #include <fstream>
 
 #include <nlohmann/json.hpp>
@@ -356,6 +357,22 @@ TEST_F(TrainOnKjv, BadResumeIsAClearErrorAndOverwritesNothing) {
   std::ofstream(r + "/ckpt-4/state.json") << newer;
   test::expect_user_error([&] { train(with({}), *comm, true); }, "ckpt-4/state.json: format_version 2 is newer than this frugal reads (1)");
   std::ofstream(r + "/ckpt-4/state.json") << state;
+  // a rank file's metadata edited: named by key, not an exception out of the parser
+  const std::string rank = slurp(r + "/ckpt-4/rank-0.safetensors");
+  uint64_t n = 0;
+  std::memcpy(&n, rank.data(), 8);
+  for (auto [key, value, message] : {std::tuple{"u0.numel", "x", "metadata 'u0.numel' is 'x', expected an integer"},
+                                     std::tuple{"u0.ranges", "-3-4", "metadata u0.ranges = '-3-4': expected lo-hi,..."}}) {
+    nlohmann::json h = nlohmann::json::parse(rank.substr(8, n));
+    h["__metadata__"][key] = value;
+    const std::string header = h.dump();
+    const uint64_t len = header.size();
+    std::ofstream(r + "/ckpt-4/rank-0.safetensors", std::ios::binary)
+        << std::string(reinterpret_cast<const char*>(&len), 8) << header << rank.substr(8 + n);
+    test::expect_user_error([&] { train(config("bad", {"train.steps=6", "run.checkpoint_every=2", "train.eval_batches=1"}), *comm, true); },
+                            std::string("ckpt-4/rank-0.safetensors: ") + message);
+  }
+  std::ofstream(r + "/ckpt-4/rank-0.safetensors", std::ios::binary) << rank;
   std::filesystem::rename(r + "/ckpt-4/rank-0.safetensors", *dir_ / "rank-0.away");
   test::expect_user_error([&] { train(with({}), *comm, true); }, "ckpt-4/rank-0.safetensors: missing (the checkpoint was written by 1 rank file(s)");
   std::filesystem::rename(*dir_ / "rank-0.away", r + "/ckpt-4/rank-0.safetensors");
