@@ -128,6 +128,9 @@ void strategy_memory(const std::vector<UnitSpec>& table, DType dt, Sharding shar
 // MemoryPool measures.
 MemoryEstimate estimate_memory(const ModelConfig& cfg, int B, int T, DType dt, const std::vector<Recompute>& plan,
                                bool gpu = false, Sharding sharding = {});
+// The same with cfg's param_table built once by the caller.
+MemoryEstimate estimate_memory(const ModelConfig& cfg, const std::vector<UnitSpec>& table, int B, int T, DType dt,
+                               const std::vector<Recompute>& plan, bool gpu, Sharding sharding);
 Own model_owns(Strategy s);  // what the Model allocates itself under s
 
 // Where each unit's parameters, gradients and optimizer state live on this rank under a

@@ -113,8 +113,13 @@ void strategy_memory(const std::vector<UnitSpec>& table, DType dt, Sharding shar
 
 MemoryEstimate estimate_memory(const ModelConfig& cfg, int B, int T, DType dt, const std::vector<Recompute>& plan,
                                bool gpu, Sharding sharding) {
-  MemoryEstimate m = model_memory(cfg, B, T, dt, plan, gpu);
-  strategy_memory(param_table(cfg), dt, sharding, m);
+  return estimate_memory(cfg, param_table(cfg), B, T, dt, plan, gpu, sharding);
+}
+
+MemoryEstimate estimate_memory(const ModelConfig& cfg, const std::vector<UnitSpec>& table, int B, int T, DType dt,
+                               const std::vector<Recompute>& plan, bool gpu, Sharding sharding) {
+  MemoryEstimate m = model_memory(cfg, table, B, T, dt, plan, gpu);
+  strategy_memory(table, dt, sharding, m);
   return m;
 }
 

@@ -103,22 +103,26 @@ int64_t ModelConfig::num_params() const {
   return n;
 }
 
-int64_t ModelConfig::num_trainable_params() const {
+int64_t trainable_params(const std::vector<UnitSpec>& table) {
   int64_t n = 0;
-  for (const UnitSpec& u : param_table(*this)) n += u.frozen ? 0 : u.numel;
+  for (const UnitSpec& u : table) n += u.frozen ? 0 : u.numel;
   return n;
 }
 
-int64_t ModelConfig::num_params_no_wpe() const {
+int64_t params_no_wpe(const std::vector<UnitSpec>& table, int64_t vocab_size) {
   int64_t n = 0;
-  for (const UnitSpec& u : param_table(*this))
+  for (const UnitSpec& u : table)
     for (const ParamSpec& s : u.specs)
-      n += s.site >= 0 || s.field == &Tensors::wpe ? 0 : s.vocab_rows() ? int64_t(vocab_size) * s.shape[1] : s.numel;
+      n += s.site >= 0 || s.field == &Tensors::wpe ? 0 : s.vocab_rows() ? vocab_size * s.shape[1] : s.numel;
   return n;
 }
 
-double ModelConfig::flops_per_token(double S) const {
-  const double attention = 12.0 * n_layer * S * n_embd, N = double(num_params_no_wpe());
+int64_t ModelConfig::num_trainable_params() const { return trainable_params(param_table(*this)); }
+int64_t ModelConfig::num_params_no_wpe() const { return params_no_wpe(param_table(*this), vocab_size); }
+double ModelConfig::flops_per_token(double S) const { return flops_per_token(S, num_params_no_wpe()); }
+
+double ModelConfig::flops_per_token(double S, int64_t num_no_wpe) const {
+  const double attention = 12.0 * n_layer * S * n_embd, N = double(num_no_wpe);
   if (!lora.on()) return 6.0 * N + attention;
   // LoRA: the frozen base's forward and input gradients, no weight gradients (4N); per adapter
   // site 2r(in + rows) forward and 2r(4 in + 3 rows) backward (h recomputed, dB, dh, dA, dx)

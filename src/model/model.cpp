@@ -389,8 +389,8 @@ int64_t lm_head_rows(int64_t BT, int64_t Vp, DType dt, bool gpu) {
   return std::min<int64_t>(BT, gpu ? rows : std::bit_floor(uint64_t(rows)));
 }
 
-MemoryEstimate model_memory(const ModelConfig& cfg, int B, int T, DType dt, const std::vector<Recompute>& plan,
-                            bool gpu) {
+MemoryEstimate model_memory(const ModelConfig& cfg, const std::vector<UnitSpec>& table, int B, int T, DType dt,
+                            const std::vector<Recompute>& plan, bool gpu) {
   // The closed forms of docs/memory.md. e: bytes per compute element.
   const ActWidths w = act_widths(cfg);
   const double BT = double(B) * T, C = cfg.n_embd, L = cfg.n_layer,
@@ -421,7 +421,6 @@ MemoryEstimate model_memory(const ModelConfig& cfg, int B, int T, DType dt, cons
   m.bytes[int(Mem::workspace)] = size_t(work);
   // The GPU backend's own scratch (backend.h says what it holds).
   if (gpu) {
-    const std::vector<UnitSpec> table = param_table(cfg);
     size_t num_tensors = 0;
     int64_t widest_bias = 0;  // a bias is a 1-D tensor initialised to zeros
     for (const UnitSpec& t : table) {

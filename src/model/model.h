@@ -92,6 +92,7 @@ struct ModelConfig {
   // documents of n under data.document_mask); under LoRA 4N (no weight gradients of the base) +
   // the adapters' GEMMs + 12 L S C
   double flops_per_token(double S) const;
+  double flops_per_token(double S, int64_t N) const;  // N: num_params_no_wpe(), where known
   void validate(const std::string& where) const;  // throws UserError naming `where`
 };
 
@@ -182,6 +183,9 @@ struct UnitSpec {
 // The family's table: the embedding, n_layer blocks, the final norm, the head when untied; under
 // LoRA these frozen, then an adapter unit per block.
 std::vector<UnitSpec> param_table(const ModelConfig& cfg);
+// ModelConfig's counts over a table already built: all but LoRA's frozen base; N of the 6N rule.
+int64_t trainable_params(const std::vector<UnitSpec>& table);
+int64_t params_no_wpe(const std::vector<UnitSpec>& table, int64_t vocab_size);
 // Each family's (gpt2.cpp, llama.cpp), and the layout they share: a unit's 2-D weights first.
 std::vector<UnitSpec> gpt2_table(const ModelConfig& cfg);
 std::vector<UnitSpec> llama_table(const ModelConfig& cfg);
@@ -296,8 +300,9 @@ int64_t lm_head_rows(int64_t BT, int64_t Vp, DType dt, bool gpu);
 // backend (its lm-head chunks and Mem::runtime) or the CPU's: activations, workspace and the
 // runtime's scratch. The model states (params, grads, optimizer) and communication buffers are
 // the data-parallel strategy's (dist's strategy_memory; estimate_memory there adds both).
-MemoryEstimate model_memory(const ModelConfig& cfg, int B, int T, DType dt, const std::vector<Recompute>& plan,
-                            bool gpu = false);
+// table: param_table(cfg).
+MemoryEstimate model_memory(const ModelConfig& cfg, const std::vector<UnitSpec>& table, int B, int T, DType dt,
+                            const std::vector<Recompute>& plan, bool gpu = false);
 
 // The documents data.document_mask attends apart in a micro-batch tokens(B,T): (first position
 // b T + t, length) of each, every row cut at each `sep`, before it or after it (Model::set_documents).

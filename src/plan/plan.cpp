@@ -167,7 +167,12 @@ std::string PlanSettings::describe() const {
 // gigabit, and what the catalogue's network_bandwidth, a line rate, leaves to the ranks.
 constexpr double kTcpPayloadShare = 1448.0 / 1538.0;
 
-Plan make_plan(const PlanSettings& s) {
+ModelTable::ModelTable(const ModelConfig& c)
+    : units(param_table(c)), trainable(trainable_params(units)), no_wpe(params_no_wpe(units, c.vocab_size)) {}
+
+Plan make_plan(const PlanSettings& s) { return make_plan(s, ModelTable(s.model)); }
+
+Plan make_plan(const PlanSettings& s, const ModelTable& t) {
   Plan p;
   p.s = s;
   const ModelConfig& c = s.model;
@@ -175,9 +180,10 @@ Plan make_plan(const PlanSettings& s) {
   p.step_tokens = s.batch_tokens > 0 ? s.batch_tokens : micro;
   p.valid = p.step_tokens % micro == 0;
   p.accum = int(std::max<int64_t>(1, p.step_tokens / micro));
-  p.memory = plan_memory(c, s.micro_batch, s.seq_len, s.compute, s.recompute, s.strategy, s.devices, s.reduce, s.device.gpu);
+  p.memory = estimate_memory(c, t.units, s.micro_batch, s.seq_len, s.compute, s.recompute.per_block(c.n_layer),
+                             s.device.gpu, {s.strategy, s.devices, s.reduce});
   p.fits = p.over() <= 0;
-  p.model_flops_per_token = c.flops_per_token(s.span());
+  p.model_flops_per_token = c.flops_per_token(s.span(), t.no_wpe);
   // Recompute FLOPs per token: a full block re-runs its qkv, proj and MLP-in GEMMs (2·C·(W +
   // C + Fin): 16·C² for GPT-2) and its attention (4·S·C), but for the last one, whose stash is
   // intact; selective re-runs the attention. Norms and activations are not counted.
@@ -204,9 +210,9 @@ Plan make_plan(const PlanSettings& s) {
   // at 5 Gb/s (0.79) with MpiComm's transport settings (bench/RESULTS.md, issue 24).
   const bool zero3 = StrategyPolicy::of(s.strategy).shard_params, mpi = !s.device.gpu;
   const bool gather_after = mpi && !zero3 && StrategyPolicy::of(s.strategy).shard_optimizer;
-  const double N = s.devices, psi = double(c.num_trainable_params()), rs = mpi ? 2.0 : 1.0;
+  const double N = s.devices, psi = double(t.trainable), rs = mpi ? 2.0 : 1.0;
   double base = 0;
-  for (const UnitSpec& u : param_table(c))
+  for (const UnitSpec& u : t.units)
     if (u.frozen) base += double(frozen_store_bytes(u, s.compute));
   const double per_micro =
       zero3 ? 2.0 * (double(dtype_size(s.compute)) * psi + base) + rs * double(dtype_size(s.reduce)) * psi : 0;
@@ -354,6 +360,7 @@ PlanQuery open_query(const PlanSettings& base, const std::vector<Device>& device
 }
 
 std::vector<Plan> search(const PlanQuery& q) {
+  const ModelTable table(q.base.model);
   std::vector<Plan> out;
   for (const Device& dev : q.devices)
     for (Strategy st : q.strategies)
@@ -370,7 +377,7 @@ std::vector<Plan> search(const PlanQuery& q) {
               s.recompute = rc;
               s.micro_batch = b;
               s.devices = n;
-              Plan p = make_plan(s);
+              Plan p = make_plan(s, table);
               if (p.valid) out.push_back(p);
             }
   std::stable_sort(out.begin(), out.end(), better);

@@ -108,8 +108,18 @@ struct Plan {
   std::string explain() const;  // settings, memory per category, step time, total time and cost
 };
 
-// Evaluates one configuration. A fully recomputed block adds its forward again: 24C² + 4TC
-// FLOPs per token.
+// What a plan reads of its model's parameter table, built once per model: search() makes tens of
+// thousands of plans of one model, and building the table (names and all) for each took longer
+// than the rest of the plan (`plan --preset llama-2-70b`: 21 s).
+struct ModelTable {
+  std::vector<UnitSpec> units;
+  int64_t trainable, no_wpe;  // num_trainable_params(), num_params_no_wpe()
+  explicit ModelTable(const ModelConfig& c);
+};
+
+// Evaluates one configuration (t: s.model's table). A fully recomputed block adds its forward
+// again: 24C² + 4TC FLOPs per token.
+Plan make_plan(const PlanSettings& s, const ModelTable& t);
 Plan make_plan(const PlanSettings& s);
 
 // The prediction for a run as configured (device from the catalogue when it names the config's
