@@ -121,12 +121,13 @@ static int cmd_eval(const std::string& run, const std::string& data, int batches
   const int B = cfg.train.micro_batch, T = cfg.train.seq_len;
   double loss = evaluate([&](const int32_t* in, const int32_t* tg) { return model.forward_loss(in, tg, B, T); },
                          loader, batches);
-  int64_t n = batches > 0 ? batches : loader.num_windows() / loader.batch();
+  const int64_t n = eval_batch_count(loader, batches);
   if (std::isnan(loss))
     user_error("{}: the {} tokens evaluated hold no target trained on (their loss masks are 0: prompts only){}", pattern,
-               n * loader.batch() * loader.seq_len(), batches > 0 ? ": give more --batches" : "");
-  fmt::print("eval: loss {:.4f} (perplexity {:.3f}) over {} tokens of {}\n", loss, std::exp(loss),
-             n * loader.batch() * loader.seq_len(), pattern);
+               n * loader.batch() * loader.seq_len(), batches > 0 && batches == n ? ": give more --batches" : "");
+  fmt::print("eval: loss {:.4f} (perplexity {:.3f}) over {} tokens of {}{}\n", loss, std::exp(loss),
+             n * loader.batch() * loader.seq_len(), pattern,
+             batches > n ? fmt::format(" (all its {} batches: --batches {} is more than it holds)", n, batches) : "");
   return 0;
 }
 

@@ -114,12 +114,15 @@ class Stepper {
 // none does, naming the smallest).
 RecomputePolicy choose_recompute(const RunConfig& cfg, int world = 1);
 
-// Mean loss over `batches` micro-batches of the loader (0: one pass over every window),
+// Mean loss over `batches` micro-batches of the loader (0, or more than it holds: one pass over every window),
 // averaged over the ranks of comm (each reading its part of every batch) when given; `loss`
 // computes one micro-batch's mean loss (Model::forward_loss, or Stepper::loss when sharded).
 // NaN when the batches hold no target trained on (loss masks of 0: prompts only).
 using LossFn = std::function<float(const int32_t* tokens, const int32_t* targets)>;
 double evaluate(const LossFn& loss, class DataLoader& loader, int batches, Comm* comm = nullptr);
+// The micro-batches evaluate() takes: `batches` (0: all), at most one pass over the split, so that
+// no window counts twice.
+int64_t eval_batch_count(const class DataLoader& loader, int batches);
 
 // data.document_mask: the keys a token attends to on average (sum n^2 / T over each window's
 // documents of n; what ModelConfig::flops_per_token counts) in the first `batches` micro-batches

@@ -21,9 +21,14 @@
 
 namespace frugal {
 
+int64_t eval_batch_count(const DataLoader& loader, int batches) {
+  const int64_t all = loader.num_windows() / (int64_t(loader.batch()) * loader.world());
+  return batches > 0 ? std::min<int64_t>(batches, all) : all;
+}
+
 double evaluate(const LossFn& loss, DataLoader& loader, int batches, Comm* comm) {
   const int B = loader.batch(), T = loader.seq_len();
-  int64_t n = batches > 0 ? batches : loader.num_windows() / (int64_t(B) * loader.world());
+  const int64_t n = eval_batch_count(loader, batches);
   std::vector<int32_t> in(size_t(B) * T), tg(in.size());
   loader.reset();
   double sum = 0.0, counted = 0.0;  // a micro-batch's mean weighs as its counted targets (masked data)
@@ -346,6 +351,10 @@ void train(const RunConfig& cfg, Comm& comm, bool resume) {
       fmt::print("documents attend only to themselves: cut {} each end of text (id {}); {}\n", cut.after ? "after" : "before",
                  cut.sep, span);
   }
+  if (rank0 && t.eval_batches > eval_batch_count(val_data, t.eval_batches))
+    fmt::print("note: train.eval_batches = {}, but data.val holds {} micro-batches of {} x {}{}: each evaluation takes "
+               "those, once each\n", t.eval_batches, eval_batch_count(val_data, 0), B, T,
+               comm.size() > 1 ? fmt::format(" on each of {} ranks", comm.size()) : "");
   stepper.init_weights(t.seed);
   if ((!resume || cfg.model.lora.on()) && !t.init_from.empty()) {  // LoRA's frozen base, on a resume too
     Shards& shards = stepper.shards();  // zero3/yafsdp: one unit whole at a time

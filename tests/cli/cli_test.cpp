@@ -104,6 +104,11 @@ TEST_F(Cli, PrepareTrainEvalSample) {
   ASSERT_EQ(e.code, 0) << e.out;
   double loss = std::stod(e.out.substr(e.out.find("loss ") + 5));
   EXPECT_NEAR(loss, val, 1e-4);
+  // more batches than the split holds: each window once, as with 0 (all), not the first ones twice
+  Result all = run("eval --run run1", d()), more = run("eval --run run1 --batches 1000000", d());
+  ASSERT_EQ(more.code, 0) << more.out;
+  EXPECT_EQ(more.out.substr(0, more.out.find(" (all its")), all.out.substr(0, all.out.find('\n'))) << more.out;
+  EXPECT_NE(more.out.find("--batches 1000000 is more than it holds"), std::string::npos) << more.out;
   // sampling is seeded: the same seed gives the same text, another seed another text
   Result s1 = run("sample --run run1 --prompt 'In the' --tokens 40 --seed 3", d());
   Result s2 = run("sample --run run1 --prompt 'In the' --tokens 40 --seed 3", d());
