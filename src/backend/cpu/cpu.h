@@ -74,7 +74,9 @@ class CpuBackend final : public Backend {
   double sum_squares(const std::vector<FloatSpan>& spans) override;
   void fill_zero(float* x, int64_t n) override;
   double sum(const float* x, int64_t n) override;
-  void copy(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
+  void copy(void* dst, const void* src, size_t bytes) override {
+    if (bytes) std::memcpy(dst, src, bytes);  // an empty shard's slice may be null
+  }
   void synchronize() override {}
 
  private:

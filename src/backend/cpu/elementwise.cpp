@@ -58,6 +58,7 @@ void CpuBackend::scale(void* x, float s, int64_t n, DType dt) {
 // (the gradients' zeroing took 5 % of a gpt2 bf16 step, not halving with the second thread).
 void CpuBackend::fill_zero(float* x, int64_t n) {
   constexpr int64_t kChunk = int64_t(1) << 16;  // floats
+  if (n <= 0) return;  // an empty slice may be null
   if (n < 2 * kChunk) return (void)std::memset(x, 0, size_t(n) * sizeof(float));
   if (n >= (int64_t(1) << 20)) {  // past L2 (4 MB): streaming stores, which do not read each line
     // before writing it: gpt2's 124 M gradients 25 -> 11 ms a step; the default run (units of
