@@ -91,7 +91,7 @@ SafeTensors::SafeTensors(std::string name, std::vector<char> bytes)
 
 // Checks the whole header against the file: a JSON object (UTF-8) of string metadata and
 // tensors with a known dtype, a shape of non-negative integers whose size matches the byte
-// range, and byte ranges inside the data that do not overlap.
+// range, and byte ranges that tile the data without overlap.
 void SafeTensors::parse() {
   const std::string& path = path_;
   uint64_t len = 0;
@@ -147,11 +147,20 @@ void SafeTensors::parse() {
     if (n > 0) ranges.push_back({e.begin, e.end});
     index_[name] = std::move(e);
   }
+  // the tensors tile the data, as the safetensors library requires: a gap or bytes past the last
+  // tensor mean the file was cut, spliced or extended
   std::sort(ranges.begin(), ranges.end());
-  for (size_t i = 1; i < ranges.size(); i++)
-    if (ranges[i].first < ranges[i - 1].second)
+  size_t covered = 0;
+  for (size_t i = 0; i < ranges.size(); i++) {
+    if (i > 0 && ranges[i].first < ranges[i - 1].second)
       user_error("{}: bad safetensors header: tensors overlap (bytes {}..{} and {}..{})", path,
                  ranges[i - 1].first, ranges[i - 1].second, ranges[i].first, ranges[i].second);
+    if (ranges[i].first != covered) break;
+    covered = ranges[i].second;
+  }
+  if (covered != data_bytes)
+    user_error("{}: bad safetensors header: the tensors hold {} of the file's {} bytes of data (bytes {}.. belong to "
+               "none: the file is damaged)", path, covered, data_bytes, covered);
 }
 
 std::vector<std::string> SafeTensors::names() const {

@@ -152,6 +152,11 @@ TEST(SafeTensors, MalformedFilesAreRejected) {
   expect_rejected(R"({"a": {"dtype": "F32", "shape": [2, 3], "data_offsets": [24, 48]}})", 24, "tensor 'a' lies outside the file (offsets 24..48, 24 bytes of data)");
   expect_rejected(R"({"a": {"dtype": "F32", "shape": [0], "data_offsets": [8, 4]}})", 24, "tensor 'a' lies outside the file (offsets 8..4");
   expect_rejected("{" + a + R"(, "b": {"dtype": "I32", "shape": [4], "data_offsets": [8, 24]}})", 32, "tensors overlap (bytes 0..24 and 8..24)");
+  // tensors that do not tile the data (the safetensors library refuses them too): bytes past the
+  // last tensor, a gap before one
+  expect_rejected("{" + a + "}", 32, "the tensors hold 24 of the file's 32 bytes of data (bytes 24.. belong to none");
+  expect_rejected(R"({"a": {"dtype": "F32", "shape": [2, 3], "data_offsets": [8, 32]}})", 32,
+                  "the tensors hold 0 of the file's 32 bytes of data");
   // metadata that is not strings
   expect_rejected(R"({"__metadata__": {"k": 1}})", 0, "metadata 'k' is not a string");
   expect_rejected(R"({"__metadata__": [1]})", 0, "__metadata__ is not an object");
