@@ -351,10 +351,6 @@ void train(const RunConfig& cfg, Comm& comm, bool resume) {
       fmt::print("documents attend only to themselves: cut {} each end of text (id {}); {}\n", cut.after ? "after" : "before",
                  cut.sep, span);
   }
-  if (rank0 && t.eval_batches > eval_batch_count(val_data, t.eval_batches))
-    fmt::print("note: train.eval_batches = {}, but data.val holds {} micro-batches of {} x {}{}: each evaluation takes "
-               "those, once each\n", t.eval_batches, eval_batch_count(val_data, 0), B, T,
-               comm.size() > 1 ? fmt::format(" on each of {} ranks", comm.size()) : "");
   stepper.init_weights(t.seed);
   if ((!resume || cfg.model.lora.on()) && !t.init_from.empty()) {  // LoRA's frozen base, on a resume too
     Shards& shards = stepper.shards();  // zero3/yafsdp: one unit whole at a time
@@ -443,6 +439,10 @@ void train(const RunConfig& cfg, Comm& comm, bool resume) {
                human_time(forecast.total_s), t.steps,
                forecast.s.device.price > 0 ? fmt::format(", {} at {}/h x {}", dollars(forecast.cost),
                                                          dollars(forecast.s.device.price), comm.size()) : "");
+  if (rank0 && t.eval_batches > eval_batch_count(val_data, t.eval_batches))
+    fmt::print("note: train.eval_batches = {}, but data.val holds {} micro-batches of {} x {}{}: each evaluation takes "
+               "those, once each\n", t.eval_batches, eval_batch_count(val_data, 0), B, T,
+               comm.size() > 1 ? fmt::format(" on each of {} ranks", comm.size()) : "");
   using clock = std::chrono::steady_clock;
   auto t_start = clock::now();
   double train_seconds = 0.0, val_loss = NAN;
