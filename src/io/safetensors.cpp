@@ -248,8 +248,9 @@ class WeightFiles {
     std::string text(size_t(file(state).shape(state).at(0)), '\0');
     raw(state, "U8", {int64_t(text.size())}, text.data());
     const json j = json::parse(text, nullptr, false);
-    if (!j.is_object() || j.value("quant_type", "") != "nf4" || j.value("blocksize", 0) != kQuantBlock ||
-        j.value("nested_blocksize", 0) != kNf4Block2 || !j.contains("nested_offset") || !j["nested_offset"].is_number())
+    auto is = [&](const char* key, const json& want) { return j.contains(key) && j[key] == want; };
+    if (!j.is_object() || !is("quant_type", "nf4") || !is("blocksize", kQuantBlock) || !is("nested_blocksize", kNf4Block2) ||
+        !j.contains("nested_offset") || !j["nested_offset"].is_number())
       bad(fmt::format("its quant_state is {}", text.substr(0, 200)));
     if (j.value("shape", json()) != json{rows, cols})
       bad(fmt::format("its quant_state's shape is {}, expected [{}, {}]", j.value("shape", json()).dump(), rows, cols));
@@ -382,6 +383,14 @@ std::optional<ModelConfig> frugal_model_config(const std::string& weights) {
   return config_from_metadata(st.metadata(), f.string());
 }
 
+// A config.json's string `key` of object o (shown as `name`), or `fallback` where absent or null.
+static std::string text_field(const json& o, const char* key, const std::string& fallback, const std::string& path,
+                              const std::string& name) {
+  if (!o.contains(key) || o[key].is_null()) return fallback;
+  if (!o[key].is_string()) user_error("{}: {}: expected a string, got {}", path, name, o[key].dump());
+  return o[key].get<std::string>();
+}
+
 // transformers' Llama-family configs (LlamaConfig, Qwen2Config, MistralConfig) as frugal's llama.
 static ModelConfig read_llama_config(const json& j, const std::string& path, const std::string& type) {
   ModelConfig c;
@@ -424,14 +433,16 @@ static ModelConfig read_llama_config(const json& j, const std::string& path, con
   auto refuse = [&](const char* key, const std::string& why) {
     user_error("{}: {}: {} is not supported ({}), got {}", path, key, why, type, j[key].dump());
   };
-  if (j.value("hidden_act", "silu") != "silu") refuse("hidden_act", "an activation other than silu");
+  if (text_field(j, "hidden_act", "silu", path, "hidden_act") != "silu") refuse("hidden_act", "an activation other than silu");
   if (j.contains("mlp_bias") && j["mlp_bias"] != false) refuse("mlp_bias", "a biased MLP");
   if (j.contains("head_dim") && !j["head_dim"].is_null() && c.n_head > 0 &&
       j["head_dim"] != c.n_embd / c.n_head)
     refuse("head_dim", fmt::format("a head size other than hidden_size / num_attention_heads = {}", c.n_embd / c.n_head));
   if (j.contains("pretraining_tp") && !j["pretraining_tp"].is_null() && j["pretraining_tp"] != 1)
     refuse("pretraining_tp", "a tensor-parallel split of the linear layers");
-  if (type == "qwen2" && j.value("use_sliding_window", false)) refuse("use_sliding_window", "sliding-window attention");
+  bool sliding = false;
+  if (type == "qwen2") boolean("use_sliding_window", &sliding);
+  if (sliding) refuse("use_sliding_window", "sliding-window attention");
   // Mistral v0.1's window (4096 of 32768 positions): kept, and runs stay within it
   if (type == "mistral" && j.contains("sliding_window") && !j["sliding_window"].is_null()) {
     if (!j["sliding_window"].is_number_integer() || j["sliding_window"].get<int64_t>() <= 0)
@@ -454,7 +465,9 @@ static ModelConfig read_llama_config(const json& j, const std::string& path, con
   }
   if (j.contains(rope_key) && !j[rope_key].is_null()) {
     const json& r = j[rope_key];
-    const std::string rt = r.is_object() ? r.value("rope_type", r.value("type", std::string())) : "";
+    if (!r.is_object()) user_error("{}: {}: expected an object, got {}", path, rope_key, r.dump());
+    const std::string rt = text_field(r, "rope_type", text_field(r, "type", "", path, std::string(rope_key) + ".type"),
+                                      path, std::string(rope_key) + ".rope_type");
     if (rt == "default" || rt.empty()) {
     } else if (rt == "llama3") {
       RopeScaling& s = c.rope_scaling;
@@ -514,7 +527,7 @@ ModelConfig read_hf_config(const std::string& path) {
       user_error("{}: {}: expected {} ({}), got {}", path, key, want.dump(), what, j[key].dump());
   };
   expect("tie_word_embeddings", true, "frugal's GPT-2 ties the output head to the embedding");
-  if (j.value("activation_function", "gelu_new") != "gelu_pytorch_tanh")
+  if (text_field(j, "activation_function", "gelu_new", path, "activation_function") != "gelu_pytorch_tanh")
     expect("activation_function", "gelu_new", "the tanh GELU");
   expect("n_inner", 4 * c.n_embd, "4 * n_embd");
   expect("scale_attn_weights", true, "attention scaled by 1/sqrt(head size)");

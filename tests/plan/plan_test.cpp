@@ -439,6 +439,17 @@ TEST(HfConfig, ReadsGpt2ShapeAndNamesTheBadField) {
   test::expect_user_error([&] { read_hf_config(dir / "miss.json"); }, "miss.json: n_head: expected a positive integer (missing)");
   std::ofstream(dir / "junk.json") << "{not json";
   test::expect_user_error([&] { read_hf_config(dir / "junk.json"); }, "junk.json: expected a JSON object");
+  // a field of another JSON type is named, not a JSON exception out of the reader
+  std::ofstream(dir / "act.json") << R"({"n_layer": 2, "n_head": 2, "n_embd": 8, "vocab_size": 9, "n_positions": 8, "activation_function": [1]})";
+  test::expect_user_error([&] { read_hf_config(dir / "act.json"); }, "act.json: activation_function: expected a string, got [1]");
+  const std::string llama = R"({"model_type": "llama", "num_hidden_layers": 2, "num_attention_heads": 2, "hidden_size": 8,
+      "vocab_size": 9, "max_position_embeddings": 8, "intermediate_size": 16, )";
+  std::ofstream(dir / "silu.json") << llama + R"("hidden_act": [1]})";
+  test::expect_user_error([&] { read_hf_config(dir / "silu.json"); }, "silu.json: hidden_act: expected a string, got [1]");
+  std::ofstream(dir / "rope.json") << llama + R"("rope_scaling": {"rope_type": 3, "factor": 8}})";
+  test::expect_user_error([&] { read_hf_config(dir / "rope.json"); }, "rope.json: rope_scaling.rope_type: expected a string, got 3");
+  std::ofstream(dir / "rope2.json") << llama + R"("rope_scaling": "llama3"})";
+  test::expect_user_error([&] { read_hf_config(dir / "rope2.json"); }, "rope2.json: rope_scaling: expected an object, got \"llama3\"");
 }
 
 TEST(Search, RanksFittingByCostAndSaysWhyEachLost) {
