@@ -1,6 +1,7 @@
 // io: the run configuration (TOML + --section.key=value overrides, parsed once into typed
 // structs), safetensors files, and TensorBoard event files.
 #pragma once
+#include <charconv>
 #include <cstdint>
 #include <cstdio>
 #include <map>
@@ -165,6 +166,17 @@ class SafeTensors {
   std::map<std::string, Entry> index_;
   std::map<std::string, std::string> metadata_;
 };
+
+// A safetensors metadata value (of the file at `path`, under `key`) as an integer of type I:
+// UserError naming both where it is not one or is out of I's range.
+template <class I>
+I metadata_integer(const std::string& value, const std::string& key, const std::string& path) {
+  I v{};
+  auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), v);
+  if (ec != std::errc() || end != value.data() + value.size())
+    user_error("{}: metadata '{}' is '{}', expected an integer", path, key, value);
+  return v;
+}
 
 // Model weights <-> safetensors in the Hugging Face layout of the family: GPT2LMHeadModel's or
 // LlamaForCausalLM's names (ParamSpec::hf: q, k, v and gate, up are separate tensors there),

@@ -135,14 +135,7 @@ static ModelConfig config_from_metadata(const std::map<std::string, std::string>
     if (it == meta.end()) user_error("{}: metadata '{}' is missing (not a frugal model?)", path, key);
     return it->second;
   };
-  auto get = [&](const char* key) {
-    int v = 0;
-    const std::string& t = text(key);
-    auto [end, ec] = std::from_chars(t.data(), t.data() + t.size(), v);
-    if (ec != std::errc() || end != t.data() + t.size())
-      user_error("{}: metadata '{}' is '{}', expected an integer", path, key, t);
-    return v;
-  };
+  auto get = [&](const char* key) { return metadata_integer<int>(text(key), key, path); };
   auto number = [&](const char* key) {
     try {
       size_t used = 0;

@@ -82,11 +82,8 @@ struct RankFile {
       return it->second;
     };
     for (size_t i = 0; i < units.size(); i++) {
-      const std::string key = fmt::format("u{}.numel", i), numel = get(key);
-      int64_t n = 0;
-      auto [end, ec] = std::from_chars(numel.data(), numel.data() + numel.size(), n);
-      if (ec != std::errc() || end != numel.data() + numel.size())
-        user_error("{}: metadata '{}' is '{}', expected an integer", path, key, numel);
+      const std::string key = fmt::format("u{}.numel", i);
+      const int64_t n = metadata_integer<int64_t>(get(key), key, path);
       if (n != units[i].numel)
         user_error("{}: unit {} ({}) has {} elements, the model {}", path, i, units[i].name, n, units[i].numel);
       ranges.emplace_back();
@@ -358,11 +355,7 @@ static int weights_step(const std::string& path) {
   if (!fs::exists(path)) return -1;
   SafeTensors st(path);
   auto it = st.metadata().find("step");
-  try {
-    return it == st.metadata().end() ? -1 : std::stoi(it->second);
-  } catch (const std::exception&) {
-    user_error("{}: metadata 'step' is '{}', expected an integer", path, it->second);
-  }
+  return it == st.metadata().end() ? -1 : metadata_integer<int>(it->second, "step", path);
 }
 
 RunWeights find_run_weights(const std::string& path) {
