@@ -91,6 +91,17 @@ void MemoryPool::release(void* p) {
   live_.erase(it);
 }
 
+void MemoryPool::trim() {
+  for (const Kept& k : cache_) k.from.free(k.p);
+  cache_.clear();
+  cached_bytes_ = 0;
+}
+
+MemoryPool::~MemoryPool() {
+  for (const Kept& k : cache_)
+    if (k.from.free == host_allocator().free) k.from.free(k.p);
+}
+
 void MemoryPool::reset_peak() {
   stats_.peak = stats_.current;
   stats_.total_peak = stats_.total_current;

@@ -59,13 +59,18 @@ Allocator host_allocator();  // the default
 // allocator, zero-filled: a buffer allocated and freed around every block (zero3) then
 // costs a memset, not fresh pages from the kernel (or a cudaMalloc and a cudaFree, which waits
 // for the device) each time. When an allocator runs out, its kept blocks are freed and the
-// request tried once more. The statistics count bytes in use, not kept blocks.
+// request tried once more. The statistics count bytes in use, not kept blocks. train() trims
+// the kept blocks when it returns, so a process that goes on after a run keeps none.
 class MemoryPool {
  public:
   static MemoryPool& get();
+  // Frees the host's kept blocks; a device's, whose runtime may be gone at exit, stay.
+  ~MemoryPool();
   void* alloc(size_t bytes, Mem cat) { return alloc(bytes, cat, allocator_); }
   void* alloc(size_t bytes, Mem cat, const Allocator& from);  // from `from`, whatever is installed
   void release(void* p);
+  void trim();  // frees every kept block, each by its own allocator
+  size_t kept_bytes() const { return cached_bytes_; }
   const MemStats& stats() const { return stats_; }
   void reset_peak();  // peak := current, e.g. at the start of a step
   // Allocations from now on come from `a`; live ones are released by the allocator that made

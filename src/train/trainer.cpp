@@ -266,7 +266,7 @@ double attention_span(DataLoader& loader, const DocumentCut& cut, int64_t batche
   return pairs / (double(batches) * B * T);
 }
 
-void train(const RunConfig& cfg, Comm& comm, bool resume) {
+static void run_training(const RunConfig& cfg, Comm& comm, bool resume) {
   const TrainSettings& t = cfg.train;
   check_world(cfg, comm.size());
   check_same_config(cfg, comm);
@@ -564,6 +564,11 @@ void train(const RunConfig& cfg, Comm& comm, bool resume) {
   write_file_atomic(dir + "/summary.json", summary.data(), summary.size());
   fmt::print("wrote {}, {}/metrics.jsonl, {}/summary.json\n", weights, dir, dir);
   if (cfg.run.profile) write_profile(dir, profile, t.steps - start - 1, timed_seconds, cfg.device.peak_for(dt));
+}
+
+void train(const RunConfig& cfg, Comm& comm, bool resume) {
+  run_training(cfg, comm, resume);
+  MemoryPool::get().trim();  // the run's buffers, released, are not kept for a process that goes on
 }
 
 }  // namespace frugal

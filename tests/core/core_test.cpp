@@ -124,6 +124,10 @@ TEST(MemoryPool, KeepsReleasedBlocksOfAnyAllocatorAndFreesThemWhenItRunsOut) {
   EXPECT_EQ(Budget::allocs, 4);
   EXPECT_EQ(Budget::live, 3);
   for (void* p : {c, d, e}) pool.release(p);
+  EXPECT_EQ(Budget::live, 3);  // kept
+  pool.trim();  // each freed by its own allocator
+  EXPECT_EQ(Budget::live, 0);
+  EXPECT_EQ(pool.kept_bytes(), 0u);
 }
 
 TEST(Rng, SameSeedSameStreamAndNormalMoments) {
