@@ -109,6 +109,14 @@ class BytePairEncoder {
   std::vector<uint32_t> word_, ranks_, merged_;
 };
 
+// The tokenizer_config.json in dir, checked; null where there is none. A UserError naming the
+// file and the field where it is not a JSON object, or where a field frugal reads is of another
+// type than transformers takes: a special token (bos_token, eos_token, ...) not a string, an
+// AddedToken's {"content": string} or null; add_bos_token, add_eos_token, legacy or
+// add_prefix_space not true, false or null; tokenizer_class not a string or null; chat_template
+// not a string, a list of {"name": string, "template": string} or null.
+nlohmann::json read_tokenizer_config(const std::string& dir);
+
 // Tokenizer::bos_prefix of a Hugging Face tokenizer.json at `path` (`parsed`: the file parsed, or
 // null: read it if it is there), else of the tokenizer_config.json beside it, for a tokenizer of
 // vocab_size ids; id_of: a token's id from its text (-1: not a token). UserError naming the file

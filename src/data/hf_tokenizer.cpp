@@ -309,10 +309,8 @@ class HfTokenizer final : public Tokenizer {
       const json t = object((dir / "config.json").string()).value("model_type", json());
       if (t.is_string()) model_type_ = t;
     }
-    const std::string config = (dir / "tokenizer_config.json").string();
-    if (!std::filesystem::exists(config)) return;
-    config_path_ = config;
-    config_ = object(config);
+    config_ = read_tokenizer_config(dir.string());
+    if (!config_.is_null()) config_path_ = (dir / "tokenizer_config.json").string();
   }
 
   // tokenizer_config.json's eos_token, else a conventional end-of-text added token; its bos_token
@@ -349,11 +347,9 @@ class HfTokenizer final : public Tokenizer {
   // between added tokens gets "▁"), or a Metaspace pre-tokenizer; its decoder's Strip.
   void read_fallback_pipeline(const json& j) {
     if (llama_class(config_, model_type_)) {
-      auto flag = [&](const char* key, bool otherwise) {
+      auto flag = [&](const char* key, bool otherwise) {  // read_tokenizer_config checked its type
         const json v = config_.value(key, json());
-        if (v.is_null()) return otherwise;
-        if (!v.is_boolean()) user_error("{}: {} is {}, expected true or false", config_path_, key, v.dump());
-        return v.get<bool>();
+        return v.is_null() ? otherwise : v.get<bool>();
       };
       const bool add_prefix_space = flag("add_prefix_space", true);
       prefix_ = !add_prefix_space ? Prefix::never : flag("legacy", false) ? Prefix::always : Prefix::first;
@@ -685,14 +681,12 @@ json convert_sentencepiece(const std::string& path) {
 
 std::unique_ptr<Tokenizer> load_converted_sentencepiece(const std::string& path) {
   const std::filesystem::path dir = std::filesystem::path(path).parent_path();
-  auto read = [&](const char* name, const char* field) {
-    if (!std::filesystem::exists(dir / name)) return json();
-    const json j = json::parse(read_whole_file((dir / name).string()), nullptr, false);
-    return j.is_object() && j.contains(field) ? j[field] : json();
-  };
-  const json type = read("config.json", "model_type");
-  if (!llama_class(json{{"tokenizer_class", read("tokenizer_config.json", "tokenizer_class")}},
-                   type.is_string() ? type.get<std::string>() : ""))
+  json type;
+  if (std::filesystem::exists(dir / "config.json")) {
+    const json j = json::parse(read_whole_file((dir / "config.json").string()), nullptr, false);
+    if (j.is_object()) type = j.value("model_type", json());
+  }
+  if (!llama_class(read_tokenizer_config(dir.string()), type.is_string() ? type.get<std::string>() : ""))
     return nullptr;
   json j = convert_sentencepiece(path);
   if (j.is_null()) return nullptr;

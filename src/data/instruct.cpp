@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <cstring>
 
+#include "data/bpe.h"
 #include "data/data.h"
 #include "data/jinja.h"
 
@@ -129,14 +130,7 @@ ChatTemplate ChatTemplate::of(const std::string& tokenizer_path, const Tokenizer
   const std::string config = (dir / "tokenizer_config.json").string();
   const std::string file = !given.empty() ? given : (dir / kChatTemplateFile).string();
   json c = json::object();
-  if (!tokenizer_path.empty() && fs::exists(config)) {
-    try {
-      c = json::parse(read_whole_file(config));
-    } catch (const json::exception& e) {
-      user_error("{}: not JSON: {}", config, e.what());
-    }
-    if (!c.is_object()) user_error("{}: expected a JSON object, got {}", config, c.type_name());
-  }
+  if (!tokenizer_path.empty() && fs::exists(config)) c = read_tokenizer_config(dir.string());
   // where transformers finds it: chat_template.jinja (what it saves since 4.47), else the config's
   // chat_template: one template, or a list of named ones of which it applies "default"
   std::string source, where;
@@ -147,15 +141,12 @@ ChatTemplate ChatTemplate::of(const std::string& tokenizer_path, const Tokenizer
   } else if (c.contains("chat_template") && !c["chat_template"].is_null()) {
     where = config + "'s chat_template";
     const json& v = c["chat_template"];
-    if (v.is_array()) {
+    if (v.is_array()) {  // of {"name", "template"} strings (read_tokenizer_config)
       for (auto& named : v)
-        if (named.is_object() && named.value("name", "") == "default" && named.contains("template") && named["template"].is_string())
-          source = named["template"];
+        if (named["name"] == "default") source = named["template"];
       if (source.empty()) user_error("{}: expected a template named \"default\" among the list's", where);
-    } else if (v.is_string()) {
-      source = v;
     } else {
-      user_error("{}: expected a string (a template) or a list of {{\"name\", \"template\"}}, got {}", where, v.type_name());
+      source = v;
     }
   } else {
     return t;
@@ -177,9 +168,9 @@ ChatTemplate ChatTemplate::of(const std::string& tokenizer_path, const Tokenizer
   auto j = std::make_shared<Jinja>(Jinja{std::move(parsed), Ordered::object(), where, "", source});
   for (const char* k : {"bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"}) {
     if (!c.contains(k)) continue;
-    const json& v = c[k];
+    const json& v = c[k];  // a string, an AddedToken or null (read_tokenizer_config)
     if (v.is_string()) j->tokens[k] = v.get<std::string>();
-    else if (v.is_object() && v.contains("content") && v["content"].is_string()) j->tokens[k] = v["content"].get<std::string>();
+    else if (v.is_object()) j->tokens[k] = v["content"].get<std::string>();
   }
   std::string key = source + j->tokens.dump();
   j->name = fmt::format("chat_template {:016x}", checksum(key.data(), key.size()));

@@ -44,6 +44,36 @@ std::string decode_continuation(const Tokenizer& tok, const std::vector<int32_t>
   return text.starts_with(before) ? text.substr(before.size()) : tok.decode(ids);
 }
 
+nlohmann::json read_tokenizer_config(const std::string& dir) {
+  using nlohmann::json;
+  const std::string path = (std::filesystem::path(dir) / "tokenizer_config.json").string();
+  if (!std::filesystem::exists(path)) return json();
+  json c = json::parse(read_whole_file(path), nullptr, false);
+  if (c.is_discarded()) user_error("{}: not JSON", path);
+  if (!c.is_object()) user_error("{}: expected a JSON object, got {}", path, c.type_name());
+  auto bad = [&](const std::string& field, const json& v, const char* expected) {
+    user_error("{}: {} is {}, expected {}", path, field, v.dump().substr(0, 200), expected);
+  };
+  for (const char* k : {"bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"}) {
+    const json v = c.value(k, json());
+    if (!v.is_null() && !v.is_string() && !(v.is_object() && v.value("content", json()).is_string()))
+      bad(k, v, "a string, an AddedToken's {\"content\": string} or null");
+  }
+  for (const char* k : {"add_bos_token", "add_eos_token", "legacy", "add_prefix_space"})
+    if (const json v = c.value(k, json()); !v.is_null() && !v.is_boolean()) bad(k, v, "true, false or null");
+  if (const json v = c.value("tokenizer_class", json()); !v.is_null() && !v.is_string())
+    bad("tokenizer_class", v, "a string or null");
+  const json t = c.value("chat_template", json());
+  if (t.is_array()) {
+    for (size_t i = 0; i < t.size(); i++)
+      if (!t[i].is_object() || !t[i].value("name", json()).is_string() || !t[i].value("template", json()).is_string())
+        bad(fmt::format("chat_template[{}]", i), t[i], "{\"name\": string, \"template\": string}");
+  } else if (!t.is_null() && !t.is_string()) {
+    bad("chat_template", t, "a string (a template), a list of {\"name\", \"template\"} or null");
+  }
+  return c;
+}
+
 int64_t hf_bos_prefix(const std::string& file, const nlohmann::json* parsed, int64_t vocab_size,
                       const std::function<int64_t(const std::string&)>& id_of) {
   using nlohmann::json;
@@ -55,15 +85,13 @@ int64_t hf_bos_prefix(const std::string& file, const nlohmann::json* parsed, int
   // transformers 5 reads a tokenizer.json's post-processor as it is; only a model it converts
   // (a tokenizer.model alone) gets the BOS tokenizer_config.json's add_bos_token asks for
   if (!parsed && !std::filesystem::exists(file)) {
-    const std::string config = (std::filesystem::path(file).parent_path() / "tokenizer_config.json").string();
-    if (!std::filesystem::exists(config)) return -1;
-    json c = read(config);
-    if (!c.is_object() || !c.contains("add_bos_token") || c["add_bos_token"].is_null()) return -1;  // default: false
-    if (!c["add_bos_token"].is_boolean())
-      user_error("{}: add_bos_token is {}, expected true or false", config, c["add_bos_token"].dump());
+    const std::string dir = std::filesystem::path(file).parent_path().string();
+    const json c = read_tokenizer_config(dir);
+    if (c.is_null() || c.value("add_bos_token", json()).is_null()) return -1;  // default: false
+    const std::string config = dir + "/tokenizer_config.json";
     json t = c.value("bos_token", json());
     if (t.is_object()) t = t.value("content", json());
-    if (!c["add_bos_token"].get<bool>() || !t.is_string()) return -1;  // transformers: no bos_token, none added
+    if (!c.at("add_bos_token").get<bool>() || !t.is_string()) return -1;  // transformers: no bos_token, none added
     const int64_t id = id_of(t.get<std::string>());
     if (id < 0) user_error("{}: add_bos_token is true, but bos_token {} is not a token of the tokenizer", config, t.dump());
     return id;

@@ -389,7 +389,7 @@ TEST(HfTokenizer, ByteFallbackFilesFrugalCannotReadAreUserErrors) {
   expect([](json& j) { j["added_tokens"][2]["normalized"] = true; }, "added_tokens[2].normalized is true, expected false");
   std::ofstream(d / "tokenizer_config.json") << R"({"tokenizer_class": "LlamaTokenizer", "legacy": "no"})";
   std::ofstream(f) << base.dump();
-  test::expect_user_error([&] { load_hf_tokenizer(f); }, d / "tokenizer_config.json: legacy is \"no\", expected true or false");
+  test::expect_user_error([&] { load_hf_tokenizer(f); }, d / "tokenizer_config.json: legacy is \"no\", expected true, false or null");
   // with the class, the file's pipeline is not read: a Metaspace split true loads
   std::ofstream(d / "tokenizer_config.json") << R"({"tokenizer_class": "LlamaTokenizer", "legacy": true})";
   json j = base;
@@ -410,7 +410,7 @@ TEST(SentencePiece, AModelAloneTakesItsBosFromTheConfig) {
     throw;
   }
   EXPECT_EQ(load_pretrained_tokenizer(d.path.string())->kind(), TokenizerKind::sentencepiece);
-  for (auto [config, error] : {std::pair{R"({"add_bos_token": "yes"})", "add_bos_token is \"yes\", expected true or false"},
+  for (auto [config, error] : {std::pair{R"({"add_bos_token": "yes"})", "add_bos_token is \"yes\", expected true, false or null"},
                                std::pair{R"({"add_bos_token": true, "bos_token": "<|bos|>"})",
                                          "add_bos_token is true, but bos_token \"<|bos|>\" is not a token of the tokenizer"}}) {
     std::ofstream(d / "tokenizer_config.json") << config;
@@ -952,6 +952,37 @@ TEST(Instruct, ChatTemplateFromTheJinjaFileOrTheConfigsDefault) {
   std::filesystem::remove(d / "chat_template.jinja");
   std::ofstream(d / "tokenizer_config.json") << json({{"chat_template", {{{"name", "tool_use"}, {"template", "x"}}}}}).dump();
   test::expect_user_error([&] { ChatTemplate::of(d.path.string(), *tok); }, "tokenizer_config.json's chat_template: expected a template named \"default\"");
+}
+
+// A tokenizer_config.json field of a type transformers refuses is one line naming the file and
+// the field, from the tokenizer's reader and the chat template's: not an abort (a list entry's
+// "name" a number), nor a silent wrong result (bos_token 5 left the template's {{ bos_token }}
+// empty; eos_token 5 fell back to a conventional end-of-text token).
+TEST(HfTokenizer, TokenizerConfigFieldsOfAnotherTypeAreNamed) {
+  test::TempDir d;
+  std::filesystem::copy_file(fixture("qwen2") + "/tokenizer.json", d / "tokenizer.json");
+  const std::string file = d / "tokenizer_config.json";
+  for (auto [config, error] :
+       {std::pair{R"({"bos_token": 5})", "bos_token is 5, expected a string, an AddedToken's {\"content\": string} or null"},
+        std::pair{R"({"eos_token": {"content": ["<|im_end|>"]}})", "eos_token is {\"content\":[\"<|im_end|>\"]}, expected"},
+        std::pair{R"({"pad_token": false})", "pad_token is false, expected"},
+        std::pair{R"({"add_eos_token": 1})", "add_eos_token is 1, expected true, false or null"},
+        std::pair{R"({"tokenizer_class": ["Qwen2Tokenizer"]})", "tokenizer_class is [\"Qwen2Tokenizer\"], expected a string or null"},
+        std::pair{R"({"chat_template": 5})", "chat_template is 5, expected a string (a template), a list of"},
+        std::pair{R"({"chat_template": [{"name": 5, "template": "x"}]})", "chat_template[0] is {\"name\":5,\"template\":\"x\"}, expected {\"name\": string, \"template\": string}"},
+        std::pair{R"([])", "expected a JSON object, got array"}, std::pair{R"({"bos_token": )", "not JSON"}}) {
+    std::ofstream(file) << config;
+    test::expect_user_error([&] { load_pretrained_tokenizer(d.path.string()); }, file + ": " + error);
+    std::filesystem::remove(file);
+    auto tok = load_pretrained_tokenizer(d.path.string());
+    std::ofstream(file) << config;
+    test::expect_user_error([&] { ChatTemplate::of(d.path.string(), *tok); }, file + ": " + error);
+  }
+  std::ofstream(file) << R"({"bos_token": null, "eos_token": {"content": "<|im_end|>", "lstrip": false}, "add_bos_token": null,
+                            "chat_template": [{"name": "default", "template": "x"}]})";
+  auto tok = load_pretrained_tokenizer(d.path.string());
+  EXPECT_EQ(tok->decode({int32_t(tok->eot())}), "<|im_end|>");  // the AddedToken's content
+  EXPECT_EQ(ChatTemplate::of(d.path.string(), *tok).note(), file + "'s chat_template");
 }
 
 }  // namespace
