@@ -395,6 +395,13 @@ RunConfig load_config(const std::string& path, const std::vector<std::string>& o
                c.precision.loss_scale_min, c.precision.loss_scale);
   if (t.beta1 >= 1.0 || t.beta2 >= 1.0)
     user_error("{}: train.beta1 and train.beta2 must be below 1", c.source);
+  // AdamW's update is m / (sqrt(v) + eps), and its decay multiplies the weights by 1 - lr · decay
+  if (t.eps <= 0.0)
+    user_error("{}: train.eps must be above 0: AdamW divides by sqrt(v) + eps, and a weight whose gradients are all 0 so "
+               "far (a token no batch held yet) would get 0/0", c.source);
+  if (t.lr * t.weight_decay >= 1.0)
+    user_error("{}: train.lr * train.weight_decay = {} must be below 1: AdamW's decay multiplies the weights by "
+               "1 - lr * weight_decay each step", c.source, t.lr * t.weight_decay);
   resolve_device(c.device, c.source, default_devices_path());
   return c;
 }
