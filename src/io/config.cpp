@@ -4,6 +4,7 @@
 #include <toml++/toml.h>
 
 #include <cmath>
+#include <limits>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -45,6 +46,8 @@ Field int_field(const char* s, const char* k, I* p, int64_t lo) {
             auto v = n.value_exact<int64_t>();
             if (!v) user_error("{}: {}.{}: expected an integer, got {}", where, s, k, type_name(n));
             if (*v < lo) user_error("{}: {}.{}: expected an integer >= {}, got {}", where, s, k, lo, *v);
+            if (*v > 0 && uint64_t(*v) > uint64_t(std::numeric_limits<I>::max()))
+              user_error("{}: {}.{}: expected an integer <= {}, got {}", where, s, k, std::numeric_limits<I>::max(), *v);
             *p = I(*v);
           },
           [=] { return fmt::format("{}", *p); }};

@@ -94,6 +94,8 @@ TEST(Config, EveryMistakeIsOneLineNamingFileAndField) {
   expect_user_error([&] { load_config("", {"model.preset=gpt3"}); }, "--model.preset: unknown model preset 'gpt3' (expected one of:");
   expect_user_error([&] { load_config("", {"model.preset=gpt2", "train.seq_len=2048"}); },
                     "train.seq_len = 2048 is above the model's context of 1024 positions");
+  expect_user_error([&] { load_config("", {"train.steps=2147483648"}); },  // was -2147483648 steps
+                    "train.steps: expected an integer <= 2147483647, got 2147483648");
   expect_user_error([&] { load_config("", {"train.eps=0"}); }, "command line: train.eps must be above 0: AdamW divides");
   expect_user_error([&] { load_config("", {"train.lr=0.5", "train.weight_decay=4"}); },
                     "train.lr * train.weight_decay = 2 must be below 1: AdamW's decay multiplies the weights by");
