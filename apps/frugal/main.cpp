@@ -319,13 +319,13 @@ static int cmd_sample(const std::string& run, const std::string& prompt, int num
 
 // What `frugal plan` was given; empty strings and zeros are left to the search.
 struct PlanArgs {
-  std::string preset, config, device, strategy, precision, recompute, mfu, calibrate;
+  std::string preset, config, device, strategy, precision, recompute, mfu, calibrate, data;
   int lora_rank = -1;  // -1: the config's
   std::string lora_targets, base;
   std::string catalogue = default_devices_path();
   double tokens = 0, max_hours = 0;
   int devices = 0, micro_batch = 0, seq_len = 0, top = 10;
-  int64_t batch_tokens = 0;
+  int64_t batch_tokens = 0, doc_tokens = 0;
   bool json = false;
 };
 
@@ -353,6 +353,9 @@ static int cmd_plan(const PlanArgs& a) {
     user_error("--tokens: expected the training budget in tokens (a number > 0 and at most 1e18, e.g. 10e9), got {}", a.tokens);
   PlanSettings b;
   std::string device = a.device;
+  if (a.doc_tokens && !a.data.empty()) user_error("plan: give the documents as --doc-tokens or --data, not both");
+  std::string docs = a.data;  // shards whose documents are masked apart: --data, else -c's data.train under data.document_mask
+  uint64_t seed = TrainSettings{}.seed;
   b.seq_len = a.seq_len;
   b.batch_tokens = a.batch_tokens;
   if (!a.preset.empty()) b.model = model_preset(a.preset, "--preset");
@@ -365,16 +368,9 @@ static int cmd_plan(const PlanArgs& a) {
     if (!b.seq_len) b.seq_len = cfg.train.seq_len;
     if (!b.batch_tokens) b.batch_tokens = cfg.train.batch_tokens;
     if (device.empty()) device = cfg.device.name;
-    if (cfg.data.document_mask) {  // the attention the documents need: up to 256 windows of data.train's first shard
-      try {                          // (opening a shard checks it whole: not all of a large dataset's)
-        const std::string shard = resolve_shards(cfg.data.train, "data.train").front();
-        DataLoader data({shard}, cfg.model.vocab_size, 1, b.seq_len, cfg.train.seed, true);
-        const DocumentCut cut = document_cut(shard, data.records());
-        data.set_documents(cut);
-        b.attention_span = attention_span(data, cut, std::min<int64_t>(256, data.num_windows()));
-      } catch (const UserError& e) {
-        fmt::print(stderr, "note: {}: data.document_mask: {}; attention counted over whole windows\n", a.config, e.what());
-      }
+    if (cfg.data.document_mask && docs.empty()) {
+      docs = cfg.data.train;
+      seed = cfg.train.seed;
     }
   }
   // LoRA / QLoRA fine-tuning: the flags over the config's [lora]
@@ -397,6 +393,19 @@ static int cmd_plan(const PlanArgs& a) {
   if (!b.seq_len) b.seq_len = b.model.longest_sequence();
   if (b.seq_len > b.model.context)
     user_error("--seq-len: {} is above the model's context of {} positions", b.seq_len, b.model.context);
+  if (a.doc_tokens) b.attention_span = document_span(a.doc_tokens, b.seq_len);
+  if (!a.doc_tokens && !docs.empty()) {  // the attention the documents need: up to 256 windows of the first shard
+    try {                                // (opening a shard checks it whole: not all of a large dataset's)
+      const std::string shard = resolve_shards(docs, a.data.empty() ? "data.train" : "--data").front();
+      DataLoader data({shard}, b.model.vocab_size, 1, b.seq_len, seed, true);
+      const DocumentCut cut = document_cut(shard, data.records());
+      data.set_documents(cut);
+      b.attention_span = attention_span(data, cut, std::min<int64_t>(256, data.num_windows()));
+    } catch (const UserError& e) {
+      if (!a.data.empty()) throw;
+      fmt::print(stderr, "note: {}: data.document_mask: {}; attention counted over whole windows\n", a.config, e.what());
+    }
+  }
   if (b.model.sliding_window > 0 && b.seq_len > b.model.sliding_window)  // as train refuses it
     user_error("--seq-len: {} is above the model's sliding window of {} keys (Mistral's): frugal trains up to it",
                b.seq_len, b.model.sliding_window);
@@ -625,6 +634,11 @@ int main(int argc, char** argv) {
   plan_cmd->add_option("--micro-batch", pa.micro_batch, "sequences per micro-batch (default: search 1..64)")->check(kPositive);
   plan_cmd->add_option("--seq-len", pa.seq_len, "sequence length (default: the config's, else the model's context)")->check(kPositive);
   plan_cmd->add_option("--batch-tokens", pa.batch_tokens, "global batch in tokens (default: the config's, else ~0.5M)")->check(kPositive);
+  plan_cmd->add_option("--data", pa.data, "prepared shards (e.g. 'dir/train_*.bin') whose documents are masked apart "
+                       "(data.document_mask): count the attention they need, from up to 256 windows of the first "
+                       "(default: -c CONFIG's data.train where it masks)");
+  plan_cmd->add_option("--doc-tokens", pa.doc_tokens, "as --data, for documents of N tokens each where there is no data "
+                       "yet (lengths that vary attend more than their mean: see README)")->check(kPositive);
   plan_cmd->add_option("--max-hours", pa.max_hours, "search: rank configurations that take longer last")->check(kPositive);
   plan_cmd->add_option("--mfu", pa.mfu, "assumed MFU: a fraction, or a calibration.json (default: the device's)");
   plan_cmd->add_option("--catalogue", pa.catalogue, "device catalogue (default: $FRUGAL_DEVICES or configs/devices.toml)");

@@ -157,6 +157,18 @@ MemoryEstimate plan_memory(const ModelConfig& cfg, int B, int T, DType compute,
 
 // ---- time and cost --------------------------------------------------------------------------
 
+double document_span(int64_t doc_tokens, int seq_len) {
+  // a window whose first document has a of its D tokens left holds a, then whole documents, then
+  // what is left of T; a >= T: the window is one piece
+  const int64_t D = doc_tokens, T = seq_len;
+  double pairs = double(std::max<int64_t>(0, D - T + 1)) * double(T) * double(T);
+  for (int64_t a = 1; a <= std::min(D, T - 1); a++) {
+    const int64_t rest = T - a;
+    pairs += double(a) * double(a) + double(rest / D) * double(D) * double(D) + double(rest % D) * double(rest % D);
+  }
+  return pairs / double(D) / double(T);
+}
+
 std::string PlanSettings::describe() const {
   return fmt::format("{} x {}, {}, {}, recompute {}, micro-batch {}", devices, device.name,
                      strategy_name(strategy), dtype_name(compute), recompute.name(), micro_batch);
@@ -426,6 +438,12 @@ std::vector<std::pair<int, nlohmann::json>> read_metrics(const std::string& run_
       fmt::print(stderr, "warning: {}:{}: the last line is cut short (the run stopped while writing it): skipped\n", path, n);
       break;
     }
+    // what the plan is made of: a run's ranks (it divides by them) and its attention span
+    if (r.is_object() && r.contains("ranks") && !(r["ranks"].is_number_integer() && r["ranks"].get<int64_t>() >= 1 &&
+                                                  r["ranks"].get<int64_t>() <= (1 << 20)))
+      user_error("{}:{}: ranks: expected an integer >= 1, got {}", path, n, r["ranks"].dump());
+    if (r.is_object() && r.contains("attention_span") && !(r["attention_span"].is_number() && r["attention_span"].get<double>() > 0))
+      user_error("{}:{}: attention_span: expected a number > 0, got {}", path, n, r["attention_span"].dump());
     records.emplace_back(n, std::move(r));
   }
   return records;

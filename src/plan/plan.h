@@ -90,6 +90,11 @@ struct PlanSettings {
   std::string describe() const;  // "8 x a100-80gb, zero1, bf16, recompute none, micro-batch 4"
 };
 
+// PlanSettings::attention_span of documents of `doc_tokens` tokens each (the separator included),
+// one after another in windows of seq_len: the mean over a window starting at each position of a
+// document (`plan --doc-tokens`, where there is no data to sample).
+double document_span(int64_t doc_tokens, int seq_len);
+
 struct Plan {
   PlanSettings s;
   MemoryEstimate memory;        // per device
@@ -158,7 +163,8 @@ struct Calibration {
 };
 // A run's metrics.jsonl, one parsed record per line (line numbers from 1; a line that is not JSON
 // is a discarded value, for the caller to name). A last line cut short (no newline: the run
-// stopped while writing it) is skipped with a warning, not an error.
+// stopped while writing it) is skipped with a warning, not an error. A record's ranks other than an
+// integer >= 1, or attention_span other than a number > 0, is a UserError naming the line.
 std::vector<std::pair<int, nlohmann::json>> read_metrics(const std::string& run_dir);
 // Reads RUN_DIR/config.toml and metrics.jsonl; UserError naming the file when either is missing
 // or malformed.

@@ -317,6 +317,15 @@ TEST_F(Cli, DocumentMaskCountsTheAttentionOfTheDocuments) {
     auto cal = nlohmann::json::parse(std::ifstream(d() + "/" + dir + "/calibration.json"));
     EXPECT_NEAR(cal["mfu"].get<double>(), flops * 256 / cal["step_s"].get<double>() / peak, 1e-9);
   }
+  // a preset's plan: --data samples shards as -c does; --doc-tokens 16 averages the window's start
+  // over a document's 16 positions: (3·16² + 16² - 16·15 + 15·31/3) / 64 = 939 / 64
+  for (auto [flag, S] : {std::pair{std::string("--data 'eqtext/train_*.bin'"), 994.0 / 64}, {std::string("--doc-tokens 16"), 939.0 / 64}}) {
+    Result p = run("plan --preset llama-tiny --seq-len 64 --tokens 1e6 --device h100-sxm --devices 1 --strategy ddp --precision fp32 "
+                   "--recompute none --micro-batch 2 --json " + flag, d());
+    ASSERT_EQ(p.code, 0) << p.out;
+    EXPECT_EQ(nlohmann::json::parse(p.out)["attention_span"].get<double>(), S) << flag;
+  }
+  expect_error("plan --preset llama-tiny --tokens 1e6 --data nothing_*.bin", "--data: no token shards match 'nothing_*.bin'");
 }
 
 // `frugal export` of RUN gives a directory that transformers' AutoModelForCausalLM loads with no

@@ -8,6 +8,7 @@
 
 #include "data/data.h"
 #include "dist/comm.h"
+#include "model/model.h"
 #include "plan/plan.h"
 #include "support/support.h"
 #include "train/train.h"
@@ -214,6 +215,30 @@ TEST(Search, TooSlowForMaxHoursRanksBelowEveryTimelyOne) {
   EXPECT_TRUE(seen_late);
 }
 
+// plan --doc-tokens D: the attention span of documents of D tokens, as the trainer counts it
+// (document_pieces on windows of T over a stream of them, the window starting at each of a
+// document's D positions in turn), and the model FLOPs it takes off whole windows'.
+TEST(Plan, DocumentSpanIsTheTrainersCountOverEveryOffset) {
+  const int32_t sep = 7;
+  for (auto [D, T] : {std::pair{16, 64}, {37, 64}, {63, 64}, {64, 64}, {100, 64}, {1000, 64}, {1, 8}, {5, 7}, {3, 1024}}) {
+    std::vector<int32_t> stream(size_t(D) * (T / D + 3));
+    for (size_t i = 0; i < stream.size(); i++) stream[i] = (i + 1) % size_t(D) == 0 ? sep : 1;  // each ends with sep
+    double pairs = 0;
+    for (int o = 0; o < D; o++)
+      for (auto [first, n] : document_pieces(stream.data() + o, 1, T, sep, true)) pairs += double(n) * double(n);
+    EXPECT_NEAR(document_span(D, T), pairs / D / T, 1e-12 * T) << "D " << D << " T " << T;
+  }
+  PlanSettings s;
+  s.model = model_preset("llama-tiny", "t");
+  s.seq_len = 64;
+  s.tokens = 1e6;
+  s.device = find_device(load_devices(kCatalogue), "h100-sxm", kCatalogue);
+  const double whole = make_plan(s).model_flops_per_token;
+  s.attention_span = document_span(16, 64);
+  const ModelConfig& m = s.model;
+  EXPECT_NEAR(make_plan(s).model_flops_per_token, whole - 12.0 * m.n_layer * m.n_embd * (64 - s.attention_span), 1e-9 * whole);
+}
+
 TEST(PlanMemory, ShardingMoreNeedsLessForTheModelStates) {
   ModelConfig c = model_preset("gpt2", "test");
   // ddp > zero1 > zero2 > zero3 in model states
@@ -339,6 +364,21 @@ TEST_F(PlanRuns, ReportIsOneSelfContainedPageWithCharts) {
   std::ofstream(*dir_ / "rep/metrics.jsonl", std::ios::app) << "\n{}\n";
   test::expect_user_error([&] { write_report(*dir_ / "rep", kCatalogue); }, "rep/metrics.jsonl:7: not a JSON record");
   test::expect_user_error([&] { calibrate(*dir_ / "rep", kCatalogue); }, "rep/metrics.jsonl:7: expected a JSON record");
+  // ranks 0 (the plan divides by them: SIGFPE before) or an attention_span of -1: one line
+  std::vector<std::string> lines;
+  std::ifstream m(*dir_ / "rep/metrics.jsonl");
+  for (std::string l; lines.size() < 6 && std::getline(m, l);) lines.push_back(l);
+  for (auto [key, value] : {std::pair{"ranks", "0"}, {"attention_span", "-1"}}) {
+    auto r = nlohmann::json::parse(lines[0]);
+    r[key] = nlohmann::json::parse(value);
+    std::ofstream out(*dir_ / "rep/metrics.jsonl");
+    out << r.dump() << "\n";
+    for (size_t i = 1; i < lines.size(); i++) out << lines[i] << "\n";
+    out.close();
+    const std::string error = fmt::format("rep/metrics.jsonl:1: {}: expected", key);
+    test::expect_user_error([&] { write_report(*dir_ / "rep", kCatalogue); }, error);
+    test::expect_user_error([&] { calibrate(*dir_ / "rep", kCatalogue); }, error);
+  }
 }
 
 TEST_F(PlanRuns, ReportRendersInHeadlessChromium) {
