@@ -398,6 +398,8 @@ RunConfig load_config(const std::string& path, const std::vector<std::string>& o
                c.precision.loss_scale_min, c.precision.loss_scale);
   if (t.beta1 >= 1.0 || t.beta2 >= 1.0)
     user_error("{}: train.beta1 and train.beta2 must be below 1", c.source);
+  if (t.threads > 4096)  // libgomp crashes on 100000 threads and aborts on 2^31 - 1
+    user_error("{}: train.threads = {}: expected at most 4096 (threads beyond the cores only share them)", c.source, t.threads);
   // AdamW's update is m / (sqrt(v) + eps), and its decay multiplies the weights by 1 - lr · decay
   if (t.eps <= 0.0)
     user_error("{}: train.eps must be above 0: AdamW divides by sqrt(v) + eps, and a weight whose gradients are all 0 so "

@@ -96,6 +96,7 @@ TEST(Config, EveryMistakeIsOneLineNamingFileAndField) {
                     "train.seq_len = 2048 is above the model's context of 1024 positions");
   expect_user_error([&] { load_config("", {"train.steps=2147483648"}); },  // was -2147483648 steps
                     "train.steps: expected an integer <= 2147483647, got 2147483648");
+  expect_user_error([&] { load_config("", {"train.threads=100000"}); }, "train.threads = 100000: expected at most 4096");
   expect_user_error([&] { load_config("", {"train.eps=0"}); }, "command line: train.eps must be above 0: AdamW divides");
   expect_user_error([&] { load_config("", {"train.lr=0.5", "train.weight_decay=4"}); },
                     "train.lr * train.weight_decay = 2 must be below 1: AdamW's decay multiplies the weights by");
