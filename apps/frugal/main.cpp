@@ -564,7 +564,7 @@ int main(int argc, char** argv) {
   prep_cmd->add_option("--seed", corpus.seed, "seed of the document split")->capture_default_str();
   prep_cmd->add_option("--shard-tokens", shard_tokens, "tokens per shard (llm.c's 1e8)")->capture_default_str();
   prep_cmd->add_option("--threads", corpus.threads, "tokenizing threads (default: every core); the shards are the "
-                       "same for any count. Memory: about 8 MB of text, its tokens and a tokenizer a thread (GPT-2: ~60 MB)")->check(CLI::NonNegativeNumber);
+                       "same for any count. Memory: about 8 MB of text, its tokens and a tokenizer a thread (GPT-2: ~60 MB)")->check(CLI::Range(0, 4096));
   prep_cmd->add_option("--field", corpus.field, "the field of a .jsonl record that holds its text")->capture_default_str();
   prep_cmd->add_flag("--skip-bad-lines", corpus.skip_bad_lines, "count and skip .jsonl lines that are not JSON objects "
                      "with a --field string, or not instruction records (default: stop at the first, naming its file and line)");
