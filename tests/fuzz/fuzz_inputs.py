@@ -292,7 +292,7 @@ VALS = ['0', '-1', '1', '2', '3', '7', '64', '65536', '2147483647', '2147483648'
 OPTS = {
     'sample': (['sample', '--run', 'run'], ['--tokens', '--temperature', '--top-k', '--seed', '--prompt', '--system']),
     'plan': (['plan', '--preset', 'gpt2'], ['--tokens', '--max-hours', '--mfu', '--device', '--seq-len', '--micro-batch',
-                                            '--docs', '--budget', '--devices']),
+                                            '--data', '--doc-tokens', '--batch-tokens', '--devices']),
     'prepare': (['prepare', 'small.txt', '--out', 'pd'], ['--val-every', '--val-fraction', '--val-docs', '--shard-tokens',
                                                           '--threads', '--vocab-size', '--field', '--seed', '--tokenizer']),
     'eval': (['eval', '--run', 'run'], ['--batches', '--data']),
