@@ -258,6 +258,10 @@ TEST(Prepare, BadInputIsNamed) {
   o.skip_bad_lines = true;
   test::expect_user_error([&] { prepare_corpus({d / "allbad.jsonl"}, d / "o", o); },
                           "--val-docs 1: the input holds 0 documents (2 bad .jsonl lines skipped), expected more than that");
+  CorpusOptions tiny = half;  // 2-token shards: thousands of files, and not one window in them
+  tiny.shard_tokens = 2;
+  test::expect_user_error([&] { prepare_corpus({d / "b2.jsonl"}, d / "o", tiny); },
+                          "--shard-tokens: expected 1024 to 2147483647 (a window does not cross shards), got 2");
   // refused before a shard is written (here by --val-docs' count): no directory is left behind
   test::expect_user_error([&] { prepare_corpus({d / "allbad.jsonl"}, d / "none", o); }, "--val-docs 1: the input holds 0");
   EXPECT_FALSE(fs::exists(d / "none"));
