@@ -85,10 +85,10 @@ int64_t hf_bos_prefix(const std::string& file, const nlohmann::json* parsed, int
   // transformers 5 reads a tokenizer.json's post-processor as it is; only a model it converts
   // (a tokenizer.model alone) gets the BOS tokenizer_config.json's add_bos_token asks for
   if (!parsed && !std::filesystem::exists(file)) {
-    const std::string dir = std::filesystem::path(file).parent_path().string();
-    const json c = read_tokenizer_config(dir);
+    const std::filesystem::path dir = std::filesystem::path(file).parent_path();
+    const json c = read_tokenizer_config(dir.string());
     if (c.is_null() || c.value("add_bos_token", json()).is_null()) return -1;  // default: false
-    const std::string config = dir + "/tokenizer_config.json";
+    const std::string config = (dir / "tokenizer_config.json").string();
     json t = c.value("bos_token", json());
     if (t.is_object()) t = t.value("content", json());
     if (!c.at("add_bos_token").get<bool>() || !t.is_string()) return -1;  // transformers: no bos_token, none added

@@ -441,7 +441,7 @@ std::vector<std::pair<int, nlohmann::json>> read_metrics(const std::string& run_
     // what the plan is made of: a run's ranks (it divides by them) and its attention span
     if (r.is_object() && r.contains("ranks") && !(r["ranks"].is_number_integer() && r["ranks"].get<int64_t>() >= 1 &&
                                                   r["ranks"].get<int64_t>() <= (1 << 20)))
-      user_error("{}:{}: ranks: expected an integer >= 1, got {}", path, n, r["ranks"].dump());
+      user_error("{}:{}: ranks: expected an integer from 1 to {}, got {}", path, n, 1 << 20, r["ranks"].dump());
     if (r.is_object() && r.contains("attention_span") && !(r["attention_span"].is_number() && r["attention_span"].get<double>() > 0))
       user_error("{}:{}: attention_span: expected a number > 0, got {}", path, n, r["attention_span"].dump());
     records.emplace_back(n, std::move(r));

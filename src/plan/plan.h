@@ -164,7 +164,7 @@ struct Calibration {
 // A run's metrics.jsonl, one parsed record per line (line numbers from 1; a line that is not JSON
 // is a discarded value, for the caller to name). A last line cut short (no newline: the run
 // stopped while writing it) is skipped with a warning, not an error. A record's ranks other than an
-// integer >= 1, or attention_span other than a number > 0, is a UserError naming the line.
+// integer from 1 to 2^20, or attention_span other than a number > 0, is a UserError naming the line.
 std::vector<std::pair<int, nlohmann::json>> read_metrics(const std::string& run_dir);
 // Reads RUN_DIR/config.toml and metrics.jsonl; UserError naming the file when either is missing
 // or malformed.
