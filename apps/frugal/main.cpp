@@ -562,7 +562,7 @@ int main(int argc, char** argv) {
   prep_cmd->add_option("--val-every", corpus.val_every, "split by 8192-token chunks instead: every N-th goes to validation "
                        "(a document may straddle both splits; for a corpus of one document)");
   prep_cmd->add_option("--seed", corpus.seed, "seed of the document split")->capture_default_str();
-  prep_cmd->add_option("--shard-tokens", shard_tokens, "tokens per shard (llm.c's 1e8)")->capture_default_str();
+  prep_cmd->add_option("--shard-tokens", shard_tokens, "tokens per shard (llm.c's 1e8; at least 1024)")->capture_default_str();
   prep_cmd->add_option("--threads", corpus.threads, "tokenizing threads (default: every core); the shards are the "
                        "same for any count. Memory: about 8 MB of text, its tokens and a tokenizer a thread (GPT-2: ~60 MB)")->check(CLI::Range(0, 4096));
   prep_cmd->add_option("--field", corpus.field, "the field of a .jsonl record that holds its text")->capture_default_str();
