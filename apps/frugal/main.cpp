@@ -393,9 +393,10 @@ static int cmd_plan(const PlanArgs& a) {
   if (!b.seq_len) b.seq_len = b.model.longest_sequence();
   if (b.seq_len > b.model.context)
     user_error("--seq-len: {} is above the model's context of {} positions", b.seq_len, b.model.context);
-  if (a.doc_tokens) b.attention_span = document_span(a.doc_tokens, b.seq_len);
-  if (!a.doc_tokens && !docs.empty()) {  // the attention the documents need: up to 256 windows of the first shard
-    try {                                // (opening a shard checks it whole: not all of a large dataset's)
+  if (a.doc_tokens) {
+    b.attention_span = document_span(a.doc_tokens, b.seq_len);
+  } else if (!docs.empty()) {  // the attention the documents need: up to 256 windows of the first shard
+    try {                      // (opening a shard checks it whole: not all of a large dataset's)
       const std::string shard = resolve_shards(docs, a.data.empty() ? "data.train" : "--data").front();
       DataLoader data({shard}, b.model.vocab_size, 1, b.seq_len, seed, true);
       const DocumentCut cut = document_cut(shard, data.records());

@@ -129,8 +129,7 @@ ChatTemplate ChatTemplate::of(const std::string& tokenizer_path, const Tokenizer
   fs::path dir = fs::is_directory(tokenizer_path) ? fs::path(tokenizer_path) : fs::path(tokenizer_path).parent_path();
   const std::string config = (dir / "tokenizer_config.json").string();
   const std::string file = !given.empty() ? given : (dir / kChatTemplateFile).string();
-  json c = json::object();
-  if (!tokenizer_path.empty() && fs::exists(config)) c = read_tokenizer_config(dir.string());
+  const json c = tokenizer_path.empty() ? json() : read_tokenizer_config(dir.string());  // null: none
   // where transformers finds it: chat_template.jinja (what it saves since 4.47), else the config's
   // chat_template: one template, or a list of named ones of which it applies "default"
   std::string source, where;
